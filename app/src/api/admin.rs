@@ -1,0 +1,13 @@
+use leptos::prelude::*;
+
+use super::KeyView;
+use crate::error::AppError;
+
+/// Every key of every merchant, for admins only.
+#[server(prefix = "/rpc", endpoint = "admin/keys")]
+pub async fn admin_list_keys() -> Result<Vec<KeyView>, AppError> {
+    use super::session;
+    session::require_admin().await?;
+    let keys = services::keys::api_keys::list_all(&session::services()?.db).await?;
+    Ok(keys.into_iter().map(KeyView::from).collect())
+}

@@ -1,0 +1,64 @@
+use leptos::prelude::*;
+
+use super::CurrentUser;
+use crate::error::AppError;
+
+/// Where to go after signing in, if the page did not ask for somewhere else.
+pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
+
+/// Only local paths are followed after sign-in, so the form cannot be used to send people to
+/// another site.
+pub fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => HOME_PATH,
+    }
+}
+
+#[server(prefix = "/rpc", endpoint = "auth/login")]
+pub async fn login(email: String, password: String, next: Option<String>) -> Result<(), AppError> {
+    use super::session;
+    use services::accounts::{self, sessions};
+
+    let services = session::services()?;
+    let user =
+        accounts::authenticate(&services.db, &services.redis, &email, &password, &session::client_address()).await?;
+    let token = sessions::create(&services.db, user.id).await?;
+    session::set_session_cookie(&token);
+    tracing::info!(user_id = user.id, "signed in");
+    leptos_axum::redirect(safe_next(next.as_deref()));
+    Ok(())
+}
+
+#[server(prefix = "/rpc", endpoint = "auth/logout")]
+pub async fn logout() -> Result<(), AppError> {
+    use super::session;
+    use services::accounts::sessions;
+
+    if let Some(token) = session::current_session_token() {
+        sessions::delete(&session::services()?.db, &token).await?;
+    }
+    session::clear_session_cookie();
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+#[server(prefix = "/rpc", endpoint = "auth/me")]
+pub async fn whoami() -> Result<Option<CurrentUser>, AppError> {
+    let user = super::session::current_user().await?;
+    Ok(user.map(|u| CurrentUser { is_admin: u.is_admin(), email: u.email }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed() {
+        assert_eq!(safe_next(Some("/dashboard/developers/api-keys/x")), "/dashboard/developers/api-keys/x");
+        assert_eq!(safe_next(Some("//evil.example")), HOME_PATH);
+        assert_eq!(safe_next(Some("https://evil.example")), HOME_PATH);
+        assert_eq!(safe_next(Some("/\\evil.example")), HOME_PATH);
+        assert_eq!(safe_next(None), HOME_PATH);
+    }
+}

@@ -1,0 +1,42 @@
+use leptos::prelude::*;
+
+use super::{CreatedKey, KeyView};
+use crate::error::AppError;
+
+#[server(prefix = "/rpc", endpoint = "keys/list")]
+pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
+    use super::session;
+    let user = session::require_user().await?;
+    let keys = services::keys::api_keys::list_for_owner(&session::services()?.db, user.id).await?;
+    Ok(keys.into_iter().map(KeyView::from).collect())
+}
+
+#[server(prefix = "/rpc", endpoint = "keys/get")]
+pub async fn get_key(id: String) -> Result<KeyView, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let user = session::require_user().await?;
+    let key = api_keys::get_for(&session::services()?.db, ApiKeyId::parse(&id)?, &user).await?;
+    Ok(key.into())
+}
+
+#[server(prefix = "/rpc", endpoint = "keys/create")]
+pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
+    use super::session;
+    use services::keys::{api_keys, KeyName};
+    let user = session::require_user().await?;
+    let name = KeyName::parse(&name)?;
+    let (key, secret) = api_keys::create(&session::services()?.db, user.id, &name).await?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
+    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
+}
+
+#[server(prefix = "/rpc", endpoint = "keys/revoke")]
+pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let user = session::require_user().await?;
+    let key = api_keys::revoke_for(&session::services()?.db, ApiKeyId::parse(&id)?, &user).await?;
+    tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
+    Ok(key.into())
+}

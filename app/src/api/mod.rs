@@ -1,0 +1,68 @@
+//! Server functions (the dashboard's RPC surface, under `/rpc/…` with stable paths) and the
+//! types they exchange with the browser. Every function checks the session on the server.
+
+mod admin;
+mod auth;
+mod keys;
+#[cfg(feature = "ssr")]
+pub mod session;
+
+pub use admin::*;
+pub use auth::*;
+pub use keys::*;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The signed-in account, as pages need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentUser {
+    pub email: String,
+    pub is_admin: bool,
+}
+
+/// An API key as its owner (or an admin) sees it; never carries the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub owner_email: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub requests_per_hour: i64,
+    pub requests_per_day: i64,
+    pub burst_per_second: Option<i64>,
+}
+
+impl KeyView {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+/// A key just created: the only moment its secret is ever shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedKey {
+    pub key: KeyView,
+    pub secret: String,
+}
+
+#[cfg(feature = "ssr")]
+impl From<services::keys::ApiKey> for KeyView {
+    fn from(key: services::keys::ApiKey) -> Self {
+        Self {
+            id: key.id.to_string(),
+            name: key.name,
+            prefix: key.prefix,
+            owner_email: key.owner_email,
+            created_at: key.created_at,
+            last_used_at: key.last_used_at,
+            revoked_at: key.revoked_at,
+            requests_per_hour: key.quota.per_hour.get(),
+            requests_per_day: key.quota.per_day.get(),
+            burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Server-side session plumbing for server functions and axum handlers: the cookie, the
+//! signed-in user, and the role checks.
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::{request::Parts, HeaderMap, HeaderValue};
+use leptos::prelude::*;
+use services::accounts::sessions::{self, SessionToken, SESSION_TTL};
+use services::accounts::User;
+use services::Services;
+
+use crate::error::AppError;
+
+pub const SESSION_COOKIE: &str = "km_session";
+
+/// Cookie settings chosen by the server configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CookieSettings {
+    /// Adds `Secure`, for deployments behind HTTPS.
+    pub secure: bool,
+}
+
+pub fn services() -> Result<Services, AppError> {
+    use_context::<Services>().ok_or_else(|| {
+        tracing::error!("Services missing from the server function context");
+        AppError::Internal
+    })
+}
+
+/// The session token presented in the request's cookies, if any is well formed.
+pub fn session_token_from(headers: &HeaderMap) -> Option<SessionToken> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .and_then(|(_, value)| SessionToken::parse(value))
+}
+
+fn request_parts() -> Option<Parts> {
+    use_context::<Parts>()
+}
+
+/// The user whose session cookie came with this request.
+pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Result<Option<User>, AppError> {
+    match session_token_from(headers) {
+        Some(token) => Ok(sessions::user_for(&services.db, &token).await?),
+        None => Ok(None),
+    }
+}
+
+pub async fn current_user() -> Result<Option<User>, AppError> {
+    let Some(parts) = request_parts() else { return Ok(None) };
+    user_from_headers(&services()?, &parts.headers).await
+}
+
+pub async fn require_user() -> Result<User, AppError> {
+    current_user().await?.ok_or(AppError::Unauthorized)
+}
+
+pub async fn require_admin() -> Result<User, AppError> {
+    let user = require_user().await?;
+    if user.is_admin() {
+        Ok(user)
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
+/// Who is signing in, for throttling: the peer address.
+pub fn client_address() -> String {
+    request_parts()
+        .and_then(|p| p.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn cookie_settings() -> CookieSettings {
+    use_context::<CookieSettings>().unwrap_or_default()
+}
+
+fn set_cookie(value: String) {
+    if let (Some(response), Ok(value)) =
+        (use_context::<leptos_axum::ResponseOptions>(), HeaderValue::from_str(&value))
+    {
+        response.append_header(SET_COOKIE, value);
+    }
+}
+
+pub fn set_session_cookie(token: &SessionToken) {
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    set_cookie(format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        token.as_str(),
+        SESSION_TTL.num_seconds()
+    ));
+}
+
+pub fn clear_session_cookie() {
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    set_cookie(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
+}
+
+/// The token of the current request, for sign-out.
+pub fn current_session_token() -> Option<SessionToken> {
+    request_parts().and_then(|p| session_token_from(&p.headers))
+}

@@ -1,0 +1,88 @@
+//! The one error type of the server functions, shared by server and browser.
+
+use serde::{Deserialize, Serialize};
+use server_fn::codec::JsonEncoding;
+use server_fn::error::{FromServerFnError, ServerFnErrorErr};
+
+/// What a server function can answer instead of a value. The message of every variant is meant
+/// for the person using the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Please sign in.")]
+    Unauthorized,
+    #[error("You are not allowed to see this page.")]
+    Forbidden,
+    #[error("Not found.")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Too many attempts. Try again in {0} seconds.")]
+    TooManyAttempts(u64),
+    #[error("Something went wrong on our side. Please try again.")]
+    Internal,
+    #[error("Could not reach the server: {0}")]
+    Network(String),
+}
+
+impl AppError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::Conflict(_) => 409,
+            Self::TooManyAttempts(_) => 429,
+            Self::Internal => 500,
+            Self::Network(_) => 503,
+        }
+    }
+}
+
+impl FromServerFnError for AppError {
+    type Encoder = JsonEncoding;
+
+    fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        match value {
+            // Arguments the server could not read are the caller's mistake.
+            ServerFnErrorErr::Args(msg) => Self::BadRequest(format!("Invalid request: {msg}")),
+            ServerFnErrorErr::MissingArg(name) => Self::BadRequest(format!("Missing field: {name}")),
+            ServerFnErrorErr::Request(msg) => Self::Network(msg),
+            _ => Self::Internal,
+        }
+    }
+
+    /// Serialising happens once per error response on the server, so this is where the
+    /// response gets the error's status code.
+    fn ser(&self) -> server_fn::Bytes {
+        #[cfg(feature = "ssr")]
+        if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
+            if let Ok(status) = axum::http::StatusCode::from_u16(self.status()) {
+                response.set_status(status);
+            }
+        }
+        <JsonEncoding as server_fn::Encodes<Self>>::encode(self).unwrap_or_default()
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<services::ServiceError> for AppError {
+    fn from(err: services::ServiceError) -> Self {
+        use services::ServiceError as E;
+        match err {
+            E::Invalid(msg) => Self::BadRequest(msg),
+            E::NotFound => Self::NotFound,
+            E::Forbidden => Self::Forbidden,
+            E::Unauthorized => Self::Unauthorized,
+            E::Conflict(msg) => Self::Conflict(msg),
+            E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
+            other => {
+                tracing::error!(error = %other, "server function failed");
+                Self::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Page frames: the signed-in dashboard and admin layouts, error panels.
+
+use leptos::prelude::*;
+use leptos_router::components::{Outlet, Redirect, A};
+use leptos_router::hooks::use_location;
+
+use crate::api::{whoami, CurrentUser, Logout};
+use crate::error::AppError;
+
+/// `/login?next=<here>`, so that signing in comes back to the page asked for.
+fn login_path() -> String {
+    let location = use_location();
+    let here = format!("{}{}", location.pathname.get_untracked(), location.search.get_untracked());
+    let here = if here.is_empty() { "/".to_owned() } else { here };
+    let encoded: String = here
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("/login?next={encoded}")
+}
+
+#[component]
+fn NavBar(user: CurrentUser) -> impl IntoView {
+    let logout = ServerAction::<Logout>::new();
+    view! {
+        <header class="topbar">
+            <a class="brand" href="/dashboard/developers/api-keys">"keymeter"</a>
+            <nav>
+                <A href="/dashboard/developers/api-keys">"API keys"</A>
+                {user.is_admin.then(|| view! { <A href="/admin">"Admin"</A> })}
+            </nav>
+            <div class="account">
+                <span class="email" data-testid="account-email">{user.email.clone()}</span>
+                <ActionForm action=logout>
+                    <button type="submit" class="link">"Sign out"</button>
+                </ActionForm>
+            </div>
+        </header>
+    }
+}
+
+/// Frame of every `/dashboard` page: signed-in users only.
+#[component]
+pub fn DashboardLayout() -> impl IntoView {
+    let user = Resource::new(|| (), |_| whoami());
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match user.await {
+                    Ok(Some(user)) => view! {
+                        <NavBar user/>
+                        <main class="page"><Outlet/></main>
+                    }.into_any(),
+                    Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
+                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// Frame of every `/admin` page: admins only; others get 403.
+#[component]
+pub fn AdminLayout() -> impl IntoView {
+    let user = Resource::new(|| (), |_| whoami());
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match user.await {
+                    Ok(Some(user)) if user.is_admin => view! {
+                        <NavBar user/>
+                        <main class="page"><Outlet/></main>
+                    }.into_any(),
+                    Ok(Some(user)) => view! {
+                        <NavBar user/>
+                        <main class="page"><ErrorPanel err=AppError::Forbidden/></main>
+                    }.into_any(),
+                    Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
+                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// Shows an error to the user; during server rendering it also sets the page's HTTP status.
+#[component]
+pub fn ErrorPanel(err: AppError) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        if let Ok(status) = axum::http::StatusCode::from_u16(err.status()) {
+            response.set_status(status);
+        }
+    }
+    let title = match err {
+        AppError::NotFound => "Not found",
+        AppError::Forbidden => "Forbidden",
+        AppError::Unauthorized => "Please sign in",
+        _ => "Something went wrong",
+    };
+    view! {
+        <section class="card error-panel" role="alert" data-testid="error-panel">
+            <h1>{title}</h1>
+            <p>{err.to_string()}</p>
+            <p><a href="/dashboard/developers/api-keys">"Back to your API keys"</a></p>
+        </section>
+    }
+}
+
+#[component]
+pub fn NotFound() -> impl IntoView {
+    view! { <main class="page"><ErrorPanel err=AppError::NotFound/></main> }
+}

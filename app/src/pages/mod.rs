@@ -1,0 +1,4 @@
+pub mod admin;
+pub mod api_keys;
+pub mod layout;
+pub mod login;

@@ -1,0 +1,162 @@
+//! Operator commands: `keymeter [serve]`, `migrate`, `user add`, `key create|revoke`, `demo seed`.
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use services::accounts::{self, Email, Password, Role};
+use services::keys::{api_keys, ApiKeyId, KeyName};
+
+use crate::config::{redact_url, Config};
+use crate::startup::{self, Application};
+
+#[derive(Parser)]
+#[command(name = "keymeter", about = "API-key usage metering: server and operator commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the web app and the metered API (the default).
+    Serve,
+    /// Apply pending database migrations.
+    Migrate,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Demo data for local use.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "merchant")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key for an account and print its secret (shown only this once).
+    Create {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Create the demo admin and merchant (and a demo key) unless they exist.
+    Seed,
+}
+
+pub async fn run() -> ExitCode {
+    crate::telemetry::init();
+    let cli = Cli::parse();
+    match dispatch(cli.command.unwrap_or(Command::Serve)).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    match command {
+        Command::Serve => serve(&config).await,
+        Command::Migrate => {
+            services::db::run_migrations(&config.database_url)
+                .await
+                .with_context(|| format!("migrating {}", redact_url(&config.database_url)))?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::User(UserCommand::Add { email, role }) => {
+            let email = Email::parse(&email)?;
+            let role = Role::parse(&role)?;
+            let password = Password::parse(&read_password()?)?;
+            let services = startup::connect(&config).await?;
+            let user = accounts::create_user(&services.db, &email, &password, role).await?;
+            println!("created {} account {} (id {})", role.as_str(), user.email, user.id);
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create { owner, name }) => {
+            let email = Email::parse(&owner)?;
+            let name = KeyName::parse(&name)?;
+            let services = startup::connect(&config).await?;
+            let user = accounts::find_user_by_email(&services.db, &email)
+                .await?
+                .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
+            let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
+            eprintln!("created key {} ({}) for {}; the secret is shown only this once:", key.id, key.name, user.email);
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { id }) => {
+            let id = ApiKeyId::parse(&id).map_err(|_| anyhow!("{id:?} is not a key id"))?;
+            let services = startup::connect(&config).await?;
+            let key = api_keys::revoke(&services.db, id).await.map_err(|e| match e {
+                services::ServiceError::NotFound => anyhow!("no key with id {id}"),
+                other => other.into(),
+            })?;
+            println!("revoked key {} ({})", key.id, key.name);
+            Ok(())
+        }
+        Command::Demo(DemoCommand::Seed) => seed_demo(&config).await,
+    }
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    tracing::info!(address = %app.local_addr(), "keymeter listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+/// One line from stdin (a prompt-free pipe, or typed at a terminal).
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+pub const DEMO_ADMIN: (&str, &str) = ("admin@keymeter.local", "admin-demo-password");
+pub const DEMO_MERCHANT: (&str, &str) = ("merchant@keymeter.local", "merchant-demo-password");
+
+async fn seed_demo(config: &Config) -> anyhow::Result<()> {
+    let services = startup::connect(config).await?;
+    for ((email, password), role) in [(DEMO_ADMIN, Role::Admin), (DEMO_MERCHANT, Role::Merchant)] {
+        let email = Email::parse(email)?;
+        let user = match accounts::find_user_by_email(&services.db, &email).await? {
+            Some(user) => user,
+            None => accounts::create_user(&services.db, &email, &Password::parse(password)?, role).await?,
+        };
+        println!("  {:<8} {}  password: {}", role.as_str(), user.email, password);
+        if role == Role::Merchant && api_keys::list_for_owner(&services.db, user.id).await?.is_empty() {
+            let (key, secret) = api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
+            println!("  demo key {} (shown once): {}", key.id, secret.expose());
+        }
+    }
+    Ok(())
+}

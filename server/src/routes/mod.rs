@@ -1,0 +1,4 @@
+//! HTTP routes outside the Leptos app. Each module exposes a `router()`.
+
+pub mod api_v1;
+pub mod health;

@@ -1,0 +1,187 @@
+//! Accounts: merchants and admins, their passwords and their sessions.
+
+mod login_throttle;
+mod password;
+pub mod sessions;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use crate::db::{self, DbPool};
+use crate::redis_pool::RedisPool;
+use crate::schema::users;
+use crate::{ServiceError, ServiceResult};
+
+pub use password::Password;
+
+/// The message for every failed sign-in, so that a caller cannot tell unknown addresses from
+/// wrong passwords.
+pub const BAD_CREDENTIALS: &str = "Invalid email or password.";
+
+/// A syntactically valid, lower-cased email address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        let email = raw.trim().to_lowercase();
+        let invalid = || ServiceError::invalid("Enter a valid email address.");
+        if email.len() < 3 || email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        if local.is_empty() || domain.is_empty() || domain.contains('@') || domain.starts_with('.') || domain.ends_with('.') {
+            return Err(invalid());
+        }
+        Ok(Self(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Merchant,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        match raw.trim() {
+            "merchant" => Ok(Self::Merchant),
+            "admin" => Ok(Self::Admin),
+            other => Err(ServiceError::invalid(format!("unknown role {other:?}: expected merchant or admin"))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Merchant => "merchant",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub(crate) struct UserRow {
+    id: i64,
+    email: String,
+    role: String,
+    created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    pub(crate) fn into_user(self) -> ServiceResult<User> {
+        Ok(User { id: self.id, email: self.email, role: Role::parse(&self.role)?, created_at: self.created_at })
+    }
+}
+
+/// Creates an account; a taken address is a [`ServiceError::Conflict`].
+pub async fn create_user(db: &DbPool, email: &Email, password: &Password, role: Role) -> ServiceResult<User> {
+    let hash = password.hash().await?;
+    let mut conn = db::conn(db).await?;
+    let row: UserRow = diesel::insert_into(users::table)
+        .values((users::email.eq(email.as_str()), users::password_hash.eq(hash), users::role.eq(role.as_str())))
+        .returning(UserRow::as_returning())
+        .get_result(&mut conn)
+        .await
+        .map_err(|e| match ServiceError::from(e) {
+            ServiceError::Conflict(_) => ServiceError::Conflict(format!("an account for {} already exists", email.as_str())),
+            other => other,
+        })?;
+    row.into_user()
+}
+
+pub async fn find_user_by_email(db: &DbPool, email: &Email) -> ServiceResult<Option<User>> {
+    let mut conn = db::conn(db).await?;
+    let row: Option<UserRow> = users::table
+        .filter(users::email.eq(email.as_str()))
+        .select(UserRow::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?;
+    row.map(UserRow::into_user).transpose()
+}
+
+/// Checks an email and password. Failures are counted per address and per client, and after a
+/// few of them further attempts are refused for a while, even with the right password.
+pub async fn authenticate(
+    db: &DbPool,
+    redis: &RedisPool,
+    email_raw: &str,
+    password_raw: &str,
+    client: &str,
+) -> ServiceResult<User> {
+    // Malformed input is simply a failed sign-in: same message, nothing revealed.
+    let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
+    let throttle = login_throttle::LoginThrottle::new(redis, email.as_str(), client);
+    throttle.check().await?;
+
+    let stored: Option<(UserRow, String)> = {
+        let mut conn = db::conn(db).await?;
+        users::table
+            .filter(users::email.eq(email.as_str()))
+            .select((UserRow::as_select(), users::password_hash))
+            .first(&mut conn)
+            .await
+            .optional()?
+    };
+    let (row, hash) = match stored {
+        Some((row, hash)) => (Some(row), hash),
+        None => (None, password::dummy_hash().to_owned()),
+    };
+    // Verify even for unknown addresses so both cases take the same time.
+    let ok = password::verify(password_raw, &hash).await? && row.is_some();
+    match row {
+        Some(row) if ok => {
+            throttle.reset().await;
+            row.into_user()
+        }
+        _ => {
+            throttle.record_failure().await;
+            Err(ServiceError::invalid(BAD_CREDENTIALS))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_trimmed_and_lowercased() {
+        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+    }
+
+    #[test]
+    fn malformed_emails_are_refused() {
+        for bad in ["", "ann", "@example.com", "ann@", "a b@example.com", "ann@@example.com", "ann@.com", "ann@x."] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn roles_parse() {
+        assert_eq!(Role::parse("admin").unwrap(), Role::Admin);
+        assert_eq!(Role::parse("merchant").unwrap(), Role::Merchant);
+        assert!(Role::parse("root").is_err());
+    }
+}

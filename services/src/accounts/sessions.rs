@@ -1,0 +1,96 @@
+//! Server-side sessions. The browser holds a random token; the database holds its SHA-256, so a
+//! leaked database cannot be replayed as cookies.
+
+use chrono::{Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::{User, UserRow};
+use crate::db::{self, DbPool};
+use crate::schema::{sessions, users};
+use crate::ServiceResult;
+
+/// How long a session lasts after sign-in.
+pub const SESSION_TTL: Duration = Duration::days(7);
+
+/// An opaque session token as sent in the cookie (64 hex characters).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(..)")
+    }
+}
+
+impl SessionToken {
+    fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(hex::encode(bytes))
+    }
+
+    /// Accepts only what [`generate`](Self::generate) produces; anything else is no session.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn hash(&self) -> Vec<u8> {
+        Sha256::digest(self.0.as_bytes()).to_vec()
+    }
+}
+
+pub async fn create(db: &DbPool, user_id: i64) -> ServiceResult<SessionToken> {
+    let token = SessionToken::generate();
+    let mut conn = db::conn(db).await?;
+    diesel::insert_into(sessions::table)
+        .values((
+            sessions::token_hash.eq(token.hash()),
+            sessions::user_id.eq(user_id),
+            sessions::expires_at.eq(Utc::now() + SESSION_TTL),
+        ))
+        .execute(&mut conn)
+        .await?;
+    Ok(token)
+}
+
+/// The signed-in user for a token, if the session exists and has not expired.
+pub async fn user_for(db: &DbPool, token: &SessionToken) -> ServiceResult<Option<User>> {
+    let mut conn = db::conn(db).await?;
+    let row: Option<UserRow> = sessions::table
+        .inner_join(users::table)
+        .filter(sessions::token_hash.eq(token.hash()))
+        .filter(sessions::expires_at.gt(Utc::now()))
+        .select(UserRow::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?;
+    row.map(UserRow::into_user).transpose()
+}
+
+pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
+    let mut conn = db::conn(db).await?;
+    diesel::delete(sessions::table.filter(sessions::token_hash.eq(token.hash()))).execute(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_round_trip_and_rejects_garbage() {
+        let t = SessionToken::generate();
+        assert_eq!(SessionToken::parse(t.as_str()), Some(t.clone()));
+        assert!(SessionToken::parse("").is_none());
+        assert!(SessionToken::parse(&"z".repeat(64)).is_none());
+        assert!(SessionToken::parse(&"a".repeat(63)).is_none());
+        assert_eq!(format!("{t:?}"), "SessionToken(..)");
+    }
+}

@@ -1,0 +1,81 @@
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Everything the domain can refuse or fail with. The web layer maps each variant to one HTTP
+/// status; the messages of the 4xx variants are safe to show to users.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input: the message says what is wrong and nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not found")]
+    NotFound,
+    #[error("you are not allowed to do this")]
+    Forbidden,
+    #[error("sign in required")]
+    Unauthorized,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many attempts; try again in {retry_after_secs} seconds")]
+    TooManyAttempts { retry_after_secs: u64 },
+    #[error("database error: {0}")]
+    Database(DieselError),
+    #[error("PostgreSQL unavailable: {0}")]
+    DatabaseUnavailable(String),
+    #[error("Redis error: {0}")]
+    Redis(#[from] deadpool_redis::redis::RedisError),
+    #[error("Redis unavailable: {0}")]
+    RedisUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::Invalid(msg.into())
+    }
+
+    /// True for failures of the service itself (5xx), false for refusals of the caller (4xx).
+    pub fn is_server_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(_)
+                | Self::DatabaseUnavailable(_)
+                | Self::Redis(_)
+                | Self::RedisUnavailable(_)
+                | Self::Internal(_)
+        )
+    }
+}
+
+impl From<DieselError> for ServiceError {
+    fn from(err: DieselError) -> Self {
+        match err {
+            DieselError::NotFound => Self::NotFound,
+            // Constraint violations are the caller's doing: report them as bad input.
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+                Self::Conflict("this already exists".into())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info) => {
+                Self::Invalid(format!("invalid value ({})", info.constraint_name().unwrap_or("check")))
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Self::DatabaseUnavailable(info.message().to_owned())
+            }
+            other => Self::Database(other),
+        }
+    }
+}
+
+impl From<crate::db::PoolError> for ServiceError {
+    fn from(err: crate::db::PoolError) -> Self {
+        Self::DatabaseUnavailable(err.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for ServiceError {
+    fn from(err: deadpool_redis::PoolError) -> Self {
+        Self::RedisUnavailable(err.to_string())
+    }
+}

@@ -1,0 +1,322 @@
+//! The API key store: create, list, look up and revoke keys, always on behalf of someone.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::quota::{Quota, QuotaLimit};
+use super::secret::ApiKeySecret;
+use crate::accounts::User;
+use crate::db::{self, DbPool};
+use crate::schema::{api_key_quotas, api_keys, users};
+use crate::{ServiceError, ServiceResult};
+
+/// A key's public identifier (a UUID, so ids reveal nothing about other keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiKeyId(pub Uuid);
+
+impl ApiKeyId {
+    /// Any string that is not a key id is treated as a key that does not exist.
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| ServiceError::NotFound)
+    }
+}
+
+impl std::fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A key's human-readable name: 1 to 100 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(ServiceError::invalid("Give the key a name."));
+        }
+        if name.chars().count() > Self::MAX_CHARS {
+            return Err(ServiceError::invalid(format!("A key name can have at most {} characters.", Self::MAX_CHARS)));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(ServiceError::invalid("A key name cannot contain control characters."));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+}
+
+/// A key as its owner and admins see it. Never holds the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub owner_id: i64,
+    pub owner_email: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub quota: Quota,
+}
+
+impl ApiKey {
+    pub fn status(&self) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// What a presented secret resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookup {
+    Active { id: ApiKeyId, owner_id: i64 },
+    Revoked,
+    Unknown,
+}
+
+type KeyRow = (
+    Uuid,
+    i64,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    i64,
+    i64,
+    Option<i32>,
+);
+
+macro_rules! key_columns {
+    () => {
+        (
+            api_keys::id,
+            api_keys::owner_id,
+            users::email,
+            api_keys::name,
+            api_keys::prefix,
+            api_keys::created_at,
+            api_keys::last_used_at,
+            api_keys::revoked_at,
+            api_key_quotas::requests_per_hour,
+            api_key_quotas::requests_per_day,
+            api_key_quotas::burst_per_second,
+        )
+    };
+}
+
+fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
+    let (id, owner_id, owner_email, name, prefix, created_at, last_used_at, revoked_at, hour, day, burst) = row;
+    Ok(ApiKey {
+        id: ApiKeyId(id),
+        owner_id,
+        owner_email,
+        name,
+        prefix,
+        created_at,
+        last_used_at,
+        revoked_at,
+        quota: Quota {
+            per_hour: QuotaLimit::new(hour)?,
+            per_day: QuotaLimit::new(day)?,
+            burst_per_second: burst.map(i64::from).map(QuotaLimit::new).transpose()?,
+        },
+    })
+}
+
+/// Creates a key with the default quota. The secret is returned once and never stored.
+pub async fn create(db: &DbPool, owner_id: i64, name: &KeyName) -> ServiceResult<(ApiKey, ApiKeySecret)> {
+    let secret = ApiKeySecret::generate();
+    let id = Uuid::new_v4();
+    let quota = Quota::default_for_new_key();
+    let mut conn = db::conn(db).await?;
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        let secret = &secret;
+        Box::pin(async move {
+            diesel::insert_into(api_keys::table)
+                .values((
+                    api_keys::id.eq(id),
+                    api_keys::owner_id.eq(owner_id),
+                    api_keys::name.eq(name.as_str()),
+                    api_keys::prefix.eq(secret.visible_prefix()),
+                    api_keys::secret_hash.eq(secret.hash().to_vec()),
+                ))
+                .execute(conn)
+                .await?;
+            diesel::insert_into(api_key_quotas::table)
+                .values((
+                    api_key_quotas::api_key_id.eq(id),
+                    api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
+                    api_key_quotas::requests_per_day.eq(quota.per_day.get()),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    })
+    .await?;
+    drop(conn);
+    let key = fetch(db, ApiKeyId(id)).await?;
+    Ok((key, secret))
+}
+
+async fn fetch(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
+    let mut conn = db::conn(db).await?;
+    let row: KeyRow = api_keys::table
+        .inner_join(users::table)
+        .inner_join(api_key_quotas::table)
+        .filter(api_keys::id.eq(id.0))
+        .select(key_columns!())
+        .first(&mut conn)
+        .await?;
+    from_row(row)
+}
+
+/// The key, if `viewer` owns it or is an admin. Anyone else is told it does not exist, so key
+/// ids cannot be probed.
+pub async fn get_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+    let key = fetch(db, id).await?;
+    if key.owner_id == viewer.id || viewer.is_admin() {
+        Ok(key)
+    } else {
+        Err(ServiceError::NotFound)
+    }
+}
+
+/// The owner's keys, newest first.
+pub async fn list_for_owner(db: &DbPool, owner_id: i64) -> ServiceResult<Vec<ApiKey>> {
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<KeyRow> = api_keys::table
+        .inner_join(users::table)
+        .inner_join(api_key_quotas::table)
+        .filter(api_keys::owner_id.eq(owner_id))
+        .order((api_keys::created_at.desc(), api_keys::id))
+        .select(key_columns!())
+        .load(&mut conn)
+        .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
+/// Every key of every owner, for admins.
+pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<KeyRow> = api_keys::table
+        .inner_join(users::table)
+        .inner_join(api_key_quotas::table)
+        .order((users::email, api_keys::created_at.desc()))
+        .select(key_columns!())
+        .load(&mut conn)
+        .await?;
+    rows.into_iter().map(from_row).collect()
+}
+
+/// Revokes a key its owner (or an admin) asks to revoke. Revoking twice changes nothing.
+pub async fn revoke_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+    get_for(db, id, viewer).await?;
+    revoke(db, id).await
+}
+
+/// Revokes a key regardless of owner (operator CLI).
+pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
+    let mut conn = db::conn(db).await?;
+    let updated = diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
+        .set(api_keys::revoked_at.eq(Utc::now()))
+        .execute(&mut conn)
+        .await?;
+    drop(conn);
+    let key = fetch(db, id).await?;
+    if updated == 0 && key.revoked_at.is_none() {
+        return Err(ServiceError::NotFound);
+    }
+    Ok(key)
+}
+
+/// Resolves a presented secret by its hash.
+pub async fn lookup_secret(db: &DbPool, secret: &ApiKeySecret) -> ServiceResult<KeyLookup> {
+    let mut conn = db::conn(db).await?;
+    let found: Option<(Uuid, i64, Option<DateTime<Utc>>)> = api_keys::table
+        .filter(api_keys::secret_hash.eq(secret.hash().to_vec()))
+        .select((api_keys::id, api_keys::owner_id, api_keys::revoked_at))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(match found {
+        Some((id, owner_id, None)) => KeyLookup::Active { id: ApiKeyId(id), owner_id },
+        Some((_, _, Some(_))) => KeyLookup::Revoked,
+        None => KeyLookup::Unknown,
+    })
+}
+
+/// Records that a key was used. Called at most about once a minute per key (the caller
+/// rate-limits it), never once per request.
+pub async fn touch_last_used(db: &DbPool, id: ApiKeyId, at: DateTime<Utc>) -> ServiceResult<()> {
+    let mut conn = db::conn(db).await?;
+    diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)))
+        .set(api_keys::last_used_at.eq(at))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Notes, off the request path, that a key was just used: at most one database write per key
+/// per minute across all instances (a Redis `SET NX EX` elects the writer).
+pub fn note_used(services: &crate::Services, id: ApiKeyId) {
+    let services = services.clone();
+    tokio::spawn(async move {
+        let Ok(mut conn) = crate::redis_pool::conn(&services.redis).await else { return };
+        let elected: Option<String> = deadpool_redis::redis::cmd("SET")
+            .arg(format!("km:{{{id}}}:last_used_mark"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        if elected.is_some() {
+            if let Err(e) = touch_last_used(&services.db, id, Utc::now()).await {
+                tracing::warn!(key_id = %id, error = %e, "could not record last use");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        assert_eq!(KeyName::parse("  Checkout server ").unwrap().as_str(), "Checkout server");
+        assert!(KeyName::parse("   ").is_err());
+        assert!(KeyName::parse(&"n".repeat(101)).is_err());
+        assert!(KeyName::parse("bad\u{0}name").is_err());
+    }
+
+    #[test]
+    fn key_ids() {
+        assert!(ApiKeyId::parse("not-a-uuid").is_err());
+        let id = Uuid::new_v4();
+        assert_eq!(ApiKeyId::parse(&id.to_string()).unwrap(), ApiKeyId(id));
+    }
+}
