@@ -64,8 +64,23 @@ impl FromServerFnError for AppError {
                 response.set_status(status);
             }
         }
-        <JsonEncoding as server_fn::Encodes<Self>>::encode(self).unwrap_or_default()
+        let body = ErrorBody { message: self.to_string(), error: self.clone() };
+        serde_json::to_vec(&body).map(Into::into).unwrap_or_default()
     }
+
+    fn de(data: server_fn::Bytes) -> Self {
+        serde_json::from_slice::<ErrorBody>(&data)
+            .map(|body| body.error)
+            .unwrap_or_else(|e| Self::from_server_fn_error(ServerFnErrorErr::Deserialization(e.to_string())))
+    }
+}
+
+/// The wire form of an error: the typed error for the app, and its message for anyone else
+/// (scripts, curl).
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: AppError,
+    message: String,
 }
 
 #[cfg(feature = "ssr")]

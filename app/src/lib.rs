@@ -36,6 +36,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_meta_context();
     // Browser tests wait for this attribute: it proves the WASM loaded and the page is live.
+    #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         if let Some(body) = document().body() {
             let _ = body.set_attribute("data-hydrated", "true");

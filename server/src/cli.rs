@@ -57,6 +57,11 @@ enum KeyCommand {
     },
     /// Revoke a key by id.
     Revoke { id: String },
+    /// List an account's keys: id, status, prefix, name.
+    List {
+        #[arg(long)]
+        owner: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +122,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 other => other.into(),
             })?;
             println!("revoked key {} ({})", key.id, key.name);
+            Ok(())
+        }
+        Command::Key(KeyCommand::List { owner }) => {
+            let email = Email::parse(&owner)?;
+            let services = startup::connect(&config).await?;
+            let user = accounts::find_user_by_email(&services.db, &email)
+                .await?
+                .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
+            for key in api_keys::list_for_owner(&services.db, user.id).await? {
+                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name);
+            }
             Ok(())
         }
         Command::Demo(DemoCommand::Seed) => seed_demo(&config).await,

@@ -8,7 +8,7 @@ use crate::{ServiceError, ServiceResult};
 
 /// Failures allowed per window before sign-in is refused.
 const MAX_FAILURES_PER_EMAIL: i64 = 5;
-const MAX_FAILURES_PER_CLIENT: i64 = 20;
+const MAX_FAILURES_PER_CLIENT: i64 = 100;
 /// How long failures are remembered, in seconds.
 const WINDOW_SECS: i64 = 15 * 60;
 

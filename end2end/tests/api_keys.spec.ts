@@ -1,0 +1,85 @@
+import { test, expect } from '@playwright/test';
+import { ADMIN, MERCHANT, cli, hydrated, signIn, watchForBrokenBundle } from './helpers';
+
+test('a merchant creates a key, calls the API with it, and revokes it', async ({ page, request }) => {
+  await signIn(page, MERCHANT);
+
+  const name = `Checkout ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  expect(secret).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  await page.getByTestId('copy-secret').click();
+  await expect(page.getByTestId('copy-secret')).toHaveText('Copied');
+
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  await expect(row).toHaveAttribute('data-status', 'active');
+  await expect(row).toContainText('1,000/h');
+  await expect(row).not.toContainText(secret);
+
+  const ok = await request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect(ok.status()).toBe(200);
+
+  await row.getByTestId('revoke').click();
+  await expect(row.getByRole('alertdialog')).toContainText('Revoke');
+  await row.getByTestId('confirm-revoke').click();
+  await expect(row).toHaveAttribute('data-status', 'revoked');
+
+  const denied = await request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect(denied.status()).toBe(401);
+  expect((await denied.json()).error.code).toBe('revoked_api_key');
+
+  // The secret is gone for good after a reload.
+  await page.reload();
+  await hydrated(page);
+  await expect(page.locator('body')).not.toContainText(secret);
+});
+
+test("a merchant opening another merchant's key page is refused", async ({ page }) => {
+  const other = `other-${Date.now()}@example.com`;
+  cli(['user', 'add', '--email', other, '--role', 'merchant'], 'another long password\n');
+  cli(['key', 'create', '--owner', other, '--name', 'Not yours']);
+  const listing = cli(['key', 'list', '--owner', other]);
+  const id = listing.trim().split(/\s+/)[0];
+  expect(id).toMatch(/^[0-9a-f-]{36}$/);
+
+  await signIn(page, MERCHANT);
+  const res = await page.goto(`/dashboard/developers/api-keys/${id}`);
+  expect(res!.status()).toBe(404);
+  await hydrated(page);
+  await expect(page.getByTestId('error-panel')).toContainText('Not found');
+  await expect(page.locator('body')).not.toContainText('Not yours');
+});
+
+test('a merchant opening /admin is refused; an admin sees every key', async ({ page, browser }) => {
+  await signIn(page, MERCHANT);
+  const res = await page.goto('/admin');
+  expect(res!.status()).toBe(403);
+  await hydrated(page);
+  await expect(page.getByTestId('error-panel')).toContainText('Forbidden');
+
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  await adminPage.getByRole('link', { name: 'Admin' }).click();
+  await expect(adminPage).toHaveURL(/\/admin$/);
+  await expect(adminPage.getByTestId('admin-keys')).toContainText(MERCHANT.email);
+});
+
+test('signing out returns to the sign-in page and protects the dashboard', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await expect(page).toHaveURL(/\/login$/);
+  watchForBrokenBundle(page);
+  await page.goto('/dashboard/developers/api-keys');
+  await expect(page).toHaveURL(/\/login\?next=/);
+});
+
+test('a wrong password shows one message for every failure', async ({ page }) => {
+  watchForBrokenBundle(page);
+  await page.goto('/login');
+  await hydrated(page);
+  await page.getByLabel('Email').fill(MERCHANT.email);
+  await page.getByLabel('Password').fill('definitely wrong');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
+});

@@ -1,0 +1,39 @@
+import { expect, Page } from '@playwright/test';
+import { execFileSync } from 'node:child_process';
+
+export const MERCHANT = { email: 'merchant@keymeter.local', password: 'merchant-demo-password' };
+export const ADMIN = { email: 'admin@keymeter.local', password: 'admin-demo-password' };
+
+/** Fails the test on any script error or a bundle file that did not load. */
+export function watchForBrokenBundle(page: Page) {
+  page.on('pageerror', (err) => { throw new Error(`page error: ${err.message}`); });
+  page.on('response', (res) => {
+    if (res.url().includes('/pkg/') && res.status() >= 400) {
+      throw new Error(`bundle file failed to load: ${res.url()} (${res.status()})`);
+    }
+  });
+}
+
+/** Waits until the WASM has hydrated the page (the app marks <body> once it runs). */
+export async function hydrated(page: Page) {
+  await expect(page.locator('body')).toHaveAttribute('data-hydrated', 'true');
+}
+
+export async function signIn(page: Page, who: { email: string; password: string }) {
+  watchForBrokenBundle(page);
+  await page.goto('/login');
+  await hydrated(page);
+  await page.getByLabel('Email').fill(who.email);
+  await page.getByLabel('Password').fill(who.password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await hydrated(page);
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
+}
+
+/** Runs the operator CLI against the same database as the server under test. */
+export function cli(args: string[], input?: string): string {
+  const bin = process.env.KEYMETER_BIN;
+  if (!bin) throw new Error('KEYMETER_BIN is not set: run the browser tests with `make test`');
+  return execFileSync(bin, args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+}

@@ -1,0 +1,25 @@
+# Shared settings for the project's scripts; sourced, not run.
+# Build output lives outside the clone so that fresh clones (CI) reuse warm builds.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KEYMETER_CACHE="${KEYMETER_CACHE:-$HOME/.cache/keymeter}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KEYMETER_CACHE/target}"
+WASM_TARGET_DIR="${WASM_TARGET_DIR:-$KEYMETER_CACHE/target-wasm}"
+TOOLS_DIR="$KEYMETER_CACHE/tools"
+export PATH="$TOOLS_DIR/bin:$HOME/.cargo/bin:$PATH"
+export KEYMETER_SITE_ROOT="${KEYMETER_SITE_ROOT:-$ROOT/target/site}"
+# Set at compile time this would change the bundle's file names (see docs/notes.md).
+unset LEPTOS_OUTPUT_NAME
+PG_BIN="${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
+SERVER_BIN="$CARGO_TARGET_DIR/debug/keymeter"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# A free TCP port on loopback.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Runs a command as the postgres system user when we are root (initdb refuses root).
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}

@@ -1,0 +1,138 @@
+//! API keys through the server functions and the metered API, as merchants and clients use them.
+
+mod common;
+
+use common::{client, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+use services::accounts::Role;
+
+async fn create_key(app: &TestApp, c: &reqwest::Client, name: &str) -> (String, String) {
+    let res = app.rpc(c, "keys/create", &[("name", name)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    (body["key"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
+}
+
+async fn ping(app: &TestApp, header: (&str, String)) -> reqwest::Response {
+    client().get(app.url("/api/v1/ping")).header(header.0, header.1).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_works_until_revoked() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let c = app.signed_in("ann@example.com").await;
+    let (id, secret) = create_key(&app, &c, "Checkout server").await;
+    assert!(secret.starts_with("km_live_"));
+
+    // Listed with the default quota, the secret nowhere in sight.
+    let list = app.rpc(&c, "keys/list", &[]).await.text().await.unwrap();
+    assert!(!list.contains(&secret));
+    let keys: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["name"], "Checkout server");
+    assert_eq!(keys[0]["requests_per_hour"], 1000);
+    assert_eq!(keys[0]["requests_per_day"], 10000);
+    assert!(secret.starts_with(keys[0]["prefix"].as_str().unwrap()));
+
+    let ok = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let ok = ping(&app, ("x-api-key", secret.clone())).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["key_id"], id.as_str());
+
+    let revoked = app.rpc(&c, "keys/revoke", &[("id", &id)]).await;
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let denied = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "revoked_api_key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_keys_get_a_json_401() {
+    let app = TestApp::spawn().await;
+    let missing = client().get(app.url("/api/v1/ping")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "missing_api_key");
+
+    let cases = [
+        ("authorization", "Bearer nope".to_owned(), "malformed_api_key"),
+        ("authorization", "Basic dXNlcjpwYXNz".to_owned(), "malformed_api_key"),
+        ("x-api-key", format!("km_live_{}", "A".repeat(40)), "invalid_api_key"),
+        ("x-api-key", format!("km_live_{}", "x".repeat(4000)), "malformed_api_key"),
+    ];
+    for (header, value, code) in cases {
+        let res = ping(&app, (header, value.clone())).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{header}: {value:.40}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code, "{header}: {value:.40}");
+    }
+
+    // Bytes that are not UTF-8 in the key header.
+    let raw = reqwest::header::HeaderValue::from_bytes(b"km_live_\xc3\x28\xff").unwrap();
+    let res = client().get(app.url("/api/v1/ping")).header("x-api-key", raw).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_cannot_touch_each_others_keys() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("mallory@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let mallory = app.signed_in("mallory@example.com").await;
+    let (id, secret) = create_key(&app, &ann, "Ann's key").await;
+
+    for path in ["keys/get", "keys/revoke"] {
+        let res = app.rpc(&mallory, path, &[("id", &id)]).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let listed: Vec<Value> = app.rpc(&mallory, "keys/list", &[]).await.json().await.unwrap();
+    assert!(listed.is_empty());
+    let page = app.page(&mallory, &format!("/dashboard/developers/api-keys/{id}")).await;
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    assert!(!page.text().await.unwrap().contains("Ann&#x27;s key"));
+
+    // Still Ann's, still working.
+    let ok = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let own = app.page(&ann, &format!("/dashboard/developers/api-keys/{id}")).await;
+    assert_eq!(own.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_are_refused() {
+    let app = TestApp::spawn().await;
+    for path in ["keys/list", "keys/create", "admin/keys"] {
+        let res = app.rpc(&client(), path, &[("name", "x")]).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let c = app.signed_in("ann@example.com").await;
+
+    let too_long = "n".repeat(101);
+    for (args, expected) in [
+        (vec![("name", "   ")], "Give the key a name"),
+        (vec![("name", too_long.as_str())], "at most 100"),
+        (vec![], "Missing"),
+    ] {
+        let res = app.rpc(&c, "keys/create", &args).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{args:?}");
+        let text = res.text().await.unwrap();
+        assert!(text.contains(expected) || text.contains("Invalid request"), "{args:?}: {text}");
+    }
+    for id in ["not-a-uuid", "", "'; DROP TABLE api_keys; --"] {
+        let res = app.rpc(&c, "keys/revoke", &[("id", id)]).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{id:?}");
+    }
+    let listed: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
+    assert!(listed.is_empty());
+}

@@ -1,0 +1,113 @@
+//! Test harness: each test gets its own database (a copy of the migrated template that
+//! `make test` prepares), the shared test Redis, and a real server on a free port.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use keymeter::config::Config;
+use keymeter::startup::{self, Application};
+use reqwest::redirect::Policy;
+use services::accounts::{self, Email, Password, Role, User};
+use services::Services;
+
+pub const PASSWORD: &str = "a long test password";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub services: Services,
+    pub config: Config,
+    pub db_name: String,
+}
+
+/// A client that keeps cookies and does not follow redirects, so tests see them.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().expect("client")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn create_database() -> (String, String) {
+    let pg = env("KEYMETER_TEST_PG");
+    let name = format!(
+        "test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres")).await.expect("connect to test PostgreSQL");
+    diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE keymeter_template"))
+        .execute(&mut admin)
+        .await
+        .expect("clone the template database");
+    (format!("{pg}/{name}"), name)
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let (database_url, db_name) = create_database().await;
+        let config = Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some(database_url.clone()),
+            "REDIS_URL" => Some(env("KEYMETER_TEST_REDIS")),
+            "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
+            "KEYMETER_DB_POOL_SIZE" => Some("4".into()),
+            "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
+            _ => None,
+        })
+        .expect("test config");
+        let services = startup::connect(&config).await.expect("connect services");
+        let app = Application::with_services(&config, services.clone()).await.expect("bind");
+        let base = format!("http://{}", app.local_addr());
+        tokio::spawn(app.run_until_stopped());
+        Self { base, services, config, db_name }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn user(&self, email: &str, role: Role) -> User {
+        accounts::create_user(
+            &self.services.db,
+            &Email::parse(email).unwrap(),
+            &Password::parse(PASSWORD).unwrap(),
+            role,
+        )
+        .await
+        .expect("create user")
+    }
+
+    /// Signs in through the real server function; returns the client holding the session.
+    pub async fn signed_in(&self, email: &str) -> reqwest::Client {
+        let client = client();
+        let res = self.login(&client, email, PASSWORD).await;
+        assert!(res.status().is_redirection() || res.status().is_success(), "login failed: {}", res.status());
+        client
+    }
+
+    pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
+        // As a browser's form post: it accepts HTML, so success is a 302.
+        client
+            .post(self.url("/rpc/auth/login"))
+            .header("accept", "text/html")
+            .form(&[("email", email), ("password", password)])
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    /// Loads a page as a browser would.
+    pub async fn page(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
+        client.get(self.url(path)).header("accept", "text/html").send().await.expect("page request")
+    }
+
+    /// Calls a server function with form-encoded arguments.
+    pub async fn rpc(&self, client: &reqwest::Client, path: &str, args: &[(&str, &str)]) -> reqwest::Response {
+        client.post(self.url(&format!("/rpc/{path}"))).form(args).send().await.expect("rpc request")
+    }
+}
