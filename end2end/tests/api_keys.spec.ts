@@ -14,6 +14,7 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
 
   const row = page.getByTestId('key-row').filter({ hasText: name });
   await expect(row).toHaveAttribute('data-status', 'active');
+  await page.screenshot({ path: 'test-results/api-keys.png', fullPage: true });
   await expect(row).toContainText('1,000/h');
   await expect(row).not.toContainText(secret);
 

@@ -22,20 +22,34 @@ pub struct AuthenticatedKey {
 /// The secret presented in the headers, checked for shape only.
 pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
     let raw = if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the Authorization header is not valid text"))?;
+        let value = value.to_str().map_err(|_| {
+            ApiError::unauthorized(
+                "malformed_api_key",
+                "the Authorization header is not valid text",
+            )
+        })?;
         let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| {
-            ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key> or X-API-Key: <key>")
+            ApiError::unauthorized(
+                "malformed_api_key",
+                "use Authorization: Bearer <key> or X-API-Key: <key>",
+            )
         })?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key>"));
+            return Err(ApiError::unauthorized(
+                "malformed_api_key",
+                "use Authorization: Bearer <key>",
+            ));
         }
         token.trim().to_owned()
     } else if let Some(value) = headers.get("x-api-key") {
         value
             .to_str()
-            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the X-API-Key header is not valid text"))?
+            .map_err(|_| {
+                ApiError::unauthorized(
+                    "malformed_api_key",
+                    "the X-API-Key header is not valid text",
+                )
+            })?
             .trim()
             .to_owned()
     } else {
@@ -44,21 +58,32 @@ pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
             "send your API key as Authorization: Bearer <key> or X-API-Key: <key>",
         ));
     };
-    ApiKeySecret::parse(&raw).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+    ApiKeySecret::parse(&raw)
+        .map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
 }
 
 /// Resolves the presented key against the store.
-pub async fn authenticate(services: &Services, headers: &HeaderMap) -> Result<AuthenticatedKey, ApiError> {
+pub async fn authenticate(
+    services: &Services,
+    headers: &HeaderMap,
+) -> Result<AuthenticatedKey, ApiError> {
     let secret = presented_key(headers)?;
     match api_keys::lookup_secret(&services.db, &secret).await? {
         KeyLookup::Active { id, owner_id } => Ok(AuthenticatedKey { id, owner_id }),
-        KeyLookup::Revoked => Err(ApiError::unauthorized("revoked_api_key", "this API key has been revoked")),
+        KeyLookup::Revoked => Err(ApiError::unauthorized(
+            "revoked_api_key",
+            "this API key has been revoked",
+        )),
         KeyLookup::Unknown => Err(ApiError::unauthorized("invalid_api_key", "unknown API key")),
     }
 }
 
 /// Middleware form of [`authenticate`].
-pub async fn require_api_key(State(services): State<Services>, mut request: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(services): State<Services>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     match authenticate(&services, request.headers()).await {
         Ok(key) => {
             api_keys::note_used(&services, key.id);
@@ -85,7 +110,10 @@ mod tests {
     #[test]
     fn reads_bearer_and_x_api_key() {
         let secret = ApiKeySecret::generate();
-        let bearer = headers(&[("authorization", HeaderValue::from_str(&format!("Bearer {}", secret.expose())).unwrap())]);
+        let bearer = headers(&[(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", secret.expose())).unwrap(),
+        )]);
         assert_eq!(presented_key(&bearer).unwrap(), secret);
         let x = headers(&[("x-api-key", HeaderValue::from_str(secret.expose()).unwrap())]);
         assert_eq!(presented_key(&x).unwrap(), secret);
@@ -93,11 +121,20 @@ mod tests {
 
     #[test]
     fn refuses_missing_and_malformed() {
-        assert_eq!(presented_key(&HeaderMap::new()).unwrap_err().code, "missing_api_key");
+        assert_eq!(
+            presented_key(&HeaderMap::new()).unwrap_err().code,
+            "missing_api_key"
+        );
         let basic = headers(&[("authorization", HeaderValue::from_static("Basic abc"))]);
         assert_eq!(presented_key(&basic).unwrap_err().code, "malformed_api_key");
-        let binary = headers(&[("x-api-key", HeaderValue::from_bytes(b"km_live_\xff\xfe").unwrap())]);
-        assert_eq!(presented_key(&binary).unwrap_err().code, "malformed_api_key");
+        let binary = headers(&[(
+            "x-api-key",
+            HeaderValue::from_bytes(b"km_live_\xff\xfe").unwrap(),
+        )]);
+        assert_eq!(
+            presented_key(&binary).unwrap_err().code,
+            "malformed_api_key"
+        );
         let short = headers(&[("x-api-key", HeaderValue::from_static("km_live_short"))]);
         assert_eq!(presented_key(&short).unwrap_err().code, "malformed_api_key");
     }

@@ -12,7 +12,10 @@ use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
 
 #[derive(Parser)]
-#[command(name = "keymeter", about = "API-key usage metering: server and operator commands")]
+#[command(
+    name = "keymeter",
+    about = "API-key usage metering: server and operator commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -99,7 +102,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let password = Password::parse(&read_password()?)?;
             let services = startup::connect(&config).await?;
             let user = accounts::create_user(&services.db, &email, &password, role).await?;
-            println!("created {} account {} (id {})", role.as_str(), user.email, user.id);
+            println!(
+                "created {} account {} (id {})",
+                role.as_str(),
+                user.email,
+                user.id
+            );
             Ok(())
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
@@ -110,17 +118,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
-            eprintln!("created key {} ({}) for {}; the secret is shown only this once:", key.id, key.name, user.email);
+            eprintln!(
+                "created key {} ({}) for {}; the secret is shown only this once:",
+                key.id, key.name, user.email
+            );
             println!("{}", secret.expose());
             Ok(())
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let id = ApiKeyId::parse(&id).map_err(|_| anyhow!("{id:?} is not a key id"))?;
             let services = startup::connect(&config).await?;
-            let key = api_keys::revoke(&services.db, id).await.map_err(|e| match e {
-                services::ServiceError::NotFound => anyhow!("no key with id {id}"),
-                other => other.into(),
-            })?;
+            let key = api_keys::revoke(&services.db, id)
+                .await
+                .map_err(|e| match e {
+                    services::ServiceError::NotFound => anyhow!("no key with id {id}"),
+                    other => other.into(),
+                })?;
             println!("revoked key {} ({})", key.id, key.name);
             Ok(())
         }
@@ -131,7 +144,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             for key in api_keys::list_for_owner(&services.db, user.id).await? {
-                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                let status = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name);
             }
             Ok(())
@@ -154,7 +171,10 @@ fn read_password() -> anyhow::Result<String> {
         eprint!("password: ");
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -167,11 +187,24 @@ async fn seed_demo(config: &Config) -> anyhow::Result<()> {
         let email = Email::parse(email)?;
         let user = match accounts::find_user_by_email(&services.db, &email).await? {
             Some(user) => user,
-            None => accounts::create_user(&services.db, &email, &Password::parse(password)?, role).await?,
+            None => {
+                accounts::create_user(&services.db, &email, &Password::parse(password)?, role)
+                    .await?
+            }
         };
-        println!("  {:<8} {}  password: {}", role.as_str(), user.email, password);
-        if role == Role::Merchant && api_keys::list_for_owner(&services.db, user.id).await?.is_empty() {
-            let (key, secret) = api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
+        println!(
+            "  {:<8} {}  password: {}",
+            role.as_str(),
+            user.email,
+            password
+        );
+        if role == Role::Merchant
+            && api_keys::list_for_owner(&services.db, user.id)
+                .await?
+                .is_empty()
+        {
+            let (key, secret) =
+                api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
             println!("  demo key {} (shown once): {}", key.id, secret.expose());
         }
     }

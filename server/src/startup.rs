@@ -41,9 +41,12 @@ impl FromRef<AppState> for Services {
 /// Opens the pools and proves both services answer, naming the one that does not.
 pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     let db = services::db::pool(&config.database_url, config.db_pool_size)?;
-    services::db::ping(&db)
-        .await
-        .with_context(|| format!("PostgreSQL at {} is unreachable", redact_url(&config.database_url)))?;
+    services::db::ping(&db).await.with_context(|| {
+        format!(
+            "PostgreSQL at {} is unreachable",
+            redact_url(&config.database_url)
+        )
+    })?;
     let redis = services::redis_pool::pool(&config.redis_url, config.redis_pool_size)?;
     services::redis_pool::ping(&redis)
         .await
@@ -62,8 +65,13 @@ pub fn leptos_options(config: &Config) -> LeptosOptions {
 
 /// The whole HTTP app.
 pub fn router(config: &Config, services: Services) -> Router {
-    let state = AppState { services: services.clone(), leptos_options: leptos_options(config) };
-    let cookies = CookieSettings { secure: config.secure_cookies };
+    let state = AppState {
+        services: services.clone(),
+        leptos_options: leptos_options(config),
+    };
+    let cookies = CookieSettings {
+        secure: config.secure_cookies,
+    };
     let context = {
         let services = services.clone();
         move || {
@@ -79,7 +87,10 @@ pub fn router(config: &Config, services: Services) -> Router {
     // served when present.
     let pkg = Router::new()
         .fallback_service(ServeDir::new(config.site_root.join("pkg")).precompressed_gzip())
-        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        ));
 
     Router::new()
         .nest("/api/v1", routes::api_v1::router(services.clone()))
@@ -89,7 +100,10 @@ pub fn router(config: &Config, services: Services) -> Router {
         .merge(
             Router::new()
                 .leptos_routes_with_context(&state, routes, context.clone(), shell)
-                .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
+                .fallback(leptos_axum::file_and_error_handler_with_context::<
+                    AppState,
+                    _,
+                >(context, app::shell))
                 .with_state(state),
         )
 }
@@ -107,18 +121,28 @@ impl Application {
     }
 
     pub async fn with_services(config: &Config, services: Services) -> anyhow::Result<Self> {
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        Ok(Self { listener, router: router(config, services) })
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Self {
+            listener,
+            router: router(config, services),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown_signal()).await
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
     }
 }
 

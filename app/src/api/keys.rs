@@ -28,7 +28,10 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let name = KeyName::parse(&name)?;
     let (key, secret) = api_keys::create(&session::services()?.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
-    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
+    Ok(CreatedKey {
+        key: key.into(),
+        secret: secret.expose().to_owned(),
+    })
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]

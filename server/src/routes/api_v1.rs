@@ -10,7 +10,10 @@ use crate::api_key_auth::{require_api_key, AuthenticatedKey};
 pub fn router(services: Services) -> Router<Services> {
     Router::new()
         .route("/ping", get(ping))
-        .layer(axum::middleware::from_fn_with_state(services, require_api_key))
+        .layer(axum::middleware::from_fn_with_state(
+            services,
+            require_api_key,
+        ))
 }
 
 /// The cheapest metered call: proves the key works.

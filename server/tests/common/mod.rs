@@ -15,7 +15,8 @@ use services::Services;
 pub const PASSWORD: &str = "a long test password";
 
 fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
 
 pub struct TestApp {
@@ -27,7 +28,11 @@ pub struct TestApp {
 
 /// A client that keeps cookies and does not follow redirects, so tests see them.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .build()
+        .expect("client")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -40,7 +45,9 @@ async fn create_database() -> (String, String) {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         uuid::Uuid::new_v4().simple()
     );
-    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres")).await.expect("connect to test PostgreSQL");
+    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres"))
+        .await
+        .expect("connect to test PostgreSQL");
     diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE keymeter_template"))
         .execute(&mut admin)
         .await
@@ -61,10 +68,17 @@ impl TestApp {
         })
         .expect("test config");
         let services = startup::connect(&config).await.expect("connect services");
-        let app = Application::with_services(&config, services.clone()).await.expect("bind");
+        let app = Application::with_services(&config, services.clone())
+            .await
+            .expect("bind");
         let base = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped());
-        Self { base, services, config, db_name }
+        Self {
+            base,
+            services,
+            config,
+            db_name,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -86,11 +100,20 @@ impl TestApp {
     pub async fn signed_in(&self, email: &str) -> reqwest::Client {
         let client = client();
         let res = self.login(&client, email, PASSWORD).await;
-        assert!(res.status().is_redirection() || res.status().is_success(), "login failed: {}", res.status());
+        assert!(
+            res.status().is_redirection() || res.status().is_success(),
+            "login failed: {}",
+            res.status()
+        );
         client
     }
 
-    pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
+    pub async fn login(
+        &self,
+        client: &reqwest::Client,
+        email: &str,
+        password: &str,
+    ) -> reqwest::Response {
         // As a browser's form post: it accepts HTML, so success is a 302.
         client
             .post(self.url("/rpc/auth/login"))
@@ -103,11 +126,26 @@ impl TestApp {
 
     /// Loads a page as a browser would.
     pub async fn page(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
-        client.get(self.url(path)).header("accept", "text/html").send().await.expect("page request")
+        client
+            .get(self.url(path))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .expect("page request")
     }
 
     /// Calls a server function with form-encoded arguments.
-    pub async fn rpc(&self, client: &reqwest::Client, path: &str, args: &[(&str, &str)]) -> reqwest::Response {
-        client.post(self.url(&format!("/rpc/{path}"))).form(args).send().await.expect("rpc request")
+    pub async fn rpc(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        args: &[(&str, &str)],
+    ) -> reqwest::Response {
+        client
+            .post(self.url(&format!("/rpc/{path}")))
+            .form(args)
+            .send()
+            .await
+            .expect("rpc request")
     }
 }

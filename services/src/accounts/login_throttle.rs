@@ -20,7 +20,11 @@ pub(crate) struct LoginThrottle<'a> {
 
 impl<'a> LoginThrottle<'a> {
     pub(crate) fn new(redis: &'a RedisPool, email: &str, client: &str) -> Self {
-        Self { redis, email_key: format!("km:login:email:{email}"), client_key: format!("km:login:client:{client}") }
+        Self {
+            redis,
+            email_key: format!("km:login:email:{email}"),
+            client_key: format!("km:login:client:{client}"),
+        }
     }
 
     /// Refuses when either counter is over its limit. If Redis is unreachable, sign-in still works
@@ -49,13 +53,17 @@ impl<'a> LoginThrottle<'a> {
             wait = wait.max(client_ttl.max(1));
         }
         if wait > 0 {
-            return Err(ServiceError::TooManyAttempts { retry_after_secs: wait as u64 });
+            return Err(ServiceError::TooManyAttempts {
+                retry_after_secs: wait as u64,
+            });
         }
         Ok(())
     }
 
     pub(crate) async fn record_failure(&self) {
-        let Ok(mut conn) = redis_pool::conn(self.redis).await else { return };
+        let Ok(mut conn) = redis_pool::conn(self.redis).await else {
+            return;
+        };
         let result: redis::RedisResult<()> = redis::pipe()
             .incr(&self.email_key, 1)
             .expire(&self.email_key, WINDOW_SECS)
@@ -69,7 +77,12 @@ impl<'a> LoginThrottle<'a> {
     }
 
     pub(crate) async fn reset(&self) {
-        let Ok(mut conn) = redis_pool::conn(self.redis).await else { return };
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.email_key).query_async(&mut conn).await;
+        let Ok(mut conn) = redis_pool::conn(self.redis).await else {
+            return;
+        };
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&self.email_key)
+            .query_async(&mut conn)
+            .await;
     }
 }

@@ -27,11 +27,19 @@ impl Email {
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let email = raw.trim().to_lowercase();
         let invalid = || ServiceError::invalid("Enter a valid email address.");
-        if email.len() < 3 || email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if email.len() < 3
+            || email.len() > 254
+            || email.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid());
         }
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
-        if local.is_empty() || domain.is_empty() || domain.contains('@') || domain.starts_with('.') || domain.ends_with('.') {
+        if local.is_empty()
+            || domain.is_empty()
+            || domain.contains('@')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+        {
             return Err(invalid());
         }
         Ok(Self(email))
@@ -53,7 +61,9 @@ impl Role {
         match raw.trim() {
             "merchant" => Ok(Self::Merchant),
             "admin" => Ok(Self::Admin),
-            other => Err(ServiceError::invalid(format!("unknown role {other:?}: expected merchant or admin"))),
+            other => Err(ServiceError::invalid(format!(
+                "unknown role {other:?}: expected merchant or admin"
+            ))),
         }
     }
 
@@ -90,21 +100,37 @@ pub(crate) struct UserRow {
 
 impl UserRow {
     pub(crate) fn into_user(self) -> ServiceResult<User> {
-        Ok(User { id: self.id, email: self.email, role: Role::parse(&self.role)?, created_at: self.created_at })
+        Ok(User {
+            id: self.id,
+            email: self.email,
+            role: Role::parse(&self.role)?,
+            created_at: self.created_at,
+        })
     }
 }
 
 /// Creates an account; a taken address is a [`ServiceError::Conflict`].
-pub async fn create_user(db: &DbPool, email: &Email, password: &Password, role: Role) -> ServiceResult<User> {
+pub async fn create_user(
+    db: &DbPool,
+    email: &Email,
+    password: &Password,
+    role: Role,
+) -> ServiceResult<User> {
     let hash = password.hash().await?;
     let mut conn = db::conn(db).await?;
     let row: UserRow = diesel::insert_into(users::table)
-        .values((users::email.eq(email.as_str()), users::password_hash.eq(hash), users::role.eq(role.as_str())))
+        .values((
+            users::email.eq(email.as_str()),
+            users::password_hash.eq(hash),
+            users::role.eq(role.as_str()),
+        ))
         .returning(UserRow::as_returning())
         .get_result(&mut conn)
         .await
         .map_err(|e| match ServiceError::from(e) {
-            ServiceError::Conflict(_) => ServiceError::Conflict(format!("an account for {} already exists", email.as_str())),
+            ServiceError::Conflict(_) => {
+                ServiceError::Conflict(format!("an account for {} already exists", email.as_str()))
+            }
             other => other,
         })?;
     row.into_user()
@@ -168,12 +194,24 @@ mod tests {
 
     #[test]
     fn email_is_trimmed_and_lowercased() {
-        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
+        assert_eq!(
+            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
     }
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in ["", "ann", "@example.com", "ann@", "a b@example.com", "ann@@example.com", "ann@.com", "ann@x."] {
+        for bad in [
+            "",
+            "ann",
+            "@example.com",
+            "ann@",
+            "a b@example.com",
+            "ann@@example.com",
+            "ann@.com",
+            "ann@x.",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

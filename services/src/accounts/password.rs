@@ -1,6 +1,8 @@
 //! Password hashing with argon2id; hashing runs on the blocking pool so it never stalls requests.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 use crate::{ServiceError, ServiceResult};
@@ -36,10 +38,16 @@ impl Password {
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let len = raw.chars().count();
         if len < Self::MIN_LEN {
-            return Err(ServiceError::invalid(format!("The password needs at least {} characters.", Self::MIN_LEN)));
+            return Err(ServiceError::invalid(format!(
+                "The password needs at least {} characters.",
+                Self::MIN_LEN
+            )));
         }
         if len > Self::MAX_LEN {
-            return Err(ServiceError::invalid(format!("The password can have at most {} characters.", Self::MAX_LEN)));
+            return Err(ServiceError::invalid(format!(
+                "The password can have at most {} characters.",
+                Self::MAX_LEN
+            )));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -66,8 +74,11 @@ pub(crate) async fn verify(candidate: &str, stored_hash: &str) -> ServiceResult<
     let candidate = candidate.to_owned();
     let stored = stored_hash.to_owned();
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&stored).map_err(|e| ServiceError::Internal(format!("stored hash unreadable: {e}")))?;
-        Ok(Argon2::default().verify_password(candidate.as_bytes(), &parsed).is_ok())
+        let parsed = PasswordHash::new(&stored)
+            .map_err(|e| ServiceError::Internal(format!("stored hash unreadable: {e}")))?;
+        Ok(Argon2::default()
+            .verify_password(candidate.as_bytes(), &parsed)
+            .is_ok())
     })
     .await
     .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -96,6 +107,9 @@ mod tests {
         assert!(Password::parse("short").is_err());
         assert!(Password::parse(&"x".repeat(300)).is_err());
         assert!(Password::parse("long enough pass").is_ok());
-        assert_eq!(format!("{:?}", Password::parse("long enough pass").unwrap()), "Password(..)");
+        assert_eq!(
+            format!("{:?}", Password::parse("long enough pass").unwrap()),
+            "Password(..)"
+        );
     }
 }

@@ -12,10 +12,15 @@ impl QuotaLimit {
 
     pub fn new(value: i64) -> ServiceResult<Self> {
         if value <= 0 {
-            return Err(ServiceError::invalid("a limit must be a positive whole number"));
+            return Err(ServiceError::invalid(
+                "a limit must be a positive whole number",
+            ));
         }
         if value > Self::MAX {
-            return Err(ServiceError::invalid(format!("a limit can be at most {}", Self::MAX)));
+            return Err(ServiceError::invalid(format!(
+                "a limit can be at most {}",
+                Self::MAX
+            )));
         }
         Ok(Self(value))
     }
