@@ -20,6 +20,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ -z "${DATABASE_URL:-}" ] || [ -z "${REDIS_URL:-}" ]; then
+  # KEYMETER_PG_PORT / KEYMETER_REDIS_PORT move them if these ports are taken.
   pg_port="${KEYMETER_PG_PORT:-55432}"; redis_port="${KEYMETER_REDIS_PORT:-56379}"
   log "starting local PostgreSQL (:$pg_port) and Redis (:$redis_port), data in .data/"
   started_services=1
