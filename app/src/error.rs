@@ -49,9 +49,7 @@ impl FromServerFnError for AppError {
         match value {
             // Arguments the server could not read are the caller's mistake.
             ServerFnErrorErr::Args(msg) => Self::BadRequest(format!("Invalid request: {msg}")),
-            ServerFnErrorErr::MissingArg(name) => {
-                Self::BadRequest(format!("Missing field: {name}"))
-            }
+            ServerFnErrorErr::MissingArg(name) => Self::BadRequest(format!("Missing field: {name}")),
             ServerFnErrorErr::Request(msg) => Self::Network(msg),
             _ => Self::Internal,
         }
@@ -66,21 +64,14 @@ impl FromServerFnError for AppError {
                 response.set_status(status);
             }
         }
-        let body = ErrorBody {
-            message: self.to_string(),
-            error: self.clone(),
-        };
-        serde_json::to_vec(&body)
-            .map(Into::into)
-            .unwrap_or_default()
+        let body = ErrorBody { message: self.to_string(), error: self.clone() };
+        serde_json::to_vec(&body).map(Into::into).unwrap_or_default()
     }
 
     fn de(data: server_fn::Bytes) -> Self {
         serde_json::from_slice::<ErrorBody>(&data)
             .map(|body| body.error)
-            .unwrap_or_else(|e| {
-                Self::from_server_fn_error(ServerFnErrorErr::Deserialization(e.to_string()))
-            })
+            .unwrap_or_else(|e| Self::from_server_fn_error(ServerFnErrorErr::Deserialization(e.to_string())))
     }
 }
 

@@ -6,16 +6,13 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
-use services::keys::{api_keys, ApiKeyId, KeyName};
+use services::keys::{api_keys, set_quota, ApiKeyId, KeyName, Quota, QuotaLimit};
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
 
 #[derive(Parser)]
-#[command(
-    name = "keymeter",
-    about = "API-key usage metering: server and operator commands"
-)]
+#[command(name = "keymeter", about = "API-key usage metering: server and operator commands")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,6 +30,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage quotas.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// Demo data for local use.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -64,6 +64,22 @@ enum KeyCommand {
     List {
         #[arg(long)]
         owner: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Set a key's limits; they apply to its very next request.
+    Set {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        per_hour: i64,
+        #[arg(long)]
+        per_day: i64,
+        /// Requests per second allowed in a burst (omit for no burst limit).
+        #[arg(long)]
+        burst: Option<i64>,
     },
 }
 
@@ -102,12 +118,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let password = Password::parse(&read_password()?)?;
             let services = startup::connect(&config).await?;
             let user = accounts::create_user(&services.db, &email, &password, role).await?;
-            println!(
-                "created {} account {} (id {})",
-                role.as_str(),
-                user.email,
-                user.id
-            );
+            println!("created {} account {} (id {})", role.as_str(), user.email, user.id);
             Ok(())
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
@@ -118,22 +129,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
-            eprintln!(
-                "created key {} ({}) for {}; the secret is shown only this once:",
-                key.id, key.name, user.email
-            );
+            eprintln!("created key {} ({}) for {}; the secret is shown only this once:", key.id, key.name, user.email);
             println!("{}", secret.expose());
             Ok(())
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let id = ApiKeyId::parse(&id).map_err(|_| anyhow!("{id:?} is not a key id"))?;
             let services = startup::connect(&config).await?;
-            let key = api_keys::revoke(&services.db, id)
-                .await
-                .map_err(|e| match e {
-                    services::ServiceError::NotFound => anyhow!("no key with id {id}"),
-                    other => other.into(),
-                })?;
+            let key = api_keys::revoke(&services.db, id).await.map_err(|e| match e {
+                services::ServiceError::NotFound => anyhow!("no key with id {id}"),
+                other => other.into(),
+            })?;
             println!("revoked key {} ({})", key.id, key.name);
             Ok(())
         }
@@ -144,13 +150,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             for key in api_keys::list_for_owner(&services.db, user.id).await? {
-                let status = if key.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
+                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
                 println!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name);
             }
+            Ok(())
+        }
+        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst }) => {
+            let id = ApiKeyId::parse(&key).map_err(|_| anyhow!("{key:?} is not a key id"))?;
+            let quota = Quota {
+                per_hour: QuotaLimit::new(per_hour).context("--per-hour")?,
+                per_day: QuotaLimit::new(per_day).context("--per-day")?,
+                burst_per_second: burst.map(QuotaLimit::burst).transpose().context("--burst")?,
+            };
+            let services = startup::connect(&config).await?;
+            set_quota(&services, id, &quota).await.map_err(|e| match e {
+                services::ServiceError::NotFound => anyhow!("no key with id {id}"),
+                other => other.into(),
+            })?;
+            println!(
+                "quota of {id}: {per_hour}/hour, {per_day}/day{}",
+                burst.map(|b| format!(", burst {b}/s")).unwrap_or_default()
+            );
             Ok(())
         }
         Command::Demo(DemoCommand::Seed) => seed_demo(&config).await,
@@ -171,10 +191,7 @@ fn read_password() -> anyhow::Result<String> {
         eprint!("password: ");
     }
     let mut line = String::new();
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from stdin")?;
+    stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -187,24 +204,11 @@ async fn seed_demo(config: &Config) -> anyhow::Result<()> {
         let email = Email::parse(email)?;
         let user = match accounts::find_user_by_email(&services.db, &email).await? {
             Some(user) => user,
-            None => {
-                accounts::create_user(&services.db, &email, &Password::parse(password)?, role)
-                    .await?
-            }
+            None => accounts::create_user(&services.db, &email, &Password::parse(password)?, role).await?,
         };
-        println!(
-            "  {:<8} {}  password: {}",
-            role.as_str(),
-            user.email,
-            password
-        );
-        if role == Role::Merchant
-            && api_keys::list_for_owner(&services.db, user.id)
-                .await?
-                .is_empty()
-        {
-            let (key, secret) =
-                api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
+        println!("  {:<8} {}  password: {}", role.as_str(), user.email, password);
+        if role == Role::Merchant && api_keys::list_for_owner(&services.db, user.id).await?.is_empty() {
+            let (key, secret) = api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
             println!("  demo key {} (shown once): {}", key.id, secret.expose());
         }
     }

@@ -29,6 +29,11 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `KEYMETER_REDIS_POOL_SIZE`
     pub redis_pool_size: usize,
+    /// `KEYMETER_USAGE_RETENTION_DAYS`: days of raw usage events kept (rollups are kept).
+    pub usage_retention_days: u32,
+    /// `KEYMETER_REDIS_NAMESPACE`: prefix of deployment-wide Redis keys, for deployments (or
+    /// test databases) sharing one Redis.
+    pub redis_namespace: String,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
@@ -42,55 +47,38 @@ impl Config {
     /// Layered: defaults, then whatever `lookup` returns (the environment, or a test's map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let listen = match lookup("KEYMETER_LISTEN") {
-            Some(v) => v.parse().map_err(|e| ConfigError {
-                var: "KEYMETER_LISTEN",
-                reason: format!("{v:?}: {e}"),
-            })?,
+            Some(v) => v.parse().map_err(|e| ConfigError { var: "KEYMETER_LISTEN", reason: format!("{v:?}: {e}") })?,
             None => SocketAddr::from(([127, 0, 0, 1], 3000)),
         };
-        let database_url =
-            lookup("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let database_url = lookup("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError {
-                var: "DATABASE_URL",
-                reason: "must start with postgres://".into(),
-            });
+            return Err(ConfigError { var: "DATABASE_URL", reason: "must start with postgres://".into() });
         }
         let redis_url = lookup("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
-            return Err(ConfigError {
-                var: "REDIS_URL",
-                reason: "must start with redis://".into(),
-            });
+            return Err(ConfigError { var: "REDIS_URL", reason: "must start with redis://".into() });
         }
         Ok(Self {
             listen,
             database_url,
             redis_url,
             smtp_url: lookup("SMTP_URL"),
-            site_root: lookup("KEYMETER_SITE_ROOT")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "target/site".into()),
+            site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
             db_pool_size: parse_num(&lookup, "KEYMETER_DB_POOL_SIZE", 16)?,
             redis_pool_size: parse_num(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32)?,
+            redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
+            usage_retention_days: parse_num(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90)?.min(36_500) as u32,
         })
     }
 }
 
-fn parse_bool(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool, ConfigError> {
+fn parse_bool(lookup: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
     match lookup(var).as_deref().map(str::trim) {
         None => Ok(default),
         Some("1" | "true" | "yes" | "on") => Ok(true),
         Some("0" | "false" | "no" | "off") => Ok(false),
-        Some(other) => Err(ConfigError {
-            var,
-            reason: format!("{other:?} is not a boolean"),
-        }),
+        Some(other) => Err(ConfigError { var, reason: format!("{other:?} is not a boolean") }),
     }
 }
 
@@ -103,10 +91,7 @@ fn parse_num(
         None => Ok(default),
         Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(ConfigError {
-                var,
-                reason: format!("{v:?} is not a positive number"),
-            }),
+            _ => Err(ConfigError { var, reason: format!("{v:?} is not a positive number") }),
         },
     }
 }
@@ -131,10 +116,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -149,32 +131,15 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        assert_eq!(
-            with(&[("KEYMETER_LISTEN", "nowhere")]).unwrap_err().var,
-            "KEYMETER_LISTEN"
-        );
-        assert_eq!(
-            with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var,
-            "DATABASE_URL"
-        );
-        assert_eq!(
-            with(&[("KEYMETER_SECURE_COOKIES", "maybe")])
-                .unwrap_err()
-                .var,
-            "KEYMETER_SECURE_COOKIES"
-        );
-        assert_eq!(
-            with(&[("KEYMETER_DB_POOL_SIZE", "0")]).unwrap_err().var,
-            "KEYMETER_DB_POOL_SIZE"
-        );
+        assert_eq!(with(&[("KEYMETER_LISTEN", "nowhere")]).unwrap_err().var, "KEYMETER_LISTEN");
+        assert_eq!(with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
+        assert_eq!(with(&[("KEYMETER_SECURE_COOKIES", "maybe")]).unwrap_err().var, "KEYMETER_SECURE_COOKIES");
+        assert_eq!(with(&[("KEYMETER_DB_POOL_SIZE", "0")]).unwrap_err().var, "KEYMETER_DB_POOL_SIZE");
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:1/db"),
-            "postgres://u:***@h:1/db"
-        );
+        assert_eq!(redact_url("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
     }
 }

@@ -15,11 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -36,16 +32,12 @@ impl From<ServiceError> for ApiError {
         match &err {
             ServiceError::Invalid(msg) => Self::bad_request("invalid_request", msg.clone()),
             ServiceError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
-            ServiceError::Forbidden => {
-                Self::new(StatusCode::FORBIDDEN, "forbidden", err.to_string())
-            }
+            ServiceError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", err.to_string()),
             ServiceError::Unauthorized => Self::unauthorized("unauthorized", err.to_string()),
             ServiceError::Conflict(msg) => Self::new(StatusCode::CONFLICT, "conflict", msg.clone()),
-            ServiceError::TooManyAttempts { .. } => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                err.to_string(),
-            ),
+            ServiceError::TooManyAttempts { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", err.to_string())
+            }
             ServiceError::DatabaseUnavailable(_) | ServiceError::RedisUnavailable(_) => {
                 tracing::error!(error = %err, "backing service unavailable");
                 Self::new(
@@ -56,11 +48,7 @@ impl From<ServiceError> for ApiError {
             }
             _ => {
                 tracing::error!(error = %err, "request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
     }
@@ -71,9 +59,7 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -1,9 +1,9 @@
 //! The keymeter server: configuration, wiring of the axum app, HTTP routes, operator CLI.
 
-pub mod api_key_auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod middleware;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -11,8 +11,10 @@ use axum::http::{header, HeaderValue};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use services::usage::writer::UsageWriter;
 use services::Services;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -41,17 +43,14 @@ impl FromRef<AppState> for Services {
 /// Opens the pools and proves both services answer, naming the one that does not.
 pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     let db = services::db::pool(&config.database_url, config.db_pool_size)?;
-    services::db::ping(&db).await.with_context(|| {
-        format!(
-            "PostgreSQL at {} is unreachable",
-            redact_url(&config.database_url)
-        )
-    })?;
+    services::db::ping(&db)
+        .await
+        .with_context(|| format!("PostgreSQL at {} is unreachable", redact_url(&config.database_url)))?;
     let redis = services::redis_pool::pool(&config.redis_url, config.redis_pool_size)?;
     services::redis_pool::ping(&redis)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
-    Ok(Services::new(db, redis))
+    Ok(Services::new(db, redis, &config.redis_namespace))
 }
 
 pub fn leptos_options(config: &Config) -> LeptosOptions {
@@ -65,13 +64,8 @@ pub fn leptos_options(config: &Config) -> LeptosOptions {
 
 /// The whole HTTP app.
 pub fn router(config: &Config, services: Services) -> Router {
-    let state = AppState {
-        services: services.clone(),
-        leptos_options: leptos_options(config),
-    };
-    let cookies = CookieSettings {
-        secure: config.secure_cookies,
-    };
+    let state = AppState { services: services.clone(), leptos_options: leptos_options(config) };
+    let cookies = CookieSettings { secure: config.secure_cookies };
     let context = {
         let services = services.clone();
         move || {
@@ -87,10 +81,7 @@ pub fn router(config: &Config, services: Services) -> Router {
     // served when present.
     let pkg = Router::new()
         .fallback_service(ServeDir::new(config.site_root.join("pkg")).precompressed_gzip())
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        ));
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
     Router::new()
         .nest("/api/v1", routes::api_v1::router(services.clone()))
@@ -100,10 +91,7 @@ pub fn router(config: &Config, services: Services) -> Router {
         .merge(
             Router::new()
                 .leptos_routes_with_context(&state, routes, context.clone(), shell)
-                .fallback(leptos_axum::file_and_error_handler_with_context::<
-                    AppState,
-                    _,
-                >(context, app::shell))
+                .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
                 .with_state(state),
         )
 }
@@ -112,6 +100,8 @@ pub fn router(config: &Config, services: Services) -> Router {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    services: Services,
+    retention_days: u32,
 }
 
 impl Application {
@@ -121,28 +111,36 @@ impl Application {
     }
 
     pub async fn with_services(config: &Config, services: Services) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Self {
             listener,
-            router: router(config, services),
+            router: router(config, services.clone()),
+            services,
+            retention_days: config.usage_retention_days,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Serves until Ctrl-C or SIGTERM, then flushes all usage: queued events to Redis, and
+    /// what this instance can still move from Redis to PostgreSQL.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        let (stop, stopped) = watch::channel(false);
+        let services = &self.services;
+        let writer =
+            UsageWriter::new(services.db.clone(), services.redis.clone(), &services.namespace, self.retention_days);
+        let writer = tokio::spawn(writer.run(stopped));
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown_signal()).await;
+        self.services.usage.shutdown().await;
+        let _ = stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
+            tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
+        }
+        served
     }
 }
 
@@ -166,6 +164,4 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
-    // Give in-flight requests a moment; axum waits for them to finish.
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

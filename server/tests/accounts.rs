@@ -11,9 +11,7 @@ async fn wrong_password_and_unknown_email_get_the_same_answer() {
     let app = TestApp::spawn().await;
     app.user("ann@example.com", Role::Merchant).await;
 
-    let wrong = app
-        .login(&client(), "ann@example.com", "not the password")
-        .await;
+    let wrong = app.login(&client(), "ann@example.com", "not the password").await;
     let unknown = app.login(&client(), "nobody@example.com", PASSWORD).await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
@@ -31,10 +29,7 @@ async fn successful_sign_in_sets_an_httponly_samesite_cookie() {
     assert_eq!(res.headers()["location"], "/dashboard/developers/api-keys");
     let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("km_session="), "{cookie}");
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
-        "{cookie}"
-    );
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,10 +56,7 @@ async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
 
     let anonymous = app.page(&client(), "/dashboard/developers/api-keys").await;
     assert_eq!(anonymous.status(), StatusCode::FOUND);
-    assert!(anonymous.headers()["location"]
-        .to_str()
-        .unwrap()
-        .starts_with("/login"));
+    assert!(anonymous.headers()["location"].to_str().unwrap().starts_with("/login"));
 
     let merchant = app.signed_in("dave@example.com").await;
     let page = app.page(&merchant, "/dashboard/developers/api-keys").await;
@@ -78,10 +70,7 @@ async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
 
     let admin = app.signed_in("root@example.com").await;
     assert_eq!(app.page(&admin, "/admin").await.status(), StatusCode::OK);
-    assert_eq!(
-        app.rpc(&admin, "admin/keys", &[]).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.rpc(&admin, "admin/keys", &[]).await.status(), StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,20 +80,14 @@ async fn sign_out_ends_the_session() {
     let c = app.signed_in("erin@example.com").await;
     assert_eq!(app.rpc(&c, "keys/list", &[]).await.status(), StatusCode::OK);
     app.rpc(&c, "auth/logout", &[]).await;
-    assert_eq!(
-        app.rpc(&c, "keys/list", &[]).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(app.rpc(&c, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;
     let c = client();
-    assert_eq!(
-        c.get(app.url("/healthz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
     let ready = c.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     let body: serde_json::Value = ready.json().await.unwrap();

@@ -11,19 +11,11 @@ async fn create_key(app: &TestApp, c: &reqwest::Client, name: &str) -> (String, 
     let res = app.rpc(c, "keys/create", &[("name", name)]).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
-    (
-        body["key"]["id"].as_str().unwrap().to_owned(),
-        body["secret"].as_str().unwrap().to_owned(),
-    )
+    (body["key"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
 }
 
 async fn ping(app: &TestApp, header: (&str, String)) -> reqwest::Response {
-    client()
-        .get(app.url("/api/v1/ping"))
-        .header(header.0, header.1)
-        .send()
-        .await
-        .unwrap()
+    client().get(app.url("/api/v1/ping")).header(header.0, header.1).send().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,55 +57,23 @@ async fn bad_keys_get_a_json_401() {
     let missing = client().get(app.url("/api/v1/ping")).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(missing.headers()["www-authenticate"], "Bearer");
-    assert_eq!(
-        missing.json::<Value>().await.unwrap()["error"]["code"],
-        "missing_api_key"
-    );
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["code"], "missing_api_key");
 
     let cases = [
-        (
-            "authorization",
-            "Bearer nope".to_owned(),
-            "malformed_api_key",
-        ),
-        (
-            "authorization",
-            "Basic dXNlcjpwYXNz".to_owned(),
-            "malformed_api_key",
-        ),
-        (
-            "x-api-key",
-            format!("km_live_{}", "A".repeat(40)),
-            "invalid_api_key",
-        ),
-        (
-            "x-api-key",
-            format!("km_live_{}", "x".repeat(4000)),
-            "malformed_api_key",
-        ),
+        ("authorization", "Bearer nope".to_owned(), "malformed_api_key"),
+        ("authorization", "Basic dXNlcjpwYXNz".to_owned(), "malformed_api_key"),
+        ("x-api-key", format!("km_live_{}", "A".repeat(40)), "invalid_api_key"),
+        ("x-api-key", format!("km_live_{}", "x".repeat(4000)), "malformed_api_key"),
     ];
     for (header, value, code) in cases {
         let res = ping(&app, (header, value.clone())).await;
-        assert_eq!(
-            res.status(),
-            StatusCode::UNAUTHORIZED,
-            "{header}: {value:.40}"
-        );
-        assert_eq!(
-            res.json::<Value>().await.unwrap()["error"]["code"],
-            code,
-            "{header}: {value:.40}"
-        );
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{header}: {value:.40}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code, "{header}: {value:.40}");
     }
 
     // Bytes that are not UTF-8 in the key header.
     let raw = reqwest::header::HeaderValue::from_bytes(b"km_live_\xc3\x28\xff").unwrap();
-    let res = client()
-        .get(app.url("/api/v1/ping"))
-        .header("x-api-key", raw)
-        .send()
-        .await
-        .unwrap();
+    let res = client().get(app.url("/api/v1/ping")).header("x-api-key", raw).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -130,25 +90,16 @@ async fn merchants_cannot_touch_each_others_keys() {
         let res = app.rpc(&mallory, path, &[("id", &id)]).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let listed: Vec<Value> = app
-        .rpc(&mallory, "keys/list", &[])
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<Value> = app.rpc(&mallory, "keys/list", &[]).await.json().await.unwrap();
     assert!(listed.is_empty());
-    let page = app
-        .page(&mallory, &format!("/dashboard/developers/api-keys/{id}"))
-        .await;
+    let page = app.page(&mallory, &format!("/dashboard/developers/api-keys/{id}")).await;
     assert_eq!(page.status(), StatusCode::NOT_FOUND);
     assert!(!page.text().await.unwrap().contains("Ann&#x27;s key"));
 
     // Still Ann's, still working.
     let ok = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
     assert_eq!(ok.status(), StatusCode::OK);
-    let own = app
-        .page(&ann, &format!("/dashboard/developers/api-keys/{id}"))
-        .await;
+    let own = app.page(&ann, &format!("/dashboard/developers/api-keys/{id}")).await;
     assert_eq!(own.status(), StatusCode::OK);
 }
 
@@ -176,10 +127,7 @@ async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
         let res = app.rpc(&c, "keys/create", &args).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{args:?}");
         let text = res.text().await.unwrap();
-        assert!(
-            text.contains(expected) || text.contains("Invalid request"),
-            "{args:?}: {text}"
-        );
+        assert!(text.contains(expected) || text.contains("Invalid request"), "{args:?}: {text}");
     }
     for id in ["not-a-uuid", "", "'; DROP TABLE api_keys; --"] {
         let res = app.rpc(&c, "keys/revoke", &[("id", id)]).await;

@@ -58,10 +58,7 @@ impl From<DieselError> for ServiceError {
                 Self::Conflict("this already exists".into())
             }
             DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info) => {
-                Self::Invalid(format!(
-                    "invalid value ({})",
-                    info.constraint_name().unwrap_or("check")
-                ))
+                Self::Invalid(format!("invalid value ({})", info.constraint_name().unwrap_or("check")))
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Self::DatabaseUnavailable(info.message().to_owned())

@@ -9,18 +9,36 @@ pub mod error;
 pub mod keys;
 pub mod redis_pool;
 pub mod schema;
+pub mod usage;
 
 pub use error::{ServiceError, ServiceResult};
 
-/// Handles to the shared backing services, cheap to clone and handed to every request.
+/// Handles to the shared backing services and the domain's long-lived parts, cheap to clone
+/// and handed to every request.
 #[derive(Clone)]
 pub struct Services {
     pub db: db::DbPool,
     pub redis: redis_pool::RedisPool,
+    /// Resolves API key secrets (cached briefly per instance).
+    pub keys: keys::KeyAuthenticator,
+    /// Checks and counts requests against quotas in Redis.
+    pub quota: keys::QuotaManager,
+    /// Takes usage events off the request path towards Redis and PostgreSQL.
+    pub usage: usage::UsageRecorder,
+    /// Prefix of the deployment-wide Redis keys (per-key data is keyed by key id).
+    pub namespace: String,
 }
 
 impl Services {
-    pub fn new(db: db::DbPool, redis: redis_pool::RedisPool) -> Self {
-        Self { db, redis }
+    /// Must be called inside a Tokio runtime: it starts the usage recorder's flusher.
+    pub fn new(db: db::DbPool, redis: redis_pool::RedisPool, namespace: &str) -> Self {
+        Self {
+            keys: keys::KeyAuthenticator::new(db.clone()),
+            quota: keys::QuotaManager::new(redis.clone()),
+            usage: usage::UsageRecorder::start(redis.clone(), namespace),
+            namespace: namespace.to_owned(),
+            db,
+            redis,
+        }
     }
 }

@@ -29,8 +29,6 @@ pub async fn conn(pool: &RedisPool) -> ServiceResult<RedisConn> {
 /// Round trip to Redis (`PING`).
 pub async fn ping(pool: &RedisPool) -> ServiceResult<()> {
     let mut conn = conn(pool).await?;
-    let _: String = deadpool_redis::redis::cmd("PING")
-        .query_async(&mut conn)
-        .await?;
+    let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
 }

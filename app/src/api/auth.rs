@@ -21,14 +21,8 @@ pub async fn login(email: String, password: String, next: Option<String>) -> Res
     use services::accounts::{self, sessions};
 
     let services = session::services()?;
-    let user = accounts::authenticate(
-        &services.db,
-        &services.redis,
-        &email,
-        &password,
-        &session::client_address(),
-    )
-    .await?;
+    let user =
+        accounts::authenticate(&services.db, &services.redis, &email, &password, &session::client_address()).await?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");
@@ -52,10 +46,7 @@ pub async fn logout() -> Result<(), AppError> {
 #[server(prefix = "/rpc", endpoint = "auth/me")]
 pub async fn whoami() -> Result<Option<CurrentUser>, AppError> {
     let user = super::session::current_user().await?;
-    Ok(user.map(|u| CurrentUser {
-        is_admin: u.is_admin(),
-        email: u.email,
-    }))
+    Ok(user.map(|u| CurrentUser { is_admin: u.is_admin(), email: u.email }))
 }
 
 #[cfg(test)]
@@ -64,10 +55,7 @@ mod tests {
 
     #[test]
     fn only_local_paths_are_followed() {
-        assert_eq!(
-            safe_next(Some("/dashboard/developers/api-keys/x")),
-            "/dashboard/developers/api-keys/x"
-        );
+        assert_eq!(safe_next(Some("/dashboard/developers/api-keys/x")), "/dashboard/developers/api-keys/x");
         assert_eq!(safe_next(Some("//evil.example")), HOME_PATH);
         assert_eq!(safe_next(Some("https://evil.example")), HOME_PATH);
         assert_eq!(safe_next(Some("/\\evil.example")), HOME_PATH);

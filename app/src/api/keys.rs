@@ -28,10 +28,7 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let name = KeyName::parse(&name)?;
     let (key, secret) = api_keys::create(&session::services()?.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
-    Ok(CreatedKey {
-        key: key.into(),
-        secret: secret.expose().to_owned(),
-    })
+    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
@@ -39,7 +36,10 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let user = session::require_user().await?;
-    let key = api_keys::revoke_for(&session::services()?.db, ApiKeyId::parse(&id)?, &user).await?;
+    let services = session::services()?;
+    let key = api_keys::revoke_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    // Other instances forget the key within the authenticator's cache lifetime (seconds).
+    services.keys.invalidate_all();
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
     Ok(key.into())
 }

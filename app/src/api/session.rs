@@ -46,10 +46,7 @@ fn request_parts() -> Option<Parts> {
 }
 
 /// The user whose session cookie came with this request.
-pub async fn user_from_headers(
-    services: &Services,
-    headers: &HeaderMap,
-) -> Result<Option<User>, AppError> {
+pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Result<Option<User>, AppError> {
     match session_token_from(headers) {
         Some(token) => Ok(sessions::user_for(&services.db, &token).await?),
         None => Ok(None),
@@ -79,11 +76,7 @@ pub async fn require_admin() -> Result<User, AppError> {
 /// Who is signing in, for throttling: the peer address.
 pub fn client_address() -> String {
     request_parts()
-        .and_then(|p| {
-            p.extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-        })
+        .and_then(|p| p.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()))
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
@@ -92,20 +85,14 @@ fn cookie_settings() -> CookieSettings {
 }
 
 fn set_cookie(value: String) {
-    if let (Some(response), Ok(value)) = (
-        use_context::<leptos_axum::ResponseOptions>(),
-        HeaderValue::from_str(&value),
-    ) {
+    if let (Some(response), Ok(value)) = (use_context::<leptos_axum::ResponseOptions>(), HeaderValue::from_str(&value))
+    {
         response.append_header(SET_COOKIE, value);
     }
 }
 
 pub fn set_session_cookie(token: &SessionToken) {
-    let secure = if cookie_settings().secure {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
     set_cookie(format!(
         "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         token.as_str(),
@@ -114,14 +101,8 @@ pub fn set_session_cookie(token: &SessionToken) {
 }
 
 pub fn clear_session_cookie() {
-    let secure = if cookie_settings().secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    set_cookie(format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"
-    ));
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    set_cookie(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
 }
 
 /// The token of the current request, for sign-out.

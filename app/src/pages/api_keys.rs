@@ -12,10 +12,7 @@ use crate::format;
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
-    let keys = Resource::new(
-        move || (create.version().get(), revoke.version().get()),
-        |_| list_keys(),
-    );
+    let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
 
     view! {
         <h1>"API keys"</h1>
@@ -171,11 +168,7 @@ pub fn ApiKeyPage() -> impl IntoView {
 
 #[component]
 fn KeyDetails(key: KeyView) -> impl IntoView {
-    let status = if key.is_revoked() {
-        "revoked"
-    } else {
-        "active"
-    };
+    let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
         <h1 data-testid="key-title">{key.name.clone()}</h1>

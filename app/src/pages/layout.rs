@@ -10,22 +10,12 @@ use crate::error::AppError;
 /// `/login?next=<here>`, so that signing in comes back to the page asked for.
 fn login_path() -> String {
     let location = use_location();
-    let here = format!(
-        "{}{}",
-        location.pathname.get_untracked(),
-        location.search.get_untracked()
-    );
-    let here = if here.is_empty() {
-        "/".to_owned()
-    } else {
-        here
-    };
+    let here = format!("{}{}", location.pathname.get_untracked(), location.search.get_untracked());
+    let here = if here.is_empty() { "/".to_owned() } else { here };
     let encoded: String = here
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect();

@@ -7,13 +7,7 @@ use crate::api::Login;
 pub fn LoginPage() -> impl IntoView {
     let login = ServerAction::<Login>::new();
     let next = move || use_query_map().read().get("next").unwrap_or_default();
-    let error = move || {
-        login
-            .value()
-            .get()
-            .and_then(|r| r.err())
-            .map(|e| e.to_string())
-    };
+    let error = move || login.value().get().and_then(|r| r.err()).map(|e| e.to_string());
     view! {
         <main class="login">
             <section class="card">

@@ -1,22 +1,94 @@
-//! The sample metered API under `/api/v1`, what API clients call with their key.
+//! The sample metered API under `/api/v1`: a cheap route, an echo, a chosen status and a chosen
+//! delay, so that every chart has real data. Wrapped by the usage tracker (keys, quotas, usage).
 
-use axum::routing::get;
-use axum::{Extension, Json, Router};
-use serde_json::{json, Value};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawPathParams, Request};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
 use services::Services;
 
-use crate::api_key_auth::{require_api_key, AuthenticatedKey};
+use crate::error::ApiError;
+use crate::middleware::api_usage_tracker::{CurrentKey, UsageTrackerLayer};
+
+/// Largest body `/echo` accepts.
+pub const MAX_ECHO_BYTES: usize = 1024 * 1024;
+/// Longest delay `/delay/{ms}` accepts.
+pub const MAX_DELAY_MS: u64 = 10_000;
 
 pub fn router(services: Services) -> Router<Services> {
     Router::new()
         .route("/ping", get(ping))
-        .layer(axum::middleware::from_fn_with_state(
-            services,
-            require_api_key,
-        ))
+        .route("/echo", post(echo))
+        .route("/status/{code}", get(status))
+        .route("/delay/{ms}", get(delay))
+        .route_layer(UsageTrackerLayer::new(services))
+        // Outermost: absurd route parameters are refused before anything is counted.
+        .route_layer(axum::middleware::from_fn(validate_params))
+        .layer(DefaultBodyLimit::max(MAX_ECHO_BYTES))
+        .fallback(not_found)
 }
 
-/// The cheapest metered call: proves the key works.
-async fn ping(Extension(key): Extension<AuthenticatedKey>) -> Json<Value> {
+async fn ping(key: CurrentKey) -> Json<serde_json::Value> {
     Json(json!({ "ok": true, "key_id": key.id.to_string() }))
+}
+
+/// Sends the body back with its content type.
+async fn echo(headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(header::HeaderValue::from_static("application/octet-stream"));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn parse_status(raw: &str) -> Result<StatusCode, ApiError> {
+    raw.parse::<u16>()
+        .ok()
+        .filter(|c| (200..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| ApiError::bad_request("invalid_parameter", "code must be a status code from 200 to 599"))
+}
+
+fn parse_delay(raw: &str) -> Result<Duration, ApiError> {
+    raw.parse::<u64>().ok().filter(|&ms| ms <= MAX_DELAY_MS).map(Duration::from_millis).ok_or_else(|| {
+        ApiError::bad_request("invalid_parameter", format!("ms must be a whole number from 0 to {MAX_DELAY_MS}"))
+    })
+}
+
+/// Checks every route parameter before the request is metered.
+async fn validate_params(params: RawPathParams, request: Request, next: Next) -> Response {
+    for (name, value) in &params {
+        let checked = match name {
+            "code" => parse_status(value).map(|_| ()),
+            "ms" => parse_delay(value).map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Err(err) = checked {
+            return err.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Answers with the status code asked for (200–599).
+async fn status(Path(code): Path<String>) -> Result<Response, ApiError> {
+    let status = parse_status(&code)?;
+    Ok((status, Json(json!({ "status": status.as_u16() }))).into_response())
+}
+
+/// Waits the number of milliseconds asked for (0–10000), then answers.
+async fn delay(Path(ms): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let delay = parse_delay(&ms)?;
+    tokio::time::sleep(delay).await;
+    Ok(Json(json!({ "delayed_ms": delay.as_millis() as u64 })))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
 }

@@ -10,13 +10,13 @@ use keymeter::config::Config;
 use keymeter::startup::{self, Application};
 use reqwest::redirect::Policy;
 use services::accounts::{self, Email, Password, Role, User};
+use services::keys::{api_keys, set_quota, ApiKeyId, KeyName, Quota, QuotaLimit};
 use services::Services;
 
 pub const PASSWORD: &str = "a long test password";
 
 fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
 
 pub struct TestApp {
@@ -28,11 +28,7 @@ pub struct TestApp {
 
 /// A client that keeps cookies and does not follow redirects, so tests see them.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(Policy::none())
-        .build()
-        .expect("client")
+    reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().expect("client")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -45,9 +41,7 @@ async fn create_database() -> (String, String) {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         uuid::Uuid::new_v4().simple()
     );
-    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres"))
-        .await
-        .expect("connect to test PostgreSQL");
+    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres")).await.expect("connect to test PostgreSQL");
     diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE keymeter_template"))
         .execute(&mut admin)
         .await
@@ -58,27 +52,32 @@ async fn create_database() -> (String, String) {
 impl TestApp {
     pub async fn spawn() -> Self {
         let (database_url, db_name) = create_database().await;
+        Self::spawn_on(database_url, db_name).await
+    }
+
+    /// Another instance of the server on the same database and Redis, as in a scaled-out
+    /// deployment.
+    pub async fn spawn_sibling(&self) -> Self {
+        Self::spawn_on(self.config.database_url.clone(), self.db_name.clone()).await
+    }
+
+    async fn spawn_on(database_url: String, db_name: String) -> Self {
         let config = Config::from_lookup(|name| match name {
             "DATABASE_URL" => Some(database_url.clone()),
             "REDIS_URL" => Some(env("KEYMETER_TEST_REDIS")),
             "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
+            // Tests share one Redis: each database gets its own usage stream.
+            "KEYMETER_REDIS_NAMESPACE" => Some(db_name.clone()),
             "KEYMETER_DB_POOL_SIZE" => Some("4".into()),
             "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
             _ => None,
         })
         .expect("test config");
         let services = startup::connect(&config).await.expect("connect services");
-        let app = Application::with_services(&config, services.clone())
-            .await
-            .expect("bind");
+        let app = Application::with_services(&config, services.clone()).await.expect("bind");
         let base = format!("http://{}", app.local_addr());
         tokio::spawn(app.run_until_stopped());
-        Self {
-            base,
-            services,
-            config,
-            db_name,
-        }
+        Self { base, services, config, db_name }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,20 +99,11 @@ impl TestApp {
     pub async fn signed_in(&self, email: &str) -> reqwest::Client {
         let client = client();
         let res = self.login(&client, email, PASSWORD).await;
-        assert!(
-            res.status().is_redirection() || res.status().is_success(),
-            "login failed: {}",
-            res.status()
-        );
+        assert!(res.status().is_redirection() || res.status().is_success(), "login failed: {}", res.status());
         client
     }
 
-    pub async fn login(
-        &self,
-        client: &reqwest::Client,
-        email: &str,
-        password: &str,
-    ) -> reqwest::Response {
+    pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
         // As a browser's form post: it accepts HTML, so success is a 302.
         client
             .post(self.url("/rpc/auth/login"))
@@ -124,28 +114,61 @@ impl TestApp {
             .expect("login request")
     }
 
+    /// A merchant with one API key of the given hourly and daily limits; returns the secret
+    /// and the key id.
+    pub async fn key_with_quota(&self, per_hour: i64, per_day: i64) -> (String, ApiKeyId) {
+        let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+        let owner = self.user(&email, Role::Merchant).await;
+        let (key, secret) =
+            api_keys::create(&self.services.db, owner.id, &KeyName::parse("test key").unwrap()).await.expect("key");
+        self.set_quota(key.id, per_hour, per_day).await;
+        (secret.expose().to_owned(), key.id)
+    }
+
+    pub async fn set_quota(&self, id: ApiKeyId, per_hour: i64, per_day: i64) {
+        let quota = Quota {
+            per_hour: QuotaLimit::new(per_hour).unwrap(),
+            per_day: QuotaLimit::new(per_day).unwrap(),
+            burst_per_second: None,
+        };
+        set_quota(&self.services, id, &quota).await.expect("set quota");
+    }
+
+    /// Waits (up to 15 s) until PostgreSQL holds `n` usage events of the key; returns the count.
+    pub async fn wait_for_events(&self, id: ApiKeyId, n: i64) -> i64 {
+        let mut count = 0;
+        for _ in 0..150 {
+            count = self.event_count(id).await;
+            if count >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        count
+    }
+
+    pub async fn event_count(&self, id: ApiKeyId) -> i64 {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = services::db::conn(&self.services.db).await.unwrap();
+        let row: Count = diesel::sql_query("SELECT count(*) AS n FROM api_key_usage WHERE api_key_id = $1")
+            .bind::<diesel::sql_types::Uuid, _>(id.0)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        row.n
+    }
+
     /// Loads a page as a browser would.
     pub async fn page(&self, client: &reqwest::Client, path: &str) -> reqwest::Response {
-        client
-            .get(self.url(path))
-            .header("accept", "text/html")
-            .send()
-            .await
-            .expect("page request")
+        client.get(self.url(path)).header("accept", "text/html").send().await.expect("page request")
     }
 
     /// Calls a server function with form-encoded arguments.
-    pub async fn rpc(
-        &self,
-        client: &reqwest::Client,
-        path: &str,
-        args: &[(&str, &str)],
-    ) -> reqwest::Response {
-        client
-            .post(self.url(&format!("/rpc/{path}")))
-            .form(args)
-            .send()
-            .await
-            .expect("rpc request")
+    pub async fn rpc(&self, client: &reqwest::Client, path: &str, args: &[(&str, &str)]) -> reqwest::Response {
+        client.post(self.url(&format!("/rpc/{path}"))).form(args).send().await.expect("rpc request")
     }
 }

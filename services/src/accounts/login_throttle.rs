@@ -20,11 +20,7 @@ pub(crate) struct LoginThrottle<'a> {
 
 impl<'a> LoginThrottle<'a> {
     pub(crate) fn new(redis: &'a RedisPool, email: &str, client: &str) -> Self {
-        Self {
-            redis,
-            email_key: format!("km:login:email:{email}"),
-            client_key: format!("km:login:client:{client}"),
-        }
+        Self { redis, email_key: format!("km:login:email:{email}"), client_key: format!("km:login:client:{client}") }
     }
 
     /// Refuses when either counter is over its limit. If Redis is unreachable, sign-in still works
@@ -53,9 +49,7 @@ impl<'a> LoginThrottle<'a> {
             wait = wait.max(client_ttl.max(1));
         }
         if wait > 0 {
-            return Err(ServiceError::TooManyAttempts {
-                retry_after_secs: wait as u64,
-            });
+            return Err(ServiceError::TooManyAttempts { retry_after_secs: wait as u64 });
         }
         Ok(())
     }
@@ -80,9 +74,6 @@ impl<'a> LoginThrottle<'a> {
         let Ok(mut conn) = redis_pool::conn(self.redis).await else {
             return;
         };
-        let _: redis::RedisResult<()> = redis::cmd("DEL")
-            .arg(&self.email_key)
-            .query_async(&mut conn)
-            .await;
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.email_key).query_async(&mut conn).await;
     }
 }

@@ -27,10 +27,7 @@ impl Email {
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let email = raw.trim().to_lowercase();
         let invalid = || ServiceError::invalid("Enter a valid email address.");
-        if email.len() < 3
-            || email.len() > 254
-            || email.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if email.len() < 3 || email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid());
         }
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
@@ -61,9 +58,7 @@ impl Role {
         match raw.trim() {
             "merchant" => Ok(Self::Merchant),
             "admin" => Ok(Self::Admin),
-            other => Err(ServiceError::invalid(format!(
-                "unknown role {other:?}: expected merchant or admin"
-            ))),
+            other => Err(ServiceError::invalid(format!("unknown role {other:?}: expected merchant or admin"))),
         }
     }
 
@@ -100,30 +95,16 @@ pub(crate) struct UserRow {
 
 impl UserRow {
     pub(crate) fn into_user(self) -> ServiceResult<User> {
-        Ok(User {
-            id: self.id,
-            email: self.email,
-            role: Role::parse(&self.role)?,
-            created_at: self.created_at,
-        })
+        Ok(User { id: self.id, email: self.email, role: Role::parse(&self.role)?, created_at: self.created_at })
     }
 }
 
 /// Creates an account; a taken address is a [`ServiceError::Conflict`].
-pub async fn create_user(
-    db: &DbPool,
-    email: &Email,
-    password: &Password,
-    role: Role,
-) -> ServiceResult<User> {
+pub async fn create_user(db: &DbPool, email: &Email, password: &Password, role: Role) -> ServiceResult<User> {
     let hash = password.hash().await?;
     let mut conn = db::conn(db).await?;
     let row: UserRow = diesel::insert_into(users::table)
-        .values((
-            users::email.eq(email.as_str()),
-            users::password_hash.eq(hash),
-            users::role.eq(role.as_str()),
-        ))
+        .values((users::email.eq(email.as_str()), users::password_hash.eq(hash), users::role.eq(role.as_str())))
         .returning(UserRow::as_returning())
         .get_result(&mut conn)
         .await
@@ -194,24 +175,12 @@ mod tests {
 
     #[test]
     fn email_is_trimmed_and_lowercased() {
-        assert_eq!(
-            Email::parse("  Ann@Example.COM ").unwrap().as_str(),
-            "ann@example.com"
-        );
+        assert_eq!(Email::parse("  Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
     }
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in [
-            "",
-            "ann",
-            "@example.com",
-            "ann@",
-            "a b@example.com",
-            "ann@@example.com",
-            "ann@.com",
-            "ann@x.",
-        ] {
+        for bad in ["", "ann", "@example.com", "ann@", "a b@example.com", "ann@@example.com", "ann@.com", "ann@x."] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -1,8 +1,6 @@
 //! Password hashing with argon2id; hashing runs on the blocking pool so it never stalls requests.
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
 use crate::{ServiceError, ServiceResult};
@@ -14,10 +12,7 @@ pub(crate) fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
         let secret = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(secret.as_str().as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
+        Argon2::default().hash_password(secret.as_str().as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
     })
 }
 
@@ -38,16 +33,10 @@ impl Password {
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let len = raw.chars().count();
         if len < Self::MIN_LEN {
-            return Err(ServiceError::invalid(format!(
-                "The password needs at least {} characters.",
-                Self::MIN_LEN
-            )));
+            return Err(ServiceError::invalid(format!("The password needs at least {} characters.", Self::MIN_LEN)));
         }
         if len > Self::MAX_LEN {
-            return Err(ServiceError::invalid(format!(
-                "The password can have at most {} characters.",
-                Self::MAX_LEN
-            )));
+            return Err(ServiceError::invalid(format!("The password can have at most {} characters.", Self::MAX_LEN)));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -74,11 +63,9 @@ pub(crate) async fn verify(candidate: &str, stored_hash: &str) -> ServiceResult<
     let candidate = candidate.to_owned();
     let stored = stored_hash.to_owned();
     tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&stored)
-            .map_err(|e| ServiceError::Internal(format!("stored hash unreadable: {e}")))?;
-        Ok(Argon2::default()
-            .verify_password(candidate.as_bytes(), &parsed)
-            .is_ok())
+        let parsed =
+            PasswordHash::new(&stored).map_err(|e| ServiceError::Internal(format!("stored hash unreadable: {e}")))?;
+        Ok(Argon2::default().verify_password(candidate.as_bytes(), &parsed).is_ok())
     })
     .await
     .map_err(|e| ServiceError::Internal(e.to_string()))?
@@ -107,9 +94,6 @@ mod tests {
         assert!(Password::parse("short").is_err());
         assert!(Password::parse(&"x".repeat(300)).is_err());
         assert!(Password::parse("long enough pass").is_ok());
-        assert_eq!(
-            format!("{:?}", Password::parse("long enough pass").unwrap()),
-            "Password(..)"
-        );
+        assert_eq!(format!("{:?}", Password::parse("long enough pass").unwrap()), "Password(..)");
     }
 }

@@ -34,8 +34,7 @@ impl SessionToken {
 
     /// Accepts only what [`generate`](Self::generate) produces; anything else is no session.
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self(raw.to_ascii_lowercase()))
+        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(raw.to_ascii_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -77,9 +76,7 @@ pub async fn user_for(db: &DbPool, token: &SessionToken) -> ServiceResult<Option
 
 pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
-    diesel::delete(sessions::table.filter(sessions::token_hash.eq(token.hash())))
-        .execute(&mut conn)
-        .await?;
+    diesel::delete(sessions::table.filter(sessions::token_hash.eq(token.hash()))).execute(&mut conn).await?;
     Ok(())
 }
 

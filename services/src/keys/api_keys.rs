@@ -19,9 +19,7 @@ pub struct ApiKeyId(pub Uuid);
 impl ApiKeyId {
     /// Any string that is not a key id is treated as a key that does not exist.
     pub fn parse(raw: &str) -> ServiceResult<Self> {
-        Uuid::parse_str(raw.trim())
-            .map(Self)
-            .map_err(|_| ServiceError::NotFound)
+        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| ServiceError::NotFound)
     }
 }
 
@@ -44,15 +42,10 @@ impl KeyName {
             return Err(ServiceError::invalid("Give the key a name."));
         }
         if name.chars().count() > Self::MAX_CHARS {
-            return Err(ServiceError::invalid(format!(
-                "A key name can have at most {} characters.",
-                Self::MAX_CHARS
-            )));
+            return Err(ServiceError::invalid(format!("A key name can have at most {} characters.", Self::MAX_CHARS)));
         }
         if name.chars().any(char::is_control) {
-            return Err(ServiceError::invalid(
-                "A key name cannot contain control characters.",
-            ));
+            return Err(ServiceError::invalid("A key name cannot contain control characters."));
         }
         Ok(Self(name.to_owned()))
     }
@@ -92,14 +85,6 @@ impl ApiKey {
     }
 }
 
-/// What a presented secret resolves to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyLookup {
-    Active { id: ApiKeyId, owner_id: i64 },
-    Revoked,
-    Unknown,
-}
-
 type KeyRow = (
     Uuid,
     i64,
@@ -133,19 +118,7 @@ macro_rules! key_columns {
 }
 
 fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
-    let (
-        id,
-        owner_id,
-        owner_email,
-        name,
-        prefix,
-        created_at,
-        last_used_at,
-        revoked_at,
-        hour,
-        day,
-        burst,
-    ) = row;
+    let (id, owner_id, owner_email, name, prefix, created_at, last_used_at, revoked_at, hour, day, burst) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
         owner_id,
@@ -164,11 +137,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
 }
 
 /// Creates a key with the default quota. The secret is returned once and never stored.
-pub async fn create(
-    db: &DbPool,
-    owner_id: i64,
-    name: &KeyName,
-) -> ServiceResult<(ApiKey, ApiKeySecret)> {
+pub async fn create(db: &DbPool, owner_id: i64, name: &KeyName) -> ServiceResult<(ApiKey, ApiKeySecret)> {
     let secret = ApiKeySecret::generate();
     let id = Uuid::new_v4();
     let quota = Quota::default_for_new_key();
@@ -262,14 +231,10 @@ pub async fn revoke_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResu
 /// Revokes a key regardless of owner (operator CLI).
 pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
     let mut conn = db::conn(db).await?;
-    let updated = diesel::update(
-        api_keys::table
-            .filter(api_keys::id.eq(id.0))
-            .filter(api_keys::revoked_at.is_null()),
-    )
-    .set(api_keys::revoked_at.eq(Utc::now()))
-    .execute(&mut conn)
-    .await?;
+    let updated = diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
+        .set(api_keys::revoked_at.eq(Utc::now()))
+        .execute(&mut conn)
+        .await?;
     drop(conn);
     let key = fetch(db, id).await?;
     if updated == 0 && key.revoked_at.is_none() {
@@ -278,71 +243,13 @@ pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
     Ok(key)
 }
 
-/// Resolves a presented secret by its hash.
-pub async fn lookup_secret(db: &DbPool, secret: &ApiKeySecret) -> ServiceResult<KeyLookup> {
-    let mut conn = db::conn(db).await?;
-    let found: Option<(Uuid, i64, Option<DateTime<Utc>>)> = api_keys::table
-        .filter(api_keys::secret_hash.eq(secret.hash().to_vec()))
-        .select((api_keys::id, api_keys::owner_id, api_keys::revoked_at))
-        .first(&mut conn)
-        .await
-        .optional()?;
-    Ok(match found {
-        Some((id, owner_id, None)) => KeyLookup::Active {
-            id: ApiKeyId(id),
-            owner_id,
-        },
-        Some((_, _, Some(_))) => KeyLookup::Revoked,
-        None => KeyLookup::Unknown,
-    })
-}
-
-/// Records that a key was used. Called at most about once a minute per key (the caller
-/// rate-limits it), never once per request.
-pub async fn touch_last_used(db: &DbPool, id: ApiKeyId, at: DateTime<Utc>) -> ServiceResult<()> {
-    let mut conn = db::conn(db).await?;
-    diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)))
-        .set(api_keys::last_used_at.eq(at))
-        .execute(&mut conn)
-        .await?;
-    Ok(())
-}
-
-/// Notes, off the request path, that a key was just used: at most one database write per key
-/// per minute across all instances (a Redis `SET NX EX` elects the writer).
-pub fn note_used(services: &crate::Services, id: ApiKeyId) {
-    let services = services.clone();
-    tokio::spawn(async move {
-        let Ok(mut conn) = crate::redis_pool::conn(&services.redis).await else {
-            return;
-        };
-        let elected: Option<String> = deadpool_redis::redis::cmd("SET")
-            .arg(format!("km:{{{id}}}:last_used_mark"))
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
-            .arg(60)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(None);
-        if elected.is_some() {
-            if let Err(e) = touch_last_used(&services.db, id, Utc::now()).await {
-                tracing::warn!(key_id = %id, error = %e, "could not record last use");
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn key_names() {
-        assert_eq!(
-            KeyName::parse("  Checkout server ").unwrap().as_str(),
-            "Checkout server"
-        );
+        assert_eq!(KeyName::parse("  Checkout server ").unwrap().as_str(), "Checkout server");
         assert!(KeyName::parse("   ").is_err());
         assert!(KeyName::parse(&"n".repeat(101)).is_err());
         assert!(KeyName::parse("bad\u{0}name").is_err());

@@ -1,9 +1,13 @@
 //! API keys: their secrets, their lifecycle (create, list, revoke) and their quotas.
 
 pub mod api_keys;
+pub mod authenticator;
 pub mod quota;
+pub mod quota_manager;
 pub mod secret;
 
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
-pub use quota::{Quota, QuotaLimit};
+pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
+pub use quota::{set_quota, Quota, QuotaLimit};
+pub use quota_manager::{QuotaDecision, QuotaManager, Window};
 pub use secret::ApiKeySecret;

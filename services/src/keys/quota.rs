@@ -11,16 +11,20 @@ impl QuotaLimit {
     pub const MAX: i64 = 1_000_000_000_000;
 
     pub fn new(value: i64) -> ServiceResult<Self> {
+        Self::bounded(value, Self::MAX)
+    }
+
+    /// Burst rates are stored as 32-bit integers.
+    pub fn burst(value: i64) -> ServiceResult<Self> {
+        Self::bounded(value, i32::MAX as i64)
+    }
+
+    fn bounded(value: i64, max: i64) -> ServiceResult<Self> {
         if value <= 0 {
-            return Err(ServiceError::invalid(
-                "a limit must be a positive whole number",
-            ));
+            return Err(ServiceError::invalid("a limit must be a positive whole number"));
         }
-        if value > Self::MAX {
-            return Err(ServiceError::invalid(format!(
-                "a limit can be at most {}",
-                Self::MAX
-            )));
+        if value > max {
+            return Err(ServiceError::invalid(format!("a limit can be at most {max}")));
         }
         Ok(Self(value))
     }
@@ -50,6 +54,32 @@ impl Quota {
             burst_per_second: None,
         }
     }
+}
+
+/// Sets a key's limits: written to PostgreSQL, then published to Redis so that the very next
+/// request on any instance is checked against them.
+pub async fn set_quota(services: &crate::Services, id: super::ApiKeyId, quota: &Quota) -> ServiceResult<()> {
+    use crate::schema::api_key_quotas;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+
+    let now = chrono::Utc::now();
+    let mut conn = crate::db::conn(&services.db).await?;
+    let updated = diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
+        .set((
+            api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
+            api_key_quotas::requests_per_day.eq(quota.per_day.get()),
+            api_key_quotas::burst_per_second.eq(quota.burst_per_second.map(|b| b.get() as i32)),
+            api_key_quotas::updated_at.eq(now),
+        ))
+        .execute(&mut conn)
+        .await?;
+    if updated == 0 {
+        return Err(ServiceError::NotFound);
+    }
+    services.quota.publish_limits(id, quota, now.timestamp_millis()).await?;
+    services.keys.invalidate_all();
+    Ok(())
 }
 
 #[cfg(test)]

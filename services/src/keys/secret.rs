@@ -34,17 +34,13 @@ impl std::fmt::Debug for ApiKeySecret {
 impl ApiKeySecret {
     pub fn generate() -> Self {
         let mut rng = rand::rngs::OsRng;
-        let random: String = (0..RANDOM_LEN)
-            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-            .collect();
+        let random: String = (0..RANDOM_LEN).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect();
         Self(format!("{SECRET_PREFIX}{random}"))
     }
 
     /// Checks the shape of a presented key without touching any storage.
     pub fn parse(raw: &str) -> Result<Self, MalformedKey> {
-        let random = raw
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(MalformedKey::Prefix)?;
+        let random = raw.strip_prefix(SECRET_PREFIX).ok_or(MalformedKey::Prefix)?;
         if random.len() != RANDOM_LEN {
             return Err(MalformedKey::Length);
         }
@@ -87,14 +83,8 @@ mod tests {
     #[test]
     fn malformed_keys_are_refused() {
         assert_eq!(ApiKeySecret::parse(""), Err(MalformedKey::Prefix));
-        assert_eq!(
-            ApiKeySecret::parse("sk_live_abc"),
-            Err(MalformedKey::Prefix)
-        );
-        assert_eq!(
-            ApiKeySecret::parse("km_live_abc"),
-            Err(MalformedKey::Length)
-        );
+        assert_eq!(ApiKeySecret::parse("sk_live_abc"), Err(MalformedKey::Prefix));
+        assert_eq!(ApiKeySecret::parse("km_live_abc"), Err(MalformedKey::Length));
         let bad = format!("km_live_{}", "é".repeat(20));
         assert!(ApiKeySecret::parse(&bad).is_err());
         let bad = format!("km_live_{}-", "a".repeat(39));

@@ -1,0 +1,81 @@
+//! API key authentication for the metered API: reads the key from `Authorization: Bearer` or
+//! `X-API-Key` and rejects what is missing, malformed, unknown or revoked with a JSON 401.
+
+use axum::http::HeaderMap;
+use services::keys::{ApiKeySecret, AuthenticatedKey, KeyCheck};
+use services::Services;
+
+use crate::error::ApiError;
+
+/// The secret presented in the headers, checked for shape only.
+pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
+    let raw = if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the Authorization header is not valid text"))?;
+        let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| {
+            ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key> or X-API-Key: <key>")
+        })?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key>"));
+        }
+        token.trim().to_owned()
+    } else if let Some(value) = headers.get("x-api-key") {
+        value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the X-API-Key header is not valid text"))?
+            .trim()
+            .to_owned()
+    } else {
+        return Err(ApiError::unauthorized(
+            "missing_api_key",
+            "send your API key as Authorization: Bearer <key> or X-API-Key: <key>",
+        ));
+    };
+    ApiKeySecret::parse(&raw).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+}
+
+/// Resolves the presented key: a JSON 401 for anything but an active key.
+pub async fn authenticate(services: &Services, headers: &HeaderMap) -> Result<AuthenticatedKey, ApiError> {
+    let secret = presented_key(headers)?;
+    match services.keys.check(&secret).await? {
+        KeyCheck::Active(key) => Ok(key),
+        KeyCheck::Revoked => Err(ApiError::unauthorized("revoked_api_key", "this API key has been revoked")),
+        KeyCheck::Unknown => Err(ApiError::unauthorized("invalid_api_key", "unknown API key")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, HeaderValue)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.clone());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_bearer_and_x_api_key() {
+        let secret = ApiKeySecret::generate();
+        let bearer =
+            headers(&[("authorization", HeaderValue::from_str(&format!("Bearer {}", secret.expose())).unwrap())]);
+        assert_eq!(presented_key(&bearer).unwrap(), secret);
+        let x = headers(&[("x-api-key", HeaderValue::from_str(secret.expose()).unwrap())]);
+        assert_eq!(presented_key(&x).unwrap(), secret);
+    }
+
+    #[test]
+    fn refuses_missing_and_malformed() {
+        assert_eq!(presented_key(&HeaderMap::new()).unwrap_err().code, "missing_api_key");
+        let basic = headers(&[("authorization", HeaderValue::from_static("Basic abc"))]);
+        assert_eq!(presented_key(&basic).unwrap_err().code, "malformed_api_key");
+        let binary = headers(&[("x-api-key", HeaderValue::from_bytes(b"km_live_\xff\xfe").unwrap())]);
+        assert_eq!(presented_key(&binary).unwrap_err().code, "malformed_api_key");
+        let short = headers(&[("x-api-key", HeaderValue::from_static("km_live_short"))]);
+        assert_eq!(presented_key(&short).unwrap_err().code, "malformed_api_key");
+    }
+}

@@ -1,0 +1,236 @@
+//! The usage tracker: a tower layer that meters every request of the router it wraps.
+//!
+//! For each request it authenticates the API key (401 and nothing counted if that fails), asks
+//! the quota manager (429 with `Retry-After` if any window is full), runs the handler, adds the
+//! rate-limit headers, measures latency and request/response bytes (streamed bodies included),
+//! and records one usage event with the endpoint as its route template. Recording never waits:
+//! the event goes to the usage recorder's queue.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use services::keys::{AuthenticatedKey, QuotaDecision, Window};
+use services::usage::UsageEvent;
+use services::Services;
+use tower::{Layer, Service};
+use uuid::Uuid;
+
+use super::api_key_auth::authenticate;
+use super::counting_body::CountingBody;
+
+#[derive(Clone)]
+pub struct UsageTrackerLayer {
+    services: Services,
+}
+
+impl UsageTrackerLayer {
+    pub fn new(services: Services) -> Self {
+        Self { services }
+    }
+}
+
+impl<S> Layer<S> for UsageTrackerLayer {
+    type Service = UsageTracker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UsageTracker { inner, services: self.services.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct UsageTracker<S> {
+    inner: S,
+    services: Services,
+}
+
+impl<S> Service<Request> for UsageTracker<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone that was driven to readiness handles this request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(track(self.services.clone(), inner, request))
+    }
+}
+
+async fn track<S>(services: Services, mut inner: S, request: Request) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let started = Instant::now();
+    let key = match authenticate(&services, request.headers()).await {
+        Ok(key) => key,
+        Err(err) => return Ok(err.into_response()),
+    };
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let request_id = Uuid::now_v7();
+    let mut event = UsageEvent {
+        request_id,
+        key_id: key.id.0,
+        at_ms: 0,
+        method: request.method().as_str().to_owned(),
+        endpoint,
+        status: 0,
+        latency_us: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        throttled: false,
+        enforced: true,
+    };
+
+    let decision = match services.quota.check_and_count(key.id, &key.quota, key.quota_version_ms).await {
+        Ok(decision) => Some(decision),
+        Err(err) => {
+            // Fail open: answer the client, record the request as unenforced.
+            warn_quota_unavailable(&err);
+            None
+        }
+    };
+    event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
+    event.enforced = decision.is_some();
+
+    if let Some(decision) = decision.as_ref().filter(|d| !d.admitted) {
+        let mut response = quota_exceeded(decision);
+        add_rate_limit_headers(response.headers_mut(), decision);
+        add_request_id(response.headers_mut(), request_id);
+        event.status = response.status().as_u16();
+        event.throttled = true;
+        event.bytes_in = content_length(request.headers());
+        event.latency_us = micros(started.elapsed());
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+        event.bytes_out = body.len() as u64;
+        services.usage.record(event);
+        return Ok(Response::from_parts(parts, Body::from(body)));
+    }
+
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let (parts, body) = request.into_parts();
+    let mut request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
+    request.extensions_mut().insert(key);
+    let mut response = inner.call(request).await?;
+
+    if let Some(decision) = &decision {
+        add_rate_limit_headers(response.headers_mut(), decision);
+    }
+    add_request_id(response.headers_mut(), request_id);
+    event.status = response.status().as_u16();
+
+    // The event is complete when the response body has been sent (or abandoned).
+    let recorder = services.usage.clone();
+    let on_done = Box::new(move |bytes_out: u64| {
+        let mut event = event;
+        event.latency_us = micros(started.elapsed());
+        event.bytes_in = bytes_in.load(Ordering::Relaxed);
+        event.bytes_out = bytes_out;
+        recorder.record(event);
+    });
+    let (parts, body) = response.into_parts();
+    let body = CountingBody::new(body, Arc::new(AtomicU64::new(0)), Some(on_done));
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
+fn content_length(headers: &HeaderMap) -> u64 {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn warn_quota_unavailable(err: &services::ServiceError) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = chrono::Utc::now().timestamp() as u64;
+    // At most one warning every 10 seconds.
+    if LAST.swap(now, Ordering::Relaxed) + 10 <= now {
+        tracing::warn!(error = %err, "quota check unavailable: admitting requests unenforced");
+    }
+}
+
+fn add_request_id(headers: &mut HeaderMap, id: Uuid) {
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        headers.insert(HeaderName::from_static("x-request-id"), value);
+    }
+}
+
+fn header_value(value: String) -> HeaderValue {
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `RateLimit-Policy`, `RateLimit` (IETF draft) and `X-RateLimit-*` for the window with the
+/// least remaining.
+pub fn add_rate_limit_headers(headers: &mut HeaderMap, d: &QuotaDecision) {
+    let mut policy = format!("\"hour\";q={};w=3600, \"day\";q={};w=86400", d.hour.limit, d.day.limit);
+    if let Some(burst) = d.burst_per_second {
+        policy.push_str(&format!(", \"burst\";q={burst};w=1"));
+    }
+    let w = d.tightest();
+    let seconds = w.seconds_to_reset(d.now_ms);
+    headers.insert(HeaderName::from_static("ratelimit-policy"), header_value(policy));
+    headers.insert(
+        HeaderName::from_static("ratelimit"),
+        header_value(format!("\"{}\";r={};t={}", w.window.as_str(), w.remaining(), seconds)),
+    );
+    headers.insert(HeaderName::from_static("x-ratelimit-limit"), header_value(w.limit.to_string()));
+    headers.insert(HeaderName::from_static("x-ratelimit-remaining"), header_value(w.remaining().to_string()));
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        header_value((w.reset_at_ms.div_euclid(1000)).to_string()),
+    );
+}
+
+/// The 429: which window refused, its limit and use, when it resets, and `Retry-After`.
+fn quota_exceeded(d: &QuotaDecision) -> Response {
+    let retry_after = d.retry_after_secs.unwrap_or(1);
+    let (window, limit, used, reset_at) = match d.blocked_by {
+        Some(Window::Day) => ("day", d.day.limit, d.day.used, d.day.reset_at()),
+        Some(Window::Burst) => {
+            let burst = d.burst_per_second.unwrap_or(0);
+            ("burst", burst, burst, d.now() + chrono::Duration::seconds(retry_after))
+        }
+        _ => ("hour", d.hour.limit, d.hour.used, d.hour.reset_at()),
+    };
+    let body = json!({
+        "error": {
+            "code": "quota_exceeded",
+            "message": format!("the {window} quota of this API key is used up; retry in {retry_after} s"),
+            "window": window,
+            "limit": limit,
+            "used": used,
+            "reset_at": reset_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "retry_after": retry_after,
+        }
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header_value(retry_after.to_string()));
+    response
+}
+
+/// The key the request was authenticated with, for handlers.
+pub type CurrentKey = axum::Extension<AuthenticatedKey>;

@@ -1,0 +1,376 @@
+//! The metered API end to end: quotas exact under concurrency and across instances, calendar
+//! window boundaries on the Redis clock, headers, and usage landing in PostgreSQL.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{client, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+use services::usage::histogram::{exact_quantile, LatencyHistogram};
+
+async fn get(c: &reqwest::Client, app: &TestApp, path: &str, key: &str) -> reqwest::Response {
+    c.get(app.url(path)).bearer_auth(key).send().await.expect("request")
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_the_limit_is_admitted_across_three_instances() {
+    let first = TestApp::spawn().await;
+    let second = first.spawn_sibling().await;
+    let third = first.spawn_sibling().await;
+    let bases = [first.base.clone(), second.base.clone(), third.base.clone()];
+
+    for (round, limit) in [(1, 50i64), (2, 137), (3, 1)] {
+        let (secret, _) = first.key_with_quota(limit, 100_000).await;
+        let clients = 96;
+        let per_client = 3;
+        let c = client();
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let (c, secret, bases) = (c.clone(), secret.clone(), bases.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for j in 0..per_client {
+                    let base = &bases[(i + j) % bases.len()];
+                    let res = c.get(format!("{base}/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
+                    statuses.push(res.status().as_u16());
+                }
+                statuses
+            }));
+        }
+        let mut counts: HashMap<u16, i64> = HashMap::new();
+        for t in tasks {
+            for s in t.await.unwrap() {
+                *counts.entry(s).or_default() += 1;
+            }
+        }
+        let attempts = (clients * per_client) as i64;
+        assert_eq!(counts.get(&200).copied().unwrap_or(0), limit, "round {round}: {counts:?}");
+        assert_eq!(counts.get(&429).copied().unwrap_or(0), attempts - limit, "round {round}: {counts:?}");
+    }
+}
+
+/// Shifts the quota clock of `app` so that it reads `target_ms` now; returns the Redis time
+/// before the shift.
+async fn set_clock(app: &TestApp, target_ms: i64) {
+    app.services.quota.set_test_clock_offset_ms(0);
+    let real = app.services.quota.now_ms().await.unwrap();
+    app.services.quota.set_test_clock_offset_ms(target_ms - real);
+}
+
+async fn boundary(window: &str) {
+    let app = TestApp::spawn().await;
+    let (per_hour, per_day, period_ms) = match window {
+        "hour" => (3, 10_000, 3_600_000i64),
+        _ => (1_000, 3, 86_400_000i64),
+    };
+    let (secret, _) = app.key_with_quota(per_hour, per_day).await;
+    let c = client();
+    // A window end two periods ahead of the real clock.
+    let now = app.services.quota.now_ms().await.unwrap();
+    let end = (now.div_euclid(period_ms) + 2) * period_ms;
+
+    // The last 10.5 seconds of the window: three requests count in it, the fourth is refused.
+    set_clock(&app, end - 10_500).await;
+    for i in 0..3 {
+        let res = get(&c, &app, "/api/v1/ping", &secret).await;
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+    }
+    let before = app.services.quota.now_ms().await.unwrap();
+    let refused = get(&c, &app, "/api/v1/ping", &secret).await;
+    let after = app.services.quota.now_ms().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: i64 = header(&refused, "retry-after").parse().unwrap();
+    let (lo, hi) = ((end - after + 999) / 1000, (end - before + 999) / 1000);
+    assert!(lo <= retry && retry <= hi, "Retry-After {retry} not in [{lo}, {hi}]");
+    assert_eq!(header(&refused, "x-ratelimit-reset"), (end / 1000).to_string());
+    assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(body["error"]["window"], window);
+    assert_eq!(body["error"]["limit"], 3);
+    assert_eq!(body["error"]["used"], 3);
+    assert_eq!(body["error"]["retry_after"], retry);
+    let reset_at = chrono::DateTime::parse_from_rfc3339(body["error"]["reset_at"].as_str().unwrap()).unwrap();
+    assert_eq!(reset_at.timestamp_millis(), end);
+
+    // The very last moment still belongs to the old window.
+    set_clock(&app, end - 300).await;
+    let refused = get(&c, &app, "/api/v1/ping", &secret).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), "1");
+
+    // The first moment of the next window starts from zero.
+    set_clock(&app, end + 200).await;
+    let res = get(&c, &app, "/api/v1/ping", &secret).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
+    assert_eq!(header(&res, "ratelimit"), format!("\"{window}\";r=2;t={}", period_ms / 1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hour_window_is_a_calendar_hour_on_the_redis_clock() {
+    boundary("hour").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_day_window_is_a_utc_day_on_the_redis_clock() {
+    boundary("day").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_headers_on_every_metered_response() {
+    let app = TestApp::spawn().await;
+    let (secret, _) = app.key_with_quota(5, 100).await;
+    let c = client();
+    let res = get(&c, &app, "/api/v1/status/503", &secret).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&res, "ratelimit-policy"), "\"hour\";q=5;w=3600, \"day\";q=100;w=86400");
+    assert!(header(&res, "ratelimit").starts_with("\"hour\";r=4;t="), "{}", header(&res, "ratelimit"));
+    assert_eq!(header(&res, "x-ratelimit-limit"), "5");
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "4");
+    assert!(!header(&res, "x-request-id").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_quota_admits_the_very_next_request_on_every_instance() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_sibling().await;
+    let (secret, id) = a.key_with_quota(2, 1_000).await;
+    let c = client();
+    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    a.set_quota(id, 4, 1_000).await;
+    let res = get(&c, &b, "/api/v1/ping", &secret).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-ratelimit-limit"), "4");
+    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct EventRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    method: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    endpoint: String,
+    #[diesel(sql_type = diesel::sql_types::SmallInt)]
+    status: i16,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    latency_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_in: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_out: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    throttled: bool,
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct RollupRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    endpoint: String,
+    #[diesel(sql_type = diesel::sql_types::SmallInt)]
+    status: i16,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    requests: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    throttled: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_in: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_out: i64,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    latency_hist: serde_json::Value,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
+    use diesel_async::RunQueryDsl;
+
+    let app = TestApp::spawn().await;
+    let sibling = app.spawn_sibling().await;
+    let (secret, id) = app.key_with_quota(60, 10_000).await;
+    let c = client();
+
+    // (path, method, body size, expected status); 64 attempts, 60 admitted, 4 throttled.
+    let mut plan: Vec<(String, &str, usize, u16)> = Vec::new();
+    for _ in 0..20 {
+        plan.push(("/api/v1/ping".into(), "GET", 0, 200));
+    }
+    let echo_sizes = [0usize, 1, 10, 100, 1000, 5000, 20_000, 65_536, 100_000, 1_000_000];
+    for size in echo_sizes {
+        plan.push(("/api/v1/echo".into(), "POST", size, 200));
+    }
+    for code in [201u16, 204, 404, 404, 422, 500, 503, 503, 302, 418] {
+        plan.push((format!("/api/v1/status/{code}"), "GET", 0, code));
+    }
+    for ms in [0u64, 5, 10, 20, 30, 40, 50, 60, 5, 15, 25, 35, 45, 55, 1, 2, 3, 4, 6, 7] {
+        plan.push((format!("/api/v1/delay/{ms}"), "GET", 0, 200));
+    }
+    let admitted = plan.len();
+    assert_eq!(admitted, 60);
+    for _ in 0..4 {
+        plan.push(("/api/v1/ping".into(), "GET", 0, 429));
+    }
+
+    let mut bytes_out_by_endpoint: HashMap<String, i64> = HashMap::new();
+    for (i, (path, method, size, expected)) in plan.iter().enumerate() {
+        let target = if i % 2 == 0 { &app } else { &sibling };
+        let req = if *method == "POST" {
+            c.post(target.url(path)).body(vec![b'x'; *size]).header("content-type", "application/octet-stream")
+        } else {
+            c.get(target.url(path))
+        };
+        let res = req.header("x-api-key", &secret).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), *expected, "{method} {path}");
+        let template = if path.starts_with("/api/v1/status/") {
+            "/api/v1/status/{code}".to_owned()
+        } else if path.starts_with("/api/v1/delay/") {
+            "/api/v1/delay/{ms}".to_owned()
+        } else {
+            path.clone()
+        };
+        let body = res.bytes().await.unwrap();
+        if *method == "POST" {
+            assert_eq!(body.len(), *size);
+        }
+        *bytes_out_by_endpoint.entry(format!("{template} {expected}")).or_default() += body.len() as i64;
+    }
+
+    assert_eq!(app.wait_for_events(id, plan.len() as i64).await, plan.len() as i64);
+    // Give a late duplicate a chance to show up: there must be none.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.event_count(id).await, plan.len() as i64);
+
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let events: Vec<EventRow> = diesel::sql_query(
+        "SELECT method, endpoint, status, latency_us, bytes_in, bytes_out, throttled \
+         FROM api_key_usage WHERE api_key_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .load(&mut conn)
+    .await
+    .unwrap();
+
+    // Endpoints are route templates, statuses and sizes are as sent.
+    let mut by_endpoint: HashMap<(String, i16), i64> = HashMap::new();
+    for e in &events {
+        *by_endpoint.entry((e.endpoint.clone(), e.status)).or_default() += 1;
+    }
+    assert_eq!(by_endpoint[&("/api/v1/ping".to_owned(), 200)], 20);
+    assert_eq!(by_endpoint[&("/api/v1/ping".to_owned(), 429)], 4);
+    assert_eq!(by_endpoint[&("/api/v1/echo".to_owned(), 200)], 10);
+    assert_eq!(by_endpoint[&("/api/v1/status/{code}".to_owned(), 503)], 2);
+    assert_eq!(by_endpoint[&("/api/v1/delay/{ms}".to_owned(), 200)], 20);
+    assert!(events.iter().all(|e| !e.endpoint.contains("/status/5") && !e.endpoint.contains("/delay/1")));
+    let echo_in: i64 = events.iter().filter(|e| e.endpoint == "/api/v1/echo").map(|e| e.bytes_in).sum();
+    assert_eq!(echo_in, echo_sizes.iter().sum::<usize>() as i64);
+    for (key, expected) in &bytes_out_by_endpoint {
+        let actual: i64 =
+            events.iter().filter(|e| format!("{} {}", e.endpoint, e.status) == *key).map(|e| e.bytes_out).sum();
+        assert_eq!(actual, *expected, "bytes out of {key}");
+    }
+    assert_eq!(events.iter().filter(|e| e.throttled).count(), 4);
+    assert!(events.iter().all(|e| e.method == "GET" || e.endpoint == "/api/v1/echo"));
+    let delays: Vec<i64> = events.iter().filter(|e| e.endpoint == "/api/v1/delay/{ms}").map(|e| e.latency_us).collect();
+    assert!(delays.iter().any(|&l| l >= 60_000), "the 60 ms delay took {delays:?}");
+
+    // Rollups count exactly what the events count.
+    let rollups: Vec<RollupRow> = diesel::sql_query(
+        "SELECT endpoint, status, sum(requests)::bigint AS requests, sum(throttled)::bigint AS throttled, \
+         sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out, km_hist_sum(latency_hist) AS latency_hist \
+         FROM api_key_usage_minute WHERE api_key_id = $1 GROUP BY endpoint, status",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let total_requests: i64 = rollups.iter().map(|r| r.requests).sum();
+    let total_throttled: i64 = rollups.iter().map(|r| r.throttled).sum();
+    assert_eq!(total_requests, admitted as i64);
+    assert_eq!(total_throttled, 4);
+    for r in &rollups {
+        let matching: Vec<&EventRow> =
+            events.iter().filter(|e| e.endpoint == r.endpoint && e.status == r.status).collect();
+        assert_eq!(r.requests, matching.iter().filter(|e| !e.throttled).count() as i64, "{}", r.endpoint);
+        assert_eq!(r.bytes_in, matching.iter().map(|e| e.bytes_in).sum::<i64>());
+        assert_eq!(r.bytes_out, matching.iter().map(|e| e.bytes_out).sum::<i64>());
+    }
+
+    // p50 and p95 from the merged histograms are within 1% of the exact values.
+    let mut merged = LatencyHistogram::default();
+    for r in &rollups {
+        let h: LatencyHistogram = serde_json::from_value(r.latency_hist.clone()).unwrap();
+        merged.merge(&h);
+    }
+    let mut latencies: Vec<u64> = events.iter().filter(|e| !e.throttled).map(|e| e.latency_us as u64).collect();
+    assert_eq!(merged.count(), latencies.len() as u64);
+    for q in [0.5, 0.95] {
+        let exact = exact_quantile(&mut latencies, q).unwrap() as f64;
+        let approx = merged.quantile_us(q).unwrap();
+        assert!((approx - exact).abs() / exact <= 0.01, "p{}: {approx} vs exact {exact}", q * 100.0);
+    }
+
+    // The live per-minute counters in Redis agree too.
+    let first_minute = app.services.quota.now_ms().await.unwrap() / 60_000 * 60_000 - 5 * 60_000;
+    let live = services::usage::live::read_minutes(&app.services.redis, id.0, first_minute, 7).await.unwrap();
+    assert_eq!(live.iter().map(|(_, m)| m.requests).sum::<u64>(), admitted as u64);
+    assert_eq!(live.iter().map(|(_, m)| m.throttled).sum::<u64>(), 4);
+
+    // last_used_at follows from the pipeline.
+    let keys = services::keys::api_keys::list_all(&app.services.db).await.unwrap();
+    assert!(keys.iter().find(|k| k.id == id).unwrap().last_used_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    let c = client();
+
+    for path in [
+        "/api/v1/status/abc",
+        "/api/v1/status/99999999999999999999999",
+        "/api/v1/status/-1",
+        "/api/v1/status/600",
+        "/api/v1/status/199",
+        "/api/v1/delay/-5",
+        "/api/v1/delay/1e9",
+        "/api/v1/delay/10001",
+        "/api/v1/delay/%F0%9F%92%A5",
+    ] {
+        let res = get(&c, &app, path, &secret).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{path}");
+    }
+    let huge = "x".repeat(512 * 1024);
+    let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).header("x-padding", huge).send().await;
+    if let Ok(res) = res {
+        assert!(res.status().is_client_error(), "oversized headers: {}", res.status());
+    }
+    let res = c.get(app.url("/api/v1/ping")).header("authorization", "Bearer").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let raw = reqwest::header::HeaderValue::from_bytes(b"Bearer km_live_\xff\xfe\xfd").unwrap();
+    let res = c.get(app.url("/api/v1/ping")).header("authorization", raw).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = c.get(app.url("/api/v1/no-such-route")).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // One good request, to know when the pipeline has caught up: it is the only one counted.
+    let ok = get(&c, &app, "/api/v1/ping", &secret).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), "99");
+    app.wait_for_events(id, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.event_count(id).await, 1);
+}

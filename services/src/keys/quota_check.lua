@@ -1,0 +1,65 @@
+-- Checks and counts one request against a key's quota, atomically.
+-- KEYS[1]  km:{<key id>}:quota  (hash; hash-tagged so that it works on Redis Cluster)
+-- ARGV[1]  hour limit            ARGV[2] day limit
+-- ARGV[3]  burst rate per second (0 = no burst limit)
+-- ARGV[4]  version of these limits (ms since epoch of their last change)
+-- ARGV[5]  clock offset in ms (tests only; 0 in production)
+-- Returns {admitted, blocked_mask, hour_used, day_used, now_ms, hour_limit, day_limit,
+--          burst_rate, retry_ms}. blocked_mask: 1 hour, 2 day, 4 burst.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[5])
+local now_s = math.floor(now_ms / 1000)
+local hour_start = now_s - (now_s % 3600)
+local day_start = now_s - (now_s % 86400)
+
+local s = redis.call('HMGET', KEYS[1], 'hw', 'hc', 'dw', 'dc', 'tat', 'hl', 'dl', 'br', 'qv')
+
+-- The newest limits win: those stored here (written when a quota changes) or the caller's.
+local hl, dl, br, qv = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local stored_qv = tonumber(s[9])
+if stored_qv and stored_qv > qv then
+  hl, dl, br, qv = tonumber(s[6]), tonumber(s[7]), tonumber(s[8]), stored_qv
+end
+
+local hc = 0
+if tonumber(s[1]) == hour_start then hc = tonumber(s[2]) end
+local dc = 0
+if tonumber(s[3]) == day_start then dc = tonumber(s[4]) end
+
+local blocked = 0
+local retry_ms = 0
+if hc >= hl then
+  blocked = blocked + 1
+  retry_ms = math.max(retry_ms, (hour_start + 3600) * 1000 - now_ms)
+end
+if dc >= dl then
+  blocked = blocked + 2
+  retry_ms = math.max(retry_ms, (day_start + 86400) * 1000 - now_ms)
+end
+
+-- Burst: GCRA allowing `br` requests at once, refilled at `br` per second.
+local new_tat = nil
+if br > 0 then
+  local interval = 1000 / br
+  local tolerance = interval * (br - 1)
+  local tat = tonumber(s[5]) or now_ms
+  if tat < now_ms then tat = now_ms end
+  if tat - now_ms > tolerance then
+    blocked = blocked + 4
+    retry_ms = math.max(retry_ms, tat - tolerance - now_ms)
+  else
+    new_tat = tat + interval
+  end
+end
+
+if blocked == 0 then
+  hc = hc + 1
+  dc = dc + 1
+  redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc,
+    'hl', hl, 'dl', dl, 'br', br, 'qv', qv)
+  if new_tat then redis.call('HSET', KEYS[1], 'tat', new_tat) end
+  -- Kept a little past the day window; a key that goes quiet costs nothing.
+  redis.call('PEXPIRE', KEYS[1], (day_start + 86400 + 3600) * 1000 - now_ms)
+end
+
+return {blocked == 0 and 1 or 0, blocked, hc, dc, now_ms, hl, dl, br, math.ceil(retry_ms)}

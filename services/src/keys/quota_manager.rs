@@ -1,0 +1,243 @@
+//! The quota manager: checks and counts each metered request against its key's hourly and daily
+//! calendar windows (UTC) and optional burst limit, in one atomic Redis step.
+//!
+//! Time comes from the Redis server (`TIME` inside the script), so every app instance agrees on
+//! window boundaries. A rejected request consumes nothing; across any number of instances the
+//! number admitted in a window is exactly `min(limit, attempts)`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use deadpool_redis::redis::{self, Script};
+
+use super::api_keys::ApiKeyId;
+use super::quota::Quota;
+use crate::redis_pool::{self, RedisPool};
+use crate::ServiceResult;
+
+/// A quota window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Hour,
+    Day,
+    Burst,
+}
+
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Burst => "burst",
+        }
+    }
+}
+
+/// Use of one window after the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUse {
+    pub window: Window,
+    pub limit: i64,
+    pub used: i64,
+    /// When the window resets, in ms since the epoch (on the Redis clock).
+    pub reset_at_ms: i64,
+}
+
+impl WindowUse {
+    pub fn remaining(&self) -> i64 {
+        (self.limit - self.used).max(0)
+    }
+
+    pub fn reset_at(&self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.reset_at_ms).single().unwrap_or_default()
+    }
+
+    /// Whole seconds until the reset, rounded up.
+    pub fn seconds_to_reset(&self, now_ms: i64) -> i64 {
+        ceil_div(self.reset_at_ms - now_ms, 1000).max(0)
+    }
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaDecision {
+    pub admitted: bool,
+    pub hour: WindowUse,
+    pub day: WindowUse,
+    /// Requests per second allowed in a burst, if limited.
+    pub burst_per_second: Option<i64>,
+    /// The window that refused the request (the one resetting last, if several did).
+    pub blocked_by: Option<Window>,
+    /// Seconds until the request could be admitted: rounded up, at least 1. Only when refused.
+    pub retry_after_secs: Option<i64>,
+    /// The time of the decision on the Redis clock, ms since the epoch.
+    pub now_ms: i64,
+}
+
+impl QuotaDecision {
+    /// The window with the least remaining (hour on ties), as the `RateLimit` header reports.
+    pub fn tightest(&self) -> WindowUse {
+        if self.day.remaining() < self.hour.remaining() {
+            self.day
+        } else {
+            self.hour
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(self.now_ms).single().unwrap_or_default()
+    }
+}
+
+fn ceil_div(a: i64, b: i64) -> i64 {
+    (a + b - 1).div_euclid(b)
+}
+
+/// The Redis key holding a key's counters and limits. `{…}` is a hash tag: everything of one
+/// API key lives in one cluster slot.
+pub fn quota_redis_key(id: ApiKeyId) -> String {
+    format!("km:{{{id}}}:quota")
+}
+
+#[derive(Clone)]
+pub struct QuotaManager {
+    redis: RedisPool,
+    script: Arc<Script>,
+    /// Shifts the Redis clock, for tests of window boundaries only.
+    clock_offset_ms: Arc<AtomicI64>,
+}
+
+impl QuotaManager {
+    pub fn new(redis: RedisPool) -> Self {
+        Self {
+            redis,
+            script: Arc::new(Script::new(include_str!("quota_check.lua"))),
+            clock_offset_ms: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Test hook: every later decision sees the Redis time plus `offset_ms`.
+    pub fn set_test_clock_offset_ms(&self, offset_ms: i64) {
+        self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    /// Checks the request against `quota` (whose last change was at `quota_version_ms`) and,
+    /// if every window has room, counts it in all of them. One round trip (EVALSHA).
+    pub async fn check_and_count(
+        &self,
+        key: ApiKeyId,
+        quota: &Quota,
+        quota_version_ms: i64,
+    ) -> ServiceResult<QuotaDecision> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let reply: Vec<i64> = self
+            .script
+            .key(quota_redis_key(key))
+            .arg(quota.per_hour.get())
+            .arg(quota.per_day.get())
+            .arg(quota.burst_per_second.map_or(0, |b| b.get()))
+            .arg(quota_version_ms)
+            .arg(self.clock_offset_ms.load(Ordering::Relaxed))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(decode(&reply))
+    }
+
+    /// Makes new limits effective at once on every instance: the script prefers stored limits
+    /// whose version is newer than the caller's.
+    pub async fn publish_limits(&self, key: ApiKeyId, quota: &Quota, version_ms: i64) -> ServiceResult<()> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let _: () = redis::cmd("HSET")
+            .arg(quota_redis_key(key))
+            .arg("hl")
+            .arg(quota.per_hour.get())
+            .arg("dl")
+            .arg(quota.per_day.get())
+            .arg("br")
+            .arg(quota.burst_per_second.map_or(0, |b| b.get()))
+            .arg("qv")
+            .arg(version_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The Redis clock (plus the test offset), ms since the epoch.
+    pub async fn now_ms(&self) -> ServiceResult<i64> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(secs * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn decode(r: &[i64]) -> QuotaDecision {
+    let get = |i: usize| r.get(i).copied().unwrap_or(0);
+    let (admitted, mask, hour_used, day_used, now_ms) = (get(0) == 1, get(1), get(2), get(3), get(4));
+    let (hour_limit, day_limit, burst, retry_ms) = (get(5), get(6), get(7), get(8));
+    let now_s = now_ms.div_euclid(1000);
+    let hour = WindowUse {
+        window: Window::Hour,
+        limit: hour_limit,
+        used: hour_used,
+        reset_at_ms: (now_s - now_s.rem_euclid(3600) + 3600) * 1000,
+    };
+    let day = WindowUse {
+        window: Window::Day,
+        limit: day_limit,
+        used: day_used,
+        reset_at_ms: (now_s - now_s.rem_euclid(86400) + 86400) * 1000,
+    };
+    // Of several blocking windows, report the one that resets last.
+    let blocked_by = if mask & 2 != 0 {
+        Some(Window::Day)
+    } else if mask & 1 != 0 {
+        Some(Window::Hour)
+    } else if mask & 4 != 0 {
+        Some(Window::Burst)
+    } else {
+        None
+    };
+    QuotaDecision {
+        admitted,
+        hour,
+        day,
+        burst_per_second: (burst > 0).then_some(burst),
+        blocked_by,
+        retry_after_secs: (!admitted).then(|| ceil_div(retry_ms, 1000).max(1)),
+        now_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_refusal_with_rounded_up_retry() {
+        // 10:59:59.250 UTC on some day; hour full.
+        let now_ms = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000 + 3_599_250;
+        let d = decode(&[0, 1, 5, 7, now_ms, 5, 100, 0, 750]);
+        assert!(!d.admitted);
+        assert_eq!(d.blocked_by, Some(Window::Hour));
+        assert_eq!(d.retry_after_secs, Some(1));
+        assert_eq!(d.hour.seconds_to_reset(now_ms), 1);
+        assert_eq!(d.hour.remaining(), 0);
+        assert_eq!(d.tightest().window, Window::Hour);
+    }
+
+    #[test]
+    fn day_wins_when_both_block() {
+        let d = decode(&[0, 3, 5, 5, 1_700_000_000_000, 5, 5, 0, 40_000_000]);
+        assert_eq!(d.blocked_by, Some(Window::Day));
+        assert_eq!(d.retry_after_secs, Some(40_000));
+    }
+
+    #[test]
+    fn admitted_has_no_retry() {
+        let d = decode(&[1, 0, 1, 1, 1_700_000_000_000, 1000, 10000, 0, 0]);
+        assert!(d.admitted);
+        assert_eq!(d.retry_after_secs, None);
+        assert_eq!(d.tightest().remaining(), 999);
+    }
+}

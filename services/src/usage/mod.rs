@@ -1,0 +1,55 @@
+//! The usage tracker's storage side: every metered request becomes a [`UsageEvent`], which the
+//! [`recorder`] hands to Redis (a stream, plus per-minute live counters) off the request path,
+//! and the [`writer`] moves into PostgreSQL in batches, idempotently, with per-minute rollups.
+
+pub mod histogram;
+pub mod live;
+pub mod recorder;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use histogram::LatencyHistogram;
+pub use recorder::UsageRecorder;
+
+/// One metered request. Field names are short: millions of these cross Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    #[serde(rename = "r")]
+    pub request_id: Uuid,
+    #[serde(rename = "k")]
+    pub key_id: Uuid,
+    /// When the request was decided on, ms since the epoch, on the quota clock (Redis).
+    #[serde(rename = "t")]
+    pub at_ms: i64,
+    #[serde(rename = "m")]
+    pub method: String,
+    /// The route template, e.g. `/api/v1/status/{code}`.
+    #[serde(rename = "e")]
+    pub endpoint: String,
+    #[serde(rename = "s")]
+    pub status: u16,
+    #[serde(rename = "l")]
+    pub latency_us: u64,
+    #[serde(rename = "i")]
+    pub bytes_in: u64,
+    #[serde(rename = "o")]
+    pub bytes_out: u64,
+    /// Refused by the quota (429, not admitted, not billable).
+    #[serde(rename = "q")]
+    pub throttled: bool,
+    /// False when the quota could not be enforced (Redis unavailable).
+    #[serde(rename = "n", default = "yes")]
+    pub enforced: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl UsageEvent {
+    pub fn minute_start_ms(&self) -> i64 {
+        self.at_ms - self.at_ms.rem_euclid(60_000)
+    }
+}

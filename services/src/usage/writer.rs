@@ -1,0 +1,407 @@
+//! The writer moves usage from the Redis stream into PostgreSQL: raw events into the
+//! day-partitioned `api_key_usage` (idempotent on request id) and per-minute rollups into
+//! `api_key_usage_minute`, in one transaction per batch. A stream entry is acknowledged only
+//! after its transaction commits, so a crash or a PostgreSQL outage delays usage but loses none;
+//! a replayed entry inserts nothing twice and adds nothing twice to the rollups.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use deadpool_redis::redis::{self, streams::StreamReadReply, Value};
+use diesel::sql_types::{Array, BigInt, Bool, Date, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::histogram::LatencyHistogram;
+use super::recorder::stream_name;
+use super::UsageEvent;
+use crate::db::{self, DbPool};
+use crate::redis_pool::{self, RedisPool};
+use crate::{ServiceError, ServiceResult};
+
+const GROUP: &str = "pg-writer";
+/// Stream entries read per round (each holds up to a few thousand events).
+const ENTRIES_PER_READ: usize = 20;
+/// Entries left unacknowledged this long by a writer that died are taken over.
+const CLAIM_IDLE_MS: u64 = 30_000;
+
+/// Raw events are kept this many days by default; rollups are kept for good.
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+
+pub struct UsageWriter {
+    db: DbPool,
+    redis: RedisPool,
+    consumer: String,
+    stream: String,
+    retention_days: u32,
+    partitions: HashSet<NaiveDate>,
+}
+
+impl UsageWriter {
+    pub fn new(db: DbPool, redis: RedisPool, namespace: &str, retention_days: u32) -> Self {
+        Self {
+            db,
+            redis,
+            consumer: format!("writer-{}", Uuid::new_v4().simple()),
+            stream: stream_name(namespace),
+            retention_days,
+            partitions: HashSet::new(),
+        }
+    }
+
+    /// Runs until `stop` turns true, then drains what is already in the stream and returns.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_retention = None::<NaiveDate>;
+        loop {
+            let stopping = *stop.borrow();
+            match self.step(if stopping { 0 } else { 200 }).await {
+                Ok(0) if stopping => return,
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage writer: will retry");
+                    if stopping {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            let today = Utc::now().date_naive();
+            if last_retention != Some(today) && self.apply_retention(today).await.is_ok() {
+                last_retention = Some(today);
+            }
+        }
+    }
+
+    /// One round: this writer's own unacknowledged entries first (left by a failed commit),
+    /// then entries abandoned by dead writers, then new ones. Returns the events written.
+    pub async fn step(&mut self, block_ms: usize) -> ServiceResult<usize> {
+        self.ensure_group().await?;
+        let pending = self.read("0", None).await?;
+        if !pending.is_empty() {
+            return self.write_and_ack(pending).await;
+        }
+        let claimed = self.claim_abandoned().await?;
+        if !claimed.is_empty() {
+            return self.write_and_ack(claimed).await;
+        }
+        let fresh = self.read(">", Some(block_ms)).await?;
+        self.write_and_ack(fresh).await
+    }
+
+    async fn ensure_group(&self) -> ServiceResult<()> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read(&self, from: &str, block_ms: Option<usize>) -> ServiceResult<Vec<(String, Vec<UsageEvent>)>> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(ENTRIES_PER_READ);
+        if let Some(ms) = block_ms.filter(|&ms| ms > 0) {
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS").arg(&self.stream).arg(from);
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let events = decode_entry(entry.map.get("b"));
+                out.push((entry.id, events));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_abandoned(&self) -> ServiceResult<Vec<(String, Vec<UsageEvent>)>> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        type Claimed = (String, Vec<(String, HashMap<String, Value>)>, Vec<String>);
+        let reply: Claimed = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(CLAIM_IDLE_MS)
+            .arg("0")
+            .arg("COUNT")
+            .arg(ENTRIES_PER_READ)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .1
+            .into_iter()
+            .map(|(id, fields)| {
+                let events = decode_entry(fields.get("b"));
+                (id, events)
+            })
+            .collect())
+    }
+
+    async fn write_and_ack(&mut self, entries: Vec<(String, Vec<UsageEvent>)>) -> ServiceResult<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<UsageEvent> = entries.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
+        self.write(&events).await?;
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let _: () = redis::pipe()
+            .cmd("XACK")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(&ids)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(events.len())
+    }
+
+    /// Writes a batch in one transaction; events already stored are skipped, and only the newly
+    /// stored ones are added to the rollups.
+    pub async fn write(&mut self, events: &[UsageEvent]) -> ServiceResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let days: Vec<NaiveDate> = events
+            .iter()
+            .map(|e| to_time(e.at_ms).date_naive())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|d| !self.partitions.contains(d))
+            .collect();
+        let mut conn = db::conn(&self.db).await?;
+        if !days.is_empty() {
+            diesel::sql_query("SELECT km_ensure_usage_partition(d) FROM unnest($1) AS d")
+                .bind::<Array<Date>, _>(&days)
+                .execute(&mut conn)
+                .await?;
+            self.partitions.extend(days);
+        }
+
+        let columns = EventColumns::from(events);
+        conn.transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let inserted: Vec<Inserted> = diesel::sql_query(
+                    "INSERT INTO api_key_usage (request_id, api_key_id, occurred_at, method, endpoint, status, \
+                     latency_us, bytes_in, bytes_out, throttled, enforced) \
+                     SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT DO NOTHING RETURNING request_id",
+                )
+                .bind::<Array<SqlUuid>, _>(&columns.request_id)
+                .bind::<Array<SqlUuid>, _>(&columns.key_id)
+                .bind::<Array<Timestamptz>, _>(&columns.at)
+                .bind::<Array<Text>, _>(&columns.method)
+                .bind::<Array<Text>, _>(&columns.endpoint)
+                .bind::<Array<SmallInt>, _>(&columns.status)
+                .bind::<Array<BigInt>, _>(&columns.latency_us)
+                .bind::<Array<BigInt>, _>(&columns.bytes_in)
+                .bind::<Array<BigInt>, _>(&columns.bytes_out)
+                .bind::<Array<Bool>, _>(&columns.throttled)
+                .bind::<Array<Bool>, _>(&columns.enforced)
+                .load(conn)
+                .await?;
+                let new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
+                let rollups = Rollups::of(events.iter().filter(|e| new.contains(&e.request_id)));
+                if !rollups.is_empty() {
+                    rollups.upsert(conn).await?;
+                    touch_last_used(conn, events.iter().filter(|e| new.contains(&e.request_id))).await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Drops raw-event partitions older than the retention period.
+    pub async fn apply_retention(&self, today: NaiveDate) -> ServiceResult<()> {
+        let keep_from = today - chrono::Days::new(self.retention_days as u64);
+        let mut conn = db::conn(&self.db).await?;
+        diesel::sql_query("SELECT km_drop_usage_partitions_before($1)")
+            .bind::<Date, _>(keep_from)
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn decode_entry(payload: Option<&Value>) -> Vec<UsageEvent> {
+    let bytes: Option<Vec<u8>> = payload.and_then(|v| redis::from_redis_value(v).ok());
+    match bytes.map(|b| serde_json::from_slice::<Vec<UsageEvent>>(&b)) {
+        Some(Ok(events)) => events,
+        // An entry we cannot read would block the stream forever; log it and move on.
+        other => {
+            tracing::error!(error = ?other.and_then(|r| r.err()), "unreadable usage stream entry skipped");
+            Vec::new()
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Inserted {
+    #[diesel(sql_type = SqlUuid)]
+    request_id: Uuid,
+}
+
+/// A batch of events as one array per column, for `unnest`.
+#[derive(Default)]
+struct EventColumns {
+    request_id: Vec<Uuid>,
+    key_id: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    method: Vec<String>,
+    endpoint: Vec<String>,
+    status: Vec<i16>,
+    latency_us: Vec<i64>,
+    bytes_in: Vec<i64>,
+    bytes_out: Vec<i64>,
+    throttled: Vec<bool>,
+    enforced: Vec<bool>,
+}
+
+impl From<&[UsageEvent]> for EventColumns {
+    fn from(events: &[UsageEvent]) -> Self {
+        let mut c = Self::default();
+        for e in events {
+            c.request_id.push(e.request_id);
+            c.key_id.push(e.key_id);
+            c.at.push(to_time(e.at_ms));
+            c.method.push(e.method.clone());
+            c.endpoint.push(e.endpoint.clone());
+            c.status.push(e.status as i16);
+            c.latency_us.push(e.latency_us.min(i64::MAX as u64) as i64);
+            c.bytes_in.push(e.bytes_in.min(i64::MAX as u64) as i64);
+            c.bytes_out.push(e.bytes_out.min(i64::MAX as u64) as i64);
+            c.throttled.push(e.throttled);
+            c.enforced.push(e.enforced);
+        }
+        c
+    }
+}
+
+type RollupKey = (Uuid, i64, String, String, u16);
+
+#[derive(Default)]
+struct Rollup {
+    requests: i64,
+    throttled: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+    latency: LatencyHistogram,
+}
+
+struct Rollups(HashMap<RollupKey, Rollup>);
+
+impl Rollups {
+    fn of<'a>(events: impl Iterator<Item = &'a UsageEvent>) -> Self {
+        let mut map: HashMap<RollupKey, Rollup> = HashMap::new();
+        for e in events {
+            let r =
+                map.entry((e.key_id, e.minute_start_ms(), e.method.clone(), e.endpoint.clone(), e.status)).or_default();
+            if e.throttled {
+                r.throttled += 1;
+            } else {
+                r.requests += 1;
+                r.latency.record(e.latency_us);
+            }
+            r.bytes_in += e.bytes_in as i64;
+            r.bytes_out += e.bytes_out as i64;
+        }
+        Self(map)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    async fn upsert(&self, conn: &mut diesel_async::AsyncPgConnection) -> ServiceResult<()> {
+        let mut key_id = Vec::new();
+        let mut minute = Vec::new();
+        let mut method = Vec::new();
+        let mut endpoint = Vec::new();
+        let mut status = Vec::new();
+        let (mut requests, mut throttled, mut bytes_in, mut bytes_out, mut hist) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((k, m, me, ep, st), r) in &self.0 {
+            key_id.push(*k);
+            minute.push(to_time(*m));
+            method.push(me.clone());
+            endpoint.push(ep.clone());
+            status.push(*st as i16);
+            requests.push(r.requests);
+            throttled.push(r.throttled);
+            bytes_in.push(r.bytes_in);
+            bytes_out.push(r.bytes_out);
+            hist.push(serde_json::to_string(&r.latency).unwrap_or_else(|_| "{}".into()));
+        }
+        diesel::sql_query(
+            "INSERT INTO api_key_usage_minute AS u (api_key_id, minute, method, endpoint, status, requests, \
+             throttled, bytes_in, bytes_out, latency_hist) \
+             SELECT k, m, me, ep, st, rq, th, bi, bo, h::jsonb \
+             FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS t(k, m, me, ep, st, rq, th, bi, bo, h) \
+             ON CONFLICT (api_key_id, minute, method, endpoint, status) DO UPDATE SET \
+             requests = u.requests + EXCLUDED.requests, throttled = u.throttled + EXCLUDED.throttled, \
+             bytes_in = u.bytes_in + EXCLUDED.bytes_in, bytes_out = u.bytes_out + EXCLUDED.bytes_out, \
+             latency_hist = km_hist_merge(u.latency_hist, EXCLUDED.latency_hist)",
+        )
+        .bind::<Array<SqlUuid>, _>(&key_id)
+        .bind::<Array<Timestamptz>, _>(&minute)
+        .bind::<Array<Text>, _>(&method)
+        .bind::<Array<Text>, _>(&endpoint)
+        .bind::<Array<SmallInt>, _>(&status)
+        .bind::<Array<BigInt>, _>(&requests)
+        .bind::<Array<BigInt>, _>(&throttled)
+        .bind::<Array<BigInt>, _>(&bytes_in)
+        .bind::<Array<BigInt>, _>(&bytes_out)
+        .bind::<Array<Text>, _>(&hist)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Keeps `api_keys.last_used_at` current from the batch (one UPDATE per batch, not per request).
+async fn touch_last_used<'a>(
+    conn: &mut diesel_async::AsyncPgConnection,
+    events: impl Iterator<Item = &'a UsageEvent>,
+) -> ServiceResult<()> {
+    let mut latest: HashMap<Uuid, i64> = HashMap::new();
+    for e in events {
+        let at = latest.entry(e.key_id).or_insert(e.at_ms);
+        *at = (*at).max(e.at_ms);
+    }
+    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().map(|(k, t)| (k, to_time(t))).unzip();
+    diesel::sql_query(
+        "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, t.at), t.at) \
+         FROM unnest($1, $2) AS t(id, at) WHERE api_keys.id = t.id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Timestamptz>, _>(&times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
