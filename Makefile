@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 unexport LEPTOS_OUTPUT_NAME
 
-.PHONY: run test setup build fmt lint
+.PHONY: run test setup build fmt lint bench
 
 run:
 	@bash scripts/run.sh
@@ -22,3 +22,6 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy -q --all-targets -- -D warnings
+
+bench:
+	@bash scripts/bench.sh

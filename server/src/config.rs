@@ -34,6 +34,8 @@ pub struct Config {
     /// `KEYMETER_REDIS_NAMESPACE`: prefix of deployment-wide Redis keys, for deployments (or
     /// test databases) sharing one Redis.
     pub redis_namespace: String,
+    /// `KEYMETER_BENCH_ROUTES`: mount the unmetered `/bench/*` routes (benchmarks only).
+    pub bench_routes: bool,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
@@ -67,6 +69,7 @@ impl Config {
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
             db_pool_size: parse_num(&lookup, "KEYMETER_DB_POOL_SIZE", 16)?,
             redis_pool_size: parse_num(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32)?,
+            bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
             usage_retention_days: parse_num(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90)?.min(36_500) as u32,
         })

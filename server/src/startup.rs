@@ -83,17 +83,17 @@ pub fn router(config: &Config, services: Services) -> Router {
         .fallback_service(ServeDir::new(config.site_root.join("pkg")).precompressed_gzip())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
-    Router::new()
-        .nest("/api/v1", routes::api_v1::router(services.clone()))
-        .merge(routes::health::router())
-        .with_state(services)
-        .nest("/pkg", pkg)
-        .merge(
-            Router::new()
-                .leptos_routes_with_context(&state, routes, context.clone(), shell)
-                .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
-                .with_state(state),
-        )
+    let mut api =
+        Router::new().nest("/api/v1", routes::api_v1::router(services.clone())).merge(routes::health::router());
+    if config.bench_routes {
+        api = api.merge(routes::bench::router());
+    }
+    api.with_state(services).nest("/pkg", pkg).merge(
+        Router::new()
+            .leptos_routes_with_context(&state, routes, context.clone(), shell)
+            .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
+            .with_state(state),
+    )
 }
 
 /// A bound, ready-to-run server.

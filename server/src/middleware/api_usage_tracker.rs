@@ -130,11 +130,13 @@ where
         return Ok(Response::from_parts(parts, Body::from(body)));
     }
 
+    let before_handler = started.elapsed();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let (parts, body) = request.into_parts();
     let mut request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
     request.extensions_mut().insert(key);
     let mut response = inner.call(request).await?;
+    let after_handler = Instant::now();
 
     if let Some(decision) = &decision {
         add_rate_limit_headers(response.headers_mut(), decision);
@@ -153,7 +155,47 @@ where
     });
     let (parts, body) = response.into_parts();
     let body = CountingBody::new(body, Arc::new(AtomicU64::new(0)), Some(on_done));
-    Ok(Response::from_parts(parts, Body::new(body)))
+    let response = Response::from_parts(parts, Body::new(body));
+    OVERHEAD.observe(before_handler + after_handler.elapsed());
+    Ok(response)
+}
+
+/// The tracker's own time per admitted request (everything but the handler), sampled only when
+/// enabled, for `make bench`.
+pub static OVERHEAD: OverheadProbe = OverheadProbe::new();
+
+pub struct OverheadProbe {
+    enabled: std::sync::atomic::AtomicBool,
+    // Nanoseconds, in the same log buckets as latencies.
+    samples: std::sync::Mutex<services::usage::LatencyHistogram>,
+}
+
+impl OverheadProbe {
+    const fn new() -> Self {
+        Self {
+            enabled: std::sync::atomic::AtomicBool::new(false),
+            samples: std::sync::Mutex::new(services::usage::LatencyHistogram::new()),
+        }
+    }
+
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    fn observe(&self, d: Duration) {
+        if self.enabled.load(Ordering::Relaxed) {
+            if let Ok(mut h) = self.samples.lock() {
+                h.record(d.as_nanos().min(u64::MAX as u128) as u64);
+            }
+        }
+    }
+
+    /// (count, p50 µs, p99 µs) since the last reset; then resets.
+    pub fn take(&self) -> (u64, f64, f64) {
+        let h = self.samples.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        let q = |q| h.quantile_us(q).unwrap_or(0.0) / 1000.0;
+        (h.count(), q(0.5), q(0.99))
+    }
 }
 
 fn micros(d: Duration) -> u64 {

@@ -25,6 +25,10 @@ pub fn bucket_value_us(bucket: u32) -> f64 {
 }
 
 impl LatencyHistogram {
+    pub const fn new() -> Self {
+        Self(BTreeMap::new())
+    }
+
     pub fn record(&mut self, latency_us: u64) {
         self.add_bucket(bucket_of(latency_us), 1);
     }
