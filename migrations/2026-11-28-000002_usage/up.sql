@@ -33,11 +33,12 @@ CREATE TABLE api_key_usage (
 ) PARTITION BY RANGE (occurred_at);
 CREATE INDEX api_key_usage_key_time_idx ON api_key_usage (api_key_id, occurred_at);
 
--- Per-minute rollups: what charts and exports read. `requests` counts admitted calls,
--- `throttled` counts quota rejections (status 429, not admitted).
+-- Rollups per minute (recent detail) and per hour (history: breakdowns and CSV exports read
+-- these, so months of data stay fast). `requests` counts admitted calls, `throttled` counts
+-- quota rejections (status 429, not admitted).
 CREATE TABLE api_key_usage_minute (
     api_key_id   UUID NOT NULL,
-    minute       TIMESTAMPTZ NOT NULL,
+    period_start TIMESTAMPTZ NOT NULL,
     method       TEXT NOT NULL,
     endpoint     TEXT NOT NULL,
     status       SMALLINT NOT NULL,
@@ -46,8 +47,10 @@ CREATE TABLE api_key_usage_minute (
     bytes_in     BIGINT NOT NULL,
     bytes_out    BIGINT NOT NULL,
     latency_hist JSONB NOT NULL,
-    PRIMARY KEY (api_key_id, minute, method, endpoint, status)
+    PRIMARY KEY (api_key_id, period_start, method, endpoint, status)
 );
+
+CREATE TABLE api_key_usage_hour (LIKE api_key_usage_minute INCLUDING ALL);
 
 -- Creates the partition of api_key_usage for one UTC day, if missing. Serialised with an
 -- advisory lock so that several writers can call it at once.

@@ -125,16 +125,24 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then flushes all usage: queued events to Redis, and
-    /// what this instance can still move from Redis to PostgreSQL.
+    /// Serves until Ctrl-C or SIGTERM, then flushes all usage (see [`Self::run_until`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then flushes all usage: queued events to Redis, and
+    /// what this instance can still move from Redis to PostgreSQL.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let services = &self.services;
         let writer =
             UsageWriter::new(services.db.clone(), services.redis.clone(), &services.namespace, self.retention_days);
         let writer = tokio::spawn(writer.run(stopped));
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown_signal()).await;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
         self.services.usage.shutdown().await;
         let _ = stop.send(true);
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {

@@ -294,6 +294,19 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
     .load(&mut conn)
     .await
     .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let hourly: Sum = diesel::sql_query(
+        "SELECT coalesce(sum(requests), 0)::bigint AS n FROM api_key_usage_hour WHERE api_key_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(hourly.n, admitted as i64);
     let total_requests: i64 = rollups.iter().map(|r| r.requests).sum();
     let total_throttled: i64 = rollups.iter().map(|r| r.throttled).sum();
     assert_eq!(total_requests, admitted as i64);

@@ -32,3 +32,38 @@ pub async fn ping(pool: &RedisPool) -> ServiceResult<()> {
     let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
 }
+
+/// One multiplexed connection shared by every request on the hot path. Taking a connection
+/// from the pool costs a round trip (deadpool-redis pings on recycle); a multiplexed connection
+/// carries concurrent commands without that. Replaced after an I/O error.
+#[derive(Clone)]
+pub struct SharedConnection {
+    pool: RedisPool,
+    conn: std::sync::Arc<std::sync::RwLock<Option<deadpool_redis::redis::aio::MultiplexedConnection>>>,
+}
+
+impl SharedConnection {
+    pub fn new(pool: RedisPool) -> Self {
+        Self { pool, conn: Default::default() }
+    }
+
+    pub async fn get(&self) -> ServiceResult<deadpool_redis::redis::aio::MultiplexedConnection> {
+        if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
+            return Ok(conn);
+        }
+        let conn = Connection::take(conn(&self.pool).await?);
+        if let Ok(mut slot) = self.conn.write() {
+            *slot = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Call after an error that may have broken the connection; the next `get` opens another.
+    pub fn reset_after(&self, err: &deadpool_redis::redis::RedisError) {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+            if let Ok(mut slot) = self.conn.write() {
+                *slot = None;
+            }
+        }
+    }
+}

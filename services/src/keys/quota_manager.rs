@@ -13,7 +13,7 @@ use deadpool_redis::redis::{self, Script};
 
 use super::api_keys::ApiKeyId;
 use super::quota::Quota;
-use crate::redis_pool::{self, RedisPool};
+use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::ServiceResult;
 
 /// A quota window.
@@ -103,6 +103,7 @@ pub fn quota_redis_key(id: ApiKeyId) -> String {
 #[derive(Clone)]
 pub struct QuotaManager {
     redis: RedisPool,
+    shared: SharedConnection,
     script: Arc<Script>,
     /// Shifts the Redis clock, for tests of window boundaries only.
     clock_offset_ms: Arc<AtomicI64>,
@@ -111,6 +112,7 @@ pub struct QuotaManager {
 impl QuotaManager {
     pub fn new(redis: RedisPool) -> Self {
         Self {
+            shared: SharedConnection::new(redis.clone()),
             redis,
             script: Arc::new(Script::new(include_str!("quota_check.lua"))),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
@@ -130,8 +132,8 @@ impl QuotaManager {
         quota: &Quota,
         quota_version_ms: i64,
     ) -> ServiceResult<QuotaDecision> {
-        let mut conn = redis_pool::conn(&self.redis).await?;
-        let reply: Vec<i64> = self
+        let mut conn = self.shared.get().await?;
+        let reply: redis::RedisResult<Vec<i64>> = self
             .script
             .key(quota_redis_key(key))
             .arg(quota.per_hour.get())
@@ -140,8 +142,14 @@ impl QuotaManager {
             .arg(quota_version_ms)
             .arg(self.clock_offset_ms.load(Ordering::Relaxed))
             .invoke_async(&mut conn)
-            .await?;
-        Ok(decode(&reply))
+            .await;
+        match reply {
+            Ok(reply) => Ok(decode(&reply)),
+            Err(e) => {
+                self.shared.reset_after(&e);
+                Err(e.into())
+            }
+        }
     }
 
     /// Makes new limits effective at once on every instance: the script prefers stored limits

@@ -5,6 +5,7 @@
 pub mod histogram;
 pub mod live;
 pub mod recorder;
+pub mod reports;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};

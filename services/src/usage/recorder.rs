@@ -24,8 +24,9 @@ pub fn stream_name(namespace: &str) -> String {
 }
 /// Most events per stream entry.
 const MAX_BATCH: usize = 2_000;
-/// How long a batch may wait for more events.
-const LINGER: Duration = Duration::from_millis(20);
+/// How long a batch may wait for more events. Longer means fewer, larger writes downstream; the
+/// live view refreshes every few seconds anyway.
+const LINGER: Duration = Duration::from_millis(100);
 /// Events queued in memory before new ones are refused (and counted as dropped).
 const QUEUE: usize = 200_000;
 

@@ -1,6 +1,6 @@
 //! The writer moves usage from the Redis stream into PostgreSQL: raw events into the
 //! day-partitioned `api_key_usage` (idempotent on request id) and per-minute rollups into
-//! `api_key_usage_minute`, in one transaction per batch. A stream entry is acknowledged only
+//! `api_key_usage_minute` / `api_key_usage_hour`, in one transaction per batch. A stream entry is acknowledged only
 //! after its transaction commits, so a crash or a PostgreSQL outage delays usage but loses none;
 //! a replayed entry inserts nothing twice and adds nothing twice to the rollups.
 
@@ -59,7 +59,16 @@ impl UsageWriter {
             let stopping = *stop.borrow();
             match self.step(if stopping { 0 } else { 200 }).await {
                 Ok(0) if stopping => return,
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    // Under light load, let a few entries gather: fewer, larger transactions.
+                    if !stopping && n > 0 && n < 1_000 {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "usage writer: will retry");
                     if stopping {
@@ -222,10 +231,11 @@ impl UsageWriter {
                 .load(conn)
                 .await?;
                 let new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
-                let rollups = Rollups::of(events.iter().filter(|e| new.contains(&e.request_id)));
-                if !rollups.is_empty() {
-                    rollups.upsert(conn).await?;
-                    touch_last_used(conn, events.iter().filter(|e| new.contains(&e.request_id))).await?;
+                let fresh = || events.iter().filter(|e| new.contains(&e.request_id));
+                if !new.is_empty() {
+                    Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
+                    Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
+                    touch_last_used(conn, fresh()).await?;
                 }
                 Ok(())
             })
@@ -317,11 +327,12 @@ struct Rollup {
 struct Rollups(HashMap<RollupKey, Rollup>);
 
 impl Rollups {
-    fn of<'a>(events: impl Iterator<Item = &'a UsageEvent>) -> Self {
+    /// Sums events per period of `period_ms` (a minute or an hour) and dimension.
+    fn of<'a>(events: impl Iterator<Item = &'a UsageEvent>, period_ms: i64) -> Self {
         let mut map: HashMap<RollupKey, Rollup> = HashMap::new();
         for e in events {
-            let r =
-                map.entry((e.key_id, e.minute_start_ms(), e.method.clone(), e.endpoint.clone(), e.status)).or_default();
+            let period = e.at_ms - e.at_ms.rem_euclid(period_ms);
+            let r = map.entry((e.key_id, period, e.method.clone(), e.endpoint.clone(), e.status)).or_default();
             if e.throttled {
                 r.throttled += 1;
             } else {
@@ -334,11 +345,8 @@ impl Rollups {
         Self(map)
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    async fn upsert(&self, conn: &mut diesel_async::AsyncPgConnection) -> ServiceResult<()> {
+    /// Adds the sums to `table` (a rollup table; a fixed name, never user input).
+    async fn upsert(&self, conn: &mut diesel_async::AsyncPgConnection, table: &'static str) -> ServiceResult<()> {
         let mut key_id = Vec::new();
         let mut minute = Vec::new();
         let mut method = Vec::new();
@@ -358,16 +366,16 @@ impl Rollups {
             bytes_out.push(r.bytes_out);
             hist.push(serde_json::to_string(&r.latency).unwrap_or_else(|_| "{}".into()));
         }
-        diesel::sql_query(
-            "INSERT INTO api_key_usage_minute AS u (api_key_id, minute, method, endpoint, status, requests, \
+        diesel::sql_query(format!(
+            "INSERT INTO {table} AS u (api_key_id, period_start, method, endpoint, status, requests, \
              throttled, bytes_in, bytes_out, latency_hist) \
              SELECT k, m, me, ep, st, rq, th, bi, bo, h::jsonb \
              FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS t(k, m, me, ep, st, rq, th, bi, bo, h) \
-             ON CONFLICT (api_key_id, minute, method, endpoint, status) DO UPDATE SET \
+             ON CONFLICT (api_key_id, period_start, method, endpoint, status) DO UPDATE SET \
              requests = u.requests + EXCLUDED.requests, throttled = u.throttled + EXCLUDED.throttled, \
              bytes_in = u.bytes_in + EXCLUDED.bytes_in, bytes_out = u.bytes_out + EXCLUDED.bytes_out, \
-             latency_hist = km_hist_merge(u.latency_hist, EXCLUDED.latency_hist)",
-        )
+             latency_hist = km_hist_merge(u.latency_hist, EXCLUDED.latency_hist)"
+        ))
         .bind::<Array<SqlUuid>, _>(&key_id)
         .bind::<Array<Timestamptz>, _>(&minute)
         .bind::<Array<Text>, _>(&method)

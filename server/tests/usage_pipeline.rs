@@ -1,0 +1,132 @@
+//! The usage pipeline's guarantees: replays add nothing twice, retention drops old raw events
+//! but keeps rollups, a graceful shutdown leaves nothing behind, revocation reaches every
+//! instance within seconds.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, TestApp};
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use services::usage::writer::UsageWriter;
+use services::usage::UsageEvent;
+use uuid::Uuid;
+
+#[derive(diesel::QueryableByName)]
+struct Totals {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    events: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    requests: i64,
+}
+
+async fn totals(app: &TestApp, key: Uuid) -> (i64, i64) {
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let t: Totals = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM api_key_usage WHERE api_key_id = $1) AS events, \
+         (SELECT coalesce(sum(requests), 0)::bigint FROM api_key_usage_minute WHERE api_key_id = $1) AS requests",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(key)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    (t.events, t.requests)
+}
+
+fn event(key: Uuid, at_ms: i64) -> UsageEvent {
+    UsageEvent {
+        request_id: Uuid::now_v7(),
+        key_id: key,
+        at_ms,
+        method: "GET".into(),
+        endpoint: "/api/v1/ping".into(),
+        status: 200,
+        latency_us: 1234,
+        bytes_in: 0,
+        bytes_out: 42,
+        throttled: false,
+        enforced: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_batch_adds_nothing_twice() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let batch: Vec<UsageEvent> = (0..25).map(|i| event(id.0, now - i * 1000)).collect();
+    let mut writer = UsageWriter::new(app.services.db.clone(), app.services.redis.clone(), "unused", 90);
+    writer.write(&batch).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (25, 25));
+    // The same batch again (a writer that crashed before acknowledging), and overlapping ones.
+    writer.write(&batch).await.unwrap();
+    writer.write(&batch[10..]).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (25, 25));
+    let more: Vec<UsageEvent> = (0..5).map(|i| event(id.0, now - i)).collect();
+    writer.write(&[&batch[..3], &more[..]].concat()).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (30, 30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_raw_events_and_keeps_rollups() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let day = 86_400_000i64;
+    let now = chrono::Utc::now().timestamp_millis();
+    let old: Vec<UsageEvent> = (0..4).map(|i| event(id.0, now - 120 * day + i)).collect();
+    let recent: Vec<UsageEvent> = (0..3).map(|i| event(id.0, now - 2 * day + i)).collect();
+    let mut writer = UsageWriter::new(app.services.db.clone(), app.services.redis.clone(), "unused", 90);
+    writer.write(&[old, recent].concat()).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (7, 7));
+    writer.apply_retention(chrono::Utc::now().date_naive()).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (3, 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_leaves_no_usage_behind() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(1_000, 10_000).await;
+    // A second instance that we stop ourselves, with a usage stream of its own so that only its
+    // own writer can move its usage.
+    let mut config = app.config.clone();
+    config.redis_namespace = format!("{}-solo", app.db_name);
+    let services = keymeter::startup::connect(&config).await.unwrap();
+    let instance = keymeter::startup::Application::with_services(&config, services).await.unwrap();
+    let base = format!("http://{}", instance.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(instance.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let c = client();
+    for _ in 0..40 {
+        let res = c.get(format!("{base}/api/v1/delay/1")).bearer_auth(&secret).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    // Everything is in PostgreSQL the moment the instance has stopped.
+    assert_eq!(app.event_count(id).await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_stops_working_on_every_instance_within_seconds() {
+    let a = TestApp::spawn().await;
+    let b = a.spawn_sibling().await;
+    let (secret, id) = a.key_with_quota(1_000, 10_000).await;
+    let c = client();
+    for app in [&a, &b] {
+        let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    services::keys::api_keys::revoke(&a.services.db, id).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let res = c.get(b.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
+        if res.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still admitted after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,333 @@
+//! Usage as people read it: the live last hour (from Redis), breakdowns by day, ISO week and
+//! month, top endpoints and status codes (from the hourly rollups in PostgreSQL), and export rows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use diesel::sql_types::{Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::histogram::LatencyHistogram;
+use super::live::{self, MinuteCounters};
+use crate::db::{self, DbPool};
+use crate::redis_pool::RedisPool;
+use crate::{ServiceError, ServiceResult};
+
+/// Periods of a breakdown or export. Weeks are ISO weeks (from Monday), all in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Granularity {
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        match raw {
+            "hour" => Ok(Self::Hour),
+            "day" => Ok(Self::Day),
+            "week" => Ok(Self::Week),
+            "month" => Ok(Self::Month),
+            other => Err(ServiceError::invalid(format!("granularity must be hour, day, week or month, not {other:?}"))),
+        }
+    }
+
+    /// The start of the period holding `at`.
+    pub fn period_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let date = at.date_naive();
+        let start = match self {
+            Self::Hour => return at - Duration::seconds(at.timestamp().rem_euclid(3600)) - subsec(at),
+            Self::Day => date,
+            Self::Week => date - Duration::days(date.weekday().num_days_from_monday() as i64),
+            Self::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1).unwrap_or(date),
+        };
+        Utc.from_utc_datetime(&start.and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+}
+
+fn subsec(at: DateTime<Utc>) -> Duration {
+    Duration::nanoseconds(at.timestamp_subsec_nanos() as i64)
+}
+
+/// An inclusive range of UTC days, validated once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayRange {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+impl DayRange {
+    /// The longest range one export or breakdown covers.
+    pub const MAX_DAYS: i64 = 366;
+
+    pub fn parse(from: &str, to: &str) -> ServiceResult<Self> {
+        let day = |name: &str, raw: &str| {
+            NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d")
+                .map_err(|_| ServiceError::invalid(format!("{name} must be a date written YYYY-MM-DD, not {raw:?}")))
+        };
+        Self::new(day("from", from)?, day("to", to)?)
+    }
+
+    pub fn new(from: NaiveDate, to: NaiveDate) -> ServiceResult<Self> {
+        if from > to {
+            return Err(ServiceError::invalid("from must not be after to"));
+        }
+        if (to - from).num_days() + 1 > Self::MAX_DAYS {
+            return Err(ServiceError::invalid(format!("a range can cover at most {} days", Self::MAX_DAYS)));
+        }
+        Ok(Self { from, to })
+    }
+
+    pub fn start(&self) -> DateTime<Utc> {
+        Utc.from_utc_datetime(&self.from.and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+
+    /// Exclusive end: midnight after `to`.
+    pub fn end(&self) -> DateTime<Utc> {
+        Utc.from_utc_datetime(&(self.to + Duration::days(1)).and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+}
+
+/// Sums of one period (and possibly one endpoint).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageTotals {
+    /// Admitted (billable) calls.
+    pub requests: i64,
+    pub errors_4xx: i64,
+    pub errors_5xx: i64,
+    /// Calls refused by the quota.
+    pub throttled: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub latency: LatencyHistogram,
+}
+
+impl UsageTotals {
+    fn add_row(&mut self, r: &RollupRow, hist: &LatencyHistogram) {
+        self.requests += r.requests;
+        if (400..500).contains(&r.status) {
+            self.errors_4xx += r.requests;
+        }
+        if (500..600).contains(&r.status) {
+            self.errors_5xx += r.requests;
+        }
+        self.throttled += r.throttled;
+        self.bytes_in += r.bytes_in;
+        self.bytes_out += r.bytes_out;
+        self.latency.merge(hist);
+    }
+
+    /// Share of admitted calls that failed (4xx or 5xx), 0 to 1.
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            (self.errors_4xx + self.errors_5xx) as f64 / self.requests as f64
+        }
+    }
+
+    pub fn p50_ms(&self) -> Option<f64> {
+        self.latency.quantile_us(0.5).map(|us| us / 1000.0)
+    }
+
+    pub fn p95_ms(&self) -> Option<f64> {
+        self.latency.quantile_us(0.95).map(|us| us / 1000.0)
+    }
+}
+
+#[derive(QueryableByName)]
+struct RollupRow {
+    #[diesel(sql_type = Timestamptz)]
+    period_start: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    method: String,
+    #[diesel(sql_type = Text)]
+    endpoint: String,
+    #[diesel(sql_type = SmallInt)]
+    status: i16,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    requests: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    throttled: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_in: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes_out: i64,
+    #[diesel(sql_type = Jsonb)]
+    latency_hist: serde_json::Value,
+}
+
+/// Hourly rollups of some keys between two instants, visited row by row.
+async fn for_each_hour_row(
+    db: &DbPool,
+    keys: &[Uuid],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    mut visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
+) -> ServiceResult<()> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = SqlUuid)]
+        api_key_id: Uuid,
+        #[diesel(embed)]
+        rollup: RollupRow,
+    }
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT api_key_id, period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
+         latency_hist FROM api_key_usage_hour \
+         WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(keys)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .load(&mut conn)
+    .await?;
+    for row in rows {
+        let hist: LatencyHistogram = serde_json::from_value(row.rollup.latency_hist.clone()).unwrap_or_default();
+        visit(row.api_key_id, &row.rollup, &hist);
+    }
+    Ok(())
+}
+
+/// Totals per period over a range, oldest first, every period present (empty ones as zero).
+pub async fn breakdown(
+    db: &DbPool,
+    key: Uuid,
+    granularity: Granularity,
+    range: DayRange,
+) -> ServiceResult<Vec<(DateTime<Utc>, UsageTotals)>> {
+    let mut periods: BTreeMap<DateTime<Utc>, UsageTotals> = BTreeMap::new();
+    let mut at = granularity.period_start(range.start());
+    while at < range.end() {
+        periods.insert(at, UsageTotals::default());
+        at = next_period(granularity, at);
+    }
+    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
+        periods.entry(granularity.period_start(row.period_start)).or_default().add_row(row, hist);
+    })
+    .await?;
+    Ok(periods.into_iter().collect())
+}
+
+fn next_period(g: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
+    match g {
+        Granularity::Hour => at + Duration::hours(1),
+        Granularity::Day => at + Duration::days(1),
+        Granularity::Week => at + Duration::days(7),
+        Granularity::Month => {
+            let d = at.date_naive();
+            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            Utc.from_utc_datetime(
+                &NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(d).and_hms_opt(0, 0, 0).unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// Per endpoint (method and route template) over a range, busiest first.
+pub async fn by_endpoint(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Vec<(String, String, UsageTotals)>> {
+    let mut map: HashMap<(String, String), UsageTotals> = HashMap::new();
+    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
+        map.entry((row.method.clone(), row.endpoint.clone())).or_default().add_row(row, hist);
+    })
+    .await?;
+    let mut out: Vec<_> = map.into_iter().map(|((m, e), t)| (m, e, t)).collect();
+    out.sort_by(|a, b| (b.2.requests + b.2.throttled).cmp(&(a.2.requests + a.2.throttled)).then(a.1.cmp(&b.1)));
+    Ok(out)
+}
+
+/// Calls per status code over a range (quota refusals under 429 with `throttled`), by code.
+pub async fn by_status(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Vec<(u16, i64)>> {
+    let mut map: BTreeMap<u16, i64> = BTreeMap::new();
+    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, _| {
+        *map.entry(row.status as u16).or_default() += row.requests + row.throttled;
+    })
+    .await?;
+    Ok(map.into_iter().collect())
+}
+
+/// One row of a CSV export.
+#[derive(Debug, Clone)]
+pub struct ExportRow {
+    pub period_start: DateTime<Utc>,
+    pub key_id: Uuid,
+    pub method: String,
+    pub endpoint: String,
+    pub totals: UsageTotals,
+}
+
+/// Export rows for some keys: one per key, period and endpoint with any traffic, ordered by
+/// period, key, endpoint.
+pub async fn export_rows(
+    db: &DbPool,
+    keys: &[Uuid],
+    granularity: Granularity,
+    range: DayRange,
+) -> ServiceResult<Vec<ExportRow>> {
+    let mut map: BTreeMap<(DateTime<Utc>, Uuid, String, String), UsageTotals> = BTreeMap::new();
+    for_each_hour_row(db, keys, range.start(), range.end(), |key, row, hist| {
+        map.entry((granularity.period_start(row.period_start), key, row.endpoint.clone(), row.method.clone()))
+            .or_default()
+            .add_row(row, hist);
+    })
+    .await?;
+    Ok(map
+        .into_iter()
+        .map(|((period_start, key_id, endpoint, method), totals)| ExportRow {
+            period_start,
+            key_id,
+            method,
+            endpoint,
+            totals,
+        })
+        .collect())
+}
+
+/// The last `minutes` minutes of live counters, oldest first, ending with the current minute.
+pub async fn live_minutes(
+    redis: &RedisPool,
+    key: Uuid,
+    now_ms: i64,
+    minutes: usize,
+) -> ServiceResult<Vec<(i64, MinuteCounters)>> {
+    let current = now_ms - now_ms.rem_euclid(60_000);
+    let first = current - (minutes as i64 - 1) * 60_000;
+    live::read_minutes(redis, key, first, minutes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_periods() {
+        let t = at("2026-11-26T17:45:12.5Z"); // a Thursday
+        assert_eq!(Granularity::Hour.period_start(t), at("2026-11-26T17:00:00Z"));
+        assert_eq!(Granularity::Day.period_start(t), at("2026-11-26T00:00:00Z"));
+        assert_eq!(Granularity::Week.period_start(t), at("2026-11-23T00:00:00Z"));
+        assert_eq!(Granularity::Month.period_start(t), at("2026-11-01T00:00:00Z"));
+        // ISO week of a Sunday starts the Monday before.
+        assert_eq!(Granularity::Week.period_start(at("2026-11-29T23:59:59Z")), at("2026-11-23T00:00:00Z"));
+        assert_eq!(next_period(Granularity::Month, at("2026-12-01T00:00:00Z")), at("2027-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn ranges_are_validated() {
+        assert!(DayRange::parse("2026-11-01", "2026-11-30").is_ok());
+        assert!(DayRange::parse("2026-11-30", "2026-11-01").is_err());
+        assert!(DayRange::parse("2026-13-01", "2026-11-01").is_err());
+        assert!(DayRange::parse("yesterday", "2026-11-01").is_err());
+        assert!(DayRange::parse("2024-01-01", "2026-01-01").is_err());
+        let r = DayRange::parse("2026-11-01", "2026-11-01").unwrap();
+        assert_eq!(r.end() - r.start(), Duration::days(1));
+        assert!(Granularity::parse("minute").is_err());
+    }
+}
