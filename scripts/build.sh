@@ -31,6 +31,10 @@ build_frontend() {
   fi
   cp style/main.css "$pkg/keymeter.css"
   gzip -kf9 "$pkg/keymeter.css"
+  if [ ! -f "$pkg/echarts.min.js.gz" ] || [ vendor/node_modules/echarts/dist/echarts.min.js -nt "$pkg/echarts.min.js.gz" ]; then
+    cp vendor/node_modules/echarts/dist/echarts.min.js "$pkg/echarts.min.js"
+    gzip -kf9 "$pkg/echarts.min.js"
+  fi
 }
 
 build_server() {

@@ -34,6 +34,9 @@ fi
 
 "$SERVER_BIN" migrate
 log "demo accounts"
-"$SERVER_BIN" demo seed
+mkdir -p "$data"
+"$SERVER_BIN" demo seed --secret-file "$data/demo-key.secret"
+# Light traffic on the demo key keeps the charts moving; KEYMETER_DEMO_TRAFFIC=false stops it.
+export KEYMETER_DEMO_TRAFFIC_KEY_FILE="${KEYMETER_DEMO_TRAFFIC_KEY_FILE:-$data/demo-key.secret}"
 log "keymeter at http://${KEYMETER_LISTEN:-127.0.0.1:3000}  (Ctrl-C stops it)"
 "$SERVER_BIN" serve

@@ -38,6 +38,12 @@ if [ "$("$TOOLS_DIR/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')"
   CARGO_TARGET_DIR="$KEYMETER_CACHE/tools-build" cargo install -q wasm-bindgen-cli --version "$wbg_version" --root "$TOOLS_DIR" --force
 fi
 
+# ECharts, served by the app itself.
+if [ ! -f "$ROOT/vendor/node_modules/.package-lock.json" ] || [ "$ROOT/vendor/package-lock.json" -nt "$ROOT/vendor/node_modules/.package-lock.json" ]; then
+  log "installing vendored browser libraries (echarts)"
+  (cd "$ROOT/vendor" && npm ci --silent --no-audit --no-fund >/dev/null)
+fi
+
 # Browser-test dependencies (Playwright drives Debian's Chromium; it downloads no browser).
 if [ ! -f "$ROOT/end2end/node_modules/.package-lock.json" ] || [ "$ROOT/end2end/package-lock.json" -nt "$ROOT/end2end/node_modules/.package-lock.json" ]; then
   log "installing end2end npm packages"

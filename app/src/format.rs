@@ -27,9 +27,95 @@ pub fn count(n: i64) -> String {
     out
 }
 
+/// `07:12:05 UTC`
+pub fn time_seconds(at: &DateTime<Utc>) -> String {
+    at.format("%H:%M:%S UTC").to_string()
+}
+
+/// `17:40 UTC`
+pub fn clock(at: &DateTime<Utc>) -> String {
+    at.format("%H:%M UTC").to_string()
+}
+
+/// `1.2k`, `3.4M`; small numbers as they are.
+pub fn compact(n: i64) -> String {
+    let a = n.unsigned_abs() as f64;
+    let sign = if n < 0 { "-" } else { "" };
+    if a < 1_000.0 {
+        n.to_string()
+    } else if a < 1_000_000.0 {
+        format!("{sign}{:.1}k", a / 1_000.0)
+    } else if a < 1_000_000_000.0 {
+        format!("{sign}{:.1}M", a / 1_000_000.0)
+    } else {
+        format!("{sign}{:.1}G", a / 1_000_000_000.0)
+    }
+}
+
+/// `12.5%` from a share between 0 and 1.
+pub fn percent(share: f64) -> String {
+    if share > 0.0 && share < 0.001 {
+        "<0.1%".to_owned()
+    } else {
+        format!("{:.1}%", share * 100.0)
+    }
+}
+
+/// `850 µs`, `3.4 ms`, `1.25 s`; `—` for none.
+pub fn millis(ms: Option<f64>) -> String {
+    match ms {
+        None => "—".to_owned(),
+        Some(ms) if ms < 1.0 => format!("{:.0} µs", ms * 1000.0),
+        Some(ms) if ms < 1000.0 => format!("{ms:.1} ms"),
+        Some(ms) => format!("{:.2} s", ms / 1000.0),
+    }
+}
+
+/// `512 B`, `1.5 KB`, `2.0 MB`.
+pub fn bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    if n < 1024.0 {
+        format!("{n:.0} B")
+    } else if n < 1024.0 * 1024.0 {
+        format!("{:.1} KB", n / 1024.0)
+    } else if n < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MB", n / 1024.0 / 1024.0)
+    } else {
+        format!("{:.1} GB", n / 1024.0 / 1024.0 / 1024.0)
+    }
+}
+
+/// `23 min`, `4 h 05 min`, `45 s`.
+pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
+    let secs = (*at - *now).num_seconds().max(0);
+    if secs < 60 {
+        format!("{secs} s")
+    } else if secs < 3600 {
+        format!("{} min", (secs + 59) / 60)
+    } else {
+        format!("{} h {:02} min", secs / 3600, (secs % 3600) / 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(compact(999), "999");
+        assert_eq!(compact(1_234), "1.2k");
+        assert_eq!(compact(3_400_000), "3.4M");
+        assert_eq!(percent(0.125), "12.5%");
+        assert_eq!(percent(0.0), "0.0%");
+        assert_eq!(millis(Some(3.44)), "3.4 ms");
+        assert_eq!(millis(Some(0.85)), "850 µs");
+        assert_eq!(millis(None), "—");
+        assert_eq!(bytes(1536), "1.5 KB");
+        let now = DateTime::parse_from_rfc3339("2026-11-28T07:37:00Z").unwrap().with_timezone(&Utc);
+        let reset = DateTime::parse_from_rfc3339("2026-11-28T08:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(duration_until(&now, &reset), "23 min");
+    }
 
     #[test]
     fn counts_get_separators() {

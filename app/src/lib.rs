@@ -2,6 +2,7 @@
 //! (`ssr`) and for the browser (`hydrate`).
 
 pub mod api;
+mod charts;
 pub mod error;
 mod format;
 mod pages;
@@ -11,7 +12,7 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{ParentRoute, Redirect, Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 
-use pages::{admin, api_keys, layout, login};
+use pages::{admin, api_keys, layout, login, usage};
 
 /// The HTML document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -22,6 +23,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <link rel="icon" href="data:,"/>
+                <script src="/pkg/echarts.min.js" defer></script>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -54,6 +56,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=|| view! { <Redirect path=api::HOME_PATH/> }/>
                     <Route path=path!("developers/api-keys") view=api_keys::ApiKeysPage/>
                     <Route path=path!("developers/api-keys/:id") view=api_keys::ApiKeyPage/>
+                    <Route path=path!("developers/api-keys/:id/usage") view=usage::UsagePage/>
                 </ParentRoute>
                 <ParentRoute path=path!("/admin") view=layout::AdminLayout ssr=SsrMode::Async>
                     <Route path=path!("") view=admin::AdminKeysPage/>

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
-use services::keys::{api_keys, set_quota, ApiKeyId, KeyName, Quota, QuotaLimit};
+use services::keys::{api_keys, set_quota, ApiKeyId, ApiKeySecret, KeyCheck, KeyName, Quota, QuotaLimit};
+use services::usage::writer::UsageWriter;
+use services::usage::{demo, reports};
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
@@ -85,8 +87,13 @@ enum QuotaCommand {
 
 #[derive(Subcommand)]
 enum DemoCommand {
-    /// Create the demo admin and merchant (and a demo key) unless they exist.
-    Seed,
+    /// Create the demo admin and merchant, a demo key with 30 days of usage history, unless
+    /// they exist.
+    Seed {
+        /// Keep the demo key's secret in this file (for the demo traffic of `make run`).
+        #[arg(long)]
+        secret_file: Option<std::path::PathBuf>,
+    },
 }
 
 pub async fn run() -> ExitCode {
@@ -173,7 +180,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo(DemoCommand::Seed) => seed_demo(&config).await,
+        Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(&config, secret_file.as_deref()).await,
     }
 }
 
@@ -198,8 +205,9 @@ fn read_password() -> anyhow::Result<String> {
 pub const DEMO_ADMIN: (&str, &str) = ("admin@keymeter.local", "admin-demo-password");
 pub const DEMO_MERCHANT: (&str, &str) = ("merchant@keymeter.local", "merchant-demo-password");
 
-async fn seed_demo(config: &Config) -> anyhow::Result<()> {
+async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let services = startup::connect(config).await?;
+    let mut merchant = None;
     for ((email, password), role) in [(DEMO_ADMIN, Role::Admin), (DEMO_MERCHANT, Role::Merchant)] {
         let email = Email::parse(email)?;
         let user = match accounts::find_user_by_email(&services.db, &email).await? {
@@ -207,10 +215,73 @@ async fn seed_demo(config: &Config) -> anyhow::Result<()> {
             None => accounts::create_user(&services.db, &email, &Password::parse(password)?, role).await?,
         };
         println!("  {:<8} {}  password: {}", role.as_str(), user.email, password);
-        if role == Role::Merchant && api_keys::list_for_owner(&services.db, user.id).await?.is_empty() {
-            let (key, secret) = api_keys::create(&services.db, user.id, &KeyName::parse("Demo key")?).await?;
-            println!("  demo key {} (shown once): {}", key.id, secret.expose());
+        if role == Role::Merchant {
+            merchant = Some(user);
         }
     }
+    let merchant = merchant.ok_or_else(|| anyhow!("demo merchant missing"))?;
+
+    // The demo key: the one whose secret the file holds, or a new one.
+    let known = match secret_file.and_then(|p| std::fs::read_to_string(p).ok()) {
+        Some(text) => match ApiKeySecret::parse(text.trim()) {
+            Ok(secret) => match services.keys.check(&secret).await? {
+                KeyCheck::Active(key) => Some(key.id),
+                _ => None,
+            },
+            Err(_) => None,
+        },
+        None => api_keys::list_for_owner(&services.db, merchant.id)
+            .await?
+            .into_iter()
+            .find(|k| k.name == "Demo key" && k.revoked_at.is_none())
+            .map(|k| k.id),
+    };
+    let key_id = match known {
+        Some(id) => {
+            println!("  demo key {id}");
+            id
+        }
+        None => {
+            let (key, secret) = api_keys::create(&services.db, merchant.id, &KeyName::parse("Demo key")?).await?;
+            let quota =
+                Quota { per_hour: QuotaLimit::new(5_000)?, per_day: QuotaLimit::new(50_000)?, burst_per_second: None };
+            set_quota(&services, key.id, &quota).await?;
+            if let Some(path) = secret_file {
+                write_secret_file(path, secret.expose())?;
+            }
+            println!("  demo key {} (shown once): {}", key.id, secret.expose());
+            key.id
+        }
+    };
+
+    if !reports::has_usage(&services.db, key_id.0).await? {
+        let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+        let events = demo::history(key_id.0, today.timestamp_millis(), 30, 3_000, 2026);
+        let mut writer = UsageWriter::new(
+            services.db.clone(),
+            services.redis.clone(),
+            &services.namespace,
+            config.usage_retention_days,
+        );
+        for chunk in events.chunks(10_000) {
+            writer.write(chunk).await?;
+        }
+        println!("  seeded 30 days of demo usage ({} calls)", events.len());
+    }
+    services.usage.shutdown().await;
+    Ok(())
+}
+
+/// Writes the secret readable by the owner only.
+fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}")?;
     Ok(())
 }

@@ -36,6 +36,9 @@ pub struct Config {
     pub redis_namespace: String,
     /// `KEYMETER_BENCH_ROUTES`: mount the unmetered `/bench/*` routes (benchmarks only).
     pub bench_routes: bool,
+    /// `KEYMETER_DEMO_TRAFFIC_KEY_FILE`: a file holding the demo key's secret; when set (and
+    /// `KEYMETER_DEMO_TRAFFIC` is not `false`), the server sends itself light demo traffic.
+    pub demo_traffic_key_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
@@ -69,6 +72,11 @@ impl Config {
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
             db_pool_size: parse_num(&lookup, "KEYMETER_DB_POOL_SIZE", 16)?,
             redis_pool_size: parse_num(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32)?,
+            demo_traffic_key_file: if parse_bool(&lookup, "KEYMETER_DEMO_TRAFFIC", true)? {
+                lookup("KEYMETER_DEMO_TRAFFIC_KEY_FILE").map(PathBuf::from)
+            } else {
+                None
+            },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
             usage_retention_days: parse_num(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90)?.min(36_500) as u32,

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo_traffic;
 pub mod error;
 pub mod middleware;
 pub mod routes;

@@ -102,6 +102,7 @@ pub struct Application {
     router: Router,
     services: Services,
     retention_days: u32,
+    demo_secret: Option<String>,
 }
 
 impl Application {
@@ -118,6 +119,11 @@ impl Application {
             router: router(config, services.clone()),
             services,
             retention_days: config.usage_retention_days,
+            demo_secret: config
+                .demo_traffic_key_file
+                .as_ref()
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .map(|s| s.trim().to_owned()),
         })
     }
 
@@ -141,8 +147,12 @@ impl Application {
         let writer =
             UsageWriter::new(services.db.clone(), services.redis.clone(), &services.namespace, self.retention_days);
         let writer = tokio::spawn(writer.run(stopped));
+        let demo = self.demo_secret.clone().map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret));
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        if let Some(demo) = demo {
+            demo.abort();
+        }
         self.services.usage.shutdown().await;
         let _ = stop.send(true);
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {

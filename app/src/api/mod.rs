@@ -6,10 +6,12 @@ mod auth;
 mod keys;
 #[cfg(feature = "ssr")]
 pub mod session;
+pub mod usage;
 
 pub use admin::*;
 pub use auth::*;
 pub use keys::*;
+pub use usage::*;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -125,7 +125,11 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             };
             view! {
                 <tr data-testid="key-row" data-key-id=key.id.clone() data-status=status>
-                    <td><A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A></td>
+                    <td>
+                        <A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A>
+                        " · "
+                        <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
+                    </td>
                     <td><code>{format!("{}…", key.prefix)}</code></td>
                     <td>{format::time(&key.created_at)}</td>
                     <td>{format::time_or(key.last_used_at.as_ref(), "never")}</td>
@@ -171,7 +175,10 @@ fn KeyDetails(key: KeyView) -> impl IntoView {
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
-        <h1 data-testid="key-title">{key.name.clone()}</h1>
+        <div class="page-head">
+            <h1 data-testid="key-title">{key.name.clone()}</h1>
+            <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"View usage →"</A>
+        </div>
         <section class="card">
             <dl class="facts">
                 <dt>"Key"</dt><dd><code>{format!("{}…", key.prefix)}</code></dd>

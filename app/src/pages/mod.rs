@@ -2,3 +2,4 @@ pub mod admin;
 pub mod api_keys;
 pub mod layout;
 pub mod login;
+pub mod usage;

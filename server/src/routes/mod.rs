@@ -3,3 +3,4 @@
 pub mod api_v1;
 pub mod bench;
 pub mod health;
+pub mod usage;

@@ -90,6 +90,17 @@ impl QuotaDecision {
     }
 }
 
+/// When a window runs out at the current rate (admitted requests per minute), if before its
+/// reset; none if it will not run out (or has already).
+pub fn projected_exhaustion_ms(window: &WindowUse, per_minute: f64, now_ms: i64) -> Option<i64> {
+    let remaining = window.remaining();
+    if remaining == 0 || per_minute <= 0.0 {
+        return None;
+    }
+    let at = now_ms + (remaining as f64 / per_minute * 60_000.0).ceil() as i64;
+    (at < window.reset_at_ms).then_some(at)
+}
+
 fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1).div_euclid(b)
 }
@@ -171,6 +182,37 @@ impl QuotaManager {
         Ok(())
     }
 
+    /// Current use of the hour and day windows, without counting anything (for dashboards).
+    /// Limits stored in Redis win over `quota` (they are written on every change).
+    pub async fn snapshot(&self, key: ApiKeyId, quota: &Quota) -> ServiceResult<(WindowUse, WindowUse, i64)> {
+        let mut conn = self.shared.get().await?;
+        type Reply = ((i64, i64), (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>));
+        let reply: redis::RedisResult<Reply> = redis::pipe()
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(quota_redis_key(key))
+            .arg(&["hw", "hc", "dw", "dc", "hl", "dl"])
+            .query_async(&mut conn)
+            .await;
+        let ((secs, micros), (hw, hc, dw, dc, hl, dl)) = reply.inspect_err(|e| self.shared.reset_after(e))?;
+        let now_ms = secs * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::Relaxed);
+        let now_s = now_ms.div_euclid(1000);
+        let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86400));
+        let hour = WindowUse {
+            window: Window::Hour,
+            limit: hl.unwrap_or(quota.per_hour.get()),
+            used: if hw == Some(hour_start) { hc.unwrap_or(0) } else { 0 },
+            reset_at_ms: (hour_start + 3600) * 1000,
+        };
+        let day = WindowUse {
+            window: Window::Day,
+            limit: dl.unwrap_or(quota.per_day.get()),
+            used: if dw == Some(day_start) { dc.unwrap_or(0) } else { 0 },
+            reset_at_ms: (day_start + 86400) * 1000,
+        };
+        Ok((hour, day, now_ms))
+    }
+
     /// The Redis clock (plus the test offset), ms since the epoch.
     pub async fn now_ms(&self) -> ServiceResult<i64> {
         let mut conn = redis_pool::conn(&self.redis).await?;
@@ -239,6 +281,17 @@ mod tests {
         let d = decode(&[0, 3, 5, 5, 1_700_000_000_000, 5, 5, 0, 40_000_000]);
         assert_eq!(d.blocked_by, Some(Window::Day));
         assert_eq!(d.retry_after_secs, Some(40_000));
+    }
+
+    #[test]
+    fn projection_only_when_the_window_runs_out_before_its_reset() {
+        let now = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000; // midnight
+        let day = WindowUse { window: Window::Day, limit: 10_000, used: 4_000, reset_at_ms: now + 86_400_000 };
+        // 6,000 left at 10 a minute: 600 minutes, i.e. 10:00 UTC.
+        assert_eq!(projected_exhaustion_ms(&day, 10.0, now), Some(now + 600 * 60_000));
+        // At 1 a minute it would take 100 hours: no exhaustion before the reset.
+        assert_eq!(projected_exhaustion_ms(&day, 1.0, now), None);
+        assert_eq!(projected_exhaustion_ms(&day, 0.0, now), None);
     }
 
     #[test]

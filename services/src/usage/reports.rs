@@ -193,6 +193,22 @@ async fn for_each_hour_row(
     Ok(())
 }
 
+/// Whether a key has any usage in the rollups.
+pub async fn has_usage(db: &DbPool, key: Uuid) -> ServiceResult<bool> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    let mut conn = db::conn(db).await?;
+    let row: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM api_key_usage_hour WHERE api_key_id = $1) AS found")
+            .bind::<SqlUuid, _>(key)
+            .get_result(&mut conn)
+            .await?;
+    Ok(row.found)
+}
+
 /// Totals per period over a range, oldest first, every period present (empty ones as zero).
 pub async fn breakdown(
     db: &DbPool,

@@ -1,0 +1,213 @@
+//! The usage page's data: live last hour and quota gauges, breakdowns, top endpoints.
+
+use chrono::{DateTime, Utc};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::KeyView;
+use crate::error::AppError;
+
+/// One minute of the live charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LivePoint {
+    pub minute_ms: i64,
+    pub requests: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+/// One quota window as a gauge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gauge {
+    pub used: i64,
+    pub limit: i64,
+    pub reset_at: DateTime<Utc>,
+    /// When the window runs out at the current rate, if before it resets.
+    pub runs_out_at: Option<DateTime<Utc>>,
+}
+
+/// What the live part of the page shows; pushed again every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveData {
+    pub now: DateTime<Utc>,
+    pub points: Vec<LivePoint>,
+    pub hour: Gauge,
+    pub day: Gauge,
+    /// Admitted requests per minute over the last 15 minutes.
+    pub rate_per_minute: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeriodRow {
+    pub start: DateTime<Utc>,
+    pub requests: i64,
+    pub errors_4xx: i64,
+    pub errors_5xx: i64,
+    pub throttled: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub method: String,
+    pub endpoint: String,
+    pub requests: i64,
+    pub throttled: i64,
+    pub error_rate: f64,
+    pub p95_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageOverview {
+    pub key: KeyView,
+    pub live: LiveData,
+    pub daily: Vec<PeriodRow>,
+    pub weekly: Vec<PeriodRow>,
+    pub monthly: Vec<PeriodRow>,
+    pub range_days: u32,
+    pub endpoints: Vec<EndpointRow>,
+    pub statuses: Vec<(u16, i64)>,
+}
+
+impl UsageOverview {
+    pub fn has_traffic(&self) -> bool {
+        self.monthly.iter().any(|p| p.requests + p.throttled > 0)
+            || self.live.points.iter().any(|p| p.requests + p.throttled > 0)
+    }
+}
+
+/// Ranges offered for the endpoint and status tables, in days.
+pub const RANGES: [u32; 4] = [1, 7, 30, 90];
+
+#[server(prefix = "/rpc", endpoint = "usage/overview")]
+pub async fn get_usage_overview(id: String, days: u32) -> Result<UsageOverview, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    if !RANGES.contains(&days) {
+        return Err(AppError::BadRequest(format!("days must be one of {RANGES:?}")));
+    }
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    Ok(ssr::overview(&services, key, days).await?)
+}
+
+#[server(prefix = "/rpc", endpoint = "usage/live")]
+pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    Ok(ssr::live_data(&services, &key).await?)
+}
+
+/// Server-side assembly, shared with the live stream and exports of the server crate.
+#[cfg(feature = "ssr")]
+pub mod ssr {
+    use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
+    use services::keys::{projected_exhaustion_ms, ApiKey, WindowUse};
+    use services::usage::reports::{self, DayRange, Granularity, UsageTotals};
+    use services::{ServiceResult, Services};
+
+    use super::*;
+
+    fn time(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    }
+
+    fn gauge(w: &WindowUse, per_minute: f64, now_ms: i64) -> Gauge {
+        Gauge {
+            used: w.used,
+            limit: w.limit,
+            reset_at: time(w.reset_at_ms),
+            runs_out_at: projected_exhaustion_ms(w, per_minute, now_ms).map(time),
+        }
+    }
+
+    pub async fn live_data(services: &Services, key: &ApiKey) -> ServiceResult<LiveData> {
+        let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota).await?;
+        let minutes = reports::live_minutes(&services.redis, key.id.0, now_ms, 60).await?;
+        let points: Vec<LivePoint> = minutes
+            .iter()
+            .map(|(minute_ms, m)| LivePoint {
+                minute_ms: *minute_ms,
+                requests: m.requests,
+                throttled: m.throttled,
+                errors: m.errors_4xx + m.errors_5xx,
+                p50_ms: m.latency.quantile_us(0.5).map(|us| us / 1000.0),
+                p95_ms: m.latency.quantile_us(0.95).map(|us| us / 1000.0),
+            })
+            .collect();
+        // Rate over the last 15 minutes, the current (partial) one included.
+        let recent: u64 = points.iter().rev().take(15).map(|p| p.requests).sum();
+        let elapsed_minutes = 14.0 + (now_ms.rem_euclid(60_000) as f64 / 60_000.0);
+        let per_minute = recent as f64 / elapsed_minutes.max(1.0);
+        Ok(LiveData {
+            now: time(now_ms),
+            points,
+            hour: gauge(&hour, per_minute, now_ms),
+            day: gauge(&day, per_minute, now_ms),
+            rate_per_minute: per_minute,
+        })
+    }
+
+    fn row(start: DateTime<Utc>, t: &UsageTotals) -> PeriodRow {
+        PeriodRow {
+            start,
+            requests: t.requests,
+            errors_4xx: t.errors_4xx,
+            errors_5xx: t.errors_5xx,
+            throttled: t.throttled,
+            bytes_in: t.bytes_in,
+            bytes_out: t.bytes_out,
+            p50_ms: t.p50_ms(),
+            p95_ms: t.p95_ms(),
+        }
+    }
+
+    async fn periods(
+        services: &Services,
+        key: &ApiKey,
+        g: Granularity,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> ServiceResult<Vec<PeriodRow>> {
+        let rows = reports::breakdown(&services.db, key.id.0, g, DayRange::new(from, to)?).await?;
+        Ok(rows.iter().map(|(start, t)| row(*start, t)).collect())
+    }
+
+    pub async fn overview(services: &Services, key: ApiKey, days: u32) -> ServiceResult<UsageOverview> {
+        let live = live_data(services, &key).await?;
+        let today = live.now.date_naive();
+        let daily = periods(services, &key, Granularity::Day, today - Duration::days(29), today).await?;
+        let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+        let weekly = periods(services, &key, Granularity::Week, monday - Duration::weeks(11), today).await?;
+        // The first day of the month eleven months back: twelve months with this one.
+        let months = today.year() * 12 + today.month0() as i32 - 11;
+        let first =
+            NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
+        let monthly = periods(services, &key, Granularity::Month, first, today).await?;
+        let range = DayRange::new(today - Duration::days(days as i64 - 1), today)?;
+        let endpoints = reports::by_endpoint(&services.db, key.id.0, range)
+            .await?
+            .into_iter()
+            .take(10)
+            .map(|(method, endpoint, t)| EndpointRow {
+                method,
+                endpoint,
+                requests: t.requests,
+                throttled: t.throttled,
+                error_rate: t.error_rate(),
+                p95_ms: t.p95_ms(),
+            })
+            .collect();
+        let statuses = reports::by_status(&services.db, key.id.0, range).await?;
+        Ok(UsageOverview { key: key.into(), live, daily, weekly, monthly, range_days: days, endpoints, statuses })
+    }
+}

@@ -1,0 +1,175 @@
+//! Charts drawn in the browser with charming's WasmRenderer (ECharts). On the server each chart
+//! is an empty, fixed-size container; once hydrated, an effect draws it and then updates it in
+//! place whenever its data changes (no flicker, no chart re-created per tick).
+
+use leptos::prelude::*;
+
+use crate::api::{LiveData, PeriodRow};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveChartKind {
+    Requests,
+    ErrorRate,
+    Latency,
+}
+
+impl LiveChartKind {
+    fn id(self) -> &'static str {
+        match self {
+            Self::Requests => "chart-requests",
+            Self::ErrorRate => "chart-errors",
+            Self::Latency => "chart-latency",
+        }
+    }
+}
+
+#[component]
+pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    draw::keep_drawn(kind.id(), move || draw::live_chart(kind, &live.get()));
+    #[cfg(not(feature = "hydrate"))]
+    let _ = live;
+    view! { <div class="chart" id=kind.id() data-testid=kind.id()></div> }
+}
+
+#[component]
+pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>) -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    draw::keep_drawn("chart-breakdown", move || draw::breakdown_chart(&rows.get()));
+    #[cfg(not(feature = "hydrate"))]
+    let _ = rows;
+    view! { <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown"></div> }
+}
+
+/// Listens to the key's live usage stream and feeds `live`; `delayed` tells when the server
+/// says fresh data is not available.
+#[cfg(feature = "hydrate")]
+pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, delayed: RwSignal<bool>) {
+    use wasm_bindgen::closure::Closure;
+    use wasm_bindgen::JsCast;
+    use web_sys::{EventSource, MessageEvent};
+
+    let Ok(source) = EventSource::new(&format!("/dashboard/developers/api-keys/{key_id}/usage/live")) else {
+        return;
+    };
+    let on_live = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        if let Some(text) = event.data().as_string() {
+            if let Ok(data) = serde_json::from_str::<LiveData>(&text) {
+                delayed.set(false);
+                live.set(data);
+            }
+        }
+    });
+    let on_delayed = Closure::<dyn FnMut(MessageEvent)>::new(move |_: MessageEvent| delayed.set(true));
+    let _ = source.add_event_listener_with_callback("live", on_live.as_ref().unchecked_ref());
+    let _ = source.add_event_listener_with_callback("delayed", on_delayed.as_ref().unchecked_ref());
+    on_live.forget();
+    on_delayed.forget();
+    let source = send_wrapper::SendWrapper::new(source);
+    on_cleanup(move || source.close());
+}
+
+#[cfg(feature = "hydrate")]
+mod draw {
+    use charming::component::{Axis, Grid, Legend, Title};
+    use charming::element::{AxisType, ItemStyle, Tooltip, Trigger};
+    use charming::series::{Bar, Line};
+    use charming::{Chart, Echarts, WasmRenderer};
+    use leptos::prelude::*;
+
+    use super::LiveChartKind;
+    use crate::api::{LiveData, PeriodRow};
+
+    /// Draws the chart once its container exists, then updates the same ECharts instance.
+    pub fn keep_drawn(id: &'static str, chart: impl Fn() -> Chart + 'static) {
+        let instance = StoredValue::new_local(None::<Echarts>);
+        Effect::new(move |_| {
+            let chart = chart();
+            instance.update_value(|slot| match slot {
+                Some(echarts) => WasmRenderer::update(echarts, &chart),
+                None => *slot = WasmRenderer::new_opt(None, None).render(id, &chart).ok(),
+            });
+        });
+    }
+
+    fn minute_label(ms: i64) -> String {
+        chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%H:%M").to_string()).unwrap_or_default()
+    }
+
+    fn base(title: &str, labels: Vec<String>) -> Chart {
+        Chart::new()
+            .title(Title::new().text(title).left("left").text_style(charming::element::TextStyle::new().font_size(14)))
+            .tooltip(Tooltip::new().trigger(Trigger::Axis))
+            .grid(Grid::new().left(48).right(16).top(40).bottom(28))
+            .x_axis(Axis::new().type_(AxisType::Category).data(labels))
+    }
+
+    pub fn live_chart(kind: LiveChartKind, live: &LiveData) -> Chart {
+        let labels: Vec<String> = live.points.iter().map(|p| minute_label(p.minute_ms)).collect();
+        match kind {
+            LiveChartKind::Requests => base("Requests per minute", labels)
+                .legend(Legend::new().right(8))
+                .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
+                .series(
+                    Bar::new()
+                        .name("admitted")
+                        .stack("calls")
+                        .item_style(ItemStyle::new().color("#4f46e5"))
+                        .data(live.points.iter().map(|p| p.requests as i64).collect::<Vec<_>>()),
+                )
+                .series(
+                    Bar::new()
+                        .name("throttled")
+                        .stack("calls")
+                        .item_style(ItemStyle::new().color("#f59e0b"))
+                        .data(live.points.iter().map(|p| p.throttled as i64).collect::<Vec<_>>()),
+                ),
+            LiveChartKind::ErrorRate => {
+                base("Error rate (%)", labels).y_axis(Axis::new().type_(AxisType::Value).min(0).max(100)).series(
+                    Line::new().name("errors %").item_style(ItemStyle::new().color("#c62828")).data(
+                        live.points
+                            .iter()
+                            .map(|p| {
+                                if p.requests == 0 {
+                                    0.0
+                                } else {
+                                    (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0
+                                }
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+            }
+            LiveChartKind::Latency => base("Latency (ms)", labels)
+                .legend(Legend::new().right(8))
+                .y_axis(Axis::new().type_(AxisType::Value))
+                .series(Line::new().name("p50").data(
+                    live.points.iter().map(|p| (p.p50_ms.unwrap_or(0.0) * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                ))
+                .series(Line::new().name("p95").data(
+                    live.points.iter().map(|p| (p.p95_ms.unwrap_or(0.0) * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                )),
+        }
+    }
+
+    pub fn breakdown_chart(rows: &[PeriodRow]) -> Chart {
+        let labels: Vec<String> = rows.iter().map(|r| r.start.format("%Y-%m-%d").to_string()).collect();
+        base("Requests per period", labels)
+            .legend(Legend::new().right(8))
+            .y_axis(Axis::new().type_(AxisType::Value))
+            .series(
+                Bar::new()
+                    .name("admitted")
+                    .stack("calls")
+                    .item_style(ItemStyle::new().color("#4f46e5"))
+                    .data(rows.iter().map(|r| r.requests).collect::<Vec<_>>()),
+            )
+            .series(
+                Bar::new()
+                    .name("throttled")
+                    .stack("calls")
+                    .item_style(ItemStyle::new().color("#f59e0b"))
+                    .data(rows.iter().map(|r| r.throttled).collect::<Vec<_>>()),
+            )
+    }
+}

@@ -1,0 +1,44 @@
+//! Light, varied traffic on the demo key while `make run` serves, so that a new user sees
+//! moving charts at once. Requests go through the full router in process (key check, quota,
+//! tracker), exactly like outside calls. Off unless configured (`KEYMETER_DEMO_TRAFFIC_KEY_FILE`).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request};
+use axum::Router;
+use rand::Rng;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+pub fn spawn(router: Router, secret: String) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let (pause, method, path, body) = {
+                let mut rng = rand::thread_rng();
+                let pause = Duration::from_millis(rng.gen_range(150..1_600));
+                let (method, path, body) = match rng.gen_range(0..100) {
+                    0..=49 => (Method::GET, "/api/v1/ping".to_owned(), Vec::new()),
+                    50..=64 => (Method::POST, "/api/v1/echo".to_owned(), vec![b'k'; rng.gen_range(100..4_000)]),
+                    65..=84 => {
+                        let code = [200, 200, 200, 201, 404, 404, 422, 500, 503][rng.gen_range(0..9)];
+                        (Method::GET, format!("/api/v1/status/{code}"), Vec::new())
+                    }
+                    _ => (Method::GET, format!("/api/v1/delay/{}", rng.gen_range(5..300)), Vec::new()),
+                };
+                (pause, method, path, body)
+            };
+            tokio::time::sleep(pause).await;
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Body::from(body));
+            let Ok(request) = request else { continue };
+            let Ok(response) = router.clone().oneshot(request).await;
+            // Reading the body to its end is what completes the usage event.
+            let _ = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+        }
+    })
+}
