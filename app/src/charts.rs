@@ -25,20 +25,22 @@ impl LiveChartKind {
 
 #[component]
 pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView {
+    let container = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    draw::keep_drawn(kind.id(), move || draw::live_chart(kind, &live.get()));
+    draw::keep_drawn(kind.id(), container, move || draw::live_chart(kind, &live.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = live;
-    view! { <div class="chart" id=kind.id() data-testid=kind.id()></div> }
+    view! { <div class="chart" id=kind.id() data-testid=kind.id() node_ref=container></div> }
 }
 
 #[component]
 pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>) -> impl IntoView {
+    let container = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    draw::keep_drawn("chart-breakdown", move || draw::breakdown_chart(&rows.get()));
+    draw::keep_drawn("chart-breakdown", container, move || draw::breakdown_chart(&rows.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = rows;
-    view! { <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown"></div> }
+    view! { <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown" node_ref=container></div> }
 }
 
 /// Listens to the key's live usage stream and feeds `live`; `delayed` tells when the server
@@ -80,15 +82,31 @@ mod draw {
     use super::LiveChartKind;
     use crate::api::{LiveData, PeriodRow};
 
-    /// Draws the chart once its container exists, then updates the same ECharts instance.
-    pub fn keep_drawn(id: &'static str, chart: impl Fn() -> Chart + 'static) {
+    /// Draws the chart once its container is in the page (after client-side navigation that
+    /// is a moment after this runs: the node ref tells), then updates the same ECharts instance.
+    pub fn keep_drawn(id: &'static str, container: NodeRef<leptos::html::Div>, chart: impl Fn() -> Chart + 'static) {
         let instance = StoredValue::new_local(None::<Echarts>);
+        // Bumped to try again when the container was not attached yet.
+        let retry = RwSignal::new(0u32);
         Effect::new(move |_| {
             let chart = chart();
-            instance.update_value(|slot| match slot {
-                Some(echarts) => WasmRenderer::update(echarts, &chart),
-                None => *slot = WasmRenderer::new_opt(None, None).render(id, &chart).ok(),
+            retry.track();
+            if container.get().is_none() {
+                return;
+            }
+            let drawn = instance.try_update_value(|slot| match slot {
+                Some(echarts) => {
+                    WasmRenderer::update(echarts, &chart);
+                    true
+                }
+                None => {
+                    *slot = WasmRenderer::new_opt(None, None).render(id, &chart).ok();
+                    slot.is_some()
+                }
             });
+            if drawn == Some(false) && retry.get_untracked() < 50 {
+                set_timeout(move || retry.update(|n| *n += 1), std::time::Duration::from_millis(100));
+            }
         });
     }
 

@@ -83,8 +83,10 @@ pub fn router(config: &Config, services: Services) -> Router {
         .fallback_service(ServeDir::new(config.site_root.join("pkg")).precompressed_gzip())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
-    let mut api =
-        Router::new().nest("/api/v1", routes::api_v1::router(services.clone())).merge(routes::health::router());
+    let mut api = Router::new()
+        .nest("/api/v1", routes::api_v1::router(services.clone()))
+        .merge(routes::health::router())
+        .merge(routes::usage::router());
     if config.bench_routes {
         api = api.merge(routes::bench::router());
     }

@@ -1,0 +1,69 @@
+import { test, expect, Page } from '@playwright/test';
+import { MERCHANT, hydrated, signIn } from './helpers';
+
+/** Sum of a drawn chart's first series, read from the live ECharts instance. */
+async function seriesTotal(page: Page, id: string): Promise<number> {
+  return page.evaluate((id) => {
+    const el = document.getElementById(id);
+    const chart = el && (window as any).echarts?.getInstanceByDom(el);
+    if (!chart) return -1;
+    const data: number[] = chart.getOption().series[0].data;
+    return data.reduce((a, b) => a + Number(b), 0);
+  }, id);
+}
+
+async function chartsDrawn(page: Page) {
+  for (const id of ['chart-requests', 'chart-errors', 'chart-latency', 'chart-breakdown']) {
+    await expect(page.locator(`#${id} canvas`)).toHaveCount(1);
+  }
+}
+
+test('the usage page updates live as the key is used', async ({ page, request }) => {
+  await signIn(page, MERCHANT);
+  const name = `Live ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+
+  // Client-side navigation from the list to the usage page.
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name: 'usage' }).click();
+  await expect(page.getByTestId('usage-title')).toContainText(name);
+  await expect(page.getByTestId('usage-empty')).toBeVisible();
+  await chartsDrawn(page);
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+  const before = await seriesTotal(page, 'chart-requests');
+  expect(before).toBe(0);
+
+  for (let i = 0; i < 5; i++) {
+    const res = await request.get('/api/v1/ping', { headers: { 'X-API-Key': secret } });
+    expect(res.status()).toBe(200);
+  }
+  const notFound = await request.get('/api/v1/status/404', { headers: { 'X-API-Key': secret } });
+  expect(notFound.status()).toBe(404);
+
+  // No reload: the chart and the gauges follow the live stream.
+  await expect.poll(() => seriesTotal(page, 'chart-requests'), { timeout: 20_000 }).toBe(6);
+  await expect(page.getByTestId('gauge-hour')).toContainText('6 of 1,000 requests');
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+});
+
+test('the demo key shows full history with every chart drawn', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
+  await expect(page.getByTestId('usage-title')).toContainText('Demo key');
+  await chartsDrawn(page);
+  await expect(page.getByTestId('breakdown-table')).toContainText('k');
+  await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/status/{code}');
+  await page.getByRole('button', { name: 'Weekly · 12 ISO weeks' }).click();
+  await expect(page.getByTestId('breakdown-table')).toContainText('week 2026-W');
+  await page.getByRole('button', { name: 'Daily · 30 days' }).click();
+  await page.getByRole('button', { name: '7 days' }).click();
+  await expect(page.getByRole('button', { name: '7 days' })).toHaveClass(/active/);
+  await page.waitForTimeout(1000);
+  await page.screenshot({ path: 'test-results/usage.png', fullPage: true });
+
+  // A fresh load renders the same page on the server, then hydrates it.
+  await page.reload();
+  await hydrated(page);
+  await chartsDrawn(page);
+});

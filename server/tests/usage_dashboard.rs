@@ -1,0 +1,221 @@
+//! The usage page's data paths: CSV exports (exact sums, validation), the live stream, and who
+//! may see them.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{client, TestApp};
+use reqwest::StatusCode;
+use services::accounts::Role;
+
+async fn send(c: &reqwest::Client, app: &TestApp, path: &str, key: &str) -> u16 {
+    c.get(app.url(path)).bearer_auth(key).send().await.unwrap().status().as_u16()
+}
+
+/// Sets the quota clock to `target_ms`.
+async fn set_clock(app: &TestApp, target_ms: i64) {
+    app.services.quota.set_test_clock_offset_ms(0);
+    let real = app.services.quota.now_ms().await.unwrap();
+    app.services.quota.set_test_clock_offset_ms(target_ms - real);
+}
+
+fn parse_csv(text: &str) -> Vec<HashMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(str::to_owned)).collect()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("ann@example.com", Role::Merchant).await;
+    let (key, secret) = services::keys::api_keys::create(
+        &app.services.db,
+        owner.id,
+        &services::keys::KeyName::parse("Checkout, \"EU\"").unwrap(),
+    )
+    .await
+    .unwrap();
+    app.set_quota(key.id, 7, 100_000).await;
+    let secret = secret.expose().to_owned();
+    let c = client();
+
+    // Day one ends at `midnight`; day two starts there. A week back, so both days are history.
+    let now = app.services.quota.now_ms().await.unwrap();
+    let midnight = (now / 86_400_000 - 6) * 86_400_000;
+    let day1 = chrono::DateTime::from_timestamp_millis(midnight - 1).unwrap().date_naive();
+    let day2 = day1.succ_opt().unwrap();
+
+    // Day one, last minute (hour quota 7): 5 pings, 2 404s, then 3 more pings refused.
+    set_clock(&app, midnight - 50_000).await;
+    let mut sent: HashMap<(String, &str, &str), i64> = HashMap::new();
+    for (path, endpoint, class) in [
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/status/404", "/api/v1/status/{code}", "4xx"),
+        ("/api/v1/status/404", "/api/v1/status/{code}", "4xx"),
+        ("/api/v1/ping", "/api/v1/ping", "throttled"),
+        ("/api/v1/ping", "/api/v1/ping", "throttled"),
+        ("/api/v1/ping", "/api/v1/ping", "throttled"),
+    ] {
+        let status = send(&c, &app, path, &secret).await;
+        assert_eq!(status == 429, class == "throttled", "{path} -> {status}");
+        *sent.entry((day1.to_string(), endpoint, class)).or_default() += 1;
+    }
+    // Day two, first minute: a new hour and day, the quota starts over.
+    set_clock(&app, midnight + 5_000).await;
+    for (path, endpoint, class) in [
+        ("/api/v1/ping", "/api/v1/ping", "ok"),
+        ("/api/v1/status/500", "/api/v1/status/{code}", "5xx"),
+        ("/api/v1/status/503", "/api/v1/status/{code}", "5xx"),
+        ("/api/v1/status/201", "/api/v1/status/{code}", "ok"),
+        ("/api/v1/delay/3", "/api/v1/delay/{ms}", "ok"),
+    ] {
+        assert_ne!(send(&c, &app, path, &secret).await, 429);
+        *sent.entry((day2.to_string(), endpoint, class)).or_default() += 1;
+    }
+    assert_eq!(app.wait_for_events(key.id, 15).await, 15);
+
+    let session = app.signed_in("ann@example.com").await;
+    for granularity in ["day", "hour", "week", "month"] {
+        let res = session
+            .get(app.url(&format!("/dashboard/developers/api-keys/{}/usage.csv", key.id)))
+            .query(&[("from", day1.to_string()), ("to", day2.to_string()), ("granularity", granularity.to_owned())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{granularity}");
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+        let text = res.text().await.unwrap();
+        assert!(text.starts_with("period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms\r\n"));
+        // The name is quoted as CSV requires; split the rest naively after removing it.
+        assert!(text.contains("\"Checkout, \"\"EU\"\"\""), "{text}");
+        let rows = parse_csv(&text.replace("\"Checkout, \"\"EU\"\"\"", "Checkout EU"));
+        let total = |f: &dyn Fn(&HashMap<String, String>) -> i64| rows.iter().map(f).sum::<i64>();
+        let num = |r: &HashMap<String, String>, col: &str| r[col].parse::<i64>().unwrap();
+        assert_eq!(total(&|r| num(r, "requests")), 12, "{granularity}: admitted calls");
+        assert_eq!(total(&|r| num(r, "throttled")), 3, "{granularity}");
+        assert_eq!(total(&|r| num(r, "errors_4xx")), 2, "{granularity}");
+        assert_eq!(total(&|r| num(r, "errors_5xx")), 2, "{granularity}");
+        if granularity == "day" {
+            for r in &rows {
+                let day = &r["period_start"][..10];
+                assert!(r["period_start"].ends_with("T00:00:00Z"));
+                let expect =
+                    |class: &str| sent.get(&(day.to_owned(), r["endpoint"].as_str(), class)).copied().unwrap_or(0);
+                assert_eq!(num(r, "throttled"), expect("throttled"), "{r:?}");
+                assert_eq!(num(r, "errors_4xx"), expect("4xx"), "{r:?}");
+                assert_eq!(num(r, "errors_5xx"), expect("5xx"), "{r:?}");
+                assert_eq!(num(r, "requests"), expect("ok") + expect("4xx") + expect("5xx"), "{r:?}");
+                assert_eq!(r["key_id"], key.id.to_string());
+            }
+            // Per day, admitted requests equal that day's quota counter.
+            let day_sum = |d: &str| {
+                rows.iter().filter(|r| r["period_start"].starts_with(d)).map(|r| num(r, "requests")).sum::<i64>()
+            };
+            assert_eq!(day_sum(&day1.to_string()), 7);
+            assert_eq!(day_sum(&day2.to_string()), 5);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_export_ranges_get_400_with_a_message() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("ann@example.com", Role::Merchant).await;
+    let (key, _) =
+        services::keys::api_keys::create(&app.services.db, owner.id, &services::keys::KeyName::parse("k").unwrap())
+            .await
+            .unwrap();
+    let session = app.signed_in("ann@example.com").await;
+    let url = app.url(&format!("/dashboard/developers/api-keys/{}/usage.csv", key.id));
+    for (query, needle) in [
+        (vec![("from", "2026-11-20"), ("to", "2026-11-01")], "after"),
+        (vec![("from", "2026-02-30"), ("to", "2026-03-01")], "YYYY-MM-DD"),
+        (vec![("from", "yesterday"), ("to", "2026-03-01")], "YYYY-MM-DD"),
+        (vec![("from", "2024-01-01"), ("to", "2026-01-01")], "366"),
+        (vec![("from", "2026-11-01"), ("to", "2026-11-02"), ("granularity", "minute")], "granularity"),
+        (vec![("to", "2026-11-02")], "required"),
+    ] {
+        let res = session.get(&url).query(&query).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{query:?}");
+        let body = res.text().await.unwrap();
+        assert!(body.contains(needle), "{query:?}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_or_an_admin_sees_a_keys_usage() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann@example.com", Role::Merchant).await;
+    app.user("mallory@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let (key, _) =
+        services::keys::api_keys::create(&app.services.db, ann.id, &services::keys::KeyName::parse("k").unwrap())
+            .await
+            .unwrap();
+    let base = format!("/dashboard/developers/api-keys/{}", key.id);
+    let csv = format!("{base}/usage.csv?from=2026-11-01&to=2026-11-02");
+    let live = format!("{base}/usage/live");
+    let page = format!("{base}/usage");
+
+    let mallory = app.signed_in("mallory@example.com").await;
+    for path in [&csv, &live] {
+        assert_eq!(mallory.get(app.url(path)).send().await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(client().get(app.url(path)).send().await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(app.page(&mallory, &page).await.status(), StatusCode::NOT_FOUND);
+    let rpc = app.rpc(&mallory, "usage/overview", &[("id", &key.id.to_string()), ("days", "30")]).await;
+    assert_eq!(rpc.status(), StatusCode::NOT_FOUND);
+
+    let ann = app.signed_in("ann@example.com").await;
+    let own_page = app.page(&ann, &page).await;
+    assert_eq!(own_page.status(), StatusCode::OK);
+    assert!(own_page.text().await.unwrap().contains("No traffic yet"));
+    assert_eq!(ann.get(app.url(&csv)).send().await.unwrap().status(), StatusCode::OK);
+    // The live stream answers with a first event at once.
+    let mut stream = ann.get(app.url(&live)).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let first = stream.chunk().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&first);
+    assert!(text.contains("event: live") && text.contains("\"points\""), "{text}");
+
+    let root = app.signed_in("root@example.com").await;
+    assert_eq!(root.get(app.url(&csv)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(app.page(&root, &page).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_export_every_key_for_a_month() {
+    let app = TestApp::spawn().await;
+    app.user("root@example.com", Role::Admin).await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let (s1, k1) = app.key_with_quota(100, 1_000).await;
+    let (s2, k2) = app.key_with_quota(100, 1_000).await;
+    let c = client();
+    for _ in 0..3 {
+        send(&c, &app, "/api/v1/ping", &s1).await;
+    }
+    send(&c, &app, "/api/v1/ping", &s2).await;
+    app.wait_for_events(k1, 3).await;
+    app.wait_for_events(k2, 1).await;
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let root = app.signed_in("root@example.com").await;
+    let res = root.get(app.url("/admin/usage.csv")).query(&[("month", &month)]).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let rows = parse_csv(&res.text().await.unwrap());
+    let requests = |k: &services::keys::ApiKeyId| {
+        rows.iter().filter(|r| r["key_id"] == k.to_string()).map(|r| r["requests"].parse::<i64>().unwrap()).sum::<i64>()
+    };
+    assert_eq!((requests(&k1), requests(&k2)), (3, 1));
+    let bad = root.get(app.url("/admin/usage.csv")).query(&[("month", "2026-13")]).send().await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let ann = app.signed_in("ann@example.com").await;
+    let refused = ann.get(app.url("/admin/usage.csv")).query(&[("month", &month)]).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
