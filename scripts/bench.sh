@@ -51,10 +51,57 @@ o16=$(overhead)
 rps 1 -H "Authorization: Bearer $key" "$base/api/v1/ping" >/dev/null
 o1=$(overhead)
 
-python3 - "$bare" "$wrapped" "$o1" "$o16" <<'PY'
+# --- Dashboard with history: 30 days x 100,000 requests a day on one key. ---
+log "seeding 30 days x 100,000 requests of history (raw events, then rollups from them)"
+"$BIN" key create --owner bench@example.com --name history >/dev/null 2>&1
+history_id=$("$BIN" key list --owner bench@example.com | awk -F'\t' '$4 == "history" {print $1}')
+psql_bench() { "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d keymeter -v ON_ERROR_STOP=1 "$@"; }
+seed_start=$(date +%s)
+psql_bench -v key="$history_id" <<'SQL'
+SELECT km_ensure_usage_partition(d::date)
+FROM generate_series(current_date - 30, current_date - 1, interval '1 day') AS d;
+INSERT INTO api_key_usage (request_id, api_key_id, occurred_at, method, endpoint, status, latency_us,
+                           bytes_in, bytes_out, throttled, enforced)
+SELECT gen_random_uuid(), :'key', day + (i * 0.864) * interval '1 second',
+       CASE i % 4 WHEN 1 THEN 'POST' ELSE 'GET' END,
+       (ARRAY['/api/v1/ping', '/api/v1/echo', '/api/v1/status/{code}', '/api/v1/delay/{ms}'])[1 + i % 4],
+       CASE WHEN i % 200 = 7 THEN 429 WHEN i % 4 = 2 AND i % 20 = 2 THEN 404 WHEN i % 4 = 2 AND i % 50 = 6 THEN 500 ELSE 200 END,
+       300 + (i::bigint * 7919) % 40000, CASE i % 4 WHEN 1 THEN 512 ELSE 0 END, 64, i % 200 = 7, true
+FROM generate_series(current_date - 30, current_date - 1, interval '1 day') AS day,
+     generate_series(0, 99999) AS i;
+INSERT INTO api_key_usage_hour (api_key_id, period_start, method, endpoint, status, requests, throttled,
+                                bytes_in, bytes_out, latency_hist)
+SELECT api_key_id, date_trunc('hour', occurred_at), method, endpoint, status,
+       count(*) FILTER (WHERE NOT throttled), count(*) FILTER (WHERE throttled), sum(bytes_in), sum(bytes_out), '{}'
+FROM api_key_usage WHERE api_key_id = :'key' GROUP BY 1, 2, 3, 4, 5;
+WITH buckets AS (
+    SELECT date_trunc('hour', occurred_at) AS h, method, endpoint, status,
+           floor(ln(greatest(latency_us, 1)) / ln(1.02))::int AS bucket, count(*) AS n
+    FROM api_key_usage WHERE api_key_id = :'key' AND NOT throttled GROUP BY 1, 2, 3, 4, 5
+), hists AS (
+    SELECT h, method, endpoint, status, jsonb_object_agg(bucket::text, n) AS hist FROM buckets GROUP BY 1, 2, 3, 4
+)
+UPDATE api_key_usage_hour u SET latency_hist = hists.hist FROM hists
+WHERE u.api_key_id = :'key' AND u.period_start = hists.h AND u.method = hists.method
+  AND u.endpoint = hists.endpoint AND u.status = hists.status;
+ANALYZE;
+SQL
+seed_secs=$(( $(date +%s) - seed_start ))
+curl -fs -c "$tmp/cookies" -H 'accept: text/html' -o /dev/null \
+  --data-urlencode 'email=bench@example.com' --data-urlencode 'password=bench password 1234' "$base/rpc/auth/login"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+timed() { for _ in 1 2 3 4 5; do curl -fs -o /dev/null -w '%{time_total}\n' -b "$tmp/cookies" -H 'accept: text/html' "$1"; done | median; }
+month_from=$(date -u -d '30 days ago' +%F); month_to=$(date -u -d 'yesterday' +%F)
+page_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage")
+csv_day_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=day")
+csv_hour_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour")
+csv_rows=$(curl -fs -b "$tmp/cookies" "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour" | wc -l)
+
+python3 - "$bare" "$wrapped" "$o1" "$o16" "$page_s" "$csv_day_s" "$csv_hour_s" "$csv_rows" "$seed_secs" <<'PY'
 import json, sys
 bare, wrapped = float(sys.argv[1]), float(sys.argv[2])
 o1, o16 = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+page, csv_day, csv_hour, csv_rows, seed = map(float, sys.argv[5:10])
 print()
 print(f"{'route':<38}{'requests/s':>12}")
 print(f"{'GET /bench/ping (bare)':<38}{bare:>12.0f}")
@@ -64,4 +111,9 @@ print()
 print("tracker's own time per request (in process; excludes the handler):")
 for name, o in (("1 in flight", o1), ("16 in flight", o16)):
     print(f"  {name:<14} p50 {o['p50_us']:7.1f} µs   p99 {o['p99_us']:7.1f} µs   ({o['count']} requests)")
+print()
+print(f"dashboard over 30 days x 100,000 requests/day on one key (3,000,000 events; seeded in {seed:.0f} s):")
+print(f"  usage page, server response (median of 5)     {page * 1000:7.0f} ms")
+print(f"  CSV export of the month, per day (median)     {csv_day * 1000:7.0f} ms")
+print(f"  CSV export of the month, per hour (median)    {csv_hour * 1000:7.0f} ms   ({csv_rows - 1:.0f} rows)")
 PY

@@ -68,7 +68,7 @@ fn one_call(rng: &mut StdRng, key_id: Uuid, at_ms: i64) -> UsageEvent {
         ("GET", "/api/v1/delay/{ms}", 200, latency_us(rng, ms + 1.5), 0, 20)
     };
     UsageEvent {
-        request_id: Uuid::new_v4(),
+        request_id: uuid::Builder::from_random_bytes(rng.gen()).into_uuid(),
         key_id,
         at_ms,
         method: method.into(),
