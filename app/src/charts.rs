@@ -57,12 +57,13 @@ pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, delayed: RwSignal<
     let on_live = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         if let Some(text) = event.data().as_string() {
             if let Ok(data) = serde_json::from_str::<LiveData>(&text) {
-                delayed.set(false);
-                live.set(data);
+                // `try_`: an event can arrive after the page was left.
+                _ = delayed.try_set(false);
+                _ = live.try_set(data);
             }
         }
     });
-    let on_delayed = Closure::<dyn FnMut(MessageEvent)>::new(move |_: MessageEvent| delayed.set(true));
+    let on_delayed = Closure::<dyn FnMut(MessageEvent)>::new(move |_: MessageEvent| _ = delayed.try_set(true));
     let _ = source.add_event_listener_with_callback("live", on_live.as_ref().unchecked_ref());
     let _ = source.add_event_listener_with_callback("delayed", on_delayed.as_ref().unchecked_ref());
     on_live.forget();
@@ -105,7 +106,8 @@ mod draw {
                 }
             });
             if drawn == Some(false) && retry.get_untracked() < 50 {
-                set_timeout(move || retry.update(|n| *n += 1), std::time::Duration::from_millis(100));
+                // `try_`: the chart may be gone by then (navigation).
+                set_timeout(move || _ = retry.try_update(|n| *n += 1), std::time::Duration::from_millis(100));
             }
         });
     }

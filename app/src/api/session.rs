@@ -24,7 +24,10 @@ pub struct CookieSettings {
 
 pub fn services() -> Result<Services, AppError> {
     use_context::<Services>().ok_or_else(|| {
-        tracing::error!("Services missing from the server function context");
+        // Seen once in a browser test run (a server function polled outside its request's
+        // reactive owner?); the path tells which one.
+        let path = use_context::<Parts>().map(|p| p.uri.to_string());
+        tracing::error!(?path, "Services missing from the server function context");
         AppError::Internal
     })
 }
