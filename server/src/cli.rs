@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
-use services::keys::{api_keys, set_quota, ApiKeyId, ApiKeySecret, KeyCheck, KeyName, Quota, QuotaLimit};
+use services::keys::{
+    api_keys, set_quota, ApiKeyId, ApiKeySecret, ChangeSource, KeyCheck, KeyName, Quota, QuotaChange, QuotaLimit,
+};
 use services::usage::writer::UsageWriter;
 use services::usage::{demo, reports};
 
@@ -82,6 +84,9 @@ enum QuotaCommand {
         /// Requests per second allowed in a burst (omit for no burst limit).
         #[arg(long)]
         burst: Option<i64>,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "set by an operator")]
+        reason: String,
     },
 }
 
@@ -162,7 +167,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst }) => {
+        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst, reason }) => {
             let id = ApiKeyId::parse(&key).map_err(|_| anyhow!("{key:?} is not a key id"))?;
             let quota = Quota {
                 per_hour: QuotaLimit::new(per_hour).context("--per-hour")?,
@@ -170,7 +175,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 burst_per_second: burst.map(QuotaLimit::burst).transpose().context("--burst")?,
             };
             let services = startup::connect(&config).await?;
-            set_quota(&services, id, &quota).await.map_err(|e| match e {
+            let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: &reason };
+            set_quota(&services, id, &quota, &change).await.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 other => other.into(),
             })?;
@@ -245,7 +251,8 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
             let (key, secret) = api_keys::create(&services.db, merchant.id, &KeyName::parse("Demo key")?).await?;
             let quota =
                 Quota { per_hour: QuotaLimit::new(5_000)?, per_day: QuotaLimit::new(50_000)?, burst_per_second: None };
-            set_quota(&services, key.id, &quota).await?;
+            let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: "demo key" };
+            set_quota(&services, key.id, &quota, &change).await?;
             if let Some(path) = secret_file {
                 write_secret_file(path, secret.expose())?;
             }

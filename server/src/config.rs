@@ -39,6 +39,14 @@ pub struct Config {
     /// `KEYMETER_DEMO_TRAFFIC_KEY_FILE`: a file holding the demo key's secret; when set (and
     /// `KEYMETER_DEMO_TRAFFIC` is not `false`), the server sends itself light demo traffic.
     pub demo_traffic_key_file: Option<PathBuf>,
+    /// `KEYMETER_PUBLIC_URL`: where people reach the app (links in emails).
+    pub public_url: String,
+    /// `KEYMETER_MAIL_DIR`: where mail goes when `SMTP_URL` is unset.
+    pub mail_dir: PathBuf,
+    /// `KEYMETER_MAIL_FROM`: the sender of keymeter's emails.
+    pub mail_from: String,
+    /// `KEYMETER_MAX_PER_HOUR` / `KEYMETER_MAX_PER_DAY`: the highest limits merchants may ask for.
+    pub quota_maximum: services::quota_requests::QuotaMaximum,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
@@ -76,6 +84,13 @@ impl Config {
                 lookup("KEYMETER_DEMO_TRAFFIC_KEY_FILE").map(PathBuf::from)
             } else {
                 None
+            },
+            public_url: lookup("KEYMETER_PUBLIC_URL").unwrap_or_else(|| format!("http://{listen}")),
+            mail_dir: lookup("KEYMETER_MAIL_DIR").map(PathBuf::from).unwrap_or_else(|| ".data/mail".into()),
+            mail_from: lookup("KEYMETER_MAIL_FROM").unwrap_or_else(|| "keymeter <keymeter@localhost>".to_owned()),
+            quota_maximum: services::quota_requests::QuotaMaximum {
+                per_hour: parse_num(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000)? as i64,
+                per_day: parse_num(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000)? as i64,
             },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderValue};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, LeptosRoutes};
+use services::mailer::Mailer;
 use services::usage::writer::UsageWriter;
 use services::Services;
 use tokio::net::TcpListener;
@@ -50,7 +51,10 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     services::redis_pool::ping(&redis)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
-    Ok(Services::new(db, redis, &config.redis_namespace))
+    let mut services = Services::new(db, redis, &config.redis_namespace);
+    services.settings =
+        services::Settings { public_url: config.public_url.clone(), quota_maximum: config.quota_maximum };
+    Ok(services)
 }
 
 pub fn leptos_options(config: &Config) -> LeptosOptions {
@@ -105,6 +109,7 @@ pub struct Application {
     services: Services,
     retention_days: u32,
     demo_secret: Option<String>,
+    mailer: Option<Mailer>,
 }
 
 impl Application {
@@ -121,6 +126,7 @@ impl Application {
             router: router(config, services.clone()),
             services,
             retention_days: config.usage_retention_days,
+            mailer: Some(Mailer::new(config.smtp_url.as_deref(), config.mail_dir.clone(), &config.mail_from)?),
             demo_secret: config
                 .demo_traffic_key_file
                 .as_ref()
@@ -148,6 +154,10 @@ impl Application {
         let services = &self.services;
         let writer =
             UsageWriter::new(services.db.clone(), services.redis.clone(), &services.namespace, self.retention_days);
+        let mailer = self.mailer.map(|mailer| {
+            tracing::info!(transport = %mailer.describe(), "mail");
+            tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))
+        });
         let writer = tokio::spawn(writer.run(stopped));
         let demo = self.demo_secret.clone().map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret));
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
@@ -157,6 +167,9 @@ impl Application {
         }
         self.services.usage.shutdown().await;
         let _ = stop.send(true);
+        if let Some(mailer) = mailer {
+            let _ = mailer.await;
+        }
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
         }

@@ -7,6 +7,9 @@ pub mod accounts;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod mailer;
+pub mod notifications;
+pub mod quota_requests;
 pub mod redis_pool;
 pub mod schema;
 pub mod usage;
@@ -27,6 +30,22 @@ pub struct Services {
     pub usage: usage::UsageRecorder,
     /// Prefix of the deployment-wide Redis keys (per-key data is keyed by key id).
     pub namespace: String,
+    pub settings: Settings,
+}
+
+/// Deployment settings the domain needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where people reach the app, for links in emails.
+    pub public_url: String,
+    /// The highest limits a merchant may ask for.
+    pub quota_maximum: quota_requests::QuotaMaximum,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { public_url: "http://127.0.0.1:3000".to_owned(), quota_maximum: Default::default() }
+    }
 }
 
 impl Services {
@@ -37,6 +56,7 @@ impl Services {
             quota: keys::QuotaManager::new(redis.clone()),
             usage: usage::UsageRecorder::start(redis.clone(), namespace),
             namespace: namespace.to_owned(),
+            settings: Settings::default(),
             db,
             redis,
         }

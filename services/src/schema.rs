@@ -46,4 +46,84 @@ diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(api_keys -> users (owner_id));
 diesel::joinable!(api_key_quotas -> api_keys (api_key_id));
 
-diesel::allow_tables_to_appear_in_same_query!(users, sessions, api_keys, api_key_quotas);
+diesel::table! {
+    quota_requests (id) {
+        id -> Int8,
+        api_key_id -> Uuid,
+        requested_by -> Int8,
+        current_per_hour -> Int8,
+        current_per_day -> Int8,
+        requested_per_hour -> Int8,
+        requested_per_day -> Int8,
+        reason -> Text,
+        status -> Text,
+        approved_per_hour -> Nullable<Int8>,
+        approved_per_day -> Nullable<Int8>,
+        decided_by -> Nullable<Int8>,
+        decided_at -> Nullable<Timestamptz>,
+        decision_note -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    quota_changes (id) {
+        id -> Int8,
+        api_key_id -> Uuid,
+        changed_by -> Nullable<Int8>,
+        source -> Text,
+        quota_request_id -> Nullable<Int8>,
+        old_per_hour -> Int8,
+        old_per_day -> Int8,
+        old_burst -> Nullable<Int4>,
+        new_per_hour -> Int8,
+        new_per_day -> Int8,
+        new_burst -> Nullable<Int4>,
+        reason -> Text,
+        changed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Int8,
+        user_id -> Int8,
+        kind -> Text,
+        title -> Text,
+        body -> Text,
+        link -> Nullable<Text>,
+        dedupe_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+        read_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    outbound_emails (id) {
+        id -> Int8,
+        to_address -> Text,
+        subject -> Text,
+        text_body -> Text,
+        html_body -> Text,
+        dedupe_key -> Nullable<Text>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        sent_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(quota_requests -> api_keys (api_key_id));
+diesel::joinable!(quota_changes -> api_keys (api_key_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    api_keys,
+    api_key_quotas,
+    quota_requests,
+    quota_changes,
+    notifications,
+    outbound_emails
+);

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod keys;
+pub mod quota_requests;
 #[cfg(feature = "ssr")]
 pub mod session;
 pub mod usage;
@@ -11,6 +12,7 @@ pub mod usage;
 pub use admin::*;
 pub use auth::*;
 pub use keys::*;
+pub use quota_requests::*;
 pub use usage::*;
 
 use chrono::{DateTime, Utc};

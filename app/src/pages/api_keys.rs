@@ -172,6 +172,7 @@ pub fn ApiKeyPage() -> impl IntoView {
 
 #[component]
 fn KeyDetails(key: KeyView) -> impl IntoView {
+    let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone()/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
@@ -192,5 +193,6 @@ fn KeyDetails(key: KeyView) -> impl IntoView {
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
+        {requests}
     }
 }

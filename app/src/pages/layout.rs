@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use leptos_router::components::{Outlet, Redirect, A};
 use leptos_router::hooks::use_location;
 
-use crate::api::{whoami, CurrentUser, Logout};
+use crate::api::{unread_notifications, whoami, CurrentUser, Logout};
 use crate::error::AppError;
 
 /// `/login?next=<here>`, so that signing in comes back to the page asked for.
@@ -25,14 +25,31 @@ fn login_path() -> String {
 #[component]
 fn NavBar(user: CurrentUser) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
+    // Refreshed on every navigation (the location changes).
+    let location = use_location();
+    let unread = Resource::new(move || location.pathname.get(), |_| unread_notifications());
     view! {
         <header class="topbar">
             <a class="brand" href="/dashboard/developers/api-keys">"keymeter"</a>
             <nav>
                 <A href="/dashboard/developers/api-keys">"API keys"</A>
-                {user.is_admin.then(|| view! { <A href="/admin">"Admin"</A> })}
+                {user.is_admin.then(|| view! {
+                    <A href="/admin">"All keys"</A>
+                    <A href="/admin/quota-requests">"Quota requests"</A>
+                })}
             </nav>
             <div class="account">
+                <a class="bell" href="/dashboard/notifications" title="Notifications" data-testid="bell">
+                    "\u{1F514}"
+                    <Transition fallback=|| ()>
+                        {move || Suspend::new(async move {
+                            match unread.await {
+                                Ok(n) if n > 0 => view! { <span class="count" data-testid="unread">{n}</span> }.into_any(),
+                                _ => ().into_any(),
+                            }
+                        })}
+                    </Transition>
+                </a>
                 <span class="email" data-testid="account-email">{user.email.clone()}</span>
                 <ActionForm action=logout>
                     <button type="submit" class="link">"Sign out"</button>

@@ -2,4 +2,5 @@ pub mod admin;
 pub mod api_keys;
 pub mod layout;
 pub mod login;
+pub mod quota_requests;
 pub mod usage;

@@ -8,6 +8,6 @@ pub mod secret;
 
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
-pub use quota::{set_quota, Quota, QuotaLimit};
+pub use quota::{set_quota, ChangeSource, Quota, QuotaChange, QuotaLimit};
 pub use quota_manager::{projected_exhaustion_ms, QuotaDecision, QuotaManager, Window, WindowUse};
 pub use secret::ApiKeySecret;

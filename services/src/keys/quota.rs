@@ -56,30 +56,107 @@ impl Quota {
     }
 }
 
-/// Sets a key's limits: written to PostgreSQL, then published to Redis so that the very next
-/// request on any instance is checked against them.
-pub async fn set_quota(services: &crate::Services, id: super::ApiKeyId, quota: &Quota) -> ServiceResult<()> {
-    use crate::schema::api_key_quotas;
+/// Why a quota changed, for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub enum ChangeSource {
+    /// An approved quota-increase request.
+    Request(i64),
+    /// An admin, from the admin pages.
+    Admin,
+    /// An operator, from the CLI.
+    Operator,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaChange<'a> {
+    /// Who changed it (none for the operator CLI).
+    pub actor: Option<i64>,
+    pub source: ChangeSource,
+    pub reason: &'a str,
+}
+
+/// Sets a key's limits and records the change, in one transaction; then publishes them to
+/// Redis so that the very next request on any instance is checked against them.
+pub async fn set_quota(
+    services: &crate::Services,
+    id: super::ApiKeyId,
+    quota: &Quota,
+    change: &QuotaChange<'_>,
+) -> ServiceResult<()> {
+    use diesel_async::AsyncConnection;
+    let mut conn = crate::db::conn(&services.db).await?;
+    let version = conn
+        .transaction::<_, ServiceError, _>(|conn| Box::pin(async move { set_quota_in(conn, id, quota, change).await }))
+        .await?;
+    publish(services, id, quota, version).await
+}
+
+/// After the commit: Redis and this instance's cache learn the new limits.
+pub(crate) async fn publish(
+    services: &crate::Services,
+    id: super::ApiKeyId,
+    quota: &Quota,
+    version: chrono::DateTime<chrono::Utc>,
+) -> ServiceResult<()> {
+    services.keys.invalidate_all();
+    services.quota.publish_limits(id, quota, version.timestamp_millis()).await
+}
+
+/// The change itself, inside the caller's transaction; returns its time (the limits' version).
+pub(crate) async fn set_quota_in(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: super::ApiKeyId,
+    quota: &Quota,
+    change: &QuotaChange<'_>,
+) -> ServiceResult<chrono::DateTime<chrono::Utc>> {
+    use crate::schema::{api_key_quotas, quota_changes};
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
 
+    let reason = change.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 2000 {
+        return Err(ServiceError::invalid("Give a reason for the change (up to 2000 characters)."));
+    }
+    let old: (i64, i64, Option<i32>) = api_key_quotas::table
+        .filter(api_key_quotas::api_key_id.eq(id.0))
+        .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
+        .for_update()
+        .first(conn)
+        .await?;
     let now = chrono::Utc::now();
-    let mut conn = crate::db::conn(&services.db).await?;
-    let updated = diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
+    let burst = quota.burst_per_second.map(|b| b.get() as i32);
+    diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
         .set((
             api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
             api_key_quotas::requests_per_day.eq(quota.per_day.get()),
-            api_key_quotas::burst_per_second.eq(quota.burst_per_second.map(|b| b.get() as i32)),
+            api_key_quotas::burst_per_second.eq(burst),
             api_key_quotas::updated_at.eq(now),
         ))
-        .execute(&mut conn)
+        .execute(conn)
         .await?;
-    if updated == 0 {
-        return Err(ServiceError::NotFound);
-    }
-    services.quota.publish_limits(id, quota, now.timestamp_millis()).await?;
-    services.keys.invalidate_all();
-    Ok(())
+    let (source, request_id) = match change.source {
+        ChangeSource::Request(r) => ("request", Some(r)),
+        ChangeSource::Admin => ("admin", None),
+        ChangeSource::Operator => ("operator", None),
+    };
+    diesel::insert_into(quota_changes::table)
+        .values((
+            quota_changes::api_key_id.eq(id.0),
+            quota_changes::changed_by.eq(change.actor),
+            quota_changes::source.eq(source),
+            quota_changes::quota_request_id.eq(request_id),
+            quota_changes::old_per_hour.eq(old.0),
+            quota_changes::old_per_day.eq(old.1),
+            quota_changes::old_burst.eq(old.2),
+            quota_changes::new_per_hour.eq(quota.per_hour.get()),
+            quota_changes::new_per_day.eq(quota.per_day.get()),
+            quota_changes::new_burst.eq(burst),
+            quota_changes::reason.eq(reason),
+            quota_changes::changed_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(now)
 }
 
 #[cfg(test)]

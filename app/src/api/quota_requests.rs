@@ -1,0 +1,242 @@
+//! Quota-increase requests (merchants ask, admins decide), direct quota changes by admins, the
+//! audit trail, and the notification bell.
+
+use chrono::{DateTime, Utc};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaRequestView {
+    pub id: i64,
+    pub key_id: String,
+    pub key_name: String,
+    pub owner_email: String,
+    pub current_per_hour: i64,
+    pub current_per_day: i64,
+    pub requested_per_hour: i64,
+    pub requested_per_day: i64,
+    pub reason: String,
+    pub status: String,
+    pub approved_per_hour: Option<i64>,
+    pub approved_per_day: Option<i64>,
+    pub decision_note: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub requests_last_24h: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub changed_at: DateTime<Utc>,
+    pub key_id: String,
+    pub key_name: String,
+    pub changed_by: Option<String>,
+    pub source: String,
+    pub quota_request_id: Option<i64>,
+    pub old_per_hour: i64,
+    pub old_per_day: i64,
+    pub new_per_hour: i64,
+    pub new_per_day: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationView {
+    pub id: i64,
+    pub title: String,
+    pub body: String,
+    pub link: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub unread: bool,
+}
+
+#[cfg(feature = "ssr")]
+impl From<services::quota_requests::QuotaRequest> for QuotaRequestView {
+    fn from(r: services::quota_requests::QuotaRequest) -> Self {
+        Self {
+            id: r.id,
+            key_id: r.key_id.to_string(),
+            key_name: r.key_name,
+            owner_email: r.owner_email,
+            current_per_hour: r.current_per_hour,
+            current_per_day: r.current_per_day,
+            requested_per_hour: r.requested_per_hour,
+            requested_per_day: r.requested_per_day,
+            reason: r.reason,
+            status: r.status.as_str().to_owned(),
+            approved_per_hour: r.approved_per_hour,
+            approved_per_day: r.approved_per_day,
+            decision_note: r.decision_note,
+            decided_by: r.decided_by,
+            decided_at: r.decided_at,
+            created_at: r.created_at,
+            requests_last_24h: r.requests_last_24h,
+        }
+    }
+}
+
+#[server(prefix = "/rpc", endpoint = "quota-requests/create")]
+pub async fn request_quota_increase(
+    key_id: String,
+    per_hour: String,
+    per_day: String,
+    reason: String,
+) -> Result<QuotaRequestView, AppError> {
+    use super::session;
+    use services::keys::ApiKeyId;
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let request =
+        services::quota_requests::create(&services, &user, ApiKeyId::parse(&key_id)?, &per_hour, &per_day, &reason)
+            .await?;
+    Ok(request.into())
+}
+
+#[server(prefix = "/rpc", endpoint = "quota-requests/cancel")]
+pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError> {
+    use super::session;
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
+}
+
+#[server(prefix = "/rpc", endpoint = "quota-requests/for-key")]
+pub async fn key_quota_requests(key_id: String) -> Result<Vec<QuotaRequestView>, AppError> {
+    use super::session;
+    use services::keys::ApiKeyId;
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let requests = services::quota_requests::for_key(&services.db, &user, ApiKeyId::parse(&key_id)?).await?;
+    Ok(requests.into_iter().map(Into::into).collect())
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/quota-requests")]
+pub async fn admin_quota_requests() -> Result<Vec<QuotaRequestView>, AppError> {
+    use super::session;
+    session::require_admin().await?;
+    let services = session::services()?;
+    Ok(services::quota_requests::all(&services.db).await?.into_iter().map(Into::into).collect())
+}
+
+#[cfg(feature = "ssr")]
+fn whole_number(raw: &str, name: &str) -> Result<i64, AppError> {
+    raw.trim()
+        .replace([',', '_', ' '], "")
+        .parse::<i64>()
+        .map_err(|_| AppError::BadRequest(format!("The {name} limit must be a whole number.")))
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/quota-requests/approve")]
+pub async fn approve_quota_request(
+    id: i64,
+    per_hour: String,
+    per_day: String,
+    note: String,
+) -> Result<QuotaRequestView, AppError> {
+    use super::session;
+    use services::quota_requests::{decide, Decision};
+    let admin = session::require_admin().await?;
+    let decision =
+        Decision::Approve { per_hour: whole_number(&per_hour, "hourly")?, per_day: whole_number(&per_day, "daily")? };
+    let services = session::services()?;
+    Ok(decide(&services, &admin, id, decision, &note).await?.into())
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/quota-requests/deny")]
+pub async fn deny_quota_request(id: i64, note: String) -> Result<QuotaRequestView, AppError> {
+    use super::session;
+    use services::quota_requests::{decide, Decision};
+    let admin = session::require_admin().await?;
+    let services = session::services()?;
+    Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/quota/set")]
+pub async fn admin_set_quota(
+    key_id: String,
+    per_hour: String,
+    per_day: String,
+    reason: String,
+) -> Result<(), AppError> {
+    use super::session;
+    use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, Quota, QuotaChange, QuotaLimit};
+    let admin = session::require_admin().await?;
+    let services = session::services()?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&key_id)?, &admin).await?;
+    let max = services.settings.quota_maximum;
+    let (per_hour, per_day) = (whole_number(&per_hour, "hourly")?, whole_number(&per_day, "daily")?);
+    if per_hour > max.per_hour || per_day > max.per_day {
+        return Err(AppError::BadRequest(format!(
+            "Limits can be at most {}/hour and {}/day.",
+            max.per_hour, max.per_day
+        )));
+    }
+    let quota = Quota {
+        per_hour: QuotaLimit::new(per_hour)?,
+        per_day: QuotaLimit::new(per_day)?,
+        burst_per_second: key.quota.burst_per_second,
+    };
+    let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason: &reason };
+    set_quota(&services, key.id, &quota, &change).await?;
+    Ok(())
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/quota-changes")]
+pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
+    use super::session;
+    session::require_admin().await?;
+    let services = session::services()?;
+    let entries = services::quota_requests::audit_trail(&services.db).await?;
+    Ok(entries
+        .into_iter()
+        .map(|e| AuditView {
+            changed_at: e.changed_at,
+            key_id: e.key_id.to_string(),
+            key_name: e.key_name,
+            changed_by: e.changed_by,
+            source: e.source,
+            quota_request_id: e.quota_request_id,
+            old_per_hour: e.old_per_hour,
+            old_per_day: e.old_per_day,
+            new_per_hour: e.new_per_hour,
+            new_per_day: e.new_per_day,
+            reason: e.reason,
+        })
+        .collect())
+}
+
+#[server(prefix = "/rpc", endpoint = "notifications/list")]
+pub async fn my_notifications() -> Result<Vec<NotificationView>, AppError> {
+    use super::session;
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let items = services::notifications::recent(&services.db, user.id, 50).await?;
+    Ok(items
+        .into_iter()
+        .map(|n| NotificationView {
+            id: n.id,
+            title: n.title,
+            body: n.body,
+            link: n.link,
+            created_at: n.created_at,
+            unread: n.read_at.is_none(),
+        })
+        .collect())
+}
+
+#[server(prefix = "/rpc", endpoint = "notifications/unread")]
+pub async fn unread_notifications() -> Result<i64, AppError> {
+    use super::session;
+    let user = session::require_user().await?;
+    Ok(services::notifications::unread_count(&session::services()?.db, user.id).await?)
+}
+
+#[server(prefix = "/rpc", endpoint = "notifications/read")]
+pub async fn mark_notifications_read() -> Result<(), AppError> {
+    use super::session;
+    let user = session::require_user().await?;
+    Ok(services::notifications::mark_all_read(&session::services()?.db, user.id).await?)
+}

@@ -1,0 +1,292 @@
+//! Quota requests: the merchant's form and history on a key's page, the admins' decision page,
+//! the audit trail, and the notifications page.
+
+use leptos::prelude::*;
+use leptos_router::components::A;
+
+use super::layout::ErrorPanel;
+use crate::api::{
+    admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, mark_notifications_read,
+    my_notifications, AdminSetQuota, ApproveQuotaRequest, CancelQuotaRequest, DenyQuotaRequest, KeyView,
+    QuotaRequestView, RequestQuotaIncrease,
+};
+use crate::format;
+
+fn limits(per_hour: i64, per_day: i64) -> String {
+    format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
+}
+
+/// On a key's page: ask for more, follow the request, cancel it.
+#[component]
+pub fn KeyQuotaRequests(key: KeyView) -> impl IntoView {
+    let ask = ServerAction::<RequestQuotaIncrease>::new();
+    let cancel = ServerAction::<CancelQuotaRequest>::new();
+    let key_id = key.id.clone();
+    let requests = Resource::new(
+        move || (ask.version().get(), cancel.version().get()),
+        move |_| key_quota_requests(key_id.clone()),
+    );
+    let revoked = key.is_revoked();
+    let id = key.id.clone();
+    view! {
+        <section class="card" data-testid="quota-requests">
+            <h2>"Quota increase"</h2>
+            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || {
+                    let id = id.clone();
+                    Suspend::new(async move {
+                        match requests.await {
+                            Ok(list) => {
+                                let open = list.iter().any(|r| r.status == "pending");
+                                view! {
+                                    {(!open && !revoked).then(|| view! {
+                                        <ActionForm action=ask>
+                                            <input type="hidden" name="key_id" value=id.clone()/>
+                                            <div class="inline-form">
+                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) data-testid="ask-per-hour"/></label>
+                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) data-testid="ask-per-day"/></label>
+                                            </div>
+                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason"></textarea></label>
+                                            <button type="submit">"Request increase"</button>
+                                        </ActionForm>
+                                    })}
+                                    <RequestList list cancel/>
+                                }.into_any()
+                            }
+                            Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                        }
+                    })
+                }}
+            </Transition>
+            {move || ask.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert" data-testid="ask-error">{e.to_string()}</p> })}
+            {move || cancel.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
+        </section>
+    }
+}
+
+#[component]
+fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequest>) -> impl IntoView {
+    if list.is_empty() {
+        return view! { <p class="empty">"No requests yet."</p> }.into_any();
+    }
+    view! {
+        <table data-testid="request-list">
+            <thead><tr><th>"Asked"</th><th>"From"</th><th>"To"</th><th>"Status"</th><th>"Admin note"</th><th></th></tr></thead>
+            <tbody>
+                {list.into_iter().map(|r| {
+                    let pending = r.status == "pending";
+                    let id = r.id;
+                    view! {
+                        <tr data-testid="request-row" data-status=r.status.clone()>
+                            <td>{format::time(&r.created_at)}</td>
+                            <td class="num">{limits(r.current_per_hour, r.current_per_day)}</td>
+                            <td class="num">{match (r.approved_per_hour, r.approved_per_day) {
+                                (Some(h), Some(d)) => limits(h, d),
+                                _ => limits(r.requested_per_hour, r.requested_per_day),
+                            }}</td>
+                            <td><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
+                            <td>{r.decision_note.clone().unwrap_or_default()}</td>
+                            <td>{pending.then(|| view! {
+                                <button class="link" on:click=move |_| { cancel.dispatch(CancelQuotaRequest { id }); }>"Cancel"</button>
+                            })}</td>
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+    .into_any()
+}
+
+/// `/admin/quota-requests`: pending first; approve (numbers adjustable) or deny with a note.
+#[component]
+pub fn AdminQuotaRequestsPage() -> impl IntoView {
+    let approve = ServerAction::<ApproveQuotaRequest>::new();
+    let deny = ServerAction::<DenyQuotaRequest>::new();
+    let set = ServerAction::<AdminSetQuota>::new();
+    let requests = Resource::new(
+        move || (approve.version().get(), deny.version().get(), set.version().get()),
+        |_| admin_quota_requests(),
+    );
+    let keys = Resource::new(move || set.version().get(), |_| admin_list_keys());
+    let error = move || {
+        approve
+            .value()
+            .get()
+            .and_then(|r| r.err())
+            .or_else(|| deny.value().get().and_then(|r| r.err()))
+            .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> })
+    };
+    view! {
+        <h1>"Quota requests"</h1>
+        <p><A href="/admin/quota-changes">"Audit trail of every quota change →"</A></p>
+        {error}
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match requests.await {
+                    Ok(list) if list.is_empty() => view! { <section class="card"><p class="empty">"No requests yet."</p></section> }.into_any(),
+                    Ok(list) => list.into_iter().map(|r| view! { <RequestCard r approve deny/> }).collect_view().into_any(),
+                    Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                }
+            })}
+        </Transition>
+        <section class="card">
+            <h2>"Set a key's quota directly"</h2>
+            <ActionForm action=set>
+                <div class="inline-form">
+                    <label>"Key"
+                        <select name="key_id" data-testid="set-key">
+                            <Suspense fallback=|| ()>
+                                {move || Suspend::new(async move {
+                                    keys.await.unwrap_or_default().into_iter().filter(|k| !k.is_revoked()).map(|k| view! {
+                                        <option value=k.id.clone()>{format!("{} · {} ({})", k.owner_email, k.name, limits(k.requests_per_hour, k.requests_per_day))}</option>
+                                    }).collect_view()
+                                })}
+                            </Suspense>
+                        </select>
+                    </label>
+                    <label>"Per hour" <input name="per_hour" inputmode="numeric" required/></label>
+                    <label>"Per day" <input name="per_day" inputmode="numeric" required/></label>
+                </div>
+                <label>"Reason" <input name="reason" required/></label>
+                <button type="submit">"Set quota"</button>
+            </ActionForm>
+            {move || set.value().get().map(|r| match r {
+                Ok(()) => view! { <p class="hint" role="status">"Quota set; it applies to the key's next request."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
+            })}
+        </section>
+    }
+}
+
+#[component]
+fn RequestCard(
+    r: QuotaRequestView,
+    approve: ServerAction<ApproveQuotaRequest>,
+    deny: ServerAction<DenyQuotaRequest>,
+) -> impl IntoView {
+    let pending = r.status == "pending";
+    let id = r.id.to_string();
+    let id2 = id.clone();
+    view! {
+        <section class="card request" data-testid="admin-request" data-status=r.status.clone()>
+            <div class="card-head">
+                <h2>
+                    <A href=format!("/dashboard/developers/api-keys/{}/usage", r.key_id)>{r.key_name.clone()}</A>
+                    " · " {r.owner_email.clone()}
+                </h2>
+                <span class=format!("badge {}", r.status)>{r.status.clone()}</span>
+            </div>
+            <dl class="facts">
+                <dt>"Current"</dt><dd>{limits(r.current_per_hour, r.current_per_day)}</dd>
+                <dt>"Requested"</dt><dd>{limits(r.requested_per_hour, r.requested_per_day)}</dd>
+                <dt>"Last 24 hours"</dt><dd>{format!("{} requests", format::count(r.requests_last_24h))}</dd>
+                <dt>"Reason"</dt><dd>{r.reason.clone()}</dd>
+                <dt>"Asked"</dt><dd>{format::time(&r.created_at)}</dd>
+                {r.decided_at.map(|at| view! {
+                    <dt>"Decided"</dt>
+                    <dd>{format!("{} by {}{}", format::time(&at), r.decided_by.clone().unwrap_or_default(),
+                        r.decision_note.clone().map(|n| format!(": {n}")).unwrap_or_default())}</dd>
+                })}
+            </dl>
+            {pending.then(|| view! {
+                <div class="decide">
+                    <ActionForm action=approve>
+                        <input type="hidden" name="id" value=id.clone()/>
+                        <div class="inline-form">
+                            <label>"Per hour" <input name="per_hour" value=r.requested_per_hour.to_string() required/></label>
+                            <label>"Per day" <input name="per_day" value=r.requested_per_day.to_string() required/></label>
+                            <label>"Note" <input name="note" placeholder="optional"/></label>
+                            <button type="submit" data-testid="approve">"Approve"</button>
+                        </div>
+                    </ActionForm>
+                    <ActionForm action=deny>
+                        <input type="hidden" name="id" value=id2.clone()/>
+                        <div class="inline-form">
+                            <label>"Why not" <input name="note" required data-testid="deny-note"/></label>
+                            <button type="submit" class="danger" data-testid="deny">"Deny"</button>
+                        </div>
+                    </ActionForm>
+                </div>
+            })}
+        </section>
+    }
+}
+
+/// `/admin/quota-changes`: who changed which key's quota, from what to what, when and why.
+#[component]
+pub fn AdminQuotaChangesPage() -> impl IntoView {
+    let entries = Resource::new(|| (), |_| admin_quota_audit());
+    view! {
+        <h1>"Quota changes"</h1>
+        <section class="card">
+            <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match entries.await {
+                        Ok(list) => view! {
+                            <table data-testid="audit-trail">
+                                <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
+                                <tbody>
+                                    {list.into_iter().map(|e| view! {
+                                        <tr>
+                                            <td>{format::time(&e.changed_at)}</td>
+                                            <td>{e.key_name.clone()}</td>
+                                            <td>{match (&e.changed_by, e.source.as_str()) {
+                                                (Some(by), "request") => format!("{by} (request #{})", e.quota_request_id.unwrap_or_default()),
+                                                (Some(by), _) => by.clone(),
+                                                (None, _) => "operator (CLI)".to_owned(),
+                                            }}</td>
+                                            <td class="num">{limits(e.old_per_hour, e.old_per_day)}</td>
+                                            <td class="num">{limits(e.new_per_hour, e.new_per_day)}</td>
+                                            <td>{e.reason.clone()}</td>
+                                        </tr>
+                                    }).collect_view()}
+                                </tbody>
+                            </table>
+                        }.into_any(),
+                        Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}
+
+/// `/dashboard/notifications`: the bell's list; opening it marks everything read.
+#[component]
+pub fn NotificationsPage() -> impl IntoView {
+    let items = Resource::new(|| (), |_| my_notifications());
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        leptos::task::spawn_local(async move {
+            let _ = mark_notifications_read().await;
+        });
+    });
+    #[cfg(not(feature = "hydrate"))]
+    let _ = mark_notifications_read;
+    view! {
+        <h1>"Notifications"</h1>
+        <section class="card">
+            <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match items.await {
+                        Ok(list) if list.is_empty() => view! { <p class="empty">"Nothing yet."</p> }.into_any(),
+                        Ok(list) => view! {
+                            <ul class="notifications" data-testid="notifications">
+                                {list.into_iter().map(|n| view! {
+                                    <li class:unread=n.unread>
+                                        <strong>{n.title.clone()}</strong>
+                                        <span class="hint">{format!(" · {}", format::time(&n.created_at))}</span>
+                                        <p>{n.body.clone()}</p>
+                                        {n.link.clone().map(|l| view! { <A href=l>"Open"</A> })}
+                                    </li>
+                                }).collect_view()}
+                            </ul>
+                        }.into_any(),
+                        Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}

@@ -1,0 +1,82 @@
+//! In-app notifications: the bell on the dashboard.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::db::{self, DbPool};
+use crate::schema::notifications;
+use crate::ServiceResult;
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = notifications)]
+pub struct Notification {
+    pub id: i64,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub link: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// What to tell someone.
+pub struct NewNotification<'a> {
+    pub user_id: i64,
+    pub kind: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub link: Option<&'a str>,
+    /// At most one notification per key (e.g. per alert threshold and period).
+    pub dedupe_key: Option<&'a str>,
+}
+
+/// Adds a notification inside the caller's transaction; false if its dedupe key was seen.
+pub async fn notify(conn: &mut AsyncPgConnection, n: &NewNotification<'_>) -> ServiceResult<bool> {
+    let inserted = diesel::insert_into(notifications::table)
+        .values((
+            notifications::user_id.eq(n.user_id),
+            notifications::kind.eq(n.kind),
+            notifications::title.eq(n.title),
+            notifications::body.eq(n.body),
+            notifications::link.eq(n.link),
+            notifications::dedupe_key.eq(n.dedupe_key),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// The newest notifications of a user.
+pub async fn recent(db: &DbPool, user_id: i64, limit: i64) -> ServiceResult<Vec<Notification>> {
+    let mut conn = db::conn(db).await?;
+    Ok(notifications::table
+        .filter(notifications::user_id.eq(user_id))
+        .order(notifications::created_at.desc())
+        .limit(limit)
+        .select(Notification::as_select())
+        .load(&mut conn)
+        .await?)
+}
+
+pub async fn unread_count(db: &DbPool, user_id: i64) -> ServiceResult<i64> {
+    let mut conn = db::conn(db).await?;
+    Ok(notifications::table
+        .filter(notifications::user_id.eq(user_id))
+        .filter(notifications::read_at.is_null())
+        .count()
+        .get_result(&mut conn)
+        .await?)
+}
+
+pub async fn mark_all_read(db: &DbPool, user_id: i64) -> ServiceResult<()> {
+    let mut conn = db::conn(db).await?;
+    diesel::update(
+        notifications::table.filter(notifications::user_id.eq(user_id)).filter(notifications::read_at.is_null()),
+    )
+    .set(notifications::read_at.eq(Utc::now()))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}

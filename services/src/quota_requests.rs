@@ -1,0 +1,534 @@
+//! Quota-increase requests: a merchant asks for higher limits on one of their keys, an admin
+//! approves (possibly with adjusted numbers) or denies with a note. A decision is final and
+//! made once: the decision is an `UPDATE … WHERE status = 'pending'`, so of two admins deciding
+//! at the same moment exactly one wins. Approval changes the quota, records the change in the
+//! audit trail and tells the merchant (in-app and by email), all in one transaction.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::accounts::{Role, User};
+use crate::db::{self, DbPool};
+use crate::keys::quota::{publish, set_quota_in, ChangeSource, QuotaChange};
+use crate::keys::{api_keys, ApiKeyId, Quota, QuotaLimit};
+use crate::mailer::{self, html_escape, Email};
+use crate::notifications::{self, NewNotification};
+use crate::schema::{quota_requests, users};
+use crate::{ServiceError, ServiceResult, Services};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Cancelled,
+}
+
+impl RequestStatus {
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Pending,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A request as both sides see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaRequest {
+    pub id: i64,
+    pub key_id: Uuid,
+    pub key_name: String,
+    pub owner_email: String,
+    pub current_per_hour: i64,
+    pub current_per_day: i64,
+    pub requested_per_hour: i64,
+    pub requested_per_day: i64,
+    pub reason: String,
+    pub status: RequestStatus,
+    pub approved_per_hour: Option<i64>,
+    pub approved_per_day: Option<i64>,
+    pub decision_note: Option<String>,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    /// Admitted calls of the key over the last 24 hours.
+    pub requests_last_24h: i64,
+}
+
+/// The platform's ceiling for any limit a merchant may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaMaximum {
+    pub per_hour: i64,
+    pub per_day: i64,
+}
+
+impl Default for QuotaMaximum {
+    fn default() -> Self {
+        Self { per_hour: 1_000_000, per_day: 20_000_000 }
+    }
+}
+
+/// Requested limits, checked against the current ones and the platform maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestedLimits {
+    pub per_hour: i64,
+    pub per_day: i64,
+}
+
+impl RequestedLimits {
+    /// Empty fields keep the current limit; at least one must be raised.
+    pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
+        let field = |raw: &str, name: &str, current: i64, max: i64| -> ServiceResult<Option<i64>> {
+            let raw = raw.trim().replace([',', '_', ' '], "");
+            if raw.is_empty() {
+                return Ok(None);
+            }
+            let value: i64 =
+                raw.parse().map_err(|_| ServiceError::invalid(format!("The {name} limit must be a whole number.")))?;
+            if value <= 0 {
+                return Err(ServiceError::invalid(format!("The {name} limit must be positive.")));
+            }
+            if value <= current {
+                return Err(ServiceError::invalid(format!("The {name} limit must be above the current {current}.")));
+            }
+            if value > max {
+                return Err(ServiceError::invalid(format!("The {name} limit can be at most {max}.")));
+            }
+            Ok(Some(value))
+        };
+        let hour = field(per_hour, "hourly", current.per_hour.get(), max.per_hour)?;
+        let day = field(per_day, "daily", current.per_day.get(), max.per_day)?;
+        if hour.is_none() && day.is_none() {
+            return Err(ServiceError::invalid("Ask for a higher hourly or daily limit."));
+        }
+        Ok(Self { per_hour: hour.unwrap_or(current.per_hour.get()), per_day: day.unwrap_or(current.per_day.get()) })
+    }
+}
+
+fn check_reason(reason: &str) -> ServiceResult<&str> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ServiceError::invalid("Say why the key needs more."));
+    }
+    if reason.chars().count() > 2000 {
+        return Err(ServiceError::invalid("The reason can have at most 2000 characters."));
+    }
+    Ok(reason)
+}
+
+/// A merchant asks for more on one of their keys.
+pub async fn create(
+    services: &Services,
+    user: &User,
+    key_id: ApiKeyId,
+    per_hour: &str,
+    per_day: &str,
+    reason: &str,
+) -> ServiceResult<QuotaRequest> {
+    let key = api_keys::get_for(&services.db, key_id, user).await?;
+    if key.owner_id != user.id {
+        return Err(ServiceError::invalid("Only the key's owner can ask for more quota."));
+    }
+    if key.revoked_at.is_some() {
+        return Err(ServiceError::invalid("This key is revoked."));
+    }
+    let limits = RequestedLimits::parse(per_hour, per_day, &key.quota, services.settings.quota_maximum)?;
+    let reason = check_reason(reason)?;
+    let mut conn = db::conn(&services.db).await?;
+    let id = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let id: i64 = diesel::insert_into(quota_requests::table)
+                    .values((
+                        quota_requests::api_key_id.eq(key.id.0),
+                        quota_requests::requested_by.eq(user.id),
+                        quota_requests::current_per_hour.eq(key.quota.per_hour.get()),
+                        quota_requests::current_per_day.eq(key.quota.per_day.get()),
+                        quota_requests::requested_per_hour.eq(limits.per_hour),
+                        quota_requests::requested_per_day.eq(limits.per_day),
+                        quota_requests::reason.eq(reason),
+                    ))
+                    .returning(quota_requests::id)
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| match ServiceError::from(e) {
+                        ServiceError::Conflict(_) => ServiceError::Conflict(
+                            "This key already has an open request; wait for the decision or cancel it.".into(),
+                        ),
+                        other => other,
+                    })?;
+                // Every admin sees it in the bell.
+                let admins: Vec<i64> =
+                    users::table.filter(users::role.eq(Role::Admin.as_str())).select(users::id).load(conn).await?;
+                let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
+                let body =
+                    format!("{} asks for {}/hour and {}/day: {}", user.email, limits.per_hour, limits.per_day, reason);
+                for admin in admins {
+                    notifications::notify(
+                        conn,
+                        &NewNotification {
+                            user_id: admin,
+                            kind: "quota_request",
+                            title: &title,
+                            body: &body,
+                            link: Some("/admin/quota-requests"),
+                            dedupe_key: None,
+                        },
+                    )
+                    .await?;
+                }
+                Ok(id)
+            })
+        })
+        .await?;
+    get(&services.db, id).await
+}
+
+/// The requester withdraws a pending request.
+pub async fn cancel(services: &Services, user: &User, request_id: i64) -> ServiceResult<QuotaRequest> {
+    let request = get(&services.db, request_id).await?;
+    let key = api_keys::get_for(&services.db, ApiKeyId(request.key_id), user).await?;
+    if key.owner_id != user.id {
+        return Err(ServiceError::NotFound);
+    }
+    let mut conn = db::conn(&services.db).await?;
+    let updated = diesel::update(
+        quota_requests::table.filter(quota_requests::id.eq(request_id)).filter(quota_requests::status.eq("pending")),
+    )
+    .set((quota_requests::status.eq("cancelled"), quota_requests::decided_at.eq(Utc::now())))
+    .execute(&mut conn)
+    .await?;
+    if updated == 0 {
+        return Err(ServiceError::Conflict(format!("This request was already {}.", request.status.as_str())));
+    }
+    drop(conn);
+    get(&services.db, request_id).await
+}
+
+/// An admin's decision.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Approve, with these limits (the requested ones, or adjusted).
+    Approve {
+        per_hour: i64,
+        per_day: i64,
+    },
+    Deny,
+}
+
+/// Decides a pending request, once. Approval applies the new quota at once.
+pub async fn decide(
+    services: &Services,
+    admin: &User,
+    request_id: i64,
+    decision: Decision,
+    note: &str,
+) -> ServiceResult<QuotaRequest> {
+    if !admin.is_admin() {
+        return Err(ServiceError::Forbidden);
+    }
+    let note = note.trim();
+    if note.chars().count() > 2000 {
+        return Err(ServiceError::invalid("The note can have at most 2000 characters."));
+    }
+    if matches!(decision, Decision::Deny) && note.is_empty() {
+        return Err(ServiceError::invalid("Say why the request is denied."));
+    }
+    let approved = match decision {
+        Decision::Approve { per_hour, per_day } => {
+            let max = services.settings.quota_maximum;
+            if per_hour > max.per_hour || per_day > max.per_day {
+                return Err(ServiceError::invalid(format!(
+                    "Limits can be at most {}/hour and {}/day.",
+                    max.per_hour, max.per_day
+                )));
+            }
+            Some((QuotaLimit::new(per_hour)?, QuotaLimit::new(per_day)?))
+        }
+        Decision::Deny => None,
+    };
+    let request = get(&services.db, request_id).await?;
+    let public_url = services.settings.public_url.clone();
+    let mut conn = db::conn(&services.db).await?;
+    let applied = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            let request = &request;
+            Box::pin(async move {
+                let status = if approved.is_some() { "approved" } else { "denied" };
+                let won = diesel::update(
+                    quota_requests::table
+                        .filter(quota_requests::id.eq(request_id))
+                        .filter(quota_requests::status.eq("pending")),
+                )
+                .set((
+                    quota_requests::status.eq(status),
+                    quota_requests::decided_by.eq(admin.id),
+                    quota_requests::decided_at.eq(Utc::now()),
+                    quota_requests::decision_note.eq((!note.is_empty()).then_some(note)),
+                    quota_requests::approved_per_hour.eq(approved.map(|a| a.0.get())),
+                    quota_requests::approved_per_day.eq(approved.map(|a| a.1.get())),
+                ))
+                .execute(conn)
+                .await?;
+                if won == 0 {
+                    return Err(ServiceError::Conflict("This request was already decided.".into()));
+                }
+                let key_id = ApiKeyId(request.key_id);
+                let applied = match approved {
+                    Some((per_hour, per_day)) => {
+                        let burst = current_burst(conn, key_id).await?;
+                        let quota = Quota { per_hour, per_day, burst_per_second: burst };
+                        let reason = if note.is_empty() { request.reason.as_str() } else { note };
+                        let change =
+                            QuotaChange { actor: Some(admin.id), source: ChangeSource::Request(request_id), reason };
+                        Some((quota, set_quota_in(conn, key_id, &quota, &change).await?))
+                    }
+                    None => None,
+                };
+                tell_merchant(conn, request, approved.map(|a| (a.0.get(), a.1.get())), note, &public_url).await?;
+                Ok(applied)
+            })
+        })
+        .await?;
+    drop(conn);
+    if let Some((quota, version)) = applied {
+        publish(services, ApiKeyId(request.key_id), &quota, version).await?;
+    }
+    get(&services.db, request_id).await
+}
+
+async fn current_burst(conn: &mut AsyncPgConnection, key: ApiKeyId) -> ServiceResult<Option<QuotaLimit>> {
+    use crate::schema::api_key_quotas;
+    let burst: Option<i32> = api_key_quotas::table
+        .filter(api_key_quotas::api_key_id.eq(key.0))
+        .select(api_key_quotas::burst_per_second)
+        .first(conn)
+        .await?;
+    burst.map(|b| QuotaLimit::burst(b.into())).transpose()
+}
+
+/// The merchant hears of the decision in the bell and by email.
+async fn tell_merchant(
+    conn: &mut AsyncPgConnection,
+    request: &QuotaRequest,
+    approved: Option<(i64, i64)>,
+    note: &str,
+    public_url: &str,
+) -> ServiceResult<()> {
+    let requester: (i64, String) = users::table
+        .inner_join(quota_requests::table.on(quota_requests::requested_by.eq(users::id)))
+        .filter(quota_requests::id.eq(request.id))
+        .select((users::id, users::email))
+        .first(conn)
+        .await?;
+    let link = format!("/dashboard/developers/api-keys/{}", request.key_id);
+    let (title, mut body) = match approved {
+        Some((h, d)) => (
+            format!("Quota raised for \u{201c}{}\u{201d}", request.key_name),
+            format!("Your request was approved: the key now allows {h} requests per hour and {d} per day."),
+        ),
+        None => (
+            format!("Quota request for \u{201c}{}\u{201d} denied", request.key_name),
+            "Your request for a higher quota was denied.".to_owned(),
+        ),
+    };
+    if !note.is_empty() {
+        body.push_str(&format!(" Note from the admin: {note}"));
+    }
+    notifications::notify(
+        conn,
+        &NewNotification {
+            user_id: requester.0,
+            kind: "quota_decision",
+            title: &title,
+            body: &body,
+            link: Some(&link),
+            dedupe_key: None,
+        },
+    )
+    .await?;
+    let url = format!("{}{link}", public_url.trim_end_matches('/'));
+    let text = format!("{body}\n\nSee the key: {url}\n");
+    let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
+    mailer::enqueue(conn, &Email { to: &requester.1, subject: &title, text: &text, html: &html }, None).await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    key_id: Uuid,
+    #[diesel(sql_type = Text)]
+    key_name: String,
+    #[diesel(sql_type = Text)]
+    owner_email: String,
+    #[diesel(sql_type = BigInt)]
+    current_per_hour: i64,
+    #[diesel(sql_type = BigInt)]
+    current_per_day: i64,
+    #[diesel(sql_type = BigInt)]
+    requested_per_hour: i64,
+    #[diesel(sql_type = BigInt)]
+    requested_per_day: i64,
+    #[diesel(sql_type = Text)]
+    reason: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    approved_per_hour: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    approved_per_day: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    decision_note: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    decided_by: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    decided_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    requests_last_24h: i64,
+}
+
+impl From<Row> for QuotaRequest {
+    fn from(r: Row) -> Self {
+        Self {
+            id: r.id,
+            key_id: r.key_id,
+            key_name: r.key_name,
+            owner_email: r.owner_email,
+            current_per_hour: r.current_per_hour,
+            current_per_day: r.current_per_day,
+            requested_per_hour: r.requested_per_hour,
+            requested_per_day: r.requested_per_day,
+            reason: r.reason,
+            status: RequestStatus::parse(&r.status),
+            approved_per_hour: r.approved_per_hour,
+            approved_per_day: r.approved_per_day,
+            decision_note: r.decision_note,
+            decided_by: r.decided_by,
+            decided_at: r.decided_at,
+            created_at: r.created_at,
+            requests_last_24h: r.requests_last_24h,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT r.id, r.api_key_id AS key_id, k.name AS key_name, o.email AS owner_email, \
+    r.current_per_hour, r.current_per_day, r.requested_per_hour, r.requested_per_day, r.reason, r.status, \
+    r.approved_per_hour, r.approved_per_day, r.decision_note, d.email AS decided_by, r.decided_at, r.created_at, \
+    coalesce((SELECT sum(h.requests) FROM api_key_usage_hour h WHERE h.api_key_id = r.api_key_id \
+              AND h.period_start >= now() - interval '24 hours'), 0)::bigint AS requests_last_24h \
+    FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id JOIN users o ON o.id = k.owner_id \
+    LEFT JOIN users d ON d.id = r.decided_by";
+
+pub async fn get(db: &DbPool, id: i64) -> ServiceResult<QuotaRequest> {
+    let mut conn = db::conn(db).await?;
+    let row: Row =
+        diesel::sql_query(format!("{SELECT} WHERE r.id = $1")).bind::<BigInt, _>(id).get_result(&mut conn).await?;
+    Ok(row.into())
+}
+
+/// A key's requests, newest first, for its owner (or an admin).
+pub async fn for_key(db: &DbPool, user: &User, key: ApiKeyId) -> ServiceResult<Vec<QuotaRequest>> {
+    api_keys::get_for(db, key, user).await?;
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<Row> = diesel::sql_query(format!("{SELECT} WHERE r.api_key_id = $1 ORDER BY r.created_at DESC"))
+        .bind::<SqlUuid, _>(key.0)
+        .load(&mut conn)
+        .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Every request, pending first (oldest first among them), then the latest decisions.
+pub async fn all(db: &DbPool) -> ServiceResult<Vec<QuotaRequest>> {
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "{SELECT} ORDER BY (r.status = 'pending') DESC, \
+         CASE WHEN r.status = 'pending' THEN r.created_at END ASC, r.created_at DESC LIMIT 200"
+    ))
+    .load(&mut conn)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct AuditEntry {
+    #[diesel(sql_type = Timestamptz)]
+    pub changed_at: DateTime<Utc>,
+    #[diesel(sql_type = SqlUuid)]
+    pub key_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub key_name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub changed_by: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub source: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub quota_request_id: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    pub old_per_hour: i64,
+    #[diesel(sql_type = BigInt)]
+    pub old_per_day: i64,
+    #[diesel(sql_type = BigInt)]
+    pub new_per_hour: i64,
+    #[diesel(sql_type = BigInt)]
+    pub new_per_day: i64,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+}
+
+/// Every quota change, newest first.
+pub async fn audit_trail(db: &DbPool) -> ServiceResult<Vec<AuditEntry>> {
+    let mut conn = db::conn(db).await?;
+    Ok(diesel::sql_query(
+        "SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
+         c.quota_request_id, c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason \
+         FROM quota_changes c JOIN api_keys k ON k.id = c.api_key_id LEFT JOIN users u ON u.id = c.changed_by \
+         ORDER BY c.changed_at DESC, c.id DESC LIMIT 500",
+    )
+    .load(&mut conn)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current() -> Quota {
+        Quota::default_for_new_key()
+    }
+
+    #[test]
+    fn requested_limits_must_be_raises_within_the_maximum() {
+        let max = QuotaMaximum { per_hour: 50_000, per_day: 500_000 };
+        assert_eq!(
+            RequestedLimits::parse("5000", "", &current(), max).unwrap(),
+            RequestedLimits { per_hour: 5000, per_day: 10_000 }
+        );
+        assert_eq!(RequestedLimits::parse(" 2,000 ", "20000", &current(), max).unwrap().per_day, 20_000);
+        for (h, d) in
+            [("", ""), ("1000", ""), ("500", ""), ("-5", ""), ("abc", ""), ("1.5", ""), ("60000", ""), ("", "9999999")]
+        {
+            assert!(RequestedLimits::parse(h, d, &current(), max).is_err(), "{h:?} {d:?}");
+        }
+    }
+}
