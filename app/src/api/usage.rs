@@ -112,7 +112,7 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
 pub mod ssr {
     use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
     use services::keys::{projected_exhaustion_ms, ApiKey, WindowUse};
-    use services::usage::reports::{self, DayRange, Granularity, UsageTotals};
+    use services::usage::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
     use services::{ServiceResult, Services};
 
     use super::*;
@@ -171,31 +171,28 @@ pub mod ssr {
         }
     }
 
-    async fn periods(
-        services: &Services,
-        key: &ApiKey,
-        g: Granularity,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> ServiceResult<Vec<PeriodRow>> {
-        let rows = reports::breakdown(&services.db, key.id.0, g, DayRange::new(from, to)?).await?;
+    fn periods(hours: &HourRows, g: Granularity, from: NaiveDate, to: NaiveDate) -> ServiceResult<Vec<PeriodRow>> {
+        let rows = hours.breakdown(g, DayRange::new(from, to)?);
         Ok(rows.iter().map(|(start, t)| row(*start, t)).collect())
     }
 
     pub async fn overview(services: &Services, key: ApiKey, days: u32) -> ServiceResult<UsageOverview> {
         let live = live_data(services, &key).await?;
         let today = live.now.date_naive();
-        let daily = periods(services, &key, Granularity::Day, today - Duration::days(29), today).await?;
         let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
-        let weekly = periods(services, &key, Granularity::Week, monday - Duration::weeks(11), today).await?;
         // The first day of the month eleven months back: twelve months with this one.
         let months = today.year() * 12 + today.month0() as i32 - 11;
         let first =
             NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
-        let monthly = periods(services, &key, Granularity::Month, first, today).await?;
+        // One read of the hourly rollups serves every breakdown of the page.
+        let oldest = first.min(monday - Duration::weeks(11)).min(today - Duration::days(89));
+        let hours = HourRows::load(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
+        let daily = periods(&hours, Granularity::Day, today - Duration::days(29), today)?;
+        let weekly = periods(&hours, Granularity::Week, monday - Duration::weeks(11), today)?;
+        let monthly = periods(&hours, Granularity::Month, first, today)?;
         let range = DayRange::new(today - Duration::days(days as i64 - 1), today)?;
-        let endpoints = reports::by_endpoint(&services.db, key.id.0, range)
-            .await?
+        let endpoints = hours
+            .by_endpoint(range)
             .into_iter()
             .take(10)
             .map(|(method, endpoint, t)| EndpointRow {
@@ -207,7 +204,7 @@ pub mod ssr {
                 p95_ms: t.p95_ms(),
             })
             .collect();
-        let statuses = reports::by_status(&services.db, key.id.0, range).await?;
+        let statuses = hours.by_status(range);
         Ok(UsageOverview { key: key.into(), live, daily, weekly, monthly, range_days: days, endpoints, statuses })
     }
 }

@@ -10,7 +10,7 @@ use keymeter::config::Config;
 use keymeter::startup::{self, Application};
 use reqwest::redirect::Policy;
 use services::accounts::{self, Email, Password, Role, User};
-use services::keys::{api_keys, set_quota, ApiKeyId, KeyName, Quota, QuotaLimit};
+use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, KeyName, Quota, QuotaChange, QuotaLimit};
 use services::Services;
 
 pub const PASSWORD: &str = "a long test password";
@@ -68,6 +68,9 @@ impl TestApp {
             "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
             // Tests share one Redis: each database gets its own usage stream.
             "KEYMETER_REDIS_NAMESPACE" => Some(db_name.clone()),
+            "KEYMETER_MAIL_DIR" => {
+                Some(std::env::temp_dir().join(format!("keymeter-mail-{db_name}")).display().to_string())
+            }
             "KEYMETER_DB_POOL_SIZE" => Some("4".into()),
             "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
             _ => None,
@@ -131,7 +134,8 @@ impl TestApp {
             per_day: QuotaLimit::new(per_day).unwrap(),
             burst_per_second: None,
         };
-        set_quota(&self.services, id, &quota).await.expect("set quota");
+        let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: "test setup" };
+        set_quota(&self.services, id, &quota, &change).await.expect("set quota");
     }
 
     /// Waits (up to 15 s) until PostgreSQL holds `n` usage events of the key; returns the count.

@@ -2,17 +2,19 @@
 //! buckets is within 1% of the exact value (the bucket's geometric midpoint is at most
 //! sqrt(1.02) - 1 ≈ 0.995% away from anything in the bucket).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 const GROWTH: f64 = 1.02;
 
-/// Bucket counts by bucket index; serialised as a JSON object `{"<index>": count}`, the form
-/// PostgreSQL's `km_hist_merge` adds up.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct LatencyHistogram(BTreeMap<u32, u64>);
+/// Bucket counts by bucket index, stored densely from the lowest used bucket (merging is a
+/// vector addition); serialised as a JSON object `{"<index>": count}`, the form PostgreSQL's
+/// `km_hist_merge` adds up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Index of `counts[0]`; always a used bucket, so equal contents mean equal values.
+    offset: u32,
+    counts: Vec<u64>,
+}
 
 /// The bucket holding `latency_us` (values below 1 µs count as 1 µs).
 pub fn bucket_of(latency_us: u64) -> u32 {
@@ -26,29 +28,57 @@ pub fn bucket_value_us(bucket: u32) -> f64 {
 
 impl LatencyHistogram {
     pub const fn new() -> Self {
-        Self(BTreeMap::new())
+        Self { offset: 0, counts: Vec::new() }
     }
 
     pub fn record(&mut self, latency_us: u64) {
         self.add_bucket(bucket_of(latency_us), 1);
     }
 
+    /// Makes room for buckets `low..=high`.
+    fn cover(&mut self, low: u32, high: u32) {
+        if self.counts.is_empty() {
+            self.offset = low;
+            self.counts = vec![0; (high - low + 1) as usize];
+            return;
+        }
+        if low < self.offset {
+            let extra = (self.offset - low) as usize;
+            self.counts.splice(0..0, std::iter::repeat_n(0, extra));
+            self.offset = low;
+        }
+        let needed = (high - self.offset + 1) as usize;
+        if needed > self.counts.len() {
+            self.counts.resize(needed, 0);
+        }
+    }
+
     pub fn add_bucket(&mut self, bucket: u32, count: u64) {
-        *self.0.entry(bucket).or_insert(0) += count;
+        if count == 0 {
+            return;
+        }
+        self.cover(bucket, bucket);
+        self.counts[(bucket - self.offset) as usize] += count;
     }
 
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        for (&bucket, &count) in &other.0 {
-            self.add_bucket(bucket, count);
+        if other.counts.is_empty() {
+            return;
+        }
+        self.cover(other.offset, other.offset + other.counts.len() as u32 - 1);
+        let start = (other.offset - self.offset) as usize;
+        for (mine, theirs) in self.counts[start..].iter_mut().zip(&other.counts) {
+            *mine += theirs;
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.0.values().sum()
+        self.counts.iter().sum()
     }
 
+    /// Used buckets and their counts, lowest first.
     pub fn buckets(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.0.iter().map(|(&b, &c)| (b, c))
+        self.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (self.offset + i as u32, c))
     }
 
     /// The `q` quantile (0 < q ≤ 1) by nearest rank, in µs; none when empty.
@@ -59,13 +89,47 @@ impl LatencyHistogram {
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (&bucket, &count) in &self.0 {
+        let mut last = None;
+        for (bucket, count) in self.buckets() {
             seen += count;
+            last = Some(bucket);
             if seen >= rank {
                 return Some(bucket_value_us(bucket));
             }
         }
-        self.0.keys().next_back().map(|&b| bucket_value_us(b))
+        last.map(bucket_value_us)
+    }
+}
+
+impl Serialize for LatencyHistogram {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (bucket, count) in self.buckets() {
+            map.serialize_entry(&bucket.to_string(), &count)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LatencyHistogram {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = LatencyHistogram;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of bucket counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut h = LatencyHistogram::new();
+                while let Some((bucket, count)) = access.next_entry::<std::borrow::Cow<'de, str>, u64>()? {
+                    let bucket: u32 = bucket.parse().map_err(serde::de::Error::custom)?;
+                    h.add_bucket(bucket, count);
+                }
+                Ok(h)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 

@@ -138,7 +138,7 @@ impl UsageTotals {
     }
 }
 
-#[derive(QueryableByName)]
+#[derive(QueryableByName, Clone)]
 struct RollupRow {
     #[diesel(sql_type = Timestamptz)]
     period_start: DateTime<Utc>,
@@ -209,6 +209,64 @@ pub async fn has_usage(db: &DbPool, key: Uuid) -> ServiceResult<bool> {
     Ok(row.found)
 }
 
+/// One key's hourly rollups over a range, read (and their histograms parsed) once, from which
+/// a page derives all its breakdowns.
+pub struct HourRows {
+    // (Rows are private: callers use the derived views.)
+    range: DayRange,
+    rows: Vec<(RollupRow, LatencyHistogram)>,
+}
+
+impl HourRows {
+    pub async fn load(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Self> {
+        let mut rows = Vec::new();
+        for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
+            rows.push((row.clone(), hist.clone()));
+        })
+        .await?;
+        Ok(Self { range, rows })
+    }
+
+    fn within(&self, range: DayRange) -> impl Iterator<Item = &(RollupRow, LatencyHistogram)> {
+        let (start, end) = (range.start().max(self.range.start()), range.end().min(self.range.end()));
+        self.rows.iter().filter(move |(r, _)| r.period_start >= start && r.period_start < end)
+    }
+
+    /// Totals per period, oldest first, every period present (empty ones as zero).
+    pub fn breakdown(&self, granularity: Granularity, range: DayRange) -> Vec<(DateTime<Utc>, UsageTotals)> {
+        let mut periods: BTreeMap<DateTime<Utc>, UsageTotals> = BTreeMap::new();
+        let mut at = granularity.period_start(range.start());
+        while at < range.end() {
+            periods.insert(at, UsageTotals::default());
+            at = next_period(granularity, at);
+        }
+        for (row, hist) in self.within(range) {
+            periods.entry(granularity.period_start(row.period_start)).or_default().add_row(row, hist);
+        }
+        periods.into_iter().collect()
+    }
+
+    /// Per endpoint (method and route template), busiest first.
+    pub fn by_endpoint(&self, range: DayRange) -> Vec<(String, String, UsageTotals)> {
+        let mut map: HashMap<(String, String), UsageTotals> = HashMap::new();
+        for (row, hist) in self.within(range) {
+            map.entry((row.method.clone(), row.endpoint.clone())).or_default().add_row(row, hist);
+        }
+        let mut out: Vec<_> = map.into_iter().map(|((m, e), t)| (m, e, t)).collect();
+        out.sort_by(|a, b| (b.2.requests + b.2.throttled).cmp(&(a.2.requests + a.2.throttled)).then(a.1.cmp(&b.1)));
+        out
+    }
+
+    /// Calls per status code (quota refusals under 429), by code.
+    pub fn by_status(&self, range: DayRange) -> Vec<(u16, i64)> {
+        let mut map: BTreeMap<u16, i64> = BTreeMap::new();
+        for (row, _) in self.within(range) {
+            *map.entry(row.status as u16).or_default() += row.requests + row.throttled;
+        }
+        map.into_iter().collect()
+    }
+}
+
 /// Totals per period over a range, oldest first, every period present (empty ones as zero).
 pub async fn breakdown(
     db: &DbPool,
@@ -216,17 +274,7 @@ pub async fn breakdown(
     granularity: Granularity,
     range: DayRange,
 ) -> ServiceResult<Vec<(DateTime<Utc>, UsageTotals)>> {
-    let mut periods: BTreeMap<DateTime<Utc>, UsageTotals> = BTreeMap::new();
-    let mut at = granularity.period_start(range.start());
-    while at < range.end() {
-        periods.insert(at, UsageTotals::default());
-        at = next_period(granularity, at);
-    }
-    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
-        periods.entry(granularity.period_start(row.period_start)).or_default().add_row(row, hist);
-    })
-    .await?;
-    Ok(periods.into_iter().collect())
+    Ok(HourRows::load(db, key, range).await?.breakdown(granularity, range))
 }
 
 fn next_period(g: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
@@ -242,28 +290,6 @@ fn next_period(g: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
             )
         }
     }
-}
-
-/// Per endpoint (method and route template) over a range, busiest first.
-pub async fn by_endpoint(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Vec<(String, String, UsageTotals)>> {
-    let mut map: HashMap<(String, String), UsageTotals> = HashMap::new();
-    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
-        map.entry((row.method.clone(), row.endpoint.clone())).or_default().add_row(row, hist);
-    })
-    .await?;
-    let mut out: Vec<_> = map.into_iter().map(|((m, e), t)| (m, e, t)).collect();
-    out.sort_by(|a, b| (b.2.requests + b.2.throttled).cmp(&(a.2.requests + a.2.throttled)).then(a.1.cmp(&b.1)));
-    Ok(out)
-}
-
-/// Calls per status code over a range (quota refusals under 429 with `throttled`), by code.
-pub async fn by_status(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Vec<(u16, i64)>> {
-    let mut map: BTreeMap<u16, i64> = BTreeMap::new();
-    for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, _| {
-        *map.entry(row.status as u16).or_default() += row.requests + row.throttled;
-    })
-    .await?;
-    Ok(map.into_iter().collect())
 }
 
 /// One row of a CSV export.

@@ -1,0 +1,273 @@
+//! Quota-increase requests end to end through the server functions: ask, approve (the next call
+//! is admitted), deny with a note, cancel, concurrent decisions, refusals and bad input.
+
+mod common;
+
+use common::{client, TestApp};
+use diesel_async::RunQueryDsl;
+use reqwest::StatusCode;
+use serde_json::Value;
+use services::accounts::Role;
+
+struct Setup {
+    app: TestApp,
+    merchant: reqwest::Client,
+    admin: reqwest::Client,
+    key_id: String,
+    secret: String,
+}
+
+/// A merchant with one key (hourly limit 2) and an admin, both signed in.
+async fn setup() -> Setup {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let merchant = app.signed_in("ann@example.com").await;
+    let admin = app.signed_in("root@example.com").await;
+    let created: Value = app.rpc(&merchant, "keys/create", &[("name", "Checkout")]).await.json().await.unwrap();
+    let key_id = created["key"]["id"].as_str().unwrap().to_owned();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = services::keys::ApiKeyId::parse(&key_id).unwrap();
+    app.set_quota(id, 2, 10_000).await;
+    Setup { app, merchant, admin, key_id, secret }
+}
+
+async fn ask(s: &Setup, per_hour: &str, per_day: &str, reason: &str) -> reqwest::Response {
+    s.app
+        .rpc(
+            &s.merchant,
+            "quota-requests/create",
+            &[("key_id", &s.key_id), ("per_hour", per_hour), ("per_day", per_day), ("reason", reason)],
+        )
+        .await
+}
+
+async fn ping(s: &Setup) -> StatusCode {
+    client().get(s.app.url("/api/v1/ping")).bearer_auth(&s.secret).send().await.unwrap().status()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(sql).get_result::<N>(&mut conn).await.unwrap().n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
+    let s = setup().await;
+    assert_eq!(ping(&s).await, StatusCode::OK);
+    assert_eq!(ping(&s).await, StatusCode::OK);
+    assert_eq!(ping(&s).await, StatusCode::TOO_MANY_REQUESTS);
+
+    let res = ask(&s, "100", "", "Black Friday traffic").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let request: Value = res.json().await.unwrap();
+    assert_eq!(request["status"], "pending");
+    assert_eq!(request["requested_per_hour"], 100);
+    assert_eq!(request["requested_per_day"], 10_000);
+    // One open request per key.
+    assert_eq!(ask(&s, "200", "", "more").await.status(), StatusCode::CONFLICT);
+
+    // The admin sees the key's recent use next to the request.
+    s.app.wait_for_events(services::keys::ApiKeyId::parse(&s.key_id).unwrap(), 3).await;
+    let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    assert_eq!(listed[0]["status"], "pending");
+    assert_eq!(listed[0]["owner_email"], "ann@example.com");
+    assert_eq!(listed[0]["requests_last_24h"], 2);
+
+    let id = request["id"].to_string();
+    let approved = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota-requests/approve",
+            &[("id", &id), ("per_hour", "50"), ("per_day", "10000"), ("note", "halved")],
+        )
+        .await;
+    assert_eq!(approved.status(), StatusCode::OK);
+    let approved: Value = approved.json().await.unwrap();
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["approved_per_hour"], 50);
+    assert_eq!(ping(&s).await, StatusCode::OK, "the call refused before is admitted now");
+
+    // The merchant sees the decision, in the bell and by email; the audit trail has it.
+    let mine: Vec<Value> =
+        s.app.rpc(&s.merchant, "quota-requests/for-key", &[("key_id", &s.key_id)]).await.json().await.unwrap();
+    assert_eq!(mine[0]["decision_note"], "halved");
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert!(bell.iter().any(|n| n["title"].as_str().unwrap().contains("Quota raised")), "{bell:?}");
+    assert_eq!(
+        count(&s.app, "SELECT count(*) AS n FROM outbound_emails WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota raised%'").await,
+        1
+    );
+    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    let entry = audit.iter().find(|e| e["source"] == "request").unwrap();
+    assert_eq!((entry["old_per_hour"].as_i64(), entry["new_per_hour"].as_i64()), (Some(2), Some(50)));
+    assert_eq!(entry["changed_by"], "root@example.com");
+    assert_eq!(entry["reason"], "halved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
+    let s = setup().await;
+    let request: Value = ask(&s, "", "20000", "growth").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    let no_note = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", " ")]).await;
+    assert_eq!(no_note.status(), StatusCode::BAD_REQUEST);
+    let denied: Value = s
+        .app
+        .rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "Upgrade your plan first")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(denied["status"], "denied");
+    assert_eq!(denied["decision_note"], "Upgrade your plan first");
+    let keys: Vec<Value> = s.app.rpc(&s.merchant, "keys/list", &[]).await.json().await.unwrap();
+    assert_eq!(keys[0]["requests_per_day"], 10_000);
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert!(bell[0]["body"].as_str().unwrap().contains("Upgrade your plan first"));
+    // Decided is final.
+    let again = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota-requests/approve",
+            &[("id", &id), ("per_hour", "5"), ("per_day", "20000"), ("note", "")],
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_request_can_be_cancelled_once() {
+    let s = setup().await;
+    let request: Value = ask(&s, "10", "", "test").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    let cancelled: Value = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", &id)]).await.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", &id)]).await.status(), StatusCode::CONFLICT);
+    let approve = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota-requests/approve",
+            &[("id", &id), ("per_hour", "10"), ("per_day", "10000"), ("note", "")],
+        )
+        .await;
+    assert_eq!(approve.status(), StatusCode::CONFLICT);
+    // A new request can be made after cancelling.
+    assert_eq!(ask(&s, "10", "", "again").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_concurrent_approvals_exactly_one_wins() {
+    let s = setup().await;
+    let second_admin = {
+        s.app.user("root2@example.com", Role::Admin).await;
+        s.app.signed_in("root2@example.com").await
+    };
+    let request: Value = ask(&s, "40", "", "race").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    let approve = |c: reqwest::Client, per_hour: &'static str| {
+        let (url, id) = (s.app.url("/rpc/admin/quota-requests/approve"), id.clone());
+        async move {
+            c.post(url)
+                .form(&[("id", id.as_str()), ("per_hour", per_hour), ("per_day", "10000"), ("note", "")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (a, b) = tokio::join!(approve(s.admin.clone(), "40"), approve(second_admin.clone(), "30"));
+    let mut statuses = [a, b];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_cannot_decide_or_touch_other_owners_keys() {
+    let s = setup().await;
+    let request: Value = ask(&s, "10", "", "x").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    for (path, args) in [
+        ("admin/quota-requests", vec![]),
+        (
+            "admin/quota-requests/approve",
+            vec![("id", id.as_str()), ("per_hour", "10"), ("per_day", "10"), ("note", "")],
+        ),
+        ("admin/quota-requests/deny", vec![("id", id.as_str()), ("note", "no")]),
+        ("admin/quota/set", vec![("key_id", s.key_id.as_str()), ("per_hour", "9"), ("per_day", "9"), ("reason", "x")]),
+        ("admin/quota-changes", vec![]),
+    ] {
+        assert_eq!(s.app.rpc(&s.merchant, path, &args).await.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    s.app.user("mallory@example.com", Role::Merchant).await;
+    let mallory = s.app.signed_in("mallory@example.com").await;
+    let theirs = s
+        .app
+        .rpc(
+            &mallory,
+            "quota-requests/create",
+            &[("key_id", &s.key_id), ("per_hour", "99"), ("per_day", ""), ("reason", "mine now")],
+        )
+        .await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    assert_eq!(s.app.rpc(&mallory, "quota-requests/cancel", &[("id", &id)]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.app.rpc(&mallory, "quota-requests/for-key", &[("key_id", &s.key_id)]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_numbers_get_a_4xx_and_change_nothing() {
+    let s = setup().await;
+    for (per_hour, per_day, reason) in [
+        ("", "", "nothing asked"),
+        ("1", "", "lower than now"),
+        ("2", "", "equal to now"),
+        ("-100", "", "negative"),
+        ("1.5", "", "fraction"),
+        ("lots", "", "words"),
+        ("99999999999999999999", "", "overflow"),
+        ("5000000", "", "above the platform maximum"),
+        ("100", "", ""),
+    ] {
+        let res = ask(&s, per_hour, per_day, reason).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{per_hour:?} {per_day:?} {reason:?}");
+        let body: Value = res.json().await.unwrap();
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+    let bad_id = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", "abc")]).await;
+    assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
+    let set = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota/set",
+            &[("key_id", &s.key_id), ("per_hour", "0"), ("per_day", "10"), ("reason", "x")],
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::BAD_REQUEST);
+    let ok = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota/set",
+            &[("key_id", &s.key_id), ("per_hour", "7"), ("per_day", "70"), ("reason", "support ticket 42")],
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    assert_eq!(audit[0]["source"], "admin");
+    assert_eq!(audit[0]["reason"], "support ticket 42");
+}
