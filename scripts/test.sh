@@ -36,7 +36,7 @@ RUST_BACKTRACE=0 cargo test -q
 log "browser tests"
 "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -c "CREATE DATABASE keymeter_e2e TEMPLATE keymeter_template"
 app_port=$(free_port)
-export DATABASE_URL="$pg/keymeter_e2e" REDIS_URL="$KEYMETER_TEST_REDIS" KEYMETER_LISTEN="127.0.0.1:$app_port"
+export DATABASE_URL="$pg/keymeter_e2e" REDIS_URL="$KEYMETER_TEST_REDIS" KEYMETER_LISTEN="127.0.0.1:$app_port" KEYMETER_MAIL_DIR="$tmp/mail"
 "$SERVER_BIN" demo seed >/dev/null
 "$SERVER_BIN" serve >"$tmp/server.log" 2>&1 &
 server_pid=$!

@@ -149,6 +149,7 @@ pub async fn create(
     }
     let limits = RequestedLimits::parse(per_hour, per_day, &key.quota, services.settings.quota_maximum)?;
     let reason = check_reason(reason)?;
+    let public_url = services.settings.public_url.as_str();
     let mut conn = db::conn(&services.db).await?;
     let id = conn
         .transaction::<_, ServiceError, _>(|conn| {
@@ -172,13 +173,21 @@ pub async fn create(
                         ),
                         other => other,
                     })?;
-                // Every admin sees it in the bell.
-                let admins: Vec<i64> =
-                    users::table.filter(users::role.eq(Role::Admin.as_str())).select(users::id).load(conn).await?;
+                // Every admin hears of it, in the bell and by email.
+                let admins: Vec<(i64, String)> = users::table
+                    .filter(users::role.eq(Role::Admin.as_str()))
+                    .select((users::id, users::email))
+                    .load(conn)
+                    .await?;
                 let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
                 let body =
                     format!("{} asks for {}/hour and {}/day: {}", user.email, limits.per_hour, limits.per_day, reason);
-                for admin in admins {
+                let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));
+                let text = format!("{body}\n\nDecide: {url}\n");
+                let html = format!("<p>{}</p><p><a href=\"{}\">Decide</a></p>", html_escape(&body), html_escape(&url));
+                for (admin, email) in admins {
+                    mailer::enqueue(conn, &Email { to: &email, subject: &title, text: &text, html: &html }, None)
+                        .await?;
                     notifications::notify(
                         conn,
                         &NewNotification {

@@ -55,6 +55,15 @@ impl TestApp {
         Self::spawn_on(database_url, db_name).await
     }
 
+    /// An instance whose own mail sender is off, so a test can drive a `Mailer` itself.
+    pub async fn spawn_without_mailer() -> Self {
+        let (database_url, db_name) = create_database().await;
+        // Services only, no server: nothing else sends this database's mail.
+        let config = Self::config(&database_url, &db_name);
+        let services = startup::connect(&config).await.expect("connect services");
+        Self { base: String::new(), services, config, db_name }
+    }
+
     /// Another instance of the server on the same database and Redis, as in a scaled-out
     /// deployment.
     pub async fn spawn_sibling(&self) -> Self {
@@ -62,7 +71,17 @@ impl TestApp {
     }
 
     async fn spawn_on(database_url: String, db_name: String) -> Self {
-        let config = Config::from_lookup(|name| match name {
+        let config = Self::config(&database_url, &db_name);
+        let services = startup::connect(&config).await.expect("connect services");
+        let app = Application::with_services(&config, services.clone()).await.expect("bind");
+        let base = format!("http://{}", app.local_addr());
+        tokio::spawn(app.run_until_stopped());
+        Self { base, services, config, db_name }
+    }
+
+    fn config(database_url: &str, db_name: &str) -> Config {
+        let (database_url, db_name) = (database_url.to_owned(), db_name.to_owned());
+        Config::from_lookup(|name| match name {
             "DATABASE_URL" => Some(database_url.clone()),
             "REDIS_URL" => Some(env("KEYMETER_TEST_REDIS")),
             "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
@@ -75,12 +94,7 @@ impl TestApp {
             "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
             _ => None,
         })
-        .expect("test config");
-        let services = startup::connect(&config).await.expect("connect services");
-        let app = Application::with_services(&config, services.clone()).await.expect("bind");
-        let base = format!("http://{}", app.local_addr());
-        tokio::spawn(app.run_until_stopped());
-        Self { base, services, config, db_name }
+        .expect("test config")
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,51 @@
+import { test, expect } from '@playwright/test';
+import { ADMIN, MERCHANT, cli, hydrated, signIn } from './helpers';
+
+test('a merchant at the hourly limit asks for more; an admin approves; the next call is admitted', async ({ page, browser, request }) => {
+  await signIn(page, MERCHANT);
+  const name = `Busy ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  const keyId = (await row.getAttribute('data-key-id'))!;
+  cli(['quota', 'set', '--key', keyId, '--per-hour', '1', '--per-day', '100', '--reason', 'browser test']);
+
+  const call = () => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect((await call()).status()).toBe(200);
+  expect((await call()).status()).toBe(429);
+
+  // The merchant asks for more from the key's page.
+  await row.getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+  await page.getByTestId('ask-per-hour').fill('1');
+  await page.getByTestId('ask-reason').fill('Launch day');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('ask-error')).toContainText('above the current 1');
+  await page.getByTestId('ask-per-hour').fill('25');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+
+  // An admin approves it.
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  await adminPage.getByRole('link', { name: 'Quota requests' }).click();
+  const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
+  await expect(card).toHaveAttribute('data-status', 'pending');
+  await expect(card).toContainText('Launch day');
+  await card.getByTestId('approve').click();
+  await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
+
+  // The call that was refused is admitted now, and the merchant is told.
+  expect((await call()).status()).toBe(200);
+  await page.reload();
+  await hydrated(page);
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'approved');
+  await expect(page.getByTestId('unread')).toBeVisible();
+  await page.getByTestId('bell').click();
+  await expect(page.getByTestId('notifications')).toContainText(`Quota raised for “${name}”`);
+
+  // The audit trail records it.
+  await adminPage.goto('/admin/quota-changes');
+  await expect(adminPage.getByTestId('audit-trail')).toContainText('Launch day');
+});
