@@ -59,7 +59,7 @@ psql_bench() { "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d keyme
 seed_start=$(date +%s)
 psql_bench -v key="$history_id" <<'SQL'
 SELECT km_ensure_usage_partition(d::date)
-FROM generate_series(current_date - 30, current_date - 1, interval '1 day') AS d;
+FROM generate_series(current_date - 30, current_date - 1, interval '1 day') AS d \g /dev/null
 INSERT INTO api_key_usage (request_id, api_key_id, occurred_at, method, endpoint, status, latency_us,
                            bytes_in, bytes_out, throttled, enforced)
 SELECT gen_random_uuid(), :'key', day + (i * 0.864) * interval '1 second',
