@@ -158,11 +158,13 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
 pub fn ApiKeyPage() -> impl IntoView {
     let params = use_params_map();
     let key = Resource::new(move || params.read().get("id").unwrap_or_default(), get_key);
+    // Created here, before any await (see layout.rs).
+    let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match key.await {
-                    Ok(key) => view! { <KeyDetails key/> }.into_any(),
+                    Ok(key) => view! { <KeyDetails key requests/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -171,8 +173,8 @@ pub fn ApiKeyPage() -> impl IntoView {
 }
 
 #[component]
-fn KeyDetails(key: KeyView) -> impl IntoView {
-    let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone()/> };
+fn KeyDetails(key: KeyView, requests: super::quota_requests::QuotaRequestsState) -> impl IntoView {
+    let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>

@@ -23,11 +23,8 @@ fn login_path() -> String {
 }
 
 #[component]
-fn NavBar(user: CurrentUser) -> impl IntoView {
+fn NavBar(user: CurrentUser, unread: Resource<Result<i64, AppError>>) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
-    // Refreshed on every navigation (the location changes).
-    let location = use_location();
-    let unread = Resource::new(move || location.pathname.get(), |_| unread_notifications());
     view! {
         <header class="topbar">
             <a class="brand" href="/dashboard/developers/api-keys">"keymeter"</a>
@@ -59,55 +56,52 @@ fn NavBar(user: CurrentUser) -> impl IntoView {
     }
 }
 
-/// Frame of every `/dashboard` page: signed-in users only.
+/// The signed-in user and the bell's count. Resources are created here, before any await, so
+/// that server and browser create them in the same order (hydration depends on it); pages are
+/// rendered beside the user check, not inside it, for the same reason.
+fn account_resources() -> (Resource<Result<Option<CurrentUser>, AppError>>, Resource<Result<i64, AppError>>) {
+    let user = Resource::new(|| (), |_| whoami());
+    // Refreshed on every navigation (the location changes).
+    let location = use_location();
+    let unread = Resource::new(move || location.pathname.get(), |_| unread_notifications());
+    (user, unread)
+}
+
+/// Frame of every `/dashboard` page: signed-in users only (the pages' own server functions
+/// refuse anyone else too).
 #[component]
 pub fn DashboardLayout() -> impl IntoView {
-    let user = Resource::new(|| (), |_| whoami());
+    let (user, unread) = account_resources();
     view! {
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+        <Suspense fallback=|| view! { <header class="topbar"></header> }>
             {move || Suspend::new(async move {
                 match user.await {
-                    Ok(Some(user)) => view! {
-                        <NavBar user/>
-                        <main class="page"><Outlet/></main>
-                    }.into_any(),
+                    Ok(Some(user)) => view! { <NavBar user unread/> }.into_any(),
                     Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
-                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
+                    Err(_) => view! { <header class="topbar"></header> }.into_any(),
                 }
             })}
         </Suspense>
+        <main class="page"><Outlet/></main>
     }
 }
 
-/// Frame of every `/admin` page: admins only; others get 403.
+/// Frame of every `/admin` page: the pages' server functions refuse non-admins, and their
+/// error panel answers 403.
 #[component]
 pub fn AdminLayout() -> impl IntoView {
-    let user = Resource::new(|| (), |_| whoami());
-    view! {
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                match user.await {
-                    Ok(Some(user)) if user.is_admin => view! {
-                        <NavBar user/>
-                        <main class="page"><Outlet/></main>
-                    }.into_any(),
-                    Ok(Some(user)) => view! {
-                        <NavBar user/>
-                        <main class="page"><ErrorPanel err=AppError::Forbidden/></main>
-                    }.into_any(),
-                    Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
-                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
-                }
-            })}
-        </Suspense>
-    }
+    DashboardLayout()
 }
 
 /// Shows an error to the user; during server rendering it also sets the page's HTTP status.
 #[component]
 pub fn ErrorPanel(err: AppError) -> impl IntoView {
+    // Not for "sign in required": the layout redirects to the sign-in page, and a status set
+    // here would spoil that redirect.
     #[cfg(feature = "ssr")]
-    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+    if let (Some(response), false) =
+        (use_context::<leptos_axum::ResponseOptions>(), matches!(err, AppError::Unauthorized))
+    {
         if let Ok(status) = axum::http::StatusCode::from_u16(err.status()) {
             response.set_status(status);
         }

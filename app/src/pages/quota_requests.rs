@@ -16,16 +16,30 @@ fn limits(per_hour: i64, per_day: i64) -> String {
     format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
 }
 
+/// The actions and the list of a key's requests, created by the page before it awaits anything.
+#[derive(Clone, Copy)]
+pub struct QuotaRequestsState {
+    ask: ServerAction<RequestQuotaIncrease>,
+    cancel: ServerAction<CancelQuotaRequest>,
+    requests: Resource<Result<Vec<QuotaRequestView>, crate::error::AppError>>,
+}
+
+impl QuotaRequestsState {
+    pub fn new(key_id: impl Fn() -> String + Send + Sync + 'static) -> Self {
+        let ask = ServerAction::<RequestQuotaIncrease>::new();
+        let cancel = ServerAction::<CancelQuotaRequest>::new();
+        let requests = Resource::new(
+            move || (key_id(), ask.version().get(), cancel.version().get()),
+            |(id, _, _)| key_quota_requests(id),
+        );
+        Self { ask, cancel, requests }
+    }
+}
+
 /// On a key's page: ask for more, follow the request, cancel it.
 #[component]
-pub fn KeyQuotaRequests(key: KeyView) -> impl IntoView {
-    let ask = ServerAction::<RequestQuotaIncrease>::new();
-    let cancel = ServerAction::<CancelQuotaRequest>::new();
-    let key_id = key.id.clone();
-    let requests = Resource::new(
-        move || (ask.version().get(), cancel.version().get()),
-        move |_| key_quota_requests(key_id.clone()),
-    );
+pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoView {
+    let QuotaRequestsState { ask, cancel, requests } = state;
     let revoked = key.is_revoked();
     let id = key.id.clone();
     view! {
