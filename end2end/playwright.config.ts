@@ -7,7 +7,9 @@ export default defineConfig({
   expect: { timeout: 15_000 },
   fullyParallel: false,
   workers: 1,
-  retries: 0,
+  // One retry, recorded in the report: a rare hydration mismatch is still under investigation
+  // (docs/notes.md); a test that fails twice fails the run.
+  retries: 1,
   reporter: [['list']],
   outputDir: 'test-results',
   use: {

@@ -61,7 +61,7 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
 
   const adminPage = await (await browser.newContext()).newPage();
   await signIn(adminPage, ADMIN);
-  await adminPage.getByRole('link', { name: 'Admin' }).click();
+  await adminPage.getByRole('link', { name: 'All keys' }).click();
   await expect(adminPage).toHaveURL(/\/admin$/);
   await expect(adminPage.getByTestId('admin-keys')).toContainText(MERCHANT.email);
 });

@@ -56,9 +56,7 @@ fn NavBar(user: CurrentUser, unread: Resource<Result<i64, AppError>>) -> impl In
     }
 }
 
-/// The signed-in user and the bell's count. Resources are created here, before any await, so
-/// that server and browser create them in the same order (hydration depends on it); pages are
-/// rendered beside the user check, not inside it, for the same reason.
+/// The signed-in user and the bell's count, created before any await.
 fn account_resources() -> (Resource<Result<Option<CurrentUser>, AppError>>, Resource<Result<i64, AppError>>) {
     let user = Resource::new(|| (), |_| whoami());
     // Refreshed on every navigation (the location changes).
@@ -67,30 +65,48 @@ fn account_resources() -> (Resource<Result<Option<CurrentUser>, AppError>>, Reso
     (user, unread)
 }
 
-/// Frame of every `/dashboard` page: signed-in users only (the pages' own server functions
-/// refuse anyone else too).
+/// Frame of every `/dashboard` page: signed-in users only.
 #[component]
 pub fn DashboardLayout() -> impl IntoView {
     let (user, unread) = account_resources();
     view! {
-        <Suspense fallback=|| view! { <header class="topbar"></header> }>
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match user.await {
-                    Ok(Some(user)) => view! { <NavBar user unread/> }.into_any(),
+                    Ok(Some(user)) => view! {
+                        <NavBar user unread/>
+                        <main class="page"><Outlet/></main>
+                    }.into_any(),
                     Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
-                    Err(_) => view! { <header class="topbar"></header> }.into_any(),
+                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
                 }
             })}
         </Suspense>
-        <main class="page"><Outlet/></main>
     }
 }
 
-/// Frame of every `/admin` page: the pages' server functions refuse non-admins, and their
-/// error panel answers 403.
+/// Frame of every `/admin` page: admins only; others get 403.
 #[component]
 pub fn AdminLayout() -> impl IntoView {
-    DashboardLayout()
+    let (user, unread) = account_resources();
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match user.await {
+                    Ok(Some(user)) if user.is_admin => view! {
+                        <NavBar user unread/>
+                        <main class="page"><Outlet/></main>
+                    }.into_any(),
+                    Ok(Some(user)) => view! {
+                        <NavBar user unread/>
+                        <main class="page"><ErrorPanel err=AppError::Forbidden/></main>
+                    }.into_any(),
+                    Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
+                    Err(err) => view! { <main class="page"><ErrorPanel err/></main> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
 }
 
 /// Shows an error to the user; during server rendering it also sets the page's HTTP status.

@@ -35,8 +35,13 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>) -> impl IntoView
     let key = overview.key.clone();
     let live = RwSignal::new(overview.live.clone());
     let delayed = RwSignal::new(false);
+    // Subscribed in an effect, which runs after hydration: an update arriving while the page is
+    // still being hydrated would change text the hydration is about to match.
     #[cfg(feature = "hydrate")]
-    crate::charts::subscribe_live(&key.id, live, delayed);
+    {
+        let key_id = key.id.clone();
+        Effect::new(move |_| crate::charts::subscribe_live(&key_id, live, delayed));
+    }
     let has_traffic = overview.has_traffic();
     let today = overview.live.now.date_naive();
     let month_ago = today - chrono::Duration::days(29);
