@@ -38,5 +38,9 @@ mkdir -p "$data"
 "$SERVER_BIN" demo seed --secret-file "$data/demo-key.secret"
 # Light traffic on the demo key keeps the charts moving; KEYMETER_DEMO_TRAFFIC=false stops it.
 export KEYMETER_DEMO_TRAFFIC_KEY_FILE="${KEYMETER_DEMO_TRAFFIC_KEY_FILE:-$data/demo-key.secret}"
+if [ -z "${SMTP_URL:-}" ]; then
+  export KEYMETER_MAIL_DIR="${KEYMETER_MAIL_DIR:-$data/mail}"
+  log "no SMTP_URL: emails are written to $KEYMETER_MAIL_DIR"
+fi
 log "keymeter at http://${KEYMETER_LISTEN:-127.0.0.1:3000}  (Ctrl-C stops it)"
 "$SERVER_BIN" serve
