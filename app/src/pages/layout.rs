@@ -23,7 +23,7 @@ fn login_path() -> String {
 }
 
 #[component]
-fn NavBar(user: CurrentUser, unread: Resource<Result<i64, AppError>>) -> impl IntoView {
+fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
     view! {
         <header class="topbar">
@@ -57,7 +57,10 @@ fn NavBar(user: CurrentUser, unread: Resource<Result<i64, AppError>>) -> impl In
 }
 
 /// The signed-in user and the bell's count, created before any await.
-fn account_resources() -> (Resource<Result<Option<CurrentUser>, AppError>>, Resource<Result<i64, AppError>>) {
+type UserResource = Resource<Result<Option<CurrentUser>, AppError>>;
+type UnreadResource = Resource<Result<i64, AppError>>;
+
+fn account_resources() -> (UserResource, UnreadResource) {
     let user = Resource::new(|| (), |_| whoami());
     // Refreshed on every navigation (the location changes).
     let location = use_location();
