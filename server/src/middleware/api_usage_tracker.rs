@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 use services::keys::{AuthenticatedKey, QuotaDecision, Window};
 use services::usage::UsageEvent;
@@ -29,14 +28,16 @@ use uuid::Uuid;
 use super::api_key_auth::authenticate;
 use super::counting_body::CountingBody;
 
+/// Holds the services behind one `Arc`: cloning `Services` itself per request would copy its
+/// strings on the hot path.
 #[derive(Clone)]
 pub struct UsageTrackerLayer {
-    services: Services,
+    services: Arc<Services>,
 }
 
 impl UsageTrackerLayer {
     pub fn new(services: Services) -> Self {
-        Self { services }
+        Self { services: Arc::new(services) }
     }
 }
 
@@ -51,7 +52,7 @@ impl<S> Layer<S> for UsageTrackerLayer {
 #[derive(Clone)]
 pub struct UsageTracker<S> {
     inner: S,
-    services: Services,
+    services: Arc<Services>,
 }
 
 impl<S> Service<Request> for UsageTracker<S>
@@ -75,7 +76,7 @@ where
     }
 }
 
-async fn track<S>(services: Services, mut inner: S, request: Request) -> Result<Response, Infallible>
+async fn track<S>(services: Arc<Services>, mut inner: S, request: Request) -> Result<Response, Infallible>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -116,18 +117,16 @@ where
     event.enforced = decision.is_some();
 
     if let Some(decision) = decision.as_ref().filter(|d| !d.admitted) {
-        let mut response = quota_exceeded(decision);
+        let (mut response, body_len) = quota_exceeded(decision);
         add_rate_limit_headers(response.headers_mut(), decision);
         add_request_id(response.headers_mut(), request_id);
         event.status = response.status().as_u16();
         event.throttled = true;
         event.bytes_in = content_length(request.headers());
         event.latency_us = micros(started.elapsed());
-        let (parts, body) = response.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-        event.bytes_out = body.len() as u64;
+        event.bytes_out = body_len;
         services.usage.record(event);
-        return Ok(Response::from_parts(parts, Body::from(body)));
+        return Ok(response);
     }
 
     let before_handler = started.elapsed();
@@ -247,8 +246,9 @@ pub fn add_rate_limit_headers(headers: &mut HeaderMap, d: &QuotaDecision) {
     );
 }
 
-/// The 429: which window refused, its limit and use, when it resets, and `Retry-After`.
-fn quota_exceeded(d: &QuotaDecision) -> Response {
+/// The 429: which window refused, its limit and use, when it resets, and `Retry-After`; with
+/// the body's length, for the usage event.
+fn quota_exceeded(d: &QuotaDecision) -> (Response, u64) {
     let retry_after = d.retry_after_secs.unwrap_or(1);
     let (window, limit, used, reset_at) = match d.blocked_by {
         Some(Window::Day) => ("day", d.day.limit, d.day.used, d.day.reset_at()),
@@ -269,9 +269,12 @@ fn quota_exceeded(d: &QuotaDecision) -> Response {
             "retry_after": retry_after,
         }
     });
-    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    let body = body.to_string();
+    let len = body.len() as u64;
+    let mut response =
+        (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, header_value(retry_after.to_string()));
-    response
+    (response, len)
 }
 
 /// The key the request was authenticated with, for handlers.
