@@ -63,6 +63,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=admin::AdminKeysPage/>
                     <Route path=path!("quota-requests") view=quota_requests::AdminQuotaRequestsPage/>
                     <Route path=path!("quota-changes") view=quota_requests::AdminQuotaChangesPage/>
+                    <Route path=path!("mail") view=admin::AdminMailPage/>
                 </ParentRoute>
             </Routes>
         </Router>

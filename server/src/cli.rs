@@ -1,4 +1,5 @@
-//! Operator commands: `keymeter [serve]`, `migrate`, `user add`, `key create|revoke`, `demo seed`.
+//! Operator commands: `keymeter [serve]`, `migrate`, `user add`, `key create|revoke|list`, `quota set`,
+//! `demo seed`, `report monthly`.
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -9,6 +10,9 @@ use services::accounts::{self, Email, Password, Role};
 use services::keys::{
     api_keys, set_quota, ApiKeyId, ApiKeySecret, ChangeSource, KeyCheck, KeyName, Quota, QuotaChange, QuotaLimit,
 };
+use services::mailer::Mailer;
+use services::monthly_report;
+use services::usage::reports::Month;
 use services::usage::writer::UsageWriter;
 use services::usage::{demo, reports};
 
@@ -40,6 +44,23 @@ enum Command {
     /// Demo data for local use.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Usage reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Send the monthly usage summary to every key owner who has not had it (the server does
+    /// this by itself shortly after each month begins).
+    Monthly {
+        /// The month, YYYY-MM (the previous month if omitted).
+        #[arg(long)]
+        month: Option<String>,
+        /// Send again to owners who already had it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +208,32 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(&config, secret_file.as_deref()).await,
+        Command::Report(ReportCommand::Monthly { month, force }) => {
+            let month = match month {
+                Some(raw) => Month::parse(&raw).context("--month")?,
+                None => Month::containing(chrono::Utc::now()).previous(),
+            };
+            let services = startup::connect(&config).await?;
+            let outcome = monthly_report::send_monthly_reports(&services, month, force).await?;
+            println!(
+                "monthly summary for {month}: queued for {} owner(s), {} already had it{}",
+                outcome.sent,
+                outcome.already_sent,
+                if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" }
+            );
+            // Deliver now rather than waiting for a server's mail sender.
+            let mailer = Mailer::new(config.smtp_url.as_deref(), config.mail_dir.clone(), &config.mail_from)?;
+            let mut tried = 0;
+            while tried < 10_000 {
+                match mailer.deliver_due(&services.db).await? {
+                    0 => break,
+                    n => tried += n,
+                }
+            }
+            println!("mail: {} message(s) handed to {}", tried, mailer.describe());
+            services.usage.shutdown().await;
+            Ok(())
+        }
     }
 }
 
@@ -264,12 +311,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
     if !reports::has_usage(&services.db, key_id.0).await? {
         let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
         let events = demo::history(key_id.0, today.timestamp_millis(), 30, 3_000, 2026);
-        let mut writer = UsageWriter::new(
-            services.db.clone(),
-            services.redis.clone(),
-            &services.namespace,
-            config.usage_retention_days,
-        );
+        let mut writer = UsageWriter::new(&services, config.usage_retention_days);
         for chunk in events.chunks(10_000) {
             writer.write(chunk).await?;
         }

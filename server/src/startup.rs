@@ -52,8 +52,14 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
     let mut services = Services::new(db, redis, &config.redis_namespace);
-    services.settings =
-        services::Settings { public_url: config.public_url.clone(), quota_maximum: config.quota_maximum };
+    services.settings = services::Settings {
+        public_url: config.public_url.clone(),
+        quota_maximum: config.quota_maximum,
+        mail_delivery: match &config.smtp_url {
+            Some(url) => format!("SMTP at {}", redact_url(url)),
+            None => format!("the mail folder {}", config.mail_dir.display()),
+        },
+    };
     Ok(services)
 }
 
@@ -152,12 +158,12 @@ impl Application {
     ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let services = &self.services;
-        let writer =
-            UsageWriter::new(services.db.clone(), services.redis.clone(), &services.namespace, self.retention_days);
+        let writer = UsageWriter::new(services, self.retention_days);
         let mailer = self.mailer.map(|mailer| {
             tracing::info!(transport = %mailer.describe(), "mail");
             tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))
         });
+        let reports = tokio::spawn(services::monthly_report::run_scheduler(services.clone(), stopped.clone()));
         let writer = tokio::spawn(writer.run(stopped));
         let demo = self.demo_secret.clone().map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret));
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
@@ -170,6 +176,7 @@ impl Application {
         if let Some(mailer) = mailer {
             let _ = mailer.await;
         }
+        let _ = reports.await;
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
         }

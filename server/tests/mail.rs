@@ -50,7 +50,7 @@ async fn smtp_sink(listener: TcpListener, received: Arc<Mutex<Vec<String>>>) {
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let email = Email { to, subject, text: "plain body", html: "<p>html body</p>" };
+    let email = Email { to, subject, text: "plain body", html: "<p>html body</p>", attachments: &[] };
     conn.transaction::<_, services::ServiceError, _>(|c| Box::pin(async move { enqueue(c, &email, None).await }))
         .await
         .unwrap();

@@ -47,6 +47,7 @@ fn event(key: Uuid, at_ms: i64) -> UsageEvent {
         bytes_out: 42,
         throttled: false,
         enforced: true,
+        alerts: Vec::new(),
     }
 }
 
@@ -56,7 +57,7 @@ async fn a_replayed_batch_adds_nothing_twice() {
     let (_, id) = app.key_with_quota(10, 10).await;
     let now = chrono::Utc::now().timestamp_millis();
     let batch: Vec<UsageEvent> = (0..25).map(|i| event(id.0, now - i * 1000)).collect();
-    let mut writer = UsageWriter::new(app.services.db.clone(), app.services.redis.clone(), "unused", 90);
+    let mut writer = UsageWriter::new(&app.services, 90);
     writer.write(&batch).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (25, 25));
     // The same batch again (a writer that crashed before acknowledging), and overlapping ones.
@@ -76,7 +77,7 @@ async fn retention_drops_old_raw_events_and_keeps_rollups() {
     let now = chrono::Utc::now().timestamp_millis();
     let old: Vec<UsageEvent> = (0..4).map(|i| event(id.0, now - 120 * day + i)).collect();
     let recent: Vec<UsageEvent> = (0..3).map(|i| event(id.0, now - 2 * day + i)).collect();
-    let mut writer = UsageWriter::new(app.services.db.clone(), app.services.redis.clone(), "unused", 90);
+    let mut writer = UsageWriter::new(&app.services, 90);
     writer.write(&[old, recent].concat()).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (7, 7));
     writer.apply_retention(chrono::Utc::now().date_naive()).await.unwrap();

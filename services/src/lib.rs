@@ -4,10 +4,12 @@
 //! HTTP. The web server and the Leptos server functions both call into this crate.
 
 pub mod accounts;
+pub mod alerts;
 pub mod db;
 pub mod error;
 pub mod keys;
 pub mod mailer;
+pub mod monthly_report;
 pub mod notifications;
 pub mod quota_requests;
 pub mod redis_pool;
@@ -40,11 +42,17 @@ pub struct Settings {
     pub public_url: String,
     /// The highest limits a merchant may ask for.
     pub quota_maximum: quota_requests::QuotaMaximum,
+    /// Where email goes (an SMTP host or a mail folder), for the admins' mail page.
+    pub mail_delivery: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { public_url: "http://127.0.0.1:3000".to_owned(), quota_maximum: Default::default() }
+        Self {
+            public_url: "http://127.0.0.1:3000".to_owned(),
+            quota_maximum: Default::default(),
+            mail_delivery: String::new(),
+        }
     }
 }
 

@@ -2,32 +2,52 @@
 //! and a sender delivers them through lettre, over SMTP (`SMTP_URL`) or, without one, into a
 //! local mail folder. Failed sends are retried with backoff; nothing is dropped silently.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::watch;
 
 use crate::db::{self, DbPool};
-use crate::schema::outbound_emails;
+use crate::schema::{outbound_email_attachments, outbound_emails};
 use crate::{ServiceError, ServiceResult};
 
-/// A message to send, with a plain-text and an HTML part.
+/// A message to send, with a plain-text and an HTML part, and maybe files.
 pub struct Email<'a> {
     pub to: &'a str,
     pub subject: &'a str,
     pub text: &'a str,
     pub html: &'a str,
+    pub attachments: &'a [Attachment],
+}
+
+/// A file sent with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: Vec<u8>,
 }
 
 /// Queues a message inside the caller's transaction. With a dedupe key, a message is queued at
 /// most once; returns whether it was.
 pub async fn enqueue(conn: &mut AsyncPgConnection, email: &Email<'_>, dedupe_key: Option<&str>) -> ServiceResult<bool> {
-    let inserted = diesel::insert_into(outbound_emails::table)
+    Ok(enqueue_returning_id(conn, email, dedupe_key).await?.is_some())
+}
+
+/// Like [`enqueue`], returning the queued message's id.
+pub async fn enqueue_returning_id(
+    conn: &mut AsyncPgConnection,
+    email: &Email<'_>,
+    dedupe_key: Option<&str>,
+) -> ServiceResult<Option<i64>> {
+    let id: Option<i64> = diesel::insert_into(outbound_emails::table)
         .values((
             outbound_emails::to_address.eq(email.to),
             outbound_emails::subject.eq(email.subject),
@@ -36,9 +56,93 @@ pub async fn enqueue(conn: &mut AsyncPgConnection, email: &Email<'_>, dedupe_key
             outbound_emails::dedupe_key.eq(dedupe_key),
         ))
         .on_conflict_do_nothing()
-        .execute(conn)
+        .returning(outbound_emails::id)
+        .get_result(conn)
+        .await
+        .optional()?;
+    if let Some(id) = id {
+        for a in email.attachments {
+            diesel::insert_into(outbound_email_attachments::table)
+                .values((
+                    outbound_email_attachments::email_id.eq(id),
+                    outbound_email_attachments::filename.eq(&a.filename),
+                    outbound_email_attachments::content_type.eq(&a.content_type),
+                    outbound_email_attachments::content.eq(&a.content),
+                ))
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(id)
+}
+
+/// A message in the outbox, as the admins' mail page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub attachments: Vec<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<Utc>,
+    pub sent_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// The newest messages, sent or waiting, with their attachments' names.
+pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> {
+    type Row = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        i32,
+        Option<String>,
+        chrono::DateTime<Utc>,
+        Option<chrono::DateTime<Utc>>,
+    );
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<Row> = outbound_emails::table
+        .order(outbound_emails::id.desc())
+        .limit(limit)
+        .select((
+            outbound_emails::id,
+            outbound_emails::to_address,
+            outbound_emails::subject,
+            outbound_emails::text_body,
+            outbound_emails::html_body,
+            outbound_emails::attempts,
+            outbound_emails::last_error,
+            outbound_emails::created_at,
+            outbound_emails::sent_at,
+        ))
+        .load(&mut conn)
         .await?;
-    Ok(inserted == 1)
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let files: Vec<(i64, String)> = outbound_email_attachments::table
+        .filter(outbound_email_attachments::email_id.eq_any(&ids))
+        .order(outbound_email_attachments::id)
+        .select((outbound_email_attachments::email_id, outbound_email_attachments::filename))
+        .load(&mut conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, to, subject, text, html, attempts, last_error, created_at, sent_at)| OutboxEntry {
+            attachments: files.iter().filter(|(e, _)| *e == id).map(|(_, f)| f.clone()).collect(),
+            id,
+            to,
+            subject,
+            text,
+            html,
+            attempts,
+            last_error,
+            created_at,
+            sent_at,
+        })
+        .collect())
 }
 
 /// Escapes text for an HTML part.
@@ -46,33 +150,17 @@ pub fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// `smtp://[user:password@]host[:port]` (port 25 by default). TLS (STARTTLS, smtps) is not
-/// built in yet: this needs a TLS backend for lettre; see docs/notes.md.
+/// `SMTP_URL` as lettre reads it: `smtp://[user:password@]host[:port]` (plain; add
+/// `?tls=required` for STARTTLS, `?tls=opportunistic` to use it when offered) or
+/// `smtps://user:password@host[:465]` (TLS from the start). Credentials are sent only over TLS
+/// unless the URL is plain `smtp://` on purpose (e.g. a relay on loopback).
 fn smtp_transport(url: &str) -> ServiceResult<AsyncSmtpTransport<Tokio1Executor>> {
-    use lettre::transport::smtp::authentication::Credentials;
-    let invalid = |why: &str| {
-        ServiceError::invalid(format!("invalid SMTP_URL ({why}); expected smtp://[user:password@]host[:port]"))
-    };
-    let rest = url.strip_prefix("smtp://").ok_or_else(|| invalid("scheme"))?;
-    let rest = rest.split(['/', '?']).next().unwrap_or_default();
-    let (auth, hostport) = match rest.rsplit_once('@') {
-        Some((auth, hostport)) => (Some(auth), hostport),
-        None => (None, rest),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| invalid("port"))?),
-        None => (hostport, 25),
-    };
-    if host.is_empty() {
-        return Err(invalid("host"));
-    }
-    let mut builder =
-        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host).port(port).timeout(Some(Duration::from_secs(10)));
-    if let Some(auth) = auth {
-        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
-        builder = builder.credentials(Credentials::new(user.to_owned(), password.to_owned()));
-    }
-    Ok(builder.build())
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
+        ServiceError::invalid(format!(
+            "invalid SMTP_URL ({e}); expected smtp://[user:password@]host[:port][?tls=required] or smtps://…"
+        ))
+    })?;
+    Ok(builder.timeout(Some(Duration::from_secs(10))).build())
 }
 
 pub enum Transport {
@@ -80,8 +168,25 @@ pub enum Transport {
     Folder(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
 
+/// A queued message, as the sender reads it.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = outbound_emails)]
+struct Outgoing {
+    id: i64,
+    #[diesel(column_name = to_address)]
+    to: String,
+    subject: String,
+    #[diesel(column_name = text_body)]
+    text: String,
+    #[diesel(column_name = html_body)]
+    html: String,
+    attempts: i32,
+}
+
 pub struct Mailer {
     transport: Transport,
+    /// Where SMTP mail goes, without credentials (for logs and the admin mail page).
+    smtp_host: String,
     from: Mailbox,
 }
 
@@ -98,23 +203,42 @@ impl Mailer {
                 Transport::Folder(AsyncFileTransport::new(&mail_dir), mail_dir)
             }
         };
-        Ok(Self { transport, from })
+        let smtp_host = smtp_url
+            .map(|url| {
+                let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+                rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+            })
+            .unwrap_or_default();
+        Ok(Self { transport, from, smtp_host })
     }
 
     pub fn describe(&self) -> String {
         match &self.transport {
-            Transport::Smtp(_) => "SMTP".to_owned(),
+            Transport::Smtp(_) => format!("SMTP {}", self.smtp_host),
             Transport::Folder(_, dir) => format!("mail folder {}", dir.display()),
         }
     }
 
-    async fn send(&self, to: &str, subject: &str, text: &str, html: &str) -> Result<(), String> {
-        let to: Mailbox = to.parse().map_err(|e| format!("invalid recipient: {e}"))?;
+    async fn send(&self, m: &Outgoing, attachments: &[Attachment]) -> Result<(), String> {
+        let to: Mailbox = m.to.parse().map_err(|e| format!("invalid recipient: {e}"))?;
+        let body = MultiPart::alternative_plain_html(m.text.clone(), m.html.clone());
+        let body = if attachments.is_empty() {
+            body
+        } else {
+            attachments.iter().fold(MultiPart::mixed().multipart(body), |mixed, a| {
+                let content_type = ContentType::parse(&a.content_type)
+                    .unwrap_or_else(|_| ContentType::parse("application/octet-stream").expect("a valid MIME type"));
+                mixed.singlepart(
+                    lettre::message::Attachment::new(a.filename.clone()).body(a.content.clone(), content_type),
+                )
+            })
+        };
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(subject)
-            .multipart(MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()))
+            .subject(&m.subject)
+            .multipart(body)
             .map_err(|e| e.to_string())?;
         match &self.transport {
             Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| e.to_string()),
@@ -139,31 +263,23 @@ impl Mailer {
 
     /// Sends what is due (each message claimed by one sender only); returns how many were tried.
     pub async fn deliver_due(&self, db: &DbPool) -> ServiceResult<usize> {
-        type Row = (i64, String, String, String, String, i32);
         let mut conn = db::conn(db).await?;
-        let due: Vec<Row> = conn
+        let due: Vec<Outgoing> = conn
             .build_transaction()
             .run(|conn| {
                 Box::pin(async move {
-                    let rows: Vec<Row> = outbound_emails::table
+                    let rows: Vec<Outgoing> = outbound_emails::table
                         .filter(outbound_emails::sent_at.is_null())
                         .filter(outbound_emails::next_attempt_at.le(Utc::now()))
                         .order(outbound_emails::id)
                         .limit(20)
                         .for_update()
                         .skip_locked()
-                        .select((
-                            outbound_emails::id,
-                            outbound_emails::to_address,
-                            outbound_emails::subject,
-                            outbound_emails::text_body,
-                            outbound_emails::html_body,
-                            outbound_emails::attempts,
-                        ))
+                        .select(Outgoing::as_select())
                         .load(conn)
                         .await?;
                     // Claimed for a minute: another sender skips them meanwhile.
-                    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                     diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&ids)))
                         .set(outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::minutes(1)))
                         .execute(conn)
@@ -172,8 +288,25 @@ impl Mailer {
                 })
             })
             .await?;
-        for (id, to, subject, text, html, attempts) in &due {
-            let result = self.send(to, subject, text, html).await;
+        let ids: Vec<i64> = due.iter().map(|m| m.id).collect();
+        let mut files: HashMap<i64, Vec<Attachment>> = HashMap::new();
+        let rows: Vec<(i64, String, String, Vec<u8>)> = outbound_email_attachments::table
+            .filter(outbound_email_attachments::email_id.eq_any(&ids))
+            .order(outbound_email_attachments::id)
+            .select((
+                outbound_email_attachments::email_id,
+                outbound_email_attachments::filename,
+                outbound_email_attachments::content_type,
+                outbound_email_attachments::content,
+            ))
+            .load(&mut conn)
+            .await?;
+        for (email_id, filename, content_type, content) in rows {
+            files.entry(email_id).or_default().push(Attachment { filename, content_type, content });
+        }
+        for m in &due {
+            let (id, attempts) = (&m.id, &m.attempts);
+            let result = self.send(m, files.get(id).map_or(&[][..], Vec::as_slice)).await;
             let update = diesel::update(outbound_emails::table.filter(outbound_emails::id.eq(id)));
             match result {
                 Ok(()) => {

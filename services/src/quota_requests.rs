@@ -186,8 +186,12 @@ pub async fn create(
                 let text = format!("{body}\n\nDecide: {url}\n");
                 let html = format!("<p>{}</p><p><a href=\"{}\">Decide</a></p>", html_escape(&body), html_escape(&url));
                 for (admin, email) in admins {
-                    mailer::enqueue(conn, &Email { to: &email, subject: &title, text: &text, html: &html }, None)
-                        .await?;
+                    mailer::enqueue(
+                        conn,
+                        &Email { to: &email, subject: &title, text: &text, html: &html, attachments: &[] },
+                        None,
+                    )
+                    .await?;
                     notifications::notify(
                         conn,
                         &NewNotification {
@@ -374,7 +378,12 @@ async fn tell_merchant(
     let url = format!("{}{link}", public_url.trim_end_matches('/'));
     let text = format!("{body}\n\nSee the key: {url}\n");
     let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
-    mailer::enqueue(conn, &Email { to: &requester.1, subject: &title, text: &text, html: &html }, None).await?;
+    mailer::enqueue(
+        conn,
+        &Email { to: &requester.1, subject: &title, text: &text, html: &html, attachments: &[] },
+        None,
+    )
+    .await?;
     Ok(())
 }
 

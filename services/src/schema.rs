@@ -29,6 +29,7 @@ diesel::table! {
         created_at -> Timestamptz,
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+        alert_email_thresholds -> Array<Int2>,
     }
 }
 
@@ -114,6 +115,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    quota_alerts (api_key_id, quota_window, period_start, threshold) {
+        api_key_id -> Uuid,
+        quota_window -> Text,
+        period_start -> Timestamptz,
+        threshold -> Int2,
+        quota_limit -> Int8,
+        crossed_at -> Timestamptz,
+        emailed -> Bool,
+    }
+}
+
+diesel::table! {
+    outbound_email_attachments (id) {
+        id -> Int8,
+        email_id -> Int8,
+        filename -> Text,
+        content_type -> Text,
+        content -> Bytea,
+    }
+}
+
+diesel::table! {
+    monthly_reports (user_id, month) {
+        user_id -> Int8,
+        month -> Date,
+        email_id -> Nullable<Int8>,
+        sends -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(outbound_email_attachments -> outbound_emails (email_id));
 diesel::joinable!(quota_requests -> api_keys (api_key_id));
 diesel::joinable!(quota_changes -> api_keys (api_key_id));
 
@@ -125,5 +159,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     quota_requests,
     quota_changes,
     notifications,
-    outbound_emails
+    outbound_emails,
+    quota_alerts,
+    outbound_email_attachments,
+    monthly_reports
 );

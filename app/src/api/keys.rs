@@ -31,6 +31,34 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
 }
 
+/// Chooses which quota alerts (50, 80, 100 % of the hour or day quota) email the key's owner;
+/// a checked box sends `on`. In-app notifications always appear.
+#[server(prefix = "/rpc", endpoint = "keys/alert-emails")]
+pub async fn set_alert_emails(
+    id: String,
+    email_50: Option<String>,
+    email_80: Option<String>,
+    email_100: Option<String>,
+) -> Result<KeyView, AppError> {
+    use super::session;
+    use services::alerts::{self, AlertThresholds};
+    use services::keys::{api_keys, ApiKeyId};
+    let user = session::require_user().await?;
+    let services = session::services()?;
+    let id = ApiKeyId::parse(&id)?;
+    api_keys::get_for(&services.db, id, &user).await?;
+    let list: Vec<&str> = [("50", &email_50), ("80", &email_80), ("100", &email_100)]
+        .into_iter()
+        .filter(|(_, v)| v.as_deref().is_some_and(|v| !v.is_empty() && v != "off"))
+        .map(|(t, _)| t)
+        .collect();
+    let thresholds = AlertThresholds::parse(&list.join(","))?;
+    let mut conn = services::db::conn(&services.db).await?;
+    alerts::set_email_thresholds(&mut conn, id, thresholds).await?;
+    drop(conn);
+    Ok(api_keys::get_for(&services.db, id, &user).await?.into())
+}
+
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
 pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod keys;
+mod mail;
 pub mod quota_requests;
 #[cfg(feature = "ssr")]
 pub mod session;
@@ -12,6 +13,7 @@ pub mod usage;
 pub use admin::*;
 pub use auth::*;
 pub use keys::*;
+pub use mail::*;
 pub use quota_requests::*;
 pub use usage::*;
 
@@ -38,6 +40,8 @@ pub struct KeyView {
     pub requests_per_hour: i64,
     pub requests_per_day: i64,
     pub burst_per_second: Option<i64>,
+    /// Quota alert thresholds (percent) that email the owner.
+    pub alert_emails: Vec<u8>,
 }
 
 impl KeyView {
@@ -67,6 +71,7 @@ impl From<services::keys::ApiKey> for KeyView {
             requests_per_hour: key.quota.per_hour.get(),
             requests_per_day: key.quota.per_day.get(),
             burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
+            alert_emails: key.alert_email_thresholds.iter().collect(),
         }
     }
 }

@@ -1,10 +1,10 @@
-//! `/admin`: every key of every merchant.
+//! `/admin`: every key of every merchant; `/admin/mail`: what keymeter has sent.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
 
 use super::layout::ErrorPanel;
-use crate::api::admin_list_keys;
+use crate::api::{admin_list_keys, admin_mail, MailView};
 use crate::format;
 
 #[component]
@@ -42,5 +42,56 @@ pub fn AdminKeysPage() -> impl IntoView {
                 })}
             </Suspense>
         </section>
+    }
+}
+
+/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML. In
+/// development (no `SMTP_URL`) this is how the mail folder's messages are read.
+#[component]
+pub fn AdminMailPage() -> impl IntoView {
+    let mail = Resource::new(|| (), |_| admin_mail());
+    view! {
+        <h1>"Mail"</h1>
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match mail.await {
+                    Ok(mailbox) => view! {
+                        <p data-testid="mail-delivery">"Delivered to " {mailbox.delivery.clone()} "."</p>
+                        {if mailbox.messages.is_empty() {
+                            view! { <section class="card"><p class="empty">"No mail yet."</p></section> }.into_any()
+                        } else {
+                            mailbox.messages.into_iter().map(|m| view! { <MailItem m/> }).collect_view().into_any()
+                        }}
+                    }.into_any(),
+                    Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn MailItem(m: MailView) -> impl IntoView {
+    let status = match (&m.sent_at, &m.last_error) {
+        (Some(at), _) => format!("sent {}", format::time(at)),
+        (None, Some(err)) => format!("waiting: {} attempt(s), last error: {err}", m.attempts),
+        (None, None) => "queued".to_owned(),
+    };
+    let badge = if m.sent_at.is_some() { "badge approved" } else { "badge pending" };
+    view! {
+        <details class="card mail" data-testid="mail-item">
+            <summary>
+                <span class=badge>{if m.sent_at.is_some() { "sent" } else { "waiting" }}</span>" "
+                <b data-testid="mail-subject">{m.subject.clone()}</b>
+                <span class="muted">" to " {m.to.clone()} " · " {format::time(&m.created_at)}</span>
+            </summary>
+            <p class="muted">{status}</p>
+            {(!m.attachments.is_empty()).then(|| view! {
+                <p>"Attachments: " {m.attachments.join(", ")}</p>
+            })}
+            // The HTML part is shown in a sandbox: no scripts, no same-origin access.
+            <iframe class="mail-html" sandbox="" srcdoc=m.html.clone() title="HTML part"></iframe>
+            <pre class="mail-text">{m.text.clone()}</pre>
+        </details>
     }
 }

@@ -5,7 +5,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
 use super::layout::ErrorPanel;
-use crate::api::{get_key, list_keys, CreateKey, CreatedKey, KeyView, RevokeKey};
+use crate::api::{get_key, list_keys, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
 use crate::format;
 
 #[component]
@@ -160,11 +160,12 @@ pub fn ApiKeyPage() -> impl IntoView {
     let key = Resource::new(move || params.read().get("id").unwrap_or_default(), get_key);
     // Created here, before any await (see layout.rs).
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
+    let alerts = ServerAction::<SetAlertEmails>::new();
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match key.await {
-                    Ok(key) => view! { <KeyDetails key requests/> }.into_any(),
+                    Ok(key) => view! { <KeyDetails key requests alerts/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -173,8 +174,13 @@ pub fn ApiKeyPage() -> impl IntoView {
 }
 
 #[component]
-fn KeyDetails(key: KeyView, requests: super::quota_requests::QuotaRequestsState) -> impl IntoView {
+fn KeyDetails(
+    key: KeyView,
+    requests: super::quota_requests::QuotaRequestsState,
+    alerts: ServerAction<SetAlertEmails>,
+) -> impl IntoView {
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
+    let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
@@ -195,6 +201,33 @@ fn KeyDetails(key: KeyView, requests: super::quota_requests::QuotaRequestsState)
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
+        {alert_settings}
         {requests}
+    }
+}
+
+/// Which quota alerts email the owner; the bell shows every alert regardless.
+#[component]
+fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoView {
+    let (on_50, on_80, on_100) =
+        (key.alert_emails.contains(&50), key.alert_emails.contains(&80), key.alert_emails.contains(&100));
+    view! {
+        <section class="card" data-testid="alert-emails">
+            <h2>"Quota alerts"</h2>
+            <p class="muted">"When this key uses 50%, 80% and 100% of its hourly or daily quota, you get a notification here. Choose which of them also email you."</p>
+            <ActionForm action>
+                <input type="hidden" name="id" value=key.id.clone()/>
+                <div class="inline-form">
+                    <label><input type="checkbox" name="email_50" checked=on_50 data-testid="alert-50"/>" 50%"</label>
+                    <label><input type="checkbox" name="email_80" checked=on_80 data-testid="alert-80"/>" 80%"</label>
+                    <label><input type="checkbox" name="email_100" checked=on_100 data-testid="alert-100"/>" 100%"</label>
+                    <button type="submit" data-testid="alert-save">"Save"</button>
+                </div>
+            </ActionForm>
+            {move || action.value().get().map(|r| match r {
+                Ok(_) => view! { <p class="ok" data-testid="alert-saved">"Saved."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
+            })}
+        </section>
     }
 }

@@ -103,6 +103,7 @@ where
         bytes_out: 0,
         throttled: false,
         enforced: true,
+        alerts: Vec::new(),
     };
 
     let decision = match services.quota.check_and_count(key.id, &key.quota, key.quota_version_ms).await {
@@ -115,6 +116,9 @@ where
     };
     event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
     event.enforced = decision.is_some();
+    if let Some(decision) = &decision {
+        event.alerts = services::alerts::crossings(decision);
+    }
 
     if let Some(decision) = decision.as_ref().filter(|d| !d.admitted) {
         let (mut response, body_len) = quota_exceeded(decision);

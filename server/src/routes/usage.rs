@@ -13,13 +13,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chrono::{Datelike, NaiveDate};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use services::accounts::User;
 use services::keys::{api_keys, ApiKey, ApiKeyId};
 use services::usage::export;
-use services::usage::reports::{self, DayRange, ExportRow, Granularity};
+use services::usage::reports::{self, DayRange, ExportRow, Granularity, Month};
 use services::{ServiceError, Services};
 use uuid::Uuid;
 
@@ -125,16 +124,9 @@ async fn admin_csv(
     if !user.is_admin() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "admins only"));
     }
-    let month = q.month.unwrap_or_default();
-    let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
-        .map_err(|_| ApiError::bad_request("invalid_month", format!("month must be written YYYY-MM, not {month:?}")))?;
-    let next = if first.month() == 12 {
-        NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
-    }
-    .ok_or_else(|| ApiError::bad_request("invalid_month", "month out of range"))?;
-    let range = DayRange::new(first, next.pred_opt().unwrap_or(first))?;
+    let month = Month::parse(q.month.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("invalid_month", e.to_string()))?;
+    let range = month.days();
     let keys = api_keys::list_all(&services.db).await?;
     let ids: Vec<Uuid> = keys.iter().map(|k| k.id.0).collect();
     let names = keys.into_iter().map(|k| (k.id.0, k.name)).collect();

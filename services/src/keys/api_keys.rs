@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::quota::{Quota, QuotaLimit};
 use super::secret::ApiKeySecret;
 use crate::accounts::User;
+use crate::alerts::AlertThresholds;
 use crate::db::{self, DbPool};
 use crate::schema::{api_key_quotas, api_keys, users};
 use crate::{ServiceError, ServiceResult};
@@ -73,6 +74,8 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub quota: Quota,
+    /// Which quota alerts email the owner.
+    pub alert_email_thresholds: AlertThresholds,
 }
 
 impl ApiKey {
@@ -97,6 +100,7 @@ type KeyRow = (
     i64,
     i64,
     Option<i32>,
+    Vec<i16>,
 );
 
 macro_rules! key_columns {
@@ -113,12 +117,13 @@ macro_rules! key_columns {
             api_key_quotas::requests_per_hour,
             api_key_quotas::requests_per_day,
             api_key_quotas::burst_per_second,
+            api_keys::alert_email_thresholds,
         )
     };
 }
 
 fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
-    let (id, owner_id, owner_email, name, prefix, created_at, last_used_at, revoked_at, hour, day, burst) = row;
+    let (id, owner_id, owner_email, name, prefix, created_at, last_used_at, revoked_at, hour, day, burst, alerts) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
         owner_id,
@@ -133,6 +138,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
             per_day: QuotaLimit::new(day)?,
             burst_per_second: burst.map(i64::from).map(QuotaLimit::new).transpose()?,
         },
+        alert_email_thresholds: AlertThresholds::from_db(&alerts),
     })
 }
 
@@ -243,6 +249,13 @@ pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
     Ok(key)
 }
 
+/// Moves a key's creation time back, for demo data and tests that seed past months.
+pub async fn backdate(db: &DbPool, id: ApiKeyId, created_at: DateTime<Utc>) -> ServiceResult<()> {
+    let mut conn = db::conn(db).await?;
+    diesel::update(api_keys::table.find(id.0)).set(api_keys::created_at.eq(created_at)).execute(&mut conn).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +273,48 @@ mod tests {
         assert!(ApiKeyId::parse("not-a-uuid").is_err());
         let id = Uuid::new_v4();
         assert_eq!(ApiKeyId::parse(&id.to_string()).unwrap(), ApiKeyId(id));
+    }
+
+    /// Key ids come from URL paths: any string is either a key id or "not found", never a panic.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_input() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "\\PC{0,5000}",
+                // Near-valid: hex and dashes of about the right length, braces, urn prefix.
+                "(urn:uuid:|\\{)?[0-9a-fA-FgG-]{30,40}\\}?",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn parse_never_panics(raw in any_input()) {
+                match ApiKeyId::parse(&raw) {
+                    // Whatever was accepted has one canonical spelling, which parses back to it.
+                    Ok(id) => prop_assert_eq!(ApiKeyId::parse(&id.to_string()).unwrap(), id),
+                    Err(e) => prop_assert!(matches!(e, ServiceError::NotFound), "{e:?}"),
+                }
+            }
+
+            #[test]
+            fn every_spelling_of_an_id_parses(bytes in any::<[u8; 16]>(), pad in "[ \\t\\n]{0,3}") {
+                let id = Uuid::from_bytes(bytes);
+                for spelled in [
+                    id.hyphenated().to_string(),
+                    id.simple().to_string(),
+                    id.braced().to_string(),
+                    id.urn().to_string(),
+                    id.hyphenated().to_string().to_uppercase(),
+                ] {
+                    let raw = format!("{pad}{spelled}{pad}");
+                    prop_assert_eq!(ApiKeyId::parse(&raw).unwrap(), ApiKeyId(id), "{:?}", raw);
+                }
+            }
+        }
     }
 }

@@ -170,4 +170,84 @@ mod tests {
         assert!(QuotaLimit::new(QuotaLimit::MAX + 1).is_err());
         assert_eq!(QuotaLimit::new(1000).unwrap().get(), 1000);
     }
+
+    /// Limits come from forms and the CLI: any i64 is accepted or refused as bad input, never a
+    /// panic, and exactly the documented range is accepted.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any i64, with extra weight on the edges of both ranges.
+        fn limit_value() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                any::<i64>(),
+                -3..=3i64,
+                QuotaLimit::MAX - 3..=QuotaLimit::MAX + 3,
+                i32::MAX as i64 - 3..=i32::MAX as i64 + 3,
+                Just(i64::MIN),
+                Just(i64::MAX),
+            ]
+        }
+
+        /// A quota built from raw numbers the way callers do it (`?` on each limit).
+        fn quota(hour: i64, day: i64, burst: Option<i64>) -> ServiceResult<Quota> {
+            Ok(Quota {
+                per_hour: QuotaLimit::new(hour)?,
+                per_day: QuotaLimit::new(day)?,
+                burst_per_second: burst.map(QuotaLimit::burst).transpose()?,
+            })
+        }
+
+        fn is_bad_input<T: std::fmt::Debug>(r: &ServiceResult<T>) -> bool {
+            matches!(r, Err(ServiceError::Invalid(_)))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn limit_accepted_iff_positive_and_at_most_max(v in limit_value()) {
+                let r = QuotaLimit::new(v);
+                if (1..=QuotaLimit::MAX).contains(&v) {
+                    prop_assert_eq!(r.unwrap().get(), v);
+                } else {
+                    prop_assert!(is_bad_input(&r), "{v}: {r:?}");
+                }
+            }
+
+            #[test]
+            fn burst_accepted_iff_positive_and_fits_32_bits(v in limit_value()) {
+                let r = QuotaLimit::burst(v);
+                if (1..=i32::MAX as i64).contains(&v) {
+                    let b = r.unwrap().get();
+                    prop_assert_eq!(b, v);
+                    // Stored as INTEGER: the cast in `set_quota_in` must not wrap.
+                    prop_assert_eq!(b as i32 as i64, b);
+                } else {
+                    prop_assert!(is_bad_input(&r), "{v}: {r:?}");
+                }
+            }
+
+            #[test]
+            fn quota_built_iff_every_limit_is_valid(
+                hour in limit_value(),
+                day in limit_value(),
+                burst in proptest::option::of(limit_value()),
+            ) {
+                let valid = (1..=QuotaLimit::MAX).contains(&hour)
+                    && (1..=QuotaLimit::MAX).contains(&day)
+                    && burst.is_none_or(|b| (1..=i32::MAX as i64).contains(&b));
+                let r = quota(hour, day, burst);
+                if valid {
+                    let q = r.unwrap();
+                    prop_assert_eq!(
+                        (q.per_hour.get(), q.per_day.get(), q.burst_per_second.map(QuotaLimit::get)),
+                        (hour, day, burst)
+                    );
+                } else {
+                    prop_assert!(is_bad_input(&r), "{hour} {day} {burst:?}: {r:?}");
+                }
+            }
+        }
+    }
 }

@@ -98,4 +98,87 @@ mod tests {
         assert!(!shown.contains(key.expose()));
         assert!(shown.contains(key.visible_prefix()));
     }
+
+    /// Bad input never panics and is judged by the documented shape alone.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const BASE62: &str = "[0-9A-Za-z]";
+
+        /// The shape the module doc promises, written independently of `parse`.
+        fn well_formed(raw: &str) -> bool {
+            raw.strip_prefix(SECRET_PREFIX)
+                .is_some_and(|r| r.len() == RANDOM_LEN && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+        }
+
+        /// Inputs that look almost right: the prefix (sometimes mangled) and a suffix that is
+        /// nearly 40 base62 characters, with one arbitrary character spliced in now and then.
+        fn near_valid() -> impl Strategy<Value = String> {
+            let prefix = prop_oneof![
+                4 => Just(SECRET_PREFIX.to_owned()),
+                1 => Just("KM_LIVE_".to_owned()),
+                1 => Just("km_live".to_owned()),
+                1 => Just(" km_live_".to_owned()),
+                1 => Just("km_test_".to_owned()),
+            ];
+            let body = proptest::string::string_regex(&format!("{BASE62}{{36,44}}")).unwrap();
+            (prefix, body, any::<Option<(prop::sample::Index, char)>>()).prop_map(|(prefix, body, splice)| {
+                let mut body: Vec<char> = body.chars().collect();
+                if let Some((at, c)) = splice {
+                    let i = at.index(body.len());
+                    body[i] = c;
+                }
+                format!("{prefix}{}", body.into_iter().collect::<String>())
+            })
+        }
+
+        fn any_input() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "\\PC{0,100}",
+                // Very long, including multi-byte characters past the prefix.
+                "km_live_\\PC{1000,5000}",
+                "km_live_.{0,60}",
+                near_valid(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn parse_never_panics_and_follows_the_shape(raw in any_input()) {
+                let parsed = ApiKeySecret::parse(&raw);
+                prop_assert_eq!(parsed.is_ok(), well_formed(&raw), "input {:?}", raw);
+                if let Ok(secret) = parsed {
+                    prop_assert_eq!(secret.expose(), raw.as_str());
+                    prop_assert_eq!(ApiKeySecret::parse(secret.expose()), Ok(secret.clone()));
+                    prop_assert!(secret.expose().starts_with(secret.visible_prefix()));
+                    prop_assert!(secret.visible_prefix().starts_with(SECRET_PREFIX));
+                    prop_assert_eq!(secret.visible_prefix().len(), SECRET_PREFIX.len() + VISIBLE_RANDOM_CHARS);
+                    let shown = format!("{secret:?}");
+                    prop_assert!(!shown.contains(secret.expose()));
+                }
+            }
+
+            #[test]
+            fn every_well_formed_secret_is_accepted(body in proptest::string::string_regex(&format!("{BASE62}{{40}}")).unwrap()) {
+                let raw = format!("{SECRET_PREFIX}{body}");
+                let secret = ApiKeySecret::parse(&raw).expect("well-formed");
+                prop_assert_eq!(secret.expose(), raw.as_str());
+                prop_assert_eq!(secret.hash(), ApiKeySecret::parse(&raw).unwrap().hash());
+            }
+        }
+
+        #[test]
+        fn generated_secrets_always_parse() {
+            for _ in 0..2000 {
+                let key = ApiKeySecret::generate();
+                assert!(well_formed(key.expose()), "{}", key.expose());
+                assert_eq!(ApiKeySecret::parse(key.expose()), Ok(key.clone()));
+                assert!(key.expose().starts_with(key.visible_prefix()));
+            }
+        }
+    }
 }

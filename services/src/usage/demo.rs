@@ -79,6 +79,7 @@ fn one_call(rng: &mut StdRng, key_id: Uuid, at_ms: i64) -> UsageEvent {
         bytes_out,
         throttled: status == 429,
         enforced: true,
+        alerts: Vec::new(),
     }
 }
 

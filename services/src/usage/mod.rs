@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use histogram::LatencyHistogram;
+
+use crate::alerts::QuotaCrossing;
 pub use recorder::UsageRecorder;
 
 /// One metered request. Field names are short: millions of these cross Redis.
@@ -45,6 +47,9 @@ pub struct UsageEvent {
     /// False when the quota could not be enforced (Redis unavailable).
     #[serde(rename = "n", default = "yes")]
     pub enforced: bool,
+    /// Quota alert thresholds this request crossed (almost always none).
+    #[serde(rename = "a", default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<QuotaCrossing>,
 }
 
 fn yes() -> bool {

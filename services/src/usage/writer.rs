@@ -19,7 +19,7 @@ use super::recorder::stream_name;
 use super::UsageEvent;
 use crate::db::{self, DbPool};
 use crate::redis_pool::{self, RedisPool};
-use crate::{ServiceError, ServiceResult};
+use crate::{alerts, ServiceError, ServiceResult, Services};
 
 const GROUP: &str = "pg-writer";
 /// Stream entries read per round (each holds up to a few thousand events).
@@ -33,6 +33,8 @@ pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 pub struct UsageWriter {
     db: DbPool,
     redis: RedisPool,
+    /// For links in the quota alerts that the writer sends.
+    public_url: String,
     consumer: String,
     stream: String,
     retention_days: u32,
@@ -40,12 +42,13 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    pub fn new(db: DbPool, redis: RedisPool, namespace: &str, retention_days: u32) -> Self {
+    pub fn new(services: &Services, retention_days: u32) -> Self {
         Self {
-            db,
-            redis,
+            db: services.db.clone(),
+            redis: services.redis.clone(),
+            public_url: services.settings.public_url.clone(),
             consumer: format!("writer-{}", Uuid::new_v4().simple()),
-            stream: stream_name(namespace),
+            stream: stream_name(&services.namespace),
             retention_days,
             partitions: HashSet::new(),
         }
@@ -209,6 +212,7 @@ impl UsageWriter {
         }
 
         let columns = EventColumns::from(events);
+        let public_url = &self.public_url;
         conn.transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
                 let inserted: Vec<Inserted> = diesel::sql_query(
@@ -236,6 +240,9 @@ impl UsageWriter {
                     Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
                     Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
                     touch_last_used(conn, fresh()).await?;
+                    let crossings: Vec<_> =
+                        fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
+                    alerts::record(conn, &crossings, public_url).await?;
                 }
                 Ok(())
             })

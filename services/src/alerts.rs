@@ -1,0 +1,400 @@
+//! Quota alerts: a key's owner hears once when its use crosses 50%, 80% and 100% of its hour or
+//! day quota, in the app always and by email for the thresholds they chose.
+//!
+//! The crossing is seen by exactly one request: the quota script counts atomically, so only one
+//! admitted request brings the count to a threshold. That request's usage event carries the
+//! crossing ([`crossings`]); the usage writer stores it with the event, in the same transaction
+//! ([`record`]), and the `quota_alerts` primary key (key, window, period, threshold) turns any
+//! replay into a no-op. Nothing is added to the metered request's latency.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::keys::{ApiKeyId, QuotaDecision, Window};
+use crate::mailer::{self, html_escape, Email};
+use crate::notifications::{self, NewNotification};
+use crate::schema::{api_keys, quota_alerts, users};
+use crate::{ServiceError, ServiceResult};
+
+/// The alert thresholds, in percent of a window's limit.
+pub const THRESHOLDS: [u8; 3] = [50, 80, 100];
+
+/// Which thresholds email a key's owner: a subset of [`THRESHOLDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertThresholds {
+    mask: u8,
+}
+
+impl Default for AlertThresholds {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl AlertThresholds {
+    pub fn all() -> Self {
+        Self { mask: 0b111 }
+    }
+
+    pub fn none() -> Self {
+        Self { mask: 0 }
+    }
+
+    fn bit(threshold: u8) -> Option<u8> {
+        THRESHOLDS.iter().position(|&t| t == threshold).map(|i| 1 << i)
+    }
+
+    /// A comma-separated list such as `50,100` (empty for none).
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        let mut mask = 0;
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bit =
+                part.trim_end_matches('%').parse::<u8>().ok().and_then(Self::bit).ok_or_else(|| {
+                    ServiceError::invalid(format!("{part:?} is not an alert threshold (50, 80 or 100)"))
+                })?;
+            mask |= bit;
+        }
+        Ok(Self { mask })
+    }
+
+    pub fn from_db(values: &[i16]) -> Self {
+        let mask = values.iter().filter_map(|&v| u8::try_from(v).ok().and_then(Self::bit)).fold(0, |m, b| m | b);
+        Self { mask }
+    }
+
+    pub fn to_db(self) -> Vec<i16> {
+        self.iter().map(i16::from).collect()
+    }
+
+    pub fn contains(self, threshold: u8) -> bool {
+        Self::bit(threshold).is_some_and(|b| self.mask & b != 0)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = u8> {
+        THRESHOLDS.into_iter().filter(move |&t| self.contains(t))
+    }
+
+    /// `50,80,100`, as [`Self::parse`] reads it.
+    pub fn to_list(self) -> String {
+        self.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The quota window an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertWindow {
+    #[serde(rename = "h")]
+    Hour,
+    #[serde(rename = "d")]
+    Day,
+}
+
+impl AlertWindow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+        }
+    }
+
+    fn adjective(self) -> &'static str {
+        match self {
+            Self::Hour => "hourly",
+            Self::Day => "daily",
+        }
+    }
+
+    fn length_ms(self) -> i64 {
+        match self {
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+        }
+    }
+}
+
+/// One request brought a window's use to a threshold. Carried by that request's usage event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaCrossing {
+    #[serde(rename = "w")]
+    pub window: AlertWindow,
+    /// Start of the window's period (the UTC hour or day), ms since the epoch.
+    #[serde(rename = "p")]
+    pub period_start_ms: i64,
+    #[serde(rename = "t")]
+    pub threshold: u8,
+    #[serde(rename = "l")]
+    pub limit: i64,
+}
+
+/// The count at which `threshold` percent of `limit` is reached: rounded up, at least 1.
+pub fn threshold_count(limit: i64, threshold: u8) -> i64 {
+    let exact = (limit.max(0) as i128 * threshold as i128 + 99) / 100;
+    exact.clamp(1, i64::MAX as i128) as i64
+}
+
+/// The thresholds an admitted request crossed. Each request adds one to the counts, so it
+/// crossed a threshold exactly when its count equals the threshold's count.
+pub fn crossings(decision: &QuotaDecision) -> Vec<QuotaCrossing> {
+    if !decision.admitted {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (window, use_) in [(AlertWindow::Hour, decision.hour), (AlertWindow::Day, decision.day)] {
+        debug_assert!(matches!(use_.window, Window::Hour | Window::Day));
+        for threshold in THRESHOLDS {
+            if use_.used == threshold_count(use_.limit, threshold) {
+                out.push(QuotaCrossing {
+                    window,
+                    period_start_ms: use_.reset_at_ms - window.length_ms(),
+                    threshold,
+                    limit: use_.limit,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// What an alert email and notification need to know about a key.
+struct KeyInfo {
+    owner_id: i64,
+    owner_email: String,
+    name: String,
+    prefix: String,
+    email_thresholds: AlertThresholds,
+}
+
+/// Stores the crossings seen in a batch of usage events and tells the keys' owners, inside the
+/// caller's transaction. Returns how many alerts were new.
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    crossings: &[(Uuid, i64, QuotaCrossing)],
+    public_url: &str,
+) -> ServiceResult<usize> {
+    if crossings.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = crossings.iter().map(|(k, _, _)| *k).collect();
+    type Row = (Uuid, i64, String, String, String, Vec<i16>);
+    let rows: Vec<Row> = api_keys::table
+        .inner_join(users::table)
+        .filter(api_keys::id.eq_any(&ids))
+        .select((
+            api_keys::id,
+            api_keys::owner_id,
+            users::email,
+            api_keys::name,
+            api_keys::prefix,
+            api_keys::alert_email_thresholds,
+        ))
+        .load(conn)
+        .await?;
+    let keys: HashMap<Uuid, KeyInfo> = rows
+        .into_iter()
+        .map(|(id, owner_id, owner_email, name, prefix, t)| {
+            (id, KeyInfo { owner_id, owner_email, name, prefix, email_thresholds: AlertThresholds::from_db(&t) })
+        })
+        .collect();
+
+    let mut new_alerts = 0;
+    for (key_id, at_ms, c) in crossings {
+        let Some(key) = keys.get(key_id) else { continue };
+        let emailed = key.email_thresholds.contains(c.threshold);
+        let inserted = diesel::insert_into(quota_alerts::table)
+            .values((
+                quota_alerts::api_key_id.eq(key_id),
+                quota_alerts::quota_window.eq(c.window.as_str()),
+                quota_alerts::period_start.eq(to_time(c.period_start_ms)),
+                quota_alerts::threshold.eq(i16::from(c.threshold)),
+                quota_alerts::quota_limit.eq(c.limit),
+                quota_alerts::crossed_at.eq(to_time(*at_ms)),
+                quota_alerts::emailed.eq(emailed),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        if inserted == 0 {
+            continue;
+        }
+        new_alerts += 1;
+        let message = AlertMessage::new(ApiKeyId(*key_id), key, c, public_url);
+        let dedupe = format!("alert:{key_id}:{}:{}:{}", c.window.as_str(), c.period_start_ms, c.threshold);
+        notifications::notify(
+            conn,
+            &NewNotification {
+                user_id: key.owner_id,
+                kind: "quota_alert",
+                title: &message.subject,
+                body: &message.summary,
+                link: Some(&message.usage_path),
+                dedupe_key: Some(&dedupe),
+            },
+        )
+        .await?;
+        if emailed {
+            let email = Email {
+                to: &key.owner_email,
+                subject: &message.subject,
+                text: &message.text,
+                html: &message.html,
+                attachments: &[],
+            };
+            mailer::enqueue(conn, &email, Some(&dedupe)).await?;
+        }
+    }
+    Ok(new_alerts)
+}
+
+/// The words of one alert, for the bell and the email.
+struct AlertMessage {
+    subject: String,
+    summary: String,
+    usage_path: String,
+    text: String,
+    html: String,
+}
+
+impl AlertMessage {
+    fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, public_url: &str) -> Self {
+        let used = threshold_count(c.limit, c.threshold);
+        let period = to_time(c.period_start_ms);
+        let reset = to_time(c.period_start_ms + c.window.length_ms());
+        let period_text = match c.window {
+            AlertWindow::Hour => format!("the hour from {} UTC", period.format("%Y-%m-%d %H:%M")),
+            AlertWindow::Day => format!("{} (UTC)", period.format("%Y-%m-%d")),
+        };
+        let subject = if c.threshold >= 100 {
+            format!("{}: {} quota used up", key.name, c.window.adjective())
+        } else {
+            format!("{}: {}% of the {} quota used", key.name, c.threshold, c.window.adjective())
+        };
+        let consequence = if c.threshold >= 100 {
+            format!(
+                "Further requests get 429 Too Many Requests until the quota resets at {} UTC.",
+                reset.format("%Y-%m-%d %H:%M")
+            )
+        } else {
+            format!("The quota resets at {} UTC.", reset.format("%Y-%m-%d %H:%M"))
+        };
+        let summary = format!(
+            "API key {} ({}…) has made {} of its {} requests allowed in {}. {}",
+            key.name, key.prefix, used, c.limit, period_text, consequence
+        );
+        let base = public_url.trim_end_matches('/');
+        let usage_path = format!("/dashboard/developers/api-keys/{id}/usage");
+        let usage_url = format!("{base}{usage_path}");
+        let settings_url = format!("{base}/dashboard/developers/api-keys/{id}");
+        let text = format!(
+            "{summary}\n\nSee the key's usage: {usage_url}\n\nTo ask for a higher quota, or to choose which alerts \
+             email you, open the key: {settings_url}\n"
+        );
+        let html = format!(
+            "<p>{}</p><p><a href=\"{}\">See the key's usage</a></p>\
+             <p style=\"color:#666\">To ask for a higher quota, or to choose which alerts email you, \
+             <a href=\"{}\">open the key</a>.</p>",
+            html_escape(&summary),
+            html_escape(&usage_url),
+            html_escape(&settings_url)
+        );
+        Self { subject, summary, usage_path, text, html }
+    }
+}
+
+/// Sets which alerts email the owner of a key (the caller has checked access).
+pub async fn set_email_thresholds(
+    conn: &mut AsyncPgConnection,
+    key: ApiKeyId,
+    thresholds: AlertThresholds,
+) -> ServiceResult<()> {
+    let n = diesel::update(api_keys::table.filter(api_keys::id.eq(key.0)))
+        .set(api_keys::alert_email_thresholds.eq(thresholds.to_db()))
+        .execute(conn)
+        .await?;
+    if n == 0 {
+        return Err(ServiceError::NotFound);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::WindowUse;
+
+    fn decision(hour_used: i64, hour_limit: i64, day_used: i64, day_limit: i64) -> QuotaDecision {
+        let now_ms = 1_700_000_000_000;
+        let hour_reset = now_ms - now_ms % 3_600_000 + 3_600_000;
+        let day_reset = now_ms - now_ms % 86_400_000 + 86_400_000;
+        QuotaDecision {
+            admitted: true,
+            hour: WindowUse { window: Window::Hour, limit: hour_limit, used: hour_used, reset_at_ms: hour_reset },
+            day: WindowUse { window: Window::Day, limit: day_limit, used: day_used, reset_at_ms: day_reset },
+            burst_per_second: None,
+            blocked_by: None,
+            retry_after_secs: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn threshold_counts_round_up() {
+        assert_eq!(threshold_count(10, 50), 5);
+        assert_eq!(threshold_count(10, 80), 8);
+        assert_eq!(threshold_count(10, 100), 10);
+        assert_eq!(threshold_count(3, 50), 2);
+        assert_eq!(threshold_count(1, 50), 1);
+        assert_eq!(threshold_count(i64::MAX, 100), i64::MAX);
+    }
+
+    #[test]
+    fn each_threshold_is_crossed_by_exactly_one_count() {
+        for limit in [1, 2, 3, 7, 10, 99, 1000] {
+            let mut seen = Vec::new();
+            for used in 1..=limit {
+                for c in crossings(&decision(used, limit, 0, 1_000_000)) {
+                    assert_eq!(c.window, AlertWindow::Hour);
+                    seen.push(c.threshold);
+                }
+            }
+            // With limit 1, one request crosses all three thresholds at once.
+            assert_eq!(seen, vec![50, 80, 100], "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn crossings_name_the_period_and_window() {
+        let d = decision(8, 10, 50, 100);
+        let c = crossings(&d);
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].window, c[0].threshold), (AlertWindow::Hour, 80));
+        assert_eq!(c[0].period_start_ms, d.hour.reset_at_ms - 3_600_000);
+        assert_eq!((c[1].window, c[1].threshold), (AlertWindow::Day, 50));
+        assert_eq!(c[1].period_start_ms % 86_400_000, 0);
+    }
+
+    #[test]
+    fn refused_requests_cross_nothing() {
+        let mut d = decision(10, 10, 10, 100);
+        d.admitted = false;
+        assert!(crossings(&d).is_empty());
+    }
+
+    #[test]
+    fn threshold_lists() {
+        assert_eq!(AlertThresholds::parse("50, 100%").unwrap().to_list(), "50,100");
+        assert_eq!(AlertThresholds::parse("").unwrap(), AlertThresholds::none());
+        assert!(AlertThresholds::parse("75").is_err());
+        assert!(AlertThresholds::parse("fifty").is_err());
+        assert_eq!(AlertThresholds::from_db(&[100, 50, 7]).to_db(), vec![50, 100]);
+        assert!(AlertThresholds::default().contains(80));
+    }
+}

@@ -1,0 +1,392 @@
+//! The monthly usage summary: after each calendar month, every key owner gets one email that
+//! sums up each of their keys, with the month's CSV attached.
+//!
+//! "Once per owner and month" is the `monthly_reports` primary key: the row and the queued email
+//! are written in one transaction, so when several instances (or the CLI) run the job at the
+//! same moment, one inserts and the others find the row and send nothing. A scheduler in every
+//! server runs the job for the previous month at start and shortly after each month begins, so
+//! a server that was down on the 1st catches up when it starts.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::sync::watch;
+
+use crate::db::{self, DbPool};
+use crate::keys::{api_keys, ApiKey};
+use crate::mailer::{self, html_escape, Attachment, Email};
+use crate::schema::monthly_reports;
+use crate::usage::export;
+use crate::usage::reports::{self, Granularity, HourRows, Month, UsageTotals};
+use crate::{ServiceError, ServiceResult, Services};
+
+/// One key's month.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySummary {
+    pub key: ApiKey,
+    pub totals: UsageTotals,
+    /// The UTC day with the most admitted requests, if any, and its count.
+    pub busiest_day: Option<(NaiveDate, i64)>,
+    /// The highest share of the daily quota used on any day, in percent.
+    pub peak_day_use_pct: f64,
+    /// The highest share of the hourly quota used in any hour, in percent.
+    pub peak_hour_use_pct: f64,
+    /// Admitted requests per day of the month, for the chart.
+    pub per_day: Vec<i64>,
+}
+
+/// What one owner is sent for one month.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnerReport {
+    pub month: Month,
+    pub owner_id: i64,
+    pub owner_email: String,
+    pub keys: Vec<KeySummary>,
+    /// The month's usage of every key, daily, in the export format.
+    pub csv: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Owners whose summary was queued by this run.
+    pub sent: usize,
+    /// Owners who already had this month's summary.
+    pub already_sent: usize,
+}
+
+/// Keys that existed at some point in the month: created before its end, not revoked before
+/// its start.
+async fn keys_of_month(db: &DbPool, month: Month) -> ServiceResult<Vec<ApiKey>> {
+    let (start, end) = (month.days().start(), month.days().end());
+    Ok(api_keys::list_all(db)
+        .await?
+        .into_iter()
+        .filter(|k| k.created_at < end && k.revoked_at.is_none_or(|r| r >= start))
+        .collect())
+}
+
+/// Sums up one key's month from the hourly rollups.
+pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<KeySummary> {
+    let range = month.days();
+    let rows = HourRows::load(db, key.id.0, range).await?;
+    let days = rows.breakdown(Granularity::Day, range);
+    let mut totals = UsageTotals::default();
+    for (_, day) in &days {
+        totals.requests += day.requests;
+        totals.errors_4xx += day.errors_4xx;
+        totals.errors_5xx += day.errors_5xx;
+        totals.throttled += day.throttled;
+        totals.bytes_in += day.bytes_in;
+        totals.bytes_out += day.bytes_out;
+        totals.latency.merge(&day.latency);
+    }
+    let busiest_day = days
+        .iter()
+        .filter(|(_, t)| t.requests > 0)
+        .max_by_key(|(at, t)| (t.requests, std::cmp::Reverse(*at)))
+        .map(|(at, t)| (at.date_naive(), t.requests));
+    let share = |used: i64, limit: i64| if limit > 0 { used as f64 * 100.0 / limit as f64 } else { 0.0 };
+    let peak_day = days.iter().map(|(_, t)| t.requests).max().unwrap_or(0);
+    let peak_hour = rows.breakdown(Granularity::Hour, range).iter().map(|(_, t)| t.requests).max().unwrap_or(0);
+    Ok(KeySummary {
+        peak_day_use_pct: share(peak_day, key.quota.per_day.get()),
+        peak_hour_use_pct: share(peak_hour, key.quota.per_hour.get()),
+        per_day: days.iter().map(|(_, t)| t.requests).collect(),
+        busiest_day,
+        totals,
+        key,
+    })
+}
+
+/// Builds every owner's report for `month`, owners in id order.
+pub async fn build_reports(db: &DbPool, month: Month) -> ServiceResult<Vec<OwnerReport>> {
+    let keys = keys_of_month(db, month).await?;
+    let mut owners: Vec<(i64, String)> = keys.iter().map(|k| (k.owner_id, k.owner_email.clone())).collect();
+    owners.sort();
+    owners.dedup();
+    let mut out = Vec::new();
+    for (owner_id, owner_email) in owners {
+        let mut summaries = Vec::new();
+        for key in keys.iter().filter(|k| k.owner_id == owner_id) {
+            summaries.push(summarise_key(db, key.clone(), month).await?);
+        }
+        summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        let ids: Vec<uuid::Uuid> = summaries.iter().map(|s| s.key.id.0).collect();
+        let rows = reports::export_rows(db, &ids, Granularity::Day, month.days()).await?;
+        let mut csv = export::HEADER.to_owned();
+        for row in &rows {
+            let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());
+            export::write_row(&mut csv, row, name);
+        }
+        out.push(OwnerReport { month, owner_id, owner_email, keys: summaries, csv });
+    }
+    Ok(out)
+}
+
+/// Sends `month`'s summary to every owner who has not had it; with `force`, to every owner
+/// again.
+pub async fn send_monthly_reports(services: &Services, month: Month, force: bool) -> ServiceResult<RunOutcome> {
+    if month >= Month::containing(Utc::now()) {
+        return Err(ServiceError::invalid(format!("{month} is not over yet; its summary is sent after it ends")));
+    }
+    let already = if force { None } else { Some(owners_already_sent(&services.db, month).await?) };
+    let mut outcome = RunOutcome::default();
+    for report in build_reports(&services.db, month).await? {
+        if already.as_ref().is_some_and(|done| done.contains(&report.owner_id)) {
+            outcome.already_sent += 1;
+            continue;
+        }
+        let message = ReportMessage::new(&report, &services.settings.public_url);
+        let mut conn = db::conn(&services.db).await?;
+        let queued = conn
+            .transaction::<_, ServiceError, _>(|conn| {
+                Box::pin(async move { queue_once(conn, &report, &message, force).await })
+            })
+            .await?;
+        if queued {
+            outcome.sent += 1;
+        } else {
+            outcome.already_sent += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn owners_already_sent(db: &DbPool, month: Month) -> ServiceResult<Vec<i64>> {
+    let mut conn = db::conn(db).await?;
+    Ok(monthly_reports::table
+        .filter(monthly_reports::month.eq(month.first_day()))
+        .select(monthly_reports::user_id)
+        .load(&mut conn)
+        .await?)
+}
+
+/// Records the report and queues its email, unless it was sent before (and not forced).
+async fn queue_once(
+    conn: &mut AsyncPgConnection,
+    report: &OwnerReport,
+    message: &ReportMessage,
+    force: bool,
+) -> ServiceResult<bool> {
+    let first = report.month.first_day();
+    // Waits for a concurrent run's insert to commit, then sees the conflict.
+    let inserted = diesel::insert_into(monthly_reports::table)
+        .values((monthly_reports::user_id.eq(report.owner_id), monthly_reports::month.eq(first)))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    let sends: i32 = if inserted == 1 {
+        1
+    } else if force {
+        diesel::update(monthly_reports::table.find((report.owner_id, first)))
+            .set(monthly_reports::sends.eq(monthly_reports::sends + 1))
+            .returning(monthly_reports::sends)
+            .get_result(conn)
+            .await?
+    } else {
+        return Ok(false);
+    };
+    let attachment = Attachment {
+        filename: format!("keymeter-usage-{}.csv", report.month),
+        content_type: "text/csv; charset=utf-8".to_owned(),
+        content: report.csv.clone().into_bytes(),
+    };
+    let email = Email {
+        to: &report.owner_email,
+        subject: &message.subject,
+        text: &message.text,
+        html: &message.html,
+        attachments: std::slice::from_ref(&attachment),
+    };
+    let dedupe = format!("monthly:{}:{}:{sends}", report.owner_id, report.month);
+    let id = mailer::enqueue_returning_id(conn, &email, Some(&dedupe)).await?;
+    diesel::update(monthly_reports::table.find((report.owner_id, first)))
+        .set(monthly_reports::email_id.eq(id))
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+/// Thousands separated by commas: `12,345`.
+fn count(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn p95(t: &UsageTotals) -> String {
+    t.p95_ms().map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1} ms"))
+}
+
+fn busiest(s: &KeySummary) -> String {
+    s.busiest_day
+        .map_or_else(|| "none".to_owned(), |(d, n)| format!("{} ({} requests)", d.format("%a %-d %b"), count(n)))
+}
+
+/// One line of block characters, one per day: the chart of the plain-text part.
+fn sparkline(per_day: &[i64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = per_day.iter().copied().max().unwrap_or(0);
+    per_day
+        .iter()
+        .map(|&n| if max == 0 || n == 0 { ' ' } else { BARS[((n * 7 + max / 2) / max).clamp(0, 7) as usize] })
+        .collect()
+}
+
+/// A bar chart in plain HTML (table cells of proportional height), which mail clients render
+/// without scripts or images.
+fn html_chart(per_day: &[i64]) -> String {
+    const HEIGHT: i64 = 40;
+    let max = per_day.iter().copied().max().unwrap_or(0).max(1);
+    let mut cells = String::new();
+    for (i, &n) in per_day.iter().enumerate() {
+        let h = if n == 0 { 0 } else { (n * HEIGHT / max).max(1) };
+        cells.push_str(&format!(
+            "<td style=\"vertical-align:bottom;padding:0 1px\" title=\"day {}: {}\">\
+             <div style=\"width:6px;height:{h}px;background:#4f6bed\"></div></td>",
+            i + 1,
+            count(n)
+        ));
+    }
+    format!("<table cellspacing=\"0\" cellpadding=\"0\" style=\"height:{HEIGHT}px\"><tr>{cells}</tr></table>")
+}
+
+/// The words of one owner's summary.
+pub struct ReportMessage {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl ReportMessage {
+    pub fn new(report: &OwnerReport, public_url: &str) -> Self {
+        let base = public_url.trim_end_matches('/');
+        let name = report.month.long_name();
+        let subject = format!("Your keymeter usage for {name}");
+        let all = report.keys.iter().fold(0, |n, s| n + s.totals.requests);
+        let mut text = format!(
+            "Your API keys made {} requests in {name} (UTC). Per key below; the daily figures of every key \
+             are in the attached CSV.\n",
+            count(all)
+        );
+        let mut html = format!(
+            "<p>Your API keys made <b>{}</b> requests in {name} (UTC). Per key below; the daily figures of \
+             every key are in the attached CSV.</p>",
+            count(all)
+        );
+        for s in &report.keys {
+            let t = &s.totals;
+            let url = format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
+            text.push_str(&format!(
+                "\n{} ({}…)\n  requests      {}\n  throttled     {}\n  error rate    {:.2}%\n  p95 latency   {}\n  \
+                 busiest day   {}\n  peak quota use {:.0}% of the daily, {:.0}% of the hourly quota\n  per day       |{}|\n  \
+                 usage         {url}\n",
+                s.key.name,
+                s.key.prefix,
+                count(t.requests),
+                count(t.throttled),
+                t.error_rate() * 100.0,
+                p95(t),
+                busiest(s),
+                s.peak_day_use_pct,
+                s.peak_hour_use_pct,
+                sparkline(&s.per_day),
+            ));
+            html.push_str(&format!(
+                "<h3 style=\"margin-bottom:4px\"><a href=\"{}\">{}</a> <small style=\"color:#666\">{}…</small></h3>\
+                 <table style=\"border-collapse:collapse\">\
+                 <tr><td>Requests</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
+                 <tr><td>Throttled</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
+                 <tr><td>Error rate</td><td style=\"text-align:right;padding-left:16px\">{:.2}%</td></tr>\
+                 <tr><td>p95 latency</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
+                 <tr><td>Busiest day</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
+                 <tr><td>Peak quota use</td><td style=\"text-align:right;padding-left:16px\">{:.0}% daily, \
+                 {:.0}% hourly</td></tr></table>{}",
+                html_escape(&url),
+                html_escape(&s.key.name),
+                html_escape(&s.key.prefix),
+                count(t.requests),
+                count(t.throttled),
+                t.error_rate() * 100.0,
+                p95(t),
+                html_escape(&busiest(s)),
+                s.peak_day_use_pct,
+                s.peak_hour_use_pct,
+                html_chart(&s.per_day),
+            ));
+        }
+        Self { subject, text, html }
+    }
+}
+
+/// When the scheduler looks again: at the latest a minute after the next month starts.
+fn next_check(now: DateTime<Utc>) -> DateTime<Utc> {
+    let next_month = Month::containing(now).next().days().start() + chrono::Duration::minutes(1);
+    (now + chrono::Duration::minutes(15)).min(next_month)
+}
+
+/// Sends the previous month's summaries now (catching up after downtime), then shortly after
+/// every month begins, until `stop` turns true.
+pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) {
+    loop {
+        let now = Utc::now();
+        let month = Month::containing(now).previous();
+        match send_monthly_reports(&services, month, false).await {
+            Ok(o) if o.sent > 0 => tracing::info!(%month, sent = o.sent, "monthly summaries queued"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, %month, "monthly summaries: will retry"),
+        }
+        let wait = (next_check(Utc::now()) - Utc::now()).to_std().unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_grouped() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(-12_345), "-12,345");
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_busiest_day() {
+        assert_eq!(sparkline(&[0, 1, 2, 4, 8]), " ▂▃▅█");
+        assert_eq!(sparkline(&[0, 0]), "  ");
+    }
+
+    #[test]
+    fn the_scheduler_looks_right_after_a_month_begins() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(next_check(at("2026-11-30T23:55:00Z")), at("2026-12-01T00:01:00Z"));
+        assert_eq!(next_check(at("2026-11-15T10:00:00Z")), at("2026-11-15T10:15:00Z"));
+    }
+
+    #[test]
+    fn the_html_chart_has_a_bar_per_day() {
+        let html = html_chart(&[3, 0, 6]);
+        assert_eq!(html.matches("<td").count(), 3);
+        assert!(html.contains("height:40px;background") && html.contains("height:20px;background"));
+    }
+}
