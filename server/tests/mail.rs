@@ -3,50 +3,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
+use common::smtp_sink::SmtpSink;
 use common::TestApp;
 use diesel_async::AsyncConnection;
 use services::mailer::{enqueue, Email, Mailer};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-
-/// Accepts SMTP sessions and keeps every message's DATA.
-async fn smtp_sink(listener: TcpListener, received: Arc<Mutex<Vec<String>>>) {
-    loop {
-        let Ok((socket, _)) = listener.accept().await else { return };
-        let received = received.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = socket.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let _ = write.write_all(b"220 sink ESMTP\r\n").await;
-            while let Ok(Some(line)) = lines.next_line().await {
-                let upper = line.to_ascii_uppercase();
-                let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                    b"250 sink\r\n"
-                } else if upper.starts_with("DATA") {
-                    let _ = write.write_all(b"354 go on\r\n").await;
-                    let mut data = String::new();
-                    while let Ok(Some(l)) = lines.next_line().await {
-                        if l == "." {
-                            break;
-                        }
-                        data.push_str(&l);
-                        data.push('\n');
-                    }
-                    received.lock().unwrap().push(data);
-                    b"250 queued\r\n"
-                } else if upper.starts_with("QUIT") {
-                    let _ = write.write_all(b"221 bye\r\n").await;
-                    return;
-                } else {
-                    b"250 ok\r\n"
-                };
-                let _ = write.write_all(reply).await;
-            }
-        });
-    }
-}
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
@@ -59,16 +19,12 @@ async fn queue(app: &TestApp, to: &str, subject: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_goes_over_smtp_with_text_and_html_parts() {
     let app = TestApp::spawn_without_mailer().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(smtp_sink(listener, received.clone()));
+    let sink = SmtpSink::start().await;
 
     queue(&app, "ann@example.com", "Quota raised").await;
-    let mailer =
-        Mailer::new(Some(&format!("smtp://127.0.0.1:{port}")), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    let mailer = Mailer::new(Some(&sink.url()), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
     assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
-    let got = received.lock().unwrap().clone();
+    let got = sink.messages();
     assert_eq!(got.len(), 1);
     assert!(got[0].contains("Subject: Quota raised"), "{}", got[0]);
     assert!(got[0].contains("text/plain") && got[0].contains("text/html"), "{}", got[0]);
@@ -80,9 +36,7 @@ async fn mail_goes_over_smtp_with_text_and_html_parts() {
 async fn mail_waits_while_smtp_is_down_and_goes_out_when_it_is_back() {
     let app = TestApp::spawn_without_mailer().await;
     // A port with nothing listening yet.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = SmtpSink::unused_port().await;
     queue(&app, "ann@example.com", "Alert").await;
     let mailer =
         Mailer::new(Some(&format!("smtp://127.0.0.1:{port}")), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
@@ -99,11 +53,9 @@ async fn mail_waits_while_smtp_is_down_and_goes_out_when_it_is_back() {
         .unwrap();
         assert_eq!(n, 1, "the failure is recorded with one attempt");
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(smtp_sink(listener, received.clone()));
+    let sink = SmtpSink::start_on(port).await;
     assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
-    assert_eq!(received.lock().unwrap().len(), 1);
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,4 +69,19 @@ async fn without_smtp_mail_lands_in_the_mail_folder() {
     assert_eq!(files.len(), 1);
     let text = std::fs::read_to_string(files[0].path()).unwrap();
     assert!(text.contains("Subject: Monthly summary"));
+}
+
+#[tokio::test]
+async fn smtp_urls_with_tls_and_credentials_are_understood() {
+    let dir = std::env::temp_dir();
+    for url in [
+        "smtp://127.0.0.1:2525",
+        "smtp://mailer:secret@smtp.example.com:587?tls=required",
+        "smtp://smtp.example.com?tls=opportunistic",
+        "smtps://mailer:secret@smtp.example.com",
+    ] {
+        let mailer = Mailer::new(Some(url), dir.clone(), "keymeter <k@localhost>").unwrap();
+        assert!(!mailer.describe().contains("secret"), "{}", mailer.describe());
+    }
+    assert!(Mailer::new(Some("http://example.com"), dir, "keymeter <k@localhost>").is_err());
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod smtp_sink;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -51,15 +53,20 @@ async fn create_database() -> (String, String) {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// A server with some settings changed, e.g. `("SMTP_URL", …)`.
+    pub async fn spawn_with(settings: &[(&'static str, String)]) -> Self {
         let (database_url, db_name) = create_database().await;
-        Self::spawn_on(database_url, db_name).await
+        Self::spawn_on(database_url, db_name, settings).await
     }
 
     /// An instance whose own mail sender is off, so a test can drive a `Mailer` itself.
     pub async fn spawn_without_mailer() -> Self {
         let (database_url, db_name) = create_database().await;
         // Services only, no server: nothing else sends this database's mail.
-        let config = Self::config(&database_url, &db_name);
+        let config = Self::config(&database_url, &db_name, &[]);
         let services = startup::connect(&config).await.expect("connect services");
         Self { base: String::new(), services, config, db_name }
     }
@@ -67,11 +74,15 @@ impl TestApp {
     /// Another instance of the server on the same database and Redis, as in a scaled-out
     /// deployment.
     pub async fn spawn_sibling(&self) -> Self {
-        Self::spawn_on(self.config.database_url.clone(), self.db_name.clone()).await
+        self.spawn_sibling_with(&[]).await
     }
 
-    async fn spawn_on(database_url: String, db_name: String) -> Self {
-        let config = Self::config(&database_url, &db_name);
+    pub async fn spawn_sibling_with(&self, settings: &[(&'static str, String)]) -> Self {
+        Self::spawn_on(self.config.database_url.clone(), self.db_name.clone(), settings).await
+    }
+
+    async fn spawn_on(database_url: String, db_name: String, settings: &[(&'static str, String)]) -> Self {
+        let config = Self::config(&database_url, &db_name, settings);
         let services = startup::connect(&config).await.expect("connect services");
         let app = Application::with_services(&config, services.clone()).await.expect("bind");
         let base = format!("http://{}", app.local_addr());
@@ -79,20 +90,25 @@ impl TestApp {
         Self { base, services, config, db_name }
     }
 
-    fn config(database_url: &str, db_name: &str) -> Config {
+    fn config(database_url: &str, db_name: &str, settings: &[(&'static str, String)]) -> Config {
         let (database_url, db_name) = (database_url.to_owned(), db_name.to_owned());
-        Config::from_lookup(|name| match name {
-            "DATABASE_URL" => Some(database_url.clone()),
-            "REDIS_URL" => Some(env("KEYMETER_TEST_REDIS")),
-            "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
-            // Tests share one Redis: each database gets its own usage stream.
-            "KEYMETER_REDIS_NAMESPACE" => Some(db_name.clone()),
-            "KEYMETER_MAIL_DIR" => {
-                Some(std::env::temp_dir().join(format!("keymeter-mail-{db_name}")).display().to_string())
+        Config::from_lookup(|name| {
+            if let Some((_, value)) = settings.iter().find(|(n, _)| *n == name) {
+                return Some(value.clone());
             }
-            "KEYMETER_DB_POOL_SIZE" => Some("4".into()),
-            "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
-            _ => None,
+            match name {
+                "DATABASE_URL" => Some(database_url.clone()),
+                "REDIS_URL" => Some(env("KEYMETER_TEST_REDIS")),
+                "KEYMETER_LISTEN" => Some("127.0.0.1:0".into()),
+                // Tests share one Redis: each database gets its own usage stream.
+                "KEYMETER_REDIS_NAMESPACE" => Some(db_name.clone()),
+                "KEYMETER_MAIL_DIR" => {
+                    Some(std::env::temp_dir().join(format!("keymeter-mail-{db_name}")).display().to_string())
+                }
+                "KEYMETER_DB_POOL_SIZE" => Some("4".into()),
+                "KEYMETER_REDIS_POOL_SIZE" => Some("8".into()),
+                _ => None,
+            }
         })
         .expect("test config")
     }

@@ -1,0 +1,333 @@
+//! Quota alerts and the monthly summary, delivered over real SMTP conversations to a sink on
+//! loopback: exactly once across instances, and nothing lost while the SMTP server is down.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::smtp_sink::SmtpSink;
+use common::{client, TestApp};
+use diesel_async::RunQueryDsl;
+use services::accounts::Role;
+use services::keys::{api_keys, ApiKeyId, KeyName};
+use services::monthly_report::{self, send_monthly_reports};
+use services::usage::histogram::exact_quantile;
+use services::usage::reports::Month;
+use services::usage::writer::UsageWriter;
+use services::usage::UsageEvent;
+use uuid::Uuid;
+
+/// A merchant (signed in) with one key of the given hourly limit.
+async fn merchant_with_key(app: &TestApp, per_hour: i64) -> (String, reqwest::Client, String, ApiKeyId) {
+    let email = format!("m-{}@example.com", Uuid::new_v4().simple());
+    let owner = app.user(&email, Role::Merchant).await;
+    let (key, secret) =
+        api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    app.set_quota(key.id, per_hour, 1_000_000).await;
+    let session = app.signed_in(&email).await;
+    (email, session, secret.expose().to_owned(), key.id)
+}
+
+/// Puts every instance's quota clock at minute 20 of the current hour, so a test never
+/// straddles an hour boundary.
+async fn mid_hour(apps: &[&TestApp]) {
+    apps[0].services.quota.set_test_clock_offset_ms(0);
+    let now = apps[0].services.quota.now_ms().await.unwrap();
+    let target = now - now.rem_euclid(3_600_000) + 20 * 60_000;
+    for app in apps {
+        app.services.quota.set_test_clock_offset_ms(target - now);
+    }
+}
+
+async fn ping_alternating(apps: &[&TestApp], secret: &str, n: usize) -> HashMap<u16, usize> {
+    let c = client();
+    let mut statuses = HashMap::new();
+    for i in 0..n {
+        let app = apps[i % apps.len()];
+        let res = c.get(app.url("/api/v1/ping")).bearer_auth(secret).send().await.unwrap();
+        *statuses.entry(res.status().as_u16()).or_default() += 1;
+    }
+    statuses
+}
+
+/// The messages to `email`, with quoted-printable soft line breaks joined.
+fn to(email: &str, messages: &[String]) -> Vec<String> {
+    messages.iter().filter(|m| m.contains(&format!("To: {email}"))).map(|m| m.replace("=\n", "")).collect()
+}
+
+fn subject(message: &str) -> String {
+    message.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
+}
+
+async fn notifications(app: &TestApp, session: &reqwest::Client) -> Vec<serde_json::Value> {
+    let res = app.rpc(session, "notifications/list", &[]).await;
+    assert!(res.status().is_success());
+    let list: Vec<serde_json::Value> = res.json().await.unwrap();
+    list.into_iter().filter(|n| n["title"].as_str().unwrap_or_default().contains("quota")).collect()
+}
+
+async fn wait_for_notifications(app: &TestApp, session: &reqwest::Client, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..100 {
+        let list = notifications(app, session).await;
+        if list.len() >= n {
+            return list;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    notifications(app, session).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossing_50_80_and_100_percent_alerts_exactly_once_across_two_instances() {
+    let sink = SmtpSink::start().await;
+    let a = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let b = a.spawn_sibling_with(&[("SMTP_URL", sink.url())]).await;
+    mid_hour(&[&a, &b]).await;
+    let (email, session, secret, id) = merchant_with_key(&a, 10).await;
+
+    // 10 admitted, then refused; the refusals cross nothing more.
+    let statuses = ping_alternating(&[&a, &b], &secret, 14).await;
+    assert_eq!(statuses.get(&200), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&4), "{statuses:?}");
+
+    let mail = to(&email, &sink.wait_for(3, 20).await);
+    let mut subjects: Vec<String> = mail.iter().map(|m| subject(m)).collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        vec![
+            "checkout: 50% of the hourly quota used",
+            "checkout: 80% of the hourly quota used",
+            "checkout: hourly quota used up"
+        ],
+    );
+    assert!(mail.iter().all(|m| m.contains(&format!("/dashboard/developers/api-keys/{id}/usage"))));
+    assert!(mail.iter().all(|m| m.contains("text/plain") && m.contains("text/html")));
+
+    let bell = wait_for_notifications(&a, &session, 3).await;
+    assert_eq!(bell.len(), 3, "{bell:?}");
+    let unread: i64 = a.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    assert_eq!(unread, 3);
+
+    // More traffic, restarts of the writer (a third instance) and time: still three.
+    let c = b.spawn_sibling_with(&[("SMTP_URL", sink.url())]).await;
+    c.services.quota.set_test_clock_offset_ms(0);
+    mid_hour(&[&a, &b, &c]).await;
+    ping_alternating(&[&a, &b, &c], &secret, 6).await;
+    a.wait_for_events(id, 20).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(to(&email, &sink.messages()).len(), 3);
+    assert_eq!(notifications(&a, &session).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    mid_hour(&[&app]).await;
+    let (email, session, secret, id) = merchant_with_key(&app, 4).await;
+
+    let res = app.rpc(&session, "keys/alert-emails", &[("id", &id.to_string()), ("email_100", "on")]).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["alert_emails"], serde_json::json!([100]));
+    // Nonsense is refused and changes nothing.
+    let bad = app.rpc(&session, "keys/alert-emails", &[("id", "not-a-key"), ("email_50", "on")]).await;
+    assert_eq!(bad.status().as_u16(), 404);
+
+    ping_alternating(&[&app], &secret, 4).await;
+    assert_eq!(wait_for_notifications(&app, &session, 3).await.len(), 3);
+    let mail = to(&email, &sink.wait_for(1, 20).await);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mail_now = to(&email, &sink.messages());
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail_now.len(), 1, "only the 100% alert emails");
+    assert_eq!(subject(&mail[0]), "checkout: hourly quota used up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_wait_while_smtp_is_down_and_are_delivered_when_it_is_back() {
+    let port = SmtpSink::unused_port().await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", format!("smtp://127.0.0.1:{port}"))]).await;
+    mid_hour(&[&app]).await;
+    let (email, session, secret, _) = merchant_with_key(&app, 2).await;
+    ping_alternating(&[&app], &secret, 2).await;
+    // In the app at once; the emails fail and wait.
+    assert_eq!(wait_for_notifications(&app, &session, 3).await.len(), 3);
+    let mut failed = 0;
+    for _ in 0..50 {
+        failed = pending_with_errors(&app).await;
+        if failed == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(failed, 3, "three alert emails tried, failed and kept");
+
+    let sink = SmtpSink::start_on(port).await;
+    // Skip the backoff's wait, as time passing would.
+    make_mail_due(&app).await;
+    let mail = to(&email, &sink.wait_for(3, 20).await);
+    assert_eq!(mail.len(), 3);
+    assert_eq!(pending_with_errors(&app).await, 0);
+}
+
+async fn pending_with_errors(app: &TestApp) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL AND attempts > 0 AND last_error IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    row.n
+}
+
+async fn make_mail_due(app: &TestApp) {
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query("UPDATE outbound_emails SET next_attempt_at = now() WHERE sent_at IS NULL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+fn event(key: Uuid, at_ms: i64, status: u16, latency_us: u64, throttled: bool) -> UsageEvent {
+    UsageEvent {
+        request_id: Uuid::now_v7(),
+        key_id: key,
+        at_ms,
+        method: "GET".into(),
+        endpoint: "/api/v1/ping".into(),
+        status,
+        latency_us,
+        bytes_in: 0,
+        bytes_out: 42,
+        throttled,
+        enforced: true,
+        alerts: Vec::new(),
+    }
+}
+
+fn ms(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_two_instances_race() {
+    let sink = SmtpSink::start().await;
+    let a = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let b = a.spawn_sibling_with(&[("SMTP_URL", sink.url())]).await;
+    let month = Month::parse("2026-09").unwrap();
+
+    let email = format!("m-{}@example.com", Uuid::new_v4().simple());
+    let owner = a.user(&email, Role::Merchant).await;
+    let mut keys = Vec::new();
+    for name in ["checkout", "refunds"] {
+        let (key, _) = api_keys::create(&a.services.db, owner.id, &KeyName::parse(name).unwrap()).await.unwrap();
+        api_keys::backdate(
+            &a.services.db,
+            key.id,
+            chrono::DateTime::parse_from_rfc3339("2026-08-15T00:00:00Z").unwrap().into(),
+        )
+        .await
+        .unwrap();
+        keys.push(key.id.0);
+    }
+    a.set_quota(ApiKeyId(keys[0]), 100, 1_000).await;
+
+    // September for "checkout": day d has d calls (d ms each), day 5 five 500s more, day 10 three
+    // refused; plus calls just outside the month, which must not count.
+    let mut events = Vec::new();
+    for d in 1..=30i64 {
+        let day = ms(&format!("2026-09-{d:02}T12:00:00Z"));
+        for i in 0..d {
+            events.push(event(keys[0], day + i * 1000, 200, d as u64 * 1000, false));
+        }
+    }
+    for i in 0..5 {
+        events.push(event(keys[0], ms("2026-09-05T13:00:00Z") + i, 500, 2_000, false));
+    }
+    for i in 0..3 {
+        events.push(event(keys[0], ms("2026-09-10T14:00:00Z") + i, 429, 50, true));
+    }
+    events.push(event(keys[0], ms("2026-08-31T23:59:59Z"), 200, 1_000, false));
+    events.push(event(keys[0], ms("2026-10-01T00:00:00Z"), 200, 1_000, false));
+    for i in 0..7 {
+        events.push(event(keys[1], ms("2026-09-20T08:00:00Z") + i, 200, 3_000, false));
+    }
+    let mut writer = UsageWriter::new(&a.services, 3_650);
+    writer.write(&events).await.unwrap();
+
+    // The job on both instances at the same moment.
+    let (ra, rb) =
+        tokio::join!(send_monthly_reports(&a.services, month, false), send_monthly_reports(&b.services, month, false));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.sent + rb.sent, 1, "{ra:?} {rb:?}");
+
+    let mail = to(&email, &sink.wait_for(1, 20).await);
+    assert_eq!(mail.len(), 1);
+    let m = &mail[0];
+    assert_eq!(subject(m), "Your keymeter usage for September 2026");
+    assert!(m.contains("filename=\"keymeter-usage-2026-09.csv\""), "{m}");
+    assert!(m.contains("checkout") && m.contains("refunds"));
+    // 465 + 5 admitted calls on checkout, 7 on refunds.
+    let checkout_total: i64 = (1..=30).sum::<i64>() + 5;
+    assert!(m.contains(&format!("{checkout_total}")), "total {checkout_total} in {m}");
+    assert!(m.contains("477"), "all keys' total in {m}");
+
+    // The summary's figures, exactly.
+    let key = api_keys::list_for_owner(&a.services.db, owner.id).await.unwrap();
+    let checkout = key.iter().find(|k| k.name == "checkout").unwrap().clone();
+    let s = monthly_report::summarise_key(&a.services.db, checkout, month).await.unwrap();
+    assert_eq!(s.totals.requests, checkout_total);
+    assert_eq!(s.totals.throttled, 3);
+    assert_eq!(s.totals.errors_5xx, 5);
+    assert_eq!(s.busiest_day.map(|(d, n)| (d.to_string(), n)), Some(("2026-09-30".to_owned(), 30)));
+    assert_eq!(s.per_day.len(), 30);
+    // Peak hour: 30 calls of 100 allowed.
+    assert!((s.peak_hour_use_pct - 30.0).abs() < 1e-9, "{}", s.peak_hour_use_pct);
+    let mut latencies: Vec<u64> =
+        (1..=30u64).flat_map(|d| std::iter::repeat_n(d * 1000, d as usize)).chain([2_000; 5]).collect();
+    let exact = exact_quantile(&mut latencies, 0.95).unwrap() as f64 / 1000.0;
+    let p95 = s.totals.p95_ms().unwrap();
+    assert!((p95 - exact).abs() / exact < 0.02, "p95 {p95} vs exact {exact}");
+
+    // The attachment: every September call of both keys, and nothing else.
+    let csv = attachment(&a).await;
+    let mut sums: HashMap<String, (i64, i64)> = HashMap::new();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert!(f[0].starts_with("2026-09-"), "{line}");
+        let e = sums.entry(f[2].to_owned()).or_default();
+        e.0 += f[5].parse::<i64>().unwrap();
+        e.1 += f[8].parse::<i64>().unwrap();
+    }
+    assert_eq!(sums.get("checkout"), Some(&(checkout_total, 3)));
+    assert_eq!(sums.get("refunds"), Some(&(7, 0)));
+
+    // Never twice; --force sends again.
+    assert_eq!(send_monthly_reports(&b.services, month, false).await.unwrap().sent, 0);
+    assert_eq!(send_monthly_reports(&a.services, month, true).await.unwrap().sent, 1);
+    assert_eq!(to(&email, &sink.wait_for(2, 20).await).len(), 2);
+    // A month that has not ended is refused.
+    assert!(send_monthly_reports(&a.services, Month::containing(chrono::Utc::now()), false).await.is_err());
+}
+
+async fn attachment(app: &TestApp) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        content: Vec<u8>,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: Row = diesel::sql_query("SELECT content FROM outbound_email_attachments ORDER BY id LIMIT 1")
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    String::from_utf8(row.content).unwrap()
+}
