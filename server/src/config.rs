@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use services::keys::{FailMode, FailurePolicy};
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}: {reason}")]
@@ -17,8 +20,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `DATABASE_URL`
     pub database_url: String,
-    /// `REDIS_URL`
+    /// `REDIS_URL`: one Redis, or the seed nodes of a Redis Cluster separated by commas
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
     pub redis_url: String,
+    /// `KEYMETER_REDIS_CLUSTER`: `REDIS_URL` names a Redis Cluster. Implied by several nodes in
+    /// `REDIS_URL`; set it when one seed node is given.
+    pub redis_cluster: bool,
     /// `SMTP_URL`: outgoing mail; without it, mail goes to a local folder.
     pub smtp_url: Option<String>,
     /// `KEYMETER_SITE_ROOT`: the built browser bundle and styles (`pkg/` inside).
@@ -47,6 +54,10 @@ pub struct Config {
     pub mail_from: String,
     /// `KEYMETER_MAX_PER_HOUR` / `KEYMETER_MAX_PER_DAY`: the highest limits merchants may ask for.
     pub quota_maximum: services::quota_requests::QuotaMaximum,
+    /// `KEYMETER_REDIS_TIMEOUT_MS` (quota check timeout, default 250), `KEYMETER_QUOTA_FAIL_MODE`
+    /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
+    /// default 1): what metered requests get while Redis is down or slow.
+    pub quota_failure: FailurePolicy,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
@@ -68,13 +79,21 @@ impl Config {
             return Err(ConfigError { var: "DATABASE_URL", reason: "must start with postgres://".into() });
         }
         let redis_url = lookup("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        if !redis_url.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")) {
             return Err(ConfigError { var: "REDIS_URL", reason: "must start with redis://".into() });
+        }
+        let redis_cluster = parse_bool(&lookup, "KEYMETER_REDIS_CLUSTER", redis_url.contains(','))?;
+        if !redis_cluster && redis_url.contains(',') {
+            return Err(ConfigError {
+                var: "KEYMETER_REDIS_CLUSTER",
+                reason: "REDIS_URL names several nodes, which only a Redis Cluster can use".into(),
+            });
         }
         Ok(Self {
             listen,
             database_url,
             redis_url,
+            redis_cluster,
             smtp_url: lookup("SMTP_URL"),
             site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
@@ -91,6 +110,20 @@ impl Config {
             quota_maximum: services::quota_requests::QuotaMaximum {
                 per_hour: parse_num(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000)? as i64,
                 per_day: parse_num(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000)? as i64,
+            },
+            quota_failure: FailurePolicy {
+                timeout: Duration::from_millis(parse_num(&lookup, "KEYMETER_REDIS_TIMEOUT_MS", 250)? as u64),
+                mode: match lookup("KEYMETER_QUOTA_FAIL_MODE").as_deref().map(str::trim) {
+                    None | Some("open") => FailMode::Open,
+                    Some("closed") => FailMode::Closed,
+                    Some(other) => {
+                        return Err(ConfigError {
+                            var: "KEYMETER_QUOTA_FAIL_MODE",
+                            reason: format!("{other:?} is neither open nor closed"),
+                        })
+                    }
+                },
+                instances: parse_num(&lookup, "KEYMETER_INSTANCES", 1)?.min(10_000) as u32,
             },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
@@ -122,8 +155,12 @@ fn parse_num(
     }
 }
 
-/// A URL fit for messages and logs: the password, if any, is replaced by `***`.
+/// A URL fit for messages and logs: the password, if any, is replaced by `***`. A list of
+/// URLs (Redis Cluster seed nodes) has each one redacted.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -161,11 +198,27 @@ mod tests {
         assert_eq!(with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
         assert_eq!(with(&[("KEYMETER_SECURE_COOKIES", "maybe")]).unwrap_err().var, "KEYMETER_SECURE_COOKIES");
         assert_eq!(with(&[("KEYMETER_DB_POOL_SIZE", "0")]).unwrap_err().var, "KEYMETER_DB_POOL_SIZE");
+        assert_eq!(with(&[("KEYMETER_QUOTA_FAIL_MODE", "maybe")]).unwrap_err().var, "KEYMETER_QUOTA_FAIL_MODE");
+        let closed = with(&[("KEYMETER_QUOTA_FAIL_MODE", "closed"), ("KEYMETER_INSTANCES", "3")]).unwrap();
+        assert_eq!((closed.quota_failure.mode, closed.quota_failure.instances), (FailMode::Closed, 3));
     }
 
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(redact_url("redis://:a@h:1,redis://:b@h:2"), "redis://:***@h:1,redis://:***@h:2");
+    }
+
+    #[test]
+    fn redis_cluster_from_several_nodes_or_the_switch() {
+        assert!(!with(&[]).unwrap().redis_cluster);
+        let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002, redis://127.0.0.1:7003";
+        assert!(with(&[("REDIS_URL", nodes)]).unwrap().redis_cluster);
+        let one_seed = with(&[("REDIS_URL", "redis://127.0.0.1:7001"), ("KEYMETER_REDIS_CLUSTER", "true")]);
+        assert!(one_seed.unwrap().redis_cluster);
+        let err = with(&[("REDIS_URL", nodes), ("KEYMETER_REDIS_CLUSTER", "false")]).unwrap_err();
+        assert_eq!(err.var, "KEYMETER_REDIS_CLUSTER");
+        assert_eq!(with(&[("REDIS_URL", "redis://h:1,http://h:2")]).unwrap_err().var, "REDIS_URL");
     }
 }

@@ -47,19 +47,20 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     services::db::ping(&db)
         .await
         .with_context(|| format!("PostgreSQL at {} is unreachable", redact_url(&config.database_url)))?;
-    let redis = services::redis_pool::pool(&config.redis_url, config.redis_pool_size)?;
+    let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)?;
     services::redis_pool::ping(&redis)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
-    let mut services = Services::new(db, redis, &config.redis_namespace);
-    services.settings = services::Settings {
+    let settings = services::Settings {
         public_url: config.public_url.clone(),
         quota_maximum: config.quota_maximum,
         mail_delivery: match &config.smtp_url {
             Some(url) => format!("SMTP at {}", redact_url(url)),
             None => format!("the mail folder {}", config.mail_dir.display()),
         },
+        quota_failure: config.quota_failure,
     };
+    let services = Services::new(db, redis, &config.redis_namespace, settings);
     Ok(services)
 }
 

@@ -44,6 +44,8 @@ pub struct Settings {
     pub quota_maximum: quota_requests::QuotaMaximum,
     /// Where email goes (an SMTP host or a mail folder), for the admins' mail page.
     pub mail_delivery: String,
+    /// What metered requests get while Redis is down or slow.
+    pub quota_failure: keys::FailurePolicy,
 }
 
 impl Default for Settings {
@@ -52,19 +54,23 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:3000".to_owned(),
             quota_maximum: Default::default(),
             mail_delivery: String::new(),
+            quota_failure: Default::default(),
         }
     }
 }
 
 impl Services {
     /// Must be called inside a Tokio runtime: it starts the usage recorder's flusher.
-    pub fn new(db: db::DbPool, redis: redis_pool::RedisPool, namespace: &str) -> Self {
+    pub fn new(db: db::DbPool, redis: redis_pool::RedisPool, namespace: &str, settings: Settings) -> Self {
+        // Used by the recorder only when Redis cannot take a batch; retention is the writer's job.
+        let fallback =
+            usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url, 0);
         Self {
             keys: keys::KeyAuthenticator::new(db.clone()),
-            quota: keys::QuotaManager::new(redis.clone()),
-            usage: usage::UsageRecorder::start(redis.clone(), namespace),
+            quota: keys::QuotaManager::with_policy(redis.clone(), settings.quota_failure),
+            usage: usage::UsageRecorder::start(redis.clone(), namespace, Some(fallback)),
             namespace: namespace.to_owned(),
-            settings: Settings::default(),
+            settings,
             db,
             redis,
         }

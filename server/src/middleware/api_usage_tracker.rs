@@ -3,8 +3,10 @@
 //! For each request it authenticates the API key (401 and nothing counted if that fails), asks
 //! the quota manager (429 with `Retry-After` if any window is full), runs the handler, adds the
 //! rate-limit headers, measures latency and request/response bytes (streamed bodies included),
-//! and records one usage event with the endpoint as its route template. Recording never waits:
-//! the event goes to the usage recorder's queue.
+//! and records one usage event with the endpoint as its route template. The event is stored
+//! durably (Redis stream, or PostgreSQL if Redis is down) before the client has the complete
+//! answer, so a crashed instance loses no answered request's usage; concurrent requests share
+//! the hand-off's round trips (see the recorder).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +21,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use services::keys::{AuthenticatedKey, QuotaDecision, Window};
+use services::keys::{AuthenticatedKey, QuotaDecision, Verdict, Window};
 use services::usage::UsageEvent;
 use services::Services;
 use tower::{Layer, Service};
@@ -106,30 +108,36 @@ where
         alerts: Vec::new(),
     };
 
-    let decision = match services.quota.check_and_count(key.id, &key.quota, key.quota_version_ms).await {
-        Ok(decision) => Some(decision),
-        Err(err) => {
-            // Fail open: answer the client, record the request as unenforced.
-            warn_quota_unavailable(&err);
-            None
-        }
+    let (decision, enforced) = match services.quota.decide(&key).await {
+        Verdict::Enforced(d) => (Some(d), true),
+        Verdict::Fallback(d) => (Some(d), false),
+        Verdict::Unavailable => (None, false),
     };
     event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
-    event.enforced = decision.is_some();
-    if let Some(decision) = &decision {
+    event.enforced = enforced;
+    if let Some(decision) = decision.as_ref().filter(|_| enforced) {
         event.alerts = services::alerts::crossings(decision);
     }
 
-    if let Some(decision) = decision.as_ref().filter(|d| !d.admitted) {
-        let (mut response, body_len) = quota_exceeded(decision);
-        add_rate_limit_headers(response.headers_mut(), decision);
+    // Refused: by the quota (429), or because it cannot be checked and the policy is
+    // fail-closed (503). Its usage is stored before the client hears back.
+    let refusal = match &decision {
+        Some(d) if !d.admitted => {
+            let (mut response, len) = quota_exceeded(d);
+            add_rate_limit_headers(response.headers_mut(), d);
+            Some((response, len))
+        }
+        None => Some(quota_unavailable()),
+        Some(_) => None,
+    };
+    if let Some((mut response, body_len)) = refusal {
         add_request_id(response.headers_mut(), request_id);
         event.status = response.status().as_u16();
         event.throttled = true;
         event.bytes_in = content_length(request.headers());
         event.latency_us = micros(started.elapsed());
         event.bytes_out = body_len;
-        services.usage.record(event);
+        services.usage.record_durably(event).await;
         return Ok(response);
     }
 
@@ -147,14 +155,29 @@ where
     add_request_id(response.headers_mut(), request_id);
     event.status = response.status().as_u16();
 
-    // The event is complete when the response body has been sent (or abandoned).
+    // A body of known size is complete now: store its usage, then answer.
+    if let Some(size) = http_body::Body::size_hint(response.body()).exact() {
+        event.latency_us = micros(started.elapsed());
+        event.bytes_in = bytes_in.load(Ordering::Relaxed);
+        // HTTP sends no body with these, whatever the handler produced.
+        let bodiless = matches!(event.status, 100..=199 | 204 | 304) || event.method == "HEAD";
+        event.bytes_out = if bodiless { 0 } else { size };
+        OVERHEAD.observe(before_handler + after_handler.elapsed());
+        services.usage.record_durably(event).await;
+        return Ok(response);
+    }
+
+    // A streamed body: its usage is stored when it ends, before the final chunk is sent.
     let recorder = services.usage.clone();
     let on_done = Box::new(move |bytes_out: u64| {
         let mut event = event;
         event.latency_us = micros(started.elapsed());
         event.bytes_in = bytes_in.load(Ordering::Relaxed);
         event.bytes_out = bytes_out;
-        recorder.record(event);
+        let recorder = recorder.clone();
+        Box::pin(async move {
+            recorder.record_durably(event).await;
+        }) as Pin<Box<dyn Future<Output = ()> + Send>>
     });
     let (parts, body) = response.into_parts();
     let body = CountingBody::new(body, Arc::new(AtomicU64::new(0)), Some(on_done));
@@ -207,15 +230,6 @@ fn micros(d: Duration) -> u64 {
 
 fn content_length(headers: &HeaderMap) -> u64 {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn warn_quota_unavailable(err: &services::ServiceError) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = chrono::Utc::now().timestamp() as u64;
-    // At most one warning every 10 seconds.
-    if LAST.swap(now, Ordering::Relaxed) + 10 <= now {
-        tracing::warn!(error = %err, "quota check unavailable: admitting requests unenforced");
-    }
 }
 
 fn add_request_id(headers: &mut HeaderMap, id: Uuid) {
@@ -278,6 +292,23 @@ fn quota_exceeded(d: &QuotaDecision) -> (Response, u64) {
     let mut response =
         (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, header_value(retry_after.to_string()));
+    (response, len)
+}
+
+/// The 503 of fail-closed mode while Redis is unavailable; with the body's length.
+fn quota_unavailable() -> (Response, u64) {
+    let body = json!({
+        "error": {
+            "code": "quota_unavailable",
+            "message": "usage limits cannot be checked right now; retry in a moment",
+            "retry_after": 1,
+        }
+    })
+    .to_string();
+    let len = body.len() as u64;
+    let mut response =
+        (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     (response, len)
 }
 

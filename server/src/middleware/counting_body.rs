@@ -1,6 +1,9 @@
-//! A body wrapper that counts the bytes that pass through it and runs a callback once, when
-//! the body ends or is dropped (a client that hangs up mid-stream still gets recorded).
+//! A body wrapper that counts the bytes that pass through it and, when the body ends, runs a
+//! completion (the usage hand-off) *before* reporting the end: a chunked response's final chunk
+//! leaves only once its usage is stored. A body dropped early (the client hung up) still runs
+//! the completion, detached.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,22 +12,25 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-type OnDone = Box<dyn FnOnce(u64) + Send + 'static>;
+type Completion = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+type OnDone = Box<dyn FnOnce(u64) -> Completion + Send + 'static>;
 
 pub(crate) struct CountingBody {
     inner: Body,
     count: Arc<AtomicU64>,
     on_done: Option<OnDone>,
+    finishing: Option<Completion>,
+    ended: bool,
 }
 
 impl CountingBody {
     pub(crate) fn new(inner: Body, count: Arc<AtomicU64>, on_done: Option<OnDone>) -> Self {
-        Self { inner, count, on_done }
+        Self { inner, count, on_done, finishing: None, ended: false }
     }
 
-    fn finish(&mut self) {
+    fn start_finishing(&mut self) {
         if let Some(done) = self.on_done.take() {
-            done(self.count.load(Ordering::Relaxed));
+            self.finishing = Some(done(self.count.load(Ordering::Relaxed)));
         }
     }
 }
@@ -34,24 +40,45 @@ impl HttpBody for CountingBody {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let this = &mut *self;
+        loop {
+            if let Some(finishing) = this.finishing.as_mut() {
+                if finishing.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                if self.inner.is_end_stream() {
-                    self.finish();
-                }
+                this.finishing = None;
+                this.ended = true;
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
-            Poll::Pending => {}
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.start_finishing();
+                    this.ended = this.finishing.is_none();
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.start_finishing();
+                    if let Some(finishing) = this.finishing.take() {
+                        tokio::spawn(finishing);
+                    }
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not over while a completion is still to run.
+        self.ended || (self.on_done.is_none() && self.finishing.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -61,6 +88,11 @@ impl HttpBody for CountingBody {
 
 impl Drop for CountingBody {
     fn drop(&mut self) {
-        self.finish();
+        self.start_finishing();
+        if let Some(finishing) = self.finishing.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(finishing);
+            }
+        }
     }
 }

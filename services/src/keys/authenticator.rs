@@ -46,6 +46,8 @@ pub struct KeyAuthenticator {
 
 impl KeyAuthenticator {
     pub const TTL: Duration = Duration::from_secs(2);
+    /// How long a cached answer may stand in while PostgreSQL cannot be asked.
+    pub const STALE_IF_ERROR: Duration = Duration::from_secs(15 * 60);
     /// Bounds memory under a flood of random keys; the cache is simply emptied when full.
     const MAX_ENTRIES: usize = 100_000;
 
@@ -55,14 +57,27 @@ impl KeyAuthenticator {
 
     pub async fn check(&self, secret: &ApiKeySecret) -> ServiceResult<KeyCheck> {
         let hash = secret.hash();
-        if let Ok(cache) = self.cache.read() {
-            if let Some((at, check)) = cache.get(&hash) {
-                if at.elapsed() < Self::TTL {
-                    return Ok(*check);
-                }
+        let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash).copied());
+        if let Some((at, check)) = cached {
+            if at.elapsed() < Self::TTL {
+                return Ok(check);
             }
         }
-        let check = self.load(&hash).await?;
+        let check = match self.load(&hash).await {
+            Ok(check) => check,
+            // PostgreSQL unreachable: a key seen recently keeps its last known state, so metered
+            // traffic goes on through a database outage (tried again after another TTL).
+            Err(e) if e.is_server_error() => match cached {
+                Some((at, check)) if at.elapsed() < Self::STALE_IF_ERROR => {
+                    if let Ok(mut cache) = self.cache.write() {
+                        cache.insert(hash, (Instant::now(), check));
+                    }
+                    return Ok(check);
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= Self::MAX_ENTRIES {
                 cache.clear();

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod authenticator;
+pub mod fallback_limiter;
 pub mod quota;
 pub mod quota_manager;
 pub mod secret;
@@ -9,5 +10,7 @@ pub mod secret;
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
 pub use quota::{set_quota, ChangeSource, Quota, QuotaChange, QuotaLimit};
-pub use quota_manager::{projected_exhaustion_ms, QuotaDecision, QuotaManager, Window, WindowUse};
+pub use quota_manager::{
+    projected_exhaustion_ms, FailMode, FailurePolicy, QuotaDecision, QuotaManager, Verdict, Window, WindowUse,
+};
 pub use secret::ApiKeySecret;

@@ -7,11 +7,14 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_redis::redis::{self, Script};
 
 use super::api_keys::ApiKeyId;
+use super::authenticator::AuthenticatedKey;
+use super::fallback_limiter::FallbackLimiter;
 use super::quota::Quota;
 use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::ServiceResult;
@@ -111,6 +114,46 @@ pub fn quota_redis_key(id: ApiKeyId) -> String {
     format!("km:{{{id}}}:quota")
 }
 
+/// What metered requests get while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Keep answering, within the local fallback limit (the default).
+    Open,
+    /// Refuse with 503 until Redis is back.
+    Closed,
+}
+
+/// How the quota manager copes with Redis being down or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// How long a quota check may take before Redis counts as unavailable.
+    pub timeout: Duration,
+    pub mode: FailMode,
+    /// Instances sharing the quota; each falls back to its share of every limit.
+    pub instances: u32,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self { timeout: Duration::from_millis(250), mode: FailMode::Open, instances: 1 }
+    }
+}
+
+/// The quota manager's answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decided by Redis: exact across every instance.
+    Enforced(QuotaDecision),
+    /// Redis unavailable: decided by this instance's fallback limit.
+    Fallback(QuotaDecision),
+    /// Redis unavailable and the policy is fail-closed.
+    Unavailable,
+}
+
+/// After a failed check, Redis is left alone this long before it is tried again, so an outage
+/// does not add the timeout to every request.
+const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct QuotaManager {
     redis: RedisPool,
@@ -118,15 +161,68 @@ pub struct QuotaManager {
     script: Arc<Script>,
     /// Shifts the Redis clock, for tests of window boundaries only.
     clock_offset_ms: Arc<AtomicI64>,
+    policy: FailurePolicy,
+    fallback: Arc<FallbackLimiter>,
+    /// Until when (ms after `epoch`) Redis is considered down.
+    down_until_ms: Arc<AtomicI64>,
+    epoch: Instant,
 }
 
 impl QuotaManager {
     pub fn new(redis: RedisPool) -> Self {
+        Self::with_policy(redis, FailurePolicy::default())
+    }
+
+    pub fn with_policy(redis: RedisPool, policy: FailurePolicy) -> Self {
         Self {
             shared: SharedConnection::new(redis.clone()),
             redis,
             script: Arc::new(Script::new(include_str!("quota_check.lua"))),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
+            fallback: Arc::new(FallbackLimiter::new(policy.instances)),
+            policy,
+            down_until_ms: Arc::new(AtomicI64::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+    }
+
+    fn elapsed_ms(&self) -> i64 {
+        self.epoch.elapsed().as_millis().min(i64::MAX as u128) as i64
+    }
+
+    /// Decides on one request: exactly, through Redis, when it answers within the policy's
+    /// timeout; otherwise by the local fallback limit (fail-open) or not at all (fail-closed).
+    /// Never an error: the limiter must not turn into a failed request.
+    pub async fn decide(&self, key: &AuthenticatedKey) -> Verdict {
+        if self.down_until_ms.load(Ordering::Relaxed) <= self.elapsed_ms() {
+            let check = self.check_and_count(key.id, &key.quota, key.quota_version_ms);
+            match tokio::time::timeout(self.policy.timeout, check).await {
+                Ok(Ok(decision)) => return Verdict::Enforced(decision),
+                Ok(Err(e)) => self.mark_down(&e.to_string()),
+                Err(_) => {
+                    // The shared connection may be stuck behind the slow reply: start afresh.
+                    let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "quota check timed out");
+                    self.shared.reset_after(&redis::RedisError::from(timeout));
+                    self.mark_down("timed out");
+                }
+            }
+        }
+        match self.policy.mode {
+            FailMode::Open => Verdict::Fallback(self.fallback.check(key.id, &key.quota, Utc::now().timestamp_millis())),
+            FailMode::Closed => Verdict::Unavailable,
+        }
+    }
+
+    fn mark_down(&self, why: &str) {
+        let until = self.elapsed_ms() + RETRY_REDIS_AFTER.as_millis() as i64;
+        let before = self.down_until_ms.swap(until, Ordering::Relaxed);
+        // Logged once per outage, not per request.
+        if before <= 0 || before + 10_000 < self.elapsed_ms() {
+            tracing::warn!(error = why, mode = ?self.policy.mode, "Redis unavailable for quota checks; using the fallback");
         }
     }
 

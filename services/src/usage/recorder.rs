@@ -1,7 +1,14 @@
-//! The recorder takes usage events from the request path without blocking it and hands them to
-//! Redis in batches: one stream entry per batch (read by the [`writer`](super::writer)) and the
-//! per-minute live counters, in one pipelined round trip. If Redis is unreachable, batches wait
-//! in memory and are retried.
+//! The recorder takes usage events from the request path and hands them to Redis in batches:
+//! one stream entry per batch (read by the [`writer`](super::writer)) and the per-minute live
+//! counters, in one pipelined round trip.
+//!
+//! The hand-off is durable before the client has its answer: the usage tracker awaits
+//! [`UsageRecorder::record_durably`], which resolves once the event's batch is in Redis (group
+//! commit: events that arrive while a batch is in flight form the next one, so concurrent
+//! requests share round trips). A crashed instance therefore loses no answered request's usage.
+//! If Redis cannot take a batch, it is written straight to PostgreSQL (idempotently, by request
+//! id); if neither answers, the batch stays in memory and is retried, and waiting requests are
+//! released after [`HANDOFF_WAIT`] so that clients are still answered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,11 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::live::{minute_key, MinuteCounters};
+use super::writer::UsageWriter;
 use super::UsageEvent;
 use crate::redis_pool::{self, RedisPool};
 
@@ -24,24 +32,34 @@ pub fn stream_name(namespace: &str) -> String {
 }
 /// Most events per stream entry.
 const MAX_BATCH: usize = 2_000;
-/// How long a batch may wait for more events. Longer means fewer, larger writes downstream; the
-/// live view refreshes every few seconds anyway.
+/// How long a batch nobody waits for may gather more events (fewer, larger writes downstream).
 const LINGER: Duration = Duration::from_millis(100);
 /// Events queued in memory before new ones are refused (and counted as dropped).
 const QUEUE: usize = 200_000;
+/// How long a Redis hand-off may take before the batch goes to PostgreSQL instead.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a request waits for its event's hand-off; after that it is answered anyway and
+/// the event waits in memory (only when Redis and PostgreSQL are both unavailable).
+pub const HANDOFF_WAIT: Duration = Duration::from_secs(3);
+
+struct Item {
+    event: UsageEvent,
+    handed_off: Option<oneshot::Sender<()>>,
+}
 
 #[derive(Clone)]
 pub struct UsageRecorder {
-    tx: Arc<Mutex<Option<mpsc::Sender<UsageEvent>>>>,
+    tx: Arc<Mutex<Option<mpsc::Sender<Item>>>>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
     dropped: Arc<AtomicU64>,
 }
 
 impl UsageRecorder {
-    /// Starts the background flusher on the current Tokio runtime.
-    pub fn start(redis: RedisPool, namespace: &str) -> Self {
+    /// Starts the background flusher on the current Tokio runtime. `fallback` writes batches
+    /// straight to PostgreSQL when Redis cannot take them.
+    pub fn start(redis: RedisPool, namespace: &str, fallback: Option<UsageWriter>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx));
+        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx, fallback));
         Self {
             tx: Arc::new(Mutex::new(Some(tx))),
             task: Arc::new(Mutex::new(Some(task))),
@@ -49,23 +67,38 @@ impl UsageRecorder {
         }
     }
 
-    /// Queues an event; never waits.
-    pub fn record(&self, event: UsageEvent) {
+    fn send(&self, item: Item) -> bool {
         let sender = self.tx.lock().ok().and_then(|tx| tx.clone());
-        let queued = sender.map(|tx| tx.try_send(event).is_ok()).unwrap_or(false);
+        let queued = sender.map(|tx| tx.try_send(item).is_ok()).unwrap_or(false);
         if !queued {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::error!(dropped = n, "usage queue full or closed: events dropped");
             }
         }
+        queued
+    }
+
+    /// Queues an event without waiting (for requests whose client is already gone).
+    pub fn record(&self, event: UsageEvent) {
+        self.send(Item { event, handed_off: None });
+    }
+
+    /// Queues an event and waits until it is stored durably (Redis stream or PostgreSQL), or
+    /// [`HANDOFF_WAIT`] at most. Returns whether it was stored in time.
+    pub async fn record_durably(&self, event: UsageEvent) -> bool {
+        let (done, handed_off) = oneshot::channel();
+        if !self.send(Item { event, handed_off: Some(done) }) {
+            return false;
+        }
+        matches!(tokio::time::timeout(HANDOFF_WAIT, handed_off).await, Ok(Ok(())))
     }
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting events and waits until every queued event has reached Redis.
+    /// Stops accepting events and waits until every queued event has been handed off.
     pub async fn shutdown(&self) {
         let sender = self.tx.lock().ok().and_then(|mut tx| tx.take());
         drop(sender);
@@ -76,37 +109,95 @@ impl UsageRecorder {
     }
 }
 
-async fn flush_loop(redis: RedisPool, stream: String, mut rx: mpsc::Receiver<UsageEvent>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn flush_loop(redis: RedisPool, stream: String, mut rx: mpsc::Receiver<Item>, mut fallback: Option<UsageWriter>) {
+    let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
+    let mut redis_down_until: Option<tokio::time::Instant> = None;
     loop {
         let Some(first) = rx.recv().await else { break };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
+        // Whatever is already queued joins at once.
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
-                _ => break,
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
             }
         }
-        flush_until_done(&redis, &stream, &mut batch).await;
+        // Nobody waits for this batch: let it gather a while longer.
+        if batch.iter().all(|i| i.handed_off.is_none()) {
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(item)) => {
+                        let waiting = item.handed_off.is_some();
+                        batch.push(item);
+                        if waiting {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        hand_off_until_done(&redis, &stream, fallback.as_mut(), &mut redis_down_until, &mut batch).await;
     }
-    // Closed: whatever is left was flushed above, as `recv` drains before returning None.
+    // Closed: whatever was queued has been handed off above (`recv` drains before None).
 }
 
-async fn flush_until_done(redis: &RedisPool, stream: &str, batch: &mut Vec<UsageEvent>) {
+async fn hand_off_until_done(
+    redis: &RedisPool,
+    stream: &str,
+    mut fallback: Option<&mut UsageWriter>,
+    redis_down_until: &mut Option<tokio::time::Instant>,
+    batch: &mut Vec<Item>,
+) {
+    let events: Vec<UsageEvent> = batch.iter().map(|i| i.event.clone()).collect();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match flush(redis, stream, batch).await {
-            Ok(()) => {
-                batch.clear();
-                return;
+        // After a failure, Redis is left alone for a second: batches go to PostgreSQL directly.
+        let to_redis = match *redis_down_until {
+            Some(until) if tokio::time::Instant::now() < until => {
+                Ok(Err(crate::ServiceError::RedisUnavailable("recently failed".into())))
             }
-            Err(e) => {
-                tracing::warn!(error = %e, events = batch.len(), "usage flush to Redis failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            _ => tokio::time::timeout(REDIS_TIMEOUT, flush(redis, stream, &events)).await,
+        };
+        if !matches!(to_redis, Ok(Ok(()))) {
+            *redis_down_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
+        let stored = match to_redis {
+            Ok(Ok(())) => true,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                match fallback.as_deref_mut() {
+                    Some(writer) => match writer.write(&events).await {
+                        Ok(()) => {
+                            tracing::warn!(error = %why, events = events.len(), "usage: Redis unavailable, written straight to PostgreSQL");
+                            true
+                        }
+                        Err(pg) => {
+                            tracing::warn!(redis = %why, postgres = %pg, events = events.len(), "usage hand-off failed; retrying");
+                            false
+                        }
+                    },
+                    None => {
+                        tracing::warn!(error = %why, events = events.len(), "usage flush to Redis failed; retrying");
+                        false
+                    }
+                }
+            }
+        };
+        if stored {
+            for item in batch.drain(..) {
+                if let Some(done) = item.handed_off {
+                    let _ = done.send(());
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

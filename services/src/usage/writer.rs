@@ -43,12 +43,22 @@ pub struct UsageWriter {
 
 impl UsageWriter {
     pub fn new(services: &Services, retention_days: u32) -> Self {
+        Self::from_parts(
+            services.db.clone(),
+            services.redis.clone(),
+            &services.namespace,
+            &services.settings.public_url,
+            retention_days,
+        )
+    }
+
+    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str, retention_days: u32) -> Self {
         Self {
-            db: services.db.clone(),
-            redis: services.redis.clone(),
-            public_url: services.settings.public_url.clone(),
+            db,
+            redis,
+            public_url: public_url.to_owned(),
             consumer: format!("writer-{}", Uuid::new_v4().simple()),
-            stream: stream_name(&services.namespace),
+            stream: stream_name(namespace),
             retention_days,
             partitions: HashSet::new(),
         }
