@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL and Redis on loopback, data under a directory of our own.
 #   services.sh start DIR PG_PORT REDIS_PORT [--ephemeral]
-#   services.sh stop DIR
-# --ephemeral: no durability (fsync off, no Redis snapshots), for tests.
+#   services.sh cluster-start DIR PORT1 PORT2 PORT3...   a Redis Cluster, one primary per port
+#   services.sh stop DIR                                 stops everything started in DIR
+# --ephemeral: no durability (fsync off, no Redis snapshots), for tests. The cluster is always
+# ephemeral: it holds test data only and is rebuilt from scratch unless it is already up.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
-cmd="${1:?usage: services.sh start|stop DIR ...}"
+cmd="${1:?usage: services.sh start|cluster-start|stop DIR ...}"
 dir="${2:?data directory}"
 
 port_busy() {
@@ -47,8 +49,71 @@ start() {
   fi
 }
 
+# True when every node of ours answers and the cluster covers all slots.
+cluster_up() {
+  local port
+  for port in "$@"; do
+    [ -f "$dir/cluster-$port/redis.pid" ] && kill -0 "$(cat "$dir/cluster-$port/redis.pid")" 2>/dev/null || return 1
+    redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+cluster_start() {
+  [ $# -ge 3 ] || { echo "usage: services.sh cluster-start DIR PORT1 PORT2 PORT3..." >&2; exit 2; }
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  cluster_up "$@" && return 0
+  # A half-made cluster (a node died, creation failed) is not worth repairing: start over.
+  cluster_stop
+  local port node bus nodes=()
+  if [ "$(printf '%s\n' "$@" | sort -u | wc -l)" -ne $# ]; then
+    echo "error: cluster ports must differ: $*" >&2
+    exit 1
+  fi
+  for port in "$@"; do
+    if port_busy "$port"; then
+      echo "error: port $port is taken by another program; choose other cluster ports" >&2
+      exit 1
+    fi
+  done
+  for port in "$@"; do
+    node="$dir/cluster-$port"
+    rm -rf "$node" && mkdir -p "$node"
+    # The cluster bus would default to PORT+10000, which may be taken or past 65535.
+    bus="$(free_port)"
+    while printf '%s\n' "$@" | grep -qx "$bus"; do bus="$(free_port)"; done
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-port "$bus" \
+      --cluster-config-file "$node/nodes.conf" --dir "$node" --save "" --appendonly no \
+      --daemonize yes --pidfile "$node/redis.pid" --logfile "$node/redis.log" >/dev/null
+    nodes+=("127.0.0.1:$port")
+  done
+  for port in "$@"; do
+    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  if ! redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >"$dir/cluster-create.log" 2>&1; then
+    echo "error: redis-cli --cluster create failed:" >&2; tail -n 20 "$dir/cluster-create.log" >&2
+    exit 1
+  fi
+  for _ in $(seq 100); do cluster_up "$@" && return 0; sleep 0.1; done
+  echo "error: the Redis Cluster on ports $* did not reach cluster_state:ok (logs in $dir/cluster-*)" >&2
+  exit 1
+}
+
+cluster_stop() {
+  local pidfile pid
+  for pidfile in "$dir"/cluster-*/redis.pid; do
+    [ -f "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    kill "$pid" 2>/dev/null || true
+    # Wait, so that a restart on the same ports finds them free.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$pidfile"
+  done
+}
+
 stop() {
   [ -d "$dir" ] || return 0
+  cluster_stop
   if [ -f "$dir/pg/PG_VERSION" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null 2>&1 || true
   fi
@@ -60,6 +125,7 @@ stop() {
 
 case "$cmd" in
   start) shift 2; start "$@" ;;
+  cluster-start) shift 2; cluster_start "$@" ;;
   stop) stop ;;
-  *) echo "usage: services.sh start|stop DIR ..." >&2; exit 2 ;;
+  *) echo "usage: services.sh start|cluster-start|stop DIR ..." >&2; exit 2 ;;
 esac

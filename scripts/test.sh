@@ -14,6 +14,7 @@ server_pid=""
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
   bash scripts/services.sh stop "$tmp/services"
+  bash scripts/services.sh stop "$tmp/cluster"
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -31,6 +32,13 @@ export KEYMETER_TEST_REDIS="redis://127.0.0.1:$redis_port"
 DATABASE_URL="$pg/keymeter_template" REDIS_URL="$KEYMETER_TEST_REDIS" "$SERVER_BIN" migrate >/dev/null
 
 if [ -z "${KEYMETER_ONLY_BROWSER_TESTS:-}" ]; then
+  # The quota and usage tests also run against a 3-primary Redis Cluster.
+  cluster_ports=("$(free_port)" "$(free_port)" "$(free_port)")
+  log "starting a test Redis Cluster (:${cluster_ports[*]})"
+  bash scripts/services.sh cluster-start "$tmp/cluster" "${cluster_ports[@]}"
+  KEYMETER_TEST_REDIS_CLUSTER="$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")"
+  export KEYMETER_TEST_REDIS_CLUSTER="${KEYMETER_TEST_REDIS_CLUSTER%,}"
+
   log "Rust unit and integration tests"
   RUST_BACKTRACE=0 cargo test -q
 fi

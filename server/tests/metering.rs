@@ -20,13 +20,27 @@ fn header(res: &reqwest::Response, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_the_limit_is_admitted_across_three_instances() {
-    let first = TestApp::spawn().await;
-    let second = first.spawn_sibling().await;
-    let third = first.spawn_sibling().await;
+    exactly_the_limit_across_three_instances(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_the_limit_is_admitted_across_three_instances_on_a_redis_cluster() {
+    let nodes = std::env::var("KEYMETER_TEST_REDIS_CLUSTER")
+        .expect("KEYMETER_TEST_REDIS_CLUSTER is not set: run the tests with `make test`");
+    exactly_the_limit_across_three_instances(&[("REDIS_URL", nodes)]).await;
+}
+
+/// Three instances (with `settings`), 96 concurrent clients, three rounds of limits: exactly
+/// the limit is admitted, every answered request reaches PostgreSQL as an event, and the live
+/// counters count admitted and throttled requests alike.
+async fn exactly_the_limit_across_three_instances(settings: &[(&'static str, String)]) {
+    let first = TestApp::spawn_with(settings).await;
+    let second = first.spawn_sibling_with(settings).await;
+    let third = first.spawn_sibling_with(settings).await;
     let bases = [first.base.clone(), second.base.clone(), third.base.clone()];
 
     for (round, limit) in [(1, 50i64), (2, 137), (3, 1)] {
-        let (secret, _) = first.key_with_quota(limit, 100_000).await;
+        let (secret, id) = first.key_with_quota(limit, 100_000).await;
         let clients = 96;
         let per_client = 3;
         let c = client();
@@ -52,6 +66,12 @@ async fn exactly_the_limit_is_admitted_across_three_instances() {
         let attempts = (clients * per_client) as i64;
         assert_eq!(counts.get(&200).copied().unwrap_or(0), limit, "round {round}: {counts:?}");
         assert_eq!(counts.get(&429).copied().unwrap_or(0), attempts - limit, "round {round}: {counts:?}");
+
+        assert_eq!(first.wait_for_events(id, attempts).await, attempts, "round {round}: events in PostgreSQL");
+        let first_minute = first.services.quota.now_ms().await.unwrap() / 60_000 * 60_000 - 5 * 60_000;
+        let live = services::usage::live::read_minutes(&first.services.redis, id.0, first_minute, 7).await.unwrap();
+        assert_eq!(live.iter().map(|(_, m)| m.requests).sum::<u64>(), limit as u64, "round {round}: live");
+        assert_eq!(live.iter().map(|(_, m)| m.throttled).sum::<u64>(), (attempts - limit) as u64, "round {round}");
     }
 }
 

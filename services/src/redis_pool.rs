@@ -1,18 +1,64 @@
-//! Redis: the connection pool shared by sessions throttling, quotas and live counters.
+//! Redis: the connection pool shared by sessions throttling, quotas and live counters, on one
+//! Redis server or on a Redis Cluster.
+//!
+//! On a cluster a command, script or pipeline may only touch keys of one hash slot. Everything
+//! of one API key is hash-tagged (`km:{<key id>}:…`), so the quota script and the live counter
+//! reads stay in one slot; pipelines that mix slots (the recorder's stream entry plus many keys'
+//! counters, the login throttle's two counters) are split by [`Conn`], invisibly to callers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_redis::{Config, Connection, Pool, Runtime};
+use deadpool::managed::{Manager, Object, Pool, PoolBuilder};
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{self, Arg, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, Value};
+use deadpool_redis::{cluster, Runtime};
 
 use crate::{ServiceError, ServiceResult};
 
-pub type RedisPool = Pool;
-pub type RedisConn = Connection;
+/// Connections to one Redis server or to the primaries of a Redis Cluster.
+#[derive(Clone)]
+pub enum RedisPool {
+    Single(deadpool_redis::Pool),
+    Cluster(cluster::Pool),
+}
 
+/// A connection taken from the pool, given back when dropped.
+pub type RedisConn = Conn<deadpool_redis::Connection, cluster::Connection>;
+/// A connection shared by concurrent requests (see [`SharedConnection`]); cheap to clone.
+pub type SharedConn = Conn<MultiplexedConnection, ClusterConnection>;
+
+/// A connection to a single Redis or to a cluster; use it as any `redis::aio::ConnectionLike`.
+#[derive(Clone)]
+pub enum Conn<S, C> {
+    Single(S),
+    Cluster(C),
+}
+
+/// A pool for `redis_url`: a cluster when it lists several comma-separated seed nodes.
 pub fn pool(redis_url: &str, max_size: usize) -> ServiceResult<RedisPool> {
-    Config::from_url(redis_url)
-        .builder()
-        .map_err(|e| ServiceError::Internal(format!("invalid REDIS_URL: {e}")))?
+    pool_with(redis_url, max_size, redis_url.contains(','))
+}
+
+/// A pool for `redis_url`, read as the comma-separated seed nodes of a Redis Cluster when
+/// `cluster` is set (one seed is enough: the client discovers the others).
+pub fn pool_with(redis_url: &str, max_size: usize, cluster: bool) -> ServiceResult<RedisPool> {
+    let invalid = |e: &dyn std::fmt::Display| ServiceError::Internal(format!("invalid REDIS_URL: {e}"));
+    if !cluster {
+        if redis_url.contains(',') {
+            return Err(invalid(&"several nodes are only allowed for a Redis Cluster"));
+        }
+        let builder = deadpool_redis::Config::from_url(redis_url).builder().map_err(|e| invalid(&e))?;
+        return Ok(RedisPool::Single(build(builder, max_size)?));
+    }
+    let urls: Vec<String> = redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+    let builder = cluster::Config::from_urls(urls).builder().map_err(|e| invalid(&e))?;
+    Ok(RedisPool::Cluster(build(builder, max_size)?))
+}
+
+fn build<M: Manager, W: From<Object<M>>>(builder: PoolBuilder<M, W>, max_size: usize) -> ServiceResult<Pool<M, W>> {
+    builder
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(2)))
@@ -23,23 +69,122 @@ pub fn pool(redis_url: &str, max_size: usize) -> ServiceResult<RedisPool> {
 }
 
 pub async fn conn(pool: &RedisPool) -> ServiceResult<RedisConn> {
-    Ok(pool.get().await?)
+    Ok(match pool {
+        RedisPool::Single(p) => Conn::Single(p.get().await?),
+        RedisPool::Cluster(p) => Conn::Cluster(p.get().await?),
+    })
 }
 
-/// Round trip to Redis (`PING`).
+/// Round trip to Redis (`PING`; on a cluster, to every primary).
 pub async fn ping(pool: &RedisPool) -> ServiceResult<()> {
     let mut conn = conn(pool).await?;
-    let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut conn).await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
     Ok(())
+}
+
+/// The cluster connection behind a pooled or a shared handle.
+pub trait AsClusterConnection: Send {
+    fn cluster(&mut self) -> &mut ClusterConnection;
+}
+
+impl AsClusterConnection for ClusterConnection {
+    fn cluster(&mut self) -> &mut ClusterConnection {
+        self
+    }
+}
+
+impl AsClusterConnection for cluster::Connection {
+    fn cluster(&mut self) -> &mut ClusterConnection {
+        self
+    }
+}
+
+impl<S: ConnectionLike + Send, C: AsClusterConnection> ConnectionLike for Conn<S, C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.cluster().req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipe, offset, count),
+            Self::Cluster(c) => Box::pin(cluster_pipeline(c.cluster().clone(), pipe, offset, count)),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
+/// redis-rs refuses a pipeline whose keys span hash slots (`CrossSlot`, before sending
+/// anything). A plain (non-MULTI) pipeline promises no atomicity, so it is then sent as one
+/// sub-pipeline per hash tag, concurrently, and the replies are put back in order. Commands
+/// on one key keep their order (an `EXPIRE` must follow the `INCR` that creates the key).
+async fn cluster_pipeline(
+    mut conn: ClusterConnection,
+    pipe: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    let first = conn.req_packed_commands(pipe, offset, count).await;
+    let splittable = !pipe.is_transaction() && offset == 0 && count == pipe.len();
+    if !(splittable && matches!(&first, Err(e) if e.kind() == ErrorKind::CrossSlot)) {
+        return first;
+    }
+    // Grouped by the hash tag of the first argument, which is the key of every command that
+    // keymeter pipelines; a group that still spans slots fails as the whole pipeline did.
+    let mut groups: HashMap<&[u8], (Pipeline, Vec<usize>)> = HashMap::new();
+    for (i, cmd) in pipe.cmd_iter().enumerate() {
+        let key = match cmd.args_iter().nth(1) {
+            Some(Arg::Simple(key)) => hash_tag(key),
+            _ => &[],
+        };
+        let (sub, positions) = groups.entry(key).or_insert_with(|| (redis::pipe(), Vec::new()));
+        sub.add_command(cmd.clone());
+        positions.push(i);
+    }
+    let replies = futures_util::future::try_join_all(groups.values().map(|(sub, _)| {
+        let mut conn = conn.clone();
+        async move { conn.req_packed_commands(sub, 0, sub.len()).await }
+    }))
+    .await?;
+    let mut values = vec![Value::Nil; pipe.len()];
+    for ((_, positions), group_values) in groups.values().zip(replies) {
+        for (i, value) in positions.iter().zip(group_values) {
+            values[*i] = value;
+        }
+    }
+    Ok(values)
+}
+
+/// The part of a key that decides its hash slot: the first non-empty `{…}`, else the key.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else { return key };
+    match key[open + 1..].iter().position(|&b| b == b'}') {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
 }
 
 /// One multiplexed connection shared by every request on the hot path. Taking a connection
 /// from the pool costs a round trip (deadpool-redis pings on recycle); a multiplexed connection
-/// carries concurrent commands without that. Replaced after an I/O error.
+/// carries concurrent commands without that (a cluster connection is multiplexed per node).
+/// Replaced after an I/O error.
 #[derive(Clone)]
 pub struct SharedConnection {
     pool: RedisPool,
-    conn: std::sync::Arc<std::sync::RwLock<Option<deadpool_redis::redis::aio::MultiplexedConnection>>>,
+    conn: std::sync::Arc<std::sync::RwLock<Option<SharedConn>>>,
 }
 
 impl SharedConnection {
@@ -47,11 +192,14 @@ impl SharedConnection {
         Self { pool, conn: Default::default() }
     }
 
-    pub async fn get(&self) -> ServiceResult<deadpool_redis::redis::aio::MultiplexedConnection> {
+    pub async fn get(&self) -> ServiceResult<SharedConn> {
         if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
             return Ok(conn);
         }
-        let conn = Connection::take(conn(&self.pool).await?);
+        let conn = match conn(&self.pool).await? {
+            Conn::Single(c) => Conn::Single(deadpool_redis::Connection::take(c)),
+            Conn::Cluster(c) => Conn::Cluster(cluster::Connection::take(c)),
+        };
         if let Ok(mut slot) = self.conn.write() {
             *slot = Some(conn.clone());
         }
@@ -59,11 +207,35 @@ impl SharedConnection {
     }
 
     /// Call after an error that may have broken the connection; the next `get` opens another.
-    pub fn reset_after(&self, err: &deadpool_redis::redis::RedisError) {
+    pub fn reset_after(&self, err: &redis::RedisError) {
         if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
             if let Ok(mut slot) = self.conn.write() {
                 *slot = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_rules() {
+        assert_eq!(hash_tag(b"km:{abc}:quota"), b"abc");
+        assert_eq!(hash_tag(b"km:{abc}:live:60"), b"abc");
+        assert_eq!(hash_tag(b"km:usage:events"), b"km:usage:events");
+        // An empty or unclosed tag does not count: the whole key decides.
+        assert_eq!(hash_tag(b"a{}b"), b"a{}b");
+        assert_eq!(hash_tag(b"a{b"), b"a{b");
+        assert_eq!(hash_tag(b"{x}{y}"), b"x");
+    }
+
+    #[test]
+    fn several_urls_need_cluster_mode() {
+        assert!(pool_with("redis://127.0.0.1:1,redis://127.0.0.1:2", 1, false).is_err());
+        assert!(matches!(pool("redis://127.0.0.1:1", 1), Ok(RedisPool::Single(_))));
+        assert!(matches!(pool("redis://127.0.0.1:1, redis://127.0.0.1:2", 1), Ok(RedisPool::Cluster(_))));
+        assert!(matches!(pool_with("redis://127.0.0.1:1", 1, true), Ok(RedisPool::Cluster(_))));
     }
 }
