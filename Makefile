@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 unexport LEPTOS_OUTPUT_NAME
 
-.PHONY: run test setup build fmt lint bench
+.PHONY: run test setup build fmt lint bench reliability
 
 run:
 	@bash scripts/run.sh
@@ -25,3 +25,6 @@ lint:
 
 bench:
 	@bash scripts/bench.sh
+
+reliability:
+	@bash scripts/reliability.sh

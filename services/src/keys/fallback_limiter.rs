@@ -1,8 +1,8 @@
 //! The local fallback limit, used only while Redis cannot answer: each instance admits at most
-//! its share of every window (the limit divided by the configured instance count), counted in
-//! memory on this node's clock. Together the instances stay within the quota without talking
-//! to each other; requests admitted this way are recorded as unenforced. Counts start from zero
-//! when Redis goes away (use before the outage is not known here).
+//! its share of what was left of every window (the remaining quota, as last seen from Redis,
+//! divided by the configured instance count), counted in memory on this node's clock. Together
+//! the instances stay within the quota without talking to each other; requests admitted this way
+//! are recorded as unenforced.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,67 +11,97 @@ use super::api_keys::ApiKeyId;
 use super::quota::Quota;
 use super::quota_manager::{QuotaDecision, Window, WindowUse};
 
+/// One window of one key: what Redis last said was used, and what this instance admitted
+/// on its own since.
 #[derive(Default, Clone, Copy)]
-struct LocalCounts {
-    hour_start_ms: i64,
-    hour: i64,
-    day_start_ms: i64,
-    day: i64,
+struct WindowState {
+    start_ms: i64,
+    known_used: i64,
+    local: i64,
+}
+
+impl WindowState {
+    fn roll(&mut self, start_ms: i64) {
+        if self.start_ms != start_ms {
+            *self = Self { start_ms, known_used: 0, local: 0 };
+        }
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct KeyState {
+    hour: WindowState,
+    day: WindowState,
 }
 
 pub struct FallbackLimiter {
     instances: i64,
-    counts: Mutex<HashMap<ApiKeyId, LocalCounts>>,
+    keys: Mutex<HashMap<ApiKeyId, KeyState>>,
 }
 
 impl FallbackLimiter {
-    /// Keys tracked at most; beyond that the oldest state is simply forgotten (fail-open).
+    /// Keys tracked at most; beyond that the state is simply forgotten (fail-open).
     const MAX_KEYS: usize = 100_000;
 
     pub fn new(instances: u32) -> Self {
-        Self { instances: i64::from(instances.max(1)), counts: Mutex::new(HashMap::new()) }
+        Self { instances: i64::from(instances.max(1)), keys: Mutex::new(HashMap::new()) }
     }
 
-    /// This instance's share of a limit: at least one request.
-    pub fn share(&self, limit: i64) -> i64 {
-        (limit / self.instances).max(1)
+    fn with_key<T>(&self, key: ApiKeyId, f: impl FnOnce(&mut KeyState) -> T) -> T {
+        let mut keys = match self.keys.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if keys.len() >= Self::MAX_KEYS && !keys.contains_key(&key) {
+            keys.clear();
+        }
+        f(keys.entry(key).or_default())
+    }
+
+    /// Remembers what Redis said (after every enforced decision), and ends any local counting.
+    pub fn observe(&self, key: ApiKeyId, d: &QuotaDecision) {
+        self.with_key(key, |k| {
+            k.hour = WindowState { start_ms: d.hour.reset_at_ms - 3_600_000, known_used: d.hour.used, local: 0 };
+            k.day = WindowState { start_ms: d.day.reset_at_ms - 86_400_000, known_used: d.day.used, local: 0 };
+        });
+    }
+
+    /// This instance's share of what is left of a window.
+    fn share(&self, limit: i64, known_used: i64) -> i64 {
+        (limit - known_used).max(0) / self.instances
     }
 
     /// Checks and counts one request at `now_ms` (this node's clock).
     pub fn check(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
         let hour_start = now_ms - now_ms.rem_euclid(3_600_000);
         let day_start = now_ms - now_ms.rem_euclid(86_400_000);
-        let (hour_limit, day_limit) = (self.share(quota.per_hour.get()), self.share(quota.per_day.get()));
-        let mut counts = match self.counts.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if counts.len() >= Self::MAX_KEYS && !counts.contains_key(&key) {
-            counts.clear();
-        }
-        let c = counts.entry(key).or_default();
-        if c.hour_start_ms != hour_start {
-            (c.hour_start_ms, c.hour) = (hour_start, 0);
-        }
-        if c.day_start_ms != day_start {
-            (c.day_start_ms, c.day) = (day_start, 0);
-        }
-        let hour_full = c.hour >= hour_limit;
-        let day_full = c.day >= day_limit;
-        let admitted = !hour_full && !day_full;
-        if admitted {
-            c.hour += 1;
-            c.day += 1;
-        }
-        let hour =
-            WindowUse { window: Window::Hour, limit: hour_limit, used: c.hour, reset_at_ms: hour_start + 3_600_000 };
-        let day = WindowUse { window: Window::Day, limit: day_limit, used: c.day, reset_at_ms: day_start + 86_400_000 };
-        let blocked_by = if day_full {
-            Some(Window::Day)
-        } else if hour_full {
-            Some(Window::Hour)
-        } else {
-            None
+        let (admitted, hour, day) = self.with_key(key, |k| {
+            k.hour.roll(hour_start);
+            k.day.roll(day_start);
+            let hour_share = self.share(quota.per_hour.get(), k.hour.known_used);
+            let day_share = self.share(quota.per_day.get(), k.day.known_used);
+            let admitted = k.hour.local < hour_share && k.day.local < day_share;
+            if admitted {
+                k.hour.local += 1;
+                k.day.local += 1;
+            }
+            // What this instance enforces, as the headers report it.
+            let window = |w: Window, s: &WindowState, share: i64, reset_at_ms: i64| WindowUse {
+                window: w,
+                limit: s.known_used + share,
+                used: s.known_used + s.local,
+                reset_at_ms,
+            };
+            (
+                admitted,
+                window(Window::Hour, &k.hour, hour_share, hour_start + 3_600_000),
+                window(Window::Day, &k.day, day_share, day_start + 86_400_000),
+            )
+        });
+        let blocked_by = match admitted {
+            true => None,
+            false if day.used >= day.limit => Some(Window::Day),
+            false => Some(Window::Hour),
         };
         let retry_after_secs = blocked_by.map(|w| {
             let reset = if w == Window::Day { day.reset_at_ms } else { hour.reset_at_ms };
@@ -87,30 +117,49 @@ mod tests {
     use crate::keys::QuotaLimit;
 
     fn quota(hour: i64, day: i64) -> Quota {
-        Quota {
-            per_hour: QuotaLimit::new(hour).unwrap(),
-            per_day: QuotaLimit::new(day).unwrap(),
-            burst_per_second: None,
-        }
+        Quota { per_hour: QuotaLimit::new(hour).unwrap(), per_day: QuotaLimit::new(day).unwrap(), burst_per_second: None }
     }
+
+    const HOUR: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
 
     #[test]
     fn each_instance_admits_its_share_of_the_hour() {
         let limiter = FallbackLimiter::new(3);
         let key = ApiKeyId(uuid::Uuid::new_v4());
-        let now = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000 + 60_000;
+        let now = HOUR + 60_000;
         let admitted = (0..50).filter(|_| limiter.check(key, &quota(100, 10_000), now).admitted).count();
         assert_eq!(admitted, 33);
         let refused = limiter.check(key, &quota(100, 10_000), now);
         assert_eq!(refused.blocked_by, Some(Window::Hour));
         assert_eq!(refused.retry_after_secs, Some(3_540));
+        assert_eq!(refused.hour.remaining(), 0);
         // A new hour starts from zero.
         assert!(limiter.check(key, &quota(100, 10_000), now + 3_600_000).admitted);
     }
 
     #[test]
-    fn a_share_is_never_zero() {
-        assert_eq!(FallbackLimiter::new(8).share(3), 1);
-        assert_eq!(FallbackLimiter::new(0).share(5), 5);
+    fn the_share_is_of_what_redis_said_was_left() {
+        let limiter = FallbackLimiter::new(2);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        let mut seen = limiter.check(key, &quota(10, 1_000), now);
+        seen.hour.used = 4;
+        seen.day.used = 4;
+        limiter.observe(key, &seen);
+        // 6 left of 10, half of it here.
+        let admitted = (0..10).filter(|_| limiter.check(key, &quota(10, 1_000), now).admitted).count();
+        assert_eq!(admitted, 3);
+        let refused = limiter.check(key, &quota(10, 1_000), now);
+        assert_eq!((refused.hour.limit, refused.hour.used), (7, 7));
+    }
+
+    #[test]
+    fn nothing_left_means_nothing_admitted() {
+        let limiter = FallbackLimiter::new(4);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let mut seen = limiter.check(key, &quota(3, 1_000), HOUR);
+        seen.hour.used = 3;
+        limiter.observe(key, &seen);
+        assert!(!limiter.check(key, &quota(3, 1_000), HOUR + 1).admitted);
     }
 }

@@ -201,7 +201,10 @@ impl QuotaManager {
         if self.down_until_ms.load(Ordering::Relaxed) <= self.elapsed_ms() {
             let check = self.check_and_count(key.id, &key.quota, key.quota_version_ms);
             match tokio::time::timeout(self.policy.timeout, check).await {
-                Ok(Ok(decision)) => return Verdict::Enforced(decision),
+                Ok(Ok(decision)) => {
+                    self.fallback.observe(key.id, &decision);
+                    return Verdict::Enforced(decision);
+                }
                 Ok(Err(e)) => self.mark_down(&e.to_string()),
                 Err(_) => {
                     // The shared connection may be stuck behind the slow reply: start afresh.

@@ -1,0 +1,477 @@
+//! Faults: Redis down or slow, PostgreSQL down, an instance killed with SIGKILL under load.
+//!
+//! The first tests run inside `make test` (in-process servers against a Redis of their own that
+//! they stop and start). The `#[ignore]`d scenarios are `make reliability`: real server
+//! processes under load from concurrent clients, one fault each, checked request by request
+//! (every answered request's `x-request-id` must be stored exactly once) and summed up in a
+//! table row each (see scripts/reliability.sh).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{client, TestApp};
+use diesel_async::RunQueryDsl;
+use services::keys::ApiKeyId;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A Redis server of the test's own, so that stopping it disturbs no other test. Its stream is
+/// written to an append-only file synced on every write, so a crash loses nothing acknowledged.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("keymeter-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self { port: free_port(), dir, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/setup.sh)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.cli(&["PING"]).is_some_and(|out| out.contains("PONG")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Crashes it (SIGKILL).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ping(app: &TestApp, secret: &str) -> reqwest::Response {
+    client().get(app.url("/api/v1/ping")).bearer_auth(secret).send().await.expect("an answer")
+}
+
+/// Events of a key: (total, unenforced).
+async fn events(app: &TestApp, id: ApiKeyId) -> (i64, i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        total: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        unenforced: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: Row = diesel::sql_query(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE NOT enforced) AS unenforced \
+         FROM api_key_usage WHERE api_key_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    (row.total, row.unenforced)
+}
+
+async fn wait_for_events(app: &TestApp, id: ApiKeyId, n: i64) -> (i64, i64) {
+    for _ in 0..150 {
+        if events(app, id).await.0 >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    events(app, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_still_recorded() {
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_INSTANCES", "2".into()),
+    ])
+    .await;
+    let (secret, id) = app.key_with_quota(10, 1_000).await;
+    for _ in 0..3 {
+        assert_eq!(ping(&app, &secret).await.status(), 200);
+    }
+
+    redis.kill();
+    let mut statuses = HashMap::<u16, i64>::new();
+    for _ in 0..8 {
+        let res = ping(&app, &secret).await;
+        if res.status() == 200 {
+            // Half of the 7 left (as Redis last said) is this instance's: 3 more than the 3 used.
+            assert_eq!(res.headers()["x-ratelimit-limit"], "6");
+        }
+        *statuses.entry(res.status().as_u16()).or_default() += 1;
+    }
+    assert_eq!(statuses, HashMap::from([(200, 3), (429, 5)]), "never a 500");
+    // Recorded straight into PostgreSQL while Redis is away, marked unenforced.
+    for _ in 0..100 {
+        if events(&app, id).await.1 >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events(&app, id).await.1, 8);
+
+    // Back: enforcement resumes by itself (Redis kept its counts: 3 of 10 used).
+    redis.restart();
+    let mut enforced = None;
+    let mut after = 0;
+    for _ in 0..50 {
+        let res = ping(&app, &secret).await;
+        after += 1;
+        if res.headers()["x-ratelimit-limit"] == "10" {
+            enforced = Some(res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(enforced.as_deref(), Some("6"), "the Redis count goes on from 3");
+    // Nothing lost: the events that were still in Redis when it crashed arrive too.
+    assert_eq!(wait_for_events(&app, id, 11 + after).await, (11 + after, 8 + after - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
+    let redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+    ])
+    .await;
+    let (secret, id) = app.key_with_quota(10, 1_000).await;
+    assert_eq!(ping(&app, &secret).await.status(), 200);
+
+    // Slow rather than down: every client of this Redis waits for 3 s.
+    redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]);
+    let started = Instant::now();
+    let res = ping(&app, &secret).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_unavailable");
+    assert!(started.elapsed() < Duration::from_millis(2_900), "answered after the short timeout, not the pause");
+
+    // After the pause: admitted and exact again; all three requests were recorded.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let mut status = 0;
+    for _ in 0..30 {
+        status = ping(&app, &secret).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(wait_for_events(&app, id, 3).await.0, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// `make reliability`: process-level fault scenarios.
+
+/// A server process, as deployed.
+struct ServerProcess {
+    base: String,
+    child: Child,
+}
+
+impl ServerProcess {
+    async fn start(app: &TestApp, redis_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", &app.config.database_url)
+            .env("REDIS_URL", redis_url)
+            .env("KEYMETER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KEYMETER_REDIS_NAMESPACE", &app.db_name)
+            .env("KEYMETER_MAIL_DIR", std::env::temp_dir().join(format!("keymeter-mail-{}", app.db_name)))
+            .env("KEYMETER_INSTANCES", "2")
+            .env("KEYMETER_REDIS_TIMEOUT_MS", "250")
+            .env("KEYMETER_DEMO_TRAFFIC", "false")
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the server");
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+                return Self { base, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not start");
+    }
+
+    fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Load {
+    sent: i64,
+    statuses: HashMap<u16, i64>,
+    /// Request ids of complete answers.
+    answered: Vec<String>,
+}
+
+impl Load {
+    fn answered(&self) -> i64 {
+        self.answered.len() as i64
+    }
+}
+
+/// `clients` concurrent clients spread over `bases`, until `stop` turns true.
+async fn run_load(bases: Vec<String>, secret: String, clients: usize, stop: Arc<AtomicBool>) -> Load {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (http, bases, secret, stop) = (http.clone(), bases.clone(), secret.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut load = Load::default();
+            let mut n = i;
+            while !AtomicBool::load(&stop, Ordering::Relaxed) {
+                n += 1;
+                load.sent += 1;
+                let base = &bases[n % bases.len()];
+                let Ok(res) = http.get(format!("{base}/api/v1/ping")).bearer_auth(&secret).send().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let status = res.status().as_u16();
+                let id = res.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                // Answered means the whole response arrived.
+                if res.bytes().await.is_ok() {
+                    *load.statuses.entry(status).or_default() += 1;
+                    load.answered.extend(id);
+                }
+            }
+            load
+        }));
+    }
+    let mut total = Load::default();
+    for t in tasks {
+        let l = t.await.unwrap();
+        total.sent += l.sent;
+        for (s, n) in l.statuses {
+            *total.statuses.entry(s).or_default() += n;
+        }
+        total.answered.extend(l.answered);
+    }
+    total
+}
+
+/// Request ids stored for a key, with how often each appears.
+async fn stored_ids(app: &TestApp, id: ApiKeyId) -> HashMap<String, i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        request_id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let Ok(mut conn) = services::db::conn(&app.services.db).await else { return HashMap::new() };
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT request_id::text AS request_id, count(*) AS n FROM api_key_usage WHERE api_key_id = $1 GROUP BY 1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .load(&mut conn)
+    .await
+    .unwrap_or_default();
+    rows.into_iter().map(|r| (r.request_id, r.n)).collect()
+}
+
+/// Waits until every answered request is stored (or `secs` pass), then writes the table row.
+async fn report(fault: &str, app: &TestApp, id: ApiKeyId, limit: i64, load: &Load, secs: u64) -> (i64, i64, i64) {
+    let answered: HashSet<&String> = load.answered.iter().collect();
+    let mut stored = HashMap::new();
+    for _ in 0..secs * 2 {
+        stored = stored_ids(app, id).await;
+        if answered.iter().all(|id| stored.contains_key(*id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let missing = answered.iter().filter(|id| !stored.contains_key(**id)).count() as i64;
+    let duplicates = stored.values().filter(|&&n| n > 1).count() as i64;
+    let s = |code| load.statuses.get(&code).copied().unwrap_or(0);
+    let server_errors: i64 = load.statuses.iter().filter(|(c, _)| **c >= 500 && **c != 503).map(|(_, n)| n).sum();
+    let row = format!(
+        "{fault}\t{}\t{}\t{}\t{}\t{}\t{}/{limit}\t{}/{}\t{missing}\t{duplicates}\t{server_errors}",
+        load.sent,
+        load.answered(),
+        s(200),
+        s(429),
+        s(503),
+        s(200),
+        stored.len(),
+        load.answered(),
+    );
+    println!("{row}");
+    if let Ok(path) = std::env::var("KEYMETER_RELIABILITY_REPORT") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{row}");
+        }
+    }
+    (missing, duplicates, server_errors)
+}
+
+/// Runs the servers under load while `fault` happens, then checks and reports.
+async fn scenario<F, Fut>(name: &str, limit: i64, fail_closed: bool, fault: F)
+where
+    F: FnOnce(Vec<ServerProcess>, Arc<OwnRedisCell>) -> Fut,
+    Fut: std::future::Future<Output = Vec<ServerProcess>>,
+{
+    let app = TestApp::spawn_without_mailer().await;
+    let redis = Arc::new(OwnRedisCell(std::sync::Mutex::new(OwnRedis::start())));
+    let url = redis.url();
+    let mode = if fail_closed { "closed" } else { "open" };
+    let servers = vec![
+        ServerProcess::start(&app, &url, &[("KEYMETER_QUOTA_FAIL_MODE", mode)]).await,
+        ServerProcess::start(&app, &url, &[("KEYMETER_QUOTA_FAIL_MODE", mode)]).await,
+    ];
+    let (secret, id) = app.key_with_quota(limit, limit * 10).await;
+    let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(bases, secret, 32, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let servers = fault(servers, redis.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await.unwrap();
+    let (missing, duplicates, server_errors) = report(name, &app, id, limit, &load, 90).await;
+    drop(servers);
+    assert_eq!((missing, duplicates, server_errors), (0, 0, 0), "{name}");
+}
+
+/// The scenario's Redis, shared with its fault.
+struct OwnRedisCell(std::sync::Mutex<OwnRedis>);
+
+impl OwnRedisCell {
+    fn url(&self) -> String {
+        self.0.lock().unwrap().url()
+    }
+    fn with<T>(&self, f: impl FnOnce(&mut OwnRedis) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "make reliability"]
+async fn reliability_1_no_fault() {
+    scenario("none (baseline)", 2_000, false, |servers, _| async move {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        servers
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "make reliability"]
+async fn reliability_2_redis_down() {
+    let secs = env_secs("KEYMETER_REDIS_DOWN_SECS", 8);
+    scenario(&format!("Redis down {secs} s (fail-open)"), 2_000, false, |servers, redis| async move {
+        redis.with(OwnRedis::kill);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        redis.with(OwnRedis::restart);
+        servers
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "make reliability"]
+async fn reliability_3_redis_slow_fail_closed() {
+    scenario("Redis paused 5 s (fail-closed)", 2_000, true, |servers, redis| async move {
+        redis.with(|r| r.cli(&["CLIENT", "PAUSE", "5000", "ALL"]));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        servers
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "make reliability"]
+async fn reliability_4_postgres_down() {
+    let secs = env_secs("KEYMETER_PG_DOWN_SECS", 60);
+    // Commands from scripts/reliability.sh that stop and start the PostgreSQL of this run.
+    let run = |var: &str| {
+        let cmd = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run with `make reliability`"));
+        let ok = Command::new("bash").args(["-c", &cmd]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        assert!(ok, "{cmd}");
+    };
+    scenario(&format!("PostgreSQL down {secs} s"), 2_000, false, |servers, _| async move {
+        run("KEYMETER_PG_STOP");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        run("KEYMETER_PG_START");
+        servers
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "make reliability"]
+async fn reliability_5_instance_killed() {
+    scenario("one of two instances killed (SIGKILL)", 2_000, false, |mut servers, _| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        servers[0].kill_9();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        servers
+    })
+    .await;
+}
