@@ -1,0 +1,268 @@
+//! Property tests of the quota script's inputs, against a real Redis named by `KEYMETER_TEST_REDIS`
+//! (e.g. `redis://127.0.0.1:56999`). Without it the tests fail: a skipped check would look green.
+//!
+//! Every case uses fresh random key ids, so cases and runs never see each other's counters, and
+//! the keys are deleted afterwards.
+
+use std::cell::RefCell;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use redis::Value;
+use services::keys::quota_manager::quota_redis_key;
+use services::keys::{ApiKeyId, Quota, QuotaDecision, QuotaLimit, QuotaManager, Window};
+use services::redis_pool::{self, RedisConn, RedisPool};
+use tokio::runtime::Runtime;
+use uuid::Uuid;
+
+const SCRIPT: &str = include_str!("../src/keys/quota_check.lua");
+const TEN_YEARS_MS: i64 = 3_653 * 86_400_000;
+/// Keeps the whole file to a few seconds.
+const CASES: u32 = 64;
+
+fn redis_url() -> String {
+    std::env::var("KEYMETER_TEST_REDIS").unwrap_or_else(|_| {
+        panic!(
+            "KEYMETER_TEST_REDIS is not set: these tests need a throwaway Redis, e.g. \
+             `redis-server --port 56999 --save '' --appendonly no --daemonize yes` and \
+             KEYMETER_TEST_REDIS=redis://127.0.0.1:56999"
+        )
+    })
+}
+
+/// One single-threaded runtime per test: the shared multiplexed connection's driver task lives
+/// on it, so every case must run on the same one.
+fn runtime_and_pool() -> (Runtime, RedisPool) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let url = redis_url();
+    let pool = {
+        let _in_runtime = rt.enter();
+        redis_pool::pool(&url, 4).expect("Redis pool")
+    };
+    rt.block_on(redis_pool::ping(&pool)).unwrap_or_else(|e| panic!("no Redis answers at {url}: {e}"));
+    (rt, pool)
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() })
+}
+
+async fn delete(conn: &mut RedisConn, key: &str) {
+    let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await.expect("DEL");
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    per_hour: i64,
+    per_day: i64,
+    /// 0: no burst limit.
+    burst: i64,
+    offset_ms: i64,
+    version_ms: i64,
+    calls: usize,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    // Small limits half the time, so that windows actually fill up within 50 calls.
+    let limit = || prop_oneof![1..=60i64, 1..=QuotaLimit::MAX];
+    (
+        limit(),
+        limit(),
+        prop_oneof![Just(0), 1..=60i64, 0..=1_000_000i64],
+        -TEN_YEARS_MS..=TEN_YEARS_MS,
+        0..=4_000_000_000_000i64,
+        1..=50usize,
+    )
+        .prop_map(|(per_hour, per_day, burst, offset_ms, version_ms, calls)| Case {
+            per_hour,
+            per_day,
+            burst,
+            offset_ms,
+            version_ms,
+            calls,
+        })
+}
+
+/// `calls` sequential checks of one fresh key; every decision and the final count are checked.
+async fn run_case(manager: &QuotaManager, conn: &mut RedisConn, case: &Case) -> Result<(), TestCaseError> {
+    let key = ApiKeyId(Uuid::new_v4());
+    let quota = Quota {
+        per_hour: QuotaLimit::new(case.per_hour).expect("in range"),
+        per_day: QuotaLimit::new(case.per_day).expect("in range"),
+        burst_per_second: (case.burst > 0).then(|| QuotaLimit::burst(case.burst).expect("in range")),
+    };
+    manager.set_test_clock_offset_ms(case.offset_ms);
+    let before_ms = manager.now_ms().await.map_err(|e| TestCaseError::fail(format!("TIME: {e}")))?;
+    let mut decisions: Vec<QuotaDecision> = Vec::with_capacity(case.calls);
+    for i in 0..case.calls {
+        let d = manager
+            .check_and_count(key, &quota, case.version_ms)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("call {i} failed: {e}")))?;
+        prop_assert_eq!((d.hour.limit, d.day.limit), (case.per_hour, case.per_day));
+        prop_assert_eq!(d.burst_per_second, (case.burst > 0).then_some(case.burst));
+        if d.admitted {
+            prop_assert!(d.hour.used <= d.hour.limit && d.day.used <= d.day.limit, "call {}: {:?}", i, d);
+            prop_assert!(d.hour.used >= 1 && d.day.used >= 1, "call {}: {:?}", i, d);
+            prop_assert_eq!(d.blocked_by, None);
+            prop_assert_eq!(d.retry_after_secs, None);
+        } else {
+            prop_assert!(d.retry_after_secs.is_some_and(|s| s >= 1), "call {}: {:?}", i, d);
+            // The window named as the refusing one really is full.
+            let full = match d.blocked_by {
+                Some(Window::Hour) => d.hour.used >= d.hour.limit,
+                Some(Window::Day) => d.day.used >= d.day.limit,
+                Some(Window::Burst) => case.burst > 0,
+                None => false,
+            };
+            prop_assert!(full, "call {}: {:?}", i, d);
+        }
+        decisions.push(d);
+    }
+    let after_ms = manager.now_ms().await.map_err(|e| TestCaseError::fail(format!("TIME: {e}")))?;
+    delete(conn, &quota_redis_key(key)).await;
+
+    for d in &decisions {
+        // The script ran on the shifted Redis clock, and the windows around it are the right ones.
+        prop_assert!((before_ms..=after_ms).contains(&d.now_ms), "{} not in {}..={}", d.now_ms, before_ms, after_ms);
+        prop_assert!(d.hour.reset_at_ms > d.now_ms && d.hour.reset_at_ms - d.now_ms <= 3_600_000);
+        prop_assert!(d.day.reset_at_ms > d.now_ms && d.day.reset_at_ms - d.now_ms <= 86_400_000);
+        prop_assert_eq!(d.hour.reset_at_ms % 3_600_000, 0);
+        prop_assert_eq!(d.day.reset_at_ms % 86_400_000, 0);
+    }
+    // Counting is only comparable within one window; a case straddling a boundary (a few
+    // milliseconds out of an hour) checks the per-decision properties only.
+    let first = &decisions[0];
+    if decisions
+        .iter()
+        .any(|d| d.hour.reset_at_ms != first.hour.reset_at_ms || d.day.reset_at_ms != first.day.reset_at_ms)
+    {
+        return Ok(());
+    }
+    let mut admitted = 0;
+    for d in &decisions {
+        admitted += i64::from(d.admitted);
+        // A refusal consumes nothing.
+        prop_assert_eq!((d.hour.used, d.day.used), (admitted, admitted), "{:?}", d);
+    }
+    let cap = (case.calls as i64).min(case.per_hour).min(case.per_day);
+    if case.burst == 0 || case.burst >= cap {
+        // Sequential calls: exactly min(attempts, limits) are admitted.
+        prop_assert_eq!(admitted, cap);
+    } else {
+        // The burst admits at least its size at once, and refills while the calls run.
+        prop_assert!((case.burst..=cap).contains(&admitted), "admitted {} of {:?}", admitted, case);
+    }
+    Ok(())
+}
+
+#[test]
+fn quota_manager_decisions_are_consistent_for_any_valid_quota_and_clock() {
+    let (rt, pool) = runtime_and_pool();
+    let manager = QuotaManager::new(pool.clone());
+    // `TestRunner::run` takes an `Fn`: the one connection is lent to each case in turn.
+    let conn = RefCell::new(rt.block_on(redis_pool::conn(&pool)).expect("Redis connection"));
+    runner()
+        .run(&cases(), |case| rt.block_on(run_case(&manager, &mut conn.borrow_mut(), &case)))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// What a caller other than `QuotaManager` might pass: non-numbers, negative, fractional, huge,
+/// and non-finite numbers, mixed with ordinary small values so that one bad argument at a time
+/// is common too.
+fn script_arg() -> impl Strategy<Value = String> {
+    let garbage = prop_oneof![
+        any::<i64>().prop_map(|v| v.to_string()),
+        (-1_000_000i64..0).prop_map(|v| v.to_string()),
+        any::<f64>().prop_map(|v| v.to_string()),
+        prop::sample::select(vec![
+            "",
+            " ",
+            "abc",
+            "nan",
+            "-nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "-1e400",
+            "1e308",
+            "1e30",
+            "-1e30",
+            "0.5",
+            "-0.5",
+            "0x10",
+            "1e3",
+            " 7 ",
+            "9223372036854775808",
+            "99999999999999999999999",
+            "2147483648",
+        ])
+        .prop_map(str::to_owned),
+        "\\PC{0,12}",
+    ];
+    prop_oneof![(0..100i64).prop_map(|v| v.to_string()), garbage]
+}
+
+/// Up to four calls on one key (later calls see what earlier ones stored); mostly the five
+/// arguments the script expects, sometimes fewer or more.
+fn garbage_calls() -> impl Strategy<Value = Vec<Vec<String>>> {
+    let args = prop_oneof![
+        4 => prop::collection::vec(script_arg(), 5),
+        1 => prop::collection::vec(script_arg(), 0..=7),
+    ];
+    prop::collection::vec(args, 1..=4)
+}
+
+async fn eval(conn: &mut RedisConn, script: &redis::Script, key: &str, args: &[String]) -> redis::RedisResult<Value> {
+    let mut invocation = script.key(key);
+    for a in args {
+        invocation.arg(a);
+    }
+    invocation.invoke_async(conn).await
+}
+
+async fn run_garbage(conn: &mut RedisConn, script: &redis::Script, calls: &[Vec<String>]) -> Result<(), TestCaseError> {
+    let key = format!("kmprop:{{{}}}:quota", Uuid::new_v4());
+    for args in calls {
+        match eval(conn, script, &key, args).await {
+            Ok(value) => {
+                // Decoded the way `QuotaManager` does it: an error would be fine, a panic is not.
+                let decoded: redis::RedisResult<Vec<i64>> = redis::from_redis_value(&value);
+                let r =
+                    decoded.map_err(|e| TestCaseError::fail(format!("{args:?}: not a decision: {value:?}: {e}")))?;
+                prop_assert_eq!(r.len(), 9, "{:?}: {:?}", args, r);
+                let (admitted, mask) = (r[0], r[1]);
+                prop_assert!(admitted == 0 || admitted == 1, "{:?}: {:?}", args, r);
+                prop_assert!((0..=7).contains(&mask), "{:?}: {:?}", args, r);
+                prop_assert_eq!(admitted == 1, mask == 0, "{:?}: {:?}", args, r);
+            }
+            Err(e) => {
+                // The script may refuse bad input, but as an answer, not by breaking the connection.
+                prop_assert!(!e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout(), "{:?}: {}", args, e);
+            }
+        }
+    }
+    let pong: String = redis::cmd("PING").query_async(conn).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(pong, "PONG");
+    delete(conn, &key).await;
+
+    // The script still works for a well-formed call on the same connection.
+    let fresh = format!("kmprop:{{{}}}:quota", Uuid::new_v4());
+    let ok = ["10", "100", "0", "1", "0"].map(str::to_owned);
+    let value = eval(conn, script, &fresh, &ok).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let r: Vec<i64> = redis::from_redis_value(&value).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(&r[..4], &[1, 0, 1, 1]);
+    delete(conn, &fresh).await;
+    Ok(())
+}
+
+#[test]
+fn garbage_script_arguments_get_an_answer_and_leave_the_connection_working() {
+    let (rt, pool) = runtime_and_pool();
+    let script = redis::Script::new(SCRIPT);
+    // One connection for every case, to show that no answer leaves it broken.
+    let conn = RefCell::new(rt.block_on(redis_pool::conn(&pool)).expect("Redis connection"));
+    runner()
+        .run(&garbage_calls(), |calls| rt.block_on(run_garbage(&mut conn.borrow_mut(), &script, &calls)))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
