@@ -26,8 +26,8 @@ DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/keymeter_template" REDIS_UR
 export KEYMETER_TEST_PG="postgres://postgres@127.0.0.1:$pg_port" KEYMETER_TEST_REDIS="redis://127.0.0.1:$redis_port"
 export KEYMETER_RELIABILITY_REPORT="$tmp/report.tsv"
 # How the PostgreSQL-down scenario stops and restarts this run's PostgreSQL.
-export KEYMETER_PG_STOP="source scripts/env.sh && as_pg \"\$PG_BIN/pg_ctl\" -D '$tmp/services/pg' stop -m immediate -w"
-export KEYMETER_PG_START="bash scripts/services.sh start '$tmp/services' $pg_port $redis_port --ephemeral"
+export KEYMETER_PG_STOP="source '$ROOT/scripts/env.sh' && as_pg \"\$PG_BIN/pg_ctl\" -D '$tmp/services/pg' stop -m immediate -w"
+export KEYMETER_PG_START="bash '$ROOT/scripts/services.sh' start '$tmp/services' $pg_port $redis_port --ephemeral"
 
 log "fault scenarios (about $(( ${KEYMETER_PG_DOWN_SECS:-60} + 120 )) s)"
 status=0

@@ -165,6 +165,13 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(enforced.as_deref(), Some("6"), "the Redis count goes on from 3");
+    // Then the 3 admitted by the fallback are added to Redis' count (off the request path):
+    // 4 + 3 + this one = 8 of 10.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let res = ping(&app, &secret).await;
+    after += 1;
+    let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
+    assert_eq!(remaining, "2");
     // Nothing lost: the events that were still in Redis when it crashed arrive too.
     assert_eq!(wait_for_events(&app, id, 11 + after).await, (11 + after, 8 + after - 1));
 }
@@ -233,11 +240,12 @@ impl ServerProcess {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start the server");
         let base = format!("http://127.0.0.1:{port}");
+        // Owned at once, so the process is killed and reaped whatever happens next.
+        let server = Self { base: base.clone(), child: cmd.spawn().expect("start the server") };
         for _ in 0..200 {
             if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-                return Self { base, child };
+                return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -68,7 +68,7 @@ fn cases() -> impl Strategy<Value = Case> {
     (
         limit(),
         limit(),
-        prop_oneof![Just(0), 1..=60i64, 0..=1_000_000i64],
+        prop_oneof![Just(0), 1..=60i64, 0..=QuotaLimit::MAX_BURST],
         -TEN_YEARS_MS..=TEN_YEARS_MS,
         0..=4_000_000_000_000i64,
         1..=50usize,

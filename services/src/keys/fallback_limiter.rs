@@ -28,6 +28,15 @@ impl WindowState {
     }
 }
 
+/// Requests admitted by the fallback in some windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAdmissions {
+    pub hour_start_ms: i64,
+    pub hour: i64,
+    pub day_start_ms: i64,
+    pub day: i64,
+}
+
 #[derive(Default, Clone, Copy)]
 struct KeyState {
     hour: WindowState,
@@ -58,12 +67,21 @@ impl FallbackLimiter {
         f(keys.entry(key).or_default())
     }
 
-    /// Remembers what Redis said (after every enforced decision), and ends any local counting.
-    pub fn observe(&self, key: ApiKeyId, d: &QuotaDecision) {
+    /// Remembers what Redis said (after every enforced decision) and ends any local counting.
+    /// Returns what this instance admitted on its own meanwhile, for Redis to add to its counts
+    /// (else the key could use its quota twice over an outage).
+    pub fn observe(&self, key: ApiKeyId, d: &QuotaDecision) -> Option<LocalAdmissions> {
         self.with_key(key, |k| {
+            let owed = (k.hour.local > 0 || k.day.local > 0).then_some(LocalAdmissions {
+                hour_start_ms: k.hour.start_ms,
+                hour: k.hour.local,
+                day_start_ms: k.day.start_ms,
+                day: k.day.local,
+            });
             k.hour = WindowState { start_ms: d.hour.reset_at_ms - 3_600_000, known_used: d.hour.used, local: 0 };
             k.day = WindowState { start_ms: d.day.reset_at_ms - 86_400_000, known_used: d.day.used, local: 0 };
-        });
+            owed
+        })
     }
 
     /// This instance's share of what is left of a window.
@@ -117,7 +135,11 @@ mod tests {
     use crate::keys::QuotaLimit;
 
     fn quota(hour: i64, day: i64) -> Quota {
-        Quota { per_hour: QuotaLimit::new(hour).unwrap(), per_day: QuotaLimit::new(day).unwrap(), burst_per_second: None }
+        Quota {
+            per_hour: QuotaLimit::new(hour).unwrap(),
+            per_day: QuotaLimit::new(day).unwrap(),
+            burst_per_second: None,
+        }
     }
 
     const HOUR: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;

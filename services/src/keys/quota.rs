@@ -14,9 +14,12 @@ impl QuotaLimit {
         Self::bounded(value, Self::MAX)
     }
 
-    /// Burst rates are stored as 32-bit integers.
+    /// The highest burst rate per second. The burst limiter steps in 1/rate ms; far above this,
+    /// the steps vanish in rounding at today's timestamps and the limit would not hold.
+    pub const MAX_BURST: i64 = 100_000;
+
     pub fn burst(value: i64) -> ServiceResult<Self> {
-        Self::bounded(value, i32::MAX as i64)
+        Self::bounded(value, Self::MAX_BURST)
     }
 
     fn bounded(value: i64, max: i64) -> ServiceResult<Self> {
@@ -184,6 +187,7 @@ mod tests {
                 -3..=3i64,
                 QuotaLimit::MAX - 3..=QuotaLimit::MAX + 3,
                 i32::MAX as i64 - 3..=i32::MAX as i64 + 3,
+                QuotaLimit::MAX_BURST - 3..=QuotaLimit::MAX_BURST + 3,
                 Just(i64::MIN),
                 Just(i64::MAX),
             ]
@@ -216,9 +220,9 @@ mod tests {
             }
 
             #[test]
-            fn burst_accepted_iff_positive_and_fits_32_bits(v in limit_value()) {
+            fn burst_accepted_iff_positive_and_at_most_the_maximum(v in limit_value()) {
                 let r = QuotaLimit::burst(v);
-                if (1..=i32::MAX as i64).contains(&v) {
+                if (1..=QuotaLimit::MAX_BURST).contains(&v) {
                     let b = r.unwrap().get();
                     prop_assert_eq!(b, v);
                     // Stored as INTEGER: the cast in `set_quota_in` must not wrap.
@@ -236,7 +240,7 @@ mod tests {
             ) {
                 let valid = (1..=QuotaLimit::MAX).contains(&hour)
                     && (1..=QuotaLimit::MAX).contains(&day)
-                    && burst.is_none_or(|b| (1..=i32::MAX as i64).contains(&b));
+                    && burst.is_none_or(|b| (1..=QuotaLimit::MAX_BURST).contains(&b));
                 let r = quota(hour, day, burst);
                 if valid {
                     let q = r.unwrap();

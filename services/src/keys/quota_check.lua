@@ -6,6 +6,19 @@
 -- ARGV[5]  clock offset in ms (tests only; 0 in production)
 -- Returns {admitted, blocked_mask, hour_used, day_used, now_ms, hour_limit, day_limit,
 --          burst_rate, retry_ms}. blocked_mask: 1 hour, 2 day, 4 burst.
+-- Whole numbers of sane size only: anything else is refused before it can be stored.
+local function whole(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or math.abs(n) > 1e15 or n ~= math.floor(n) then return nil end
+  return n
+end
+for i = 1, 5 do
+  if whole(ARGV[i]) == nil then return redis.error_reply('ERR quota arguments must be whole numbers') end
+end
+if tonumber(ARGV[1]) < 1 or tonumber(ARGV[2]) < 1 or tonumber(ARGV[3]) < 0 then
+  return redis.error_reply('ERR quota limits must be positive')
+end
+
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[5])
 local now_s = math.floor(now_ms / 1000)

@@ -14,7 +14,7 @@ use deadpool_redis::redis::{self, Script};
 
 use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
-use super::fallback_limiter::FallbackLimiter;
+use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
 use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::ServiceResult;
@@ -150,6 +150,14 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// Adds counts to a key's windows if they are the given ones (hour and day starts in seconds).
+const RECONCILE: &str = r"
+local s = redis.call('HMGET', KEYS[1], 'hw', 'dw')
+if tonumber(s[1]) == tonumber(ARGV[1]) then redis.call('HINCRBY', KEYS[1], 'hc', ARGV[2]) end
+if tonumber(s[2]) == tonumber(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'dc', ARGV[4]) end
+return 1
+";
+
 /// After a failed check, Redis is left alone this long before it is tried again, so an outage
 /// does not add the timeout to every request.
 const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
@@ -159,6 +167,7 @@ pub struct QuotaManager {
     redis: RedisPool,
     shared: SharedConnection,
     script: Arc<Script>,
+    reconcile: Arc<Script>,
     /// Shifts the Redis clock, for tests of window boundaries only.
     clock_offset_ms: Arc<AtomicI64>,
     policy: FailurePolicy,
@@ -178,6 +187,7 @@ impl QuotaManager {
             shared: SharedConnection::new(redis.clone()),
             redis,
             script: Arc::new(Script::new(include_str!("quota_check.lua"))),
+            reconcile: Arc::new(Script::new(RECONCILE)),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
             fallback: Arc::new(FallbackLimiter::new(policy.instances)),
             policy,
@@ -202,7 +212,9 @@ impl QuotaManager {
             let check = self.check_and_count(key.id, &key.quota, key.quota_version_ms);
             match tokio::time::timeout(self.policy.timeout, check).await {
                 Ok(Ok(decision)) => {
-                    self.fallback.observe(key.id, &decision);
+                    if let Some(owed) = self.fallback.observe(key.id, &decision) {
+                        self.add_local_admissions(key.id, owed);
+                    }
                     return Verdict::Enforced(decision);
                 }
                 Ok(Err(e)) => self.mark_down(&e.to_string()),
@@ -218,6 +230,26 @@ impl QuotaManager {
             FailMode::Open => Verdict::Fallback(self.fallback.check(key.id, &key.quota, Utc::now().timestamp_millis())),
             FailMode::Closed => Verdict::Unavailable,
         }
+    }
+
+    /// Adds what the fallback admitted during an outage to the Redis counts of the same
+    /// windows (if they are still current), off the request path.
+    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions) {
+        let (shared, script) = (self.shared.clone(), self.reconcile.clone());
+        tokio::spawn(async move {
+            let Ok(mut conn) = shared.get().await else { return };
+            let added: redis::RedisResult<()> = script
+                .key(quota_redis_key(key))
+                .arg(owed.hour_start_ms / 1000)
+                .arg(owed.hour)
+                .arg(owed.day_start_ms / 1000)
+                .arg(owed.day)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = added {
+                tracing::warn!(error = %e, %key, "could not add the fallback's admissions to the quota counts");
+            }
+        });
     }
 
     fn mark_down(&self, why: &str) {
