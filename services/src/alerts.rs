@@ -286,7 +286,7 @@ impl AlertMessage {
             format!("The quota resets at {} UTC.", reset.format("%Y-%m-%d %H:%M"))
         };
         let summary = format!(
-            "API key {} ({}…) has made {} of its {} requests allowed in {}. {}",
+            "API key “{}” ({}…) has made {} of its {} requests allowed in {}. {}",
             key.name, key.prefix, used, c.limit, period_text, consequence
         );
         let base = public_url.trim_end_matches('/');

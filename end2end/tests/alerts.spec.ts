@@ -1,0 +1,54 @@
+import { test, expect } from '@playwright/test';
+import { ADMIN, MERCHANT, cli, hydrated, signIn } from './helpers';
+
+test('quota alerts reach the bell always and email only at the thresholds the owner chose', async ({ page, browser, request }) => {
+  await signIn(page, MERCHANT);
+  const name = `Alerting ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  const keyId = (await row.getAttribute('data-key-id'))!;
+  cli(['quota', 'set', '--key', keyId, '--per-hour', '2', '--per-day', '100', '--reason', 'browser test']);
+
+  // Only the 100% alert emails.
+  await row.getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+  await expect(page.getByTestId('alert-50')).toBeChecked();
+  await page.getByTestId('alert-50').uncheck();
+  await page.getByTestId('alert-80').uncheck();
+  await page.getByTestId('alert-save').click();
+  await expect(page.getByTestId('alert-saved')).toBeVisible();
+  await page.reload();
+  await hydrated(page);
+  await expect(page.getByTestId('alert-50')).not.toBeChecked();
+  await expect(page.getByTestId('alert-100')).toBeChecked();
+
+  const call = () => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect((await call()).status()).toBe(200);
+  expect((await call()).status()).toBe(200);
+
+  // All three thresholds in the app.
+  await expect(async () => {
+    await page.goto('/dashboard/notifications');
+    await hydrated(page);
+    await expect(page.getByTestId('notifications')).toContainText(`${name}: hourly quota used up`, { timeout: 1000 });
+    await expect(page.getByTestId('notifications')).toContainText(`${name}: 80% of the hourly quota used`, { timeout: 1000 });
+    await expect(page.getByTestId('notifications')).toContainText(`${name}: 50% of the hourly quota used`, { timeout: 1000 });
+  }).toPass({ timeout: 20_000 });
+
+  // One email, readable by admins at /admin/mail.
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  await expect(async () => {
+    await adminPage.goto('/admin/mail');
+    await hydrated(adminPage);
+    await expect(adminPage.getByTestId('mail-subject').filter({ hasText: `${name}: hourly quota used up` })).toHaveCount(1, { timeout: 1000 });
+  }).toPass({ timeout: 20_000 });
+  await expect(adminPage.getByTestId('mail-subject').filter({ hasText: `${name}: 80%` })).toHaveCount(0);
+  await expect(adminPage.getByTestId('mail-delivery')).toContainText('mail folder');
+  const item = adminPage.getByTestId('mail-item').filter({ hasText: `${name}: hourly quota used up` });
+  await item.locator('summary').click();
+  await expect(item.locator('pre')).toContainText(`/dashboard/developers/api-keys/${keyId}/usage`);
+  await adminPage.screenshot({ path: 'test-results/admin-mail.png', fullPage: true });
+});
