@@ -8,18 +8,21 @@ source "$(dirname "$0")/env.sh"
 what="${1:-all}"
 cd "$ROOT"
 
+# `leptos_debuginfo`: a hydration mismatch names the view it happened in (a few KB more).
+WASM_RUSTFLAGS="--cfg leptos_debuginfo"
+
 build_frontend() {
   local mode pkg wasm
   mode=$(cat "$KEYMETER_CACHE/wasm-mode" 2>/dev/null || echo rustup)
   pkg="$KEYMETER_SITE_ROOT/pkg"
   log "building the browser bundle ($mode)"
   if [ "$mode" = build-std ]; then
-    RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="" \
+    RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="$WASM_RUSTFLAGS" \
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
       /usr/bin/cargo build -q --profile wasm-release -p keymeter-frontend --lib \
         --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
   else
-    CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
+    RUSTFLAGS="$WASM_RUSTFLAGS" CARGO_TARGET_DIR="$WASM_TARGET_DIR" \
       cargo build -q --profile wasm-release -p keymeter-frontend --lib --target wasm32-unknown-unknown
   fi
   wasm="$WASM_TARGET_DIR/wasm32-unknown-unknown/wasm-release/keymeter_frontend.wasm"

@@ -24,6 +24,9 @@ pub enum AppError {
     Internal,
     #[error("Could not reach the server: {0}")]
     Network(String),
+    /// The database cannot be reached for now; usage keeps being recorded and shows up later.
+    #[error("Usage data is delayed: the database cannot be reached right now. Nothing is lost; this page catches up by itself.")]
+    Unavailable,
 }
 
 impl AppError {
@@ -37,7 +40,7 @@ impl AppError {
             Self::Conflict(_) => 409,
             Self::TooManyAttempts(_) => 429,
             Self::Internal => 500,
-            Self::Network(_) => 503,
+            Self::Network(_) | Self::Unavailable => 503,
         }
     }
 }
@@ -94,6 +97,10 @@ impl From<services::ServiceError> for AppError {
             E::Unauthorized => Self::Unauthorized,
             E::Conflict(msg) => Self::Conflict(msg),
             E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
+            E::DatabaseUnavailable(why) => {
+                tracing::warn!(error = %why, "server function: PostgreSQL unavailable");
+                Self::Unavailable
+            }
             other => {
                 tracing::error!(error = %other, "server function failed");
                 Self::Internal

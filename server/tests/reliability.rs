@@ -379,7 +379,7 @@ async fn report(fault: &str, app: &TestApp, id: ApiKeyId, limit: i64, load: &Loa
 /// Runs the servers under load while `fault` happens, then checks and reports.
 async fn scenario<F, Fut>(name: &str, limit: i64, fail_closed: bool, fault: F)
 where
-    F: FnOnce(Vec<ServerProcess>, Arc<OwnRedisCell>) -> Fut,
+    F: FnOnce(Vec<ServerProcess>, Arc<OwnRedisCell>, Dashboard) -> Fut,
     Fut: std::future::Future<Output = Vec<ServerProcess>>,
 {
     let app = TestApp::spawn_without_mailer().await;
@@ -391,17 +391,47 @@ where
         ServerProcess::start(&app, &url, &[("KEYMETER_QUOTA_FAIL_MODE", mode)]).await,
     ];
     let (secret, id) = app.key_with_quota(limit, limit * 10).await;
+    let dashboard = Dashboard::sign_in(&app, &servers[0].base, id).await;
     let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load(bases, secret, 32, stop.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let servers = fault(servers, redis.clone()).await;
+    let servers = fault(servers, redis.clone(), dashboard).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
     let (missing, duplicates, server_errors) = report(name, &app, id, limit, &load, 90).await;
     drop(servers);
     assert_eq!((missing, duplicates, server_errors), (0, 0, 0), "{name}");
+}
+
+/// An admin's browser session on the first server, looking at the scenario key's usage page.
+struct Dashboard {
+    session: reqwest::Client,
+    url: String,
+}
+
+impl Dashboard {
+    async fn sign_in(app: &TestApp, base: &str, id: ApiKeyId) -> Self {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        app.user(&email, services::accounts::Role::Admin).await;
+        let session = client();
+        let res = session
+            .post(format!("{base}/rpc/auth/login"))
+            .header("accept", "text/html")
+            .form(&[("email", email.as_str()), ("password", common::PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_redirection(), "sign-in: {}", res.status());
+        Self { session, url: format!("{base}/dashboard/developers/api-keys/{id}/usage") }
+    }
+
+    /// The usage page as a browser loads it: (status, body).
+    async fn usage_page(&self) -> (u16, String) {
+        let res = self.session.get(&self.url).header("accept", "text/html").send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap_or_default())
+    }
 }
 
 /// The scenario's Redis, shared with its fault.
@@ -423,7 +453,7 @@ fn env_secs(name: &str, default: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "make reliability"]
 async fn reliability_1_no_fault() {
-    scenario("none (baseline)", 2_000, false, |servers, _| async move {
+    scenario("none (baseline)", 2_000, false, |servers, _, _| async move {
         tokio::time::sleep(Duration::from_secs(6)).await;
         servers
     })
@@ -434,7 +464,7 @@ async fn reliability_1_no_fault() {
 #[ignore = "make reliability"]
 async fn reliability_2_redis_down() {
     let secs = env_secs("KEYMETER_REDIS_DOWN_SECS", 8);
-    scenario(&format!("Redis down {secs} s (fail-open)"), 2_000, false, |servers, redis| async move {
+    scenario(&format!("Redis down {secs} s (fail-open)"), 2_000, false, |servers, redis, _| async move {
         redis.with(OwnRedis::kill);
         tokio::time::sleep(Duration::from_secs(secs)).await;
         redis.with(OwnRedis::restart);
@@ -446,7 +476,7 @@ async fn reliability_2_redis_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "make reliability"]
 async fn reliability_3_redis_slow_fail_closed() {
-    scenario("Redis paused 5 s (fail-closed)", 2_000, true, |servers, redis| async move {
+    scenario("Redis paused 5 s (fail-closed)", 2_000, true, |servers, redis, _| async move {
         redis.with(|r| r.cli(&["CLIENT", "PAUSE", "5000", "ALL"]));
         tokio::time::sleep(Duration::from_secs(6)).await;
         servers
@@ -464,9 +494,17 @@ async fn reliability_4_postgres_down() {
         let ok = Command::new("bash").args(["-c", &cmd]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
         assert!(ok, "{cmd}");
     };
-    scenario(&format!("PostgreSQL down {secs} s"), 2_000, false, |servers, _| async move {
+    scenario(&format!("PostgreSQL down {secs} s"), 2_000, false, |servers, _, dashboard| async move {
+        let (status, body) = dashboard.usage_page().await;
+        assert_eq!(status, 200, "the usage page before the outage");
+        assert!(!body.contains("data-delayed"));
         run("KEYMETER_PG_STOP");
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The dashboard says "data delayed" rather than failing.
+        let (status, body) = dashboard.usage_page().await;
+        assert!(body.contains("data-testid=\"data-delayed\""), "{status}: {body}");
+        assert!(!body.contains("Something went wrong"));
+        tokio::time::sleep(Duration::from_secs(secs.saturating_sub(3))).await;
         run("KEYMETER_PG_START");
         servers
     })
@@ -476,7 +514,7 @@ async fn reliability_4_postgres_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "make reliability"]
 async fn reliability_5_instance_killed() {
-    scenario("one of two instances killed (SIGKILL)", 2_000, false, |mut servers, _| async move {
+    scenario("one of two instances killed (SIGKILL)", 2_000, false, |mut servers, _, _| async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
         servers[0].kill_9();
         tokio::time::sleep(Duration::from_secs(4)).await;

@@ -126,6 +126,9 @@ pub fn ErrorPanel(err: AppError) -> impl IntoView {
             response.set_status(status);
         }
     }
+    if err == AppError::Unavailable {
+        return view! { <DataDelayed/> }.into_any();
+    }
     let title = match err {
         AppError::NotFound => "Not found",
         AppError::Forbidden => "Forbidden",
@@ -137,6 +140,36 @@ pub fn ErrorPanel(err: AppError) -> impl IntoView {
             <h1>{title}</h1>
             <p>{err.to_string()}</p>
             <p><a href="/dashboard/developers/api-keys">"Back to your API keys"</a></p>
+        </section>
+    }
+    .into_any()
+}
+
+/// Shown instead of an error while the database is away: usage is still being recorded, and the
+/// page reloads itself until the data is back.
+#[component]
+fn DataDelayed() -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    {
+        let handle = set_timeout_with_handle(
+            || {
+                if let Some(w) = web_sys::window() {
+                    let _ = w.location().reload();
+                }
+            },
+            std::time::Duration::from_secs(10),
+        );
+        on_cleanup(move || {
+            if let Ok(h) = handle {
+                h.clear();
+            }
+        });
+    }
+    view! {
+        <section class="card delayed-panel" role="status" data-testid="data-delayed">
+            <h1>"Data delayed"</h1>
+            <p>{AppError::Unavailable.to_string()}</p>
+            <p class="muted">"This page tries again every 10 seconds."</p>
         </section>
     }
 }

@@ -1,6 +1,10 @@
 //! Server-side sessions. The browser holds a random token; the database holds its SHA-256, so a
 //! leaked database cannot be replayed as cookies.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -60,12 +64,50 @@ pub async fn create(db: &DbPool, user_id: i64) -> ServiceResult<SessionToken> {
     Ok(token)
 }
 
+/// Sessions confirmed recently, read only while PostgreSQL cannot be asked: a signed-in person
+/// then still sees the dashboard (with its "data delayed" state) instead of being signed out.
+type Confirmed = Mutex<HashMap<Vec<u8>, (Instant, User)>>;
+
+fn recently_confirmed() -> &'static Confirmed {
+    static CACHE: OnceLock<Confirmed> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// How long a confirmed session may stand in during a database outage.
+const STALE_IF_ERROR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The signed-in user for a token, if the session exists and has not expired.
 pub async fn user_for(db: &DbPool, token: &SessionToken) -> ServiceResult<Option<User>> {
+    let hash = token.hash();
+    match lookup(db, &hash).await {
+        Ok(user) => {
+            if let Ok(mut cache) = recently_confirmed().lock() {
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                match &user {
+                    Some(u) => cache.insert(hash, (Instant::now(), u.clone())),
+                    None => cache.remove(&hash),
+                };
+            }
+            Ok(user)
+        }
+        Err(e) if e.is_server_error() => {
+            let cached = recently_confirmed().lock().ok().and_then(|c| c.get(&hash).cloned());
+            match cached {
+                Some((at, user)) if at.elapsed() < STALE_IF_ERROR => Ok(Some(user)),
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
     let mut conn = db::conn(db).await?;
     let row: Option<UserRow> = sessions::table
         .inner_join(users::table)
-        .filter(sessions::token_hash.eq(token.hash()))
+        .filter(sessions::token_hash.eq(hash))
         .filter(sessions::expires_at.gt(Utc::now()))
         .select(UserRow::as_select())
         .first(&mut conn)
@@ -75,6 +117,9 @@ pub async fn user_for(db: &DbPool, token: &SessionToken) -> ServiceResult<Option
 }
 
 pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
+    if let Ok(mut cache) = recently_confirmed().lock() {
+        cache.remove(&token.hash());
+    }
     let mut conn = db::conn(db).await?;
     diesel::delete(sessions::table.filter(sessions::token_hash.eq(token.hash()))).execute(&mut conn).await?;
     Ok(())
