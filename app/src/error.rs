@@ -49,6 +49,8 @@ impl FromServerFnError for AppError {
     type Encoder = JsonEncoding;
 
     fn from_server_fn_error(value: ServerFnErrorErr) -> Self {
+        #[cfg(feature = "hydrate")]
+        leptos::logging::warn!("server function error: {value:?}");
         match value {
             // Arguments the server could not read are the caller's mistake.
             ServerFnErrorErr::Args(msg) => Self::BadRequest(format!("Invalid request: {msg}")),

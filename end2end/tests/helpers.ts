@@ -7,7 +7,7 @@ export const ADMIN = { email: 'admin@keymeter.local', password: 'admin-demo-pass
 /** Fails the test on any script error or a bundle file that did not load. */
 export function watchForBrokenBundle(page: Page) {
   // Panics of the WASM app are printed here (console_error_panic_hook) before the trap.
-  page.on('console', (msg) => { if (msg.type() === 'error') console.log(`browser console: ${msg.text()}`); });
+  page.on('console', (msg) => { if (msg.type() === 'error' || msg.type() === 'warning') console.log(`browser console: ${msg.text()}`); });
   page.on('pageerror', (err) => { throw new Error(`page error: ${err.message}`); });
   page.on('response', (res) => {
     if (res.url().includes('/pkg/') && res.status() >= 400) {

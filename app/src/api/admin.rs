@@ -7,7 +7,8 @@ use crate::error::AppError;
 #[server(prefix = "/rpc", endpoint = "admin/keys")]
 pub async fn admin_list_keys() -> Result<Vec<KeyView>, AppError> {
     use super::session;
-    session::require_admin().await?;
-    let keys = services::keys::api_keys::list_all(&session::services()?.db).await?;
+    let services = session::services()?;
+    session::require_admin(&services).await?;
+    let keys = services::keys::api_keys::list_all(&services.db).await?;
     Ok(keys.into_iter().map(KeyView::from).collect())
 }

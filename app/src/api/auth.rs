@@ -21,8 +21,8 @@ pub async fn login(email: String, password: String, next: Option<String>) -> Res
     use services::accounts::{self, sessions};
 
     let services = session::services()?;
-    let user =
-        accounts::authenticate(&services.db, &services.redis, &email, &password, &session::client_address()).await?;
+    let client = session::client_address();
+    let user = accounts::authenticate(&services.db, &services.redis, &email, &password, &client).await?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");
@@ -35,8 +35,9 @@ pub async fn logout() -> Result<(), AppError> {
     use super::session;
     use services::accounts::sessions;
 
+    let services = session::services()?;
     if let Some(token) = session::current_session_token() {
-        sessions::delete(&session::services()?.db, &token).await?;
+        sessions::delete(&services.db, &token).await?;
     }
     session::clear_session_cookie();
     leptos_axum::redirect("/login");
@@ -45,7 +46,8 @@ pub async fn logout() -> Result<(), AppError> {
 
 #[server(prefix = "/rpc", endpoint = "auth/me")]
 pub async fn whoami() -> Result<Option<CurrentUser>, AppError> {
-    let user = super::session::current_user().await?;
+    let services = super::session::services()?;
+    let user = super::session::current_user(&services).await?;
     Ok(user.map(|u| CurrentUser { is_admin: u.is_admin(), email: u.email }))
 }
 

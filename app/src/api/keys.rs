@@ -6,8 +6,9 @@ use crate::error::AppError;
 #[server(prefix = "/rpc", endpoint = "keys/list")]
 pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
     use super::session;
-    let user = session::require_user().await?;
-    let keys = services::keys::api_keys::list_for_owner(&session::services()?.db, user.id).await?;
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let keys = services::keys::api_keys::list_for_owner(&services.db, user.id).await?;
     Ok(keys.into_iter().map(KeyView::from).collect())
 }
 
@@ -15,8 +16,9 @@ pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
 pub async fn get_key(id: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
-    let user = session::require_user().await?;
-    let key = api_keys::get_for(&session::services()?.db, ApiKeyId::parse(&id)?, &user).await?;
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
     Ok(key.into())
 }
 
@@ -24,9 +26,10 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
 pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     use super::session;
     use services::keys::{api_keys, KeyName};
-    let user = session::require_user().await?;
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let name = KeyName::parse(&name)?;
-    let (key, secret) = api_keys::create(&session::services()?.db, user.id, &name).await?;
+    let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
     Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
 }
@@ -43,8 +46,8 @@ pub async fn set_alert_emails(
     use super::session;
     use services::alerts::{self, AlertThresholds};
     use services::keys::{api_keys, ApiKeyId};
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let id = ApiKeyId::parse(&id)?;
     api_keys::get_for(&services.db, id, &user).await?;
     let list: Vec<&str> = [("50", &email_50), ("80", &email_80), ("100", &email_100)]
@@ -63,8 +66,8 @@ pub async fn set_alert_emails(
 pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let key = api_keys::revoke_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
     // Other instances forget the key within the authenticator's cache lifetime (seconds).
     services.keys.invalidate_all();

@@ -29,8 +29,8 @@ pub struct MailboxView {
 #[server(prefix = "/rpc", endpoint = "admin/mail")]
 pub async fn admin_mail() -> Result<MailboxView, AppError> {
     use super::session;
-    session::require_admin().await?;
     let services = session::services()?;
+    session::require_admin(&services).await?;
     let messages = services::mailer::recent(&services.db, 100).await?;
     Ok(MailboxView {
         delivery: services.settings.mail_delivery.clone(),

@@ -87,8 +87,8 @@ pub async fn request_quota_increase(
 ) -> Result<QuotaRequestView, AppError> {
     use super::session;
     use services::keys::ApiKeyId;
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let request =
         services::quota_requests::create(&services, &user, ApiKeyId::parse(&key_id)?, &per_hour, &per_day, &reason)
             .await?;
@@ -98,8 +98,8 @@ pub async fn request_quota_increase(
 #[server(prefix = "/rpc", endpoint = "quota-requests/cancel")]
 pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError> {
     use super::session;
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
 }
 
@@ -107,8 +107,8 @@ pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError>
 pub async fn key_quota_requests(key_id: String) -> Result<Vec<QuotaRequestView>, AppError> {
     use super::session;
     use services::keys::ApiKeyId;
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let requests = services::quota_requests::for_key(&services.db, &user, ApiKeyId::parse(&key_id)?).await?;
     Ok(requests.into_iter().map(Into::into).collect())
 }
@@ -116,8 +116,8 @@ pub async fn key_quota_requests(key_id: String) -> Result<Vec<QuotaRequestView>,
 #[server(prefix = "/rpc", endpoint = "admin/quota-requests")]
 pub async fn admin_quota_requests() -> Result<Vec<QuotaRequestView>, AppError> {
     use super::session;
-    session::require_admin().await?;
     let services = session::services()?;
+    session::require_admin(&services).await?;
     Ok(services::quota_requests::all(&services.db).await?.into_iter().map(Into::into).collect())
 }
 
@@ -138,10 +138,10 @@ pub async fn approve_quota_request(
 ) -> Result<QuotaRequestView, AppError> {
     use super::session;
     use services::quota_requests::{decide, Decision};
-    let admin = session::require_admin().await?;
+    let services = session::services()?;
+    let admin = session::require_admin(&services).await?;
     let decision =
         Decision::Approve { per_hour: whole_number(&per_hour, "hourly")?, per_day: whole_number(&per_day, "daily")? };
-    let services = session::services()?;
     Ok(decide(&services, &admin, id, decision, &note).await?.into())
 }
 
@@ -149,8 +149,8 @@ pub async fn approve_quota_request(
 pub async fn deny_quota_request(id: i64, note: String) -> Result<QuotaRequestView, AppError> {
     use super::session;
     use services::quota_requests::{decide, Decision};
-    let admin = session::require_admin().await?;
     let services = session::services()?;
+    let admin = session::require_admin(&services).await?;
     Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
 }
 
@@ -163,8 +163,8 @@ pub async fn admin_set_quota(
 ) -> Result<(), AppError> {
     use super::session;
     use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, Quota, QuotaChange, QuotaLimit};
-    let admin = session::require_admin().await?;
     let services = session::services()?;
+    let admin = session::require_admin(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&key_id)?, &admin).await?;
     let max = services.settings.quota_maximum;
     let (per_hour, per_day) = (whole_number(&per_hour, "hourly")?, whole_number(&per_day, "daily")?);
@@ -187,8 +187,8 @@ pub async fn admin_set_quota(
 #[server(prefix = "/rpc", endpoint = "admin/quota-changes")]
 pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
     use super::session;
-    session::require_admin().await?;
     let services = session::services()?;
+    session::require_admin(&services).await?;
     let entries = services::quota_requests::audit_trail(&services.db).await?;
     Ok(entries
         .into_iter()
@@ -211,8 +211,8 @@ pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
 #[server(prefix = "/rpc", endpoint = "notifications/list")]
 pub async fn my_notifications() -> Result<Vec<NotificationView>, AppError> {
     use super::session;
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let items = services::notifications::recent(&services.db, user.id, 50).await?;
     Ok(items
         .into_iter()
@@ -230,13 +230,15 @@ pub async fn my_notifications() -> Result<Vec<NotificationView>, AppError> {
 #[server(prefix = "/rpc", endpoint = "notifications/unread")]
 pub async fn unread_notifications() -> Result<i64, AppError> {
     use super::session;
-    let user = session::require_user().await?;
-    Ok(services::notifications::unread_count(&session::services()?.db, user.id).await?)
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    Ok(services::notifications::unread_count(&services.db, user.id).await?)
 }
 
 #[server(prefix = "/rpc", endpoint = "notifications/read")]
 pub async fn mark_notifications_read() -> Result<(), AppError> {
     use super::session;
-    let user = session::require_user().await?;
-    Ok(services::notifications::mark_all_read(&session::services()?.db, user.id).await?)
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    Ok(services::notifications::mark_all_read(&services.db, user.id).await?)
 }

@@ -1,6 +1,7 @@
 //! Server-side session plumbing for server functions and axum handlers: the cookie, the
 //! signed-in user, and the role checks.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
@@ -24,8 +25,7 @@ pub struct CookieSettings {
 
 pub fn services() -> Result<Services, AppError> {
     use_context::<Services>().ok_or_else(|| {
-        // Seen once in a browser test run (a server function polled outside its request's
-        // reactive owner?); the path tells which one.
+        // A server function that reads its context after an `.await` (see `current_user`).
         let path = use_context::<Parts>().map(|p| p.uri.to_string());
         tracing::error!(?path, "Services missing from the server function context");
         AppError::Internal
@@ -56,23 +56,36 @@ pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Resu
     }
 }
 
-pub async fn current_user() -> Result<Option<User>, AppError> {
-    let Some(parts) = request_parts() else {
-        return Ok(None);
-    };
-    user_from_headers(&services()?, &parts.headers).await
+// Contexts (the request, the services) are only reliably there before a server function's
+// first `.await`: a resource's fetcher can be polled later outside the render's reactive owner.
+// So everything below reads its context when called, and the futures they return only await.
+
+/// The signed-in user, if any.
+pub fn current_user(services: &Services) -> impl Future<Output = Result<Option<User>, AppError>> + Send + 'static {
+    let token = current_session_token();
+    let services = services.clone();
+    async move {
+        match token {
+            Some(token) => Ok(sessions::user_for(&services.db, &token).await?),
+            None => Ok(None),
+        }
+    }
 }
 
-pub async fn require_user() -> Result<User, AppError> {
-    current_user().await?.ok_or(AppError::Unauthorized)
+pub fn require_user(services: &Services) -> impl Future<Output = Result<User, AppError>> + Send + 'static {
+    let user = current_user(services);
+    async move { user.await?.ok_or(AppError::Unauthorized) }
 }
 
-pub async fn require_admin() -> Result<User, AppError> {
-    let user = require_user().await?;
-    if user.is_admin() {
-        Ok(user)
-    } else {
-        Err(AppError::Forbidden)
+pub fn require_admin(services: &Services) -> impl Future<Output = Result<User, AppError>> + Send + 'static {
+    let user = require_user(services);
+    async move {
+        let user = user.await?;
+        if user.is_admin() {
+            Ok(user)
+        } else {
+            Err(AppError::Forbidden)
+        }
     }
 }
 

@@ -91,8 +91,8 @@ pub async fn get_usage_overview(id: String, days: u32) -> Result<UsageOverview, 
     if !RANGES.contains(&days) {
         return Err(AppError::BadRequest(format!("days must be one of {RANGES:?}")));
     }
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
     Ok(ssr::overview(&services, key, days).await?)
 }
@@ -101,8 +101,8 @@ pub async fn get_usage_overview(id: String, days: u32) -> Result<UsageOverview, 
 pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
-    let user = session::require_user().await?;
     let services = session::services()?;
+    let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
     Ok(ssr::live_data(&services, &key).await?)
 }

@@ -126,6 +126,9 @@ pub fn ErrorPanel(err: AppError) -> impl IntoView {
             response.set_status(status);
         }
     }
+    // Which error a page shows is worth knowing when a browser test fails.
+    #[cfg(feature = "hydrate")]
+    leptos::logging::warn!("error panel: {err:?}");
     if err == AppError::Unavailable {
         return view! { <DataDelayed/> }.into_any();
     }
