@@ -39,3 +39,15 @@ export function cli(args: string[], input?: string): string {
   if (!bin) throw new Error('KEYMETER_BIN is not set: run the browser tests with `make test`');
   return execFileSync(bin, args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
 }
+
+/**
+ * Waits until a server function (called with the page's session) returns what `ready` accepts.
+ * Pages are loaded only once their data has settled: a page rendered on the server while its
+ * data changes underneath can hydrate inconsistently (docs/notes.md).
+ */
+export async function settled(page: Page, rpc: string, ready: (data: any) => boolean, form: Record<string, string> = {}) {
+  await expect.poll(async () => {
+    const res = await page.request.post(`/rpc/${rpc}`, { form });
+    return res.ok() && ready(await res.json());
+  }, { timeout: 20_000 }).toBe(true);
+}

@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, signIn } from './helpers';
+import { ADMIN, MERCHANT, cli, hydrated, settled, signIn } from './helpers';
 
 test('a merchant at the hourly limit asks for more; an admin approves; the next call is admitted', async ({ page, browser, request }) => {
   await signIn(page, MERCHANT);
@@ -37,7 +37,10 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
 
   // The call that was refused is admitted now, and the merchant is told.
+  const calledAt = Date.now();
   expect((await call()).status()).toBe(200);
+  // The key page shows "last used": reload once that has been recorded.
+  await settled(page, 'keys/get', (key) => key.last_used_at && Date.parse(key.last_used_at) >= calledAt - 1000, { id: keyId });
   await page.reload();
   await hydrated(page);
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'approved');
