@@ -18,7 +18,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 pg_port=$(free_port); redis_port=$(free_port)
-bash scripts/services.sh start "$tmp/services" "$pg_port" "$redis_port" --ephemeral
+# Durable PostgreSQL (no --ephemeral): the PostgreSQL-down fault is a crash (`stop -m immediate`),
+# and with fsync or synchronous commit off a crash loses commits the writer already acknowledged.
+bash scripts/services.sh start "$tmp/services" "$pg_port" "$redis_port"
 "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -c "CREATE DATABASE keymeter_template"
 DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/keymeter_template" REDIS_URL="redis://127.0.0.1:$redis_port" \
   "$SERVER_BIN" migrate >/dev/null
@@ -27,7 +29,7 @@ export KEYMETER_TEST_PG="postgres://postgres@127.0.0.1:$pg_port" KEYMETER_TEST_R
 export KEYMETER_RELIABILITY_REPORT="$tmp/report.tsv"
 # How the PostgreSQL-down scenario stops and restarts this run's PostgreSQL.
 export KEYMETER_PG_STOP="source '$ROOT/scripts/env.sh' && as_pg \"\$PG_BIN/pg_ctl\" -D '$tmp/services/pg' stop -m immediate -w"
-export KEYMETER_PG_START="bash '$ROOT/scripts/services.sh' start '$tmp/services' $pg_port $redis_port --ephemeral"
+export KEYMETER_PG_START="bash '$ROOT/scripts/services.sh' start '$tmp/services' $pg_port $redis_port"
 
 log "fault scenarios (about $(( ${KEYMETER_PG_DOWN_SECS:-60} + 120 )) s)"
 status=0
@@ -42,5 +44,8 @@ printf '\nmissing: answered requests whose usage event is not in PostgreSQL; sto
 if [ "$status" -ne 0 ]; then
   echo "--- scenario failures ---" >&2
   grep -E "panicked|assert|FAILED" -A4 "$tmp/test.log" >&2 || tail -n 40 "$tmp/test.log" >&2
+  for f in "$tmp"/report.tsv.server-*.log; do
+    [ -s "$f" ] && { echo "--- $(basename "$f") (last lines) ---" >&2; tail -n 15 "$f" >&2; }
+  done
   exit "$status"
 fi

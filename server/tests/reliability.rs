@@ -235,9 +235,13 @@ impl ServerProcess {
             .env("KEYMETER_INSTANCES", "2")
             .env("KEYMETER_REDIS_TIMEOUT_MS", "250")
             .env("KEYMETER_DEMO_TRAFFIC", "false")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        // Each server's log next to the report, for when a scenario fails.
+        let log = std::env::var("KEYMETER_RELIABILITY_REPORT")
+            .ok()
+            .and_then(|report| std::fs::File::create(format!("{report}.server-{port}.log")).ok());
+        cmd.stderr(log.map_or_else(Stdio::null, Stdio::from));
         for (k, v) in extra {
             cmd.env(k, v);
         }
@@ -400,7 +404,7 @@ where
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
-    let (missing, duplicates, server_errors) = report(name, &app, id, limit, &load, 90).await;
+    let (missing, duplicates, server_errors) = report(name, &app, id, limit, &load, 180).await;
     drop(servers);
     assert_eq!((missing, duplicates, server_errors), (0, 0, 0), "{name}");
 }
