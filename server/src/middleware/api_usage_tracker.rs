@@ -162,8 +162,9 @@ where
         // HTTP sends no body with these, whatever the handler produced.
         let bodiless = matches!(event.status, 100..=199 | 204 | 304) || event.method == "HEAD";
         event.bytes_out = if bodiless { 0 } else { size };
-        OVERHEAD.observe(before_handler + after_handler.elapsed());
         services.usage.record_durably(event).await;
+        // The hand-off is the tracker's time too: the client waits for it.
+        OVERHEAD.observe(before_handler + after_handler.elapsed());
         return Ok(response);
     }
 
