@@ -291,9 +291,9 @@ impl ReportMessage {
             let t = &s.totals;
             let url = format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
             text.push_str(&format!(
-                "\n{} ({}…)\n  requests      {}\n  throttled     {}\n  error rate    {:.2}%\n  p95 latency   {}\n  \
-                 busiest day   {}\n  peak quota use {:.0}% of the daily, {:.0}% of the hourly quota\n  per day       |{}|\n  \
-                 usage         {url}\n",
+                "\n{} ({}…)\n  requests        {}\n  throttled       {}\n  error rate      {:.2}%\n  \
+                 p95 latency     {}\n  busiest day     {}\n  peak quota use  {:.0}% of the daily, {:.0}% of the \
+                 hourly quota\n  per day         |{}|\n  usage           {url}\n",
                 s.key.name,
                 s.key.prefix,
                 count(t.requests),
