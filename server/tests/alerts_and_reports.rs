@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::smtp_sink::SmtpSink;
-use common::{client, TestApp};
+use common::{client, ping_event, TestApp};
 use diesel_async::RunQueryDsl;
 use services::accounts::Role;
 use services::keys::{api_keys, ApiKeyId, KeyName};
@@ -14,7 +14,6 @@ use services::monthly_report::{self, send_monthly_reports};
 use services::usage::histogram::exact_quantile;
 use services::usage::reports::Month;
 use services::usage::writer::UsageWriter;
-use services::usage::UsageEvent;
 use uuid::Uuid;
 
 /// A merchant (signed in) with one key of the given hourly limit.
@@ -196,23 +195,6 @@ async fn make_mail_due(app: &TestApp) {
         .unwrap();
 }
 
-fn event(key: Uuid, at_ms: i64, status: u16, latency_us: u64, throttled: bool) -> UsageEvent {
-    UsageEvent {
-        request_id: Uuid::now_v7(),
-        key_id: key,
-        at_ms,
-        method: "GET".into(),
-        endpoint: "/api/v1/ping".into(),
-        status,
-        latency_us,
-        bytes_in: 0,
-        bytes_out: 42,
-        throttled,
-        enforced: true,
-        alerts: Vec::new(),
-    }
-}
-
 fn ms(rfc3339: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp_millis()
 }
@@ -246,19 +228,19 @@ async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_
     for d in 1..=30i64 {
         let day = ms(&format!("2026-09-{d:02}T12:00:00Z"));
         for i in 0..d {
-            events.push(event(keys[0], day + i * 1000, 200, d as u64 * 1000, false));
+            events.push(ping_event(keys[0], day + i * 1000, 200, d as u64 * 1000, false));
         }
     }
     for i in 0..5 {
-        events.push(event(keys[0], ms("2026-09-05T13:00:00Z") + i, 500, 2_000, false));
+        events.push(ping_event(keys[0], ms("2026-09-05T13:00:00Z") + i, 500, 2_000, false));
     }
     for i in 0..3 {
-        events.push(event(keys[0], ms("2026-09-10T14:00:00Z") + i, 429, 50, true));
+        events.push(ping_event(keys[0], ms("2026-09-10T14:00:00Z") + i, 429, 50, true));
     }
-    events.push(event(keys[0], ms("2026-08-31T23:59:59Z"), 200, 1_000, false));
-    events.push(event(keys[0], ms("2026-10-01T00:00:00Z"), 200, 1_000, false));
+    events.push(ping_event(keys[0], ms("2026-08-31T23:59:59Z"), 200, 1_000, false));
+    events.push(ping_event(keys[0], ms("2026-10-01T00:00:00Z"), 200, 1_000, false));
     for i in 0..7 {
-        events.push(event(keys[1], ms("2026-09-20T08:00:00Z") + i, 200, 3_000, false));
+        events.push(ping_event(keys[1], ms("2026-09-20T08:00:00Z") + i, 200, 3_000, false));
     }
     let mut writer = UsageWriter::new(&a.services, 3_650);
     writer.write(&events).await.unwrap();

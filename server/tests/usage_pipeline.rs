@@ -35,20 +35,7 @@ async fn totals(app: &TestApp, key: Uuid) -> (i64, i64) {
 }
 
 fn event(key: Uuid, at_ms: i64) -> UsageEvent {
-    UsageEvent {
-        request_id: Uuid::now_v7(),
-        key_id: key,
-        at_ms,
-        method: "GET".into(),
-        endpoint: "/api/v1/ping".into(),
-        status: 200,
-        latency_us: 1234,
-        bytes_in: 0,
-        bytes_out: 42,
-        throttled: false,
-        enforced: true,
-        alerts: Vec::new(),
-    }
+    common::ping_event(key, at_ms, 200, 1234, false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,9 +209,14 @@ impl SharedConnection {
     /// Call after an error that may have broken the connection; the next `get` opens another.
     pub fn reset_after(&self, err: &redis::RedisError) {
         if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
-            if let Ok(mut slot) = self.conn.write() {
-                *slot = None;
-            }
+            self.reset();
+        }
+    }
+
+    /// Drops the shared connection; the next `get` opens another.
+    pub fn reset(&self) {
+        if let Ok(mut slot) = self.conn.write() {
+            *slot = None;
         }
     }
 }

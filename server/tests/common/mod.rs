@@ -13,6 +13,7 @@ use keymeter::startup::{self, Application};
 use reqwest::redirect::Policy;
 use services::accounts::{self, Email, Password, Role, User};
 use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, KeyName, Quota, QuotaChange, QuotaLimit};
+use services::usage::UsageEvent;
 use services::Services;
 
 pub const PASSWORD: &str = "a long test password";
@@ -207,5 +208,24 @@ impl TestApp {
     /// Calls a server function with form-encoded arguments.
     pub async fn rpc(&self, client: &reqwest::Client, path: &str, args: &[(&str, &str)]) -> reqwest::Response {
         client.post(self.url(&format!("/rpc/{path}"))).form(args).send().await.expect("rpc request")
+    }
+}
+
+/// A usage event of `GET /api/v1/ping` as the tracker records it, for tests that feed the
+/// usage writer directly.
+pub fn ping_event(key: uuid::Uuid, at_ms: i64, status: u16, latency_us: u64, throttled: bool) -> UsageEvent {
+    UsageEvent {
+        request_id: uuid::Uuid::now_v7(),
+        key_id: key,
+        at_ms,
+        method: "GET".into(),
+        endpoint: "/api/v1/ping".into(),
+        status,
+        latency_us,
+        bytes_in: 0,
+        bytes_out: 42,
+        throttled,
+        enforced: true,
+        alerts: Vec::new(),
     }
 }

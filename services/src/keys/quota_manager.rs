@@ -220,8 +220,7 @@ impl QuotaManager {
                 Ok(Err(e)) => self.mark_down(&e.to_string()),
                 Err(_) => {
                     // The shared connection may be stuck behind the slow reply: start afresh.
-                    let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "quota check timed out");
-                    self.shared.reset_after(&redis::RedisError::from(timeout));
+                    self.shared.reset();
                     self.mark_down("timed out");
                 }
             }

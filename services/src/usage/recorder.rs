@@ -150,7 +150,8 @@ async fn hand_off_until_done(
     redis_down_until: &mut Option<tokio::time::Instant>,
     batch: &mut Vec<Item>,
 ) {
-    let events: Vec<UsageEvent> = batch.iter().map(|i| i.event.clone()).collect();
+    let (events, waiters): (Vec<UsageEvent>, Vec<Option<oneshot::Sender<()>>>) =
+        batch.drain(..).map(|i| (i.event, i.handed_off)).unzip();
     let mut backoff = Duration::from_millis(50);
     loop {
         // After a failure, Redis is left alone for a second: batches go to PostgreSQL directly.
@@ -189,10 +190,8 @@ async fn hand_off_until_done(
             }
         };
         if stored {
-            for item in batch.drain(..) {
-                if let Some(done) = item.handed_off {
-                    let _ = done.send(());
-                }
+            for done in waiters.into_iter().flatten() {
+                let _ = done.send(());
             }
             return;
         }
