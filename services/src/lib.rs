@@ -3,6 +3,8 @@
 //! Plain Rust over PostgreSQL (diesel-async) and Redis (deadpool-redis); nothing here knows about
 //! HTTP. The web server and the Leptos server functions both call into this crate.
 
+use std::sync::Arc;
+
 pub mod accounts;
 pub mod alerts;
 pub mod db;
@@ -18,10 +20,22 @@ pub mod usage;
 
 pub use error::{ServiceError, ServiceResult};
 
-/// Handles to the shared backing services and the domain's long-lived parts, cheap to clone
-/// and handed to every request.
+/// Handles to the shared backing services and the domain's long-lived parts, handed to every
+/// request. One `Arc` inside: axum clones it per request, and cloning each part's handles
+/// would cost a dozen contended reference counts every time.
 #[derive(Clone)]
-pub struct Services {
+pub struct Services(Arc<ServiceParts>);
+
+impl std::ops::Deref for Services {
+    type Target = ServiceParts;
+
+    fn deref(&self) -> &ServiceParts {
+        &self.0
+    }
+}
+
+/// What [`Services`] holds.
+pub struct ServiceParts {
     pub db: db::DbPool,
     pub redis: redis_pool::RedisPool,
     /// Resolves API key secrets (cached briefly per instance).
@@ -65,7 +79,7 @@ impl Services {
         // Used by the recorder only when Redis cannot take a batch; retention is the writer's job.
         let fallback =
             usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url, 0);
-        Self {
+        Self(Arc::new(ServiceParts {
             keys: keys::KeyAuthenticator::new(db.clone()),
             quota: keys::QuotaManager::with_policy(redis.clone(), settings.quota_failure),
             usage: usage::UsageRecorder::start(redis.clone(), namespace, Some(fallback)),
@@ -73,6 +87,6 @@ impl Services {
             settings,
             db,
             redis,
-        }
+        }))
     }
 }

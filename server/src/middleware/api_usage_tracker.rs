@@ -30,16 +30,14 @@ use uuid::Uuid;
 use super::api_key_auth::authenticate;
 use super::counting_body::CountingBody;
 
-/// Holds the services behind one `Arc`: cloning `Services` itself per request would copy its
-/// strings on the hot path.
 #[derive(Clone)]
 pub struct UsageTrackerLayer {
-    services: Arc<Services>,
+    services: Services,
 }
 
 impl UsageTrackerLayer {
     pub fn new(services: Services) -> Self {
-        Self { services: Arc::new(services) }
+        Self { services }
     }
 }
 
@@ -54,7 +52,7 @@ impl<S> Layer<S> for UsageTrackerLayer {
 #[derive(Clone)]
 pub struct UsageTracker<S> {
     inner: S,
-    services: Arc<Services>,
+    services: Services,
 }
 
 impl<S> Service<Request> for UsageTracker<S>
@@ -78,7 +76,7 @@ where
     }
 }
 
-async fn track<S>(services: Arc<Services>, mut inner: S, request: Request) -> Result<Response, Infallible>
+async fn track<S>(services: Services, mut inner: S, request: Request) -> Result<Response, Infallible>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {

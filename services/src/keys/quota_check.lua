@@ -1,11 +1,15 @@
--- Checks and counts one request against a key's quota, atomically.
+-- Checks and counts a batch of requests of one key against its quota, atomically.
 -- KEYS[1]  km:{<key id>}:quota  (hash; hash-tagged so that it works on Redis Cluster)
 -- ARGV[1]  hour limit            ARGV[2] day limit
 -- ARGV[3]  burst rate per second (0 = no burst limit)
 -- ARGV[4]  version of these limits (ms since epoch of their last change)
 -- ARGV[5]  clock offset in ms (tests only; 0 in production)
+-- ARGV[6]  requests in this batch, in arrival order (optional, 1 to 10000; default 1)
+-- The first `admitted` requests of the batch are admitted and counted, the rest refused (and
+-- count nothing): exactly what the same requests checked one by one would get.
 -- Returns {admitted, blocked_mask, hour_used, day_used, now_ms, hour_limit, day_limit,
---          burst_rate, retry_ms}. blocked_mask: 1 hour, 2 day, 4 burst.
+--          burst_rate, retry_ms}, the uses after the batch; blocked_mask (1 hour, 2 day,
+--          4 burst) and retry_ms describe why the first refused request was refused.
 -- Whole numbers of sane size only: anything else is refused before it can be stored.
 local function whole(v)
   local n = tonumber(v)
@@ -17,6 +21,11 @@ for i = 1, 5 do
 end
 if tonumber(ARGV[1]) < 1 or tonumber(ARGV[2]) < 1 or tonumber(ARGV[3]) < 0 then
   return redis.error_reply('ERR quota limits must be positive')
+end
+local n = 1
+if ARGV[6] ~= nil then
+  n = whole(ARGV[6])
+  if n == nil or n < 1 or n > 10000 then return redis.error_reply('ERR batch size must be 1 to 10000') end
 end
 
 local t = redis.call('TIME')
@@ -39,40 +48,56 @@ if tonumber(s[1]) == hour_start then hc = tonumber(s[2]) end
 local dc = 0
 if tonumber(s[3]) == day_start then dc = tonumber(s[4]) end
 
-local blocked = 0
-local retry_ms = 0
-if hc >= hl then
-  blocked = blocked + 1
-  retry_ms = math.max(retry_ms, (hour_start + 3600) * 1000 - now_ms)
-end
-if dc >= dl then
-  blocked = blocked + 2
-  retry_ms = math.max(retry_ms, (day_start + 86400) * 1000 - now_ms)
+-- As many as every window has room for, in order.
+local admitted = math.max(0, math.min(n, hl - hc, dl - dc))
+
+-- Burst: GCRA allowing `br` requests at once, refilled at `br` per second; each admission
+-- moves the theoretical arrival time on by one interval.
+local tat = nil
+local interval, tolerance = 0, 0
+if br > 0 then
+  interval = 1000 / br
+  tolerance = interval * (br - 1)
+  tat = tonumber(s[5]) or now_ms
+  if tat < now_ms then tat = now_ms end
+  local room = 0
+  -- (The small slack keeps float rounding from refusing a request exactly on the boundary.)
+  if tat - now_ms <= tolerance then room = math.floor((tolerance - (tat - now_ms)) / interval + 1e-9) + 1 end
+  admitted = math.min(admitted, room)
+  tat = tat + admitted * interval
 end
 
--- Burst: GCRA allowing `br` requests at once, refilled at `br` per second.
-local new_tat = nil
-if br > 0 then
-  local interval = 1000 / br
-  local tolerance = interval * (br - 1)
-  local tat = tonumber(s[5]) or now_ms
-  if tat < now_ms then tat = now_ms end
-  if tat - now_ms > tolerance then
+hc = hc + admitted
+dc = dc + admitted
+
+-- Why the first refused request (if any) was refused.
+local blocked = 0
+local retry_ms = 0
+if admitted < n then
+  if hc >= hl then
+    blocked = blocked + 1
+    retry_ms = math.max(retry_ms, (hour_start + 3600) * 1000 - now_ms)
+  end
+  if dc >= dl then
+    blocked = blocked + 2
+    retry_ms = math.max(retry_ms, (day_start + 86400) * 1000 - now_ms)
+  end
+  if tat and tat - now_ms > tolerance then
     blocked = blocked + 4
     retry_ms = math.max(retry_ms, tat - tolerance - now_ms)
-  else
-    new_tat = tat + interval
   end
 end
 
-if blocked == 0 then
-  hc = hc + 1
-  dc = dc + 1
-  redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc,
-    'hl', hl, 'dl', dl, 'br', br, 'qv', qv)
-  if new_tat then redis.call('HSET', KEYS[1], 'tat', new_tat) end
-  -- Kept a little past the day window; a key that goes quiet costs nothing.
-  redis.call('PEXPIRE', KEYS[1], (day_start + 86400 + 3600) * 1000 - now_ms)
+-- Only what changed is written: this runs for every batch of requests.
+if admitted > 0 then
+  redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc)
+  if stored_qv ~= qv then redis.call('HSET', KEYS[1], 'hl', hl, 'dl', dl, 'br', br, 'qv', qv) end
+  if tat then redis.call('HSET', KEYS[1], 'tat', tat) end
+  -- Kept a little past the day window (set when the day's counting starts); a key that goes
+  -- quiet costs nothing.
+  if tonumber(s[3]) ~= day_start then
+    redis.call('PEXPIRE', KEYS[1], (day_start + 86400 + 3600) * 1000 - now_ms)
+  end
 end
 
-return {blocked == 0 and 1 or 0, blocked, hc, dc, now_ms, hl, dl, br, math.ceil(retry_ms)}
+return {admitted, blocked, hc, dc, now_ms, hl, dl, br, math.ceil(retry_ms)}

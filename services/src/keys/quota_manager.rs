@@ -4,20 +4,29 @@
 //! Time comes from the Redis server (`TIME` inside the script), so every app instance agrees on
 //! window boundaries. A rejected request consumes nothing; across any number of instances the
 //! number admitted in a window is exactly `min(limit, attempts)`.
+//!
+//! Concurrent checks of one key on one instance share a script call: while a key's call is in
+//! flight, later checks queue, and the next call decides all of them in arrival order (the
+//! script admits the first as many as the windows have room for). Each request still gets its
+//! own exact use of every window, so headers and alerts are as if checked one by one, while
+//! Redis runs one script per batch instead of one per request.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_redis::redis::{self, Script};
+use tokio::sync::oneshot;
 
 use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
 use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
 use crate::redis_pool::{self, RedisPool, SharedConnection};
-use crate::ServiceResult;
+use crate::{ServiceError, ServiceResult};
 
 /// A quota window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +171,19 @@ return 1
 /// does not add the timeout to every request.
 const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
 
+/// Most requests decided by one script call (the script's own bound).
+const MAX_BATCH: usize = 10_000;
+
+/// A check waiting for its key's next script call.
+struct Waiter {
+    quota: Quota,
+    quota_version_ms: i64,
+    reply: oneshot::Sender<ServiceResult<QuotaDecision>>,
+}
+
+/// Per key with a script call in flight: the checks that arrived since.
+type Queues = Mutex<HashMap<ApiKeyId, Vec<Waiter>>>;
+
 #[derive(Clone)]
 pub struct QuotaManager {
     redis: RedisPool,
@@ -175,6 +197,7 @@ pub struct QuotaManager {
     /// Until when (ms after `epoch`) Redis is considered down.
     down_until_ms: Arc<AtomicI64>,
     epoch: Instant,
+    queues: Arc<Queues>,
 }
 
 impl QuotaManager {
@@ -193,6 +216,7 @@ impl QuotaManager {
             policy,
             down_until_ms: Arc::new(AtomicI64::new(0)),
             epoch: Instant::now(),
+            queues: Arc::default(),
         }
     }
 
@@ -211,18 +235,9 @@ impl QuotaManager {
         if self.down_until_ms.load(Ordering::Relaxed) <= self.elapsed_ms() {
             let check = self.check_and_count(key.id, &key.quota, key.quota_version_ms);
             match tokio::time::timeout(self.policy.timeout, check).await {
-                Ok(Ok(decision)) => {
-                    if let Some(owed) = self.fallback.observe(key.id, &decision) {
-                        self.add_local_admissions(key.id, owed);
-                    }
-                    return Verdict::Enforced(decision);
-                }
+                Ok(Ok(decision)) => return Verdict::Enforced(decision),
                 Ok(Err(e)) => self.mark_down(&e.to_string()),
-                Err(_) => {
-                    // The shared connection may be stuck behind the slow reply: start afresh.
-                    self.shared.reset();
-                    self.mark_down("timed out");
-                }
+                Err(_) => self.mark_down("timed out"),
             }
         }
         match self.policy.mode {
@@ -266,13 +281,88 @@ impl QuotaManager {
     }
 
     /// Checks the request against `quota` (whose last change was at `quota_version_ms`) and,
-    /// if every window has room, counts it in all of them. One round trip (EVALSHA).
+    /// if every window has room, counts it in all of them: in the key's next script call
+    /// (EVALSHA, one round trip), shared with the key's other concurrent checks.
     pub async fn check_and_count(
         &self,
         key: ApiKeyId,
         quota: &Quota,
         quota_version_ms: i64,
     ) -> ServiceResult<QuotaDecision> {
+        let (reply, decided) = oneshot::channel();
+        let waiter = Waiter { quota: *quota, quota_version_ms, reply };
+        let first = {
+            let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match queues.entry(key) {
+                Entry::Occupied(mut queue) => {
+                    queue.get_mut().push(waiter);
+                    false
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(vec![waiter]);
+                    true
+                }
+            }
+        };
+        // The calls run in their own task, so a caller that stops waiting (timeout, client
+        // gone) never strands the checks queued behind it.
+        if first {
+            tokio::spawn(self.clone().run_batches(key));
+        }
+        decided.await.map_err(|_| ServiceError::RedisUnavailable("quota check abandoned".into()))?
+    }
+
+    /// Decides the key's queued checks, a batch per script call, until none are left.
+    async fn run_batches(self, key: ApiKeyId) {
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match queues.get_mut(&key) {
+                    Some(queue) if !queue.is_empty() => {
+                        let take = queue.len().min(MAX_BATCH);
+                        queue.drain(..take).collect()
+                    }
+                    _ => {
+                        // Nothing queued: the next check starts a new run.
+                        queues.remove(&key);
+                        return;
+                    }
+                }
+            };
+            // Limits newer than the caller's are applied by the script anyway; of the
+            // callers' own, the newest win.
+            let Some(newest) = batch.iter().max_by_key(|w| w.quota_version_ms) else { continue };
+            let (quota, version) = (newest.quota, newest.quota_version_ms);
+            let call = self.eval(key, &quota, version, batch.len());
+            match tokio::time::timeout(self.policy.timeout, call).await {
+                Ok(Ok(reply)) => {
+                    // What Redis says now ends any local counting of an outage (once per batch).
+                    if let Some(owed) = self.fallback.observe(key, &decode(&reply, batch.len() - 1)) {
+                        self.add_local_admissions(key, owed);
+                    }
+                    for (i, waiter) in batch.into_iter().enumerate() {
+                        let _ = waiter.reply.send(Ok(decode(&reply, i)));
+                    }
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => {
+                            // The shared connection may be stuck behind the slow reply.
+                            self.shared.reset();
+                            "timed out".to_owned()
+                        }
+                    };
+                    for waiter in batch {
+                        let _ = waiter.reply.send(Err(ServiceError::RedisUnavailable(why.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One script call for `n` requests of `key`.
+    async fn eval(&self, key: ApiKeyId, quota: &Quota, quota_version_ms: i64, n: usize) -> ServiceResult<Vec<i64>> {
         let mut conn = self.shared.get().await?;
         let reply: redis::RedisResult<Vec<i64>> = self
             .script
@@ -282,15 +372,13 @@ impl QuotaManager {
             .arg(quota.burst_per_second.map_or(0, |b| b.get()))
             .arg(quota_version_ms)
             .arg(self.clock_offset_ms.load(Ordering::Relaxed))
+            .arg(n)
             .invoke_async(&mut conn)
             .await;
-        match reply {
-            Ok(reply) => Ok(decode(&reply)),
-            Err(e) => {
-                self.shared.reset_after(&e);
-                Err(e.into())
-            }
-        }
+        reply.map_err(|e| {
+            self.shared.reset_after(&e);
+            e.into()
+        })
     }
 
     /// Makes new limits effective at once on every instance: the script prefers stored limits
@@ -351,10 +439,22 @@ impl QuotaManager {
     }
 }
 
-fn decode(r: &[i64]) -> QuotaDecision {
+/// The decision for the `index`-th request (from 0, in arrival order) of a batch, from the
+/// script's reply for the whole batch.
+fn decode(r: &[i64], index: usize) -> QuotaDecision {
     let get = |i: usize| r.get(i).copied().unwrap_or(0);
-    let (admitted, mask, hour_used, day_used, now_ms) = (get(0) == 1, get(1), get(2), get(3), get(4));
+    let (admitted_count, mask, hour_after, day_after, now_ms) = (get(0), get(1), get(2), get(3), get(4));
     let (hour_limit, day_limit, burst, retry_ms) = (get(5), get(6), get(7), get(8));
+    let index = i64::try_from(index).unwrap_or(i64::MAX);
+    let admitted = index < admitted_count;
+    // An admitted request sees the windows as they were right after it was counted; a refused
+    // one as they are after the whole batch.
+    let (hour_used, day_used) = if admitted {
+        let admitted_later = admitted_count - index - 1;
+        (hour_after - admitted_later, day_after - admitted_later)
+    } else {
+        (hour_after, day_after)
+    };
     let now_s = now_ms.div_euclid(1000);
     let hour = WindowUse {
         window: Window::Hour,
@@ -369,7 +469,9 @@ fn decode(r: &[i64]) -> QuotaDecision {
         reset_at_ms: (now_s - now_s.rem_euclid(86400) + 86400) * 1000,
     };
     // Of several blocking windows, report the one that resets last.
-    let blocked_by = if mask & 2 != 0 {
+    let blocked_by = if admitted {
+        None
+    } else if mask & 2 != 0 {
         Some(Window::Day)
     } else if mask & 1 != 0 {
         Some(Window::Hour)
@@ -397,7 +499,7 @@ mod tests {
     fn decodes_a_refusal_with_rounded_up_retry() {
         // 10:59:59.250 UTC on some day; hour full.
         let now_ms = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000 + 3_599_250;
-        let d = decode(&[0, 1, 5, 7, now_ms, 5, 100, 0, 750]);
+        let d = decode(&[0, 1, 5, 7, now_ms, 5, 100, 0, 750], 0);
         assert!(!d.admitted);
         assert_eq!(d.blocked_by, Some(Window::Hour));
         assert_eq!(d.retry_after_secs, Some(1));
@@ -408,7 +510,7 @@ mod tests {
 
     #[test]
     fn day_wins_when_both_block() {
-        let d = decode(&[0, 3, 5, 5, 1_700_000_000_000, 5, 5, 0, 40_000_000]);
+        let d = decode(&[0, 3, 5, 5, 1_700_000_000_000, 5, 5, 0, 40_000_000], 0);
         assert_eq!(d.blocked_by, Some(Window::Day));
         assert_eq!(d.retry_after_secs, Some(40_000));
     }
@@ -425,8 +527,21 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_gives_each_request_its_own_use_in_arrival_order() {
+        // Five requests with 3 left in the hour: the first three are admitted (uses 8, 9, 10).
+        let reply = [3, 1, 10, 40, 1_700_000_000_000, 10, 1000, 0, 1_000];
+        let used: Vec<(bool, i64, i64)> =
+            (0..5).map(|i| decode(&reply, i)).map(|d| (d.admitted, d.hour.used, d.day.used)).collect();
+        assert_eq!(used, [(true, 8, 38), (true, 9, 39), (true, 10, 40), (false, 10, 40), (false, 10, 40)]);
+        assert_eq!(decode(&reply, 2).blocked_by, None);
+        assert_eq!(decode(&reply, 2).retry_after_secs, None);
+        assert_eq!(decode(&reply, 3).blocked_by, Some(Window::Hour));
+        assert_eq!(decode(&reply, 4).retry_after_secs, Some(1));
+    }
+
+    #[test]
     fn admitted_has_no_retry() {
-        let d = decode(&[1, 0, 1, 1, 1_700_000_000_000, 1000, 10000, 0, 0]);
+        let d = decode(&[1, 0, 1, 1, 1_700_000_000_000, 1000, 10000, 0, 0], 0);
         assert!(d.admitted);
         assert_eq!(d.retry_after_secs, None);
         assert_eq!(d.tightest().remaining(), 999);

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::live::{minute_key, MinuteCounters};
 use super::writer::UsageWriter;
 use super::UsageEvent;
-use crate::redis_pool::{self, RedisPool};
+use crate::redis_pool::{RedisPool, SharedConnection};
 
 /// The Redis stream between recorders and writers, within a namespace (one per deployment
 /// sharing a Redis; tests use one per database).
@@ -59,7 +59,7 @@ impl UsageRecorder {
     /// straight to PostgreSQL when Redis cannot take them.
     pub fn start(redis: RedisPool, namespace: &str, fallback: Option<UsageWriter>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx, fallback));
+        let task = tokio::spawn(flush_loop(SharedConnection::new(redis), stream_name(namespace), rx, fallback));
         Self {
             tx: Arc::new(Mutex::new(Some(tx))),
             task: Arc::new(Mutex::new(Some(task))),
@@ -109,7 +109,12 @@ impl UsageRecorder {
     }
 }
 
-async fn flush_loop(redis: RedisPool, stream: String, mut rx: mpsc::Receiver<Item>, mut fallback: Option<UsageWriter>) {
+async fn flush_loop(
+    redis: SharedConnection,
+    stream: String,
+    mut rx: mpsc::Receiver<Item>,
+    mut fallback: Option<UsageWriter>,
+) {
     let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
     let mut redis_down_until: Option<tokio::time::Instant> = None;
     loop {
@@ -144,7 +149,7 @@ async fn flush_loop(redis: RedisPool, stream: String, mut rx: mpsc::Receiver<Ite
 }
 
 async fn hand_off_until_done(
-    redis: &RedisPool,
+    redis: &SharedConnection,
     stream: &str,
     mut fallback: Option<&mut UsageWriter>,
     redis_down_until: &mut Option<tokio::time::Instant>,
@@ -169,7 +174,11 @@ async fn hand_off_until_done(
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
+                    _ => {
+                        // The shared connection may be stuck behind the slow reply.
+                        redis.reset();
+                        "timed out".to_owned()
+                    }
                 };
                 match fallback.as_deref_mut() {
                     Some(writer) => match writer.write(&events).await {
@@ -200,7 +209,9 @@ async fn hand_off_until_done(
     }
 }
 
-async fn flush(redis: &RedisPool, stream: &str, batch: &[UsageEvent]) -> crate::ServiceResult<()> {
+/// One pipelined round trip on the shared multiplexed connection (a pooled one would cost a
+/// `PING` round trip per batch on checkout).
+async fn flush(redis: &SharedConnection, stream: &str, batch: &[UsageEvent]) -> crate::ServiceResult<()> {
     let payload =
         serde_json::to_string(batch).map_err(|e| crate::ServiceError::Internal(format!("usage encode: {e}")))?;
     let mut minutes: HashMap<(Uuid, i64), MinuteCounters> = HashMap::new();
@@ -212,7 +223,8 @@ async fn flush(redis: &RedisPool, stream: &str, batch: &[UsageEvent]) -> crate::
     for ((key_id, minute), counters) in &minutes {
         counters.incr_into(&mut pipe, &minute_key(*key_id, *minute));
     }
-    let mut conn = redis_pool::conn(redis).await?;
-    let _: () = pipe.query_async(&mut conn).await?;
+    let mut conn = redis.get().await?;
+    let sent: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+    sent.inspect_err(|e| redis.reset_after(e))?;
     Ok(())
 }

@@ -22,10 +22,25 @@ use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
 const GROUP: &str = "pg-writer";
-/// Stream entries read per round (each holds up to a few thousand events).
-const ENTRIES_PER_READ: usize = 20;
+/// Stream entries read per round (each holds one recorder batch: up to a few thousand events).
+const ENTRIES_PER_READ: usize = 100;
+/// Under light load, a round that found fewer events than this waits a little before the next,
+/// so that transactions stay few and large.
+const GATHER_EVENTS: usize = 1_000;
+const GATHER_FOR: Duration = Duration::from_millis(150);
 /// Entries left unacknowledged this long by a writer that died are taken over.
 const CLAIM_IDLE_MS: u64 = 30_000;
+/// How often to look for such entries.
+const CLAIM_EVERY: Duration = Duration::from_secs(5);
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Events written to PostgreSQL.
+    pub events: usize,
+    /// The stream had no more entries for this writer after this round.
+    pub caught_up: bool,
+}
 
 /// Raw events are kept this many days by default; rollups are kept for good.
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
@@ -39,6 +54,11 @@ pub struct UsageWriter {
     stream: String,
     retention_days: u32,
     partitions: HashSet<NaiveDate>,
+    /// The consumer group is known to exist (checked again after any error).
+    group_ready: bool,
+    /// This writer may have entries read but not acknowledged (at start, and after an error).
+    own_pending: bool,
+    last_claim: Option<std::time::Instant>,
 }
 
 impl UsageWriter {
@@ -61,6 +81,9 @@ impl UsageWriter {
             stream: stream_name(namespace),
             retention_days,
             partitions: HashSet::new(),
+            group_ready: false,
+            own_pending: true,
+            last_claim: None,
         }
     }
 
@@ -71,13 +94,14 @@ impl UsageWriter {
         loop {
             let stopping = *stop.borrow();
             match self.step(if stopping { 0 } else { 200 }).await {
-                Ok(0) if stopping => return,
-                Ok(n) => {
+                Ok(Round { events: 0, caught_up: true }) if stopping => return,
+                Ok(round) => {
                     backoff = Duration::from_millis(100);
                     // Under light load, let a few entries gather: fewer, larger transactions.
-                    if !stopping && n > 0 && n < 1_000 {
+                    // A writer with a backlog goes straight on.
+                    if !stopping && round.caught_up && round.events > 0 && round.events < GATHER_EVENTS {
                         tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+                            _ = tokio::time::sleep(GATHER_FOR) => {}
                             _ = stop.changed() => {}
                         }
                     }
@@ -102,19 +126,44 @@ impl UsageWriter {
     }
 
     /// One round: this writer's own unacknowledged entries first (left by a failed commit),
-    /// then entries abandoned by dead writers, then new ones. Returns the events written.
-    pub async fn step(&mut self, block_ms: usize) -> ServiceResult<usize> {
-        self.ensure_group().await?;
-        let pending = self.read("0", None).await?;
-        if !pending.is_empty() {
-            return self.write_and_ack(pending).await;
+    /// then entries abandoned by dead writers (every few seconds), then new ones.
+    pub async fn step(&mut self, block_ms: usize) -> ServiceResult<Round> {
+        let round = self.try_step(block_ms).await;
+        if round.is_err() {
+            // Whatever failed, start the next round from what Redis holds.
+            self.group_ready = false;
+            self.own_pending = true;
         }
-        let claimed = self.claim_abandoned().await?;
-        if !claimed.is_empty() {
-            return self.write_and_ack(claimed).await;
+        round
+    }
+
+    async fn try_step(&mut self, block_ms: usize) -> ServiceResult<Round> {
+        if !self.group_ready {
+            self.ensure_group().await?;
+            self.group_ready = true;
+        }
+        if self.own_pending {
+            let pending = self.read("0", None).await?;
+            if !pending.is_empty() {
+                return Ok(Round { events: self.write_and_ack(pending).await?, caught_up: false });
+            }
+            self.own_pending = false;
+        }
+        if self.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
+            let claimed = self.claim_abandoned().await?;
+            if claimed.len() == ENTRIES_PER_READ {
+                // More may be waiting: look again next round.
+                self.last_claim = None;
+            } else {
+                self.last_claim = Some(std::time::Instant::now());
+            }
+            if !claimed.is_empty() {
+                return Ok(Round { events: self.write_and_ack(claimed).await?, caught_up: false });
+            }
         }
         let fresh = self.read(">", Some(block_ms)).await?;
-        self.write_and_ack(fresh).await
+        let caught_up = fresh.len() < ENTRIES_PER_READ;
+        Ok(Round { events: self.write_and_ack(fresh).await?, caught_up })
     }
 
     async fn ensure_group(&self) -> ServiceResult<()> {
