@@ -57,6 +57,41 @@ async fn a_replayed_batch_adds_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() {
+    // Services only: no server, so no writer of its own moves this stream.
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    // 1,050 small stream entries, as many recorders under load leave them.
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    for chunk in 0..21 {
+        let mut pipe = deadpool_redis::redis::pipe();
+        for i in 0..50 {
+            let n = chunk * 50 + i;
+            let events = vec![event(id.0, now - 2 * n), event(id.0, now - 2 * n - 1)];
+            pipe.cmd("XADD").arg(&stream).arg("*").arg("b").arg(serde_json::to_string(&events).unwrap()).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut rounds = Vec::new();
+    loop {
+        let round = writer.step(0).await.unwrap();
+        rounds.push((round.events, round.caught_up));
+        if round.caught_up {
+            break;
+        }
+    }
+    // A round takes 100 entries and says there is more, so `run` goes straight on; only the
+    // last round, with what was left, is caught up (where `run` may pause to gather).
+    let mut expected = vec![(200, false); 10];
+    expected.push((100, true));
+    assert_eq!(rounds, expected);
+    assert_eq!(totals(&app, id.0).await, (2_100, 2_100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_raw_events_and_keeps_rollups() {
     let app = TestApp::spawn().await;
     let (_, id) = app.key_with_quota(10, 10).await;
