@@ -58,6 +58,64 @@ async fn mail_waits_while_smtp_is_down_and_goes_out_when_it_is_back() {
     assert_eq!(sink.messages().len(), 1);
 }
 
+/// (attempts, last error) of every message not yet sent.
+async fn unsent(app: &TestApp) -> Vec<(i32, Option<String>)> {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    use services::schema::outbound_emails::dsl::*;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    outbound_emails.filter(sent_at.is_null()).select((attempts, last_error)).load(&mut conn).await.unwrap()
+}
+
+async fn make_due(app: &TestApp) {
+    use diesel_async::RunQueryDsl;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query("UPDATE outbound_emails SET next_attempt_at = now() WHERE sent_at IS NULL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_credentials_in_the_url_authenticate_and_a_refused_login_keeps_the_mail() {
+    let app = TestApp::spawn_without_mailer().await;
+    // AUTH PLAIN of "mailer" / "s3cret": base64 of "\0mailer\0s3cret".
+    let sink = SmtpSink::start_with_auth("AG1haWxlcgBzM2NyZXQ=").await;
+    queue(&app, "ann@example.com", "Alert").await;
+    let from = "keymeter <k@localhost>";
+
+    let wrong =
+        Mailer::new(Some(&format!("smtp://mailer:guess@127.0.0.1:{}", sink.port)), std::env::temp_dir(), from).unwrap();
+    assert_eq!(wrong.deliver_due(&app.services.db).await.unwrap(), 1);
+    assert!(sink.messages().is_empty());
+    let kept = unsent(&app).await;
+    assert_eq!(kept.len(), 1, "the message is kept for a retry");
+    assert_eq!(kept[0].0, 1);
+    assert!(kept[0].1.as_deref().is_some_and(|e| e.contains("535")), "{kept:?}");
+
+    make_due(&app).await;
+    let right = Mailer::new(Some(&format!("smtp://mailer:s3cret@127.0.0.1:{}", sink.port)), std::env::temp_dir(), from)
+        .unwrap();
+    assert_eq!(right.deliver_due(&app.services.db).await.unwrap(), 1);
+    assert_eq!(sink.messages().len(), 1);
+    assert!(unsent(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_required_mail_is_never_sent_in_clear() {
+    let app = TestApp::spawn_without_mailer().await;
+    // This server offers no STARTTLS.
+    let sink = SmtpSink::start().await;
+    queue(&app, "ann@example.com", "Alert").await;
+    let url = format!("smtp://mailer:s3cret@127.0.0.1:{}?tls=required", sink.port);
+    let mailer = Mailer::new(Some(&url), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    assert!(sink.messages().is_empty(), "nothing went out without TLS");
+    let kept = unsent(&app).await;
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].1.as_deref().is_some_and(|e| e.contains("STARTTLS")), "the failure is recorded: {kept:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_smtp_mail_lands_in_the_mail_folder() {
     let app = TestApp::spawn_without_mailer().await;
