@@ -36,6 +36,35 @@ server_pid=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$app_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 
 base="http://127.0.0.1:$app_port"
+# CPU seconds used so far by the server, Redis, and PostgreSQL (the postmaster's children).
+pg_master=$(head -1 "$tmp/services/pg/postmaster.pid")
+redis_pid=$(pgrep -f "redis-server 127.0.0.1:$redis_port" | head -1)
+cpu_now() {
+  python3 - "$server_pid" "$redis_pid" "$pg_master" <<'PY'
+import os, sys
+tick = os.sysconf('SC_CLK_TCK')
+server, redis, master = sys.argv[1:4]
+def stat(pid):
+    try:
+        s = open(f'/proc/{pid}/stat').read()
+    except OSError:
+        return None
+    f = s[s.rindex(')') + 2:].split()
+    return f[1], (int(f[11]) + int(f[12])) / tick  # parent pid, user + system
+pg = 0.0
+for pid in os.listdir('/proc'):
+    st = stat(pid) if pid.isdigit() else None
+    if st and (pid == master or st[0] == master):
+        pg += st[1]
+print(f"{stat(server)[1]:.2f} {stat(redis)[1]:.2f} {pg:.2f}")
+PY
+}
+# Sets $children_cpu: CPU seconds of this shell's finished children so far (the load
+# generator). `times` must run in this shell itself, not in a subshell.
+children_cpu() {
+  times >"$tmp/times"
+  children_cpu=$(tail -1 "$tmp/times" | awk '{ split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.2f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }')
+}
 rps() { wrk -t1 -c"$1" -d"${DURATION}s" "${@:2}" | awk '/Requests\/sec/ {print $2}'; }
 overhead() { curl -fs "$base/bench/overhead"; }
 
@@ -45,8 +74,13 @@ wrk -t1 -c16 -d2s -H "Authorization: Bearer $key" "$base/api/v1/ping" >/dev/null
 overhead >/dev/null
 
 log "throughput, 16 connections, ${DURATION}s each"
+children_cpu; bare_cpu_before="$(cpu_now) $children_cpu"
 bare=$(rps 16 "$base/bench/ping")
+children_cpu; bare_cpu_after="$(cpu_now) $children_cpu"
 wrapped=$(rps 16 -H "Authorization: Bearer $key" "$base/api/v1/ping")
+# The writer finishes storing what the load left in the stream: its CPU belongs to the load.
+sleep 2
+children_cpu; wrapped_cpu_after="$(cpu_now) $children_cpu"
 o16=$(overhead)
 rps 1 -H "Authorization: Bearer $key" "$base/api/v1/ping" >/dev/null
 o1=$(overhead)
@@ -97,16 +131,24 @@ csv_day_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?fro
 csv_hour_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour")
 csv_rows=$(curl -fs -b "$tmp/cookies" "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour" | wc -l)
 
-python3 - "$bare" "$wrapped" "$o1" "$o16" "$page_s" "$csv_day_s" "$csv_hour_s" "$csv_rows" "$seed_secs" <<'PY'
+python3 - "$bare" "$wrapped" "$o1" "$o16" "$page_s" "$csv_day_s" "$csv_hour_s" "$csv_rows" "$seed_secs" \
+  "$bare_cpu_before" "$bare_cpu_after" "$wrapped_cpu_after" "$DURATION" <<'PY'
 import json, sys
 bare, wrapped = float(sys.argv[1]), float(sys.argv[2])
 o1, o16 = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 page, csv_day, csv_hour, csv_rows, seed = map(float, sys.argv[5:10])
+cpu = [list(map(float, a.split())) for a in sys.argv[10:13]]
+secs = float(sys.argv[13])
 print()
 print(f"{'route':<38}{'requests/s':>12}")
 print(f"{'GET /bench/ping (bare)':<38}{bare:>12.0f}")
 print(f"{'GET /api/v1/ping (tracked + quota)':<38}{wrapped:>12.0f}")
 print(f"ratio wrapped/bare: {wrapped / bare:.1%}")
+print()
+print("CPU per request, µs (server, Redis, PostgreSQL, load generator):")
+for name, rate, before, after in (("bare", bare, cpu[0], cpu[1]), ("tracked", wrapped, cpu[1], cpu[2])):
+    per = [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
+    print(f"  {name:<8} " + "  ".join(f"{p:6.1f}" for p in per) + f"   total {sum(per):6.1f}")
 print()
 print("tracker's own time per request (in process; excludes the handler):")
 for name, o in (("1 in flight", o1), ("16 in flight", o16)):
