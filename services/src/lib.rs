@@ -79,10 +79,12 @@ impl Services {
         // Used by the recorder only when Redis cannot take a batch; retention is the writer's job.
         let fallback =
             usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url, 0);
+        // One multiplexed Redis connection for everything a metered request waits on.
+        let hot_path = redis_pool::SharedConnection::new(redis.clone());
         Self(Arc::new(ServiceParts {
             keys: keys::KeyAuthenticator::new(db.clone()),
-            quota: keys::QuotaManager::with_policy(redis.clone(), settings.quota_failure),
-            usage: usage::UsageRecorder::start(redis.clone(), namespace, Some(fallback)),
+            quota: keys::QuotaManager::with_connection(hot_path.clone(), settings.quota_failure),
+            usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback)),
             namespace: namespace.to_owned(),
             settings,
             db,

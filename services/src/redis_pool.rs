@@ -192,6 +192,11 @@ impl SharedConnection {
         Self { pool, conn: Default::default() }
     }
 
+    /// The pool it takes its connection from.
+    pub fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
     pub async fn get(&self) -> ServiceResult<SharedConn> {
         if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
             return Ok(conn);

@@ -232,7 +232,8 @@ fn content_length(headers: &HeaderMap) -> u64 {
 }
 
 fn add_request_id(headers: &mut HeaderMap, id: Uuid) {
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+    let mut buffer = Uuid::encode_buffer();
+    if let Ok(value) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)) {
         headers.insert(HeaderName::from_static("x-request-id"), value);
     }
 }
@@ -255,12 +256,9 @@ pub fn add_rate_limit_headers(headers: &mut HeaderMap, d: &QuotaDecision) {
         HeaderName::from_static("ratelimit"),
         header_value(format!("\"{}\";r={};t={}", w.window.as_str(), w.remaining(), seconds)),
     );
-    headers.insert(HeaderName::from_static("x-ratelimit-limit"), header_value(w.limit.to_string()));
-    headers.insert(HeaderName::from_static("x-ratelimit-remaining"), header_value(w.remaining().to_string()));
-    headers.insert(
-        HeaderName::from_static("x-ratelimit-reset"),
-        header_value((w.reset_at_ms.div_euclid(1000)).to_string()),
-    );
+    headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(w.limit));
+    headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(w.remaining()));
+    headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(w.reset_at_ms.div_euclid(1000)));
 }
 
 /// The 429: which window refused, its limit and use, when it resets, and `Retry-After`; with

@@ -206,9 +206,15 @@ impl QuotaManager {
     }
 
     pub fn with_policy(redis: RedisPool, policy: FailurePolicy) -> Self {
+        Self::with_connection(SharedConnection::new(redis), policy)
+    }
+
+    /// On a multiplexed connection shared with the rest of the request path (the usage
+    /// recorder): commands issued together go out in one write and come back in one read.
+    pub fn with_connection(shared: SharedConnection, policy: FailurePolicy) -> Self {
         Self {
-            shared: SharedConnection::new(redis.clone()),
-            redis,
+            redis: shared.pool().clone(),
+            shared,
             script: Arc::new(Script::new(include_str!("quota_check.lua"))),
             reconcile: Arc::new(Script::new(RECONCILE)),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::live::{minute_key, MinuteCounters};
 use super::writer::UsageWriter;
 use super::UsageEvent;
-use crate::redis_pool::{RedisPool, SharedConnection};
+use crate::redis_pool::SharedConnection;
 
 /// The Redis stream between recorders and writers, within a namespace (one per deployment
 /// sharing a Redis; tests use one per database).
@@ -55,11 +55,12 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// Starts the background flusher on the current Tokio runtime. `fallback` writes batches
+    /// Starts the background flusher on the current Tokio runtime, handing off on `redis` (a
+    /// multiplexed connection, shared with the quota checks). `fallback` writes batches
     /// straight to PostgreSQL when Redis cannot take them.
-    pub fn start(redis: RedisPool, namespace: &str, fallback: Option<UsageWriter>) -> Self {
+    pub fn start(redis: SharedConnection, namespace: &str, fallback: Option<UsageWriter>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(flush_loop(SharedConnection::new(redis), stream_name(namespace), rx, fallback));
+        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx, fallback));
         Self {
             tx: Arc::new(Mutex::new(Some(tx))),
             task: Arc::new(Mutex::new(Some(task))),
