@@ -157,7 +157,7 @@ async fn alerts_wait_while_smtp_is_down_and_are_delivered_when_it_is_back() {
 
     let sink = SmtpSink::start_on(port).await;
     // Skip the backoff's wait, as time passing would.
-    make_mail_due(&app).await;
+    app.make_mail_due().await;
     let mail = to(&email, &sink.wait_for(3, 20).await);
     assert_eq!(mail.len(), 3);
     // The sink has the message a moment before the mailer records it as sent.
@@ -191,14 +191,6 @@ async fn pending_with_errors(app: &TestApp) -> i64 {
     .await
     .unwrap();
     row.n
-}
-
-async fn make_mail_due(app: &TestApp) {
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query("UPDATE outbound_emails SET next_attempt_at = now() WHERE sent_at IS NULL")
-        .execute(&mut conn)
-        .await
-        .unwrap();
 }
 
 fn ms(rfc3339: &str) -> i64 {

@@ -67,15 +67,6 @@ async fn unsent(app: &TestApp) -> Vec<(i32, Option<String>)> {
     outbound_emails.filter(sent_at.is_null()).select((attempts, last_error)).load(&mut conn).await.unwrap()
 }
 
-async fn make_due(app: &TestApp) {
-    use diesel_async::RunQueryDsl;
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query("UPDATE outbound_emails SET next_attempt_at = now() WHERE sent_at IS NULL")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_credentials_in_the_url_authenticate_and_a_refused_login_keeps_the_mail() {
     let app = TestApp::spawn_without_mailer().await;
@@ -93,7 +84,7 @@ async fn smtp_credentials_in_the_url_authenticate_and_a_refused_login_keeps_the_
     assert_eq!(kept[0].0, 1);
     assert!(kept[0].1.as_deref().is_some_and(|e| e.contains("535")), "{kept:?}");
 
-    make_due(&app).await;
+    app.make_mail_due().await;
     let right = Mailer::new(Some(&format!("smtp://mailer:s3cret@127.0.0.1:{}", sink.port)), std::env::temp_dir(), from)
         .unwrap();
     assert_eq!(right.deliver_due(&app.services.db).await.unwrap(), 1);

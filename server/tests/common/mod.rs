@@ -185,6 +185,15 @@ impl TestApp {
         count
     }
 
+    /// Makes every unsent email due now, as the retry backoff would after a while.
+    pub async fn make_mail_due(&self) {
+        let mut conn = services::db::conn(&self.services.db).await.unwrap();
+        diesel::sql_query("UPDATE outbound_emails SET next_attempt_at = now() WHERE sent_at IS NULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
     pub async fn event_count(&self, id: ApiKeyId) -> i64 {
         #[derive(diesel::QueryableByName)]
         struct Count {

@@ -62,6 +62,8 @@ pub struct DayRange {
 impl DayRange {
     /// The longest range one export or breakdown covers.
     pub const MAX_DAYS: i64 = 366;
+    /// The years a range may touch.
+    pub const YEARS: std::ops::RangeInclusive<i32> = 1970..=9999;
 
     pub fn parse(from: &str, to: &str) -> ServiceResult<Self> {
         let day = |name: &str, raw: &str| {
@@ -73,7 +75,7 @@ impl DayRange {
 
     pub fn new(from: NaiveDate, to: NaiveDate) -> ServiceResult<Self> {
         // Far past and far future dates have no use here and would overflow the instants.
-        let plausible = |d: NaiveDate| (1970..=9999).contains(&d.year());
+        let plausible = |d: NaiveDate| Self::YEARS.contains(&d.year());
         if !plausible(from) || !plausible(to) {
             return Err(ServiceError::invalid("dates must lie between 1970-01-01 and 9999-12-31"));
         }
@@ -496,10 +498,9 @@ mod tests {
             ]
         }
 
-        /// Known bug, kept visible: the last day chrono can hold is accepted by `parse` (so
-        /// `?from=%2B262142-12-31&to=%2B262142-12-31` reaches the CSV export), but its exclusive
-        /// end (the next midnight) does not exist and `end()` panics. `DayRange::new` should
-        /// refuse a `to` without a successor (or any year beyond 9999): it now does.
+        /// Once a bug: the last day chrono can hold was accepted by `parse` (so
+        /// `?from=%2B262142-12-31&to=%2B262142-12-31` reached the CSV export), but its exclusive
+        /// end (the next midnight) does not exist and `end()` panicked. Years are now bounded.
         #[test]
         fn last_representable_day_has_an_end() {
             let last = spelled(NaiveDate::MAX);
@@ -526,7 +527,7 @@ mod tests {
             ) {
                 let r = DayRange::parse(&format!("{pad}{}{pad}", spelled(from)), &spelled(to));
                 let days = (to - from).num_days() + 1;
-                let plausible = |d: NaiveDate| (1970..=9999).contains(&d.year());
+                let plausible = |d: NaiveDate| DayRange::YEARS.contains(&d.year());
                 if from <= to && days <= DayRange::MAX_DAYS && plausible(from) && plausible(to) {
                     let r = r.unwrap();
                     prop_assert_eq!((r.from, r.to), (from, to));

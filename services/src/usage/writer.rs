@@ -229,9 +229,14 @@ impl UsageWriter {
         if entries.is_empty() {
             return Ok(0);
         }
-        let events: Vec<UsageEvent> = entries.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
+        // The entries' events are moved into one batch, not copied.
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut events = Vec::new();
+        for (id, mut entry_events) in entries {
+            ids.push(id);
+            events.append(&mut entry_events);
+        }
         self.write(&events).await?;
-        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
         let mut conn = redis_pool::conn(&self.redis).await?;
         let _: () = redis::pipe()
             .cmd("XACK")
