@@ -222,7 +222,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" }
             );
             // Deliver now rather than waiting for a server's mail sender.
-            let mailer = Mailer::new(config.smtp_url.as_deref(), config.mail_dir.clone(), &config.mail_from)?;
+            let mailer = Mailer::with_smtp_ca(
+                config.smtp_url.as_deref(),
+                config.smtp_ca_file.as_deref(),
+                config.mail_dir.clone(),
+                &config.mail_from,
+            )?;
             let mut tried = 0;
             while tried < 10_000 {
                 match mailer.deliver_due(&services.db).await? {

@@ -28,6 +28,9 @@ pub struct Config {
     pub redis_cluster: bool,
     /// `SMTP_URL`: outgoing mail; without it, mail goes to a local folder.
     pub smtp_url: Option<String>,
+    /// `SMTP_CA_FILE`: PEM CA certificates to trust for the SMTP server's TLS certificate,
+    /// besides the public roots (a relay with a private CA).
+    pub smtp_ca_file: Option<PathBuf>,
     /// `KEYMETER_SITE_ROOT`: the built browser bundle and styles (`pkg/` inside).
     pub site_root: PathBuf,
     /// `KEYMETER_SECURE_COOKIES`: mark session cookies `Secure` (behind HTTPS).
@@ -95,6 +98,7 @@ impl Config {
             redis_url,
             redis_cluster,
             smtp_url: lookup("SMTP_URL"),
+            smtp_ca_file: lookup("SMTP_CA_FILE").map(PathBuf::from),
             site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
             db_pool_size: parse_num(&lookup, "KEYMETER_DB_POOL_SIZE", 16)?,

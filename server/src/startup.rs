@@ -133,7 +133,12 @@ impl Application {
             router: router(config, services.clone()),
             services,
             retention_days: config.usage_retention_days,
-            mailer: Some(Mailer::new(config.smtp_url.as_deref(), config.mail_dir.clone(), &config.mail_from)?),
+            mailer: Some(Mailer::with_smtp_ca(
+                config.smtp_url.as_deref(),
+                config.smtp_ca_file.as_deref(),
+                config.mail_dir.clone(),
+                &config.mail_from,
+            )?),
             demo_secret: config
                 .demo_traffic_key_file
                 .as_ref()

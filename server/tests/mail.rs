@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::smtp_sink::SmtpSink;
+use common::smtp_sink::{SmtpSink, TEST_CA_FILE};
 use common::TestApp;
 use diesel_async::AsyncConnection;
 use services::mailer::{enqueue, Email, Mailer};
@@ -105,6 +105,60 @@ async fn with_tls_required_mail_is_never_sent_in_clear() {
     let kept = unsent(&app).await;
     assert_eq!(kept.len(), 1);
     assert!(kept[0].1.as_deref().is_some_and(|e| e.contains("STARTTLS")), "the failure is recorded: {kept:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_starttls_with_the_relays_ca_trusted_mail_is_encrypted_and_authenticated() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_with_starttls_and_auth("AG1haWxlcgBzM2NyZXQ=").await;
+    queue(&app, "ann@example.com", "Alert over TLS").await;
+    let url = format!("smtp://mailer:s3cret@127.0.0.1:{}?tls=required", sink.port);
+    let ca = std::path::Path::new(TEST_CA_FILE);
+    let mailer = Mailer::with_smtp_ca(Some(&url), Some(ca), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    assert!(unsent(&app).await.is_empty(), "sent");
+    // The sink takes AUTH and MAIL only after STARTTLS.
+    assert_eq!(sink.messages_over_tls(), vec![true]);
+    assert!(sink.messages()[0].contains("Subject: Alert over TLS"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_certificate_from_an_unknown_ca_is_refused_and_the_mail_kept() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_with_starttls_and_auth("AG1haWxlcgBzM2NyZXQ=").await;
+    queue(&app, "ann@example.com", "Alert").await;
+    // Only the public roots: the test CA is not among them.
+    let url = format!("smtp://mailer:s3cret@127.0.0.1:{}?tls=required", sink.port);
+    let mailer = Mailer::new(Some(&url), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    assert!(sink.messages().is_empty(), "nothing went to an unverified server");
+    let kept = unsent(&app).await;
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].1.as_deref().is_some_and(|e| e.to_lowercase().contains("certificate")), "{kept:?}");
+}
+
+// lettre's connection pool needs a runtime even to be built.
+#[tokio::test]
+async fn a_smtp_ca_file_needs_tls_in_the_url_and_a_certificate() {
+    let dir = std::env::temp_dir();
+    let from = "keymeter <k@localhost>";
+    let ca = std::path::Path::new(TEST_CA_FILE);
+    let with_ca = |url: Option<&str>, ca: &std::path::Path| Mailer::with_smtp_ca(url, Some(ca), dir.clone(), from);
+    assert!(with_ca(Some("smtp://smtp.example.com:587?tls=required"), ca).is_ok());
+    assert!(with_ca(Some("smtps://smtp.example.com"), ca).is_ok());
+    let refused = [
+        with_ca(Some("smtp://smtp.example.com:25"), ca),
+        with_ca(None, ca),
+        with_ca(Some("smtps://smtp.example.com"), std::path::Path::new("/nonexistent/ca.pem")),
+        // A key is not a certificate.
+        with_ca(
+            Some("smtps://smtp.example.com"),
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smtp-test-server.key")),
+        ),
+    ];
+    for result in refused {
+        assert!(matches!(result, Err(services::ServiceError::Invalid(_))), "refused with a clear error");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

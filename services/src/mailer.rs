@@ -3,7 +3,7 @@
 //! local mail folder. Failed sends are retried with backoff; nothing is dropped silently.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,6 +11,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::watch;
 
@@ -153,14 +154,45 @@ pub fn html_escape(text: &str) -> String {
 /// `SMTP_URL` as lettre reads it: `smtp://[user:password@]host[:port]` (plain; add
 /// `?tls=required` for STARTTLS, `?tls=opportunistic` to use it when offered) or
 /// `smtps://user:password@host[:465]` (TLS from the start). Credentials are sent only over TLS
-/// unless the URL is plain `smtp://` on purpose (e.g. a relay on loopback).
-fn smtp_transport(url: &str) -> ServiceResult<AsyncSmtpTransport<Tokio1Executor>> {
-    let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| {
-        ServiceError::invalid(format!(
-            "invalid SMTP_URL ({e}); expected smtp://[user:password@]host[:port][?tls=required] or smtps://…"
-        ))
-    })?;
+/// unless the URL is plain `smtp://` on purpose (e.g. a relay on loopback). The server's
+/// certificate must chain to a public root, or to one of `extra_roots` (PEM) when given.
+fn smtp_transport(url: &str, extra_roots: Option<&[u8]>) -> ServiceResult<AsyncSmtpTransport<Tokio1Executor>> {
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| invalid_smtp_url(&e))?;
+    if let Some(pem) = extra_roots {
+        builder = builder.tls(tls_trusting(url, pem)?);
+    }
     Ok(builder.timeout(Some(Duration::from_secs(10))).build())
+}
+
+fn invalid_smtp_url(e: &dyn std::fmt::Display) -> ServiceError {
+    ServiceError::invalid(format!(
+        "invalid SMTP_URL ({e}); expected smtp://[user:password@]host[:port][?tls=required] or smtps://…"
+    ))
+}
+
+/// The URL's TLS mode, trusting `pem`'s certificates as roots besides the public ones (a relay
+/// with a private CA).
+fn tls_trusting(url: &str, pem: &[u8]) -> ServiceResult<Tls> {
+    let parsed = url::Url::parse(url).map_err(|e| invalid_smtp_url(&e))?;
+    let host = parsed.host_str().ok_or_else(|| invalid_smtp_url(&"no host"))?.to_owned();
+    let certificates = String::from_utf8_lossy(pem).matches("-----BEGIN CERTIFICATE-----").count();
+    let root = Certificate::from_pem(pem)
+        .ok()
+        .filter(|_| certificates > 0)
+        .ok_or_else(|| ServiceError::invalid("SMTP_CA_FILE holds no PEM certificate (-----BEGIN CERTIFICATE-----)"))?;
+    let params = TlsParameters::builder(host)
+        .add_root_certificate(root)
+        .build_rustls()
+        .map_err(|e| ServiceError::invalid(format!("SMTP_CA_FILE: {e}")))?;
+    let mode = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+    match (parsed.scheme(), mode.as_deref()) {
+        ("smtps", _) => Ok(Tls::Wrapper(params)),
+        ("smtp", Some("required")) => Ok(Tls::Required(params)),
+        ("smtp", Some("opportunistic")) => Ok(Tls::Opportunistic(params)),
+        _ => Err(ServiceError::invalid(
+            "SMTP_CA_FILE is set but SMTP_URL asks for no TLS: add ?tls=required or use smtps://",
+        )),
+    }
 }
 
 pub enum Transport {
@@ -194,9 +226,30 @@ impl Mailer {
     /// SMTP when `smtp_url` is given (e.g. `smtp://user:pass@host:587?tls=required`), otherwise
     /// `.eml` files in `mail_dir`.
     pub fn new(smtp_url: Option<&str>, mail_dir: PathBuf, from: &str) -> ServiceResult<Self> {
+        Self::with_smtp_ca(smtp_url, None, mail_dir, from)
+    }
+
+    /// Like [`Mailer::new`], also trusting the CA certificates in `smtp_ca_file` (PEM) for the
+    /// SMTP server's TLS certificate (`SMTP_CA_FILE`: a relay with a private CA).
+    pub fn with_smtp_ca(
+        smtp_url: Option<&str>,
+        smtp_ca_file: Option<&Path>,
+        mail_dir: PathBuf,
+        from: &str,
+    ) -> ServiceResult<Self> {
         let from: Mailbox = from.parse().map_err(|e| ServiceError::invalid(format!("invalid sender address: {e}")))?;
+        let extra_roots = match smtp_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| ServiceError::invalid(format!("cannot read SMTP_CA_FILE {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         let transport = match smtp_url {
-            Some(url) => Transport::Smtp(smtp_transport(url)?),
+            Some(url) => Transport::Smtp(smtp_transport(url, extra_roots.as_deref())?),
+            None if extra_roots.is_some() => {
+                return Err(ServiceError::invalid("SMTP_CA_FILE is set without SMTP_URL"));
+            }
             None => {
                 std::fs::create_dir_all(&mail_dir)
                     .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", mail_dir.display())))?;

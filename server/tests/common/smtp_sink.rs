@@ -1,17 +1,31 @@
 //! A minimal SMTP server on loopback that keeps every message it is given, so tests see real
-//! SMTP conversations (EHLO, MAIL, RCPT, DATA) end to end; optionally it requires AUTH PLAIN.
+//! SMTP conversations (EHLO, MAIL, RCPT, DATA) end to end; optionally it requires AUTH PLAIN,
+//! and STARTTLS with a certificate from the test CA in `tests/fixtures/`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::{rustls, TlsAcceptor};
+
+/// The test CA that signed the sink's TLS certificate (for 127.0.0.1).
+pub const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smtp-test-ca.pem");
 
 pub struct SmtpSink {
     pub port: u16,
-    received: Arc<Mutex<Vec<String>>>,
+    received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
+}
+
+/// A message as the sink got it.
+#[derive(Clone)]
+struct Received {
+    data: String,
+    over_tls: bool,
 }
 
 /// What the sink asks of clients.
@@ -19,6 +33,8 @@ pub struct SmtpSink {
 struct Rules {
     /// The base64 AUTH PLAIN response that is accepted; none: no AUTH offered or needed.
     plain_auth: Option<String>,
+    /// STARTTLS offered, and required before AUTH and MAIL.
+    tls: Option<TlsAcceptor>,
 }
 
 impl SmtpSink {
@@ -31,7 +47,27 @@ impl SmtpSink {
     /// `plain_b64` (base64 of `\0user\0password`).
     pub async fn start_with_auth(plain_b64: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
-        Self::serve(listener, Rules { plain_auth: Some(plain_b64.to_owned()) })
+        Self::serve(listener, Rules { plain_auth: Some(plain_b64.to_owned()), tls: None })
+    }
+
+    /// Like [`SmtpSink::start_with_auth`], but offering STARTTLS and requiring it before AUTH
+    /// and MAIL, like a typical submission server.
+    pub async fn start_with_starttls_and_auth(plain_b64: &str) -> Self {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+        let certs = CertificateDer::pem_file_iter(format!("{fixtures}/smtp-test-server.pem"))
+            .expect("test certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("test certificate");
+        let key = PrivateKeyDer::from_pem_file(format!("{fixtures}/smtp-test-server.key")).expect("test key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("TLS config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
+        let rules = Rules { plain_auth: Some(plain_b64.to_owned()), tls: Some(TlsAcceptor::from(Arc::new(config))) };
+        Self::serve(listener, rules)
     }
 
     /// On a given port (e.g. after pretending the SMTP server was down).
@@ -48,7 +84,7 @@ impl SmtpSink {
 
     fn serve(listener: TcpListener, rules: Rules) -> Self {
         let port = listener.local_addr().expect("address").port();
-        let received = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::<Received>::new()));
         let task = tokio::spawn(accept(listener, received.clone(), rules));
         Self { port, received, task }
     }
@@ -59,7 +95,12 @@ impl SmtpSink {
 
     /// Every message's DATA so far.
     pub fn messages(&self) -> Vec<String> {
-        self.received.lock().expect("sink lock").clone()
+        self.received.lock().expect("sink lock").iter().map(|r| r.data.clone()).collect()
+    }
+
+    /// For every message so far: whether it came over TLS.
+    pub fn messages_over_tls(&self) -> Vec<bool> {
+        self.received.lock().expect("sink lock").iter().map(|r| r.over_tls).collect()
     }
 
     /// Waits (up to `secs`) until at least `n` messages arrived; returns them all.
@@ -80,60 +121,87 @@ impl Drop for SmtpSink {
     }
 }
 
-async fn accept(listener: TcpListener, received: Arc<Mutex<Vec<String>>>, rules: Rules) {
+async fn accept(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>, rules: Rules) {
     loop {
-        let Ok((socket, _)) = listener.accept().await else { return };
+        let Ok((mut socket, _)) = listener.accept().await else { return };
         let (received, rules) = (received.clone(), rules.clone());
         tokio::spawn(async move {
-            let (read, mut write) = socket.into_split();
-            let mut lines = BufReader::new(read).lines();
-            let _ = write.write_all(b"220 sink ESMTP\r\n").await;
-            let mut authenticated = rules.plain_auth.is_none();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let upper = line.to_ascii_uppercase();
-                let reply: &[u8] = if upper.starts_with("EHLO") {
-                    if rules.plain_auth.is_some() {
-                        b"250-sink\r\n250 AUTH PLAIN\r\n"
-                    } else {
-                        b"250 sink\r\n"
-                    }
-                } else if upper.starts_with("HELO") {
-                    b"250 sink\r\n"
-                } else if upper.starts_with("AUTH PLAIN") {
-                    // The response on the same line, or on the next after a 334.
-                    let mut response = line.get("AUTH PLAIN".len()..).unwrap_or_default().trim().to_owned();
-                    if response.is_empty() {
-                        let _ = write.write_all(b"334 \r\n").await;
-                        response = lines.next_line().await.ok().flatten().unwrap_or_default();
-                    }
-                    authenticated = rules.plain_auth.as_deref() == Some(response.trim());
-                    if authenticated {
-                        b"235 authenticated\r\n"
-                    } else {
-                        b"535 authentication failed\r\n"
-                    }
-                } else if upper.starts_with("MAIL") && !authenticated {
-                    b"530 authentication required\r\n"
-                } else if upper.starts_with("DATA") {
-                    let _ = write.write_all(b"354 go on\r\n").await;
-                    let mut data = String::new();
-                    while let Ok(Some(l)) = lines.next_line().await {
-                        if l == "." {
-                            break;
-                        }
-                        data.push_str(&l);
-                        data.push('\n');
-                    }
-                    received.lock().expect("sink lock").push(data);
-                    b"250 queued\r\n"
-                } else if upper.starts_with("QUIT") {
-                    let _ = write.write_all(b"221 bye\r\n").await;
-                    return;
-                } else {
-                    b"250 ok\r\n"
-                };
-                let _ = write.write_all(reply).await;
+            if socket.write_all(b"220 sink ESMTP\r\n").await.is_err() {
+                return;
+            }
+            let Some(plain) = converse(socket, false, &received, &rules).await else { return };
+            // The client asked for STARTTLS: the conversation starts over, encrypted.
+            let Some(acceptor) = rules.tls.clone() else { return };
+            if let Ok(secure) = acceptor.accept(plain).await {
+                converse(secure, true, &received, &rules).await;
             }
         });
     }
+}
+
+/// One SMTP conversation on `stream`; returns the stream when the client asks for STARTTLS
+/// (only offered on a plain stream by a sink with TLS), None when it is over.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    over_tls: bool,
+    received: &Mutex<Vec<Received>>,
+    rules: &Rules,
+) -> Option<S> {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut lines = BufReader::new(read).lines();
+    let must_start_tls = rules.tls.is_some() && !over_tls;
+    let mut authenticated = rules.plain_auth.is_none();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let upper = line.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            if must_start_tls {
+                b"250-sink\r\n250 STARTTLS\r\n"
+            } else if rules.plain_auth.is_some() {
+                b"250-sink\r\n250 AUTH PLAIN\r\n"
+            } else {
+                b"250 sink\r\n"
+            }
+        } else if upper.starts_with("HELO") {
+            b"250 sink\r\n"
+        } else if upper.starts_with("STARTTLS") && must_start_tls {
+            write.write_all(b"220 go ahead\r\n").await.ok()?;
+            return Some(lines.into_inner().into_inner().unsplit(write));
+        } else if must_start_tls && (upper.starts_with("AUTH") || upper.starts_with("MAIL")) {
+            b"530 must issue a STARTTLS command first\r\n"
+        } else if upper.starts_with("AUTH PLAIN") {
+            // The response on the same line, or on the next after a 334.
+            let mut response = line.get("AUTH PLAIN".len()..).unwrap_or_default().trim().to_owned();
+            if response.is_empty() {
+                write.write_all(b"334 \r\n").await.ok()?;
+                response = lines.next_line().await.ok().flatten().unwrap_or_default();
+            }
+            authenticated = rules.plain_auth.as_deref() == Some(response.trim());
+            if authenticated {
+                b"235 authenticated\r\n"
+            } else {
+                b"535 authentication failed\r\n"
+            }
+        } else if upper.starts_with("MAIL") && !authenticated {
+            b"530 authentication required\r\n"
+        } else if upper.starts_with("DATA") {
+            write.write_all(b"354 go on\r\n").await.ok()?;
+            let mut data = String::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l == "." {
+                    break;
+                }
+                data.push_str(&l);
+                data.push('\n');
+            }
+            received.lock().expect("sink lock").push(Received { data, over_tls });
+            b"250 queued\r\n"
+        } else if upper.starts_with("QUIT") {
+            let _ = write.write_all(b"221 bye\r\n").await;
+            return None;
+        } else {
+            b"250 ok\r\n"
+        };
+        write.write_all(reply).await.ok()?;
+    }
+    None
 }
