@@ -67,23 +67,35 @@ children_cpu() {
 }
 rps() { wrk -t1 -c"$1" -d"${DURATION}s" "${@:2}" | awk '/Requests\/sec/ {print $2}'; }
 overhead() { curl -fs "$base/bench/overhead"; }
+stored() { "$PG_BIN/psql" -At -h 127.0.0.1 -p "$pg_port" -U postgres -d keymeter -c "SELECT count(*) FROM api_key_usage"; }
+# Waits (60 s at most) until the usage writer has stored every event: the count stops moving.
+drained() {
+  local last=-1 now
+  for _ in $(seq 120); do
+    now=$(stored); [ "$now" = "$last" ] && return; last=$now; sleep 0.5
+  done
+}
 
 log "warming up"
 wrk -t1 -c16 -d2s "$base/bench/ping" >/dev/null
 wrk -t1 -c16 -d2s -H "Authorization: Bearer $key" "$base/api/v1/ping" >/dev/null
 overhead >/dev/null
 
-log "throughput, 16 connections, ${DURATION}s each"
+log "throughput, 16 then 64 connections, ${DURATION}s each"
 children_cpu; bare_cpu_before="$(cpu_now) $children_cpu"
 bare=$(rps 16 "$base/bench/ping")
 children_cpu; bare_cpu_after="$(cpu_now) $children_cpu"
 wrapped=$(rps 16 -H "Authorization: Bearer $key" "$base/api/v1/ping")
 # The writer finishes storing what the load left in the stream: its CPU belongs to the load.
-sleep 2
+drained
 children_cpu; wrapped_cpu_after="$(cpu_now) $children_cpu"
 o16=$(overhead)
 rps 1 -H "Authorization: Bearer $key" "$base/api/v1/ping" >/dev/null
 o1=$(overhead)
+# More clients in flight: larger shared batches of quota checks and hand-offs.
+bare64=$(rps 64 "$base/bench/ping")
+wrapped64=$(rps 64 -H "Authorization: Bearer $key" "$base/api/v1/ping")
+drained
 
 # --- Dashboard with history: 30 days x 100,000 requests a day on one key. ---
 log "seeding 30 days x 100,000 requests of history (raw events, then rollups from them)"
@@ -132,9 +144,10 @@ csv_hour_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?fr
 csv_rows=$(curl -fs -b "$tmp/cookies" "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour" | wc -l)
 
 python3 - "$bare" "$wrapped" "$o1" "$o16" "$page_s" "$csv_day_s" "$csv_hour_s" "$csv_rows" "$seed_secs" \
-  "$bare_cpu_before" "$bare_cpu_after" "$wrapped_cpu_after" "$DURATION" <<'PY'
+  "$bare_cpu_before" "$bare_cpu_after" "$wrapped_cpu_after" "$DURATION" "$bare64" "$wrapped64" <<'PY'
 import json, sys
 bare, wrapped = float(sys.argv[1]), float(sys.argv[2])
+bare64, wrapped64 = float(sys.argv[14]), float(sys.argv[15])
 o1, o16 = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 page, csv_day, csv_hour, csv_rows, seed = map(float, sys.argv[5:10])
 cpu = [list(map(float, a.split())) for a in sys.argv[10:13]]
@@ -144,6 +157,11 @@ print(f"{'route':<38}{'requests/s':>12}")
 print(f"{'GET /bench/ping (bare)':<38}{bare:>12.0f}")
 print(f"{'GET /api/v1/ping (tracked + quota)':<38}{wrapped:>12.0f}")
 print(f"ratio wrapped/bare: {wrapped / bare:.1%}")
+print()
+print(f"{'same, 64 connections':<38}{'requests/s':>12}")
+print(f"{'GET /bench/ping (bare)':<38}{bare64:>12.0f}")
+print(f"{'GET /api/v1/ping (tracked + quota)':<38}{wrapped64:>12.0f}")
+print(f"ratio wrapped/bare: {wrapped64 / bare64:.1%}")
 print()
 print("CPU per request, µs (server, Redis, PostgreSQL, load generator):")
 for name, rate, before, after in (("bare", bare, cpu[0], cpu[1]), ("tracked", wrapped, cpu[1], cpu[2])):
