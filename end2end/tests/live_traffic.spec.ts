@@ -1,0 +1,49 @@
+import { test, expect } from '@playwright/test';
+import { MERCHANT, cli, hydrated, signIn } from './helpers';
+
+// A merchant opens their pages while the key is busy: every load is rendered on the server
+// from data that keeps changing (usage, last use, alerts) and must still hydrate cleanly.
+test('pages rendered while the key is in use hydrate without errors', async ({ page, request }) => {
+  const problems: string[] = [];
+  page.on('console', (msg) => {
+    const text = msg.text();
+    if (/hydrat|panicked|unreachable/i.test(text)) problems.push(text);
+  });
+  await signIn(page, MERCHANT);
+  const name = `Busy ${Date.now()}`;
+  const secret = cli(['key', 'create', '--owner', MERCHANT.email, '--name', name]).trim();
+  const id = cli(['key', 'list', '--owner', MERCHANT.email])
+    .split('\n')
+    .map((line) => line.split('\t'))
+    .find((cols) => cols[3] === name)![0];
+  // Low enough that alerts fire (50 %, 80 %, used up) while the pages load.
+  cli(['quota', 'set', '--key', id, '--per-hour', '300', '--per-day', '100000']);
+
+  let running = true;
+  let sent = 0;
+  const traffic = (async () => {
+    while (running) {
+      await Promise.all(
+        Array.from({ length: 4 }, () => request.get('/api/v1/ping', { headers: { 'X-API-Key': secret } })),
+      );
+      sent += 4;
+    }
+  })();
+  try {
+    for (let round = 0; round < 4; round++) {
+      for (const path of ['/dashboard/developers/api-keys', `/dashboard/developers/api-keys/${id}/usage`]) {
+        await page.goto(path);
+        await hydrated(page);
+      }
+    }
+    await page.goto(`/dashboard/developers/api-keys/${id}/usage`);
+    await hydrated(page);
+    await expect(page.getByTestId('usage-title')).toContainText(name);
+  } finally {
+    running = false;
+    await traffic;
+  }
+  console.log(`pings sent while the pages loaded: ${sent}`);
+  expect(sent).toBeGreaterThan(300);
+  expect(problems).toEqual([]);
+});
