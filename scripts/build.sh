@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 what="${1:-all}"
 cd "$ROOT"
+prune_build_dirs
 
 # `leptos_debuginfo`: a hydration mismatch names the view it happened in (a few KB more).
 WASM_RUSTFLAGS="--cfg leptos_debuginfo"
