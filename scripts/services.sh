@@ -41,9 +41,10 @@ start() {
     exit 1
   fi
   if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
-    local save=(--save "60 1" --dir "$dir")
-    [ "$ephemeral" = --ephemeral ] && save=(--save "")
-    redis-server --port "$redis_port" --bind 127.0.0.1 "${save[@]}" --appendonly no \
+    local extra=(--save "60 1" --dir "$dir")
+    # Throwaway instances also listen on a Unix socket (tests of `redis+unix://`).
+    [ "$ephemeral" = --ephemeral ] && extra=(--save "" --unixsocket "$(cd "$dir" && pwd)/redis.sock" --unixsocketperm 700)
+    redis-server --port "$redis_port" --bind 127.0.0.1 "${extra[@]}" --appendonly no \
       --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
     for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   fi

@@ -26,6 +26,7 @@ bash scripts/services.sh start "$tmp/services" "$pg_port" "$redis_port" --epheme
 pg="postgres://postgres@127.0.0.1:$pg_port"
 export KEYMETER_TEST_PG="$pg"
 export KEYMETER_TEST_REDIS="redis://127.0.0.1:$redis_port"
+export KEYMETER_TEST_REDIS_SOCKET="redis+unix://$tmp/services/redis.sock"
 
 # Every test database is a copy of this migrated template.
 "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -c "CREATE DATABASE keymeter_template"

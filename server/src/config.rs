@@ -82,10 +82,23 @@ impl Config {
             return Err(ConfigError { var: "DATABASE_URL", reason: "must start with postgres://".into() });
         }
         let redis_url = lookup("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
-        if !redis_url.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://")) {
-            return Err(ConfigError { var: "REDIS_URL", reason: "must start with redis://".into() });
+        // A Redis on the same host may be reached over its Unix socket (`redis+unix:///path`).
+        let unix_socket = redis_url.starts_with("redis+unix://") || redis_url.starts_with("unix://");
+        if !unix_socket
+            && !redis_url.split(',').all(|u| u.trim().starts_with("redis://") || u.trim().starts_with("rediss://"))
+        {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                reason: "must start with redis://, rediss:// or redis+unix://".into(),
+            });
         }
         let redis_cluster = parse_bool(&lookup, "KEYMETER_REDIS_CLUSTER", redis_url.contains(','))?;
+        if redis_cluster && unix_socket {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                reason: "a Redis Cluster is reached over TCP (redis://)".into(),
+            });
+        }
         if !redis_cluster && redis_url.contains(',') {
             return Err(ConfigError {
                 var: "KEYMETER_REDIS_CLUSTER",
@@ -224,5 +237,9 @@ mod tests {
         let err = with(&[("REDIS_URL", nodes), ("KEYMETER_REDIS_CLUSTER", "false")]).unwrap_err();
         assert_eq!(err.var, "KEYMETER_REDIS_CLUSTER");
         assert_eq!(with(&[("REDIS_URL", "redis://h:1,http://h:2")]).unwrap_err().var, "REDIS_URL");
+        let socket = with(&[("REDIS_URL", "redis+unix:///run/redis/redis.sock")]).unwrap();
+        assert!(!socket.redis_cluster);
+        let socket_cluster = [("REDIS_URL", "redis+unix:///run/redis.sock"), ("KEYMETER_REDIS_CLUSTER", "true")];
+        assert_eq!(with(&socket_cluster).unwrap_err().var, "REDIS_URL");
     }
 }

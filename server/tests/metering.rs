@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{client, TestApp};
+use common::{client, env, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use services::usage::histogram::{exact_quantile, LatencyHistogram};
@@ -141,6 +141,19 @@ async fn the_hour_window_is_a_calendar_hour_on_the_redis_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_day_window_is_a_utc_day_on_the_redis_clock() {
     boundary("day").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_on_its_unix_socket_meters_and_limits_the_same() {
+    let app = TestApp::spawn_with(&[("REDIS_URL", env("KEYMETER_TEST_REDIS_SOCKET"))]).await;
+    let (secret, id) = app.key_with_quota(3, 100).await;
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&c, &app, "/api/v1/ping", &secret).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(app.wait_for_events(id, 4).await, 4, "every call stored, the refused one too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use services::Services;
 
 pub const PASSWORD: &str = "a long test password";
 
-fn env(name: &str) -> String {
+pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
 }
 
