@@ -175,11 +175,11 @@ fn invalid_smtp_url(e: &dyn std::fmt::Display) -> ServiceError {
 fn tls_trusting(url: &str, pem: &[u8]) -> ServiceResult<Tls> {
     let parsed = url::Url::parse(url).map_err(|e| invalid_smtp_url(&e))?;
     let host = parsed.host_str().ok_or_else(|| invalid_smtp_url(&"no host"))?.to_owned();
-    let certificates = String::from_utf8_lossy(pem).matches("-----BEGIN CERTIFICATE-----").count();
-    let root = Certificate::from_pem(pem)
-        .ok()
-        .filter(|_| certificates > 0)
-        .ok_or_else(|| ServiceError::invalid("SMTP_CA_FILE holds no PEM certificate (-----BEGIN CERTIFICATE-----)"))?;
+    // An empty or key-only file would otherwise add nothing and fail only at the first send.
+    if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ServiceError::invalid("SMTP_CA_FILE holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
+    let root = Certificate::from_pem(pem).map_err(|e| ServiceError::invalid(format!("SMTP_CA_FILE: {e}")))?;
     let params = TlsParameters::builder(host)
         .add_root_certificate(root)
         .build_rustls()
