@@ -4,7 +4,6 @@
 pub mod api;
 mod charts;
 pub mod error;
-mod format;
 mod pages;
 
 use leptos::prelude::*;

@@ -19,8 +19,9 @@ use crate::keys::{api_keys, ApiKey};
 use crate::mailer::{self, html_escape, Attachment, Email};
 use crate::schema::monthly_reports;
 use crate::usage::export;
-use crate::usage::reports::{self, Granularity, HourRows, Month, UsageTotals};
+use crate::usage::reports::{Granularity, HourRows, Month, UsageTotals};
 use crate::{ServiceError, ServiceResult, Services};
+use format::count;
 
 /// One key's month.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,8 +71,12 @@ async fn keys_of_month(db: &DbPool, month: Month) -> ServiceResult<Vec<ApiKey>> 
 
 /// Sums up one key's month from the hourly rollups.
 pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<KeySummary> {
+    let rows = HourRows::load(db, key.id.0, month.days()).await?;
+    Ok(summarise(key, &rows, month))
+}
+
+fn summarise(key: ApiKey, rows: &HourRows, month: Month) -> KeySummary {
     let range = month.days();
-    let rows = HourRows::load(db, key.id.0, range).await?;
     let days = rows.breakdown(Granularity::Day, range);
     let mut totals = UsageTotals::default();
     for (_, day) in &days {
@@ -91,14 +96,14 @@ pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceRes
     let share = |used: i64, limit: i64| if limit > 0 { used as f64 * 100.0 / limit as f64 } else { 0.0 };
     let peak_day = days.iter().map(|(_, t)| t.requests).max().unwrap_or(0);
     let peak_hour = rows.breakdown(Granularity::Hour, range).iter().map(|(_, t)| t.requests).max().unwrap_or(0);
-    Ok(KeySummary {
+    KeySummary {
         peak_day_use_pct: share(peak_day, key.quota.per_day.get()),
         peak_hour_use_pct: share(peak_hour, key.quota.per_hour.get()),
         per_day: days.iter().map(|(_, t)| t.requests).collect(),
         busiest_day,
         totals,
         key,
-    })
+    }
 }
 
 /// Builds every owner's report for `month`, owners in id order.
@@ -109,13 +114,16 @@ pub async fn build_reports(db: &DbPool, month: Month) -> ServiceResult<Vec<Owner
     owners.dedup();
     let mut out = Vec::new();
     for (owner_id, owner_email) in owners {
+        // Each key's rollups are read once, for its summary and for the CSV.
         let mut summaries = Vec::new();
+        let mut hours = Vec::new();
         for key in keys.iter().filter(|k| k.owner_id == owner_id) {
-            summaries.push(summarise_key(db, key.clone(), month).await?);
+            let rows = HourRows::load(db, key.id.0, month.days()).await?;
+            summaries.push(summarise(key.clone(), &rows, month));
+            hours.push((key.id.0, rows));
         }
         summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
-        let ids: Vec<uuid::Uuid> = summaries.iter().map(|s| s.key.id.0).collect();
-        let rows = reports::export_rows(db, &ids, Granularity::Day, month.days()).await?;
+        let rows = HourRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
         let mut csv = export::HEADER.to_owned();
         for row in &rows {
             let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());
@@ -208,23 +216,6 @@ async fn queue_once(
         .execute(conn)
         .await?;
     Ok(true)
-}
-
-/// Thousands separated by commas: `12,345`.
-fn count(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
 }
 
 fn p95(t: &UsageTotals) -> String {
@@ -360,15 +351,6 @@ pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_are_grouped() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(1_000), "1,000");
-        assert_eq!(count(1_234_567), "1,234,567");
-        assert_eq!(count(-12_345), "-12,345");
-    }
 
     #[test]
     fn sparkline_scales_to_the_busiest_day() {

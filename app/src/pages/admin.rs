@@ -5,7 +5,6 @@ use leptos_router::components::A;
 
 use super::layout::ErrorPanel;
 use crate::api::{admin_list_keys, admin_mail, MailView};
-use crate::format;
 
 #[component]
 pub fn AdminKeysPage() -> impl IntoView {

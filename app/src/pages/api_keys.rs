@@ -6,7 +6,6 @@ use leptos_router::hooks::use_params_map;
 
 use super::layout::ErrorPanel;
 use crate::api::{get_key, list_keys, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
-use crate::format;
 
 #[component]
 pub fn ApiKeysPage() -> impl IntoView {

@@ -10,7 +10,6 @@ use crate::api::{
     my_notifications, AdminSetQuota, ApproveQuotaRequest, CancelQuotaRequest, DenyQuotaRequest, KeyView,
     QuotaRequestView, RequestQuotaIncrease,
 };
-use crate::format;
 
 fn limits(per_hour: i64, per_day: i64) -> String {
     format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))

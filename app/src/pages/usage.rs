@@ -8,7 +8,6 @@ use leptos_router::hooks::use_params_map;
 use super::layout::ErrorPanel;
 use crate::api::{get_usage_overview, Gauge, LiveData, PeriodRow, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind};
-use crate::format;
 
 #[component]
 pub fn UsagePage() -> impl IntoView {

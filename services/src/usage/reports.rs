@@ -319,6 +319,21 @@ impl HourRows {
         out
     }
 
+    /// Export rows of several keys' loaded rollups together, in the order of [`export_rows`].
+    pub fn export_rows<'a>(
+        keys: impl IntoIterator<Item = (Uuid, &'a HourRows)>,
+        granularity: Granularity,
+        range: DayRange,
+    ) -> Vec<ExportRow> {
+        let mut rows = ExportRows::new(granularity);
+        for (key, hours) in keys {
+            for (row, hist) in hours.within(range) {
+                rows.add(key, row, hist);
+            }
+        }
+        rows.finish()
+    }
+
     /// Calls per status code (quota refusals under 429), by code.
     pub fn by_status(&self, range: DayRange) -> Vec<(u16, i64)> {
         let mut map: BTreeMap<u16, i64> = BTreeMap::new();
@@ -372,23 +387,39 @@ pub async fn export_rows(
     granularity: Granularity,
     range: DayRange,
 ) -> ServiceResult<Vec<ExportRow>> {
-    let mut map: BTreeMap<(DateTime<Utc>, Uuid, String, String), UsageTotals> = BTreeMap::new();
-    for_each_hour_row(db, keys, range.start(), range.end(), |key, row, hist| {
-        map.entry((granularity.period_start(row.period_start), key, row.endpoint.clone(), row.method.clone()))
-            .or_default()
-            .add_row(row, hist);
-    })
-    .await?;
-    Ok(map
-        .into_iter()
-        .map(|((period_start, key_id, endpoint, method), totals)| ExportRow {
-            period_start,
-            key_id,
-            method,
-            endpoint,
-            totals,
-        })
-        .collect())
+    let mut rows = ExportRows::new(granularity);
+    for_each_hour_row(db, keys, range.start(), range.end(), |key, row, hist| rows.add(key, row, hist)).await?;
+    Ok(rows.finish())
+}
+
+/// Hourly rollup rows summed into export rows, in export order.
+struct ExportRows {
+    granularity: Granularity,
+    map: BTreeMap<(DateTime<Utc>, Uuid, String, String), UsageTotals>,
+}
+
+impl ExportRows {
+    fn new(granularity: Granularity) -> Self {
+        Self { granularity, map: BTreeMap::new() }
+    }
+
+    fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
+        let period = self.granularity.period_start(row.period_start);
+        self.map.entry((period, key, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
+    }
+
+    fn finish(self) -> Vec<ExportRow> {
+        self.map
+            .into_iter()
+            .map(|((period_start, key_id, endpoint, method), totals)| ExportRow {
+                period_start,
+                key_id,
+                method,
+                endpoint,
+                totals,
+            })
+            .collect()
+    }
 }
 
 /// The last `minutes` minutes of live counters, oldest first, ending with the current minute.

@@ -1,4 +1,5 @@
-//! Numbers and times formatted for people.
+//! Numbers, sizes and times formatted for people, the same in the dashboard (server and browser)
+//! and in the emails.
 
 use chrono::{DateTime, Utc};
 
