@@ -75,6 +75,7 @@ pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, delayed: RwSignal<
 #[cfg(feature = "hydrate")]
 mod draw {
     use charming::component::{Axis, Grid, Legend, Title};
+    use charming::datatype::CompositeValue;
     use charming::element::{AxisType, ItemStyle, Tooltip, Trigger};
     use charming::series::{Bar, Line};
     use charming::{Chart, Echarts, WasmRenderer};
@@ -112,6 +113,12 @@ mod draw {
         });
     }
 
+    /// A value, or ECharts' mark for a missing one (a gap in a line). `None` itself would reach
+    /// the browser as `undefined`, which ECharts does not document as missing.
+    fn point(value: Option<f64>) -> CompositeValue {
+        value.map_or_else(|| CompositeValue::from("-"), CompositeValue::from)
+    }
+
     fn minute_label(ms: i64) -> String {
         chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%H:%M").to_string()).unwrap_or_default()
     }
@@ -147,14 +154,14 @@ mod draw {
             LiveChartKind::ErrorRate => {
                 base("Error rate (%)", labels).y_axis(Axis::new().type_(AxisType::Value).min(0).max(100)).series(
                     Line::new().name("errors %").item_style(ItemStyle::new().color("#c62828")).data(
+                        // A minute without admitted requests has no error rate: a gap, not 0.
                         live.points
                             .iter()
                             .map(|p| {
-                                if p.requests == 0 {
-                                    0.0
-                                } else {
-                                    (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0
-                                }
+                                point(
+                                    (p.requests > 0)
+                                        .then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0),
+                                )
                             })
                             .collect::<Vec<_>>(),
                     ),
@@ -163,12 +170,23 @@ mod draw {
             LiveChartKind::Latency => base("Latency (ms)", labels)
                 .legend(Legend::new().right(8))
                 .y_axis(Axis::new().type_(AxisType::Value))
-                .series(Line::new().name("p50").data(
-                    live.points.iter().map(|p| (p.p50_ms.unwrap_or(0.0) * 100.0).round() / 100.0).collect::<Vec<_>>(),
-                ))
-                .series(Line::new().name("p95").data(
-                    live.points.iter().map(|p| (p.p95_ms.unwrap_or(0.0) * 100.0).round() / 100.0).collect::<Vec<_>>(),
-                )),
+                // Nor a latency: quiet minutes are gaps in the lines.
+                .series(
+                    Line::new().name("p50").data(
+                        live.points
+                            .iter()
+                            .map(|p| point(p.p50_ms.map(|ms| (ms * 100.0).round() / 100.0)))
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+                .series(
+                    Line::new().name("p95").data(
+                        live.points
+                            .iter()
+                            .map(|p| point(p.p95_ms.map(|ms| (ms * 100.0).round() / 100.0)))
+                            .collect::<Vec<_>>(),
+                    ),
+                ),
         }
     }
 

@@ -12,6 +12,19 @@ async function seriesTotal(page: Page, id: string): Promise<number> {
   }, id);
 }
 
+/** One series' data points of a drawn chart (null where the chart shows a gap). */
+async function seriesData(page: Page, id: string, series: number): Promise<(number | null)[]> {
+  return page.evaluate(
+    ([id, series]) => {
+      const el = document.getElementById(id as string);
+      const chart = el && (window as any).echarts?.getInstanceByDom(el);
+      if (!chart) return [];
+      return chart.getOption().series[series as number].data.map((v: any) => (v === null || v === '-' ? null : Number(v)));
+    },
+    [id, series],
+  );
+}
+
 async function chartsDrawn(page: Page) {
   for (const id of ['chart-requests', 'chart-errors', 'chart-latency', 'chart-breakdown']) {
     await expect(page.locator(`#${id} canvas`)).toHaveCount(1);
@@ -44,6 +57,19 @@ test('the usage page updates live as the key is used', async ({ page, request })
   // No reload: the chart and the gauges follow the live stream.
   await expect.poll(() => seriesTotal(page, 'chart-requests'), { timeout: 20_000 }).toBe(6);
   await expect(page.getByTestId('gauge-hour')).toContainText('6 of 1,000 requests');
+
+  // Minutes without requests have no latency or error rate: gaps, not zeros.
+  const admitted = await seriesData(page, 'chart-requests', 0);
+  const [p50, p95, errors] = await Promise.all([
+    seriesData(page, 'chart-latency', 0),
+    seriesData(page, 'chart-latency', 1),
+    seriesData(page, 'chart-errors', 0),
+  ]);
+  expect(admitted.length).toBe(60);
+  for (const line of [p50, p95, errors]) {
+    expect(line.map((v) => v === null)).toEqual(admitted.map((n) => !n));
+  }
+  expect(errors.filter((v) => v !== null).every((v) => v! >= 0 && v! <= 100)).toBe(true);
   expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
 });
 

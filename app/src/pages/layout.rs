@@ -37,8 +37,20 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                 })}
             </nav>
             <div class="account">
-                <a class="bell" href="/dashboard/notifications" title="Notifications" data-testid="bell">
-                    "\u{1F514}"
+                <a
+                    class="bell"
+                    href="/dashboard/notifications"
+                    title="Notifications"
+                    aria-label="Notifications"
+                    data-testid="bell"
+                >
+                    // An inline icon: an emoji bell needs an emoji font, which many machines lack.
+                    <svg class="bell-icon" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
+                        <path
+                            fill="currentColor"
+                            d="M12 2a1.5 1.5 0 0 0-1.5 1.5v.7A6 6 0 0 0 6 10v4.5L4 17v1h16v-1l-2-2.5V10a6 6 0 0 0-4.5-5.8v-.7A1.5 1.5 0 0 0 12 2zm-2 17a2 2 0 0 0 4 0z"
+                        />
+                    </svg>
                     <Transition fallback=|| ()>
                         {move || Suspend::new(async move {
                             match unread.await {
