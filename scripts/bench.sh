@@ -164,9 +164,15 @@ print(f"{'GET /api/v1/ping (tracked + quota)':<38}{wrapped64:>12.0f}")
 print(f"ratio wrapped/bare: {wrapped64 / bare64:.1%}")
 print()
 print("CPU per request, µs (server, Redis, PostgreSQL, load generator):")
+totals = []
 for name, rate, before, after in (("bare", bare, cpu[0], cpu[1]), ("tracked", wrapped, cpu[1], cpu[2])):
     per = [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
     print(f"  {name:<8} " + "  ".join(f"{p:6.1f}" for p in per) + f"   total {sum(per):6.1f}")
+    totals.append(sum(per))
+# Both loads fill the two cores, so a ratio r needs a tracked request to cost at most 1/r of
+# a bare one's CPU.
+print(f"  70 % of bare allows {totals[0] / 0.7:.1f} per tracked request: {totals[0] / 0.7 - totals[0]:.1f} above bare "
+      f"for all that tracking adds (measured: {totals[1] - totals[0]:.1f})")
 print()
 print("tracker's own time per request (in process; excludes the handler):")
 for name, o in (("1 in flight", o1), ("16 in flight", o16)):
