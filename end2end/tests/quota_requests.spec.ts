@@ -52,3 +52,35 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await adminPage.goto('/admin/quota-changes');
   await expect(adminPage.getByTestId('audit-trail')).toContainText('Launch day');
 });
+
+test('the usage page, where the quota runs out, offers the increase form', async ({ page, browser, request }) => {
+  await signIn(page, MERCHANT);
+  const name = `Near limit ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  const keyId = (await row.getAttribute('data-key-id'))!;
+  cli(['quota', 'set', '--key', keyId, '--per-hour', '2', '--per-day', '100', '--reason', 'browser test']);
+  const call = () => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect((await call()).status()).toBe(200);
+  expect((await call()).status()).toBe(200);
+  expect((await call()).status()).toBe(429);
+
+  await row.getByRole('link', { name: 'usage' }).click();
+  await expect(page.getByTestId('usage-title')).toContainText(name);
+  await expect(page.getByTestId('gauge-hour')).toContainText('2 of 2 requests');
+  const form = page.getByTestId('quota-requests');
+  await form.getByTestId('ask-per-hour').fill('40');
+  await form.getByTestId('ask-reason').fill('Usage page test');
+  await form.getByRole('button', { name: 'Request increase' }).click();
+  await expect(form.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  await expect(page.getByTestId('usage-title')).toContainText(name);
+
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  await adminPage.goto('/admin/quota-requests');
+  const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
+  await expect(card).toHaveAttribute('data-status', 'pending');
+  await expect(card).toContainText('Usage page test');
+});

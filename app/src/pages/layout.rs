@@ -31,7 +31,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
             <nav>
                 <A href="/dashboard/developers/api-keys">"API keys"</A>
                 {user.is_admin.then(|| view! {
-                    <A href="/admin">"All keys"</A>
+                    <A href="/admin" exact=true>"All keys"</A>
                     <A href="/admin/quota-requests">"Quota requests"</A>
                     <A href="/admin/mail">"Mail"</A>
                 })}

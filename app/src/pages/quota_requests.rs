@@ -1,5 +1,5 @@
-//! Quota requests: the merchant's form and history on a key's page, the admins' decision page,
-//! the audit trail, and the notifications page.
+//! Quota requests: the merchant's form and history (on a key's page and its usage page), the
+//! admins' decision page, the audit trail, and the notifications page.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -35,7 +35,7 @@ impl QuotaRequestsState {
     }
 }
 
-/// On a key's page: ask for more, follow the request, cancel it.
+/// On a key's page and its usage page: ask for more, follow the request, cancel it.
 #[component]
 pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoView {
     let QuotaRequestsState { ask, cancel, requests } = state;

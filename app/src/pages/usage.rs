@@ -1,11 +1,13 @@
 //! `/dashboard/developers/api-keys/{id}/usage`: live charts, quota gauges with a projection,
-//! breakdowns by day, week and month, top endpoints and status codes, CSV export.
+//! breakdowns by day, week and month, top endpoints and status codes, CSV export, and the
+//! quota-increase form.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
 use super::layout::ErrorPanel;
+use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{get_usage_overview, Gauge, LiveData, PeriodRow, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind};
 
@@ -13,6 +15,8 @@ use crate::charts::{BreakdownChart, LiveChart, LiveChartKind};
 pub fn UsagePage() -> impl IntoView {
     let params = use_params_map();
     let days = RwSignal::new(30u32);
+    // Created here, before any await (see layout.rs).
+    let requests = QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     let overview = Resource::new(
         move || (params.read().get("id").unwrap_or_default(), days.get()),
         |(id, d)| get_usage_overview(id, d),
@@ -21,7 +25,7 @@ pub fn UsagePage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="loading">"Loading usage…"</p> }>
             {move || Suspend::new(async move {
                 match overview.await {
-                    Ok(overview) => view! { <UsageDashboard overview days/> }.into_any(),
+                    Ok(overview) => view! { <UsageDashboard overview days requests/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -30,7 +34,7 @@ pub fn UsagePage() -> impl IntoView {
 }
 
 #[component]
-fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>) -> impl IntoView {
+fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaRequestsState) -> impl IntoView {
     let key = overview.key.clone();
     let live = RwSignal::new(overview.live.clone());
     let delayed = RwSignal::new(false);
@@ -136,6 +140,8 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>) -> impl IntoView
                 </table>
             </div>
         </section>
+        // Where a merchant sees the quota running out, they can ask for more.
+        <KeyQuotaRequests key=overview.key.clone() state=requests/>
     }
 }
 
