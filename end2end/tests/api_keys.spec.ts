@@ -1,3 +1,4 @@
+import * as fs from 'fs';
 import { test, expect } from '@playwright/test';
 import { ADMIN, MERCHANT, cli, hydrated, signIn, watchForBrokenBundle } from './helpers';
 
@@ -64,6 +65,18 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
   await adminPage.getByRole('link', { name: 'All keys' }).click();
   await expect(adminPage).toHaveURL(/\/admin$/);
   await expect(adminPage.getByTestId('admin-keys')).toContainText(MERCHANT.email);
+
+  // The month's usage of every key, for invoicing, from the same page.
+  const month = new Date().toISOString().slice(0, 7);
+  await adminPage.getByTestId('invoice-form').getByLabel('Month').fill(month);
+  const [download] = await Promise.all([
+    adminPage.waitForEvent('download'),
+    adminPage.getByRole('button', { name: 'Export month (CSV)' }).click(),
+  ]);
+  expect(download.suggestedFilename()).toBe(`keymeter-usage-${month}.csv`);
+  const csv = fs.readFileSync((await download.path())!, 'utf8').split('\r\n'); // RFC 4180 line ends
+  expect(csv[0]).toBe('period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms');
+  expect(csv.some((line) => line.includes(',Demo key,GET,/api/v1/ping,'))).toBe(true);
 });
 
 test('signing out returns to the sign-in page and protects the dashboard', async ({ page }) => {

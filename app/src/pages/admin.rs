@@ -1,4 +1,5 @@
-//! `/admin`: every key of every merchant; `/admin/mail`: what keymeter has sent.
+//! `/admin`: every key of every merchant and the month's usage export for invoicing;
+//! `/admin/mail`: what keymeter has sent.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
@@ -10,7 +11,14 @@ use crate::api::{admin_list_keys, admin_mail, MailView};
 pub fn AdminKeysPage() -> impl IntoView {
     let keys = Resource::new(|| (), |_| admin_list_keys());
     view! {
-        <h1>"All API keys"</h1>
+        <div class="page-head">
+            <h1>"All API keys"</h1>
+            // Every key's daily usage of a month, for invoicing (the server checks the month).
+            <form class="export" method="get" action="/admin/usage.csv" data-testid="invoice-form">
+                <label>"Month" <input type="month" name="month" required/></label>
+                <button type="submit">"Export month (CSV)"</button>
+            </form>
+        </div>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
