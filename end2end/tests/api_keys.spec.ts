@@ -77,6 +77,10 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
   const csv = fs.readFileSync((await download.path())!, 'utf8').split('\r\n'); // RFC 4180 line ends
   expect(csv[0]).toBe('period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms');
   expect(csv.some((line) => line.includes(',Demo key,GET,/api/v1/ping,'))).toBe(true);
+
+  // Any key's usage is one click away.
+  await adminPage.getByTestId('admin-keys').getByRole('row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
+  await expect(adminPage.getByTestId('usage-title')).toContainText('Demo key');
 });
 
 test('signing out returns to the sign-in page and protects the dashboard', async ({ page }) => {

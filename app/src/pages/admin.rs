@@ -33,7 +33,11 @@ pub fn AdminKeysPage() -> impl IntoView {
                                         view! {
                                             <tr>
                                                 <td>{key.owner_email.clone()}</td>
-                                                <td><A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A></td>
+                                                <td>
+                                                    <A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A>
+                                                    " · "
+                                                    <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
+                                                </td>
                                                 <td><code>{format!("{}…", key.prefix)}</code></td>
                                                 <td><span class=format!("badge {status}")>{status}</span></td>
                                                 <td class="num">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>

@@ -207,8 +207,8 @@ fn RequestCard(
                     <ActionForm action=approve>
                         <input type="hidden" name="id" value=id.clone()/>
                         <div class="inline-form">
-                            <label>"Per hour" <input name="per_hour" value=r.requested_per_hour.to_string() required/></label>
-                            <label>"Per day" <input name="per_day" value=r.requested_per_day.to_string() required/></label>
+                            <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required/></label>
+                            <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required/></label>
                             <label>"Note" <input name="note" placeholder="optional"/></label>
                             <button type="submit" data-testid="approve">"Approve"</button>
                         </div>
