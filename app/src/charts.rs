@@ -119,6 +119,13 @@ mod draw {
         value.map_or_else(|| CompositeValue::from("-"), CompositeValue::from)
     }
 
+    /// A line that may have gaps. ECharts draws a point's dot only when every dot fits (or at
+    /// label positions): small dots fit 60 minutes, so a busy minute between quiet ones, which
+    /// has no line to draw, still shows.
+    fn gappy_line(name: &str) -> Line {
+        Line::new().name(name).show_symbol(true).symbol_size(2.5)
+    }
+
     fn minute_label(ms: i64) -> String {
         chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%H:%M").to_string()).unwrap_or_default()
     }
@@ -153,7 +160,7 @@ mod draw {
                 ),
             LiveChartKind::ErrorRate => {
                 base("Error rate (%)", labels).y_axis(Axis::new().type_(AxisType::Value).min(0).max(100)).series(
-                    Line::new().name("errors %").item_style(ItemStyle::new().color("#c62828")).data(
+                    gappy_line("errors %").item_style(ItemStyle::new().color("#c62828")).data(
                         // A minute without admitted requests has no error rate: a gap, not 0.
                         live.points
                             .iter()
@@ -172,7 +179,7 @@ mod draw {
                 .y_axis(Axis::new().type_(AxisType::Value))
                 // Nor a latency: quiet minutes are gaps in the lines.
                 .series(
-                    Line::new().name("p50").data(
+                    gappy_line("p50").data(
                         live.points
                             .iter()
                             .map(|p| point(p.p50_ms.map(|ms| (ms * 100.0).round() / 100.0)))
@@ -180,7 +187,7 @@ mod draw {
                     ),
                 )
                 .series(
-                    Line::new().name("p95").data(
+                    gappy_line("p95").data(
                         live.points
                             .iter()
                             .map(|p| point(p.p95_ms.map(|ms| (ms * 100.0).round() / 100.0)))
