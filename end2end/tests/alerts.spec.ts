@@ -1,15 +1,10 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, settled, signIn } from './helpers';
+import { ADMIN, MERCHANT, createKey, hydrated, settled, signIn } from './helpers';
 
 test('quota alerts reach the bell always and email only at the thresholds the owner chose', async ({ page, browser, request }) => {
   await signIn(page, MERCHANT);
   const name = `Alerting ${Date.now()}`;
-  await page.getByTestId('key-name').fill(name);
-  await page.getByRole('button', { name: 'Create key' }).click();
-  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
-  const row = page.getByTestId('key-row').filter({ hasText: name });
-  const keyId = (await row.getAttribute('data-key-id'))!;
-  cli(['quota', 'set', '--key', keyId, '--per-hour', '2', '--per-day', '100', '--reason', 'browser test']);
+  const { secret, row, keyId } = await createKey(page, name, 2);
 
   // Only the 100% alert emails.
   await row.getByRole('link', { name }).click();

@@ -33,6 +33,22 @@ export async function signIn(page: Page, who: { email: string; password: string 
   await expect(page.getByTestId('account-email')).toHaveText(who.email);
 }
 
+/**
+ * Creates a key from the key list (signed in), optionally sets its hourly quota through the
+ * operator CLI (daily 100), and returns its secret, its row in the list and its id.
+ */
+export async function createKey(page: Page, name: string, perHour?: number) {
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  const keyId = (await row.getAttribute('data-key-id'))!;
+  if (perHour !== undefined) {
+    cli(['quota', 'set', '--key', keyId, '--per-hour', String(perHour), '--per-day', '100', '--reason', 'browser test']);
+  }
+  return { secret, row, keyId };
+}
+
 /** Runs the operator CLI against the same database as the server under test. */
 export function cli(args: string[], input?: string): string {
   const bin = process.env.KEYMETER_BIN;

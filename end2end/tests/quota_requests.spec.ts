@@ -1,15 +1,10 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, settled, signIn } from './helpers';
+import { ADMIN, MERCHANT, createKey, hydrated, settled, signIn } from './helpers';
 
 test('a merchant at the hourly limit asks for more; an admin approves; the next call is admitted', async ({ page, browser, request }) => {
   await signIn(page, MERCHANT);
   const name = `Busy ${Date.now()}`;
-  await page.getByTestId('key-name').fill(name);
-  await page.getByRole('button', { name: 'Create key' }).click();
-  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
-  const row = page.getByTestId('key-row').filter({ hasText: name });
-  const keyId = (await row.getAttribute('data-key-id'))!;
-  cli(['quota', 'set', '--key', keyId, '--per-hour', '1', '--per-day', '100', '--reason', 'browser test']);
+  const { secret, row, keyId } = await createKey(page, name, 1);
 
   const call = () => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
   expect((await call()).status()).toBe(200);
@@ -56,12 +51,7 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
 test('the usage page, where the quota runs out, offers the increase form', async ({ page, browser, request }) => {
   await signIn(page, MERCHANT);
   const name = `Near limit ${Date.now()}`;
-  await page.getByTestId('key-name').fill(name);
-  await page.getByRole('button', { name: 'Create key' }).click();
-  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
-  const row = page.getByTestId('key-row').filter({ hasText: name });
-  const keyId = (await row.getAttribute('data-key-id'))!;
-  cli(['quota', 'set', '--key', keyId, '--per-hour', '2', '--per-day', '100', '--reason', 'browser test']);
+  const { secret, row } = await createKey(page, name, 2);
   const call = () => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
   expect((await call()).status()).toBe(200);
   expect((await call()).status()).toBe(200);

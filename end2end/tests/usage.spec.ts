@@ -1,5 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
-import { MERCHANT, hydrated, signIn } from './helpers';
+import { MERCHANT, createKey, hydrated, signIn } from './helpers';
 
 /** Sum of a drawn chart's first series, read from the live ECharts instance. */
 async function seriesTotal(page: Page, id: string): Promise<number> {
@@ -34,9 +34,7 @@ async function chartsDrawn(page: Page) {
 test('the usage page updates live as the key is used', async ({ page, request }) => {
   await signIn(page, MERCHANT);
   const name = `Live ${Date.now()}`;
-  await page.getByTestId('key-name').fill(name);
-  await page.getByRole('button', { name: 'Create key' }).click();
-  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  const { secret } = await createKey(page, name);
 
   // Client-side navigation from the list to the usage page.
   await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name: 'usage' }).click();
