@@ -5,7 +5,8 @@ source "$(dirname "$0")/env.sh"
 
 need_apt=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in postgresql redis-server chromium python3; do
+# gcc: C parts of dependencies (ring, mimalloc).
+for pkg in gcc postgresql redis-server chromium python3; do
   have_pkg "$pkg" || need_apt+=("$pkg")
 done
 
