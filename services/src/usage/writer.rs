@@ -87,12 +87,13 @@ impl UsageWriter {
         }
     }
 
-    /// Runs until `stop` turns true, then drains what is already in the stream and returns.
+    /// Runs until `stop` turns true or its sender is gone (the server was dropped), then drains
+    /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         let mut last_retention = None::<NaiveDate>;
         loop {
-            let stopping = *stop.borrow();
+            let stopping = *stop.borrow() || stop.has_changed().is_err();
             match self.step(if stopping { 0 } else { 200 }).await {
                 Ok(Round { events: 0, caught_up: true }) if stopping => return,
                 Ok(round) => {
