@@ -1,6 +1,6 @@
 //! The usage pipeline's guarantees: replays add nothing twice, retention drops old raw events
-//! but keeps rollups, a graceful shutdown leaves nothing behind, revocation reaches every
-//! instance within seconds.
+//! but keeps rollups, a graceful shutdown leaves nothing behind, a dropped server's writer stops,
+//! revocation reaches every instance within seconds.
 
 mod common;
 
@@ -130,6 +130,22 @@ async fn graceful_shutdown_leaves_no_usage_behind() {
     server.await.unwrap().unwrap();
     // Everything is in PostgreSQL the moment the instance has stopped.
     assert_eq!(app.event_count(id).await, 40);
+}
+
+/// The writer runs on a thread of its own: if its server is dropped without a graceful stop
+/// (a test ending, a failed start), it must not go on polling Redis and PostgreSQL forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_writer_stops_when_its_server_is_gone() {
+    let app = TestApp::spawn().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(UsageWriter::new(&app.services, 90).run(stopped));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.is_finished(), "the writer runs as long as its server does");
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the writer stops once its server is gone")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
