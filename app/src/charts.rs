@@ -119,11 +119,15 @@ mod draw {
         value.map_or_else(|| CompositeValue::from("-"), CompositeValue::from)
     }
 
-    /// A line that may have gaps. ECharts draws a point's dot only when every dot fits (or at
-    /// label positions): small dots fit 60 minutes, so a busy minute between quiet ones, which
-    /// has no line to draw, still shows.
-    fn gappy_line(name: &str) -> Line {
-        Line::new().name(name).show_symbol(true).symbol_size(2.5)
+    /// A line of `values` where `None` is a gap. ECharts draws a point's dot only when every dot
+    /// fits (or at label positions): small dots fit 60 minutes, so a busy minute between quiet
+    /// ones, which has no line to draw, still shows.
+    fn gappy_line(name: &str, values: impl Iterator<Item = Option<f64>>) -> Line {
+        Line::new().name(name).show_symbol(true).symbol_size(2.5).data(values.map(point).collect::<Vec<_>>())
+    }
+
+    fn hundredths(x: f64) -> f64 {
+        (x * 100.0).round() / 100.0
     }
 
     fn minute_label(ms: i64) -> String {
@@ -159,41 +163,21 @@ mod draw {
                         .data(live.points.iter().map(|p| p.throttled as i64).collect::<Vec<_>>()),
                 ),
             LiveChartKind::ErrorRate => {
-                base("Error rate (%)", labels).y_axis(Axis::new().type_(AxisType::Value).min(0).max(100)).series(
-                    gappy_line("errors %").item_style(ItemStyle::new().color("#c62828")).data(
-                        // A minute without admitted requests has no error rate: a gap, not 0.
-                        live.points
-                            .iter()
-                            .map(|p| {
-                                point(
-                                    (p.requests > 0)
-                                        .then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0),
-                                )
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                )
+                // A minute without admitted requests has no error rate: a gap, not 0.
+                let rate = live
+                    .points
+                    .iter()
+                    .map(|p| (p.requests > 0).then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0));
+                base("Error rate (%)", labels)
+                    .y_axis(Axis::new().type_(AxisType::Value).min(0).max(100))
+                    .series(gappy_line("errors %", rate).item_style(ItemStyle::new().color("#c62828")))
             }
             LiveChartKind::Latency => base("Latency (ms)", labels)
                 .legend(Legend::new().right(8))
                 .y_axis(Axis::new().type_(AxisType::Value))
                 // Nor a latency: quiet minutes are gaps in the lines.
-                .series(
-                    gappy_line("p50").data(
-                        live.points
-                            .iter()
-                            .map(|p| point(p.p50_ms.map(|ms| (ms * 100.0).round() / 100.0)))
-                            .collect::<Vec<_>>(),
-                    ),
-                )
-                .series(
-                    gappy_line("p95").data(
-                        live.points
-                            .iter()
-                            .map(|p| point(p.p95_ms.map(|ms| (ms * 100.0).round() / 100.0)))
-                            .collect::<Vec<_>>(),
-                    ),
-                ),
+                .series(gappy_line("p50", live.points.iter().map(|p| p.p50_ms.map(hundredths))))
+                .series(gappy_line("p95", live.points.iter().map(|p| p.p95_ms.map(hundredths)))),
         }
     }
 
