@@ -6,13 +6,22 @@ use crate::error::AppError;
 /// Where to go after signing in, if the page did not ask for somewhere else.
 pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
 
-/// Only local paths are followed after sign-in, so the form cannot be used to send people to
-/// another site.
+/// Only local absolute paths are followed after sign-in, so the form cannot be used to send
+/// people to another site. Browsers treat `\` like `/` and drop tabs and line breaks from URLs,
+/// so `/\evil`, `/<tab>/evil` and `//evil` all lead off-site: one leading `/`, then no second
+/// `/` or `\`, and no backslash or control character anywhere.
 pub fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n) if is_local_path(n) => n,
         _ => HOME_PATH,
     }
+}
+
+fn is_local_path(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars.next() == Some('/')
+        && !matches!(chars.next(), Some('/' | '\\'))
+        && !n.chars().any(|c| c == '\\' || c.is_control())
 }
 
 #[server(prefix = "/rpc", endpoint = "auth/login")]
@@ -62,5 +71,26 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), HOME_PATH);
         assert_eq!(safe_next(Some("/\\evil.example")), HOME_PATH);
         assert_eq!(safe_next(None), HOME_PATH);
+    }
+
+    #[test]
+    fn paths_that_browsers_turn_into_another_host_are_refused() {
+        for bad in [
+            "/\t/evil.example/x",
+            "/\n/evil.example/x",
+            "/\r\n/evil.example",
+            "//evil.example/x",
+            "/\\evil.example/x",
+            "/dashboard\\..\\x",
+            "https://evil.example/x",
+            "evil.example/x",
+            "/dash\u{7f}board",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), HOME_PATH, "{bad:?} must not be followed");
+        }
+        for good in ["/", "/dashboard/developers/api-keys/abc?x=1", "/admin/quota-requests#top", "/a//b"] {
+            assert_eq!(safe_next(Some(good)), good);
+        }
     }
 }
