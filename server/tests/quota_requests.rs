@@ -271,3 +271,93 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(audit[0]["source"], "admin");
     assert_eq!(audit[0]["reason"], "support ticket 42");
 }
+
+async fn approve(s: &Setup, id: &str, per_hour: &str, per_day: &str) -> reqwest::Response {
+    s.app
+        .rpc(
+            &s.admin,
+            "admin/quota-requests/approve",
+            &[("id", id), ("per_hour", per_hour), ("per_day", per_day), ("note", "")],
+        )
+        .await
+}
+
+async fn message(res: reqwest::Response) -> String {
+    let body: Value = res.json().await.unwrap();
+    body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn key_limits(s: &Setup) -> (i64, i64) {
+    let keys: Vec<Value> = s.app.rpc(&s.merchant, "keys/list", &[]).await.json().await.unwrap();
+    (keys[0]["requests_per_hour"].as_i64().unwrap(), keys[0]["requests_per_day"].as_i64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_below_the_live_quota_is_refused_and_the_request_stays_pending() {
+    let s = setup().await;
+    let request: Value = ask(&s, "100", "", "launch").await.json().await.unwrap();
+    let id = request["id"].to_string();
+
+    // Approving less than the key has now would lower its quota.
+    let lower = approve(&s, &id, "1", "10000").await;
+    assert_eq!(lower.status(), StatusCode::BAD_REQUEST);
+    assert!(message(lower).await.contains("would lower its quota"));
+
+    // Meanwhile another admin raises the key directly, above what was asked.
+    let set = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota/set",
+            &[("key_id", &s.key_id), ("per_hour", "500"), ("per_day", "20000"), ("reason", "ticket 7")],
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::OK);
+
+    // The admin's card shows the live quota beside the one at request time.
+    let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    assert_eq!((listed[0]["live_per_hour"].as_i64(), listed[0]["live_per_day"].as_i64()), (Some(500), Some(20_000)));
+    assert_eq!(
+        (listed[0]["current_per_hour"].as_i64(), listed[0]["current_per_day"].as_i64()),
+        (Some(2), Some(10_000))
+    );
+    let page = s.app.page(&s.admin, "/admin/quota-requests").await.text().await.unwrap();
+    let card = page.split("data-testid=\"live-quota\"").nth(1).expect("the card shows the live quota");
+    assert!(card[..card.find("</dd>").unwrap()].contains("500/h · 20,000/day"), "{card}");
+
+    // The stale approval (the numbers the form was filled with) would undo that raise: refused.
+    for (h, d) in [("100", "10000"), ("100", "20000"), ("500", "10000")] {
+        let stale = approve(&s, &id, h, d).await;
+        assert_eq!(stale.status(), StatusCode::BAD_REQUEST, "{h} {d}");
+        assert!(message(stale).await.contains("500/hour and 20,000/day"));
+    }
+    assert_eq!(key_limits(&s).await, (500, 20_000));
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert!(!bell.iter().any(|n| n["title"].as_str().unwrap().contains("Quota raised")), "{bell:?}");
+
+    // At or above the live quota it goes through.
+    let ok = approve(&s, &id, "800", "20000").await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(key_limits(&s).await, (800, 20_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_a_revoked_key_cannot_be_approved() {
+    let s = setup().await;
+    let request: Value = ask(&s, "100", "", "launch").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    assert_eq!(s.app.rpc(&s.merchant, "keys/revoke", &[("id", &s.key_id)]).await.status(), StatusCode::OK);
+
+    let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    assert_eq!(listed[0]["key_revoked"], true);
+    let res = approve(&s, &id, "100", "10000").await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(message(res).await.contains("revoked"));
+    assert_eq!(key_limits(&s).await, (2, 10_000));
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
+    // It can still be denied, which closes it.
+    let denied = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "key revoked")]).await;
+    assert_eq!(denied.status(), StatusCode::OK);
+}

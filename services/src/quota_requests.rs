@@ -54,8 +54,13 @@ pub struct QuotaRequest {
     pub key_id: Uuid,
     pub key_name: String,
     pub owner_email: String,
+    /// The key's limits when the request was made.
     pub current_per_hour: i64,
     pub current_per_day: i64,
+    /// The key's limits now (they may have changed since the request was made).
+    pub live_per_hour: i64,
+    pub live_per_day: i64,
+    pub key_revoked: bool,
     pub requested_per_hour: i64,
     pub requested_per_day: i64,
     pub reason: String,
@@ -304,7 +309,12 @@ pub async fn decide(
                 let key_id = ApiKeyId(request.key_id);
                 let applied = match approved {
                     Some((per_hour, per_day)) => {
-                        let burst = current_burst(conn, key_id).await?;
+                        // Checked against the key as it is now, under lock, not as it was when the
+                        // merchant asked: a stale approval must not undo a later raise. An error
+                        // rolls the status back, so the request stays pending.
+                        let live = live_key_for_update(conn, key_id).await?;
+                        check_approval(&live, per_hour.get(), per_day.get())?;
+                        let burst = live.burst;
                         let quota = Quota { per_hour, per_day, burst_per_second: burst };
                         let reason = if note.is_empty() { request.reason.as_str() } else { note };
                         let change =
@@ -325,14 +335,52 @@ pub async fn decide(
     get(&services.db, request_id).await
 }
 
-async fn current_burst(conn: &mut AsyncPgConnection, key: ApiKeyId) -> ServiceResult<Option<QuotaLimit>> {
-    use crate::schema::api_key_quotas;
-    let burst: Option<i32> = api_key_quotas::table
+/// A key's limits and state at the moment of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LiveKey {
+    per_hour: i64,
+    per_day: i64,
+    burst: Option<QuotaLimit>,
+    revoked: bool,
+}
+
+/// Locks the key's quota row (so no other change slips in before the commit) and reads it with
+/// the key's revocation state.
+async fn live_key_for_update(conn: &mut AsyncPgConnection, key: ApiKeyId) -> ServiceResult<LiveKey> {
+    use crate::schema::{api_key_quotas, api_keys as keys};
+    let (per_hour, per_day, burst): (i64, i64, Option<i32>) = api_key_quotas::table
         .filter(api_key_quotas::api_key_id.eq(key.0))
-        .select(api_key_quotas::burst_per_second)
+        .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
+        .for_update()
         .first(conn)
         .await?;
-    burst.map(|b| QuotaLimit::burst(b.into())).transpose()
+    // Shared lock: a revocation running now waits for this decision instead of crossing it.
+    let revoked_at: Option<DateTime<Utc>> =
+        keys::table.filter(keys::id.eq(key.0)).select(keys::revoked_at).for_share().first(conn).await?;
+    Ok(LiveKey {
+        per_hour,
+        per_day,
+        burst: burst.map(|b| QuotaLimit::burst(b.into())).transpose()?,
+        revoked: revoked_at.is_some(),
+    })
+}
+
+/// An approval may only keep or raise the key's live limits, and only on a key still in use.
+fn check_approval(live: &LiveKey, per_hour: i64, per_day: i64) -> ServiceResult<()> {
+    if live.revoked {
+        return Err(ServiceError::Conflict("This key is revoked; the request can only be denied.".into()));
+    }
+    if per_hour < live.per_hour || per_day < live.per_day {
+        return Err(ServiceError::invalid(format!(
+            "The key now allows {}/hour and {}/day; approving {}/hour and {}/day would lower its quota. \
+             Approve at least the current limits, or deny the request.",
+            format::count(live.per_hour),
+            format::count(live.per_day),
+            format::count(per_hour),
+            format::count(per_day),
+        )));
+    }
+    Ok(())
 }
 
 /// The merchant hears of the decision in the bell and by email.
@@ -402,6 +450,12 @@ struct Row {
     #[diesel(sql_type = BigInt)]
     current_per_day: i64,
     #[diesel(sql_type = BigInt)]
+    live_per_hour: i64,
+    #[diesel(sql_type = BigInt)]
+    live_per_day: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    key_revoked: bool,
+    #[diesel(sql_type = BigInt)]
     requested_per_hour: i64,
     #[diesel(sql_type = BigInt)]
     requested_per_day: i64,
@@ -434,6 +488,9 @@ impl From<Row> for QuotaRequest {
             owner_email: r.owner_email,
             current_per_hour: r.current_per_hour,
             current_per_day: r.current_per_day,
+            live_per_hour: r.live_per_hour,
+            live_per_day: r.live_per_day,
+            key_revoked: r.key_revoked,
             requested_per_hour: r.requested_per_hour,
             requested_per_day: r.requested_per_day,
             reason: r.reason,
@@ -450,11 +507,13 @@ impl From<Row> for QuotaRequest {
 }
 
 const SELECT: &str = "SELECT r.id, r.api_key_id AS key_id, k.name AS key_name, o.email AS owner_email, \
-    r.current_per_hour, r.current_per_day, r.requested_per_hour, r.requested_per_day, r.reason, r.status, \
+    r.current_per_hour, r.current_per_day, q.requests_per_hour AS live_per_hour, q.requests_per_day AS live_per_day, \
+    (k.revoked_at IS NOT NULL) AS key_revoked, r.requested_per_hour, r.requested_per_day, r.reason, r.status, \
     r.approved_per_hour, r.approved_per_day, r.decision_note, d.email AS decided_by, r.decided_at, r.created_at, \
     coalesce((SELECT sum(h.requests) FROM api_key_usage_hour h WHERE h.api_key_id = r.api_key_id \
               AND h.period_start >= now() - interval '24 hours'), 0)::bigint AS requests_last_24h \
-    FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id JOIN users o ON o.id = k.owner_id \
+    FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id JOIN api_key_quotas q ON q.api_key_id = k.id \
+    JOIN users o ON o.id = k.owner_id \
     LEFT JOIN users d ON d.id = r.decided_by";
 
 pub async fn get(db: &DbPool, id: i64) -> ServiceResult<QuotaRequest> {
@@ -548,5 +607,20 @@ mod tests {
         {
             assert!(RequestedLimits::parse(h, d, &current(), max).is_err(), "{h:?} {d:?}");
         }
+    }
+
+    #[test]
+    fn an_approval_keeps_or_raises_the_live_limits_of_a_key_in_use() {
+        let live = LiveKey { per_hour: 5_000, per_day: 50_000, burst: None, revoked: false };
+        assert!(check_approval(&live, 5_000, 50_000).is_ok());
+        assert!(check_approval(&live, 6_000, 60_000).is_ok());
+        for (h, d) in [(4_999, 50_000), (5_000, 49_999), (100, 60_000)] {
+            let err = check_approval(&live, h, d).unwrap_err();
+            assert!(matches!(&err, ServiceError::Invalid(m) if m.contains("5,000/hour")), "{h} {d}: {err:?}");
+        }
+        let revoked = LiveKey { revoked: true, ..live };
+        assert!(
+            matches!(check_approval(&revoked, 6_000, 60_000), Err(ServiceError::Conflict(m)) if m.contains("revoked"))
+        );
     }
 }

@@ -13,8 +13,13 @@ pub struct QuotaRequestView {
     pub key_id: String,
     pub key_name: String,
     pub owner_email: String,
+    /// The key's limits when the request was made.
     pub current_per_hour: i64,
     pub current_per_day: i64,
+    /// The key's limits now.
+    pub live_per_hour: i64,
+    pub live_per_day: i64,
+    pub key_revoked: bool,
     pub requested_per_hour: i64,
     pub requested_per_day: i64,
     pub reason: String,
@@ -63,6 +68,9 @@ impl From<services::quota_requests::QuotaRequest> for QuotaRequestView {
             owner_email: r.owner_email,
             current_per_hour: r.current_per_hour,
             current_per_day: r.current_per_day,
+            live_per_hour: r.live_per_hour,
+            live_per_day: r.live_per_day,
+            key_revoked: r.key_revoked,
             requested_per_hour: r.requested_per_hour,
             requested_per_day: r.requested_per_day,
             reason: r.reason,

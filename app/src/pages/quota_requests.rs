@@ -191,7 +191,12 @@ fn RequestCard(
                 <span class=format!("badge {}", r.status)>{r.status.clone()}</span>
             </div>
             <dl class="facts">
-                <dt>"Current"</dt><dd>{limits(r.current_per_hour, r.current_per_day)}</dd>
+                <dt>"Current"</dt>
+                <dd data-testid="live-quota">
+                    {limits(r.live_per_hour, r.live_per_day)}
+                    {r.key_revoked.then(|| view! { " " <span class="badge revoked">"key revoked"</span> })}
+                </dd>
+                <dt>"When asked"</dt><dd>{limits(r.current_per_hour, r.current_per_day)}</dd>
                 <dt>"Requested"</dt><dd>{limits(r.requested_per_hour, r.requested_per_day)}</dd>
                 <dt>"Last 24 hours"</dt><dd>{format!("{} requests", format::count(r.requests_last_24h))}</dd>
                 <dt>"Reason"</dt><dd>{r.reason.clone()}</dd>
@@ -204,15 +209,18 @@ fn RequestCard(
             </dl>
             {pending.then(|| view! {
                 <div class="decide">
-                    <ActionForm action=approve>
-                        <input type="hidden" name="id" value=id.clone()/>
-                        <div class="inline-form">
-                            <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required/></label>
-                            <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required/></label>
-                            <label>"Note" <input name="note" placeholder="optional"/></label>
-                            <button type="submit" data-testid="approve">"Approve"</button>
-                        </div>
-                    </ActionForm>
+                    // A revoked key's request can only be denied (the server refuses approval too).
+                    {(!r.key_revoked).then(|| view! {
+                        <ActionForm action=approve>
+                            <input type="hidden" name="id" value=id.clone()/>
+                            <div class="inline-form">
+                                <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required/></label>
+                                <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required/></label>
+                                <label>"Note" <input name="note" placeholder="optional"/></label>
+                                <button type="submit" data-testid="approve">"Approve"</button>
+                            </div>
+                        </ActionForm>
+                    })}
                     <ActionForm action=deny>
                         <input type="hidden" name="id" value=id2.clone()/>
                         <div class="inline-form">
