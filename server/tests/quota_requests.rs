@@ -361,3 +361,40 @@ async fn a_request_of_a_revoked_key_cannot_be_approved() {
     let denied = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "key revoked")]).await;
     assert_eq!(denied.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_changes() {
+    let s = setup().await;
+    // The daily field left empty keeps 10,000 a day, below the hourly ask.
+    let res = ask(&s, "50000", "", "big hour").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(message(res).await.contains("hourly limit cannot exceed the daily limit"));
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+
+    // The admin's direct change.
+    let set = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota/set",
+            &[("key_id", &s.key_id), ("per_hour", "3000"), ("per_day", "2000"), ("reason", "typo")],
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::BAD_REQUEST);
+    assert!(message(set).await.contains("hourly limit cannot exceed the daily limit"));
+    assert_eq!(key_limits(&s).await, (2, 10_000));
+
+    // The admin's adjusted approval.
+    let request: Value = ask(&s, "50000", "60000", "big launch").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    let adjusted = approve(&s, &id, "50000", "40000").await;
+    assert_eq!(adjusted.status(), StatusCode::BAD_REQUEST);
+    assert!(message(adjusted).await.contains("hourly limit cannot exceed the daily limit"));
+    assert_eq!(key_limits(&s).await, (2, 10_000));
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source <> 'operator'").await, 0);
+
+    // Equal is fine.
+    assert_eq!(approve(&s, &id, "60000", "60000").await.status(), StatusCode::OK);
+    assert_eq!(key_limits(&s).await, (60_000, 60_000));
+}

@@ -170,25 +170,12 @@ pub async fn admin_set_quota(
     reason: String,
 ) -> Result<(), AppError> {
     use super::session;
-    use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, Quota, QuotaChange, QuotaLimit};
+    use services::keys::ApiKeyId;
     let services = session::services()?;
     let admin = session::require_admin(&services).await?;
-    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&key_id)?, &admin).await?;
-    let max = services.settings.quota_maximum;
+    let key_id = ApiKeyId::parse(&key_id)?;
     let (per_hour, per_day) = (whole_number(&per_hour, "hourly")?, whole_number(&per_day, "daily")?);
-    if per_hour > max.per_hour || per_day > max.per_day {
-        return Err(AppError::BadRequest(format!(
-            "Limits can be at most {}/hour and {}/day.",
-            max.per_hour, max.per_day
-        )));
-    }
-    let quota = Quota {
-        per_hour: QuotaLimit::new(per_hour)?,
-        per_day: QuotaLimit::new(per_day)?,
-        burst_per_second: key.quota.burst_per_second,
-    };
-    let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason: &reason };
-    set_quota(&services, key.id, &quota, &change).await?;
+    services::quota_requests::set_by_admin(&services, &admin, key_id, per_hour, per_day, &reason).await?;
     Ok(())
 }
 
