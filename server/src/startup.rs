@@ -101,12 +101,13 @@ pub fn router(config: &Config, services: Services) -> Router {
     if config.bench_routes {
         api = api.merge(routes::bench::router());
     }
-    api.with_state(services).nest("/pkg", pkg).merge(
-        Router::new()
-            .leptos_routes_with_context(&state, routes, context.clone(), shell)
-            .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
-            .with_state(state),
-    )
+    let pages = Router::new()
+        .leptos_routes_with_context(&state, routes, context.clone(), shell)
+        .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
+        // Signed-out visits to signed-in pages: a real redirect before rendering.
+        .layer(axum::middleware::from_fn_with_state(services.clone(), routes::page_guard::require_session))
+        .with_state(state);
+    api.with_state(services).nest("/pkg", pkg).merge(pages)
 }
 
 /// A bound, ready-to-run server.

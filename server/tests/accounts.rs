@@ -73,6 +73,59 @@ async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
     assert_eq!(app.rpc(&admin, "admin/keys", &[]).await.status(), StatusCode::OK);
 }
 
+/// Not only browsers: any client (curl, a no-JS browser, a link checker) gets a real redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_out_visits_to_protected_pages_are_redirected_to_sign_in() {
+    let app = TestApp::spawn().await;
+    app.user("fay@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+
+    for (path, next) in [
+        ("/dashboard/developers/api-keys?page=2", "/dashboard/developers/api-keys%3Fpage%3D2"),
+        (
+            "/dashboard/developers/api-keys/00000000-0000-0000-0000-000000000000/usage",
+            "/dashboard/developers/api-keys/00000000-0000-0000-0000-000000000000/usage",
+        ),
+        ("/admin/quota-requests", "/admin/quota-requests"),
+        ("/admin", "/admin"),
+    ] {
+        for accept in [None, Some("*/*"), Some("text/html")] {
+            let mut req = client().get(app.url(path));
+            if let Some(accept) = accept {
+                req = req.header("accept", accept);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::FOUND, "{path} {accept:?}");
+            assert_eq!(res.headers()["location"], format!("/login?next={next}"), "{path} {accept:?}");
+        }
+        // A stale or forged session cookie is the same as none.
+        let res = client().get(app.url(path)).header("cookie", "km_session=not-a-session").send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::FOUND, "{path} with a bad cookie");
+    }
+
+    // Following the redirect (curl -L) lands on the sign-in form.
+    let following = reqwest::Client::new();
+    let res = following.get(app.url("/admin/quota-requests")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.url().path(), "/login");
+    assert!(res.text().await.unwrap().contains("type=\"password\""));
+
+    // Signed in, the same pages render (whatever the client accepts); a merchant on an admin
+    // page still gets the 403 page, not a sign-in redirect.
+    let merchant = app.signed_in("fay@example.com").await;
+    let admin = app.signed_in("root@example.com").await;
+    for (c, path, status) in [
+        (&merchant, "/dashboard/developers/api-keys", StatusCode::OK),
+        (&merchant, "/admin/quota-requests", StatusCode::FORBIDDEN),
+        (&admin, "/admin/quota-requests", StatusCode::OK),
+        (&admin, "/dashboard/developers/api-keys", StatusCode::OK),
+    ] {
+        let res = c.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        assert!(res.headers().get("location").is_none(), "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_out_ends_the_session() {
     let app = TestApp::spawn().await;

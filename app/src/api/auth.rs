@@ -6,6 +6,20 @@ use crate::error::AppError;
 /// Where to go after signing in, if the page did not ask for somewhere else.
 pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
 
+/// `/login?next=<here>`, so that signing in comes back to the page asked for. Used by the page
+/// layouts (client-side) and the server's guard of signed-in pages alike.
+pub fn login_path_for(here: &str) -> String {
+    let here = if here.is_empty() { "/" } else { here };
+    let encoded: String = here
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("/login?next={encoded}")
+}
+
 /// Only local absolute paths are followed after sign-in, so the form cannot be used to send
 /// people to another site. Browsers treat `\` like `/` and drop tabs and line breaks from URLs,
 /// so `/\evil`, `/<tab>/evil` and `//evil` all lead off-site: one leading `/`, then no second

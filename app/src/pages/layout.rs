@@ -4,22 +4,14 @@ use leptos::prelude::*;
 use leptos_router::components::{Outlet, Redirect, A};
 use leptos_router::hooks::use_location;
 
-use crate::api::{unread_notifications, whoami, CurrentUser, Logout};
+use crate::api::{login_path_for, unread_notifications, whoami, CurrentUser, Logout};
 use crate::error::AppError;
 
-/// `/login?next=<here>`, so that signing in comes back to the page asked for.
+/// `/login?next=<here>`. On the server a signed-out visit never gets here (the server's page
+/// guard redirects first); this covers client-side navigation after a session ended.
 fn login_path() -> String {
     let location = use_location();
-    let here = format!("{}{}", location.pathname.get_untracked(), location.search.get_untracked());
-    let here = if here.is_empty() { "/".to_owned() } else { here };
-    let encoded: String = here
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("/login?next={encoded}")
+    login_path_for(&format!("{}{}", location.pathname.get_untracked(), location.search.get_untracked()))
 }
 
 #[component]

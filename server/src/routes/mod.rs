@@ -3,4 +3,5 @@
 pub mod api_v1;
 pub mod bench;
 pub mod health;
+pub mod page_guard;
 pub mod usage;
