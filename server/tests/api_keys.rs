@@ -136,3 +136,44 @@ async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
     let listed: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
     assert!(listed.is_empty());
 }
+
+fn row<'a>(keys: &'a [Value], name: &str) -> &'a Value {
+    keys.iter().find(|k| k["name"] == name).unwrap_or_else(|| panic!("{name} listed: {keys:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_list_shows_the_current_use_of_each_quota() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let c = app.signed_in("ann@example.com").await;
+    let (busy, secret) = create_key(&app, &c, "Busy").await;
+    create_key(&app, &c, "Idle").await;
+    let (old, _) = create_key(&app, &c, "Old").await;
+    assert_eq!(app.rpc(&c, "keys/revoke", &[("id", &old)]).await.status(), StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(ping(&app, ("authorization", format!("Bearer {secret}"))).await.status(), StatusCode::OK);
+    }
+
+    let keys: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
+    assert_eq!(row(&keys, "Busy")["current_use"], serde_json::json!({ "hour": 3, "day": 3 }));
+    assert_eq!(row(&keys, "Idle")["current_use"], serde_json::json!({ "hour": 0, "day": 0 }));
+    assert_eq!(row(&keys, "Old")["current_use"], Value::Null, "a revoked key has no use to show");
+    let page = app.page(&c, "/dashboard/developers/api-keys").await.text().await.unwrap();
+    assert!(page.contains("3 / 1,000 this hour · 3 / 10,000 today"), "{page}");
+
+    // Redis failing to answer for a key (here: its quota hash replaced by a string) leaves
+    // that key with its quota alone; the list still loads.
+    let quota_key = services::keys::quota_manager::quota_redis_key(services::keys::ApiKeyId::parse(&busy).unwrap());
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let _: () = deadpool_redis::redis::cmd("SET").arg(&quota_key).arg("broken").query_async(&mut conn).await.unwrap();
+    let listed = app.rpc(&c, "keys/list", &[]).await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    let keys: Vec<Value> = listed.json().await.unwrap();
+    assert_eq!(row(&keys, "Busy")["current_use"], Value::Null);
+    assert_eq!(row(&keys, "Busy")["requests_per_hour"], 1000);
+    assert_eq!(row(&keys, "Idle")["current_use"], serde_json::json!({ "hour": 0, "day": 0 }));
+    let page = app.page(&c, "/dashboard/developers/api-keys");
+    let page = page.await.text().await.unwrap();
+    assert!(page.contains("1,000/h · 10,000/day"), "{page}");
+    let _: () = deadpool_redis::redis::cmd("DEL").arg(&quota_key).query_async(&mut conn).await.unwrap();
+}

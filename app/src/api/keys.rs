@@ -9,7 +9,48 @@ pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let keys = services::keys::api_keys::list_for_owner(&services.db, user.id).await?;
-    Ok(keys.into_iter().map(KeyView::from).collect())
+    Ok(ssr::with_current_use(&services, keys).await)
+}
+
+#[cfg(feature = "ssr")]
+mod ssr {
+    use std::time::Duration;
+
+    use services::keys::ApiKey;
+    use services::Services;
+
+    use super::super::{CurrentUse, KeyView};
+
+    /// How long the list waits for Redis before showing quotas without use.
+    const USE_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// Views of the keys with each active key's use of the current hour and day. Redis failing
+    /// for one key leaves that key without use; Redis not answering in time leaves the rest
+    /// without use too, so a stalled Redis costs the page one timeout, not one per key.
+    pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>) -> Vec<KeyView> {
+        let mut views = Vec::with_capacity(keys.len());
+        let mut redis_answers = true;
+        for key in keys {
+            let current_use = if redis_answers && key.revoked_at.is_none() {
+                match tokio::time::timeout(USE_TIMEOUT, services.quota.snapshot(key.id, &key.quota)).await {
+                    Ok(Ok((hour, day, _))) => Some(CurrentUse { hour: hour.used, day: day.used }),
+                    Ok(Err(err)) => {
+                        tracing::warn!(key_id = %key.id, error = %err, "key list: no current use from Redis");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("key list: Redis did not answer in time; quotas shown without use");
+                        redis_answers = false;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            views.push(KeyView { current_use, ..KeyView::from(key) });
+        }
+        views
+    }
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/get")]

@@ -42,6 +42,17 @@ pub struct KeyView {
     pub burst_per_second: Option<i64>,
     /// Quota alert thresholds (percent) that email the owner.
     pub alert_emails: Vec<u8>,
+    /// Admitted calls in the current hour and UTC day, from Redis. Only the key list fills it,
+    /// and only while Redis answers; otherwise the list shows the quota alone.
+    #[serde(default)]
+    pub current_use: Option<CurrentUse>,
+}
+
+/// A key's use of its current quota windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentUse {
+    pub hour: i64,
+    pub day: i64,
 }
 
 impl KeyView {
@@ -72,6 +83,7 @@ impl From<services::keys::ApiKey> for KeyView {
             requests_per_day: key.quota.per_day.get(),
             burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
             alert_emails: key.alert_email_thresholds.iter().collect(),
+            current_use: None,
         }
     }
 }

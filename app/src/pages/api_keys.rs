@@ -96,6 +96,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             let revoked = key.is_revoked();
             let status = if revoked { "revoked" } else { "active" };
             let name = key.name.clone();
+            let quota = quota_and_use(&key);
             let actions = move || {
                 if revoked {
                     return view! { <span></span> }.into_any();
@@ -133,7 +134,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
                     <td>{format::time(&key.created_at)}</td>
                     <td>{format::time_or(key.last_used_at.as_ref(), "never")}</td>
                     <td><span class=format!("badge {status}")>{status}</span></td>
-                    <td class="num">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
+                    <td class="num" data-testid="key-quota">{quota}</td>
                     <td>{actions}</td>
                 </tr>
             }
@@ -144,11 +145,21 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             <thead>
                 <tr>
                     <th>"Name"</th><th>"Key"</th><th>"Created"</th><th>"Last used"</th>
-                    <th>"Status"</th><th>"Quota"</th><th></th>
+                    <th>"Status"</th><th>"Quota and use"</th><th></th>
                 </tr>
             </thead>
             <tbody>{rows}</tbody>
         </table>
+    }
+}
+
+/// "12 / 1,000 this hour · 40 / 10,000 today", or the quota alone when the use is not known
+/// (revoked key, Redis unavailable).
+fn quota_and_use(key: &KeyView) -> String {
+    let (hour, day) = (format::count(key.requests_per_hour), format::count(key.requests_per_day));
+    match key.current_use {
+        Some(u) => format!("{} / {hour} this hour · {} / {day} today", format::count(u.hour), format::count(u.day)),
+        None => format!("{hour}/h · {day}/day"),
     }
 }
 
