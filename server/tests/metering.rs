@@ -420,3 +420,47 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.event_count(id).await, 1);
 }
+
+/// Statuses of a key's stored events, sorted, with whether each was throttled.
+async fn stored_statuses(app: &TestApp, id: services::keys::ApiKeyId) -> Vec<(i32, bool)> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        status: i32,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        throttled: bool,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT status::int4 AS status, throttled FROM api_key_usage WHERE api_key_id = $1 ORDER BY status",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.status, r.throttled)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_before_its_answer_still_has_its_usage_recorded() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(200)).build().unwrap();
+    for _ in 0..3 {
+        let gave_up = impatient.get(app.url("/api/v1/delay/1500")).bearer_auth(&secret).send().await;
+        assert!(gave_up.is_err(), "the client should have given up before the answer");
+    }
+    assert_eq!(get(&client(), &app, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+
+    // The quota counted all four; so does the stored usage: the three as 499 (client closed).
+    assert_eq!(app.wait_for_events(id, 4).await, 4);
+    assert_eq!(stored_statuses(&app, id).await, [(200, false), (499, false), (499, false), (499, false)]);
+    let quota = services::keys::Quota {
+        per_hour: services::keys::QuotaLimit::new(100).unwrap(),
+        per_day: services::keys::QuotaLimit::new(1_000).unwrap(),
+        burst_per_second: None,
+    };
+    let (hour, day, _) = app.services.quota.snapshot(id, &quota).await.unwrap();
+    assert_eq!((hour.used, day.used), (4, 4));
+}

@@ -82,6 +82,118 @@ impl Drop for OwnRedis {
     }
 }
 
+/// A TCP relay to a Redis that can hold every write of the app for a while before passing it on
+/// (one write after another): a slow link, so that quota checks are still out when a test acts.
+struct SlowLink {
+    port: u16,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    /// Starts fast, so that the app can connect and load its scripts first.
+    async fn start(redis: &OwnRedis) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = format!("127.0.0.1:{}", redis.port);
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let relay = tokio::spawn(async move {
+            while let Ok((app_side, _)) = listener.accept().await {
+                let Ok(redis_side) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                let (mut from_app, mut to_app) = app_side.into_split();
+                let (mut from_redis, mut to_redis) = redis_side.into_split();
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_redis, &mut to_app).await;
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_app.read(&mut buf).await {
+                        tokio::time::sleep(Duration::from_millis(std::sync::atomic::AtomicU64::load(
+                            &delay,
+                            Ordering::Relaxed,
+                        )))
+                        .await;
+                        if to_redis.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, delay_ms, relay }
+    }
+
+    fn slow_down(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+/// What Redis counted in the key's current hour.
+async fn hour_counted(app: &TestApp, id: ApiKeyId) -> i64 {
+    let quota = app.services.quota.clone();
+    let limits = services::keys::Quota::default_for_new_key();
+    quota.snapshot(id, &limits).await.expect("quota snapshot").0.used
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_queued_behind_a_slow_one_is_decided_by_what_redis_counted() {
+    // Each script call takes ~300 ms on this link; the timeout is 450 ms. The second request
+    // waits ~300 ms for the first call, then ~300 ms for its own: more than the timeout in
+    // all, but its check left in time, so Redis decides it (it used to fall back locally while
+    // Redis counted it too).
+    let redis = OwnRedis::start();
+    let link = SlowLink::start(&redis).await;
+    let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "450".into())]).await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    assert_eq!(ping(&app, &secret).await.status(), 200);
+    link.slow_down(Duration::from_millis(300));
+
+    let first = ping(&app, &secret);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        ping(&app, &secret).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert_eq!(second.headers()["x-ratelimit-remaining"], "97", "decided by Redis, third in the hour");
+
+    assert_eq!(wait_for_events(&app, id, 3).await, (3, 0), "all three enforced by Redis");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hour_counted(&app, id).await, 3, "Redis counted each request once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recorded() {
+    let redis = OwnRedis::start();
+    let link = SlowLink::start(&redis).await;
+    let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "2000".into())]).await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    let (warm_up, _) = app.key_with_quota(100, 1_000).await;
+    assert_eq!(ping(&app, &warm_up).await.status(), 200);
+    link.slow_down(Duration::from_millis(300));
+
+    // The client gives up while the check is on its way to Redis, which then counts it.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let gave_up = impatient.get(app.url("/api/v1/ping")).bearer_auth(&secret).send().await;
+    assert!(gave_up.is_err(), "the client should have given up before the answer");
+
+    assert_eq!(wait_for_events(&app, id, 1).await, (1, 0), "the abandoned request's usage is stored");
+    assert_eq!(hour_counted(&app, id).await, 1);
+}
+
 async fn ping(app: &TestApp, secret: &str) -> reqwest::Response {
     client().get(app.url("/api/v1/ping")).bearer_auth(secret).send().await.expect("an answer")
 }

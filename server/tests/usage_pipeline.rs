@@ -54,6 +54,10 @@ async fn a_replayed_batch_adds_nothing_twice() {
     let more: Vec<UsageEvent> = (0..5).map(|i| event(id.0, now - i)).collect();
     writer.write(&[&batch[..3], &more[..]].concat()).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (30, 30));
+    // One batch holding the same new request twice (a hand-off retried after a lost reply).
+    let twice = event(id.0, now - 7);
+    writer.write(&[twice.clone(), twice]).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (31, 31));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

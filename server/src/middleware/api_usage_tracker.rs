@@ -7,6 +7,10 @@
 //! durably (Redis stream, or PostgreSQL if Redis is down) before the client has the complete
 //! answer, so a crashed instance loses no answered request's usage; concurrent requests share
 //! the hand-off's round trips (see the recorder).
+//!
+//! A client that hangs up does not make usage vanish: once its request may have been counted
+//! in the quota, its event is recorded whatever happens (status 499 if admitted, as the client
+//! never got the answer), so the admitted events of a window always add up to its counter.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,7 +26,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use services::keys::{AuthenticatedKey, QuotaDecision, Verdict, Window};
-use services::usage::UsageEvent;
+use services::usage::{UsageEvent, UsageRecorder};
 use services::Services;
 use tower::{Layer, Service};
 use uuid::Uuid;
@@ -106,16 +110,24 @@ where
         alerts: Vec::new(),
     };
 
-    let (decision, enforced) = match services.quota.decide(&key).await {
-        Verdict::Enforced(d) => (Some(d), true),
-        Verdict::Fallback(d) => (Some(d), false),
-        Verdict::Unavailable => (None, false),
+    // Dropped while the check is out (client gone), the check still finishes elsewhere and
+    // its outcome is recorded: Redis may have counted it.
+    let on_abandon = {
+        let (mut event, usage) = (event.clone(), services.usage.clone());
+        move |verdict: Verdict| {
+            let decision = apply_verdict(&mut event, verdict);
+            event.status = match &decision {
+                Some(d) if d.admitted => CLIENT_CLOSED_REQUEST,
+                Some(_) => StatusCode::TOO_MANY_REQUESTS.as_u16(),
+                None => StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            };
+            event.throttled = event.status != CLIENT_CLOSED_REQUEST;
+            event.latency_us = micros(started.elapsed());
+            usage.record(event);
+        }
     };
-    event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
-    event.enforced = enforced;
-    if let Some(decision) = decision.as_ref().filter(|_| enforced) {
-        event.alerts = services::alerts::crossings(decision);
-    }
+    let verdict = FinishOnDrop::new(services.quota.decide(&key), on_abandon).await;
+    let decision = apply_verdict(&mut event, verdict);
 
     // Refused: by the quota (429), or because it cannot be checked and the policy is
     // fail-closed (503). Its usage is stored before the client hears back.
@@ -134,7 +146,7 @@ where
         event.throttled = true;
         event.bytes_in = content_length(request.headers());
         event.latency_us = micros(started.elapsed());
-        event.bytes_out = body_len;
+        event.bytes_out = if event.method == "HEAD" { 0 } else { body_len };
         services.usage.record_durably(event).await;
         return Ok(response);
     }
@@ -144,8 +156,10 @@ where
     let (parts, body) = request.into_parts();
     let mut request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
     request.extensions_mut().insert(key);
+    let unanswered = Unanswered { event: Some(event), usage: &services.usage, started, bytes_in: &bytes_in };
     let mut response = inner.call(request).await?;
     let after_handler = Instant::now();
+    let mut event = unanswered.answered();
 
     if let Some(decision) = &decision {
         add_rate_limit_headers(response.headers_mut(), decision);
@@ -183,6 +197,102 @@ where
     let response = Response::from_parts(parts, Body::new(body));
     OVERHEAD.observe(before_handler + after_handler.elapsed());
     Ok(response)
+}
+
+/// Takes the quota manager's verdict into the event; the decision, if there was one.
+fn apply_verdict(event: &mut UsageEvent, verdict: Verdict) -> Option<QuotaDecision> {
+    let (decision, enforced) = match verdict {
+        Verdict::Enforced(d) => (Some(d), true),
+        Verdict::Fallback(d) => (Some(d), false),
+        Verdict::Unavailable => (None, false),
+    };
+    event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
+    event.enforced = enforced;
+    if let Some(decision) = decision.as_ref().filter(|_| enforced) {
+        event.alerts = services::alerts::crossings(decision);
+    }
+    decision
+}
+
+/// Recorded for an admitted request whose client went away before its answer (nginx's code).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A future that, dropped before it is done, is finished in a task of its own, its output
+/// handed to `on_abandon`.
+struct FinishOnDrop<F, G>
+where
+    F: Future + Send + 'static,
+    G: FnOnce(F::Output) + Send + 'static,
+{
+    future: Option<Pin<Box<F>>>,
+    on_abandon: Option<G>,
+}
+
+impl<F, G> FinishOnDrop<F, G>
+where
+    F: Future + Send + 'static,
+    G: FnOnce(F::Output) + Send + 'static,
+{
+    fn new(future: F, on_abandon: G) -> Self {
+        Self { future: Some(Box::pin(future)), on_abandon: Some(on_abandon) }
+    }
+}
+
+impl<F, G> Future for FinishOnDrop<F, G>
+where
+    F: Future + Send + 'static,
+    G: FnOnce(F::Output) + Send + Unpin + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let Some(future) = self.future.as_mut() else { return Poll::Pending };
+        let output = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F, G> Drop for FinishOnDrop<F, G>
+where
+    F: Future + Send + 'static,
+    G: FnOnce(F::Output) + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(future), Some(on_abandon)) = (self.future.take(), self.on_abandon.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { on_abandon(future.await) });
+            }
+        }
+    }
+}
+
+/// An admitted request waiting for its handler. Dropped before it is answered (the client went
+/// away and the server dropped the request), it records the event as a 499: the quota counted
+/// the request, so its usage must exist.
+struct Unanswered<'a> {
+    event: Option<UsageEvent>,
+    usage: &'a UsageRecorder,
+    started: Instant,
+    bytes_in: &'a AtomicU64,
+}
+
+impl Unanswered<'_> {
+    fn answered(mut self) -> UsageEvent {
+        self.event.take().expect("an unanswered request holds its event until answered")
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.status = CLIENT_CLOSED_REQUEST;
+            event.latency_us = micros(self.started.elapsed());
+            event.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            event.bytes_out = 0;
+            self.usage.record(event);
+        }
+    }
 }
 
 /// The tracker's own time per admitted request (everything but the handler), sampled only when
@@ -242,14 +352,14 @@ fn header_value(value: String) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// `RateLimit-Policy`, `RateLimit` (IETF draft) and `X-RateLimit-*` for the window with the
-/// least remaining.
+/// `RateLimit-Policy`, `RateLimit` (IETF draft) and `X-RateLimit-*` for the window that refused
+/// the request, or else the one with the least remaining.
 pub fn add_rate_limit_headers(headers: &mut HeaderMap, d: &QuotaDecision) {
     let mut policy = format!("\"hour\";q={};w=3600, \"day\";q={};w=86400", d.hour.limit, d.day.limit);
     if let Some(burst) = d.burst_per_second {
         policy.push_str(&format!(", \"burst\";q={burst};w=1"));
     }
-    let w = d.tightest();
+    let w = d.reported_window();
     let seconds = w.seconds_to_reset(d.now_ms);
     headers.insert(HeaderName::from_static("ratelimit-policy"), header_value(policy));
     headers.insert(

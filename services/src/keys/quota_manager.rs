@@ -13,6 +13,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,12 +89,21 @@ pub struct QuotaDecision {
 }
 
 impl QuotaDecision {
-    /// The window with the least remaining (hour on ties), as the `RateLimit` header reports.
-    pub fn tightest(&self) -> WindowUse {
-        if self.day.remaining() < self.hour.remaining() {
-            self.day
-        } else {
-            self.hour
+    /// The window the `RateLimit` and `X-RateLimit-*` headers report: the one that refused the
+    /// request, so that its reset is when a retry can succeed (the burst window's use is its
+    /// rate, its reset the retry time); otherwise the one with the least remaining, the day on
+    /// ties (the later reset: when both run out, only the day's frees the key).
+    pub fn reported_window(&self) -> WindowUse {
+        match self.blocked_by {
+            Some(Window::Hour) => self.hour,
+            Some(Window::Day) => self.day,
+            Some(Window::Burst) => {
+                let rate = self.burst_per_second.unwrap_or(0);
+                let retry_ms = self.retry_after_secs.unwrap_or(1) * 1000;
+                WindowUse { window: Window::Burst, limit: rate, used: rate, reset_at_ms: self.now_ms + retry_ms }
+            }
+            None if self.hour.remaining() < self.day.remaining() => self.hour,
+            None => self.day,
         }
     }
 
@@ -178,6 +188,10 @@ const MAX_BATCH: usize = 10_000;
 struct Waiter {
     quota: Quota,
     quota_version_ms: i64,
+    /// Past this, the check is dropped unsent: its caller falls back without Redis having
+    /// counted it. Once sent, a check's outcome is whatever Redis answers, so a caller never
+    /// decides differently from what Redis counted.
+    deadline: tokio::time::Instant,
     reply: oneshot::Sender<ServiceResult<QuotaDecision>>,
 }
 
@@ -234,21 +248,27 @@ impl QuotaManager {
         self.epoch.elapsed().as_millis().min(i64::MAX as u128) as i64
     }
 
-    /// Decides on one request: exactly, through Redis, when it answers within the policy's
-    /// timeout; otherwise by the local fallback limit (fail-open) or not at all (fail-closed).
-    /// Never an error: the limiter must not turn into a failed request.
-    pub async fn decide(&self, key: &AuthenticatedKey) -> Verdict {
-        if self.down_until_ms.load(Ordering::Relaxed) <= self.elapsed_ms() {
-            let check = self.check_and_count(key.id, &key.quota, key.quota_version_ms);
-            match tokio::time::timeout(self.policy.timeout, check).await {
-                Ok(Ok(decision)) => return Verdict::Enforced(decision),
-                Ok(Err(e)) => self.mark_down(&e.to_string()),
-                Err(_) => self.mark_down("timed out"),
+    /// Decides on one request: exactly, through Redis, when its check leaves within the
+    /// policy's timeout and Redis answers within another; otherwise by the local fallback limit
+    /// (fail-open) or not at all (fail-closed). Never an error: the limiter must not turn into a
+    /// failed request.
+    ///
+    /// The future owns what it needs (`'static`), so a caller that is going away can hand it to
+    /// a task of its own and still learn what Redis counted.
+    pub fn decide(&self, key: &AuthenticatedKey) -> impl Future<Output = Verdict> + Send + 'static {
+        let manager = self.clone();
+        let (id, quota, version_ms) = (key.id, key.quota, key.quota_version_ms);
+        async move {
+            if manager.down_until_ms.load(Ordering::Relaxed) <= manager.elapsed_ms() {
+                match manager.check_and_count(id, &quota, version_ms).await {
+                    Ok(decision) => return Verdict::Enforced(decision),
+                    Err(e) => manager.mark_down(&e.to_string()),
+                }
             }
-        }
-        match self.policy.mode {
-            FailMode::Open => Verdict::Fallback(self.fallback.check(key.id, &key.quota, Utc::now().timestamp_millis())),
-            FailMode::Closed => Verdict::Unavailable,
+            match manager.policy.mode {
+                FailMode::Open => Verdict::Fallback(manager.fallback.check(id, &quota, Utc::now().timestamp_millis())),
+                FailMode::Closed => Verdict::Unavailable,
+            }
         }
     }
 
@@ -288,7 +308,9 @@ impl QuotaManager {
 
     /// Checks the request against `quota` (whose last change was at `quota_version_ms`) and,
     /// if every window has room, counts it in all of them: in the key's next script call
-    /// (EVALSHA, one round trip), shared with the key's other concurrent checks.
+    /// (EVALSHA, one round trip), shared with the key's other concurrent checks. Fails if the
+    /// check could not leave within the policy's timeout (nothing counted) or the call failed
+    /// or took longer than that again (counted or not: Redis did not say).
     pub async fn check_and_count(
         &self,
         key: ApiKeyId,
@@ -296,7 +318,8 @@ impl QuotaManager {
         quota_version_ms: i64,
     ) -> ServiceResult<QuotaDecision> {
         let (reply, decided) = oneshot::channel();
-        let waiter = Waiter { quota: *quota, quota_version_ms, reply };
+        let deadline = tokio::time::Instant::now() + self.policy.timeout;
+        let waiter = Waiter { quota: *quota, quota_version_ms, deadline, reply };
         let first = {
             let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match queues.entry(key) {
@@ -315,13 +338,13 @@ impl QuotaManager {
         if first {
             tokio::spawn(self.clone().run_batches(key));
         }
-        decided.await.map_err(|_| ServiceError::RedisUnavailable("quota check abandoned".into()))?
+        decided.await.map_err(|_| ServiceError::RedisUnavailable("quota check timed out before it was sent".into()))?
     }
 
     /// Decides the key's queued checks, a batch per script call, until none are left.
     async fn run_batches(self, key: ApiKeyId) {
         loop {
-            let batch: Vec<Waiter> = {
+            let mut batch: Vec<Waiter> = {
                 let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match queues.get_mut(&key) {
                     Some(queue) if !queue.is_empty() => {
@@ -335,6 +358,10 @@ impl QuotaManager {
                     }
                 }
             };
+            // Checks whose caller has gone, or waited past its deadline behind a slow call, are
+            // not sent: nothing is counted for them (the latter fall back on dropped replies).
+            let now = tokio::time::Instant::now();
+            batch.retain(|w| !w.reply.is_closed() && w.deadline > now);
             // Limits newer than the caller's are applied by the script anyway; of the
             // callers' own, the newest win.
             let Some(newest) = batch.iter().max_by_key(|w| w.quota_version_ms) else { continue };
@@ -511,7 +538,7 @@ mod tests {
         assert_eq!(d.retry_after_secs, Some(1));
         assert_eq!(d.hour.seconds_to_reset(now_ms), 1);
         assert_eq!(d.hour.remaining(), 0);
-        assert_eq!(d.tightest().window, Window::Hour);
+        assert_eq!(d.reported_window().window, Window::Hour);
     }
 
     #[test]
@@ -519,6 +546,31 @@ mod tests {
         let d = decode(&[0, 3, 5, 5, 1_700_000_000_000, 5, 5, 0, 40_000_000], 0);
         assert_eq!(d.blocked_by, Some(Window::Day));
         assert_eq!(d.retry_after_secs, Some(40_000));
+        // The headers name the window whose reset frees the key, as the body does.
+        assert_eq!(d.reported_window().window, Window::Day);
+    }
+
+    #[test]
+    fn a_burst_refusal_reports_the_burst_window() {
+        // Burst of 2/s blocks while the hour and day have plenty left; retry in 400 ms.
+        let now_ms = 1_700_000_000_000;
+        let d = decode(&[0, 4, 5, 5, now_ms, 1000, 10000, 2, 400], 0);
+        assert_eq!(d.blocked_by, Some(Window::Burst));
+        let w = d.reported_window();
+        assert_eq!((w.window, w.limit, w.remaining()), (Window::Burst, 2, 0));
+        assert_eq!(w.seconds_to_reset(now_ms), 1);
+    }
+
+    #[test]
+    fn an_admitted_request_reports_the_window_with_least_remaining_and_the_day_on_ties() {
+        let now_ms = 1_700_000_000_000;
+        // Hour 10/10 and day 10/10 after this request: both are empty, the day resets later.
+        let tie = decode(&[1, 0, 10, 10, now_ms, 10, 10, 0, 0], 0);
+        assert_eq!(tie.reported_window().window, Window::Day);
+        // Hour 3 left, day 90 left.
+        let hour = decode(&[1, 0, 7, 10, now_ms, 10, 100, 0, 0], 0);
+        assert_eq!(hour.reported_window().window, Window::Hour);
+        assert_eq!(hour.reported_window().remaining(), 3);
     }
 
     #[test]
@@ -550,6 +602,6 @@ mod tests {
         let d = decode(&[1, 0, 1, 1, 1_700_000_000_000, 1000, 10000, 0, 0], 0);
         assert!(d.admitted);
         assert_eq!(d.retry_after_secs, None);
-        assert_eq!(d.tightest().remaining(), 999);
+        assert_eq!(d.reported_window().remaining(), 999);
     }
 }

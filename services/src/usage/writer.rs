@@ -299,9 +299,12 @@ impl UsageWriter {
                 .bind::<Array<Bool>, _>(&columns.enforced)
                 .load(conn)
                 .await?;
-                let new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
-                let fresh = || events.iter().filter(|e| new.contains(&e.request_id));
-                if !new.is_empty() {
+                let mut new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
+                // Each stored request once, even if the batch holds it twice (a hand-off
+                // retried after its reply was lost): the rollups must equal the events.
+                let fresh: Vec<&UsageEvent> = events.iter().filter(|e| new.remove(&e.request_id)).collect();
+                let fresh = || fresh.iter().copied();
+                if fresh().next().is_some() {
                     Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
                     Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
                     touch_last_used(conn, fresh()).await?;
