@@ -411,6 +411,20 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let res = c.get(app.url("/api/v1/no-such-route")).bearer_auth(&secret).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    // The key comes first: without one, any path under /api/v1 is a 401.
+    for path in ["/api/v1/status/abc", "/api/v1/no-such-route", "/api/v1/delay/%FF"] {
+        let res = c.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "missing_api_key", "{path}");
+    }
+    // Every refusal is the same JSON shape.
+    let res = get(&c, &app, "/api/v1/status/%FF%FE", &secret).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_parameter");
+    let res = c.post(app.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
 
     // One good request, to know when the pipeline has caught up: it is the only one counted.
     let ok = get(&c, &app, "/api/v1/ping", &secret).await;

@@ -1,7 +1,10 @@
 //! API key authentication for the metered API: reads the key from `Authorization: Bearer` or
 //! `X-API-Key` and rejects what is missing, malformed, unknown or revoked with a JSON 401.
 
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use services::keys::{ApiKeySecret, AuthenticatedKey, KeyCheck};
 use services::Services;
 
@@ -33,6 +36,19 @@ pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
         ));
     };
     ApiKeySecret::parse(&raw).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+}
+
+/// Middleware: every request needs an active key (a JSON 401 otherwise, before anything else
+/// is looked at, unknown routes and bad parameters included); the key rides along in the
+/// request's extensions for the usage tracker and handlers.
+pub async fn require_api_key(State(services): State<Services>, mut request: Request, next: Next) -> Response {
+    match authenticate(&services, request.headers()).await {
+        Ok(key) => {
+            request.extensions_mut().insert(key);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    }
 }
 
 /// Resolves the presented key: a JSON 401 for anything but an active key.

@@ -85,9 +85,13 @@ where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
-    let key = match authenticate(&services, request.headers()).await {
-        Ok(key) => key,
-        Err(err) => return Ok(err.into_response()),
+    // Already resolved by `require_api_key` in front of the router, or resolved here.
+    let key = match request.extensions().get::<AuthenticatedKey>() {
+        Some(key) => *key,
+        None => match authenticate(&services, request.headers()).await {
+            Ok(key) => key,
+            Err(err) => return Ok(err.into_response()),
+        },
     };
     let endpoint = request
         .extensions()

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
 use axum::extract::{DefaultBodyLimit, Path, RawPathParams, Request};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -14,6 +15,7 @@ use serde_json::json;
 use services::Services;
 
 use crate::error::ApiError;
+use crate::middleware::api_key_auth::require_api_key;
 use crate::middleware::api_usage_tracker::{CurrentKey, UsageTrackerLayer};
 
 /// Largest body `/echo` accepts.
@@ -21,17 +23,22 @@ pub const MAX_ECHO_BYTES: usize = 1024 * 1024;
 /// Longest delay `/delay/{ms}` accepts.
 pub const MAX_DELAY_MS: u64 = 10_000;
 
+/// Layers, outside in: the key (401 before anything else), the route (404), the route
+/// parameters (400), the method (405), then the usage tracker (quota, usage) around the
+/// handler. Only requests that reach a handler are counted.
 pub fn router(services: Services) -> Router<Services> {
+    let tracked = UsageTrackerLayer::new(services.clone());
     Router::new()
-        .route("/ping", get(ping))
-        .route("/echo", post(echo))
-        .route("/status/{code}", get(status))
-        .route("/delay/{ms}", get(delay))
-        .route_layer(UsageTrackerLayer::new(services))
-        // Outermost: absurd route parameters are refused before anything is counted.
+        // A method router's `route_layer` skips its 405 fallback.
+        .route("/ping", get(ping).route_layer(tracked.clone()))
+        .route("/echo", post(echo).route_layer(tracked.clone()))
+        .route("/status/{code}", get(status).route_layer(tracked.clone()))
+        .route("/delay/{ms}", get(delay).route_layer(tracked))
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn(validate_params))
         .layer(DefaultBodyLimit::max(MAX_ECHO_BYTES))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(services, require_api_key))
 }
 
 async fn ping(key: CurrentKey) -> Json<serde_json::Value> {
@@ -39,7 +46,16 @@ async fn ping(key: CurrentKey) -> Json<serde_json::Value> {
 }
 
 /// Sends the body back with its content type.
-async fn echo(headers: HeaderMap, body: Bytes) -> Response {
+async fn echo(headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        // Too large (413) or cut short: the same JSON error shape as every other refusal.
+        Err(rejection) => {
+            let code =
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_body" };
+            return ApiError::new(rejection.status(), code, rejection.body_text()).into_response();
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .cloned()
@@ -62,7 +78,17 @@ fn parse_delay(raw: &str) -> Result<Duration, ApiError> {
 }
 
 /// Checks every route parameter before the request is metered.
-async fn validate_params(params: RawPathParams, request: Request, next: Next) -> Response {
+async fn validate_params(
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let params = match params {
+        Ok(params) => params,
+        Err(rejection) => {
+            return ApiError::bad_request("invalid_parameter", rejection.body_text()).into_response();
+        }
+    };
     for (name, value) in &params {
         let checked = match name {
             "code" => parse_status(value).map(|_| ()),
@@ -91,4 +117,8 @@ async fn delay(Path(ms): Path<String>) -> Result<Json<serde_json::Value>, ApiErr
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this API route does not take that method")
 }
