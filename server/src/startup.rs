@@ -184,7 +184,17 @@ impl Application {
         });
         let reports = tokio::spawn(services::monthly_report::run_scheduler(services.clone(), stopped));
         let demo = self.demo_secret.clone().map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret));
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        // Open live streams end when shutdown begins, or the graceful stop would wait for every
+        // dashboard to be closed before flushing usage.
+        let (closing, closing_seen) = watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        };
+        let app = self
+            .router
+            .layer(axum::Extension(Closing(closing_seen)))
+            .into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
         if let Some(demo) = demo {
             demo.abort();
@@ -199,6 +209,17 @@ impl Application {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
         }
         served
+    }
+}
+
+/// Becomes true when the server starts to shut down; long-lived responses end then.
+#[derive(Clone)]
+pub struct Closing(watch::Receiver<bool>);
+
+impl Closing {
+    pub async fn wait(mut self) {
+        // An error means the server is gone: closing as well.
+        let _ = self.0.wait_for(|&closing| closing).await;
     }
 }
 

@@ -125,13 +125,24 @@ async fn graceful_shutdown_leaves_no_usage_behind() {
     let server = tokio::spawn(instance.run_until(async move {
         let _ = stopped.await;
     }));
+    // A dashboard left open on its live stream must not hold the stop up.
+    let admin = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.user(&admin, services::accounts::Role::Admin).await;
+    let watcher = app.signed_in(&admin).await;
+    let live = watcher.get(format!("{base}/dashboard/developers/api-keys/{id}/usage/live")).send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
     let c = client();
     for _ in 0..40 {
         let res = c.get(format!("{base}/api/v1/delay/1")).bearer_auth(&secret).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
     stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .expect("the server stops with a live stream open")
+        .unwrap()
+        .unwrap();
+    drop(live);
     // Everything is in PostgreSQL the moment the instance has stopped.
     assert_eq!(app.event_count(id).await, 40);
 }

@@ -12,12 +12,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-use futures_util::stream::{self, Stream};
+use axum::{Extension, Router};
+use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use services::accounts::User;
 use services::keys::{api_keys, ApiKey, ApiKeyId};
 use services::usage::export;
+
+use crate::startup::Closing;
 use services::usage::reports::{self, DayRange, ExportRow, Granularity, Month};
 use services::{ServiceError, Services};
 use uuid::Uuid;
@@ -56,6 +58,7 @@ async fn visible_key(services: &Services, headers: &HeaderMap, id: &str) -> Resu
 
 async fn live(
     State(services): State<Services>,
+    closing: Option<Extension<Closing>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -74,7 +77,14 @@ async fn live(
         };
         Some((Ok(event), (services, key, false)))
     });
-    Ok(Sse::new(updates).keep_alive(KeepAlive::default()))
+    // The page reconnects on its own once a server is back.
+    let until_closing = async move {
+        match closing {
+            Some(Extension(closing)) => closing.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    Ok(Sse::new(updates.take_until(until_closing)).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Deserialize)]
