@@ -1,6 +1,6 @@
 import * as fs from 'fs';
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, signIn, watchForBrokenBundle } from './helpers';
+import { ADMIN, MERCHANT, cli, hydrated, settled, signIn, watchForBrokenBundle } from './helpers';
 
 test('a merchant creates a key, calls the API with it, and revokes it', async ({ page, request }) => {
   await signIn(page, MERCHANT);
@@ -16,11 +16,19 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   const row = page.getByTestId('key-row').filter({ hasText: name });
   await expect(row).toHaveAttribute('data-status', 'active');
   await page.screenshot({ path: 'test-results/api-keys.png', fullPage: true });
-  await expect(row).toContainText('1,000/h');
+  // Current quota and use, for the hour and the UTC day.
+  await expect(row.getByTestId('key-quota')).toHaveText('0 / 1,000 this hour · 0 / 10,000 today');
   await expect(row).not.toContainText(secret);
 
+  const calledAt = Date.now();
   const ok = await request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
   expect(ok.status()).toBe(200);
+  // The list shows the call after a reload, once "last used" has been recorded (see settled()).
+  const keyId = (await row.getAttribute('data-key-id'))!;
+  await settled(page, 'keys/get', (key) => key.last_used_at && Date.parse(key.last_used_at) >= calledAt - 1000, { id: keyId });
+  await page.reload();
+  await hydrated(page);
+  await expect(row.getByTestId('key-quota')).toHaveText('1 / 1,000 this hour · 1 / 10,000 today');
 
   await row.getByTestId('revoke').click();
   await expect(row.getByRole('alertdialog')).toContainText('Revoke');
