@@ -147,3 +147,23 @@ async fn health_and_readiness() {
     assert_eq!(body["postgres"], "ok");
     assert_eq!(body["redis"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_password_guesses_cannot_get_past_the_sign_in_throttle() {
+    let app = TestApp::spawn().await;
+    let email = format!("guessed-{}@example.com", uuid::Uuid::new_v4().simple());
+    app.user(&email, Role::Merchant).await;
+
+    // Twenty wrong guesses at once: five are checked, the others refused before any check.
+    let guesses = (0..20).map(|i| {
+        let (app, email) = (&app, &email);
+        async move { app.login(&client(), email, &format!("wrong guess {i}")).await.status().as_u16() }
+    });
+    let mut statuses = futures_util::future::join_all(guesses).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 15, "{statuses:?}");
+    assert!(statuses[..5].iter().all(|&s| (400..429).contains(&s)), "{statuses:?}");
+
+    // The right password is refused too until the window has passed.
+    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), 429);
+}

@@ -140,7 +140,7 @@ pub async fn authenticate(
     // Malformed input is simply a failed sign-in: same message, nothing revealed.
     let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
     let throttle = login_throttle::LoginThrottle::new(redis, email.as_str(), client);
-    throttle.check().await?;
+    throttle.begin().await?;
 
     let stored: Option<(UserRow, String)> = {
         let mut conn = db::conn(db).await?;
@@ -159,13 +159,11 @@ pub async fn authenticate(
     let ok = password::verify(password_raw, &hash).await? && row.is_some();
     match row {
         Some(row) if ok => {
-            throttle.reset().await;
+            throttle.succeeded().await;
             row.into_user()
         }
-        _ => {
-            throttle.record_failure().await;
-            Err(ServiceError::invalid(BAD_CREDENTIALS))
-        }
+        // The attempt stays counted against both allowances.
+        _ => Err(ServiceError::invalid(BAD_CREDENTIALS)),
     }
 }
 
