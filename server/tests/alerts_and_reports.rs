@@ -120,6 +120,27 @@ async fn crossing_50_80_and_100_percent_alerts_exactly_once_across_two_instances
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_lowered_below_the_use_alerts_for_every_threshold_it_passed() {
+    let app = TestApp::spawn().await;
+    mid_hour(&[&app]).await;
+    let (_, session, secret, id) = merchant_with_key(&app, 10).await;
+    // 3 of 10: below every threshold.
+    assert_eq!(ping_alternating(&[&app], &secret, 3).await.get(&200), Some(&3));
+    app.wait_for_events(id, 3).await;
+    assert!(notifications(&app, &session).await.is_empty());
+
+    // Lowered to 4: the next request takes the hour to 4 of 4, past 50 % (2), 80 % (4) and
+    // 100 % at once; no request ever had exactly the 50 % count.
+    app.set_quota(id, 4, 1_000_000).await;
+    assert_eq!(ping_alternating(&[&app], &secret, 2).await.get(&200), Some(&1));
+    let bell = wait_for_notifications(&app, &session, 3).await;
+    let mut titles: Vec<&str> = bell.iter().filter_map(|n| n["title"].as_str()).collect();
+    titles.sort_unstable();
+    assert_eq!(titles.len(), 3, "{titles:?}");
+    assert!(titles.iter().any(|t| t.contains("50%")), "{titles:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
     let sink = SmtpSink::start().await;
     let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;

@@ -8,6 +8,7 @@
 //! replay into a no-op. Nothing is added to the metered request's latency.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
@@ -137,17 +138,20 @@ pub fn threshold_count(limit: i64, threshold: u8) -> i64 {
     exact.clamp(1, i64::MAX as i128) as i64
 }
 
-/// The thresholds an admitted request crossed. Each request adds one to the counts, so it
-/// crossed a threshold exactly when its count equals the threshold's count.
+/// The thresholds a request decided by Redis finds reached in its windows, admitted or not.
+/// Counted one by one, a window reaches each threshold with exactly one request, but counts also
+/// jump (an outage's local admissions added at once, a limit lowered below the use), so the
+/// test is "reached", not "equal". [`CrossingMemo`] passes each on once per instance; the
+/// `quota_alerts` key makes it once across instances.
 pub fn crossings(decision: &QuotaDecision) -> Vec<QuotaCrossing> {
-    if !decision.admitted {
-        return Vec::new();
-    }
     let mut out = Vec::new();
     for (window, use_) in [(AlertWindow::Hour, decision.hour), (AlertWindow::Day, decision.day)] {
         debug_assert!(matches!(use_.window, Window::Hour | Window::Day));
+        if use_.limit <= 0 {
+            continue;
+        }
         for threshold in THRESHOLDS {
-            if use_.used == threshold_count(use_.limit, threshold) {
+            if use_.used >= threshold_count(use_.limit, threshold) {
                 out.push(QuotaCrossing {
                     window,
                     period_start_ms: use_.reset_at_ms - window.length_ms(),
@@ -158,6 +162,37 @@ pub fn crossings(decision: &QuotaDecision) -> Vec<QuotaCrossing> {
         }
     }
     out
+}
+
+/// The crossings this instance has passed on, per key and window, for the window's latest period:
+/// a key past a threshold would otherwise carry it on every request until the period ends.
+#[derive(Default)]
+pub struct CrossingMemo(Mutex<HashMap<(Uuid, AlertWindow), (i64, u8)>>);
+
+impl CrossingMemo {
+    /// Of `crossings` (of `key`), those not passed on before in their period.
+    pub fn first_seen(&self, key: Uuid, crossings: Vec<QuotaCrossing>) -> Vec<QuotaCrossing> {
+        if crossings.is_empty() {
+            return crossings;
+        }
+        let mut seen = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        crossings
+            .into_iter()
+            .filter(|c| {
+                let (period, passed) = seen.entry((key, c.window)).or_insert((c.period_start_ms, 0));
+                if c.period_start_ms > *period {
+                    (*period, *passed) = (c.period_start_ms, 0);
+                } else if c.period_start_ms < *period {
+                    // A late request of an earlier period: the database keeps it from repeating.
+                    return true;
+                }
+                let bit = 1u8 << THRESHOLDS.iter().position(|&t| t == c.threshold).unwrap_or(0);
+                let new = *passed & bit == 0;
+                *passed |= bit;
+                new
+            })
+            .collect()
+    }
 }
 
 fn to_time(ms: i64) -> DateTime<Utc> {
@@ -356,11 +391,14 @@ mod tests {
     }
 
     #[test]
-    fn each_threshold_is_crossed_by_exactly_one_count() {
+    fn counted_one_by_one_each_threshold_is_passed_on_once() {
+        let key = Uuid::now_v7();
         for limit in [1, 2, 3, 7, 10, 99, 1000] {
+            let memo = CrossingMemo::default();
             let mut seen = Vec::new();
-            for used in 1..=limit {
-                for c in crossings(&decision(used, limit, 0, 1_000_000)) {
+            // Up to the limit, then refusals at the limit.
+            for used in (1..=limit).chain([limit, limit]) {
+                for c in memo.first_seen(key, crossings(&decision(used, limit, 0, 1_000_000))) {
                     assert_eq!(c.window, AlertWindow::Hour);
                     seen.push(c.threshold);
                 }
@@ -371,21 +409,45 @@ mod tests {
     }
 
     #[test]
-    fn crossings_name_the_period_and_window() {
-        let d = decision(8, 10, 50, 100);
-        let c = crossings(&d);
-        assert_eq!(c.len(), 2);
-        assert_eq!((c[0].window, c[0].threshold), (AlertWindow::Hour, 80));
-        assert_eq!(c[0].period_start_ms, d.hour.reset_at_ms - 3_600_000);
-        assert_eq!((c[1].window, c[1].threshold), (AlertWindow::Day, 50));
-        assert_eq!(c[1].period_start_ms % 86_400_000, 0);
+    fn a_jump_in_the_count_passes_on_every_threshold_it_skipped() {
+        let (key, memo) = (Uuid::now_v7(), CrossingMemo::default());
+        let at = |used| memo.first_seen(key, crossings(&decision(used, 10, 0, 1_000_000)));
+        assert!(at(3).is_empty());
+        // An outage's admissions added at once: from 3 to 9 of 10.
+        let jumped: Vec<u8> = at(9).iter().map(|c| c.threshold).collect();
+        assert_eq!(jumped, [50, 80]);
+        assert_eq!(at(10).iter().map(|c| c.threshold).collect::<Vec<_>>(), [100]);
     }
 
     #[test]
-    fn refused_requests_cross_nothing() {
-        let mut d = decision(10, 10, 10, 100);
+    fn a_new_period_starts_over() {
+        let (key, memo) = (Uuid::now_v7(), CrossingMemo::default());
+        let d = decision(5, 10, 0, 1_000_000);
+        assert_eq!(memo.first_seen(key, crossings(&d)).len(), 1);
+        assert!(memo.first_seen(key, crossings(&d)).is_empty());
+        let mut next_hour = d.clone();
+        next_hour.hour.reset_at_ms += 3_600_000;
+        assert_eq!(memo.first_seen(key, crossings(&next_hour)).len(), 1);
+    }
+
+    #[test]
+    fn crossings_name_the_period_and_window() {
+        let d = decision(8, 10, 50, 100);
+        let c = crossings(&d);
+        let named: Vec<(AlertWindow, u8)> = c.iter().map(|c| (c.window, c.threshold)).collect();
+        assert_eq!(named, [(AlertWindow::Hour, 50), (AlertWindow::Hour, 80), (AlertWindow::Day, 50)]);
+        assert_eq!(c[0].period_start_ms, d.hour.reset_at_ms - 3_600_000);
+        assert_eq!(c[2].period_start_ms % 86_400_000, 0);
+    }
+
+    #[test]
+    fn a_limit_lowered_below_the_use_reaches_every_threshold() {
+        // 40 used, the hourly limit lowered to 30: the next request is refused, and the key is
+        // past all three thresholds.
+        let mut d = decision(40, 30, 40, 1_000);
         d.admitted = false;
-        assert!(crossings(&d).is_empty());
+        let reached: Vec<u8> = crossings(&d).iter().map(|c| c.threshold).collect();
+        assert_eq!(reached, [50, 80, 100]);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct ServiceParts {
     pub quota: keys::QuotaManager,
     /// Takes usage events off the request path towards Redis and PostgreSQL.
     pub usage: usage::UsageRecorder,
+    /// Quota alert crossings this instance has already put on a usage event.
+    pub alert_crossings: alerts::CrossingMemo,
     /// Prefix of the deployment-wide Redis keys (per-key data is keyed by key id).
     pub namespace: String,
     pub settings: Settings,
@@ -85,6 +87,7 @@ impl Services {
             keys: keys::KeyAuthenticator::new(db.clone()),
             quota: keys::QuotaManager::with_connection(hot_path.clone(), settings.quota_failure),
             usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback)),
+            alert_crossings: alerts::CrossingMemo::default(),
             namespace: namespace.to_owned(),
             settings,
             db,

@@ -117,9 +117,9 @@ where
     // Dropped while the check is out (client gone), the check still finishes elsewhere and
     // its outcome is recorded: Redis may have counted it.
     let on_abandon = {
-        let (mut event, usage) = (event.clone(), services.usage.clone());
+        let (mut event, services) = (event.clone(), services.clone());
         move |verdict: Verdict| {
-            let decision = apply_verdict(&mut event, verdict);
+            let decision = apply_verdict(&mut event, verdict, &services);
             event.status = match &decision {
                 Some(d) if d.admitted => CLIENT_CLOSED_REQUEST,
                 Some(_) => StatusCode::TOO_MANY_REQUESTS.as_u16(),
@@ -127,11 +127,11 @@ where
             };
             event.throttled = event.status != CLIENT_CLOSED_REQUEST;
             event.latency_us = micros(started.elapsed());
-            usage.record(event);
+            services.usage.record(event);
         }
     };
     let verdict = FinishOnDrop::new(services.quota.decide(&key), on_abandon).await;
-    let decision = apply_verdict(&mut event, verdict);
+    let decision = apply_verdict(&mut event, verdict, &services);
 
     // Refused: by the quota (429), or because it cannot be checked and the policy is
     // fail-closed (503). Its usage is stored before the client hears back.
@@ -203,8 +203,9 @@ where
     Ok(response)
 }
 
-/// Takes the quota manager's verdict into the event; the decision, if there was one.
-fn apply_verdict(event: &mut UsageEvent, verdict: Verdict) -> Option<QuotaDecision> {
+/// Takes the quota manager's verdict into the event (with the alert thresholds it reached, if
+/// Redis decided); the decision, if there was one.
+fn apply_verdict(event: &mut UsageEvent, verdict: Verdict, services: &Services) -> Option<QuotaDecision> {
     let (decision, enforced) = match verdict {
         Verdict::Enforced(d) => (Some(d), true),
         Verdict::Fallback(d) => (Some(d), false),
@@ -213,7 +214,7 @@ fn apply_verdict(event: &mut UsageEvent, verdict: Verdict) -> Option<QuotaDecisi
     event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
     event.enforced = enforced;
     if let Some(decision) = decision.as_ref().filter(|_| enforced) {
-        event.alerts = services::alerts::crossings(decision);
+        event.alerts = services.alert_crossings.first_seen(event.key_id, services::alerts::crossings(decision));
     }
     decision
 }
