@@ -332,3 +332,56 @@ async fn attachment(app: &TestApp) -> String {
         .unwrap();
     String::from_utf8(row.content).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_summary_waits_until_the_months_usage_is_stored() {
+    // Services only: no writer of its own moves this stream.
+    let app = TestApp::spawn_without_mailer().await;
+    let month = Month::parse("2026-09").unwrap();
+    let owner = app.user(&format!("m-{}@example.com", Uuid::new_v4().simple()), Role::Merchant).await;
+    let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339("2026-08-15T00:00:00Z").unwrap().into();
+    api_keys::backdate(&app.services.db, key.id, created).await.unwrap();
+    let mut writer = UsageWriter::new(&app.services, 3_650);
+    writer.write(&[ping_event(key.id.0, ms("2026-09-10T12:00:00Z"), 200, 1_000, false)]).await.unwrap();
+
+    // Usage from the month's last second still in the stream (PostgreSQL was down at midnight,
+    // say), and some from after the month.
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let late = format!("{}-0", ms("2026-09-30T23:59:59Z"));
+    let after = format!("{}-0", ms("2026-10-01T00:00:05Z"));
+    for id in [&late, &after] {
+        let _: String = deadpool_redis::redis::cmd("XADD")
+            .arg(&stream)
+            .arg(id)
+            .arg("b")
+            .arg("[]")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let waiting = send_monthly_reports(&app.services, month, false).await;
+    assert!(matches!(waiting, Err(services::ServiceError::Conflict(_))), "{waiting:?}");
+    assert_eq!(pending_reports(&app, month).await, 0, "nothing sent while September is incomplete");
+
+    // Stored now: the summary goes; usage from after the month does not hold it up.
+    let _: i64 = deadpool_redis::redis::cmd("XDEL").arg(&stream).arg(&late).query_async(&mut conn).await.unwrap();
+    assert_eq!(send_monthly_reports(&app.services, month, false).await.unwrap().sent, 1);
+    assert_eq!(pending_reports(&app, month).await, 1);
+}
+
+async fn pending_reports(app: &TestApp, month: Month) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: Count = diesel::sql_query("SELECT count(*) AS n FROM monthly_reports WHERE month = $1")
+        .bind::<diesel::sql_types::Date, _>(month.first_day())
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    row.n
+}

@@ -7,6 +7,7 @@
 //! server runs the job for the previous month at start and shortly after each month begins, so
 //! a server that was down on the 1st catches up when it starts.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -107,11 +108,16 @@ fn summarise(key: ApiKey, rows: &HourRows, month: Month) -> KeySummary {
 }
 
 /// Builds every owner's report for `month`, owners in id order.
-pub async fn build_reports(db: &DbPool, month: Month) -> ServiceResult<Vec<OwnerReport>> {
+pub async fn build_reports(db: &DbPool, month: Month, skip: &HashSet<i64>) -> ServiceResult<(Vec<OwnerReport>, usize)> {
     let keys = keys_of_month(db, month).await?;
     let mut owners: Vec<(i64, String)> = keys.iter().map(|k| (k.owner_id, k.owner_email.clone())).collect();
     owners.sort();
     owners.dedup();
+    // Owners already sent to are left out before any rollup is read: the scheduler asks every
+    // 15 minutes on every instance.
+    let before = owners.len();
+    owners.retain(|(owner_id, _)| !skip.contains(owner_id));
+    let skipped = before - owners.len();
     let mut out = Vec::new();
     for (owner_id, owner_email) in owners {
         // Each key's rollups are read once, for its summary and for the CSV.
@@ -131,7 +137,32 @@ pub async fn build_reports(db: &DbPool, month: Month) -> ServiceResult<Vec<Owner
         }
         out.push(OwnerReport { month, owner_id, owner_email, keys: summaries, csv });
     }
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// Fails while usage of `month` may still be on its way to PostgreSQL: the oldest entry left in
+/// the usage stream (not yet stored by a writer, e.g. during a PostgreSQL outage at the month's
+/// end) was added before the month ended. Also fails if Redis cannot say.
+async fn month_fully_stored(services: &Services, month: Month) -> ServiceResult<()> {
+    let month_end_ms = month.next().days().start().timestamp_millis();
+    let mut conn = crate::redis_pool::conn(&services.redis).await?;
+    let oldest: Vec<(String, deadpool_redis::redis::Value)> = deadpool_redis::redis::cmd("XRANGE")
+        .arg(crate::usage::recorder::stream_name(&services.namespace))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    // Stream ids are "<ms on the Redis clock>-<seq>".
+    let oldest_ms = oldest.iter().next().and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok());
+    match oldest_ms {
+        Some(ms) if ms < month_end_ms => Err(ServiceError::Conflict(format!(
+            "usage of {month} is still being stored (the usage stream holds events from before the month ended); \
+             the summaries wait for it"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Sends `month`'s summary to every owner who has not had it; with `force`, to every owner
@@ -140,13 +171,11 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
     if month >= Month::containing(Utc::now()) {
         return Err(ServiceError::invalid(format!("{month} is not over yet; its summary is sent after it ends")));
     }
-    let already = if force { None } else { Some(owners_already_sent(&services.db, month).await?) };
-    let mut outcome = RunOutcome::default();
-    for report in build_reports(&services.db, month).await? {
-        if already.as_ref().is_some_and(|done| done.contains(&report.owner_id)) {
-            outcome.already_sent += 1;
-            continue;
-        }
+    month_fully_stored(services, month).await?;
+    let already = if force { HashSet::new() } else { owners_already_sent(&services.db, month).await? };
+    let (reports, skipped) = build_reports(&services.db, month, &already).await?;
+    let mut outcome = RunOutcome { already_sent: skipped, ..RunOutcome::default() };
+    for report in reports {
         let message = ReportMessage::new(&report, &services.settings.public_url);
         let mut conn = db::conn(&services.db).await?;
         let queued = conn
@@ -163,13 +192,15 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
     Ok(outcome)
 }
 
-async fn owners_already_sent(db: &DbPool, month: Month) -> ServiceResult<Vec<i64>> {
+async fn owners_already_sent(db: &DbPool, month: Month) -> ServiceResult<HashSet<i64>> {
     let mut conn = db::conn(db).await?;
     Ok(monthly_reports::table
         .filter(monthly_reports::month.eq(month.first_day()))
         .select(monthly_reports::user_id)
-        .load(&mut conn)
-        .await?)
+        .load::<i64>(&mut conn)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// Records the report and queues its email, unless it was sent before (and not forced).
