@@ -155,7 +155,7 @@ async fn month_fully_stored(services: &Services, month: Month) -> ServiceResult<
         .query_async(&mut conn)
         .await?;
     // Stream ids are "<ms on the Redis clock>-<seq>".
-    let oldest_ms = oldest.iter().next().and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok());
+    let oldest_ms = <[_]>::first(&oldest).and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok());
     match oldest_ms {
         Some(ms) if ms < month_end_ms => Err(ServiceError::Conflict(format!(
             "usage of {month} is still being stored (the usage stream holds events from before the month ended); \
