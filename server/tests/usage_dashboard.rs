@@ -166,7 +166,14 @@ async fn only_the_owner_or_an_admin_sees_a_keys_usage() {
     let mallory = app.signed_in("mallory@example.com").await;
     for path in [&csv, &live] {
         assert_eq!(mallory.get(app.url(path)).send().await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
-        assert_eq!(client().get(app.url(path)).send().await.unwrap().status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    // Signed out: told to sign in (JSON), whether or not the key exists.
+    let missing = format!("/dashboard/developers/api-keys/{}/usage/live", uuid::Uuid::new_v4());
+    for path in [&csv, &live, &missing, &"/admin/usage.csv?month=2026-11".to_owned()] {
+        let res = client().get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{path}");
     }
     assert_eq!(app.page(&mallory, &page).await.status(), StatusCode::NOT_FOUND);
     let rpc = app.rpc(&mallory, "usage/overview", &[("id", &key.id.to_string()), ("days", "30")]).await;
@@ -218,4 +225,38 @@ async fn admins_export_every_key_for_a_month() {
     let ann = app.signed_in("ann@example.com").await;
     let refused = ann.get(app.url("/admin/usage.csv")).query(&[("month", &month)]).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
+
+/// A database that cannot be asked who is signed in is an outage (503), not a missing key
+/// (404). The instance here has a pool pointing at a closed port; the session cookie is well
+/// formed and was never seen, so no recently confirmed session can stand in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_during_the_session_lookup_is_a_503_not_a_404() {
+    let app = TestApp::spawn().await;
+    let mut config = app.config.clone();
+    config.database_url = "postgres://postgres@127.0.0.1:1/keymeter".into();
+    config.redis_namespace = format!("{}_down", config.redis_namespace);
+    let pool = services::db::pool(&config.database_url, 2).unwrap();
+    let services = services::Services::new(
+        pool,
+        app.services.redis.clone(),
+        &config.redis_namespace,
+        app.services.settings.clone(),
+    );
+    let down = keymeter::startup::Application::with_services(&config, services).await.unwrap();
+    let base = format!("http://{}", down.local_addr());
+    tokio::spawn(down.run_until_stopped());
+
+    let cookie = format!("km_session={}", "ab".repeat(32));
+    let key = format!("/dashboard/developers/api-keys/{}", uuid::Uuid::new_v4());
+    for path in [
+        format!("{key}/usage.csv?from=2026-11-01&to=2026-11-02"),
+        format!("{key}/usage/live"),
+        "/admin/usage.csv?month=2026-11".to_owned(),
+    ] {
+        let res = client().get(format!("{base}{path}")).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{path}");
+    }
 }

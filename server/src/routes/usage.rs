@@ -1,11 +1,12 @@
 //! Dashboard data that is not a page: a key's live usage stream (server-sent events) and its
-//! CSV export, and the admins' monthly export of every key. Session cookie required; a key
-//! that is not the caller's (and the caller not an admin) does not exist: 404.
+//! CSV export, and the admins' monthly export of every key. Session cookie required (401
+//! without one); a key that is not the caller's (and the caller not an admin) does not exist:
+//! 404. A database that cannot be asked is a 503, never a 404.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use app::api::session::user_from_headers;
+use app::api::session::session_token_from;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -13,23 +14,20 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use services::accounts::User;
+use services::accounts::{sessions, User};
 use services::keys::{api_keys, ApiKey, ApiKeyId};
-use services::usage::export;
+use services::usage::export::{CsvStream, ExportSpec, Pace};
+use services::usage::reports::{DayRange, Granularity, Month};
+use services::{ServiceError, Services};
 
 use crate::startup::Closing;
-use services::usage::reports::{self, DayRange, ExportRow, Granularity, Month};
-use services::{ServiceError, Services};
-use uuid::Uuid;
 
 use crate::error::ApiError;
 
 /// How often the live stream pushes fresh data.
 const LIVE_EVERY: Duration = Duration::from_secs(3);
-/// Rows per chunk of a streamed export.
-const ROWS_PER_CHUNK: usize = 500;
 
 pub fn router() -> Router<Services> {
     Router::new()
@@ -42,8 +40,14 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "not found")
 }
 
+/// The signed-in caller: 401 without a valid session; a failed lookup is the database's fault
+/// (503, logged by `ApiError`), not the caller's.
 async fn signed_in(services: &Services, headers: &HeaderMap) -> Result<User, ApiError> {
-    user_from_headers(services, headers).await.map_err(|_| not_found())?.ok_or_else(not_found)
+    let user = match session_token_from(headers) {
+        Some(token) => sessions::user_for(&services.db, &token).await?,
+        None => None,
+    };
+    user.ok_or_else(|| ApiError::unauthorized("unauthorized", "sign in required"))
 }
 
 /// The key, if the signed-in caller may see it; 404 otherwise.
@@ -107,16 +111,10 @@ async fn key_csv(
     let range = DayRange::parse(from, to).map_err(|e| ApiError::bad_request("invalid_range", e.to_string()))?;
     let granularity = Granularity::parse(q.granularity.as_deref().unwrap_or("day"))
         .map_err(|e| ApiError::bad_request("invalid_granularity", e.to_string()))?;
-    let rows = reports::export_rows(&services.db, &[key.id.0], granularity, range).await?;
-    let names = vec![(key.id.0, key.name.clone())];
-    let filename = format!(
-        "keymeter-{}-{}-{}-{}.csv",
-        key.prefix,
-        range.from,
-        range.to,
-        q.granularity.as_deref().unwrap_or("day")
-    );
-    Ok(csv_response(rows, names, &filename))
+    let filename = format!("keymeter-{}-{}-{}-{}.csv", key.prefix, range.from, range.to, granularity.as_str());
+    let spec = ExportSpec { keys: vec![(key.id.0, key.name)], granularity, range };
+    let csv = CsvStream::start(&services.db, spec, Pace::default()).await?;
+    Ok(csv_response(csv, &filename))
 }
 
 #[derive(Deserialize)]
@@ -138,25 +136,19 @@ async fn admin_csv(
         .map_err(|e| ApiError::bad_request("invalid_month", e.to_string()))?;
     let range = month.days();
     let keys = api_keys::list_all(&services.db).await?;
-    let ids: Vec<Uuid> = keys.iter().map(|k| k.id.0).collect();
-    let names = keys.into_iter().map(|k| (k.id.0, k.name)).collect();
-    let rows = reports::export_rows(&services.db, &ids, Granularity::Day, range).await?;
-    Ok(csv_response(rows, names, &format!("keymeter-usage-{month}.csv")))
+    let spec =
+        ExportSpec { keys: keys.into_iter().map(|k| (k.id.0, k.name)).collect(), granularity: Granularity::Day, range };
+    let csv = CsvStream::start(&services.db, spec, Pace::default()).await?;
+    Ok(csv_response(csv, &format!("keymeter-usage-{month}.csv")))
 }
 
-/// The CSV, streamed in chunks.
-fn csv_response(rows: Vec<ExportRow>, names: Vec<(Uuid, String)>, filename: &str) -> Response {
-    let names: std::collections::HashMap<Uuid, String> = names.into_iter().collect();
-    let header_chunk = stream::once(async { Ok::<_, Infallible>(export::HEADER.to_owned()) });
-    let chunks: Vec<Vec<ExportRow>> = rows.chunks(ROWS_PER_CHUNK).map(<[ExportRow]>::to_vec).collect();
-    let body_chunks = stream::iter(chunks.into_iter().map(move |chunk| {
-        let mut out = String::with_capacity(chunk.len() * 160);
-        for row in &chunk {
-            export::write_row(&mut out, row, names.get(&row.key_id).map(String::as_str).unwrap_or(""));
-        }
-        Ok::<_, Infallible>(out)
-    }));
-    let body = Body::from_stream(futures_util::StreamExt::chain(header_chunk, body_chunks));
+/// The CSV, written out as the export reads it. A failure after the first bytes cannot become
+/// an error status any more: it is logged, and the body ends with an error, so the connection
+/// is cut before the end of the chunked body and the client sees a broken download.
+fn csv_response(csv: CsvStream, filename: &str) -> Response {
+    let body = Body::from_stream(
+        csv.inspect_err(|e| tracing::error!(error = %e, "CSV export failed after it began; the download is cut off")),
+    );
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),

@@ -1,9 +1,24 @@
-//! The CSV export format (DESIGN.md): one header row, then one row per period, key and
-//! endpoint, UTC periods, RFC 4180 quoting.
+//! The CSV export (DESIGN.md): one header row, then one row per period, key and endpoint, UTC
+//! periods, RFC 4180 quoting; and its streaming. An export reads the hourly rollups in export
+//! order through a cursor, a piece at a time, and hands each piece's finished rows to the
+//! response as it goes: memory stays bounded by one piece, whatever the range and the number of
+//! keys, and a piece boundary inside an export row's hours just carries that row over.
 
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use super::reports::ExportRow;
+use diesel::sql_types::{Array, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use futures_util::Stream;
+use tokio::sync::mpsc::{self, error::SendTimeoutError};
+use uuid::Uuid;
+
+use super::reports::{DayRange, ExportRow, Granularity, KeyedRollupRow, OrderedExportRows, ROLLUPS_IN_EXPORT_ORDER};
+use crate::db::{self, DbPool};
+use crate::{ServiceError, ServiceResult};
 
 pub const HEADER: &str = "period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms\r\n";
 
@@ -42,6 +57,175 @@ pub fn write_row(out: &mut String, row: &ExportRow, key_name: &str) {
         millis(t.p50_ms()),
         millis(t.p95_ms()),
     );
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportSpec {
+    /// The keys, each with the name its rows carry.
+    pub keys: Vec<(Uuid, String)>,
+    pub granularity: Granularity,
+    pub range: DayRange,
+}
+
+/// How an export reads and hands out its rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Hourly rollup rows fetched per round trip: what an export holds in memory at most
+    /// (besides the export row being summed and the CSV text of one piece).
+    pub piece_rows: usize,
+    /// How long a piece may wait for the client to take it. The export holds a database
+    /// connection (its cursor) while it runs, so a client that stops reading loses the download
+    /// after this long instead of keeping a pooled connection forever.
+    pub stall_limit: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self { piece_rows: 1000, stall_limit: Duration::from_secs(30) }
+    }
+}
+
+const CURSOR: &str = "km_export";
+
+/// What the reading task hands to the response.
+enum Message {
+    Csv(String),
+    Done,
+    Failed(ServiceError),
+}
+
+/// A running export: the CSV text in chunks (the header with the first piece's rows first).
+/// It ends with an error, never quietly, if the export could not finish; a response body built
+/// from it is then cut off, so the client sees a broken download rather than a short file.
+pub struct CsvStream {
+    first: Option<String>,
+    rx: mpsc::Receiver<Message>,
+    finished: bool,
+}
+
+impl CsvStream {
+    /// Starts reading and waits for the first piece, so that a database that cannot be reached
+    /// (or a query that fails) is an error before any byte of the response is sent.
+    pub async fn start(db: &DbPool, spec: ExportSpec, pace: Pace) -> ServiceResult<Self> {
+        // Room for one message: the reader stays at most a piece ahead of the client.
+        let (tx, mut rx) = mpsc::channel(1);
+        tokio::spawn(read(db.clone(), spec, pace, tx));
+        match rx.recv().await {
+            Some(Message::Csv(first)) => Ok(Self { first: Some(first), rx, finished: false }),
+            Some(Message::Failed(e)) => Err(e),
+            Some(Message::Done) | None => Err(ServiceError::Internal("the CSV export ended before its header".into())),
+        }
+    }
+}
+
+impl Stream for CsvStream {
+    type Item = ServiceResult<String>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let item = match std::task::ready!(this.rx.poll_recv(cx)) {
+            Some(Message::Csv(chunk)) => return Poll::Ready(Some(Ok(chunk))),
+            Some(Message::Done) => None,
+            Some(Message::Failed(e)) => Some(Err(e)),
+            // The reader gave up (see `Pace::stall_limit`) or died without a word.
+            None => Some(Err(ServiceError::Internal("the CSV export stopped before its end".into()))),
+        };
+        this.finished = true;
+        Poll::Ready(item)
+    }
+}
+
+/// Why reading stopped early.
+enum Stop {
+    /// The client is gone or stopped reading: nobody to tell.
+    Client,
+    Failed(ServiceError),
+}
+
+impl From<ServiceError> for Stop {
+    fn from(e: ServiceError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// The reading task: runs the export and reports how it ended.
+async fn read(db: DbPool, spec: ExportSpec, pace: Pace, tx: mpsc::Sender<Message>) {
+    let last = match read_pieces(&db, &spec, pace, &tx).await {
+        Ok(()) => Message::Done,
+        Err(Stop::Client) => return,
+        Err(Stop::Failed(e)) => Message::Failed(e),
+    };
+    let _ = hand_over(&tx, last, pace).await;
+}
+
+async fn hand_over(tx: &mpsc::Sender<Message>, message: Message, pace: Pace) -> Result<(), Stop> {
+    match tx.send_timeout(message, pace.stall_limit).await {
+        Ok(()) => Ok(()),
+        Err(SendTimeoutError::Closed(_)) => Err(Stop::Client),
+        Err(SendTimeoutError::Timeout(_)) => {
+            tracing::warn!(limit = ?pace.stall_limit, "CSV export abandoned: the client stopped reading");
+            Err(Stop::Client)
+        }
+    }
+}
+
+/// Reads the rollups through a cursor in one transaction (one snapshot, one sort in
+/// PostgreSQL) and hands out each piece's finished rows. Stopping early rolls the transaction
+/// back, and the connection returns to the pool.
+async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Sender<Message>) -> Result<(), Stop> {
+    let ids: Vec<Uuid> = spec.keys.iter().map(|(id, _)| *id).collect();
+    let names: HashMap<Uuid, &str> = spec.keys.iter().map(|(id, name)| (*id, name.as_str())).collect();
+    let piece_rows = pace.piece_rows.max(1);
+    let fetch = format!("FETCH FORWARD {piece_rows} FROM {CURSOR}");
+    let mut conn = db::conn(db).await?;
+    conn.transaction::<_, Stop, _>(|conn| {
+        Box::pin(async move {
+            diesel::sql_query(format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {ROLLUPS_IN_EXPORT_ORDER}"))
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Timestamptz, _>(spec.range.start())
+                .bind::<Timestamptz, _>(spec.range.end())
+                .bind::<Text, _>(spec.granularity.as_str())
+                .execute(conn)
+                .await?;
+            let mut rows = OrderedExportRows::new(spec.granularity);
+            let mut out = HEADER.to_owned();
+            loop {
+                let piece: Vec<KeyedRollupRow> = diesel::sql_query(&fetch).load(conn).await?;
+                let last = piece.len() < piece_rows;
+                for row in &piece {
+                    if let Some(done) = rows.push(row)? {
+                        write_row(&mut out, &done, names.get(&done.key_id).copied().unwrap_or(""));
+                    }
+                }
+                if last {
+                    if let Some(done) = rows.finish() {
+                        write_row(&mut out, &done, names.get(&done.key_id).copied().unwrap_or(""));
+                    }
+                }
+                // A piece inside one export row's hours finishes no row: nothing to send yet.
+                if !out.is_empty() {
+                    hand_over(tx, Message::Csv(std::mem::take(&mut out)), pace).await?;
+                }
+                if last {
+                    return Ok(());
+                }
+            }
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

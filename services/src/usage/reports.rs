@@ -25,6 +25,16 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    /// The word of the query string and of PostgreSQL's `date_trunc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         match raw {
             "hour" => Ok(Self::Hour),
@@ -168,7 +178,7 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
-    fn add_row(&mut self, r: &RollupRow, hist: &LatencyHistogram) {
+    pub(super) fn add_row(&mut self, r: &RollupRow, hist: &LatencyHistogram) {
         self.requests += r.requests;
         if (400..500).contains(&r.status) {
             self.errors_4xx += r.requests;
@@ -201,7 +211,7 @@ impl UsageTotals {
 }
 
 #[derive(QueryableByName, Clone)]
-struct RollupRow {
+pub(super) struct RollupRow {
     #[diesel(sql_type = Timestamptz)]
     period_start: DateTime<Utc>,
     #[diesel(sql_type = Text)]
@@ -222,6 +232,22 @@ struct RollupRow {
     latency_hist: serde_json::Value,
 }
 
+/// An hourly rollup row and its key.
+#[derive(QueryableByName)]
+pub(super) struct KeyedRollupRow {
+    #[diesel(sql_type = SqlUuid)]
+    api_key_id: Uuid,
+    #[diesel(embed)]
+    rollup: RollupRow,
+}
+
+impl KeyedRollupRow {
+    /// The row's latency histogram (empty if the stored JSON is not one).
+    fn histogram(&self) -> LatencyHistogram {
+        serde_json::from_value(self.rollup.latency_hist.clone()).unwrap_or_default()
+    }
+}
+
 /// Hourly rollups of some keys between two instants, visited row by row.
 async fn for_each_hour_row(
     db: &DbPool,
@@ -230,15 +256,8 @@ async fn for_each_hour_row(
     end: DateTime<Utc>,
     mut visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
 ) -> ServiceResult<()> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = SqlUuid)]
-        api_key_id: Uuid,
-        #[diesel(embed)]
-        rollup: RollupRow,
-    }
     let mut conn = db::conn(db).await?;
-    let rows: Vec<Row> = diesel::sql_query(
+    let rows: Vec<KeyedRollupRow> = diesel::sql_query(
         "SELECT api_key_id, period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
          latency_hist FROM api_key_usage_hour \
          WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3",
@@ -249,8 +268,7 @@ async fn for_each_hour_row(
     .load(&mut conn)
     .await?;
     for row in rows {
-        let hist: LatencyHistogram = serde_json::from_value(row.rollup.latency_hist.clone()).unwrap_or_default();
-        visit(row.api_key_id, &row.rollup, &hist);
+        visit(row.api_key_id, &row.rollup, &row.histogram());
     }
     Ok(())
 }
@@ -379,20 +397,68 @@ pub struct ExportRow {
     pub totals: UsageTotals,
 }
 
-/// Export rows for some keys: one per key, period and endpoint with any traffic, ordered by
-/// period, key, endpoint.
-pub async fn export_rows(
-    db: &DbPool,
-    keys: &[Uuid],
+// Export rows are one per period, key and endpoint (route template, then method) with any
+// traffic, in that order. Both ways of building them below follow it.
+
+/// The hourly rollups of some keys over a range (`$1` the key ids, `$2`..`$3` the instants,
+/// `$4` the granularity's word) in export order, so that each export row's hours come one
+/// after another. `COLLATE "C"` compares bytes, as Rust's `String` order does, and
+/// `date_trunc` on UTC gives the periods of [`Granularity::period_start`] (ISO weeks from
+/// Monday); [`OrderedExportRows`] refuses rows that are out of order rather than split a row.
+pub(super) const ROLLUPS_IN_EXPORT_ORDER: &str =
+    "SELECT api_key_id, period_start, method, endpoint, status, requests, \
+     throttled, bytes_in, bytes_out, latency_hist FROM api_key_usage_hour \
+     WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3 \
+     ORDER BY date_trunc($4::text, period_start AT TIME ZONE 'UTC'), api_key_id, \
+     endpoint COLLATE \"C\", method COLLATE \"C\"";
+
+/// Export rows from hourly rollups that arrive in export order ([`ROLLUPS_IN_EXPORT_ORDER`]):
+/// only the row being summed is held, so a streamed export needs no more memory than one
+/// piece of rollups.
+pub(super) struct OrderedExportRows {
     granularity: Granularity,
-    range: DayRange,
-) -> ServiceResult<Vec<ExportRow>> {
-    let mut rows = ExportRows::new(granularity);
-    for_each_hour_row(db, keys, range.start(), range.end(), |key, row, hist| rows.add(key, row, hist)).await?;
-    Ok(rows.finish())
+    current: Option<ExportRow>,
 }
 
-/// Hourly rollup rows summed into export rows, in export order.
+impl OrderedExportRows {
+    pub(super) fn new(granularity: Granularity) -> Self {
+        Self { granularity, current: None }
+    }
+
+    /// Adds one hourly row; returns the previous export row once this one starts a new one.
+    pub(super) fn push(&mut self, row: &KeyedRollupRow) -> ServiceResult<Option<ExportRow>> {
+        let (key, r) = (row.api_key_id, &row.rollup);
+        let period_start = self.granularity.period_start(r.period_start);
+        if let Some(current) = &mut self.current {
+            let here = (current.period_start, current.key_id, current.endpoint.as_str(), current.method.as_str());
+            match here.cmp(&(period_start, key, r.endpoint.as_str(), r.method.as_str())) {
+                std::cmp::Ordering::Equal => {
+                    current.totals.add_row(r, &row.histogram());
+                    return Ok(None);
+                }
+                std::cmp::Ordering::Less => {}
+                // A row already written out would get more hours: say so instead of writing it
+                // twice.
+                std::cmp::Ordering::Greater => {
+                    return Err(ServiceError::Internal("usage rollups arrived out of export order".into()));
+                }
+            }
+        }
+        let mut totals = UsageTotals::default();
+        totals.add_row(r, &row.histogram());
+        let next =
+            ExportRow { period_start, key_id: key, method: r.method.clone(), endpoint: r.endpoint.clone(), totals };
+        Ok(self.current.replace(next))
+    }
+
+    /// The last export row, once every rollup was pushed.
+    pub(super) fn finish(&mut self) -> Option<ExportRow> {
+        self.current.take()
+    }
+}
+
+/// Hourly rollup rows in any order summed into export rows, in export order (all in memory:
+/// for the monthly summary's attachment, built from rows a report loaded anyway).
 struct ExportRows {
     granularity: Granularity,
     map: BTreeMap<(DateTime<Utc>, Uuid, String, String), UsageTotals>,
