@@ -181,7 +181,9 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The last `@`: a password may contain `@` (unencoded); a query with `@` after it is
+    // redacted too, which is safe.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
             None => url.to_owned(),
@@ -225,6 +227,7 @@ mod tests {
         assert_eq!(redact_url("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
         assert_eq!(redact_url("redis://:a@h:1,redis://:b@h:2"), "redis://:***@h:1,redis://:***@h:2");
+        assert_eq!(redact_url("postgres://u:p@ss@w0rd@h:1/db"), "postgres://u:***@h:1/db");
     }
 
     #[test]

@@ -478,3 +478,21 @@ async fn a_client_that_hangs_up_before_its_answer_still_has_its_usage_recorded()
     let (hour, day, _) = app.services.quota.snapshot(id, &quota).await.unwrap();
     assert_eq!((hour.used, day.used), (4, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_without_content_are_sent_without_content() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    let c = client();
+    for code in [204u16, 205, 304] {
+        let res = get(&c, &app, &format!("/api/v1/status/{code}"), &secret).await;
+        assert_eq!(res.status().as_u16(), code);
+        if code == 204 || code == 304 {
+            assert!(res.headers().get("content-length").is_none(), "{code}: {:?}", res.headers());
+        }
+        assert!(res.headers().get("content-type").is_none(), "{code}: {:?}", res.headers());
+        assert!(res.bytes().await.unwrap().is_empty(), "{code}");
+    }
+    app.wait_for_events(id, 3).await;
+    assert_eq!(stored_statuses(&app, id).await, [(204, false), (205, false), (304, false)]);
+}

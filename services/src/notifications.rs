@@ -53,7 +53,8 @@ pub async fn recent(db: &DbPool, user_id: i64, limit: i64) -> ServiceResult<Vec<
     let mut conn = db::conn(db).await?;
     Ok(notifications::table
         .filter(notifications::user_id.eq(user_id))
-        .order(notifications::created_at.desc())
+        // Those of one transaction share a time: the later inserted first.
+        .order((notifications::created_at.desc(), notifications::id.desc()))
         .limit(limit)
         .select(Notification::as_select())
         .load(&mut conn)

@@ -105,6 +105,10 @@ async fn validate_params(
 /// Answers with the status code asked for (200–599).
 async fn status(Path(code): Path<String>) -> Result<Response, ApiError> {
     let status = parse_status(&code)?;
+    // These must not carry content (RFC 9110: no body, and no Content-Length on a 204).
+    if matches!(status.as_u16(), 204 | 205 | 304) {
+        return Ok(status.into_response());
+    }
     Ok((status, Json(json!({ "status": status.as_u16() }))).into_response())
 }
 
