@@ -37,7 +37,7 @@ RUST_BACKTRACE=0 cargo test -q --test reliability -- --ignored --test-threads=1 
 
 printf '\n'
 {
-  printf 'fault\tsent\tanswered\t200\t429\t503\tadmitted/limit\tstored/answered\tmissing\tduplicates\t500s\n'
+  printf 'fault\tsent\tanswered\t200\t429\t503\tadmitted/limit\tstored/answered\tmissing\trollups≠events\t500s\n'
   cat "$KEYMETER_RELIABILITY_REPORT" 2>/dev/null || true
 } | column -t -s $'\t'
 printf '\nmissing: answered requests whose usage event is not in PostgreSQL; stored counts events of\nrequests in flight too. 503s are fail-closed refusals by design; 500s must be 0.\n'
