@@ -6,6 +6,7 @@ use common::{client, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use services::accounts::Role;
+use services::keys::{ApiKeyId, ApiKeySecret, KeyCheck, Quota, QuotaLimit};
 
 async fn create_key(app: &TestApp, c: &reqwest::Client, name: &str) -> (String, String) {
     let res = app.rpc(c, "keys/create", &[("name", name)]).await;
@@ -176,4 +177,100 @@ async fn the_key_list_shows_the_current_use_of_each_quota() {
     let page = page.await.text().await.unwrap();
     assert!(page.contains("1,000/h · 10,000/day"), "{page}");
     let _: () = deadpool_redis::redis::cmd("DEL").arg(&quota_key).query_async(&mut conn).await.unwrap();
+}
+
+/// A key's quota version as PostgreSQL holds it (`updated_at` in ms, as the authenticator
+/// reads it), after setting `updated_at` to `set` if given (to stamp it as a skewed node would).
+async fn stored_version_ms(app: &TestApp, id: ApiKeyId, set: Option<&str>) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ms: i64,
+    }
+    const MS: &str = "floor(extract(epoch FROM updated_at) * 1000)::bigint AS ms";
+    let sql = match set {
+        Some(expr) => format!("UPDATE api_key_quotas SET updated_at = {expr} WHERE api_key_id = $1 RETURNING {MS}"),
+        None => format!("SELECT {MS} FROM api_key_quotas WHERE api_key_id = $1"),
+    };
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: Version =
+        diesel::sql_query(sql).bind::<diesel::sql_types::Uuid, _>(id.0).get_result(&mut conn).await.unwrap();
+    row.ms
+}
+
+fn quota(per_hour: i64, per_day: i64) -> Quota {
+    Quota {
+        per_hour: QuotaLimit::new(per_hour).unwrap(),
+        per_day: QuotaLimit::new(per_day).unwrap(),
+        burst_per_second: None,
+    }
+}
+
+/// Two app nodes whose clocks differ: a change made on the one running behind must still win
+/// over the older limits it replaces, on the very next request of every instance, even one
+/// whose cache still holds the older limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_quota_wins_everywhere_after_a_change_stamped_by_a_clock_running_ahead() {
+    let app = TestApp::spawn().await;
+    let sibling = app.spawn_sibling().await;
+    let (secret, id) = app.key_with_quota(1000, 10_000).await;
+
+    // The last change as a node whose clock runs an hour ahead stamped it (as every node did
+    // while versions came from the app's clock), in PostgreSQL and in Redis.
+    let ahead_ms = stored_version_ms(&app, id, Some("updated_at + interval '1 hour'")).await;
+    app.services.quota.publish_limits(id, &quota(1000, 10_000), ahead_ms).await.unwrap();
+    // The sibling has cached the key with those limits.
+    let secret_parsed = ApiKeySecret::parse(&secret).unwrap();
+    let KeyCheck::Active(stale) = sibling.services.keys.check(&secret_parsed).await.unwrap() else {
+        panic!("the key is active")
+    };
+    assert_eq!((stale.quota.per_hour.get(), stale.quota_version_ms), (1000, ahead_ms));
+
+    // Lowered on this node, whose clock is an hour behind that one.
+    app.set_quota(id, 2, 10_000).await;
+
+    // The sibling, still on its cached limits, is held to the new ones at once.
+    let mut admitted = Vec::new();
+    for _ in 0..3 {
+        let d = sibling.services.quota.check_and_count(id, &stale.quota, stale.quota_version_ms).await.unwrap();
+        assert_eq!(d.hour.limit, 2, "the newer limits win over the cached ones");
+        admitted.push(d.admitted);
+    }
+    assert_eq!(admitted, [true, true, false]);
+    // And so is every instance over HTTP (the stale limits were not written back).
+    for instance in [&app, &sibling] {
+        let res = ping(instance, ("authorization", format!("Bearer {secret}"))).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()["x-ratelimit-limit"], "2");
+    }
+    // The version came from PostgreSQL, after the one it replaced.
+    assert!(stored_version_ms(&app, id, None).await > ahead_ms);
+}
+
+/// Versions grow with every change of a key, however quickly they follow each other; and
+/// limits published late (an older change, from a slower instance) leave newer ones alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_versions_grow_with_each_change_and_an_older_publish_leaves_newer_limits_alone() {
+    let app = TestApp::spawn().await;
+    let (_secret, id) = app.key_with_quota(1000, 10_000).await;
+    let mut versions = vec![stored_version_ms(&app, id, None).await];
+    for per_hour in [900, 800, 2] {
+        app.set_quota(id, per_hour, 10_000).await;
+        versions.push(stored_version_ms(&app, id, None).await);
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "versions must grow: {versions:?}");
+    let newest = versions[3];
+
+    // The 800 change, published only now.
+    app.services.quota.publish_limits(id, &quota(800, 10_000), versions[2]).await.unwrap();
+    // A caller with limits older still: the stored ones (2 per hour) win.
+    let d = app.services.quota.check_and_count(id, &quota(1000, 10_000), versions[0]).await.unwrap();
+    assert_eq!((d.hour.limit, d.admitted), (2, true));
+    // Publishing the newest again changes nothing either.
+    app.services.quota.publish_limits(id, &quota(2, 10_000), newest).await.unwrap();
+    let d = app.services.quota.check_and_count(id, &quota(1000, 10_000), versions[0]).await.unwrap();
+    assert_eq!((d.hour.limit, d.admitted), (2, true));
+    let d = app.services.quota.check_and_count(id, &quota(1000, 10_000), versions[0]).await.unwrap();
+    assert_eq!((d.hour.limit, d.admitted), (2, false));
 }

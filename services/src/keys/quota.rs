@@ -105,7 +105,8 @@ pub(crate) async fn publish(
     services.quota.publish_limits(id, quota, version.timestamp_millis()).await
 }
 
-/// The change itself, inside the caller's transaction; returns its time (the limits' version).
+/// The change itself, inside the caller's transaction; returns its time on PostgreSQL's clock
+/// (the limits' version, as the authenticator reads it back from `updated_at`).
 pub(crate) async fn set_quota_in(
     conn: &mut diesel_async::AsyncPgConnection,
     id: super::ApiKeyId,
@@ -126,17 +127,26 @@ pub(crate) async fn set_quota_in(
         .for_update()
         .first(conn)
         .await?;
-    let now = chrono::Utc::now();
     let burst = quota.burst_per_second.map(|b| b.get() as i32);
-    diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
-        .set((
-            api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
-            api_key_quotas::requests_per_day.eq(quota.per_day.get()),
-            api_key_quotas::burst_per_second.eq(burst),
-            api_key_quotas::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
+    // The version is stamped by PostgreSQL, never by this node's clock: app nodes' clocks
+    // differ, and a change stamped by a node running behind would lose in Redis to the older
+    // limits it replaces. Under the row lock taken above it is also strictly later (by at least
+    // a millisecond, the unit the version is compared in) than the version it replaces, so
+    // versions follow the order of the changes even if the database's clock steps back.
+    let version: chrono::DateTime<chrono::Utc> =
+        diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
+            .set((
+                api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
+                api_key_quotas::requests_per_day.eq(quota.per_day.get()),
+                api_key_quotas::burst_per_second.eq(burst),
+                api_key_quotas::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                    "GREATEST(date_trunc('milliseconds', clock_timestamp()), \
+                     api_key_quotas.updated_at + interval '1 millisecond')",
+                )),
+            ))
+            .returning(api_key_quotas::updated_at)
+            .get_result(conn)
+            .await?;
     let (source, request_id) = match change.source {
         ChangeSource::Request(r) => ("request", Some(r)),
         ChangeSource::Admin => ("admin", None),
@@ -155,11 +165,11 @@ pub(crate) async fn set_quota_in(
             quota_changes::new_per_day.eq(quota.per_day.get()),
             quota_changes::new_burst.eq(burst),
             quota_changes::reason.eq(reason),
-            quota_changes::changed_at.eq(now),
+            quota_changes::changed_at.eq(version),
         ))
         .execute(conn)
         .await?;
-    Ok(now)
+    Ok(version)
 }
 
 #[cfg(test)]

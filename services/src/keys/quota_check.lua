@@ -2,7 +2,8 @@
 -- KEYS[1]  km:{<key id>}:quota  (hash; hash-tagged so that it works on Redis Cluster)
 -- ARGV[1]  hour limit            ARGV[2] day limit
 -- ARGV[3]  burst rate per second (0 = no burst limit)
--- ARGV[4]  version of these limits (ms since epoch of their last change)
+-- ARGV[4]  version of these limits (ms since epoch of their last change, on PostgreSQL's clock,
+--          so it grows with every change of the key whatever the app nodes' clocks say)
 -- ARGV[5]  clock offset in ms (tests only; 0 in production)
 -- ARGV[6]  requests in this batch, in arrival order (optional, 1 to 10000; default 1)
 -- The first `admitted` requests of the batch are admitted and counted, the rest refused (and

@@ -415,20 +415,30 @@ impl QuotaManager {
     }
 
     /// Makes new limits effective at once on every instance: the script prefers stored limits
-    /// whose version is newer than the caller's.
+    /// whose version is newer than the caller's. Limits already stored with a version at least
+    /// as new are left alone, so two changes published out of order (two admins, two
+    /// instances) end with the later change's limits.
     pub async fn publish_limits(&self, key: ApiKeyId, quota: &Quota, version_ms: i64) -> ServiceResult<()> {
+        // A compare and set in one script: another instance's publish must not come between
+        // reading the stored version and writing. Returns 1 if stored.
+        static PUBLISH_LIMITS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                r"
+local stored = tonumber(redis.call('HGET', KEYS[1], 'qv'))
+if stored and stored >= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'hl', ARGV[1], 'dl', ARGV[2], 'br', ARGV[3], 'qv', ARGV[4])
+return 1
+",
+            )
+        });
         let mut conn = redis_pool::conn(&self.redis).await?;
-        let _: () = redis::cmd("HSET")
-            .arg(quota_redis_key(key))
-            .arg("hl")
+        let _: i64 = PUBLISH_LIMITS
+            .key(quota_redis_key(key))
             .arg(quota.per_hour.get())
-            .arg("dl")
             .arg(quota.per_day.get())
-            .arg("br")
             .arg(quota.burst_per_second.map_or(0, |b| b.get()))
-            .arg("qv")
             .arg(version_ms)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
