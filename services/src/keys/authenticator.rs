@@ -16,7 +16,7 @@ use super::quota::{Quota, QuotaLimit};
 use super::secret::ApiKeySecret;
 use crate::db::{self, DbPool};
 use crate::schema::{api_key_quotas, api_keys};
-use crate::ServiceResult;
+use crate::{ServiceError, ServiceResult};
 
 /// An active key, as the metered path needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub struct AuthenticatedKey {
     pub id: ApiKeyId,
     pub owner_id: i64,
     pub quota: Quota,
-    /// When the quota last changed (ms since the epoch); newer limits win in Redis.
+    /// When the quota last changed (ms since the epoch, `updated_at` as stamped by PostgreSQL,
+    /// so it is comparable across instances); newer limits win in Redis.
     pub quota_version_ms: i64,
 }
 
@@ -48,6 +49,11 @@ impl KeyAuthenticator {
     pub const TTL: Duration = Duration::from_secs(2);
     /// How long a cached answer may stand in while PostgreSQL cannot be asked.
     pub const STALE_IF_ERROR: Duration = Duration::from_secs(15 * 60);
+    /// Longest wait for PostgreSQL (pool checkout and query) on the metered path. The pool's own
+    /// timeouts cover only checkout; a database that accepts the query and never answers
+    /// (partition, lock wait) would otherwise hold every request whose entry is past its TTL.
+    /// Past it the lookup counts as a failure: the last known state stands in, or a 503.
+    pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
     /// Bounds memory under a flood of random keys; the cache is simply emptied when full.
     const MAX_ENTRIES: usize = 100_000;
 
@@ -63,10 +69,14 @@ impl KeyAuthenticator {
                 return Ok(check);
             }
         }
-        let check = match self.load(&hash).await {
+        let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, self.load(&hash))
+            .await
+            .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
+        let check = match loaded {
             Ok(check) => check,
-            // PostgreSQL unreachable: a key seen recently keeps its last known state, so metered
-            // traffic goes on through a database outage (tried again after another TTL).
+            // PostgreSQL unreachable or not answering: a key seen recently keeps its last known
+            // state, so metered traffic goes on through a database outage (tried again after
+            // another TTL: a hung database costs a key's requests the timeout once per TTL).
             Err(e) if e.is_server_error() => match cached {
                 Some((at, check)) if at.elapsed() < Self::STALE_IF_ERROR => {
                     if let Ok(mut cache) = self.cache.write() {

@@ -1,0 +1,104 @@
+//! A PostgreSQL that hangs or is gone, as the metered API and the readiness probe see it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, env, TestApp};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use services::keys::{ApiKeySecret, KeyAuthenticator};
+
+/// A metered call, given up after `limit` (a hang is a failure here, not a stuck test).
+async fn ping_within(app: &TestApp, secret: &str, limit: Duration) -> (StatusCode, Value, Duration) {
+    let started = Instant::now();
+    let call = client().get(app.url("/api/v1/ping")).bearer_auth(secret).send();
+    let res = tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}: the key lookup waits for PostgreSQL"))
+        .unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null), started.elapsed())
+}
+
+/// PostgreSQL accepts the key lookup and does not answer (here: a lock the test holds on
+/// `api_keys`, as a long migration or a stuck transaction would): a key whose cache entry has
+/// expired is answered from its last known state, and an unknown key gets a JSON 503, both
+/// within the lookup timeout, not when the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_does_not_hold_metered_requests() {
+    let app = TestApp::spawn().await;
+    let (secret, _id) = app.key_with_quota(1000, 10_000).await;
+    let bound = KeyAuthenticator::LOOKUP_TIMEOUT + Duration::from_secs(2);
+    assert_eq!(ping_within(&app, &secret, bound).await.0, StatusCode::OK);
+    // Past the cache entry's life: the next call asks PostgreSQL again.
+    tokio::time::sleep(KeyAuthenticator::TTL + Duration::from_millis(200)).await;
+
+    let mut locker = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut locker).await.unwrap();
+    diesel::sql_query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+
+    let (status, _, took) = ping_within(&app, &secret, Duration::from_secs(10)).await;
+    assert_eq!(status, StatusCode::OK, "the last known state stands in");
+    assert!(took < bound, "answered after {took:?}");
+    // Within the next TTL the stale answer serves at once.
+    let (status, _, took) = ping_within(&app, &secret, Duration::from_secs(10)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(took < Duration::from_millis(800), "answered after {took:?}");
+
+    let unknown = ApiKeySecret::generate();
+    let (status, body, took) = ping_within(&app, unknown.expose(), Duration::from_secs(10)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(took < bound, "answered after {took:?}");
+
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
+    // Once PostgreSQL answers again, so does the lookup: the unknown key is a 401 again.
+    let mut last = StatusCode::OK;
+    for _ in 0..50 {
+        last = ping_within(&app, unknown.expose(), Duration::from_secs(10)).await.0;
+        if last == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, StatusCode::UNAUTHORIZED);
+}
+
+/// Anyone may call `/readyz`: it says which dependency is down and nothing about why (the
+/// error, with host names and users, goes to the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_what_is_down_without_details() {
+    let app = TestApp::spawn().await;
+    let ready = client().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.json::<Value>().await.unwrap(), json!({ "postgres": "ok", "redis": "ok" }));
+
+    // This test's database goes away: no new connections, the open ones ended.
+    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", env("KEYMETER_TEST_PG"))).await.unwrap();
+    let db = &app.db_name;
+    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let res = client().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = res.text().await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({ "postgres": "down", "redis": "ok" }), "{text}");
+
+    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    let mut last = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        last = client().get(app.url("/readyz")).send().await.unwrap().status();
+        if last == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, StatusCode::OK);
+}
