@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use common::TestApp;
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use services::accounts::{sessions, Role};
@@ -172,7 +172,10 @@ struct Dataset {
 /// Three keys of one merchant with traffic from 2026-01-20 to 2026-03-05 (two month ends,
 /// several ISO weeks), a few thousand hourly rollups in all.
 async fn dataset() -> Dataset {
-    let app = TestApp::spawn().await;
+    dataset_in(TestApp::spawn().await).await
+}
+
+async fn dataset_in(app: TestApp) -> Dataset {
     let owner = app.user("ann@example.com", Role::Merchant).await;
     let mut keys = Vec::new();
     for name in ["Checkout, \"EU\"", "=HYPERLINK()", "batch"] {
@@ -241,6 +244,40 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
     let february = DayRange::parse("2026-02-01", "2026-02-28").unwrap();
     let csv = res.text().await.unwrap();
     assert!(csv == in_memory_csv(&app, &keys, Granularity::Day, february).await, "admin export");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    flag: bool,
+}
+
+/// Production databases often compare text by a language's rules (`alpha` before `Zeta`, `get`
+/// before `GET`), unlike the test template's; the export keeps byte order on those too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_keep_byte_order_on_a_database_that_sorts_text_by_language() {
+    let pg = common::env("KEYMETER_TEST_PG");
+    let name = format!("test_icu_{}", Uuid::new_v4().simple());
+    let mut admin = diesel_async::AsyncPgConnection::establish(&format!("{pg}/postgres")).await.unwrap();
+    diesel::sql_query(format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("a database with an ICU collation (PostgreSQL 15+ built with ICU)");
+    let url = format!("{pg}/{name}");
+    services::db::run_migrations(&url).await.unwrap();
+    let Dataset { app, keys, range } = dataset_in(TestApp::spawn_with(&[("DATABASE_URL", url)]).await).await;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let language_order: Flag =
+        diesel::sql_query("SELECT 'alpha' < 'Zeta' AS flag").get_result(&mut conn).await.unwrap();
+    assert!(language_order.flag, "the database should sort text by language");
+    for granularity in GRANULARITIES {
+        let spec = ExportSpec { keys: keys.clone(), granularity, range };
+        let (csv, _) = streamed(&app, spec, 7).await;
+        assert!(csv == in_memory_csv(&app, &keys, granularity, range).await, "{granularity:?}: the CSV differs");
+    }
 }
 
 #[derive(diesel::QueryableByName)]
