@@ -398,3 +398,25 @@ async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_chan
     assert_eq!(approve(&s, &id, "60000", "60000").await.status(), StatusCode::OK);
     assert_eq!(key_limits(&s).await, (60_000, 60_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_direct_change_is_told_to_the_owner() {
+    let s = setup().await;
+    let set = s
+        .app
+        .rpc(
+            &s.admin,
+            "admin/quota/set",
+            &[("key_id", &s.key_id), ("per_hour", "500"), ("per_day", "20000"), ("reason", "ticket 7")],
+        )
+        .await;
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(key_limits(&s).await, (500, 20_000));
+    let told = "SELECT count(*) AS n FROM notifications n JOIN users u ON u.id = n.user_id \
+                WHERE u.email = 'ann@example.com' AND n.kind = 'quota_changed' \
+                AND n.body LIKE '%500 requests per hour and 20000 per day. Reason: ticket 7%'";
+    assert_eq!(count(&s.app, told).await, 1);
+    let mailed = "SELECT count(*) AS n FROM outbound_emails \
+                  WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota changed for%Checkout%'";
+    assert_eq!(count(&s.app, mailed).await, 1);
+}

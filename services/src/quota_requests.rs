@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
-use crate::keys::quota::{publish, set_quota, set_quota_in, ChangeSource, QuotaChange};
+use crate::keys::quota::{publish, set_quota_in, ChangeSource, QuotaChange};
 use crate::keys::{api_keys, ApiKeyId, Quota, QuotaLimit};
 use crate::mailer::{self, html_escape, Email};
 use crate::notifications::{self, NewNotification};
@@ -173,7 +173,29 @@ pub async fn set_by_admin(
     let key = api_keys::get_for(&services.db, key_id, admin).await?;
     let quota = Quota { per_hour, per_day, burst_per_second: key.quota.burst_per_second };
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
-    set_quota(services, key.id, &quota, &change).await
+    // The owner is told in the same transaction as the change, as for a decided request.
+    let public_url = services.settings.public_url.clone();
+    let mut conn = db::conn(&services.db).await?;
+    let version = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let version = set_quota_in(conn, key.id, &quota, &change).await?;
+                let owner: String =
+                    users::table.filter(users::id.eq(key.owner_id)).select(users::email).first(conn).await?;
+                let title = format!("Quota changed for \u{201c}{}\u{201d}", key.name);
+                let body = format!(
+                    "An admin set the key's quota to {} requests per hour and {} per day. Reason: {}",
+                    per_hour.get(),
+                    per_day.get(),
+                    change.reason.trim()
+                );
+                tell(conn, (key.owner_id, &owner), "quota_changed", &title, body, key.id.0, &public_url).await?;
+                Ok(version)
+            })
+        })
+        .await?;
+    drop(conn);
+    publish(services, key.id, &quota, version).await
 }
 
 fn check_reason(reason: &str) -> ServiceResult<&str> {
@@ -441,7 +463,6 @@ async fn tell_merchant(
         .select((users::id, users::email))
         .first(conn)
         .await?;
-    let link = format!("/dashboard/developers/api-keys/{}", request.key_id);
     let (title, mut body) = match approved {
         Some((h, d)) => (
             format!("Quota raised for \u{201c}{}\u{201d}", request.key_name),
@@ -455,27 +476,30 @@ async fn tell_merchant(
     if !note.is_empty() {
         body.push_str(&format!(" Note from the admin: {note}"));
     }
+    tell(conn, (requester.0, &requester.1), "quota_decision", &title, body, request.key_id, public_url).await
+}
+
+/// A key's owner hears of something about the key in the bell and by email, linked to the key.
+async fn tell(
+    conn: &mut AsyncPgConnection,
+    (user_id, email): (i64, &str),
+    kind: &'static str,
+    title: &str,
+    body: String,
+    key_id: Uuid,
+    public_url: &str,
+) -> ServiceResult<()> {
+    let link = format!("/dashboard/developers/api-keys/{key_id}");
     notifications::notify(
         conn,
-        &NewNotification {
-            user_id: requester.0,
-            kind: "quota_decision",
-            title: &title,
-            body: &body,
-            link: Some(&link),
-            dedupe_key: None,
-        },
+        &NewNotification { user_id, kind, title, body: &body, link: Some(&link), dedupe_key: None },
     )
     .await?;
     let url = format!("{}{link}", public_url.trim_end_matches('/'));
     let text = format!("{body}\n\nSee the key: {url}\n");
     let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
-    mailer::enqueue(
-        conn,
-        &Email { to: &requester.1, subject: &title, text: &text, html: &html, attachments: &[] },
-        None,
-    )
-    .await?;
+    mailer::enqueue(conn, &Email { to: email, subject: title, text: &text, html: &html, attachments: &[] }, None)
+        .await?;
     Ok(())
 }
 
