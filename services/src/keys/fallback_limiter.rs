@@ -78,8 +78,16 @@ impl FallbackLimiter {
                 day_start_ms: k.day.start_ms,
                 day: k.day.local,
             });
-            k.hour = WindowState { start_ms: d.hour.reset_at_ms - 3_600_000, known_used: d.hour.used, local: 0 };
-            k.day = WindowState { start_ms: d.day.reset_at_ms - 86_400_000, known_used: d.day.used, local: 0 };
+            // What is owed is on its way into Redis' counts but not in `d` yet: a next outage
+            // (or a flapping Redis) must start from both, or each episode would hand out a
+            // share of the same remaining quota again.
+            let known = |w: &WindowState, start_ms: i64, used: i64| WindowState {
+                start_ms,
+                known_used: used + if w.start_ms == start_ms { w.local } else { 0 },
+                local: 0,
+            };
+            k.hour = known(&k.hour, d.hour.reset_at_ms - 3_600_000, d.hour.used);
+            k.day = known(&k.day, d.day.reset_at_ms - 86_400_000, d.day.used);
             owed
         })
     }
@@ -144,6 +152,21 @@ mod tests {
 
     const HOUR: i64 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000;
 
+    /// What Redis said about a key of `quota` in the hour starting at `HOUR`.
+    fn redis_said(quota: &Quota, used: i64) -> QuotaDecision {
+        let day_start = HOUR - HOUR.rem_euclid(86_400_000);
+        let window = |window, limit, reset_at_ms| WindowUse { window, limit, used, reset_at_ms };
+        QuotaDecision {
+            admitted: true,
+            hour: window(Window::Hour, quota.per_hour.get(), HOUR + 3_600_000),
+            day: window(Window::Day, quota.per_day.get(), day_start + 86_400_000),
+            burst_per_second: None,
+            blocked_by: None,
+            retry_after_secs: None,
+            now_ms: HOUR + 60_000,
+        }
+    }
+
     #[test]
     fn each_instance_admits_its_share_of_the_hour() {
         let limiter = FallbackLimiter::new(3);
@@ -164,10 +187,7 @@ mod tests {
         let limiter = FallbackLimiter::new(2);
         let key = ApiKeyId(uuid::Uuid::new_v4());
         let now = HOUR + 60_000;
-        let mut seen = limiter.check(key, &quota(10, 1_000), now);
-        seen.hour.used = 4;
-        seen.day.used = 4;
-        limiter.observe(key, &seen);
+        limiter.observe(key, &redis_said(&quota(10, 1_000), 4));
         // 6 left of 10, half of it here.
         let admitted = (0..10).filter(|_| limiter.check(key, &quota(10, 1_000), now).admitted).count();
         assert_eq!(admitted, 3);
@@ -176,12 +196,28 @@ mod tests {
     }
 
     #[test]
+    fn a_second_outage_counts_what_the_first_admitted() {
+        let limiter = FallbackLimiter::new(2);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        let seen = redis_said(&quota(20, 1_000), 0);
+        assert!(limiter.observe(key, &seen).is_none());
+        // First outage: half of 20 here.
+        let first = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(first, 10);
+        // Redis answers once, before the 10 are added to its count (it still says 0 used)...
+        let owed = limiter.observe(key, &seen).expect("the first outage's admissions are owed");
+        assert_eq!(owed.hour, 10);
+        // ...and goes away again: of the 10 left, half here, not half of 20 again.
+        let second = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(second, 5);
+    }
+
+    #[test]
     fn nothing_left_means_nothing_admitted() {
         let limiter = FallbackLimiter::new(4);
         let key = ApiKeyId(uuid::Uuid::new_v4());
-        let mut seen = limiter.check(key, &quota(3, 1_000), HOUR);
-        seen.hour.used = 3;
-        limiter.observe(key, &seen);
+        limiter.observe(key, &redis_said(&quota(3, 1_000), 3));
         assert!(!limiter.check(key, &quota(3, 1_000), HOUR + 1).admitted);
     }
 }
