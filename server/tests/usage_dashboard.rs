@@ -191,6 +191,14 @@ async fn only_the_owner_or_an_admin_sees_a_keys_usage() {
     let first = stream.chunk().await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&first);
     assert!(text.contains("event: live") && text.contains("\"points\""), "{text}");
+    // Signed out (here, or in another tab): the open stream ends at its next update.
+    let out = app.rpc(&ann, "auth/logout", &[]).await.status();
+    assert!(out.is_success() || out.is_redirection(), "{out}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the live stream ends once its session is gone");
 
     let root = app.signed_in("root@example.com").await;
     assert_eq!(root.get(app.url(&csv)).send().await.unwrap().status(), StatusCode::OK);

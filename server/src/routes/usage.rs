@@ -67,20 +67,28 @@ async fn live(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let key = visible_key(&services, &headers, &id).await?;
-    let updates = stream::unfold((services, key, true), |(services, key, first)| async move {
-        if !first {
-            tokio::time::sleep(LIVE_EVERY).await;
-        }
-        let event = match app::api::usage::ssr::live_data(&services, &key).await {
-            Ok(data) => Event::default().event("live").json_data(&data).unwrap_or_default(),
-            // The page keeps its last data and says it is delayed.
-            Err(e) => {
-                tracing::warn!(error = %e, "live usage unavailable");
-                Event::default().event("delayed").data("usage data delayed")
+    let updates =
+        stream::unfold((services, headers, id, key, true), |(services, headers, id, mut key, first)| async move {
+            if !first {
+                tokio::time::sleep(LIVE_EVERY).await;
+                // Signed out or no longer allowed since the stream began: it ends. A database that
+                // cannot say keeps the stream (its data comes from Redis).
+                match visible_key(&services, &headers, &id).await {
+                    Ok(current) => key = current,
+                    Err(e) if e.status.is_client_error() => return None,
+                    Err(_) => {}
+                }
             }
-        };
-        Some((Ok(event), (services, key, false)))
-    });
+            let event = match app::api::usage::ssr::live_data(&services, &key).await {
+                Ok(data) => Event::default().event("live").json_data(&data).unwrap_or_default(),
+                // The page keeps its last data and says it is delayed.
+                Err(e) => {
+                    tracing::warn!(error = %e, "live usage unavailable");
+                    Event::default().event("delayed").data("usage data delayed")
+                }
+            };
+            Some((Ok(event), (services, headers, id, key, false)))
+        });
     // The page reconnects on its own once a server is back.
     let until_closing = async move {
         match closing {
