@@ -102,3 +102,52 @@ async fn readiness_names_what_is_down_without_details() {
     }
     assert_eq!(last, StatusCode::OK);
 }
+
+/// A pooled connection whose caller gave up on a hung query, then closed (as the pool does
+/// when its check fails): PostgreSQL ends its backend within a couple of seconds instead of
+/// letting it wait for the lock as long as the lock lasts, so a long hang cannot use up the
+/// server's connection slots one abandoned lookup at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_given_up_on_does_not_keep_waiting_in_postgresql() {
+    #[derive(diesel::QueryableByName)]
+    struct Number {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let app = TestApp::spawn().await;
+    let url = &app.config.database_url;
+    let mut locker = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut locker).await.unwrap();
+    diesel::sql_query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+
+    let pool = services::db::pool(url, 1).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pid =
+        diesel::sql_query("SELECT pg_backend_pid()::bigint AS n").get_result::<Number>(&mut conn).await.unwrap().n;
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        diesel::sql_query("SELECT count(*) FROM api_keys").execute(&mut conn),
+    )
+    .await;
+    assert!(waited.is_err(), "the query waits for the lock");
+    drop(services::db::DbConn::take(conn));
+
+    // (Its own connection: statistics are read once per transaction, and the locker is in one.)
+    let mut observer = AsyncPgConnection::establish(url).await.unwrap();
+    let mut alive = 1;
+    for _ in 0..40 {
+        let query = diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1");
+        alive = query
+            .bind::<diesel::sql_types::Integer, _>(pid as i32)
+            .get_result::<Number>(&mut observer)
+            .await
+            .unwrap()
+            .n;
+        if alive == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alive, 0, "the backend still waits for a lock its client gave up on");
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
+}

@@ -5,8 +5,8 @@ use std::time::Duration;
 use diesel::Connection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::{ServiceError, ServiceResult};
@@ -20,7 +20,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// Builds a pool; connections are opened lazily, so call [`ping`] to find out whether the
 /// database is reachable.
 pub fn pool(database_url: &str, max_size: usize) -> ServiceResult<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(database_url);
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(|url| Box::pin(establish(url.to_owned())));
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -29,6 +31,21 @@ pub fn pool(database_url: &str, max_size: usize) -> ServiceResult<DbPool> {
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .map_err(|e| ServiceError::Internal(format!("cannot build the PostgreSQL pool: {e}")))
+}
+
+/// How often PostgreSQL checks, while a query of a pooled connection runs or waits, that the
+/// app is still there. Callers give up on a hung database (the key lookup after a second), and
+/// the pool then closes the connection; without the check its backend would wait on, holding
+/// a connection slot, until the lock or the query ends, and a long hang could use up every slot.
+const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
+
+async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let mut conn = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await?;
+    // PostgreSQL 14 and later; an older server goes without rather than refusing to connect.
+    if let Err(e) = conn.batch_execute(CLIENT_CHECK).await {
+        tracing::debug!(error = %e, "client_connection_check_interval not set");
+    }
+    Ok(conn)
 }
 
 /// Takes a connection from the pool, reporting an unreachable database as such.
