@@ -106,6 +106,7 @@ pub fn router(config: &Config, services: Services) -> Router {
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
         // Signed-out visits to signed-in pages: a real redirect before rendering.
         .layer(axum::middleware::from_fn_with_state(services.clone(), routes::page_guard::require_session))
+        .layer(axum::middleware::from_fn_with_state(services.clone(), routes::same_origin::require_same_origin))
         .with_state(state);
     api.with_state(services).nest("/pkg", pkg).merge(pages)
 }

@@ -167,3 +167,25 @@ async fn parallel_password_guesses_cannot_get_past_the_sign_in_throttle() {
     // The right password is refused too until the window has passed.
     assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_functions_refuse_calls_from_another_site() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let form = [("email", "ann@example.com"), ("password", PASSWORD)];
+
+    // A page on another site posting the sign-in form (login CSRF): refused, no session.
+    let c = client();
+    let forged = c.post(app.url("/rpc/auth/login")).header("origin", "http://evil.example").form(&form);
+    let res = forged.send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.headers().get("set-cookie").is_none());
+    let res = c.post(app.url("/rpc/keys/list")).header("referer", "https://evil.example/x").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // The app's own pages post with their own origin: fine.
+    let origin = app.base.clone();
+    let res = client().post(app.url("/rpc/auth/login")).header("origin", origin).form(&form).send().await.unwrap();
+    assert!(res.status().is_success() || res.status().is_redirection(), "{}", res.status());
+    assert!(res.headers().get("set-cookie").is_some());
+}

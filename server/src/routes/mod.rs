@@ -1,7 +1,9 @@
-//! HTTP routes outside the Leptos app. Each module exposes a `router()`.
+//! HTTP routes outside the Leptos app (each exposes a `router()`), and the guards in front of
+//! the Leptos pages and server functions (`page_guard`, `same_origin`).
 
 pub mod api_v1;
 pub mod bench;
 pub mod health;
 pub mod page_guard;
+pub mod same_origin;
 pub mod usage;

@@ -1,0 +1,73 @@
+//! Cross-site request defence for server functions: a POST to `/rpc/…` whose `Origin` (or,
+//! without one, `Referer`) names another site is refused with 403 before it runs. The session
+//! cookie is `SameSite=Lax`, which already keeps it off cross-site POSTs in current browsers;
+//! this also covers sign-in (a forged sign-in needs no cookie) and browsers without SameSite.
+//! Requests with neither header (API clients, curl) are let through: they are not a browser
+//! acting for someone else.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use services::Services;
+
+use crate::error::ApiError;
+
+pub async fn require_same_origin(State(services): State<Services>, req: Request, next: Next) -> Response {
+    if req.method() == Method::POST
+        && req.uri().path().starts_with("/rpc/")
+        && !same_origin(req.headers(), &services.settings.public_url)
+    {
+        tracing::warn!(path = req.uri().path(), "cross-site server function call refused");
+        return ApiError::new(StatusCode::FORBIDDEN, "cross_site_request", "this request came from another site")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Whether the request's origin, if it names one, is this server (as addressed in `Host`, or as
+/// the public URL a proxy serves it under).
+fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
+    let claimed = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
+    let Some(claimed) = claimed else { return true };
+    let Some(claimed) = claimed.to_str().ok().and_then(authority) else { return false };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    host.is_some_and(|h| h.eq_ignore_ascii_case(claimed))
+        || authority(public_url).is_some_and(|p| p.eq_ignore_ascii_case(claimed))
+}
+
+/// `host[:port]` of an absolute http(s) URL; none for anything else (including `null`).
+fn authority(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    (!authority.is_empty() && !authority.contains('@')).then_some(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(n, v)| (n.clone(), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn only_this_sites_origin_or_none_passes() {
+        let public = "https://keymeter.example.com";
+        let host = (header::HOST, "127.0.0.1:3000");
+        assert!(same_origin(&headers(&[host.clone()]), public));
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:3000")]), public));
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "https://keymeter.example.com")]), public));
+        assert!(same_origin(
+            &headers(&[host.clone(), (header::REFERER, "http://127.0.0.1:3000/login?next=/x")]),
+            public
+        ));
+        for evil in ["http://evil.example", "null", "http://127.0.0.1:3000@evil.example", "http://127.0.0.1:30001"] {
+            let h = headers(&[host.clone(), (header::ORIGIN, evil)]);
+            assert!(!same_origin(&h, public), "{evil}");
+        }
+        assert!(!same_origin(&headers(&[host, (header::REFERER, "https://evil.example/page")]), public));
+    }
+}
