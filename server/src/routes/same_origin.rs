@@ -57,7 +57,7 @@ mod tests {
     fn only_this_sites_origin_or_none_passes() {
         let public = "https://keymeter.example.com";
         let host = (header::HOST, "127.0.0.1:3000");
-        assert!(same_origin(&headers(&[host.clone()]), public));
+        assert!(same_origin(&headers(std::slice::from_ref(&host)), public));
         assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "http://127.0.0.1:3000")]), public));
         assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "https://keymeter.example.com")]), public));
         assert!(same_origin(
