@@ -193,6 +193,10 @@ async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Send
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, Stop, _>(|conn| {
         Box::pin(async move {
+            // PostgreSQL sorts the rollups into export order, histograms included: a month of
+            // one busy key (15,000 rows, 15 MB) spilled to disk at the default 4 MB (99 ms in
+            // EXPLAIN ANALYZE against 65 ms in memory).
+            diesel::sql_query("SET LOCAL work_mem = '64MB'").execute(conn).await?;
             diesel::sql_query(format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {ROLLUPS_IN_EXPORT_ORDER}"))
                 .bind::<Array<SqlUuid>, _>(&ids)
                 .bind::<Timestamptz, _>(spec.range.start())
