@@ -249,23 +249,9 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
     let bad_id = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", "abc")]).await;
     assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
-    let set = s
-        .app
-        .rpc(
-            &s.admin,
-            "admin/quota/set",
-            &[("key_id", &s.key_id), ("per_hour", "0"), ("per_day", "10"), ("reason", "x")],
-        )
-        .await;
+    let set = admin_set(&s, "0", "10", "x").await;
     assert_eq!(set.status(), StatusCode::BAD_REQUEST);
-    let ok = s
-        .app
-        .rpc(
-            &s.admin,
-            "admin/quota/set",
-            &[("key_id", &s.key_id), ("per_hour", "7"), ("per_day", "70"), ("reason", "support ticket 42")],
-        )
-        .await;
+    let ok = admin_set(&s, "7", "70", "support ticket 42").await;
     assert_eq!(ok.status(), StatusCode::OK);
     let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
     assert_eq!(audit[0]["source"], "admin");
@@ -280,6 +266,12 @@ async fn approve(s: &Setup, id: &str, per_hour: &str, per_day: &str) -> reqwest:
             &[("id", id), ("per_hour", per_hour), ("per_day", per_day), ("note", "")],
         )
         .await
+}
+
+/// The admin sets the key's quota directly.
+async fn admin_set(s: &Setup, per_hour: &str, per_day: &str, reason: &str) -> reqwest::Response {
+    let args = [("key_id", s.key_id.as_str()), ("per_hour", per_hour), ("per_day", per_day), ("reason", reason)];
+    s.app.rpc(&s.admin, "admin/quota/set", &args).await
 }
 
 async fn message(res: reqwest::Response) -> String {
@@ -304,14 +296,7 @@ async fn an_approval_below_the_live_quota_is_refused_and_the_request_stays_pendi
     assert!(message(lower).await.contains("would lower its quota"));
 
     // Meanwhile another admin raises the key directly, above what was asked.
-    let set = s
-        .app
-        .rpc(
-            &s.admin,
-            "admin/quota/set",
-            &[("key_id", &s.key_id), ("per_hour", "500"), ("per_day", "20000"), ("reason", "ticket 7")],
-        )
-        .await;
+    let set = admin_set(&s, "500", "20000", "ticket 7").await;
     assert_eq!(set.status(), StatusCode::OK);
 
     // The admin's card shows the live quota beside the one at request time.
@@ -372,14 +357,7 @@ async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_chan
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
 
     // The admin's direct change.
-    let set = s
-        .app
-        .rpc(
-            &s.admin,
-            "admin/quota/set",
-            &[("key_id", &s.key_id), ("per_hour", "3000"), ("per_day", "2000"), ("reason", "typo")],
-        )
-        .await;
+    let set = admin_set(&s, "3000", "2000", "typo").await;
     assert_eq!(set.status(), StatusCode::BAD_REQUEST);
     assert!(message(set).await.contains("hourly limit cannot exceed the daily limit"));
     assert_eq!(key_limits(&s).await, (2, 10_000));
@@ -402,14 +380,7 @@ async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admins_direct_change_is_told_to_the_owner() {
     let s = setup().await;
-    let set = s
-        .app
-        .rpc(
-            &s.admin,
-            "admin/quota/set",
-            &[("key_id", &s.key_id), ("per_hour", "500"), ("per_day", "20000"), ("reason", "ticket 7")],
-        )
-        .await;
+    let set = admin_set(&s, "500", "20000", "ticket 7").await;
     assert_eq!(set.status(), StatusCode::OK);
     assert_eq!(key_limits(&s).await, (500, 20_000));
     let told = "SELECT count(*) AS n FROM notifications n JOIN users u ON u.id = n.user_id \

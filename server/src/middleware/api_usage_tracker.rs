@@ -80,16 +80,20 @@ where
     }
 }
 
-async fn track<S>(services: Services, mut inner: S, request: Request) -> Result<Response, Infallible>
+async fn track<S>(services: Services, mut inner: S, mut request: Request) -> Result<Response, Infallible>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
-    // Already resolved by `require_api_key` in front of the router, or resolved here.
+    // Already resolved by `require_api_key` in front of the router, or resolved here; either
+    // way handlers find it in the request's extensions.
     let key = match request.extensions().get::<AuthenticatedKey>() {
         Some(key) => *key,
         None => match authenticate(&services, request.headers()).await {
-            Ok(key) => key,
+            Ok(key) => {
+                request.extensions_mut().insert(key);
+                key
+            }
             Err(err) => return Ok(err.into_response()),
         },
     };
@@ -158,8 +162,7 @@ where
     let before_handler = started.elapsed();
     let bytes_in = Arc::new(AtomicU64::new(0));
     let (parts, body) = request.into_parts();
-    let mut request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
-    request.extensions_mut().insert(key);
+    let request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
     let unanswered = Unanswered { event: Some(event), usage: &services.usage, started, bytes_in: &bytes_in };
     let mut response = inner.call(request).await?;
     let after_handler = Instant::now();
