@@ -7,6 +7,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use diesel::sql_types::{Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
@@ -244,7 +245,7 @@ pub(super) struct KeyedRollupRow {
 impl KeyedRollupRow {
     /// The row's latency histogram (empty if the stored JSON is not one).
     fn histogram(&self) -> LatencyHistogram {
-        serde_json::from_value(self.rollup.latency_hist.clone()).unwrap_or_default()
+        LatencyHistogram::deserialize(&self.rollup.latency_hist).unwrap_or_default()
     }
 }
 
@@ -397,63 +398,80 @@ pub struct ExportRow {
     pub totals: UsageTotals,
 }
 
-// Export rows are one per period, key and endpoint (route template, then method) with any
+// Export rows are one per key, period and endpoint (route template, then method) with any
 // traffic, in that order. Both ways of building them below follow it.
 
-/// The hourly rollups of some keys over a range (`$1` the key ids, `$2`..`$3` the instants,
-/// `$4` the granularity's word) in export order, so that each export row's hours come one
-/// after another. `COLLATE "C"` compares bytes, as Rust's `String` order does, and
-/// `date_trunc` on UTC gives the periods of [`Granularity::period_start`] (ISO weeks from
-/// Monday); [`OrderedExportRows`] refuses rows that are out of order rather than split a row.
-pub(super) const ROLLUPS_IN_EXPORT_ORDER: &str =
+/// One key's hourly rollups over a range (`$1` the key id, `$2`..`$3` the instants), oldest
+/// first. That is the order of the table's primary key, so PostgreSQL walks the index and sorts
+/// nothing: sorting the wide rows (histograms included) into the export's own order used to
+/// cost more than the rest of an export. [`KeyExportRows`] groups each period's rows in memory.
+pub(super) const KEY_ROLLUPS_OLDEST_FIRST: &str =
     "SELECT api_key_id, period_start, method, endpoint, status, requests, \
      throttled, bytes_in, bytes_out, latency_hist FROM api_key_usage_hour \
-     WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3 \
-     ORDER BY date_trunc($4::text, period_start AT TIME ZONE 'UTC'), api_key_id, \
-     endpoint COLLATE \"C\", method COLLATE \"C\"";
+     WHERE api_key_id = $1 AND period_start >= $2 AND period_start < $3 \
+     ORDER BY period_start";
 
-/// Export rows from hourly rollups that arrive in export order ([`ROLLUPS_IN_EXPORT_ORDER`]):
-/// only the row being summed is held, so a streamed export needs no more memory than one
-/// piece of rollups.
-pub(super) struct OrderedExportRows {
+/// Export rows of one key from its hourly rollups, pushed oldest first
+/// ([`KEY_ROLLUPS_OLDEST_FIRST`]): only the rows of the period being summed are held (one per
+/// endpoint and method), so a streamed export needs little more memory than one piece of
+/// rollups, whatever its range.
+pub(super) struct KeyExportRows {
     granularity: Granularity,
-    current: Option<ExportRow>,
+    key: Uuid,
+    period: Option<DateTime<Utc>>,
+    // Few distinct endpoints per key: a list searched in place beats allocating map keys.
+    rows: Vec<(String, String, UsageTotals)>,
 }
 
-impl OrderedExportRows {
-    pub(super) fn new(granularity: Granularity) -> Self {
-        Self { granularity, current: None }
+impl KeyExportRows {
+    pub(super) fn new(granularity: Granularity, key: Uuid) -> Self {
+        Self { granularity, key, period: None, rows: Vec::new() }
     }
 
-    /// Adds one hourly row; returns the previous export row once this one starts a new one.
-    pub(super) fn push(&mut self, row: &KeyedRollupRow) -> ServiceResult<Option<ExportRow>> {
-        let (key, r) = (row.api_key_id, &row.rollup);
-        let period_start = self.granularity.period_start(r.period_start);
-        if let Some(current) = &mut self.current {
-            let here = (current.period_start, current.key_id, current.endpoint.as_str(), current.method.as_str());
-            match here.cmp(&(period_start, key, r.endpoint.as_str(), r.method.as_str())) {
-                std::cmp::Ordering::Equal => {
-                    current.totals.add_row(r, &row.histogram());
-                    return Ok(None);
-                }
-                std::cmp::Ordering::Less => {}
-                // A row already written out would get more hours: say so instead of writing it
-                // twice.
-                std::cmp::Ordering::Greater => {
-                    return Err(ServiceError::Internal("usage rollups arrived out of export order".into()));
-                }
+    /// Adds one hourly row; once it starts a new period, the previous period's rows are
+    /// finished and appended to `done`, in export order.
+    pub(super) fn push(&mut self, row: &KeyedRollupRow, done: &mut Vec<ExportRow>) -> ServiceResult<()> {
+        let r = &row.rollup;
+        if row.api_key_id != self.key {
+            return Err(ServiceError::Internal("a usage rollup of another key reached a key's export".into()));
+        }
+        let period = self.granularity.period_start(r.period_start);
+        match self.period {
+            Some(current) if current == period => {}
+            // A period already written out would get more hours: say so instead of writing it
+            // twice.
+            Some(current) if current > period => {
+                return Err(ServiceError::Internal("usage rollups arrived out of time order".into()));
+            }
+            _ => {
+                self.finish(done);
+                self.period = Some(period);
             }
         }
-        let mut totals = UsageTotals::default();
-        totals.add_row(r, &row.histogram());
-        let next =
-            ExportRow { period_start, key_id: key, method: r.method.clone(), endpoint: r.endpoint.clone(), totals };
-        Ok(self.current.replace(next))
+        let hist = row.histogram();
+        match self.rows.iter_mut().find(|(e, m, _)| *e == r.endpoint && *m == r.method) {
+            Some((_, _, totals)) => totals.add_row(r, &hist),
+            None => {
+                let mut totals = UsageTotals::default();
+                totals.add_row(r, &hist);
+                self.rows.push((r.endpoint.clone(), r.method.clone(), totals));
+            }
+        }
+        Ok(())
     }
 
-    /// The last export row, once every rollup was pushed.
-    pub(super) fn finish(&mut self) -> Option<ExportRow> {
-        self.current.take()
+    /// Appends the rows of the period being summed to `done`; call it after the last push.
+    pub(super) fn finish(&mut self, done: &mut Vec<ExportRow>) {
+        let Some(period_start) = self.period.take() else { return };
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        done.extend(rows.into_iter().map(|(endpoint, method, totals)| ExportRow {
+            period_start,
+            key_id: self.key,
+            method,
+            endpoint,
+            totals,
+        }));
     }
 }
 
@@ -461,7 +479,7 @@ impl OrderedExportRows {
 /// for the monthly summary's attachment, built from rows a report loaded anyway).
 struct ExportRows {
     granularity: Granularity,
-    map: BTreeMap<(DateTime<Utc>, Uuid, String, String), UsageTotals>,
+    map: BTreeMap<(Uuid, DateTime<Utc>, String, String), UsageTotals>,
 }
 
 impl ExportRows {
@@ -471,13 +489,13 @@ impl ExportRows {
 
     fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
         let period = self.granularity.period_start(row.period_start);
-        self.map.entry((period, key, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
+        self.map.entry((key, period, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
     }
 
     fn finish(self) -> Vec<ExportRow> {
         self.map
             .into_iter()
-            .map(|((period_start, key_id, endpoint, method), totals)| ExportRow {
+            .map(|((key_id, period_start, endpoint, method), totals)| ExportRow {
                 period_start,
                 key_id,
                 method,
