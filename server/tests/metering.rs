@@ -396,6 +396,8 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     ] {
         let res = get(&c, &app, path, &secret).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+        // Not counted, yet the key's current use is reported as on every answer to it.
+        assert_eq!(header(&res, "x-ratelimit-remaining"), "100", "{path}");
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_parameter", "{path}");
     }
@@ -430,6 +432,19 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     let ok = get(&c, &app, "/api/v1/ping", &secret).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(header(&ok, "x-ratelimit-remaining"), "99");
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/api/v1/status/abc", StatusCode::BAD_REQUEST),
+        (reqwest::Method::GET, "/api/v1/no-such-route", StatusCode::NOT_FOUND),
+        (reqwest::Method::DELETE, "/api/v1/ping", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let res = c.request(method, app.url(path)).bearer_auth(&secret).send().await.unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        assert_eq!(header(&res, "ratelimit-policy"), "\"hour\";q=100;w=3600, \"day\";q=1000;w=86400", "{path}");
+        assert!(header(&res, "ratelimit").starts_with("\"hour\";r=99;t="), "{path}: {}", header(&res, "ratelimit"));
+        assert_eq!(header(&res, "x-ratelimit-limit"), "100", "{path}");
+        assert_eq!(header(&res, "x-ratelimit-remaining"), "99", "{path}");
+        assert!(header(&res, "x-request-id").is_empty(), "{path}: no usage event, no request id");
+    }
     app.wait_for_events(id, 1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.event_count(id).await, 1);

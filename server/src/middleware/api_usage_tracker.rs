@@ -349,10 +349,14 @@ fn content_length(headers: &HeaderMap) -> u64 {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// The id of the request's usage event: every response the tracker gives has it, so a response
+/// without it was not metered.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn add_request_id(headers: &mut HeaderMap, id: Uuid) {
     let mut buffer = Uuid::encode_buffer();
     if let Ok(value) = HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer)) {
-        headers.insert(HeaderName::from_static("x-request-id"), value);
+        headers.insert(REQUEST_ID, value);
     }
 }
 

@@ -5,27 +5,29 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
-use axum::extract::{DefaultBodyLimit, Path, RawPathParams, Request};
+use axum::extract::{DefaultBodyLimit, Path, RawPathParams, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use services::keys::AuthenticatedKey;
 use services::Services;
 
 use crate::error::ApiError;
 use crate::middleware::api_key_auth::require_api_key;
-use crate::middleware::api_usage_tracker::{CurrentKey, UsageTrackerLayer};
+use crate::middleware::api_usage_tracker::{add_rate_limit_headers, CurrentKey, UsageTrackerLayer, REQUEST_ID};
 
 /// Largest body `/echo` accepts.
 pub const MAX_ECHO_BYTES: usize = 1024 * 1024;
 /// Longest delay `/delay/{ms}` accepts.
 pub const MAX_DELAY_MS: u64 = 10_000;
 
-/// Layers, outside in: the key (401 before anything else), the route (404), the route
-/// parameters (400), the method (405), then the usage tracker (quota, usage) around the
-/// handler. Only requests that reach a handler are counted.
+/// Layers, outside in: the key (401 before anything else), the rate-limit headers of answers
+/// that are not metered, the route (404), the route parameters (400), the method (405), then the
+/// usage tracker (quota, usage) around the handler. Only requests that reach a handler are
+/// counted.
 pub fn router(services: Services) -> Router<Services> {
     let tracked = UsageTrackerLayer::new(services.clone());
     Router::new()
@@ -38,6 +40,7 @@ pub fn router(services: Services) -> Router<Services> {
         .route_layer(axum::middleware::from_fn(validate_params))
         .layer(DefaultBodyLimit::max(MAX_ECHO_BYTES))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(services.clone(), quota_headers_on_refusals))
         .layer(axum::middleware::from_fn_with_state(services, require_api_key))
 }
 
@@ -100,6 +103,21 @@ async fn validate_params(
         }
     }
     next.run(request).await
+}
+
+/// Every answer to a key carries its rate-limit headers (DESIGN.md), the ones refused before the
+/// tracker too (404, 400, 405): those report the key's current use, which they leave alone. If
+/// Redis cannot tell in time, the refusal goes out without them.
+async fn quota_headers_on_refusals(State(services): State<Services>, request: Request, next: Next) -> Response {
+    let key = request.extensions().get::<AuthenticatedKey>().copied();
+    let mut response = next.run(request).await;
+    if let Some(key) = key.filter(|_| !response.headers().contains_key(REQUEST_ID)) {
+        match services.quota.peek(&key).await {
+            Ok(view) => add_rate_limit_headers(response.headers_mut(), &view),
+            Err(err) => tracing::debug!(error = %err, "no rate-limit headers on a refusal"),
+        }
+    }
+    response
 }
 
 /// Answers with the status code asked for (200–599).

@@ -474,6 +474,24 @@ return 1
         Ok((hour, day, now_ms))
     }
 
+    /// The windows as the key's next request would find them, counting nothing: for the
+    /// rate-limit headers of answers that are not metered (a bad parameter, an unknown route).
+    /// Bounded by the check's timeout; the burst window is not looked at.
+    pub async fn peek(&self, key: &AuthenticatedKey) -> ServiceResult<QuotaDecision> {
+        let (hour, day, now_ms) = tokio::time::timeout(self.policy.timeout, self.snapshot(key.id, &key.quota))
+            .await
+            .map_err(|_| ServiceError::Internal("the quota snapshot timed out".into()))??;
+        Ok(QuotaDecision {
+            admitted: hour.remaining() > 0 && day.remaining() > 0,
+            hour,
+            day,
+            burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
+            blocked_by: None,
+            retry_after_secs: None,
+            now_ms,
+        })
+    }
+
     /// The Redis clock (plus the test offset), ms since the epoch.
     pub async fn now_ms(&self) -> ServiceResult<i64> {
         let mut conn = redis_pool::conn(&self.redis).await?;
