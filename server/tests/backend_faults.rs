@@ -8,7 +8,7 @@ use common::{client, env, TestApp};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use services::keys::{ApiKeySecret, KeyAuthenticator};
+use services::keys::{ApiKeySecret, KeyAuthenticator, KeyCheck};
 
 /// A metered call, given up after `limit` (a hang is a failure here, not a stuck test).
 async fn ping_within(app: &TestApp, secret: &str, limit: Duration) -> (StatusCode, Value, Duration) {
@@ -35,9 +35,7 @@ async fn a_hung_database_does_not_hold_metered_requests() {
     // Past the cache entry's life: the next call asks PostgreSQL again.
     tokio::time::sleep(KeyAuthenticator::TTL + Duration::from_millis(200)).await;
 
-    let mut locker = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
-    diesel::sql_query("BEGIN").execute(&mut locker).await.unwrap();
-    diesel::sql_query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    let mut locker = lock_api_keys(&app).await;
 
     let (status, _, took) = ping_within(&app, &secret, Duration::from_secs(10)).await;
     assert_eq!(status, StatusCode::OK, "the last known state stands in");
@@ -64,6 +62,77 @@ async fn a_hung_database_does_not_hold_metered_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last, StatusCode::UNAUTHORIZED);
+}
+
+/// Takes an exclusive lock on `api_keys` in a transaction of its own: key lookups queue behind
+/// it as behind a long migration. Dropped or rolled back, the lock goes.
+async fn lock_api_keys(app: &TestApp) -> AsyncPgConnection {
+    let mut locker = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut locker).await.unwrap();
+    diesel::sql_query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    locker
+}
+
+/// Many requests at once with a key whose cache entry expired, while PostgreSQL hangs: one
+/// lookup goes to PostgreSQL for all of them (not one per request, which would tie up a pooled
+/// connection each and pile up behind the lock), and all are answered from the last known state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_share_its_lookup() {
+    #[derive(diesel::QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let app = TestApp::spawn().await;
+    let (secret, _id) = app.key_with_quota(1000, 10_000).await;
+    assert_eq!(ping_within(&app, &secret, Duration::from_secs(5)).await.0, StatusCode::OK);
+    tokio::time::sleep(KeyAuthenticator::TTL + Duration::from_millis(200)).await;
+
+    let locker = lock_api_keys(&app).await;
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let (app_url, secret) = (app.url("/api/v1/ping"), secret.clone());
+            tokio::spawn(async move { client().get(app_url).bearer_auth(secret).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    tokio::time::sleep(KeyAuthenticator::LOOKUP_TIMEOUT / 2).await;
+    let mut observer = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    let waiting: Waiting = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%secret_hash%'",
+    )
+    .get_result(&mut observer)
+    .await
+    .unwrap();
+    assert_eq!(waiting.n, 1, "key lookups waiting in PostgreSQL");
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK, "the last known state stands in");
+    }
+    drop(locker);
+}
+
+/// A flood of made-up keys (each one looked up once and remembered as unknown) fills the
+/// cache; it must not push out what this instance knows of real keys, which stands in while
+/// PostgreSQL cannot answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_keys_do_not_push_real_keys_out_of_the_cache() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(1000, 10_000).await;
+    let secret = ApiKeySecret::parse(&secret).unwrap();
+    let keys = KeyAuthenticator::with_capacity(app.services.db.clone(), 8);
+    assert!(matches!(keys.check(&secret).await.unwrap(), KeyCheck::Active(k) if k.id == id));
+    for _ in 0..40 {
+        assert_eq!(keys.check(&ApiKeySecret::generate()).await.unwrap(), KeyCheck::Unknown);
+    }
+    tokio::time::sleep(KeyAuthenticator::TTL + Duration::from_millis(200)).await;
+
+    let _locker = lock_api_keys(&app).await;
+    let started = Instant::now();
+    let check = keys.check(&secret).await;
+    assert!(matches!(check, Ok(KeyCheck::Active(k)) if k.id == id), "{check:?}");
+    assert!(started.elapsed() < KeyAuthenticator::LOOKUP_TIMEOUT + Duration::from_secs(2));
+    // A made-up key has no last known state: PostgreSQL's silence is an error, not a 401.
+    assert!(keys.check(&ApiKeySecret::generate()).await.is_err());
 }
 
 /// Anyone may call `/readyz`: it says which dependency is down and nothing about why (the

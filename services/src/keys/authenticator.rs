@@ -3,12 +3,13 @@
 //! stops working on every instance within [`KeyAuthenticator::TTL`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use uuid::Uuid;
 
 use super::api_keys::ApiKeyId;
@@ -36,13 +37,76 @@ pub enum KeyCheck {
     Unknown,
 }
 
-/// Secret hash → (when it was looked up, what it resolved to).
-type Cache = HashMap<[u8; 32], (Instant, KeyCheck)>;
+type Hash = [u8; 32];
+
+/// What this instance has seen. Known keys (active or revoked) and unknown secrets are kept
+/// apart: a flood of made-up secrets fills and empties only its own map, so it can never push
+/// out the last known state of real keys, which stands in while PostgreSQL is down.
+#[derive(Default)]
+struct Cache {
+    /// Secret hash → (when it was looked up, what it resolved to). Bounded by the keys that
+    /// exist; entries too old to stand in for PostgreSQL are pruned when it grows large.
+    known: HashMap<Hash, (Instant, KeyCheck)>,
+    /// Secret hash → when PostgreSQL last said no such key.
+    unknown: HashMap<Hash, Instant>,
+}
+
+impl Cache {
+    fn get(&self, hash: &Hash) -> Option<(Instant, KeyCheck)> {
+        self.known.get(hash).copied().or_else(|| self.unknown.get(hash).map(|&at| (at, KeyCheck::Unknown)))
+    }
+
+    fn insert(&mut self, hash: Hash, at: Instant, check: KeyCheck, capacity: usize) {
+        if check == KeyCheck::Unknown {
+            self.known.remove(&hash);
+            if self.unknown.len() >= capacity {
+                self.unknown.clear();
+            }
+            self.unknown.insert(hash, at);
+        } else {
+            self.unknown.remove(&hash);
+            if self.known.len() >= capacity {
+                self.known.retain(|_, (seen, _)| seen.elapsed() < KeyAuthenticator::STALE_IF_ERROR);
+            }
+            self.known.insert(hash, (at, check));
+        }
+    }
+}
+
+/// Why a lookup failed, in a form every request waiting on it can have a copy of.
+#[derive(Debug, Clone)]
+struct LookupFailure {
+    /// PostgreSQL could not be reached or did not answer in time (a 503, not a 500).
+    unavailable: bool,
+    message: String,
+}
+
+impl From<ServiceError> for LookupFailure {
+    fn from(e: ServiceError) -> Self {
+        Self { unavailable: matches!(e, ServiceError::DatabaseUnavailable(_)), message: e.to_string() }
+    }
+}
+
+impl From<LookupFailure> for ServiceError {
+    fn from(f: LookupFailure) -> Self {
+        if f.unavailable {
+            Self::DatabaseUnavailable(f.message)
+        } else {
+            Self::Internal(f.message)
+        }
+    }
+}
+
+/// A lookup in flight, shared by every request that needs its answer.
+type Lookup = Shared<BoxFuture<'static, Result<KeyCheck, LookupFailure>>>;
 
 #[derive(Clone)]
 pub struct KeyAuthenticator {
     db: DbPool,
     cache: Arc<RwLock<Cache>>,
+    /// Concurrent requests with a key whose entry expired ask PostgreSQL once, together.
+    in_flight: Arc<Mutex<HashMap<Hash, Lookup>>>,
+    capacity: usize,
 }
 
 impl KeyAuthenticator {
@@ -54,57 +118,98 @@ impl KeyAuthenticator {
     /// (partition, lock wait) would otherwise hold every request whose entry is past its TTL.
     /// Past it the lookup counts as a failure: the last known state stands in, or a 503.
     pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
-    /// Bounds memory under a flood of random keys; the cache is simply emptied when full.
-    const MAX_ENTRIES: usize = 100_000;
+    /// Bounds each of the cache's maps (see [`Cache`]).
+    pub const CAPACITY: usize = 100_000;
 
     pub fn new(db: DbPool) -> Self {
-        Self { db, cache: Arc::new(RwLock::new(HashMap::new())) }
+        Self::with_capacity(db, Self::CAPACITY)
+    }
+
+    /// With room for `capacity` known keys and as many unknown secrets (tests use a small one).
+    pub fn with_capacity(db: DbPool, capacity: usize) -> Self {
+        Self {
+            db,
+            cache: Arc::new(RwLock::new(Cache::default())),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            capacity: capacity.max(1),
+        }
     }
 
     pub async fn check(&self, secret: &ApiKeySecret) -> ServiceResult<KeyCheck> {
         let hash = secret.hash();
-        let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash).copied());
+        let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash));
         if let Some((at, check)) = cached {
             if at.elapsed() < Self::TTL {
                 return Ok(check);
             }
         }
-        let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, self.load(&hash))
-            .await
-            .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
-        let check = match loaded {
-            Ok(check) => check,
+        match self.lookup(hash).await {
+            Ok(check) => Ok(check),
             // PostgreSQL unreachable or not answering: a key seen recently keeps its last known
             // state, so metered traffic goes on through a database outage (tried again after
             // another TTL: a hung database costs a key's requests the timeout once per TTL).
-            Err(e) if e.is_server_error() => match cached {
+            Err(failure) => match cached {
                 Some((at, check)) if at.elapsed() < Self::STALE_IF_ERROR => {
-                    if let Ok(mut cache) = self.cache.write() {
-                        cache.insert(hash, (Instant::now(), check));
-                    }
-                    return Ok(check);
+                    self.remember(hash, check);
+                    Ok(check)
                 }
-                _ => return Err(e),
+                _ => Err(failure.into()),
             },
-            Err(e) => return Err(e),
-        };
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= Self::MAX_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(hash, (Instant::now(), check));
         }
-        Ok(check)
     }
 
     /// Forgets everything cached (after a change made on this instance).
     pub fn invalidate_all(&self) {
         if let Ok(mut cache) = self.cache.write() {
-            cache.clear();
+            *cache = Cache::default();
         }
     }
 
-    async fn load(&self, hash: &[u8; 32]) -> ServiceResult<KeyCheck> {
+    fn remember(&self, hash: Hash, check: KeyCheck) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(hash, Instant::now(), check, self.capacity);
+        }
+    }
+
+    /// Joins the lookup of `hash` in flight, or starts one. It runs in a task of its own, so
+    /// it finishes (and fills the cache) even if every request waiting on it goes away.
+    fn lookup(&self, hash: Hash) -> Lookup {
+        let Ok(mut in_flight) = self.in_flight.lock() else {
+            return futures_util::future::ready(Err(LookupFailure {
+                unavailable: false,
+                message: "the key lookup table is poisoned".into(),
+            }))
+            .boxed()
+            .shared();
+        };
+        if let Some(lookup) = in_flight.get(&hash) {
+            return lookup.clone();
+        }
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, this.query_key(&hash))
+                .await
+                .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
+            if let Ok(check) = &loaded {
+                this.remember(hash, *check);
+            }
+            if let Ok(mut in_flight) = this.in_flight.lock() {
+                in_flight.remove(&hash);
+            }
+            loaded.map_err(LookupFailure::from)
+        });
+        let lookup = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(LookupFailure { unavailable: false, message: format!("the key lookup failed: {e}") })
+            })
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(hash, lookup.clone());
+        lookup
+    }
+
+    async fn query_key(&self, hash: &Hash) -> ServiceResult<KeyCheck> {
         type Row = (Uuid, i64, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
         let mut conn = db::conn(&self.db).await?;
         let row: Option<Row> = api_keys::table
