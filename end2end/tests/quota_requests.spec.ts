@@ -70,7 +70,23 @@ test('the usage page, where the quota runs out, offers the increase form', async
   const adminPage = await (await browser.newContext()).newPage();
   await signIn(adminPage, ADMIN);
   await adminPage.goto('/admin/quota-requests');
+  await hydrated(adminPage);
   const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
   await expect(card).toHaveAttribute('data-status', 'pending');
   await expect(card).toContainText('Usage page test');
+
+  // The admin denies it with a note; the audit trail keeps the denial beside the changes.
+  await card.getByTestId('deny-note').fill('Cache the status calls first');
+  await card.getByTestId('deny').click();
+  await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'denied');
+  await adminPage.goto('/admin/quota-changes');
+  // The key's rows: the operator's setup change, then the denial (newest first).
+  const rows = adminPage.getByTestId('audit-row').filter({ hasText: name });
+  await expect(rows).toHaveCount(2);
+  const denial = rows.first();
+  await expect(denial).toHaveAttribute('data-decision', 'denied');
+  await expect(rows.last()).toHaveAttribute('data-decision', 'set');
+  await expect(denial).toContainText('Cache the status calls first');
+  await expect(denial).toContainText(`${ADMIN.email} (request #`);
+  await expect(denial).toContainText('asked 40/h · 100/day');
 });

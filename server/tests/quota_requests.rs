@@ -106,6 +106,7 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     );
     let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
     let entry = audit.iter().find(|e| e["source"] == "request").unwrap();
+    assert_eq!(entry["decision"], "approved");
     assert_eq!((entry["old_per_hour"].as_i64(), entry["new_per_hour"].as_i64()), (Some(2), Some(50)));
     assert_eq!(entry["changed_by"], "root@example.com");
     assert_eq!(entry["reason"], "halved");
@@ -116,6 +117,8 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     let s = setup().await;
     let request: Value = ask(&s, "", "20000", "growth").await.json().await.unwrap();
     let id = request["id"].to_string();
+    // A direct change first, so that the audit trail shows both kinds of decision in order.
+    assert_eq!(admin_set(&s, "5", "15000", "ticket 9").await.status(), StatusCode::OK);
     let no_note = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", " ")]).await;
     assert_eq!(no_note.status(), StatusCode::BAD_REQUEST);
     let denied: Value = s
@@ -128,8 +131,19 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["decision_note"], "Upgrade your plan first");
     let keys: Vec<Value> = s.app.rpc(&s.merchant, "keys/list", &[]).await.json().await.unwrap();
-    assert_eq!(keys[0]["requests_per_day"], 10_000);
+    assert_eq!(keys[0]["requests_per_day"], 15_000);
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
+    // The audit trail keeps the denial too, newest first, with who, what was asked and the note.
+    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    let decisions: Vec<&str> = audit.iter().map(|e| e["decision"].as_str().unwrap_or_default()).collect();
+    assert_eq!(decisions, ["denied", "set", "set"], "{audit:?}");
+    let denial = &audit[0];
+    assert_eq!(denial["reason"], "Upgrade your plan first");
+    assert_eq!(denial["changed_by"], "root@example.com");
+    assert_eq!(denial["source"], "request");
+    assert_eq!(denial["quota_request_id"].to_string(), id);
+    assert_eq!((denial["old_per_day"].as_i64(), denial["new_per_day"].as_i64()), (Some(10_000), Some(20_000)));
+    assert_eq!(audit[1]["reason"], "ticket 9");
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     assert!(bell[0]["body"].as_str().unwrap().contains("Upgrade your plan first"));
     // Decided is final.
@@ -255,6 +269,7 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(ok.status(), StatusCode::OK);
     let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
     assert_eq!(audit[0]["source"], "admin");
+    assert_eq!(audit[0]["decision"], "set");
     assert_eq!(audit[0]["reason"], "support ticket 42");
 }
 

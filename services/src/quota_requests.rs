@@ -614,9 +614,11 @@ pub async fn all(db: &DbPool) -> ServiceResult<Vec<QuotaRequest>> {
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
-/// One entry of the audit trail.
+/// One entry of the audit trail: a quota change (approved request, admin or operator set) or a
+/// denied request.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct AuditEntry {
+    /// When the change was made or the request denied.
     #[diesel(sql_type = Timestamptz)]
     pub changed_at: DateTime<Utc>,
     #[diesel(sql_type = SqlUuid)]
@@ -625,30 +627,47 @@ pub struct AuditEntry {
     pub key_name: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub changed_by: Option<String>,
+    /// `request`, `admin` or `operator`.
     #[diesel(sql_type = Text)]
     pub source: String,
+    /// `approved` (a request's change), `set` (an admin's or operator's change) or `denied`.
+    #[diesel(sql_type = Text)]
+    pub decision: String,
     #[diesel(sql_type = Nullable<BigInt>)]
     pub quota_request_id: Option<i64>,
+    /// The limits before; for a denial, the key's limits when the merchant asked.
     #[diesel(sql_type = BigInt)]
     pub old_per_hour: i64,
     #[diesel(sql_type = BigInt)]
     pub old_per_day: i64,
+    /// The limits after; for a denial, the limits asked for (never applied).
     #[diesel(sql_type = BigInt)]
     pub new_per_hour: i64,
     #[diesel(sql_type = BigInt)]
     pub new_per_day: i64,
+    /// The change's reason, or the admin's note on a denial.
     #[diesel(sql_type = Text)]
     pub reason: String,
 }
 
-/// Every quota change, newest first.
+/// Every decision on a quota, newest first: the changes (which approvals, admin and operator
+/// sets write to `quota_changes`) and the denied requests (which live only in `quota_requests`).
 pub async fn audit_trail(db: &DbPool) -> ServiceResult<Vec<AuditEntry>> {
     let mut conn = db::conn(db).await?;
     Ok(diesel::sql_query(
-        "SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
-         c.quota_request_id, c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason \
-         FROM quota_changes c JOIN api_keys k ON k.id = c.api_key_id LEFT JOIN users u ON u.id = c.changed_by \
-         ORDER BY c.changed_at DESC, c.id DESC LIMIT 500",
+        "SELECT changed_at, key_id, key_name, changed_by, source, decision, quota_request_id, \
+         old_per_hour, old_per_day, new_per_hour, new_per_day, reason FROM ( \
+           SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
+             CASE c.source WHEN 'request' THEN 'approved' ELSE 'set' END AS decision, c.quota_request_id, \
+             c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason, 0 AS kind, c.id AS seq \
+           FROM quota_changes c JOIN api_keys k ON k.id = c.api_key_id LEFT JOIN users u ON u.id = c.changed_by \
+           UNION ALL \
+           SELECT r.decided_at, r.api_key_id, k.name, u.email, 'request', 'denied', r.id, \
+             r.current_per_hour, r.current_per_day, r.requested_per_hour, r.requested_per_day, \
+             coalesce(r.decision_note, ''), 1, r.id \
+           FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id LEFT JOIN users u ON u.id = r.decided_by \
+           WHERE r.status = 'denied' AND r.decided_at IS NOT NULL \
+         ) e ORDER BY changed_at DESC, kind DESC, seq DESC LIMIT 500",
     )
     .load(&mut conn)
     .await?)

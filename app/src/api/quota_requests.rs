@@ -39,7 +39,10 @@ pub struct AuditView {
     pub key_id: String,
     pub key_name: String,
     pub changed_by: Option<String>,
+    /// `request`, `admin` or `operator`.
     pub source: String,
+    /// `approved`, `set` or `denied`. A denial's `new_*` are the limits asked for, never applied.
+    pub decision: String,
     pub quota_request_id: Option<i64>,
     pub old_per_hour: i64,
     pub old_per_day: i64,
@@ -193,6 +196,7 @@ pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
             key_name: e.key_name,
             changed_by: e.changed_by,
             source: e.source,
+            decision: e.decision,
             quota_request_id: e.quota_request_id,
             old_per_hour: e.old_per_hour,
             old_per_day: e.old_per_day,

@@ -7,7 +7,7 @@ use leptos_router::components::A;
 use super::layout::ErrorPanel;
 use crate::api::{
     admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, mark_notifications_read,
-    my_notifications, AdminSetQuota, ApproveQuotaRequest, CancelQuotaRequest, DenyQuotaRequest, KeyView,
+    my_notifications, AdminSetQuota, ApproveQuotaRequest, AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView,
     QuotaRequestView, RequestQuotaIncrease,
 };
 
@@ -132,7 +132,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     };
     view! {
         <h1>"Quota requests"</h1>
-        <p><A href="/admin/quota-changes">"Audit trail of every quota change →"</A></p>
+        <p><A href="/admin/quota-changes">"Audit trail of every quota change and decision →"</A></p>
         {error}
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -234,33 +234,39 @@ fn RequestCard(
     }
 }
 
-/// `/admin/quota-changes`: who changed which key's quota, from what to what, when and why.
+/// `/admin/quota-changes`: every decision on a quota, newest first: who changed which key's
+/// quota, from what to what, when and why, and which requests were denied, by whom and why.
 #[component]
 pub fn AdminQuotaChangesPage() -> impl IntoView {
     let entries = Resource::new(|| (), |_| admin_quota_audit());
     view! {
-        <h1>"Quota changes"</h1>
+        <h1>"Quota changes and decisions"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match entries.await {
                         Ok(list) => view! {
                             <table data-testid="audit-trail">
-                                <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
+                                <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"Decision"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
                                 <tbody>
-                                    {list.into_iter().map(|e| view! {
-                                        <tr>
-                                            <td>{format::time(&e.changed_at)}</td>
-                                            <td>{e.key_name.clone()}</td>
-                                            <td>{match (&e.changed_by, e.source.as_str()) {
-                                                (Some(by), "request") => format!("{by} (request #{})", e.quota_request_id.unwrap_or_default()),
-                                                (Some(by), _) => by.clone(),
-                                                (None, _) => "operator (CLI)".to_owned(),
-                                            }}</td>
-                                            <td class="num">{limits(e.old_per_hour, e.old_per_day)}</td>
-                                            <td class="num">{limits(e.new_per_hour, e.new_per_day)}</td>
-                                            <td>{e.reason.clone()}</td>
-                                        </tr>
+                                    {list.into_iter().map(|e| {
+                                        let denied = e.decision == "denied";
+                                        view! {
+                                            <tr data-testid="audit-row" data-decision=e.decision.clone()>
+                                                <td>{format::time(&e.changed_at)}</td>
+                                                <td>{e.key_name.clone()}</td>
+                                                <td>{audit_actor(&e)}</td>
+                                                <td><span class=format!("badge {}", e.decision)>{e.decision.clone()}</span></td>
+                                                <td class="num">{limits(e.old_per_hour, e.old_per_day)}</td>
+                                                // A denial's limits were asked for, never applied.
+                                                <td class="num">{if denied {
+                                                    format!("asked {}", limits(e.new_per_hour, e.new_per_day))
+                                                } else {
+                                                    limits(e.new_per_hour, e.new_per_day)
+                                                }}</td>
+                                                <td>{e.reason.clone()}</td>
+                                            </tr>
+                                        }
                                     }).collect_view()}
                                 </tbody>
                             </table>
@@ -270,6 +276,20 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                 })}
             </Suspense>
         </section>
+    }
+}
+
+/// Who decided: the admin (with the request, if one was decided), the operator's CLI, or an
+/// account deleted since.
+fn audit_actor(e: &AuditView) -> String {
+    let by = match (&e.changed_by, e.source.as_str()) {
+        (Some(by), _) => by.clone(),
+        (None, "operator") => return "operator (CLI)".to_owned(),
+        (None, _) => "a deleted account".to_owned(),
+    };
+    match e.quota_request_id {
+        Some(id) if e.source == "request" => format!("{by} (request #{id})"),
+        _ => by,
     }
 }
 
