@@ -60,15 +60,11 @@ impl FromServerFnError for AppError {
         }
     }
 
-    /// Serialising happens once per error response on the server, so this is where the
+    /// Serialising happens for every error response on the server, so this is where the
     /// response gets the error's status code.
     fn ser(&self) -> server_fn::Bytes {
         #[cfg(feature = "ssr")]
-        if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
-            if let Ok(status) = axum::http::StatusCode::from_u16(self.status()) {
-                response.set_status(status);
-            }
-        }
+        self.set_response_status();
         let body = ErrorBody { message: self.to_string(), error: self.clone() };
         serde_json::to_vec(&body).map(Into::into).unwrap_or_default()
     }
@@ -77,6 +73,33 @@ impl FromServerFnError for AppError {
         serde_json::from_slice::<ErrorBody>(&data)
             .map(|body| body.error)
             .unwrap_or_else(|e| Self::from_server_fn_error(ServerFnErrorErr::Deserialization(e.to_string())))
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl AppError {
+    /// Gives the server function's response this error's status, except for a plain form post
+    /// (no JavaScript) that server_fn sends back to its page with the error in the URL for the
+    /// page to show: leptos_axum applies this status after that redirect and would turn it into
+    /// a bare JSON error. Such posts are told apart as server_fn does it: they accept `text/html`
+    /// and name their page (`Referer`, an absolute URL). Without a page to return to, server_fn
+    /// would redirect to `/` and lose the message, so the status and JSON stay.
+    fn set_response_status(&self) {
+        use axum::http::header::{HeaderName, ACCEPT, REFERER};
+        use leptos::prelude::use_context;
+        let returns_to_its_page = use_context::<axum::http::request::Parts>().is_some_and(|parts| {
+            let header = |name: HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            header(ACCEPT).is_some_and(|v| v.contains("text/html"))
+                && header(REFERER).is_some_and(|v| v.starts_with("http://") || v.starts_with("https://"))
+        });
+        if returns_to_its_page {
+            return;
+        }
+        if let (Some(response), Ok(status)) =
+            (use_context::<leptos_axum::ResponseOptions>(), axum::http::StatusCode::from_u16(self.status()))
+        {
+            response.set_status(status);
+        }
     }
 }
 

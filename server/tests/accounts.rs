@@ -189,3 +189,54 @@ async fn server_functions_refuse_calls_from_another_site() {
     assert!(res.status().is_success() || res.status().is_redirection(), "{}", res.status());
     assert!(res.headers().get("set-cookie").is_some());
 }
+
+/// Without JavaScript the sign-in form posts straight to its server function. A failure must come
+/// back to the form's page with the message in the URL (leptos' form redirects), not as the
+/// server function's JSON; success still lands on the page asked for. The app's own (script)
+/// calls keep the error's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_post_without_javascript_returns_to_its_page_with_the_message() {
+    let app = TestApp::spawn().await;
+    // Failures count towards the sign-in throttle in the shared Redis: an address of this test only.
+    let gil = format!("gil-{}@example.com", app.db_name);
+    app.user(&gil, Role::Merchant).await;
+    let c = client();
+    let form_page = app.url("/login?next=/dashboard/notifications");
+    let post = |referer: &str, password: &str| {
+        c.post(app.url("/rpc/auth/login"))
+            .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+            .header("origin", &app.base)
+            .header("referer", referer)
+            .form(&[("email", gil.as_str()), ("password", password), ("next", "/dashboard/notifications")])
+            .send()
+    };
+
+    let res = post(&form_page, "not the password").await.unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert!(res.headers().get("set-cookie").is_none());
+    let back = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(back.starts_with(&form_page) && back.contains("__err="), "{back}");
+    let page = c.get(&back).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("data-testid=\"login-error\"") && html.contains("Invalid email or password"), "{html}");
+
+    // Signing in from that page (its URL still carries the error) goes where `next` says.
+    let res = post(&back, PASSWORD).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    assert_eq!(res.headers()["location"], "/dashboard/notifications");
+    assert!(res.headers().get("set-cookie").is_some());
+
+    // The app's script calls (they accept JSON) get the status and the message as before.
+    let res = client()
+        .post(app.url("/rpc/auth/login"))
+        .header("accept", "application/json")
+        .header("referer", &form_page)
+        .form(&[("email", gil.as_str()), ("password", "wrong again")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["message"], "Invalid email or password.");
+}

@@ -1,0 +1,106 @@
+import { test, expect, Page } from '@playwright/test';
+import { ADMIN, MERCHANT } from './helpers';
+
+// Without JavaScript every form posts straight to its server function; a failure must come back
+// to the page the form is on, with its message shown there (not the server function's JSON).
+test.use({ javaScriptEnabled: false });
+
+async function submitSignIn(page: Page, email: string, password: string) {
+  await page.getByLabel('Email').fill(email);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function signInWithoutScripts(page: Page, who: { email: string; password: string }) {
+  await page.goto('/login');
+  await submitSignIn(page, who.email, who.password);
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
+}
+
+/** Creates a key through the form (the list shows it after the post) and opens its page. */
+async function createKeyAndOpen(page: Page, name: string) {
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  await expect(row).toBeVisible();
+  await row.getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+}
+
+test('a wrong password shows its message on the sign-in page; then signing in lands on the key list', async ({ page }) => {
+  await page.goto('/login');
+  await submitSignIn(page, MERCHANT.email, 'not the password');
+  await expect(page).toHaveURL(/\/login\?/);
+  await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
+  await expect(page.locator('body')).not.toContainText('"message"');
+
+  // From the page that shows the error (its URL carries it), the right password signs in.
+  await submitSignIn(page, MERCHANT.email, MERCHANT.password);
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await expect(page.getByTestId('account-email')).toHaveText(MERCHANT.email);
+  await expect(page.getByRole('heading', { name: 'Your keys' })).toBeVisible();
+  await expect(page.getByTestId('login-error')).toHaveCount(0);
+});
+
+test('dashboard forms show their errors on the page they return to', async ({ page }) => {
+  await signInWithoutScripts(page, MERCHANT);
+
+  // A name of spaces passes the browser's `required` but not the server.
+  await page.getByTestId('key-name').fill('   ');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\?/);
+  await expect(page.getByRole('alert')).toHaveText('Give the key a name.');
+
+  const name = `No script ${Date.now()}`;
+  await createKeyAndOpen(page, name);
+  const keyUrl = page.url();
+
+  await page.getByTestId('ask-per-hour').fill('lots');
+  await page.getByTestId('ask-reason').fill('Launch');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('ask-error')).toHaveText('The hourly limit must be a whole number.');
+  expect(page.url().startsWith(keyUrl)).toBe(true);
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+
+  // Corrected, the request goes through and the error is gone. (The page was loaded afresh:
+  // without scripts the form's earlier input is not kept.)
+  await page.getByTestId('ask-per-hour').fill('5000');
+  await page.getByTestId('ask-reason').fill('Launch');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  await expect(page.getByTestId('ask-error')).toHaveCount(0);
+});
+
+test('an admin denying without a note sees why on the requests page', async ({ page, browser }) => {
+  await signInWithoutScripts(page, MERCHANT);
+  const name = `Deny me ${Date.now()}`;
+  await createKeyAndOpen(page, name);
+  await page.getByTestId('ask-per-hour').fill('5000');
+  await page.getByTestId('ask-reason').fill('More please');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+
+  const admin = await (await browser.newContext({ javaScriptEnabled: false })).newPage();
+  await signInWithoutScripts(admin, ADMIN);
+  await admin.goto('/admin/quota-requests');
+  const card = admin.getByTestId('admin-request').filter({ hasText: name });
+  // A note of spaces passes the browser's `required` but not the server.
+  await card.getByTestId('deny-note').fill(' ');
+  await card.getByTestId('deny').click();
+  await expect(admin.getByTestId('decision-error')).toHaveText('Say why the request is denied.');
+  await expect(admin.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'pending');
+
+  // Approving numbers that are not numbers: the same page says so.
+  const approveCard = admin.getByTestId('admin-request').filter({ hasText: name });
+  await approveCard.locator('input[name="per_hour"]').fill('many');
+  await approveCard.getByTestId('approve').click();
+  await expect(admin.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
+
+  // Setting a quota directly with a bad number.
+  await admin.locator('input[name="per_hour"]').last().fill('0');
+  await admin.locator('input[name="per_day"]').last().fill('10');
+  await admin.locator('input[name="reason"]').fill('no-script test');
+  await admin.getByRole('button', { name: 'Set quota' }).click();
+  await expect(admin.getByRole('alert').filter({ hasText: 'a limit must be a positive whole number' })).toBeVisible();
+});
