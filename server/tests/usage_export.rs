@@ -194,12 +194,19 @@ async fn dataset_in(app: TestApp) -> Dataset {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piece_size() {
     let Dataset { app, keys, range } = dataset().await;
-    // A range starting mid-week and mid-month: its first week and month rows start before it.
+    // A range starting mid-week and mid-month: its first week and month rows are partial.
     let ranges = [range, DayRange::new(range.from.succ_opt().unwrap(), range.to).unwrap()];
     for granularity in GRANULARITIES {
         for range in ranges {
             let expected = in_memory_csv(&app, &keys, granularity, range).await;
             assert!(expected.lines().count() > 30, "{granularity:?}: {expected}");
+            // No row claims days before the range: a partial first period starts with it.
+            let starts: Vec<&str> = expected.lines().skip(1).filter_map(|l| l.split(',').next()).collect();
+            let first = range.start().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            assert!(starts.iter().all(|s| *s >= first.as_str()), "{granularity:?}, {range:?}: {starts:?}");
+            if matches!(granularity, Granularity::Week | Granularity::Month) {
+                assert!(starts.contains(&first.as_str()), "{granularity:?}, {range:?}: no row from {first}");
+            }
             // Pieces of 7 rollups fall inside the hours of one week's or month's row over
             // and over; one big piece is the whole export at once.
             for piece_rows in [7, 100_000] {

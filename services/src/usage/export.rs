@@ -202,7 +202,7 @@ async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Send
                     .bind::<Timestamptz, _>(spec.range.end())
                     .execute(conn)
                     .await?;
-                let mut rows = KeyExportRows::new(spec.granularity, key);
+                let mut rows = KeyExportRows::new(spec.granularity, spec.range, key);
                 loop {
                     let piece: Vec<KeyedRollupRow> = diesel::sql_query(&fetch).load(conn).await?;
                     let last = piece.len() < piece_rows;

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use diesel::sql_types::{Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
@@ -106,6 +105,13 @@ impl DayRange {
     /// Exclusive end: midnight after `to`.
     pub fn end(&self) -> DateTime<Utc> {
         Utc.from_utc_datetime(&(self.to + Duration::days(1)).and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+
+    /// Where the export row holding `at` starts: its period's start, or the range's own start
+    /// when the range begins inside that period, so that a partial first week or month says
+    /// which days it covers (from 2026-11-04, the week of Monday 2026-11-02 reads 2026-11-04).
+    pub fn export_period_start(&self, granularity: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
+        granularity.period_start(at).max(self.start())
     }
 }
 
@@ -229,8 +235,10 @@ pub(super) struct RollupRow {
     bytes_in: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     bytes_out: i64,
-    #[diesel(sql_type = Jsonb)]
-    latency_hist: serde_json::Value,
+    /// The histogram's JSON as text (`latency_hist::text`): parsed straight into a
+    /// [`LatencyHistogram`], without building a JSON value tree first.
+    #[diesel(sql_type = Text)]
+    latency_hist: String,
 }
 
 /// An hourly rollup row and its key.
@@ -245,7 +253,7 @@ pub(super) struct KeyedRollupRow {
 impl KeyedRollupRow {
     /// The row's latency histogram (empty if the stored JSON is not one).
     fn histogram(&self) -> LatencyHistogram {
-        LatencyHistogram::deserialize(&self.rollup.latency_hist).unwrap_or_default()
+        serde_json::from_str(&self.rollup.latency_hist).unwrap_or_default()
     }
 }
 
@@ -260,7 +268,7 @@ async fn for_each_hour_row(
     let mut conn = db::conn(db).await?;
     let rows: Vec<KeyedRollupRow> = diesel::sql_query(
         "SELECT api_key_id, period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
-         latency_hist FROM api_key_usage_hour \
+         latency_hist::text AS latency_hist FROM api_key_usage_hour \
          WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3",
     )
     .bind::<diesel::sql_types::Array<SqlUuid>, _>(keys)
@@ -344,7 +352,7 @@ impl HourRows {
         granularity: Granularity,
         range: DayRange,
     ) -> Vec<ExportRow> {
-        let mut rows = ExportRows::new(granularity);
+        let mut rows = ExportRows::new(granularity, range);
         for (key, hours) in keys {
             for (row, hist) in hours.within(range) {
                 rows.add(key, row, hist);
@@ -407,7 +415,7 @@ pub struct ExportRow {
 /// cost more than the rest of an export. [`KeyExportRows`] groups each period's rows in memory.
 pub(super) const KEY_ROLLUPS_OLDEST_FIRST: &str =
     "SELECT api_key_id, period_start, method, endpoint, status, requests, \
-     throttled, bytes_in, bytes_out, latency_hist FROM api_key_usage_hour \
+     throttled, bytes_in, bytes_out, latency_hist::text AS latency_hist FROM api_key_usage_hour \
      WHERE api_key_id = $1 AND period_start >= $2 AND period_start < $3 \
      ORDER BY period_start";
 
@@ -417,6 +425,7 @@ pub(super) const KEY_ROLLUPS_OLDEST_FIRST: &str =
 /// rollups, whatever its range.
 pub(super) struct KeyExportRows {
     granularity: Granularity,
+    range: DayRange,
     key: Uuid,
     period: Option<DateTime<Utc>>,
     // Few distinct endpoints per key: a list searched in place beats allocating map keys.
@@ -424,8 +433,8 @@ pub(super) struct KeyExportRows {
 }
 
 impl KeyExportRows {
-    pub(super) fn new(granularity: Granularity, key: Uuid) -> Self {
-        Self { granularity, key, period: None, rows: Vec::new() }
+    pub(super) fn new(granularity: Granularity, range: DayRange, key: Uuid) -> Self {
+        Self { granularity, range, key, period: None, rows: Vec::new() }
     }
 
     /// Adds one hourly row; once it starts a new period, the previous period's rows are
@@ -435,7 +444,7 @@ impl KeyExportRows {
         if row.api_key_id != self.key {
             return Err(ServiceError::Internal("a usage rollup of another key reached a key's export".into()));
         }
-        let period = self.granularity.period_start(r.period_start);
+        let period = self.range.export_period_start(self.granularity, r.period_start);
         match self.period {
             Some(current) if current == period => {}
             // A period already written out would get more hours: say so instead of writing it
@@ -479,16 +488,17 @@ impl KeyExportRows {
 /// for the monthly summary's attachment, built from rows a report loaded anyway).
 struct ExportRows {
     granularity: Granularity,
+    range: DayRange,
     map: BTreeMap<(Uuid, DateTime<Utc>, String, String), UsageTotals>,
 }
 
 impl ExportRows {
-    fn new(granularity: Granularity) -> Self {
-        Self { granularity, map: BTreeMap::new() }
+    fn new(granularity: Granularity, range: DayRange) -> Self {
+        Self { granularity, range, map: BTreeMap::new() }
     }
 
     fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
-        let period = self.granularity.period_start(row.period_start);
+        let period = self.range.export_period_start(self.granularity, row.period_start);
         self.map.entry((key, period, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
     }
 
@@ -524,6 +534,25 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_partial_first_period_of_an_export_starts_with_its_range() {
+        let range = DayRange::parse("2026-11-04", "2026-12-10").unwrap();
+        let t = at("2026-11-05T10:00:00Z");
+        assert_eq!(range.export_period_start(Granularity::Week, t), at("2026-11-04T00:00:00Z"));
+        assert_eq!(range.export_period_start(Granularity::Month, t), at("2026-11-04T00:00:00Z"));
+        assert_eq!(range.export_period_start(Granularity::Day, t), at("2026-11-05T00:00:00Z"));
+        assert_eq!(range.export_period_start(Granularity::Hour, t), t);
+        // Later periods are whole: they start where the calendar says.
+        assert_eq!(
+            range.export_period_start(Granularity::Week, at("2026-11-10T00:00:00Z")),
+            at("2026-11-09T00:00:00Z")
+        );
+        assert_eq!(
+            range.export_period_start(Granularity::Month, at("2026-12-10T23:00:00Z")),
+            at("2026-12-01T00:00:00Z")
+        );
     }
 
     #[test]
