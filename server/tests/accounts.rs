@@ -88,6 +88,11 @@ async fn signed_out_visits_to_protected_pages_are_redirected_to_sign_in() {
         ),
         ("/admin/quota-requests", "/admin/quota-requests"),
         ("/admin", "/admin"),
+        // A no-JS form's error in the URL (its session had ended) is not carried to sign-in.
+        (
+            "/dashboard/developers/api-keys?__path=%2Frpc%2Fkeys%2Fcreate&__err=eyJlcnJvciI6IlVuYXV0aG9yaXplZCJ9",
+            "/dashboard/developers/api-keys",
+        ),
     ] {
         for accept in [None, Some("*/*"), Some("text/html")] {
             let mut req = client().get(app.url(path));

@@ -9,7 +9,8 @@ pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
 /// `/login?next=<here>`, so that signing in comes back to the page asked for. Used by the page
 /// layouts (client-side) and the server's guard of signed-in pages alike.
 pub fn login_path_for(here: &str) -> String {
-    let here = if here.is_empty() { "/" } else { here };
+    let here = without_form_error(here);
+    let here = if here.is_empty() { "/" } else { here.as_str() };
     let encoded: String = here
         .bytes()
         .map(|b| match b {
@@ -18,6 +19,31 @@ pub fn login_path_for(here: &str) -> String {
         })
         .collect();
     format!("/login?next={encoded}")
+}
+
+/// `path` without the error of a form post that leptos puts in the URL for pages without
+/// JavaScript (`__path`, `__err`). It belongs to the post that failed (e.g. "Please sign in." when
+/// the session had ended) and would greet the user again once signed in.
+fn without_form_error(path: &str) -> String {
+    let Some((page, query)) = path.split_once('?') else { return path.to_owned() };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && key != "__path" && key != "__err"
+        })
+        .collect();
+    let mut out = page.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
 }
 
 /// Only local absolute paths are followed after sign-in, so the form cannot be used to send
@@ -85,6 +111,21 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), HOME_PATH);
         assert_eq!(safe_next(Some("/\\evil.example")), HOME_PATH);
         assert_eq!(safe_next(None), HOME_PATH);
+    }
+
+    #[test]
+    fn sign_in_does_not_bring_back_a_form_error_of_the_page() {
+        let err = "__path=%2Frpc%2Fkeys%2Fcreate&__err=eyJlcnJvciI6IlVuYXV0aG9yaXplZCJ9";
+        assert_eq!(
+            login_path_for(&format!("/dashboard/developers/api-keys?{err}")),
+            "/login?next=/dashboard/developers/api-keys"
+        );
+        assert_eq!(
+            login_path_for(&format!("/dashboard/developers/api-keys/x?page=2&{err}&range=7d")),
+            "/login?next=/dashboard/developers/api-keys/x%3Fpage%3D2%26range%3D7d"
+        );
+        assert_eq!(login_path_for("/admin?__errata=1"), "/login?next=/admin%3F__errata%3D1");
+        assert_eq!(login_path_for(""), "/login?next=/");
     }
 
     #[test]
