@@ -11,7 +11,10 @@ use crate::error::AppError;
 /// guard redirects first); this covers client-side navigation after a session ended.
 fn login_path() -> String {
     let location = use_location();
-    login_path_for(&format!("{}{}", location.pathname.get_untracked(), location.search.get_untracked()))
+    // The router's `search` comes without its `?`.
+    let search = location.search.get_untracked();
+    let here = location.pathname.get_untracked();
+    login_path_for(&if search.is_empty() { here } else { format!("{here}?{search}") })
 }
 
 #[component]
