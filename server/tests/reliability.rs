@@ -9,78 +9,15 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::processes::{OwnRedis, ServerProcess};
 use common::{client, TestApp};
 use diesel_async::RunQueryDsl;
 use services::keys::ApiKeyId;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A Redis server of the test's own, so that stopping it disturbs no other test. Its stream is
-/// written to an append-only file synced on every write, so a crash loses nothing acknowledged.
-struct OwnRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("keymeter-redis-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self { port: free_port(), dir, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by scripts/setup.sh)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if self.cli(&["PING"]).is_some_and(|out| out.contains("PONG")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    /// Crashes it (SIGKILL).
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A TCP relay to a Redis that can hold every write of the app for a while before passing it on
 /// (one write after another): a slow link, so that quota checks are still out when a test acts.
@@ -328,59 +265,6 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
 
 // ---------------------------------------------------------------------------------------------
 // `make reliability`: process-level fault scenarios.
-
-/// A server process, as deployed.
-struct ServerProcess {
-    base: String,
-    child: Child,
-}
-
-impl ServerProcess {
-    async fn start(app: &TestApp, redis_url: &str, extra: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
-        cmd.arg("serve")
-            .env("DATABASE_URL", &app.config.database_url)
-            .env("REDIS_URL", redis_url)
-            .env("KEYMETER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEYMETER_REDIS_NAMESPACE", &app.db_name)
-            .env("KEYMETER_MAIL_DIR", std::env::temp_dir().join(format!("keymeter-mail-{}", app.db_name)))
-            .env("KEYMETER_INSTANCES", "2")
-            .env("KEYMETER_REDIS_TIMEOUT_MS", "250")
-            .env("KEYMETER_DEMO_TRAFFIC", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
-        // Each server's log next to the report, for when a scenario fails.
-        let log = std::env::var("KEYMETER_RELIABILITY_REPORT")
-            .ok()
-            .and_then(|report| std::fs::File::create(format!("{report}.server-{port}.log")).ok());
-        cmd.stderr(log.map_or_else(Stdio::null, Stdio::from));
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let base = format!("http://127.0.0.1:{port}");
-        // Owned at once, so the process is killed and reaped whatever happens next.
-        let server = Self { base: base.clone(), child: cmd.spawn().expect("start the server") };
-        for _ in 0..200 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-                return server;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server did not start");
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
 
 /// What the clients saw.
 #[derive(Default)]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod processes;
 pub mod smtp_sink;
 
 use std::sync::atomic::{AtomicU32, Ordering};
