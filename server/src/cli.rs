@@ -1,16 +1,19 @@
 //! Operator commands: `keymeter [serve]`, `migrate`, `user add`, `key create|revoke|list`, `quota set`,
 //! `demo seed`, `report monthly`.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
+use services::keys::secret::SECRET_PREFIX;
 use services::keys::{
-    api_keys, set_quota, ApiKeyId, ApiKeySecret, ChangeSource, KeyCheck, KeyName, Quota, QuotaChange, QuotaLimit,
+    api_keys, set_limits, set_quota, ApiKeyId, ApiKeySecret, BurstChange, ChangeSource, KeyCheck, KeyName, Quota,
+    QuotaChange, QuotaLimit,
 };
-use services::mailer::Mailer;
+use services::mailer::{self, Mailer};
 use services::monthly_report;
 use services::usage::reports::Month;
 use services::usage::writer::UsageWriter;
@@ -20,7 +23,7 @@ use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
 
 #[derive(Parser)]
-#[command(name = "keymeter", about = "API-key usage metering: server and operator commands")]
+#[command(name = "keymeter", version, about = "API-key usage metering: server and operator commands")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -65,11 +68,13 @@ enum ReportCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create an account; the password is read from standard input.
+    /// Create an account; the password is read from standard input (typed without echo on a
+    /// terminal).
     Add {
+        /// The account's email address (its sign-in name, where its mail goes).
         #[arg(long)]
         email: String,
-        #[arg(long, default_value = "merchant")]
+        #[arg(long, default_value = "merchant", value_parser = ["merchant", "admin"])]
         role: String,
     },
 }
@@ -83,7 +88,7 @@ enum KeyCommand {
         #[arg(long)]
         name: String,
     },
-    /// Revoke a key by id.
+    /// Revoke a key by id (a UUID, see `key list`), not by its secret.
     Revoke { id: String },
     /// List an account's keys: id, status, prefix, name.
     List {
@@ -94,17 +99,22 @@ enum KeyCommand {
 
 #[derive(Subcommand)]
 enum QuotaCommand {
-    /// Set a key's limits; they apply to its very next request.
+    /// Set a key's limits; they apply to its very next request. Unlike the admin form, an
+    /// hourly limit above the daily one is accepted (the day window then blocks first).
     Set {
+        /// The key's id (a UUID, see `key list`), not its secret.
         #[arg(long)]
         key: String,
         #[arg(long)]
         per_hour: i64,
         #[arg(long)]
         per_day: i64,
-        /// Requests per second allowed in a burst (omit for no burst limit).
+        /// Requests per second allowed in a burst (omit to keep the key's current burst limit).
         #[arg(long)]
         burst: Option<i64>,
+        /// Remove the key's burst limit.
+        #[arg(long, conflicts_with = "burst")]
+        no_burst: bool,
         /// Why, for the audit trail.
         #[arg(long, default_value = "set by an operator")]
         reason: String,
@@ -122,121 +132,189 @@ enum DemoCommand {
     },
 }
 
+/// How long `report monthly` spends sending what it queued (a send still running then is cut
+/// short); what is left stays queued for a server's mail sender, so a relay that never answers
+/// cannot hold the command.
+const MAIL_DEADLINE: Duration = Duration::from_secs(30);
+
 pub async fn run() -> ExitCode {
-    crate::telemetry::init();
     let cli = Cli::parse();
-    match dispatch(cli.command.unwrap_or(Command::Serve)).await {
+    let result = match Config::from_env() {
+        Ok(config) => {
+            crate::telemetry::init(config.log_format);
+            dispatch(&config, cli.command.unwrap_or(Command::Serve)).await
+        }
+        Err(err) => Err(err.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Not eprintln!: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+/// One line on standard output. A write error (a closed pipe: `keymeter … | head -1`) is an
+/// error of the command, not a panic as with `println!`.
+fn out(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+        .context("cannot write to standard output")
+}
+
+macro_rules! say {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
+/// A key id given on the command line. Anything else is refused without echoing it: a key
+/// secret pasted by mistake would otherwise land in the terminal's scrollback and logs.
+fn key_id(raw: &str, what: &str) -> anyhow::Result<ApiKeyId> {
+    if let Ok(id) = ApiKeyId::parse(raw) {
+        return Ok(id);
+    }
+    let hint = "a UUID, as `keymeter key list --owner <email>` shows";
+    if raw.contains(SECRET_PREFIX) || raw.trim_start().starts_with("km_") {
+        bail!("{what} looks like a key secret ({SECRET_PREFIX}…), which is not printed here; give the key's id instead ({hint})");
+    }
+    bail!("{what} is not a key id ({hint})")
+}
+
+async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve => serve(&config).await,
+        Command::Serve => serve(config).await,
         Command::Migrate => {
             services::db::run_migrations(&config.database_url)
                 .await
                 .with_context(|| format!("migrating {}", redact_url(&config.database_url)))?;
-            println!("migrations applied");
-            Ok(())
+            say!("migrations applied")
         }
         Command::User(UserCommand::Add { email, role }) => {
-            let email = Email::parse(&email)?;
+            let email = Email::parse(&email).context("--email")?;
             let role = Role::parse(&role)?;
             let password = Password::parse(&read_password()?)?;
-            let services = startup::connect(&config).await?;
+            let services = startup::connect(config).await?;
             let user = accounts::create_user(&services.db, &email, &password, role).await?;
-            println!("created {} account {} (id {})", role.as_str(), user.email, user.id);
-            Ok(())
+            say!("created {} account {} (id {})", role.as_str(), user.email, user.id)
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
-            let email = Email::parse(&owner)?;
+            let email = Email::parse(&owner).context("--owner")?;
             let name = KeyName::parse(&name)?;
-            let services = startup::connect(&config).await?;
+            let services = startup::connect(config).await?;
             let user = accounts::find_user_by_email(&services.db, &email)
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
-            eprintln!("created key {} ({}) for {}; the secret is shown only this once:", key.id, key.name, user.email);
-            println!("{}", secret.expose());
-            Ok(())
+            let _ = writeln!(
+                std::io::stderr(),
+                "created key {} ({}) for {}; the secret is shown only this once:",
+                key.id,
+                key.name,
+                user.email
+            );
+            say!("{}", secret.expose()).map_err(|e| {
+                anyhow!(
+                    "key {id} was created, but its secret could not be written ({e:#}) and cannot be shown again: \
+                     revoke it with `keymeter key revoke {id}` and create another",
+                    id = key.id
+                )
+            })
         }
         Command::Key(KeyCommand::Revoke { id }) => {
-            let id = ApiKeyId::parse(&id).map_err(|_| anyhow!("{id:?} is not a key id"))?;
-            let services = startup::connect(&config).await?;
+            let id = key_id(&id, "the key to revoke")?;
+            let services = startup::connect(config).await?;
             let key = api_keys::revoke(&services.db, id).await.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 other => other.into(),
             })?;
-            println!("revoked key {} ({})", key.id, key.name);
-            Ok(())
+            say!("revoked key {} ({})", key.id, key.name)
         }
         Command::Key(KeyCommand::List { owner }) => {
-            let email = Email::parse(&owner)?;
-            let services = startup::connect(&config).await?;
+            let email = Email::parse(&owner).context("--owner")?;
+            let services = startup::connect(config).await?;
             let user = accounts::find_user_by_email(&services.db, &email)
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
             for key in api_keys::list_for_owner(&services.db, user.id).await? {
                 let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name);
+                say!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name)?;
             }
             Ok(())
         }
-        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst, reason }) => {
-            let id = ApiKeyId::parse(&key).map_err(|_| anyhow!("{key:?} is not a key id"))?;
-            let quota = Quota {
-                per_hour: QuotaLimit::new(per_hour).context("--per-hour")?,
-                per_day: QuotaLimit::new(per_day).context("--per-day")?,
-                burst_per_second: burst.map(QuotaLimit::burst).transpose().context("--burst")?,
+        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst, no_burst, reason }) => {
+            let id = key_id(&key, "--key")?;
+            let per_hour = QuotaLimit::new(per_hour).context("--per-hour")?;
+            let per_day = QuotaLimit::new(per_day).context("--per-day")?;
+            let burst = match (burst, no_burst) {
+                (Some(b), _) => BurstChange::Set(QuotaLimit::burst(b).context("--burst")?),
+                (None, true) => BurstChange::Remove,
+                (None, false) => BurstChange::Keep,
             };
-            let services = startup::connect(&config).await?;
+            let services = startup::connect(config).await?;
             let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: &reason };
-            set_quota(&services, id, &quota, &change).await.map_err(|e| match e {
+            let quota = set_limits(&services, id, per_hour, per_day, burst, &change).await.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
+                services::ServiceError::Conflict(why) => anyhow!("the quota of key {id} was not changed: {why}"),
                 other => other.into(),
             })?;
-            println!(
-                "quota of {id}: {per_hour}/hour, {per_day}/day{}",
-                burst.map(|b| format!(", burst {b}/s")).unwrap_or_default()
-            );
-            Ok(())
+            say!(
+                "quota of {id}: {}/hour, {}/day, {}",
+                quota.per_hour.get(),
+                quota.per_day.get(),
+                match (quota.burst_per_second, burst) {
+                    (Some(b), BurstChange::Keep) => format!("burst {}/s (kept)", b.get()),
+                    (Some(b), _) => format!("burst {}/s", b.get()),
+                    (None, _) => "no burst limit".to_owned(),
+                }
+            )
         }
-        Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(&config, secret_file.as_deref()).await,
+        Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(config, secret_file.as_deref()).await,
         Command::Report(ReportCommand::Monthly { month, force }) => {
             let month = match month {
                 Some(raw) => Month::parse(&raw).context("--month")?,
                 None => Month::containing(chrono::Utc::now()).previous(),
             };
-            let services = startup::connect(&config).await?;
-            let outcome = monthly_report::send_monthly_reports(&services, month, force).await?;
-            println!(
-                "monthly summary for {month}: queued for {} owner(s), {} already had it{}",
-                outcome.sent,
-                outcome.already_sent,
-                if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" }
-            );
-            // Deliver now rather than waiting for a server's mail sender.
+            // Mail settings first: a mailer that cannot be built must not leave summaries
+            // recorded as sent and queued behind it.
             let mailer = Mailer::with_smtp_ca(
                 config.smtp_url.as_deref(),
                 config.smtp_ca_file.as_deref(),
                 config.mail_dir.clone(),
                 &config.mail_from,
             )?;
-            let mut tried = 0;
-            while tried < 10_000 {
-                match mailer.deliver_due(&services.db).await? {
-                    0 => break,
-                    n => tried += n,
-                }
-            }
-            println!("mail: {} message(s) handed to {}", tried, mailer.describe());
+            let services = startup::connect(config).await?;
+            let outcome = monthly_report::send_monthly_reports(&services, month, force).await?;
+            say!(
+                "monthly summary for {month}: queued for {} owner(s), {} already had it{}",
+                outcome.sent,
+                outcome.already_sent,
+                if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" }
+            )?;
+            // Deliver now rather than waiting for a server's mail sender: each message once,
+            // for a bounded time.
+            let queued = &outcome.email_ids;
+            mailer.deliver_now(&services.db, queued, Instant::now() + MAIL_DEADLINE).await?;
+            let unsent = mailer::still_queued(&services.db, queued).await?;
             services.usage.shutdown().await;
+            if queued.is_empty() {
+                return Ok(());
+            }
+            say!("mail: {} of {} sent via {}", queued.len() - unsent.len(), queued.len(), mailer.describe())?;
+            for m in &unsent {
+                say!("  not sent to {}: {}", m.to, m.error)?;
+            }
+            if !unsent.is_empty() {
+                bail!(
+                    "{} of {} summary email(s) could not be sent now; they stay queued (see /admin/mail) and a \
+                     running keymeter server's mail sender retries them with backoff",
+                    unsent.len(),
+                    queued.len()
+                );
+            }
             Ok(())
         }
     }
@@ -249,15 +327,62 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line from stdin (a prompt-free pipe, or typed at a terminal).
+/// One line from stdin: a prompt-free pipe, or typed at a terminal without echo.
 fn read_password() -> anyhow::Result<String> {
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("password: ");
-    }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    if stdin.is_terminal() {
+        // Off before the prompt shows, so nothing typed after it appears.
+        let _quiet = EchoOff::stdin().context("turning off the terminal's echo for the password")?;
+        let mut stderr = std::io::stderr();
+        let _ = write!(stderr, "password: ").and_then(|()| stderr.flush());
+        stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    } else {
+        stdin.lock().read_line(&mut line).context("reading the password from stdin")?;
+    }
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// The terminal on stdin without echo (the newline still shows) until dropped.
+struct EchoOff {
+    #[cfg(unix)]
+    saved: libc::termios,
+}
+
+impl EchoOff {
+    #[cfg(unix)]
+    fn stdin() -> std::io::Result<Self> {
+        let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills the termios it is given, or fails and it is not read.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, saved.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: initialised by the successful tcgetattr above.
+        let saved = unsafe { saved.assume_init() };
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: a valid termios for the descriptor it came from.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { saved })
+    }
+
+    #[cfg(not(unix))]
+    fn stdin() -> std::io::Result<Self> {
+        Ok(Self {})
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read from the same descriptor.
+        #[cfg(unix)]
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.saved);
+        }
+    }
 }
 
 pub const DEMO_ADMIN: (&str, &str) = ("admin@keymeter.local", "admin-demo-password");
@@ -272,7 +397,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
             Some(user) => user,
             None => accounts::create_user(&services.db, &email, &Password::parse(password)?, role).await?,
         };
-        println!("  {:<8} {}  password: {}", role.as_str(), user.email, password);
+        say!("  {:<8} {}  password: {}", role.as_str(), user.email, password)?;
         if role == Role::Merchant {
             merchant = Some(user);
         }
@@ -296,7 +421,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
     };
     let key_id = match known {
         Some(id) => {
-            println!("  demo key {id}");
+            say!("  demo key {id}")?;
             id
         }
         None => {
@@ -315,7 +440,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
             if let Some(path) = secret_file {
                 write_secret_file(path, secret.expose())?;
             }
-            println!("  demo key {} (shown once): {}", key.id, secret.expose());
+            say!("  demo key {} (shown once): {}", key.id, secret.expose())?;
             key.id
         }
     };
@@ -327,7 +452,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
         for chunk in events.chunks(10_000) {
             writer.write(chunk).await?;
         }
-        println!("  seeded 30 days of demo usage ({} calls)", events.len());
+        say!("  seeded 30 days of demo usage ({} calls)", events.len())?;
     }
     services.usage.shutdown().await;
     Ok(())

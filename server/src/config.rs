@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use services::keys::{FailMode, FailurePolicy};
+use services::keys::{FailMode, FailurePolicy, QuotaLimit};
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}: {reason}")]
@@ -57,11 +57,24 @@ pub struct Config {
     pub mail_from: String,
     /// `KEYMETER_MAX_PER_HOUR` / `KEYMETER_MAX_PER_DAY`: the highest limits merchants may ask for.
     pub quota_maximum: services::quota_requests::QuotaMaximum,
+    /// `KEYMETER_LOG_FORMAT`: `text` (the default) or `json`.
+    pub log_format: LogFormat,
     /// `KEYMETER_REDIS_TIMEOUT_MS` (quota check timeout, default 250), `KEYMETER_QUOTA_FAIL_MODE`
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
     pub quota_failure: FailurePolicy,
 }
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Pool sizes above this are a typo, not a plan (each connection is a PostgreSQL backend or a
+/// Redis client); deadpool preallocates the pool's slots, so a huge size would abort the process.
+pub const MAX_POOL_SIZE: usize = 1000;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
@@ -114,19 +127,39 @@ impl Config {
             smtp_ca_file: lookup("SMTP_CA_FILE").map(PathBuf::from),
             site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
             secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
-            db_pool_size: parse_num(&lookup, "KEYMETER_DB_POOL_SIZE", 16)?,
-            redis_pool_size: parse_num(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32)?,
+            db_pool_size: parse_bounded(&lookup, "KEYMETER_DB_POOL_SIZE", 16, MAX_POOL_SIZE)?,
+            redis_pool_size: parse_bounded(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32, MAX_POOL_SIZE)?,
             demo_traffic_key_file: if parse_bool(&lookup, "KEYMETER_DEMO_TRAFFIC", true)? {
                 lookup("KEYMETER_DEMO_TRAFFIC_KEY_FILE").map(PathBuf::from)
             } else {
                 None
             },
-            public_url: lookup("KEYMETER_PUBLIC_URL").unwrap_or_else(|| format!("http://{listen}")),
+            public_url: match lookup("KEYMETER_PUBLIC_URL") {
+                Some(url) => check_public_url(url.trim())?,
+                None => format!("http://{listen}"),
+            },
             mail_dir: lookup("KEYMETER_MAIL_DIR").map(PathBuf::from).unwrap_or_else(|| ".data/mail".into()),
-            mail_from: lookup("KEYMETER_MAIL_FROM").unwrap_or_else(|| "keymeter <keymeter@localhost>".to_owned()),
+            mail_from: match lookup("KEYMETER_MAIL_FROM") {
+                Some(from) => {
+                    services::mailer::check_sender(&from)
+                        .map_err(|e| ConfigError { var: "KEYMETER_MAIL_FROM", reason: format!("{from:?}: {e}") })?;
+                    from
+                }
+                None => "keymeter <keymeter@localhost>".to_owned(),
+            },
             quota_maximum: services::quota_requests::QuotaMaximum {
-                per_hour: parse_num(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000)? as i64,
-                per_day: parse_num(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000)? as i64,
+                per_hour: parse_bounded(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000, QuotaLimit::MAX)?,
+                per_day: parse_bounded(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000, QuotaLimit::MAX)?,
+            },
+            log_format: match lookup("KEYMETER_LOG_FORMAT").as_deref().map(str::trim) {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "KEYMETER_LOG_FORMAT",
+                        reason: format!("{other:?} is neither text nor json"),
+                    })
+                }
             },
             quota_failure: FailurePolicy {
                 timeout: Duration::from_millis(parse_num(&lookup, "KEYMETER_REDIS_TIMEOUT_MS", 250)? as u64),
@@ -163,17 +196,48 @@ fn parse_num(
     var: &'static str,
     default: usize,
 ) -> Result<usize, ConfigError> {
-    match lookup(var) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(ConfigError { var, reason: format!("{v:?} is not a positive number") }),
-        },
+    parse_bounded(lookup, var, default, usize::MAX)
+}
+
+/// A whole number from 1 to `max`.
+fn parse_bounded<T>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display,
+{
+    let Some(v) = lookup(var) else {
+        return Ok(default);
+    };
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= T::from(1) && n <= max => Ok(n),
+        // Also digits too many for the type: the number is too large, not malformed.
+        Ok(_) | Err(_) if !v.trim().is_empty() && v.trim().bytes().all(|b| b.is_ascii_digit()) => {
+            Err(ConfigError { var, reason: format!("{v:?} is out of range: give a number from 1 to {max}") })
+        }
+        _ => Err(ConfigError { var, reason: format!("{v:?} is not a positive whole number") }),
     }
 }
 
-/// A URL fit for messages and logs: the password, if any, is replaced by `***`. A list of
-/// URLs (Redis Cluster seed nodes) has each one redacted.
+/// Links in emails start with it: an absolute http(s) URL with a host.
+fn check_public_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: format!("{url:?} {why}") };
+    let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("must start with http:// or https://"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("names no host"));
+    }
+    Ok(url.to_owned())
+}
+
+/// A URL fit for messages and logs: the password in it, if any, is replaced by `***`, whether
+/// in the user info (`user:pass@`) or in the query (`?password=…`, as libpq and Redis accept).
+/// A list of URLs (Redis Cluster seed nodes) has each one redacted.
 pub fn redact_url(url: &str) -> String {
     if url.contains(',') {
         return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
@@ -183,13 +247,30 @@ pub fn redact_url(url: &str) -> String {
     };
     // The last `@`: a password may contain `@` (unencoded); a query with `@` after it is
     // redacted too, which is safe.
-    match rest.rsplit_once('@') {
+    let rest = match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => rest.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => rest.to_owned(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let pairs = query.split('&').map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            });
+            format!("{path}?{}", pairs.collect::<Vec<_>>().join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
+}
+
+/// `password`, `sslpassword`, `passwd`, `secret`, `token`, …: a query parameter worth hiding.
+fn is_secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token"].iter().any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -223,11 +304,58 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_bounded_and_name_their_variable() {
+        for var in ["KEYMETER_DB_POOL_SIZE", "KEYMETER_REDIS_POOL_SIZE"] {
+            for bad in ["18446744073709551615", "1000000000000", "1001", "0", "-1", "ten"] {
+                let err = with(&[(var, bad)]).unwrap_err();
+                assert_eq!(err.var, var, "{bad}");
+            }
+            assert!(with(&[(var, "1000")]).is_ok());
+        }
+        assert_eq!(with(&[("KEYMETER_DB_POOL_SIZE", "1000")]).unwrap().db_pool_size, 1000);
+        for var in ["KEYMETER_MAX_PER_HOUR", "KEYMETER_MAX_PER_DAY"] {
+            for bad in ["18446744073709551615", "9223372036854775808", "1000000000001", "0", "-1"] {
+                let err = with(&[(var, bad)]).unwrap_err();
+                assert_eq!(err.var, var, "{bad}");
+                assert!(!err.to_string().contains("-1 "), "{err}");
+            }
+        }
+        let max = with(&[("KEYMETER_MAX_PER_HOUR", "1000000000000")]).unwrap().quota_maximum;
+        assert_eq!(max.per_hour, QuotaLimit::MAX);
+    }
+
+    #[test]
+    fn formats_urls_and_addresses_are_checked() {
+        for bad in ["JSON", "xml", "Text"] {
+            assert_eq!(with(&[("KEYMETER_LOG_FORMAT", bad)]).unwrap_err().var, "KEYMETER_LOG_FORMAT", "{bad}");
+        }
+        assert_eq!(with(&[("KEYMETER_LOG_FORMAT", "json")]).unwrap().log_format, LogFormat::Json);
+        assert_eq!(with(&[]).unwrap().log_format, LogFormat::Text);
+        for bad in ["example.com", "ftp://example.com", "https://", "http:// x", "javascript:alert(1)"] {
+            assert_eq!(with(&[("KEYMETER_PUBLIC_URL", bad)]).unwrap_err().var, "KEYMETER_PUBLIC_URL", "{bad}");
+        }
+        let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/app")]).unwrap().public_url;
+        assert_eq!(url, "https://keymeter.example.com/app");
+        for bad in ["not an address", "bad from", "a\"<script>@b.com"] {
+            assert_eq!(with(&[("KEYMETER_MAIL_FROM", bad)]).unwrap_err().var, "KEYMETER_MAIL_FROM", "{bad}");
+        }
+        assert!(with(&[("KEYMETER_MAIL_FROM", "Billing <billing@example.com>")]).is_ok());
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
         assert_eq!(redact_url("redis://:a@h:1,redis://:b@h:2"), "redis://:***@h:1,redis://:***@h:2");
         assert_eq!(redact_url("postgres://u:p@ss@w0rd@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(redact_url("postgres://u:pa?ss@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:1/db?password=X&sslmode=require"),
+            "postgres://postgres@127.0.0.1:1/db?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://h/db?sslpassword=X&user=a@b"), "postgres://h/db?sslpassword=***&user=a@b");
+        assert_eq!(redact_url("redis://h:1/0?Password=X"), "redis://h:1/0?Password=***");
+        assert_eq!(redact_url("rediss://h:1?password=X,rediss://h:2"), "rediss://h:1?password=***,rediss://h:2");
     }
 
     #[test]

@@ -41,13 +41,32 @@ impl FromRef<AppState> for Services {
     }
 }
 
-/// Opens the pools and proves both services answer, naming the one that does not.
+/// Opens the pools and proves both services answer, naming the one that does not, and that the
+/// database has every migration this binary knows (without them every request would fail).
 pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     let db = services::db::pool(&config.database_url, config.db_pool_size)?;
     services::db::ping(&db)
         .await
         .with_context(|| format!("PostgreSQL at {} is unreachable", redact_url(&config.database_url)))?;
-    let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)?;
+    let pending = services::db::pending_migrations(&db)
+        .await
+        .with_context(|| format!("reading the migrations of the database at {}", redact_url(&config.database_url)))?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "the database at {} has {} pending migration{}: run `keymeter migrate`",
+            redact_url(&config.database_url),
+            pending.len(),
+            if pending.len() == 1 { "" } else { "s" }
+        );
+    }
+    let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)
+        .map_err(|e| match e {
+            // The pool names REDIS_URL itself; this is the operator's setting, not an internal error.
+            services::ServiceError::Internal(message) => {
+                anyhow::anyhow!("{message} ({})", redact_url(&config.redis_url))
+            }
+            other => other.into(),
+        })?;
     services::redis_pool::ping(&redis)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;

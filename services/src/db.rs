@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use diesel::Connection;
+use diesel::migration::MigrationSource;
+use diesel::{Connection, QueryableByName};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -72,4 +73,43 @@ pub async fn run_migrations(database_url: &str) -> ServiceResult<()> {
     })
     .await
     .map_err(|e| ServiceError::Internal(e.to_string()))?
+}
+
+/// The names of the embedded migrations that the database has not applied yet, oldest first.
+///
+/// Only reads: diesel's own `pending_migrations` first runs `CREATE TABLE IF NOT EXISTS` on its
+/// bookkeeping table, which a role without `CREATE` on the schema (an app role apart from the
+/// one that migrates) is refused even when the table exists. So the table diesel keeps is read
+/// here directly, against diesel's list of the embedded migrations.
+pub async fn pending_migrations(pool: &DbPool) -> ServiceResult<Vec<String>> {
+    use diesel::sql_types::{Bool, Text};
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| ServiceError::Internal(format!("cannot list the embedded migrations: {e}")))?;
+    let mut conn = conn(pool).await?;
+    let tracked: bool =
+        diesel::select(diesel::dsl::sql::<Bool>("to_regclass('__diesel_schema_migrations') IS NOT NULL"))
+            .get_result(&mut conn)
+            .await?;
+    let applied: std::collections::HashSet<String> = if tracked {
+        #[derive(QueryableByName)]
+        struct Applied {
+            #[diesel(sql_type = Text)]
+            version: String,
+        }
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load::<Applied>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|a| a.version)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut pending: Vec<(String, String)> = embedded
+        .iter()
+        .map(|m| (m.name().version().to_string(), m.name().to_string()))
+        .filter(|(version, _)| !applied.contains(version))
+        .collect();
+    pending.sort();
+    Ok(pending.into_iter().map(|(_, name)| name).collect())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -195,6 +195,41 @@ fn tls_trusting(url: &str, pem: &[u8]) -> ServiceResult<Tls> {
     }
 }
 
+/// Checks a sender address (`KEYMETER_MAIL_FROM`) the way the mailer will read it; the error
+/// says why it cannot be used.
+pub fn check_sender(from: &str) -> Result<(), String> {
+    from.parse::<Mailbox>().map(drop).map_err(|e| format!("{e} (expected `name <address>` or an address)"))
+}
+
+fn parse_sender(from: &str) -> ServiceResult<Mailbox> {
+    from.parse::<Mailbox>().map_err(|e| ServiceError::invalid(format!("invalid KEYMETER_MAIL_FROM {from:?}: {e}")))
+}
+
+/// The longest one message may take to send, whatever the server does. lettre's timeout does
+/// not cover every step (a server that accepts the connection and never greets held the
+/// sender forever), and a server that answers each step slowly must not hold it either.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a delivery round did with the messages it tried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Ids of the messages sent.
+    pub sent: Vec<i64>,
+    /// Messages that could not be sent; they stay queued and are retried with backoff.
+    pub failed: Vec<FailedSend>,
+    /// Ids of messages not tried, left queued for the next sender (another sender had claimed
+    /// them, or the time ran out).
+    pub not_tried: Vec<i64>,
+}
+
+/// A send that failed, with its error as kept in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedSend {
+    pub id: i64,
+    pub to: String,
+    pub error: String,
+}
+
 pub enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
     Folder(AsyncFileTransport<Tokio1Executor>, PathBuf),
@@ -237,7 +272,7 @@ impl Mailer {
         mail_dir: PathBuf,
         from: &str,
     ) -> ServiceResult<Self> {
-        let from: Mailbox = from.parse().map_err(|e| ServiceError::invalid(format!("invalid sender address: {e}")))?;
+        let from = parse_sender(from)?;
         let extra_roots = match smtp_ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -251,8 +286,12 @@ impl Mailer {
                 return Err(ServiceError::invalid("SMTP_CA_FILE is set without SMTP_URL"));
             }
             None => {
-                std::fs::create_dir_all(&mail_dir)
-                    .map_err(|e| ServiceError::Internal(format!("cannot create {}: {e}", mail_dir.display())))?;
+                std::fs::create_dir_all(&mail_dir).map_err(|e| {
+                    ServiceError::invalid(format!(
+                        "invalid KEYMETER_MAIL_DIR: cannot create the mail folder {}: {e}",
+                        mail_dir.display()
+                    ))
+                })?;
                 Transport::Folder(AsyncFileTransport::new(&mail_dir), mail_dir)
             }
         };
@@ -317,30 +356,41 @@ impl Mailer {
     /// Sends what is due (each message claimed by one sender only); returns how many were tried.
     pub async fn deliver_due(&self, db: &DbPool) -> ServiceResult<usize> {
         let mut conn = db::conn(db).await?;
-        let due: Vec<Outgoing> = conn
-            .build_transaction()
-            .run(|conn| {
-                Box::pin(async move {
-                    let rows: Vec<Outgoing> = outbound_emails::table
-                        .filter(outbound_emails::sent_at.is_null())
-                        .filter(outbound_emails::next_attempt_at.le(Utc::now()))
-                        .order(outbound_emails::id)
-                        .limit(20)
-                        .for_update()
-                        .skip_locked()
-                        .select(Outgoing::as_select())
-                        .load(conn)
-                        .await?;
-                    // Claimed for a minute: another sender skips them meanwhile.
-                    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                    diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&ids)))
-                        .set(outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::minutes(1)))
-                        .execute(conn)
-                        .await?;
-                    Ok::<_, ServiceError>(rows)
-                })
-            })
-            .await?;
+        let due = claim(&mut conn, None).await?;
+        let delivery = self.send_claimed(&mut conn, due, None).await?;
+        Ok(delivery.sent.len() + delivery.failed.len())
+    }
+
+    /// Tries each of the queued messages `ids` once, now (e.g. what an operator command just
+    /// queued), starting no send after `deadline`. Whatever is not sent stays queued for a
+    /// server's sender, which retries with backoff.
+    pub async fn deliver_now(&self, db: &DbPool, ids: &[i64], deadline: Instant) -> ServiceResult<Delivery> {
+        let mut conn = db::conn(db).await?;
+        let mut done = Delivery::default();
+        let mut left: Vec<i64> = ids.to_vec();
+        while !left.is_empty() && Instant::now() < deadline {
+            let claimed = claim(&mut conn, Some(&left)).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            let round = self.send_claimed(&mut conn, claimed, Some(deadline)).await?;
+            // Once each: a failed message is not tried again here, even when its retry comes due.
+            left.retain(|id| !round.sent.contains(id) && !round.failed.iter().any(|f| f.id == *id));
+            done.sent.extend(round.sent);
+            done.failed.extend(round.failed);
+        }
+        done.not_tried = left;
+        Ok(done)
+    }
+
+    /// Sends claimed messages one by one; with a deadline, those not started by then are
+    /// released (due again at once) for the next sender.
+    async fn send_claimed(
+        &self,
+        conn: &mut AsyncPgConnection,
+        due: Vec<Outgoing>,
+        deadline: Option<Instant>,
+    ) -> ServiceResult<Delivery> {
         let ids: Vec<i64> = due.iter().map(|m| m.id).collect();
         let mut files: HashMap<i64, Vec<Attachment>> = HashMap::new();
         let rows: Vec<(i64, String, String, Vec<u8>)> = outbound_email_attachments::table
@@ -352,18 +402,30 @@ impl Mailer {
                 outbound_email_attachments::content_type,
                 outbound_email_attachments::content,
             ))
-            .load(&mut conn)
+            .load(conn)
             .await?;
         for (email_id, filename, content_type, content) in rows {
             files.entry(email_id).or_default().push(Attachment { filename, content_type, content });
         }
+        let mut delivery = Delivery::default();
         for m in &due {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                delivery.not_tried.push(m.id);
+                continue;
+            }
             let (id, attempts) = (&m.id, &m.attempts);
-            let result = self.send(m, files.get(id).map_or(&[][..], Vec::as_slice)).await;
+            let send = self.send(m, files.get(id).map_or(&[][..], Vec::as_slice));
+            let limit =
+                deadline.map_or(SEND_TIMEOUT, |d| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
+            let result = match tokio::time::timeout(limit, send).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("the mail server did not answer within {} s", limit.as_secs_f64().ceil())),
+            };
             let update = diesel::update(outbound_emails::table.filter(outbound_emails::id.eq(id)));
             match result {
                 Ok(()) => {
-                    update.set(outbound_emails::sent_at.eq(Utc::now())).execute(&mut conn).await?;
+                    update.set(outbound_emails::sent_at.eq(Utc::now())).execute(conn).await?;
+                    delivery.sent.push(*id);
                 }
                 Err(error) => {
                     // 5 s, 10 s, 20 s … capped at 10 minutes.
@@ -372,14 +434,75 @@ impl Mailer {
                     update
                         .set((
                             outbound_emails::attempts.eq(attempts + 1),
-                            outbound_emails::last_error.eq(error),
+                            outbound_emails::last_error.eq(&error),
                             outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::seconds(delay)),
                         ))
-                        .execute(&mut conn)
+                        .execute(conn)
                         .await?;
+                    delivery.failed.push(FailedSend { id: *id, to: m.to.clone(), error });
                 }
             }
         }
-        Ok(due.len())
+        if !delivery.not_tried.is_empty() {
+            diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&delivery.not_tried)))
+                .set(outbound_emails::next_attempt_at.eq(Utc::now()))
+                .execute(conn)
+                .await?;
+        }
+        Ok(delivery)
     }
+}
+
+/// Of the messages `ids`, those not sent yet, with their last error ("not tried yet" if none:
+/// left to the next sender).
+pub async fn still_queued(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<FailedSend>> {
+    let mut conn = db::conn(db).await?;
+    let rows: Vec<(i64, String, Option<String>)> = outbound_emails::table
+        .filter(outbound_emails::id.eq_any(ids))
+        .filter(outbound_emails::sent_at.is_null())
+        .order(outbound_emails::id)
+        .select((outbound_emails::id, outbound_emails::to_address, outbound_emails::last_error))
+        .load(&mut conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, to, error)| FailedSend { id, to, error: error.unwrap_or_else(|| "not tried yet".to_owned()) })
+        .collect())
+}
+
+/// Claims up to 20 due messages (of `only`, when given) for a minute: another sender skips them
+/// meanwhile.
+async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceResult<Vec<Outgoing>> {
+    let only = only.map(<[i64]>::to_vec);
+    conn.build_transaction()
+        .run(|conn| {
+            Box::pin(async move {
+                // A locking query cannot be boxed: the same chain twice, with and without `only`.
+                macro_rules! due_locked {
+                    ($from:expr) => {
+                        $from
+                            .filter(outbound_emails::sent_at.is_null())
+                            .filter(outbound_emails::next_attempt_at.le(Utc::now()))
+                            .order(outbound_emails::id)
+                            .limit(20)
+                            .for_update()
+                            .skip_locked()
+                            .select(Outgoing::as_select())
+                            .load(conn)
+                            .await?
+                    };
+                }
+                let rows: Vec<Outgoing> = match only {
+                    None => due_locked!(outbound_emails::table),
+                    Some(ids) => due_locked!(outbound_emails::table.filter(outbound_emails::id.eq_any(ids))),
+                };
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&ids)))
+                    .set(outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::minutes(1)))
+                    .execute(conn)
+                    .await?;
+                Ok::<_, ServiceError>(rows)
+            })
+        })
+        .await
 }

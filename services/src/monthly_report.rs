@@ -51,12 +51,14 @@ pub struct OwnerReport {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOutcome {
     /// Owners whose summary was queued by this run.
     pub sent: usize,
     /// Owners who already had this month's summary.
     pub already_sent: usize,
+    /// The outbox ids of the emails this run queued (to send them at once, or report on them).
+    pub email_ids: Vec<i64>,
 }
 
 /// Keys that existed at some point in the month: created before its end, not revoked before
@@ -183,10 +185,12 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
                 Box::pin(async move { queue_once(conn, &report, &message, force).await })
             })
             .await?;
-        if queued {
-            outcome.sent += 1;
-        } else {
-            outcome.already_sent += 1;
+        match queued {
+            Some(email_id) => {
+                outcome.sent += 1;
+                outcome.email_ids.extend(email_id);
+            }
+            None => outcome.already_sent += 1,
         }
     }
     Ok(outcome)
@@ -203,13 +207,14 @@ async fn owners_already_sent(db: &DbPool, month: Month) -> ServiceResult<HashSet
         .collect())
 }
 
-/// Records the report and queues its email, unless it was sent before (and not forced).
+/// Records the report and queues its email, unless it was sent before (and not forced);
+/// returns whether it did, with the queued email's id.
 async fn queue_once(
     conn: &mut AsyncPgConnection,
     report: &OwnerReport,
     message: &ReportMessage,
     force: bool,
-) -> ServiceResult<bool> {
+) -> ServiceResult<Option<Option<i64>>> {
     let first = report.month.first_day();
     // Waits for a concurrent run's insert to commit, then sees the conflict.
     let inserted = diesel::insert_into(monthly_reports::table)
@@ -226,7 +231,7 @@ async fn queue_once(
             .get_result(conn)
             .await?
     } else {
-        return Ok(false);
+        return Ok(None);
     };
     let attachment = Attachment {
         filename: format!("keymeter-usage-{}.csv", report.month),
@@ -246,7 +251,7 @@ async fn queue_once(
         .set(monthly_reports::email_id.eq(id))
         .execute(conn)
         .await?;
-    Ok(true)
+    Ok(Some(id))
 }
 
 fn p95(t: &UsageTotals) -> String {

@@ -19,7 +19,7 @@ pub use password::Password;
 /// wrong passwords.
 pub const BAD_CREDENTIALS: &str = "Invalid email or password.";
 
-/// A syntactically valid, lower-cased email address.
+/// A lower-cased email address that the mailer can send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -30,13 +30,11 @@ impl Email {
         if email.len() < 3 || email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid());
         }
-        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
-        if local.is_empty()
-            || domain.is_empty()
-            || domain.contains('@')
-            || domain.starts_with('.')
-            || domain.ends_with('.')
-        {
+        // lettre's own parser: the mailer reads the address with it when it sends, so an
+        // account it would refuse (quotes, angle brackets, …) could never get mail.
+        email.parse::<lettre::Address>().map_err(|_| invalid())?;
+        let (_, domain) = email.split_once('@').ok_or_else(invalid)?;
+        if domain.starts_with('.') || domain.ends_with('.') {
             return Err(invalid());
         }
         Ok(Self(email))
@@ -180,6 +178,18 @@ mod tests {
     fn malformed_emails_are_refused() {
         for bad in ["", "ann", "@example.com", "ann@", "a b@example.com", "ann@@example.com", "ann@.com", "ann@x."] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for bad in ["a\"<script>@b.com", "a<b@c.com", "ann@exa mple.com", "ann@[1.2.3.4]x"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    /// Whatever is accepted, the mailer can address (it parses the recipient as a mailbox).
+    #[test]
+    fn accepted_emails_are_mailboxes() {
+        for good in ["ann@example.com", "a.b+tag@sub.example.co", "o'neil@example.com", "x{y}|z~@example.com"] {
+            let email = Email::parse(good).unwrap();
+            assert!(email.as_str().parse::<lettre::message::Mailbox>().is_ok(), "{good:?}");
         }
     }
 

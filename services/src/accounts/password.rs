@@ -35,6 +35,9 @@ impl Password {
         if len < Self::MIN_LEN {
             return Err(ServiceError::invalid(format!("The password needs at least {} characters.", Self::MIN_LEN)));
         }
+        if raw.trim().is_empty() {
+            return Err(ServiceError::invalid("The password cannot be only spaces."));
+        }
         if len > Self::MAX_LEN {
             return Err(ServiceError::invalid(format!("The password can have at most {} characters.", Self::MAX_LEN)));
         }
@@ -94,6 +97,8 @@ mod tests {
         assert!(Password::parse("short").is_err());
         assert!(Password::parse(&"x".repeat(300)).is_err());
         assert!(Password::parse("long enough pass").is_ok());
+        assert!(Password::parse(&" ".repeat(12)).is_err());
+        assert!(Password::parse("\t \u{a0}\u{2003}          ").is_err());
         assert_eq!(format!("{:?}", Password::parse("long enough pass").unwrap()), "Password(..)");
     }
 }

@@ -94,6 +94,55 @@ pub async fn set_quota(
     publish(services, id, quota, version).await
 }
 
+/// What a change does to a key's burst limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BurstChange {
+    /// Keeps the key's burst limit, or its lack of one (as the admin form does).
+    Keep,
+    Set(QuotaLimit),
+    Remove,
+}
+
+/// Sets a key's hourly and daily limits and changes its burst limit as `burst` says (the
+/// operator CLI); returns the limits now in force. The burst is read under the same lock as the
+/// change, so a concurrent change of it is not undone.
+pub async fn set_limits(
+    services: &crate::Services,
+    id: super::ApiKeyId,
+    per_hour: QuotaLimit,
+    per_day: QuotaLimit,
+    burst: BurstChange,
+    change: &QuotaChange<'_>,
+) -> ServiceResult<Quota> {
+    use crate::schema::api_key_quotas;
+    use diesel::prelude::*;
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let mut conn = crate::db::conn(&services.db).await?;
+    let (quota, version) = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let current: Option<i32> = api_key_quotas::table
+                    .filter(api_key_quotas::api_key_id.eq(id.0))
+                    .select(api_key_quotas::burst_per_second)
+                    .for_update()
+                    .first(conn)
+                    .await?;
+                let burst_per_second = match burst {
+                    BurstChange::Keep => current.map(|b| QuotaLimit::burst(b.into())).transpose()?,
+                    BurstChange::Set(b) => Some(b),
+                    BurstChange::Remove => None,
+                };
+                let quota = Quota { per_hour, per_day, burst_per_second };
+                let version = set_quota_in(conn, id, &quota, change).await?;
+                Ok((quota, version))
+            })
+        })
+        .await?;
+    drop(conn);
+    publish(services, id, &quota, version).await?;
+    Ok(quota)
+}
+
 /// After the commit: Redis and this instance's cache learn the new limits.
 pub(crate) async fn publish(
     services: &crate::Services,
@@ -106,14 +155,15 @@ pub(crate) async fn publish(
 }
 
 /// The change itself, inside the caller's transaction; returns its time on PostgreSQL's clock
-/// (the limits' version, as the authenticator reads it back from `updated_at`).
+/// (the limits' version, as the authenticator reads it back from `updated_at`). A revoked key's
+/// limits no longer change (a [`ServiceError::Conflict`]): nothing could use them.
 pub(crate) async fn set_quota_in(
     conn: &mut diesel_async::AsyncPgConnection,
     id: super::ApiKeyId,
     quota: &Quota,
     change: &QuotaChange<'_>,
 ) -> ServiceResult<chrono::DateTime<chrono::Utc>> {
-    use crate::schema::{api_key_quotas, quota_changes};
+    use crate::schema::{api_key_quotas, api_keys, quota_changes};
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
 
@@ -127,6 +177,13 @@ pub(crate) async fn set_quota_in(
         .for_update()
         .first(conn)
         .await?;
+    // Shared lock (after the quota row's, as for approvals): a revocation running now waits for
+    // this change to commit instead of crossing it.
+    let revoked_at: Option<chrono::DateTime<chrono::Utc>> =
+        api_keys::table.filter(api_keys::id.eq(id.0)).select(api_keys::revoked_at).for_share().first(conn).await?;
+    if revoked_at.is_some() {
+        return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
+    }
     let burst = quota.burst_per_second.map(|b| b.get() as i32);
     // The version is stamped by PostgreSQL, never by this node's clock: app nodes' clocks
     // differ, and a change stamped by a node running behind would lose in Redis to the older

@@ -1,0 +1,463 @@
+//! The operator's view: the `keymeter` binary as deployed, its subcommands and its environment
+//! configuration. Each test runs the real binary against a database of its own.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::smtp_sink::SmtpSink;
+use common::{env, TestApp};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use services::accounts::{self, Email, Role};
+use services::keys::{api_keys, ApiKeyId, KeyName};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// The binary against a database and the test Redis, with nothing else from the test's own
+/// environment (no `SMTP_URL`, no `RUST_LOG`, …).
+fn keymeter_on(database_url: &str, namespace: &str, mail_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", env("KEYMETER_TEST_REDIS"))
+        .env("KEYMETER_REDIS_NAMESPACE", namespace)
+        .env("KEYMETER_MAIL_DIR", mail_dir)
+        .env("KEYMETER_LISTEN", "127.0.0.1:0")
+        .env("KEYMETER_DB_POOL_SIZE", "2")
+        .env("KEYMETER_REDIS_POOL_SIZE", "2")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn keymeter(app: &TestApp) -> Command {
+    keymeter_on(&app.config.database_url, &app.db_name, &app.config.mail_dir)
+}
+
+struct Run {
+    /// `None` if it was still running at the time limit (then killed), or died of a signal.
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?} after {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.took, self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command to its end, or kills it at `limit`.
+async fn run_with(cmd: &mut Command, stdin: Option<&str>, limit: Duration) -> Run {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().expect("start keymeter");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+    }
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let collect = async {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let _ = tokio::join!(out.read_to_string(&mut stdout), err.read_to_string(&mut stderr));
+        let status = child.wait().await.unwrap();
+        (status.code(), stdout, stderr)
+    };
+    match tokio::time::timeout(limit, collect).await {
+        Ok((code, stdout, stderr)) => Run { code, stdout, stderr, took: started.elapsed() },
+        Err(_) => Run { code: None, stdout: String::new(), stderr: "(killed: still running)".into(), took: limit },
+    }
+}
+
+async fn run(cmd: &mut Command) -> Run {
+    run_with(cmd, None, Duration::from_secs(60)).await
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(sql).get_result::<Count>(&mut conn).await.unwrap().n
+}
+
+/// A brand-new database with nothing in it; returns its URL.
+async fn empty_database() -> String {
+    let pg = env("KEYMETER_TEST_PG");
+    let name = format!("cli_empty_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres")).await.unwrap();
+    diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    format!("{pg}/{name}")
+}
+
+/// An owner with a key that existed all last month, so that `report monthly` has a summary for
+/// them.
+async fn owner_of_last_month(app: &TestApp, email: &str) -> ApiKeyId {
+    let owner = app.user(email, Role::Merchant).await;
+    let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, chrono::Utc::now() - chrono::Duration::days(70)).await.unwrap();
+    key.id
+}
+
+#[tokio::test]
+async fn serve_and_every_command_refuse_a_database_with_pending_migrations() {
+    let url = empty_database().await;
+    let mail = std::env::temp_dir().join("keymeter-cli-unmigrated");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations")).unwrap().count();
+    let expected = format!("the database at {url} has {migrations} pending migrations: run `keymeter migrate`");
+
+    // Before: the server started, /readyz said ok and every request was a 500.
+    let serve = run_with(keymeter_on(&url, "cli-unmigrated", &mail).arg("serve"), None, Duration::from_secs(20)).await;
+    assert_eq!(serve.code, Some(1), "{serve:?}");
+    assert!(serve.stderr.contains(&expected), "{serve:?}");
+    for args in [&["key", "list", "--owner", "ann@example.com"][..], &["report", "monthly"], &["demo", "seed"]] {
+        let r = run(keymeter_on(&url, "cli-unmigrated", &mail).args(args)).await;
+        assert_eq!(r.code, Some(1), "{args:?}: {r:?}");
+        assert!(r.stderr.contains(&expected) && !r.stderr.contains("relation"), "{args:?}: {r:?}");
+    }
+
+    // Looking changed nothing; `migrate` then makes the database usable.
+    let migrate = run(keymeter_on(&url, "cli-unmigrated", &mail).arg("migrate")).await;
+    assert_eq!(migrate.code, Some(0), "{migrate:?}");
+    let list =
+        run(keymeter_on(&url, "cli-unmigrated", &mail).args(["key", "list", "--owner", "ann@example.com"])).await;
+    assert!(list.stderr.contains("no account with the email ann@example.com"), "{list:?}");
+}
+
+#[tokio::test]
+async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() {
+    let app = TestApp::spawn_without_mailer().await;
+    owner_of_last_month(&app, "ann@example.com").await;
+    // Nothing listens there: every send fails at once (connection refused).
+    let nowhere = format!("smtp://127.0.0.1:{}", SmtpSink::unused_port().await);
+    let r = run(keymeter(&app).args(["report", "monthly"]).env("SMTP_URL", &nowhere)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(!r.stdout.contains("handed to"), "{r:?}");
+    assert!(r.stdout.contains("mail: 0 of 1 sent via SMTP 127.0.0.1:"), "{r:?}");
+    assert!(r.stdout.contains("not sent to ann@example.com: Connection error"), "{r:?}");
+    assert!(r.stderr.contains("stay queued") && r.stderr.contains("retries them"), "{r:?}");
+    // Still queued with its error, for a server's sender to retry.
+    let queued = "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL AND attempts = 1 \
+                  AND last_error LIKE '%refused%'";
+    assert_eq!(count(&app, queued).await, 1);
+
+    // Sent: said so, and success.
+    owner_of_last_month(&app, "bob@example.com").await;
+    let sink = SmtpSink::start().await;
+    let r = run(keymeter(&app).args(["report", "monthly"]).env("SMTP_URL", sink.url())).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("queued for 1 owner(s), 1 already had it"), "{r:?}");
+    assert!(r.stdout.contains("mail: 1 of 1 sent via SMTP"), "{r:?}");
+}
+
+#[tokio::test]
+async fn report_monthly_gives_up_on_a_mail_server_that_never_answers() {
+    let app = TestApp::spawn_without_mailer().await;
+    owner_of_last_month(&app, "ann@example.com").await;
+    owner_of_last_month(&app, "bob@example.com").await;
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let mut cmd = keymeter(&app);
+    cmd.args(["report", "monthly"]).env("SMTP_URL", smtp_url);
+    // Before, the command waited on the first message for good.
+    let r = run_with(&mut cmd, None, Duration::from_secs(90)).await;
+    held.abort();
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.took < Duration::from_secs(50), "{r:?}");
+    assert!(r.stdout.contains("mail: 0 of 2 sent"), "{r:?}");
+    assert!(r.stdout.contains("did not answer within"), "{r:?}");
+    // Both stay queued, due for a server's sender.
+    assert_eq!(count(&app, "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL").await, 2);
+    let due = "SELECT count(*) AS n FROM outbound_emails WHERE next_attempt_at < now() + interval '1 minute'";
+    assert_eq!(count(&app, due).await, 2);
+}
+
+#[tokio::test]
+async fn report_monthly_checks_the_mail_settings_before_it_queues_anything() {
+    let app = TestApp::spawn_without_mailer().await;
+    owner_of_last_month(&app, "ann@example.com").await;
+    for (var, value) in
+        [("SMTP_URL", "nonsense"), ("KEYMETER_MAIL_DIR", "/proc/nope"), ("KEYMETER_MAIL_FROM", "bad from")]
+    {
+        let r = run(keymeter(&app).args(["report", "monthly"]).env(var, value)).await;
+        assert_eq!(r.code, Some(1), "{var}: {r:?}");
+        assert!(r.stderr.contains(var) && !r.stderr.contains("internal error"), "{var}: {r:?}");
+        // Nothing recorded as sent, nothing queued.
+        assert_eq!(count(&app, "SELECT count(*) AS n FROM monthly_reports").await, 0, "{var}");
+        assert_eq!(count(&app, "SELECT count(*) AS n FROM outbound_emails").await, 0, "{var}");
+    }
+}
+
+#[tokio::test]
+async fn passwords_in_urls_are_never_printed() {
+    let app = TestApp::spawn_without_mailer().await;
+    let pg = "postgres://postgres@127.0.0.1:1/db?sslmode=prefer&password=pg-secret-in-query";
+    let r = run(keymeter(&app).args(["key", "list", "--owner", "ann@example.com"]).env("DATABASE_URL", pg)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("PostgreSQL at postgres://postgres@127.0.0.1:1/db?sslmode=prefer&password=***"), "{r:?}");
+    assert!(!r.stderr.contains("pg-secret-in-query"), "{r:?}");
+
+    for redis in ["redis://127.0.0.1:1/?password=redis-secret-in-query", "redis://:redis-secret-in-query@127.0.0.1:1"] {
+        let r = run(keymeter(&app).args(["key", "list", "--owner", "ann@example.com"]).env("REDIS_URL", redis)).await;
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("Redis at redis://"), "{r:?}");
+        assert!(!r.stderr.contains("redis-secret-in-query"), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_naming_their_variable() {
+    let app = TestApp::spawn_without_mailer().await;
+    let list = ["key", "list", "--owner", "ann@example.com"];
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("KEYMETER_DB_POOL_SIZE", "18446744073709551615", &list),
+        ("KEYMETER_DB_POOL_SIZE", "1000000000000", &list),
+        ("KEYMETER_REDIS_POOL_SIZE", "18446744073709551615", &list),
+        ("KEYMETER_REDIS_POOL_SIZE", "1000000000000", &list),
+        ("KEYMETER_MAX_PER_HOUR", "18446744073709551615", &list),
+        ("KEYMETER_MAX_PER_DAY", "9223372036854775808", &list),
+        ("KEYMETER_LOG_FORMAT", "JSON", &list),
+        ("KEYMETER_LOG_FORMAT", "xml", &list),
+        ("KEYMETER_PUBLIC_URL", "keymeter.example.com", &list),
+        ("KEYMETER_MAIL_FROM", "not an address", &list),
+        ("REDIS_URL", "redis://host:port/abc", &list),
+        ("KEYMETER_MAIL_DIR", "/proc/nope", &["serve"]),
+    ];
+    // Every case is tried and every failure reported, not just the first.
+    let mut failures = Vec::new();
+    for (var, value, args) in cases {
+        let r = run_with(keymeter(&app).args(*args).env(var, value), None, Duration::from_secs(20)).await;
+        let named = r.stderr.contains(&format!("invalid {var}"));
+        if r.code != Some(1) || !named || r.stderr.contains("panicked") || r.stderr.contains("internal error") {
+            failures.push(format!("{var}={value}: {r:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn user_add_refuses_addresses_the_mailer_cannot_use_and_blank_passwords() {
+    let app = TestApp::spawn_without_mailer().await;
+    let add = |email: &str| {
+        let mut cmd = keymeter(&app);
+        cmd.args(["user", "add", "--email", email]);
+        cmd
+    };
+    let r = run_with(&mut add("a\"<script>@b.com"), Some("a long password\n"), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("--email: Enter a valid email address."), "{r:?}");
+    let blank = format!("{}\n", " ".repeat(16));
+    let r = run_with(&mut add("ann@example.com"), Some(&blank), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("only spaces"), "{r:?}");
+    assert_eq!(count(&app, "SELECT count(*) AS n FROM users").await, 0);
+
+    // A good address and password through a pipe still work, and the web sign-in agrees.
+    let r = run_with(&mut add("Ann@Example.com"), Some("a long password\n"), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("created merchant account ann@example.com"), "{r:?}");
+    let signed_in =
+        accounts::authenticate(&app.services.db, &app.services.redis, "ann@example.com", "a long password", "t").await;
+    assert!(signed_in.is_ok());
+    let refused = accounts::authenticate(&app.services.db, &app.services.redis, "a\"<script>@b.com", "x", "t").await;
+    assert_eq!(refused.unwrap_err().to_string(), accounts::BAD_CREDENTIALS);
+}
+
+#[tokio::test]
+async fn user_add_does_not_echo_a_password_typed_on_a_terminal() {
+    let app = TestApp::spawn_without_mailer().await;
+    // `script` runs the command on a pseudo-terminal and copies our stdin to it, as typing.
+    let command = format!("{} user add --email tty@example.com", env!("CARGO_BIN_EXE_keymeter"));
+    let cmd = keymeter(&app);
+    let envs: Vec<_> = cmd.as_std().get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
+    let mut script = Command::new("script");
+    script.env_clear().args(["-q", "-e", "-c", &command, "/dev/null"]).kill_on_drop(true);
+    for (k, v) in envs {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let mut child = script.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    // Typed once the prompt shows (the terminal echoes whatever arrives while echo is on).
+    let prompt = async {
+        let mut buf = [0u8; 256];
+        while !seen.contains("password: ") {
+            let n = stdout.read(&mut buf).await.unwrap();
+            assert!(n > 0, "no prompt: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), prompt).await.expect("the password prompt");
+    stdin.write_all(b"typed at a terminal\n").await.unwrap();
+    let rest = async {
+        let mut line = String::new();
+        while stdout.read_line(&mut line).await.unwrap() > 0 {}
+        line
+    };
+    let rest = tokio::time::timeout(Duration::from_secs(30), rest).await.expect("user add finishes");
+    drop(stdin);
+    let status = child.wait().await.unwrap();
+    let all = format!("{seen}{rest}");
+    assert!(status.success(), "{all}");
+    assert!(all.contains("created merchant account tty@example.com"), "{all}");
+    assert!(!all.contains("typed at a terminal"), "the password was echoed: {all:?}");
+    let signed_in =
+        accounts::authenticate(&app.services.db, &app.services.redis, "tty@example.com", "typed at a terminal", "t")
+            .await;
+    assert!(signed_in.is_ok());
+}
+
+#[tokio::test]
+async fn a_key_secret_given_for_a_key_id_is_never_echoed() {
+    let app = TestApp::spawn_without_mailer().await;
+    let (secret, id) = app.key_with_quota(100, 1000).await;
+    let revoke = run(keymeter(&app).args(["key", "revoke", &secret])).await;
+    let quota = run(keymeter(&app).args(["quota", "set", "--key", &secret, "--per-hour", "1", "--per-day", "2"])).await;
+    for r in [revoke, quota] {
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(!r.stderr.contains(&secret) && !r.stdout.contains(&secret), "{r:?}");
+        let random_part = &secret["km_live_".len()..];
+        assert!(!r.stderr.contains(random_part), "{r:?}");
+        assert!(r.stderr.contains("looks like a key secret") && r.stderr.contains("key's id"), "{r:?}");
+    }
+    let key = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap();
+    assert!(key.revoked_at.is_none());
+    assert_eq!(key.quota.per_hour.get(), 100);
+}
+
+#[tokio::test]
+async fn a_closed_standard_output_is_an_error_not_a_panic() {
+    let app = TestApp::spawn_without_mailer().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    // A pipe whose reader is gone, as `keymeter key create … | (exec 0<&-; …)`.
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let mut create = keymeter(&app);
+    create
+        .args(["key", "create", "--owner", "ann@example.com", "--name", "lost"])
+        .stdout(closed())
+        .stderr(Stdio::piped());
+    let out = create.spawn().unwrap().wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("was created, but its secret could not be written"), "{stderr}");
+    let owner = accounts::find_user_by_email(&app.services.db, &Email::parse("ann@example.com").unwrap()).await;
+    let keys = api_keys::list_for_owner(&app.services.db, owner.unwrap().unwrap().id).await.unwrap();
+    assert!(stderr.contains(&format!("keymeter key revoke {}", keys.last().unwrap().id)), "{stderr}");
+
+    let mut seed = keymeter(&app);
+    seed.args(["demo", "seed"]).stdout(closed()).stderr(Stdio::piped());
+    let out = seed.spawn().unwrap().wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked") && stderr.contains("cannot write to standard output"), "{stderr}");
+}
+
+#[tokio::test]
+async fn quota_set_refuses_a_revoked_key() {
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, id) = app.key_with_quota(100, 1000).await;
+    api_keys::revoke(&app.services.db, id).await.unwrap();
+    let changes = format!("SELECT count(*) AS n FROM quota_changes WHERE api_key_id = '{id}'");
+    let before = count(&app, &changes).await;
+    let r = run(keymeter(&app).args(["quota", "set", "--key", &id.to_string(), "--per-hour", "5", "--per-day", "50"]))
+        .await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("the quota of key {id} was not changed")) && r.stderr.contains("revoked"),
+        "{r:?}"
+    );
+    assert_eq!(count(&app, &changes).await, before, "no audit entry");
+    let key = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap();
+    assert_eq!((key.quota.per_hour.get(), key.quota.per_day.get()), (100, 1000));
+}
+
+#[tokio::test]
+async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, id) = app.key_with_quota(100, 1000).await;
+    let key = id.to_string();
+    let burst = || async {
+        let keys = api_keys::list_all(&app.services.db).await.unwrap();
+        keys.into_iter().find(|k| k.id == id).unwrap().quota.burst_per_second.map(|b| b.get())
+    };
+    let set = |extra: &[&str]| {
+        let mut cmd = keymeter(&app);
+        cmd.args(["quota", "set", "--key", &key, "--per-hour", "200", "--per-day", "2000"]).args(extra);
+        cmd
+    };
+    let r = run(&mut set(&["--burst", "5"])).await;
+    assert!(r.stdout.contains("burst 5/s"), "{r:?}");
+    assert_eq!(burst().await, Some(5));
+    // Omitted: kept, as the admin form keeps it.
+    let r = run(&mut set(&[])).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("200/hour, 2000/day, burst 5/s (kept)"), "{r:?}");
+    assert_eq!(burst().await, Some(5));
+    let r = run(&mut set(&["--no-burst"])).await;
+    assert!(r.stdout.contains("no burst limit"), "{r:?}");
+    assert_eq!(burst().await, None);
+    let r = run(&mut set(&["--no-burst", "--burst", "3"])).await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    let help = run(keymeter(&app).args(["quota", "set", "--help"])).await;
+    assert!(help.stdout.contains("omit to keep the key's current burst limit"), "{help:?}");
+}
+
+#[tokio::test]
+async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let app = TestApp::spawn_without_mailer().await;
+    let mut serve = keymeter(&app);
+    serve.arg("serve").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = serve.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keymeter listening") {
+                return line;
+            }
+        }
+        panic!("the server ended without listening");
+    };
+    let line = tokio::time::timeout(Duration::from_secs(30), listening).await.expect("the server starts");
+    child.kill().await.unwrap();
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    assert!(line.contains("INFO"), "{line:?}");
+}
+
+#[tokio::test]
+async fn version_and_the_roles_in_help() {
+    let app = TestApp::spawn_without_mailer().await;
+    let version = run(keymeter(&app).arg("--version")).await;
+    assert_eq!(version.code, Some(0), "{version:?}");
+    assert_eq!(version.stdout.trim(), format!("keymeter {}", env!("CARGO_PKG_VERSION")));
+    let help = run(keymeter(&app).args(["user", "add", "--help"])).await;
+    assert!(help.stdout.contains("[possible values: merchant, admin]"), "{help:?}");
+    let mut cmd = keymeter(&app);
+    cmd.args(["user", "add", "--email", "ann@example.com", "--role", "root"]);
+    let root = run_with(&mut cmd, Some("a long password\n"), Duration::from_secs(30)).await;
+    assert_eq!(root.code, Some(2), "{root:?}");
+    assert!(root.stderr.contains("possible values: merchant, admin"), "{root:?}");
+}
