@@ -10,6 +10,8 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await page.getByRole('button', { name: 'Create key' }).click();
   const secret = (await page.getByTestId('new-secret').textContent())!.trim();
   expect(secret).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  // The example call names this server, not a fixed local address.
+  await expect(page.getByTestId('try-it')).toHaveText(`curl -H "Authorization: Bearer ${secret}" ${process.env.KEYMETER_BASE_URL}/api/v1/ping`);
   await page.getByTestId('copy-secret').click();
   await expect(page.getByTestId('copy-secret')).toHaveText('Copied');
 

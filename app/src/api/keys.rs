@@ -72,7 +72,8 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let name = KeyName::parse(&name)?;
     let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
-    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned() })
+    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned(), api_base })
 }
 
 /// Chooses which quota alerts (50, 80, 100 % of the hour or day quota) email the key's owner;

@@ -66,6 +66,8 @@ impl KeyView {
 pub struct CreatedKey {
     pub key: KeyView,
     pub secret: String,
+    /// Where the metered API is reached (`KEYMETER_PUBLIC_URL`), for the page's example call.
+    pub api_base: String,
 }
 
 #[cfg(feature = "ssr")]

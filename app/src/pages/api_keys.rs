@@ -79,7 +79,9 @@ fn NewSecret(created: CreatedKey) -> impl IntoView {
             </div>
             <p class="hint">
                 "Try it: "
-                <code>{format!("curl -H \"Authorization: Bearer {}\" http://127.0.0.1:3000/api/v1/ping", created.secret)}</code>
+                <code data-testid="try-it">
+                    {format!("curl -H \"Authorization: Bearer {}\" {}/api/v1/ping", created.secret, created.api_base)}
+                </code>
             </p>
         </div>
     }
