@@ -8,15 +8,21 @@ use axum::body::Body;
 use axum::http::{header, Method, Request};
 use axum::Router;
 use rand::Rng;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
-pub fn spawn(router: Router, secret: String) -> JoinHandle<()> {
+/// Runs until `closing` turns true. A request under way then finishes normally: aborting the
+/// task instead dropped it mid-flight, after its quota check, and its usage event came after the
+/// recorder had closed (one event lost per stop).
+pub fn spawn(router: Router, secret: String, mut closing: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
+        while !*closing.borrow() {
             let (pause, method, path, body) = {
                 let mut rng = rand::thread_rng();
-                let pause = Duration::from_millis(rng.gen_range(150..1_600));
+                // About 13 calls a minute: the charts move, and the demo key stays well inside its own
+                // quota (5,000/hour, 50,000/day) instead of firing its alerts every hour.
+                let pause = Duration::from_millis(rng.gen_range(2_000..7_000));
                 let (method, path, body) = match rng.gen_range(0..100) {
                     0..=49 => (Method::GET, "/api/v1/ping".to_owned(), Vec::new()),
                     50..=64 => (Method::POST, "/api/v1/echo".to_owned(), vec![b'k'; rng.gen_range(100..4_000)]),
@@ -28,7 +34,10 @@ pub fn spawn(router: Router, secret: String) -> JoinHandle<()> {
                 };
                 (pause, method, path, body)
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = closing.wait_for(|&closing| closing) => break,
+            }
             let request = Request::builder()
                 .method(method)
                 .uri(path)

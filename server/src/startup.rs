@@ -203,10 +203,13 @@ impl Application {
             tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))
         });
         let reports = tokio::spawn(services::monthly_report::run_scheduler(services.clone(), stopped));
-        let demo = self.demo_secret.clone().map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret));
         // Open live streams end when shutdown begins, or the graceful stop would wait for every
-        // dashboard to be closed before flushing usage.
+        // dashboard to be closed before flushing usage. The demo traffic stops then too.
         let (closing, closing_seen) = watch::channel(false);
+        let demo = self
+            .demo_secret
+            .clone()
+            .map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret, closing_seen.clone()));
         let shutdown = async move {
             shutdown.await;
             let _ = closing.send(true);
@@ -216,8 +219,11 @@ impl Application {
             .layer(axum::Extension(Closing(closing_seen)))
             .into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        // Its last request (at most a few hundred ms) is recorded before the recorder closes.
         if let Some(demo) = demo {
-            demo.abort();
+            if tokio::time::timeout(Duration::from_secs(15), demo).await.is_err() {
+                tracing::warn!("demo traffic did not stop within 15 s");
+            }
         }
         self.services.usage.shutdown().await;
         let _ = stop.send(true);
