@@ -268,3 +268,56 @@ async fn a_database_outage_during_the_session_lookup_is_a_503_not_a_404() {
         assert_eq!(body["error"]["code"], "unavailable", "{path}");
     }
 }
+
+/// "24 h" on the usage page's top endpoints and status codes means the last 24 hours (in the
+/// small hours of a UTC day: yesterday evening included), not the calendar day so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_24_hour_range_is_the_last_24_hours_not_today() {
+    use chrono::{Duration, Utc};
+    use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
+    use diesel_async::RunQueryDsl;
+    use services::usage::reports::Granularity;
+
+    let app = TestApp::spawn().await;
+    let owner = app.user("ann@example.com", Role::Merchant).await;
+    let (key, _) =
+        services::keys::api_keys::create(&app.services.db, owner.id, &services::keys::KeyName::parse("k").unwrap())
+            .await
+            .unwrap();
+    let hour = Granularity::Hour.period_start(Utc::now());
+    // 22 hours ago is inside the last 24 hours even if the hour turns during the test; 25 hours
+    // ago is outside.
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    for (at, endpoint, n) in
+        [(hour - Duration::hours(22), "/api/v1/recent", 7i64), (hour - Duration::hours(25), "/api/v1/old", 5)]
+    {
+        diesel::sql_query(
+            "INSERT INTO api_key_usage_hour (api_key_id, period_start, method, endpoint, status, requests, \
+             throttled, bytes_in, bytes_out, latency_hist) VALUES ($1, $2, 'GET', $3, 200, $4, 0, 0, 0, '{}')",
+        )
+        .bind::<SqlUuid, _>(key.id.0)
+        .bind::<Timestamptz, _>(at)
+        .bind::<Text, _>(endpoint)
+        .bind::<diesel::sql_types::BigInt, _>(n)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let ann = app.signed_in("ann@example.com").await;
+    let top = |days: &'static str| {
+        let (ann, id) = (&ann, key.id.to_string());
+        let app = &app;
+        async move {
+            let res = app.rpc(ann, "usage/overview", &[("id", &id), ("days", days)]).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let body: serde_json::Value = res.json().await.unwrap();
+            let rows = body["endpoints"].as_array().unwrap().clone();
+            rows.iter()
+                .map(|r| (r["endpoint"].as_str().unwrap().to_owned(), r["requests"].as_i64().unwrap()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(top("1").await, [("/api/v1/recent".to_owned(), 7)]);
+    let week = top("7").await;
+    assert!(week.contains(&("/api/v1/old".to_owned(), 5)) && week.len() == 2, "{week:?}");
+}

@@ -185,14 +185,16 @@ pub mod ssr {
         let first =
             NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
         // One read of the hourly rollups serves every breakdown of the page.
-        let oldest = first.min(monday - Duration::weeks(11)).min(today - Duration::days(89));
+        let oldest = first.min(monday - Duration::weeks(11)).min(today - Duration::days(RANGES[3] as i64));
         let hours = HourRows::load(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
         let daily = periods(&hours, Granularity::Day, today - Duration::days(29), today)?;
         let weekly = periods(&hours, Granularity::Week, monday - Duration::weeks(11), today)?;
         let monthly = periods(&hours, Granularity::Month, first, today)?;
-        let range = DayRange::new(today - Duration::days(days as i64 - 1), today)?;
+        // The last `days` × 24 hours, the current hour included ("24 h" is not "today").
+        let end = Granularity::Hour.period_start(live.now) + Duration::hours(1);
+        let start = end - Duration::hours(24 * days as i64);
         let endpoints = hours
-            .by_endpoint(range)
+            .by_endpoint(start, end)
             .into_iter()
             .take(10)
             .map(|(method, endpoint, t)| EndpointRow {
@@ -204,7 +206,7 @@ pub mod ssr {
                 p95_ms: t.p95_ms(),
             })
             .collect();
-        let statuses = hours.by_status(range);
+        let statuses = hours.by_status(start, end);
         Ok(UsageOverview { key: key.into(), live, daily, weekly, monthly, range_days: days, endpoints, statuses })
     }
 }

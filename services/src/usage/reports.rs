@@ -317,7 +317,16 @@ impl HourRows {
     }
 
     fn within(&self, range: DayRange) -> impl Iterator<Item = &(RollupRow, LatencyHistogram)> {
-        let (start, end) = (range.start().max(self.range.start()), range.end().min(self.range.end()));
+        self.between(range.start(), range.end())
+    }
+
+    /// Rows of the hours starting in `start..end` (within the loaded days).
+    fn between(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> impl Iterator<Item = &(RollupRow, LatencyHistogram)> {
+        let (start, end) = (start.max(self.range.start()), end.min(self.range.end()));
         self.rows.iter().filter(move |(r, _)| r.period_start >= start && r.period_start < end)
     }
 
@@ -335,10 +344,11 @@ impl HourRows {
         periods.into_iter().collect()
     }
 
-    /// Per endpoint (method and route template), busiest first.
-    pub fn by_endpoint(&self, range: DayRange) -> Vec<(String, String, UsageTotals)> {
+    /// Per endpoint (method and route template) over the hours starting in `start..end`,
+    /// busiest first.
+    pub fn by_endpoint(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(String, String, UsageTotals)> {
         let mut map: HashMap<(String, String), UsageTotals> = HashMap::new();
-        for (row, hist) in self.within(range) {
+        for (row, hist) in self.between(start, end) {
             map.entry((row.method.clone(), row.endpoint.clone())).or_default().add_row(row, hist);
         }
         let mut out: Vec<_> = map.into_iter().map(|((m, e), t)| (m, e, t)).collect();
@@ -361,10 +371,11 @@ impl HourRows {
         rows.finish()
     }
 
-    /// Calls per status code (quota refusals under 429), by code.
-    pub fn by_status(&self, range: DayRange) -> Vec<(u16, i64)> {
+    /// Calls per status code (quota refusals under 429) over the hours starting in
+    /// `start..end`, by code.
+    pub fn by_status(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<(u16, i64)> {
         let mut map: BTreeMap<u16, i64> = BTreeMap::new();
-        for (row, _) in self.within(range) {
+        for (row, _) in self.between(start, end) {
             *map.entry(row.status as u16).or_default() += row.requests + row.throttled;
         }
         map.into_iter().collect()
