@@ -111,7 +111,7 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
 #[cfg(feature = "ssr")]
 pub mod ssr {
     use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
-    use services::keys::{projected_exhaustion_ms, ApiKey, WindowUse};
+    use services::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, WindowUse};
     use services::usage::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
     use services::{ServiceResult, Services};
 
@@ -121,13 +121,8 @@ pub mod ssr {
         Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
     }
 
-    fn gauge(w: &WindowUse, per_minute: f64, now_ms: i64) -> Gauge {
-        Gauge {
-            used: w.used,
-            limit: w.limit,
-            reset_at: time(w.reset_at_ms),
-            runs_out_at: projected_exhaustion_ms(w, per_minute, now_ms).map(time),
-        }
+    fn gauge(w: &WindowUse, runs_out_at: Option<i64>) -> Gauge {
+        Gauge { used: w.used, limit: w.limit, reset_at: time(w.reset_at_ms), runs_out_at: runs_out_at.map(time) }
     }
 
     pub async fn live_data(services: &Services, key: &ApiKey) -> ServiceResult<LiveData> {
@@ -151,8 +146,8 @@ pub mod ssr {
         Ok(LiveData {
             now: time(now_ms),
             points,
-            hour: gauge(&hour, per_minute, now_ms),
-            day: gauge(&day, per_minute, now_ms),
+            hour: gauge(&hour, projected_exhaustion_ms(&hour, per_minute, now_ms)),
+            day: gauge(&day, projected_day_exhaustion_ms(&day, &hour, per_minute, now_ms)),
             rate_per_minute: per_minute,
         })
     }
