@@ -138,7 +138,9 @@ mod draw {
         Chart::new()
             .title(Title::new().text(title).left("left").text_style(charming::element::TextStyle::new().font_size(14)))
             .tooltip(Tooltip::new().trigger(Trigger::Axis))
-            .grid(Grid::new().left(48).right(16).top(40).bottom(28))
+            // Room for the legend on its own line under the title: side by side they overlap
+            // in a phone-wide chart.
+            .grid(Grid::new().left(48).right(16).top(56).bottom(28))
             .x_axis(Axis::new().type_(AxisType::Category).data(labels))
     }
 
@@ -146,7 +148,7 @@ mod draw {
         let labels: Vec<String> = live.points.iter().map(|p| minute_label(p.minute_ms)).collect();
         match kind {
             LiveChartKind::Requests => base("Requests per minute", labels)
-                .legend(Legend::new().right(8))
+                .legend(Legend::new().right(8).top(26))
                 .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
                 .series(
                     Bar::new()
@@ -173,7 +175,7 @@ mod draw {
                     .series(gappy_line("errors %", rate).item_style(ItemStyle::new().color("#c62828")))
             }
             LiveChartKind::Latency => base("Latency (ms)", labels)
-                .legend(Legend::new().right(8))
+                .legend(Legend::new().right(8).top(26))
                 .y_axis(Axis::new().type_(AxisType::Value))
                 // Nor a latency: quiet minutes are gaps in the lines.
                 .series(gappy_line("p50", live.points.iter().map(|p| p.p50_ms.map(hundredths))))
@@ -184,7 +186,7 @@ mod draw {
     pub fn breakdown_chart(rows: &[PeriodRow]) -> Chart {
         let labels: Vec<String> = rows.iter().map(|r| r.start.format("%Y-%m-%d").to_string()).collect();
         base("Requests per period", labels)
-            .legend(Legend::new().right(8))
+            .legend(Legend::new().right(8).top(26))
             .y_axis(Axis::new().type_(AxisType::Value))
             .series(
                 Bar::new()

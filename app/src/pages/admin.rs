@@ -2,6 +2,7 @@
 //! `/admin/mail`: what keymeter has sent.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 use leptos_router::components::A;
 
 use super::layout::ErrorPanel;
@@ -11,6 +12,7 @@ use crate::api::{admin_list_keys, admin_mail, MailView};
 pub fn AdminKeysPage() -> impl IntoView {
     let keys = Resource::new(|| (), |_| admin_list_keys());
     view! {
+        <Title text="All API keys · keymeter"/>
         <div class="page-head">
             <h1>"All API keys"</h1>
             // Every key's daily usage of a month, for invoicing (the server checks the month).
@@ -25,7 +27,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                     match keys.await {
                         Ok(keys) if keys.is_empty() => view! { <p class="empty">"No keys yet."</p> }.into_any(),
                         Ok(keys) => view! {
-                            <table class="keys" data-testid="admin-keys">
+                            <div class="table-scroll"><table class="keys" data-testid="admin-keys">
                                 <thead><tr><th>"Owner"</th><th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Quota"</th><th>"Last used"</th></tr></thead>
                                 <tbody>
                                     {keys.into_iter().map(|key| {
@@ -46,7 +48,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                                         }
                                     }).collect_view()}
                                 </tbody>
-                            </table>
+                            </table></div>
                         }.into_any(),
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
@@ -62,6 +64,7 @@ pub fn AdminKeysPage() -> impl IntoView {
 pub fn AdminMailPage() -> impl IntoView {
     let mail = Resource::new(|| (), |_| admin_mail());
     view! {
+        <Title text="Mail · keymeter"/>
         <h1>"Mail"</h1>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {

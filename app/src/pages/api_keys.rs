@@ -1,6 +1,7 @@
 //! `/dashboard/developers/api-keys` (list, create, revoke) and one key's page.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
@@ -14,6 +15,7 @@ pub fn ApiKeysPage() -> impl IntoView {
     let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
 
     view! {
+        <Title text="API keys · keymeter"/>
         <h1>"API keys"</h1>
         <section class="card">
             <h2>"Create a key"</h2>
@@ -143,7 +145,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
         })
         .collect_view();
     view! {
-        <table class="keys">
+        <div class="table-scroll"><table class="keys">
             <thead>
                 <tr>
                     <th>"Name"</th><th>"Key"</th><th>"Created"</th><th>"Last used"</th>
@@ -151,7 +153,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
                 </tr>
             </thead>
             <tbody>{rows}</tbody>
-        </table>
+        </table></div>
     }
 }
 
@@ -195,6 +197,7 @@ fn KeyDetails(
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
+        <Title text=format!("{} · API keys · keymeter", key.name)/>
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
         <div class="page-head">
             <h1 data-testid="key-title">{key.name.clone()}</h1>

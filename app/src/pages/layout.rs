@@ -1,6 +1,7 @@
 //! Page frames: the signed-in dashboard and admin layouts, error panels.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 use leptos_router::components::{Outlet, Redirect, A};
 use leptos_router::hooks::use_location;
 
@@ -186,5 +187,8 @@ fn DataDelayed() -> impl IntoView {
 
 #[component]
 pub fn NotFound() -> impl IntoView {
-    view! { <main class="page"><ErrorPanel err=AppError::NotFound/></main> }
+    view! {
+        <Title text="Not found · keymeter"/>
+        <main class="page"><ErrorPanel err=AppError::NotFound/></main>
+    }
 }

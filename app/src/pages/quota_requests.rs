@@ -2,6 +2,7 @@
 //! admins' decision page, the audit trail, and the notifications page.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 use leptos_router::components::A;
 
 use super::layout::ErrorPanel;
@@ -83,7 +84,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
         return view! { <p class="empty">"No requests yet."</p> }.into_any();
     }
     view! {
-        <table data-testid="request-list">
+        <div class="table-scroll"><table data-testid="request-list">
             <thead><tr><th>"Asked"</th><th>"From"</th><th>"To"</th><th>"Status"</th><th>"Admin note"</th><th></th></tr></thead>
             <tbody>
                 {list.into_iter().map(|r| {
@@ -106,7 +107,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                     }
                 }).collect_view()}
             </tbody>
-        </table>
+        </table></div>
     }
     .into_any()
 }
@@ -131,6 +132,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> })
     };
     view! {
+        <Title text="Quota requests · keymeter"/>
         <h1>"Quota requests"</h1>
         <p><A href="/admin/quota-changes">"Audit trail of every quota change and decision →"</A></p>
         {error}
@@ -240,13 +242,14 @@ fn RequestCard(
 pub fn AdminQuotaChangesPage() -> impl IntoView {
     let entries = Resource::new(|| (), |_| admin_quota_audit());
     view! {
+        <Title text="Quota changes · keymeter"/>
         <h1>"Quota changes and decisions"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     match entries.await {
                         Ok(list) => view! {
-                            <table data-testid="audit-trail">
+                            <div class="table-scroll"><table data-testid="audit-trail">
                                 <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"Decision"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
                                 <tbody>
                                     {list.into_iter().map(|e| {
@@ -269,7 +272,7 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                                         }
                                     }).collect_view()}
                                 </tbody>
-                            </table>
+                            </table></div>
                         }.into_any(),
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
@@ -306,6 +309,7 @@ pub fn NotificationsPage() -> impl IntoView {
     #[cfg(not(feature = "hydrate"))]
     let _ = mark_notifications_read;
     view! {
+        <Title text="Notifications · keymeter"/>
         <h1>"Notifications"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>

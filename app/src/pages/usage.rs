@@ -3,6 +3,7 @@
 //! quota-increase form.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
@@ -52,7 +53,64 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
     let key_name = key.name.clone();
     let title = format!("Usage of \u{201c}{}\u{201d}", key.name);
     let key_page = format!("/dashboard/developers/api-keys/{}", key.id);
+    // The export range is checked here before the browser leaves the page (the server answers a
+    // bad range with a 400 in JSON, which is no page for a merchant to land on).
+    let csv_from = RwSignal::new(month_ago.to_string());
+    let csv_to = RwSignal::new(today.to_string());
+    let csv_error = RwSignal::new(None::<String>);
+    // The browser's own checks of the date fields stay for pages without JavaScript; with it,
+    // the message shows in the page instead.
+    let scripted = RwSignal::new(false);
+    Effect::new(move |_| scripted.set(true));
+    let check_csv = move |ev: leptos::ev::SubmitEvent| {
+        let problem = csv_range_problem(&csv_from.get_untracked(), &csv_to.get_untracked());
+        if problem.is_some() {
+            ev.prevent_default();
+        }
+        csv_error.set(problem);
+    };
 
+    // Its own (type-erased) view: one nested type for the whole page overflows the compiler's
+    // query depth in the browser build.
+    let top = view! {
+        <Title text=format!("Usage of {} · keymeter", key.name)/>
+            <section class="card">
+                <div class="card-head">
+                    <h2>"Top endpoints and status codes"</h2>
+                    <div class="range" role="group" aria-label="Range">
+                        {RANGES.iter().map(|&d| view! {
+                            <button type="button" class:active=move || days.get() == d on:click=move |_| days.set(d)>
+                                {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
+                            </button>
+                        }).collect_view()}
+                    </div>
+                </div>
+                <div class="two-col">
+                    <div class="table-scroll"><table data-testid="top-endpoints">
+                        <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Errors"</th><th class="num">"p95"</th></tr></thead>
+                        <tbody>
+                            {overview.endpoints.iter().map(|e| view! {
+                                <tr>
+                                    <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
+                                    <td class="num">{format::count(e.requests)}</td>
+                                    <td class="num">{format::percent(e.error_rate)}</td>
+                                    <td class="num">{format::millis(e.p95_ms)}</td>
+                                </tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table></div>
+                    <div class="table-scroll"><table data-testid="status-codes">
+                        <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
+                        <tbody>
+                            {overview.statuses.iter().map(|(code, n)| view! {
+                                <tr><td><span class=format!("status s{}", code / 100)>{*code}</span></td><td class="num">{format::count(*n)}</td></tr>
+                            }).collect_view()}
+                        </tbody>
+                    </table></div>
+                </div>
+            </section>
+    }
+    .into_any();
     view! {
         <p class="crumbs">
             <A href="/dashboard/developers/api-keys">"API keys"</A>" / "
@@ -60,9 +118,13 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
         </p>
         <div class="page-head">
             <h1 data-testid="usage-title">{title}</h1>
-            <form class="export" method="get" action=csv_action data-testid="csv-form">
-                <label>"From" <input type="date" name="from" value=month_ago.to_string() required/></label>
-                <label>"To" <input type="date" name="to" value=today.to_string() required/></label>
+            <form class="export" method="get" action=csv_action data-testid="csv-form" novalidate=move || scripted.get() on:submit=check_csv>
+                <label>"From" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
+                    min=move || shift(&csv_to.get(), -(MAX_RANGE_DAYS - 1)) max=move || csv_to.get()
+                    on:input=move |ev| { csv_from.set(event_target_value(&ev)); csv_error.set(None); }/></label>
+                <label>"To" <input type="date" name="to" value=today.to_string() required data-testid="csv-to"
+                    min=move || csv_from.get() max=move || shift(&csv_from.get(), MAX_RANGE_DAYS - 1)
+                    on:input=move |ev| { csv_to.set(event_target_value(&ev)); csv_error.set(None); }/></label>
                 <label>"Per"
                     <select name="granularity">
                         <option value="hour">"hour"</option>
@@ -74,6 +136,9 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
                 <button type="submit">"Export CSV"</button>
             </form>
         </div>
+        {move || csv_error.get().map(|message| view! {
+            <p class="error" role="alert" data-testid="csv-error">{message}</p>
+        })}
         {move || delayed.get().then(|| view! {
             <p class="notice" role="status">"Live data delayed: showing the last figures received."</p>
         })}
@@ -105,44 +170,41 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
             </p>
         </section>
         <Breakdowns daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone()/>
-        <section class="card">
-            <div class="card-head">
-                <h2>"Top endpoints and status codes"</h2>
-                <div class="range" role="group" aria-label="Range">
-                    {RANGES.iter().map(|&d| view! {
-                        <button type="button" class:active=move || days.get() == d on:click=move |_| days.set(d)>
-                            {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
-                        </button>
-                    }).collect_view()}
-                </div>
-            </div>
-            <div class="two-col">
-                <table data-testid="top-endpoints">
-                    <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Errors"</th><th class="num">"p95"</th></tr></thead>
-                    <tbody>
-                        {overview.endpoints.iter().map(|e| view! {
-                            <tr>
-                                <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
-                                <td class="num">{format::compact(e.requests)}</td>
-                                <td class="num">{format::percent(e.error_rate)}</td>
-                                <td class="num">{format::millis(e.p95_ms)}</td>
-                            </tr>
-                        }).collect_view()}
-                    </tbody>
-                </table>
-                <table data-testid="status-codes">
-                    <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
-                    <tbody>
-                        {overview.statuses.iter().map(|(code, n)| view! {
-                            <tr><td><span class=format!("status s{}", code / 100)>{*code}</span></td><td class="num">{format::compact(*n)}</td></tr>
-                        }).collect_view()}
-                    </tbody>
-                </table>
-            </div>
-        </section>
+        {top}
         // Where a merchant sees the quota running out, they can ask for more.
         <KeyQuotaRequests key=overview.key.clone() state=requests/>
     }
+}
+
+/// The most days one export covers (the server's limit, `DayRange::MAX_DAYS`).
+const MAX_RANGE_DAYS: i64 = 366;
+
+fn day(raw: &str) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d").ok()
+}
+
+/// `raw` moved by `days`, for the date fields' bounds (empty when `raw` is no date).
+fn shift(raw: &str, days: i64) -> String {
+    day(raw).and_then(|d| d.checked_add_signed(chrono::Duration::days(days))).map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// What is wrong with an export range, in the merchant's words; `None` when the server will take it.
+fn csv_range_problem(from: &str, to: &str) -> Option<String> {
+    use chrono::Datelike;
+    let (Some(from), Some(to)) = (day(from), day(to)) else {
+        return Some("Choose both dates of the export range.".to_owned());
+    };
+    if !(1970..=9999).contains(&from.year()) || !(1970..=9999).contains(&to.year()) {
+        return Some("Dates must lie between 1970-01-01 and 9999-12-31.".to_owned());
+    }
+    if from > to {
+        return Some(format!("\u{201c}From\u{201d} ({from}) must not be after \u{201c}To\u{201d} ({to})."));
+    }
+    let days = (to - from).num_days() + 1;
+    if days > MAX_RANGE_DAYS {
+        return Some(format!("An export covers at most {MAX_RANGE_DAYS} days; this range has {days}."));
+    }
+    None
 }
 
 fn rate_text(live: &LiveData) -> String {
@@ -228,7 +290,7 @@ fn Breakdowns(daily: Vec<PeriodRow>, weekly: Vec<PeriodRow>, monthly: Vec<Period
                 </div>
             </div>
             <BreakdownChart rows/>
-            <table class="breakdown" data-testid="breakdown-table">
+            <div class="table-scroll"><table class="breakdown" data-testid="breakdown-table">
                 <thead><tr>
                     <th>"Period (UTC)"</th><th class="num">"Requests"</th><th class="num">"4xx"</th><th class="num">"5xx"</th>
                     <th class="num">"Throttled"</th><th class="num">"p50"</th><th class="num">"p95"</th><th class="num">"Out"</th>
@@ -237,17 +299,17 @@ fn Breakdowns(daily: Vec<PeriodRow>, weekly: Vec<PeriodRow>, monthly: Vec<Period
                     {move || rows.get().into_iter().rev().map(|r| view! {
                         <tr>
                             <td>{label(&r.start)}</td>
-                            <td class="num">{format::compact(r.requests)}</td>
-                            <td class="num">{format::compact(r.errors_4xx)}</td>
-                            <td class="num">{format::compact(r.errors_5xx)}</td>
-                            <td class="num">{format::compact(r.throttled)}</td>
+                            <td class="num">{format::count(r.requests)}</td>
+                            <td class="num">{format::count(r.errors_4xx)}</td>
+                            <td class="num">{format::count(r.errors_5xx)}</td>
+                            <td class="num">{format::count(r.throttled)}</td>
                             <td class="num">{format::millis(r.p50_ms)}</td>
                             <td class="num">{format::millis(r.p95_ms)}</td>
                             <td class="num">{format::bytes(r.bytes_out)}</td>
                         </tr>
                     }).collect_view()}
                 </tbody>
-            </table>
+            </table></div>
         </section>
     }
 }

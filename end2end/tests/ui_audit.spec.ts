@@ -1,0 +1,175 @@
+import { test, expect, Page } from '@playwright/test';
+import { ADMIN, MERCHANT, createKey, hydrated, signIn } from './helpers';
+
+// Defects found by a browser audit of the dashboard (docs/notes.md, "UI audit"): each test
+// checks what a user would notice.
+
+const PHONE = { width: 390, height: 844 };
+
+/** How far the page scrolls sideways (0 when it fits its viewport). */
+async function sidewaysScroll(page: Page): Promise<number> {
+  return page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+}
+
+/** The element's right edge lies inside the viewport. */
+async function expectOnScreen(page: Page, testId: string) {
+  const box = (await page.getByTestId(testId).boundingBox())!;
+  const width = page.viewportSize()!.width;
+  expect(box.x + box.width, `${testId} runs off the screen`).toBeLessThanOrEqual(width);
+}
+
+async function expectFits(page: Page, path: string, ready: () => Promise<void>) {
+  await page.goto(path);
+  await hydrated(page);
+  await ready();
+  expect(await sidewaysScroll(page), `${path} scrolls sideways`).toBeLessThanOrEqual(0);
+  await expectOnScreen(page, 'account-email');
+  await expectOnScreen(page, 'bell');
+  const signOut = page.getByRole('button', { name: 'Sign out' });
+  const box = (await signOut.boundingBox())!;
+  expect(box.x + box.width, `Sign out runs off the screen on ${path}`).toBeLessThanOrEqual(PHONE.width);
+}
+
+/** A name without break opportunities, as long as the form allows (100 characters). */
+function longName(prefix: string) {
+  const head = `${prefix}${Date.now()}`;
+  return head + 'W'.repeat(100 - head.length);
+}
+
+test.describe('on a phone (390x844)', () => {
+  test.use({ viewport: PHONE });
+
+  test('no signed-in merchant page scrolls sideways; wide tables scroll in their card', async ({ page }) => {
+    await signIn(page, MERCHANT);
+    const { keyId } = await createKey(page, longName('Phone'));
+    const list = '/dashboard/developers/api-keys';
+    await expectFits(page, list, () => expect(page.getByTestId('key-row').first()).toBeVisible());
+    // The key table is wider than a phone: it scrolls inside its card.
+    const scroller = page.locator('.table-scroll').filter({ has: page.locator('table.keys') });
+    expect(await scroller.evaluate((el) => el.scrollWidth > el.clientWidth)).toBe(true);
+
+    await expectFits(page, `${list}/${keyId}`, () => expect(page.getByTestId('key-title')).toBeVisible());
+    await expectFits(page, `${list}/${keyId}/usage`, async () => {
+      await expect(page.getByTestId('usage-title')).toBeVisible();
+      await expect(page.locator('#chart-requests canvas')).toHaveCount(1);
+    });
+    // A key with history: its tables have rows.
+    const demo = await page.goto(list).then(() => hydrated(page))
+      .then(() => page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id'));
+    await expectFits(page, `${list}/${demo}/usage`, async () => {
+      await expect(page.getByTestId('breakdown-table').locator('tbody tr').first()).toBeVisible();
+      await expect(page.locator('#chart-breakdown canvas')).toHaveCount(1);
+    });
+    await expectFits(page, '/dashboard/notifications', () => expect(page.locator('h1').first()).toBeVisible());
+  });
+
+  test('no admin page scrolls sideways', async ({ page }) => {
+    await signIn(page, ADMIN);
+    await createKey(page, longName('Admin phone'));
+    await expectFits(page, '/dashboard/developers/api-keys', () => expect(page.getByTestId('key-row').first()).toBeVisible());
+    await expectFits(page, '/admin', () => expect(page.getByTestId('admin-keys')).toBeVisible());
+    await expectFits(page, '/admin/quota-requests', () => expect(page.getByTestId('set-key')).toBeVisible());
+    await expectFits(page, '/admin/quota-changes', () => expect(page.locator('h1').first()).toBeVisible());
+    await expectFits(page, '/admin/mail', () => expect(page.getByTestId('mail-delivery')).toBeVisible());
+  });
+});
+
+test('quota alert checkboxes are checkbox-sized and sit on the line of their label', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const { keyId } = await createKey(page, `Alerts layout ${Date.now()}`);
+  await page.goto(`/dashboard/developers/api-keys/${keyId}`);
+  await hydrated(page);
+  for (const t of ['alert-50', 'alert-80', 'alert-100']) {
+    const box = (await page.getByTestId(t).boundingBox())!;
+    expect(box.width, `${t} is ${box.width}px wide`).toBeLessThan(40);
+    const label = (await page.getByTestId(t).locator('xpath=..').boundingBox())!;
+    // One line: the label is not taller than a line of text plus the box.
+    expect(label.height).toBeLessThan(40);
+  }
+});
+
+test("a long key name does not widen the admin's quota form", async ({ page }) => {
+  await page.setViewportSize({ width: 1366, height: 900 });
+  await signIn(page, ADMIN);
+  await createKey(page, longName('Select'));
+  await page.goto('/admin/quota-requests');
+  await hydrated(page);
+  await expect(page.getByTestId('set-key').locator('option').first()).toBeAttached();
+  expect(await sidewaysScroll(page)).toBeLessThanOrEqual(0);
+  const select = (await page.getByTestId('set-key').boundingBox())!;
+  const card = (await page.getByTestId('set-key').locator('xpath=ancestor::section[1]').boundingBox())!;
+  expect(select.x + select.width).toBeLessThanOrEqual(card.x + card.width);
+});
+
+test('usage tables show exact request counts', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  await page.goto(`/dashboard/developers/api-keys/${demo}/usage`);
+  await hydrated(page);
+  // The seeded history has thousands of calls a day: "3,012", never "3.0k".
+  for (const id of ['breakdown-table', 'top-endpoints']) {
+    const cells = await page.getByTestId(id).locator('tbody td.num').allTextContents();
+    expect(cells.length).toBeGreaterThan(0);
+    expect(cells.filter((c) => /^\d{1,3}(,\d{3})+$/.test(c.trim())).length, `${id}: ${cells.join(' | ')}`).toBeGreaterThan(0);
+    expect(cells.filter((c) => /\d[kMG]$/.test(c.trim())), `${id} rounds counts`).toEqual([]);
+  }
+});
+
+test('a bad CSV range is explained in the page instead of leaving it', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  const usage = `/dashboard/developers/api-keys/${demo}/usage`;
+  await page.goto(usage);
+  await hydrated(page);
+  await page.evaluate(() => ((window as any).__stayed = true));
+  // The date fields carry the bounds for the browser's date picker.
+  await expect(page.getByTestId('csv-to')).toHaveAttribute('min', /^\d{4}-\d{2}-\d{2}$/);
+  await page.getByTestId('csv-from').fill('2026-05-10');
+  await page.getByTestId('csv-to').fill('2026-05-01');
+  await expect(page.getByTestId('csv-to')).toHaveAttribute('min', '2026-05-10');
+  await page.getByRole('button', { name: 'Export CSV' }).click();
+  await expect(page.getByTestId('csv-error')).toContainText('must not be after');
+  await page.getByTestId('csv-from').fill('2025-01-01');
+  await page.getByTestId('csv-to').fill('2026-05-01');
+  await page.getByRole('button', { name: 'Export CSV' }).click();
+  await expect(page.getByTestId('csv-error')).toContainText('at most 366 days');
+  // Still the same page, not a JSON error.
+  expect(new URL(page.url()).pathname).toBe(usage);
+  expect(await page.evaluate(() => (window as any).__stayed)).toBe(true);
+  await expect(page.getByTestId('usage-title')).toBeVisible();
+});
+
+test('every page has its own title', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  await expect(page).toHaveTitle('API keys · keymeter');
+  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  await page.goto(`/dashboard/developers/api-keys/${demo}`);
+  await hydrated(page);
+  await expect(page).toHaveTitle('Demo key · API keys · keymeter');
+  await page.goto(`/dashboard/developers/api-keys/${demo}/usage`);
+  await hydrated(page);
+  await expect(page).toHaveTitle('Usage of Demo key · keymeter');
+  // Client-side navigation changes it too.
+  await page.getByTestId('usage-title').waitFor();
+  await page.locator('.crumbs').getByRole('link', { name: 'API keys' }).click();
+  await expect(page).toHaveTitle('API keys · keymeter');
+  await page.goto('/dashboard/notifications');
+  await expect(page).toHaveTitle('Notifications · keymeter');
+});
+
+test('admin pages have their own titles', async ({ page }) => {
+  await signIn(page, ADMIN);
+  for (const [path, title] of [
+    ['/admin', 'All API keys · keymeter'],
+    ['/admin/quota-requests', 'Quota requests · keymeter'],
+    ['/admin/quota-changes', 'Quota changes · keymeter'],
+    ['/admin/mail', 'Mail · keymeter'],
+  ]) {
+    await page.goto(path);
+    await hydrated(page);
+    await expect(page).toHaveTitle(title);
+  }
+  await page.context().clearCookies();
+  await page.goto('/login');
+  await expect(page).toHaveTitle('Sign in · keymeter');
+});
