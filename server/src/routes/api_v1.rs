@@ -17,17 +17,17 @@ use services::Services;
 
 use crate::error::ApiError;
 use crate::middleware::api_key_auth::require_api_key;
-use crate::middleware::api_usage_tracker::{add_rate_limit_headers, CurrentKey, UsageTrackerLayer, REQUEST_ID};
+use crate::middleware::api_usage_tracker::{add_rate_limit_headers, CurrentKey, UsageTrackerLayer};
 
 /// Largest body `/echo` accepts.
 pub const MAX_ECHO_BYTES: usize = 1024 * 1024;
 /// Longest delay `/delay/{ms}` accepts.
 pub const MAX_DELAY_MS: u64 = 10_000;
 
-/// Layers, outside in: the key (401 before anything else), the rate-limit headers of answers
-/// that are not metered, the route (404), the route parameters (400), the method (405), then the
-/// usage tracker (quota, usage) around the handler. Only requests that reach a handler are
-/// counted.
+/// Layers, outside in: the key (401 before anything else), the route (404), the route
+/// parameters (400), the method (405), then the usage tracker (quota, usage) around the handler.
+/// Only requests that reach a handler are counted; the refusals before it still carry the key's
+/// rate-limit headers ([`refusal`]), at no cost to the requests that pass.
 pub fn router(services: Services) -> Router<Services> {
     let tracked = UsageTrackerLayer::new(services.clone());
     Router::new()
@@ -37,10 +37,9 @@ pub fn router(services: Services) -> Router<Services> {
         .route("/status/{code}", get(status).route_layer(tracked.clone()))
         .route("/delay/{ms}", get(delay).route_layer(tracked))
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(axum::middleware::from_fn(validate_params))
+        .route_layer(axum::middleware::from_fn_with_state(services.clone(), validate_params))
         .layer(DefaultBodyLimit::max(MAX_ECHO_BYTES))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(services.clone(), quota_headers_on_refusals))
         .layer(axum::middleware::from_fn_with_state(services, require_api_key))
 }
 
@@ -82,37 +81,32 @@ fn parse_delay(raw: &str) -> Result<Duration, ApiError> {
 
 /// Checks every route parameter before the request is metered.
 async fn validate_params(
+    State(services): State<Services>,
     params: Result<RawPathParams, RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Response {
-    let params = match params {
-        Ok(params) => params,
-        Err(rejection) => {
-            return ApiError::bad_request("invalid_parameter", rejection.body_text()).into_response();
-        }
-    };
-    for (name, value) in &params {
-        let checked = match name {
+    let checked = match params {
+        Ok(params) => params.iter().try_for_each(|(name, value)| match name {
             "code" => parse_status(value).map(|_| ()),
             "ms" => parse_delay(value).map(|_| ()),
             _ => Ok(()),
-        };
-        if let Err(err) = checked {
-            return err.into_response();
-        }
+        }),
+        Err(rejection) => Err(ApiError::bad_request("invalid_parameter", rejection.body_text())),
+    };
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(err) => refusal(&services, request.extensions().get::<AuthenticatedKey>(), err).await,
     }
-    next.run(request).await
 }
 
-/// Every answer to a key carries its rate-limit headers (DESIGN.md), the ones refused before the
-/// tracker too (404, 400, 405): those report the key's current use, which they leave alone. If
-/// Redis cannot tell in time, the refusal goes out without them.
-async fn quota_headers_on_refusals(State(services): State<Services>, request: Request, next: Next) -> Response {
-    let key = request.extensions().get::<AuthenticatedKey>().copied();
-    let mut response = next.run(request).await;
-    if let Some(key) = key.filter(|_| !response.headers().contains_key(REQUEST_ID)) {
-        match services.quota.peek(&key).await {
+/// A refusal before the tracker (400, 404, 405). Every answer to a key carries its rate-limit
+/// headers (DESIGN.md): these report the key's current use, which they leave alone. If Redis
+/// cannot tell in time, the refusal goes out without them.
+async fn refusal(services: &Services, key: Option<&AuthenticatedKey>, err: ApiError) -> Response {
+    let mut response = err.into_response();
+    if let Some(key) = key {
+        match services.quota.peek(key).await {
             Ok(view) => add_rate_limit_headers(response.headers_mut(), &view),
             Err(err) => tracing::debug!(error = %err, "no rate-limit headers on a refusal"),
         }
@@ -137,10 +131,13 @@ async fn delay(Path(ms): Path<String>) -> Result<Json<serde_json::Value>, ApiErr
     Ok(Json(json!({ "delayed_ms": delay.as_millis() as u64 })))
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+async fn not_found(State(services): State<Services>, key: Option<CurrentKey>) -> Response {
+    let err = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route");
+    refusal(&services, key.as_deref(), err).await
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this API route does not take that method")
+async fn method_not_allowed(State(services): State<Services>, key: Option<CurrentKey>) -> Response {
+    let err =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this API route does not take that method");
+    refusal(&services, key.as_deref(), err).await
 }
