@@ -21,6 +21,15 @@ impl LiveChartKind {
             Self::Latency => "chart-latency",
         }
     }
+
+    /// What the chart shows, for screen readers (the canvas itself says nothing).
+    fn label(self) -> &'static str {
+        match self {
+            Self::Requests => "Chart: admitted and throttled requests per minute, last 60 minutes",
+            Self::ErrorRate => "Chart: error rate per minute, last 60 minutes",
+            Self::Latency => "Chart: p50 and p95 latency per minute, last 60 minutes",
+        }
+    }
 }
 
 #[component]
@@ -30,7 +39,7 @@ pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView
     draw::keep_drawn(kind.id(), container, move || draw::live_chart(kind, &live.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = live;
-    view! { <div class="chart" id=kind.id() data-testid=kind.id() node_ref=container></div> }
+    view! { <div class="chart" id=kind.id() data-testid=kind.id() role="img" aria-label=kind.label() node_ref=container></div> }
 }
 
 #[component]
@@ -40,34 +49,62 @@ pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>) -> impl IntoView {
     draw::keep_drawn("chart-breakdown", container, move || draw::breakdown_chart(&rows.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = rows;
-    view! { <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown" node_ref=container></div> }
+    view! {
+        <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown" role="img"
+            aria-label="Chart: requests per period, as in the table below" node_ref=container></div>
+    }
 }
 
-/// Listens to the key's live usage stream and feeds `live`; `delayed` tells when the server
-/// says fresh data is not available.
+/// How the page's live stream is doing, as the merchant is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "hydrate"), allow(dead_code))] // only the browser learns of trouble
+pub enum LiveLink {
+    /// Updates arrive.
+    Live,
+    /// The server is up but has no fresh figures (its Redis is away).
+    Delayed,
+    /// The connection dropped; the browser is trying again.
+    Reconnecting,
+    /// The server refused the stream (signed out, key gone); no more updates without a reload.
+    Stopped,
+}
+
+/// Listens to the key's live usage stream and feeds `live`; `link` follows the stream's state.
 #[cfg(feature = "hydrate")]
-pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, delayed: RwSignal<bool>) {
+pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, link: RwSignal<LiveLink>) {
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::JsCast;
-    use web_sys::{EventSource, MessageEvent};
+    use web_sys::{Event, EventSource, MessageEvent};
 
     let Ok(source) = EventSource::new(&format!("/dashboard/developers/api-keys/{key_id}/usage/live")) else {
+        link.set(LiveLink::Stopped);
         return;
     };
+    // `try_`: an event can arrive after the page was left.
     let on_live = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         if let Some(text) = event.data().as_string() {
             if let Ok(data) = serde_json::from_str::<LiveData>(&text) {
-                // `try_`: an event can arrive after the page was left.
-                _ = delayed.try_set(false);
+                _ = link.try_set(LiveLink::Live);
                 _ = live.try_set(data);
             }
         }
     });
-    let on_delayed = Closure::<dyn FnMut(MessageEvent)>::new(move |_: MessageEvent| _ = delayed.try_set(true));
+    let on_delayed =
+        Closure::<dyn FnMut(MessageEvent)>::new(move |_: MessageEvent| _ = link.try_set(LiveLink::Delayed));
+    // The browser retries a dropped connection by itself (readyState CONNECTING) but gives up
+    // for good on a refusal such as a 401 (readyState CLOSED).
+    let watched = source.clone();
+    let on_error = Closure::<dyn FnMut(Event)>::new(move |_: Event| {
+        let state =
+            if watched.ready_state() == EventSource::CLOSED { LiveLink::Stopped } else { LiveLink::Reconnecting };
+        _ = link.try_set(state);
+    });
     let _ = source.add_event_listener_with_callback("live", on_live.as_ref().unchecked_ref());
     let _ = source.add_event_listener_with_callback("delayed", on_delayed.as_ref().unchecked_ref());
+    let _ = source.add_event_listener_with_callback("error", on_error.as_ref().unchecked_ref());
     on_live.forget();
     on_delayed.forget();
+    on_error.forget();
     let source = send_wrapper::SendWrapper::new(source);
     on_cleanup(move || source.close());
 }

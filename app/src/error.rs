@@ -85,13 +85,13 @@ impl AppError {
     /// and name their page (`Referer`, an absolute URL). Without a page to return to, server_fn
     /// would redirect to `/` and lose the message, so the status and JSON stay.
     fn set_response_status(&self) {
-        use axum::http::header::{HeaderName, ACCEPT, REFERER};
+        use axum::http::header::REFERER;
         use leptos::prelude::use_context;
-        let returns_to_its_page = use_context::<axum::http::request::Parts>().is_some_and(|parts| {
-            let header = |name: HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
-            header(ACCEPT).is_some_and(|v| v.contains("text/html"))
-                && header(REFERER).is_some_and(|v| v.starts_with("http://") || v.starts_with("https://"))
-        });
+        let returns_to_its_page = crate::api::session::is_plain_form_post()
+            && use_context::<axum::http::request::Parts>().is_some_and(|parts| {
+                let referer = parts.headers.get(REFERER).and_then(|v| v.to_str().ok());
+                referer.is_some_and(|v| v.starts_with("http://") || v.starts_with("https://"))
+            });
         if returns_to_its_page {
             return;
         }

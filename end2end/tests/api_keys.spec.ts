@@ -32,8 +32,17 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await hydrated(page);
   await expect(row.getByTestId('key-quota')).toHaveText('1 / 1,000 this hour · 1 / 10,000 today');
 
+  // The confirmation takes the focus (a keyboard user lands on it); Escape and Cancel close it.
   await row.getByTestId('revoke').click();
   await expect(row.getByRole('alertdialog')).toContainText('Revoke');
+  await expect(row.getByTestId('confirm-revoke')).toBeFocused();
+  await page.keyboard.press('Escape');
+  await expect(row.getByRole('alertdialog')).toBeHidden();
+  await row.getByTestId('revoke').click();
+  await row.getByRole('button', { name: 'Cancel' }).click();
+  await expect(row.getByRole('alertdialog')).toBeHidden();
+  await expect(row).toHaveAttribute('data-status', 'active');
+  await row.getByTestId('revoke').click();
   await row.getByTestId('confirm-revoke').click();
   await expect(row).toHaveAttribute('data-status', 'revoked');
 
@@ -91,12 +100,27 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
   // Any key's usage is one click away.
   await adminPage.getByTestId('admin-keys').getByRole('row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
   await expect(adminPage.getByTestId('usage-title')).toContainText('Demo key');
+  // A merchant's key offers an admin no owner-only forms: no increase request (the server would
+  // refuse it), and the owner's alert choices are shown, not editable.
+  await expect(adminPage.getByTestId('not-owner')).toBeVisible();
+  await expect(adminPage.getByTestId('ask-reason')).toHaveCount(0);
+  await adminPage.getByRole('link', { name: 'Demo key' }).first().click();
+  await expect(adminPage.getByTestId('key-title')).toHaveText('Demo key');
+  await expect(adminPage.getByTestId('alert-emails-chosen')).toContainText(`Alerts that email ${MERCHANT.email}:`);
+  await expect(adminPage.getByTestId('alert-save')).toHaveCount(0);
+  await expect(adminPage.getByTestId('not-owner')).toBeVisible();
 });
 
 test('signing out returns to the sign-in page and protects the dashboard', async ({ page }) => {
   await signIn(page, MERCHANT);
+  // Nothing on the way out asks the server for what only a session may see.
+  const refused: string[] = [];
+  page.on('response', (res) => { if (res.status() === 401) refused.push(res.url()); });
   await page.getByRole('button', { name: 'Sign out' }).click();
   await expect(page).toHaveURL(/\/login$/);
+  await hydrated(page);
+  await page.waitForTimeout(1000);
+  expect(refused).toEqual([]);
   watchForBrokenBundle(page);
   await page.goto('/dashboard/developers/api-keys');
   await expect(page).toHaveURL(/\/login\?next=/);

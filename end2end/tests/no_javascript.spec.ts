@@ -104,3 +104,34 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await admin.getByRole('button', { name: 'Set quota' }).click();
   await expect(admin.getByRole('alert').filter({ hasText: 'a limit must be a positive whole number' })).toBeVisible();
 });
+
+test('a key is revoked and a request cancelled without JavaScript', async ({ page }) => {
+  await signInWithoutScripts(page, MERCHANT);
+  const name = `No script revoke ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const row = page.getByTestId('key-row').filter({ hasText: name });
+  await expect(row).toHaveAttribute('data-status', 'active');
+  // The new secret is shown once, on the list the form returns to; a reload does not show it again.
+  const secret = (await page.getByTestId('new-secret').textContent())!.trim();
+  expect(secret).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  await expect(page.getByTestId('try-it')).toContainText(secret);
+  await page.reload();
+  await expect(page.getByTestId('secret-gone')).toBeVisible();
+  await expect(page.locator('body')).not.toContainText(secret);
+  // "Revoke…" opens its confirmation by itself (a <details>); confirming posts the form.
+  await row.getByTestId('revoke').click();
+  await row.getByTestId('confirm-revoke').click();
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await expect(row).toHaveAttribute('data-status', 'revoked');
+
+  const other = `No script cancel ${Date.now()}`;
+  await createKeyAndOpen(page, other);
+  await page.getByTestId('ask-per-hour').fill('5000');
+  await page.getByTestId('ask-reason').fill('Launch');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  await page.getByTestId('cancel-request').click();
+  await expect(page.getByTestId('key-title')).toHaveText(other);
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'cancelled');
+});

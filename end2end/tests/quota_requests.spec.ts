@@ -30,6 +30,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(card).toContainText('Launch day');
   await card.getByTestId('approve').click();
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
+  // The decided card says what was granted.
+  await expect(adminPage.getByTestId('admin-request').filter({ hasText: name }).getByTestId('granted')).toHaveText('25/h · 100/day');
 
   // The call that was refused is admitted now, and the merchant is told.
   const calledAt = Date.now();

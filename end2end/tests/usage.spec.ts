@@ -40,6 +40,8 @@ test('the usage page updates live as the key is used', async ({ page, request })
   await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name: 'usage' }).click();
   await expect(page.getByTestId('usage-title')).toContainText(name);
   await expect(page.getByTestId('usage-empty')).toBeVisible();
+  // The example call names this server.
+  await expect(page.getByTestId('usage-empty')).toContainText(`${process.env.KEYMETER_BASE_URL}/api/v1/ping`);
   await chartsDrawn(page);
   await page.evaluate(() => ((window as any).__sameDocument = true));
   const before = await seriesTotal(page, 'chart-requests');
@@ -55,6 +57,8 @@ test('the usage page updates live as the key is used', async ({ page, request })
   // No reload: the chart and the gauges follow the live stream.
   await expect.poll(() => seriesTotal(page, 'chart-requests'), { timeout: 20_000 }).toBe(6);
   await expect(page.getByTestId('gauge-hour')).toContainText('6 of 1,000 requests');
+  // The key has traffic now: the "No traffic yet" card is gone without a reload.
+  await expect(page.getByTestId('usage-empty')).toHaveCount(0);
 
   // Minutes without requests have no latency or error rate: gaps, not zeros.
   const admitted = await seriesData(page, 'chart-requests', 0);
@@ -91,4 +95,54 @@ test('the demo key shows full history with every chart drawn', async ({ page }) 
   await page.reload();
   await hydrated(page);
   await chartsDrawn(page);
+});
+
+test('changing the range of the top tables keeps the rest of the page as it was', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
+  await hydrated(page);
+  await chartsDrawn(page);
+  const weekly = page.getByRole('button', { name: 'Weekly · 12 ISO weeks' });
+  await weekly.click();
+  await expect(weekly).toHaveAttribute('aria-pressed', 'true');
+  await page.getByTestId('csv-from').fill('2026-01-05');
+  const loaded = page.waitForResponse((res) => res.url().includes('/rpc/usage/top') && res.ok());
+  await page.getByRole('button', { name: '24 h' }).click();
+  await loaded;
+  await expect(page.getByRole('button', { name: '24 h' })).toHaveAttribute('aria-pressed', 'true');
+  await expect(page.getByRole('button', { name: '30 days', exact: true })).toHaveAttribute('aria-pressed', 'false');
+  // The history tab, the export field and the drawn charts are the ones from before.
+  await expect(weekly).toHaveAttribute('aria-pressed', 'true');
+  await expect(page.getByTestId('breakdown-table')).toContainText('week 2026-W');
+  await expect(page.getByTestId('csv-from')).toHaveValue('2026-01-05');
+  await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/');
+});
+
+test("a revoked key's usage page says so", async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const name = `Gone ${Date.now()}`;
+  const { row, keyId } = await createKey(page, name);
+  await row.getByTestId('revoke').click();
+  await row.getByTestId('confirm-revoke').click();
+  await expect(row).toHaveAttribute('data-status', 'revoked');
+  await page.goto(`/dashboard/developers/api-keys/${keyId}/usage`);
+  await hydrated(page);
+  await expect(page.getByTestId('usage-revoked')).toHaveText('revoked');
+  await expect(page.getByTestId('revoked-notice')).toContainText('This key was revoked on');
+  // No invitation to call the API with a key that is refused.
+  await expect(page.getByTestId('usage-empty')).toHaveCount(0);
+  await expect(page.getByTestId('ask-reason')).toHaveCount(0);
+});
+
+test('the live view says when its stream ends', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const { keyId } = await createKey(page, `Stream ${Date.now()}`);
+  await page.goto(`/dashboard/developers/api-keys/${keyId}/usage`);
+  await hydrated(page);
+  await expect(page.getByTestId('live-link')).toBeHidden();
+  // Signed out elsewhere: the server ends the stream at its next update and refuses the
+  // browser's reconnection, so no more figures come.
+  const out = await page.request.post('/rpc/auth/logout');
+  expect(out.ok()).toBe(true);
+  await expect(page.getByTestId('live-link')).toContainText('Live updates stopped', { timeout: 20_000 });
 });

@@ -274,3 +274,50 @@ async fn quota_versions_grow_with_each_change_and_an_older_publish_leaves_newer_
     let d = app.services.quota.check_and_count(id, &quota(1000, 10_000), versions[0]).await.unwrap();
     assert_eq!((d.hour.limit, d.admitted), (2, false));
 }
+
+/// Without JavaScript the create form's post is answered with a redirect: the secret reaches
+/// the list page it lands on through a one-time token, never through a URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_without_javascript_shows_its_secret_once_on_the_list() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("bob@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let list_url = app.url("/dashboard/developers/api-keys");
+    let post = ann
+        .post(app.url("/rpc/keys/create"))
+        .header("accept", "text/html")
+        .header("referer", &list_url)
+        .form(&[("name", "No script")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::FOUND);
+    let location = post.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/dashboard/developers/api-keys?created="), "{location}");
+    assert!(!location.contains("km_live_"), "{location}");
+    let post_body = post.text().await.unwrap();
+    // A whole secret in a page, if any (the key list also shows each key's short prefix).
+    let secret_in = |html: &str| {
+        html.match_indices("km_live_")
+            .map(|(at, _)| {
+                html[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>()
+            })
+            .find(|s| s.len() == "km_live_".len() + 40)
+    };
+
+    // Someone else with the URL gets nothing (and uses nothing up).
+    let bob = app.signed_in("bob@example.com").await;
+    assert_eq!(secret_in(&app.page(&bob, &location).await.text().await.unwrap()), None);
+
+    let page = app.page(&ann, &location).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let secret = secret_in(&page.text().await.unwrap()).expect("the new secret is on the page");
+    assert_eq!(ping(&app, ("x-api-key", secret.clone())).await.status(), StatusCode::OK);
+    assert!(!post_body.contains(&secret), "the redirect's body carries no secret");
+
+    // Once only: the same URL again says the secret was shown already.
+    let again = app.page(&ann, &location).await.text().await.unwrap();
+    assert!(!again.contains(&secret));
+    assert!(again.contains("shown only once"));
+}

@@ -400,9 +400,19 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     assert_eq!(key_limits(&s).await, (500, 20_000));
     let told = "SELECT count(*) AS n FROM notifications n JOIN users u ON u.id = n.user_id \
                 WHERE u.email = 'ann@example.com' AND n.kind = 'quota_changed' \
-                AND n.body LIKE '%500 requests per hour and 20000 per day. Reason: ticket 7%'";
+                AND n.body LIKE '%500 requests per hour and 20,000 per day. Reason: ticket 7%'";
     assert_eq!(count(&s.app, told).await, 1);
     let mailed = "SELECT count(*) AS n FROM outbound_emails \
                   WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota changed for%Checkout%'";
+    assert_eq!(count(&s.app, mailed).await, 1);
+
+    // Setting the same limits again changes nothing: no audit row, no second message.
+    let changes = "SELECT count(*) AS n FROM quota_changes WHERE source = 'admin'";
+    assert_eq!(count(&s.app, changes).await, 1);
+    let again = admin_set(&s, "500", "20,000", "ticket 7 again").await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert!(message(again).await.contains("already allows 500/hour and 20,000/day"));
+    assert_eq!(count(&s.app, changes).await, 1);
+    assert_eq!(count(&s.app, told).await, 1);
     assert_eq!(count(&s.app, mailed).await, 1);
 }

@@ -176,7 +176,9 @@ async fn only_the_owner_or_an_admin_sees_a_keys_usage() {
         assert_eq!(body["error"]["code"], "unauthorized", "{path}");
     }
     assert_eq!(app.page(&mallory, &page).await.status(), StatusCode::NOT_FOUND);
-    let rpc = app.rpc(&mallory, "usage/overview", &[("id", &key.id.to_string()), ("days", "30")]).await;
+    let rpc = app.rpc(&mallory, "usage/overview", &[("id", &key.id.to_string())]).await;
+    assert_eq!(rpc.status(), StatusCode::NOT_FOUND);
+    let rpc = app.rpc(&mallory, "usage/top", &[("id", &key.id.to_string()), ("days", "7")]).await;
     assert_eq!(rpc.status(), StatusCode::NOT_FOUND);
 
     let ann = app.signed_in("ann@example.com").await;
@@ -308,7 +310,7 @@ async fn the_24_hour_range_is_the_last_24_hours_not_today() {
         let (ann, id) = (&ann, key.id.to_string());
         let app = &app;
         async move {
-            let res = app.rpc(ann, "usage/overview", &[("id", &id), ("days", days)]).await;
+            let res = app.rpc(ann, "usage/top", &[("id", &id), ("days", days)]).await;
             assert_eq!(res.status(), StatusCode::OK);
             let body: serde_json::Value = res.json().await.unwrap();
             let rows = body["endpoints"].as_array().unwrap().clone();

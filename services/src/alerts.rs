@@ -322,7 +322,12 @@ impl AlertMessage {
         };
         let summary = format!(
             "API key “{}” ({}…) has made {} of its {} requests allowed in {}. {}",
-            key.name, key.prefix, used, c.limit, period_text, consequence
+            key.name,
+            key.prefix,
+            format::count(used),
+            format::count(c.limit),
+            period_text,
+            consequence
         );
         let base = public_url.trim_end_matches('/');
         let usage_path = format!("/dashboard/developers/api-keys/{id}/usage");

@@ -109,10 +109,13 @@ impl RequestedLimits {
                 return Err(ServiceError::invalid(format!("The {name} limit must be positive.")));
             }
             if value <= current {
-                return Err(ServiceError::invalid(format!("The {name} limit must be above the current {current}.")));
+                return Err(ServiceError::invalid(format!(
+                    "The {name} limit must be above the current {}.",
+                    format::count(current)
+                )));
             }
             if value > max {
-                return Err(ServiceError::invalid(format!("The {name} limit can be at most {max}.")));
+                return Err(ServiceError::invalid(format!("The {name} limit can be at most {}.", format::count(max))));
             }
             Ok(Some(value))
         };
@@ -171,6 +174,14 @@ pub async fn set_by_admin(
     }
     let (per_hour, per_day) = admin_limits(services.settings.quota_maximum, per_hour, per_day)?;
     let key = api_keys::get_for(&services.db, key_id, admin).await?;
+    // A change to the same limits would only add an audit row and tell the owner of nothing.
+    if (per_hour, per_day) == (key.quota.per_hour, key.quota.per_day) {
+        return Err(ServiceError::invalid(format!(
+            "The key already allows {}/hour and {}/day; nothing to change.",
+            format::count(per_hour.get()),
+            format::count(per_day.get())
+        )));
+    }
     let quota = Quota { per_hour, per_day, burst_per_second: key.quota.burst_per_second };
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
     // The owner is told in the same transaction as the change, as for a decided request.
@@ -185,8 +196,8 @@ pub async fn set_by_admin(
                 let title = format!("Quota changed for \u{201c}{}\u{201d}", key.name);
                 let body = format!(
                     "An admin set the key's quota to {} requests per hour and {} per day. Reason: {}",
-                    per_hour.get(),
-                    per_day.get(),
+                    format::count(per_hour.get()),
+                    format::count(per_day.get()),
                     change.reason.trim()
                 );
                 tell(conn, (key.owner_id, &owner), "quota_changed", &title, body, key.id.0, &public_url).await?;
@@ -258,8 +269,13 @@ pub async fn create(
                     .load(conn)
                     .await?;
                 let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
-                let body =
-                    format!("{} asks for {}/hour and {}/day: {}", user.email, limits.per_hour, limits.per_day, reason);
+                let body = format!(
+                    "{} asks for {}/hour and {}/day: {}",
+                    user.email,
+                    format::count(limits.per_hour),
+                    format::count(limits.per_day),
+                    reason
+                );
                 let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));
                 let text = format!("{body}\n\nDecide: {url}\n");
                 let html = format!("<p>{}</p><p><a href=\"{}\">Decide</a></p>", html_escape(&body), html_escape(&url));
@@ -466,7 +482,11 @@ async fn tell_merchant(
     let (title, mut body) = match approved {
         Some((h, d)) => (
             format!("Quota raised for \u{201c}{}\u{201d}", request.key_name),
-            format!("Your request was approved: the key now allows {h} requests per hour and {d} per day."),
+            format!(
+                "Your request was approved: the key now allows {} requests per hour and {} per day.",
+                format::count(h),
+                format::count(d)
+            ),
         ),
         None => (
             format!("Quota request for \u{201c}{}\u{201d} denied", request.key_name),

@@ -8,7 +8,7 @@ use crate::error::AppError;
 pub async fn admin_list_keys() -> Result<Vec<KeyView>, AppError> {
     use super::session;
     let services = session::services()?;
-    session::require_admin(&services).await?;
+    let admin = session::require_admin(&services).await?;
     let keys = services::keys::api_keys::list_all(&services.db).await?;
-    Ok(keys.into_iter().map(KeyView::from).collect())
+    Ok(keys.into_iter().map(|key| KeyView::seen_by(key, admin.id)).collect())
 }

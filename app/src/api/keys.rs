@@ -9,7 +9,7 @@ pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let keys = services::keys::api_keys::list_for_owner(&services.db, user.id).await?;
-    Ok(ssr::with_current_use(&services, keys).await)
+    Ok(ssr::with_current_use(&services, keys, user.id).await)
 }
 
 #[cfg(feature = "ssr")]
@@ -27,7 +27,7 @@ mod ssr {
     /// Views of the keys with each active key's use of the current hour and day. Redis failing
     /// for one key leaves that key without use; Redis not answering in time leaves the rest
     /// without use too, so a stalled Redis costs the page one timeout, not one per key.
-    pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>) -> Vec<KeyView> {
+    pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>, viewer_id: i64) -> Vec<KeyView> {
         let mut views = Vec::with_capacity(keys.len());
         let mut redis_answers = true;
         for key in keys {
@@ -47,7 +47,7 @@ mod ssr {
             } else {
                 None
             };
-            views.push(KeyView { current_use, ..KeyView::from(key) });
+            views.push(KeyView { current_use, ..KeyView::seen_by(key, viewer_id) });
         }
         views
     }
@@ -60,7 +60,7 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(key.into())
+    Ok(KeyView::seen_by(key, user.id))
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/create")]
@@ -68,12 +68,43 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     use super::session;
     use services::keys::{api_keys, KeyName};
     let services = session::services()?;
+    let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let name = KeyName::parse(&name)?;
     let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
     let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
-    Ok(CreatedKey { key: key.into(), secret: secret.expose().to_owned(), api_base })
+    if plain_form {
+        // The browser follows a redirect and never reads this reply: the list it lands on takes
+        // the secret from a one-time hand-off (see `secret_handoff`).
+        let token = services::keys::secret_handoff::hold(&services.redis, user.id, key.id, &secret).await.map_err(|e| {
+            tracing::warn!(key_id = %key.id, error = %e, "new key's secret could not be held for its page");
+            AppError::Conflict(format!(
+                "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
+                key.name
+            ))
+        })?;
+        leptos_axum::redirect(&format!("/dashboard/developers/api-keys?created={}", token.as_str()));
+        return Ok(CreatedKey { key: KeyView::seen_by(key, user.id), secret: String::new(), api_base });
+    }
+    Ok(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base })
+}
+
+/// The key created by a plain form post (no JavaScript), for the list page that post returns
+/// to, once; `None` when its token was used, has expired, or is someone else's.
+#[server(prefix = "/rpc", endpoint = "keys/created")]
+pub async fn take_created_key(token: String) -> Result<Option<CreatedKey>, AppError> {
+    use super::session;
+    use services::keys::{api_keys, secret_handoff};
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let Some(token) = secret_handoff::HandoffToken::parse(&token) else { return Ok(None) };
+    let Some((key_id, secret)) = secret_handoff::take(&services.redis, user.id, &token).await? else {
+        return Ok(None);
+    };
+    let key = api_keys::get_for(&services.db, key_id, &user).await?;
+    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    Ok(Some(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base }))
 }
 
 /// Chooses which quota alerts (50, 80, 100 % of the hour or day quota) email the key's owner;
@@ -101,7 +132,7 @@ pub async fn set_alert_emails(
     let mut conn = services::db::conn(&services.db).await?;
     alerts::set_email_thresholds(&mut conn, id, thresholds).await?;
     drop(conn);
-    Ok(api_keys::get_for(&services.db, id, &user).await?.into())
+    Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, user.id))
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
@@ -109,10 +140,16 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
+    let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let key = api_keys::revoke_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    if plain_form {
+        // Back to the plain list, not to the page it was posted from: that may still carry a
+        // created key's one-time token, whose second reading only says it was used.
+        leptos_axum::redirect("/dashboard/developers/api-keys");
+    }
     // Other instances forget the key within the authenticator's cache lifetime (seconds).
     services.keys.invalidate_all();
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
-    Ok(key.into())
+    Ok(KeyView::seen_by(key, user.id))
 }

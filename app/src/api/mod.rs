@@ -46,6 +46,10 @@ pub struct KeyView {
     /// and only while Redis answers; otherwise the list shows the quota alone.
     #[serde(default)]
     pub current_use: Option<CurrentUse>,
+    /// Whether the viewer owns the key: an admin looking at a merchant's key gets no owner-only
+    /// forms (asking for more quota, choosing which alerts email the owner).
+    #[serde(default)]
+    pub yours: bool,
 }
 
 /// A key's use of its current quota windows.
@@ -71,9 +75,11 @@ pub struct CreatedKey {
 }
 
 #[cfg(feature = "ssr")]
-impl From<services::keys::ApiKey> for KeyView {
-    fn from(key: services::keys::ApiKey) -> Self {
+impl KeyView {
+    /// `key` as the user `viewer_id` sees it.
+    pub fn seen_by(key: services::keys::ApiKey, viewer_id: i64) -> Self {
         Self {
+            yours: key.owner_id == viewer_id,
             id: key.id.to_string(),
             name: key.name,
             prefix: key.prefix,

@@ -62,6 +62,14 @@ pub struct EndpointRow {
     pub p95_ms: Option<f64>,
 }
 
+/// The endpoint and status tables: calls of the last `range_days` × 24 hours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopCalls {
+    pub range_days: u32,
+    pub endpoints: Vec<EndpointRow>,
+    pub statuses: Vec<(u16, i64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageOverview {
     pub key: KeyView,
@@ -69,9 +77,10 @@ pub struct UsageOverview {
     pub daily: Vec<PeriodRow>,
     pub weekly: Vec<PeriodRow>,
     pub monthly: Vec<PeriodRow>,
-    pub range_days: u32,
-    pub endpoints: Vec<EndpointRow>,
-    pub statuses: Vec<(u16, i64)>,
+    /// Over `DEFAULT_RANGE` days; other ranges come from `get_top_calls`.
+    pub top: TopCalls,
+    /// Where the metered API is reached (`KEYMETER_PUBLIC_URL`), for the page's example call.
+    pub api_base: String,
 }
 
 impl UsageOverview {
@@ -83,9 +92,22 @@ impl UsageOverview {
 
 /// Ranges offered for the endpoint and status tables, in days.
 pub const RANGES: [u32; 4] = [1, 7, 30, 90];
+/// The range the usage page opens with.
+pub const DEFAULT_RANGE: u32 = 30;
 
 #[server(prefix = "/rpc", endpoint = "usage/overview")]
-pub async fn get_usage_overview(id: String, days: u32) -> Result<UsageOverview, AppError> {
+pub async fn get_usage_overview(id: String) -> Result<UsageOverview, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    Ok(ssr::overview(&services, key, user.id).await?)
+}
+
+/// The endpoint and status tables over another range, without reloading the rest of the page.
+#[server(prefix = "/rpc", endpoint = "usage/top")]
+pub async fn get_top_calls(id: String, days: u32) -> Result<TopCalls, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     if !RANGES.contains(&days) {
@@ -94,7 +116,7 @@ pub async fn get_usage_overview(id: String, days: u32) -> Result<UsageOverview, 
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(ssr::overview(&services, key, days).await?)
+    Ok(ssr::top_calls(&services, &key, days).await?)
 }
 
 #[server(prefix = "/rpc", endpoint = "usage/live")]
@@ -171,7 +193,7 @@ pub mod ssr {
         Ok(rows.iter().map(|(start, t)| row(*start, t)).collect())
     }
 
-    pub async fn overview(services: &Services, key: ApiKey, days: u32) -> ServiceResult<UsageOverview> {
+    pub async fn overview(services: &Services, key: ApiKey, viewer_id: i64) -> ServiceResult<UsageOverview> {
         let live = live_data(services, &key).await?;
         let today = live.now.date_naive();
         let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
@@ -185,8 +207,23 @@ pub mod ssr {
         let daily = periods(&hours, Granularity::Day, today - Duration::days(29), today)?;
         let weekly = periods(&hours, Granularity::Week, monday - Duration::weeks(11), today)?;
         let monthly = periods(&hours, Granularity::Month, first, today)?;
-        // The last `days` × 24 hours, the current hour included ("24 h" is not "today").
-        let end = Granularity::Hour.period_start(live.now) + Duration::hours(1);
+        let top = top_of(&hours, live.now, DEFAULT_RANGE);
+        let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+        Ok(UsageOverview { key: KeyView::seen_by(key, viewer_id), live, daily, weekly, monthly, top, api_base })
+    }
+
+    pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
+        // The quota clock, as the rest of the page (tests shift it); the host's without Redis.
+        let now = services.quota.now_ms().await.map(time).unwrap_or_else(|_| Utc::now());
+        let today = now.date_naive();
+        let hours =
+            HourRows::load(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;
+        Ok(top_of(&hours, now, days))
+    }
+
+    /// The last `days` × 24 hours, the current hour included ("24 h" is not "today").
+    fn top_of(hours: &HourRows, now: DateTime<Utc>, days: u32) -> TopCalls {
+        let end = Granularity::Hour.period_start(now) + Duration::hours(1);
         let start = end - Duration::hours(24 * days as i64);
         let endpoints = hours
             .by_endpoint(start, end)
@@ -201,7 +238,6 @@ pub mod ssr {
                 p95_ms: t.p95_ms(),
             })
             .collect();
-        let statuses = hours.by_status(start, end);
-        Ok(UsageOverview { key: key.into(), live, daily, weekly, monthly, range_days: days, endpoints, statuses })
+        TopCalls { range_days: days, endpoints, statuses: hours.by_status(start, end) }
     }
 }

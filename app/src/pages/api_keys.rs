@@ -3,16 +3,27 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 use leptos_router::components::A;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::layout::ErrorPanel;
-use crate::api::{get_key, list_keys, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
+use crate::api::{get_key, list_keys, take_created_key, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
 
 #[component]
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
     let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
+    // A key created without JavaScript: its post came back here with a one-time token.
+    let query = use_query_map();
+    let handed_over = Resource::new(
+        move || query.read().get("created"),
+        |token| async move {
+            match token {
+                Some(token) => take_created_key(token).await.map(|created| (true, created)),
+                None => Ok((false, None)),
+            }
+        },
+    );
 
     view! {
         <Title text="API keys · keymeter"/>
@@ -32,6 +43,20 @@ pub fn ApiKeysPage() -> impl IntoView {
                 Ok(created) => view! { <NewSecret created/> }.into_any(),
                 Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
             })}
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match handed_over.await {
+                        Ok((_, Some(created))) => view! { <NewSecret created/> }.into_any(),
+                        Ok((true, None)) => view! {
+                            <p class="muted" data-testid="secret-gone">
+                                "A new key's secret is shown only once; this one was shown already or has expired. If you did not copy it, revoke that key and create another."
+                            </p>
+                        }.into_any(),
+                        Ok((false, None)) => ().into_any(),
+                        Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Transition>
         </section>
         {move || revoke.value().get().and_then(|r| r.err()).map(|err| view! {
             <p class="error" role="alert">{err.to_string()}</p>
@@ -91,42 +116,13 @@ fn NewSecret(created: CreatedKey) -> impl IntoView {
 
 #[component]
 fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoView {
-    // The key whose revocation awaits confirmation.
-    let confirming = RwSignal::new(None::<String>);
     let rows = keys
         .into_iter()
         .map(|key| {
-            let id = key.id.clone();
             let revoked = key.is_revoked();
             let status = if revoked { "revoked" } else { "active" };
-            let name = key.name.clone();
             let quota = quota_and_use(&key);
-            let actions = move || {
-                if revoked {
-                    return view! { <span></span> }.into_any();
-                }
-                let id = id.clone();
-                let is_confirming = confirming.get().as_deref() == Some(id.as_str());
-                if is_confirming {
-                    let name = name.clone();
-                    view! {
-                        <div class="confirm" role="alertdialog">
-                            <span>{format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")}</span>
-                            <button class="danger" data-testid="confirm-revoke" on:click=move |_| {
-                                revoke.dispatch(RevokeKey { id: id.clone() });
-                                confirming.set(None);
-                            }>"Revoke"</button>
-                            <button class="link" on:click=move |_| confirming.set(None)>"Cancel"</button>
-                        </div>
-                    }.into_any()
-                } else {
-                    view! {
-                        <button class="danger-outline" data-testid="revoke" on:click=move |_| confirming.set(Some(id.clone()))>
-                            "Revoke…"
-                        </button>
-                    }.into_any()
-                }
-            };
+            let actions = (!revoked).then(|| view! { <RevokeButton id=key.id.clone() name=key.name.clone() revoke/> });
             view! {
                 <tr data-testid="key-row" data-key-id=key.id.clone() data-status=status>
                     <td>
@@ -154,6 +150,44 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             </thead>
             <tbody>{rows}</tbody>
         </table></div>
+    }
+}
+
+/// "Revoke…" opens a confirmation in place. A `<details>` holding a form, so it also works
+/// without JavaScript (the post returns to the list); with it, focus moves to the confirming
+/// button, and Cancel or Escape close it again.
+#[component]
+fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> impl IntoView {
+    let details = NodeRef::<leptos::html::Details>::new();
+    let confirm = NodeRef::<leptos::html::Button>::new();
+    let scripted = RwSignal::new(false);
+    Effect::new(move |_| scripted.set(true));
+    let close = move || {
+        if let Some(d) = details.get_untracked() {
+            d.set_open(false);
+        }
+    };
+    view! {
+        // Without JavaScript "Revoke…" stays to close it again (there is no Cancel).
+        <details class="revoke" class:scripted=move || scripted.get() node_ref=details
+            on:toggle=move |_| {
+                if details.get_untracked().is_some_and(|d| d.open()) {
+                    if let Some(b) = confirm.get_untracked() {
+                        let _ = b.focus();
+                    }
+                }
+            }
+            on:keydown=move |ev| if ev.key() == "Escape" { close() }>
+            <summary class="danger-outline" data-testid="revoke">"Revoke…"</summary>
+            <ActionForm action=revoke>
+                <input type="hidden" name="id" value=id/>
+                <div class="confirm" role="alertdialog" aria-label="Confirm revocation">
+                    <span>{format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")}</span>
+                    <button type="submit" class="danger" data-testid="confirm-revoke" node_ref=confirm>"Revoke"</button>
+                    <button type="button" class="link" hidden=move || !scripted.get() on:click=move |_| close()>"Cancel"</button>
+                </div>
+            </ActionForm>
+        </details>
     }
 }
 
@@ -221,11 +255,29 @@ fn KeyDetails(
     }
 }
 
-/// Which quota alerts email the owner; the bell shows every alert regardless.
+/// Which quota alerts email the owner; the bell shows every alert regardless. Only the owner
+/// of an active key can change them; others (an admin, or anyone once the key is revoked) read them.
 #[component]
 fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoView {
     let (on_50, on_80, on_100) =
         (key.alert_emails.contains(&50), key.alert_emails.contains(&80), key.alert_emails.contains(&100));
+    if !key.yours || key.is_revoked() {
+        let chosen: Vec<String> = key.alert_emails.iter().map(|t| format!("{t}%")).collect();
+        let chosen = if chosen.is_empty() { "none".to_owned() } else { chosen.join(", ") };
+        let why = if key.is_revoked() {
+            "This key is revoked: it sends no more alerts."
+        } else {
+            "Only the key's owner changes these."
+        };
+        return view! {
+            <section class="card" data-testid="alert-emails">
+                <h2>"Quota alerts"</h2>
+                <p data-testid="alert-emails-chosen">{format!("Alerts that email {}: {chosen}.", key.owner_email)}</p>
+                <p class="muted">{why}</p>
+            </section>
+        }
+        .into_any();
+    }
     view! {
         <section class="card" data-testid="alert-emails">
             <h2>"Quota alerts"</h2>
@@ -245,4 +297,5 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
             })}
         </section>
     }
+    .into_any()
 }

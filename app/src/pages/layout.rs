@@ -21,6 +21,25 @@ fn login_path() -> String {
 #[component]
 fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
+    // New notifications (alerts, decisions) arrive while a page stays open: the count is asked
+    // again every half minute, until the session has ended.
+    #[cfg(feature = "hydrate")]
+    {
+        let handle = set_interval_with_handle(
+            move || {
+                let signed_out = unread.get_untracked().is_some_and(|r| r == Err(AppError::Unauthorized));
+                if !signed_out && logout.value().get_untracked().is_none() {
+                    unread.refetch();
+                }
+            },
+            std::time::Duration::from_secs(30),
+        );
+        on_cleanup(move || {
+            if let Ok(h) = handle {
+                h.clear();
+            }
+        });
+    }
     view! {
         <header class="topbar">
             <a class="brand" href="/dashboard/developers/api-keys">"keymeter"</a>
@@ -71,9 +90,19 @@ type UnreadResource = Resource<Result<i64, AppError>>;
 
 fn account_resources() -> (UserResource, UnreadResource) {
     let user = Resource::new(|| (), |_| whoami());
-    // Refreshed on every navigation (the location changes).
+    // Refreshed on every navigation within the signed-in pages; not on the way out (sign-out
+    // lands on /login, where the session is gone and the count would only be refused).
     let location = use_location();
-    let unread = Resource::new(move || location.pathname.get(), |_| unread_notifications());
+    let unread = Resource::new(
+        move || location.pathname.get(),
+        |path| async move {
+            if path.starts_with("/dashboard") || path.starts_with("/admin") {
+                unread_notifications().await
+            } else {
+                Ok(0)
+            }
+        },
+    );
     (user, unread)
 }
 

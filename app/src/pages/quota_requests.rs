@@ -41,6 +41,8 @@ impl QuotaRequestsState {
 pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoView {
     let QuotaRequestsState { ask, cancel, requests } = state;
     let revoked = key.is_revoked();
+    // Only the owner asks (the server refuses anyone else); an admin changes quotas directly.
+    let yours = key.yours;
     let id = key.id.clone();
     view! {
         <section class="card" data-testid="quota-requests">
@@ -53,7 +55,13 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                             Ok(list) => {
                                 let open = list.iter().any(|r| r.status == "pending");
                                 view! {
-                                    {(!open && !revoked).then(|| view! {
+                                    {(!yours && !revoked).then(|| view! {
+                                        <p class="muted" data-testid="not-owner">
+                                            "Only the key's owner asks for more. Admins change quotas directly on "
+                                            <A href="/admin/quota-requests">"the quota requests page"</A>"."
+                                        </p>
+                                    })}
+                                    {(yours && !open && !revoked).then(|| view! {
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
                                             <div class="inline-form">
@@ -100,8 +108,12 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                             }}</td>
                             <td><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
                             <td>{r.decision_note.clone().unwrap_or_default()}</td>
+                            // A form, so that it also works without JavaScript.
                             <td>{pending.then(|| view! {
-                                <button class="link" on:click=move |_| { cancel.dispatch(CancelQuotaRequest { id }); }>"Cancel"</button>
+                                <ActionForm action=cancel>
+                                    <input type="hidden" name="id" value=id.to_string()/>
+                                    <button type="submit" class="link" data-testid="cancel-request">"Cancel"</button>
+                                </ActionForm>
                             })}</td>
                         </tr>
                     }
@@ -203,10 +215,19 @@ fn RequestCard(
                 <dt>"Last 24 hours"</dt><dd>{format!("{} requests", format::count(r.requests_last_24h))}</dd>
                 <dt>"Reason"</dt><dd>{r.reason.clone()}</dd>
                 <dt>"Asked"</dt><dd>{format::time(&r.created_at)}</dd>
-                {r.decided_at.map(|at| view! {
-                    <dt>"Decided"</dt>
-                    <dd>{format!("{} by {}{}", format::time(&at), r.decided_by.clone().unwrap_or_default(),
-                        r.decision_note.clone().map(|n| format!(": {n}")).unwrap_or_default())}</dd>
+                {match (r.approved_per_hour, r.approved_per_day) {
+                    (Some(h), Some(d)) => Some(view! { <dt>"Granted"</dt><dd data-testid="granted">{limits(h, d)}</dd> }),
+                    _ => None,
+                }}
+                {r.decided_at.map(|at| {
+                    let when = format::time(&at);
+                    let note = r.decision_note.clone().map(|n| format!(": {n}")).unwrap_or_default();
+                    // A cancelled request was withdrawn by its merchant; no admin decided it.
+                    match (r.status.as_str(), r.decided_by.clone()) {
+                        ("cancelled", _) => view! { <dt>"Cancelled"</dt><dd>{format!("{when} by the merchant")}</dd> }.into_any(),
+                        (_, Some(admin)) => view! { <dt>"Decided"</dt><dd>{format!("{when} by {admin}{note}")}</dd> }.into_any(),
+                        (_, None) => view! { <dt>"Decided"</dt><dd>{format!("{when}{note}")}</dd> }.into_any(),
+                    }
                 })}
             </dl>
             {pending.then(|| view! {

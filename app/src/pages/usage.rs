@@ -9,24 +9,20 @@ use leptos_router::hooks::use_params_map;
 
 use super::layout::ErrorPanel;
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
-use crate::api::{get_usage_overview, Gauge, LiveData, PeriodRow, UsageOverview, RANGES};
-use crate::charts::{BreakdownChart, LiveChart, LiveChartKind};
+use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
+use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
 
 #[component]
 pub fn UsagePage() -> impl IntoView {
     let params = use_params_map();
-    let days = RwSignal::new(30u32);
     // Created here, before any await (see layout.rs).
     let requests = QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
-    let overview = Resource::new(
-        move || (params.read().get("id").unwrap_or_default(), days.get()),
-        |(id, d)| get_usage_overview(id, d),
-    );
+    let overview = Resource::new(move || params.read().get("id").unwrap_or_default(), get_usage_overview);
     view! {
         <Transition fallback=|| view! { <p class="loading">"Loading usage…"</p> }>
             {move || Suspend::new(async move {
                 match overview.await {
-                    Ok(overview) => view! { <UsageDashboard overview days requests/> }.into_any(),
+                    Ok(overview) => view! { <UsageDashboard overview requests/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -35,18 +31,21 @@ pub fn UsagePage() -> impl IntoView {
 }
 
 #[component]
-fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaRequestsState) -> impl IntoView {
+fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl IntoView {
     let key = overview.key.clone();
     let live = RwSignal::new(overview.live.clone());
-    let delayed = RwSignal::new(false);
+    let link = RwSignal::new(LiveLink::Live);
     // Subscribed in an effect, which runs after hydration: an update arriving while the page is
     // still being hydrated would change text the hydration is about to match.
     #[cfg(feature = "hydrate")]
     {
         let key_id = key.id.clone();
-        Effect::new(move |_| crate::charts::subscribe_live(&key_id, live, delayed));
+        Effect::new(move |_| crate::charts::subscribe_live(&key_id, live, link));
     }
-    let has_traffic = overview.has_traffic();
+    // The empty state goes as soon as the live stream shows a first call.
+    let had_traffic = overview.has_traffic();
+    let has_traffic = move || had_traffic || live.with(|l| l.points.iter().any(|p| p.requests + p.throttled > 0));
+    let revoked_at = key.revoked_at;
     let today = overview.live.now.date_naive();
     let month_ago = today - chrono::Duration::days(29);
     let csv_action = format!("/dashboard/developers/api-keys/{}/usage.csv", key.id);
@@ -74,50 +73,20 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
     // query depth in the browser build.
     let top = view! {
         <Title text=format!("Usage of {} · keymeter", key.name)/>
-            <section class="card">
-                <div class="card-head">
-                    <h2>"Top endpoints and status codes"</h2>
-                    <div class="range" role="group" aria-label="Range">
-                        {RANGES.iter().map(|&d| view! {
-                            <button type="button" class:active=move || days.get() == d on:click=move |_| days.set(d)>
-                                {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
-                            </button>
-                        }).collect_view()}
-                    </div>
-                </div>
-                <div class="two-col">
-                    <div class="table-scroll"><table data-testid="top-endpoints">
-                        <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Errors"</th><th class="num">"p95"</th></tr></thead>
-                        <tbody>
-                            {overview.endpoints.iter().map(|e| view! {
-                                <tr>
-                                    <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
-                                    <td class="num">{format::count(e.requests)}</td>
-                                    <td class="num">{format::percent(e.error_rate)}</td>
-                                    <td class="num">{format::millis(e.p95_ms)}</td>
-                                </tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table></div>
-                    <div class="table-scroll"><table data-testid="status-codes">
-                        <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
-                        <tbody>
-                            {overview.statuses.iter().map(|(code, n)| view! {
-                                <tr><td><span class=format!("status s{}", code / 100)>{*code}</span></td><td class="num">{format::count(*n)}</td></tr>
-                            }).collect_view()}
-                        </tbody>
-                    </table></div>
-                </div>
-            </section>
+        <TopCallsCard key_id=key.id.clone() initial=overview.top.clone()/>
     }
     .into_any();
+    let try_it = format!("curl -H \"X-API-Key: {}…\" {}/api/v1/ping", key.prefix, overview.api_base);
     view! {
         <p class="crumbs">
             <A href="/dashboard/developers/api-keys">"API keys"</A>" / "
             <A href=key_page>{key_name.clone()}</A>" / usage"
         </p>
         <div class="page-head">
-            <h1 data-testid="usage-title">{title}</h1>
+            <h1 data-testid="usage-title">
+                {title}
+                {revoked_at.is_some().then(|| view! { " " <span class="badge revoked" data-testid="usage-revoked">"revoked"</span> })}
+            </h1>
             <form class="export" method="get" action=csv_action data-testid="csv-form" novalidate=move || scripted.get() on:submit=check_csv>
                 <label>"From" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
                     min=move || shift(&csv_to.get(), -(MAX_RANGE_DAYS - 1)) max=move || csv_to.get()
@@ -139,14 +108,24 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
         {move || csv_error.get().map(|message| view! {
             <p class="error" role="alert" data-testid="csv-error">{message}</p>
         })}
-        {move || delayed.get().then(|| view! {
-            <p class="notice" role="status">"Live data delayed: showing the last figures received."</p>
+        {revoked_at.map(|at| view! {
+            <p class="notice" data-testid="revoked-notice">
+                {format!("This key was revoked on {}: calls with it are refused and no longer counted. Its history stays here.", format::time(&at))}
+            </p>
         })}
-        {(!has_traffic).then(|| view! {
+        <p class="notice" role="status" data-testid="live-link" hidden=move || link.get() == LiveLink::Live>
+            {move || match link.get() {
+                LiveLink::Live => String::new(),
+                LiveLink::Delayed => "Live data delayed: showing the last figures received.".to_owned(),
+                LiveLink::Reconnecting => "Connection to keymeter lost: reconnecting… The figures below stop at the time shown.".to_owned(),
+                LiveLink::Stopped => "Live updates stopped (signed out, or the server refused the stream). Reload the page to resume.".to_owned(),
+            }}
+        </p>
+        {move || (!has_traffic() && revoked_at.is_none()).then(|| view! {
             <section class="card empty-state" data-testid="usage-empty">
                 <h2>"No traffic yet"</h2>
                 <p>"Charts fill in as soon as this key calls the API, for example:"</p>
-                <code>{format!("curl -H \"X-API-Key: {}…\" http://127.0.0.1:3000/api/v1/ping", key.prefix)}</code>
+                <code>{try_it.clone()}</code>
             </section>
         })}
         <section class="gauges">
@@ -157,7 +136,10 @@ fn UsageDashboard(overview: UsageOverview, days: RwSignal<u32>, requests: QuotaR
             <div class="card-head">
                 <h2>"Last 60 minutes"</h2>
                 <span class="hint" data-testid="live-updated">
-                    {move || format!("live · {} · {}", format::time_seconds(&live.get().now), rate_text(&live.get()))}
+                    {move || {
+                        let state = if link.get() == LiveLink::Reconnecting { "reconnecting…" } else { "live" };
+                        format!("{state} · {} · {}", format::time_seconds(&live.get().now), rate_text(&live.get()))
+                    }}
                 </span>
             </div>
             <div class="charts">
@@ -208,7 +190,89 @@ fn csv_range_problem(from: &str, to: &str) -> Option<String> {
 }
 
 fn rate_text(live: &LiveData) -> String {
-    format!("{:.1} requests/min", live.rate_per_minute)
+    format!("{:.1} requests/min (15-minute average)", live.rate_per_minute)
+}
+
+/// Top endpoints and status codes over a chosen range. A new range fetches only these tables,
+/// so the rest of the page (history tab, export fields, live charts) stays as it is.
+#[component]
+fn TopCallsCard(key_id: String, initial: TopCalls) -> impl IntoView {
+    let days = RwSignal::new(initial.range_days);
+    let top = RwSignal::new(initial);
+    let loading = RwSignal::new(false);
+    let failed = RwSignal::new(None::<String>);
+    let choose = move |d: u32| {
+        days.set(d);
+        loading.set(true);
+        let key_id = key_id.clone();
+        leptos::task::spawn_local(async move {
+            let result = get_top_calls(key_id, d).await;
+            // A later choice wins over an answer that arrives late.
+            if days.get_untracked() != d {
+                return;
+            }
+            loading.set(false);
+            match result {
+                Ok(calls) => {
+                    failed.set(None);
+                    top.set(calls);
+                }
+                Err(err) => failed.set(Some(err.to_string())),
+            }
+        });
+    };
+    // Type-erased parts: one nested type for the whole card overflows the compiler's query depth
+    // in the browser build.
+    let buttons = RANGES
+        .iter()
+        .map(|&d| {
+            let choose = choose.clone();
+            view! {
+                <button type="button" class:active=move || days.get() == d
+                    aria-pressed=move || (days.get() == d).to_string()
+                    on:click=move |_| choose(d)>
+                    {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
+                </button>
+            }
+        })
+        .collect_view()
+        .into_any();
+    let tables = view! {
+            <div class="two-col" class:stale=move || loading.get() aria-busy=move || loading.get().to_string()>
+                <div class="table-scroll"><table data-testid="top-endpoints">
+                    <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Errors"</th><th class="num">"p95"</th></tr></thead>
+                    <tbody>
+                        {move || top.get().endpoints.into_iter().map(|e| view! {
+                            <tr>
+                                <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
+                                <td class="num">{format::count(e.requests)}</td>
+                                <td class="num">{format::percent(e.error_rate)}</td>
+                                <td class="num">{format::millis(e.p95_ms)}</td>
+                            </tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+                <div class="table-scroll"><table data-testid="status-codes">
+                    <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
+                    <tbody>
+                        {move || top.get().statuses.into_iter().map(|(code, n)| view! {
+                            <tr><td><span class=format!("status s{}", code / 100)>{code}</span></td><td class="num">{format::count(n)}</td></tr>
+                        }).collect_view()}
+                    </tbody>
+                </table></div>
+            </div>
+    }
+    .into_any();
+    view! {
+        <section class="card">
+            <div class="card-head">
+                <h2>"Top endpoints and status codes"</h2>
+                <div class="range" role="group" aria-label="Range">{buttons}</div>
+            </div>
+            {move || failed.get().map(|message| view! { <p class="error" role="alert">{message}</p> })}
+            {tables}
+        </section>
+    }
 }
 
 #[component]
@@ -276,14 +340,15 @@ fn Breakdowns(daily: Vec<PeriodRow>, weekly: Vec<PeriodRow>, monthly: Vec<Period
     };
     let tab = move |b: Breakdown, text: &'static str| {
         view! {
-            <button type="button" class:active=move || shown.get() == b on:click=move |_| shown.set(b)>{text}</button>
+            <button type="button" class:active=move || shown.get() == b aria-pressed=move || (shown.get() == b).to_string()
+                on:click=move |_| shown.set(b)>{text}</button>
         }
     };
     view! {
         <section class="card">
             <div class="card-head">
                 <h2>"History"</h2>
-                <div class="range" role="tablist">
+                <div class="range" role="group" aria-label="Breakdown">
                     {tab(Breakdown::Daily, "Daily · 30 days")}
                     {tab(Breakdown::Weekly, "Weekly · 12 ISO weeks")}
                     {tab(Breakdown::Monthly, "Monthly · 12 months")}

@@ -6,6 +6,7 @@ pub mod fallback_limiter;
 pub mod quota;
 pub mod quota_manager;
 pub mod secret;
+pub mod secret_handoff;
 
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
