@@ -42,7 +42,11 @@ test('quota alerts reach the bell always and email only at the thresholds the ow
   await expect(adminPage.getByTestId('mail-subject').filter({ hasText: `${name}: 80%` })).toHaveCount(0);
   await expect(adminPage.getByTestId('mail-delivery')).toContainText('mail folder');
   const item = adminPage.getByTestId('mail-item').filter({ hasText: `${name}: hourly quota used up` });
+  // A message's HTML part is drawn when it is opened, not for every message up front.
+  await expect(adminPage.locator('iframe.mail-html')).toHaveCount(0);
   await item.locator('summary').click();
+  await expect(item.locator('iframe.mail-html')).toHaveCount(1);
+  await expect(item.frameLocator('iframe.mail-html').getByRole('link').first()).toBeVisible();
   await expect(item.locator('pre')).toContainText(`/dashboard/developers/api-keys/${keyId}/usage`);
   await adminPage.screenshot({ path: 'test-results/admin-mail.png', fullPage: true });
 });

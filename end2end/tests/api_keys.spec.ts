@@ -86,6 +86,11 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
   await expect(adminPage.getByTestId('admin-keys')).toContainText(MERCHANT.email);
 
   // The month's usage of every key, for invoicing, from the same page.
+  // The form starts at the month that just ended, the one to invoice.
+  const lastMonth = new Date();
+  lastMonth.setUTCDate(1);
+  lastMonth.setUTCMonth(lastMonth.getUTCMonth() - 1);
+  await expect(adminPage.getByTestId('invoice-form').getByLabel('Month')).toHaveValue(lastMonth.toISOString().slice(0, 7));
   const month = new Date().toISOString().slice(0, 7);
   await adminPage.getByTestId('invoice-form').getByLabel('Month').fill(month);
   const [download] = await Promise.all([

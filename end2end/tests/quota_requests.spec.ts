@@ -28,6 +28,11 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
   await expect(card).toHaveAttribute('data-status', 'pending');
   await expect(card).toContainText('Launch day');
+  // A bad figure is explained on the card it was typed into.
+  await card.getByLabel('Per hour').fill('lots');
+  await card.getByTestId('approve').click();
+  await expect(card.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
+  await card.getByLabel('Per hour').fill('25');
   await card.getByTestId('approve').click();
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
   // The decided card says what was granted.

@@ -17,7 +17,7 @@ pub fn AdminKeysPage() -> impl IntoView {
             <h1>"All API keys"</h1>
             // Every key's daily usage of a month, for invoicing (the server checks the month).
             <form class="export" method="get" action="/admin/usage.csv" data-testid="invoice-form">
-                <label>"Month" <input type="month" name="month" required/></label>
+                <label>"Month" <input type="month" name="month" value=last_month() required/></label>
                 <button type="submit">"Export month (CSV)"</button>
             </form>
         </div>
@@ -58,6 +58,29 @@ pub fn AdminKeysPage() -> impl IntoView {
     }
 }
 
+/// The month that just ended (`YYYY-MM`, UTC), the one invoices are made for.
+fn last_month() -> String {
+    #[cfg(feature = "ssr")]
+    let (year, month) = {
+        use chrono::Datelike;
+        let now = chrono::Utc::now();
+        (now.year(), now.month0() as i32)
+    };
+    #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
+    let (year, month) = {
+        let now = js_sys::Date::new_0();
+        (now.get_utc_full_year() as i32, now.get_utc_month() as i32)
+    };
+    #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
+    let (year, month) = (1970, 0);
+    // `month` counts from 0, so it is already last month's number, from 1.
+    if month == 0 {
+        format!("{:04}-12", year - 1)
+    } else {
+        format!("{year:04}-{month:02}")
+    }
+}
+
 /// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML. In
 /// development (no `SMTP_URL`) this is how the mail folder's messages are read.
 #[component]
@@ -86,6 +109,19 @@ pub fn AdminMailPage() -> impl IntoView {
 
 #[component]
 fn MailItem(m: MailView) -> impl IntoView {
+    // The HTML part is drawn once its message is opened: a frame per message, all parsed up
+    // front, made the page take seconds. Without JavaScript the frame comes in a <noscript>,
+    // which a browser running scripts does not even parse.
+    let opened = RwSignal::new(false);
+    let html = m.html.clone();
+    // Only the server writes it; hydration leaves a server-rendered inner HTML alone.
+    #[cfg(feature = "ssr")]
+    let no_script = format!(
+        "<iframe class=\"mail-html\" sandbox=\"\" srcdoc=\"{}\" title=\"HTML part\"></iframe>",
+        services::mailer::html_escape(&m.html)
+    );
+    #[cfg(not(feature = "ssr"))]
+    let no_script = String::new();
     let status = match (&m.sent_at, &m.last_error) {
         (Some(at), _) => format!("sent {}", format::time(at)),
         (None, Some(err)) => format!("waiting: {} attempt(s), last error: {err}", m.attempts),
@@ -93,7 +129,7 @@ fn MailItem(m: MailView) -> impl IntoView {
     };
     let badge = if m.sent_at.is_some() { "badge approved" } else { "badge pending" };
     view! {
-        <details class="card mail" data-testid="mail-item">
+        <details class="card mail" data-testid="mail-item" on:toggle=move |_| opened.set(true)>
             <summary>
                 <span class=badge>{if m.sent_at.is_some() { "sent" } else { "waiting" }}</span>" "
                 <b data-testid="mail-subject">{m.subject.clone()}</b>
@@ -104,7 +140,10 @@ fn MailItem(m: MailView) -> impl IntoView {
                 <p>"Attachments: " {m.attachments.join(", ")}</p>
             })}
             // The HTML part is shown in a sandbox: no scripts, no same-origin access.
-            <iframe class="mail-html" sandbox="" srcdoc=m.html.clone() title="HTML part"></iframe>
+            {move || opened.get().then(|| view! {
+                <iframe class="mail-html" sandbox="" srcdoc=html.clone() title="HTML part"></iframe>
+            })}
+            <noscript inner_html=no_script></noscript>
             <pre class="mail-text">{m.text.clone()}</pre>
         </details>
     }

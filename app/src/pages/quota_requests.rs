@@ -135,14 +135,11 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         |_| admin_quota_requests(),
     );
     let keys = Resource::new(move || set.version().get(), |_| admin_list_keys());
-    let error = move || {
-        approve
-            .value()
-            .get()
-            .and_then(|r| r.err())
-            .or_else(|| deny.value().get().and_then(|r| r.err()))
-            .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> })
-    };
+    // The request whose card was last submitted, so that its error shows on that card. A post
+    // without JavaScript comes back as a new page that knows no card: its error goes on top.
+    let decided = RwSignal::new(None::<i64>);
+    let decision = Decision { approve, deny, decided };
+    let error = move || decided.get().is_none().then(|| decision.error()).flatten();
     view! {
         <Title text="Quota requests · keymeter"/>
         <h1>"Quota requests"</h1>
@@ -152,7 +149,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match requests.await {
                     Ok(list) if list.is_empty() => view! { <section class="card"><p class="empty">"No requests yet."</p></section> }.into_any(),
-                    Ok(list) => list.into_iter().map(|r| view! { <RequestCard r approve deny/> }).collect_view().into_any(),
+                    Ok(list) => list.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view().into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -186,12 +183,26 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     }
 }
 
-#[component]
-fn RequestCard(
-    r: QuotaRequestView,
+/// The admin's two decisions, and which request they were last made on.
+#[derive(Clone, Copy)]
+struct Decision {
     approve: ServerAction<ApproveQuotaRequest>,
     deny: ServerAction<DenyQuotaRequest>,
-) -> impl IntoView {
+    decided: RwSignal<Option<i64>>,
+}
+
+impl Decision {
+    fn error(self) -> Option<AnyView> {
+        self.approve.value().get().and_then(|r| r.err()).or_else(|| self.deny.value().get().and_then(|r| r.err())).map(
+            |e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> }.into_any(),
+        )
+    }
+}
+
+#[component]
+fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
+    let Decision { approve, deny, decided } = decision;
+    let request_id = r.id;
     let pending = r.status == "pending";
     let id = r.id.to_string();
     let id2 = id.clone();
@@ -230,8 +241,10 @@ fn RequestCard(
                     }
                 })}
             </dl>
+            {move || (decided.get() == Some(request_id)).then(|| decision.error()).flatten()}
             {pending.then(|| view! {
-                <div class="decide">
+                // `submit` bubbles up from either form.
+                <div class="decide" on:submit=move |_| decided.set(Some(request_id))>
                     // A revoked key's request can only be denied (the server refuses approval too).
                     {(!r.key_revoked).then(|| view! {
                         <ActionForm action=approve>
