@@ -162,7 +162,8 @@ impl Config {
                 }
             },
             quota_failure: FailurePolicy {
-                timeout: Duration::from_millis(parse_num(&lookup, "KEYMETER_REDIS_TIMEOUT_MS", 250)? as u64),
+                // Beyond a minute a quota check would hold requests rather than fail over.
+                timeout: Duration::from_millis(parse_bounded(&lookup, "KEYMETER_REDIS_TIMEOUT_MS", 250u64, 60_000)?),
                 mode: match lookup("KEYMETER_QUOTA_FAIL_MODE").as_deref().map(str::trim) {
                     None | Some("open") => FailMode::Open,
                     Some("closed") => FailMode::Closed,
@@ -173,11 +174,12 @@ impl Config {
                         })
                     }
                 },
-                instances: parse_num(&lookup, "KEYMETER_INSTANCES", 1)?.min(10_000) as u32,
+                instances: parse_bounded(&lookup, "KEYMETER_INSTANCES", 1u32, 10_000)?,
             },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
-            usage_retention_days: parse_num(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90)?.min(36_500) as u32,
+            // A hundred years: raw events are dropped by whole days, so more means never.
+            usage_retention_days: parse_bounded(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90u32, 36_500)?,
         })
     }
 }
@@ -189,14 +191,6 @@ fn parse_bool(lookup: &impl Fn(&str) -> Option<String>, var: &'static str, defau
         Some("0" | "false" | "no" | "off") => Ok(false),
         Some(other) => Err(ConfigError { var, reason: format!("{other:?} is not a boolean") }),
     }
-}
-
-fn parse_num(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-) -> Result<usize, ConfigError> {
-    parse_bounded(lookup, var, default, usize::MAX)
 }
 
 /// A whole number from 1 to `max`.
@@ -322,6 +316,17 @@ mod tests {
         }
         let max = with(&[("KEYMETER_MAX_PER_HOUR", "1000000000000")]).unwrap().quota_maximum;
         assert_eq!(max.per_hour, QuotaLimit::MAX);
+        // Refused, not quietly clamped: an operator who asks for more than is possible is told.
+        for (var, bad, good) in [
+            ("KEYMETER_INSTANCES", "10001", "10000"),
+            ("KEYMETER_USAGE_RETENTION_DAYS", "36501", "36500"),
+            ("KEYMETER_REDIS_TIMEOUT_MS", "60001", "60000"),
+        ] {
+            let err = with(&[(var, bad)]).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains("out of range"), "{err}");
+            assert!(with(&[(var, good)]).is_ok(), "{var}={good}");
+        }
     }
 
     #[test]
