@@ -321,3 +321,23 @@ async fn a_key_created_without_javascript_shows_its_secret_once_on_the_list() {
     assert!(!again.contains(&secret));
     assert!(again.contains("shown only once"));
 }
+
+/// A key's name is the merchant's text: in a page's `<title>` as anywhere else it must stay text.
+/// (leptos_meta writes titles unescaped; an admin opening the key would have run the script.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_name_cannot_inject_markup_into_the_page_title() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, _) = create_key(&app, &ann, "t</title><script>alert(7)</script>").await;
+    let admin = app.signed_in("root@example.com").await;
+    for path in [format!("/dashboard/developers/api-keys/{id}"), format!("/dashboard/developers/api-keys/{id}/usage")] {
+        for who in [&ann, &admin] {
+            let html = app.page(who, &path).await.text().await.unwrap();
+            assert!(!html.contains("<script>alert(7)"), "{path}: {html}");
+            let title = &html[html.find("<title>").unwrap()..html.find("</title>").unwrap()];
+            assert!(title.contains("t&lt;/title&gt;&lt;script&gt;alert(7)&lt;/script&gt;"), "{path}: {title}");
+        }
+    }
+}

@@ -2,17 +2,16 @@
 //! `/admin/mail`: what keymeter has sent.
 
 use leptos::prelude::*;
-use leptos_meta::Title;
 use leptos_router::components::A;
 
-use super::layout::ErrorPanel;
+use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{admin_list_keys, admin_mail, MailView};
 
 #[component]
 pub fn AdminKeysPage() -> impl IntoView {
     let keys = Resource::new(|| (), |_| admin_list_keys());
     view! {
-        <Title text="All API keys · keymeter"/>
+        <PageTitle text="All API keys · keymeter"/>
         <div class="page-head">
             <h1>"All API keys"</h1>
             // Every key's daily usage of a month, for invoicing (the server checks the month).
@@ -87,7 +86,7 @@ fn last_month() -> String {
 pub fn AdminMailPage() -> impl IntoView {
     let mail = Resource::new(|| (), |_| admin_mail());
     view! {
-        <Title text="Mail · keymeter"/>
+        <PageTitle text="Mail · keymeter"/>
         <h1>"Mail"</h1>
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {

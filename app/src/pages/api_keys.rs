@@ -1,11 +1,10 @@
 //! `/dashboard/developers/api-keys` (list, create, revoke) and one key's page.
 
 use leptos::prelude::*;
-use leptos_meta::Title;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
-use super::layout::ErrorPanel;
+use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{get_key, list_keys, take_created_key, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
 
 #[component]
@@ -26,7 +25,7 @@ pub fn ApiKeysPage() -> impl IntoView {
     );
 
     view! {
-        <Title text="API keys · keymeter"/>
+        <PageTitle text="API keys · keymeter"/>
         <h1>"API keys"</h1>
         <section class="card">
             <h2>"Create a key"</h2>
@@ -231,7 +230,7 @@ fn KeyDetails(
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
-        <Title text=format!("{} · API keys · keymeter", key.name)/>
+        <PageTitle text=format!("{} · API keys · keymeter", key.name)/>
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
         <div class="page-head">
             <h1 data-testid="key-title">{key.name.clone()}</h1>

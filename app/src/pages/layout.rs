@@ -150,6 +150,17 @@ pub fn AdminLayout() -> impl IntoView {
     }
 }
 
+/// The page's `<title>`. leptos_meta writes a title's text into the server-rendered HTML as it
+/// is, so a key name such as `</title><script>…` would end the element and inject markup into
+/// the page (an admin opening that key's page would run it). The server escapes the text; the
+/// browser sets `document.title` from the raw text, which needs no escaping.
+#[component]
+pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    let text = services::mailer::html_escape(&text);
+    view! { <Title text/> }
+}
+
 /// Shows an error to the user; during server rendering it also sets the page's HTTP status.
 #[component]
 pub fn ErrorPanel(err: AppError) -> impl IntoView {
@@ -217,7 +228,7 @@ fn DataDelayed() -> impl IntoView {
 #[component]
 pub fn NotFound() -> impl IntoView {
     view! {
-        <Title text="Not found · keymeter"/>
+        <PageTitle text="Not found · keymeter"/>
         <main class="page"><ErrorPanel err=AppError::NotFound/></main>
     }
 }

@@ -1,7 +1,7 @@
 use leptos::prelude::*;
-use leptos_meta::Title;
 use leptos_router::hooks::use_query_map;
 
+use super::layout::PageTitle;
 use crate::api::Login;
 
 #[component]
@@ -10,7 +10,7 @@ pub fn LoginPage() -> impl IntoView {
     let next = move || use_query_map().read().get("next").unwrap_or_default();
     let error = move || login.value().get().and_then(|r| r.err()).map(|e| e.to_string());
     view! {
-        <Title text="Sign in · keymeter"/>
+        <PageTitle text="Sign in · keymeter"/>
         <main class="login">
             <section class="card">
                 <h1>"Sign in to keymeter"</h1>

@@ -2,10 +2,9 @@
 //! admins' decision page, the audit trail, and the notifications page.
 
 use leptos::prelude::*;
-use leptos_meta::Title;
 use leptos_router::components::A;
 
-use super::layout::ErrorPanel;
+use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{
     admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, mark_notifications_read,
     my_notifications, AdminSetQuota, ApproveQuotaRequest, AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView,
@@ -141,7 +140,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let decision = Decision { approve, deny, decided };
     let error = move || decided.get().is_none().then(|| decision.error()).flatten();
     view! {
-        <Title text="Quota requests · keymeter"/>
+        <PageTitle text="Quota requests · keymeter"/>
         <h1>"Quota requests"</h1>
         <p><A href="/admin/quota-changes">"Audit trail of every quota change and decision →"</A></p>
         {error}
@@ -276,7 +275,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
 pub fn AdminQuotaChangesPage() -> impl IntoView {
     let entries = Resource::new(|| (), |_| admin_quota_audit());
     view! {
-        <Title text="Quota changes · keymeter"/>
+        <PageTitle text="Quota changes · keymeter"/>
         <h1>"Quota changes and decisions"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
@@ -343,7 +342,7 @@ pub fn NotificationsPage() -> impl IntoView {
     #[cfg(not(feature = "hydrate"))]
     let _ = mark_notifications_read;
     view! {
-        <Title text="Notifications · keymeter"/>
+        <PageTitle text="Notifications · keymeter"/>
         <h1>"Notifications"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>

@@ -3,11 +3,10 @@
 //! quota-increase form.
 
 use leptos::prelude::*;
-use leptos_meta::Title;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
-use super::layout::ErrorPanel;
+use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
@@ -72,7 +71,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     // Its own (type-erased) view: one nested type for the whole page overflows the compiler's
     // query depth in the browser build.
     let top = view! {
-        <Title text=format!("Usage of {} · keymeter", key.name)/>
+        <PageTitle text=format!("Usage of {} · keymeter", key.name)/>
         <TopCallsCard key_id=key.id.clone() initial=overview.top.clone()/>
     }
     .into_any();
