@@ -126,8 +126,18 @@ pub fn router(config: &Config, services: Services) -> Router {
         // Signed-out visits to signed-in pages: a real redirect before rendering.
         .layer(axum::middleware::from_fn_with_state(services.clone(), routes::page_guard::require_session))
         .layer(axum::middleware::from_fn_with_state(services.clone(), routes::same_origin::require_same_origin))
+        // Pages and server functions answer with one account's data (a new key's secret, once):
+        // nothing of them is kept in a cache.
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .with_state(state);
-    api.with_state(services).nest("/pkg", pkg).merge(pages)
+    let app = api.with_state(services).nest("/pkg", pkg).merge(pages);
+    // No page may be framed by another site (clickjacking), nothing is sniffed into another
+    // type, and no URL of this app leaves in a Referer to another site.
+    let header = |name, value| SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value));
+    app.layer(header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header(header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'; object-src 'none'; base-uri 'self'"))
+        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header(header::REFERRER_POLICY, "same-origin"))
 }
 
 /// A bound, ready-to-run server.

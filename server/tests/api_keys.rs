@@ -312,6 +312,10 @@ async fn a_key_created_without_javascript_shows_its_secret_once_on_the_list() {
 
     let page = app.page(&ann, &location).await;
     assert_eq!(page.status(), StatusCode::OK);
+    // A page with a secret on it is not kept by any cache, and no other site may frame it.
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let secret = secret_in(&page.text().await.unwrap()).expect("the new secret is on the page");
     assert_eq!(ping(&app, ("x-api-key", secret.clone())).await.status(), StatusCode::OK);
     assert!(!post_body.contains(&secret), "the redirect's body carries no secret");
