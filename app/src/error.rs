@@ -55,6 +55,16 @@ impl FromServerFnError for AppError {
             // Arguments the server could not read are the caller's mistake.
             ServerFnErrorErr::Args(msg) => Self::BadRequest(format!("Invalid request: {msg}")),
             ServerFnErrorErr::MissingArg(name) => Self::BadRequest(format!("Missing field: {name}")),
+            // On the server this is a request body that could not be read (in the browser, a
+            // reply it could not read: our fault, below).
+            #[cfg(feature = "ssr")]
+            ServerFnErrorErr::Deserialization(msg) if msg.contains("length limit") => {
+                Self::BadRequest("The request is too large.".to_owned())
+            }
+            #[cfg(feature = "ssr")]
+            ServerFnErrorErr::Deserialization(_) => {
+                Self::BadRequest("The request is not valid form data: send UTF-8 text.".to_owned())
+            }
             ServerFnErrorErr::Request(msg) => Self::Network(msg),
             _ => Self::Internal,
         }

@@ -134,6 +134,24 @@ async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
         let res = app.rpc(&c, "keys/revoke", &[("id", id)]).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{id:?}");
     }
+    // Bodies that cannot be read at all: not UTF-8, or over the 2 MB limit. Signed in or not.
+    let huge = format!("name={}", "a".repeat(2_100_000));
+    for (client, path, body, expected) in [
+        (&c, "keys/create", b"name=\xff\xfe".to_vec(), "not valid form data"),
+        (&client(), "auth/login", b"email=\xff\xfe".to_vec(), "not valid form data"),
+        (&c, "keys/create", huge.into_bytes(), "too large"),
+    ] {
+        let res = client
+            .post(app.url(&format!("/rpc/{path}")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+        let text = res.text().await.unwrap();
+        assert!(text.contains(expected), "{path}: {text}");
+    }
     let listed: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
     assert!(listed.is_empty());
 }
