@@ -109,6 +109,9 @@ impl AppError {
             (use_context::<leptos_axum::ResponseOptions>(), axum::http::StatusCode::from_u16(self.status()))
         {
             response.set_status(status);
+            if let Self::TooManyAttempts(secs) = self {
+                response.insert_header(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*secs));
+            }
         }
     }
 }

@@ -169,8 +169,36 @@ async fn parallel_password_guesses_cannot_get_past_the_sign_in_throttle() {
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 15, "{statuses:?}");
     assert!(statuses[..5].iter().all(|&s| (400..429).contains(&s)), "{statuses:?}");
 
-    // The right password is refused too until the window has passed.
-    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), 429);
+    // The right password is refused too until the window has passed, and the answer says when.
+    let refused = app.login(&client(), &email, PASSWORD).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: i64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry_after), "{retry_after}");
+
+    // Trying again while refused does not move the end of the lock.
+    let ttl = || async {
+        let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+        let ttl: i64 = deadpool_redis::redis::cmd("TTL")
+            .arg(format!("km:login:pair:{email}:127.0.0.1"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ttl
+    };
+    let before = ttl().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.login(&client(), &email, "another wrong guess").await.status(), 429);
+    assert!(ttl().await < before, "the lock was extended");
+
+    // The owner signing in from another client is not locked out by these guesses.
+    let elsewhere = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let res = app.login(&elsewhere, &email, PASSWORD).await;
+    assert!(res.status().is_redirection() || res.status().is_success(), "{}", res.status());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,12 @@
-//! Slows down password guessing: failures are counted in Redis per address and per client, so
-//! every instance sees them; past a threshold, sign-in is refused until the window expires.
+//! Slows down password guessing: failures are counted in Redis, so every instance sees them;
+//! past a threshold, sign-in is refused until the window ends.
+//!
+//! Three counts, each over a fixed window that starts at its first failure: per address and
+//! client (a few guesses, then that client is locked out of that address), per address across
+//! clients (many more: guessing spread over many clients), and per client across addresses. A
+//! refused attempt is given back and never moves a window, so nobody can keep an account locked
+//! by trying again, and a stranger's failures from elsewhere do not lock its owner out until the
+//! address-wide count is reached.
 
 use deadpool_redis::redis;
 
@@ -7,24 +14,32 @@ use crate::redis_pool::{self, RedisPool};
 use crate::{ServiceError, ServiceResult};
 
 /// Failed attempts allowed per window before sign-in is refused.
-const MAX_FAILURES_PER_EMAIL: i64 = 5;
+const MAX_FAILURES_PER_EMAIL_AND_CLIENT: i64 = 5;
+const MAX_FAILURES_PER_EMAIL: i64 = 50;
 const MAX_FAILURES_PER_CLIENT: i64 = 100;
-/// How long failures are remembered, in seconds.
+/// How long failures are remembered, in seconds, from the first one.
 const WINDOW_SECS: i64 = 15 * 60;
 
 pub(crate) struct LoginThrottle<'a> {
     redis: &'a RedisPool,
-    email_key: String,
-    client_key: String,
+    /// (Redis key, allowance), in the order above.
+    counts: [(String, i64); 3],
 }
 
 impl<'a> LoginThrottle<'a> {
     pub(crate) fn new(redis: &'a RedisPool, email: &str, client: &str) -> Self {
-        Self { redis, email_key: format!("km:login:email:{email}"), client_key: format!("km:login:client:{client}") }
+        Self {
+            redis,
+            counts: [
+                (format!("km:login:pair:{email}:{client}"), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
+                (format!("km:login:email:{email}"), MAX_FAILURES_PER_EMAIL),
+                (format!("km:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
+            ],
+        }
     }
 
-    /// Counts this attempt against both allowances before the password is checked, and refuses
-    /// it (giving it back) if either is used up. Counting first, with atomic increments, means
+    /// Counts this attempt against every allowance before the password is checked, and refuses
+    /// it (giving it back) if any is used up. Counting first, with atomic increments, means
     /// parallel guesses cannot all pass a check made before any of them failed. A failed
     /// attempt simply stays counted. If Redis is unreachable, sign-in still works (unthrottled)
     /// rather than locking everyone out.
@@ -33,52 +48,51 @@ impl<'a> LoginThrottle<'a> {
             tracing::warn!("login throttle skipped: Redis unavailable");
             return Ok(());
         };
-        // Separate keys (separate cluster slots): each increment is atomic on its own.
-        let result: redis::RedisResult<(i64, i64, i64, i64)> = redis::pipe()
-            .incr(&self.email_key, 1)
-            .expire(&self.email_key, WINDOW_SECS)
-            .ignore()
-            .incr(&self.client_key, 1)
-            .expire(&self.client_key, WINDOW_SECS)
-            .ignore()
-            .ttl(&self.email_key)
-            .ttl(&self.client_key)
-            .query_async(&mut conn)
-            .await;
-        let Ok((email_attempts, client_attempts, email_ttl, client_ttl)) = result else {
+        // Separate keys (separate cluster slots): each step is atomic on its own. `SET … NX EX`
+        // starts a window only if none runs, and INCR keeps the expiry it finds.
+        let mut pipe = redis::pipe();
+        for (key, _) in &self.counts {
+            pipe.cmd("SET").arg(key).arg(0).arg("NX").arg("EX").arg(WINDOW_SECS).ignore();
+            pipe.incr(key, 1);
+        }
+        for (key, _) in &self.counts {
+            pipe.ttl(key);
+        }
+        let result: redis::RedisResult<(i64, i64, i64, i64, i64, i64)> = pipe.query_async(&mut conn).await;
+        let Ok((pair, email, client, pair_ttl, email_ttl, client_ttl)) = result else {
             tracing::warn!("login throttle skipped: Redis error");
             return Ok(());
         };
-        let mut wait = 0;
-        if email_attempts > MAX_FAILURES_PER_EMAIL {
-            wait = wait.max(email_ttl.max(1));
-        }
-        if client_attempts > MAX_FAILURES_PER_CLIENT {
-            wait = wait.max(client_ttl.max(1));
-        }
-        if wait > 0 {
+        let wait = [(pair, pair_ttl), (email, email_ttl), (client, client_ttl)]
+            .into_iter()
+            .zip(&self.counts)
+            .filter(|((attempts, _), (_, allowed))| attempts > allowed)
+            .map(|((_, ttl), _)| ttl.max(1))
+            .max();
+        if let Some(wait) = wait {
             self.give_back(&mut conn, true).await;
             return Err(ServiceError::TooManyAttempts { retry_after_secs: wait as u64 });
         }
         Ok(())
     }
 
-    /// The password was right: the address's failures are forgotten, and the attempt does not
-    /// count against the client.
+    /// The password was right: this client's failures at the address are forgotten, and the
+    /// attempt counts against nothing. (Failures elsewhere at the address stay counted: one
+    /// success must not reset a guessing campaign spread over many clients.)
     pub(crate) async fn succeeded(&self) {
         let Ok(mut conn) = redis_pool::conn(self.redis).await else {
             return;
         };
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.email_key).query_async(&mut conn).await;
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.counts[0].0).query_async(&mut conn).await;
         self.give_back(&mut conn, false).await;
     }
 
-    async fn give_back(&self, conn: &mut redis_pool::RedisConn, email_too: bool) {
+    /// Takes this attempt off the counts (`pair_too`: also off the address-and-client count).
+    async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool) {
         let mut pipe = redis::pipe();
-        if email_too {
-            pipe.decr(&self.email_key, 1).ignore();
+        for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
+            pipe.decr(key, 1).ignore();
         }
-        pipe.decr(&self.client_key, 1).ignore();
         if let Err(e) = pipe.query_async::<()>(conn).await {
             tracing::warn!(error = %e, "could not give a sign-in attempt back");
         }
