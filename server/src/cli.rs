@@ -105,12 +105,14 @@ enum QuotaCommand {
         /// The key's id (a UUID, see `key list`), not its secret.
         #[arg(long)]
         key: String,
-        #[arg(long)]
+        // Negative numbers are read as numbers, so that they get the limit's own message
+        // ("must be positive") rather than clap's "unexpected argument '-1'".
+        #[arg(long, allow_negative_numbers = true)]
         per_hour: i64,
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         per_day: i64,
         /// Requests per second allowed in a burst (omit to keep the key's current burst limit).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         burst: Option<i64>,
         /// Remove the key's burst limit.
         #[arg(long, conflicts_with = "burst")]

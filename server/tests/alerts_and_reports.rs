@@ -154,6 +154,10 @@ async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
     // Nonsense is refused and changes nothing.
     let bad = app.rpc(&session, "keys/alert-emails", &[("id", "not-a-key"), ("email_50", "on")]).await;
     assert_eq!(bad.status().as_u16(), 404);
+    let bad = app.rpc(&session, "keys/alert-emails", &[("id", &id.to_string()), ("email_50", "maybe")]).await;
+    assert_eq!(bad.status().as_u16(), 400);
+    let view: serde_json::Value = app.rpc(&session, "keys/get", &[("id", &id.to_string())]).await.json().await.unwrap();
+    assert_eq!(view["alert_emails"], serde_json::json!([100]));
 
     ping_alternating(&[&app], &secret, 4).await;
     assert_eq!(wait_for_notifications(&app, &session, 3).await.len(), 3);

@@ -422,6 +422,15 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
     assert_eq!(burst().await, None);
     let r = run(&mut set(&["--no-burst", "--burst", "3"])).await;
     assert_eq!(r.code, Some(2), "{r:?}");
+    // A negative number is a bad limit, said as such (not clap's "unexpected argument '-1'").
+    for args in [["--per-hour", "-1", "--per-day", "10"], ["--per-hour", "1", "--per-day", "-10"]] {
+        let r = run(keymeter(&app).args(["quota", "set", "--key", &key]).args(args)).await;
+        assert_eq!(r.code, Some(1), "{r:?}");
+        assert!(r.stderr.contains("positive"), "{r:?}");
+    }
+    let r = run(&mut set(&["--burst", "-3"])).await;
+    assert!(r.stderr.contains("positive"), "{r:?}");
+    assert_eq!(burst().await, None, "nothing changed");
     let help = run(keymeter(&app).args(["quota", "set", "--help"])).await;
     assert!(help.stdout.contains("omit to keep the key's current burst limit"), "{help:?}");
 }

@@ -71,6 +71,10 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     assert_eq!(request["requested_per_day"], 10_000);
     // One open request per key.
     assert_eq!(ask(&s, "200", "", "more").await.status(), StatusCode::CONFLICT);
+    // Admins are emailed what is asked for, on which key, against what it has now.
+    let emailed = "SELECT count(*) AS n FROM outbound_emails WHERE to_address = 'root@example.com' \
+                   AND text_body LIKE '%asks for 100/hour and 10,000/day on the key “Checkout” (km_live_%, now 2/hour and 10,000/day): Black Friday traffic%'";
+    assert_eq!(count(&s.app, emailed).await, 1);
 
     // The admin sees the key's recent use next to the request.
     s.app.wait_for_events(services::keys::ApiKeyId::parse(&s.key_id).unwrap(), 3).await;
@@ -121,6 +125,17 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     assert_eq!(admin_set(&s, "5", "15000", "ticket 9").await.status(), StatusCode::OK);
     let no_note = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", " ")]).await;
     assert_eq!(no_note.status(), StatusCode::BAD_REQUEST);
+    // Percent-encoded bytes that are not text would be stored as "��" and mailed to the merchant.
+    let garbled = s
+        .admin
+        .post(s.app.url("/rpc/admin/quota-requests/deny"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("id={id}&note=%FF%FE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
+    assert!(message(garbled).await.contains("not text"));
     let denied: Value = s
         .app
         .rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "Upgrade your plan first")])

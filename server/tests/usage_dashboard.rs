@@ -140,12 +140,28 @@ async fn bad_export_ranges_get_400_with_a_message() {
         (vec![("from", "2024-01-01"), ("to", "2026-01-01")], "366"),
         (vec![("from", "2026-11-01"), ("to", "2026-11-02"), ("granularity", "minute")], "granularity"),
         (vec![("to", "2026-11-02")], "required"),
+        // Given twice: which one would count? Refused, in the same JSON as the rest.
+        (
+            vec![("from", "2026-11-01"), ("to", "2026-11-02"), ("granularity", "day"), ("granularity", "hour")],
+            "invalid_query",
+        ),
     ] {
         let res = session.get(&url).query(&query).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{query:?}");
+        assert_eq!(res.headers()["content-type"], "application/json", "{query:?}");
         let body = res.text().await.unwrap();
         assert!(body.contains(needle), "{query:?}: {body}");
     }
+    app.user("root@example.com", Role::Admin).await;
+    let admin = app.signed_in("root@example.com").await;
+    for month in ["0000-01", "1969-12", "2026-13"] {
+        let res = admin.get(app.url(&format!("/admin/usage.csv?month={month}"))).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{month}");
+        assert!(res.text().await.unwrap().contains("invalid_month"), "{month}");
+    }
+    let res = admin.get(app.url("/admin/usage.csv?month=2026-11&month=2026-10")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(res.headers()["content-type"], "application/json");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

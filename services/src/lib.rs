@@ -16,6 +16,7 @@ pub mod notifications;
 pub mod quota_requests;
 pub mod redis_pool;
 pub mod schema;
+pub mod text;
 pub mod usage;
 
 pub use error::{ServiceError, ServiceResult};

@@ -217,6 +217,7 @@ fn check_reason(reason: &str) -> ServiceResult<&str> {
     if reason.chars().count() > 2000 {
         return Err(ServiceError::invalid("The reason can have at most 2000 characters."));
     }
+    crate::text::check_decodable("The reason", reason)?;
     Ok(reason)
 }
 
@@ -270,10 +271,14 @@ pub async fn create(
                     .await?;
                 let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
                 let body = format!(
-                    "{} asks for {}/hour and {}/day: {}",
+                    "{} asks for {}/hour and {}/day on the key \u{201c}{}\u{201d} ({}…, now {}/hour and {}/day): {}",
                     user.email,
                     format::count(limits.per_hour),
                     format::count(limits.per_day),
+                    key.name,
+                    key.prefix,
+                    format::count(key.quota.per_hour.get()),
+                    format::count(key.quota.per_day.get()),
                     reason
                 );
                 let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));
@@ -353,6 +358,7 @@ pub async fn decide(
     if note.chars().count() > 2000 {
         return Err(ServiceError::invalid("The note can have at most 2000 characters."));
     }
+    crate::text::check_decodable("The note", note)?;
     if matches!(decision, Decision::Deny) && note.is_empty() {
         return Err(ServiceError::invalid("Say why the request is denied."));
     }

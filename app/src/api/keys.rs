@@ -123,11 +123,19 @@ pub async fn set_alert_emails(
     let user = session::require_user(&services).await?;
     let id = ApiKeyId::parse(&id)?;
     api_keys::get_for(&services.db, id, &user).await?;
-    let list: Vec<&str> = [("50", &email_50), ("80", &email_80), ("100", &email_100)]
-        .into_iter()
-        .filter(|(_, v)| v.as_deref().is_some_and(|v| !v.is_empty() && v != "off"))
-        .map(|(t, _)| t)
-        .collect();
+    // A browser sends `on` for a checked box and nothing for an unchecked one.
+    let mut list = Vec::new();
+    for (threshold, value) in [("50", &email_50), ("80", &email_80), ("100", &email_100)] {
+        match value.as_deref().map(str::trim) {
+            None | Some("" | "off") => {}
+            Some("on") => list.push(threshold),
+            Some(other) => {
+                return Err(AppError::BadRequest(format!(
+                    "An alert choice is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."
+                )))
+            }
+        }
+    }
     let thresholds = AlertThresholds::parse(&list.join(","))?;
     let mut conn = services::db::conn(&services.db).await?;
     alerts::set_email_thresholds(&mut conn, id, thresholds).await?;

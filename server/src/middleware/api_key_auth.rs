@@ -10,9 +10,12 @@ use services::Services;
 
 use crate::error::ApiError;
 
-/// The secret presented in the headers, checked for shape only.
+/// The secret presented in the headers, checked for shape only. A request that names a key
+/// twice (both headers, or one header repeated) must name the same one: otherwise one of them
+/// would be silently ignored, and a client could not tell which key it was billed to.
 pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
-    let raw = if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+    let mut presented = Vec::new();
+    for value in headers.get_all(axum::http::header::AUTHORIZATION) {
         let value = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("malformed_api_key", "the Authorization header is not valid text"))?;
@@ -22,20 +25,27 @@ pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key>"));
         }
-        token.trim().to_owned()
-    } else if let Some(value) = headers.get("x-api-key") {
-        value
+        presented.push(token.trim().to_owned());
+    }
+    for value in headers.get_all("x-api-key") {
+        let value = value
             .to_str()
-            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the X-API-Key header is not valid text"))?
-            .trim()
-            .to_owned()
-    } else {
+            .map_err(|_| ApiError::unauthorized("malformed_api_key", "the X-API-Key header is not valid text"))?;
+        presented.push(value.trim().to_owned());
+    }
+    let Some(first) = presented.first() else {
         return Err(ApiError::unauthorized(
             "missing_api_key",
             "send your API key as Authorization: Bearer <key> or X-API-Key: <key>",
         ));
     };
-    ApiKeySecret::parse(&raw).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+    if presented.iter().any(|other| other != first) {
+        return Err(ApiError::unauthorized(
+            "conflicting_api_keys",
+            "send one API key: the headers name different keys",
+        ));
+    }
+    ApiKeySecret::parse(first).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
 }
 
 /// Middleware: every request needs an active key (a JSON 401 otherwise, before anything else
@@ -93,5 +103,23 @@ mod tests {
         assert_eq!(presented_key(&binary).unwrap_err().code, "malformed_api_key");
         let short = headers(&[("x-api-key", HeaderValue::from_static("km_live_short"))]);
         assert_eq!(presented_key(&short).unwrap_err().code, "malformed_api_key");
+    }
+
+    #[test]
+    fn a_key_named_twice_must_be_the_same_key() {
+        let (secret, other) = (ApiKeySecret::generate(), ApiKeySecret::generate());
+        let bearer = |s: &ApiKeySecret| HeaderValue::from_str(&format!("Bearer {}", s.expose())).unwrap();
+        let x = |s: &ApiKeySecret| HeaderValue::from_str(s.expose()).unwrap();
+        let same = headers(&[("authorization", bearer(&secret)), ("x-api-key", x(&secret))]);
+        assert_eq!(presented_key(&same).unwrap(), secret);
+        let both = headers(&[("authorization", bearer(&secret)), ("x-api-key", x(&other))]);
+        assert_eq!(presented_key(&both).unwrap_err().code, "conflicting_api_keys");
+        let bogus =
+            headers(&[("authorization", bearer(&secret)), ("x-api-key", HeaderValue::from_static("km_live_bogus"))]);
+        assert_eq!(presented_key(&bogus).unwrap_err().code, "conflicting_api_keys");
+        let mut repeated = HeaderMap::new();
+        repeated.append("x-api-key", x(&secret));
+        repeated.append("x-api-key", x(&other));
+        assert_eq!(presented_key(&repeated).unwrap_err().code, "conflicting_api_keys");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use app::api::session::session_token_from;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -110,9 +111,10 @@ async fn key_csv(
     State(services): State<Services>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ExportQuery>,
+    q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = visible_key(&services, &headers, &id).await?;
+    let Query(q) = q.map_err(bad_query)?;
     let (Some(from), Some(to)) = (q.from.as_deref(), q.to.as_deref()) else {
         return Err(ApiError::bad_request("invalid_range", "from and to are required (YYYY-MM-DD)"));
     };
@@ -125,6 +127,12 @@ async fn key_csv(
     Ok(csv_response(csv, &filename))
 }
 
+/// A query string that does not fit (a parameter given twice, say): the same JSON 400 as every
+/// other bad export request, not axum's plain-text rejection.
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", rejection.body_text())
+}
+
 #[derive(Deserialize)]
 struct AdminExportQuery {
     month: Option<String>,
@@ -134,12 +142,13 @@ struct AdminExportQuery {
 async fn admin_csv(
     State(services): State<Services>,
     headers: HeaderMap,
-    Query(q): Query<AdminExportQuery>,
+    q: Result<Query<AdminExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let user = signed_in(&services, &headers).await?;
     if !user.is_admin() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "admins only"));
     }
+    let Query(q) = q.map_err(bad_query)?;
     let month = Month::parse(q.month.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request("invalid_month", e.to_string()))?;
     let range = month.days();

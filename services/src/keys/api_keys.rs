@@ -48,6 +48,7 @@ impl KeyName {
         if name.chars().any(char::is_control) {
             return Err(ServiceError::invalid("A key name cannot contain control characters."));
         }
+        crate::text::check_decodable("The key name", name)?;
         Ok(Self(name.to_owned()))
     }
 

@@ -129,6 +129,10 @@ impl Month {
             return Err(invalid());
         }
         let first = NaiveDate::parse_from_str(&format!("{raw}-01"), "%Y-%m-%d").map_err(|_| invalid())?;
+        // The same years as any export's range.
+        if !DayRange::YEARS.contains(&first.year()) {
+            return Err(ServiceError::invalid(format!("months lie between 1970-01 and 9999-12, not {raw:?}")));
+        }
         Ok(Self { first })
     }
 
@@ -588,7 +592,7 @@ mod tests {
         assert_eq!(Month::parse("2028-02").unwrap().last_day().to_string(), "2028-02-29");
         assert_eq!(m.long_name(), "December 2026");
         assert_eq!(Month::containing(at("2026-11-30T23:59:59Z")).to_string(), "2026-11");
-        for bad in ["2026-13", "2026-1", "26-11", "2026-11-01", "", "november"] {
+        for bad in ["2026-13", "2026-1", "26-11", "2026-11-01", "", "november", "0000-01", "0001-01", "1969-12"] {
             assert!(Month::parse(bad).is_err(), "{bad}");
         }
     }
