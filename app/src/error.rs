@@ -75,13 +75,12 @@ impl FromServerFnError for AppError {
     fn ser(&self) -> server_fn::Bytes {
         #[cfg(feature = "ssr")]
         self.set_response_status();
-        let body = ErrorBody { message: self.to_string(), error: self.clone() };
-        serde_json::to_vec(&body).map(Into::into).unwrap_or_default()
+        serde_json::to_vec(&ErrorBody { error: self.to_wire() }).map(Into::into).unwrap_or_default()
     }
 
     fn de(data: server_fn::Bytes) -> Self {
         serde_json::from_slice::<ErrorBody>(&data)
-            .map(|body| body.error)
+            .map(|body| Self::from_wire(body.error))
             .unwrap_or_else(|e| Self::from_server_fn_error(ServerFnErrorErr::Deserialization(e.to_string())))
     }
 }
@@ -116,12 +115,81 @@ impl AppError {
     }
 }
 
-/// The wire form of an error: the typed error for the app, and its message for anyone else
-/// (scripts, curl).
+/// The wire form of an error, the same as the HTTP routes' (`{"error":{"code","message"}}`):
+/// the app reads the error back from its code, anyone else (scripts, curl) reads the message.
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
-    error: AppError,
+    error: WireError,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireError {
+    code: String,
     message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl AppError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::TooManyAttempts(_) => "too_many_attempts",
+            Self::Internal => "internal",
+            Self::Network(_) => "network",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    fn to_wire(&self) -> WireError {
+        let retry_after = match self {
+            Self::TooManyAttempts(secs) => Some(*secs),
+            _ => None,
+        };
+        WireError { code: self.code().to_owned(), message: self.to_string(), retry_after }
+    }
+
+    /// (`Network` is made in the browser when no answer came; no server sends it.)
+    fn from_wire(wire: WireError) -> Self {
+        match wire.code.as_str() {
+            "bad_request" => Self::BadRequest(wire.message),
+            "unauthorized" => Self::Unauthorized,
+            "forbidden" => Self::Forbidden,
+            "not_found" => Self::NotFound,
+            "conflict" => Self::Conflict(wire.message),
+            "too_many_attempts" => Self::TooManyAttempts(wire.retry_after.unwrap_or_default()),
+            "unavailable" => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_survives_the_wire() {
+        for err in [
+            AppError::BadRequest("The hourly limit must be a whole number.".into()),
+            AppError::Unauthorized,
+            AppError::Forbidden,
+            AppError::NotFound,
+            AppError::Conflict("This request was already approved.".into()),
+            AppError::TooManyAttempts(42),
+            AppError::Internal,
+            AppError::Unavailable,
+        ] {
+            let body = serde_json::to_value(ErrorBody { error: err.to_wire() }).unwrap();
+            assert_eq!(body["error"]["message"], err.to_string());
+            let back: ErrorBody = serde_json::from_value(body).unwrap();
+            assert_eq!(AppError::from_wire(back.error), err);
+        }
+    }
 }
 
 #[cfg(feature = "ssr")]

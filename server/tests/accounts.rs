@@ -271,5 +271,6 @@ async fn a_form_post_without_javascript_returns_to_its_page_with_the_message() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["message"], "Invalid email or password.");
+    assert_eq!(body["error"]["message"], "Invalid email or password.");
+    assert_eq!(body["error"]["code"], "bad_request");
 }

@@ -273,7 +273,7 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
         let res = ask(&s, per_hour, per_day, reason).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{per_hour:?} {per_day:?} {reason:?}");
         let body: Value = res.json().await.unwrap();
-        assert!(!body["message"].as_str().unwrap().is_empty());
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
     let bad_id = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", "abc")]).await;
@@ -306,7 +306,7 @@ async fn admin_set(s: &Setup, per_hour: &str, per_day: &str, reason: &str) -> re
 
 async fn message(res: reqwest::Response) -> String {
     let body: Value = res.json().await.unwrap();
-    body["message"].as_str().unwrap_or_default().to_owned()
+    body["error"]["message"].as_str().unwrap_or_default().to_owned()
 }
 
 async fn key_limits(s: &Setup) -> (i64, i64) {
