@@ -168,6 +168,29 @@ impl AppError {
     }
 }
 
+#[cfg(feature = "ssr")]
+impl From<services::ServiceError> for AppError {
+    fn from(err: services::ServiceError) -> Self {
+        use services::ServiceError as E;
+        match err {
+            E::Invalid(msg) => Self::BadRequest(msg),
+            E::NotFound => Self::NotFound,
+            E::Forbidden => Self::Forbidden,
+            E::Unauthorized => Self::Unauthorized,
+            E::Conflict(msg) => Self::Conflict(msg),
+            E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
+            E::DatabaseUnavailable(why) => {
+                tracing::warn!(error = %why, "server function: PostgreSQL unavailable");
+                Self::Unavailable
+            }
+            other => {
+                tracing::error!(error = %other, "server function failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,29 +211,6 @@ mod tests {
             assert_eq!(body["error"]["message"], err.to_string());
             let back: ErrorBody = serde_json::from_value(body).unwrap();
             assert_eq!(AppError::from_wire(back.error), err);
-        }
-    }
-}
-
-#[cfg(feature = "ssr")]
-impl From<services::ServiceError> for AppError {
-    fn from(err: services::ServiceError) -> Self {
-        use services::ServiceError as E;
-        match err {
-            E::Invalid(msg) => Self::BadRequest(msg),
-            E::NotFound => Self::NotFound,
-            E::Forbidden => Self::Forbidden,
-            E::Unauthorized => Self::Unauthorized,
-            E::Conflict(msg) => Self::Conflict(msg),
-            E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
-            E::DatabaseUnavailable(why) => {
-                tracing::warn!(error = %why, "server function: PostgreSQL unavailable");
-                Self::Unavailable
-            }
-            other => {
-                tracing::error!(error = %other, "server function failed");
-                Self::Internal
-            }
         }
     }
 }
