@@ -9,6 +9,10 @@ export function watchForBrokenBundle(page: Page) {
   // Panics of the WASM app are printed here (console_error_panic_hook) before the trap.
   page.on('console', (msg) => { if (msg.type() === 'error' || msg.type() === 'warning') console.log(`browser console: ${msg.text()}`); });
   page.on('pageerror', (err) => { throw new Error(`page error: ${err.message}`); });
+  // The pages' Content-Security-Policy must never block one of the app's own scripts or fetches.
+  page.on('console', (msg) => {
+    if (msg.text().includes('Content Security Policy')) throw new Error(`CSP violation: ${msg.text()}`);
+  });
   page.on('response', (res) => {
     if (res.url().includes('/pkg/') && res.status() >= 400) {
       throw new Error(`bundle file failed to load: ${res.url()} (${res.status()})`);

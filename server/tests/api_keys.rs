@@ -363,3 +363,25 @@ async fn a_key_name_cannot_inject_markup_into_the_page_title() {
         }
     }
 }
+
+/// Each page's Content-Security-Policy names a fresh nonce, and every script the page carries
+/// has it: a script smuggled into the page without it would not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_run_only_their_own_scripts() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let mut nonces = Vec::new();
+    for path in ["/login", "/dashboard/developers/api-keys", "/dashboard/developers/api-keys"] {
+        let res = app.page(&ann, path).await;
+        let policy = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        let nonce = policy.split("'nonce-").nth(1).and_then(|rest| rest.split('\'').next()).unwrap().to_owned();
+        assert!(policy.contains("'strict-dynamic'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+        let html = res.text().await.unwrap();
+        let scripts = html.matches("<script").count();
+        assert!(scripts >= 2, "{path}: {html}");
+        assert_eq!(html.matches(&format!("nonce=\"{nonce}\"")).count(), scripts, "{path}: {html}");
+        nonces.push(nonce);
+    }
+    assert_ne!(nonces[1], nonces[2], "a nonce is never reused");
+}
