@@ -136,7 +136,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let keys = Resource::new(move || set.version().get(), |_| admin_list_keys());
     // The request whose card was last submitted, so that its error shows on that card. A post
     // without JavaScript comes back as a new page that knows no card: its error goes on top.
-    let decided = RwSignal::new(None::<i64>);
+    let decided = RwSignal::new(None::<(i64, Kind)>);
     let decision = Decision { approve, deny, decided };
     let error = move || decided.get().is_none().then(|| decision.error()).flatten();
     view! {
@@ -182,19 +182,31 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     }
 }
 
-/// The admin's two decisions, and which request they were last made on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Approve,
+    Deny,
+}
+
+/// The admin's two decisions, and which one was last submitted on which request.
 #[derive(Clone, Copy)]
 struct Decision {
     approve: ServerAction<ApproveQuotaRequest>,
     deny: ServerAction<DenyQuotaRequest>,
-    decided: RwSignal<Option<i64>>,
+    decided: RwSignal<Option<(i64, Kind)>>,
 }
 
 impl Decision {
+    /// The last submitted decision's error (either's, for a page a plain form post came back to).
     fn error(self) -> Option<AnyView> {
-        self.approve.value().get().and_then(|r| r.err()).or_else(|| self.deny.value().get().and_then(|r| r.err())).map(
-            |e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> }.into_any(),
-        )
+        let approve = move || self.approve.value().get().and_then(|r| r.err());
+        let deny = move || self.deny.value().get().and_then(|r| r.err());
+        let err = match self.decided.get() {
+            Some((_, Kind::Approve)) => approve(),
+            Some((_, Kind::Deny)) => deny(),
+            None => approve().or_else(deny),
+        };
+        err.map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> }.into_any())
     }
 }
 
@@ -240,12 +252,13 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     }
                 })}
             </dl>
-            {move || (decided.get() == Some(request_id)).then(|| decision.error()).flatten()}
+            {move || (decided.get().map(|(id, _)| id) == Some(request_id)).then(|| decision.error()).flatten()}
             {pending.then(|| view! {
-                // `submit` bubbles up from either form.
-                <div class="decide" on:submit=move |_| decided.set(Some(request_id))>
+                // Each form's `submit` bubbles up to the wrapper that records it.
+                <div class="decide">
                     // A revoked key's request can only be denied (the server refuses approval too).
                     {(!r.key_revoked).then(|| view! {
+                        <div on:submit=move |_| decided.set(Some((request_id, Kind::Approve)))>
                         <ActionForm action=approve>
                             <input type="hidden" name="id" value=id.clone()/>
                             <div class="inline-form">
@@ -255,7 +268,9 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                                 <button type="submit" data-testid="approve">"Approve"</button>
                             </div>
                         </ActionForm>
+                        </div>
                     })}
+                    <div on:submit=move |_| decided.set(Some((request_id, Kind::Deny)))>
                     <ActionForm action=deny>
                         <input type="hidden" name="id" value=id2.clone()/>
                         <div class="inline-form">
@@ -263,6 +278,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                             <button type="submit" class="danger" data-testid="deny">"Deny"</button>
                         </div>
                     </ActionForm>
+                    </div>
                 </div>
             })}
         </section>
