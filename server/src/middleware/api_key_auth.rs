@@ -14,7 +14,8 @@ use crate::error::ApiError;
 /// twice (both headers, or one header repeated) must name the same one: otherwise one of them
 /// would be silently ignored, and a client could not tell which key it was billed to.
 pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
-    let mut presented = Vec::new();
+    // Borrowed from the headers: nothing is allocated before the one key is parsed.
+    let mut first: Option<&str> = None;
     for value in headers.get_all(axum::http::header::AUTHORIZATION) {
         let value = value
             .to_str()
@@ -25,27 +26,36 @@ pub fn presented_key(headers: &HeaderMap) -> Result<ApiKeySecret, ApiError> {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::unauthorized("malformed_api_key", "use Authorization: Bearer <key>"));
         }
-        presented.push(token.trim().to_owned());
+        same_key(&mut first, token.trim())?;
     }
     for value in headers.get_all("x-api-key") {
         let value = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("malformed_api_key", "the X-API-Key header is not valid text"))?;
-        presented.push(value.trim().to_owned());
+        same_key(&mut first, value.trim())?;
     }
-    let Some(first) = presented.first() else {
+    let Some(key) = first else {
         return Err(ApiError::unauthorized(
             "missing_api_key",
             "send your API key as Authorization: Bearer <key> or X-API-Key: <key>",
         ));
     };
-    if presented.iter().any(|other| other != first) {
-        return Err(ApiError::unauthorized(
-            "conflicting_api_keys",
-            "send one API key: the headers name different keys",
-        ));
+    ApiKeySecret::parse(key).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+}
+
+/// Remembers the first key named; any later one must be the same.
+fn same_key<'h>(first: &mut Option<&'h str>, key: &'h str) -> Result<(), ApiError> {
+    match *first {
+        None => *first = Some(key),
+        Some(seen) if seen == key => {}
+        Some(_) => {
+            return Err(ApiError::unauthorized(
+                "conflicting_api_keys",
+                "send one API key: the headers name different keys",
+            ))
+        }
     }
-    ApiKeySecret::parse(first).map_err(|e| ApiError::unauthorized("malformed_api_key", e.to_string()))
+    Ok(())
 }
 
 /// Middleware: every request needs an active key (a JSON 401 otherwise, before anything else

@@ -3,7 +3,7 @@
 //! `Referer`), so it waits in Redis under a random one-time token, tied to its owner, for two
 //! minutes. The page takes it (GETDEL) and shows it once, as the scripted form shows its reply.
 
-use rand::Rng;
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiKeyId, ApiKeySecret};
@@ -14,14 +14,15 @@ use crate::{ServiceError, ServiceResult};
 const HOLD_SECS: u64 = 120;
 const TOKEN_LEN: usize = 32;
 
-/// The one-time token in the page's URL (`?created=…`); 32 random hex digits.
+/// The one-time token in the page's URL (`?created=…`); 32 hex digits, made as session tokens are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoffToken(String);
 
 impl HandoffToken {
     fn generate() -> Self {
-        let mut rng = rand::rngs::OsRng;
-        Self((0..TOKEN_LEN).map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0')).collect())
+        let mut bytes = [0u8; TOKEN_LEN / 2];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(hex::encode(bytes))
     }
 
     /// `None` for anything that this module did not make.
