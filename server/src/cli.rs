@@ -218,13 +218,22 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 key.name,
                 user.email
             );
-            say!("{}", secret.expose()).map_err(|e| {
-                anyhow!(
-                    "key {id} was created, but its secret could not be written ({e:#}) and cannot be shown again: \
-                     revoke it with `keymeter key revoke {id}` and create another",
-                    id = key.id
-                )
-            })
+            let Err(e) = say!("{}", secret.expose()) else {
+                return Ok(());
+            };
+            // Nobody can ever know this secret, so the key is of no use to anyone: take it back
+            // rather than leave an active key behind.
+            let id = key.id;
+            match api_keys::revoke(&services.db, id).await {
+                Ok(_) => bail!(
+                    "the secret of the new key {id} could not be written ({e:#}), so the key was revoked; \
+                     run the command again with somewhere to write the secret"
+                ),
+                Err(revoke) => bail!(
+                    "key {id} was created, but its secret could not be written ({e:#}) and cannot be shown again, \
+                     and revoking it failed ({revoke}): revoke it with `keymeter key revoke {id}`"
+                ),
+            }
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let id = key_id(&id, "the key to revoke")?;

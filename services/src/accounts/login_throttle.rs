@@ -91,6 +91,10 @@ impl<'a> LoginThrottle<'a> {
     async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool) {
         let mut pipe = redis::pipe();
         for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
+            // A window may have ended since the attempt was counted; a bare DECR would then make
+            // a count with no expiry, a lockout that never ends. Re-creating it at 1 with a
+            // window first makes the give-back land on zero instead.
+            pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(WINDOW_SECS).ignore();
             pipe.decr(key, 1).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(conn).await {
