@@ -156,6 +156,18 @@ async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
     assert_eq!(bad.status().as_u16(), 404);
     let bad = app.rpc(&session, "keys/alert-emails", &[("id", &id.to_string()), ("email_50", "maybe")]).await;
     assert_eq!(bad.status().as_u16(), 400);
+    // An admin sees the choice but cannot make it for the owner; another merchant cannot see it.
+    app.user("root@example.com", Role::Admin).await;
+    let admin = app.signed_in("root@example.com").await;
+    let refused = app.rpc(&admin, "keys/alert-emails", &[("id", &id.to_string()), ("email_50", "on")]).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    let admin_view: serde_json::Value =
+        app.rpc(&admin, "keys/get", &[("id", &id.to_string())]).await.json().await.unwrap();
+    assert_eq!(admin_view["alert_emails"], serde_json::json!([100]));
+    app.user("eve@example.com", Role::Merchant).await;
+    let eve = app.signed_in("eve@example.com").await;
+    let refused = app.rpc(&eve, "keys/alert-emails", &[("id", &id.to_string()), ("email_50", "on")]).await;
+    assert_eq!(refused.status().as_u16(), 404);
     let view: serde_json::Value = app.rpc(&session, "keys/get", &[("id", &id.to_string())]).await.json().await.unwrap();
     assert_eq!(view["alert_emails"], serde_json::json!([100]));
 

@@ -227,6 +227,56 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(rollup_gap(&app, id).await, 0, "the rollups count each stored event once");
 }
 
+/// The usage page without Redis: it still opens, its gauges and live charts come from the usage
+/// stored in PostgreSQL, and it says so (it was a 500 for the whole page, history included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_usage_page_shows_stored_usage_and_says_so() {
+    use services::accounts::Role;
+    use services::keys::{api_keys, KeyName};
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "200".into())]).await;
+    let owner = app.user("ann@example.com", Role::Merchant).await;
+    let (key, secret) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("shop").unwrap()).await.unwrap();
+    let session = app.signed_in("ann@example.com").await;
+    for _ in 0..5 {
+        assert_eq!(ping(&app, secret.expose()).await.status(), 200);
+    }
+    assert_eq!(wait_for_events(&app, key.id, 5).await.0, 5);
+    let id = key.id.to_string();
+    let overview = |session: reqwest::Client| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            let res = app.rpc(&session, "usage/overview", &[("id", &id)]).await;
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let live = overview(session.clone()).await["live"].clone();
+    assert_eq!((live["from_storage"].as_bool(), live["hour"]["used"].as_i64()), (Some(false), Some(5)));
+
+    redis.kill();
+    let view = overview(session.clone()).await;
+    let live = &view["live"];
+    assert_eq!(live["from_storage"], true, "{live}");
+    assert_eq!((live["hour"]["used"].as_i64(), live["day"]["used"].as_i64()), (Some(5), Some(5)), "{live}");
+    assert_eq!(live["hour"]["limit"], 1000);
+    let charted: i64 = live["points"].as_array().unwrap().iter().map(|p| p["requests"].as_i64().unwrap()).sum();
+    assert_eq!(charted, 5, "{live}");
+    assert_eq!(live["points"].as_array().unwrap().len(), 60);
+    let today: i64 = view["daily"].as_array().unwrap().iter().map(|p| p["requests"].as_i64().unwrap()).sum();
+    assert_eq!(today, 5);
+
+    let page = app.page(&session, &format!("/dashboard/developers/api-keys/{id}/usage")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let notice = html.find(r#"data-testid="live-from-storage""#).expect("the notice");
+    let tag_start = html[..notice].rfind('<').unwrap();
+    let tag = &html[tag_start..notice + html[notice..].find('>').unwrap()];
+    assert!(!tag.contains("hidden"), "the notice shows: {tag}");
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let redis = OwnRedis::start();

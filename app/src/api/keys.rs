@@ -122,7 +122,8 @@ pub async fn set_alert_emails(
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let id = ApiKeyId::parse(&id)?;
-    api_keys::get_for(&services.db, id, &user).await?;
+    // Admins see the owner's choices but do not make them.
+    api_keys::get_as_owner(&services.db, id, &user).await?;
     // A browser sends `on` for a checked box and nothing for an unchecked one.
     let mut list = Vec::new();
     for (threshold, value) in [("50", &email_50), ("80", &email_80), ("100", &email_100)] {

@@ -37,6 +37,8 @@ pub struct LiveData {
     pub day: Gauge,
     /// Admitted requests per minute over the last 15 minutes.
     pub rate_per_minute: f64,
+    /// Redis could not answer: these figures come from stored usage and may lag.
+    pub from_storage: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,28 +131,24 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
     Ok(ssr::live_data(&services, &key).await?)
 }
 
-/// Server-side assembly, shared with the live stream and exports of the server crate.
+/// Turns the usage page's data (`services::usage::dashboard`) into what crosses the wire; shared
+/// with the live stream of the server crate.
 #[cfg(feature = "ssr")]
 pub mod ssr {
-    use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
-    use services::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, WindowUse};
-    use services::usage::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
+    use services::keys::{ApiKey, WindowUse};
+    use services::usage::dashboard::{self, LiveUsage};
+    use services::usage::reports::UsageTotals;
     use services::{ServiceResult, Services};
 
     use super::*;
 
-    fn time(ms: i64) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+    fn gauge(w: &WindowUse, runs_out_at: Option<DateTime<Utc>>) -> Gauge {
+        Gauge { used: w.used, limit: w.limit, reset_at: w.reset_at(), runs_out_at }
     }
 
-    fn gauge(w: &WindowUse, runs_out_at: Option<i64>) -> Gauge {
-        Gauge { used: w.used, limit: w.limit, reset_at: time(w.reset_at_ms), runs_out_at: runs_out_at.map(time) }
-    }
-
-    pub async fn live_data(services: &Services, key: &ApiKey) -> ServiceResult<LiveData> {
-        let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota).await?;
-        let minutes = reports::live_minutes(&services.redis, key.id.0, now_ms, 60).await?;
-        let points: Vec<LivePoint> = minutes
+    fn live_view(live: LiveUsage) -> LiveData {
+        let points = live
+            .minutes
             .iter()
             .map(|(minute_ms, m)| LivePoint {
                 minute_ms: *minute_ms,
@@ -161,74 +159,41 @@ pub mod ssr {
                 p95_ms: m.latency.quantile_us(0.95).map(|us| us / 1000.0),
             })
             .collect();
-        // Rate over the last 15 minutes, the current (partial) one included.
-        let recent: u64 = points.iter().rev().take(15).map(|p| p.requests).sum();
-        let elapsed_minutes = 14.0 + (now_ms.rem_euclid(60_000) as f64 / 60_000.0);
-        let per_minute = recent as f64 / elapsed_minutes.max(1.0);
-        Ok(LiveData {
-            now: time(now_ms),
+        LiveData {
+            now: live.now,
             points,
-            hour: gauge(&hour, projected_exhaustion_ms(&hour, per_minute, now_ms)),
-            day: gauge(&day, projected_day_exhaustion_ms(&day, &hour, per_minute, now_ms)),
-            rate_per_minute: per_minute,
-        })
-    }
-
-    fn row(start: DateTime<Utc>, t: &UsageTotals) -> PeriodRow {
-        PeriodRow {
-            start,
-            requests: t.requests,
-            errors_4xx: t.errors_4xx,
-            errors_5xx: t.errors_5xx,
-            throttled: t.throttled,
-            bytes_in: t.bytes_in,
-            bytes_out: t.bytes_out,
-            p50_ms: t.p50_ms(),
-            p95_ms: t.p95_ms(),
+            hour: gauge(&live.hour, live.hour_runs_out_at),
+            day: gauge(&live.day, live.day_runs_out_at),
+            rate_per_minute: live.rate_per_minute,
+            from_storage: live.from_storage,
         }
     }
 
-    fn periods(hours: &HourRows, g: Granularity, from: NaiveDate, to: NaiveDate) -> ServiceResult<Vec<PeriodRow>> {
-        let rows = hours.breakdown(g, DayRange::new(from, to)?);
-        Ok(rows.iter().map(|(start, t)| row(*start, t)).collect())
+    pub async fn live_data(services: &Services, key: &ApiKey) -> ServiceResult<LiveData> {
+        Ok(live_view(dashboard::live(services, key).await?))
     }
 
-    pub async fn overview(services: &Services, key: ApiKey, viewer_id: i64) -> ServiceResult<UsageOverview> {
-        let live = live_data(services, &key).await?;
-        let today = live.now.date_naive();
-        let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
-        // The first day of the month eleven months back: twelve months with this one.
-        let months = today.year() * 12 + today.month0() as i32 - 11;
-        let first =
-            NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
-        // One read of the hourly rollups serves every breakdown of the page.
-        let oldest = first.min(monday - Duration::weeks(11)).min(today - Duration::days(RANGES[3] as i64));
-        let hours = HourRows::load(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
-        let daily = periods(&hours, Granularity::Day, today - Duration::days(29), today)?;
-        let weekly = periods(&hours, Granularity::Week, monday - Duration::weeks(11), today)?;
-        let monthly = periods(&hours, Granularity::Month, first, today)?;
-        let top = top_of(&hours, live.now, DEFAULT_RANGE);
-        let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
-        Ok(UsageOverview { key: KeyView::seen_by(key, viewer_id), live, daily, weekly, monthly, top, api_base })
-    }
-
-    pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
-        // The quota clock, as the rest of the page (tests shift it); the host's without Redis.
-        let now = services.quota.now_ms().await.map(time).unwrap_or_else(|_| Utc::now());
-        let today = now.date_naive();
-        let hours =
-            HourRows::load(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;
-        Ok(top_of(&hours, now, days))
-    }
-
-    /// The last `days` × 24 hours, the current hour included ("24 h" is not "today").
-    fn top_of(hours: &HourRows, now: DateTime<Utc>, days: u32) -> TopCalls {
-        let end = Granularity::Hour.period_start(now) + Duration::hours(1);
-        let start = end - Duration::hours(24 * days as i64);
-        let endpoints = hours
-            .by_endpoint(start, end)
+    fn rows(periods: Vec<(DateTime<Utc>, UsageTotals)>) -> Vec<PeriodRow> {
+        periods
             .into_iter()
-            .take(10)
+            .map(|(start, t)| PeriodRow {
+                start,
+                requests: t.requests,
+                errors_4xx: t.errors_4xx,
+                errors_5xx: t.errors_5xx,
+                throttled: t.throttled,
+                bytes_in: t.bytes_in,
+                bytes_out: t.bytes_out,
+                p50_ms: t.p50_ms(),
+                p95_ms: t.p95_ms(),
+            })
+            .collect()
+    }
+
+    fn top_view(top: dashboard::TopCalls) -> TopCalls {
+        let endpoints = top
+            .endpoints
+            .into_iter()
             .map(|(method, endpoint, t)| EndpointRow {
                 method,
                 endpoint,
@@ -238,6 +203,25 @@ pub mod ssr {
                 p95_ms: t.p95_ms(),
             })
             .collect();
-        TopCalls { range_days: days, endpoints, statuses: hours.by_status(start, end) }
+        TopCalls { range_days: top.range_days, endpoints, statuses: top.statuses }
+    }
+
+    pub async fn overview(services: &Services, key: ApiKey, viewer_id: i64) -> ServiceResult<UsageOverview> {
+        let live = dashboard::live(services, &key).await?;
+        let history = dashboard::history(services, &key, live.now, DEFAULT_RANGE).await?;
+        let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+        Ok(UsageOverview {
+            key: KeyView::seen_by(key, viewer_id),
+            live: live_view(live),
+            daily: rows(history.daily),
+            weekly: rows(history.weekly),
+            monthly: rows(history.monthly),
+            top: top_view(history.top),
+            api_base,
+        })
+    }
+
+    pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
+        Ok(top_view(dashboard::top_calls(services, key, days).await?))
     }
 }

@@ -120,6 +120,9 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 LiveLink::Stopped => "Live updates stopped (signed out, or the server refused the stream). Reload the page to resume.".to_owned(),
             }}
         </p>
+        <p class="notice" role="status" data-testid="live-from-storage" hidden=move || !live.with(|l| l.from_storage)>
+            "Live counters are unavailable right now: the gauges and charts show the usage stored so far, which may be a little behind."
+        </p>
         {move || (!has_traffic() && revoked_at.is_none()).then(|| view! {
             <section class="card empty-state" data-testid="usage-empty">
                 <h2>"No traffic yet"</h2>

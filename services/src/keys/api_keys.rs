@@ -202,6 +202,17 @@ pub async fn get_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<
     }
 }
 
+/// The key, if `viewer` owns it: for choices that are the owner's alone (admins see the key but
+/// get `Forbidden`; anyone else is told it does not exist, as with [`get_for`]).
+pub async fn get_as_owner(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+    let key = get_for(db, id, viewer).await?;
+    if key.owner_id == viewer.id {
+        Ok(key)
+    } else {
+        Err(ServiceError::Forbidden)
+    }
+}
+
 /// The owner's keys, newest first.
 pub async fn list_for_owner(db: &DbPool, owner_id: i64) -> ServiceResult<Vec<ApiKey>> {
     let mut conn = db::conn(db).await?;

@@ -2,6 +2,7 @@
 //! [`recorder`] hands to Redis (a stream, plus per-minute live counters) off the request path,
 //! and the [`writer`] moves into PostgreSQL in batches, idempotently, with per-minute rollups.
 
+pub mod dashboard;
 pub mod demo;
 pub mod export;
 pub mod histogram;

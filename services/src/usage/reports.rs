@@ -1,5 +1,6 @@
-//! Usage as people read it: the live last hour (from Redis), breakdowns by day, ISO week and
-//! month, top endpoints and status codes (from the hourly rollups in PostgreSQL), and export rows.
+//! Usage as people read it: the live last hour (from Redis, or from the per-minute rollups when
+//! Redis cannot answer), breakdowns by day, ISO week and month, top endpoints and status codes
+//! (from the hourly rollups in PostgreSQL), and export rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -261,20 +262,42 @@ impl KeyedRollupRow {
     }
 }
 
+/// The two rollup tables: per minute (recent detail) and per hour (history).
+#[derive(Clone, Copy)]
+enum Rollups {
+    Minute,
+    Hour,
+}
+
 /// Hourly rollups of some keys between two instants, visited row by row.
 async fn for_each_hour_row(
     db: &DbPool,
     keys: &[Uuid],
     start: DateTime<Utc>,
     end: DateTime<Utc>,
+    visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
+) -> ServiceResult<()> {
+    for_each_rollup_row(db, Rollups::Hour, keys, start, end, visit).await
+}
+
+async fn for_each_rollup_row(
+    db: &DbPool,
+    table: Rollups,
+    keys: &[Uuid],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
     mut visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
 ) -> ServiceResult<()> {
+    let table = match table {
+        Rollups::Minute => "api_key_usage_minute",
+        Rollups::Hour => "api_key_usage_hour",
+    };
     let mut conn = db::conn(db).await?;
-    let rows: Vec<KeyedRollupRow> = diesel::sql_query(
+    let rows: Vec<KeyedRollupRow> = diesel::sql_query(format!(
         "SELECT api_key_id, period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
-         latency_hist::text AS latency_hist FROM api_key_usage_hour \
-         WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3",
-    )
+         latency_hist::text AS latency_hist FROM {table} \
+         WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3"
+    ))
     .bind::<diesel::sql_types::Array<SqlUuid>, _>(keys)
     .bind::<Timestamptz, _>(start)
     .bind::<Timestamptz, _>(end)
@@ -384,16 +407,6 @@ impl HourRows {
         }
         map.into_iter().collect()
     }
-}
-
-/// Totals per period over a range, oldest first, every period present (empty ones as zero).
-pub async fn breakdown(
-    db: &DbPool,
-    key: Uuid,
-    granularity: Granularity,
-    range: DayRange,
-) -> ServiceResult<Vec<(DateTime<Utc>, UsageTotals)>> {
-    Ok(HourRows::load(db, key, range).await?.breakdown(granularity, range))
 }
 
 fn next_period(g: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
@@ -531,6 +544,78 @@ impl ExportRows {
     }
 }
 
+/// Admitted calls stored since `hour_start` and since `day_start` (the quota gauges when Redis,
+/// which holds the quota counters, cannot answer).
+pub async fn admitted_since(
+    db: &DbPool,
+    key: Uuid,
+    hour_start: DateTime<Utc>,
+    day_start: DateTime<Utc>,
+) -> ServiceResult<(i64, i64)> {
+    #[derive(QueryableByName)]
+    struct Sums {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        hour: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        day: i64,
+    }
+    let mut conn = db::conn(db).await?;
+    let sums: Sums = diesel::sql_query(
+        "SELECT COALESCE(SUM(requests) FILTER (WHERE period_start >= $2), 0)::BIGINT AS hour, \
+         COALESCE(SUM(requests), 0)::BIGINT AS day \
+         FROM api_key_usage_hour WHERE api_key_id = $1 AND period_start >= $3",
+    )
+    .bind::<SqlUuid, _>(key)
+    .bind::<Timestamptz, _>(hour_start)
+    .bind::<Timestamptz, _>(day_start)
+    .get_result(&mut conn)
+    .await?;
+    Ok((sums.hour, sums.day))
+}
+
+/// The first minute of the last `minutes` minutes that end with the current one.
+fn first_minute_ms(now_ms: i64, minutes: usize) -> i64 {
+    let current = now_ms - now_ms.rem_euclid(60_000);
+    current - (minutes as i64 - 1) * 60_000
+}
+
+/// The last `minutes` minutes as stored in the per-minute rollups, oldest first, ending with the
+/// current minute, every minute present: what the live counters would say, as far as the usage
+/// has reached PostgreSQL.
+pub async fn stored_minutes(
+    db: &DbPool,
+    key: Uuid,
+    now_ms: i64,
+    minutes: usize,
+) -> ServiceResult<Vec<(i64, MinuteCounters)>> {
+    let first = first_minute_ms(now_ms, minutes);
+    let mut counters: Vec<(i64, MinuteCounters)> =
+        (0..minutes as i64).map(|i| (first + i * 60_000, MinuteCounters::default())).collect();
+    let (start, end) = (live_time(first), live_time(first + minutes as i64 * 60_000));
+    for_each_rollup_row(db, Rollups::Minute, &[key], start, end, |_, row, hist| {
+        let index = (row.period_start.timestamp_millis() - first).div_euclid(60_000);
+        if let Some((_, m)) = usize::try_from(index).ok().and_then(|i| counters.get_mut(i)) {
+            let requests = u64::try_from(row.requests).unwrap_or(0);
+            m.requests += requests;
+            match row.status {
+                400..=499 => m.errors_4xx += requests,
+                500..=599 => m.errors_5xx += requests,
+                _ => {}
+            }
+            m.throttled += u64::try_from(row.throttled).unwrap_or(0);
+            m.bytes_in += u64::try_from(row.bytes_in).unwrap_or(0);
+            m.bytes_out += u64::try_from(row.bytes_out).unwrap_or(0);
+            m.latency.merge(hist);
+        }
+    })
+    .await?;
+    Ok(counters)
+}
+
+fn live_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
 /// The last `minutes` minutes of live counters, oldest first, ending with the current minute.
 pub async fn live_minutes(
     redis: &RedisPool,
@@ -538,9 +623,7 @@ pub async fn live_minutes(
     now_ms: i64,
     minutes: usize,
 ) -> ServiceResult<Vec<(i64, MinuteCounters)>> {
-    let current = now_ms - now_ms.rem_euclid(60_000);
-    let first = current - (minutes as i64 - 1) * 60_000;
-    live::read_minutes(redis, key, first, minutes).await
+    live::read_minutes(redis, key, first_minute_ms(now_ms, minutes), minutes).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,183 @@
+//! What a key's usage page shows: the live last hour with the quota gauges, the daily, weekly
+//! and monthly breakdowns, and the top endpoints and statuses. Assembled here from the quota
+//! counters, the live minute counters and the hourly rollups; the page only renders it.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+
+use super::live::MinuteCounters;
+use super::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
+use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
+use crate::{ServiceResult, Services};
+
+/// Minutes the live charts cover, the current one included.
+pub const LIVE_MINUTES: usize = 60;
+/// How long the live view waits for Redis before it shows stored usage instead.
+const REDIS_WAIT: StdDuration = StdDuration::from_secs(2);
+
+/// The live part of the page: pushed again every few seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveUsage {
+    pub now: DateTime<Utc>,
+    /// The last [`LIVE_MINUTES`] minutes, oldest first: (minute start in ms, counters).
+    pub minutes: Vec<(i64, MinuteCounters)>,
+    pub hour: WindowUse,
+    pub day: WindowUse,
+    /// When each window runs out at the current rate, if before it resets.
+    pub hour_runs_out_at: Option<DateTime<Utc>>,
+    pub day_runs_out_at: Option<DateTime<Utc>>,
+    /// Admitted requests per minute over the last 15 minutes.
+    pub rate_per_minute: f64,
+    /// Redis did not answer: the figures come from the usage stored in PostgreSQL, which trails
+    /// the live counters by the writer's delay (and by whatever waits in buffers).
+    pub from_storage: bool,
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// The live view from Redis (the quota counters themselves, on the quota clock), or, when Redis
+/// cannot answer, from the stored rollups on this host's clock, so the page still works.
+pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage> {
+    let from_redis = async {
+        let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota).await?;
+        let minutes = reports::live_minutes(&services.redis, key.id.0, now_ms, LIVE_MINUTES).await?;
+        ServiceResult::Ok((hour, day, now_ms, minutes))
+    };
+    let failure = match tokio::time::timeout(REDIS_WAIT, from_redis).await {
+        Ok(Ok((hour, day, now_ms, minutes))) => return Ok(assemble(hour, day, now_ms, minutes, false)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer in time".to_owned(),
+    };
+    tracing::warn!(key_id = %key.id, error = %failure, "live usage from storage: Redis unavailable");
+    let now_ms = Utc::now().timestamp_millis();
+    let now_s = now_ms.div_euclid(1000);
+    let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86_400));
+    let (hour_used, day_used) =
+        reports::admitted_since(&services.db, key.id.0, time(hour_start * 1000), time(day_start * 1000)).await?;
+    let hour = WindowUse {
+        window: Window::Hour,
+        limit: key.quota.per_hour.get(),
+        used: hour_used,
+        reset_at_ms: (hour_start + 3600) * 1000,
+    };
+    let day = WindowUse {
+        window: Window::Day,
+        limit: key.quota.per_day.get(),
+        used: day_used,
+        reset_at_ms: (day_start + 86_400) * 1000,
+    };
+    let minutes = reports::stored_minutes(&services.db, key.id.0, now_ms, LIVE_MINUTES).await?;
+    Ok(assemble(hour, day, now_ms, minutes, true))
+}
+
+fn assemble(
+    hour: WindowUse,
+    day: WindowUse,
+    now_ms: i64,
+    minutes: Vec<(i64, MinuteCounters)>,
+    from_storage: bool,
+) -> LiveUsage {
+    let per_minute = recent_rate_per_minute(&minutes, now_ms);
+    LiveUsage {
+        now: time(now_ms),
+        hour_runs_out_at: projected_exhaustion_ms(&hour, per_minute, now_ms).map(time),
+        day_runs_out_at: projected_day_exhaustion_ms(&day, &hour, per_minute, now_ms).map(time),
+        minutes,
+        hour,
+        day,
+        rate_per_minute: per_minute,
+        from_storage,
+    }
+}
+
+/// Admitted requests per minute over the last 15 minutes, the current (partial) one included
+/// for the part of it that has passed.
+fn recent_rate_per_minute(minutes: &[(i64, MinuteCounters)], now_ms: i64) -> f64 {
+    let recent: u64 = minutes.iter().rev().take(15).map(|(_, m)| m.requests).sum();
+    let elapsed_minutes = 14.0 + (now_ms.rem_euclid(60_000) as f64 / 60_000.0);
+    recent as f64 / elapsed_minutes.max(1.0)
+}
+
+/// The history part of the page: one read of the hourly rollups serves every breakdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The last 30 days, today included.
+    pub daily: Vec<(DateTime<Utc>, UsageTotals)>,
+    /// The last 12 ISO weeks (UTC), this one included.
+    pub weekly: Vec<(DateTime<Utc>, UsageTotals)>,
+    /// The last 12 calendar months, this one included.
+    pub monthly: Vec<(DateTime<Utc>, UsageTotals)>,
+    /// Over `top_days`.
+    pub top: TopCalls,
+}
+
+/// The busiest endpoints and the status codes of a range of days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopCalls {
+    pub range_days: u32,
+    /// (method, endpoint, totals), busiest first, at most 10.
+    pub endpoints: Vec<(String, String, UsageTotals)>,
+    /// (status, calls), most frequent first.
+    pub statuses: Vec<(u16, i64)>,
+}
+
+pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_days: u32) -> ServiceResult<History> {
+    let today = now.date_naive();
+    let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+    // The first day of the month eleven months back: twelve months with this one.
+    let months = today.year() * 12 + today.month0() as i32 - 11;
+    let first_month =
+        NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
+    let first_week = monday - Duration::weeks(11);
+    let first_day = today - Duration::days(29);
+    let oldest = first_month.min(first_week).min(first_day).min(today - Duration::days(top_days as i64));
+    let hours = HourRows::load(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
+    Ok(History {
+        daily: hours.breakdown(Granularity::Day, DayRange::new(first_day, today)?),
+        weekly: hours.breakdown(Granularity::Week, DayRange::new(first_week, today)?),
+        monthly: hours.breakdown(Granularity::Month, DayRange::new(first_month, today)?),
+        top: top_of(&hours, now, top_days),
+    })
+}
+
+/// The top tables over another range (on the quota clock, as the rest of the page; on this
+/// host's clock without Redis).
+pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
+    let now = services.quota.now_ms().await.map(time).unwrap_or_else(|_| Utc::now());
+    let today = now.date_naive();
+    let hours =
+        HourRows::load(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;
+    Ok(top_of(&hours, now, days))
+}
+
+/// The last `days` × 24 hours, the current hour included ("24 h" is not "today").
+fn top_of(hours: &HourRows, now: DateTime<Utc>, days: u32) -> TopCalls {
+    let end = Granularity::Hour.period_start(now) + Duration::hours(1);
+    let start = end - Duration::hours(24 * days as i64);
+    TopCalls {
+        range_days: days,
+        endpoints: hours.by_endpoint(start, end).into_iter().take(10).collect(),
+        statuses: hours.by_status(start, end),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute(requests: u64) -> MinuteCounters {
+        MinuteCounters { requests, ..MinuteCounters::default() }
+    }
+
+    #[test]
+    fn the_rate_counts_the_passed_part_of_the_current_minute() {
+        let now_ms = 30 * 60_000 + 30_000; // half-way through a minute
+        let minutes: Vec<(i64, MinuteCounters)> = (0..60).map(|i| (i * 60_000, minute(10))).collect();
+        // 15 minutes of 10 over 14.5 minutes.
+        assert!((recent_rate_per_minute(&minutes, now_ms) - 150.0 / 14.5).abs() < 1e-9);
+        assert_eq!(recent_rate_per_minute(&[], now_ms), 0.0);
+    }
+}
