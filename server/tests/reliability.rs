@@ -277,6 +277,61 @@ async fn with_redis_down_the_usage_page_shows_stored_usage_and_says_so() {
     drop(redis);
 }
 
+/// An approval is committed before Redis is told of the new limits: with Redis down it is
+/// still reported as done (it was a 500, and a retry said "already decided"), and the new
+/// limits apply once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_approved_while_redis_is_down_is_reported_done_and_applies() {
+    use services::accounts::Role;
+    use services::keys::{api_keys, KeyName};
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "200".into())]).await;
+    let owner = app.user("ann@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let (key, secret) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("shop").unwrap()).await.unwrap();
+    app.set_quota(key.id, 2, 10_000).await;
+    let (merchant, admin) = (app.signed_in("ann@example.com").await, app.signed_in("root@example.com").await);
+    let statuses =
+        [ping(&app, secret.expose()).await, ping(&app, secret.expose()).await, ping(&app, secret.expose()).await]
+            .map(|r| r.status().as_u16());
+    assert_eq!(statuses, [200, 200, 429]);
+    let id = key.id.to_string();
+    let asked = app
+        .rpc(
+            &merchant,
+            "quota-requests/create",
+            &[("key_id", &id), ("per_hour", "100"), ("per_day", ""), ("reason", "sale")],
+        )
+        .await;
+    assert_eq!(asked.status(), 200);
+    let request: serde_json::Value = asked.json().await.unwrap();
+
+    redis.kill();
+    let approve = [
+        ("id", request["id"].to_string()),
+        ("per_hour", "100".into()),
+        ("per_day", "10000".into()),
+        ("note", String::new()),
+    ];
+    let approve: Vec<(&str, &str)> = approve.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let approved = app.rpc(&admin, "admin/quota-requests/approve", &approve).await;
+    assert_eq!(approved.status(), 200);
+    assert_eq!(approved.json::<serde_json::Value>().await.unwrap()["status"], "approved");
+
+    redis.restart();
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        let res = ping(&app, secret.expose()).await;
+        let limit = res.headers().get("x-ratelimit-limit").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        last = (res.status().as_u16(), limit);
+        if last == (200, "100".to_owned()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, (200, "100".to_owned()), "the approved limit applies once Redis is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let redis = OwnRedis::start();

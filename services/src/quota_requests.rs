@@ -206,7 +206,8 @@ pub async fn set_by_admin(
         })
         .await?;
     drop(conn);
-    publish(services, key.id, &quota, version).await
+    publish(services, key.id, &quota, version).await;
+    Ok(())
 }
 
 fn check_reason(reason: &str) -> ServiceResult<&str> {
@@ -418,7 +419,7 @@ pub async fn decide(
         .await?;
     drop(conn);
     if let Some((quota, version)) = applied {
-        publish(services, ApiKeyId(request.key_id), &quota, version).await?;
+        publish(services, ApiKeyId(request.key_id), &quota, version).await;
     }
     get(&services.db, request_id).await
 }

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod keys;
 mod mail;
+mod notifications;
 pub mod quota_requests;
 #[cfg(feature = "ssr")]
 pub mod session;
@@ -14,6 +15,7 @@ pub use admin::*;
 pub use auth::*;
 pub use keys::*;
 pub use mail::*;
+pub use notifications::*;
 pub use quota_requests::*;
 pub use usage::*;
 

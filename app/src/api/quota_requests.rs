@@ -51,16 +51,6 @@ pub struct AuditView {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NotificationView {
-    pub id: i64,
-    pub title: String,
-    pub body: String,
-    pub link: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub unread: bool,
-}
-
 #[cfg(feature = "ssr")]
 impl From<services::quota_requests::QuotaRequest> for QuotaRequestView {
     fn from(r: services::quota_requests::QuotaRequest) -> Self {
@@ -205,39 +195,4 @@ pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
             reason: e.reason,
         })
         .collect())
-}
-
-#[server(prefix = "/rpc", endpoint = "notifications/list")]
-pub async fn my_notifications() -> Result<Vec<NotificationView>, AppError> {
-    use super::session;
-    let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    let items = services::notifications::recent(&services.db, user.id, 50).await?;
-    Ok(items
-        .into_iter()
-        .map(|n| NotificationView {
-            id: n.id,
-            title: n.title,
-            body: n.body,
-            link: n.link,
-            created_at: n.created_at,
-            unread: n.read_at.is_none(),
-        })
-        .collect())
-}
-
-#[server(prefix = "/rpc", endpoint = "notifications/unread")]
-pub async fn unread_notifications() -> Result<i64, AppError> {
-    use super::session;
-    let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    Ok(services::notifications::unread_count(&services.db, user.id).await?)
-}
-
-#[server(prefix = "/rpc", endpoint = "notifications/read")]
-pub async fn mark_notifications_read() -> Result<(), AppError> {
-    use super::session;
-    let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    Ok(services::notifications::mark_all_read(&services.db, user.id).await?)
 }

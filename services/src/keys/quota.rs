@@ -91,7 +91,8 @@ pub async fn set_quota(
     let version = conn
         .transaction::<_, ServiceError, _>(|conn| Box::pin(async move { set_quota_in(conn, id, quota, change).await }))
         .await?;
-    publish(services, id, quota, version).await
+    publish(services, id, quota, version).await;
+    Ok(())
 }
 
 /// What a change does to a key's burst limit.
@@ -139,19 +140,24 @@ pub async fn set_limits(
         })
         .await?;
     drop(conn);
-    publish(services, id, &quota, version).await?;
+    publish(services, id, &quota, version).await;
     Ok(quota)
 }
 
-/// After the commit: Redis and this instance's cache learn the new limits.
+/// After the commit: Redis and this instance's cache learn the new limits. The change is made
+/// whether or not Redis hears of it, so a failure here is logged, not returned: every instance
+/// reads the new limits (and their newer version, which the quota script prefers) once its
+/// cached key expires, within [`super::KeyAuthenticator::TTL`].
 pub(crate) async fn publish(
     services: &crate::Services,
     id: super::ApiKeyId,
     quota: &Quota,
     version: chrono::DateTime<chrono::Utc>,
-) -> ServiceResult<()> {
+) {
     services.keys.invalidate_all();
-    services.quota.publish_limits(id, quota, version.timestamp_millis()).await
+    if let Err(e) = services.quota.publish_limits(id, quota, version.timestamp_millis()).await {
+        tracing::warn!(key_id = %id, error = %e, "new limits saved but not published to Redis; they apply as caches expire");
+    }
 }
 
 /// The change itself, inside the caller's transaction; returns its time on PostgreSQL's clock
