@@ -24,8 +24,8 @@ pub enum AppError {
     Internal,
     #[error("Could not reach the server: {0}")]
     Network(String),
-    /// The database cannot be reached for now; usage keeps being recorded and shows up later.
-    #[error("Usage data is delayed: the database cannot be reached right now. Nothing is lost; this page catches up by itself.")]
+    /// PostgreSQL or Redis cannot be reached for now (metered calls keep being counted).
+    #[error("keymeter cannot reach its database right now. Please try again in a moment.")]
     Unavailable,
 }
 
@@ -131,7 +131,8 @@ struct WireError {
 }
 
 impl AppError {
-    fn code(&self) -> &'static str {
+    /// The machine-readable code of the wire format (`{"error":{"code":…}}`).
+    pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::Unauthorized => "unauthorized",
@@ -168,6 +169,8 @@ impl AppError {
     }
 }
 
+/// The one mapping of domain errors to what users and HTTP clients see: server functions use it,
+/// and so do the server crate's routes (`server/src/error.rs`). Failures are logged here, once.
 #[cfg(feature = "ssr")]
 impl From<services::ServiceError> for AppError {
     fn from(err: services::ServiceError) -> Self {
@@ -180,11 +183,15 @@ impl From<services::ServiceError> for AppError {
             E::Conflict(msg) => Self::Conflict(msg),
             E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
             E::DatabaseUnavailable(why) => {
-                tracing::warn!(error = %why, "server function: PostgreSQL unavailable");
+                tracing::warn!(error = %why, "PostgreSQL unavailable");
+                Self::Unavailable
+            }
+            E::RedisUnavailable(why) => {
+                tracing::warn!(error = %why, "Redis unavailable");
                 Self::Unavailable
             }
             other => {
-                tracing::error!(error = %other, "server function failed");
+                tracing::error!(error = %other, "request failed");
                 Self::Internal
             }
         }

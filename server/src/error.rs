@@ -1,6 +1,8 @@
-//! The JSON error of the HTTP API: `{"error":{"code":…,"message":…}}` with the right status.
-//! 5xx are logged here, once; their details never reach the client.
+//! The JSON error of the HTTP API: `{"error":{"code":…,"message":…}}` with the right status, the
+//! same shape and codes as the server functions'. Failures are logged once, where domain errors
+//! are mapped; their details never reach the client.
 
+use app::error::AppError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -27,30 +29,13 @@ impl ApiError {
     }
 }
 
+/// Domain errors get the status, code and message the server functions give them (one mapping,
+/// `app::error::AppError`'s, which also logs the failures).
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
-        match &err {
-            ServiceError::Invalid(msg) => Self::bad_request("invalid_request", msg.clone()),
-            ServiceError::NotFound => Self::new(StatusCode::NOT_FOUND, "not_found", "not found"),
-            ServiceError::Forbidden => Self::new(StatusCode::FORBIDDEN, "forbidden", err.to_string()),
-            ServiceError::Unauthorized => Self::unauthorized("unauthorized", err.to_string()),
-            ServiceError::Conflict(msg) => Self::new(StatusCode::CONFLICT, "conflict", msg.clone()),
-            ServiceError::TooManyAttempts { .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", err.to_string())
-            }
-            ServiceError::DatabaseUnavailable(_) | ServiceError::RedisUnavailable(_) => {
-                tracing::error!(error = %err, "backing service unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "a backing service is unavailable; retry shortly",
-                )
-            }
-            _ => {
-                tracing::error!(error = %err, "request failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            }
-        }
+        let err = AppError::from(err);
+        let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, err.code(), err.to_string())
     }
 }
 
