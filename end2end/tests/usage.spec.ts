@@ -84,7 +84,7 @@ test('the demo key shows full history with every chart drawn', async ({ page }) 
   await expect(page.getByTestId('breakdown-table')).toContainText(/\d,\d{3}/);
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/status/{code}');
   await page.getByRole('button', { name: 'Weekly · 12 ISO weeks' }).click();
-  await expect(page.getByTestId('breakdown-table')).toContainText('week 2026-W');
+  await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
   await page.getByRole('button', { name: 'Daily · 30 days' }).click();
   await page.getByRole('button', { name: '7 days' }).click();
   await expect(page.getByRole('button', { name: '7 days' })).toHaveClass(/active/);
@@ -113,7 +113,7 @@ test('changing the range of the top tables keeps the rest of the page as it was'
   await expect(page.getByRole('button', { name: '30 days', exact: true })).toHaveAttribute('aria-pressed', 'false');
   // The history tab, the export field and the drawn charts are the ones from before.
   await expect(weekly).toHaveAttribute('aria-pressed', 'true');
-  await expect(page.getByTestId('breakdown-table')).toContainText('week 2026-W');
+  await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
   await expect(page.getByTestId('csv-from')).toHaveValue('2026-01-05');
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/');
 });

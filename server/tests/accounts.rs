@@ -179,13 +179,14 @@ async fn parallel_password_guesses_cannot_get_past_the_sign_in_throttle() {
     let ttl = || async {
         let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
         let ttl: i64 = deadpool_redis::redis::cmd("TTL")
-            .arg(format!("km:login:pair:{email}:127.0.0.1"))
+            .arg(format!("{}:login:pair:{email}:127.0.0.1", app.services.namespace))
             .query_async(&mut conn)
             .await
             .unwrap();
         ttl
     };
     let before = ttl().await;
+    assert!(before > 0, "the address-and-client count has its window: TTL {before}");
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(app.login(&client(), &email, "another wrong guess").await.status(), 429);
     assert!(ttl().await < before, "the lock was extended");

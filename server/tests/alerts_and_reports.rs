@@ -114,7 +114,8 @@ async fn crossing_50_80_and_100_percent_alerts_exactly_once_across_two_instances
     mid_hour(&[&a, &b, &c]).await;
     ping_alternating(&[&a, &b, &c], &secret, 6).await;
     a.wait_for_events(id, 20).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    a.wait_until_usage_stored().await;
+    a.wait_until_mail_sent().await;
     assert_eq!(to(&email, &sink.messages()).len(), 3);
     assert_eq!(notifications(&a, &session).await.len(), 3);
 }
@@ -174,7 +175,8 @@ async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
     ping_alternating(&[&app], &secret, 4).await;
     assert_eq!(wait_for_notifications(&app, &session, 3).await.len(), 3);
     let mail = to(&email, &sink.wait_for(1, 20).await);
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    app.wait_until_usage_stored().await;
+    app.wait_until_mail_sent().await;
     let mail_now = to(&email, &sink.messages());
     assert_eq!(mail.len(), 1);
     assert_eq!(mail_now.len(), 1, "only the 100% alert emails");

@@ -272,10 +272,9 @@ async fn user_add_refuses_addresses_the_mailer_cannot_use_and_blank_passwords() 
     let r = run_with(&mut add("Ann@Example.com"), Some("a long password\n"), Duration::from_secs(30)).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("created merchant account ann@example.com"), "{r:?}");
-    let signed_in =
-        accounts::authenticate(&app.services.db, &app.services.redis, "ann@example.com", "a long password", "t").await;
+    let signed_in = accounts::authenticate(&app.services, "ann@example.com", "a long password", "t").await;
     assert!(signed_in.is_ok());
-    let refused = accounts::authenticate(&app.services.db, &app.services.redis, "a\"<script>@b.com", "x", "t").await;
+    let refused = accounts::authenticate(&app.services, "a\"<script>@b.com", "x", "t").await;
     assert_eq!(refused.unwrap_err().to_string(), accounts::BAD_CREDENTIALS);
 }
 
@@ -320,9 +319,7 @@ async fn user_add_does_not_echo_a_password_typed_on_a_terminal() {
     assert!(status.success(), "{all}");
     assert!(all.contains("created merchant account tty@example.com"), "{all}");
     assert!(!all.contains("typed at a terminal"), "the password was echoed: {all:?}");
-    let signed_in =
-        accounts::authenticate(&app.services.db, &app.services.redis, "tty@example.com", "typed at a terminal", "t")
-            .await;
+    let signed_in = accounts::authenticate(&app.services, "tty@example.com", "typed at a terminal", "t").await;
     assert!(signed_in.is_ok());
 }
 

@@ -119,14 +119,15 @@ async fn boundary(window: &str) {
     let reset_at = chrono::DateTime::parse_from_rfc3339(body["error"]["reset_at"].as_str().unwrap()).unwrap();
     assert_eq!(reset_at.timestamp_millis(), end);
 
-    // The very last moment still belongs to the old window.
-    set_clock(&app, end - 300).await;
+    // The last second still belongs to the old window (set 950 ms before its end, so that a
+    // slow moment of the machine still lands the request in that second).
+    set_clock(&app, end - 950).await;
     let refused = get(&c, &app, "/api/v1/ping", &secret).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "retry-after"), "1");
 
-    // The first moment of the next window starts from zero.
-    set_clock(&app, end + 200).await;
+    // The first second of the next window starts from zero.
+    set_clock(&app, end + 50).await;
     let res = get(&c, &app, "/api/v1/ping", &secret).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
@@ -280,8 +281,8 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
     }
 
     assert_eq!(app.wait_for_events(id, plan.len() as i64).await, plan.len() as i64);
-    // Give a late duplicate a chance to show up: there must be none.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Everything handed off is stored: a duplicate would be here by now.
+    app.wait_until_usage_stored().await;
     assert_eq!(app.event_count(id).await, plan.len() as i64);
 
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
@@ -446,7 +447,7 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
         assert!(header(&res, "x-request-id").is_empty(), "{path}: no usage event, no request id");
     }
     app.wait_for_events(id, 1).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.wait_until_usage_stored().await;
     assert_eq!(app.event_count(id).await, 1);
 }
 

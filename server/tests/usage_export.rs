@@ -411,9 +411,16 @@ async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends
     let mut stream = CsvStream::start(&app.services.db, spec, pace).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with("period_start,"));
-    // Reading is a piece ahead of the client, waiting for it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(exports_waiting(&app).await.len(), 1);
+    // Reading is a piece ahead of the client, waiting for it (for up to the stall limit).
+    let mut waiting = 0;
+    for _ in 0..100 {
+        waiting = exports_waiting(&app).await.len();
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(waiting, 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(exports_waiting(&app).await.is_empty(), "a stalled export still holds its transaction");
     let mut last = None;

@@ -326,11 +326,13 @@ pub async fn cancel(services: &Services, user: &User, request_id: i64) -> Servic
     .set((quota_requests::status.eq("cancelled"), quota_requests::decided_at.eq(Utc::now())))
     .execute(&mut conn)
     .await?;
-    if updated == 0 {
-        return Err(ServiceError::Conflict(format!("This request was already {}.", request.status.as_str())));
-    }
     drop(conn);
-    get(&services.db, request_id).await
+    let now = get(&services.db, request_id).await?;
+    if updated == 0 {
+        // As it is now: an admin may have decided it since it was read above.
+        return Err(ServiceError::Conflict(format!("This request was already {}.", now.status.as_str())));
+    }
+    Ok(now)
 }
 
 /// An admin's decision.

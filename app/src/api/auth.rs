@@ -71,7 +71,7 @@ pub async fn login(email: String, password: String, next: Option<String>) -> Res
 
     let services = session::services()?;
     let client = session::client_address();
-    let user = accounts::authenticate(&services.db, &services.redis, &email, &password, &client).await?;
+    let user = accounts::authenticate(&services, &email, &password, &client).await?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");

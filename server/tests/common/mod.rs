@@ -186,6 +186,56 @@ impl TestApp {
         count
     }
 
+    /// Waits (up to 15 s) until the usage writers have stored every event handed to this
+    /// deployment's stream (its group has nothing unread and nothing unacknowledged). With no
+    /// request in flight, nothing more can arrive after this: checks that nothing was stored
+    /// twice are exact, not a guess after a sleep.
+    pub async fn wait_until_usage_stored(&self) {
+        use deadpool_redis::redis::{self, Value};
+        let stream = services::usage::recorder::stream_name(&self.services.namespace);
+        let mut conn = services::redis_pool::conn(&self.services.redis).await.unwrap();
+        let mut last = None;
+        for _ in 0..150 {
+            let groups: Vec<std::collections::HashMap<String, Value>> =
+                redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
+            let count = |g: &std::collections::HashMap<String, Value>, field: &str| match g.get(field) {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            let state: Vec<(Option<i64>, Option<i64>)> =
+                groups.iter().map(|g| (count(g, "pending"), count(g, "lag"))).collect();
+            if !state.is_empty() && state.iter().all(|s| *s == (Some(0), Some(0))) {
+                return;
+            }
+            last = Some(state);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("usage still on its way to PostgreSQL after 15 s: (pending, lag) {last:?}");
+    }
+
+    /// Waits (up to 15 s) until the outbox has no unsent email left.
+    pub async fn wait_until_mail_sent(&self) {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut unsent = 0;
+        for _ in 0..150 {
+            let mut conn = services::db::conn(&self.services.db).await.unwrap();
+            let row: Count = diesel::sql_query("SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            unsent = row.n;
+            if unsent == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{unsent} emails still unsent after 15 s");
+    }
+
     /// Makes every unsent email due now, as the retry backoff would after a while.
     pub async fn make_mail_due(&self) {
         let mut conn = services::db::conn(&self.services.db).await.unwrap();

@@ -27,13 +27,14 @@ pub(crate) struct LoginThrottle<'a> {
 }
 
 impl<'a> LoginThrottle<'a> {
-    pub(crate) fn new(redis: &'a RedisPool, email: &str, client: &str) -> Self {
+    /// Counts kept under the deployment's Redis namespace (`KEYMETER_REDIS_NAMESPACE`).
+    pub(crate) fn new(redis: &'a RedisPool, namespace: &str, email: &str, client: &str) -> Self {
         Self {
             redis,
             counts: [
-                (format!("km:login:pair:{email}:{client}"), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
-                (format!("km:login:email:{email}"), MAX_FAILURES_PER_EMAIL),
-                (format!("km:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
+                (format!("{namespace}:login:pair:{email}:{client}"), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
+                (format!("{namespace}:login:email:{email}"), MAX_FAILURES_PER_EMAIL),
+                (format!("{namespace}:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
             ],
         }
     }

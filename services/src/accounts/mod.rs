@@ -9,7 +9,6 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use crate::db::{self, DbPool};
-use crate::redis_pool::RedisPool;
 use crate::schema::users;
 use crate::{ServiceError, ServiceResult};
 
@@ -129,15 +128,15 @@ pub async fn find_user_by_email(db: &DbPool, email: &Email) -> ServiceResult<Opt
 /// Checks an email and password. Failures are counted per address and per client, and after a
 /// few of them further attempts are refused for a while, even with the right password.
 pub async fn authenticate(
-    db: &DbPool,
-    redis: &RedisPool,
+    services: &crate::Services,
     email_raw: &str,
     password_raw: &str,
     client: &str,
 ) -> ServiceResult<User> {
+    let db = &services.db;
     // Malformed input is simply a failed sign-in: same message, nothing revealed.
     let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
-    let throttle = login_throttle::LoginThrottle::new(redis, email.as_str(), client);
+    let throttle = login_throttle::LoginThrottle::new(&services.redis, &services.namespace, email.as_str(), client);
     throttle.begin().await?;
 
     let stored: Option<(UserRow, String)> = {
