@@ -427,6 +427,9 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     let again = admin_set(&s, "500", "20,000", "ticket 7 again").await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     assert!(message(again).await.contains("already allows 500/hour and 20,000/day"));
+    // A reason that did not decode (`%FF`) is refused too, as the merchants' reasons are.
+    let garbled = admin_set(&s, "600", "20000", "ticket \u{FFFD}").await;
+    assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
     assert_eq!(count(&s.app, changes).await, 1);
     assert_eq!(count(&s.app, told).await, 1);
     assert_eq!(count(&s.app, mailed).await, 1);

@@ -174,22 +174,29 @@ pub async fn set_by_admin(
     }
     let (per_hour, per_day) = admin_limits(services.settings.quota_maximum, per_hour, per_day)?;
     let key = api_keys::get_for(&services.db, key_id, admin).await?;
-    // A change to the same limits would only add an audit row and tell the owner of nothing.
-    if (per_hour, per_day) == (key.quota.per_hour, key.quota.per_day) {
-        return Err(ServiceError::invalid(format!(
-            "The key already allows {}/hour and {}/day; nothing to change.",
-            format::count(per_hour.get()),
-            format::count(per_day.get())
-        )));
-    }
-    let quota = Quota { per_hour, per_day, burst_per_second: key.quota.burst_per_second };
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
     // The owner is told in the same transaction as the change, as for a decided request.
     let public_url = services.settings.public_url.clone();
     let mut conn = db::conn(&services.db).await?;
-    let version = conn
+    let (quota, version) = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
+                // The limits and burst as they are now, under lock (as approvals read them): a
+                // concurrent change of the burst is kept, and "nothing to change" is judged
+                // against what is really there.
+                let live = live_key_for_update(conn, key.id).await?;
+                if live.revoked {
+                    return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
+                }
+                // A change to the same limits would only add an audit row and tell the owner of nothing.
+                if (per_hour.get(), per_day.get()) == (live.per_hour, live.per_day) {
+                    return Err(ServiceError::invalid(format!(
+                        "The key already allows {}/hour and {}/day; nothing to change.",
+                        format::count(per_hour.get()),
+                        format::count(per_day.get())
+                    )));
+                }
+                let quota = Quota { per_hour, per_day, burst_per_second: live.burst };
                 let version = set_quota_in(conn, key.id, &quota, &change).await?;
                 let owner: String =
                     users::table.filter(users::id.eq(key.owner_id)).select(users::email).first(conn).await?;
@@ -201,7 +208,7 @@ pub async fn set_by_admin(
                     change.reason.trim()
                 );
                 tell(conn, (key.owner_id, &owner), "quota_changed", &title, body, key.id.0, &public_url).await?;
-                Ok(version)
+                Ok((quota, version))
             })
         })
         .await?;

@@ -177,6 +177,7 @@ pub(crate) async fn set_quota_in(
     if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(ServiceError::invalid("Give a reason for the change (up to 2000 characters)."));
     }
+    crate::text::check_decodable("The reason", reason)?;
     let old: (i64, i64, Option<i32>) = api_key_quotas::table
         .filter(api_key_quotas::api_key_id.eq(id.0))
         .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
