@@ -458,7 +458,7 @@ async fn live_key_for_update(conn: &mut AsyncPgConnection, key: ApiKeyId) -> Ser
     Ok(LiveKey {
         per_hour,
         per_day,
-        burst: burst.map(|b| QuotaLimit::burst(b.into())).transpose()?,
+        burst: Quota::from_stored(per_hour, per_day, burst)?.burst_per_second,
         revoked: revoked_at.is_some(),
     })
 }

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::quota::{Quota, QuotaLimit};
+use super::quota::Quota;
 use super::secret::ApiKeySecret;
 use crate::accounts::User;
 use crate::alerts::AlertThresholds;
@@ -134,11 +134,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         created_at,
         last_used_at,
         revoked_at,
-        quota: Quota {
-            per_hour: QuotaLimit::new(hour)?,
-            per_day: QuotaLimit::new(day)?,
-            burst_per_second: burst.map(i64::from).map(QuotaLimit::new).transpose()?,
-        },
+        quota: Quota::from_stored(hour, day, burst)?,
         alert_email_thresholds: AlertThresholds::from_db(&alerts),
     })
 }

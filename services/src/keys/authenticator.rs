@@ -13,7 +13,7 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use uuid::Uuid;
 
 use super::api_keys::ApiKeyId;
-use super::quota::{Quota, QuotaLimit};
+use super::quota::Quota;
 use super::secret::ApiKeySecret;
 use crate::db::{self, DbPool};
 use crate::schema::{api_key_quotas, api_keys};
@@ -233,11 +233,7 @@ impl KeyAuthenticator {
             Some((id, owner_id, None, hour, day, burst, updated_at)) => KeyCheck::Active(AuthenticatedKey {
                 id: ApiKeyId(id),
                 owner_id,
-                quota: Quota {
-                    per_hour: QuotaLimit::new(hour)?,
-                    per_day: QuotaLimit::new(day)?,
-                    burst_per_second: burst.map(i64::from).map(QuotaLimit::new).transpose()?,
-                },
+                quota: Quota::from_stored(hour, day, burst)?,
                 quota_version_ms: updated_at.timestamp_millis(),
             }),
         })

@@ -50,6 +50,15 @@ impl Quota {
     pub const DEFAULT_PER_HOUR: i64 = 1_000;
     pub const DEFAULT_PER_DAY: i64 = 10_000;
 
+    /// The limits as stored (`api_key_quotas`), checked as when they were set.
+    pub fn from_stored(per_hour: i64, per_day: i64, burst_per_second: Option<i32>) -> ServiceResult<Self> {
+        Ok(Self {
+            per_hour: QuotaLimit::new(per_hour)?,
+            per_day: QuotaLimit::new(per_day)?,
+            burst_per_second: burst_per_second.map(|b| QuotaLimit::burst(b.into())).transpose()?,
+        })
+    }
+
     pub fn default_for_new_key() -> Self {
         Self {
             per_hour: QuotaLimit(Self::DEFAULT_PER_HOUR),
