@@ -57,6 +57,9 @@ pub struct Config {
     pub mail_from: String,
     /// `KEYMETER_MAX_PER_HOUR` / `KEYMETER_MAX_PER_DAY`: the highest limits merchants may ask for.
     pub quota_maximum: services::quota_requests::QuotaMaximum,
+    /// `KEYMETER_TRUSTED_PROXIES`: addresses of reverse proxies in front of the server, separated
+    /// by commas; behind them the client is the address their `X-Forwarded-For` names.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `KEYMETER_LOG_FORMAT`: `text` (the default) or `json`.
     pub log_format: LogFormat,
     /// `KEYMETER_REDIS_TIMEOUT_MS` (quota check timeout, default 250), `KEYMETER_QUOTA_FAIL_MODE`
@@ -177,6 +180,20 @@ impl Config {
                 instances: parse_bounded(&lookup, "KEYMETER_INSTANCES", 1u32, 10_000)?,
             },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
+            trusted_proxies: match lookup("KEYMETER_TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        a.parse().map_err(|_| ConfigError {
+                            var: "KEYMETER_TRUSTED_PROXIES",
+                            reason: format!("{a:?} is not an IP address"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
             // A hundred years: raw events are dropped by whole days, so more means never.
             usage_retention_days: parse_bounded(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90u32, 36_500)?,
@@ -293,6 +310,11 @@ mod tests {
         assert_eq!(with(&[("KEYMETER_SECURE_COOKIES", "maybe")]).unwrap_err().var, "KEYMETER_SECURE_COOKIES");
         assert_eq!(with(&[("KEYMETER_DB_POOL_SIZE", "0")]).unwrap_err().var, "KEYMETER_DB_POOL_SIZE");
         assert_eq!(with(&[("KEYMETER_QUOTA_FAIL_MODE", "maybe")]).unwrap_err().var, "KEYMETER_QUOTA_FAIL_MODE");
+        let err = with(&[("KEYMETER_TRUSTED_PROXIES", "10.0.0.2, proxy.internal")]).unwrap_err();
+        assert_eq!(err.var, "KEYMETER_TRUSTED_PROXIES");
+        assert!(err.reason.contains("proxy.internal"), "{err}");
+        let proxies = with(&[("KEYMETER_TRUSTED_PROXIES", "10.0.0.2, ::1,")]).unwrap().trusted_proxies;
+        assert_eq!(proxies, ["10.0.0.2".parse::<std::net::IpAddr>().unwrap(), "::1".parse().unwrap()]);
         let closed = with(&[("KEYMETER_QUOTA_FAIL_MODE", "closed"), ("KEYMETER_INSTANCES", "3")]).unwrap();
         assert_eq!((closed.quota_failure.mode, closed.quota_failure.instances), (FailMode::Closed, 3));
     }

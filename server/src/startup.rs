@@ -78,6 +78,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
             None => format!("the mail folder {}", config.mail_dir.display()),
         },
         quota_failure: config.quota_failure,
+        trusted_proxies: config.trusted_proxies.clone(),
     };
     let services = Services::new(db, redis, &config.redis_namespace, settings);
     Ok(services)

@@ -48,6 +48,38 @@ async fn repeated_failures_are_slowed_down() {
     assert!(res.text().await.unwrap().contains("Try again in"));
 }
 
+/// Behind a trusted reverse proxy every request comes from the proxy's address: the client is
+/// the one its `X-Forwarded-For` names, so one client's guesses do not lock out everyone behind
+/// it. From a peer that is not trusted the header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
+    let login_from = |app: &TestApp, forwarded: &str, password: &str| {
+        let req = client()
+            .post(app.url("/rpc/auth/login"))
+            .header("accept", "text/html")
+            .header("x-forwarded-for", forwarded.to_owned())
+            .form(&[("email", "ann@example.com"), ("password", password)]);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let proxied = TestApp::spawn_with(&[("KEYMETER_TRUSTED_PROXIES", "127.0.0.1, ::1".into())]).await;
+    proxied.user("ann@example.com", Role::Merchant).await;
+    for _ in 0..5 {
+        assert_eq!(login_from(&proxied, "203.0.113.5", "guess guess").await, 400);
+    }
+    assert_eq!(login_from(&proxied, "203.0.113.5", PASSWORD).await, 429);
+    // The client cannot escape by prepending an address: the proxy's own entry is the one read.
+    assert_eq!(login_from(&proxied, "198.51.100.1, 203.0.113.5", PASSWORD).await, 429);
+    // Another client behind the same proxy signs in.
+    assert_eq!(login_from(&proxied, "203.0.113.6", PASSWORD).await, 302);
+
+    let direct = TestApp::spawn().await;
+    direct.user("ann@example.com", Role::Merchant).await;
+    for i in 0..5 {
+        assert_eq!(login_from(&direct, &format!("203.0.113.{i}"), "guess guess").await, 400);
+    }
+    assert_eq!(login_from(&direct, "203.0.113.99", PASSWORD).await, 429, "the header is not trusted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
     let app = TestApp::spawn().await;

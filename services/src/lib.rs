@@ -63,6 +63,8 @@ pub struct Settings {
     pub mail_delivery: String,
     /// What metered requests get while Redis is down or slow.
     pub quota_failure: keys::FailurePolicy,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for the sign-in throttle).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             quota_maximum: Default::default(),
             mail_delivery: String::new(),
             quota_failure: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -70,7 +70,7 @@ pub async fn login(email: String, password: String, next: Option<String>) -> Res
     use services::accounts::{self, sessions};
 
     let services = session::services()?;
-    let client = session::client_address();
+    let client = session::client_address(&services);
     let user = accounts::authenticate(&services, &email, &password, &client).await?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);

@@ -102,11 +102,15 @@ pub fn require_admin(services: &Services) -> impl Future<Output = Result<User, A
     }
 }
 
-/// Who is signing in, for throttling: the peer address.
-pub fn client_address() -> String {
-    request_parts()
-        .and_then(|p| p.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()))
-        .unwrap_or_else(|| "unknown".to_owned())
+/// Who is signing in, for throttling: the peer address, or behind a trusted proxy the address
+/// it saw (`services::accounts::client_address`).
+pub fn client_address(services: &Services) -> String {
+    let Some(parts) = request_parts() else { return "unknown".to_owned() };
+    let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) else {
+        return "unknown".to_owned();
+    };
+    let forwarded = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
+    services::accounts::client_address(peer, forwarded, &services.settings.trusted_proxies)
 }
 
 fn cookie_settings() -> CookieSettings {

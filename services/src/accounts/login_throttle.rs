@@ -8,6 +8,8 @@
 //! by trying again, and a stranger's failures from elsewhere do not lock its owner out until the
 //! address-wide count is reached.
 
+use std::net::IpAddr;
+
 use deadpool_redis::redis;
 
 use crate::redis_pool::{self, RedisPool};
@@ -19,6 +21,33 @@ const MAX_FAILURES_PER_EMAIL: i64 = 50;
 const MAX_FAILURES_PER_CLIENT: i64 = 100;
 /// How long failures are remembered, in seconds, from the first one.
 const WINDOW_SECS: i64 = 15 * 60;
+
+/// Who is signing in, as the throttle counts clients: the peer's address, or behind proxies
+/// this deployment trusts (`KEYMETER_TRUSTED_PROXIES`), the address the nearest of them saw:
+/// the rightmost `X-Forwarded-For` entry that is not itself a trusted proxy. Entries further
+/// left are whatever the client wrote, so they are never used, and a peer that is not trusted
+/// cannot choose its address by sending the header.
+pub fn client_address<'h>(
+    peer: IpAddr,
+    forwarded_for: impl IntoIterator<Item = &'h str>,
+    trusted: &[IpAddr],
+) -> String {
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let hops: Vec<&str> = forwarded_for.into_iter().flat_map(|v| v.split(',')).map(str::trim).collect();
+    for hop in hops.into_iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip.to_string(),
+            // Not an address: a proxy that writes something else. Counted as it is, never as
+            // the proxy itself (which would put everyone behind it under one count).
+            Err(_) if !hop.is_empty() => return hop.chars().take(64).collect(),
+            Err(_) => break,
+        }
+    }
+    peer.to_string()
+}
 
 pub(crate) struct LoginThrottle<'a> {
     redis: &'a RedisPool,
@@ -101,5 +130,34 @@ impl<'a> LoginThrottle<'a> {
         if let Err(e) = pipe.query_async::<()>(conn).await {
             tracing::warn!(error = %e, "could not give a sign-in attempt back");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let proxy = [ip("10.0.0.2")];
+        // Not trusted: whatever it claims is ignored.
+        assert_eq!(client_address(ip("198.51.100.7"), ["203.0.113.5"], &proxy), "198.51.100.7");
+        assert_eq!(client_address(ip("198.51.100.7"), ["203.0.113.5"], &[]), "198.51.100.7");
+        // Trusted: the address it saw, however much the client prepended.
+        assert_eq!(client_address(ip("10.0.0.2"), ["1.2.3.4, 203.0.113.5"], &proxy), "203.0.113.5");
+        assert_eq!(client_address(ip("10.0.0.2"), ["1.2.3.4", "203.0.113.5"], &proxy), "203.0.113.5");
+        // Two trusted proxies in a row: the first hop that is not one of them.
+        let proxies = [ip("10.0.0.2"), ip("10.0.0.3")];
+        assert_eq!(client_address(ip("10.0.0.2"), ["9.9.9.9, 203.0.113.5, 10.0.0.3"], &proxies), "203.0.113.5");
+        assert_eq!(client_address(ip("10.0.0.2"), ["2001:db8::1"], &proxy), "2001:db8::1");
+        // No header, or only proxies in it: the peer.
+        assert_eq!(client_address(ip("10.0.0.2"), [], &proxy), "10.0.0.2");
+        assert_eq!(client_address(ip("10.0.0.2"), ["10.0.0.2"], &proxy), "10.0.0.2");
+        // Something else than an address is counted as it is, not as the proxy.
+        assert_eq!(client_address(ip("10.0.0.2"), ["unknown"], &proxy), "unknown");
     }
 }

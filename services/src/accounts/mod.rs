@@ -4,6 +4,8 @@ mod login_throttle;
 mod password;
 pub mod sessions;
 
+pub use login_throttle::client_address;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
