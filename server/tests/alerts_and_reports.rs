@@ -257,7 +257,16 @@ async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_
         .unwrap();
         keys.push(key.id.0);
     }
+    // Limits of 100/h from before September, raised since: September is measured against 100.
     a.set_quota(ApiKeyId(keys[0]), 100, 1_000).await;
+    let mut conn = services::db::conn(&a.services.db).await.unwrap();
+    diesel::sql_query("UPDATE quota_changes SET changed_at = '2026-08-20T00:00:00Z' WHERE api_key_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(keys[0])
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    a.set_quota(ApiKeyId(keys[0]), 2_000, 20_000).await;
 
     // September for "checkout": day d has d calls (d ms each), day 5 five 500s more, day 10 three
     // refused; plus calls just outside the month, which must not count.
@@ -308,8 +317,9 @@ async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_
     assert_eq!(s.totals.errors_5xx, 5);
     assert_eq!(s.busiest_day.map(|(d, n)| (d.to_string(), n)), Some(("2026-09-30".to_owned(), 30)));
     assert_eq!(s.per_day.len(), 30);
-    // Peak hour: 30 calls of 100 allowed.
+    // Peak hour: 30 calls of the 100 allowed then (not of today's 2,000); peak day 30 of 1,000.
     assert!((s.peak_hour_use_pct - 30.0).abs() < 1e-9, "{}", s.peak_hour_use_pct);
+    assert!((s.peak_day_use_pct - 3.0).abs() < 1e-9, "{}", s.peak_day_use_pct);
     let mut latencies: Vec<u64> =
         (1..=30u64).flat_map(|d| std::iter::repeat_n(d * 1000, d as usize)).chain([2_000; 5]).collect();
     let exact = exact_quantile(&mut latencies, 0.95).unwrap() as f64 / 1000.0;

@@ -252,9 +252,11 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
     }
     let admitted = plan.len();
     assert_eq!(admitted, 60);
-    for _ in 0..4 {
+    for _ in 0..3 {
         plan.push(("/api/v1/ping".into(), "GET", 0, 429));
     }
+    // A refused upload: its body is never read, so it records no bytes in (not its Content-Length).
+    plan.push(("/api/v1/echo".into(), "POST", 5000, 429));
 
     let mut bytes_out_by_endpoint: HashMap<String, i64> = HashMap::new();
     for (i, (path, method, size, expected)) in plan.iter().enumerate() {
@@ -274,8 +276,8 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
             path.clone()
         };
         let body = res.bytes().await.unwrap();
-        if *method == "POST" {
-            assert_eq!(body.len(), *size);
+        if *method == "POST" && *expected == 200 {
+            assert_eq!(body.len(), *size, "echoed");
         }
         *bytes_out_by_endpoint.entry(format!("{template} {expected}")).or_default() += body.len() as i64;
     }
@@ -301,12 +303,15 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
         *by_endpoint.entry((e.endpoint.clone(), e.status)).or_default() += 1;
     }
     assert_eq!(by_endpoint[&("/api/v1/ping".to_owned(), 200)], 20);
-    assert_eq!(by_endpoint[&("/api/v1/ping".to_owned(), 429)], 4);
+    assert_eq!(by_endpoint[&("/api/v1/ping".to_owned(), 429)], 3);
+    assert_eq!(by_endpoint[&("/api/v1/echo".to_owned(), 429)], 1);
+    assert!(events.iter().filter(|e| e.throttled).all(|e| e.bytes_in == 0), "{events:?}");
     assert_eq!(by_endpoint[&("/api/v1/echo".to_owned(), 200)], 10);
     assert_eq!(by_endpoint[&("/api/v1/status/{code}".to_owned(), 503)], 2);
     assert_eq!(by_endpoint[&("/api/v1/delay/{ms}".to_owned(), 200)], 20);
     assert!(events.iter().all(|e| !e.endpoint.contains("/status/5") && !e.endpoint.contains("/delay/1")));
-    let echo_in: i64 = events.iter().filter(|e| e.endpoint == "/api/v1/echo").map(|e| e.bytes_in).sum();
+    let echo_in: i64 =
+        events.iter().filter(|e| e.endpoint == "/api/v1/echo" && e.status == 200).map(|e| e.bytes_in).sum();
     assert_eq!(echo_in, echo_sizes.iter().sum::<usize>() as i64);
     for (key, expected) in &bytes_out_by_endpoint {
         let actual: i64 =

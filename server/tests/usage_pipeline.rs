@@ -95,6 +95,65 @@ async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() 
     assert_eq!(totals(&app, id.0).await, (2_100, 2_100));
 }
 
+/// A stream entry that PostgreSQL refuses (here: its bytes would overflow a rollup's total)
+/// is set aside with the error after a few tries, and the usage behind it is stored. It used to
+/// be retried forever, ahead of everything else: no usage reached PostgreSQL again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
+    use deadpool_redis::redis;
+    // Services only: no server, so no writer of its own moves this stream.
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, poisoned) = app.key_with_quota(10, 10).await;
+    let (_, healthy) = app.key_with_quota(10, 10).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let add = |events: Vec<UsageEvent>| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*").arg("b").arg(serde_json::to_string(&events).unwrap());
+        cmd
+    };
+    // Stored first: the rollup row's bytes at the largest bigint.
+    let mut huge = event(poisoned.0, now);
+    huge.bytes_in = i64::MAX as u64;
+    let mut writer = UsageWriter::new(&app.services, 90);
+    let _: String = add(vec![huge]).query_async(&mut conn).await.unwrap();
+    assert_eq!(writer.step(0).await.unwrap().events, 1);
+    // Then one more byte for that row, and ordinary usage behind it.
+    let mut one_more = event(poisoned.0, now + 1);
+    one_more.bytes_in = 1;
+    let refused_id: String = add(vec![one_more]).query_async(&mut conn).await.unwrap();
+    let _: String = add(vec![event(healthy.0, now), event(healthy.0, now + 1)]).query_async(&mut conn).await.unwrap();
+
+    let round = writer.step(0).await.unwrap();
+    assert_eq!(round.events, 3, "{round:?}");
+    assert_eq!(totals(&app, healthy.0).await, (2, 2), "the usage behind the refused entry is stored");
+    assert_eq!(totals(&app, poisoned.0).await, (1, 1));
+    // The refused entry waits in the set-aside stream with its error; the usage stream is empty.
+    let aside = services::usage::writer::set_aside_stream(&stream);
+    let kept: Vec<(String, Vec<(String, String)>)> = {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg(&aside).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let fields = e.map.iter().map(|(k, v)| (k.clone(), redis::from_redis_value(v).unwrap())).collect();
+                (e.id, fields)
+            })
+            .collect()
+    };
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let fields: std::collections::HashMap<_, _> = kept[0].1.iter().cloned().collect();
+    assert_eq!(fields["entry"], refused_id);
+    assert!(fields["error"].contains("out of range"), "{fields:?}");
+    let kept_events: Vec<UsageEvent> = serde_json::from_str(&fields["b"]).unwrap();
+    assert_eq!(kept_events[0].bytes_in, 1);
+    let left: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
+    assert!(writer.step(0).await.unwrap().caught_up);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_raw_events_and_keeps_rollups() {
     let app = TestApp::spawn().await;

@@ -31,9 +31,10 @@ pub struct KeySummary {
     pub totals: UsageTotals,
     /// The UTC day with the most admitted requests, if any, and its count.
     pub busiest_day: Option<(NaiveDate, i64)>,
-    /// The highest share of the daily quota used on any day, in percent.
+    /// The highest share of the daily quota used on any day, in percent (of the quota in force
+    /// that day: the highest, if it changed that day).
     pub peak_day_use_pct: f64,
-    /// The highest share of the hourly quota used in any hour, in percent.
+    /// The highest share of the hourly quota used in any hour, in percent (likewise).
     pub peak_hour_use_pct: f64,
     /// Admitted requests per day of the month, for the chart.
     pub per_day: Vec<i64>,
@@ -75,10 +76,47 @@ async fn keys_of_month(db: &DbPool, month: Month) -> ServiceResult<Vec<ApiKey>> 
 /// Sums up one key's month from the hourly rollups.
 pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<KeySummary> {
     let rows = HourRows::load(db, key.id.0, month.days()).await?;
-    Ok(summarise(key, &rows, month))
+    let limits = QuotaTimeline::load(db, &key).await?;
+    Ok(summarise(key, &rows, &limits, month))
 }
 
-fn summarise(key: ApiKey, rows: &HourRows, month: Month) -> KeySummary {
+/// A key's hourly and daily limits over time, from its audit trail of quota changes: a month's
+/// use is measured against the limits of that month, not today's.
+struct QuotaTimeline {
+    /// The limits before the first change (the current ones if there was none).
+    first: (i64, i64),
+    /// (when, new hourly limit, new daily limit), oldest first.
+    changes: Vec<(DateTime<Utc>, i64, i64)>,
+}
+
+impl QuotaTimeline {
+    async fn load(db: &DbPool, key: &ApiKey) -> ServiceResult<Self> {
+        use crate::schema::quota_changes as qc;
+        let mut conn = db::conn(db).await?;
+        let rows: Vec<(DateTime<Utc>, i64, i64, i64, i64)> = qc::table
+            .filter(qc::api_key_id.eq(key.id.0))
+            .order((qc::changed_at, qc::id))
+            .select((qc::changed_at, qc::old_per_hour, qc::old_per_day, qc::new_per_hour, qc::new_per_day))
+            .load(&mut conn)
+            .await?;
+        let first = match <[_]>::first(&rows) {
+            Some(&(_, hour, day, _, _)) => (hour, day),
+            None => (key.quota.per_hour.get(), key.quota.per_day.get()),
+        };
+        Ok(Self { first, changes: rows.into_iter().map(|(at, _, _, hour, day)| (at, hour, day)).collect() })
+    }
+
+    /// The highest (hourly, daily) limits in force at any moment of `start..end`.
+    fn highest_during(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> (i64, i64) {
+        let at_start = self.changes.iter().rev().find(|c| c.0 <= start).map_or(self.first, |c| (c.1, c.2));
+        self.changes
+            .iter()
+            .filter(|c| c.0 > start && c.0 < end)
+            .fold(at_start, |(hour, day), c| (hour.max(c.1), day.max(c.2)))
+    }
+}
+
+fn summarise(key: ApiKey, rows: &HourRows, limits: &QuotaTimeline, month: Month) -> KeySummary {
     let range = month.days();
     let days = rows.breakdown(Granularity::Day, range);
     let mut totals = UsageTotals::default();
@@ -97,11 +135,15 @@ fn summarise(key: ApiKey, rows: &HourRows, month: Month) -> KeySummary {
         .max_by_key(|(at, t)| (t.requests, std::cmp::Reverse(*at)))
         .map(|(at, t)| (at.date_naive(), t.requests));
     let share = |used: i64, limit: i64| if limit > 0 { used as f64 * 100.0 / limit as f64 } else { 0.0 };
-    let peak_day = days.iter().map(|(_, t)| t.requests).max().unwrap_or(0);
-    let peak_hour = rows.breakdown(Granularity::Hour, range).iter().map(|(_, t)| t.requests).max().unwrap_or(0);
+    let peak = |periods: &[(DateTime<Utc>, UsageTotals)], length: chrono::Duration, pick: fn((i64, i64)) -> i64| {
+        periods
+            .iter()
+            .map(|(start, t)| share(t.requests, pick(limits.highest_during(*start, *start + length))))
+            .fold(0.0, f64::max)
+    };
     KeySummary {
-        peak_day_use_pct: share(peak_day, key.quota.per_day.get()),
-        peak_hour_use_pct: share(peak_hour, key.quota.per_hour.get()),
+        peak_day_use_pct: peak(&days, chrono::Duration::days(1), |l| l.1),
+        peak_hour_use_pct: peak(&rows.breakdown(Granularity::Hour, range), chrono::Duration::hours(1), |l| l.0),
         per_day: days.iter().map(|(_, t)| t.requests).collect(),
         busiest_day,
         totals,
@@ -127,7 +169,8 @@ pub async fn build_reports(db: &DbPool, month: Month, skip: &HashSet<i64>) -> Se
         let mut hours = Vec::new();
         for key in keys.iter().filter(|k| k.owner_id == owner_id) {
             let rows = HourRows::load(db, key.id.0, month.days()).await?;
-            summaries.push(summarise(key.clone(), &rows, month));
+            let limits = QuotaTimeline::load(db, key).await?;
+            summaries.push(summarise(key.clone(), &rows, &limits, month));
             hours.push((key.id.0, rows));
         }
         summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
@@ -387,6 +430,32 @@ pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_period_is_measured_against_the_highest_limits_in_force_during_it() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let limits = QuotaTimeline {
+            first: (1_000, 10_000),
+            changes: vec![(at("2026-10-15T12:30:00Z"), 5_000, 50_000), (at("2026-11-28T17:32:00Z"), 100, 1_000)],
+        };
+        let day = chrono::Duration::days(1);
+        // Before any change: the first limits, not today's.
+        assert_eq!(
+            limits.highest_during(at("2026-10-01T00:00:00Z"), at("2026-10-01T00:00:00Z") + day),
+            (1_000, 10_000)
+        );
+        // The day of a raise: the raised limits (requests above the old ones were admitted).
+        assert_eq!(
+            limits.highest_during(at("2026-10-15T00:00:00Z"), at("2026-10-15T00:00:00Z") + day),
+            (5_000, 50_000)
+        );
+        // The day of a cut: the limits before it, which were in force part of the day.
+        assert_eq!(
+            limits.highest_during(at("2026-11-28T00:00:00Z"), at("2026-11-28T00:00:00Z") + day),
+            (5_000, 50_000)
+        );
+        assert_eq!(limits.highest_during(at("2026-11-29T00:00:00Z"), at("2026-11-29T00:00:00Z") + day), (100, 1_000));
+    }
 
     #[test]
     fn sparkline_scales_to_the_busiest_day() {

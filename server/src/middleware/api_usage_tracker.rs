@@ -152,7 +152,9 @@ where
         add_request_id(response.headers_mut(), request_id);
         event.status = response.status().as_u16();
         event.throttled = true;
-        event.bytes_in = content_length(request.headers());
+        // The body of a refused request is never read, so none of it was received; a claimed
+        // `Content-Length` is the client's word, not bytes (and not something to bill).
+        event.bytes_in = 0;
         event.latency_us = micros(started.elapsed());
         event.bytes_out = if event.method == "HEAD" { 0 } else { body_len };
         services.usage.record_durably(event).await;
@@ -343,10 +345,6 @@ impl OverheadProbe {
 
 fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
-}
-
-fn content_length(headers: &HeaderMap) -> u64 {
-    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// The id of the request's usage event: every response the tracker gives has it, so a response

@@ -81,16 +81,26 @@ fn assemble(
     from_storage: bool,
 ) -> LiveUsage {
     let per_minute = recent_rate_per_minute(&minutes, now_ms);
+    let (hour_runs_out_ms, day_runs_out_ms) = projections(&hour, &day, per_minute, now_ms);
     LiveUsage {
         now: time(now_ms),
-        hour_runs_out_at: projected_exhaustion_ms(&hour, per_minute, now_ms).map(time),
-        day_runs_out_at: projected_day_exhaustion_ms(&day, &hour, per_minute, now_ms).map(time),
+        hour_runs_out_at: hour_runs_out_ms.map(time),
+        day_runs_out_at: day_runs_out_ms.map(time),
         minutes,
         hour,
         day,
         rate_per_minute: per_minute,
         from_storage,
     }
+}
+
+/// When the hour and the day windows run out at `per_minute`, if before they reset. The hour
+/// cannot run out once the day has (nothing more is admitted until midnight), nor after it.
+fn projections(hour: &WindowUse, day: &WindowUse, per_minute: f64, now_ms: i64) -> (Option<i64>, Option<i64>) {
+    let day_out = if day.remaining() == 0 { None } else { projected_day_exhaustion_ms(day, hour, per_minute, now_ms) };
+    let hour_out = projected_exhaustion_ms(hour, per_minute, now_ms)
+        .filter(|&at| day.remaining() > 0 && day_out.is_none_or(|day_at| at < day_at));
+    (hour_out, day_out)
 }
 
 /// Admitted requests per minute over the last 15 minutes, the current (partial) one included
@@ -170,6 +180,26 @@ mod tests {
 
     fn minute(requests: u64) -> MinuteCounters {
         MinuteCounters { requests, ..MinuteCounters::default() }
+    }
+
+    fn window(window: Window, used: i64, limit: i64, reset_at_ms: i64) -> WindowUse {
+        WindowUse { window, limit, used, reset_at_ms }
+    }
+
+    #[test]
+    fn the_hour_does_not_run_out_once_the_day_has_or_would_first() {
+        let now = 10 * 3_600_000 + 30 * 60_000; // 10:30 UTC
+        let hour = window(Window::Hour, 8, 12, 11 * 3_600_000);
+        // The day used up: only the day's reset matters, no hour projection.
+        let day = window(Window::Day, 8, 8, 24 * 3_600_000);
+        assert_eq!(projections(&hour, &day, 1.0, now), (None, None));
+        // The day has 2 left and runs out first (10:32): the hour (10:34) never does.
+        let day = window(Window::Day, 8, 10, 24 * 3_600_000);
+        let (hour_out, day_out) = projections(&hour, &day, 1.0, now);
+        assert_eq!((hour_out, day_out), (None, Some(now + 2 * 60_000)));
+        // Plenty left in the day: the hour runs out at 10:34.
+        let day = window(Window::Day, 8, 10_000, 24 * 3_600_000);
+        assert_eq!(projections(&hour, &day, 1.0, now).0, Some(now + 4 * 60_000));
     }
 
     #[test]

@@ -58,6 +58,18 @@ fn yes() -> bool {
 }
 
 impl UsageEvent {
+    /// The most bytes or microseconds one event records. Far above anything real (a terabyte,
+    /// twelve days), and low enough that no sum of events can overflow a counter in Redis or
+    /// PostgreSQL: one absurd value must not stop usage from being stored.
+    pub const MAX_MEASURE: u64 = 1 << 40;
+
+    pub(crate) fn bounded(mut self) -> Self {
+        self.bytes_in = self.bytes_in.min(Self::MAX_MEASURE);
+        self.bytes_out = self.bytes_out.min(Self::MAX_MEASURE);
+        self.latency_us = self.latency_us.min(Self::MAX_MEASURE);
+        self
+    }
+
     pub fn minute_start_ms(&self) -> i64 {
         self.at_ms - self.at_ms.rem_euclid(60_000)
     }

@@ -82,14 +82,14 @@ impl UsageRecorder {
 
     /// Queues an event without waiting (for requests whose client is already gone).
     pub fn record(&self, event: UsageEvent) {
-        self.send(Item { event, handed_off: None });
+        self.send(Item { event: event.bounded(), handed_off: None });
     }
 
     /// Queues an event and waits until it is stored durably (Redis stream or PostgreSQL), or
     /// [`HANDOFF_WAIT`] at most. Returns whether it was stored in time.
     pub async fn record_durably(&self, event: UsageEvent) -> bool {
         let (done, handed_off) = oneshot::channel();
-        if !self.send(Item { event, handed_off: Some(done) }) {
+        if !self.send(Item { event: event.bounded(), handed_off: Some(done) }) {
             return false;
         }
         matches!(tokio::time::timeout(HANDOFF_WAIT, handed_off).await, Ok(Ok(())))

@@ -32,6 +32,8 @@ const GATHER_FOR: Duration = Duration::from_millis(150);
 const CLAIM_IDLE_MS: u64 = 30_000;
 /// How often to look for such entries.
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
+/// Tries of one entry PostgreSQL refuses before it is set aside.
+const ENTRY_ATTEMPTS: u32 = 3;
 
 /// What one round did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,28 +232,93 @@ impl UsageWriter {
         if entries.is_empty() {
             return Ok(0);
         }
-        // The entries' events are moved into one batch, not copied.
+        // The entries' events are moved into one batch, not copied; `ends` remembers where
+        // each entry's events end, should they have to be written entry by entry.
         let mut ids = Vec::with_capacity(entries.len());
+        let mut ends = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         for (id, mut entry_events) in entries {
             ids.push(id);
             events.append(&mut entry_events);
+            ends.push(events.len());
         }
-        self.write(&events).await?;
+        match self.write(&events).await {
+            Ok(()) => self.ack(&ids).await?,
+            Err(e) if refused_by_postgres(&e) => {
+                tracing::warn!(error = %e, entries = ids.len(), "usage writer: PostgreSQL refused a batch; writing its entries one by one");
+                let mut start = 0;
+                for (id, &end) in ids.iter().zip(&ends) {
+                    self.write_one_entry(id, &events[start..end]).await?;
+                    start = end;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(events.len())
+    }
+
+    /// Writes one stream entry, retried a few times; if PostgreSQL still refuses it (not a
+    /// connection failure: the data itself), it is set aside so that it cannot hold up all the
+    /// usage behind it.
+    async fn write_one_entry(&mut self, id: &str, events: &[UsageEvent]) -> ServiceResult<()> {
+        let mut last = None;
+        for attempt in 0..ENTRY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            match self.write(events).await {
+                Ok(()) => return self.ack(&[id.to_owned()]).await,
+                Err(e) if refused_by_postgres(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        let why = last.map(|e| e.to_string()).unwrap_or_default();
+        self.set_aside(id, events, &why).await
+    }
+
+    /// Moves an entry PostgreSQL refuses to the set-aside stream (`<stream>:set-aside`, with
+    /// the error), for an operator to look at; only then is it acknowledged.
+    async fn set_aside(&self, id: &str, events: &[UsageEvent], why: &str) -> ServiceResult<()> {
+        let payload =
+            serde_json::to_string(events).map_err(|e| ServiceError::Internal(format!("usage encode: {e}")))?;
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let _: () = redis::cmd("XADD")
+            .arg(set_aside_stream(&self.stream))
+            .arg("*")
+            .arg("b")
+            .arg(payload)
+            .arg("entry")
+            .arg(id)
+            .arg("error")
+            .arg(why)
+            .query_async(&mut conn)
+            .await?;
+        drop(conn);
+        tracing::error!(
+            entry = id,
+            events = events.len(),
+            error = why,
+            stream = set_aside_stream(&self.stream),
+            "usage writer: PostgreSQL refuses a stream entry; set aside so that later usage is stored"
+        );
+        self.ack(&[id.to_owned()]).await
+    }
+
+    async fn ack(&self, ids: &[String]) -> ServiceResult<()> {
         let mut conn = redis_pool::conn(&self.redis).await?;
         let _: () = redis::pipe()
             .cmd("XACK")
             .arg(&self.stream)
             .arg(GROUP)
-            .arg(&ids)
+            .arg(ids)
             .ignore()
             .cmd("XDEL")
             .arg(&self.stream)
-            .arg(&ids)
+            .arg(ids)
             .ignore()
             .query_async(&mut conn)
             .await?;
-        Ok(events.len())
+        Ok(())
     }
 
     /// Writes a batch in one transaction; events already stored are skipped, and only the newly
@@ -327,6 +394,25 @@ impl UsageWriter {
             .execute(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// Where entries PostgreSQL refuses are kept (see [`UsageWriter::set_aside`]).
+pub fn set_aside_stream(stream: &str) -> String {
+    format!("{stream}:set-aside")
+}
+
+/// PostgreSQL answered and refused the statement (bad data, a value out of range), as opposed
+/// to being unreachable. Conflicts between concurrent transactions are not refusals: they pass.
+fn refused_by_postgres(e: &ServiceError) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        ServiceError::Database(Error::DatabaseError(kind, info)) => {
+            !matches!(kind, DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection)
+                && !info.message().contains("deadlock")
+        }
+        ServiceError::Invalid(_) | ServiceError::Conflict(_) => true,
+        _ => false,
     }
 }
 
@@ -414,8 +500,8 @@ impl Rollups {
                 r.requests += 1;
                 r.latency.record(e.latency_us);
             }
-            r.bytes_in += e.bytes_in as i64;
-            r.bytes_out += e.bytes_out as i64;
+            r.bytes_in = r.bytes_in.saturating_add(i64::try_from(e.bytes_in).unwrap_or(i64::MAX));
+            r.bytes_out = r.bytes_out.saturating_add(i64::try_from(e.bytes_out).unwrap_or(i64::MAX));
         }
         Self(map)
     }
