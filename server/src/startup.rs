@@ -190,9 +190,20 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then flushes all usage (see [`Self::run_until`]).
+    /// Serves until Ctrl-C or SIGTERM, then flushes all usage (see [`Self::run_until`]). A
+    /// second signal ends the process at once: with Redis and PostgreSQL both unreachable the
+    /// flush would wait until one of them returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(shutdown_signal()).await
+        let shutdown = async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: flushing usage (a second signal stops at once)");
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::error!("second stop signal: exiting without waiting for the usage still queued");
+                std::process::exit(1);
+            });
+        };
+        self.run_until(shutdown).await
     }
 
     /// Serves until `shutdown` completes, then flushes all usage: queued events to Redis, and
@@ -294,5 +305,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down");
 }

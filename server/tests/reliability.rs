@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::processes::{OwnRedis, ServerProcess};
 use common::{client, TestApp};
 use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use services::keys::ApiKeyId;
 
 /// A TCP relay to a Redis that can hold every write of the app for a while before passing it on
@@ -330,6 +331,44 @@ async fn a_quota_approved_while_redis_is_down_is_reported_done_and_applies() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last, (200, "100".to_owned()), "the approved limit applies once Redis is back");
+}
+
+/// A graceful stop waits until queued usage is handed off; with Redis and PostgreSQL both gone it
+/// would wait until one returns. A second SIGTERM ends the process at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_ends_a_stop_that_cannot_flush() {
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url())]).await;
+    let (secret, _) = app.key_with_quota(100, 1_000).await;
+    let mut server = ServerProcess::start(&app, &redis.url(), &[]).await;
+    let ping = |secret: String| {
+        let url = format!("{}/api/v1/ping", server.base);
+        async move { client().get(url).bearer_auth(secret).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(ping(secret.clone()).await.ok(), Some(200));
+
+    // Both stores gone: the next call is answered (its key is known, the quota fails open) once
+    // the hand-off gives up waiting, and its event stays queued in the server.
+    redis.kill();
+    let mut admin =
+        AsyncPgConnection::establish(&format!("{}/postgres", common::env("KEYMETER_TEST_PG"))).await.unwrap();
+    let db = &app.db_name;
+    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert!(ping(secret).await.is_ok(), "answered");
+
+    server.terminate();
+    let first = server.exits_within(Duration::from_secs(2)).await;
+    server.terminate();
+    let second = server.exits_within(Duration::from_secs(5)).await;
+    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    assert!(!first, "the first signal waits for the queued usage");
+    assert!(second, "the second signal ends the process");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
