@@ -273,7 +273,17 @@ impl UsageWriter {
             }
         }
         let why = last.map(|e| e.to_string()).unwrap_or_default();
+        // Only if PostgreSQL answers anything else: then it is this entry it refuses, not a
+        // passing trouble of the server (a restart, a timeout) that the next round outlives.
+        if !self.postgres_answers().await {
+            return Err(ServiceError::DatabaseUnavailable(why));
+        }
         self.set_aside(id, events, &why).await
+    }
+
+    async fn postgres_answers(&self) -> bool {
+        let Ok(mut conn) = db::conn(&self.db).await else { return false };
+        diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
     }
 
     /// Moves an entry PostgreSQL refuses to the set-aside stream (`<stream>:set-aside`, with
