@@ -235,6 +235,8 @@ async fn merchants_cannot_decide_or_touch_other_owners_keys() {
         ("admin/quota-requests/deny", vec![("id", id.as_str()), ("note", "no")]),
         ("admin/quota/set", vec![("key_id", s.key_id.as_str()), ("per_hour", "9"), ("per_day", "9"), ("reason", "x")]),
         ("admin/quota-changes", vec![]),
+        ("admin/mail", vec![]),
+        ("admin/keys", vec![]),
     ] {
         assert_eq!(s.app.rpc(&s.merchant, path, &args).await.status(), StatusCode::FORBIDDEN, "{path}");
     }
