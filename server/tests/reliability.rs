@@ -275,6 +275,7 @@ async fn with_redis_down_the_usage_page_shows_stored_usage_and_says_so() {
     let tag_start = html[..notice].rfind('<').unwrap();
     let tag = &html[tag_start..notice + html[notice..].find('>').unwrap()];
     assert!(!tag.contains("hidden"), "the notice shows: {tag}");
+    assert!(html.contains("from stored usage ·"), "the charts' label says where the figures come from");
     drop(redis);
 }
 

@@ -139,7 +139,11 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 <h2>"Last 60 minutes"</h2>
                 <span class="hint" data-testid="live-updated">
                     {move || {
-                        let state = if link.get() == LiveLink::Reconnecting { "reconnecting…" } else { "live" };
+                        let state = match link.get() {
+                            LiveLink::Reconnecting => "reconnecting…",
+                            _ if live.with(|l| l.from_storage) => "from stored usage",
+                            _ => "live",
+                        };
                         format!("{state} · {} · {}", format::time_seconds(&live.get().now), rate_text(&live.get()))
                     }}
                 </span>
