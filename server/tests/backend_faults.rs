@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, env, TestApp};
+use common::{client, TestApp};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -145,22 +145,14 @@ async fn readiness_names_what_is_down_without_details() {
     assert_eq!(ready.json::<Value>().await.unwrap(), json!({ "postgres": "ok", "redis": "ok" }));
 
     // This test's database goes away: no new connections, the open ones ended.
-    let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", env("KEYMETER_TEST_PG"))).await.unwrap();
-    let db = &app.db_name;
-    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
-    diesel::sql_query(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    app.set_database_reachable(false).await;
 
     let res = client().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let text = res.text().await.unwrap();
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({ "postgres": "down", "redis": "ok" }), "{text}");
 
-    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    app.set_database_reachable(true).await;
     let mut last = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..50 {
         last = client().get(app.url("/readyz")).send().await.unwrap().status();

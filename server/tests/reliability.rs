@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::processes::{OwnRedis, ServerProcess};
 use common::{client, TestApp};
 use diesel_async::RunQueryDsl;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use services::keys::ApiKeyId;
 
 /// A TCP relay to a Redis that can hold every write of the app for a while before passing it on
@@ -351,23 +350,14 @@ async fn a_second_stop_signal_ends_a_stop_that_cannot_flush() {
     // Both stores gone: the next call is answered (its key is known, the quota fails open) once
     // the hand-off gives up waiting, and its event stays queued in the server.
     redis.kill();
-    let mut admin =
-        AsyncPgConnection::establish(&format!("{}/postgres", common::env("KEYMETER_TEST_PG"))).await.unwrap();
-    let db = &app.db_name;
-    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
-    diesel::sql_query(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    app.set_database_reachable(false).await;
     assert!(ping(secret).await.is_ok(), "answered");
 
     server.terminate();
     let first = server.exits_within(Duration::from_secs(2)).await;
     server.terminate();
     let second = server.exits_within(Duration::from_secs(5)).await;
-    diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    app.set_database_reachable(true).await;
     assert!(!first, "the first signal waits for the queued usage");
     assert!(second, "the second signal ends the process");
 }

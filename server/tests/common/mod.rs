@@ -236,6 +236,25 @@ impl TestApp {
         panic!("{unsent} emails still unsent after 15 s");
     }
 
+    /// Cuts this test's database off (no new connections, the open ones ended) or lets it be
+    /// reached again; a PostgreSQL outage for this test only.
+    pub async fn set_database_reachable(&self, reachable: bool) {
+        let mut admin = AsyncPgConnection::establish(&format!("{}/postgres", env("KEYMETER_TEST_PG"))).await.unwrap();
+        let db = &self.db_name;
+        diesel::sql_query(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {reachable}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        if !reachable {
+            diesel::sql_query(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    }
+
     /// Makes every unsent email due now, as the retry backoff would after a while.
     pub async fn make_mail_due(&self) {
         let mut conn = services::db::conn(&self.services.db).await.unwrap();

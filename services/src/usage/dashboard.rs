@@ -4,10 +4,11 @@
 
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
 use super::live::MinuteCounters;
 use super::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
+use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
 use crate::{ServiceResult, Services};
 
@@ -34,10 +35,6 @@ pub struct LiveUsage {
     pub from_storage: bool,
 }
 
-fn time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 /// The live view from Redis (the quota counters themselves, on the quota clock), or, when Redis
 /// cannot answer, from the stored rollups on this host's clock, so the page still works.
 pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage> {
@@ -55,8 +52,13 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
     let now_ms = Utc::now().timestamp_millis();
     let now_s = now_ms.div_euclid(1000);
     let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86_400));
-    let (hour_used, day_used) =
-        reports::admitted_since(&services.db, key.id.0, time(hour_start * 1000), time(day_start * 1000)).await?;
+    let (hour_used, day_used) = reports::admitted_since(
+        &services.db,
+        key.id.0,
+        time_from_ms(hour_start * 1000),
+        time_from_ms(day_start * 1000),
+    )
+    .await?;
     let hour = WindowUse {
         window: Window::Hour,
         limit: key.quota.per_hour.get(),
@@ -83,9 +85,9 @@ fn assemble(
     let per_minute = recent_rate_per_minute(&minutes, now_ms);
     let (hour_runs_out_ms, day_runs_out_ms) = projections(&hour, &day, per_minute, now_ms);
     LiveUsage {
-        now: time(now_ms),
-        hour_runs_out_at: hour_runs_out_ms.map(time),
-        day_runs_out_at: day_runs_out_ms.map(time),
+        now: time_from_ms(now_ms),
+        hour_runs_out_at: hour_runs_out_ms.map(time_from_ms),
+        day_runs_out_at: day_runs_out_ms.map(time_from_ms),
         minutes,
         hour,
         day,
@@ -156,7 +158,7 @@ pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_
 /// The top tables over another range (on the quota clock, as the rest of the page; on this
 /// host's clock without Redis).
 pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
-    let now = services.quota.now_ms().await.map(time).unwrap_or_else(|_| Utc::now());
+    let now = services.quota.now_ms().await.map(time_from_ms).unwrap_or_else(|_| Utc::now());
     let today = now.date_naive();
     let hours =
         HourRows::load(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;

@@ -57,6 +57,12 @@ fn yes() -> bool {
     true
 }
 
+/// A time in ms since the epoch (the quota clock's unit) as a UTC time.
+pub(crate) fn time_from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    chrono::Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
 impl UsageEvent {
     /// The most bytes or microseconds one event records. Far above anything real (a terabyte,
     /// twelve days), and low enough that no sum of events can overflow a counter in Redis or

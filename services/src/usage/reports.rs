@@ -591,7 +591,7 @@ pub async fn stored_minutes(
     let first = first_minute_ms(now_ms, minutes);
     let mut counters: Vec<(i64, MinuteCounters)> =
         (0..minutes as i64).map(|i| (first + i * 60_000, MinuteCounters::default())).collect();
-    let (start, end) = (live_time(first), live_time(first + minutes as i64 * 60_000));
+    let (start, end) = (super::time_from_ms(first), super::time_from_ms(first + minutes as i64 * 60_000));
     for_each_rollup_row(db, Rollups::Minute, &[key], start, end, |_, row, hist| {
         let index = (row.period_start.timestamp_millis() - first).div_euclid(60_000);
         if let Some((_, m)) = usize::try_from(index).ok().and_then(|i| counters.get_mut(i)) {
@@ -610,10 +610,6 @@ pub async fn stored_minutes(
     })
     .await?;
     Ok(counters)
-}
-
-fn live_time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 /// The last `minutes` minutes of live counters, oldest first, ending with the current minute.

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_redis::redis::{self, streams::StreamReadReply, Value};
 use diesel::sql_types::{Array, BigInt, Bool, Date, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
 use super::recorder::stream_name;
-use super::UsageEvent;
+use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
@@ -339,7 +339,7 @@ impl UsageWriter {
         }
         let days: Vec<NaiveDate> = events
             .iter()
-            .map(|e| to_time(e.at_ms).date_naive())
+            .map(|e| time_from_ms(e.at_ms).date_naive())
             .collect::<HashSet<_>>()
             .into_iter()
             .filter(|d| !self.partitions.contains(d))
@@ -426,10 +426,6 @@ fn refused_by_postgres(e: &ServiceError) -> bool {
     }
 }
 
-fn to_time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 fn decode_entry(payload: Option<&Value>) -> Vec<UsageEvent> {
     let bytes: Option<Vec<u8>> = payload.and_then(|v| redis::from_redis_value(v).ok());
     match bytes.map(|b| serde_json::from_slice::<Vec<UsageEvent>>(&b)) {
@@ -470,7 +466,7 @@ impl From<&[UsageEvent]> for EventColumns {
         for e in events {
             c.request_id.push(e.request_id);
             c.key_id.push(e.key_id);
-            c.at.push(to_time(e.at_ms));
+            c.at.push(time_from_ms(e.at_ms));
             c.method.push(e.method.clone());
             c.endpoint.push(e.endpoint.clone());
             c.status.push(e.status as i16);
@@ -527,7 +523,7 @@ impl Rollups {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((k, m, me, ep, st), r) in &self.0 {
             key_id.push(*k);
-            minute.push(to_time(*m));
+            minute.push(time_from_ms(*m));
             method.push(me.clone());
             endpoint.push(ep.clone());
             status.push(*st as i16);
@@ -573,7 +569,7 @@ async fn touch_last_used<'a>(
         let at = latest.entry(e.key_id).or_insert(e.at_ms);
         *at = (*at).max(e.at_ms);
     }
-    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().map(|(k, t)| (k, to_time(t))).unzip();
+    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().map(|(k, t)| (k, time_from_ms(t))).unzip();
     diesel::sql_query(
         "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, t.at), t.at) \
          FROM unnest($1, $2) AS t(id, at) WHERE api_keys.id = t.id",
