@@ -16,7 +16,10 @@ use pages::{admin, api_keys, layout, login, notifications, quota_requests, usage
 /// The HTML document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
     #[cfg(feature = "ssr")]
-    content_security_policy();
+    {
+        content_security_policy();
+        api::provide_taken_secrets();
+    }
     let nonce = leptos::nonce::use_nonce();
     view! {
         <!DOCTYPE html>

@@ -2,6 +2,7 @@
 //! server functions, static assets) and runs it until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +11,7 @@ use axum::extract::FromRef;
 use axum::http::{header, HeaderValue};
 use axum::Router;
 use leptos::prelude::*;
-use leptos_axum::{generate_route_list, LeptosRoutes};
+use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
 use services::mailer::Mailer;
 use services::usage::writer::UsageWriter;
 use services::Services;
@@ -93,6 +94,16 @@ pub fn leptos_options(config: &Config) -> LeptosOptions {
         .build()
 }
 
+/// The pages' routes, walked from the app once per process.
+///
+/// Walking the app sets a process-wide Leptos flag that parks every resource first polled
+/// meanwhile, forever (leptos-rs/leptos#4773): a page rendered by another app in the same process
+/// (tests run many) would never answer. Once per process, no page can render during the walk.
+fn page_routes() -> Vec<AxumRouteListing> {
+    static ROUTES: OnceLock<Vec<AxumRouteListing>> = OnceLock::new();
+    ROUTES.get_or_init(|| generate_route_list(app::App)).clone()
+}
+
 /// The whole HTTP app.
 pub fn router(config: &Config, services: Services) -> Router {
     let state = AppState { services: services.clone(), leptos_options: leptos_options(config) };
@@ -104,7 +115,7 @@ pub fn router(config: &Config, services: Services) -> Router {
             provide_context(cookies);
         }
     };
-    let routes = generate_route_list(app::App);
+    let routes = page_routes();
     let options = state.leptos_options.clone();
     let shell = move || app::shell(options.clone());
 

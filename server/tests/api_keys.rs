@@ -344,6 +344,31 @@ async fn a_key_created_without_javascript_shows_its_secret_once_on_the_list() {
     assert!(again.contains("shown only once"));
 }
 
+/// The list page a plain form post returns to shows the new secret every time, however the
+/// server renders it (Leptos may render a page's parts twice; the secret is taken only once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_created_without_javascript_shows_its_secret() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let list_url = app.url("/dashboard/developers/api-keys");
+    for round in 0..40 {
+        let post = ann
+            .post(app.url("/rpc/keys/create"))
+            .header("accept", "text/html")
+            .header("referer", &list_url)
+            .form(&[("name", format!("No script {round}"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), StatusCode::FOUND, "round {round}");
+        let location = post.headers()["location"].to_str().unwrap().to_owned();
+        let html = app.page(&ann, &location).await.text().await.unwrap();
+        assert!(html.contains("data-testid=\"new-secret\""), "round {round}: the secret is missing");
+        assert!(!html.contains("shown only once"), "round {round}");
+    }
+}
+
 /// A key's name is the merchant's text: in a page's `<title>` as anywhere else it must stay text.
 /// (leptos_meta writes titles unescaped; an admin opening the key would have run the script.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,4 +409,46 @@ async fn pages_run_only_their_own_scripts() {
         nonces.push(nonce);
     }
     assert_ne!(nonces[1], nonces[2], "a nonce is never reused");
+}
+
+/// Pages keep answering while another instance starts in the same process. Building an instance
+/// walks the app for its routes, which in Leptos parks any page resource first polled meanwhile
+/// (process-wide, forever): a page would never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_answer_while_another_instance_starts_in_the_same_process() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// Stops the starting thread however the test ends.
+    struct Starting(std::sync::Arc<AtomicBool>);
+    impl Drop for Starting {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, _) = create_key(&app, &ann, "Checkout server").await;
+    let starting = Starting(std::sync::Arc::new(AtomicBool::new(true)));
+    let starter = {
+        let (config, services, flag) = (app.config.clone(), app.services.clone(), starting.0.clone());
+        std::thread::spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                drop(keymeter::startup::router(&config, services.clone()));
+            }
+        })
+    };
+    let path = format!("/dashboard/developers/api-keys/{id}");
+    for round in 0..60 {
+        let html = tokio::time::timeout(Duration::from_secs(10), async {
+            app.page(&ann, &path).await.text().await.expect("page body")
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the key page did not answer within 10 s"));
+        assert!(html.contains("Checkout server"), "round {round}: {html}");
+    }
+    drop(starting);
+    starter.join().expect("starting thread");
 }
