@@ -135,6 +135,10 @@ pub fn router(config: &Config, services: Services) -> Router {
     let pages = Router::new()
         .leptos_routes_with_context(&state, routes, context.clone(), shell)
         .fallback(leptos_axum::file_and_error_handler_with_context::<AppState, _>(context, app::shell))
+        .layer(axum::middleware::from_fn_with_state(
+            routes::page_deadline::PAGE_DEADLINE,
+            routes::page_deadline::within_deadline,
+        ))
         // Signed-out visits to signed-in pages: a real redirect before rendering.
         .layer(axum::middleware::from_fn_with_state(services.clone(), routes::page_guard::require_session))
         .layer(axum::middleware::from_fn_with_state(services.clone(), routes::same_origin::require_same_origin))

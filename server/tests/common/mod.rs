@@ -30,9 +30,16 @@ pub struct TestApp {
     pub db_name: String,
 }
 
-/// A client that keeps cookies and does not follow redirects, so tests see them.
+/// A client that keeps cookies and does not follow redirects, so tests see them. A reply that
+/// never comes fails its test within two minutes instead of holding the whole run (`cargo test`
+/// has no timeout of its own).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::none())
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .expect("client")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
