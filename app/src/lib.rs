@@ -5,6 +5,7 @@ pub mod api;
 mod charts;
 pub mod error;
 mod pages;
+mod render_memo;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -18,7 +19,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     #[cfg(feature = "ssr")]
     {
         content_security_policy();
-        api::provide_taken_secrets();
+        render_memo::provide();
     }
     let nonce = leptos::nonce::use_nonce();
     view! {

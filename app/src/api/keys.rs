@@ -14,21 +14,12 @@ pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
 
 #[cfg(feature = "ssr")]
 mod ssr {
-    use std::collections::HashMap;
-    use std::sync::Arc;
     use std::time::Duration;
 
     use services::keys::ApiKey;
     use services::Services;
 
-    use super::super::{CreatedKey, CurrentUse, KeyView};
-
-    /// The one-time secrets one server-rendered page has taken, by hand-off token. Leptos may
-    /// render parts of a page twice on the server (a `Suspense` re-runs its children), creating
-    /// the list page's resources twice; the second must show the secret the first took, or the
-    /// merchant is told it was shown already when it never reached them.
-    #[derive(Clone, Default)]
-    pub struct TakenSecrets(pub Arc<tokio::sync::Mutex<HashMap<String, Option<CreatedKey>>>>);
+    use super::super::{CurrentUse, KeyView};
 
     /// How long the list waits for Redis before showing quotas without use.
     const USE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -106,32 +97,14 @@ pub async fn take_created_key(token: String) -> Result<Option<CreatedKey>, AppEr
     use super::session;
     use services::keys::{api_keys, secret_handoff};
     let services = session::services()?;
-    // Read before any await: the page's context is not there once the function resumes.
-    let taken = use_context::<ssr::TakenSecrets>().unwrap_or_default();
     let user = session::require_user(&services).await?;
     let Some(token) = secret_handoff::HandoffToken::parse(&token) else { return Ok(None) };
-    // Held across the take: a second rendering of this page waits for the first's result.
-    let mut taken = taken.0.lock().await;
-    if let Some(created) = taken.get(token.as_str()) {
-        return Ok(created.clone());
-    }
-    let created = match secret_handoff::take(&services.redis, user.id, &token).await? {
-        Some((key_id, secret)) => {
-            let key = api_keys::get_for(&services.db, key_id, &user).await?;
-            let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
-            Some(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base })
-        }
-        None => None,
+    let Some((key_id, secret)) = secret_handoff::take(&services.redis, user.id, &token).await? else {
+        return Ok(None);
     };
-    taken.insert(token.as_str().to_owned(), created.clone());
-    Ok(created)
-}
-
-/// Makes the secrets taken while rendering one page available to the whole page (see
-/// `TakenSecrets`); called once per server-rendered page.
-#[cfg(feature = "ssr")]
-pub fn provide_taken_secrets() {
-    provide_context(ssr::TakenSecrets::default());
+    let key = api_keys::get_for(&services.db, key_id, &user).await?;
+    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    Ok(Some(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base }))
 }
 
 /// Chooses which quota alerts (50, 80, 100 % of the hour or day quota) email the key's owner;

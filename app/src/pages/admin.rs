@@ -6,10 +6,11 @@ use leptos_router::components::A;
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{admin_list_keys, admin_mail, MailView};
+use crate::render_memo::once_per_render;
 
 #[component]
 pub fn AdminKeysPage() -> impl IntoView {
-    let keys = Resource::new(|| (), |_| admin_list_keys());
+    let keys = Resource::new(|| (), |_| once_per_render("admin/keys", &(), admin_list_keys()));
     view! {
         <PageTitle text="All API keys · keymeter"/>
         <div class="page-head">
@@ -84,7 +85,7 @@ fn last_month() -> String {
 /// development (no `SMTP_URL`) this is how the mail folder's messages are read.
 #[component]
 pub fn AdminMailPage() -> impl IntoView {
-    let mail = Resource::new(|| (), |_| admin_mail());
+    let mail = Resource::new(|| (), |_| once_per_render("admin/mail", &(), admin_mail()));
     view! {
         <PageTitle text="Mail · keymeter"/>
         <h1>"Mail"</h1>

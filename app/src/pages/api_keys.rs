@@ -6,21 +6,28 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{get_key, list_keys, take_created_key, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
+use crate::render_memo::once_per_render;
 
 #[component]
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
-    let keys = Resource::new(move || (create.version().get(), revoke.version().get()), |_| list_keys());
+    let keys = Resource::new(
+        move || (create.version().get(), revoke.version().get()),
+        |versions| once_per_render("keys/list", &versions, list_keys()),
+    );
     // A key created without JavaScript: its post came back here with a one-time token.
     let query = use_query_map();
     let handed_over = Resource::new(
         move || query.read().get("created"),
-        |token| async move {
-            match token {
-                Some(token) => take_created_key(token).await.map(|created| (true, created)),
-                None => Ok((false, None)),
-            }
+        // Through the memo: the hand-off is used up by the first read.
+        |token| {
+            once_per_render("keys/created", &token.clone(), async move {
+                match token {
+                    Some(token) => take_created_key(token).await.map(|created| (true, created)),
+                    None => Ok((false, None)),
+                }
+            })
         },
     );
 
@@ -204,7 +211,10 @@ fn quota_and_use(key: &KeyView) -> String {
 #[component]
 pub fn ApiKeyPage() -> impl IntoView {
     let params = use_params_map();
-    let key = Resource::new(move || params.read().get("id").unwrap_or_default(), get_key);
+    let key = Resource::new(
+        move || params.read().get("id").unwrap_or_default(),
+        |id| once_per_render("keys/get", &id.clone(), get_key(id)),
+    );
     // Created here, before any await (see layout.rs).
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     let alerts = ServerAction::<SetAlertEmails>::new();

@@ -7,6 +7,7 @@ use leptos_router::hooks::use_location;
 
 use crate::api::{login_path_for, unread_notifications, whoami, CurrentUser, Logout};
 use crate::error::AppError;
+use crate::render_memo::once_per_render;
 
 /// `/login?next=<here>`. On the server a signed-out visit never gets here (the server's page
 /// guard redirects first); this covers client-side navigation after a session ended.
@@ -89,18 +90,20 @@ type UserResource = Resource<Result<Option<CurrentUser>, AppError>>;
 type UnreadResource = Resource<Result<i64, AppError>>;
 
 fn account_resources() -> (UserResource, UnreadResource) {
-    let user = Resource::new(|| (), |_| whoami());
+    let user = Resource::new(|| (), |_| once_per_render("auth/whoami", &(), whoami()));
     // Refreshed on every navigation within the signed-in pages; not on the way out (sign-out
     // lands on /login, where the session is gone and the count would only be refused).
     let location = use_location();
     let unread = Resource::new(
         move || location.pathname.get(),
-        |path| async move {
-            if path.starts_with("/dashboard") || path.starts_with("/admin") {
-                unread_notifications().await
-            } else {
-                Ok(0)
-            }
+        |path| {
+            once_per_render("notifications/unread", &path.clone(), async move {
+                if path.starts_with("/dashboard") || path.starts_with("/admin") {
+                    unread_notifications().await
+                } else {
+                    Ok(0)
+                }
+            })
         },
     );
     (user, unread)

@@ -5,11 +5,12 @@ use leptos_router::components::A;
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{mark_notifications_read, my_notifications};
+use crate::render_memo::once_per_render;
 
 /// `/dashboard/notifications`: the bell's list; opening it marks everything read.
 #[component]
 pub fn NotificationsPage() -> impl IntoView {
-    let items = Resource::new(|| (), |_| my_notifications());
+    let items = Resource::new(|| (), |_| once_per_render("notifications/list", &(), my_notifications()));
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         leptos::task::spawn_local(async move {

@@ -9,6 +9,7 @@ use crate::api::{
     admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest,
     AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
 };
+use crate::render_memo::once_per_render;
 
 fn limits(per_hour: i64, per_day: i64) -> String {
     format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
@@ -28,7 +29,9 @@ impl QuotaRequestsState {
         let cancel = ServerAction::<CancelQuotaRequest>::new();
         let requests = Resource::new(
             move || (key_id(), ask.version().get(), cancel.version().get()),
-            |(id, _, _)| key_quota_requests(id),
+            |(id, ask, cancel)| {
+                once_per_render("quota-requests/key", &(id.clone(), ask, cancel), key_quota_requests(id))
+            },
         );
         Self { ask, cancel, requests }
     }
@@ -130,9 +133,12 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let set = ServerAction::<AdminSetQuota>::new();
     let requests = Resource::new(
         move || (approve.version().get(), deny.version().get(), set.version().get()),
-        |_| admin_quota_requests(),
+        |versions| once_per_render("admin/quota-requests", &versions, admin_quota_requests()),
     );
-    let keys = Resource::new(move || set.version().get(), |_| admin_list_keys());
+    let keys = Resource::new(
+        move || set.version().get(),
+        |version| once_per_render("admin/keys", &version, admin_list_keys()),
+    );
     // The request whose card was last submitted, so that its error shows on that card. A post
     // without JavaScript comes back as a new page that knows no card: its error goes on top.
     let decided = RwSignal::new(None::<(i64, Kind)>);
@@ -288,7 +294,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
 /// quota, from what to what, when and why, and which requests were denied, by whom and why.
 #[component]
 pub fn AdminQuotaChangesPage() -> impl IntoView {
-    let entries = Resource::new(|| (), |_| admin_quota_audit());
+    let entries = Resource::new(|| (), |_| once_per_render("admin/quota-changes", &(), admin_quota_audit()));
     view! {
         <PageTitle text="Quota changes · keymeter"/>
         <h1>"Quota changes and decisions"</h1>

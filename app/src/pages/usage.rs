@@ -10,13 +10,17 @@ use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
+use crate::render_memo::once_per_render;
 
 #[component]
 pub fn UsagePage() -> impl IntoView {
     let params = use_params_map();
     // Created here, before any await (see layout.rs).
     let requests = QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
-    let overview = Resource::new(move || params.read().get("id").unwrap_or_default(), get_usage_overview);
+    let overview = Resource::new(
+        move || params.read().get("id").unwrap_or_default(),
+        |id| once_per_render("usage/overview", &id.clone(), get_usage_overview(id)),
+    );
     view! {
         <Transition fallback=|| view! { <p class="loading">"Loading usage…"</p> }>
             {move || Suspend::new(async move {
