@@ -7,8 +7,9 @@ export default defineConfig({
   expect: { timeout: 15_000 },
   fullyParallel: false,
   workers: 1,
-  // One retry, recorded in the report: a rare hydration mismatch is still under investigation
-  // (docs/notes.md); a test that fails twice fails the run.
+  // One retry, reported as flaky in the list: this shared 2-core machine has slow moments. A test
+  // that fails twice fails the run. (The hydration mismatches once seen were copies of a page
+  // rendered twice on the server, fixed in session 11: docs/notes.md.)
   retries: 1,
   reporter: [['list']],
   outputDir: 'test-results',
