@@ -24,6 +24,8 @@ use services::keys::ApiKeyId;
 struct SlowLink {
     port: u16,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Quota script calls (`EVALSHA`) that have reached the link so far.
+    script_calls: Arc<std::sync::atomic::AtomicU64>,
     relay: tokio::task::JoinHandle<()>,
 }
 
@@ -36,18 +38,23 @@ impl SlowLink {
         let upstream = format!("127.0.0.1:{}", redis.port);
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let delay = delay_ms.clone();
+        let script_calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let calls = script_calls.clone();
         let relay = tokio::spawn(async move {
             while let Ok((app_side, _)) = listener.accept().await {
                 let Ok(redis_side) = tokio::net::TcpStream::connect(&upstream).await else { continue };
                 let (mut from_app, mut to_app) = app_side.into_split();
                 let (mut from_redis, mut to_redis) = redis_side.into_split();
-                let delay = delay.clone();
+                let (delay, calls) = (delay.clone(), calls.clone());
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut from_redis, &mut to_app).await;
                 });
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n @ 1..) = from_app.read(&mut buf).await {
+                        if buf[..n].windows(7).any(|w| w == b"EVALSHA") {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                        }
                         tokio::time::sleep(Duration::from_millis(std::sync::atomic::AtomicU64::load(
                             &delay,
                             Ordering::Relaxed,
@@ -60,7 +67,7 @@ impl SlowLink {
                 });
             }
         });
-        Self { port, delay_ms, relay }
+        Self { port, delay_ms, script_calls, relay }
     }
 
     fn slow_down(&self, delay: Duration) {
@@ -69,6 +76,19 @@ impl SlowLink {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn script_calls(&self) -> u64 {
+        std::sync::atomic::AtomicU64::load(&self.script_calls, Ordering::SeqCst)
+    }
+
+    /// Waits until more than `seen` quota script calls have reached the link.
+    async fn wait_for_script_call_after(&self, seen: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.script_calls() <= seen {
+            assert!(tokio::time::Instant::now() < deadline, "no quota script call reached Redis");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -88,9 +108,9 @@ async fn hour_counted(app: &TestApp, id: ApiKeyId) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_queued_behind_a_slow_one_is_decided_by_what_redis_counted() {
     // Each script call takes ~300 ms on this link; the timeout is 450 ms. The second request
-    // waits ~300 ms for the first call, then ~300 ms for its own: more than the timeout in
-    // all, but its check left in time, so Redis decides it (it used to fall back locally while
-    // Redis counted it too).
+    // is sent once the first's call is on the link, so it waits for that call (~300 ms), then
+    // for its own (~300 ms): more than the timeout in all, but its check left in time, so Redis
+    // decides it (it used to fall back locally while Redis counted it too).
     let redis = OwnRedis::start();
     let link = SlowLink::start(&redis).await;
     let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "450".into())]).await;
@@ -98,13 +118,17 @@ async fn a_check_queued_behind_a_slow_one_is_decided_by_what_redis_counted() {
     assert_eq!(ping(&app, &secret).await.status(), 200);
     link.slow_down(Duration::from_millis(300));
 
+    let calls_before = link.script_calls();
     let first = ping(&app, &secret);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        ping(&app, &secret).await
+        link.wait_for_script_call_after(calls_before).await;
+        let sent = Instant::now();
+        let res = ping(&app, &secret).await;
+        (res, sent.elapsed())
     };
-    let (first, second) = tokio::join!(first, second);
+    let (first, (second, second_took)) = tokio::join!(first, second);
     assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    assert!(second_took > Duration::from_millis(450), "queued behind the first call: {second_took:?}");
     assert_eq!(second.headers()["x-ratelimit-remaining"], "97", "decided by Redis, third in the hour");
 
     assert_eq!(wait_for_events(&app, id, 3).await, (3, 0), "all three enforced by Redis");
