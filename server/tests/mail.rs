@@ -6,6 +6,8 @@ mod common;
 use common::smtp_sink::{SmtpSink, TEST_CA_FILE};
 use common::TestApp;
 use diesel_async::AsyncConnection;
+use std::time::{Duration, Instant};
+
 use services::mailer::{enqueue, Email, Mailer};
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
@@ -187,4 +189,90 @@ async fn smtp_urls_with_tls_and_credentials_are_understood() {
         assert!(!mailer.describe().contains("secret"), "{}", mailer.describe());
     }
     assert!(Mailer::new(Some("http://example.com"), dir, "keymeter <k@localhost>").is_err());
+}
+
+async fn queue_text(app: &TestApp, subject: &str, text: &str) -> i64 {
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let email = Email { to: "ann@example.com", subject, text, html: "<p>html body</p>", attachments: &[] };
+    conn.transaction::<_, services::ServiceError, _>(|c| {
+        Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None).await })
+    })
+    .await
+    .unwrap()
+    .expect("queued")
+}
+
+fn mailer_for(sink: &SmtpSink) -> Mailer {
+    Mailer::new(Some(&sink.url()), std::env::temp_dir(), "keymeter <k@localhost>").unwrap()
+}
+
+/// Several instances share the outbox: each message is claimed just before it is sent, so the
+/// senders share the work and none is sent twice. (Claims of 20 messages at a time for one
+/// minute let a second instance take over and resend the tail of a slow batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_share_the_outbox_and_send_each_message_once() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_slow(Duration::from_millis(400)).await;
+    for i in 0..6 {
+        queue_text(&app, &format!("Summary {i}"), "a slow summary").await;
+    }
+    let (a, b) = (mailer_for(&sink), mailer_for(&sink));
+    let (sent_a, sent_b) = tokio::join!(a.deliver_due(&app.services.db), b.deliver_due(&app.services.db));
+    let (sent_a, sent_b) = (sent_a.unwrap(), sent_b.unwrap());
+    assert_eq!(sent_a + sent_b, 6);
+    assert!(sent_a >= 1 && sent_b >= 1, "both senders worked: {sent_a} and {sent_b}");
+    let messages = sink.messages();
+    let mut subjects: Vec<&str> =
+        messages.iter().filter_map(|m| m.lines().find(|l| l.starts_with("Subject:"))).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    assert_eq!((messages.len(), subjects.len()), (6, 6), "each message once");
+    // Each message has its own Message-ID, the same on any resend.
+    let mut ids: Vec<&str> =
+        messages.iter().filter_map(|m| m.lines().find(|l| l.starts_with("Message-ID: <"))).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "{messages:?}");
+    assert!(ids.iter().all(|id| id.ends_with("@localhost>")), "{ids:?}");
+    assert!(unsent(&app).await.is_empty());
+}
+
+/// A send that ran out of time leaves nothing behind for the next one: the next message is
+/// decided by the server's own answer to it. (With pooled connections, a refused message was
+/// recorded as sent: it read the late answer meant for the one before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_timed_out_does_not_decide_the_next_one() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_slow(Duration::from_secs(3)).await;
+    let slow = queue_text(&app, "Slow", "a slow one").await;
+    let refused = queue_text(&app, "Refused", "spam, refused by the server").await;
+    let mailer = mailer_for(&sink);
+    let first = mailer.deliver_now(&app.services.db, &[slow], Instant::now() + Duration::from_secs(1)).await.unwrap();
+    assert_eq!(first.failed.len(), 1, "{first:?}");
+    assert!(first.failed[0].error.contains("did not answer"), "{first:?}");
+    let second =
+        mailer.deliver_now(&app.services.db, &[refused], Instant::now() + Duration::from_secs(10)).await.unwrap();
+    assert!(second.sent.is_empty(), "the refused message was taken as sent: {second:?}");
+    assert_eq!(second.failed.len(), 1, "{second:?}");
+    assert!(second.failed[0].error.contains("554"), "{second:?}");
+    assert_eq!(unsent(&app).await.len(), 2, "both stay queued for a retry");
+}
+
+/// A sender told to stop finishes the message it is sending and leaves the rest queued (for
+/// the other instances, or itself after a restart): a stop does not wait for the whole queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_sender_leaves_the_rest_of_the_queue() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_slow(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        queue_text(&app, &format!("Summary {i}"), "a slow summary").await;
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sender = tokio::spawn(mailer_for(&sink).run(app.services.db.clone(), stopped));
+    assert_eq!(sink.wait_for(1, 10).await.len(), 1);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sender).await.expect("the sender stopped").unwrap();
+    let sent = sink.messages().len();
+    assert!(sent < 5, "the stop waited for the whole queue ({sent} sent)");
+    assert_eq!(unsent(&app).await.len(), 5 - sent, "the rest stays queued");
 }

@@ -2,7 +2,6 @@
 //! and a sender delivers them through lettre, over SMTP (`SMTP_URL`) or, without one, into a
 //! local mail folder. Failed sends are retried with backoff; nothing is dropped silently.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -235,19 +234,25 @@ pub enum Transport {
     Folder(AsyncFileTransport<Tokio1Executor>, PathBuf),
 }
 
-/// A queued message, as the sender reads it.
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = outbound_emails)]
+/// A queued message as the sender claimed it: `claim_token` marks this sender's claim.
+#[derive(QueryableByName)]
 struct Outgoing {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     id: i64,
-    #[diesel(column_name = to_address)]
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = to_address)]
     to: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
     subject: String,
-    #[diesel(column_name = text_body)]
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = text_body)]
     text: String,
-    #[diesel(column_name = html_body)]
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = html_body)]
     html: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
     attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    claim_token: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    message_key: uuid::Uuid,
 }
 
 pub struct Mailer {
@@ -326,7 +331,11 @@ impl Mailer {
                 )
             })
         };
+        // One Message-ID for every attempt: a copy sent again (see `claim`) reads as the same
+        // message to mail clients.
+        let message_id = format!("<{}@{}>", m.message_key, self.from.email.domain());
         let message = Message::builder()
+            .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to)
             .subject(&m.subject)
@@ -338,12 +347,16 @@ impl Mailer {
         }
     }
 
-    /// Delivers due messages until `stop` turns true.
+    /// Delivers due messages until `stop` turns true; a stop waits for the message being sent,
+    /// not for the rest of the queue (other senders, or this one after a restart, send it).
     pub async fn run(self, db: DbPool, mut stop: watch::Receiver<bool>) {
         loop {
-            match self.deliver_due(&db).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
+            if *stop.borrow() {
+                return;
+            }
+            match self.deliver_one(&db, None).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "mail sender: will retry"),
             }
             tokio::select! {
@@ -355,101 +368,90 @@ impl Mailer {
 
     /// Sends what is due (each message claimed by one sender only); returns how many were tried.
     pub async fn deliver_due(&self, db: &DbPool) -> ServiceResult<usize> {
-        let mut conn = db::conn(db).await?;
-        let due = claim(&mut conn, None).await?;
-        let delivery = self.send_claimed(&mut conn, due, None).await?;
-        Ok(delivery.sent.len() + delivery.failed.len())
+        let mut tried = 0;
+        while self.deliver_one(db, None).await?.is_some() {
+            tried += 1;
+        }
+        Ok(tried)
     }
 
     /// Tries each of the queued messages `ids` once, now (e.g. what an operator command just
     /// queued), starting no send after `deadline`. Whatever is not sent stays queued for a
     /// server's sender, which retries with backoff.
     pub async fn deliver_now(&self, db: &DbPool, ids: &[i64], deadline: Instant) -> ServiceResult<Delivery> {
-        let mut conn = db::conn(db).await?;
         let mut done = Delivery::default();
         let mut left: Vec<i64> = ids.to_vec();
         while !left.is_empty() && Instant::now() < deadline {
-            let claimed = claim(&mut conn, Some(&left)).await?;
-            if claimed.is_empty() {
-                break;
-            }
-            let round = self.send_claimed(&mut conn, claimed, Some(deadline)).await?;
+            let Some((id, result)) = self.deliver_one(db, Some((&left, deadline))).await? else { break };
             // Once each: a failed message is not tried again here, even when its retry comes due.
-            left.retain(|id| !round.sent.contains(id) && !round.failed.iter().any(|f| f.id == *id));
-            done.sent.extend(round.sent);
-            done.failed.extend(round.failed);
+            left.retain(|other| *other != id);
+            match result {
+                Ok(()) => done.sent.push(id),
+                Err(failed) => done.failed.push(failed),
+            }
         }
         done.not_tried = left;
         Ok(done)
     }
 
-    /// Sends claimed messages one by one; with a deadline, those not started by then are
-    /// released (due again at once) for the next sender.
-    async fn send_claimed(
+    /// Claims one due message (of `only`, when given) and sends it, within `SEND_TIMEOUT` or what
+    /// is left before the deadline; `None` when nothing is due.
+    async fn deliver_one(
         &self,
-        conn: &mut AsyncPgConnection,
-        due: Vec<Outgoing>,
-        deadline: Option<Instant>,
-    ) -> ServiceResult<Delivery> {
-        let ids: Vec<i64> = due.iter().map(|m| m.id).collect();
-        let mut files: HashMap<i64, Vec<Attachment>> = HashMap::new();
-        let rows: Vec<(i64, String, String, Vec<u8>)> = outbound_email_attachments::table
-            .filter(outbound_email_attachments::email_id.eq_any(&ids))
+        db: &DbPool,
+        only: Option<(&[i64], Instant)>,
+    ) -> ServiceResult<Option<(i64, Result<(), FailedSend>)>> {
+        let mut conn = db::conn(db).await?;
+        let Some(m) = claim(&mut conn, only.map(|(ids, _)| ids)).await? else { return Ok(None) };
+        let files: Vec<Attachment> = outbound_email_attachments::table
+            .filter(outbound_email_attachments::email_id.eq(m.id))
             .order(outbound_email_attachments::id)
             .select((
-                outbound_email_attachments::email_id,
                 outbound_email_attachments::filename,
                 outbound_email_attachments::content_type,
                 outbound_email_attachments::content,
             ))
-            .load(conn)
-            .await?;
-        for (email_id, filename, content_type, content) in rows {
-            files.entry(email_id).or_default().push(Attachment { filename, content_type, content });
-        }
-        let mut delivery = Delivery::default();
-        for m in &due {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                delivery.not_tried.push(m.id);
-                continue;
+            .load::<(String, String, Vec<u8>)>(&mut conn)
+            .await?
+            .into_iter()
+            .map(|(filename, content_type, content)| Attachment { filename, content_type, content })
+            .collect();
+        let limit = only.map_or(SEND_TIMEOUT, |(_, d)| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
+        let result = match tokio::time::timeout(limit, self.send(&m, &files)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("the mail server did not answer within {} s", limit.as_secs_f64().ceil())),
+        };
+        // Only while the claim is ours: a sender that outlived its claim leaves the message to
+        // whoever took it over.
+        let update = diesel::update(
+            outbound_emails::table
+                .filter(outbound_emails::id.eq(m.id))
+                .filter(outbound_emails::claim_token.eq(m.claim_token)),
+        );
+        let (marked, outcome) = match result {
+            Ok(()) => {
+                let marked = update.set(outbound_emails::sent_at.eq(diesel::dsl::now)).execute(&mut conn).await?;
+                (marked, Ok(()))
             }
-            let (id, attempts) = (&m.id, &m.attempts);
-            let send = self.send(m, files.get(id).map_or(&[][..], Vec::as_slice));
-            let limit =
-                deadline.map_or(SEND_TIMEOUT, |d| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
-            let result = match tokio::time::timeout(limit, send).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("the mail server did not answer within {} s", limit.as_secs_f64().ceil())),
-            };
-            let update = diesel::update(outbound_emails::table.filter(outbound_emails::id.eq(id)));
-            match result {
-                Ok(()) => {
-                    update.set(outbound_emails::sent_at.eq(Utc::now())).execute(conn).await?;
-                    delivery.sent.push(*id);
-                }
-                Err(error) => {
-                    // 5 s, 10 s, 20 s … capped at 10 minutes.
-                    let delay = (5i64 << (*attempts).clamp(0, 7)).min(600);
-                    tracing::warn!(email_id = id, attempts = attempts + 1, %error, "sending email failed; will retry");
-                    update
-                        .set((
-                            outbound_emails::attempts.eq(attempts + 1),
-                            outbound_emails::last_error.eq(&error),
-                            outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::seconds(delay)),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    delivery.failed.push(FailedSend { id: *id, to: m.to.clone(), error });
-                }
+            Err(error) => {
+                // 5 s, 10 s, 20 s … capped at 10 minutes.
+                let delay = (5i64 << m.attempts.clamp(0, 7)).min(600);
+                tracing::warn!(email_id = m.id, attempts = m.attempts + 1, %error, "sending email failed; will retry");
+                let marked = update
+                    .set((
+                        outbound_emails::attempts.eq(m.attempts + 1),
+                        outbound_emails::last_error.eq(&error),
+                        outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::seconds(delay)),
+                    ))
+                    .execute(&mut conn)
+                    .await?;
+                (marked, Err(FailedSend { id: m.id, to: m.to.clone(), error }))
             }
+        };
+        if marked == 0 {
+            tracing::warn!(email_id = m.id, "mail sender: the message's claim ran out while it was being sent");
         }
-        if !delivery.not_tried.is_empty() {
-            diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&delivery.not_tried)))
-                .set(outbound_emails::next_attempt_at.eq(Utc::now()))
-                .execute(conn)
-                .await?;
-        }
-        Ok(delivery)
+        Ok(Some((m.id, outcome)))
     }
 }
 
@@ -470,39 +472,27 @@ pub async fn still_queued(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<FailedS
         .collect())
 }
 
-/// Claims up to 20 due messages (of `only`, when given) for a minute: another sender skips them
-/// meanwhile.
-async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceResult<Vec<Outgoing>> {
-    let only = only.map(<[i64]>::to_vec);
-    conn.build_transaction()
-        .run(|conn| {
-            Box::pin(async move {
-                // A locking query cannot be boxed: the same chain twice, with and without `only`.
-                macro_rules! due_locked {
-                    ($from:expr) => {
-                        $from
-                            .filter(outbound_emails::sent_at.is_null())
-                            .filter(outbound_emails::next_attempt_at.le(Utc::now()))
-                            .order(outbound_emails::id)
-                            .limit(20)
-                            .for_update()
-                            .skip_locked()
-                            .select(Outgoing::as_select())
-                            .load(conn)
-                            .await?
-                    };
-                }
-                let rows: Vec<Outgoing> = match only {
-                    None => due_locked!(outbound_emails::table),
-                    Some(ids) => due_locked!(outbound_emails::table.filter(outbound_emails::id.eq_any(ids))),
-                };
-                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                diesel::update(outbound_emails::table.filter(outbound_emails::id.eq_any(&ids)))
-                    .set(outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::minutes(1)))
-                    .execute(conn)
-                    .await?;
-                Ok::<_, ServiceError>(rows)
-            })
-        })
-        .await
+/// How long a claim keeps other senders off a message: well above `SEND_TIMEOUT`, so that only a
+/// sender that stalled or died loses its claim.
+const CLAIM_SECS: i32 = 120;
+
+/// Claims the oldest due message (of `only`, when given) for this sender, by the database's
+/// clock. If the sender dies between the server's acceptance and marking it sent, the message
+/// is sent again once the claim runs out: delivery is at least once, with one Message-ID.
+async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceResult<Option<Outgoing>> {
+    let rows: Vec<Outgoing> = diesel::sql_query(
+        "UPDATE outbound_emails SET next_attempt_at = now() + make_interval(secs => $1), claim_token = $2 \
+         WHERE id = (SELECT id FROM outbound_emails \
+                     WHERE sent_at IS NULL AND next_attempt_at <= now() AND ($3::bigint[] IS NULL OR id = ANY($3)) \
+                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key",
+    )
+    .bind::<diesel::sql_types::Integer, _>(CLAIM_SECS)
+    .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::new_v4())
+    .bind::<diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::BigInt>>, _>(
+        only.map(<[i64]>::to_vec),
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().next())
 }

@@ -112,6 +112,8 @@ diesel::table! {
         last_error -> Nullable<Text>,
         sent_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        claim_token -> Nullable<Uuid>,
+        message_key -> Uuid,
     }
 }
 

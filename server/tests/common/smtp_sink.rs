@@ -35,6 +35,8 @@ struct Rules {
     plain_auth: Option<String>,
     /// STARTTLS offered, and required before AUTH and MAIL.
     tls: Option<TlsAcceptor>,
+    /// How long the answer to a message containing "slow" takes.
+    slow: Duration,
 }
 
 impl SmtpSink {
@@ -47,7 +49,14 @@ impl SmtpSink {
     /// `plain_b64` (base64 of `\0user\0password`).
     pub async fn start_with_auth(plain_b64: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
-        Self::serve(listener, Rules { plain_auth: Some(plain_b64.to_owned()), tls: None })
+        Self::serve(listener, Rules { plain_auth: Some(plain_b64.to_owned()), ..Rules::default() })
+    }
+
+    /// A sink that answers each message containing "slow" only after `slow` (received at once,
+    /// answered late), and refuses (554) each message containing "spam".
+    pub async fn start_slow(slow: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
+        Self::serve(listener, Rules { slow, ..Rules::default() })
     }
 
     /// Like [`SmtpSink::start_with_auth`], but offering STARTTLS and requiring it before AUTH
@@ -66,7 +75,11 @@ impl SmtpSink {
             .with_single_cert(certs, key)
             .expect("TLS config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
-        let rules = Rules { plain_auth: Some(plain_b64.to_owned()), tls: Some(TlsAcceptor::from(Arc::new(config))) };
+        let rules = Rules {
+            plain_auth: Some(plain_b64.to_owned()),
+            tls: Some(TlsAcceptor::from(Arc::new(config))),
+            ..Rules::default()
+        };
         Self::serve(listener, rules)
     }
 
@@ -193,8 +206,16 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                 data.push_str(&l);
                 data.push('\n');
             }
-            received.lock().expect("sink lock").push(Received { data, over_tls });
-            b"250 queued\r\n"
+            if data.contains("spam") {
+                b"554 refused as spam\r\n"
+            } else {
+                let slow = data.contains("slow");
+                received.lock().expect("sink lock").push(Received { data, over_tls });
+                if slow {
+                    tokio::time::sleep(rules.slow).await;
+                }
+                b"250 queued\r\n"
+            }
         } else if upper.starts_with("QUIT") {
             let _ = write.write_all(b"221 bye\r\n").await;
             return None;
