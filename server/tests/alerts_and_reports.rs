@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use common::smtp_sink::SmtpSink;
 use common::{client, ping_event, TestApp};
 use diesel_async::RunQueryDsl;
+use serde_json::Value;
 use services::accounts::Role;
 use services::keys::{api_keys, ApiKeyId, KeyName};
 use services::monthly_report::{self, send_monthly_reports};
@@ -412,4 +413,41 @@ async fn pending_reports(app: &TestApp, month: Month) -> i64 {
         .await
         .unwrap();
     row.n
+}
+
+/// Opening the bell's list marks read what it showed, not what arrived after it was listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bell_marks_read_only_what_the_list_showed() {
+    let app = TestApp::spawn().await;
+    let user = app.user("ann@example.com", Role::Merchant).await;
+    let session = app.signed_in("ann@example.com").await;
+    let tell = |title: &'static str| {
+        let db = app.services.db.clone();
+        async move {
+            let mut conn = services::db::conn(&db).await.unwrap();
+            let note = services::notifications::NewNotification {
+                user_id: user.id,
+                kind: "test",
+                title,
+                body: "body",
+                link: None,
+                dedupe_key: None,
+            };
+            assert!(services::notifications::notify(&mut conn, &note).await.unwrap());
+        }
+    };
+    tell("first").await;
+    tell("second").await;
+    let shown: Vec<Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
+    let newest = shown.iter().map(|n| n["id"].as_i64().unwrap()).max().unwrap().to_string();
+    tell("arrived meanwhile").await;
+
+    let res = app.rpc(&session, "notifications/read", &[("newest_shown", &newest)]).await;
+    assert_eq!(res.status(), 200);
+    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    assert_eq!(unread, 1, "the one that arrived after the list stays unread");
+    let now: Vec<Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
+    let unread_titles: Vec<&str> =
+        now.iter().filter(|n| n["unread"] == true).map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(unread_titles, ["arrived meanwhile"]);
 }

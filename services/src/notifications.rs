@@ -71,10 +71,15 @@ pub async fn unread_count(db: &DbPool, user_id: i64) -> ServiceResult<i64> {
         .await?)
 }
 
-pub async fn mark_all_read(db: &DbPool, user_id: i64) -> ServiceResult<()> {
+/// Marks read what the user was shown: their notifications up to the newest one on the list
+/// they opened. One that arrived after the list was read stays unread.
+pub async fn mark_read_up_to(db: &DbPool, user_id: i64, newest_shown: i64) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
     diesel::update(
-        notifications::table.filter(notifications::user_id.eq(user_id)).filter(notifications::read_at.is_null()),
+        notifications::table
+            .filter(notifications::user_id.eq(user_id))
+            .filter(notifications::id.le(newest_shown))
+            .filter(notifications::read_at.is_null()),
     )
     .set(notifications::read_at.eq(Utc::now()))
     .execute(&mut conn)

@@ -45,9 +45,9 @@ pub async fn unread_notifications() -> Result<i64, AppError> {
 }
 
 #[server(prefix = "/rpc", endpoint = "notifications/read")]
-pub async fn mark_notifications_read() -> Result<(), AppError> {
+pub async fn mark_notifications_read(newest_shown: i64) -> Result<(), AppError> {
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    Ok(services::notifications::mark_all_read(&services.db, user.id).await?)
+    Ok(services::notifications::mark_read_up_to(&services.db, user.id, newest_shown).await?)
 }

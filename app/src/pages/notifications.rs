@@ -7,15 +7,21 @@ use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{mark_notifications_read, my_notifications};
 use crate::render_memo::once_per_render;
 
-/// `/dashboard/notifications`: the bell's list; opening it marks everything read.
+/// `/dashboard/notifications`: the bell's list; opening it marks what it shows read.
 #[component]
 pub fn NotificationsPage() -> impl IntoView {
     let items = Resource::new(|| (), |_| once_per_render("notifications/list", &(), my_notifications()));
+    // Once the list is here, and only up to its newest item: one that arrives meanwhile stays
+    // unread for the bell.
     #[cfg(feature = "hydrate")]
-    Effect::new(move |_| {
-        leptos::task::spawn_local(async move {
-            let _ = mark_notifications_read().await;
-        });
+    Effect::new(move |marked: Option<Option<i64>>| {
+        let newest = items.get().and_then(|list| list.ok()).and_then(|list| list.iter().map(|n| n.id).max());
+        if let Some(newest) = newest.filter(|n| marked.flatten() != Some(*n)) {
+            leptos::task::spawn_local(async move {
+                let _ = mark_notifications_read(newest).await;
+            });
+        }
+        newest.or(marked.flatten())
     });
     #[cfg(not(feature = "hydrate"))]
     let _ = mark_notifications_read;
