@@ -320,14 +320,16 @@ impl AlertMessage {
         } else {
             format!("The quota resets at {} UTC.", reset.format("%Y-%m-%d %H:%M"))
         };
+        // "At least": one request can pass several thresholds (a lowered limit, a big batch of
+        // usage), so the use may be past the threshold's count.
+        let how_much = if c.threshold >= 100 {
+            format!("all {} requests", format::count(c.limit))
+        } else {
+            format!("{} or more of the {} requests", format::count(used), format::count(c.limit))
+        };
         let summary = format!(
-            "API key “{}” ({}…) has made {} of its {} requests allowed in {}. {}",
-            key.name,
-            key.prefix,
-            format::count(used),
-            format::count(c.limit),
-            period_text,
-            consequence
+            "API key “{}” ({}…) has used {how_much} allowed in {period_text}. {consequence}",
+            key.name, key.prefix
         );
         let base = public_url.trim_end_matches('/');
         let usage_path = format!("/dashboard/developers/api-keys/{id}/usage");
@@ -383,6 +385,37 @@ mod tests {
             retry_after_secs: None,
             now_ms,
         }
+    }
+
+    fn message(threshold: u8, limit: i64) -> AlertMessage {
+        let key = KeyInfo {
+            owner_id: 1,
+            owner_email: "ann@example.com".into(),
+            name: "checkout".into(),
+            prefix: "km_live_ab".into(),
+            email_thresholds: AlertThresholds::default(),
+        };
+        let crossing =
+            QuotaCrossing { window: AlertWindow::Hour, period_start_ms: 1_699_999_200_000, threshold, limit };
+        AlertMessage::new(ApiKeyId(Uuid::nil()), &key, &crossing, "http://localhost")
+    }
+
+    /// A limit lowered below the use passes every threshold at once: no message may claim the
+    /// use was exactly the threshold's count.
+    #[test]
+    fn alert_texts_do_not_understate_the_use() {
+        assert!(
+            message(50, 2_000).summary.contains(
+                "has used 1,000 or more of the 2,000 requests allowed in the hour from 2023-11-14 22:00 UTC."
+            ),
+            "{}",
+            message(50, 2_000).summary
+        );
+        assert!(
+            message(100, 25).summary.contains("has used all 25 requests allowed in"),
+            "{}",
+            message(100, 25).summary
+        );
     }
 
     #[test]
