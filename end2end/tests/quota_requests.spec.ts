@@ -49,6 +49,11 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(page.getByTestId('unread')).toBeVisible();
   await page.getByTestId('bell').click();
   await expect(page.getByTestId('notifications')).toContainText(`Quota raised for “${name}”`);
+  // The list, once shown, is marked read: the bell's count goes on the next page.
+  await expect.poll(async () => (await page.request.post('/rpc/notifications/unread')).json()).toBe(0);
+  await page.getByRole('link', { name: 'API keys' }).first().click();
+  await expect(page.getByTestId('bell')).toBeVisible();
+  await expect(page.getByTestId('unread')).toHaveCount(0);
 
   // The audit trail records it.
   await adminPage.goto('/admin/quota-changes');
