@@ -451,3 +451,30 @@ async fn the_bell_marks_read_only_what_the_list_showed() {
         now.iter().filter(|n| n["unread"] == true).map(|n| n["title"].as_str().unwrap()).collect();
     assert_eq!(unread_titles, ["arrived meanwhile"]);
 }
+
+/// A month whose summary never went out during the month after it (every instance down, Redis
+/// unreachable) is not skipped: the scheduler sends it when it next runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_missed_for_a_whole_month_is_sent_when_the_scheduler_next_runs() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let missed = Month::containing(chrono::Utc::now()).previous().previous();
+    let owner = app.user(&format!("m-{}@example.com", Uuid::new_v4().simple()), Role::Merchant).await;
+    let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, missed.previous().days().start()).await.unwrap();
+    let noon = missed.days().start().timestamp_millis() + 12 * 3_600_000;
+    let events: Vec<_> = (0..4).map(|i| ping_event(key.id.0, noon + i, 200, 1_000, false)).collect();
+    UsageWriter::new(&app.services, 3_650).write(&events).await.unwrap();
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(monthly_report::run_scheduler(app.services.clone(), stopped));
+    let mail = sink.wait_for(2, 20).await;
+    stop.send(true).unwrap();
+    scheduler.await.unwrap();
+    let missed_name = missed.days().start().format("%B %Y").to_string();
+    let for_missed: Vec<&String> =
+        mail.iter().filter(|m| m.contains(&format!("Subject: Your keymeter usage for {missed_name}"))).collect();
+    let subjects: Vec<&str> = mail.iter().filter_map(|m| m.lines().find(|l| l.starts_with("Subject:"))).collect();
+    assert_eq!(for_missed.len(), 1, "{missed_name}: {subjects:?}");
+    assert!(for_missed[0].contains("made 4 requests"), "{}", for_missed[0]);
+}

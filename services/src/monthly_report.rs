@@ -408,16 +408,28 @@ fn next_check(now: DateTime<Utc>) -> DateTime<Utc> {
     (now + chrono::Duration::minutes(15)).min(next_month)
 }
 
-/// Sends the previous month's summaries now (catching up after downtime), then shortly after
-/// every month begins, until `stop` turns true.
+/// How many months back the scheduler looks for summaries still owed: a month whose summary could
+/// not go out during the whole month after it (every instance down, Redis unreachable) is sent
+/// when the scheduler next succeeds.
+pub const CATCH_UP_MONTHS: u32 = 12;
+
+/// Sends the summaries owed for the last `CATCH_UP_MONTHS` months now (catching up after
+/// downtime), then shortly after every month begins, until `stop` turns true.
 pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) {
     loop {
-        let now = Utc::now();
-        let month = Month::containing(now).previous();
-        match send_monthly_reports(&services, month, false).await {
-            Ok(o) if o.sent > 0 => tracing::info!(%month, sent = o.sent, "monthly summaries queued"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, %month, "monthly summaries: will retry"),
+        let latest = Month::containing(Utc::now()).previous();
+        let mut month = (1..CATCH_UP_MONTHS).fold(latest, |m, _| m.previous());
+        // Oldest first; owners already sent to cost one query per month.
+        loop {
+            match send_monthly_reports(&services, month, false).await {
+                Ok(o) if o.sent > 0 => tracing::info!(%month, sent = o.sent, "monthly summaries queued"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %month, "monthly summaries: will retry"),
+            }
+            if month >= latest {
+                break;
+            }
+            month = month.next();
         }
         let wait = (next_check(Utc::now()) - Utc::now()).to_std().unwrap_or(Duration::from_secs(60));
         tokio::select! {
