@@ -202,6 +202,13 @@ async fn queue_text(app: &TestApp, subject: &str, text: &str) -> i64 {
     .expect("queued")
 }
 
+/// `n` messages that `SmtpSink::start_slow` answers late.
+async fn queue_slow_summaries(app: &TestApp, n: usize) {
+    for i in 0..n {
+        queue_text(app, &format!("Summary {i}"), "a slow summary").await;
+    }
+}
+
 fn mailer_for(sink: &SmtpSink) -> Mailer {
     Mailer::new(Some(&sink.url()), std::env::temp_dir(), "keymeter <k@localhost>").unwrap()
 }
@@ -213,9 +220,7 @@ fn mailer_for(sink: &SmtpSink) -> Mailer {
 async fn senders_share_the_outbox_and_send_each_message_once() {
     let app = TestApp::spawn_without_mailer().await;
     let sink = SmtpSink::start_slow(Duration::from_millis(400)).await;
-    for i in 0..6 {
-        queue_text(&app, &format!("Summary {i}"), "a slow summary").await;
-    }
+    queue_slow_summaries(&app, 6).await;
     let (a, b) = (mailer_for(&sink), mailer_for(&sink));
     let (sent_a, sent_b) = tokio::join!(a.deliver_due(&app.services.db), b.deliver_due(&app.services.db));
     let (sent_a, sent_b) = (sent_a.unwrap(), sent_b.unwrap());
@@ -264,9 +269,7 @@ async fn a_send_that_timed_out_does_not_decide_the_next_one() {
 async fn a_stopping_sender_leaves_the_rest_of_the_queue() {
     let app = TestApp::spawn_without_mailer().await;
     let sink = SmtpSink::start_slow(Duration::from_millis(500)).await;
-    for i in 0..5 {
-        queue_text(&app, &format!("Summary {i}"), "a slow summary").await;
-    }
+    queue_slow_summaries(&app, 5).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sender = tokio::spawn(mailer_for(&sink).run(app.services.db.clone(), stopped));
     assert_eq!(sink.wait_for(1, 10).await.len(), 1);

@@ -14,14 +14,15 @@ pub fn NotificationsPage() -> impl IntoView {
     // Once the list is here, and only up to its newest item: one that arrives meanwhile stays
     // unread for the bell.
     #[cfg(feature = "hydrate")]
-    Effect::new(move |marked: Option<Option<i64>>| {
-        let newest = items.get().and_then(|list| list.ok()).and_then(|list| list.iter().map(|n| n.id).max());
-        if let Some(newest) = newest.filter(|n| marked.flatten() != Some(*n)) {
+    Effect::new(move |_| {
+        let newest = items.with(|list| {
+            list.as_ref().and_then(|list| list.as_ref().ok()).and_then(|list| list.iter().map(|n| n.id).max())
+        });
+        if let Some(newest) = newest {
             leptos::task::spawn_local(async move {
                 let _ = mark_notifications_read(newest).await;
             });
         }
-        newest.or(marked.flatten())
     });
     #[cfg(not(feature = "hydrate"))]
     let _ = mark_notifications_read;
