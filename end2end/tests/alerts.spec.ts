@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, createKey, hydrated, settled, signIn } from './helpers';
+import { ADMIN, MERCHANT, createKey, hydrated, settled, signIn, sql } from './helpers';
 
 test('quota alerts reach the bell always and email only at the thresholds the owner chose', async ({ page, browser, request }) => {
   await signIn(page, MERCHANT);
@@ -49,4 +49,30 @@ test('quota alerts reach the bell always and email only at the thresholds the ow
   await expect(item.frameLocator('iframe.mail-html').getByRole('link').first()).toBeVisible();
   await expect(item.locator('pre')).toContainText(`/dashboard/developers/api-keys/${keyId}/usage`);
   await adminPage.screenshot({ path: 'test-results/admin-mail.png', fullPage: true });
+});
+
+test('an email given up is marked on the mail page, and an admin can send it again', async ({ page }) => {
+  // A recipient no mail server can take: refused for good on the first try.
+  const subject = `Undeliverable ${Date.now()}`;
+  sql(`INSERT INTO outbound_emails (to_address, subject, text_body, html_body)
+       VALUES ('not an address', '${subject}', 'text', '<p>html</p>')`);
+  await signIn(page, ADMIN);
+  const givenUp = (attempts: number) => (box: any) =>
+    box.failed > 0 && box.messages.some((m: any) => m.subject === subject && m.failed_at && m.attempts === attempts);
+  await settled(page, 'admin/mail', givenUp(1));
+  await page.goto('/admin/mail');
+  await hydrated(page);
+  await expect(page.getByTestId('mail-counts')).toContainText('given up');
+  const item = page.getByTestId('mail-item').filter({ hasText: subject });
+  await expect(item.getByTestId('mail-status')).toHaveText('given up');
+  await item.locator('summary').click();
+  await expect(item).toContainText('after 1 attempt(s): invalid recipient');
+  await item.getByTestId('send-again').click();
+  // Queued again, tried again, and (the address being what it is) given up again.
+  await settled(page, 'admin/mail', givenUp(2));
+  await page.reload();
+  await hydrated(page);
+  const again = page.getByTestId('mail-item').filter({ hasText: subject });
+  await again.locator('summary').click();
+  await expect(again).toContainText('after 2 attempt(s)');
 });

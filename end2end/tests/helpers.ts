@@ -60,6 +60,13 @@ export function cli(args: string[], input?: string): string {
   return execFileSync(bin, args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
+/** Runs SQL against the server's database (to set up states the product cannot be driven into). */
+export function sql(statement: string): string {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: run the browser tests with `make test`');
+  return execFileSync('psql', [url, '-qtAc', statement], { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
 /**
  * Waits until a server function (called with the page's session) returns what `ready` accepts.
  * Pages are loaded only once their data has settled: a page rendered on the server while its

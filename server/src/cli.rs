@@ -309,19 +309,20 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             // for a bounded time.
             let queued = &outcome.email_ids;
             mailer.deliver_now(&services.db, queued, Instant::now() + MAIL_DEADLINE).await?;
-            let unsent = mailer::still_queued(&services.db, queued).await?;
+            let unsent = mailer::unsent(&services.db, queued).await?;
             services.usage.shutdown().await;
             if queued.is_empty() {
                 return Ok(());
             }
             say!("mail: {} of {} sent via {}", queued.len() - unsent.len(), queued.len(), mailer.describe())?;
             for m in &unsent {
-                say!("  not sent to {}: {}", m.to, m.error)?;
+                let fate = if m.given_up { " (refused for good: given up)" } else { "" };
+                say!("  not sent to {}: {}{fate}", m.to, m.error)?;
             }
             if !unsent.is_empty() {
                 bail!(
-                    "{} of {} summary email(s) could not be sent now; they stay queued (see /admin/mail) and a \
-                     running keymeter server's mail sender retries them with backoff",
+                    "{} of {} summary email(s) could not be sent now; see /admin/mail: a running keymeter \
+                     server's mail sender retries the ones still queued, and an admin can send a given-up one again",
                     unsent.len(),
                     queued.len()
                 );

@@ -6,6 +6,7 @@ mod common;
 use common::smtp_sink::{SmtpSink, TEST_CA_FILE};
 use common::TestApp;
 use diesel_async::AsyncConnection;
+use services::accounts::Role;
 use std::time::{Duration, Instant};
 
 use services::mailer::{enqueue, Email, Mailer};
@@ -278,4 +279,107 @@ async fn a_stopping_sender_leaves_the_rest_of_the_queue() {
     let sent = sink.messages().len();
     assert!(sent < 5, "the stop waited for the whole queue ({sent} sent)");
     assert_eq!(unsent(&app).await.len(), 5 - sent, "the rest stays queued");
+}
+
+/// (attempts, last error, given up, retried until) of the only message in the outbox.
+async fn outbox_state(app: &TestApp) -> (i32, String, bool, Option<chrono::DateTime<chrono::Utc>>) {
+    use diesel::QueryDsl;
+    use diesel_async::RunQueryDsl;
+    use services::schema::outbound_emails::dsl::*;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let (n, error, given_up, until): (i32, Option<String>, Option<chrono::DateTime<chrono::Utc>>, _) =
+        outbound_emails.select((attempts, last_error, failed_at, retry_until)).get_result(&mut conn).await.unwrap();
+    (n, error.unwrap_or_default(), given_up.is_some(), until)
+}
+
+/// A recipient the mail server refuses for good is not retried every few minutes for ever: the
+/// message is given up at once and shows so on the admins' mail page, where an admin (and only
+/// an admin) can send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_refused_for_good_is_given_up_and_an_admin_can_send_it_again() {
+    let sink = SmtpSink::start_refusing_recipients("550 5.1.1 no such user").await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    queue(&app, "gone@example.com", "Quota alert").await;
+    // The server's own sender tries it.
+    let mut state = outbox_state(&app).await;
+    for _ in 0..150 {
+        if state.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = outbox_state(&app).await;
+    }
+    let (attempts, error, given_up, _) = state;
+    assert_eq!(attempts, 1, "tried once: {error}");
+    assert!(error.contains("550"), "{error}");
+    assert!(given_up, "a permanent refusal gives the message up");
+    app.make_mail_due().await;
+    let other_sender = Mailer::new(Some(&sink.url()), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    assert_eq!(other_sender.deliver_due(&app.services.db).await.unwrap(), 0, "a given-up message is not retried");
+
+    app.user("root@example.com", Role::Admin).await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let admin = app.signed_in("root@example.com").await;
+    let merchant = app.signed_in("ann@example.com").await;
+    let page = app.rpc(&admin, "admin/mail", &[]).await.text().await.unwrap();
+    assert!(page.contains("\"waiting\":0,\"failed\":1"), "{page}");
+    let id = {
+        use diesel::QueryDsl;
+        use diesel_async::RunQueryDsl;
+        use services::schema::outbound_emails::dsl::*;
+        let mut conn = services::db::conn(&app.services.db).await.unwrap();
+        outbound_emails.select(id).get_result::<i64>(&mut conn).await.unwrap().to_string()
+    };
+    let refused = app.rpc(&merchant, "admin/mail/send-again", &[("id", &id)]).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(outbox_state(&app).await.2, "a merchant changes nothing");
+    let missing = app.rpc(&admin, "admin/mail/send-again", &[("id", "999999")]).await;
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // The address was fixed on the mail server's side: sent again, it goes out.
+    sink.accept_recipients();
+    assert!(app.rpc(&admin, "admin/mail/send-again", &[("id", &id)]).await.status().is_success());
+    assert_eq!(sink.wait_for(1, 15).await.len(), 1);
+    app.wait_until_mail_sent().await;
+    let again = app.rpc(&admin, "admin/mail/send-again", &[("id", &id)]).await;
+    assert_eq!(again.status(), reqwest::StatusCode::CONFLICT, "a sent message cannot be queued again");
+}
+
+/// A temporary refusal is retried with backoff for three days from the first failure, then the
+/// message is given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_keeps_failing_is_retried_for_three_days_then_given_up() {
+    let app = TestApp::spawn_without_mailer().await;
+    let busy = SmtpSink::start_refusing_recipients("451 4.3.0 try again later").await;
+    queue(&app, "ann@example.com", "Quota alert").await;
+    let mailer = Mailer::new(Some(&busy.url()), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();
+    let before = chrono::Utc::now();
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    let (attempts, error, given_up, until) = outbox_state(&app).await;
+    assert_eq!((attempts, given_up), (1, false), "{error}");
+    let until = until.expect("a retry period from the first failure");
+    assert!(until >= before + chrono::TimeDelta::days(3) && until <= chrono::Utc::now() + chrono::TimeDelta::days(3));
+
+    app.make_mail_due().await;
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    let (attempts, _, given_up, same_until) = outbox_state(&app).await;
+    assert_eq!((attempts, given_up, same_until), (2, false, Some(until)), "the period runs from the first failure");
+
+    // Three days on.
+    {
+        use diesel_async::RunQueryDsl;
+        let mut conn = services::db::conn(&app.services.db).await.unwrap();
+        diesel::sql_query(
+            "UPDATE outbound_emails SET retry_until = now() - interval '1 second', next_attempt_at = now()",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 1);
+    let (attempts, error, given_up, _) = outbox_state(&app).await;
+    assert_eq!((attempts, given_up), (3, true), "{error}");
+    assert!(error.contains("451"), "{error}");
+    app.make_mail_due().await;
+    assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 0);
 }

@@ -1,6 +1,8 @@
 //! Email: messages are written to an outbox table in the same transaction as what they report,
 //! and a sender delivers them through lettre, over SMTP (`SMTP_URL`) or, without one, into a
-//! local mail folder. Failed sends are retried with backoff; nothing is dropped silently.
+//! local mail folder. Failed sends are retried with backoff for up to [`RETRY_FOR`]; a message
+//! the mail server refuses for good, or that kept failing that long, is given up and stays on the
+//! admins' mail page, where it can be sent again. Nothing is dropped silently.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -89,6 +91,8 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
     pub created_at: chrono::DateTime<Utc>,
     pub sent_at: Option<chrono::DateTime<Utc>>,
+    /// When it was given up (not sent, not retried unless sent again).
+    pub failed_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// The newest messages, sent or waiting, with their attachments' names.
@@ -102,6 +106,7 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
         i32,
         Option<String>,
         chrono::DateTime<Utc>,
+        Option<chrono::DateTime<Utc>>,
         Option<chrono::DateTime<Utc>>,
     );
     let mut conn = db::conn(db).await?;
@@ -118,6 +123,7 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
             outbound_emails::last_error,
             outbound_emails::created_at,
             outbound_emails::sent_at,
+            outbound_emails::failed_at,
         ))
         .load(&mut conn)
         .await?;
@@ -130,7 +136,7 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, to, subject, text, html, attempts, last_error, created_at, sent_at)| OutboxEntry {
+        .map(|(id, to, subject, text, html, attempts, last_error, created_at, sent_at, failed_at)| OutboxEntry {
             attachments: files.iter().filter(|(e, _)| *e == id).map(|(_, f)| f.clone()).collect(),
             id,
             to,
@@ -141,8 +147,55 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
             last_error,
             created_at,
             sent_at,
+            failed_at,
         })
         .collect())
+}
+
+/// How many messages wait to be sent, and how many were given up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub waiting: i64,
+    pub failed: i64,
+}
+
+pub async fn counts(db: &DbPool) -> ServiceResult<OutboxCounts> {
+    use diesel::dsl::count_star;
+    let mut conn = db::conn(db).await?;
+    let unsent = outbound_emails::table.filter(outbound_emails::sent_at.is_null());
+    let waiting =
+        unsent.filter(outbound_emails::failed_at.is_null()).select(count_star()).get_result(&mut conn).await?;
+    let failed =
+        unsent.filter(outbound_emails::failed_at.is_not_null()).select(count_star()).get_result(&mut conn).await?;
+    Ok(OutboxCounts { waiting, failed })
+}
+
+/// Queues a given-up message again (an admin's "Send again"), with a fresh retry period.
+pub async fn send_again(db: &DbPool, id: i64) -> ServiceResult<()> {
+    let mut conn = db::conn(db).await?;
+    let requeued = diesel::update(
+        outbound_emails::table
+            .filter(outbound_emails::id.eq(id))
+            .filter(outbound_emails::sent_at.is_null())
+            .filter(outbound_emails::failed_at.is_not_null()),
+    )
+    .set((
+        outbound_emails::failed_at.eq(None::<chrono::DateTime<Utc>>),
+        outbound_emails::retry_until.eq(None::<chrono::DateTime<Utc>>),
+        outbound_emails::next_attempt_at.eq(diesel::dsl::now),
+    ))
+    .execute(&mut conn)
+    .await?;
+    if requeued == 0 {
+        let exists: bool =
+            diesel::select(diesel::dsl::exists(outbound_emails::table.find(id))).get_result(&mut conn).await?;
+        return Err(if exists {
+            ServiceError::Conflict("only a message that was given up can be sent again".into())
+        } else {
+            ServiceError::NotFound
+        });
+    }
+    Ok(())
 }
 
 /// Escapes text for an HTML part.
@@ -209,12 +262,70 @@ fn parse_sender(from: &str) -> ServiceResult<Mailbox> {
 /// sender forever), and a server that answers each step slowly must not hold it either.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a message whose sends keep failing is retried, from its first failure: about as long
+/// as mail servers keep a message they cannot deliver. Then it is given up.
+pub const RETRY_FOR: chrono::TimeDelta = chrono::TimeDelta::days(3);
+
+/// Why a send failed, and whether sending it again could ever succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SendFailure {
+    error: String,
+    /// The mail server refused this message for good, or it cannot be built (a bad recipient).
+    permanent: bool,
+}
+
+impl SendFailure {
+    fn transient(error: impl ToString) -> Self {
+        Self { error: error.to_string(), permanent: false }
+    }
+
+    fn permanent(error: impl ToString) -> Self {
+        Self { error: error.to_string(), permanent: true }
+    }
+
+    /// A permanent (5xx) reply gives the message up, except 530–539: those refuse our
+    /// credentials or TLS, not this message, and a corrected configuration sends it.
+    fn from_smtp(e: &lettre::transport::smtp::Error) -> Self {
+        let about_our_account = e.status().map(u16::from).is_some_and(|code| (530..540).contains(&code));
+        Self { error: e.to_string(), permanent: e.is_permanent() && !about_our_account }
+    }
+}
+
+/// What happens to a message after a failed send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// Tried again at `at`; given up if it still fails after `until`.
+    Retry {
+        at: chrono::DateTime<Utc>,
+        until: chrono::DateTime<Utc>,
+    },
+    GiveUp,
+}
+
+impl AfterFailure {
+    /// `attempts` sends failed before this one; `retry_until` is set from the first failure.
+    fn decide(
+        failure: &SendFailure,
+        attempts: i32,
+        retry_until: Option<chrono::DateTime<Utc>>,
+        now: chrono::DateTime<Utc>,
+    ) -> Self {
+        let until = retry_until.unwrap_or(now + RETRY_FOR);
+        if failure.permanent || now >= until {
+            return Self::GiveUp;
+        }
+        // 5 s, 10 s, 20 s … capped at 10 minutes.
+        let delay = (5i64 << attempts.clamp(0, 7)).min(600);
+        Self::Retry { at: now + chrono::TimeDelta::seconds(delay), until }
+    }
+}
+
 /// What a delivery round did with the messages it tried.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// Ids of the messages sent.
     pub sent: Vec<i64>,
-    /// Messages that could not be sent; they stay queued and are retried with backoff.
+    /// Messages that could not be sent: retried with backoff, or given up (`FailedSend::given_up`).
     pub failed: Vec<FailedSend>,
     /// Ids of messages not tried, left queued for the next sender (another sender had claimed
     /// them, or the time ran out).
@@ -227,6 +338,8 @@ pub struct FailedSend {
     pub id: i64,
     pub to: String,
     pub error: String,
+    /// Not retried: refused for good, or failing for longer than [`RETRY_FOR`].
+    pub given_up: bool,
 }
 
 pub enum Transport {
@@ -253,6 +366,8 @@ struct Outgoing {
     claim_token: uuid::Uuid,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     message_key: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    retry_until: Option<chrono::DateTime<Utc>>,
 }
 
 pub struct Mailer {
@@ -317,8 +432,8 @@ impl Mailer {
         }
     }
 
-    async fn send(&self, m: &Outgoing, attachments: &[Attachment]) -> Result<(), String> {
-        let to: Mailbox = m.to.parse().map_err(|e| format!("invalid recipient: {e}"))?;
+    async fn send(&self, m: &Outgoing, attachments: &[Attachment]) -> Result<(), SendFailure> {
+        let to: Mailbox = m.to.parse().map_err(|e| SendFailure::permanent(format!("invalid recipient: {e}")))?;
         let body = MultiPart::alternative_plain_html(m.text.clone(), m.html.clone());
         let body = if attachments.is_empty() {
             body
@@ -340,10 +455,11 @@ impl Mailer {
             .to(to)
             .subject(&m.subject)
             .multipart(body)
-            .map_err(|e| e.to_string())?;
+            .map_err(SendFailure::permanent)?;
         match &self.transport {
-            Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| e.to_string()),
-            Transport::Folder(t, _) => t.send(message).await.map(|_| ()).map_err(|e| e.to_string()),
+            Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| SendFailure::from_smtp(&e)),
+            // A folder that cannot be written (full, permissions) may be fixed: retried.
+            Transport::Folder(t, _) => t.send(message).await.map(|_| ()).map_err(SendFailure::transient),
         }
     }
 
@@ -419,7 +535,10 @@ impl Mailer {
         let limit = only.map_or(SEND_TIMEOUT, |(_, d)| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
         let result = match tokio::time::timeout(limit, self.send(&m, &files)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("the mail server did not answer within {} s", limit.as_secs_f64().ceil())),
+            Err(_) => Err(SendFailure::transient(format!(
+                "the mail server did not answer within {} s",
+                limit.as_secs_f64().ceil()
+            ))),
         };
         // Only while the claim is ours: a sender that outlived its claim leaves the message to
         // whoever took it over.
@@ -433,19 +552,37 @@ impl Mailer {
                 let marked = update.set(outbound_emails::sent_at.eq(diesel::dsl::now)).execute(&mut conn).await?;
                 (marked, Ok(()))
             }
-            Err(error) => {
-                // 5 s, 10 s, 20 s … capped at 10 minutes.
-                let delay = (5i64 << m.attempts.clamp(0, 7)).min(600);
-                tracing::warn!(email_id = m.id, attempts = m.attempts + 1, %error, "sending email failed; will retry");
-                let marked = update
-                    .set((
-                        outbound_emails::attempts.eq(m.attempts + 1),
-                        outbound_emails::last_error.eq(&error),
-                        outbound_emails::next_attempt_at.eq(Utc::now() + chrono::Duration::seconds(delay)),
-                    ))
-                    .execute(&mut conn)
-                    .await?;
-                (marked, Err(FailedSend { id: m.id, to: m.to.clone(), error }))
+            Err(failure) => {
+                let attempts = m.attempts + 1;
+                let error = failure.error.clone();
+                let (marked, given_up) = match AfterFailure::decide(&failure, m.attempts, m.retry_until, Utc::now()) {
+                    AfterFailure::Retry { at, until } => {
+                        tracing::warn!(email_id = m.id, attempts, %error, "sending email failed; will retry");
+                        let marked = update
+                            .set((
+                                outbound_emails::attempts.eq(attempts),
+                                outbound_emails::last_error.eq(&error),
+                                outbound_emails::next_attempt_at.eq(at),
+                                outbound_emails::retry_until.eq(until),
+                            ))
+                            .execute(&mut conn)
+                            .await?;
+                        (marked, false)
+                    }
+                    AfterFailure::GiveUp => {
+                        tracing::error!(email_id = m.id, attempts, %error, "sending email failed; given up (an admin can send it again from /admin/mail)");
+                        let marked = update
+                            .set((
+                                outbound_emails::attempts.eq(attempts),
+                                outbound_emails::last_error.eq(&error),
+                                outbound_emails::failed_at.eq(diesel::dsl::now),
+                            ))
+                            .execute(&mut conn)
+                            .await?;
+                        (marked, true)
+                    }
+                };
+                (marked, Err(FailedSend { id: m.id, to: m.to.clone(), error, given_up }))
             }
         };
         if marked == 0 {
@@ -455,20 +592,31 @@ impl Mailer {
     }
 }
 
-/// Of the messages `ids`, those not sent yet, with their last error ("not tried yet" if none:
-/// left to the next sender).
-pub async fn still_queued(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<FailedSend>> {
+/// Of the messages `ids`, those not sent, with their last error ("not tried yet" if none: left
+/// to the next sender) and whether they were given up.
+pub async fn unsent(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<FailedSend>> {
     let mut conn = db::conn(db).await?;
-    let rows: Vec<(i64, String, Option<String>)> = outbound_emails::table
+    type Row = (i64, String, Option<String>, Option<chrono::DateTime<Utc>>);
+    let rows: Vec<Row> = outbound_emails::table
         .filter(outbound_emails::id.eq_any(ids))
         .filter(outbound_emails::sent_at.is_null())
         .order(outbound_emails::id)
-        .select((outbound_emails::id, outbound_emails::to_address, outbound_emails::last_error))
+        .select((
+            outbound_emails::id,
+            outbound_emails::to_address,
+            outbound_emails::last_error,
+            outbound_emails::failed_at,
+        ))
         .load(&mut conn)
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, to, error)| FailedSend { id, to, error: error.unwrap_or_else(|| "not tried yet".to_owned()) })
+        .map(|(id, to, error, failed_at)| FailedSend {
+            id,
+            to,
+            error: error.unwrap_or_else(|| "not tried yet".to_owned()),
+            given_up: failed_at.is_some(),
+        })
         .collect())
 }
 
@@ -483,9 +631,10 @@ async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceRes
     let rows: Vec<Outgoing> = diesel::sql_query(
         "UPDATE outbound_emails SET next_attempt_at = now() + make_interval(secs => $1), claim_token = $2 \
          WHERE id = (SELECT id FROM outbound_emails \
-                     WHERE sent_at IS NULL AND next_attempt_at <= now() AND ($3::bigint[] IS NULL OR id = ANY($3)) \
+                     WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
+                       AND ($3::bigint[] IS NULL OR id = ANY($3)) \
                      ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key",
+         RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key, retry_until",
     )
     .bind::<diesel::sql_types::Integer, _>(CLAIM_SECS)
     .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::new_v4())
@@ -495,4 +644,41 @@ async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceRes
     .load(conn)
     .await?;
     Ok(rows.into_iter().next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rfc3339: &str) -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339(rfc3339).expect("a valid time").with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_message_refused_for_good_is_given_up_at_once() {
+        let refused = SendFailure::permanent("550 no such mailbox");
+        assert_eq!(AfterFailure::decide(&refused, 0, None, at("2026-11-29T10:00:00Z")), AfterFailure::GiveUp);
+    }
+
+    #[test]
+    fn a_failing_message_is_retried_with_backoff_for_three_days_from_its_first_failure() {
+        let down = SendFailure::transient("connection refused");
+        let first = at("2026-11-29T10:00:00Z");
+        let until = at("2026-12-02T10:00:00Z");
+        assert_eq!(
+            AfterFailure::decide(&down, 0, None, first),
+            AfterFailure::Retry { at: at("2026-11-29T10:00:05Z"), until }
+        );
+        assert_eq!(
+            AfterFailure::decide(&down, 3, Some(until), first),
+            AfterFailure::Retry { at: at("2026-11-29T10:00:40Z"), until }
+        );
+        // The backoff stops growing at ten minutes.
+        let later = at("2026-12-01T10:00:00Z");
+        assert_eq!(
+            AfterFailure::decide(&down, 300, Some(until), later),
+            AfterFailure::Retry { at: at("2026-12-01T10:10:00Z"), until }
+        );
+        assert_eq!(AfterFailure::decide(&down, 301, Some(until), until), AfterFailure::GiveUp);
+    }
 }

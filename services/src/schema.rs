@@ -114,6 +114,8 @@ diesel::table! {
         created_at -> Timestamptz,
         claim_token -> Nullable<Uuid>,
         message_key -> Uuid,
+        failed_at -> Nullable<Timestamptz>,
+        retry_until -> Nullable<Timestamptz>,
     }
 }
 

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 
-/// A message in the outbox, sent or waiting.
+/// A message in the outbox: sent, waiting, or given up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailView {
     pub id: i64,
@@ -17,12 +17,15 @@ pub struct MailView {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
 }
 
-/// The admins' view of outgoing mail: where it goes, and the newest messages.
+/// The admins' view of outgoing mail: where it goes, how much is stuck, and the newest messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxView {
     pub delivery: String,
+    pub waiting: i64,
+    pub failed: i64,
     pub messages: Vec<MailView>,
 }
 
@@ -32,8 +35,11 @@ pub async fn admin_mail() -> Result<MailboxView, AppError> {
     let services = session::services()?;
     session::require_admin(&services).await?;
     let messages = services::mailer::recent(&services.db, 100).await?;
+    let counts = services::mailer::counts(&services.db).await?;
     Ok(MailboxView {
         delivery: services.settings.mail_delivery.clone(),
+        waiting: counts.waiting,
+        failed: counts.failed,
         messages: messages
             .into_iter()
             .map(|m| MailView {
@@ -47,7 +53,19 @@ pub async fn admin_mail() -> Result<MailboxView, AppError> {
                 last_error: m.last_error,
                 created_at: m.created_at,
                 sent_at: m.sent_at,
+                failed_at: m.failed_at,
             })
             .collect(),
     })
+}
+
+/// Queues a given-up message again, for admins only.
+#[server(prefix = "/rpc", endpoint = "admin/mail/send-again")]
+pub async fn send_mail_again(id: i64) -> Result<(), AppError> {
+    use super::session;
+    let services = session::services()?;
+    let admin = session::require_admin(&services).await?;
+    services::mailer::send_again(&services.db, id).await?;
+    tracing::info!(email_id = id, admin_id = admin.id, "given-up email queued again");
+    Ok(())
 }

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 
 use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{admin_list_keys, admin_mail, MailView};
+use crate::api::{admin_list_keys, admin_mail, MailView, SendMailAgain};
 use crate::render_memo::once_per_render;
 
 #[component]
@@ -81,34 +81,60 @@ fn last_month() -> String {
     }
 }
 
-/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML. In
-/// development (no `SMTP_URL`) this is how the mail folder's messages are read.
+/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML; a
+/// message that was given up can be sent again. In development (no `SMTP_URL`) this is how the
+/// mail folder's messages are read.
 #[component]
 pub fn AdminMailPage() -> impl IntoView {
-    let mail = Resource::new(|| (), |_| once_per_render("admin/mail", &(), admin_mail()));
+    let send_again = ServerAction::<SendMailAgain>::new();
+    let mail = Resource::new(
+        move || send_again.version().get(),
+        |version| once_per_render("admin/mail", &version, admin_mail()),
+    );
     view! {
         <PageTitle text="Mail · keymeter"/>
         <h1>"Mail"</h1>
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+        {move || send_again.value().get().and_then(Result::err).map(|err| view! {
+            <p class="error" role="alert">{err.to_string()}</p>
+        })}
+        <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match mail.await {
-                    Ok(mailbox) => view! {
+                    Ok(mailbox) => {
+                        let stuck = mailbox.failed > 0;
+                        view! {
                         <p data-testid="mail-delivery">"Delivered to " {mailbox.delivery.clone()} "."</p>
+                        <p data-testid="mail-counts" class:error=stuck>
+                            {outbox_summary(mailbox.waiting, mailbox.failed)}
+                        </p>
                         {if mailbox.messages.is_empty() {
                             view! { <section class="card"><p class="empty">"No mail yet."</p></section> }.into_any()
                         } else {
-                            mailbox.messages.into_iter().map(|m| view! { <MailItem m/> }).collect_view().into_any()
+                            mailbox.messages.into_iter().map(|m| view! { <MailItem m send_again/> }).collect_view().into_any()
                         }}
-                    }.into_any(),
+                    }.into_any()
+                    }
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
-        </Suspense>
+        </Transition>
+    }
+}
+
+/// "Nothing waiting." / "3 waiting to be sent · 1 given up (open it to send it again)".
+fn outbox_summary(waiting: i64, failed: i64) -> String {
+    let waiting = match waiting {
+        0 => "Nothing waiting to be sent".to_owned(),
+        n => format!("{} waiting to be sent", format::count(n)),
+    };
+    match failed {
+        0 => format!("{waiting}."),
+        n => format!("{waiting} · {} given up (open one to send it again).", format::count(n)),
     }
 }
 
 #[component]
-fn MailItem(m: MailView) -> impl IntoView {
+fn MailItem(m: MailView, send_again: ServerAction<SendMailAgain>) -> impl IntoView {
     // The HTML part is drawn once its message is opened: a frame per message, all parsed up
     // front, made the page take seconds. Without JavaScript the frame comes in a <noscript>,
     // which a browser running scripts does not even parse.
@@ -122,20 +148,36 @@ fn MailItem(m: MailView) -> impl IntoView {
     );
     #[cfg(not(feature = "ssr"))]
     let no_script = String::new();
-    let status = match (&m.sent_at, &m.last_error) {
-        (Some(at), _) => format!("sent {}", format::time(at)),
-        (None, Some(err)) => format!("waiting: {} attempt(s), last error: {err}", m.attempts),
-        (None, None) => "queued".to_owned(),
+    let error = m.last_error.clone().unwrap_or_default();
+    let (badge, label, status) = match (&m.sent_at, &m.failed_at) {
+        (Some(at), _) => ("badge approved", "sent", format!("sent {}", format::time(at))),
+        (None, Some(at)) => (
+            "badge denied",
+            "given up",
+            format!("given up {} after {} attempt(s): {error}", format::time(at), m.attempts),
+        ),
+        (None, None) if m.attempts > 0 => {
+            ("badge pending", "waiting", format!("waiting: {} attempt(s), last error: {error}", m.attempts))
+        }
+        (None, None) => ("badge pending", "waiting", "queued".to_owned()),
     };
-    let badge = if m.sent_at.is_some() { "badge approved" } else { "badge pending" };
+    let given_up = m.failed_at.is_some() && m.sent_at.is_none();
     view! {
         <details class="card mail" data-testid="mail-item" on:toggle=move |_| opened.set(true)>
             <summary>
-                <span class=badge>{if m.sent_at.is_some() { "sent" } else { "waiting" }}</span>" "
+                <span class=badge data-testid="mail-status">{label}</span>" "
                 <b data-testid="mail-subject">{m.subject.clone()}</b>
                 <span class="muted">" to " {m.to.clone()} " · " {format::time(&m.created_at)}</span>
             </summary>
             <p class="muted">{status}</p>
+            {given_up.then(|| view! {
+                <ActionForm action=send_again>
+                    <input type="hidden" name="id" value=m.id/>
+                    <button type="submit" data-testid="send-again" disabled=move || send_again.pending().get()>
+                        "Send again"
+                    </button>
+                </ActionForm>
+            })}
             {(!m.attachments.is_empty()).then(|| view! {
                 <p>"Attachments: " {m.attachments.join(", ")}</p>
             })}

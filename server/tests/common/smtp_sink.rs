@@ -18,6 +18,7 @@ pub const TEST_CA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtu
 pub struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    recipient_reply: RecipientReply,
     task: JoinHandle<()>,
 }
 
@@ -37,6 +38,16 @@ struct Rules {
     tls: Option<TlsAcceptor>,
     /// How long the answer to a message containing "slow" takes.
     slow: Duration,
+    recipient_reply: RecipientReply,
+}
+
+/// The reply to every recipient (RCPT TO), e.g. "550 5.1.1 no such user"; none: accepted.
+type RecipientReply = Arc<Mutex<Option<&'static str>>>;
+
+impl Rules {
+    fn refusal(&self) -> Option<&'static str> {
+        *self.recipient_reply.lock().expect("sink lock")
+    }
 }
 
 impl SmtpSink {
@@ -83,6 +94,18 @@ impl SmtpSink {
         Self::serve(listener, rules)
     }
 
+    /// A sink that answers every recipient with `reply` (e.g. "550 5.1.1 no such user", or
+    /// "451 4.3.0 try again later").
+    pub async fn start_refusing_recipients(reply: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
+        Self::serve(listener, Rules { recipient_reply: Arc::new(Mutex::new(Some(reply))), ..Rules::default() })
+    }
+
+    /// From now on, recipients are accepted (e.g. a mailbox was set up meanwhile).
+    pub fn accept_recipients(&self) {
+        *self.recipient_reply.lock().expect("sink lock") = None;
+    }
+
     /// On a given port (e.g. after pretending the SMTP server was down).
     pub async fn start_on(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind SMTP sink");
@@ -98,8 +121,9 @@ impl SmtpSink {
     fn serve(listener: TcpListener, rules: Rules) -> Self {
         let port = listener.local_addr().expect("address").port();
         let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+        let recipient_reply = rules.recipient_reply.clone();
         let task = tokio::spawn(accept(listener, received.clone(), rules));
-        Self { port, received, task }
+        Self { port, received, recipient_reply, task }
     }
 
     pub fn url(&self) -> String {
@@ -196,6 +220,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             }
         } else if upper.starts_with("MAIL") && !authenticated {
             b"530 authentication required\r\n"
+        } else if let Some(reply) = upper.starts_with("RCPT").then(|| rules.refusal()).flatten() {
+            write.write_all(format!("{reply}\r\n").as_bytes()).await.ok()?;
+            continue;
         } else if upper.starts_with("DATA") {
             write.write_all(b"354 go on\r\n").await.ok()?;
             let mut data = String::new();
