@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use crate::keys::{ApiKeyId, QuotaDecision, Window};
 use crate::mailer::{self, html_escape, Email};
 use crate::notifications::{self, NewNotification};
 use crate::schema::{api_keys, quota_alerts, users};
+use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
 
 /// The alert thresholds, in percent of a window's limit.
@@ -195,10 +195,6 @@ impl CrossingMemo {
     }
 }
 
-fn to_time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
 /// What an alert email and notification need to know about a key.
 struct KeyInfo {
     owner_id: i64,
@@ -248,10 +244,10 @@ pub async fn record(
             .values((
                 quota_alerts::api_key_id.eq(key_id),
                 quota_alerts::quota_window.eq(c.window.as_str()),
-                quota_alerts::period_start.eq(to_time(c.period_start_ms)),
+                quota_alerts::period_start.eq(time_from_ms(c.period_start_ms)),
                 quota_alerts::threshold.eq(i16::from(c.threshold)),
                 quota_alerts::quota_limit.eq(c.limit),
-                quota_alerts::crossed_at.eq(to_time(*at_ms)),
+                quota_alerts::crossed_at.eq(time_from_ms(*at_ms)),
                 quota_alerts::emailed.eq(emailed),
             ))
             .on_conflict_do_nothing()
@@ -301,8 +297,8 @@ struct AlertMessage {
 impl AlertMessage {
     fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, public_url: &str) -> Self {
         let used = threshold_count(c.limit, c.threshold);
-        let period = to_time(c.period_start_ms);
-        let reset = to_time(c.period_start_ms + c.window.length_ms());
+        let period = time_from_ms(c.period_start_ms);
+        let reset = time_from_ms(c.period_start_ms + c.window.length_ms());
         let period_text = match c.window {
             AlertWindow::Hour => format!("the hour from {} UTC", period.format("%Y-%m-%d %H:%M")),
             AlertWindow::Day => format!("{} (UTC)", period.format("%Y-%m-%d")),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, Script};
 use tokio::sync::oneshot;
 
@@ -27,6 +27,7 @@ use super::authenticator::AuthenticatedKey;
 use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
 use crate::redis_pool::{self, RedisPool, SharedConnection};
+use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
 
 /// A quota window.
@@ -63,7 +64,7 @@ impl WindowUse {
     }
 
     pub fn reset_at(&self) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(self.reset_at_ms).single().unwrap_or_default()
+        time_from_ms(self.reset_at_ms)
     }
 
     /// Whole seconds until the reset, rounded up.
@@ -108,7 +109,7 @@ impl QuotaDecision {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        Utc.timestamp_millis_opt(self.now_ms).single().unwrap_or_default()
+        time_from_ms(self.now_ms)
     }
 }
 
