@@ -31,6 +31,12 @@ pub enum ServiceError {
     Internal(String),
 }
 
+impl From<calendar::RangeError> for ServiceError {
+    fn from(e: calendar::RangeError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
 impl ServiceError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::Invalid(msg.into())

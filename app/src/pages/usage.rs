@@ -11,6 +11,7 @@ use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
 use crate::render_memo::once_per_render;
+use calendar::{DayRange, RangeError};
 
 #[component]
 pub fn UsagePage() -> impl IntoView {
@@ -92,10 +93,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
             </h1>
             <form class="export" method="get" action=csv_action data-testid="csv-form" novalidate=move || scripted.get() on:submit=check_csv>
                 <label>"From" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
-                    min=move || shift(&csv_to.get(), -(MAX_RANGE_DAYS - 1)) max=move || csv_to.get()
+                    min=move || shift(&csv_to.get(), -(DayRange::MAX_DAYS - 1)) max=move || csv_to.get()
                     on:input=move |ev| { csv_from.set(event_target_value(&ev)); csv_error.set(None); }/></label>
                 <label>"To" <input type="date" name="to" value=today.to_string() required data-testid="csv-to"
-                    min=move || csv_from.get() max=move || shift(&csv_from.get(), MAX_RANGE_DAYS - 1)
+                    min=move || csv_from.get() max=move || shift(&csv_from.get(), DayRange::MAX_DAYS - 1)
                     on:input=move |ev| { csv_to.set(event_target_value(&ev)); csv_error.set(None); }/></label>
                 <label>"Per"
                     <select name="granularity">
@@ -168,9 +169,6 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     }
 }
 
-/// The most days one export covers (the server's limit, `DayRange::MAX_DAYS`).
-const MAX_RANGE_DAYS: i64 = 366;
-
 fn day(raw: &str) -> Option<chrono::NaiveDate> {
     chrono::NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d").ok()
 }
@@ -180,23 +178,13 @@ fn shift(raw: &str, days: i64) -> String {
     day(raw).and_then(|d| d.checked_add_signed(chrono::Duration::days(days))).map(|d| d.to_string()).unwrap_or_default()
 }
 
-/// What is wrong with an export range, in the merchant's words; `None` when the server will take it.
+/// What is wrong with an export range, by the server's own rule; `None` when the server will
+/// take it.
 fn csv_range_problem(from: &str, to: &str) -> Option<String> {
-    use chrono::Datelike;
-    let (Some(from), Some(to)) = (day(from), day(to)) else {
-        return Some("Choose both dates of the export range.".to_owned());
-    };
-    if !(1970..=9999).contains(&from.year()) || !(1970..=9999).contains(&to.year()) {
-        return Some("Dates must lie between 1970-01-01 and 9999-12-31.".to_owned());
-    }
-    if from > to {
-        return Some(format!("\u{201c}From\u{201d} ({from}) must not be after \u{201c}To\u{201d} ({to})."));
-    }
-    let days = (to - from).num_days() + 1;
-    if days > MAX_RANGE_DAYS {
-        return Some(format!("An export covers at most {MAX_RANGE_DAYS} days; this range has {days}."));
-    }
-    None
+    Some(match DayRange::parse(from, to).err()? {
+        RangeError::NotADate { .. } => "Choose both dates of the export range.".to_owned(),
+        other => format!("Export range: {other}."),
+    })
 }
 
 fn rate_text(live: &LiveData) -> String {
