@@ -165,8 +165,72 @@ async fn retention_drops_old_raw_events_and_keeps_rollups() {
     let mut writer = UsageWriter::new(&app.services, 90);
     writer.write(&[old, recent].concat()).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (7, 7));
-    writer.apply_retention(chrono::Utc::now().date_naive()).await.unwrap();
-    assert_eq!(totals(&app, id.0).await, (3, 7));
+    assert_eq!(hourly_requests(&app, id.0).await, 7);
+    writer.housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+    // Raw events and minute rollups of the old day are gone; hourly rollups stay.
+    assert_eq!(totals(&app, id.0).await, (3, 3));
+    assert_eq!(hourly_requests(&app, id.0).await, 7);
+}
+
+async fn hourly_requests(app: &TestApp, key: Uuid) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query("SELECT coalesce(sum(requests), 0)::bigint AS n FROM api_key_usage_hour WHERE api_key_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(key)
+        .get_result::<Sum>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+/// Dropping an old partition, or making a new one, needs the events table to itself. Behind a
+/// long read of the events (an analyst's query) retention used to wait as long as the read, and
+/// PostgreSQL queued the writer's inserts behind it: usage stopped reaching PostgreSQL. The
+/// same held the writer up at midnight, when it made the new day's partition. Housekeeping now
+/// gives up after a short wait and tries again later, and makes the coming days' partitions
+/// ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_gives_way_to_a_long_read_of_the_events() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let today = chrono::Utc::now().date_naive();
+    let mut writer = UsageWriter::new(&app.services, 90);
+    writer.write(&[event(id.0, now - 120 * 86_400_000), event(id.0, now)]).await.unwrap();
+    writer.housekeeping(today).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (1, 1));
+    let tomorrow = today.succ_opt().unwrap();
+    let next_midnight = tomorrow.and_hms_opt(0, 0, 1).unwrap().and_utc().timestamp_millis();
+    // Another old event, from a writer that has not seen its day's partition dropped.
+    UsageWriter::new(&app.services, 90).write(&[event(id.0, now - 120 * 86_400_000)]).await.unwrap();
+
+    let mut reader = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut reader).await.unwrap();
+    diesel::sql_query("SELECT count(*) FROM api_key_usage").execute(&mut reader).await.unwrap();
+    let started = std::time::Instant::now();
+    let tried = tokio::time::timeout(Duration::from_secs(20), writer.housekeeping(today))
+        .await
+        .expect("housekeeping waited for the reader");
+    assert!(tried.is_err(), "nothing could be dropped while the table was read");
+    assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
+    // Meanwhile new usage is stored, also past midnight (the partition was made ahead).
+    let stored = tokio::time::timeout(
+        Duration::from_secs(20),
+        writer.write(&[event(id.0, now + 1), event(id.0, next_midnight)]),
+    )
+    .await
+    .expect("the writer waited for the reader");
+    stored.unwrap();
+    assert_eq!(totals(&app, id.0).await, (4, 4));
+
+    diesel::sql_query("COMMIT").execute(&mut reader).await.unwrap();
+    writer.housekeeping(today).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (3, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use deadpool_redis::redis::{self, streams::StreamReadReply, Value};
 use diesel::sql_types::{Array, BigInt, Bool, Date, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -44,8 +44,22 @@ pub struct Round {
     pub caught_up: bool,
 }
 
-/// Raw events are kept this many days by default; rollups are kept for good.
+/// Raw events and per-minute rollups are kept this many days by default; hourly rollups are
+/// kept for good.
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
+
+/// How long creating or dropping a partition waits for its lock on the events table. Both need
+/// the table to themselves: behind a long read of the events (an analyst's query) they would
+/// wait as long as the read, and PostgreSQL queues the writer's inserts behind a waiting lock.
+/// Better to give up and try again later.
+const PARTITION_LOCK_WAIT: &str = "2s";
+/// When housekeeping runs again: after a failure, and then every hour (cheap when there is
+/// nothing to do).
+const HOUSEKEEPING_RETRY: Duration = Duration::from_secs(600);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+/// Partitions are made this many days ahead, so that the writer does not have to make one at
+/// midnight (when a long read could hold it up).
+const PARTITIONS_AHEAD: u64 = 2;
 
 pub struct UsageWriter {
     db: DbPool,
@@ -93,11 +107,16 @@ impl UsageWriter {
     /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
-        let mut last_retention = None::<NaiveDate>;
+        // Beside the writing, not inside it: deleting old minute rollups takes a while.
+        let housekeeping =
+            tokio::spawn(Housekeeping { db: self.db.clone(), retention_days: self.retention_days }.run(stop.clone()));
         loop {
             let stopping = *stop.borrow() || stop.has_changed().is_err();
             match self.step(if stopping { 0 } else { 200 }).await {
-                Ok(Round { events: 0, caught_up: true }) if stopping => return,
+                Ok(Round { events: 0, caught_up: true }) if stopping => {
+                    housekeeping.abort();
+                    return;
+                }
                 Ok(round) => {
                     backoff = Duration::from_millis(100);
                     // Under light load, let a few entries gather: fewer, larger transactions.
@@ -112,6 +131,7 @@ impl UsageWriter {
                 Err(e) => {
                     tracing::warn!(error = %e, "usage writer: will retry");
                     if stopping {
+                        housekeeping.abort();
                         return;
                     }
                     tokio::select! {
@@ -120,10 +140,6 @@ impl UsageWriter {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-            }
-            let today = Utc::now().date_naive();
-            if last_retention != Some(today) && self.apply_retention(today).await.is_ok() {
-                last_retention = Some(today);
             }
         }
     }
@@ -346,10 +362,8 @@ impl UsageWriter {
             .collect();
         let mut conn = db::conn(&self.db).await?;
         if !days.is_empty() {
-            diesel::sql_query("SELECT km_ensure_usage_partition(d) FROM unnest($1) AS d")
-                .bind::<Array<Date>, _>(&days)
-                .execute(&mut conn)
-                .await?;
+            // Usually made ahead by the housekeeping; otherwise (old events, a first start) here.
+            ensure_partitions(&mut conn, &days).await?;
             self.partitions.extend(days);
         }
 
@@ -395,15 +409,86 @@ impl UsageWriter {
         .await
     }
 
-    /// Drops raw-event partitions older than the retention period.
-    pub async fn apply_retention(&self, today: NaiveDate) -> ServiceResult<()> {
-        let keep_from = today - chrono::Days::new(self.retention_days as u64);
+    /// Makes the coming days' partitions, and drops raw events and per-minute rollups older
+    /// than the retention period.
+    pub async fn housekeeping(&self, today: NaiveDate) -> ServiceResult<()> {
+        Housekeeping { db: self.db.clone(), retention_days: self.retention_days }.apply(today).await
+    }
+}
+
+/// Creates the partitions of the given days unless they exist, waiting at most
+/// [`PARTITION_LOCK_WAIT`] for the events table.
+async fn ensure_partitions(conn: &mut diesel_async::AsyncPgConnection, days: &[NaiveDate]) -> ServiceResult<()> {
+    conn.transaction::<_, ServiceError, _>(|c| {
+        Box::pin(async move {
+            diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
+            diesel::sql_query("SELECT km_ensure_usage_partition(d) FROM unnest($1) AS d")
+                .bind::<Array<Date>, _>(days)
+                .execute(c)
+                .await?;
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// The events table's upkeep: the coming days' partitions are made ahead; raw events (whole
+/// daily partitions) and per-minute rollups older than `retention_days` go; hourly rollups stay
+/// (history, exports, summaries).
+struct Housekeeping {
+    db: DbPool,
+    retention_days: u32,
+}
+
+impl Housekeeping {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let wait = match self.apply(Utc::now().date_naive()).await {
+                Ok(()) => HOUSEKEEPING_EVERY,
+                Err(e) => {
+                    tracing::warn!(error = %e, "usage housekeeping: will retry");
+                    HOUSEKEEPING_RETRY
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn apply(&self, today: NaiveDate) -> ServiceResult<()> {
         let mut conn = db::conn(&self.db).await?;
-        diesel::sql_query("SELECT km_drop_usage_partitions_before($1)")
-            .bind::<Date, _>(keep_from)
-            .execute(&mut conn)
-            .await?;
-        Ok(())
+        let coming: Vec<NaiveDate> = (0..=PARTITIONS_AHEAD).map(|n| today + chrono::Days::new(n)).collect();
+        // Not stopped by a failure here: a drop may succeed where a creation waited too long.
+        let made = ensure_partitions(&mut conn, &coming).await;
+        let keep_from = today - chrono::Days::new(self.retention_days as u64);
+        conn.transaction::<_, ServiceError, _>(|c| {
+            Box::pin(async move {
+                diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
+                diesel::sql_query("SELECT km_drop_usage_partitions_before($1)")
+                    .bind::<Date, _>(keep_from)
+                    .execute(c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        // Key by key, along the primary key (key, minute, …): no scan of the whole table.
+        let keep_from = Utc.from_utc_datetime(&keep_from.and_hms_opt(0, 0, 0).unwrap_or_default());
+        let keys: Vec<Uuid> = {
+            use crate::schema::api_keys;
+            use diesel::QueryDsl;
+            api_keys::table.select(api_keys::id).load(&mut conn).await?
+        };
+        for key in keys {
+            diesel::sql_query("DELETE FROM api_key_usage_minute WHERE api_key_id = $1 AND period_start < $2")
+                .bind::<SqlUuid, _>(key)
+                .bind::<Timestamptz, _>(keep_from)
+                .execute(&mut conn)
+                .await?;
+        }
+        made
     }
 }
 
