@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use common::TestApp;
+use common::{client, TestApp};
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::StreamExt;
@@ -154,7 +154,8 @@ async fn in_memory_csv(app: &TestApp, keys: &[(Uuid, String)], granularity: Gran
 /// The whole stream and its chunks.
 async fn streamed(app: &TestApp, spec: ExportSpec, piece_rows: usize) -> (String, Vec<String>) {
     let pace = Pace { piece_rows, ..Pace::default() };
-    let mut stream = CsvStream::start(&app.services.db, spec, pace).await.unwrap();
+    let mut stream =
+        CsvStream::start(&app.services.db, app.services.exports.take().await.unwrap(), spec, pace).await.unwrap();
     let mut chunks = Vec::new();
     while let Some(chunk) = stream.next().await {
         chunks.push(chunk.unwrap());
@@ -408,7 +409,8 @@ async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends
     let Dataset { app, keys, range } = dataset().await;
     let spec = ExportSpec { keys, granularity: Granularity::Hour, range };
     let pace = Pace { piece_rows: 7, stall_limit: Duration::from_millis(300) };
-    let mut stream = CsvStream::start(&app.services.db, spec, pace).await.unwrap();
+    let mut stream =
+        CsvStream::start(&app.services.db, app.services.exports.take().await.unwrap(), spec, pace).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with("period_start,"));
     // Reading is a piece ahead of the client, waiting for it (for up to the stall limit).
@@ -428,4 +430,59 @@ async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends
         last = Some(item);
     }
     assert!(matches!(last, Some(Err(_))), "a stalled export ended as if complete: {last:?}");
+}
+
+/// Downloads that take their time (slow clients) each hold a database connection while they
+/// read. Enough of them took the whole pool, and pages, sign-in and the metered API answered
+/// 503 until they ended. Exports now share a quarter of the pool; more wait a little for a
+/// place, then get a 503 that says when to try again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_downloads_take_a_share_of_the_database_not_the_whole_of_it() {
+    let app = TestApp::spawn_with(&[("KEYMETER_DB_POOL_SIZE", "8".into())]).await;
+    let (key, cookie) = big_key(&app).await;
+    let path = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-01-01&to=2025-12-31&granularity=hour");
+    // Ten clients that read nothing after asking.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        slow.push(raw_get(&app, &path, &cookie).await);
+    }
+    let mut reading = 0;
+    for _ in 0..100 {
+        reading = exports_waiting(&app).await.len();
+        if reading >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reading, 2, "a quarter of the pool of 8 reads for the slow clients");
+
+    // The rest of the product keeps its connections.
+    let page = client()
+        .get(app.url("/dashboard/developers/api-keys"))
+        .header("accept", "text/html")
+        .header("cookie", format!("km_session={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+
+    // The others waited for a place, then were told when to try again.
+    let mut heads = Vec::new();
+    for stream in &mut slow {
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await.unwrap().unwrap();
+        heads.push(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+    }
+    let busy: Vec<&String> = heads.iter().filter(|h| h.starts_with("http/1.1 503")).collect();
+    assert_eq!(heads.iter().filter(|h| h.starts_with("http/1.1 200")).count(), 2, "{heads:?}");
+    assert_eq!(busy.len(), 8, "{heads:?}");
+    assert!(busy.iter().all(|h| h.contains("retry-after: 10") && h.contains("exports_busy")), "{busy:?}");
+
+    // Once the slow clients are gone, exports run again.
+    drop(slow);
+    let short =
+        format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-03-01&to=2025-03-02&granularity=hour");
+    let mut stream = raw_get(&app, &short, &cookie).await;
+    let got = read_to_end(&mut stream, Vec::new()).await;
+    assert!(got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"\r\n0\r\n\r\n"), "{}", String::from_utf8_lossy(&got));
 }

@@ -47,6 +47,8 @@ pub struct ServiceParts {
     pub usage: usage::UsageRecorder,
     /// Quota alert crossings this instance has already put on a usage event.
     pub alert_crossings: alerts::CrossingMemo,
+    /// The share of the database pool that CSV exports may hold.
+    pub exports: usage::export::ExportSlots,
     /// Prefix of the deployment-wide Redis keys (per-key data is keyed by key id).
     pub namespace: String,
     pub settings: Settings,
@@ -92,6 +94,7 @@ impl Services {
             quota: keys::QuotaManager::with_connection(hot_path.clone(), settings.quota_failure),
             usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback)),
             alert_crossings: alerts::CrossingMemo::default(),
+            exports: usage::export::ExportSlots::for_pool(db.status().max_size),
             namespace: namespace.to_owned(),
             settings,
             db,

@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use services::accounts::{sessions, User};
 use services::keys::{api_keys, ApiKey, ApiKeyId};
-use services::usage::export::{CsvStream, ExportSpec, Pace};
+use services::usage::export::{CsvStream, ExportSlot, ExportSlots, ExportSpec, Pace};
 use services::usage::reports::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
 
@@ -123,8 +123,20 @@ async fn key_csv(
         .map_err(|e| ApiError::bad_request("invalid_granularity", e.to_string()))?;
     let filename = format!("keymeter-{}-{}-{}-{}.csv", key.prefix, range.from, range.to, granularity.as_str());
     let spec = ExportSpec { keys: vec![(key.id.0, key.name)], granularity, range };
-    let csv = CsvStream::start(&services.db, spec, Pace::default()).await?;
+    let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &filename))
+}
+
+/// A place among this instance's running exports; 503 with `Retry-After` when they stay full.
+async fn export_slot(services: &Services) -> Result<ExportSlot, ApiError> {
+    services.exports.take().await.ok_or_else(|| {
+        let secs = ExportSlots::WAIT.as_secs();
+        ApiError::busy(
+            "exports_busy",
+            format!("Too many exports are running on this server; try again in {secs} seconds."),
+            secs,
+        )
+    })
 }
 
 /// A query string that does not fit (a parameter given twice, say): the same JSON 400 as every
@@ -155,7 +167,7 @@ async fn admin_csv(
     let keys = api_keys::list_all(&services.db).await?;
     let spec =
         ExportSpec { keys: keys.into_iter().map(|k| (k.id.0, k.name)).collect(), granularity: Granularity::Day, range };
-    let csv = CsvStream::start(&services.db, spec, Pace::default()).await?;
+    let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &format!("keymeter-usage-{month}.csv")))
 }
 

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::Stream;
 use tokio::sync::mpsc::{self, error::SendTimeoutError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::reports::{DayRange, ExportRow, Granularity, KeyExportRows, KeyedRollupRow, KEY_ROLLUPS_OLDEST_FIRST};
@@ -94,6 +96,40 @@ enum Message {
     Failed(ServiceError),
 }
 
+/// How many exports read at once on one instance. Each holds a database connection for as long
+/// as its client takes to download (minutes, for a slow one): slow downloads used to take the
+/// whole pool, and pages, sign-in and the metered API answered 503. Exports get a quarter of the
+/// pool; the rest stays for everything else.
+#[derive(Clone)]
+pub struct ExportSlots(Arc<Semaphore>);
+
+/// A place among the running exports, held until the export stops reading.
+pub struct ExportSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ExportSlots {
+    /// How long an export waits for a slot before it is refused (and told when to try again).
+    pub const WAIT: Duration = Duration::from_secs(10);
+
+    pub fn new(slots: usize) -> Self {
+        Self(Arc::new(Semaphore::new(slots.max(1))))
+    }
+
+    /// A quarter of a database pool of `pool_size` connections (at least one).
+    pub fn for_pool(pool_size: usize) -> Self {
+        Self::new(pool_size / 4)
+    }
+
+    /// A slot, waiting up to [`Self::WAIT`] for one to free up; `None` when all stay taken.
+    pub async fn take(&self) -> Option<ExportSlot> {
+        match tokio::time::timeout(Self::WAIT, self.0.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(ExportSlot { _permit: permit }),
+            _ => None,
+        }
+    }
+}
+
 /// A running export: the CSV text in chunks (the header with the first piece's rows first).
 /// It ends with an error, never quietly, if the export could not finish; a response body built
 /// from it is then cut off, so the client sees a broken download rather than a short file.
@@ -106,10 +142,14 @@ pub struct CsvStream {
 impl CsvStream {
     /// Starts reading and waits for the first piece, so that a database that cannot be reached
     /// (or a query that fails) is an error before any byte of the response is sent.
-    pub async fn start(db: &DbPool, spec: ExportSpec, pace: Pace) -> ServiceResult<Self> {
+    pub async fn start(db: &DbPool, slot: ExportSlot, spec: ExportSpec, pace: Pace) -> ServiceResult<Self> {
         // Room for one message: the reader stays at most a piece ahead of the client.
         let (tx, mut rx) = mpsc::channel(1);
-        tokio::spawn(read(db.clone(), spec, pace, tx));
+        let db = db.clone();
+        tokio::spawn(async move {
+            read(db, spec, pace, tx).await;
+            drop(slot);
+        });
         match rx.recv().await {
             Some(Message::Csv(first)) => Ok(Self { first: Some(first), rx, finished: false }),
             Some(Message::Failed(e)) => Err(e),
