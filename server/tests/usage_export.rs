@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use services::accounts::{sessions, Role};
 use services::keys::{api_keys, KeyName};
 use services::usage::export::{self, CsvStream, ExportSpec, Pace};
-use services::usage::reports::{DayRange, Granularity, HourRows};
+use services::usage::reports::{DayRange, Granularity, RollupRows};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -140,9 +140,9 @@ fn traffic(keys: &[Uuid], first: NaiveDate, days: i64, seed: u64) -> Rollups {
 async fn in_memory_csv(app: &TestApp, keys: &[(Uuid, String)], granularity: Granularity, range: DayRange) -> String {
     let mut loaded = Vec::new();
     for (id, _) in keys {
-        loaded.push((*id, HourRows::load(&app.services.db, *id, range).await.unwrap()));
+        loaded.push((*id, RollupRows::hours(&app.services.db, *id, range).await.unwrap()));
     }
-    let rows = HourRows::export_rows(loaded.iter().map(|(id, hours)| (*id, hours)), granularity, range);
+    let rows = RollupRows::export_rows(loaded.iter().map(|(id, hours)| (*id, hours)), granularity, range);
     let names: HashMap<Uuid, &str> = keys.iter().map(|(id, name)| (*id, name.as_str())).collect();
     let mut out = export::HEADER.to_owned();
     for row in &rows {

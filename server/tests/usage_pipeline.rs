@@ -60,6 +60,55 @@ async fn a_replayed_batch_adds_nothing_twice() {
     assert_eq!(totals(&app, id.0).await, (31, 31));
 }
 
+/// The usage page's breakdowns read the daily rollups: each day's row must be its hours' rows
+/// added up, counts, bytes and latency histogram alike, replays included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_rollups_add_up_the_hourly_ones() {
+    #[derive(diesel::QueryableByName)]
+    struct Gap {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        days: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        mismatched: i64,
+    }
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let hour = 3_600_000i64;
+    let start = chrono::Utc::now().timestamp_millis() - 72 * hour;
+    let events: Vec<UsageEvent> = (0..300)
+        .map(|i| {
+            let status = [200, 200, 404, 500][i as usize % 4];
+            common::ping_event(id.0, start + i * 13 * 60_000, status, 100 + (i as u64 * 7919) % 90_000, i % 9 == 0)
+        })
+        .collect();
+    let mut writer = UsageWriter::new(&app.services, 90);
+    for chunk in events.chunks(37) {
+        writer.write(chunk).await.unwrap();
+    }
+    writer.write(&events[100..150]).await.unwrap();
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let gap: Gap = diesel::sql_query(
+        "WITH h AS (SELECT date_trunc('day', period_start, 'UTC') AS period_start, method, endpoint, status, \
+                           sum(requests) AS requests, sum(throttled) AS throttled, sum(bytes_in) AS bytes_in, \
+                           sum(bytes_out) AS bytes_out, km_hist_sum(latency_hist) AS latency_hist \
+                    FROM api_key_usage_hour WHERE api_key_id = $1 GROUP BY 1, 2, 3, 4), \
+              d AS (SELECT period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
+                           latency_hist FROM api_key_usage_day WHERE api_key_id = $1) \
+         SELECT (SELECT count(DISTINCT period_start) FROM d) AS days, count(*) AS mismatched \
+         FROM h FULL JOIN d USING (period_start, method, endpoint, status) \
+         WHERE (h.requests, h.throttled, h.bytes_in, h.bytes_out, h.latency_hist) \
+               IS DISTINCT FROM (d.requests, d.throttled, d.bytes_in, d.bytes_out, d.latency_hist)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert!(gap.days >= 3, "{} days", gap.days);
+    assert_eq!(gap.mismatched, 0);
+    // Every event once (34 of them throttled, so not among the admitted requests).
+    assert_eq!(totals(&app, id.0).await, (300, 266));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() {
     // Services only: no server, so no writer of its own moves this stream.

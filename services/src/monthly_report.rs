@@ -20,7 +20,7 @@ use crate::keys::{api_keys, ApiKey};
 use crate::mailer::{self, html_escape, Attachment, Email};
 use crate::schema::monthly_reports;
 use crate::usage::export;
-use crate::usage::reports::{Granularity, HourRows, Month, UsageTotals};
+use crate::usage::reports::{Granularity, Month, RollupRows, UsageTotals};
 use crate::{ServiceError, ServiceResult, Services};
 use format::count;
 
@@ -75,7 +75,7 @@ async fn keys_of_month(db: &DbPool, month: Month) -> ServiceResult<Vec<ApiKey>> 
 
 /// Sums up one key's month from the hourly rollups.
 pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<KeySummary> {
-    let rows = HourRows::load(db, key.id.0, month.days()).await?;
+    let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
     let limits = QuotaTimeline::load(db, &key).await?;
     Ok(summarise(key, &rows, &limits, month))
 }
@@ -116,7 +116,7 @@ impl QuotaTimeline {
     }
 }
 
-fn summarise(key: ApiKey, rows: &HourRows, limits: &QuotaTimeline, month: Month) -> KeySummary {
+fn summarise(key: ApiKey, rows: &RollupRows, limits: &QuotaTimeline, month: Month) -> KeySummary {
     let range = month.days();
     let days = rows.breakdown(Granularity::Day, range);
     let mut totals = UsageTotals::default();
@@ -168,13 +168,13 @@ pub async fn build_reports(db: &DbPool, month: Month, skip: &HashSet<i64>) -> Se
         let mut summaries = Vec::new();
         let mut hours = Vec::new();
         for key in keys.iter().filter(|k| k.owner_id == owner_id) {
-            let rows = HourRows::load(db, key.id.0, month.days()).await?;
+            let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
             let limits = QuotaTimeline::load(db, key).await?;
             summaries.push(summarise(key.clone(), &rows, &limits, month));
             hours.push((key.id.0, rows));
         }
         summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
-        let rows = HourRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
+        let rows = RollupRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
         let mut csv = export::HEADER.to_owned();
         for row in &rows {
             let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());

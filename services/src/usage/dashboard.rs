@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
 use super::live::MinuteCounters;
-use super::reports::{self, DayRange, Granularity, HourRows, UsageTotals};
+use super::reports::{self, DayRange, Granularity, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
 use crate::{ServiceResult, Services};
@@ -145,12 +145,15 @@ pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_
         NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
     let first_week = monday - Duration::weeks(11);
     let first_day = today - Duration::days(29);
-    let oldest = first_month.min(first_week).min(first_day).min(today - Duration::days(top_days as i64));
-    let hours = HourRows::load(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
+    let oldest = first_month.min(first_week).min(first_day);
+    let days = RollupRows::days(&services.db, key.id.0, DayRange::new(oldest, today)?).await?;
+    let hours =
+        RollupRows::hours(&services.db, key.id.0, DayRange::new(today - Duration::days(top_days as i64), today)?)
+            .await?;
     Ok(History {
-        daily: hours.breakdown(Granularity::Day, DayRange::new(first_day, today)?),
-        weekly: hours.breakdown(Granularity::Week, DayRange::new(first_week, today)?),
-        monthly: hours.breakdown(Granularity::Month, DayRange::new(first_month, today)?),
+        daily: days.breakdown(Granularity::Day, DayRange::new(first_day, today)?),
+        weekly: days.breakdown(Granularity::Week, DayRange::new(first_week, today)?),
+        monthly: days.breakdown(Granularity::Month, DayRange::new(first_month, today)?),
         top: top_of(&hours, now, top_days),
     })
 }
@@ -161,12 +164,12 @@ pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceR
     let now = services.quota.now_ms().await.map(time_from_ms).unwrap_or_else(|_| Utc::now());
     let today = now.date_naive();
     let hours =
-        HourRows::load(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;
+        RollupRows::hours(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;
     Ok(top_of(&hours, now, days))
 }
 
 /// The last `days` × 24 hours, the current hour included ("24 h" is not "today").
-fn top_of(hours: &HourRows, now: DateTime<Utc>, days: u32) -> TopCalls {
+fn top_of(hours: &RollupRows, now: DateTime<Utc>, days: u32) -> TopCalls {
     let end = Granularity::Hour.period_start(now) + Duration::hours(1);
     let start = end - Duration::hours(24 * days as i64);
     TopCalls {

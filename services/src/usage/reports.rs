@@ -218,24 +218,16 @@ impl KeyedRollupRow {
     }
 }
 
-/// The two rollup tables: per minute (recent detail) and per hour (history).
+/// The rollup tables: per minute (recent detail), per hour (history, exports) and per day
+/// (the usage page's breakdowns, a year at a time).
 #[derive(Clone, Copy)]
 enum Rollups {
     Minute,
     Hour,
+    Day,
 }
 
-/// Hourly rollups of some keys between two instants, visited row by row.
-async fn for_each_hour_row(
-    db: &DbPool,
-    keys: &[Uuid],
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
-) -> ServiceResult<()> {
-    for_each_rollup_row(db, Rollups::Hour, keys, start, end, visit).await
-}
-
+/// Rollups of some keys between two instants, visited row by row.
 async fn for_each_rollup_row(
     db: &DbPool,
     table: Rollups,
@@ -247,6 +239,7 @@ async fn for_each_rollup_row(
     let table = match table {
         Rollups::Minute => "api_key_usage_minute",
         Rollups::Hour => "api_key_usage_hour",
+        Rollups::Day => "api_key_usage_day",
     };
     let mut conn = db::conn(db).await?;
     let rows: Vec<KeyedRollupRow> = diesel::sql_query(format!(
@@ -281,18 +274,27 @@ pub async fn has_usage(db: &DbPool, key: Uuid) -> ServiceResult<bool> {
     Ok(row.found)
 }
 
-/// One key's hourly rollups over a range, read (and their histograms parsed) once, from which
-/// a page derives all its breakdowns.
-pub struct HourRows {
+/// One key's hourly or daily rollups over a range, read (and their histograms parsed) once,
+/// from which a page derives its breakdowns. Daily rows serve periods of a day or more; ranges
+/// of hours (the top tables' "last 24 h") need hourly ones.
+pub struct RollupRows {
     // (Rows are private: callers use the derived views.)
     range: DayRange,
     rows: Vec<(RollupRow, LatencyHistogram)>,
 }
 
-impl HourRows {
-    pub async fn load(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Self> {
+impl RollupRows {
+    pub async fn hours(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Self> {
+        Self::load(db, Rollups::Hour, key, range).await
+    }
+
+    pub async fn days(db: &DbPool, key: Uuid, range: DayRange) -> ServiceResult<Self> {
+        Self::load(db, Rollups::Day, key, range).await
+    }
+
+    async fn load(db: &DbPool, table: Rollups, key: Uuid, range: DayRange) -> ServiceResult<Self> {
         let mut rows = Vec::new();
-        for_each_hour_row(db, &[key], range.start(), range.end(), |_, row, hist| {
+        for_each_rollup_row(db, table, &[key], range.start(), range.end(), |_, row, hist| {
             rows.push((row.clone(), hist.clone()));
         })
         .await?;
@@ -341,7 +343,7 @@ impl HourRows {
 
     /// Export rows of several keys' loaded rollups together, in the order of [`export_rows`].
     pub fn export_rows<'a>(
-        keys: impl IntoIterator<Item = (Uuid, &'a HourRows)>,
+        keys: impl IntoIterator<Item = (Uuid, &'a RollupRows)>,
         granularity: Granularity,
         range: DayRange,
     ) -> Vec<ExportRow> {

@@ -1,6 +1,6 @@
 //! The writer moves usage from the Redis stream into PostgreSQL: raw events into the
-//! day-partitioned `api_key_usage` (idempotent on request id) and per-minute rollups into
-//! `api_key_usage_minute` / `api_key_usage_hour`, in one transaction per batch. A stream entry is acknowledged only
+//! day-partitioned `api_key_usage` (idempotent on request id) and rollups per minute, hour and
+//! day into `api_key_usage_minute` / `_hour` / `_day`, in one transaction per batch. A stream entry is acknowledged only
 //! after its transaction commits, so a crash or a PostgreSQL outage delays usage but loses none;
 //! a replayed entry inserts nothing twice and adds nothing twice to the rollups.
 
@@ -398,6 +398,7 @@ impl UsageWriter {
                 if fresh().next().is_some() {
                     Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
                     Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
+                    Rollups::of(fresh(), 86_400_000).upsert(conn, "api_key_usage_day").await?;
                     touch_last_used(conn, fresh()).await?;
                     let crossings: Vec<_> =
                         fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
