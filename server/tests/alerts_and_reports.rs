@@ -439,10 +439,11 @@ async fn the_bell_marks_read_only_what_the_list_showed() {
     tell("first").await;
     tell("second").await;
     let shown: Vec<Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
-    let newest = shown.iter().map(|n| n["id"].as_i64().unwrap()).max().unwrap().to_string();
+    let ids = || shown.iter().map(|n| n["id"].as_i64().unwrap());
+    let (oldest, newest) = (ids().min().unwrap().to_string(), ids().max().unwrap().to_string());
     tell("arrived meanwhile").await;
 
-    let res = app.rpc(&session, "notifications/read", &[("newest_shown", &newest)]).await;
+    let res = app.rpc(&session, "notifications/read", &[("oldest_shown", &oldest), ("newest_shown", &newest)]).await;
     assert_eq!(res.status(), 200);
     let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
     assert_eq!(unread, 1, "the one that arrived after the list stays unread");
@@ -450,6 +451,55 @@ async fn the_bell_marks_read_only_what_the_list_showed() {
     let unread_titles: Vec<&str> =
         now.iter().filter(|n| n["unread"] == true).map(|n| n["title"].as_str().unwrap()).collect();
     assert_eq!(unread_titles, ["arrived meanwhile"]);
+}
+
+/// The list shows 50 at a time: opening it marks those read, not the older ones it does not
+/// show (they used to be marked read unseen: 4,000 alerts lost behind a page of 50), and those
+/// are on the next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_beyond_the_first_page_stay_unread_until_their_page_is_shown() {
+    let app = TestApp::spawn().await;
+    let user = app.user("ann@example.com", Role::Merchant).await;
+    let session = app.signed_in("ann@example.com").await;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    for i in 0..55 {
+        let title = format!("alert {i}");
+        let note = services::notifications::NewNotification {
+            user_id: user.id,
+            kind: "test",
+            title: &title,
+            body: "body",
+            link: None,
+            dedupe_key: None,
+        };
+        assert!(services::notifications::notify(&mut conn, &note).await.unwrap());
+    }
+    let show = |before: Option<i64>| {
+        let (app, session) = (&app, &session);
+        async move {
+            let before = before.map(|b| b.to_string());
+            let args: Vec<(&str, &str)> = before.iter().map(|b| ("before", b.as_str())).collect();
+            let page: Vec<Value> = app.rpc(session, "notifications/list", &args).await.json().await.unwrap();
+            let ids: Vec<i64> = page.iter().map(|n| n["id"].as_i64().unwrap()).collect();
+            let (oldest, newest) = (ids.iter().min().unwrap().to_string(), ids.iter().max().unwrap().to_string());
+            let res =
+                app.rpc(session, "notifications/read", &[("oldest_shown", &oldest), ("newest_shown", &newest)]).await;
+            assert_eq!(res.status(), 200);
+            page
+        }
+    };
+    let first = show(None).await;
+    assert_eq!(first.len(), 50);
+    assert_eq!(first[0]["title"], "alert 54", "newest first");
+    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    assert_eq!(unread, 5, "the five older ones were not shown");
+    let oldest_shown = first.iter().map(|n| n["id"].as_i64().unwrap()).min();
+    let second = show(oldest_shown).await;
+    let titles: Vec<&str> = second.iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["alert 4", "alert 3", "alert 2", "alert 1", "alert 0"]);
+    assert!(second.iter().all(|n| n["unread"] == true), "still unread when their page came");
+    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    assert_eq!(unread, 0);
 }
 
 /// A month whose summary never went out during the month after it (every instance down, Redis

@@ -48,17 +48,20 @@ pub async fn notify(conn: &mut AsyncPgConnection, n: &NewNotification<'_>) -> Se
     Ok(inserted == 1)
 }
 
-/// The newest notifications of a user.
-pub async fn recent(db: &DbPool, user_id: i64, limit: i64) -> ServiceResult<Vec<Notification>> {
+/// A user's notifications, newest first (in the order they were stored): the newest `limit`,
+/// or the `limit` before the one numbered `before` (the next page of the list).
+pub async fn recent(db: &DbPool, user_id: i64, limit: i64, before: Option<i64>) -> ServiceResult<Vec<Notification>> {
     let mut conn = db::conn(db).await?;
-    Ok(notifications::table
+    let mut query = notifications::table
         .filter(notifications::user_id.eq(user_id))
-        // Those of one transaction share a time: the later inserted first.
-        .order((notifications::created_at.desc(), notifications::id.desc()))
+        .order(notifications::id.desc())
         .limit(limit)
         .select(Notification::as_select())
-        .load(&mut conn)
-        .await?)
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(notifications::id.lt(before));
+    }
+    Ok(query.load(&mut conn).await?)
 }
 
 pub async fn unread_count(db: &DbPool, user_id: i64) -> ServiceResult<i64> {
@@ -71,14 +74,15 @@ pub async fn unread_count(db: &DbPool, user_id: i64) -> ServiceResult<i64> {
         .await?)
 }
 
-/// Marks read what the user was shown: their notifications up to the newest one on the list
-/// they opened. One that arrived after the list was read stays unread.
-pub async fn mark_read_up_to(db: &DbPool, user_id: i64, newest_shown: i64) -> ServiceResult<()> {
+/// Marks read what the user was shown: a page of their list, from its oldest to its newest
+/// notification. One that arrived after the list was read, or that is on an older page, stays
+/// unread.
+pub async fn mark_read(db: &DbPool, user_id: i64, oldest_shown: i64, newest_shown: i64) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
     diesel::update(
         notifications::table
             .filter(notifications::user_id.eq(user_id))
-            .filter(notifications::id.le(newest_shown))
+            .filter(notifications::id.between(oldest_shown, newest_shown))
             .filter(notifications::read_at.is_null()),
     )
     .set(notifications::read_at.eq(Utc::now()))

@@ -17,12 +17,16 @@ pub struct NotificationView {
     pub unread: bool,
 }
 
+/// Notifications on one page of the list.
+pub const NOTIFICATIONS_PER_PAGE: usize = 50;
+
+/// A page of the list, newest first: the newest ones, or those before the one numbered `before`.
 #[server(prefix = "/rpc", endpoint = "notifications/list")]
-pub async fn my_notifications() -> Result<Vec<NotificationView>, AppError> {
+pub async fn my_notifications(before: Option<i64>) -> Result<Vec<NotificationView>, AppError> {
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let items = services::notifications::recent(&services.db, user.id, 50).await?;
+    let items = services::notifications::recent(&services.db, user.id, NOTIFICATIONS_PER_PAGE as i64, before).await?;
     Ok(items
         .into_iter()
         .map(|n| NotificationView {
@@ -44,10 +48,11 @@ pub async fn unread_notifications() -> Result<i64, AppError> {
     Ok(services::notifications::unread_count(&services.db, user.id).await?)
 }
 
+/// Marks read the page of the list that was shown, from its oldest to its newest item.
 #[server(prefix = "/rpc", endpoint = "notifications/read")]
-pub async fn mark_notifications_read(newest_shown: i64) -> Result<(), AppError> {
+pub async fn mark_notifications_read(oldest_shown: i64, newest_shown: i64) -> Result<(), AppError> {
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    Ok(services::notifications::mark_read_up_to(&services.db, user.id, newest_shown).await?)
+    Ok(services::notifications::mark_read(&services.db, user.id, oldest_shown, newest_shown).await?)
 }

@@ -2,25 +2,31 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
+use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{mark_notifications_read, my_notifications};
+use crate::api::{mark_notifications_read, my_notifications, NOTIFICATIONS_PER_PAGE};
 use crate::render_memo::once_per_render;
 
-/// `/dashboard/notifications`: the bell's list; opening it marks what it shows read.
+/// `/dashboard/notifications`: the bell's list, a page at a time (`?before=<id>` for older
+/// ones); opening a page marks what it shows read, and nothing else.
 #[component]
 pub fn NotificationsPage() -> impl IntoView {
-    let items = Resource::new(|| (), |_| once_per_render("notifications/list", &(), my_notifications()));
-    // Once the list is here, and only up to its newest item: one that arrives meanwhile stays
-    // unread for the bell.
+    let query = use_query_map();
+    let before = move || query.read().get("before").and_then(|b| b.parse::<i64>().ok());
+    let items =
+        Resource::new(before, |before| once_per_render("notifications/list", &before, my_notifications(before)));
+    // Once the page is here, and only its own range: one that arrives meanwhile, or one on an
+    // older page, stays unread for the bell.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
-        let newest = items.with(|list| {
-            list.as_ref().and_then(|list| list.as_ref().ok()).and_then(|list| list.iter().map(|n| n.id).max())
+        let shown = items.with(|list| {
+            let ids = || list.as_ref().and_then(|list| list.as_ref().ok()).into_iter().flatten().map(|n| n.id);
+            ids().min().zip(ids().max())
         });
-        if let Some(newest) = newest {
+        if let Some((oldest, newest)) = shown {
             leptos::task::spawn_local(async move {
-                let _ = mark_notifications_read(newest).await;
+                let _ = mark_notifications_read(oldest, newest).await;
             });
         }
     });
@@ -30,26 +36,40 @@ pub fn NotificationsPage() -> impl IntoView {
         <PageTitle text="Notifications · keymeter"/>
         <h1>"Notifications"</h1>
         <section class="card">
-            <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
+                    let paged = before().is_some();
                     match items.await {
-                        Ok(list) if list.is_empty() => view! { <p class="empty">"Nothing yet."</p> }.into_any(),
-                        Ok(list) => view! {
-                            <ul class="notifications" data-testid="notifications">
-                                {list.into_iter().map(|n| view! {
-                                    <li class:unread=n.unread>
-                                        <strong>{n.title.clone()}</strong>
-                                        <span class="hint">{format!(" · {}", format::time(&n.created_at))}</span>
-                                        <p>{n.body.clone()}</p>
-                                        {n.link.clone().map(|l| view! { <A href=l>"Open"</A> })}
-                                    </li>
-                                }).collect_view()}
-                            </ul>
+                        Ok(list) if list.is_empty() => view! {
+                            <p class="empty">{if paged { "No older notifications." } else { "Nothing yet." }}</p>
+                            {paged.then(|| view! { <A href="/dashboard/notifications">"Newest"</A> })}
                         }.into_any(),
+                        Ok(list) => {
+                            // A full page may have older ones behind it.
+                            let older = (list.len() == NOTIFICATIONS_PER_PAGE)
+                                .then(|| list.last().map(|n| format!("/dashboard/notifications?before={}", n.id)))
+                                .flatten();
+                            view! {
+                                <ul class="notifications" data-testid="notifications">
+                                    {list.into_iter().map(|n| view! {
+                                        <li class:unread=n.unread>
+                                            <strong>{n.title.clone()}</strong>
+                                            <span class="hint">{format!(" · {}", format::time(&n.created_at))}</span>
+                                            <p>{n.body.clone()}</p>
+                                            {n.link.clone().map(|l| view! { <A href=l>"Open"</A> })}
+                                        </li>
+                                    }).collect_view()}
+                                </ul>
+                                <nav class="pager">
+                                    {paged.then(|| view! { <A href="/dashboard/notifications">"Newest"</A> })}
+                                    {older.map(|href| view! { <A href=href attr:data-testid="older">"Older"</A> })}
+                                </nav>
+                            }.into_any()
+                        }
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
                 })}
-            </Suspense>
+            </Transition>
         </section>
     }
 }
