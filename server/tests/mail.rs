@@ -9,7 +9,7 @@ use diesel_async::AsyncConnection;
 use services::accounts::Role;
 use std::time::{Duration, Instant};
 
-use services::mailer::{enqueue, Email, Mailer};
+use services::mailer::{enqueue, Email, Mailer, Urgency};
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
@@ -193,10 +193,14 @@ async fn smtp_urls_with_tls_and_credentials_are_understood() {
 }
 
 async fn queue_text(app: &TestApp, subject: &str, text: &str) -> i64 {
+    queue_as(app, subject, text, Urgency::Notice).await
+}
+
+async fn queue_as(app: &TestApp, subject: &str, text: &str, urgency: Urgency) -> i64 {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     let email = Email { to: "ann@example.com", subject, text, html: "<p>html body</p>", attachments: &[] };
     conn.transaction::<_, services::ServiceError, _>(|c| {
-        Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None).await })
+        Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None, urgency).await })
     })
     .await
     .unwrap()
@@ -382,4 +386,23 @@ async fn a_message_that_keeps_failing_is_retried_for_three_days_then_given_up() 
     assert!(error.contains("451"), "{error}");
     app.make_mail_due().await;
     assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 0);
+}
+
+/// A quota alert queued behind a month's summaries goes out first (it waited 40 s behind 1,200
+/// summaries in the scale audit, and would wait minutes over a real SMTP relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_goes_out_before_the_summaries_queued_ahead_of_it() {
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start().await;
+    for i in 0..5 {
+        queue_as(&app, &format!("Summary {i}"), "monthly", Urgency::Bulk).await;
+    }
+    queue_text(&app, "Quota alert", "hourly quota used up").await;
+    assert_eq!(mailer_for(&sink).deliver_due(&app.services.db).await.unwrap(), 6);
+    let subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(subjects, ["Quota alert", "Summary 0", "Summary 1", "Summary 2", "Summary 3", "Summary 4"]);
 }

@@ -37,10 +37,18 @@ pub struct Attachment {
     pub content: Vec<u8>,
 }
 
+/// Whether a message is one of many sent at once (the monthly summaries): those go after every
+/// other message that is due, so that an alert never waits behind a month's summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    Notice,
+    Bulk,
+}
+
 /// Queues a message inside the caller's transaction. With a dedupe key, a message is queued at
 /// most once; returns whether it was.
 pub async fn enqueue(conn: &mut AsyncPgConnection, email: &Email<'_>, dedupe_key: Option<&str>) -> ServiceResult<bool> {
-    Ok(enqueue_returning_id(conn, email, dedupe_key).await?.is_some())
+    Ok(enqueue_returning_id(conn, email, dedupe_key, Urgency::Notice).await?.is_some())
 }
 
 /// Like [`enqueue`], returning the queued message's id.
@@ -48,6 +56,7 @@ pub async fn enqueue_returning_id(
     conn: &mut AsyncPgConnection,
     email: &Email<'_>,
     dedupe_key: Option<&str>,
+    urgency: Urgency,
 ) -> ServiceResult<Option<i64>> {
     let id: Option<i64> = diesel::insert_into(outbound_emails::table)
         .values((
@@ -56,6 +65,7 @@ pub async fn enqueue_returning_id(
             outbound_emails::text_body.eq(email.text),
             outbound_emails::html_body.eq(email.html),
             outbound_emails::dedupe_key.eq(dedupe_key),
+            outbound_emails::bulk.eq(urgency == Urgency::Bulk),
         ))
         .on_conflict_do_nothing()
         .returning(outbound_emails::id)
@@ -624,8 +634,8 @@ pub async fn unsent(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<FailedSend>> 
 /// sender that stalled or died loses its claim.
 const CLAIM_SECS: i32 = 120;
 
-/// Claims the oldest due message (of `only`, when given) for this sender, by the database's
-/// clock. If the sender dies between the server's acceptance and marking it sent, the message
+/// Claims the oldest due message (of `only`, when given; bulk mail last) for this sender, by
+/// the database's clock. If the sender dies between the server's acceptance and marking it sent, the message
 /// is sent again once the claim runs out: delivery is at least once, with one Message-ID.
 async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceResult<Option<Outgoing>> {
     let rows: Vec<Outgoing> = diesel::sql_query(
@@ -633,7 +643,7 @@ async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceRes
          WHERE id = (SELECT id FROM outbound_emails \
                      WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
                        AND ($3::bigint[] IS NULL OR id = ANY($3)) \
-                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     ORDER BY bulk, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
          RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key, retry_until",
     )
     .bind::<diesel::sql_types::Integer, _>(CLAIM_SECS)

@@ -289,7 +289,7 @@ async fn queue_once(
         attachments: std::slice::from_ref(&attachment),
     };
     let dedupe = format!("monthly:{}:{}:{sends}", report.owner_id, report.month);
-    let id = mailer::enqueue_returning_id(conn, &email, Some(&dedupe)).await?;
+    let id = mailer::enqueue_returning_id(conn, &email, Some(&dedupe), mailer::Urgency::Bulk).await?;
     diesel::update(monthly_reports::table.find((report.owner_id, first)))
         .set(monthly_reports::email_id.eq(id))
         .execute(conn)

@@ -116,6 +116,7 @@ diesel::table! {
         message_key -> Uuid,
         failed_at -> Nullable<Timestamptz>,
         retry_until -> Nullable<Timestamptz>,
+        bulk -> Bool,
     }
 }
 
