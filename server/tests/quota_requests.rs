@@ -436,3 +436,36 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     assert_eq!(count(&s.app, told).await, 1);
     assert_eq!(count(&s.app, mailed).await, 1);
 }
+
+/// Every pending request is on the admins' list, however many wait: one limit over pending and
+/// decided ones hid the newest pending requests once more than 200 were waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pending_request_is_on_the_admins_list() {
+    let s = setup().await;
+    let ask_on = |key_id: String, reason: String| {
+        let s = &s;
+        async move {
+            let args = [("key_id", key_id.as_str()), ("per_hour", "2000"), ("per_day", "20000"), ("reason", reason.as_str())];
+            let res = s.app.rpc(&s.merchant, "quota-requests/create", &args).await;
+            let body: Value = res.json().await.unwrap();
+            assert!(body["id"].is_i64(), "{reason}: {body}");
+            body
+        }
+    };
+    let first = ask_on(s.key_id.clone(), "the first".into()).await;
+    let res =
+        s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &first["id"].to_string()), ("note", "no")]).await;
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    // One open request per key: 205 keys.
+    for i in 0..205 {
+        let created: Value =
+            s.app.rpc(&s.merchant, "keys/create", &[("name", &format!("key {i}"))]).await.json().await.unwrap();
+        ask_on(created["key"]["id"].as_str().unwrap().to_owned(), format!("need {i}")).await;
+    }
+    let list: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    let reasons: Vec<&str> = list.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 206);
+    assert_eq!(reasons[0], "need 0", "the oldest pending first");
+    assert_eq!(reasons[204], "need 204", "the newest pending one is there");
+    assert_eq!(reasons[205], "the first", "then the decisions");
+}

@@ -638,15 +638,24 @@ pub async fn for_key(db: &DbPool, user: &User, key: ApiKeyId) -> ServiceResult<V
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
-/// Every request, pending first (oldest first among them), then the latest decisions.
+/// How many decided requests the admins' list shows (the latest); pending ones are all shown.
+pub const DECIDED_SHOWN: i64 = 200;
+
+/// Every pending request (oldest first: each awaits a decision), then the latest decisions.
 pub async fn all(db: &DbPool) -> ServiceResult<Vec<QuotaRequest>> {
     let mut conn = db::conn(db).await?;
-    let rows: Vec<Row> = diesel::sql_query(format!(
-        "{SELECT} ORDER BY (r.status = 'pending') DESC, \
-         CASE WHEN r.status = 'pending' THEN r.created_at END ASC, r.created_at DESC LIMIT 200"
+    // Two queries: one limit over both hid the newest pending requests once more than the
+    // limit were waiting.
+    let mut rows: Vec<Row> =
+        diesel::sql_query(format!("{SELECT} WHERE r.status = 'pending' ORDER BY r.created_at, r.id"))
+            .load(&mut conn)
+            .await?;
+    let decided: Vec<Row> = diesel::sql_query(format!(
+        "{SELECT} WHERE r.status <> 'pending' ORDER BY r.created_at DESC, r.id DESC LIMIT {DECIDED_SHOWN}"
     ))
     .load(&mut conn)
     .await?;
+    rows.extend(decided);
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
