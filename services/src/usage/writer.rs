@@ -44,8 +44,8 @@ pub struct Round {
     pub caught_up: bool,
 }
 
-/// Raw events and per-minute rollups are kept this many days by default; hourly rollups are
-/// kept for good.
+/// Raw events and per-minute rollups are kept this many days by default; hourly and daily
+/// rollups are kept for good.
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 
 /// How long creating or dropping a partition waits for its lock on the events table. Both need
@@ -434,8 +434,8 @@ async fn ensure_partitions(conn: &mut diesel_async::AsyncPgConnection, days: &[N
 }
 
 /// The events table's upkeep: the coming days' partitions are made ahead; raw events (whole
-/// daily partitions) and per-minute rollups older than `retention_days` go; hourly rollups stay
-/// (history, exports, summaries).
+/// daily partitions) and per-minute rollups older than `retention_days` go; hourly and daily
+/// rollups stay (history, exports, summaries).
 struct Housekeeping {
     db: DbPool,
     retention_days: u32,
