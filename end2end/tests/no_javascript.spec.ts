@@ -1,5 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
-import { ADMIN, MERCHANT } from './helpers';
+import { ADMIN, MERCHANT, sql } from './helpers';
 
 // Without JavaScript every form posts straight to its server function; a failure must come back
 // to the page the form is on, with its message shown there (not the server function's JSON).
@@ -134,4 +134,19 @@ test('a key is revoked and a request cancelled without JavaScript', async ({ pag
   await page.getByTestId('cancel-request').click();
   await expect(page.getByTestId('key-title')).toHaveText(other);
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'cancelled');
+});
+
+test('an admin reads a message on the mail page without JavaScript', async ({ page }) => {
+  const subject = `Plain reading ${Date.now()}`;
+  sql(`INSERT INTO outbound_emails (to_address, subject, text_body, html_body)
+       VALUES ('ann@example.com', '${subject}', 'the plain part', '<p>the html part</p>')`);
+  await signInWithoutScripts(page, ADMIN);
+  await page.goto('/admin/mail');
+  const item = page.getByTestId('mail-item').filter({ hasText: subject });
+  await item.locator('summary').click();
+  await item.getByRole('link', { name: 'Read it' }).click();
+  await expect(page).toHaveURL(/\/admin\/mail\?open=\d+$/);
+  const opened = page.getByTestId('mail-item').filter({ hasText: subject });
+  await expect(opened.locator('pre')).toHaveText('the plain part');
+  await expect(opened.frameLocator('iframe.mail-html').getByText('the html part')).toBeVisible();
 });

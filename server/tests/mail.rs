@@ -334,6 +334,13 @@ async fn a_message_refused_for_good_is_given_up_and_an_admin_can_send_it_again()
         let mut conn = services::db::conn(&app.services.db).await.unwrap();
         outbound_emails.select(id).get_result::<i64>(&mut conn).await.unwrap().to_string()
     };
+    // The list carries no message parts (with big summaries among them it weighed tens of MB);
+    // an admin reads them when opening one.
+    assert!(!page.contains("plain body") && !page.contains("html body"), "{page}");
+    let body: serde_json::Value = app.rpc(&admin, "admin/mail/body", &[("id", &id)]).await.json().await.unwrap();
+    assert_eq!((body["text"].as_str(), body["html"].as_str()), (Some("plain body"), Some("<p>html body</p>")));
+    let nosy = app.rpc(&merchant, "admin/mail/body", &[("id", &id)]).await;
+    assert_eq!(nosy.status(), reqwest::StatusCode::FORBIDDEN);
     let refused = app.rpc(&merchant, "admin/mail/send-again", &[("id", &id)]).await;
     assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
     assert!(outbox_state(&app).await.2, "a merchant changes nothing");

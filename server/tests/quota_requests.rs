@@ -445,7 +445,8 @@ async fn every_pending_request_is_on_the_admins_list() {
     let ask_on = |key_id: String, reason: String| {
         let s = &s;
         async move {
-            let args = [("key_id", key_id.as_str()), ("per_hour", "2000"), ("per_day", "20000"), ("reason", reason.as_str())];
+            let args =
+                [("key_id", key_id.as_str()), ("per_hour", "2000"), ("per_day", "20000"), ("reason", reason.as_str())];
             let res = s.app.rpc(&s.merchant, "quota-requests/create", &args).await;
             let body: Value = res.json().await.unwrap();
             assert!(body["id"].is_i64(), "{reason}: {body}");

@@ -88,14 +88,13 @@ pub async fn enqueue_returning_id(
     Ok(id)
 }
 
-/// A message in the outbox, as the admins' mail page shows it.
+/// A message in the outbox, as the admins' mail page lists it (its parts are read when it is
+/// opened: [`body`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub id: i64,
     pub to: String,
     pub subject: String,
-    pub text: String,
-    pub html: String,
     pub attachments: Vec<String>,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -109,8 +108,6 @@ pub struct OutboxEntry {
 pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> {
     type Row = (
         i64,
-        String,
-        String,
         String,
         String,
         i32,
@@ -127,8 +124,6 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
             outbound_emails::id,
             outbound_emails::to_address,
             outbound_emails::subject,
-            outbound_emails::text_body,
-            outbound_emails::html_body,
             outbound_emails::attempts,
             outbound_emails::last_error,
             outbound_emails::created_at,
@@ -146,13 +141,11 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, to, subject, text, html, attempts, last_error, created_at, sent_at, failed_at)| OutboxEntry {
+        .map(|(id, to, subject, attempts, last_error, created_at, sent_at, failed_at)| OutboxEntry {
             attachments: files.iter().filter(|(e, _)| *e == id).map(|(_, f)| f.clone()).collect(),
             id,
             to,
             subject,
-            text,
-            html,
             attempts,
             last_error,
             created_at,
@@ -160,6 +153,16 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
             failed_at,
         })
         .collect())
+}
+
+/// The plain-text and HTML parts of one message.
+pub async fn body(db: &DbPool, id: i64) -> ServiceResult<(String, String)> {
+    let mut conn = db::conn(db).await?;
+    Ok(outbound_emails::table
+        .find(id)
+        .select((outbound_emails::text_body, outbound_emails::html_body))
+        .get_result(&mut conn)
+        .await?)
 }
 
 /// How many messages wait to be sent, and how many were given up.

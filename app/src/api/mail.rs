@@ -10,8 +10,6 @@ pub struct MailView {
     pub id: i64,
     pub to: String,
     pub subject: String,
-    pub text: String,
-    pub html: String,
     pub attachments: Vec<String>,
     pub attempts: i32,
     pub last_error: Option<String>,
@@ -46,8 +44,6 @@ pub async fn admin_mail() -> Result<MailboxView, AppError> {
                 id: m.id,
                 to: m.to,
                 subject: m.subject,
-                text: m.text,
-                html: m.html,
                 attachments: m.attachments,
                 attempts: m.attempts,
                 last_error: m.last_error,
@@ -57,6 +53,23 @@ pub async fn admin_mail() -> Result<MailboxView, AppError> {
             })
             .collect(),
     })
+}
+
+/// A message's plain-text and HTML parts, read when an admin opens it: listing every message
+/// with its parts made the page tens of MB once big summaries were among them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailBody {
+    pub text: String,
+    pub html: String,
+}
+
+#[server(prefix = "/rpc", endpoint = "admin/mail/body")]
+pub async fn admin_mail_body(id: i64) -> Result<MailBody, AppError> {
+    use super::session;
+    let services = session::services()?;
+    session::require_admin(&services).await?;
+    let (text, html) = services::mailer::body(&services.db, id).await?;
+    Ok(MailBody { text, html })
 }
 
 /// Queues a given-up message again, for admins only.

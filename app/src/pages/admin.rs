@@ -3,9 +3,11 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
+use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{admin_list_keys, admin_mail, MailView, SendMailAgain};
+use crate::api::{admin_list_keys, admin_mail, admin_mail_body, MailBody, MailView, SendMailAgain};
+use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
 #[component]
@@ -81,15 +83,28 @@ fn last_month() -> String {
     }
 }
 
-/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML; a
-/// message that was given up can be sent again. In development (no `SMTP_URL`) this is how the
-/// mail folder's messages are read.
+/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML once
+/// opened (its parts are fetched then; `?open=<id>` without JavaScript); a message that was given
+/// up can be sent again. In development (no `SMTP_URL`) this is how the mail folder's messages
+/// are read.
 #[component]
 pub fn AdminMailPage() -> impl IntoView {
     let send_again = ServerAction::<SendMailAgain>::new();
     let mail = Resource::new(
         move || send_again.version().get(),
         |version| once_per_render("admin/mail", &version, admin_mail()),
+    );
+    let query = use_query_map();
+    let open = Resource::new(
+        move || query.read().get("open").and_then(|id| id.parse::<i64>().ok()),
+        |id| {
+            once_per_render("admin/mail/body", &id, async move {
+                match id {
+                    Some(id) => admin_mail_body(id).await.map(|body| Some((id, body))),
+                    None => Ok(None),
+                }
+            })
+        },
     );
     view! {
         <PageTitle text="Mail · keymeter"/>
@@ -99,6 +114,7 @@ pub fn AdminMailPage() -> impl IntoView {
         })}
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
+                let opened = open.await.ok().flatten();
                 match mail.await {
                     Ok(mailbox) => {
                         let stuck = mailbox.failed > 0;
@@ -110,7 +126,10 @@ pub fn AdminMailPage() -> impl IntoView {
                         {if mailbox.messages.is_empty() {
                             view! { <section class="card"><p class="empty">"No mail yet."</p></section> }.into_any()
                         } else {
-                            mailbox.messages.into_iter().map(|m| view! { <MailItem m send_again/> }).collect_view().into_any()
+                            mailbox.messages.into_iter().map(|m| {
+                                let body = opened.clone().filter(|(id, _)| *id == m.id).map(|(_, body)| body);
+                                view! { <MailItem m body send_again/> }
+                            }).collect_view().into_any()
                         }}
                     }.into_any()
                     }
@@ -134,20 +153,17 @@ fn outbox_summary(waiting: i64, failed: i64) -> String {
 }
 
 #[component]
-fn MailItem(m: MailView, send_again: ServerAction<SendMailAgain>) -> impl IntoView {
-    // The HTML part is drawn once its message is opened: a frame per message, all parsed up
-    // front, made the page take seconds. Without JavaScript the frame comes in a <noscript>,
-    // which a browser running scripts does not even parse.
-    let opened = RwSignal::new(false);
-    let html = m.html.clone();
-    // Only the server writes it; hydration leaves a server-rendered inner HTML alone.
-    #[cfg(feature = "ssr")]
-    let no_script = format!(
-        "<iframe class=\"mail-html\" sandbox=\"\" srcdoc=\"{}\" title=\"HTML part\"></iframe>",
-        services::mailer::html_escape(&m.html)
-    );
-    #[cfg(not(feature = "ssr"))]
-    let no_script = String::new();
+fn MailItem(m: MailView, body: Option<MailBody>, send_again: ServerAction<SendMailAgain>) -> impl IntoView {
+    // The parts are fetched when the message is opened: every message's parts in the list made
+    // the page tens of MB, and a frame per message, all parsed up front, took seconds.
+    let open_at_start = body.is_some();
+    let body = RwSignal::new(body.map(Ok::<_, AppError>));
+    let id = m.id;
+    let on_toggle = move |_| {
+        if body.get_untracked().is_none() {
+            leptos::task::spawn_local(async move { body.set(Some(admin_mail_body(id).await)) });
+        }
+    };
     let error = m.last_error.clone().unwrap_or_default();
     let (badge, label, status) = match (&m.sent_at, &m.failed_at) {
         (Some(at), _) => ("badge approved", "sent", format!("sent {}", format::time(at))),
@@ -163,7 +179,7 @@ fn MailItem(m: MailView, send_again: ServerAction<SendMailAgain>) -> impl IntoVi
     };
     let given_up = m.failed_at.is_some() && m.sent_at.is_none();
     view! {
-        <details class="card mail" data-testid="mail-item" on:toggle=move |_| opened.set(true)>
+        <details class="card mail" data-testid="mail-item" open=open_at_start on:toggle=on_toggle>
             <summary>
                 <span class=badge data-testid="mail-status">{label}</span>" "
                 <b data-testid="mail-subject">{m.subject.clone()}</b>
@@ -181,12 +197,15 @@ fn MailItem(m: MailView, send_again: ServerAction<SendMailAgain>) -> impl IntoVi
             {(!m.attachments.is_empty()).then(|| view! {
                 <p>"Attachments: " {m.attachments.join(", ")}</p>
             })}
-            // The HTML part is shown in a sandbox: no scripts, no same-origin access.
-            {move || opened.get().then(|| view! {
-                <iframe class="mail-html" sandbox="" srcdoc=html.clone() title="HTML part"></iframe>
+            <noscript><a href=format!("/admin/mail?open={id}")>"Read it"</a></noscript>
+            {move || body.get().map(|body| match body {
+                // The HTML part is shown in a sandbox: no scripts, no same-origin access.
+                Ok(body) => view! {
+                    <iframe class="mail-html" sandbox="" srcdoc=body.html title="HTML part"></iframe>
+                    <pre class="mail-text">{body.text}</pre>
+                }.into_any(),
+                Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
             })}
-            <noscript inner_html=no_script></noscript>
-            <pre class="mail-text">{m.text.clone()}</pre>
         </details>
     }
 }
