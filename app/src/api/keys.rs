@@ -24,32 +24,34 @@ mod ssr {
     /// How long the list waits for Redis before showing quotas without use.
     const USE_TIMEOUT: Duration = Duration::from_millis(500);
 
-    /// Views of the keys with each active key's use of the current hour and day. Redis failing
-    /// for one key leaves that key without use; Redis not answering in time leaves the rest
-    /// without use too, so a stalled Redis costs the page one timeout, not one per key.
+    /// Views of the keys with each active key's use of the current hour and day, read for all
+    /// keys at once (one after another, a long list cost one Redis round trip per key). Redis
+    /// failing for one key leaves that key without use; Redis not answering in time leaves them
+    /// all without use, so a stalled Redis costs the page one timeout.
     pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>, viewer_id: i64) -> Vec<KeyView> {
-        let mut views = Vec::with_capacity(keys.len());
-        let mut redis_answers = true;
-        for key in keys {
-            let current_use = if redis_answers && key.revoked_at.is_none() {
-                match tokio::time::timeout(USE_TIMEOUT, services.quota.snapshot(key.id, &key.quota)).await {
-                    Ok(Ok((hour, day, _))) => Some(CurrentUse { hour: hour.used, day: day.used }),
-                    Ok(Err(err)) => {
-                        tracing::warn!(key_id = %key.id, error = %err, "key list: no current use from Redis");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!("key list: Redis did not answer in time; quotas shown without use");
-                        redis_answers = false;
-                        None
-                    }
+        let reads = keys.iter().map(|key| async move {
+            if key.revoked_at.is_some() {
+                return None;
+            }
+            match services.quota.snapshot(key.id, &key.quota).await {
+                Ok((hour, day, _)) => Some(CurrentUse { hour: hour.used, day: day.used }),
+                Err(err) => {
+                    tracing::warn!(key_id = %key.id, error = %err, "key list: no current use from Redis");
+                    None
                 }
-            } else {
-                None
-            };
-            views.push(KeyView { current_use, ..KeyView::seen_by(key, viewer_id) });
-        }
-        views
+            }
+        });
+        let uses = match tokio::time::timeout(USE_TIMEOUT, futures_util::future::join_all(reads)).await {
+            Ok(uses) => uses,
+            Err(_) => {
+                tracing::warn!("key list: Redis did not answer in time; quotas shown without use");
+                vec![None; keys.len()]
+            }
+        };
+        keys.into_iter()
+            .zip(uses)
+            .map(|(key, current_use)| KeyView { current_use, ..KeyView::seen_by(key, viewer_id) })
+            .collect()
     }
 }
 
