@@ -98,7 +98,7 @@ wrapped64=$(rps 64 -H "Authorization: Bearer $key" "$base/api/v1/ping")
 drained
 
 # --- Dashboard with history: 30 days x 100,000 requests a day on one key. ---
-log "seeding 30 days x 100,000 requests of history (raw events, then rollups from them)"
+log "seeding 30 days x 100,000 requests of history (raw events, then hourly and daily rollups from them)"
 "$BIN" key create --owner bench@example.com --name history >/dev/null 2>&1
 history_id=$("$BIN" key list --owner bench@example.com | awk -F'\t' '$4 == "history" {print $1}')
 psql_bench() { "$PG_BIN/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d keymeter -v ON_ERROR_STOP=1 "$@"; }
@@ -130,6 +130,22 @@ WITH buckets AS (
 UPDATE api_key_usage_hour u SET latency_hist = hists.hist FROM hists
 WHERE u.api_key_id = :'key' AND u.period_start = hists.h AND u.method = hists.method
   AND u.endpoint = hists.endpoint AND u.status = hists.status;
+-- The daily rollups the writer keeps beside the hourly ones (the usage page's breakdowns).
+WITH buckets AS (
+    SELECT date_trunc('day', period_start, 'UTC') AS d, method, endpoint, status, b.key AS bucket,
+           sum(b.value::bigint) AS n
+    FROM api_key_usage_hour, jsonb_each_text(latency_hist) AS b WHERE api_key_id = :'key' GROUP BY 1, 2, 3, 4, 5
+), hists AS (
+    SELECT d, method, endpoint, status, jsonb_object_agg(bucket, n) AS hist FROM buckets GROUP BY 1, 2, 3, 4
+)
+INSERT INTO api_key_usage_day (api_key_id, period_start, method, endpoint, status, requests, throttled,
+                               bytes_in, bytes_out, latency_hist)
+SELECT h.api_key_id, date_trunc('day', h.period_start, 'UTC') AS d, h.method, h.endpoint, h.status,
+       sum(h.requests), sum(h.throttled), sum(h.bytes_in), sum(h.bytes_out), coalesce(min(hists.hist::text), '{}')::jsonb
+FROM api_key_usage_hour h
+LEFT JOIN hists ON hists.d = date_trunc('day', h.period_start, 'UTC') AND hists.method = h.method
+     AND hists.endpoint = h.endpoint AND hists.status = h.status
+WHERE h.api_key_id = :'key' GROUP BY 1, 2, 3, 4, 5;
 ANALYZE;
 SQL
 seed_secs=$(( $(date +%s) - seed_start ))
