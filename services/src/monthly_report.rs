@@ -151,38 +151,42 @@ fn summarise(key: ApiKey, rows: &RollupRows, limits: &QuotaTimeline, month: Mont
     }
 }
 
-/// Builds every owner's report for `month`, owners in id order.
-pub async fn build_reports(db: &DbPool, month: Month, skip: &HashSet<i64>) -> ServiceResult<(Vec<OwnerReport>, usize)> {
-    let keys = keys_of_month(db, month).await?;
+/// The owners of keys that `month`'s summary covers, in id order, without those in `skip`;
+/// also how many were skipped.
+fn owners_of_month(keys: &[ApiKey], skip: &HashSet<i64>) -> (Vec<(i64, String)>, usize) {
     let mut owners: Vec<(i64, String)> = keys.iter().map(|k| (k.owner_id, k.owner_email.clone())).collect();
     owners.sort();
     owners.dedup();
-    // Owners already sent to are left out before any rollup is read: the scheduler asks every
-    // 15 minutes on every instance.
     let before = owners.len();
     owners.retain(|(owner_id, _)| !skip.contains(owner_id));
     let skipped = before - owners.len();
-    let mut out = Vec::new();
-    for (owner_id, owner_email) in owners {
-        // Each key's rollups are read once, for its summary and for the CSV.
-        let mut summaries = Vec::new();
-        let mut hours = Vec::new();
-        for key in keys.iter().filter(|k| k.owner_id == owner_id) {
-            let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
-            let limits = QuotaTimeline::load(db, key).await?;
-            summaries.push(summarise(key.clone(), &rows, &limits, month));
-            hours.push((key.id.0, rows));
-        }
-        summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
-        let rows = RollupRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
-        let mut csv = export::HEADER.to_owned();
-        for row in &rows {
-            let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());
-            export::write_row(&mut csv, row, name);
-        }
-        out.push(OwnerReport { month, owner_id, owner_email, keys: summaries, csv });
+    (owners, skipped)
+}
+
+/// One owner's report for `month`, of their keys among `keys`.
+async fn build_report(
+    db: &DbPool,
+    month: Month,
+    keys: &[ApiKey],
+    (owner_id, owner_email): (i64, String),
+) -> ServiceResult<OwnerReport> {
+    // Each key's rollups are read once, for its summary and for the CSV.
+    let mut summaries = Vec::new();
+    let mut hours = Vec::new();
+    for key in keys.iter().filter(|k| k.owner_id == owner_id) {
+        let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
+        let limits = QuotaTimeline::load(db, key).await?;
+        summaries.push(summarise(key.clone(), &rows, &limits, month));
+        hours.push((key.id.0, rows));
     }
-    Ok((out, skipped))
+    summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+    let rows = RollupRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
+    let mut csv = export::HEADER.to_owned();
+    for row in &rows {
+        let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());
+        export::write_row(&mut csv, row, name);
+    }
+    Ok(OwnerReport { month, owner_id, owner_email, keys: summaries, csv })
 }
 
 /// Fails while usage of `month` may still be on its way to PostgreSQL: the oldest entry left in
@@ -218,9 +222,15 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
     }
     month_fully_stored(services, month).await?;
     let already = if force { HashSet::new() } else { owners_already_sent(&services.db, month).await? };
-    let (reports, skipped) = build_reports(&services.db, month, &already).await?;
+    let keys = keys_of_month(&services.db, month).await?;
+    // Owners already sent to are left out before any rollup is read: the scheduler asks every
+    // 15 minutes on every instance.
+    let (owners, skipped) = owners_of_month(&keys, &already);
     let mut outcome = RunOutcome { already_sent: skipped, ..RunOutcome::default() };
-    for report in reports {
+    // One owner at a time, built and queued: building every report first held them all (their
+    // CSVs too) in memory at once.
+    for owner in owners {
+        let report = build_report(&services.db, month, &keys, owner).await?;
         let message = ReportMessage::new(&report, &services.settings.public_url);
         let mut conn = db::conn(&services.db).await?;
         let queued = conn
