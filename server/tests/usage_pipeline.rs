@@ -236,6 +236,114 @@ async fn hourly_requests(app: &TestApp, key: Uuid) -> i64 {
         .n
 }
 
+/// A writer remembers which days' partitions exist. When retention dropped one and an event of
+/// that day came late (a replayed stream), the writer kept trying the missing partition until
+/// the entry was set aside: usage lost. It now makes the partition again on the next try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_event_of_a_dropped_day_is_stored_on_the_next_try() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let old = chrono::Utc::now().timestamp_millis() - 120 * 86_400_000;
+    let mut writer = UsageWriter::new(&app.services, 90);
+    writer.write(&[event(id.0, old)]).await.unwrap();
+    writer.housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+    assert_eq!(totals(&app, id.0).await, (0, 0));
+    let late = [event(id.0, old + 1)];
+    // The first try may find the partition gone; the entry's next try (the writer tries an
+    // entry three times before setting it aside) stores it.
+    if writer.write(&late).await.is_err() {
+        writer.write(&late).await.expect("stored on the next try");
+    }
+    assert_eq!(totals(&app, id.0).await, (1, 1));
+    assert_eq!(hourly_requests(&app, id.0).await, 2);
+}
+
+/// What is past its keeping time goes; what must stay, stays: unsent mail that is still being
+/// tried, live sessions, monthly summary records (they make a summary go out once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn housekeeping_forgets_records_past_their_keeping_time() {
+    use services::alerts::{AlertWindow, QuotaCrossing};
+    let app = TestApp::spawn().await;
+    let (_, key) = app.key_with_quota(10, 10).await;
+    let merchant = app.user("kept@example.com", services::accounts::Role::Merchant).await;
+    let client = app.signed_in("kept@example.com").await;
+    let _expired = app.signed_in("kept@example.com").await;
+    let m = merchant.id;
+    let k = key.0;
+    for statement in [
+        // The second session has expired.
+        format!("UPDATE sessions SET expires_at = now() - interval '1 minute' WHERE token_hash = (SELECT token_hash FROM sessions WHERE user_id = {m} ORDER BY created_at DESC LIMIT 1)"),
+        format!("INSERT INTO notifications (user_id, kind, title, body, created_at) VALUES \
+                 ({m}, 'quota_alert', 'old', 'b', now() - interval '100 days'), ({m}, 'quota_alert', 'new', 'b', now() - interval '80 days')"),
+        "INSERT INTO outbound_emails (to_address, subject, text_body, html_body, created_at, sent_at, failed_at) VALUES \
+         ('a@example.com', 'sent long ago', 't', 'h', now() - interval '101 days', now() - interval '100 days', NULL), \
+         ('a@example.com', 'sent lately', 't', 'h', now() - interval '11 days', now() - interval '10 days', NULL), \
+         ('a@example.com', 'given up long ago', 't', 'h', now() - interval '104 days', NULL, now() - interval '100 days'), \
+         ('a@example.com', 'still tried', 't', 'h', now() - interval '100 days', NULL, NULL)".to_owned(),
+        "INSERT INTO outbound_email_attachments (email_id, filename, content_type, content) \
+         SELECT id, 'usage.csv', 'text/csv', 'x' FROM outbound_emails WHERE subject = 'sent long ago'".to_owned(),
+        format!("INSERT INTO monthly_reports (user_id, month, email_id) \
+                 SELECT {m}, date '2026-07-01', id FROM outbound_emails WHERE subject = 'sent long ago'"),
+        format!("INSERT INTO quota_alerts (api_key_id, quota_window, period_start, threshold, quota_limit, crossed_at, emailed) VALUES \
+                 ('{k}', 'day', date_trunc('day', now()) - interval '100 days', 50, 10, now() - interval '100 days', true), \
+                 ('{k}', 'day', date_trunc('day', now()) - interval '1 day', 50, 10, now() - interval '1 day', true)"),
+    ] {
+        sql(&app, &statement).await;
+    }
+
+    UsageWriter::new(&app.services, 90).housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+
+    let sessions = count(&app, &format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
+    assert_eq!(sessions, 1, "the expired session went, the live one stayed");
+    let res = app.page(&client, "/dashboard/developers/api-keys").await;
+    assert_eq!(res.status(), StatusCode::OK, "still signed in");
+    assert_eq!(
+        titles(&app, &format!("SELECT title AS t FROM notifications WHERE user_id = {m} ORDER BY id")).await,
+        ["new"]
+    );
+    assert_eq!(
+        titles(&app, "SELECT subject AS t FROM outbound_emails ORDER BY id").await,
+        ["sent lately", "still tried"]
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM outbound_email_attachments").await, 0);
+    let summary_records =
+        count(&app, &format!("SELECT count(*) FROM monthly_reports WHERE user_id = {m} AND email_id IS NULL")).await;
+    assert_eq!(summary_records, 1, "the summary record stays: July's summary is not sent again");
+    assert_eq!(count(&app, &format!("SELECT count(*) FROM quota_alerts WHERE api_key_id = '{k}'")).await, 1);
+
+    // A crossing of a period whose record may be gone is not alerted again.
+    let old_day = (chrono::Utc::now() - chrono::Duration::days(100)).timestamp_millis() / 86_400_000 * 86_400_000;
+    let crossing = QuotaCrossing { window: AlertWindow::Day, period_start_ms: old_day, threshold: 50, limit: 10 };
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let new = services::alerts::record(&mut conn, &[(k, old_day + 1, crossing)], "http://x").await.unwrap();
+    assert_eq!(new, 0);
+}
+
+async fn sql(app: &TestApp, statement: &str) {
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
+async fn count(app: &TestApp, query: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap().count
+}
+
+async fn titles(app: &TestApp, query: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Title {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(query).load::<Title>(&mut conn).await.unwrap().into_iter().map(|r| r.t).collect()
+}
+
 /// Dropping an old partition, or making a new one, needs the events table to itself. Behind a
 /// long read of the events (an analyst's query) retention used to wait as long as the read, and
 /// PostgreSQL queued the writer's inserts behind it: usage stopped reaching PostgreSQL. The

@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::housekeeping;
 use crate::keys::{ApiKeyId, QuotaDecision, Window};
 use crate::mailer::{self, html_escape, Email};
 use crate::notifications::{self, NewNotification};
@@ -236,9 +238,15 @@ pub async fn record(
         })
         .collect();
 
+    // A crossing this old (a months-old stream replayed) may have had its record deleted
+    // already; alerting now would alert twice, and too late to matter.
+    let kept_from_ms = housekeeping::records_kept_from(Utc::now().date_naive()).timestamp_millis();
     let mut new_alerts = 0;
     for (key_id, at_ms, c) in crossings {
         let Some(key) = keys.get(key_id) else { continue };
+        if c.period_start_ms < kept_from_ms {
+            continue;
+        }
         let emailed = key.email_thresholds.contains(c.threshold);
         let inserted = diesel::insert_into(quota_alerts::table)
             .values((

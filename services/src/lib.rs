@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod alerts;
 pub mod db;
 pub mod error;
+pub mod housekeeping;
 pub mod keys;
 pub mod mailer;
 pub mod monthly_report;

@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_redis::redis::{self, streams::StreamReadReply, Value};
-use diesel::sql_types::{Array, BigInt, Bool, Date, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, SmallInt, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -18,6 +18,7 @@ use super::histogram::LatencyHistogram;
 use super::recorder::stream_name;
 use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
+use crate::housekeeping::{ensure_partitions, Housekeeping};
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
@@ -47,19 +48,6 @@ pub struct Round {
 /// Raw events and per-minute rollups are kept this many days by default; hourly and daily
 /// rollups are kept for good.
 pub const DEFAULT_RETENTION_DAYS: u32 = 90;
-
-/// How long creating or dropping a partition waits for its lock on the events table. Both need
-/// the table to themselves: behind a long read of the events (an analyst's query) they would
-/// wait as long as the read, and PostgreSQL queues the writer's inserts behind a waiting lock.
-/// Better to give up and try again later.
-const PARTITION_LOCK_WAIT: &str = "2s";
-/// When housekeeping runs again: after a failure, and then every hour (cheap when there is
-/// nothing to do).
-const HOUSEKEEPING_RETRY: Duration = Duration::from_secs(600);
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
-/// Partitions are made this many days ahead, so that the writer does not have to make one at
-/// midnight (when a long read could hold it up).
-const PARTITIONS_AHEAD: u64 = 2;
 
 pub struct UsageWriter {
     db: DbPool,
@@ -108,8 +96,7 @@ impl UsageWriter {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         // Beside the writing, not inside it: deleting old minute rollups takes a while.
-        let housekeeping =
-            tokio::spawn(Housekeeping { db: self.db.clone(), retention_days: self.retention_days }.run(stop.clone()));
+        let housekeeping = tokio::spawn(Housekeeping::new(self.db.clone(), self.retention_days).run(stop.clone()));
         loop {
             let stopping = *stop.borrow() || stop.has_changed().is_err();
             match self.step(if stopping { 0 } else { 200 }).await {
@@ -369,127 +356,57 @@ impl UsageWriter {
 
         let columns = EventColumns::from(events);
         let public_url = &self.public_url;
-        conn.transaction::<_, ServiceError, _>(|conn| {
-            Box::pin(async move {
-                let inserted: Vec<Inserted> = diesel::sql_query(
-                    "INSERT INTO api_key_usage (request_id, api_key_id, occurred_at, method, endpoint, status, \
+        let written = conn
+            .transaction::<_, ServiceError, _>(|conn| {
+                Box::pin(async move {
+                    let inserted: Vec<Inserted> = diesel::sql_query(
+                        "INSERT INTO api_key_usage (request_id, api_key_id, occurred_at, method, endpoint, status, \
                      latency_us, bytes_in, bytes_out, throttled, enforced) \
                      SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                      ON CONFLICT DO NOTHING RETURNING request_id",
-                )
-                .bind::<Array<SqlUuid>, _>(&columns.request_id)
-                .bind::<Array<SqlUuid>, _>(&columns.key_id)
-                .bind::<Array<Timestamptz>, _>(&columns.at)
-                .bind::<Array<Text>, _>(&columns.method)
-                .bind::<Array<Text>, _>(&columns.endpoint)
-                .bind::<Array<SmallInt>, _>(&columns.status)
-                .bind::<Array<BigInt>, _>(&columns.latency_us)
-                .bind::<Array<BigInt>, _>(&columns.bytes_in)
-                .bind::<Array<BigInt>, _>(&columns.bytes_out)
-                .bind::<Array<Bool>, _>(&columns.throttled)
-                .bind::<Array<Bool>, _>(&columns.enforced)
-                .load(conn)
-                .await?;
-                let mut new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
-                // Each stored request once, even if the batch holds it twice (a hand-off
-                // retried after its reply was lost): the rollups must equal the events.
-                let fresh: Vec<&UsageEvent> = events.iter().filter(|e| new.remove(&e.request_id)).collect();
-                let fresh = || fresh.iter().copied();
-                if fresh().next().is_some() {
-                    Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
-                    Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
-                    Rollups::of(fresh(), 86_400_000).upsert(conn, "api_key_usage_day").await?;
-                    touch_last_used(conn, fresh()).await?;
-                    let crossings: Vec<_> =
-                        fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
-                    alerts::record(conn, &crossings, public_url).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Makes the coming days' partitions, and drops raw events and per-minute rollups older
-    /// than the retention period.
-    pub async fn housekeeping(&self, today: NaiveDate) -> ServiceResult<()> {
-        Housekeeping { db: self.db.clone(), retention_days: self.retention_days }.apply(today).await
-    }
-}
-
-/// Creates the partitions of the given days unless they exist, waiting at most
-/// [`PARTITION_LOCK_WAIT`] for the events table.
-async fn ensure_partitions(conn: &mut diesel_async::AsyncPgConnection, days: &[NaiveDate]) -> ServiceResult<()> {
-    conn.transaction::<_, ServiceError, _>(|c| {
-        Box::pin(async move {
-            diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
-            diesel::sql_query("SELECT km_ensure_usage_partition(d) FROM unnest($1) AS d")
-                .bind::<Array<Date>, _>(days)
-                .execute(c)
-                .await?;
-            Ok(())
-        })
-    })
-    .await
-}
-
-/// The events table's upkeep: the coming days' partitions are made ahead; raw events (whole
-/// daily partitions) and per-minute rollups older than `retention_days` go; hourly and daily
-/// rollups stay (history, exports, summaries).
-struct Housekeeping {
-    db: DbPool,
-    retention_days: u32,
-}
-
-impl Housekeeping {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            let wait = match self.apply(Utc::now().date_naive()).await {
-                Ok(()) => HOUSEKEEPING_EVERY,
-                Err(e) => {
-                    tracing::warn!(error = %e, "usage housekeeping: will retry");
-                    HOUSEKEEPING_RETRY
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    async fn apply(&self, today: NaiveDate) -> ServiceResult<()> {
-        let mut conn = db::conn(&self.db).await?;
-        let coming: Vec<NaiveDate> = (0..=PARTITIONS_AHEAD).map(|n| today + chrono::Days::new(n)).collect();
-        // Not stopped by a failure here: a drop may succeed where a creation waited too long.
-        let made = ensure_partitions(&mut conn, &coming).await;
-        let keep_from = today - chrono::Days::new(self.retention_days as u64);
-        conn.transaction::<_, ServiceError, _>(|c| {
-            Box::pin(async move {
-                diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
-                diesel::sql_query("SELECT km_drop_usage_partitions_before($1)")
-                    .bind::<Date, _>(keep_from)
-                    .execute(c)
+                    )
+                    .bind::<Array<SqlUuid>, _>(&columns.request_id)
+                    .bind::<Array<SqlUuid>, _>(&columns.key_id)
+                    .bind::<Array<Timestamptz>, _>(&columns.at)
+                    .bind::<Array<Text>, _>(&columns.method)
+                    .bind::<Array<Text>, _>(&columns.endpoint)
+                    .bind::<Array<SmallInt>, _>(&columns.status)
+                    .bind::<Array<BigInt>, _>(&columns.latency_us)
+                    .bind::<Array<BigInt>, _>(&columns.bytes_in)
+                    .bind::<Array<BigInt>, _>(&columns.bytes_out)
+                    .bind::<Array<Bool>, _>(&columns.throttled)
+                    .bind::<Array<Bool>, _>(&columns.enforced)
+                    .load(conn)
                     .await?;
-                Ok(())
+                    let mut new: HashSet<Uuid> = inserted.into_iter().map(|r| r.request_id).collect();
+                    // Each stored request once, even if the batch holds it twice (a hand-off
+                    // retried after its reply was lost): the rollups must equal the events.
+                    let fresh: Vec<&UsageEvent> = events.iter().filter(|e| new.remove(&e.request_id)).collect();
+                    let fresh = || fresh.iter().copied();
+                    if fresh().next().is_some() {
+                        Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
+                        Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
+                        Rollups::of(fresh(), 86_400_000).upsert(conn, "api_key_usage_day").await?;
+                        touch_last_used(conn, fresh()).await?;
+                        let crossings: Vec<_> =
+                            fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
+                        alerts::record(conn, &crossings, public_url).await?;
+                    }
+                    Ok(())
+                })
             })
-        })
-        .await?;
-        // Key by key, along the primary key (key, minute, …): no scan of the whole table.
-        let keep_from = Utc.from_utc_datetime(&keep_from.and_hms_opt(0, 0, 0).unwrap_or_default());
-        let keys: Vec<Uuid> = {
-            use crate::schema::api_keys;
-            use diesel::QueryDsl;
-            api_keys::table.select(api_keys::id).load(&mut conn).await?
-        };
-        for key in keys {
-            diesel::sql_query("DELETE FROM api_key_usage_minute WHERE api_key_id = $1 AND period_start < $2")
-                .bind::<SqlUuid, _>(key)
-                .bind::<Timestamptz, _>(keep_from)
-                .execute(&mut conn)
-                .await?;
+            .await;
+        if written.is_err() {
+            // One of the partitions this writer knows may have been dropped since (an old
+            // event's day, past the retention): make them again on the next try.
+            self.partitions.clear();
         }
-        made
+        written
+    }
+
+    /// One pass of [`Housekeeping`] with this writer's retention, `today` being the UTC day.
+    pub async fn housekeeping(&self, today: NaiveDate) -> ServiceResult<()> {
+        Housekeeping::new(self.db.clone(), self.retention_days).apply(today).await
     }
 }
 
