@@ -413,3 +413,50 @@ async fn an_alert_goes_out_before_the_summaries_queued_ahead_of_it() {
         .collect();
     assert_eq!(subjects, ["Quota alert", "Summary 0", "Summary 1", "Summary 2", "Summary 3", "Summary 4"]);
 }
+
+/// The admins' mail page lists the outbox a page at a time, newest first, and can list only the
+/// given-up messages (the ones to act on). Before, it showed the newest 100 and no more: a
+/// message given up behind them could not be found to be sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_outbox_can_be_read_a_page_at_a_time_and_the_given_up_mail_found() {
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    // 130 messages; the 3rd, 4th and 120th were given up.
+    diesel::sql_query(
+        "INSERT INTO outbound_emails (to_address, subject, text_body, html_body, failed_at) \
+         SELECT 'ann@example.com', 'message ' || i, 't', 'h', CASE WHEN i IN (3, 4, 120) THEN now() END \
+         FROM generate_series(1, 130) AS i ORDER BY i",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    app.user("root@example.com", Role::Admin).await;
+    let admin = app.signed_in("root@example.com").await;
+    let read_all = |given_up: bool| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let mut subjects = Vec::new();
+            let mut before: Option<String> = None;
+            loop {
+                let mut args = vec![("given_up", given_up.to_string())];
+                args.extend(before.iter().map(|b| ("before", b.clone())));
+                let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let page: serde_json::Value = app.rpc(admin, "admin/mail", &args).await.json().await.unwrap();
+                let messages = page["messages"].as_array().unwrap_or_else(|| panic!("{page}"));
+                assert!(messages.len() <= 50, "a page holds 50");
+                subjects.extend(messages.iter().map(|m| m["subject"].as_str().unwrap().to_owned()));
+                if page["more"] != true {
+                    return subjects;
+                }
+                before = Some(messages.last().unwrap()["id"].to_string());
+            }
+        }
+    };
+    let all = read_all(false).await;
+    let expected: Vec<String> = (1..=130).rev().map(|i| format!("message {i}")).collect();
+    assert_eq!(all, expected, "every message once, newest first");
+    assert_eq!(read_all(true).await, ["message 120", "message 4", "message 3"]);
+    let bad = app.rpc(&admin, "admin/mail", &[("before", "yesterday")]).await;
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+}

@@ -46,6 +46,13 @@ async fn ping(s: &Setup) -> StatusCode {
     client().get(s.app.url("/api/v1/ping")).bearer_auth(&s.secret).send().await.unwrap().status()
 }
 
+/// A page of the audit trail: its entries, and where the next page starts.
+async fn audit_trail(s: &Setup, args: &[(&str, &str)]) -> (Vec<Value>, Option<String>) {
+    let page: Value = s.app.rpc(&s.admin, "admin/quota-changes", args).await.json().await.unwrap();
+    let entries = page["entries"].as_array().unwrap_or_else(|| panic!("{page}")).clone();
+    (entries, page["older"].as_str().map(str::to_owned))
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     #[derive(diesel::QueryableByName)]
     struct N {
@@ -108,7 +115,7 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
         count(&s.app, "SELECT count(*) AS n FROM outbound_emails WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota raised%'").await,
         1
     );
-    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    let audit = audit_trail(&s, &[]).await.0;
     let entry = audit.iter().find(|e| e["source"] == "request").unwrap();
     assert_eq!(entry["decision"], "approved");
     assert_eq!((entry["old_per_hour"].as_i64(), entry["new_per_hour"].as_i64()), (Some(2), Some(50)));
@@ -149,7 +156,7 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     assert_eq!(keys[0]["requests_per_day"], 15_000);
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
     // The audit trail keeps the denial too, newest first, with who, what was asked and the note.
-    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    let audit = audit_trail(&s, &[]).await.0;
     let decisions: Vec<&str> = audit.iter().map(|e| e["decision"].as_str().unwrap_or_default()).collect();
     assert_eq!(decisions, ["denied", "set", "set"], "{audit:?}");
     let denial = &audit[0];
@@ -284,7 +291,7 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(set.status(), StatusCode::BAD_REQUEST);
     let ok = admin_set(&s, "7", "70", "support ticket 42").await;
     assert_eq!(ok.status(), StatusCode::OK);
-    let audit: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-changes", &[]).await.json().await.unwrap();
+    let audit = audit_trail(&s, &[]).await.0;
     assert_eq!(audit[0]["source"], "admin");
     assert_eq!(audit[0]["decision"], "set");
     assert_eq!(audit[0]["reason"], "support ticket 42");
@@ -469,4 +476,60 @@ async fn every_pending_request_is_on_the_admins_list() {
     assert_eq!(reasons[0], "need 0", "the oldest pending first");
     assert_eq!(reasons[204], "need 204", "the newest pending one is there");
     assert_eq!(reasons[205], "the first", "then the decisions");
+}
+
+/// The audit trail is read a page at a time, newest first: every decision is on exactly one
+/// page, also those made in the same instant. (Before, the page stopped at the newest 500.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_audit_trail_can_be_read_a_page_at_a_time() {
+    let s = setup().await;
+    // 230 changes, the first 120 of them in one instant, and a denial in that instant too.
+    let mut conn = services::db::conn(&s.app.services.db).await.unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO quota_changes (api_key_id, source, old_per_hour, old_per_day, new_per_hour, new_per_day, reason, changed_at) \
+         SELECT '{}', 'admin', 1, 1, 2, 2, 'change ' || i, \
+           CASE WHEN i <= 120 THEN timestamptz '2026-11-01 12:00:00+00' ELSE timestamptz '2026-11-01 12:00:00+00' + i * interval '1 second' END \
+         FROM generate_series(1, 230) AS i",
+        s.key_id
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let request: Value = ask(&s, "10", "", "x").await.json().await.unwrap();
+    let res =
+        s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &request["id"].to_string()), ("note", "tied")]).await;
+    assert!(res.status().is_success());
+    diesel::sql_query("UPDATE quota_requests SET decided_at = timestamptz '2026-11-01 12:00:00+00'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    let mut before: Option<String> = None;
+    loop {
+        let args: Vec<(&str, &str)> = before.iter().map(|b| ("before", b.as_str())).collect();
+        let (entries, older) = audit_trail(&s, &args).await;
+        pages += 1;
+        seen.extend(entries.iter().map(|e| e["reason"].as_str().unwrap().to_owned()));
+        match older {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 232, "every entry once");
+    assert_eq!(pages, 3);
+    // The setup's own change of the key's quota (now) comes first.
+    let expected: Vec<String> = ["test setup".to_owned()]
+        .into_iter()
+        .chain((121..=230).rev().map(|i| format!("change {i}")))
+        .chain(["tied".to_owned()])
+        .chain((1..=120).rev().map(|i| format!("change {i}")))
+        .collect();
+    assert_eq!(seen, expected, "newest first; in one instant, denials before changes, newest first");
+
+    for bad in ["yesterday", "1.2.3", "1.0", "9999999999999999999.0.1"] {
+        let res = s.app.rpc(&s.admin, "admin/quota-changes", &[("before", bad)]).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
 }

@@ -104,8 +104,18 @@ pub struct OutboxEntry {
     pub failed_at: Option<chrono::DateTime<Utc>>,
 }
 
-/// The newest messages, sent or waiting, with their attachments' names.
-pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> {
+/// Which messages a page of the outbox lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxFilter {
+    /// Only those before (older than) the message numbered so.
+    pub before: Option<i64>,
+    /// Only the given-up ones (those an admin may send again).
+    pub given_up: bool,
+}
+
+/// The newest messages (of those the filter lets through), sent or waiting, with their
+/// attachments' names.
+pub async fn recent(db: &DbPool, filter: OutboxFilter, limit: i64) -> ServiceResult<Vec<OutboxEntry>> {
     type Row = (
         i64,
         String,
@@ -117,9 +127,14 @@ pub async fn recent(db: &DbPool, limit: i64) -> ServiceResult<Vec<OutboxEntry>> 
         Option<chrono::DateTime<Utc>>,
     );
     let mut conn = db::conn(db).await?;
-    let rows: Vec<Row> = outbound_emails::table
-        .order(outbound_emails::id.desc())
-        .limit(limit)
+    let mut query = outbound_emails::table.order(outbound_emails::id.desc()).limit(limit).into_boxed();
+    if let Some(before) = filter.before {
+        query = query.filter(outbound_emails::id.lt(before));
+    }
+    if filter.given_up {
+        query = query.filter(outbound_emails::sent_at.is_null()).filter(outbound_emails::failed_at.is_not_null());
+    }
+    let rows: Vec<Row> = query
         .select((
             outbound_emails::id,
             outbound_emails::to_address,

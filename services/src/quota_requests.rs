@@ -693,15 +693,59 @@ pub struct AuditEntry {
     /// The change's reason, or the admin's note on a denial.
     #[diesel(sql_type = Text)]
     pub reason: String,
+    /// 0 for a change, 1 for a denial; with `seq` (the change's or request's id) it orders
+    /// entries of the same instant.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    kind: i32,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
 }
 
-/// Every decision on a quota, newest first: the changes (which approvals, admin and operator
-/// sets write to `quota_changes`) and the denied requests (which live only in `quota_requests`).
-pub async fn audit_trail(db: &DbPool) -> ServiceResult<Vec<AuditEntry>> {
+impl AuditEntry {
+    /// Where the page that follows this entry starts.
+    pub fn cursor(&self) -> AuditCursor {
+        AuditCursor { changed_at: self.changed_at, kind: self.kind, seq: self.seq }
+    }
+}
+
+/// A place in the audit trail (newest first): the entries after it are older. Written in
+/// links as `<µs since the epoch>.<kind>.<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditCursor {
+    changed_at: DateTime<Utc>,
+    kind: i32,
+    seq: i64,
+}
+
+impl AuditCursor {
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        let mut parts = raw.split('.').map(str::parse::<i64>);
+        let cursor = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(us)), Some(Ok(kind @ (0 | 1))), Some(Ok(seq)), None) => {
+                DateTime::from_timestamp_micros(us).map(|changed_at| Self { changed_at, kind: kind as i32, seq })
+            }
+            _ => None,
+        };
+        cursor.ok_or_else(|| ServiceError::invalid(format!("{raw:?} is not a place in the audit trail")))
+    }
+}
+
+impl std::fmt::Display for AuditCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.changed_at.timestamp_micros(), self.kind, self.seq)
+    }
+}
+
+/// Decisions on quotas, newest first, at most `limit`, from the newest or from after `before`:
+/// the changes (which approvals, admin and operator sets write to `quota_changes`) and the
+/// denied requests (which live only in `quota_requests`).
+pub async fn audit_trail(db: &DbPool, before: Option<AuditCursor>, limit: i64) -> ServiceResult<Vec<AuditEntry>> {
     let mut conn = db::conn(db).await?;
+    // With no cursor, one after every entry.
+    let before = before.unwrap_or(AuditCursor { changed_at: DateTime::<Utc>::MAX_UTC, kind: i32::MAX, seq: i64::MAX });
     Ok(diesel::sql_query(
         "SELECT changed_at, key_id, key_name, changed_by, source, decision, quota_request_id, \
-         old_per_hour, old_per_day, new_per_hour, new_per_day, reason FROM ( \
+         old_per_hour, old_per_day, new_per_hour, new_per_day, reason, kind, seq FROM ( \
            SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
              CASE c.source WHEN 'request' THEN 'approved' ELSE 'set' END AS decision, c.quota_request_id, \
              c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason, 0 AS kind, c.id AS seq \
@@ -712,8 +756,14 @@ pub async fn audit_trail(db: &DbPool) -> ServiceResult<Vec<AuditEntry>> {
              coalesce(r.decision_note, ''), 1, r.id \
            FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id LEFT JOIN users u ON u.id = r.decided_by \
            WHERE r.status = 'denied' AND r.decided_at IS NOT NULL \
-         ) e ORDER BY changed_at DESC, kind DESC, seq DESC LIMIT 500",
+         ) e \
+         WHERE (changed_at, kind, seq) < ($1, $2, $3) \
+         ORDER BY changed_at DESC, kind DESC, seq DESC LIMIT $4",
     )
+    .bind::<Timestamptz, _>(before.changed_at)
+    .bind::<diesel::sql_types::Integer, _>(before.kind)
+    .bind::<BigInt, _>(before.seq)
+    .bind::<BigInt, _>(limit)
     .load(&mut conn)
     .await?)
 }

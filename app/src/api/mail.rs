@@ -18,26 +18,40 @@ pub struct MailView {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
-/// The admins' view of outgoing mail: where it goes, how much is stuck, and the newest messages.
+/// Messages on a page of `/admin/mail`.
+pub const MAIL_PER_PAGE: usize = 50;
+
+/// The admins' view of outgoing mail: where it goes, how much is stuck, and a page of
+/// messages, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxView {
     pub delivery: String,
     pub waiting: i64,
     pub failed: i64,
     pub messages: Vec<MailView>,
+    /// There are older messages (of the same filter) than the last one listed.
+    pub more: bool,
 }
 
+/// A page of the outbox: the newest messages, or those before the one numbered `before`; only
+/// the given-up ones with `given_up`.
 #[server(prefix = "/rpc", endpoint = "admin/mail")]
-pub async fn admin_mail() -> Result<MailboxView, AppError> {
+pub async fn admin_mail(before: Option<i64>, #[server(default)] given_up: bool) -> Result<MailboxView, AppError> {
     use super::session;
+    use services::mailer::OutboxFilter;
     let services = session::services()?;
     session::require_admin(&services).await?;
-    let messages = services::mailer::recent(&services.db, 100).await?;
+    let filter = OutboxFilter { before, given_up };
+    // One more than a page tells whether there is an older page.
+    let mut messages = services::mailer::recent(&services.db, filter, MAIL_PER_PAGE as i64 + 1).await?;
+    let more = messages.len() > MAIL_PER_PAGE;
+    messages.truncate(MAIL_PER_PAGE);
     let counts = services::mailer::counts(&services.db).await?;
     Ok(MailboxView {
         delivery: services.settings.mail_delivery.clone(),
         waiting: counts.waiting,
         failed: counts.failed,
+        more,
         messages: messages
             .into_iter()
             .map(|m| MailView {

@@ -172,13 +172,30 @@ pub async fn admin_set_quota(
     Ok(())
 }
 
+/// Entries on a page of the audit trail.
+pub const AUDIT_PER_PAGE: usize = 100;
+
+/// A page of the audit trail, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditView>,
+    /// Where the next (older) page starts, if there is one.
+    pub older: Option<String>,
+}
+
+/// The newest decisions, or those after `before` (a page's `older`).
 #[server(prefix = "/rpc", endpoint = "admin/quota-changes")]
-pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
+pub async fn admin_quota_audit(before: Option<String>) -> Result<AuditPage, AppError> {
     use super::session;
+    use services::quota_requests::AuditCursor;
     let services = session::services()?;
     session::require_admin(&services).await?;
-    let entries = services::quota_requests::audit_trail(&services.db).await?;
-    Ok(entries
+    let before = before.as_deref().map(AuditCursor::parse).transpose()?;
+    // One more than a page tells whether there is an older page.
+    let mut entries = services::quota_requests::audit_trail(&services.db, before, AUDIT_PER_PAGE as i64 + 1).await?;
+    let older = (entries.len() > AUDIT_PER_PAGE).then(|| entries[AUDIT_PER_PAGE - 1].cursor().to_string());
+    entries.truncate(AUDIT_PER_PAGE);
+    let entries = entries
         .into_iter()
         .map(|e| AuditView {
             changed_at: e.changed_at,
@@ -194,5 +211,6 @@ pub async fn admin_quota_audit() -> Result<Vec<AuditView>, AppError> {
             new_per_day: e.new_per_day,
             reason: e.reason,
         })
-        .collect())
+        .collect();
+    Ok(AuditPage { entries, older })
 }

@@ -83,18 +83,29 @@ fn last_month() -> String {
     }
 }
 
-/// `/admin/mail`: the outbox, newest first, each message readable as text and as HTML once
+/// `/admin/mail`: the outbox, newest first, a page at a time (`?before=<id>` for older ones,
+/// `?given_up=1` for the given-up ones only), each message readable as text and as HTML once
 /// opened (its parts are fetched then; `?open=<id>` without JavaScript); a message that was given
 /// up can be sent again. In development (no `SMTP_URL`) this is how the mail folder's messages
 /// are read.
 #[component]
 pub fn AdminMailPage() -> impl IntoView {
     let send_again = ServerAction::<SendMailAgain>::new();
-    let mail = Resource::new(
-        move || send_again.version().get(),
-        |version| once_per_render("admin/mail", &version, admin_mail()),
-    );
     let query = use_query_map();
+    let shown = move || {
+        let q = query.read();
+        MailPage { before: q.get("before").and_then(|b| b.parse().ok()), given_up: q.get("given_up").is_some() }
+    };
+    let mail = Resource::new(
+        move || (send_again.version().get(), shown()),
+        |(version, page)| {
+            once_per_render(
+                "admin/mail",
+                &(version, page.before, page.given_up),
+                admin_mail(page.before, page.given_up),
+            )
+        },
+    );
     let open = Resource::new(
         move || query.read().get("open").and_then(|id| id.parse::<i64>().ok()),
         |id| {
@@ -115,22 +126,42 @@ pub fn AdminMailPage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 let opened = open.await.ok().flatten();
+                let page = shown();
                 match mail.await {
                     Ok(mailbox) => {
                         let stuck = mailbox.failed > 0;
+                        let older = mailbox.more.then(|| mailbox.messages.last().map(|m| page.older_than(m.id).href())).flatten();
+                        let empty = match (page.given_up, page.before.is_some()) {
+                            (true, _) => "Nothing given up.",
+                            (false, true) => "No older mail.",
+                            (false, false) => "No mail yet.",
+                        };
                         view! {
                         <p data-testid="mail-delivery">"Delivered to " {mailbox.delivery.clone()} "."</p>
                         <p data-testid="mail-counts" class:error=stuck>
-                            {outbox_summary(mailbox.waiting, mailbox.failed)}
+                            {outbox_summary(mailbox.waiting, mailbox.failed)} " "
+                            {page.given_up.then(|| view! {
+                                <A href="/admin/mail" attr:data-testid="all-mail">"Show all mail"</A>
+                            })}
+                            {(stuck && !page.given_up).then(|| view! {
+                                <A href="/admin/mail?given_up=1" attr:data-testid="given-up-only">"Show the given-up ones"</A>
+                            })}
                         </p>
                         {if mailbox.messages.is_empty() {
-                            view! { <section class="card"><p class="empty">"No mail yet."</p></section> }.into_any()
+                            view! { <section class="card"><p class="empty">{empty}</p></section> }.into_any()
                         } else {
                             mailbox.messages.into_iter().map(|m| {
                                 let body = opened.clone().filter(|(id, _)| *id == m.id).map(|(_, body)| body);
-                                view! { <MailItem m body send_again/> }
+                                let read_href = page.opening(m.id);
+                                view! { <MailItem m body read_href send_again/> }
                             }).collect_view().into_any()
                         }}
+                        <nav class="pager">
+                            {page.before.is_some().then(|| view! {
+                                <A href=MailPage { before: None, ..page }.href()>"Newest"</A>
+                            })}
+                            {older.map(|href| view! { <A href=href attr:data-testid="older">"Older"</A> })}
+                        </nav>
                     }.into_any()
                     }
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
@@ -140,7 +171,41 @@ pub fn AdminMailPage() -> impl IntoView {
     }
 }
 
-/// "Nothing waiting." / "3 waiting to be sent · 1 given up (open it to send it again)".
+/// Which part of the outbox `/admin/mail` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MailPage {
+    before: Option<i64>,
+    given_up: bool,
+}
+
+impl MailPage {
+    fn older_than(self, id: i64) -> Self {
+        Self { before: Some(id), ..self }
+    }
+
+    /// This page with one message opened (for reading without JavaScript).
+    fn opening(self, id: i64) -> String {
+        let page = self.href();
+        let join = if page.contains('?') { '&' } else { '?' };
+        format!("{page}{join}open={id}")
+    }
+
+    fn href(self) -> String {
+        let mut params = Vec::new();
+        if let Some(before) = self.before {
+            params.push(format!("before={before}"));
+        }
+        if self.given_up {
+            params.push("given_up=1".to_owned());
+        }
+        match params.is_empty() {
+            true => "/admin/mail".to_owned(),
+            false => format!("/admin/mail?{}", params.join("&")),
+        }
+    }
+}
+
+/// "Nothing waiting." / "3 waiting to be sent · 1 given up (open one to send it again)."
 fn outbox_summary(waiting: i64, failed: i64) -> String {
     let waiting = match waiting {
         0 => "Nothing waiting to be sent".to_owned(),
@@ -153,7 +218,12 @@ fn outbox_summary(waiting: i64, failed: i64) -> String {
 }
 
 #[component]
-fn MailItem(m: MailView, body: Option<MailBody>, send_again: ServerAction<SendMailAgain>) -> impl IntoView {
+fn MailItem(
+    m: MailView,
+    body: Option<MailBody>,
+    read_href: String,
+    send_again: ServerAction<SendMailAgain>,
+) -> impl IntoView {
     // The parts are fetched when the message is opened: every message's parts in the list made
     // the page tens of MB, and a frame per message, all parsed up front, took seconds.
     let open_at_start = body.is_some();
@@ -197,7 +267,7 @@ fn MailItem(m: MailView, body: Option<MailBody>, send_again: ServerAction<SendMa
             {(!m.attachments.is_empty()).then(|| view! {
                 <p>"Attachments: " {m.attachments.join(", ")}</p>
             })}
-            <noscript><a href=format!("/admin/mail?open={id}")>"Read it"</a></noscript>
+            <noscript><a href=read_href>"Read it"</a></noscript>
             {move || body.get().map(|body| match body {
                 // The HTML part is shown in a sandbox: no scripts, no same-origin access.
                 Ok(body) => view! {

@@ -3,11 +3,12 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
+use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{
     admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest,
-    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
+    AuditPage, AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
 };
 use crate::render_memo::once_per_render;
 
@@ -294,15 +295,20 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
 /// quota, from what to what, when and why, and which requests were denied, by whom and why.
 #[component]
 pub fn AdminQuotaChangesPage() -> impl IntoView {
-    let entries = Resource::new(|| (), |_| once_per_render("admin/quota-changes", &(), admin_quota_audit()));
+    let query = use_query_map();
+    let before = move || query.read().get("before");
+    let entries = Resource::new(before, |before| {
+        once_per_render("admin/quota-changes", &before, admin_quota_audit(before.clone()))
+    });
     view! {
         <PageTitle text="Quota changes · keymeter"/>
         <h1>"Quota changes and decisions"</h1>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
+                    let paged = before().is_some();
                     match entries.await {
-                        Ok(list) => view! {
+                        Ok(AuditPage { entries: list, older }) => view! {
                             <div class="table-scroll"><table data-testid="audit-trail">
                                 <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"Decision"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
                                 <tbody>
@@ -327,6 +333,12 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table></div>
+                            <nav class="pager">
+                                {paged.then(|| view! { <A href="/admin/quota-changes">"Newest"</A> })}
+                                {older.map(|cursor| view! {
+                                    <A href=format!("/admin/quota-changes?before={cursor}") attr:data-testid="older">"Older"</A>
+                                })}
+                            </nav>
                         }.into_any(),
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
