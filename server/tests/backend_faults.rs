@@ -212,3 +212,35 @@ async fn a_connection_given_up_on_does_not_keep_waiting_in_postgresql() {
     assert_eq!(alive, 0, "the backend still waits for a lock its client gave up on");
     diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
 }
+
+/// A change to one key on this instance (a raised quota, a revocation) used to empty the whole
+/// key cache: a PostgreSQL outage soon after then answered 503 to every other key, which had
+/// nothing left to stand in for the database. Only the changed key's entry changes now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_one_key_leaves_the_others_working_through_a_database_outage() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", services::accounts::Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let mut keys = Vec::new();
+    for name in ["untouched", "raised", "revoked"] {
+        let created: Value = app.rpc(&ann, "keys/create", &[("name", name)]).await.json().await.unwrap();
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert_eq!(ping_within(&app, &secret, Duration::from_secs(10)).await.0, StatusCode::OK);
+        keys.push((secret, created["key"]["id"].as_str().unwrap().to_owned()));
+    }
+    let [(untouched, _), (raised, raised_id), (revoked, revoked_id)] = &keys[..] else { unreachable!() };
+    app.set_quota(services::keys::ApiKeyId::parse(raised_id).unwrap(), 5_000, 50_000).await;
+    assert!(app.rpc(&ann, "keys/revoke", &[("id", revoked_id)]).await.status().is_success());
+
+    app.set_database_reachable(false).await;
+    let outage = Duration::from_secs(10);
+    let (status, body, _) = ping_within(&app, untouched, outage).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ping_within(&app, raised, outage).await.0, StatusCode::OK);
+    assert_eq!(ping_within(&app, revoked, outage).await.0, StatusCode::UNAUTHORIZED);
+    // Past the cache entries' life the last known states still stand in.
+    tokio::time::sleep(KeyAuthenticator::TTL + Duration::from_millis(200)).await;
+    assert_eq!(ping_within(&app, untouched, outage).await.0, StatusCode::OK);
+    assert_eq!(ping_within(&app, revoked, outage).await.0, StatusCode::UNAUTHORIZED);
+    app.set_database_reachable(true).await;
+}

@@ -374,16 +374,14 @@ async fn a_request_of_a_revoked_key_cannot_be_approved() {
     let id = request["id"].to_string();
     assert_eq!(s.app.rpc(&s.merchant, "keys/revoke", &[("id", &s.key_id)]).await.status(), StatusCode::OK);
 
-    let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
-    assert_eq!(listed[0]["key_revoked"], true);
+    // An admin who loaded the list before the revocation cannot approve it any more: the
+    // revocation closed it.
     let res = approve(&s, &id, "100", "10000").await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
-    assert!(message(res).await.contains("revoked"));
+    assert!(message(res).await.contains("already cancelled"));
     assert_eq!(key_limits(&s).await, (2, 10_000));
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
-    // It can still be denied, which closes it.
-    let denied = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "key revoked")]).await;
-    assert_eq!(denied.status(), StatusCode::OK);
+    let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    assert_eq!((listed[0]["key_revoked"].as_bool(), listed[0]["status"].as_str()), (Some(true), Some("cancelled")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,4 +530,36 @@ async fn the_whole_audit_trail_can_be_read_a_page_at_a_time() {
         let res = s.app.rpc(&s.admin, "admin/quota-changes", &[("before", bad)]).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
+}
+
+/// Revoking a key closes its open request (before, it stayed on the admins' list, waiting for a
+/// decision nobody could make), and an owner whose key an admin revoked is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it() {
+    let s = setup().await;
+    let request: Value = ask(&s, "10", "", "launch").await.json().await.unwrap();
+    assert_eq!(request["status"], "pending");
+    let res = s.app.rpc(&s.admin, "keys/revoke", &[("id", &s.key_id)]).await;
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    let pending: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
+    assert!(pending.iter().all(|r| r["status"] != "pending"), "{pending:?}");
+    let mine: Vec<Value> =
+        s.app.rpc(&s.merchant, "quota-requests/for-key", &[("key_id", &s.key_id)]).await.json().await.unwrap();
+    assert_eq!(
+        (mine[0]["status"].as_str(), mine[0]["decision_note"].as_str()),
+        (Some("cancelled"), Some("The key was revoked."))
+    );
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    let told: Vec<&str> =
+        bell.iter().filter_map(|n| n["title"].as_str()).filter(|t| t.contains("was revoked")).collect();
+    assert_eq!(told, ["API key \"Checkout\" was revoked"]);
+    // A second revocation changes nothing and tells nobody again.
+    assert!(s.app.rpc(&s.admin, "keys/revoke", &[("id", &s.key_id)]).await.status().is_success());
+    // The owner revoking their own key is not told about it.
+    let created: Value = s.app.rpc(&s.merchant, "keys/create", &[("name", "Spare")]).await.json().await.unwrap();
+    let spare = created["key"]["id"].as_str().unwrap();
+    assert!(s.app.rpc(&s.merchant, "keys/revoke", &[("id", spare)]).await.status().is_success());
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert_eq!(bell.iter().filter(|n| n["title"].as_str().unwrap_or_default().contains("was revoked")).count(), 1);
 }

@@ -402,7 +402,14 @@ pub async fn decide(
                 .execute(conn)
                 .await?;
                 if won == 0 {
-                    return Err(ServiceError::Conflict("This request was already decided.".into()));
+                    // Approved or denied by another admin, cancelled by its owner or by the
+                    // key's revocation.
+                    let now: String = quota_requests::table
+                        .find(request_id)
+                        .select(quota_requests::status)
+                        .get_result(conn)
+                        .await?;
+                    return Err(ServiceError::Conflict(format!("This request was already {now}.")));
                 }
                 let key_id = ApiKeyId(request.key_id);
                 let applied = match approved {

@@ -159,8 +159,8 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
         // created key's one-time token, whose second reading only says it was used.
         leptos_axum::redirect("/dashboard/developers/api-keys");
     }
-    // Other instances forget the key within the authenticator's cache lifetime (seconds).
-    services.keys.invalidate_all();
+    // Other instances refuse it once their cached entry expires (seconds).
+    services.keys.revoked(key.id);
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
     Ok(KeyView::seen_by(key, user.id))
 }

@@ -239,19 +239,66 @@ pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
 /// Revokes a key its owner (or an admin) asks to revoke. Revoking twice changes nothing.
 pub async fn revoke_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
     get_for(db, id, viewer).await?;
-    revoke(db, id).await
+    revoke_by(db, id, Some(viewer)).await
 }
 
 /// Revokes a key regardless of owner (operator CLI).
 pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
+    revoke_by(db, id, None).await
+}
+
+/// Revokes the key (a second revocation changes nothing) and closes its open quota request,
+/// which nobody could decide any more. An owner whose key someone else revoked (an admin, the
+/// operator) is told in the app.
+async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResult<ApiKey> {
+    use crate::notifications::{self, NewNotification};
+    use crate::schema::quota_requests;
     let mut conn = db::conn(db).await?;
-    let updated = diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
-        .set(api_keys::revoked_at.eq(Utc::now()))
-        .execute(&mut conn)
-        .await?;
+    let revoker_id = by.map(|u| u.id);
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        Box::pin(async move {
+            let owner: Option<(i64, String)> =
+                diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
+                    .set(api_keys::revoked_at.eq(Utc::now()))
+                    .returning((api_keys::owner_id, api_keys::name))
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+            let Some((owner_id, name)) = owner else { return Ok(()) };
+            diesel::update(
+                quota_requests::table
+                    .filter(quota_requests::api_key_id.eq(id.0))
+                    .filter(quota_requests::status.eq("pending")),
+            )
+            .set((
+                quota_requests::status.eq("cancelled"),
+                quota_requests::decided_at.eq(Utc::now()),
+                quota_requests::decision_note.eq("The key was revoked."),
+            ))
+            .execute(conn)
+            .await?;
+            if revoker_id != Some(owner_id) {
+                let who = if revoker_id.is_some() { "An admin" } else { "The platform's operator" };
+                let title = format!("API key \"{name}\" was revoked");
+                let body = format!("{who} revoked it: calls with it are now refused.");
+                let link = "/dashboard/developers/api-keys";
+                let n = NewNotification {
+                    user_id: owner_id,
+                    kind: "key_revoked",
+                    title: &title,
+                    body: &body,
+                    link: Some(link),
+                    dedupe_key: None,
+                };
+                notifications::notify(conn, &n).await?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
     drop(conn);
     let key = fetch(db, id).await?;
-    if updated == 0 && key.revoked_at.is_none() {
+    if key.revoked_at.is_none() {
         return Err(ServiceError::NotFound);
     }
     Ok(key)

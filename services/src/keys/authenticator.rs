@@ -158,10 +158,38 @@ impl KeyAuthenticator {
         }
     }
 
-    /// Forgets everything cached (after a change made on this instance).
-    pub fn invalidate_all(&self) {
+    /// The key was revoked on this instance: refused here from now on (other instances follow
+    /// within [`Self::TTL`]).
+    pub fn revoked(&self, id: ApiKeyId) {
+        self.update_entries_of(id, |entry| {
+            *entry = (Instant::now(), KeyCheck::Revoked);
+            true
+        });
+    }
+
+    /// The key's quota changed on this instance: its next request reads the key again. Its last
+    /// known state stays, to stand in if PostgreSQL is down then (emptying the whole cache here
+    /// used to turn a database outage soon after any change into 503s for every key).
+    pub fn quota_changed(&self, id: ApiKeyId) {
+        let stale = Instant::now().checked_sub(Self::TTL);
+        self.update_entries_of(id, |entry| match stale {
+            Some(stale) => {
+                entry.0 = entry.0.min(stale);
+                true
+            }
+            // Too early in the process's life to date an entry back: forgotten instead.
+            None => false,
+        });
+    }
+
+    /// Applies `update` to the key's entries; those it returns false for are forgotten.
+    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&mut (Instant, KeyCheck)) -> bool) {
         if let Ok(mut cache) = self.cache.write() {
-            *cache = Cache::default();
+            // Entries are by secret: a scan, but only when a key changes.
+            cache.known.retain(|_, entry| match entry.1 {
+                KeyCheck::Active(k) if k.id == id => update(entry),
+                _ => true,
+            });
         }
     }
 

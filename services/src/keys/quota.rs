@@ -163,7 +163,7 @@ pub(crate) async fn publish(
     quota: &Quota,
     version: chrono::DateTime<chrono::Utc>,
 ) {
-    services.keys.invalidate_all();
+    services.keys.quota_changed(id);
     if let Err(e) = services.quota.publish_limits(id, quota, version.timestamp_millis()).await {
         tracing::warn!(key_id = %id, error = %e, "new limits saved but not published to Redis; they apply as caches expire");
     }
