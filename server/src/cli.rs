@@ -10,14 +10,14 @@ use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
 use services::keys::secret::SECRET_PREFIX;
 use services::keys::{
-    api_keys, set_limits, set_quota, ApiKeyId, ApiKeySecret, BurstChange, ChangeSource, KeyCheck, KeyName, Quota,
-    QuotaChange, QuotaLimit,
+    api_keys, set_quota, ApiKeyId, ApiKeySecret, BurstChange, ChangeSource, KeyCheck, KeyName, Quota, QuotaChange,
+    QuotaLimit,
 };
 use services::mailer::{self, Mailer};
-use services::monthly_report;
 use services::usage::reports::Month;
 use services::usage::writer::UsageWriter;
 use services::usage::{demo, reports};
+use services::{monthly_report, quota_requests};
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
@@ -266,21 +266,22 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 (None, false) => BurstChange::Keep,
             };
             let services = startup::connect(config).await?;
-            let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: &reason };
-            let quota = set_limits(&services, id, per_hour, per_day, burst, &change).await.map_err(|e| match e {
+            let set = quota_requests::set_by_operator(&services, id, per_hour, per_day, burst, &reason).await;
+            let (quota, changed) = set.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 services::ServiceError::Conflict(why) => anyhow!("the quota of key {id} was not changed: {why}"),
                 other => other.into(),
             })?;
             say!(
-                "quota of {id}: {}/hour, {}/day, {}",
+                "quota of {id}: {}/hour, {}/day, {}{}",
                 quota.per_hour.get(),
                 quota.per_day.get(),
                 match (quota.burst_per_second, burst) {
                     (Some(b), BurstChange::Keep) => format!("burst {}/s (kept)", b.get()),
                     (Some(b), _) => format!("burst {}/s", b.get()),
                     (None, _) => "no burst limit".to_owned(),
-                }
+                },
+                if changed { "" } else { " (unchanged: it already was)" }
             )
         }
         Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(config, secret_file.as_deref()).await,

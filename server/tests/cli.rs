@@ -433,6 +433,27 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
     assert_eq!(burst().await, None, "nothing changed");
     let help = run(keymeter(&app).args(["quota", "set", "--help"])).await;
     assert!(help.stdout.contains("omit to keep the key's current burst limit"), "{help:?}");
+
+    // Setting what is already there changes nothing: no audit entry, nobody told.
+    let changes = || async {
+        let trail = services::quota_requests::audit_trail(&app.services.db, None, 1000).await.unwrap();
+        trail.into_iter().filter(|e| e.key_id == id.0).count()
+    };
+    let before = changes().await;
+    let r = run(&mut set(&[])).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("(unchanged: it already was)"), "{r:?}");
+    assert_eq!(changes().await, before);
+    // A change is told to the key's owner, as an admin's is.
+    let owner = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap().owner_id;
+    let told = services::notifications::recent(&app.services.db, owner, 50, None).await.unwrap();
+    let told: Vec<&str> = told.iter().map(|n| n.body.as_str()).collect();
+    assert!(
+        told.iter()
+            .any(|b| b
+                .starts_with("The platform's operator set the key's quota to 200 requests per hour and 2,000 per day")),
+        "{told:?}"
+    );
 }
 
 #[tokio::test]

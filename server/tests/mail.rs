@@ -460,3 +460,34 @@ async fn the_whole_outbox_can_be_read_a_page_at_a_time_and_the_given_up_mail_fou
     let bad = app.rpc(&admin, "admin/mail", &[("before", "yesterday")]).await;
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
 }
+
+/// `keymeter report monthly` sends what it queued at once; a running server's sender may claim
+/// a message first. The command used to say "not tried yet" and fail while that message was on
+/// its way; it now waits for the other sender's try (within its deadline) and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_now_counts_a_message_another_sender_is_already_sending() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    use services::schema::outbound_emails::dsl::*;
+    let app = TestApp::spawn_without_mailer().await;
+    let sink = SmtpSink::start_slow(Duration::from_secs(2)).await;
+    let summary = queue_text(&app, "Summary", "a slow summary").await;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let _server_sender = tokio::spawn(mailer_for(&sink).run(app.services.db.clone(), stopped));
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    for _ in 0..100 {
+        let claimed: Option<uuid::Uuid> =
+            outbound_emails.find(summary).select(claim_token).first(&mut conn).await.unwrap();
+        if claimed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let command = mailer_for(&sink);
+    let done =
+        command.deliver_now(&app.services.db, &[summary], Instant::now() + Duration::from_secs(15)).await.unwrap();
+    assert!(done.not_tried.is_empty(), "{done:?}");
+    assert!(services::mailer::unsent(&app.services.db, &[summary]).await.unwrap().is_empty());
+    assert_eq!(sink.messages().len(), 1, "sent once, by the server's sender");
+}

@@ -143,6 +143,9 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
         .unwrap();
     assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
     assert!(message(garbled).await.contains("not text"));
+    let control = s.app.rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "a\u{1}b")]).await;
+    assert_eq!(control.status(), StatusCode::BAD_REQUEST);
+    assert!(message(control).await.contains("control characters"));
     let denied: Value = s
         .app
         .rpc(&s.admin, "admin/quota-requests/deny", &[("id", &id), ("note", "Upgrade your plan first")])

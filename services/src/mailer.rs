@@ -520,18 +520,32 @@ impl Mailer {
     }
 
     /// Tries each of the queued messages `ids` once, now (e.g. what an operator command just
-    /// queued), starting no send after `deadline`. Whatever is not sent stays queued for a
-    /// server's sender, which retries with backoff.
+    /// queued), starting no send after `deadline`. A message another sender (a running server's)
+    /// is sending meanwhile is waited for, within the deadline: its try counts. Whatever is not
+    /// sent stays queued for a server's sender, which retries with backoff.
     pub async fn deliver_now(&self, db: &DbPool, ids: &[i64], deadline: Instant) -> ServiceResult<Delivery> {
         let mut done = Delivery::default();
         let mut left: Vec<i64> = ids.to_vec();
         while !left.is_empty() && Instant::now() < deadline {
-            let Some((id, result)) = self.deliver_one(db, Some((&left, deadline))).await? else { break };
-            // Once each: a failed message is not tried again here, even when its retry comes due.
-            left.retain(|other| *other != id);
-            match result {
-                Ok(()) => done.sent.push(id),
-                Err(failed) => done.failed.push(failed),
+            match self.deliver_one(db, Some((&left, deadline))).await? {
+                Some((id, result)) => {
+                    // Once each: a failed message is not tried again here, even when its retry
+                    // comes due.
+                    left.retain(|other| *other != id);
+                    match result {
+                        Ok(()) => done.sent.push(id),
+                        Err(failed) => done.failed.push(failed),
+                    }
+                }
+                None => {
+                    // The rest are claimed by another sender. Until it is done with them, the
+                    // command would say "not tried yet" of mail that is on its way.
+                    left = untried(db, &left).await?;
+                    let pause = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+                    if !left.is_empty() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
         }
         done.not_tried = left;
@@ -618,6 +632,19 @@ impl Mailer {
         }
         Ok(Some((m.id, outcome)))
     }
+}
+
+/// Of the messages `ids`, those no sender has finished a try of yet.
+async fn untried(db: &DbPool, ids: &[i64]) -> ServiceResult<Vec<i64>> {
+    let mut conn = db::conn(db).await?;
+    Ok(outbound_emails::table
+        .filter(outbound_emails::id.eq_any(ids))
+        .filter(outbound_emails::sent_at.is_null())
+        .filter(outbound_emails::failed_at.is_null())
+        .filter(outbound_emails::attempts.eq(0))
+        .select(outbound_emails::id)
+        .load(&mut conn)
+        .await?)
 }
 
 /// Of the messages `ids`, those not sent, with their last error ("not tried yet" if none: left

@@ -45,10 +45,11 @@ impl KeyName {
         if name.chars().count() > Self::MAX_CHARS {
             return Err(ServiceError::invalid(format!("A key name can have at most {} characters.", Self::MAX_CHARS)));
         }
+        // One line: no line breaks or tabs either.
         if name.chars().any(char::is_control) {
             return Err(ServiceError::invalid("A key name cannot contain control characters."));
         }
-        crate::text::check_decodable("The key name", name)?;
+        crate::text::check_typed("The key name", name)?;
         Ok(Self(name.to_owned()))
     }
 

@@ -113,46 +113,6 @@ pub enum BurstChange {
     Remove,
 }
 
-/// Sets a key's hourly and daily limits and changes its burst limit as `burst` says (the
-/// operator CLI); returns the limits now in force. The burst is read under the same lock as the
-/// change, so a concurrent change of it is not undone.
-pub async fn set_limits(
-    services: &crate::Services,
-    id: super::ApiKeyId,
-    per_hour: QuotaLimit,
-    per_day: QuotaLimit,
-    burst: BurstChange,
-    change: &QuotaChange<'_>,
-) -> ServiceResult<Quota> {
-    use crate::schema::api_key_quotas;
-    use diesel::prelude::*;
-    use diesel_async::{AsyncConnection, RunQueryDsl};
-    let mut conn = crate::db::conn(&services.db).await?;
-    let (quota, version) = conn
-        .transaction::<_, ServiceError, _>(|conn| {
-            Box::pin(async move {
-                let current: Option<i32> = api_key_quotas::table
-                    .filter(api_key_quotas::api_key_id.eq(id.0))
-                    .select(api_key_quotas::burst_per_second)
-                    .for_update()
-                    .first(conn)
-                    .await?;
-                let burst_per_second = match burst {
-                    BurstChange::Keep => current.map(|b| QuotaLimit::burst(b.into())).transpose()?,
-                    BurstChange::Set(b) => Some(b),
-                    BurstChange::Remove => None,
-                };
-                let quota = Quota { per_hour, per_day, burst_per_second };
-                let version = set_quota_in(conn, id, &quota, change).await?;
-                Ok((quota, version))
-            })
-        })
-        .await?;
-    drop(conn);
-    publish(services, id, &quota, version).await;
-    Ok(quota)
-}
-
 /// After the commit: Redis and this instance's cache learn the new limits. The change is made
 /// whether or not Redis hears of it, so a failure here is logged, not returned: every instance
 /// reads the new limits (and their newer version, which the quota script prefers) once its
@@ -186,7 +146,7 @@ pub(crate) async fn set_quota_in(
     if reason.is_empty() || reason.chars().count() > 2000 {
         return Err(ServiceError::invalid("Give a reason for the change (up to 2000 characters)."));
     }
-    crate::text::check_decodable("The reason", reason)?;
+    crate::text::check_typed("The reason", reason)?;
     let old: (i64, i64, Option<i32>) = api_key_quotas::table
         .filter(api_key_quotas::api_key_id.eq(id.0))
         .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
