@@ -466,7 +466,7 @@ async fn the_whole_outbox_can_be_read_a_page_at_a_time_and_the_given_up_mail_fou
 /// its way; it now waits for the other sender's try (within its deadline) and counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_now_counts_a_message_another_sender_is_already_sending() {
-    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel::QueryDsl;
     use diesel_async::RunQueryDsl;
     use services::schema::outbound_emails::dsl::*;
     let app = TestApp::spawn_without_mailer().await;
