@@ -496,7 +496,7 @@ async fn a_client_that_hangs_up_before_its_answer_still_has_its_usage_recorded()
         per_day: services::keys::QuotaLimit::new(1_000).unwrap(),
         burst_per_second: None,
     };
-    let (hour, day, _) = app.services.quota.snapshot(id, &quota).await.unwrap();
+    let (hour, day, _) = app.services.quota.snapshot(id, &quota, 0).await.unwrap();
     assert_eq!((hour.used, day.used), (4, 4));
 }
 
@@ -516,4 +516,29 @@ async fn statuses_without_content_are_sent_without_content() {
     }
     app.wait_for_events(id, 3).await;
     assert_eq!(stored_statuses(&app, id).await, [(204, false), (205, false), (304, false)]);
+}
+
+/// The usage page's gauges and the headers of uncounted answers read the limits Redis keeps.
+/// When a change of the limits did not reach Redis (it was down at that moment), they showed
+/// the old limits until the key's next counted request; the newer limits now win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_that_did_not_reach_redis_are_not_hidden_by_the_old_ones() {
+    use diesel_async::RunQueryDsl;
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(10, 100).await;
+    assert_eq!(get(&client(), &app, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    // A change stored in PostgreSQL that Redis never heard of.
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    diesel::sql_query(
+        "UPDATE api_key_quotas SET requests_per_hour = 20, requests_per_day = 200, updated_at = now() WHERE api_key_id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let key =
+        services::keys::api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap();
+    let (hour, day, _) = app.services.quota.snapshot(id, &key.quota, key.quota_version_ms).await.unwrap();
+    assert_eq!((hour.limit, day.limit), (20, 200));
+    assert_eq!((hour.used, day.used), (1, 1));
 }

@@ -102,7 +102,7 @@ impl Drop for SlowLink {
 async fn hour_counted(app: &TestApp, id: ApiKeyId) -> i64 {
     let quota = app.services.quota.clone();
     let limits = services::keys::Quota::default_for_new_key();
-    quota.snapshot(id, &limits).await.expect("quota snapshot").0.used
+    quota.snapshot(id, &limits, 0).await.expect("quota snapshot").0.used
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@ mod ssr {
             if key.revoked_at.is_some() {
                 return None;
             }
-            match services.quota.snapshot(key.id, &key.quota).await {
+            match services.quota.snapshot(key.id, &key.quota, key.quota_version_ms).await {
                 Ok((hour, day, _)) => Some(CurrentUse { hour: hour.used, day: day.used }),
                 Err(err) => {
                     tracing::warn!(key_id = %key.id, error = %err, "key list: no current use from Redis");

@@ -76,6 +76,9 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub quota: Quota,
+    /// When the quota last changed (ms since the epoch, PostgreSQL's clock): the version of the
+    /// limits, which Redis keeps beside them.
+    pub quota_version_ms: i64,
     /// Which quota alerts email the owner.
     pub alert_email_thresholds: AlertThresholds,
 }
@@ -102,6 +105,7 @@ type KeyRow = (
     i64,
     i64,
     Option<i32>,
+    DateTime<Utc>,
     Vec<i16>,
 );
 
@@ -119,13 +123,28 @@ macro_rules! key_columns {
             api_key_quotas::requests_per_hour,
             api_key_quotas::requests_per_day,
             api_key_quotas::burst_per_second,
+            api_key_quotas::updated_at,
             api_keys::alert_email_thresholds,
         )
     };
 }
 
 fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
-    let (id, owner_id, owner_email, name, prefix, created_at, last_used_at, revoked_at, hour, day, burst, alerts) = row;
+    let (
+        id,
+        owner_id,
+        owner_email,
+        name,
+        prefix,
+        created_at,
+        last_used_at,
+        revoked_at,
+        hour,
+        day,
+        burst,
+        version,
+        alerts,
+    ) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
         owner_id,
@@ -136,6 +155,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         last_used_at,
         revoked_at,
         quota: Quota::from_stored(hour, day, burst)?,
+        quota_version_ms: version.timestamp_millis(),
         alert_email_thresholds: AlertThresholds::from_db(&alerts),
     })
 }

@@ -469,18 +469,26 @@ return 1
     }
 
     /// Current use of the hour and day windows, without counting anything (for dashboards).
-    /// Limits stored in Redis win over `quota` (they are written on every change).
-    pub async fn snapshot(&self, key: ApiKeyId, quota: &Quota) -> ServiceResult<(WindowUse, WindowUse, i64)> {
+    /// `quota` is of version `version_ms` (see [`AuthenticatedKey::quota_version_ms`]); the
+    /// limits in Redis win when they are at least as new (a cached key may be older), not when
+    /// a change failed to reach Redis.
+    pub async fn snapshot(
+        &self,
+        key: ApiKeyId,
+        quota: &Quota,
+        version_ms: i64,
+    ) -> ServiceResult<(WindowUse, WindowUse, i64)> {
         let mut conn = self.shared.get().await?;
-        type Reply = ((i64, i64), (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>));
-        let reply: redis::RedisResult<Reply> = redis::pipe()
+        type Fields = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let reply: redis::RedisResult<((i64, i64), Fields)> = redis::pipe()
             .cmd("TIME")
             .cmd("HMGET")
             .arg(quota_redis_key(key))
-            .arg(&["hw", "hc", "dw", "dc", "hl", "dl"])
+            .arg(&["hw", "hc", "dw", "dc", "hl", "dl", "qv"])
             .query_async(&mut conn)
             .await;
-        let ((secs, micros), (hw, hc, dw, dc, hl, dl)) = reply.inspect_err(|e| self.shared.reset_after(e))?;
+        let ((secs, micros), (hw, hc, dw, dc, hl, dl, qv)) = reply.inspect_err(|e| self.shared.reset_after(e))?;
+        let (hl, dl) = if qv.unwrap_or(0) >= version_ms { (hl, dl) } else { (None, None) };
         let now_ms = secs * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::Relaxed);
         let now_s = now_ms.div_euclid(1000);
         let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86400));
@@ -503,9 +511,10 @@ return 1
     /// rate-limit headers of answers that are not metered (a bad parameter, an unknown route).
     /// Bounded by the check's timeout; the burst window is not looked at.
     pub async fn peek(&self, key: &AuthenticatedKey) -> ServiceResult<QuotaDecision> {
-        let (hour, day, now_ms) = tokio::time::timeout(self.policy.timeout, self.snapshot(key.id, &key.quota))
-            .await
-            .map_err(|_| ServiceError::Internal("the quota snapshot timed out".into()))??;
+        let (hour, day, now_ms) =
+            tokio::time::timeout(self.policy.timeout, self.snapshot(key.id, &key.quota, key.quota_version_ms))
+                .await
+                .map_err(|_| ServiceError::Internal("the quota snapshot timed out".into()))??;
         Ok(QuotaDecision {
             admitted: hour.remaining() > 0 && day.remaining() > 0,
             hour,

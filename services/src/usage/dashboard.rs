@@ -39,7 +39,7 @@ pub struct LiveUsage {
 /// cannot answer, from the stored rollups on this host's clock, so the page still works.
 pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage> {
     let from_redis = async {
-        let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota).await?;
+        let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota, key.quota_version_ms).await?;
         let minutes = reports::live_minutes(&services.redis, key.id.0, now_ms, LIVE_MINUTES).await?;
         ServiceResult::Ok((hour, day, now_ms, minutes))
     };
