@@ -25,14 +25,15 @@ as_pg() {
 }
 
 # The shared build directory outlives clones and grows with every change (one test binary and
-# one incremental cache per crate version). Drops what no build has touched for two days.
+# one incremental cache per crate version): 66 GB after a day of sessions filled the disk.
+# Drops what no build has touched for a day.
 prune_build_dirs() {
   local dir
   for dir in "$CARGO_TARGET_DIR" "$WASM_TARGET_DIR"; do
     [ -d "$dir" ] || continue
     find "$dir" -maxdepth 4 -path '*/deps/*' -type f -perm -u+x ! -name '*.so' ! -name '*.rlib' \
-      -mtime +2 -delete 2>/dev/null || true
-    find "$dir" -mindepth 3 -maxdepth 3 -path '*/incremental/*' -type d -mtime +2 \
+      -mtime +0 -delete 2>/dev/null || true
+    find "$dir" -mindepth 3 -maxdepth 3 -path '*/incremental/*' -type d -mtime +0 \
       -exec rm -rf {} + 2>/dev/null || true
   done
 }

@@ -452,3 +452,48 @@ async fn pages_answer_while_another_instance_starts_in_the_same_process() {
     drop(starting);
     starter.join().expect("starting thread");
 }
+
+/// Admins find keys among many: by owner, name or prefix, 100 a page. Before, `/admin` listed
+/// every key of every merchant on one page (about 1 MB for 700 keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_find_keys_by_owner_name_or_prefix_a_page_at_a_time() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann@example.com", Role::Merchant).await;
+    let bob = app.user("bob_smith@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let admin = app.signed_in("root@example.com").await;
+    for i in 0..130 {
+        let name = services::keys::KeyName::parse(&format!("Ann checkout {i}")).unwrap();
+        services::keys::api_keys::create(&app.services.db, ann.id, &name).await.unwrap();
+    }
+    let name = services::keys::KeyName::parse("Bob 100% live").unwrap();
+    let (bobs, _) = services::keys::api_keys::create(&app.services.db, bob.id, &name).await.unwrap();
+
+    let search = |q: &str, page: u32| {
+        let (app, admin) = (&app, &admin);
+        let (q, page) = (q.to_owned(), page.to_string());
+        async move {
+            let found: Value =
+                app.rpc(admin, "admin/keys/search", &[("q", &q), ("page", &page)]).await.json().await.unwrap();
+            let names: Vec<String> =
+                found["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap().to_owned()).collect();
+            (names, found["more"] == true)
+        }
+    };
+    let (first, more) = search("", 1).await;
+    assert_eq!((first.len(), more), (100, true));
+    let (second, more) = search("", 2).await;
+    assert_eq!((second.len(), more), (31, false));
+    assert!(second.contains(&"Bob 100% live".to_owned()), "by owner: Bob's after Ann's");
+    assert_eq!(search("BOB_SMITH", 1).await, (vec!["Bob 100% live".to_owned()], false));
+    assert_eq!(search("100%", 1).await.0, ["Bob 100% live"], "% is text, not a wildcard");
+    assert_eq!(search("ann_example", 1).await.0, Vec::<String>::new(), "_ is text, not a wildcard");
+    assert_eq!(search(&bobs.prefix, 1).await.0, ["Bob 100% live"]);
+    assert_eq!(search("checkout 12", 1).await.0.len(), 11, "12 and 120–129");
+    assert_eq!(search("nobody", 1).await, (vec![], false));
+    // The page without JavaScript: the search form's GET.
+    let page = app.page(&admin, "/admin?q=bob_smith").await.text().await.unwrap();
+    assert!(page.contains("Bob 100% live") && !page.contains("Ann checkout"), "{page}");
+    let merchant = app.signed_in("ann@example.com").await;
+    assert_eq!(app.rpc(&merchant, "admin/keys/search", &[]).await.status(), StatusCode::FORBIDDEN);
+}

@@ -351,25 +351,40 @@ pub struct ReportMessage {
     pub html: String,
 }
 
+/// How many keys a summary shows in full (figures and daily chart), the busiest first. An owner
+/// with more keys gets every key as one line of a table after them: a section per key made a
+/// 200-key owner's summary 2.7 MB (mail clients clip messages past ~100 KB).
+pub const KEYS_IN_FULL: usize = 5;
+
 impl ReportMessage {
     pub fn new(report: &OwnerReport, public_url: &str) -> Self {
         let base = public_url.trim_end_matches('/');
         let name = report.month.long_name();
         let subject = format!("Your keymeter usage for {name}");
         let all = report.keys.iter().fold(0, |n, s| n + s.totals.requests);
+        let mut busiest_first: Vec<&KeySummary> = report.keys.iter().collect();
+        busiest_first.sort_by_key(|s| std::cmp::Reverse(s.totals.requests));
+        let in_full = &busiest_first[..busiest_first.len().min(KEYS_IN_FULL)];
+        let every_key_listed = busiest_first.len() > in_full.len();
+        let per_key = if every_key_listed {
+            format!("The {} busiest keys below, then every key", in_full.len())
+        } else {
+            "Per key below".to_owned()
+        };
         let mut text = format!(
-            "Your API keys made {} requests in {name} (UTC). Per key below; the daily figures of every key \
+            "Your API keys made {} requests in {name} (UTC). {per_key}; the daily figures of every key \
              are in the attached CSV.\n",
             count(all)
         );
         let mut html = format!(
-            "<p>Your API keys made <b>{}</b> requests in {name} (UTC). Per key below; the daily figures of \
+            "<p>Your API keys made <b>{}</b> requests in {name} (UTC). {per_key}; the daily figures of \
              every key are in the attached CSV.</p>",
             count(all)
         );
-        for s in &report.keys {
+        let usage_url = |s: &KeySummary| format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
+        for s in in_full {
             let t = &s.totals;
-            let url = format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
+            let url = usage_url(s);
             text.push_str(&format!(
                 "\n{} ({}…)\n  requests        {}\n  throttled       {}\n  error rate      {:.2}%\n  \
                  p95 latency     {}\n  busiest day     {}\n  peak quota use  {:.0}% of the daily, {:.0}% of the \
@@ -407,6 +422,45 @@ impl ReportMessage {
                 s.peak_hour_use_pct,
                 html_chart(&s.per_day),
             ));
+        }
+        if every_key_listed {
+            text.push_str(&format!("\nEvery key ({}), busiest first:\n", count(busiest_first.len() as i64)));
+            html.push_str(&format!(
+                "<h3>Every key ({}), busiest first</h3><table cellpadding=\"3\" style=\"border-collapse:collapse\">\
+                 <tr><th align=\"left\">Key</th><th>Requests</th><th>Throttled</th><th>Errors</th><th>p95</th>\
+                 <th>Busiest day</th><th>Peak use (day/hour)</th></tr>",
+                count(busiest_first.len() as i64)
+            ));
+            for s in &busiest_first {
+                let t = &s.totals;
+                text.push_str(&format!(
+                    "- {} ({}…): {} requests, {} throttled, {:.2}% errors, p95 {}, busiest {}, peak {:.0}%/{:.0}%\n",
+                    s.key.name,
+                    s.key.prefix,
+                    count(t.requests),
+                    count(t.throttled),
+                    t.error_rate() * 100.0,
+                    p95(t),
+                    busiest(s),
+                    s.peak_day_use_pct,
+                    s.peak_hour_use_pct,
+                ));
+                html.push_str(&format!(
+                    "<tr><td><a href=\"{}\">{}</a></td><td align=\"right\">{}</td><td align=\"right\">{}</td>\
+                     <td align=\"right\">{:.2}%</td><td align=\"right\">{}</td><td>{}</td>\
+                     <td align=\"right\">{:.0}% / {:.0}%</td></tr>",
+                    html_escape(&usage_url(s)),
+                    html_escape(&s.key.name),
+                    count(t.requests),
+                    count(t.throttled),
+                    t.error_rate() * 100.0,
+                    p95(t),
+                    html_escape(&busiest(s)),
+                    s.peak_day_use_pct,
+                    s.peak_hour_use_pct,
+                ));
+            }
+            html.push_str("</table>");
         }
         Self { subject, text, html }
     }
@@ -490,6 +544,50 @@ mod tests {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         assert_eq!(next_check(at("2026-11-30T23:55:00Z")), at("2026-12-01T00:01:00Z"));
         assert_eq!(next_check(at("2026-11-15T10:00:00Z")), at("2026-11-15T10:15:00Z"));
+    }
+
+    #[test]
+    fn an_owner_of_many_keys_gets_every_key_in_a_summary_mail_clients_show_whole() {
+        let month = Month::parse("2026-10").unwrap();
+        let keys: Vec<KeySummary> = (0..200)
+            .map(|i| KeySummary {
+                key: crate::keys::api_keys::ApiKey {
+                    id: crate::keys::ApiKeyId(uuid::Uuid::from_u128(i as u128 + 1)),
+                    owner_id: 1,
+                    owner_email: "ann@example.com".into(),
+                    name: format!("Checkout server {i:03}"),
+                    prefix: "km_live_ab12".into(),
+                    created_at: Utc::now(),
+                    last_used_at: None,
+                    revoked_at: None,
+                    quota: crate::keys::Quota::default_for_new_key(),
+                    quota_version_ms: 0,
+                    alert_email_thresholds: Default::default(),
+                },
+                totals: UsageTotals { requests: 1_000 + i, throttled: i, ..UsageTotals::default() },
+                busiest_day: NaiveDate::from_ymd_opt(2026, 10, 6).map(|d| (d, 400)),
+                peak_day_use_pct: 42.0,
+                peak_hour_use_pct: 87.0,
+                per_day: vec![30 + i; 31],
+            })
+            .collect();
+        let report =
+            OwnerReport { month, owner_id: 1, owner_email: "ann@example.com".into(), keys, csv: String::new() };
+        let m = ReportMessage::new(&report, "https://keymeter.example");
+        assert!(m.html.len() < 100_000, "HTML of {} bytes", m.html.len());
+        assert!(m.text.len() < 100_000, "text of {} bytes", m.text.len());
+        for i in 0..200 {
+            let name = format!("Checkout server {i:03}");
+            assert!(m.html.contains(&name) && m.text.contains(&name), "{name} missing");
+        }
+        // The busiest keys in full (with a chart each), busiest first.
+        assert_eq!(m.html.matches("height:40px\"><tr>").count(), KEYS_IN_FULL);
+        let first = m.text.find("Checkout server 199 (").unwrap();
+        assert!(first < m.text.find("Checkout server 198 (").unwrap());
+        // A few keys: each in full, no list after them.
+        let few = OwnerReport { keys: report.keys[..3].to_vec(), ..report.clone() };
+        let m = ReportMessage::new(&few, "https://keymeter.example");
+        assert!(!m.text.contains("Every key") && m.html.matches("height:40px\"><tr>").count() == 3);
     }
 
     #[test]

@@ -6,13 +6,38 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{admin_list_keys, admin_mail, admin_mail_body, MailBody, MailView, SendMailAgain};
+use crate::api::{admin_mail, admin_mail_body, admin_search_keys, MailBody, MailView, SendMailAgain};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
+/// `/admin`: every key of every merchant, 100 a page (`?page=`), found by owner, name or prefix
+/// (`?q=`, a plain GET form that works without JavaScript).
 #[component]
 pub fn AdminKeysPage() -> impl IntoView {
-    let keys = Resource::new(|| (), |_| once_per_render("admin/keys", &(), admin_list_keys()));
+    let query = use_query_map();
+    let shown = move || {
+        let q = query.read();
+        let search = q.get("q").unwrap_or_default();
+        let page = q.get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1).max(1);
+        (search, page)
+    };
+    let keys = Resource::new(shown, |(search, page)| {
+        once_per_render("admin/keys/search", &(search.clone(), page), admin_search_keys(search, page))
+    });
+    let page_href = |search: &str, page: u32| {
+        let mut params = Vec::new();
+        if !search.is_empty() {
+            params.push(format!("q={}", query_value(search)));
+        }
+        if page > 1 {
+            params.push(format!("page={page}"));
+        }
+        if params.is_empty() {
+            "/admin".to_owned()
+        } else {
+            format!("/admin?{}", params.join("&"))
+        }
+    };
     view! {
         <PageTitle text="All API keys · keymeter"/>
         <div class="page-head">
@@ -23,16 +48,31 @@ pub fn AdminKeysPage() -> impl IntoView {
                 <button type="submit">"Export month (CSV)"</button>
             </form>
         </div>
+        <form class="inline-form" method="get" action="/admin" data-testid="key-search">
+            <label>"Find keys" <input type="search" name="q" value=move || shown().0
+                placeholder="owner email, key name or prefix"/></label>
+            <button type="submit">"Search"</button>
+        </form>
         <section class="card">
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
+                    let (search, page) = shown();
                     match keys.await {
-                        Ok(keys) if keys.is_empty() => view! { <p class="empty">"No keys yet."</p> }.into_any(),
-                        Ok(keys) => view! {
+                        Ok(found) if found.keys.is_empty() => view! {
+                            <p class="empty">{if search.is_empty() && page == 1 {
+                                "No keys yet.".to_owned()
+                            } else {
+                                "No keys found.".to_owned()
+                            }}</p>
+                        }.into_any(),
+                        Ok(found) => {
+                            let previous = (page > 1).then(|| page_href(&search, page - 1));
+                            let next = found.more.then(|| page_href(&search, page + 1));
+                            view! {
                             <div class="table-scroll"><table class="keys" data-testid="admin-keys">
                                 <thead><tr><th>"Owner"</th><th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Quota"</th><th>"Last used"</th></tr></thead>
                                 <tbody>
-                                    {keys.into_iter().map(|key| {
+                                    {found.keys.into_iter().map(|key| {
                                         let status = if key.is_revoked() { "revoked" } else { "active" };
                                         view! {
                                             <tr>
@@ -51,13 +91,28 @@ pub fn AdminKeysPage() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table></div>
-                        }.into_any(),
+                            <nav class="pager">
+                                {previous.map(|href| view! { <A href=href>"Previous"</A> })}
+                                {next.map(|href| view! { <A href=href attr:data-testid="next">"Next"</A> })}
+                            </nav>
+                        }.into_any()
+                        }
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
                 })}
             </Suspense>
         </section>
     }
+}
+
+/// `text` as a URL query value: everything but unreserved characters percent-encoded.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The month that just ended (`YYYY-MM`, UTC), the one invoices are made for.

@@ -257,6 +257,35 @@ pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
     rows.into_iter().map(from_row).collect()
 }
 
+/// A page of every owner's keys, for admins: those whose owner's email, name or prefix
+/// contains `search` (any case; all keys when it is empty), by owner and then newest first,
+/// skipping the first `offset`.
+pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> ServiceResult<Vec<ApiKey>> {
+    let mut conn = db::conn(db).await?;
+    let mut query = api_keys::table
+        .inner_join(users::table)
+        .inner_join(api_key_quotas::table)
+        .order((users::email, api_keys::created_at.desc(), api_keys::id))
+        .offset(offset.max(0))
+        .limit(limit)
+        .select(key_columns!())
+        .into_boxed();
+    let search = search.trim();
+    if !search.is_empty() {
+        // What is typed is matched as text: `%` and `_` are not wildcards.
+        let escaped = search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let pattern = format!("%{escaped}%");
+        query = query.filter(
+            users::email
+                .ilike(pattern.clone())
+                .or(api_keys::name.ilike(pattern.clone()))
+                .or(api_keys::prefix.ilike(pattern)),
+        );
+    }
+    let rows: Vec<KeyRow> = query.load(&mut conn).await?;
+    rows.into_iter().map(from_row).collect()
+}
+
 /// Revokes a key its owner (or an admin) asks to revoke. Revoking twice changes nothing.
 pub async fn revoke_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
     get_for(db, id, viewer).await?;
