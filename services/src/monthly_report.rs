@@ -351,6 +351,36 @@ pub struct ReportMessage {
     pub html: String,
 }
 
+/// One key's figures as a summary words them (text, not yet escaped for HTML).
+struct Figures {
+    name: String,
+    prefix: String,
+    requests: String,
+    throttled: String,
+    error_rate: String,
+    p95: String,
+    busiest: String,
+    peak_day: String,
+    peak_hour: String,
+}
+
+impl Figures {
+    fn of(s: &KeySummary) -> Self {
+        let t = &s.totals;
+        Self {
+            name: s.key.name.clone(),
+            prefix: s.key.prefix.clone(),
+            requests: count(t.requests),
+            throttled: count(t.throttled),
+            error_rate: format!("{:.2}%", t.error_rate() * 100.0),
+            p95: p95(t),
+            busiest: busiest(s),
+            peak_day: format!("{:.0}%", s.peak_day_use_pct),
+            peak_hour: format!("{:.0}%", s.peak_hour_use_pct),
+        }
+    }
+}
+
 /// How many keys a summary shows in full (figures and daily chart), the busiest first. An owner
 /// with more keys gets every key as one line of a table after them: a section per key made a
 /// 200-key owner's summary 2.7 MB (mail clients clip messages past ~100 KB).
@@ -382,82 +412,55 @@ impl ReportMessage {
             count(all)
         );
         let usage_url = |s: &KeySummary| format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
+        // A table cell of the full sections, figure right-aligned.
+        let row = |label: &str, value: &str| {
+            format!("<tr><td>{label}</td><td style=\"text-align:right;padding-left:16px\">{value}</td></tr>")
+        };
         for s in in_full {
-            let t = &s.totals;
+            let Figures { name, prefix, requests, throttled, error_rate, p95, busiest, peak_day, peak_hour } =
+                Figures::of(s);
             let url = usage_url(s);
+            let sparkline = sparkline(&s.per_day);
             text.push_str(&format!(
-                "\n{} ({}…)\n  requests        {}\n  throttled       {}\n  error rate      {:.2}%\n  \
-                 p95 latency     {}\n  busiest day     {}\n  peak quota use  {:.0}% of the daily, {:.0}% of the \
-                 hourly quota\n  per day         |{}|\n  usage           {url}\n",
-                s.key.name,
-                s.key.prefix,
-                count(t.requests),
-                count(t.throttled),
-                t.error_rate() * 100.0,
-                p95(t),
-                busiest(s),
-                s.peak_day_use_pct,
-                s.peak_hour_use_pct,
-                sparkline(&s.per_day),
+                "\n{name} ({prefix}…)\n  requests        {requests}\n  throttled       {throttled}\n  \
+                 error rate      {error_rate}\n  p95 latency     {p95}\n  busiest day     {busiest}\n  \
+                 peak quota use  {peak_day} of the daily, {peak_hour} of the hourly quota\n  \
+                 per day         |{sparkline}|\n  usage           {url}\n"
             ));
+            let (url, name, prefix, busiest) =
+                (html_escape(&url), html_escape(&name), html_escape(&prefix), html_escape(&busiest));
             html.push_str(&format!(
-                "<h3 style=\"margin-bottom:4px\"><a href=\"{}\">{}</a> <small style=\"color:#666\">{}…</small></h3>\
-                 <table style=\"border-collapse:collapse\">\
-                 <tr><td>Requests</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
-                 <tr><td>Throttled</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
-                 <tr><td>Error rate</td><td style=\"text-align:right;padding-left:16px\">{:.2}%</td></tr>\
-                 <tr><td>p95 latency</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
-                 <tr><td>Busiest day</td><td style=\"text-align:right;padding-left:16px\">{}</td></tr>\
-                 <tr><td>Peak quota use</td><td style=\"text-align:right;padding-left:16px\">{:.0}% daily, \
-                 {:.0}% hourly</td></tr></table>{}",
-                html_escape(&url),
-                html_escape(&s.key.name),
-                html_escape(&s.key.prefix),
-                count(t.requests),
-                count(t.throttled),
-                t.error_rate() * 100.0,
-                p95(t),
-                html_escape(&busiest(s)),
-                s.peak_day_use_pct,
-                s.peak_hour_use_pct,
+                "<h3 style=\"margin-bottom:4px\"><a href=\"{url}\">{name}</a> <small style=\"color:#666\">{prefix}…</small></h3>\
+                 <table style=\"border-collapse:collapse\">{}{}{}{}{}{}</table>{}",
+                row("Requests", &requests),
+                row("Throttled", &throttled),
+                row("Error rate", &error_rate),
+                row("p95 latency", &p95),
+                row("Busiest day", &busiest),
+                row("Peak quota use", &format!("{peak_day} daily, {peak_hour} hourly")),
                 html_chart(&s.per_day),
             ));
         }
         if every_key_listed {
-            text.push_str(&format!("\nEvery key ({}), busiest first:\n", count(busiest_first.len() as i64)));
+            let keys = count(busiest_first.len() as i64);
+            text.push_str(&format!("\nEvery key ({keys}), busiest first:\n"));
             html.push_str(&format!(
-                "<h3>Every key ({}), busiest first</h3><table cellpadding=\"3\" style=\"border-collapse:collapse\">\
+                "<h3>Every key ({keys}), busiest first</h3><table cellpadding=\"3\" style=\"border-collapse:collapse\">\
                  <tr><th align=\"left\">Key</th><th>Requests</th><th>Throttled</th><th>Errors</th><th>p95</th>\
-                 <th>Busiest day</th><th>Peak use (day/hour)</th></tr>",
-                count(busiest_first.len() as i64)
+                 <th>Busiest day</th><th>Peak use (day/hour)</th></tr>"
             ));
             for s in &busiest_first {
-                let t = &s.totals;
+                let Figures { name, prefix, requests, throttled, error_rate, p95, busiest, peak_day, peak_hour } =
+                    Figures::of(s);
                 text.push_str(&format!(
-                    "- {} ({}…): {} requests, {} throttled, {:.2}% errors, p95 {}, busiest {}, peak {:.0}%/{:.0}%\n",
-                    s.key.name,
-                    s.key.prefix,
-                    count(t.requests),
-                    count(t.throttled),
-                    t.error_rate() * 100.0,
-                    p95(t),
-                    busiest(s),
-                    s.peak_day_use_pct,
-                    s.peak_hour_use_pct,
+                    "- {name} ({prefix}…): {requests} requests, {throttled} throttled, {error_rate} errors, \
+                     p95 {p95}, busiest {busiest}, peak {peak_day}/{peak_hour}\n"
                 ));
+                let (url, name, busiest) = (html_escape(&usage_url(s)), html_escape(&name), html_escape(&busiest));
                 html.push_str(&format!(
-                    "<tr><td><a href=\"{}\">{}</a></td><td align=\"right\">{}</td><td align=\"right\">{}</td>\
-                     <td align=\"right\">{:.2}%</td><td align=\"right\">{}</td><td>{}</td>\
-                     <td align=\"right\">{:.0}% / {:.0}%</td></tr>",
-                    html_escape(&usage_url(s)),
-                    html_escape(&s.key.name),
-                    count(t.requests),
-                    count(t.throttled),
-                    t.error_rate() * 100.0,
-                    p95(t),
-                    html_escape(&busiest(s)),
-                    s.peak_day_use_pct,
-                    s.peak_hour_use_pct,
+                    "<tr><td><a href=\"{url}\">{name}</a></td><td align=\"right\">{requests}</td>\
+                     <td align=\"right\">{throttled}</td><td align=\"right\">{error_rate}</td>\
+                     <td align=\"right\">{p95}</td><td>{busiest}</td><td align=\"right\">{peak_day} / {peak_hour}</td></tr>"
                 ));
             }
             html.push_str("</table>");
