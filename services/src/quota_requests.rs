@@ -173,55 +173,22 @@ pub async fn set_by_admin(
         return Err(ServiceError::Forbidden);
     }
     let (per_hour, per_day) = admin_limits(services.settings.quota_maximum, per_hour, per_day)?;
-    let key = api_keys::get_for(&services.db, key_id, admin).await?;
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
-    // The owner is told in the same transaction as the change, as for a decided request.
-    let public_url = services.settings.public_url.clone();
-    let mut conn = db::conn(&services.db).await?;
-    let (quota, version) = conn
-        .transaction::<_, ServiceError, _>(|conn| {
-            Box::pin(async move {
-                // The limits and burst as they are now, under lock (as approvals read them): a
-                // concurrent change of the burst is kept, and "nothing to change" is judged
-                // against what is really there.
-                let live = live_key_for_update(conn, key.id).await?;
-                if live.revoked {
-                    return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
-                }
-                // A change to the same limits would only add an audit row and tell the owner of nothing.
-                if (per_hour.get(), per_day.get()) == (live.per_hour, live.per_day) {
-                    return Err(ServiceError::invalid(format!(
-                        "The key already allows {}/hour and {}/day; nothing to change.",
-                        format::count(per_hour.get()),
-                        format::count(per_day.get())
-                    )));
-                }
-                let quota = Quota { per_hour, per_day, burst_per_second: live.burst };
-                let version = set_quota_in(conn, key.id, &quota, &change).await?;
-                let owner: String =
-                    users::table.filter(users::id.eq(key.owner_id)).select(users::email).first(conn).await?;
-                let title = format!("Quota changed for \u{201c}{}\u{201d}", key.name);
-                let body = format!(
-                    "An admin set the key's quota to {} requests per hour and {} per day. Reason: {}",
-                    format::count(per_hour.get()),
-                    format::count(per_day.get()),
-                    change.reason.trim()
-                );
-                tell(conn, (key.owner_id, &owner), "quota_changed", &title, body, key.id.0, &public_url).await?;
-                Ok((quota, version))
-            })
-        })
-        .await?;
-    drop(conn);
-    publish(services, key.id, &quota, version).await;
+    let (_, changed) =
+        set_and_tell(services, key_id, (per_hour, per_day, BurstChange::Keep), &change, "An admin").await?;
+    if !changed {
+        return Err(ServiceError::invalid(format!(
+            "The key already allows {}/hour and {}/day; nothing to change.",
+            format::count(per_hour.get()),
+            format::count(per_day.get())
+        )));
+    }
     Ok(())
 }
 
 /// The platform's operator sets a key's limits (`keymeter quota set`), changing its burst limit
 /// as `burst` says; returns the quota now in force and whether it changed. Unlike the admin form
 /// it accepts an hourly limit above the daily one and any limits (operators test with them).
-/// Setting what is already there changes nothing and adds nothing to the audit trail; a change
-/// is told to the owner, as an admin's is.
 pub async fn set_by_operator(
     services: &Services,
     key_id: ApiKeyId,
@@ -231,12 +198,28 @@ pub async fn set_by_operator(
     reason: &str,
 ) -> ServiceResult<(Quota, bool)> {
     let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason };
+    set_and_tell(services, key_id, (per_hour, per_day, burst), &change, "The platform's operator").await
+}
+
+/// A direct change of a key's limits (an admin's or the operator's): made and told to the owner
+/// (`who` did it) in one transaction, then published. Setting what is already there changes
+/// nothing, adds nothing to the audit trail and tells nobody; returns the quota in force and
+/// whether it changed.
+async fn set_and_tell(
+    services: &Services,
+    key_id: ApiKeyId,
+    (per_hour, per_day, burst): (QuotaLimit, QuotaLimit, BurstChange),
+    change: &QuotaChange<'_>,
+    who: &str,
+) -> ServiceResult<(Quota, bool)> {
     let public_url = services.settings.public_url.clone();
     let mut conn = db::conn(&services.db).await?;
     let (quota, version) = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
-                // Under the same lock as the change, so a concurrent change of the burst is kept.
+                // The limits and burst as they are now, under lock (as approvals read them): a
+                // concurrent change of the burst is kept, and "nothing to change" is judged
+                // against what is really there.
                 let live = live_key_for_update(conn, key_id).await?;
                 if live.revoked {
                     return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
@@ -250,7 +233,7 @@ pub async fn set_by_operator(
                 if (per_hour.get(), per_day.get(), burst_per_second) == (live.per_hour, live.per_day, live.burst) {
                     return Ok((quota, None));
                 }
-                let version = set_quota_in(conn, key_id, &quota, &change).await?;
+                let version = set_quota_in(conn, key_id, &quota, change).await?;
                 use crate::schema::api_keys as keys;
                 let (owner_id, owner, name): (i64, String, String) = keys::table
                     .inner_join(users::table)
@@ -259,11 +242,14 @@ pub async fn set_by_operator(
                     .first(conn)
                     .await?;
                 let title = format!("Quota changed for \u{201c}{name}\u{201d}");
-                let burst = quota.burst_per_second.map_or_else(String::new, |b| {
-                    format!(", at most {} per second", format::count(b.get()))
-                });
+                // The burst is mentioned when this change set it.
+                let burst = match (burst, burst_per_second) {
+                    (BurstChange::Keep, _) => String::new(),
+                    (_, Some(b)) => format!(", at most {} per second", format::count(b.get())),
+                    (_, None) => ", with no burst limit".to_owned(),
+                };
                 let body = format!(
-                    "The platform's operator set the key's quota to {} requests per hour and {} per day{burst}. Reason: {}",
+                    "{who} set the key's quota to {} requests per hour and {} per day{burst}. Reason: {}",
                     format::count(per_hour.get()),
                     format::count(per_day.get()),
                     change.reason.trim()
