@@ -1,6 +1,6 @@
 import * as fs from 'fs';
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, settled, signIn, watchForBrokenBundle } from './helpers';
+import { ADMIN, MERCHANT, cli, hydrated, settled, signIn, sql, watchForBrokenBundle } from './helpers';
 
 test('a merchant creates a key, calls the API with it, and revokes it', async ({ page, request }) => {
   await signIn(page, MERCHANT);
@@ -139,4 +139,30 @@ test('a wrong password shows one message for every failure', async ({ page }) =>
   await page.getByLabel('Password').fill('definitely wrong');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
+});
+
+test('a merchant with many keys pages through them, the active ones first', async ({ page }) => {
+  const owner = `many-${Date.now()}@example.com`;
+  cli(['user', 'add', '--email', owner, '--role', 'merchant'], 'a long password here\n');
+  // 52 keys, the newest revoked: 51 active ones fill the first page and one more.
+  sql(`WITH k AS (
+         INSERT INTO api_keys (id, owner_id, name, prefix, secret_hash, created_at, revoked_at)
+         SELECT gen_random_uuid(), (SELECT id FROM users WHERE email = '${owner}'), 'Bulk ' || i, 'km_live_bulk',
+                sha256(('${owner}' || i)::bytea), now() - (100 - i) * interval '1 minute',
+                CASE WHEN i = 52 THEN now() END
+         FROM generate_series(1, 52) AS i RETURNING id)
+       INSERT INTO api_key_quotas (api_key_id) SELECT id FROM k`);
+  await signIn(page, { email: owner, password: 'a long password here' });
+  const rows = page.getByTestId('key-row');
+  await expect(rows).toHaveCount(50);
+  await expect(rows.first()).toContainText('Bulk 51');
+  await expect(page.getByTestId('previous')).toHaveCount(0);
+  await page.getByTestId('next').click();
+  await expect(page).toHaveURL(/api-keys\?page=2$/);
+  await expect(rows).toHaveCount(2);
+  await expect(rows.nth(0)).toContainText('Bulk 1');
+  await expect(rows.nth(1)).toHaveAttribute('data-status', 'revoked');
+  await expect(page.getByTestId('next')).toHaveCount(0);
+  await page.getByTestId('previous').click();
+  await expect(rows.first()).toContainText('Bulk 51');
 });

@@ -76,6 +76,7 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await signInWithoutScripts(page, MERCHANT);
   const name = `Deny me ${Date.now()}`;
   await createKeyAndOpen(page, name);
+  const keyUrl = page.url();
   await page.getByTestId('ask-per-hour').fill('5000');
   await page.getByTestId('ask-reason').fill('More please');
   await page.getByRole('button', { name: 'Request increase' }).click();
@@ -97,12 +98,20 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await approveCard.getByTestId('approve').click();
   await expect(admin.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
 
-  // Setting a quota directly with a bad number.
-  await admin.locator('input[name="per_hour"]').last().fill('0');
-  await admin.locator('input[name="per_day"]').last().fill('10');
-  await admin.locator('input[name="reason"]').fill('no-script test');
+  // Setting the key's quota directly, on its page: a bad number is explained there, a good one
+  // applies and shows.
+  await admin.goto(keyUrl);
+  await expect(admin.getByTestId('key-title')).toHaveText(name);
+  await admin.getByTestId('set-per-hour').fill('0');
+  await admin.getByTestId('set-reason').fill('no-script test');
   await admin.getByRole('button', { name: 'Set quota' }).click();
   await expect(admin.getByRole('alert').filter({ hasText: 'a limit must be a positive whole number' })).toBeVisible();
+  await expect(admin.getByTestId('key-title')).toHaveText(name);
+  await admin.getByTestId('set-per-hour').fill('4000');
+  await admin.getByTestId('set-reason').fill('no-script test');
+  await admin.getByRole('button', { name: 'Set quota' }).click();
+  await expect(admin.locator('dl.facts')).toContainText('4,000 requests per hour');
+  await expect(admin.getByRole('alert')).toHaveCount(0);
 });
 
 test('a key is revoked and a request cancelled without JavaScript', async ({ page }) => {

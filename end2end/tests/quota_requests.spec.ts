@@ -102,3 +102,33 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await expect(denial).toContainText(`${ADMIN.email} (request #`);
   await expect(denial).toContainText('asked 40/h · 100/day');
 });
+
+test("an admin sets a key's quota on the key's page; the owner is told", async ({ page, browser }) => {
+  await signIn(page, MERCHANT);
+  const name = `Set directly ${Date.now()}`;
+  const { keyId } = await createKey(page, name);
+
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  // Found through the admins' key search, opened, set.
+  await adminPage.goto(`/admin?q=${encodeURIComponent(name)}`);
+  await hydrated(adminPage);
+  await adminPage.getByTestId('admin-keys').getByRole('link', { name }).click();
+  await expect(adminPage.getByTestId('key-title')).toHaveText(name);
+  await expect(adminPage.getByTestId('set-per-hour')).toHaveValue('1000');
+  await adminPage.getByTestId('set-per-hour').fill('2,500');
+  await adminPage.getByTestId('set-per-day').fill('25000');
+  await adminPage.getByTestId('set-reason').fill('Support ticket 7');
+  await adminPage.getByRole('button', { name: 'Set quota' }).click();
+  await expect(adminPage.getByTestId('set-done')).toBeVisible();
+  await expect(adminPage.locator('dl.facts')).toContainText('2,500 requests per hour (UTC)');
+  await expect(adminPage.locator('dl.facts')).toContainText('25,000 requests per day (UTC)');
+
+  // The owner's page has no such form, and shows the new quota.
+  await page.goto(`/dashboard/developers/api-keys/${keyId}`);
+  await hydrated(page);
+  await expect(page.locator('dl.facts')).toContainText('2,500 requests per hour (UTC)');
+  await expect(page.getByTestId('set-quota')).toHaveCount(0);
+  await settled(page, 'notifications/list', (list) =>
+    list.some((n: any) => JSON.stringify(n).includes(name) && JSON.stringify(n).includes('Support ticket 7')));
+});

@@ -30,7 +30,7 @@ async fn a_new_key_works_until_revoked() {
     // Listed with the default quota, the secret nowhere in sight.
     let list = app.rpc(&c, "keys/list", &[]).await.text().await.unwrap();
     assert!(!list.contains(&secret));
-    let keys: Vec<Value> = serde_json::from_str(&list).unwrap();
+    let keys = app.key_list(&c).await;
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["name"], "Checkout server");
     assert_eq!(keys[0]["requests_per_hour"], 1000);
@@ -91,7 +91,7 @@ async fn merchants_cannot_touch_each_others_keys() {
         let res = app.rpc(&mallory, path, &[("id", &id)]).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let listed: Vec<Value> = app.rpc(&mallory, "keys/list", &[]).await.json().await.unwrap();
+    let listed = app.key_list(&mallory).await;
     assert!(listed.is_empty());
     let page = app.page(&mallory, &format!("/dashboard/developers/api-keys/{id}")).await;
     assert_eq!(page.status(), StatusCode::NOT_FOUND);
@@ -107,7 +107,7 @@ async fn merchants_cannot_touch_each_others_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_calls_are_refused() {
     let app = TestApp::spawn().await;
-    for path in ["keys/list", "keys/create", "admin/keys"] {
+    for path in ["keys/list", "keys/create", "admin/keys/search"] {
         let res = app.rpc(&client(), path, &[("name", "x")]).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
@@ -152,7 +152,7 @@ async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
         let text = res.text().await.unwrap();
         assert!(text.contains(expected), "{path}: {text}");
     }
-    let listed: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
+    let listed = app.key_list(&c).await;
     assert!(listed.is_empty());
 }
 
@@ -173,7 +173,7 @@ async fn the_key_list_shows_the_current_use_of_each_quota() {
         assert_eq!(ping(&app, ("authorization", format!("Bearer {secret}"))).await.status(), StatusCode::OK);
     }
 
-    let keys: Vec<Value> = app.rpc(&c, "keys/list", &[]).await.json().await.unwrap();
+    let keys = app.key_list(&c).await;
     assert_eq!(row(&keys, "Busy")["current_use"], serde_json::json!({ "hour": 3, "day": 3 }));
     assert_eq!(row(&keys, "Idle")["current_use"], serde_json::json!({ "hour": 0, "day": 0 }));
     assert_eq!(row(&keys, "Old")["current_use"], Value::Null, "a revoked key has no use to show");
@@ -185,9 +185,7 @@ async fn the_key_list_shows_the_current_use_of_each_quota() {
     let quota_key = services::keys::quota_manager::quota_redis_key(services::keys::ApiKeyId::parse(&busy).unwrap());
     let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
     let _: () = deadpool_redis::redis::cmd("SET").arg(&quota_key).arg("broken").query_async(&mut conn).await.unwrap();
-    let listed = app.rpc(&c, "keys/list", &[]).await;
-    assert_eq!(listed.status(), StatusCode::OK);
-    let keys: Vec<Value> = listed.json().await.unwrap();
+    let keys = app.key_list(&c).await;
     assert_eq!(row(&keys, "Busy")["current_use"], Value::Null);
     assert_eq!(row(&keys, "Busy")["requests_per_hour"], 1000);
     assert_eq!(row(&keys, "Idle")["current_use"], serde_json::json!({ "hour": 0, "day": 0 }));
@@ -496,4 +494,47 @@ async fn admins_find_keys_by_owner_name_or_prefix_a_page_at_a_time() {
     assert!(page.contains("Bob 100% live") && !page.contains("Ann checkout"), "{page}");
     let merchant = app.signed_in("ann@example.com").await;
     assert_eq!(app.rpc(&merchant, "admin/keys/search", &[]).await.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchants_keys_come_a_page_at_a_time_the_active_ones_first() {
+    let app = TestApp::spawn().await;
+    let ann = app.user("ann@example.com", Role::Merchant).await;
+    let c = app.signed_in("ann@example.com").await;
+    let mut ids = Vec::new();
+    for i in 0..55 {
+        let name = services::keys::KeyName::parse(&format!("Key {i}")).unwrap();
+        ids.push(services::keys::api_keys::create(&app.services.db, ann.id, &name).await.unwrap().0.id);
+    }
+    for i in [3, 54] {
+        services::keys::api_keys::revoke(&app.services.db, ids[i]).await.unwrap();
+    }
+
+    let page = |n: &str| {
+        let (app, c, n) = (&app, &c, n.to_owned());
+        async move {
+            let found: Value = app.rpc(c, "keys/list", &[("page", &n)]).await.json().await.unwrap();
+            let names: Vec<String> =
+                found["keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap().to_owned()).collect();
+            (names, found["more"] == true)
+        }
+    };
+    let (first, more) = page("1").await;
+    assert_eq!((first.len(), more), (50, true));
+    assert_eq!(first[0], "Key 53", "the newest active key first, the newer revoked one behind");
+    let (second, more) = page("2").await;
+    assert_eq!(second, ["Key 2", "Key 1", "Key 0", "Key 54", "Key 3"].map(String::from));
+    assert!(!more);
+    assert_eq!(page("0").await.0, first, "page 0 is the first");
+    assert_eq!(page("3").await, (vec![], false));
+    assert_eq!(app.key_list(&c).await.len(), 50, "no page given: the first");
+    assert_eq!(app.rpc(&c, "keys/list", &[("page", "two")]).await.status(), StatusCode::BAD_REQUEST);
+
+    // The page, without JavaScript: links to the next and the previous page.
+    let html = app.page(&c, "/dashboard/developers/api-keys").await.text().await.unwrap();
+    assert!(html.contains("Key 53") && !html.contains("Key 54"), "{html}");
+    assert!(html.contains(r#"href="/dashboard/developers/api-keys?page=2""#), "{html}");
+    let html = app.page(&c, "/dashboard/developers/api-keys?page=2").await.text().await.unwrap();
+    assert!(html.contains("Key 54") && !html.contains("Key 53"), "{html}");
+    assert!(html.contains(r#"href="/dashboard/developers/api-keys""#) && !html.contains("?page=3"), "{html}");
 }

@@ -155,7 +155,7 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
         .unwrap();
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["decision_note"], "Upgrade your plan first");
-    let keys: Vec<Value> = s.app.rpc(&s.merchant, "keys/list", &[]).await.json().await.unwrap();
+    let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["requests_per_day"], 15_000);
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
     // The audit trail keeps the denial too, newest first, with who, what was asked and the note.
@@ -246,7 +246,7 @@ async fn merchants_cannot_decide_or_touch_other_owners_keys() {
         ("admin/quota/set", vec![("key_id", s.key_id.as_str()), ("per_hour", "9"), ("per_day", "9"), ("reason", "x")]),
         ("admin/quota-changes", vec![]),
         ("admin/mail", vec![]),
-        ("admin/keys", vec![]),
+        ("admin/keys/search", vec![]),
     ] {
         assert_eq!(s.app.rpc(&s.merchant, path, &args).await.status(), StatusCode::FORBIDDEN, "{path}");
     }
@@ -298,6 +298,14 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(audit[0]["source"], "admin");
     assert_eq!(audit[0]["decision"], "set");
     assert_eq!(audit[0]["reason"], "support ticket 42");
+
+    // The form is on the key's page, for admins only, filled with the key's limits.
+    let path = format!("/dashboard/developers/api-keys/{}", s.key_id);
+    let admins = s.app.page(&s.admin, &path).await.text().await.unwrap();
+    assert!(admins.contains(r#"data-testid="set-quota""#), "{admins}");
+    assert!(admins.contains(r#"name="per_hour" inputmode="numeric" value="7""#), "{admins}");
+    let merchants = s.app.page(&s.merchant, &path).await.text().await.unwrap();
+    assert!(merchants.contains(r#"data-testid="key-title""#) && !merchants.contains("set-quota"), "{merchants}");
 }
 
 async fn approve(s: &Setup, id: &str, per_hour: &str, per_day: &str) -> reqwest::Response {
@@ -322,7 +330,7 @@ async fn message(res: reqwest::Response) -> String {
 }
 
 async fn key_limits(s: &Setup) -> (i64, i64) {
-    let keys: Vec<Value> = s.app.rpc(&s.merchant, "keys/list", &[]).await.json().await.unwrap();
+    let keys = s.app.key_list(&s.merchant).await;
     (keys[0]["requests_per_hour"].as_i64().unwrap(), keys[0]["requests_per_day"].as_i64().unwrap())
 }
 

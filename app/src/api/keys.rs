@@ -1,15 +1,33 @@
 use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::{CreatedKey, KeyView};
 use crate::error::AppError;
 
+/// Keys on a page of the merchant's key list.
+pub const KEYS_PER_PAGE: usize = 50;
+
+/// A page of the signed-in merchant's keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysPage {
+    pub keys: Vec<KeyView>,
+    /// There is a next page.
+    pub more: bool,
+}
+
+/// The signed-in user's keys a page at a time (`page` from 1): active ones first, newest first.
 #[server(prefix = "/rpc", endpoint = "keys/list")]
-pub async fn list_keys() -> Result<Vec<KeyView>, AppError> {
+pub async fn list_keys(#[server(default)] page: u32) -> Result<KeysPage, AppError> {
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let keys = services::keys::api_keys::list_for_owner(&services.db, user.id).await?;
-    Ok(ssr::with_current_use(&services, keys, user.id).await)
+    let offset = i64::from(page.max(1) - 1) * KEYS_PER_PAGE as i64;
+    // One more than a page tells whether there is a next one.
+    let mut keys =
+        services::keys::api_keys::page_for_owner(&services.db, user.id, offset, KEYS_PER_PAGE as i64 + 1).await?;
+    let more = keys.len() > KEYS_PER_PAGE;
+    keys.truncate(KEYS_PER_PAGE);
+    Ok(KeysPage { keys: ssr::with_current_use(&services, keys, user.id).await, more })
 }
 
 #[cfg(feature = "ssr")]
@@ -62,7 +80,7 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(KeyView::seen_by(key, user.id))
+    Ok(KeyView { viewer_is_admin: user.is_admin(), ..KeyView::seen_by(key, user.id) })
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/create")]

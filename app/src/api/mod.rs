@@ -52,6 +52,9 @@ pub struct KeyView {
     /// forms (asking for more quota, choosing which alerts email the owner).
     #[serde(default)]
     pub yours: bool,
+    /// Whether the viewer is an admin: a key's page offers them the form that sets its quota.
+    #[serde(default)]
+    pub viewer_is_admin: bool,
 }
 
 /// A key's use of its current quota windows.
@@ -94,6 +97,7 @@ impl KeyView {
             burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
             alert_emails: key.alert_email_thresholds.iter().collect(),
             current_use: None,
+            viewer_is_admin: false,
         }
     }
 }

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
-use super::layout::{ErrorPanel, PageTitle};
+use super::layout::{page_number, ErrorPanel, PageTitle, Pager};
 use crate::api::{admin_mail, admin_mail_body, admin_search_keys, MailBody, MailView, SendMailAgain};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -18,8 +18,7 @@ pub fn AdminKeysPage() -> impl IntoView {
     let shown = move || {
         let q = query.read();
         let search = q.get("q").unwrap_or_default();
-        let page = q.get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1).max(1);
-        (search, page)
+        (search, page_number(&q))
     };
     let keys = Resource::new(shown, |(search, page)| {
         once_per_render("admin/keys/search", &(search.clone(), page), admin_search_keys(search, page))
@@ -91,10 +90,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                                     }).collect_view()}
                                 </tbody>
                             </table></div>
-                            <nav class="pager">
-                                {previous.map(|href| view! { <A href=href>"Previous"</A> })}
-                                {next.map(|href| view! { <A href=href attr:data-testid="next">"Next"</A> })}
-                            </nav>
+                            <Pager previous next/>
                         }.into_any()
                         }
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),

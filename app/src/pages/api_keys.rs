@@ -4,20 +4,24 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
-use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{get_key, list_keys, take_created_key, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails};
+use super::layout::{page_number, ErrorPanel, PageTitle, Pager};
+use crate::api::{
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails,
+};
 use crate::render_memo::once_per_render;
 
 #[component]
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let revoke = ServerAction::<RevokeKey>::new();
+    let query = use_query_map();
+    // 50 a page (`?page=`), active keys first.
+    let page = move || page_number(&query.read());
     let keys = Resource::new(
-        move || (create.version().get(), revoke.version().get()),
-        |versions| once_per_render("keys/list", &versions, list_keys()),
+        move || (page(), create.version().get(), revoke.version().get()),
+        |(page, created, revoked)| once_per_render("keys/list", &(page, created, revoked), list_keys(page)),
     );
     // A key created without JavaScript: its post came back here with a one-time token.
-    let query = use_query_map();
     let handed_over = Resource::new(
         move || query.read().get("created"),
         // Through the memo: the hand-off is used up by the first read.
@@ -71,11 +75,24 @@ pub fn ApiKeysPage() -> impl IntoView {
             <h2>"Your keys"</h2>
             <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
                 {move || Suspend::new(async move {
+                    let page = page();
                     match keys.await {
-                        Ok(keys) if keys.is_empty() => view! {
+                        Ok(found) if found.keys.is_empty() && page == 1 => view! {
                             <p class="empty" data-testid="no-keys">"No keys yet. Create one above to start calling the API."</p>
                         }.into_any(),
-                        Ok(keys) => view! { <KeyTable keys revoke/> }.into_any(),
+                        Ok(found) => {
+                            let href = |page: u32| match page {
+                                1 => "/dashboard/developers/api-keys".to_owned(),
+                                n => format!("/dashboard/developers/api-keys?page={n}"),
+                            };
+                            let previous = (page > 1).then(|| href(page - 1));
+                            let next = found.more.then(|| href(page + 1));
+                            view! {
+                                {found.keys.is_empty().then(|| view! { <p class="empty">"No keys on this page."</p> })}
+                                {(!found.keys.is_empty()).then(|| view! { <KeyTable keys=found.keys revoke/> })}
+                                <Pager previous next/>
+                            }.into_any()
+                        }
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
                 })}
@@ -211,18 +228,19 @@ fn quota_and_use(key: &KeyView) -> String {
 #[component]
 pub fn ApiKeyPage() -> impl IntoView {
     let params = use_params_map();
-    let key = Resource::new(
-        move || params.read().get("id").unwrap_or_default(),
-        |id| once_per_render("keys/get", &id.clone(), get_key(id)),
-    );
     // Created here, before any await (see layout.rs).
+    let set_quota = ServerAction::<AdminSetQuota>::new();
+    let key = Resource::new(
+        move || (params.read().get("id").unwrap_or_default(), set_quota.version().get()),
+        |(id, version)| once_per_render("keys/get", &(id.clone(), version), get_key(id)),
+    );
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     let alerts = ServerAction::<SetAlertEmails>::new();
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match key.await {
-                    Ok(key) => view! { <KeyDetails key requests alerts/> }.into_any(),
+                    Ok(key) => view! { <KeyDetails key requests alerts set_quota/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -235,8 +253,11 @@ fn KeyDetails(
     key: KeyView,
     requests: super::quota_requests::QuotaRequestsState,
     alerts: ServerAction<SetAlertEmails>,
+    set_quota: ServerAction<AdminSetQuota>,
 ) -> impl IntoView {
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
+    let set_quota = (key.viewer_is_admin && !key.is_revoked())
+        .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = if key.is_revoked() { "revoked" } else { "active" };
     view! {
@@ -259,6 +280,7 @@ fn KeyDetails(
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
+        {set_quota}
         {alert_settings}
         {requests}
     }

@@ -165,6 +165,22 @@ pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
 }
 
 /// Shows an error to the user; during server rendering it also sets the page's HTTP status.
+/// `?page=` of a paged list: from 1; anything else is the first page.
+pub fn page_number(query: &leptos_router::params::ParamsMap) -> u32 {
+    query.get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1).max(1)
+}
+
+/// "Previous" and "Next" under a paged list, each only where there is such a page.
+#[component]
+pub fn Pager(previous: Option<String>, next: Option<String>) -> impl IntoView {
+    view! {
+        <nav class="pager">
+            {previous.map(|href| view! { <A href=href attr:data-testid="previous">"Previous"</A> })}
+            {next.map(|href| view! { <A href=href attr:data-testid="next">"Next"</A> })}
+        </nav>
+    }
+}
+
 #[component]
 pub fn ErrorPanel(err: AppError) -> impl IntoView {
     // Not for "sign in required": the layout redirects to the sign-in page, and a status set

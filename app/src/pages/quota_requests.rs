@@ -7,7 +7,7 @@ use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{
-    admin_list_keys, admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest,
+    admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest,
     AuditPage, AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
 };
 use crate::render_memo::once_per_render;
@@ -59,8 +59,8 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                 view! {
                                     {(!yours && !revoked).then(|| view! {
                                         <p class="muted" data-testid="not-owner">
-                                            "Only the key's owner asks for more. Admins change quotas directly on "
-                                            <A href="/admin/quota-requests">"the quota requests page"</A>"."
+                                            "Only the key's owner asks for more. As an admin, "
+                                            <A href=format!("/dashboard/developers/api-keys/{id}#set-quota")>"set its quota directly"</A>"."
                                         </p>
                                     })}
                                     {(yours && !open && !revoked).then(|| view! {
@@ -131,14 +131,9 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
 pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let approve = ServerAction::<ApproveQuotaRequest>::new();
     let deny = ServerAction::<DenyQuotaRequest>::new();
-    let set = ServerAction::<AdminSetQuota>::new();
     let requests = Resource::new(
-        move || (approve.version().get(), deny.version().get(), set.version().get()),
+        move || (approve.version().get(), deny.version().get()),
         |versions| once_per_render("admin/quota-requests", &versions, admin_quota_requests()),
-    );
-    let keys = Resource::new(
-        move || set.version().get(),
-        |version| once_per_render("admin/keys", &version, admin_list_keys()),
     );
     // The request whose card was last submitted, so that its error shows on that card. A post
     // without JavaScript comes back as a new page that knows no card: its error goes on top.
@@ -149,6 +144,10 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         <PageTitle text="Quota requests · keymeter"/>
         <h1>"Quota requests"</h1>
         <p><A href="/admin/quota-changes">"Audit trail of every quota change and decision →"</A></p>
+        <p class="muted" data-testid="set-directly">
+            "To change a key's quota without a request, find the key under "<A href="/admin">"All keys"</A>
+            " and open it."
+        </p>
         {error}
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -159,32 +158,6 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
                 }
             })}
         </Transition>
-        <section class="card">
-            <h2>"Set a key's quota directly"</h2>
-            <ActionForm action=set>
-                <div class="inline-form">
-                    <label>"Key"
-                        <select name="key_id" data-testid="set-key">
-                            <Suspense fallback=|| ()>
-                                {move || Suspend::new(async move {
-                                    keys.await.unwrap_or_default().into_iter().filter(|k| !k.is_revoked()).map(|k| view! {
-                                        <option value=k.id.clone()>{format!("{} · {} ({})", k.owner_email, k.name, limits(k.requests_per_hour, k.requests_per_day))}</option>
-                                    }).collect_view()
-                                })}
-                            </Suspense>
-                        </select>
-                    </label>
-                    <label>"Per hour" <input name="per_hour" inputmode="numeric" required/></label>
-                    <label>"Per day" <input name="per_day" inputmode="numeric" required/></label>
-                </div>
-                <label>"Reason" <input name="reason" required/></label>
-                <button type="submit">"Set quota"</button>
-            </ActionForm>
-            {move || set.value().get().map(|r| match r {
-                Ok(()) => view! { <p class="hint" role="status">"Quota set; it applies to the key's next request."</p> }.into_any(),
-                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
-            })}
-        </section>
     }
 }
 
@@ -286,6 +259,31 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     </ActionForm>
                     </div>
                 </div>
+            })}
+        </section>
+    }
+}
+
+/// On a key's page, for admins: its quota set without a request (the owner is told, the audit
+/// trail keeps it). A form, so that it also works without JavaScript.
+#[component]
+pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoView {
+    view! {
+        <section class="card" id="set-quota" data-testid="set-quota">
+            <h2>"Set this key's quota"</h2>
+            <p class="muted">"It applies to the key's next request. The owner is told, and the audit trail keeps the change."</p>
+            <ActionForm action>
+                <input type="hidden" name="key_id" value=key.id.clone()/>
+                <div class="inline-form">
+                    <label>"Per hour" <input name="per_hour" inputmode="numeric" value=key.requests_per_hour.to_string() required data-testid="set-per-hour"/></label>
+                    <label>"Per day" <input name="per_day" inputmode="numeric" value=key.requests_per_day.to_string() required data-testid="set-per-day"/></label>
+                </div>
+                <label>"Reason" <input name="reason" required data-testid="set-reason"/></label>
+                <button type="submit" disabled=move || action.pending().get()>"Set quota"</button>
+            </ActionForm>
+            {move || action.value().get().map(|r| match r {
+                Ok(()) => view! { <p class="hint" role="status" data-testid="set-done">"Quota set; it applies to the key's next request."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
             })}
         </section>
     }

@@ -291,6 +291,12 @@ impl TestApp {
         client.get(self.url(path)).header("accept", "text/html").send().await.expect("page request")
     }
 
+    /// The first page of the signed-in user's key list, as `keys/list` returns it.
+    pub async fn key_list(&self, client: &reqwest::Client) -> Vec<serde_json::Value> {
+        let page: serde_json::Value = self.rpc(client, "keys/list", &[]).await.json().await.expect("key list");
+        page["keys"].as_array().expect("a page of keys").clone()
+    }
+
     /// Calls a server function with form-encoded arguments.
     pub async fn rpc(&self, client: &reqwest::Client, path: &str, args: &[(&str, &str)]) -> reqwest::Response {
         client.post(self.url(&format!("/rpc/{path}"))).form(args).send().await.expect("rpc request")

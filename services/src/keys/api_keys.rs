@@ -230,14 +230,22 @@ pub async fn get_as_owner(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceRe
     }
 }
 
-/// The owner's keys, newest first.
+/// Every key of the owner: active ones first, newest first within each.
 pub async fn list_for_owner(db: &DbPool, owner_id: i64) -> ServiceResult<Vec<ApiKey>> {
+    page_for_owner(db, owner_id, 0, i64::MAX).await
+}
+
+/// A page of the owner's keys in `list_for_owner`'s order, skipping the first `offset`.
+pub async fn page_for_owner(db: &DbPool, owner_id: i64, offset: i64, limit: i64) -> ServiceResult<Vec<ApiKey>> {
     let mut conn = db::conn(db).await?;
     let rows: Vec<KeyRow> = api_keys::table
         .inner_join(users::table)
         .inner_join(api_key_quotas::table)
         .filter(api_keys::owner_id.eq(owner_id))
-        .order((api_keys::created_at.desc(), api_keys::id))
+        // The ones in use are what a merchant looks for; revoked ones pile up behind them.
+        .order((api_keys::revoked_at.is_not_null(), api_keys::created_at.desc(), api_keys::id))
+        .offset(offset.max(0))
+        .limit(limit)
         .select(key_columns!())
         .load(&mut conn)
         .await?;

@@ -227,35 +227,30 @@ enum Rollups {
     Day,
 }
 
-/// Rollups of some keys between two instants, visited row by row.
-async fn for_each_rollup_row(
+/// One key's rollups between two instants, histograms not parsed yet.
+async fn rollup_rows(
     db: &DbPool,
     table: Rollups,
-    keys: &[Uuid],
+    key: Uuid,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-    mut visit: impl FnMut(Uuid, &RollupRow, &LatencyHistogram),
-) -> ServiceResult<()> {
+) -> ServiceResult<Vec<KeyedRollupRow>> {
     let table = match table {
         Rollups::Minute => "api_key_usage_minute",
         Rollups::Hour => "api_key_usage_hour",
         Rollups::Day => "api_key_usage_day",
     };
     let mut conn = db::conn(db).await?;
-    let rows: Vec<KeyedRollupRow> = diesel::sql_query(format!(
+    Ok(diesel::sql_query(format!(
         "SELECT api_key_id, period_start, method, endpoint, status, requests, throttled, bytes_in, bytes_out, \
          latency_hist::text AS latency_hist FROM {table} \
-         WHERE api_key_id = ANY($1) AND period_start >= $2 AND period_start < $3"
+         WHERE api_key_id = $1 AND period_start >= $2 AND period_start < $3"
     ))
-    .bind::<diesel::sql_types::Array<SqlUuid>, _>(keys)
+    .bind::<SqlUuid, _>(key)
     .bind::<Timestamptz, _>(start)
     .bind::<Timestamptz, _>(end)
     .load(&mut conn)
-    .await?;
-    for row in rows {
-        visit(row.api_key_id, &row.rollup, &row.histogram());
-    }
-    Ok(())
+    .await?)
 }
 
 /// Whether a key has any usage in the rollups.
@@ -293,11 +288,19 @@ impl RollupRows {
     }
 
     async fn load(db: &DbPool, table: Rollups, key: Uuid, range: DayRange) -> ServiceResult<Self> {
-        let mut rows = Vec::new();
-        for_each_rollup_row(db, table, &[key], range.start(), range.end(), |_, row, hist| {
-            rows.push((row.clone(), hist.clone()));
+        let rows = rollup_rows(db, table, key, range.start(), range.end()).await?;
+        // Parsing tens of thousands of histograms takes tens of milliseconds: not on the
+        // request workers, which also run the metered API's requests.
+        let rows = tokio::task::spawn_blocking(move || {
+            rows.into_iter()
+                .map(|row| {
+                    let hist = row.histogram();
+                    (row.rollup, hist)
+                })
+                .collect()
         })
-        .await?;
+        .await
+        .map_err(|e| ServiceError::Internal(format!("reading rollups: {e}")))?;
         Ok(Self { range, rows })
     }
 
@@ -550,7 +553,8 @@ pub async fn stored_minutes(
     let mut counters: Vec<(i64, MinuteCounters)> =
         (0..minutes as i64).map(|i| (first + i * 60_000, MinuteCounters::default())).collect();
     let (start, end) = (super::time_from_ms(first), super::time_from_ms(first + minutes as i64 * 60_000));
-    for_each_rollup_row(db, Rollups::Minute, &[key], start, end, |_, row, hist| {
+    for keyed in rollup_rows(db, Rollups::Minute, key, start, end).await? {
+        let (row, hist) = (&keyed.rollup, keyed.histogram());
         let index = (row.period_start.timestamp_millis() - first).div_euclid(60_000);
         if let Some((_, m)) = usize::try_from(index).ok().and_then(|i| counters.get_mut(i)) {
             let requests = u64::try_from(row.requests).unwrap_or(0);
@@ -563,10 +567,9 @@ pub async fn stored_minutes(
             m.throttled += u64::try_from(row.throttled).unwrap_or(0);
             m.bytes_in += u64::try_from(row.bytes_in).unwrap_or(0);
             m.bytes_out += u64::try_from(row.bytes_out).unwrap_or(0);
-            m.latency.merge(hist);
+            m.latency.merge(&hist);
         }
-    })
-    .await?;
+    }
     Ok(counters)
 }
 
