@@ -87,11 +87,14 @@ pub fn ApiKeysPage() -> impl IntoView {
                             };
                             let previous = (page > 1).then(|| href(page - 1));
                             let next = found.more.then(|| href(page + 1));
-                            view! {
-                                {found.keys.is_empty().then(|| view! { <p class="empty">"No keys on this page."</p> })}
-                                {(!found.keys.is_empty()).then(|| view! { <KeyTable keys=found.keys revoke/> })}
-                                <Pager previous next/>
-                            }.into_any()
+                            // Type-erased: the table's view type is deep enough to overflow
+                            // the WASM build's query depth when nested further.
+                            let table = if found.keys.is_empty() {
+                                view! { <p class="empty">"No keys on this page."</p> }.into_any()
+                            } else {
+                                view! { <KeyTable keys=found.keys revoke/> }.into_any()
+                            };
+                            view! { {table} <Pager previous next/> }.into_any()
                         }
                         Err(err) => view! { <ErrorPanel err/> }.into_any(),
                     }
