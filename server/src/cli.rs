@@ -9,15 +9,13 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use services::accounts::{self, Email, Password, Role};
 use services::keys::secret::SECRET_PREFIX;
-use services::keys::{
-    api_keys, set_quota, ApiKeyId, ApiKeySecret, BurstChange, ChangeSource, KeyCheck, KeyName, Quota, QuotaChange,
-    QuotaLimit,
-};
+use services::keys::{api_keys, ApiKeyId, ApiKeySecret, KeyCheck, KeyName, Quota, QuotaLimit};
 use services::mailer::{self, Mailer};
+use services::monthly_report;
+use services::quota_changes::{self, set_quota, BurstChange, ChangeSource, QuotaChange};
 use services::usage::reports::Month;
 use services::usage::writer::UsageWriter;
 use services::usage::{demo, reports};
-use services::{monthly_report, quota_requests};
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
@@ -266,7 +264,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 (None, false) => BurstChange::Keep,
             };
             let services = startup::connect(config).await?;
-            let set = quota_requests::set_by_operator(&services, id, per_hour, per_day, burst, &reason).await;
+            let set = quota_changes::set_by_operator(&services, id, per_hour, per_day, burst, &reason).await;
             let (quota, changed) = set.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 services::ServiceError::Conflict(why) => anyhow!("the quota of key {id} was not changed: {why}"),

@@ -56,7 +56,7 @@ pub struct Config {
     /// `KEYMETER_MAIL_FROM`: the sender of keymeter's emails.
     pub mail_from: String,
     /// `KEYMETER_MAX_PER_HOUR` / `KEYMETER_MAX_PER_DAY`: the highest limits merchants may ask for.
-    pub quota_maximum: services::quota_requests::QuotaMaximum,
+    pub quota_maximum: services::keys::QuotaMaximum,
     /// `KEYMETER_TRUSTED_PROXIES`: addresses of reverse proxies in front of the server, separated
     /// by commas; behind them the client is the address their `X-Forwarded-For` names.
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -150,7 +150,7 @@ impl Config {
                 }
                 None => "keymeter <keymeter@localhost>".to_owned(),
             },
-            quota_maximum: services::quota_requests::QuotaMaximum {
+            quota_maximum: services::keys::QuotaMaximum {
                 per_hour: parse_bounded(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000, QuotaLimit::MAX)?,
                 per_day: parse_bounded(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000, QuotaLimit::MAX)?,
             },

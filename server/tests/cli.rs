@@ -436,7 +436,7 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
 
     // Setting what is already there changes nothing: no audit entry, nobody told.
     let changes = || async {
-        let trail = services::quota_requests::audit_trail(&app.services.db, None, 1000).await.unwrap();
+        let trail = services::quota_changes::audit_trail(&app.services.db, None, 1000).await.unwrap();
         trail.into_iter().filter(|e| e.key_id == id.0).count()
     };
     let before = changes().await;

@@ -574,3 +574,81 @@ async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it(
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     assert_eq!(bell.iter().filter(|n| n["title"].as_str().unwrap_or_default().contains("was revoked")).count(), 1);
 }
+
+/// A transaction of the test's own that holds some locks until it is told to commit.
+async fn hold_locks(
+    app: &TestApp,
+    statements: &str,
+) -> impl std::ops::DerefMut<Target = diesel_async::AsyncPgConnection> {
+    use diesel_async::SimpleAsyncConnection;
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    conn.batch_execute(&format!("BEGIN; {statements}")).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_and_a_revocation_at_the_same_moment_do_not_deadlock() {
+    use diesel_async::SimpleAsyncConnection;
+    let s = setup().await;
+    let request: Value = ask(&s, "50", "", "launch").await.json().await.unwrap();
+    let id = request["id"].to_string();
+    // The key's limits held by someone else for a moment, so that the approval has started and
+    // waits when the revocation comes (both then need what the other holds, unless both take the
+    // key first).
+    let mut holder =
+        hold_locks(&s.app, &format!("SELECT 1 FROM api_key_quotas WHERE api_key_id = '{}' FOR UPDATE", s.key_id)).await;
+    let approval = tokio::spawn({
+        let (admin, url, id) = (s.admin.clone(), s.app.url("/rpc/admin/quota-requests/approve"), id.clone());
+        async move {
+            let form = [("id", id.as_str()), ("per_hour", "50"), ("per_day", "10000"), ("note", "")];
+            admin.post(url).form(&form).send().await.unwrap().status()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let revocation = tokio::spawn({
+        let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/keys/revoke"), s.key_id.clone());
+        async move { merchant.post(url).form(&[("id", key.as_str())]).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (approval, revocation) = (approval.await.unwrap(), revocation.await.unwrap());
+    assert_eq!(
+        (approval, revocation),
+        (StatusCode::OK, StatusCode::OK),
+        "the approval went first, then the revocation"
+    );
+    let decided: Value =
+        s.app.rpc(&s.merchant, "quota-requests/for-key", &[("key_id", &s.key_id)]).await.json().await.unwrap();
+    assert_eq!(decided[0]["status"], "approved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
+    use diesel_async::SimpleAsyncConnection;
+    let s = setup().await;
+    // A revocation under way, as `revoke_by` makes it: the key marked, its open requests closed
+    // (none yet), not committed.
+    let mut revoking = hold_locks(
+        &s.app,
+        &format!(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = '{0}'; \
+             UPDATE quota_requests SET status = 'cancelled' WHERE api_key_id = '{0}' AND status = 'pending'",
+            s.key_id
+        ),
+    )
+    .await;
+    let asked = tokio::spawn({
+        let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/quota-requests/create"), s.key_id.clone());
+        async move {
+            let form = [("key_id", key.as_str()), ("per_hour", "50"), ("per_day", ""), ("reason", "launch")];
+            let res = merchant.post(url).form(&form).send().await.unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    revoking.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("This key is revoked."), "{body}");
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 0);
+}

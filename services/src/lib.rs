@@ -14,6 +14,7 @@ pub mod keys;
 pub mod mailer;
 pub mod monthly_report;
 pub mod notifications;
+pub mod quota_changes;
 pub mod quota_requests;
 pub mod redis_pool;
 pub mod schema;
@@ -61,7 +62,7 @@ pub struct Settings {
     /// Where people reach the app, for links in emails.
     pub public_url: String,
     /// The highest limits a merchant may ask for.
-    pub quota_maximum: quota_requests::QuotaMaximum,
+    pub quota_maximum: keys::quota::QuotaMaximum,
     /// Where email goes (an SMTP host or a mail folder), for the admins' mail page.
     pub mail_delivery: String,
     /// What metered requests get while Redis is down or slow.

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::{self, DbPool};
+use crate::mailer::{self, html_escape, Email};
 use crate::schema::notifications;
 use crate::ServiceResult;
 
@@ -29,6 +30,26 @@ pub struct NewNotification<'a> {
     pub link: Option<&'a str>,
     /// At most one notification per key (e.g. per alert threshold and period).
     pub dedupe_key: Option<&'a str>,
+}
+
+/// A key's owner hears of something about the key in the bell and by email, linked to the key.
+pub(crate) async fn tell_key_owner(
+    conn: &mut AsyncPgConnection,
+    (user_id, email): (i64, &str),
+    kind: &'static str,
+    title: &str,
+    body: String,
+    key_id: uuid::Uuid,
+    public_url: &str,
+) -> ServiceResult<()> {
+    let link = format!("/dashboard/developers/api-keys/{key_id}");
+    notify(conn, &NewNotification { user_id, kind, title, body: &body, link: Some(&link), dedupe_key: None }).await?;
+    let url = format!("{}{link}", public_url.trim_end_matches('/'));
+    let text = format!("{body}\n\nSee the key: {url}\n");
+    let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
+    mailer::enqueue(conn, &Email { to: email, subject: title, text: &text, html: &html, attachments: &[] }, None)
+        .await?;
+    Ok(())
 }
 
 /// Adds a notification inside the caller's transaction; false if its dedupe key was seen.

@@ -12,10 +12,11 @@ use uuid::Uuid;
 
 use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
-use crate::keys::quota::{publish, set_quota_in, BurstChange, ChangeSource, QuotaChange};
-use crate::keys::{api_keys, ApiKeyId, Quota, QuotaLimit};
+use crate::keys::quota::{admin_limits, check_hour_within_day, parse_limit, QuotaMaximum};
+use crate::keys::{api_keys, ApiKeyId, Quota};
 use crate::mailer::{self, html_escape, Email};
 use crate::notifications::{self, NewNotification};
+use crate::quota_changes::{apply, lock_key, publish, ChangeSource, LiveKey, QuotaChange};
 use crate::schema::{quota_requests, users};
 use crate::{ServiceError, ServiceResult, Services};
 
@@ -75,19 +76,6 @@ pub struct QuotaRequest {
     pub requests_last_24h: i64,
 }
 
-/// The platform's ceiling for any limit a merchant may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuotaMaximum {
-    pub per_hour: i64,
-    pub per_day: i64,
-}
-
-impl Default for QuotaMaximum {
-    fn default() -> Self {
-        Self { per_hour: 1_000_000, per_day: 20_000_000 }
-    }
-}
-
 /// Requested limits, checked against the current ones and the platform maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestedLimits {
@@ -99,12 +87,10 @@ impl RequestedLimits {
     /// Empty fields keep the current limit; at least one must be raised.
     pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
         let field = |raw: &str, name: &str, current: i64, max: i64| -> ServiceResult<Option<i64>> {
-            let raw = raw.trim().replace([',', '_', ' '], "");
-            if raw.is_empty() {
+            if raw.trim().is_empty() {
                 return Ok(None);
             }
-            let value: i64 =
-                raw.parse().map_err(|_| ServiceError::invalid(format!("The {name} limit must be a whole number.")))?;
+            let value = parse_limit(raw, name)?;
             if value <= 0 {
                 return Err(ServiceError::invalid(format!("The {name} limit must be positive.")));
             }
@@ -131,153 +117,11 @@ impl RequestedLimits {
     }
 }
 
-/// The rule for limits that merchants ask for and admins set or approve: an hour cannot allow more
-/// than its day (the excess could never be used, so it is a typo or a misunderstanding). The
-/// operator CLI (`keymeter quota set`) stays free of it on purpose; tests use hour > day to make
-/// the day window the one that blocks.
-pub fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
-    if per_hour > per_day {
-        return Err(ServiceError::invalid(format!(
-            "The hourly limit cannot exceed the daily limit ({}/hour is more than {}/day); raise the daily limit too.",
-            format::count(per_hour),
-            format::count(per_day)
-        )));
-    }
-    Ok(())
-}
-
-/// Limits an admin sets or approves: positive, within the platform maximum, hour within day.
-fn admin_limits(max: QuotaMaximum, per_hour: i64, per_day: i64) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
-    if per_hour > max.per_hour || per_day > max.per_day {
-        return Err(ServiceError::invalid(format!(
-            "Limits can be at most {}/hour and {}/day.",
-            format::count(max.per_hour),
-            format::count(max.per_day)
-        )));
-    }
-    let limits = (QuotaLimit::new(per_hour)?, QuotaLimit::new(per_day)?);
-    check_hour_within_day(per_hour, per_day)?;
-    Ok(limits)
-}
-
-/// An admin sets a key's limits directly (from `/admin/quota-requests`), keeping its burst limit.
-pub async fn set_by_admin(
-    services: &Services,
-    admin: &User,
-    key_id: ApiKeyId,
-    per_hour: i64,
-    per_day: i64,
-    reason: &str,
-) -> ServiceResult<()> {
-    if !admin.is_admin() {
-        return Err(ServiceError::Forbidden);
-    }
-    let (per_hour, per_day) = admin_limits(services.settings.quota_maximum, per_hour, per_day)?;
-    let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
-    let (_, changed) =
-        set_and_tell(services, key_id, (per_hour, per_day, BurstChange::Keep), &change, "An admin").await?;
-    if !changed {
-        return Err(ServiceError::invalid(format!(
-            "The key already allows {}/hour and {}/day; nothing to change.",
-            format::count(per_hour.get()),
-            format::count(per_day.get())
-        )));
-    }
-    Ok(())
-}
-
-/// The platform's operator sets a key's limits (`keymeter quota set`), changing its burst limit
-/// as `burst` says; returns the quota now in force and whether it changed. Unlike the admin form
-/// it accepts an hourly limit above the daily one and any limits (operators test with them).
-pub async fn set_by_operator(
-    services: &Services,
-    key_id: ApiKeyId,
-    per_hour: QuotaLimit,
-    per_day: QuotaLimit,
-    burst: BurstChange,
-    reason: &str,
-) -> ServiceResult<(Quota, bool)> {
-    let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason };
-    set_and_tell(services, key_id, (per_hour, per_day, burst), &change, "The platform's operator").await
-}
-
-/// A direct change of a key's limits (an admin's or the operator's): made and told to the owner
-/// (`who` did it) in one transaction, then published. Setting what is already there changes
-/// nothing, adds nothing to the audit trail and tells nobody; returns the quota in force and
-/// whether it changed.
-async fn set_and_tell(
-    services: &Services,
-    key_id: ApiKeyId,
-    (per_hour, per_day, burst): (QuotaLimit, QuotaLimit, BurstChange),
-    change: &QuotaChange<'_>,
-    who: &str,
-) -> ServiceResult<(Quota, bool)> {
-    let public_url = services.settings.public_url.clone();
-    let mut conn = db::conn(&services.db).await?;
-    let (quota, version) = conn
-        .transaction::<_, ServiceError, _>(|conn| {
-            Box::pin(async move {
-                // The limits and burst as they are now, under lock (as approvals read them): a
-                // concurrent change of the burst is kept, and "nothing to change" is judged
-                // against what is really there.
-                let live = live_key_for_update(conn, key_id).await?;
-                if live.revoked {
-                    return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
-                }
-                let burst_per_second = match burst {
-                    BurstChange::Keep => live.burst,
-                    BurstChange::Set(b) => Some(b),
-                    BurstChange::Remove => None,
-                };
-                let quota = Quota { per_hour, per_day, burst_per_second };
-                if (per_hour.get(), per_day.get(), burst_per_second) == (live.per_hour, live.per_day, live.burst) {
-                    return Ok((quota, None));
-                }
-                let version = set_quota_in(conn, key_id, &quota, change).await?;
-                use crate::schema::api_keys as keys;
-                let (owner_id, owner, name): (i64, String, String) = keys::table
-                    .inner_join(users::table)
-                    .filter(keys::id.eq(key_id.0))
-                    .select((users::id, users::email, keys::name))
-                    .first(conn)
-                    .await?;
-                let title = format!("Quota changed for \u{201c}{name}\u{201d}");
-                // The burst is mentioned when this change set it.
-                let burst = match (burst, burst_per_second) {
-                    (BurstChange::Keep, _) => String::new(),
-                    (_, Some(b)) => format!(", at most {} per second", format::count(b.get())),
-                    (_, None) => ", with no burst limit".to_owned(),
-                };
-                let body = format!(
-                    "{who} set the key's quota to {} requests per hour and {} per day{burst}. Reason: {}",
-                    format::count(per_hour.get()),
-                    format::count(per_day.get()),
-                    change.reason.trim()
-                );
-                tell(conn, (owner_id, &owner), "quota_changed", &title, body, key_id.0, &public_url).await?;
-                Ok((quota, Some(version)))
-            })
-        })
-        .await?;
-    drop(conn);
-    match version {
-        Some(version) => {
-            publish(services, key_id, &quota, version).await;
-            Ok((quota, true))
-        }
-        None => Ok((quota, false)),
-    }
-}
-
 fn check_reason(reason: &str) -> ServiceResult<&str> {
-    let reason = reason.trim();
+    let reason = crate::text::check_note("The reason", reason)?;
     if reason.is_empty() {
         return Err(ServiceError::invalid("Say why the key needs more."));
     }
-    if reason.chars().count() > 2000 {
-        return Err(ServiceError::invalid("The reason can have at most 2000 characters."));
-    }
-    crate::text::check_typed("The reason", reason)?;
     Ok(reason)
 }
 
@@ -304,12 +148,18 @@ pub async fn create(
     let id = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
+                // Under the key's lock: a revocation committed since the check above is seen
+                // here, and one under way waits for this request and then closes it.
+                let live = lock_key(conn, key.id).await?;
+                if live.revoked {
+                    return Err(ServiceError::invalid("This key is revoked."));
+                }
                 let id: i64 = diesel::insert_into(quota_requests::table)
                     .values((
                         quota_requests::api_key_id.eq(key.id.0),
                         quota_requests::requested_by.eq(user.id),
-                        quota_requests::current_per_hour.eq(key.quota.per_hour.get()),
-                        quota_requests::current_per_day.eq(key.quota.per_day.get()),
+                        quota_requests::current_per_hour.eq(live.per_hour),
+                        quota_requests::current_per_day.eq(live.per_day),
                         quota_requests::requested_per_hour.eq(limits.per_hour),
                         quota_requests::requested_per_day.eq(limits.per_day),
                         quota_requests::reason.eq(reason),
@@ -416,11 +266,7 @@ pub async fn decide(
     if !admin.is_admin() {
         return Err(ServiceError::Forbidden);
     }
-    let note = note.trim();
-    if note.chars().count() > 2000 {
-        return Err(ServiceError::invalid("The note can have at most 2000 characters."));
-    }
-    crate::text::check_typed("The note", note)?;
+    let note = crate::text::check_note("The note", note)?;
     if matches!(decision, Decision::Deny) && note.is_empty() {
         return Err(ServiceError::invalid("Say why the request is denied."));
     }
@@ -437,6 +283,10 @@ pub async fn decide(
         .transaction::<_, ServiceError, _>(|conn| {
             let request = &request;
             Box::pin(async move {
+                // The key first, as everything that changes a key's quota or requests does
+                // (`quota_changes`): a revocation under way has its row and waits for none of ours.
+                let key_id = ApiKeyId(request.key_id);
+                let live = lock_key(conn, key_id).await?;
                 let status = if approved.is_some() { "approved" } else { "denied" };
                 let won = diesel::update(
                     quota_requests::table
@@ -460,20 +310,18 @@ pub async fn decide(
                         quota_requests::table.find(request_id).select(quota_requests::status).get_result(conn).await?;
                     return Err(ServiceError::Conflict(format!("This request was already {now}.")));
                 }
-                let key_id = ApiKeyId(request.key_id);
                 let applied = match approved {
                     Some((per_hour, per_day)) => {
                         // Checked against the key as it is now, under lock, not as it was when the
                         // merchant asked: a stale approval must not undo a later raise. An error
                         // rolls the status back, so the request stays pending.
-                        let live = live_key_for_update(conn, key_id).await?;
                         check_approval(&live, per_hour.get(), per_day.get())?;
                         let burst = live.burst;
                         let quota = Quota { per_hour, per_day, burst_per_second: burst };
                         let reason = if note.is_empty() { request.reason.as_str() } else { note };
                         let change =
                             QuotaChange { actor: Some(admin.id), source: ChangeSource::Request(request_id), reason };
-                        Some((quota, set_quota_in(conn, key_id, &quota, &change).await?))
+                        Some((quota, apply(conn, key_id, &live, &quota, &change).await?))
                     }
                     None => None,
                 };
@@ -487,36 +335,6 @@ pub async fn decide(
         publish(services, ApiKeyId(request.key_id), &quota, version).await;
     }
     get(&services.db, request_id).await
-}
-
-/// A key's limits and state at the moment of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LiveKey {
-    per_hour: i64,
-    per_day: i64,
-    burst: Option<QuotaLimit>,
-    revoked: bool,
-}
-
-/// Locks the key's quota row (so no other change slips in before the commit) and reads it with
-/// the key's revocation state.
-async fn live_key_for_update(conn: &mut AsyncPgConnection, key: ApiKeyId) -> ServiceResult<LiveKey> {
-    use crate::schema::{api_key_quotas, api_keys as keys};
-    let (per_hour, per_day, burst): (i64, i64, Option<i32>) = api_key_quotas::table
-        .filter(api_key_quotas::api_key_id.eq(key.0))
-        .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
-        .for_update()
-        .first(conn)
-        .await?;
-    // Shared lock: a revocation running now waits for this decision instead of crossing it.
-    let revoked_at: Option<DateTime<Utc>> =
-        keys::table.filter(keys::id.eq(key.0)).select(keys::revoked_at).for_share().first(conn).await?;
-    Ok(LiveKey {
-        per_hour,
-        per_day,
-        burst: Quota::from_stored(per_hour, per_day, burst)?.burst_per_second,
-        revoked: revoked_at.is_some(),
-    })
 }
 
 /// An approval may only keep or raise the key's live limits, and only on a key still in use.
@@ -568,31 +386,16 @@ async fn tell_merchant(
     if !note.is_empty() {
         body.push_str(&format!(" Note from the admin: {note}"));
     }
-    tell(conn, (requester.0, &requester.1), "quota_decision", &title, body, request.key_id, public_url).await
-}
-
-/// A key's owner hears of something about the key in the bell and by email, linked to the key.
-async fn tell(
-    conn: &mut AsyncPgConnection,
-    (user_id, email): (i64, &str),
-    kind: &'static str,
-    title: &str,
-    body: String,
-    key_id: Uuid,
-    public_url: &str,
-) -> ServiceResult<()> {
-    let link = format!("/dashboard/developers/api-keys/{key_id}");
-    notifications::notify(
+    notifications::tell_key_owner(
         conn,
-        &NewNotification { user_id, kind, title, body: &body, link: Some(&link), dedupe_key: None },
+        (requester.0, &requester.1),
+        "quota_decision",
+        &title,
+        body,
+        request.key_id,
+        public_url,
     )
-    .await?;
-    let url = format!("{}{link}", public_url.trim_end_matches('/'));
-    let text = format!("{body}\n\nSee the key: {url}\n");
-    let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
-    mailer::enqueue(conn, &Email { to: email, subject: title, text: &text, html: &html, attachments: &[] }, None)
-        .await?;
-    Ok(())
+    .await
 }
 
 #[derive(QueryableByName)]
@@ -713,115 +516,6 @@ pub async fn all(db: &DbPool) -> ServiceResult<Vec<QuotaRequest>> {
     .await?;
     rows.extend(decided);
     Ok(rows.into_iter().map(Into::into).collect())
-}
-
-/// One entry of the audit trail: a quota change (approved request, admin or operator set) or a
-/// denied request.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
-pub struct AuditEntry {
-    /// When the change was made or the request denied.
-    #[diesel(sql_type = Timestamptz)]
-    pub changed_at: DateTime<Utc>,
-    #[diesel(sql_type = SqlUuid)]
-    pub key_id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub key_name: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub changed_by: Option<String>,
-    /// `request`, `admin` or `operator`.
-    #[diesel(sql_type = Text)]
-    pub source: String,
-    /// `approved` (a request's change), `set` (an admin's or operator's change) or `denied`.
-    #[diesel(sql_type = Text)]
-    pub decision: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    pub quota_request_id: Option<i64>,
-    /// The limits before; for a denial, the key's limits when the merchant asked.
-    #[diesel(sql_type = BigInt)]
-    pub old_per_hour: i64,
-    #[diesel(sql_type = BigInt)]
-    pub old_per_day: i64,
-    /// The limits after; for a denial, the limits asked for (never applied).
-    #[diesel(sql_type = BigInt)]
-    pub new_per_hour: i64,
-    #[diesel(sql_type = BigInt)]
-    pub new_per_day: i64,
-    /// The change's reason, or the admin's note on a denial.
-    #[diesel(sql_type = Text)]
-    pub reason: String,
-    /// 0 for a change, 1 for a denial; with `seq` (the change's or request's id) it orders
-    /// entries of the same instant.
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    kind: i32,
-    #[diesel(sql_type = BigInt)]
-    seq: i64,
-}
-
-impl AuditEntry {
-    /// Where the page that follows this entry starts.
-    pub fn cursor(&self) -> AuditCursor {
-        AuditCursor { changed_at: self.changed_at, kind: self.kind, seq: self.seq }
-    }
-}
-
-/// A place in the audit trail (newest first): the entries after it are older. Written in
-/// links as `<µs since the epoch>.<kind>.<seq>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditCursor {
-    changed_at: DateTime<Utc>,
-    kind: i32,
-    seq: i64,
-}
-
-impl AuditCursor {
-    pub fn parse(raw: &str) -> ServiceResult<Self> {
-        let mut parts = raw.split('.').map(str::parse::<i64>);
-        let cursor = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(Ok(us)), Some(Ok(kind @ (0 | 1))), Some(Ok(seq)), None) => {
-                DateTime::from_timestamp_micros(us).map(|changed_at| Self { changed_at, kind: kind as i32, seq })
-            }
-            _ => None,
-        };
-        cursor.ok_or_else(|| ServiceError::invalid(format!("{raw:?} is not a place in the audit trail")))
-    }
-}
-
-impl std::fmt::Display for AuditCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.changed_at.timestamp_micros(), self.kind, self.seq)
-    }
-}
-
-/// Decisions on quotas, newest first, at most `limit`, from the newest or from after `before`:
-/// the changes (which approvals, admin and operator sets write to `quota_changes`) and the
-/// denied requests (which live only in `quota_requests`).
-pub async fn audit_trail(db: &DbPool, before: Option<AuditCursor>, limit: i64) -> ServiceResult<Vec<AuditEntry>> {
-    let mut conn = db::conn(db).await?;
-    // With no cursor, one after every entry.
-    let before = before.unwrap_or(AuditCursor { changed_at: DateTime::<Utc>::MAX_UTC, kind: i32::MAX, seq: i64::MAX });
-    Ok(diesel::sql_query(
-        "SELECT changed_at, key_id, key_name, changed_by, source, decision, quota_request_id, \
-         old_per_hour, old_per_day, new_per_hour, new_per_day, reason, kind, seq FROM ( \
-           SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
-             CASE c.source WHEN 'request' THEN 'approved' ELSE 'set' END AS decision, c.quota_request_id, \
-             c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason, 0 AS kind, c.id AS seq \
-           FROM quota_changes c JOIN api_keys k ON k.id = c.api_key_id LEFT JOIN users u ON u.id = c.changed_by \
-           UNION ALL \
-           SELECT r.decided_at, r.api_key_id, k.name, u.email, 'request', 'denied', r.id, \
-             r.current_per_hour, r.current_per_day, r.requested_per_hour, r.requested_per_day, \
-             coalesce(r.decision_note, ''), 1, r.id \
-           FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id LEFT JOIN users u ON u.id = r.decided_by \
-           WHERE r.status = 'denied' AND r.decided_at IS NOT NULL \
-         ) e \
-         WHERE (changed_at, kind, seq) < ($1, $2, $3) \
-         ORDER BY changed_at DESC, kind DESC, seq DESC LIMIT $4",
-    )
-    .bind::<Timestamptz, _>(before.changed_at)
-    .bind::<diesel::sql_types::Integer, _>(before.kind)
-    .bind::<BigInt, _>(before.seq)
-    .bind::<BigInt, _>(limit)
-    .load(&mut conn)
-    .await?)
 }
 
 #[cfg(test)]

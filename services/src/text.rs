@@ -17,6 +17,20 @@ pub fn check_typed(what: &str, text: &str) -> ServiceResult<()> {
     Ok(())
 }
 
+/// The longest reason or note, in characters.
+pub const NOTE_MAX_CHARS: usize = 2000;
+
+/// A reason or note as typed: trimmed, at most [`NOTE_MAX_CHARS`], text only (see
+/// [`check_typed`]). Whether it may be empty is the caller's rule (each says why it needs one).
+pub fn check_note<'a>(what: &str, raw: &'a str) -> ServiceResult<&'a str> {
+    let note = raw.trim();
+    if note.chars().count() > NOTE_MAX_CHARS {
+        return Err(ServiceError::invalid(format!("{what} can have at most {NOTE_MAX_CHARS} characters.")));
+    }
+    check_typed(what, note)?;
+    Ok(note)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +44,14 @@ mod tests {
             let err = check_typed("The note", bad).unwrap_err();
             assert!(err.to_string().contains("control characters"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn notes_are_trimmed_and_at_most_2000_characters() {
+        assert_eq!(check_note("The note", "  fine \n").unwrap(), "fine");
+        assert_eq!(check_note("The note", &"é".repeat(2000)).unwrap().chars().count(), 2000);
+        let err = check_note("The reason", &"a".repeat(2001)).unwrap_err();
+        assert_eq!(err.to_string(), "The reason can have at most 2000 characters.");
+        assert!(check_note("The note", "bell\u{7}").is_err());
     }
 }

@@ -124,10 +124,7 @@ pub async fn admin_quota_requests() -> Result<Vec<QuotaRequestView>, AppError> {
 
 #[cfg(feature = "ssr")]
 fn whole_number(raw: &str, name: &str) -> Result<i64, AppError> {
-    raw.trim()
-        .replace([',', '_', ' '], "")
-        .parse::<i64>()
-        .map_err(|_| AppError::BadRequest(format!("The {name} limit must be a whole number.")))
+    Ok(services::keys::quota::parse_limit(raw, name)?)
 }
 
 #[server(prefix = "/rpc", endpoint = "admin/quota-requests/approve")]
@@ -168,7 +165,7 @@ pub async fn admin_set_quota(
     let admin = session::require_admin(&services).await?;
     let key_id = ApiKeyId::parse(&key_id)?;
     let (per_hour, per_day) = (whole_number(&per_hour, "hourly")?, whole_number(&per_day, "daily")?);
-    services::quota_requests::set_by_admin(&services, &admin, key_id, per_hour, per_day, &reason).await?;
+    services::quota_changes::set_by_admin(&services, &admin, key_id, per_hour, per_day, &reason).await?;
     Ok(())
 }
 
@@ -187,12 +184,12 @@ pub struct AuditPage {
 #[server(prefix = "/rpc", endpoint = "admin/quota-changes")]
 pub async fn admin_quota_audit(before: Option<String>) -> Result<AuditPage, AppError> {
     use super::session;
-    use services::quota_requests::AuditCursor;
+    use services::quota_changes::AuditCursor;
     let services = session::services()?;
     session::require_admin(&services).await?;
     let before = before.as_deref().map(AuditCursor::parse).transpose()?;
     // One more than a page tells whether there is an older page.
-    let mut entries = services::quota_requests::audit_trail(&services.db, before, AUDIT_PER_PAGE as i64 + 1).await?;
+    let mut entries = services::quota_changes::audit_trail(&services.db, before, AUDIT_PER_PAGE as i64 + 1).await?;
     let older = (entries.len() > AUDIT_PER_PAGE).then(|| entries[AUDIT_PER_PAGE - 1].cursor().to_string());
     entries.truncate(AUDIT_PER_PAGE);
     let entries = entries

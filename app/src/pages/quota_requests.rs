@@ -7,8 +7,8 @@ use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::{
-    admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest,
-    AuditPage, AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
+    admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
+    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
 };
 use crate::render_memo::once_per_render;
 

@@ -13,7 +13,8 @@ use keymeter::config::Config;
 use keymeter::startup::{self, Application};
 use reqwest::redirect::Policy;
 use services::accounts::{self, Email, Password, Role, User};
-use services::keys::{api_keys, set_quota, ApiKeyId, ChangeSource, KeyName, Quota, QuotaChange, QuotaLimit};
+use services::keys::{api_keys, ApiKeyId, KeyName, Quota, QuotaLimit};
+use services::quota_changes::{set_quota, ChangeSource, QuotaChange};
 use services::usage::UsageEvent;
 use services::Services;
 

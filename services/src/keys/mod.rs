@@ -10,7 +10,7 @@ pub mod secret_handoff;
 
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
-pub use quota::{set_quota, BurstChange, ChangeSource, Quota, QuotaChange, QuotaLimit};
+pub use quota::{Quota, QuotaLimit, QuotaMaximum};
 pub use quota_manager::{
     projected_day_exhaustion_ms, projected_exhaustion_ms, FailMode, FailurePolicy, QuotaDecision, QuotaManager,
     Verdict, Window, WindowUse,

@@ -1,4 +1,5 @@
-//! Quota values: per-key request limits per calendar hour and UTC day, and an optional burst rate.
+//! Quota values: per-key request limits per calendar hour and UTC day, and an optional burst
+//! rate; and the rules for limits that people type.
 
 use crate::{ServiceError, ServiceResult};
 
@@ -68,141 +69,55 @@ impl Quota {
     }
 }
 
-/// Why a quota changed, for the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub enum ChangeSource {
-    /// An approved quota-increase request.
-    Request(i64),
-    /// An admin, from the admin pages.
-    Admin,
-    /// An operator, from the CLI.
-    Operator,
+/// The platform's ceiling for any limit a merchant may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaMaximum {
+    pub per_hour: i64,
+    pub per_day: i64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct QuotaChange<'a> {
-    /// Who changed it (none for the operator CLI).
-    pub actor: Option<i64>,
-    pub source: ChangeSource,
-    pub reason: &'a str,
+impl Default for QuotaMaximum {
+    fn default() -> Self {
+        Self { per_hour: 1_000_000, per_day: 20_000_000 }
+    }
 }
 
-/// Sets a key's limits and records the change, in one transaction; then publishes them to
-/// Redis so that the very next request on any instance is checked against them.
-pub async fn set_quota(
-    services: &crate::Services,
-    id: super::ApiKeyId,
-    quota: &Quota,
-    change: &QuotaChange<'_>,
-) -> ServiceResult<()> {
-    use diesel_async::AsyncConnection;
-    let mut conn = crate::db::conn(&services.db).await?;
-    let version = conn
-        .transaction::<_, ServiceError, _>(|conn| Box::pin(async move { set_quota_in(conn, id, quota, change).await }))
-        .await?;
-    publish(services, id, quota, version).await;
+/// The rule for limits that merchants ask for and admins set or approve: an hour cannot allow more
+/// than its day (the excess could never be used, so it is a typo or a misunderstanding). The
+/// operator CLI (`keymeter quota set`) stays free of it on purpose; tests use hour > day to make
+/// the day window the one that blocks.
+pub fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
+    if per_hour > per_day {
+        return Err(ServiceError::invalid(format!(
+            "The hourly limit cannot exceed the daily limit ({}/hour is more than {}/day); raise the daily limit too.",
+            format::count(per_hour),
+            format::count(per_day)
+        )));
+    }
     Ok(())
 }
 
-/// What a change does to a key's burst limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BurstChange {
-    /// Keeps the key's burst limit, or its lack of one (as the admin form does).
-    Keep,
-    Set(QuotaLimit),
-    Remove,
+/// Limits an admin sets or approves: positive, within the platform maximum, hour within day.
+pub(crate) fn admin_limits(max: QuotaMaximum, per_hour: i64, per_day: i64) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
+    if per_hour > max.per_hour || per_day > max.per_day {
+        return Err(ServiceError::invalid(format!(
+            "Limits can be at most {}/hour and {}/day.",
+            format::count(max.per_hour),
+            format::count(max.per_day)
+        )));
+    }
+    let limits = (QuotaLimit::new(per_hour)?, QuotaLimit::new(per_day)?);
+    check_hour_within_day(per_hour, per_day)?;
+    Ok(limits)
 }
 
-/// After the commit: Redis and this instance's cache learn the new limits. The change is made
-/// whether or not Redis hears of it, so a failure here is logged, not returned: every instance
-/// reads the new limits (and their newer version, which the quota script prefers) once its
-/// cached key expires, within [`super::KeyAuthenticator::TTL`].
-pub(crate) async fn publish(
-    services: &crate::Services,
-    id: super::ApiKeyId,
-    quota: &Quota,
-    version: chrono::DateTime<chrono::Utc>,
-) {
-    services.keys.quota_changed(id);
-    if let Err(e) = services.quota.publish_limits(id, quota, version.timestamp_millis()).await {
-        tracing::warn!(key_id = %id, error = %e, "new limits saved but not published to Redis; they apply as caches expire");
-    }
-}
-
-/// The change itself, inside the caller's transaction; returns its time on PostgreSQL's clock
-/// (the limits' version, as the authenticator reads it back from `updated_at`). A revoked key's
-/// limits no longer change (a [`ServiceError::Conflict`]): nothing could use them.
-pub(crate) async fn set_quota_in(
-    conn: &mut diesel_async::AsyncPgConnection,
-    id: super::ApiKeyId,
-    quota: &Quota,
-    change: &QuotaChange<'_>,
-) -> ServiceResult<chrono::DateTime<chrono::Utc>> {
-    use crate::schema::{api_key_quotas, api_keys, quota_changes};
-    use diesel::prelude::*;
-    use diesel_async::RunQueryDsl;
-
-    let reason = change.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 2000 {
-        return Err(ServiceError::invalid("Give a reason for the change (up to 2000 characters)."));
-    }
-    crate::text::check_typed("The reason", reason)?;
-    let old: (i64, i64, Option<i32>) = api_key_quotas::table
-        .filter(api_key_quotas::api_key_id.eq(id.0))
-        .select((api_key_quotas::requests_per_hour, api_key_quotas::requests_per_day, api_key_quotas::burst_per_second))
-        .for_update()
-        .first(conn)
-        .await?;
-    // Shared lock (after the quota row's, as for approvals): a revocation running now waits for
-    // this change to commit instead of crossing it.
-    let revoked_at: Option<chrono::DateTime<chrono::Utc>> =
-        api_keys::table.filter(api_keys::id.eq(id.0)).select(api_keys::revoked_at).for_share().first(conn).await?;
-    if revoked_at.is_some() {
-        return Err(ServiceError::Conflict("This key is revoked; its quota can no longer change.".into()));
-    }
-    let burst = quota.burst_per_second.map(|b| b.get() as i32);
-    // The version is stamped by PostgreSQL, never by this node's clock: app nodes' clocks
-    // differ, and a change stamped by a node running behind would lose in Redis to the older
-    // limits it replaces. Under the row lock taken above it is also strictly later (by at least
-    // a millisecond, the unit the version is compared in) than the version it replaces, so
-    // versions follow the order of the changes even if the database's clock steps back.
-    let version: chrono::DateTime<chrono::Utc> =
-        diesel::update(api_key_quotas::table.filter(api_key_quotas::api_key_id.eq(id.0)))
-            .set((
-                api_key_quotas::requests_per_hour.eq(quota.per_hour.get()),
-                api_key_quotas::requests_per_day.eq(quota.per_day.get()),
-                api_key_quotas::burst_per_second.eq(burst),
-                api_key_quotas::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                    "GREATEST(date_trunc('milliseconds', clock_timestamp()), \
-                     api_key_quotas.updated_at + interval '1 millisecond')",
-                )),
-            ))
-            .returning(api_key_quotas::updated_at)
-            .get_result(conn)
-            .await?;
-    let (source, request_id) = match change.source {
-        ChangeSource::Request(r) => ("request", Some(r)),
-        ChangeSource::Admin => ("admin", None),
-        ChangeSource::Operator => ("operator", None),
-    };
-    diesel::insert_into(quota_changes::table)
-        .values((
-            quota_changes::api_key_id.eq(id.0),
-            quota_changes::changed_by.eq(change.actor),
-            quota_changes::source.eq(source),
-            quota_changes::quota_request_id.eq(request_id),
-            quota_changes::old_per_hour.eq(old.0),
-            quota_changes::old_per_day.eq(old.1),
-            quota_changes::old_burst.eq(old.2),
-            quota_changes::new_per_hour.eq(quota.per_hour.get()),
-            quota_changes::new_per_day.eq(quota.per_day.get()),
-            quota_changes::new_burst.eq(burst),
-            quota_changes::reason.eq(reason),
-            quota_changes::changed_at.eq(version),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(version)
+/// A limit as typed in a form ("25,000", "25 000" and "25_000" are 25000); `name` ("hourly",
+/// "daily") names it in the message.
+pub fn parse_limit(raw: &str, name: &str) -> ServiceResult<i64> {
+    raw.trim()
+        .replace([',', '_', ' '], "")
+        .parse::<i64>()
+        .map_err(|_| ServiceError::invalid(format!("The {name} limit must be a whole number.")))
 }
 
 #[cfg(test)]
