@@ -492,6 +492,11 @@ async fn admins_find_keys_by_owner_name_or_prefix_a_page_at_a_time() {
     // The page without JavaScript: the search form's GET.
     let page = app.page(&admin, "/admin?q=bob_smith").await.text().await.unwrap();
     assert!(page.contains("Bob 100% live") && !page.contains("Ann checkout"), "{page}");
+    // Text PostgreSQL cannot hold is bad input, on the page too.
+    let nul = app.rpc(&admin, "admin/keys/search", &[("q", "abc\0def")]).await;
+    assert_eq!(nul.status(), StatusCode::BAD_REQUEST);
+    assert!(nul.text().await.unwrap().contains("The search cannot contain control characters."));
+    assert_eq!(app.page(&admin, "/admin?q=%00").await.status(), StatusCode::BAD_REQUEST);
     let merchant = app.signed_in("ann@example.com").await;
     assert_eq!(app.rpc(&merchant, "admin/keys/search", &[]).await.status(), StatusCode::FORBIDDEN);
 }

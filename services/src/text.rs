@@ -1,7 +1,9 @@
 //! Free text people type (key names, reasons, notes). Form decoding turns bytes that are not
 //! UTF-8 (`%FF`) into U+FFFD instead of failing, so such input would be stored as "��" and shown
 //! to others; control characters (other than line breaks and tabs) would reach emails, CSV
-//! files and pages. Both are refused where the text is checked.
+//! files and pages; and invisible characters that reorder or hide text (a key named
+//! "invoice\u{202e}fdp.exe" shows as "invoiceexe.pdf") would let one thing pass for another
+//! in admins' pages and mail. All are refused where the text is checked.
 
 use crate::{ServiceError, ServiceResult};
 
@@ -14,7 +16,18 @@ pub fn check_typed(what: &str, text: &str) -> ServiceResult<()> {
     if text.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
         return Err(ServiceError::invalid(format!("{what} cannot contain control characters.")));
     }
+    if text.chars().any(hides_or_reorders) {
+        return Err(ServiceError::invalid(format!(
+            "{what} cannot contain invisible characters that hide text or change its direction."
+        )));
+    }
     Ok(())
+}
+
+/// Bidi embeddings, overrides and isolates (they reorder the text shown after them), zero-width
+/// spaces and the byte-order mark. Joiners and direction marks stay: scripts and emoji need them.
+fn hides_or_reorders(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200b}' | '\u{feff}')
 }
 
 /// The longest reason or note, in characters.
@@ -44,6 +57,16 @@ mod tests {
             let err = check_typed("The note", bad).unwrap_err();
             assert!(err.to_string().contains("control characters"), "{bad:?}: {err}");
         }
+        for bad in ["invoice\u{202e}fdp.exe", "x\u{200b}y", "\u{2067}abc\u{2069}", "\u{feff}bom"] {
+            let err = check_typed("The name", bad).unwrap_err();
+            assert!(err.to_string().contains("invisible characters"), "{bad:?}: {err}");
+        }
+        // Joiners (emoji, Indic scripts) and direction marks (Arabic, Hebrew) are text.
+        assert!(check_typed(
+            "The name",
+            "\u{1f468}\u{200d}\u{1f4bb} \u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f} \u{915}\u{94d}\u{200c}"
+        )
+        .is_ok());
     }
 
     #[test]

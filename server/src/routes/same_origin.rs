@@ -25,23 +25,30 @@ pub async fn require_same_origin(State(services): State<Services>, req: Request,
     next.run(req).await
 }
 
-/// Whether the request's origin, if it names one, is this server (as addressed in `Host`, or as
-/// the public URL a proxy serves it under).
+/// Whether the request's origin, if it names one, is this server: the public URL a proxy serves
+/// it under (scheme included: a page of `http://host` must not act on `https://host`), or the
+/// host addressed in `Host` when that is not the public one (reached directly, e.g. on
+/// loopback).
 fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
     let claimed = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
     let Some(claimed) = claimed else { return true };
-    let Some(claimed) = claimed.to_str().ok().and_then(authority) else { return false };
+    let Some((scheme, claimed)) = claimed.to_str().ok().and_then(origin) else { return false };
+    let Some((public_scheme, public_authority)) = origin(public_url) else { return false };
+    if public_authority.eq_ignore_ascii_case(claimed) {
+        return scheme == public_scheme;
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     host.is_some_and(|h| h.eq_ignore_ascii_case(claimed))
-        || authority(public_url).is_some_and(|p| p.eq_ignore_ascii_case(claimed))
 }
 
-/// `host[:port]` of an absolute http(s) URL; none for anything else (including `null`).
-fn authority(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+/// The scheme (`http` or `https`) and `host[:port]` of an absolute http(s) URL; none for
+/// anything else (including `null`).
+fn origin(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = ["http", "https"].into_iter().find(|s| s.eq_ignore_ascii_case(scheme))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    (!authority.is_empty() && !authority.contains('@')).then_some(authority)
+    (!authority.is_empty() && !authority.contains('@')).then_some((scheme, authority))
 }
 
 #[cfg(test)]
@@ -68,6 +75,23 @@ mod tests {
             let h = headers(&[host.clone(), (header::ORIGIN, evil)]);
             assert!(!same_origin(&h, public), "{evil}");
         }
-        assert!(!same_origin(&headers(&[host, (header::REFERER, "https://evil.example/page")]), public));
+        assert!(!same_origin(&headers(&[host.clone(), (header::REFERER, "https://evil.example/page")]), public));
+    }
+
+    #[test]
+    fn the_same_host_under_another_scheme_is_another_origin() {
+        let public = "https://keymeter.example.com";
+        let host = (header::HOST, "keymeter.example.com");
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "https://keymeter.example.com")]), public));
+        assert!(same_origin(&headers(&[host.clone(), (header::ORIGIN, "HTTPS://keymeter.example.com")]), public));
+        for other in ["http://keymeter.example.com", "ftp://keymeter.example.com"] {
+            assert!(!same_origin(&headers(&[host.clone(), (header::ORIGIN, other)]), public), "{other}");
+        }
+        let referer = (header::REFERER, "http://keymeter.example.com/dashboard");
+        assert!(!same_origin(&headers(&[host.clone(), referer]), public));
+        // Served over plain HTTP (development): an https page of that host is another origin.
+        let local = (header::HOST, "127.0.0.1:3000");
+        let h = headers(&[local, (header::ORIGIN, "https://127.0.0.1:3000")]);
+        assert!(!same_origin(&h, "http://127.0.0.1:3000"));
     }
 }

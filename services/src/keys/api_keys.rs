@@ -269,6 +269,8 @@ pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
 /// contains `search` (any case; all keys when it is empty), by owner and then newest first,
 /// skipping the first `offset`.
 pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> ServiceResult<Vec<ApiKey>> {
+    // PostgreSQL refuses a NUL byte in text: bad input, not a failure.
+    crate::text::check_typed("The search", search)?;
     let mut conn = db::conn(db).await?;
     let mut query = api_keys::table
         .inner_join(users::table)
