@@ -459,7 +459,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
     if !reports::has_usage(&services.db, key_id.0).await? {
         let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
         let events = demo::history(key_id.0, today.timestamp_millis(), 30, 3_000, 2026);
-        let mut writer = UsageWriter::new(&services, config.usage_retention_days);
+        let mut writer = UsageWriter::new(&services);
         for chunk in events.chunks(10_000) {
             writer.write(chunk).await?;
         }

@@ -14,7 +14,8 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-#[derive(Debug, Clone)]
+/// (`Debug` redacts the passwords in the URLs.)
+#[derive(Clone)]
 pub struct Config {
     /// `KEYMETER_LISTEN`: where the server listens.
     pub listen: SocketAddr,
@@ -66,6 +67,58 @@ pub struct Config {
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
     pub quota_failure: FailurePolicy,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be left out unnoticed.
+        let Self {
+            listen,
+            database_url,
+            redis_url,
+            redis_cluster,
+            smtp_url,
+            smtp_ca_file,
+            site_root,
+            secure_cookies,
+            db_pool_size,
+            redis_pool_size,
+            usage_retention_days,
+            redis_namespace,
+            bench_routes,
+            demo_traffic_key_file,
+            public_url,
+            mail_dir,
+            mail_from,
+            quota_maximum,
+            trusted_proxies,
+            log_format,
+            quota_failure,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("database_url", &redact_url(database_url))
+            .field("redis_url", &redact_url(redis_url))
+            .field("redis_cluster", redis_cluster)
+            .field("smtp_url", &smtp_url.as_deref().map(redact_url))
+            .field("smtp_ca_file", smtp_ca_file)
+            .field("site_root", site_root)
+            .field("secure_cookies", secure_cookies)
+            .field("db_pool_size", db_pool_size)
+            .field("redis_pool_size", redis_pool_size)
+            .field("usage_retention_days", usage_retention_days)
+            .field("redis_namespace", redis_namespace)
+            .field("bench_routes", bench_routes)
+            .field("demo_traffic_key_file", demo_traffic_key_file)
+            .field("public_url", public_url)
+            .field("mail_dir", mail_dir)
+            .field("mail_from", mail_from)
+            .field("quota_maximum", quota_maximum)
+            .field("trusted_proxies", trusted_proxies)
+            .field("log_format", log_format)
+            .field("quota_failure", quota_failure)
+            .finish()
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -196,7 +249,12 @@ impl Config {
             },
             redis_namespace: lookup("KEYMETER_REDIS_NAMESPACE").unwrap_or_else(|| "km".to_owned()),
             // A hundred years: raw events are dropped by whole days, so more means never.
-            usage_retention_days: parse_bounded(&lookup, "KEYMETER_USAGE_RETENTION_DAYS", 90u32, 36_500)?,
+            usage_retention_days: parse_bounded(
+                &lookup,
+                "KEYMETER_USAGE_RETENTION_DAYS",
+                services::housekeeping::DEFAULT_USAGE_RETENTION_DAYS,
+                36_500,
+            )?,
         })
     }
 }
@@ -292,6 +350,21 @@ mod tests {
     fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn debug_output_hides_the_passwords_in_urls() {
+        let c = with(&[
+            ("DATABASE_URL", "postgres://app:pg-secret@db/keymeter"),
+            ("REDIS_URL", "redis://:redis-secret@cache:6379"),
+            ("SMTP_URL", "smtps://mailer:smtp-secret@mail.example.com"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["pg-secret", "redis-secret", "smtp-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("db/keymeter") && shown.contains("mail.example.com"), "{shown}");
     }
 
     #[test]

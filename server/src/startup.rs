@@ -12,6 +12,7 @@ use axum::http::{header, HeaderValue};
 use axum::Router;
 use leptos::prelude::*;
 use leptos_axum::{generate_route_list, AxumRouteListing, LeptosRoutes};
+use services::housekeeping::Housekeeping;
 use services::mailer::Mailer;
 use services::usage::writer::UsageWriter;
 use services::Services;
@@ -230,11 +231,21 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let services = &self.services;
         let (db, redis) = self.writer_pools;
-        let writer =
-            UsageWriter::from_parts(db, redis, &services.namespace, &services.settings.public_url, self.retention_days);
+        let housekeeping = Housekeeping::new(db.clone(), self.retention_days);
+        let writer = UsageWriter::from_parts(db, redis, &services.namespace, &services.settings.public_url);
         // Its bursts (decoding a round of the stream, building the insert) kept metered requests
         // waiting when they ran on the request workers: the tracker's p99 halved when it moved.
-        let writer = run_on_own_thread("usage-writer", writer.run(stopped.clone()))?;
+        // Housekeeping runs beside it there (deleting old minute rollups takes a while), on its
+        // pools, until the writer has drained the stream.
+        let upkeep = {
+            let stopped = stopped.clone();
+            async move {
+                let housekeeping = tokio::spawn(housekeeping.run(stopped.clone()));
+                writer.run(stopped).await;
+                housekeeping.abort();
+            }
+        };
+        let writer = run_on_own_thread("usage-writer", upkeep)?;
         let mailer = self.mailer.map(|mailer| {
             tracing::info!(transport = %mailer.describe(), "mail");
             tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))

@@ -289,7 +289,7 @@ async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_
     for i in 0..7 {
         events.push(ping_event(keys[1], ms("2026-09-20T08:00:00Z") + i, 200, 3_000, false));
     }
-    let mut writer = UsageWriter::new(&a.services, 3_650);
+    let mut writer = UsageWriter::new(&a.services);
     writer.write(&events).await.unwrap();
 
     // The job on both instances at the same moment.
@@ -371,7 +371,7 @@ async fn the_monthly_summary_waits_until_the_months_usage_is_stored() {
     let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
     let created = chrono::DateTime::parse_from_rfc3339("2026-08-15T00:00:00Z").unwrap().into();
     api_keys::backdate(&app.services.db, key.id, created).await.unwrap();
-    let mut writer = UsageWriter::new(&app.services, 3_650);
+    let mut writer = UsageWriter::new(&app.services);
     writer.write(&[ping_event(key.id.0, ms("2026-09-10T12:00:00Z"), 200, 1_000, false)]).await.unwrap();
 
     // Usage from the month's last second still in the stream (PostgreSQL was down at midnight,
@@ -514,7 +514,7 @@ async fn a_summary_missed_for_a_whole_month_is_sent_when_the_scheduler_next_runs
     api_keys::backdate(&app.services.db, key.id, missed.previous().days().start()).await.unwrap();
     let noon = missed.days().start().timestamp_millis() + 12 * 3_600_000;
     let events: Vec<_> = (0..4).map(|i| ping_event(key.id.0, noon + i, 200, 1_000, false)).collect();
-    UsageWriter::new(&app.services, 3_650).write(&events).await.unwrap();
+    UsageWriter::new(&app.services).write(&events).await.unwrap();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(monthly_report::run_scheduler(app.services.clone(), stopped));

@@ -439,13 +439,16 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
         let trail = services::quota_changes::audit_trail(&app.services.db, None, 1000).await.unwrap();
         trail.into_iter().filter(|e| e.key_id == id.0).count()
     };
-    let before = changes().await;
+    let owner = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap().owner_id;
+    let told_count =
+        || async { services::notifications::recent(&app.services.db, owner, 1000, None).await.unwrap().len() };
+    let (before, told_before) = (changes().await, told_count().await);
     let r = run(&mut set(&[])).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("(unchanged: it already was)"), "{r:?}");
     assert_eq!(changes().await, before);
+    assert_eq!(told_count().await, told_before, "nobody told of no change");
     // A change is told to the key's owner, as an admin's is.
-    let owner = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap().owner_id;
     let told = services::notifications::recent(&app.services.db, owner, 50, None).await.unwrap();
     let told: Vec<&str> = told.iter().map(|n| n.body.as_str()).collect();
     assert!(

@@ -298,6 +298,13 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(audit[0]["source"], "admin");
     assert_eq!(audit[0]["decision"], "set");
     assert_eq!(audit[0]["reason"], "support ticket 42");
+    // The same limits again: nothing to change, nothing recorded, nobody told.
+    let told = count(&s.app, "SELECT count(*) AS n FROM notifications").await;
+    let again = admin_set(&s, "7", "70", "again").await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert!(message(again).await.contains("nothing to change"));
+    assert_eq!(audit_trail(&s, &[]).await.0.len(), audit.len());
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM notifications").await, told);
 
     // The form is on the key's page, for admins only, filled with the key's limits.
     let path = format!("/dashboard/developers/api-keys/{}", s.key_id);

@@ -44,7 +44,7 @@ async fn a_replayed_batch_adds_nothing_twice() {
     let (_, id) = app.key_with_quota(10, 10).await;
     let now = chrono::Utc::now().timestamp_millis();
     let batch: Vec<UsageEvent> = (0..25).map(|i| event(id.0, now - i * 1000)).collect();
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     writer.write(&batch).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (25, 25));
     // The same batch again (a writer that crashed before acknowledging), and overlapping ones.
@@ -81,7 +81,7 @@ async fn daily_rollups_add_up_the_hourly_ones() {
             common::ping_event(id.0, start + i * 13 * 60_000, status, 100 + (i as u64 * 7919) % 90_000, i % 9 == 0)
         })
         .collect();
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     for chunk in events.chunks(37) {
         writer.write(chunk).await.unwrap();
     }
@@ -127,7 +127,7 @@ async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() 
         }
         let _: () = pipe.query_async(&mut conn).await.unwrap();
     }
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     let mut rounds = Vec::new();
     loop {
         let round = writer.step(0).await.unwrap();
@@ -165,7 +165,7 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     // Stored first: the rollup row's bytes at the largest bigint.
     let mut huge = event(poisoned.0, now);
     huge.bytes_in = i64::MAX as u64;
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     let _: String = add(vec![huge]).query_async(&mut conn).await.unwrap();
     assert_eq!(writer.step(0).await.unwrap().events, 1);
     // Then one more byte for that row, and ordinary usage behind it.
@@ -211,11 +211,11 @@ async fn retention_drops_old_raw_events_and_keeps_rollups() {
     let now = chrono::Utc::now().timestamp_millis();
     let old: Vec<UsageEvent> = (0..4).map(|i| event(id.0, now - 120 * day + i)).collect();
     let recent: Vec<UsageEvent> = (0..3).map(|i| event(id.0, now - 2 * day + i)).collect();
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     writer.write(&[old, recent].concat()).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (7, 7));
     assert_eq!(hourly_requests(&app, id.0).await, 7);
-    writer.housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+    housekeeping(&app).apply(chrono::Utc::now().date_naive()).await.unwrap();
     // Raw events and minute rollups of the old day are gone; hourly rollups stay.
     assert_eq!(totals(&app, id.0).await, (3, 3));
     assert_eq!(hourly_requests(&app, id.0).await, 7);
@@ -244,9 +244,9 @@ async fn a_late_event_of_a_dropped_day_is_stored_on_the_next_try() {
     let app = TestApp::spawn().await;
     let (_, id) = app.key_with_quota(10, 10).await;
     let old = chrono::Utc::now().timestamp_millis() - 120 * 86_400_000;
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     writer.write(&[event(id.0, old)]).await.unwrap();
-    writer.housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+    housekeeping(&app).apply(chrono::Utc::now().date_naive()).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (0, 0));
     let late = [event(id.0, old + 1)];
     // The first try may find the partition gone; the entry's next try (the writer tries an
@@ -291,7 +291,7 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
         sql(&app, &statement).await;
     }
 
-    UsageWriter::new(&app.services, 90).housekeeping(chrono::Utc::now().date_naive()).await.unwrap();
+    housekeeping(&app).apply(chrono::Utc::now().date_naive()).await.unwrap();
 
     let sessions = count(&app, &format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
     assert_eq!(sessions, 1, "the expired session went, the live one stayed");
@@ -317,6 +317,11 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     let new = services::alerts::record(&mut conn, &[(k, old_day + 1, crossing)], "http://x").await.unwrap();
     assert_eq!(new, 0);
+}
+
+/// Housekeeping as a server runs it, with the default usage retention.
+fn housekeeping(app: &TestApp) -> services::housekeeping::Housekeeping {
+    services::housekeeping::Housekeeping::new(app.services.db.clone(), 90)
 }
 
 async fn sql(app: &TestApp, statement: &str) {
@@ -357,20 +362,20 @@ async fn housekeeping_gives_way_to_a_long_read_of_the_events() {
     let (_, id) = app.key_with_quota(10, 10).await;
     let now = chrono::Utc::now().timestamp_millis();
     let today = chrono::Utc::now().date_naive();
-    let mut writer = UsageWriter::new(&app.services, 90);
+    let mut writer = UsageWriter::new(&app.services);
     writer.write(&[event(id.0, now - 120 * 86_400_000), event(id.0, now)]).await.unwrap();
-    writer.housekeeping(today).await.unwrap();
+    housekeeping(&app).apply(today).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (1, 1));
     let tomorrow = today.succ_opt().unwrap();
     let next_midnight = tomorrow.and_hms_opt(0, 0, 1).unwrap().and_utc().timestamp_millis();
     // Another old event, from a writer that has not seen its day's partition dropped.
-    UsageWriter::new(&app.services, 90).write(&[event(id.0, now - 120 * 86_400_000)]).await.unwrap();
+    UsageWriter::new(&app.services).write(&[event(id.0, now - 120 * 86_400_000)]).await.unwrap();
 
     let mut reader = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
     diesel::sql_query("BEGIN").execute(&mut reader).await.unwrap();
     diesel::sql_query("SELECT count(*) FROM api_key_usage").execute(&mut reader).await.unwrap();
     let started = std::time::Instant::now();
-    let tried = tokio::time::timeout(Duration::from_secs(20), writer.housekeeping(today))
+    let tried = tokio::time::timeout(Duration::from_secs(20), housekeeping(&app).apply(today))
         .await
         .expect("housekeeping waited for the reader");
     assert!(tried.is_err(), "nothing could be dropped while the table was read");
@@ -386,7 +391,7 @@ async fn housekeeping_gives_way_to_a_long_read_of_the_events() {
     assert_eq!(totals(&app, id.0).await, (4, 4));
 
     diesel::sql_query("COMMIT").execute(&mut reader).await.unwrap();
-    writer.housekeeping(today).await.unwrap();
+    housekeeping(&app).apply(today).await.unwrap();
     assert_eq!(totals(&app, id.0).await, (3, 3));
 }
 
@@ -433,7 +438,7 @@ async fn graceful_shutdown_leaves_no_usage_behind() {
 async fn the_usage_writer_stops_when_its_server_is_gone() {
     let app = TestApp::spawn().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(UsageWriter::new(&app.services, 90).run(stopped));
+    let running = tokio::spawn(UsageWriter::new(&app.services).run(stopped));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!running.is_finished(), "the writer runs as long as its server does");
     drop(stop);

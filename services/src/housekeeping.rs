@@ -25,6 +25,10 @@ use crate::{ServiceError, ServiceResult};
 /// Notifications, quota alert records and finished emails are kept this many days.
 pub const RECORDS_KEPT_DAYS: u64 = 90;
 
+/// Raw events and per-minute rollups are kept this many days unless configured
+/// (`KEYMETER_USAGE_RETENTION_DAYS`); hourly and daily rollups are kept for good.
+pub const DEFAULT_USAGE_RETENTION_DAYS: u32 = 90;
+
 /// How long creating or dropping a partition waits for its lock on the events table. Both need
 /// the table to themselves: behind a long read of the events (an analyst's query) they would
 /// wait as long as the read, and PostgreSQL queues the writer's inserts behind a waiting lock.

@@ -86,9 +86,9 @@ impl Default for Settings {
 impl Services {
     /// Must be called inside a Tokio runtime: it starts the usage recorder's flusher.
     pub fn new(db: db::DbPool, redis: redis_pool::RedisPool, namespace: &str, settings: Settings) -> Self {
-        // Used by the recorder only when Redis cannot take a batch; retention is the writer's job.
+        // Used by the recorder only when Redis cannot take a batch.
         let fallback =
-            usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url, 0);
+            usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url);
         // One multiplexed Redis connection for everything a metered request waits on.
         let hot_path = redis_pool::SharedConnection::new(redis.clone());
         Self(Arc::new(ServiceParts {

@@ -73,11 +73,17 @@ async fn keys_of_month(db: &DbPool, month: Month) -> ServiceResult<Vec<ApiKey>> 
         .collect())
 }
 
-/// Sums up one key's month from the hourly rollups.
+/// Sums up one key's month from the hourly rollups, as its owner's summary shows it.
 pub async fn summarise_key(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<KeySummary> {
+    Ok(key_month(db, key, month).await?.0)
+}
+
+/// One key's month: its summary, and the hourly rollups it was made from (read once, for the
+/// summary and for the CSV).
+async fn key_month(db: &DbPool, key: ApiKey, month: Month) -> ServiceResult<(KeySummary, RollupRows)> {
     let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
     let limits = QuotaTimeline::load(db, &key).await?;
-    Ok(summarise(key, &rows, &limits, month))
+    Ok((summarise(key, &rows, &limits, month), rows))
 }
 
 /// A key's hourly and daily limits over time, from its audit trail of quota changes: a month's
@@ -170,13 +176,11 @@ async fn build_report(
     keys: &[ApiKey],
     (owner_id, owner_email): (i64, String),
 ) -> ServiceResult<OwnerReport> {
-    // Each key's rollups are read once, for its summary and for the CSV.
     let mut summaries = Vec::new();
     let mut hours = Vec::new();
     for key in keys.iter().filter(|k| k.owner_id == owner_id) {
-        let rows = RollupRows::hours(db, key.id.0, month.days()).await?;
-        let limits = QuotaTimeline::load(db, key).await?;
-        summaries.push(summarise(key.clone(), &rows, &limits, month));
+        let (summary, rows) = key_month(db, key.clone(), month).await?;
+        summaries.push(summary);
         hours.push((key.id.0, rows));
     }
     summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));

@@ -64,14 +64,26 @@ fn is_local_path(n: &str) -> bool {
         && !n.chars().any(|c| c == '\\' || c.is_control())
 }
 
+/// A password as typed into the sign-in form. Its `Debug` hides it: the server function's
+/// arguments derive `Debug`, and a password must never reach a log.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TypedPassword(pub String);
+
+impl std::fmt::Debug for TypedPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TypedPassword(***)")
+    }
+}
+
 #[server(prefix = "/rpc", endpoint = "auth/login")]
-pub async fn login(email: String, password: String, next: Option<String>) -> Result<(), AppError> {
+pub async fn login(email: String, password: TypedPassword, next: Option<String>) -> Result<(), AppError> {
     use super::session;
     use services::accounts::{self, sessions};
 
     let services = session::services()?;
     let client = session::client_address(&services);
-    let user = accounts::authenticate(&services, &email, &password, &client).await?;
+    let user = accounts::authenticate(&services, &email, &password.0, &client).await?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");
@@ -147,5 +159,33 @@ mod tests {
         for good in ["/", "/dashboard/developers/api-keys/abc?x=1", "/admin/quota-requests#top", "/a//b"] {
             assert_eq!(safe_next(Some(good)), good);
         }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let args = Login { email: "ann@example.com".into(), password: TypedPassword("hunter2!".into()), next: None };
+        let shown = format!("{args:?}");
+        assert!(shown.contains("ann@example.com") && !shown.contains("hunter2"), "{shown}");
+        let created = super::super::CreatedKey {
+            key: super::super::KeyView {
+                id: "k".into(),
+                name: "n".into(),
+                prefix: "km_live_ab".into(),
+                owner_email: "ann@example.com".into(),
+                created_at: chrono::DateTime::UNIX_EPOCH,
+                last_used_at: None,
+                revoked_at: None,
+                requests_per_hour: 1,
+                requests_per_day: 1,
+                burst_per_second: None,
+                alert_emails: vec![],
+                current_use: None,
+                yours: true,
+                viewer_is_admin: false,
+            },
+            secret: "km_live_topsecret".into(),
+            api_base: "http://x".into(),
+        };
+        assert!(!format!("{created:?}").contains("topsecret"));
     }
 }

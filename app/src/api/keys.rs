@@ -171,14 +171,12 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     let services = session::services()?;
     let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
-    let key = api_keys::revoke_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    let key = api_keys::revoke_for(&services, ApiKeyId::parse(&id)?, &user).await?;
     if plain_form {
         // Back to the plain list, not to the page it was posted from: that may still carry a
         // created key's one-time token, whose second reading only says it was used.
         leptos_axum::redirect("/dashboard/developers/api-keys");
     }
-    // Other instances refuse it once their cached entry expires (seconds).
-    services.keys.revoked(key.id);
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
     Ok(KeyView::seen_by(key, user.id))
 }

@@ -68,15 +68,34 @@ impl KeyView {
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some()
     }
+
+    /// "active" or "revoked", as pages badge it.
+    pub fn status(&self) -> &'static str {
+        if self.is_revoked() {
+            "revoked"
+        } else {
+            "active"
+        }
+    }
 }
 
-/// A key just created: the only moment its secret is ever shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A key just created: the only moment its secret is ever shown. (`Debug` leaves the secret out.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedKey {
     pub key: KeyView,
     pub secret: String,
     /// Where the metered API is reached (`KEYMETER_PUBLIC_URL`), for the page's example call.
     pub api_base: String,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey")
+            .field("key", &self.key)
+            .field("secret", &"***")
+            .field("api_base", &self.api_base)
+            .finish()
+    }
 }
 
 #[cfg(feature = "ssr")]

@@ -1,5 +1,5 @@
-//! Quota-increase requests (merchants ask, admins decide), direct quota changes by admins, the
-//! audit trail, and the notification bell.
+//! Quota-increase requests (merchants ask, admins decide), direct quota changes by admins and
+//! the audit trail.
 
 use chrono::{DateTime, Utc};
 use leptos::prelude::*;

@@ -72,7 +72,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                                 <thead><tr><th>"Owner"</th><th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Quota"</th><th>"Last used"</th></tr></thead>
                                 <tbody>
                                     {found.keys.into_iter().map(|key| {
-                                        let status = if key.is_revoked() { "revoked" } else { "active" };
+                                        let status = key.status();
                                         view! {
                                             <tr>
                                                 <td>{key.owner_email.clone()}</td>

@@ -146,7 +146,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
         .into_iter()
         .map(|key| {
             let revoked = key.is_revoked();
-            let status = if revoked { "revoked" } else { "active" };
+            let status = key.status();
             let quota = quota_and_use(&key);
             let actions = (!revoked).then(|| view! { <RevokeButton id=key.id.clone() name=key.name.clone() revoke/> });
             view! {
@@ -262,7 +262,7 @@ fn KeyDetails(
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
-    let status = if key.is_revoked() { "revoked" } else { "active" };
+    let status = key.status();
     view! {
         <PageTitle text=format!("{} · API keys · keymeter", key.name)/>
         <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>

@@ -58,12 +58,6 @@ impl KeyName {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyStatus {
-    Active,
-    Revoked,
-}
-
 /// A key as its owner and admins see it. Never holds the secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
@@ -81,16 +75,6 @@ pub struct ApiKey {
     pub quota_version_ms: i64,
     /// Which quota alerts email the owner.
     pub alert_email_thresholds: AlertThresholds,
-}
-
-impl ApiKey {
-    pub fn status(&self) -> KeyStatus {
-        if self.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else {
-            KeyStatus::Active
-        }
-    }
 }
 
 type KeyRow = (
@@ -297,9 +281,12 @@ pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> S
 }
 
 /// Revokes a key its owner (or an admin) asks to revoke. Revoking twice changes nothing.
-pub async fn revoke_for(db: &DbPool, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
-    get_for(db, id, viewer).await?;
-    revoke_by(db, id, Some(viewer)).await
+/// This instance refuses it at once; the others once their cached entry expires (seconds).
+pub async fn revoke_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+    get_for(&services.db, id, viewer).await?;
+    let key = revoke_by(&services.db, id, Some(viewer)).await?;
+    services.keys.revoked(key.id);
+    Ok(key)
 }
 
 /// Revokes a key regardless of owner (operator CLI).

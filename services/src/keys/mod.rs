@@ -8,7 +8,7 @@ pub mod quota_manager;
 pub mod secret;
 pub mod secret_handoff;
 
-pub use api_keys::{ApiKey, ApiKeyId, KeyName, KeyStatus};
+pub use api_keys::{ApiKey, ApiKeyId, KeyName};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
 pub use quota::{Quota, QuotaLimit, QuotaMaximum};
 pub use quota_manager::{

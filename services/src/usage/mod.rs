@@ -1,6 +1,7 @@
 //! The usage tracker's storage side: every metered request becomes a [`UsageEvent`], which the
 //! [`recorder`] hands to Redis (a stream, plus per-minute live counters) off the request path,
-//! and the [`writer`] moves into PostgreSQL in batches, idempotently, with per-minute rollups.
+//! and the [`writer`] moves into PostgreSQL in batches, idempotently, with per-minute, hourly and
+//! daily rollups.
 
 pub mod dashboard;
 pub mod demo;

@@ -18,7 +18,7 @@ use super::histogram::LatencyHistogram;
 use super::recorder::stream_name;
 use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
-use crate::housekeeping::{ensure_partitions, Housekeeping};
+use crate::housekeeping::ensure_partitions;
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
@@ -45,10 +45,6 @@ pub struct Round {
     pub caught_up: bool,
 }
 
-/// Raw events and per-minute rollups are kept this many days by default; hourly and daily
-/// rollups are kept for good.
-pub const DEFAULT_RETENTION_DAYS: u32 = 90;
-
 pub struct UsageWriter {
     db: DbPool,
     redis: RedisPool,
@@ -56,7 +52,6 @@ pub struct UsageWriter {
     public_url: String,
     consumer: String,
     stream: String,
-    retention_days: u32,
     partitions: HashSet<NaiveDate>,
     /// The consumer group is known to exist (checked again after any error).
     group_ready: bool,
@@ -66,24 +61,22 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    pub fn new(services: &Services, retention_days: u32) -> Self {
+    pub fn new(services: &Services) -> Self {
         Self::from_parts(
             services.db.clone(),
             services.redis.clone(),
             &services.namespace,
             &services.settings.public_url,
-            retention_days,
         )
     }
 
-    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str, retention_days: u32) -> Self {
+    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str) -> Self {
         Self {
             db,
             redis,
             public_url: public_url.to_owned(),
             consumer: format!("writer-{}", Uuid::new_v4().simple()),
             stream: stream_name(namespace),
-            retention_days,
             partitions: HashSet::new(),
             group_ready: false,
             own_pending: true,
@@ -95,15 +88,10 @@ impl UsageWriter {
     /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
-        // Beside the writing, not inside it: deleting old minute rollups takes a while.
-        let housekeeping = tokio::spawn(Housekeeping::new(self.db.clone(), self.retention_days).run(stop.clone()));
         loop {
             let stopping = *stop.borrow() || stop.has_changed().is_err();
             match self.step(if stopping { 0 } else { 200 }).await {
-                Ok(Round { events: 0, caught_up: true }) if stopping => {
-                    housekeeping.abort();
-                    return;
-                }
+                Ok(Round { events: 0, caught_up: true }) if stopping => return,
                 Ok(round) => {
                     backoff = Duration::from_millis(100);
                     // Under light load, let a few entries gather: fewer, larger transactions.
@@ -118,7 +106,6 @@ impl UsageWriter {
                 Err(e) => {
                     tracing::warn!(error = %e, "usage writer: will retry");
                     if stopping {
-                        housekeeping.abort();
                         return;
                     }
                     tokio::select! {
@@ -402,11 +389,6 @@ impl UsageWriter {
             self.partitions.clear();
         }
         written
-    }
-
-    /// One pass of [`Housekeeping`] with this writer's retention, `today` being the UTC day.
-    pub async fn housekeeping(&self, today: NaiveDate) -> ServiceResult<()> {
-        Housekeeping::new(self.db.clone(), self.retention_days).apply(today).await
     }
 }
 
