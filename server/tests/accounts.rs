@@ -97,12 +97,12 @@ async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
 
     let admin_page = app.page(&merchant, "/admin").await;
     assert_eq!(admin_page.status(), StatusCode::FORBIDDEN);
-    let admin_rpc = app.rpc(&merchant, "admin/keys", &[]).await;
+    let admin_rpc = app.rpc(&merchant, "admin/keys/search", &[]).await;
     assert_eq!(admin_rpc.status(), StatusCode::FORBIDDEN);
 
     let admin = app.signed_in("root@example.com").await;
     assert_eq!(app.page(&admin, "/admin").await.status(), StatusCode::OK);
-    assert_eq!(app.rpc(&admin, "admin/keys", &[]).await.status(), StatusCode::OK);
+    assert_eq!(app.rpc(&admin, "admin/keys/search", &[]).await.status(), StatusCode::OK);
 }
 
 /// Not only browsers: any client (curl, a no-JS browser, a link checker) gets a real redirect.

@@ -659,3 +659,29 @@ async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
     assert!(body.contains("This key is revoked."), "{body}");
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_judged_against_the_limits_the_key_has_when_it_is_stored() {
+    use diesel_async::SimpleAsyncConnection;
+    let s = setup().await;
+    // A raise to 100/hour under way (not committed) while the merchant asks for 50.
+    let mut raising = hold_locks(
+        &s.app,
+        &format!("UPDATE api_key_quotas SET requests_per_hour = 100 WHERE api_key_id = '{}'", s.key_id),
+    )
+    .await;
+    let asked = tokio::spawn({
+        let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/quota-requests/create"), s.key_id.clone());
+        async move {
+            let form = [("key_id", key.as_str()), ("per_hour", "50"), ("per_day", ""), ("reason", "launch")];
+            let res = merchant.post(url).form(&form).send().await.unwrap();
+            (res.status(), res.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    raising.batch_execute("COMMIT").await.unwrap();
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("above the current 100"), "{body}");
+    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+}

@@ -469,3 +469,29 @@ async fn a_revoked_key_stops_working_on_every_instance_within_seconds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two writers (two instances, or a writer and the recorder's fallback) storing batches that add
+/// to the same rollup rows at the same moment: both succeed, neither waiting for the other in a
+/// circle (a deadlock: PostgreSQL aborts one after a second), and the rollups count every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_adding_to_the_same_rollups_at_once_both_succeed() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(1_000_000, 10_000_000).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    // 300 endpoints: 300 rows in each rollup table that both batches add to.
+    let batch = || -> Vec<UsageEvent> {
+        (0..300)
+            .map(|i| UsageEvent {
+                endpoint: format!("/api/v1/e{i}"),
+                ..common::ping_event(id.0, now, 200, 1_000, false)
+            })
+            .collect()
+    };
+    for round in 0..5 {
+        let (mut a, mut b) = (UsageWriter::new(&app.services), UsageWriter::new(&app.services));
+        let (first, second) = (batch(), batch());
+        let (wrote_a, wrote_b) = tokio::join!(a.write(&first), b.write(&second));
+        assert!(wrote_a.is_ok() && wrote_b.is_ok(), "round {round}: {wrote_a:?} {wrote_b:?}");
+    }
+    assert_eq!(totals(&app, id.0).await, (3_000, 3_000));
+}

@@ -242,6 +242,10 @@ pub async fn record(
     // already; alerting now would alert twice, and too late to matter.
     let kept_from_ms = housekeeping::records_kept_from(Utc::now().date_naive()).timestamp_millis();
     let mut new_alerts = 0;
+    // In the records' key order: two writers storing the same crossings (each instance
+    // remembers only its own) then wait for each other in line, never in a circle.
+    let mut crossings: Vec<&(Uuid, i64, QuotaCrossing)> = crossings.iter().collect();
+    crossings.sort_by_key(|(key, at_ms, c)| (*key, c.window.as_str(), c.period_start_ms, c.threshold, *at_ms));
     for (key_id, at_ms, c) in crossings {
         let Some(key) = keys.get(key_id) else { continue };
         if c.period_start_ms < kept_from_ms {

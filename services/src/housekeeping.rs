@@ -42,13 +42,13 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 /// midnight (when a long read could hold it up).
 const PARTITIONS_AHEAD: u64 = 2;
 
-/// What goes once it is older than [`RECORDS_KEPT_DAYS`] (`$1`, a time). Unsent mail that is
-/// still being tried never goes; deleting an email takes its attachments with it, and a monthly
-/// summary record keeps its row (its `email_id` turns NULL).
-const OLD_RECORDS: [(&str, &str); 3] = [
-    ("notifications", "DELETE FROM notifications WHERE created_at < $1"),
-    ("quota alerts", "DELETE FROM quota_alerts WHERE period_start < $1"),
-    ("emails", "DELETE FROM outbound_emails WHERE sent_at < $1 OR (sent_at IS NULL AND failed_at < $1)"),
+/// What goes once it is older than [`RECORDS_KEPT_DAYS`] (`$1`, a time): (what, table, which
+/// rows). Unsent mail that is still being tried never goes; deleting an email takes its
+/// attachments with it, and a monthly summary record keeps its row (its `email_id` turns NULL).
+const OLD_RECORDS: [(&str, &str, &str); 3] = [
+    ("notifications", "notifications", "created_at < $1"),
+    ("quota alerts", "quota_alerts", "period_start < $1"),
+    ("emails", "outbound_emails", "sent_at < $1 OR (sent_at IS NULL AND failed_at < $1)"),
 ];
 
 /// The start of the oldest period whose records are kept, `today` being the current UTC day.
@@ -150,7 +150,13 @@ impl Housekeeping {
         let sessions = diesel::sql_query("DELETE FROM sessions WHERE expires_at < now()").execute(conn).await?;
         let mut forgotten = vec![("expired sessions", sessions)];
         let keep_from = records_kept_from(today);
-        for (what, delete) in OLD_RECORDS {
+        for (what, table, old) in OLD_RECORDS {
+            // Rows someone holds (a user marking notifications read) are left for the next run:
+            // deleting many rows while another statement updates several of them, each in its
+            // own order, could deadlock.
+            let delete = format!(
+                "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {old} FOR UPDATE SKIP LOCKED)"
+            );
             let n = diesel::sql_query(delete).bind::<Timestamptz, _>(keep_from).execute(conn).await?;
             forgotten.push((what, n));
         }

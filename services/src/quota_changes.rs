@@ -60,6 +60,15 @@ pub(crate) struct LiveKey {
 }
 
 impl LiveKey {
+    /// The limits as a quota.
+    pub fn quota(&self) -> ServiceResult<Quota> {
+        Ok(Quota {
+            per_hour: QuotaLimit::new(self.per_hour)?,
+            per_day: QuotaLimit::new(self.per_day)?,
+            burst_per_second: self.burst,
+        })
+    }
+
     /// A revoked key's limits no longer change: nothing could use them.
     pub fn check_not_revoked(&self) -> ServiceResult<()> {
         if self.revoked {

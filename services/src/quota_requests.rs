@@ -141,7 +141,9 @@ pub async fn create(
     if key.revoked_at.is_some() {
         return Err(ServiceError::invalid("This key is revoked."));
     }
-    let limits = RequestedLimits::parse(per_hour, per_day, &key.quota, services.settings.quota_maximum)?;
+    let maximum = services.settings.quota_maximum;
+    // Checked here for a quick answer, and again under the key's lock against its live limits.
+    RequestedLimits::parse(per_hour, per_day, &key.quota, maximum)?;
     let reason = check_reason(reason)?;
     let public_url = services.settings.public_url.as_str();
     let mut conn = db::conn(&services.db).await?;
@@ -154,6 +156,9 @@ pub async fn create(
                 if live.revoked {
                     return Err(ServiceError::invalid("This key is revoked."));
                 }
+                // Raised meanwhile, the key may already allow what was asked: then there is
+                // nothing to ask for (an approval could only be refused as a lowering).
+                let limits = RequestedLimits::parse(per_hour, per_day, &live.quota()?, maximum)?;
                 let id: i64 = diesel::insert_into(quota_requests::table)
                     .values((
                         quota_requests::api_key_id.eq(key.id.0),
@@ -187,8 +192,8 @@ pub async fn create(
                     format::count(limits.per_day),
                     key.name,
                     key.prefix,
-                    format::count(key.quota.per_hour.get()),
-                    format::count(key.quota.per_day.get()),
+                    format::count(live.per_hour),
+                    format::count(live.per_day),
                     reason
                 );
                 let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));

@@ -4,7 +4,7 @@
 //! after its transaction commits, so a crash or a PostgreSQL outage delays usage but loses none;
 //! a replayed entry inserts nothing twice and adds nothing twice to the rollups.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -341,8 +341,14 @@ impl UsageWriter {
             self.partitions.extend(days);
         }
 
-        let columns = EventColumns::from(events);
+        // In request id order, as the rollups go in key order: two writers storing the same
+        // events (a claimed-over entry, the recorder's fallback) wait in line, not in a circle.
+        let mut ordered: Vec<&UsageEvent> = events.iter().collect();
+        ordered.sort_unstable_by_key(|e| e.request_id);
+        let columns = EventColumns::from(ordered.as_slice());
         let public_url = &self.public_url;
+        let mut last_used = LastUsed::default();
+        let last_used_ref = &mut last_used;
         let written = conn
             .transaction::<_, ServiceError, _>(|conn| {
                 Box::pin(async move {
@@ -370,11 +376,11 @@ impl UsageWriter {
                     // retried after its reply was lost): the rollups must equal the events.
                     let fresh: Vec<&UsageEvent> = events.iter().filter(|e| new.remove(&e.request_id)).collect();
                     let fresh = || fresh.iter().copied();
+                    last_used_ref.extend(fresh());
                     if fresh().next().is_some() {
                         Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
                         Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
                         Rollups::of(fresh(), 86_400_000).upsert(conn, "api_key_usage_day").await?;
-                        touch_last_used(conn, fresh()).await?;
                         let crossings: Vec<_> =
                             fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
                         alerts::record(conn, &crossings, public_url).await?;
@@ -387,6 +393,9 @@ impl UsageWriter {
             // One of the partitions this writer knows may have been dropped since (an old
             // event's day, past the retention): make them again on the next try.
             self.partitions.clear();
+        } else if let Err(e) = last_used.store(&mut conn).await {
+            // The usage is stored; only "last used" on the key list lags until the next batch.
+            tracing::warn!(error = %e, "usage writer: keys' last use not updated");
         }
         written
     }
@@ -398,13 +407,23 @@ pub fn set_aside_stream(stream: &str) -> String {
 }
 
 /// PostgreSQL answered and refused the statement (bad data, a value out of range), as opposed
-/// to being unreachable. Conflicts between concurrent transactions are not refusals: they pass.
+/// to being unreachable. Conflicts between concurrent transactions, timeouts and cancellations
+/// are not refusals: they pass. (diesel gives no SQLSTATE for most errors, only PostgreSQL's
+/// message, in English unless the server's `lc_messages` says otherwise.)
 fn refused_by_postgres(e: &ServiceError) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
+    const PASSING: [&str; 6] = [
+        "deadlock",
+        "could not serialize",
+        "lock timeout",
+        "canceling statement",
+        "terminating connection",
+        "could not obtain lock",
+    ];
     match e {
         ServiceError::Database(Error::DatabaseError(kind, info)) => {
             !matches!(kind, DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection)
-                && !info.message().contains("deadlock")
+                && !PASSING.iter().any(|p| info.message().contains(p))
         }
         ServiceError::Invalid(_) | ServiceError::Conflict(_) => true,
         _ => false,
@@ -445,8 +464,8 @@ struct EventColumns {
     enforced: Vec<bool>,
 }
 
-impl From<&[UsageEvent]> for EventColumns {
-    fn from(events: &[UsageEvent]) -> Self {
+impl From<&[&UsageEvent]> for EventColumns {
+    fn from(events: &[&UsageEvent]) -> Self {
         let mut c = Self::default();
         for e in events {
             c.request_id.push(e.request_id);
@@ -476,12 +495,15 @@ struct Rollup {
     latency: LatencyHistogram,
 }
 
-struct Rollups(HashMap<RollupKey, Rollup>);
+/// Ordered by key: every writer upserts rows in the same order, so concurrent writers (one per
+/// instance, and the recorder's fallback) adding to the same rows queue behind each other instead
+/// of deadlocking (each holding a row the other waits for).
+struct Rollups(BTreeMap<RollupKey, Rollup>);
 
 impl Rollups {
     /// Sums events per period of `period_ms` (a minute or an hour) and dimension.
     fn of<'a>(events: impl Iterator<Item = &'a UsageEvent>, period_ms: i64) -> Self {
-        let mut map: HashMap<RollupKey, Rollup> = HashMap::new();
+        let mut map: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
         for e in events {
             let period = e.at_ms - e.at_ms.rem_euclid(period_ms);
             let r = map.entry((e.key_id, period, e.method.clone(), e.endpoint.clone(), e.status)).or_default();
@@ -544,24 +566,45 @@ impl Rollups {
     }
 }
 
-/// Keeps `api_keys.last_used_at` current from the batch (one UPDATE per batch, not per request).
-async fn touch_last_used<'a>(
-    conn: &mut diesel_async::AsyncPgConnection,
-    events: impl Iterator<Item = &'a UsageEvent>,
-) -> ServiceResult<()> {
-    let mut latest: HashMap<Uuid, i64> = HashMap::new();
-    for e in events {
-        let at = latest.entry(e.key_id).or_insert(e.at_ms);
-        *at = (*at).max(e.at_ms);
+/// The latest use of each key in a batch, for `api_keys.last_used_at` (one statement per batch,
+/// not per request). Stored after the batch's commit, on its own: the batch's transaction then
+/// never waits for a key's row (a quota change holds it), and the keys are locked in id order,
+/// so writers updating the same keys queue instead of deadlocking.
+#[derive(Default)]
+struct LastUsed(BTreeMap<Uuid, i64>);
+
+impl LastUsed {
+    fn extend<'a>(&mut self, events: impl Iterator<Item = &'a UsageEvent>) {
+        for e in events {
+            let at = self.0.entry(e.key_id).or_insert(e.at_ms);
+            *at = (*at).max(e.at_ms);
+        }
     }
-    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = latest.into_iter().map(|(k, t)| (k, time_from_ms(t))).unzip();
-    diesel::sql_query(
-        "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, t.at), t.at) \
-         FROM unnest($1, $2) AS t(id, at) WHERE api_keys.id = t.id",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Timestamptz>, _>(&times)
-    .execute(conn)
-    .await?;
-    Ok(())
+
+    async fn store(self, conn: &mut diesel_async::AsyncPgConnection) -> ServiceResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) =
+            self.0.into_iter().map(|(k, t)| (k, time_from_ms(t))).unzip();
+        conn.transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                diesel::sql_query("SELECT id FROM api_keys WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+                    .bind::<Array<SqlUuid>, _>(&ids)
+                    .execute(conn)
+                    .await?;
+                diesel::sql_query(
+                    "UPDATE api_keys SET last_used_at = greatest(coalesce(last_used_at, t.at), t.at) \
+                     FROM unnest($1, $2) AS t(id, at) WHERE api_keys.id = t.id",
+                )
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Array<Timestamptz>, _>(&times)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(())
+    }
 }
