@@ -248,6 +248,13 @@ async fn admins_export_every_key_for_a_month() {
         rows.iter().filter(|r| r["key_id"] == k.to_string()).map(|r| r["requests"].parse::<i64>().unwrap()).sum::<i64>()
     };
     assert_eq!((requests(&k1), requests(&k2)), (3, 1));
+    // Each row names the key's owner, whom the invoice goes to.
+    let keys = services::keys::api_keys::list_all(&app.services.db).await.unwrap();
+    for row in &rows {
+        let key = keys.iter().find(|k| k.id.to_string() == row["key_id"]).unwrap();
+        assert_eq!(row["owner_email"], key.owner_email, "{row:?}");
+    }
+    assert!(rows.iter().all(|r| r["owner_email"].starts_with("owner-")), "{rows:?}");
     let bad = root.get(app.url("/admin/usage.csv")).query(&[("month", "2026-13")]).send().await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let ann = app.signed_in("ann@example.com").await;

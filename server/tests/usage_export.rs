@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use services::accounts::{sessions, Role};
 use services::keys::{api_keys, KeyName};
-use services::usage::export::{self, CsvStream, ExportSpec, Pace};
+use services::usage::export::{self, CsvStream, ExportKey, ExportSpec, Pace};
 use services::usage::reports::{DayRange, Granularity, RollupRows};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -137,18 +137,33 @@ fn traffic(keys: &[Uuid], first: NaiveDate, days: i64, seed: u64) -> Rollups {
 
 /// What the exports wrote before they were streamed: every rollup loaded, summed in a map in
 /// export order (key, period, endpoint, method), then written (the monthly summary's attachment is still built this way).
-async fn in_memory_csv(app: &TestApp, keys: &[(Uuid, String)], granularity: Granularity, range: DayRange) -> String {
+/// The export as built in memory from the rollups (the reference the stream must equal); with
+/// the owner column as the admins' export has it when `with_owner`.
+async fn in_memory_csv(
+    app: &TestApp,
+    keys: &[ExportKey],
+    granularity: Granularity,
+    range: DayRange,
+    with_owner: bool,
+) -> String {
     let mut loaded = Vec::new();
-    for (id, _) in keys {
-        loaded.push((*id, RollupRows::hours(&app.services.db, *id, range).await.unwrap()));
+    for key in keys {
+        loaded.push((key.id, RollupRows::hours(&app.services.db, key.id, range).await.unwrap()));
     }
     let rows = RollupRows::export_rows(loaded.iter().map(|(id, hours)| (*id, hours)), granularity, range);
-    let names: HashMap<Uuid, &str> = keys.iter().map(|(id, name)| (*id, name.as_str())).collect();
-    let mut out = export::HEADER.to_owned();
+    let keys: HashMap<Uuid, &ExportKey> = keys.iter().map(|k| (k.id, k)).collect();
+    let mut out = if with_owner { export::HEADER_WITH_OWNER } else { export::HEADER }.to_owned();
     for row in &rows {
-        export::write_row(&mut out, row, names[&row.key_id]);
+        let key = keys[&row.key_id];
+        let owner = with_owner.then(|| key.owner_email.as_deref().unwrap_or_default());
+        export::write_row(&mut out, row, &key.name, owner);
     }
     out
+}
+
+/// An export of `keys` as a merchant's (no owner column).
+fn spec(keys: &[ExportKey], granularity: Granularity, range: DayRange) -> ExportSpec {
+    ExportSpec { keys: keys.to_vec(), granularity, range, with_owner: false }
 }
 
 /// The whole stream and its chunks.
@@ -165,8 +180,8 @@ async fn streamed(app: &TestApp, spec: ExportSpec, piece_rows: usize) -> (String
 
 struct Dataset {
     app: TestApp,
-    /// Every key with its name, in creation order.
-    keys: Vec<(Uuid, String)>,
+    /// Every key with its name and owner, in creation order.
+    keys: Vec<ExportKey>,
     range: DayRange,
 }
 
@@ -181,10 +196,10 @@ async fn dataset_in(app: TestApp) -> Dataset {
     let mut keys = Vec::new();
     for name in ["Checkout, \"EU\"", "=HYPERLINK()", "batch"] {
         let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse(name).unwrap()).await.unwrap();
-        keys.push((key.id.0, key.name));
+        keys.push(ExportKey { id: key.id.0, name: key.name, owner_email: Some(owner.email.clone()) });
     }
     let first = NaiveDate::from_ymd_opt(2026, 1, 20).unwrap();
-    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.id).collect();
     let rollups = traffic(&ids, first, 45, 7);
     assert!(rollups.key.len() > 3_000, "{} rollups", rollups.key.len());
     insert(&app, &rollups).await;
@@ -199,7 +214,7 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
     let ranges = [range, DayRange::new(range.from.succ_opt().unwrap(), range.to).unwrap()];
     for granularity in GRANULARITIES {
         for range in ranges {
-            let expected = in_memory_csv(&app, &keys, granularity, range).await;
+            let expected = in_memory_csv(&app, &keys, granularity, range, false).await;
             assert!(expected.lines().count() > 30, "{granularity:?}: {expected}");
             // No row claims days before the range: a partial first period starts with it.
             let starts: Vec<&str> = expected.lines().skip(1).filter_map(|l| l.split(',').next()).collect();
@@ -211,7 +226,7 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
             // Pieces of 7 rollups fall inside the hours of one week's or month's row over
             // and over; one big piece is the whole export at once.
             for piece_rows in [7, 100_000] {
-                let spec = ExportSpec { keys: keys.clone(), granularity, range };
+                let spec = spec(&keys, granularity, range);
                 let (csv, chunks) = streamed(&app, spec, piece_rows).await;
                 assert!(csv == expected, "{granularity:?}, {range:?}, pieces of {piece_rows}: the CSV differs");
                 if piece_rows == 7 {
@@ -229,15 +244,15 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
             }
         }
         // One key alone, pieces of one rollup each.
-        let spec = ExportSpec { keys: keys[..1].to_vec(), granularity, range };
+        let spec = spec(&keys[..1], granularity, range);
         let (csv, _) = streamed(&app, spec, 1).await;
-        assert!(csv == in_memory_csv(&app, &keys[..1], granularity, range).await, "{granularity:?}: one key");
+        assert!(csv == in_memory_csv(&app, &keys[..1], granularity, range, false).await, "{granularity:?}: one key");
     }
 
     // The same bytes over HTTP: the merchant's export of one key, the admin's of all.
     let session = app.signed_in("ann@example.com").await;
     for granularity in GRANULARITIES {
-        let (key, _) = &keys[0];
+        let key = &keys[0].id;
         let res = session
             .get(app.url(&format!("/dashboard/developers/api-keys/{key}/usage.csv")))
             .query(&[("from", range.from.to_string()), ("to", range.to.to_string())])
@@ -247,7 +262,7 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         let csv = res.text().await.unwrap();
-        assert!(csv == in_memory_csv(&app, &keys[..1], granularity, range).await, "{granularity:?} over HTTP");
+        assert!(csv == in_memory_csv(&app, &keys[..1], granularity, range, false).await, "{granularity:?} over HTTP");
     }
     app.user("root@example.com", Role::Admin).await;
     let root = app.signed_in("root@example.com").await;
@@ -255,7 +270,7 @@ async fn streamed_exports_are_byte_for_byte_the_in_memory_ones_whatever_the_piec
     assert_eq!(res.status(), StatusCode::OK);
     let february = DayRange::parse("2026-02-01", "2026-02-28").unwrap();
     let csv = res.text().await.unwrap();
-    assert!(csv == in_memory_csv(&app, &keys, Granularity::Day, february).await, "admin export");
+    assert!(csv == in_memory_csv(&app, &keys, Granularity::Day, february, true).await, "admin export");
 }
 
 #[derive(diesel::QueryableByName)]
@@ -286,9 +301,9 @@ async fn exports_keep_byte_order_on_a_database_that_sorts_text_by_language() {
         diesel::sql_query("SELECT 'alpha' < 'Zeta' AS flag").get_result(&mut conn).await.unwrap();
     assert!(language_order.flag, "the database should sort text by language");
     for granularity in GRANULARITIES {
-        let spec = ExportSpec { keys: keys.clone(), granularity, range };
+        let spec = spec(&keys, granularity, range);
         let (csv, _) = streamed(&app, spec, 7).await;
-        assert!(csv == in_memory_csv(&app, &keys, granularity, range).await, "{granularity:?}: the CSV differs");
+        assert!(csv == in_memory_csv(&app, &keys, granularity, range, false).await, "{granularity:?}: the CSV differs");
     }
 }
 
@@ -407,7 +422,7 @@ async fn the_download_starts_while_the_export_is_still_reading_and_breaks_if_rea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends_broken() {
     let Dataset { app, keys, range } = dataset().await;
-    let spec = ExportSpec { keys, granularity: Granularity::Hour, range };
+    let spec = spec(&keys, Granularity::Hour, range);
     let pace = Pace { piece_rows: 7, stall_limit: Duration::from_millis(300) };
     let mut stream =
         CsvStream::start(&app.services.db, app.services.exports.take().await.unwrap(), spec, pace).await.unwrap();

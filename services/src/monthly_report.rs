@@ -188,7 +188,7 @@ async fn build_report(
     let mut csv = export::HEADER.to_owned();
     for row in &rows {
         let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());
-        export::write_row(&mut csv, row, name);
+        export::write_row(&mut csv, row, name, None);
     }
     Ok(OwnerReport { month, owner_id, owner_email, keys: summaries, csv })
 }

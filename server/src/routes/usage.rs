@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use services::accounts::{sessions, User};
 use services::keys::{api_keys, ApiKey, ApiKeyId};
-use services::usage::export::{CsvStream, ExportSlot, ExportSlots, ExportSpec, Pace};
+use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, Pace};
 use services::usage::reports::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
 
@@ -122,7 +122,12 @@ async fn key_csv(
     let granularity = Granularity::parse(q.granularity.as_deref().unwrap_or("day"))
         .map_err(|e| ApiError::bad_request("invalid_granularity", e.to_string()))?;
     let filename = format!("keymeter-{}-{}-{}-{}.csv", key.prefix, range.from, range.to, granularity.as_str());
-    let spec = ExportSpec { keys: vec![(key.id.0, key.name)], granularity, range };
+    let spec = ExportSpec {
+        keys: vec![ExportKey { id: key.id.0, name: key.name, owner_email: None }],
+        granularity,
+        range,
+        with_owner: false,
+    };
     let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &filename))
 }
@@ -165,8 +170,9 @@ async fn admin_csv(
         .map_err(|e| ApiError::bad_request("invalid_month", e.to_string()))?;
     let range = month.days();
     let keys = api_keys::list_all(&services.db).await?;
-    let spec =
-        ExportSpec { keys: keys.into_iter().map(|k| (k.id.0, k.name)).collect(), granularity: Granularity::Day, range };
+    // With each key's owner: invoices go to owners.
+    let keys = keys.into_iter().map(|k| ExportKey { id: k.id.0, name: k.name, owner_email: Some(k.owner_email) });
+    let spec = ExportSpec { keys: keys.collect(), granularity: Granularity::Day, range, with_owner: true };
     let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &format!("keymeter-usage-{month}.csv")))
 }

@@ -38,12 +38,16 @@ fn millis(v: Option<f64>) -> String {
     v.map(|ms| format!("{ms:.3}")).unwrap_or_default()
 }
 
-/// Appends one row (with its line break) to `out`.
-pub fn write_row(out: &mut String, row: &ExportRow, key_name: &str) {
+/// The admins' export of every owner's keys adds the keys' owner as a last column (the columns
+/// before it are the key export's, so what reads one reads the other).
+pub const HEADER_WITH_OWNER: &str = "period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms,owner_email\r\n";
+
+/// Appends one row (with its line break) to `out`; with `owner_email` for the admins' export.
+pub fn write_row(out: &mut String, row: &ExportRow, key_name: &str, owner_email: Option<&str>) {
     let t = &row.totals;
     let _ = write!(
         out,
-        "{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{}",
         row.period_start.format("%Y-%m-%dT%H:%M:%SZ"),
         row.key_id,
         field(key_name),
@@ -58,15 +62,28 @@ pub fn write_row(out: &mut String, row: &ExportRow, key_name: &str) {
         millis(t.p50_ms()),
         millis(t.p95_ms()),
     );
+    if let Some(owner) = owner_email {
+        let _ = write!(out, ",{}", field(owner));
+    }
+    out.push_str("\r\n");
+}
+
+/// A key in an export: the name its rows carry and, in the admins' export, its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportKey {
+    pub id: Uuid,
+    pub name: String,
+    pub owner_email: Option<String>,
 }
 
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportSpec {
-    /// The keys, each with the name its rows carry.
-    pub keys: Vec<(Uuid, String)>,
+    pub keys: Vec<ExportKey>,
     pub granularity: Granularity,
     pub range: DayRange,
+    /// The `owner_email` column ([`HEADER_WITH_OWNER`]): the admins' export of every owner's keys.
+    pub with_owner: bool,
 }
 
 /// How an export reads and hands out its rows.
@@ -225,24 +242,25 @@ async fn hand_over(tx: &mpsc::Sender<Message>, message: Message, pace: Pace) -> 
 /// hands out each piece's finished rows. Stopping early rolls the transaction back, and the
 /// connection returns to the pool.
 async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Sender<Message>) -> Result<(), Stop> {
-    let mut keys: Vec<(Uuid, &str)> = spec.keys.iter().map(|(id, name)| (*id, name.as_str())).collect();
-    keys.sort_unstable();
-    keys.dedup_by_key(|(id, _)| *id);
+    let mut keys: Vec<&ExportKey> = spec.keys.iter().collect();
+    keys.sort_unstable_by_key(|k| k.id);
+    keys.dedup_by_key(|k| k.id);
     let piece_rows = pace.piece_rows.max(1);
     let fetch = format!("FETCH FORWARD {piece_rows} FROM {CURSOR}");
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, Stop, _>(|conn| {
         Box::pin(async move {
-            let mut out = HEADER.to_owned();
+            let mut out = if spec.with_owner { HEADER_WITH_OWNER } else { HEADER }.to_owned();
             let mut done = Vec::new();
-            for (key, name) in keys {
+            for key in keys {
+                let owner = if spec.with_owner { Some(key.owner_email.as_deref().unwrap_or_default()) } else { None };
                 diesel::sql_query(format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {KEY_ROLLUPS_OLDEST_FIRST}"))
-                    .bind::<SqlUuid, _>(key)
+                    .bind::<SqlUuid, _>(key.id)
                     .bind::<Timestamptz, _>(spec.range.start())
                     .bind::<Timestamptz, _>(spec.range.end())
                     .execute(conn)
                     .await?;
-                let mut rows = KeyExportRows::new(spec.granularity, spec.range, key);
+                let mut rows = KeyExportRows::new(spec.granularity, spec.range, key.id);
                 loop {
                     let piece: Vec<KeyedRollupRow> = diesel::sql_query(&fetch).load(conn).await?;
                     let last = piece.len() < piece_rows;
@@ -253,7 +271,7 @@ async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Send
                         rows.finish(&mut done);
                     }
                     for row in done.drain(..) {
-                        write_row(&mut out, &row, name);
+                        write_row(&mut out, &row, &key.name, owner);
                     }
                     // A piece inside one period finishes no row: nothing to send yet.
                     if !out.is_empty() {
