@@ -99,8 +99,9 @@ test('a merchant opening /admin is refused; an admin sees every key', async ({ p
   ]);
   expect(download.suggestedFilename()).toBe(`keymeter-usage-${month}.csv`);
   const csv = fs.readFileSync((await download.path())!, 'utf8').split('\r\n'); // RFC 4180 line ends
-  expect(csv[0]).toBe('period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms');
-  expect(csv.some((line) => line.includes(',Demo key,GET,/api/v1/ping,'))).toBe(true);
+  // The key export's columns, and the owner the invoice goes to.
+  expect(csv[0]).toBe('period_start,key_id,key_name,method,endpoint,requests,errors_4xx,errors_5xx,throttled,bytes_in,bytes_out,p50_ms,p95_ms,owner_email');
+  expect(csv.some((line) => line.includes(',Demo key,GET,/api/v1/ping,') && line.endsWith(`,${MERCHANT.email}`))).toBe(true);
 
   // Any key's usage is one click away.
   await adminPage.getByTestId('admin-keys').getByRole('row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
