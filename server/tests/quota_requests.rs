@@ -629,21 +629,11 @@ async fn an_approval_and_a_revocation_at_the_same_moment_do_not_deadlock() {
     assert_eq!(decided[0]["status"], "approved");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
+/// The merchant asks for 50/hour while `statements` (run by the test, uncommitted) hold their
+/// locks; they commit 300 ms later. The answer: status and body.
+async fn ask_while_held(s: &Setup, statements: &str) -> (StatusCode, String) {
     use diesel_async::SimpleAsyncConnection;
-    let s = setup().await;
-    // A revocation under way, as `revoke_by` makes it: the key marked, its open requests closed
-    // (none yet), not committed.
-    let mut revoking = hold_locks(
-        &s.app,
-        &format!(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = '{0}'; \
-             UPDATE quota_requests SET status = 'cancelled' WHERE api_key_id = '{0}' AND status = 'pending'",
-            s.key_id
-        ),
-    )
-    .await;
+    let mut holder = hold_locks(&s.app, statements).await;
     let asked = tokio::spawn({
         let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/quota-requests/create"), s.key_id.clone());
         async move {
@@ -653,8 +643,21 @@ async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    revoking.batch_execute("COMMIT").await.unwrap();
-    let (status, body) = asked.await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    asked.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
+    let s = setup().await;
+    // A revocation under way, as `revoke_by` makes it: the key marked, its open requests closed
+    // (none yet), not committed.
+    let revoking = format!(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = '{0}'; \
+         UPDATE quota_requests SET status = 'cancelled' WHERE api_key_id = '{0}' AND status = 'pending'",
+        s.key_id
+    );
+    let (status, body) = ask_while_held(&s, &revoking).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("This key is revoked."), "{body}");
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 0);
@@ -662,25 +665,10 @@ async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_judged_against_the_limits_the_key_has_when_it_is_stored() {
-    use diesel_async::SimpleAsyncConnection;
     let s = setup().await;
     // A raise to 100/hour under way (not committed) while the merchant asks for 50.
-    let mut raising = hold_locks(
-        &s.app,
-        &format!("UPDATE api_key_quotas SET requests_per_hour = 100 WHERE api_key_id = '{}'", s.key_id),
-    )
-    .await;
-    let asked = tokio::spawn({
-        let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/quota-requests/create"), s.key_id.clone());
-        async move {
-            let form = [("key_id", key.as_str()), ("per_hour", "50"), ("per_day", ""), ("reason", "launch")];
-            let res = merchant.post(url).form(&form).send().await.unwrap();
-            (res.status(), res.text().await.unwrap())
-        }
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    raising.batch_execute("COMMIT").await.unwrap();
-    let (status, body) = asked.await.unwrap();
+    let raising = format!("UPDATE api_key_quotas SET requests_per_hour = 100 WHERE api_key_id = '{}'", s.key_id);
+    let (status, body) = ask_while_held(&s, &raising).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("above the current 100"), "{body}");
     assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
