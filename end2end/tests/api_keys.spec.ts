@@ -36,8 +36,11 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await row.getByTestId('revoke').click();
   await expect(row.getByRole('alertdialog')).toContainText('Revoke');
   await expect(row.getByTestId('confirm-revoke')).toBeFocused();
+  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(/Calls with it will be refused at once/);
   await page.keyboard.press('Escape');
   await expect(row.getByRole('alertdialog')).toBeHidden();
+  // The keyboard is back on "Revoke…", not dropped to the top of the page.
+  await expect(row.getByTestId('revoke')).toBeFocused();
   await row.getByTestId('revoke').click();
   await row.getByRole('button', { name: 'Cancel' }).click();
   await expect(row.getByRole('alertdialog')).toBeHidden();

@@ -47,6 +47,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await hydrated(page);
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'approved');
   await expect(page.getByTestId('unread')).toBeVisible();
+  // Screen readers hear the count too, not just "Notifications".
+  await expect(page.getByTestId('bell')).toHaveAccessibleName(/^Notifications \d+ unread$/);
   await page.getByTestId('bell').click();
   await expect(page.getByTestId('notifications')).toContainText(`Quota raised for “${name}”`);
   // The list, once shown, is marked read: the bell's count goes on the next page.

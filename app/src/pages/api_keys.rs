@@ -185,12 +185,18 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
 #[component]
 fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> impl IntoView {
     let details = NodeRef::<leptos::html::Details>::new();
+    let summary = NodeRef::<leptos::html::Summary>::new();
     let confirm = NodeRef::<leptos::html::Button>::new();
     let scripted = RwSignal::new(false);
     Effect::new(move |_| scripted.set(true));
+    let (question, describes) = (format!("revoke-question-{id}"), format!("revoke-question-{id}"));
     let close = move || {
         if let Some(d) = details.get_untracked() {
             d.set_open(false);
+        }
+        // Back where the keyboard was (the summary is hidden while the question shows).
+        if let Some(s) = summary.get_untracked() {
+            let _ = s.focus();
         }
     };
     view! {
@@ -204,11 +210,11 @@ fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> im
                 }
             }
             on:keydown=move |ev| if ev.key() == "Escape" { close() }>
-            <summary class="danger-outline" data-testid="revoke">"Revoke…"</summary>
+            <summary class="danger-outline" data-testid="revoke" node_ref=summary>"Revoke…"</summary>
             <ActionForm action=revoke>
                 <input type="hidden" name="id" value=id/>
-                <div class="confirm" role="alertdialog" aria-label="Confirm revocation">
-                    <span>{format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")}</span>
+                <div class="confirm" role="alertdialog" aria-label="Confirm revocation" aria-describedby=describes>
+                    <span id=question>{format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")}</span>
                     <button type="submit" class="danger" data-testid="confirm-revoke" node_ref=confirm>"Revoke"</button>
                     <button type="button" class="link" hidden=move || !scripted.get() on:click=move |_| close()>"Cancel"</button>
                 </div>
@@ -265,7 +271,7 @@ fn KeyDetails(
     let status = key.status();
     view! {
         <PageTitle text=format!("{} · API keys · keymeter", key.name)/>
-        <p class="crumbs"><A href="/dashboard/developers/api-keys">"API keys"</A>" / "{key.name.clone()}</p>
+        <p class="crumbs"><A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "{key.name.clone()}</p>
         <div class="page-head">
             <h1 data-testid="key-title">{key.name.clone()}</h1>
             <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"View usage →"</A>

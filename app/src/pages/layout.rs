@@ -57,9 +57,10 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                     class="bell"
                     href="/dashboard/notifications"
                     title="Notifications"
-                    aria-label="Notifications"
                     data-testid="bell"
                 >
+                    // Its name, with the count below, for screen readers: "Notifications 2 unread".
+                    <span class="visually-hidden">"Notifications"</span>
                     // An inline icon: an emoji bell needs an emoji font, which many machines lack.
                     <svg class="bell-icon" viewBox="0 0 24 24" width="18" height="18" aria-hidden="true">
                         <path
@@ -70,7 +71,9 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                     <Transition fallback=|| ()>
                         {move || Suspend::new(async move {
                             match unread.await {
-                                Ok(n) if n > 0 => view! { <span class="count" data-testid="unread">{n}</span> }.into_any(),
+                                Ok(n) if n > 0 => view! {
+                                    <span class="count" data-testid="unread">{n}<span class="visually-hidden">" unread"</span></span>
+                                }.into_any(),
                                 _ => ().into_any(),
                             }
                         })}
@@ -173,12 +176,15 @@ pub fn page_number(query: &leptos_router::params::ParamsMap) -> u32 {
 /// "Previous" and "Next" under a paged list, each only where there is such a page.
 #[component]
 pub fn Pager(previous: Option<String>, next: Option<String>) -> impl IntoView {
-    view! {
-        <nav class="pager">
-            {previous.map(|href| view! { <A href=href attr:data-testid="previous">"Previous"</A> })}
-            {next.map(|href| view! { <A href=href attr:data-testid="next">"Next"</A> })}
-        </nav>
-    }
+    // No empty navigation landmark when everything fits on one page.
+    (previous.is_some() || next.is_some()).then(|| {
+        view! {
+            <nav class="pager" aria-label="Pages">
+                {previous.map(|href| view! { <A href=href attr:data-testid="previous">"Previous"</A> })}
+                {next.map(|href| view! { <A href=href attr:data-testid="next">"Next"</A> })}
+            </nav>
+        }
+    })
 }
 
 #[component]

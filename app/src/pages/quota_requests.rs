@@ -60,7 +60,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                     {(!yours && !revoked).then(|| view! {
                                         <p class="muted" data-testid="not-owner">
                                             "Only the key's owner asks for more. As an admin, "
-                                            <A href=format!("/dashboard/developers/api-keys/{id}#set-quota")>"set its quota directly"</A>"."
+                                            <A href=format!("/dashboard/developers/api-keys/{id}#set-quota") exact=true>"set its quota directly"</A>"."
                                         </p>
                                     })}
                                     {(yours && !open && !revoked).then(|| view! {
@@ -145,7 +145,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         <h1>"Quota requests"</h1>
         <p><A href="/admin/quota-changes">"Audit trail of every quota change and decision →"</A></p>
         <p class="muted" data-testid="set-directly">
-            "To change a key's quota without a request, find the key under "<A href="/admin">"All keys"</A>
+            "To change a key's quota without a request, find the key under "<A href="/admin" exact=true>"All keys"</A>
             " and open it."
         </p>
         {error}
@@ -279,7 +279,8 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
                     <label>"Per day" <input name="per_day" inputmode="numeric" value=key.requests_per_day.to_string() required data-testid="set-per-day"/></label>
                 </div>
                 <label>"Reason" <input name="reason" required data-testid="set-reason"/></label>
-                <button type="submit" disabled=move || action.pending().get()>"Set quota"</button>
+                // Not disabled while it is sent: a disabled button drops the keyboard's focus.
+                <button type="submit">"Set quota"</button>
             </ActionForm>
             {move || action.value().get().map(|r| match r {
                 Ok(()) => view! { <p class="hint" role="status" data-testid="set-done">"Quota set; it applies to the key's next request."</p> }.into_any(),

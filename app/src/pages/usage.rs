@@ -83,8 +83,8 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     let try_it = format!("curl -H \"X-API-Key: {}…\" {}/api/v1/ping", key.prefix, overview.api_base);
     view! {
         <p class="crumbs">
-            <A href="/dashboard/developers/api-keys">"API keys"</A>" / "
-            <A href=key_page>{key_name.clone()}</A>" / usage"
+            <A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "
+            <A href=key_page exact=true>{key_name.clone()}</A>" / usage"
         </p>
         <div class="page-head">
             <h1 data-testid="usage-title">
