@@ -1,19 +1,10 @@
 use leptos::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use super::{CreatedKey, KeyView};
+use super::{CreatedKey, KeyView, KeysPage};
 use crate::error::AppError;
 
 /// Keys on a page of the merchant's key list.
 pub const KEYS_PER_PAGE: usize = 50;
-
-/// A page of the signed-in merchant's keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeysPage {
-    pub keys: Vec<KeyView>,
-    /// There is a next page.
-    pub more: bool,
-}
 
 /// The signed-in user's keys a page at a time (`page` from 1): active ones first, newest first.
 #[server(prefix = "/rpc", endpoint = "keys/list")]
@@ -21,12 +12,9 @@ pub async fn list_keys(#[server(default)] page: u32) -> Result<KeysPage, AppErro
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let offset = i64::from(page.max(1) - 1) * KEYS_PER_PAGE as i64;
-    // One more than a page tells whether there is a next one.
-    let mut keys =
-        services::keys::api_keys::page_for_owner(&services.db, user.id, offset, KEYS_PER_PAGE as i64 + 1).await?;
-    let more = keys.len() > KEYS_PER_PAGE;
-    keys.truncate(KEYS_PER_PAGE);
+    let (offset, fetch) = super::page_window(page, KEYS_PER_PAGE);
+    let keys = services::keys::api_keys::page_for_owner(&services.db, user.id, offset, fetch).await?;
+    let (keys, more) = super::one_page(keys, KEYS_PER_PAGE);
     Ok(KeysPage { keys: ssr::with_current_use(&services, keys, user.id).await, more })
 }
 

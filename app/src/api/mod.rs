@@ -57,6 +57,29 @@ pub struct KeyView {
     pub viewer_is_admin: bool,
 }
 
+/// A page of keys (the merchant's list, the admins' search).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysPage {
+    pub keys: Vec<KeyView>,
+    /// There is a next page.
+    pub more: bool,
+}
+
+/// Where page `page` (from 1; 0 is the first) of `per_page` starts, and how many rows to fetch:
+/// one more than a page tells whether there is a next one (see [`one_page`]).
+#[cfg(feature = "ssr")]
+fn page_window(page: u32, per_page: usize) -> (i64, i64) {
+    (i64::from(page.max(1) - 1) * per_page as i64, per_page as i64 + 1)
+}
+
+/// The rows fetched for a [`page_window`], cut to the page, and whether there are more.
+#[cfg(feature = "ssr")]
+fn one_page<T>(mut fetched: Vec<T>, per_page: usize) -> (Vec<T>, bool) {
+    let more = fetched.len() > per_page;
+    fetched.truncate(per_page);
+    (fetched, more)
+}
+
 /// A key's use of its current quota windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentUse {
