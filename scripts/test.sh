@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every test against real PostgreSQL and Redis started here on free ports, in a
-# temporary directory, stopped at the end whatever happens.
+# temporary directory, stopped at the end whatever happens. Arguments go to Playwright (e.g.
+# `KEYMETER_ONLY_BROWSER_TESTS=1 bash scripts/test.sh tests/api_keys.spec.ts`).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -53,7 +54,7 @@ export DATABASE_URL="$pg/keymeter_e2e" REDIS_URL="$KEYMETER_TEST_REDIS" KEYMETER
 server_pid=$!
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$app_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 export KEYMETER_BASE_URL="http://127.0.0.1:$app_port" KEYMETER_BIN="$SERVER_BIN"
-if ! (cd end2end && npx playwright test); then
+if ! (cd end2end && npx playwright test "$@"); then
   echo "--- server log ---" >&2; tail -n 50 "$tmp/server.log" >&2
   exit 1
 fi

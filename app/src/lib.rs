@@ -93,6 +93,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("mail") view=admin::AdminMailPage/>
                 </ParentRoute>
             </Routes>
+            <layout::RouteAnnouncer/>
         </Router>
     }
 }

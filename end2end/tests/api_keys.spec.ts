@@ -10,6 +10,8 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await page.getByRole('button', { name: 'Create key' }).click();
   const secret = (await page.getByTestId('new-secret').textContent())!.trim();
   expect(secret).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  // The keyboard lands on "Copy": the secret is shown this once.
+  await expect(page.getByTestId('copy-secret')).toBeFocused();
   // The example call names this server, not a fixed local address.
   await expect(page.getByTestId('try-it')).toHaveText(`curl -H "Authorization: Bearer ${secret}" ${process.env.KEYMETER_BASE_URL}/api/v1/ping`);
   await page.getByTestId('copy-secret').click();
@@ -48,6 +50,9 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await row.getByTestId('revoke').click();
   await row.getByTestId('confirm-revoke').click();
   await expect(row).toHaveAttribute('data-status', 'revoked');
+  // "Revoke…" went with the key: what happened is said where the keyboard now is.
+  await expect(page.getByTestId('revoked')).toHaveText(`“${name}” is revoked: calls with it are refused.`);
+  await expect(page.getByTestId('revoked')).toBeFocused();
 
   const denied = await request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
   expect(denied.status()).toBe(401);

@@ -13,6 +13,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   // The merchant asks for more from the key's page.
   await row.getByRole('link', { name }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
+  // The page changed without a load: screen readers are told which page it is now.
+  await expect(page.getByTestId('route-announcer')).toHaveText(`${name} · API keys · keymeter`);
   await page.getByTestId('ask-per-hour').fill('1');
   await page.getByTestId('ask-reason').fill('Launch day');
   await page.getByRole('button', { name: 'Request increase' }).click();
@@ -20,6 +22,9 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await page.getByTestId('ask-per-hour').fill('25');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  // The form is gone (one open request at a time); the keyboard is on what happened instead.
+  await expect(page.getByTestId('request-done')).toHaveText('Request for 25/h · 100/day sent. You will be told when an admin decides.');
+  await expect(page.getByTestId('request-done')).toBeFocused();
 
   // An admin approves it.
   const adminPage = await (await browser.newContext()).newPage();
@@ -35,6 +40,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await card.getByLabel('Per hour').fill('25');
   await card.getByTestId('approve').click();
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
+  await expect(adminPage.getByTestId('decision-done')).toHaveText(`Approved: “${name}” now allows 25/h · 100/day. ${MERCHANT.email} is told.`);
+  await expect(adminPage.getByTestId('decision-done')).toBeFocused();
   // The decided card says what was granted.
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name }).getByTestId('granted')).toHaveText('25/h · 100/day');
 
@@ -93,6 +100,8 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await card.getByTestId('deny-note').fill('Cache the status calls first');
   await card.getByTestId('deny').click();
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'denied');
+  await expect(adminPage.getByTestId('decision-done')).toHaveText(`Denied: the request for “${name}”. ${MERCHANT.email} is told.`);
+  await expect(adminPage.getByTestId('decision-done')).toBeFocused();
   await adminPage.goto('/admin/quota-changes');
   // The key's rows: the operator's setup change, then the denial (newest first).
   const rows = adminPage.getByTestId('audit-row').filter({ hasText: name });

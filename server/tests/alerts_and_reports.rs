@@ -218,19 +218,8 @@ async fn wait_for_pending_with_errors(app: &TestApp, n: i64) -> i64 {
 }
 
 async fn pending_with_errors(app: &TestApp) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let row: N = diesel::sql_query(
-        "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL AND attempts > 0 AND last_error IS NOT NULL",
-    )
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    row.n
+    app.count("SELECT count(*) FROM outbound_emails WHERE sent_at IS NULL AND attempts > 0 AND last_error IS NOT NULL")
+        .await
 }
 
 fn ms(rfc3339: &str) -> i64 {
@@ -401,18 +390,7 @@ async fn the_monthly_summary_waits_until_the_months_usage_is_stored() {
 }
 
 async fn pending_reports(app: &TestApp, month: Month) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let row: Count = diesel::sql_query("SELECT count(*) AS n FROM monthly_reports WHERE month = $1")
-        .bind::<diesel::sql_types::Date, _>(month.first_day())
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    row.n
+    app.count(&format!("SELECT count(*) FROM monthly_reports WHERE month = '{}'", month.first_day())).await
 }
 
 /// Opening the bell's list marks read what it showed, not what arrived after it was listed.

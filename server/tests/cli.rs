@@ -79,16 +79,6 @@ async fn run(cmd: &mut Command) -> Run {
     run_with(cmd, None, Duration::from_secs(60)).await
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query(sql).get_result::<Count>(&mut conn).await.unwrap().n
-}
-
 /// A brand-new database with nothing in it; returns its URL.
 async fn empty_database() -> String {
     let pg = env("KEYMETER_TEST_PG");
@@ -145,9 +135,9 @@ async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() 
     assert!(r.stdout.contains("not sent to ann@example.com: Connection error"), "{r:?}");
     assert!(r.stderr.contains("retries the ones still queued"), "{r:?}");
     // Still queued with its error, for a server's sender to retry.
-    let queued = "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL AND attempts = 1 \
+    let queued = "SELECT count(*) FROM outbound_emails WHERE sent_at IS NULL AND attempts = 1 \
                   AND last_error LIKE '%refused%'";
-    assert_eq!(count(&app, queued).await, 1);
+    assert_eq!(app.count(queued).await, 1);
 
     // Sent: said so, and success.
     owner_of_last_month(&app, "bob@example.com").await;
@@ -183,9 +173,9 @@ async fn report_monthly_gives_up_on_a_mail_server_that_never_answers() {
     assert!(r.stdout.contains("mail: 0 of 2 sent"), "{r:?}");
     assert!(r.stdout.contains("did not answer within"), "{r:?}");
     // Both stay queued, due for a server's sender.
-    assert_eq!(count(&app, "SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL").await, 2);
-    let due = "SELECT count(*) AS n FROM outbound_emails WHERE next_attempt_at < now() + interval '1 minute'";
-    assert_eq!(count(&app, due).await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM outbound_emails WHERE sent_at IS NULL").await, 2);
+    let due = "SELECT count(*) FROM outbound_emails WHERE next_attempt_at < now() + interval '1 minute'";
+    assert_eq!(app.count(due).await, 2);
 }
 
 #[tokio::test]
@@ -199,8 +189,8 @@ async fn report_monthly_checks_the_mail_settings_before_it_queues_anything() {
         assert_eq!(r.code, Some(1), "{var}: {r:?}");
         assert!(r.stderr.contains(var) && !r.stderr.contains("internal error"), "{var}: {r:?}");
         // Nothing recorded as sent, nothing queued.
-        assert_eq!(count(&app, "SELECT count(*) AS n FROM monthly_reports").await, 0, "{var}");
-        assert_eq!(count(&app, "SELECT count(*) AS n FROM outbound_emails").await, 0, "{var}");
+        assert_eq!(app.count("SELECT count(*) FROM monthly_reports").await, 0, "{var}");
+        assert_eq!(app.count("SELECT count(*) FROM outbound_emails").await, 0, "{var}");
     }
 }
 
@@ -266,7 +256,7 @@ async fn user_add_refuses_addresses_the_mailer_cannot_use_and_blank_passwords() 
     let r = run_with(&mut add("ann@example.com"), Some(&blank), Duration::from_secs(30)).await;
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("only spaces"), "{r:?}");
-    assert_eq!(count(&app, "SELECT count(*) AS n FROM users").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM users").await, 0);
 
     // A good address and password through a pipe still work, and the web sign-in agrees.
     let r = run_with(&mut add("Ann@Example.com"), Some("a long password\n"), Duration::from_secs(30)).await;
@@ -381,8 +371,8 @@ async fn quota_set_refuses_a_revoked_key() {
     let app = TestApp::spawn_without_mailer().await;
     let (_, id) = app.key_with_quota(100, 1000).await;
     api_keys::revoke(&app.services.db, id).await.unwrap();
-    let changes = format!("SELECT count(*) AS n FROM quota_changes WHERE api_key_id = '{id}'");
-    let before = count(&app, &changes).await;
+    let changes = format!("SELECT count(*) FROM quota_changes WHERE api_key_id = '{id}'");
+    let before = app.count(&changes).await;
     let r = run(keymeter(&app).args(["quota", "set", "--key", &id.to_string(), "--per-hour", "5", "--per-day", "50"]))
         .await;
     assert_eq!(r.code, Some(1), "{r:?}");
@@ -390,7 +380,7 @@ async fn quota_set_refuses_a_revoked_key() {
         r.stderr.contains(&format!("the quota of key {id} was not changed")) && r.stderr.contains("revoked"),
         "{r:?}"
     );
-    assert_eq!(count(&app, &changes).await, before, "no audit entry");
+    assert_eq!(app.count(&changes).await, before, "no audit entry");
     let key = api_keys::list_all(&app.services.db).await.unwrap().into_iter().find(|k| k.id == id).unwrap();
     assert_eq!((key.quota.per_hour.get(), key.quota.per_day.get()), (100, 1000));
 }

@@ -53,16 +53,6 @@ async fn audit_trail(s: &Setup, args: &[(&str, &str)]) -> (Vec<Value>, Option<St
     (entries, page["older"].as_str().map(str::to_owned))
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query(sql).get_result::<N>(&mut conn).await.unwrap().n
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     let s = setup().await;
@@ -79,9 +69,9 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     // One open request per key.
     assert_eq!(ask(&s, "200", "", "more").await.status(), StatusCode::CONFLICT);
     // Admins are emailed what is asked for, on which key, against what it has now.
-    let emailed = "SELECT count(*) AS n FROM outbound_emails WHERE to_address = 'root@example.com' \
+    let emailed = "SELECT count(*) FROM outbound_emails WHERE to_address = 'root@example.com' \
                    AND text_body LIKE '%asks for 100/hour and 10,000/day on the key “Checkout” (km_live_%, now 2/hour and 10,000/day): Black Friday traffic%'";
-    assert_eq!(count(&s.app, emailed).await, 1);
+    assert_eq!(s.app.count(emailed).await, 1);
 
     // The admin sees the key's recent use next to the request.
     s.app.wait_for_events(services::keys::ApiKeyId::parse(&s.key_id).unwrap(), 3).await;
@@ -112,7 +102,7 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     assert!(bell.iter().any(|n| n["title"].as_str().unwrap().contains("Quota raised")), "{bell:?}");
     assert_eq!(
-        count(&s.app, "SELECT count(*) AS n FROM outbound_emails WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota raised%'").await,
+        s.app.count("SELECT count(*) FROM outbound_emails WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota raised%'").await,
         1
     );
     let audit = audit_trail(&s, &[]).await.0;
@@ -157,7 +147,7 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     assert_eq!(denied["decision_note"], "Upgrade your plan first");
     let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["requests_per_day"], 15_000);
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'request'").await, 0);
     // The audit trail keeps the denial too, newest first, with who, what was asked and the note.
     let audit = audit_trail(&s, &[]).await.0;
     let decisions: Vec<&str> = audit.iter().map(|e| e["decision"].as_str().unwrap_or_default()).collect();
@@ -228,7 +218,7 @@ async fn of_two_concurrent_approvals_exactly_one_wins() {
     let mut statuses = [a, b];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 1);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'request'").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +277,7 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
         let body: Value = res.json().await.unwrap();
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests").await, 0);
     let bad_id = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", "abc")]).await;
     assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
     let set = admin_set(&s, "0", "10", "x").await;
@@ -299,12 +289,12 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     assert_eq!(audit[0]["decision"], "set");
     assert_eq!(audit[0]["reason"], "support ticket 42");
     // The same limits again: nothing to change, nothing recorded, nobody told.
-    let told = count(&s.app, "SELECT count(*) AS n FROM notifications").await;
+    let told = s.app.count("SELECT count(*) FROM notifications").await;
     let again = admin_set(&s, "7", "70", "again").await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     assert!(message(again).await.contains("nothing to change"));
     assert_eq!(audit_trail(&s, &[]).await.0.len(), audit.len());
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM notifications").await, told);
+    assert_eq!(s.app.count("SELECT count(*) FROM notifications").await, told);
 
     // The form is on the key's page, for admins only, filled with the key's limits.
     let path = format!("/dashboard/developers/api-keys/{}", s.key_id);
@@ -374,8 +364,8 @@ async fn an_approval_below_the_live_quota_is_refused_and_the_request_stays_pendi
         assert!(message(stale).await.contains("500/hour and 20,000/day"));
     }
     assert_eq!(key_limits(&s).await, (500, 20_000));
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source = 'request'").await, 0);
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'request'").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests WHERE status = 'pending'").await, 1);
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     assert!(!bell.iter().any(|n| n["title"].as_str().unwrap().contains("Quota raised")), "{bell:?}");
 
@@ -409,7 +399,7 @@ async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_chan
     let res = ask(&s, "50000", "", "big hour").await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(message(res).await.contains("hourly limit cannot exceed the daily limit"));
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests").await, 0);
 
     // The admin's direct change.
     let set = admin_set(&s, "3000", "2000", "typo").await;
@@ -424,8 +414,8 @@ async fn the_hourly_limit_cannot_exceed_the_daily_one_in_requests_and_admin_chan
     assert_eq!(adjusted.status(), StatusCode::BAD_REQUEST);
     assert!(message(adjusted).await.contains("hourly limit cannot exceed the daily limit"));
     assert_eq!(key_limits(&s).await, (2, 10_000));
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 1);
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_changes WHERE source <> 'operator'").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests WHERE status = 'pending'").await, 1);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source <> 'operator'").await, 0);
 
     // Equal is fine.
     assert_eq!(approve(&s, &id, "60000", "60000").await.status(), StatusCode::OK);
@@ -438,26 +428,26 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     let set = admin_set(&s, "500", "20000", "ticket 7").await;
     assert_eq!(set.status(), StatusCode::OK);
     assert_eq!(key_limits(&s).await, (500, 20_000));
-    let told = "SELECT count(*) AS n FROM notifications n JOIN users u ON u.id = n.user_id \
+    let told = "SELECT count(*) FROM notifications n JOIN users u ON u.id = n.user_id \
                 WHERE u.email = 'ann@example.com' AND n.kind = 'quota_changed' \
                 AND n.body LIKE '%500 requests per hour and 20,000 per day. Reason: ticket 7%'";
-    assert_eq!(count(&s.app, told).await, 1);
-    let mailed = "SELECT count(*) AS n FROM outbound_emails \
+    assert_eq!(s.app.count(told).await, 1);
+    let mailed = "SELECT count(*) FROM outbound_emails \
                   WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota changed for%Checkout%'";
-    assert_eq!(count(&s.app, mailed).await, 1);
+    assert_eq!(s.app.count(mailed).await, 1);
 
     // Setting the same limits again changes nothing: no audit row, no second message.
-    let changes = "SELECT count(*) AS n FROM quota_changes WHERE source = 'admin'";
-    assert_eq!(count(&s.app, changes).await, 1);
+    let changes = "SELECT count(*) FROM quota_changes WHERE source = 'admin'";
+    assert_eq!(s.app.count(changes).await, 1);
     let again = admin_set(&s, "500", "20,000", "ticket 7 again").await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     assert!(message(again).await.contains("already allows 500/hour and 20,000/day"));
     // A reason that did not decode (`%FF`) is refused too, as the merchants' reasons are.
     let garbled = admin_set(&s, "600", "20000", "ticket \u{FFFD}").await;
     assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(count(&s.app, changes).await, 1);
-    assert_eq!(count(&s.app, told).await, 1);
-    assert_eq!(count(&s.app, mailed).await, 1);
+    assert_eq!(s.app.count(changes).await, 1);
+    assert_eq!(s.app.count(told).await, 1);
+    assert_eq!(s.app.count(mailed).await, 1);
 }
 
 /// Every pending request is on the admins' list, however many wait: one limit over pending and
@@ -611,12 +601,14 @@ async fn an_approval_and_a_revocation_at_the_same_moment_do_not_deadlock() {
             admin.post(url).form(&form).send().await.unwrap().status()
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The approval has the key and waits for its limits.
+    s.app.wait_for_lock_waits(1).await;
     let revocation = tokio::spawn({
         let (merchant, url, key) = (s.merchant.clone(), s.app.url("/rpc/keys/revoke"), s.key_id.clone());
         async move { merchant.post(url).form(&[("id", key.as_str())]).send().await.unwrap().status() }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The revocation waits for the key the approval holds.
+    s.app.wait_for_lock_waits(2).await;
     holder.batch_execute("COMMIT").await.unwrap();
     let (approval, revocation) = (approval.await.unwrap(), revocation.await.unwrap());
     assert_eq!(
@@ -630,7 +622,7 @@ async fn an_approval_and_a_revocation_at_the_same_moment_do_not_deadlock() {
 }
 
 /// The merchant asks for 50/hour while `statements` (run by the test, uncommitted) hold their
-/// locks; they commit 300 ms later. The answer: status and body.
+/// locks; they commit once the ask waits for one of them. The answer: status and body.
 async fn ask_while_held(s: &Setup, statements: &str) -> (StatusCode, String) {
     use diesel_async::SimpleAsyncConnection;
     let mut holder = hold_locks(&s.app, statements).await;
@@ -642,7 +634,7 @@ async fn ask_while_held(s: &Setup, statements: &str) -> (StatusCode, String) {
             (res.status(), res.text().await.unwrap())
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    s.app.wait_for_lock_waits(1).await;
     holder.batch_execute("COMMIT").await.unwrap();
     asked.await.unwrap()
 }
@@ -660,7 +652,7 @@ async fn a_request_asked_while_its_key_is_being_revoked_is_refused() {
     let (status, body) = ask_while_held(&s, &revoking).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("This key is revoked."), "{body}");
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests WHERE status = 'pending'").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests WHERE status = 'pending'").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,5 +663,5 @@ async fn a_request_is_judged_against_the_limits_the_key_has_when_it_is_stored() 
     let (status, body) = ask_while_held(&s, &raising).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("above the current 100"), "{body}");
-    assert_eq!(count(&s.app, "SELECT count(*) AS n FROM quota_requests").await, 0);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_requests").await, 0);
 }

@@ -222,18 +222,7 @@ async fn retention_drops_old_raw_events_and_keeps_rollups() {
 }
 
 async fn hourly_requests(app: &TestApp, key: Uuid) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Sum {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query("SELECT coalesce(sum(requests), 0)::bigint AS n FROM api_key_usage_hour WHERE api_key_id = $1")
-        .bind::<diesel::sql_types::Uuid, _>(key)
-        .get_result::<Sum>(&mut conn)
-        .await
-        .unwrap()
-        .n
+    app.count(&format!("SELECT sum(requests) FROM api_key_usage_hour WHERE api_key_id = '{key}'")).await
 }
 
 /// A writer remembers which days' partitions exist. When retention dropped one and an event of
@@ -293,7 +282,7 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
 
     housekeeping(&app).apply(chrono::Utc::now().date_naive()).await.unwrap();
 
-    let sessions = count(&app, &format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
+    let sessions = app.count(&format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
     assert_eq!(sessions, 1, "the expired session went, the live one stayed");
     let res = app.page(&client, "/dashboard/developers/api-keys").await;
     assert_eq!(res.status(), StatusCode::OK, "still signed in");
@@ -305,11 +294,11 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
         titles(&app, "SELECT subject AS t FROM outbound_emails ORDER BY id").await,
         ["sent lately", "still tried"]
     );
-    assert_eq!(count(&app, "SELECT count(*) FROM outbound_email_attachments").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbound_email_attachments").await, 0);
     let summary_records =
-        count(&app, &format!("SELECT count(*) FROM monthly_reports WHERE user_id = {m} AND email_id IS NULL")).await;
+        app.count(&format!("SELECT count(*) FROM monthly_reports WHERE user_id = {m} AND email_id IS NULL")).await;
     assert_eq!(summary_records, 1, "the summary record stays: July's summary is not sent again");
-    assert_eq!(count(&app, &format!("SELECT count(*) FROM quota_alerts WHERE api_key_id = '{k}'")).await, 1);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM quota_alerts WHERE api_key_id = '{k}'")).await, 1);
 
     // A crossing of a period whose record may be gone is not alerted again.
     let old_day = (chrono::Utc::now() - chrono::Duration::days(100)).timestamp_millis() / 86_400_000 * 86_400_000;
@@ -327,16 +316,6 @@ fn housekeeping(app: &TestApp) -> services::housekeeping::Housekeeping {
 async fn sql(app: &TestApp, statement: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     diesel::sql_query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
-async fn count(app: &TestApp, query: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        count: i64,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap().count
 }
 
 async fn titles(app: &TestApp, query: &str) -> Vec<String> {

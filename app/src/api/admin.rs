@@ -1,6 +1,6 @@
 use leptos::prelude::*;
 
-use super::{KeyView, KeysPage};
+use super::KeysPage;
 use crate::error::AppError;
 
 /// Keys on a page of `/admin`.
@@ -13,7 +13,7 @@ pub async fn admin_search_keys(
     #[server(default)] q: String,
     #[server(default)] page: u32,
 ) -> Result<KeysPage, AppError> {
-    use super::session;
+    use super::{session, KeyView};
     let services = session::services()?;
     let admin = session::require_admin(&services).await?;
     let (offset, fetch) = super::page_window(page, ADMIN_KEYS_PER_PAGE);

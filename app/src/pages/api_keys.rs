@@ -4,7 +4,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
-use super::layout::{page_number, ErrorPanel, PageTitle, Pager};
+use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager};
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails,
 };
@@ -68,8 +68,12 @@ pub fn ApiKeysPage() -> impl IntoView {
                 })}
             </Transition>
         </section>
-        {move || revoke.value().get().and_then(|r| r.err()).map(|err| view! {
-            <p class="error" role="alert">{err.to_string()}</p>
+        {move || revoke.value().get().map(|r| match r {
+            // The row's "Revoke…" is gone with the key: say so where the keyboard was.
+            Ok(key) => view! {
+                <Confirmation text=format!("\u{201c}{}\u{201d} is revoked: calls with it are refused.", key.name) testid="revoked"/>
+            }.into_any(),
+            Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
         })}
         <section class="card">
             <h2>"Your keys"</h2>
@@ -108,6 +112,13 @@ pub fn ApiKeysPage() -> impl IntoView {
 #[component]
 fn NewSecret(created: CreatedKey) -> impl IntoView {
     let copied = RwSignal::new(false);
+    // The keyboard goes to "Copy": the secret is what the user came for, and it is shown once.
+    let copy_button = NodeRef::<leptos::html::Button>::new();
+    Effect::new(move |_| {
+        if let Some(b) = copy_button.get() {
+            let _ = b.focus();
+        }
+    });
     let secret = created.secret.clone();
     let copy = move |_| {
         #[cfg(feature = "hydrate")]
@@ -126,7 +137,7 @@ fn NewSecret(created: CreatedKey) -> impl IntoView {
             </p>
             <div class="secret-row">
                 <code data-testid="new-secret">{created.secret.clone()}</code>
-                <button type="button" on:click=copy data-testid="copy-secret">
+                <button type="button" on:click=copy data-testid="copy-secret" node_ref=copy_button>
                     {move || if copied.get() { "Copied" } else { "Copy" }}
                 </button>
             </div>
@@ -332,7 +343,7 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
                 </div>
             </ActionForm>
             {move || action.value().get().map(|r| match r {
-                Ok(_) => view! { <p class="ok" data-testid="alert-saved">"Saved."</p> }.into_any(),
+                Ok(_) => view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any(),
                 Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
             })}
         </section>

@@ -167,7 +167,6 @@ pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
     view! { <Title text/> }
 }
 
-/// Shows an error to the user; during server rendering it also sets the page's HTTP status.
 /// `?page=` of a paged list: from 1; anything else is the first page.
 pub fn page_number(query: &leptos_router::params::ParamsMap) -> u32 {
     query.get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1).max(1)
@@ -187,6 +186,77 @@ pub fn Pager(previous: Option<String>, next: Option<String>) -> impl IntoView {
     })
 }
 
+/// What a form just did, said where the keyboard is: the form that was sent is often gone
+/// afterwards (a request asked, a key revoked), and focus would fall back to the page's start,
+/// leaving keyboard and screen-reader users unsure what happened. It takes the focus when it
+/// appears.
+#[component]
+pub fn Confirmation(#[prop(into)] text: String, testid: &'static str) -> impl IntoView {
+    let node = NodeRef::<leptos::html::P>::new();
+    Effect::new(move |_| {
+        if let Some(p) = node.get() {
+            let _ = p.focus();
+        }
+    });
+    view! { <p class="ok confirmation" role="status" tabindex="-1" data-testid=testid node_ref=node>{text}</p> }
+}
+
+/// Tells screen readers that a link led to another page: the router swaps the page without a
+/// load, which they would not announce. After each move to another path, the new page's title
+/// goes into a polite live region, as a page load would have it read.
+#[component]
+pub fn RouteAnnouncer() -> impl IntoView {
+    let said = RwSignal::new(String::new());
+    #[cfg(feature = "hydrate")]
+    {
+        let location = use_location();
+        // The title last announced (or loaded with the page), and which move is being waited on.
+        let shown = StoredValue::new(document().title());
+        let moves = StoredValue::new(0_u64);
+        Effect::new(move |previous: Option<String>| {
+            let path = location.pathname.get();
+            if previous.is_some_and(|p| p != path) {
+                moves.update_value(|n| *n += 1);
+                said.set(String::new());
+                announce_title(said, shown, moves, moves.get_value(), TITLE_CHECKS);
+            }
+            path
+        });
+    }
+    view! { <p class="visually-hidden" aria-live="polite" aria-atomic="true" data-testid="route-announcer">{move || said.get()}</p> }
+}
+
+/// How often, 50 ms apart, the announcer looks for the new page's title before it reads out
+/// whatever the title is (two pages may share one).
+#[cfg(feature = "hydrate")]
+const TITLE_CHECKS: u32 = 40;
+
+/// A page whose title needs its data (a key's name) sets it only once that has loaded, so the
+/// title is read when it has changed, not at once (it would still be the last page's).
+#[cfg(feature = "hydrate")]
+fn announce_title(
+    said: RwSignal<String>,
+    shown: StoredValue<String>,
+    moves: StoredValue<u64>,
+    this_move: u64,
+    checks_left: u32,
+) {
+    if moves.get_value() != this_move {
+        return;
+    }
+    let title = document().title();
+    if title != shown.get_value() || checks_left == 0 {
+        shown.set_value(title.clone());
+        said.set(title);
+        return;
+    }
+    set_timeout(
+        move || announce_title(said, shown, moves, this_move, checks_left - 1),
+        std::time::Duration::from_millis(50),
+    );
+}
+
+/// Shows an error to the user; during server rendering it also sets the page's HTTP status.
 #[component]
 pub fn ErrorPanel(err: AppError) -> impl IntoView {
     // Not for "sign in required": the layout redirects to the sign-in page, and a status set

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
-use super::layout::{ErrorPanel, PageTitle};
+use super::layout::{Confirmation, ErrorPanel, PageTitle};
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
     AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
@@ -42,6 +42,20 @@ impl QuotaRequestsState {
 #[component]
 pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoView {
     let QuotaRequestsState { ask, cancel, requests } = state;
+    // Which of the two forms was sent last, for the confirmation that replaces it.
+    let sent = RwSignal::new(None::<Sent>);
+    let confirmation = move || {
+        let text = match sent.get()? {
+            Sent::Ask => ask.value().get()?.ok().map(|r| {
+                format!(
+                    "Request for {} sent. You will be told when an admin decides.",
+                    limits(r.requested_per_hour, r.requested_per_day)
+                )
+            }),
+            Sent::Cancel => cancel.value().get()?.ok().map(|_| "Request cancelled.".to_owned()),
+        }?;
+        Some(view! { <Confirmation text testid="request-done"/> })
+    };
     let revoked = key.is_revoked();
     // Only the owner asks (the server refuses anyone else); an admin changes quotas directly.
     let yours = key.yours;
@@ -64,6 +78,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                         </p>
                                     })}
                                     {(yours && !open && !revoked).then(|| view! {
+                                        <div on:submit=move |_| sent.set(Some(Sent::Ask))>
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
                                             <div class="inline-form">
@@ -73,8 +88,9 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                             <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason"></textarea></label>
                                             <button type="submit">"Request increase"</button>
                                         </ActionForm>
+                                        </div>
                                     })}
-                                    <RequestList list cancel/>
+                                    <div on:submit=move |_| sent.set(Some(Sent::Cancel))><RequestList list cancel/></div>
                                 }.into_any()
                             }
                             Err(err) => view! { <ErrorPanel err/> }.into_any(),
@@ -82,10 +98,17 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                     })
                 }}
             </Transition>
+            {confirmation}
             {move || ask.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert" data-testid="ask-error">{e.to_string()}</p> })}
             {move || cancel.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
         </section>
     }
+}
+
+#[derive(Clone, Copy)]
+enum Sent {
+    Ask,
+    Cancel,
 }
 
 #[component]
@@ -140,6 +163,23 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let decided = RwSignal::new(None::<(i64, Kind)>);
     let decision = Decision { approve, deny, decided };
     let error = move || decided.get().is_none().then(|| decision.error()).flatten();
+    // The decided card loses its forms (and moves below the pending ones): say what happened.
+    let confirmation = move || {
+        let text =
+            match decided.get()?.1 {
+                Kind::Approve => approve.value().get()?.ok().map(|r| {
+                    let granted = limits(
+                        r.approved_per_hour.unwrap_or(r.requested_per_hour),
+                        r.approved_per_day.unwrap_or(r.requested_per_day),
+                    );
+                    format!("Approved: \u{201c}{}\u{201d} now allows {granted}. {} is told.", r.key_name, r.owner_email)
+                }),
+                Kind::Deny => deny.value().get()?.ok().map(|r| {
+                    format!("Denied: the request for \u{201c}{}\u{201d}. {} is told.", r.key_name, r.owner_email)
+                }),
+            }?;
+        Some(view! { <Confirmation text testid="decision-done"/> })
+    };
     view! {
         <PageTitle text="Quota requests · keymeter"/>
         <h1>"Quota requests"</h1>
@@ -149,6 +189,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             " and open it."
         </p>
         {error}
+        {confirmation}
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match requests.await {

@@ -223,19 +223,9 @@ impl TestApp {
 
     /// Waits (up to 15 s) until the outbox has no unsent email left.
     pub async fn wait_until_mail_sent(&self) {
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
         let mut unsent = 0;
         for _ in 0..150 {
-            let mut conn = services::db::conn(&self.services.db).await.unwrap();
-            let row: Count = diesel::sql_query("SELECT count(*) AS n FROM outbound_emails WHERE sent_at IS NULL")
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-            unsent = row.n;
+            unsent = self.count("SELECT count(*) FROM outbound_emails WHERE sent_at IS NULL").await;
             if unsent == 0 {
                 return;
             }
@@ -273,18 +263,34 @@ impl TestApp {
     }
 
     pub async fn event_count(&self, id: ApiKeyId) -> i64 {
+        self.count(&format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}'", id.0)).await
+    }
+
+    /// The one number a query answers (a count or a sum), in this test's database.
+    pub async fn count(&self, query: &str) -> i64 {
         #[derive(diesel::QueryableByName)]
-        struct Count {
+        struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
         let mut conn = services::db::conn(&self.services.db).await.unwrap();
-        let row: Count = diesel::sql_query("SELECT count(*) AS n FROM api_key_usage WHERE api_key_id = $1")
-            .bind::<diesel::sql_types::Uuid, _>(id.0)
+        let row: N = diesel::sql_query(format!("SELECT coalesce(({query}), 0)::bigint AS n"))
             .get_result(&mut conn)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{query}: {e}"));
         row.n
+    }
+
+    /// Waits (at most 10 s) until `n` connections to this test's database wait for a lock: what
+    /// the test started has reached the rows a transaction it holds has locked.
+    pub async fn wait_for_lock_waits(&self, n: i64) {
+        let query =
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.count(query).await < n {
+            assert!(std::time::Instant::now() < deadline, "fewer than {n} lock waits after 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Loads a page as a browser would.
