@@ -138,8 +138,40 @@ async fn a_quota_lowered_below_the_use_alerts_for_every_threshold_it_passed() {
     let bell = wait_for_notifications(&app, &session, 3).await;
     let mut titles: Vec<&str> = bell.iter().filter_map(|n| n["title"].as_str()).collect();
     titles.sort_unstable();
-    assert_eq!(titles.len(), 3, "{titles:?}");
-    assert!(titles.iter().any(|t| t.contains("50%")), "{titles:?}");
+    assert_eq!(
+        titles,
+        [
+            "checkout: 50% of the hourly quota used",
+            "checkout: 80% of the hourly quota used",
+            "checkout: hourly quota used up"
+        ]
+    );
+}
+
+/// One request used up the hour and the day: the hour's alert does not promise requests back
+/// at the next hour (they stay refused until midnight UTC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_used_up_with_its_day_names_the_days_reset() {
+    let app = TestApp::spawn().await;
+    mid_hour(&[&app]).await;
+    let (_, session, secret, id) = merchant_with_key(&app, 10).await;
+    app.set_quota(id, 10, 10).await;
+    let refused = client().get(app.url("/api/v1/ping")).bearer_auth(&secret);
+    assert_eq!(ping_alternating(&[&app], &secret, 10).await.get(&200), Some(&10));
+    let refused = refused.send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["window"], "day", "{body}");
+    let day_reset = chrono::DateTime::parse_from_rfc3339(body["error"]["reset_at"].as_str().unwrap()).unwrap();
+
+    // Six alerts: 50, 80 and 100 % of the hour and of the day.
+    let bell = wait_for_notifications(&app, &session, 6).await;
+    let hour_used_up = bell.iter().find(|n| n["title"] == "checkout: hourly quota used up").expect("the hour's alert");
+    let expected = format!(
+        "The daily quota is used up too: further requests get 429 Too Many Requests until it resets at {} UTC.",
+        day_reset.format("%Y-%m-%d %H:%M")
+    );
+    assert!(hour_used_up["body"].as_str().unwrap().ends_with(&expected), "{hour_used_up}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

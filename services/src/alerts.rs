@@ -244,6 +244,13 @@ pub async fn record(
     let mut new_alerts = 0;
     // In the records' key order: two writers storing the same crossings (each instance
     // remembers only its own) then wait for each other in line, never in a circle.
+    // The request that used up its hour may have used up its day too: the hour's reset then
+    // brings nothing back, and its alert names the day's.
+    let days_used_up: HashMap<(Uuid, i64), i64> = crossings
+        .iter()
+        .filter(|(_, _, c)| c.window == AlertWindow::Day && c.threshold >= 100)
+        .map(|(key, at_ms, c)| ((*key, *at_ms), c.period_start_ms + c.window.length_ms()))
+        .collect();
     let mut crossings: Vec<&(Uuid, i64, QuotaCrossing)> = crossings.iter().collect();
     crossings.sort_by_key(|(key, at_ms, c)| (*key, c.window.as_str(), c.period_start_ms, c.threshold, *at_ms));
     for (key_id, at_ms, c) in crossings {
@@ -269,7 +276,11 @@ pub async fn record(
             continue;
         }
         new_alerts += 1;
-        let message = AlertMessage::new(ApiKeyId(*key_id), key, c, public_url);
+        let refused_until = match c.window {
+            AlertWindow::Hour => days_used_up.get(&(*key_id, *at_ms)).copied(),
+            AlertWindow::Day => None,
+        };
+        let message = AlertMessage::new(ApiKeyId(*key_id), key, c, refused_until, public_url);
         let dedupe = format!("alert:{key_id}:{}:{}:{}", c.window.as_str(), c.period_start_ms, c.threshold);
         notifications::notify(
             conn,
@@ -307,20 +318,27 @@ struct AlertMessage {
 }
 
 impl AlertMessage {
-    fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, public_url: &str) -> Self {
+    /// `day_reset_ms`: when an hour's quota ran out with the request that also used up the
+    /// day's, the day's reset (requests stay refused until then, not until the next hour).
+    fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, day_reset_ms: Option<i64>, public_url: &str) -> Self {
         let used = threshold_count(c.limit, c.threshold);
         let period = time_from_ms(c.period_start_ms);
         let reset = time_from_ms(c.period_start_ms + c.window.length_ms());
         let period_text = match c.window {
-            AlertWindow::Hour => format!("the hour from {} UTC", period.format("%Y-%m-%d %H:%M")),
-            AlertWindow::Day => format!("{} (UTC)", period.format("%Y-%m-%d")),
+            AlertWindow::Hour => format!("in the hour from {} UTC", period.format("%Y-%m-%d %H:%M")),
+            AlertWindow::Day => format!("on {} (UTC)", period.format("%Y-%m-%d")),
         };
         let subject = if c.threshold >= 100 {
             format!("{}: {} quota used up", key.name, c.window.adjective())
         } else {
             format!("{}: {}% of the {} quota used", key.name, c.threshold, c.window.adjective())
         };
-        let consequence = if c.threshold >= 100 {
+        let consequence = if let (true, Some(day_reset)) = (c.threshold >= 100, day_reset_ms) {
+            format!(
+                "The daily quota is used up too: further requests get 429 Too Many Requests until it resets at {} UTC.",
+                time_from_ms(day_reset).format("%Y-%m-%d %H:%M")
+            )
+        } else if c.threshold >= 100 {
             format!(
                 "Further requests get 429 Too Many Requests until the quota resets at {} UTC.",
                 reset.format("%Y-%m-%d %H:%M")
@@ -336,7 +354,7 @@ impl AlertMessage {
             format!("{} or more of the {} requests", format::count(used), format::count(c.limit))
         };
         let summary = format!(
-            "API key “{}” ({}…) has used {how_much} allowed in {period_text}. {consequence}",
+            "API key “{}” ({}…) has used {how_much} allowed {period_text}. {consequence}",
             key.name, key.prefix
         );
         let base = public_url.trim_end_matches('/');
@@ -396,6 +414,10 @@ mod tests {
     }
 
     fn message(threshold: u8, limit: i64) -> AlertMessage {
+        message_with(threshold, limit, None)
+    }
+
+    fn message_with(threshold: u8, limit: i64, day_reset_ms: Option<i64>) -> AlertMessage {
         let key = KeyInfo {
             owner_id: 1,
             owner_email: "ann@example.com".into(),
@@ -405,7 +427,21 @@ mod tests {
         };
         let crossing =
             QuotaCrossing { window: AlertWindow::Hour, period_start_ms: 1_699_999_200_000, threshold, limit };
-        AlertMessage::new(ApiKeyId(Uuid::nil()), &key, &crossing, "http://localhost")
+        AlertMessage::new(ApiKeyId(Uuid::nil()), &key, &crossing, day_reset_ms, "http://localhost")
+    }
+
+    /// The hour's reset brings nothing back when the same request used up the day as well.
+    #[test]
+    fn an_hour_used_up_with_its_day_names_the_days_reset() {
+        let alone = message(100, 25).summary;
+        assert!(alone.ends_with("until the quota resets at 2023-11-14 23:00 UTC."), "{alone}");
+        let with_day = message_with(100, 25, Some(1_700_006_400_000)).summary;
+        assert!(
+            with_day.ends_with(
+                "The daily quota is used up too: further requests get 429 Too Many Requests until it resets at 2023-11-15 00:00 UTC."
+            ),
+            "{with_day}"
+        );
     }
 
     /// A limit lowered below the use passes every threshold at once: no message may claim the
