@@ -442,9 +442,9 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
     let told = services::notifications::recent(&app.services.db, owner, 50, None).await.unwrap();
     let told: Vec<&str> = told.iter().map(|n| n.body.as_str()).collect();
     assert!(
-        told.iter()
-            .any(|b| b
-                .starts_with("The platform's operator set the key's quota to 200 requests per hour and 2,000 per day")),
+        told.iter().any(|b| b.starts_with(
+            "The platform's operator set the quota of “test key” to 200 requests per hour and 2,000 per day"
+        )),
         "{told:?}"
     );
 }

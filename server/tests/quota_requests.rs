@@ -100,7 +100,13 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
         s.app.rpc(&s.merchant, "quota-requests/for-key", &[("key_id", &s.key_id)]).await.json().await.unwrap();
     assert_eq!(mine[0]["decision_note"], "halved");
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
-    assert!(bell.iter().any(|n| n["title"].as_str().unwrap().contains("Quota raised")), "{bell:?}");
+    // Which key, what was asked and what was granted.
+    let raised = bell.iter().find(|n| n["title"] == "Quota raised for “Checkout”").expect("told");
+    assert_eq!(
+        raised["body"],
+        "Your request for “Checkout” was approved with other limits: you asked for 100 requests per hour and \
+         10,000 per day; the key now allows 50 requests per hour and 10,000 per day. Note from the admin: halved"
+    );
     assert_eq!(
         s.app.count("SELECT count(*) FROM outbound_emails WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota raised%'").await,
         1
@@ -145,6 +151,14 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
         .unwrap();
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["decision_note"], "Upgrade your plan first");
+    // The merchant hears what was asked and what the key keeps (the admin's later set).
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    let told = bell.iter().find(|n| n["title"] == "Quota request for “Checkout” denied").expect("told");
+    assert_eq!(
+        told["body"],
+        "Your request for 2 requests per hour and 20,000 per day on “Checkout” was denied; the key keeps \
+         5 requests per hour and 15,000 per day. Note from the admin: Upgrade your plan first"
+    );
     let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["requests_per_day"], 15_000);
     assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'request'").await, 0);
@@ -191,7 +205,21 @@ async fn a_pending_request_can_be_cancelled_once() {
         .await;
     assert_eq!(approve.status(), StatusCode::CONFLICT);
     // A new request can be made after cancelling.
-    assert_eq!(ask(&s, "10", "", "again").await.status(), StatusCode::OK);
+    let again: Value = ask(&s, "10", "", "again").await.json().await.unwrap();
+    let form = [
+        ("id", again["id"].to_string()),
+        ("per_hour", "10".into()),
+        ("per_day", "10000".into()),
+        ("note", String::new()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(s.app.rpc(&s.admin, "admin/quota-requests/approve", &form).await.status(), StatusCode::OK);
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert_eq!(
+        bell[0]["body"],
+        "Your request for “Checkout” was approved: the key now allows 10 requests per hour and 10,000 per day, \
+         as you asked."
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

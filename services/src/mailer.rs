@@ -226,6 +226,25 @@ pub async fn send_again(db: &DbPool, id: i64) -> ServiceResult<()> {
     Ok(())
 }
 
+/// The Subject header. lettre encodes only the words that need it and copies plain ASCII words
+/// as they are, so a key name such as `=?utf-8?b?…?=` would reach the reader as text of the
+/// merchant's choosing (characters `text::check_typed` refuses included). A subject with
+/// anything that looks like an encoded word is therefore encoded whole.
+fn subject_header(subject: &str) -> lettre::message::header::HeaderValue {
+    use lettre::message::header::{HeaderName, HeaderValue};
+    let name = HeaderName::new_from_ascii_str("Subject");
+    if !subject.contains("=?") {
+        return HeaderValue::new(name, subject.to_owned());
+    }
+    let mut encoded = String::new();
+    {
+        let mut writer = email_encoding::headers::writer::EmailWriter::new(&mut encoded, "Subject: ".len(), 0, false);
+        // Writing into a String cannot fail.
+        let _ = email_encoding::headers::rfc2047::encode(subject, &mut writer);
+    }
+    HeaderValue::dangerous_new_pre_encoded(name, subject.to_owned(), encoded)
+}
+
 /// Escapes text for an HTML part.
 pub fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -481,7 +500,7 @@ impl Mailer {
             .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to)
-            .subject(&m.subject)
+            .raw_header(subject_header(&m.subject))
             .multipart(body)
             .map_err(SendFailure::permanent)?;
         match &self.transport {
@@ -707,6 +726,34 @@ mod tests {
 
     fn at(rfc3339: &str) -> chrono::DateTime<Utc> {
         chrono::DateTime::parse_from_rfc3339(rfc3339).expect("a valid time").with_timezone(&Utc)
+    }
+
+    /// The Subject header as it goes on the wire, folded lines joined.
+    fn wire_subject(subject: &str) -> String {
+        let message = Message::builder()
+            .from("keymeter <mail@keymeter.local>".parse().expect("a mailbox"))
+            .to("ann@example.com".parse().expect("a mailbox"))
+            .raw_header(subject_header(subject))
+            .body(String::from("hello"))
+            .expect("a message");
+        let text = String::from_utf8(message.formatted()).expect("ASCII");
+        let start = text.find("Subject: ").expect("a subject") + "Subject: ".len();
+        let end = start + text[start..].find("\r\n").expect("an end");
+        let mut value = text[start..end].to_owned();
+        for line in text[end..].split("\r\n").skip(1).take_while(|l| l.starts_with(' ')) {
+            value.push_str(line);
+        }
+        value
+    }
+
+    #[test]
+    fn a_key_name_cannot_put_encoded_words_of_its_own_into_a_subject() {
+        // "Hacked!" as an encoded word, typed as a key name.
+        let wire = wire_subject("=?utf-8?b?SGFja2VkIQ==?=: hourly quota used up");
+        assert!(!wire.contains("SGFja2VkIQ=="), "{wire}");
+        assert!(wire.split(' ').all(|w| w.starts_with("=?utf-8?b?") && w.ends_with("?=")), "{wire}");
+        // Subjects without one are left to lettre: plain words stay readable in the source.
+        assert_eq!(wire_subject("checkout: hourly quota used up"), "checkout: hourly quota used up");
     }
 
     #[test]

@@ -281,7 +281,7 @@ async fn set_and_tell(
                     (_, None) => ", with no burst limit".to_owned(),
                 };
                 let body = format!(
-                    "{who} set the key's quota to {} requests per hour and {} per day{burst}. Reason: {}",
+                    "{who} set the quota of \u{201c}{name}\u{201d} to {} requests per hour and {} per day{burst}. Reason: {}",
                     format::count(per_hour.get()),
                     format::count(per_day.get()),
                     change.reason.trim()

@@ -330,7 +330,11 @@ pub async fn decide(
                     }
                     None => None,
                 };
-                tell_merchant(conn, request, approved.map(|a| (a.0.get(), a.1.get())), note, &public_url).await?;
+                let decided = match approved {
+                    Some((h, d)) => Told::Approved(h.get(), d.get()),
+                    None => Told::Denied { stays: (live.per_hour, live.per_day) },
+                };
+                tell_merchant(conn, request, decided, note, &public_url).await?;
                 Ok(applied)
             })
         })
@@ -360,11 +364,18 @@ fn check_approval(live: &LiveKey, per_hour: i64, per_day: i64) -> ServiceResult<
     Ok(())
 }
 
-/// The merchant hears of the decision in the bell and by email.
+/// What the merchant is told: the limits granted, or the limits the key keeps.
+enum Told {
+    Approved(i64, i64),
+    Denied { stays: (i64, i64) },
+}
+
+/// The merchant hears of the decision in the bell and by email: which key, what was asked, and
+/// what the key allows now.
 async fn tell_merchant(
     conn: &mut AsyncPgConnection,
     request: &QuotaRequest,
-    approved: Option<(i64, i64)>,
+    decided: Told,
     note: &str,
     public_url: &str,
 ) -> ServiceResult<()> {
@@ -374,18 +385,30 @@ async fn tell_merchant(
         .select((users::id, users::email))
         .first(conn)
         .await?;
-    let (title, mut body) = match approved {
-        Some((h, d)) => (
-            format!("Quota raised for \u{201c}{}\u{201d}", request.key_name),
+    let name = &request.key_name;
+    let asked = (request.requested_per_hour, request.requested_per_day);
+    let limits =
+        |(h, d): (i64, i64)| format!("{} requests per hour and {} per day", format::count(h), format::count(d));
+    let (title, mut body) = match decided {
+        Told::Approved(h, d) if (h, d) == asked => (
+            format!("Quota raised for \u{201c}{name}\u{201d}"),
+            format!("Your request for \u{201c}{name}\u{201d} was approved: the key now allows {}, as you asked.", limits((h, d))),
+        ),
+        Told::Approved(h, d) => (
+            format!("Quota raised for \u{201c}{name}\u{201d}"),
             format!(
-                "Your request was approved: the key now allows {} requests per hour and {} per day.",
-                format::count(h),
-                format::count(d)
+                "Your request for \u{201c}{name}\u{201d} was approved with other limits: you asked for {}; the key now allows {}.",
+                limits(asked),
+                limits((h, d))
             ),
         ),
-        None => (
-            format!("Quota request for \u{201c}{}\u{201d} denied", request.key_name),
-            "Your request for a higher quota was denied.".to_owned(),
+        Told::Denied { stays } => (
+            format!("Quota request for \u{201c}{name}\u{201d} denied"),
+            format!(
+                "Your request for {} on \u{201c}{name}\u{201d} was denied; the key keeps {}.",
+                limits(asked),
+                limits(stays)
+            ),
         ),
     };
     if !note.is_empty() {

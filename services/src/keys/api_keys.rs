@@ -45,9 +45,10 @@ impl KeyName {
         if name.chars().count() > Self::MAX_CHARS {
             return Err(ServiceError::invalid(format!("A key name can have at most {} characters.", Self::MAX_CHARS)));
         }
-        // One line: no line breaks or tabs either.
-        if name.chars().any(char::is_control) {
-            return Err(ServiceError::invalid("A key name cannot contain control characters."));
+        // One line: no line breaks or tabs either (nor Unicode's line and paragraph separators,
+        // which mail readers and pages show as breaks too).
+        if name.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+            return Err(ServiceError::invalid("A key name is one line, without control characters."));
         }
         crate::text::check_typed("The key name", name)?;
         Ok(Self(name.to_owned()))
@@ -368,6 +369,10 @@ mod tests {
         assert!(KeyName::parse("   ").is_err());
         assert!(KeyName::parse(&"n".repeat(101)).is_err());
         assert!(KeyName::parse("bad\u{0}name").is_err());
+        for broken in ["line\u{2028}Bcc: someone@example.com", "two\u{2029}paragraphs", "a\nb", "a\tb"] {
+            let err = KeyName::parse(broken).unwrap_err();
+            assert_eq!(err.to_string(), "A key name is one line, without control characters.", "{broken:?}");
+        }
     }
 
     #[test]
