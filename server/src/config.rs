@@ -192,6 +192,8 @@ impl Config {
             },
             public_url: match lookup("KEYMETER_PUBLIC_URL") {
                 Some(url) => check_public_url(url.trim())?,
+                // Listening on every interface (0.0.0.0) names no host a link could use.
+                None if listen.ip().is_unspecified() => format!("http://localhost:{}", listen.port()),
                 None => format!("http://{listen}"),
             },
             mail_dir: lookup("KEYMETER_MAIL_DIR").map(PathBuf::from).unwrap_or_else(|| ".data/mail".into()),
@@ -301,7 +303,15 @@ fn check_public_url(url: &str) -> Result<String, ConfigError> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("names no host"));
     }
-    Ok(url.to_owned())
+    // Every link in every email starts with it: no password in them, and no query or fragment
+    // for the paths to land after.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(bad("must not hold a user name or password"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(bad("must not have a query (?…) or a fragment (#…)"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// A URL fit for messages and logs: the password in it, if any, is replaced by `***`, whether
@@ -431,11 +441,25 @@ mod tests {
         }
         assert_eq!(with(&[("KEYMETER_LOG_FORMAT", "json")]).unwrap().log_format, LogFormat::Json);
         assert_eq!(with(&[]).unwrap().log_format, LogFormat::Text);
-        for bad in ["example.com", "ftp://example.com", "https://", "http:// x", "javascript:alert(1)"] {
+        for bad in [
+            "example.com",
+            "ftp://example.com",
+            "https://",
+            "http:// x",
+            "javascript:alert(1)",
+            "https://user:pw@km.example.com",
+            "https://km.example.com/?a=1",
+            "https://km.example.com/#top",
+        ] {
             assert_eq!(with(&[("KEYMETER_PUBLIC_URL", bad)]).unwrap_err().var, "KEYMETER_PUBLIC_URL", "{bad}");
         }
         let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/app")]).unwrap().public_url;
         assert_eq!(url, "https://keymeter.example.com/app");
+        let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/")]).unwrap().public_url;
+        assert_eq!(url, "https://keymeter.example.com", "links are made by appending paths");
+        // Unset: where the server listens, with a host a link can use.
+        assert_eq!(with(&[("KEYMETER_LISTEN", "0.0.0.0:8080")]).unwrap().public_url, "http://localhost:8080");
+        assert_eq!(with(&[("KEYMETER_LISTEN", "127.0.0.1:8080")]).unwrap().public_url, "http://127.0.0.1:8080");
         for bad in ["not an address", "bad from", "a\"<script>@b.com"] {
             assert_eq!(with(&[("KEYMETER_MAIL_FROM", bad)]).unwrap_err().var, "KEYMETER_MAIL_FROM", "{bad}");
         }

@@ -34,6 +34,13 @@ impl Email {
         // lettre's own parser: the mailer reads the address with it when it sends, so an
         // account it would refuse (quotes, angle brackets, …) could never get mail.
         email.parse::<lettre::Address>().map_err(|_| invalid())?;
+        // Mail to a non-ASCII address needs SMTPUTF8, which keymeter's mailer does not speak:
+        // such an account would never get its alerts.
+        if !email.is_ascii() {
+            return Err(ServiceError::invalid(
+                "keymeter mails only addresses in ASCII letters; for an international domain, use its xn-- form.",
+            ));
+        }
         let (_, domain) = email.split_once('@').ok_or_else(invalid)?;
         if domain.starts_with('.') || domain.ends_with('.') {
             return Err(invalid());
@@ -186,6 +193,15 @@ mod tests {
     }
 
     /// Whatever is accepted, the mailer can address (it parses the recipient as a mailbox).
+    #[test]
+    fn addresses_mail_cannot_reach_are_refused_with_a_reason() {
+        for unreachable in ["zo\u{eb}@ex\u{e4}mple.com", "ann@\u{65e5}\u{672c}.jp"] {
+            let err = Email::parse(unreachable).unwrap_err();
+            assert!(err.to_string().contains("xn-- form"), "{unreachable:?}: {err}");
+        }
+        assert!(Email::parse("zoe@xn--exmple-cua.com").is_ok());
+    }
+
     #[test]
     fn accepted_emails_are_mailboxes() {
         for good in ["ann@example.com", "a.b+tag@sub.example.co", "o'neil@example.com", "x{y}|z~@example.com"] {
