@@ -366,6 +366,23 @@ async fn a_closed_standard_output_is_an_error_not_a_panic() {
     assert!(!stderr.contains("panicked") && stderr.contains("cannot write to standard output"), "{stderr}");
 }
 
+/// The demo key comes with a month of history: its limits are as old as it is, so that last
+/// month's summary measures its use against them (5,000/h), not against the defaults.
+#[tokio::test]
+async fn the_demo_keys_quota_is_as_old_as_its_history() {
+    let app = TestApp::spawn_without_mailer().await;
+    let r = run(keymeter(&app).args(["demo", "seed"])).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    let demo_changes = "FROM quota_changes q JOIN api_keys k ON k.id = q.api_key_id WHERE k.name = 'Demo key'";
+    assert_eq!(app.count(&format!("SELECT count(*) {demo_changes} AND q.new_per_hour = 5000")).await, 1);
+    assert_eq!(app.count(&format!("SELECT count(*) {demo_changes} AND q.changed_at > k.created_at")).await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM api_keys WHERE name = 'Demo key' AND created_at < now() - interval '29 days'")
+            .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn quota_set_refuses_a_revoked_key() {
     let app = TestApp::spawn_without_mailer().await;

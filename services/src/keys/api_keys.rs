@@ -354,9 +354,21 @@ async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResul
 
 /// Moves a key's creation time back, for demo data and tests that seed past months.
 pub async fn backdate(db: &DbPool, id: ApiKeyId, created_at: DateTime<Utc>) -> ServiceResult<()> {
+    use crate::schema::quota_changes;
     let mut conn = db::conn(db).await?;
-    diesel::update(api_keys::table.find(id.0)).set(api_keys::created_at.eq(created_at)).execute(&mut conn).await?;
-    Ok(())
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        Box::pin(async move {
+            diesel::update(api_keys::table.find(id.0)).set(api_keys::created_at.eq(created_at)).execute(conn).await?;
+            // Its limits so far date from then too: a summary of the key's past measures its
+            // use against them, not against the defaults.
+            diesel::update(quota_changes::table.filter(quota_changes::api_key_id.eq(id.0)))
+                .set(quota_changes::changed_at.eq(created_at))
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 #[cfg(test)]
