@@ -245,6 +245,12 @@ fn subject_header(subject: &str) -> lettre::message::header::HeaderValue {
     HeaderValue::dangerous_new_pre_encoded(name, subject.to_owned(), encoded)
 }
 
+/// A paragraph of text people typed (a reason, a note) for an HTML part: escaped, its line
+/// breaks kept and long words wrapped, as in the text part.
+pub fn html_paragraph(text: &str) -> String {
+    format!("<p style=\"white-space:pre-wrap;overflow-wrap:anywhere\">{}</p>", html_escape(text))
+}
+
 /// Escapes text for an HTML part.
 pub fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -754,6 +760,14 @@ mod tests {
         assert!(wire.split(' ').all(|w| w.starts_with("=?utf-8?b?") && w.ends_with("?=")), "{wire}");
         // Subjects without one are left to lettre: plain words stay readable in the source.
         assert_eq!(wire_subject("checkout: hourly quota used up"), "checkout: hourly quota used up");
+    }
+
+    #[test]
+    fn typed_text_keeps_its_line_breaks_in_html_and_stays_text() {
+        assert_eq!(
+            html_paragraph("first line\n<script>x</script> & more"),
+            "<p style=\"white-space:pre-wrap;overflow-wrap:anywhere\">first line\n&lt;script&gt;x&lt;/script&gt; &amp; more</p>"
+        );
     }
 
     #[test]

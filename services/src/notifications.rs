@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::{self, DbPool};
-use crate::mailer::{self, html_escape, Email};
+use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::schema::notifications;
 use crate::ServiceResult;
 
@@ -46,7 +46,7 @@ pub(crate) async fn tell_key_owner(
     notify(conn, &NewNotification { user_id, kind, title, body: &body, link: Some(&link), dedupe_key: None }).await?;
     let url = format!("{}{link}", public_url.trim_end_matches('/'));
     let text = format!("{body}\n\nSee the key: {url}\n");
-    let html = format!("<p>{}</p><p><a href=\"{}\">See the key</a></p>", html_escape(&body), html_escape(&url));
+    let html = format!("{}<p><a href=\"{}\">See the key</a></p>", html_paragraph(&body), html_escape(&url));
     mailer::enqueue(conn, &Email { to: email, subject: title, text: &text, html: &html, attachments: &[] }, None)
         .await?;
     Ok(())

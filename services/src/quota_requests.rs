@@ -14,7 +14,7 @@ use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
 use crate::keys::quota::{admin_limits, check_hour_within_day, parse_limit, QuotaMaximum};
 use crate::keys::{api_keys, ApiKeyId, Quota};
-use crate::mailer::{self, html_escape, Email};
+use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
 use crate::quota_changes::{apply, lock_key, publish, ChangeSource, LiveKey, QuotaChange};
 use crate::schema::{quota_requests, users};
@@ -198,7 +198,7 @@ pub async fn create(
                 );
                 let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));
                 let text = format!("{body}\n\nDecide: {url}\n");
-                let html = format!("<p>{}</p><p><a href=\"{}\">Decide</a></p>", html_escape(&body), html_escape(&url));
+                let html = format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(&url));
                 for (admin, email) in admins {
                     mailer::enqueue(
                         conn,
