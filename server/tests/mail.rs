@@ -475,14 +475,16 @@ async fn sending_now_counts_a_message_another_sender_is_already_sending() {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     let _server_sender = tokio::spawn(mailer_for(&sink).run(app.services.db.clone(), stopped));
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let mut claimed: Option<uuid::Uuid> = None;
     for _ in 0..100 {
-        let claimed: Option<uuid::Uuid> =
-            outbound_emails.find(summary).select(claim_token).first(&mut conn).await.unwrap();
+        claimed = outbound_emails.find(summary).select(claim_token).first(&mut conn).await.unwrap();
         if claimed.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Otherwise the command would send it itself, and the race this is about never ran.
+    assert!(claimed.is_some(), "the server's sender claimed the message first");
 
     let command = mailer_for(&sink);
     let done =

@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use chrono::Datelike;
 use common::{client, TestApp};
 use reqwest::StatusCode;
 use services::accounts::Role;
@@ -73,12 +74,20 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
         ("/api/v1/status/500", "/api/v1/status/{code}", "5xx"),
         ("/api/v1/status/503", "/api/v1/status/{code}", "5xx"),
         ("/api/v1/status/201", "/api/v1/status/{code}", "ok"),
-        ("/api/v1/delay/3", "/api/v1/delay/{ms}", "ok"),
+        ("/api/v1/delay/150", "/api/v1/delay/{ms}", "ok"),
     ] {
         assert_ne!(send(&c, &app, path, &secret).await, 429);
         *sent.entry((day2.to_string(), endpoint, class)).or_default() += 1;
     }
-    assert_eq!(app.wait_for_events(key.id, 15).await, 15);
+    // Known sizes and a known latency, for the bytes and latency columns.
+    let mut echoed_out = 0;
+    for size in [1_000, 3_000] {
+        let res = c.post(app.url("/api/v1/echo")).bearer_auth(&secret).body(vec![b'x'; size]).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        echoed_out += res.bytes().await.unwrap().len() as i64;
+        *sent.entry((day2.to_string(), "/api/v1/echo", "ok")).or_default() += 1;
+    }
+    assert_eq!(app.wait_for_events(key.id, 17).await, 17);
 
     let session = app.signed_in("ann@example.com").await;
     for granularity in ["day", "hour", "week", "month"] {
@@ -97,10 +106,38 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
         let rows = parse_csv(&text.replace("\"Checkout, \"\"EU\"\"\"", "Checkout EU"));
         let total = |f: &dyn Fn(&HashMap<String, String>) -> i64| rows.iter().map(f).sum::<i64>();
         let num = |r: &HashMap<String, String>, col: &str| r[col].parse::<i64>().unwrap();
-        assert_eq!(total(&|r| num(r, "requests")), 12, "{granularity}: admitted calls");
+        assert_eq!(total(&|r| num(r, "requests")), 14, "{granularity}: admitted calls");
         assert_eq!(total(&|r| num(r, "throttled")), 3, "{granularity}");
         assert_eq!(total(&|r| num(r, "errors_4xx")), 2, "{granularity}");
         assert_eq!(total(&|r| num(r, "errors_5xx")), 2, "{granularity}");
+        // Each period starts where the granularity says: the UTC day, its ISO week's Monday,
+        // the first of its month, the hour; a first period cut by `from` starts there.
+        let starts: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["period_start"].as_str()).collect();
+        let start_of = |d: chrono::NaiveDate| match granularity {
+            "week" => d.week(chrono::Weekday::Mon).first_day(),
+            "month" => d.with_day(1).unwrap(),
+            _ => d,
+        };
+        if granularity != "hour" {
+            let expected: std::collections::BTreeSet<String> =
+                [day1, day2].into_iter().map(|d| format!("{}T00:00:00Z", start_of(d).max(day1))).collect();
+            assert_eq!(starts, expected.iter().map(String::as_str).collect(), "{granularity}");
+        } else {
+            let hours = [format!("{day1}T23:00:00Z"), format!("{day2}T00:00:00Z")];
+            assert_eq!(starts, hours.iter().map(String::as_str).collect(), "{granularity}");
+        }
+        // Bytes as they went over the wire (bodies), latency as the handler took it.
+        let echo: Vec<_> = rows.iter().filter(|r| r["endpoint"] == "/api/v1/echo").collect();
+        assert_eq!(echo.len(), 1, "{granularity}: {echo:?}");
+        assert_eq!((num(echo[0], "bytes_in"), num(echo[0], "bytes_out")), (4_000, echoed_out), "{granularity}");
+        let slow: Vec<_> = rows.iter().filter(|r| r["endpoint"] == "/api/v1/delay/{ms}").collect();
+        assert_eq!(slow.len(), 1, "{granularity}: {slow:?}");
+        for column in ["p50_ms", "p95_ms"] {
+            // One call of 150 ms: a histogram bucket is within 1 %; a loaded machine adds a
+            // little, a wrong unit a factor of 1,000.
+            let ms: f64 = slow[0][column].parse().unwrap();
+            assert!((148.0..300.0).contains(&ms), "{granularity} {column}: {ms}");
+        }
         if granularity == "day" {
             for r in &rows {
                 let day = &r["period_start"][..10];
@@ -118,7 +155,7 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
                 rows.iter().filter(|r| r["period_start"].starts_with(d)).map(|r| num(r, "requests")).sum::<i64>()
             };
             assert_eq!(day_sum(&day1.to_string()), 7);
-            assert_eq!(day_sum(&day2.to_string()), 5);
+            assert_eq!(day_sum(&day2.to_string()), 7);
         }
     }
 }
