@@ -148,6 +148,13 @@ test('a wrong password shows one message for every failure', async ({ page }) =>
   await page.getByLabel('Password').fill('definitely wrong');
   await page.getByRole('button', { name: 'Sign in' }).click();
   await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
+  // An account that does not exist reads the same: the page does not tell who has one.
+  await page.getByLabel('Email').fill(`nobody-${Date.now()}@example.com`);
+  const answered = page.waitForResponse((r) => r.url().includes('/rpc/auth/login'));
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  expect((await answered).status()).toBe(400);
+  await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
+  await expect(page).toHaveURL(/\/login/);
 });
 
 test('a merchant with many keys pages through them, the active ones first', async ({ page }) => {

@@ -53,6 +53,13 @@ export async function createKey(page: Page, name: string, perHour?: number) {
   return { secret, row, keyId };
 }
 
+/** The id of the demo merchant's seeded key (the one with a month of history). */
+export function demoKeyId(): string {
+  const id = sql("SELECT k.id FROM api_keys k JOIN users u ON u.id = k.owner_id WHERE u.email = 'merchant@keymeter.local' AND k.name = 'Demo key' AND k.revoked_at IS NULL").trim();
+  expect(id).toMatch(/^[0-9a-f-]{36}$/);
+  return id;
+}
+
 /** Runs the operator CLI against the same database as the server under test. */
 export function cli(args: string[], input?: string): string {
   const bin = process.env.KEYMETER_BIN;

@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { MERCHANT, cli, hydrated, signIn } from './helpers';
+import { MERCHANT, cli, hydrated, settled, signIn } from './helpers';
 
 // A merchant opens their pages while the key is busy: every load is rendered on the server
 // from data that keeps changing (usage, last use, alerts) and must still hydrate cleanly.
@@ -21,11 +21,13 @@ test('pages rendered while the key is in use hydrate without errors', async ({ p
 
   let running = true;
   let sent = 0;
+  const statuses = new Map<number, number>();
   const traffic = (async () => {
     while (running) {
-      await Promise.all(
+      const answers = await Promise.all(
         Array.from({ length: 4 }, () => request.get('/api/v1/ping', { headers: { 'X-API-Key': secret } })),
       );
+      for (const a of answers) statuses.set(a.status(), (statuses.get(a.status()) ?? 0) + 1);
       sent += 4;
     }
   })();
@@ -45,7 +47,13 @@ test('pages rendered while the key is in use hydrate without errors', async ({ p
     running = false;
     await traffic;
   }
-  console.log(`pings sent while the pages loaded: ${sent}`);
+  console.log(`pings sent while the pages loaded: ${sent}`, statuses);
   expect(sent).toBeGreaterThan(300);
+  // The key was really in use: calls admitted, then refused at its quota, nothing else.
+  expect(statuses.get(200) ?? 0).toBeGreaterThan(0);
+  expect(statuses.get(429) ?? 0).toBeGreaterThan(0);
+  expect([...statuses.keys()].sort()).toEqual([200, 429]);
+  // And its alerts fired while the pages loaded: 50 %, 80 % and used up.
+  await settled(page, 'notifications/list', (list) => list.filter((n: any) => n.title.startsWith(`${name}: `)).length >= 3);
   expect(problems).toEqual([]);
 });

@@ -1,5 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
-import { ADMIN, MERCHANT, createKey, hydrated, signIn } from './helpers';
+import { ADMIN, MERCHANT, createKey, demoKeyId, hydrated, signIn } from './helpers';
 
 // Defects found by a browser audit of the dashboard (docs/notes.md, "UI audit"): each test
 // checks what a user would notice.
@@ -22,6 +22,8 @@ async function expectFits(page: Page, path: string, ready: () => Promise<void>) 
   await page.goto(path);
   await hydrated(page);
   await ready();
+  // The page itself, not an error in its place.
+  await expect(page.getByTestId('error-panel')).toHaveCount(0);
   expect(await sidewaysScroll(page), `${path} scrolls sideways`).toBeLessThanOrEqual(0);
   await expectOnScreen(page, 'account-email');
   await expectOnScreen(page, 'bell');
@@ -54,13 +56,12 @@ test.describe('on a phone (390x844)', () => {
       await expect(page.locator('#chart-requests canvas')).toHaveCount(1);
     });
     // A key with history: its tables have rows.
-    const demo = await page.goto(list).then(() => hydrated(page))
-      .then(() => page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id'));
+    const demo = demoKeyId();
     await expectFits(page, `${list}/${demo}/usage`, async () => {
       await expect(page.getByTestId('breakdown-table').locator('tbody tr').first()).toBeVisible();
       await expect(page.locator('#chart-breakdown canvas')).toHaveCount(1);
     });
-    await expectFits(page, '/dashboard/notifications', () => expect(page.locator('h1').first()).toBeVisible());
+    await expectFits(page, '/dashboard/notifications', () => expect(page.getByRole('heading', { level: 1, name: 'Notifications' })).toBeVisible());
   });
 
   test('no admin page scrolls sideways', async ({ page }) => {
@@ -71,7 +72,7 @@ test.describe('on a phone (390x844)', () => {
     await expectFits(page, `/dashboard/developers/api-keys/${keyId}`, () => expect(page.getByTestId('set-quota')).toBeVisible());
     await expectFits(page, '/admin', () => expect(page.getByTestId('admin-keys')).toBeVisible());
     await expectFits(page, '/admin/quota-requests', () => expect(page.getByTestId('set-directly')).toBeVisible());
-    await expectFits(page, '/admin/quota-changes', () => expect(page.locator('h1').first()).toBeVisible());
+    await expectFits(page, '/admin/quota-changes', () => expect(page.getByTestId('audit-trail')).toBeVisible());
     await expectFits(page, '/admin/mail', () => expect(page.getByTestId('mail-delivery')).toBeVisible());
   });
 });
@@ -92,7 +93,7 @@ test('quota alert checkboxes are checkbox-sized and sit on the line of their lab
 
 test('usage tables show exact request counts', async ({ page }) => {
   await signIn(page, MERCHANT);
-  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  const demo = demoKeyId();
   await page.goto(`/dashboard/developers/api-keys/${demo}/usage`);
   await hydrated(page);
   // The seeded history has thousands of calls a day: "3,012", never "3.0k".
@@ -106,7 +107,7 @@ test('usage tables show exact request counts', async ({ page }) => {
 
 test('a bad CSV range is explained in the page instead of leaving it', async ({ page }) => {
   await signIn(page, MERCHANT);
-  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  const demo = demoKeyId();
   const usage = `/dashboard/developers/api-keys/${demo}/usage`;
   await page.goto(usage);
   await hydrated(page);
@@ -131,7 +132,7 @@ test('a bad CSV range is explained in the page instead of leaving it', async ({ 
 test('every page has its own title', async ({ page }) => {
   await signIn(page, MERCHANT);
   await expect(page).toHaveTitle('API keys · keymeter');
-  const demo = await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).first().getAttribute('data-key-id');
+  const demo = demoKeyId();
   await page.goto(`/dashboard/developers/api-keys/${demo}`);
   await hydrated(page);
   await expect(page).toHaveTitle('Demo key · API keys · keymeter');

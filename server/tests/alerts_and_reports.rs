@@ -242,7 +242,7 @@ async fn owners_choose_which_alerts_email_them_and_the_bell_shows_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_wait_while_smtp_is_down_and_are_delivered_when_it_is_back() {
-    let port = SmtpSink::unused_port().await;
+    let port = common::processes::free_port();
     let app = TestApp::spawn_with(&[("SMTP_URL", format!("smtp://127.0.0.1:{port}"))]).await;
     mid_hour(&[&app]).await;
     let (email, session, secret, _) = merchant_with_key(&app, 2).await;

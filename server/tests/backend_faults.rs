@@ -198,9 +198,7 @@ async fn a_connection_given_up_on_does_not_keep_waiting_in_postgresql() {
     }
     let app = TestApp::spawn().await;
     let url = &app.config.database_url;
-    let mut locker = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query("BEGIN").execute(&mut locker).await.unwrap();
-    diesel::sql_query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    let mut locker = lock_api_keys(&app).await;
 
     let pool = services::db::pool(url, 1).unwrap();
     let mut conn = pool.get().await.unwrap();
@@ -214,17 +212,9 @@ async fn a_connection_given_up_on_does_not_keep_waiting_in_postgresql() {
     assert!(waited.is_err(), "the query waits for the lock");
     drop(services::db::DbConn::take(conn));
 
-    // (Its own connection: statistics are read once per transaction, and the locker is in one.)
-    let mut observer = AsyncPgConnection::establish(url).await.unwrap();
     let mut alive = 1;
     for _ in 0..40 {
-        let query = diesel::sql_query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1");
-        alive = query
-            .bind::<diesel::sql_types::Integer, _>(pid as i32)
-            .get_result::<Number>(&mut observer)
-            .await
-            .unwrap()
-            .n;
+        alive = app.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")).await;
         if alive == 0 {
             break;
         }

@@ -127,7 +127,7 @@ async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() 
     let app = TestApp::spawn_without_mailer().await;
     owner_of_last_month(&app, "ann@example.com").await;
     // Nothing listens there: every send fails at once (connection refused).
-    let nowhere = format!("smtp://127.0.0.1:{}", SmtpSink::unused_port().await);
+    let nowhere = format!("smtp://127.0.0.1:{}", common::processes::free_port());
     let r = run(keymeter(&app).args(["report", "monthly"]).env("SMTP_URL", &nowhere)).await;
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(!r.stdout.contains("handed to"), "{r:?}");

@@ -39,7 +39,7 @@ async fn mail_goes_over_smtp_with_text_and_html_parts() {
 async fn mail_waits_while_smtp_is_down_and_goes_out_when_it_is_back() {
     let app = TestApp::spawn_without_mailer().await;
     // A port with nothing listening yet.
-    let port = SmtpSink::unused_port().await;
+    let port = common::processes::free_port();
     queue(&app, "ann@example.com", "Alert").await;
     let mailer =
         Mailer::new(Some(&format!("smtp://127.0.0.1:{port}")), std::env::temp_dir(), "keymeter <k@localhost>").unwrap();

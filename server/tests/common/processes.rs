@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::TestApp;
 
+/// A loopback port where nothing listens (yet).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -112,12 +112,6 @@ impl SmtpSink {
         Self::serve(listener, Rules::default())
     }
 
-    /// A port where nothing listens (yet).
-    pub async fn unused_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        listener.local_addr().expect("address").port()
-    }
-
     fn serve(listener: TcpListener, rules: Rules) -> Self {
         let port = listener.local_addr().expect("address").port();
         let received = Arc::new(Mutex::new(Vec::<Received>::new()));
