@@ -3,13 +3,8 @@ import { MERCHANT, createKey, hydrated, signIn } from './helpers';
 
 /** Sum of a drawn chart's first series, read from the live ECharts instance. */
 async function seriesTotal(page: Page, id: string): Promise<number> {
-  return page.evaluate((id) => {
-    const el = document.getElementById(id);
-    const chart = el && (window as any).echarts?.getInstanceByDom(el);
-    if (!chart) return -1;
-    const data: number[] = chart.getOption().series[0].data;
-    return data.reduce((a, b) => a + Number(b), 0);
-  }, id);
+  const data = await seriesData(page, id, 0);
+  return data.length === 0 ? -1 : data.reduce((a: number, b) => a + (b ?? 0), 0);
 }
 
 /** One series' data points of a drawn chart (null where the chart shows a gap). */

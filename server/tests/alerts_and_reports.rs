@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::smtp_sink::SmtpSink;
+use common::smtp_sink::{subject, SmtpSink};
 use common::{client, ping_event, TestApp};
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
@@ -79,9 +79,6 @@ fn text_part(message: &str) -> String {
     String::from_utf8(bytes).expect("UTF-8 text")
 }
 
-fn subject(message: &str) -> String {
-    message.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
-}
 
 async fn notifications(app: &TestApp, session: &reqwest::Client) -> Vec<serde_json::Value> {
     let res = app.rpc(session, "notifications/list", &[]).await;

@@ -129,6 +129,11 @@ impl SmtpSink {
         self.received.lock().expect("sink lock").iter().map(|r| r.data.clone()).collect()
     }
 
+    /// Every message's Subject so far, in the order they arrived.
+    pub fn subjects(&self) -> Vec<String> {
+        self.messages().iter().map(|m| subject(m)).collect()
+    }
+
     /// For every message so far: whether it came over TLS.
     pub fn messages_over_tls(&self) -> Vec<bool> {
         self.received.lock().expect("sink lock").iter().map(|r| r.over_tls).collect()
@@ -246,4 +251,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         write.write_all(reply).await.ok()?;
     }
     None
+}
+
+/// A message's Subject header as written (plain ASCII subjects read as they are).
+pub fn subject(message: &str) -> String {
+    message.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
 }
