@@ -31,6 +31,8 @@ async fn mail_goes_over_smtp_with_text_and_html_parts() {
     assert_eq!(got.len(), 1);
     assert!(got[0].contains("Subject: Quota raised"), "{}", got[0]);
     assert!(got[0].contains("text/plain") && got[0].contains("text/html"), "{}", got[0]);
+    // Machine-sent: vacation replies and other auto-responders leave it alone (RFC 3834).
+    assert!(got[0].lines().any(|l| l == "Auto-Submitted: auto-generated"), "{}", got[0]);
     // Sent once: nothing is due any more.
     assert_eq!(mailer.deliver_due(&app.services.db).await.unwrap(), 0);
 }

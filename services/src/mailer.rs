@@ -507,6 +507,11 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .raw_header(subject_header(&m.subject))
+            // Every keymeter email is machine-sent: auto-responders must not answer it (RFC 3834).
+            .raw_header(lettre::message::header::HeaderValue::new(
+                lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
+                "auto-generated".to_owned(),
+            ))
             .multipart(body)
             .map_err(SendFailure::permanent)?;
         match &self.transport {
