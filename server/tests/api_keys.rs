@@ -44,12 +44,97 @@ async fn a_new_key_works_until_revoked() {
     let body: Value = ok.json().await.unwrap();
     assert_eq!(body["key_id"], id.as_str());
 
+    // Stored only as its SHA-256: no column of any table holds the secret, as text or bytes.
+    let key_id = ApiKeyId::parse(&id).unwrap();
+    assert_eq!(stored_secret_hash(&app, key_id, &secret).await, (true, 32));
+    for (table, rows) in every_table_as_text(&app).await {
+        assert!(!rows.contains(&secret) && !rows.contains(&hex(&secret)), "the secret is stored in {table}: {rows}");
+    }
+    // And the password only as an Argon2 hash.
+    let users = text_column(&app, "SELECT password_hash AS t FROM users").await;
+    assert_eq!(users.len(), 1);
+    assert!(users[0].starts_with("$argon2"), "{}", users[0]);
+    assert!(!users[0].contains(common::PASSWORD), "{}", users[0]);
+
+    assert_eq!(app.wait_for_events(key_id, 2).await, 2);
     let revoked = app.rpc(&c, "keys/revoke", &[("id", &id)]).await;
     assert_eq!(revoked.status(), StatusCode::OK);
-    let denied = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
-    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
-    let body: Value = denied.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "revoked_api_key");
+    for header in [("authorization", format!("Bearer {secret}")), ("x-api-key", secret.clone())] {
+        for _ in 0..3 {
+            let denied = ping(&app, header.clone()).await;
+            assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+            let body: Value = denied.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "revoked_api_key");
+        }
+    }
+    // Refused, so counted nowhere: once a call of another key (made after them) is stored,
+    // everything handed to the usage pipeline is, and the revoked key still has its two.
+    let (other, other_secret) = create_key(&app, &c, "Other").await;
+    assert_eq!(ping(&app, ("x-api-key", other_secret)).await.status(), StatusCode::OK);
+    assert_eq!(app.wait_for_events(ApiKeyId::parse(&other).unwrap(), 1).await, 1);
+    app.wait_until_usage_stored().await;
+    assert_eq!(app.event_count(key_id).await, 2);
+    let (hour, day, _) = app.services.quota.snapshot(key_id, &quota(1000, 10_000), 0).await.unwrap();
+    assert_eq!((hour.used, day.used), (2, 2));
+}
+
+/// Whether the key's stored `secret_hash` is the SHA-256 of `secret` (as PostgreSQL computes
+/// it), and its length in bytes.
+async fn stored_secret_hash(app: &TestApp, id: ApiKeyId, secret: &str) -> (bool, i32) {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        matches: bool,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        len: i32,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let row: Row = diesel::sql_query(
+        "SELECT secret_hash = sha256(convert_to($2, 'UTF8')) AS matches, length(secret_hash) AS len \
+         FROM api_keys WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id.0)
+    .bind::<diesel::sql_types::Text, _>(secret)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    (row.matches, row.len)
+}
+
+/// The one text column `t` of a query's rows.
+async fn text_column(app: &TestApp, query: &str) -> Vec<String> {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let rows: Vec<Row> = diesel::sql_query(query).load(&mut conn).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+    rows.into_iter().map(|r| r.t).collect()
+}
+
+/// Every table of the database with all its rows as text (bytes as `\x` and hex).
+async fn every_table_as_text(app: &TestApp) -> Vec<(String, String)> {
+    let tables = text_column(
+        app,
+        "SELECT quote_ident(table_name) AS t FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .await;
+    assert!(tables.contains(&"api_keys".to_owned()), "{tables:?}");
+    let mut all = Vec::new();
+    for table in tables {
+        let rows =
+            text_column(app, &format!("SELECT coalesce(string_agg(r::text, E'\\n'), '') AS t FROM {table} r")).await;
+        all.push((table, rows.concat()));
+    }
+    all
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,15 +178,20 @@ async fn merchants_cannot_touch_each_others_keys() {
     }
     let listed = app.key_list(&mallory).await;
     assert!(listed.is_empty());
+    // The name shows nowhere on Mallory's page, however it might be escaped.
+    let shown = ["Ann's key", "Ann&#x27;s key", "Ann&#39;s key", "Ann&apos;s key"];
     let page = app.page(&mallory, &format!("/dashboard/developers/api-keys/{id}")).await;
     assert_eq!(page.status(), StatusCode::NOT_FOUND);
-    assert!(!page.text().await.unwrap().contains("Ann&#x27;s key"));
+    let html = page.text().await.unwrap();
+    assert!(!shown.iter().any(|name| html.contains(name)), "{html}");
 
-    // Still Ann's, still working.
+    // Still Ann's, still working; her page does show the name.
     let ok = ping(&app, ("authorization", format!("Bearer {secret}"))).await;
     assert_eq!(ok.status(), StatusCode::OK);
     let own = app.page(&ann, &format!("/dashboard/developers/api-keys/{id}")).await;
     assert_eq!(own.status(), StatusCode::OK);
+    let html = own.text().await.unwrap();
+    assert!(shown.iter().any(|name| html.contains(name)), "{html}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,14 +211,14 @@ async fn malformed_input_gets_a_4xx_with_a_message_and_changes_nothing() {
 
     let too_long = "n".repeat(101);
     for (args, expected) in [
-        (vec![("name", "   ")], "Give the key a name"),
-        (vec![("name", too_long.as_str())], "at most 100"),
-        (vec![], "Missing"),
+        (vec![("name", "   ")], "Give the key a name."),
+        (vec![("name", too_long.as_str())], "A key name can have at most 100 characters."),
+        (vec![], "Invalid request: missing field `name`"),
     ] {
         let res = app.rpc(&c, "keys/create", &args).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{args:?}");
-        let text = res.text().await.unwrap();
-        assert!(text.contains(expected) || text.contains("Invalid request"), "{args:?}: {text}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["message"], expected, "{args:?}: {body}");
     }
     for id in ["not-a-uuid", "", "'; DROP TABLE api_keys; --"] {
         let res = app.rpc(&c, "keys/revoke", &[("id", id)]).await;

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use common::{client, env, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
+use services::keys::{ApiKeyId, Quota, QuotaLimit};
+use services::quota_changes::{ChangeSource, QuotaChange};
 use services::usage::histogram::{exact_quantile, LatencyHistogram};
 
 async fn get(c: &reqwest::Client, app: &TestApp, path: &str, key: &str) -> reqwest::Response {
@@ -83,31 +85,55 @@ async fn set_clock(app: &TestApp, target_ms: i64) {
     app.services.quota.set_test_clock_offset_ms(target_ms - real);
 }
 
+/// (hourly limit, daily limit, period in ms) for the boundary tests of `window`: 3 in it.
+fn limits(window: &str) -> (i64, i64, i64) {
+    match window {
+        "hour" => (3, 10_000, 3_600_000),
+        _ => (1_000, 3, 86_400_000),
+    }
+}
+
 async fn boundary(window: &str) {
     let app = TestApp::spawn().await;
-    let (per_hour, per_day, period_ms) = match window {
-        "hour" => (3, 10_000, 3_600_000i64),
-        _ => (1_000, 3, 86_400_000i64),
-    };
+    let (per_hour, per_day, period_ms) = limits(window);
     let (secret, _) = app.key_with_quota(per_hour, per_day).await;
     let c = client();
-    // A window end two periods ahead of the real clock.
     let now = app.services.quota.now_ms().await.unwrap();
-    let end = (now.div_euclid(period_ms) + 2) * period_ms;
+    // A window end two periods ahead of the real clock; two periods later for another
+    // attempt, if a slow moment of the machine made one tell nothing (see below).
+    for attempt in 0..3 {
+        let end = (now.div_euclid(period_ms) + 2 + 2 * attempt) * period_ms;
+        if last_second_and_next_window(&app, &c, &secret, window, end).await {
+            return;
+        }
+    }
+    panic!("three times, the request sent 950 ms before a window's end was answered only after it");
+}
 
+/// Fills the window ending at `end` and checks its refusals, its last second and the first
+/// second of the next window. False if the request sent in the last second was answered
+/// after the end (by the Redis clock) and admitted: it may have landed in the next window, so
+/// it tells nothing, and the next window is no longer fresh.
+async fn last_second_and_next_window(app: &TestApp, c: &reqwest::Client, secret: &str, window: &str, end: i64) -> bool {
+    let (per_hour, per_day, period_ms) = limits(window);
     // The last 10.5 seconds of the window: three requests count in it, the fourth is refused.
-    set_clock(&app, end - 10_500).await;
+    set_clock(app, end - 10_500).await;
     for i in 0..3 {
-        let res = get(&c, &app, "/api/v1/ping", &secret).await;
+        let res = get(c, app, "/api/v1/ping", secret).await;
         assert_eq!(res.status(), StatusCode::OK, "request {i}");
     }
     let before = app.services.quota.now_ms().await.unwrap();
-    let refused = get(&c, &app, "/api/v1/ping", &secret).await;
+    let refused = get(c, app, "/api/v1/ping", secret).await;
     let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: i64 = header(&refused, "retry-after").parse().unwrap();
     let (lo, hi) = ((end - after + 999) / 1000, (end - before + 999) / 1000);
     assert!(lo <= retry && retry <= hi, "Retry-After {retry} not in [{lo}, {hi}]");
+    // The headers describe the window that refused: nothing left, free again at its reset.
+    let policy = format!("\"hour\";q={per_hour};w=3600, \"day\";q={per_day};w=86400");
+    assert_eq!(header(&refused, "ratelimit-policy"), policy);
+    assert_eq!(header(&refused, "ratelimit"), format!("\"{window}\";r=0;t={retry}"));
+    assert_eq!(header(&refused, "x-ratelimit-limit"), "3");
     assert_eq!(header(&refused, "x-ratelimit-reset"), (end / 1000).to_string());
     assert_eq!(header(&refused, "x-ratelimit-remaining"), "0");
     let body: Value = refused.json().await.unwrap();
@@ -119,19 +145,42 @@ async fn boundary(window: &str) {
     let reset_at = chrono::DateTime::parse_from_rfc3339(body["error"]["reset_at"].as_str().unwrap()).unwrap();
     assert_eq!(reset_at.timestamp_millis(), end);
 
-    // The last second still belongs to the old window (set 950 ms before its end, so that a
-    // slow moment of the machine still lands the request in that second).
-    set_clock(&app, end - 950).await;
-    let refused = get(&c, &app, "/api/v1/ping", &secret).await;
+    // The last second still belongs to the old window: a request landing in it is refused
+    // with `Retry-After: 1` (sent 950 ms before the end: unless the machine is very slow, it
+    // lands before it).
+    set_clock(app, end - 950).await;
+    let refused = get(c, app, "/api/v1/ping", secret).await;
+    let after = app.services.quota.now_ms().await.unwrap();
+    if refused.status() == StatusCode::OK && after >= end {
+        return false;
+    }
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "retry-after"), "1");
+    assert_eq!(header(&refused, "ratelimit"), format!("\"{window}\";r=0;t=1"));
+    assert_eq!(header(&refused, "x-ratelimit-reset"), (end / 1000).to_string());
 
     // The first second of the next window starts from zero.
-    set_clock(&app, end + 50).await;
-    let res = get(&c, &app, "/api/v1/ping", &secret).await;
+    set_clock(app, end + 50).await;
+    let before = app.services.quota.now_ms().await.unwrap();
+    let res = get(c, app, "/api/v1/ping", secret).await;
+    let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
-    assert_eq!(header(&res, "ratelimit"), format!("\"{window}\";r=2;t={}", period_ms / 1000));
+    let next_end = end + period_ms;
+    seconds_until(&header(&res, "ratelimit"), &format!("\"{window}\";r=2;t="), next_end, before, after);
+    assert_eq!(header(&res, "x-ratelimit-reset"), (next_end / 1000).to_string());
+    true
+}
+
+/// The `t=` of a `RateLimit` header that must start with `prefix`, checked to be the seconds
+/// (rounded up) from some moment between `before_ms` and `after_ms` to `reset_ms`.
+fn seconds_until(ratelimit: &str, prefix: &str, reset_ms: i64, before_ms: i64, after_ms: i64) {
+    let t: i64 = ratelimit
+        .strip_prefix(prefix)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("RateLimit {ratelimit:?} is not {prefix}<seconds>"));
+    let (lo, hi) = ((reset_ms - after_ms + 999).div_euclid(1000), (reset_ms - before_ms + 999).div_euclid(1000));
+    assert!(lo <= t && t <= hi, "RateLimit {ratelimit:?}: t not in [{lo}, {hi}]");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,13 +211,114 @@ async fn rate_limit_headers_on_every_metered_response() {
     let app = TestApp::spawn().await;
     let (secret, _) = app.key_with_quota(5, 100).await;
     let c = client();
+    let before = app.services.quota.now_ms().await.unwrap();
     let res = get(&c, &app, "/api/v1/status/503", &secret).await;
+    let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header(&res, "ratelimit-policy"), "\"hour\";q=5;w=3600, \"day\";q=100;w=86400");
-    assert!(header(&res, "ratelimit").starts_with("\"hour\";r=4;t="), "{}", header(&res, "ratelimit"));
     assert_eq!(header(&res, "x-ratelimit-limit"), "5");
     assert_eq!(header(&res, "x-ratelimit-remaining"), "4");
+    // The hour's reset, in epoch seconds: the top of the next hour on the Redis clock.
+    let reset: i64 = header(&res, "x-ratelimit-reset").parse().unwrap();
+    let top_of_next_hour = |ms: i64| (ms.div_euclid(3_600_000) + 1) * 3_600;
+    assert!([top_of_next_hour(before), top_of_next_hour(after)].contains(&reset), "X-RateLimit-Reset {reset}");
+    seconds_until(&header(&res, "ratelimit"), "\"hour\";r=4;t=", reset * 1000, before, after);
     assert!(!header(&res, "x-request-id").is_empty());
+}
+
+/// A key of `per_hour` and `per_day` with a burst limit of `burst` requests per second.
+async fn key_with_burst(app: &TestApp, per_hour: i64, per_day: i64, burst: i64) -> (String, ApiKeyId) {
+    let (secret, id) = app.key_with_quota(per_hour, per_day).await;
+    let quota = Quota {
+        per_hour: QuotaLimit::new(per_hour).unwrap(),
+        per_day: QuotaLimit::new(per_day).unwrap(),
+        burst_per_second: Some(QuotaLimit::burst(burst).unwrap()),
+    };
+    let change = QuotaChange { actor: None, source: ChangeSource::Operator, reason: "test setup" };
+    services::quota_changes::set_quota(&app.services, id, &quota, &change).await.unwrap();
+    (secret, id)
+}
+
+/// The burst limit (GCRA) over HTTP: `BURST` quick calls are admitted at once, the ones right
+/// after are refused as `burst` with `Retry-After: 1` (nothing counted), and one more is
+/// admitted once an emission interval (1/`BURST` s) has passed since the first, by the Redis
+/// clock, not a whole second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_limit_admits_a_burst_then_one_request_per_emission_interval() {
+    const BURST: i64 = 2;
+    const INTERVAL_MS: i64 = 1000 / BURST;
+    let app = TestApp::spawn().await;
+    let (secret, id) = key_with_burst(&app, 1_000, 10_000, BURST).await;
+    let c = client();
+    // Half past some hour ahead: no hour or day resets while the test runs.
+    let now = app.services.quota.now_ms().await.unwrap();
+    let hour_end = (now.div_euclid(3_600_000) + 3) * 3_600_000;
+    set_clock(&app, hour_end - 1_800_000).await;
+
+    let policy = format!("\"hour\";q=1000;w=3600, \"day\";q=10000;w=86400, \"burst\";q={BURST};w=1");
+    let first_ms = app.services.quota.now_ms().await.unwrap();
+    let (mut admitted, mut refused, mut last_admitted_ms) = (0i64, 0i64, first_ms);
+    let mut statuses = Vec::new();
+    for call in 0..7i64 {
+        if call == 5 {
+            // One emission interval after the first admission (at most `last_admitted_ms`
+            // with a burst of 2 sent quickly), one more request is admitted.
+            set_clock(&app, last_admitted_ms + INTERVAL_MS).await;
+        }
+        let before = app.services.quota.now_ms().await.unwrap();
+        let res = get(&c, &app, "/api/v1/ping", &secret).await;
+        let after = app.services.quota.now_ms().await.unwrap();
+        statuses.push(res.status().as_u16());
+        assert_eq!(header(&res, "ratelimit-policy"), policy, "call {call}");
+        if res.status() == StatusCode::OK {
+            admitted += 1;
+            last_admitted_ms = after;
+            let remaining = 1_000 - admitted;
+            assert_eq!(header(&res, "x-ratelimit-limit"), "1000", "call {call}");
+            assert_eq!(header(&res, "x-ratelimit-remaining"), remaining.to_string(), "call {call}");
+            assert_eq!(header(&res, "x-ratelimit-reset"), (hour_end / 1000).to_string(), "call {call}");
+            seconds_until(&header(&res, "ratelimit"), &format!("\"hour\";r={remaining};t="), hour_end, before, after);
+        } else {
+            refused += 1;
+            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "call {call}");
+            // Free again within one interval: rounded up, a second.
+            assert_eq!(header(&res, "retry-after"), "1", "call {call}");
+            assert_eq!(header(&res, "ratelimit"), "\"burst\";r=0;t=1", "call {call}");
+            assert_eq!(header(&res, "x-ratelimit-limit"), BURST.to_string(), "call {call}");
+            assert_eq!(header(&res, "x-ratelimit-remaining"), "0", "call {call}");
+            let reset: i64 = header(&res, "x-ratelimit-reset").parse().unwrap();
+            let (lo, hi) = ((before + 1000).div_euclid(1000), (after + 1000).div_euclid(1000));
+            assert!(lo <= reset && reset <= hi, "call {call}: X-RateLimit-Reset {reset} not in [{lo}, {hi}]");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "quota_exceeded", "call {call}");
+            assert_eq!(body["error"]["window"], "burst", "call {call}");
+            assert_eq!(body["error"]["limit"], BURST, "call {call}");
+            assert_eq!(body["error"]["used"], BURST, "call {call}");
+            assert_eq!(body["error"]["retry_after"], 1, "call {call}");
+            let reset_at = chrono::DateTime::parse_from_rfc3339(body["error"]["reset_at"].as_str().unwrap()).unwrap();
+            assert!((lo..=hi).contains(&reset_at.timestamp()), "call {call}: {body}");
+        }
+        // GCRA: the burst at once, then one more per interval since the first request
+        // (exact while the calls come quicker than an interval, as they do).
+        let allowed = BURST + (after - first_ms) / INTERVAL_MS;
+        assert!(admitted <= allowed, "call {call}: {admitted} admitted, at most {allowed} allowed: {statuses:?}");
+        if call < BURST || call == 5 {
+            assert_eq!(statuses[call as usize], 200, "call {call}: {statuses:?}");
+        }
+    }
+
+    // Refusals count in no window, and are stored as throttled.
+    let quota = Quota {
+        per_hour: QuotaLimit::new(1_000).unwrap(),
+        per_day: QuotaLimit::new(10_000).unwrap(),
+        burst_per_second: Some(QuotaLimit::burst(BURST).unwrap()),
+    };
+    let (hour, day, _) = app.services.quota.snapshot(id, &quota, 0).await.unwrap();
+    assert_eq!((hour.used, day.used), (admitted, admitted));
+    assert_eq!(app.wait_for_events(id, 7).await, 7);
+    let stored = stored_statuses(&app, id).await;
+    assert_eq!(stored.iter().filter(|s| **s == (429, true)).count() as i64, refused, "{stored:?}");
+    assert_eq!(stored.iter().filter(|s| **s == (200, false)).count() as i64, admitted, "{stored:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +469,10 @@ async fn every_request_lands_in_postgres_with_its_fields_and_rollups_agree() {
         assert_eq!(actual, *expected, "bytes out of {key}");
     }
     assert_eq!(events.iter().filter(|e| e.throttled).count(), 4);
-    assert!(events.iter().all(|e| e.method == "GET" || e.endpoint == "/api/v1/echo"));
+    for e in &events {
+        let method = if e.endpoint == "/api/v1/echo" { "POST" } else { "GET" };
+        assert_eq!(e.method, method, "{e:?}");
+    }
     let delays: Vec<i64> = events.iter().filter(|e| e.endpoint == "/api/v1/delay/{ms}").map(|e| e.latency_us).collect();
     assert!(delays.iter().any(|&l| l >= 60_000), "the 60 ms delay took {delays:?}");
 
@@ -407,11 +560,14 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_parameter", "{path}");
     }
+    // Headers over the server's limit: a 431 before the key is even looked at (not counted),
+    // and the server goes on serving.
     let huge = "x".repeat(512 * 1024);
-    let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).header("x-padding", huge).send().await;
-    if let Ok(res) = res {
-        assert!(res.status().is_client_error(), "oversized headers: {}", res.status());
-    }
+    let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).header("x-padding", huge).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let ok = get(&c, &app, "/api/v1/ping", &secret).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), "99", "the 431 counted nothing");
     let res = c.get(app.url("/api/v1/ping")).header("authorization", "Bearer").send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let raw = reqwest::header::HeaderValue::from_bytes(b"Bearer km_live_\xff\xfe\xfd").unwrap();
@@ -434,10 +590,11 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
 
-    // One good request, to know when the pipeline has caught up: it is the only one counted.
+    // One more good request, to know when the pipeline has caught up: the two are the only
+    // ones counted.
     let ok = get(&c, &app, "/api/v1/ping", &secret).await;
     assert_eq!(ok.status(), StatusCode::OK);
-    assert_eq!(header(&ok, "x-ratelimit-remaining"), "99");
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), "98");
     for (method, path, status) in [
         (reqwest::Method::GET, "/api/v1/status/abc", StatusCode::BAD_REQUEST),
         (reqwest::Method::GET, "/api/v1/no-such-route", StatusCode::NOT_FOUND),
@@ -446,14 +603,14 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
         let res = c.request(method, app.url(path)).bearer_auth(&secret).send().await.unwrap();
         assert_eq!(res.status(), status, "{path}");
         assert_eq!(header(&res, "ratelimit-policy"), "\"hour\";q=100;w=3600, \"day\";q=1000;w=86400", "{path}");
-        assert!(header(&res, "ratelimit").starts_with("\"hour\";r=99;t="), "{path}: {}", header(&res, "ratelimit"));
+        assert!(header(&res, "ratelimit").starts_with("\"hour\";r=98;t="), "{path}: {}", header(&res, "ratelimit"));
         assert_eq!(header(&res, "x-ratelimit-limit"), "100", "{path}");
-        assert_eq!(header(&res, "x-ratelimit-remaining"), "99", "{path}");
+        assert_eq!(header(&res, "x-ratelimit-remaining"), "98", "{path}");
         assert!(header(&res, "x-request-id").is_empty(), "{path}: no usage event, no request id");
     }
-    app.wait_for_events(id, 1).await;
+    app.wait_for_events(id, 2).await;
     app.wait_until_usage_stored().await;
-    assert_eq!(app.event_count(id).await, 1);
+    assert_eq!(app.event_count(id).await, 2);
 }
 
 /// Statuses of a key's stored events, sorted, with whether each was throttled.

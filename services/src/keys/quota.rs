@@ -15,8 +15,9 @@ impl QuotaLimit {
         Self::bounded(value, Self::MAX)
     }
 
-    /// The highest burst rate per second. The burst limiter steps in 1/rate ms; far above this,
-    /// the steps vanish in rounding at today's timestamps and the limit would not hold.
+    /// The highest burst rate per second: a request every 10 µs, beyond what an API key needs.
+    /// (The burst limiter counts in 1/rate ms; its numbers stay far inside a double's exact
+    /// integers up to this.)
     pub const MAX_BURST: i64 = 100_000;
 
     pub fn burst(value: i64) -> ServiceResult<Self> {

@@ -35,7 +35,7 @@ local now_s = math.floor(now_ms / 1000)
 local hour_start = now_s - (now_s % 3600)
 local day_start = now_s - (now_s % 86400)
 
-local s = redis.call('HMGET', KEYS[1], 'hw', 'hc', 'dw', 'dc', 'tat', 'hl', 'dl', 'br', 'qv')
+local s = redis.call('HMGET', KEYS[1], 'hw', 'hc', 'dw', 'dc', 'tat', 'hl', 'dl', 'br', 'qv', 'tf')
 
 -- The newest limits win: those stored here (written when a quota changes) or the caller's.
 local hl, dl, br, qv = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -53,19 +53,27 @@ if tonumber(s[3]) == day_start then dc = tonumber(s[4]) end
 local admitted = math.max(0, math.min(n, hl - hc, dl - dc))
 
 -- Burst: GCRA allowing `br` requests at once, refilled at `br` per second; each admission
--- moves the theoretical arrival time on by one interval.
-local tat = nil
-local interval, tolerance = 0, 0
+-- moves the theoretical arrival time on by one interval (1000 / br ms). In whole numbers only:
+-- the time is kept as whole ms `tat` plus `tf` / br ms (0 <= tf < br), and compared in units
+-- of 1/br ms, where an interval is exactly 1000. (Fractions of a ms at today's timestamps
+-- lost bits in every addition, and a whole burst arriving in one millisecond was refused its
+-- last request.)
+local tat, tf = nil, 0
+local late, tolerance = 0, 0  -- in 1/br ms: how far `tat` is ahead of now, and how far it may be
 if br > 0 then
-  interval = 1000 / br
-  tolerance = interval * (br - 1)
-  tat = tonumber(s[5]) or now_ms
-  if tat < now_ms then tat = now_ms end
+  tolerance = 1000 * (br - 1)
+  tat = math.floor(tonumber(s[5]) or now_ms)
+  tf = tonumber(s[10]) or 0
+  -- (A fraction kept under another rate: carried into whole ms.)
+  tat, tf = tat + math.floor(tf / br), tf % br
+  if tat < now_ms then tat, tf = now_ms, 0 end
+  late = (tat - now_ms) * br + tf
   local room = 0
-  -- (The small slack keeps float rounding from refusing a request exactly on the boundary.)
-  if tat - now_ms <= tolerance then room = math.floor((tolerance - (tat - now_ms)) / interval + 1e-9) + 1 end
+  if late <= tolerance then room = math.floor((tolerance - late) / 1000) + 1 end
   admitted = math.min(admitted, room)
-  tat = tat + admitted * interval
+  local ahead = tf + admitted * 1000
+  tat, tf = tat + math.floor(ahead / br), ahead % br
+  late = (tat - now_ms) * br + tf
 end
 
 hc = hc + admitted
@@ -83,9 +91,9 @@ if admitted < n then
     blocked = blocked + 2
     retry_ms = math.max(retry_ms, (day_start + 86400) * 1000 - now_ms)
   end
-  if tat and tat - now_ms > tolerance then
+  if tat and late > tolerance then
     blocked = blocked + 4
-    retry_ms = math.max(retry_ms, tat - tolerance - now_ms)
+    retry_ms = math.max(retry_ms, (late - tolerance) / br)
   end
 end
 
@@ -93,7 +101,7 @@ end
 if admitted > 0 then
   redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc)
   if stored_qv ~= qv then redis.call('HSET', KEYS[1], 'hl', hl, 'dl', dl, 'br', br, 'qv', qv) end
-  if tat then redis.call('HSET', KEYS[1], 'tat', tat) end
+  if tat then redis.call('HSET', KEYS[1], 'tat', tat, 'tf', tf) end
   -- Kept a little past the day window (set when the day's counting starts); a key that goes
   -- quiet costs nothing.
   if tonumber(s[3]) ~= day_start then
