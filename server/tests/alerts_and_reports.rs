@@ -79,7 +79,6 @@ fn text_part(message: &str) -> String {
     String::from_utf8(bytes).expect("UTF-8 text")
 }
 
-
 async fn notifications(app: &TestApp, session: &reqwest::Client) -> Vec<serde_json::Value> {
     let res = app.rpc(session, "notifications/list", &[]).await;
     assert!(res.status().is_success());

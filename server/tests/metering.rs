@@ -12,10 +12,6 @@ use services::keys::{ApiKeyId, Quota, QuotaLimit};
 use services::quota_changes::{ChangeSource, QuotaChange};
 use services::usage::histogram::{exact_quantile, LatencyHistogram};
 
-async fn get(c: &reqwest::Client, app: &TestApp, path: &str, key: &str) -> reqwest::Response {
-    c.get(app.url(path)).bearer_auth(key).send().await.expect("request")
-}
-
 fn header(res: &reqwest::Response, name: &str) -> String {
     res.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
@@ -77,14 +73,6 @@ async fn exactly_the_limit_across_three_instances(settings: &[(&'static str, Str
     }
 }
 
-/// Shifts the quota clock of `app` so that it reads `target_ms` now; returns the Redis time
-/// before the shift.
-async fn set_clock(app: &TestApp, target_ms: i64) {
-    app.services.quota.set_test_clock_offset_ms(0);
-    let real = app.services.quota.now_ms().await.unwrap();
-    app.services.quota.set_test_clock_offset_ms(target_ms - real);
-}
-
 /// (hourly limit, daily limit, period in ms) for the boundary tests of `window`: 3 in it.
 fn limits(window: &str) -> (i64, i64, i64) {
     match window {
@@ -97,13 +85,12 @@ async fn boundary(window: &str) {
     let app = TestApp::spawn().await;
     let (per_hour, per_day, period_ms) = limits(window);
     let (secret, _) = app.key_with_quota(per_hour, per_day).await;
-    let c = client();
     let now = app.services.quota.now_ms().await.unwrap();
     // A window end two periods ahead of the real clock; two periods later for another
     // attempt, if a slow moment of the machine made one tell nothing (see below).
     for attempt in 0..3 {
         let end = (now.div_euclid(period_ms) + 2 + 2 * attempt) * period_ms;
-        if last_second_and_next_window(&app, &c, &secret, window, end).await {
+        if last_second_and_next_window(&app, &secret, window, end).await {
             return;
         }
     }
@@ -114,16 +101,16 @@ async fn boundary(window: &str) {
 /// second of the next window. False if the request sent in the last second was answered
 /// after the end (by the Redis clock) and admitted: it may have landed in the next window, so
 /// it tells nothing, and the next window is no longer fresh.
-async fn last_second_and_next_window(app: &TestApp, c: &reqwest::Client, secret: &str, window: &str, end: i64) -> bool {
+async fn last_second_and_next_window(app: &TestApp, secret: &str, window: &str, end: i64) -> bool {
     let (per_hour, per_day, period_ms) = limits(window);
     // The last 10.5 seconds of the window: three requests count in it, the fourth is refused.
-    set_clock(app, end - 10_500).await;
+    app.set_clock(end - 10_500).await;
     for i in 0..3 {
-        let res = get(c, app, "/api/v1/ping", secret).await;
+        let res = app.call("/api/v1/ping", secret).await;
         assert_eq!(res.status(), StatusCode::OK, "request {i}");
     }
     let before = app.services.quota.now_ms().await.unwrap();
-    let refused = get(c, app, "/api/v1/ping", secret).await;
+    let refused = app.call("/api/v1/ping", secret).await;
     let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: i64 = header(&refused, "retry-after").parse().unwrap();
@@ -148,8 +135,8 @@ async fn last_second_and_next_window(app: &TestApp, c: &reqwest::Client, secret:
     // The last second still belongs to the old window: a request landing in it is refused
     // with `Retry-After: 1` (sent 950 ms before the end: unless the machine is very slow, it
     // lands before it).
-    set_clock(app, end - 950).await;
-    let refused = get(c, app, "/api/v1/ping", secret).await;
+    app.set_clock(end - 950).await;
+    let refused = app.call("/api/v1/ping", secret).await;
     let after = app.services.quota.now_ms().await.unwrap();
     if refused.status() == StatusCode::OK && after >= end {
         return false;
@@ -160,9 +147,9 @@ async fn last_second_and_next_window(app: &TestApp, c: &reqwest::Client, secret:
     assert_eq!(header(&refused, "x-ratelimit-reset"), (end / 1000).to_string());
 
     // The first second of the next window starts from zero.
-    set_clock(app, end + 50).await;
+    app.set_clock(end + 50).await;
     let before = app.services.quota.now_ms().await.unwrap();
-    let res = get(c, app, "/api/v1/ping", secret).await;
+    let res = app.call("/api/v1/ping", secret).await;
     let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-remaining"), "2");
@@ -197,10 +184,9 @@ async fn the_day_window_is_a_utc_day_on_the_redis_clock() {
 async fn a_redis_on_its_unix_socket_meters_and_limits_the_same() {
     let app = TestApp::spawn_with(&[("REDIS_URL", env("KEYMETER_TEST_REDIS_SOCKET"))]).await;
     let (secret, id) = app.key_with_quota(3, 100).await;
-    let c = client();
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(get(&c, &app, "/api/v1/ping", &secret).await.status().as_u16());
+        statuses.push(app.call("/api/v1/ping", &secret).await.status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
     assert_eq!(app.wait_for_events(id, 4).await, 4, "every call stored, the refused one too");
@@ -210,9 +196,8 @@ async fn a_redis_on_its_unix_socket_meters_and_limits_the_same() {
 async fn rate_limit_headers_on_every_metered_response() {
     let app = TestApp::spawn().await;
     let (secret, _) = app.key_with_quota(5, 100).await;
-    let c = client();
     let before = app.services.quota.now_ms().await.unwrap();
-    let res = get(&c, &app, "/api/v1/status/503", &secret).await;
+    let res = app.call("/api/v1/status/503", &secret).await;
     let after = app.services.quota.now_ms().await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header(&res, "ratelimit-policy"), "\"hour\";q=5;w=3600, \"day\";q=100;w=86400");
@@ -249,11 +234,10 @@ async fn a_burst_limit_admits_a_burst_then_one_request_per_emission_interval() {
     const INTERVAL_MS: i64 = 1000 / BURST;
     let app = TestApp::spawn().await;
     let (secret, id) = key_with_burst(&app, 1_000, 10_000, BURST).await;
-    let c = client();
     // Half past some hour ahead: no hour or day resets while the test runs.
     let now = app.services.quota.now_ms().await.unwrap();
     let hour_end = (now.div_euclid(3_600_000) + 3) * 3_600_000;
-    set_clock(&app, hour_end - 1_800_000).await;
+    app.set_clock(hour_end - 1_800_000).await;
 
     let policy = format!("\"hour\";q=1000;w=3600, \"day\";q=10000;w=86400, \"burst\";q={BURST};w=1");
     let first_ms = app.services.quota.now_ms().await.unwrap();
@@ -263,10 +247,10 @@ async fn a_burst_limit_admits_a_burst_then_one_request_per_emission_interval() {
         if call == 5 {
             // One emission interval after the first admission (at most `last_admitted_ms`
             // with a burst of 2 sent quickly), one more request is admitted.
-            set_clock(&app, last_admitted_ms + INTERVAL_MS).await;
+            app.set_clock(last_admitted_ms + INTERVAL_MS).await;
         }
         let before = app.services.quota.now_ms().await.unwrap();
-        let res = get(&c, &app, "/api/v1/ping", &secret).await;
+        let res = app.call("/api/v1/ping", &secret).await;
         let after = app.services.quota.now_ms().await.unwrap();
         statuses.push(res.status().as_u16());
         assert_eq!(header(&res, "ratelimit-policy"), policy, "call {call}");
@@ -326,18 +310,17 @@ async fn a_raised_quota_admits_the_very_next_request_on_every_instance() {
     let a = TestApp::spawn().await;
     let b = a.spawn_sibling().await;
     let (secret, id) = a.key_with_quota(2, 1_000).await;
-    let c = client();
-    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
-    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
-    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.call("/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(b.call("/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(a.call("/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(b.call("/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
 
     a.set_quota(id, 4, 1_000).await;
-    let res = get(&c, &b, "/api/v1/ping", &secret).await;
+    let res = b.call("/api/v1/ping", &secret).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(header(&res, "x-ratelimit-limit"), "4");
-    assert_eq!(get(&c, &a, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
-    assert_eq!(get(&c, &b, "/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.call("/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(b.call("/api/v1/ping", &secret).await.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[derive(diesel::QueryableByName, Debug)]
@@ -553,7 +536,7 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
         "/api/v1/delay/10001",
         "/api/v1/delay/%F0%9F%92%A5",
     ] {
-        let res = get(&c, &app, path, &secret).await;
+        let res = app.call(path, &secret).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
         // Not counted, yet the key's current use is reported as on every answer to it.
         assert_eq!(header(&res, "x-ratelimit-remaining"), "100", "{path}");
@@ -565,7 +548,7 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     let huge = "x".repeat(512 * 1024);
     let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).header("x-padding", huge).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    let ok = get(&c, &app, "/api/v1/ping", &secret).await;
+    let ok = app.call("/api/v1/ping", &secret).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(header(&ok, "x-ratelimit-remaining"), "99", "the 431 counted nothing");
     let res = c.get(app.url("/api/v1/ping")).header("authorization", "Bearer").send().await.unwrap();
@@ -583,7 +566,7 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
         assert_eq!(body["error"]["code"], "missing_api_key", "{path}");
     }
     // Every refusal is the same JSON shape.
-    let res = get(&c, &app, "/api/v1/status/%FF%FE", &secret).await;
+    let res = app.call("/api/v1/status/%FF%FE", &secret).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_parameter");
     let res = c.post(app.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
@@ -592,7 +575,7 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
 
     // One more good request, to know when the pipeline has caught up: the two are the only
     // ones counted.
-    let ok = get(&c, &app, "/api/v1/ping", &secret).await;
+    let ok = app.call("/api/v1/ping", &secret).await;
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(header(&ok, "x-ratelimit-remaining"), "98");
     for (method, path, status) in [
@@ -643,7 +626,7 @@ async fn a_client_that_hangs_up_before_its_answer_still_has_its_usage_recorded()
         let gave_up = impatient.get(app.url("/api/v1/delay/1500")).bearer_auth(&secret).send().await;
         assert!(gave_up.is_err(), "the client should have given up before the answer");
     }
-    assert_eq!(get(&client(), &app, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), StatusCode::OK);
 
     // The quota counted all four; so does the stored usage: the three as 499 (client closed).
     assert_eq!(app.wait_for_events(id, 4).await, 4);
@@ -661,9 +644,8 @@ async fn a_client_that_hangs_up_before_its_answer_still_has_its_usage_recorded()
 async fn statuses_without_content_are_sent_without_content() {
     let app = TestApp::spawn().await;
     let (secret, id) = app.key_with_quota(100, 1_000).await;
-    let c = client();
     for code in [204u16, 205, 304] {
-        let res = get(&c, &app, &format!("/api/v1/status/{code}"), &secret).await;
+        let res = app.call(&format!("/api/v1/status/{code}"), &secret).await;
         assert_eq!(res.status().as_u16(), code);
         if code == 204 || code == 304 {
             assert!(res.headers().get("content-length").is_none(), "{code}: {:?}", res.headers());
@@ -683,7 +665,7 @@ async fn limits_that_did_not_reach_redis_are_not_hidden_by_the_old_ones() {
     use diesel_async::RunQueryDsl;
     let app = TestApp::spawn().await;
     let (secret, id) = app.key_with_quota(10, 100).await;
-    assert_eq!(get(&client(), &app, "/api/v1/ping", &secret).await.status(), StatusCode::OK);
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), StatusCode::OK);
     // A change stored in PostgreSQL that Redis never heard of.
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     diesel::sql_query(

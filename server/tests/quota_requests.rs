@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, TestApp};
+use common::TestApp;
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -43,7 +43,7 @@ async fn ask(s: &Setup, per_hour: &str, per_day: &str, reason: &str) -> reqwest:
 }
 
 async fn ping(s: &Setup) -> StatusCode {
-    client().get(s.app.url("/api/v1/ping")).bearer_auth(&s.secret).send().await.unwrap().status()
+    s.app.call("/api/v1/ping", &s.secret).await.status()
 }
 
 /// A page of the audit trail: its entries, and where the next page starts.

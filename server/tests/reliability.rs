@@ -115,15 +115,15 @@ async fn a_check_queued_behind_a_slow_one_is_decided_by_what_redis_counted() {
     let link = SlowLink::start(&redis).await;
     let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "450".into())]).await;
     let (secret, id) = app.key_with_quota(100, 1_000).await;
-    assert_eq!(ping(&app, &secret).await.status(), 200);
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     link.slow_down(Duration::from_millis(300));
 
     let calls_before = link.script_calls();
-    let first = ping(&app, &secret);
+    let first = app.call("/api/v1/ping", &secret);
     let second = async {
         link.wait_for_script_call_after(calls_before).await;
         let sent = Instant::now();
-        let res = ping(&app, &secret).await;
+        let res = app.call("/api/v1/ping", &secret).await;
         (res, sent.elapsed())
     };
     let (first, (second, second_took)) = tokio::join!(first, second);
@@ -143,7 +143,7 @@ async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recor
     let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "2000".into())]).await;
     let (secret, id) = app.key_with_quota(100, 1_000).await;
     let (warm_up, _) = app.key_with_quota(100, 1_000).await;
-    assert_eq!(ping(&app, &warm_up).await.status(), 200);
+    assert_eq!(app.call("/api/v1/ping", &warm_up).await.status(), 200);
     link.slow_down(Duration::from_millis(300));
 
     // The client gives up while the check is on its way to Redis, which then counts it.
@@ -155,11 +155,6 @@ async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recor
     assert_eq!(hour_counted(&app, id).await, 1);
 }
 
-async fn ping(app: &TestApp, secret: &str) -> reqwest::Response {
-    client().get(app.url("/api/v1/ping")).bearer_auth(secret).send().await.expect("an answer")
-}
-
-/// Events of a key: (total, unenforced).
 /// Events stored for the key: in all, and those admitted without Redis' enforcement.
 async fn events(app: &TestApp, id: ApiKeyId) -> (i64, i64) {
     let of_key = format!("FROM api_key_usage WHERE api_key_id = '{}'", id.0);
@@ -184,13 +179,13 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     .await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     for _ in 0..3 {
-        assert_eq!(ping(&app, &secret).await.status(), 200);
+        assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     }
 
     redis.kill();
     let mut statuses = HashMap::<u16, i64>::new();
     for _ in 0..8 {
-        let res = ping(&app, &secret).await;
+        let res = app.call("/api/v1/ping", &secret).await;
         if res.status() == 200 {
             // Half of the 7 left (as Redis last said) is this instance's: 3 more than the 3 used.
             assert_eq!(res.headers()["x-ratelimit-limit"], "6");
@@ -212,7 +207,7 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     let mut enforced = None;
     let mut after = 0;
     for _ in 0..50 {
-        let res = ping(&app, &secret).await;
+        let res = app.call("/api/v1/ping", &secret).await;
         after += 1;
         if res.headers()["x-ratelimit-limit"] == "10" {
             enforced = Some(res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned());
@@ -228,7 +223,7 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
         assert!(std::time::Instant::now() < deadline, "the fallback's admissions never reached Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let res = ping(&app, &secret).await;
+    let res = app.call("/api/v1/ping", &secret).await;
     after += 1;
     let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
     assert_eq!(remaining, "2");
@@ -250,7 +245,7 @@ async fn with_redis_down_the_usage_page_shows_stored_usage_and_says_so() {
     let (key, secret) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("shop").unwrap()).await.unwrap();
     let session = app.signed_in("ann@example.com").await;
     for _ in 0..5 {
-        assert_eq!(ping(&app, secret.expose()).await.status(), 200);
+        assert_eq!(app.call("/api/v1/ping", secret.expose()).await.status(), 200);
     }
     assert_eq!(wait_for_events(&app, key.id, 5).await.0, 5);
     let id = key.id.to_string();
@@ -303,9 +298,12 @@ async fn a_quota_approved_while_redis_is_down_is_reported_done_and_applies() {
     let (key, secret) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("shop").unwrap()).await.unwrap();
     app.set_quota(key.id, 2, 10_000).await;
     let (merchant, admin) = (app.signed_in("ann@example.com").await, app.signed_in("root@example.com").await);
-    let statuses =
-        [ping(&app, secret.expose()).await, ping(&app, secret.expose()).await, ping(&app, secret.expose()).await]
-            .map(|r| r.status().as_u16());
+    let statuses = [
+        app.call("/api/v1/ping", secret.expose()).await,
+        app.call("/api/v1/ping", secret.expose()).await,
+        app.call("/api/v1/ping", secret.expose()).await,
+    ]
+    .map(|r| r.status().as_u16());
     assert_eq!(statuses, [200, 200, 429]);
     let id = key.id.to_string();
     let asked = app
@@ -333,7 +331,7 @@ async fn a_quota_approved_while_redis_is_down_is_reported_done_and_applies() {
     redis.restart();
     let mut last = (0, String::new());
     for _ in 0..50 {
-        let res = ping(&app, secret.expose()).await;
+        let res = app.call("/api/v1/ping", secret.expose()).await;
         let limit = res.headers().get("x-ratelimit-limit").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         last = (res.status().as_u16(), limit);
         if last == (200, "100".to_owned()) {
@@ -383,12 +381,12 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     ])
     .await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
-    assert_eq!(ping(&app, &secret).await.status(), 200);
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 
     // Slow rather than down: every client of this Redis waits for 3 s.
     redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]);
     let started = Instant::now();
-    let res = ping(&app, &secret).await;
+    let res = app.call("/api/v1/ping", &secret).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
     let body: serde_json::Value = res.json().await.unwrap();
@@ -399,7 +397,7 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     tokio::time::sleep(Duration::from_millis(3_200)).await;
     let mut status = 0;
     for _ in 0..30 {
-        status = ping(&app, &secret).await.status().as_u16();
+        status = app.call("/api/v1/ping", &secret).await.status().as_u16();
         if status == 200 {
             break;
         }

@@ -10,17 +10,6 @@ use common::{client, TestApp};
 use reqwest::StatusCode;
 use services::accounts::Role;
 
-async fn send(c: &reqwest::Client, app: &TestApp, path: &str, key: &str) -> u16 {
-    c.get(app.url(path)).bearer_auth(key).send().await.unwrap().status().as_u16()
-}
-
-/// Sets the quota clock to `target_ms`.
-async fn set_clock(app: &TestApp, target_ms: i64) {
-    app.services.quota.set_test_clock_offset_ms(0);
-    let real = app.services.quota.now_ms().await.unwrap();
-    app.services.quota.set_test_clock_offset_ms(target_ms - real);
-}
-
 fn parse_csv(text: &str) -> Vec<HashMap<String, String>> {
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
@@ -49,7 +38,7 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
     let day2 = day1.succ_opt().unwrap();
 
     // Day one, last minute (hour quota 7): 5 pings, 2 404s, then 3 more pings refused.
-    set_clock(&app, midnight - 50_000).await;
+    app.set_clock(midnight - 50_000).await;
     let mut sent: HashMap<(String, &str, &str), i64> = HashMap::new();
     for (path, endpoint, class) in [
         ("/api/v1/ping", "/api/v1/ping", "ok"),
@@ -63,12 +52,12 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
         ("/api/v1/ping", "/api/v1/ping", "throttled"),
         ("/api/v1/ping", "/api/v1/ping", "throttled"),
     ] {
-        let status = send(&c, &app, path, &secret).await;
+        let status = app.call(path, &secret).await.status().as_u16();
         assert_eq!(status == 429, class == "throttled", "{path} -> {status}");
         *sent.entry((day1.to_string(), endpoint, class)).or_default() += 1;
     }
     // Day two, first minute: a new hour and day, the quota starts over.
-    set_clock(&app, midnight + 5_000).await;
+    app.set_clock(midnight + 5_000).await;
     for (path, endpoint, class) in [
         ("/api/v1/ping", "/api/v1/ping", "ok"),
         ("/api/v1/status/500", "/api/v1/status/{code}", "5xx"),
@@ -76,7 +65,7 @@ async fn csv_rows_sum_exactly_to_what_was_sent_over_two_utc_days() {
         ("/api/v1/status/201", "/api/v1/status/{code}", "ok"),
         ("/api/v1/delay/150", "/api/v1/delay/{ms}", "ok"),
     ] {
-        assert_ne!(send(&c, &app, path, &secret).await, 429);
+        assert_ne!(app.call(path, &secret).await.status().as_u16(), 429);
         *sent.entry((day2.to_string(), endpoint, class)).or_default() += 1;
     }
     // Known sizes and a known latency, for the bytes and latency columns.
@@ -269,11 +258,10 @@ async fn admins_export_every_key_for_a_month() {
     app.user("ann@example.com", Role::Merchant).await;
     let (s1, k1) = app.key_with_quota(100, 1_000).await;
     let (s2, k2) = app.key_with_quota(100, 1_000).await;
-    let c = client();
     for _ in 0..3 {
-        send(&c, &app, "/api/v1/ping", &s1).await;
+        app.call("/api/v1/ping", &s1).await;
     }
-    send(&c, &app, "/api/v1/ping", &s2).await;
+    app.call("/api/v1/ping", &s2).await;
     app.wait_for_events(k1, 3).await;
     app.wait_for_events(k2, 1).await;
     let month = chrono::Utc::now().format("%Y-%m").to_string();

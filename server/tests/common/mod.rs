@@ -262,6 +262,18 @@ impl TestApp {
             .unwrap();
     }
 
+    /// A metered call: GET `path` with `secret` as the bearer key.
+    pub async fn call(&self, path: &str, secret: &str) -> reqwest::Response {
+        client().get(self.url(path)).bearer_auth(secret).send().await.expect("an answer")
+    }
+
+    /// Puts the quota clock (the Redis-derived one every window is counted on) at `target_ms`.
+    pub async fn set_clock(&self, target_ms: i64) {
+        self.services.quota.set_test_clock_offset_ms(0);
+        let real = self.services.quota.now_ms().await.unwrap();
+        self.services.quota.set_test_clock_offset_ms(target_ms - real);
+    }
+
     pub async fn event_count(&self, id: ApiKeyId) -> i64 {
         self.count(&format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}'", id.0)).await
     }
