@@ -13,9 +13,9 @@ use services::keys::{api_keys, ApiKeyId, ApiKeySecret, KeyCheck, KeyName, Quota,
 use services::mailer::{self, Mailer};
 use services::monthly_report;
 use services::quota_changes::{self, set_quota, BurstChange, ChangeSource, QuotaChange};
-use services::usage::reports::Month;
+use services::usage::periods::Month;
 use services::usage::writer::UsageWriter;
-use services::usage::{demo, reports};
+use services::usage::{demo, rollups};
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
@@ -456,7 +456,7 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
         }
     };
 
-    if !reports::has_usage(&services.db, key_id.0).await? {
+    if !rollups::has_usage(&services.db, key_id.0).await? {
         let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
         let events = demo::history(key_id.0, today.timestamp_millis(), 30, 3_000, 2026);
         let mut writer = UsageWriter::new(&services);

@@ -13,7 +13,7 @@ use services::accounts::Role;
 use services::keys::{api_keys, ApiKeyId, KeyName};
 use services::monthly_report::{self, send_monthly_reports};
 use services::usage::histogram::exact_quantile;
-use services::usage::reports::Month;
+use services::usage::periods::Month;
 use services::usage::writer::UsageWriter;
 use uuid::Uuid;
 

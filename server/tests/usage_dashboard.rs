@@ -328,7 +328,7 @@ async fn the_24_hour_range_is_the_last_24_hours_not_today() {
     use chrono::{Duration, Utc};
     use diesel::sql_types::{Text, Timestamptz, Uuid as SqlUuid};
     use diesel_async::RunQueryDsl;
-    use services::usage::reports::Granularity;
+    use services::usage::periods::Granularity;
 
     let app = TestApp::spawn().await;
     let owner = app.user("ann@example.com", Role::Merchant).await;

@@ -17,7 +17,8 @@ use reqwest::StatusCode;
 use services::accounts::{sessions, Role};
 use services::keys::{api_keys, KeyName};
 use services::usage::export::{self, CsvStream, ExportKey, ExportSpec, Pace};
-use services::usage::reports::{DayRange, Granularity, RollupRows};
+use services::usage::periods::{DayRange, Granularity};
+use services::usage::rollups::RollupRows;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 

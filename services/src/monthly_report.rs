@@ -20,7 +20,8 @@ use crate::keys::{api_keys, ApiKey};
 use crate::mailer::{self, html_escape, Attachment, Email};
 use crate::schema::monthly_reports;
 use crate::usage::export;
-use crate::usage::reports::{Granularity, Month, RollupRows, UsageTotals};
+use crate::usage::periods::{Granularity, Month};
+use crate::usage::rollups::{RollupRows, UsageTotals};
 use crate::{ServiceError, ServiceResult, Services};
 use format::count;
 

@@ -137,7 +137,7 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
 pub mod ssr {
     use services::keys::{ApiKey, WindowUse};
     use services::usage::dashboard::{self, LiveUsage};
-    use services::usage::reports::UsageTotals;
+    use services::usage::rollups::UsageTotals;
     use services::{ServiceResult, Services};
 
     use super::*;

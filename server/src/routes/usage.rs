@@ -20,7 +20,7 @@ use serde::Deserialize;
 use services::accounts::{sessions, User};
 use services::keys::{api_keys, ApiKey, ApiKeyId};
 use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, Pace};
-use services::usage::reports::{DayRange, Granularity, Month};
+use services::usage::periods::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
 
 use crate::startup::Closing;

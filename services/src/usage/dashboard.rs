@@ -6,8 +6,9 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
-use super::live::MinuteCounters;
-use super::reports::{self, DayRange, Granularity, RollupRows, UsageTotals};
+use super::live::{self, MinuteCounters};
+use super::periods::{DayRange, Granularity};
+use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
 use crate::{ServiceResult, Services};
@@ -40,7 +41,7 @@ pub struct LiveUsage {
 pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage> {
     let from_redis = async {
         let (hour, day, now_ms) = services.quota.snapshot(key.id, &key.quota, key.quota_version_ms).await?;
-        let minutes = reports::live_minutes(&services.redis, key.id.0, now_ms, LIVE_MINUTES).await?;
+        let minutes = live::live_minutes(&services.redis, key.id.0, now_ms, LIVE_MINUTES).await?;
         ServiceResult::Ok((hour, day, now_ms, minutes))
     };
     let failure = match tokio::time::timeout(REDIS_WAIT, from_redis).await {
@@ -52,7 +53,7 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
     let now_ms = Utc::now().timestamp_millis();
     let now_s = now_ms.div_euclid(1000);
     let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86_400));
-    let (hour_used, day_used) = reports::admitted_since(
+    let (hour_used, day_used) = rollups::admitted_since(
         &services.db,
         key.id.0,
         time_from_ms(hour_start * 1000),
@@ -71,7 +72,7 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
         used: day_used,
         reset_at_ms: (day_start + 86_400) * 1000,
     };
-    let minutes = reports::stored_minutes(&services.db, key.id.0, now_ms, LIVE_MINUTES).await?;
+    let minutes = rollups::stored_minutes(&services.db, key.id.0, now_ms, LIVE_MINUTES).await?;
     Ok(assemble(hour, day, now_ms, minutes, true))
 }
 

@@ -3,13 +3,18 @@
 //! oldest first through a cursor, a piece at a time, and hands each piece's finished rows to the
 //! response as it goes: memory stays bounded by one piece and one period's rows, whatever the
 //! range and the number of keys, and a piece boundary inside a period just carries it over.
+//!
+//! The rows ([`ExportRow`]) are summed here from the hourly rollups: streamed, a key at a time,
+//! or all in memory for the monthly summary's attachment.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::Stream;
@@ -17,7 +22,9 @@ use tokio::sync::mpsc::{self, error::SendTimeoutError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use super::reports::{DayRange, ExportRow, Granularity, KeyExportRows, KeyedRollupRow, KEY_ROLLUPS_OLDEST_FIRST};
+use super::histogram::LatencyHistogram;
+use super::periods::{DayRange, Granularity};
+use super::rollups::{KeyedRollupRow, RollupRow, UsageTotals, KEY_ROLLUPS_OLDEST_FIRST};
 use crate::db::{self, DbPool};
 use crate::{ServiceError, ServiceResult};
 
@@ -66,6 +73,116 @@ pub fn write_row(out: &mut String, row: &ExportRow, key_name: &str, owner_email:
         let _ = write!(out, ",{}", field(owner));
     }
     out.push_str("\r\n");
+}
+
+/// One row of a CSV export.
+#[derive(Debug, Clone)]
+pub struct ExportRow {
+    pub period_start: DateTime<Utc>,
+    pub key_id: Uuid,
+    pub method: String,
+    pub endpoint: String,
+    pub totals: UsageTotals,
+}
+
+// Export rows are one per key, period and endpoint (route template, then method) with any
+// traffic, in that order. Both ways of building them below follow it.
+
+/// Export rows of one key from its hourly rollups, pushed oldest first
+/// ([`KEY_ROLLUPS_OLDEST_FIRST`]): only the rows of the period being summed are held (one per
+/// endpoint and method), so a streamed export needs little more memory than one piece of
+/// rollups, whatever its range.
+struct KeyExportRows {
+    granularity: Granularity,
+    range: DayRange,
+    key: Uuid,
+    period: Option<DateTime<Utc>>,
+    // Few distinct endpoints per key: a list searched in place beats allocating map keys.
+    rows: Vec<(String, String, UsageTotals)>,
+}
+
+impl KeyExportRows {
+    fn new(granularity: Granularity, range: DayRange, key: Uuid) -> Self {
+        Self { granularity, range, key, period: None, rows: Vec::new() }
+    }
+
+    /// Adds one hourly row; once it starts a new period, the previous period's rows are
+    /// finished and appended to `done`, in export order.
+    fn push(&mut self, row: &KeyedRollupRow, done: &mut Vec<ExportRow>) -> ServiceResult<()> {
+        let r = &row.rollup;
+        if row.api_key_id != self.key {
+            return Err(ServiceError::Internal("a usage rollup of another key reached a key's export".into()));
+        }
+        let period = self.granularity.export_period_start(&self.range, r.period_start);
+        match self.period {
+            Some(current) if current == period => {}
+            // A period already written out would get more hours: say so instead of writing it
+            // twice.
+            Some(current) if current > period => {
+                return Err(ServiceError::Internal("usage rollups arrived out of time order".into()));
+            }
+            _ => {
+                self.finish(done);
+                self.period = Some(period);
+            }
+        }
+        let hist = row.histogram();
+        match self.rows.iter_mut().find(|(e, m, _)| *e == r.endpoint && *m == r.method) {
+            Some((_, _, totals)) => totals.add_row(r, &hist),
+            None => {
+                let mut totals = UsageTotals::default();
+                totals.add_row(r, &hist);
+                self.rows.push((r.endpoint.clone(), r.method.clone(), totals));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the rows of the period being summed to `done`; call it after the last push.
+    fn finish(&mut self, done: &mut Vec<ExportRow>) {
+        let Some(period_start) = self.period.take() else { return };
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        done.extend(rows.into_iter().map(|(endpoint, method, totals)| ExportRow {
+            period_start,
+            key_id: self.key,
+            method,
+            endpoint,
+            totals,
+        }));
+    }
+}
+
+/// Hourly rollup rows in any order summed into export rows, in export order (all in memory:
+/// for the monthly summary's attachment, built from rows a report loaded anyway).
+pub(super) struct ExportRows {
+    granularity: Granularity,
+    range: DayRange,
+    map: BTreeMap<(Uuid, DateTime<Utc>, String, String), UsageTotals>,
+}
+
+impl ExportRows {
+    pub(super) fn new(granularity: Granularity, range: DayRange) -> Self {
+        Self { granularity, range, map: BTreeMap::new() }
+    }
+
+    pub(super) fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
+        let period = self.granularity.export_period_start(&self.range, row.period_start);
+        self.map.entry((key, period, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
+    }
+
+    pub(super) fn finish(self) -> Vec<ExportRow> {
+        self.map
+            .into_iter()
+            .map(|((key_id, period_start, endpoint, method), totals)| ExportRow {
+                period_start,
+                key_id,
+                method,
+                endpoint,
+                totals,
+            })
+            .collect()
+    }
 }
 
 /// A key in an export: the name its rows carry and, in the admins' export, its owner.

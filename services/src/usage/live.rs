@@ -1,6 +1,7 @@
 //! Per-minute live counters in Redis, written by every instance's recorder, read by the live
 //! dashboard. One hash per key and minute: `n` admitted, `t` throttled, `e4`/`e5` errors,
-//! `bi`/`bo` bytes, `h<bucket>` latency histogram buckets.
+//! `bi`/`bo` bytes, `h<bucket>` latency histogram buckets. (When Redis cannot answer, the
+//! dashboard reads the same minutes from PostgreSQL: `rollups::stored_minutes`.)
 
 use std::collections::HashMap;
 
@@ -104,4 +105,20 @@ pub async fn read_minutes(
     }
     let hashes: Vec<HashMap<String, u64>> = pipe.query_async(&mut conn).await?;
     Ok(starts.into_iter().zip(hashes.into_iter().map(MinuteCounters::from_hash)).collect())
+}
+
+/// The first minute of the last `minutes` minutes that end with the current one.
+pub(super) fn first_minute_ms(now_ms: i64, minutes: usize) -> i64 {
+    let current = now_ms - now_ms.rem_euclid(60_000);
+    current - (minutes as i64 - 1) * 60_000
+}
+
+/// The last `minutes` minutes of live counters, oldest first, ending with the current minute.
+pub async fn live_minutes(
+    redis: &RedisPool,
+    key: Uuid,
+    now_ms: i64,
+    minutes: usize,
+) -> ServiceResult<Vec<(i64, MinuteCounters)>> {
+    read_minutes(redis, key, first_minute_ms(now_ms, minutes), minutes).await
 }

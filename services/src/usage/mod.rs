@@ -8,8 +8,9 @@ pub mod demo;
 pub mod export;
 pub mod histogram;
 pub mod live;
+pub mod periods;
 pub mod recorder;
-pub mod reports;
+pub mod rollups;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};
