@@ -64,6 +64,7 @@ fn content_security_policy() {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    layout::Announcer::provide();
     // Browser tests wait for this attribute: it proves the WASM loaded and the page is live.
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {

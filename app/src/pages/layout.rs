@@ -164,6 +164,15 @@ pub fn AdminLayout() -> impl IntoView {
 pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
     #[cfg(feature = "ssr")]
     let text = services::mailer::html_escape(&text);
+    // (Effects run in the browser only.)
+    if let Some(announcer) = use_context::<Announcer>() {
+        let title = text.clone();
+        Effect::new(move |_| {
+            if announcer.ready.get_value() {
+                announcer.said.set(title.clone());
+            }
+        });
+    }
     view! { <Title text/> }
 }
 
@@ -201,59 +210,38 @@ pub fn Confirmation(#[prop(into)] text: String, testid: &'static str) -> impl In
     view! { <p class="ok confirmation" role="status" tabindex="-1" data-testid=testid node_ref=node>{text}</p> }
 }
 
-/// Tells screen readers that a link led to another page: the router swaps the page without a
-/// load, which they would not announce. After each move to another path, the new page's title
-/// goes into a polite live region, as a page load would have it read.
-#[component]
-pub fn RouteAnnouncer() -> impl IntoView {
-    let said = RwSignal::new(String::new());
-    #[cfg(feature = "hydrate")]
-    {
-        let location = use_location();
-        // The title last announced (or loaded with the page), and which move is being waited on.
-        let shown = StoredValue::new(document().title());
-        let moves = StoredValue::new(0_u64);
-        Effect::new(move |previous: Option<String>| {
-            let path = location.pathname.get();
-            if previous.is_some_and(|p| p != path) {
-                moves.update_value(|n| *n += 1);
-                said.set(String::new());
-                announce_title(said, shown, moves, moves.get_value(), TITLE_CHECKS);
-            }
-            path
-        });
-    }
-    view! { <p class="visually-hidden" aria-live="polite" aria-atomic="true" data-testid="route-announcer">{move || said.get()}</p> }
+/// Where page titles are announced to screen readers: the router swaps pages without a load,
+/// which they would not announce. Each page's [`PageTitle`] puts its title here when it
+/// appears after the first page (a page load reads the title itself), as a page load would have
+/// it read. A page whose title needs its data (a key's name) sets it once that has loaded, so
+/// what is read is the new page's title, not a passing one.
+#[derive(Clone, Copy)]
+pub struct Announcer {
+    said: RwSignal<String>,
+    /// False while the first page hydrates.
+    ready: StoredValue<bool>,
 }
 
-/// How often, 50 ms apart, the announcer looks for the new page's title before it reads out
-/// whatever the title is (two pages may share one).
-#[cfg(feature = "hydrate")]
-const TITLE_CHECKS: u32 = 40;
+impl Announcer {
+    /// Made once, above the router, for every page below it.
+    pub fn provide() {
+        let ready = StoredValue::new(false);
+        // After the first page's own titles have been set during hydration.
+        #[cfg(feature = "hydrate")]
+        set_timeout(move || ready.set_value(true), std::time::Duration::from_millis(100));
+        provide_context(Self { said: RwSignal::new(String::new()), ready });
+    }
+}
 
-/// A page whose title needs its data (a key's name) sets it only once that has loaded, so the
-/// title is read when it has changed, not at once (it would still be the last page's).
-#[cfg(feature = "hydrate")]
-fn announce_title(
-    said: RwSignal<String>,
-    shown: StoredValue<String>,
-    moves: StoredValue<u64>,
-    this_move: u64,
-    checks_left: u32,
-) {
-    if moves.get_value() != this_move {
-        return;
+/// The polite live region of the [`Announcer`].
+#[component]
+pub fn RouteAnnouncer() -> impl IntoView {
+    let said = use_context::<Announcer>().map(|a| a.said);
+    view! {
+        <p class="visually-hidden" aria-live="polite" aria-atomic="true" data-testid="route-announcer">
+            {move || said.map(|s| s.get()).unwrap_or_default()}
+        </p>
     }
-    let title = document().title();
-    if title != shown.get_value() || checks_left == 0 {
-        shown.set_value(title.clone());
-        said.set(title);
-        return;
-    }
-    set_timeout(
-        move || announce_title(said, shown, moves, this_move, checks_left - 1),
-        std::time::Duration::from_millis(50),
-    );
 }
 
 /// Shows an error to the user; during server rendering it also sets the page's HTTP status.
