@@ -426,13 +426,25 @@ async fn the_monthly_summary_waits_until_the_months_usage_is_stored() {
     let mut writer = UsageWriter::new(&app.services);
     writer.write(&[ping_event(key.id.0, ms("2026-09-10T12:00:00Z"), 200, 1_000, false)]).await.unwrap();
 
+    // Just after the month, on the Redis clock every request was counted on: its last requests
+    // may still be lingering in a recorder. Not yet.
+    app.set_clock(ms("2026-10-01T00:05:00Z")).await;
+    let waiting = send_monthly_reports(&app.services, month, false).await;
+    assert!(
+        matches!(&waiting, Err(services::ServiceError::Conflict(m)) if m.contains("go out from 2026-10-01 00:10 UTC")),
+        "{waiting:?}"
+    );
+    app.set_clock(ms("2026-10-01T00:10:01Z")).await;
+
     // Usage from the month's last second still in the stream (PostgreSQL was down at midnight,
-    // say), and some from after the month.
+    // say), an entry added in the first minutes after it (it may hold the month's last
+    // requests), and one from later.
     let stream = services::usage::recorder::stream_name(&app.services.namespace);
     let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
     let late = format!("{}-0", ms("2026-09-30T23:59:59Z"));
-    let after = format!("{}-0", ms("2026-10-01T00:00:05Z"));
-    for id in [&late, &after] {
+    let lingering = format!("{}-0", ms("2026-10-01T00:00:05Z"));
+    let after = format!("{}-0", ms("2026-10-01T00:10:05Z"));
+    for id in [&late, &lingering, &after] {
         let _: String = deadpool_redis::redis::cmd("XADD")
             .arg(&stream)
             .arg(id)
@@ -446,8 +458,12 @@ async fn the_monthly_summary_waits_until_the_months_usage_is_stored() {
     assert!(matches!(waiting, Err(services::ServiceError::Conflict(_))), "{waiting:?}");
     assert_eq!(pending_reports(&app, month).await, 0, "nothing sent while September is incomplete");
 
-    // Stored now: the summary goes; usage from after the month does not hold it up.
     let _: i64 = deadpool_redis::redis::cmd("XDEL").arg(&stream).arg(&late).query_async(&mut conn).await.unwrap();
+    let waiting = send_monthly_reports(&app.services, month, false).await;
+    assert!(matches!(waiting, Err(services::ServiceError::Conflict(_))), "{waiting:?}");
+
+    // Stored now: the summary goes; usage from after the month does not hold it up.
+    let _: i64 = deadpool_redis::redis::cmd("XDEL").arg(&stream).arg(&lingering).query_async(&mut conn).await.unwrap();
     assert_eq!(send_monthly_reports(&app.services, month, false).await.unwrap().sent, 1);
     assert_eq!(pending_reports(&app, month).await, 1);
 }

@@ -194,11 +194,23 @@ async fn build_report(
     Ok(OwnerReport { month, owner_id, owner_email, keys: summaries, csv })
 }
 
-/// Fails while usage of `month` may still be on its way to PostgreSQL: the oldest entry left in
-/// the usage stream (not yet stored by a writer, e.g. during a PostgreSQL outage at the month's
-/// end) was added before the month ended. Also fails if Redis cannot say.
-async fn month_fully_stored(services: &Services, month: Month) -> ServiceResult<()> {
-    let month_end_ms = month.next().days().start().timestamp_millis();
+/// How long after a month ends (on the Redis clock that times every request) its summary
+/// waits: the month's last requests may still be lingering in an instance's recorder, or
+/// waiting for a retry, before they reach the usage stream.
+pub const SETTLE_MS: i64 = 10 * 60_000;
+
+/// Fails while usage of `month` may still be on its way to PostgreSQL: the month (on the Redis
+/// clock) ended less than [`SETTLE_MS`] ago, or the oldest entry left in the usage stream (not
+/// yet stored by a writer, e.g. during a PostgreSQL outage at the month's end) was added before
+/// that. Also fails if Redis cannot say.
+async fn month_fully_stored(services: &Services, month: Month, now_ms: i64) -> ServiceResult<()> {
+    let settled_ms = month.next().days().start().timestamp_millis() + SETTLE_MS;
+    if now_ms < settled_ms {
+        return Err(ServiceError::Conflict(format!(
+            "the last requests of {month} may still be on their way to storage; its summaries go out from {} UTC",
+            crate::usage::time_from_ms(settled_ms).format("%Y-%m-%d %H:%M")
+        )));
+    }
     let mut conn = crate::redis_pool::conn(&services.redis).await?;
     let oldest: Vec<(String, deadpool_redis::redis::Value)> = deadpool_redis::redis::cmd("XRANGE")
         .arg(crate::usage::recorder::stream_name(&services.namespace))
@@ -211,7 +223,7 @@ async fn month_fully_stored(services: &Services, month: Month) -> ServiceResult<
     // Stream ids are "<ms on the Redis clock>-<seq>".
     let oldest_ms = <[_]>::first(&oldest).and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok());
     match oldest_ms {
-        Some(ms) if ms < month_end_ms => Err(ServiceError::Conflict(format!(
+        Some(ms) if ms < settled_ms => Err(ServiceError::Conflict(format!(
             "usage of {month} is still being stored (the usage stream holds events from before the month ended); \
              the summaries wait for it"
         ))),
@@ -222,10 +234,12 @@ async fn month_fully_stored(services: &Services, month: Month) -> ServiceResult<
 /// Sends `month`'s summary to every owner who has not had it; with `force`, to every owner
 /// again.
 pub async fn send_monthly_reports(services: &Services, month: Month, force: bool) -> ServiceResult<RunOutcome> {
-    if month >= Month::containing(Utc::now()) {
+    // The month is over by the clock its requests were counted on, not this machine's.
+    let now_ms = services.quota.now_ms().await?;
+    if month >= Month::containing(crate::usage::time_from_ms(now_ms)) {
         return Err(ServiceError::invalid(format!("{month} is not over yet; its summary is sent after it ends")));
     }
-    month_fully_stored(services, month).await?;
+    month_fully_stored(services, month, now_ms).await?;
     let already = if force { HashSet::new() } else { owners_already_sent(&services.db, month).await? };
     let keys = keys_of_month(&services.db, month).await?;
     // Owners already sent to are left out before any rollup is read: the scheduler asks every
@@ -483,10 +497,13 @@ impl ReportMessage {
     }
 }
 
-/// When the scheduler looks again: at the latest a minute after the next month starts.
+/// When the scheduler looks again: at the latest a minute after the next month's summaries may
+/// go (see [`SETTLE_MS`]).
 fn next_check(now: DateTime<Utc>) -> DateTime<Utc> {
-    let next_month = Month::containing(now).next().days().start() + chrono::Duration::minutes(1);
-    (now + chrono::Duration::minutes(15)).min(next_month)
+    let settles = |m: Month| m.days().start() + chrono::Duration::milliseconds(SETTLE_MS + 60_000);
+    let this_month = Month::containing(now);
+    let target = if now < settles(this_month) { settles(this_month) } else { settles(this_month.next()) };
+    (now + chrono::Duration::minutes(15)).min(target)
 }
 
 /// How many months back the scheduler looks for summaries still owed: a month whose summary could
@@ -569,7 +586,9 @@ mod tests {
     #[test]
     fn the_scheduler_looks_right_after_a_month_begins() {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        assert_eq!(next_check(at("2026-11-30T23:55:00Z")), at("2026-12-01T00:01:00Z"));
+        // The month's summaries may go 10 minutes after it ends: checked a minute later.
+        assert_eq!(next_check(at("2026-11-30T23:55:00Z")), at("2026-12-01T00:10:00Z"));
+        assert_eq!(next_check(at("2026-12-01T00:10:00Z")), at("2026-12-01T00:11:00Z"));
         assert_eq!(next_check(at("2026-11-15T10:00:00Z")), at("2026-11-15T10:15:00Z"));
     }
 
