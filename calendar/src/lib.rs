@@ -20,6 +20,11 @@ pub enum RangeError {
         field: &'static str,
         raw: String,
     },
+    /// Written `YYYY-MM-DD`, but no such day (2026-02-29).
+    NoSuchDay {
+        field: &'static str,
+        raw: String,
+    },
     /// A date outside [`DayRange::YEARS`].
     OutsideYears,
     Reversed {
@@ -35,6 +40,7 @@ impl fmt::Display for RangeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotADate { field, raw } => write!(f, "{field} must be a date written YYYY-MM-DD, not {raw:?}"),
+            Self::NoSuchDay { field, raw } => write!(f, "{field} is {raw:?}, a day the calendar does not have"),
             Self::OutsideYears => write!(f, "dates must lie between 1970-01-01 and 9999-12-31"),
             Self::Reversed { from, to } => write!(f, "from ({from}) must not be after to ({to})"),
             Self::TooLong { days } => {
@@ -54,9 +60,19 @@ impl DayRange {
 
     /// Two `YYYY-MM-DD` dates (surrounding blanks ignored), as a query string or a form has them.
     pub fn parse(from: &str, to: &str) -> Result<Self, RangeError> {
+        // Exactly `YYYY-MM-DD`: chrono alone also takes `2026-1-1` and `+2026-01-01`.
         let day = |field: &'static str, raw: &str| {
-            NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d")
-                .map_err(|_| RangeError::NotADate { field, raw: raw.to_owned() })
+            let text = raw.trim();
+            let b = text.as_bytes();
+            let shaped = b.len() == 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+            if !shaped {
+                return Err(RangeError::NotADate { field, raw: raw.to_owned() });
+            }
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map_err(|_| RangeError::NoSuchDay { field, raw: text.to_owned() })
         };
         Self::new(day("from", from)?, day("to", to)?)
     }
@@ -99,7 +115,21 @@ mod tests {
             DayRange::parse("2026-11-30", "2026-11-01"),
             Err(RangeError::Reversed { from: day("2026-11-30"), to: day("2026-11-01") })
         );
-        assert!(matches!(DayRange::parse("2026-13-01", "2026-11-01"), Err(RangeError::NotADate { field: "from", .. })));
+        assert!(matches!(
+            DayRange::parse("2026-13-01", "2026-11-01"),
+            Err(RangeError::NoSuchDay { field: "from", .. })
+        ));
+        assert_eq!(
+            DayRange::parse("2026-02-29", "2026-03-01").unwrap_err().to_string(),
+            "from is \"2026-02-29\", a day the calendar does not have"
+        );
+        assert!(DayRange::parse("2028-02-29", "2028-03-01").is_ok(), "a leap day");
+        for loose in ["2026-1-01", "2026-11-1", "+2026-11-01", "2026/11/01", "02026-11-01", "2026-11-01x"] {
+            assert!(
+                matches!(DayRange::parse(loose, "2026-11-30"), Err(RangeError::NotADate { field: "from", .. })),
+                "{loose}"
+            );
+        }
         assert!(matches!(DayRange::parse("2026-11-01", "yesterday"), Err(RangeError::NotADate { field: "to", .. })));
         assert_eq!(DayRange::parse("2024-01-01", "2026-01-01"), Err(RangeError::TooLong { days: 732 }));
         let r = DayRange::parse("2026-11-01", "2026-11-01").unwrap();

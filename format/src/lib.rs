@@ -86,15 +86,17 @@ pub fn bytes(n: i64) -> String {
     }
 }
 
-/// `23 min`, `4 h 05 min`, `45 s`.
+/// `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as `Retry-After` rounds its
+/// seconds (16 min 45 s is "17 min", 4 h 16 min 45 s "4 h 17 min", 59 min 59 s "1 h 00 min").
 pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
     let secs = (*at - *now).num_seconds().max(0);
+    let minutes = (secs + 59) / 60;
     if secs < 60 {
         format!("{secs} s")
-    } else if secs < 3600 {
-        format!("{} min", (secs + 59) / 60)
+    } else if minutes < 60 {
+        format!("{minutes} min")
     } else {
-        format!("{} h {:02} min", secs / 3600, (secs % 3600) / 60)
+        format!("{} h {:02} min", minutes / 60, minutes % 60)
     }
 }
 
@@ -116,6 +118,14 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-28T07:37:00Z").unwrap().with_timezone(&Utc);
         let reset = DateTime::parse_from_rfc3339("2026-11-28T08:00:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(duration_until(&now, &reset), "23 min");
+        // Rounded up on both sides of an hour: a gauge never says a reset comes sooner.
+        let before = |secs: i64| duration_until(&(reset - chrono::Duration::seconds(secs)), &reset);
+        assert_eq!(before(16 * 60 + 45), "17 min");
+        assert_eq!(before(4 * 3600 + 16 * 60 + 45), "4 h 17 min");
+        assert_eq!(before(3599), "1 h 00 min");
+        assert_eq!(before(3600), "1 h 00 min");
+        assert_eq!(before(3601), "1 h 01 min");
+        assert_eq!(before(59), "59 s");
     }
 
     #[test]

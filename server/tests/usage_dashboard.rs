@@ -161,7 +161,8 @@ async fn bad_export_ranges_get_400_with_a_message() {
     let url = app.url(&format!("/dashboard/developers/api-keys/{}/usage.csv", key.id));
     for (query, needle) in [
         (vec![("from", "2026-11-20"), ("to", "2026-11-01")], "after"),
-        (vec![("from", "2026-02-30"), ("to", "2026-03-01")], "YYYY-MM-DD"),
+        (vec![("from", "2026-02-30"), ("to", "2026-03-01")], "a day the calendar does not have"),
+        (vec![("from", "2026-3-1"), ("to", "2026-03-02")], "YYYY-MM-DD"),
         (vec![("from", "yesterday"), ("to", "2026-03-01")], "YYYY-MM-DD"),
         (vec![("from", "2024-01-01"), ("to", "2026-01-01")], "366"),
         (vec![("from", "2026-11-01"), ("to", "2026-11-02"), ("granularity", "minute")], "granularity"),

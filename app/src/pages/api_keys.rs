@@ -182,7 +182,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             <thead>
                 <tr>
                     <th>"Name"</th><th>"Key"</th><th>"Created"</th><th>"Last used"</th>
-                    <th>"Status"</th><th>"Quota and use"</th><th></th>
+                    <th>"Status"</th><th>"Quota and use (UTC)"</th><th></th>
                 </tr>
             </thead>
             <tbody>{rows}</tbody>

@@ -92,10 +92,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 {revoked_at.is_some().then(|| view! { " " <span class="badge revoked" data-testid="usage-revoked">"revoked"</span> })}
             </h1>
             <form class="export" method="get" action=csv_action data-testid="csv-form" novalidate=move || scripted.get() on:submit=check_csv>
-                <label>"From" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
+                <label>"From (UTC)" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
                     min=move || shift(&csv_to.get(), -(DayRange::MAX_DAYS - 1)) max=move || csv_to.get()
                     on:input=move |ev| { csv_from.set(event_target_value(&ev)); csv_error.set(None); }/></label>
-                <label>"To" <input type="date" name="to" value=today.to_string() required data-testid="csv-to"
+                <label>"To (UTC)" <input type="date" name="to" value=today.to_string() required data-testid="csv-to"
                     min=move || csv_from.get() max=move || shift(&csv_from.get(), DayRange::MAX_DAYS - 1)
                     on:input=move |ev| { csv_to.set(event_target_value(&ev)); csv_error.set(None); }/></label>
                 <label>"Per"

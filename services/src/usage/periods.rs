@@ -86,7 +86,8 @@ impl Month {
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let raw = raw.trim();
         let invalid = || ServiceError::invalid(format!("a month is written YYYY-MM, not {raw:?}"));
-        if raw.len() != 7 {
+        let b = raw.as_bytes();
+        if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
             return Err(invalid());
         }
         let first = NaiveDate::parse_from_str(&format!("{raw}-01"), "%Y-%m-%d").map_err(|_| invalid())?;
@@ -184,7 +185,20 @@ mod tests {
         assert_eq!(Month::parse("2028-02").unwrap().last_day().to_string(), "2028-02-29");
         assert_eq!(m.long_name(), "December 2026");
         assert_eq!(Month::containing(at("2026-11-30T23:59:59Z")).to_string(), "2026-11");
-        for bad in ["2026-13", "2026-1", "26-11", "2026-11-01", "", "november", "0000-01", "0001-01", "1969-12"] {
+        for bad in [
+            "2026-13",
+            "2026-1",
+            "+2026-1",
+            "2026-1 ",
+            "2026+01",
+            "26-11",
+            "2026-11-01",
+            "",
+            "november",
+            "0000-01",
+            "0001-01",
+            "1969-12",
+        ] {
             assert!(Month::parse(bad).is_err(), "{bad}");
         }
     }
