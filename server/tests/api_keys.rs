@@ -51,7 +51,7 @@ async fn a_new_key_works_until_revoked() {
         assert!(!rows.contains(&secret) && !rows.contains(&hex(&secret)), "the secret is stored in {table}: {rows}");
     }
     // And the password only as an Argon2 hash.
-    let users = text_column(&app, "SELECT password_hash AS t FROM users").await;
+    let users = app.texts("SELECT password_hash AS t FROM users").await;
     assert_eq!(users.len(), 1);
     assert!(users[0].starts_with("$argon2"), "{}", users[0]);
     assert!(!users[0].contains(common::PASSWORD), "{}", users[0]);
@@ -102,32 +102,18 @@ async fn stored_secret_hash(app: &TestApp, id: ApiKeyId, secret: &str) -> (bool,
     (row.matches, row.len)
 }
 
-/// The one text column `t` of a query's rows.
-async fn text_column(app: &TestApp, query: &str) -> Vec<String> {
-    use diesel_async::RunQueryDsl;
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        t: String,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let rows: Vec<Row> = diesel::sql_query(query).load(&mut conn).await.unwrap_or_else(|e| panic!("{query}: {e}"));
-    rows.into_iter().map(|r| r.t).collect()
-}
-
 /// Every table of the database with all its rows as text (bytes as `\x` and hex).
 async fn every_table_as_text(app: &TestApp) -> Vec<(String, String)> {
-    let tables = text_column(
-        app,
-        "SELECT quote_ident(table_name) AS t FROM information_schema.tables \
+    let tables = app
+        .texts(
+            "SELECT quote_ident(table_name) AS t FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .await;
+        )
+        .await;
     assert!(tables.contains(&"api_keys".to_owned()), "{tables:?}");
     let mut all = Vec::new();
     for table in tables {
-        let rows =
-            text_column(app, &format!("SELECT coalesce(string_agg(r::text, E'\\n'), '') AS t FROM {table} r")).await;
+        let rows = app.texts(&format!("SELECT coalesce(string_agg(r::text, E'\\n'), '') AS t FROM {table} r")).await;
         all.push((table, rows.concat()));
     }
     all

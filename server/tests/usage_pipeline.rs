@@ -287,13 +287,10 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
     let res = app.page(&client, "/dashboard/developers/api-keys").await;
     assert_eq!(res.status(), StatusCode::OK, "still signed in");
     assert_eq!(
-        titles(&app, &format!("SELECT title AS t FROM notifications WHERE user_id = {m} ORDER BY id")).await,
+        app.texts(&format!("SELECT title AS t FROM notifications WHERE user_id = {m} ORDER BY id")).await,
         ["new"]
     );
-    assert_eq!(
-        titles(&app, "SELECT subject AS t FROM outbound_emails ORDER BY id").await,
-        ["sent lately", "still tried"]
-    );
+    assert_eq!(app.texts("SELECT subject AS t FROM outbound_emails ORDER BY id").await, ["sent lately", "still tried"]);
     assert_eq!(app.count("SELECT count(*) FROM outbound_email_attachments").await, 0);
     let summary_records =
         app.count(&format!("SELECT count(*) FROM monthly_reports WHERE user_id = {m} AND email_id IS NULL")).await;
@@ -316,16 +313,6 @@ fn housekeeping(app: &TestApp) -> services::housekeeping::Housekeeping {
 async fn sql(app: &TestApp, statement: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     diesel::sql_query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
-async fn titles(app: &TestApp, query: &str) -> Vec<String> {
-    #[derive(diesel::QueryableByName)]
-    struct Title {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        t: String,
-    }
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query(query).load::<Title>(&mut conn).await.unwrap().into_iter().map(|r| r.t).collect()
 }
 
 /// Dropping an old partition, or making a new one, needs the events table to itself. Behind a

@@ -293,6 +293,18 @@ impl TestApp {
         row.n
     }
 
+    /// The text column `t` of every row a query answers, in its order.
+    pub async fn texts(&self, query: &str) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let mut conn = services::db::conn(&self.services.db).await.unwrap();
+        let rows: Vec<Row> = diesel::sql_query(query).load(&mut conn).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+        rows.into_iter().map(|r| r.t).collect()
+    }
+
     /// Waits (at most 10 s) until `n` connections to this test's database wait for a lock: what
     /// the test started has reached the rows a transaction it holds has locked.
     pub async fn wait_for_lock_waits(&self, n: i64) {
