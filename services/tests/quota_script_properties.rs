@@ -398,3 +398,39 @@ fn a_whole_burst_arriving_at_once_is_admitted_for_every_rate() {
         assert!(short.is_empty(), "bursts not admitted whole (+ admitted, - refused): {short:#?}");
     });
 }
+
+/// A burst rate lowered between two calls: what the key used under the old rate (counted in
+/// its units) frees up as that rate said, not as read in the new rate's units (100,000/s to 1/s
+/// kept a key refused for ~97 s).
+#[test]
+fn a_lowered_burst_rate_frees_the_key_within_one_new_interval() {
+    let (rt, pool) = runtime_and_pool();
+    rt.block_on(async {
+        let mut conn = redis_pool::conn(&pool).await.expect("Redis connection");
+        let key = format!("kmprop:{{{}}}:quota", Uuid::new_v4());
+        // (hour, day, burst rate, limits' version, clock offset ms, batch) -> the script's reply.
+        let call = |rate: i64, version: i64, offset_ms: i64, batch: i64| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SCRIPT)
+                .arg(1)
+                .arg(&key)
+                .arg(1_000_000)
+                .arg(10_000_000)
+                .arg(rate)
+                .arg(version)
+                .arg(offset_ms)
+                .arg(batch);
+            cmd
+        };
+        let fast: Vec<i64> = call(100_000, 1, 0, 99).query_async(&mut conn).await.expect("EVAL");
+        assert_eq!(fast[0], 99, "{fast:?}");
+        // Two seconds on, the rate is 1/s: a whole interval has passed since anything was used.
+        let slow: Vec<i64> = call(1, 2, 2_000, 1).query_async(&mut conn).await.expect("EVAL");
+        assert_eq!((slow[0], slow[1]), (1, 0), "admitted: {slow:?}");
+        // The next one at once is refused by the burst, free again within one interval.
+        let refused: Vec<i64> = call(1, 2, 2_000, 1).query_async(&mut conn).await.expect("EVAL");
+        assert_eq!((refused[0], refused[1]), (0, 4), "{refused:?}");
+        assert!((1..=1_000).contains(&refused[8]), "retry in {} ms", refused[8]);
+        delete(&mut conn, &key).await;
+    });
+}

@@ -35,7 +35,7 @@ local now_s = math.floor(now_ms / 1000)
 local hour_start = now_s - (now_s % 3600)
 local day_start = now_s - (now_s % 86400)
 
-local s = redis.call('HMGET', KEYS[1], 'hw', 'hc', 'dw', 'dc', 'tat', 'hl', 'dl', 'br', 'qv', 'tf')
+local s = redis.call('HMGET', KEYS[1], 'hw', 'hc', 'dw', 'dc', 'tat', 'hl', 'dl', 'br', 'qv', 'tf', 'tr')
 
 -- The newest limits win: those stored here (written when a quota changes) or the caller's.
 local hl, dl, br, qv = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -64,8 +64,12 @@ if br > 0 then
   tolerance = 1000 * (br - 1)
   tat = math.floor(tonumber(s[5]) or now_ms)
   tf = tonumber(s[10]) or 0
-  -- (A fraction kept under another rate: carried into whole ms.)
-  tat, tf = tat + math.floor(tf / br), tf % br
+  -- A fraction counted under another rate (`tr`, the rate just changed) is rounded up to a
+  -- whole ms: read in the new rate's units it could stand for seconds.
+  if (tonumber(s[11]) or br) ~= br then
+    if tf > 0 then tat = tat + 1 end
+    tf = 0
+  end
   if tat < now_ms then tat, tf = now_ms, 0 end
   late = (tat - now_ms) * br + tf
   local room = 0
@@ -101,7 +105,7 @@ end
 if admitted > 0 then
   redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc)
   if stored_qv ~= qv then redis.call('HSET', KEYS[1], 'hl', hl, 'dl', dl, 'br', br, 'qv', qv) end
-  if tat then redis.call('HSET', KEYS[1], 'tat', tat, 'tf', tf) end
+  if tat then redis.call('HSET', KEYS[1], 'tat', tat, 'tf', tf, 'tr', br) end
   -- Kept a little past the day window (set when the day's counting starts); a key that goes
   -- quiet costs nothing.
   if tonumber(s[3]) ~= day_start then
