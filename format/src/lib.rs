@@ -89,7 +89,8 @@ pub fn bytes(n: i64) -> String {
 /// `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as `Retry-After` rounds its
 /// seconds (16 min 45 s is "17 min", 4 h 16 min 45 s "4 h 17 min", 59 min 59 s "1 h 00 min").
 pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
-    let secs = (*at - *now).num_seconds().max(0);
+    // Whole seconds rounded up too: 59.9 s away reads "1 min", not "59 s".
+    let secs = ((*at - *now).num_milliseconds().max(0) + 999) / 1000;
     let minutes = (secs + 59) / 60;
     if secs < 60 {
         format!("{secs} s")

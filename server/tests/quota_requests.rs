@@ -693,3 +693,17 @@ async fn a_request_is_judged_against_the_limits_the_key_has_when_it_is_stored() 
     assert!(body.contains("above the current 100"), "{body}");
     assert_eq!(s.app.count("SELECT count(*) FROM quota_requests").await, 0);
 }
+
+/// An approval of limits the key already has (an admin set them meanwhile) raises nothing, and
+/// the merchant is not told it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_that_raises_nothing_does_not_say_raised() {
+    let s = setup().await;
+    let request: Value = ask(&s, "50", "", "launch").await.json().await.unwrap();
+    assert_eq!(admin_set(&s, "50", "10000", "ticket 12").await.status(), StatusCode::OK);
+    let form = [("id", request["id"].to_string()), ("per_hour", "50".into()), ("per_day", "10000".into())];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).chain([("note", "")]).collect();
+    assert_eq!(s.app.rpc(&s.admin, "admin/quota-requests/approve", &form).await.status(), StatusCode::OK);
+    let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
+    assert_eq!(bell[0]["title"], "Quota request for “Checkout” approved", "{bell:?}");
+}

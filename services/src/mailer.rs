@@ -248,7 +248,9 @@ fn subject_header(subject: &str) -> lettre::message::header::HeaderValue {
 /// A paragraph of text people typed (a reason, a note) for an HTML part: escaped, its line
 /// breaks kept and long words wrapped, as in the text part.
 pub fn html_paragraph(text: &str) -> String {
-    format!("<p style=\"white-space:pre-wrap;overflow-wrap:anywhere\">{}</p>", html_escape(text))
+    // `<br>`, not `white-space: pre-wrap`: some mail readers ignore that style.
+    let lines: Vec<String> = text.lines().map(html_escape).collect();
+    format!("<p style=\"overflow-wrap:anywhere\">{}</p>", lines.join("<br>\n"))
 }
 
 /// Escapes text for an HTML part.
@@ -770,8 +772,8 @@ mod tests {
     #[test]
     fn typed_text_keeps_its_line_breaks_in_html_and_stays_text() {
         assert_eq!(
-            html_paragraph("first line\n<script>x</script> & more"),
-            "<p style=\"white-space:pre-wrap;overflow-wrap:anywhere\">first line\n&lt;script&gt;x&lt;/script&gt; &amp; more</p>"
+            html_paragraph("first line\r\n<script>x</script> & more\nlast"),
+            "<p style=\"overflow-wrap:anywhere\">first line<br>\n&lt;script&gt;x&lt;/script&gt; &amp; more<br>\nlast</p>"
         );
     }
 

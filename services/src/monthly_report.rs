@@ -400,10 +400,13 @@ impl Figures {
     }
 }
 
-/// A quota's use in whole percent; some use below 1 % is "<1%", not a "0%" that reads as none.
+/// A quota's use in whole percent; some use below 1 % is "<1%", not a "0%" that reads as none,
+/// and use short of the whole quota is ">99%", not a "100%" that reads as used up.
 fn whole_percent(pct: f64) -> String {
     if pct > 0.0 && pct < 1.0 {
         "<1%".to_owned()
+    } else if pct > 99.0 && pct < 100.0 {
+        ">99%".to_owned()
     } else {
         format!("{pct:.0}%")
     }
@@ -522,6 +525,8 @@ pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) 
             match send_monthly_reports(&services, month, false).await {
                 Ok(o) if o.sent > 0 => tracing::info!(%month, sent = o.sent, "monthly summaries queued"),
                 Ok(_) => {}
+                // Waiting for a month's last usage to settle is expected for its first minutes.
+                Err(e @ ServiceError::Conflict(_)) => tracing::info!(error = %e, %month, "monthly summaries: not yet"),
                 Err(e) => tracing::warn!(error = %e, %month, "monthly summaries: will retry"),
             }
             if month >= latest {
@@ -548,6 +553,8 @@ mod tests {
         assert_eq!(whole_percent(0.9), "<1%");
         assert_eq!(whole_percent(1.0), "1%");
         assert_eq!(whole_percent(29.4), "29%");
+        assert_eq!(whole_percent(99.6), ">99%");
+        assert_eq!(whole_percent(99.0), "99%");
         assert_eq!(whole_percent(100.0), "100%");
     }
 

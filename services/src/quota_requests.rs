@@ -331,7 +331,7 @@ pub async fn decide(
                     None => None,
                 };
                 let decided = match approved {
-                    Some((h, d)) => Told::Approved(h.get(), d.get()),
+                    Some((h, d)) => Told::Approved { granted: (h.get(), d.get()), had: (live.per_hour, live.per_day) },
                     None => Told::Denied { stays: (live.per_hour, live.per_day) },
                 };
                 tell_merchant(conn, request, decided, note, &public_url).await?;
@@ -366,8 +366,14 @@ fn check_approval(live: &LiveKey, per_hour: i64, per_day: i64) -> ServiceResult<
 
 /// What the merchant is told: the limits granted, or the limits the key keeps.
 enum Told {
-    Approved(i64, i64),
-    Denied { stays: (i64, i64) },
+    /// The limits granted, and those the key had.
+    Approved {
+        granted: (i64, i64),
+        had: (i64, i64),
+    },
+    Denied {
+        stays: (i64, i64),
+    },
 }
 
 /// The merchant hears of the decision in the bell and by email: which key, what was asked, and
@@ -389,17 +395,25 @@ async fn tell_merchant(
     let asked = (request.requested_per_hour, request.requested_per_day);
     let limits =
         |(h, d): (i64, i64)| format!("{} requests per hour and {} per day", format::count(h), format::count(d));
+    // "Raised" only when it was: an approval may keep the limits a later change already gave.
+    let approved_title = |granted: (i64, i64), had: (i64, i64)| {
+        if granted.0 > had.0 || granted.1 > had.1 {
+            format!("Quota raised for \u{201c}{name}\u{201d}")
+        } else {
+            format!("Quota request for \u{201c}{name}\u{201d} approved")
+        }
+    };
     let (title, mut body) = match decided {
-        Told::Approved(h, d) if (h, d) == asked => (
-            format!("Quota raised for \u{201c}{name}\u{201d}"),
-            format!("Your request for \u{201c}{name}\u{201d} was approved: the key now allows {}, as you asked.", limits((h, d))),
+        Told::Approved { granted, had } if granted == asked => (
+            approved_title(granted, had),
+            format!("Your request for \u{201c}{name}\u{201d} was approved: the key now allows {}, as you asked.", limits(granted)),
         ),
-        Told::Approved(h, d) => (
-            format!("Quota raised for \u{201c}{name}\u{201d}"),
+        Told::Approved { granted, had } => (
+            approved_title(granted, had),
             format!(
                 "Your request for \u{201c}{name}\u{201d} was approved with other limits: you asked for {}; the key now allows {}.",
                 limits(asked),
-                limits((h, d))
+                limits(granted)
             ),
         ),
         Told::Denied { stays } => (

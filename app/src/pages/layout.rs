@@ -166,12 +166,8 @@ pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
     let text = services::mailer::html_escape(&text);
     // (Effects run in the browser only.)
     if let Some(announcer) = use_context::<Announcer>() {
-        let title = text.clone();
-        Effect::new(move |_| {
-            if announcer.ready.get_value() {
-                announcer.said.set(title.clone());
-            }
-        });
+        let (title, location) = (text.clone(), use_location());
+        Effect::new(move |_| announcer.page_shown(location.pathname.get_untracked(), title.clone()));
     }
     view! { <Title text/> }
 }
@@ -207,29 +203,43 @@ pub fn Confirmation(#[prop(into)] text: String, testid: &'static str) -> impl In
             let _ = p.focus();
         }
     });
-    view! { <p class="ok confirmation" role="status" tabindex="-1" data-testid=testid node_ref=node>{text}</p> }
+    // No `role=status`: focused, it is read already (a live region would read it twice).
+    view! { <p class="ok confirmation" tabindex="-1" data-testid=testid node_ref=node>{text}</p> }
 }
 
 /// Where page titles are announced to screen readers: the router swaps pages without a load,
 /// which they would not announce. Each page's [`PageTitle`] puts its title here when it
-/// appears after the first page (a page load reads the title itself), as a page load would have
-/// it read. A page whose title needs its data (a key's name) sets it once that has loaded, so
-/// what is read is the new page's title, not a passing one.
+/// appears once the reader has left the page the browser loaded (a page load reads the title
+/// itself), as a page load would have it read. A page whose title needs its data (a key's name)
+/// sets it once that has loaded, so what is read is the new page's title, not a passing one.
 #[derive(Clone, Copy)]
 pub struct Announcer {
     said: RwSignal<String>,
-    /// False while the first page hydrates.
-    ready: StoredValue<bool>,
+    /// The path of the page the browser loaded, and whether the reader has left it since.
+    loaded_path: StoredValue<Option<String>>,
+    moved: StoredValue<bool>,
 }
 
 impl Announcer {
     /// Made once, above the router, for every page below it.
     pub fn provide() {
-        let ready = StoredValue::new(false);
-        // After the first page's own titles have been set during hydration.
         #[cfg(feature = "hydrate")]
-        set_timeout(move || ready.set_value(true), std::time::Duration::from_millis(100));
-        provide_context(Self { said: RwSignal::new(String::new()), ready });
+        let loaded_path = window().location().pathname().ok();
+        #[cfg(not(feature = "hydrate"))]
+        let loaded_path = None;
+        provide_context(Self {
+            said: RwSignal::new(String::new()),
+            loaded_path: StoredValue::new(loaded_path),
+            moved: StoredValue::new(false),
+        });
+    }
+
+    /// Announces `title` if the page showing it is not the one the browser loaded.
+    fn page_shown(self, path: String, title: String) {
+        if self.moved.get_value() || self.loaded_path.get_value().as_ref() != Some(&path) {
+            self.moved.set_value(true);
+            self.said.set(title);
+        }
     }
 }
 

@@ -44,8 +44,12 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
     let QuotaRequestsState { ask, cancel, requests } = state;
     // Which of the two forms was sent last, for the confirmation that replaces it.
     let sent = RwSignal::new(None::<Sent>);
+    // Only once the form sent last has its answer: an action keeps its last value while the
+    // next one is on its way, and that would be confirmed (and focused) again.
     let confirmation = move || {
         let text = match sent.get()? {
+            Sent::Ask if ask.pending().get() => None,
+            Sent::Cancel if cancel.pending().get() => None,
             Sent::Ask => ask.value().get()?.ok().map(|r| {
                 format!(
                     "Request for {} sent. You will be told when an admin decides.",
@@ -164,17 +168,22 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     let decision = Decision { approve, deny, decided };
     let error = move || decided.get().is_none().then(|| decision.error()).flatten();
     // The decided card loses its forms (and moves below the pending ones): say what happened.
+    // For the card decided last, once its answer is in (the actions keep their last values).
     let confirmation = move || {
+        let (request_id, kind) = decided.get()?;
+        if approve.pending().get() || deny.pending().get() {
+            return None;
+        }
         let text =
-            match decided.get()?.1 {
-                Kind::Approve => approve.value().get()?.ok().map(|r| {
+            match kind {
+                Kind::Approve => approve.value().get()?.ok().filter(|r| r.id == request_id).map(|r| {
                     let granted = limits(
                         r.approved_per_hour.unwrap_or(r.requested_per_hour),
                         r.approved_per_day.unwrap_or(r.requested_per_day),
                     );
                     format!("Approved: \u{201c}{}\u{201d} now allows {granted}. {} is told.", r.key_name, r.owner_email)
                 }),
-                Kind::Deny => deny.value().get()?.ok().map(|r| {
+                Kind::Deny => deny.value().get()?.ok().filter(|r| r.id == request_id).map(|r| {
                     format!("Denied: the request for \u{201c}{}\u{201d}. {} is told.", r.key_name, r.owner_email)
                 }),
             }?;

@@ -352,7 +352,8 @@ async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResul
     Ok(key)
 }
 
-/// Moves a key's creation time back, for demo data and tests that seed past months.
+/// Moves a key's creation time back, for demo data and tests that seed past months; the quota
+/// changes it has had so far move with it (meant for a key just made).
 pub async fn backdate(db: &DbPool, id: ApiKeyId, created_at: DateTime<Utc>) -> ServiceResult<()> {
     use crate::schema::quota_changes;
     let mut conn = db::conn(db).await?;
