@@ -149,7 +149,7 @@ async fn in_memory_csv(
     for key in keys {
         loaded.push((key.id, RollupRows::hours(&app.services.db, key.id, range).await.unwrap()));
     }
-    let rows = RollupRows::export_rows(loaded.iter().map(|(id, hours)| (*id, hours)), granularity, range);
+    let rows = export::rows_of(loaded.iter().map(|(id, hours)| (*id, hours)), granularity, range);
     let keys: HashMap<Uuid, &ExportKey> = keys.iter().map(|k| (k.id, k)).collect();
     let mut out = if with_owner { export::HEADER_WITH_OWNER } else { export::HEADER }.to_owned();
     for row in &rows {

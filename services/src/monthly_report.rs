@@ -185,7 +185,7 @@ async fn build_report(
         hours.push((key.id.0, rows));
     }
     summaries.sort_by(|a, b| a.key.name.cmp(&b.key.name));
-    let rows = RollupRows::export_rows(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
+    let rows = export::rows_of(hours.iter().map(|(id, h)| (*id, h)), Granularity::Day, month.days());
     let mut csv = export::HEADER.to_owned();
     for row in &rows {
         let name = summaries.iter().find(|s| s.key.id.0 == row.key_id).map_or("", |s| s.key.name.as_str());

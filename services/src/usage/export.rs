@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
 use super::periods::{DayRange, Granularity};
-use super::rollups::{KeyedRollupRow, RollupRow, UsageTotals, KEY_ROLLUPS_OLDEST_FIRST};
+use super::rollups::{KeyedRollupRow, RollupRow, RollupRows, UsageTotals, KEY_ROLLUPS_OLDEST_FIRST};
 use crate::db::{self, DbPool};
 use crate::{ServiceError, ServiceResult};
 
@@ -153,25 +153,40 @@ impl KeyExportRows {
     }
 }
 
-/// Hourly rollup rows in any order summed into export rows, in export order (all in memory:
-/// for the monthly summary's attachment, built from rows a report loaded anyway).
-pub(super) struct ExportRows {
+/// Export rows of several keys' loaded hourly rollups together, in export order (all in
+/// memory: for the monthly summary's attachment, built from rows a report loaded anyway).
+pub fn rows_of<'a>(
+    keys: impl IntoIterator<Item = (Uuid, &'a RollupRows)>,
+    granularity: Granularity,
+    range: DayRange,
+) -> Vec<ExportRow> {
+    let mut rows = ExportRows::new(granularity, range);
+    for (key, hours) in keys {
+        for (row, hist) in hours.within(range) {
+            rows.add(key, row, hist);
+        }
+    }
+    rows.finish()
+}
+
+/// Hourly rollup rows in any order summed into export rows, in export order.
+struct ExportRows {
     granularity: Granularity,
     range: DayRange,
     map: BTreeMap<(Uuid, DateTime<Utc>, String, String), UsageTotals>,
 }
 
 impl ExportRows {
-    pub(super) fn new(granularity: Granularity, range: DayRange) -> Self {
+    fn new(granularity: Granularity, range: DayRange) -> Self {
         Self { granularity, range, map: BTreeMap::new() }
     }
 
-    pub(super) fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
+    fn add(&mut self, key: Uuid, row: &RollupRow, hist: &LatencyHistogram) {
         let period = self.granularity.export_period_start(&self.range, row.period_start);
         self.map.entry((key, period, row.endpoint.clone(), row.method.clone())).or_default().add_row(row, hist);
     }
 
-    pub(super) fn finish(self) -> Vec<ExportRow> {
+    fn finish(self) -> Vec<ExportRow> {
         self.map
             .into_iter()
             .map(|((key_id, period_start, endpoint, method), totals)| ExportRow {

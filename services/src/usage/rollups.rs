@@ -11,7 +11,6 @@ use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
-use super::export::{ExportRow, ExportRows};
 use super::histogram::LatencyHistogram;
 use super::live::{first_minute_ms, MinuteCounters};
 use super::periods::{next_period, DayRange, Granularity};
@@ -191,7 +190,7 @@ impl RollupRows {
         Ok(Self { range, rows })
     }
 
-    fn within(&self, range: DayRange) -> impl Iterator<Item = &(RollupRow, LatencyHistogram)> {
+    pub(super) fn within(&self, range: DayRange) -> impl Iterator<Item = &(RollupRow, LatencyHistogram)> {
         self.between(range.start(), range.end())
     }
 
@@ -229,21 +228,6 @@ impl RollupRows {
         let mut out: Vec<_> = map.into_iter().map(|((m, e), t)| (m, e, t)).collect();
         out.sort_by(|a, b| (b.2.requests + b.2.throttled).cmp(&(a.2.requests + a.2.throttled)).then(a.1.cmp(&b.1)));
         out
-    }
-
-    /// Export rows of several keys' loaded rollups together, in export order (`ExportRows`).
-    pub fn export_rows<'a>(
-        keys: impl IntoIterator<Item = (Uuid, &'a RollupRows)>,
-        granularity: Granularity,
-        range: DayRange,
-    ) -> Vec<ExportRow> {
-        let mut rows = ExportRows::new(granularity, range);
-        for (key, hours) in keys {
-            for (row, hist) in hours.within(range) {
-                rows.add(key, row, hist);
-            }
-        }
-        rows.finish()
     }
 
     /// Calls per status code (quota refusals under 429) over the hours starting in
