@@ -62,6 +62,19 @@ pub fn percent(share: f64) -> String {
     }
 }
 
+/// `29%` from a quota's use already in percent (0 to 100 and over), as [`percent`] keeps some use
+/// from reading as none: below 1 % is "<1%", and use short of the whole quota ">99%", not a
+/// "100%" that reads as used up.
+pub fn whole_percent(pct: f64) -> String {
+    if pct > 0.0 && pct < 1.0 {
+        "<1%".to_owned()
+    } else if pct > 99.0 && pct < 100.0 {
+        ">99%".to_owned()
+    } else {
+        format!("{pct:.0}%")
+    }
+}
+
 /// `850 µs`, `3.4 ms`, `1.25 s`; `—` for none.
 pub fn millis(ms: Option<f64>) -> String {
     match ms {
@@ -127,6 +140,18 @@ mod tests {
         assert_eq!(before(3600), "1 h 00 min");
         assert_eq!(before(3601), "1 h 01 min");
         assert_eq!(before(59), "59 s");
+    }
+
+    #[test]
+    fn some_use_never_reads_as_none() {
+        assert_eq!(whole_percent(0.0), "0%");
+        assert_eq!(whole_percent(0.22), "<1%");
+        assert_eq!(whole_percent(0.9), "<1%");
+        assert_eq!(whole_percent(1.0), "1%");
+        assert_eq!(whole_percent(29.4), "29%");
+        assert_eq!(whole_percent(99.6), ">99%");
+        assert_eq!(whole_percent(99.0), "99%");
+        assert_eq!(whole_percent(100.0), "100%");
     }
 
     #[test]

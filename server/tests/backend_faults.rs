@@ -124,14 +124,9 @@ async fn usage_made_while_postgresql_is_gone_is_stored_when_it_returns() {
     }
     // They wait in Redis: the writer has read them and could not store them (read, not
     // acknowledged).
-    let stream = services::usage::recorder::stream_name(&app.services.namespace);
-    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        use deadpool_redis::redis::{self, Value};
-        let groups: Vec<std::collections::HashMap<String, Value>> =
-            redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
-        if groups.iter().any(|g| matches!(g.get("pending"), Some(Value::Int(n)) if *n > 0)) {
+        if app.usage_stream_groups().await.iter().any(|(pending, _)| pending.is_some_and(|n| n > 0)) {
             break;
         }
         assert!(Instant::now() < deadline, "the writer never tried to store the outage's usage");

@@ -394,21 +394,9 @@ impl Figures {
             error_rate: format!("{:.2}%", t.error_rate() * 100.0),
             p95: p95(t),
             busiest: busiest(s),
-            peak_day: whole_percent(s.peak_day_use_pct),
-            peak_hour: whole_percent(s.peak_hour_use_pct),
+            peak_day: format::whole_percent(s.peak_day_use_pct),
+            peak_hour: format::whole_percent(s.peak_hour_use_pct),
         }
-    }
-}
-
-/// A quota's use in whole percent; some use below 1 % is "<1%", not a "0%" that reads as none,
-/// and use short of the whole quota is ">99%", not a "100%" that reads as used up.
-fn whole_percent(pct: f64) -> String {
-    if pct > 0.0 && pct < 1.0 {
-        "<1%".to_owned()
-    } else if pct > 99.0 && pct < 100.0 {
-        ">99%".to_owned()
-    } else {
-        format!("{pct:.0}%")
     }
 }
 
@@ -545,18 +533,6 @@ pub async fn run_scheduler(services: Services, mut stop: watch::Receiver<bool>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn some_use_never_reads_as_none() {
-        assert_eq!(whole_percent(0.0), "0%");
-        assert_eq!(whole_percent(0.22), "<1%");
-        assert_eq!(whole_percent(0.9), "<1%");
-        assert_eq!(whole_percent(1.0), "1%");
-        assert_eq!(whole_percent(29.4), "29%");
-        assert_eq!(whole_percent(99.6), ">99%");
-        assert_eq!(whole_percent(99.0), "99%");
-        assert_eq!(whole_percent(100.0), "100%");
-    }
 
     #[test]
     fn a_period_is_measured_against_the_highest_limits_in_force_during_it() {

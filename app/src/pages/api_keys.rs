@@ -200,7 +200,8 @@ fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> im
     let confirm = NodeRef::<leptos::html::Button>::new();
     let scripted = RwSignal::new(false);
     Effect::new(move |_| scripted.set(true));
-    let (question, describes) = (format!("revoke-question-{id}"), format!("revoke-question-{id}"));
+    let question = format!("revoke-question-{id}");
+    let describes = question.clone();
     let close = move || {
         if let Some(d) = details.get_untracked() {
             d.set_open(false);

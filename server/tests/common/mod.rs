@@ -199,19 +199,9 @@ impl TestApp {
     /// request in flight, nothing more can arrive after this: checks that nothing was stored
     /// twice are exact, not a guess after a sleep.
     pub async fn wait_until_usage_stored(&self) {
-        use deadpool_redis::redis::{self, Value};
-        let stream = services::usage::recorder::stream_name(&self.services.namespace);
-        let mut conn = services::redis_pool::conn(&self.services.redis).await.unwrap();
         let mut last = None;
         for _ in 0..150 {
-            let groups: Vec<std::collections::HashMap<String, Value>> =
-                redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
-            let count = |g: &std::collections::HashMap<String, Value>, field: &str| match g.get(field) {
-                Some(Value::Int(n)) => Some(*n),
-                _ => None,
-            };
-            let state: Vec<(Option<i64>, Option<i64>)> =
-                groups.iter().map(|g| (count(g, "pending"), count(g, "lag"))).collect();
+            let state = self.usage_stream_groups().await;
             if !state.is_empty() && state.iter().all(|s| *s == (Some(0), Some(0))) {
                 return;
             }
@@ -219,6 +209,21 @@ impl TestApp {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         panic!("usage still on its way to PostgreSQL after 15 s: (pending, lag) {last:?}");
+    }
+
+    /// For each consumer group of this deployment's usage stream: its entries read but not
+    /// acknowledged (`pending`) and not read yet (`lag`).
+    pub async fn usage_stream_groups(&self) -> Vec<(Option<i64>, Option<i64>)> {
+        use deadpool_redis::redis::{self, Value};
+        let stream = services::usage::recorder::stream_name(&self.services.namespace);
+        let mut conn = services::redis_pool::conn(&self.services.redis).await.unwrap();
+        let groups: Vec<std::collections::HashMap<String, Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap_or_default();
+        let count = |g: &std::collections::HashMap<String, Value>, field: &str| match g.get(field) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        groups.iter().map(|g| (count(g, "pending"), count(g, "lag"))).collect()
     }
 
     /// Waits (up to 15 s) until the outbox has no unsent email left.
