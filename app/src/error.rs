@@ -8,8 +8,9 @@ use server_fn::error::{FromServerFnError, ServerFnErrorErr};
 /// for the person using the page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum AppError {
-    #[error("{0}")]
-    BadRequest(String),
+    /// Bad input; `field` names the form field at fault, when one is (see `pages::form_error`).
+    #[error("{message}")]
+    BadRequest { message: String, field: Option<String> },
     #[error("Please sign in.")]
     Unauthorized,
     #[error("You are not allowed to see this page.")]
@@ -30,10 +31,23 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// Bad input that is not about one field.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest { message: message.into(), field: None }
+    }
+
+    /// The form field (by its `name`) this error is about, if it is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::BadRequest { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> u16 {
         match self {
-            Self::BadRequest(_) => 400,
+            Self::BadRequest { .. } => 400,
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
@@ -53,17 +67,19 @@ impl FromServerFnError for AppError {
         leptos::logging::warn!("server function error: {value:?}");
         match value {
             // Arguments the server could not read are the caller's mistake.
-            ServerFnErrorErr::Args(msg) => Self::BadRequest(format!("Invalid request: {msg}")),
-            ServerFnErrorErr::MissingArg(name) => Self::BadRequest(format!("Missing field: {name}")),
+            ServerFnErrorErr::Args(msg) => Self::bad_request(format!("Invalid request: {msg}")),
+            ServerFnErrorErr::MissingArg(name) => {
+                Self::BadRequest { message: format!("Missing field: {name}"), field: Some(name) }
+            }
             // On the server this is a request body that could not be read (in the browser, a
             // reply it could not read: our fault, below).
             #[cfg(feature = "ssr")]
             ServerFnErrorErr::Deserialization(msg) if msg.contains("length limit") => {
-                Self::BadRequest("The request is too large.".to_owned())
+                Self::bad_request("The request is too large.")
             }
             #[cfg(feature = "ssr")]
             ServerFnErrorErr::Deserialization(_) => {
-                Self::BadRequest("The request is not valid form data: send UTF-8 text.".to_owned())
+                Self::bad_request("The request is not valid form data: send UTF-8 text.")
             }
             ServerFnErrorErr::Request(msg) => Self::Network(msg),
             _ => Self::Internal,
@@ -128,13 +144,16 @@ struct WireError {
     message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_after: Option<u64>,
+    /// The form field a `bad_request` is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
 impl AppError {
     /// The machine-readable code of the wire format (`{"error":{"code":…}}`).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) => "bad_request",
+            Self::BadRequest { .. } => "bad_request",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
@@ -151,13 +170,18 @@ impl AppError {
             Self::TooManyAttempts(secs) => Some(*secs),
             _ => None,
         };
-        WireError { code: self.code().to_owned(), message: self.to_string(), retry_after }
+        WireError {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            retry_after,
+            field: self.field().map(str::to_owned),
+        }
     }
 
     /// (`Network` is made in the browser when no answer came; no server sends it.)
     fn from_wire(wire: WireError) -> Self {
         match wire.code.as_str() {
-            "bad_request" => Self::BadRequest(wire.message),
+            "bad_request" => Self::BadRequest { message: wire.message, field: wire.field },
             "unauthorized" => Self::Unauthorized,
             "forbidden" => Self::Forbidden,
             "not_found" => Self::NotFound,
@@ -176,7 +200,7 @@ impl From<services::ServiceError> for AppError {
     fn from(err: services::ServiceError) -> Self {
         use services::ServiceError as E;
         match err {
-            E::Invalid(msg) => Self::BadRequest(msg),
+            E::Invalid { message, field } => Self::BadRequest { message, field: field.map(str::to_owned) },
             E::NotFound => Self::NotFound,
             E::Forbidden => Self::Forbidden,
             E::Unauthorized => Self::Unauthorized,
@@ -205,7 +229,8 @@ mod tests {
     #[test]
     fn every_error_survives_the_wire() {
         for err in [
-            AppError::BadRequest("The hourly limit must be a whole number.".into()),
+            AppError::bad_request("The hourly limit must be a whole number."),
+            AppError::BadRequest { message: "Say why the key needs more.".into(), field: Some("reason".into()) },
             AppError::Unauthorized,
             AppError::Forbidden,
             AppError::NotFound,

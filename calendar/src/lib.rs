@@ -52,6 +52,18 @@ impl fmt::Display for RangeError {
 
 impl std::error::Error for RangeError {}
 
+impl RangeError {
+    /// The input at fault ("from" or "to") for a form to mark: the date that is not one, or
+    /// the end of a range that is reversed or too long. A date outside the years could be either.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::NotADate { field, .. } | Self::NoSuchDay { field, .. } => Some(field),
+            Self::Reversed { .. } | Self::TooLong { .. } => Some("to"),
+            Self::OutsideYears => None,
+        }
+    }
+}
+
 impl DayRange {
     /// The longest range one export or breakdown covers.
     pub const MAX_DAYS: i64 = 366;
@@ -106,6 +118,16 @@ impl DayRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_range_names_the_date_to_correct() {
+        let field = |from, to| DayRange::parse(from, to).unwrap_err().field();
+        assert_eq!(field("2026-1-1", "2026-11-30"), Some("from"));
+        assert_eq!(field("2026-11-01", "2026-02-29"), Some("to"));
+        assert_eq!(field("2026-11-30", "2026-11-01"), Some("to"));
+        assert_eq!(field("2024-01-01", "2026-01-01"), Some("to"));
+        assert_eq!(field("1969-12-31", "1970-01-02"), None);
+    }
 
     #[test]
     fn ranges_are_validated() {

@@ -51,6 +51,7 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByRole('button', { name: 'Create key' }).click();
   await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\?/);
   await expect(page.getByRole('alert')).toHaveText('Give the key a name.');
+  await expect(page.getByTestId('key-name')).toHaveAccessibleDescription('Give the key a name.');
 
   const name = `No script ${Date.now()}`;
   await createKeyAndOpen(page, name);
@@ -60,6 +61,9 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByTestId('ask-reason').fill('Launch');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('ask-error')).toHaveText('The hourly limit must be a whole number.');
+  // The page the server rendered ties the error to its field too.
+  await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription('The hourly limit must be a whole number.');
   expect(page.url().startsWith(keyUrl)).toBe(true);
   await expect(page.getByTestId('key-title')).toHaveText(name);
 
@@ -106,6 +110,8 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await admin.getByTestId('set-reason').fill('no-script test');
   await admin.getByRole('button', { name: 'Set quota' }).click();
   await expect(admin.getByRole('alert').filter({ hasText: 'a limit must be a positive whole number' })).toBeVisible();
+  await expect(admin.getByTestId('set-per-hour')).toHaveAttribute('aria-invalid', 'true');
+  await expect(admin.getByTestId('set-reason')).not.toHaveAttribute('aria-invalid', 'true');
   await expect(admin.getByTestId('key-title')).toHaveText(name);
   await admin.getByTestId('set-per-hour').fill('4000');
   await admin.getByTestId('set-reason').fill('no-script test');

@@ -19,6 +19,10 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await page.getByTestId('ask-reason').fill('Launch day');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('ask-error')).toContainText('above the current 1');
+  // The error is tied to the field it is about: marked invalid, described by the message.
+  await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription(/above the current 1/);
+  await expect(page.getByTestId('ask-reason')).not.toHaveAttribute('aria-invalid', 'true');
   await page.getByTestId('ask-per-hour').fill('25');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
@@ -37,6 +41,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await card.getByLabel('Per hour').fill('lots');
   await card.getByTestId('approve').click();
   await expect(card.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
+  await expect(card.getByLabel('Per hour')).toHaveAccessibleDescription('The hourly limit must be a whole number.');
+  await expect(card.getByTestId('deny-note')).not.toHaveAttribute('aria-invalid', 'true');
   await card.getByLabel('Per hour').fill('25');
   await card.getByTestId('approve').click();
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');

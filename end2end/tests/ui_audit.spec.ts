@@ -119,6 +119,10 @@ test('a bad CSV range is explained in the page instead of leaving it', async ({ 
   await expect(page.getByTestId('csv-to')).toHaveAttribute('min', '2026-05-10');
   await page.getByRole('button', { name: 'Export CSV' }).click();
   await expect(page.getByTestId('csv-error')).toContainText('must not be after');
+  // Tied to the date to correct: screen readers hear the message on that field.
+  await expect(page.getByTestId('csv-to')).toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByTestId('csv-to')).toHaveAccessibleDescription(/must not be after/);
+  await expect(page.getByTestId('csv-from')).not.toHaveAttribute('aria-invalid', 'true');
   await page.getByTestId('csv-from').fill('2025-01-01');
   await page.getByTestId('csv-to').fill('2026-05-01');
   await page.getByRole('button', { name: 'Export CSV' }).click();

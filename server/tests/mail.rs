@@ -162,7 +162,7 @@ async fn a_smtp_ca_file_needs_tls_in_the_url_and_a_certificate() {
         ),
     ];
     for result in refused {
-        assert!(matches!(result, Err(services::ServiceError::Invalid(_))), "refused with a clear error");
+        assert!(matches!(result, Err(services::ServiceError::Invalid { .. })), "refused with a clear error");
     }
 }
 

@@ -289,27 +289,33 @@ async fn merchants_cannot_decide_or_touch_other_owners_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     let s = setup().await;
-    for (per_hour, per_day, reason) in [
-        ("", "", "nothing asked"),
-        ("1", "", "lower than now"),
-        ("2", "", "equal to now"),
-        ("-100", "", "negative"),
-        ("1.5", "", "fraction"),
-        ("lots", "", "words"),
-        ("99999999999999999999", "", "overflow"),
-        ("5000000", "", "above the platform maximum"),
-        ("100", "", ""),
+    // Each error names the form field to correct (the form marks it for screen readers).
+    for (per_hour, per_day, reason, field) in [
+        ("", "", "nothing asked", "per_hour"),
+        ("1", "", "lower than now", "per_hour"),
+        ("2", "", "equal to now", "per_hour"),
+        ("-100", "", "negative", "per_hour"),
+        ("1.5", "", "fraction", "per_hour"),
+        ("lots", "", "words", "per_hour"),
+        ("99999999999999999999", "", "overflow", "per_hour"),
+        ("5000000", "", "above the platform maximum", "per_hour"),
+        ("", "ten", "words", "per_day"),
+        ("100", "", "", "reason"),
     ] {
         let res = ask(&s, per_hour, per_day, reason).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{per_hour:?} {per_day:?} {reason:?}");
         let body: Value = res.json().await.unwrap();
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        assert_eq!(body["error"]["field"], field, "{per_hour:?} {per_day:?} {reason:?}: {body}");
     }
     assert_eq!(s.app.count("SELECT count(*) FROM quota_requests").await, 0);
     let bad_id = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", "abc")]).await;
     assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
     let set = admin_set(&s, "0", "10", "x").await;
     assert_eq!(set.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(set.json::<Value>().await.unwrap()["error"]["field"], "per_hour");
+    let no_reason = admin_set(&s, "7", "70", " ").await;
+    assert_eq!(no_reason.json::<Value>().await.unwrap()["error"]["field"], "reason");
     let ok = admin_set(&s, "7", "70", "support ticket 42").await;
     assert_eq!(ok.status(), StatusCode::OK);
     let audit = audit_trail(&s, &[]).await.0;
@@ -320,7 +326,10 @@ async fn invalid_numbers_get_a_4xx_and_change_nothing() {
     let told = s.app.count("SELECT count(*) FROM notifications").await;
     let again = admin_set(&s, "7", "70", "again").await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    assert!(message(again).await.contains("nothing to change"));
+    // About both limits together, so about no one field.
+    let body: Value = again.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("nothing to change"), "{body}");
+    assert!(body["error"].get("field").is_none(), "{body}");
     assert_eq!(audit_trail(&s, &[]).await.0.len(), audit.len());
     assert_eq!(s.app.count("SELECT count(*) FROM notifications").await, told);
 

@@ -6,9 +6,11 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 /// status; the messages of the 4xx variants are safe to show to users.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// Bad input: the message says what is wrong and nothing was changed.
-    #[error("{0}")]
-    Invalid(String),
+    /// Bad input: the message says what is wrong and nothing was changed. `field` names the input
+    /// at fault (the argument's name, which is also its form field's) when there is one, so that
+    /// a form can mark that field.
+    #[error("{message}")]
+    Invalid { message: String, field: Option<&'static str> },
     #[error("not found")]
     NotFound,
     #[error("you are not allowed to do this")]
@@ -33,13 +35,27 @@ pub enum ServiceError {
 
 impl From<calendar::RangeError> for ServiceError {
     fn from(e: calendar::RangeError) -> Self {
-        Self::Invalid(e.to_string())
+        Self::Invalid { message: e.to_string(), field: e.field() }
     }
 }
 
 impl ServiceError {
     pub fn invalid(msg: impl Into<String>) -> Self {
-        Self::Invalid(msg.into())
+        Self::Invalid { message: msg.into(), field: None }
+    }
+
+    /// Bad input in the field (argument) named `field`.
+    pub fn invalid_field(field: &'static str, msg: impl Into<String>) -> Self {
+        Self::Invalid { message: msg.into(), field: Some(field) }
+    }
+
+    /// Names `field` as the input at fault of bad input that names none yet (a domain type's
+    /// parser knows what is wrong, its caller which field it came from); other errors pass.
+    pub fn in_field(self, field: &'static str) -> Self {
+        match self {
+            Self::Invalid { message, field: None } => Self::invalid_field(field, message),
+            other => other,
+        }
     }
 
     /// True for failures of the service itself (5xx), false for refusals of the caller (4xx).
@@ -64,7 +80,7 @@ impl From<DieselError> for ServiceError {
                 Self::Conflict("this already exists".into())
             }
             DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info) => {
-                Self::Invalid(format!("invalid value ({})", info.constraint_name().unwrap_or("check")))
+                Self::invalid(format!("invalid value ({})", info.constraint_name().unwrap_or("check")))
             }
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Self::DatabaseUnavailable(info.message().to_owned())

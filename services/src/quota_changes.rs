@@ -112,9 +112,9 @@ pub(crate) async fn apply(
 ) -> ServiceResult<DateTime<Utc>> {
     use crate::schema::{api_key_quotas, quota_changes};
     live.check_not_revoked()?;
-    let reason = crate::text::check_note("The reason", change.reason)?;
+    let reason = crate::text::check_note("The reason", change.reason).map_err(|e| e.in_field("reason"))?;
     if reason.is_empty() {
-        return Err(ServiceError::invalid("Give a reason for the change."));
+        return Err(ServiceError::invalid_field("reason", "Give a reason for the change."));
     }
     let burst = quota.burst_per_second.map(|b| b.get() as i32);
     // The version is stamped by PostgreSQL, never by this node's clock: app nodes' clocks

@@ -105,22 +105,24 @@ impl RequestedLimits {
             }
             Ok(Some(value))
         };
-        let hour = field(per_hour, "hourly", current.per_hour.get(), max.per_hour)?;
-        let day = field(per_day, "daily", current.per_day.get(), max.per_day)?;
+        let hour =
+            field(per_hour, "hourly", current.per_hour.get(), max.per_hour).map_err(|e| e.in_field("per_hour"))?;
+        let day = field(per_day, "daily", current.per_day.get(), max.per_day).map_err(|e| e.in_field("per_day"))?;
         if hour.is_none() && day.is_none() {
-            return Err(ServiceError::invalid("Ask for a higher hourly or daily limit."));
+            return Err(ServiceError::invalid_field("per_hour", "Ask for a higher hourly or daily limit."));
         }
         let limits =
             Self { per_hour: hour.unwrap_or(current.per_hour.get()), per_day: day.unwrap_or(current.per_day.get()) };
-        check_hour_within_day(limits.per_hour, limits.per_day)?;
+        // The message asks for a higher daily limit: that is the field to change.
+        check_hour_within_day(limits.per_hour, limits.per_day).map_err(|e| e.in_field("per_day"))?;
         Ok(limits)
     }
 }
 
 fn check_reason(reason: &str) -> ServiceResult<&str> {
-    let reason = crate::text::check_note("The reason", reason)?;
+    let reason = crate::text::check_note("The reason", reason).map_err(|e| e.in_field("reason"))?;
     if reason.is_empty() {
-        return Err(ServiceError::invalid("Say why the key needs more."));
+        return Err(ServiceError::invalid_field("reason", "Say why the key needs more."));
     }
     Ok(reason)
 }
@@ -271,9 +273,9 @@ pub async fn decide(
     if !admin.is_admin() {
         return Err(ServiceError::Forbidden);
     }
-    let note = crate::text::check_note("The note", note)?;
+    let note = crate::text::check_note("The note", note).map_err(|e| e.in_field("note"))?;
     if matches!(decision, Decision::Deny) && note.is_empty() {
-        return Err(ServiceError::invalid("Say why the request is denied."));
+        return Err(ServiceError::invalid_field("note", "Say why the request is denied."));
     }
     let approved = match decision {
         Decision::Approve { per_hour, per_day } => {
@@ -352,14 +354,18 @@ fn check_approval(live: &LiveKey, per_hour: i64, per_day: i64) -> ServiceResult<
         return Err(ServiceError::Conflict("This key is revoked; the request can only be denied.".into()));
     }
     if per_hour < live.per_hour || per_day < live.per_day {
-        return Err(ServiceError::invalid(format!(
-            "The key now allows {}/hour and {}/day; approving {}/hour and {}/day would lower its quota. \
+        let field = if per_hour < live.per_hour { "per_hour" } else { "per_day" };
+        return Err(ServiceError::invalid_field(
+            field,
+            format!(
+                "The key now allows {}/hour and {}/day; approving {}/hour and {}/day would lower its quota. \
              Approve at least the current limits, or deny the request.",
-            format::count(live.per_hour),
-            format::count(live.per_day),
-            format::count(per_hour),
-            format::count(per_day),
-        )));
+                format::count(live.per_hour),
+                format::count(live.per_day),
+                format::count(per_hour),
+                format::count(per_day),
+            ),
+        ));
     }
     Ok(())
 }
@@ -588,13 +594,49 @@ mod tests {
         let max = QuotaMaximum { per_hour: 100_000, per_day: 500_000 };
         // The daily field left empty keeps today's 10,000, below the hourly ask.
         let err = RequestedLimits::parse("50000", "", &current(), max).unwrap_err();
-        assert!(matches!(&err, ServiceError::Invalid(m) if m.contains("cannot exceed the daily limit")), "{err:?}");
+        assert!(
+            matches!(&err, ServiceError::Invalid { message: m, .. } if m.contains("cannot exceed the daily limit")),
+            "{err:?}"
+        );
         assert!(RequestedLimits::parse("50000", "50000", &current(), max).is_ok());
         assert!(RequestedLimits::parse("10000", "", &current(), max).is_ok());
         assert!(admin_limits(max, 3000, 2000).is_err());
         assert!(admin_limits(max, 2000, 2000).is_ok());
         assert!(admin_limits(max, 0, 2000).is_err());
         assert!(admin_limits(max, 2000, 600_000).is_err());
+    }
+
+    fn field_of<T: std::fmt::Debug>(r: ServiceResult<T>) -> Option<&'static str> {
+        match r {
+            Err(ServiceError::Invalid { field, .. }) => field,
+            other => panic!("expected bad input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_input_names_the_field_to_correct() {
+        let max = QuotaMaximum { per_hour: 50_000, per_day: 500_000 };
+        for (h, d, field) in [
+            ("abc", "20000", "per_hour"),
+            ("500", "", "per_hour"),
+            ("60000", "", "per_hour"),
+            ("", "", "per_hour"),
+            ("5000", "-1", "per_day"),
+            ("5000", "9999999", "per_day"),
+            // The hour above the day: the message asks for a higher daily limit.
+            ("20000", "", "per_day"),
+        ] {
+            assert_eq!(field_of(RequestedLimits::parse(h, d, &current(), max)), Some(field), "{h:?} {d:?}");
+        }
+        assert_eq!(field_of(check_reason("  ")), Some("reason"));
+        assert_eq!(field_of(check_reason("more\u{202e}")), Some("reason"));
+        assert_eq!(field_of(admin_limits(max, 60_000, 100_000)), Some("per_hour"));
+        assert_eq!(field_of(admin_limits(max, 5_000, 600_000)), Some("per_day"));
+        assert_eq!(field_of(admin_limits(max, 0, 2_000)), Some("per_hour"));
+        assert_eq!(field_of(admin_limits(max, 3_000, 2_000)), Some("per_day"));
+        let live = LiveKey { per_hour: 5_000, per_day: 50_000, burst: None, revoked: false };
+        assert_eq!(field_of(check_approval(&live, 6_000, 40_000)), Some("per_day"));
+        assert_eq!(field_of(check_approval(&live, 4_000, 60_000)), Some("per_hour"));
     }
 
     #[test]
@@ -604,7 +646,10 @@ mod tests {
         assert!(check_approval(&live, 6_000, 60_000).is_ok());
         for (h, d) in [(4_999, 50_000), (5_000, 49_999), (100, 60_000)] {
             let err = check_approval(&live, h, d).unwrap_err();
-            assert!(matches!(&err, ServiceError::Invalid(m) if m.contains("5,000/hour")), "{h} {d}: {err:?}");
+            assert!(
+                matches!(&err, ServiceError::Invalid { message: m, .. } if m.contains("5,000/hour")),
+                "{h} {d}: {err:?}"
+            );
         }
         let revoked = LiveKey { revoked: true, ..live };
         assert!(

@@ -78,7 +78,7 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let services = session::services()?;
     let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
-    let name = KeyName::parse(&name)?;
+    let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
     let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
     let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
@@ -139,7 +139,7 @@ pub async fn set_alert_emails(
             None | Some("" | "off") => {}
             Some("on") => list.push(threshold),
             Some(other) => {
-                return Err(AppError::BadRequest(format!(
+                return Err(AppError::bad_request(format!(
                     "An alert choice is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."
                 )))
             }

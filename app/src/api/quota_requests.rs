@@ -122,9 +122,10 @@ pub async fn admin_quota_requests() -> Result<Vec<QuotaRequestView>, AppError> {
     Ok(services::quota_requests::all(&services.db).await?.into_iter().map(Into::into).collect())
 }
 
+/// A limit typed into the form field `field`; `name` ("hourly", "daily") names it in the message.
 #[cfg(feature = "ssr")]
-fn whole_number(raw: &str, name: &str) -> Result<i64, AppError> {
-    Ok(services::keys::quota::parse_limit(raw, name)?)
+fn whole_number(raw: &str, field: &'static str, name: &str) -> Result<i64, AppError> {
+    Ok(services::keys::quota::parse_limit(raw, name).map_err(|e| e.in_field(field))?)
 }
 
 #[server(prefix = "/rpc", endpoint = "admin/quota-requests/approve")]
@@ -138,8 +139,10 @@ pub async fn approve_quota_request(
     use services::quota_requests::{decide, Decision};
     let services = session::services()?;
     let admin = session::require_admin(&services).await?;
-    let decision =
-        Decision::Approve { per_hour: whole_number(&per_hour, "hourly")?, per_day: whole_number(&per_day, "daily")? };
+    let decision = Decision::Approve {
+        per_hour: whole_number(&per_hour, "per_hour", "hourly")?,
+        per_day: whole_number(&per_day, "per_day", "daily")?,
+    };
     Ok(decide(&services, &admin, id, decision, &note).await?.into())
 }
 
@@ -164,7 +167,8 @@ pub async fn admin_set_quota(
     let services = session::services()?;
     let admin = session::require_admin(&services).await?;
     let key_id = ApiKeyId::parse(&key_id)?;
-    let (per_hour, per_day) = (whole_number(&per_hour, "hourly")?, whole_number(&per_day, "daily")?);
+    let (per_hour, per_day) =
+        (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
     services::quota_changes::set_by_admin(&services, &admin, key_id, per_hour, per_day, &reason).await?;
     Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn get_top_calls(id: String, days: u32) -> Result<TopCalls, AppError> 
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     if !RANGES.contains(&days) {
-        return Err(AppError::BadRequest(format!("days must be one of {RANGES:?}")));
+        return Err(AppError::bad_request(format!("days must be one of {RANGES:?}")));
     }
     let services = session::services()?;
     let user = session::require_user(&services).await?;

@@ -4,6 +4,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
+use super::form_error::FormError;
 use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager};
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails,
@@ -13,6 +14,7 @@ use crate::render_memo::once_per_render;
 #[component]
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
+    let create_error = FormError::of("create-key-error", create);
     let revoke = ServerAction::<RevokeKey>::new();
     let query = use_query_map();
     // 50 a page (`?page=`), active keys first.
@@ -44,15 +46,13 @@ pub fn ApiKeysPage() -> impl IntoView {
                 <div class="inline-form">
                     <label>
                         "Name"
-                        <input name="name" required maxlength="100" placeholder="e.g. Checkout server" data-testid="key-name"/>
+                        <input name="name" required maxlength="100" placeholder="e.g. Checkout server" data-testid="key-name" {..create_error.on("name")}/>
                     </label>
                     <button type="submit" disabled=move || create.pending().get()>"Create key"</button>
                 </div>
             </ActionForm>
-            {move || create.value().get().map(|result| match result {
-                Ok(created) => view! { <NewSecret created/> }.into_any(),
-                Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
-            })}
+            {move || create.value().get().and_then(Result::ok).map(|created| view! { <NewSecret created/> })}
+            {create_error.message("create-key-error")}
             <Transition fallback=|| ()>
                 {move || Suspend::new(async move {
                     match handed_over.await {

@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod api_keys;
+pub mod form_error;
 pub mod layout;
 pub mod login;
 pub mod notifications;

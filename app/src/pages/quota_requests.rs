@@ -5,11 +5,13 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
+use super::form_error::FormError;
 use super::layout::{Confirmation, ErrorPanel, PageTitle};
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
     AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
 };
+use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
 fn limits(per_hour: i64, per_day: i64) -> String {
@@ -60,6 +62,8 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
         }?;
         Some(view! { <Confirmation text testid="request-done"/> })
     };
+    let ask_error = FormError::of("ask-error", ask);
+    let cancel_error = FormError::of("cancel-error", cancel);
     let revoked = key.is_revoked();
     // Only the owner asks (the server refuses anyone else); an admin changes quotas directly.
     let yours = key.yours;
@@ -86,10 +90,10 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
                                             <div class="inline-form">
-                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) data-testid="ask-per-hour"/></label>
-                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) data-testid="ask-per-day"/></label>
+                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
+                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
                                             </div>
-                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason"></textarea></label>
+                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")}></textarea></label>
                                             <button type="submit">"Request increase"</button>
                                         </ActionForm>
                                         </div>
@@ -103,8 +107,8 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                 }}
             </Transition>
             {confirmation}
-            {move || ask.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert" data-testid="ask-error">{e.to_string()}</p> })}
-            {move || cancel.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
+            {ask_error.message("ask-error")}
+            {cancel_error.message("cancel-error")}
         </section>
     }
 }
@@ -166,7 +170,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     // without JavaScript comes back as a new page that knows no card: its error goes on top.
     let decided = RwSignal::new(None::<(i64, Kind)>);
     let decision = Decision { approve, deny, decided };
-    let error = move || decided.get().is_none().then(|| decision.error()).flatten();
+    let error = decision.error_of_unknown_card();
     // The decided card loses its forms (and moves below the pending ones): say what happened.
     // For the card decided last, once its answer is in (the actions keep their last values).
     let confirmation = move || {
@@ -197,7 +201,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             "To change a key's quota without a request, find the key under "<A href="/admin" exact=true>"All keys"</A>
             " and open it."
         </p>
-        {error}
+        {error.message("decision-error")}
         {confirmation}
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -226,16 +230,33 @@ struct Decision {
 }
 
 impl Decision {
-    /// The last submitted decision's error (either's, for a page a plain form post came back to).
-    fn error(self) -> Option<AnyView> {
-        let approve = move || self.approve.value().get().and_then(|r| r.err());
-        let deny = move || self.deny.value().get().and_then(|r| r.err());
-        let err = match self.decided.get() {
-            Some((_, Kind::Approve)) => approve(),
-            Some((_, Kind::Deny)) => deny(),
-            None => approve().or_else(deny),
+    fn last_error(self, kind: Kind) -> Option<AppError> {
+        match kind {
+            Kind::Approve => self.approve.value().get().and_then(Result::err),
+            Kind::Deny => self.deny.value().get().and_then(Result::err),
+        }
+    }
+
+    /// The error of the `kind` form, if it was the one submitted last and on this card.
+    fn error_on(self, request_id: i64, kind: Kind) -> FormError {
+        let form = match kind {
+            Kind::Approve => "approve",
+            Kind::Deny => "deny",
         };
-        err.map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> }.into_any())
+        FormError::new(format!("{form}-error-{request_id}"), move || {
+            (self.decided.get() == Some((request_id, kind))).then(|| self.last_error(kind)).flatten()
+        })
+    }
+
+    /// Either form's error on a page a plain form post came back to: it knows no card.
+    fn error_of_unknown_card(self) -> FormError {
+        FormError::new("decision-error", move || {
+            self.decided
+                .get()
+                .is_none()
+                .then(|| self.last_error(Kind::Approve).or_else(|| self.last_error(Kind::Deny)))
+                .flatten()
+        })
     }
 }
 
@@ -243,6 +264,8 @@ impl Decision {
 fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
     let Decision { approve, deny, decided } = decision;
     let request_id = r.id;
+    let (approve_error, deny_error) =
+        (decision.error_on(request_id, Kind::Approve), decision.error_on(request_id, Kind::Deny));
     let pending = r.status == "pending";
     let id = r.id.to_string();
     let id2 = id.clone();
@@ -281,7 +304,8 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     }
                 })}
             </dl>
-            {move || (decided.get().map(|(id, _)| id) == Some(request_id)).then(|| decision.error()).flatten()}
+            {approve_error.message("decision-error")}
+            {deny_error.message("decision-error")}
             {pending.then(|| view! {
                 // Each form's `submit` bubbles up to the wrapper that records it.
                 <div class="decide">
@@ -291,9 +315,9 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                         <ActionForm action=approve>
                             <input type="hidden" name="id" value=id.clone()/>
                             <div class="inline-form">
-                                <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required/></label>
-                                <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required/></label>
-                                <label>"Note" <input name="note" placeholder="optional"/></label>
+                                <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required {..approve_error.on("per_hour")}/></label>
+                                <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required {..approve_error.on("per_day")}/></label>
+                                <label>"Note" <input name="note" placeholder="optional" {..approve_error.on("note")}/></label>
                                 <button type="submit" data-testid="approve">"Approve"</button>
                             </div>
                         </ActionForm>
@@ -303,7 +327,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     <ActionForm action=deny>
                         <input type="hidden" name="id" value=id2.clone()/>
                         <div class="inline-form">
-                            <label>"Why not" <input name="note" required data-testid="deny-note"/></label>
+                            <label>"Why not" <input name="note" required data-testid="deny-note" {..deny_error.on("note")}/></label>
                             <button type="submit" class="danger" data-testid="deny">"Deny"</button>
                         </div>
                     </ActionForm>
@@ -318,6 +342,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
 /// trail keeps it). A form, so that it also works without JavaScript.
 #[component]
 pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoView {
+    let error = FormError::of("set-quota-error", action);
     view! {
         <section class="card" id="set-quota" data-testid="set-quota">
             <h2>"Set this key's quota"</h2>
@@ -325,17 +350,17 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
             <ActionForm action>
                 <input type="hidden" name="key_id" value=key.id.clone()/>
                 <div class="inline-form">
-                    <label>"Per hour" <input name="per_hour" inputmode="numeric" value=key.requests_per_hour.to_string() required data-testid="set-per-hour"/></label>
-                    <label>"Per day" <input name="per_day" inputmode="numeric" value=key.requests_per_day.to_string() required data-testid="set-per-day"/></label>
+                    <label>"Per hour" <input name="per_hour" inputmode="numeric" value=key.requests_per_hour.to_string() required data-testid="set-per-hour" {..error.on("per_hour")}/></label>
+                    <label>"Per day" <input name="per_day" inputmode="numeric" value=key.requests_per_day.to_string() required data-testid="set-per-day" {..error.on("per_day")}/></label>
                 </div>
-                <label>"Reason" <input name="reason" required data-testid="set-reason"/></label>
+                <label>"Reason" <input name="reason" required data-testid="set-reason" {..error.on("reason")}/></label>
                 // Not disabled while it is sent: a disabled button drops the keyboard's focus.
                 <button type="submit">"Set quota"</button>
             </ActionForm>
-            {move || action.value().get().map(|r| match r {
-                Ok(()) => view! { <p class="hint" role="status" data-testid="set-done">"Quota set; it applies to the key's next request."</p> }.into_any(),
-                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
+            {move || matches!(action.value().get(), Some(Ok(()))).then(|| view! {
+                <p class="hint" role="status" data-testid="set-done">"Quota set; it applies to the key's next request."</p>
             })}
+            {error.message("set-quota-error")}
         </section>
     }
 }

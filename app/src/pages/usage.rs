@@ -6,10 +6,12 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 
+use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
+use crate::error::AppError;
 use crate::render_memo::once_per_render;
 use calendar::{DayRange, RangeError};
 
@@ -60,7 +62,8 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     // bad range with a 400 in JSON, which is no page for a merchant to land on).
     let csv_from = RwSignal::new(month_ago.to_string());
     let csv_to = RwSignal::new(today.to_string());
-    let csv_error = RwSignal::new(None::<String>);
+    let csv_error = RwSignal::new(None::<AppError>);
+    let csv_form_error = FormError::new("csv-error", move || csv_error.get());
     // The browser's own checks of the date fields stay for pages without JavaScript; with it,
     // the message shows in the page instead.
     let scripted = RwSignal::new(false);
@@ -92,10 +95,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 {revoked_at.is_some().then(|| view! { " " <span class="badge revoked" data-testid="usage-revoked">"revoked"</span> })}
             </h1>
             <form class="export" method="get" action=csv_action data-testid="csv-form" novalidate=move || scripted.get() on:submit=check_csv>
-                <label>"From (UTC)" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from"
+                <label>"From (UTC)" <input type="date" name="from" value=month_ago.to_string() required data-testid="csv-from" {..csv_form_error.on("from")}
                     min=move || shift(&csv_to.get(), -(DayRange::MAX_DAYS - 1)) max=move || csv_to.get()
                     on:input=move |ev| { csv_from.set(event_target_value(&ev)); csv_error.set(None); }/></label>
-                <label>"To (UTC)" <input type="date" name="to" value=today.to_string() required data-testid="csv-to"
+                <label>"To (UTC)" <input type="date" name="to" value=today.to_string() required data-testid="csv-to" {..csv_form_error.on("to")}
                     min=move || csv_from.get() max=move || shift(&csv_from.get(), DayRange::MAX_DAYS - 1)
                     on:input=move |ev| { csv_to.set(event_target_value(&ev)); csv_error.set(None); }/></label>
                 <label>"Per"
@@ -109,9 +112,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 <button type="submit">"Export CSV"</button>
             </form>
         </div>
-        {move || csv_error.get().map(|message| view! {
-            <p class="error" role="alert" data-testid="csv-error">{message}</p>
-        })}
+        {csv_form_error.message("csv-error")}
         {revoked_at.map(|at| view! {
             <p class="notice" data-testid="revoked-notice">
                 {format!("This key was revoked on {}: calls with it are refused and no longer counted. Its history stays here.", format::time(&at))}
@@ -180,11 +181,13 @@ fn shift(raw: &str, days: i64) -> String {
 
 /// What is wrong with an export range, by the server's own rule; `None` when the server will
 /// take it.
-fn csv_range_problem(from: &str, to: &str) -> Option<String> {
-    Some(match DayRange::parse(from, to).err()? {
+fn csv_range_problem(from: &str, to: &str) -> Option<AppError> {
+    let problem = DayRange::parse(from, to).err()?;
+    let message = match &problem {
         RangeError::NotADate { .. } => "Choose both dates of the export range.".to_owned(),
         other => format!("Export range: {other}."),
-    })
+    };
+    Some(AppError::BadRequest { message, field: problem.field().map(str::to_owned) })
 }
 
 fn rate_text(live: &LiveData) -> String {

@@ -101,14 +101,22 @@ pub fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
 /// Limits an admin sets or approves: positive, within the platform maximum, hour within day.
 pub(crate) fn admin_limits(max: QuotaMaximum, per_hour: i64, per_day: i64) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
     if per_hour > max.per_hour || per_day > max.per_day {
-        return Err(ServiceError::invalid(format!(
-            "Limits can be at most {}/hour and {}/day.",
-            format::count(max.per_hour),
-            format::count(max.per_day)
-        )));
+        let field = if per_hour > max.per_hour { "per_hour" } else { "per_day" };
+        return Err(ServiceError::invalid_field(
+            field,
+            format!(
+                "Limits can be at most {}/hour and {}/day.",
+                format::count(max.per_hour),
+                format::count(max.per_day)
+            ),
+        ));
     }
-    let limits = (QuotaLimit::new(per_hour)?, QuotaLimit::new(per_day)?);
-    check_hour_within_day(per_hour, per_day)?;
+    let limits = (
+        QuotaLimit::new(per_hour).map_err(|e| e.in_field("per_hour"))?,
+        QuotaLimit::new(per_day).map_err(|e| e.in_field("per_day"))?,
+    );
+    // The message asks for a higher daily limit: that is the field to change.
+    check_hour_within_day(per_hour, per_day).map_err(|e| e.in_field("per_day"))?;
     Ok(limits)
 }
 
@@ -162,7 +170,7 @@ mod tests {
         }
 
         fn is_bad_input<T: std::fmt::Debug>(r: &ServiceResult<T>) -> bool {
-            matches!(r, Err(ServiceError::Invalid(_)))
+            matches!(r, Err(ServiceError::Invalid { .. }))
         }
 
         proptest! {

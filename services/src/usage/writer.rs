@@ -425,7 +425,7 @@ fn refused_by_postgres(e: &ServiceError) -> bool {
             !matches!(kind, DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection)
                 && !PASSING.iter().any(|p| info.message().contains(p))
         }
-        ServiceError::Invalid(_) | ServiceError::Conflict(_) => true,
+        ServiceError::Invalid { .. } | ServiceError::Conflict(_) => true,
         _ => false,
     }
 }
