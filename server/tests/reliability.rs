@@ -342,6 +342,50 @@ async fn a_quota_approved_while_redis_is_down_is_reported_done_and_applies() {
     assert_eq!(last, (200, "100".to_owned()), "the approved limit applies once Redis is back");
 }
 
+/// Redis back while the traffic never stops: usage goes through it again within seconds, so
+/// the live charts fill again (it stayed on PostgreSQL for as long as a batch came at least once
+/// a second: each batch that skipped Redis put off its next try), and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_outage_usage_goes_through_redis_again_while_traffic_continues() {
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "200".into())]).await;
+    let (secret, id) = app.key_with_quota(1_000_000, 10_000_000).await;
+    // The requests counted in the key's live minutes around now.
+    let live_requests = || async {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let minute = now_ms / 60_000 * 60_000;
+        let minutes = services::usage::live::read_minutes(&app.services.redis, id.0, minute - 180_000, 5).await;
+        minutes.map(|m| m.iter().map(|(_, c)| c.requests).sum::<u64>()).unwrap_or(0)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(vec![app.base.clone()], secret, 2, stop.clone()));
+    let within = |limit: Duration| Instant::now() + limit;
+    let deadline = within(Duration::from_secs(10));
+    while live_requests().await == 0 {
+        assert!(Instant::now() < deadline, "no live counts before the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    let before = live_requests().await;
+    let deadline = within(Duration::from_secs(10));
+    while live_requests().await <= before {
+        assert!(Instant::now() < deadline, "usage never went through Redis again under load");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let load = load.await.unwrap();
+    assert_eq!(load.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{:?}", load.statuses);
+    app.wait_for_events(id, load.answered()).await;
+    let stored = stored_ids(&app, id).await;
+    let missing = load.answered.iter().filter(|rid| !stored.contains_key(*rid)).count();
+    assert_eq!(missing, 0, "every answered request stored");
+    assert!(stored.values().all(|&n| n == 1), "each stored once");
+}
+
 /// A graceful stop waits until queued usage is handed off; with Redis and PostgreSQL both gone it
 /// would wait until one returns. A second SIGTERM ends the process at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,7 +117,7 @@ async fn flush_loop(
     mut fallback: Option<UsageWriter>,
 ) {
     let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
-    let mut redis_down_until: Option<tokio::time::Instant> = None;
+    let mut redis_state = RedisState::default();
     loop {
         let Some(first) = rx.recv().await else { break };
         batch.push(first);
@@ -144,61 +144,91 @@ async fn flush_loop(
                 }
             }
         }
-        hand_off_until_done(&redis, &stream, fallback.as_mut(), &mut redis_down_until, &mut batch).await;
+        hand_off_until_done(&redis, &stream, fallback.as_mut(), &mut redis_state, &mut batch).await;
     }
     // Closed: whatever was queued has been handed off above (`recv` drains before None).
+}
+
+/// Whether hand-offs go to Redis. After a failed attempt Redis is left alone for a second
+/// (batches go straight to PostgreSQL), then the next batch tries it again, however busy the
+/// recorder is. Logs each change once, not each batch: under load an outage would otherwise
+/// log thousands of lines a second.
+#[derive(Default)]
+struct RedisState {
+    /// When the next batch may try Redis again, while it is down.
+    retry_at: Option<tokio::time::Instant>,
+    /// Events written straight to PostgreSQL during this outage.
+    bypassed: u64,
+}
+
+impl RedisState {
+    fn may_try(&self) -> bool {
+        self.retry_at.is_none_or(|at| tokio::time::Instant::now() >= at)
+    }
+
+    fn failed(&mut self, why: &str) {
+        if self.retry_at.is_none() {
+            tracing::warn!(error = %why, "usage: Redis unavailable; events go straight to PostgreSQL, Redis is tried again every second");
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+    }
+
+    fn succeeded(&mut self) {
+        if self.retry_at.take().is_some() {
+            tracing::info!(events = self.bypassed, "usage: Redis is back; events go through it again");
+            self.bypassed = 0;
+        }
+    }
 }
 
 async fn hand_off_until_done(
     redis: &SharedConnection,
     stream: &str,
     mut fallback: Option<&mut UsageWriter>,
-    redis_down_until: &mut Option<tokio::time::Instant>,
+    redis_state: &mut RedisState,
     batch: &mut Vec<Item>,
 ) {
     let (events, waiters): (Vec<UsageEvent>, Vec<Option<oneshot::Sender<()>>>) =
         batch.drain(..).map(|i| (i.event, i.handed_off)).unzip();
     let mut backoff = Duration::from_millis(50);
     loop {
-        // After a failure, Redis is left alone for a second: batches go to PostgreSQL directly.
-        let to_redis = match *redis_down_until {
-            Some(until) if tokio::time::Instant::now() < until => {
-                Ok(Err(crate::ServiceError::RedisUnavailable("recently failed".into())))
-            }
-            _ => tokio::time::timeout(REDIS_TIMEOUT, flush(redis, stream, &events)).await,
-        };
-        if !matches!(to_redis, Ok(Ok(()))) {
-            *redis_down_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-        }
-        let stored = match to_redis {
-            Ok(Ok(())) => true,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => {
-                        // The shared connection may be stuck behind the slow reply.
-                        redis.reset();
-                        "timed out".to_owned()
-                    }
-                };
-                match fallback.as_deref_mut() {
-                    Some(writer) => match writer.write(&events).await {
-                        Ok(()) => {
-                            tracing::warn!(error = %why, events = events.len(), "usage: Redis unavailable, written straight to PostgreSQL");
-                            true
-                        }
-                        Err(pg) => {
-                            tracing::warn!(redis = %why, postgres = %pg, events = events.len(), "usage hand-off failed; retrying");
-                            false
-                        }
-                    },
-                    None => {
-                        tracing::warn!(error = %why, events = events.len(), "usage flush to Redis failed; retrying");
-                        false
-                    }
+        let stored = if redis_state.may_try() {
+            match tokio::time::timeout(REDIS_TIMEOUT, flush(redis, stream, &events)).await {
+                Ok(Ok(())) => {
+                    redis_state.succeeded();
+                    true
+                }
+                Ok(Err(e)) => {
+                    redis_state.failed(&e.to_string());
+                    false
+                }
+                Err(_) => {
+                    // The shared connection may be stuck behind the slow reply.
+                    redis.reset();
+                    redis_state.failed("timed out");
+                    false
                 }
             }
+        } else {
+            false
         };
+        let stored = stored
+            || match fallback.as_deref_mut() {
+                Some(writer) => match writer.write(&events).await {
+                    Ok(()) => {
+                        redis_state.bypassed += events.len() as u64;
+                        true
+                    }
+                    Err(pg) => {
+                        tracing::warn!(postgres = %pg, events = events.len(), "usage hand-off failed (Redis and PostgreSQL); retrying");
+                        false
+                    }
+                },
+                None => {
+                    tracing::warn!(events = events.len(), "usage flush to Redis failed; retrying");
+                    false
+                }
+            };
         if stored {
             for done in waiters.into_iter().flatten() {
                 let _ = done.send(());
