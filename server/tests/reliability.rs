@@ -415,6 +415,42 @@ async fn a_second_stop_signal_ends_a_stop_that_cannot_flush() {
     assert!(second, "the second signal ends the process");
 }
 
+/// A Redis outage takes an instance out of a load balancer's rotation only if it fails closed
+/// (then every metered call would get a 503); failing open it stays in, saying `degraded`. A
+/// Redis that hangs counts as down without holding the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
+    let mut redis = OwnRedis::start();
+    let link = SlowLink::start(&redis).await;
+    let open = TestApp::spawn_with(&[("REDIS_URL", link.url())]).await;
+    let closed =
+        open.spawn_sibling_with(&[("REDIS_URL", link.url()), ("KEYMETER_QUOTA_FAIL_MODE", "closed".into())]).await;
+    let ready = |app: &TestApp| {
+        let url = app.url("/readyz");
+        async move {
+            let res = client().get(url).send().await.unwrap();
+            (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let all_ok = serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" });
+    assert_eq!(ready(&open).await, (200, all_ok.clone()));
+    assert_eq!(ready(&closed).await, (200, all_ok));
+
+    let degraded = serde_json::json!({ "status": "degraded", "postgres": "ok", "redis": "down" });
+    let unavailable = serde_json::json!({ "status": "unavailable", "postgres": "ok", "redis": "down" });
+    // Hung: every write to Redis held for 10 s. The probe answers well before that.
+    link.slow_down(Duration::from_secs(10));
+    let started = Instant::now();
+    assert_eq!(ready(&open).await, (200, degraded.clone()));
+    assert_eq!(ready(&closed).await, (503, unavailable.clone()));
+    assert!(started.elapsed() < Duration::from_secs(5), "waited for the hung Redis: {:?}", started.elapsed());
+
+    link.slow_down(Duration::ZERO);
+    redis.kill();
+    assert_eq!(ready(&open).await, (200, degraded));
+    assert_eq!(ready(&closed).await, (503, unavailable));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let redis = OwnRedis::start();

@@ -89,11 +89,15 @@ impl Housekeeping {
 
     /// Runs every hour until `stop` changes or its sender is gone.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut outage = crate::outage_log::OutageLog::new("housekeeping");
         loop {
-            let wait = match self.apply(Utc::now().date_naive()).await {
-                Ok(()) => HOUSEKEEPING_EVERY,
+            let wait = match self.apply_today().await {
+                Ok(()) => {
+                    outage.succeeded();
+                    HOUSEKEEPING_EVERY
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "housekeeping: will retry");
+                    outage.failed(&e, "will retry");
                     HOUSEKEEPING_RETRY
                 }
             };
@@ -102,6 +106,21 @@ impl Housekeeping {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// One pass, today being PostgreSQL's current UTC day: one clock for every instance, where
+    /// a node whose own clock ran days ahead would drop days of events early.
+    async fn apply_today(&self) -> ServiceResult<()> {
+        #[derive(diesel::QueryableByName)]
+        struct Today {
+            #[diesel(sql_type = Date)]
+            today: NaiveDate,
+        }
+        let mut conn = db::conn(&self.db).await?;
+        let Today { today } =
+            diesel::sql_query("SELECT (now() AT TIME ZONE 'UTC')::date AS today").get_result(&mut conn).await?;
+        drop(conn);
+        self.apply(today).await
     }
 
     /// One pass, `today` being the current UTC day.
@@ -118,17 +137,25 @@ impl Housekeeping {
 
     async fn forget_old_usage(&self, conn: &mut AsyncPgConnection, today: NaiveDate) -> ServiceResult<()> {
         let keep_from = today - chrono::Days::new(self.usage_retention_days as u64);
-        conn.transaction::<_, ServiceError, _>(|c| {
-            Box::pin(async move {
-                diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
-                diesel::sql_query("SELECT km_drop_usage_partitions_before($1)")
-                    .bind::<Date, _>(keep_from)
-                    .execute(c)
-                    .await?;
-                Ok(())
+        #[derive(diesel::QueryableByName)]
+        struct Dropped {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            dropped: i32,
+        }
+        let Dropped { dropped } = conn
+            .transaction::<_, ServiceError, _>(|c| {
+                Box::pin(async move {
+                    diesel::sql_query(format!("SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}'")).execute(c).await?;
+                    Ok(diesel::sql_query("SELECT km_drop_usage_partitions_before($1) AS dropped")
+                        .bind::<Date, _>(keep_from)
+                        .get_result(c)
+                        .await?)
+                })
             })
-        })
-        .await?;
+            .await?;
+        if dropped > 0 {
+            tracing::info!(days = dropped, %keep_from, "housekeeping: raw usage events of past days dropped");
+        }
         // Key by key, along the primary key (key, minute, …): no scan of the whole table.
         let keep_from = start_of(keep_from);
         let keys: Vec<Uuid> = {
@@ -136,12 +163,17 @@ impl Housekeeping {
             use diesel::QueryDsl;
             api_keys::table.select(api_keys::id).load(conn).await?
         };
+        let mut minutes = 0;
         for key in keys {
-            diesel::sql_query("DELETE FROM api_key_usage_minute WHERE api_key_id = $1 AND period_start < $2")
-                .bind::<SqlUuid, _>(key)
-                .bind::<Timestamptz, _>(keep_from)
-                .execute(conn)
-                .await?;
+            minutes +=
+                diesel::sql_query("DELETE FROM api_key_usage_minute WHERE api_key_id = $1 AND period_start < $2")
+                    .bind::<SqlUuid, _>(key)
+                    .bind::<Timestamptz, _>(keep_from)
+                    .execute(conn)
+                    .await?;
+        }
+        if minutes > 0 {
+            tracing::info!(rows = minutes, %keep_from, "housekeeping: per-minute rollups past retention deleted");
         }
         Ok(())
     }

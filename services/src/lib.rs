@@ -14,6 +14,7 @@ pub mod keys;
 pub mod mailer;
 pub mod monthly_report;
 pub mod notifications;
+pub mod outage_log;
 pub mod quota_changes;
 pub mod quota_requests;
 pub mod redis_pool;

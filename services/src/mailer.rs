@@ -526,14 +526,18 @@ impl Mailer {
     /// Delivers due messages until `stop` turns true; a stop waits for the message being sent,
     /// not for the rest of the queue (other senders, or this one after a restart, send it).
     pub async fn run(self, db: DbPool, mut stop: watch::Receiver<bool>) {
+        let mut outage = crate::outage_log::OutageLog::new("mail sender");
         loop {
             if *stop.borrow() {
                 return;
             }
             match self.deliver_one(&db, None).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "mail sender: will retry"),
+                Ok(Some(_)) => {
+                    outage.succeeded();
+                    continue;
+                }
+                Ok(None) => outage.succeeded(),
+                Err(e) => outage.failed(&e, "will retry"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}

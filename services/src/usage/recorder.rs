@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::live::{minute_key, MinuteCounters};
 use super::writer::UsageWriter;
 use super::UsageEvent;
+use crate::outage_log::OutageLog;
 use crate::redis_pool::SharedConnection;
 
 /// The Redis stream between recorders and writers, within a namespace (one per deployment
@@ -151,14 +152,17 @@ async fn flush_loop(
 
 /// Whether hand-offs go to Redis. After a failed attempt Redis is left alone for a second
 /// (batches go straight to PostgreSQL), then the next batch tries it again, however busy the
-/// recorder is. Logs each change once, not each batch: under load an outage would otherwise
-/// log thousands of lines a second.
-#[derive(Default)]
+/// recorder is.
 struct RedisState {
     /// When the next batch may try Redis again, while it is down.
     retry_at: Option<tokio::time::Instant>,
-    /// Events written straight to PostgreSQL during this outage.
-    bypassed: u64,
+    log: OutageLog,
+}
+
+impl Default for RedisState {
+    fn default() -> Self {
+        Self { retry_at: None, log: OutageLog::new("usage hand-off to Redis") }
+    }
 }
 
 impl RedisState {
@@ -167,17 +171,13 @@ impl RedisState {
     }
 
     fn failed(&mut self, why: &str) {
-        if self.retry_at.is_none() {
-            tracing::warn!(error = %why, "usage: Redis unavailable; events go straight to PostgreSQL, Redis is tried again every second");
-        }
+        self.log.failed(&why, "events go straight to PostgreSQL; Redis is tried again every second");
         self.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
     }
 
     fn succeeded(&mut self) {
-        if self.retry_at.take().is_some() {
-            tracing::info!(events = self.bypassed, "usage: Redis is back; events go through it again");
-            self.bypassed = 0;
-        }
+        self.retry_at = None;
+        self.log.succeeded();
     }
 }
 
@@ -215,10 +215,7 @@ async fn hand_off_until_done(
         let stored = stored
             || match fallback.as_deref_mut() {
                 Some(writer) => match writer.write(&events).await {
-                    Ok(()) => {
-                        redis_state.bypassed += events.len() as u64;
-                        true
-                    }
+                    Ok(()) => true,
                     Err(pg) => {
                         tracing::warn!(postgres = %pg, events = events.len(), "usage hand-off failed (Redis and PostgreSQL); retrying");
                         false

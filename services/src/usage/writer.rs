@@ -88,9 +88,14 @@ impl UsageWriter {
     /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
+        let mut outage = crate::outage_log::OutageLog::new("usage writer");
         loop {
             let stopping = *stop.borrow() || stop.has_changed().is_err();
-            match self.step(if stopping { 0 } else { 200 }).await {
+            let step = self.step(if stopping { 0 } else { 200 }).await;
+            if step.is_ok() {
+                outage.succeeded();
+            }
+            match step {
                 Ok(Round { events: 0, caught_up: true }) if stopping => return,
                 Ok(round) => {
                     backoff = Duration::from_millis(100);
@@ -104,7 +109,7 @@ impl UsageWriter {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "usage writer: will retry");
+                    outage.failed(&e, "will retry");
                     if stopping {
                         return;
                     }
