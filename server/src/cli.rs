@@ -141,7 +141,7 @@ pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match Config::from_env() {
         Ok(config) => {
-            crate::telemetry::init(config.log_format);
+            crate::telemetry::init(config.log_format, &config.log_filter);
             dispatch(&config, cli.command.unwrap_or(Command::Serve)).await
         }
         Err(err) => Err(err.into()),
@@ -188,27 +188,30 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
-            services::db::run_migrations(&config.database_url)
+            let applied = services::db::run_migrations(&config.database_url)
                 .await
                 .with_context(|| format!("migrating {}", redact_url(&config.database_url)))?;
-            say!("migrations applied")
+            match applied.as_slice() {
+                [] => say!("the database is up to date: no migration to apply"),
+                names => say!("applied {} migration(s): {}", names.len(), names.join(", ")),
+            }
         }
         Command::User(UserCommand::Add { email, role }) => {
             let email = Email::parse(&email).context("--email")?;
             let role = Role::parse(&role)?;
             let password = Password::parse(&read_password()?)?;
-            let services = startup::connect(config).await?;
-            let user = accounts::create_user(&services.db, &email, &password, role).await?;
+            let db = startup::connect_database(config).await?;
+            let user = accounts::create_user(&db, &email, &password, role).await?;
             say!("created {} account {} (id {})", role.as_str(), user.email, user.id)
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
             let email = Email::parse(&owner).context("--owner")?;
             let name = KeyName::parse(&name)?;
-            let services = startup::connect(config).await?;
-            let user = accounts::find_user_by_email(&services.db, &email)
+            let db = startup::connect_database(config).await?;
+            let user = accounts::find_user_by_email(&db, &email)
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
-            let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
+            let (key, secret) = api_keys::create(&db, user.id, &name).await?;
             let _ = writeln!(
                 std::io::stderr(),
                 "created key {} ({}) for {}; the secret is shown only this once:",
@@ -222,7 +225,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             // Nobody can ever know this secret, so the key is of no use to anyone: take it back
             // rather than leave an active key behind.
             let id = key.id;
-            match api_keys::revoke(&services.db, id).await {
+            match api_keys::revoke(&db, id).await {
                 Ok(_) => bail!(
                     "the secret of the new key {id} could not be written ({e:#}), so the key was revoked; \
                      run the command again with somewhere to write the secret"
@@ -235,20 +238,26 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let id = key_id(&id, "the key to revoke")?;
-            let services = startup::connect(config).await?;
-            let key = api_keys::revoke(&services.db, id).await.map_err(|e| match e {
+            // PostgreSQL alone: a leaked key can be revoked while Redis is down.
+            let db = startup::connect_database(config).await?;
+            let (key, revoked_now) = api_keys::revoke(&db, id).await.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 other => other.into(),
             })?;
-            say!("revoked key {} ({})", key.id, key.name)
+            match (revoked_now, key.revoked_at) {
+                (false, Some(at)) => {
+                    say!("key {} ({}) was already revoked, on {} (unchanged)", key.id, key.name, at.to_rfc3339())
+                }
+                _ => say!("revoked key {} ({})", key.id, key.name),
+            }
         }
         Command::Key(KeyCommand::List { owner }) => {
             let email = Email::parse(&owner).context("--owner")?;
-            let services = startup::connect(config).await?;
-            let user = accounts::find_user_by_email(&services.db, &email)
+            let db = startup::connect_database(config).await?;
+            let user = accounts::find_user_by_email(&db, &email)
                 .await?
                 .ok_or_else(|| anyhow!("no account with the email {}", email.as_str()))?;
-            for key in api_keys::list_for_owner(&services.db, user.id).await? {
+            for key in api_keys::list_for_owner(&db, user.id).await? {
                 let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
                 say!("{}\t{status}\t{}\t{}", key.id, key.prefix, key.name)?;
             }

@@ -63,6 +63,8 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `KEYMETER_LOG_FORMAT`: `text` (the default) or `json`.
     pub log_format: LogFormat,
+    /// `RUST_LOG`: which log lines are written (checked here; empty means the default).
+    pub log_filter: String,
     /// `KEYMETER_REDIS_TIMEOUT_MS` (quota check timeout, default 250), `KEYMETER_QUOTA_FAIL_MODE`
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
@@ -93,6 +95,7 @@ impl std::fmt::Debug for Config {
             quota_maximum,
             trusted_proxies,
             log_format,
+            log_filter,
             quota_failure,
         } = self;
         f.debug_struct("Config")
@@ -116,6 +119,7 @@ impl std::fmt::Debug for Config {
             .field("quota_maximum", quota_maximum)
             .field("trusted_proxies", trusted_proxies)
             .field("log_format", log_format)
+            .field("log_filter", log_filter)
             .field("quota_failure", quota_failure)
             .finish()
     }
@@ -133,15 +137,59 @@ pub enum LogFormat {
 pub const MAX_POOL_SIZE: usize = 1000;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:55432/keymeter";
+
+pub const DEFAULT_LOG_FILTER: &str = "info,tower_http=warn";
+
+/// Every environment variable keymeter reads (README's configuration table lists the same;
+/// a test holds both to it).
+pub const VARIABLES: [&str; 26] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "KEYMETER_REDIS_CLUSTER",
+    "SMTP_URL",
+    "SMTP_CA_FILE",
+    "KEYMETER_LISTEN",
+    "KEYMETER_SITE_ROOT",
+    "KEYMETER_SECURE_COOKIES",
+    "KEYMETER_DB_POOL_SIZE",
+    "KEYMETER_REDIS_POOL_SIZE",
+    "KEYMETER_USAGE_RETENTION_DAYS",
+    "KEYMETER_REDIS_NAMESPACE",
+    "KEYMETER_PUBLIC_URL",
+    "KEYMETER_MAIL_DIR",
+    "KEYMETER_MAIL_FROM",
+    "KEYMETER_MAX_PER_HOUR",
+    "KEYMETER_MAX_PER_DAY",
+    "KEYMETER_REDIS_TIMEOUT_MS",
+    "KEYMETER_QUOTA_FAIL_MODE",
+    "KEYMETER_INSTANCES",
+    "KEYMETER_TRUSTED_PROXIES",
+    "KEYMETER_DEMO_TRAFFIC",
+    "KEYMETER_DEMO_TRAFFIC_KEY_FILE",
+    "KEYMETER_BENCH_ROUTES",
+    "RUST_LOG",
+    "KEYMETER_LOG_FORMAT",
+];
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:56379";
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Layered: defaults, then whatever `lookup` returns (the environment, or a test's map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // Set to nothing is not unset: `DATABASE_URL=` would reach the default (development)
+        // database, `SMTP_URL=` would write mail to a folder instead of sending it. (An empty
+        // `RUST_LOG` is common enough to mean its default.)
+        for var in VARIABLES.into_iter().filter(|&v| v != "RUST_LOG") {
+            if lookup(var).is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError {
+                    var,
+                    reason: "is set but empty: give it a value, or unset it for the default".into(),
+                });
+            }
+        }
         let listen = match lookup("KEYMETER_LISTEN") {
             Some(v) => v.parse().map_err(|e| ConfigError { var: "KEYMETER_LISTEN", reason: format!("{v:?}: {e}") })?,
             None => SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -217,6 +265,15 @@ impl Config {
                         var: "KEYMETER_LOG_FORMAT",
                         reason: format!("{other:?} is neither text nor json"),
                     })
+                }
+            },
+            log_filter: match lookup("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+                None => DEFAULT_LOG_FILTER.to_owned(),
+                Some(filter) => {
+                    // Refused rather than ignored: a typo would otherwise silence or flood the log.
+                    tracing_subscriber::EnvFilter::try_new(&filter)
+                        .map_err(|e| ConfigError { var: "RUST_LOG", reason: format!("{filter:?}: {e}") })?;
+                    filter
                 }
             },
             quota_failure: FailurePolicy {
@@ -297,6 +354,12 @@ where
 fn check_public_url(url: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: format!("{url:?} {why}") };
     let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    // The text after the last `:`, unless that is inside an IPv6 address (`[::1]`).
+    let port = authority.rsplit_once(':').map(|(_, p)| p).filter(|_| !authority.ends_with(']'));
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |n| n == 0)) {
+        return Err(bad("has a port outside 1-65535"));
+    }
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(bad("must start with http:// or https://"));
     }
@@ -387,6 +450,38 @@ mod tests {
     }
 
     #[test]
+    fn set_but_empty_is_refused_not_taken_for_unset() {
+        for var in VARIABLES.into_iter().filter(|&v| v != "RUST_LOG") {
+            let err = with(&[(var, " ")]).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.reason.contains("empty"), "{err}");
+        }
+        assert_eq!(with(&[("RUST_LOG", "")]).unwrap().log_filter, DEFAULT_LOG_FILTER);
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused() {
+        assert_eq!(with(&[("RUST_LOG", "info,[[[bad")]).unwrap_err().var, "RUST_LOG");
+        assert_eq!(with(&[("RUST_LOG", "debug,hyper=warn")]).unwrap().log_filter, "debug,hyper=warn");
+    }
+
+    #[test]
+    fn every_variable_read_is_listed_here_and_in_the_readme() {
+        let asked = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        Config::from_lookup(|name| {
+            asked.lock().unwrap().insert(name.to_owned());
+            None
+        })
+        .unwrap();
+        let listed: std::collections::BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+        assert_eq!(asked.into_inner().unwrap(), listed);
+        let readme = include_str!("../../README.md");
+        for var in VARIABLES {
+            assert!(readme.contains(&format!("`{var}`")), "{var} is not in README.md's configuration table");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(with(&[("KEYMETER_LISTEN", "nowhere")]).unwrap_err().var, "KEYMETER_LISTEN");
         assert_eq!(with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
@@ -450,6 +545,8 @@ mod tests {
             "https://user:pw@km.example.com",
             "https://km.example.com/?a=1",
             "https://km.example.com/#top",
+            "https://km.example.com:99999",
+            "https://km.example.com:0",
         ] {
             assert_eq!(with(&[("KEYMETER_PUBLIC_URL", bad)]).unwrap_err().var, "KEYMETER_PUBLIC_URL", "{bad}");
         }
@@ -457,6 +554,9 @@ mod tests {
         assert_eq!(url, "https://keymeter.example.com/app");
         let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/")]).unwrap().public_url;
         assert_eq!(url, "https://keymeter.example.com", "links are made by appending paths");
+        for good in ["https://km.example.com:8443", "http://[::1]", "http://[::1]:3000"] {
+            assert_eq!(with(&[("KEYMETER_PUBLIC_URL", good)]).unwrap().public_url, good);
+        }
         // Unset: where the server listens, with a host a link can use.
         assert_eq!(with(&[("KEYMETER_LISTEN", "0.0.0.0:8080")]).unwrap().public_url, "http://localhost:8080");
         assert_eq!(with(&[("KEYMETER_LISTEN", "127.0.0.1:8080")]).unwrap().public_url, "http://127.0.0.1:8080");

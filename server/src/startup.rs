@@ -43,9 +43,9 @@ impl FromRef<AppState> for Services {
     }
 }
 
-/// Opens the pools and proves both services answer, naming the one that does not, and that the
-/// database has every migration this binary knows (without them every request would fail).
-pub async fn connect(config: &Config) -> anyhow::Result<Services> {
+/// PostgreSQL only, for the commands that need nothing else (accounts, keys): reachable and
+/// migrated, or an error that says which.
+pub async fn connect_database(config: &Config) -> anyhow::Result<services::db::DbPool> {
     let db = services::db::pool(&config.database_url, config.db_pool_size)?;
     services::db::ping(&db)
         .await
@@ -61,6 +61,13 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
             if pending.len() == 1 { "" } else { "s" }
         );
     }
+    Ok(db)
+}
+
+/// Opens the pools and proves both services answer, naming the one that does not, and that the
+/// database has every migration this binary knows (without them every request would fail).
+pub async fn connect(config: &Config) -> anyhow::Result<Services> {
+    let db = connect_database(config).await?;
     let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)
         .map_err(|e| match e {
             // The pool names REDIS_URL itself; this is the operator's setting, not an internal error.
@@ -172,6 +179,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let bundle = config.site_root.join("pkg").join("keymeter.js");
+        if !bundle.is_file() {
+            // Not refused: the metered API needs no bundle. But every page would load without
+            // its script and styles, and a relative default read from another directory says
+            // nothing otherwise.
+            tracing::warn!(
+                site_root = %config.site_root.display(),
+                "KEYMETER_SITE_ROOT holds no browser bundle (pkg/keymeter.js): pages will not work; \
+                 run `make build` and point KEYMETER_SITE_ROOT at its target/site"
+            );
+        }
         let services = connect(config).await?;
         Self::with_services(config, services).await
     }
@@ -208,13 +226,21 @@ impl Application {
 
     /// Serves until Ctrl-C or SIGTERM, then flushes all usage (see [`Self::run_until`]). A
     /// second signal ends the process at once: with Redis and PostgreSQL both unreachable the
-    /// flush would wait until one of them returns.
+    /// flush would wait until one of them returns. Signals within a second of the first are the
+    /// same stop delivered twice, not a second one: `timeout` signals the process and its
+    /// group, and Ctrl-C in a terminal reaches every process of the group.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = async {
             shutdown_signal().await;
+            let first = tokio::time::Instant::now();
             tracing::info!("shutting down: flushing usage (a second signal stops at once)");
-            tokio::spawn(async {
-                shutdown_signal().await;
+            tokio::spawn(async move {
+                loop {
+                    shutdown_signal().await;
+                    if first.elapsed() >= Duration::from_secs(1) {
+                        break;
+                    }
+                }
                 tracing::error!("second stop signal: exiting without waiting for the usage still queued");
                 std::process::exit(1);
             });

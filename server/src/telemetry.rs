@@ -6,8 +6,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn"));
+/// `filter` is `Config::log_filter`, already checked.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(crate::config::DEFAULT_LOG_FILTER));
     // Colours only for people: escape codes in a log file or a collector are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

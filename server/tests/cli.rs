@@ -202,9 +202,14 @@ async fn passwords_in_urls_are_never_printed() {
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("PostgreSQL at postgres://postgres@127.0.0.1:1/db?sslmode=prefer&password=***"), "{r:?}");
     assert!(!r.stderr.contains("pg-secret-in-query"), "{r:?}");
+    // With its cause: a closed port is not an unknown host.
+    assert!(r.stderr.contains("error connecting to server: Connection refused"), "{r:?}");
 
+    // `quota set` needs Redis (it tells every instance of the change).
+    let quota_set =
+        ["quota", "set", "--key", "7c9e6679-7425-40de-944b-e07fc1f90ae7", "--per-hour", "1", "--per-day", "1"];
     for redis in ["redis://127.0.0.1:1/?password=redis-secret-in-query", "redis://:redis-secret-in-query@127.0.0.1:1"] {
-        let r = run(keymeter(&app).args(["key", "list", "--owner", "ann@example.com"]).env("REDIS_URL", redis)).await;
+        let r = run(keymeter(&app).args(quota_set).env("REDIS_URL", redis)).await;
         assert_eq!(r.code, Some(1), "{r:?}");
         assert!(r.stderr.contains("Redis at redis://"), "{r:?}");
         assert!(!r.stderr.contains("redis-secret-in-query"), "{r:?}");
@@ -215,6 +220,9 @@ async fn passwords_in_urls_are_never_printed() {
 async fn bad_settings_are_refused_naming_their_variable() {
     let app = TestApp::spawn_without_mailer().await;
     let list = ["key", "list", "--owner", "ann@example.com"];
+    // Key commands need PostgreSQL only; Redis' settings are read by those that use it.
+    let quota_set =
+        ["quota", "set", "--key", "7c9e6679-7425-40de-944b-e07fc1f90ae7", "--per-hour", "1", "--per-day", "1"];
     let cases: &[(&str, &str, &[&str])] = &[
         ("KEYMETER_DB_POOL_SIZE", "18446744073709551615", &list),
         ("KEYMETER_DB_POOL_SIZE", "1000000000000", &list),
@@ -226,7 +234,7 @@ async fn bad_settings_are_refused_naming_their_variable() {
         ("KEYMETER_LOG_FORMAT", "xml", &list),
         ("KEYMETER_PUBLIC_URL", "keymeter.example.com", &list),
         ("KEYMETER_MAIL_FROM", "not an address", &list),
-        ("REDIS_URL", "redis://host:port/abc", &list),
+        ("REDIS_URL", "redis://host:port/abc", &quota_set),
         ("KEYMETER_MAIL_DIR", "/proc/nope", &["serve"]),
     ];
     // Every case is tried and every failure reported, not just the first.
@@ -381,6 +389,34 @@ async fn the_demo_keys_quota_is_as_old_as_its_history() {
             .await,
         1
     );
+}
+
+/// A leaked key must be revocable while Redis is down: the key commands need PostgreSQL only.
+/// A second revocation says the key already was, and when.
+#[tokio::test]
+async fn keys_are_listed_and_revoked_without_redis_and_a_second_revocation_says_so() {
+    let app = TestApp::spawn_without_mailer().await;
+    let owner = app.user("ann@example.com", services::accounts::Role::Merchant).await;
+    let (key, _) =
+        api_keys::create(&app.services.db, owner.id, &services::keys::KeyName::parse("leaked").unwrap()).await.unwrap();
+    let id = key.id.to_string();
+    let no_redis = "redis://127.0.0.1:1";
+    let list = run(keymeter(&app).args(["key", "list", "--owner", "ann@example.com"]).env("REDIS_URL", no_redis)).await;
+    assert_eq!(list.code, Some(0), "{list:?}");
+    assert!(list.stdout.starts_with(&format!("{id}\tactive\t")), "{list:?}");
+
+    let revoke = run(keymeter(&app).args(["key", "revoke", &id]).env("REDIS_URL", no_redis)).await;
+    assert_eq!(revoke.code, Some(0), "{revoke:?}");
+    assert_eq!(revoke.stdout, format!("revoked key {id} (leaked)\n"));
+    let revoked_at = api_keys::list_all(&app.services.db).await.unwrap()[0].revoked_at.expect("revoked");
+
+    let again = run(keymeter(&app).args(["key", "revoke", &id])).await;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(
+        again.stdout,
+        format!("key {id} (leaked) was already revoked, on {} (unchanged)\n", revoked_at.to_rfc3339())
+    );
+    assert_eq!(api_keys::list_all(&app.services.db).await.unwrap()[0].revoked_at, Some(revoked_at));
 }
 
 #[tokio::test]

@@ -461,3 +461,38 @@ async fn two_writers_adding_to_the_same_rollups_at_once_both_succeed() {
     }
     assert_eq!(totals(&app, id.0).await, (3_000, 3_000));
 }
+
+/// Each instance leaves a consumer in the writers' group; those long silent with nothing pending
+/// are removed, one still holding an entry is not (its entry must stay claimable), nor the
+/// caller's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_writers_leave_the_group_unless_they_hold_entries() {
+    use deadpool_redis::redis;
+    use services::usage::writer::{forget_departed_consumers, GROUP};
+    let app = TestApp::spawn().await;
+    let stream = format!("{}:consumers-test", app.db_name);
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd
+    };
+    let _: () = run(&["XGROUP", "CREATE", &stream, GROUP, "0", "MKSTREAM"]).query_async(&mut conn).await.unwrap();
+    for name in ["gone", "holding", "me"] {
+        let _: i64 = run(&["XGROUP", "CREATECONSUMER", &stream, GROUP, name]).query_async(&mut conn).await.unwrap();
+    }
+    let _: String = run(&["XADD", &stream, "*", "b", "[]"]).query_async(&mut conn).await.unwrap();
+    let _: redis::Value =
+        run(&["XREADGROUP", "GROUP", GROUP, "holding", "STREAMS", &stream, ">"]).query_async(&mut conn).await.unwrap();
+    // Not silent long enough yet: all stay.
+    assert_eq!(forget_departed_consumers(&app.services.redis, &stream, "me", 60_000).await.unwrap(), 0);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(forget_departed_consumers(&app.services.redis, &stream, "me", 200).await.unwrap(), 1);
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+        run(&["XINFO", "CONSUMERS", &stream, GROUP]).query_async(&mut conn).await.unwrap();
+    let mut names: Vec<String> = consumers.iter().map(|c| redis::from_redis_value(&c["name"]).unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["holding", "me"]);
+}

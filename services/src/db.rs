@@ -40,8 +40,13 @@ pub fn pool(database_url: &str, max_size: usize) -> ServiceResult<DbPool> {
 /// a connection slot, until the lock or the query ends, and a long hang could use up every slot.
 const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
 
+/// As `AsyncPgConnection::establish` does it, but a failure keeps its cause: diesel-async
+/// reports "error connecting to server" alone, for a closed port and an unknown host alike.
 async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
-    let mut conn = <AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url).await?;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(crate::error::with_causes(&e)))?;
+    let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
     // PostgreSQL 14 and later; an older server goes without rather than refusing to connect.
     if let Err(e) = conn.batch_execute(CLIENT_CHECK).await {
         tracing::debug!(error = %e, "client_connection_check_interval not set");
@@ -62,14 +67,16 @@ pub async fn ping(pool: &DbPool) -> ServiceResult<()> {
 }
 
 /// Applies every pending migration.
-pub async fn run_migrations(database_url: &str) -> ServiceResult<()> {
+/// Returns the names of the migrations applied now (none when the database was up to date).
+pub async fn run_migrations(database_url: &str) -> ServiceResult<Vec<String>> {
     let url = database_url.to_owned();
-    tokio::task::spawn_blocking(move || -> ServiceResult<()> {
+    tokio::task::spawn_blocking(move || -> ServiceResult<Vec<String>> {
         let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
             .map_err(|e| ServiceError::DatabaseUnavailable(e.to_string()))?;
-        conn.run_pending_migrations(MIGRATIONS)
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
             .map_err(|e| ServiceError::Internal(format!("migration failed: {e}")))?;
-        Ok(())
+        Ok(applied.iter().map(|v| v.to_string()).collect())
     })
     .await
     .map_err(|e| ServiceError::Internal(e.to_string()))?

@@ -92,8 +92,24 @@ impl From<DieselError> for ServiceError {
 
 impl From<crate::db::PoolError> for ServiceError {
     fn from(err: crate::db::PoolError) -> Self {
-        Self::DatabaseUnavailable(err.to_string())
+        Self::DatabaseUnavailable(with_causes(&err))
     }
+}
+
+/// An error's message followed by those of its sources, each once: "error connecting to
+/// server" alone does not say whether the port was closed or the host unknown.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<deadpool_redis::PoolError> for ServiceError {

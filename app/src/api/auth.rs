@@ -83,7 +83,13 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
 
     let services = session::services()?;
     let client = session::client_address(&services);
-    let user = accounts::authenticate(&services, &email, &password.0, &client).await?;
+    let user = accounts::authenticate(&services, &email, &password.0, &client).await.inspect_err(|e| {
+        // For an operator watching for password guessing: from where, and whether it was
+        // throttled. Not the address typed (often a password typed into the wrong field).
+        if matches!(e, services::ServiceError::Invalid { .. } | services::ServiceError::TooManyAttempts { .. }) {
+            tracing::info!(client = %client, error = %e, "sign-in refused");
+        }
+    })?;
     let token = sessions::create(&services.db, user.id).await?;
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");

@@ -285,71 +285,74 @@ pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> S
 /// This instance refuses it at once; the others once their cached entry expires (seconds).
 pub async fn revoke_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
     get_for(&services.db, id, viewer).await?;
-    let key = revoke_by(&services.db, id, Some(viewer)).await?;
+    let (key, _) = revoke_by(&services.db, id, Some(viewer)).await?;
     services.keys.revoked(key.id);
     Ok(key)
 }
 
-/// Revokes a key regardless of owner (operator CLI).
-pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
+/// Revokes a key regardless of owner (operator CLI); also says whether this call revoked it
+/// (false: it already was).
+pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<(ApiKey, bool)> {
     revoke_by(db, id, None).await
 }
 
 /// Revokes the key (a second revocation changes nothing) and closes its open quota request,
 /// which nobody could decide any more. An owner whose key someone else revoked (an admin, the
 /// operator) is told in the app.
-async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResult<ApiKey> {
+async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResult<(ApiKey, bool)> {
     use crate::notifications::{self, NewNotification};
     use crate::schema::quota_requests;
     let mut conn = db::conn(db).await?;
     let revoker_id = by.map(|u| u.id);
-    conn.transaction::<_, ServiceError, _>(|conn| {
-        Box::pin(async move {
-            let owner: Option<(i64, String)> =
-                diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
-                    .set(api_keys::revoked_at.eq(Utc::now()))
-                    .returning((api_keys::owner_id, api_keys::name))
-                    .get_result(conn)
-                    .await
-                    .optional()?;
-            let Some((owner_id, name)) = owner else { return Ok(()) };
-            diesel::update(
-                quota_requests::table
-                    .filter(quota_requests::api_key_id.eq(id.0))
-                    .filter(quota_requests::status.eq("pending")),
-            )
-            .set((
-                quota_requests::status.eq("cancelled"),
-                quota_requests::decided_at.eq(Utc::now()),
-                quota_requests::decision_note.eq("The key was revoked."),
-            ))
-            .execute(conn)
-            .await?;
-            if revoker_id != Some(owner_id) {
-                let who = if revoker_id.is_some() { "An admin" } else { "The platform's operator" };
-                let title = format!("API key \"{name}\" was revoked");
-                let body = format!("{who} revoked it: calls with it are now refused.");
-                let link = "/dashboard/developers/api-keys";
-                let n = NewNotification {
-                    user_id: owner_id,
-                    kind: "key_revoked",
-                    title: &title,
-                    body: &body,
-                    link: Some(link),
-                    dedupe_key: None,
-                };
-                notifications::notify(conn, &n).await?;
-            }
-            Ok(())
+    let revoked_now = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let owner: Option<(i64, String)> = diesel::update(
+                    api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()),
+                )
+                .set(api_keys::revoked_at.eq(Utc::now()))
+                .returning((api_keys::owner_id, api_keys::name))
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some((owner_id, name)) = owner else { return Ok(false) };
+                diesel::update(
+                    quota_requests::table
+                        .filter(quota_requests::api_key_id.eq(id.0))
+                        .filter(quota_requests::status.eq("pending")),
+                )
+                .set((
+                    quota_requests::status.eq("cancelled"),
+                    quota_requests::decided_at.eq(Utc::now()),
+                    quota_requests::decision_note.eq("The key was revoked."),
+                ))
+                .execute(conn)
+                .await?;
+                if revoker_id != Some(owner_id) {
+                    let who = if revoker_id.is_some() { "An admin" } else { "The platform's operator" };
+                    let title = format!("API key \"{name}\" was revoked");
+                    let body = format!("{who} revoked it: calls with it are now refused.");
+                    let link = "/dashboard/developers/api-keys";
+                    let n = NewNotification {
+                        user_id: owner_id,
+                        kind: "key_revoked",
+                        title: &title,
+                        body: &body,
+                        link: Some(link),
+                        dedupe_key: None,
+                    };
+                    notifications::notify(conn, &n).await?;
+                }
+                Ok(true)
+            })
         })
-    })
-    .await?;
+        .await?;
     drop(conn);
     let key = fetch(db, id).await?;
     if key.revoked_at.is_none() {
         return Err(ServiceError::NotFound);
     }
-    Ok(key)
+    Ok((key, revoked_now))
 }
 
 /// Moves a key's creation time back, for demo data and tests that seed past months; the quota

@@ -22,7 +22,7 @@ use crate::housekeeping::ensure_partitions;
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
-const GROUP: &str = "pg-writer";
+pub const GROUP: &str = "pg-writer";
 /// Stream entries read per round (each holds one recorder batch: up to a few thousand events).
 const ENTRIES_PER_READ: usize = 100;
 /// Under light load, a round that found fewer events than this waits a little before the next,
@@ -33,6 +33,21 @@ const GATHER_FOR: Duration = Duration::from_millis(150);
 const CLAIM_IDLE_MS: u64 = 30_000;
 /// How often to look for such entries.
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
+/// A consumer (a writer of an instance) silent this long is taken for gone.
+const DEPARTED_AFTER_MS: u64 = 3_600_000;
+/// [`forget_departed_consumers`]: ARGV group, consumer to keep, idle time in ms.
+const FORGET_DEPARTED: &str = r"
+local n = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local f = {}
+    for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+    if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+        n = n + 1
+    end
+end
+return n
+";
 /// Tries of one entry PostgreSQL refuses before it is set aside.
 const ENTRY_ATTEMPTS: u32 = 3;
 
@@ -154,6 +169,7 @@ impl UsageWriter {
                 self.last_claim = None;
             } else {
                 self.last_claim = Some(std::time::Instant::now());
+                self.forget_departed_consumers().await?;
             }
             if !claimed.is_empty() {
                 return Ok(Round { events: self.write_and_ack(claimed).await?, caught_up: false });
@@ -221,6 +237,15 @@ impl UsageWriter {
                 (id, events)
             })
             .collect())
+    }
+
+    /// Every instance that ever ran left a consumer in the group: see [`forget_departed_consumers`].
+    async fn forget_departed_consumers(&self) -> ServiceResult<()> {
+        let forgotten = forget_departed_consumers(&self.redis, &self.stream, &self.consumer, DEPARTED_AFTER_MS).await?;
+        if forgotten > 0 {
+            tracing::info!(consumers = forgotten, "usage writer: departed instances' consumers removed from the group");
+        }
+        Ok(())
     }
 
     async fn write_and_ack(&mut self, entries: Vec<(String, Vec<UsageEvent>)>) -> ServiceResult<usize> {
@@ -404,6 +429,26 @@ impl UsageWriter {
         }
         written
     }
+}
+
+/// Removes the writers' group's consumers other than `keep` that have nothing pending (what
+/// they held has been claimed) and have been silent over `idle_over_ms`, so that the group lists
+/// the writers that exist; returns how many. In one script: a consumer that received an entry
+/// between a check and its removal would lose that entry's place in the group.
+pub async fn forget_departed_consumers(
+    redis: &RedisPool,
+    stream: &str,
+    keep: &str,
+    idle_over_ms: u64,
+) -> ServiceResult<i64> {
+    let mut conn = redis_pool::conn(redis).await?;
+    Ok(redis::Script::new(FORGET_DEPARTED)
+        .key(stream)
+        .arg(GROUP)
+        .arg(keep)
+        .arg(idle_over_ms)
+        .invoke_async(&mut conn)
+        .await?)
 }
 
 /// Where entries PostgreSQL refuses are kept (see [`UsageWriter::set_aside`]).
