@@ -36,12 +36,14 @@ prune_build_dirs() {
     find "$dir" -mindepth 3 -maxdepth 3 -path '*/incremental/*' -type d -mtime +0 \
       -exec rm -rf {} + 2>/dev/null || true
     # A busy day fills the disk within the day (30 GB of incremental caches in session 16, and a
-    # link then dies of SIGBUS): below 15 GB free they all go; builds only get slower.
+    # link then dies of SIGBUS): below 15 GB free, those untouched for an hour go too (not
+    # newer ones: a build running beside this one may be writing them); builds get slower.
     local free_kb
     free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 {print $4}')
     if [ -n "$free_kb" ] && [ "$free_kb" -lt 15000000 ]; then
-      log "less than 15 GB free: dropping incremental build caches in $dir"
-      rm -rf "$dir"/*/incremental "$dir"/*/*/incremental 2>/dev/null || true
+      log "less than 15 GB free: dropping incremental build caches unused for an hour in $dir"
+      find "$dir" -mindepth 3 -maxdepth 4 -path '*/incremental/*' -type d -mmin +60 \
+        -exec rm -rf {} + 2>/dev/null || true
     fi
   done
 }

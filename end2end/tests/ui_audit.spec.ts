@@ -124,6 +124,10 @@ test('a bad CSV range is explained in the page instead of leaving it', async ({ 
   await expect(page.getByTestId('csv-to')).toHaveAccessibleDescription(/must not be after/);
   await expect(page.getByTestId('csv-from')).not.toHaveAttribute('aria-invalid', 'true');
   await page.getByTestId('csv-from').fill('2025-01-01');
+  // Editing a date clears the error and its marks.
+  await expect(page.getByTestId('csv-error')).toHaveCount(0);
+  await expect(page.getByTestId('csv-to')).not.toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByTestId('csv-to')).not.toHaveAttribute('aria-describedby', /./);
   await page.getByTestId('csv-to').fill('2026-05-01');
   await page.getByRole('button', { name: 'Export CSV' }).click();
   await expect(page.getByTestId('csv-error')).toContainText('at most 366 days');

@@ -21,7 +21,14 @@ use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
 
 #[derive(Parser)]
-#[command(name = "keymeter", version, about = "API-key usage metering: server and operator commands")]
+#[command(
+    name = "keymeter",
+    version,
+    about = "API-key usage metering: server and operator commands",
+    after_help = "Configuration comes from environment variables (README.md, \"Configuration\"): \
+                  DATABASE_URL, REDIS_URL, SMTP_URL, KEYMETER_LISTEN, KEYMETER_PUBLIC_URL and others; \
+                  a bad or empty value is refused naming its variable."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -142,6 +149,9 @@ pub async fn run() -> ExitCode {
     let result = match Config::from_env() {
         Ok(config) => {
             crate::telemetry::init(config.log_format, &config.log_filter);
+            for var in &config.empty_vars {
+                tracing::warn!(variable = %var, "set but empty: taken as unset (its default applies)");
+            }
             dispatch(&config, cli.command.unwrap_or(Command::Serve)).await
         }
         Err(err) => Err(err.into()),
@@ -149,8 +159,15 @@ pub async fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // Not eprintln!: a closed stderr must not turn an error into a panic.
-            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            // Not eprintln!: a closed stderr must not turn an error into a panic. A collector
+            // reading JSON lines gets this one as JSON too (the logger may not exist yet).
+            let json = std::env::var("KEYMETER_LOG_FORMAT").is_ok_and(|f| f.trim() == "json");
+            let line = if json {
+                serde_json::json!({ "level": "ERROR", "fields": { "message": format!("{err:#}") } }).to_string()
+            } else {
+                format!("error: {err:#}")
+            };
+            let _ = writeln!(std::io::stderr(), "{line}");
             ExitCode::FAILURE
         }
     }

@@ -65,6 +65,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`: which log lines are written (checked here; empty means the default).
     pub log_filter: String,
+    /// Variables set to nothing, taken as unset (warned about at startup).
+    pub empty_vars: Vec<String>,
     /// `KEYMETER_REDIS_TIMEOUT_MS` (quota check timeout, default 250), `KEYMETER_QUOTA_FAIL_MODE`
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
@@ -96,6 +98,7 @@ impl std::fmt::Debug for Config {
             trusted_proxies,
             log_format,
             log_filter,
+            empty_vars,
             quota_failure,
         } = self;
         f.debug_struct("Config")
@@ -120,6 +123,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", trusted_proxies)
             .field("log_format", log_format)
             .field("log_filter", log_filter)
+            .field("empty_vars", empty_vars)
             .field("quota_failure", quota_failure)
             .finish()
     }
@@ -178,18 +182,23 @@ impl Config {
     }
 
     /// Layered: defaults, then whatever `lookup` returns (the environment, or a test's map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        // Set to nothing is not unset: `DATABASE_URL=` would reach the default (development)
-        // database, `SMTP_URL=` would write mail to a folder instead of sending it. (An empty
-        // `RUST_LOG` is common enough to mean its default.)
-        for var in VARIABLES.into_iter().filter(|&v| v != "RUST_LOG") {
-            if lookup(var).is_some_and(|v| v.trim().is_empty()) {
-                return Err(ConfigError {
-                    var,
-                    reason: "is set but empty: give it a value, or unset it for the default".into(),
-                });
+    pub fn from_lookup(raw: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // Set to nothing means unset (`SMTP_URL: ${SMTP_URL}` in a compose file gives that),
+        // named in a warning once logging starts (`empty_vars`); but not where the default is
+        // the development setup: an empty DATABASE_URL or REDIS_URL would reach it.
+        for var in ["DATABASE_URL", "REDIS_URL"] {
+            if raw(var).is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError { var, reason: "is set but empty".into() });
             }
         }
+        let empty_vars = std::cell::RefCell::new(Vec::new());
+        let lookup = |name: &str| match raw(name) {
+            Some(v) if v.trim().is_empty() => {
+                empty_vars.borrow_mut().push(name.to_owned());
+                None
+            }
+            other => other,
+        };
         let listen = match lookup("KEYMETER_LISTEN") {
             Some(v) => v.parse().map_err(|e| ConfigError { var: "KEYMETER_LISTEN", reason: format!("{v:?}: {e}") })?,
             None => SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -267,7 +276,7 @@ impl Config {
                     })
                 }
             },
-            log_filter: match lookup("RUST_LOG").filter(|v| !v.trim().is_empty()) {
+            log_filter: match lookup("RUST_LOG") {
                 None => DEFAULT_LOG_FILTER.to_owned(),
                 Some(filter) => {
                     // Refused rather than ignored: a typo would otherwise silence or flood the log.
@@ -314,6 +323,7 @@ impl Config {
                 services::housekeeping::DEFAULT_USAGE_RETENTION_DAYS,
                 36_500,
             )?,
+            empty_vars: empty_vars.take(),
         })
     }
 }
@@ -354,12 +364,6 @@ where
 fn check_public_url(url: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: format!("{url:?} {why}") };
     let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    // The text after the last `:`, unless that is inside an IPv6 address (`[::1]`).
-    let port = authority.rsplit_once(':').map(|(_, p)| p).filter(|_| !authority.ends_with(']'));
-    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |n| n == 0)) {
-        return Err(bad("has a port outside 1-65535"));
-    }
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(bad("must start with http:// or https://"));
     }
@@ -373,6 +377,13 @@ fn check_public_url(url: &str) -> Result<String, ConfigError> {
     }
     if uri.query().is_some() || url.contains('#') {
         return Err(bad("must not have a query (?…) or a fragment (#…)"));
+    }
+    // After the user info check: `user:pw@host` has a `:` too.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    // The text after the last `:`, unless that is inside an IPv6 address (`[::1]`).
+    let port = authority.rsplit_once(':').map(|(_, p)| p).filter(|_| !authority.ends_with(']'));
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |n| n == 0)) {
+        return Err(bad("has a port outside 1-65535"));
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -450,13 +461,18 @@ mod tests {
     }
 
     #[test]
-    fn set_but_empty_is_refused_not_taken_for_unset() {
-        for var in VARIABLES.into_iter().filter(|&v| v != "RUST_LOG") {
+    fn set_but_empty_means_unset_except_for_the_databases() {
+        for var in ["DATABASE_URL", "REDIS_URL"] {
             let err = with(&[(var, " ")]).unwrap_err();
             assert_eq!(err.var, var);
             assert!(err.reason.contains("empty"), "{err}");
         }
-        assert_eq!(with(&[("RUST_LOG", "")]).unwrap().log_filter, DEFAULT_LOG_FILTER);
+        for var in VARIABLES.into_iter().filter(|v| !["DATABASE_URL", "REDIS_URL"].contains(v)) {
+            let config = with(&[(var, " ")]).unwrap_or_else(|e| panic!("{var}: {e}"));
+            assert_eq!(config.empty_vars, [var], "named for the startup warning");
+        }
+        let config = with(&[("SMTP_URL", ""), ("RUST_LOG", "")]).unwrap();
+        assert_eq!((config.smtp_url, config.log_filter.as_str()), (None, DEFAULT_LOG_FILTER));
     }
 
     #[test]

@@ -536,4 +536,17 @@ async fn version_and_the_roles_in_help() {
     let root = run_with(&mut cmd, Some("a long password\n"), Duration::from_secs(30)).await;
     assert_eq!(root.code, Some(2), "{root:?}");
     assert!(root.stderr.contains("possible values: merchant, admin"), "{root:?}");
+    let top = run(keymeter(&app).arg("--help")).await;
+    assert!(top.stdout.contains("environment variables") && top.stdout.contains("DATABASE_URL"), "{top:?}");
+}
+
+/// A deployment that collects JSON log lines gets a refused setting as one too.
+#[tokio::test]
+async fn with_json_logs_a_startup_error_is_a_json_line() {
+    let app = TestApp::spawn_without_mailer().await;
+    let r = run(keymeter(&app).arg("serve").env("KEYMETER_LOG_FORMAT", "json").env("KEYMETER_LISTEN", "nowhere")).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let line: serde_json::Value = serde_json::from_str(r.stderr.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(line["fields"]["message"].as_str().unwrap().contains("invalid KEYMETER_LISTEN"), "{line}");
 }

@@ -419,15 +419,21 @@ async fn a_second_stop_signal_ends_a_stop_that_cannot_flush() {
 }
 
 /// A Redis outage takes an instance out of a load balancer's rotation only if it fails closed
-/// (then every metered call would get a 503); failing open it stays in, saying `degraded`. A
-/// Redis that hangs counts as down without holding the probe.
+/// and its quota checks meet the outage (then every metered call gets a 503); failing open it
+/// stays in, saying `degraded`. A Redis that hangs counts as down without holding the probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
     let mut redis = OwnRedis::start();
     let link = SlowLink::start(&redis).await;
-    let open = TestApp::spawn_with(&[("REDIS_URL", link.url())]).await;
-    let closed =
-        open.spawn_sibling_with(&[("REDIS_URL", link.url()), ("KEYMETER_QUOTA_FAIL_MODE", "closed".into())]).await;
+    let open = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "200".into())]).await;
+    let closed = open
+        .spawn_sibling_with(&[
+            ("REDIS_URL", link.url()),
+            ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+            ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+        ])
+        .await;
+    let (secret, _) = open.key_with_quota(1_000, 10_000).await;
     let ready = |app: &TestApp| {
         let url = app.url("/readyz");
         async move {
@@ -436,22 +442,38 @@ async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
         }
     };
     let all_ok = serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" });
+    assert_eq!(closed.call("/api/v1/ping", &secret).await.status(), 200);
     assert_eq!(ready(&open).await, (200, all_ok.clone()));
-    assert_eq!(ready(&closed).await, (200, all_ok));
+    assert_eq!(ready(&closed).await, (200, all_ok.clone()));
 
     let degraded = serde_json::json!({ "status": "degraded", "postgres": "ok", "redis": "down" });
     let unavailable = serde_json::json!({ "status": "unavailable", "postgres": "ok", "redis": "down" });
-    // Hung: every write to Redis held for 10 s. The probe answers well before that.
+    // Hung: every write to Redis held for 10 s. The probe answers well before that. Until a
+    // metered call meets the outage, the fail-closed instance can still serve: degraded.
     link.slow_down(Duration::from_secs(10));
     let started = Instant::now();
     assert_eq!(ready(&open).await, (200, degraded.clone()));
-    assert_eq!(ready(&closed).await, (503, unavailable.clone()));
+    assert_eq!(ready(&closed).await, (200, degraded.clone()));
     assert!(started.elapsed() < Duration::from_secs(5), "waited for the hung Redis: {:?}", started.elapsed());
+    assert_eq!(closed.call("/api/v1/ping", &secret).await.status(), 503);
+    assert_eq!(ready(&closed).await, (503, unavailable.clone()));
+    assert_eq!(open.call("/api/v1/ping", &secret).await.status(), 200, "failing open");
+    assert_eq!(ready(&open).await, (200, degraded.clone()));
 
     link.slow_down(Duration::ZERO);
     redis.kill();
+    assert_eq!(closed.call("/api/v1/ping", &secret).await.status(), 503);
     assert_eq!(ready(&open).await, (200, degraded));
     assert_eq!(ready(&closed).await, (503, unavailable));
+
+    // Back: the next metered call goes through Redis, and the instance is ready again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while closed.call("/api/v1/ping", &secret).await.status() != 200 {
+        assert!(Instant::now() < deadline, "fail-closed calls never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready(&closed).await, (200, all_ok));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use diesel::migration::MigrationSource;
-use diesel::{Connection, QueryableByName};
+use diesel::QueryableByName;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -66,17 +66,29 @@ pub async fn ping(pool: &DbPool) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Applies every pending migration.
-/// Returns the names of the migrations applied now (none when the database was up to date).
+/// Applies every pending migration; returns the names of those applied now (none when the
+/// database was up to date).
 pub async fn run_migrations(database_url: &str) -> ServiceResult<Vec<String>> {
-    let url = database_url.to_owned();
+    // Connected here (keeping a failure's cause), migrated on a blocking thread: diesel's
+    // migration harness is synchronous.
+    let conn =
+        establish(database_url.to_owned()).await.map_err(|e| ServiceError::DatabaseUnavailable(e.to_string()))?;
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
     tokio::task::spawn_blocking(move || -> ServiceResult<Vec<String>> {
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .map_err(|e| ServiceError::DatabaseUnavailable(e.to_string()))?;
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| ServiceError::Internal(format!("migration failed: {e}")))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
+        let known = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+            .map_err(|e| ServiceError::Internal(format!("embedded migrations: {e}")))?;
+        Ok(applied
+            .iter()
+            .map(|version| {
+                known
+                    .iter()
+                    .find(|m| m.name().version() == *version)
+                    .map_or_else(|| version.to_string(), |m| m.name().to_string())
+            })
+            .collect())
     })
     .await
     .map_err(|e| ServiceError::Internal(e.to_string()))?

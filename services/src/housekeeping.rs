@@ -110,7 +110,7 @@ impl Housekeeping {
 
     /// One pass, today being PostgreSQL's current UTC day: one clock for every instance, where
     /// a node whose own clock ran days ahead would drop days of events early.
-    async fn apply_today(&self) -> ServiceResult<()> {
+    pub async fn apply_today(&self) -> ServiceResult<()> {
         #[derive(diesel::QueryableByName)]
         struct Today {
             #[diesel(sql_type = Date)]

@@ -23,28 +23,31 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Not ready (503) only when this instance cannot serve the metered API: Redis is down and
-/// quotas fail closed (every metered call would get a 503). With PostgreSQL down it still
-/// serves the keys it knows, and with Redis down and quotas failing open it answers within the
-/// local fallback limit: it says `degraded` then, but stays in rotation, since a shared
-/// outage would otherwise take every instance out of the load balancer at once.
+/// Not ready (503) only when this instance cannot serve the metered API: quotas fail closed,
+/// its quota checks have been failing (every metered call gets a 503), and Redis does not
+/// answer this probe either (so that an instance taken out of rotation, which gets no calls to
+/// find out, comes back once Redis answers). With PostgreSQL down it still serves the keys it
+/// knows, and with Redis down while quotas fail open it answers within the local fallback
+/// limit: `degraded` then, but in rotation, since a shared outage would otherwise take every
+/// instance out of the load balancer at once.
 ///
 /// Anyone may ask, so the answer names what is down and nothing more: backend errors carry
-/// host names, users and addresses, and go to the log only.
+/// host names, users and addresses, and go to the log only (at debug: probes come every few
+/// seconds; the background loops log outages once).
 async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_json::Value>) {
     let (db, redis) =
         tokio::join!(within(services::db::ping(&services.db)), within(services::redis_pool::ping(&services.redis)));
     let show = |dependency: &str, r: &ServiceResult<()>| match r {
         Ok(()) => "ok",
         Err(e) => {
-            tracing::warn!(dependency, error = %e, "readiness check failed");
+            tracing::debug!(dependency, error = %e, "readiness check failed");
             "down"
         }
     };
     let fails_closed = services.quota.policy().mode == FailMode::Closed;
     let (status, state) = match (&db, &redis) {
         (Ok(()), Ok(())) => (StatusCode::OK, "ok"),
-        (_, Err(_)) if fails_closed => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (_, Err(_)) if fails_closed && services.quota.redis_down() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::OK, "degraded"),
     };
     (status, Json(json!({ "status": state, "postgres": show("postgres", &db), "redis": show("redis", &redis) })))

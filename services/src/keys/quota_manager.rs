@@ -286,7 +286,10 @@ impl QuotaManager {
         async move {
             if manager.down_until_ms.load(Ordering::Relaxed) <= manager.elapsed_ms() {
                 match manager.check_and_count(id, &quota, version_ms).await {
-                    Ok(decision) => return Verdict::Enforced(decision),
+                    Ok(decision) => {
+                        manager.mark_up();
+                        return Verdict::Enforced(decision);
+                    }
                     Err(e) => manager.mark_down(&e.to_string()),
                 }
             }
@@ -315,6 +318,19 @@ impl QuotaManager {
                 tracing::warn!(error = %e, %key, "could not add the fallback's admissions to the quota counts");
             }
         });
+    }
+
+    /// Whether the last quota check that tried Redis failed (none has succeeded since): what
+    /// metered calls meet, so readiness reports it.
+    pub fn redis_down(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Atomics rather than `OutageLog` (which needs a lock): this runs on every metered request.
+    fn mark_up(&self) {
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 && self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("Redis answers quota checks again");
+        }
     }
 
     fn mark_down(&self, why: &str) {

@@ -157,11 +157,17 @@ struct RedisState {
     /// When the next batch may try Redis again, while it is down.
     retry_at: Option<tokio::time::Instant>,
     log: OutageLog,
+    /// Neither Redis nor PostgreSQL took a batch (it is retried until one does).
+    stuck: OutageLog,
 }
 
 impl Default for RedisState {
     fn default() -> Self {
-        Self { retry_at: None, log: OutageLog::new("usage hand-off to Redis") }
+        Self {
+            retry_at: None,
+            log: OutageLog::new("usage hand-off to Redis"),
+            stuck: OutageLog::new("usage hand-off (Redis and PostgreSQL)"),
+        }
     }
 }
 
@@ -217,16 +223,17 @@ async fn hand_off_until_done(
                 Some(writer) => match writer.write(&events).await {
                     Ok(()) => true,
                     Err(pg) => {
-                        tracing::warn!(postgres = %pg, events = events.len(), "usage hand-off failed (Redis and PostgreSQL); retrying");
+                        redis_state.stuck.failed(&pg, "events stay queued here, retried");
                         false
                     }
                 },
                 None => {
-                    tracing::warn!(events = events.len(), "usage flush to Redis failed; retrying");
+                    redis_state.stuck.failed(&"no PostgreSQL fallback", "events stay queued here, retried");
                     false
                 }
             };
         if stored {
+            redis_state.stuck.succeeded();
             for done in waiters.into_iter().flatten() {
                 let _ = done.send(());
             }

@@ -169,11 +169,11 @@ impl UsageWriter {
                 self.last_claim = None;
             } else {
                 self.last_claim = Some(std::time::Instant::now());
-                self.forget_departed_consumers().await?;
             }
             if !claimed.is_empty() {
                 return Ok(Round { events: self.write_and_ack(claimed).await?, caught_up: false });
             }
+            self.forget_departed_consumers().await;
         }
         let fresh = self.read(">", Some(block_ms)).await?;
         let caught_up = fresh.len() < ENTRIES_PER_READ;
@@ -240,12 +240,15 @@ impl UsageWriter {
     }
 
     /// Every instance that ever ran left a consumer in the group: see [`forget_departed_consumers`].
-    async fn forget_departed_consumers(&self) -> ServiceResult<()> {
-        let forgotten = forget_departed_consumers(&self.redis, &self.stream, &self.consumer, DEPARTED_AFTER_MS).await?;
-        if forgotten > 0 {
-            tracing::info!(consumers = forgotten, "usage writer: departed instances' consumers removed from the group");
+    /// Tidying only: a failure (a Redis user without `XINFO`) must not hold up the writing.
+    async fn forget_departed_consumers(&self) {
+        match forget_departed_consumers(&self.redis, &self.stream, &self.consumer, DEPARTED_AFTER_MS).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(consumers = n, "usage writer: departed instances' consumers removed from the group")
+            }
+            Err(e) => tracing::debug!(error = %e, "usage writer: departed consumers not removed"),
         }
-        Ok(())
     }
 
     async fn write_and_ack(&mut self, entries: Vec<(String, Vec<UsageEvent>)>) -> ServiceResult<usize> {
