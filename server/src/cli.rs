@@ -325,10 +325,14 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             let services = startup::connect(config).await?;
             let outcome = monthly_report::send_monthly_reports(&services, month, force).await?;
             say!(
-                "monthly summary for {month}: queued for {} owner(s), {} already had it{}",
+                "monthly summary for {month}: queued for {} owner(s), {} already had it{}{}",
                 outcome.sent,
                 outcome.already_sent,
-                if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" }
+                if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" },
+                match outcome.opted_out {
+                    0 => String::new(),
+                    n => format!("; {n} stopped these summaries"),
+                }
             )?;
             // Deliver now rather than waiting for a server's mail sender: each message once,
             // for a bounded time.

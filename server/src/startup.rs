@@ -136,6 +136,7 @@ pub fn router(config: &Config, services: Services) -> Router {
     let mut api = Router::new()
         .nest("/api/v1", routes::api_v1::router(services.clone()))
         .merge(routes::health::router())
+        .merge(routes::unsubscribe::router())
         .merge(routes::usage::router());
     if config.bench_routes {
         api = api.merge(routes::bench::router());

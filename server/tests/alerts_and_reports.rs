@@ -585,3 +585,73 @@ async fn a_summary_missed_for_a_whole_month_is_sent_when_the_scheduler_next_runs
     assert_eq!(for_missed.len(), 1, "{missed_name}: {subjects:?}");
     assert!(for_missed[0].contains("made 4 requests"), "{}", for_missed[0]);
 }
+
+/// Every summary links to a page that stops it, and names that page in `List-Unsubscribe` with
+/// one-click POST (RFC 8058). Opening the link changes nothing (mail scanners open links); the
+/// POST stops it without signing in; later summaries leave the owner out until they turn it on
+/// again in the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again_in_the_app() {
+    let sink = SmtpSink::start().await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let last = Month::containing(chrono::Utc::now()).previous();
+    let email = format!("m-{}@example.com", Uuid::new_v4().simple());
+    let owner = app.user(&email, Role::Merchant).await;
+    let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, last.previous().days().start()).await.unwrap();
+    let gets_it = format!("SELECT count(*) FROM users WHERE id = {} AND monthly_summary", owner.id);
+
+    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
+    assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
+    let mail = sink.wait_for(1, 20).await;
+    let token = app.texts(&format!("SELECT email_token::text AS t FROM users WHERE id = {}", owner.id)).await.remove(0);
+    let path = format!("/email/unsubscribe/{token}");
+    let public = &app.services.settings.public_url;
+    let header = |line: &str| mail[0].lines().any(|l| l == line);
+    assert!(header(&format!("List-Unsubscribe: <{public}{path}>")), "{}", mail[0]);
+    assert!(header("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{}", mail[0]);
+    assert!(mail[0].contains("To stop it:"), "{}", mail[0]);
+
+    // Opening the link asks and changes nothing.
+    let page = client().get(app.url(&path)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let text = page.text().await.unwrap();
+    assert!(text.contains(&email) && text.contains("Stop these summaries"), "{text}");
+    assert_eq!(app.count(&gets_it).await, 1);
+    // A mail reader's one-click unsubscribe: a POST without cookies or Origin. Twice is fine.
+    for _ in 0..2 {
+        let stop = client()
+            .post(app.url(&path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stop.status(), 200);
+        assert!(stop.text().await.unwrap().contains("is stopped"));
+    }
+    assert_eq!(app.count(&gets_it).await, 0);
+    // Links that are not one of ours: 404 either way.
+    for bad in ["not-a-token".to_owned(), Uuid::new_v4().to_string()] {
+        let url = app.url(&format!("/email/unsubscribe/{bad}"));
+        assert_eq!(client().get(&url).send().await.unwrap().status(), 404, "{bad}");
+        assert_eq!(client().post(&url).send().await.unwrap().status(), 404, "{bad}");
+    }
+
+    // Sent again (forced), the summary leaves them out.
+    let outcome = send_monthly_reports(&app.services, last, true).await.unwrap();
+    assert_eq!((outcome.sent, outcome.opted_out), (0, 1));
+
+    // On again, in the app.
+    let session = app.signed_in(&email).await;
+    let shown: bool = app.rpc(&session, "notifications/monthly-summary", &[]).await.json().await.unwrap();
+    assert!(!shown);
+    let bad = app.rpc(&session, "notifications/monthly-summary/set", &[("monthly_summary", "maybe")]).await;
+    assert_eq!(bad.status().as_u16(), 400);
+    assert_eq!(app.count(&gets_it).await, 0, "a refused choice changes nothing");
+    let set = app.rpc(&session, "notifications/monthly-summary/set", &[("monthly_summary", "on")]).await;
+    assert!(set.status().is_success(), "{}", set.status());
+    assert_eq!(app.count(&gets_it).await, 1);
+    let outcome = send_monthly_reports(&app.services, last, true).await.unwrap();
+    assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
+}

@@ -13,7 +13,8 @@ use services::mailer::{enqueue, Email, Mailer, Urgency};
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let email = Email { to, subject, text: "plain body", html: "<p>html body</p>", attachments: &[] };
+    let email =
+        Email { to, subject, text: "plain body", html: "<p>html body</p>", attachments: &[], list_unsubscribe: None };
     conn.transaction::<_, services::ServiceError, _>(|c| Box::pin(async move { enqueue(c, &email, None).await }))
         .await
         .unwrap();
@@ -200,7 +201,14 @@ async fn queue_text(app: &TestApp, subject: &str, text: &str) -> i64 {
 
 async fn queue_as(app: &TestApp, subject: &str, text: &str, urgency: Urgency) -> i64 {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let email = Email { to: "ann@example.com", subject, text, html: "<p>html body</p>", attachments: &[] };
+    let email = Email {
+        to: "ann@example.com",
+        subject,
+        text,
+        html: "<p>html body</p>",
+        attachments: &[],
+        list_unsubscribe: None,
+    };
     conn.transaction::<_, services::ServiceError, _>(|c| {
         Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None, urgency).await })
     })

@@ -301,6 +301,7 @@ pub async fn record(
                 text: &message.text,
                 html: &message.html,
                 attachments: &[],
+                list_unsubscribe: None,
             };
             mailer::enqueue(conn, &email, Some(&dedupe)).await?;
         }

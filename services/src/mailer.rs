@@ -27,6 +27,8 @@ pub struct Email<'a> {
     pub text: &'a str,
     pub html: &'a str,
     pub attachments: &'a [Attachment],
+    /// Where the recipient stops this kind of message (`List-Unsubscribe`, with one-click POST).
+    pub list_unsubscribe: Option<&'a str>,
 }
 
 /// A file sent with a message.
@@ -72,6 +74,13 @@ pub async fn enqueue_returning_id(
         .get_result(conn)
         .await
         .optional()?;
+    if let (Some(id), Some(url)) = (id, email.list_unsubscribe) {
+        diesel::sql_query("UPDATE outbound_emails SET list_unsubscribe = $1 WHERE id = $2")
+            .bind::<diesel::sql_types::Text, _>(url)
+            .bind::<diesel::sql_types::BigInt, _>(id)
+            .execute(conn)
+            .await?;
+    }
     if let Some(id) = id {
         for a in email.attachments {
             diesel::insert_into(outbound_email_attachments::table)
@@ -423,6 +432,8 @@ struct Outgoing {
     message_key: uuid::Uuid,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
     retry_until: Option<chrono::DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    list_unsubscribe: Option<String>,
 }
 
 pub struct Mailer {
@@ -504,18 +515,26 @@ impl Mailer {
         // One Message-ID for every attempt: a copy sent again (see `claim`) reads as the same
         // message to mail clients.
         let message_id = format!("<{}@{}>", m.message_key, self.from.email.domain());
-        let message = Message::builder()
+        let header = |name: &'static str, value: String| {
+            lettre::message::header::HeaderValue::new(
+                lettre::message::header::HeaderName::new_from_ascii_str(name),
+                value,
+            )
+        };
+        let mut message = Message::builder()
             .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to)
             .raw_header(subject_header(&m.subject))
             // Every keymeter email is machine-sent: auto-responders must not answer it (RFC 3834).
-            .raw_header(lettre::message::header::HeaderValue::new(
-                lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted"),
-                "auto-generated".to_owned(),
-            ))
-            .multipart(body)
-            .map_err(SendFailure::permanent)?;
+            .raw_header(header("Auto-Submitted", "auto-generated".to_owned()));
+        if let Some(url) = &m.list_unsubscribe {
+            // The mail reader's own "Unsubscribe", done with one POST (RFC 2369, RFC 8058).
+            message = message
+                .raw_header(header("List-Unsubscribe", format!("<{url}>")))
+                .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+        }
+        let message = message.multipart(body).map_err(SendFailure::permanent)?;
         match &self.transport {
             Transport::Smtp(t) => t.send(message).await.map(|_| ()).map_err(|e| SendFailure::from_smtp(&e)),
             // A folder that cannot be written (full, permissions) may be fixed: retried.
@@ -725,7 +744,8 @@ async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceRes
                      WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now() \
                        AND ($3::bigint[] IS NULL OR id = ANY($3)) \
                      ORDER BY bulk, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key, retry_until",
+         RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key, retry_until, \
+         list_unsubscribe",
     )
     .bind::<diesel::sql_types::Integer, _>(CLAIM_SECS)
     .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::new_v4())

@@ -59,6 +59,8 @@ pub struct RunOutcome {
     pub sent: usize,
     /// Owners who already had this month's summary.
     pub already_sent: usize,
+    /// Owners who stopped the monthly summary (`accounts::email_preferences`).
+    pub opted_out: usize,
     /// The outbox ids of the emails this run queued (to send them at once, or report on them).
     pub email_ids: Vec<i64>,
 }
@@ -244,13 +246,22 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
     let keys = keys_of_month(&services.db, month).await?;
     // Owners already sent to are left out before any rollup is read: the scheduler asks every
     // 15 minutes on every instance.
-    let (owners, skipped) = owners_of_month(&keys, &already);
-    let mut outcome = RunOutcome { already_sent: skipped, ..RunOutcome::default() };
+    let (mut owners, skipped) = owners_of_month(&keys, &already);
+    let recipients = {
+        let ids: Vec<i64> = owners.iter().map(|(id, _)| *id).collect();
+        let mut conn = db::conn(&services.db).await?;
+        crate::accounts::email_preferences::summary_recipients(&mut conn, &ids).await?
+    };
+    let before = owners.len();
+    owners.retain(|(id, _)| recipients.contains_key(id));
+    let mut outcome = RunOutcome { already_sent: skipped, opted_out: before - owners.len(), ..RunOutcome::default() };
     // One owner at a time, built and queued: building every report first held them all (their
     // CSVs too) in memory at once.
     for owner in owners {
+        let unsubscribe =
+            crate::accounts::email_preferences::unsubscribe_url(&services.settings.public_url, recipients[&owner.0]);
         let report = build_report(&services.db, month, &keys, owner).await?;
-        let message = ReportMessage::new(&report, &services.settings.public_url);
+        let message = ReportMessage::new(&report, &services.settings.public_url, unsubscribe);
         let mut conn = db::conn(&services.db).await?;
         let queued = conn
             .transaction::<_, ServiceError, _>(|conn| {
@@ -316,6 +327,7 @@ async fn queue_once(
         text: &message.text,
         html: &message.html,
         attachments: std::slice::from_ref(&attachment),
+        list_unsubscribe: Some(&message.unsubscribe_url),
     };
     let dedupe = format!("monthly:{}:{}:{sends}", report.owner_id, report.month);
     let id = mailer::enqueue_returning_id(conn, &email, Some(&dedupe), mailer::Urgency::Bulk).await?;
@@ -368,6 +380,8 @@ pub struct ReportMessage {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// Where its recipient stops these summaries (linked at its end, and `List-Unsubscribe`).
+    pub unsubscribe_url: String,
 }
 
 /// One key's figures as a summary words them (text, not yet escaped for HTML).
@@ -406,7 +420,7 @@ impl Figures {
 pub const KEYS_IN_FULL: usize = 5;
 
 impl ReportMessage {
-    pub fn new(report: &OwnerReport, public_url: &str) -> Self {
+    pub fn new(report: &OwnerReport, public_url: &str, unsubscribe_url: String) -> Self {
         let base = public_url.trim_end_matches('/');
         let name = report.month.long_name();
         let subject = format!("Your keymeter usage for {name}");
@@ -484,7 +498,15 @@ impl ReportMessage {
             }
             html.push_str("</table>");
         }
-        Self { subject, text, html }
+        text.push_str(&format!(
+            "\nYou get this summary each month as the owner of these API keys. To stop it: {unsubscribe_url}\n"
+        ));
+        html.push_str(&format!(
+            "<p style=\"color:#666;font-size:12px\">You get this summary each month as the owner of these API keys. \
+             <a href=\"{}\">Stop these summaries</a>.</p>",
+            html_escape(&unsubscribe_url)
+        ));
+        Self { subject, text, html, unsubscribe_url }
     }
 }
 
@@ -602,7 +624,11 @@ mod tests {
             .collect();
         let report =
             OwnerReport { month, owner_id: 1, owner_email: "ann@example.com".into(), keys, csv: String::new() };
-        let m = ReportMessage::new(&report, "https://keymeter.example");
+        let m = ReportMessage::new(
+            &report,
+            "https://keymeter.example",
+            "https://keymeter.example/email/unsubscribe/t".into(),
+        );
         assert!(m.html.len() < 100_000, "HTML of {} bytes", m.html.len());
         assert!(m.text.len() < 100_000, "text of {} bytes", m.text.len());
         for i in 0..200 {
@@ -615,7 +641,8 @@ mod tests {
         assert!(first < m.text.find("Checkout server 198 (").unwrap());
         // A few keys: each in full, no list after them.
         let few = OwnerReport { keys: report.keys[..3].to_vec(), ..report.clone() };
-        let m = ReportMessage::new(&few, "https://keymeter.example");
+        let m =
+            ReportMessage::new(&few, "https://keymeter.example", "https://keymeter.example/email/unsubscribe/t".into());
         assert!(!m.text.contains("Every key") && m.html.matches("height:40px\"><tr>").count() == 3);
     }
 

@@ -47,8 +47,12 @@ pub(crate) async fn tell_key_owner(
     let url = format!("{}{link}", public_url.trim_end_matches('/'));
     let text = format!("{body}\n\nSee the key: {url}\n");
     let html = format!("{}<p><a href=\"{}\">See the key</a></p>", html_paragraph(&body), html_escape(&url));
-    mailer::enqueue(conn, &Email { to: email, subject: title, text: &text, html: &html, attachments: &[] }, None)
-        .await?;
+    mailer::enqueue(
+        conn,
+        &Email { to: email, subject: title, text: &text, html: &html, attachments: &[], list_unsubscribe: None },
+        None,
+    )
+    .await?;
     Ok(())
 }
 

@@ -204,7 +204,14 @@ pub async fn create(
                 for (admin, email) in admins {
                     mailer::enqueue(
                         conn,
-                        &Email { to: &email, subject: &title, text: &text, html: &html, attachments: &[] },
+                        &Email {
+                            to: &email,
+                            subject: &title,
+                            text: &text,
+                            html: &html,
+                            attachments: &[],
+                            list_unsubscribe: None,
+                        },
                         None,
                     )
                     .await?;

@@ -56,3 +56,32 @@ pub async fn mark_notifications_read(oldest_shown: i64, newest_shown: i64) -> Re
     let user = session::require_user(&services).await?;
     Ok(services::notifications::mark_read(&services.db, user.id, oldest_shown, newest_shown).await?)
 }
+
+/// Whether the signed-in account gets the monthly usage summary by email.
+#[server(prefix = "/rpc", endpoint = "notifications/monthly-summary")]
+pub async fn monthly_summary_setting() -> Result<bool, AppError> {
+    use super::session;
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    Ok(services::accounts::email_preferences::gets_monthly_summary(&services.db, user.id).await?)
+}
+
+/// Turns the signed-in account's monthly summary on or off; a checked box sends `on`.
+#[server(prefix = "/rpc", endpoint = "notifications/monthly-summary/set")]
+pub async fn set_monthly_summary(monthly_summary: Option<String>) -> Result<bool, AppError> {
+    use super::session;
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let on = match monthly_summary.as_deref().map(str::trim) {
+        None | Some("" | "off") => false,
+        Some("on") => true,
+        Some(other) => {
+            return Err(AppError::BadRequest {
+                message: format!("The monthly summary is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."),
+                field: Some("monthly_summary".to_owned()),
+            })
+        }
+    };
+    services::accounts::email_preferences::set_monthly_summary(&services.db, user.id, on).await?;
+    Ok(on)
+}

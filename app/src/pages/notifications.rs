@@ -5,7 +5,9 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
-use crate::api::{mark_notifications_read, my_notifications, NOTIFICATIONS_PER_PAGE};
+use crate::api::{
+    mark_notifications_read, monthly_summary_setting, my_notifications, SetMonthlySummary, NOTIFICATIONS_PER_PAGE,
+};
 use crate::render_memo::once_per_render;
 
 /// `/dashboard/notifications`: the bell's list, a page at a time (`?before=<id>` for older
@@ -70,6 +72,46 @@ pub fn NotificationsPage() -> impl IntoView {
                     }
                 })}
             </Transition>
+        </section>
+        <MonthlySummaryCard/>
+    }
+}
+
+/// The monthly usage summary by email, on or off (its emails link here for turning it on
+/// again). A form, so that it also works without JavaScript.
+#[component]
+fn MonthlySummaryCard() -> impl IntoView {
+    let action = ServerAction::<SetMonthlySummary>::new();
+    let setting = Resource::new(
+        move || action.version().get(),
+        |version| once_per_render("notifications/monthly-summary", &version, monthly_summary_setting()),
+    );
+    view! {
+        <section class="card" data-testid="monthly-summary">
+            <h2>"Monthly usage summary"</h2>
+            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match setting.await {
+                        Ok(on) => view! {
+                            <ActionForm action>
+                                <div class="inline-form">
+                                    <label>
+                                        <input type="checkbox" name="monthly_summary" checked=on data-testid="monthly-summary-on"/>
+                                        " Email me a summary of my keys' usage after each month, with its CSV"
+                                    </label>
+                                    <button type="submit" data-testid="monthly-summary-save">"Save"</button>
+                                </div>
+                            </ActionForm>
+                        }.into_any(),
+                        Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                    }
+                })}
+            </Transition>
+            {move || action.value().get().map(|r| match r {
+                Ok(true) => view! { <p class="ok" role="status" data-testid="monthly-summary-saved">"Saved: the summary comes after each month."</p> }.into_any(),
+                Ok(false) => view! { <p class="ok" role="status" data-testid="monthly-summary-saved">"Saved: no monthly summary."</p> }.into_any(),
+                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
+            })}
         </section>
     }
 }

@@ -7,4 +7,5 @@ pub mod health;
 pub mod page_deadline;
 pub mod page_guard;
 pub mod same_origin;
+pub mod unsubscribe;
 pub mod usage;

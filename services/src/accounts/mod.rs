@@ -1,5 +1,6 @@
 //! Accounts: merchants and admins, their passwords and their sessions.
 
+pub mod email_preferences;
 mod login_throttle;
 mod password;
 pub mod sessions;
