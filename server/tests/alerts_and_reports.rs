@@ -588,42 +588,46 @@ async fn a_summary_missed_for_a_whole_month_is_sent_when_the_scheduler_next_runs
 
 /// Every summary links to a page that stops it, and names that page in `List-Unsubscribe` with
 /// one-click POST (RFC 8058). Opening the link changes nothing (mail scanners open links); the
-/// POST stops it without signing in; later summaries leave the owner out until they turn it on
-/// again in the app.
+/// POST stops it without signing in; later summaries leave the owner out. Turned on again in
+/// the app, it starts with the months that end from then on, not every month missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again_in_the_app() {
     let sink = SmtpSink::start().await;
-    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let app =
+        TestApp::spawn_with(&[("SMTP_URL", sink.url()), ("KEYMETER_PUBLIC_URL", "https://keymeter.example".into())])
+            .await;
     let last = Month::containing(chrono::Utc::now()).previous();
+    let before_last = last.previous();
     let email = format!("m-{}@example.com", Uuid::new_v4().simple());
     let owner = app.user(&email, Role::Merchant).await;
     let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
-    api_keys::backdate(&app.services.db, key.id, last.previous().days().start()).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, before_last.previous().days().start()).await.unwrap();
     let gets_it = format!("SELECT count(*) FROM users WHERE id = {} AND monthly_summary", owner.id);
 
-    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
+    let outcome = send_monthly_reports(&app.services, before_last, false).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
     let mail = sink.wait_for(1, 20).await;
     let token = app.texts(&format!("SELECT email_token::text AS t FROM users WHERE id = {}", owner.id)).await.remove(0);
     let path = format!("/email/unsubscribe/{token}");
-    let public = &app.services.settings.public_url;
     let header = |line: &str| mail[0].lines().any(|l| l == line);
-    assert!(header(&format!("List-Unsubscribe: <{public}{path}>")), "{}", mail[0]);
+    assert!(header(&format!("List-Unsubscribe: <https://keymeter.example{path}>")), "{}", mail[0]);
     assert!(header("List-Unsubscribe-Post: List-Unsubscribe=One-Click"), "{}", mail[0]);
     assert!(mail[0].contains("To stop it:"), "{}", mail[0]);
 
-    // Opening the link asks and changes nothing.
+    // Opening the link asks and changes nothing; it shows the address only in part.
     let page = client().get(app.url(&path)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let text = page.text().await.unwrap();
-    assert!(text.contains(&email) && text.contains("Stop these summaries"), "{text}");
+    assert!(text.contains("m-***@example.com") && text.contains("Stop these summaries"), "{text}");
+    assert!(!text.contains(&email), "{text}");
     assert_eq!(app.count(&gets_it).await, 1);
-    // A mail reader's one-click unsubscribe: a POST without cookies or Origin. Twice is fine.
-    for _ in 0..2 {
+    // A mail reader's one-click unsubscribe: a POST without cookies or Origin, whatever its
+    // body. Twice is fine.
+    for body in ["List-Unsubscribe=One-Click", ""] {
         let stop = client()
             .post(app.url(&path))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body("List-Unsubscribe=One-Click")
+            .body(body)
             .send()
             .await
             .unwrap();
@@ -638,11 +642,13 @@ async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again
         assert_eq!(client().post(&url).send().await.unwrap().status(), 404, "{bad}");
     }
 
-    // Sent again (forced), the summary leaves them out.
-    let outcome = send_monthly_reports(&app.services, last, true).await.unwrap();
+    // Last month's summary (as the scheduler sends it), and a forced resend: left out.
+    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
+    assert_eq!((outcome.sent, outcome.opted_out), (0, 1));
+    let outcome = send_monthly_reports(&app.services, before_last, true).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (0, 1));
 
-    // On again, in the app.
+    // On again, in the app: not for the months that ended while it was off.
     let session = app.signed_in(&email).await;
     let shown: bool = app.rpc(&session, "notifications/monthly-summary", &[]).await.json().await.unwrap();
     assert!(!shown);
@@ -652,6 +658,13 @@ async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again
     let set = app.rpc(&session, "notifications/monthly-summary/set", &[("monthly_summary", "on")]).await;
     assert!(set.status().is_success(), "{}", set.status());
     assert_eq!(app.count(&gets_it).await, 1);
-    let outcome = send_monthly_reports(&app.services, last, true).await.unwrap();
+    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
+    assert_eq!((outcome.sent, outcome.opted_out), (0, 1), "last month ended while it was off");
+    // Had it been turned on before last month ended, last month's would go.
+    let on_in_time =
+        format!("UPDATE users SET monthly_summary_since = '{}' WHERE id = {}", last.days().start(), owner.id);
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    assert_eq!(diesel::sql_query(on_in_time).execute(&mut conn).await.unwrap(), 1);
+    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
 }

@@ -529,10 +529,13 @@ impl Mailer {
             // Every keymeter email is machine-sent: auto-responders must not answer it (RFC 3834).
             .raw_header(header("Auto-Submitted", "auto-generated".to_owned()));
         if let Some(url) = &m.list_unsubscribe {
-            // The mail reader's own "Unsubscribe", done with one POST (RFC 2369, RFC 8058).
-            message = message
-                .raw_header(header("List-Unsubscribe", format!("<{url}>")))
-                .raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+            // The mail reader's own "Unsubscribe" (RFC 2369), done with one POST (RFC 8058)
+            // where the link is https, as that RFC requires (mail providers also want both
+            // headers DKIM-signed: the relay's job).
+            message = message.raw_header(header("List-Unsubscribe", format!("<{url}>")));
+            if url.starts_with("https://") {
+                message = message.raw_header(header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+            }
         }
         let message = message.multipart(body).map_err(SendFailure::permanent)?;
         match &self.transport {

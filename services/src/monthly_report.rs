@@ -250,7 +250,7 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
     let recipients = {
         let ids: Vec<i64> = owners.iter().map(|(id, _)| *id).collect();
         let mut conn = db::conn(&services.db).await?;
-        crate::accounts::email_preferences::summary_recipients(&mut conn, &ids).await?
+        crate::accounts::email_preferences::summary_recipients(&mut conn, &ids, month.days().end()).await?
     };
     let before = owners.len();
     owners.retain(|(id, _)| recipients.contains_key(id));

@@ -9,6 +9,7 @@ diesel::table! {
         created_at -> Timestamptz,
         monthly_summary -> Bool,
         email_token -> Uuid,
+        monthly_summary_since -> Nullable<Timestamptz>,
     }
 }
 

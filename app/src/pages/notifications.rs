@@ -82,10 +82,16 @@ pub fn NotificationsPage() -> impl IntoView {
 #[component]
 fn MonthlySummaryCard() -> impl IntoView {
     let action = ServerAction::<SetMonthlySummary>::new();
-    let setting = Resource::new(
-        move || action.version().get(),
-        |version| once_per_render("notifications/monthly-summary", &version, monthly_summary_setting()),
-    );
+    // Read once: the box already shows what was saved, and a refetch would rebuild the form
+    // and drop the keyboard's focus from "Save".
+    let setting =
+        Resource::new(|| (), |()| once_per_render("notifications/monthly-summary", &(), monthly_summary_setting()));
+    // In the page from the start, so that screen readers announce what appears in it.
+    let saved = move || match action.value().get() {
+        Some(Ok(true)) => "Saved: the summary comes after each month.",
+        Some(Ok(false)) => "Saved: no monthly summary.",
+        _ => "",
+    };
     view! {
         <section class="card" data-testid="monthly-summary">
             <h2>"Monthly usage summary"</h2>
@@ -107,11 +113,8 @@ fn MonthlySummaryCard() -> impl IntoView {
                     }
                 })}
             </Transition>
-            {move || action.value().get().map(|r| match r {
-                Ok(true) => view! { <p class="ok" role="status" data-testid="monthly-summary-saved">"Saved: the summary comes after each month."</p> }.into_any(),
-                Ok(false) => view! { <p class="ok" role="status" data-testid="monthly-summary-saved">"Saved: no monthly summary."</p> }.into_any(),
-                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
-            })}
+            <p class="ok" role="status" data-testid="monthly-summary-saved">{saved}</p>
+            {move || action.value().get().and_then(Result::err).map(|e| view! { <p class="error" role="alert">{e.to_string()}</p> })}
         </section>
     }
 }

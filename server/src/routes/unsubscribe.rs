@@ -20,20 +20,33 @@ pub fn router() -> Router<Services> {
 }
 
 async fn ask(State(services): State<Services>, Path(token): Path<String>) -> Response {
-    let email = match account(&services, &token).await {
-        Ok(email) => email,
+    let (email, on) = match account(&services, &token).await {
+        Ok(account) => account,
         Err(response) => return response,
     };
+    // Whoever holds the link sees the address only in part (a summary may be forwarded).
+    let shown = html_escape(&email_preferences::masked(&email));
+    if !on {
+        return page(
+            StatusCode::OK,
+            &format!(
+                "<p role=\"status\" data-testid=\"summary-stopped\">The monthly usage summary to <strong>{shown}</strong> is already stopped.</p>{AGAIN}"
+            ),
+        );
+    }
     page(
         StatusCode::OK,
         &format!(
-            "<p>Stop the monthly usage summary sent to <strong>{}</strong>?</p>\
+            "<p>Stop the monthly usage summary sent to <strong>{shown}</strong>?</p>\
              <form method=\"post\"><button type=\"submit\" data-testid=\"stop-summary\">Stop these summaries</button></form>\
-             <p class=\"muted\">Alerts about quotas and quota requests still come; those are set per key.</p>",
-            html_escape(&email)
+             <p class=\"muted\">Alerts about quotas and quota requests still come; those are set per key.</p>"
         ),
     )
 }
+
+/// How to have it again.
+const AGAIN: &str = "<p>To have it again, sign in to keymeter and turn it on under \
+                     <a href=\"/dashboard/notifications\">Notifications</a>.</p>";
 
 async fn stop(State(services): State<Services>, Path(token): Path<String>) -> Response {
     let Some(token) = Uuid::parse_str(&token).ok() else { return not_a_link() };
@@ -41,10 +54,8 @@ async fn stop(State(services): State<Services>, Path(token): Path<String>) -> Re
         Ok(email) => page(
             StatusCode::OK,
             &format!(
-                "<p role=\"status\" data-testid=\"summary-stopped\">The monthly usage summary to <strong>{}</strong> is stopped.</p>\
-                 <p>To have it again, sign in to keymeter and turn it on under \
-                 <a href=\"/dashboard/notifications\">Notifications</a>.</p>",
-                html_escape(&email)
+                "<p role=\"status\" data-testid=\"summary-stopped\">The monthly usage summary to <strong>{}</strong> is stopped.</p>{AGAIN}",
+                html_escape(&email_preferences::masked(&email))
             ),
         ),
         Err(ServiceError::NotFound) => not_a_link(),
@@ -52,10 +63,11 @@ async fn stop(State(services): State<Services>, Path(token): Path<String>) -> Re
     }
 }
 
-/// The address the token's link is for, or the page to answer instead.
-async fn account(services: &Services, token: &str) -> Result<String, Response> {
+/// The address the token's link is for and whether its summary is on, or the page to answer
+/// instead.
+async fn account(services: &Services, token: &str) -> Result<(String, bool), Response> {
     let token = Uuid::parse_str(token).map_err(|_| not_a_link())?;
-    email_preferences::address_of_token(&services.db, token).await.map_err(|e| match e {
+    email_preferences::account_of_token(&services.db, token).await.map_err(|e| match e {
         ServiceError::NotFound => not_a_link(),
         e => trouble(e),
     })

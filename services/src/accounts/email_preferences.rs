@@ -23,16 +23,42 @@ pub async fn gets_monthly_summary(db: &DbPool, user_id: i64) -> ServiceResult<bo
     Ok(users::table.find(user_id).select(users::monthly_summary).get_result(&mut conn).await?)
 }
 
+/// Turned on again, it starts with the months that end from now on: not with every month
+/// missed while it was off.
 pub async fn set_monthly_summary(db: &DbPool, user_id: i64, on: bool) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
-    diesel::update(users::table.find(user_id)).set(users::monthly_summary.eq(on)).execute(&mut conn).await?;
+    diesel::sql_query(
+        "UPDATE users SET monthly_summary = $2, \
+         monthly_summary_since = CASE WHEN $2 AND NOT monthly_summary THEN now() ELSE monthly_summary_since END \
+         WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(user_id)
+    .bind::<diesel::sql_types::Bool, _>(on)
+    .execute(&mut conn)
+    .await?;
     Ok(())
 }
 
-/// The address whose summary the link with `token` stops, if the token is one.
-pub async fn address_of_token(db: &DbPool, token: Uuid) -> ServiceResult<String> {
+/// The address the link with `token` is for, and whether its summary is still on.
+pub async fn account_of_token(db: &DbPool, token: Uuid) -> ServiceResult<(String, bool)> {
     let mut conn = db::conn(db).await?;
-    Ok(users::table.filter(users::email_token.eq(token)).select(users::email).get_result(&mut conn).await?)
+    Ok(users::table
+        .filter(users::email_token.eq(token))
+        .select((users::email, users::monthly_summary))
+        .get_result(&mut conn)
+        .await?)
+}
+
+/// An address shown to whoever holds a link (a forwarded summary): enough for its owner to
+/// recognise, not the whole of it (`an***@example.com`).
+pub fn masked(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            let shown: String = local.chars().take(2.min(local.chars().count().saturating_sub(1)).max(1)).collect();
+            format!("{shown}***@{domain}")
+        }
+        None => "***".to_owned(),
+    }
 }
 
 /// Stops the monthly summary of the account the link with `token` belongs to; returns its
@@ -48,16 +74,29 @@ pub async fn stop_monthly_summary_by_token(db: &DbPool, token: Uuid) -> ServiceR
     Ok(email)
 }
 
-/// Of `owners`, those who get the monthly summary, with the token of their link.
+/// Of `owners`, those who get the summary of a month that ended at `month_end`, with the
+/// token of their link: it is on, and was on before that month ended.
 pub(crate) async fn summary_recipients(
     conn: &mut AsyncPgConnection,
     owners: &[i64],
+    month_end: chrono::DateTime<chrono::Utc>,
 ) -> ServiceResult<HashMap<i64, Uuid>> {
     let rows: Vec<(i64, Uuid)> = users::table
         .filter(users::id.eq_any(owners))
         .filter(users::monthly_summary)
+        .filter(users::monthly_summary_since.is_null().or(users::monthly_summary_since.le(month_end)))
         .select((users::id, users::email_token))
         .load(conn)
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_shown_address_keeps_its_domain_and_first_letters() {
+        assert_eq!(super::masked("ann@example.com"), "an***@example.com");
+        assert_eq!(super::masked("jo@example.com"), "j***@example.com");
+        assert_eq!(super::masked("a@example.com"), "a***@example.com");
+    }
 }
