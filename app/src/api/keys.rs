@@ -132,17 +132,12 @@ pub async fn set_alert_emails(
     let id = ApiKeyId::parse(&id)?;
     // Admins see the owner's choices but do not make them.
     api_keys::get_as_owner(&services.db, id, &user).await?;
-    // A browser sends `on` for a checked box and nothing for an unchecked one.
     let mut list = Vec::new();
-    for (threshold, value) in [("50", &email_50), ("80", &email_80), ("100", &email_100)] {
-        match value.as_deref().map(str::trim) {
-            None | Some("" | "off") => {}
-            Some("on") => list.push(threshold),
-            Some(other) => {
-                return Err(AppError::bad_request(format!(
-                    "An alert choice is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."
-                )))
-            }
+    for (threshold, field, value) in
+        [("50", "email_50", &email_50), ("80", "email_80", &email_80), ("100", "email_100", &email_100)]
+    {
+        if super::checkbox(value.as_deref(), "An alert choice", field)? {
+            list.push(threshold);
         }
     }
     let thresholds = AlertThresholds::parse(&list.join(","))?;

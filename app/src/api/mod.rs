@@ -22,6 +22,20 @@ pub use usage::*;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// A checkbox as a browser sends it: `on` when checked, nothing when not (`off` is taken as
+/// not); anything else is refused, naming `what` and the form field.
+#[cfg(feature = "ssr")]
+fn checkbox(value: Option<&str>, what: &str, field: &str) -> Result<bool, crate::error::AppError> {
+    match value.map(str::trim) {
+        None | Some("" | "off") => Ok(false),
+        Some("on") => Ok(true),
+        Some(other) => Err(crate::error::AppError::BadRequest {
+            message: format!("{what} is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."),
+            field: Some(field.to_owned()),
+        }),
+    }
+}
+
 /// The signed-in account, as pages need it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentUser {

@@ -72,16 +72,7 @@ pub async fn set_monthly_summary(monthly_summary: Option<String>) -> Result<bool
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let on = match monthly_summary.as_deref().map(str::trim) {
-        None | Some("" | "off") => false,
-        Some("on") => true,
-        Some(other) => {
-            return Err(AppError::BadRequest {
-                message: format!("The monthly summary is \u{201c}on\u{201d} or \u{201c}off\u{201d}, not {other:?}."),
-                field: Some("monthly_summary".to_owned()),
-            })
-        }
-    };
+    let on = super::checkbox(monthly_summary.as_deref(), "The monthly summary", "monthly_summary")?;
     services::accounts::email_preferences::set_monthly_summary(&services.db, user.id, on).await?;
     Ok(on)
 }

@@ -54,7 +54,8 @@ pub async fn account_of_token(db: &DbPool, token: Uuid) -> ServiceResult<(String
 pub fn masked(email: &str) -> String {
     match email.split_once('@') {
         Some((local, domain)) => {
-            let shown: String = local.chars().take(2.min(local.chars().count().saturating_sub(1)).max(1)).collect();
+            // Never the whole of a short name.
+            let shown: String = local.chars().take(if local.chars().count() > 2 { 2 } else { 1 }).collect();
             format!("{shown}***@{domain}")
         }
         None => "***".to_owned(),
