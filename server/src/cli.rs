@@ -331,7 +331,8 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 if outcome.already_sent > 0 && !force { " (--force sends again)" } else { "" },
                 match outcome.opted_out {
                     0 => String::new(),
-                    n => format!("; {n} stopped these summaries"),
+                    // Off now, or turned on again only after the month ended.
+                    n => format!("; {n} left out (the summary is off, or was when the month ended)"),
                 }
             )?;
             // Deliver now rather than waiting for a server's mail sender: each message once,

@@ -668,3 +668,49 @@ async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again
     let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
 }
+
+#[tokio::test]
+async fn a_summary_still_waiting_in_the_outbox_when_its_owner_stops_it_is_not_sent() {
+    // The mail server turns recipients away for now: the summary stays queued, retried later.
+    let sink = SmtpSink::start_refusing_recipients("451 4.3.0 try again later").await;
+    let app = TestApp::spawn_with(&[("SMTP_URL", sink.url())]).await;
+    let last = Month::containing(chrono::Utc::now()).previous();
+    let email = format!("m-{}@example.com", Uuid::new_v4().simple());
+    let owner = app.user(&email, Role::Merchant).await;
+    let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, last.previous().days().start()).await.unwrap();
+    let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
+    assert_eq!(outcome.sent, 1);
+    let tried = format!("SELECT count(*) FROM outbound_emails WHERE to_address = '{email}' AND attempts > 0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.count(&tried).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the sender never tried the summary");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Its owner stops the summary with the link of an earlier one.
+    let token = app.texts(&format!("SELECT email_token::text AS t FROM users WHERE id = {}", owner.id)).await.remove(0);
+    let stop = client().post(app.url(&format!("/email/unsubscribe/{token}"))).send().await.unwrap();
+    assert_eq!(stop.status(), 200);
+    let unsent = format!("SELECT count(*) FROM outbound_emails WHERE to_address = '{email}' AND sent_at IS NULL");
+    assert_eq!(app.count(&unsent).await, 0, "the waiting summary is withdrawn");
+    let recorded = format!("SELECT count(*) FROM monthly_reports WHERE user_id = {} AND email_id IS NULL", owner.id);
+    assert_eq!(app.count(&recorded).await, 1, "the month stays done");
+
+    // The mail server takes mail again: other mail to the owner goes, the summary does not.
+    sink.accept_recipients();
+    let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let notice = services::mailer::Email {
+        to: &email,
+        subject: "Your key is close to its quota",
+        text: "text",
+        html: "<p>html</p>",
+        attachments: &[],
+        list_unsubscribe: None,
+    };
+    assert!(services::mailer::enqueue(&mut conn, &notice, None).await.unwrap());
+    let mail = sink.wait_for(1, 20).await;
+    assert_eq!(subject(&mail[0]), "Your key is close to its quota");
+    assert_eq!(app.count(&unsent).await, 0);
+    assert_eq!(sink.messages().len(), 1, "{:?}", sink.subjects());
+}

@@ -686,7 +686,11 @@ impl Mailer {
             }
         };
         if marked == 0 {
-            tracing::warn!(email_id = m.id, "mail sender: the message's claim ran out while it was being sent");
+            // Or it was withdrawn meanwhile (its owner stopped the monthly summary).
+            tracing::warn!(
+                email_id = m.id,
+                "mail sender: the message's claim ran out, or it was withdrawn, while it was being sent"
+            );
         }
         Ok(Some((m.id, outcome)))
     }

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::{self, DbPool};
 use crate::schema::users;
-use crate::ServiceResult;
+use crate::{ServiceError, ServiceResult};
 
 /// The page that stops an account's monthly summary (GET shows it, POST stops it).
 pub fn unsubscribe_url(public_url: &str, token: Uuid) -> String {
@@ -27,15 +27,41 @@ pub async fn gets_monthly_summary(db: &DbPool, user_id: i64) -> ServiceResult<bo
 /// missed while it was off.
 pub async fn set_monthly_summary(db: &DbPool, user_id: i64, on: bool) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
-    diesel::sql_query(
-        "UPDATE users SET monthly_summary = $2, \
-         monthly_summary_since = CASE WHEN $2 AND NOT monthly_summary THEN now() ELSE monthly_summary_since END \
-         WHERE id = $1",
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        Box::pin(async move {
+            diesel::sql_query(
+                "UPDATE users SET monthly_summary = $2, \
+                 monthly_summary_since = CASE WHEN $2 AND NOT monthly_summary THEN now() ELSE monthly_summary_since END \
+                 WHERE id = $1",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(user_id)
+            .bind::<diesel::sql_types::Bool, _>(on)
+            .execute(conn)
+            .await?;
+            if !on {
+                withdraw_unsent_summaries(conn, user_id).await?;
+            }
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Takes the owner's summaries that are still waiting in the outbox (the mail server was down
+/// when they were due, say) out of it: stopped means no further summary, not one more. The
+/// month stays recorded as done, so turning the summary on again does not bring it back. One
+/// being sent at this very moment still goes.
+async fn withdraw_unsent_summaries(conn: &mut AsyncPgConnection, user_id: i64) -> ServiceResult<()> {
+    let withdrawn = diesel::sql_query(
+        "DELETE FROM outbound_emails WHERE sent_at IS NULL \
+         AND id IN (SELECT email_id FROM monthly_reports WHERE user_id = $1)",
     )
     .bind::<diesel::sql_types::BigInt, _>(user_id)
-    .bind::<diesel::sql_types::Bool, _>(on)
-    .execute(&mut conn)
+    .execute(conn)
     .await?;
+    if withdrawn > 0 {
+        tracing::info!(user_id, withdrawn, "monthly summary stopped: its unsent summaries were withdrawn");
+    }
     Ok(())
 }
 
@@ -66,10 +92,18 @@ pub fn masked(email: &str) -> String {
 /// address. Again is no error (a mail reader's one-click POST may come twice).
 pub async fn stop_monthly_summary_by_token(db: &DbPool, token: Uuid) -> ServiceResult<String> {
     let mut conn = db::conn(db).await?;
-    let email: String = diesel::update(users::table.filter(users::email_token.eq(token)))
-        .set(users::monthly_summary.eq(false))
-        .returning(users::email)
-        .get_result(&mut conn)
+    let email = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                let (user_id, email): (i64, String) = diesel::update(users::table.filter(users::email_token.eq(token)))
+                    .set(users::monthly_summary.eq(false))
+                    .returning((users::id, users::email))
+                    .get_result(conn)
+                    .await?;
+                withdraw_unsent_summaries(conn, user_id).await?;
+                Ok(email)
+            })
+        })
         .await?;
     tracing::info!("monthly summary stopped from its email link");
     Ok(email)
