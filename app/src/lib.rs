@@ -12,7 +12,7 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{ParentRoute, Redirect, Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 
-use pages::{admin, api_keys, layout, login, notifications, quota_requests, usage};
+use pages::{account, admin, api_keys, layout, login, notifications, quota_requests, usage};
 
 /// The HTML document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -86,6 +86,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("developers/api-keys/:id") view=api_keys::ApiKeyPage/>
                     <Route path=path!("developers/api-keys/:id/usage") view=usage::UsagePage/>
                     <Route path=path!("notifications") view=notifications::NotificationsPage/>
+                    <Route path=path!("account") view=account::AccountPage/>
                 </ParentRoute>
                 <ParentRoute path=path!("/admin") view=layout::AdminLayout ssr=SsrMode::Async>
                     <Route path=path!("") view=admin::AdminKeysPage/>

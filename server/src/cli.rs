@@ -16,6 +16,7 @@ use services::quota_changes::{self, set_quota, BurstChange, ChangeSource, QuotaC
 use services::usage::periods::Month;
 use services::usage::writer::UsageWriter;
 use services::usage::{demo, rollups};
+use services::ServiceError;
 
 use crate::config::{redact_url, Config};
 use crate::startup::{self, Application};
@@ -81,6 +82,13 @@ enum UserCommand {
         email: String,
         #[arg(long, default_value = "merchant", value_parser = ["merchant", "admin"])]
         role: String,
+    },
+    /// Set a new password for an account (someone who forgot theirs) and sign it out
+    /// everywhere; the password is read from standard input, as for `add`.
+    SetPassword {
+        /// The account's email address.
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -220,6 +228,16 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             let db = startup::connect_database(config).await?;
             let user = accounts::create_user(&db, &email, &password, role).await?;
             say!("created {} account {} (id {})", role.as_str(), user.email, user.id)
+        }
+        Command::User(UserCommand::SetPassword { email }) => {
+            let email = Email::parse(&email).context("--email")?;
+            let password = Password::parse(&read_password()?)?;
+            let db = startup::connect_database(config).await?;
+            let (user, ended) = match accounts::reset_password(&db, &email, &password).await {
+                Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
+                other => other?,
+            };
+            say!("password set for {}; {ended} session(s) signed out", user.email)
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
             let email = Email::parse(&owner).context("--owner")?;

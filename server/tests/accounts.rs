@@ -307,3 +307,103 @@ async fn a_form_post_without_javascript_returns_to_its_page_with_the_message() {
     assert_eq!(body["error"]["message"], "Invalid email or password.");
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_password_checks_the_current_one_and_signs_out_every_other_session() {
+    let app = TestApp::spawn().await;
+    let email = format!("fay-{}@example.com", app.db_name);
+    app.user(&email, Role::Merchant).await;
+    let here = app.signed_in(&email).await;
+    let elsewhere = app.signed_in(&email).await;
+    let new = "a brand new passphrase";
+    // Refused, each naming its field, and nothing changes.
+    for (current, new_password, confirm, field) in [
+        ("not the password", new, new, "current_password"),
+        (PASSWORD, "short", "short", "new_password"),
+        (PASSWORD, new, "a brand new passphrasE", "confirm_password"),
+        (PASSWORD, PASSWORD, PASSWORD, "new_password"),
+    ] {
+        let res = change_password(&app, &here, current, new_password, confirm).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{field}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    assert_eq!(app.rpc(&elsewhere, "keys/list", &[]).await.status(), StatusCode::OK);
+    assert!(app.login(&client(), &email, PASSWORD).await.status().is_redirection());
+    // Signed out, nobody changes it.
+    let res = change_password(&app, &client(), PASSWORD, new, new).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let res = change_password(&app, &here, PASSWORD, new, new).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Both other sessions (the one above and the check's sign-in) ended.
+    assert_eq!(res.json::<usize>().await.unwrap(), 2);
+    assert_eq!(app.rpc(&here, "keys/list", &[]).await.status(), StatusCode::OK, "this session stays");
+    assert_eq!(app.rpc(&elsewhere, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::BAD_REQUEST);
+    assert!(app.login(&client(), &email, new).await.status().is_redirection());
+}
+
+/// Checking the current password counts as a sign-in attempt: a session left open cannot be
+/// used to guess it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_the_current_password_is_throttled_like_signing_in() {
+    let app = TestApp::spawn().await;
+    let email = format!("gus-{}@example.com", app.db_name);
+    app.user(&email, Role::Merchant).await;
+    let session = app.signed_in(&email).await;
+    let new = "a brand new passphrase";
+    for _ in 0..5 {
+        assert_eq!(
+            change_password(&app, &session, "guess guess guess", new, new).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_eq!(
+        change_password(&app, &session, PASSWORD, new, new).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right one, for a while"
+    );
+    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn change_password(
+    app: &TestApp,
+    session: &reqwest::Client,
+    current: &str,
+    new: &str,
+    confirm: &str,
+) -> reqwest::Response {
+    let args = [("current_password", current), ("new_password", new), ("confirm_password", confirm)];
+    app.rpc(session, "auth/password", &args).await
+}
+
+/// Attempts refused because the client is over its allowance leave nothing behind in Redis:
+/// made-up addresses must not each keep counts there for the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sign_ins_at_made_up_addresses_leave_no_counts_behind() {
+    let app = TestApp::spawn().await;
+    let ns = &app.services.namespace;
+    let client_count = format!("{ns}:login:client:127.0.0.1");
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let redis = |cmd: &str, args: &[&str]| {
+        let mut c = deadpool_redis::redis::cmd(cmd);
+        for a in args {
+            c.arg(*a);
+        }
+        c
+    };
+    // This client has used up its allowance (100 failures in the window).
+    let _: () = redis("SET", &[&client_count, "100", "EX", "900"]).query_async(&mut conn).await.unwrap();
+    let tag = app.db_name.clone();
+    for i in 0..20 {
+        let res = app.login(&client(), &format!("made-up-{i}-{tag}@example.com"), "guess guess guess").await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let left: Vec<String> =
+        redis("KEYS", &[&format!("{ns}:login:*made-up-*-{tag}@example.com*")]).query_async(&mut conn).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let count: i64 = redis("GET", &[&client_count]).query_async(&mut conn).await.unwrap();
+    assert_eq!(count, 100, "refused attempts are given back");
+    let _: () = redis("DEL", &[&client_count]).query_async(&mut conn).await.unwrap();
+}

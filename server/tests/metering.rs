@@ -681,3 +681,47 @@ async fn limits_that_did_not_reach_redis_are_not_hidden_by_the_old_ones() {
     assert_eq!((hour.limit, day.limit), (20, 200));
     assert_eq!((hour.used, day.used), (1, 1));
 }
+
+/// Limits published for a key that has had no request (a quota set on a new or idle key)
+/// expire like its counters do, a little after the day ends: idle keys leave nothing in Redis
+/// for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_published_for_an_idle_key_expire_after_the_day() {
+    let app = TestApp::spawn().await;
+    let (_, id) = app.key_with_quota(5, 50).await;
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let ttl: i64 = deadpool_redis::redis::cmd("TTL")
+        .arg(services::keys::quota_manager::quota_redis_key(id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let day_end_plus_an_hour = now - now.rem_euclid(86_400) + 86_400 + 3_600;
+    assert!((day_end_plus_an_hour - now - ttl).abs() <= 2, "TTL {ttl}, expected about {}", day_end_plus_an_hour - now);
+}
+
+/// A refused request's body is not read, and the server then closes the connection: a large
+/// body's refusal says `Connection: close`, so that the client's next request goes on a new
+/// connection instead of into a reset. A small body's refusal keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_a_large_unread_body_tells_the_client_the_connection_closes() {
+    let app = TestApp::spawn().await;
+    let (secret, _) = app.key_with_quota(1, 100).await;
+    let http = client();
+    let echo = |body: Vec<u8>| http.post(app.url("/api/v1/echo")).bearer_auth(&secret).body(body).send();
+    assert_eq!(echo(b"first".to_vec()).await.unwrap().status(), StatusCode::OK);
+    for round in 0..3 {
+        let refused = echo(vec![b'x'; 65_000]).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "round {round}");
+        assert_eq!(refused.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+        // The next request on the same client goes through (on a new connection).
+        let small = echo(vec![b'x'; 100]).await.unwrap();
+        assert_eq!(small.status(), StatusCode::TOO_MANY_REQUESTS, "round {round}");
+        assert!(small.headers().get("connection").is_none(), "{:?}", small.headers());
+    }
+    // The same without a valid key.
+    let unknown = http.post(app.url("/api/v1/echo")).bearer_auth("km_live_unknown").body(vec![b'x'; 65_000]).send();
+    let unknown = unknown.await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.headers().get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+}

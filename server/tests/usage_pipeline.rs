@@ -362,6 +362,29 @@ async fn housekeeping_gives_way_to_a_long_read_of_the_events() {
     assert_eq!(totals(&app, id.0).await, (3, 3));
 }
 
+/// Instances started together each make the coming days' partitions. The second waits for the
+/// first and then finds them made: it used to fail ("already exists") and left its housekeeping
+/// to try again ten minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_making_the_same_partition_at_once_both_succeed() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    let app = TestApp::spawn().await;
+    let make = "SELECT km_ensure_usage_partition('2031-01-01')";
+    let mut first = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    diesel::sql_query("BEGIN").execute(&mut first).await.unwrap();
+    diesel::sql_query(make).execute(&mut first).await.unwrap();
+    let url = app.config.database_url.clone();
+    let second = tokio::spawn(async move {
+        let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
+        diesel::sql_query(make).execute(&mut conn).await
+    });
+    app.wait_for_lock_waits(1).await;
+    diesel::sql_query("COMMIT").execute(&mut first).await.unwrap();
+    second.await.unwrap().expect("the second instance finds the partition made");
+    let made = "SELECT count(*) FROM pg_class WHERE relname = 'api_key_usage_p20310101'";
+    assert_eq!(app.count(made).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_leaves_no_usage_behind() {
     let app = TestApp::spawn().await;

@@ -112,6 +112,25 @@ pub async fn logout() -> Result<(), AppError> {
     Ok(())
 }
 
+/// Changes the signed-in user's password (the current one is checked like a sign-in); every
+/// other session of the account ends. Returns how many did.
+#[server(prefix = "/rpc", endpoint = "auth/password")]
+pub async fn change_password(
+    current_password: TypedPassword,
+    new_password: TypedPassword,
+    confirm_password: TypedPassword,
+) -> Result<usize, AppError> {
+    use super::session;
+    use services::accounts::{self, PasswordChange};
+
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
+    let client = session::client_address(&services);
+    let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
+    Ok(accounts::change_password(&services, &user, &token, &change, &client).await?)
+}
+
 #[server(prefix = "/rpc", endpoint = "auth/me")]
 pub async fn whoami() -> Result<Option<CurrentUser>, AppError> {
     let services = super::session::services()?;

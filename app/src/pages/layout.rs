@@ -79,7 +79,9 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                         })}
                     </Transition>
                 </a>
-                <span class="email" data-testid="account-email">{user.email.clone()}</span>
+                <A href="/dashboard/account" attr:class="email" attr:title="Your account" attr:data-testid="account-email">
+                    {user.email.clone()}
+                </A>
                 <ActionForm action=logout>
                     <button type="submit" class="link">"Sign out"</button>
                 </ActionForm>

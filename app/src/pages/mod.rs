@@ -1,3 +1,4 @@
+pub mod account;
 pub mod admin;
 pub mod api_keys;
 pub mod form_error;

@@ -67,7 +67,11 @@ pub async fn require_api_key(State(services): State<Services>, mut request: Requ
             request.extensions_mut().insert(key);
             next.run(request).await
         }
-        Err(err) => err.into_response(),
+        Err(err) => {
+            let mut response = err.into_response();
+            super::close_if_body_unread(request.headers(), &mut response);
+            response
+        }
     }
 }
 

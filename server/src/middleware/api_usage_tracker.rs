@@ -94,7 +94,11 @@ where
                 request.extensions_mut().insert(key);
                 key
             }
-            Err(err) => return Ok(err.into_response()),
+            Err(err) => {
+                let mut response = err.into_response();
+                super::close_if_body_unread(request.headers(), &mut response);
+                return Ok(response);
+            }
         },
     };
     let endpoint = request
@@ -150,6 +154,7 @@ where
     };
     if let Some((mut response, body_len)) = refusal {
         add_request_id(response.headers_mut(), request_id);
+        super::close_if_body_unread(request.headers(), &mut response);
         event.status = response.status().as_u16();
         event.throttled = true;
         // The body of a refused request is never read, so none of it was received; a claimed

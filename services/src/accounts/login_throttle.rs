@@ -119,13 +119,17 @@ impl<'a> LoginThrottle<'a> {
 
     /// Takes this attempt off the counts (`pair_too`: also off the address-and-client count).
     async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool) {
+        // A window may have ended since the attempt was counted; a bare DECR would then make a
+        // count with no expiry, a lockout that never ends. Re-creating it at 1 with a window
+        // first makes the give-back land on zero instead. A count back at zero goes: refused
+        // attempts at made-up addresses would otherwise each leave two keys for the window.
+        // One key per script: the counts live in different cluster slots.
+        const GIVE_BACK: &str = "redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1])\n\
+                                 if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end\n\
+                                 return 0";
         let mut pipe = redis::pipe();
         for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
-            // A window may have ended since the attempt was counted; a bare DECR would then make
-            // a count with no expiry, a lockout that never ends. Re-creating it at 1 with a
-            // window first makes the give-back land on zero instead.
-            pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(WINDOW_SECS).ignore();
-            pipe.decr(key, 1).ignore();
+            pipe.cmd("EVAL").arg(GIVE_BACK).arg(1).arg(key).arg(WINDOW_SECS).ignore();
         }
         if let Err(e) = pipe.query_async::<()>(conn).await {
             tracing::warn!(error = %e, "could not give a sign-in attempt back");

@@ -180,6 +180,80 @@ pub async fn authenticate(
     }
 }
 
+/// What a signed-in user types to change their password.
+pub struct PasswordChange<'a> {
+    pub current: &'a str,
+    pub new: &'a str,
+    pub confirm: &'a str,
+}
+
+/// Changes a signed-in user's password. The current one is checked like a sign-in, under the
+/// same throttle (a session left open on a shared computer must not become a way to guess it);
+/// the new one must meet the policy, match its confirmation and differ from the current one.
+/// Every other session of the account ends, so whoever else was signed in must sign in again;
+/// the session `keep` (the one making the change) stays. Returns how many sessions ended.
+pub async fn change_password(
+    services: &crate::Services,
+    user: &User,
+    keep: &sessions::SessionToken,
+    change: &PasswordChange<'_>,
+    client: &str,
+) -> ServiceResult<usize> {
+    // The cheap checks first: a typo in the new password costs no sign-in attempt.
+    let new = Password::parse(change.new).map_err(|e| e.in_field("new_password"))?;
+    if change.confirm != change.new {
+        return Err(ServiceError::invalid_field("confirm_password", "The two new passwords differ."));
+    }
+    let checked = authenticate(services, &user.email, change.current, client).await.map_err(|e| match e {
+        ServiceError::Invalid { .. } => {
+            ServiceError::invalid_field("current_password", "That is not your current password.")
+        }
+        other => other,
+    })?;
+    if checked.id != user.id {
+        return Err(ServiceError::Forbidden);
+    }
+    if change.new == change.current {
+        return Err(ServiceError::invalid_field("new_password", "The new password is the one you have now."));
+    }
+    let ended = store_password(&services.db, user.id, &new, Some(keep)).await?;
+    tracing::info!(user_id = user.id, sessions_ended = ended, "password changed");
+    Ok(ended)
+}
+
+/// An operator's reset (`keymeter user set-password`): sets the password of the account with
+/// this address and ends all of its sessions. Returns the account and how many sessions ended.
+pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> ServiceResult<(User, usize)> {
+    let user = find_user_by_email(db, email).await?.ok_or(ServiceError::NotFound)?;
+    let ended = store_password(db, user.id, new, None).await?;
+    tracing::info!(user_id = user.id, sessions_ended = ended, "password reset by an operator");
+    Ok((user, ended))
+}
+
+/// Stores a new password and ends the account's sessions but `keep`, in one transaction: no
+/// session signed in with the old password outlives the change.
+async fn store_password(
+    db: &DbPool,
+    user_id: i64,
+    new: &Password,
+    keep: Option<&sessions::SessionToken>,
+) -> ServiceResult<usize> {
+    use diesel_async::AsyncConnection;
+    let hash = new.hash().await?;
+    let mut conn = db::conn(db).await?;
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        Box::pin(async move {
+            let updated =
+                diesel::update(users::table.find(user_id)).set(users::password_hash.eq(hash)).execute(conn).await?;
+            if updated == 0 {
+                return Err(ServiceError::NotFound);
+            }
+            sessions::end_all_but(conn, user_id, keep).await
+        })
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

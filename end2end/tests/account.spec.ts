@@ -1,0 +1,40 @@
+import { test, expect } from '@playwright/test';
+import { cli, hydrated, signIn } from './helpers';
+
+test('a merchant changes their password from the account page; their other session ends', async ({ page, browser }) => {
+  // An account of this test's own: the demo accounts' passwords belong to the other tests.
+  const who = { email: `pw-${Date.now()}@keymeter.local`, password: 'the first password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  const other = await browser.newPage();
+  await signIn(other, who);
+  await signIn(page, who);
+
+  await page.getByTestId('account-email').click();
+  await expect(page).toHaveURL(/\/dashboard\/account$/);
+  await expect(page.getByTestId('account-address')).toHaveText(who.email);
+
+  // A wrong current password: the message is tied to that field, and nothing changes.
+  await page.getByLabel('Current password').fill('not my password');
+  await page.getByLabel('New password (at least 10 characters)').fill('the second password');
+  await page.getByLabel('New password again').fill('the second password');
+  await page.getByRole('button', { name: 'Change password' }).click();
+  await expect(page.getByTestId('password-error')).toHaveText('That is not your current password.');
+  await expect(page.getByLabel('Current password')).toHaveAccessibleDescription('That is not your current password.');
+
+  await page.getByLabel('Current password').fill(who.password);
+  await page.getByRole('button', { name: 'Change password' }).click();
+  await expect(page.getByTestId('password-changed')).toHaveText('Password changed. Your other sessions were signed out.');
+  await expect(page.getByTestId('password-error')).toHaveCount(0);
+  await expect(page.getByLabel('Current password')).toHaveValue('');
+  await expect(page.getByLabel('Current password')).not.toHaveAttribute('aria-invalid', 'true');
+
+  // The other browser is signed out at its next page; this one stays signed in.
+  await other.goto('/dashboard/developers/api-keys');
+  await expect(other).toHaveURL(/\/login\?next=/);
+  await page.goto('/dashboard/developers/api-keys');
+  await hydrated(page);
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
+
+  // Signing in again takes the new password.
+  await signIn(other, { ...who, password: 'the second password' });
+});
