@@ -550,3 +550,33 @@ async fn with_json_logs_a_startup_error_is_a_json_line() {
     assert_eq!(line["level"], "ERROR");
     assert!(line["fields"]["message"].as_str().unwrap().contains("invalid KEYMETER_LISTEN"), "{line}");
 }
+
+/// Someone forgot their password: the operator sets a new one, and every session of the
+/// account ends (a lost laptop, say, signed in).
+#[tokio::test]
+async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere() {
+    let app = TestApp::spawn().await;
+    app.user("fay@example.com", Role::Merchant).await;
+    let session = app.signed_in("fay@example.com").await;
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200);
+    let set = |email: &str| {
+        let mut cmd = keymeter(&app);
+        cmd.args(["user", "set-password", "--email", email]);
+        cmd
+    };
+
+    let r = run_with(&mut set("nobody@example.com"), Some("a new long password\n"), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("no account with the email nobody@example.com"), "{r:?}");
+    let r = run_with(&mut set("fay@example.com"), Some("short\n"), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("at least 10 characters"), "{r:?}");
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200, "a refused reset changes nothing");
+
+    let r = run_with(&mut set("Fay@Example.com"), Some("a new long password\n"), Duration::from_secs(30)).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("password set for fay@example.com; 1 session(s) signed out"), "{r:?}");
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
+    assert!(accounts::authenticate(&app.services, "fay@example.com", common::PASSWORD, "t").await.is_err());
+    assert!(accounts::authenticate(&app.services, "fay@example.com", "a new long password", "t").await.is_ok());
+}
