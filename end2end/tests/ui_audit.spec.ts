@@ -62,6 +62,7 @@ test.describe('on a phone (390x844)', () => {
       await expect(page.locator('#chart-breakdown canvas')).toHaveCount(1);
     });
     await expectFits(page, '/dashboard/notifications', () => expect(page.getByRole('heading', { level: 1, name: 'Notifications' })).toBeVisible());
+    await expectFits(page, '/dashboard/account', () => expect(page.getByTestId('password')).toBeVisible());
   });
 
   test('no admin page scrolls sideways', async ({ page }) => {

@@ -407,3 +407,15 @@ async fn refused_sign_ins_at_made_up_addresses_leave_no_counts_behind() {
     assert_eq!(count, 100, "refused attempts are given back");
     let _: () = redis("DEL", &[&client_count]).query_async(&mut conn).await.unwrap();
 }
+
+/// Sign-ins with a malformed address are failed sign-ins like any other: throttled, not an
+/// endless stream of refusals (each of which is logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_addresses_are_throttled_like_wrong_passwords() {
+    let app = TestApp::spawn().await;
+    let malformed = format!("{}-not an address", "x".repeat(200));
+    for _ in 0..5 {
+        assert_eq!(app.login(&client(), &malformed, "guess guess guess").await.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(app.login(&client(), &malformed, "guess guess guess").await.status(), StatusCode::TOO_MANY_REQUESTS);
+}

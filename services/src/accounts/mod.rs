@@ -150,10 +150,14 @@ pub async fn authenticate(
     client: &str,
 ) -> ServiceResult<User> {
     let db = &services.db;
+    // Counted before the address is even read: malformed ones are failed sign-ins too, and
+    // must not be an unthrottled way to fill the logs. Counted as the address would be stored
+    // (trimmed, lower-cased), and never longer than an address can be.
+    let counted: String = email_raw.trim().to_lowercase().chars().take(254).collect();
+    let throttle = login_throttle::LoginThrottle::new(&services.redis, &services.namespace, &counted, client);
+    throttle.begin().await?;
     // Malformed input is simply a failed sign-in: same message, nothing revealed.
     let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
-    let throttle = login_throttle::LoginThrottle::new(&services.redis, &services.namespace, email.as_str(), client);
-    throttle.begin().await?;
 
     let stored: Option<(UserRow, String)> = {
         let mut conn = db::conn(db).await?;

@@ -49,6 +49,12 @@ struct Cache {
     known: HashMap<Hash, (Instant, KeyCheck)>,
     /// Secret hash → when PostgreSQL last said no such key.
     unknown: HashMap<Hash, Instant>,
+    /// Size of `known` at which stale entries are next pruned: twice what the last prune kept.
+    /// With more live keys than the capacity (a large deployment), pruning at the capacity
+    /// would scan the whole map, under the write lock, on every insert.
+    prune_known_at: usize,
+    #[cfg(test)]
+    prunes: usize,
 }
 
 impl Cache {
@@ -65,8 +71,13 @@ impl Cache {
             self.unknown.insert(hash, at);
         } else {
             self.unknown.remove(&hash);
-            if self.known.len() >= capacity {
+            if self.known.len() >= self.prune_known_at.max(capacity) && !self.known.contains_key(&hash) {
                 self.known.retain(|_, (seen, _)| seen.elapsed() < KeyAuthenticator::STALE_IF_ERROR);
+                self.prune_known_at = self.known.len() * 2;
+                #[cfg(test)]
+                {
+                    self.prunes += 1;
+                }
             }
             self.known.insert(hash, (at, check));
         }
@@ -265,5 +276,26 @@ impl KeyAuthenticator {
                 quota_version_ms: updated_at.timestamp_millis(),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_live_keys_than_the_capacity_do_not_make_every_insert_scan_the_cache() {
+        let mut cache = Cache::default();
+        let active = KeyCheck::Revoked;
+        for i in 0..10_000u32 {
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(hash, Instant::now(), active, 100);
+            // A refresh of a key already cached scans nothing either.
+            cache.insert(hash, Instant::now(), active, 100);
+        }
+        // Nothing was stale: every key stays (they stand in for PostgreSQL during an outage).
+        assert_eq!(cache.known.len(), 10_000);
+        assert!(cache.prunes <= 8, "{} scans of the cache", cache.prunes);
     }
 }
