@@ -334,11 +334,19 @@ async fn changing_the_password_checks_the_current_one_and_signs_out_every_other_
     let res = change_password(&app, &client(), PASSWORD, new, new).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
+    let tokens = format!(
+        "SELECT encode(token_hash, 'hex') AS t FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = '{email}'"
+    );
+    let before = app.texts(&tokens).await;
+    assert_eq!(before.len(), 3);
     let res = change_password(&app, &here, PASSWORD, new, new).await;
     assert_eq!(res.status(), StatusCode::OK);
+    let after = app.texts(&tokens).await;
+    assert_eq!(after.len(), 1);
+    assert!(!before.contains(&after[0]), "this session goes on under a new token");
     // Both other sessions (the one above and the check's sign-in) ended.
     assert_eq!(res.json::<usize>().await.unwrap(), 2);
-    assert_eq!(app.rpc(&here, "keys/list", &[]).await.status(), StatusCode::OK, "this session stays");
+    assert_eq!(app.rpc(&here, "keys/list", &[]).await.status(), StatusCode::OK, "this browser stays signed in");
     assert_eq!(app.rpc(&elsewhere, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::BAD_REQUEST);
     assert!(app.login(&client(), &email, new).await.status().is_redirection());

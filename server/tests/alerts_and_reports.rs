@@ -697,9 +697,12 @@ async fn a_summary_still_waiting_in_the_outbox_when_its_owner_stops_it_is_not_se
     let recorded = format!("SELECT count(*) FROM monthly_reports WHERE user_id = {} AND email_id IS NULL", owner.id);
     assert_eq!(app.count(&recorded).await, 1, "the month stays done");
 
-    // The mail server takes mail again: other mail to the owner goes, the summary does not.
+    // The mail server takes mail again, and whatever waits is due now: other mail to the owner
+    // goes, the summary does not.
     sink.accept_recipients();
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
+    let due = format!("UPDATE outbound_emails SET next_attempt_at = now() WHERE to_address = '{email}'");
+    diesel::sql_query(due).execute(&mut conn).await.unwrap();
     let notice = services::mailer::Email {
         to: &email,
         subject: "Your key is close to its quota",
@@ -709,7 +712,12 @@ async fn a_summary_still_waiting_in_the_outbox_when_its_owner_stops_it_is_not_se
         list_unsubscribe: None,
     };
     assert!(services::mailer::enqueue(&mut conn, &notice, None).await.unwrap());
+    // The notice is sent before any bulk mail that is due; then the sender has nothing left.
     let mail = sink.wait_for(1, 20).await;
+    let due = format!(
+        "SELECT count(*) FROM outbound_emails WHERE sent_at IS NULL AND failed_at IS NULL AND to_address = '{email}'"
+    );
+    assert_eq!(app.count(&due).await, 0);
     assert_eq!(subject(&mail[0]), "Your key is close to its quota");
     assert_eq!(app.count(&unsent).await, 0);
     assert_eq!(sink.messages().len(), 1, "{:?}", sink.subjects());

@@ -378,7 +378,14 @@ async fn two_instances_making_the_same_partition_at_once_both_succeed() {
         let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
         diesel::sql_query(make).execute(&mut conn).await
     });
-    app.wait_for_lock_waits(1).await;
+    // Until the second waits for the first (not any other lock wait in the database).
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE '%km_ensure_usage_partition(''2031-01-01'')%'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.count(waiting).await < 1 {
+        assert!(std::time::Instant::now() < deadline, "the second never waited for the first");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     diesel::sql_query("COMMIT").execute(&mut first).await.unwrap();
     second.await.unwrap().expect("the second instance finds the partition made");
     let made = "SELECT count(*) FROM pg_class WHERE relname = 'api_key_usage_p20310101'";

@@ -269,11 +269,12 @@ pub async fn send_monthly_reports(services: &Services, month: Month, force: bool
             })
             .await?;
         match queued {
-            Some(email_id) => {
+            Queued::Email(email_id) => {
                 outcome.sent += 1;
                 outcome.email_ids.extend(email_id);
             }
-            None => outcome.already_sent += 1,
+            Queued::AlreadySent => outcome.already_sent += 1,
+            Queued::StoppedMeanwhile => outcome.opted_out += 1,
         }
     }
     Ok(outcome)
@@ -290,14 +291,34 @@ async fn owners_already_sent(db: &DbPool, month: Month) -> ServiceResult<HashSet
         .collect())
 }
 
-/// Records the report and queues its email, unless it was sent before (and not forced);
-/// returns whether it did, with the queued email's id.
+/// What [`queue_once`] did.
+enum Queued {
+    /// Queued (the email's id: none if an identical one was queued already).
+    Email(Option<i64>),
+    AlreadySent,
+    /// Its owner stopped the summary while the report was being built.
+    StoppedMeanwhile,
+}
+
+/// Records the report and queues its email, unless it was sent before (and not forced) or its
+/// owner has stopped the summary since the recipients were read.
 async fn queue_once(
     conn: &mut AsyncPgConnection,
     report: &OwnerReport,
     message: &ReportMessage,
     force: bool,
-) -> ServiceResult<Option<Option<i64>>> {
+) -> ServiceResult<Queued> {
+    // Read under a row lock: a stop that comes now waits for this transaction, and then
+    // withdraws what it queued (`email_preferences::set_monthly_summary`).
+    let on: bool = crate::schema::users::table
+        .find(report.owner_id)
+        .select(crate::schema::users::monthly_summary)
+        .for_share()
+        .get_result(conn)
+        .await?;
+    if !on {
+        return Ok(Queued::StoppedMeanwhile);
+    }
     let first = report.month.first_day();
     // Waits for a concurrent run's insert to commit, then sees the conflict.
     let inserted = diesel::insert_into(monthly_reports::table)
@@ -314,7 +335,7 @@ async fn queue_once(
             .get_result(conn)
             .await?
     } else {
-        return Ok(None);
+        return Ok(Queued::AlreadySent);
     };
     let attachment = Attachment {
         filename: format!("keymeter-usage-{}.csv", report.month),
@@ -335,7 +356,7 @@ async fn queue_once(
         .set(monthly_reports::email_id.eq(id))
         .execute(conn)
         .await?;
-    Ok(Some(id))
+    Ok(Queued::Email(id))
 }
 
 fn p95(t: &UsageTotals) -> String {

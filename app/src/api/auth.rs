@@ -113,7 +113,8 @@ pub async fn logout() -> Result<(), AppError> {
 }
 
 /// Changes the signed-in user's password (the current one is checked like a sign-in); every
-/// other session of the account ends. Returns how many did.
+/// other session of the account ends, and this one goes on under a new cookie. Returns how
+/// many other sessions ended.
 #[server(prefix = "/rpc", endpoint = "auth/password")]
 pub async fn change_password(
     current_password: TypedPassword,
@@ -124,11 +125,14 @@ pub async fn change_password(
     use services::accounts::{self, PasswordChange};
 
     let services = session::services()?;
-    let user = session::require_user(&services).await?;
+    // The request's context is read before the first await.
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
     let client = session::client_address(&services);
+    let user = session::require_user(&services).await?;
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
-    Ok(accounts::change_password(&services, &user, &token, &change, &client).await?)
+    let (ended, session) = accounts::change_password(&services, &user, &token, &change, &client).await?;
+    session::set_session_cookie(&session);
+    Ok(ended)
 }
 
 #[server(prefix = "/rpc", endpoint = "auth/me")]

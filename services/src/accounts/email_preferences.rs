@@ -50,10 +50,10 @@ pub async fn set_monthly_summary(db: &DbPool, user_id: i64, on: bool) -> Service
 /// Takes the owner's summaries that are still waiting in the outbox (the mail server was down
 /// when they were due, say) out of it: stopped means no further summary, not one more. The
 /// month stays recorded as done, so turning the summary on again does not bring it back. One
-/// being sent at this very moment still goes.
+/// being sent at this very moment still goes; given-up ones stay on the admins' mail page.
 async fn withdraw_unsent_summaries(conn: &mut AsyncPgConnection, user_id: i64) -> ServiceResult<()> {
     let withdrawn = diesel::sql_query(
-        "DELETE FROM outbound_emails WHERE sent_at IS NULL \
+        "DELETE FROM outbound_emails WHERE sent_at IS NULL AND failed_at IS NULL \
          AND id IN (SELECT email_id FROM monthly_reports WHERE user_id = $1)",
     )
     .bind::<diesel::sql_types::BigInt, _>(user_id)

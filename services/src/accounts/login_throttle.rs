@@ -78,18 +78,22 @@ impl<'a> LoginThrottle<'a> {
             tracing::warn!("login throttle skipped: Redis unavailable");
             return Ok(());
         };
-        // Separate keys (separate cluster slots): each step is atomic on its own. `SET … NX EX`
-        // starts a window only if none runs, and INCR keeps the expiry it finds.
+        // One script per count (separate keys, separate cluster slots), each atomic: a window
+        // starts only if none runs, and the count never lacks its expiry, even when a give-back
+        // deleted the key between two steps of another attempt.
+        const COUNT: &str = "redis.call('SET', KEYS[1], 0, 'NX', 'EX', ARGV[1])\n\
+                             local n = redis.call('INCR', KEYS[1])\n\
+                             local ttl = redis.call('TTL', KEYS[1])\n\
+                             if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) ttl = tonumber(ARGV[1]) end\n\
+                             return {n, ttl}";
         let mut pipe = redis::pipe();
         for (key, _) in &self.counts {
-            pipe.cmd("SET").arg(key).arg(0).arg("NX").arg("EX").arg(WINDOW_SECS).ignore();
-            pipe.incr(key, 1);
+            pipe.cmd("EVAL").arg(COUNT).arg(1).arg(key).arg(WINDOW_SECS);
         }
-        for (key, _) in &self.counts {
-            pipe.ttl(key);
-        }
-        let result: redis::RedisResult<(i64, i64, i64, i64, i64, i64)> = pipe.query_async(&mut conn).await;
-        let Ok((pair, email, client, pair_ttl, email_ttl, client_ttl)) = result else {
+        // (count, seconds left in its window) of each.
+        type Counted = (i64, i64);
+        let result: redis::RedisResult<(Counted, Counted, Counted)> = pipe.query_async(&mut conn).await;
+        let Ok(((pair, pair_ttl), (email, email_ttl), (client, client_ttl))) = result else {
             tracing::warn!("login throttle skipped: Redis error");
             return Ok(());
         };

@@ -194,15 +194,16 @@ pub struct PasswordChange<'a> {
 /// Changes a signed-in user's password. The current one is checked like a sign-in, under the
 /// same throttle (a session left open on a shared computer must not become a way to guess it);
 /// the new one must meet the policy, match its confirmation and differ from the current one.
-/// Every other session of the account ends, so whoever else was signed in must sign in again;
-/// the session `keep` (the one making the change) stays. Returns how many sessions ended.
+/// Every session of the account ends, so whoever else was signed in must sign in again; the one
+/// making the change goes on under a new token (whoever might hold the old cookie is out too).
+/// Returns how many other sessions ended, and the new session.
 pub async fn change_password(
     services: &crate::Services,
     user: &User,
-    keep: &sessions::SessionToken,
+    current: &sessions::SessionToken,
     change: &PasswordChange<'_>,
     client: &str,
-) -> ServiceResult<usize> {
+) -> ServiceResult<(usize, sessions::SessionToken)> {
     // The cheap checks first: a typo in the new password costs no sign-in attempt.
     let new = Password::parse(change.new).map_err(|e| e.in_field("new_password"))?;
     if change.confirm != change.new {
@@ -220,9 +221,10 @@ pub async fn change_password(
     if change.new == change.current {
         return Err(ServiceError::invalid_field("new_password", "The new password is the one you have now."));
     }
-    let ended = store_password(&services.db, user.id, &new, Some(keep)).await?;
-    tracing::info!(user_id = user.id, sessions_ended = ended, "password changed");
-    Ok(ended)
+    let ended = store_password(&services.db, user.id, &new, Some(current)).await?;
+    let session = sessions::create(&services.db, user.id).await?;
+    tracing::info!(user_id = user.id, other_sessions_ended = ended, "password changed");
+    Ok((ended, session))
 }
 
 /// An operator's reset (`keymeter user set-password`): sets the password of the account with
@@ -234,13 +236,14 @@ pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> Servi
     Ok((user, ended))
 }
 
-/// Stores a new password and ends the account's sessions but `keep`, in one transaction: no
-/// session signed in with the old password outlives the change.
+/// Stores a new password and ends the account's sessions, in one transaction: no session signed
+/// in with the old password outlives the change. Returns how many live sessions but `current`
+/// ended.
 async fn store_password(
     db: &DbPool,
     user_id: i64,
     new: &Password,
-    keep: Option<&sessions::SessionToken>,
+    current: Option<&sessions::SessionToken>,
 ) -> ServiceResult<usize> {
     use diesel_async::AsyncConnection;
     let hash = new.hash().await?;
@@ -252,7 +255,7 @@ async fn store_password(
             if updated == 0 {
                 return Err(ServiceError::NotFound);
             }
-            sessions::end_all_but(conn, user_id, keep).await
+            sessions::end_all(conn, user_id, current).await
         })
     })
     .await

@@ -125,23 +125,26 @@ pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Ends every session of the account except `keep` (a password change), also in this
-/// instance's outage stand-in; returns how many ended. (Other instances' stand-ins are only read
-/// while PostgreSQL is unreachable, and only for their first 15 minutes.)
-pub(crate) async fn end_all_but(
+/// Ends every session of the account (a new password), `current` included, also in this
+/// instance's outage stand-in; returns how many live sessions other than `current` ended.
+/// (Other instances' stand-ins are only read while PostgreSQL is unreachable, and only for
+/// their first 15 minutes.)
+pub(crate) async fn end_all(
     conn: &mut diesel_async::AsyncPgConnection,
     user_id: i64,
-    keep: Option<&SessionToken>,
+    current: Option<&SessionToken>,
 ) -> ServiceResult<usize> {
-    let kept = keep.map(SessionToken::hash).unwrap_or_default();
-    let ended =
-        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::token_hash.ne(&kept)))
-            .execute(conn)
+    let current = current.map(SessionToken::hash).unwrap_or_default();
+    let ended: Vec<(Vec<u8>, chrono::DateTime<Utc>)> =
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)))
+            .returning((sessions::token_hash, sessions::expires_at))
+            .get_results(conn)
             .await?;
     if let Ok(mut cache) = recently_confirmed().lock() {
-        cache.retain(|hash, (_, user)| user.id != user_id || *hash == kept);
+        cache.retain(|_, (_, user)| user.id != user_id);
     }
-    Ok(ended)
+    let now = Utc::now();
+    Ok(ended.iter().filter(|(hash, expires)| *hash != current && *expires > now).count())
 }
 
 #[cfg(test)]

@@ -466,15 +466,18 @@ impl QuotaManager {
             Script::new(
                 r"
 local stored = tonumber(redis.call('HGET', KEYS[1], 'qv'))
-if stored and stored >= tonumber(ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], 'hl', ARGV[1], 'dl', ARGV[2], 'br', ARGV[3], 'qv', ARGV[4])
+local written = 0
+if not (stored and stored >= tonumber(ARGV[4])) then
+  redis.call('HSET', KEYS[1], 'hl', ARGV[1], 'dl', ARGV[2], 'br', ARGV[3], 'qv', ARGV[4])
+  written = 1
+end
 -- A key with no traffic yet has no expiry here (the check script sets it when counting): the
 -- same as that one, a little past the day, or an idle key's limits would stay for good.
-if redis.call('PTTL', KEYS[1]) < 0 then
+if redis.call('PTTL', KEYS[1]) == -1 then
   local now = tonumber(redis.call('TIME')[1])
   redis.call('EXPIRE', KEYS[1], now - now % 86400 + 86400 + 3600 - now)
 end
-return 1
+return written
 ",
             )
         });
