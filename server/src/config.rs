@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use services::keys::{FailMode, FailurePolicy, QuotaLimit};
 
+use crate::http_server::ConnectionLimits;
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}: {reason}")]
 pub struct ConfigError {
@@ -71,6 +73,9 @@ pub struct Config {
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
     pub quota_failure: FailurePolicy,
+    /// `KEYMETER_MAX_CONNECTIONS` (client connections served at once, default 10,000) and
+    /// `KEYMETER_CLIENT_TIMEOUT_SECS` (default 60): see [`ConnectionLimits`].
+    pub connection_limits: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -100,6 +105,7 @@ impl std::fmt::Debug for Config {
             log_filter,
             empty_vars,
             quota_failure,
+            connection_limits,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -125,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("log_filter", log_filter)
             .field("empty_vars", empty_vars)
             .field("quota_failure", quota_failure)
+            .field("connection_limits", connection_limits)
             .finish()
     }
 }
@@ -146,7 +153,7 @@ pub const DEFAULT_LOG_FILTER: &str = "info,tower_http=warn";
 
 /// Every environment variable keymeter reads (README's configuration table lists the same;
 /// a test holds both to it).
-pub const VARIABLES: [&str; 26] = [
+pub const VARIABLES: [&str; 28] = [
     "DATABASE_URL",
     "REDIS_URL",
     "KEYMETER_REDIS_CLUSTER",
@@ -168,6 +175,8 @@ pub const VARIABLES: [&str; 26] = [
     "KEYMETER_QUOTA_FAIL_MODE",
     "KEYMETER_INSTANCES",
     "KEYMETER_TRUSTED_PROXIES",
+    "KEYMETER_MAX_CONNECTIONS",
+    "KEYMETER_CLIENT_TIMEOUT_SECS",
     "KEYMETER_DEMO_TRAFFIC",
     "KEYMETER_DEMO_TRAFFIC_KEY_FILE",
     "KEYMETER_BENCH_ROUTES",
@@ -301,6 +310,24 @@ impl Config {
                 instances: parse_bounded(&lookup, "KEYMETER_INSTANCES", 1u32, 10_000)?,
             },
             bench_routes: parse_bool(&lookup, "KEYMETER_BENCH_ROUTES", false)?,
+            connection_limits: {
+                let default = ConnectionLimits::default();
+                ConnectionLimits {
+                    max_connections: parse_bounded(
+                        &lookup,
+                        "KEYMETER_MAX_CONNECTIONS",
+                        default.max_connections,
+                        1_000_000,
+                    )?,
+                    // Beyond an hour a stuck client is not told apart from a slow one.
+                    client_timeout: Duration::from_secs(parse_bounded(
+                        &lookup,
+                        "KEYMETER_CLIENT_TIMEOUT_SECS",
+                        default.client_timeout.as_secs(),
+                        3_600,
+                    )?),
+                }
+            },
             trusted_proxies: match lookup("KEYMETER_TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(list) => list
@@ -530,6 +557,15 @@ mod tests {
                 assert!(!err.to_string().contains("-1 "), "{err}");
             }
         }
+        let limits = with(&[]).unwrap().connection_limits;
+        assert_eq!((limits.max_connections, limits.client_timeout.as_secs()), (10_000, 60));
+        let limits = with(&[("KEYMETER_MAX_CONNECTIONS", "64"), ("KEYMETER_CLIENT_TIMEOUT_SECS", "5")])
+            .unwrap()
+            .connection_limits;
+        assert_eq!((limits.max_connections, limits.client_timeout), (64, Duration::from_secs(5)));
+        for var in ["KEYMETER_MAX_CONNECTIONS", "KEYMETER_CLIENT_TIMEOUT_SECS"] {
+            assert_eq!(with(&[(var, "0")]).unwrap_err().var, var);
+        }
         let max = with(&[("KEYMETER_MAX_PER_HOUR", "1000000000000")]).unwrap().quota_maximum;
         assert_eq!(max.per_hour, QuotaLimit::MAX);
         // Refused, not quietly clamped: an operator who asks for more than is possible is told.
@@ -537,6 +573,8 @@ mod tests {
             ("KEYMETER_INSTANCES", "10001", "10000"),
             ("KEYMETER_USAGE_RETENTION_DAYS", "36501", "36500"),
             ("KEYMETER_REDIS_TIMEOUT_MS", "60001", "60000"),
+            ("KEYMETER_MAX_CONNECTIONS", "1000001", "1000000"),
+            ("KEYMETER_CLIENT_TIMEOUT_SECS", "3601", "3600"),
         ] {
             let err = with(&[(var, bad)]).unwrap_err();
             assert_eq!(err.var, var);

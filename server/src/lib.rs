@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod demo_traffic;
 pub mod error;
+pub mod http_server;
 pub mod middleware;
 pub mod routes;
 pub mod startup;

@@ -22,6 +22,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{redact_url, Config};
+use crate::http_server::{self, ConnectionLimits};
 use crate::routes;
 
 /// State of the axum router: the domain services and Leptos' options.
@@ -174,6 +175,7 @@ pub struct Application {
     /// and a pooled connection belongs to the runtime that opened it.
     writer_pools: (services::db::DbPool, services::redis_pool::RedisPool),
     retention_days: u32,
+    connection_limits: ConnectionLimits,
     demo_secret: Option<String>,
     mailer: Option<Mailer>,
 }
@@ -207,6 +209,11 @@ impl Application {
                 services::redis_pool::pool_with(&config.redis_url, 2, config.redis_cluster)?,
             ),
             retention_days: config.usage_retention_days,
+            // Descriptors kept for everything but clients: the pools (the writer's two of each
+            // included), the listener, mail, logs, the runtime's own.
+            connection_limits: config
+                .connection_limits
+                .fitting_file_limit(config.db_pool_size + config.redis_pool_size + 4 + 64),
             mailer: Some(Mailer::with_smtp_ca(
                 config.smtp_url.as_deref(),
                 config.smtp_ca_file.as_deref(),
@@ -289,11 +296,8 @@ impl Application {
             shutdown.await;
             let _ = closing.send(true);
         };
-        let app = self
-            .router
-            .layer(axum::Extension(Closing(closing_seen)))
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let app = self.router.layer(axum::Extension(Closing(closing_seen)));
+        let served = http_server::serve(self.listener, app, self.connection_limits, shutdown).await;
         // Its last request (at most a few hundred ms) is recorded before the recorder closes.
         if let Some(demo) = demo {
             if tokio::time::timeout(Duration::from_secs(15), demo).await.is_err() {

@@ -1,0 +1,164 @@
+//! Client connections as the server limits them: slow or silent clients are let go, and the
+//! number served at once is capped (without this, half-sent requests held an instance until it
+//! ran out of file descriptors and stopped accepting anyone).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A server whose clients get one second.
+async fn impatient_app(extra: &[(&'static str, String)]) -> TestApp {
+    let mut settings = vec![("KEYMETER_CLIENT_TIMEOUT_SECS", "1".to_owned())];
+    settings.extend_from_slice(extra);
+    TestApp::spawn_with(&settings).await
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.base.trim_start_matches("http://")).await.expect("connect")
+}
+
+/// Reads until the server closes the connection (end of stream or a reset) and returns how long
+/// that took and what was received; fails the test if it is still open after `limit`.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Duration, String) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buf)).await {
+            Err(_) => panic!("still open after {limit:?}; received {:?}", String::from_utf8_lossy(&received)),
+            Ok(Ok(0)) | Ok(Err(_)) => return (started.elapsed(), String::from_utf8_lossy(&received).into_owned()),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One request on an open connection; returns the response's head (up to its blank line).
+async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert_eq!(n, 1, "closed mid-answer: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("ASCII head");
+    // /healthz answers a short body with a length: read it so the next answer starts clean.
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("body");
+    head
+}
+
+const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: keymeter\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_headers_never_finish_is_closed() {
+    let app = impatient_app(&[]).await;
+    let mut stalled = connect(&app).await;
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: keymeter\r\n").await.unwrap();
+    let (took, _) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
+
+    // Headers sent a byte at a time, each well within the timeout, still have to be complete
+    // within it: moving bytes does not keep a request's head open.
+    let mut dripping = connect(&app).await;
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 64].iter()) {
+        if dripping.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A closed connection shows up on the next read as the end of the stream.
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), dripping.read(&mut probe)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a dripped request head was still open after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(4), "closed after {:?}", started.elapsed());
+
+    // The server itself is fine.
+    let mut fresh = connect(&app).await;
+    assert!(exchange(&mut fresh, HEALTH).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_stays() {
+    let app = impatient_app(&[]).await;
+    let mut idle = connect(&app).await;
+    assert!(exchange(&mut idle, HEALTH).await.starts_with("HTTP/1.1 200"));
+    let (took, rest) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
+    assert_eq!(rest, "", "nothing is sent on closing an idle connection");
+
+    // Requests every 400 ms keep one connection for three times the timeout.
+    let mut busy = connect(&app).await;
+    for round in 0..8 {
+        let head = exchange(&mut busy, HEALTH).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}
+
+/// A request body that stops arriving: the connection is dropped, and the metered call is
+/// stored as the client's hang-up (499), since its quota was counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_arriving_is_dropped_and_stored_as_a_hang_up() {
+    let app = impatient_app(&[]).await;
+    let (secret, id) = app.key_with_quota(100, 1000).await;
+    let mut stalled = connect(&app).await;
+    let head = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&[b'x'; 100]).await.unwrap();
+    let (took, received) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
+    assert_eq!(received, "", "no answer to a request that never arrived");
+    assert_eq!(app.wait_for_events(id, 1).await, 1);
+    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
+    assert_eq!(app.count(&hang_ups).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let app = TestApp::spawn_with(&[("KEYMETER_MAX_CONNECTIONS", "2".to_owned())]).await;
+    let mut first = connect(&app).await;
+    assert!(exchange(&mut first, HEALTH).await.starts_with("HTTP/1.1 200"));
+    let mut second = connect(&app).await;
+    assert!(exchange(&mut second, HEALTH).await.starts_with("HTTP/1.1 200"));
+
+    // The kernel completes the third handshake, but the server does not take the connection
+    // while both slots are held.
+    let mut third = connect(&app).await;
+    third.write_all(HEALTH.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_secs(1), third.read(&mut buf)).await;
+    assert!(early.is_err(), "answered beyond the cap: {early:?}");
+
+    // A slot frees when a client leaves; the waiting request is then answered.
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("answered once a slot was free")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    // The connection that held its slot all along still works.
+    assert!(exchange(&mut second, HEALTH).await.starts_with("HTTP/1.1 200"));
+}
