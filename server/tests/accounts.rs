@@ -352,6 +352,52 @@ async fn changing_the_password_checks_the_current_one_and_signs_out_every_other_
     assert!(app.login(&client(), &email, new).await.status().is_redirection());
 }
 
+/// Without JavaScript the password form posts straight to its server function: a change comes
+/// back to the account page saying it was made (and a refusal with its message, as every form).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_without_javascript_is_confirmed_on_the_account_page() {
+    let app = TestApp::spawn().await;
+    let email = format!("gus-{}@example.com", app.db_name);
+    app.user(&email, Role::Merchant).await;
+    let browser = app.signed_in(&email).await;
+    let _elsewhere = app.signed_in(&email).await;
+    let account = app.url("/dashboard/account");
+    let new = "a brand new passphrase";
+    let post = |current: &'static str| {
+        browser
+            .post(app.url("/rpc/auth/password"))
+            .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")
+            .header("origin", &app.base)
+            .header("referer", &account)
+            .form(&[("current_password", current), ("new_password", new), ("confirm_password", new)])
+            .send()
+    };
+    let page_text = |location: String| {
+        let browser = browser.clone();
+        let url = if location.starts_with('/') { app.url(&location) } else { location };
+        async move {
+            let page = browser.get(url).header("accept", "text/html").send().await.unwrap();
+            assert_eq!(page.status(), StatusCode::OK);
+            page.text().await.unwrap()
+        }
+    };
+
+    let refused = post("not the password").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FOUND);
+    let html = page_text(refused.headers()["location"].to_str().unwrap().to_owned()).await;
+    assert!(html.contains("That is not your current password."), "{html}");
+    assert!(!html.contains("Password changed"), "{html}");
+
+    let changed = post(PASSWORD).await.unwrap();
+    assert_eq!(changed.status(), StatusCode::FOUND);
+    let location = changed.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, "/dashboard/account?password_changed=1", "one other session ended");
+    // The browser that changed it follows the redirect under its new session.
+    let html = page_text(location).await;
+    assert!(html.contains("Password changed. Your other sessions were signed out."), "{html}");
+    assert!(app.login(&client(), &email, new).await.status().is_redirection());
+}
+
 /// Checking the current password counts as a sign-in attempt: a session left open cannot be
 /// used to guess it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

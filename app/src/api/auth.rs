@@ -115,6 +115,10 @@ pub async fn logout() -> Result<(), AppError> {
 /// Changes the signed-in user's password (the current one is checked like a sign-in); every
 /// other session of the account ends, and this one goes on under a new cookie. Returns how
 /// many other sessions ended.
+/// The account page's query parameter that confirms a password change made without
+/// JavaScript: how many other sessions ended.
+pub const PASSWORD_CHANGED: &str = "password_changed";
+
 #[server(prefix = "/rpc", endpoint = "auth/password")]
 pub async fn change_password(
     current_password: TypedPassword,
@@ -128,10 +132,15 @@ pub async fn change_password(
     // The request's context is read before the first await.
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
     let client = session::client_address(&services);
+    let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
     let (ended, session) = accounts::change_password(&services, &user, &token, &change, &client).await?;
     session::set_session_cookie(&session);
+    if plain_form {
+        // Without JavaScript the page is loaded anew: the address carries the confirmation.
+        leptos_axum::redirect(&format!("/dashboard/account?{PASSWORD_CHANGED}={ended}"));
+    }
     Ok(ended)
 }
 

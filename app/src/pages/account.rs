@@ -1,10 +1,11 @@
 //! `/dashboard/account`: the signed-in account, and changing its password.
 
 use leptos::prelude::*;
+use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
 use super::layout::PageTitle;
-use crate::api::{whoami, ChangePassword};
+use crate::api::{whoami, ChangePassword, PASSWORD_CHANGED};
 use crate::render_memo::once_per_render;
 
 #[component]
@@ -42,7 +43,11 @@ fn PasswordCard() -> impl IntoView {
             }
         }
     });
-    let done = move || match action.value().get() {
+    // Without JavaScript the change comes back as a new load of this page, saying so in its
+    // address.
+    let query = use_query_map();
+    let changed_without_script = move || query.read().get(PASSWORD_CHANGED).and_then(|n| n.parse::<usize>().ok());
+    let done = move || match action.value().get().or_else(|| changed_without_script().map(Ok)) {
         Some(Ok(0)) => "Password changed.",
         Some(Ok(_)) => "Password changed. Your other sessions were signed out.",
         _ => "",
