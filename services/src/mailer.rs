@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::scoped_futures::ScopedFutureExt;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -618,20 +619,33 @@ impl Mailer {
         only: Option<(&[i64], Instant)>,
     ) -> ServiceResult<Option<(i64, Result<(), FailedSend>)>> {
         let mut conn = db::conn(db).await?;
-        let Some(m) = claim(&mut conn, only.map(|(ids, _)| ids)).await? else { return Ok(None) };
-        let files: Vec<Attachment> = outbound_email_attachments::table
-            .filter(outbound_email_attachments::email_id.eq(m.id))
-            .order(outbound_email_attachments::id)
-            .select((
-                outbound_email_attachments::filename,
-                outbound_email_attachments::content_type,
-                outbound_email_attachments::content,
-            ))
-            .load::<(String, String, Vec<u8>)>(&mut conn)
-            .await?
-            .into_iter()
-            .map(|(filename, content_type, content)| Attachment { filename, content_type, content })
-            .collect();
+        let ids = only.map(|(ids, _)| ids);
+        // The attachments are read under the claim's row lock: a withdrawal (the owner stopping
+        // the monthly summary) deletes them with the message, and waits for this transaction
+        // rather than leaving a message claimed here to go without its CSV.
+        let claimed = conn
+            .transaction(|conn| {
+                async move {
+                    let Some(m) = claim(conn, ids).await? else { return Ok::<_, ServiceError>(None) };
+                    let files: Vec<Attachment> = outbound_email_attachments::table
+                        .filter(outbound_email_attachments::email_id.eq(m.id))
+                        .order(outbound_email_attachments::id)
+                        .select((
+                            outbound_email_attachments::filename,
+                            outbound_email_attachments::content_type,
+                            outbound_email_attachments::content,
+                        ))
+                        .load::<(String, String, Vec<u8>)>(conn)
+                        .await?
+                        .into_iter()
+                        .map(|(filename, content_type, content)| Attachment { filename, content_type, content })
+                        .collect();
+                    Ok(Some((m, files)))
+                }
+                .scope_boxed()
+            })
+            .await?;
+        let Some((m, files)) = claimed else { return Ok(None) };
         let limit = only.map_or(SEND_TIMEOUT, |(_, d)| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
         let result = match tokio::time::timeout(limit, self.send(&m, &files)).await {
             Ok(result) => result,
