@@ -23,7 +23,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{redact_url, Config};
 use crate::http_server::{self, ConnectionLimits};
-use crate::routes;
+use crate::{middleware, routes};
 
 /// State of the axum router: the domain services and Leptos' options.
 #[derive(Clone)]
@@ -134,11 +134,12 @@ pub fn router(config: &Config, services: Services) -> Router {
         .fallback_service(ServeDir::new(config.site_root.join("pkg")).precompressed_gzip())
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")));
 
+    let access_log = || axum::middleware::from_fn(middleware::access_log::log_request);
+    // The metered API and the health probes are not in the access log (see its module).
     let mut api = Router::new()
         .nest("/api/v1", routes::api_v1::router(services.clone()))
         .merge(routes::health::router())
-        .merge(routes::unsubscribe::router())
-        .merge(routes::usage::router());
+        .merge(Router::new().merge(routes::unsubscribe::router()).merge(routes::usage::router()).layer(access_log()));
     if config.bench_routes {
         api = api.merge(routes::bench::router());
     }
@@ -155,6 +156,7 @@ pub fn router(config: &Config, services: Services) -> Router {
         // Pages and server functions answer with one account's data (a new key's secret, once):
         // nothing of them is kept in a cache.
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(access_log())
         .with_state(state);
     let app = api.with_state(services).nest("/pkg", pkg).merge(pages);
     // No page may be framed by another site (clickjacking), nothing is sniffed into another

@@ -523,6 +523,63 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(line.contains("INFO"), "{line:?}");
 }
 
+/// The access log: a line per page, server function and link, by route template (a link's
+/// token stays out of it); metered calls and health probes are not in it.
+#[tokio::test]
+async fn the_access_log_has_a_line_per_page_request_by_route_and_none_per_metered_call() {
+    let app = TestApp::spawn_without_mailer().await;
+    let mut serve = keymeter(&app);
+    serve.arg("serve").env("KEYMETER_LOG_FORMAT", "json").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = serve.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = line.expect("a log line within 30 s").unwrap().expect("the server is still running");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let base = loop {
+        let line = next_line().await;
+        if line["fields"]["message"] == "keymeter listening" {
+            break format!("http://{}", line["fields"]["address"].as_str().unwrap());
+        }
+    };
+    let http = common::client();
+    let token = uuid::Uuid::new_v4().to_string();
+    assert_eq!(http.get(format!("{base}/api/v1/ping")).bearer_auth("km_live_nope").send().await.unwrap().status(), 401);
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{base}/login")).send().await.unwrap().status(), 200);
+    let link = http.get(format!("{base}/email/unsubscribe/{token}")).send().await.unwrap().status();
+    let signin = http
+        .post(format!("{base}/rpc/auth/login"))
+        .header("origin", &base)
+        .form(&[("email", "nobody@example.com"), ("password", "not a password")])
+        .send()
+        .await
+        .unwrap()
+        .status();
+
+    let mut access = Vec::new();
+    while access.len() < 3 {
+        let line = next_line().await;
+        assert!(!line.to_string().contains(&token), "a link's token in the log: {line}");
+        if line["target"] == "keymeter::access" {
+            let fields = &line["fields"];
+            assert!(fields["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{line}");
+            access.push((fields["method"].clone(), fields["route"].clone(), fields["status"].clone()));
+        }
+    }
+    child.kill().await.unwrap();
+    use serde_json::json;
+    assert_eq!(
+        access,
+        [
+            (json!("GET"), json!("/login"), json!(200)),
+            (json!("GET"), json!("/email/unsubscribe/{token}"), json!(link.as_u16())),
+            (json!("POST"), json!("/rpc/auth/login"), json!(signin.as_u16())),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn version_and_the_roles_in_help() {
     let app = TestApp::spawn_without_mailer().await;

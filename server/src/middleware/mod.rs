@@ -1,5 +1,6 @@
-//! Tower middleware of the metered API.
+//! Tower middleware: the metered API's (key check, usage tracking), and the access log.
 
+pub mod access_log;
 pub mod api_key_auth;
 pub mod api_usage_tracker;
 mod counting_body;
