@@ -33,6 +33,18 @@ prune_build_dirs() {
     [ -d "$dir" ] || continue
     find "$dir" -maxdepth 4 -path '*/deps/*' -type f -perm -u+x ! -name '*.so' ! -name '*.rlib' \
       -mtime +0 -delete 2>/dev/null || true
+    # Each change of a crate links a new test binary (~400 MB each) beside the old ones: 30 GB of
+    # superseded ones in one session filled the disk. Only the newest of each name is kept
+    # (cargo links an older one again if its sources ever come back), three of `keymeter` (the
+    # server, its library's tests and its binary's tests share the name).
+    local deps
+    for deps in "$dir"/*/deps; do
+      [ -d "$deps" ] || continue
+      find "$deps" -maxdepth 1 -type f -perm -u+x ! -name '*.so' ! -name '*.rlib' ! -name '*.d' \
+        -printf '%T@ %f\n' 2>/dev/null | sort -rn |
+        awk '{name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++ >= (name == "keymeter" ? 3 : 1)) print $2}' |
+        while read -r old; do rm -f "$deps/$old"; done
+    done
     find "$dir" -mindepth 3 -maxdepth 3 -path '*/incremental/*' -type d -mtime +0 \
       -exec rm -rf {} + 2>/dev/null || true
     # A busy day fills the disk within the day (30 GB of incremental caches in session 16, and a

@@ -1,35 +1,49 @@
 //! The HTTP server: accepts client connections and serves the app on each, within limits that
-//! keep a crowd of slow or idle clients from holding the instance (`axum::serve` has none: a
-//! half-sent request or a silent connection stays open for good, and at the open-file limit
-//! the instance stops accepting anyone, its load balancer's health checks included).
+//! keep slow, silent or half-finished clients from holding the instance (`axum::serve` has
+//! none: a half-sent request stayed open for good, and at the open-file limit the instance
+//! stopped accepting anyone, its load balancer's health checks included).
 //!
-//! - At most `max_connections` at once; beyond that, new ones wait in the kernel's backlog.
-//! - A request's headers must arrive within `client_timeout` of the connection being ready
-//!   for one, which also closes a keep-alive connection idle that long (hyper's header timer
-//!   runs while it waits for the next request).
-//! - A connection on which nothing moves either way for `client_timeout` (a stalled request
-//!   body, a client that stopped reading its response) is dropped. Every response of this app
-//!   sends something well within a minute: the live stream a keep-alive every 15 s, pages
-//!   within their 30 s deadline, `/api/v1/delay` at most 10 s.
+//! With `T` the client timeout:
+//! - a request's head must arrive within `T` (hyper's header timer, which also closes a
+//!   keep-alive connection idle for `T`: it runs while hyper waits for the next request);
+//! - a request's body must arrive in full within `T` of its head;
+//! - a connection waiting on its client (a body that stopped arriving, a response the client
+//!   stopped reading) with nothing moving for `T` is dropped. Time the server itself takes (a
+//!   slow page, a quiet live stream) never counts against the client;
+//! - at most `max_connections` at once; beyond that, new ones wait in the listen backlog;
+//! - on shutdown, connections without a request in progress close at once (half-sent heads
+//!   included), the rest may finish within [`DRAIN`], and are then dropped. A metered call cut
+//!   short this way is stored as a 499, like any the client gave up on.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
 use axum::Router;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+/// How long requests in progress may take to finish once shutdown begins.
+pub const DRAIN: Duration = Duration::from_secs(15);
+
+/// Connections the kernel holds for us while every slot is taken (the default, 128, overflowed
+/// with a few hundred clients waiting: their handshakes were retried a second later).
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// The limits on client connections (`KEYMETER_MAX_CONNECTIONS`, `KEYMETER_CLIENT_TIMEOUT_SECS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +60,14 @@ impl Default for ConnectionLimits {
 
 impl ConnectionLimits {
     /// The cap that fits the process' open-file limit, keeping `reserved` descriptors for
-    /// everything else (pools, the listener, mail, logs): past the limit, `accept` fails and
-    /// the pools cannot reconnect either.
+    /// everything else (pools, the listener, mail, logs) and one more per connection for a file
+    /// it may be sending (the browser bundle): past the limit `accept` fails, and so does every
+    /// static file and reconnecting pool.
     pub fn fitting_file_limit(self, reserved: usize) -> Self {
         let Some(limit) = raise_open_file_limit() else {
             return self;
         };
-        let fits = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(reserved).max(1);
+        let fits = (usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(reserved) / 2).max(1);
         if self.max_connections > fits {
             tracing::warn!(
                 configured = self.max_connections,
@@ -88,29 +103,42 @@ fn raise_open_file_limit() -> Option<u64> {
     None
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for the
-/// connections to finish their requests in flight (idle ones close at once).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: ConnectionLimits,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> io::Result<()> {
+/// A listener on `address` with a backlog long enough for clients waiting on a full server.
+pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    // A restarted server binds again at once, past its predecessor's connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// What the accept loop tells the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown has begun: finish the request in progress, then close.
+    Draining,
+    /// The drain took too long: close now.
+    Closing,
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
+/// requests in progress finish (see the module's notes).
+pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.client_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut full_since: Option<Instant> = None;
-    let mut accept_errors = Throttled::default();
+    let (phase, phase_seen) = watch::channel(Phase::Serving);
+    let mut full_warned: Option<Instant> = None;
+    let mut accept_warned: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                // Not accepting is the gentlest refusal: the clients wait in the backlog (or
-                // their connect times out) instead of being reset.
-                if full_since.is_none_or(|since| since.elapsed() >= Duration::from_secs(60)) {
-                    full_since = Some(Instant::now());
+                // Not accepting is the gentlest refusal: clients wait in the backlog (or their
+                // connect times out) instead of being reset.
+                if once_a_minute(&mut full_warned) {
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         "every connection slot is taken: new connections wait until one closes"
@@ -128,7 +156,9 @@ pub async fn serve(
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of descriptors or memory: retry shortly, without a line per attempt.
-                    accept_errors.warn(|| tracing::warn!(error = %e, "cannot accept connections"));
+                    if once_a_minute(&mut accept_warned) {
+                        tracing::warn!(error = %e, "cannot accept connections");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -138,30 +168,57 @@ pub async fn serve(
         // Streamed responses (the live view, CSV) write in pieces: Nagle's algorithm would hold
         // each small piece until the client acknowledged the previous one.
         let _ = stream.set_nodelay(true);
-        let service =
-            TowerToHyperService::new(app.clone().map_request(move |mut request: axum::http::Request<Incoming>| {
-                // The sign-in throttle counts per client address.
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            }));
-        let (io, progress) = Watched::new(stream);
-        let connection = graceful.watcher().watch(http.serve_connection(TokioIo::new(io), service));
+        let client = Arc::new(ClientState::default());
+        let io = TokioIo::new(WatchedStream { stream, client: client.clone() });
+        let connection =
+            http.serve_connection(io, ConnectionService { app: app.clone(), peer, client: client.clone() });
         let timeout = limits.client_timeout;
+        let mut phase_seen = phase_seen.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                // Client errors (a reset, a malformed request, a header timeout) end only
-                // their own connection: nothing to report.
-                _ = connection => {}
-                () = progress.stalled(timeout) => {
-                    tracing::debug!(%peer, "closing a connection on which nothing moved for {timeout:?}");
+            let mut connection = Box::pin(connection);
+            let watchdog = client.watch(timeout, phase_seen.clone());
+            tokio::pin!(watchdog);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    // Client errors (a reset, a malformed request, a header timeout) end only
+                    // their own connection: nothing to report.
+                    _ = connection.as_mut() => break,
+                    () = watchdog.as_mut() => break,
+                    // Any change is the end of serving: what is in progress is answered with
+                    // `Connection: close`, and the connection ends.
+                    _ = phase_seen.changed(), if !draining => {
+                        draining = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
+            // The request in progress, if any, is dropped (its usage recorded) before the slot
+            // says the connection is gone: the stop waits for the slots, then closes the
+            // usage queue.
+            drop(connection);
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    let _ = phase.send(Phase::Draining);
+    let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(DRAIN, slots.acquire_many(every)).await.is_err() {
+        tracing::warn!(
+            open = limits.max_connections - slots.available_permits(),
+            "requests still in progress {DRAIN:?} after the stop: closing their connections"
+        );
+        let _ = phase.send(Phase::Closing);
+        let _ = slots.acquire_many(every).await;
+    }
+}
+
+fn once_a_minute(last: &mut Option<Instant>) -> bool {
+    let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// Errors of one connection that `accept` reports; the listener is fine.
@@ -172,74 +229,205 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// A warning at most once every 10 seconds.
+/// What the watchdog knows of a connection, kept up to date by its stream, its service and the
+/// bodies of its request and response. One request at a time: HTTP/1.
 #[derive(Default)]
-struct Throttled {
-    last: Option<Instant>,
+struct ClientState {
+    /// Reads and writes that moved bytes.
+    progress: AtomicU64,
+    /// A write to the client is waiting for it to read.
+    write_blocked: AtomicBool,
+    /// The handler is waiting for the request body.
+    body_awaited: AtomicBool,
+    /// Requests given to the app whose response has not been sent in full.
+    open_requests: AtomicUsize,
+    /// When the request in progress arrived, in ms since `epoch` (set with `open_requests`).
+    request_arrived_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
-impl Throttled {
-    fn warn(&mut self, log: impl FnOnce()) {
-        if self.last.is_none_or(|last| last.elapsed() >= Duration::from_secs(10)) {
-            self.last = Some(Instant::now());
-            log();
-        }
-    }
-}
-
-/// A client connection that counts every read or write that moved bytes, so that a watchdog
-/// can tell a silent connection from a busy one without a clock read per I/O.
-struct Watched {
-    stream: TcpStream,
-    progress: Arc<AtomicU64>,
-}
-
-/// The watchdog's side of a [`Watched`] connection.
-struct Progress(Arc<AtomicU64>);
-
-impl Watched {
-    fn new(stream: TcpStream) -> (Self, Progress) {
-        let progress = Arc::new(AtomicU64::new(0));
-        (Self { stream, progress: progress.clone() }, Progress(progress))
+impl ClientState {
+    fn now_ms(&self) -> u64 {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn moved(&self) {
         self.progress.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-impl Progress {
-    /// Completes once a whole `timeout` has passed without a byte read or written.
-    async fn stalled(self, timeout: Duration) {
-        let mut seen = self.0.load(Ordering::Relaxed);
+    fn waiting_on_client(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed) || self.body_awaited.load(Ordering::Relaxed)
+    }
+
+    /// Completes when the connection should be dropped: its client held it up (see the module's
+    /// notes), or shutdown found no request in progress, or the drain ran out.
+    async fn watch(self: Arc<Self>, timeout: Duration, mut phase: watch::Receiver<Phase>) {
+        let tick = (timeout / 4).max(Duration::from_millis(50));
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut still_since = Instant::now();
         loop {
-            tokio::time::sleep(timeout).await;
-            let now = self.0.load(Ordering::Relaxed);
-            if now == seen {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                changed = phase.changed() => if changed.is_err() { return },
+            }
+            match *phase.borrow() {
+                Phase::Closing => return,
+                Phase::Draining if self.open_requests.load(Ordering::Acquire) == 0 => return,
+                _ => {}
+            }
+            let now = Instant::now();
+            let progress = self.progress.load(Ordering::Relaxed);
+            if progress != seen || !self.waiting_on_client() {
+                (seen, still_since) = (progress, now);
+            } else if now.duration_since(still_since) >= timeout {
+                tracing::debug!("closing a connection whose client kept it waiting for {timeout:?}");
                 return;
             }
-            seen = now;
+            let body_for_ms = self.now_ms().saturating_sub(self.request_arrived_ms.load(Ordering::Relaxed));
+            if self.body_awaited.load(Ordering::Relaxed) && Duration::from_millis(body_for_ms) >= timeout {
+                tracing::debug!("closing a connection whose request body took longer than {timeout:?}");
+                return;
+            }
         }
     }
 }
 
-impl AsyncRead for Watched {
+/// The app as one connection's service: tells the app the client's address (the sign-in
+/// throttle counts per client) and the watchdog what the request and response are doing.
+#[derive(Clone)]
+struct ConnectionService {
+    app: Router,
+    peer: SocketAddr,
+    client: Arc<ClientState>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let open = OpenRequest::new(self.client.clone());
+        let client = self.client.clone();
+        let mut request = request.map(|body| RequestBody { body, client });
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let response = self.app.clone().oneshot(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| ResponseBody { body, _open: open }))
+        })
+    }
+}
+
+/// A request from its arrival until its response is sent (or dropped).
+struct OpenRequest(Arc<ClientState>);
+
+impl OpenRequest {
+    fn new(client: Arc<ClientState>) -> Self {
+        client.request_arrived_ms.store(client.now_ms(), Ordering::Relaxed);
+        client.open_requests.fetch_add(1, Ordering::AcqRel);
+        Self(client)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The request body, telling the watchdog while the handler waits for it.
+struct RequestBody {
+    body: Incoming,
+    client: Arc<ClientState>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = <Incoming as http_body::Body>::Data;
+    type Error = <Incoming as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        self.client.body_awaited.store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.client.body_awaited.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The app's response body, holding its request open until it is sent.
+struct ResponseBody {
+    body: Body,
+    _open: OpenRequest,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A client connection that tells the watchdog when bytes move and when a write waits for the
+/// client, without a clock read per I/O.
+struct WatchedStream {
+    stream: TcpStream,
+    client: Arc<ClientState>,
+}
+
+impl WatchedStream {
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        self.client.write_blocked.store(polled.is_pending(), Ordering::Relaxed);
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.client.moved();
+        }
+    }
+}
+
+impl AsyncRead for WatchedStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.moved();
+            self.client.moved();
         }
         polled
     }
 }
 
-impl AsyncWrite for Watched {
+impl AsyncWrite for WatchedStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
+        self.wrote(&polled);
         polled
     }
 
@@ -249,9 +437,7 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
+        self.wrote(&polled);
         polled
     }
 

@@ -201,7 +201,7 @@ impl Application {
 
     pub async fn with_services(config: &Config, services: Services) -> anyhow::Result<Self> {
         let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+            http_server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Self {
             listener,
             router: router(config, services.clone()),
@@ -299,7 +299,7 @@ impl Application {
             let _ = closing.send(true);
         };
         let app = self.router.layer(axum::Extension(Closing(closing_seen)));
-        let served = http_server::serve(self.listener, app, self.connection_limits, shutdown).await;
+        http_server::serve(self.listener, app, self.connection_limits, shutdown).await;
         // Its last request (at most a few hundred ms) is recorded before the recorder closes.
         if let Some(demo) = demo {
             if tokio::time::timeout(Duration::from_secs(15), demo).await.is_err() {
@@ -315,7 +315,7 @@ impl Application {
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
         }
-        served
+        Ok(())
     }
 }
 

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use common::processes::ServerProcess;
+use common::{env, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -132,6 +133,102 @@ async fn a_request_body_that_stops_arriving_is_dropped_and_stored_as_a_hang_up()
     assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
     assert_eq!(received, "", "no answer to a request that never arrived");
     assert_eq!(app.wait_for_events(id, 1).await, 1);
+    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
+    assert_eq!(app.count(&hang_ups).await, 1);
+}
+
+/// A body sent a byte at a time, each well within the timeout, still has to be complete within
+/// it: trickling does not hold a connection for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_trickled_a_byte_at_a_time_is_cut_off_at_the_timeout() {
+    let app = impatient_app(&[]).await;
+    let (secret, id) = app.key_with_quota(100, 1000).await;
+    let mut trickle = connect(&app).await;
+    let head = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if trickle.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(200), trickle.read(&mut probe)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&probe[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled body was still being taken after {:?}", started.elapsed());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "cut off after {took:?}");
+    assert_eq!(app.wait_for_events(id, 1).await, 1);
+    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
+    assert_eq!(app.count(&hang_ups).await, 1);
+}
+
+/// Only the client's delays count: a handler slower than the timeout still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_slower_than_the_client_timeout_is_still_sent() {
+    let app = impatient_app(&[]).await;
+    let (secret, _) = app.key_with_quota(100, 1000).await;
+    let mut slow = connect(&app).await;
+    let request =
+        format!("GET /api/v1/delay/2500 HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\r\n");
+    let head = exchange(&mut slow, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// On SIGTERM, connections without a request in progress close at once (an idle one, one that
+/// sent half a request head), a request in progress is answered, one whose client holds it up
+/// is cut off after the drain time and stored as a 499, and the process then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_waiting_connections_at_once_and_answers_requests_in_progress() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1000).await;
+    let mut server = ServerProcess::start(&app, &env("KEYMETER_TEST_REDIS"), &[]).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    assert!(exchange(&mut idle, HEALTH).await.starts_with("HTTP/1.1 200"));
+    let mut half_sent = TcpStream::connect(&address).await.unwrap();
+    half_sent.write_all(b"GET /healthz HTTP/1.1\r\nHost: keymeter\r\n").await.unwrap();
+    let mut in_progress = TcpStream::connect(&address).await.unwrap();
+    let delay = format!("GET /api/v1/delay/2000 HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\r\n");
+    in_progress.write_all(delay.as_bytes()).await.unwrap();
+    let mut trickle = TcpStream::connect(&address).await.unwrap();
+    let upload = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nx"
+    );
+    trickle.write_all(upload.as_bytes()).await.unwrap();
+    let trickling = tokio::spawn(async move {
+        while trickle.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.terminate();
+    let (took, _) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "the idle connection closed after {took:?}");
+    let (took, _) = read_until_closed(&mut half_sent, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(1), "the half-sent request's connection closed after {took:?}");
+    let (_, answer) = read_until_closed(&mut in_progress, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // The trickling upload is cut off once the drain time is up, and then the process exits.
+    assert!(server.exits_within(keymeter::http_server::DRAIN + Duration::from_secs(15)).await, "still running");
+    trickling.await.unwrap();
+    let stored = app.wait_for_events(id, 2).await;
+    let statuses = format!("SELECT status::text AS t FROM api_key_usage WHERE api_key_id = '{}'", id.0);
+    assert_eq!(stored, 2, "the answered delay and the cut-off upload: {:?}", app.texts(&statuses).await);
     let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
     assert_eq!(app.count(&hang_ups).await, 1);
 }
