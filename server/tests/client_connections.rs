@@ -137,6 +137,28 @@ async fn a_request_body_that_stops_arriving_is_dropped_and_stored_as_a_hang_up()
     assert_eq!(app.count(&hang_ups).await, 1);
 }
 
+/// A client that hangs up halfway through its upload never hears the handler's answer: its call
+/// is stored as the client's hang-up (499), not as the 400 the handler gave the cut-off body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_client_abandons_is_stored_as_a_hang_up() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1000).await;
+    let mut upload = connect(&app).await;
+    let head = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    upload.write_all(&[b'x'; 100]).await.unwrap();
+    // The handler is reading the body by now; then the client leaves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    upload.shutdown().await.unwrap();
+    drop(upload);
+    assert_eq!(app.wait_for_events(id, 1).await, 1);
+    let statuses = format!("SELECT status::text AS t FROM api_key_usage WHERE api_key_id = '{}'", id.0);
+    assert_eq!(app.texts(&statuses).await, ["499"]);
+}
+
 /// A body sent a byte at a time, each well within the timeout, still has to be complete within
 /// it: trickling does not hold a connection for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -168,8 +168,10 @@ where
 
     let before_handler = started.elapsed();
     let bytes_in = Arc::new(AtomicU64::new(0));
+    let client_gone = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, Body::new(CountingBody::new(body, bytes_in.clone(), None)));
+    let body = CountingBody::request(body, bytes_in.clone(), client_gone.clone());
+    let request = Request::from_parts(parts, Body::new(body));
     let unanswered = Unanswered { event: Some(event), usage: &services.usage, started, bytes_in: &bytes_in };
     let mut response = inner.call(request).await?;
     let after_handler = Instant::now();
@@ -179,7 +181,8 @@ where
         add_rate_limit_headers(response.headers_mut(), decision);
     }
     add_request_id(response.headers_mut(), request_id);
-    event.status = response.status().as_u16();
+    // A client that hung up mid-body never hears the handler's complaint about it.
+    event.status = if client_gone.load(Ordering::Relaxed) { CLIENT_CLOSED_REQUEST } else { response.status().as_u16() };
 
     // A body of known size is complete now: store its usage, then answer.
     if let Some(size) = http_body::Body::size_hint(response.body()).exact() {

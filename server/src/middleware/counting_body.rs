@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,11 +21,18 @@ pub(crate) struct CountingBody {
     on_done: Option<OnDone>,
     finishing: Option<Completion>,
     ended: bool,
+    /// Set when the body breaks off because the client went away (a request's body).
+    client_gone: Option<Arc<AtomicBool>>,
 }
 
 impl CountingBody {
     pub(crate) fn new(inner: Body, count: Arc<AtomicU64>, on_done: Option<OnDone>) -> Self {
-        Self { inner, count, on_done, finishing: None, ended: false }
+        Self { inner, count, on_done, finishing: None, ended: false, client_gone: None }
+    }
+
+    /// A request's body, which also tells whether the client hung up before sending all of it.
+    pub(crate) fn request(inner: Body, count: Arc<AtomicU64>, client_gone: Arc<AtomicBool>) -> Self {
+        Self { inner, count, on_done: None, finishing: None, ended: false, client_gone: Some(client_gone) }
     }
 
     fn start_finishing(&mut self) {
@@ -64,6 +71,9 @@ impl HttpBody for CountingBody {
                     this.ended = this.finishing.is_none();
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    if let Some(gone) = this.client_gone.as_ref().filter(|_| breaks_off_the_connection(&e)) {
+                        gone.store(true, Ordering::Relaxed);
+                    }
                     this.start_finishing();
                     if let Some(finishing) = this.finishing.take() {
                         tokio::spawn(finishing);
@@ -95,4 +105,22 @@ impl Drop for CountingBody {
             }
         }
     }
+}
+
+/// Whether a body error means the connection is gone (it ended or was reset before the body
+/// did), so no answer can reach the client, rather than a malformed body it will hear about.
+fn breaks_off_the_connection(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() || hyper.is_closed() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
