@@ -73,7 +73,8 @@ pub struct Config {
     /// (`open`, the default, or `closed`) and `KEYMETER_INSTANCES` (instances sharing the quota,
     /// default 1): what metered requests get while Redis is down or slow.
     pub quota_failure: FailurePolicy,
-    /// `KEYMETER_MAX_CONNECTIONS` (client connections served at once, default 10,000) and
+    /// `KEYMETER_MAX_CONNECTIONS` (client connections served at once, default as many as the
+    /// open-file limit allows up to 10,000) and
     /// `KEYMETER_CLIENT_TIMEOUT_SECS` (default 60): see [`ConnectionLimits`].
     pub connection_limits: ConnectionLimits,
 }
@@ -313,12 +314,10 @@ impl Config {
             connection_limits: {
                 let default = ConnectionLimits::default();
                 ConnectionLimits {
-                    max_connections: parse_bounded(
-                        &lookup,
-                        "KEYMETER_MAX_CONNECTIONS",
-                        default.max_connections,
-                        1_000_000,
-                    )?,
+                    max_connections: match lookup("KEYMETER_MAX_CONNECTIONS") {
+                        None => None,
+                        Some(_) => Some(parse_bounded(&lookup, "KEYMETER_MAX_CONNECTIONS", 1usize, 1_000_000)?),
+                    },
                     // Beyond an hour a stuck client is not told apart from a slow one.
                     client_timeout: Duration::from_secs(parse_bounded(
                         &lookup,
@@ -558,11 +557,11 @@ mod tests {
             }
         }
         let limits = with(&[]).unwrap().connection_limits;
-        assert_eq!((limits.max_connections, limits.client_timeout.as_secs()), (10_000, 60));
+        assert_eq!((limits.max_connections, limits.client_timeout.as_secs()), (None, 60));
         let limits = with(&[("KEYMETER_MAX_CONNECTIONS", "64"), ("KEYMETER_CLIENT_TIMEOUT_SECS", "5")])
             .unwrap()
             .connection_limits;
-        assert_eq!((limits.max_connections, limits.client_timeout), (64, Duration::from_secs(5)));
+        assert_eq!((limits.max_connections, limits.client_timeout), (Some(64), Duration::from_secs(5)));
         for var in ["KEYMETER_MAX_CONNECTIONS", "KEYMETER_CLIENT_TIMEOUT_SECS"] {
             assert_eq!(with(&[(var, "0")]).unwrap_err().var, var);
         }

@@ -48,13 +48,17 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// The limits on client connections (`KEYMETER_MAX_CONNECTIONS`, `KEYMETER_CLIENT_TIMEOUT_SECS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    pub max_connections: usize,
+    /// Set by the operator, or `None`: as many as the open-file limit allows, up to
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
     pub client_timeout: Duration,
 }
 
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_connections: 10_000, client_timeout: Duration::from_secs(60) }
+        Self { max_connections: None, client_timeout: Duration::from_secs(60) }
     }
 }
 
@@ -62,22 +66,22 @@ impl ConnectionLimits {
     /// The cap that fits the process' open-file limit, keeping `reserved` descriptors for
     /// everything else (pools, the listener, mail, logs) and one more per connection for a file
     /// it may be sending (the browser bundle): past the limit `accept` fails, and so does every
-    /// static file and reconnecting pool.
+    /// static file and reconnecting pool. Lowering a cap the operator set is worth a warning.
     pub fn fitting_file_limit(self, reserved: usize) -> Self {
+        let wanted = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let Some(limit) = raise_open_file_limit() else {
-            return self;
+            return Self { max_connections: Some(wanted), ..self };
         };
         let fits = (usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(reserved) / 2).max(1);
-        if self.max_connections > fits {
+        if wanted > fits && self.max_connections.is_some() {
             tracing::warn!(
-                configured = self.max_connections,
+                configured = wanted,
                 open_file_limit = limit,
                 serving = fits,
                 "KEYMETER_MAX_CONNECTIONS is more than the open-file limit allows; raise the limit (ulimit -n) to serve more"
             );
-            return Self { max_connections: fits, ..self };
         }
-        self
+        Self { max_connections: Some(wanted.min(fits)), ..self }
     }
 }
 
@@ -127,7 +131,8 @@ enum Phase {
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.client_timeout);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let slots = Arc::new(Semaphore::new(max_connections));
     let (phase, phase_seen) = watch::channel(Phase::Serving);
     let mut full_warned: Option<Instant> = None;
     let mut accept_warned: Option<Instant> = None;
@@ -140,7 +145,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
                 // connect times out) instead of being reset.
                 if once_a_minute(&mut full_warned) {
                     tracing::warn!(
-                        max_connections = limits.max_connections,
+                        max_connections,
                         "every connection slot is taken: new connections wait until one closes"
                     );
                 }
@@ -202,10 +207,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
     }
     drop(listener);
     let _ = phase.send(Phase::Draining);
-    let every = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let every = u32::try_from(max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(DRAIN, slots.acquire_many(every)).await.is_err() {
         tracing::warn!(
-            open = limits.max_connections - slots.available_permits(),
+            open = max_connections - slots.available_permits(),
             "requests still in progress {DRAIN:?} after the stop: closing their connections"
         );
         let _ = phase.send(Phase::Closing);
