@@ -6,10 +6,10 @@
 //! With `T` the client timeout:
 //! - a request's head must arrive within `T` (hyper's header timer, which also closes a
 //!   keep-alive connection idle for `T`: it runs while hyper waits for the next request);
-//! - a request's body must arrive in full within `T` of its head;
+//! - a request's body must arrive in full within `T` of the handler asking for it;
 //! - a connection waiting on its client (a body that stopped arriving, a response the client
-//!   stopped reading) with nothing moving for `T` is dropped. Time the server itself takes (a
-//!   slow page, a quiet live stream) never counts against the client;
+//!   stopped reading: nothing read, nothing acknowledged) for `T` is dropped. Time the server
+//!   itself takes (a slow page, a quiet live stream) never counts against the client;
 //! - at most `max_connections` at once; beyond that, new ones wait in the listen backlog;
 //! - on shutdown, connections without a request in progress close at once (half-sent heads
 //!   included), the rest may finish within [`DRAIN`], and are then dropped. A metered call cut
@@ -173,7 +173,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
         // Streamed responses (the live view, CSV) write in pieces: Nagle's algorithm would hold
         // each small piece until the client acknowledged the previous one.
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(ClientState::default());
+        let client = Arc::new(ClientState::new(&stream));
         let io = TokioIo::new(WatchedStream { stream, client: client.clone() });
         let connection =
             http.serve_connection(io, ConnectionService { app: app.clone(), peer, client: client.clone() });
@@ -236,25 +236,42 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// What the watchdog knows of a connection, kept up to date by its stream, its service and the
 /// bodies of its request and response. One request at a time: HTTP/1.
-#[derive(Default)]
 struct ClientState {
+    /// The socket, to ask the kernel how much of what was sent the client has acknowledged.
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::RawFd,
     /// Reads and writes that moved bytes.
     progress: AtomicU64,
     /// A write to the client is waiting for it to read.
     write_blocked: AtomicBool,
     /// The handler is waiting for the request body.
     body_awaited: AtomicBool,
+    /// When the handler first asked for the request body, in ms since `epoch` (0: not yet).
+    body_asked_ms: AtomicU64,
     /// Requests given to the app whose response has not been sent in full.
     open_requests: AtomicUsize,
-    /// When the request in progress arrived, in ms since `epoch` (set with `open_requests`).
-    request_arrived_ms: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
+    epoch: Instant,
 }
 
 impl ClientState {
+    fn new(stream: &TcpStream) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream;
+        Self {
+            #[cfg(target_os = "linux")]
+            fd: std::os::fd::AsRawFd::as_raw_fd(stream),
+            progress: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
+            body_awaited: AtomicBool::new(false),
+            body_asked_ms: AtomicU64::new(0),
+            open_requests: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the connection came, never 0 (0 means "not yet" above).
     fn now_ms(&self) -> u64 {
-        let epoch = *self.epoch.get_or_init(Instant::now);
-        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
     fn moved(&self) {
@@ -265,11 +282,40 @@ impl ClientState {
         self.write_blocked.load(Ordering::Relaxed) || self.body_awaited.load(Ordering::Relaxed)
     }
 
+    /// Bytes of the response the client has acknowledged, while a write waits for it: a client
+    /// reading slowly but steadily drains the kernel's send buffer (up to megabytes) long before
+    /// the buffer has room for the server's next write, so completed writes alone would call
+    /// it stalled (an 8 KB/s reader was cut at 60 s).
+    fn acknowledged(&self) -> Option<u64> {
+        if !self.write_blocked.load(Ordering::Relaxed) {
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: `fd` is this connection's socket, open while its watchdog runs (both are
+            // dropped together); the kernel writes at most `len` bytes into `info`.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let asked = unsafe {
+                libc::getsockopt(
+                    self.fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    (&mut info as *mut libc::tcp_info).cast(),
+                    &mut len,
+                )
+            };
+            (asked == 0).then_some(info.tcpi_bytes_acked)
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+
     /// Completes when the connection should be dropped: its client held it up (see the module's
     /// notes), or shutdown found no request in progress, or the drain ran out.
     async fn watch(self: Arc<Self>, timeout: Duration, mut phase: watch::Receiver<Phase>) {
         let tick = (timeout / 4).max(Duration::from_millis(50));
-        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut seen = (self.progress.load(Ordering::Relaxed), self.acknowledged());
         let mut still_since = Instant::now();
         loop {
             tokio::select! {
@@ -282,15 +328,16 @@ impl ClientState {
                 _ => {}
             }
             let now = Instant::now();
-            let progress = self.progress.load(Ordering::Relaxed);
+            let progress = (self.progress.load(Ordering::Relaxed), self.acknowledged());
             if progress != seen || !self.waiting_on_client() {
                 (seen, still_since) = (progress, now);
             } else if now.duration_since(still_since) >= timeout {
                 tracing::debug!("closing a connection whose client kept it waiting for {timeout:?}");
                 return;
             }
-            let body_for_ms = self.now_ms().saturating_sub(self.request_arrived_ms.load(Ordering::Relaxed));
-            if self.body_awaited.load(Ordering::Relaxed) && Duration::from_millis(body_for_ms) >= timeout {
+            let asked = self.body_asked_ms.load(Ordering::Relaxed);
+            let body_for = Duration::from_millis(self.now_ms().saturating_sub(asked));
+            if self.body_awaited.load(Ordering::Relaxed) && asked != 0 && body_for >= timeout {
                 tracing::debug!("closing a connection whose request body took longer than {timeout:?}");
                 return;
             }
@@ -315,7 +362,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let open = OpenRequest::new(self.client.clone());
         let client = self.client.clone();
-        let mut request = request.map(|body| RequestBody { body, client });
+        let mut request = request.map(|body| RequestBody { body, client, asked: false });
         request.extensions_mut().insert(ConnectInfo(self.peer));
         let response = self.app.clone().oneshot(request);
         Box::pin(async move {
@@ -330,7 +377,7 @@ struct OpenRequest(Arc<ClientState>);
 
 impl OpenRequest {
     fn new(client: Arc<ClientState>) -> Self {
-        client.request_arrived_ms.store(client.now_ms(), Ordering::Relaxed);
+        client.body_asked_ms.store(0, Ordering::Relaxed);
         client.open_requests.fetch_add(1, Ordering::AcqRel);
         Self(client)
     }
@@ -346,6 +393,7 @@ impl Drop for OpenRequest {
 struct RequestBody {
     body: Incoming,
     client: Arc<ClientState>,
+    asked: bool,
 }
 
 impl http_body::Body for RequestBody {
@@ -356,6 +404,12 @@ impl http_body::Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if !self.asked {
+            // The body's clock starts when the handler wants it (with `Expect: 100-continue`,
+            // when the client is told to send it), not while the server checks the key.
+            self.asked = true;
+            self.client.body_asked_ms.store(self.client.now_ms(), Ordering::Relaxed);
+        }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         self.client.body_awaited.store(polled.is_pending(), Ordering::Relaxed);
         polled

@@ -196,6 +196,41 @@ async fn a_request_body_trickled_a_byte_at_a_time_is_cut_off_at_the_timeout() {
     assert_eq!(app.count(&hang_ups).await, 1);
 }
 
+/// A client reading its responses slowly but steadily is not stalled: the kernel takes the
+/// server's next write only once a good part of its send buffer (megabytes) has drained, long
+/// after the client last read, so what counts is what the client acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_slowly_but_steadily_keeps_its_connection() {
+    let app = impatient_app(&[]).await;
+    let (secret, _) = app.key_with_quota(100, 1000).await;
+    let (mut reader, mut writer) = connect(&app).await.into_split();
+    const RESPONSES: usize = 6;
+    const SIZE: usize = 1_000_000;
+    let request = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\n\r\n"
+    );
+    let sending = tokio::spawn(async move {
+        for _ in 0..RESPONSES {
+            writer.write_all(request.as_bytes()).await?;
+            writer.write_all(&[b'x'; SIZE]).await?;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    // About 800 KB/s: six 1 MB answers take several times the one-second timeout.
+    let started = Instant::now();
+    let mut received = 0;
+    let mut buf = vec![0u8; 48 * 1024];
+    while received < RESPONSES * SIZE {
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut buf)).await.expect("data").unwrap();
+        assert!(n > 0, "cut off after {:?}, {received} bytes in", started.elapsed());
+        received += n;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(3), "read too fast to show anything: {:?}", started.elapsed());
+    let _writer = sending.await.unwrap().unwrap();
+}
+
 /// Only the client's delays count: a handler slower than the timeout still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_slower_than_the_client_timeout_is_still_sent() {
