@@ -29,7 +29,7 @@ async fn ping_within(app: &TestApp, secret: &str, limit: Duration) -> (StatusCod
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_does_not_hold_metered_requests() {
     let app = TestApp::spawn().await;
-    let (secret, _id) = app.key_with_quota(1000, 10_000).await;
+    let (secret, id) = app.key_with_quota(1000, 10_000).await;
     let bound = KeyAuthenticator::LOOKUP_TIMEOUT + Duration::from_secs(2);
     assert_eq!(ping_within(&app, &secret, bound).await.0, StatusCode::OK);
     // Past the cache entry's life: the next call asks PostgreSQL again.
@@ -63,6 +63,13 @@ async fn a_hung_database_does_not_hold_metered_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last, StatusCode::UNAUTHORIZED);
+
+    // The call that waited for the lookup is stored with that wait in its latency: it is what
+    // its client saw.
+    assert_eq!(app.wait_for_events(id, 3).await, 3);
+    let slowest = format!("SELECT max(latency_us) FROM api_key_usage WHERE api_key_id = '{}'", id.0);
+    let slowest = Duration::from_micros(u64::try_from(app.count(&slowest).await).unwrap());
+    assert!(slowest >= KeyAuthenticator::LOOKUP_TIMEOUT, "stored latency {slowest:?}");
 }
 
 /// Takes an exclusive lock on `api_keys` in a transaction of its own: key lookups queue behind

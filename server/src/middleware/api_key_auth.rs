@@ -62,9 +62,11 @@ fn same_key<'h>(first: &mut Option<&'h str>, key: &'h str) -> Result<(), ApiErro
 /// is looked at, unknown routes and bad parameters included); the key rides along in the
 /// request's extensions for the usage tracker and handlers.
 pub async fn require_api_key(State(services): State<Services>, mut request: Request, next: Next) -> Response {
+    let arrived = RequestArrived(std::time::Instant::now());
     match authenticate(&services, request.headers()).await {
         Ok(key) => {
             request.extensions_mut().insert(key);
+            request.extensions_mut().insert(arrived);
             next.run(request).await
         }
         Err(err) => {
@@ -74,6 +76,11 @@ pub async fn require_api_key(State(services): State<Services>, mut request: Requ
         }
     }
 }
+
+/// When the request reached the metered API, before its key was looked up: the usage tracker
+/// measures its latency from here (a lookup that waits on PostgreSQL is the client's wait too).
+#[derive(Clone, Copy)]
+pub(crate) struct RequestArrived(pub(crate) std::time::Instant);
 
 /// Resolves the presented key: a JSON 401 for anything but an active key.
 pub async fn authenticate(services: &Services, headers: &HeaderMap) -> Result<AuthenticatedKey, ApiError> {

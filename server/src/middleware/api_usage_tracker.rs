@@ -31,7 +31,7 @@ use services::Services;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
-use super::api_key_auth::authenticate;
+use super::api_key_auth::{authenticate, RequestArrived};
 use super::counting_body::CountingBody;
 
 #[derive(Clone)]
@@ -84,7 +84,7 @@ async fn track<S>(services: Services, mut inner: S, mut request: Request) -> Res
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    let started = Instant::now();
+    let started = request.extensions().get::<RequestArrived>().map_or_else(Instant::now, |arrived| arrived.0);
     // Already resolved by `require_api_key` in front of the router, or resolved here; either
     // way handlers find it in the request's extensions.
     let key = match request.extensions().get::<AuthenticatedKey>() {
