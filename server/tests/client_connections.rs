@@ -64,6 +64,20 @@ async fn exchange(stream: &mut TcpStream, request: &str) -> String {
 
 const HEALTH: &str = "GET /healthz HTTP/1.1\r\nHost: keymeter\r\n\r\n";
 
+/// The head of a metered upload of `length` bytes to `/api/v1/echo`.
+fn echo_head(secret: &str, length: usize) -> String {
+    format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+/// The statuses stored for the key's calls, in order.
+async fn stored_statuses(app: &TestApp, id: services::keys::ApiKeyId) -> Vec<String> {
+    let query = format!("SELECT status::text AS t FROM api_key_usage WHERE api_key_id = '{}' ORDER BY status", id.0);
+    app.texts(&query).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_headers_never_finish_is_closed() {
     let app = impatient_app(&[]).await;
@@ -123,18 +137,14 @@ async fn a_request_body_that_stops_arriving_is_dropped_and_stored_as_a_hang_up()
     let app = impatient_app(&[]).await;
     let (secret, id) = app.key_with_quota(100, 1000).await;
     let mut stalled = connect(&app).await;
-    let head = format!(
-        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
-    );
+    let head = echo_head(&secret, 1000);
     stalled.write_all(head.as_bytes()).await.unwrap();
     stalled.write_all(&[b'x'; 100]).await.unwrap();
     let (took, received) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
     assert!(took >= Duration::from_millis(900), "closed after {took:?}, before the timeout");
     assert_eq!(received, "", "no answer to a request that never arrived");
     assert_eq!(app.wait_for_events(id, 1).await, 1);
-    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
-    assert_eq!(app.count(&hang_ups).await, 1);
+    assert_eq!(stored_statuses(&app, id).await, ["499"]);
 }
 
 /// A client that hangs up halfway through its upload never hears the handler's answer: its call
@@ -144,10 +154,7 @@ async fn an_upload_the_client_abandons_is_stored_as_a_hang_up() {
     let app = TestApp::spawn().await;
     let (secret, id) = app.key_with_quota(100, 1000).await;
     let mut upload = connect(&app).await;
-    let head = format!(
-        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
-    );
+    let head = echo_head(&secret, 1000);
     upload.write_all(head.as_bytes()).await.unwrap();
     upload.write_all(&[b'x'; 100]).await.unwrap();
     // The handler is reading the body by now; then the client leaves.
@@ -155,8 +162,7 @@ async fn an_upload_the_client_abandons_is_stored_as_a_hang_up() {
     upload.shutdown().await.unwrap();
     drop(upload);
     assert_eq!(app.wait_for_events(id, 1).await, 1);
-    let statuses = format!("SELECT status::text AS t FROM api_key_usage WHERE api_key_id = '{}'", id.0);
-    assert_eq!(app.texts(&statuses).await, ["499"]);
+    assert_eq!(stored_statuses(&app, id).await, ["499"]);
 }
 
 /// A body sent a byte at a time, each well within the timeout, still has to be complete within
@@ -166,10 +172,7 @@ async fn a_request_body_trickled_a_byte_at_a_time_is_cut_off_at_the_timeout() {
     let app = impatient_app(&[]).await;
     let (secret, id) = app.key_with_quota(100, 1000).await;
     let mut trickle = connect(&app).await;
-    let head = format!(
-        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
-    );
+    let head = echo_head(&secret, 1000);
     trickle.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     let mut closed = false;
@@ -192,8 +195,7 @@ async fn a_request_body_trickled_a_byte_at_a_time_is_cut_off_at_the_timeout() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "cut off after {took:?}");
     assert_eq!(app.wait_for_events(id, 1).await, 1);
-    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
-    assert_eq!(app.count(&hang_ups).await, 1);
+    assert_eq!(stored_statuses(&app, id).await, ["499"]);
 }
 
 /// A client reading its responses slowly but steadily is not stalled: the kernel takes the
@@ -206,10 +208,7 @@ async fn a_client_reading_slowly_but_steadily_keeps_its_connection() {
     let (mut reader, mut writer) = connect(&app).await.into_split();
     const RESPONSES: usize = 6;
     const SIZE: usize = 1_000_000;
-    let request = format!(
-        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\n\r\n"
-    );
+    let request = echo_head(&secret, SIZE);
     let sending = tokio::spawn(async move {
         for _ in 0..RESPONSES {
             writer.write_all(request.as_bytes()).await?;
@@ -260,10 +259,7 @@ async fn shutdown_closes_waiting_connections_at_once_and_answers_requests_in_pro
     let delay = format!("GET /api/v1/delay/2000 HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\r\n");
     in_progress.write_all(delay.as_bytes()).await.unwrap();
     let mut trickle = TcpStream::connect(&address).await.unwrap();
-    let upload = format!(
-        "POST /api/v1/echo HTTP/1.1\r\nHost: keymeter\r\nAuthorization: Bearer {secret}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nx"
-    );
+    let upload = echo_head(&secret, 1000) + "x";
     trickle.write_all(upload.as_bytes()).await.unwrap();
     let trickling = tokio::spawn(async move {
         while trickle.write_all(b"x").await.is_ok() {
@@ -284,10 +280,8 @@ async fn shutdown_closes_waiting_connections_at_once_and_answers_requests_in_pro
     assert!(server.exits_within(keymeter::http_server::DRAIN + Duration::from_secs(15)).await, "still running");
     trickling.await.unwrap();
     let stored = app.wait_for_events(id, 2).await;
-    let statuses = format!("SELECT status::text AS t FROM api_key_usage WHERE api_key_id = '{}'", id.0);
-    assert_eq!(stored, 2, "the answered delay and the cut-off upload: {:?}", app.texts(&statuses).await);
-    let hang_ups = format!("SELECT count(*) FROM api_key_usage WHERE api_key_id = '{}' AND status = 499", id.0);
-    assert_eq!(app.count(&hang_ups).await, 1);
+    assert_eq!(stored, 2, "the answered delay and the cut-off upload");
+    assert_eq!(stored_statuses(&app, id).await, ["200", "499"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
