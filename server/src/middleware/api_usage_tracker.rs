@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use tower::{Layer, Service};
 use uuid::Uuid;
 
 use super::api_key_auth::{authenticate, RequestArrived};
-use super::counting_body::CountingBody;
+use super::counting_body::{CountingBody, Transfer};
 
 #[derive(Clone)]
 pub struct UsageTrackerLayer {
@@ -167,12 +167,10 @@ where
     }
 
     let before_handler = started.elapsed();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let client_gone = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(Transfer::default());
     let (parts, body) = request.into_parts();
-    let body = CountingBody::request(body, bytes_in.clone(), client_gone.clone());
-    let request = Request::from_parts(parts, Body::new(body));
-    let unanswered = Unanswered { event: Some(event), usage: &services.usage, started, bytes_in: &bytes_in };
+    let request = Request::from_parts(parts, Body::new(CountingBody::new(body, received.clone(), None)));
+    let unanswered = Unanswered { event: Some(event), usage: &services.usage, started, received: &received };
     let mut response = inner.call(request).await?;
     let after_handler = Instant::now();
     let mut event = unanswered.answered();
@@ -182,12 +180,13 @@ where
     }
     add_request_id(response.headers_mut(), request_id);
     // A client that hung up mid-body never hears the handler's complaint about it.
-    event.status = if client_gone.load(Ordering::Relaxed) { CLIENT_CLOSED_REQUEST } else { response.status().as_u16() };
+    event.status =
+        if received.client_gone.load(Ordering::Relaxed) { CLIENT_CLOSED_REQUEST } else { response.status().as_u16() };
 
     // A body of known size is complete now: store its usage, then answer.
     if let Some(size) = http_body::Body::size_hint(response.body()).exact() {
         event.latency_us = micros(started.elapsed());
-        event.bytes_in = bytes_in.load(Ordering::Relaxed);
+        event.bytes_in = received.bytes.load(Ordering::Relaxed);
         // HTTP sends no body with these, whatever the handler produced.
         let bodiless = matches!(event.status, 100..=199 | 204 | 304) || event.method == "HEAD";
         event.bytes_out = if bodiless { 0 } else { size };
@@ -202,7 +201,7 @@ where
     let on_done = Box::new(move |bytes_out: u64| {
         let mut event = event;
         event.latency_us = micros(started.elapsed());
-        event.bytes_in = bytes_in.load(Ordering::Relaxed);
+        event.bytes_in = received.bytes.load(Ordering::Relaxed);
         event.bytes_out = bytes_out;
         let recorder = recorder.clone();
         Box::pin(async move {
@@ -210,7 +209,7 @@ where
         }) as Pin<Box<dyn Future<Output = ()> + Send>>
     });
     let (parts, body) = response.into_parts();
-    let body = CountingBody::new(body, Arc::new(AtomicU64::new(0)), Some(on_done));
+    let body = CountingBody::new(body, Arc::default(), Some(on_done));
     let response = Response::from_parts(parts, Body::new(body));
     OVERHEAD.observe(before_handler + after_handler.elapsed());
     Ok(response)
@@ -292,7 +291,7 @@ struct Unanswered<'a> {
     event: Option<UsageEvent>,
     usage: &'a UsageRecorder,
     started: Instant,
-    bytes_in: &'a AtomicU64,
+    received: &'a Transfer,
 }
 
 impl Unanswered<'_> {
@@ -306,7 +305,7 @@ impl Drop for Unanswered<'_> {
         if let Some(mut event) = self.event.take() {
             event.status = CLIENT_CLOSED_REQUEST;
             event.latency_us = micros(self.started.elapsed());
-            event.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+            event.bytes_in = self.received.bytes.load(Ordering::Relaxed);
             event.bytes_out = 0;
             self.usage.record(event);
         }

@@ -15,29 +15,30 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 type Completion = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 type OnDone = Box<dyn FnOnce(u64) -> Completion + Send + 'static>;
 
+/// What passed through a body, shared with whoever needs it after the body is gone.
+#[derive(Default)]
+pub(crate) struct Transfer {
+    pub(crate) bytes: AtomicU64,
+    /// The body broke off because the client went away.
+    pub(crate) client_gone: AtomicBool,
+}
+
 pub(crate) struct CountingBody {
     inner: Body,
-    count: Arc<AtomicU64>,
+    transfer: Arc<Transfer>,
     on_done: Option<OnDone>,
     finishing: Option<Completion>,
     ended: bool,
-    /// Set when the body breaks off because the client went away (a request's body).
-    client_gone: Option<Arc<AtomicBool>>,
 }
 
 impl CountingBody {
-    pub(crate) fn new(inner: Body, count: Arc<AtomicU64>, on_done: Option<OnDone>) -> Self {
-        Self { inner, count, on_done, finishing: None, ended: false, client_gone: None }
-    }
-
-    /// A request's body, which also tells whether the client hung up before sending all of it.
-    pub(crate) fn request(inner: Body, count: Arc<AtomicU64>, client_gone: Arc<AtomicBool>) -> Self {
-        Self { inner, count, on_done: None, finishing: None, ended: false, client_gone: Some(client_gone) }
+    pub(crate) fn new(inner: Body, transfer: Arc<Transfer>, on_done: Option<OnDone>) -> Self {
+        Self { inner, transfer, on_done, finishing: None, ended: false }
     }
 
     fn start_finishing(&mut self) {
         if let Some(done) = self.on_done.take() {
-            self.finishing = Some(done(self.count.load(Ordering::Relaxed)));
+            self.finishing = Some(done(self.transfer.bytes.load(Ordering::Relaxed)));
         }
     }
 }
@@ -62,7 +63,7 @@ impl HttpBody for CountingBody {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        this.transfer.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -71,8 +72,8 @@ impl HttpBody for CountingBody {
                     this.ended = this.finishing.is_none();
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    if let Some(gone) = this.client_gone.as_ref().filter(|_| breaks_off_the_connection(&e)) {
-                        gone.store(true, Ordering::Relaxed);
+                    if breaks_off_the_connection(&e) {
+                        this.transfer.client_gone.store(true, Ordering::Relaxed);
                     }
                     this.start_finishing();
                     if let Some(finishing) = this.finishing.take() {
