@@ -383,6 +383,9 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     tracing::info!(address = %app.local_addr(), "keymeter listening");
+    if let Some(at) = app.metrics_addr() {
+        tracing::info!(address = %at, "metrics at /metrics");
+    }
     app.run_until_stopped().await?;
     Ok(())
 }

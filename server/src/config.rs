@@ -21,6 +21,9 @@ pub struct ConfigError {
 pub struct Config {
     /// `KEYMETER_LISTEN`: where the server listens.
     pub listen: SocketAddr,
+    /// `KEYMETER_METRICS_LISTEN`: where `/metrics` (Prometheus) is served, apart from the app
+    /// so that it is never public by accident; unset, it is not served.
+    pub metrics_listen: Option<SocketAddr>,
     /// `DATABASE_URL`
     pub database_url: String,
     /// `REDIS_URL`: one Redis, or the seed nodes of a Redis Cluster separated by commas
@@ -84,6 +87,7 @@ impl std::fmt::Debug for Config {
         // Destructured so that a new field cannot be left out unnoticed.
         let Self {
             listen,
+            metrics_listen,
             database_url,
             redis_url,
             redis_cluster,
@@ -110,6 +114,7 @@ impl std::fmt::Debug for Config {
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
+            .field("metrics_listen", metrics_listen)
             .field("database_url", &redact_url(database_url))
             .field("redis_url", &redact_url(redis_url))
             .field("redis_cluster", redis_cluster)
@@ -154,13 +159,14 @@ pub const DEFAULT_LOG_FILTER: &str = "info,tower_http=warn";
 
 /// Every environment variable keymeter reads (README's configuration table lists the same;
 /// a test holds both to it).
-pub const VARIABLES: [&str; 28] = [
+pub const VARIABLES: [&str; 29] = [
     "DATABASE_URL",
     "REDIS_URL",
     "KEYMETER_REDIS_CLUSTER",
     "SMTP_URL",
     "SMTP_CA_FILE",
     "KEYMETER_LISTEN",
+    "KEYMETER_METRICS_LISTEN",
     "KEYMETER_SITE_ROOT",
     "KEYMETER_SECURE_COOKIES",
     "KEYMETER_DB_POOL_SIZE",
@@ -241,8 +247,22 @@ impl Config {
                 reason: "REDIS_URL names several nodes, which only a Redis Cluster can use".into(),
             });
         }
+        let metrics_listen = match lookup("KEYMETER_METRICS_LISTEN") {
+            Some(v) => Some(v.trim().parse().map_err(|e| ConfigError {
+                var: "KEYMETER_METRICS_LISTEN",
+                reason: format!("{v:?}: {e} (an address and port, e.g. 127.0.0.1:9464)"),
+            })?),
+            None => None,
+        };
+        if metrics_listen.is_some_and(|m: SocketAddr| m.port() != 0 && m == listen) {
+            return Err(ConfigError {
+                var: "KEYMETER_METRICS_LISTEN",
+                reason: "is the app's own address (KEYMETER_LISTEN): the metrics need a port of their own".into(),
+            });
+        }
         Ok(Self {
             listen,
+            metrics_listen,
             database_url,
             redis_url,
             redis_cluster,
@@ -484,6 +504,18 @@ mod tests {
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
         assert!(c.smtp_url.is_none());
         assert!(!c.secure_cookies);
+        assert_eq!(c.metrics_listen, None, "metrics are served only when asked for");
+    }
+
+    #[test]
+    fn metrics_need_an_address_of_their_own() {
+        let err = with(&[("KEYMETER_METRICS_LISTEN", "9464")]).unwrap_err();
+        assert_eq!(err.var, "KEYMETER_METRICS_LISTEN");
+        assert!(err.reason.contains("127.0.0.1:9464"), "says what it takes: {err}");
+        let same = [("KEYMETER_LISTEN", "0.0.0.0:8080"), ("KEYMETER_METRICS_LISTEN", "0.0.0.0:8080")];
+        assert_eq!(with(&same).unwrap_err().var, "KEYMETER_METRICS_LISTEN");
+        let apart = with(&[("KEYMETER_METRICS_LISTEN", "10.0.0.5:9464")]).unwrap();
+        assert_eq!(apart.metrics_listen, Some("10.0.0.5:9464".parse().unwrap()));
     }
 
     #[test]

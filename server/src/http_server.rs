@@ -85,6 +85,35 @@ impl ConnectionLimits {
     }
 }
 
+/// A listener's connection slots, under its [`ConnectionLimits`]; the metrics read how many
+/// are taken.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    limits: ConnectionLimits,
+    max: usize,
+    slots: Arc<Semaphore>,
+}
+
+impl Connections {
+    pub fn new(limits: ConnectionLimits) -> Self {
+        let max = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        Self { limits, max, slots: Arc::new(Semaphore::new(max)) }
+    }
+
+    /// Connections open now (while the server drains at shutdown, all of them).
+    pub fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
+    }
+}
+
 /// Raises the soft open-file limit to the hard one (the soft default, often 1,024, is a
 /// leftover of `select(2)`, which nothing here uses) and returns the limit now in force.
 fn raise_open_file_limit() -> Option<u64> {
@@ -128,11 +157,10 @@ enum Phase {
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
 /// requests in progress finish (see the module's notes).
-pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, app: Router, connections: Connections, shutdown: impl Future<Output = ()>) {
+    let Connections { limits, max: max_connections, slots } = connections;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.client_timeout);
-    let max_connections = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-    let slots = Arc::new(Semaphore::new(max_connections));
     let (phase, phase_seen) = watch::channel(Phase::Serving);
     let mut full_warned: Option<Instant> = None;
     let mut accept_warned: Option<Instant> = None;

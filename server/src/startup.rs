@@ -22,7 +22,7 @@ use tower_http::services::ServeDir;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::config::{redact_url, Config};
-use crate::http_server::{self, ConnectionLimits};
+use crate::http_server::{self, ConnectionLimits, Connections};
 use crate::{middleware, routes};
 
 /// State of the axum router: the domain services and Leptos' options.
@@ -177,7 +177,9 @@ pub struct Application {
     /// and a pooled connection belongs to the runtime that opened it.
     writer_pools: (services::db::DbPool, services::redis_pool::RedisPool),
     retention_days: u32,
-    connection_limits: ConnectionLimits,
+    connections: Connections,
+    /// Where `/metrics` is served, if anywhere (`KEYMETER_METRICS_LISTEN`).
+    metrics_listener: Option<TcpListener>,
     demo_secret: Option<String>,
     mailer: Option<Mailer>,
 }
@@ -202,8 +204,13 @@ impl Application {
     pub async fn with_services(config: &Config, services: Services) -> anyhow::Result<Self> {
         let listener =
             http_server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let metrics_listener = config
+            .metrics_listen
+            .map(|at| http_server::bind(at).with_context(|| format!("cannot listen on {at} (KEYMETER_METRICS_LISTEN)")))
+            .transpose()?;
         Ok(Self {
             listener,
+            metrics_listener,
             router: router(config, services.clone()),
             services,
             writer_pools: (
@@ -213,9 +220,9 @@ impl Application {
             retention_days: config.usage_retention_days,
             // Descriptors kept for everything but clients: the pools (the writer's two of each
             // included), the listener, mail, logs, the runtime's own.
-            connection_limits: config
-                .connection_limits
-                .fitting_file_limit(config.db_pool_size + config.redis_pool_size + 4 + 64),
+            connections: Connections::new(
+                config.connection_limits.fitting_file_limit(config.db_pool_size + config.redis_pool_size + 4 + 64),
+            ),
             mailer: Some(Mailer::with_smtp_ca(
                 config.smtp_url.as_deref(),
                 config.smtp_ca_file.as_deref(),
@@ -232,6 +239,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until Ctrl-C or SIGTERM, then flushes all usage (see [`Self::run_until`]). A
@@ -268,7 +280,13 @@ impl Application {
         let services = &self.services;
         let (db, redis) = self.writer_pools;
         let housekeeping = Housekeeping::new(db.clone(), self.retention_days);
-        let writer = UsageWriter::from_parts(db, redis, &services.namespace, &services.settings.public_url);
+        let writer = UsageWriter::from_parts(
+            db,
+            redis,
+            &services.namespace,
+            &services.settings.public_url,
+            services.metrics.clone(),
+        );
         // Its bursts (decoding a round of the stream, building the insert) kept metered requests
         // waiting when they ran on the request workers: the tracker's p99 halved when it moved.
         // Housekeeping runs beside it there (deleting old minute rollups takes a while), on its
@@ -294,12 +312,22 @@ impl Application {
             .demo_secret
             .clone()
             .map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret, closing_seen.clone()));
+        // Scrapes are few: a handful of connections, the app's timeout. It stops with the app.
+        let metrics = self.metrics_listener.map(|listener| {
+            let router = routes::metrics::router(services.clone(), self.connections.clone());
+            let limits = ConnectionLimits { max_connections: Some(METRICS_CONNECTIONS), ..self.connections.limits() };
+            let stop = Closing(closing_seen.clone()).wait();
+            tokio::spawn(http_server::serve(listener, router, Connections::new(limits), stop))
+        });
         let shutdown = async move {
             shutdown.await;
             let _ = closing.send(true);
         };
         let app = self.router.layer(axum::Extension(Closing(closing_seen)));
-        http_server::serve(self.listener, app, self.connection_limits, shutdown).await;
+        http_server::serve(self.listener, app, self.connections, shutdown).await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         // Its last request (at most a few hundred ms) is recorded before the recorder closes.
         if let Some(demo) = demo {
             if tokio::time::timeout(Duration::from_secs(15), demo).await.is_err() {
@@ -318,6 +346,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// Connections the metrics listener serves at once.
+const METRICS_CONNECTIONS: usize = 16;
 
 /// Becomes true when the server starts to shut down; long-lived responses end then.
 #[derive(Clone)]

@@ -527,3 +527,96 @@ async fn departed_writers_leave_the_group_unless_they_hold_entries() {
     names.sort();
     assert_eq!(names, ["holding", "me"]);
 }
+
+/// One scrape of `/metrics`: each sample line's name and labels, and its value.
+async fn scrape(url: &str) -> std::collections::HashMap<String, f64> {
+    let res = client().get(url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let content_type = res.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let text = res.text().await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (sample, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
+            (sample.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        })
+        .collect()
+}
+
+/// `/metrics`, on its own listener: the calls this instance recorded by status class, where
+/// their usage went, and the usage not yet stored, which grows and ages while PostgreSQL is
+/// away and drains once it is back. The app's own port does not serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_count_calls_and_show_usage_waiting_while_postgres_is_away() {
+    let app = TestApp::spawn_with(&[
+        ("KEYMETER_METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("KEYMETER_MAX_CONNECTIONS", "40".into()),
+    ])
+    .await;
+    let metrics = app.metrics_url.clone().expect("metrics are served when a listener is set");
+    assert_eq!(client().get(app.url("/metrics")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    let (secret, id) = app.key_with_quota(4, 100).await;
+    // One keep-alive connection for all the calls: it stays open while we scrape.
+    let c = client();
+    let call = |path: &'static str, secret: String| {
+        let c = c.clone();
+        let url = app.url(path);
+        async move { c.get(url).bearer_auth(secret).send().await.unwrap().status().as_u16() }
+    };
+    let mut statuses = Vec::new();
+    for path in ["/api/v1/ping", "/api/v1/status/404", "/api/v1/status/503", "/api/v1/ping", "/api/v1/ping"] {
+        statuses.push(call(path, secret.clone()).await);
+    }
+    assert_eq!(statuses, [200, 404, 503, 200, 429]);
+    // Not authenticated, so not counted anywhere.
+    assert_eq!(call("/api/v1/ping", "km_live_nobody".into()).await, 401);
+    app.wait_until_usage_stored().await;
+
+    let m = scrape(&metrics).await;
+    let get = |m: &std::collections::HashMap<String, f64>, sample: &str| {
+        *m.get(sample).unwrap_or_else(|| panic!("{sample} missing from {m:#?}"))
+    };
+    for (sample, expected) in [
+        ("keymeter_metered_requests_total{class=\"2xx\"}", 2.0),
+        ("keymeter_metered_requests_total{class=\"4xx\"}", 2.0),
+        ("keymeter_metered_requests_total{class=\"5xx\"}", 1.0),
+        ("keymeter_throttled_requests_total", 1.0),
+        ("keymeter_usage_events_handed_off_total{to=\"redis\"}", 5.0),
+        ("keymeter_usage_events_handed_off_total{to=\"postgres\"}", 0.0),
+        ("keymeter_usage_events_written_total", 5.0),
+        ("keymeter_usage_events_dropped_total", 0.0),
+        ("keymeter_usage_backlog_entries", 0.0),
+        ("keymeter_usage_backlog_oldest_seconds", 0.0),
+        ("keymeter_usage_set_aside_entries", 0.0),
+        ("keymeter_backend_up{backend=\"redis\"}", 1.0),
+        ("keymeter_backend_up{backend=\"postgres\"}", 1.0),
+        ("keymeter_mail_outbox_messages{state=\"given_up\"}", 0.0),
+        ("keymeter_connections_max", 40.0),
+        ("keymeter_quota_fallback", 0.0),
+    ] {
+        assert_eq!(get(&m, sample), expected, "{sample}");
+    }
+    assert!(get(&m, "keymeter_connections_open") >= 1.0, "our keep-alive connection is open");
+    assert_eq!(app.event_count(id).await, 5, "the counters match what was stored");
+
+    // PostgreSQL away: the call is answered (the key is cached), its usage waits in Redis.
+    app.set_database_reachable(false).await;
+    assert_eq!(call("/api/v1/ping", secret.clone()).await, 429);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let m = scrape(&metrics).await;
+    assert_eq!(get(&m, "keymeter_backend_up{backend=\"postgres\"}"), 0.0);
+    assert!(!m.contains_key("keymeter_mail_outbox_messages{state=\"waiting\"}"), "unknown, so left out");
+    assert_eq!(get(&m, "keymeter_usage_backlog_entries"), 1.0);
+    let waited = get(&m, "keymeter_usage_backlog_oldest_seconds");
+    assert!((1.0..30.0).contains(&waited), "the waiting entry is {waited} s old");
+    assert_eq!(get(&m, "keymeter_usage_events_written_total"), 5.0);
+
+    app.set_database_reachable(true).await;
+    app.wait_until_usage_stored().await;
+    let m = scrape(&metrics).await;
+    assert_eq!(get(&m, "keymeter_usage_backlog_entries"), 0.0);
+    assert_eq!(get(&m, "keymeter_usage_events_written_total"), 6.0);
+    assert_eq!(get(&m, "keymeter_throttled_requests_total"), 2.0);
+    assert_eq!(app.event_count(id).await, 6);
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod keys;
 pub mod mailer;
+pub mod metrics;
 pub mod monthly_report;
 pub mod notifications;
 pub mod outage_log;
@@ -52,6 +53,8 @@ pub struct ServiceParts {
     pub alert_crossings: alerts::CrossingMemo,
     /// The share of the database pool that CSV exports may hold.
     pub exports: usage::export::ExportSlots,
+    /// What this instance has done, for monitoring.
+    pub metrics: Arc<metrics::Metrics>,
     /// Prefix of the deployment-wide Redis keys (per-key data is keyed by key id).
     pub namespace: String,
     pub settings: Settings,
@@ -87,15 +90,22 @@ impl Default for Settings {
 impl Services {
     /// Must be called inside a Tokio runtime: it starts the usage recorder's flusher.
     pub fn new(db: db::DbPool, redis: redis_pool::RedisPool, namespace: &str, settings: Settings) -> Self {
+        let metrics = Arc::new(metrics::Metrics::default());
         // Used by the recorder only when Redis cannot take a batch.
-        let fallback =
-            usage::writer::UsageWriter::from_parts(db.clone(), redis.clone(), namespace, &settings.public_url);
+        let fallback = usage::writer::UsageWriter::from_parts(
+            db.clone(),
+            redis.clone(),
+            namespace,
+            &settings.public_url,
+            metrics.clone(),
+        );
         // One multiplexed Redis connection for everything a metered request waits on.
         let hot_path = redis_pool::SharedConnection::new(redis.clone());
         Self(Arc::new(ServiceParts {
             keys: keys::KeyAuthenticator::new(db.clone()),
             quota: keys::QuotaManager::with_connection(hot_path.clone(), settings.quota_failure),
-            usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback)),
+            usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback), metrics.clone()),
+            metrics,
             alert_crossings: alerts::CrossingMemo::default(),
             exports: usage::export::ExportSlots::for_pool(db.status().max_size),
             namespace: namespace.to_owned(),

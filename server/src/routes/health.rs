@@ -35,8 +35,10 @@ async fn healthz() -> &'static str {
 /// host names, users and addresses, and go to the log only (at debug: probes come every few
 /// seconds; the background loops log outages once).
 async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_json::Value>) {
-    let (db, redis) =
-        tokio::join!(within(services::db::ping(&services.db)), within(services::redis_pool::ping(&services.redis)));
+    let (db, redis) = tokio::join!(
+        within(CHECK_WITHIN, services::db::ping(&services.db)),
+        within(CHECK_WITHIN, services::redis_pool::ping(&services.redis))
+    );
     let show = |dependency: &str, r: &ServiceResult<()>| match r {
         Ok(()) => "ok",
         Err(e) => {
@@ -53,8 +55,12 @@ async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_jso
     (status, Json(json!({ "status": state, "postgres": show("postgres", &db), "redis": show("redis", &redis) })))
 }
 
-async fn within(check: impl std::future::Future<Output = ServiceResult<()>>) -> ServiceResult<()> {
-    tokio::time::timeout(CHECK_WITHIN, check)
+/// `read`'s answer, or an error if it takes longer than `limit`: a hung service counts as down.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    read: impl std::future::Future<Output = ServiceResult<T>>,
+) -> ServiceResult<T> {
+    tokio::time::timeout(limit, read)
         .await
-        .unwrap_or_else(|_| Err(ServiceError::Internal(format!("no answer within {CHECK_WITHIN:?}"))))
+        .unwrap_or_else(|_| Err(ServiceError::Internal(format!("no answer within {limit:?}"))))
 }

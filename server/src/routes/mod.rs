@@ -4,6 +4,7 @@
 pub mod api_v1;
 pub mod bench;
 pub mod health;
+pub mod metrics;
 pub mod page_deadline;
 pub mod page_guard;
 pub mod same_origin;

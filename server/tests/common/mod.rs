@@ -29,6 +29,8 @@ pub struct TestApp {
     pub services: Services,
     pub config: Config,
     pub db_name: String,
+    /// `/metrics`, when `KEYMETER_METRICS_LISTEN` was set.
+    pub metrics_url: Option<String>,
 }
 
 /// A client that keeps cookies and does not follow redirects, so tests see them. A reply that
@@ -78,7 +80,7 @@ impl TestApp {
         // Services only, no server: nothing else sends this database's mail.
         let config = Self::config(&database_url, &db_name, &[]);
         let services = startup::connect(&config).await.expect("connect services");
-        Self { base: String::new(), services, config, db_name }
+        Self { base: String::new(), services, config, db_name, metrics_url: None }
     }
 
     /// Another instance of the server on the same database and Redis, as in a scaled-out
@@ -96,8 +98,9 @@ impl TestApp {
         let services = startup::connect(&config).await.expect("connect services");
         let app = Application::with_services(&config, services.clone()).await.expect("bind");
         let base = format!("http://{}", app.local_addr());
+        let metrics_url = app.metrics_addr().map(|at| format!("http://{at}/metrics"));
         tokio::spawn(app.run_until_stopped());
-        Self { base, services, config, db_name }
+        Self { base, services, config, db_name, metrics_url }
     }
 
     fn config(database_url: &str, db_name: &str, settings: &[(&'static str, String)]) -> Config {

@@ -11,7 +11,6 @@
 //! released after [`HANDOFF_WAIT`] so that clients are still answered.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use uuid::Uuid;
 use super::live::{minute_key, MinuteCounters};
 use super::writer::UsageWriter;
 use super::UsageEvent;
+use crate::metrics::{HandOff, Metrics};
 use crate::outage_log::OutageLog;
 use crate::redis_pool::SharedConnection;
 
@@ -52,28 +52,30 @@ struct Item {
 pub struct UsageRecorder {
     tx: Arc<Mutex<Option<mpsc::Sender<Item>>>>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl UsageRecorder {
     /// Starts the background flusher on the current Tokio runtime, handing off on `redis` (a
     /// multiplexed connection, shared with the quota checks). `fallback` writes batches
-    /// straight to PostgreSQL when Redis cannot take them.
-    pub fn start(redis: SharedConnection, namespace: &str, fallback: Option<UsageWriter>) -> Self {
+    /// straight to PostgreSQL when Redis cannot take them. What it does is counted in `metrics`.
+    pub fn start(
+        redis: SharedConnection,
+        namespace: &str,
+        fallback: Option<UsageWriter>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx, fallback));
-        Self {
-            tx: Arc::new(Mutex::new(Some(tx))),
-            task: Arc::new(Mutex::new(Some(task))),
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
+        let task = tokio::spawn(flush_loop(redis, stream_name(namespace), rx, fallback, metrics.clone()));
+        Self { tx: Arc::new(Mutex::new(Some(tx))), task: Arc::new(Mutex::new(Some(task))), metrics }
     }
 
     fn send(&self, item: Item) -> bool {
+        self.metrics.recorded(&item.event);
         let sender = self.tx.lock().ok().and_then(|tx| tx.clone());
         let queued = sender.map(|tx| tx.try_send(item).is_ok()).unwrap_or(false);
         if !queued {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.metrics.dropped();
             if n.is_power_of_two() {
                 tracing::error!(dropped = n, "usage queue full or closed: events dropped");
             }
@@ -96,10 +98,6 @@ impl UsageRecorder {
         matches!(tokio::time::timeout(HANDOFF_WAIT, handed_off).await, Ok(Ok(())))
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Stops accepting events and waits until every queued event has been handed off.
     pub async fn shutdown(&self) {
         let sender = self.tx.lock().ok().and_then(|mut tx| tx.take());
@@ -116,6 +114,7 @@ async fn flush_loop(
     stream: String,
     mut rx: mpsc::Receiver<Item>,
     mut fallback: Option<UsageWriter>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Item> = Vec::with_capacity(MAX_BATCH);
     let mut redis_state = RedisState::default();
@@ -145,7 +144,9 @@ async fn flush_loop(
                 }
             }
         }
-        hand_off_until_done(&redis, &stream, fallback.as_mut(), &mut redis_state, &mut batch).await;
+        let handed = batch.len();
+        let to = hand_off_until_done(&redis, &stream, fallback.as_mut(), &mut redis_state, &mut batch).await;
+        metrics.handed_off(to, handed);
     }
     // Closed: whatever was queued has been handed off above (`recv` drains before None).
 }
@@ -193,7 +194,7 @@ async fn hand_off_until_done(
     mut fallback: Option<&mut UsageWriter>,
     redis_state: &mut RedisState,
     batch: &mut Vec<Item>,
-) {
+) -> HandOff {
     let (events, waiters): (Vec<UsageEvent>, Vec<Option<oneshot::Sender<()>>>) =
         batch.drain(..).map(|i| (i.event, i.handed_off)).unzip();
     let mut backoff = Duration::from_millis(50);
@@ -202,42 +203,44 @@ async fn hand_off_until_done(
             match tokio::time::timeout(REDIS_TIMEOUT, flush(redis, stream, &events)).await {
                 Ok(Ok(())) => {
                     redis_state.succeeded();
-                    true
+                    Some(HandOff::Redis)
                 }
                 Ok(Err(e)) => {
                     redis_state.failed(&e.to_string());
-                    false
+                    None
                 }
                 Err(_) => {
                     // The shared connection may be stuck behind the slow reply.
                     redis.reset();
                     redis_state.failed("timed out");
-                    false
+                    None
                 }
             }
         } else {
-            false
+            None
         };
-        let stored = stored
-            || match fallback.as_deref_mut() {
+        let stored = match stored {
+            Some(to) => Some(to),
+            None => match fallback.as_deref_mut() {
                 Some(writer) => match writer.write(&events).await {
-                    Ok(()) => true,
+                    Ok(()) => Some(HandOff::Postgres),
                     Err(pg) => {
                         redis_state.stuck.failed(&pg, "events stay queued here, retried");
-                        false
+                        None
                     }
                 },
                 None => {
                     redis_state.stuck.failed(&"no PostgreSQL fallback", "events stay queued here, retried");
-                    false
+                    None
                 }
-            };
-        if stored {
+            },
+        };
+        if let Some(to) = stored {
             redis_state.stuck.succeeded();
             for done in waiters.into_iter().flatten() {
                 let _ = done.send(());
             }
-            return;
+            return to;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -5,6 +5,7 @@
 //! a replayed entry inserts nothing twice and adds nothing twice to the rollups.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -19,6 +20,7 @@ use super::recorder::stream_name;
 use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
 use crate::housekeeping::ensure_partitions;
+use crate::metrics::Metrics;
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
@@ -73,6 +75,7 @@ pub struct UsageWriter {
     /// This writer may have entries read but not acknowledged (at start, and after an error).
     own_pending: bool,
     last_claim: Option<std::time::Instant>,
+    metrics: Arc<Metrics>,
 }
 
 impl UsageWriter {
@@ -82,10 +85,12 @@ impl UsageWriter {
             services.redis.clone(),
             &services.namespace,
             &services.settings.public_url,
+            services.metrics.clone(),
         )
     }
 
-    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str) -> Self {
+    /// What it writes from the stream and sets aside is counted in `metrics`.
+    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             db,
             redis,
@@ -96,6 +101,7 @@ impl UsageWriter {
             group_ready: false,
             own_pending: true,
             last_claim: None,
+            metrics,
         }
     }
 
@@ -266,7 +272,10 @@ impl UsageWriter {
             ends.push(events.len());
         }
         match self.write(&events).await {
-            Ok(()) => self.ack(&ids).await?,
+            Ok(()) => {
+                self.ack(&ids).await?;
+                self.metrics.written(events.len());
+            }
             Err(e) if refused_by_postgres(&e) => {
                 tracing::warn!(error = %e, entries = ids.len(), "usage writer: PostgreSQL refused a batch; writing its entries one by one");
                 let mut start = 0;
@@ -290,7 +299,11 @@ impl UsageWriter {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             match self.write(events).await {
-                Ok(()) => return self.ack(&[id.to_owned()]).await,
+                Ok(()) => {
+                    self.ack(&[id.to_owned()]).await?;
+                    self.metrics.written(events.len());
+                    return Ok(());
+                }
                 Err(e) if refused_by_postgres(&e) => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -334,7 +347,9 @@ impl UsageWriter {
             stream = set_aside_stream(&self.stream),
             "usage writer: PostgreSQL refuses a stream entry; set aside so that later usage is stored"
         );
-        self.ack(&[id.to_owned()]).await
+        self.ack(&[id.to_owned()]).await?;
+        self.metrics.set_aside();
+        Ok(())
     }
 
     async fn ack(&self, ids: &[String]) -> ServiceResult<()> {
@@ -452,6 +467,34 @@ pub async fn forget_departed_consumers(
         .arg(idle_over_ms)
         .invoke_async(&mut conn)
         .await?)
+}
+
+/// Usage handed off but not yet stored in PostgreSQL, deployment-wide (every instance's
+/// recorder feeds the one stream, and writers delete what they have stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Stream entries (batches of events) waiting to be written.
+    pub entries: u64,
+    /// How long the oldest of them has waited, in ms (0 when none waits), by this instance's
+    /// clock against the id Redis gave the entry.
+    pub oldest_wait_ms: u64,
+    /// Entries PostgreSQL refused, kept for an operator (see [`UsageWriter::set_aside`]).
+    pub set_aside: u64,
+}
+
+pub async fn backlog(redis: &RedisPool, namespace: &str) -> ServiceResult<Backlog> {
+    let stream = stream_name(namespace);
+    let mut conn = redis_pool::conn(redis).await?;
+    // The two streams' keys may live on different nodes of a cluster: a command each.
+    let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await?;
+    let oldest: Vec<(String, HashMap<String, Value>)> =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut conn).await?;
+    let set_aside: u64 = redis::cmd("XLEN").arg(set_aside_stream(&stream)).query_async(&mut conn).await?;
+    // An entry id is `<ms since the epoch>-<sequence>`, from the Redis clock that added it.
+    let added_ms =
+        oldest.as_slice().first().and_then(|(id, _)| id.split('-').next()).and_then(|ms| ms.parse::<i64>().ok());
+    let oldest_wait_ms = added_ms.map_or(0, |added| (Utc::now().timestamp_millis() - added).max(0).unsigned_abs());
+    Ok(Backlog { entries, oldest_wait_ms, set_aside })
 }
 
 /// Where entries PostgreSQL refuses are kept (see [`UsageWriter::set_aside`]).
