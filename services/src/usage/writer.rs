@@ -108,6 +108,7 @@ impl UsageWriter {
     /// Runs until `stop` turns true or its sender is gone (the server was dropped), then drains
     /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        warn_if_messages_not_in_english(&self.db).await;
         let mut backoff = Duration::from_millis(100);
         let mut outage = crate::outage_log::OutageLog::new("usage writer");
         loop {
@@ -526,6 +527,46 @@ fn refused_by_postgres(e: &ServiceError) -> bool {
     }
 }
 
+/// [`refused_by_postgres`] reads PostgreSQL's messages, which come in the language of
+/// `lc_messages`: in another one, a passing conflict (a deadlock, a lock timeout) looks like a
+/// refusal, and its entries are retried one at a time, then set aside for an operator. Said
+/// once, when the writer starts; a failed check says nothing (the writer reports outages).
+async fn warn_if_messages_not_in_english(db: &DbPool) {
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        lc_messages: String,
+    }
+    let Ok(mut conn) = db::conn(db).await else { return };
+    let setting = diesel::sql_query("SELECT current_setting('lc_messages') AS lc_messages")
+        .get_result::<Setting>(&mut conn)
+        .await;
+    if let Ok(Setting { lc_messages }) = setting {
+        if !messages_in_english(&lc_messages) {
+            tracing::warn!(
+                lc_messages,
+                "PostgreSQL's messages are not in English: the usage writer may take a deadlock or a lock timeout \
+                 for refused data and set entries aside; have lc_messages set to 'C' for keymeter's database or role"
+            );
+        }
+    }
+}
+
+/// Whether a `lc_messages` value gives PostgreSQL's own (English) messages. Empty means the
+/// server's environment decides: not known, so not warned about.
+fn messages_in_english(locale: &str) -> bool {
+    let locale = locale.trim().to_ascii_lowercase();
+    locale.is_empty()
+        || locale == "c"
+        || locale == "posix"
+        || locale.starts_with("c.")
+        || locale.starts_with("en_")
+        || locale.starts_with("en-")
+        || locale == "en"
+        // Windows' names.
+        || locale.starts_with("english")
+}
+
 fn decode_entry(payload: Option<&Value>) -> Vec<UsageEvent> {
     let bytes: Option<Vec<u8>> = payload.and_then(|v| redis::from_redis_value(v).ok());
     match bytes.map(|b| serde_json::from_slice::<Vec<UsageEvent>>(&b)) {
@@ -702,5 +743,20 @@ impl LastUsed {
         })
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::messages_in_english;
+
+    #[test]
+    fn only_english_message_locales_pass_without_a_warning() {
+        for english in ["C", "C.UTF-8", "POSIX", "en_US.UTF-8", "en_GB.utf8", "", "English_United States.1252"] {
+            assert!(messages_in_english(english), "{english}");
+        }
+        for other in ["de_DE.UTF-8", "fr_FR.utf8", "ja_JP.UTF-8", "pt_BR", "es"] {
+            assert!(!messages_in_english(other), "{other}");
+        }
     }
 }
