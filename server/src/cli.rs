@@ -1,5 +1,5 @@
-//! Operator commands: `keymeter [serve]`, `migrate`, `user add`, `key create|revoke|list`, `quota set`,
-//! `demo seed`, `report monthly`.
+//! Operator commands: `keymeter [serve]`, `migrate`, `user add|set-password`,
+//! `key create|revoke|list`, `quota set`, `usage set-aside`, `demo seed`, `report monthly`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -56,6 +56,21 @@ enum Command {
     /// Usage reports.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Usage storage.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// List the usage PostgreSQL refused to store (set aside by the writers so that the usage
+    /// behind it is stored), with PostgreSQL's error.
+    SetAside {
+        /// Once the cause is fixed: put it all back in the usage stream, for the servers'
+        /// writers to store (an event already stored is not stored twice).
+        #[arg(long)]
+        replay: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -327,6 +342,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             )
         }
         Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(config, secret_file.as_deref()).await,
+        Command::Usage(UsageCommand::SetAside { replay }) => set_aside(config, replay).await,
         Command::Report(ReportCommand::Monthly { month, force }) => {
             let month = match month {
                 Some(raw) => Month::parse(&raw).context("--month")?,
@@ -378,6 +394,42 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Entries listed by `usage set-aside` (the oldest; the count says how many there are).
+const SET_ASIDE_SHOWN: usize = 50;
+
+async fn set_aside(config: &Config, replay: bool) -> anyhow::Result<()> {
+    use services::usage::set_aside;
+    let redis = startup::connect_redis(config).await?;
+    let namespace = &config.redis_namespace;
+    if replay {
+        let done = set_aside::replay(&redis, namespace).await?;
+        return match done.entries {
+            0 => say!("no usage set aside: nothing to replay"),
+            n => say!(
+                "{n} set-aside entr{} ({} event(s)) put back in the usage stream; a running server's writer \
+                 stores them (what PostgreSQL still refuses is set aside again)",
+                if n == 1 { "y" } else { "ies" },
+                done.events
+            ),
+        };
+    }
+    let (total, shown) = set_aside::list(&redis, namespace, SET_ASIDE_SHOWN).await?;
+    if total == 0 {
+        return say!("no usage set aside");
+    }
+    say!("{total} entr{} set aside (the oldest first):", if total == 1 { "y" } else { "ies" })?;
+    for entry in &shown {
+        let at =
+            entry.id.split('-').next().and_then(|ms| ms.parse().ok()).and_then(chrono::DateTime::from_timestamp_millis);
+        let at = at.map_or_else(|| entry.id.clone(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        say!("{at}\t{} event(s)\t{}", entry.events.len(), entry.error)?;
+    }
+    if total > shown.len() as u64 {
+        say!("… and {} more", total - shown.len() as u64)?;
+    }
+    say!("fix the cause, then `keymeter usage set-aside --replay` puts them back")
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

@@ -65,10 +65,8 @@ pub async fn connect_database(config: &Config) -> anyhow::Result<services::db::D
     Ok(db)
 }
 
-/// Opens the pools and proves both services answer, naming the one that does not, and that the
-/// database has every migration this binary knows (without them every request would fail).
-pub async fn connect(config: &Config) -> anyhow::Result<Services> {
-    let db = connect_database(config).await?;
+/// Redis only, for the commands that need nothing else: reachable, or an error that says so.
+pub async fn connect_redis(config: &Config) -> anyhow::Result<services::redis_pool::RedisPool> {
     let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)
         .map_err(|e| match e {
             // The pool names REDIS_URL itself; this is the operator's setting, not an internal error.
@@ -80,6 +78,14 @@ pub async fn connect(config: &Config) -> anyhow::Result<Services> {
     services::redis_pool::ping(&redis)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
+    Ok(redis)
+}
+
+/// Opens the pools and proves both services answer, naming the one that does not, and that the
+/// database has every migration this binary knows (without them every request would fail).
+pub async fn connect(config: &Config) -> anyhow::Result<Services> {
+    let db = connect_database(config).await?;
+    let redis = connect_redis(config).await?;
     let settings = services::Settings {
         public_url: config.public_url.clone(),
         quota_maximum: config.quota_maximum,

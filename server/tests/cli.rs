@@ -419,6 +419,39 @@ async fn keys_are_listed_and_revoked_without_redis_and_a_second_revocation_says_
     assert_eq!(api_keys::list_all(&app.services.db).await.unwrap()[0].revoked_at, Some(revoked_at));
 }
 
+/// `usage set-aside` shows the usage PostgreSQL refused with its error, and `--replay` puts it
+/// back in the usage stream, from which a writer stores it.
+#[tokio::test]
+async fn usage_set_aside_lists_refused_usage_and_replays_it() {
+    // Services only: no server, so no writer moves this deployment's stream behind our back.
+    let app = TestApp::spawn_without_mailer().await;
+    let list = || async { run(keymeter(&app).args(["usage", "set-aside"])).await };
+    let empty = list().await;
+    assert_eq!((empty.code, empty.stdout.as_str()), (Some(0), "no usage set aside\n"), "{empty:?}");
+
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let now = chrono::Utc::now().timestamp_millis();
+    let events = [common::ping_event(id.0, now, 200, 1_000, false), common::ping_event(id.0, now, 404, 900, false)];
+    services::usage::set_aside::keep(&app.services.redis, &stream, "1-0", &events, "bigint out of range")
+        .await
+        .unwrap();
+    let shown = list().await;
+    assert_eq!(shown.code, Some(0), "{shown:?}");
+    let lines: Vec<&str> = shown.stdout.lines().collect();
+    assert_eq!(lines[0], "1 entry set aside (the oldest first):", "{shown:?}");
+    assert!(lines[1].ends_with("\t2 event(s)\tbigint out of range"), "{shown:?}");
+    assert!(lines[2].contains("keymeter usage set-aside --replay"), "{shown:?}");
+
+    let replay = run(keymeter(&app).args(["usage", "set-aside", "--replay"])).await;
+    assert_eq!(replay.code, Some(0), "{replay:?}");
+    assert!(replay.stdout.starts_with("1 set-aside entry (2 event(s)) put back in the usage stream"), "{replay:?}");
+    assert_eq!(list().await.stdout, "no usage set aside\n");
+    let round = services::usage::writer::UsageWriter::new(&app.services).step(0).await.unwrap();
+    assert_eq!(round.events, 2);
+    assert_eq!(app.event_count(id).await, 2);
+}
+
 #[tokio::test]
 async fn quota_set_refuses_a_revoked_key() {
     let app = TestApp::spawn_without_mailer().await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{client, TestApp};
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
+use services::usage::set_aside;
 use services::usage::writer::UsageWriter;
 use services::usage::UsageEvent;
 use uuid::Uuid;
@@ -146,7 +147,8 @@ async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() 
 
 /// A stream entry that PostgreSQL refuses (here: its bytes would overflow a rollup's total)
 /// is set aside with the error after a few tries, and the usage behind it is stored. It used to
-/// be retried forever, ahead of everything else: no usage reached PostgreSQL again.
+/// be retried forever, ahead of everything else: no usage reached PostgreSQL again. Once the
+/// cause is fixed, a replay stores it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     use deadpool_redis::redis;
@@ -179,7 +181,7 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     assert_eq!(totals(&app, healthy.0).await, (2, 2), "the usage behind the refused entry is stored");
     assert_eq!(totals(&app, poisoned.0).await, (1, 1));
     // The refused entry waits in the set-aside stream with its error; the usage stream is empty.
-    let aside = services::usage::writer::set_aside_stream(&stream);
+    let aside = services::usage::set_aside::stream_name(&stream);
     let kept: Vec<(String, Vec<(String, String)>)> = {
         let reply: redis::streams::StreamRangeReply =
             redis::cmd("XRANGE").arg(&aside).arg("-").arg("+").query_async(&mut conn).await.unwrap();
@@ -201,6 +203,27 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     let left: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0);
     assert!(writer.step(0).await.unwrap().caught_up);
+
+    // What the operator sees (`keymeter usage set-aside`), and the replay once the cause is
+    // fixed (here: the overflowing rollups brought back to 0 bytes).
+    let namespace = &app.services.namespace;
+    let (total, listed) = set_aside::list(&app.services.redis, namespace, 10).await.unwrap();
+    assert_eq!((total, listed.len()), (1, 1));
+    assert_eq!((listed[0].entry.as_str(), listed[0].events.len()), (refused_id.as_str(), 1));
+    assert!(listed[0].error.contains("out of range"), "{listed:?}");
+    assert_eq!(set_aside::replay(&app.services.redis, namespace).await.unwrap().entries, 1);
+    writer.step(0).await.unwrap();
+    assert_eq!(totals(&app, poisoned.0).await, (1, 1), "refused again: the cause is still there");
+    assert_eq!(set_aside::list(&app.services.redis, namespace, 10).await.unwrap().0, 1, "set aside again");
+    for table in ["api_key_usage_minute", "api_key_usage_hour", "api_key_usage_day"] {
+        sql(&app, &format!("UPDATE {table} SET bytes_in = 0 WHERE api_key_id = '{}'", poisoned.0)).await;
+    }
+    let replayed = set_aside::replay(&app.services.redis, namespace).await.unwrap();
+    assert_eq!((replayed.entries, replayed.events), (1, 1));
+    assert_eq!(writer.step(0).await.unwrap().events, 1);
+    assert_eq!(totals(&app, poisoned.0).await, (2, 2), "the refused usage is stored, once");
+    assert_eq!(set_aside::list(&app.services.redis, namespace, 10).await.unwrap(), (0, Vec::new()));
+    assert_eq!(set_aside::replay(&app.services.redis, namespace).await.unwrap(), Default::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

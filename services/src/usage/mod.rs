@@ -1,7 +1,7 @@
 //! The usage tracker's storage side: every metered request becomes a [`UsageEvent`], which the
 //! [`recorder`] hands to Redis (a stream, plus per-minute live counters) off the request path,
 //! and the [`writer`] moves into PostgreSQL in batches, idempotently, with per-minute, hourly and
-//! daily rollups.
+//! daily rollups; what PostgreSQL refuses is kept in the [`set_aside`] stream.
 
 pub mod dashboard;
 pub mod demo;
@@ -11,6 +11,7 @@ pub mod live;
 pub mod periods;
 pub mod recorder;
 pub mod rollups;
+pub mod set_aside;
 pub mod writer;
 
 use serde::{Deserialize, Serialize};

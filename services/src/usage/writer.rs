@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
 use super::recorder::stream_name;
+use super::set_aside;
 use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
 use crate::housekeeping::ensure_partitions;
@@ -323,30 +324,17 @@ impl UsageWriter {
         diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
     }
 
-    /// Moves an entry PostgreSQL refuses to the set-aside stream (`<stream>:set-aside`, with
-    /// the error), for an operator to look at; only then is it acknowledged.
+    /// Moves an entry PostgreSQL refuses to the set-aside stream, with the error, for an
+    /// operator to look at (see [`set_aside`](super::set_aside)); only then is it acknowledged.
     async fn set_aside(&self, id: &str, events: &[UsageEvent], why: &str) -> ServiceResult<()> {
-        let payload =
-            serde_json::to_string(events).map_err(|e| ServiceError::Internal(format!("usage encode: {e}")))?;
-        let mut conn = redis_pool::conn(&self.redis).await?;
-        let _: () = redis::cmd("XADD")
-            .arg(set_aside_stream(&self.stream))
-            .arg("*")
-            .arg("b")
-            .arg(payload)
-            .arg("entry")
-            .arg(id)
-            .arg("error")
-            .arg(why)
-            .query_async(&mut conn)
-            .await?;
-        drop(conn);
+        set_aside::keep(&self.redis, &self.stream, id, events, why).await?;
         tracing::error!(
             entry = id,
             events = events.len(),
             error = why,
-            stream = set_aside_stream(&self.stream),
-            "usage writer: PostgreSQL refuses a stream entry; set aside so that later usage is stored"
+            stream = set_aside::stream_name(&self.stream),
+            "usage writer: PostgreSQL refuses a stream entry; set aside so that later usage is stored \
+             (`keymeter usage set-aside` lists them)"
         );
         self.ack(&[id.to_owned()]).await?;
         self.metrics.set_aside();
@@ -479,7 +467,7 @@ pub struct Backlog {
     /// How long the oldest of them has waited, in ms (0 when none waits), by this instance's
     /// clock against the id Redis gave the entry.
     pub oldest_wait_ms: u64,
-    /// Entries PostgreSQL refused, kept for an operator (see [`UsageWriter::set_aside`]).
+    /// Entries PostgreSQL refused, kept for an operator (see [`set_aside`]).
     pub set_aside: u64,
 }
 
@@ -490,17 +478,12 @@ pub async fn backlog(redis: &RedisPool, namespace: &str) -> ServiceResult<Backlo
     let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await?;
     let oldest: Vec<(String, HashMap<String, Value>)> =
         redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut conn).await?;
-    let set_aside: u64 = redis::cmd("XLEN").arg(set_aside_stream(&stream)).query_async(&mut conn).await?;
+    let set_aside: u64 = redis::cmd("XLEN").arg(set_aside::stream_name(&stream)).query_async(&mut conn).await?;
     // An entry id is `<ms since the epoch>-<sequence>`, from the Redis clock that added it.
     let added_ms =
         oldest.as_slice().first().and_then(|(id, _)| id.split('-').next()).and_then(|ms| ms.parse::<i64>().ok());
     let oldest_wait_ms = added_ms.map_or(0, |added| (Utc::now().timestamp_millis() - added).max(0).unsigned_abs());
     Ok(Backlog { entries, oldest_wait_ms, set_aside })
-}
-
-/// Where entries PostgreSQL refuses are kept (see [`UsageWriter::set_aside`]).
-pub fn set_aside_stream(stream: &str) -> String {
-    format!("{stream}:set-aside")
 }
 
 /// PostgreSQL answered and refused the statement (bad data, a value out of range), as opposed
