@@ -658,6 +658,12 @@ async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again
     let set = app.rpc(&session, "notifications/monthly-summary/set", &[("monthly_summary", "on")]).await;
     assert!(set.status().is_success(), "{}", set.status());
     assert_eq!(app.count(&gets_it).await, 1);
+    // With a new link: whoever stopped it with a forwarded summary's link cannot again.
+    assert_eq!(client().get(app.url(&path)).send().await.unwrap().status(), 404);
+    assert_eq!(client().post(app.url(&path)).send().await.unwrap().status(), 404);
+    assert_eq!(app.count(&gets_it).await, 1, "the old link stops nothing");
+    let new_token = app.texts(&format!("SELECT email_token::text AS t FROM users WHERE id = {}", owner.id)).await;
+    assert_ne!(new_token, std::slice::from_ref(&token));
     let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (0, 1), "last month ended while it was off");
     // Had it been turned on before last month ended, last month's would go.
@@ -667,6 +673,9 @@ async fn an_owner_stops_the_monthly_summary_from_its_email_and_turns_it_on_again
     assert_eq!(diesel::sql_query(on_in_time).execute(&mut conn).await.unwrap(), 1);
     let outcome = send_monthly_reports(&app.services, last, false).await.unwrap();
     assert_eq!((outcome.sent, outcome.opted_out), (1, 0));
+    let mail = sink.wait_for(2, 20).await;
+    let link = format!("List-Unsubscribe: <https://keymeter.example/email/unsubscribe/{}>", new_token[0]);
+    assert!(mail[1].lines().any(|l| l == link), "{}", mail[1]);
 }
 
 #[tokio::test]

@@ -24,14 +24,16 @@ pub async fn gets_monthly_summary(db: &DbPool, user_id: i64) -> ServiceResult<bo
 }
 
 /// Turned on again, it starts with the months that end from now on: not with every month
-/// missed while it was off.
+/// missed while it was off. It also gets a new link token: the links of the summaries sent so
+/// far stop working, so whoever was forwarded one (and may have used it) cannot stop it again.
 pub async fn set_monthly_summary(db: &DbPool, user_id: i64, on: bool) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
         Box::pin(async move {
             diesel::sql_query(
                 "UPDATE users SET monthly_summary = $2, \
-                 monthly_summary_since = CASE WHEN $2 AND NOT monthly_summary THEN now() ELSE monthly_summary_since END \
+                 monthly_summary_since = CASE WHEN $2 AND NOT monthly_summary THEN now() ELSE monthly_summary_since END, \
+                 email_token = CASE WHEN $2 AND NOT monthly_summary THEN gen_random_uuid() ELSE email_token END \
                  WHERE id = $1",
             )
             .bind::<diesel::sql_types::BigInt, _>(user_id)
