@@ -85,24 +85,25 @@ impl ConnectionLimits {
     }
 }
 
-/// A listener's connection slots, under its [`ConnectionLimits`]; the metrics read how many
-/// are taken.
+/// A listener's connection slots, under its [`ConnectionLimits`], and how many connections it
+/// has open (for the metrics: the accept loop holds a slot while it waits for the next one).
 #[derive(Debug, Clone)]
 pub struct Connections {
     limits: ConnectionLimits,
     max: usize,
     slots: Arc<Semaphore>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Connections {
     pub fn new(limits: ConnectionLimits) -> Self {
         let max = limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        Self { limits, max, slots: Arc::new(Semaphore::new(max)) }
+        Self { limits, max, slots: Arc::new(Semaphore::new(max)), open: Arc::default() }
     }
 
-    /// Connections open now (while the server drains at shutdown, all of them).
+    /// Client connections open now.
     pub fn open(&self) -> usize {
-        self.max - self.slots.available_permits()
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn max(&self) -> usize {
@@ -111,6 +112,22 @@ impl Connections {
 
     pub fn limits(&self) -> ConnectionLimits {
         self.limits
+    }
+}
+
+/// One connection in [`Connections::open`], until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -158,7 +175,7 @@ enum Phase {
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and lets the
 /// requests in progress finish (see the module's notes).
 pub async fn serve(listener: TcpListener, app: Router, connections: Connections, shutdown: impl Future<Output = ()>) {
-    let Connections { limits, max: max_connections, slots } = connections;
+    let Connections { limits, max: max_connections, slots, open } = connections;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.client_timeout);
     let (phase, phase_seen) = watch::channel(Phase::Serving);
@@ -201,6 +218,7 @@ pub async fn serve(listener: TcpListener, app: Router, connections: Connections,
         // Streamed responses (the live view, CSV) write in pieces: Nagle's algorithm would hold
         // each small piece until the client acknowledged the previous one.
         let _ = stream.set_nodelay(true);
+        let counted = OpenConnection::new(&open);
         let client = Arc::new(ClientState::new(&stream));
         let io = TokioIo::new(WatchedStream { stream, client: client.clone() });
         let connection =
@@ -230,6 +248,7 @@ pub async fn serve(listener: TcpListener, app: Router, connections: Connections,
             // says the connection is gone: the stop waits for the slots, then closes the
             // usage queue.
             drop(connection);
+            drop(counted);
             drop(slot);
         });
     }

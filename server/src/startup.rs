@@ -225,10 +225,14 @@ impl Application {
             ),
             retention_days: config.usage_retention_days,
             // Descriptors kept for everything but clients: the pools (the writer's two of each
-            // included), the listener, mail, logs, the runtime's own.
-            connections: Connections::new(
-                config.connection_limits.fitting_file_limit(config.db_pool_size + config.redis_pool_size + 4 + 64),
-            ),
+            // included), the listener, mail, logs, the runtime's own, and the metrics listener's.
+            connections: Connections::new(config.connection_limits.fitting_file_limit(
+                config.db_pool_size
+                    + config.redis_pool_size
+                    + 4
+                    + 64
+                    + config.metrics_listen.map_or(0, |_| METRICS_CONNECTIONS + 1),
+            )),
             mailer: Some(Mailer::with_smtp_ca(
                 config.smtp_url.as_deref(),
                 config.smtp_ca_file.as_deref(),
@@ -318,11 +322,15 @@ impl Application {
             .demo_secret
             .clone()
             .map(|secret| crate::demo_traffic::spawn(self.router.clone(), secret, closing_seen.clone()));
-        // Scrapes are few: a handful of connections, the app's timeout. It stops with the app.
+        // Scrapes are few: a handful of connections, the app's timeout. It is served until the
+        // usage is flushed: the backlog and the last counts matter most during a stop.
+        let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
         let metrics = self.metrics_listener.map(|listener| {
             let router = routes::metrics::router(services.clone(), self.connections.clone());
             let limits = ConnectionLimits { max_connections: Some(METRICS_CONNECTIONS), ..self.connections.limits() };
-            let stop = Closing(closing_seen.clone()).wait();
+            let stop = async move {
+                let _ = metrics_stopped.await;
+            };
             tokio::spawn(http_server::serve(listener, router, Connections::new(limits), stop))
         });
         let shutdown = async move {
@@ -331,9 +339,6 @@ impl Application {
         };
         let app = self.router.layer(axum::Extension(Closing(closing_seen)));
         http_server::serve(self.listener, app, self.connections, shutdown).await;
-        if let Some(metrics) = metrics {
-            let _ = metrics.await;
-        }
         // Its last request (at most a few hundred ms) is recorded before the recorder closes.
         if let Some(demo) = demo {
             if tokio::time::timeout(Duration::from_secs(15), demo).await.is_err() {
@@ -348,6 +353,10 @@ impl Application {
         let _ = reports.await;
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
+        }
+        drop(metrics_stop);
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
         Ok(())
     }

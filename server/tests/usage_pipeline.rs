@@ -551,20 +551,44 @@ async fn departed_writers_leave_the_group_unless_they_hold_entries() {
     assert_eq!(names, ["holding", "me"]);
 }
 
-/// One scrape of `/metrics`: each sample line's name and labels, and its value.
-async fn scrape(url: &str) -> std::collections::HashMap<String, f64> {
+type Samples = std::collections::HashMap<String, f64>;
+
+/// One scrape of `/metrics`: each sample line's name and labels, and its value. Every sample
+/// belongs to a family announced with its type.
+async fn scrape(url: &str) -> Samples {
     let res = client().get(url).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let content_type = res.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
     let text = res.text().await.unwrap();
+    let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .map(|l| {
             let (sample, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
+            let family = sample.split('{').next().unwrap();
+            assert!(typed.contains(&family), "{family} has no TYPE line:\n{text}");
             (sample.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
         })
         .collect()
+}
+
+/// Scrapes until `ready` holds (counters are updated just after the work they count), for at
+/// most 10 s.
+async fn scrape_until(url: &str, ready: impl Fn(&Samples) -> bool) -> Samples {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let samples = scrape(url).await;
+        if ready(&samples) {
+            return samples;
+        }
+        assert!(std::time::Instant::now() < deadline, "metrics never got there: {samples:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sample(m: &Samples, name: &str) -> f64 {
+    *m.get(name).unwrap_or_else(|| panic!("{name} missing from {m:#?}"))
 }
 
 /// `/metrics`, on its own listener: the calls this instance recorded by status class, where
@@ -583,8 +607,7 @@ async fn the_metrics_count_calls_and_show_usage_waiting_while_postgres_is_away()
     // One keep-alive connection for all the calls: it stays open while we scrape.
     let c = client();
     let call = |path: &'static str, secret: String| {
-        let c = c.clone();
-        let url = app.url(path);
+        let (c, url) = (c.clone(), app.url(path));
         async move { c.get(url).bearer_auth(secret).send().await.unwrap().status().as_u16() }
     };
     let mut statuses = Vec::new();
@@ -596,18 +619,17 @@ async fn the_metrics_count_calls_and_show_usage_waiting_while_postgres_is_away()
     assert_eq!(call("/api/v1/ping", "km_live_nobody".into()).await, 401);
     app.wait_until_usage_stored().await;
 
-    let m = scrape(&metrics).await;
-    let get = |m: &std::collections::HashMap<String, f64>, sample: &str| {
-        *m.get(sample).unwrap_or_else(|| panic!("{sample} missing from {m:#?}"))
-    };
-    for (sample, expected) in [
+    let m = scrape_until(&metrics, |m| {
+        sample(m, "keymeter_usage_events_written_total") == 5.0 && sample(m, "keymeter_connections_open") == 1.0
+    })
+    .await;
+    for (name, expected) in [
         ("keymeter_metered_requests_total{class=\"2xx\"}", 2.0),
         ("keymeter_metered_requests_total{class=\"4xx\"}", 2.0),
         ("keymeter_metered_requests_total{class=\"5xx\"}", 1.0),
         ("keymeter_throttled_requests_total", 1.0),
         ("keymeter_usage_events_handed_off_total{to=\"redis\"}", 5.0),
         ("keymeter_usage_events_handed_off_total{to=\"postgres\"}", 0.0),
-        ("keymeter_usage_events_written_total", 5.0),
         ("keymeter_usage_events_dropped_total", 0.0),
         ("keymeter_usage_backlog_entries", 0.0),
         ("keymeter_usage_backlog_oldest_seconds", 0.0),
@@ -618,28 +640,28 @@ async fn the_metrics_count_calls_and_show_usage_waiting_while_postgres_is_away()
         ("keymeter_connections_max", 40.0),
         ("keymeter_quota_fallback", 0.0),
     ] {
-        assert_eq!(get(&m, sample), expected, "{sample}");
+        assert_eq!(sample(&m, name), expected, "{name}");
     }
-    assert!(get(&m, "keymeter_connections_open") >= 1.0, "our keep-alive connection is open");
     assert_eq!(app.event_count(id).await, 5, "the counters match what was stored");
 
     // PostgreSQL away: the call is answered (the key is cached), its usage waits in Redis.
     app.set_database_reachable(false).await;
     assert_eq!(call("/api/v1/ping", secret.clone()).await, 429);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let m = scrape(&metrics).await;
-    assert_eq!(get(&m, "keymeter_backend_up{backend=\"postgres\"}"), 0.0);
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_usage_backlog_oldest_seconds") >= 1.0).await;
+    assert_eq!(sample(&m, "keymeter_backend_up{backend=\"postgres\"}"), 0.0);
     assert!(!m.contains_key("keymeter_mail_outbox_messages{state=\"waiting\"}"), "unknown, so left out");
-    assert_eq!(get(&m, "keymeter_usage_backlog_entries"), 1.0);
-    let waited = get(&m, "keymeter_usage_backlog_oldest_seconds");
-    assert!((1.0..30.0).contains(&waited), "the waiting entry is {waited} s old");
-    assert_eq!(get(&m, "keymeter_usage_events_written_total"), 5.0);
+    assert_eq!(sample(&m, "keymeter_usage_backlog_entries"), 1.0);
+    assert!(sample(&m, "keymeter_usage_backlog_oldest_seconds") < 30.0);
+    assert_eq!(sample(&m, "keymeter_usage_events_written_total"), 5.0);
 
     app.set_database_reachable(true).await;
     app.wait_until_usage_stored().await;
-    let m = scrape(&metrics).await;
-    assert_eq!(get(&m, "keymeter_usage_backlog_entries"), 0.0);
-    assert_eq!(get(&m, "keymeter_usage_events_written_total"), 6.0);
-    assert_eq!(get(&m, "keymeter_throttled_requests_total"), 2.0);
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_usage_events_written_total") == 6.0).await;
+    assert_eq!(sample(&m, "keymeter_usage_backlog_entries"), 0.0);
+    assert_eq!(sample(&m, "keymeter_throttled_requests_total"), 2.0);
     assert_eq!(app.event_count(id).await, 6);
+
+    // Our connection closed: none is open.
+    drop(c);
+    scrape_until(&metrics, |m| sample(m, "keymeter_connections_open") == 0.0).await;
 }

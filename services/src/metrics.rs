@@ -12,7 +12,8 @@ use crate::usage::UsageEvent;
 pub struct Metrics {
     /// Metered calls recorded (authenticated, so counted), by status class 1xx..5xx.
     by_class: [AtomicU64; 5],
-    /// Of those, refused by their quota.
+    /// Of those, refused before running: by their quota (429), or because it could not be
+    /// checked and quotas fail closed (503).
     throttled: AtomicU64,
     /// Events this instance could not queue (the queue was full or closed): lost.
     dropped: AtomicU64,
@@ -20,7 +21,8 @@ pub struct Metrics {
     /// take them.
     to_redis: AtomicU64,
     to_postgres: AtomicU64,
-    /// Events this instance's writer moved from the stream to PostgreSQL.
+    /// Events this instance's writer took from the stream and stored in PostgreSQL (new ones:
+    /// an event stored before, by a replay or a writer that took an entry over, is not counted).
     written: AtomicU64,
     /// Stream entries PostgreSQL refused, set aside for an operator.
     set_aside: AtomicU64,
@@ -74,7 +76,11 @@ impl Metrics {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].into_iter().enumerate() {
             out.sample("keymeter_metered_requests_total", &[("class", class)], get(&self.by_class[i]));
         }
-        out.family("keymeter_throttled_requests_total", "counter", "Metered calls refused by their quota (429).");
+        out.family(
+            "keymeter_throttled_requests_total",
+            "counter",
+            "Metered calls refused before running: 429 by their quota, or 503 when it could not be checked (fail-closed).",
+        );
         out.sample("keymeter_throttled_requests_total", &[], get(&self.throttled));
         out.family(
             "keymeter_usage_events_dropped_total",
@@ -92,7 +98,7 @@ impl Metrics {
         out.family(
             "keymeter_usage_events_written_total",
             "counter",
-            "Usage events this instance's writer moved from the Redis stream to PostgreSQL.",
+            "Usage events this instance's writer took from the Redis stream and stored in PostgreSQL (each event once).",
         );
         out.sample("keymeter_usage_events_written_total", &[], get(&self.written));
         out.family(

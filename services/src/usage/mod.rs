@@ -45,7 +45,8 @@ pub struct UsageEvent {
     pub bytes_in: u64,
     #[serde(rename = "o")]
     pub bytes_out: u64,
-    /// Refused by the quota (429, not admitted, not billable).
+    /// Refused before running: by the quota (429), or because it could not be checked while
+    /// quotas fail closed (503). Not admitted, not billable.
     #[serde(rename = "q")]
     pub throttled: bool,
     /// False when the quota could not be enforced (Redis unavailable).

@@ -223,7 +223,7 @@ async fn hand_off_until_done(
             Some(to) => Some(to),
             None => match fallback.as_deref_mut() {
                 Some(writer) => match writer.write(&events).await {
-                    Ok(()) => Some(HandOff::Postgres),
+                    Ok(_) => Some(HandOff::Postgres),
                     Err(pg) => {
                         redis_state.stuck.failed(&pg, "events stay queued here, retried");
                         None

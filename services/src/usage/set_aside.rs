@@ -106,17 +106,27 @@ pub async fn replay(redis: &RedisPool, namespace: &str) -> ServiceResult<Replaye
         if chunk.is_empty() {
             return Ok(replayed);
         }
-        for (id, fields) in chunk {
-            // The payload as it was refused, byte for byte; an entry without one has nothing to store.
+        // A pipeline per stream (in a cluster each may live on its own node): all of the
+        // chunk's copies, then all of its deletions.
+        let mut copies = redis::pipe();
+        let mut deletions = redis::pipe();
+        for (id, fields) in &chunk {
+            // The payload as it was refused, byte for byte.
             let payload: Option<Vec<u8>> = fields.get("b").and_then(|v| redis::from_redis_value(v).ok());
-            if let Some(payload) = payload {
-                let _: String =
-                    redis::cmd("XADD").arg(&stream).arg("*").arg("b").arg(&payload).query_async(&mut conn).await?;
-                let events: Vec<serde_json::Value> = serde_json::from_slice(&payload).unwrap_or_default();
-                replayed.events += events.len() as u64;
+            match payload {
+                Some(payload) => {
+                    let events: Vec<serde_json::Value> = serde_json::from_slice(&payload).unwrap_or_default();
+                    replayed.events += events.len() as u64;
+                    copies.cmd("XADD").arg(&stream).arg("*").arg("b").arg(payload).ignore();
+                }
+                None => tracing::warn!(entry = %id, "set-aside entry without events dropped"),
             }
-            let _: () = redis::cmd("XDEL").arg(&aside).arg(&id).query_async(&mut conn).await?;
+            deletions.cmd("XDEL").arg(&aside).arg(id).ignore();
             replayed.entries += 1;
         }
+        if copies.cmd_iter().next().is_some() {
+            let _: () = copies.query_async(&mut conn).await?;
+        }
+        let _: () = deletions.query_async(&mut conn).await?;
     }
 }

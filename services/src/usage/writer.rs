@@ -109,7 +109,8 @@ impl UsageWriter {
     /// Runs until `stop` turns true or its sender is gone (the server was dropped), then drains
     /// what is already in the stream and returns.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        warn_if_messages_not_in_english(&self.db).await;
+        // Beside the writing: a PostgreSQL that does not answer must not hold the writer up.
+        tokio::spawn(warn_if_messages_not_in_english(self.db.clone()));
         let mut backoff = Duration::from_millis(100);
         let mut outage = crate::outage_log::OutageLog::new("usage writer");
         loop {
@@ -274,9 +275,9 @@ impl UsageWriter {
             ends.push(events.len());
         }
         match self.write(&events).await {
-            Ok(()) => {
+            Ok(stored) => {
                 self.ack(&ids).await?;
-                self.metrics.written(events.len());
+                self.metrics.written(stored);
             }
             Err(e) if refused_by_postgres(&e) => {
                 tracing::warn!(error = %e, entries = ids.len(), "usage writer: PostgreSQL refused a batch; writing its entries one by one");
@@ -301,9 +302,9 @@ impl UsageWriter {
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
             match self.write(events).await {
-                Ok(()) => {
+                Ok(stored) => {
                     self.ack(&[id.to_owned()]).await?;
-                    self.metrics.written(events.len());
+                    self.metrics.written(stored);
                     return Ok(());
                 }
                 Err(e) if refused_by_postgres(&e) => last = Some(e),
@@ -359,10 +360,10 @@ impl UsageWriter {
     }
 
     /// Writes a batch in one transaction; events already stored are skipped, and only the newly
-    /// stored ones are added to the rollups.
-    pub async fn write(&mut self, events: &[UsageEvent]) -> ServiceResult<()> {
+    /// stored ones are added to the rollups. Returns how many were new.
+    pub async fn write(&mut self, events: &[UsageEvent]) -> ServiceResult<usize> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let days: Vec<NaiveDate> = events
             .iter()
@@ -422,7 +423,7 @@ impl UsageWriter {
                             fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
                         alerts::record(conn, &crossings, public_url).await?;
                     }
-                    Ok(())
+                    Ok(fresh().count())
                 })
             })
             .await;
@@ -514,13 +515,13 @@ fn refused_by_postgres(e: &ServiceError) -> bool {
 /// `lc_messages`: in another one, a passing conflict (a deadlock, a lock timeout) looks like a
 /// refusal, and its entries are retried one at a time, then set aside for an operator. Said
 /// once, when the writer starts; a failed check says nothing (the writer reports outages).
-async fn warn_if_messages_not_in_english(db: &DbPool) {
+async fn warn_if_messages_not_in_english(db: DbPool) {
     #[derive(diesel::QueryableByName)]
     struct Setting {
         #[diesel(sql_type = Text)]
         lc_messages: String,
     }
-    let Ok(mut conn) = db::conn(db).await else { return };
+    let Ok(mut conn) = db::conn(&db).await else { return };
     let setting = diesel::sql_query("SELECT current_setting('lc_messages') AS lc_messages")
         .get_result::<Setting>(&mut conn)
         .await;
