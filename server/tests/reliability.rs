@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::processes::{OwnRedis, ServerProcess};
-use common::{client, TestApp};
+use common::{client, sample, scrape_until, TestApp};
 use diesel_async::RunQueryDsl;
 use services::keys::ApiKeyId;
 
@@ -175,8 +175,10 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
         ("REDIS_URL", redis.url()),
         ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
         ("KEYMETER_INSTANCES", "2".into()),
+        ("KEYMETER_METRICS_LISTEN", "127.0.0.1:0".into()),
     ])
     .await;
+    let metrics = app.metrics_url.clone().unwrap();
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     for _ in 0..3 {
         assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
@@ -201,6 +203,14 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(events(&app, id).await.1, 8);
+    // The operator sees it: quotas decided here, usage going straight to PostgreSQL, Redis down
+    // (and the scrape still answers, without Redis' gauges).
+    let m =
+        scrape_until(&metrics, |m| sample(m, "keymeter_usage_events_handed_off_total{to=\"postgres\"}") == 8.0).await;
+    assert_eq!(sample(&m, "keymeter_quota_fallback"), 1.0);
+    assert_eq!(sample(&m, "keymeter_backend_up{backend=\"redis\"}"), 0.0);
+    assert_eq!(sample(&m, "keymeter_usage_events_handed_off_total{to=\"redis\"}"), 3.0);
+    assert!(!m.contains_key("keymeter_usage_backlog_entries"), "unknown while Redis is down");
 
     // Back: enforcement resumes by itself (Redis kept its counts: 3 of 10 used).
     redis.restart();
@@ -227,6 +237,8 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     after += 1;
     let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
     assert_eq!(remaining, "2");
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 1.0).await;
+    assert_eq!(sample(&m, "keymeter_quota_fallback"), 0.0);
     // Nothing lost: the events that were still in Redis when it crashed arrive too.
     // Unenforced: the 8 of the outage and those after it until Redis was tried again.
     assert_eq!(wait_for_events(&app, id, 11 + after).await, (11 + after, 8 + after - 2));

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, TestApp};
+use common::{client, sample, scrape_until, TestApp};
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use services::usage::set_aside;
@@ -549,46 +549,6 @@ async fn departed_writers_leave_the_group_unless_they_hold_entries() {
     let mut names: Vec<String> = consumers.iter().map(|c| redis::from_redis_value(&c["name"]).unwrap()).collect();
     names.sort();
     assert_eq!(names, ["holding", "me"]);
-}
-
-type Samples = std::collections::HashMap<String, f64>;
-
-/// One scrape of `/metrics`: each sample line's name and labels, and its value. Every sample
-/// belongs to a family announced with its type.
-async fn scrape(url: &str) -> Samples {
-    let res = client().get(url).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let content_type = res.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
-    let text = res.text().await.unwrap();
-    let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let (sample, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
-            let family = sample.split('{').next().unwrap();
-            assert!(typed.contains(&family), "{family} has no TYPE line:\n{text}");
-            (sample.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
-        })
-        .collect()
-}
-
-/// Scrapes until `ready` holds (counters are updated just after the work they count), for at
-/// most 10 s.
-async fn scrape_until(url: &str, ready: impl Fn(&Samples) -> bool) -> Samples {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let samples = scrape(url).await;
-        if ready(&samples) {
-            return samples;
-        }
-        assert!(std::time::Instant::now() < deadline, "metrics never got there: {samples:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn sample(m: &Samples, name: &str) -> f64 {
-    *m.get(name).unwrap_or_else(|| panic!("{name} missing from {m:#?}"))
 }
 
 /// `/metrics`, on its own listener: the calls this instance recorded by status class, where

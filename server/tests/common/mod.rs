@@ -360,3 +360,44 @@ pub fn ping_event(key: uuid::Uuid, at_ms: i64, status: u16, latency_us: u64, thr
         alerts: Vec::new(),
     }
 }
+
+/// `/metrics` as Prometheus reads it (see `KEYMETER_METRICS_LISTEN`).
+pub type Samples = std::collections::HashMap<String, f64>;
+
+/// One scrape of `/metrics`: each sample line's name and labels, and its value. Every sample
+/// belongs to a family announced with its type.
+pub async fn scrape(url: &str) -> Samples {
+    let res = client().get(url).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let content_type = res.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let text = res.text().await.unwrap();
+    let typed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (sample, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
+            let family = sample.split('{').next().unwrap();
+            assert!(typed.contains(&family), "{family} has no TYPE line:\n{text}");
+            (sample.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
+        })
+        .collect()
+}
+
+/// Scrapes until `ready` holds (counters are updated just after the work they count), for at
+/// most 10 s.
+pub async fn scrape_until(url: &str, ready: impl Fn(&Samples) -> bool) -> Samples {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let samples = scrape(url).await;
+        if ready(&samples) {
+            return samples;
+        }
+        assert!(std::time::Instant::now() < deadline, "metrics never got there: {samples:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+pub fn sample(m: &Samples, name: &str) -> f64 {
+    *m.get(name).unwrap_or_else(|| panic!("{name} missing from {m:#?}"))
+}
