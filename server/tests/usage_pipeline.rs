@@ -468,6 +468,47 @@ async fn the_usage_writer_stops_when_its_server_is_gone() {
         .unwrap();
 }
 
+/// A stopping writer stores what the stream held when the stop came, and stops, though other
+/// instances go on adding usage: it used to go on storing their traffic until the 30 s a stop
+/// allows it ran out (a warning at every rolling restart under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_writer_stores_what_was_there_and_leaves_the_rest_to_the_others() {
+    // Services only: no server, so no writer of its own moves this stream.
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, before) = app.key_with_quota(10, 10).await;
+    let (_, others) = app.key_with_quota(10, 10).await;
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let now = chrono::Utc::now().timestamp_millis();
+    let entry = move |key: Uuid, n: i64| serde_json::to_string(&vec![event(key, now + n)]).unwrap();
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let mut pipe = deadpool_redis::redis::pipe();
+    for n in 0..300 {
+        pipe.cmd("XADD").arg(&stream).arg("*").arg("b").arg(entry(before.0, n)).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    // Other instances' recorders: ten entries a millisecond, as long as the test runs.
+    let feeder = {
+        let (redis, stream) = (app.services.redis.clone(), stream.clone());
+        tokio::spawn(async move {
+            let mut conn = services::redis_pool::conn(&redis).await.unwrap();
+            for n in 0.. {
+                let mut pipe = deadpool_redis::redis::pipe();
+                for i in 0..10 {
+                    pipe.cmd("XADD").arg(&stream).arg("*").arg("b").arg(entry(others.0, n * 10 + i)).ignore();
+                }
+                let _: () = pipe.query_async(&mut conn).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_stop, stopped) = tokio::sync::watch::channel(true);
+    let ran = tokio::time::timeout(Duration::from_secs(10), UsageWriter::new(&app.services).run(stopped)).await;
+    feeder.abort();
+    assert!(ran.is_ok(), "the writer kept storing the others' usage after its stop");
+    assert_eq!(app.event_count(before).await, 300, "what was there at the stop is stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_stops_working_on_every_instance_within_seconds() {
     let a = TestApp::spawn().await;

@@ -61,6 +61,20 @@ pub struct Round {
     pub events: usize,
     /// The stream had no more entries for this writer after this round.
     pub caught_up: bool,
+    /// The newest of the new entries it read (none: it read none, or only older ones left by
+    /// this writer or taken over from a dead one).
+    newest: Option<EntryId>,
+}
+
+/// A usage stream entry's id, `<ms>-<sequence>`, ordered as the stream orders entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryId(u64, u64);
+
+impl EntryId {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
 }
 
 pub struct UsageWriter {
@@ -107,20 +121,27 @@ impl UsageWriter {
     }
 
     /// Runs until `stop` turns true or its sender is gone (the server was dropped), then drains
-    /// what is already in the stream and returns.
+    /// what is in the stream at that moment and returns: what other instances add after it is
+    /// theirs to store (their traffic could otherwise hold the stop until its time ran out).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         // Beside the writing: a PostgreSQL that does not answer must not hold the writer up.
         tokio::spawn(warn_if_messages_not_in_english(self.db.clone()));
         let mut backoff = Duration::from_millis(100);
         let mut outage = crate::outage_log::OutageLog::new("usage writer");
+        // The stream's newest entry when the stop came (unknown: drain until caught up).
+        let mut drain_to: Option<Option<EntryId>> = None;
         loop {
             let stopping = *stop.borrow() || stop.has_changed().is_err();
+            if stopping && drain_to.is_none() {
+                drain_to = Some(self.newest_entry().await.ok());
+            }
             let step = self.step(if stopping { 0 } else { 200 }).await;
             if step.is_ok() {
                 outage.succeeded();
             }
             match step {
-                Ok(Round { events: 0, caught_up: true }) if stopping => return,
+                Ok(Round { events: 0, caught_up: true, .. }) if stopping => return,
+                Ok(Round { newest: Some(read), .. }) if drain_to.flatten().is_some_and(|to| read >= to) => return,
                 Ok(round) => {
                     backoff = Duration::from_millis(100);
                     // Under light load, let a few entries gather: fewer, larger transactions.
@@ -167,7 +188,7 @@ impl UsageWriter {
         if self.own_pending {
             let pending = self.read("0", None).await?;
             if !pending.is_empty() {
-                return Ok(Round { events: self.write_and_ack(pending).await?, caught_up: false });
+                return Ok(Round { events: self.write_and_ack(pending).await?, caught_up: false, newest: None });
             }
             self.own_pending = false;
         }
@@ -180,13 +201,28 @@ impl UsageWriter {
                 self.last_claim = Some(std::time::Instant::now());
             }
             if !claimed.is_empty() {
-                return Ok(Round { events: self.write_and_ack(claimed).await?, caught_up: false });
+                return Ok(Round { events: self.write_and_ack(claimed).await?, caught_up: false, newest: None });
             }
             self.forget_departed_consumers().await;
         }
         let fresh = self.read(">", Some(block_ms)).await?;
         let caught_up = fresh.len() < ENTRIES_PER_READ;
-        Ok(Round { events: self.write_and_ack(fresh).await?, caught_up })
+        let newest = fresh.iter().filter_map(|(id, _)| EntryId::parse(id)).max();
+        Ok(Round { events: self.write_and_ack(fresh).await?, caught_up, newest })
+    }
+
+    /// The id of the stream's newest entry; `0-0` when it is empty (nothing to drain).
+    async fn newest_entry(&self) -> ServiceResult<EntryId> {
+        let mut conn = redis_pool::conn(&self.redis).await?;
+        let newest: Vec<(String, HashMap<String, Value>)> = redis::cmd("XREVRANGE")
+            .arg(&self.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(newest.into_iter().next().and_then(|(id, _)| EntryId::parse(&id)).unwrap_or(EntryId(0, 0)))
     }
 
     async fn ensure_group(&self) -> ServiceResult<()> {
