@@ -640,10 +640,16 @@ async fn the_metrics_count_calls_and_show_usage_waiting_while_postgres_is_away()
         ("keymeter_mail_outbox_messages{state=\"given_up\"}", 0.0),
         ("keymeter_connections_max", 40.0),
         ("keymeter_quota_fallback", 0.0),
+        ("keymeter_metered_request_duration_seconds_count", 5.0),
+        ("keymeter_metered_request_duration_seconds_bucket{le=\"+Inf\"}", 5.0),
     ] {
         assert_eq!(sample(&m, name), expected, "{name}");
     }
     assert_eq!(app.event_count(id).await, 5, "the counters match what was stored");
+    let stored =
+        app.count(&format!("SELECT sum(latency_us)::bigint FROM api_key_usage WHERE api_key_id = '{id}'")).await;
+    let sum = sample(&m, "keymeter_metered_request_duration_seconds_sum");
+    assert!((sum - stored as f64 / 1e6).abs() < 1e-6, "the latency sum {sum} s is the stored events' {stored} µs");
 
     // PostgreSQL away: the call is answered (the key is cached), its usage waits in Redis.
     app.set_database_reachable(false).await;

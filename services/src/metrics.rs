@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::usage::UsageEvent;
 
+/// Upper bounds, in µs, of the metered latency histogram's buckets (and `+Inf` after them).
+const LATENCY_BUCKETS_US: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Metered calls recorded (authenticated, so counted), by status class 1xx..5xx.
@@ -15,6 +20,10 @@ pub struct Metrics {
     /// Of those, refused before running: by their quota (429), or because it could not be
     /// checked and quotas fail closed (503).
     throttled: AtomicU64,
+    /// Their latency (arrival to answer, as stored): calls per bucket of [`LATENCY_BUCKETS_US`]
+    /// (not cumulative; the last is beyond them), and the sum.
+    latency: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
     /// Events this instance could not queue (the queue was full or closed): lost.
     dropped: AtomicU64,
     /// Events handed off to the Redis stream, and straight to PostgreSQL while Redis could not
@@ -42,6 +51,9 @@ impl Metrics {
         if event.throttled {
             self.throttled.fetch_add(1, Ordering::Relaxed);
         }
+        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < event.latency_us);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(event.latency_us, Ordering::Relaxed);
     }
 
     /// Returns the number dropped so far, this one included.
@@ -82,6 +94,20 @@ impl Metrics {
             "Metered calls refused before running: 429 by their quota, or 503 when it could not be checked (fail-closed).",
         );
         out.sample("keymeter_throttled_requests_total", &[], get(&self.throttled));
+        let duration = "keymeter_metered_request_duration_seconds";
+        out.family(
+            duration,
+            "histogram",
+            "Metered calls' latency, from arrival to answer, as stored with their usage.",
+        );
+        let mut calls = 0;
+        for (i, bucket) in self.latency.iter().enumerate() {
+            calls += get(bucket);
+            let le = LATENCY_BUCKETS_US.get(i).map_or_else(|| "+Inf".to_owned(), |&us| (us as f64 / 1e6).to_string());
+            out.sample(&format!("{duration}_bucket"), &[("le", &le)], calls);
+        }
+        out.sample(&format!("{duration}_sum"), &[], get(&self.latency_sum_us) as f64 / 1e6);
+        out.sample(&format!("{duration}_count"), &[], calls);
         out.family(
             "keymeter_usage_events_dropped_total",
             "counter",
@@ -167,29 +193,45 @@ mod tests {
     }
 
     #[test]
-    fn recorded_calls_are_counted_by_status_class() {
+    fn recorded_calls_are_counted_by_status_class_and_latency() {
         let metrics = Metrics::default();
-        let event = |status, throttled| UsageEvent {
+        let event = |status, throttled, latency_us| UsageEvent {
             request_id: uuid::Uuid::new_v4(),
             key_id: uuid::Uuid::new_v4(),
             at_ms: 0,
             method: "GET".into(),
             endpoint: "/api/v1/ping".into(),
             status,
-            latency_us: 1,
+            latency_us,
             bytes_in: 0,
             bytes_out: 0,
             throttled,
             enforced: true,
             alerts: Vec::new(),
         };
-        for (status, throttled) in [(200, false), (204, false), (429, true), (404, false), (503, false), (101, false)] {
-            metrics.recorded(&event(status, throttled));
+        // Latencies on a bucket's bound count in it (`le`), beyond the last in +Inf.
+        let calls = [
+            (200, false, 1_000),
+            (204, false, 2_500),
+            (429, true, 4_000),
+            (404, false, 6_000),
+            (503, false, 9_000),
+            (101, false, 20_000_000),
+        ];
+        for (status, throttled, latency_us) in calls {
+            metrics.recorded(&event(status, throttled, latency_us));
         }
         let mut out = Exposition::default();
         metrics.expose(&mut out);
         let text = out.into_text();
         for line in [
+            "keymeter_metered_request_duration_seconds_bucket{le=\"0.001\"} 1",
+            "keymeter_metered_request_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "keymeter_metered_request_duration_seconds_bucket{le=\"0.005\"} 3",
+            "keymeter_metered_request_duration_seconds_bucket{le=\"10\"} 5",
+            "keymeter_metered_request_duration_seconds_bucket{le=\"+Inf\"} 6",
+            "keymeter_metered_request_duration_seconds_count 6",
+            "keymeter_metered_request_duration_seconds_sum 20.0225",
             "keymeter_metered_requests_total{class=\"1xx\"} 1",
             "keymeter_metered_requests_total{class=\"2xx\"} 2",
             "keymeter_metered_requests_total{class=\"4xx\"} 2",

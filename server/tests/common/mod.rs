@@ -377,8 +377,13 @@ pub async fn scrape(url: &str) -> Samples {
         .filter(|l| !l.starts_with('#'))
         .map(|l| {
             let (sample, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l:?}"));
-            let family = sample.split('{').next().unwrap();
-            assert!(typed.contains(&family), "{family} has no TYPE line:\n{text}");
+            let name = sample.split('{').next().unwrap();
+            // A histogram's samples are its name with `_bucket`, `_sum` or `_count`.
+            let typed_as = |family: &&str| {
+                name == *family
+                    || name.strip_prefix(family).is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
+            };
+            assert!(typed.iter().any(typed_as), "{name} has no TYPE line:\n{text}");
             (sample.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l:?}")))
         })
         .collect()
