@@ -403,28 +403,44 @@ async fn set_aside(config: &Config, replay: bool) -> anyhow::Result<()> {
     use services::usage::set_aside;
     let redis = startup::connect_redis(config).await?;
     let namespace = &config.redis_namespace;
+    let entries = |n: u64| if n == 1 { "entry" } else { "entries" };
     if replay {
         let done = set_aside::replay(&redis, namespace).await?;
-        return match done.entries {
-            0 => say!("no usage set aside: nothing to replay"),
-            n => say!(
-                "{n} set-aside entr{} ({} event(s)) put back in the usage stream; a running server's writer \
+        if done.entries == 0 && done.unreadable == 0 {
+            return say!("no usage set aside: nothing to replay");
+        }
+        if done.entries > 0 {
+            say!(
+                "{} set-aside {} ({} event(s)) put back in the usage stream; a running server's writer \
                  stores them (what PostgreSQL still refuses is set aside again)",
-                if n == 1 { "y" } else { "ies" },
+                done.entries,
+                entries(done.entries),
                 done.events
-            ),
-        };
+            )?;
+        }
+        if done.unreadable > 0 {
+            say!(
+                "{} unreadable {} left set aside: no writer could store them",
+                done.unreadable,
+                entries(done.unreadable)
+            )?;
+        }
+        return Ok(());
     }
     let (total, shown) = set_aside::list(&redis, namespace, SET_ASIDE_SHOWN).await?;
     if total == 0 {
         return say!("no usage set aside");
     }
-    say!("{total} entr{} set aside (the oldest first):", if total == 1 { "y" } else { "ies" })?;
+    say!("{total} {} set aside (the oldest first):", entries(total))?;
     for entry in &shown {
         let at =
             entry.id.split('-').next().and_then(|ms| ms.parse().ok()).and_then(chrono::DateTime::from_timestamp_millis);
         let at = at.map_or_else(|| entry.id.clone(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        say!("{at}\t{} event(s)\t{}", entry.events.len(), entry.error)?;
+        let events = match &entry.events {
+            Ok(events) => format!("{} event(s)", events.len()),
+            Err(why) => format!("unreadable ({why})"),
+        };
+        say!("{at}\t{events}\t{}", entry.error)?;
     }
     if total > shown.len() as u64 {
         say!("… and {} more", total - shown.len() as u64)?;

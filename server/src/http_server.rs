@@ -190,6 +190,7 @@ pub async fn serve(listener: TcpListener, app: Router, connections: Connections,
                 // connect times out) instead of being reset.
                 if once_a_minute(&mut full_warned) {
                     tracing::warn!(
+                        address = ?listener.local_addr().ok(),
                         max_connections,
                         "every connection slot is taken: new connections wait until one closes"
                     );

@@ -420,7 +420,8 @@ async fn keys_are_listed_and_revoked_without_redis_and_a_second_revocation_says_
 }
 
 /// `usage set-aside` shows the usage PostgreSQL refused with its error, and `--replay` puts it
-/// back in the usage stream, from which a writer stores it.
+/// back in the usage stream, from which a writer stores it. What nobody can read stays set
+/// aside, and says so.
 #[tokio::test]
 async fn usage_set_aside_lists_refused_usage_and_replays_it() {
     // Services only: no server, so no writer moves this deployment's stream behind our back.
@@ -433,23 +434,31 @@ async fn usage_set_aside_lists_refused_usage_and_replays_it() {
     let stream = services::usage::recorder::stream_name(&app.services.namespace);
     let now = chrono::Utc::now().timestamp_millis();
     let events = [common::ping_event(id.0, now, 200, 1_000, false), common::ping_event(id.0, now, 404, 900, false)];
-    services::usage::set_aside::keep(&app.services.redis, &stream, "1-0", &events, "bigint out of range")
-        .await
-        .unwrap();
+    let keep = |entry: &'static str, payload: Vec<u8>, why: &'static str| {
+        let (redis, stream) = (app.services.redis.clone(), stream.clone());
+        async move { services::usage::set_aside::keep(&redis, &stream, entry, &payload, why).await.unwrap() }
+    };
+    keep("1-0", serde_json::to_vec(&events).unwrap(), "bigint out of range").await;
+    keep("2-0", b"not json".to_vec(), "unreadable: expected ident").await;
     let shown = list().await;
     assert_eq!(shown.code, Some(0), "{shown:?}");
     let lines: Vec<&str> = shown.stdout.lines().collect();
-    assert_eq!(lines[0], "1 entry set aside (the oldest first):", "{shown:?}");
+    assert_eq!(lines[0], "2 entries set aside (the oldest first):", "{shown:?}");
     assert!(lines[1].ends_with("\t2 event(s)\tbigint out of range"), "{shown:?}");
-    assert!(lines[2].contains("keymeter usage set-aside --replay"), "{shown:?}");
+    assert!(lines[2].contains("\tunreadable ("), "{shown:?}");
+    assert!(lines[3].contains("keymeter usage set-aside --replay"), "{shown:?}");
 
     let replay = run(keymeter(&app).args(["usage", "set-aside", "--replay"])).await;
     assert_eq!(replay.code, Some(0), "{replay:?}");
-    assert!(replay.stdout.starts_with("1 set-aside entry (2 event(s)) put back in the usage stream"), "{replay:?}");
-    assert_eq!(list().await.stdout, "no usage set aside\n");
+    let said: Vec<&str> = replay.stdout.lines().collect();
+    assert!(said[0].starts_with("1 set-aside entry (2 event(s)) put back in the usage stream"), "{replay:?}");
+    assert_eq!(said[1], "1 unreadable entry left set aside: no writer could store them", "{replay:?}");
+    assert!(list().await.stdout.starts_with("1 entry set aside"), "the unreadable one stays");
     let round = services::usage::writer::UsageWriter::new(&app.services).step(0).await.unwrap();
     assert_eq!(round.events, 2);
     assert_eq!(app.event_count(id).await, 2);
+    let again = run(keymeter(&app).args(["usage", "set-aside", "--replay"])).await;
+    assert_eq!(again.stdout, "1 unreadable entry left set aside: no writer could store them\n", "{again:?}");
 }
 
 #[tokio::test]

@@ -212,8 +212,11 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(sample(&m, "keymeter_usage_events_handed_off_total{to=\"redis\"}"), 3.0);
     assert!(!m.contains_key("keymeter_usage_backlog_entries"), "unknown while Redis is down");
 
-    // Back: enforcement resumes by itself (Redis kept its counts: 3 of 10 used).
+    // Back: enforcement resumes by itself (Redis kept its counts: 3 of 10 used). The fallback
+    // alert clears once Redis answers, before any call has tried it.
     redis.restart();
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 1.0).await;
+    assert_eq!(sample(&m, "keymeter_quota_fallback"), 0.0);
     let mut enforced = None;
     let mut after = 0;
     for _ in 0..50 {
@@ -237,8 +240,6 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     after += 1;
     let remaining = res.headers()["x-ratelimit-remaining"].to_str().unwrap().to_owned();
     assert_eq!(remaining, "2");
-    let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 1.0).await;
-    assert_eq!(sample(&m, "keymeter_quota_fallback"), 0.0);
     // Nothing lost: the events that were still in Redis when it crashed arrive too.
     // Unenforced: the 8 of the outage and those after it until Redis was tried again.
     assert_eq!(wait_for_events(&app, id, 11 + after).await, (11 + after, 8 + after - 2));

@@ -145,7 +145,7 @@ async fn a_backlog_in_the_stream_is_written_round_after_round_without_pausing() 
     assert_eq!(totals(&app, id.0).await, (2_100, 2_100));
 }
 
-/// A stream entry that PostgreSQL refuses (here: its bytes would overflow a rollup's total)
+/// A stream entry that PostgreSQL refuses (here: it breaks a rule added to the table)
 /// is set aside with the error after a few tries, and the usage behind it is stored. It used to
 /// be retried forever, ahead of everything else: no usage reached PostgreSQL again. Once the
 /// cause is fixed, a replay stores it.
@@ -164,22 +164,20 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
         cmd.arg(&stream).arg("*").arg("b").arg(serde_json::to_string(&events).unwrap());
         cmd
     };
-    // Stored first: the rollup row's bytes at the largest bigint.
-    let mut huge = event(poisoned.0, now);
-    huge.bytes_in = i64::MAX as u64;
+    // A rule this usage breaks, as a faulty migration might add one. (Usage itself gives
+    // PostgreSQL nothing to refuse: measures are capped, so no sum overflows.)
+    let rule = "ALTER TABLE api_key_usage ADD CONSTRAINT not_blocked CHECK (endpoint <> '/blocked')";
+    sql(&app, rule).await;
     let mut writer = UsageWriter::new(&app.services);
-    let _: String = add(vec![huge]).query_async(&mut conn).await.unwrap();
-    assert_eq!(writer.step(0).await.unwrap().events, 1);
-    // Then one more byte for that row, and ordinary usage behind it.
-    let mut one_more = event(poisoned.0, now + 1);
-    one_more.bytes_in = 1;
-    let refused_id: String = add(vec![one_more]).query_async(&mut conn).await.unwrap();
+    let mut blocked = event(poisoned.0, now);
+    blocked.endpoint = "/blocked".into();
+    let refused_id: String = add(vec![blocked]).query_async(&mut conn).await.unwrap();
     let _: String = add(vec![event(healthy.0, now), event(healthy.0, now + 1)]).query_async(&mut conn).await.unwrap();
 
     let round = writer.step(0).await.unwrap();
     assert_eq!(round.events, 3, "{round:?}");
     assert_eq!(totals(&app, healthy.0).await, (2, 2), "the usage behind the refused entry is stored");
-    assert_eq!(totals(&app, poisoned.0).await, (1, 1));
+    assert_eq!(totals(&app, poisoned.0).await, (0, 0));
     // The refused entry waits in the set-aside stream with its error; the usage stream is empty.
     let aside = services::usage::set_aside::stream_name(&stream);
     let kept: Vec<(String, Vec<(String, String)>)> = {
@@ -197,33 +195,59 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     let fields: std::collections::HashMap<_, _> = kept[0].1.iter().cloned().collect();
     assert_eq!(fields["entry"], refused_id);
-    assert!(fields["error"].contains("out of range"), "{fields:?}");
+    assert!(fields["error"].contains("not_blocked"), "{fields:?}");
     let kept_events: Vec<UsageEvent> = serde_json::from_str(&fields["b"]).unwrap();
-    assert_eq!(kept_events[0].bytes_in, 1);
+    assert_eq!(kept_events[0].endpoint, "/blocked");
     let left: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0);
     assert!(writer.step(0).await.unwrap().caught_up);
 
     // What the operator sees (`keymeter usage set-aside`), and the replay once the cause is
-    // fixed (here: the overflowing rollups brought back to 0 bytes).
+    // fixed (here: the rule dropped).
     let namespace = &app.services.namespace;
     let (total, listed) = set_aside::list(&app.services.redis, namespace, 10).await.unwrap();
     assert_eq!((total, listed.len()), (1, 1));
-    assert_eq!((listed[0].entry.as_str(), listed[0].events.len()), (refused_id.as_str(), 1));
-    assert!(listed[0].error.contains("out of range"), "{listed:?}");
+    assert_eq!((listed[0].entry.as_str(), listed[0].events.as_ref().map(Vec::len)), (refused_id.as_str(), Ok(1)));
+    assert!(listed[0].error.contains("not_blocked"), "{listed:?}");
     assert_eq!(set_aside::replay(&app.services.redis, namespace).await.unwrap().entries, 1);
     writer.step(0).await.unwrap();
-    assert_eq!(totals(&app, poisoned.0).await, (1, 1), "refused again: the cause is still there");
+    assert_eq!(totals(&app, poisoned.0).await, (0, 0), "refused again: the cause is still there");
     assert_eq!(set_aside::list(&app.services.redis, namespace, 10).await.unwrap().0, 1, "set aside again");
-    for table in ["api_key_usage_minute", "api_key_usage_hour", "api_key_usage_day"] {
-        sql(&app, &format!("UPDATE {table} SET bytes_in = 0 WHERE api_key_id = '{}'", poisoned.0)).await;
-    }
+    sql(&app, "ALTER TABLE api_key_usage DROP CONSTRAINT not_blocked").await;
     let replayed = set_aside::replay(&app.services.redis, namespace).await.unwrap();
     assert_eq!((replayed.entries, replayed.events), (1, 1));
     assert_eq!(writer.step(0).await.unwrap().events, 1);
-    assert_eq!(totals(&app, poisoned.0).await, (2, 2), "the refused usage is stored, once");
+    assert_eq!(totals(&app, poisoned.0).await, (1, 1), "the refused usage is stored, once");
     assert_eq!(set_aside::list(&app.services.redis, namespace, 10).await.unwrap(), (0, Vec::new()));
     assert_eq!(set_aside::replay(&app.services.redis, namespace).await.unwrap(), Default::default());
+}
+
+/// A stream entry that is not a batch of events (written by something else, or damaged) cannot
+/// be stored, and would block the stream; it is set aside as it was, for an operator, instead of
+/// being dropped, and the usage beside it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stream_entry_is_set_aside_as_it_was() {
+    use deadpool_redis::redis;
+    // Services only: no server, so no writer of its own moves this stream.
+    let app = TestApp::spawn_without_mailer().await;
+    let (_, id) = app.key_with_quota(10, 10).await;
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let mut conn = services::redis_pool::conn(&app.services.redis).await.unwrap();
+    let mut pipe = redis::pipe();
+    pipe.cmd("XADD").arg(&stream).arg("*").arg("b").arg("not json").ignore();
+    pipe.cmd("XADD").arg(&stream).arg("*").arg("other").arg("field").ignore();
+    let valid = serde_json::to_string(&vec![event(id.0, chrono::Utc::now().timestamp_millis())]).unwrap();
+    pipe.cmd("XADD").arg(&stream).arg("*").arg("b").arg(valid).ignore();
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+
+    let round = UsageWriter::new(&app.services).step(0).await.unwrap();
+    assert_eq!(round.events, 1);
+    assert_eq!(app.event_count(id).await, 1);
+    let (total, listed) = set_aside::list(&app.services.redis, &app.services.namespace, 10).await.unwrap();
+    assert_eq!(total, 2, "{listed:?}");
+    assert!(listed.iter().all(|e| e.events.is_err() && e.error.starts_with("unreadable: ")), "{listed:?}");
+    let left: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,11 +53,14 @@ async fn metrics(State(Sources { services, connections }): State<Sources>) -> im
         "Client connections the app's listener serves at once; more wait in its backlog.",
         connections.max(),
     );
+    // Its last quota check failed, and Redis does not answer now either: an idle instance's
+    // last failure must not keep the alert on after Redis is back (its next call tries Redis).
+    let fallback = services.quota.redis_down() && backlog.is_err();
     out.single(
         "keymeter_quota_fallback",
         "gauge",
-        "1 while this instance's quota checks fail and it decides without Redis, else 0.",
-        u8::from(services.quota.redis_down()),
+        "1 while this instance's quota checks fail (it decides without Redis) and Redis does not answer, else 0.",
+        u8::from(fallback),
     );
     out.family("keymeter_backend_up", "gauge", "Whether the backing service answered this scrape.");
     out.sample("keymeter_backend_up", &[("backend", "redis")], u8::from(backlog.is_ok()));

@@ -242,7 +242,7 @@ impl UsageWriter {
         }
     }
 
-    async fn read(&self, from: &str, block_ms: Option<usize>) -> ServiceResult<Vec<(String, Vec<UsageEvent>)>> {
+    async fn read(&self, from: &str, block_ms: Option<usize>) -> ServiceResult<Vec<Entry>> {
         let mut conn = redis_pool::conn(&self.redis).await?;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(ENTRIES_PER_READ);
@@ -254,14 +254,14 @@ impl UsageWriter {
         let mut out = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in key.ids {
-                let events = decode_entry(entry.map.get("b"));
+                let events = decode_batch(entry.map.get("b"));
                 out.push((entry.id, events));
             }
         }
         Ok(out)
     }
 
-    async fn claim_abandoned(&self) -> ServiceResult<Vec<(String, Vec<UsageEvent>)>> {
+    async fn claim_abandoned(&self) -> ServiceResult<Vec<Entry>> {
         let mut conn = redis_pool::conn(&self.redis).await?;
         type Claimed = (String, Vec<(String, HashMap<String, Value>)>, Vec<String>);
         let reply: Claimed = redis::cmd("XAUTOCLAIM")
@@ -278,7 +278,7 @@ impl UsageWriter {
             .1
             .into_iter()
             .map(|(id, fields)| {
-                let events = decode_entry(fields.get("b"));
+                let events = decode_batch(fields.get("b"));
                 (id, events)
             })
             .collect())
@@ -296,7 +296,16 @@ impl UsageWriter {
         }
     }
 
-    async fn write_and_ack(&mut self, entries: Vec<(String, Vec<UsageEvent>)>) -> ServiceResult<usize> {
+    async fn write_and_ack(&mut self, entries: Vec<Entry>) -> ServiceResult<usize> {
+        // An entry that cannot be read would block the stream forever: it is set aside as it is.
+        let mut readable = Vec::with_capacity(entries.len());
+        for (id, decoded) in entries {
+            match decoded {
+                Ok(events) => readable.push((id, events)),
+                Err(Unreadable { raw, why }) => self.set_aside(&id, &raw, 0, &format!("unreadable: {why}")).await?,
+            }
+        }
+        let entries = readable;
         if entries.is_empty() {
             return Ok(0);
         }
@@ -353,7 +362,8 @@ impl UsageWriter {
         if !self.postgres_answers().await {
             return Err(ServiceError::DatabaseUnavailable(why));
         }
-        self.set_aside(id, events, &why).await
+        let payload = serde_json::to_vec(events).map_err(|e| ServiceError::Internal(format!("usage encode: {e}")))?;
+        self.set_aside(id, &payload, events.len(), &why).await
     }
 
     async fn postgres_answers(&self) -> bool {
@@ -363,14 +373,14 @@ impl UsageWriter {
 
     /// Moves an entry PostgreSQL refuses to the set-aside stream, with the error, for an
     /// operator to look at (see [`set_aside`](super::set_aside)); only then is it acknowledged.
-    async fn set_aside(&self, id: &str, events: &[UsageEvent], why: &str) -> ServiceResult<()> {
-        set_aside::keep(&self.redis, &self.stream, id, events, why).await?;
+    async fn set_aside(&self, id: &str, payload: &[u8], events: usize, why: &str) -> ServiceResult<()> {
+        set_aside::keep(&self.redis, &self.stream, id, payload, why).await?;
         tracing::error!(
             entry = id,
-            events = events.len(),
+            events,
             error = why,
             stream = set_aside::stream_name(&self.stream),
-            "usage writer: PostgreSQL refuses a stream entry; set aside so that later usage is stored \
+            "usage writer: a stream entry PostgreSQL refuses or nobody can read is set aside so that later usage is stored \
              (`keymeter usage set-aside` lists them)"
         );
         self.ack(&[id.to_owned()]).await?;
@@ -587,15 +597,26 @@ fn messages_in_english(locale: &str) -> bool {
         || locale.starts_with("english")
 }
 
-fn decode_entry(payload: Option<&Value>) -> Vec<UsageEvent> {
-    let bytes: Option<Vec<u8>> = payload.and_then(|v| redis::from_redis_value(v).ok());
-    match bytes.map(|b| serde_json::from_slice::<Vec<UsageEvent>>(&b)) {
-        Some(Ok(events)) => events,
-        // An entry we cannot read would block the stream forever; log it and move on.
-        other => {
-            tracing::error!(error = ?other.and_then(|r| r.err()), "unreadable usage stream entry skipped");
-            Vec::new()
-        }
+/// A usage stream entry: its id, and its events or why they cannot be read.
+type Entry = (String, Result<Vec<UsageEvent>, Unreadable>);
+
+/// A stream entry's payload that is not a batch of events (written by something else than a
+/// recorder, or damaged), kept as it is for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unreadable {
+    pub raw: Vec<u8>,
+    pub why: String,
+}
+
+/// The events of a stream entry's payload (its `b` field: the recorder's JSON), with their
+/// measures bounded as the recorder bounds them.
+pub(crate) fn decode_batch(payload: Option<&Value>) -> Result<Vec<UsageEvent>, Unreadable> {
+    let Some(raw) = payload.and_then(|v| redis::from_redis_value::<Vec<u8>>(v).ok()) else {
+        return Err(Unreadable { raw: Vec::new(), why: "no events field".to_owned() });
+    };
+    match serde_json::from_slice::<Vec<UsageEvent>>(&raw) {
+        Ok(events) => Ok(events.into_iter().map(UsageEvent::bounded).collect()),
+        Err(e) => Err(Unreadable { raw, why: e.to_string() }),
     }
 }
 
@@ -768,7 +789,20 @@ impl LastUsed {
 
 #[cfg(test)]
 mod tests {
-    use super::messages_in_english;
+    use super::{decode_batch, messages_in_english, UsageEvent, Value};
+
+    #[test]
+    fn a_batch_is_read_with_its_measures_capped_or_kept_whole_when_unreadable() {
+        let json = r#"[{"r":"0190f5b2-0000-7000-8000-000000000001","k":"0190f5b2-0000-7000-8000-000000000002",
+            "t":1,"m":"GET","e":"/api/v1/ping","s":200,"l":18446744073709551615,"i":1,"o":2,"q":false}]"#;
+        let events = decode_batch(Some(&Value::BulkString(json.as_bytes().to_vec()))).unwrap();
+        assert_eq!(events[0].latency_us, UsageEvent::MAX_MEASURE, "as the recorder caps it");
+        for raw in [&b"not json"[..], br#"[1,2,3]"#, br#"[{"s":99999}]"#] {
+            let unreadable = decode_batch(Some(&Value::BulkString(raw.to_vec()))).unwrap_err();
+            assert_eq!(unreadable.raw, raw, "kept as it was");
+        }
+        assert!(decode_batch(None).is_err());
+    }
 
     #[test]
     fn only_english_message_locales_pass_without_a_warning() {
