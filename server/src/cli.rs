@@ -14,7 +14,7 @@ use services::mailer::{self, Mailer};
 use services::monthly_report;
 use services::quota_changes::{self, set_quota, BurstChange, ChangeSource, QuotaChange};
 use services::usage::periods::Month;
-use services::usage::writer::UsageWriter;
+use services::usage::writer::{EntryId, UsageWriter};
 use services::usage::{demo, rollups};
 use services::ServiceError;
 
@@ -433,8 +433,7 @@ async fn set_aside(config: &Config, replay: bool) -> anyhow::Result<()> {
     }
     say!("{total} {} set aside (the oldest first):", entries(total))?;
     for entry in &shown {
-        let at =
-            entry.id.split('-').next().and_then(|ms| ms.parse().ok()).and_then(chrono::DateTime::from_timestamp_millis);
+        let at = EntryId::parse(&entry.id).and_then(|id| chrono::DateTime::from_timestamp_millis(id.added_ms()));
         let at = at.map_or_else(|| entry.id.clone(), |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         let events = match &entry.events {
             Ok(events) => format!("{} event(s)", events.len()),

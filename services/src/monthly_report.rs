@@ -214,16 +214,8 @@ async fn month_fully_stored(services: &Services, month: Month, now_ms: i64) -> S
         )));
     }
     let mut conn = crate::redis_pool::conn(&services.redis).await?;
-    let oldest: Vec<(String, deadpool_redis::redis::Value)> = deadpool_redis::redis::cmd("XRANGE")
-        .arg(crate::usage::recorder::stream_name(&services.namespace))
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
-        .await?;
-    // Stream ids are "<ms on the Redis clock>-<seq>".
-    let oldest_ms = <[_]>::first(&oldest).and_then(|(id, _)| id.split('-').next()?.parse::<i64>().ok());
+    let stream = crate::usage::recorder::stream_name(&services.namespace);
+    let oldest_ms = crate::usage::writer::oldest_entry(&mut conn, &stream).await?.map(|id| id.added_ms());
     match oldest_ms {
         Some(ms) if ms < settled_ms => Err(ServiceError::Conflict(format!(
             "usage of {month} is still being stored (the usage stream holds events from before the month ended); \

@@ -66,15 +66,28 @@ pub struct Round {
     newest: Option<EntryId>,
 }
 
-/// A usage stream entry's id, `<ms>-<sequence>`, ordered as the stream orders entries.
+/// A stream entry's id, `<ms>-<sequence>`, ordered as the stream orders entries; the ms are
+/// when Redis added it, by its clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct EntryId(u64, u64);
+pub struct EntryId(u64, u64);
 
 impl EntryId {
-    fn parse(id: &str) -> Option<Self> {
+    pub fn parse(id: &str) -> Option<Self> {
         let (ms, seq) = id.split_once('-')?;
         Some(Self(ms.parse().ok()?, seq.parse().ok()?))
     }
+
+    /// When Redis added the entry, in ms since the epoch.
+    pub fn added_ms(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+}
+
+/// The id of `stream`'s oldest entry, if it has any.
+pub(crate) async fn oldest_entry(conn: &mut redis_pool::RedisConn, stream: &str) -> ServiceResult<Option<EntryId>> {
+    let oldest: Vec<(String, HashMap<String, Value>)> =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await?;
+    Ok(oldest.into_iter().next().and_then(|(id, _)| EntryId::parse(&id)))
 }
 
 pub struct UsageWriter {
@@ -523,13 +536,9 @@ pub async fn backlog(redis: &RedisPool, namespace: &str) -> ServiceResult<Backlo
     let mut conn = redis_pool::conn(redis).await?;
     // The two streams' keys may live on different nodes of a cluster: a command each.
     let entries: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await?;
-    let oldest: Vec<(String, HashMap<String, Value>)> =
-        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(&mut conn).await?;
+    let oldest = oldest_entry(&mut conn, &stream).await?;
     let set_aside: u64 = redis::cmd("XLEN").arg(set_aside::stream_name(&stream)).query_async(&mut conn).await?;
-    // An entry id is `<ms since the epoch>-<sequence>`, from the Redis clock that added it.
-    let added_ms =
-        oldest.as_slice().first().and_then(|(id, _)| id.split('-').next()).and_then(|ms| ms.parse::<i64>().ok());
-    let oldest_wait_ms = added_ms.map_or(0, |added| (Utc::now().timestamp_millis() - added).max(0).unsigned_abs());
+    let oldest_wait_ms = oldest.map_or(0, |id| (Utc::now().timestamp_millis() - id.added_ms()).max(0).unsigned_abs());
     Ok(Backlog { entries, oldest_wait_ms, set_aside })
 }
 
