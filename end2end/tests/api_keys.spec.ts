@@ -64,6 +64,40 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await expect(page.locator('body')).not.toContainText(secret);
 });
 
+test('a merchant renames a key on its page; the name changes in place and in the list', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  const name = `Rename me ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await expect(page.getByTestId('new-secret')).toBeVisible();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+  await hydrated(page);
+
+  await expect(page.getByTestId('rename-name')).toHaveValue(name);
+  await page.getByTestId('rename-name').fill('   ');
+  await page.getByTestId('rename-save').click();
+  await expect(page.getByTestId('rename-error')).toHaveText('Give the key a name.');
+  await expect(page.getByTestId('rename-name')).toHaveAttribute('aria-invalid', 'true');
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+
+  const renamed = `${name} (production)`;
+  await page.getByTestId('rename-name').fill(`  ${renamed}`);
+  await page.getByTestId('rename-save').focus();
+  await page.keyboard.press('Enter');
+  await expect(page.getByTestId('renamed')).toHaveText(`Renamed to “${renamed}”.`);
+  await expect(page.getByTestId('key-title')).toHaveText(renamed);
+  await expect(page.locator('.crumbs')).toContainText(renamed);
+  await expect(page).toHaveTitle(`${renamed} · API keys · keymeter`);
+  await expect(page.getByTestId('rename-error')).toHaveCount(0);
+  await expect(page.getByTestId('rename-name')).not.toHaveAttribute('aria-invalid', 'true');
+  // Updated in place: the keyboard stays where it was.
+  await expect(page.getByTestId('rename-save')).toBeFocused();
+
+  await page.getByRole('link', { name: 'API keys', exact: true }).first().click();
+  await expect(page.getByTestId('key-row').filter({ hasText: renamed })).toHaveAttribute('data-status', 'active');
+});
+
 test("a merchant opening another merchant's key page is refused", async ({ page }) => {
   const other = `other-${Date.now()}@example.com`;
   cli(['user', 'add', '--email', other, '--role', 'merchant'], 'another long password\n');

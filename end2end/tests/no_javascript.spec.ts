@@ -74,6 +74,18 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
   await expect(page.getByTestId('ask-error')).toHaveCount(0);
+
+  // Renaming: a name of spaces comes back as an error on the name; a good one renames the key.
+  await page.getByTestId('rename-name').fill('   ');
+  await page.getByTestId('rename-save').click();
+  await expect(page.getByTestId('rename-error')).toHaveText('Give the key a name.');
+  await expect(page.getByTestId('rename-name')).toHaveAccessibleDescription('Give the key a name.');
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+  await page.getByTestId('rename-name').fill(`${name} (renamed)`);
+  await page.getByTestId('rename-save').click();
+  await expect(page.getByTestId('key-title')).toHaveText(`${name} (renamed)`);
+  await expect(page).toHaveTitle(`${name} (renamed) · API keys · keymeter`);
+  await expect(page.getByTestId('rename-error')).toHaveCount(0);
 });
 
 test('an admin denying without a note sees why on the requests page', async ({ page, browser }) => {

@@ -443,6 +443,70 @@ async fn every_key_created_without_javascript_shows_its_secret() {
     }
 }
 
+/// A merchant renames a key: the list, its page and the billing CSV name it anew. Bad names,
+/// other people (an admin included: it is the owner's choice) and revoked keys change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_renames_a_key_and_the_new_name_shows_everywhere() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("mallory@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, secret) = create_key(&app, &ann, "Checkout").await;
+    assert_eq!(ping(&app, ("x-api-key", secret.clone())).await.status(), StatusCode::OK);
+
+    let res = app.rpc(&ann, "keys/rename", &[("id", &id), ("name", "  Checkout (production) ")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: Value = res.json().await.unwrap();
+    assert_eq!(view["name"], "Checkout (production)");
+    assert_eq!(app.key_list(&ann).await[0]["name"], "Checkout (production)");
+    let html = app.page(&ann, &format!("/dashboard/developers/api-keys/{id}")).await.text().await.unwrap();
+    assert!(html.contains("<title>Checkout (production) · API keys · keymeter</title>"), "{html}");
+    // The CSV names the key as it is called now, including the usage from before the rename.
+    app.wait_until_usage_stored().await;
+    let today = chrono::Utc::now().date_naive();
+    let csv = ann
+        .get(app.url(&format!("/dashboard/developers/api-keys/{id}/usage.csv?from={today}&to={today}&granularity=day")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().nth(1).unwrap_or_else(|| panic!("a row: {csv}"));
+    assert!(row.contains(&format!(",{id},Checkout (production),GET,/api/v1/ping,1,")), "{csv}");
+
+    let too_long = "n".repeat(101);
+    let (mallory, admin) = (app.signed_in("mallory@example.com").await, app.signed_in("root@example.com").await);
+    let refusals: [(&reqwest::Client, &str, &str, StatusCode, &str); 7] = [
+        (&ann, &id, "   ", StatusCode::BAD_REQUEST, "Give the key a name."),
+        (&ann, &id, "", StatusCode::BAD_REQUEST, "Give the key a name."),
+        (&ann, &id, &too_long, StatusCode::BAD_REQUEST, "A key name can have at most 100 characters."),
+        (&ann, &id, "two\nlines", StatusCode::BAD_REQUEST, "A key name is one line, without control characters."),
+        (&ann, "not-a-key", "Other", StatusCode::NOT_FOUND, "Not found."),
+        (&mallory, &id, "Mallory's now", StatusCode::NOT_FOUND, "Not found."),
+        (&admin, &id, "Renamed by an admin", StatusCode::FORBIDDEN, "not allowed"),
+    ];
+    for (who, key, name, status, message) in refusals {
+        let res = app.rpc(who, "keys/rename", &[("id", key), ("name", name)]).await;
+        assert_eq!(res.status(), status, "{name:?}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{name:?}: {body}");
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(body["error"]["field"], "name", "{body}");
+        }
+    }
+    assert_eq!(app.key_list(&ann).await[0]["name"], "Checkout (production)");
+
+    // A revoked key keeps the name it was revoked under.
+    assert_eq!(app.rpc(&ann, "keys/revoke", &[("id", &id)]).await.status(), StatusCode::OK);
+    let res = app.rpc(&ann, "keys/rename", &[("id", &id), ("name", "Old checkout")]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "\u{201c}Checkout (production)\u{201d} is revoked: it keeps its name.");
+    assert_eq!(app.key_list(&ann).await[0]["name"], "Checkout (production)");
+}
+
 /// A key's name is the merchant's text: in a page's `<title>` as anywhere else it must stay text.
 /// (leptos_meta writes titles unescaped; an admin opening the key would have run the script.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

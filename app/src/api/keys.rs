@@ -147,6 +147,20 @@ pub async fn set_alert_emails(
     Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, user.id))
 }
 
+/// Renames one of the signed-in user's active keys.
+#[server(prefix = "/rpc", endpoint = "keys/rename")]
+pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId, KeyName};
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let id = ApiKeyId::parse(&id)?;
+    let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
+    let key = api_keys::rename_for(&services.db, id, &user, &name).await?;
+    tracing::info!(key_id = %key.id, user_id = user.id, "API key renamed");
+    Ok(KeyView { viewer_is_admin: user.is_admin(), ..KeyView::seen_by(key, user.id) })
+}
+
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
 pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;

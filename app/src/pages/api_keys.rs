@@ -7,7 +7,8 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 use super::form_error::FormError;
 use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager};
 use crate::api::{
-    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RevokeKey, SetAlertEmails,
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RenameKey, RevokeKey,
+    SetAlertEmails,
 };
 use crate::render_memo::once_per_render;
 
@@ -251,6 +252,7 @@ pub fn ApiKeyPage() -> impl IntoView {
     let params = use_params_map();
     // Created here, before any await (see layout.rs).
     let set_quota = ServerAction::<AdminSetQuota>::new();
+    let rename = ServerAction::<RenameKey>::new();
     let key = Resource::new(
         move || (params.read().get("id").unwrap_or_default(), set_quota.version().get()),
         |(id, version)| once_per_render("keys/get", &(id.clone(), version), get_key(id)),
@@ -261,7 +263,7 @@ pub fn ApiKeyPage() -> impl IntoView {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match key.await {
-                    Ok(key) => view! { <KeyDetails key requests alerts set_quota/> }.into_any(),
+                    Ok(key) => view! { <KeyDetails key requests alerts set_quota rename/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -275,17 +277,30 @@ fn KeyDetails(
     requests: super::quota_requests::QuotaRequestsState,
     alerts: ServerAction<SetAlertEmails>,
     set_quota: ServerAction<AdminSetQuota>,
+    rename: ServerAction<RenameKey>,
 ) -> impl IntoView {
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
+    // A rename updates the name in place (refetching the key would rebuild the page under the
+    // keyboard). Only this key's: the action outlives a move to another key's page.
+    let name = RwSignal::new(key.name.clone());
+    let this_key = key.id.clone();
+    Effect::new(move |_| {
+        if let Some(Ok(renamed)) = rename.value().get() {
+            if renamed.id == this_key {
+                name.set(renamed.name);
+            }
+        }
+    });
+    let rename = (key.yours && !key.is_revoked()).then(|| view! { <RenameForm key=key.clone() action=rename/> });
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = key.status();
     view! {
-        <PageTitle text=format!("{} · API keys · keymeter", key.name)/>
-        <p class="crumbs"><A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "{key.name.clone()}</p>
+        <PageTitle text=Signal::derive(move || format!("{} · API keys · keymeter", name.get()))/>
+        <p class="crumbs"><A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "{name}</p>
         <div class="page-head">
-            <h1 data-testid="key-title">{key.name.clone()}</h1>
+            <h1 data-testid="key-title">{name}</h1>
             <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"View usage →"</A>
         </div>
         <section class="card">
@@ -301,9 +316,37 @@ fn KeyDetails(
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
+        {rename}
         {set_quota}
         {alert_settings}
         {requests}
+    }
+}
+
+/// The owner renames an active key; the page's title follows.
+#[component]
+fn RenameForm(key: KeyView, action: ServerAction<RenameKey>) -> impl IntoView {
+    let error = FormError::of("rename-error", action);
+    view! {
+        <section class="card" data-testid="rename">
+            <h2>"Name"</h2>
+            <ActionForm action>
+                <input type="hidden" name="id" value=key.id.clone()/>
+                <div class="inline-form">
+                    <label>
+                        "Name"
+                        <input name="name" required maxlength="100" value=key.name.clone() data-testid="rename-name" {..error.on("name")}/>
+                    </label>
+                    // Not disabled while pending: that would drop the keyboard's focus, and
+                    // a second rename to the same name changes nothing.
+                    <button type="submit" data-testid="rename-save">"Rename"</button>
+                </div>
+            </ActionForm>
+            {move || action.value().get().and_then(Result::ok).map(|key| view! {
+                <p class="ok" role="status" data-testid="renamed">{format!("Renamed to \u{201c}{}\u{201d}.", key.name)}</p>
+            })}
+            {error.message("rename-error")}
+        </section>
     }
 }
 

@@ -281,6 +281,28 @@ pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> S
     rows.into_iter().map(from_row).collect()
 }
 
+/// Renames a key for its owner (admins are refused, as with other owner choices; anyone else is
+/// told it does not exist). Usage, exports and mail name the key as it is called when they are
+/// read, so the new name shows everywhere at once. A revoked key keeps the name it had.
+pub async fn rename_for(db: &DbPool, id: ApiKeyId, viewer: &User, name: &KeyName) -> ServiceResult<ApiKey> {
+    let key = get_as_owner(db, id, viewer).await?;
+    let revoked = || ServiceError::Conflict(format!("\u{201c}{}\u{201d} is revoked: it keeps its name.", key.name));
+    if key.revoked_at.is_some() {
+        return Err(revoked());
+    }
+    let mut conn = db::conn(db).await?;
+    // Revoked meanwhile: same answer as above.
+    let renamed = diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
+        .set(api_keys::name.eq(name.as_str()))
+        .execute(&mut conn)
+        .await?;
+    drop(conn);
+    if renamed == 0 {
+        return Err(revoked());
+    }
+    fetch(db, id).await
+}
+
 /// Revokes a key its owner (or an admin) asks to revoke. Revoking twice changes nothing.
 /// This instance refuses it at once; the others once their cached entry expires (seconds).
 pub async fn revoke_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
