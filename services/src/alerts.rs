@@ -169,7 +169,26 @@ pub fn crossings(decision: &QuotaDecision) -> Vec<QuotaCrossing> {
 /// The crossings this instance has passed on, per key and window, for the window's latest period:
 /// a key past a threshold would otherwise carry it on every request until the period ends.
 #[derive(Default)]
-pub struct CrossingMemo(Mutex<HashMap<(Uuid, AlertWindow), (i64, u8)>>);
+pub struct CrossingMemo(Mutex<Memo>);
+
+#[derive(Default)]
+struct Memo {
+    seen: HashMap<(Uuid, AlertWindow), (i64, u8)>,
+    /// The latest period start seen of each window (hour, day). When one moves on, the entries
+    /// of earlier periods go: keys no longer used (revoked ones) would otherwise stay for good.
+    latest: [i64; 2],
+}
+
+impl Memo {
+    fn saw_period(&mut self, window: AlertWindow, period_start_ms: i64) {
+        let latest = &mut self.latest[window as usize];
+        if period_start_ms > *latest {
+            *latest = period_start_ms;
+            // Once per window and period: the cost of walking the map is spread over its requests.
+            self.seen.retain(|(_, w), (period, _)| *w != window || *period >= period_start_ms);
+        }
+    }
+}
 
 impl CrossingMemo {
     /// Of `crossings` (of `key`), those not passed on before in their period.
@@ -177,11 +196,14 @@ impl CrossingMemo {
         if crossings.is_empty() {
             return crossings;
         }
-        let mut seen = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut memo = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for c in &crossings {
+            memo.saw_period(c.window, c.period_start_ms);
+        }
         crossings
             .into_iter()
             .filter(|c| {
-                let (period, passed) = seen.entry((key, c.window)).or_insert((c.period_start_ms, 0));
+                let (period, passed) = memo.seen.entry((key, c.window)).or_insert((c.period_start_ms, 0));
                 if c.period_start_ms > *period {
                     (*period, *passed) = (c.period_start_ms, 0);
                 } else if c.period_start_ms < *period {
@@ -511,6 +533,27 @@ mod tests {
         let mut next_hour = d.clone();
         next_hour.hour.reset_at_ms += 3_600_000;
         assert_eq!(memo.first_seen(key, crossings(&next_hour)).len(), 1);
+    }
+
+    #[test]
+    fn keys_of_past_periods_are_forgotten_when_a_new_one_starts() {
+        let memo = CrossingMemo::default();
+        let d = decision(5, 10, 0, 1_000_000);
+        let keys: Vec<Uuid> = (0..2000).map(|_| Uuid::now_v7()).collect();
+        for key in &keys {
+            assert_eq!(memo.first_seen(*key, crossings(&d)).len(), 1);
+        }
+        assert_eq!(memo.0.lock().unwrap().seen.len(), 2000);
+        // The next hour: the keys used in it, and the day's entries.
+        let mut next_hour = d.clone();
+        next_hour.hour.reset_at_ms += 3_600_000;
+        for key in &keys[..10] {
+            assert_eq!(memo.first_seen(*key, crossings(&next_hour)).len(), 1);
+        }
+        let left = memo.0.lock().unwrap().seen.len();
+        assert_eq!(left, 10);
+        // What stays still works: the current period's crossings are not passed on again.
+        assert!(memo.first_seen(keys[0], crossings(&next_hour)).is_empty());
     }
 
     #[test]
