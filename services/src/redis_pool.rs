@@ -142,14 +142,11 @@ async fn cluster_pipeline(
     if !(splittable && matches!(&first, Err(e) if e.kind() == ErrorKind::CrossSlot)) {
         return first;
     }
-    // Grouped by the hash tag of the first argument, which is the key of every command that
-    // keymeter pipelines; a group that still spans slots fails as the whole pipeline did.
+    // Grouped by the hash tag of each command's key; a group that still spans slots fails as
+    // the whole pipeline did.
     let mut groups: HashMap<&[u8], (Pipeline, Vec<usize>)> = HashMap::new();
     for (i, cmd) in pipe.cmd_iter().enumerate() {
-        let key = match cmd.args_iter().nth(1) {
-            Some(Arg::Simple(key)) => hash_tag(key),
-            _ => &[],
-        };
+        let key = first_key(cmd).map(hash_tag).unwrap_or_default();
         let (sub, positions) = groups.entry(key).or_insert_with(|| (redis::pipe(), Vec::new()));
         sub.add_command(cmd.clone());
         positions.push(i);
@@ -166,6 +163,23 @@ async fn cluster_pipeline(
         }
     }
     Ok(values)
+}
+
+/// The first key of a command as keymeter sends them: the first argument, but for scripts
+/// (`EVAL script numkeys key…`), whose first key follows the key count (none: no key).
+fn first_key(cmd: &redis::Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        Arg::Cursor => None,
+    });
+    let name = args.next()?;
+    let scripted = [&b"EVAL"[..], b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"];
+    if scripted.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+        let _script = args.next()?;
+        let keys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+        return if keys == 0 { None } else { args.next() };
+    }
+    args.next()
 }
 
 /// The part of a key that decides its hash slot: the first non-empty `{…}`, else the key.

@@ -55,6 +55,43 @@ async fn a_pipeline_across_slots_answers_in_order_and_keeps_each_keys_order() {
     let _: i64 = redis::cmd("DEL").arg(&b).query_async(&mut conn).await.unwrap();
 }
 
+/// As the login throttle and the quota manager do: a script per key, keys in different slots.
+/// A script's key follows its key count, not its first argument (the script itself).
+#[tokio::test]
+async fn a_pipeline_of_scripts_across_slots_goes_to_each_keys_node() {
+    let pool = cluster_pool();
+    let mut conn = redis_pool::conn(&pool).await.unwrap();
+    let (a, b) = keys();
+    const INCR: &str = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(INCR).query_async(&mut conn).await.unwrap();
+    let counts: (i64, i64, i64, i64) = redis::pipe()
+        .cmd("EVAL")
+        .arg(INCR)
+        .arg(1)
+        .arg(&a)
+        .arg(1)
+        .cmd("EVAL")
+        .arg(INCR)
+        .arg(1)
+        .arg(&b)
+        .arg(10)
+        .cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(&b)
+        .arg(10)
+        .cmd("EVAL")
+        .arg(INCR)
+        .arg(1)
+        .arg(&a)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("cross-slot pipeline of scripts");
+    assert_eq!(counts, (1, 10, 20, 2));
+    let _: () = redis::pipe().del(&a).ignore().del(&b).ignore().query_async(&mut conn).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_shared_connection_is_a_cluster_connection_too() {
     let shared = SharedConnection::new(cluster_pool());
