@@ -252,7 +252,8 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
                 other => other?,
             };
-            say!("password set for {}; {ended} session(s) signed out", user.email)
+            say!("password set for {}; {ended} session(s) signed out", user.email)?;
+            lift_sign_in_lockout(config, &user.email).await
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
             let email = Email::parse(&owner).context("--owner")?;
@@ -398,6 +399,28 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
 
 /// Entries listed by `usage set-aside` (the oldest; the count says how many there are).
 const SET_ASIDE_SHOWN: usize = 50;
+
+/// After a new password: failed sign-ins at the address (kept in Redis) are forgotten, so
+/// that its owner can sign in at once. Redis is not needed to set a password: if it cannot be
+/// reached, a lockout in force simply ends with its window, and the operator is told.
+async fn lift_sign_in_lockout(config: &Config, email: &str) -> anyhow::Result<()> {
+    let lifted = async {
+        let redis = startup::connect_redis(config).await?;
+        anyhow::Ok(accounts::lift_sign_in_lockout(&redis, &config.redis_namespace, email).await?)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), lifted).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(_)) => say!("failed sign-ins at {email} forgotten: a lockout in force is lifted"),
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "Redis did not answer within 5 s".to_owned(),
+            };
+            tracing::warn!("{why}: a sign-in lockout in force at {email} ends with its window (within 15 minutes)");
+            Ok(())
+        }
+    }
+}
 
 async fn set_aside(config: &Config, replay: bool) -> anyhow::Result<()> {
     use services::usage::set_aside;

@@ -672,10 +672,44 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert!(r.stderr.contains("at least 10 characters"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200, "a refused reset changes nothing");
 
+    // She tried her old guesses until sign-in locked her out, from two places.
+    let fays = &app.services;
+    let locked_out = |password: &'static str| async move {
+        matches!(
+            accounts::authenticate(fays, "fay@example.com", password, "t").await,
+            Err(services::ServiceError::TooManyAttempts { .. })
+        )
+    };
+    for _ in 0..5 {
+        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "t").await.is_err());
+    }
+    assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "u").await.is_err());
+    assert!(locked_out(common::PASSWORD).await);
+
     let r = run_with(&mut set("Fay@Example.com"), Some("a new long password\n"), Duration::from_secs(30)).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("password set for fay@example.com; 1 session(s) signed out"), "{r:?}");
+    assert!(r.stdout.contains("failed sign-ins at fay@example.com forgotten: a lockout in force is lifted"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
-    assert!(accounts::authenticate(&app.services, "fay@example.com", common::PASSWORD, "t").await.is_err());
+    // She can sign in with the new one at once, and only with it.
     assert!(accounts::authenticate(&app.services, "fay@example.com", "a new long password", "t").await.is_ok());
+    assert!(accounts::authenticate(&app.services, "fay@example.com", common::PASSWORD, "t").await.is_err());
+
+    // Redis unreachable: the password is set all the same, and the operator is told that a
+    // lockout in force stays until its window ends.
+    for _ in 0..5 {
+        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "t").await.is_err());
+    }
+    let r = run_with(
+        set("fay@example.com").env("REDIS_URL", "redis://127.0.0.1:9"),
+        Some("another long password\n"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("password set for fay@example.com"), "{r:?}");
+    assert!(!r.stdout.contains("forgotten"), "{r:?}");
+    assert!(r.stderr.contains("a sign-in lockout in force at fay@example.com ends with its window"), "{r:?}");
+    assert!(locked_out("another long password").await);
+    assert!(accounts::authenticate(&app.services, "fay@example.com", "another long password", "v").await.is_ok());
 }

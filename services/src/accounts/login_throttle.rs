@@ -7,6 +7,9 @@
 //! refused attempt is given back and never moves a window, so nobody can keep an account locked
 //! by trying again, and a stranger's failures from elsewhere do not lock its owner out until the
 //! address-wide count is reached.
+//!
+//! Each address also keeps the set of clients it was tried from (for the window), so that an
+//! operator setting a new password can lift its lockout ([`lift`]) without scanning keys.
 
 use std::net::IpAddr;
 
@@ -53,6 +56,37 @@ pub(crate) struct LoginThrottle<'a> {
     redis: &'a RedisPool,
     /// (Redis key, allowance), in the order above.
     counts: [(String, i64); 3],
+    /// The set of clients the address was tried from, and this client.
+    clients: (String, String),
+}
+
+fn pair_key(namespace: &str, email: &str, client: &str) -> String {
+    format!("{namespace}:login:pair:{email}:{client}")
+}
+
+fn email_key(namespace: &str, email: &str) -> String {
+    format!("{namespace}:login:email:{email}")
+}
+
+fn clients_key(namespace: &str, email: &str) -> String {
+    format!("{namespace}:login:clients:{email}")
+}
+
+/// Forgets the failed sign-ins at `email` (as stored: trimmed, lower-cased), from every client:
+/// a lockout of the address ends now. Counts of clients across addresses stay (a client that
+/// guessed at many addresses is still slowed down). Returns how many counts were dropped.
+pub async fn lift(redis: &RedisPool, namespace: &str, email: &str) -> ServiceResult<usize> {
+    let mut conn = redis_pool::conn(redis).await?;
+    let set = clients_key(namespace, email);
+    let clients: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query_async(&mut conn).await?;
+    // One key per command: they live in different cluster slots.
+    let mut pipe = redis::pipe();
+    for key in clients.iter().map(|c| pair_key(namespace, email, c)).chain([email_key(namespace, email)]) {
+        pipe.cmd("DEL").arg(key);
+    }
+    let dropped: Vec<usize> = pipe.query_async(&mut conn).await?;
+    let _: () = redis::cmd("DEL").arg(&set).query_async(&mut conn).await?;
+    Ok(dropped.into_iter().sum())
 }
 
 impl<'a> LoginThrottle<'a> {
@@ -61,10 +95,11 @@ impl<'a> LoginThrottle<'a> {
         Self {
             redis,
             counts: [
-                (format!("{namespace}:login:pair:{email}:{client}"), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
-                (format!("{namespace}:login:email:{email}"), MAX_FAILURES_PER_EMAIL),
+                (pair_key(namespace, email, client), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
+                (email_key(namespace, email), MAX_FAILURES_PER_EMAIL),
                 (format!("{namespace}:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
             ],
+            clients: (clients_key(namespace, email), client.to_owned()),
         }
     }
 
@@ -106,6 +141,15 @@ impl<'a> LoginThrottle<'a> {
         if let Some(wait) = wait {
             self.give_back(&mut conn, true).await;
             return Err(ServiceError::TooManyAttempts { retry_after_secs: wait as u64 });
+        }
+        // Counted: the client joins the address's set, kept as long as the newest count can
+        // last (a refused attempt, given back, leaves nothing behind).
+        let (set, client) = &self.clients;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD").arg(set).arg(client).ignore();
+        pipe.cmd("EXPIRE").arg(set).arg(WINDOW_SECS).ignore();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "could not note where a sign-in came from");
         }
         Ok(())
     }

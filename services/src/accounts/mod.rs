@@ -5,7 +5,7 @@ mod login_throttle;
 mod password;
 pub mod sessions;
 
-pub use login_throttle::client_address;
+pub use login_throttle::{client_address, lift as lift_sign_in_lockout};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
