@@ -297,7 +297,9 @@ fn KeyDetails(
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
     let status = key.status();
     view! {
-        <PageTitle text=Signal::derive(move || format!("{} · API keys · keymeter", name.get()))/>
+        // Made again when the name changes: leptos_meta keeps a title's text beyond the page, so
+        // a reactive text would be read after the page is gone.
+        {move || view! { <PageTitle text=format!("{} · API keys · keymeter", name.get())/> }}
         <p class="crumbs"><A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "{name}</p>
         <div class="page-head">
             <h1 data-testid="key-title">{name}</h1>

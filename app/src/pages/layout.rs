@@ -161,21 +161,16 @@ pub fn AdminLayout() -> impl IntoView {
 /// The page's `<title>`. leptos_meta writes a title's text into the server-rendered HTML as it
 /// is, so a key name such as `</title><script>…` would end the element and inject markup into
 /// the page (an admin opening that key's page would run it). The server escapes the text; the
-/// browser sets `document.title` from the raw text, which needs no escaping. The text may change
-/// while the page shows (a renamed key); the page is announced with the text it opened with.
+/// browser sets `document.title` from the raw text, which needs no escaping.
 #[component]
-pub fn PageTitle(#[prop(into)] text: Signal<String>) -> impl IntoView {
+pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    let text = services::mailer::html_escape(&text);
     // (Effects run in the browser only.)
     if let Some(announcer) = use_context::<Announcer>() {
-        let (title, location) = (text.get_untracked(), use_location());
+        let (title, location) = (text.clone(), use_location());
         Effect::new(move |_| announcer.page_shown(location.pathname.get_untracked(), title.clone()));
     }
-    let text = move || {
-        let text = text.get();
-        #[cfg(feature = "ssr")]
-        let text = services::mailer::html_escape(&text);
-        text
-    };
     view! { <Title text/> }
 }
 
