@@ -5,6 +5,14 @@ import { ADMIN, MERCHANT, cli, hydrated, settled, signIn, sql, watchForBrokenBun
 test('a merchant creates a key, calls the API with it, and revokes it', async ({ page, request }) => {
   await signIn(page, MERCHANT);
 
+  // A refused name: the message is tied to the field, and the keyboard stays on the button.
+  await page.getByTestId('key-name').fill('   ');
+  await page.getByRole('button', { name: 'Create key' }).focus();
+  await page.keyboard.press('Enter');
+  await expect(page.getByTestId('create-key-error')).toHaveText('Give the key a name.');
+  await expect(page.getByRole('button', { name: 'Create key' })).toBeFocused();
+  await expect(page.getByRole('button', { name: 'Create key' })).not.toHaveAttribute('aria-disabled', 'true');
+
   const name = `Checkout ${Date.now()}`;
   await page.getByTestId('key-name').fill(name);
   await page.getByRole('button', { name: 'Create key' }).click();

@@ -5,7 +5,7 @@ use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
-use super::layout::{page_number, ErrorPanel, PageTitle, Pager};
+use super::layout::{page_number, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{admin_mail, admin_mail_body, admin_search_keys, MailBody, MailView, SendMailAgain};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -310,9 +310,7 @@ fn MailItem(
             {given_up.then(|| view! {
                 <ActionForm action=send_again>
                     <input type="hidden" name="id" value=m.id/>
-                    <button type="submit" data-testid="send-again" disabled=move || send_again.pending().get()>
-                        "Send again"
-                    </button>
+                    <SubmitButton pending=send_again.pending() testid="send-again">"Send again"</SubmitButton>
                 </ActionForm>
             })}
             {(!m.attachments.is_empty()).then(|| view! {

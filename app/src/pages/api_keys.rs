@@ -5,7 +5,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
-use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager};
+use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RenameKey, RevokeKey,
     SetAlertEmails,
@@ -49,7 +49,7 @@ pub fn ApiKeysPage() -> impl IntoView {
                         "Name"
                         <input name="name" required maxlength="100" placeholder="e.g. Checkout server" data-testid="key-name" {..create_error.on("name")}/>
                     </label>
-                    <button type="submit" disabled=move || create.pending().get()>"Create key"</button>
+                    <SubmitButton pending=create.pending()>"Create key"</SubmitButton>
                 </div>
             </ActionForm>
             {move || create.value().get().and_then(Result::ok).map(|created| view! { <NewSecret created/> })}
@@ -339,9 +339,7 @@ fn RenameForm(key: KeyView, action: ServerAction<RenameKey>) -> impl IntoView {
                         "Name"
                         <input name="name" required maxlength="100" value=key.name.clone() data-testid="rename-name" {..error.on("name")}/>
                     </label>
-                    // Not disabled while pending: that would drop the keyboard's focus, and
-                    // a second rename to the same name changes nothing.
-                    <button type="submit" data-testid="rename-save">"Rename"</button>
+                    <SubmitButton pending=action.pending() testid="rename-save">"Rename"</SubmitButton>
                 </div>
             </ActionForm>
             {move || action.value().get().and_then(Result::ok).map(|key| view! {

@@ -174,6 +174,23 @@ pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
     view! { <Title text/> }
 }
 
+/// A form's submit button that refuses a second submission while the first is pending. Not
+/// `disabled` then: a browser takes the focus off a button it disables, and a keyboard user
+/// would be back at the top of the page when the answer (an error, say) comes.
+#[component]
+pub fn SubmitButton(
+    #[prop(into)] pending: Signal<bool>,
+    #[prop(optional)] testid: Option<&'static str>,
+    children: Children,
+) -> impl IntoView {
+    view! {
+        <button type="submit" data-testid=testid aria-disabled=move || pending.get().then_some("true")
+            on:click=move |ev| if pending.get_untracked() { ev.prevent_default() }>
+            {children()}
+        </button>
+    }
+}
+
 /// `?page=` of a paged list: from 1; anything else is the first page.
 pub fn page_number(query: &leptos_router::params::ParamsMap) -> u32 {
     query.get("page").and_then(|p| p.parse::<u32>().ok()).unwrap_or(1).max(1)

@@ -1,7 +1,7 @@
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 
-use super::layout::PageTitle;
+use super::layout::{PageTitle, SubmitButton};
 use crate::api::Login;
 
 #[component]
@@ -18,7 +18,7 @@ pub fn LoginPage() -> impl IntoView {
                     <input type="hidden" name="next" value=next/>
                     <label>"Email" <input type="email" name="email" autocomplete="username" required/></label>
                     <label>"Password" <input type="password" name="password" autocomplete="current-password" required/></label>
-                    <button type="submit" disabled=move || login.pending().get()>"Sign in"</button>
+                    <SubmitButton pending=login.pending()>"Sign in"</SubmitButton>
                 </ActionForm>
                 {move || error().map(|msg| view! { <p class="error" role="alert" data-testid="login-error">{msg}</p> })}
             </section>
