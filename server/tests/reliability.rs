@@ -246,6 +246,47 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(rollup_gap(&app, id).await, 0, "the rollups count each stored event once");
 }
 
+/// A Redis Cluster that refuses commands (here: slots no node serves, as after a primary dies
+/// without a replica) still answers PING, which names no key. Readiness and the metrics take the
+/// cluster's own word (`cluster_state`): with quotas failing closed the instance leaves the
+/// rotation, as with a single Redis down (it stayed in, `"redis":"ok"`, while answering 503s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_redis_cluster_counts_as_redis_down() {
+    let redis = OwnRedis::start_cluster_of_one();
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_CLUSTER", "true".into()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+        ("KEYMETER_METRICS_LISTEN", "127.0.0.1:0".into()),
+    ])
+    .await;
+    let metrics = app.metrics_url.clone().unwrap();
+    let (secret, _) = app.key_with_quota(10, 1_000).await;
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    let ready = || async {
+        let res = client().get(app.url("/readyz")).send().await.unwrap();
+        (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(ready().await, (200, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"})));
+
+    // A hundred slots unserved: the whole cluster refuses commands (full coverage required).
+    redis.cli(&["CLUSTER", "DELSLOTSRANGE", "0", "99"]);
+    redis.wait_for_cluster_state("fail");
+    assert_eq!(redis.cli(&["PING"]).as_deref().map(str::trim), Some("PONG"), "a failing cluster answers PING");
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 503, "quotas fail closed");
+    assert_eq!(ready().await, (503, serde_json::json!({"status": "unavailable", "postgres": "ok", "redis": "down"})));
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 0.0).await;
+    assert_eq!(sample(&m, "keymeter_quota_fallback"), 1.0);
+
+    redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "99"]);
+    redis.wait_for_cluster_state("ok");
+    let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 1.0).await;
+    assert_eq!(sample(&m, "keymeter_quota_fallback"), 0.0);
+    assert_eq!(ready().await.0, 200);
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+}
+
 /// The usage page without Redis: it still opens, its gauges and live charts come from the usage
 /// stored in PostgreSQL, and it says so (it was a 500 for the whole page, history included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

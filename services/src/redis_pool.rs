@@ -75,11 +75,25 @@ pub async fn conn(pool: &RedisPool) -> ServiceResult<RedisConn> {
     })
 }
 
-/// Round trip to Redis (`PING`; on a cluster, to every primary).
+/// Round trip to Redis (`PING`; on a cluster, to every primary it has a connection to, and the
+/// cluster must say it serves every slot: a PING names no key, so a cluster that refuses
+/// commands, or whose dead primary the client has dropped, still answers it).
 pub async fn ping(pool: &RedisPool) -> ServiceResult<()> {
     let mut conn = conn(pool).await?;
     let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    if matches!(pool, RedisPool::Cluster(_)) {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await?;
+        if let Some(state) = cluster_state_not_ok(&info) {
+            return Err(ServiceError::RedisUnavailable(format!("the Redis Cluster reports cluster_state:{state}")));
+        }
+    }
     Ok(())
+}
+
+/// The `cluster_state` of a `CLUSTER INFO` reply, unless it is `ok`.
+fn cluster_state_not_ok(info: &str) -> Option<&str> {
+    let state = info.lines().find_map(|line| line.trim().strip_prefix("cluster_state:")).unwrap_or("unknown");
+    (state != "ok").then_some(state)
 }
 
 /// The cluster connection behind a pooled or a shared handle.
@@ -253,6 +267,27 @@ mod tests {
         assert_eq!(hash_tag(b"a{}b"), b"a{}b");
         assert_eq!(hash_tag(b"a{b"), b"a{b");
         assert_eq!(hash_tag(b"{x}{y}"), b"x");
+    }
+
+    #[test]
+    fn script_keys_follow_their_key_count() {
+        let key = |cmd: &redis::Cmd| first_key(cmd).map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(key(redis::cmd("INCR").arg("km:{a}:x")).as_deref(), Some("km:{a}:x"));
+        assert_eq!(key(redis::cmd("EVAL").arg("return 1").arg(1).arg("km:{a}:x").arg(5)).as_deref(), Some("km:{a}:x"));
+        assert_eq!(key(redis::cmd("evalsha").arg("abc").arg(2).arg("k1").arg("k2")).as_deref(), Some("k1"));
+        assert_eq!(key(redis::cmd("EVAL").arg("return 1").arg(0).arg("not-a-key")), None);
+        assert_eq!(key(redis::cmd("EVAL").arg("return 1").arg("many")), None);
+        assert_eq!(key(&redis::cmd("TIME")), None);
+    }
+
+    #[test]
+    fn a_cluster_is_up_only_when_it_says_so() {
+        assert_eq!(
+            cluster_state_not_ok("cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:16384\r\n"),
+            None
+        );
+        assert_eq!(cluster_state_not_ok("cluster_state:fail\r\n"), Some("fail"));
+        assert_eq!(cluster_state_not_ok(""), Some("unknown"));
     }
 
     #[test]

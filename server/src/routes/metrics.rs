@@ -33,10 +33,13 @@ pub fn router(services: Services, connections: Connections) -> Router {
 }
 
 async fn metrics(State(Sources { services, connections }): State<Sources>) -> impl IntoResponse {
-    let (backlog, outbox) = tokio::join!(
+    let (backlog, outbox, redis_answers) = tokio::join!(
         within(READ_WITHIN, services::usage::writer::backlog(&services.redis, &services.namespace)),
         within(READ_WITHIN, services::mailer::counts(&services.db)),
+        // As `/readyz` decides: the backlog's stream lives on one node of a cluster.
+        within(READ_WITHIN, services::redis_pool::ping(&services.redis)),
     );
+    let redis_up = backlog.is_ok() && redis_answers.is_ok();
     let mut out = Exposition::default();
     out.family("keymeter_build_info", "gauge", "The running version.");
     out.sample("keymeter_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
@@ -55,7 +58,7 @@ async fn metrics(State(Sources { services, connections }): State<Sources>) -> im
     );
     // Its last quota check failed, and Redis does not answer now either: an idle instance's
     // last failure must not keep the alert on after Redis is back (its next call tries Redis).
-    let fallback = services.quota.redis_down() && backlog.is_err();
+    let fallback = services.quota.redis_down() && !redis_up;
     out.single(
         "keymeter_quota_fallback",
         "gauge",
@@ -63,7 +66,7 @@ async fn metrics(State(Sources { services, connections }): State<Sources>) -> im
         u8::from(fallback),
     );
     out.family("keymeter_backend_up", "gauge", "Whether the backing service answered this scrape.");
-    out.sample("keymeter_backend_up", &[("backend", "redis")], u8::from(backlog.is_ok()));
+    out.sample("keymeter_backend_up", &[("backend", "redis")], u8::from(redis_up));
     out.sample("keymeter_backend_up", &[("backend", "postgres")], u8::from(outbox.is_ok()));
     match backlog {
         Ok(backlog) => {

@@ -26,24 +26,47 @@ pub struct OwnRedis {
     child: Option<Child>,
     /// Only TLS connections (`rediss://`), with the fixtures' certificate.
     tls: bool,
+    /// A Redis Cluster of this one node, serving every slot.
+    cluster: bool,
 }
 
 impl OwnRedis {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, false)
     }
 
     /// Listening for TLS only, as managed Redis services with encryption in transit do.
     pub fn start_tls() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Self {
+    /// A Redis Cluster of one primary (connect with `KEYMETER_REDIS_CLUSTER=true`): a cluster's
+    /// own failures (slots no node serves) can be made without disturbing other tests.
+    pub fn start_cluster_of_one() -> Self {
+        let mut redis = Self::start_with(false, true);
+        redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        redis.wait_for_cluster_state("ok");
+        redis
+    }
+
+    fn start_with(tls: bool, cluster: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("keymeter-redis-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self { port: free_port(), dir, child: None, tls };
+        let mut redis = Self { port: free_port(), dir, child: None, tls, cluster };
         redis.restart();
         redis
+    }
+
+    /// Waits until the cluster says `state` (`ok`, `fail`).
+    pub fn wait_for_cluster_state(&self, state: &str) {
+        let wanted = format!("cluster_state:{state}");
+        for _ in 0..100 {
+            if self.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains(&wanted)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not reach {wanted}");
     }
 
     pub fn url(&self) -> String {
@@ -61,6 +84,12 @@ impl OwnRedis {
                 .arg(fixture("smtp-test-server.key"));
         } else {
             cmd.args(["--port", &port]);
+        }
+        if self.cluster {
+            // The cluster bus would be the port + 10,000, which may be taken.
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port", &free_port().to_string()])
+                .arg("--cluster-config-file")
+                .arg(self.dir.join("nodes.conf"));
         }
         let child = cmd
             .args(["--bind", "127.0.0.1", "--save", ""])
