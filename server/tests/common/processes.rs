@@ -43,7 +43,7 @@ impl OwnRedis {
     /// A Redis Cluster of one primary (connect with `KEYMETER_REDIS_CLUSTER=true`): a cluster's
     /// own failures (slots no node serves) can be made without disturbing other tests.
     pub fn start_cluster_of_one() -> Self {
-        let mut redis = Self::start_with(false, true);
+        let redis = Self::start_with(false, true);
         redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
         redis.wait_for_cluster_state("ok");
         redis
