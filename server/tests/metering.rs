@@ -67,7 +67,15 @@ async fn exactly_the_limit_across_three_instances(settings: &[(&'static str, Str
 
         assert_eq!(first.wait_for_events(id, attempts).await, attempts, "round {round}: events in PostgreSQL");
         let first_minute = first.services.quota.now_ms().await.unwrap() / 60_000 * 60_000 - 5 * 60_000;
-        let live = services::usage::live::read_minutes(&first.services.redis, id.0, first_minute, 7).await.unwrap();
+        // (On a cluster the counters follow each batch's stream entry: a moment later.)
+        let mut live = Vec::new();
+        for _ in 0..50 {
+            live = services::usage::live::read_minutes(&first.services.redis, id.0, first_minute, 7).await.unwrap();
+            if live.iter().map(|(_, m)| m.requests + m.throttled).sum::<u64>() >= attempts as u64 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert_eq!(live.iter().map(|(_, m)| m.requests).sum::<u64>(), limit as u64, "round {round}: live");
         assert_eq!(live.iter().map(|(_, m)| m.throttled).sum::<u64>(), (attempts - limit) as u64, "round {round}");
     }
