@@ -7,7 +7,16 @@ source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 
 bash scripts/setup.sh
-command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo; $SUDO apt-get install -y -qq wrk >/dev/null; }
+if ! command -v wrk >/dev/null; then
+  log "installing wrk (the load generator)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  # apt's chatter (debconf notes) is shown only if the install fails.
+  apt_errors="$(mktemp)"
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null 2>"$apt_errors"; then
+    cat "$apt_errors" >&2; exit 1
+  fi
+  rm -f "$apt_errors"
+fi
 log "building the server (release)"
 cargo build -q --release -p keymeter
 BIN="$CARGO_TARGET_DIR/release/keymeter"
