@@ -41,9 +41,7 @@ async fn repeated_failures_are_slowed_down() {
 /// pipeline of their scripts was refused as cross-slot there, and sign-in went unthrottled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_slowed_down_on_a_redis_cluster() {
-    let nodes = std::env::var("KEYMETER_TEST_REDIS_CLUSTER")
-        .expect("KEYMETER_TEST_REDIS_CLUSTER is not set: run the tests with `make test`");
-    repeated_failures_are_slowed_down_with(&[("REDIS_URL", nodes)]).await;
+    repeated_failures_are_slowed_down_with(&[("REDIS_URL", common::env("KEYMETER_TEST_REDIS_CLUSTER"))]).await;
 }
 
 async fn repeated_failures_are_slowed_down_with(settings: &[(&'static str, String)]) {

@@ -23,9 +23,7 @@ async fn exactly_the_limit_is_admitted_across_three_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_the_limit_is_admitted_across_three_instances_on_a_redis_cluster() {
-    let nodes = std::env::var("KEYMETER_TEST_REDIS_CLUSTER")
-        .expect("KEYMETER_TEST_REDIS_CLUSTER is not set: run the tests with `make test`");
-    exactly_the_limit_across_three_instances(&[("REDIS_URL", nodes)]).await;
+    exactly_the_limit_across_three_instances(&[("REDIS_URL", env("KEYMETER_TEST_REDIS_CLUSTER"))]).await;
 }
 
 /// Three instances (with `settings`), 96 concurrent clients, three rounds of limits: exactly

@@ -155,6 +155,12 @@ async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recor
     assert_eq!(hour_counted(&app, id).await, 1);
 }
 
+/// `/readyz`: its status code and body.
+async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
+    let res = client().get(app.url("/readyz")).send().await.unwrap();
+    (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
+}
+
 /// Events stored for the key: in all, and those admitted without Redis' enforcement.
 async fn events(app: &TestApp, id: ApiKeyId) -> (i64, i64) {
     let of_key = format!("FROM api_key_usage WHERE api_key_id = '{}'", id.0);
@@ -264,18 +270,17 @@ async fn a_failing_redis_cluster_counts_as_redis_down() {
     let metrics = app.metrics_url.clone().unwrap();
     let (secret, _) = app.key_with_quota(10, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
-    let ready = || async {
-        let res = client().get(app.url("/readyz")).send().await.unwrap();
-        (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
-    };
-    assert_eq!(ready().await, (200, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"})));
+    assert_eq!(ready(&app).await, (200, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"})));
 
     // A hundred slots unserved: the whole cluster refuses commands (full coverage required).
     redis.cli(&["CLUSTER", "DELSLOTSRANGE", "0", "99"]);
     redis.wait_for_cluster_state("fail");
     assert_eq!(redis.cli(&["PING"]).as_deref().map(str::trim), Some("PONG"), "a failing cluster answers PING");
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 503, "quotas fail closed");
-    assert_eq!(ready().await, (503, serde_json::json!({"status": "unavailable", "postgres": "ok", "redis": "down"})));
+    assert_eq!(
+        ready(&app).await,
+        (503, serde_json::json!({"status": "unavailable", "postgres": "ok", "redis": "down"}))
+    );
     let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 0.0).await;
     assert_eq!(sample(&m, "keymeter_quota_fallback"), 1.0);
 
@@ -283,7 +288,7 @@ async fn a_failing_redis_cluster_counts_as_redis_down() {
     redis.wait_for_cluster_state("ok");
     let m = scrape_until(&metrics, |m| sample(m, "keymeter_backend_up{backend=\"redis\"}") == 1.0).await;
     assert_eq!(sample(&m, "keymeter_quota_fallback"), 0.0);
-    assert_eq!(ready().await.0, 200);
+    assert_eq!(ready(&app).await.0, 200);
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 }
 
@@ -488,13 +493,6 @@ async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
         ])
         .await;
     let (secret, _) = open.key_with_quota(1_000, 10_000).await;
-    let ready = |app: &TestApp| {
-        let url = app.url("/readyz");
-        async move {
-            let res = client().get(url).send().await.unwrap();
-            (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
-        }
-    };
     let all_ok = serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" });
     assert_eq!(closed.call("/api/v1/ping", &secret).await.status(), 200);
     assert_eq!(ready(&open).await, (200, all_ok.clone()));

@@ -132,10 +132,10 @@ pub async fn replay(redis: &RedisPool, namespace: &str) -> ServiceResult<Replaye
                 Err(_) => replayed.unreadable += 1,
             }
         }
-        if copies.cmd_iter().next().is_some() {
+        if !copies.is_empty() {
             let _: () = copies.query_async(&mut conn).await?;
         }
-        if deletions.cmd_iter().next().is_some() {
+        if !deletions.is_empty() {
             let _: () = deletions.query_async(&mut conn).await?;
         }
     }
