@@ -83,9 +83,21 @@ cluster_start() {
     # The cluster bus would default to PORT+10000, which may be taken or past 65535.
     bus="$(free_port)"
     while printf '%s\n' "$@" | grep -qx "$bus"; do bus="$(free_port)"; done
-    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-port "$bus" \
-      --cluster-config-file "$node/nodes.conf" --dir "$node" --save "" --appendonly no \
-      --daemonize yes --pidfile "$node/redis.pid" --logfile "$node/redis.log" >/dev/null
+    # In a file, so that a node can be started again as it was (`redis-server DIR/cluster-PORT/redis.conf`).
+    cat >"$node/redis.conf" <<EOF
+port $port
+bind 127.0.0.1
+cluster-enabled yes
+cluster-port $bus
+cluster-config-file $node/nodes.conf
+dir $node
+save ""
+appendonly no
+daemonize yes
+pidfile $node/redis.pid
+logfile $node/redis.log
+EOF
+    redis-server "$node/redis.conf" >/dev/null
     nodes+=("127.0.0.1:$port")
   done
   for port in "$@"; do

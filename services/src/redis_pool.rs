@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool::managed::{Manager, Object, Pool, PoolBuilder};
+use deadpool::managed::{self, Manager, Metrics, Object, Pool, PoolBuilder, RecycleResult};
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
-use deadpool_redis::redis::{self, Arg, Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, Value};
-use deadpool_redis::{cluster, Runtime};
+use deadpool_redis::redis::{self, Arg, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use deadpool_redis::Runtime;
 
 use crate::{ServiceError, ServiceResult};
 
@@ -21,11 +22,11 @@ use crate::{ServiceError, ServiceResult};
 #[derive(Clone)]
 pub enum RedisPool {
     Single(deadpool_redis::Pool),
-    Cluster(cluster::Pool),
+    Cluster(Pool<ClusterManager>),
 }
 
 /// A connection taken from the pool, given back when dropped.
-pub type RedisConn = Conn<deadpool_redis::Connection, cluster::Connection>;
+pub type RedisConn = Conn<deadpool_redis::Connection, Object<ClusterManager>>;
 /// A connection shared by concurrent requests (see [`SharedConnection`]); cheap to clone.
 pub type SharedConn = Conn<MultiplexedConnection, ClusterConnection>;
 
@@ -53,8 +54,53 @@ pub fn pool_with(redis_url: &str, max_size: usize, cluster: bool) -> ServiceResu
         return Ok(RedisPool::Single(build(builder, max_size)?));
     }
     let urls: Vec<String> = redis_url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
-    let builder = cluster::Config::from_urls(urls).builder().map_err(|e| invalid(&e))?;
-    Ok(RedisPool::Cluster(build(builder, max_size)?))
+    let manager = ClusterManager::new(urls).map_err(|e| invalid(&e))?;
+    Ok(RedisPool::Cluster(build(Pool::builder(manager), max_size)?))
+}
+
+/// Makes the connections of a cluster pool. deadpool-redis has one too, but with redis-rs'
+/// retry defaults: a command for the slots of a primary that died is retried 16 times, with
+/// waits of 1.3 s growing to minutes, and with one of three primaries killed a `GET` failed
+/// only after 811 s. Callers without a timeout of their own (the usage writer, the sign-in
+/// throttle) hung all that time. Here it fails within a few hundred milliseconds, as on a single
+/// Redis, and the caller's own retry, log or fallback takes over.
+///
+/// No response timeout: redis-rs retries a command that timed out, and a retried quota script
+/// or `XADD` that Redis had run, only slowly, would count twice. Callers on the request path
+/// bound their wait themselves and let the command finish.
+pub struct ClusterManager {
+    client: ClusterClient,
+}
+
+impl ClusterManager {
+    /// Attempts after the first: enough to follow a MOVED or ASK redirection, or the new slot
+    /// map after a failover, no more.
+    const RETRIES: u32 = 2;
+
+    fn new(urls: Vec<String>) -> RedisResult<Self> {
+        let client = ClusterClientBuilder::new(urls)
+            .retries(Self::RETRIES)
+            // Waits (ms) drawn from 50..min(500, 100 × 2^retry): at most 100, then 200.
+            .min_retry_wait(50)
+            .max_retry_wait(500)
+            .retry_wait_formula(100, 2)
+            .build()?;
+        Ok(Self { client })
+    }
+}
+
+impl Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(&self, conn: &mut ClusterConnection, _: &Metrics) -> RecycleResult<RedisError> {
+        let _: String = redis::cmd("PING").query_async(conn).await.map_err(managed::RecycleError::Backend)?;
+        Ok(())
+    }
 }
 
 fn build<M: Manager, W: From<Object<M>>>(builder: PoolBuilder<M, W>, max_size: usize) -> ServiceResult<Pool<M, W>> {
@@ -107,7 +153,7 @@ impl AsClusterConnection for ClusterConnection {
     }
 }
 
-impl AsClusterConnection for cluster::Connection {
+impl AsClusterConnection for Object<ClusterManager> {
     fn cluster(&mut self) -> &mut ClusterConnection {
         self
     }
@@ -231,7 +277,7 @@ impl SharedConnection {
         }
         let conn = match conn(&self.pool).await? {
             Conn::Single(c) => Conn::Single(deadpool_redis::Connection::take(c)),
-            Conn::Cluster(c) => Conn::Cluster(cluster::Connection::take(c)),
+            Conn::Cluster(c) => Conn::Cluster(Object::take(c)),
         };
         if let Ok(mut slot) = self.conn.write() {
             *slot = Some(conn.clone());
