@@ -292,6 +292,35 @@ async fn a_failing_redis_cluster_counts_as_redis_down() {
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 }
 
+/// On a Redis Cluster a primary that dies takes only its hash slots with it: keys on the other
+/// primaries keep exact quotas while keys in the dead slots fall back. (Any key's failed check
+/// used to send every key of the instance to the fallback for a second.) A slot without a
+/// primary, on a cluster set to serve the rest meanwhile, stands in for the dead primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_keys_on_healthy_slots_stay_exact_while_a_slot_is_down() {
+    use services::keys::quota_manager::quota_redis_key;
+    let redis = OwnRedis::start_cluster_of_one();
+    redis.cli(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url()), ("KEYMETER_REDIS_CLUSTER", "true".into())]).await;
+    let (dead_secret, dead) = app.key_with_quota(1_000, 10_000).await;
+    let (secret, healthy) = app.key_with_quota(5, 1_000).await;
+    let slot = |id| redis.cli(&["CLUSTER", "KEYSLOT", &quota_redis_key(id)]).expect("a slot").trim().to_owned();
+    assert_ne!(slot(dead), slot(healthy), "two keys in one slot: a one in 16,384 chance, run again");
+    assert_eq!(app.call("/api/v1/ping", &dead_secret).await.status(), 200);
+    redis.cli(&["CLUSTER", "DELSLOTS", &slot(dead)]);
+
+    // Each call of the healthy key comes right after a failed check of the other.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        assert_eq!(app.call("/api/v1/ping", &dead_secret).await.status(), 200, "quotas fail open");
+        statuses.push(app.call("/api/v1/ping", &secret).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "exactly the hourly limit of 5");
+    assert_eq!(wait_for_events(&app, healthy, 7).await, (7, 0), "every call of the healthy key enforced");
+    let (total, unenforced) = wait_for_events(&app, dead, 8).await;
+    assert_eq!((total, unenforced), (8, 7), "the dead slot's key fell back");
+}
+
 /// The usage page without Redis: it still opens, its gauges and live charts come from the usage
 /// stored in PostgreSQL, and it says so (it was a 500 for the whole page, history included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

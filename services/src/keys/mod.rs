@@ -5,6 +5,7 @@ pub mod authenticator;
 pub mod fallback_limiter;
 pub mod quota;
 pub mod quota_manager;
+mod quota_outage;
 pub mod secret;
 pub mod secret_handoff;
 

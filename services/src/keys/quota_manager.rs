@@ -26,6 +26,7 @@ use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
 use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
+use super::quota_outage::{Marked, QuotaOutage};
 use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
@@ -233,8 +234,8 @@ pub struct QuotaManager {
     clock_offset_ms: Arc<AtomicI64>,
     policy: FailurePolicy,
     fallback: Arc<FallbackLimiter>,
-    /// Until when (ms after `epoch`) Redis is considered down.
-    down_until_ms: Arc<AtomicI64>,
+    /// Which keys' checks skip Redis for now (ms after `epoch`).
+    outage: Arc<QuotaOutage>,
     epoch: Instant,
     queues: Arc<Queues>,
 }
@@ -251,6 +252,7 @@ impl QuotaManager {
     /// On a multiplexed connection shared with the rest of the request path (the usage
     /// recorder): commands issued together go out in one write and come back in one read.
     pub fn with_connection(shared: SharedConnection, policy: FailurePolicy) -> Self {
+        let cluster = matches!(shared.pool(), RedisPool::Cluster(_));
         Self {
             redis: shared.pool().clone(),
             shared,
@@ -259,7 +261,7 @@ impl QuotaManager {
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
             fallback: Arc::new(FallbackLimiter::new(policy.instances)),
             policy,
-            down_until_ms: Arc::new(AtomicI64::new(0)),
+            outage: Arc::new(QuotaOutage::new(cluster)),
             epoch: Instant::now(),
             queues: Arc::default(),
         }
@@ -284,13 +286,14 @@ impl QuotaManager {
         let manager = self.clone();
         let (id, quota, version_ms) = (key.id, key.quota, key.quota_version_ms);
         async move {
-            if manager.down_until_ms.load(Ordering::Relaxed) <= manager.elapsed_ms() {
+            let slot = manager.outage.slot_of(id);
+            if manager.outage.should_try(slot, manager.elapsed_ms()) {
                 match manager.check_and_count(id, &quota, version_ms).await {
                     Ok(decision) => {
-                        manager.mark_up();
+                        manager.mark_up(slot);
                         return Verdict::Enforced(decision);
                     }
-                    Err(e) => manager.mark_down(&e.to_string()),
+                    Err(e) => manager.mark_down(slot, &e.to_string()),
                 }
             }
             match manager.policy.mode {
@@ -320,24 +323,23 @@ impl QuotaManager {
         });
     }
 
-    /// Whether the last quota check that tried Redis failed (none has succeeded since): what
-    /// metered calls meet, so readiness reports it.
+    /// Whether quota checks have lately been failing (on a Redis Cluster: those of some keys)
+    /// and have not succeeded since: what metered calls meet, so readiness reports it.
     pub fn redis_down(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) != 0
+        self.outage.any_down(self.elapsed_ms())
     }
 
-    /// Atomics rather than `OutageLog` (which needs a lock): this runs on every metered request.
-    fn mark_up(&self) {
-        if self.down_until_ms.load(Ordering::Relaxed) != 0 && self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+    /// Not `OutageLog` (which needs a lock): this runs on every metered request.
+    fn mark_up(&self, slot: usize) {
+        if self.outage.succeeded(slot) {
             tracing::info!("Redis answers quota checks again");
         }
     }
 
-    fn mark_down(&self, why: &str) {
-        let until = self.elapsed_ms() + RETRY_REDIS_AFTER.as_millis() as i64;
-        let before = self.down_until_ms.swap(until, Ordering::Relaxed);
+    fn mark_down(&self, slot: usize, why: &str) {
+        let now = self.elapsed_ms();
         // Logged once per outage, not per request.
-        if before <= 0 || before + 10_000 < self.elapsed_ms() {
+        if self.outage.failed(slot, now, now + RETRY_REDIS_AFTER.as_millis() as i64) == Marked::OutageBegins {
             tracing::warn!(error = why, mode = ?self.policy.mode, "Redis unavailable for quota checks; using the fallback");
         }
     }
