@@ -254,7 +254,7 @@ fn hash_tag(key: &[u8]) -> &[u8] {
 /// One multiplexed connection shared by every request on the hot path. Taking a connection
 /// from the pool costs a round trip (deadpool-redis pings on recycle); a multiplexed connection
 /// carries concurrent commands without that (a cluster connection is multiplexed per node).
-/// Replaced after an I/O error.
+/// Replaced after an I/O error (on a single Redis; see [`SharedConnection::reset`]).
 #[derive(Clone)]
 pub struct SharedConnection {
     pool: RedisPool,
@@ -292,8 +292,14 @@ impl SharedConnection {
         }
     }
 
-    /// Drops the shared connection; the next `get` opens another.
+    /// Drops the shared connection; the next `get` opens another. Not on a cluster: there the
+    /// client mends its connection itself (it reconnects to nodes and refreshes its slot map,
+    /// even after every node restarted) and a slow node holds up only its own commands, while a
+    /// new connection costs one to every node, for every failed check of a key on a dead node.
     pub fn reset(&self) {
+        if matches!(self.pool, RedisPool::Cluster(_)) {
+            return;
+        }
         if let Ok(mut slot) = self.conn.write() {
             *slot = None;
         }

@@ -225,3 +225,38 @@ async fn get(
 ) -> Result<RedisResult<Option<i64>>, tokio::time::error::Elapsed> {
     tokio::time::timeout(Duration::from_secs(10), redis::cmd("GET").arg(key).query_async(conn)).await
 }
+
+/// The hot path's shared connection is kept through errors on a cluster (making a new one
+/// costs a connection to every node, and would happen for every key on a dead node): the
+/// cluster client mends it, even after every node went down and came back.
+#[tokio::test]
+async fn the_shared_connection_mends_itself_after_the_whole_cluster_restarts() {
+    let cluster = OwnCluster::start();
+    let shared = SharedConnection::new(redis_pool::pool_with(&cluster.url(), 2, true).expect("cluster pool"));
+    let key = format!("km:{{{}}}:test", Uuid::new_v4().simple());
+    let mut conn = shared.get().await.unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(1).query_async(&mut conn).await.unwrap();
+    for &port in &cluster.ports {
+        cluster.kill(port);
+    }
+    let down: RedisResult<Option<i64>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await;
+    let e = down.expect_err("every node is down");
+    shared.reset_after(&e);
+    for &port in &cluster.ports {
+        cluster.restart(port);
+    }
+    let mut back = None;
+    for _ in 0..100 {
+        let mut conn = shared.get().await.expect("the shared connection");
+        match redis::cmd("GET").arg(&key).query_async::<Option<i64>>(&mut conn).await {
+            Ok(value) => {
+                back = Some(value);
+                break;
+            }
+            Err(e) => shared.reset_after(&e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The nodes kept no data (no persistence), but they answer again.
+    assert_eq!(back, Some(None), "the cluster answers on the shared connection again");
+}
