@@ -562,6 +562,27 @@ async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
     assert_eq!(ready(&closed).await, (200, all_ok));
 }
 
+/// A hung Redis does not hold up sign-in: the throttle waits for it a second at most, then lets
+/// the attempt through unthrottled, as when Redis is down. (It took over 6 s: the Redis pool's
+/// timeouts, once to count the attempt and once to forget it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_does_not_wait_for_a_hung_redis() {
+    use services::accounts::Role;
+    let redis = OwnRedis::start();
+    let link = SlowLink::start(&redis).await;
+    let app = TestApp::spawn_with(&[("REDIS_URL", link.url())]).await;
+    app.user("hung-redis@example.com", Role::Merchant).await;
+    let wrong = app.login(&client(), "hung-redis@example.com", "not the password").await;
+    assert_eq!(wrong.status(), 400, "Redis answering: the attempt is counted and refused");
+
+    link.slow_down(Duration::from_secs(60));
+    let started = Instant::now();
+    let res = app.login(&client(), "hung-redis@example.com", common::PASSWORD).await;
+    let took = started.elapsed();
+    assert_eq!(res.status(), 302, "signed in");
+    assert!(took < Duration::from_secs(4), "sign-in waited {took:?} for the hung Redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let redis = OwnRedis::start();

@@ -12,6 +12,8 @@
 //! operator setting a new password can lift its lockout ([`lift`]) without scanning keys.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use deadpool_redis::redis;
 
@@ -24,6 +26,9 @@ const MAX_FAILURES_PER_EMAIL: i64 = 50;
 const MAX_FAILURES_PER_CLIENT: i64 = 100;
 /// How long failures are remembered, in seconds, from the first one.
 const WINDOW_SECS: i64 = 15 * 60;
+/// Longest a sign-in waits for the throttle's Redis work at each step; past it Redis counts as
+/// unreachable. (Without it a hung Redis held sign-in for over 6 s: the pool's timeouts, twice.)
+const REDIS_WAIT: Duration = Duration::from_secs(1);
 
 /// Who is signing in, as the throttle counts clients: the peer's address, or behind proxies
 /// this deployment trusts (`KEYMETER_TRUSTED_PROXIES`), the address the nearest of them saw:
@@ -58,6 +63,8 @@ pub(crate) struct LoginThrottle<'a> {
     counts: [(String, i64); 3],
     /// The set of clients the address was tried from, and this client.
     clients: (String, String),
+    /// Redis could not count this attempt: nothing to give back either.
+    skipped: AtomicBool,
 }
 
 fn pair_key(namespace: &str, email: &str, client: &str) -> String {
@@ -100,6 +107,7 @@ impl<'a> LoginThrottle<'a> {
                 (format!("{namespace}:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
             ],
             clients: (clients_key(namespace, email), client.to_owned()),
+            skipped: AtomicBool::new(false),
         }
     }
 
@@ -109,8 +117,9 @@ impl<'a> LoginThrottle<'a> {
     /// attempt simply stays counted. If Redis is unreachable, sign-in still works (unthrottled)
     /// rather than locking everyone out.
     pub(crate) async fn begin(&self) -> ServiceResult<()> {
-        let Ok(mut conn) = redis_pool::conn(self.redis).await else {
+        let Ok(Ok(mut conn)) = tokio::time::timeout(REDIS_WAIT, redis_pool::conn(self.redis)).await else {
             tracing::warn!("login throttle skipped: Redis unavailable");
+            self.skipped.store(true, Ordering::Relaxed);
             return Ok(());
         };
         // One script per count (separate keys, separate cluster slots), each atomic: a window
@@ -127,9 +136,10 @@ impl<'a> LoginThrottle<'a> {
         }
         // (count, seconds left in its window) of each.
         type Counted = (i64, i64);
-        let result: redis::RedisResult<(Counted, Counted, Counted)> = pipe.query_async(&mut conn).await;
-        let Ok(((pair, pair_ttl), (email, email_ttl), (client, client_ttl))) = result else {
-            tracing::warn!("login throttle skipped: Redis error");
+        let result = tokio::time::timeout(REDIS_WAIT, pipe.query_async::<(Counted, Counted, Counted)>(&mut conn)).await;
+        let Ok(Ok(((pair, pair_ttl), (email, email_ttl), (client, client_ttl)))) = result else {
+            tracing::warn!("login throttle skipped: Redis error or no answer");
+            self.skipped.store(true, Ordering::Relaxed);
             return Ok(());
         };
         let wait = [(pair, pair_ttl), (email, email_ttl), (client, client_ttl)]
@@ -148,8 +158,10 @@ impl<'a> LoginThrottle<'a> {
         let mut pipe = redis::pipe();
         pipe.cmd("SADD").arg(set).arg(client).ignore();
         pipe.cmd("EXPIRE").arg(set).arg(WINDOW_SECS).ignore();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::warn!(error = %e, "could not note where a sign-in came from");
+        match tokio::time::timeout(REDIS_WAIT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not note where a sign-in came from"),
+            Err(_) => tracing::warn!("could not note where a sign-in came from: Redis did not answer"),
         }
         Ok(())
     }
@@ -158,11 +170,17 @@ impl<'a> LoginThrottle<'a> {
     /// attempt counts against nothing. (Failures elsewhere at the address stay counted: one
     /// success must not reset a guessing campaign spread over many clients.)
     pub(crate) async fn succeeded(&self) {
-        let Ok(mut conn) = redis_pool::conn(self.redis).await else {
+        if self.skipped.load(Ordering::Relaxed) {
             return;
+        }
+        let forget = async {
+            let Ok(mut conn) = redis_pool::conn(self.redis).await else { return };
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.counts[0].0).query_async(&mut conn).await;
+            self.give_back(&mut conn, false).await;
         };
-        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.counts[0].0).query_async(&mut conn).await;
-        self.give_back(&mut conn, false).await;
+        if tokio::time::timeout(REDIS_WAIT, forget).await.is_err() {
+            tracing::warn!("could not forget a client's failed sign-ins: Redis did not answer");
+        }
     }
 
     /// Takes this attempt off the counts (`pair_too`: also off the address-and-client count).
@@ -179,8 +197,10 @@ impl<'a> LoginThrottle<'a> {
         for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
             pipe.cmd("EVAL").arg(GIVE_BACK).arg(1).arg(key).arg(WINDOW_SECS).ignore();
         }
-        if let Err(e) = pipe.query_async::<()>(conn).await {
-            tracing::warn!(error = %e, "could not give a sign-in attempt back");
+        match tokio::time::timeout(REDIS_WAIT, pipe.query_async::<()>(conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not give a sign-in attempt back"),
+            Err(_) => tracing::warn!("could not give a sign-in attempt back: Redis did not answer"),
         }
     }
 }
