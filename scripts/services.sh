@@ -89,13 +89,13 @@ port $port
 bind 127.0.0.1
 cluster-enabled yes
 cluster-port $bus
-cluster-config-file $node/nodes.conf
-dir $node
+cluster-config-file "$node/nodes.conf"
+dir "$node"
 save ""
 appendonly no
 daemonize yes
-pidfile $node/redis.pid
-logfile $node/redis.log
+pidfile "$node/redis.pid"
+logfile "$node/redis.log"
 EOF
     redis-server "$node/redis.conf" >/dev/null
     nodes+=("127.0.0.1:$port")

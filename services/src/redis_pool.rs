@@ -13,6 +13,7 @@ use deadpool::managed::{self, Manager, Metrics, Object, Pool, PoolBuilder, Recyc
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use deadpool_redis::redis::{self, Arg, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use deadpool_redis::Runtime;
 
@@ -62,12 +63,15 @@ pub fn pool_with(redis_url: &str, max_size: usize, cluster: bool) -> ServiceResu
 /// retry defaults: a command for the slots of a primary that died is retried 16 times, with
 /// waits of 1.3 s growing to minutes, and with one of three primaries killed a `GET` failed
 /// only after 811 s. Callers without a timeout of their own (the usage writer, the sign-in
-/// throttle) hung all that time. Here it fails within a few hundred milliseconds, as on a single
-/// Redis, and the caller's own retry, log or fallback takes over.
+/// throttle) hung all that time. Here it fails within about 150 ms when the node refuses
+/// connections (under 2 s when it is unreachable), as on a single Redis, and the caller's
+/// own retry, log or fallback takes over.
 ///
 /// No response timeout: redis-rs retries a command that timed out, and a retried quota script
 /// or `XADD` that Redis had run, only slowly, would count twice. Callers on the request path
-/// bound their wait themselves and let the command finish.
+/// bound their wait themselves and let the command finish. (A connection that breaks after
+/// Redis ran a command but before its answer arrived still gets it sent again, as any retrying
+/// client would; redirections need the retries, so they are kept.)
 pub struct ClusterManager {
     client: ClusterClient,
 }
@@ -80,10 +84,13 @@ impl ClusterManager {
     fn new(urls: Vec<String>) -> RedisResult<Self> {
         let client = ClusterClientBuilder::new(urls)
             .retries(Self::RETRIES)
-            // Waits (ms) drawn from 50..min(500, 100 × 2^retry): at most 100, then 200.
-            .min_retry_wait(50)
-            .max_retry_wait(500)
-            .retry_wait_formula(100, 2)
+            // Waits (ms) drawn from 10..min(100, 25 × 2^n), n = 1, 2: below 50, then below 100.
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .retry_wait_formula(25, 2)
+            // Per attempt to reach a node (1 s by default): nodes are on a LAN, and an
+            // unreachable one (no refusal) must not hold a command for seconds.
+            .connection_timeout(Duration::from_millis(500))
             .build()?;
         Ok(Self { client })
     }
@@ -97,8 +104,11 @@ impl Manager for ClusterManager {
         self.client.get_async_connection().await
     }
 
+    /// One primary's PING, not every primary's (a plain PING): with one primary dead, every
+    /// checkout would otherwise make a new connection to every node, which mends nothing.
     async fn recycle(&self, conn: &mut ClusterConnection, _: &Metrics) -> RecycleResult<RedisError> {
-        let _: String = redis::cmd("PING").query_async(conn).await.map_err(managed::RecycleError::Backend)?;
+        let any_primary = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+        conn.route_command(&redis::cmd("PING"), any_primary).await.map_err(managed::RecycleError::Backend)?;
         Ok(())
     }
 }
@@ -254,16 +264,22 @@ fn hash_tag(key: &[u8]) -> &[u8] {
 /// One multiplexed connection shared by every request on the hot path. Taking a connection
 /// from the pool costs a round trip (deadpool-redis pings on recycle); a multiplexed connection
 /// carries concurrent commands without that (a cluster connection is multiplexed per node).
-/// Replaced after an I/O error (on a single Redis; see [`SharedConnection::reset`]).
+/// Replaced after an error that may have broken it (see [`SharedConnection::reset`]).
 #[derive(Clone)]
 pub struct SharedConnection {
     pool: RedisPool,
     conn: std::sync::Arc<std::sync::RwLock<Option<SharedConn>>>,
+    /// On a cluster: when the connection was last replaced.
+    replaced: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// On a cluster, the shared connection is replaced at most this often (see
+/// [`SharedConnection::reset`]).
+const CLUSTER_REPLACED_EVERY: Duration = Duration::from_secs(5);
 
 impl SharedConnection {
     pub fn new(pool: RedisPool) -> Self {
-        Self { pool, conn: Default::default() }
+        Self { pool, conn: Default::default(), replaced: Default::default() }
     }
 
     /// The pool it takes its connection from.
@@ -286,19 +302,32 @@ impl SharedConnection {
     }
 
     /// Call after an error that may have broken the connection; the next `get` opens another.
+    /// On a cluster only after a timeout: the cluster client reconnects after refused or dropped
+    /// connections itself.
     pub fn reset_after(&self, err: &redis::RedisError) {
-        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
+        let broken = match self.pool {
+            RedisPool::Single(_) => err.is_io_error() || err.is_connection_dropped() || err.is_timeout(),
+            RedisPool::Cluster(_) => err.is_timeout(),
+        };
+        if broken {
             self.reset();
         }
     }
 
-    /// Drops the shared connection; the next `get` opens another. Not on a cluster: there the
-    /// client mends its connection itself (it reconnects to nodes and refreshes its slot map,
-    /// even after every node restarted) and a slow node holds up only its own commands, while a
-    /// new connection costs one to every node, for every failed check of a key on a dead node.
+    /// Drops the shared connection (after a timeout: it may be stuck behind a reply that never
+    /// comes); the next `get` opens another. On a cluster at most every
+    /// [`CLUSTER_REPLACED_EVERY`]: the client mends its connection after refused or dropped
+    /// connections itself (even after every node restarted), but a node that hangs without an
+    /// error keeps its slots until the slot map is read again, as a new connection does; and a
+    /// new connection costs one to every node, which each failed check of a key on a dead node
+    /// must not cause.
     pub fn reset(&self) {
         if matches!(self.pool, RedisPool::Cluster(_)) {
-            return;
+            let Ok(mut replaced) = self.replaced.lock() else { return };
+            if replaced.is_some_and(|at| at.elapsed() < CLUSTER_REPLACED_EVERY) {
+                return;
+            }
+            *replaced = Some(std::time::Instant::now());
         }
         if let Ok(mut slot) = self.conn.write() {
             *slot = None;

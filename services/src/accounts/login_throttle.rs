@@ -26,8 +26,9 @@ const MAX_FAILURES_PER_EMAIL: i64 = 50;
 const MAX_FAILURES_PER_CLIENT: i64 = 100;
 /// How long failures are remembered, in seconds, from the first one.
 const WINDOW_SECS: i64 = 15 * 60;
-/// Longest a sign-in waits for the throttle's Redis work at each step; past it Redis counts as
-/// unreachable. (Without it a hung Redis held sign-in for over 6 s: the pool's timeouts, twice.)
+/// Longest a sign-in waits for the throttle's Redis work, before the password is checked and
+/// again after it; past it Redis counts as unreachable. (A hung Redis held sign-in for over
+/// 6 s: the pool's timeouts, twice.)
 const REDIS_WAIT: Duration = Duration::from_secs(1);
 
 /// Who is signing in, as the throttle counts clients: the peer's address, or behind proxies
@@ -63,7 +64,8 @@ pub(crate) struct LoginThrottle<'a> {
     counts: [(String, i64); 3],
     /// The set of clients the address was tried from, and this client.
     clients: (String, String),
-    /// Redis could not count this attempt: nothing to give back either.
+    /// Redis did not confirm counting this attempt: nothing is given back (if it counted it
+    /// anyway, the attempt stays counted, as a failed one would).
     skipped: AtomicBool,
 }
 
@@ -117,7 +119,8 @@ impl<'a> LoginThrottle<'a> {
     /// attempt simply stays counted. If Redis is unreachable, sign-in still works (unthrottled)
     /// rather than locking everyone out.
     pub(crate) async fn begin(&self) -> ServiceResult<()> {
-        let Ok(Ok(mut conn)) = tokio::time::timeout(REDIS_WAIT, redis_pool::conn(self.redis)).await else {
+        let deadline = tokio::time::Instant::now() + REDIS_WAIT;
+        let Ok(Ok(mut conn)) = tokio::time::timeout_at(deadline, redis_pool::conn(self.redis)).await else {
             tracing::warn!("login throttle skipped: Redis unavailable");
             self.skipped.store(true, Ordering::Relaxed);
             return Ok(());
@@ -136,7 +139,8 @@ impl<'a> LoginThrottle<'a> {
         }
         // (count, seconds left in its window) of each.
         type Counted = (i64, i64);
-        let result = tokio::time::timeout(REDIS_WAIT, pipe.query_async::<(Counted, Counted, Counted)>(&mut conn)).await;
+        let result =
+            tokio::time::timeout_at(deadline, pipe.query_async::<(Counted, Counted, Counted)>(&mut conn)).await;
         let Ok(Ok(((pair, pair_ttl), (email, email_ttl), (client, client_ttl)))) = result else {
             tracing::warn!("login throttle skipped: Redis error or no answer");
             self.skipped.store(true, Ordering::Relaxed);
@@ -149,7 +153,7 @@ impl<'a> LoginThrottle<'a> {
             .map(|((_, ttl), _)| ttl.max(1))
             .max();
         if let Some(wait) = wait {
-            self.give_back(&mut conn, true).await;
+            self.give_back(&mut conn, true, deadline).await;
             return Err(ServiceError::TooManyAttempts { retry_after_secs: wait as u64 });
         }
         // Counted: the client joins the address's set, kept as long as the newest count can
@@ -158,7 +162,7 @@ impl<'a> LoginThrottle<'a> {
         let mut pipe = redis::pipe();
         pipe.cmd("SADD").arg(set).arg(client).ignore();
         pipe.cmd("EXPIRE").arg(set).arg(WINDOW_SECS).ignore();
-        match tokio::time::timeout(REDIS_WAIT, pipe.query_async::<()>(&mut conn)).await {
+        match tokio::time::timeout_at(deadline, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not note where a sign-in came from"),
             Err(_) => tracing::warn!("could not note where a sign-in came from: Redis did not answer"),
@@ -173,18 +177,19 @@ impl<'a> LoginThrottle<'a> {
         if self.skipped.load(Ordering::Relaxed) {
             return;
         }
+        let deadline = tokio::time::Instant::now() + REDIS_WAIT;
         let forget = async {
             let Ok(mut conn) = redis_pool::conn(self.redis).await else { return };
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.counts[0].0).query_async(&mut conn).await;
-            self.give_back(&mut conn, false).await;
+            self.give_back(&mut conn, false, deadline).await;
         };
-        if tokio::time::timeout(REDIS_WAIT, forget).await.is_err() {
+        if tokio::time::timeout_at(deadline, forget).await.is_err() {
             tracing::warn!("could not forget a client's failed sign-ins: Redis did not answer");
         }
     }
 
     /// Takes this attempt off the counts (`pair_too`: also off the address-and-client count).
-    async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool) {
+    async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool, deadline: tokio::time::Instant) {
         // A window may have ended since the attempt was counted; a bare DECR would then make a
         // count with no expiry, a lockout that never ends. Re-creating it at 1 with a window
         // first makes the give-back land on zero instead. A count back at zero goes: refused
@@ -197,7 +202,7 @@ impl<'a> LoginThrottle<'a> {
         for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
             pipe.cmd("EVAL").arg(GIVE_BACK).arg(1).arg(key).arg(WINDOW_SECS).ignore();
         }
-        match tokio::time::timeout(REDIS_WAIT, pipe.query_async::<()>(conn)).await {
+        match tokio::time::timeout_at(deadline, pipe.query_async::<()>(conn)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not give a sign-in attempt back"),
             Err(_) => tracing::warn!("could not give a sign-in attempt back: Redis did not answer"),

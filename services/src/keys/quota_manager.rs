@@ -288,12 +288,13 @@ impl QuotaManager {
         async move {
             let slot = manager.outage.slot_of(id);
             if manager.outage.should_try(slot, manager.elapsed_ms()) {
+                let started = tokio::time::Instant::now();
                 match manager.check_and_count(id, &quota, version_ms).await {
                     Ok(decision) => {
                         manager.mark_up(slot);
                         return Verdict::Enforced(decision);
                     }
-                    Err(e) => manager.mark_down(slot, &e.to_string()),
+                    Err(e) => manager.mark_down(slot, &e.to_string(), started.elapsed() >= manager.policy.timeout),
                 }
             }
             match manager.policy.mode {
@@ -323,10 +324,10 @@ impl QuotaManager {
         });
     }
 
-    /// Whether quota checks have lately been failing (on a Redis Cluster: those of some keys)
-    /// and have not succeeded since: what metered calls meet, so readiness reports it.
+    /// Whether the last quota check that tried Redis failed (on a Redis Cluster: in some hash
+    /// slot) and none has succeeded there since: what metered calls meet, so readiness reports it.
     pub fn redis_down(&self) -> bool {
-        self.outage.any_down(self.elapsed_ms())
+        self.outage.any_down()
     }
 
     /// Not `OutageLog` (which needs a lock): this runs on every metered request.
@@ -336,10 +337,12 @@ impl QuotaManager {
         }
     }
 
-    fn mark_down(&self, slot: usize, why: &str) {
+    /// `timed_out`: the check cost its whole timeout (a hung Redis, not a refusal).
+    fn mark_down(&self, slot: usize, why: &str, timed_out: bool) {
         let now = self.elapsed_ms();
+        let until = now + RETRY_REDIS_AFTER.as_millis() as i64;
         // Logged once per outage, not per request.
-        if self.outage.failed(slot, now, now + RETRY_REDIS_AFTER.as_millis() as i64) == Marked::OutageBegins {
+        if self.outage.failed(slot, now, until, timed_out) == Marked::OutageBegins {
             tracing::warn!(error = why, mode = ?self.policy.mode, "Redis unavailable for quota checks; using the fallback");
         }
     }

@@ -3,30 +3,30 @@
 //! On a single Redis this is one state: a failed check sends every key to the fallback for a
 //! second, so an outage costs the check's timeout once a second, not on every request. On a
 //! Redis Cluster a dead primary takes only its hash slots with it, so the state is kept per
-//! slot: keys on healthy primaries stay exact. Failures in several slots with no success in
-//! between mean the whole cluster is out, and every slot is then skipped at once, so a hung
-//! cluster still costs about one timeout a second rather than one per slot.
+//! slot: keys on healthy primaries stay exact. Only a hung cluster would then cost a timeout per
+//! slot and second: checks that timed out in three slots with no success in between skip every
+//! slot at once, until a check succeeds. (Failures that cost nothing, a refused connection or a
+//! slot without a primary, never do: keys elsewhere lose nothing by trying.)
 //!
 //! Atomics only: this is read on every metered request.
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use super::api_keys::ApiKeyId;
 
 /// Redis Cluster's number of hash slots.
 const SLOTS: usize = 16_384;
 
-/// Failures in distinct slots, with no success in between, that count as a whole-Redis outage.
-const WHOLE_OUTAGE_SLOTS: u32 = 3;
+/// Slots whose checks timed out, with no success in between, that count as a hung Redis.
+const HUNG_SLOTS: u32 = 3;
 
-/// A slot not tried since this long after its failure no longer counts as down for
-/// [`QuotaOutage::any_down`] (its keys may simply have gone quiet).
-const STALE_MS: i64 = 10_000;
+/// Failures this far apart are two outages (for the log).
+const NEW_OUTAGE_AFTER_MS: i64 = 10_000;
 
 /// What a failed check changed, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marked {
-    /// No check was failing before (or none for [`STALE_MS`]): an outage starts.
+    /// No check was failing before (or none for [`NEW_OUTAGE_AFTER_MS`]): an outage starts.
     OutageBegins,
     /// Part of an outage already seen.
     Ongoing,
@@ -34,13 +34,15 @@ pub enum Marked {
 
 pub struct QuotaOutage {
     /// Per hash slot (one entry on a single Redis): 0 while up, else until when (ms on the
-    /// caller's clock) its checks skip Redis.
+    /// caller's clock) its checks skip Redis. Stays non-zero after that until one succeeds.
     down_until_ms: Box<[AtomicI64]>,
-    /// Entries of `down_until_ms` that are not 0.
-    slots_down: AtomicUsize,
-    /// New failures (a slot not already skipped) since the last success.
-    failures_since_success: AtomicU32,
-    /// Until when every slot skips Redis (0: no whole outage).
+    /// Entries of `down_until_ms` that are not 0 (signed: a success may take a slot off an
+    /// instant before the failure that put it on has counted it).
+    slots_down: AtomicI64,
+    /// Checks that timed out since the last success: in slots that were up, and once
+    /// [`HUNG_SLOTS`] is reached, in any slot whose wait had run out.
+    timeouts_since_success: AtomicU32,
+    /// 0, else until when every slot skips Redis (a hung Redis); cleared by a success.
     all_down_until_ms: AtomicI64,
     /// When a check last failed (0: never).
     last_failure_ms: AtomicI64,
@@ -51,8 +53,8 @@ impl QuotaOutage {
         let slots = if cluster { SLOTS } else { 1 };
         Self {
             down_until_ms: (0..slots).map(|_| AtomicI64::new(0)).collect(),
-            slots_down: AtomicUsize::new(0),
-            failures_since_success: AtomicU32::new(0),
+            slots_down: AtomicI64::new(0),
+            timeouts_since_success: AtomicU32::new(0),
             all_down_until_ms: AtomicI64::new(0),
             last_failure_ms: AtomicI64::new(0),
         }
@@ -74,23 +76,38 @@ impl QuotaOutage {
             && self.down_until_ms[slot].load(Ordering::Relaxed) <= now_ms
     }
 
-    /// A check in `slot` failed at `now_ms`: its slot skips Redis until `until_ms`.
-    pub fn failed(&self, slot: usize, now_ms: i64, until_ms: i64) -> Marked {
+    /// A check in `slot` failed at `now_ms` (`timed_out`: after waiting its whole timeout): its
+    /// slot skips Redis until `until_ms`.
+    pub fn failed(&self, slot: usize, now_ms: i64, until_ms: i64, timed_out: bool) -> Marked {
         let last_failure = self.last_failure_ms.swap(now_ms, Ordering::Relaxed);
+        if last_failure + NEW_OUTAGE_AFTER_MS < now_ms {
+            self.forget_quiet_slots();
+        }
         let before = self.down_until_ms[slot].swap(until_ms, Ordering::Relaxed);
-        let was_counted = before != 0;
-        let none_down = if was_counted { false } else { self.slots_down.fetch_add(1, Ordering::Relaxed) == 0 };
-        // Concurrent checks of a slot fail together: only the first marks it anew.
-        if before <= now_ms {
-            let failures = self.failures_since_success.fetch_add(1, Ordering::Relaxed) + 1;
-            if failures >= WHOLE_OUTAGE_SLOTS {
+        let none_down = before == 0 && self.slots_down.fetch_add(1, Ordering::Relaxed) <= 0;
+        // A slot already waiting failed again (concurrent checks fail together): once. A slot
+        // whose keys keep failing on one dead primary counts once until a success, unless Redis
+        // already counts as hung.
+        if timed_out && before <= now_ms {
+            let hung = self.timeouts_since_success.load(Ordering::Relaxed) >= HUNG_SLOTS;
+            if (before == 0 || hung) && self.timeouts_since_success.fetch_add(1, Ordering::Relaxed) + 1 >= HUNG_SLOTS {
                 self.all_down_until_ms.store(until_ms, Ordering::Relaxed);
             }
         }
-        if none_down || last_failure + STALE_MS < now_ms {
+        if none_down {
             Marked::OutageBegins
         } else {
             Marked::Ongoing
+        }
+    }
+
+    /// Slots still marked from an earlier outage, whose keys went quiet: not held against Redis.
+    fn forget_quiet_slots(&self) {
+        for slot in self.down_until_ms.iter() {
+            let until = slot.load(Ordering::Relaxed);
+            if until != 0 && slot.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                self.slots_down.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -98,8 +115,8 @@ impl QuotaOutage {
     /// is down any more).
     pub fn succeeded(&self, slot: usize) -> bool {
         // Loads first: on the hot path, with nothing down, nothing is written.
-        if self.failures_since_success.load(Ordering::Relaxed) != 0 {
-            self.failures_since_success.store(0, Ordering::Relaxed);
+        if self.timeouts_since_success.load(Ordering::Relaxed) != 0 {
+            self.timeouts_since_success.store(0, Ordering::Relaxed);
         }
         if self.all_down_until_ms.load(Ordering::Relaxed) != 0 {
             self.all_down_until_ms.store(0, Ordering::Relaxed);
@@ -110,10 +127,11 @@ impl QuotaOutage {
             && self.slots_down.fetch_sub(1, Ordering::Relaxed) == 1
     }
 
-    /// Whether quota checks have been failing at `now_ms`: some slot is down and a check failed
-    /// lately (a slot whose keys went quiet after a failure is not held against Redis forever).
-    pub fn any_down(&self, now_ms: i64) -> bool {
-        self.slots_down.load(Ordering::Relaxed) > 0 && self.last_failure_ms.load(Ordering::Relaxed) + STALE_MS > now_ms
+    /// Whether quota checks are failing: on a single Redis its one state, on a cluster any
+    /// slot's. Until a check there succeeds, however long its keys stay quiet: an instance
+    /// that left the rotation because of it gets no calls to find out otherwise.
+    pub fn any_down(&self) -> bool {
+        self.slots_down.load(Ordering::Relaxed) > 0 || self.all_down_until_ms.load(Ordering::Relaxed) != 0
     }
 }
 
@@ -137,17 +155,19 @@ mod tests {
     #[test]
     fn a_single_redis_has_one_state_for_every_key() {
         let outage = QuotaOutage::new(false);
-        assert!(outage.should_try(0, 0));
-        assert_eq!(outage.failed(0, 100, 1_100), Marked::OutageBegins);
-        assert!(!outage.should_try(0, 500));
-        assert!(outage.any_down(500));
+        assert!(outage.should_try(0, 20_000));
+        assert_eq!(outage.failed(0, 20_100, 21_100, true), Marked::OutageBegins);
+        assert!(!outage.should_try(0, 20_500));
         // Concurrent checks that were already out fail too: the same outage.
-        assert_eq!(outage.failed(0, 120, 1_120), Marked::Ongoing);
-        assert!(outage.should_try(0, 1_200), "tried again after its wait");
-        assert_eq!(outage.failed(0, 1_200, 2_200), Marked::Ongoing);
+        assert_eq!(outage.failed(0, 20_120, 21_120, true), Marked::Ongoing);
+        assert!(outage.should_try(0, 21_200), "tried again after its wait");
+        assert_eq!(outage.failed(0, 21_200, 22_200, true), Marked::Ongoing);
+        // Down until a check succeeds, however long nobody tries (readiness relies on it).
+        assert!(outage.any_down());
+        assert!(outage.should_try(0, 90_000));
+        assert!(outage.any_down());
         assert!(outage.succeeded(0), "the outage ends");
-        assert!(!outage.any_down(1_300));
-        assert!(outage.should_try(0, 1_300));
+        assert!(!outage.any_down());
         assert!(!outage.succeeded(0), "nothing was down");
     }
 
@@ -155,45 +175,68 @@ mod tests {
     fn on_a_cluster_a_dead_slot_leaves_the_others_alone() {
         let outage = QuotaOutage::new(true);
         let (dead, healthy) = (7, 12_000);
-        // Checks on the dead slot fail each time they are tried; the healthy slot's succeed
-        // in between and are never skipped.
+        // The dead slot's checks fail (timing out) each time they are tried; the healthy
+        // slot's succeed in between and are never skipped.
         for second in 0..10 {
-            let now = second * 1_000;
+            let now = 20_000 + second * 1_000;
             assert!(outage.should_try(dead, now));
-            let marked = outage.failed(dead, now, now + 1_000);
+            let marked = outage.failed(dead, now, now + 1_000, true);
             assert_eq!(marked == Marked::OutageBegins, second == 0, "logged once, second {second}");
             assert!(outage.should_try(healthy, now + 10), "second {second}");
             assert!(!outage.succeeded(healthy), "the dead slot is still down");
-            assert!(outage.any_down(now + 10));
+            assert!(outage.any_down());
         }
         assert!(outage.succeeded(dead), "its primary is back");
-        assert!(!outage.any_down(10_000));
+        assert!(!outage.any_down());
     }
 
     #[test]
-    fn failures_in_several_slots_without_a_success_skip_every_slot() {
+    fn one_slot_failing_again_and_again_is_not_a_hung_redis() {
         let outage = QuotaOutage::new(true);
-        outage.failed(1, 0, 1_000);
-        outage.failed(2, 10, 1_010);
-        assert!(outage.should_try(3, 20), "two slots may be one dead primary");
-        outage.failed(3, 20, 1_020);
-        assert!(!outage.should_try(4, 30), "three: the whole cluster is out");
-        assert!(outage.should_try(4, 1_030));
+        // Only the dead primary's key is busy: no success anywhere in between.
+        for second in 0..10 {
+            let now = 20_000 + second * 1_000;
+            outage.failed(7, now, now + 1_000, true);
+            assert!(outage.should_try(8, now + 10), "another slot's key still tries, second {second}");
+        }
+    }
+
+    #[test]
+    fn timeouts_in_three_slots_without_a_success_skip_every_slot_until_one_succeeds() {
+        let outage = QuotaOutage::new(true);
+        outage.failed(1, 20_000, 21_000, true);
+        outage.failed(2, 20_010, 21_010, true);
+        assert!(outage.should_try(3, 20_020), "two slots may be one dead primary");
+        outage.failed(3, 20_020, 21_020, true);
+        assert!(!outage.should_try(4, 20_030), "three: the whole cluster hangs");
+        // Tried again after the wait: a failure skips every slot again at once.
+        assert!(outage.should_try(4, 21_030));
+        outage.failed(1, 21_030, 22_030, true);
+        assert!(!outage.should_try(5, 21_040));
         // One success shows the cluster answers: slots are judged one by one again.
-        outage.failed(4, 1_030, 2_030);
-        assert!(!outage.should_try(5, 1_040));
         assert!(!outage.succeeded(6));
-        assert!(outage.should_try(5, 1_040));
-        assert!(!outage.should_try(4, 1_040), "its own failure still holds");
+        assert!(outage.should_try(5, 21_040));
+        assert!(!outage.should_try(1, 21_040), "its own failure still holds");
     }
 
     #[test]
-    fn a_slot_whose_keys_went_quiet_stops_counting_as_down() {
+    fn failures_that_cost_nothing_never_skip_other_slots() {
         let outage = QuotaOutage::new(true);
-        outage.failed(1, 0, 1_000);
-        assert!(outage.any_down(5_000));
-        assert!(!outage.any_down(10_001));
-        // A later failure elsewhere is a new outage for the log.
-        assert_eq!(outage.failed(2, 20_000, 21_000), Marked::OutageBegins);
+        for slot in 0..100 {
+            outage.failed(slot, 20_000, 21_000, false);
+        }
+        assert!(outage.should_try(100, 20_010));
+        assert!(!outage.should_try(99, 20_010));
+    }
+
+    #[test]
+    fn a_new_outage_forgets_slots_whose_keys_went_quiet() {
+        let outage = QuotaOutage::new(true);
+        assert_eq!(outage.failed(1, 20_000, 21_000, false), Marked::OutageBegins);
+        assert!(outage.any_down());
+        // Much later, another slot: a new outage, and slot 1 no longer counts.
+        assert_eq!(outage.failed(2, 40_000, 41_000, false), Marked::OutageBegins);
+        assert!(outage.succeeded(2), "the only slot down was this one");
+        assert!(!outage.any_down());
     }
 }
