@@ -7,6 +7,8 @@
 //! table row each (see scripts/reliability.sh).
 
 mod common;
+#[path = "../../services/tests/support/own_cluster.rs"]
+mod own_cluster;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::processes::{OwnRedis, ServerProcess};
 use common::{client, sample, scrape_until, TestApp};
 use diesel_async::RunQueryDsl;
+use own_cluster::OwnCluster;
 use services::keys::ApiKeyId;
 
 /// A TCP relay to a Redis that can hold every write of the app for a while before passing it on
@@ -324,6 +327,48 @@ async fn on_a_redis_cluster_keys_on_healthy_slots_stay_exact_while_a_slot_is_dow
     assert_eq!(wait_for_events(&app, healthy, 7).await, (7, 0), "every call of the healthy key enforced");
     let (total, unenforced) = wait_for_events(&app, dead, 8).await;
     assert_eq!((total, unenforced), (8, 7), "the dead slot's key fell back");
+}
+
+/// On a Redis Cluster a primary that hangs (stopped with its connections open, as a frozen
+/// machine) holds up only its own keys: they wait out the check's timeout and fall back, while
+/// keys on the other primaries stay exact. (Replacing the shared connection after a timeout,
+/// as on a single Redis, made the other primaries' keys fall back too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
+    use services::keys::quota_manager::quota_redis_key;
+    let cluster = OwnCluster::start();
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", cluster.url()),
+        ("KEYMETER_REDIS_CLUSTER", "true".into()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "250".into()),
+    ])
+    .await;
+    // Not the usage stream's primary: hand-offs would wait for it too (and then go to
+    // PostgreSQL), which is not what this test is about.
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
+    let (mut hung, mut other) = (None, None);
+    while hung.is_none() || other.is_none() {
+        let (secret, id) = app.key_with_quota(5, 1_000).await;
+        let slot = if cluster.primary_of(&quota_redis_key(id)) == victim { &mut hung } else { &mut other };
+        slot.get_or_insert((secret, id));
+    }
+    let ((hung_secret, hung_id), (secret, id)) = (hung.unwrap(), other.unwrap());
+    // Room for the fallback to admit every call of the hung primary's key.
+    app.set_quota(hung_id, 1_000, 10_000).await;
+    assert_eq!(app.call("/api/v1/ping", &hung_secret).await.status(), 200);
+
+    cluster.hang(victim, true);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        assert_eq!(app.call("/api/v1/ping", &hung_secret).await.status(), 200, "quotas fail open");
+        statuses.push(app.call("/api/v1/ping", &secret).await.status().as_u16());
+    }
+    cluster.hang(victim, false);
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "exactly the hourly limit of 5");
+    assert_eq!(wait_for_events(&app, id, 7).await, (7, 0), "every call of the other primary's key enforced");
+    let (total, unenforced) = wait_for_events(&app, hung_id, 8).await;
+    assert_eq!((total, unenforced), (8, 7), "the hung primary's key fell back");
 }
 
 /// The usage page without Redis: it still opens, its gauges and live charts come from the usage

@@ -1,9 +1,12 @@
 //! `redis_pool` against a real Redis Cluster named by `KEYMETER_TEST_REDIS_CLUSTER` (comma-separated
 //! seed nodes; `make test` starts one). Without it the tests fail: a skipped check would look green.
 
-use std::process::Command;
+#[path = "support/own_cluster.rs"]
+mod own_cluster;
+
 use std::time::Duration;
 
+use own_cluster::OwnCluster;
 use redis::{ErrorKind, RedisResult};
 use services::redis_pool::{self, Conn, RedisPool, SharedConnection};
 use uuid::Uuid;
@@ -106,77 +109,6 @@ async fn the_shared_connection_is_a_cluster_connection_too() {
     // Clones share the connection, as the quota manager's concurrent requests do.
     let mut other = shared.get().await.unwrap();
     let _: () = redis::pipe().del(&a).ignore().del(&b).ignore().query_async(&mut other).await.unwrap();
-}
-
-/// A cluster of three primaries of this test's own (the shared one must stay whole).
-struct OwnCluster {
-    dir: std::path::PathBuf,
-    ports: Vec<u16>,
-}
-
-impl OwnCluster {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("keymeter-cluster-{}", Uuid::new_v4().simple()));
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        // Made first, so that nodes started by a failed start are stopped too.
-        let cluster = Self { dir, ports };
-        let started = Command::new("bash")
-            .arg(Self::script())
-            .arg("cluster-start")
-            .arg(&cluster.dir)
-            .args(cluster.ports.iter().map(u16::to_string))
-            .status()
-            .expect("run services.sh");
-        assert!(started.success(), "a Redis Cluster on {:?}", cluster.ports);
-        cluster
-    }
-
-    fn script() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh")
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[0])
-    }
-
-    /// The port of the primary holding `key` (the others answer MOVED).
-    fn primary_of(&self, key: &str) -> u16 {
-        let holds = |port: &u16| {
-            let out = Command::new("redis-cli").args(["-p", &port.to_string(), "EXISTS", key]).output();
-            out.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "1")
-        };
-        *self.ports.iter().find(|port| holds(port)).expect("a primary holds the key")
-    }
-
-    /// Kills a node as a crash would.
-    fn kill(&self, port: u16) {
-        let pidfile = self.node_dir(port).join("redis.pid");
-        let pid = std::fs::read_to_string(&pidfile).expect("the node's pid");
-        assert!(Command::new("kill").args(["-9", pid.trim()]).status().expect("kill").success());
-        // Gone with it: `services.sh stop` must not signal whatever process gets the pid next.
-        let _ = std::fs::remove_file(pidfile);
-    }
-
-    /// Starts a node again as services.sh started it, with the cluster's view it saved.
-    fn restart(&self, port: u16) {
-        let started = Command::new("redis-server").arg(self.node_dir(port).join("redis.conf")).status();
-        assert!(started.expect("redis-server").success());
-    }
-
-    fn node_dir(&self, port: u16) -> std::path::PathBuf {
-        self.dir.join(format!("cluster-{port}"))
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(Self::script()).arg("stop").arg(&self.dir).status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
 
 /// redis-rs' cluster client retried a command for a dead primary's slots for minutes (811 s
