@@ -317,16 +317,22 @@ async fn on_a_redis_cluster_keys_on_healthy_slots_stay_exact_while_a_slot_is_dow
     assert_eq!(app.call("/api/v1/ping", &dead_secret).await.status(), 200);
     redis.cli(&["CLUSTER", "DELSLOTS", &slot(dead)]);
 
-    // Each call of the healthy key comes right after a failed check of the other.
+    only_the_failing_key_falls_back(&app, (&dead_secret, dead), (&secret, healthy)).await;
+}
+
+/// Calls `failing` (a key whose checks fail, with one call made before) and right after each
+/// call `healthy` (an hourly limit of 5, on another primary), seven times: the healthy key stays
+/// exact and every call of it enforced, while the failing key falls back.
+async fn only_the_failing_key_falls_back(app: &TestApp, failing: (&str, ApiKeyId), healthy: (&str, ApiKeyId)) {
     let mut statuses = Vec::new();
     for _ in 0..7 {
-        assert_eq!(app.call("/api/v1/ping", &dead_secret).await.status(), 200, "quotas fail open");
-        statuses.push(app.call("/api/v1/ping", &secret).await.status().as_u16());
+        assert_eq!(app.call("/api/v1/ping", failing.0).await.status(), 200, "quotas fail open");
+        statuses.push(app.call("/api/v1/ping", healthy.0).await.status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "exactly the hourly limit of 5");
-    assert_eq!(wait_for_events(&app, healthy, 7).await, (7, 0), "every call of the healthy key enforced");
-    let (total, unenforced) = wait_for_events(&app, dead, 8).await;
-    assert_eq!((total, unenforced), (8, 7), "the dead slot's key fell back");
+    assert_eq!(wait_for_events(app, healthy.1, 7).await, (7, 0), "every call of the healthy key enforced");
+    let (total, unenforced) = wait_for_events(app, failing.1, 8).await;
+    assert_eq!((total, unenforced), (8, 7), "the failing key fell back");
 }
 
 /// On a Redis Cluster a primary that hangs (stopped with its connections open, as a frozen
@@ -359,16 +365,8 @@ async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
     assert_eq!(app.call("/api/v1/ping", &hung_secret).await.status(), 200);
 
     cluster.hang(victim, true);
-    let mut statuses = Vec::new();
-    for _ in 0..7 {
-        assert_eq!(app.call("/api/v1/ping", &hung_secret).await.status(), 200, "quotas fail open");
-        statuses.push(app.call("/api/v1/ping", &secret).await.status().as_u16());
-    }
+    only_the_failing_key_falls_back(&app, (&hung_secret, hung_id), (&secret, id)).await;
     cluster.hang(victim, false);
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "exactly the hourly limit of 5");
-    assert_eq!(wait_for_events(&app, id, 7).await, (7, 0), "every call of the other primary's key enforced");
-    let (total, unenforced) = wait_for_events(&app, hung_id, 8).await;
-    assert_eq!((total, unenforced), (8, 7), "the hung primary's key fell back");
 }
 
 /// The usage page without Redis: it still opens, its gauges and live charts come from the usage
