@@ -287,14 +287,14 @@ impl QuotaManager {
         let (id, quota, version_ms) = (key.id, key.quota, key.quota_version_ms);
         async move {
             let slot = manager.outage.slot_of(id);
-            if manager.outage.should_try(slot, manager.elapsed_ms()) {
-                let started = tokio::time::Instant::now();
+            let started_ms = manager.elapsed_ms();
+            if manager.outage.should_try(slot, started_ms) {
                 match manager.check_and_count(id, &quota, version_ms).await {
                     Ok(decision) => {
                         manager.mark_up(slot);
                         return Verdict::Enforced(decision);
                     }
-                    Err(e) => manager.mark_down(slot, &e.to_string(), started.elapsed() >= manager.policy.timeout),
+                    Err(e) => manager.mark_down(slot, &e.to_string(), started_ms),
                 }
             }
             match manager.policy.mode {
@@ -337,9 +337,11 @@ impl QuotaManager {
         }
     }
 
-    /// `timed_out`: the check cost its whole timeout (a hung Redis, not a refusal).
-    fn mark_down(&self, slot: usize, why: &str, timed_out: bool) {
+    /// For a check that started at `started_ms`; one that cost its whole timeout counts as
+    /// timed out (a hung Redis, not a refusal).
+    fn mark_down(&self, slot: usize, why: &str, started_ms: i64) {
         let now = self.elapsed_ms();
+        let timed_out = now - started_ms >= self.policy.timeout.as_millis() as i64;
         let until = now + RETRY_REDIS_AFTER.as_millis() as i64;
         // Logged once per outage, not per request.
         if self.outage.failed(slot, now, until, timed_out) == Marked::OutageBegins {
