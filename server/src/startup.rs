@@ -65,6 +65,9 @@ pub async fn connect_database(config: &Config) -> anyhow::Result<services::db::D
     Ok(db)
 }
 
+/// How long Redis gets to answer at startup (a hung primary of a cluster counts as not answering).
+const REDIS_STARTUP_PROBE: Duration = Duration::from_secs(5);
+
 /// Redis only, for the commands that need nothing else: reachable, or an error that says so.
 pub async fn connect_redis(config: &Config) -> anyhow::Result<services::redis_pool::RedisPool> {
     let redis = services::redis_pool::pool_with(&config.redis_url, config.redis_pool_size, config.redis_cluster)
@@ -75,9 +78,15 @@ pub async fn connect_redis(config: &Config) -> anyhow::Result<services::redis_po
             }
             other => other.into(),
         })?;
-    services::redis_pool::ping(&redis)
+    let reach = services::redis_pool::reach(&redis, REDIS_STARTUP_PROBE)
         .await
         .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
+    // An instance started meanwhile (a deploy, a scale-out) serves the other slots' keys.
+    if reach == services::redis_pool::Reach::Part {
+        tracing::warn!(
+            "a part of the Redis Cluster does not answer: keys in its slots fall back until it does (starting anyway)"
+        );
+    }
     Ok(redis)
 }
 

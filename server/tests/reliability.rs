@@ -371,10 +371,67 @@ async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
 
     cluster.hang(victim, true);
     call_alternately(&app, &hung_secret, &secret).await;
-    // Resumed before the usage is looked for: while a primary hangs, the usage writer's pooled
-    // connections can wait for it too (the events wait in the stream meanwhile).
-    cluster.hang(victim, false);
+    // Stored while the primary still hangs: the usage writer's pooled connections do not wait
+    // for it (a checkout's check pinged a random primary, and when that was the hung one the
+    // events waited ~3.2 s, against ~0.2 s otherwise).
+    let stored = Instant::now();
     only_the_failing_key_fell_back(&app, hung_id, id).await;
+    assert!(stored.elapsed() < Duration::from_millis(2_500), "usage stored after {:?}", stored.elapsed());
+    cluster.hang(victim, false);
+}
+
+/// With quotas failing closed, a dead primary of a Redis Cluster leaves the instance in the
+/// load balancer's rotation: its keys get 503s, but keys on the other primaries are served, and
+/// every instance sees the same cluster (taking them all out served nobody). Readiness said
+/// "unavailable" (503) here, as for a Redis that is down as a whole, which it still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in_rotation() {
+    use services::keys::quota_manager::quota_redis_key;
+    let cluster = OwnCluster::start();
+    // Serve the live primaries' slots however long the dead one stays down.
+    cluster.on_every_node(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", cluster.url()),
+        ("KEYMETER_REDIS_CLUSTER", "true".into()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "250".into()),
+        ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+    ])
+    .await;
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
+    let (mut dead, mut other) = (None, None);
+    while dead.is_none() || other.is_none() {
+        let (secret, id) = app.key_with_quota(1_000, 10_000).await;
+        let slot = if cluster.primary_of(&quota_redis_key(id)) == victim { &mut dead } else { &mut other };
+        slot.get_or_insert(secret);
+    }
+    let (dead_secret, secret) = (dead.unwrap(), other.unwrap());
+    assert_eq!(ready(&app).await, (200, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"})));
+
+    // A hung primary: the probe gives up on it, not on the cluster.
+    let partial = (200, serde_json::json!({"status": "degraded", "postgres": "ok", "redis": "partial"}));
+    cluster.hang(victim, true);
+    let asked = Instant::now();
+    assert_eq!(ready(&app).await, partial);
+    assert!(asked.elapsed() < Duration::from_secs(2), "readiness took {:?}", asked.elapsed());
+    cluster.hang(victim, false);
+    wait_until_whole(&app).await;
+
+    cluster.kill(victim);
+    assert_eq!(app.call("/api/v1/ping", &dead_secret).await.status(), 503, "its key's quota cannot be checked");
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    assert_eq!(ready(&app).await, partial);
+    cluster.restart(victim);
+    wait_until_whole(&app).await;
+}
+
+/// Waits for readiness to see every primary of the cluster answer again.
+async fn wait_until_whole(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(app).await.1["redis"] != "ok" {
+        assert!(Instant::now() < deadline, "readiness never saw the whole cluster again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The usage page without Redis: it still opens, its gauges and live charts come from the usage

@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use services::keys::FailMode;
+use services::redis_pool::Reach;
 use services::{ServiceError, ServiceResult, Services};
 
 /// How long each readiness check may take: load balancers' probes commonly give up after one
@@ -29,7 +30,9 @@ async fn healthz() -> &'static str {
 /// find out, comes back once Redis answers). With PostgreSQL down it still serves the keys it
 /// knows, and with Redis down while quotas fail open it answers within the local fallback
 /// limit: `degraded` then, but in rotation, since a shared outage would otherwise take every
-/// instance out of the load balancer at once.
+/// instance out of the load balancer at once. A Redis Cluster of which only a part answers
+/// (`"redis":"partial"`: a primary dead or hung) is `degraded` too: keys in the other slots are
+/// served, and every instance sees the same cluster.
 ///
 /// Anyone may ask, so the answer names what is down and nothing more: backend errors carry
 /// host names, users and addresses, and go to the log only (at debug: probes come every few
@@ -37,10 +40,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_json::Value>) {
     let (db, redis) = tokio::join!(
         within(CHECK_WITHIN, services::db::ping(&services.db)),
-        within(CHECK_WITHIN, services::redis_pool::ping(&services.redis))
+        services::redis_pool::reach(&services.redis, CHECK_WITHIN)
     );
-    let show = |dependency: &str, r: &ServiceResult<()>| match r {
-        Ok(()) => "ok",
+    let show = |dependency: &str, r: Result<&'static str, &ServiceError>| match r {
+        Ok(state) => state,
         Err(e) => {
             tracing::debug!(dependency, error = %e, "readiness check failed");
             "down"
@@ -48,11 +51,16 @@ async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_jso
     };
     let fails_closed = services.quota.policy().mode == FailMode::Closed;
     let (status, state) = match (&db, &redis) {
-        (Ok(()), Ok(())) => (StatusCode::OK, "ok"),
+        (Ok(()), Ok(Reach::Whole)) => (StatusCode::OK, "ok"),
         (_, Err(_)) if fails_closed && services.quota.redis_down() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::OK, "degraded"),
     };
-    (status, Json(json!({ "status": state, "postgres": show("postgres", &db), "redis": show("redis", &redis) })))
+    let redis = redis.as_ref().map(|reach| match reach {
+        Reach::Whole => "ok",
+        Reach::Part => "partial",
+    });
+    let db = db.as_ref().map(|()| "ok");
+    (status, Json(json!({ "status": state, "postgres": show("postgres", db), "redis": show("redis", redis) })))
 }
 
 /// `read`'s answer, or an error if it takes longer than `limit`: a hung service counts as down.

@@ -67,7 +67,8 @@ impl QuotaOutage {
         }
         let mut tag = [0; uuid::fmt::Hyphenated::LENGTH];
         let tag = key.0.hyphenated().encode_lower(&mut tag);
-        usize::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % self.down_until_ms.len()
+        // The tag alone hashes as the whole `km:{<id>}:…` key does.
+        usize::from(crate::redis_pool::hash_slot(tag.as_bytes())) % self.down_until_ms.len()
     }
 
     /// Whether a check in `slot` should go to Redis at `now_ms`.

@@ -33,9 +33,10 @@ impl OwnCluster {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh")
     }
 
-    /// Seed nodes, as `REDIS_URL` takes them.
+    /// Every node as a seed, as `REDIS_URL` takes them: a node killed by a test may be the one
+    /// a new connection would otherwise have to start from.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[0])
+        self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
     }
 
     /// The port of the primary serving `key`'s hash slot (the others answer MOVED for it).
@@ -45,6 +46,14 @@ impl OwnCluster {
             out.is_ok_and(|out| !String::from_utf8_lossy(&out.stdout).contains("MOVED"))
         };
         *self.ports.iter().find(|port| serves(port)).expect("a primary serves the key")
+    }
+
+    /// Runs a command on every node (a setting such as `CONFIG SET …` is per node).
+    pub fn on_every_node(&self, args: &[&str]) {
+        for port in &self.ports {
+            let ran = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output();
+            assert!(ran.is_ok_and(|out| out.status.success()), "redis-cli {args:?} on {port}");
+        }
     }
 
     /// Kills a node as a crash would.
