@@ -78,9 +78,10 @@ pub async fn connect_redis(config: &Config) -> anyhow::Result<services::redis_po
             }
             other => other.into(),
         })?;
-    let reach = services::redis_pool::reach(&redis, REDIS_STARTUP_PROBE)
-        .await
-        .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
+    let reach =
+        services::redis_pool::reach(&services::redis_pool::SharedConnection::new(redis.clone()), REDIS_STARTUP_PROBE)
+            .await
+            .with_context(|| format!("Redis at {} is unreachable", redact_url(&config.redis_url)))?;
     // An instance started meanwhile (a deploy, a scale-out) serves the other slots' keys.
     if reach == services::redis_pool::Reach::Part {
         tracing::warn!(

@@ -390,13 +390,13 @@ async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in
     let cluster = OwnCluster::start();
     // Serve the live primaries' slots however long the dead one stays down.
     cluster.on_every_node(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
-    let app = TestApp::spawn_with(&[
+    let settings = [
         ("REDIS_URL", cluster.url()),
         ("KEYMETER_REDIS_CLUSTER", "true".into()),
         ("KEYMETER_REDIS_TIMEOUT_MS", "250".into()),
         ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
-    ])
-    .await;
+    ];
+    let app = TestApp::spawn_with(&settings).await;
     let stream = services::usage::recorder::stream_name(&app.services.namespace);
     let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
     let (mut dead, mut other) = (None, None);
@@ -423,6 +423,17 @@ async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in
     assert_eq!(ready(&app).await, partial);
     cluster.restart(victim);
     wait_until_whole(&app).await;
+
+    // An instance started while a primary hangs (a deploy, a scale-out) starts, and its
+    // readiness says `partial` once its connection is made (that can outlast a probe).
+    cluster.hang(victim, true);
+    let started = app.spawn_sibling_with(&settings).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready(&started).await != partial {
+        assert!(Instant::now() < deadline, "a new instance never said partial: {:?}", ready(&started).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.hang(victim, false);
 }
 
 /// Waits for readiness to see every primary of the cluster answer again.

@@ -43,6 +43,9 @@ impl std::ops::Deref for Services {
 pub struct ServiceParts {
     pub db: db::DbPool,
     pub redis: redis_pool::RedisPool,
+    /// One multiplexed Redis connection for everything a metered request waits on; health
+    /// probes ask through it too ([`redis_pool::reach`]).
+    pub hot_path: redis_pool::SharedConnection,
     /// Resolves API key secrets (cached briefly per instance).
     pub keys: keys::KeyAuthenticator,
     /// Checks and counts requests against quotas in Redis.
@@ -99,12 +102,12 @@ impl Services {
             &settings.public_url,
             metrics.clone(),
         );
-        // One multiplexed Redis connection for everything a metered request waits on.
         let hot_path = redis_pool::SharedConnection::new(redis.clone());
         Self(Arc::new(ServiceParts {
             keys: keys::KeyAuthenticator::new(db.clone()),
             quota: keys::QuotaManager::with_connection(hot_path.clone(), settings.quota_failure),
-            usage: usage::UsageRecorder::start(hot_path, namespace, Some(fallback), metrics.clone()),
+            usage: usage::UsageRecorder::start(hot_path.clone(), namespace, Some(fallback), metrics.clone()),
+            hot_path,
             metrics,
             alert_crossings: alerts::CrossingMemo::default(),
             exports: usage::export::ExportSlots::for_pool(db.status().max_size),

@@ -116,12 +116,15 @@ impl Manager for ClusterManager {
 }
 
 /// `commands`' replies from the first primary to answer them, asked through slots spread
-/// over the key space: that reaches several primaries (another node where the client lost a
-/// primary's connection), so a dead or hung one holds nothing up; an error only if none
-/// answers. (redis-rs' own fan-out to every primary, `ResponsePolicy::OneSucceeded`, was
-/// measured to stall with one primary hung.)
+/// over the key space: that reaches several primaries, so a dead or hung one holds nothing
+/// up; an error only if none answers. (A slot whose primary the client has no connection to
+/// is re-dialled first, within the 500 ms connect timeout, then asked of another node.
+/// redis-rs' own fan-out to every primary, `ResponsePolicy::OneSucceeded`, was measured to
+/// stall with one primary hung.) An ask a hung primary got waits on its connection until it
+/// answers, as a quota check for its keys would.
 async fn first_answer(conn: &ClusterConnection, commands: &Pipeline) -> RedisResult<Vec<Value>> {
-    const SPREAD: [u16; 4] = [0, 4_096, 8_192, 12_288];
+    // One slot of each primary in the layout `redis-cli --cluster create` makes of three.
+    const SPREAD: [u16; 3] = [0, 5_461, 10_923];
     let asks = SPREAD.map(|slot| {
         let mut conn = conn.clone();
         let primary = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
@@ -162,21 +165,32 @@ pub enum Reach {
 /// Whether Redis answers, and on a cluster whether all of it does, within `limit`. An error
 /// when nothing answers or the cluster refuses commands (`cluster_state` other than `ok`: it
 /// still answers `PING`, which names no key).
-pub async fn reach(pool: &RedisPool, limit: Duration) -> ServiceResult<Reach> {
+///
+/// On a cluster it asks through `shared`, the long-lived connection quota checks use: a new
+/// cluster connection waits for every node while it is made (~1 s with one hung), longer
+/// than a readiness probe may take.
+pub async fn reach(shared: &SharedConnection, limit: Duration) -> ServiceResult<Reach> {
     let deadline = tokio::time::Instant::now() + limit;
     let in_time =
         |e: tokio::time::error::Elapsed| ServiceError::RedisUnavailable(format!("no answer within {limit:?}: {e}"));
-    let p = match pool {
-        RedisPool::Single(p) => {
-            let ping = async {
-                let _: String = redis::cmd("PING").query_async(&mut p.get().await?).await?;
-                ServiceResult::Ok(Reach::Whole)
-            };
-            return tokio::time::timeout_at(deadline, ping).await.map_err(in_time)?;
-        }
-        RedisPool::Cluster(p) => p,
+    if let RedisPool::Single(p) = shared.pool() {
+        let ping = async {
+            let _: String = redis::cmd("PING").query_async(&mut p.get().await?).await?;
+            ServiceResult::Ok(Reach::Whole)
+        };
+        return tokio::time::timeout_at(deadline, ping).await.map_err(in_time)?;
+    }
+    // Made in a task of its own: if making it outlasts this probe, the next one finds it.
+    let made = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.get().await }
+    });
+    let made = tokio::time::timeout_at(deadline, made).await.map_err(in_time)?;
+    let Conn::Cluster(conn) =
+        made.map_err(|e| ServiceError::Internal(format!("making a connection failed: {e}")))??
+    else {
+        return Err(ServiceError::Internal("a cluster pool gave a single-server connection".into()));
     };
-    let conn = tokio::time::timeout_at(deadline, p.get()).await.map_err(in_time)??;
     let mut ask = redis::pipe();
     ask.cmd("CLUSTER").arg("INFO").cmd("CLUSTER").arg("SLOTS");
     // The first primary to answer says whether the cluster serves commands, and which
@@ -190,56 +204,74 @@ pub async fn reach(pool: &RedisPool, limit: Duration) -> ServiceResult<Reach> {
     }
     // Each primary through a key in its slots, as the quota checks reach it: a plain PING
     // goes only to the primaries the client is connected to, which leaves out a dead one.
-    let keys = key_on_each_primary(&slots);
+    let Some(keys) = key_on_each_primary(&slots) else { return Ok(Reach::Part) };
     let answers =
         futures_util::future::join_all(keys.iter().map(|key| {
-            let mut conn = ClusterConnection::clone(&conn);
+            let mut conn = conn.clone();
             async move {
                 tokio::time::timeout_at(deadline, redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut conn)).await
             }
         }))
         .await;
-    let every_primary = !keys.is_empty() && answers.iter().all(|answer| matches!(answer, Ok(Ok(_))));
+    let every_primary = answers.iter().all(|answer| matches!(answer, Ok(Ok(_))));
     Ok(if every_primary && every_slot_ok(&info) { Reach::Whole } else { Reach::Part })
 }
 
 /// A key in the slots of each primary of a `CLUSTER SLOTS` reply
-/// (`[[first, last, [host, port, …], replicas…], …]`).
-fn key_on_each_primary(slots: &Value) -> Vec<String> {
-    let Value::Array(ranges) = slots else { return Vec::new() };
-    let ranges: Vec<(i64, i64, String)> = ranges
-        .iter()
-        .filter_map(|range| {
-            let Value::Array(fields) = range else { return None };
-            let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
-                (fields.first(), fields.get(1), fields.get(2))
-            else {
-                return None;
-            };
-            let host: String = redis::from_redis_value(primary.first()?).ok()?;
-            let Some(Value::Int(port)) = primary.get(1) else { return None };
-            Some((*first, *last, format!("{host}:{port}")))
-        })
-        .collect();
-    let primaries: std::collections::HashSet<&str> = ranges.iter().map(|(_, _, node)| node.as_str()).collect();
-    let mut keys: HashMap<&str, String> = HashMap::new();
-    // Tags until every primary has a key; a primary with a few slots only takes more tries.
-    for tag in 0..1_000_000u32 {
-        if keys.len() == primaries.len() {
-            break;
+/// (`[[first, last, [host, port, node id, …], replicas…], …]`); primaries are told apart by
+/// node id (hosts may be empty, `?` or null). `None` when a range cannot be read, or no
+/// primary is listed: nothing then says every primary answers.
+fn key_on_each_primary(slots: &Value) -> Option<Vec<String>> {
+    let Value::Array(ranges) = slots else { return None };
+    let mut first_slots: HashMap<String, u16> = HashMap::new();
+    for range in ranges {
+        let Value::Array(fields) = range else { return None };
+        let (Some(Value::Int(first)), Some(Value::Int(last)), Some(Value::Array(primary))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            return None;
+        };
+        let (first, last) = (u16::try_from(*first).ok()?, u16::try_from(*last).ok()?);
+        if first > last || last >= SLOTS {
+            return None;
         }
-        let key = format!("keymeter:probe:{{{tag}}}");
-        let slot = i64::from(hash_slot(key.as_bytes()));
-        if let Some((_, _, node)) = ranges.iter().find(|(first, last, _)| (*first..=*last).contains(&slot)) {
-            keys.entry(node.as_str()).or_insert(key);
-        }
+        let id: String = redis::from_redis_value(primary.get(2)?).ok()?;
+        first_slots.entry(id).or_insert(first);
     }
-    keys.into_values().collect()
+    if first_slots.is_empty() {
+        return None;
+    }
+    Some(first_slots.into_values().map(|slot| format!("keymeter:probe:{{{}}}", tag_in_slot(slot))).collect())
 }
 
-/// Round trip to all of Redis: [`reach`] is [`Reach::Whole`] (`/metrics` asks this).
-pub async fn ping(pool: &RedisPool) -> ServiceResult<()> {
-    match reach(pool, PING_WITHIN).await? {
+/// The hash slots of a Redis Cluster.
+const SLOTS: u16 = 16_384;
+
+/// A number whose decimal digits, as a hash tag, fall in `slot` (a table made once).
+fn tag_in_slot(slot: u16) -> u32 {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; usize::from(SLOTS)];
+        let mut missing = tags.len();
+        // Every slot is hit after ~170,000 numbers.
+        for n in 0u32.. {
+            let tag = &mut tags[usize::from(hash_slot(n.to_string().as_bytes()))];
+            if *tag == u32::MAX {
+                *tag = n;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        tags
+    });
+    tags[usize::from(slot % SLOTS)]
+}
+
+/// Round trip to all of Redis: [`reach`] is [`Reach::Whole`].
+pub async fn ping(shared: &SharedConnection) -> ServiceResult<()> {
+    match reach(shared, PING_WITHIN).await? {
         Reach::Whole => Ok(()),
         Reach::Part => Err(ServiceError::RedisUnavailable("a part of the Redis Cluster does not answer".into())),
     }
@@ -366,7 +398,7 @@ fn first_key(cmd: &redis::Cmd) -> Option<&[u8]> {
 
 /// A key's Redis Cluster hash slot.
 pub fn hash_slot(key: &[u8]) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) % 16_384
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) % SLOTS
 }
 
 /// The part of a key that decides its hash slot: the first non-empty `{…}`, else the key.
@@ -476,25 +508,36 @@ mod tests {
 
     #[test]
     fn each_primary_gets_a_key_in_its_slots() {
-        let node = |port| {
-            Value::Array(vec![
-                Value::BulkString(b"10.0.0.1".to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
+        let node = |host: Value, port, id: &str| {
+            Value::Array(vec![host, Value::Int(port), Value::BulkString(id.as_bytes().to_vec())])
         };
-        let range =
-            |first, last, port| Value::Array(vec![Value::Int(first), Value::Int(last), node(port), node(port + 1)]);
-        // Two primaries, one of them with two ranges; the other with a single slot.
-        let slots = Value::Array(vec![range(0, 5460, 7000), range(5461, 5461, 7002), range(5462, 16383, 7000)]);
-        let keys = key_on_each_primary(&slots);
+        let host = || Value::BulkString(b"10.0.0.1".to_vec());
+        let range = |first, last, primary| Value::Array(vec![Value::Int(first), Value::Int(last), primary]);
+        // Two primaries told apart by id though they show the same (unknown) endpoint, one of
+        // them with two ranges, the other with a single slot.
+        let slots = Value::Array(vec![
+            range(0, 5460, node(Value::Nil, 6379, "a")),
+            range(5461, 5461, node(Value::Nil, 6379, "b")),
+            range(5462, 16383, node(Value::Nil, 6379, "a")),
+        ]);
+        let keys = key_on_each_primary(&slots).expect("keys");
         let mut slots_of_keys: Vec<u16> = keys.iter().map(|key| hash_slot(key.as_bytes())).collect();
         slots_of_keys.sort_unstable();
-        assert_eq!(slots_of_keys.len(), 2);
-        assert_eq!(slots_of_keys[0], 5461, "the one-slot primary's key");
-        assert!(slots_of_keys[1] != 5461);
-        assert!(key_on_each_primary(&Value::Array(Vec::new())).is_empty());
-        assert!(key_on_each_primary(&Value::Nil).is_empty());
+        assert_eq!(slots_of_keys, [0, 5461]);
+        // Anything unreadable says nothing about every primary.
+        assert_eq!(key_on_each_primary(&Value::Array(Vec::new())), None);
+        assert_eq!(key_on_each_primary(&Value::Nil), None);
+        assert_eq!(key_on_each_primary(&Value::Array(vec![range(10, 5, node(host(), 1, "a"))])), None);
+        assert_eq!(key_on_each_primary(&Value::Array(vec![range(0, 16_384, node(host(), 1, "a"))])), None);
+        let no_id = Value::Array(vec![host(), Value::Int(1)]);
+        assert_eq!(key_on_each_primary(&Value::Array(vec![range(0, 16_383, no_id)])), None);
+    }
+
+    #[test]
+    fn every_slot_has_a_probe_tag() {
+        for slot in [0, 1, 5_461, 12_345, 16_383] {
+            assert_eq!(hash_slot(tag_in_slot(slot).to_string().as_bytes()), slot);
+        }
     }
 
     #[test]

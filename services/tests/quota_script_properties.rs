@@ -39,7 +39,8 @@ fn runtime_and_pool() -> (Runtime, RedisPool) {
         let _in_runtime = rt.enter();
         redis_pool::pool(&url, 4).expect("Redis pool")
     };
-    rt.block_on(redis_pool::ping(&pool)).unwrap_or_else(|e| panic!("no Redis answers at {url}: {e}"));
+    rt.block_on(redis_pool::ping(&redis_pool::SharedConnection::new(pool.clone())))
+        .unwrap_or_else(|e| panic!("no Redis answers at {url}: {e}"));
     (rt, pool)
 }
 

@@ -29,7 +29,7 @@ fn keys() -> (String, String) {
 #[tokio::test]
 async fn a_pipeline_across_slots_answers_in_order_and_keeps_each_keys_order() {
     let pool = cluster_pool();
-    redis_pool::ping(&pool).await.expect("every primary answers PING");
+    redis_pool::ping(&SharedConnection::new(pool.clone())).await.expect("every primary answers");
     let mut conn = redis_pool::conn(&pool).await.unwrap();
     assert!(matches!(conn, Conn::Cluster(_)));
     let (a, b) = keys();

@@ -40,7 +40,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(services): State<Services>) -> (StatusCode, Json<serde_json::Value>) {
     let (db, redis) = tokio::join!(
         within(CHECK_WITHIN, services::db::ping(&services.db)),
-        services::redis_pool::reach(&services.redis, CHECK_WITHIN)
+        services::redis_pool::reach(&services.hot_path, CHECK_WITHIN)
     );
     let show = |dependency: &str, r: Result<&'static str, &ServiceError>| match r {
         Ok(state) => state,
