@@ -19,7 +19,7 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
-    #[error("Too many attempts. Try again in {0} seconds.")]
+    #[error("Too many attempts. Try again in {0} second{plural}.", plural = if *.0 == 1 { "" } else { "s" })]
     TooManyAttempts(u64),
     #[error("Something went wrong on our side. Please try again.")]
     Internal,

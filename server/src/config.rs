@@ -260,6 +260,12 @@ impl Config {
                 reason: "is the app's own address (KEYMETER_LISTEN): the metrics need a port of their own".into(),
             });
         }
+        let public_url = match lookup("KEYMETER_PUBLIC_URL") {
+            Some(url) => check_public_url(url.trim())?,
+            // Listening on every interface (0.0.0.0) names no host a link could use.
+            None if listen.ip().is_unspecified() => format!("http://localhost:{}", listen.port()),
+            None => format!("http://{listen}"),
+        };
         Ok(Self {
             listen,
             metrics_listen,
@@ -269,7 +275,9 @@ impl Config {
             smtp_url: lookup("SMTP_URL"),
             smtp_ca_file: lookup("SMTP_CA_FILE").map(PathBuf::from),
             site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
-            secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", false)?,
+            // Served over HTTPS: a cookie that may also travel over plain HTTP (a typed
+            // `http://` address, a stripped redirect) would give the session away.
+            secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", is_https(&public_url))?,
             db_pool_size: parse_bounded(&lookup, "KEYMETER_DB_POOL_SIZE", 16, MAX_POOL_SIZE)?,
             redis_pool_size: parse_bounded(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32, MAX_POOL_SIZE)?,
             demo_traffic_key_file: if parse_bool(&lookup, "KEYMETER_DEMO_TRAFFIC", true)? {
@@ -277,12 +285,7 @@ impl Config {
             } else {
                 None
             },
-            public_url: match lookup("KEYMETER_PUBLIC_URL") {
-                Some(url) => check_public_url(url.trim())?,
-                // Listening on every interface (0.0.0.0) names no host a link could use.
-                None if listen.ip().is_unspecified() => format!("http://localhost:{}", listen.port()),
-                None => format!("http://{listen}"),
-            },
+            public_url,
             mail_dir: lookup("KEYMETER_MAIL_DIR").map(PathBuf::from).unwrap_or_else(|| ".data/mail".into()),
             mail_from: match lookup("KEYMETER_MAIL_FROM") {
                 Some(from) => {
@@ -407,6 +410,10 @@ where
 }
 
 /// Links in emails start with it: an absolute http(s) URL with a host.
+fn is_https(url: &str) -> bool {
+    url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 fn check_public_url(url: &str) -> Result<String, ConfigError> {
     let bad = |why: &str| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: format!("{url:?} {why}") };
     let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
@@ -560,6 +567,11 @@ mod tests {
         assert_eq!(with(&[("KEYMETER_LISTEN", "nowhere")]).unwrap_err().var, "KEYMETER_LISTEN");
         assert_eq!(with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
         assert_eq!(with(&[("KEYMETER_SECURE_COOKIES", "maybe")]).unwrap_err().var, "KEYMETER_SECURE_COOKIES");
+        // Served over HTTPS, cookies are `Secure` unless the operator says otherwise.
+        let https = ("KEYMETER_PUBLIC_URL", "https://keymeter.example.com");
+        assert!(with(&[https]).unwrap().secure_cookies);
+        assert!(!with(&[https, ("KEYMETER_SECURE_COOKIES", "false")]).unwrap().secure_cookies);
+        assert!(!with(&[("KEYMETER_PUBLIC_URL", "http://10.0.0.5:3000")]).unwrap().secure_cookies);
         assert_eq!(with(&[("KEYMETER_DB_POOL_SIZE", "0")]).unwrap_err().var, "KEYMETER_DB_POOL_SIZE");
         assert_eq!(with(&[("KEYMETER_QUOTA_FAIL_MODE", "maybe")]).unwrap_err().var, "KEYMETER_QUOTA_FAIL_MODE");
         let err = with(&[("KEYMETER_TRUSTED_PROXIES", "10.0.0.2, proxy.internal")]).unwrap_err();

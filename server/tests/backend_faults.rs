@@ -81,6 +81,39 @@ async fn lock_api_keys(app: &TestApp) -> AsyncPgConnection {
     locker
 }
 
+/// A key's last known state stands in for PostgreSQL for a limited time from when PostgreSQL
+/// last confirmed it, however busy the key is meanwhile: a key revoked while this instance
+/// cannot reach PostgreSQL stops working here. (Each failed lookup used to restart the limit,
+/// so a key used every few seconds stood in for as long as the outage lasted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_known_state_stands_in_for_a_limited_time_however_busy_the_key() {
+    use services::ServiceError;
+    let app = TestApp::spawn().await;
+    let (secret, _) = app.key_with_quota(1000, 10_000).await;
+    let secret = ApiKeySecret::parse(&secret).unwrap();
+    // Longer than a TTL and a lookup's timeout: a failed lookup restarting it kept it alive.
+    let limit = KeyAuthenticator::TTL + KeyAuthenticator::LOOKUP_TIMEOUT + Duration::from_secs(1);
+    let keys = KeyAuthenticator::new(app.services.db.clone()).with_stale_limit(limit);
+    assert!(matches!(keys.check(&secret).await, Ok(KeyCheck::Active(_))));
+    let confirmed = Instant::now();
+
+    let mut locker = lock_api_keys(&app).await;
+    let refused_after = loop {
+        match keys.check(&secret).await {
+            Ok(KeyCheck::Active(_)) => {
+                let stood_in = confirmed.elapsed();
+                assert!(stood_in < limit * 3, "still standing in after {stood_in:?} (limit {limit:?})");
+            }
+            Err(ServiceError::DatabaseUnavailable(_)) => break confirmed.elapsed(),
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(refused_after >= limit, "refused after {refused_after:?}, within the limit {limit:?}");
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert!(matches!(keys.check(&secret).await, Ok(KeyCheck::Active(_))), "confirmed again once PostgreSQL answers");
+}
+
 /// Many requests at once with a key whose cache entry expired, while PostgreSQL hangs: one
 /// lookup goes to PostgreSQL for all of them (not one per request, which would tie up a pooled
 /// connection each and pile up behind the lock), and all are answered from the last known state.

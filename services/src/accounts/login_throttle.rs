@@ -36,26 +36,43 @@ const REDIS_WAIT: Duration = Duration::from_secs(1);
 /// the rightmost `X-Forwarded-For` entry that is not itself a trusted proxy. Entries further
 /// left are whatever the client wrote, so they are never used, and a peer that is not trusted
 /// cannot choose its address by sending the header.
+///
+/// Addresses are compared in their canonical form: a dual-stack listener (`[::]`) sees an IPv4
+/// proxy as `::ffff:10.0.0.2`, which must still be the trusted `10.0.0.2` (else every user
+/// behind it counted as one client). An IPv6 client counts by its /64, the block one
+/// subscriber gets, or a single machine could count as millions of clients.
 pub fn client_address<'h>(
     peer: IpAddr,
     forwarded_for: impl IntoIterator<Item = &'h str>,
     trusted: &[IpAddr],
 ) -> String {
-    if !trusted.contains(&peer) {
-        return peer.to_string();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip.to_canonical());
+    if !is_trusted(peer) {
+        return as_client(peer);
     }
     let hops: Vec<&str> = forwarded_for.into_iter().flat_map(|v| v.split(',')).map(str::trim).collect();
     for hop in hops.into_iter().rev() {
         match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
-            Ok(ip) => return ip.to_string(),
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return as_client(ip),
             // Not an address: a proxy that writes something else. Counted as it is, never as
             // the proxy itself (which would put everyone behind it under one count).
             Err(_) if !hop.is_empty() => return hop.chars().take(64).collect(),
             Err(_) => break,
         }
     }
-    peer.to_string()
+    as_client(peer)
+}
+
+/// An address as the throttle counts it: IPv4 (mapped ones too) as is, IPv6 by its /64.
+fn as_client(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            format!("{}/64", std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+    }
 }
 
 pub(crate) struct LoginThrottle<'a> {
@@ -230,11 +247,30 @@ mod tests {
         // Two trusted proxies in a row: the first hop that is not one of them.
         let proxies = [ip("10.0.0.2"), ip("10.0.0.3")];
         assert_eq!(client_address(ip("10.0.0.2"), ["9.9.9.9, 203.0.113.5, 10.0.0.3"], &proxies), "203.0.113.5");
-        assert_eq!(client_address(ip("10.0.0.2"), ["2001:db8::1"], &proxy), "2001:db8::1");
+        assert_eq!(client_address(ip("10.0.0.2"), ["2001:db8::1"], &proxy), "2001:db8::/64");
         // No header, or only proxies in it: the peer.
         assert_eq!(client_address(ip("10.0.0.2"), [], &proxy), "10.0.0.2");
         assert_eq!(client_address(ip("10.0.0.2"), ["10.0.0.2"], &proxy), "10.0.0.2");
         // Something else than an address is counted as it is, not as the proxy.
         assert_eq!(client_address(ip("10.0.0.2"), ["unknown"], &proxy), "unknown");
+    }
+
+    #[test]
+    fn a_dual_stack_listener_still_knows_its_proxies() {
+        // The proxy as an IPv6 listener on `[::]` sees it, trusted as configured (IPv4).
+        let mapped = ip("::ffff:10.0.0.2");
+        assert_eq!(client_address(mapped, ["203.0.113.5"], &[ip("10.0.0.2")]), "203.0.113.5");
+        assert_eq!(client_address(ip("10.0.0.2"), ["::ffff:203.0.113.5"], &[mapped]), "203.0.113.5");
+        // Untrusted, a mapped client is counted as the IPv4 address it is.
+        assert_eq!(client_address(ip("::ffff:198.51.100.7"), [], &[]), "198.51.100.7");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        let one = client_address(ip("2001:db8:1:2:aaaa::1"), [], &[]);
+        assert_eq!(one, "2001:db8:1:2::/64");
+        assert_eq!(client_address(ip("2001:db8:1:2:ffff:1:2:3"), [], &[]), one, "same subscriber");
+        assert_ne!(client_address(ip("2001:db8:1:3::1"), [], &[]), one, "the next /64");
+        assert_eq!(client_address(ip("::1"), [], &[]), "::/64");
     }
 }

@@ -1,4 +1,5 @@
-//! Password hashing with argon2id; hashing runs on the blocking pool so it never stalls requests.
+//! Password hashing with argon2id; hashing runs on the blocking pool so it never stalls requests,
+//! a few at a time.
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -46,7 +47,7 @@ impl Password {
 
     pub(crate) async fn hash(&self) -> ServiceResult<String> {
         let password = self.0.clone();
-        tokio::task::spawn_blocking(move || {
+        with_hashing_slot(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
@@ -54,7 +55,6 @@ impl Password {
                 .map_err(|e| ServiceError::Internal(format!("password hashing failed: {e}")))
         })
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 }
 
@@ -65,18 +65,65 @@ pub(crate) async fn verify(candidate: &str, stored_hash: &str) -> ServiceResult<
     }
     let candidate = candidate.to_owned();
     let stored = stored_hash.to_owned();
-    tokio::task::spawn_blocking(move || {
+    with_hashing_slot(move || {
         let parsed =
             PasswordHash::new(&stored).map_err(|e| ServiceError::Internal(format!("stored hash unreadable: {e}")))?;
         Ok(Argon2::default().verify_password(candidate.as_bytes(), &parsed).is_ok())
     })
     .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?
 }
+
+/// Runs argon2 work on the blocking pool once one of [`HASHING_SLOTS`] is free. Each run holds
+/// 19 MiB and a core for tens of milliseconds, and the sign-in throttle counts an attempt
+/// before its password is checked: a burst of sign-ins (many addresses, many clients) would
+/// otherwise take memory and blocking threads without bound. Past [`HASHING_WAIT`] the caller
+/// is told to try again in a second.
+async fn with_hashing_slot<T: Send + 'static>(
+    work: impl FnOnce() -> ServiceResult<T> + Send + 'static,
+) -> ServiceResult<T> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    with_slot(SLOTS.get_or_init(|| tokio::sync::Semaphore::new(hashing_slots())), HASHING_WAIT, work).await
+}
+
+async fn with_slot<T: Send + 'static>(
+    slots: &tokio::sync::Semaphore,
+    wait: std::time::Duration,
+    work: impl FnOnce() -> ServiceResult<T> + Send + 'static,
+) -> ServiceResult<T> {
+    let _slot = tokio::time::timeout(wait, slots.acquire())
+        .await
+        .map_err(|_| ServiceError::TooManyAttempts { retry_after_secs: 1 })?
+        .map_err(|e| ServiceError::Internal(format!("the hashing slots are closed: {e}")))?;
+    tokio::task::spawn_blocking(work).await.map_err(|e| ServiceError::Internal(e.to_string()))?
+}
+
+/// How many argon2 runs at once: two per core keeps the cores busy while one run waits to be
+/// scheduled.
+fn hashing_slots() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Longest wait for a hashing slot: a burst of sign-ins is worked through in that time; past
+/// it the server is busier than a person waiting at a form should notice.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn hashing_waits_for_a_free_slot_and_gives_up_after_a_while() {
+        let slots = tokio::sync::Semaphore::new(1);
+        let wait = std::time::Duration::from_millis(100);
+        assert_eq!(with_slot(&slots, wait, || Ok(1)).await.unwrap(), 1, "a free slot");
+        let taken = slots.acquire().await.unwrap();
+        let started = std::time::Instant::now();
+        let busy = with_slot(&slots, wait, || Ok(2)).await;
+        assert!(matches!(busy, Err(ServiceError::TooManyAttempts { retry_after_secs: 1 })), "{busy:?}");
+        assert!(started.elapsed() >= wait);
+        drop(taken);
+        assert_eq!(with_slot(&slots, wait, || Ok(3)).await.unwrap(), 3, "free again");
+    }
 
     #[tokio::test]
     async fn hash_then_verify() {

@@ -44,9 +44,9 @@ type Hash = [u8; 32];
 /// out the last known state of real keys, which stands in while PostgreSQL is down.
 #[derive(Default)]
 struct Cache {
-    /// Secret hash → (when it was looked up, what it resolved to). Bounded by the keys that
-    /// exist; entries too old to stand in for PostgreSQL are pruned when it grows large.
-    known: HashMap<Hash, (Instant, KeyCheck)>,
+    /// Secret hash → what it resolved to. Bounded by the keys that exist; entries too old to
+    /// stand in for PostgreSQL are pruned when it grows large.
+    known: HashMap<Hash, Known>,
     /// Secret hash → when PostgreSQL last said no such key.
     unknown: HashMap<Hash, Instant>,
     /// Size of `known` at which stale entries are next pruned: twice what the last prune kept.
@@ -57,9 +57,24 @@ struct Cache {
     prunes: usize,
 }
 
+/// A key's last known state.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    check: KeyCheck,
+    /// When PostgreSQL last said so: it stands in for PostgreSQL until
+    /// [`KeyAuthenticator::STALE_IF_ERROR`] after this.
+    confirmed: Instant,
+    /// When it was last looked up, whether PostgreSQL answered or not: the next lookup waits
+    /// [`KeyAuthenticator::TTL`] after this.
+    tried: Instant,
+}
+
 impl Cache {
-    fn get(&self, hash: &Hash) -> Option<(Instant, KeyCheck)> {
-        self.known.get(hash).copied().or_else(|| self.unknown.get(hash).map(|&at| (at, KeyCheck::Unknown)))
+    fn get(&self, hash: &Hash) -> Option<Known> {
+        self.known.get(hash).copied().or_else(|| {
+            let &at = self.unknown.get(hash)?;
+            Some(Known { check: KeyCheck::Unknown, confirmed: at, tried: at })
+        })
     }
 
     fn insert(&mut self, hash: Hash, at: Instant, check: KeyCheck, capacity: usize) {
@@ -72,14 +87,14 @@ impl Cache {
         } else {
             self.unknown.remove(&hash);
             if self.known.len() >= self.prune_known_at.max(capacity) && !self.known.contains_key(&hash) {
-                self.known.retain(|_, (seen, _)| seen.elapsed() < KeyAuthenticator::STALE_IF_ERROR);
+                self.known.retain(|_, known| known.confirmed.elapsed() < KeyAuthenticator::STALE_IF_ERROR);
                 self.prune_known_at = self.known.len() * 2;
                 #[cfg(test)]
                 {
                     self.prunes += 1;
                 }
             }
-            self.known.insert(hash, (at, check));
+            self.known.insert(hash, Known { check, confirmed: at, tried: at });
         }
     }
 }
@@ -118,6 +133,8 @@ pub struct KeyAuthenticator {
     /// Concurrent requests with a key whose entry expired ask PostgreSQL once, together.
     in_flight: Arc<Mutex<HashMap<Hash, Lookup>>>,
     capacity: usize,
+    /// [`Self::STALE_IF_ERROR`], shorter in tests.
+    stale_if_error: Duration,
 }
 
 impl KeyAuthenticator {
@@ -143,26 +160,39 @@ impl KeyAuthenticator {
             cache: Arc::new(RwLock::new(Cache::default())),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             capacity: capacity.max(1),
+            stale_if_error: Self::STALE_IF_ERROR,
         }
+    }
+
+    /// With last known states standing in for PostgreSQL for `limit` instead (tests).
+    pub fn with_stale_limit(self, limit: Duration) -> Self {
+        Self { stale_if_error: limit, ..self }
     }
 
     pub async fn check(&self, secret: &ApiKeySecret) -> ServiceResult<KeyCheck> {
         let hash = secret.hash();
         let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash));
-        if let Some((at, check)) = cached {
-            if at.elapsed() < Self::TTL {
-                return Ok(check);
+        if let Some(known) = cached {
+            if known.tried.elapsed() < Self::TTL {
+                return Ok(known.check);
             }
         }
         match self.lookup(hash).await {
             Ok(check) => Ok(check),
-            // PostgreSQL unreachable or not answering: a key seen recently keeps its last known
-            // state, so metered traffic goes on through a database outage (tried again after
-            // another TTL: a hung database costs a key's requests the timeout once per TTL).
+            // PostgreSQL unreachable or not answering: a key confirmed recently keeps its last
+            // known state, so metered traffic goes on through a database outage (tried again
+            // after another TTL: a hung database costs a key's requests the timeout once per
+            // TTL). Counted from the last confirmation, not the last use: a key revoked while
+            // this instance cannot reach PostgreSQL stops working here within STALE_IF_ERROR,
+            // however often it is used.
             Err(failure) => match cached {
-                Some((at, check)) if at.elapsed() < Self::STALE_IF_ERROR => {
-                    self.remember(hash, check);
-                    Ok(check)
+                Some(known) if known.confirmed.elapsed() < self.stale_if_error => {
+                    match known.check {
+                        // Refused either way; only when to ask again matters.
+                        KeyCheck::Unknown => self.remember(hash, KeyCheck::Unknown),
+                        _ => self.tried(hash),
+                    }
+                    Ok(known.check)
                 }
                 _ => Err(failure.into()),
             },
@@ -173,7 +203,8 @@ impl KeyAuthenticator {
     /// within [`Self::TTL`]).
     pub fn revoked(&self, id: ApiKeyId) {
         self.update_entries_of(id, |entry| {
-            *entry = (Instant::now(), KeyCheck::Revoked);
+            let now = Instant::now();
+            *entry = Known { check: KeyCheck::Revoked, confirmed: now, tried: now };
             true
         });
     }
@@ -185,7 +216,7 @@ impl KeyAuthenticator {
         let stale = Instant::now().checked_sub(Self::TTL);
         self.update_entries_of(id, |entry| match stale {
             Some(stale) => {
-                entry.0 = entry.0.min(stale);
+                entry.tried = entry.tried.min(stale);
                 true
             }
             // Too early in the process's life to date an entry back: forgotten instead.
@@ -194,10 +225,10 @@ impl KeyAuthenticator {
     }
 
     /// Applies `update` to the key's entries; those it returns false for are forgotten.
-    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&mut (Instant, KeyCheck)) -> bool) {
+    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&mut Known) -> bool) {
         if let Ok(mut cache) = self.cache.write() {
             // Entries are by secret: a scan, but only when a key changes.
-            cache.known.retain(|_, entry| match entry.1 {
+            cache.known.retain(|_, entry| match entry.check {
                 KeyCheck::Active(k) if k.id == id => update(entry),
                 _ => true,
             });
@@ -207,6 +238,15 @@ impl KeyAuthenticator {
     fn remember(&self, hash: Hash, check: KeyCheck) {
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(hash, Instant::now(), check, self.capacity);
+        }
+    }
+
+    /// A lookup of a known key failed: the next waits another TTL; its confirmation stays.
+    fn tried(&self, hash: Hash) {
+        if let Ok(mut cache) = self.cache.write() {
+            if let Some(known) = cache.known.get_mut(&hash) {
+                known.tried = Instant::now();
+            }
         }
     }
 
