@@ -32,6 +32,38 @@ async fn successful_sign_in_sets_an_httponly_samesite_cookie() {
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
 }
 
+/// Signing in again ends the session the browser presented: a token that someone else may
+/// have seen (or planted) does not outlive the next sign-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_again_ends_the_browsers_previous_session() {
+    let app = TestApp::spawn().await;
+    app.user("bob@example.com", Role::Merchant).await;
+    let cookie_of = |res: &reqwest::Response| {
+        let set = res.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    };
+    let first = cookie_of(&app.login(&client(), "bob@example.com", PASSWORD).await);
+    let page = |cookie: String| {
+        let url = app.url("/dashboard/developers/api-keys");
+        async move { client().get(url).header("cookie", cookie).send().await.unwrap().status() }
+    };
+    assert_eq!(page(first.clone()).await, StatusCode::OK);
+
+    let again = client()
+        .post(app.url("/rpc/auth/login"))
+        .header("accept", "text/html")
+        .header("cookie", &first)
+        .form(&[("email", "bob@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::FOUND);
+    let second = cookie_of(&again);
+    assert_ne!(first, second);
+    assert_eq!(page(second).await, StatusCode::OK);
+    assert_eq!(page(first).await, StatusCode::FOUND, "the earlier session ended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_slowed_down() {
     repeated_failures_are_slowed_down_with(&[]).await;

@@ -92,6 +92,13 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
         }
     })?;
     let token = sessions::create(&services.db, user.id).await?;
+    // The session this browser had (this account's or another's) ends: its token may have
+    // been seen by someone else, and one browser has one session.
+    if let Some(previous) = session::current_session_token() {
+        if let Err(e) = sessions::delete(&services.db, &previous).await {
+            tracing::warn!(error = %e, "the browser's previous session could not be ended");
+        }
+    }
     session::set_session_cookie(&token);
     tracing::info!(user_id = user.id, "signed in");
     leptos_axum::redirect(safe_next(next.as_deref()));

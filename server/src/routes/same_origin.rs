@@ -18,7 +18,11 @@ pub async fn require_same_origin(State(services): State<Services>, req: Request,
         && req.uri().path().starts_with("/rpc/")
         && !same_origin(req.headers(), &services.settings.public_url)
     {
-        tracing::warn!(path = req.uri().path(), "cross-site server function call refused");
+        tracing::warn!(
+            path = req.uri().path(),
+            "cross-site server function call refused (if people reach this server under a name \
+             other than KEYMETER_PUBLIC_URL's, set it to that name)"
+        );
         return ApiError::new(StatusCode::FORBIDDEN, "cross_site_request", "this request came from another site")
             .into_response();
     }
@@ -27,8 +31,10 @@ pub async fn require_same_origin(State(services): State<Services>, req: Request,
 
 /// Whether the request's origin, if it names one, is this server: the public URL a proxy serves
 /// it under (scheme included: a page of `http://host` must not act on `https://host`), or the
-/// host addressed in `Host` when that is not the public one (reached directly, e.g. on
-/// loopback).
+/// host addressed in `Host` when that is not the public one and names an address or
+/// `localhost` (reached directly, e.g. on loopback). A domain name there is refused: with DNS
+/// rebinding a page of `evil.example` reaches a server on 127.0.0.1 with `Host` and `Origin`
+/// both `evil.example:3000`, and could sign in with `make run`'s demo credentials.
 fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
     let claimed = headers.get(header::ORIGIN).or_else(|| headers.get(header::REFERER));
     let Some(claimed) = claimed else { return true };
@@ -38,7 +44,18 @@ fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
         return scheme == public_scheme;
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    host.is_some_and(|h| h.eq_ignore_ascii_case(claimed))
+    host.is_some_and(|h| h.eq_ignore_ascii_case(claimed) && names_no_domain(h))
+}
+
+/// Whether a `Host` (`name[:port]`) is an IP address or `localhost`: nothing a DNS answer of
+/// someone else's decides.
+fn names_no_domain(host: &str) -> bool {
+    if host.starts_with('[') {
+        // An IPv6 literal, `[…]` or `[…]:port`.
+        return host.split_once(']').is_some_and(|(ip, _)| ip[1..].parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = host.split_once(':').map_or(host, |(name, _)| name);
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// The scheme (`http` or `https`) and `host[:port]` of an absolute http(s) URL; none for
@@ -76,6 +93,29 @@ mod tests {
             assert!(!same_origin(&h, public), "{evil}");
         }
         assert!(!same_origin(&headers(&[host.clone(), (header::REFERER, "https://evil.example/page")]), public));
+    }
+
+    #[test]
+    fn a_host_reached_directly_must_be_an_address_or_localhost() {
+        let public = "http://127.0.0.1:3000";
+        for direct in ["localhost:3000", "LOCALHOST:3000", "10.0.0.5:3000", "[::1]:3000", "10.0.0.5"] {
+            let origin = format!("http://{direct}");
+            let h: HeaderMap = [(header::HOST, direct.parse().unwrap()), (header::ORIGIN, origin.parse().unwrap())]
+                .into_iter()
+                .collect();
+            assert!(same_origin(&h, public), "{direct}");
+        }
+        // DNS rebinding: a name the attacker's DNS points at this server.
+        for rebound in ["evil.example:3000", "localhost.evil.example:3000", "[::1.evil]:3000"] {
+            let origin = format!("http://{rebound}");
+            let h: HeaderMap = [(header::HOST, rebound.parse().unwrap()), (header::ORIGIN, origin.parse().unwrap())]
+                .into_iter()
+                .collect();
+            assert!(!same_origin(&h, public), "{rebound}");
+        }
+        // The public URL's own name is this server, whatever it is.
+        let h = headers(&[(header::HOST, "keymeter.example.com"), (header::ORIGIN, "https://keymeter.example.com")]);
+        assert!(same_origin(&h, "https://keymeter.example.com"));
     }
 
     #[test]
