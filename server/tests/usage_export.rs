@@ -169,7 +169,7 @@ fn spec(keys: &[ExportKey], granularity: Granularity, range: DayRange) -> Export
 async fn streamed(app: &TestApp, spec: ExportSpec, piece_rows: usize) -> (String, Vec<String>) {
     let pace = Pace { piece_rows, ..Pace::default() };
     let mut stream =
-        CsvStream::start(&app.services.db, app.services.exports.take().await.unwrap(), spec, pace).await.unwrap();
+        CsvStream::start(&app.services.db, app.services.exports.take(0).await.unwrap(), spec, pace).await.unwrap();
     let mut chunks = Vec::new();
     while let Some(chunk) = stream.next().await {
         chunks.push(chunk.unwrap());
@@ -426,7 +426,7 @@ async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends
     let stall_limit = Duration::from_secs(2);
     let pace = Pace { piece_rows: 7, stall_limit };
     let mut stream =
-        CsvStream::start(&app.services.db, app.services.exports.take().await.unwrap(), spec, pace).await.unwrap();
+        CsvStream::start(&app.services.db, app.services.exports.take(0).await.unwrap(), spec, pace).await.unwrap();
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with("period_start,"));
     // Reading is a piece ahead of the client, waiting for it (for up to the stall limit).
@@ -452,6 +452,45 @@ async fn an_export_whose_client_stops_reading_lets_go_of_its_connection_and_ends
     assert!(matches!(last, Some(Err(_))), "a stalled export ended as if complete: {last:?}");
 }
 
+/// One account runs at most two exports at once: its slow downloads cannot keep every other
+/// account's exports (an admin's invoicing one too) waiting for a place. A third gets a 429 at
+/// once, which says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_runs_at_most_two_exports_at_once() {
+    // Four places for exports: a quarter of the pool.
+    let app = TestApp::spawn_with(&[("KEYMETER_DB_POOL_SIZE", "16".into())]).await;
+    let (key, cookie) = big_key(&app).await;
+    let path = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-01-01&to=2025-12-31&granularity=hour");
+    let _slow = [raw_get(&app, &path, &cookie).await, raw_get(&app, &path, &cookie).await];
+    let mut reading = 0;
+    for _ in 0..100 {
+        reading = exports_waiting(&app).await.len();
+        if reading >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reading, 2, "both slow downloads are reading");
+
+    let third = client().get(app.url(&path)).header("cookie", format!("km_session={cookie}")).send().await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["retry-after"], "10");
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_exports", "{body}");
+
+    // Another account still gets a place.
+    let admin = app.user("admin@example.com", Role::Admin).await;
+    let session = sessions::create(&app.services.db, admin.id).await.unwrap();
+    let short = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-03-01&to=2025-03-01&granularity=day");
+    let res = client()
+        .get(app.url(&short))
+        .header("cookie", format!("km_session={}", session.as_str()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
 /// Downloads that take their time (slow clients) each hold a database connection while they
 /// read. Enough of them took the whole pool, and pages, sign-in and the metered API answered
 /// 503 until they ended. Exports now share a quarter of the pool; more wait a little for a
@@ -461,10 +500,13 @@ async fn slow_downloads_take_a_share_of_the_database_not_the_whole_of_it() {
     let app = TestApp::spawn_with(&[("KEYMETER_DB_POOL_SIZE", "8".into())]).await;
     let (key, cookie) = big_key(&app).await;
     let path = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-01-01&to=2025-12-31&granularity=hour");
-    // Ten clients that read nothing after asking.
+    // Ten clients that read nothing after asking, each of another account (one account may run
+    // only two exports at once; admins may export any key).
     let mut slow = Vec::new();
-    for _ in 0..10 {
-        slow.push(raw_get(&app, &path, &cookie).await);
+    for i in 0..10 {
+        let admin = app.user(&format!("admin-{i}@example.com"), Role::Admin).await;
+        let session = sessions::create(&app.services.db, admin.id).await.unwrap();
+        slow.push(raw_get(&app, &path, session.as_str()).await);
     }
     let mut reading = 0;
     for _ in 0..100 {

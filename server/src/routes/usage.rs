@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use services::accounts::{sessions, User};
 use services::keys::{api_keys, ApiKey, ApiKeyId};
-use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, Pace};
+use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, NoExportSlot, Pace};
 use services::usage::periods::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
 
@@ -54,8 +54,12 @@ async fn signed_in(services: &Services, headers: &HeaderMap) -> Result<User, Api
 /// The key, if the signed-in caller may see it; 404 otherwise.
 async fn visible_key(services: &Services, headers: &HeaderMap, id: &str) -> Result<ApiKey, ApiError> {
     let user = signed_in(services, headers).await?;
+    key_visible_to(services, &user, id).await
+}
+
+async fn key_visible_to(services: &Services, user: &User, id: &str) -> Result<ApiKey, ApiError> {
     let id = ApiKeyId::parse(id).map_err(|_| not_found())?;
-    api_keys::get_for(&services.db, id, &user).await.map_err(|e| match e {
+    api_keys::get_for(&services.db, id, user).await.map_err(|e| match e {
         ServiceError::NotFound => not_found(),
         other => other.into(),
     })
@@ -113,7 +117,8 @@ async fn key_csv(
     Path(id): Path<String>,
     q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let key = visible_key(&services, &headers, &id).await?;
+    let user = signed_in(&services, &headers).await?;
+    let key = key_visible_to(&services, &user, &id).await?;
     let Query(q) = q.map_err(bad_query)?;
     let (Some(from), Some(to)) = (q.from.as_deref(), q.to.as_deref()) else {
         return Err(ApiError::bad_request("invalid_range", "from and to are required (YYYY-MM-DD)"));
@@ -128,19 +133,28 @@ async fn key_csv(
         range,
         with_owner: false,
     };
-    let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
+    let csv = CsvStream::start(&services.db, export_slot(&services, &user).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &filename))
 }
 
-/// A place among this instance's running exports; 503 with `Retry-After` when they stay full.
-async fn export_slot(services: &Services) -> Result<ExportSlot, ApiError> {
-    services.exports.take().await.ok_or_else(|| {
-        let secs = ExportSlots::WAIT.as_secs();
-        ApiError::busy(
+/// A place among this instance's running exports; 503 with `Retry-After` when they stay full,
+/// 429 when the user already runs as many as one may.
+async fn export_slot(services: &Services, user: &User) -> Result<ExportSlot, ApiError> {
+    let secs = ExportSlots::WAIT.as_secs();
+    services.exports.take(user.id).await.map_err(|refusal| match refusal {
+        NoExportSlot::Busy => ApiError::busy(
             "exports_busy",
             format!("Too many exports are running on this server; try again in {secs} seconds."),
             secs,
-        )
+        ),
+        NoExportSlot::TooManyOfYours => ApiError {
+            retry_after: Some(secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_exports",
+                format!("You already have {} exports running; try again when one has finished.", ExportSlots::PER_USER),
+            )
+        },
     })
 }
 
@@ -173,7 +187,7 @@ async fn admin_csv(
     // With each key's owner: invoices go to owners.
     let keys = keys.into_iter().map(|k| ExportKey { id: k.id.0, name: k.name, owner_email: Some(k.owner_email) });
     let spec = ExportSpec { keys: keys.collect(), granularity: Granularity::Day, range, with_owner: true };
-    let csv = CsvStream::start(&services.db, export_slot(&services).await?, spec, Pace::default()).await?;
+    let csv = CsvStream::start(&services.db, export_slot(&services, &user).await?, spec, Pace::default()).await?;
     Ok(csv_response(csv, &format!("keymeter-usage-{month}.csv")))
 }
 

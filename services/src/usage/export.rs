@@ -7,7 +7,7 @@
 //! The rows ([`ExportRow`]) are summed here from the hourly rollups: streamed, a key at a time,
 //! or all in memory for the monthly summary's attachment.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -248,21 +248,58 @@ enum Message {
 /// How many exports read at once on one instance. Each holds a database connection for as long
 /// as its client takes to download (minutes, for a slow one): slow downloads used to take the
 /// whole pool, and pages, sign-in and the metered API answered 503. Exports get a quarter of the
-/// pool; the rest stays for everything else.
+/// pool; the rest stays for everything else. One person holds at most [`Self::PER_USER`] of
+/// them, so a few slow downloads of one account cannot keep everyone else's (an admin's
+/// invoicing export too) waiting.
 #[derive(Clone)]
-pub struct ExportSlots(Arc<Semaphore>);
+pub struct ExportSlots {
+    slots: Arc<Semaphore>,
+    /// Running exports per user id.
+    running: Arc<std::sync::Mutex<HashMap<i64, usize>>>,
+}
 
 /// A place among the running exports, held until the export stops reading.
 pub struct ExportSlot {
     _permit: OwnedSemaphorePermit,
+    _user: UserExport,
+}
+
+/// One export counted against its user, from the request for a slot until it stops reading.
+struct UserExport {
+    user_id: i64,
+    running: Arc<std::sync::Mutex<HashMap<i64, usize>>>,
+}
+
+impl Drop for UserExport {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            if let Some(n) = running.get_mut(&self.user_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    running.remove(&self.user_id);
+                }
+            }
+        }
+    }
+}
+
+/// Why no export slot was given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoExportSlot {
+    /// Every slot stayed taken for [`ExportSlots::WAIT`].
+    Busy,
+    /// The user already runs (or waits for) [`ExportSlots::PER_USER`] exports.
+    TooManyOfYours,
 }
 
 impl ExportSlots {
     /// How long an export waits for a slot before it is refused (and told when to try again).
     pub const WAIT: Duration = Duration::from_secs(10);
+    /// Exports one user may run at once on one instance.
+    pub const PER_USER: usize = 2;
 
     pub fn new(slots: usize) -> Self {
-        Self(Arc::new(Semaphore::new(slots.max(1))))
+        Self { slots: Arc::new(Semaphore::new(slots.max(1))), running: Default::default() }
     }
 
     /// A quarter of a database pool of `pool_size` connections (at least one).
@@ -270,11 +307,20 @@ impl ExportSlots {
         Self::new(pool_size / 4)
     }
 
-    /// A slot, waiting up to [`Self::WAIT`] for one to free up; `None` when all stay taken.
-    pub async fn take(&self) -> Option<ExportSlot> {
-        match tokio::time::timeout(Self::WAIT, self.0.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Some(ExportSlot { _permit: permit }),
-            _ => None,
+    /// A slot for an export of `user_id`, waiting up to [`Self::WAIT`] for one to free up.
+    pub async fn take(&self, user_id: i64) -> Result<ExportSlot, NoExportSlot> {
+        let user = {
+            let mut running = self.running.lock().map_err(|_| NoExportSlot::Busy)?;
+            let mine = running.entry(user_id).or_default();
+            if *mine >= Self::PER_USER {
+                return Err(NoExportSlot::TooManyOfYours);
+            }
+            *mine += 1;
+            UserExport { user_id, running: self.running.clone() }
+        };
+        match tokio::time::timeout(Self::WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(ExportSlot { _permit: permit, _user: user }),
+            _ => Err(NoExportSlot::Busy),
         }
     }
 }
@@ -428,6 +474,18 @@ async fn read_pieces(db: &DbPool, spec: &ExportSpec, pace: Pace, tx: &mpsc::Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_user_holds_at_most_two_export_slots() {
+        let slots = ExportSlots::new(4);
+        let (first, second) = (slots.take(1).await.unwrap(), slots.take(1).await.unwrap());
+        assert_eq!(slots.take(1).await.err(), Some(NoExportSlot::TooManyOfYours));
+        let others = (slots.take(2).await.unwrap(), slots.take(3).await.unwrap());
+        drop(first);
+        let third = slots.take(1).await.expect("one of theirs ended");
+        drop((second, third, others));
+        assert!(slots.running.lock().unwrap().is_empty(), "nothing counted once all ended");
+    }
 
     #[test]
     fn quoting() {
