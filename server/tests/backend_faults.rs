@@ -114,6 +114,54 @@ async fn a_last_known_state_stands_in_for_a_limited_time_however_busy_the_key() 
     assert!(matches!(keys.check(&secret).await, Ok(KeyCheck::Active(_))), "confirmed again once PostgreSQL answers");
 }
 
+/// Anyone can send well-formed made-up keys, each a lookup in PostgreSQL. While PostgreSQL is
+/// slow to answer them (here: hung on a lock), a flood of them holds at most a quarter of the
+/// database pool; the rest stays for pages, sign-in and the usage writer (it took them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_keys_hold_at_most_a_quarter_of_the_database_pool() {
+    let app = TestApp::spawn_with(&[("KEYMETER_DB_POOL_SIZE", "8".into())]).await;
+    app.user("ann@example.com", services::accounts::Role::Merchant).await;
+    let mut locker = lock_api_keys(&app).await;
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            let url = app.url("/api/v1/ping");
+            tokio::spawn(async move {
+                let made_up = ApiKeySecret::generate();
+                client().get(url).bearer_auth(made_up.expose()).send().await.map(|res| res.status())
+            })
+        })
+        .collect();
+    // Lookups stuck behind the lock, seen from a connection of the test's own.
+    let mut watcher = AsyncPgConnection::establish(&app.config.database_url).await.unwrap();
+    let mut most = 0;
+    for _ in 0..12 {
+        #[derive(diesel::QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%api_keys%'",
+        )
+        .get_result(&mut watcher)
+        .await
+        .unwrap();
+        most = most.max(waiting.n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((1..=2).contains(&most), "{most} lookups held connections of a pool of 8");
+    // Sign-in still gets a connection meanwhile (pages of keys would wait for the lock).
+    let signed_in = app.login(&client(), "ann@example.com", common::PASSWORD).await;
+    assert_eq!(signed_in.status(), StatusCode::FOUND);
+
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
+    for call in flood {
+        let status = call.await.unwrap().unwrap();
+        assert!(status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::UNAUTHORIZED, "{status}");
+    }
+}
+
 /// Many requests at once with a key whose cache entry expired, while PostgreSQL hangs: one
 /// lookup goes to PostgreSQL for all of them (not one per request, which would tie up a pooled
 /// connection each and pile up behind the lock), and all are answered from the last known state.

@@ -135,6 +135,11 @@ pub struct KeyAuthenticator {
     capacity: usize,
     /// [`Self::STALE_IF_ERROR`], shorter in tests.
     stale_if_error: Duration,
+    /// Lookups that may use the database at once: a quarter of its pool. Anyone can send
+    /// well-formed made-up keys, each a lookup; without a bound a flood of them took the
+    /// connections pages, sign-in and the usage writer need. Past it, lookups wait their
+    /// [`Self::LOOKUP_TIMEOUT`] and fail as a hung database does (known keys' last states stand in).
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl KeyAuthenticator {
@@ -155,12 +160,14 @@ impl KeyAuthenticator {
 
     /// With room for `capacity` known keys and as many unknown secrets (tests use a small one).
     pub fn with_capacity(db: DbPool, capacity: usize) -> Self {
+        let lookups = Arc::new(tokio::sync::Semaphore::new((db.status().max_size / 4).max(1)));
         Self {
             db,
             cache: Arc::new(RwLock::new(Cache::default())),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             capacity: capacity.max(1),
             stale_if_error: Self::STALE_IF_ERROR,
+            lookups,
         }
     }
 
@@ -266,7 +273,11 @@ impl KeyAuthenticator {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, this.query_key(&hash))
+            let bounded = async {
+                let _lookup = this.lookups.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+                this.query_key(&hash).await
+            };
+            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, bounded)
                 .await
                 .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
             if let Ok(check) = &loaded {
