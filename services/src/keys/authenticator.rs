@@ -135,10 +135,12 @@ pub struct KeyAuthenticator {
     capacity: usize,
     /// [`Self::STALE_IF_ERROR`], shorter in tests.
     stale_if_error: Duration,
-    /// Lookups that may use the database at once: a quarter of its pool. Anyone can send
-    /// well-formed made-up keys, each a lookup; without a bound a flood of them took the
-    /// connections pages, sign-in and the usage writer need. Past it, lookups wait their
-    /// [`Self::LOOKUP_TIMEOUT`] and fail as a hung database does (known keys' last states stand in).
+    /// Lookups of secrets this instance has not seen that may use the database at once: half
+    /// its pool. Anyone can send well-formed made-up keys, each a lookup; without a bound a
+    /// flood of them took the connections pages, sign-in and the usage writer need. Past it,
+    /// lookups wait their [`Self::LOOKUP_TIMEOUT`] and fail as a hung database does. Keys it
+    /// knows (every few seconds each, to see revocations) are not bounded: a flood cannot
+    /// hold them up, and a busy deployment with many keys is not slowed down.
     lookups: Arc<tokio::sync::Semaphore>,
 }
 
@@ -160,7 +162,7 @@ impl KeyAuthenticator {
 
     /// With room for `capacity` known keys and as many unknown secrets (tests use a small one).
     pub fn with_capacity(db: DbPool, capacity: usize) -> Self {
-        let lookups = Arc::new(tokio::sync::Semaphore::new((db.status().max_size / 4).max(1)));
+        let lookups = Arc::new(tokio::sync::Semaphore::new((db.status().max_size / 2).max(1)));
         Self {
             db,
             cache: Arc::new(RwLock::new(Cache::default())),
@@ -184,7 +186,10 @@ impl KeyAuthenticator {
                 return Ok(known.check);
             }
         }
-        match self.lookup(hash).await {
+        // A key this instance knows is looked up again without waiting for a place: only
+        // secrets it has not seen (anyone can make those up) are bounded.
+        let known = cached.is_some_and(|known| known.check != KeyCheck::Unknown);
+        match self.lookup(hash, !known).await {
             Ok(check) => Ok(check),
             // PostgreSQL unreachable or not answering: a key confirmed recently keeps its last
             // known state, so metered traffic goes on through a database outage (tried again
@@ -259,7 +264,7 @@ impl KeyAuthenticator {
 
     /// Joins the lookup of `hash` in flight, or starts one. It runs in a task of its own, so
     /// it finishes (and fills the cache) even if every request waiting on it goes away.
-    fn lookup(&self, hash: Hash) -> Lookup {
+    fn lookup(&self, hash: Hash, bounded: bool) -> Lookup {
         let Ok(mut in_flight) = self.in_flight.lock() else {
             return futures_util::future::ready(Err(LookupFailure {
                 unavailable: false,
@@ -273,11 +278,14 @@ impl KeyAuthenticator {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let bounded = async {
-                let _lookup = this.lookups.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let query = async {
+                let _place = match bounded {
+                    true => Some(this.lookups.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?),
+                    false => None,
+                };
                 this.query_key(&hash).await
             };
-            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, bounded)
+            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, query)
                 .await
                 .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
             if let Ok(check) = &loaded {
