@@ -325,6 +325,19 @@ async fn exports_waiting(app: &TestApp) -> Vec<i32> {
     rows.into_iter().map(|r| r.pid).collect()
 }
 
+/// How many exports are reading, once `n` are or after 10 s.
+async fn exports_reading(app: &TestApp, n: usize) -> usize {
+    let mut reading = 0;
+    for _ in 0..100 {
+        reading = exports_waiting(app).await.len();
+        if reading >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reading
+}
+
 /// A GET over a plain socket with a small receive buffer, so that the server cannot push much
 /// ahead of what the test reads.
 async fn raw_get(app: &TestApp, path: &str, cookie: &str) -> tokio::net::TcpStream {
@@ -462,15 +475,7 @@ async fn one_account_runs_at_most_two_exports_at_once() {
     let (key, cookie) = big_key(&app).await;
     let path = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-01-01&to=2025-12-31&granularity=hour");
     let _slow = [raw_get(&app, &path, &cookie).await, raw_get(&app, &path, &cookie).await];
-    let mut reading = 0;
-    for _ in 0..100 {
-        reading = exports_waiting(&app).await.len();
-        if reading >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(reading, 2, "both slow downloads are reading");
+    assert_eq!(exports_reading(&app, 2).await, 2, "both slow downloads are reading");
 
     let third = client().get(app.url(&path)).header("cookie", format!("km_session={cookie}")).send().await.unwrap();
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -508,15 +513,7 @@ async fn slow_downloads_take_a_share_of_the_database_not_the_whole_of_it() {
         let session = sessions::create(&app.services.db, admin.id).await.unwrap();
         slow.push(raw_get(&app, &path, session.as_str()).await);
     }
-    let mut reading = 0;
-    for _ in 0..100 {
-        reading = exports_waiting(&app).await.len();
-        if reading >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(reading, 2, "a quarter of the pool of 8 reads for the slow clients");
+    assert_eq!(exports_reading(&app, 2).await, 2, "a quarter of the pool of 8 reads for the slow clients");
 
     // The rest of the product keeps its connections.
     let page = client()
