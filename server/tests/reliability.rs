@@ -346,7 +346,6 @@ async fn only_the_failing_key_fell_back(app: &TestApp, failing: ApiKeyId, health
 /// as on a single Redis, made the other primaries' keys fall back too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
-    use services::keys::quota_manager::quota_redis_key;
     let cluster = OwnCluster::start();
     let app = TestApp::spawn_with(&[
         ("REDIS_URL", cluster.url()),
@@ -354,17 +353,7 @@ async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
         ("KEYMETER_REDIS_TIMEOUT_MS", "250".into()),
     ])
     .await;
-    // Not the usage stream's primary: hand-offs would wait for it too (and then go to
-    // PostgreSQL), which is not what this test is about.
-    let stream = services::usage::recorder::stream_name(&app.services.namespace);
-    let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
-    let (mut hung, mut other) = (None, None);
-    while hung.is_none() || other.is_none() {
-        let (secret, id) = app.key_with_quota(5, 1_000).await;
-        let slot = if cluster.primary_of(&quota_redis_key(id)) == victim { &mut hung } else { &mut other };
-        slot.get_or_insert((secret, id));
-    }
-    let ((hung_secret, hung_id), (secret, id)) = (hung.unwrap(), other.unwrap());
+    let (victim, (hung_secret, hung_id), (secret, id)) = keys_on_and_off_a_primary(&app, &cluster, 5, 1_000).await;
     // Room for the fallback to admit every call of the hung primary's key.
     app.set_quota(hung_id, 1_000, 10_000).await;
     assert_eq!(app.call("/api/v1/ping", &hung_secret).await.status(), 200);
@@ -386,7 +375,6 @@ async fn on_a_redis_cluster_a_hung_primary_holds_up_only_its_own_keys() {
 /// "unavailable" (503) here, as for a Redis that is down as a whole, which it still does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in_rotation() {
-    use services::keys::quota_manager::quota_redis_key;
     let cluster = OwnCluster::start();
     // Serve the live primaries' slots however long the dead one stays down.
     cluster.on_every_node(&["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
@@ -397,15 +385,7 @@ async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in
         ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
     ];
     let app = TestApp::spawn_with(&settings).await;
-    let stream = services::usage::recorder::stream_name(&app.services.namespace);
-    let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
-    let (mut dead, mut other) = (None, None);
-    while dead.is_none() || other.is_none() {
-        let (secret, id) = app.key_with_quota(1_000, 10_000).await;
-        let slot = if cluster.primary_of(&quota_redis_key(id)) == victim { &mut dead } else { &mut other };
-        slot.get_or_insert(secret);
-    }
-    let (dead_secret, secret) = (dead.unwrap(), other.unwrap());
+    let (victim, (dead_secret, _), (secret, _)) = keys_on_and_off_a_primary(&app, &cluster, 1_000, 10_000).await;
     assert_eq!(ready(&app).await, (200, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"})));
 
     // A hung primary: the probe gives up on it, not on the cluster.
@@ -434,6 +414,27 @@ async fn with_quotas_failing_closed_a_dead_cluster_primary_keeps_the_instance_in
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.hang(victim, false);
+}
+
+/// A primary of `cluster` to fail, and two keys of the given quota: one whose counters it
+/// serves and one on another primary (secret, id). Not the usage stream's primary: hand-offs
+/// would wait for it too (and then go to PostgreSQL), which is not what these tests are about.
+async fn keys_on_and_off_a_primary(
+    app: &TestApp,
+    cluster: &OwnCluster,
+    per_hour: i64,
+    per_day: i64,
+) -> (u16, (String, ApiKeyId), (String, ApiKeyId)) {
+    use services::keys::quota_manager::quota_redis_key;
+    let stream = services::usage::recorder::stream_name(&app.services.namespace);
+    let victim = *cluster.ports.iter().find(|&&port| port != cluster.primary_of(&stream)).expect("another primary");
+    let (mut on, mut off) = (None, None);
+    while on.is_none() || off.is_none() {
+        let (secret, id) = app.key_with_quota(per_hour, per_day).await;
+        let side = if cluster.primary_of(&quota_redis_key(id)) == victim { &mut on } else { &mut off };
+        side.get_or_insert((secret, id));
+    }
+    (victim, on.expect("a key on the primary"), off.expect("a key elsewhere"))
 }
 
 /// Waits for readiness to see every primary of the cluster answer again.

@@ -245,7 +245,7 @@ fn key_on_each_primary(slots: &Value) -> Option<Vec<String>> {
 }
 
 /// The hash slots of a Redis Cluster.
-const SLOTS: u16 = 16_384;
+pub const SLOTS: u16 = 16_384;
 
 /// A number whose decimal digits, as a hash tag, fall in `slot` (a table made once).
 fn tag_in_slot(slot: u16) -> u32 {
@@ -282,7 +282,7 @@ const PING_WITHIN: Duration = Duration::from_secs(2);
 
 /// Whether a `CLUSTER INFO` reply counts every slot as assigned and served by a working primary.
 fn every_slot_ok(info: &str) -> bool {
-    info_field(info, "cluster_slots_ok").and_then(|n| n.parse::<u32>().ok()) == Some(16_384)
+    info_field(info, "cluster_slots_ok").and_then(|n| n.parse::<u16>().ok()) == Some(SLOTS)
 }
 
 /// A field of an `INFO`-style reply (`name:value` lines).

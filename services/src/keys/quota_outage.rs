@@ -13,9 +13,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use super::api_keys::ApiKeyId;
-
-/// Redis Cluster's number of hash slots.
-const SLOTS: usize = 16_384;
+use crate::redis_pool;
 
 /// Slots whose checks timed out, with no success in between, that count as a hung Redis.
 const HUNG_SLOTS: u32 = 3;
@@ -50,7 +48,7 @@ pub struct QuotaOutage {
 
 impl QuotaOutage {
     pub fn new(cluster: bool) -> Self {
-        let slots = if cluster { SLOTS } else { 1 };
+        let slots = if cluster { usize::from(redis_pool::SLOTS) } else { 1 };
         Self {
             down_until_ms: (0..slots).map(|_| AtomicI64::new(0)).collect(),
             slots_down: AtomicI64::new(0),
@@ -68,7 +66,7 @@ impl QuotaOutage {
         let mut tag = [0; uuid::fmt::Hyphenated::LENGTH];
         let tag = key.0.hyphenated().encode_lower(&mut tag);
         // The tag alone hashes as the whole `km:{<id>}:…` key does.
-        usize::from(crate::redis_pool::hash_slot(tag.as_bytes())) % self.down_until_ms.len()
+        usize::from(redis_pool::hash_slot(tag.as_bytes()))
     }
 
     /// Whether a check in `slot` should go to Redis at `now_ms`.
