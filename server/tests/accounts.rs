@@ -216,6 +216,37 @@ async fn sign_out_ends_the_session() {
     assert_eq!(app.rpc(&c, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A session ends after 12 hours unused, before its 7-day expiry; using it keeps it going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_left_unused_for_twelve_hours_ends() {
+    let app = TestApp::spawn().await;
+    let user = app.user("idle@example.com", Role::Merchant).await;
+    let used = app.signed_in("idle@example.com").await;
+    let left = app.signed_in("idle@example.com").await;
+    let (newest, oldest) = ("DESC", "ASC");
+    let session = |order: &str| {
+        format!("(SELECT token_hash FROM sessions WHERE user_id = {} ORDER BY created_at {order} LIMIT 1)", user.id)
+    };
+    // The first sign-in was last used 11 h 55 min ago, the second 12 h 1 min ago.
+    let set_last_seen = |order: &str, ago: &str| {
+        format!("UPDATE sessions SET last_seen_at = now() - interval '{ago}' WHERE token_hash = {}", session(order))
+    };
+    assert_eq!(app.run_sql(&set_last_seen(oldest, "11 hours 55 minutes")).await, 1);
+    assert_eq!(app.run_sql(&set_last_seen(newest, "12 hours 1 minute")).await, 1);
+
+    assert_eq!(app.rpc(&left, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    let page = app.page(&left, "/dashboard/developers/api-keys").await;
+    assert_eq!(page.status(), StatusCode::FOUND, "sent to sign in");
+    assert!(page.headers()["location"].to_str().unwrap().starts_with("/login"));
+
+    assert_eq!(app.rpc(&used, "keys/list", &[]).await.status(), StatusCode::OK);
+    let idle_for = format!(
+        "SELECT extract(epoch FROM now() - last_seen_at)::bigint FROM sessions WHERE token_hash = {}",
+        session(oldest)
+    );
+    assert!(app.count(&idle_for).await < 60, "the use was noted: the session is good for another 12 hours");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

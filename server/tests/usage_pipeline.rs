@@ -167,7 +167,7 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     // A rule this usage breaks, as a faulty migration might add one. (Usage itself gives
     // PostgreSQL nothing to refuse: measures are capped, so no sum overflows.)
     let rule = "ALTER TABLE api_key_usage ADD CONSTRAINT not_blocked CHECK (endpoint <> '/blocked')";
-    sql(&app, rule).await;
+    app.run_sql(rule).await;
     let mut writer = UsageWriter::new(&app.services);
     let mut blocked = event(poisoned.0, now);
     blocked.endpoint = "/blocked".into();
@@ -213,7 +213,7 @@ async fn an_entry_postgres_refuses_is_set_aside_and_later_usage_is_stored() {
     writer.step(0).await.unwrap();
     assert_eq!(totals(&app, poisoned.0).await, (0, 0), "refused again: the cause is still there");
     assert_eq!(set_aside::list(&app.services.redis, namespace, 10).await.unwrap().0, 1, "set aside again");
-    sql(&app, "ALTER TABLE api_key_usage DROP CONSTRAINT not_blocked").await;
+    app.run_sql("ALTER TABLE api_key_usage DROP CONSTRAINT not_blocked").await;
     let replayed = set_aside::replay(&app.services.redis, namespace).await.unwrap();
     assert_eq!((replayed.entries, replayed.events), (1, 1));
     assert_eq!(writer.step(0).await.unwrap().events, 1);
@@ -305,11 +305,16 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
     let merchant = app.user("kept@example.com", services::accounts::Role::Merchant).await;
     let client = app.signed_in("kept@example.com").await;
     let _expired = app.signed_in("kept@example.com").await;
+    let _idle = app.signed_in("kept@example.com").await;
     let m = merchant.id;
     let k = key.0;
+    let nth_newest_session = |n: usize| {
+        format!("(SELECT token_hash FROM sessions WHERE user_id = {m} ORDER BY created_at DESC OFFSET {n} LIMIT 1)")
+    };
     for statement in [
-        // The second session has expired.
-        format!("UPDATE sessions SET expires_at = now() - interval '1 minute' WHERE token_hash = (SELECT token_hash FROM sessions WHERE user_id = {m} ORDER BY created_at DESC LIMIT 1)"),
+        // The second session has expired; the third has not been used for longer than the idle limit.
+        format!("UPDATE sessions SET expires_at = now() - interval '1 minute' WHERE token_hash = {}", nth_newest_session(1)),
+        format!("UPDATE sessions SET last_seen_at = now() - interval '12 hours 1 minute' WHERE token_hash = {}", nth_newest_session(0)),
         format!("INSERT INTO notifications (user_id, kind, title, body, created_at) VALUES \
                  ({m}, 'quota_alert', 'old', 'b', now() - interval '100 days'), ({m}, 'quota_alert', 'new', 'b', now() - interval '80 days')"),
         "INSERT INTO outbound_emails (to_address, subject, text_body, html_body, created_at, sent_at, failed_at) VALUES \
@@ -325,13 +330,13 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
                  ('{k}', 'day', date_trunc('day', now()) - interval '100 days', 50, 10, now() - interval '100 days', true), \
                  ('{k}', 'day', date_trunc('day', now()) - interval '1 day', 50, 10, now() - interval '1 day', true)"),
     ] {
-        sql(&app, &statement).await;
+        app.run_sql(&statement).await;
     }
 
     housekeeping(&app).apply(chrono::Utc::now().date_naive()).await.unwrap();
 
     let sessions = app.count(&format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
-    assert_eq!(sessions, 1, "the expired session went, the live one stayed");
+    assert_eq!(sessions, 1, "the expired and the idle sessions went, the live one stayed");
     let res = app.page(&client, "/dashboard/developers/api-keys").await;
     assert_eq!(res.status(), StatusCode::OK, "still signed in");
     assert_eq!(
@@ -356,11 +361,6 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
 /// Housekeeping as a server runs it, with the default usage retention.
 fn housekeeping(app: &TestApp) -> services::housekeeping::Housekeeping {
     services::housekeeping::Housekeeping::new(app.services.db.clone(), 90)
-}
-
-async fn sql(app: &TestApp, statement: &str) {
-    let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    diesel::sql_query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
 }
 
 /// Dropping an old partition, or making a new one, needs the events table to itself. Behind a

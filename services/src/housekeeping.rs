@@ -179,7 +179,10 @@ impl Housekeeping {
     }
 
     async fn forget_old_records(&self, conn: &mut AsyncPgConnection, today: NaiveDate) -> ServiceResult<()> {
-        let sessions = diesel::sql_query("DELETE FROM sessions WHERE expires_at < now()").execute(conn).await?;
+        let sessions = diesel::sql_query("DELETE FROM sessions WHERE expires_at < now() OR last_seen_at < $1")
+            .bind::<Timestamptz, _>(chrono::Utc::now() - crate::accounts::sessions::SESSION_IDLE)
+            .execute(conn)
+            .await?;
         let mut forgotten = vec![("expired sessions", sessions)];
         let keep_from = records_kept_from(today);
         for (what, table, old) in OLD_RECORDS {

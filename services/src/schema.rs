@@ -19,6 +19,7 @@ diesel::table! {
         user_id -> Int8,
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
     }
 }
 

@@ -301,6 +301,12 @@ impl TestApp {
         row.n
     }
 
+    /// Runs a statement in this test's database; returns how many rows it touched.
+    pub async fn run_sql(&self, statement: &str) -> usize {
+        let mut conn = services::db::conn(&self.services.db).await.unwrap();
+        diesel::sql_query(statement).execute(&mut conn).await.unwrap_or_else(|e| panic!("{statement}: {e}"))
+    }
+
     /// The text column `t` of every row a query answers, in its order.
     pub async fn texts(&self, query: &str) -> Vec<String> {
         #[derive(diesel::QueryableByName)]

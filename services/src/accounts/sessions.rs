@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rand::RngCore;
@@ -16,8 +16,17 @@ use crate::db::{self, DbPool};
 use crate::schema::{sessions, users};
 use crate::ServiceResult;
 
-/// How long a session lasts after sign-in.
+/// How long a session lasts after sign-in, at most.
 pub const SESSION_TTL: Duration = Duration::days(7);
+
+/// A session unused for this long ends before its expiry: a browser left signed in on a
+/// shared or lost computer is not a way into the account for the rest of the week. An open
+/// dashboard keeps its session in use (its live view asks every few seconds).
+pub const SESSION_IDLE: Duration = Duration::hours(12);
+
+/// A session's last use is written at most this often (not on every page or live refresh);
+/// the idle limit is that much less exact.
+const LAST_SEEN_EVERY: Duration = Duration::minutes(5);
 
 /// An opaque session token as sent in the cookie (64 hex characters).
 #[derive(Clone, PartialEq, Eq)]
@@ -105,15 +114,24 @@ pub async fn user_for(db: &DbPool, token: &SessionToken) -> ServiceResult<Option
 
 async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
     let mut conn = db::conn(db).await?;
-    let row: Option<UserRow> = sessions::table
+    let now = Utc::now();
+    let row: Option<(UserRow, DateTime<Utc>)> = sessions::table
         .inner_join(users::table)
         .filter(sessions::token_hash.eq(hash))
-        .filter(sessions::expires_at.gt(Utc::now()))
-        .select(UserRow::as_select())
+        .filter(sessions::expires_at.gt(now))
+        .filter(sessions::last_seen_at.gt(now - SESSION_IDLE))
+        .select((UserRow::as_select(), sessions::last_seen_at))
         .first(&mut conn)
         .await
         .optional()?;
-    row.map(UserRow::into_user).transpose()
+    let Some((row, last_seen)) = row else { return Ok(None) };
+    if last_seen < now - LAST_SEEN_EVERY {
+        diesel::update(sessions::table.filter(sessions::token_hash.eq(hash)))
+            .set(sessions::last_seen_at.eq(now))
+            .execute(&mut conn)
+            .await?;
+    }
+    row.into_user().map(Some)
 }
 
 pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
