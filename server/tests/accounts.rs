@@ -123,6 +123,76 @@ async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
     assert_eq!(login_from(&direct, "203.0.113.99", PASSWORD).await, 429, "the header is not trusted");
 }
 
+/// Strangers guessing at an address from many clients lock it (50 failures), but not for a
+/// browser that signed in to it before: it has a count of its own, and gets in. A browser
+/// known to another account is not known to this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_guesses_do_not_lock_the_owner_out_of_a_browser_that_signed_in_before() {
+    let app = TestApp::spawn_with(&[("KEYMETER_TRUSTED_PROXIES", "127.0.0.1, ::1".into())]).await;
+    let owner = format!("owner-{}@example.com", app.db_name);
+    let stranger = format!("stranger-{}@example.com", app.db_name);
+    app.user(&owner, Role::Merchant).await;
+    app.user(&stranger, Role::Merchant).await;
+    let login_from = |browser: &reqwest::Client, forwarded: &str, email: &str, password: &str| {
+        let req = browser
+            .post(app.url("/rpc/auth/login"))
+            .header("accept", "text/html")
+            .header("x-forwarded-for", forwarded.to_owned())
+            .form(&[("email", email), ("password", password)]);
+        async move { req.send().await.unwrap() }
+    };
+
+    let owners_browser = client();
+    let first = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    assert_eq!(first.status(), StatusCode::FOUND);
+    let device_cookie = first
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("km_device="))
+        .expect("the browser is marked as known");
+    for attribute in ["Path=/rpc/auth", "HttpOnly", "SameSite=Lax", "Max-Age=5184000"] {
+        assert!(device_cookie.contains(attribute), "{attribute} in {device_cookie}");
+    }
+    // The stranger's own browser is known too, but to the stranger's account.
+    let strangers_browser = client();
+    assert_eq!(login_from(&strangers_browser, "203.0.113.200", &stranger, PASSWORD).await.status(), 302);
+
+    // Guesses from eleven clients: the fifty allowed at the address fail, the rest are refused.
+    let mut failed = 0;
+    for client_no in 0..11 {
+        for _ in 0..5 {
+            let status = login_from(&client(), &format!("203.0.113.{client_no}"), &owner, "guess guess").await.status();
+            assert!(matches!(status.as_u16(), 400 | 429), "{status}");
+            failed += usize::from(status == StatusCode::BAD_REQUEST);
+        }
+    }
+    assert_eq!(failed, 50);
+    // The address is locked for a new browser, even with the right password from a new client,
+    // and for the stranger's browser, known only to the stranger's account.
+    let new_browser = login_from(&client(), "198.51.100.11", &owner, PASSWORD).await;
+    assert_eq!(new_browser.status(), StatusCode::TOO_MANY_REQUESTS);
+    let elsewhere = login_from(&strangers_browser, "203.0.113.200", &owner, PASSWORD).await;
+    assert_eq!(elsewhere.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The owner's browser gets in, even from one of the guessing clients' addresses.
+    let owner_again = login_from(&owners_browser, "203.0.113.0", &owner, PASSWORD).await;
+    assert_eq!(owner_again.status(), StatusCode::FOUND);
+    assert_eq!(app.rpc(&owners_browser, "keys/list", &[]).await.status(), StatusCode::OK);
+
+    // A known browser has a few tries of its own, then it waits too.
+    for _ in 0..5 {
+        assert_eq!(login_from(&owners_browser, "198.51.100.10", &owner, "guess guess").await.status(), 400);
+    }
+    let locked = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    // An operator's lift (as `keymeter user set-password` does) ends the browser's lock too.
+    services::accounts::lift_sign_in_lockout(&app.services.redis, &app.services.namespace, &owner).await.unwrap();
+    let lifted = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    assert_eq!(lifted.status(), StatusCode::FOUND);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
     let app = TestApp::spawn().await;

@@ -315,6 +315,9 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
         // The second session has expired; the third has not been used for longer than the idle limit.
         format!("UPDATE sessions SET expires_at = now() - interval '1 minute' WHERE token_hash = {}", nth_newest_session(1)),
         format!("UPDATE sessions SET last_seen_at = now() - interval '12 hours 1 minute' WHERE token_hash = {}", nth_newest_session(0)),
+        // One of the three browsers last signed in 61 days ago: it is known no longer.
+        format!("UPDATE known_devices SET last_sign_in_at = now() - interval '61 days' WHERE token_hash = \
+                 (SELECT token_hash FROM known_devices WHERE user_id = {m} LIMIT 1)"),
         format!("INSERT INTO notifications (user_id, kind, title, body, created_at) VALUES \
                  ({m}, 'quota_alert', 'old', 'b', now() - interval '100 days'), ({m}, 'quota_alert', 'new', 'b', now() - interval '80 days')"),
         "INSERT INTO outbound_emails (to_address, subject, text_body, html_body, created_at, sent_at, failed_at) VALUES \
@@ -337,6 +340,8 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
 
     let sessions = app.count(&format!("SELECT count(*) FROM sessions WHERE user_id = {m}")).await;
     assert_eq!(sessions, 1, "the expired and the idle sessions went, the live one stayed");
+    let devices = app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {m}")).await;
+    assert_eq!(devices, 2, "the browser unused for 61 days is forgotten");
     let res = app.page(&client, "/dashboard/developers/api-keys").await;
     assert_eq!(res.status(), StatusCode::OK, "still signed in");
     assert_eq!(

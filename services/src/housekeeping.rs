@@ -183,7 +183,11 @@ impl Housekeeping {
             .bind::<Timestamptz, _>(chrono::Utc::now() - crate::accounts::sessions::SESSION_IDLE)
             .execute(conn)
             .await?;
-        let mut forgotten = vec![("expired sessions", sessions)];
+        let devices = diesel::sql_query("DELETE FROM known_devices WHERE last_sign_in_at < $1")
+            .bind::<Timestamptz, _>(chrono::Utc::now() - crate::accounts::known_devices::KNOWN_FOR)
+            .execute(conn)
+            .await?;
+        let mut forgotten = vec![("expired sessions", sessions), ("browsers no longer known", devices)];
         let keep_from = records_kept_from(today);
         for (what, table, old) in OLD_RECORDS {
             // Rows someone holds (a user marking notifications read) are left for the next run:

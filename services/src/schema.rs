@@ -47,7 +47,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    known_devices (token_hash, user_id) {
+        token_hash -> Bytea,
+        user_id -> Int8,
+        last_sign_in_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(known_devices -> users (user_id));
 diesel::joinable!(api_keys -> users (owner_id));
 diesel::joinable!(api_key_quotas -> api_keys (api_key_id));
 
@@ -165,6 +174,7 @@ diesel::joinable!(quota_changes -> api_keys (api_key_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     sessions,
+    known_devices,
     api_keys,
     api_key_quotas,
     quota_requests,

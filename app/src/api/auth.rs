@@ -79,18 +79,20 @@ impl std::fmt::Debug for TypedPassword {
 #[server(prefix = "/rpc", endpoint = "auth/login")]
 pub async fn login(email: String, password: TypedPassword, next: Option<String>) -> Result<(), AppError> {
     use super::session;
-    use services::accounts::{self, sessions};
+    use services::accounts::{self, known_devices, sessions};
 
     let services = session::services()?;
     let client = session::client_address(&services);
-    let user = accounts::authenticate(&services, &email, &password.0, &client).await.inspect_err(|e| {
-        // For an operator watching for password guessing: from where. Not the address typed
-        // (often a password typed into the wrong field), and not each throttled attempt (the
-        // throttle bounds the lines logged here; an attacker could flood those).
-        if matches!(e, services::ServiceError::Invalid { .. }) {
-            tracing::info!(client = %client, error = %e, "sign-in refused");
-        }
-    })?;
+    let device = session::current_device_token();
+    let user =
+        accounts::authenticate(&services, &email, &password.0, &client, device.as_ref()).await.inspect_err(|e| {
+            // For an operator watching for password guessing: from where. Not the address typed
+            // (often a password typed into the wrong field), and not each throttled attempt (the
+            // throttle bounds the lines logged here; an attacker could flood those).
+            if matches!(e, services::ServiceError::Invalid { .. }) {
+                tracing::info!(client = %client, error = %e, "sign-in refused");
+            }
+        })?;
     let token = sessions::create(&services.db, user.id).await?;
     // The session this browser had (this account's or another's) ends: its token may have
     // been seen by someone else, and one browser has one session.
@@ -100,6 +102,12 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
         }
     }
     session::set_session_cookie(&token);
+    // This browser is now known to the account: strangers' failed guesses at the address will
+    // not lock it out. (Not remembered is only that; the sign-in stands.)
+    match known_devices::remember(&services.db, device, user.id).await {
+        Ok(device) => session::set_device_cookie(&device),
+        Err(e) => tracing::warn!(error = %e, "the browser could not be remembered for sign-in"),
+    }
     tracing::info!(user_id = user.id, "signed in");
     leptos_axum::redirect(safe_next(next.as_deref()));
     Ok(())
@@ -139,10 +147,12 @@ pub async fn change_password(
     // The request's context is read before the first await.
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
     let client = session::client_address(&services);
+    let device = session::current_device_token();
     let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
-    let (ended, session) = accounts::change_password(&services, &user, &token, &change, &client).await?;
+    let (ended, session) =
+        accounts::change_password(&services, &user, &token, &change, &client, device.as_ref()).await?;
     session::set_session_cookie(&session);
     if plain_form {
         // Without JavaScript the page is loaded anew: the address carries the confirmation.

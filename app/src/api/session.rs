@@ -8,6 +8,7 @@ use axum::extract::ConnectInfo;
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::{request::Parts, HeaderMap, HeaderValue};
 use leptos::prelude::*;
+use services::accounts::known_devices::{DeviceToken, KNOWN_FOR};
 use services::accounts::sessions::{self, SessionToken, SESSION_TTL};
 use services::accounts::User;
 use services::Services;
@@ -15,6 +16,11 @@ use services::Services;
 use crate::error::AppError;
 
 pub const SESSION_COOKIE: &str = "km_session";
+
+/// Marks a browser that signed in before (`services::accounts::known_devices`). Only sent to
+/// the password forms' server functions.
+pub const DEVICE_COOKIE: &str = "km_device";
+const DEVICE_COOKIE_PATH: &str = "/rpc/auth";
 
 /// Cookie settings chosen by the server configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,16 +38,21 @@ pub fn services() -> Result<Services, AppError> {
     })
 }
 
-/// The session token presented in the request's cookies, if any is well formed.
-pub fn session_token_from(headers: &HeaderMap) -> Option<SessionToken> {
+/// The value of the request's first cookie called `name`.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .and_then(|(_, value)| SessionToken::parse(value))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// The session token presented in the request's cookies, if any is well formed.
+pub fn session_token_from(headers: &HeaderMap) -> Option<SessionToken> {
+    cookie(headers, SESSION_COOKIE).and_then(SessionToken::parse)
 }
 
 fn request_parts() -> Option<Parts> {
@@ -131,6 +142,20 @@ pub fn set_session_cookie(token: &SessionToken) {
         token.as_str(),
         SESSION_TTL.num_seconds()
     ));
+}
+
+pub fn set_device_cookie(token: &DeviceToken) {
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    set_cookie(format!(
+        "{DEVICE_COOKIE}={}; Path={DEVICE_COOKIE_PATH}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        token.as_str(),
+        KNOWN_FOR.num_seconds()
+    ));
+}
+
+/// The known-browser token of the current request, if any is well formed.
+pub fn current_device_token() -> Option<DeviceToken> {
+    request_parts().and_then(|p| cookie(&p.headers, DEVICE_COOKIE).and_then(DeviceToken::parse))
 }
 
 pub fn clear_session_cookie() {

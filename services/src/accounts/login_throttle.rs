@@ -3,7 +3,9 @@
 //!
 //! Three counts, each over a fixed window that starts at its first failure: per address and
 //! client (a few guesses, then that client is locked out of that address), per address across
-//! clients (many more: guessing spread over many clients), and per client across addresses. A
+//! clients (many more: guessing spread over many clients), and per client across addresses.
+//! A browser that signed in to the address before (`known_devices`) has one count of its own
+//! instead, so that strangers' guesses, which fill the other two, never lock the owner out. A
 //! refused attempt is given back and never moves a window, so nobody can keep an account locked
 //! by trying again, and a stranger's failures from elsewhere do not lock its owner out until the
 //! address-wide count is reached.
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use deadpool_redis::redis;
 
+use super::known_devices::DeviceToken;
 use crate::redis_pool::{self, RedisPool};
 use crate::{ServiceError, ServiceResult};
 
@@ -75,12 +78,22 @@ fn as_client(ip: IpAddr) -> String {
     }
 }
 
+/// Who is trying a password, as the throttle counts attempts.
+pub(crate) enum Attempter<'c> {
+    /// A network client ([`client_address`]).
+    Client(&'c str),
+    /// A browser that signed in to this address before, and the network client it is on.
+    KnownDevice { device: &'c DeviceToken, client: &'c str },
+}
+
 pub(crate) struct LoginThrottle<'a> {
     redis: &'a RedisPool,
-    /// (Redis key, allowance), in the order above.
-    counts: [(String, i64); 3],
-    /// The set of clients the address was tried from, and this client.
-    clients: (String, String),
+    /// (Redis key, allowance), in the order above; the first is this attempter's own at the
+    /// address.
+    counts: Vec<(String, i64)>,
+    /// The set of clients the address was tried from, and this attempt's (its network client,
+    /// or its browser and network client).
+    clients: (String, Vec<String>),
     /// Redis did not confirm counting this attempt: nothing is given back (if it counted it
     /// anyway, the attempt stays counted, as a failed one would).
     skipped: AtomicBool,
@@ -117,17 +130,30 @@ pub async fn lift(redis: &RedisPool, namespace: &str, email: &str) -> ServiceRes
 
 impl<'a> LoginThrottle<'a> {
     /// Counts kept under the deployment's Redis namespace (`KEYMETER_REDIS_NAMESPACE`).
-    pub(crate) fn new(redis: &'a RedisPool, namespace: &str, email: &str, client: &str) -> Self {
-        Self {
-            redis,
-            counts: [
-                (pair_key(namespace, email, client), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
-                (email_key(namespace, email), MAX_FAILURES_PER_EMAIL),
-                (format!("{namespace}:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
-            ],
-            clients: (clients_key(namespace, email), client.to_owned()),
-            skipped: AtomicBool::new(false),
-        }
+    pub(crate) fn new(redis: &'a RedisPool, namespace: &str, email: &str, who: Attempter<'_>) -> Self {
+        let (counts, clients) = match who {
+            Attempter::Client(client) => (
+                vec![
+                    (pair_key(namespace, email, client), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
+                    (email_key(namespace, email), MAX_FAILURES_PER_EMAIL),
+                    (format!("{namespace}:login:client:{client}"), MAX_FAILURES_PER_CLIENT),
+                ],
+                vec![client.to_owned()],
+            ),
+            Attempter::KnownDevice { device, client } => {
+                // Named by (half) its token's hash: the token itself stays out of Redis.
+                let device = format!("device:{}", &hex::encode(device.hash())[..32]);
+                // Its failures also count against its network client's allowance at the address
+                // (never refused by it): whoever guessed from a known browser gets no fresh
+                // tries from a private window next to it.
+                let counts = vec![
+                    (pair_key(namespace, email, &device), MAX_FAILURES_PER_EMAIL_AND_CLIENT),
+                    (pair_key(namespace, email, client), i64::MAX),
+                ];
+                (counts, vec![device, client.to_owned()])
+            }
+        };
+        Self { redis, counts, clients: (clients_key(namespace, email), clients), skipped: AtomicBool::new(false) }
     }
 
     /// Counts this attempt against every allowance before the password is checked, and refuses
@@ -155,15 +181,16 @@ impl<'a> LoginThrottle<'a> {
             pipe.cmd("EVAL").arg(COUNT).arg(1).arg(key).arg(WINDOW_SECS);
         }
         // (count, seconds left in its window) of each.
-        type Counted = (i64, i64);
-        let result =
-            tokio::time::timeout_at(deadline, pipe.query_async::<(Counted, Counted, Counted)>(&mut conn)).await;
-        let Ok(Ok(((pair, pair_ttl), (email, email_ttl), (client, client_ttl)))) = result else {
-            tracing::warn!("login throttle skipped: Redis error or no answer");
-            self.skipped.store(true, Ordering::Relaxed);
-            return Ok(());
+        let result = tokio::time::timeout_at(deadline, pipe.query_async::<Vec<(i64, i64)>>(&mut conn)).await;
+        let counted = match result {
+            Ok(Ok(counted)) if counted.len() == self.counts.len() => counted,
+            _ => {
+                tracing::warn!("login throttle skipped: Redis error or no answer");
+                self.skipped.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
         };
-        let wait = [(pair, pair_ttl), (email, email_ttl), (client, client_ttl)]
+        let wait = counted
             .into_iter()
             .zip(&self.counts)
             .filter(|((attempts, _), (_, allowed))| attempts > allowed)
@@ -175,9 +202,9 @@ impl<'a> LoginThrottle<'a> {
         }
         // Counted: the client joins the address's set, kept as long as the newest count can
         // last (a refused attempt, given back, leaves nothing behind).
-        let (set, client) = &self.clients;
+        let (set, clients) = &self.clients;
         let mut pipe = redis::pipe();
-        pipe.cmd("SADD").arg(set).arg(client).ignore();
+        pipe.cmd("SADD").arg(set).arg(clients).ignore();
         pipe.cmd("EXPIRE").arg(set).arg(WINDOW_SECS).ignore();
         match tokio::time::timeout_at(deadline, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {}
@@ -215,9 +242,13 @@ impl<'a> LoginThrottle<'a> {
         const GIVE_BACK: &str = "redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1])\n\
                                  if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end\n\
                                  return 0";
+        let keys = self.counts.iter().skip(usize::from(!pair_too)).map(|(key, _)| key);
         let mut pipe = redis::pipe();
-        for (key, _) in self.counts.iter().skip(usize::from(!pair_too)) {
+        for key in keys {
             pipe.cmd("EVAL").arg(GIVE_BACK).arg(1).arg(key).arg(WINDOW_SECS).ignore();
+        }
+        if pipe.is_empty() {
+            return;
         }
         match tokio::time::timeout_at(deadline, pipe.query_async::<()>(conn)).await {
             Ok(Ok(())) => {}

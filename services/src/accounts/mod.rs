@@ -1,9 +1,11 @@
 //! Accounts: merchants and admins, their passwords and their sessions.
 
 pub mod email_preferences;
+pub mod known_devices;
 mod login_throttle;
 mod password;
 pub mod sessions;
+mod token;
 
 pub use login_throttle::{client_address, lift as lift_sign_in_lockout};
 
@@ -141,20 +143,30 @@ pub async fn find_user_by_email(db: &DbPool, email: &Email) -> ServiceResult<Opt
     row.map(UserRow::into_user).transpose()
 }
 
-/// Checks an email and password. Failures are counted per address and per client, and after a
-/// few of them further attempts are refused for a while, even with the right password.
+/// Checks an email and password. Failures are counted per address and per client (or per
+/// browser, for one that signed in to the address before: `device`), and after a few of them
+/// further attempts are refused for a while, even with the right password.
 pub async fn authenticate(
     services: &crate::Services,
     email_raw: &str,
     password_raw: &str,
     client: &str,
+    device: Option<&known_devices::DeviceToken>,
 ) -> ServiceResult<User> {
     let db = &services.db;
     // Counted before the address is even read: malformed ones are failed sign-ins too, and
     // must not be an unthrottled way to fill the logs. Counted as the address would be stored
     // (trimmed, lower-cased), and never longer than an address can be.
     let counted: String = email_raw.trim().to_lowercase().chars().take(254).collect();
-    let throttle = login_throttle::LoginThrottle::new(&services.redis, &services.namespace, &counted, client);
+    let mut who = login_throttle::Attempter::Client(client);
+    if let Some(device) = device {
+        match known_devices::recognizes(db, device, &counted).await {
+            Ok(true) => who = login_throttle::Attempter::KnownDevice { device, client },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not tell whether the browser signed in before"),
+        }
+    }
+    let throttle = login_throttle::LoginThrottle::new(&services.redis, &services.namespace, &counted, who);
     throttle.begin().await?;
     // Malformed input is simply a failed sign-in: same message, nothing revealed.
     let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
@@ -203,13 +215,14 @@ pub async fn change_password(
     current: &sessions::SessionToken,
     change: &PasswordChange<'_>,
     client: &str,
+    device: Option<&known_devices::DeviceToken>,
 ) -> ServiceResult<(usize, sessions::SessionToken)> {
     // The cheap checks first: a typo in the new password costs no sign-in attempt.
     let new = Password::parse(change.new).map_err(|e| e.in_field("new_password"))?;
     if change.confirm != change.new {
         return Err(ServiceError::invalid_field("confirm_password", "The two new passwords differ."));
     }
-    let checked = authenticate(services, &user.email, change.current, client).await.map_err(|e| match e {
+    let checked = authenticate(services, &user.email, change.current, client, device).await.map_err(|e| match e {
         ServiceError::Invalid { .. } => {
             ServiceError::invalid_field("current_password", "That is not your current password.")
         }

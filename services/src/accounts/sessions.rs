@@ -1,5 +1,5 @@
-//! Server-side sessions. The browser holds a random token; the database holds its SHA-256, so a
-//! leaked database cannot be replayed as cookies.
+//! Server-side sessions. The browser holds a random token; the database holds its SHA-256
+//! (`token`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -8,8 +8,6 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use super::{User, UserRow};
 use crate::db::{self, DbPool};
@@ -28,36 +26,8 @@ pub const SESSION_IDLE: Duration = Duration::hours(12);
 /// the idle limit is that much less exact.
 const LAST_SEEN_EVERY: Duration = Duration::minutes(5);
 
-/// An opaque session token as sent in the cookie (64 hex characters).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionToken(String);
-
-impl std::fmt::Debug for SessionToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionToken(..)")
-    }
-}
-
-impl SessionToken {
-    fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Self(hex::encode(bytes))
-    }
-
-    /// Accepts only what [`generate`](Self::generate) produces; anything else is no session.
-    pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(raw.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    fn hash(&self) -> Vec<u8> {
-        Sha256::digest(self.0.as_bytes()).to_vec()
-    }
-}
+/// A session cookie's token.
+pub type SessionToken = super::token::Token<super::token::Session>;
 
 pub async fn create(db: &DbPool, user_id: i64) -> ServiceResult<SessionToken> {
     let token = SessionToken::generate();
@@ -163,19 +133,4 @@ pub(crate) async fn end_all(
     }
     let now = Utc::now();
     Ok(ended.iter().filter(|(hash, expires)| *hash != current && *expires > now).count())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_round_trip_and_rejects_garbage() {
-        let t = SessionToken::generate();
-        assert_eq!(SessionToken::parse(t.as_str()), Some(t.clone()));
-        assert!(SessionToken::parse("").is_none());
-        assert!(SessionToken::parse(&"z".repeat(64)).is_none());
-        assert!(SessionToken::parse(&"a".repeat(63)).is_none());
-        assert_eq!(format!("{t:?}"), "SessionToken(..)");
-    }
 }
