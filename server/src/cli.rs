@@ -105,6 +105,19 @@ enum UserCommand {
         #[arg(long)]
         email: String,
     },
+    /// Stop an account from signing in (someone who left) and sign it out everywhere; its API
+    /// keys keep working until revoked (`key revoke`).
+    Disable {
+        /// The account's email address.
+        #[arg(long)]
+        email: String,
+    },
+    /// Let a disabled account sign in again.
+    Enable {
+        /// The account's email address.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +267,33 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             };
             say!("password set for {}; {ended} session(s) signed out", user.email)?;
             lift_sign_in_lockout(config, &user.email).await
+        }
+        Command::User(UserCommand::Disable { email }) => {
+            let email = Email::parse(&email).context("--email")?;
+            let db = startup::connect_database(config).await?;
+            let (user, ended) = match accounts::set_disabled(&db, &email, true).await {
+                Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
+                other => other?,
+            };
+            let active =
+                api_keys::list_for_owner(&db, user.id).await?.iter().filter(|k| k.revoked_at.is_none()).count();
+            say!("disabled {}; {ended} session(s) signed out", user.email)?;
+            match active {
+                0 => Ok(()),
+                n => say!(
+                    "its {n} active API key(s) still work: `keymeter key list --owner {}` lists them, `keymeter key revoke <id>` stops one",
+                    user.email
+                ),
+            }
+        }
+        Command::User(UserCommand::Enable { email }) => {
+            let email = Email::parse(&email).context("--email")?;
+            let db = startup::connect_database(config).await?;
+            match accounts::set_disabled(&db, &email, false).await {
+                Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
+                other => other?,
+            };
+            say!("enabled {}: it can sign in again", email.as_str())
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
             let email = Email::parse(&owner).context("--owner")?;

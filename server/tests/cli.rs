@@ -713,3 +713,43 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert!(locked_out("another long password").await);
     assert!(accounts::authenticate(&app.services, "fay@example.com", "another long password", "v", None).await.is_ok());
 }
+
+/// Someone left: the operator disables the account. It cannot sign in (only the right password
+/// learns why), every session ends, its API keys keep working until revoked; enabled again, it
+/// signs in.
+#[tokio::test]
+async fn user_disable_signs_the_account_out_until_it_is_enabled() {
+    let app = TestApp::spawn().await;
+    let gil = app.user("gil@example.com", Role::Merchant).await;
+    let (_, secret) = api_keys::create(&app.services.db, gil.id, &KeyName::parse("shop").unwrap()).await.unwrap();
+    let session = app.signed_in("gil@example.com").await;
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200);
+    let switch = |what: &str, email: &str| {
+        let mut cmd = keymeter(&app);
+        cmd.args(["user", what, "--email", email]);
+        cmd
+    };
+
+    let r = run(&mut switch("disable", "nobody@example.com")).await;
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("no account with the email nobody@example.com"), "{r:?}");
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200, "a refused command changes nothing");
+
+    let r = run(&mut switch("disable", "Gil@Example.com")).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("disabled gil@example.com; 1 session(s) signed out"), "{r:?}");
+    assert!(r.stdout.contains("its 1 active API key(s) still work"), "{r:?}");
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
+    let right = app.login(&common::client(), "gil@example.com", common::PASSWORD).await;
+    assert_eq!(right.status(), 400);
+    assert!(right.text().await.unwrap().contains(accounts::ACCOUNT_DISABLED));
+    let wrong = app.login(&common::client(), "gil@example.com", "not the password").await;
+    assert!(wrong.text().await.unwrap().contains(accounts::BAD_CREDENTIALS), "a guess learns nothing");
+    assert_eq!(app.call("/api/v1/ping", secret.expose()).await.status(), 200, "the key still works");
+
+    let r = run(&mut switch("enable", "gil@example.com")).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("enabled gil@example.com"), "{r:?}");
+    let back = app.login(&common::client(), "gil@example.com", common::PASSWORD).await;
+    assert_eq!(back.status(), 302);
+}

@@ -10,6 +10,7 @@ diesel::table! {
         monthly_summary -> Bool,
         email_token -> Uuid,
         monthly_summary_since -> Nullable<Timestamptz>,
+        disabled_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -23,6 +23,10 @@ pub use password::Password;
 /// wrong passwords.
 pub const BAD_CREDENTIALS: &str = "Invalid email or password.";
 
+/// The answer to the right password of a disabled account (only the password's owner learns
+/// that the account exists).
+pub const ACCOUNT_DISABLED: &str = "This account is disabled. Ask your keymeter administrator.";
+
 /// A lower-cased email address that the mailer can send to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
@@ -171,24 +175,27 @@ pub async fn authenticate(
     // Malformed input is simply a failed sign-in: same message, nothing revealed.
     let email = Email::parse(email_raw).map_err(|_| ServiceError::invalid(BAD_CREDENTIALS))?;
 
-    let stored: Option<(UserRow, String)> = {
+    let stored: Option<(UserRow, String, Option<DateTime<Utc>>)> = {
         let mut conn = db::conn(db).await?;
         users::table
             .filter(users::email.eq(email.as_str()))
-            .select((UserRow::as_select(), users::password_hash))
+            .select((UserRow::as_select(), users::password_hash, users::disabled_at))
             .first(&mut conn)
             .await
             .optional()?
     };
-    let (row, hash) = match stored {
-        Some((row, hash)) => (Some(row), hash),
-        None => (None, password::dummy_hash().to_owned()),
+    let (row, hash, disabled) = match stored {
+        Some((row, hash, disabled)) => (Some(row), hash, disabled.is_some()),
+        None => (None, password::dummy_hash().to_owned(), false),
     };
     // Verify even for unknown addresses so both cases take the same time.
     let ok = password::verify(password_raw, &hash).await? && row.is_some();
     match row {
         Some(row) if ok => {
             throttle.succeeded().await;
+            if disabled {
+                return Err(ServiceError::invalid(ACCOUNT_DISABLED));
+            }
             row.into_user()
         }
         // The attempt stays counted against both allowances.
@@ -247,6 +254,28 @@ pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> Servi
     let ended = store_password(db, user.id, new, None).await?;
     tracing::info!(user_id = user.id, sessions_ended = ended, "password reset by an operator");
     Ok((user, ended))
+}
+
+/// An operator's switch (`keymeter user disable` / `enable`). A disabled account cannot sign
+/// in and all of its sessions end; its API keys are left as they are (a merchant's
+/// integration is stopped by revoking them). Returns the account and how many sessions ended.
+pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> ServiceResult<(User, usize)> {
+    use diesel_async::AsyncConnection;
+    let mut conn = db::conn(db).await?;
+    conn.transaction::<_, ServiceError, _>(|conn| {
+        Box::pin(async move {
+            let row: Option<UserRow> = diesel::update(users::table.filter(users::email.eq(email.as_str())))
+                .set(users::disabled_at.eq(disabled.then(Utc::now)))
+                .returning(UserRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+            let user = row.ok_or(ServiceError::NotFound)?.into_user()?;
+            let ended = if disabled { sessions::end_all(conn, user.id, None).await? } else { 0 };
+            Ok((user, ended))
+        })
+    })
+    .await
 }
 
 /// Stores a new password and ends the account's sessions, in one transaction: no session signed

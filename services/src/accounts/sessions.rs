@@ -90,6 +90,7 @@ async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
         .filter(sessions::token_hash.eq(hash))
         .filter(sessions::expires_at.gt(now))
         .filter(sessions::last_seen_at.gt(now - SESSION_IDLE))
+        .filter(users::disabled_at.is_null())
         .select((UserRow::as_select(), sessions::last_seen_at))
         .first(&mut conn)
         .await
