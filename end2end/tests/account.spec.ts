@@ -38,3 +38,30 @@ test('a merchant changes their password from the account page; their other sessi
   // Signing in again takes the new password.
   await signIn(other, { ...who, password: 'the second password' });
 });
+
+test('a merchant sees where they are signed in and signs out everywhere else', async ({ page, browser }) => {
+  const who = { email: `sessions-${Date.now()}@keymeter.local`, password: 'a sessions password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  const other = await browser.newPage();
+  await signIn(other, who);
+  await signIn(page, who);
+
+  await page.goto('/dashboard/account');
+  await hydrated(page);
+  const rows = page.getByTestId('session-row');
+  await expect(rows).toHaveCount(2);
+  // Playwright's Chromium on Linux, named from its User-Agent; this browser is marked.
+  await expect(rows.filter({ hasText: 'Chrome on Linux' })).toHaveCount(2);
+  await expect(rows.filter({ hasText: 'This browser' })).toHaveCount(1);
+
+  await page.getByRole('button', { name: 'Sign out everywhere else' }).click();
+  await expect(page.getByTestId('others-signed-out')).toHaveText('Signed out of 1 other session.');
+  await expect(rows).toHaveCount(1);
+  await expect(rows).toContainText('This browser');
+
+  // The other browser is signed out at its next page; this one stays signed in.
+  await other.goto('/dashboard/developers/api-keys');
+  await expect(other).toHaveURL(/\/login\?next=/);
+  await page.goto('/dashboard/developers/api-keys');
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
+});

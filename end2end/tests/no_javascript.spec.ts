@@ -1,5 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
-import { ADMIN, MERCHANT, sql } from './helpers';
+import { ADMIN, MERCHANT, cli, sql } from './helpers';
 
 // Without JavaScript every form posts straight to its server function; a failure must come back
 // to the page the form is on, with its message shown there (not the server function's JSON).
@@ -176,4 +176,22 @@ test('an admin reads a message on the mail page without JavaScript', async ({ pa
   const opened = page.getByTestId('mail-item').filter({ hasText: subject });
   await expect(opened.locator('pre')).toHaveText('the plain part');
   await expect(opened.frameLocator('iframe.mail-html').getByText('the html part')).toBeVisible();
+});
+
+test('signing out everywhere else works without JavaScript', async ({ page, browser }) => {
+  const who = { email: `nojs-sessions-${Date.now()}@keymeter.local`, password: 'a sessions password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  const other = await (await browser.newContext({ javaScriptEnabled: false })).newPage();
+  await signInWithoutScripts(other, who);
+  await signInWithoutScripts(page, who);
+
+  await page.goto('/dashboard/account');
+  await expect(page.getByTestId('session-row')).toHaveCount(2);
+  await page.getByRole('button', { name: 'Sign out everywhere else' }).click();
+  await expect(page).toHaveURL(/\/dashboard\/account\?signed_out=1$/);
+  await expect(page.getByTestId('others-signed-out')).toHaveText('Signed out of 1 other session.');
+  await expect(page.getByTestId('session-row')).toHaveCount(1);
+
+  await other.goto('/dashboard/developers/api-keys');
+  await expect(other).toHaveURL(/\/login\?next=/);
 });

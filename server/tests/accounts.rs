@@ -317,6 +317,51 @@ async fn a_session_left_unused_for_twelve_hours_ends() {
     assert!(app.count(&idle_for).await < 60, "the use was noted: the session is good for another 12 hours");
 }
 
+/// The account page lists where the account is signed in, by browser, and signs out
+/// everywhere else; other accounts' sessions are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_sees_where_they_are_signed_in_and_signs_out_everywhere_else() {
+    let app = TestApp::spawn().await;
+    app.user("ivy@example.com", Role::Merchant).await;
+    app.user("jon@example.com", Role::Merchant).await;
+    let browser = |agent: &str| {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .user_agent(agent)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let laptop = browser("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0");
+    let phone = browser("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36");
+    for b in [&laptop, &phone] {
+        assert_eq!(app.login(b, "ivy@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    }
+    let jon = app.signed_in("jon@example.com").await;
+
+    let listed: serde_json::Value = app.rpc(&laptop, "auth/sessions", &[]).await.json().await.unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let mut seen: Vec<(String, bool)> = listed
+        .iter()
+        .map(|s| (s["browser"].as_str().unwrap().to_owned(), s["this_browser"].as_bool().unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [("Chrome on Android".to_owned(), false), ("Firefox on Linux".to_owned(), true)]);
+
+    let ended = app.rpc(&laptop, "auth/sign_out_others", &[]).await;
+    assert_eq!(ended.status(), StatusCode::OK);
+    assert_eq!(ended.text().await.unwrap(), "1");
+    assert_eq!(app.rpc(&phone, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.rpc(&laptop, "keys/list", &[]).await.status(), StatusCode::OK);
+    assert_eq!(app.rpc(&jon, "keys/list", &[]).await.status(), StatusCode::OK, "another account's session stays");
+    let listed: serde_json::Value = app.rpc(&laptop, "auth/sessions", &[]).await.json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    // Signed out, neither answers.
+    assert_eq!(app.rpc(&phone, "auth/sessions", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.rpc(&phone, "auth/sign_out_others", &[]).await.status(), StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

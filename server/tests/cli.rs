@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::smtp_sink::SmtpSink;
 use common::{env, TestApp};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use services::accounts::{self, Email, Role};
+use services::accounts::{self, Email, Role, SignInFrom};
 use services::keys::{api_keys, ApiKeyId, KeyName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -270,9 +270,10 @@ async fn user_add_refuses_addresses_the_mailer_cannot_use_and_blank_passwords() 
     let r = run_with(&mut add("Ann@Example.com"), Some("a long password\n"), Duration::from_secs(30)).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("created merchant account ann@example.com"), "{r:?}");
-    let signed_in = accounts::authenticate(&app.services, "ann@example.com", "a long password", "t", None).await;
+    let signed_in =
+        accounts::authenticate(&app.services, "ann@example.com", "a long password", &SignInFrom::client("t")).await;
     assert!(signed_in.is_ok());
-    let refused = accounts::authenticate(&app.services, "a\"<script>@b.com", "x", "t", None).await;
+    let refused = accounts::authenticate(&app.services, "a\"<script>@b.com", "x", &SignInFrom::client("t")).await;
     assert_eq!(refused.unwrap_err().to_string(), accounts::BAD_CREDENTIALS);
 }
 
@@ -317,7 +318,8 @@ async fn user_add_does_not_echo_a_password_typed_on_a_terminal() {
     assert!(status.success(), "{all}");
     assert!(all.contains("created merchant account tty@example.com"), "{all}");
     assert!(!all.contains("typed at a terminal"), "the password was echoed: {all:?}");
-    let signed_in = accounts::authenticate(&app.services, "tty@example.com", "typed at a terminal", "t", None).await;
+    let signed_in =
+        accounts::authenticate(&app.services, "tty@example.com", "typed at a terminal", &SignInFrom::client("t")).await;
     assert!(signed_in.is_ok());
 }
 
@@ -676,14 +678,18 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     let fays = &app.services;
     let locked_out = |password: &'static str| async move {
         matches!(
-            accounts::authenticate(fays, "fay@example.com", password, "t", None).await,
+            accounts::authenticate(fays, "fay@example.com", password, &SignInFrom::client("t")).await,
             Err(services::ServiceError::TooManyAttempts { .. })
         )
     };
     for _ in 0..5 {
-        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "t", None).await.is_err());
+        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", &SignInFrom::client("t"))
+            .await
+            .is_err());
     }
-    assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "u", None).await.is_err());
+    assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", &SignInFrom::client("u"))
+        .await
+        .is_err());
     assert!(locked_out(common::PASSWORD).await);
 
     let r = run_with(&mut set("Fay@Example.com"), Some("a new long password\n"), Duration::from_secs(30)).await;
@@ -692,13 +698,19 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert!(r.stdout.contains("failed sign-ins at fay@example.com forgotten: a lockout in force is lifted"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
     // She can sign in with the new one at once, and only with it.
-    assert!(accounts::authenticate(&app.services, "fay@example.com", "a new long password", "t", None).await.is_ok());
-    assert!(accounts::authenticate(&app.services, "fay@example.com", common::PASSWORD, "t", None).await.is_err());
+    assert!(accounts::authenticate(&app.services, "fay@example.com", "a new long password", &SignInFrom::client("t"))
+        .await
+        .is_ok());
+    assert!(accounts::authenticate(&app.services, "fay@example.com", common::PASSWORD, &SignInFrom::client("t"))
+        .await
+        .is_err());
 
     // Redis unreachable: the password is set all the same, and the operator is told that a
     // lockout in force stays until its window ends.
     for _ in 0..5 {
-        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", "t", None).await.is_err());
+        assert!(accounts::authenticate(&app.services, "fay@example.com", "a wrong guess", &SignInFrom::client("t"))
+            .await
+            .is_err());
     }
     let r = run_with(
         set("fay@example.com").env("REDIS_URL", "redis://127.0.0.1:9"),
@@ -711,7 +723,14 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert!(!r.stdout.contains("forgotten"), "{r:?}");
     assert!(r.stderr.contains("a sign-in lockout in force at fay@example.com ends with its window"), "{r:?}");
     assert!(locked_out("another long password").await);
-    assert!(accounts::authenticate(&app.services, "fay@example.com", "another long password", "v", None).await.is_ok());
+    assert!(accounts::authenticate(
+        &app.services,
+        "fay@example.com",
+        "another long password",
+        &SignInFrom::client("v")
+    )
+    .await
+    .is_ok());
 }
 
 /// Someone left: the operator disables the account. It cannot sign in (only the right password

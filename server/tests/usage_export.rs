@@ -364,7 +364,7 @@ async fn read_to_end(stream: &mut tokio::net::TcpStream, mut got: Vec<u8>) -> Ve
 async fn big_key(app: &TestApp) -> (Uuid, String) {
     let owner = app.user("big@example.com", Role::Merchant).await;
     let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("big").unwrap()).await.unwrap();
-    let token = sessions::create(&app.services.db, owner.id).await.unwrap();
+    let token = sessions::create(&app.services.db, owner.id, None).await.unwrap();
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
     diesel::sql_query(
         "INSERT INTO api_key_usage_hour (api_key_id, period_start, method, endpoint, status, requests, throttled, \
@@ -485,7 +485,7 @@ async fn one_account_runs_at_most_two_exports_at_once() {
 
     // Another account still gets a place.
     let admin = app.user("admin@example.com", Role::Admin).await;
-    let session = sessions::create(&app.services.db, admin.id).await.unwrap();
+    let session = sessions::create(&app.services.db, admin.id, None).await.unwrap();
     let short = format!("/dashboard/developers/api-keys/{key}/usage.csv?from=2025-03-01&to=2025-03-01&granularity=day");
     let res = client()
         .get(app.url(&short))
@@ -510,7 +510,7 @@ async fn slow_downloads_take_a_share_of_the_database_not_the_whole_of_it() {
     let mut slow = Vec::new();
     for i in 0..10 {
         let admin = app.user(&format!("admin-{i}@example.com"), Role::Admin).await;
-        let session = sessions::create(&app.services.db, admin.id).await.unwrap();
+        let session = sessions::create(&app.services.db, admin.id, None).await.unwrap();
         slow.push(raw_get(&app, &path, session.as_str()).await);
     }
     assert_eq!(exports_reading(&app, 2).await, 2, "a quarter of the pool of 8 reads for the slow clients");

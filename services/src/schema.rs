@@ -21,6 +21,7 @@ diesel::table! {
         created_at -> Timestamptz,
         expires_at -> Timestamptz,
         last_seen_at -> Timestamptz,
+        browser -> Text,
     }
 }
 

@@ -82,18 +82,17 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
     use services::accounts::{self, known_devices, sessions};
 
     let services = session::services()?;
-    let client = session::client_address(&services);
-    let device = session::current_device_token();
-    let user =
-        accounts::authenticate(&services, &email, &password.0, &client, device.as_ref()).await.inspect_err(|e| {
-            // For an operator watching for password guessing: from where. Not the address typed
-            // (often a password typed into the wrong field), and not each throttled attempt (the
-            // throttle bounds the lines logged here; an attacker could flood those).
-            if matches!(e, services::ServiceError::Invalid { .. }) {
-                tracing::info!(client = %client, error = %e, "sign-in refused");
-            }
-        })?;
-    let token = sessions::create(&services.db, user.id).await?;
+    let source = session::SignInSource::of_request(&services);
+    let from = source.as_sign_in();
+    let user = accounts::authenticate(&services, &email, &password.0, &from).await.inspect_err(|e| {
+        // For an operator watching for password guessing: from where. Not the address typed
+        // (often a password typed into the wrong field), and not each throttled attempt (the
+        // throttle bounds the lines logged here; an attacker could flood those).
+        if matches!(e, services::ServiceError::Invalid { .. }) {
+            tracing::info!(client = %from.client, error = %e, "sign-in refused");
+        }
+    })?;
+    let token = sessions::create(&services.db, user.id, from.user_agent).await?;
     // The session this browser had (this account's or another's) ends: its token may have
     // been seen by someone else, and one browser has one session.
     if let Some(previous) = session::current_session_token() {
@@ -104,7 +103,7 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
     session::set_session_cookie(&token);
     // This browser is now known to the account: strangers' failed guesses at the address will
     // not lock it out. (Not remembered is only that; the sign-in stands.)
-    match known_devices::remember(&services.db, device, user.id).await {
+    match known_devices::remember(&services.db, source.into_device(), user.id).await {
         Ok(device) => session::set_device_cookie(&device),
         Err(e) => tracing::warn!(error = %e, "the browser could not be remembered for sign-in"),
     }
@@ -146,13 +145,11 @@ pub async fn change_password(
     let services = session::services()?;
     // The request's context is read before the first await.
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
-    let client = session::client_address(&services);
-    let device = session::current_device_token();
+    let source = session::SignInSource::of_request(&services);
     let plain_form = session::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
-    let (ended, session) =
-        accounts::change_password(&services, &user, &token, &change, &client, device.as_ref()).await?;
+    let (ended, session) = accounts::change_password(&services, &user, &token, &change, &source.as_sign_in()).await?;
     session::set_session_cookie(&session);
     if plain_form {
         // Without JavaScript the page is loaded anew: the address carries the confirmation.
@@ -166,6 +163,61 @@ pub async fn whoami() -> Result<Option<CurrentUser>, AppError> {
     let services = super::session::services()?;
     let user = super::session::current_user(&services).await?;
     Ok(user.map(|u| CurrentUser { is_admin: u.is_admin(), email: u.email }))
+}
+
+/// One place the account is signed in, as the account page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionView {
+    /// "Firefox on Linux"; empty when the browser did not say.
+    pub browser: String,
+    pub signed_in_at: chrono::DateTime<chrono::Utc>,
+    /// To the nearest few minutes.
+    pub last_active_at: chrono::DateTime<chrono::Utc>,
+    /// The browser asking.
+    pub this_browser: bool,
+}
+
+/// Where the signed-in account is signed in, the most recently used first.
+#[server(prefix = "/rpc", endpoint = "auth/sessions")]
+pub async fn list_sessions() -> Result<Vec<SessionView>, AppError> {
+    use super::session;
+    use services::accounts::sessions;
+
+    let services = session::services()?;
+    let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
+    let user = session::require_user(&services).await?;
+    let listed = sessions::list_for(&services.db, user.id, &token).await?;
+    Ok(listed
+        .into_iter()
+        .map(|s| SessionView {
+            browser: s.browser,
+            signed_in_at: s.signed_in_at,
+            last_active_at: s.last_seen_at,
+            this_browser: s.current,
+        })
+        .collect())
+}
+
+/// The account page's query parameter that confirms, without JavaScript, how many other
+/// sessions "Sign out everywhere else" ended.
+pub const OTHERS_SIGNED_OUT: &str = "signed_out";
+
+/// Ends every session of the signed-in account but this one; returns how many ended.
+#[server(prefix = "/rpc", endpoint = "auth/sign_out_others")]
+pub async fn sign_out_others() -> Result<usize, AppError> {
+    use super::session;
+    use services::accounts::sessions;
+
+    let services = session::services()?;
+    let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
+    let plain_form = session::is_plain_form_post();
+    let user = session::require_user(&services).await?;
+    let ended = sessions::end_others(&services.db, user.id, &token).await?;
+    tracing::info!(user_id = user.id, ended, "signed out everywhere else");
+    if plain_form {
+        leptos_axum::redirect(&format!("/dashboard/account?{OTHERS_SIGNED_OUT}={ended}"));
+    }
+    Ok(ended)
 }
 
 #[cfg(test)]

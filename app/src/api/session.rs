@@ -10,7 +10,7 @@ use axum::http::{request::Parts, HeaderMap, HeaderValue};
 use leptos::prelude::*;
 use services::accounts::known_devices::{DeviceToken, KNOWN_FOR};
 use services::accounts::sessions::{self, SessionToken, SESSION_TTL};
-use services::accounts::User;
+use services::accounts::{SignInFrom, User};
 use services::Services;
 
 use crate::error::AppError;
@@ -122,6 +122,31 @@ pub fn client_address(services: &Services) -> String {
     };
     let forwarded = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
     services::accounts::client_address(peer, forwarded, &services.settings.trusted_proxies)
+}
+
+/// Where this request's sign-in or password check comes from, read before the server
+/// function's first `.await`: its client address, known-browser cookie and `User-Agent`.
+pub struct SignInSource {
+    pub client: String,
+    device: Option<DeviceToken>,
+    user_agent: Option<String>,
+}
+
+impl SignInSource {
+    pub fn of_request(services: &Services) -> Self {
+        let user_agent = request_parts()
+            .and_then(|p| p.headers.get(axum::http::header::USER_AGENT)?.to_str().ok().map(str::to_owned));
+        Self { client: client_address(services), device: current_device_token(), user_agent }
+    }
+
+    pub fn as_sign_in(&self) -> SignInFrom<'_> {
+        SignInFrom { client: &self.client, device: self.device.as_ref(), user_agent: self.user_agent.as_deref() }
+    }
+
+    /// The known-browser token it presented, to keep for the browser once signed in.
+    pub fn into_device(self) -> Option<DeviceToken> {
+        self.device
+    }
 }
 
 fn cookie_settings() -> CookieSettings {

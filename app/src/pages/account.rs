@@ -1,11 +1,13 @@
-//! `/dashboard/account`: the signed-in account, and changing its password.
+//! `/dashboard/account`: the signed-in account, changing its password, and where it is signed in.
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
-use super::layout::PageTitle;
-use crate::api::{whoami, ChangePassword, PASSWORD_CHANGED};
+use super::layout::{ErrorPanel, PageTitle, SubmitButton};
+use crate::api::{
+    list_sessions, whoami, ChangePassword, SessionView, SignOutOthers, OTHERS_SIGNED_OUT, PASSWORD_CHANGED,
+};
 use crate::render_memo::once_per_render;
 
 #[component]
@@ -25,6 +27,7 @@ pub fn AccountPage() -> impl IntoView {
             </Transition>
         </section>
         <PasswordCard/>
+        <SessionsCard/>
     }
 }
 
@@ -74,5 +77,63 @@ fn PasswordCard() -> impl IntoView {
             <p class="ok" role="status" data-testid="password-changed">{done}</p>
             {error.message("password-error")}
         </section>
+    }
+}
+
+/// Where the account is signed in, and a way to sign out everywhere else (a form: it also
+/// works without JavaScript).
+#[component]
+fn SessionsCard() -> impl IntoView {
+    let action = ServerAction::<SignOutOthers>::new();
+    let sessions =
+        Resource::new(move || action.version().get(), |v| once_per_render("auth/sessions", &v, list_sessions()));
+    let error = FormError::of("sessions-error", action);
+    let query = use_query_map();
+    let ended_without_script = move || query.read().get(OTHERS_SIGNED_OUT).and_then(|n| n.parse::<usize>().ok());
+    let done = move || match action.value().get().and_then(Result::ok).or_else(ended_without_script) {
+        Some(0) => "You were signed in nowhere else.".to_owned(),
+        Some(1) => "Signed out of 1 other session.".to_owned(),
+        Some(n) => format!("Signed out of {n} other sessions."),
+        None => String::new(),
+    };
+    view! {
+        <section class="card" data-testid="sessions">
+            <h2>"Where you are signed in"</h2>
+            <p class="muted">"A session ends after 12 hours unused, and 7 days after signing in."</p>
+            <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match sessions.await {
+                        Ok(list) => view! { <SessionList list/> }.into_any(),
+                        Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                    }
+                })}
+            </Transition>
+            <ActionForm action>
+                <SubmitButton pending=action.pending() testid="sign-out-others">"Sign out everywhere else"</SubmitButton>
+            </ActionForm>
+            <p class="ok" role="status" data-testid="others-signed-out">{done}</p>
+            {error.message("sessions-error")}
+        </section>
+    }
+}
+
+#[component]
+fn SessionList(list: Vec<SessionView>) -> impl IntoView {
+    view! {
+        <div class="table-scroll"><table data-testid="session-list">
+            <thead><tr><th>"Browser"</th><th>"Signed in"</th><th>"Last active"</th></tr></thead>
+            <tbody>
+                {list.into_iter().map(|s| {
+                    let browser = if s.browser.is_empty() { "A browser".to_owned() } else { s.browser };
+                    view! {
+                        <tr data-testid="session-row">
+                            <td>{browser}" "{s.this_browser.then(|| view! { <span class="badge active">"This browser"</span> })}</td>
+                            <td>{format::time(&s.signed_in_at)}</td>
+                            <td>{format::time(&s.last_active_at)}</td>
+                        </tr>
+                    }
+                }).collect_view()}
+            </tbody>
+        </table></div>
     }
 }

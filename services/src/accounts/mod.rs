@@ -147,16 +147,34 @@ pub async fn find_user_by_email(db: &DbPool, email: &Email) -> ServiceResult<Opt
     row.map(UserRow::into_user).transpose()
 }
 
+/// Where a sign-in, or a password check, comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInFrom<'a> {
+    /// The network client, as the sign-in throttle counts it ([`client_address`]).
+    pub client: &'a str,
+    /// The browser's known-device token, if it presented one ([`known_devices`]).
+    pub device: Option<&'a known_devices::DeviceToken>,
+    /// Its `User-Agent`, which names a new session in the account's list.
+    pub user_agent: Option<&'a str>,
+}
+
+impl<'a> SignInFrom<'a> {
+    /// A client that says nothing more about itself.
+    pub fn client(client: &'a str) -> Self {
+        Self { client, device: None, user_agent: None }
+    }
+}
+
 /// Checks an email and password. Failures are counted per address and per client (or per
-/// browser, for one that signed in to the address before: `device`), and after a few of them
-/// further attempts are refused for a while, even with the right password.
+/// browser, for one that signed in to the address before), and after a few of them further
+/// attempts are refused for a while, even with the right password.
 pub async fn authenticate(
     services: &crate::Services,
     email_raw: &str,
     password_raw: &str,
-    client: &str,
-    device: Option<&known_devices::DeviceToken>,
+    from: &SignInFrom<'_>,
 ) -> ServiceResult<User> {
+    let SignInFrom { client, device, .. } = *from;
     let db = &services.db;
     // Counted before the address is even read: malformed ones are failed sign-ins too, and
     // must not be an unthrottled way to fill the logs. Counted as the address would be stored
@@ -221,15 +239,14 @@ pub async fn change_password(
     user: &User,
     current: &sessions::SessionToken,
     change: &PasswordChange<'_>,
-    client: &str,
-    device: Option<&known_devices::DeviceToken>,
+    from: &SignInFrom<'_>,
 ) -> ServiceResult<(usize, sessions::SessionToken)> {
     // The cheap checks first: a typo in the new password costs no sign-in attempt.
     let new = Password::parse(change.new).map_err(|e| e.in_field("new_password"))?;
     if change.confirm != change.new {
         return Err(ServiceError::invalid_field("confirm_password", "The two new passwords differ."));
     }
-    let checked = authenticate(services, &user.email, change.current, client, device).await.map_err(|e| match e {
+    let checked = authenticate(services, &user.email, change.current, from).await.map_err(|e| match e {
         ServiceError::Invalid { .. } => {
             ServiceError::invalid_field("current_password", "That is not your current password.")
         }
@@ -242,7 +259,7 @@ pub async fn change_password(
         return Err(ServiceError::invalid_field("new_password", "The new password is the one you have now."));
     }
     let ended = store_password(&services.db, user.id, &new, Some(current)).await?;
-    let session = sessions::create(&services.db, user.id).await?;
+    let session = sessions::create(&services.db, user.id, from.user_agent).await?;
     tracing::info!(user_id = user.id, other_sessions_ended = ended, "password changed");
     Ok((ended, session))
 }

@@ -29,7 +29,8 @@ const LAST_SEEN_EVERY: Duration = Duration::minutes(5);
 /// A session cookie's token.
 pub type SessionToken = super::token::Token<super::token::Session>;
 
-pub async fn create(db: &DbPool, user_id: i64) -> ServiceResult<SessionToken> {
+/// Starts a session for the account, in the browser whose `User-Agent` this is.
+pub async fn create(db: &DbPool, user_id: i64, user_agent: Option<&str>) -> ServiceResult<SessionToken> {
     let token = SessionToken::generate();
     let mut conn = db::conn(db).await?;
     diesel::insert_into(sessions::table)
@@ -37,6 +38,7 @@ pub async fn create(db: &DbPool, user_id: i64) -> ServiceResult<SessionToken> {
             sessions::token_hash.eq(token.hash()),
             sessions::user_id.eq(user_id),
             sessions::expires_at.eq(Utc::now() + SESSION_TTL),
+            sessions::browser.eq(user_agent.map(browser_name).unwrap_or_default()),
         ))
         .execute(&mut conn)
         .await?;
@@ -105,6 +107,105 @@ async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
     row.into_user().map(Some)
 }
 
+/// One of an account's sessions, as its list on the account page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// "Firefox on Linux"; empty when not known.
+    pub browser: String,
+    pub signed_in_at: DateTime<Utc>,
+    /// To the nearest few minutes (`LAST_SEEN_EVERY`).
+    pub last_seen_at: DateTime<Utc>,
+    /// The session asking.
+    pub current: bool,
+}
+
+/// Longest list of sessions shown; an account signed in from more places sees the most
+/// recently used.
+const LISTED: i64 = 50;
+
+/// The account's live sessions, the most recently used first.
+pub async fn list_for(db: &DbPool, user_id: i64, current: &SessionToken) -> ServiceResult<Vec<SessionInfo>> {
+    let mut conn = db::conn(db).await?;
+    let now = Utc::now();
+    #[derive(Queryable)]
+    struct Listed {
+        token_hash: Vec<u8>,
+        browser: String,
+        created_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+    }
+    let rows: Vec<Listed> = sessions::table
+        .filter(sessions::user_id.eq(user_id))
+        .filter(sessions::expires_at.gt(now))
+        .filter(sessions::last_seen_at.gt(now - SESSION_IDLE))
+        .order((sessions::last_seen_at.desc(), sessions::created_at.desc()))
+        .limit(LISTED)
+        .select((sessions::token_hash, sessions::browser, sessions::created_at, sessions::last_seen_at))
+        .load(&mut conn)
+        .await?;
+    let current = current.hash();
+    Ok(rows
+        .into_iter()
+        .map(|row| SessionInfo {
+            current: row.token_hash == current,
+            browser: row.browser,
+            signed_in_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+        })
+        .collect())
+}
+
+/// Ends every session of the account but `current` (also in this instance's outage
+/// stand-in); returns how many live ones ended.
+pub async fn end_others(db: &DbPool, user_id: i64, current: &SessionToken) -> ServiceResult<usize> {
+    let current = current.hash();
+    let mut conn = db::conn(db).await?;
+    let ended: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::token_hash.ne(&current)))
+            .returning((sessions::expires_at, sessions::last_seen_at))
+            .get_results(&mut conn)
+            .await?;
+    if let Ok(mut cache) = recently_confirmed().lock() {
+        cache.retain(|hash, (_, user)| user.id != user_id || *hash == current);
+    }
+    let now = Utc::now();
+    Ok(ended.iter().filter(|(expires, seen)| *expires > now && *seen > now - SESSION_IDLE).count())
+}
+
+/// A browser's name and system from its `User-Agent` ("Firefox on Linux"), or "" when it says
+/// nothing recognizable. Only this is kept, not the header.
+pub fn browser_name(user_agent: &str) -> String {
+    // Order matters: Edge and Opera also say Chrome, Chrome also says Safari; iOS also says
+    // Mac OS X, Android also says Linux.
+    const BROWSERS: [(&str, &str); 8] = [
+        ("Edg", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("FxiOS/", "Firefox"),
+        ("CriOS/", "Chrome"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ];
+    const SYSTEMS: [(&str, &str); 7] = [
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("Android", "Android"),
+        ("Windows", "Windows"),
+        ("CrOS", "ChromeOS"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ];
+    let find =
+        |table: &[(&str, &'static str)]| table.iter().find(|(mark, _)| user_agent.contains(mark)).map(|(_, n)| *n);
+    match (find(&BROWSERS), find(&SYSTEMS)) {
+        (Some(browser), Some(system)) => format!("{browser} on {system}"),
+        (Some(browser), None) => browser.to_owned(),
+        (None, Some(system)) => format!("A browser on {system}"),
+        (None, None) => String::new(),
+    }
+}
+
 pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
     if let Ok(mut cache) = recently_confirmed().lock() {
         cache.remove(&token.hash());
@@ -134,4 +235,43 @@ pub(crate) async fn end_all(
     }
     let now = Utc::now();
     Ok(ended.iter().filter(|(hash, expires)| *hash != current && *expires > now).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browser_name;
+
+    #[test]
+    fn browsers_are_named_by_what_they_are_not_what_they_also_claim() {
+        let cases = [
+            ("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0", "Firefox on Linux"),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
+                "Edge on Windows",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+                "Safari on macOS",
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/131.0 Mobile/15E148 Safari/604.1",
+                "Chrome on iOS",
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+                "Chrome on Android",
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36",
+                "Chrome on Linux",
+            ),
+            ("curl/8.11.0", "curl"),
+            ("Mozilla/5.0 (Windows NT 10.0)", "A browser on Windows"),
+            ("", ""),
+            ("\u{0}<script>", ""),
+        ];
+        for (agent, name) in cases {
+            assert_eq!(browser_name(agent), name, "{agent}");
+        }
+    }
 }
