@@ -172,7 +172,7 @@ test('signing out returns to the sign-in page and protects the dashboard', async
   // Nothing on the way out asks the server for what only a session may see.
   const refused: string[] = [];
   page.on('response', (res) => { if (res.status() === 401) refused.push(res.url()); });
-  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('button', { name: 'Sign out', exact: true }).click();
   await expect(page).toHaveURL(/\/login$/);
   await hydrated(page);
   await page.waitForTimeout(1000);

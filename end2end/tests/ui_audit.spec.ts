@@ -27,7 +27,7 @@ async function expectFits(page: Page, path: string, ready: () => Promise<void>) 
   expect(await sidewaysScroll(page), `${path} scrolls sideways`).toBeLessThanOrEqual(0);
   await expectOnScreen(page, 'account-email');
   await expectOnScreen(page, 'bell');
-  const signOut = page.getByRole('button', { name: 'Sign out' });
+  const signOut = page.getByRole('button', { name: 'Sign out', exact: true });
   const box = (await signOut.boundingBox())!;
   expect(box.x + box.width, `Sign out runs off the screen on ${path}`).toBeLessThanOrEqual(PHONE.width);
 }

@@ -271,13 +271,18 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::User(UserCommand::Disable { email }) => {
             let email = Email::parse(&email).context("--email")?;
             let db = startup::connect_database(config).await?;
-            let (user, ended) = match accounts::set_disabled(&db, &email, true).await {
+            let done = match accounts::set_disabled(&db, &email, true).await {
                 Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
                 other => other?,
             };
+            let user = &done.user;
+            if done.changed {
+                say!("disabled {}; {} session(s) signed out", user.email, done.sessions_ended)?;
+            } else {
+                say!("{} was already disabled", user.email)?;
+            }
             let active =
                 api_keys::list_for_owner(&db, user.id).await?.iter().filter(|k| k.revoked_at.is_none()).count();
-            say!("disabled {}; {ended} session(s) signed out", user.email)?;
             match active {
                 0 => Ok(()),
                 n => say!(
@@ -291,9 +296,10 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             let db = startup::connect_database(config).await?;
             match accounts::set_disabled(&db, &email, false).await {
                 Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
-                other => other?,
-            };
-            say!("enabled {}: it can sign in again", email.as_str())
+                Ok(done) if !done.changed => say!("{} was not disabled", done.user.email),
+                Ok(done) => say!("enabled {}: it can sign in again", done.user.email),
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Key(KeyCommand::Create { owner, name }) => {
             let email = Email::parse(&owner).context("--owner")?;

@@ -193,6 +193,125 @@ async fn strangers_guesses_do_not_lock_the_owner_out_of_a_browser_that_signed_in
     assert_eq!(lifted.status(), StatusCode::FOUND);
 }
 
+/// A known browser's failures also use up its network client's tries for other browsers there
+/// (a private window next to it gets no fresh ones), and its sign-in forgets both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_browsers_failures_count_for_its_network_too() {
+    let app = TestApp::spawn_with(&[("KEYMETER_TRUSTED_PROXIES", "127.0.0.1, ::1".into())]).await;
+    let owner = format!("net-{}@example.com", app.db_name);
+    app.user(&owner, Role::Merchant).await;
+    let from = |browser: &reqwest::Client, forwarded: &str, password: &str| {
+        let req = browser
+            .post(app.url("/rpc/auth/login"))
+            .header("accept", "text/html")
+            .header("x-forwarded-for", forwarded.to_owned())
+            .form(&[("email", owner.as_str()), ("password", password)]);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let known = client();
+    assert_eq!(from(&known, "198.51.100.30", PASSWORD).await, 302);
+
+    // Four slips, then in: the slips are forgotten, from the browser and from its network.
+    for _ in 0..4 {
+        assert_eq!(from(&known, "198.51.100.30", "slip slip slip").await, 400);
+    }
+    assert_eq!(from(&known, "198.51.100.30", PASSWORD).await, 302);
+    let private_window = client();
+    for _ in 0..4 {
+        assert_eq!(from(&private_window, "198.51.100.30", "slip slip slip").await, 400);
+    }
+    assert_eq!(from(&private_window, "198.51.100.30", PASSWORD).await, 302, "4 + 4 would be over 5");
+
+    // Five failures from a (new) known browser: it waits, and so does a new browser on its
+    // network; a browser elsewhere does not.
+    let guesser = client();
+    assert_eq!(from(&guesser, "198.51.100.31", PASSWORD).await, 302);
+    for _ in 0..5 {
+        assert_eq!(from(&guesser, "198.51.100.31", "guess guess").await, 400);
+    }
+    assert_eq!(from(&guesser, "198.51.100.31", PASSWORD).await, 429);
+    assert_eq!(from(&client(), "198.51.100.31", PASSWORD).await, 429);
+    assert_eq!(from(&client(), "198.51.100.32", PASSWORD).await, 302);
+}
+
+fn device_cookie(res: &reqwest::Response) -> String {
+    let set =
+        res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).find(|c| c.starts_with("km_device="));
+    set.expect("a km_device cookie").trim_start_matches("km_device=").split(';').next().unwrap().to_owned()
+}
+
+/// A browser's known-device token is replaced at every sign-in: one planted by someone else
+/// (their own, known to their account) is worth nothing once the owner signs in. A new
+/// password forgets every browser of the account, but the one that changed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_password() {
+    use services::accounts::known_devices::{self, DeviceToken};
+    let app = TestApp::spawn().await;
+    let owner = app.user("kim@example.com", Role::Merchant).await;
+    app.user("mallory@example.com", Role::Merchant).await;
+    let known = |token: String, email: &'static str| {
+        let db = app.services.db.clone();
+        async move { known_devices::recognizes(&db, &DeviceToken::parse(&token).unwrap(), email).await.unwrap() }
+    };
+
+    let planted = device_cookie(&app.login(&client(), "mallory@example.com", PASSWORD).await);
+    assert!(known(planted.clone(), "mallory@example.com").await);
+    let owners_browser = client();
+    let res = owners_browser
+        .post(app.url("/rpc/auth/login"))
+        .header("accept", "text/html")
+        .header("cookie", format!("km_device={planted}"))
+        .form(&[("email", "kim@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FOUND);
+    let fresh = device_cookie(&res);
+    assert_ne!(fresh, planted);
+    assert!(!known(planted.clone(), "kim@example.com").await, "the planted token is not the owner's");
+    assert!(!known(planted, "mallory@example.com").await, "nor is it anyone's any more");
+    assert!(known(fresh.clone(), "kim@example.com").await);
+    assert!(known(fresh, "mallory@example.com").await, "the browser stays known to both accounts");
+
+    // Kim's second browser; then she changes her password from the first.
+    let second = app.login(&client(), "kim@example.com", PASSWORD).await;
+    let second = device_cookie(&second);
+    let args = [
+        ("current_password", PASSWORD),
+        ("new_password", "a newer long password"),
+        ("confirm_password", "a newer long password"),
+    ];
+    let changed = owners_browser.post(app.url("/rpc/auth/password")).form(&args).send().await.unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let changer = device_cookie(&changed);
+    assert!(!known(second, "kim@example.com").await, "the other browser is forgotten");
+    assert!(known(changer.clone(), "kim@example.com").await, "the one that changed it is known again");
+
+    // An operator's reset forgets them all.
+    let new = services::accounts::Password::parse("an operator's password").unwrap();
+    let email = services::accounts::Email::parse("kim@example.com").unwrap();
+    services::accounts::reset_password(&app.services.db, &email, &new).await.unwrap();
+    assert!(!known(changer, "kim@example.com").await);
+    assert_eq!(app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {}", owner.id)).await, 0);
+}
+
+/// An account keeps at most 20 known browsers: signing in from a 21st forgets the longest unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_knows_at_most_twenty_browsers() {
+    use services::accounts::known_devices;
+    let app = TestApp::spawn().await;
+    let owner = app.user("lee@example.com", Role::Merchant).await;
+    let mut tokens = Vec::new();
+    for _ in 0..21 {
+        tokens.push(known_devices::remember(&app.services.db, None, owner.id).await.unwrap());
+    }
+    assert_eq!(app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {}", owner.id)).await, 20);
+    assert!(!known_devices::recognizes(&app.services.db, &tokens[0], "lee@example.com").await.unwrap());
+    for token in &tokens[1..] {
+        assert!(known_devices::recognizes(&app.services.db, token, "lee@example.com").await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_needs_a_session_and_admin_needs_an_admin() {
     let app = TestApp::spawn().await;
@@ -315,6 +434,11 @@ async fn a_session_left_unused_for_twelve_hours_ends() {
         session(oldest)
     );
     assert!(app.count(&idle_for).await < 60, "the use was noted: the session is good for another 12 hours");
+
+    // A use within 5 minutes of the last noted one is not written again.
+    assert_eq!(app.run_sql(&set_last_seen(oldest, "1 minute")).await, 1);
+    assert_eq!(app.rpc(&used, "keys/list", &[]).await.status(), StatusCode::OK);
+    assert!(app.count(&idle_for).await >= 59, "noted at most every 5 minutes");
 }
 
 /// The account page lists where the account is signed in, by browser, and signs out

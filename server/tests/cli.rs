@@ -759,16 +759,29 @@ async fn user_disable_signs_the_account_out_until_it_is_enabled() {
     assert!(r.stdout.contains("disabled gil@example.com; 1 session(s) signed out"), "{r:?}");
     assert!(r.stdout.contains("its 1 active API key(s) still work"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
-    let right = app.login(&common::client(), "gil@example.com", common::PASSWORD).await;
-    assert_eq!(right.status(), 400);
-    assert!(right.text().await.unwrap().contains(accounts::ACCOUNT_DISABLED));
+    let known = format!("SELECT count(*) FROM known_devices WHERE user_id = {}", gil.id);
+    assert_eq!(app.count(&known).await, 0, "its browsers are no longer known");
+    // The right password, even from the browser it used, is told why; a guess learns nothing
+    // more than at an address without an account.
+    for browser in [&session, &common::client()] {
+        let right = app.login(browser, "gil@example.com", common::PASSWORD).await;
+        assert_eq!(right.status(), 400);
+        assert!(right.text().await.unwrap().contains(accounts::ACCOUNT_DISABLED));
+    }
     let wrong = app.login(&common::client(), "gil@example.com", "not the password").await;
-    assert!(wrong.text().await.unwrap().contains(accounts::BAD_CREDENTIALS), "a guess learns nothing");
+    let nobody = app.login(&common::client(), "nobody@example.com", "not the password").await;
+    assert_eq!((wrong.status(), nobody.status()), (reqwest::StatusCode::BAD_REQUEST, reqwest::StatusCode::BAD_REQUEST));
+    assert_eq!(wrong.text().await.unwrap(), nobody.text().await.unwrap(), "a guess learns nothing");
     assert_eq!(app.call("/api/v1/ping", secret.expose()).await.status(), 200, "the key still works");
+    let r = run(&mut switch("disable", "gil@example.com")).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("gil@example.com was already disabled"), "{r:?}");
 
     let r = run(&mut switch("enable", "gil@example.com")).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("enabled gil@example.com"), "{r:?}");
     let back = app.login(&common::client(), "gil@example.com", common::PASSWORD).await;
     assert_eq!(back.status(), 302);
+    let r = run(&mut switch("enable", "gil@example.com")).await;
+    assert!(r.stdout.contains("gil@example.com was not disabled"), "{r:?}");
 }

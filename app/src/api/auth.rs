@@ -79,7 +79,7 @@ impl std::fmt::Debug for TypedPassword {
 #[server(prefix = "/rpc", endpoint = "auth/login")]
 pub async fn login(email: String, password: TypedPassword, next: Option<String>) -> Result<(), AppError> {
     use super::session;
-    use services::accounts::{self, known_devices, sessions};
+    use services::accounts::{self, sessions};
 
     let services = session::services()?;
     let source = session::SignInSource::of_request(&services);
@@ -102,14 +102,25 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
     }
     session::set_session_cookie(&token);
     // This browser is now known to the account: strangers' failed guesses at the address will
-    // not lock it out. (Not remembered is only that; the sign-in stands.)
-    match known_devices::remember(&services.db, source.into_device(), user.id).await {
-        Ok(device) => session::set_device_cookie(&device),
-        Err(e) => tracing::warn!(error = %e, "the browser could not be remembered for sign-in"),
-    }
+    // not lock it out.
+    remember_browser(&services, source.into_device(), user.id).await;
     tracing::info!(user_id = user.id, "signed in");
     leptos_axum::redirect(safe_next(next.as_deref()));
     Ok(())
+}
+
+/// Marks this browser as known to the account, under a new token. (Not remembered is only
+/// that: the sign-in or change stands.)
+#[cfg(feature = "ssr")]
+async fn remember_browser(
+    services: &services::Services,
+    presented: Option<services::accounts::known_devices::DeviceToken>,
+    user_id: i64,
+) {
+    match services::accounts::known_devices::remember(&services.db, presented, user_id).await {
+        Ok(device) => super::session::set_device_cookie(&device),
+        Err(e) => tracing::warn!(error = %e, "the browser could not be remembered for sign-in"),
+    }
 }
 
 #[server(prefix = "/rpc", endpoint = "auth/logout")]
@@ -151,6 +162,9 @@ pub async fn change_password(
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
     let (ended, session) = accounts::change_password(&services, &user, &token, &change, &source.as_sign_in()).await?;
     session::set_session_cookie(&session);
+    // The change forgot every browser of the account (one may be a thief's); this one, which
+    // just proved the password, is known again.
+    remember_browser(&services, source.into_device(), user.id).await;
     if plain_form {
         // Without JavaScript the page is loaded anew: the address carries the confirmation.
         leptos_axum::redirect(&format!("/dashboard/account?{PASSWORD_CHANGED}={ended}"));

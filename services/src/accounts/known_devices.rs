@@ -24,7 +24,7 @@ const PER_ACCOUNT: i64 = 20;
 
 /// Whether this browser signed in to the account with this address (as stored: trimmed,
 /// lower-cased) within [`KNOWN_FOR`].
-pub(crate) async fn recognizes(db: &DbPool, device: &DeviceToken, email: &str) -> ServiceResult<bool> {
+pub async fn recognizes(db: &DbPool, device: &DeviceToken, email: &str) -> ServiceResult<bool> {
     let mut conn = db::conn(db).await?;
     let found: Option<i64> = known_devices::table
         .inner_join(users::table)
@@ -38,33 +38,54 @@ pub(crate) async fn recognizes(db: &DbPool, device: &DeviceToken, email: &str) -
     Ok(found.is_some())
 }
 
-/// Notes a successful sign-in to `user_id` from this browser: the token it presented (so one
-/// browser keeps one token across the accounts it uses), or a new one. Returns the token for
-/// its cookie.
+/// Notes a successful sign-in to `user_id` from this browser, under a new token that replaces
+/// the one it presented (for every account that browser signed in to): a token planted in the
+/// browser by someone else is worth nothing once its owner signs in. Returns the token for its
+/// cookie.
 pub async fn remember(db: &DbPool, presented: Option<DeviceToken>, user_id: i64) -> ServiceResult<DeviceToken> {
-    let device = presented.unwrap_or_else(DeviceToken::generate);
+    use diesel_async::AsyncConnection;
+    let device = DeviceToken::generate();
+    let hash = device.hash();
     let mut conn = db::conn(db).await?;
-    let now = Utc::now();
-    diesel::insert_into(known_devices::table)
-        .values((
-            known_devices::token_hash.eq(device.hash()),
-            known_devices::user_id.eq(user_id),
-            known_devices::last_sign_in_at.eq(now),
-        ))
-        .on_conflict((known_devices::token_hash, known_devices::user_id))
-        .do_update()
-        .set(known_devices::last_sign_in_at.eq(now))
-        .execute(&mut conn)
-        .await?;
-    // Past the cap, the longest unused go: someone with the password signing in from script
-    // after script must not grow the table without bound.
-    diesel::sql_query(
-        "DELETE FROM known_devices WHERE user_id = $1 AND token_hash NOT IN \
-         (SELECT token_hash FROM known_devices WHERE user_id = $1 ORDER BY last_sign_in_at DESC LIMIT $2)",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(user_id)
-    .bind::<diesel::sql_types::BigInt, _>(PER_ACCOUNT)
-    .execute(&mut conn)
+    conn.transaction::<_, crate::ServiceError, _>(|conn| {
+        Box::pin(async move {
+            if let Some(old) = presented {
+                diesel::update(known_devices::table.filter(known_devices::token_hash.eq(old.hash())))
+                    .set(known_devices::token_hash.eq(&hash))
+                    .execute(conn)
+                    .await?;
+            }
+            let now = Utc::now();
+            diesel::insert_into(known_devices::table)
+                .values((
+                    known_devices::token_hash.eq(&hash),
+                    known_devices::user_id.eq(user_id),
+                    known_devices::last_sign_in_at.eq(now),
+                ))
+                .on_conflict((known_devices::token_hash, known_devices::user_id))
+                .do_update()
+                .set(known_devices::last_sign_in_at.eq(now))
+                .execute(conn)
+                .await?;
+            // Past the cap, the longest unused go: someone with the password signing in from
+            // script after script must not grow the table without bound.
+            diesel::sql_query(
+                "DELETE FROM known_devices WHERE user_id = $1 AND token_hash NOT IN \
+                 (SELECT token_hash FROM known_devices WHERE user_id = $1 ORDER BY last_sign_in_at DESC LIMIT $2)",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(user_id)
+            .bind::<diesel::sql_types::BigInt, _>(PER_ACCOUNT)
+            .execute(conn)
+            .await?;
+            Ok(())
+        })
+    })
     .await?;
     Ok(device)
+}
+
+/// Forgets every browser known to the account (a new password, a disabled account): whoever
+/// signed in with the old password keeps no count of their own at the address.
+pub(crate) async fn forget_all(conn: &mut diesel_async::AsyncPgConnection, user_id: i64) -> ServiceResult<usize> {
+    Ok(diesel::delete(known_devices::table.filter(known_devices::user_id.eq(user_id))).execute(conn).await?)
 }

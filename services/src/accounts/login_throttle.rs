@@ -88,9 +88,10 @@ pub(crate) enum Attempter<'c> {
 
 pub(crate) struct LoginThrottle<'a> {
     redis: &'a RedisPool,
-    /// (Redis key, allowance), in the order above; the first is this attempter's own at the
-    /// address.
+    /// (Redis key, allowance), in the order above; the first `own` are this attempter's own at
+    /// the address, forgotten when it signs in.
     counts: Vec<(String, i64)>,
+    own: usize,
     /// The set of clients the address was tried from, and this attempt's (its network client,
     /// or its browser and network client).
     clients: (String, Vec<String>),
@@ -153,7 +154,9 @@ impl<'a> LoginThrottle<'a> {
                 (counts, vec![device, client.to_owned()])
             }
         };
-        Self { redis, counts, clients: (clients_key(namespace, email), clients), skipped: AtomicBool::new(false) }
+        // This attempter's own counts are the address-and-client counts of its clients.
+        let own = clients.len();
+        Self { redis, counts, own, clients: (clients_key(namespace, email), clients), skipped: AtomicBool::new(false) }
     }
 
     /// Counts this attempt against every allowance before the password is checked, and refuses
@@ -214,8 +217,8 @@ impl<'a> LoginThrottle<'a> {
         Ok(())
     }
 
-    /// The password was right: this client's failures at the address are forgotten, and the
-    /// attempt counts against nothing. (Failures elsewhere at the address stay counted: one
+    /// The password was right: this client's (or browser's and its client's) failures at the
+    /// address are forgotten, and the attempt counts against nothing. (Failures elsewhere at the address stay counted: one
     /// success must not reset a guessing campaign spread over many clients.)
     pub(crate) async fn succeeded(&self) {
         if self.skipped.load(Ordering::Relaxed) {
@@ -224,7 +227,12 @@ impl<'a> LoginThrottle<'a> {
         let deadline = tokio::time::Instant::now() + REDIS_WAIT;
         let forget = async {
             let Ok(mut conn) = redis_pool::conn(self.redis).await else { return };
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.counts[0].0).query_async(&mut conn).await;
+            // One key per command: they live in different cluster slots.
+            let mut pipe = redis::pipe();
+            for (key, _) in &self.counts[..self.own] {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             self.give_back(&mut conn, false, deadline).await;
         };
         if tokio::time::timeout_at(deadline, forget).await.is_err() {
@@ -232,8 +240,8 @@ impl<'a> LoginThrottle<'a> {
         }
     }
 
-    /// Takes this attempt off the counts (`pair_too`: also off the address-and-client count).
-    async fn give_back(&self, conn: &mut redis_pool::RedisConn, pair_too: bool, deadline: tokio::time::Instant) {
+    /// Takes this attempt off the counts (`own_too`: also off this attempter's own ones).
+    async fn give_back(&self, conn: &mut redis_pool::RedisConn, own_too: bool, deadline: tokio::time::Instant) {
         // A window may have ended since the attempt was counted; a bare DECR would then make a
         // count with no expiry, a lockout that never ends. Re-creating it at 1 with a window
         // first makes the give-back land on zero instead. A count back at zero goes: refused
@@ -242,7 +250,7 @@ impl<'a> LoginThrottle<'a> {
         const GIVE_BACK: &str = "redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1])\n\
                                  if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end\n\
                                  return 0";
-        let keys = self.counts.iter().skip(usize::from(!pair_too)).map(|(key, _)| key);
+        let keys = self.counts.iter().skip(if own_too { 0 } else { self.own }).map(|(key, _)| key);
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("EVAL").arg(GIVE_BACK).arg(1).arg(key).arg(WINDOW_SECS).ignore();

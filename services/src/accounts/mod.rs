@@ -273,31 +273,61 @@ pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> Servi
     Ok((user, ended))
 }
 
+/// What an operator's switch of an account did.
+#[derive(Debug)]
+pub struct Switched {
+    pub user: User,
+    /// False when the account already was as asked (a disabled one keeps its first date).
+    pub changed: bool,
+    pub sessions_ended: usize,
+}
+
 /// An operator's switch (`keymeter user disable` / `enable`). A disabled account cannot sign
-/// in and all of its sessions end; its API keys are left as they are (a merchant's
-/// integration is stopped by revoking them). Returns the account and how many sessions ended.
-pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> ServiceResult<(User, usize)> {
+/// in, all of its sessions end and its browsers are no longer known; its API keys are left as
+/// they are (a merchant's integration is stopped by revoking them).
+pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> ServiceResult<Switched> {
     use diesel_async::AsyncConnection;
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
         Box::pin(async move {
-            let row: Option<UserRow> = diesel::update(users::table.filter(users::email.eq(email.as_str())))
-                .set(users::disabled_at.eq(disabled.then(Utc::now)))
-                .returning(UserRow::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
-            let user = row.ok_or(ServiceError::NotFound)?.into_user()?;
-            let ended = if disabled { sessions::end_all(conn, user.id, None).await? } else { 0 };
-            Ok((user, ended))
+            let account = users::table.filter(users::email.eq(email.as_str()));
+            let switched: Option<UserRow> = if disabled {
+                diesel::update(account.filter(users::disabled_at.is_null()))
+                    .set(users::disabled_at.eq(Utc::now()))
+                    .returning(UserRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?
+            } else {
+                diesel::update(account.filter(users::disabled_at.is_not_null()))
+                    .set(users::disabled_at.eq(None::<DateTime<Utc>>))
+                    .returning(UserRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?
+            };
+            let Some(row) = switched else {
+                let user = account.select(UserRow::as_select()).first(conn).await.optional()?;
+                let user = user.ok_or(ServiceError::NotFound)?.into_user()?;
+                return Ok(Switched { user, changed: false, sessions_ended: 0 });
+            };
+            let user = row.into_user()?;
+            let sessions_ended = if disabled {
+                known_devices::forget_all(conn, user.id).await?;
+                sessions::end_all(conn, user.id, None).await?
+            } else {
+                0
+            };
+            Ok(Switched { user, changed: true, sessions_ended })
         })
     })
     .await
 }
 
-/// Stores a new password and ends the account's sessions, in one transaction: no session signed
-/// in with the old password outlives the change. Returns how many live sessions but `current`
-/// ended.
+/// Stores a new password, ends the account's sessions and forgets its browsers, in one
+/// transaction: no session signed in with the old password outlives the change, and no browser
+/// it was used from keeps a sign-in count of its own. Returns how many live sessions but
+/// `current` ended.
 async fn store_password(
     db: &DbPool,
     user_id: i64,
@@ -314,6 +344,7 @@ async fn store_password(
             if updated == 0 {
                 return Err(ServiceError::NotFound);
             }
+            known_devices::forget_all(conn, user_id).await?;
             sessions::end_all(conn, user_id, current).await
         })
     })

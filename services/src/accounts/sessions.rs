@@ -26,6 +26,17 @@ pub const SESSION_IDLE: Duration = Duration::hours(12);
 /// the idle limit is that much less exact.
 const LAST_SEEN_EVERY: Duration = Duration::minutes(5);
 
+/// Whether a session is live: not expired, and used within the idle limit.
+fn is_live(expires_at: DateTime<Utc>, last_seen_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    expires_at > now && last_seen_at > now - SESSION_IDLE
+}
+
+/// [`is_live`] as a query filter.
+#[diesel::dsl::auto_type]
+fn live_at(now: DateTime<Utc>, seen_since: DateTime<Utc>) -> _ {
+    sessions::expires_at.gt(now).and(sessions::last_seen_at.gt(seen_since))
+}
+
 /// A session cookie's token.
 pub type SessionToken = super::token::Token<super::token::Session>;
 
@@ -90,8 +101,7 @@ async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
     let row: Option<(UserRow, DateTime<Utc>)> = sessions::table
         .inner_join(users::table)
         .filter(sessions::token_hash.eq(hash))
-        .filter(sessions::expires_at.gt(now))
-        .filter(sessions::last_seen_at.gt(now - SESSION_IDLE))
+        .filter(live_at(now, now - SESSION_IDLE))
         .filter(users::disabled_at.is_null())
         .select((UserRow::as_select(), sessions::last_seen_at))
         .first(&mut conn)
@@ -99,10 +109,15 @@ async fn lookup(db: &DbPool, hash: &[u8]) -> ServiceResult<Option<User>> {
         .optional()?;
     let Some((row, last_seen)) = row else { return Ok(None) };
     if last_seen < now - LAST_SEEN_EVERY {
-        diesel::update(sessions::table.filter(sessions::token_hash.eq(hash)))
+        // Best effort: a database that reads but cannot write (a failover under way, a lock
+        // held) must not sign people out; the next look tries again.
+        let noted = diesel::update(sessions::table.filter(sessions::token_hash.eq(hash)))
             .set(sessions::last_seen_at.eq(now))
             .execute(&mut conn)
-            .await?;
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(error = %e, "a session's last use could not be noted");
+        }
     }
     row.into_user().map(Some)
 }
@@ -136,8 +151,7 @@ pub async fn list_for(db: &DbPool, user_id: i64, current: &SessionToken) -> Serv
     }
     let rows: Vec<Listed> = sessions::table
         .filter(sessions::user_id.eq(user_id))
-        .filter(sessions::expires_at.gt(now))
-        .filter(sessions::last_seen_at.gt(now - SESSION_IDLE))
+        .filter(live_at(now, now - SESSION_IDLE))
         .order((sessions::last_seen_at.desc(), sessions::created_at.desc()))
         .limit(LISTED)
         .select((sessions::token_hash, sessions::browser, sessions::created_at, sessions::last_seen_at))
@@ -155,21 +169,11 @@ pub async fn list_for(db: &DbPool, user_id: i64, current: &SessionToken) -> Serv
         .collect())
 }
 
-/// Ends every session of the account but `current` (also in this instance's outage
-/// stand-in); returns how many live ones ended.
+/// Ends every session of the account but `current`, also in this instance's outage stand-in;
+/// returns how many live ones ended.
 pub async fn end_others(db: &DbPool, user_id: i64, current: &SessionToken) -> ServiceResult<usize> {
-    let current = current.hash();
     let mut conn = db::conn(db).await?;
-    let ended: Vec<(DateTime<Utc>, DateTime<Utc>)> =
-        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::token_hash.ne(&current)))
-            .returning((sessions::expires_at, sessions::last_seen_at))
-            .get_results(&mut conn)
-            .await?;
-    if let Ok(mut cache) = recently_confirmed().lock() {
-        cache.retain(|hash, (_, user)| user.id != user_id || *hash == current);
-    }
-    let now = Utc::now();
-    Ok(ended.iter().filter(|(expires, seen)| *expires > now && *seen > now - SESSION_IDLE).count())
+    end_sessions(&mut conn, user_id, Some(current), true).await
 }
 
 /// A browser's name and system from its `User-Agent` ("Firefox on Linux"), or "" when it says
@@ -215,26 +219,37 @@ pub async fn delete(db: &DbPool, token: &SessionToken) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Ends every session of the account (a new password), `current` included, also in this
-/// instance's outage stand-in; returns how many live sessions other than `current` ended.
-/// (Other instances' stand-ins are only read while PostgreSQL is unreachable, and only for
-/// their first 15 minutes.)
+/// Ends every session of the account (a new password, a disabled account), `current`
+/// included, also in this instance's outage stand-in; returns how many live sessions other
+/// than `current` ended. (Other instances' stand-ins are only read while PostgreSQL is
+/// unreachable, and only for their first 15 minutes.)
 pub(crate) async fn end_all(
     conn: &mut diesel_async::AsyncPgConnection,
     user_id: i64,
     current: Option<&SessionToken>,
 ) -> ServiceResult<usize> {
+    end_sessions(conn, user_id, current, false).await
+}
+
+async fn end_sessions(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: i64,
+    current: Option<&SessionToken>,
+    keep_current: bool,
+) -> ServiceResult<usize> {
     let current = current.map(SessionToken::hash).unwrap_or_default();
-    let ended: Vec<(Vec<u8>, chrono::DateTime<Utc>)> =
-        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)))
-            .returning((sessions::token_hash, sessions::expires_at))
+    // No token hashes to nothing: "all but the empty hash" is all of them.
+    let kept = if keep_current { current.clone() } else { Vec::new() };
+    let ended: Vec<(Vec<u8>, DateTime<Utc>, DateTime<Utc>)> =
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id)).filter(sessions::token_hash.ne(&kept)))
+            .returning((sessions::token_hash, sessions::expires_at, sessions::last_seen_at))
             .get_results(conn)
             .await?;
     if let Ok(mut cache) = recently_confirmed().lock() {
-        cache.retain(|_, (_, user)| user.id != user_id);
+        cache.retain(|hash, (_, user)| user.id != user_id || (keep_current && *hash == current));
     }
     let now = Utc::now();
-    Ok(ended.iter().filter(|(hash, expires)| *hash != current && *expires > now).count())
+    Ok(ended.iter().filter(|(hash, expires, seen)| *hash != current && is_live(*expires, *seen, now)).count())
 }
 
 #[cfg(test)]
