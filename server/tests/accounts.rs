@@ -295,6 +295,54 @@ async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_pas
     assert_eq!(app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {}", owner.id)).await, 0);
 }
 
+/// A sign-in from a browser the account does not know, while it knows another, tells the owner
+/// in the bell and by email, naming the browser and its network address; the first browser
+/// and the known ones do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_from_a_new_browser_tells_the_owner() {
+    let app = TestApp::spawn().await;
+    let owner = app.user("nia@example.com", Role::Merchant).await;
+    let browser = |agent: &str| {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .user_agent(agent)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let laptop = browser("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0");
+    let phone = browser("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36");
+    let notices = || {
+        app.texts(
+            "SELECT text_body AS t FROM outbound_emails WHERE to_address = 'nia@example.com' \
+             AND subject = 'New sign-in to your keymeter account' ORDER BY id",
+        )
+    };
+
+    assert_eq!(app.login(&laptop, "nia@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    assert!(notices().await.is_empty(), "the account's first browser is not news");
+    assert_eq!(app.login(&phone, "nia@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    let sent = notices().await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    for part in [
+        "nia@example.com",
+        "Chrome on Android",
+        "network address 127.0.0.1",
+        "change your password",
+        "/dashboard/account",
+    ] {
+        assert!(sent[0].contains(part), "{part:?} in {}", sent[0]);
+    }
+    let bell = format!("SELECT count(*) FROM notifications WHERE user_id = {} AND kind = 'new_sign_in'", owner.id);
+    assert_eq!(app.count(&bell).await, 1);
+
+    // Known browsers sign in again without a word.
+    for b in [&laptop, &phone, &laptop] {
+        assert_eq!(app.login(b, "nia@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    }
+    assert_eq!(notices().await.len(), 1);
+}
+
 /// An account keeps at most 20 known browsers: signing in from a 21st forgets the longest unused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_knows_at_most_twenty_browsers() {
@@ -303,7 +351,8 @@ async fn an_account_knows_at_most_twenty_browsers() {
     let owner = app.user("lee@example.com", Role::Merchant).await;
     let mut tokens = Vec::new();
     for _ in 0..21 {
-        tokens.push(known_devices::remember(&app.services.db, None, owner.id).await.unwrap());
+        let from = services::accounts::SignInFrom::client("203.0.113.9");
+        tokens.push(known_devices::remember(&app.services, &owner, &from).await.unwrap());
     }
     assert_eq!(app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {}", owner.id)).await, 20);
     assert!(!known_devices::recognizes(&app.services.db, &tokens[0], "lee@example.com").await.unwrap());

@@ -103,21 +103,21 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
     session::set_session_cookie(&token);
     // This browser is now known to the account: strangers' failed guesses at the address will
     // not lock it out.
-    remember_browser(&services, source.into_device(), user.id).await;
+    remember_browser(&services, &user, &from).await;
     tracing::info!(user_id = user.id, "signed in");
     leptos_axum::redirect(safe_next(next.as_deref()));
     Ok(())
 }
 
-/// Marks this browser as known to the account, under a new token. (Not remembered is only
-/// that: the sign-in or change stands.)
+/// Marks this browser as known to the account, under a new token (and tells the owner if the
+/// account did not know it). Not remembered is only that: the sign-in or change stands.
 #[cfg(feature = "ssr")]
 async fn remember_browser(
     services: &services::Services,
-    presented: Option<services::accounts::known_devices::DeviceToken>,
-    user_id: i64,
+    user: &services::accounts::User,
+    from: &services::accounts::SignInFrom<'_>,
 ) {
-    match services::accounts::known_devices::remember(&services.db, presented, user_id).await {
+    match services::accounts::known_devices::remember(services, user, from).await {
         Ok(device) => super::session::set_device_cookie(&device),
         Err(e) => tracing::warn!(error = %e, "the browser could not be remembered for sign-in"),
     }
@@ -164,7 +164,7 @@ pub async fn change_password(
     session::set_session_cookie(&session);
     // The change forgot every browser of the account (one may be a thief's); this one, which
     // just proved the password, is known again.
-    remember_browser(&services, source.into_device(), user.id).await;
+    remember_browser(&services, &user, &source.as_sign_in()).await;
     if plain_form {
         // Without JavaScript the page is loaded anew: the address carries the confirmation.
         leptos_axum::redirect(&format!("/dashboard/account?{PASSWORD_CHANGED}={ended}"));

@@ -142,11 +142,6 @@ impl SignInSource {
     pub fn as_sign_in(&self) -> SignInFrom<'_> {
         SignInFrom { client: &self.client, device: self.device.as_ref(), user_agent: self.user_agent.as_deref() }
     }
-
-    /// The known-browser token it presented, to keep for the browser once signed in.
-    pub fn into_device(self) -> Option<DeviceToken> {
-        self.device
-    }
 }
 
 fn cookie_settings() -> CookieSettings {
