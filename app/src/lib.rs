@@ -92,6 +92,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=admin::AdminKeysPage/>
                     <Route path=path!("quota-requests") view=quota_requests::AdminQuotaRequestsPage/>
                     <Route path=path!("quota-changes") view=quota_requests::AdminQuotaChangesPage/>
+                    <Route path=path!("accounts") view=admin::AdminAccountsPage/>
                     <Route path=path!("mail") view=admin::AdminMailPage/>
                 </ParentRoute>
             </Routes>

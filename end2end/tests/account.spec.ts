@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { cli, hydrated, signIn } from './helpers';
+import { ADMIN, cli, hydrated, signIn } from './helpers';
 
 test('a merchant changes their password from the account page; their other session ends', async ({ page, browser }) => {
   // An account of this test's own: the demo accounts' passwords belong to the other tests.
@@ -64,4 +64,38 @@ test('a merchant sees where they are signed in and signs out everywhere else', a
   await expect(other).toHaveURL(/\/login\?next=/);
   await page.goto('/dashboard/developers/api-keys');
   await expect(page.getByTestId('account-email')).toHaveText(who.email);
+});
+
+test('an admin disables an account from the accounts page, and enables it again', async ({ page, browser }) => {
+  const who = { email: `disable-${Date.now()}@keymeter.local`, password: 'a disabled password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  const merchant = await browser.newPage();
+  await signIn(merchant, who);
+
+  await signIn(page, ADMIN);
+  await page.goto('/admin');
+  await hydrated(page);
+  await page.getByRole('link', { name: 'Accounts' }).click();
+  await expect(page).toHaveURL(/\/admin\/accounts$/);
+  await page.getByLabel('Find accounts').fill(who.email);
+  await page.getByRole('button', { name: 'Search' }).click();
+  const row = page.getByTestId('account-row').filter({ hasText: who.email });
+  await expect(row).toHaveCount(1);
+  await expect(row).toContainText('active');
+
+  await row.getByRole('button', { name: 'Disable' }).click();
+  await expect(row).toContainText('disabled');
+  await merchant.goto('/dashboard/developers/api-keys');
+  await expect(merchant).toHaveURL(/\/login\?next=/);
+
+  await row.getByRole('button', { name: 'Enable' }).click();
+  await expect(row).toContainText('active');
+  await signIn(merchant, who);
+
+  // The admin's own row offers no switch.
+  await page.getByLabel('Find accounts').fill(ADMIN.email);
+  await page.getByRole('button', { name: 'Search' }).click();
+  const own = page.getByTestId('account-row').filter({ hasText: ADMIN.email });
+  await expect(own).toContainText('(you)');
+  await expect(own.getByRole('button')).toHaveCount(0);
 });

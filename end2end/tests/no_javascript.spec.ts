@@ -195,3 +195,16 @@ test('signing out everywhere else works without JavaScript', async ({ page, brow
   await other.goto('/dashboard/developers/api-keys');
   await expect(other).toHaveURL(/\/login\?next=/);
 });
+
+test('an admin disables and enables an account without JavaScript', async ({ page }) => {
+  const who = { email: `nojs-disable-${Date.now()}@keymeter.local`, password: 'a disabled password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  await signInWithoutScripts(page, ADMIN);
+  await page.goto(`/admin/accounts?q=${encodeURIComponent(who.email)}`);
+  const row = page.getByTestId('account-row').filter({ hasText: who.email });
+  await row.getByRole('button', { name: 'Disable' }).click();
+  await expect(page).toHaveURL(/\/admin\/accounts\?q=/);
+  await expect(row).toContainText('disabled');
+  await row.getByRole('button', { name: 'Enable' }).click();
+  await expect(row).toContainText('active');
+});

@@ -75,6 +75,7 @@ test.describe('on a phone (390x844)', () => {
     await expectFits(page, '/admin/quota-requests', () => expect(page.getByTestId('set-directly')).toBeVisible());
     await expectFits(page, '/admin/quota-changes', () => expect(page.getByTestId('audit-trail')).toBeVisible());
     await expectFits(page, '/admin/mail', () => expect(page.getByTestId('mail-delivery')).toBeVisible());
+    await expectFits(page, '/admin/accounts', () => expect(page.getByTestId('admin-accounts')).toBeVisible());
   });
 });
 
@@ -163,6 +164,7 @@ test('admin pages have their own titles', async ({ page }) => {
     ['/admin/quota-requests', 'Quota requests · keymeter'],
     ['/admin/quota-changes', 'Quota changes · keymeter'],
     ['/admin/mail', 'Mail · keymeter'],
+    ['/admin/accounts', 'Accounts · keymeter'],
   ]) {
     await page.goto(path);
     await hydrated(page);

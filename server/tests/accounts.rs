@@ -535,6 +535,55 @@ async fn a_user_sees_where_they_are_signed_in_and_signs_out_everywhere_else() {
     assert_eq!(app.rpc(&phone, "auth/sign_out_others", &[]).await.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// Admins find accounts by address and disable or enable them (as the CLI does); merchants
+/// cannot, and an admin cannot disable themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disables_and_enables_an_account() {
+    let app = TestApp::spawn().await;
+    app.user("root@example.com", Role::Admin).await;
+    let pat = app.user("pat@example.com", Role::Merchant).await;
+    app.user("pat_2@example.com", Role::Merchant).await;
+    services::keys::api_keys::create(&app.services.db, pat.id, &services::keys::KeyName::parse("shop").unwrap())
+        .await
+        .unwrap();
+    let admin = app.signed_in("root@example.com").await;
+    let merchant = app.signed_in("pat@example.com").await;
+
+    let found: serde_json::Value =
+        app.rpc(&admin, "admin/accounts/search", &[("q", "pat_")]).await.json().await.unwrap();
+    let emails: Vec<&str> =
+        found["accounts"].as_array().unwrap().iter().map(|a| a["email"].as_str().unwrap()).collect();
+    assert_eq!(emails, ["pat_2@example.com"], "an underscore is matched as typed");
+    let found: serde_json::Value =
+        app.rpc(&admin, "admin/accounts/search", &[("q", "pat@")]).await.json().await.unwrap();
+    assert_eq!(found["accounts"][0]["active_keys"], 1);
+    assert_eq!(found["accounts"][0]["disabled_at"], serde_json::Value::Null);
+    assert_eq!(app.rpc(&merchant, "admin/accounts/search", &[]).await.status(), StatusCode::FORBIDDEN);
+    let by_merchant =
+        app.rpc(&merchant, "admin/accounts/switch", &[("email", "root@example.com"), ("disable", "on")]).await;
+    assert_eq!(by_merchant.status(), StatusCode::FORBIDDEN);
+
+    let own = app.rpc(&admin, "admin/accounts/switch", &[("email", "root@example.com"), ("disable", "on")]).await;
+    assert_eq!(own.status(), StatusCode::BAD_REQUEST);
+    assert!(own.text().await.unwrap().contains("You cannot disable your own account"));
+    let nobody = app.rpc(&admin, "admin/accounts/switch", &[("email", "nobody@example.com"), ("disable", "on")]).await;
+    assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
+
+    let off = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com"), ("disable", "on")]).await;
+    assert_eq!(off.text().await.unwrap(), "true");
+    assert_eq!(app.rpc(&merchant, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.login(&client(), "pat@example.com", PASSWORD).await.status(), StatusCode::BAD_REQUEST);
+    let found: serde_json::Value =
+        app.rpc(&admin, "admin/accounts/search", &[("q", "pat@")]).await.json().await.unwrap();
+    assert!(found["accounts"][0]["disabled_at"].is_string());
+
+    let on = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await;
+    assert_eq!(on.text().await.unwrap(), "true");
+    assert_eq!(app.login(&client(), "pat@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    let again = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await;
+    assert_eq!(again.text().await.unwrap(), "false", "it was not disabled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness() {
     let app = TestApp::spawn().await;

@@ -44,6 +44,13 @@ pub fn check_note<'a>(what: &str, raw: &'a str) -> ServiceResult<&'a str> {
     Ok(note)
 }
 
+/// An `ILIKE` pattern matching text that contains `typed` as typed: `%`, `_` and `\` are not
+/// wildcards.
+pub fn contains_pattern(typed: &str) -> String {
+    let escaped = typed.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +74,12 @@ mod tests {
             "\u{1f468}\u{200d}\u{1f4bb} \u{5e9}\u{5dc}\u{5d5}\u{5dd}\u{200f} \u{915}\u{94d}\u{200c}"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_search_matches_wildcards_as_typed() {
+        assert_eq!(contains_pattern("ann"), "%ann%");
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! `/admin`: every key of every merchant and the month's usage export for invoicing;
-//! `/admin/mail`: what keymeter has sent.
+//! `/admin/accounts`: every account, disabled and enabled there; `/admin/mail`: what keymeter
+//! has sent.
 
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
+use super::form_error::FormError;
 use super::layout::{page_number, ErrorPanel, PageTitle, Pager, SubmitButton};
-use crate::api::{admin_mail, admin_mail_body, admin_search_keys, MailBody, MailView, SendMailAgain};
+use crate::api::{
+    admin_mail, admin_mail_body, admin_search_accounts, admin_search_keys, AccountView, AdminSwitchAccount, MailBody,
+    MailView, SendMailAgain,
+};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
@@ -98,6 +103,110 @@ pub fn AdminKeysPage() -> impl IntoView {
                 })}
             </Suspense>
         </section>
+    }
+}
+
+/// `/admin/accounts`: every account, 100 a page (`?page=`), found by address (`?q=`); an admin
+/// disables an account (no more sign-in, signed out everywhere; its keys keep working) or
+/// enables it again. Forms: they work without JavaScript.
+#[component]
+pub fn AdminAccountsPage() -> impl IntoView {
+    let switch = ServerAction::<AdminSwitchAccount>::new();
+    let error = FormError::of("account-error", switch);
+    let query = use_query_map();
+    let shown = move || {
+        let q = query.read();
+        (q.get("q").unwrap_or_default(), page_number(&q))
+    };
+    let accounts = Resource::new(
+        move || (switch.version().get(), shown()),
+        |(version, (search, page))| {
+            once_per_render(
+                "admin/accounts/search",
+                &(version, search.clone(), page),
+                admin_search_accounts(search, page),
+            )
+        },
+    );
+    let page_href = |search: &str, page: u32| {
+        let mut params = Vec::new();
+        if !search.is_empty() {
+            params.push(format!("q={}", query_value(search)));
+        }
+        if page > 1 {
+            params.push(format!("page={page}"));
+        }
+        if params.is_empty() {
+            "/admin/accounts".to_owned()
+        } else {
+            format!("/admin/accounts?{}", params.join("&"))
+        }
+    };
+    view! {
+        <PageTitle text="Accounts · keymeter"/>
+        <h1>"Accounts"</h1>
+        <form class="inline-form" method="get" action="/admin/accounts" data-testid="account-search">
+            <label>"Find accounts" <input type="search" name="q" value=move || shown().0 placeholder="email address"/></label>
+            <button type="submit">"Search"</button>
+        </form>
+        <section class="card">
+            <p class="muted">"A disabled account cannot sign in and is signed out everywhere. Its API keys keep working: revoke them from the key's page to stop them."</p>
+            {error.message("account-error")}
+            <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    let (search, page) = shown();
+                    match accounts.await {
+                        Ok(found) if found.accounts.is_empty() => view! {
+                            <p class="empty">{if search.is_empty() { "No accounts yet." } else { "No accounts found." }}</p>
+                        }.into_any(),
+                        Ok(found) => {
+                            let previous = (page > 1).then(|| page_href(&search, page - 1));
+                            let next = found.more.then(|| page_href(&search, page + 1));
+                            view! {
+                                <div class="table-scroll"><table data-testid="admin-accounts">
+                                    <thead><tr><th>"Account"</th><th>"Role"</th><th>"Since"</th><th class="num">"Active keys"</th><th>"Status"</th><th></th></tr></thead>
+                                    <tbody>
+                                        {found.accounts.into_iter().map(|a| view! { <AccountRow account=a switch/> }).collect_view()}
+                                    </tbody>
+                                </table></div>
+                                <Pager previous next/>
+                            }.into_any()
+                        }
+                        Err(err) => view! { <ErrorPanel err/> }.into_any(),
+                    }
+                })}
+            </Suspense>
+        </section>
+    }
+}
+
+#[component]
+fn AccountRow(account: AccountView, switch: ServerAction<AdminSwitchAccount>) -> impl IntoView {
+    let disabled = account.disabled_at.is_some();
+    let (badge, status, since) = match &account.disabled_at {
+        Some(at) => ("badge revoked", "disabled", format!("since {}", format::time(at))),
+        None => ("badge active", "active", String::new()),
+    };
+    let status = view! { <span class=badge title=since>{status}</span> };
+    let (label, testid) = if disabled { ("Enable", "enable-account") } else { ("Disable", "disable-account") };
+    let email = account.email.clone();
+    view! {
+        <tr data-testid="account-row" data-email=account.email.clone()>
+            <td>{account.email.clone()}{account.you.then_some(" (you)")}</td>
+            <td>{if account.is_admin { "admin" } else { "merchant" }}</td>
+            <td>{format::time(&account.created_at)}</td>
+            <td class="num">{format::count(account.active_keys)}</td>
+            <td>{status}</td>
+            <td>
+                {(!account.you).then(|| view! {
+                    <ActionForm action=switch>
+                        <input type="hidden" name="email" value=email/>
+                        {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
+                        <SubmitButton pending=switch.pending() testid>{label}</SubmitButton>
+                    </ActionForm>
+                })}
+            </td>
+        </tr>
     }
 }
 

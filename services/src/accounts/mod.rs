@@ -273,6 +273,49 @@ pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> Servi
     Ok((user, ended))
 }
 
+/// An account as the admins' list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub user: User,
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Keys not revoked.
+    pub active_keys: i64,
+}
+
+/// Accounts by address, `limit` of them after the first `offset`, only those whose address
+/// contains `search` (as typed: `%` and `_` are not wildcards) when it is given.
+pub async fn search_accounts(db: &DbPool, search: &str, offset: i64, limit: i64) -> ServiceResult<Vec<AccountSummary>> {
+    use crate::schema::api_keys;
+    // PostgreSQL refuses a NUL byte in text: bad input, not a failure.
+    crate::text::check_typed("The search", search)?;
+    let mut conn = db::conn(db).await?;
+    let mut query = users::table
+        .order(users::email)
+        .offset(offset.max(0))
+        .limit(limit)
+        .select((UserRow::as_select(), users::disabled_at))
+        .into_boxed();
+    let search = search.trim();
+    if !search.is_empty() {
+        query = query.filter(users::email.ilike(crate::text::contains_pattern(search)));
+    }
+    let rows: Vec<(UserRow, Option<DateTime<Utc>>)> = query.load(&mut conn).await?;
+    let ids: Vec<i64> = rows.iter().map(|(row, _)| row.id).collect();
+    let keys: Vec<(i64, i64)> = api_keys::table
+        .filter(api_keys::owner_id.eq_any(&ids))
+        .filter(api_keys::revoked_at.is_null())
+        .group_by(api_keys::owner_id)
+        .select((api_keys::owner_id, diesel::dsl::count_star()))
+        .load(&mut conn)
+        .await?;
+    rows.into_iter()
+        .map(|(row, disabled_at)| {
+            let active_keys = keys.iter().find(|(owner, _)| *owner == row.id).map_or(0, |(_, n)| *n);
+            Ok(AccountSummary { user: row.into_user()?, disabled_at, active_keys })
+        })
+        .collect()
+}
+
 /// What an operator's switch of an account did.
 #[derive(Debug)]
 pub struct Switched {

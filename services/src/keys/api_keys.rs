@@ -267,9 +267,7 @@ pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> S
         .into_boxed();
     let search = search.trim();
     if !search.is_empty() {
-        // What is typed is matched as text: `%` and `_` are not wildcards.
-        let escaped = search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        let pattern = format!("%{escaped}%");
+        let pattern = crate::text::contains_pattern(search);
         query = query.filter(
             users::email
                 .ilike(pattern.clone())
