@@ -81,15 +81,20 @@ test('an admin disables an account from the accounts page, and enables it again'
   await page.getByRole('button', { name: 'Search' }).click();
   const row = page.getByTestId('account-row').filter({ hasText: who.email });
   await expect(row).toHaveCount(1);
-  await expect(row).toContainText('active');
+  await expect(row.getByTestId('account-status')).toHaveText('active');
 
-  await row.getByRole('button', { name: 'Disable' }).click();
-  await expect(row).toContainText('disabled');
+  // Disabling asks first.
+  await row.getByTestId('disable-account').click();
+  await expect(row).toContainText('Signed out everywhere; its 0 active key(s) keep working.');
+  await row.getByRole('button', { name: `Disable ${who.email}` }).click();
+  await expect(page.getByTestId('account-switched')).toHaveText(`Disabled ${who.email}: signed out of 1 session(s). Its API keys keep working.`);
+  await expect(row.getByTestId('account-status')).toHaveText('disabled');
   await merchant.goto('/dashboard/developers/api-keys');
   await expect(merchant).toHaveURL(/\/login\?next=/);
 
-  await row.getByRole('button', { name: 'Enable' }).click();
-  await expect(row).toContainText('active');
+  await row.getByRole('button', { name: `Enable ${who.email}` }).click();
+  await expect(page.getByTestId('account-switched')).toHaveText(`Enabled ${who.email}: it can sign in again.`);
+  await expect(row.getByTestId('account-status')).toHaveText('active');
   await signIn(merchant, who);
 
   // The admin's own row offers no switch.

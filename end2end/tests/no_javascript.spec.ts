@@ -202,9 +202,10 @@ test('an admin disables and enables an account without JavaScript', async ({ pag
   await signInWithoutScripts(page, ADMIN);
   await page.goto(`/admin/accounts?q=${encodeURIComponent(who.email)}`);
   const row = page.getByTestId('account-row').filter({ hasText: who.email });
-  await row.getByRole('button', { name: 'Disable' }).click();
+  await row.getByTestId('disable-account').click();
+  await row.getByRole('button', { name: `Disable ${who.email}` }).click();
   await expect(page).toHaveURL(/\/admin\/accounts\?q=/);
-  await expect(row).toContainText('disabled');
-  await row.getByRole('button', { name: 'Enable' }).click();
-  await expect(row).toContainText('active');
+  await expect(row.getByTestId('account-status')).toHaveText('disabled');
+  await row.getByRole('button', { name: `Enable ${who.email}` }).click();
+  await expect(row.getByTestId('account-status')).toHaveText('active');
 });

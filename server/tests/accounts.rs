@@ -292,7 +292,9 @@ async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_pas
     let email = services::accounts::Email::parse("kim@example.com").unwrap();
     services::accounts::reset_password(&app.services.db, &email, &new).await.unwrap();
     assert!(!known(changer, "kim@example.com").await);
-    assert_eq!(app.count(&format!("SELECT count(*) FROM known_devices WHERE user_id = {}", owner.id)).await, 0);
+    let known_rows =
+        format!("SELECT count(*) FROM known_devices WHERE user_id = {} AND forgotten_at IS NULL", owner.id);
+    assert_eq!(app.count(&known_rows).await, 0);
 }
 
 /// A sign-in from a browser the account does not know, while it knows another, tells the owner
@@ -341,6 +343,22 @@ async fn a_sign_in_from_a_new_browser_tells_the_owner() {
         assert_eq!(app.login(b, "nia@example.com", PASSWORD).await.status(), StatusCode::FOUND);
     }
     assert_eq!(notices().await.len(), 1);
+
+    // Signing in again and again without keeping cookies is one notice a day, not one each.
+    for _ in 0..3 {
+        assert_eq!(app.login(&client(), "nia@example.com", PASSWORD).await.status(), StatusCode::FOUND);
+    }
+    let sent = notices().await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[1].contains("a browser that did not say which it is"), "{}", sent[1]);
+
+    // Her own new password (set on the phone) forgets her browsers for the throttle, but her
+    // laptop signing in with it is not news. (The laptop never had a notice: none to dedupe.)
+    let new = "a new long passphrase";
+    let args = [("current_password", PASSWORD), ("new_password", new), ("confirm_password", new)];
+    assert_eq!(app.rpc(&phone, "auth/password", &args).await.status(), StatusCode::OK);
+    assert_eq!(app.login(&laptop, "nia@example.com", new).await.status(), StatusCode::FOUND);
+    assert_eq!(notices().await.len(), 2);
 }
 
 /// An account keeps at most 20 known browsers: signing in from a 21st forgets the longest unused.
@@ -569,19 +587,40 @@ async fn an_admin_disables_and_enables_an_account() {
     let nobody = app.rpc(&admin, "admin/accounts/switch", &[("email", "nobody@example.com"), ("disable", "on")]).await;
     assert_eq!(nobody.status(), StatusCode::NOT_FOUND);
 
-    let off = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com"), ("disable", "on")]).await;
-    assert_eq!(off.text().await.unwrap(), "true");
+    let off: serde_json::Value = app
+        .rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com"), ("disable", "on")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((&off["changed"], &off["sessions_ended"]), (&serde_json::json!(true), &serde_json::json!(1)));
     assert_eq!(app.rpc(&merchant, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.login(&client(), "pat@example.com", PASSWORD).await.status(), StatusCode::BAD_REQUEST);
     let found: serde_json::Value =
         app.rpc(&admin, "admin/accounts/search", &[("q", "pat@")]).await.json().await.unwrap();
     assert!(found["accounts"][0]["disabled_at"].is_string());
 
-    let on = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await;
-    assert_eq!(on.text().await.unwrap(), "true");
+    let on: serde_json::Value =
+        app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await.json().await.unwrap();
+    assert_eq!(on["changed"], true);
     assert_eq!(app.login(&client(), "pat@example.com", PASSWORD).await.status(), StatusCode::FOUND);
-    let again = app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await;
-    assert_eq!(again.text().await.unwrap(), "false", "it was not disabled");
+    let again: serde_json::Value =
+        app.rpc(&admin, "admin/accounts/switch", &[("email", "pat@example.com")]).await.json().await.unwrap();
+    assert_eq!(again["changed"], false, "it was not disabled");
+
+    // Another admin can be disabled; the last one who can sign in cannot (nor by the CLI).
+    app.user("ops@example.com", Role::Admin).await;
+    let ops: serde_json::Value = app
+        .rpc(&admin, "admin/accounts/switch", &[("email", "ops@example.com"), ("disable", "on")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ops["changed"], true);
+    let root = services::accounts::Email::parse("root@example.com").unwrap();
+    let last = services::accounts::set_disabled(&app.services.db, &root, true).await.unwrap_err();
+    assert!(last.to_string().contains("root@example.com is the last admin who can sign in"), "{last}");
+    assert_eq!(app.rpc(&admin, "admin/accounts/search", &[]).await.status(), StatusCode::OK, "still signed in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -759,7 +759,7 @@ async fn user_disable_signs_the_account_out_until_it_is_enabled() {
     assert!(r.stdout.contains("disabled gil@example.com; 1 session(s) signed out"), "{r:?}");
     assert!(r.stdout.contains("its 1 active API key(s) still work"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
-    let known = format!("SELECT count(*) FROM known_devices WHERE user_id = {}", gil.id);
+    let known = format!("SELECT count(*) FROM known_devices WHERE user_id = {} AND forgotten_at IS NULL", gil.id);
     assert_eq!(app.count(&known).await, 0, "its browsers are no longer known");
     // The right password, even from the browser it used, is told why; a guess learns nothing
     // more than at an address without an account.

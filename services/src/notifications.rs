@@ -35,7 +35,7 @@ pub struct NewNotification<'a> {
 /// A key's owner hears of something about the key in the bell and by email, linked to the key.
 pub(crate) async fn tell_key_owner(
     conn: &mut AsyncPgConnection,
-    (user_id, email): (i64, &str),
+    user: (i64, &str),
     kind: &'static str,
     title: &str,
     body: String,
@@ -43,16 +43,53 @@ pub(crate) async fn tell_key_owner(
     public_url: &str,
 ) -> ServiceResult<()> {
     let link = format!("/dashboard/developers/api-keys/{key_id}");
-    notify(conn, &NewNotification { user_id, kind, title, body: &body, link: Some(&link), dedupe_key: None }).await?;
-    let url = format!("{}{link}", public_url.trim_end_matches('/'));
-    let text = format!("{body}\n\nSee the key: {url}\n");
-    let html = format!("{}<p><a href=\"{}\">See the key</a></p>", html_paragraph(&body), html_escape(&url));
-    mailer::enqueue(
-        conn,
-        &Email { to: email, subject: title, text: &text, html: &html, attachments: &[], list_unsubscribe: None },
-        None,
-    )
-    .await?;
+    let news = News { kind, title, body: &body, link: &link, link_label: "See the key", dedupe_key: None };
+    tell(conn, user, &news, public_url).await
+}
+
+/// Something to tell a user in the bell and by email, linked to a page of the app.
+pub(crate) struct News<'a> {
+    pub kind: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    /// The page's path.
+    pub link: &'a str,
+    /// The email's words for the link.
+    pub link_label: &'a str,
+    /// At most one of these per key, in the bell and by email.
+    pub dedupe_key: Option<&'a str>,
+}
+
+/// Tells the user `(id, address)` the news, in the bell and by email, inside the caller's
+/// transaction.
+pub(crate) async fn tell(
+    conn: &mut AsyncPgConnection,
+    (user_id, email): (i64, &str),
+    news: &News<'_>,
+    public_url: &str,
+) -> ServiceResult<()> {
+    let n = NewNotification {
+        user_id,
+        kind: news.kind,
+        title: news.title,
+        body: news.body,
+        link: Some(news.link),
+        dedupe_key: news.dedupe_key,
+    };
+    if !notify(conn, &n).await? {
+        return Ok(());
+    }
+    let url = format!("{}{}", public_url.trim_end_matches('/'), news.link);
+    let text = format!("{}\n\n{}: {url}\n", news.body, news.link_label);
+    let html = format!(
+        "{}<p><a href=\"{}\">{}</a></p>",
+        html_paragraph(news.body),
+        html_escape(&url),
+        html_escape(news.link_label)
+    );
+    let email =
+        Email { to: email, subject: news.title, text: &text, html: &html, attachments: &[], list_unsubscribe: None };
+    mailer::enqueue(conn, &email, news.dedupe_key).await?;
     Ok(())
 }
 

@@ -54,6 +54,7 @@ diesel::table! {
         token_hash -> Bytea,
         user_id -> Int8,
         last_sign_in_at -> Timestamptz,
+        forgotten_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -70,18 +70,47 @@ pub async fn admin_search_accounts(
     Ok(AccountsPage { accounts, more })
 }
 
+/// What an admin's switch of an account did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AccountSwitched {
+    pub email: String,
+    pub disabled: bool,
+    /// False when the account already was as asked.
+    pub changed: bool,
+    pub sessions_ended: usize,
+}
+
+impl AccountSwitched {
+    /// The sentence the page shows.
+    pub fn message(&self) -> String {
+        let email = &self.email;
+        match (self.changed, self.disabled) {
+            (true, true) => format!(
+                "Disabled {email}: signed out of {} session(s). Its API keys keep working.",
+                self.sessions_ended
+            ),
+            (true, false) => format!("Enabled {email}: it can sign in again."),
+            (false, true) => format!("{email} was already disabled."),
+            (false, false) => format!("{email} was not disabled."),
+        }
+    }
+}
+
 /// Disables (`disable` is "on") or enables the account with this address, as `keymeter user
 /// disable` / `enable` do: a disabled account cannot sign in, its sessions end, its keys keep
-/// working. An admin cannot disable their own account. Returns whether anything changed.
+/// working. An admin cannot disable their own account, nor the last admin.
 #[server(prefix = "/rpc", endpoint = "admin/accounts/switch")]
-pub async fn admin_switch_account(email: String, #[server(default)] disable: Option<String>) -> Result<bool, AppError> {
+pub async fn admin_switch_account(
+    email: String,
+    #[server(default)] disable: Option<String>,
+) -> Result<AccountSwitched, AppError> {
     use super::session;
     let services = session::services()?;
     let admin = session::require_admin(&services).await?;
     let disable = super::checkbox(disable.as_deref(), "Disable", "disable")?;
     let email = services::accounts::Email::parse(&email)?;
     if disable && email.as_str() == admin.email {
-        return Err(AppError::bad_request("You cannot disable your own account; another admin can."));
+        return Err(AppError::bad_request("You cannot disable your own account."));
     }
     let done = services::accounts::set_disabled(&services.db, &email, disable).await?;
     tracing::info!(
@@ -92,5 +121,10 @@ pub async fn admin_switch_account(email: String, #[server(default)] disable: Opt
         sessions_ended = done.sessions_ended,
         "account switched by an admin"
     );
-    Ok(done.changed)
+    Ok(AccountSwitched {
+        email: done.user.email,
+        disabled: disable,
+        changed: done.changed,
+        sessions_ended: done.sessions_ended,
+    })
 }

@@ -28,20 +28,7 @@ pub fn AdminKeysPage() -> impl IntoView {
     let keys = Resource::new(shown, |(search, page)| {
         once_per_render("admin/keys/search", &(search.clone(), page), admin_search_keys(search, page))
     });
-    let page_href = |search: &str, page: u32| {
-        let mut params = Vec::new();
-        if !search.is_empty() {
-            params.push(format!("q={}", query_value(search)));
-        }
-        if page > 1 {
-            params.push(format!("page={page}"));
-        }
-        if params.is_empty() {
-            "/admin".to_owned()
-        } else {
-            format!("/admin?{}", params.join("&"))
-        }
-    };
+    let page_href = |search: &str, page: u32| search_href("/admin", search, page);
     view! {
         <PageTitle text="All API keys · keymeter"/>
         <div class="page-head">
@@ -128,20 +115,8 @@ pub fn AdminAccountsPage() -> impl IntoView {
             )
         },
     );
-    let page_href = |search: &str, page: u32| {
-        let mut params = Vec::new();
-        if !search.is_empty() {
-            params.push(format!("q={}", query_value(search)));
-        }
-        if page > 1 {
-            params.push(format!("page={page}"));
-        }
-        if params.is_empty() {
-            "/admin/accounts".to_owned()
-        } else {
-            format!("/admin/accounts?{}", params.join("&"))
-        }
-    };
+    let page_href = |search: &str, page: u32| search_href("/admin/accounts", search, page);
+    let done = move || switch.value().get().and_then(Result::ok).map(|done| done.message());
     view! {
         <PageTitle text="Accounts · keymeter"/>
         <h1>"Accounts"</h1>
@@ -151,20 +126,21 @@ pub fn AdminAccountsPage() -> impl IntoView {
         </form>
         <section class="card">
             <p class="muted">"A disabled account cannot sign in and is signed out everywhere. Its API keys keep working: revoke them from the key's page to stop them."</p>
+            <p class="ok" role="status" data-testid="account-switched">{done}</p>
             {error.message("account-error")}
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     let (search, page) = shown();
                     match accounts.await {
                         Ok(found) if found.accounts.is_empty() => view! {
-                            <p class="empty">{if search.is_empty() { "No accounts yet." } else { "No accounts found." }}</p>
+                            <p class="empty">{if search.is_empty() && page == 1 { "No accounts yet." } else { "No accounts found." }}</p>
                         }.into_any(),
                         Ok(found) => {
                             let previous = (page > 1).then(|| page_href(&search, page - 1));
                             let next = found.more.then(|| page_href(&search, page + 1));
                             view! {
                                 <div class="table-scroll"><table data-testid="admin-accounts">
-                                    <thead><tr><th>"Account"</th><th>"Role"</th><th>"Since"</th><th class="num">"Active keys"</th><th>"Status"</th><th></th></tr></thead>
+                                    <thead><tr><th>"Account"</th><th>"Role"</th><th>"Created"</th><th class="num">"Active keys"</th><th>"Status"</th><th></th></tr></thead>
                                     <tbody>
                                         {found.accounts.into_iter().map(|a| view! { <AccountRow account=a switch/> }).collect_view()}
                                     </tbody>
@@ -187,26 +163,59 @@ fn AccountRow(account: AccountView, switch: ServerAction<AdminSwitchAccount>) ->
         Some(at) => ("badge revoked", "disabled", format!("since {}", format::time(at))),
         None => ("badge active", "active", String::new()),
     };
-    let status = view! { <span class=badge title=since>{status}</span> };
-    let (label, testid) = if disabled { ("Enable", "enable-account") } else { ("Disable", "disable-account") };
     let email = account.email.clone();
+    // Disabling asks first (a <details>, so it also works without JavaScript): it signs the
+    // account out everywhere at once. Enabling is harmless and takes one click.
+    let form = move |confirm: &'static str| {
+        let label = format!("{confirm} {email}");
+        view! {
+            <ActionForm action=switch>
+                <input type="hidden" name="email" value=email.clone()/>
+                {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
+                <SubmitButton pending=switch.pending() label>{confirm}</SubmitButton>
+            </ActionForm>
+        }
+    };
+    let keys = account.active_keys;
+    let switch_control = (!account.you).then(|| {
+        if disabled {
+            form("Enable").into_any()
+        } else {
+            view! {
+                <details class="revoke">
+                    <summary class="danger-outline" data-testid="disable-account">"Disable…"</summary>
+                    <p class="muted">{format!("Signed out everywhere; its {} active key(s) keep working.", format::count(keys))}</p>
+                    {form("Disable")}
+                </details>
+            }
+            .into_any()
+        }
+    });
     view! {
         <tr data-testid="account-row" data-email=account.email.clone()>
             <td>{account.email.clone()}{account.you.then_some(" (you)")}</td>
             <td>{if account.is_admin { "admin" } else { "merchant" }}</td>
             <td>{format::time(&account.created_at)}</td>
             <td class="num">{format::count(account.active_keys)}</td>
-            <td>{status}</td>
-            <td>
-                {(!account.you).then(|| view! {
-                    <ActionForm action=switch>
-                        <input type="hidden" name="email" value=email/>
-                        {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
-                        <SubmitButton pending=switch.pending() testid>{label}</SubmitButton>
-                    </ActionForm>
-                })}
-            </td>
+            <td><span class=badge title=since data-testid="account-status">{status}</span></td>
+            <td>{switch_control}</td>
         </tr>
+    }
+}
+
+/// A page of a searchable list: `base?q=…&page=…`, each only when it is not the default.
+fn search_href(base: &str, search: &str, page: u32) -> String {
+    let mut params = Vec::new();
+    if !search.is_empty() {
+        params.push(format!("q={}", query_value(search)));
+    }
+    if page > 1 {
+        params.push(format!("page={page}"));
+    }
+    if params.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", params.join("&"))
     }
 }
 

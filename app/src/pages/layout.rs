@@ -182,10 +182,13 @@ pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
 pub fn SubmitButton(
     #[prop(into)] pending: Signal<bool>,
     #[prop(optional)] testid: Option<&'static str>,
+    /// What a screen reader calls it, when its words alone do not say (a row's "Disable").
+    #[prop(optional)]
+    label: Option<String>,
     children: Children,
 ) -> impl IntoView {
     view! {
-        <button type="submit" data-testid=testid aria-disabled=move || pending.get().then_some("true")
+        <button type="submit" data-testid=testid aria-label=label aria-disabled=move || pending.get().then_some("true")
             on:click=move |ev| if pending.get_untracked() { ev.prevent_default() }>
             {children()}
         </button>

@@ -327,13 +327,31 @@ pub struct Switched {
 
 /// An operator's switch (`keymeter user disable` / `enable`). A disabled account cannot sign
 /// in, all of its sessions end and its browsers are no longer known; its API keys are left as
-/// they are (a merchant's integration is stopped by revoking them).
+/// they are (a merchant's integration is stopped by revoking them). The last admin who can
+/// sign in is never disabled (a [`ServiceError::Conflict`]).
 pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> ServiceResult<Switched> {
     use diesel_async::AsyncConnection;
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
         Box::pin(async move {
             let account = users::table.filter(users::email.eq(email.as_str()));
+            if disabled {
+                // The enabled admins are locked: two admins disabling each other at once cannot
+                // both succeed (the second sees the first's change).
+                let admins: Vec<String> = users::table
+                    .filter(users::role.eq(Role::Admin.as_str()))
+                    .filter(users::disabled_at.is_null())
+                    .select(users::email)
+                    .for_update()
+                    .load(conn)
+                    .await?;
+                if admins == [email.as_str()] {
+                    return Err(ServiceError::Conflict(format!(
+                        "{} is the last admin who can sign in: make another admin first",
+                        email.as_str()
+                    )));
+                }
+            }
             let switched: Option<UserRow> = if disabled {
                 diesel::update(account.filter(users::disabled_at.is_null()))
                     .set(users::disabled_at.eq(Utc::now()))
