@@ -304,16 +304,7 @@ async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_pas
 async fn a_sign_in_from_a_new_browser_tells_the_owner() {
     let app = TestApp::spawn().await;
     let owner = app.user("nia@example.com", Role::Merchant).await;
-    let browser = |agent: &str| {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .user_agent(agent)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-    };
-    let laptop = browser("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0");
-    let phone = browser("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36");
+    let (laptop, phone) = (common::browser(common::FIREFOX_ON_LINUX), common::browser(common::CHROME_ON_ANDROID));
     let notices = || {
         app.texts(
             "SELECT text_body AS t FROM outbound_emails WHERE to_address = 'nia@example.com' \
@@ -515,16 +506,7 @@ async fn a_user_sees_where_they_are_signed_in_and_signs_out_everywhere_else() {
     let app = TestApp::spawn().await;
     app.user("ivy@example.com", Role::Merchant).await;
     app.user("jon@example.com", Role::Merchant).await;
-    let browser = |agent: &str| {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .user_agent(agent)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-    };
-    let laptop = browser("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0");
-    let phone = browser("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36");
+    let (laptop, phone) = (common::browser(common::FIREFOX_ON_LINUX), common::browser(common::CHROME_ON_ANDROID));
     for b in [&laptop, &phone] {
         assert_eq!(app.login(b, "ivy@example.com", PASSWORD).await.status(), StatusCode::FOUND);
     }

@@ -37,12 +37,20 @@ pub struct TestApp {
 /// never comes fails its test within two minutes instead of holding the whole run (`cargo test`
 /// has no timeout of its own).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(Policy::none())
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
-        .expect("client")
+    client_builder().build().expect("client")
+}
+
+/// Such a client that says it is this browser (`User-Agent`).
+pub fn browser(user_agent: &str) -> reqwest::Client {
+    client_builder().user_agent(user_agent).build().expect("client")
+}
+
+pub const FIREFOX_ON_LINUX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+pub const CHROME_ON_ANDROID: &str =
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36";
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().cookie_store(true).redirect(Policy::none()).timeout(std::time::Duration::from_secs(120))
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
