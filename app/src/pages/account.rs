@@ -108,9 +108,11 @@ fn SessionsCard() -> impl IntoView {
                     }
                 })}
             </Transition>
-            <ActionForm action>
-                <SubmitButton pending=action.pending() testid="sign-out-others">"Sign out everywhere else"</SubmitButton>
-            </ActionForm>
+            <div class="after-list">
+                <ActionForm action>
+                    <SubmitButton pending=action.pending() testid="sign-out-others">"Sign out everywhere else"</SubmitButton>
+                </ActionForm>
+            </div>
             <p class="ok" role="status" data-testid="others-signed-out">{done}</p>
             {error.message("sessions-error")}
         </section>

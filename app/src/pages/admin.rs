@@ -166,26 +166,26 @@ fn AccountRow(account: AccountView, switch: ServerAction<AdminSwitchAccount>) ->
     let email = account.email.clone();
     // Disabling asks first (a <details>, so it also works without JavaScript): it signs the
     // account out everywhere at once. Enabling is harmless and takes one click.
-    let form = move |confirm: &'static str| {
+    let form = move |confirm: &'static str, class: Option<&'static str>| {
         let label = format!("{confirm} {email}");
         view! {
             <ActionForm action=switch>
                 <input type="hidden" name="email" value=email.clone()/>
                 {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
-                <SubmitButton pending=switch.pending() label>{confirm}</SubmitButton>
+                <SubmitButton pending=switch.pending() label class=class.unwrap_or_default()>{confirm}</SubmitButton>
             </ActionForm>
         }
     };
     let keys = account.active_keys;
     let switch_control = (!account.you).then(|| {
         if disabled {
-            form("Enable").into_any()
+            form("Enable", None).into_any()
         } else {
             view! {
                 <details class="revoke">
                     <summary class="danger-outline" data-testid="disable-account">"Disable…"</summary>
                     <p class="muted">{format!("Signed out everywhere; its {} active key(s) keep working.", format::count(keys))}</p>
-                    {form("Disable")}
+                    {form("Disable", Some("danger"))}
                 </details>
             }
             .into_any()

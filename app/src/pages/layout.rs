@@ -185,10 +185,13 @@ pub fn SubmitButton(
     /// What a screen reader calls it, when its words alone do not say (a row's "Disable").
     #[prop(optional)]
     label: Option<String>,
+    /// `danger` for one that takes something away.
+    #[prop(optional)]
+    class: Option<&'static str>,
     children: Children,
 ) -> impl IntoView {
     view! {
-        <button type="submit" data-testid=testid aria-label=label aria-disabled=move || pending.get().then_some("true")
+        <button type="submit" class=class data-testid=testid aria-label=label aria-disabled=move || pending.get().then_some("true")
             on:click=move |ev| if pending.get_untracked() { ev.prevent_default() }>
             {children()}
         </button>
