@@ -49,14 +49,8 @@ async fn signing_in_again_ends_the_browsers_previous_session() {
     };
     assert_eq!(page(first.clone()).await, StatusCode::OK);
 
-    let again = client()
-        .post(app.url("/rpc/auth/login"))
-        .header("accept", "text/html")
-        .header("cookie", &first)
-        .form(&[("email", "bob@example.com"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let again =
+        app.login_request(&client(), "bob@example.com", PASSWORD).header("cookie", &first).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::FOUND);
     let second = cookie_of(&again);
     assert_ne!(first, second);
@@ -97,11 +91,7 @@ async fn repeated_failures_are_slowed_down_with(settings: &[(&'static str, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_the_throttle_counts_the_forwarded_client() {
     let login_from = |app: &TestApp, forwarded: &str, password: &str| {
-        let req = client()
-            .post(app.url("/rpc/auth/login"))
-            .header("accept", "text/html")
-            .header("x-forwarded-for", forwarded.to_owned())
-            .form(&[("email", "ann@example.com"), ("password", password)]);
+        let req = app.login_request(&client(), "ann@example.com", password).header("x-forwarded-for", forwarded);
         async move { req.send().await.unwrap().status().as_u16() }
     };
     let proxied = TestApp::spawn_with(&[("KEYMETER_TRUSTED_PROXIES", "127.0.0.1, ::1".into())]).await;
@@ -133,17 +123,9 @@ async fn strangers_guesses_do_not_lock_the_owner_out_of_a_browser_that_signed_in
     let stranger = format!("stranger-{}@example.com", app.db_name);
     app.user(&owner, Role::Merchant).await;
     app.user(&stranger, Role::Merchant).await;
-    let login_from = |browser: &reqwest::Client, forwarded: &str, email: &str, password: &str| {
-        let req = browser
-            .post(app.url("/rpc/auth/login"))
-            .header("accept", "text/html")
-            .header("x-forwarded-for", forwarded.to_owned())
-            .form(&[("email", email), ("password", password)]);
-        async move { req.send().await.unwrap() }
-    };
 
     let owners_browser = client();
-    let first = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    let first = app.login_forwarded(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
     assert_eq!(first.status(), StatusCode::FOUND);
     let device_cookie = first
         .headers()
@@ -157,13 +139,14 @@ async fn strangers_guesses_do_not_lock_the_owner_out_of_a_browser_that_signed_in
     }
     // The stranger's own browser is known too, but to the stranger's account.
     let strangers_browser = client();
-    assert_eq!(login_from(&strangers_browser, "203.0.113.200", &stranger, PASSWORD).await.status(), 302);
+    assert_eq!(app.login_forwarded(&strangers_browser, "203.0.113.200", &stranger, PASSWORD).await.status(), 302);
 
     // Guesses from eleven clients: the fifty allowed at the address fail, the rest are refused.
     let mut failed = 0;
     for client_no in 0..11 {
         for _ in 0..5 {
-            let status = login_from(&client(), &format!("203.0.113.{client_no}"), &owner, "guess guess").await.status();
+            let status =
+                app.login_forwarded(&client(), &format!("203.0.113.{client_no}"), &owner, "guess guess").await.status();
             assert!(matches!(status.as_u16(), 400 | 429), "{status}");
             failed += usize::from(status == StatusCode::BAD_REQUEST);
         }
@@ -171,25 +154,25 @@ async fn strangers_guesses_do_not_lock_the_owner_out_of_a_browser_that_signed_in
     assert_eq!(failed, 50);
     // The address is locked for a new browser, even with the right password from a new client,
     // and for the stranger's browser, known only to the stranger's account.
-    let new_browser = login_from(&client(), "198.51.100.11", &owner, PASSWORD).await;
+    let new_browser = app.login_forwarded(&client(), "198.51.100.11", &owner, PASSWORD).await;
     assert_eq!(new_browser.status(), StatusCode::TOO_MANY_REQUESTS);
-    let elsewhere = login_from(&strangers_browser, "203.0.113.200", &owner, PASSWORD).await;
+    let elsewhere = app.login_forwarded(&strangers_browser, "203.0.113.200", &owner, PASSWORD).await;
     assert_eq!(elsewhere.status(), StatusCode::TOO_MANY_REQUESTS);
 
     // The owner's browser gets in, even from one of the guessing clients' addresses.
-    let owner_again = login_from(&owners_browser, "203.0.113.0", &owner, PASSWORD).await;
+    let owner_again = app.login_forwarded(&owners_browser, "203.0.113.0", &owner, PASSWORD).await;
     assert_eq!(owner_again.status(), StatusCode::FOUND);
     assert_eq!(app.rpc(&owners_browser, "keys/list", &[]).await.status(), StatusCode::OK);
 
     // A known browser has a few tries of its own, then it waits too.
     for _ in 0..5 {
-        assert_eq!(login_from(&owners_browser, "198.51.100.10", &owner, "guess guess").await.status(), 400);
+        assert_eq!(app.login_forwarded(&owners_browser, "198.51.100.10", &owner, "guess guess").await.status(), 400);
     }
-    let locked = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    let locked = app.login_forwarded(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
     assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
     // An operator's lift (as `keymeter user set-password` does) ends the browser's lock too.
     services::accounts::lift_sign_in_lockout(&app.services.redis, &app.services.namespace, &owner).await.unwrap();
-    let lifted = login_from(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
+    let lifted = app.login_forwarded(&owners_browser, "198.51.100.10", &owner, PASSWORD).await;
     assert_eq!(lifted.status(), StatusCode::FOUND);
 }
 
@@ -200,38 +183,37 @@ async fn a_known_browsers_failures_count_for_its_network_too() {
     let app = TestApp::spawn_with(&[("KEYMETER_TRUSTED_PROXIES", "127.0.0.1, ::1".into())]).await;
     let owner = format!("net-{}@example.com", app.db_name);
     app.user(&owner, Role::Merchant).await;
-    let from = |browser: &reqwest::Client, forwarded: &str, password: &str| {
-        let req = browser
-            .post(app.url("/rpc/auth/login"))
-            .header("accept", "text/html")
-            .header("x-forwarded-for", forwarded.to_owned())
-            .form(&[("email", owner.as_str()), ("password", password)]);
-        async move { req.send().await.unwrap().status().as_u16() }
-    };
     let known = client();
-    assert_eq!(from(&known, "198.51.100.30", PASSWORD).await, 302);
+    assert_eq!(app.login_forwarded(&known, "198.51.100.30", &owner, PASSWORD).await.status().as_u16(), 302);
 
     // Four slips, then in: the slips are forgotten, from the browser and from its network.
     for _ in 0..4 {
-        assert_eq!(from(&known, "198.51.100.30", "slip slip slip").await, 400);
+        assert_eq!(app.login_forwarded(&known, "198.51.100.30", &owner, "slip slip slip").await.status().as_u16(), 400);
     }
-    assert_eq!(from(&known, "198.51.100.30", PASSWORD).await, 302);
+    assert_eq!(app.login_forwarded(&known, "198.51.100.30", &owner, PASSWORD).await.status().as_u16(), 302);
     let private_window = client();
     for _ in 0..4 {
-        assert_eq!(from(&private_window, "198.51.100.30", "slip slip slip").await, 400);
+        assert_eq!(
+            app.login_forwarded(&private_window, "198.51.100.30", &owner, "slip slip slip").await.status().as_u16(),
+            400
+        );
     }
-    assert_eq!(from(&private_window, "198.51.100.30", PASSWORD).await, 302, "4 + 4 would be over 5");
+    assert_eq!(
+        app.login_forwarded(&private_window, "198.51.100.30", &owner, PASSWORD).await.status().as_u16(),
+        302,
+        "4 + 4 would be over 5"
+    );
 
     // Five failures from a (new) known browser: it waits, and so does a new browser on its
     // network; a browser elsewhere does not.
     let guesser = client();
-    assert_eq!(from(&guesser, "198.51.100.31", PASSWORD).await, 302);
+    assert_eq!(app.login_forwarded(&guesser, "198.51.100.31", &owner, PASSWORD).await.status().as_u16(), 302);
     for _ in 0..5 {
-        assert_eq!(from(&guesser, "198.51.100.31", "guess guess").await, 400);
+        assert_eq!(app.login_forwarded(&guesser, "198.51.100.31", &owner, "guess guess").await.status().as_u16(), 400);
     }
-    assert_eq!(from(&guesser, "198.51.100.31", PASSWORD).await, 429);
-    assert_eq!(from(&client(), "198.51.100.31", PASSWORD).await, 429);
-    assert_eq!(from(&client(), "198.51.100.32", PASSWORD).await, 302);
+    assert_eq!(app.login_forwarded(&guesser, "198.51.100.31", &owner, PASSWORD).await.status().as_u16(), 429);
+    assert_eq!(app.login_forwarded(&client(), "198.51.100.31", &owner, PASSWORD).await.status().as_u16(), 429);
+    assert_eq!(app.login_forwarded(&client(), "198.51.100.32", &owner, PASSWORD).await.status().as_u16(), 302);
 }
 
 fn device_cookie(res: &reqwest::Response) -> String {
@@ -257,14 +239,10 @@ async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_pas
     let planted = device_cookie(&app.login(&client(), "mallory@example.com", PASSWORD).await);
     assert!(known(planted.clone(), "mallory@example.com").await);
     let owners_browser = client();
-    let res = owners_browser
-        .post(app.url("/rpc/auth/login"))
-        .header("accept", "text/html")
-        .header("cookie", format!("km_device={planted}"))
-        .form(&[("email", "kim@example.com"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let planting = app
+        .login_request(&owners_browser, "kim@example.com", PASSWORD)
+        .header("cookie", format!("km_device={planted}"));
+    let res = planting.send().await.unwrap();
     assert_eq!(res.status(), StatusCode::FOUND);
     let fresh = device_cookie(&res);
     assert_ne!(fresh, planted);

@@ -161,14 +161,28 @@ impl TestApp {
     }
 
     pub async fn login(&self, client: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
-        // As a browser's form post: it accepts HTML, so success is a 302.
+        self.login_request(client, email, password).send().await.expect("login request")
+    }
+
+    /// The sign-in form's post, as a browser sends it (it accepts HTML, so success is a 302),
+    /// for a test to add headers to.
+    pub fn login_request(&self, client: &reqwest::Client, email: &str, password: &str) -> reqwest::RequestBuilder {
         client
             .post(self.url("/rpc/auth/login"))
             .header("accept", "text/html")
             .form(&[("email", email), ("password", password)])
-            .send()
-            .await
-            .expect("login request")
+    }
+
+    /// Signs in from behind a trusted proxy that forwards for `forwarded`.
+    pub async fn login_forwarded(
+        &self,
+        client: &reqwest::Client,
+        forwarded: &str,
+        email: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        let request = self.login_request(client, email, password).header("x-forwarded-for", forwarded);
+        request.send().await.expect("login request")
     }
 
     /// A merchant with one API key of the given hourly and daily limits; returns the secret
