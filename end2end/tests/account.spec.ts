@@ -83,11 +83,22 @@ test('an admin disables an account from the accounts page, and enables it again'
   await expect(row).toHaveCount(1);
   await expect(row.getByTestId('account-status')).toHaveText('active');
 
-  // Disabling asks first.
+  // Disabling asks first, where the keyboard is; Escape and Cancel close the question again.
   await row.getByTestId('disable-account').click();
-  await expect(row).toContainText('Signed out everywhere; its 0 active key(s) keep working.');
+  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(`Disable ${who.email}? It is signed out everywhere; its 0 active key(s) keep working.`);
+  await expect(row.getByRole('button', { name: `Disable ${who.email}` })).toBeFocused();
+  await page.keyboard.press('Escape');
+  await expect(row.getByRole('alertdialog')).toBeHidden();
+  await expect(row.getByTestId('disable-account')).toBeFocused();
+  await row.getByTestId('disable-account').click();
+  await row.getByRole('button', { name: 'Cancel' }).click();
+  await expect(row.getByRole('alertdialog')).toBeHidden();
+  await expect(row.getByTestId('account-status')).toHaveText('active');
+  await row.getByTestId('disable-account').click();
   await row.getByRole('button', { name: `Disable ${who.email}` }).click();
   await expect(page.getByTestId('account-switched')).toHaveText(`Disabled ${who.email}: signed out of 1 session(s). Its API keys keep working.`);
+  // The button went with the answer: what was done is said where the keyboard now is.
+  await expect(page.getByTestId('account-switched')).toBeFocused();
   await expect(row.getByTestId('account-status')).toHaveText('disabled');
   await merchant.goto('/dashboard/developers/api-keys');
   await expect(merchant).toHaveURL(/\/login\?next=/);
@@ -103,4 +114,38 @@ test('an admin disables an account from the accounts page, and enables it again'
   const own = page.getByTestId('account-row').filter({ hasText: ADMIN.email });
   await expect(own).toContainText('(you)');
   await expect(own.getByRole('button')).toHaveCount(0);
+});
+
+test('while one account is being switched, an admin can switch another', async ({ page }) => {
+  const stamp = Date.now();
+  const first = `switch-a-${stamp}@keymeter.local`;
+  const second = `switch-b-${stamp}@keymeter.local`;
+  cli(['user', 'add', '--email', first], 'a first password\n');
+  cli(['user', 'add', '--email', second], 'a second password\n');
+  cli(['user', 'disable', '--email', second]);
+  await signIn(page, ADMIN);
+  await page.goto(`/admin/accounts?q=${stamp}`);
+  await hydrated(page);
+  const rowOf = (email: string) => page.getByTestId('account-row').filter({ hasText: email });
+  await expect(rowOf(second).getByTestId('account-status')).toHaveText('disabled');
+
+  // The first answer is held back, so that switch is still pending when the second is asked.
+  let held: (() => Promise<void>) | undefined;
+  await page.route('**/rpc/admin/accounts/switch', async (route) => {
+    if (held === undefined && (route.request().postData() ?? '').includes('switch-a-')) {
+      held = () => route.continue();
+    } else {
+      await route.continue();
+    }
+  });
+  await rowOf(first).getByTestId('disable-account').click();
+  await rowOf(first).getByRole('button', { name: `Disable ${first}` }).click();
+  await expect.poll(() => held !== undefined).toBe(true);
+  await expect(rowOf(first).getByRole('button', { name: `Disable ${first}` })).toHaveAttribute('aria-disabled', 'true');
+  await rowOf(second).getByRole('button', { name: `Enable ${second}` }).click();
+  await expect(page.getByTestId('account-switched')).toHaveText(`Enabled ${second}: it can sign in again.`);
+  await expect(rowOf(second).getByTestId('account-status')).toHaveText('active');
+
+  await held!();
+  await expect(rowOf(first).getByTestId('account-status')).toHaveText('disabled');
 });

@@ -7,7 +7,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
-use super::layout::{page_number, ErrorPanel, PageTitle, Pager, SubmitButton};
+use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
     admin_mail, admin_mail_body, admin_search_accounts, admin_search_keys, AccountView, AdminSwitchAccount, MailBody,
     MailView, SendMailAgain,
@@ -126,7 +126,8 @@ pub fn AdminAccountsPage() -> impl IntoView {
         </form>
         <section class="card">
             <p class="muted">"A disabled account cannot sign in and is signed out everywhere. Its API keys keep working: revoke them from the key's page to stop them."</p>
-            <p class="ok" role="status" data-testid="account-switched">{done}</p>
+            // The switched row's button is gone with the answer: the focus goes to what was done.
+            {move || done().map(|text| view! { <Confirmation text testid="account-switched"/> })}
             {error.message("account-error")}
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
@@ -164,29 +165,38 @@ fn AccountRow(account: AccountView, switch: ServerAction<AdminSwitchAccount>) ->
         None => ("badge active", "active", String::new()),
     };
     let email = account.email.clone();
-    // Disabling asks first (a <details>, so it also works without JavaScript): it signs the
-    // account out everywhere at once. Enabling is harmless and takes one click.
-    let form = move |confirm: &'static str, class: Option<&'static str>| {
-        let label = format!("{confirm} {email}");
+    // Each row's button waits for its own answer only: another row can be switched meanwhile.
+    let pending = {
+        let email = email.clone();
+        Signal::derive(move || switch.input().with(|sent| sent.as_ref().is_some_and(|sent| sent.email == email)))
+    };
+    let confirm = NodeRef::<leptos::html::Button>::new();
+    let form = move |verb: &'static str, class: Option<&'static str>| {
+        let label = format!("{verb} {email}");
         view! {
             <ActionForm action=switch>
                 <input type="hidden" name="email" value=email.clone()/>
                 {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
-                <SubmitButton pending=switch.pending() label class=class.unwrap_or_default()>{confirm}</SubmitButton>
+                <SubmitButton pending label class=class.unwrap_or_default() node_ref=confirm>{verb}</SubmitButton>
             </ActionForm>
         }
     };
-    let keys = account.active_keys;
+    // Disabling asks first: it signs the account out everywhere at once. Enabling is harmless
+    // and takes one click.
     let switch_control = (!account.you).then(|| {
         if disabled {
             form("Enable", None).into_any()
         } else {
+            let question = format!(
+                "Disable {}? It is signed out everywhere; its {} active key(s) keep working.",
+                account.email,
+                format::count(account.active_keys)
+            );
             view! {
-                <details class="revoke">
-                    <summary class="danger-outline" data-testid="disable-account">"Disable…"</summary>
-                    <p class="muted">{format!("Signed out everywhere; its {} active key(s) keep working.", format::count(keys))}</p>
+                <ConfirmInPlace opener="Disable…" opener_testid="disable-account" dialog_label="Confirm disabling"
+                    question_id=format!("disable-question-{}", account.email) question confirm>
                     {form("Disable", Some("danger"))}
-                </details>
+                </ConfirmInPlace>
             }
             .into_any()
         }

@@ -5,7 +5,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
-use super::layout::{page_number, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
+use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RenameKey, RevokeKey,
     SetAlertEmails,
@@ -191,48 +191,20 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
     }
 }
 
-/// "Revoke…" opens a confirmation in place. A `<details>` holding a form, so it also works
-/// without JavaScript (the post returns to the list); with it, focus moves to the confirming
-/// button, and Cancel or Escape close it again.
+/// "Revoke…", asked in place ([`ConfirmInPlace`]).
 #[component]
 fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> impl IntoView {
-    let details = NodeRef::<leptos::html::Details>::new();
-    let summary = NodeRef::<leptos::html::Summary>::new();
     let confirm = NodeRef::<leptos::html::Button>::new();
-    let scripted = RwSignal::new(false);
-    Effect::new(move |_| scripted.set(true));
-    let question = format!("revoke-question-{id}");
-    let describes = question.clone();
-    let close = move || {
-        if let Some(d) = details.get_untracked() {
-            d.set_open(false);
-        }
-        // Back where the keyboard was (the summary is hidden while the question shows).
-        if let Some(s) = summary.get_untracked() {
-            let _ = s.focus();
-        }
-    };
     view! {
-        // Without JavaScript "Revoke…" stays to close it again (there is no Cancel).
-        <details class="revoke" class:scripted=move || scripted.get() node_ref=details
-            on:toggle=move |_| {
-                if details.get_untracked().is_some_and(|d| d.open()) {
-                    if let Some(b) = confirm.get_untracked() {
-                        let _ = b.focus();
-                    }
-                }
-            }
-            on:keydown=move |ev| if ev.key() == "Escape" { close() }>
-            <summary class="danger-outline" data-testid="revoke" node_ref=summary>"Revoke…"</summary>
+        <ConfirmInPlace opener="Revoke…" opener_testid="revoke" dialog_label="Confirm revocation"
+            question_id=format!("revoke-question-{id}")
+            question=format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")
+            confirm>
             <ActionForm action=revoke>
                 <input type="hidden" name="id" value=id/>
-                <div class="confirm" role="alertdialog" aria-label="Confirm revocation" aria-describedby=describes>
-                    <span id=question>{format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")}</span>
-                    <button type="submit" class="danger" data-testid="confirm-revoke" node_ref=confirm>"Revoke"</button>
-                    <button type="button" class="link" hidden=move || !scripted.get() on:click=move |_| close()>"Cancel"</button>
-                </div>
+                <button type="submit" class="danger" data-testid="confirm-revoke" node_ref=confirm>"Revoke"</button>
             </ActionForm>
-        </details>
+        </ConfirmInPlace>
     }
 }
 

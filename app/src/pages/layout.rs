@@ -188,13 +188,70 @@ pub fn SubmitButton(
     /// `danger` for one that takes something away.
     #[prop(optional)]
     class: Option<&'static str>,
+    /// For a [`ConfirmInPlace`] to focus it.
+    #[prop(optional)]
+    node_ref: NodeRef<leptos::html::Button>,
     children: Children,
 ) -> impl IntoView {
     view! {
         <button type="submit" class=class data-testid=testid aria-label=label aria-disabled=move || pending.get().then_some("true")
-            on:click=move |ev| if pending.get_untracked() { ev.prevent_default() }>
+            node_ref=node_ref on:click=move |ev| if pending.get_untracked() { ev.prevent_default() }>
             {children()}
         </button>
+    }
+}
+
+/// An action that takes something away ("Revoke…", "Disable…") asks first, in place: a
+/// `<details>` holding the question and the form that answers yes, so it also works without
+/// JavaScript (there the opener stays, to close it again; there is no Cancel). With it, opening
+/// moves the focus to the confirming button, and Cancel or Escape close the question and give
+/// the focus back to the opener, not to the top of the page.
+#[component]
+pub fn ConfirmInPlace(
+    /// The opener's words ("Revoke…").
+    opener: &'static str,
+    opener_testid: &'static str,
+    /// What a screen reader calls the question ("Confirm revocation").
+    dialog_label: &'static str,
+    /// Unique on the page: the dialog is described by the question through it.
+    question_id: String,
+    question: String,
+    /// The confirming button, inside `children`.
+    confirm: NodeRef<leptos::html::Button>,
+    /// The form that answers yes.
+    children: Children,
+) -> impl IntoView {
+    let details = NodeRef::<leptos::html::Details>::new();
+    let opener_ref = NodeRef::<leptos::html::Summary>::new();
+    let scripted = RwSignal::new(false);
+    Effect::new(move |_| scripted.set(true));
+    let close = move || {
+        if let Some(d) = details.get_untracked() {
+            d.set_open(false);
+        }
+        // The opener is hidden while the question shows (CSS), so the focus was not there.
+        if let Some(s) = opener_ref.get_untracked() {
+            let _ = s.focus();
+        }
+    };
+    let describes = question_id.clone();
+    view! {
+        <details class="revoke" class:scripted=move || scripted.get() node_ref=details
+            on:toggle=move |_| {
+                if details.get_untracked().is_some_and(|d| d.open()) {
+                    if let Some(b) = confirm.get_untracked() {
+                        let _ = b.focus();
+                    }
+                }
+            }
+            on:keydown=move |ev| if ev.key() == "Escape" { close() }>
+            <summary class="danger-outline" data-testid=opener_testid node_ref=opener_ref>{opener}</summary>
+            <div class="confirm" role="alertdialog" aria-label=dialog_label aria-describedby=describes>
+                <span id=question_id>{question}</span>
+                {children()}
+                <button type="button" class="link" hidden=move || !scripted.get() on:click=move |_| close()>"Cancel"</button>
+            </div>
+        </details>
     }
 }
 
