@@ -253,6 +253,8 @@ pub fn ConfirmInPlace(
             </div>
         </details>
     }
+    // Erased: inside a table row its full type is too deep for the WASM build.
+    .into_any()
 }
 
 /// `?page=` of a paged list: from 1; anything else is the first page.
