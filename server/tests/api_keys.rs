@@ -6,7 +6,7 @@ use common::{client, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use services::accounts::Role;
-use services::keys::{ApiKeyId, ApiKeySecret, KeyCheck, Quota, QuotaLimit};
+use services::keys::{ApiKeyId, ApiKeySecret, KeyAuthenticator, KeyCheck, Quota, QuotaLimit};
 
 async fn create_key(app: &TestApp, c: &reqwest::Client, name: &str) -> (String, String) {
     let res = app.rpc(c, "keys/create", &[("name", name)]).await;
@@ -682,4 +682,237 @@ async fn a_merchants_keys_come_a_page_at_a_time_the_active_ones_first() {
     let html = app.page(&c, "/dashboard/developers/api-keys?page=2").await.text().await.unwrap();
     assert!(html.contains("Key 54") && !html.contains("Key 53"), "{html}");
     assert!(html.contains(r#"href="/dashboard/developers/api-keys""#) && !html.contains("?page=3"), "{html}");
+}
+
+/// Calls `/api/v1/ping` with `secret`: its status and, when refused, the error code.
+async fn ping_as(app: &TestApp, secret: &str) -> (StatusCode, String) {
+    let res = app.call("/api/v1/ping", secret).await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+    (status, code)
+}
+
+async fn roll(app: &TestApp, c: &reqwest::Client, id: &str, hours: &str) -> Value {
+    let res = app.rpc(c, "keys/roll", &[("id", id), ("old_secret_hours", hours)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+const ROLLED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "rolled_api_key");
+
+/// Rolling gives a key a new secret and keeps the key: its id, its quota count and its usage.
+/// The old secret works for the overlap chosen, then gets its own 401, and is counted nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_key_keeps_its_quota_and_usage_and_its_old_secret_works_until_it_stops() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, old) = create_key(&app, &ann, "Checkout").await;
+    let key_id = ApiKeyId::parse(&id).unwrap();
+    assert_eq!(ping_as(&app, &old).await.0, StatusCode::OK);
+
+    let rolled = roll(&app, &ann, &id, "1").await;
+    let new = rolled["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("km_live_") && new != old);
+    assert_eq!(rolled["key"]["id"], id.as_str());
+    assert!(new.starts_with(rolled["key"]["prefix"].as_str().unwrap()));
+    let previous = &rolled["key"]["previous_secret"];
+    assert!(old.starts_with(previous["prefix"].as_str().unwrap()), "{previous}");
+    assert_eq!(previous["works"], true);
+    let stops = chrono::DateTime::parse_from_rfc3339(previous["expires_at"].as_str().unwrap()).unwrap();
+    let in_an_hour = (stops.timestamp() - chrono::Utc::now().timestamp() - 3600).abs();
+    assert!(in_an_hour < 60, "stops at {stops}");
+
+    // Both secrets are the one key: same id, one count.
+    for secret in [&new, &old] {
+        let res = app.call("/api/v1/ping", secret).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.json::<Value>().await.unwrap()["key_id"], id.as_str());
+    }
+    let (hour, day, _) = app.services.quota.snapshot(key_id, &quota(1000, 10_000), 0).await.unwrap();
+    assert_eq!((hour.used, day.used), (3, 3));
+
+    // Its time is up (as if an hour had passed): every instance reads the key again within the
+    // cache's TTL and refuses it from then on, with a code that says what happened.
+    app.run_sql("UPDATE api_keys SET previous_expires_at = now() - interval '1 second'").await;
+    tokio::time::sleep(KeyAuthenticator::TTL + std::time::Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let (status, code) = ping_as(&app, &old).await;
+        assert_eq!((status, code.as_str()), ROLLED);
+    }
+    assert_eq!(ping_as(&app, &new).await.0, StatusCode::OK);
+    let key: Value = app.rpc(&ann, "keys/get", &[("id", &id)]).await.json().await.unwrap();
+    assert_eq!(key["previous_secret"]["works"], false);
+    assert!(key["rolled_at"].is_string(), "{key}");
+
+    // Refused calls count nowhere: 4 admitted, 4 stored.
+    let (hour, day, _) = app.services.quota.snapshot(key_id, &quota(1000, 10_000), 0).await.unwrap();
+    assert_eq!((hour.used, day.used), (4, 4));
+    assert_eq!(app.wait_for_events(key_id, 4).await, 4);
+    app.wait_until_usage_stored().await;
+    assert_eq!(app.event_count(key_id).await, 4);
+}
+
+/// A secret that leaked is rolled with no overlap: the instance that rolled it refuses it at
+/// once, the others within seconds, though each had it cached as working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_at_once_stops_the_old_secret_here_at_once_and_everywhere_within_seconds() {
+    let app = TestApp::spawn().await;
+    let sibling = app.spawn_sibling().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, old) = create_key(&app, &ann, "Checkout").await;
+    assert_eq!(ping_as(&app, &old).await.0, StatusCode::OK);
+    assert_eq!(ping_as(&sibling, &old).await.0, StatusCode::OK);
+
+    let rolled = roll(&app, &ann, &id, "0").await;
+    let new = rolled["secret"].as_str().unwrap().to_owned();
+    assert_eq!(rolled["key"]["previous_secret"]["works"], false);
+    let (status, code) = ping_as(&app, &old).await;
+    assert_eq!((status, code.as_str()), ROLLED);
+
+    let started = std::time::Instant::now();
+    let refused_there = loop {
+        let (status, code) = ping_as(&sibling, &old).await;
+        if (status, code.as_str()) == ROLLED {
+            break started.elapsed();
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the other instance still admits it");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(refused_there <= KeyAuthenticator::TTL + std::time::Duration::from_secs(1), "{refused_there:?}");
+    assert_eq!(ping_as(&sibling, &new).await.0, StatusCode::OK);
+    assert_eq!(ping_as(&app, &new).await.0, StatusCode::OK);
+}
+
+/// An instance that has read a previous secret's end enforces it itself: the secret stops on
+/// time while PostgreSQL cannot be asked (the last known state of other keys stands in then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_secret_stops_on_time_while_postgresql_is_away() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, old) = create_key(&app, &ann, "Checkout").await;
+    let new = roll(&app, &ann, &id, "1").await["secret"].as_str().unwrap().to_owned();
+    app.run_sql("UPDATE api_keys SET previous_expires_at = now() + interval '6 seconds'").await;
+    let stops = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    // Read again (its cached entry is older than the TTL): it works, and ends in 6 s.
+    tokio::time::sleep(KeyAuthenticator::TTL + std::time::Duration::from_millis(100)).await;
+    assert_eq!(ping_as(&app, &old).await.0, StatusCode::OK);
+    assert_eq!(ping_as(&app, &new).await.0, StatusCode::OK);
+
+    app.set_database_reachable(false).await;
+    tokio::time::sleep_until((stops + std::time::Duration::from_millis(300)).into()).await;
+    let (status, code) = ping_as(&app, &old).await;
+    assert_eq!((status, code.as_str()), ROLLED);
+    assert_eq!(ping_as(&app, &new).await.0, StatusCode::OK, "the new secret goes on through the outage");
+    app.set_database_reachable(true).await;
+}
+
+/// Only the owner rolls an active key, with an overlap of 0 to 168 hours; anything else is
+/// refused and changes nothing. The owner can stop the previous secret early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_rolls_an_active_key_and_can_stop_the_old_secret_early() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("mallory@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (mallory, admin) = (app.signed_in("mallory@example.com").await, app.signed_in("root@example.com").await);
+    let (id, secret) = create_key(&app, &ann, "Checkout").await;
+
+    let choice = "Choose how long the old secret keeps working: 0 to 168 whole hours.";
+    let refusals: [(&reqwest::Client, &str, &str, StatusCode, &str); 8] = [
+        (&ann, &id, "169", StatusCode::BAD_REQUEST, choice),
+        (&ann, &id, "-1", StatusCode::BAD_REQUEST, choice),
+        (&ann, &id, "soon", StatusCode::BAD_REQUEST, choice),
+        (&ann, &id, "", StatusCode::BAD_REQUEST, choice),
+        (&ann, &id, "1.5", StatusCode::BAD_REQUEST, choice),
+        (&ann, "not-a-key", "1", StatusCode::NOT_FOUND, "Not found."),
+        (&mallory, &id, "0", StatusCode::NOT_FOUND, "Not found."),
+        (&admin, &id, "0", StatusCode::FORBIDDEN, "not allowed"),
+    ];
+    for (who, key, hours, status, message) in refusals {
+        let res = app.rpc(who, "keys/roll", &[("id", key), ("old_secret_hours", hours)]).await;
+        assert_eq!(res.status(), status, "{hours:?}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{hours:?}: {body}");
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(body["error"]["field"], "old_secret_hours", "{body}");
+        }
+    }
+    for who in [&mallory, &admin] {
+        let res = app.rpc(who, "keys/end-overlap", &[("id", &id)]).await;
+        assert!(matches!(res.status(), StatusCode::NOT_FOUND | StatusCode::FORBIDDEN), "{}", res.status());
+    }
+    let key: Value = app.rpc(&ann, "keys/get", &[("id", &id)]).await.json().await.unwrap();
+    assert!(key["rolled_at"].is_null() && key["previous_secret"].is_null(), "{key}");
+    assert_eq!(ping_as(&app, &secret).await.0, StatusCode::OK);
+
+    // A day's overlap, then the owner stops it early: refused at once.
+    let first = roll(&app, &ann, &id, "24").await["secret"].as_str().unwrap().to_owned();
+    assert_eq!(ping_as(&app, &secret).await.0, StatusCode::OK);
+    let res = app.rpc(&ann, "keys/end-overlap", &[("id", &id)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["previous_secret"]["works"], false);
+    let (status, code) = ping_as(&app, &secret).await;
+    assert_eq!((status, code.as_str()), ROLLED);
+    assert_eq!(app.rpc(&ann, "keys/end-overlap", &[("id", &id)]).await.status(), StatusCode::OK);
+    assert_eq!(ping_as(&app, &first).await.0, StatusCode::OK);
+
+    // Rolling again while the previous secret still works stops that one: a key answers to two
+    // secrets at most.
+    let second = roll(&app, &ann, &id, "24").await["secret"].as_str().unwrap().to_owned();
+    let third = roll(&app, &ann, &id, "24").await["secret"].as_str().unwrap().to_owned();
+    for (secret, works) in [(&first, false), (&second, true), (&third, true)] {
+        let status = ping_as(&app, secret).await.0;
+        assert_eq!(status == StatusCode::OK, works, "{status}");
+    }
+
+    // A revoked key cannot be rolled, and none of its secrets works.
+    assert_eq!(app.rpc(&ann, "keys/revoke", &[("id", &id)]).await.status(), StatusCode::OK);
+    let res = app.rpc(&ann, "keys/roll", &[("id", &id), ("old_secret_hours", "0")]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "\u{201c}Checkout\u{201d} is revoked: it cannot be rolled.");
+    for secret in [&second, &third] {
+        let (status, code) = ping_as(&app, secret).await;
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "revoked_api_key"));
+    }
+}
+
+/// Without JavaScript the roll's post is redirected to the key's page, which shows the new
+/// secret once (it never goes into the URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rolled_without_javascript_shows_its_new_secret_once_on_its_page() {
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let (id, old) = create_key(&app, &ann, "Checkout").await;
+    let page_url = app.url(&format!("/dashboard/developers/api-keys/{id}"));
+    let post = ann
+        .post(app.url("/rpc/keys/roll"))
+        .header("accept", "text/html")
+        .header("referer", &page_url)
+        .form(&[("id", id.as_str()), ("old_secret_hours", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), StatusCode::FOUND);
+    let location = post.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("/dashboard/developers/api-keys/{id}?rolled=")), "{location}");
+    assert!(!location.contains("km_live_"), "{location}");
+
+    let html = app.page(&ann, &location).await.text().await.unwrap();
+    let at = html.find("data-testid=\"new-secret\">").expect("the new secret is on the page") + 25;
+    let secret: String = html[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    assert_eq!(ping_as(&app, &secret).await.0, StatusCode::OK);
+    let (status, code) = ping_as(&app, &old).await;
+    assert_eq!((status, code.as_str()), ROLLED);
+
+    let again = app.page(&ann, &location).await.text().await.unwrap();
+    assert!(!again.contains(&secret));
+    assert!(again.contains("roll the key again"), "{again}");
 }

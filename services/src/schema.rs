@@ -36,6 +36,10 @@ diesel::table! {
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
         alert_email_thresholds -> Array<Int2>,
+        rolled_at -> Nullable<Timestamptz>,
+        previous_prefix -> Nullable<Text>,
+        previous_secret_hash -> Nullable<Bytea>,
+        previous_expires_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -81,25 +81,75 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
     let (key, secret) = api_keys::create(&services.db, user.id, &name).await?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
-    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
-    if plain_form {
-        // The browser follows a redirect and never reads this reply: the list it lands on takes
-        // the secret from a one-time hand-off (see `secret_handoff`).
-        let token = services::keys::secret_handoff::hold(&services.redis, user.id, key.id, &secret).await.map_err(|e| {
-            tracing::warn!(key_id = %key.id, error = %e, "new key's secret could not be held for its page");
-            AppError::Conflict(format!(
-                "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
-                key.name
-            ))
-        })?;
-        leptos_axum::redirect(&format!("/dashboard/developers/api-keys?created={}", token.as_str()));
-        return Ok(CreatedKey { key: KeyView::seen_by(key, user.id), secret: String::new(), api_base });
-    }
-    Ok(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base })
+    let page = "/dashboard/developers/api-keys?created=";
+    let lost = format!(
+        "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
+        key.name
+    );
+    hand_over_secret(&services, plain_form, user.id, key, secret, page, lost).await
 }
 
-/// The key created by a plain form post (no JavaScript), for the list page that post returns
-/// to, once; `None` when its token was used, has expired, or is someone else's.
+/// A new secret's reply. A plain form post (no JavaScript) is redirected to `page` followed by
+/// a one-time token, and the page it lands on takes the secret from a hand-off (see
+/// `secret_handoff`): the browser never reads this reply, and a secret never goes in a URL.
+#[cfg(feature = "ssr")]
+async fn hand_over_secret(
+    services: &services::Services,
+    plain_form: bool,
+    user_id: i64,
+    key: services::keys::ApiKey,
+    secret: services::keys::ApiKeySecret,
+    page: &str,
+    lost: String,
+) -> Result<CreatedKey, AppError> {
+    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    if plain_form {
+        let token = services::keys::secret_handoff::hold(&services.redis, user_id, key.id, &secret).await.map_err(|e| {
+            tracing::warn!(key_id = %key.id, error = %e, "a new secret could not be held for its page");
+            AppError::Conflict(lost)
+        })?;
+        leptos_axum::redirect(&format!("{page}{}", token.as_str()));
+        return Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: String::new(), api_base });
+    }
+    Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: secret.expose().to_owned(), api_base })
+}
+
+/// Rolls one of the signed-in user's active keys: a new secret, shown once; the old one keeps
+/// working for `old_secret_hours` (0 to 168), then is refused. The key keeps its quota, alerts
+/// and usage history.
+#[server(prefix = "/rpc", endpoint = "keys/roll")]
+pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId, RollOverlap};
+    let services = session::services()?;
+    let plain_form = session::is_plain_form_post();
+    let user = session::require_user(&services).await?;
+    let id = ApiKeyId::parse(&id)?;
+    let overlap = RollOverlap::parse(&old_secret_hours).map_err(|e| e.in_field("old_secret_hours"))?;
+    let (key, secret) = api_keys::roll_for(&services, id, &user, overlap).await?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, overlap_hours = overlap.hours(), "API key rolled");
+    let page = format!("/dashboard/developers/api-keys/{}?rolled=", key.id);
+    let lost = format!(
+        "\u{201c}{}\u{201d} was rolled, but its new secret could not be kept for this page. Roll it again.",
+        key.name
+    );
+    hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
+}
+
+/// Stops a rolled key's previous secret now (the owner's integrations use the new one).
+#[server(prefix = "/rpc", endpoint = "keys/end-overlap")]
+pub async fn end_key_overlap(id: String) -> Result<KeyView, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user).await?;
+    tracing::info!(key_id = %key.id, user_id = user.id, "API key's previous secret stopped");
+    Ok(KeyView::seen_by(key, user.id))
+}
+
+/// The key created (or rolled) by a plain form post (no JavaScript), for the page that post
+/// returns to, once; `None` when its token was used, has expired, or is someone else's.
 #[server(prefix = "/rpc", endpoint = "keys/created")]
 pub async fn take_created_key(token: String) -> Result<Option<CreatedKey>, AppError> {
     use super::session;

@@ -69,6 +69,21 @@ pub struct KeyView {
     /// Whether the viewer is an admin: a key's page offers them the form that sets its quota.
     #[serde(default)]
     pub viewer_is_admin: bool,
+    /// The last time its secret was replaced.
+    #[serde(default)]
+    pub rolled_at: Option<DateTime<Utc>>,
+    /// The secret before the last roll, while the key remembers it.
+    #[serde(default)]
+    pub previous_secret: Option<PreviousSecretView>,
+}
+
+/// A rolled key's replaced secret: its visible prefix, when it stops (or stopped) working, and
+/// whether it still works (as the server saw it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecretView {
+    pub prefix: String,
+    pub expires_at: DateTime<Utc>,
+    pub works: bool,
 }
 
 /// A page of keys (the merchant's list, the admins' search).
@@ -154,6 +169,12 @@ impl KeyView {
             alert_emails: key.alert_email_thresholds.iter().collect(),
             current_use: None,
             viewer_is_admin: false,
+            rolled_at: key.rolled_at,
+            previous_secret: key.previous_secret.map(|p| PreviousSecretView {
+                works: p.works_at(chrono::Utc::now()),
+                prefix: p.prefix,
+                expires_at: p.expires_at,
+            }),
         }
     }
 }

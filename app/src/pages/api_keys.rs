@@ -7,8 +7,8 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 use super::form_error::FormError;
 use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
-    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, KeyView, RenameKey, RevokeKey,
-    SetAlertEmails,
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView, RenameKey,
+    RevokeKey, RollKey, SetAlertEmails,
 };
 use crate::render_memo::once_per_render;
 
@@ -225,17 +225,31 @@ pub fn ApiKeyPage() -> impl IntoView {
     // Created here, before any await (see layout.rs).
     let set_quota = ServerAction::<AdminSetQuota>::new();
     let rename = ServerAction::<RenameKey>::new();
+    let roll = ServerAction::<RollKey>::new();
+    let end_overlap = ServerAction::<EndKeyOverlap>::new();
     let key = Resource::new(
-        move || (params.read().get("id").unwrap_or_default(), set_quota.version().get()),
-        |(id, version)| once_per_render("keys/get", &(id.clone(), version), get_key(id)),
+        move || {
+            let versions = (set_quota.version().get(), roll.version().get(), end_overlap.version().get());
+            (params.read().get("id").unwrap_or_default(), versions)
+        },
+        |(id, versions)| once_per_render("keys/get", &(id.clone(), versions), get_key(id)),
+    );
+    // A key rolled without JavaScript: its post came back here with a one-time token.
+    let query = use_query_map();
+    let handed_over = Resource::new(
+        move || query.read().get("rolled"),
+        // Through the memo: the hand-off is used up by the first read.
+        |token| once_per_render("keys/rolled", &token.clone(), async move { NewSecretHandOff::take(token).await }),
     );
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     let alerts = ServerAction::<SetAlertEmails>::new();
+    let actions = KeyActions { alerts, set_quota, rename, roll, end_overlap };
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
+                let handed_over = handed_over.await;
                 match key.await {
-                    Ok(key) => view! { <KeyDetails key requests alerts set_quota rename/> }.into_any(),
+                    Ok(key) => view! { <KeyDetails key requests actions handed_over/> }.into_any(),
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
@@ -243,14 +257,44 @@ pub fn ApiKeyPage() -> impl IntoView {
     }
 }
 
+/// The forms of a key's page, made before its first await (see layout.rs).
+#[derive(Clone, Copy)]
+struct KeyActions {
+    alerts: ServerAction<SetAlertEmails>,
+    set_quota: ServerAction<AdminSetQuota>,
+    rename: ServerAction<RenameKey>,
+    roll: ServerAction<RollKey>,
+    end_overlap: ServerAction<EndKeyOverlap>,
+}
+
+/// A secret a plain form post (no JavaScript) left for the page it returned to, by the one-time
+/// token in the page's address.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum NewSecretHandOff {
+    /// No token in the address.
+    None,
+    Here(CreatedKey),
+    /// The token was used already, has expired, or is someone else's.
+    Gone,
+}
+
+impl NewSecretHandOff {
+    async fn take(token: Option<String>) -> Result<Self, crate::error::AppError> {
+        Ok(match token {
+            None => Self::None,
+            Some(token) => take_created_key(token).await?.map_or(Self::Gone, Self::Here),
+        })
+    }
+}
+
 #[component]
 fn KeyDetails(
     key: KeyView,
     requests: super::quota_requests::QuotaRequestsState,
-    alerts: ServerAction<SetAlertEmails>,
-    set_quota: ServerAction<AdminSetQuota>,
-    rename: ServerAction<RenameKey>,
+    actions: KeyActions,
+    handed_over: Result<NewSecretHandOff, crate::error::AppError>,
 ) -> impl IntoView {
+    let KeyActions { alerts, set_quota, rename, roll, end_overlap } = actions;
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
     // A rename updates the name in place (refetching the key would rebuild the page under the
     // keyboard). Only this key's: the action outlives a move to another key's page.
@@ -267,6 +311,13 @@ fn KeyDetails(
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
+    let rolling = (key.yours && !key.is_revoked())
+        .then(|| view! { <RollSecret key=key.clone() action=roll end_overlap handed_over/> }.into_any());
+    let previous = key.previous_secret.as_ref().map(|p| {
+        let when = format::time(&p.expires_at);
+        let state = if p.works { format!("works until {when}") } else { format!("stopped working {when}") };
+        view! { <dt>"Previous secret"</dt><dd data-testid="previous-secret"><code>{format!("{}…", p.prefix)}</code>{format!(" {state}")}</dd> }
+    });
     let status = key.status();
     view! {
         // Made again when the name changes: leptos_meta keeps a title's text beyond the page, so
@@ -285,15 +336,98 @@ fn KeyDetails(
                 <dt>"Created"</dt><dd>{format::time(&key.created_at)}</dd>
                 <dt>"Last used"</dt><dd>{format::time_or(key.last_used_at.as_ref(), "never")}</dd>
                 <dt>"Revoked"</dt><dd>{format::time_or(key.revoked_at.as_ref(), "—")}</dd>
+                <dt>"Secret rolled"</dt><dd data-testid="rolled-at">{format::time_or(key.rolled_at.as_ref(), "never")}</dd>
+                {previous}
                 <dt>"Hourly quota"</dt><dd>{format!("{} requests per hour (UTC)", format::count(key.requests_per_hour))}</dd>
                 <dt>"Daily quota"</dt><dd>{format!("{} requests per day (UTC)", format::count(key.requests_per_day))}</dd>
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
         {rename}
+        {rolling}
         {set_quota}
         {alert_settings}
         {requests}
+    }
+}
+
+/// The owner replaces the key's secret ("rolls" it), choosing when the old one stops working;
+/// the new one is shown once, here. While the old one still works it can be stopped early.
+#[component]
+fn RollSecret(
+    key: KeyView,
+    action: ServerAction<RollKey>,
+    end_overlap: ServerAction<EndKeyOverlap>,
+    handed_over: Result<NewSecretHandOff, crate::error::AppError>,
+) -> impl IntoView {
+    let error = FormError::of("roll-error", action);
+    let end_error = FormError::of("end-overlap-error", end_overlap);
+    let confirm = NodeRef::<leptos::html::Button>::new();
+    let this_key = key.id.clone();
+    // Only this key's: the action outlives a move to another key's page.
+    let rolled_here = move || action.value().get().and_then(Result::ok).filter(|created| created.key.id == this_key);
+    let handed_over = match handed_over {
+        Ok(NewSecretHandOff::Here(created)) => Some(view! { <NewSecret created/> }.into_any()),
+        Ok(NewSecretHandOff::Gone) => Some(view! {
+            <p class="muted" data-testid="secret-gone">
+                "A new secret is shown only once; this one was shown already or has expired. If you did not copy it, roll the key again."
+            </p>
+        }.into_any()),
+        Ok(NewSecretHandOff::None) => None,
+        Err(err) => Some(view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any()),
+    };
+    let overlap = key.previous_secret.clone().filter(|p| p.works).map(|p| {
+        let id = key.id.clone();
+        let confirm_end = NodeRef::<leptos::html::Button>::new();
+        view! {
+            <p data-testid="overlap">{format!("The previous secret {}… keeps working until {}.", p.prefix, format::time(&p.expires_at))}</p>
+            <ActionForm action=end_overlap>
+                <input type="hidden" name="id" value=id.clone()/>
+                <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"
+                    question_id=format!("end-overlap-question-{id}")
+                    question=format!("Stop {}… now? Calls with it are refused at once.", p.prefix)
+                    confirm=confirm_end>
+                    <SubmitButton pending=end_overlap.pending() class="danger" testid="confirm-end-overlap" node_ref=confirm_end>"Stop it"</SubmitButton>
+                </ConfirmInPlace>
+            </ActionForm>
+            {end_error.message("end-overlap-error")}
+        }
+    });
+    let discarded = key
+        .previous_secret
+        .as_ref()
+        .filter(|p| p.works)
+        .map(|p| format!(" The previous secret {}… stops at once.", p.prefix))
+        .unwrap_or_default();
+    view! {
+        <section class="card" data-testid="roll">
+            <h2>"Roll the secret"</h2>
+            <p class="muted">"Rolling gives the key a new secret, for one that leaked or a routine change. The key keeps its name, quota, alerts and usage history. The old secret keeps working until the time you choose, so your integrations can switch over; after it, calls with it are refused."</p>
+            {overlap}
+            <ActionForm action>
+                <input type="hidden" name="id" value=key.id.clone()/>
+                <div class="inline-form">
+                    <label>
+                        "The old secret stops working"
+                        <select name="old_secret_hours" data-testid="old-secret-hours" {..error.on("old_secret_hours")}>
+                            <option value="0" selected>"at once"</option>
+                            <option value="1">"in 1 hour"</option>
+                            <option value="24">"in 24 hours"</option>
+                            <option value="168">"in 7 days"</option>
+                        </select>
+                    </label>
+                    <ConfirmInPlace opener="Roll key…" opener_testid="roll-key" dialog_label="Confirm rolling"
+                        question_id=format!("roll-question-{}", key.id)
+                        question=format!("Give \u{201c}{}\u{201d} a new secret? It is shown once.{discarded}", key.name)
+                        confirm>
+                        <SubmitButton pending=action.pending() class="danger" testid="confirm-roll" node_ref=confirm>"Roll key"</SubmitButton>
+                    </ConfirmInPlace>
+                </div>
+            </ActionForm>
+            {error.message("roll-error")}
+            {move || rolled_here().map(|created| view! { <NewSecret created/> })}
+            {handed_over}
+        </section>
     }
 }
 

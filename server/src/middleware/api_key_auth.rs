@@ -88,6 +88,10 @@ pub async fn authenticate(services: &Services, headers: &HeaderMap) -> Result<Au
     match services.keys.check(&secret).await? {
         KeyCheck::Active(key) => Ok(key),
         KeyCheck::Revoked => Err(ApiError::unauthorized("revoked_api_key", "this API key has been revoked")),
+        KeyCheck::Rolled => Err(ApiError::unauthorized(
+            "rolled_api_key",
+            "this secret was replaced when its API key was rolled: use the key's new secret",
+        )),
         KeyCheck::Unknown => Err(ApiError::unauthorized("invalid_api_key", "unknown API key")),
     }
 }

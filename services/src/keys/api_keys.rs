@@ -76,6 +76,25 @@ pub struct ApiKey {
     pub quota_version_ms: i64,
     /// Which quota alerts email the owner.
     pub alert_email_thresholds: AlertThresholds,
+    /// The last time its secret was replaced ([`roll_for`]).
+    pub rolled_at: Option<DateTime<Utc>>,
+    /// The replaced secret, while the key remembers it: its visible prefix and when it stops
+    /// (or stopped) working.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A key's secret before its last roll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub prefix: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PreviousSecret {
+    /// Whether calls with it are still admitted at `now`.
+    pub fn works_at(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+    }
 }
 
 type KeyRow = (
@@ -92,6 +111,9 @@ type KeyRow = (
     Option<i32>,
     DateTime<Utc>,
     Vec<i16>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<DateTime<Utc>>,
 );
 
 macro_rules! key_columns {
@@ -110,6 +132,9 @@ macro_rules! key_columns {
             api_key_quotas::burst_per_second,
             api_key_quotas::updated_at,
             api_keys::alert_email_thresholds,
+            api_keys::rolled_at,
+            api_keys::previous_prefix,
+            api_keys::previous_expires_at,
         )
     };
 }
@@ -129,6 +154,9 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         burst,
         version,
         alerts,
+        rolled_at,
+        previous_prefix,
+        previous_expires_at,
     ) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
@@ -142,6 +170,10 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         quota: Quota::from_stored(hour, day, burst)?,
         quota_version_ms: version.timestamp_millis(),
         alert_email_thresholds: AlertThresholds::from_db(&alerts),
+        rolled_at,
+        previous_secret: previous_prefix
+            .zip(previous_expires_at)
+            .map(|(prefix, expires_at)| PreviousSecret { prefix, expires_at }),
     })
 }
 
@@ -373,6 +405,102 @@ async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResul
         return Err(ServiceError::NotFound);
     }
     Ok((key, revoked_now))
+}
+
+/// How long a rolled key's replaced secret keeps working, in whole hours: none (it stops at
+/// once, for a secret that leaked) up to a week (time to deploy the new one everywhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollOverlap(u16);
+
+impl RollOverlap {
+    pub const MAX_HOURS: u16 = 7 * 24;
+    /// The choices the key page offers: at once, an hour, a day, a week.
+    pub const OFFERED_HOURS: [u16; 4] = [0, 1, 24, Self::MAX_HOURS];
+
+    pub fn parse(raw: &str) -> ServiceResult<Self> {
+        let invalid = || {
+            ServiceError::invalid(format!(
+                "Choose how long the old secret keeps working: 0 to {} whole hours.",
+                Self::MAX_HOURS
+            ))
+        };
+        let hours: u16 = raw.trim().parse().map_err(|_| invalid())?;
+        if hours > Self::MAX_HOURS {
+            return Err(invalid());
+        }
+        Ok(Self(hours))
+    }
+
+    pub fn hours(self) -> u16 {
+        self.0
+    }
+}
+
+/// Replaces the secret of a key its owner rolls (admins are refused; anyone else is told it
+/// does not exist). The new secret is returned once and never stored. The key keeps its id,
+/// name, quota, alerts and usage history; the replaced secret keeps working for `overlap`, then
+/// gets 401 `rolled_api_key`. A key answers to at most two secrets: one replaced by an earlier
+/// roll stops at once.
+pub async fn roll_for(
+    services: &crate::Services,
+    id: ApiKeyId,
+    viewer: &User,
+    overlap: RollOverlap,
+) -> ServiceResult<(ApiKey, ApiKeySecret)> {
+    use diesel::sql_types::{Integer, Nullable, Timestamptz};
+    let key = get_as_owner(&services.db, id, viewer).await?;
+    let revoked = || ServiceError::Conflict(format!("\u{201c}{}\u{201d} is revoked: it cannot be rolled.", key.name));
+    if key.revoked_at.is_some() {
+        return Err(revoked());
+    }
+    let secret = ApiKeySecret::generate();
+    // By PostgreSQL's clock, which the key lookup compares it with.
+    let stops_at = diesel::dsl::sql::<Nullable<Timestamptz>>("now() + make_interval(hours => ")
+        .bind::<Integer, _>(i32::from(overlap.hours()))
+        .sql(")");
+    let mut conn = db::conn(&services.db).await?;
+    // The right-hand sides read the row as it was: the current secret becomes the previous one.
+    let replaced: Option<(Option<Vec<u8>>, Option<DateTime<Utc>>)> =
+        diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
+            .set((
+                api_keys::previous_prefix.eq(api_keys::prefix.nullable()),
+                api_keys::previous_secret_hash.eq(api_keys::secret_hash.nullable()),
+                api_keys::previous_expires_at.eq(stops_at),
+                api_keys::prefix.eq(secret.visible_prefix()),
+                api_keys::secret_hash.eq(secret.hash().to_vec()),
+                api_keys::rolled_at.eq(Utc::now()),
+            ))
+            .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
+            .get_result(&mut conn)
+            .await
+            .optional()?;
+    drop(conn);
+    // Revoked meanwhile: same answer as above.
+    let Some((Some(old), Some(stops_at))) = replaced else { return Err(revoked()) };
+    services.keys.secret_replaced(id, &old, stops_at);
+    Ok((fetch(&services.db, id).await?, secret))
+}
+
+/// Stops a rolled key's previous secret now, for its owner, once the integrations use the new
+/// one. Nothing changes when it has stopped already.
+pub async fn end_overlap_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+    use diesel::sql_types::{Nullable, Timestamptz};
+    get_as_owner(&services.db, id, viewer).await?;
+    let now = || diesel::dsl::sql::<Nullable<Timestamptz>>("now()");
+    let mut conn = db::conn(&services.db).await?;
+    let ended: Option<(Option<Vec<u8>>, Option<DateTime<Utc>>)> = diesel::update(
+        api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::previous_expires_at.gt(now())),
+    )
+    .set(api_keys::previous_expires_at.eq(now()))
+    .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
+    .get_result(&mut conn)
+    .await
+    .optional()?;
+    drop(conn);
+    if let Some((Some(old), Some(stopped_at))) = ended {
+        services.keys.secret_replaced(id, &old, stopped_at);
+    }
+    fetch(&services.db, id).await
 }
 
 /// Moves a key's creation time back, for demo data and tests that seed past months; the quota

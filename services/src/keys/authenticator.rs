@@ -1,6 +1,8 @@
 //! Resolves presented API key secrets to keys and their quotas, with a short per-instance cache
 //! so the metered path rarely touches PostgreSQL. Entries live a few seconds: a revoked key
-//! stops working on every instance within [`KeyAuthenticator::TTL`].
+//! stops working on every instance within [`KeyAuthenticator::TTL`]. A rolled key's previous
+//! secret is known with the time it stops, which each instance enforces itself (so it stops on
+//! time even while PostgreSQL cannot be asked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,6 +36,8 @@ pub struct AuthenticatedKey {
 pub enum KeyCheck {
     Active(AuthenticatedKey),
     Revoked,
+    /// A key's previous secret, past the time it was to stop working after a roll.
+    Rolled,
     Unknown,
 }
 
@@ -67,17 +71,26 @@ struct Known {
     /// When it was last looked up, whether PostgreSQL answered or not: the next lookup waits
     /// [`KeyAuthenticator::TTL`] after this.
     tried: Instant,
+    /// A previous secret's end (see [`Resolved`]).
+    stops_at: Option<DateTime<Utc>>,
+}
+
+impl Known {
+    fn now(&self) -> KeyCheck {
+        Resolved { check: self.check, stops_at: self.stops_at }.now()
+    }
 }
 
 impl Cache {
     fn get(&self, hash: &Hash) -> Option<Known> {
         self.known.get(hash).copied().or_else(|| {
             let &at = self.unknown.get(hash)?;
-            Some(Known { check: KeyCheck::Unknown, confirmed: at, tried: at })
+            Some(Known { check: KeyCheck::Unknown, confirmed: at, tried: at, stops_at: None })
         })
     }
 
-    fn insert(&mut self, hash: Hash, at: Instant, check: KeyCheck, capacity: usize) {
+    fn insert(&mut self, hash: Hash, at: Instant, resolved: Resolved, capacity: usize) {
+        let Resolved { check, stops_at } = resolved;
         if check == KeyCheck::Unknown {
             self.known.remove(&hash);
             if self.unknown.len() >= capacity {
@@ -94,7 +107,25 @@ impl Cache {
                     self.prunes += 1;
                 }
             }
-            self.known.insert(hash, Known { check, confirmed: at, tried: at });
+            self.known.insert(hash, Known { check, confirmed: at, tried: at, stops_at });
+        }
+    }
+}
+
+/// What PostgreSQL said of a secret: the key, and when this secret stops working if it is the
+/// key's previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Resolved {
+    check: KeyCheck,
+    stops_at: Option<DateTime<Utc>>,
+}
+
+impl Resolved {
+    /// What the secret is worth now.
+    fn now(self) -> KeyCheck {
+        match (self.check, self.stops_at) {
+            (KeyCheck::Active(_), Some(at)) if Utc::now() >= at => KeyCheck::Rolled,
+            (check, _) => check,
         }
     }
 }
@@ -124,7 +155,7 @@ impl From<LookupFailure> for ServiceError {
 }
 
 /// A lookup in flight, shared by every request that needs its answer.
-type Lookup = Shared<BoxFuture<'static, Result<KeyCheck, LookupFailure>>>;
+type Lookup = Shared<BoxFuture<'static, Result<Resolved, LookupFailure>>>;
 
 #[derive(Clone)]
 pub struct KeyAuthenticator {
@@ -183,14 +214,14 @@ impl KeyAuthenticator {
         let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash));
         if let Some(known) = cached {
             if known.tried.elapsed() < Self::TTL {
-                return Ok(known.check);
+                return Ok(known.now());
             }
         }
         // A key this instance knows is looked up again without waiting for a place: only
         // secrets it has not seen (anyone can make those up) are bounded.
         let known = cached.is_some_and(|known| known.check != KeyCheck::Unknown);
         match self.lookup(hash, !known).await {
-            Ok(check) => Ok(check),
+            Ok(resolved) => Ok(resolved.now()),
             // PostgreSQL unreachable or not answering: a key confirmed recently keeps its last
             // known state, so metered traffic goes on through a database outage (tried again
             // after another TTL: a hung database costs a key's requests the timeout once per
@@ -201,10 +232,10 @@ impl KeyAuthenticator {
                 Some(known) if known.confirmed.elapsed() < self.stale_if_error => {
                     match known.check {
                         // Refused either way; only when to ask again matters.
-                        KeyCheck::Unknown => self.remember(hash, KeyCheck::Unknown),
+                        KeyCheck::Unknown => self.remember(hash, Resolved { check: KeyCheck::Unknown, stops_at: None }),
                         _ => self.tried(hash),
                     }
-                    Ok(known.check)
+                    Ok(known.now())
                 }
                 _ => Err(failure.into()),
             },
@@ -214,10 +245,31 @@ impl KeyAuthenticator {
     /// The key was revoked on this instance: refused here from now on (other instances follow
     /// within [`Self::TTL`]).
     pub fn revoked(&self, id: ApiKeyId) {
-        self.update_entries_of(id, |entry| {
+        self.update_entries_of(id, |_, entry| {
             let now = Instant::now();
-            *entry = Known { check: KeyCheck::Revoked, confirmed: now, tried: now };
+            *entry = Known { check: KeyCheck::Revoked, confirmed: now, tried: now, stops_at: None };
             true
+        });
+    }
+
+    /// The key's secret `old` was replaced (or its overlap ended) on this instance: it stops at
+    /// `stops_at` here, even if PostgreSQL cannot be asked then (other instances learn it within
+    /// [`Self::TTL`]). The key's other secrets are read again at their next use: a roll
+    /// discards the one before `old`.
+    pub fn secret_replaced(&self, id: ApiKeyId, old: &[u8], stops_at: DateTime<Utc>) {
+        let stale = Instant::now().checked_sub(Self::TTL);
+        self.update_entries_of(id, |hash, entry| {
+            if hash.as_slice() == old {
+                entry.stops_at = Some(entry.stops_at.map_or(stops_at, |at| at.min(stops_at)));
+                return true;
+            }
+            match stale {
+                Some(stale) => {
+                    entry.tried = entry.tried.min(stale);
+                    true
+                }
+                None => false,
+            }
         });
     }
 
@@ -226,7 +278,7 @@ impl KeyAuthenticator {
     /// used to turn a database outage soon after any change into 503s for every key).
     pub fn quota_changed(&self, id: ApiKeyId) {
         let stale = Instant::now().checked_sub(Self::TTL);
-        self.update_entries_of(id, |entry| match stale {
+        self.update_entries_of(id, |_, entry| match stale {
             Some(stale) => {
                 entry.tried = entry.tried.min(stale);
                 true
@@ -236,20 +288,21 @@ impl KeyAuthenticator {
         });
     }
 
-    /// Applies `update` to the key's entries; those it returns false for are forgotten.
-    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&mut Known) -> bool) {
+    /// Applies `update` to the key's entries (by secret hash); those it returns false for are
+    /// forgotten.
+    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&Hash, &mut Known) -> bool) {
         if let Ok(mut cache) = self.cache.write() {
             // Entries are by secret: a scan, but only when a key changes.
-            cache.known.retain(|_, entry| match entry.check {
-                KeyCheck::Active(k) if k.id == id => update(entry),
+            cache.known.retain(|hash, entry| match entry.check {
+                KeyCheck::Active(k) if k.id == id => update(hash, entry),
                 _ => true,
             });
         }
     }
 
-    fn remember(&self, hash: Hash, check: KeyCheck) {
+    fn remember(&self, hash: Hash, resolved: Resolved) {
         if let Ok(mut cache) = self.cache.write() {
-            cache.insert(hash, Instant::now(), check, self.capacity);
+            cache.insert(hash, Instant::now(), resolved, self.capacity);
         }
     }
 
@@ -288,8 +341,8 @@ impl KeyAuthenticator {
             let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, query)
                 .await
                 .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
-            if let Ok(check) = &loaded {
-                this.remember(hash, *check);
+            if let Ok(resolved) = &loaded {
+                this.remember(hash, *resolved);
             }
             if let Ok(mut in_flight) = this.in_flight.lock() {
                 in_flight.remove(&hash);
@@ -307,16 +360,19 @@ impl KeyAuthenticator {
         lookup
     }
 
-    async fn query_key(&self, hash: &Hash) -> ServiceResult<KeyCheck> {
-        type Row = (Uuid, i64, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
+    /// The key whose current or previous secret has this hash.
+    async fn query_key(&self, hash: &Hash) -> ServiceResult<Resolved> {
+        type Row = (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
         let mut conn = db::conn(&self.db).await?;
         let row: Option<Row> = api_keys::table
             .inner_join(api_key_quotas::table)
-            .filter(api_keys::secret_hash.eq(hash.to_vec()))
+            .filter(api_keys::secret_hash.eq(hash.to_vec()).or(api_keys::previous_secret_hash.eq(hash.to_vec())))
             .select((
                 api_keys::id,
                 api_keys::owner_id,
                 api_keys::revoked_at,
+                api_keys::secret_hash,
+                api_keys::previous_expires_at,
                 api_key_quotas::requests_per_hour,
                 api_key_quotas::requests_per_day,
                 api_key_quotas::burst_per_second,
@@ -325,16 +381,21 @@ impl KeyAuthenticator {
             .first(&mut conn)
             .await
             .optional()?;
-        Ok(match row {
-            None => KeyCheck::Unknown,
-            Some((_, _, Some(_), ..)) => KeyCheck::Revoked,
-            Some((id, owner_id, None, hour, day, burst, updated_at)) => KeyCheck::Active(AuthenticatedKey {
-                id: ApiKeyId(id),
-                owner_id,
-                quota: Quota::from_stored(hour, day, burst)?,
-                quota_version_ms: updated_at.timestamp_millis(),
-            }),
-        })
+        let Some((id, owner_id, revoked_at, current_hash, previous_expires_at, hour, day, burst, updated_at)) = row else {
+            return Ok(Resolved { check: KeyCheck::Unknown, stops_at: None });
+        };
+        if revoked_at.is_some() {
+            return Ok(Resolved { check: KeyCheck::Revoked, stops_at: None });
+        }
+        let key = AuthenticatedKey {
+            id: ApiKeyId(id),
+            owner_id,
+            quota: Quota::from_stored(hour, day, burst)?,
+            quota_version_ms: updated_at.timestamp_millis(),
+        };
+        // The previous secret carries its end; past it, `Resolved::now` says `Rolled`.
+        let stops_at = if current_hash.as_slice() == hash.as_slice() { None } else { previous_expires_at };
+        Ok(Resolved { check: KeyCheck::Active(key), stops_at })
     }
 }
 
@@ -345,7 +406,7 @@ mod tests {
     #[test]
     fn more_live_keys_than_the_capacity_do_not_make_every_insert_scan_the_cache() {
         let mut cache = Cache::default();
-        let active = KeyCheck::Revoked;
+        let active = Resolved { check: KeyCheck::Revoked, stops_at: None };
         for i in 0..10_000u32 {
             let mut hash = [0u8; 32];
             hash[..4].copy_from_slice(&i.to_le_bytes());

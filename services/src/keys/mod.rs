@@ -9,7 +9,7 @@ mod quota_outage;
 pub mod secret;
 pub mod secret_handoff;
 
-pub use api_keys::{ApiKey, ApiKeyId, KeyName};
+pub use api_keys::{ApiKey, ApiKeyId, KeyName, PreviousSecret, RollOverlap};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
 pub use quota::{Quota, QuotaLimit, QuotaMaximum};
 pub use quota_manager::{
