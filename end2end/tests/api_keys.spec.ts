@@ -106,6 +106,47 @@ test('a merchant renames a key on its page; the name changes in place and in the
   await expect(page.getByTestId('key-row').filter({ hasText: renamed })).toHaveAttribute('data-status', 'active');
 });
 
+test('a merchant rolls a key on its page; the old secret works until they stop it', async ({ page, request }) => {
+  await signIn(page, MERCHANT);
+  const name = `Roll me ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const old = (await page.getByTestId('new-secret').textContent())!.trim();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+  await hydrated(page);
+  await expect(page.getByTestId('rolled-at')).toHaveText('never');
+
+  // A day's overlap; rolling asks first, where the keyboard is.
+  await page.getByTestId('old-secret-hours').selectOption({ label: 'in 24 hours' });
+  await page.getByTestId('roll-key').click();
+  await expect(page.getByTestId('roll').getByRole('alertdialog')).toHaveAccessibleDescription(`Give “${name}” a new secret? It is shown once.`);
+  await expect(page.getByTestId('confirm-roll')).toBeFocused();
+  await page.getByTestId('confirm-roll').click();
+  const fresh = (await page.getByTestId('new-secret').textContent())!.trim();
+  expect(fresh).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  expect(fresh).not.toBe(old);
+  await expect(page.getByTestId('copy-secret')).toBeFocused();
+  await expect(page.getByTestId('previous-secret')).toContainText(`${old.slice(0, 14)}… works until`);
+  await expect(page.getByTestId('overlap')).toContainText(`The previous secret ${old.slice(0, 14)}… keeps working until`);
+  await page.screenshot({ path: 'test-results/key-rolled.png', fullPage: true });
+
+  const call = (secret: string) => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+  expect((await call(fresh)).status()).toBe(200);
+  expect((await call(old)).status()).toBe(200);
+
+  // The integrations use the new secret: the owner stops the old one early.
+  await page.getByTestId('end-overlap').click();
+  await expect(page.getByTestId('confirm-end-overlap')).toBeFocused();
+  await page.getByTestId('confirm-end-overlap').click();
+  await expect(page.getByTestId('previous-secret')).toContainText('stopped working');
+  await expect(page.getByTestId('overlap')).toHaveCount(0);
+  const refused = await call(old);
+  expect(refused.status()).toBe(401);
+  expect((await refused.json()).error.code).toBe('rolled_api_key');
+  expect((await call(fresh)).status()).toBe(200);
+});
+
 test("a merchant opening another merchant's key page is refused", async ({ page }) => {
   const other = `other-${Date.now()}@example.com`;
   cli(['user', 'add', '--email', other, '--role', 'merchant'], 'another long password\n');

@@ -132,6 +132,29 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await expect(admin.getByRole('alert')).toHaveCount(0);
 });
 
+test('a key is rolled without JavaScript; its page shows the new secret once', async ({ page, request }) => {
+  await signInWithoutScripts(page, MERCHANT);
+  const name = `No script roll ${Date.now()}`;
+  await page.getByTestId('key-name').fill(name);
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const old = (await page.getByTestId('new-secret').textContent())!.trim();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await expect(page.getByTestId('key-title')).toHaveText(name);
+
+  // "at once" is the default; "Roll key…" opens its question by itself (a <details>).
+  await page.getByTestId('roll-key').click();
+  await page.getByTestId('confirm-roll').click();
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\/[0-9a-f-]+\?rolled=/);
+  const fresh = (await page.getByTestId('new-secret').textContent())!.trim();
+  expect(fresh).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
+  await expect(page.getByTestId('previous-secret')).toContainText('stopped working');
+  expect((await request.get('/api/v1/ping', { headers: { 'X-API-Key': fresh } })).status()).toBe(200);
+  expect((await request.get('/api/v1/ping', { headers: { 'X-API-Key': old } })).status()).toBe(401);
+  await page.reload();
+  await expect(page.getByTestId('secret-gone')).toBeVisible();
+  await expect(page.locator('body')).not.toContainText(fresh);
+});
+
 test('a key is revoked and a request cancelled without JavaScript', async ({ page }) => {
   await signInWithoutScripts(page, MERCHANT);
   const name = `No script revoke ${Date.now()}`;

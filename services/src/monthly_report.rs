@@ -627,6 +627,8 @@ mod tests {
                     quota: crate::keys::Quota::default_for_new_key(),
                     quota_version_ms: 0,
                     alert_email_thresholds: Default::default(),
+                    rolled_at: None,
+                    previous_secret: None,
                 },
                 totals: UsageTotals { requests: 1_000 + i, throttled: i, ..UsageTotals::default() },
                 busiest_day: NaiveDate::from_ymd_opt(2026, 10, 6).map(|d| (d, 400)),

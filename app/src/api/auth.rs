@@ -304,6 +304,8 @@ mod tests {
                 current_use: None,
                 yours: true,
                 viewer_is_admin: false,
+                rolled_at: None,
+                previous_secret: None,
             },
             secret: "km_live_topsecret".into(),
             api_base: "http://x".into(),

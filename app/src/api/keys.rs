@@ -104,10 +104,11 @@ async fn hand_over_secret(
 ) -> Result<CreatedKey, AppError> {
     let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
     if plain_form {
-        let token = services::keys::secret_handoff::hold(&services.redis, user_id, key.id, &secret).await.map_err(|e| {
-            tracing::warn!(key_id = %key.id, error = %e, "a new secret could not be held for its page");
-            AppError::Conflict(lost)
-        })?;
+        let token =
+            services::keys::secret_handoff::hold(&services.redis, user_id, key.id, &secret).await.map_err(|e| {
+                tracing::warn!(key_id = %key.id, error = %e, "a new secret could not be held for its page");
+                AppError::Conflict(lost)
+            })?;
         leptos_axum::redirect(&format!("{page}{}", token.as_str()));
         return Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: String::new(), api_base });
     }

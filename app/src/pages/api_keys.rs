@@ -273,7 +273,7 @@ struct KeyActions {
 enum NewSecretHandOff {
     /// No token in the address.
     None,
-    Here(CreatedKey),
+    Here(Box<CreatedKey>),
     /// The token was used already, has expired, or is someone else's.
     Gone,
 }
@@ -282,7 +282,7 @@ impl NewSecretHandOff {
     async fn take(token: Option<String>) -> Result<Self, crate::error::AppError> {
         Ok(match token {
             None => Self::None,
-            Some(token) => take_created_key(token).await?.map_or(Self::Gone, Self::Here),
+            Some(token) => take_created_key(token).await?.map_or(Self::Gone, |created| Self::Here(Box::new(created))),
         })
     }
 }
@@ -367,7 +367,7 @@ fn RollSecret(
     // Only this key's: the action outlives a move to another key's page.
     let rolled_here = move || action.value().get().and_then(Result::ok).filter(|created| created.key.id == this_key);
     let handed_over = match handed_over {
-        Ok(NewSecretHandOff::Here(created)) => Some(view! { <NewSecret created/> }.into_any()),
+        Ok(NewSecretHandOff::Here(created)) => Some(view! { <NewSecret created=*created/> }.into_any()),
         Ok(NewSecretHandOff::Gone) => Some(view! {
             <p class="muted" data-testid="secret-gone">
                 "A new secret is shown only once; this one was shown already or has expired. If you did not copy it, roll the key again."

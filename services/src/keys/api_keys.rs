@@ -436,6 +436,9 @@ impl RollOverlap {
     }
 }
 
+/// A key's previous secret as an update leaves it: its hash and when it stops.
+type ReplacedSecret = (Option<Vec<u8>>, Option<DateTime<Utc>>);
+
 /// Replaces the secret of a key its owner rolls (admins are refused; anyone else is told it
 /// does not exist). The new secret is returned once and never stored. The key keeps its id,
 /// name, quota, alerts and usage history; the replaced secret keeps working for `overlap`, then
@@ -460,7 +463,7 @@ pub async fn roll_for(
         .sql(")");
     let mut conn = db::conn(&services.db).await?;
     // The right-hand sides read the row as it was: the current secret becomes the previous one.
-    let replaced: Option<(Option<Vec<u8>>, Option<DateTime<Utc>>)> =
+    let replaced: Option<ReplacedSecret> =
         diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
             .set((
                 api_keys::previous_prefix.eq(api_keys::prefix.nullable()),
@@ -488,14 +491,13 @@ pub async fn end_overlap_for(services: &crate::Services, id: ApiKeyId, viewer: &
     get_as_owner(&services.db, id, viewer).await?;
     let now = || diesel::dsl::sql::<Nullable<Timestamptz>>("now()");
     let mut conn = db::conn(&services.db).await?;
-    let ended: Option<(Option<Vec<u8>>, Option<DateTime<Utc>>)> = diesel::update(
-        api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::previous_expires_at.gt(now())),
-    )
-    .set(api_keys::previous_expires_at.eq(now()))
-    .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
-    .get_result(&mut conn)
-    .await
-    .optional()?;
+    let ended: Option<ReplacedSecret> =
+        diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::previous_expires_at.gt(now())))
+            .set(api_keys::previous_expires_at.eq(now()))
+            .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
+            .get_result(&mut conn)
+            .await
+            .optional()?;
     drop(conn);
     if let Some((Some(old), Some(stopped_at))) = ended {
         services.keys.secret_replaced(id, &old, stopped_at);

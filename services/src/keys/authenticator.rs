@@ -362,7 +362,8 @@ impl KeyAuthenticator {
 
     /// The key whose current or previous secret has this hash.
     async fn query_key(&self, hash: &Hash) -> ServiceResult<Resolved> {
-        type Row = (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
+        type Row =
+            (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
         let mut conn = db::conn(&self.db).await?;
         let row: Option<Row> = api_keys::table
             .inner_join(api_key_quotas::table)
@@ -381,7 +382,8 @@ impl KeyAuthenticator {
             .first(&mut conn)
             .await
             .optional()?;
-        let Some((id, owner_id, revoked_at, current_hash, previous_expires_at, hour, day, burst, updated_at)) = row else {
+        let Some((id, owner_id, revoked_at, current_hash, previous_expires_at, hour, day, burst, updated_at)) = row
+        else {
             return Ok(Resolved { check: KeyCheck::Unknown, stops_at: None });
         };
         if revoked_at.is_some() {
