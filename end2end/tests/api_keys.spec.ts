@@ -127,6 +127,9 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   expect(fresh).toMatch(/^km_live_[0-9A-Za-z]{40}$/);
   expect(fresh).not.toBe(old);
   await expect(page.getByTestId('copy-secret')).toBeFocused();
+  // The question was answered: it is closed, "Roll key…" is there again.
+  await expect(page.getByTestId('roll').getByRole('alertdialog')).toBeHidden();
+  await expect(page.getByTestId('roll-key')).toBeVisible();
   await expect(page.getByTestId('previous-secret')).toContainText(`${old.slice(0, 14)}… works until`);
   await expect(page.getByTestId('overlap')).toContainText(`The previous secret ${old.slice(0, 14)}… keeps working until`);
   await page.screenshot({ path: 'test-results/key-rolled.png', fullPage: true });

@@ -627,6 +627,12 @@ async fn admins_find_keys_by_owner_name_or_prefix_a_page_at_a_time() {
     assert_eq!(search("100%", 1).await.0, ["Bob 100% live"], "% is text, not a wildcard");
     assert_eq!(search("ann_example", 1).await.0, Vec::<String>::new(), "_ is text, not a wildcard");
     assert_eq!(search(&bobs.prefix, 1).await.0, ["Bob 100% live"]);
+    // Once rolled, the old prefix still finds the key: a report of a leaked secret names it.
+    let at_once = services::keys::RollOverlap::parse("0").unwrap();
+    let (rolled, _) = services::keys::api_keys::roll_for(&app.services, bobs.id, &bob, at_once).await.unwrap();
+    assert_ne!(rolled.prefix, bobs.prefix);
+    assert_eq!(search(&bobs.prefix, 1).await.0, ["Bob 100% live"]);
+    assert_eq!(search(&rolled.prefix, 1).await.0, ["Bob 100% live"]);
     assert_eq!(search("checkout 12", 1).await.0.len(), 11, "12 and 120–129");
     assert_eq!(search("nobody", 1).await, (vec![], false));
     // The page without JavaScript: the search form's GET.

@@ -380,6 +380,7 @@ fn RollSecret(
         let id = key.id.clone();
         let confirm_end = NodeRef::<leptos::html::Button>::new();
         view! {
+            <div class="overlap">
             <p data-testid="overlap">{format!("The previous secret {}… keeps working until {}.", p.prefix, format::time(&p.expires_at))}</p>
             <ActionForm action=end_overlap>
                 <input type="hidden" name="id" value=id.clone()/>
@@ -390,6 +391,7 @@ fn RollSecret(
                     <SubmitButton pending=end_overlap.pending() class="danger" testid="confirm-end-overlap" node_ref=confirm_end>"Stop it"</SubmitButton>
                 </ConfirmInPlace>
             </ActionForm>
+            </div>
             {end_error.message("end-overlap-error")}
         }
     });

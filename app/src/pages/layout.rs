@@ -224,7 +224,14 @@ pub fn ConfirmInPlace(
     let details = NodeRef::<leptos::html::Details>::new();
     let opener_ref = NodeRef::<leptos::html::Summary>::new();
     let scripted = RwSignal::new(false);
-    Effect::new(move |_| scripted.set(true));
+    Effect::new(move |_| {
+        scripted.set(true);
+        // A page made again after an answer (a roll, a switch) keeps its elements in place, an
+        // open question too: whatever it asked was answered, or asked of older data.
+        if let Some(d) = details.get() {
+            d.set_open(false);
+        }
+    });
     let close = move || {
         if let Some(d) = details.get_untracked() {
             d.set_open(false);

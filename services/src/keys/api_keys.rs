@@ -282,8 +282,8 @@ pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
     rows.into_iter().map(from_row).collect()
 }
 
-/// A page of every owner's keys, for admins: those whose owner's email, name or prefix
-/// contains `search` (any case; all keys when it is empty), by owner and then newest first,
+/// A page of every owner's keys, for admins: those whose owner's email, name or prefix (or
+/// previous prefix) contains `search` (any case; all keys when it is empty), by owner and then newest first,
 /// skipping the first `offset`.
 pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> ServiceResult<Vec<ApiKey>> {
     // PostgreSQL refuses a NUL byte in text: bad input, not a failure.
@@ -304,7 +304,9 @@ pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> S
             users::email
                 .ilike(pattern.clone())
                 .or(api_keys::name.ilike(pattern.clone()))
-                .or(api_keys::prefix.ilike(pattern)),
+                .or(api_keys::prefix.ilike(pattern.clone()))
+                // A report of a leaked secret may name one replaced since.
+                .or(api_keys::previous_prefix.ilike(pattern)),
         );
     }
     let rows: Vec<KeyRow> = query.load(&mut conn).await?;
