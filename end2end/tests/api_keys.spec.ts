@@ -131,12 +131,19 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   await expect(page.getByTestId('roll').getByRole('alertdialog')).toBeHidden();
   await expect(page.getByTestId('roll-key')).toBeVisible();
   await expect(page.getByTestId('previous-secret')).toContainText(`${old.slice(0, 14)}… works until`);
+  await expect(page.getByTestId('previous-secret')).toContainText('not used since the roll');
   await expect(page.getByTestId('overlap')).toContainText(`The previous secret ${old.slice(0, 14)}… keeps working until`);
   await page.screenshot({ path: 'test-results/key-rolled.png', fullPage: true });
 
   const call = (secret: string) => request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
   expect((await call(fresh)).status()).toBe(200);
   expect((await call(old)).status()).toBe(200);
+  // Something still calls with the old secret: the page says so (written within moments).
+  await expect(async () => {
+    await page.reload();
+    await expect(page.getByTestId('overlap')).toContainText('; last used 20', { timeout: 1000 });
+  }).toPass({ timeout: 15000 });
+  await hydrated(page);
 
   // The integrations use the new secret: the owner stops the old one early.
   await page.getByTestId('end-overlap').click();

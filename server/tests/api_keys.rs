@@ -726,6 +726,7 @@ async fn a_rolled_key_keeps_its_quota_and_usage_and_its_old_secret_works_until_i
     let previous = &rolled["key"]["previous_secret"];
     assert!(old.starts_with(previous["prefix"].as_str().unwrap()), "{previous}");
     assert_eq!(previous["works"], true);
+    assert!(previous["last_used_at"].is_null(), "{previous}");
     let stops = chrono::DateTime::parse_from_rfc3339(previous["expires_at"].as_str().unwrap()).unwrap();
     let in_an_hour = (stops.timestamp() - chrono::Utc::now().timestamp() - 3600).abs();
     assert!(in_an_hour < 60, "stops at {stops}");
@@ -738,6 +739,17 @@ async fn a_rolled_key_keeps_its_quota_and_usage_and_its_old_secret_works_until_i
     }
     let (hour, day, _) = app.services.quota.snapshot(key_id, &quota(1000, 10_000), 0).await.unwrap();
     assert_eq!((hour.used, day.used), (3, 3));
+    // The key's page tells its owner that something still calls with the old secret.
+    let started = std::time::Instant::now();
+    let last_used = loop {
+        let key: Value = app.rpc(&ann, "keys/get", &[("id", &id)]).await.json().await.unwrap();
+        if let Some(at) = key["previous_secret"]["last_used_at"].as_str() {
+            break chrono::DateTime::parse_from_rfc3339(at).unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the old secret's use is not shown: {key}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!((chrono::Utc::now().timestamp() - last_used.timestamp()).abs() < 60, "{last_used}");
 
     // Its time is up (as if an hour had passed): every instance reads the key again within the
     // cache's TTL and refuses it from then on, with a code that says what happened.

@@ -40,6 +40,7 @@ diesel::table! {
         previous_prefix -> Nullable<Text>,
         previous_secret_hash -> Nullable<Bytea>,
         previous_expires_at -> Nullable<Timestamptz>,
+        previous_last_used_at -> Nullable<Timestamptz>,
     }
 }
 

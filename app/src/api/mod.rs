@@ -84,6 +84,8 @@ pub struct PreviousSecretView {
     pub prefix: String,
     pub expires_at: DateTime<Utc>,
     pub works: bool,
+    /// When a call last came with it (to the minute); `None`: not since the roll.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// A page of keys (the merchant's list, the admins' search).
@@ -174,6 +176,7 @@ impl KeyView {
                 works: p.works_at(chrono::Utc::now()),
                 prefix: p.prefix,
                 expires_at: p.expires_at,
+                last_used_at: p.last_used_at,
             }),
         }
     }

@@ -316,7 +316,8 @@ fn KeyDetails(
     let previous = key.previous_secret.as_ref().map(|p| {
         let when = format::time(&p.expires_at);
         let state = if p.works { format!("works until {when}") } else { format!("stopped working {when}") };
-        view! { <dt>"Previous secret"</dt><dd data-testid="previous-secret"><code>{format!("{}…", p.prefix)}</code>{format!(" {state}")}</dd> }
+        let used = previous_use(p.last_used_at.as_ref());
+        view! { <dt>"Previous secret"</dt><dd data-testid="previous-secret"><code>{format!("{}…", p.prefix)}</code>{format!(" {state}; {used}")}</dd> }
     });
     let status = key.status();
     view! {
@@ -351,6 +352,15 @@ fn KeyDetails(
     }
 }
 
+/// Whether anything still calls with a rolled key's previous secret: what its owner needs to
+/// know before it stops.
+fn previous_use(last_used_at: Option<&chrono::DateTime<chrono::Utc>>) -> String {
+    match last_used_at {
+        Some(at) => format!("last used {}", format::time(at)),
+        None => "not used since the roll".to_owned(),
+    }
+}
+
 /// The owner replaces the key's secret ("rolls" it), choosing when the old one stops working;
 /// the new one is shown once, here. While the old one still works it can be stopped early.
 #[component]
@@ -381,7 +391,12 @@ fn RollSecret(
         let confirm_end = NodeRef::<leptos::html::Button>::new();
         view! {
             <div class="overlap">
-            <p data-testid="overlap">{format!("The previous secret {}… keeps working until {}.", p.prefix, format::time(&p.expires_at))}</p>
+            <p data-testid="overlap">{format!(
+                "The previous secret {}… keeps working until {}; {}.",
+                p.prefix,
+                format::time(&p.expires_at),
+                previous_use(p.last_used_at.as_ref())
+            )}</p>
             <ActionForm action=end_overlap>
                 <input type="hidden" name="id" value=id.clone()/>
                 <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"

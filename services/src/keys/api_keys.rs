@@ -88,6 +88,9 @@ pub struct ApiKey {
 pub struct PreviousSecret {
     pub prefix: String,
     pub expires_at: DateTime<Utc>,
+    /// When a call last came with it (to the minute, from any instance); `None`: not since the
+    /// roll.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 impl PreviousSecret {
@@ -112,8 +115,7 @@ type KeyRow = (
     DateTime<Utc>,
     Vec<i16>,
     Option<DateTime<Utc>>,
-    Option<String>,
-    Option<DateTime<Utc>>,
+    (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>),
 );
 
 macro_rules! key_columns {
@@ -133,8 +135,7 @@ macro_rules! key_columns {
             api_key_quotas::updated_at,
             api_keys::alert_email_thresholds,
             api_keys::rolled_at,
-            api_keys::previous_prefix,
-            api_keys::previous_expires_at,
+            (api_keys::previous_prefix, api_keys::previous_expires_at, api_keys::previous_last_used_at),
         )
     };
 }
@@ -155,8 +156,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         version,
         alerts,
         rolled_at,
-        previous_prefix,
-        previous_expires_at,
+        (previous_prefix, previous_expires_at, previous_last_used_at),
     ) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
@@ -171,9 +171,11 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         quota_version_ms: version.timestamp_millis(),
         alert_email_thresholds: AlertThresholds::from_db(&alerts),
         rolled_at,
-        previous_secret: previous_prefix
-            .zip(previous_expires_at)
-            .map(|(prefix, expires_at)| PreviousSecret { prefix, expires_at }),
+        previous_secret: previous_prefix.zip(previous_expires_at).map(|(prefix, expires_at)| PreviousSecret {
+            prefix,
+            expires_at,
+            last_used_at: previous_last_used_at,
+        }),
     })
 }
 
@@ -471,6 +473,7 @@ pub async fn roll_for(
                 api_keys::previous_prefix.eq(api_keys::prefix.nullable()),
                 api_keys::previous_secret_hash.eq(api_keys::secret_hash.nullable()),
                 api_keys::previous_expires_at.eq(stops_at),
+                api_keys::previous_last_used_at.eq(None::<DateTime<Utc>>),
                 api_keys::prefix.eq(secret.visible_prefix()),
                 api_keys::secret_hash.eq(secret.hash().to_vec()),
                 api_keys::rolled_at.eq(Utc::now()),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use uuid::Uuid;
@@ -76,8 +77,8 @@ struct Known {
 }
 
 impl Known {
-    fn now(&self) -> KeyCheck {
-        Resolved { check: self.check, stops_at: self.stops_at }.now()
+    fn resolved(&self) -> Resolved {
+        Resolved { check: self.check, stops_at: self.stops_at }
     }
 }
 
@@ -173,6 +174,8 @@ pub struct KeyAuthenticator {
     /// knows (every few seconds each, to see revocations) are not bounded: a flood cannot
     /// hold them up, and a busy deployment with many keys is not slowed down.
     lookups: Arc<tokio::sync::Semaphore>,
+    /// When this instance last wrote each previous secret's use (see `previous_secret_used`).
+    previous_uses: Arc<Mutex<HashMap<Hash, Instant>>>,
 }
 
 impl KeyAuthenticator {
@@ -186,6 +189,8 @@ impl KeyAuthenticator {
     pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
     /// Bounds each of the cache's maps (see [`Cache`]).
     pub const CAPACITY: usize = 100_000;
+    /// How often an instance writes that a previous secret was used, at most.
+    pub const PREVIOUS_USE_EVERY: Duration = Duration::from_secs(60);
 
     pub fn new(db: DbPool) -> Self {
         Self::with_capacity(db, Self::CAPACITY)
@@ -201,6 +206,7 @@ impl KeyAuthenticator {
             capacity: capacity.max(1),
             stale_if_error: Self::STALE_IF_ERROR,
             lookups,
+            previous_uses: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -211,17 +217,27 @@ impl KeyAuthenticator {
 
     pub async fn check(&self, secret: &ApiKeySecret) -> ServiceResult<KeyCheck> {
         let hash = secret.hash();
+        let resolved = self.resolve(hash).await?;
+        let check = resolved.now();
+        if let (KeyCheck::Active(_), Some(_)) = (check, resolved.stops_at) {
+            self.previous_secret_used(hash);
+        }
+        Ok(check)
+    }
+
+    /// What `hash` is, from the cache or PostgreSQL.
+    async fn resolve(&self, hash: Hash) -> ServiceResult<Resolved> {
         let cached = self.cache.read().ok().and_then(|cache| cache.get(&hash));
         if let Some(known) = cached {
             if known.tried.elapsed() < Self::TTL {
-                return Ok(known.now());
+                return Ok(known.resolved());
             }
         }
         // A key this instance knows is looked up again without waiting for a place: only
         // secrets it has not seen (anyone can make those up) are bounded.
         let known = cached.is_some_and(|known| known.check != KeyCheck::Unknown);
         match self.lookup(hash, !known).await {
-            Ok(resolved) => Ok(resolved.now()),
+            Ok(resolved) => Ok(resolved),
             // PostgreSQL unreachable or not answering: a key confirmed recently keeps its last
             // known state, so metered traffic goes on through a database outage (tried again
             // after another TTL: a hung database costs a key's requests the timeout once per
@@ -235,7 +251,7 @@ impl KeyAuthenticator {
                         KeyCheck::Unknown => self.remember(hash, Resolved { check: KeyCheck::Unknown, stops_at: None }),
                         _ => self.tried(hash),
                     }
-                    Ok(known.now())
+                    Ok(known.resolved())
                 }
                 _ => Err(failure.into()),
             },
@@ -285,6 +301,39 @@ impl KeyAuthenticator {
             }
             // Too early in the process's life to date an entry back: forgotten instead.
             None => false,
+        });
+    }
+
+    /// A call came with a key's previous secret: the key's page says when it was last used, so
+    /// its owner can tell whether something still uses it before it stops. Written off the
+    /// request path, at most once a minute per secret on each instance, best effort.
+    fn previous_secret_used(&self, hash: Hash) {
+        let now = Instant::now();
+        {
+            let Ok(mut written) = self.previous_uses.lock() else { return };
+            if written.get(&hash).is_some_and(|&at| now.duration_since(at) < Self::PREVIOUS_USE_EVERY) {
+                return;
+            }
+            if written.len() >= self.capacity {
+                written.retain(|_, &mut at| now.duration_since(at) < Self::PREVIOUS_USE_EVERY);
+            }
+            written.insert(hash, now);
+        }
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let write = async {
+                let mut conn = db::conn(&db).await?;
+                diesel::update(api_keys::table.filter(api_keys::previous_secret_hash.eq(hash.to_vec())))
+                    .set(api_keys::previous_last_used_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>("now()")))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, ServiceError>(())
+            };
+            match tokio::time::timeout(Self::LOOKUP_TIMEOUT, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "a previous secret's last use was not written"),
+                Err(_) => tracing::debug!("a previous secret's last use was not written in time"),
+            }
         });
     }
 
