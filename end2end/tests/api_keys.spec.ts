@@ -120,7 +120,7 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   // A day's overlap; rolling asks first, where the keyboard is.
   await page.getByTestId('old-secret-hours').selectOption({ label: 'in 24 hours' });
   await page.getByTestId('roll-key').click();
-  await expect(page.getByTestId('roll').getByRole('alertdialog')).toHaveAccessibleDescription(`Give “${name}” a new secret? It is shown once.`);
+  await expect(page.getByTestId('roll').getByRole('alertdialog')).toHaveAccessibleDescription(`Give “${name}” a new secret? It is shown once; the current one stops working in 24 hours.`);
   await expect(page.getByTestId('confirm-roll')).toBeFocused();
   await page.getByTestId('confirm-roll').click();
   const fresh = (await page.getByTestId('new-secret').textContent())!.trim();
@@ -151,6 +151,10 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   await page.getByTestId('confirm-end-overlap').click();
   await expect(page.getByTestId('previous-secret')).toContainText('stopped working');
   await expect(page.getByTestId('overlap')).toHaveCount(0);
+  // Said where the keyboard is; the new secret stays on the page.
+  await expect(page.getByTestId('overlap-ended')).toHaveText(`The previous secret ${old.slice(0, 14)}… no longer works: calls with it are refused.`);
+  await expect(page.getByTestId('overlap-ended')).toBeFocused();
+  await expect(page.getByTestId('new-secret')).toHaveText(fresh);
   const refused = await call(old);
   expect(refused.status()).toBe(401);
   expect((await refused.json()).error.code).toBe('rolled_api_key');

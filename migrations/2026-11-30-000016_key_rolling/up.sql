@@ -11,6 +11,8 @@ ALTER TABLE api_keys
     ADD CONSTRAINT api_keys_previous_secret_whole CHECK (
         (previous_secret_hash IS NULL) = (previous_prefix IS NULL)
         AND (previous_secret_hash IS NULL) = (previous_expires_at IS NULL)
+        AND (previous_secret_hash IS NULL) = (rolled_at IS NULL)
+        AND (previous_last_used_at IS NULL OR previous_secret_hash IS NOT NULL)
     );
 -- A presented secret is looked up as a key's current or previous one.
 CREATE UNIQUE INDEX api_keys_previous_secret_hash ON api_keys (previous_secret_hash)

@@ -173,7 +173,7 @@ impl KeyView {
             viewer_is_admin: false,
             rolled_at: key.rolled_at,
             previous_secret: key.previous_secret.map(|p| PreviousSecretView {
-                works: p.works_at(chrono::Utc::now()),
+                works: p.works,
                 prefix: p.prefix,
                 expires_at: p.expires_at,
                 last_used_at: p.last_used_at,

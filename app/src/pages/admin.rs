@@ -9,8 +9,8 @@ use leptos_router::hooks::use_query_map;
 use super::form_error::FormError;
 use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
-    admin_mail, admin_mail_body, admin_search_accounts, admin_search_keys, AccountView, AdminSwitchAccount, MailBody,
-    MailView, SendMailAgain,
+    admin_mail, admin_mail_body, admin_search_accounts, admin_search_keys, AccountSwitched, AccountView,
+    AdminSwitchAccount, MailBody, MailView, SendMailAgain,
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -98,25 +98,20 @@ pub fn AdminKeysPage() -> impl IntoView {
 /// enables it again. Forms: they work without JavaScript.
 #[component]
 pub fn AdminAccountsPage() -> impl IntoView {
-    let switch = ServerAction::<AdminSwitchAccount>::new();
-    let error = FormError::of("account-error", switch);
+    // Each row switches with an action of its own and updates in place (see `AccountRow`); this
+    // one only reads the error a plain form post (no JavaScript) came back with.
+    let plain_post = ServerAction::<AdminSwitchAccount>::new();
+    let error = FormError::of("account-error", plain_post);
+    let outcome = RwSignal::new(None::<Result<AccountSwitched, AppError>>);
     let query = use_query_map();
     let shown = move || {
         let q = query.read();
         (q.get("q").unwrap_or_default(), page_number(&q))
     };
-    let accounts = Resource::new(
-        move || (switch.version().get(), shown()),
-        |(version, (search, page))| {
-            once_per_render(
-                "admin/accounts/search",
-                &(version, search.clone(), page),
-                admin_search_accounts(search, page),
-            )
-        },
-    );
+    let accounts = Resource::new(shown, |(search, page)| {
+        once_per_render("admin/accounts/search", &(search.clone(), page), admin_search_accounts(search, page))
+    });
     let page_href = |search: &str, page: u32| search_href("/admin/accounts", search, page);
-    let done = move || switch.value().get().and_then(Result::ok).map(|done| done.message());
     view! {
         <PageTitle text="Accounts · keymeter"/>
         <h1>"Accounts"</h1>
@@ -127,7 +122,10 @@ pub fn AdminAccountsPage() -> impl IntoView {
         <section class="card">
             <p class="muted">"A disabled account cannot sign in and is signed out everywhere. Its API keys keep working: revoke them from the key's page to stop them."</p>
             // The switched row's button is gone with the answer: the focus goes to what was done.
-            {move || done().map(|text| view! { <Confirmation text testid="account-switched"/> })}
+            {move || outcome.get().map(|r| match r {
+                Ok(done) => view! { <Confirmation text=done.message() testid="account-switched"/> }.into_any(),
+                Err(err) => view! { <p class="error" role="alert" data-testid="account-error">{err.to_string()}</p> }.into_any(),
+            })}
             {error.message("account-error")}
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
@@ -143,7 +141,7 @@ pub fn AdminAccountsPage() -> impl IntoView {
                                 <div class="table-scroll"><table data-testid="admin-accounts">
                                     <thead><tr><th>"Account"</th><th>"Role"</th><th>"Created"</th><th class="num">"Active keys"</th><th>"Status"</th><th></th></tr></thead>
                                     <tbody>
-                                        {found.accounts.into_iter().map(|a| view! { <AccountRow account=a switch/> }).collect_view()}
+                                        {found.accounts.into_iter().map(|a| view! { <AccountRow account=a outcome/> }).collect_view()}
                                     </tbody>
                                 </table></div>
                                 <Pager previous next/>
@@ -157,50 +155,66 @@ pub fn AdminAccountsPage() -> impl IntoView {
     }
 }
 
+/// One account and its switch. The row has its own action, so its button waits for its own
+/// answer only (another row can be switched meanwhile), and its status changes in place; what
+/// was done is said above the list (`outcome`).
 #[component]
-fn AccountRow(account: AccountView, switch: ServerAction<AdminSwitchAccount>) -> impl IntoView {
-    let disabled = account.disabled_at.is_some();
-    let (badge, status, since) = match &account.disabled_at {
-        Some(at) => ("badge revoked", "disabled", format!("since {}", format::time(at))),
-        None => ("badge active", "active", String::new()),
-    };
-    let email = account.email.clone();
-    // Each row's button waits for its own answer only: another row can be switched meanwhile.
-    let pending = {
-        let email = email.clone();
-        Signal::derive(move || switch.input().with(|sent| sent.as_ref().is_some_and(|sent| sent.email == email)))
-    };
+fn AccountRow(account: AccountView, outcome: RwSignal<Option<Result<AccountSwitched, AppError>>>) -> impl IntoView {
+    let switch = ServerAction::<AdminSwitchAccount>::new();
+    let disabled = RwSignal::new(account.disabled_at.is_some());
+    let since = RwSignal::new(account.disabled_at.map(|at| format!("since {}", format::time(&at))).unwrap_or_default());
+    Effect::new(move |_| {
+        // Version 0: nothing dispatched here (a plain post's error is the page's to show).
+        if switch.version().get() == 0 {
+            return;
+        }
+        let answer = switch.value().get();
+        if let Some(Ok(done)) = &answer {
+            if done.changed {
+                disabled.set(done.disabled);
+                since.set(String::new());
+            }
+        }
+        outcome.set(answer);
+    });
     let confirm = NodeRef::<leptos::html::Button>::new();
-    let form = move |verb: &'static str, class: Option<&'static str>| {
+    let form = move |email: String, verb: &'static str, class: Option<&'static str>| {
         let label = format!("{verb} {email}");
         view! {
             <ActionForm action=switch>
-                <input type="hidden" name="email" value=email.clone()/>
-                {(!disabled).then(|| view! { <input type="hidden" name="disable" value="on"/> })}
-                <SubmitButton pending label class=class.unwrap_or_default() node_ref=confirm>{verb}</SubmitButton>
+                <input type="hidden" name="email" value=email/>
+                {(verb == "Disable").then(|| view! { <input type="hidden" name="disable" value="on"/> })}
+                <SubmitButton pending=switch.pending() label class=class.unwrap_or_default() node_ref=confirm>{verb}</SubmitButton>
             </ActionForm>
         }
     };
     // Disabling asks first: it signs the account out everywhere at once. Enabling is harmless
     // and takes one click.
-    let switch_control = (!account.you).then(|| {
-        if disabled {
-            form("Enable", None).into_any()
-        } else {
-            let question = format!(
-                "Disable {}? It is signed out everywhere; its {} active key(s) keep working.",
-                account.email,
-                format::count(account.active_keys)
-            );
-            view! {
-                <ConfirmInPlace opener="Disable…" opener_testid="disable-account" dialog_label="Confirm disabling"
-                    question_id=format!("disable-question-{}", account.email) question confirm>
-                    {form("Disable", Some("danger"))}
-                </ConfirmInPlace>
+    let question = format!(
+        "Disable {}? It is signed out everywhere; its {} active key(s) keep working.",
+        account.email,
+        format::count(account.active_keys)
+    );
+    let question_id = format!("disable-question-{}", account.email);
+    let (you, email) = (account.you, account.email.clone());
+    let switch_control = move || {
+        (!you).then(|| {
+            if disabled.get() {
+                form(email.clone(), "Enable", None).into_any()
+            } else {
+                let disable = form(email.clone(), "Disable", Some("danger"));
+                view! {
+                    <ConfirmInPlace opener="Disable…" opener_testid="disable-account" dialog_label="Confirm disabling"
+                        question_id=question_id.clone() question=question.clone() confirm>
+                        {disable}
+                    </ConfirmInPlace>
+                }
+                .into_any()
             }
-            .into_any()
-        }
-    });
+        })
+    };
+    let badge = move || if disabled.get() { "badge revoked" } else { "badge active" };
+    let status = move || if disabled.get() { "disabled" } else { "active" };
     view! {
         <tr data-testid="account-row" data-email=account.email.clone()>
             <td>{account.email.clone()}{account.you.then_some(" (you)")}</td>

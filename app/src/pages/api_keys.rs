@@ -7,8 +7,8 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 use super::form_error::FormError;
 use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::{
-    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView, RenameKey,
-    RevokeKey, RollKey, SetAlertEmails,
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
+    PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails,
 };
 use crate::render_memo::once_per_render;
 
@@ -229,7 +229,8 @@ pub fn ApiKeyPage() -> impl IntoView {
     let end_overlap = ServerAction::<EndKeyOverlap>::new();
     let key = Resource::new(
         move || {
-            let versions = (set_quota.version().get(), roll.version().get(), end_overlap.version().get());
+            // Stopping the previous secret updates the page in place (see `KeyDetails`).
+            let versions = (set_quota.version().get(), roll.version().get());
             (params.read().get("id").unwrap_or_default(), versions)
         },
         |(id, versions)| once_per_render("keys/get", &(id.clone(), versions), get_key(id)),
@@ -311,14 +312,27 @@ fn KeyDetails(
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
-    let rolling = (key.yours && !key.is_revoked())
-        .then(|| view! { <RollSecret key=key.clone() action=roll end_overlap handed_over/> }.into_any());
-    let previous = key.previous_secret.as_ref().map(|p| {
-        let when = format::time(&p.expires_at);
-        let state = if p.works { format!("works until {when}") } else { format!("stopped working {when}") };
-        let used = previous_use(p.last_used_at.as_ref());
-        view! { <dt>"Previous secret"</dt><dd data-testid="previous-secret"><code>{format!("{}…", p.prefix)}</code>{format!(" {state}; {used}")}</dd> }
+    // Stopping the previous secret early also updates in place: the keyboard stays put, and a
+    // secret just shown stays on the page.
+    let previous = RwSignal::new(key.previous_secret.clone());
+    let this_key = key.id.clone();
+    Effect::new(move |_| {
+        if let Some(Ok(ended)) = end_overlap.value().get() {
+            if ended.id == this_key {
+                previous.set(ended.previous_secret);
+            }
+        }
     });
+    let rolling = (key.yours && !key.is_revoked())
+        .then(|| view! { <RollSecret key=key.clone() previous action=roll end_overlap handed_over/> }.into_any());
+    let previous_fact = move || {
+        previous.get().map(|p| {
+            let when = format::time(&p.expires_at);
+            let state = if p.works { format!("works until {when}") } else { format!("stopped working {when}") };
+            let used = previous_use(p.last_used_at.as_ref());
+            view! { <dt>"Previous secret"</dt><dd data-testid="previous-secret"><code>{format!("{}…", p.prefix)}</code>{format!(" {state}; {used}")}</dd> }
+        })
+    };
     let status = key.status();
     view! {
         // Made again when the name changes: leptos_meta keeps a title's text beyond the page, so
@@ -338,7 +352,7 @@ fn KeyDetails(
                 <dt>"Last used"</dt><dd>{format::time_or(key.last_used_at.as_ref(), "never")}</dd>
                 <dt>"Revoked"</dt><dd>{format::time_or(key.revoked_at.as_ref(), "—")}</dd>
                 <dt>"Secret rolled"</dt><dd data-testid="rolled-at">{format::time_or(key.rolled_at.as_ref(), "never")}</dd>
-                {previous}
+                {previous_fact}
                 <dt>"Hourly quota"</dt><dd>{format!("{} requests per hour (UTC)", format::count(key.requests_per_hour))}</dd>
                 <dt>"Daily quota"</dt><dd>{format!("{} requests per day (UTC)", format::count(key.requests_per_day))}</dd>
                 <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
@@ -366,6 +380,7 @@ fn previous_use(last_used_at: Option<&chrono::DateTime<chrono::Utc>>) -> String 
 #[component]
 fn RollSecret(
     key: KeyView,
+    previous: RwSignal<Option<PreviousSecretView>>,
     action: ServerAction<RollKey>,
     end_overlap: ServerAction<EndKeyOverlap>,
     handed_over: Result<NewSecretHandOff, crate::error::AppError>,
@@ -373,60 +388,82 @@ fn RollSecret(
     let error = FormError::of("roll-error", action);
     let end_error = FormError::of("end-overlap-error", end_overlap);
     let confirm = NodeRef::<leptos::html::Button>::new();
-    let this_key = key.id.clone();
-    // Only this key's: the action outlives a move to another key's page.
+    let confirm_end = NodeRef::<leptos::html::Button>::new();
+    let id = key.id.clone();
+    // Only this key's: the actions outlive a move to another key's page.
+    let this_key = id.clone();
     let rolled_here = move || action.value().get().and_then(Result::ok).filter(|created| created.key.id == this_key);
+    let this_key = id.clone();
+    let ended_here = move || end_overlap.value().get().and_then(Result::ok).filter(|key| key.id == this_key);
     let handed_over = match handed_over {
-        Ok(NewSecretHandOff::Here(created)) => Some(view! { <NewSecret created=*created/> }.into_any()),
+        Ok(NewSecretHandOff::Here(created)) if created.key.id == id => Some(view! { <NewSecret created=*created/> }.into_any()),
         Ok(NewSecretHandOff::Gone) => Some(view! {
-            <p class="muted" data-testid="secret-gone">
-                "A new secret is shown only once; this one was shown already or has expired. If you did not copy it, roll the key again."
-            </p>
+            <p class="muted" data-testid="secret-gone">"The new secret was shown once, when this page first opened; it is not shown again."</p>
         }.into_any()),
-        Ok(NewSecretHandOff::None) => None,
+        Ok(_) => None,
         Err(err) => Some(view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any()),
     };
-    let overlap = key.previous_secret.clone().filter(|p| p.works).map(|p| {
-        let id = key.id.clone();
-        let confirm_end = NodeRef::<leptos::html::Button>::new();
-        view! {
-            <div class="overlap">
-            <p data-testid="overlap">{format!(
-                "The previous secret {}… keeps working until {}; {}.",
-                p.prefix,
-                format::time(&p.expires_at),
-                previous_use(p.last_used_at.as_ref())
-            )}</p>
-            <ActionForm action=end_overlap>
-                <input type="hidden" name="id" value=id.clone()/>
-                <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"
-                    question_id=format!("end-overlap-question-{id}")
-                    question=format!("Stop {}… now? Calls with it are refused at once.", p.prefix)
-                    confirm=confirm_end>
-                    <SubmitButton pending=end_overlap.pending() class="danger" testid="confirm-end-overlap" node_ref=confirm_end>"Stop it"</SubmitButton>
-                </ConfirmInPlace>
-            </ActionForm>
-            </div>
-            {end_error.message("end-overlap-error")}
-        }
-    });
-    let discarded = key
-        .previous_secret
-        .as_ref()
-        .filter(|p| p.works)
-        .map(|p| format!(" The previous secret {}… stops at once.", p.prefix))
-        .unwrap_or_default();
+    // The question says when the old secret stops, as chosen (read again as the choice changes).
+    let hours = RwSignal::new("0".to_owned());
+    let when = move || match hours.get().as_str() {
+        "0" => "at once".to_owned(),
+        "1" => "in 1 hour".to_owned(),
+        h => format!("in {h} hours"),
+    };
+    let name = key.name.clone();
+    let question = move || {
+        let discarded = previous
+            .get()
+            .filter(|p| p.works)
+            .map(|p| format!(" The previous secret {}… stops at once.", p.prefix))
+            .unwrap_or_default();
+        format!(
+            "Give \u{201c}{name}\u{201d} a new secret? It is shown once; the current one stops working {}.{discarded}",
+            when()
+        )
+    };
+    let id_for_end = id.clone();
+    let overlap = move || {
+        previous.get().filter(|p| p.works).map(|p| {
+            let id = id_for_end.clone();
+            view! {
+                <div class="overlap">
+                    <p data-testid="overlap">{format!(
+                        "The previous secret {}… keeps working until {}; {}.",
+                        p.prefix,
+                        format::time(&p.expires_at),
+                        previous_use(p.last_used_at.as_ref())
+                    )}</p>
+                    <ActionForm action=end_overlap>
+                        <input type="hidden" name="id" value=id.clone()/>
+                        <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"
+                            question_id=format!("end-overlap-question-{id}")
+                            question=format!("Stop {}… now? Calls with it are refused at once.", p.prefix)
+                            confirm=confirm_end>
+                            <SubmitButton pending=end_overlap.pending() class="danger" testid="confirm-end-overlap" node_ref=confirm_end>"Stop it"</SubmitButton>
+                        </ConfirmInPlace>
+                    </ActionForm>
+                </div>
+            }
+        })
+    };
     view! {
         <section class="card" data-testid="roll">
             <h2>"Roll the secret"</h2>
             <p class="muted">"Rolling gives the key a new secret, for one that leaked or a routine change. The key keeps its name, quota, alerts and usage history. The old secret keeps working until the time you choose, so your integrations can switch over; after it, calls with it are refused."</p>
             {overlap}
+            // Only while that secret is still the previous one (not after another roll).
+            {move || ended_here().and_then(|key| key.previous_secret).filter(|ended| previous.with(|p| p.as_ref().is_some_and(|p| p.prefix == ended.prefix))).map(|p| view! {
+                <Confirmation text=format!("The previous secret {}… no longer works: calls with it are refused.", p.prefix) testid="overlap-ended"/>
+            })}
+            {end_error.message("end-overlap-error")}
             <ActionForm action>
-                <input type="hidden" name="id" value=key.id.clone()/>
+                <input type="hidden" name="id" value=id.clone()/>
                 <div class="inline-form">
                     <label>
-                        "The old secret stops working"
-                        <select name="old_secret_hours" data-testid="old-secret-hours" {..error.on("old_secret_hours")}>
+                        "The current secret stops working"
+                        <select name="old_secret_hours" data-testid="old-secret-hours" {..error.on("old_secret_hours")}
+                            on:change=move |ev| hours.set(event_target_value(&ev))>
                             <option value="0" selected>"at once"</option>
                             <option value="1">"in 1 hour"</option>
                             <option value="24">"in 24 hours"</option>
@@ -434,9 +471,7 @@ fn RollSecret(
                         </select>
                     </label>
                     <ConfirmInPlace opener="Roll key…" opener_testid="roll-key" dialog_label="Confirm rolling"
-                        question_id=format!("roll-question-{}", key.id)
-                        question=format!("Give \u{201c}{}\u{201d} a new secret? It is shown once.{discarded}", key.name)
-                        confirm>
+                        question_id=format!("roll-question-{id}") question=Signal::derive(question) confirm>
                         <SubmitButton pending=action.pending() class="danger" testid="confirm-roll" node_ref=confirm>"Roll key"</SubmitButton>
                     </ConfirmInPlace>
                 </div>

@@ -215,7 +215,7 @@ pub fn ConfirmInPlace(
     dialog_label: &'static str,
     /// Unique on the page: the dialog is described by the question through it.
     question_id: String,
-    question: String,
+    #[prop(into)] question: Signal<String>,
     /// The confirming button, inside `children`.
     confirm: NodeRef<leptos::html::Button>,
     /// The form that answers yes.

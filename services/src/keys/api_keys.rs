@@ -91,13 +91,8 @@ pub struct PreviousSecret {
     /// When a call last came with it (to the minute, from any instance); `None`: not since the
     /// roll.
     pub last_used_at: Option<DateTime<Utc>>,
-}
-
-impl PreviousSecret {
-    /// Whether calls with it are still admitted at `now`.
-    pub fn works_at(&self, now: DateTime<Utc>) -> bool {
-        now < self.expires_at
-    }
+    /// Whether calls with it are still admitted (by PostgreSQL's clock, as the lookup sees it).
+    pub works: bool,
 }
 
 type KeyRow = (
@@ -115,7 +110,7 @@ type KeyRow = (
     DateTime<Utc>,
     Vec<i16>,
     Option<DateTime<Utc>>,
-    (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    (Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<bool>),
 );
 
 macro_rules! key_columns {
@@ -135,7 +130,14 @@ macro_rules! key_columns {
             api_key_quotas::updated_at,
             api_keys::alert_email_thresholds,
             api_keys::rolled_at,
-            (api_keys::previous_prefix, api_keys::previous_expires_at, api_keys::previous_last_used_at),
+            (
+                api_keys::previous_prefix,
+                api_keys::previous_expires_at,
+                api_keys::previous_last_used_at,
+                diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Bool>>(
+                    "api_keys.previous_expires_at > now()",
+                ),
+            ),
         )
     };
 }
@@ -156,7 +158,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
         version,
         alerts,
         rolled_at,
-        (previous_prefix, previous_expires_at, previous_last_used_at),
+        (previous_prefix, previous_expires_at, previous_last_used_at, previous_works),
     ) = row;
     Ok(ApiKey {
         id: ApiKeyId(id),
@@ -175,6 +177,7 @@ fn from_row(row: KeyRow) -> ServiceResult<ApiKey> {
             prefix,
             expires_at,
             last_used_at: previous_last_used_at,
+            works: previous_works.unwrap_or(false),
         }),
     })
 }
@@ -217,12 +220,16 @@ pub async fn create(db: &DbPool, owner_id: i64, name: &KeyName) -> ServiceResult
 
 async fn fetch(db: &DbPool, id: ApiKeyId) -> ServiceResult<ApiKey> {
     let mut conn = db::conn(db).await?;
+    fetch_on(&mut conn, id).await
+}
+
+async fn fetch_on(conn: &mut diesel_async::AsyncPgConnection, id: ApiKeyId) -> ServiceResult<ApiKey> {
     let row: KeyRow = api_keys::table
         .inner_join(users::table)
         .inner_join(api_key_quotas::table)
         .filter(api_keys::id.eq(id.0))
         .select(key_columns!())
-        .first(&mut conn)
+        .first(conn)
         .await?;
     from_row(row)
 }
@@ -440,53 +447,78 @@ impl RollOverlap {
     }
 }
 
-/// A key's previous secret as an update leaves it: its hash and when it stops.
-type ReplacedSecret = (Option<Vec<u8>>, Option<DateTime<Utc>>);
+/// A key's secrets as a roll finds them: the current one's hash, the previous one's, whether
+/// that still works, and when the key was revoked.
+type SecretsRow = (Vec<u8>, Option<Vec<u8>>, bool, Option<DateTime<Utc>>);
 
 /// Replaces the secret of a key its owner rolls (admins are refused; anyone else is told it
 /// does not exist). The new secret is returned once and never stored. The key keeps its id,
 /// name, quota, alerts and usage history; the replaced secret keeps working for `overlap`, then
-/// gets 401 `rolled_api_key`. A key answers to at most two secrets: one replaced by an earlier
-/// roll stops at once.
+/// gets 401 `rolled_api_key`. A key answers to two secrets at most: one replaced by an earlier
+/// roll stops at once (it is unknown from then on).
 pub async fn roll_for(
     services: &crate::Services,
     id: ApiKeyId,
     viewer: &User,
     overlap: RollOverlap,
 ) -> ServiceResult<(ApiKey, ApiKeySecret)> {
-    use diesel::sql_types::{Integer, Nullable, Timestamptz};
-    let key = get_as_owner(&services.db, id, viewer).await?;
-    let revoked = || ServiceError::Conflict(format!("\u{201c}{}\u{201d} is revoked: it cannot be rolled.", key.name));
-    if key.revoked_at.is_some() {
-        return Err(revoked());
-    }
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Integer, Nullable, Timestamptz};
+    let name = get_as_owner(&services.db, id, viewer).await?.name;
+    let revoked = move || ServiceError::Conflict(format!("\u{201c}{name}\u{201d} is revoked: it cannot be rolled."));
     let secret = ApiKeySecret::generate();
-    // By PostgreSQL's clock, which the key lookup compares it with.
-    let stops_at = diesel::dsl::sql::<Nullable<Timestamptz>>("now() + make_interval(hours => ")
-        .bind::<Integer, _>(i32::from(overlap.hours()))
-        .sql(")");
     let mut conn = db::conn(&services.db).await?;
-    // The right-hand sides read the row as it was: the current secret becomes the previous one.
-    let replaced: Option<ReplacedSecret> =
-        diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()))
-            .set((
-                api_keys::previous_prefix.eq(api_keys::prefix.nullable()),
-                api_keys::previous_secret_hash.eq(api_keys::secret_hash.nullable()),
-                api_keys::previous_expires_at.eq(stops_at),
-                api_keys::previous_last_used_at.eq(None::<DateTime<Utc>>),
-                api_keys::prefix.eq(secret.visible_prefix()),
-                api_keys::secret_hash.eq(secret.hash().to_vec()),
-                api_keys::rolled_at.eq(Utc::now()),
-            ))
-            .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
-            .get_result(&mut conn)
-            .await
-            .optional()?;
+    let (key, replaced, discarded) = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            let (secret, revoked) = (&secret, &revoked);
+            Box::pin(async move {
+                // Locked: two rolls at once take turns, and each knows what it replaced.
+                let row: SecretsRow = api_keys::table
+                    .filter(api_keys::id.eq(id.0))
+                    .select((
+                        api_keys::secret_hash,
+                        api_keys::previous_secret_hash,
+                        sql::<Bool>("coalesce(api_keys.previous_expires_at > now(), false)"),
+                        api_keys::revoked_at,
+                    ))
+                    .for_update()
+                    .first(conn)
+                    .await?;
+                let (current, previous, previous_works, revoked_at) = row;
+                if revoked_at.is_some() {
+                    return Err(revoked());
+                }
+                // Times by PostgreSQL's clock, which the key lookup counts from.
+                let stops_at = sql::<Nullable<Timestamptz>>("now() + make_interval(hours => ")
+                    .bind::<Integer, _>(i32::from(overlap.hours()))
+                    .sql(")");
+                // The right-hand sides read the row as it was: the current secret becomes the
+                // previous one.
+                diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)))
+                    .set((
+                        api_keys::previous_prefix.eq(api_keys::prefix.nullable()),
+                        api_keys::previous_secret_hash.eq(api_keys::secret_hash.nullable()),
+                        api_keys::previous_expires_at.eq(stops_at),
+                        api_keys::previous_last_used_at.eq(None::<DateTime<Utc>>),
+                        api_keys::prefix.eq(secret.visible_prefix()),
+                        api_keys::secret_hash.eq(secret.hash().to_vec()),
+                        api_keys::rolled_at.eq(sql::<Nullable<Timestamptz>>("now()")),
+                    ))
+                    .execute(conn)
+                    .await?;
+                // Read in the same transaction: once it commits, the secret must reach its owner.
+                let key = fetch_on(conn, id).await?;
+                Ok((key, current, previous.filter(|_| previous_works)))
+            })
+        })
+        .await?;
     drop(conn);
-    // Revoked meanwhile: same answer as above.
-    let Some((Some(old), Some(stops_at))) = replaced else { return Err(revoked()) };
-    services.keys.secret_replaced(id, &old, stops_at);
-    Ok((fetch(&services.db, id).await?, secret))
+    let now = std::time::Instant::now();
+    services.keys.secret_ends(&replaced, now + std::time::Duration::from_secs(u64::from(overlap.hours()) * 3600));
+    if let Some(discarded) = discarded {
+        services.keys.secret_ends(&discarded, now);
+    }
+    Ok((key, secret))
 }
 
 /// Stops a rolled key's previous secret now, for its owner, once the integrations use the new
@@ -496,18 +528,17 @@ pub async fn end_overlap_for(services: &crate::Services, id: ApiKeyId, viewer: &
     get_as_owner(&services.db, id, viewer).await?;
     let now = || diesel::dsl::sql::<Nullable<Timestamptz>>("now()");
     let mut conn = db::conn(&services.db).await?;
-    let ended: Option<ReplacedSecret> =
+    let ended: Option<Option<Vec<u8>>> =
         diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::previous_expires_at.gt(now())))
             .set(api_keys::previous_expires_at.eq(now()))
-            .returning((api_keys::previous_secret_hash, api_keys::previous_expires_at))
+            .returning(api_keys::previous_secret_hash)
             .get_result(&mut conn)
             .await
             .optional()?;
-    drop(conn);
-    if let Some((Some(old), Some(stopped_at))) = ended {
-        services.keys.secret_replaced(id, &old, stopped_at);
+    if let Some(Some(ended)) = ended {
+        services.keys.secret_ends(&ended, std::time::Instant::now());
     }
-    fetch(&services.db, id).await
+    fetch_on(&mut conn, id).await
 }
 
 /// Moves a key's creation time back, for demo data and tests that seed past months; the quota

@@ -1,16 +1,17 @@
 //! Resolves presented API key secrets to keys and their quotas, with a short per-instance cache
 //! so the metered path rarely touches PostgreSQL. Entries live a few seconds: a revoked key
 //! stops working on every instance within [`KeyAuthenticator::TTL`]. A rolled key's previous
-//! secret is known with the time it stops, which each instance enforces itself (so it stops on
-//! time even while PostgreSQL cannot be asked).
+//! secret is known with the time left until it stops, which each instance counts down on its own
+//! monotonic clock (so it stops on time even while PostgreSQL cannot be asked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Timestamptz};
+use diesel::sql_types::{Double, Nullable, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use uuid::Uuid;
@@ -54,6 +55,9 @@ struct Cache {
     known: HashMap<Hash, Known>,
     /// Secret hash → when PostgreSQL last said no such key.
     unknown: HashMap<Hash, Instant>,
+    /// Secrets this instance itself rolled away or ended → when they stop. A lookup that began
+    /// before the change may answer after it: it cannot give them a later end.
+    ends: HashMap<Hash, Instant>,
     /// Size of `known` at which stale entries are next pruned: twice what the last prune kept.
     /// With more live keys than the capacity (a large deployment), pruning at the capacity
     /// would scan the whole map, under the write lock, on every insert.
@@ -73,7 +77,7 @@ struct Known {
     /// [`KeyAuthenticator::TTL`] after this.
     tried: Instant,
     /// A previous secret's end (see [`Resolved`]).
-    stops_at: Option<DateTime<Utc>>,
+    stops_at: Option<Instant>,
 }
 
 impl Known {
@@ -92,6 +96,7 @@ impl Cache {
 
     fn insert(&mut self, hash: Hash, at: Instant, resolved: Resolved, capacity: usize) {
         let Resolved { check, stops_at } = resolved;
+        let stops_at = earliest(stops_at, self.ends.get(&hash).copied());
         if check == KeyCheck::Unknown {
             self.known.remove(&hash);
             if self.unknown.len() >= capacity {
@@ -111,21 +116,41 @@ impl Cache {
             self.known.insert(hash, Known { check, confirmed: at, tried: at, stops_at });
         }
     }
+
+    /// The secret `hash` stops at `at` (or earlier, if it was to stop before).
+    fn end(&mut self, hash: Hash, at: Instant) {
+        let now = Instant::now();
+        // Past its end by more than the time a lookup may take, a record has done its work.
+        self.ends.retain(|_, &mut end| now.saturating_duration_since(end) < KeyAuthenticator::LOOKUP_TIMEOUT * 10);
+        let end = earliest(Some(at), self.ends.get(&hash).copied()).unwrap_or(at);
+        self.ends.insert(hash, end);
+        if let Some(known) = self.known.get_mut(&hash) {
+            known.stops_at = earliest(known.stops_at, Some(end));
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// What PostgreSQL said of a secret: the key, and when this secret stops working if it is the
-/// key's previous one.
+/// key's previous one (on this instance's monotonic clock, from the time left that PostgreSQL
+/// computed on its own: no two clocks are compared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Resolved {
     check: KeyCheck,
-    stops_at: Option<DateTime<Utc>>,
+    stops_at: Option<Instant>,
 }
 
 impl Resolved {
     /// What the secret is worth now.
     fn now(self) -> KeyCheck {
         match (self.check, self.stops_at) {
-            (KeyCheck::Active(_), Some(at)) if Utc::now() >= at => KeyCheck::Rolled,
+            (KeyCheck::Active(_), Some(at)) if Instant::now() >= at => KeyCheck::Rolled,
             (check, _) => check,
         }
     }
@@ -261,32 +286,21 @@ impl KeyAuthenticator {
     /// The key was revoked on this instance: refused here from now on (other instances follow
     /// within [`Self::TTL`]).
     pub fn revoked(&self, id: ApiKeyId) {
-        self.update_entries_of(id, |_, entry| {
+        self.update_entries_of(id, |entry| {
             let now = Instant::now();
             *entry = Known { check: KeyCheck::Revoked, confirmed: now, tried: now, stops_at: None };
             true
         });
     }
 
-    /// The key's secret `old` was replaced (or its overlap ended) on this instance: it stops at
-    /// `stops_at` here, even if PostgreSQL cannot be asked then (other instances learn it within
-    /// [`Self::TTL`]). The key's other secrets are read again at their next use: a roll
-    /// discards the one before `old`.
-    pub fn secret_replaced(&self, id: ApiKeyId, old: &[u8], stops_at: DateTime<Utc>) {
-        let stale = Instant::now().checked_sub(Self::TTL);
-        self.update_entries_of(id, |hash, entry| {
-            if hash.as_slice() == old {
-                entry.stops_at = Some(entry.stops_at.map_or(stops_at, |at| at.min(stops_at)));
-                return true;
-            }
-            match stale {
-                Some(stale) => {
-                    entry.tried = entry.tried.min(stale);
-                    true
-                }
-                None => false,
-            }
-        });
+    /// A secret this instance rolled away or ended stops at `at` here, whatever a lookup begun
+    /// before the change answers, and even if PostgreSQL cannot be asked then (other instances
+    /// read the change within [`Self::TTL`]).
+    pub fn secret_ends(&self, hash: &[u8], at: Instant) {
+        let Ok(hash) = Hash::try_from(hash) else { return };
+        if let Ok(mut cache) = self.cache.write() {
+            cache.end(hash, at);
+        }
     }
 
     /// The key's quota changed on this instance: its next request reads the key again. Its last
@@ -294,7 +308,7 @@ impl KeyAuthenticator {
     /// used to turn a database outage soon after any change into 503s for every key).
     pub fn quota_changed(&self, id: ApiKeyId) {
         let stale = Instant::now().checked_sub(Self::TTL);
-        self.update_entries_of(id, |_, entry| match stale {
+        self.update_entries_of(id, |entry| match stale {
             Some(stale) => {
                 entry.tried = entry.tried.min(stale);
                 true
@@ -315,16 +329,26 @@ impl KeyAuthenticator {
                 return;
             }
             if written.len() >= self.capacity {
-                written.retain(|_, &mut at| now.duration_since(at) < Self::PREVIOUS_USE_EVERY);
+                // Forgetting costs at most one more write per secret.
+                written.clear();
             }
             written.insert(hash, now);
         }
+        // Within the bound of lookups (half the pool): past it, this use is not written, and
+        // the next one tries again.
+        let Ok(place) = self.lookups.clone().try_acquire_owned() else {
+            if let Ok(mut written) = self.previous_uses.lock() {
+                written.remove(&hash);
+            }
+            return;
+        };
         let db = self.db.clone();
         tokio::spawn(async move {
+            let _place = place;
             let write = async {
                 let mut conn = db::conn(&db).await?;
                 diesel::update(api_keys::table.filter(api_keys::previous_secret_hash.eq(hash.to_vec())))
-                    .set(api_keys::previous_last_used_at.eq(diesel::dsl::sql::<Nullable<Timestamptz>>("now()")))
+                    .set(api_keys::previous_last_used_at.eq(sql::<Nullable<Timestamptz>>("now()")))
                     .execute(&mut conn)
                     .await?;
                 Ok::<_, ServiceError>(())
@@ -337,13 +361,12 @@ impl KeyAuthenticator {
         });
     }
 
-    /// Applies `update` to the key's entries (by secret hash); those it returns false for are
-    /// forgotten.
-    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&Hash, &mut Known) -> bool) {
+    /// Applies `update` to the key's entries; those it returns false for are forgotten.
+    fn update_entries_of(&self, id: ApiKeyId, update: impl Fn(&mut Known) -> bool) {
         if let Ok(mut cache) = self.cache.write() {
             // Entries are by secret: a scan, but only when a key changes.
-            cache.known.retain(|hash, entry| match entry.check {
-                KeyCheck::Active(k) if k.id == id => update(hash, entry),
+            cache.known.retain(|_, entry| match entry.check {
+                KeyCheck::Active(k) if k.id == id => update(entry),
                 _ => true,
             });
         }
@@ -411,8 +434,7 @@ impl KeyAuthenticator {
 
     /// The key whose current or previous secret has this hash.
     async fn query_key(&self, hash: &Hash) -> ServiceResult<Resolved> {
-        type Row =
-            (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<DateTime<Utc>>, i64, i64, Option<i32>, DateTime<Utc>);
+        type Row = (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<f64>, i64, i64, Option<i32>, DateTime<Utc>);
         let mut conn = db::conn(&self.db).await?;
         let row: Option<Row> = api_keys::table
             .inner_join(api_key_quotas::table)
@@ -422,7 +444,8 @@ impl KeyAuthenticator {
                 api_keys::owner_id,
                 api_keys::revoked_at,
                 api_keys::secret_hash,
-                api_keys::previous_expires_at,
+                // Seconds the previous secret has left, by PostgreSQL's clock alone.
+                sql::<Nullable<Double>>("EXTRACT(EPOCH FROM (api_keys.previous_expires_at - now()))::float8"),
                 api_key_quotas::requests_per_hour,
                 api_key_quotas::requests_per_day,
                 api_key_quotas::burst_per_second,
@@ -431,8 +454,7 @@ impl KeyAuthenticator {
             .first(&mut conn)
             .await
             .optional()?;
-        let Some((id, owner_id, revoked_at, current_hash, previous_expires_at, hour, day, burst, updated_at)) = row
-        else {
+        let Some((id, owner_id, revoked_at, current_hash, previous_left, hour, day, burst, updated_at)) = row else {
             return Ok(Resolved { check: KeyCheck::Unknown, stops_at: None });
         };
         if revoked_at.is_some() {
@@ -445,7 +467,13 @@ impl KeyAuthenticator {
             quota_version_ms: updated_at.timestamp_millis(),
         };
         // The previous secret carries its end; past it, `Resolved::now` says `Rolled`.
-        let stops_at = if current_hash.as_slice() == hash.as_slice() { None } else { previous_expires_at };
+        let stops_at = match current_hash.as_slice() == hash.as_slice() {
+            true => None,
+            false => {
+                let left = previous_left.filter(|left| left.is_finite()).unwrap_or(0.0).max(0.0);
+                Some(Instant::now() + Duration::from_secs_f64(left.min(1e9)))
+            }
+        };
         Ok(Resolved { check: KeyCheck::Active(key), stops_at })
     }
 }
@@ -453,6 +481,43 @@ impl KeyAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn active() -> KeyCheck {
+        KeyCheck::Active(AuthenticatedKey {
+            id: ApiKeyId(Uuid::nil()),
+            owner_id: 1,
+            quota: Quota::default_for_new_key(),
+            quota_version_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_previous_secret_works_until_its_end() {
+        let now = Instant::now();
+        let until = |stops_at| Resolved { check: active(), stops_at }.now();
+        assert_eq!(until(None), active());
+        assert_eq!(until(Some(now + Duration::from_secs(3600))), active());
+        assert_eq!(until(Some(now)), KeyCheck::Rolled);
+        // A revoked key stays revoked, whichever of its secrets is presented.
+        assert_eq!(Resolved { check: KeyCheck::Revoked, stops_at: Some(now) }.now(), KeyCheck::Revoked);
+    }
+
+    #[test]
+    fn a_lookup_begun_before_a_roll_cannot_give_the_old_secret_a_later_end() {
+        let mut cache = Cache::default();
+        let (secret, other) = ([7u8; 32], [8u8; 32]);
+        let now = Instant::now();
+        // Rolled here at once, while a lookup of the secret was on its way.
+        cache.end(secret, now);
+        // That lookup read the row before the roll: the secret was still the current one.
+        cache.insert(secret, now, Resolved { check: active(), stops_at: None }, 100);
+        assert_eq!(cache.get(&secret).map(|k| k.resolved().now()), Some(KeyCheck::Rolled));
+        // An end given later by PostgreSQL cannot move it either; other secrets are untouched.
+        cache.insert(secret, now, Resolved { check: active(), stops_at: Some(now + Duration::from_secs(60)) }, 100);
+        assert_eq!(cache.get(&secret).map(|k| k.resolved().now()), Some(KeyCheck::Rolled));
+        cache.insert(other, now, Resolved { check: active(), stops_at: None }, 100);
+        assert_eq!(cache.get(&other).map(|k| k.resolved().now()), Some(active()));
+    }
 
     #[test]
     fn more_live_keys_than_the_capacity_do_not_make_every_insert_scan_the_cache() {
