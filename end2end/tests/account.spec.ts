@@ -145,6 +145,9 @@ test('while one account is being switched, an admin can switch another', async (
   await rowOf(second).getByRole('button', { name: `Enable ${second}` }).click();
   await expect(page.getByTestId('account-switched')).toHaveText(`Enabled ${second}: it can sign in again.`);
   await expect(rowOf(second).getByTestId('account-status')).toHaveText('active');
+  // The first still waits for its own answer, and only it.
+  await expect(rowOf(first).getByRole('button', { name: `Disable ${first}` })).toHaveAttribute('aria-disabled', 'true');
+  await expect(rowOf(first).getByTestId('account-status')).toHaveText('active');
 
   await held!();
   await expect(rowOf(first).getByTestId('account-status')).toHaveText('disabled');

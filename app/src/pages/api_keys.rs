@@ -463,7 +463,9 @@ fn RollSecret(
                     <label>
                         "The current secret stops working"
                         <select name="old_secret_hours" data-testid="old-secret-hours" {..error.on("old_secret_hours")}
-                            on:change=move |ev| hours.set(event_target_value(&ev))>
+                            // Bound both ways: a page rebuilt in place after a roll keeps the
+                            // element, and its choice must match what the question says.
+                            prop:value=move || hours.get() on:change=move |ev| hours.set(event_target_value(&ev))>
                             <option value="0" selected>"at once"</option>
                             <option value="1">"in 1 hour"</option>
                             <option value="24">"in 24 hours"</option>
