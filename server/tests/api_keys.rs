@@ -488,13 +488,8 @@ async fn an_owner_renames_a_key_and_the_new_name_shows_everywhere() {
         (&admin, &id, "Renamed by an admin", StatusCode::FORBIDDEN, "not allowed"),
     ];
     for (who, key, name, status, message) in refusals {
-        let res = app.rpc(who, "keys/rename", &[("id", key), ("name", name)]).await;
-        assert_eq!(res.status(), status, "{name:?}");
-        let body: Value = res.json().await.unwrap();
-        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{name:?}: {body}");
-        if status == StatusCode::BAD_REQUEST {
-            assert_eq!(body["error"]["field"], "name", "{body}");
-        }
+        assert_refused(app.rpc(who, "keys/rename", &[("id", key), ("name", name)]).await, status, message, "name")
+            .await;
     }
     assert_eq!(app.key_list(&ann).await[0]["name"], "Checkout (production)");
 
@@ -690,6 +685,17 @@ async fn a_merchants_keys_come_a_page_at_a_time_the_active_ones_first() {
     assert!(html.contains(r#"href="/dashboard/developers/api-keys""#) && !html.contains("?page=3"), "{html}");
 }
 
+/// A server function's refusal: its status, a message containing `message`, and for bad input
+/// (400) the form field it is about.
+async fn assert_refused(res: reqwest::Response, status: StatusCode, message: &str, field: &str) {
+    assert_eq!(res.status(), status, "{message}");
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains(message), "{message}: {body}");
+    if status == StatusCode::BAD_REQUEST {
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+}
+
 /// Calls `/api/v1/ping` with `secret`: its status and, when refused, the error code.
 async fn ping_as(app: &TestApp, secret: &str) -> (StatusCode, String) {
     let res = app.call("/api/v1/ping", secret).await;
@@ -854,12 +860,7 @@ async fn only_the_owner_rolls_an_active_key_and_can_stop_the_old_secret_early() 
     ];
     for (who, key, hours, status, message) in refusals {
         let res = app.rpc(who, "keys/roll", &[("id", key), ("old_secret_hours", hours)]).await;
-        assert_eq!(res.status(), status, "{hours:?}");
-        let body: Value = res.json().await.unwrap();
-        assert!(body["error"]["message"].as_str().unwrap().contains(message), "{hours:?}: {body}");
-        if status == StatusCode::BAD_REQUEST {
-            assert_eq!(body["error"]["field"], "old_secret_hours", "{body}");
-        }
+        assert_refused(res, status, message, "old_secret_hours").await;
     }
     let key: Value = app.rpc(&ann, "keys/get", &[("id", &id)]).await.json().await.unwrap();
     assert!(key["rolled_at"].is_null() && key["previous_secret"].is_null(), "{key}");

@@ -297,32 +297,14 @@ fn KeyDetails(
 ) -> impl IntoView {
     let KeyActions { alerts, set_quota, rename, roll, end_overlap } = actions;
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
-    // A rename updates the name in place (refetching the key would rebuild the page under the
-    // keyboard). Only this key's: the action outlives a move to another key's page.
-    let name = RwSignal::new(key.name.clone());
-    let this_key = key.id.clone();
-    Effect::new(move |_| {
-        if let Some(Ok(renamed)) = rename.value().get() {
-            if renamed.id == this_key {
-                name.set(renamed.name);
-            }
-        }
-    });
+    // A rename, and stopping the previous secret early, update the page in place (refetching
+    // the key would rebuild the page under the keyboard, and drop a secret just shown).
+    let name = follow(rename, &key, key.name.clone(), |k| k.name);
+    let previous = follow(end_overlap, &key, key.previous_secret.clone(), |k| k.previous_secret);
     let rename = (key.yours && !key.is_revoked()).then(|| view! { <RenameForm key=key.clone() action=rename/> });
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
-    // Stopping the previous secret early also updates in place: the keyboard stays put, and a
-    // secret just shown stays on the page.
-    let previous = RwSignal::new(key.previous_secret.clone());
-    let this_key = key.id.clone();
-    Effect::new(move |_| {
-        if let Some(Ok(ended)) = end_overlap.value().get() {
-            if ended.id == this_key {
-                previous.set(ended.previous_secret);
-            }
-        }
-    });
     let rolling = (key.yours && !key.is_revoked())
         .then(|| view! { <RollSecret key=key.clone() previous action=roll end_overlap handed_over/> }.into_any());
     let previous_fact = move || {
@@ -364,6 +346,26 @@ fn KeyDetails(
         {alert_settings}
         {requests}
     }
+}
+
+/// `initial`, then `pick` of each answer of `action` about this `key`: a part of the key's page
+/// kept up to date in place. Only this key's answers: the action outlives a move to another
+/// key's page.
+fn follow<A, T>(action: ServerAction<A>, key: &KeyView, initial: T, pick: fn(KeyView) -> T) -> RwSignal<T>
+where
+    A: leptos::server_fn::ServerFn<Output = KeyView, Error = crate::error::AppError> + Clone + Send + Sync + 'static,
+    T: Send + Sync + 'static,
+{
+    let value = RwSignal::new(initial);
+    let this_key = key.id.clone();
+    Effect::new(move |_| {
+        if let Some(Ok(answer)) = action.value().get() {
+            if answer.id == this_key {
+                value.set(pick(answer));
+            }
+        }
+    });
+    value
 }
 
 /// Whether anything still calls with a rolled key's previous secret: what its owner needs to
