@@ -161,6 +161,18 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   expect(refused.status()).toBe(401);
   expect((await refused.json()).error.code).toBe('rolled_api_key');
   expect((await call(fresh)).status()).toBe(200);
+
+  // Rolled again: the secret of the last roll is now the previous one, with its own "Stop it
+  // now…"; what was said of the one before is gone with it.
+  await page.getByTestId('old-secret-hours').selectOption({ label: 'in 24 hours' });
+  await page.getByTestId('roll-key').click();
+  await page.getByTestId('confirm-roll').click();
+  await expect(page.getByTestId('new-secret')).toBeVisible();
+  await expect(page.getByTestId('overlap')).toContainText(`The previous secret ${fresh.slice(0, 14)}… keeps working until`);
+  await expect(page.getByTestId('previous-secret')).toContainText(`${fresh.slice(0, 14)}… works until`);
+  await expect(page.getByTestId('end-overlap')).toBeVisible();
+  await expect(page.getByTestId('overlap-ended')).toHaveCount(0);
+  await expect(page.getByTestId('copy-secret')).toBeFocused();
 });
 
 test("a merchant opening another merchant's key page is refused", async ({ page }) => {

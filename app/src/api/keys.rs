@@ -137,14 +137,15 @@ pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey
     hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
 }
 
-/// Stops a rolled key's previous secret now (the owner's integrations use the new one).
+/// Stops a rolled key's previous secret now (the owner's integrations use the new one);
+/// `prefix` is the previous secret the owner was shown.
 #[server(prefix = "/rpc", endpoint = "keys/end-overlap")]
-pub async fn end_key_overlap(id: String) -> Result<KeyView, AppError> {
+pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user).await?;
+    let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user, &prefix).await?;
     tracing::info!(key_id = %key.id, user_id = user.id, "API key's previous secret stopped");
     Ok(KeyView::seen_by(key, user.id))
 }

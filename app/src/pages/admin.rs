@@ -101,8 +101,10 @@ pub fn AdminAccountsPage() -> impl IntoView {
     // Each row switches with an action of its own and updates in place (see `AccountRow`); this
     // one only reads the error a plain form post (no JavaScript) came back with.
     let plain_post = ServerAction::<AdminSwitchAccount>::new();
-    let error = FormError::of("account-error", plain_post);
     let outcome = RwSignal::new(None::<Result<AccountSwitched, AppError>>);
+    let error = FormError::new("account-error", move || {
+        outcome.get().and_then(Result::err).or_else(|| plain_post.value().get().and_then(Result::err))
+    });
     let query = use_query_map();
     let shown = move || {
         let q = query.read();
@@ -122,10 +124,7 @@ pub fn AdminAccountsPage() -> impl IntoView {
         <section class="card">
             <p class="muted">"A disabled account cannot sign in and is signed out everywhere. Its API keys keep working: revoke them from the key's page to stop them."</p>
             // The switched row's button is gone with the answer: the focus goes to what was done.
-            {move || outcome.get().map(|r| match r {
-                Ok(done) => view! { <Confirmation text=done.message() testid="account-switched"/> }.into_any(),
-                Err(err) => view! { <p class="error" role="alert" data-testid="account-error">{err.to_string()}</p> }.into_any(),
-            })}
+            {move || outcome.get().and_then(Result::ok).map(|done| view! { <Confirmation text=done.message() testid="account-switched"/> })}
             {error.message("account-error")}
             <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {

@@ -358,7 +358,13 @@ where
 {
     let value = RwSignal::new(initial);
     let this_key = key.id.clone();
+    // Answers from before this part was made (it is made again when the page is) are in
+    // `initial` already, or older than it.
+    let seen = action.version().get_untracked();
     Effect::new(move |_| {
+        if action.version().get() <= seen {
+            return;
+        }
         if let Some(Ok(answer)) = action.value().get() {
             if answer.id == this_key {
                 value.set(pick(answer));
@@ -376,6 +382,10 @@ fn previous_use(last_used_at: Option<&chrono::DateTime<chrono::Utc>>) -> String 
         None => "not used since the roll".to_owned(),
     }
 }
+
+/// How long the replaced secret may keep working, as the key page offers it (hours, words); the
+/// first is the default. The server takes any whole number of hours up to `RollOverlap::MAX_HOURS`.
+const OVERLAPS: [(&str, &str); 4] = [("0", "at once"), ("1", "in 1 hour"), ("24", "in 24 hours"), ("168", "in 7 days")];
 
 /// The owner replaces the key's secret ("rolls" it), choosing when the old one stops working;
 /// the new one is shown once, here. While the old one still works it can be stopped early.
@@ -400,18 +410,14 @@ fn RollSecret(
     let handed_over = match handed_over {
         Ok(NewSecretHandOff::Here(created)) if created.key.id == id => Some(view! { <NewSecret created=*created/> }.into_any()),
         Ok(NewSecretHandOff::Gone) => Some(view! {
-            <p class="muted" data-testid="secret-gone">"The new secret was shown once, when this page first opened; it is not shown again."</p>
+            <p class="muted" data-testid="secret-gone">"A new secret is shown once, within two minutes of the roll; this one is not shown again."</p>
         }.into_any()),
         Ok(_) => None,
         Err(err) => Some(view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any()),
     };
     // The question says when the old secret stops, as chosen (read again as the choice changes).
-    let hours = RwSignal::new("0".to_owned());
-    let when = move || match hours.get().as_str() {
-        "0" => "at once".to_owned(),
-        "1" => "in 1 hour".to_owned(),
-        h => format!("in {h} hours"),
-    };
+    let hours = RwSignal::new(OVERLAPS[0].0.to_owned());
+    let when = move || hours.with(|h| OVERLAPS.iter().find(|(value, _)| value == h).map_or("", |(_, words)| words));
     let name = key.name.clone();
     let question = move || {
         let discarded = previous
@@ -438,6 +444,7 @@ fn RollSecret(
                     )}</p>
                     <ActionForm action=end_overlap>
                         <input type="hidden" name="id" value=id.clone()/>
+                        <input type="hidden" name="prefix" value=p.prefix.clone()/>
                         <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"
                             question_id=format!("end-overlap-question-{id}")
                             question=format!("Stop {}… now? Calls with it are refused at once.", p.prefix)
@@ -468,10 +475,9 @@ fn RollSecret(
                             // Bound both ways: a page rebuilt in place after a roll keeps the
                             // element, and its choice must match what the question says.
                             prop:value=move || hours.get() on:change=move |ev| hours.set(event_target_value(&ev))>
-                            <option value="0" selected>"at once"</option>
-                            <option value="1">"in 1 hour"</option>
-                            <option value="24">"in 24 hours"</option>
-                            <option value="168">"in 7 days"</option>
+                            {OVERLAPS.iter().enumerate().map(|(i, &(value, words))| view! {
+                                <option value=value selected=i == 0>{words}</option>
+                            }).collect_view()}
                         </select>
                     </label>
                     <ConfirmInPlace opener="Roll key…" opener_testid="roll-key" dialog_label="Confirm rolling"

@@ -425,8 +425,6 @@ pub struct RollOverlap(u16);
 
 impl RollOverlap {
     pub const MAX_HOURS: u16 = 7 * 24;
-    /// The choices the key page offers: at once, an hour, a day, a week.
-    pub const OFFERED_HOURS: [u16; 4] = [0, 1, 24, Self::MAX_HOURS];
 
     pub fn parse(raw: &str) -> ServiceResult<Self> {
         let invalid = || {
@@ -467,6 +465,8 @@ pub async fn roll_for(
     let name = get_as_owner(&services.db, id, viewer).await?.name;
     let revoked = move || ServiceError::Conflict(format!("\u{201c}{name}\u{201d} is revoked: it cannot be rolled."));
     let secret = ApiKeySecret::generate();
+    // Before the transaction: its ends are counted from no later than PostgreSQL's now().
+    let began = std::time::Instant::now();
     let mut conn = db::conn(&services.db).await?;
     let (key, replaced, discarded) = conn
         .transaction::<_, ServiceError, _>(|conn| {
@@ -513,32 +513,49 @@ pub async fn roll_for(
         })
         .await?;
     drop(conn);
-    let now = std::time::Instant::now();
-    services.keys.secret_ends(&replaced, now + std::time::Duration::from_secs(u64::from(overlap.hours()) * 3600));
+    services.keys.secret_ends(&replaced, began + std::time::Duration::from_secs(u64::from(overlap.hours()) * 3600));
     if let Some(discarded) = discarded {
-        services.keys.secret_ends(&discarded, now);
+        services.keys.secret_ends(&discarded, began);
     }
     Ok((key, secret))
 }
 
 /// Stops a rolled key's previous secret now, for its owner, once the integrations use the new
-/// one. Nothing changes when it has stopped already.
-pub async fn end_overlap_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
+/// one. `shown` is the prefix of the previous secret the owner was shown: if the key was rolled
+/// again since, that one is gone and the one now previous is not touched (Conflict). Nothing
+/// changes when it has stopped already.
+pub async fn end_overlap_for(
+    services: &crate::Services,
+    id: ApiKeyId,
+    viewer: &User,
+    shown: &str,
+) -> ServiceResult<ApiKey> {
     use diesel::sql_types::{Nullable, Timestamptz};
     get_as_owner(&services.db, id, viewer).await?;
     let now = || diesel::dsl::sql::<Nullable<Timestamptz>>("now()");
+    let began = std::time::Instant::now();
     let mut conn = db::conn(&services.db).await?;
-    let ended: Option<Option<Vec<u8>>> =
-        diesel::update(api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::previous_expires_at.gt(now())))
-            .set(api_keys::previous_expires_at.eq(now()))
-            .returning(api_keys::previous_secret_hash)
-            .get_result(&mut conn)
-            .await
-            .optional()?;
+    let ended: Option<Option<Vec<u8>>> = diesel::update(
+        api_keys::table
+            .filter(api_keys::id.eq(id.0))
+            .filter(api_keys::previous_prefix.eq(shown))
+            .filter(api_keys::previous_expires_at.gt(now())),
+    )
+    .set(api_keys::previous_expires_at.eq(now()))
+    .returning(api_keys::previous_secret_hash)
+    .get_result(&mut conn)
+    .await
+    .optional()?;
     if let Some(Some(ended)) = ended {
-        services.keys.secret_ends(&ended, std::time::Instant::now());
+        services.keys.secret_ends(&ended, began);
     }
-    fetch_on(&mut conn, id).await
+    let key = fetch_on(&mut conn, id).await?;
+    if key.previous_secret.as_ref().is_none_or(|p| p.prefix != shown) {
+        return Err(ServiceError::Conflict(format!(
+            "{shown}\u{2026} is no longer this key's previous secret: the key was rolled again. Reload the page."
+        )));
+    }
+    Ok(key)
 }
 
 /// Moves a key's creation time back, for demo data and tests that seed past months; the quota

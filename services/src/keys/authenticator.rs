@@ -55,9 +55,10 @@ struct Cache {
     known: HashMap<Hash, Known>,
     /// Secret hash → when PostgreSQL last said no such key.
     unknown: HashMap<Hash, Instant>,
-    /// Secrets this instance itself rolled away or ended → when they stop. A lookup that began
-    /// before the change may answer after it: it cannot give them a later end.
-    ends: HashMap<Hash, Instant>,
+    /// Secrets this instance itself rolled away or ended → when they stop, and when that was
+    /// recorded. A lookup that began before the change may answer after it: it cannot give them
+    /// a later end.
+    ends: HashMap<Hash, (Instant, Instant)>,
     /// Size of `known` at which stale entries are next pruned: twice what the last prune kept.
     /// With more live keys than the capacity (a large deployment), pruning at the capacity
     /// would scan the whole map, under the write lock, on every insert.
@@ -94,9 +95,11 @@ impl Cache {
         })
     }
 
-    fn insert(&mut self, hash: Hash, at: Instant, resolved: Resolved, capacity: usize) {
+    /// Keeps what PostgreSQL said of `hash`, with any earlier end this instance knows of; returns
+    /// what was kept.
+    fn insert(&mut self, hash: Hash, at: Instant, resolved: Resolved, capacity: usize) -> Resolved {
         let Resolved { check, stops_at } = resolved;
-        let stops_at = earliest(stops_at, self.ends.get(&hash).copied());
+        let stops_at = earliest(stops_at, self.ends.get(&hash).map(|&(end, _)| end));
         if check == KeyCheck::Unknown {
             self.known.remove(&hash);
             if self.unknown.len() >= capacity {
@@ -115,15 +118,17 @@ impl Cache {
             }
             self.known.insert(hash, Known { check, confirmed: at, tried: at, stops_at });
         }
+        Resolved { check, stops_at }
     }
 
     /// The secret `hash` stops at `at` (or earlier, if it was to stop before).
     fn end(&mut self, hash: Hash, at: Instant) {
         let now = Instant::now();
-        // Past its end by more than the time a lookup may take, a record has done its work.
-        self.ends.retain(|_, &mut end| now.saturating_duration_since(end) < KeyAuthenticator::LOOKUP_TIMEOUT * 10);
-        let end = earliest(Some(at), self.ends.get(&hash).copied()).unwrap_or(at);
-        self.ends.insert(hash, end);
+        // Lookups begun before the change answer within LOOKUP_TIMEOUT: then a record has done
+        // its work (the entry, and PostgreSQL, carry the end from there).
+        self.ends.retain(|_, &mut (_, made)| now.duration_since(made) < KeyAuthenticator::LOOKUP_TIMEOUT * 10);
+        let end = earliest(Some(at), self.ends.get(&hash).map(|&(end, _)| end)).unwrap_or(at);
+        self.ends.insert(hash, (end, now));
         if let Some(known) = self.known.get_mut(&hash) {
             known.stops_at = earliest(known.stops_at, Some(end));
         }
@@ -273,10 +278,15 @@ impl KeyAuthenticator {
                 Some(known) if known.confirmed.elapsed() < self.stale_if_error => {
                     match known.check {
                         // Refused either way; only when to ask again matters.
-                        KeyCheck::Unknown => self.remember(hash, Resolved { check: KeyCheck::Unknown, stops_at: None }),
+                        KeyCheck::Unknown => {
+                            self.remember(hash, Resolved { check: KeyCheck::Unknown, stops_at: None });
+                        }
                         _ => self.tried(hash),
                     }
-                    Ok(known.resolved())
+                    // As the entry is now, not as it was read before the lookup: a roll may have
+                    // ended the secret meanwhile.
+                    let now = self.cache.read().ok().and_then(|cache| cache.get(&hash)).unwrap_or(known);
+                    Ok(now.resolved())
                 }
                 _ => Err(failure.into()),
             },
@@ -372,9 +382,11 @@ impl KeyAuthenticator {
         }
     }
 
-    fn remember(&self, hash: Hash, resolved: Resolved) {
-        if let Ok(mut cache) = self.cache.write() {
-            cache.insert(hash, Instant::now(), resolved, self.capacity);
+    /// Caches what PostgreSQL said; returns it with any earlier end this instance knows of.
+    fn remember(&self, hash: Hash, resolved: Resolved) -> Resolved {
+        match self.cache.write() {
+            Ok(mut cache) => cache.insert(hash, Instant::now(), resolved, self.capacity),
+            Err(_) => resolved,
         }
     }
 
@@ -413,9 +425,9 @@ impl KeyAuthenticator {
             let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, query)
                 .await
                 .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
-            if let Ok(resolved) = &loaded {
-                this.remember(hash, *resolved);
-            }
+            // Every request waiting on this lookup gets what was kept: a roll during the lookup
+            // may have ended the secret.
+            let loaded = loaded.map(|resolved| this.remember(hash, resolved));
             if let Ok(mut in_flight) = this.in_flight.lock() {
                 in_flight.remove(&hash);
             }
@@ -434,6 +446,8 @@ impl KeyAuthenticator {
 
     /// The key whose current or previous secret has this hash.
     async fn query_key(&self, hash: &Hash) -> ServiceResult<Resolved> {
+        // Before the query: the time left is counted from no later than PostgreSQL's now().
+        let asked = Instant::now();
         type Row = (Uuid, i64, Option<DateTime<Utc>>, Vec<u8>, Option<f64>, i64, i64, Option<i32>, DateTime<Utc>);
         let mut conn = db::conn(&self.db).await?;
         let row: Option<Row> = api_keys::table
@@ -471,7 +485,7 @@ impl KeyAuthenticator {
             true => None,
             false => {
                 let left = previous_left.filter(|left| left.is_finite()).unwrap_or(0.0).max(0.0);
-                Some(Instant::now() + Duration::from_secs_f64(left.min(1e9)))
+                Some(asked + Duration::from_secs_f64(left.min(1e9)))
             }
         };
         Ok(Resolved { check: KeyCheck::Active(key), stops_at })
@@ -509,8 +523,10 @@ mod tests {
         let now = Instant::now();
         // Rolled here at once, while a lookup of the secret was on its way.
         cache.end(secret, now);
-        // That lookup read the row before the roll: the secret was still the current one.
-        cache.insert(secret, now, Resolved { check: active(), stops_at: None }, 100);
+        // That lookup read the row before the roll: the secret was still the current one. What
+        // is kept, and handed to every request waiting on the lookup, has the roll's end.
+        let kept = cache.insert(secret, now, Resolved { check: active(), stops_at: None }, 100);
+        assert_eq!(kept.now(), KeyCheck::Rolled);
         assert_eq!(cache.get(&secret).map(|k| k.resolved().now()), Some(KeyCheck::Rolled));
         // An end given later by PostgreSQL cannot move it either; other secrets are untouched.
         cache.insert(secret, now, Resolved { check: active(), stops_at: Some(now + Duration::from_secs(60)) }, 100);
