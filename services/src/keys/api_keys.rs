@@ -292,8 +292,8 @@ pub async fn list_all(db: &DbPool) -> ServiceResult<Vec<ApiKey>> {
 }
 
 /// A page of every owner's keys, for admins: those whose owner's email, name or prefix (or
-/// previous prefix) contains `search` (any case; all keys when it is empty), by owner and then newest first,
-/// skipping the first `offset`.
+/// previous prefix) contains `search` (any case; all keys when it is empty), by owner and then
+/// newest first, skipping the first `offset`.
 pub async fn search_all(db: &DbPool, search: &str, offset: i64, limit: i64) -> ServiceResult<Vec<ApiKey>> {
     // PostgreSQL refuses a NUL byte in text: bad input, not a failure.
     crate::text::check_typed("The search", search)?;
