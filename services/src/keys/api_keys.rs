@@ -134,9 +134,7 @@ macro_rules! key_columns {
                 api_keys::previous_prefix,
                 api_keys::previous_expires_at,
                 api_keys::previous_last_used_at,
-                diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Bool>>(
-                    "api_keys.previous_expires_at > now()",
-                ),
+                api_keys::previous_expires_at.gt(diesel::dsl::now),
             ),
         )
     };
@@ -447,7 +445,7 @@ impl RollOverlap {
 
 /// A key's secrets as a roll finds them: the current one's hash, the previous one's, whether
 /// that still works, and when the key was revoked.
-type SecretsRow = (Vec<u8>, Option<Vec<u8>>, bool, Option<DateTime<Utc>>);
+type SecretsRow = (Vec<u8>, Option<Vec<u8>>, Option<bool>, Option<DateTime<Utc>>);
 
 /// Replaces the secret of a key its owner rolls (admins are refused; anyone else is told it
 /// does not exist). The new secret is returned once and never stored. The key keeps its id,
@@ -461,7 +459,7 @@ pub async fn roll_for(
     overlap: RollOverlap,
 ) -> ServiceResult<(ApiKey, ApiKeySecret)> {
     use diesel::dsl::sql;
-    use diesel::sql_types::{Bool, Integer, Nullable, Timestamptz};
+    use diesel::sql_types::{Integer, Nullable, Timestamptz};
     let name = get_as_owner(&services.db, id, viewer).await?.name;
     let revoked = move || ServiceError::Conflict(format!("\u{201c}{name}\u{201d} is revoked: it cannot be rolled."));
     let secret = ApiKeySecret::generate();
@@ -478,7 +476,7 @@ pub async fn roll_for(
                     .select((
                         api_keys::secret_hash,
                         api_keys::previous_secret_hash,
-                        sql::<Bool>("coalesce(api_keys.previous_expires_at > now(), false)"),
+                        api_keys::previous_expires_at.gt(diesel::dsl::now),
                         api_keys::revoked_at,
                     ))
                     .for_update()
@@ -502,13 +500,13 @@ pub async fn roll_for(
                         api_keys::previous_last_used_at.eq(None::<DateTime<Utc>>),
                         api_keys::prefix.eq(secret.visible_prefix()),
                         api_keys::secret_hash.eq(secret.hash().to_vec()),
-                        api_keys::rolled_at.eq(sql::<Nullable<Timestamptz>>("now()")),
+                        api_keys::rolled_at.eq(diesel::dsl::now),
                     ))
                     .execute(conn)
                     .await?;
                 // Read in the same transaction: once it commits, the secret must reach its owner.
                 let key = fetch_on(conn, id).await?;
-                Ok((key, current, previous.filter(|_| previous_works)))
+                Ok((key, current, previous.filter(|_| previous_works == Some(true))))
             })
         })
         .await?;
@@ -530,18 +528,17 @@ pub async fn end_overlap_for(
     viewer: &User,
     shown: &str,
 ) -> ServiceResult<ApiKey> {
-    use diesel::sql_types::{Nullable, Timestamptz};
+    use diesel::dsl::now;
     get_as_owner(&services.db, id, viewer).await?;
-    let now = || diesel::dsl::sql::<Nullable<Timestamptz>>("now()");
     let began = std::time::Instant::now();
     let mut conn = db::conn(&services.db).await?;
     let ended: Option<Option<Vec<u8>>> = diesel::update(
         api_keys::table
             .filter(api_keys::id.eq(id.0))
             .filter(api_keys::previous_prefix.eq(shown))
-            .filter(api_keys::previous_expires_at.gt(now())),
+            .filter(api_keys::previous_expires_at.gt(now)),
     )
-    .set(api_keys::previous_expires_at.eq(now()))
+    .set(api_keys::previous_expires_at.eq(now))
     .returning(api_keys::previous_secret_hash)
     .get_result(&mut conn)
     .await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{Double, Nullable, Timestamptz};
+use diesel::sql_types::{Double, Nullable};
 use diesel_async::RunQueryDsl;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use uuid::Uuid;
@@ -358,7 +358,7 @@ impl KeyAuthenticator {
             let write = async {
                 let mut conn = db::conn(&db).await?;
                 diesel::update(api_keys::table.filter(api_keys::previous_secret_hash.eq(hash.to_vec())))
-                    .set(api_keys::previous_last_used_at.eq(sql::<Nullable<Timestamptz>>("now()")))
+                    .set(api_keys::previous_last_used_at.eq(diesel::dsl::now))
                     .execute(&mut conn)
                     .await?;
                 Ok::<_, ServiceError>(())
