@@ -12,7 +12,7 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{ParentRoute, Redirect, Route, Router, Routes};
 use leptos_router::{path, SsrMode};
 
-use pages::{account, admin, api_keys, layout, login, notifications, quota_requests, usage};
+use pages::{account, admin, api_keys, layout, login, notifications, password_reset, quota_requests, usage};
 
 /// The HTML document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -80,6 +80,8 @@ pub fn App() -> impl IntoView {
             <Routes fallback=|| view! { <layout::NotFound/> }>
                 <Route path=path!("/") view=|| view! { <Redirect path=api::HOME_PATH/> }/>
                 <Route path=path!("/login") view=login::LoginPage/>
+                <Route path=path!("/password-reset") view=password_reset::PasswordResetPage/>
+                <Route path=path!("/password-reset/:token") view=password_reset::ChooseNewPasswordPage/>
                 <ParentRoute path=path!("/dashboard") view=layout::DashboardLayout ssr=SsrMode::Async>
                     <Route path=path!("") view=|| view! { <Redirect path=api::HOME_PATH/> }/>
                     <Route path=path!("developers/api-keys") view=api_keys::ApiKeysPage/>

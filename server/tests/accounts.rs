@@ -883,3 +883,149 @@ async fn malformed_addresses_are_throttled_like_wrong_passwords() {
     }
     assert_eq!(app.login(&client(), &malformed, "guess guess guess").await.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// The reset links mailed to `email`, oldest first (the token of each).
+async fn reset_links(app: &TestApp, email: &str) -> Vec<String> {
+    let bodies = app
+        .texts(&format!(
+            "SELECT text_body AS t FROM outbound_emails WHERE to_address = '{email}' \
+             AND subject = 'Choose a new keymeter password' ORDER BY id"
+        ))
+        .await;
+    bodies
+        .iter()
+        .map(|body| {
+            let at = body.find("/password-reset/").unwrap_or_else(|| panic!("no link in {body}")) + 16;
+            body[at..at + 64].to_owned()
+        })
+        .collect()
+}
+
+async fn ask_reset(app: &TestApp, email: &str) -> reqwest::Response {
+    app.rpc(&client(), "auth/password-reset/ask", &[("email", email)]).await
+}
+
+async fn choose_password(app: &TestApp, token: &str, new: &str, confirm: &str) -> reqwest::Response {
+    let args = [("token", token), ("new_password", new), ("confirm_password", confirm)];
+    app.rpc(&client(), "auth/password-reset/choose", &args).await
+}
+
+/// Someone who forgot their password asks for a link on the sign-in page, and the link sets a
+/// new one, once: every session ends, a sign-in lockout of the address is lifted, the owner is
+/// told, and the admins' mail page does not show the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_password_is_replaced_through_a_mailed_link_once() {
+    let app = TestApp::spawn().await;
+    let email = format!("hal-{}@example.com", app.db_name);
+    app.user(&email, Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let admin = app.signed_in("root@example.com").await;
+    let session = app.signed_in(&email).await;
+    // Someone guessed at the address: even the right password is refused for a while.
+    for _ in 0..5 {
+        assert_eq!(app.login(&client(), &email, "guess guess guess").await.status(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    assert_eq!(ask_reset(&app, &email.to_uppercase()).await.status(), StatusCode::OK);
+    let links = reset_links(&app, &email).await;
+    assert_eq!(links.len(), 1);
+    let token = &links[0];
+    let link_page = app.page(&client(), &format!("/password-reset/{token}")).await;
+    assert_eq!(link_page.status(), StatusCode::OK);
+    let html = link_page.text().await.unwrap();
+    assert!(html.contains("ha***@example.com") && !html.contains(&email), "the address, partly hidden: {html}");
+    let id = app.count(&format!("SELECT max(id) FROM outbound_emails WHERE to_address = '{email}'")).await.to_string();
+    let shown: serde_json::Value = app.rpc(&admin, "admin/mail/body", &[("id", &id)]).await.json().await.unwrap();
+    assert!(!shown.to_string().contains(token.as_str()), "admins do not see the link: {shown}");
+    assert!(shown["text"].as_str().unwrap().contains("not shown"), "{shown}");
+
+    let new = "a brand new passphrase";
+    for (new_password, confirm, field) in
+        [("short", "short", "new_password"), (new, "something else", "confirm_password")]
+    {
+        let res = choose_password(&app, token, new_password, confirm).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{field}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), StatusCode::OK, "refusals changed nothing");
+
+    let chosen = choose_password(&app, token, new, new).await;
+    assert!(chosen.status().is_success() || chosen.status().is_redirection(), "{}", chosen.status());
+    assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED, "sessions ended");
+    assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::BAD_REQUEST);
+    assert!(app.login(&client(), &email, new).await.status().is_redirection(), "the lockout was lifted");
+    let told = format!(
+        "SELECT count(*) FROM outbound_emails WHERE to_address = '{email}' AND subject = 'Your keymeter password was changed'"
+    );
+    assert_eq!(app.count(&told).await, 1);
+
+    // Used: it sets nothing again, and its page says so.
+    let again = choose_password(&app, token, "yet another passphrase", "yet another passphrase").await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert!(again.text().await.unwrap().contains("expired or was used already"));
+    assert!(app.login(&client(), &email, new).await.status().is_redirection());
+    let html = app.page(&client(), &format!("/password-reset/{token}")).await.text().await.unwrap();
+    assert!(html.contains("expired or was used already") && !html.contains("ha***@"), "{html}");
+}
+
+/// Asking answers the same for any address, so the form tells nobody who has an account; an
+/// address gets at most three links an hour; a link stops working when it expires or when the
+/// password is changed otherwise; a disabled account gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_a_link_reveals_nothing_and_floods_no_inbox() {
+    let app = TestApp::spawn().await;
+    app.user("ivy@example.com", Role::Merchant).await;
+    app.user("jon@example.com", Role::Merchant).await;
+    app.user("kim@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+
+    let unknown = ask_reset(&app, "nobody@example.com").await;
+    let known = ask_reset(&app, "ivy@example.com").await;
+    assert_eq!((unknown.status(), known.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(unknown.text().await.unwrap(), known.text().await.unwrap());
+    assert_eq!(app.count("SELECT count(*) FROM outbound_emails WHERE to_address = 'nobody@example.com'").await, 0);
+    let malformed = ask_reset(&app, "not an address").await;
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.json::<serde_json::Value>().await.unwrap()["error"]["field"], "email");
+
+    for _ in 0..4 {
+        assert_eq!(ask_reset(&app, "ivy@example.com").await.status(), StatusCode::OK);
+    }
+    let links = reset_links(&app, "ivy@example.com").await;
+    assert_eq!(links.len(), 3, "three links an hour");
+    // Each works until it expires.
+    app.run_sql(&format!(
+        "UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE token_hash = sha256('{}'::bytea)",
+        links[0]
+    ))
+    .await;
+    let expired = choose_password(&app, &links[0], "a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(expired.status(), StatusCode::BAD_REQUEST);
+    assert!(app.login(&client(), "ivy@example.com", PASSWORD).await.status().is_redirection());
+
+    // A password changed on the account page voids the links not used yet.
+    assert_eq!(ask_reset(&app, "jon@example.com").await.status(), StatusCode::OK);
+    let jon = app.signed_in("jon@example.com").await;
+    let changed = change_password(&app, &jon, PASSWORD, "jon's own new passphrase", "jon's own new passphrase").await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    let link = &reset_links(&app, "jon@example.com").await[0];
+    let voided = choose_password(&app, link, "a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(voided.status(), StatusCode::BAD_REQUEST);
+    assert!(app.login(&client(), "jon@example.com", "jon's own new passphrase").await.status().is_redirection());
+
+    // A disabled account gets no link, and one mailed before it was disabled no longer works.
+    assert_eq!(ask_reset(&app, "kim@example.com").await.status(), StatusCode::OK);
+    let admin = app.signed_in("root@example.com").await;
+    let off = app.rpc(&admin, "admin/accounts/switch", &[("email", "kim@example.com"), ("disable", "on")]).await;
+    assert_eq!(off.status(), StatusCode::OK);
+    assert_eq!(ask_reset(&app, "kim@example.com").await.status(), StatusCode::OK);
+    let kims = reset_links(&app, "kim@example.com").await;
+    assert_eq!(kims.len(), 1);
+    let refused = choose_password(&app, &kims[0], "a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    // Links that are not even tokens are refused the same way.
+    let made_up = choose_password(&app, "not-a-token", "a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(made_up.status(), StatusCode::BAD_REQUEST);
+}

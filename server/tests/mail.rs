@@ -13,8 +13,15 @@ use services::mailer::{enqueue, Email, Mailer, Urgency};
 
 async fn queue(app: &TestApp, to: &str, subject: &str) {
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let email =
-        Email { to, subject, text: "plain body", html: "<p>html body</p>", attachments: &[], list_unsubscribe: None };
+    let email = Email {
+        to,
+        subject,
+        text: "plain body",
+        html: "<p>html body</p>",
+        attachments: &[],
+        list_unsubscribe: None,
+        confidential: false,
+    };
     conn.transaction::<_, services::ServiceError, _>(|c| Box::pin(async move { enqueue(c, &email, None).await }))
         .await
         .unwrap();
@@ -208,6 +215,7 @@ async fn queue_as(app: &TestApp, subject: &str, text: &str, urgency: Urgency) ->
         html: "<p>html body</p>",
         attachments: &[],
         list_unsubscribe: None,
+        confidential: false,
     };
     conn.transaction::<_, services::ServiceError, _>(|c| {
         Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None, urgency).await })

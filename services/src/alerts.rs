@@ -324,6 +324,7 @@ pub async fn record(
                 html: &message.html,
                 attachments: &[],
                 list_unsubscribe: None,
+                confidential: false,
             };
             mailer::enqueue(conn, &email, Some(&dedupe)).await?;
         }

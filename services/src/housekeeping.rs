@@ -5,7 +5,7 @@
 //! - Raw usage events (whole daily partitions) and per-minute rollups: the configured usage
 //!   retention (`KEYMETER_USAGE_RETENTION_DAYS`). Hourly and daily rollups stay for good
 //!   (history, exports, summaries).
-//! - Sessions: until they expire.
+//! - Sessions and password reset links: until they expire.
 //! - In-app notifications, quota alert records, and emails sent or given up:
 //!   [`RECORDS_KEPT_DAYS`].
 //! - Quota requests and quota changes (the audit trail) and monthly summary records (which make
@@ -187,7 +187,12 @@ impl Housekeeping {
             .bind::<Timestamptz, _>(chrono::Utc::now() - crate::accounts::known_devices::KNOWN_FOR)
             .execute(conn)
             .await?;
-        let mut forgotten = vec![("expired sessions", sessions), ("browsers no longer known", devices)];
+        let links = diesel::sql_query("DELETE FROM password_resets WHERE expires_at < now()").execute(conn).await?;
+        let mut forgotten = vec![
+            ("expired sessions", sessions),
+            ("browsers no longer known", devices),
+            ("password reset links", links),
+        ];
         let keep_from = records_kept_from(today);
         for (what, table, old) in OLD_RECORDS {
             // Rows someone holds (a user marking notifications read) are left for the next run:

@@ -30,6 +30,8 @@ pub struct Email<'a> {
     pub attachments: &'a [Attachment],
     /// Where the recipient stops this kind of message (`List-Unsubscribe`, with one-click POST).
     pub list_unsubscribe: Option<&'a str>,
+    /// The text is a credential (a password reset link): the admins' mail page does not show it.
+    pub confidential: bool,
 }
 
 /// A file sent with a message.
@@ -78,6 +80,12 @@ pub async fn enqueue_returning_id(
     if let (Some(id), Some(url)) = (id, email.list_unsubscribe) {
         diesel::sql_query("UPDATE outbound_emails SET list_unsubscribe = $1 WHERE id = $2")
             .bind::<diesel::sql_types::Text, _>(url)
+            .bind::<diesel::sql_types::BigInt, _>(id)
+            .execute(conn)
+            .await?;
+    }
+    if let (Some(id), true) = (id, email.confidential) {
+        diesel::sql_query("UPDATE outbound_emails SET confidential = true WHERE id = $1")
             .bind::<diesel::sql_types::BigInt, _>(id)
             .execute(conn)
             .await?;
@@ -180,14 +188,31 @@ pub async fn recent(db: &DbPool, filter: OutboxFilter, limit: i64) -> ServiceRes
         .collect())
 }
 
-/// The plain-text and HTML parts of one message.
+/// What the admins' mail page shows of a message whose text is a credential.
+pub const CONFIDENTIAL_TEXT: &str =
+    "This message holds a link that sets its recipient's password; its text is not shown here.";
+
+/// The plain-text and HTML parts of one message (a confidential one's stand-in instead).
 pub async fn body(db: &DbPool, id: i64) -> ServiceResult<(String, String)> {
+    #[derive(QueryableByName)]
+    struct Parts {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        text_body: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        html_body: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        confidential: bool,
+    }
     let mut conn = db::conn(db).await?;
-    Ok(outbound_emails::table
-        .find(id)
-        .select((outbound_emails::text_body, outbound_emails::html_body))
-        .get_result(&mut conn)
-        .await?)
+    let parts: Parts =
+        diesel::sql_query("SELECT text_body, html_body, confidential FROM outbound_emails WHERE id = $1")
+            .bind::<diesel::sql_types::BigInt, _>(id)
+            .get_result(&mut conn)
+            .await?;
+    if parts.confidential {
+        return Ok((CONFIDENTIAL_TEXT.to_owned(), html_paragraph(CONFIDENTIAL_TEXT)));
+    }
+    Ok((parts.text_body, parts.html_body))
 }
 
 /// How many messages wait to be sent, and how many were given up.

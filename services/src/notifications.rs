@@ -87,8 +87,15 @@ pub(crate) async fn tell(
         html_escape(&url),
         html_escape(news.link_label)
     );
-    let email =
-        Email { to: email, subject: news.title, text: &text, html: &html, attachments: &[], list_unsubscribe: None };
+    let email = Email {
+        to: email,
+        subject: news.title,
+        text: &text,
+        html: &html,
+        attachments: &[],
+        list_unsubscribe: None,
+        confidential: false,
+    };
     mailer::enqueue(conn, &email, news.dedupe_key).await?;
     Ok(())
 }

@@ -211,6 +211,7 @@ pub async fn create(
                             html: &html,
                             attachments: &[],
                             list_unsubscribe: None,
+                            confidential: false,
                         },
                         None,
                     )

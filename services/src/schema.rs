@@ -26,6 +26,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    password_resets (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Int8,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     api_keys (id) {
         id -> Uuid,
         owner_id -> Int8,
@@ -138,8 +148,9 @@ diesel::table! {
         failed_at -> Nullable<Timestamptz>,
         retry_until -> Nullable<Timestamptz>,
         bulk -> Bool,
-        // `list_unsubscribe` (Nullable<Text>) is written and read with SQL: a 17th column
-        // would need diesel's 32-column-tables feature, a much longer build.
+        // `list_unsubscribe` (Nullable<Text>) and `confidential` (Bool) are written and read
+        // with SQL: a 17th column would need diesel's 32-column-tables feature, a much longer
+        // build.
     }
 }
 
@@ -177,12 +188,14 @@ diesel::table! {
 
 diesel::joinable!(outbound_email_attachments -> outbound_emails (email_id));
 diesel::joinable!(quota_requests -> api_keys (api_key_id));
+diesel::joinable!(password_resets -> users (user_id));
 diesel::joinable!(quota_changes -> api_keys (api_key_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     sessions,
     known_devices,
+    password_resets,
     api_keys,
     api_key_quotas,
     quota_requests,

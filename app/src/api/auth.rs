@@ -234,6 +234,57 @@ pub async fn sign_out_others() -> Result<usize, AppError> {
     Ok(ended)
 }
 
+/// The sign-in page's query parameter that says a new password was chosen through a mailed
+/// link.
+pub const PASSWORD_WAS_RESET: &str = "password_reset";
+
+/// The reset page's query parameter that says a link was asked for without JavaScript.
+pub const RESET_LINK_ASKED: &str = "asked";
+
+/// Mails a link to choose a new password to the account using this address, if any. The
+/// answer is the same whether or not one does (only a malformed address is refused).
+#[server(prefix = "/rpc", endpoint = "auth/password-reset/ask")]
+pub async fn ask_password_reset(email: String) -> Result<(), AppError> {
+    use services::accounts::password_reset;
+
+    let services = super::session::services()?;
+    let plain_form = super::session::is_plain_form_post();
+    password_reset::ask(&services, &email).await?;
+    if plain_form {
+        leptos_axum::redirect(&format!("{}?{RESET_LINK_ASKED}=1", password_reset::RESET_PAGE));
+    }
+    Ok(())
+}
+
+/// The address (partly hidden) whose password a reset link sets; a 400 saying so for a link
+/// that no longer works.
+#[server(prefix = "/rpc", endpoint = "auth/password-reset/link")]
+pub async fn password_reset_link(token: String) -> Result<String, AppError> {
+    use services::accounts::password_reset::{self, ResetToken};
+
+    let services = super::session::services()?;
+    let gone = || AppError::bad_request(password_reset::LINK_GONE);
+    let token = ResetToken::parse(&token).ok_or_else(gone)?;
+    password_reset::address_of(&services.db, &token).await?.ok_or_else(gone)
+}
+
+/// Sets the password of a reset link's account, then sends the browser to sign in with it.
+#[server(prefix = "/rpc", endpoint = "auth/password-reset/choose")]
+pub async fn choose_new_password(
+    token: String,
+    new_password: TypedPassword,
+    confirm_password: TypedPassword,
+) -> Result<(), AppError> {
+    use services::accounts::password_reset::{self, NewPassword, ResetToken};
+
+    let services = super::session::services()?;
+    let token = ResetToken::parse(&token).ok_or_else(|| AppError::bad_request(password_reset::LINK_GONE))?;
+    let typed = NewPassword { new: &new_password.0, confirm: &confirm_password.0 };
+    password_reset::choose_password(&services, &token, &typed).await?;
+    leptos_axum::redirect(&format!("/login?{PASSWORD_WAS_RESET}=1"));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,5 +5,6 @@ pub mod form_error;
 pub mod layout;
 pub mod login;
 pub mod notifications;
+pub mod password_reset;
 pub mod quota_requests;
 pub mod usage;

@@ -4,6 +4,7 @@ pub mod email_preferences;
 pub mod known_devices;
 mod login_throttle;
 mod password;
+pub mod password_reset;
 pub mod sessions;
 mod token;
 
@@ -399,17 +400,26 @@ async fn store_password(
     let hash = new.hash().await?;
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
-        Box::pin(async move {
-            let updated =
-                diesel::update(users::table.find(user_id)).set(users::password_hash.eq(hash)).execute(conn).await?;
-            if updated == 0 {
-                return Err(ServiceError::NotFound);
-            }
-            known_devices::forget_all(conn, user_id).await?;
-            sessions::end_all(conn, user_id, current).await
-        })
+        Box::pin(async move { replace_password(conn, user_id, &hash, current).await })
     })
     .await
+}
+
+/// [`store_password`]'s work inside the caller's transaction, with the new password's hash. The
+/// account's unused reset links stop working too.
+async fn replace_password(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_id: i64,
+    hash: &str,
+    current: Option<&sessions::SessionToken>,
+) -> ServiceResult<usize> {
+    let updated = diesel::update(users::table.find(user_id)).set(users::password_hash.eq(hash)).execute(conn).await?;
+    if updated == 0 {
+        return Err(ServiceError::NotFound);
+    }
+    password_reset::void_links(conn, user_id).await?;
+    known_devices::forget_all(conn, user_id).await?;
+    sessions::end_all(conn, user_id, current).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The random tokens a browser holds in cookies: its session, and the mark of a browser that
-//! signed in before. The database keeps only their SHA-256, so a leaked database cannot be
-//! replayed as cookies. Each kind is its own type: one cannot be taken for the other.
+//! The random tokens a browser holds in cookies (its session, and the mark of a browser that
+//! signed in before) and in a password reset link. The database keeps only their SHA-256, so a leaked database cannot be
+//! replayed as cookies or links. Each kind is its own type: one cannot be taken for the other.
 
 use std::marker::PhantomData;
 
@@ -28,7 +28,15 @@ impl TokenKind for Device {
     const NAME: &'static str = "DeviceToken";
 }
 
-/// An opaque token as sent in a cookie (64 hex characters, 256 random bits).
+/// A password reset link's token (see `password_reset`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Reset {}
+
+impl TokenKind for Reset {
+    const NAME: &'static str = "ResetToken";
+}
+
+/// An opaque token as sent in a cookie or a link (64 hex characters, 256 random bits).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token<K> {
     value: String,

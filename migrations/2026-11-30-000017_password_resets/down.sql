@@ -1,0 +1,2 @@
+ALTER TABLE outbound_emails DROP COLUMN confidential;
+DROP TABLE password_resets;

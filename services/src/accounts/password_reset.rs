@@ -1,0 +1,272 @@
+//! Choosing a new password without the old one: a one-time link mailed to the account's
+//! address, working for [`LINK_VALID_FOR`].
+//!
+//! - Asking answers the same whether or not an account uses the address, so the form tells no
+//!   one who has an account. An address gets at most [`LINKS_PER_HOUR`] links an hour: the form
+//!   cannot be used to flood an inbox.
+//! - The database keeps only each token's SHA-256. The message holding the link is marked
+//!   confidential, so the admins' mail page does not show it (an admin could otherwise take over
+//!   a merchant's account).
+//! - Opening the link only shows a form (mail scanners open links); choosing the password uses
+//!   it. That ends every session and forgets the account's browsers, as a password change does,
+//!   voids the account's other links, lifts a sign-in lockout of the address (its owner proved
+//!   they read its mail), and tells the owner.
+
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::token::{Reset, Token};
+use super::{login_throttle, Email, Password, User, UserRow};
+use crate::mailer::{self, html_escape};
+use crate::notifications::{self, News};
+use crate::schema::{password_resets, users};
+use crate::{db, ServiceError, ServiceResult, Services};
+
+/// The token in a reset link.
+pub type ResetToken = Token<Reset>;
+
+/// How long a link works.
+pub const LINK_VALID_FOR: Duration = Duration::hours(1);
+
+/// Links mailed to one address within an hour, at most.
+pub const LINKS_PER_HOUR: i64 = 3;
+
+/// The page that asks for a link; a link is this path, a slash and its token.
+pub const RESET_PAGE: &str = "/password-reset";
+
+/// What the page of a link that no longer works says.
+pub const LINK_GONE: &str = "This link has expired or was used already. Ask for a new one.";
+
+/// What came of asking for a link. The person asking is told the same in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    Sent,
+    /// No account uses the address.
+    NoAccount,
+    /// The account is disabled: a new password would not let anyone in.
+    Disabled,
+    /// [`LINKS_PER_HOUR`] links went to the address within the hour.
+    TooMany,
+}
+
+/// Mails a reset link to the account that uses `email_raw`, if there is one (see [`Asked`]).
+/// Only a malformed address is refused.
+pub async fn ask(services: &Services, email_raw: &str) -> ServiceResult<Asked> {
+    let email = Email::parse(email_raw).map_err(|e| e.in_field("email"))?;
+    let token = ResetToken::generate();
+    let hash = token.hash();
+    let public_url = &services.settings.public_url;
+    let mut conn = db::conn(&services.db).await?;
+    let asked = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                // The account's row is locked: two requests at once cannot both see room for
+                // one more link.
+                let account: Option<(i64, String, Option<DateTime<Utc>>)> = users::table
+                    .filter(users::email.eq(email.as_str()))
+                    .select((users::id, users::email, users::disabled_at))
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some((user_id, address, disabled_at)) = account else { return Ok(Asked::NoAccount) };
+                if disabled_at.is_some() {
+                    return Ok(Asked::Disabled);
+                }
+                let now = Utc::now();
+                let recent: i64 = password_resets::table
+                    .filter(password_resets::user_id.eq(user_id))
+                    .filter(password_resets::created_at.gt(now - Duration::hours(1)))
+                    .count()
+                    .get_result(conn)
+                    .await?;
+                if recent >= LINKS_PER_HOUR {
+                    return Ok(Asked::TooMany);
+                }
+                diesel::insert_into(password_resets::table)
+                    .values((
+                        password_resets::token_hash.eq(&hash),
+                        password_resets::user_id.eq(user_id),
+                        password_resets::created_at.eq(now),
+                        password_resets::expires_at.eq(now + LINK_VALID_FOR),
+                    ))
+                    .execute(conn)
+                    .await?;
+                let message = LinkMessage::new(&address, &format!("{}{RESET_PAGE}/{}", public_url, token.as_str()));
+                mailer::enqueue(conn, &message.email(), None).await?;
+                tracing::info!(user_id, "password reset link mailed");
+                Ok(Asked::Sent)
+            })
+        })
+        .await?;
+    if asked == Asked::TooMany {
+        tracing::warn!("password reset link not mailed: the address had its links for this hour");
+    }
+    Ok(asked)
+}
+
+/// The address a working link is for, partly hidden (`an***@example.com`: a message may be
+/// forwarded), or `None` for a link that expired, was used, or never was.
+pub async fn address_of(db: &db::DbPool, token: &ResetToken) -> ServiceResult<Option<String>> {
+    let mut conn = db::conn(db).await?;
+    let email: Option<String> = password_resets::table
+        .inner_join(users::table)
+        .filter(password_resets::token_hash.eq(token.hash()))
+        .filter(password_resets::used_at.is_null())
+        .filter(password_resets::expires_at.gt(diesel::dsl::now))
+        .filter(users::disabled_at.is_null())
+        .select(users::email)
+        .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(email.as_deref().map(super::email_preferences::masked))
+}
+
+/// What someone typed on a link's page.
+pub struct NewPassword<'a> {
+    pub new: &'a str,
+    pub confirm: &'a str,
+}
+
+/// Sets the password of the link's account, once (see the module's notes). A link that no
+/// longer works is refused with [`LINK_GONE`]; a password the policy refuses leaves the link
+/// working.
+pub async fn choose_password(services: &Services, token: &ResetToken, typed: &NewPassword<'_>) -> ServiceResult<User> {
+    let new = Password::parse(typed.new).map_err(|e| e.in_field("new_password"))?;
+    if typed.confirm != typed.new {
+        return Err(ServiceError::invalid_field("confirm_password", "The two passwords differ."));
+    }
+    let hash = new.hash().await?;
+    let token_hash = token.hash();
+    let public_url = &services.settings.public_url;
+    let mut conn = db::conn(&services.db).await?;
+    let (user, ended) = conn
+        .transaction::<_, ServiceError, _>(|conn| {
+            Box::pin(async move {
+                // Locked: the same link used twice at once sets the password once.
+                let link: Option<i64> = password_resets::table
+                    .filter(password_resets::token_hash.eq(&token_hash))
+                    .filter(password_resets::used_at.is_null())
+                    .filter(password_resets::expires_at.gt(diesel::dsl::now))
+                    .select(password_resets::user_id)
+                    .for_update()
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let user_id = link.ok_or_else(|| ServiceError::invalid(LINK_GONE))?;
+                let (row, disabled_at): (UserRow, Option<DateTime<Utc>>) =
+                    users::table.find(user_id).select((UserRow::as_select(), users::disabled_at)).first(conn).await?;
+                if disabled_at.is_some() {
+                    return Err(ServiceError::invalid(super::ACCOUNT_DISABLED));
+                }
+                let user = row.into_user()?;
+                // Voids this link and the account's others with it.
+                let ended = super::replace_password(conn, user_id, &hash, None).await?;
+                tell_owner(conn, &user, public_url).await?;
+                Ok((user, ended))
+            })
+        })
+        .await?;
+    tracing::info!(user_id = user.id, sessions_ended = ended, "password reset through a mailed link");
+    lift_lockout(services, &user.email).await;
+    Ok(user)
+}
+
+/// Voids every link of the account not used yet, inside the caller's transaction (a new
+/// password, however it was set, ends what an old link could do).
+pub(crate) async fn void_links(conn: &mut diesel_async::AsyncPgConnection, user_id: i64) -> ServiceResult<()> {
+    diesel::update(password_resets::table.filter(password_resets::user_id.eq(user_id)))
+        .filter(password_resets::used_at.is_null())
+        .set(password_resets::used_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Failed sign-ins at the address are forgotten, so its owner signs in at once with the new
+/// password. Not lifted (Redis unavailable) only means a lockout in force runs out by itself.
+async fn lift_lockout(services: &Services, email: &str) {
+    let lifted = login_throttle::lift(&services.redis, &services.namespace, email);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), lifted).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "sign-in lockout not lifted after a password reset"),
+        Err(_) => tracing::warn!("sign-in lockout not lifted after a password reset: Redis did not answer"),
+    }
+}
+
+/// The owner hears of the new password in the bell and by email: if they did not ask for it,
+/// someone reads their mail.
+async fn tell_owner(conn: &mut diesel_async::AsyncPgConnection, user: &User, public_url: &str) -> ServiceResult<()> {
+    let body = format!(
+        "The password of your keymeter account {} was changed at {} through a link mailed to this address, \
+         and every session was signed out. If this was not you, tell your keymeter administrator at once: \
+         someone can read your email.",
+        user.email,
+        format::time(&Utc::now()),
+    );
+    let news = News {
+        kind: "password_reset",
+        title: "Your keymeter password was changed",
+        body: &body,
+        link: "/dashboard/account",
+        link_label: "Your account",
+        dedupe_key: None,
+    };
+    notifications::tell(conn, (user.id, &user.email), &news, public_url).await
+}
+
+/// The message with the link.
+struct LinkMessage {
+    to: String,
+    text: String,
+    html: String,
+}
+
+impl LinkMessage {
+    const SUBJECT: &'static str = "Choose a new keymeter password";
+
+    fn new(to: &str, url: &str) -> Self {
+        let minutes = LINK_VALID_FOR.num_minutes();
+        let intro = format!("Someone, probably you, asked to choose a new password for the keymeter account {to}.");
+        let how = format!("To choose one, open this link within {minutes} minutes. It works once.");
+        let otherwise = "If you did not ask, ignore this message: your password stays as it is.";
+        let text = format!("{intro}\n\n{how}\n\n{url}\n\n{otherwise}\n");
+        let html = format!(
+            "<p>{}</p><p>{}</p><p><a href=\"{url}\">Choose a new password</a></p><p>{}</p>",
+            html_escape(&intro),
+            html_escape(&how),
+            html_escape(otherwise),
+            url = html_escape(url),
+        );
+        Self { to: to.to_owned(), text, html }
+    }
+
+    fn email(&self) -> mailer::Email<'_> {
+        mailer::Email {
+            to: &self.to,
+            subject: Self::SUBJECT,
+            text: &self.text,
+            html: &self.html,
+            attachments: &[],
+            list_unsubscribe: None,
+            confidential: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_carries_the_link_in_both_parts_and_says_how_long_it_works() {
+        let url = "https://keymeter.example/password-reset/ab&cd";
+        let message = LinkMessage::new("ann@example.com", url);
+        let email = message.email();
+        assert!(email.confidential);
+        assert!(email.text.contains(url) && email.text.contains("within 60 minutes"), "{}", email.text);
+        assert!(email.html.contains("href=\"https://keymeter.example/password-reset/ab&amp;cd\""), "{}", email.html);
+        assert!(email.text.contains("ann@example.com"));
+    }
+}
