@@ -81,7 +81,8 @@ pub fn App() -> impl IntoView {
                 <Route path=path!("/") view=|| view! { <Redirect path=api::HOME_PATH/> }/>
                 <Route path=path!("/login") view=login::LoginPage/>
                 <Route path=path!("/password-reset") view=password_reset::PasswordResetPage/>
-                <Route path=path!("/password-reset/:token") view=password_reset::ChooseNewPasswordPage/>
+                // Async: without JavaScript the form must be in the page as sent (not streamed in).
+                <Route path=path!("/password-reset/:token") view=password_reset::ChooseNewPasswordPage ssr=SsrMode::Async/>
                 <ParentRoute path=path!("/dashboard") view=layout::DashboardLayout ssr=SsrMode::Async>
                     <Route path=path!("") view=|| view! { <Redirect path=api::HOME_PATH/> }/>
                     <Route path=path!("developers/api-keys") view=api_keys::ApiKeysPage/>

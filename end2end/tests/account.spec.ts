@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN, cli, hydrated, signIn } from './helpers';
+import { ADMIN, cli, hydrated, resetLinkPath, signIn, watchForBrokenBundle } from './helpers';
 
 test('a merchant changes their password from the account page; their other session ends', async ({ page, browser }) => {
   // An account of this test's own: the demo accounts' passwords belong to the other tests.
@@ -151,4 +151,43 @@ test('while one account is being switched, an admin can switch another', async (
 
   await held!();
   await expect(rowOf(first).getByTestId('account-status')).toHaveText('disabled');
+});
+
+test('someone who forgot their password asks for a link on the sign-in page and chooses a new one', async ({ page }) => {
+  const who = { email: `reset-${Date.now()}@keymeter.local`, password: 'the forgotten password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  watchForBrokenBundle(page);
+  await page.goto('/login');
+  await hydrated(page);
+  await page.getByRole('link', { name: 'Forgot your password?' }).click();
+  await expect(page).toHaveURL(/\/password-reset$/);
+  await page.getByLabel('Email').fill(who.email);
+  await page.getByRole('button', { name: 'Mail me a link' }).click();
+  await expect(page.getByTestId('reset-asked')).toContainText('a link is on its way');
+
+  const link = resetLinkPath(who.email);
+  await page.goto(link);
+  await hydrated(page);
+  await expect(page.getByTestId('reset-address')).toHaveText(/^re\*\*\*@keymeter\.local$/);
+  await page.getByLabel('New password (at least 10 characters)').fill('the chosen password');
+  await page.getByLabel('New password again').fill('not the same one');
+  await page.getByRole('button', { name: 'Set the password' }).click();
+  await expect(page.getByTestId('choose-error')).toHaveText('The two passwords differ.');
+  await expect(page.getByLabel('New password again')).toHaveAccessibleDescription('The two passwords differ.');
+
+  await page.getByLabel('New password again').fill('the chosen password');
+  await page.getByRole('button', { name: 'Set the password' }).click();
+  await expect(page).toHaveURL(/\/login\?password_reset=1$/);
+  await expect(page.getByTestId('password-was-reset')).toHaveText('Your password was changed. Sign in with the new one.');
+  await page.getByLabel('Email').fill(who.email);
+  await page.getByLabel('Password').fill('the chosen password');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
+
+  // The link worked once.
+  await page.goto(link);
+  await expect(page.getByTestId('reset-link-gone')).toContainText('expired or was used already');
+  await page.getByRole('link', { name: 'Ask for a new link' }).click();
+  await expect(page).toHaveURL(/\/password-reset$/);
 });

@@ -67,6 +67,14 @@ export function cli(args: string[], input?: string): string {
   return execFileSync(bin, args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
+/** The path of the newest password reset link mailed to `email` (read from the outbox). */
+export function resetLinkPath(email: string): string {
+  const body = sql(`SELECT text_body FROM outbound_emails WHERE to_address = '${email}' AND subject = 'Choose a new keymeter password' ORDER BY id DESC LIMIT 1`);
+  const found = body.match(/\/password-reset\/[0-9a-f]{64}/);
+  expect(found, body).not.toBeNull();
+  return found![0];
+}
+
 /** Runs SQL against the server's database (to set up states the product cannot be driven into). */
 export function sql(statement: string): string {
   const url = process.env.DATABASE_URL;

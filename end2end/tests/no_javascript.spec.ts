@@ -1,5 +1,5 @@
 import { test, expect, Page } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, sql } from './helpers';
+import { ADMIN, MERCHANT, cli, resetLinkPath, sql } from './helpers';
 
 // Without JavaScript every form posts straight to its server function; a failure must come back
 // to the page the form is on, with its message shown there (not the server function's JSON).
@@ -231,4 +231,31 @@ test('an admin disables and enables an account without JavaScript', async ({ pag
   await expect(row.getByTestId('account-status')).toHaveText('disabled');
   await row.getByRole('button', { name: `Enable ${who.email}` }).click();
   await expect(row.getByTestId('account-status')).toHaveText('active');
+});
+
+test('a forgotten password is replaced without JavaScript', async ({ page }) => {
+  const who = { email: `reset-nojs-${Date.now()}@keymeter.local`, password: 'the forgotten password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  await page.goto('/login');
+  await page.getByRole('link', { name: 'Forgot your password?' }).click();
+  await page.getByLabel('Email').fill(who.email);
+  await page.getByRole('button', { name: 'Mail me a link' }).click();
+  await expect(page).toHaveURL(/\/password-reset\?asked=1$/);
+  await expect(page.getByTestId('reset-asked')).toContainText('a link is on its way');
+
+  await page.goto(resetLinkPath(who.email));
+  await page.getByLabel('New password (at least 10 characters)').fill('the chosen password');
+  await page.getByLabel('New password again').fill('not the same one');
+  await page.getByRole('button', { name: 'Set the password' }).click();
+  await expect(page.getByTestId('choose-error')).toHaveText('The two passwords differ.');
+  await expect(page.locator('body')).not.toContainText('"message"');
+
+  await page.getByLabel('New password (at least 10 characters)').fill('the chosen password');
+  await page.getByLabel('New password again').fill('the chosen password');
+  await page.getByRole('button', { name: 'Set the password' }).click();
+  await expect(page).toHaveURL(/\/login\?password_reset=1$/);
+  await expect(page.getByTestId('password-was-reset')).toBeVisible();
+  await submitSignIn(page, who.email, 'the chosen password');
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  await expect(page.getByTestId('account-email')).toHaveText(who.email);
 });
