@@ -124,8 +124,8 @@ impl AppError {
             (use_context::<leptos_axum::ResponseOptions>(), axum::http::StatusCode::from_u16(self.status()))
         {
             response.set_status(status);
-            if let Self::TooManyAttempts(secs) = self {
-                response.insert_header(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*secs));
+            if let Some(secs) = self.retry_after() {
+                response.insert_header(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
             }
         }
     }
@@ -165,11 +165,16 @@ impl AppError {
         }
     }
 
-    fn to_wire(&self) -> WireError {
-        let retry_after = match self {
+    /// Seconds to wait before trying again, for an answer that says so (`Retry-After`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
             Self::TooManyAttempts(secs) => Some(*secs),
             _ => None,
-        };
+        }
+    }
+
+    fn to_wire(&self) -> WireError {
+        let retry_after = self.retry_after();
         WireError {
             code: self.code().to_owned(),
             message: self.to_string(),

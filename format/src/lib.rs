@@ -38,21 +38,6 @@ pub fn clock(at: &DateTime<Utc>) -> String {
     at.format("%H:%M UTC").to_string()
 }
 
-/// `1.2k`, `3.4M`; small numbers as they are.
-pub fn compact(n: i64) -> String {
-    let a = n.unsigned_abs() as f64;
-    let sign = if n < 0 { "-" } else { "" };
-    if a < 1_000.0 {
-        n.to_string()
-    } else if a < 1_000_000.0 {
-        format!("{sign}{:.1}k", a / 1_000.0)
-    } else if a < 1_000_000_000.0 {
-        format!("{sign}{:.1}M", a / 1_000_000.0)
-    } else {
-        format!("{sign}{:.1}G", a / 1_000_000_000.0)
-    }
-}
-
 /// `12.5%` from a share between 0 and 1.
 pub fn percent(share: f64) -> String {
     if share > 0.0 && share < 0.001 {
@@ -120,9 +105,6 @@ mod tests {
 
     #[test]
     fn human_numbers() {
-        assert_eq!(compact(999), "999");
-        assert_eq!(compact(1_234), "1.2k");
-        assert_eq!(compact(3_400_000), "3.4M");
         assert_eq!(percent(0.125), "12.5%");
         assert_eq!(percent(0.0), "0.0%");
         assert_eq!(millis(Some(3.44)), "3.4 ms");

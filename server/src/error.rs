@@ -42,7 +42,7 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let err = AppError::from(err);
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self::new(status, err.code(), err.to_string())
+        Self { retry_after: err.retry_after(), ..Self::new(status, err.code(), err.to_string()) }
     }
 }
 
@@ -57,5 +57,18 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal that says when to come back keeps saying it on the HTTP routes.
+    #[test]
+    fn too_many_attempts_tell_when_to_try_again() {
+        let response = ApiError::from(ServiceError::TooManyAttempts { retry_after_secs: 7 }).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 }

@@ -249,11 +249,14 @@ impl Application {
                 config.mail_dir.clone(),
                 &config.mail_from,
             )?),
-            demo_secret: config
-                .demo_traffic_key_file
-                .as_ref()
-                .and_then(|path| std::fs::read_to_string(path).ok())
-                .map(|s| s.trim().to_owned()),
+            demo_secret: config.demo_traffic_key_file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
+                Ok(secret) => Some(secret.trim().to_owned()),
+                Err(e) => {
+                    // Demo traffic is a nicety: the server starts without it, but says why.
+                    tracing::warn!(path = %path.display(), error = %e, "demo traffic off: its key file cannot be read");
+                    None
+                }
+            }),
         })
     }
 

@@ -353,7 +353,7 @@ async fn the_monthly_summary_has_the_right_totals_and_csv_and_is_sent_once_when_
     for line in [
         "  requests        470",
         "  throttled       3",
-        "  error rate      1.06%",
+        "  error rate      1.1%",
         "  busiest day     Wed 30 Sep (30 requests)",
         "  peak quota use  3% of the daily, 30% of the hourly quota",
         "  requests        7",

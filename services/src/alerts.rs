@@ -349,7 +349,7 @@ impl AlertMessage {
         let period = time_from_ms(c.period_start_ms);
         let reset = time_from_ms(c.period_start_ms + c.window.length_ms());
         let period_text = match c.window {
-            AlertWindow::Hour => format!("in the hour from {} UTC", period.format("%Y-%m-%d %H:%M")),
+            AlertWindow::Hour => format!("in the hour from {}", format::time(&period)),
             AlertWindow::Day => format!("on {} (UTC)", period.format("%Y-%m-%d")),
         };
         let subject = if c.threshold >= 100 {
@@ -359,16 +359,13 @@ impl AlertMessage {
         };
         let consequence = if let (true, Some(day_reset)) = (c.threshold >= 100, day_reset_ms) {
             format!(
-                "The daily quota is used up too: further requests get 429 Too Many Requests until it resets at {} UTC.",
-                time_from_ms(day_reset).format("%Y-%m-%d %H:%M")
+                "The daily quota is used up too: further requests get 429 Too Many Requests until it resets at {}.",
+                format::time(&time_from_ms(day_reset))
             )
         } else if c.threshold >= 100 {
-            format!(
-                "Further requests get 429 Too Many Requests until the quota resets at {} UTC.",
-                reset.format("%Y-%m-%d %H:%M")
-            )
+            format!("Further requests get 429 Too Many Requests until the quota resets at {}.", format::time(&reset))
         } else {
-            format!("The quota resets at {} UTC.", reset.format("%Y-%m-%d %H:%M"))
+            format!("The quota resets at {}.", format::time(&reset))
         };
         // "At least": one request can pass several thresholds (a lowered limit, a big batch of
         // usage), so the use may be past the threshold's count.

@@ -209,8 +209,8 @@ async fn month_fully_stored(services: &Services, month: Month, now_ms: i64) -> S
     let settled_ms = month.next().days().start().timestamp_millis() + SETTLE_MS;
     if now_ms < settled_ms {
         return Err(ServiceError::Conflict(format!(
-            "the last requests of {month} may still be on their way to storage; its summaries go out from {} UTC",
-            crate::usage::time_from_ms(settled_ms).format("%Y-%m-%d %H:%M")
+            "the last requests of {month} may still be on their way to storage; its summaries go out from {}",
+            format::time(&crate::usage::time_from_ms(settled_ms))
         )));
     }
     let mut conn = crate::redis_pool::conn(&services.redis).await?;
@@ -352,10 +352,6 @@ async fn queue_once(
     Ok(Queued::Email(id))
 }
 
-fn p95(t: &UsageTotals) -> String {
-    t.p95_ms().map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1} ms"))
-}
-
 fn busiest(s: &KeySummary) -> String {
     s.busiest_day
         .map_or_else(|| "none".to_owned(), |(d, n)| format!("{} ({} requests)", d.format("%a %-d %b"), count(n)))
@@ -419,8 +415,8 @@ impl Figures {
             prefix: s.key.prefix.clone(),
             requests: count(t.requests),
             throttled: count(t.throttled),
-            error_rate: format!("{:.2}%", t.error_rate() * 100.0),
-            p95: p95(t),
+            error_rate: format::percent(t.error_rate()),
+            p95: format::millis(t.p95_ms()),
             busiest: busiest(s),
             peak_day: format::whole_percent(s.peak_day_use_pct),
             peak_hour: format::whole_percent(s.peak_hour_use_pct),

@@ -137,13 +137,13 @@ pub async fn logout() -> Result<(), AppError> {
     Ok(())
 }
 
-/// Changes the signed-in user's password (the current one is checked like a sign-in); every
-/// other session of the account ends, and this one goes on under a new cookie. Returns how
-/// many other sessions ended.
 /// The account page's query parameter that confirms a password change made without
 /// JavaScript: how many other sessions ended.
 pub const PASSWORD_CHANGED: &str = "password_changed";
 
+/// Changes the signed-in user's password (the current one is checked like a sign-in); every
+/// other session of the account ends, and this one goes on under a new cookie. Returns how
+/// many other sessions ended.
 #[server(prefix = "/rpc", endpoint = "auth/password")]
 pub async fn change_password(
     current_password: TypedPassword,

@@ -32,7 +32,8 @@ pub struct CookieSettings {
 pub fn services() -> Result<Services, AppError> {
     use_context::<Services>().ok_or_else(|| {
         // A server function that reads its context after an `.await` (see `current_user`).
-        let path = use_context::<Parts>().map(|p| p.uri.to_string());
+        // The path only: a query may hold a one-time token (`?created=`, `?rolled=`).
+        let path = use_context::<Parts>().map(|p| p.uri.path().to_owned());
         tracing::error!(?path, "Services missing from the server function context");
         AppError::Internal
     })

@@ -326,7 +326,7 @@ pub struct Switched {
     pub sessions_ended: usize,
 }
 
-/// An operator's switch (`keymeter user disable` / `enable`). A disabled account cannot sign
+/// An operator's switch (`keymeter user disable` / `enable`), or an admin's on `/admin/accounts`. A disabled account cannot sign
 /// in, all of its sessions end and its browsers are no longer known; its API keys are left as
 /// they are (a merchant's integration is stopped by revoking them). The last admin who can
 /// sign in is never disabled (a [`ServiceError::Conflict`]).

@@ -15,8 +15,15 @@ const HOLD_SECS: u64 = 120;
 const TOKEN_LEN: usize = 32;
 
 /// The one-time token in the page's URL (`?created=…`); 32 hex digits, made as session tokens are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HandoffToken(String);
+
+/// Hidden, as every credential's: the token takes a secret out of Redis.
+impl std::fmt::Debug for HandoffToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandoffToken(..)")
+    }
+}
 
 impl HandoffToken {
     fn generate() -> Self {
@@ -91,6 +98,7 @@ mod tests {
         let token = HandoffToken::generate();
         assert_eq!(HandoffToken::parse(token.as_str()), Some(token.clone()));
         assert_ne!(HandoffToken::generate(), token);
+        assert_eq!(format!("{token:?}"), "HandoffToken(..)");
         for bad in ["", "abc", &"g".repeat(32), &"A".repeat(32), &"a".repeat(33), "km:created:1:x"] {
             assert_eq!(HandoffToken::parse(bad), None, "{bad}");
         }

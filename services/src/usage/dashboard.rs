@@ -1,6 +1,7 @@
 //! What a key's usage page shows: the live last hour with the quota gauges, the daily, weekly
 //! and monthly breakdowns, and the top endpoints and statuses. Assembled here from the quota
-//! counters, the live minute counters and the hourly rollups; the page only renders it.
+//! counters, the live minute counters and the daily and hourly rollups; the page only renders
+//! it.
 
 use std::time::Duration as StdDuration;
 
@@ -114,7 +115,8 @@ fn recent_rate_per_minute(minutes: &[(i64, MinuteCounters)], now_ms: i64) -> f64
     recent as f64 / elapsed_minutes.max(1.0)
 }
 
-/// The history part of the page: one read of the hourly rollups serves every breakdown.
+/// The history part of the page: one read of the daily rollups serves the daily, weekly and
+/// monthly breakdowns, one of the hourly rollups the top tables.
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
     /// The last 30 days, today included.

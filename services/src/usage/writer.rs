@@ -688,7 +688,7 @@ struct Rollup {
 struct Rollups(BTreeMap<RollupKey, Rollup>);
 
 impl Rollups {
-    /// Sums events per period of `period_ms` (a minute or an hour) and dimension.
+    /// Sums events per period of `period_ms` (a minute, an hour or a day) and dimension.
     fn of<'a>(events: impl Iterator<Item = &'a UsageEvent>, period_ms: i64) -> Self {
         let mut map: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
         for e in events {
