@@ -65,6 +65,17 @@ impl AlertThresholds {
         Ok(Self { mask })
     }
 
+    /// The thresholds chosen one by one (a form's checkboxes).
+    pub fn from_chosen(chosen: &[u8]) -> ServiceResult<Self> {
+        let mut mask = 0;
+        for &threshold in chosen {
+            mask |= Self::bit(threshold).ok_or_else(|| {
+                ServiceError::invalid(format!("{threshold} is not an alert threshold (50, 80 or 100)"))
+            })?;
+        }
+        Ok(Self { mask })
+    }
+
     pub fn from_db(values: &[i16]) -> Self {
         let mask = values.iter().filter_map(|&v| u8::try_from(v).ok().and_then(Self::bit)).fold(0, |m, b| m | b);
         Self { mask }
@@ -398,6 +409,19 @@ impl AlertMessage {
     }
 }
 
+/// The owner's choice of which alerts email them; anyone else is refused as for any change to
+/// the key (admins see the choice but do not make it).
+pub async fn set_email_thresholds_for(
+    db: &crate::db::DbPool,
+    key: ApiKeyId,
+    owner: &crate::accounts::User,
+    thresholds: AlertThresholds,
+) -> ServiceResult<()> {
+    crate::keys::api_keys::get_as_owner(db, key, owner).await?;
+    let mut conn = crate::db::conn(db).await?;
+    set_email_thresholds(&mut conn, key, thresholds).await
+}
+
 /// Sets which alerts email the owner of a key (the caller has checked access).
 pub async fn set_email_thresholds(
     conn: &mut AsyncPgConnection,
@@ -578,6 +602,8 @@ mod tests {
     fn threshold_lists() {
         assert_eq!(AlertThresholds::parse("50, 100%").unwrap().to_list(), "50,100");
         assert_eq!(AlertThresholds::parse("").unwrap(), AlertThresholds::none());
+        assert_eq!(AlertThresholds::from_chosen(&[100, 50]).unwrap().to_list(), "50,100");
+        assert!(AlertThresholds::from_chosen(&[75]).is_err());
         assert!(AlertThresholds::parse("75").is_err());
         assert!(AlertThresholds::parse("fifty").is_err());
         assert_eq!(AlertThresholds::from_db(&[100, 50, 7]).to_db(), vec![50, 100]);

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::accounts::User;
 use crate::db::{self, DbPool};
-use crate::keys::quota::admin_limits;
+use crate::keys::quota::checked_limits;
 use crate::keys::{ApiKeyId, Quota, QuotaLimit};
 use crate::notifications;
 use crate::schema::users;
@@ -206,7 +206,7 @@ pub async fn set_by_admin(
     if !admin.is_admin() {
         return Err(ServiceError::Forbidden);
     }
-    let (per_hour, per_day) = admin_limits(services.settings.quota_maximum, per_hour, per_day)?;
+    let (per_hour, per_day) = checked_limits(services.settings.quota_maximum, per_hour, per_day)?;
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
     let (_, changed) =
         set_and_tell(services, key_id, (per_hour, per_day, BurstChange::Keep), &change, "An admin").await?;

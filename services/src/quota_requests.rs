@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
-use crate::keys::quota::{admin_limits, check_hour_within_day, parse_limit, QuotaMaximum};
+use crate::keys::quota::{checked_limits, parse_limit, QuotaMaximum};
 use crate::keys::{api_keys, ApiKeyId, Quota};
 use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
@@ -84,37 +84,28 @@ pub struct RequestedLimits {
 }
 
 impl RequestedLimits {
-    /// Empty fields keep the current limit; at least one must be raised.
+    /// Empty fields keep the current limit; at least one must be raised, and the result pass
+    /// [`checked_limits`] as an admin's limits do.
     pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
-        let field = |raw: &str, name: &str, current: i64, max: i64| -> ServiceResult<Option<i64>> {
+        let raised = |raw: &str, name: &str, current: i64, field: &'static str| -> ServiceResult<Option<i64>> {
             if raw.trim().is_empty() {
                 return Ok(None);
             }
-            let value = parse_limit(raw, name)?;
-            if value <= 0 {
-                return Err(ServiceError::invalid(format!("The {name} limit must be positive.")));
-            }
+            let value = parse_limit(raw, name).map_err(|e| e.in_field(field))?;
             if value <= current {
-                return Err(ServiceError::invalid(format!(
-                    "The {name} limit must be above the current {}.",
-                    format::count(current)
-                )));
-            }
-            if value > max {
-                return Err(ServiceError::invalid(format!("The {name} limit can be at most {}.", format::count(max))));
+                let message = format!("The {name} limit must be above the current {}.", format::count(current));
+                return Err(ServiceError::invalid_field(field, message));
             }
             Ok(Some(value))
         };
-        let hour =
-            field(per_hour, "hourly", current.per_hour.get(), max.per_hour).map_err(|e| e.in_field("per_hour"))?;
-        let day = field(per_day, "daily", current.per_day.get(), max.per_day).map_err(|e| e.in_field("per_day"))?;
+        let hour = raised(per_hour, "hourly", current.per_hour.get(), "per_hour")?;
+        let day = raised(per_day, "daily", current.per_day.get(), "per_day")?;
         if hour.is_none() && day.is_none() {
             return Err(ServiceError::invalid_field("per_hour", "Ask for a higher hourly or daily limit."));
         }
         let limits =
             Self { per_hour: hour.unwrap_or(current.per_hour.get()), per_day: day.unwrap_or(current.per_day.get()) };
-        // The message asks for a higher daily limit: that is the field to change.
-        check_hour_within_day(limits.per_hour, limits.per_day).map_err(|e| e.in_field("per_day"))?;
+        checked_limits(max, limits.per_hour, limits.per_day)?;
         Ok(limits)
     }
 }
@@ -287,7 +278,7 @@ pub async fn decide(
     }
     let approved = match decision {
         Decision::Approve { per_hour, per_day } => {
-            Some(admin_limits(services.settings.quota_maximum, per_hour, per_day)?)
+            Some(checked_limits(services.settings.quota_maximum, per_hour, per_day)?)
         }
         Decision::Deny => None,
     };
@@ -608,10 +599,10 @@ mod tests {
         );
         assert!(RequestedLimits::parse("50000", "50000", &current(), max).is_ok());
         assert!(RequestedLimits::parse("10000", "", &current(), max).is_ok());
-        assert!(admin_limits(max, 3000, 2000).is_err());
-        assert!(admin_limits(max, 2000, 2000).is_ok());
-        assert!(admin_limits(max, 0, 2000).is_err());
-        assert!(admin_limits(max, 2000, 600_000).is_err());
+        assert!(checked_limits(max, 3000, 2000).is_err());
+        assert!(checked_limits(max, 2000, 2000).is_ok());
+        assert!(checked_limits(max, 0, 2000).is_err());
+        assert!(checked_limits(max, 2000, 600_000).is_err());
     }
 
     fn field_of<T: std::fmt::Debug>(r: ServiceResult<T>) -> Option<&'static str> {
@@ -638,10 +629,10 @@ mod tests {
         }
         assert_eq!(field_of(check_reason("  ")), Some("reason"));
         assert_eq!(field_of(check_reason("more\u{202e}")), Some("reason"));
-        assert_eq!(field_of(admin_limits(max, 60_000, 100_000)), Some("per_hour"));
-        assert_eq!(field_of(admin_limits(max, 5_000, 600_000)), Some("per_day"));
-        assert_eq!(field_of(admin_limits(max, 0, 2_000)), Some("per_hour"));
-        assert_eq!(field_of(admin_limits(max, 3_000, 2_000)), Some("per_day"));
+        assert_eq!(field_of(checked_limits(max, 60_000, 100_000)), Some("per_hour"));
+        assert_eq!(field_of(checked_limits(max, 5_000, 600_000)), Some("per_day"));
+        assert_eq!(field_of(checked_limits(max, 0, 2_000)), Some("per_hour"));
+        assert_eq!(field_of(checked_limits(max, 3_000, 2_000)), Some("per_day"));
         let live = LiveKey { per_hour: 5_000, per_day: 50_000, burst: None, revoked: false };
         assert_eq!(field_of(check_approval(&live, 6_000, 40_000)), Some("per_day"));
         assert_eq!(field_of(check_approval(&live, 4_000, 60_000)), Some("per_hour"));

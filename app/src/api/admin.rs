@@ -109,10 +109,7 @@ pub async fn admin_switch_account(
     let admin = session::require_admin(&services).await?;
     let disable = super::checkbox(disable.as_deref(), "Disable", "disable")?;
     let email = services::accounts::Email::parse(&email)?;
-    if disable && email.as_str() == admin.email {
-        return Err(AppError::bad_request("You cannot disable your own account."));
-    }
-    let done = services::accounts::set_disabled(&services.db, &email, disable).await?;
+    let done = services::accounts::set_disabled_by(&services.db, &admin, &email, disable).await?;
     tracing::info!(
         admin_id = admin.id,
         user_id = done.user.id,

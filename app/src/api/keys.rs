@@ -182,20 +182,15 @@ pub async fn set_alert_emails(
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let id = ApiKeyId::parse(&id)?;
-    // Admins see the owner's choices but do not make them.
-    api_keys::get_as_owner(&services.db, id, &user).await?;
-    let mut list = Vec::new();
+    let mut chosen = Vec::new();
     for (threshold, field, value) in
-        [("50", "email_50", &email_50), ("80", "email_80", &email_80), ("100", "email_100", &email_100)]
+        [(50, "email_50", &email_50), (80, "email_80", &email_80), (100, "email_100", &email_100)]
     {
         if super::checkbox(value.as_deref(), "An alert choice", field)? {
-            list.push(threshold);
+            chosen.push(threshold);
         }
     }
-    let thresholds = AlertThresholds::parse(&list.join(","))?;
-    let mut conn = services::db::conn(&services.db).await?;
-    alerts::set_email_thresholds(&mut conn, id, thresholds).await?;
-    drop(conn);
+    alerts::set_email_thresholds_for(&services.db, id, &user, AlertThresholds::from_chosen(&chosen)?).await?;
     Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, user.id))
 }
 

@@ -386,6 +386,15 @@ pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> Service
     .await
 }
 
+/// An admin's switch on `/admin/accounts`: as [`set_disabled`], and an admin cannot disable
+/// their own account (they would be signed out of the page they did it on, and could not undo it).
+pub async fn set_disabled_by(db: &DbPool, admin: &User, email: &Email, disabled: bool) -> ServiceResult<Switched> {
+    if disabled && email.as_str() == admin.email {
+        return Err(ServiceError::invalid("You cannot disable your own account."));
+    }
+    set_disabled(db, email, disabled).await
+}
+
 /// Stores a new password, ends the account's sessions and forgets its browsers, in one
 /// transaction: no session signed in with the old password outlives the change, and no browser
 /// it was used from keeps a sign-in count of its own. Returns how many live sessions but

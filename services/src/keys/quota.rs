@@ -87,7 +87,7 @@ impl Default for QuotaMaximum {
 /// than its day (the excess could never be used, so it is a typo or a misunderstanding). The
 /// operator CLI (`keymeter quota set`) stays free of it on purpose; tests use hour > day to make
 /// the day window the one that blocks.
-pub fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
+fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
     if per_hour > per_day {
         return Err(ServiceError::invalid(format!(
             "The hourly limit cannot exceed the daily limit ({}/hour is more than {}/day); raise the daily limit too.",
@@ -98,23 +98,25 @@ pub fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Limits an admin sets or approves: positive, within the platform maximum, hour within day.
-pub(crate) fn admin_limits(max: QuotaMaximum, per_hour: i64, per_day: i64) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
-    if per_hour > max.per_hour || per_day > max.per_day {
-        let field = if per_hour > max.per_hour { "per_hour" } else { "per_day" };
-        return Err(ServiceError::invalid_field(
-            field,
-            format!(
-                "Limits can be at most {}/hour and {}/day.",
-                format::count(max.per_hour),
-                format::count(max.per_day)
-            ),
-        ));
-    }
-    let limits = (
-        QuotaLimit::new(per_hour).map_err(|e| e.in_field("per_hour"))?,
-        QuotaLimit::new(per_day).map_err(|e| e.in_field("per_day"))?,
-    );
+/// The one check of the hourly and daily limits a person sets (a merchant asks for, an admin
+/// approves or sets): each positive and within the platform's maximum, naming its field, and
+/// the hour within the day.
+pub(crate) fn checked_limits(
+    max: QuotaMaximum,
+    per_hour: i64,
+    per_day: i64,
+) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
+    let one = |value: i64, name: &str, max: i64, field: &'static str| -> ServiceResult<QuotaLimit> {
+        if value <= 0 {
+            return Err(ServiceError::invalid_field(field, format!("The {name} limit must be positive.")));
+        }
+        if value > max {
+            let message = format!("The {name} limit can be at most {}.", format::count(max));
+            return Err(ServiceError::invalid_field(field, message));
+        }
+        QuotaLimit::new(value).map_err(|e| e.in_field(field))
+    };
+    let limits = (one(per_hour, "hourly", max.per_hour, "per_hour")?, one(per_day, "daily", max.per_day, "per_day")?);
     // The message asks for a higher daily limit: that is the field to change.
     check_hour_within_day(per_hour, per_day).map_err(|e| e.in_field("per_day"))?;
     Ok(limits)
