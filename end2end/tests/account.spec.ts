@@ -85,7 +85,7 @@ test('an admin disables an account from the accounts page, and enables it again'
 
   // Disabling asks first, where the keyboard is; Escape and Cancel close the question again.
   await row.getByTestId('disable-account').click();
-  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(`Disable ${who.email}? It is signed out everywhere; its 0 active key(s) keep working.`);
+  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(`Disable ${who.email}? It is signed out everywhere; its 0 active keys keep working.`);
   await expect(row.getByRole('button', { name: `Disable ${who.email}` })).toBeFocused();
   await page.keyboard.press('Escape');
   await expect(row.getByRole('alertdialog')).toBeHidden();

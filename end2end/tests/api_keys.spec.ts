@@ -101,6 +101,14 @@ test('a merchant renames a key on its page; the name changes in place and in the
   await expect(page.getByTestId('rename-name')).not.toHaveAttribute('aria-invalid', 'true');
   // Updated in place: the keyboard stays where it was.
   await expect(page.getByTestId('rename-save')).toBeFocused();
+  // The questions asked on the page name the key as it is called now.
+  await page.getByTestId('old-secret-hours').selectOption({ label: 'in 1 hour' });
+  await page.getByTestId('roll-key').click();
+  await expect(page.getByTestId('roll').getByRole('alertdialog')).toHaveAccessibleDescription(`Give “${renamed}” a new secret? It is shown once; the current one stops working in 1 hour.`);
+  await page.keyboard.press('Escape');
+  await page.getByTestId('revoke-key').getByTestId('revoke').click();
+  await expect(page.getByTestId('revoke-key').getByRole('alertdialog')).toContainText(`Revoke “${renamed}”?`);
+  await page.keyboard.press('Escape');
 
   await page.getByRole('link', { name: 'API keys', exact: true }).first().click();
   await expect(page.getByTestId('key-row').filter({ hasText: renamed })).toHaveAttribute('data-status', 'active');

@@ -121,7 +121,7 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await admin.getByTestId('set-per-hour').fill('0');
   await admin.getByTestId('set-reason').fill('no-script test');
   await admin.getByRole('button', { name: 'Set quota' }).click();
-  await expect(admin.getByRole('alert').filter({ hasText: 'a limit must be a positive whole number' })).toBeVisible();
+  await expect(admin.getByRole('alert').filter({ hasText: 'The hourly limit must be positive.' })).toBeVisible();
   await expect(admin.getByTestId('set-per-hour')).toHaveAttribute('aria-invalid', 'true');
   await expect(admin.getByTestId('set-reason')).not.toHaveAttribute('aria-invalid', 'true');
   await expect(admin.getByTestId('key-title')).toHaveText(name);
@@ -141,8 +141,10 @@ test('a key is rolled without JavaScript; its page shows the new secret once', a
   await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
 
-  // "at once" is the default; "Roll key…" opens its question by itself (a <details>).
+  // "at once" is the default; "Roll key…" opens its question by itself (a <details>). Without
+  // a script the question cannot follow the choice: it refers to it.
   await page.getByTestId('roll-key').click();
+  await expect(page.locator('[id^="roll-question-"]')).toHaveText(`Give “${name}” a new secret? It is shown once; the current one stops working when chosen above.`);
   await page.getByTestId('confirm-roll').click();
   await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\/[0-9a-f-]+\?rolled=/);
   const fresh = (await page.getByTestId('new-secret').textContent())!.trim();

@@ -123,7 +123,14 @@ test('the usage page, where the quota runs out, offers the increase form', async
 test("an admin sets a key's quota on the key's page; the owner is told", async ({ page, browser }) => {
   await signIn(page, MERCHANT);
   const name = `Set directly ${Date.now()}`;
-  const { keyId } = await createKey(page, name);
+  const { keyId, secret } = await createKey(page, name);
+  // The owner asks for more first; the admin decides on the requests page, not here.
+  await page.goto(`/dashboard/developers/api-keys/${keyId}`);
+  await hydrated(page);
+  await page.getByTestId('ask-per-hour').fill('2000');
+  await page.getByTestId('ask-reason').fill('Launch week');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('request-row')).toHaveAttribute('data-status', 'pending');
 
   const adminPage = await (await browser.newContext()).newPage();
   await signIn(adminPage, ADMIN);
@@ -133,11 +140,23 @@ test("an admin sets a key's quota on the key's page; the owner is told", async (
   await adminPage.getByTestId('admin-keys').getByRole('link', { name }).click();
   await expect(adminPage.getByTestId('key-title')).toHaveText(name);
   await expect(adminPage.getByTestId('set-per-hour')).toHaveValue('1000');
+  // Back up the breadcrumb is every key's list: the admin's own list does not hold this one.
+  await expect(adminPage.locator('.crumbs').getByRole('link', { name: 'All keys' })).toHaveAttribute('href', '/admin');
+  await expect(adminPage.getByTestId('request-row').getByRole('link', { name: 'Decide…' })).toHaveAttribute('href', '/admin/quota-requests');
+  await expect(adminPage.getByTestId('cancel-request')).toHaveCount(0);
+  // A refusal leaves the form as it was, with the keyboard on it.
+  await adminPage.getByTestId('set-per-hour').fill('30000');
+  await adminPage.getByTestId('set-per-day').fill('25000');
+  await adminPage.getByTestId('set-reason').fill('Support ticket 7');
+  await adminPage.getByRole('button', { name: 'Set quota' }).click();
+  await expect(adminPage.getByTestId('set-quota-error')).toContainText('cannot exceed the daily limit');
+  await expect(adminPage.getByRole('button', { name: 'Set quota' })).toBeFocused();
+  await expect(adminPage.getByTestId('set-per-hour')).toHaveValue('30000');
   await adminPage.getByTestId('set-per-hour').fill('2,500');
   await adminPage.getByTestId('set-per-day').fill('25000');
   await adminPage.getByTestId('set-reason').fill('Support ticket 7');
   await adminPage.getByRole('button', { name: 'Set quota' }).click();
-  await expect(adminPage.getByTestId('set-done')).toBeVisible();
+  await expect(adminPage.getByTestId('set-done')).toBeFocused();
   await expect(adminPage.locator('dl.facts')).toContainText('2,500 requests per hour (UTC)');
   await expect(adminPage.locator('dl.facts')).toContainText('25,000 requests per day (UTC)');
 
@@ -148,4 +167,13 @@ test("an admin sets a key's quota on the key's page; the owner is told", async (
   await expect(page.getByTestId('set-quota')).toHaveCount(0);
   await settled(page, 'notifications/list', (list) =>
     list.some((n: any) => JSON.stringify(n).includes(name) && JSON.stringify(n).includes('Support ticket 7')));
+
+  // A leak report: the admin revokes the key from its page; calls with it stop at once.
+  await adminPage.getByTestId('revoke-key').getByTestId('revoke').click();
+  await adminPage.getByTestId('confirm-revoke').click();
+  await expect(adminPage.locator('dl.facts .badge')).toHaveText('revoked');
+  await expect(adminPage.getByTestId('set-quota')).toHaveCount(0);
+  await expect(adminPage.getByTestId('revoke-key')).toHaveCount(0);
+  const call = await adminPage.request.get('/api/v1/ping', { headers: { 'X-API-Key': secret } });
+  expect(call.status()).toBe(401);
 });

@@ -28,6 +28,11 @@ pub fn count(n: i64) -> String {
     out
 }
 
+/// `1 request`, `1,234 requests`: a count with its noun in the right number.
+pub fn counted(n: i64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
 /// `07:12:05 UTC`
 pub fn time_seconds(at: &DateTime<Utc>) -> String {
     at.format("%H:%M:%S UTC").to_string()
@@ -70,18 +75,21 @@ pub fn millis(ms: Option<f64>) -> String {
     }
 }
 
-/// `512 B`, `1.5 KB`, `2.0 MB`.
+/// `512 B`, `1.5 KB`, `2.0 MB` (units of 1024). A unit is used below 1000 of it: four digits
+/// before the point would read as a typo for the next unit ("1003.1 KB" is "1.0 MB").
 pub fn bytes(n: i64) -> String {
-    let n = n.max(0) as f64;
-    if n < 1024.0 {
-        format!("{n:.0} B")
-    } else if n < 1024.0 * 1024.0 {
-        format!("{:.1} KB", n / 1024.0)
-    } else if n < 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} MB", n / 1024.0 / 1024.0)
-    } else {
-        format!("{:.1} GB", n / 1024.0 / 1024.0 / 1024.0)
+    let mut size = n.max(0) as f64;
+    if size < 1000.0 {
+        return format!("{size:.0} B");
     }
+    let units = ["KB", "MB", "GB"];
+    let mut unit = 0;
+    size /= 1024.0;
+    while size >= 1000.0 && unit + 1 < units.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", units[unit])
 }
 
 /// `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as `Retry-After` rounds its
@@ -105,12 +113,19 @@ mod tests {
 
     #[test]
     fn human_numbers() {
+        assert_eq!(counted(1, "request", "requests"), "1 request");
+        assert_eq!(counted(0, "request", "requests"), "0 requests");
+        assert_eq!(counted(12_000, "key", "keys"), "12,000 keys");
         assert_eq!(percent(0.125), "12.5%");
         assert_eq!(percent(0.0), "0.0%");
         assert_eq!(millis(Some(3.44)), "3.4 ms");
         assert_eq!(millis(Some(0.85)), "850 µs");
         assert_eq!(millis(None), "—");
         assert_eq!(bytes(1536), "1.5 KB");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1000), "1.0 KB");
+        assert_eq!(bytes(1_027_174), "1.0 MB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024 * 1024), "3072.0 GB");
         let now = DateTime::parse_from_rfc3339("2026-11-28T07:37:00Z").unwrap().with_timezone(&Utc);
         let reset = DateTime::parse_from_rfc3339("2026-11-28T08:00:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(duration_until(&now, &reset), "23 min");

@@ -381,9 +381,9 @@ impl AlertMessage {
         // "At least": one request can pass several thresholds (a lowered limit, a big batch of
         // usage), so the use may be past the threshold's count.
         let how_much = if c.threshold >= 100 {
-            format!("all {} requests", format::count(c.limit))
+            format!("all {}", format::counted(c.limit, "request", "requests"))
         } else {
-            format!("{} or more of the {} requests", format::count(used), format::count(c.limit))
+            format!("{} or more of the {}", format::count(used), format::counted(c.limit, "request", "requests"))
         };
         let summary = format!(
             "API key “{}” ({}…) has used {how_much} allowed {period_text}. {consequence}",

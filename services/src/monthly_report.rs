@@ -353,8 +353,10 @@ async fn queue_once(
 }
 
 fn busiest(s: &KeySummary) -> String {
-    s.busiest_day
-        .map_or_else(|| "none".to_owned(), |(d, n)| format!("{} ({} requests)", d.format("%a %-d %b"), count(n)))
+    s.busiest_day.map_or_else(
+        || "none".to_owned(),
+        |(d, n)| format!("{} ({})", d.format("%a %-d %b"), format::counted(n, "request", "requests")),
+    )
 }
 
 /// One line of block characters, one per day: the chart of the plain-text part.
@@ -445,9 +447,9 @@ impl ReportMessage {
             "Per key below".to_owned()
         };
         let mut text = format!(
-            "Your API keys made {} requests in {name} (UTC). {per_key}; the daily figures of every key \
+            "Your API keys made {} in {name} (UTC). {per_key}; the daily figures of every key \
              are in the attached CSV.\n",
-            count(all)
+            format::counted(all, "request", "requests")
         );
         let mut html = format!(
             "<p>Your API keys made <b>{}</b> requests in {name} (UTC). {per_key}; the daily figures of \

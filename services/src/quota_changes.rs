@@ -281,8 +281,8 @@ async fn set_and_tell(
                     (_, None) => ", with no burst limit".to_owned(),
                 };
                 let body = format!(
-                    "{who} set the quota of \u{201c}{name}\u{201d} to {} requests per hour and {} per day{burst}. Reason: {}",
-                    format::count(per_hour.get()),
+                    "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst}. Reason: {}",
+                    format::counted(per_hour.get(), "request", "requests"),
                     format::count(per_day.get()),
                     change.reason.trim()
                 );

@@ -398,8 +398,9 @@ async fn tell_merchant(
         .await?;
     let name = &request.key_name;
     let asked = (request.requested_per_hour, request.requested_per_day);
-    let limits =
-        |(h, d): (i64, i64)| format!("{} requests per hour and {} per day", format::count(h), format::count(d));
+    let limits = |(h, d): (i64, i64)| {
+        format!("{} per hour and {} per day", format::counted(h, "request", "requests"), format::count(d))
+    };
     // "Raised" only when it was: an approval may keep the limits a later change already gave.
     let approved_title = |granted: (i64, i64), had: (i64, i64)| {
         if granted.0 > had.0 || granted.1 > had.1 {

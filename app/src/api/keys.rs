@@ -217,9 +217,14 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     let user = session::require_user(&services).await?;
     let key = api_keys::revoke_for(&services, ApiKeyId::parse(&id)?, &user).await?;
     if plain_form {
-        // Back to the plain list, not to the page it was posted from: that may still carry a
-        // created key's one-time token, whose second reading only says it was used.
-        leptos_axum::redirect("/dashboard/developers/api-keys");
+        // The owner goes back to the plain list, not to the page it was posted from: that may
+        // still carry a created key's one-time token, whose second reading only says it was
+        // used. An admin (whose own list it is not in) goes back to the key's page.
+        if key.owner_id == user.id {
+            leptos_axum::redirect("/dashboard/developers/api-keys");
+        } else {
+            leptos_axum::redirect(&format!("/dashboard/developers/api-keys/{}", key.id));
+        }
     }
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
     Ok(KeyView::seen_by(key, user.id))

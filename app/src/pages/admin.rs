@@ -190,9 +190,9 @@ fn AccountRow(account: AccountView, outcome: RwSignal<Option<Result<AccountSwitc
     // Disabling asks first: it signs the account out everywhere at once. Enabling is harmless
     // and takes one click.
     let question = format!(
-        "Disable {}? It is signed out everywhere; its {} active key(s) keep working.",
+        "Disable {}? It is signed out everywhere; its {} keep working.",
         account.email,
-        format::count(account.active_keys)
+        format::counted(account.active_keys, "active key", "active keys")
     );
     let question_id = format!("disable-question-{}", account.email);
     let (you, email) = (account.you, account.email.clone());

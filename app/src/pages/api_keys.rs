@@ -227,10 +227,12 @@ pub fn ApiKeyPage() -> impl IntoView {
     let rename = ServerAction::<RenameKey>::new();
     let roll = ServerAction::<RollKey>::new();
     let end_overlap = ServerAction::<EndKeyOverlap>::new();
+    let revoke = ServerAction::<RevokeKey>::new();
+    let (quota_set, rolled, revoked) = (successes(set_quota), successes(roll), successes(revoke));
     let key = Resource::new(
         move || {
             // Stopping the previous secret updates the page in place (see `KeyDetails`).
-            let versions = (set_quota.version().get(), roll.version().get());
+            let versions = (quota_set.get(), rolled.get(), revoked.get());
             (params.read().get("id").unwrap_or_default(), versions)
         },
         |(id, versions)| once_per_render("keys/get", &(id.clone(), versions), get_key(id)),
@@ -244,7 +246,7 @@ pub fn ApiKeyPage() -> impl IntoView {
     );
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
     let alerts = ServerAction::<SetAlertEmails>::new();
-    let actions = KeyActions { alerts, set_quota, rename, roll, end_overlap };
+    let actions = KeyActions { alerts, set_quota, rename, roll, end_overlap, revoke };
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
@@ -266,6 +268,7 @@ struct KeyActions {
     rename: ServerAction<RenameKey>,
     roll: ServerAction<RollKey>,
     end_overlap: ServerAction<EndKeyOverlap>,
+    revoke: ServerAction<RevokeKey>,
 }
 
 /// A secret a plain form post (no JavaScript) left for the page it returned to, by the one-time
@@ -295,7 +298,7 @@ fn KeyDetails(
     actions: KeyActions,
     handed_over: Result<NewSecretHandOff, crate::error::AppError>,
 ) -> impl IntoView {
-    let KeyActions { alerts, set_quota, rename, roll, end_overlap } = actions;
+    let KeyActions { alerts, set_quota, rename, roll, end_overlap, revoke } = actions;
     let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
     // A rename, and stopping the previous secret early, update the page in place (refetching
     // the key would rebuild the page under the keyboard, and drop a secret just shown).
@@ -305,8 +308,22 @@ fn KeyDetails(
     let set_quota = (key.viewer_is_admin && !key.is_revoked())
         .then(|| view! { <super::quota_requests::SetQuota key=key.clone() action=set_quota/> });
     let alert_settings = view! { <AlertEmails key=key.clone() action=alerts/> };
+    // The owner, or an admin acting on a leak report.
+    let revoking = ((key.yours || key.viewer_is_admin) && !key.is_revoked()).then(|| {
+        let error = FormError::of("revoke-error", revoke);
+        view! {
+            <section class="card" data-testid="revoke-key">
+                <h2>"Revoke the key"</h2>
+                <p class="muted">"Calls with it are refused at once, for good. Its usage history stays."</p>
+                // Made again on a rename: the question names the key as it is called now.
+                {let id = key.id.clone(); move || view! { <RevokeButton id=id.clone() name=name.get() revoke/> }}
+                {error.message("revoke-error")}
+            </section>
+        }
+        .into_any()
+    });
     let rolling = (key.yours && !key.is_revoked())
-        .then(|| view! { <RollSecret key=key.clone() previous action=roll end_overlap handed_over/> }.into_any());
+        .then(|| view! { <RollSecret key=key.clone() name previous action=roll end_overlap handed_over/> }.into_any());
     let previous_fact = move || {
         previous.get().map(|p| {
             let when = format::time(&p.expires_at);
@@ -320,7 +337,7 @@ fn KeyDetails(
         // Made again when the name changes: leptos_meta keeps a title's text beyond the page, so
         // a reactive text would be read after the page is gone.
         {move || view! { <PageTitle text=format!("{} · API keys · keymeter", name.get())/> }}
-        <p class="crumbs"><A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "{name}</p>
+        <p class="crumbs"><KeysCrumb yours=key.yours/>" / "{name}</p>
         <div class="page-head">
             <h1 data-testid="key-title">{name}</h1>
             <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"View usage →"</A>
@@ -335,9 +352,9 @@ fn KeyDetails(
                 <dt>"Revoked"</dt><dd>{format::time_or(key.revoked_at.as_ref(), "—")}</dd>
                 <dt>"Secret rolled"</dt><dd data-testid="rolled-at">{format::time_or(key.rolled_at.as_ref(), "never")}</dd>
                 {previous_fact}
-                <dt>"Hourly quota"</dt><dd>{format!("{} requests per hour (UTC)", format::count(key.requests_per_hour))}</dd>
-                <dt>"Daily quota"</dt><dd>{format!("{} requests per day (UTC)", format::count(key.requests_per_day))}</dd>
-                <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{b} requests per second")).unwrap_or_else(|| "none".into())}</dd>
+                <dt>"Hourly quota"</dt><dd>{format!("{} per hour (UTC)", format::counted(key.requests_per_hour, "request", "requests"))}</dd>
+                <dt>"Daily quota"</dt><dd>{format!("{} per day (UTC)", format::counted(key.requests_per_day, "request", "requests"))}</dd>
+                <dt>"Burst limit"</dt><dd>{key.burst_per_second.map(|b| format!("{} per second", format::counted(b, "request", "requests"))).unwrap_or_else(|| "none".into())}</dd>
             </dl>
         </section>
         {rename}
@@ -345,6 +362,18 @@ fn KeyDetails(
         {set_quota}
         {alert_settings}
         {requests}
+        {revoking}
+    }
+}
+
+/// The first step of a key page's breadcrumb: the owner's key list, or for an admin viewing
+/// someone else's key, the list of every key (the admin's own list does not hold it).
+#[component]
+pub fn KeysCrumb(yours: bool) -> impl IntoView {
+    if yours {
+        view! { <A href="/dashboard/developers/api-keys" exact=true>"API keys"</A> }.into_any()
+    } else {
+        view! { <A href="/admin" exact=true>"All keys"</A> }.into_any()
     }
 }
 
@@ -374,6 +403,24 @@ where
     value
 }
 
+/// How many answers of `action` were successes: what the key's page is fetched again for. A
+/// refusal leaves the page as it was, with the keyboard where it was (on the form, its message
+/// beside it).
+fn successes<A, O>(action: ServerAction<A>) -> RwSignal<usize>
+where
+    A: leptos::server_fn::ServerFn<Output = O, Error = crate::error::AppError> + Clone + Send + Sync + 'static,
+    O: Clone + Send + Sync + 'static,
+{
+    let count = RwSignal::new(0);
+    // Each answer sets the value once (also an answer equal to the one before).
+    Effect::new(move |_| {
+        if matches!(action.value().get(), Some(Ok(_))) {
+            count.update(|n| *n += 1);
+        }
+    });
+    count
+}
+
 /// Whether anything still calls with a rolled key's previous secret: what its owner needs to
 /// know before it stops.
 fn previous_use(last_used_at: Option<&chrono::DateTime<chrono::Utc>>) -> String {
@@ -392,6 +439,8 @@ const OVERLAPS: [(&str, &str); 4] = [("0", "at once"), ("1", "in 1 hour"), ("24"
 #[component]
 fn RollSecret(
     key: KeyView,
+    /// The key's name as it is now (renamed on this page, maybe).
+    name: RwSignal<String>,
     previous: RwSignal<Option<PreviousSecretView>>,
     action: ServerAction<RollKey>,
     end_overlap: ServerAction<EndKeyOverlap>,
@@ -418,18 +467,24 @@ fn RollSecret(
     // The question says when the old secret stops, as chosen (read again as the choice changes).
     let hours = RwSignal::new(OVERLAPS[0].0.to_owned());
     let when = move || hours.with(|h| OVERLAPS.iter().find(|(value, _)| value == h).map_or("", |(_, words)| words));
-    let name = key.name.clone();
+    // Rolling again stops a previous secret that still works.
+    let discarded = |p: Option<PreviousSecretView>| {
+        p.filter(|p| p.works).map(|p| format!(" The previous secret {}… stops at once.", p.prefix)).unwrap_or_default()
+    };
     let question = move || {
-        let discarded = previous
-            .get()
-            .filter(|p| p.works)
-            .map(|p| format!(" The previous secret {}… stops at once.", p.prefix))
-            .unwrap_or_default();
         format!(
-            "Give \u{201c}{name}\u{201d} a new secret? It is shown once; the current one stops working {}.{discarded}",
-            when()
+            "Give \u{201c}{}\u{201d} a new secret? It is shown once; the current one stops working {}.{}",
+            name.get(),
+            when(),
+            discarded(previous.get())
         )
     };
+    // Without a script the page cannot read the choice made above the question.
+    let question_without_script = format!(
+        "Give \u{201c}{}\u{201d} a new secret? It is shown once; the current one stops working when chosen above.{}",
+        key.name,
+        discarded(previous.get_untracked())
+    );
     let id_for_end = id.clone();
     let overlap = move || {
         previous.get().filter(|p| p.works).map(|p| {
@@ -481,7 +536,7 @@ fn RollSecret(
                         </select>
                     </label>
                     <ConfirmInPlace opener="Roll key…" opener_testid="roll-key" dialog_label="Confirm rolling"
-                        question_id=format!("roll-question-{id}") question=Signal::derive(question) confirm>
+                        question_id=format!("roll-question-{id}") question=Signal::derive(question) question_without_script confirm>
                         <SubmitButton pending=action.pending() class="danger" testid="confirm-roll" node_ref=confirm>"Roll key"</SubmitButton>
                     </ConfirmInPlace>
                 </div>

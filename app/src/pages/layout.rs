@@ -216,6 +216,10 @@ pub fn ConfirmInPlace(
     /// Unique on the page: the dialog is described by the question through it.
     question_id: String,
     #[prop(into)] question: Signal<String>,
+    /// The question as a page without JavaScript asks it, when `question` follows choices made
+    /// on the page (which only a script can read).
+    #[prop(optional, into)]
+    question_without_script: Option<String>,
     /// The confirming button, inside `children`.
     confirm: NodeRef<leptos::html::Button>,
     /// The form that answers yes.
@@ -242,6 +246,11 @@ pub fn ConfirmInPlace(
         }
     };
     let describes = question_id.clone();
+    // Until the page runs its script (and for good without one), as the page was sent.
+    let asked = move || match (&question_without_script, scripted.get()) {
+        (Some(unscripted), false) => unscripted.clone(),
+        _ => question.get(),
+    };
     view! {
         <details class="revoke" class:scripted=move || scripted.get() node_ref=details
             on:toggle=move |_| {
@@ -254,7 +263,7 @@ pub fn ConfirmInPlace(
             on:keydown=move |ev| if ev.key() == "Escape" { close() }>
             <summary class="danger-outline" data-testid=opener_testid node_ref=opener_ref>{opener}</summary>
             <div class="confirm" role="alertdialog" aria-label=dialog_label aria-describedby=describes>
-                <span id=question_id>{question}</span>
+                <span id=question_id>{asked}</span>
                 {children()}
                 <button type="button" class="link" hidden=move || !scripted.get() on:click=move |_| close()>"Cancel"</button>
             </div>

@@ -98,7 +98,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                         </ActionForm>
                                         </div>
                                     })}
-                                    <div on:submit=move |_| sent.set(Some(Sent::Cancel))><RequestList list cancel/></div>
+                                    <div on:submit=move |_| sent.set(Some(Sent::Cancel))><RequestList list cancel yours/></div>
                                 }.into_any()
                             }
                             Err(err) => view! { <ErrorPanel err/> }.into_any(),
@@ -120,13 +120,15 @@ enum Sent {
 }
 
 #[component]
-fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequest>) -> impl IntoView {
+/// A key's requests; its owner may cancel a pending one, an admin decides it on the requests page.
+fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequest>, yours: bool) -> impl IntoView {
     if list.is_empty() {
         return view! { <p class="empty">"No requests yet."</p> }.into_any();
     }
     view! {
         <div class="table-scroll"><table data-testid="request-list">
-            <thead><tr><th>"Asked"</th><th>"From"</th><th>"To"</th><th>"Status"</th><th>"Admin note"</th><th></th></tr></thead>
+            // The status early: on a phone the table scrolls sideways and its first columns show.
+            <thead><tr><th>"Asked"</th><th>"Status"</th><th>"From"</th><th>"To"</th><th>"Admin note"</th><th></th></tr></thead>
             <tbody>
                 {list.into_iter().map(|r| {
                     let pending = r.status == "pending";
@@ -134,20 +136,24 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                     view! {
                         <tr data-testid="request-row" data-status=r.status.clone()>
                             <td>{format::time(&r.created_at)}</td>
+                            <td><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
                             <td class="num">{limits(r.current_per_hour, r.current_per_day)}</td>
                             <td class="num">{match (r.approved_per_hour, r.approved_per_day) {
                                 (Some(h), Some(d)) => limits(h, d),
                                 _ => limits(r.requested_per_hour, r.requested_per_day),
                             }}</td>
-                            <td><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
                             <td>{r.decision_note.clone().unwrap_or_default()}</td>
                             // A form, so that it also works without JavaScript.
-                            <td>{pending.then(|| view! {
-                                <ActionForm action=cancel>
-                                    <input type="hidden" name="id" value=id.to_string()/>
-                                    <button type="submit" class="link" data-testid="cancel-request">"Cancel"</button>
-                                </ActionForm>
-                            })}</td>
+                            <td>{match (pending, yours) {
+                                (true, true) => Some(view! {
+                                    <ActionForm action=cancel>
+                                        <input type="hidden" name="id" value=id.to_string()/>
+                                        <button type="submit" class="link" data-testid="cancel-request">"Cancel"</button>
+                                    </ActionForm>
+                                }.into_any()),
+                                (true, false) => Some(view! { <A href="/admin/quota-requests">"Decide…"</A> }.into_any()),
+                                (false, _) => None,
+                            }}</td>
                         </tr>
                     }
                 }).collect_view()}
@@ -286,7 +292,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                 </dd>
                 <dt>"When asked"</dt><dd>{limits(r.current_per_hour, r.current_per_day)}</dd>
                 <dt>"Requested"</dt><dd>{limits(r.requested_per_hour, r.requested_per_day)}</dd>
-                <dt>"Last 24 hours"</dt><dd>{format!("{} requests", format::count(r.requests_last_24h))}</dd>
+                <dt>"Last 24 hours"</dt><dd>{format::counted(r.requests_last_24h, "request", "requests")}</dd>
                 <dt>"Reason"</dt><dd>{r.reason.clone()}</dd>
                 <dt>"Asked"</dt><dd>{format::time(&r.created_at)}</dd>
                 {match (r.approved_per_hour, r.approved_per_day) {
@@ -357,8 +363,9 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
                 // Not disabled while it is sent: a disabled button drops the keyboard's focus.
                 <button type="submit">"Set quota"</button>
             </ActionForm>
+            // The page is fetched again with the new quota: the keyboard's place is here.
             {move || matches!(action.value().get(), Some(Ok(()))).then(|| view! {
-                <p class="hint" role="status" data-testid="set-done">"Quota set; it applies to the key's next request."</p>
+                <Confirmation text="Quota set; it applies to the key's next request." testid="set-done"/>
             })}
             {error.message("set-quota-error")}
         </section>

@@ -86,7 +86,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     let try_it = format!("curl -H \"X-API-Key: {}…\" {}/api/v1/ping", key.prefix, overview.api_base);
     view! {
         <p class="crumbs">
-            <A href="/dashboard/developers/api-keys" exact=true>"API keys"</A>" / "
+            <super::api_keys::KeysCrumb yours=key.yours/>" / "
             <A href=key_page exact=true>{key_name.clone()}</A>" / usage"
         </p>
         <div class="page-head">
@@ -160,7 +160,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 <LiveChart kind=LiveChartKind::Latency live/>
             </div>
             <p class="hint" data-testid="latest-minute">
-                {move || live.get().points.last().map(|p| format!("This minute: {} requests, {} throttled", p.requests, p.throttled)).unwrap_or_default()}
+                {move || live.get().points.last().map(|p| format!("This minute: {}, {} throttled", format::counted(p.requests as i64, "request", "requests"), format::count(p.throttled as i64))).unwrap_or_default()}
             </p>
         </section>
         <Breakdowns daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone()/>
