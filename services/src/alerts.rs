@@ -125,8 +125,8 @@ impl AlertWindow {
 
     fn length_ms(self) -> i64 {
         match self {
-            Self::Hour => 3_600_000,
-            Self::Day => 86_400_000,
+            Self::Hour => Window::Hour.length_ms(),
+            Self::Day => Window::Day.length_ms(),
         }
     }
 }

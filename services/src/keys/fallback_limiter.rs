@@ -86,8 +86,8 @@ impl FallbackLimiter {
                 known_used: used + if w.start_ms == start_ms { w.local } else { 0 },
                 local: 0,
             };
-            k.hour = known(&k.hour, d.hour.reset_at_ms - 3_600_000, d.hour.used);
-            k.day = known(&k.day, d.day.reset_at_ms - 86_400_000, d.day.used);
+            k.hour = known(&k.hour, d.hour.reset_at_ms - Window::Hour.length_ms(), d.hour.used);
+            k.day = known(&k.day, d.day.reset_at_ms - Window::Day.length_ms(), d.day.used);
             owed
         })
     }
@@ -99,8 +99,7 @@ impl FallbackLimiter {
 
     /// Checks and counts one request at `now_ms` (this node's clock).
     pub fn check(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
-        let hour_start = now_ms - now_ms.rem_euclid(3_600_000);
-        let day_start = now_ms - now_ms.rem_euclid(86_400_000);
+        let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
         let (admitted, hour, day) = self.with_key(key, |k| {
             k.hour.roll(hour_start);
             k.day.roll(day_start);
@@ -120,8 +119,8 @@ impl FallbackLimiter {
             };
             (
                 admitted,
-                window(Window::Hour, &k.hour, hour_share, hour_start + 3_600_000),
-                window(Window::Day, &k.day, day_share, day_start + 86_400_000),
+                window(Window::Hour, &k.hour, hour_share, hour_start + Window::Hour.length_ms()),
+                window(Window::Day, &k.day, day_share, day_start + Window::Day.length_ms()),
             )
         });
         let blocked_by = match admitted {

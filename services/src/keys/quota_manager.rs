@@ -40,6 +40,22 @@ pub enum Window {
 }
 
 impl Window {
+    /// A window's length: the calendar hour and day in UTC, and the burst limiter's second (the
+    /// `w=` of its policy). The one place this is written.
+    pub const fn length_ms(self) -> i64 {
+        match self {
+            Self::Hour => 3_600_000,
+            Self::Day => 86_400_000,
+            Self::Burst => 1_000,
+        }
+    }
+
+    /// The start of the window holding `at_ms` (hours and days start on the UTC clock's whole
+    /// hours and midnights: the epoch is one).
+    pub const fn start_ms(self, at_ms: i64) -> i64 {
+        at_ms - at_ms.rem_euclid(self.length_ms())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hour => "hour",
@@ -144,7 +160,7 @@ pub fn projected_day_exhaustion_ms(day: &WindowUse, hour: &WindowUse, per_minute
             return (out < day.reset_at_ms).then_some(out);
         }
         left -= admits;
-        (at, hour_left, hour_end) = (hour_end, hour.limit as f64, hour_end + 3_600_000);
+        (at, hour_left, hour_end) = (hour_end, hour.limit as f64, hour_end + Window::Hour.length_ms());
     }
     None
 }
@@ -621,6 +637,15 @@ fn decode(r: &[i64], index: usize) -> QuotaDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_start_on_the_utc_hour_midnight_and_second() {
+        let at = 1_700_000_000_123; // 2023-11-14 22:13:20.123 UTC
+        assert_eq!(Window::Hour.start_ms(at), 1_699_999_200_000);
+        assert_eq!(Window::Day.start_ms(at), 1_699_920_000_000);
+        assert_eq!(Window::Burst.start_ms(at), 1_700_000_000_000);
+        assert_eq!(Window::Day.start_ms(at) + Window::Day.length_ms(), 1_700_006_400_000);
+    }
 
     #[test]
     fn decodes_a_refusal_with_rounded_up_retry() {

@@ -52,26 +52,20 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
     };
     tracing::warn!(key_id = %key.id, error = %failure, "live usage from storage: Redis unavailable");
     let now_ms = Utc::now().timestamp_millis();
-    let now_s = now_ms.div_euclid(1000);
-    let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86_400));
-    let (hour_used, day_used) = rollups::admitted_since(
-        &services.db,
-        key.id.0,
-        time_from_ms(hour_start * 1000),
-        time_from_ms(day_start * 1000),
-    )
-    .await?;
+    let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
+    let (hour_used, day_used) =
+        rollups::admitted_since(&services.db, key.id.0, time_from_ms(hour_start), time_from_ms(day_start)).await?;
     let hour = WindowUse {
         window: Window::Hour,
         limit: key.quota.per_hour.get(),
         used: hour_used,
-        reset_at_ms: (hour_start + 3600) * 1000,
+        reset_at_ms: hour_start + Window::Hour.length_ms(),
     };
     let day = WindowUse {
         window: Window::Day,
         limit: key.quota.per_day.get(),
         used: day_used,
-        reset_at_ms: (day_start + 86_400) * 1000,
+        reset_at_ms: day_start + Window::Day.length_ms(),
     };
     let minutes = rollups::stored_minutes(&services.db, key.id.0, now_ms, LIVE_MINUTES).await?;
     Ok(assemble(hour, day, now_ms, minutes, true))

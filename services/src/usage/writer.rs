@@ -21,6 +21,7 @@ use super::set_aside;
 use super::{time_from_ms, UsageEvent};
 use crate::db::{self, DbPool};
 use crate::housekeeping::ensure_partitions;
+use crate::keys::Window;
 use crate::metrics::Metrics;
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
@@ -476,8 +477,8 @@ impl UsageWriter {
                     last_used_ref.extend(fresh());
                     if fresh().next().is_some() {
                         Rollups::of(fresh(), 60_000).upsert(conn, "api_key_usage_minute").await?;
-                        Rollups::of(fresh(), 3_600_000).upsert(conn, "api_key_usage_hour").await?;
-                        Rollups::of(fresh(), 86_400_000).upsert(conn, "api_key_usage_day").await?;
+                        Rollups::of(fresh(), Window::Hour.length_ms()).upsert(conn, "api_key_usage_hour").await?;
+                        Rollups::of(fresh(), Window::Day.length_ms()).upsert(conn, "api_key_usage_day").await?;
                         let crossings: Vec<_> =
                             fresh().flat_map(|e| e.alerts.iter().map(|c| (e.key_id, e.at_ms, *c))).collect();
                         alerts::record(conn, &crossings, public_url).await?;
