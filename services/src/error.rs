@@ -79,6 +79,10 @@ impl From<DieselError> for ServiceError {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
                 Self::Conflict("this already exists".into())
             }
+            // A row it refers to went away meanwhile (a key or account deleted under the change).
+            DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _) => {
+                Self::Conflict("what this refers to no longer exists".into())
+            }
             DieselError::DatabaseError(DatabaseErrorKind::CheckViolation, info) => {
                 Self::invalid(format!("invalid value ({})", info.constraint_name().unwrap_or("check")))
             }
@@ -115,5 +119,54 @@ pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
 impl From<deadpool_redis::PoolError> for ServiceError {
     fn from(err: deadpool_redis::PoolError) -> Self {
         Self::RedisUnavailable(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Info(&'static str);
+
+    impl diesel::result::DatabaseErrorInformation for Info {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    /// Constraint violations are refusals of the change (4xx), not failures of the service.
+    #[test]
+    fn constraint_violations_are_refusals() {
+        for kind in [
+            DatabaseErrorKind::UniqueViolation,
+            DatabaseErrorKind::ForeignKeyViolation,
+            DatabaseErrorKind::CheckViolation,
+        ] {
+            let err = ServiceError::from(DieselError::DatabaseError(kind, Box::new(Info("violated"))));
+            assert!(!err.is_server_error(), "{err:?}");
+        }
+        let err = ServiceError::from(DieselError::DatabaseError(
+            DatabaseErrorKind::NotNullViolation,
+            Box::new(Info("a bug of ours")),
+        ));
+        assert!(err.is_server_error(), "{err:?}");
     }
 }

@@ -29,12 +29,14 @@ pub enum RequestStatus {
 }
 
 impl RequestStatus {
-    fn parse(raw: &str) -> Self {
+    /// A status as stored; anything else is a fault of the data, not an open request.
+    fn parse(raw: &str) -> ServiceResult<Self> {
         match raw {
-            "approved" => Self::Approved,
-            "denied" => Self::Denied,
-            "cancelled" => Self::Cancelled,
-            _ => Self::Pending,
+            "pending" => Ok(Self::Pending),
+            "approved" => Ok(Self::Approved),
+            "denied" => Ok(Self::Denied),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(ServiceError::Internal(format!("a quota request has the unknown status {other:?}"))),
         }
     }
 
@@ -236,9 +238,11 @@ pub async fn cancel(services: &Services, user: &User, request_id: i64) -> Servic
     }
     let mut conn = db::conn(&services.db).await?;
     let updated = diesel::update(
-        quota_requests::table.filter(quota_requests::id.eq(request_id)).filter(quota_requests::status.eq("pending")),
+        quota_requests::table
+            .filter(quota_requests::id.eq(request_id))
+            .filter(quota_requests::status.eq(RequestStatus::Pending.as_str())),
     )
-    .set((quota_requests::status.eq("cancelled"), quota_requests::decided_at.eq(Utc::now())))
+    .set((quota_requests::status.eq(RequestStatus::Cancelled.as_str()), quota_requests::decided_at.eq(Utc::now())))
     .execute(&mut conn)
     .await?;
     drop(conn);
@@ -293,11 +297,11 @@ pub async fn decide(
                 // (`quota_changes`): a revocation under way has its row and waits for none of ours.
                 let key_id = ApiKeyId(request.key_id);
                 let live = lock_key(conn, key_id).await?;
-                let status = if approved.is_some() { "approved" } else { "denied" };
+                let status = if approved.is_some() { RequestStatus::Approved } else { RequestStatus::Denied }.as_str();
                 let won = diesel::update(
                     quota_requests::table
                         .filter(quota_requests::id.eq(request_id))
-                        .filter(quota_requests::status.eq("pending")),
+                        .filter(quota_requests::status.eq(RequestStatus::Pending.as_str())),
                 )
                 .set((
                     quota_requests::status.eq(status),
@@ -490,9 +494,11 @@ struct Row {
     requests_last_24h: i64,
 }
 
-impl From<Row> for QuotaRequest {
-    fn from(r: Row) -> Self {
-        Self {
+impl TryFrom<Row> for QuotaRequest {
+    type Error = ServiceError;
+
+    fn try_from(r: Row) -> ServiceResult<Self> {
+        Ok(Self {
             id: r.id,
             key_id: r.key_id,
             key_name: r.key_name,
@@ -505,7 +511,7 @@ impl From<Row> for QuotaRequest {
             requested_per_hour: r.requested_per_hour,
             requested_per_day: r.requested_per_day,
             reason: r.reason,
-            status: RequestStatus::parse(&r.status),
+            status: RequestStatus::parse(&r.status)?,
             approved_per_hour: r.approved_per_hour,
             approved_per_day: r.approved_per_day,
             decision_note: r.decision_note,
@@ -513,7 +519,7 @@ impl From<Row> for QuotaRequest {
             decided_at: r.decided_at,
             created_at: r.created_at,
             requests_last_24h: r.requests_last_24h,
-        }
+        })
     }
 }
 
@@ -531,7 +537,7 @@ pub async fn get(db: &DbPool, id: i64) -> ServiceResult<QuotaRequest> {
     let mut conn = db::conn(db).await?;
     let row: Row =
         diesel::sql_query(format!("{SELECT} WHERE r.id = $1")).bind::<BigInt, _>(id).get_result(&mut conn).await?;
-    Ok(row.into())
+    row.try_into()
 }
 
 /// A key's requests, newest first, for its owner (or an admin).
@@ -542,7 +548,7 @@ pub async fn for_key(db: &DbPool, user: &User, key: ApiKeyId) -> ServiceResult<V
         .bind::<SqlUuid, _>(key.0)
         .load(&mut conn)
         .await?;
-    Ok(rows.into_iter().map(Into::into).collect())
+    rows.into_iter().map(TryInto::try_into).collect()
 }
 
 /// How many decided requests the admins' list shows (the latest); pending ones are all shown.
@@ -563,7 +569,7 @@ pub async fn all(db: &DbPool) -> ServiceResult<Vec<QuotaRequest>> {
     .load(&mut conn)
     .await?;
     rows.extend(decided);
-    Ok(rows.into_iter().map(Into::into).collect())
+    rows.into_iter().map(TryInto::try_into).collect()
 }
 
 #[cfg(test)]

@@ -380,10 +380,10 @@ async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResul
                 diesel::update(
                     quota_requests::table
                         .filter(quota_requests::api_key_id.eq(id.0))
-                        .filter(quota_requests::status.eq("pending")),
+                        .filter(quota_requests::status.eq(crate::quota_requests::RequestStatus::Pending.as_str())),
                 )
                 .set((
-                    quota_requests::status.eq("cancelled"),
+                    quota_requests::status.eq(crate::quota_requests::RequestStatus::Cancelled.as_str()),
                     quota_requests::decided_at.eq(Utc::now()),
                     quota_requests::decision_note.eq("The key was revoked."),
                 ))
