@@ -196,6 +196,7 @@ test("a merchant opening another merchant's key page is refused", async ({ page 
   expect(res!.status()).toBe(404);
   await hydrated(page);
   await expect(page.getByTestId('error-panel')).toContainText('Not found');
+  await expect(page).toHaveTitle('Not found · keymeter');
   await expect(page.locator('body')).not.toContainText('Not yours');
 });
 

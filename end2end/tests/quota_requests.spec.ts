@@ -116,6 +116,7 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await expect(denial).toHaveAttribute('data-decision', 'denied');
   await expect(rows.last()).toHaveAttribute('data-decision', 'set');
   await expect(denial).toContainText('Cache the status calls first');
+  await expect(denial.getByRole('link', { name })).toHaveAttribute('href', /^\/dashboard\/developers\/api-keys\/[0-9a-f-]{36}$/);
   await expect(denial).toContainText(`${ADMIN.email} (request #`);
   await expect(denial).toContainText('asked 40/h · 100/day');
 });

@@ -129,6 +129,9 @@ test("a revoked key's usage page says so", async ({ page }) => {
   // No invitation to call the API with a key that is refused.
   await expect(page.getByTestId('usage-empty')).toHaveCount(0);
   await expect(page.getByTestId('ask-reason')).toHaveCount(0);
+  // Nor a quota to watch: no gauges or projections, and the charts are not called live.
+  await expect(page.getByTestId('gauge-hour')).toHaveCount(0);
+  await expect(page.getByTestId('live-updated')).toContainText(/^revoked · /);
 });
 
 test('the live view says when its stream ends', async ({ page }) => {

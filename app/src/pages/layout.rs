@@ -380,7 +380,11 @@ pub fn ErrorPanel(err: AppError) -> impl IntoView {
         AppError::Unauthorized => "Please sign in",
         _ => "Something went wrong",
     };
+    // A page that is not there, or not this user's, is titled so (its own title needs its data).
+    let page_title = matches!(err, AppError::NotFound | AppError::Forbidden)
+        .then(|| view! { <PageTitle text=format!("{title} · keymeter")/> });
     view! {
+        {page_title}
         <section class="card error-panel" role="alert" data-testid="error-panel">
             <h1>{title}</h1>
             <p>{err.to_string()}</p>

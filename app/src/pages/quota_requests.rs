@@ -395,10 +395,13 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                                 <tbody>
                                     {list.into_iter().map(|e| {
                                         let denied = e.decision == "denied";
+                                        let key_page = format!("/dashboard/developers/api-keys/{}", e.key_id);
+                                        let key_name = e.key_name.clone();
                                         view! {
                                             <tr data-testid="audit-row" data-decision=e.decision.clone()>
                                                 <td>{format::time(&e.changed_at)}</td>
-                                                <td>{e.key_name.clone()}</td>
+                                                // Names repeat across owners: the key's page tells them apart.
+                                                <td><A href=key_page>{key_name}</A></td>
                                                 <td>{audit_actor(&e)}</td>
                                                 <td><span class=format!("badge {}", e.decision)>{e.decision.clone()}</span></td>
                                                 <td class="num">{limits(e.old_per_hour, e.old_per_day)}</td>

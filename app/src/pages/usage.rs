@@ -136,16 +136,20 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 <code>{try_it.clone()}</code>
             </section>
         })}
-        <section class="gauges">
-            <GaugeCard title="This hour" gauge=Signal::derive(move || live.get().hour) now=Signal::derive(move || live.get().now) testid="gauge-hour"/>
-            <GaugeCard title="Today (UTC)" gauge=Signal::derive(move || live.get().day) now=Signal::derive(move || live.get().now) testid="gauge-day"/>
-        </section>
+        // A revoked key has no quota left to spend: no gauges, no projection.
+        {revoked_at.is_none().then(|| view! {
+            <section class="gauges">
+                <GaugeCard title="This hour" gauge=Signal::derive(move || live.get().hour) now=Signal::derive(move || live.get().now) testid="gauge-hour"/>
+                <GaugeCard title="Today (UTC)" gauge=Signal::derive(move || live.get().day) now=Signal::derive(move || live.get().now) testid="gauge-day"/>
+            </section>
+        })}
         <section class="card">
             <div class="card-head">
                 <h2>"Last 60 minutes"</h2>
                 <span class="hint" data-testid="live-updated">
                     {move || {
                         let state = match link.get() {
+                            _ if revoked_at.is_some() => "revoked",
                             LiveLink::Reconnecting => "reconnecting…",
                             _ if live.with(|l| l.from_storage) => "from stored usage",
                             _ => "live",
