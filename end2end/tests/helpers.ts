@@ -1,5 +1,7 @@
 import { expect, Page } from '@playwright/test';
 import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 export const MERCHANT = { email: 'merchant@keymeter.local', password: 'merchant-demo-password' };
 export const ADMIN = { email: 'admin@keymeter.local', password: 'admin-demo-password' };
@@ -67,12 +69,25 @@ export function cli(args: string[], input?: string): string {
   return execFileSync(bin, args, { input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
-/** The path of the newest password reset link mailed to `email` (read from the outbox). */
-export function resetLinkPath(email: string): string {
-  const body = sql(`SELECT text_body FROM outbound_emails WHERE to_address = '${email}' AND subject = 'Choose a new keymeter password' ORDER BY id DESC LIMIT 1`);
-  const found = body.match(/\/password-reset\/[0-9a-f]{64}/);
-  expect(found, body).not.toBeNull();
-  return found![0];
+/**
+ * The path of the password reset link mailed to `email`, read from the mail folder as its owner
+ * would read the message (the stored copy's text is erased once sent); waits for it to arrive.
+ */
+export async function resetLinkPath(email: string): Promise<string> {
+  const dir = process.env.KEYMETER_MAIL_DIR;
+  if (!dir) throw new Error('KEYMETER_MAIL_DIR is not set: run the browser tests with `make test`');
+  let links: string[] = [];
+  await expect.poll(() => {
+    const files = existsSync(dir) ? readdirSync(dir) : [];
+    links = files
+      // Quoted-printable: long lines are broken with a trailing `=`.
+      .map((f) => readFileSync(join(dir, f), 'utf8').replace(/\r\n/g, '\n').replace(/=\n/g, ''))
+      .filter((m) => m.includes(`To: ${email}`) && m.includes('Subject: Choose a new keymeter password'))
+      .map((m) => m.match(/\/password-reset\/[0-9a-f]{64}/)?.[0] ?? '');
+    return links.length;
+  }, { timeout: 15_000 }).toBe(1);
+  expect(links[0]).not.toBe('');
+  return links[0];
 }
 
 /** Runs SQL against the server's database (to set up states the product cannot be driven into). */

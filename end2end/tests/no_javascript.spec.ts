@@ -245,7 +245,7 @@ test('a forgotten password is replaced without JavaScript', async ({ page }) => 
   await expect(page).toHaveURL(/\/password-reset\?asked=1$/);
   await expect(page.getByTestId('reset-asked')).toContainText('a link is on its way');
 
-  await page.goto(resetLinkPath(who.email));
+  await page.goto(await resetLinkPath(who.email));
   await page.getByLabel('New password (at least 10 characters)').fill('the chosen password');
   await page.getByLabel('New password again').fill('not the same one');
   await page.getByRole('button', { name: 'Set the password' }).click();

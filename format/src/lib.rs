@@ -85,7 +85,8 @@ pub fn bytes(n: i64) -> String {
     let units = ["KB", "MB", "GB"];
     let mut unit = 0;
     size /= 1024.0;
-    while size >= 1000.0 && unit + 1 < units.len() {
+    // On the figure as shown: 999.96 KB would read "1000.0 KB".
+    while size >= 999.95 && unit + 1 < units.len() {
         size /= 1024.0;
         unit += 1;
     }
@@ -125,6 +126,8 @@ mod tests {
         assert_eq!(bytes(999), "999 B");
         assert_eq!(bytes(1000), "1.0 KB");
         assert_eq!(bytes(1_027_174), "1.0 MB");
+        assert_eq!(bytes(1_023_949), "1.0 MB");
+        assert_eq!(bytes(1_023_948), "999.9 KB");
         assert_eq!(bytes(3 * 1024 * 1024 * 1024 * 1024), "3072.0 GB");
         let now = DateTime::parse_from_rfc3339("2026-11-28T07:37:00Z").unwrap().with_timezone(&Utc);
         let reset = DateTime::parse_from_rfc3339("2026-11-28T08:00:00Z").unwrap().with_timezone(&Utc);

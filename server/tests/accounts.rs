@@ -884,21 +884,26 @@ async fn malformed_addresses_are_throttled_like_wrong_passwords() {
     assert_eq!(app.login(&client(), &malformed, "guess guess guess").await.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
-/// The reset links mailed to `email`, oldest first (the token of each).
-async fn reset_links(app: &TestApp, email: &str) -> Vec<String> {
-    let bodies = app
-        .texts(&format!(
-            "SELECT text_body AS t FROM outbound_emails WHERE to_address = '{email}' \
-             AND subject = 'Choose a new keymeter password' ORDER BY id"
-        ))
-        .await;
-    bodies
-        .iter()
-        .map(|body| {
-            let at = body.find("/password-reset/").unwrap_or_else(|| panic!("no link in {body}")) + 16;
-            body[at..at + 64].to_owned()
-        })
-        .collect()
+/// The tokens of the reset links mailed to `email`, as its owner reads them (the mail folder:
+/// the stored message's text is erased once sent), waiting up to 15 s for `n` of them.
+async fn reset_links(app: &TestApp, email: &str, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&app.config.mail_dir).into_iter().flatten().flatten() {
+            // Quoted-printable: long lines are broken with a trailing `=`.
+            let text =
+                std::fs::read_to_string(entry.path()).unwrap_or_default().replace("\r\n", "\n").replace("=\n", "");
+            if text.contains(&format!("To: {email}")) && text.contains("Subject: Choose a new keymeter password") {
+                let at = text.find("/password-reset/").expect("a link") + "/password-reset/".len();
+                found.push(text[at..at + 64].to_owned());
+            }
+        }
+        if found.len() >= n || std::time::Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn ask_reset(app: &TestApp, email: &str) -> reqwest::Response {
@@ -912,7 +917,7 @@ async fn choose_password(app: &TestApp, token: &str, new: &str, confirm: &str) -
 
 /// Someone who forgot their password asks for a link on the sign-in page, and the link sets a
 /// new one, once: every session ends, a sign-in lockout of the address is lifted, the owner is
-/// told, and the admins' mail page does not show the link.
+/// told, and neither the admins' mail page nor the database keeps a link that works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forgotten_password_is_replaced_through_a_mailed_link_once() {
     let app = TestApp::spawn().await;
@@ -928,16 +933,21 @@ async fn a_forgotten_password_is_replaced_through_a_mailed_link_once() {
     assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::TOO_MANY_REQUESTS);
 
     assert_eq!(ask_reset(&app, &email.to_uppercase()).await.status(), StatusCode::OK);
-    let links = reset_links(&app, &email).await;
+    let links = reset_links(&app, &email, 1).await;
     assert_eq!(links.len(), 1);
     let token = &links[0];
     let link_page = app.page(&client(), &format!("/password-reset/{token}")).await;
     assert_eq!(link_page.status(), StatusCode::OK);
     let html = link_page.text().await.unwrap();
     assert!(html.contains("ha***@example.com") && !html.contains(&email), "the address, partly hidden: {html}");
+    // Sent: the stored message keeps no link, and the admins' mail page shows none.
+    app.wait_until_mail_sent().await;
+    let stored = app
+        .texts(&format!("SELECT text_body || html_body AS t FROM outbound_emails WHERE to_address = '{email}'"))
+        .await;
+    assert!(stored.iter().all(|m| !m.contains(token.as_str())), "{stored:?}");
     let id = app.count(&format!("SELECT max(id) FROM outbound_emails WHERE to_address = '{email}'")).await.to_string();
     let shown: serde_json::Value = app.rpc(&admin, "admin/mail/body", &[("id", &id)]).await.json().await.unwrap();
-    assert!(!shown.to_string().contains(token.as_str()), "admins do not see the link: {shown}");
     assert!(shown["text"].as_str().unwrap().contains("not shown"), "{shown}");
 
     let new = "a brand new passphrase";
@@ -971,10 +981,13 @@ async fn a_forgotten_password_is_replaced_through_a_mailed_link_once() {
 }
 
 /// Asking answers the same for any address, so the form tells nobody who has an account; an
-/// address gets at most three links an hour; a link stops working when it expires or when the
-/// password is changed otherwise; a disabled account gets none.
+/// address gets at most three links an hour and ten a day, a client twenty asks an hour; a link
+/// stops working when it expires, when the password is changed otherwise, or when the account
+/// is disabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asking_for_a_link_reveals_nothing_and_floods_no_inbox() {
+    use services::accounts::password_reset::{send_link, Asked};
+    use services::accounts::Email;
     let app = TestApp::spawn().await;
     app.user("ivy@example.com", Role::Merchant).await;
     app.user("jon@example.com", Role::Merchant).await;
@@ -985,47 +998,78 @@ async fn asking_for_a_link_reveals_nothing_and_floods_no_inbox() {
     let known = ask_reset(&app, "ivy@example.com").await;
     assert_eq!((unknown.status(), known.status()), (StatusCode::OK, StatusCode::OK));
     assert_eq!(unknown.text().await.unwrap(), known.text().await.unwrap());
-    assert_eq!(app.count("SELECT count(*) FROM outbound_emails WHERE to_address = 'nobody@example.com'").await, 0);
+    assert_eq!(reset_links(&app, "ivy@example.com", 1).await.len(), 1);
+    assert!(reset_links(&app, "nobody@example.com", 0).await.is_empty());
     let malformed = ask_reset(&app, "not an address").await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(malformed.json::<serde_json::Value>().await.unwrap()["error"]["field"], "email");
 
-    for _ in 0..4 {
-        assert_eq!(ask_reset(&app, "ivy@example.com").await.status(), StatusCode::OK);
-    }
-    let links = reset_links(&app, "ivy@example.com").await;
-    assert_eq!(links.len(), 3, "three links an hour");
-    // Each works until it expires.
-    app.run_sql(&format!(
-        "UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE token_hash = sha256('{}'::bytea)",
-        links[0]
-    ))
+    // The limits, on the work the answer leaves behind.
+    let ivy = Email::parse("ivy@example.com").unwrap();
+    let from = "198.51.100.7";
+    assert_eq!(send_link(&app.services, &ivy, from).await.unwrap(), Asked::Sent);
+    assert_eq!(send_link(&app.services, &ivy, from).await.unwrap(), Asked::Sent);
+    assert_eq!(send_link(&app.services, &ivy, from).await.unwrap(), Asked::TooMany, "three links an hour");
+    let nobody = Email::parse("nobody@example.com").unwrap();
+    assert_eq!(send_link(&app.services, &nobody, from).await.unwrap(), Asked::NoAccount);
+    // Past the hour, ten a day: seven more from earlier today make ten.
+    app.run_sql("UPDATE password_resets SET created_at = created_at - interval '2 hours'").await;
+    app.run_sql(
+        "INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) \
+         SELECT sha256(random()::text::bytea), id, now() - interval '3 hours', now() - interval '2 hours' \
+         FROM users, generate_series(1, 7) WHERE email = 'ivy@example.com'",
+    )
     .await;
-    let expired = choose_password(&app, &links[0], "a brand new passphrase", "a brand new passphrase").await;
+    assert_eq!(send_link(&app.services, &ivy, from).await.unwrap(), Asked::TooMany, "ten links a day");
+    // One client, twenty asks an hour whatever the addresses.
+    for i in 0..15 {
+        let someone = Email::parse(&format!("someone-{i}@example.com")).unwrap();
+        assert_eq!(send_link(&app.services, &someone, from).await.unwrap(), Asked::NoAccount);
+    }
+    let jon = Email::parse("jon@example.com").unwrap();
+    assert_eq!(send_link(&app.services, &jon, from).await.unwrap(), Asked::TooMany, "the client's twenty asks");
+    assert_eq!(send_link(&app.services, &jon, "198.51.100.8").await.unwrap(), Asked::Sent);
+
+    // Each link works until it expires.
+    let ivys = reset_links(&app, "ivy@example.com", 3).await;
+    assert_eq!(ivys.len(), 3);
+    app.run_sql(
+        "UPDATE password_resets SET expires_at = now() - interval '1 second' \
+         WHERE user_id = (SELECT id FROM users WHERE email = 'ivy@example.com')",
+    )
+    .await;
+    let expired = choose_password(&app, &ivys[0], "a brand new passphrase", "a brand new passphrase").await;
     assert_eq!(expired.status(), StatusCode::BAD_REQUEST);
     assert!(app.login(&client(), "ivy@example.com", PASSWORD).await.status().is_redirection());
 
     // A password changed on the account page voids the links not used yet.
-    assert_eq!(ask_reset(&app, "jon@example.com").await.status(), StatusCode::OK);
-    let jon = app.signed_in("jon@example.com").await;
-    let changed = change_password(&app, &jon, PASSWORD, "jon's own new passphrase", "jon's own new passphrase").await;
+    assert_eq!(ask_reset(&app, "kim@example.com").await.status(), StatusCode::OK);
+    let kims = reset_links(&app, "kim@example.com", 1).await;
+    let kim = app.signed_in("kim@example.com").await;
+    let changed = change_password(&app, &kim, PASSWORD, "kim's own new passphrase", "kim's own new passphrase").await;
     assert_eq!(changed.status(), StatusCode::OK);
-    let link = &reset_links(&app, "jon@example.com").await[0];
-    let voided = choose_password(&app, link, "a brand new passphrase", "a brand new passphrase").await;
+    let voided = choose_password(&app, &kims[0], "a brand new passphrase", "a brand new passphrase").await;
     assert_eq!(voided.status(), StatusCode::BAD_REQUEST);
-    assert!(app.login(&client(), "jon@example.com", "jon's own new passphrase").await.status().is_redirection());
+    assert!(app.login(&client(), "kim@example.com", "kim's own new passphrase").await.status().is_redirection());
 
-    // A disabled account gets no link, and one mailed before it was disabled no longer works.
-    assert_eq!(ask_reset(&app, "kim@example.com").await.status(), StatusCode::OK);
+    // A link mailed before the account was disabled does not work once it is enabled again, and
+    // a disabled account gets none.
+    let before = reset_links(&app, "jon@example.com", 1).await;
     let admin = app.signed_in("root@example.com").await;
-    let off = app.rpc(&admin, "admin/accounts/switch", &[("email", "kim@example.com"), ("disable", "on")]).await;
-    assert_eq!(off.status(), StatusCode::OK);
-    assert_eq!(ask_reset(&app, "kim@example.com").await.status(), StatusCode::OK);
-    let kims = reset_links(&app, "kim@example.com").await;
-    assert_eq!(kims.len(), 1);
-    let refused = choose_password(&app, &kims[0], "a brand new passphrase", "a brand new passphrase").await;
+    for disable in [Some("on"), None] {
+        let mut args = vec![("email", "jon@example.com")];
+        args.extend(disable.map(|d| ("disable", d)));
+        assert_eq!(app.rpc(&admin, "admin/accounts/switch", &args).await.status(), StatusCode::OK);
+        if disable.is_some() {
+            assert_eq!(send_link(&app.services, &jon, "198.51.100.9").await.unwrap(), Asked::Disabled);
+        }
+    }
+    let refused = choose_password(&app, &before[0], "a brand new passphrase", "a brand new passphrase").await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    // Links that are not even tokens are refused the same way.
-    let made_up = choose_password(&app, "not-a-token", "a brand new passphrase", "a brand new passphrase").await;
-    assert_eq!(made_up.status(), StatusCode::BAD_REQUEST);
+    assert!(app.login(&client(), "jon@example.com", PASSWORD).await.status().is_redirection());
+    // Links that were never mailed are refused the same way, well-formed or not.
+    for made_up in ["not-a-token", &"ab".repeat(32)] {
+        let res = choose_password(&app, made_up, "a brand new passphrase", "a brand new passphrase").await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{made_up}");
+    }
 }

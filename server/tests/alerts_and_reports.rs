@@ -719,7 +719,7 @@ async fn a_summary_still_waiting_in_the_outbox_when_its_owner_stops_it_is_not_se
         html: "<p>html</p>",
         attachments: &[],
         list_unsubscribe: None,
-        confidential: false,
+        credential_until: None,
     };
     assert!(services::mailer::enqueue(&mut conn, &notice, None).await.unwrap());
     // The notice is sent before any bulk mail that is due; then the sender has nothing left.

@@ -20,7 +20,7 @@ async fn queue(app: &TestApp, to: &str, subject: &str) {
         html: "<p>html body</p>",
         attachments: &[],
         list_unsubscribe: None,
-        confidential: false,
+        credential_until: None,
     };
     conn.transaction::<_, services::ServiceError, _>(|c| Box::pin(async move { enqueue(c, &email, None).await }))
         .await
@@ -215,7 +215,7 @@ async fn queue_as(app: &TestApp, subject: &str, text: &str, urgency: Urgency) ->
         html: "<p>html body</p>",
         attachments: &[],
         list_unsubscribe: None,
-        confidential: false,
+        credential_until: None,
     };
     conn.transaction::<_, services::ServiceError, _>(|c| {
         Box::pin(async move { services::mailer::enqueue_returning_id(c, &email, None, urgency).await })

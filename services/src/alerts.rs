@@ -335,7 +335,7 @@ pub async fn record(
                 html: &message.html,
                 attachments: &[],
                 list_unsubscribe: None,
-                confidential: false,
+                credential_until: None,
             };
             mailer::enqueue(conn, &email, Some(&dedupe)).await?;
         }

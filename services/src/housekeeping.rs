@@ -5,7 +5,8 @@
 //! - Raw usage events (whole daily partitions) and per-minute rollups: the configured usage
 //!   retention (`KEYMETER_USAGE_RETENTION_DAYS`). Hourly and daily rollups stay for good
 //!   (history, exports, summaries).
-//! - Sessions and password reset links: until they expire.
+//! - Sessions: until they expire. Password reset links: a day (they work an hour; the day's
+//!   count of links an address got needs them that long).
 //! - In-app notifications, quota alert records, and emails sent or given up:
 //!   [`RECORDS_KEPT_DAYS`].
 //! - Quota requests and quota changes (the audit trail) and monthly summary records (which make
@@ -187,7 +188,9 @@ impl Housekeeping {
             .bind::<Timestamptz, _>(chrono::Utc::now() - crate::accounts::known_devices::KNOWN_FOR)
             .execute(conn)
             .await?;
-        let links = diesel::sql_query("DELETE FROM password_resets WHERE expires_at < now()").execute(conn).await?;
+        let links = diesel::sql_query("DELETE FROM password_resets WHERE created_at < now() - interval '1 day'")
+            .execute(conn)
+            .await?;
         let mut forgotten = vec![
             ("expired sessions", sessions),
             ("browsers no longer known", devices),

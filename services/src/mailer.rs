@@ -30,8 +30,10 @@ pub struct Email<'a> {
     pub attachments: &'a [Attachment],
     /// Where the recipient stops this kind of message (`List-Unsubscribe`, with one-click POST).
     pub list_unsubscribe: Option<&'a str>,
-    /// The text is a credential (a password reset link): the admins' mail page does not show it.
-    pub confidential: bool,
+    /// The text is a credential (a password reset link) that works until then: the admins' mail
+    /// page does not show it, it is not retried past then, and its text is erased once it is
+    /// sent or given up.
+    pub credential_until: Option<chrono::DateTime<Utc>>,
 }
 
 /// A file sent with a message.
@@ -84,8 +86,9 @@ pub async fn enqueue_returning_id(
             .execute(conn)
             .await?;
     }
-    if let (Some(id), true) = (id, email.confidential) {
-        diesel::sql_query("UPDATE outbound_emails SET confidential = true WHERE id = $1")
+    if let (Some(id), Some(until)) = (id, email.credential_until) {
+        diesel::sql_query("UPDATE outbound_emails SET confidential = true, retry_until = $1 WHERE id = $2")
+            .bind::<diesel::sql_types::Timestamptz, _>(until)
             .bind::<diesel::sql_types::BigInt, _>(id)
             .execute(conn)
             .await?;
@@ -233,12 +236,14 @@ pub async fn counts(db: &DbPool) -> ServiceResult<OutboxCounts> {
     Ok(OutboxCounts { waiting, failed })
 }
 
-/// Queues a given-up message again (an admin's "Send again"), with a fresh retry period.
+/// Queues a given-up message again (an admin's "Send again"), with a fresh retry period. Not a
+/// credential (its text is erased; whoever needs one asks for a new one).
 pub async fn send_again(db: &DbPool, id: i64) -> ServiceResult<()> {
     let mut conn = db::conn(db).await?;
     let requeued = diesel::update(
         outbound_emails::table
             .filter(outbound_emails::id.eq(id))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>("NOT confidential"))
             .filter(outbound_emails::sent_at.is_null())
             .filter(outbound_emails::failed_at.is_not_null()),
     )
@@ -253,7 +258,9 @@ pub async fn send_again(db: &DbPool, id: i64) -> ServiceResult<()> {
         let exists: bool =
             diesel::select(diesel::dsl::exists(outbound_emails::table.find(id))).get_result(&mut conn).await?;
         return Err(if exists {
-            ServiceError::Conflict("only a message that was given up can be sent again".into())
+            ServiceError::Conflict(
+                "only a message that was given up, and that is not a password reset link, can be sent again".into(),
+            )
         } else {
             ServiceError::NotFound
         });
@@ -460,6 +467,20 @@ struct Outgoing {
     retry_until: Option<chrono::DateTime<Utc>>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
     list_unsubscribe: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    confidential: bool,
+}
+
+/// Erases the text of a credential message once it is done with (sent, or given up): a
+/// database read later must not find a link that may still work.
+async fn erase_credential(conn: &mut AsyncPgConnection, id: i64) -> ServiceResult<()> {
+    diesel::sql_query("UPDATE outbound_emails SET text_body = $1, html_body = $2 WHERE id = $3 AND confidential")
+        .bind::<diesel::sql_types::Text, _>(CONFIDENTIAL_TEXT)
+        .bind::<diesel::sql_types::Text, _>(html_paragraph(CONFIDENTIAL_TEXT))
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub struct Mailer {
@@ -689,6 +710,9 @@ impl Mailer {
         let (marked, outcome) = match result {
             Ok(()) => {
                 let marked = update.set(outbound_emails::sent_at.eq(diesel::dsl::now)).execute(&mut conn).await?;
+                if m.confidential && marked > 0 {
+                    erase_credential(&mut conn, m.id).await?;
+                }
                 (marked, Ok(()))
             }
             Err(failure) => {
@@ -718,6 +742,9 @@ impl Mailer {
                             ))
                             .execute(&mut conn)
                             .await?;
+                        if m.confidential && marked > 0 {
+                            erase_credential(&mut conn, m.id).await?;
+                        }
                         (marked, true)
                     }
                 };
@@ -791,7 +818,7 @@ async fn claim(conn: &mut AsyncPgConnection, only: Option<&[i64]>) -> ServiceRes
                        AND ($3::bigint[] IS NULL OR id = ANY($3)) \
                      ORDER BY bulk, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
          RETURNING id, to_address, subject, text_body, html_body, attempts, claim_token, message_key, retry_until, \
-         list_unsubscribe",
+         list_unsubscribe, confidential",
     )
     .bind::<diesel::sql_types::Integer, _>(CLAIM_SECS)
     .bind::<diesel::sql_types::Uuid, _>(uuid::Uuid::new_v4())

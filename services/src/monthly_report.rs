@@ -341,7 +341,7 @@ async fn queue_once(
         html: &message.html,
         attachments: std::slice::from_ref(&attachment),
         list_unsubscribe: Some(&message.unsubscribe_url),
-        confidential: false,
+        credential_until: None,
     };
     let dedupe = format!("monthly:{}:{}:{sends}", report.owner_id, report.month);
     let id = mailer::enqueue_returning_id(conn, &email, Some(&dedupe), mailer::Urgency::Bulk).await?;

@@ -94,7 +94,7 @@ pub(crate) async fn tell(
         html: &html,
         attachments: &[],
         list_unsubscribe: None,
-        confidential: false,
+        credential_until: None,
     };
     mailer::enqueue(conn, &email, news.dedupe_key).await?;
     Ok(())

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
-use crate::keys::quota::{checked_limits, parse_limit, QuotaMaximum};
+use crate::keys::quota::{checked_limit, checked_limits, hour_within_day, parse_limit, QuotaMaximum};
 use crate::keys::{api_keys, ApiKeyId, Quota};
 use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
@@ -86,8 +86,9 @@ pub struct RequestedLimits {
 }
 
 impl RequestedLimits {
-    /// Empty fields keep the current limit; at least one must be raised, and the result pass
-    /// [`checked_limits`] as an admin's limits do.
+    /// Empty fields keep the current limit; at least one must be raised, each raised one
+    /// passes [`checked_limit`] as an admin's limits do (one left as it is is not checked again:
+    /// an operator may have set it above today's maximum), and the hour stays within the day.
     pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
         let raised = |raw: &str, name: &str, current: i64, field: &'static str| -> ServiceResult<Option<i64>> {
             if raw.trim().is_empty() {
@@ -102,12 +103,18 @@ impl RequestedLimits {
         };
         let hour = raised(per_hour, "hourly", current.per_hour.get(), "per_hour")?;
         let day = raised(per_day, "daily", current.per_day.get(), "per_day")?;
+        if let Some(h) = hour {
+            checked_limit(h, "hourly", max.per_hour, "per_hour")?;
+        }
+        if let Some(d) = day {
+            checked_limit(d, "daily", max.per_day, "per_day")?;
+        }
         if hour.is_none() && day.is_none() {
             return Err(ServiceError::invalid_field("per_hour", "Ask for a higher hourly or daily limit."));
         }
         let limits =
             Self { per_hour: hour.unwrap_or(current.per_hour.get()), per_day: day.unwrap_or(current.per_day.get()) };
-        checked_limits(max, limits.per_hour, limits.per_day)?;
+        hour_within_day(limits.per_hour, limits.per_day)?;
         Ok(limits)
     }
 }
@@ -204,7 +211,7 @@ pub async fn create(
                             html: &html,
                             attachments: &[],
                             list_unsubscribe: None,
-                            confidential: false,
+                            credential_until: None,
                         },
                         None,
                     )
@@ -605,6 +612,11 @@ mod tests {
             "{err:?}"
         );
         assert!(RequestedLimits::parse("50000", "50000", &current(), max).is_ok());
+        // A limit left as it is may be above today's maximum (an operator set it, or the
+        // maximum was lowered): asking for more of the other is still possible.
+        let above = Quota { per_hour: crate::keys::QuotaLimit::new(200_000).unwrap(), ..current() };
+        assert!(RequestedLimits::parse("", "900000", &above, QuotaMaximum { per_hour: 100_000, per_day: 1_000_000 })
+            .is_ok());
         assert!(RequestedLimits::parse("10000", "", &current(), max).is_ok());
         assert!(checked_limits(max, 3000, 2000).is_err());
         assert!(checked_limits(max, 2000, 2000).is_ok());

@@ -249,7 +249,8 @@ pub async fn ask_password_reset(email: String) -> Result<(), AppError> {
 
     let services = super::session::services()?;
     let plain_form = super::session::is_plain_form_post();
-    password_reset::ask(&services, &email).await?;
+    let client = super::session::client_address(&services);
+    password_reset::ask(&services, &email, &client)?;
     if plain_form {
         leptos_axum::redirect(&format!("{}?{RESET_LINK_ASKED}=1", password_reset::RESET_PAGE));
     }

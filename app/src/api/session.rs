@@ -32,8 +32,10 @@ pub struct CookieSettings {
 pub fn services() -> Result<Services, AppError> {
     use_context::<Services>().ok_or_else(|| {
         // A server function that reads its context after an `.await` (see `current_user`).
-        // The path only: a query may hold a one-time token (`?created=`, `?rolled=`).
-        let path = use_context::<Parts>().map(|p| p.uri.path().to_owned());
+        // The route's template only: a path or query may hold a token (`/password-reset/{token}`,
+        // `?created=`).
+        let path = use_context::<Parts>()
+            .and_then(|p| p.extensions.get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned()));
         tracing::error!(?path, "Services missing from the server function context");
         AppError::Internal
     })

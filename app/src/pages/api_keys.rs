@@ -228,7 +228,7 @@ pub fn ApiKeyPage() -> impl IntoView {
     let roll = ServerAction::<RollKey>::new();
     let end_overlap = ServerAction::<EndKeyOverlap>::new();
     let revoke = ServerAction::<RevokeKey>::new();
-    let (quota_set, rolled, revoked) = (successes(set_quota), successes(roll), successes(revoke));
+    let (quota_set, rolled, revoked) = (key_changes(set_quota), key_changes(roll), key_changes(revoke));
     let key = Resource::new(
         move || {
             // Stopping the previous secret updates the page in place (see `KeyDetails`).
@@ -403,10 +403,11 @@ where
     value
 }
 
-/// How many answers of `action` were successes: what the key's page is fetched again for. A
-/// refusal leaves the page as it was, with the keyboard where it was (on the form, its message
-/// beside it).
-fn successes<A, O>(action: ServerAction<A>) -> RwSignal<usize>
+/// How many answers of `action` say the key may have changed: what the key's page is fetched
+/// again for. A success, or a refusal because the key is not as the page shows it (revoked or
+/// rolled elsewhere: a conflict; gone). Bad input leaves the page as it was, with the keyboard
+/// where it was (on the form, its message beside it).
+fn key_changes<A, O>(action: ServerAction<A>) -> RwSignal<usize>
 where
     A: leptos::server_fn::ServerFn<Output = O, Error = crate::error::AppError> + Clone + Send + Sync + 'static,
     O: Clone + Send + Sync + 'static,
@@ -414,7 +415,8 @@ where
     let count = RwSignal::new(0);
     // Each answer sets the value once (also an answer equal to the one before).
     Effect::new(move |_| {
-        if matches!(action.value().get(), Some(Ok(_))) {
+        use crate::error::AppError;
+        if matches!(action.value().get(), Some(Ok(_) | Err(AppError::Conflict(_) | AppError::NotFound))) {
             count.update(|n| *n += 1);
         }
     });

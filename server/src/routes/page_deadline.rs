@@ -14,7 +14,11 @@ use axum::response::{IntoResponse, Response};
 pub const PAGE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub async fn within_deadline(State(deadline): State<Duration>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
+    // The route's template, never the path: a path may hold a token (`/password-reset/{token}`).
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "(no route)".to_owned(), |m| m.as_str().to_owned());
     match tokio::time::timeout(deadline, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -375,6 +375,8 @@ pub async fn set_disabled(db: &DbPool, email: &Email, disabled: bool) -> Service
             };
             let user = row.into_user()?;
             let sessions_ended = if disabled {
+                // A link mailed before must not set a password once the account is enabled again.
+                password_reset::void_links(conn, user.id).await?;
                 known_devices::forget_all(conn, user.id).await?;
                 sessions::end_all(conn, user.id, None).await?
             } else {

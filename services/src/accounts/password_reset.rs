@@ -1,16 +1,19 @@
 //! Choosing a new password without the old one: a one-time link mailed to the account's
 //! address, working for [`LINK_VALID_FOR`].
 //!
-//! - Asking answers the same whether or not an account uses the address, so the form tells no
-//!   one who has an account. An address gets at most [`LINKS_PER_HOUR`] links an hour: the form
-//!   cannot be used to flood an inbox.
-//! - The database keeps only each token's SHA-256. The message holding the link is marked
-//!   confidential, so the admins' mail page does not show it (an admin could otherwise take over
-//!   a merchant's account).
+//! - Asking answers at once and the same whether or not an account uses the address: the work
+//!   (and its time) happens after the answer, so the form tells no one who has an account. An
+//!   address gets at most [`LINKS_PER_HOUR`] links an hour and [`LINKS_PER_DAY`] a day, and one
+//!   client may ask [`ASKS_PER_CLIENT_HOUR`] times an hour: the form cannot flood inboxes.
+//! - The database keeps only each token's SHA-256. The message holding the link is a credential
+//!   ([`mailer::Email::credential_until`]): the admins' mail page does not show it, it is not
+//!   retried past the link's end, and its text is erased once it is sent or given up.
 //! - Opening the link only shows a form (mail scanners open links); choosing the password uses
 //!   it. That ends every session and forgets the account's browsers, as a password change does,
 //!   voids the account's other links, lifts a sign-in lockout of the address (its owner proved
 //!   they read its mail), and tells the owner.
+//! - Locks are taken account first, then link, as a password change takes them (it updates the
+//!   account, then voids its links), so the two cannot deadlock.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -32,6 +35,13 @@ pub const LINK_VALID_FOR: Duration = Duration::hours(1);
 /// Links mailed to one address within an hour, at most.
 pub const LINKS_PER_HOUR: i64 = 3;
 
+/// Links mailed to one address within a day, at most.
+pub const LINKS_PER_DAY: i64 = 10;
+
+/// Asks one client (as the sign-in throttle counts it) may make within an hour, whatever the
+/// addresses.
+pub const ASKS_PER_CLIENT_HOUR: i64 = 20;
+
 /// The page that asks for a link; a link is this path, a slash and its token.
 pub const RESET_PAGE: &str = "/password-reset";
 
@@ -46,14 +56,30 @@ pub enum Asked {
     NoAccount,
     /// The account is disabled: a new password would not let anyone in.
     Disabled,
-    /// [`LINKS_PER_HOUR`] links went to the address within the hour.
+    /// The address had its links for the hour or the day, or the client its asks.
     TooMany,
 }
 
-/// Mails a reset link to the account that uses `email_raw`, if there is one (see [`Asked`]).
-/// Only a malformed address is refused.
-pub async fn ask(services: &Services, email_raw: &str) -> ServiceResult<Asked> {
+/// Takes a request for a link to the account that uses `email_raw` (from `client`): a
+/// malformed address is refused; anything else is answered at once, and the link (if any, see
+/// [`Asked`]) is mailed in the background, so that the answer's timing tells nothing.
+pub fn ask(services: &Services, email_raw: &str, client: &str) -> ServiceResult<()> {
     let email = Email::parse(email_raw).map_err(|e| e.in_field("email"))?;
+    let (services, client) = (services.clone(), client.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = send_link(&services, &email, &client).await {
+            tracing::warn!(error = %e, "password reset link not mailed");
+        }
+    });
+    Ok(())
+}
+
+/// Mails a reset link to the account that uses `email`, within the limits (see [`Asked`]).
+pub async fn send_link(services: &Services, email: &Email, client: &str) -> ServiceResult<Asked> {
+    if !client_may_ask(services, client).await {
+        tracing::warn!(client, "password reset asked too often from one client");
+        return Ok(Asked::TooMany);
+    }
     let token = ResetToken::generate();
     let hash = token.hash();
     let public_url = &services.settings.public_url;
@@ -61,12 +87,12 @@ pub async fn ask(services: &Services, email_raw: &str) -> ServiceResult<Asked> {
     let asked = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
-                // The account's row is locked: two requests at once cannot both see room for
-                // one more link.
+                // The account's row is locked (not its key: sessions being made for it do not
+                // wait): two requests at once cannot both see room for one more link.
                 let account: Option<(i64, String, Option<DateTime<Utc>>)> = users::table
                     .filter(users::email.eq(email.as_str()))
                     .select((users::id, users::email, users::disabled_at))
-                    .for_update()
+                    .for_no_key_update()
                     .first(conn)
                     .await
                     .optional()?;
@@ -75,25 +101,28 @@ pub async fn ask(services: &Services, email_raw: &str) -> ServiceResult<Asked> {
                     return Ok(Asked::Disabled);
                 }
                 let now = Utc::now();
-                let recent: i64 = password_resets::table
+                let recent: Vec<DateTime<Utc>> = password_resets::table
                     .filter(password_resets::user_id.eq(user_id))
-                    .filter(password_resets::created_at.gt(now - Duration::hours(1)))
-                    .count()
-                    .get_result(conn)
+                    .filter(password_resets::created_at.gt(now - Duration::days(1)))
+                    .select(password_resets::created_at)
+                    .load(conn)
                     .await?;
-                if recent >= LINKS_PER_HOUR {
+                let last_hour = recent.iter().filter(|at| **at > now - Duration::hours(1)).count() as i64;
+                if last_hour >= LINKS_PER_HOUR || recent.len() as i64 >= LINKS_PER_DAY {
                     return Ok(Asked::TooMany);
                 }
+                let expires_at = now + LINK_VALID_FOR;
                 diesel::insert_into(password_resets::table)
                     .values((
                         password_resets::token_hash.eq(&hash),
                         password_resets::user_id.eq(user_id),
                         password_resets::created_at.eq(now),
-                        password_resets::expires_at.eq(now + LINK_VALID_FOR),
+                        password_resets::expires_at.eq(expires_at),
                     ))
                     .execute(conn)
                     .await?;
-                let message = LinkMessage::new(&address, &format!("{}{RESET_PAGE}/{}", public_url, token.as_str()));
+                let url = format!("{}{RESET_PAGE}/{}", public_url, token.as_str());
+                let message = LinkMessage::new(&address, &url, expires_at);
                 mailer::enqueue(conn, &message.email(), None).await?;
                 tracing::info!(user_id, "password reset link mailed");
                 Ok(Asked::Sent)
@@ -101,9 +130,37 @@ pub async fn ask(services: &Services, email_raw: &str) -> ServiceResult<Asked> {
         })
         .await?;
     if asked == Asked::TooMany {
-        tracing::warn!("password reset link not mailed: the address had its links for this hour");
+        tracing::warn!("password reset link not mailed: the address had its links for now");
     }
     Ok(asked)
+}
+
+/// Counts an ask against the client's allowance in Redis. Without Redis the ask goes on: the
+/// per-address limits in PostgreSQL still hold.
+async fn client_may_ask(services: &Services, client: &str) -> bool {
+    let key = format!("{}:password-reset:asks:{client}", services.namespace);
+    let counted = async {
+        let mut conn = crate::redis_pool::conn(&services.redis).await?;
+        let (n,): (i64,) = deadpool_redis::redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .expire(&key, 3600)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        ServiceResult::Ok(n)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), counted).await {
+        Ok(Ok(n)) => n <= ASKS_PER_CLIENT_HOUR,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "password reset asks not counted per client");
+            true
+        }
+        Err(_) => {
+            tracing::warn!("password reset asks not counted per client: Redis did not answer");
+            true
+        }
+    }
 }
 
 /// The address a working link is for, partly hidden (`an***@example.com`: a message may be
@@ -137,31 +194,47 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
     if typed.confirm != typed.new {
         return Err(ServiceError::invalid_field("confirm_password", "The two passwords differ."));
     }
-    let hash = new.hash().await?;
     let token_hash = token.hash();
+    // The link is looked up before the password is hashed: hashing is the costly part, shared
+    // with sign-in, and made-up links must not be a way to spend it.
+    let user_id = {
+        let mut conn = db::conn(&services.db).await?;
+        live_link(&token_hash).select(password_resets::user_id).first::<i64>(&mut conn).await.optional()?
+    }
+    .ok_or_else(|| ServiceError::invalid(LINK_GONE))?;
+    let hash = new.hash().await?;
     let public_url = &services.settings.public_url;
     let mut conn = db::conn(&services.db).await?;
     let (user, ended) = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
-                // Locked: the same link used twice at once sets the password once.
-                let link: Option<i64> = password_resets::table
+                // The account first, then the link (the order a password change takes them).
+                let (row, disabled_at): (UserRow, Option<DateTime<Utc>>) = users::table
+                    .find(user_id)
+                    .select((UserRow::as_select(), users::disabled_at))
+                    .for_no_key_update()
+                    .first(conn)
+                    .await?;
+                // Used up here, if it still works (under the account's lock, so checked again):
+                // the same link used twice at once sets the password once, and a password
+                // changed meanwhile voided it.
+                let used: Option<i64> = diesel::update(password_resets::table)
                     .filter(password_resets::token_hash.eq(&token_hash))
                     .filter(password_resets::used_at.is_null())
                     .filter(password_resets::expires_at.gt(diesel::dsl::now))
-                    .select(password_resets::user_id)
-                    .for_update()
-                    .first(conn)
+                    .set(password_resets::used_at.eq(diesel::dsl::now))
+                    .returning(password_resets::user_id)
+                    .get_result(conn)
                     .await
                     .optional()?;
-                let user_id = link.ok_or_else(|| ServiceError::invalid(LINK_GONE))?;
-                let (row, disabled_at): (UserRow, Option<DateTime<Utc>>) =
-                    users::table.find(user_id).select((UserRow::as_select(), users::disabled_at)).first(conn).await?;
+                if used != Some(user_id) {
+                    return Err(ServiceError::invalid(LINK_GONE));
+                }
                 if disabled_at.is_some() {
                     return Err(ServiceError::invalid(super::ACCOUNT_DISABLED));
                 }
                 let user = row.into_user()?;
-                // Voids this link and the account's others with it.
+                // Voids the account's other links with it.
                 let ended = super::replace_password(conn, user_id, &hash, None).await?;
                 tell_owner(conn, &user, public_url).await?;
                 Ok((user, ended))
@@ -173,11 +246,22 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
     Ok(user)
 }
 
+/// The link with this hash, if it is neither used nor expired.
+fn live_link(token_hash: &[u8]) -> password_resets::BoxedQuery<'_, diesel::pg::Pg> {
+    password_resets::table
+        .filter(password_resets::token_hash.eq(token_hash))
+        .filter(password_resets::used_at.is_null())
+        .filter(password_resets::expires_at.gt(diesel::dsl::now))
+        .into_boxed()
+}
+
 /// Voids every link of the account not used yet, inside the caller's transaction (a new
 /// password, however it was set, ends what an old link could do).
 pub(crate) async fn void_links(conn: &mut diesel_async::AsyncPgConnection, user_id: i64) -> ServiceResult<()> {
     diesel::update(password_resets::table.filter(password_resets::user_id.eq(user_id)))
         .filter(password_resets::used_at.is_null())
+        // Expired ones are left alone (housekeeping deletes them; nothing to wait for there).
+        .filter(password_resets::expires_at.gt(diesel::dsl::now))
         .set(password_resets::used_at.eq(diesel::dsl::now))
         .execute(conn)
         .await?;
@@ -221,12 +305,13 @@ struct LinkMessage {
     to: String,
     text: String,
     html: String,
+    expires_at: DateTime<Utc>,
 }
 
 impl LinkMessage {
     const SUBJECT: &'static str = "Choose a new keymeter password";
 
-    fn new(to: &str, url: &str) -> Self {
+    fn new(to: &str, url: &str, expires_at: DateTime<Utc>) -> Self {
         let minutes = LINK_VALID_FOR.num_minutes();
         let intro = format!("Someone, probably you, asked to choose a new password for the keymeter account {to}.");
         let how = format!("To choose one, open this link within {minutes} minutes. It works once.");
@@ -239,7 +324,7 @@ impl LinkMessage {
             html_escape(otherwise),
             url = html_escape(url),
         );
-        Self { to: to.to_owned(), text, html }
+        Self { to: to.to_owned(), text, html, expires_at }
     }
 
     fn email(&self) -> mailer::Email<'_> {
@@ -250,7 +335,7 @@ impl LinkMessage {
             html: &self.html,
             attachments: &[],
             list_unsubscribe: None,
-            confidential: true,
+            credential_until: Some(self.expires_at),
         }
     }
 }
@@ -262,9 +347,10 @@ mod tests {
     #[test]
     fn the_message_carries_the_link_in_both_parts_and_says_how_long_it_works() {
         let url = "https://keymeter.example/password-reset/ab&cd";
-        let message = LinkMessage::new("ann@example.com", url);
+        let expires_at = Utc::now() + LINK_VALID_FOR;
+        let message = LinkMessage::new("ann@example.com", url, expires_at);
         let email = message.email();
-        assert!(email.confidential);
+        assert_eq!(email.credential_until, Some(expires_at));
         assert!(email.text.contains(url) && email.text.contains("within 60 minutes"), "{}", email.text);
         assert!(email.html.contains("href=\"https://keymeter.example/password-reset/ab&amp;cd\""), "{}", email.html);
         assert!(email.text.contains("ann@example.com"));

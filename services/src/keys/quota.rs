@@ -98,28 +98,37 @@ fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
     Ok(())
 }
 
-/// The one check of the hourly and daily limits a person sets (a merchant asks for, an admin
-/// approves or sets): each positive and within the platform's maximum, naming its field, and
-/// the hour within the day.
+/// One limit a person sets (a merchant asks for, an admin approves or sets): positive and
+/// within the platform's maximum for it (`name`: "hourly", "daily"), naming its field.
+pub(crate) fn checked_limit(value: i64, name: &str, max: i64, field: &'static str) -> ServiceResult<QuotaLimit> {
+    if value <= 0 {
+        return Err(ServiceError::invalid_field(field, format!("The {name} limit must be positive.")));
+    }
+    if value > max {
+        let message = format!("The {name} limit can be at most {}.", format::count(max));
+        return Err(ServiceError::invalid_field(field, message));
+    }
+    QuotaLimit::new(value).map_err(|e| e.in_field(field))
+}
+
+/// Both limits an admin sets or approves: each as [`checked_limit`], and the hour within the day.
 pub(crate) fn checked_limits(
     max: QuotaMaximum,
     per_hour: i64,
     per_day: i64,
 ) -> ServiceResult<(QuotaLimit, QuotaLimit)> {
-    let one = |value: i64, name: &str, max: i64, field: &'static str| -> ServiceResult<QuotaLimit> {
-        if value <= 0 {
-            return Err(ServiceError::invalid_field(field, format!("The {name} limit must be positive.")));
-        }
-        if value > max {
-            let message = format!("The {name} limit can be at most {}.", format::count(max));
-            return Err(ServiceError::invalid_field(field, message));
-        }
-        QuotaLimit::new(value).map_err(|e| e.in_field(field))
-    };
-    let limits = (one(per_hour, "hourly", max.per_hour, "per_hour")?, one(per_day, "daily", max.per_day, "per_day")?);
-    // The message asks for a higher daily limit: that is the field to change.
-    check_hour_within_day(per_hour, per_day).map_err(|e| e.in_field("per_day"))?;
+    let limits = (
+        checked_limit(per_hour, "hourly", max.per_hour, "per_hour")?,
+        checked_limit(per_day, "daily", max.per_day, "per_day")?,
+    );
+    hour_within_day(per_hour, per_day)?;
     Ok(limits)
+}
+
+/// [`check_hour_within_day`], naming the field to change: the message asks for a higher daily
+/// limit.
+pub(crate) fn hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
+    check_hour_within_day(per_hour, per_day).map_err(|e| e.in_field("per_day"))
 }
 
 /// A limit as typed in a form ("25,000", "25 000" and "25_000" are 25000); `name` ("hourly",
