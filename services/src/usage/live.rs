@@ -38,10 +38,10 @@ impl MinuteCounters {
             self.throttled += 1;
         } else {
             self.requests += 1;
-            match e.status {
-                400..=499 => self.errors_4xx += 1,
-                500..=599 => self.errors_5xx += 1,
-                _ => {}
+            match super::ErrorClass::of(e.status.into()) {
+                Some(super::ErrorClass::Client) => self.errors_4xx += 1,
+                Some(super::ErrorClass::Server) => self.errors_5xx += 1,
+                None => {}
             }
             self.latency.record(e.latency_us);
         }

@@ -17,6 +17,24 @@ pub mod writer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The error column a status counts in (`errors_4xx`, `errors_5xx`), if any: the one rule for
+/// the live counters, the stored rollups and the exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Client,
+    Server,
+}
+
+impl ErrorClass {
+    pub fn of(status: i32) -> Option<Self> {
+        match status {
+            400..=499 => Some(Self::Client),
+            500..=599 => Some(Self::Server),
+            _ => None,
+        }
+    }
+}
+
 pub use histogram::LatencyHistogram;
 
 use crate::alerts::QuotaCrossing;

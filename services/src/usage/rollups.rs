@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::histogram::LatencyHistogram;
 use super::live::{first_minute_ms, MinuteCounters};
 use super::periods::{next_period, DayRange, Granularity};
+use super::ErrorClass;
 use crate::db::{self, DbPool};
 use crate::{ServiceError, ServiceResult};
 
@@ -34,11 +35,10 @@ pub struct UsageTotals {
 impl UsageTotals {
     pub(super) fn add_row(&mut self, r: &RollupRow, hist: &LatencyHistogram) {
         self.requests += r.requests;
-        if (400..500).contains(&r.status) {
-            self.errors_4xx += r.requests;
-        }
-        if (500..600).contains(&r.status) {
-            self.errors_5xx += r.requests;
+        match ErrorClass::of(r.status.into()) {
+            Some(ErrorClass::Client) => self.errors_4xx += r.requests,
+            Some(ErrorClass::Server) => self.errors_5xx += r.requests,
+            None => {}
         }
         self.throttled += r.throttled;
         self.bytes_in += r.bytes_in;
@@ -61,6 +61,23 @@ impl UsageTotals {
 
     pub fn p95_ms(&self) -> Option<f64> {
         self.latency.quantile_us(0.95).map(|us| us / 1000.0)
+    }
+}
+
+impl MinuteCounters {
+    /// A stored per-minute rollup row, counted as the live counters count events.
+    fn add_row(&mut self, r: &RollupRow, hist: &LatencyHistogram) {
+        let requests = u64::try_from(r.requests).unwrap_or(0);
+        self.requests += requests;
+        match ErrorClass::of(r.status.into()) {
+            Some(ErrorClass::Client) => self.errors_4xx += requests,
+            Some(ErrorClass::Server) => self.errors_5xx += requests,
+            None => {}
+        }
+        self.throttled += u64::try_from(r.throttled).unwrap_or(0);
+        self.bytes_in += u64::try_from(r.bytes_in).unwrap_or(0);
+        self.bytes_out += u64::try_from(r.bytes_out).unwrap_or(0);
+        self.latency.merge(hist);
     }
 }
 
@@ -300,17 +317,7 @@ pub async fn stored_minutes(
         let (row, hist) = (&keyed.rollup, keyed.histogram());
         let index = (row.period_start.timestamp_millis() - first).div_euclid(60_000);
         if let Some((_, m)) = usize::try_from(index).ok().and_then(|i| counters.get_mut(i)) {
-            let requests = u64::try_from(row.requests).unwrap_or(0);
-            m.requests += requests;
-            match row.status {
-                400..=499 => m.errors_4xx += requests,
-                500..=599 => m.errors_5xx += requests,
-                _ => {}
-            }
-            m.throttled += u64::try_from(row.throttled).unwrap_or(0);
-            m.bytes_in += u64::try_from(row.bytes_in).unwrap_or(0);
-            m.bytes_out += u64::try_from(row.bytes_out).unwrap_or(0);
-            m.latency.merge(&hist);
+            m.add_row(row, &hist);
         }
     }
     Ok(counters)
