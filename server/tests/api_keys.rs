@@ -633,6 +633,8 @@ async fn admins_find_keys_by_owner_name_or_prefix_a_page_at_a_time() {
     // The page without JavaScript: the search form's GET.
     let page = app.page(&admin, "/admin?q=bob_smith").await.text().await.unwrap();
     assert!(page.contains("Bob 100% live") && !page.contains("Ann checkout"), "{page}");
+    // The list says why an old prefix found the key.
+    assert!(page.contains(&format!("rolled from <code>{}…</code>", bobs.prefix)), "{page}");
     // Text PostgreSQL cannot hold is bad input, on the page too.
     let nul = app.rpc(&admin, "admin/keys/search", &[("q", "abc\0def")]).await;
     assert_eq!(nul.status(), StatusCode::BAD_REQUEST);

@@ -40,7 +40,7 @@ pub fn AdminKeysPage() -> impl IntoView {
             </form>
         </div>
         <form class="inline-form" method="get" action="/admin" data-testid="key-search">
-            <label>"Find keys" <input type="search" name="q" value=move || shown().0
+            <label>"Find keys" <input type="search" name="q" value=move || shown().0 size="34"
                 placeholder="owner email, key name or prefix"/></label>
             <button type="submit">"Search"</button>
         </form>
@@ -73,7 +73,13 @@ pub fn AdminKeysPage() -> impl IntoView {
                                                     " · "
                                                     <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
                                                 </td>
-                                                <td><code>{format!("{}…", key.prefix)}</code></td>
+                                                // A rolled key is also found by its previous prefix (a leak
+                                                // report names the secret that leaked): say why it matched.
+                                                <td><code>{format!("{}…", key.prefix)}</code>
+                                                    {key.previous_secret.as_ref().map(|p| view! {
+                                                        <br/><span class="hint" data-testid="previous-prefix">"rolled from "<code>{format!("{}…", p.prefix)}</code></span>
+                                                    })}
+                                                </td>
                                                 <td><span class=format!("badge {status}")>{status}</span></td>
                                                 <td class="num">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
                                                 <td>{format::time_or(key.last_used_at.as_ref(), "never")}</td>
