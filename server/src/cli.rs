@@ -237,19 +237,35 @@ fn key_id(raw: &str, what: &str) -> anyhow::Result<ApiKeyId> {
     bail!("{what} is not a key id ({hint})")
 }
 
+/// Runs one command; each group of subcommands has a function of its own below.
 async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(config).await,
-        Command::Migrate => {
-            let applied = services::db::run_migrations(&config.database_url)
-                .await
-                .with_context(|| format!("migrating {}", redact_url(&config.database_url)))?;
-            match applied.as_slice() {
-                [] => say!("the database is up to date: no migration to apply"),
-                names => say!("applied {} migration(s): {}", names.len(), names.join(", ")),
-            }
-        }
-        Command::User(UserCommand::Add { email, role }) => {
+        Command::Migrate => migrate(config).await,
+        Command::User(command) => user(config, command).await,
+        Command::Key(command) => key(config, command).await,
+        Command::Quota(command) => quota(config, command).await,
+        Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(config, secret_file.as_deref()).await,
+        Command::Usage(UsageCommand::SetAside { replay }) => set_aside(config, replay).await,
+        Command::Report(command) => report(config, command).await,
+    }
+}
+
+/// `keymeter migrate`: applies the migrations this binary has and the database lacks.
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let applied = services::db::run_migrations(&config.database_url)
+        .await
+        .with_context(|| format!("migrating {}", redact_url(&config.database_url)))?;
+    match applied.as_slice() {
+        [] => say!("the database is up to date: no migration to apply"),
+        names => say!("applied {} migration(s): {}", names.len(), names.join(", ")),
+    }
+}
+
+/// `keymeter user …`: accounts.
+async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { email, role } => {
             let email = Email::parse(&email).context("--email")?;
             let role = Role::parse(&role)?;
             let password = Password::parse(&read_password()?)?;
@@ -257,7 +273,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             let user = accounts::create_user(&db, &email, &password, role).await?;
             say!("created {} account {} (id {})", role.as_str(), user.email, user.id)
         }
-        Command::User(UserCommand::SetPassword { email }) => {
+        UserCommand::SetPassword { email } => {
             let email = Email::parse(&email).context("--email")?;
             let password = Password::parse(&read_password()?)?;
             let db = startup::connect_database(config).await?;
@@ -268,7 +284,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             say!("password set for {}; {ended} session(s) signed out", user.email)?;
             lift_sign_in_lockout(config, &user.email).await
         }
-        Command::User(UserCommand::Disable { email }) => {
+        UserCommand::Disable { email } => {
             let email = Email::parse(&email).context("--email")?;
             let db = startup::connect_database(config).await?;
             let done = match accounts::set_disabled(&db, &email, true).await {
@@ -291,7 +307,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::User(UserCommand::Enable { email }) => {
+        UserCommand::Enable { email } => {
             let email = Email::parse(&email).context("--email")?;
             let db = startup::connect_database(config).await?;
             match accounts::set_disabled(&db, &email, false).await {
@@ -301,7 +317,13 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Key(KeyCommand::Create { owner, name }) => {
+    }
+}
+
+/// `keymeter key …`: API keys.
+async fn key(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create { owner, name } => {
             let email = Email::parse(&owner).context("--owner")?;
             let name = KeyName::parse(&name)?;
             let db = startup::connect_database(config).await?;
@@ -333,7 +355,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 ),
             }
         }
-        Command::Key(KeyCommand::Revoke { id }) => {
+        KeyCommand::Revoke { id } => {
             let id = key_id(&id, "the key to revoke")?;
             // PostgreSQL alone: a leaked key can be revoked while Redis is down.
             let db = startup::connect_database(config).await?;
@@ -348,7 +370,7 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 _ => say!("revoked key {} ({})", key.id, key.name),
             }
         }
-        Command::Key(KeyCommand::List { owner }) => {
+        KeyCommand::List { owner } => {
             let email = Email::parse(&owner).context("--owner")?;
             let db = startup::connect_database(config).await?;
             let user = accounts::find_user_by_email(&db, &email)
@@ -360,7 +382,13 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Quota(QuotaCommand::Set { key, per_hour, per_day, burst, no_burst, reason }) => {
+    }
+}
+
+/// `keymeter quota …`: a key's limits.
+async fn quota(config: &Config, command: QuotaCommand) -> anyhow::Result<()> {
+    match command {
+        QuotaCommand::Set { key, per_hour, per_day, burst, no_burst, reason } => {
             let id = key_id(&key, "--key")?;
             let per_hour = QuotaLimit::new(per_hour).context("--per-hour")?;
             let per_day = QuotaLimit::new(per_day).context("--per-day")?;
@@ -388,9 +416,13 @@ async fn dispatch(config: &Config, command: Command) -> anyhow::Result<()> {
                 if changed { "" } else { " (unchanged: it already was)" }
             )
         }
-        Command::Demo(DemoCommand::Seed { secret_file }) => seed_demo(config, secret_file.as_deref()).await,
-        Command::Usage(UsageCommand::SetAside { replay }) => set_aside(config, replay).await,
-        Command::Report(ReportCommand::Monthly { month, force }) => {
+    }
+}
+
+/// `keymeter report …`: the monthly summary on demand.
+async fn report(config: &Config, command: ReportCommand) -> anyhow::Result<()> {
+    match command {
+        ReportCommand::Monthly { month, force } => {
             let month = match month {
                 Some(raw) => Month::parse(&raw).context("--month")?,
                 None => Month::containing(chrono::Utc::now()).previous(),
