@@ -64,19 +64,28 @@ fn PasswordCard() -> impl IntoView {
                     <input type="password" name="current_password" autocomplete="current-password" required
                         data-testid="current-password" {..error.on("current_password")}/>
                 </label>
-                <label>"New password (at least 10 characters)"
-                    <input type="password" name="new_password" autocomplete="new-password" required minlength="10"
-                        maxlength="256" data-testid="new-password" {..error.on("new_password")}/>
-                </label>
-                <label>"New password again"
-                    <input type="password" name="confirm_password" autocomplete="new-password" required
-                        data-testid="confirm-password" {..error.on("confirm_password")}/>
-                </label>
+                <NewPasswordFields error/>
                 <button type="submit">"Change password"</button>
             </ActionForm>
             <p class="ok" role="status" data-testid="password-changed">{done}</p>
             {error.message("password-error")}
         </section>
+    }
+}
+
+/// A new password and its confirmation, as the password policy has them (10–256 characters):
+/// changing a password here and choosing one through a mailed link ask the same.
+#[component]
+pub fn NewPasswordFields(error: FormError) -> impl IntoView {
+    view! {
+        <label>"New password (at least 10 characters)"
+            <input type="password" name="new_password" autocomplete="new-password" required minlength="10"
+                maxlength="256" data-testid="new-password" {..error.on("new_password")}/>
+        </label>
+        <label>"New password again"
+            <input type="password" name="confirm_password" autocomplete="new-password" required
+                data-testid="confirm-password" {..error.on("confirm_password")}/>
+        </label>
     }
 }
 

@@ -82,14 +82,7 @@ fn ChooseForm(token: String, address: String, action: ServerAction<ChooseNewPass
         <p>"For " <strong data-testid="reset-address">{address}</strong>". Every session of the account is signed out."</p>
         <ActionForm action>
             <input type="hidden" name="token" value=token/>
-            <label>"New password (at least 10 characters)"
-                <input type="password" name="new_password" autocomplete="new-password" required minlength="10"
-                    maxlength="256" data-testid="reset-new-password" {..error.on("new_password")}/>
-            </label>
-            <label>"New password again"
-                <input type="password" name="confirm_password" autocomplete="new-password" required
-                    data-testid="reset-confirm-password" {..error.on("confirm_password")}/>
-            </label>
+            <super::account::NewPasswordFields error/>
             <SubmitButton pending=action.pending() testid="choose-password">"Set the password"</SubmitButton>
         </ActionForm>
         {error.message("choose-error")}
