@@ -77,7 +77,6 @@ pub fn ask(services: &Services, email_raw: &str, client: &str) -> ServiceResult<
 /// Mails a reset link to the account that uses `email`, within the limits (see [`Asked`]).
 pub async fn send_link(services: &Services, email: &Email, client: &str) -> ServiceResult<Asked> {
     if !client_may_ask(services, client).await {
-        tracing::warn!(client, "password reset asked too often from one client");
         return Ok(Asked::TooMany);
     }
     let token = ResetToken::generate();
@@ -130,7 +129,7 @@ pub async fn send_link(services: &Services, email: &Email, client: &str) -> Serv
         })
         .await?;
     if asked == Asked::TooMany {
-        tracing::warn!("password reset link not mailed: the address had its links for now");
+        tracing::info!("password reset link not mailed: the address had its links for now");
     }
     Ok(asked)
 }
@@ -141,17 +140,29 @@ async fn client_may_ask(services: &Services, client: &str) -> bool {
     let key = format!("{}:password-reset:asks:{client}", services.namespace);
     let counted = async {
         let mut conn = crate::redis_pool::conn(&services.redis).await?;
+        // The hour starts with the first ask (asking on does not push its end back).
         let (n,): (i64,) = deadpool_redis::redis::pipe()
             .atomic()
-            .incr(&key, 1)
-            .expire(&key, 3600)
+            .cmd("SET")
+            .arg(&key)
+            .arg(0)
+            .arg("NX")
+            .arg("EX")
+            .arg(3600)
             .ignore()
+            .incr(&key, 1)
             .query_async(&mut conn)
             .await?;
         ServiceResult::Ok(n)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), counted).await {
-        Ok(Ok(n)) => n <= ASKS_PER_CLIENT_HOUR,
+        Ok(Ok(n)) => {
+            // Once per client and hour: a script asking on must not fill the log either.
+            if n == ASKS_PER_CLIENT_HOUR + 1 {
+                tracing::warn!(client, "password reset asked too often from one client");
+            }
+            n <= ASKS_PER_CLIENT_HOUR
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "password reset asks not counted per client");
             true
