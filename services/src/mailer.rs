@@ -79,19 +79,17 @@ pub async fn enqueue_returning_id(
         .get_result(conn)
         .await
         .optional()?;
-    if let (Some(id), Some(url)) = (id, email.list_unsubscribe) {
-        diesel::sql_query("UPDATE outbound_emails SET list_unsubscribe = $1 WHERE id = $2")
-            .bind::<diesel::sql_types::Text, _>(url)
-            .bind::<diesel::sql_types::BigInt, _>(id)
-            .execute(conn)
-            .await?;
-    }
-    if let (Some(id), Some(until)) = (id, email.credential_until) {
-        diesel::sql_query("UPDATE outbound_emails SET confidential = true, retry_until = $1 WHERE id = $2")
-            .bind::<diesel::sql_types::Timestamptz, _>(until)
-            .bind::<diesel::sql_types::BigInt, _>(id)
-            .execute(conn)
-            .await?;
+    // The columns diesel's table does not list (see schema.rs), in one statement when any is set.
+    if let (Some(id), true) = (id, email.list_unsubscribe.is_some() || email.credential_until.is_some()) {
+        diesel::sql_query(
+            "UPDATE outbound_emails SET list_unsubscribe = $1, confidential = $2 IS NOT NULL, retry_until = $2 \
+             WHERE id = $3",
+        )
+        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(email.list_unsubscribe)
+        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>, _>(email.credential_until)
+        .bind::<diesel::sql_types::BigInt, _>(id)
+        .execute(conn)
+        .await?;
     }
     if let Some(id) = id {
         for a in email.attachments {
