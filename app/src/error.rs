@@ -112,7 +112,7 @@ impl AppError {
     fn set_response_status(&self) {
         use axum::http::header::REFERER;
         use leptos::prelude::use_context;
-        let returns_to_its_page = crate::api::session::is_plain_form_post()
+        let returns_to_its_page = crate::api::plain_form::is_plain_form_post()
             && use_context::<axum::http::request::Parts>().is_some_and(|parts| {
                 let referer = parts.headers.get(REFERER).and_then(|v| v.to_str().ok());
                 referer.is_some_and(|v| v.starts_with("http://") || v.starts_with("https://"))

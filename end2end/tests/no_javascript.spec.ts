@@ -52,6 +52,8 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\?/);
   await expect(page.getByRole('alert')).toHaveText('Give the key a name.');
   await expect(page.getByTestId('key-name')).toHaveAccessibleDescription('Give the key a name.');
+  // What was typed comes back with the error (passwords never do).
+  await expect(page.getByTestId('key-name')).toHaveValue('   ');
 
   const name = `No script ${Date.now()}`;
   await createKeyAndOpen(page, name);
@@ -66,13 +68,15 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription('The hourly limit must be a whole number.');
   expect(page.url().startsWith(keyUrl)).toBe(true);
   await expect(page.getByTestId('key-title')).toHaveText(name);
+  // The page was loaded afresh, with what was typed: only the wrong number needs typing again.
+  await expect(page.getByTestId('ask-per-hour')).toHaveValue('lots');
+  await expect(page.getByTestId('ask-reason')).toHaveValue('Launch');
 
-  // Corrected, the request goes through and the error is gone. (The page was loaded afresh:
-  // without scripts the form's earlier input is not kept.)
+  // Corrected, the request goes through, the page says so and the error is gone.
   await page.getByTestId('ask-per-hour').fill('5000');
-  await page.getByTestId('ask-reason').fill('Launch');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  await expect(page.getByTestId('request-done')).toHaveText('Request sent. You will be told when an admin decides.');
   await expect(page.getByTestId('ask-error')).toHaveCount(0);
 
   // Renaming: a name of spaces comes back as an error on the name; a good one renames the key.
@@ -80,12 +84,25 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByTestId('rename-save').click();
   await expect(page.getByTestId('rename-error')).toHaveText('Give the key a name.');
   await expect(page.getByTestId('rename-name')).toHaveAccessibleDescription('Give the key a name.');
+  await expect(page.getByTestId('rename-name')).toHaveValue('   ');
   await expect(page.getByTestId('key-title')).toHaveText(name);
+  // The request's confirmation was for the post before.
+  await expect(page.getByTestId('request-done')).toHaveCount(0);
   await page.getByTestId('rename-name').fill(`${name} (renamed)`);
   await page.getByTestId('rename-save').click();
   await expect(page.getByTestId('key-title')).toHaveText(`${name} (renamed)`);
   await expect(page).toHaveTitle(`${name} (renamed) · API keys · keymeter`);
+  await expect(page.getByTestId('renamed')).toHaveText(`Renamed to “${name} (renamed)”.`);
+  await expect(page.getByTestId('rename-name')).toHaveValue(`${name} (renamed)`);
   await expect(page.getByTestId('rename-error')).toHaveCount(0);
+
+  // Alert choices: saved, said so, and the rename is not confirmed again.
+  await expect(page.getByTestId('alert-50')).toBeChecked();
+  await page.getByTestId('alert-50').uncheck();
+  await page.getByTestId('alert-save').click();
+  await expect(page.getByTestId('alert-saved')).toHaveText('Saved.');
+  await expect(page.getByTestId('alert-50')).not.toBeChecked();
+  await expect(page.getByTestId('renamed')).toHaveCount(0);
 });
 
 test('an admin denying without a note sees why on the requests page', async ({ page, browser }) => {
@@ -125,10 +142,12 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await expect(admin.getByTestId('set-per-hour')).toHaveAttribute('aria-invalid', 'true');
   await expect(admin.getByTestId('set-reason')).not.toHaveAttribute('aria-invalid', 'true');
   await expect(admin.getByTestId('key-title')).toHaveText(name);
+  await expect(admin.getByTestId('set-per-hour')).toHaveValue('0');
+  await expect(admin.getByTestId('set-reason')).toHaveValue('no-script test');
   await admin.getByTestId('set-per-hour').fill('4000');
-  await admin.getByTestId('set-reason').fill('no-script test');
   await admin.getByRole('button', { name: 'Set quota' }).click();
   await expect(admin.locator('dl.facts')).toContainText('4,000 requests per hour');
+  await expect(admin.getByTestId('set-done')).toHaveText("Quota set; it applies to the key's next request.");
   await expect(admin.getByRole('alert')).toHaveCount(0);
 });
 
@@ -155,6 +174,18 @@ test('a key is rolled without JavaScript; its page shows the new secret once', a
   await page.reload();
   await expect(page.getByTestId('secret-gone')).toBeVisible();
   await expect(page.locator('body')).not.toContainText(fresh);
+
+  // Rolled again with an hour of overlap, the previous secret is stopped by hand.
+  await page.getByTestId('old-secret-hours').selectOption('1');
+  await page.getByTestId('roll-key').click();
+  await page.getByTestId('confirm-roll').click();
+  await expect(page.getByTestId('overlap')).toContainText(`The previous secret ${fresh.slice(0, 14)}… keeps working until`);
+  expect((await request.get('/api/v1/ping', { headers: { 'X-API-Key': fresh } })).status()).toBe(200);
+  await page.getByTestId('end-overlap').click();
+  await page.getByTestId('confirm-end-overlap').click();
+  await expect(page.getByTestId('overlap-ended')).toHaveText('The previous secret no longer works: calls with it are refused.');
+  await expect(page.getByTestId('overlap')).toHaveCount(0);
+  expect((await request.get('/api/v1/ping', { headers: { 'X-API-Key': fresh } })).status()).toBe(401);
 });
 
 test('a key is revoked and a request cancelled without JavaScript', async ({ page }) => {
@@ -186,6 +217,7 @@ test('a key is revoked and a request cancelled without JavaScript', async ({ pag
   await page.getByTestId('cancel-request').click();
   await expect(page.getByTestId('key-title')).toHaveText(other);
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'cancelled');
+  await expect(page.getByTestId('request-done')).toHaveText('Request cancelled.');
 });
 
 test('an admin reads a message on the mail page without JavaScript', async ({ page }) => {

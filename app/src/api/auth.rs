@@ -157,7 +157,7 @@ pub async fn change_password(
     // The request's context is read before the first await.
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
     let source = session::SignInSource::of_request(&services);
-    let plain_form = session::is_plain_form_post();
+    let plain_form = super::plain_form::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let change = PasswordChange { current: &current_password.0, new: &new_password.0, confirm: &confirm_password.0 };
     let (ended, session) = accounts::change_password(&services, &user, &token, &change, &source.as_sign_in()).await?;
@@ -224,7 +224,7 @@ pub async fn sign_out_others() -> Result<usize, AppError> {
 
     let services = session::services()?;
     let token = session::current_session_token().ok_or(AppError::Unauthorized)?;
-    let plain_form = session::is_plain_form_post();
+    let plain_form = super::plain_form::is_plain_form_post();
     let user = session::require_user(&services).await?;
     let ended = sessions::end_others(&services.db, user.id, &token).await?;
     tracing::info!(user_id = user.id, ended, "signed out everywhere else");
@@ -248,7 +248,7 @@ pub async fn ask_password_reset(email: String) -> Result<(), AppError> {
     use services::accounts::password_reset;
 
     let services = super::session::services()?;
-    let plain_form = super::session::is_plain_form_post();
+    let plain_form = super::plain_form::is_plain_form_post();
     let client = super::session::client_address(&services);
     password_reset::ask(&services, &email, &client)?;
     if plain_form {

@@ -6,6 +6,7 @@ mod auth;
 mod keys;
 mod mail;
 mod notifications;
+pub mod plain_form;
 pub mod quota_requests;
 #[cfg(feature = "ssr")]
 pub mod session;

@@ -86,22 +86,39 @@ pub async fn request_quota_increase(
     per_day: String,
     reason: String,
 ) -> Result<QuotaRequestView, AppError> {
+    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::ApiKeyId;
     let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    let request =
-        services::quota_requests::create(&services, &user, ApiKeyId::parse(&key_id)?, &per_hour, &per_day, &reason)
-            .await?;
-    Ok(request.into())
+    let form = PlainForm::of_request();
+    let asked = async {
+        let user = session::require_user(&services).await?;
+        let key_id = ApiKeyId::parse(&key_id)?;
+        let request = services::quota_requests::create(&services, &user, key_id, &per_hour, &per_day, &reason).await?;
+        Ok(request.into())
+    }
+    .await;
+    let typed = [("per_hour", per_hour.as_str()), ("per_day", per_day.as_str()), ("reason", reason.as_str())];
+    PlainForm::answer::<RequestQuotaIncrease, _>(form, asked, QUOTA_REQUESTED, &typed)
 }
+
+/// The confirmation, without JavaScript, that a quota increase was asked for.
+pub const QUOTA_REQUESTED: &str = "quota_requested";
+/// The confirmation, without JavaScript, that a quota request was cancelled.
+pub const REQUEST_CANCELLED: &str = "request_cancelled";
 
 #[server(prefix = "/rpc", endpoint = "quota-requests/cancel")]
 pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError> {
+    use super::plain_form::PlainForm;
     use super::session;
     let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
+    let form = PlainForm::of_request();
+    let cancelled = async {
+        let user = session::require_user(&services).await?;
+        Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
+    }
+    .await;
+    PlainForm::answer::<CancelQuotaRequest, _>(form, cancelled, REQUEST_CANCELLED, &[])
 }
 
 #[server(prefix = "/rpc", endpoint = "quota-requests/for-key")]
@@ -162,16 +179,25 @@ pub async fn admin_set_quota(
     per_day: String,
     reason: String,
 ) -> Result<(), AppError> {
+    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::ApiKeyId;
     let services = session::services()?;
-    let admin = session::require_admin(&services).await?;
-    let key_id = ApiKeyId::parse(&key_id)?;
-    let (per_hour, per_day) =
-        (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
-    services::quota_changes::set_by_admin(&services, &admin, key_id, per_hour, per_day, &reason).await?;
-    Ok(())
+    let form = PlainForm::of_request();
+    let set = async {
+        let admin = session::require_admin(&services).await?;
+        let key_id = ApiKeyId::parse(&key_id)?;
+        let limits = (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
+        services::quota_changes::set_by_admin(&services, &admin, key_id, limits.0, limits.1, &reason).await?;
+        Ok(())
+    }
+    .await;
+    let typed = [("per_hour", per_hour.as_str()), ("per_day", per_day.as_str()), ("reason", reason.as_str())];
+    PlainForm::answer::<AdminSetQuota, _>(form, set, QUOTA_SET, &typed)
 }
+
+/// The key page's confirmation, without JavaScript, that an admin set its quota.
+pub const QUOTA_SET: &str = "quota_set";
 
 /// Entries on a page of the audit trail.
 pub const AUDIT_PER_PAGE: usize = 100;

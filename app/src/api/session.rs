@@ -62,19 +62,6 @@ fn request_parts() -> Option<Parts> {
     use_context::<Parts>()
 }
 
-/// Whether this server function call is a plain form post (no JavaScript), told apart as
-/// server_fn does it: the browser's navigation accepts `text/html`, the app's fetches do not.
-/// Such a post is answered with a redirect. Call it before the function's first `.await`.
-pub fn is_plain_form_post() -> bool {
-    request_parts().is_some_and(|parts| {
-        parts
-            .headers
-            .get(axum::http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/html"))
-    })
-}
-
 /// The user whose session cookie came with this request.
 pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Result<Option<User>, AppError> {
     match session_token_from(headers) {

@@ -6,8 +6,9 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
 use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
+use crate::api::plain_form;
 use crate::api::{
-    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
+    get_key, list_keys, take_created_key, ALERTS_SAVED, OVERLAP_ENDED, RENAMED, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
     PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails,
 };
 use crate::render_memo::once_per_render;
@@ -16,6 +17,8 @@ use crate::render_memo::once_per_render;
 pub fn ApiKeysPage() -> impl IntoView {
     let create = ServerAction::<CreateKey>::new();
     let create_error = FormError::of("create-key-error", create);
+    // A name refused without JavaScript comes back in the address.
+    let typed_name = plain_form::kept::<CreateKey>("name");
     let revoke = ServerAction::<RevokeKey>::new();
     let query = use_query_map();
     // 50 a page (`?page=`), active keys first.
@@ -47,7 +50,7 @@ pub fn ApiKeysPage() -> impl IntoView {
                 <div class="inline-form">
                     <label>
                         "Name"
-                        <input name="name" required maxlength="100" placeholder="e.g. Checkout server" data-testid="key-name" {..create_error.on("name")}/>
+                        <input name="name" required maxlength="100" placeholder="e.g. Checkout server" value=move || typed_name.get() data-testid="key-name" {..create_error.on("name")}/>
                     </label>
                     <SubmitButton pending=create.pending()>"Create key"</SubmitButton>
                 </div>
@@ -458,6 +461,7 @@ fn RollSecret(
     let rolled_here = move || action.value().get().and_then(Result::ok).filter(|created| created.key.id == this_key);
     let this_key = id.clone();
     let ended_here = move || end_overlap.value().get().and_then(Result::ok).filter(|key| key.id == this_key);
+    let ended_without_script = plain_form::done(OVERLAP_ENDED);
     let handed_over = match handed_over {
         Ok(NewSecretHandOff::Here(created)) if created.key.id == id => Some(view! { <NewSecret created=*created/> }.into_any()),
         Ok(NewSecretHandOff::Gone) => Some(view! {
@@ -522,6 +526,9 @@ fn RollSecret(
             {move || ended_here().and_then(|key| key.previous_secret).filter(|ended| previous.with(|p| p.as_ref().is_some_and(|p| p.prefix == ended.prefix))).map(|p| view! {
                 <Confirmation text=format!("The previous secret {}… no longer works: calls with it are refused.", p.prefix) testid="overlap-ended"/>
             })}
+            {move || (end_overlap.value().with(Option::is_none) && ended_without_script.get()).then(|| view! {
+                <Confirmation text="The previous secret no longer works: calls with it are refused." testid="overlap-ended"/>
+            })}
             {end_error.message("end-overlap-error")}
             <ActionForm action>
                 <input type="hidden" name="id" value=id.clone()/>
@@ -554,21 +561,34 @@ fn RollSecret(
 #[component]
 fn RenameForm(key: KeyView, action: ServerAction<RenameKey>) -> impl IntoView {
     let error = FormError::of("rename-error", action);
+    // Without JavaScript the page comes back: the name as refused, or a confirmation.
+    let typed = plain_form::kept::<RenameKey>("name");
+    let renamed_without_script = plain_form::done(RENAMED);
+    let (id, name) = (key.id, key.name);
+    let value = {
+        let name = name.clone();
+        move || typed.get().unwrap_or_else(|| name.clone())
+    };
+    let renamed = move || match action.value().get() {
+        Some(Ok(key)) => Some(key.name),
+        Some(Err(_)) => None,
+        None => renamed_without_script.get().then(|| name.clone()),
+    };
     view! {
         <section class="card" data-testid="rename">
             <h2>"Name"</h2>
             <ActionForm action>
-                <input type="hidden" name="id" value=key.id.clone()/>
+                <input type="hidden" name="id" value=id/>
                 <div class="inline-form">
                     <label>
                         "Name"
-                        <input name="name" required maxlength="100" value=key.name.clone() data-testid="rename-name" {..error.on("name")}/>
+                        <input name="name" required maxlength="100" value=value data-testid="rename-name" {..error.on("name")}/>
                     </label>
                     <SubmitButton pending=action.pending() testid="rename-save">"Rename"</SubmitButton>
                 </div>
             </ActionForm>
-            {move || action.value().get().and_then(Result::ok).map(|key| view! {
-                <p class="ok" role="status" data-testid="renamed">{format!("Renamed to \u{201c}{}\u{201d}.", key.name)}</p>
+            {move || renamed().map(|name| view! {
+                <p class="ok" role="status" data-testid="renamed">{format!("Renamed to \u{201c}{name}\u{201d}.")}</p>
             })}
             {error.message("rename-error")}
         </section>
@@ -598,6 +618,7 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
         }
         .into_any();
     }
+    let saved_without_script = plain_form::done(ALERTS_SAVED);
     view! {
         <section class="card" data-testid="alert-emails">
             <h2>"Quota alerts"</h2>
@@ -611,10 +632,11 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
                     <button type="submit" data-testid="alert-save">"Save"</button>
                 </div>
             </ActionForm>
-            {move || action.value().get().map(|r| match r {
-                Ok(_) => view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any(),
-                Err(e) => view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any(),
-            })}
+            {move || match action.value().get() {
+                Some(Ok(_)) => Some(view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any()),
+                Some(Err(e)) => Some(view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any()),
+                None => saved_without_script.get().then(|| view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any()),
+            }}
         </section>
     }
     .into_any()

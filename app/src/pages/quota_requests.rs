@@ -7,9 +7,11 @@ use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
 use super::layout::{Confirmation, ErrorPanel, PageTitle};
+use crate::api::plain_form;
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
-    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease,
+    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, QUOTA_REQUESTED, QUOTA_SET,
+    REQUEST_CANCELLED,
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -46,10 +48,25 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
     let QuotaRequestsState { ask, cancel, requests } = state;
     // Which of the two forms was sent last, for the confirmation that replaces it.
     let sent = RwSignal::new(None::<Sent>);
+    let (asked_without_script, cancelled_without_script) =
+        (plain_form::done(QUOTA_REQUESTED), plain_form::done(REQUEST_CANCELLED));
+    // What a refused post without JavaScript had typed.
+    let typed = |field| plain_form::kept::<RequestQuotaIncrease>(field);
+    let (typed_per_hour, typed_per_day, typed_reason) = (typed("per_hour"), typed("per_day"), typed("reason"));
     // Only once the form sent last has its answer: an action keeps its last value while the
     // next one is on its way, and that would be confirmed (and focused) again.
     let confirmation = move || {
-        let text = match sent.get()? {
+        let Some(sent) = sent.get() else {
+            // A post without JavaScript came back to a new page.
+            return if asked_without_script.get() {
+                Some(view! { <Confirmation text="Request sent. You will be told when an admin decides." testid="request-done"/> })
+            } else if cancelled_without_script.get() {
+                Some(view! { <Confirmation text="Request cancelled." testid="request-done"/> })
+            } else {
+                None
+            };
+        };
+        let text = match sent {
             Sent::Ask if ask.pending().get() => None,
             Sent::Cancel if cancel.pending().get() => None,
             Sent::Ask => ask.value().get()?.ok().map(|r| {
@@ -90,10 +107,10 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
                                             <div class="inline-form">
-                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
-                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
+                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) value=move || typed_per_hour.get() data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
+                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) value=move || typed_per_day.get() data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
                                             </div>
-                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")}></textarea></label>
+                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")}>{move || typed_reason.get()}</textarea></label>
                                             <button type="submit">"Request increase"</button>
                                         </ActionForm>
                                         </div>
@@ -349,6 +366,15 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
 #[component]
 pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoView {
     let error = FormError::of("set-quota-error", action);
+    // Without JavaScript the page comes back: what was refused, or a confirmation.
+    let typed = |field| plain_form::kept::<AdminSetQuota>(field).get_untracked();
+    let (per_hour, per_day, reason) = (
+        typed("per_hour").unwrap_or_else(|| key.requests_per_hour.to_string()),
+        typed("per_day").unwrap_or_else(|| key.requests_per_day.to_string()),
+        typed("reason").unwrap_or_default(),
+    );
+    let set_without_script = plain_form::done(QUOTA_SET);
+    let done = move || action.value().get().map_or_else(|| set_without_script.get(), |r| r.is_ok());
     view! {
         <section class="card" id="set-quota" data-testid="set-quota">
             <h2>"Set this key's quota"</h2>
@@ -356,15 +382,15 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
             <ActionForm action>
                 <input type="hidden" name="key_id" value=key.id.clone()/>
                 <div class="inline-form">
-                    <label>"Per hour" <input name="per_hour" inputmode="numeric" value=key.requests_per_hour.to_string() required data-testid="set-per-hour" {..error.on("per_hour")}/></label>
-                    <label>"Per day" <input name="per_day" inputmode="numeric" value=key.requests_per_day.to_string() required data-testid="set-per-day" {..error.on("per_day")}/></label>
+                    <label>"Per hour" <input name="per_hour" inputmode="numeric" value=per_hour required data-testid="set-per-hour" {..error.on("per_hour")}/></label>
+                    <label>"Per day" <input name="per_day" inputmode="numeric" value=per_day required data-testid="set-per-day" {..error.on("per_day")}/></label>
                 </div>
-                <label>"Reason" <input name="reason" required data-testid="set-reason" {..error.on("reason")}/></label>
+                <label>"Reason" <input name="reason" value=reason required data-testid="set-reason" {..error.on("reason")}/></label>
                 // Not disabled while it is sent: a disabled button drops the keyboard's focus.
                 <button type="submit">"Set quota"</button>
             </ActionForm>
             // The page is fetched again with the new quota: the keyboard's place is here.
-            {move || matches!(action.value().get(), Some(Ok(()))).then(|| view! {
+            {move || done().then(|| view! {
                 <Confirmation text="Quota set; it applies to the key's next request." testid="set-done"/>
             })}
             {error.message("set-quota-error")}
