@@ -88,12 +88,19 @@ async fn empty_database() -> String {
     format!("{pg}/{name}")
 }
 
-/// An owner with a key that existed all last month, so that `report monthly` has a summary for
-/// them.
-async fn owner_of_last_month(app: &TestApp, email: &str) -> ApiKeyId {
+/// The month the tests' summaries are for: the month before last, settled whenever the tests run
+/// (last month's summaries are refused in the first minutes of a month, until its last calls
+/// are stored).
+fn settled_month() -> String {
+    services::usage::periods::Month::containing(chrono::Utc::now()).previous().previous().to_string()
+}
+
+/// An owner with a key that existed all of [`settled_month`], so that `report monthly` has a
+/// summary for them.
+async fn owner_of_settled_month(app: &TestApp, email: &str) -> ApiKeyId {
     let owner = app.user(email, Role::Merchant).await;
     let (key, _) = api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.unwrap();
-    api_keys::backdate(&app.services.db, key.id, chrono::Utc::now() - chrono::Duration::days(70)).await.unwrap();
+    api_keys::backdate(&app.services.db, key.id, chrono::Utc::now() - chrono::Duration::days(100)).await.unwrap();
     key.id
 }
 
@@ -125,10 +132,11 @@ async fn serve_and_every_command_refuse_a_database_with_pending_migrations() {
 #[tokio::test]
 async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() {
     let app = TestApp::spawn_without_mailer().await;
-    owner_of_last_month(&app, "ann@example.com").await;
+    owner_of_settled_month(&app, "ann@example.com").await;
     // Nothing listens there: every send fails at once (connection refused).
     let nowhere = format!("smtp://127.0.0.1:{}", common::processes::free_port());
-    let r = run(keymeter(&app).args(["report", "monthly"]).env("SMTP_URL", &nowhere)).await;
+    let r =
+        run(keymeter(&app).args(["report", "monthly", "--month", &settled_month()]).env("SMTP_URL", &nowhere)).await;
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(!r.stdout.contains("handed to"), "{r:?}");
     assert!(r.stdout.contains("mail: 0 of 1 sent via SMTP 127.0.0.1:"), "{r:?}");
@@ -140,9 +148,10 @@ async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() 
     assert_eq!(app.count(queued).await, 1);
 
     // Sent: said so, and success.
-    owner_of_last_month(&app, "bob@example.com").await;
+    owner_of_settled_month(&app, "bob@example.com").await;
     let sink = SmtpSink::start().await;
-    let r = run(keymeter(&app).args(["report", "monthly"]).env("SMTP_URL", sink.url())).await;
+    let r =
+        run(keymeter(&app).args(["report", "monthly", "--month", &settled_month()]).env("SMTP_URL", sink.url())).await;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("queued for 1 owner(s), 1 already had it"), "{r:?}");
     assert!(r.stdout.contains("mail: 1 of 1 sent via SMTP"), "{r:?}");
@@ -151,8 +160,8 @@ async fn report_monthly_tells_which_summaries_were_sent_and_which_stay_queued() 
 #[tokio::test]
 async fn report_monthly_gives_up_on_a_mail_server_that_never_answers() {
     let app = TestApp::spawn_without_mailer().await;
-    owner_of_last_month(&app, "ann@example.com").await;
-    owner_of_last_month(&app, "bob@example.com").await;
+    owner_of_settled_month(&app, "ann@example.com").await;
+    owner_of_settled_month(&app, "bob@example.com").await;
     // Accepts connections and never says a word.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -164,7 +173,7 @@ async fn report_monthly_gives_up_on_a_mail_server_that_never_answers() {
     });
     let smtp_url = format!("smtp://127.0.0.1:{port}");
     let mut cmd = keymeter(&app);
-    cmd.args(["report", "monthly"]).env("SMTP_URL", smtp_url);
+    cmd.args(["report", "monthly", "--month", &settled_month()]).env("SMTP_URL", smtp_url);
     // Before, the command waited on the first message for good.
     let r = run_with(&mut cmd, None, Duration::from_secs(90)).await;
     held.abort();
@@ -181,7 +190,7 @@ async fn report_monthly_gives_up_on_a_mail_server_that_never_answers() {
 #[tokio::test]
 async fn report_monthly_checks_the_mail_settings_before_it_queues_anything() {
     let app = TestApp::spawn_without_mailer().await;
-    owner_of_last_month(&app, "ann@example.com").await;
+    owner_of_settled_month(&app, "ann@example.com").await;
     for (var, value) in
         [("SMTP_URL", "nonsense"), ("KEYMETER_MAIL_DIR", "/proc/nope"), ("KEYMETER_MAIL_FROM", "bad from")]
     {

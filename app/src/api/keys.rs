@@ -73,8 +73,8 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
 
 #[server(prefix = "/rpc", endpoint = "keys/create")]
 pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::keys::{api_keys, KeyName};
     let services = session::services()?;
     let plain_form = super::plain_form::is_plain_form_post();
@@ -127,8 +127,8 @@ async fn hand_over_secret(
 /// and usage history.
 #[server(prefix = "/rpc", endpoint = "keys/roll")]
 pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::keys::{api_keys, ApiKeyId, RollOverlap};
     let services = session::services()?;
     let plain_form = super::plain_form::is_plain_form_post();
@@ -155,8 +155,8 @@ pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey
 /// `prefix` is the previous secret the owner was shown.
 #[server(prefix = "/rpc", endpoint = "keys/end-overlap")]
 pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
     let form = PlainForm::of_request();
@@ -202,8 +202,8 @@ pub async fn set_alert_emails(
     email_80: Option<String>,
     email_100: Option<String>,
 ) -> Result<KeyView, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::alerts::{self, AlertThresholds};
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
@@ -232,8 +232,8 @@ pub const RENAMED: &str = "renamed";
 /// Renames one of the signed-in user's active keys.
 #[server(prefix = "/rpc", endpoint = "keys/rename")]
 pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::keys::{api_keys, ApiKeyId, KeyName};
     let services = session::services()?;
     let form = PlainForm::of_request();
@@ -251,8 +251,8 @@ pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
 
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
 pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
-    use super::session;
     use super::plain_form::PlainForm;
+    use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
     let plain_form = super::plain_form::is_plain_form_post();

@@ -8,8 +8,8 @@ use super::form_error::FormError;
 use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
 use crate::api::plain_form;
 use crate::api::{
-    get_key, list_keys, take_created_key, ALERTS_SAVED, OVERLAP_ENDED, RENAMED, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
-    PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails,
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
+    PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails, ALERTS_SAVED, OVERLAP_ENDED, RENAMED,
 };
 use crate::render_memo::once_per_render;
 

@@ -10,8 +10,8 @@ use super::layout::{Confirmation, ErrorPanel, PageTitle};
 use crate::api::plain_form;
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
-    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, QUOTA_REQUESTED, QUOTA_SET,
-    REQUEST_CANCELLED,
+    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, QUOTA_REQUESTED,
+    QUOTA_SET, REQUEST_CANCELLED,
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -59,7 +59,9 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
         let Some(sent) = sent.get() else {
             // A post without JavaScript came back to a new page.
             return if asked_without_script.get() {
-                Some(view! { <Confirmation text="Request sent. You will be told when an admin decides." testid="request-done"/> })
+                Some(
+                    view! { <Confirmation text="Request sent. You will be told when an admin decides." testid="request-done"/> },
+                )
             } else if cancelled_without_script.get() {
                 Some(view! { <Confirmation text="Request cancelled." testid="request-done"/> })
             } else {
