@@ -115,6 +115,87 @@ impl DayRange {
     }
 }
 
+/// A calendar month (UTC), as `YYYY-MM`: the period of a monthly summary or invoice export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month {
+    first: NaiveDate,
+}
+
+/// Why a text is not a [`Month`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonthError {
+    /// Not written `YYYY-MM`, or no such month (`2026-13`).
+    NotAMonth { raw: String },
+    /// A month outside [`DayRange::YEARS`].
+    OutsideYears { raw: String },
+}
+
+impl fmt::Display for MonthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAMonth { raw } => write!(f, "a month is written YYYY-MM, not {raw:?}"),
+            Self::OutsideYears { raw } => write!(f, "months lie between 1970-01 and 9999-12, not {raw:?}"),
+        }
+    }
+}
+
+impl std::error::Error for MonthError {}
+
+impl Month {
+    /// Exactly `YYYY-MM` (surrounding blanks ignored).
+    pub fn parse(raw: &str) -> Result<Self, MonthError> {
+        let raw = raw.trim();
+        let not_a_month = || MonthError::NotAMonth { raw: raw.to_owned() };
+        let b = raw.as_bytes();
+        if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
+            return Err(not_a_month());
+        }
+        let first = NaiveDate::parse_from_str(&format!("{raw}-01"), "%Y-%m-%d").map_err(|_| not_a_month())?;
+        // The same years as any export's range.
+        if !DayRange::YEARS.contains(&first.year()) {
+            return Err(MonthError::OutsideYears { raw: raw.to_owned() });
+        }
+        Ok(Self { first })
+    }
+
+    /// The month holding `at`.
+    pub fn containing(at: DateTime<Utc>) -> Self {
+        let d = at.date_naive();
+        Self { first: NaiveDate::from_ymd_opt(d.year(), d.month(), 1).unwrap_or(d) }
+    }
+
+    pub fn first_day(self) -> NaiveDate {
+        self.first
+    }
+
+    pub fn next(self) -> Self {
+        Self { first: self.first.checked_add_months(chrono::Months::new(1)).unwrap_or(self.first) }
+    }
+
+    pub fn previous(self) -> Self {
+        Self { first: self.first.checked_sub_months(chrono::Months::new(1)).unwrap_or(self.first) }
+    }
+
+    pub fn last_day(self) -> NaiveDate {
+        self.next().first.pred_opt().unwrap_or(self.first)
+    }
+
+    pub fn days(self) -> DayRange {
+        DayRange { from: self.first, to: self.last_day() }
+    }
+
+    /// `November 2026`.
+    pub fn long_name(self) -> String {
+        self.first.format("%B %Y").to_string()
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.first.format("%Y-%m"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +237,44 @@ mod tests {
         assert_eq!(DayRange::parse("2024-01-01", "2026-01-01"), Err(RangeError::TooLong { days: 732 }));
         let r = DayRange::parse("2026-11-01", "2026-11-01").unwrap();
         assert_eq!(r.end() - r.start(), Duration::days(1));
+    }
+
+    #[test]
+    fn months() {
+        let m = Month::parse("2026-12").unwrap();
+        assert_eq!(m.to_string(), "2026-12");
+        assert_eq!(m.next().to_string(), "2027-01");
+        assert_eq!(m.previous().to_string(), "2026-11");
+        assert_eq!(m.days().to.to_string(), "2026-12-31");
+        assert_eq!(Month::parse("2028-02").unwrap().last_day().to_string(), "2028-02-29");
+        assert_eq!(m.long_name(), "December 2026");
+        assert_eq!(
+            Month::containing(DateTime::parse_from_rfc3339("2026-11-30T23:59:59Z").unwrap().with_timezone(&Utc))
+                .to_string(),
+            "2026-11"
+        );
+        for bad in [
+            "2026-13",
+            "2026-1",
+            "+2026-1",
+            "2026-1 ",
+            "2026+01",
+            "26-11",
+            "2026-11-01",
+            "",
+            "november",
+            "0000-01",
+            "0001-01",
+            "1969-12",
+        ] {
+            assert!(Month::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Month::parse(" 2026-11 ").unwrap().to_string(), "2026-11");
+        assert_eq!(Month::parse("2026-13").unwrap_err().to_string(), "a month is written YYYY-MM, not \"2026-13\"");
+        assert_eq!(
+            Month::parse("1969-12").unwrap_err().to_string(),
+            "months lie between 1970-01 and 9999-12, not \"1969-12\""
+        );
     }
 
     /// The CSV export's query parameters: any strings are a range or a refusal, never a panic,

@@ -39,6 +39,12 @@ impl From<calendar::RangeError> for ServiceError {
     }
 }
 
+impl From<calendar::MonthError> for ServiceError {
+    fn from(e: calendar::MonthError) -> Self {
+        Self::invalid(e.to_string())
+    }
+}
+
 impl ServiceError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::Invalid { message: msg.into(), field: None }

@@ -261,24 +261,13 @@ fn query_value(text: &str) -> String {
 /// The month that just ended (`YYYY-MM`, UTC), the one invoices are made for.
 fn last_month() -> String {
     #[cfg(feature = "ssr")]
-    let (year, month) = {
-        use chrono::Datelike;
-        let now = chrono::Utc::now();
-        (now.year(), now.month0() as i32)
-    };
+    let now = chrono::Utc::now();
+    // The browser's clock (chrono's own needs its `clock` feature, which the WASM build leaves out).
     #[cfg(all(feature = "hydrate", not(feature = "ssr")))]
-    let (year, month) = {
-        let now = js_sys::Date::new_0();
-        (now.get_utc_full_year() as i32, now.get_utc_month() as i32)
-    };
+    let now = chrono::DateTime::from_timestamp_millis(js_sys::Date::now() as i64).unwrap_or_default();
     #[cfg(not(any(feature = "ssr", feature = "hydrate")))]
-    let (year, month) = (1970, 0);
-    // `month` counts from 0, so it is already last month's number, from 1.
-    if month == 0 {
-        format!("{:04}-12", year - 1)
-    } else {
-        format!("{year:04}-{month:02}")
-    }
+    let now = chrono::DateTime::<chrono::Utc>::default();
+    calendar::Month::containing(now).previous().to_string()
 }
 
 /// `/admin/mail`: the outbox, newest first, a page at a time (`?before=<id>` for older ones,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 
 use crate::{ServiceError, ServiceResult};
 
-pub use calendar::{DayRange, RangeError};
+pub use calendar::{DayRange, Month, MonthError, RangeError};
 
 /// Periods of a breakdown or export. Weeks are ISO weeks (from Monday), all in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,66 +76,6 @@ pub(super) fn next_period(g: Granularity, at: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
-/// A calendar month (UTC), as `YYYY-MM`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Month {
-    first: NaiveDate,
-}
-
-impl Month {
-    pub fn parse(raw: &str) -> ServiceResult<Self> {
-        let raw = raw.trim();
-        let invalid = || ServiceError::invalid(format!("a month is written YYYY-MM, not {raw:?}"));
-        let b = raw.as_bytes();
-        if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let first = NaiveDate::parse_from_str(&format!("{raw}-01"), "%Y-%m-%d").map_err(|_| invalid())?;
-        // The same years as any export's range.
-        if !DayRange::YEARS.contains(&first.year()) {
-            return Err(ServiceError::invalid(format!("months lie between 1970-01 and 9999-12, not {raw:?}")));
-        }
-        Ok(Self { first })
-    }
-
-    /// The month holding `at`.
-    pub fn containing(at: DateTime<Utc>) -> Self {
-        let d = at.date_naive();
-        Self { first: NaiveDate::from_ymd_opt(d.year(), d.month(), 1).unwrap_or(d) }
-    }
-
-    pub fn first_day(self) -> NaiveDate {
-        self.first
-    }
-
-    pub fn next(self) -> Self {
-        Self { first: self.first.checked_add_months(chrono::Months::new(1)).unwrap_or(self.first) }
-    }
-
-    pub fn previous(self) -> Self {
-        Self { first: self.first.checked_sub_months(chrono::Months::new(1)).unwrap_or(self.first) }
-    }
-
-    pub fn last_day(self) -> NaiveDate {
-        self.next().first.pred_opt().unwrap_or(self.first)
-    }
-
-    pub fn days(self) -> DayRange {
-        DayRange { from: self.first, to: self.last_day() }
-    }
-
-    /// `November 2026`.
-    pub fn long_name(self) -> String {
-        self.first.format("%B %Y").to_string()
-    }
-}
-
-impl std::fmt::Display for Month {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.first.format("%Y-%m"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,34 +113,6 @@ mod tests {
         // ISO week of a Sunday starts the Monday before.
         assert_eq!(Granularity::Week.period_start(at("2026-11-29T23:59:59Z")), at("2026-11-23T00:00:00Z"));
         assert_eq!(next_period(Granularity::Month, at("2026-12-01T00:00:00Z")), at("2027-01-01T00:00:00Z"));
-    }
-
-    #[test]
-    fn months() {
-        let m = Month::parse("2026-12").unwrap();
-        assert_eq!(m.to_string(), "2026-12");
-        assert_eq!(m.next().to_string(), "2027-01");
-        assert_eq!(m.previous().to_string(), "2026-11");
-        assert_eq!(m.days().to.to_string(), "2026-12-31");
-        assert_eq!(Month::parse("2028-02").unwrap().last_day().to_string(), "2028-02-29");
-        assert_eq!(m.long_name(), "December 2026");
-        assert_eq!(Month::containing(at("2026-11-30T23:59:59Z")).to_string(), "2026-11");
-        for bad in [
-            "2026-13",
-            "2026-1",
-            "+2026-1",
-            "2026-1 ",
-            "2026+01",
-            "26-11",
-            "2026-11-01",
-            "",
-            "november",
-            "0000-01",
-            "0001-01",
-            "1969-12",
-        ] {
-            assert!(Month::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
