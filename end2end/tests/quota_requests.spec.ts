@@ -70,8 +70,9 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(page.getByTestId('bell')).toBeVisible();
   await expect(page.getByTestId('unread')).toHaveCount(0);
 
-  // The audit trail records it.
-  await adminPage.goto('/admin/quota-changes');
+  // The audit trail records it; the top bar leads there.
+  await adminPage.locator('header.topbar nav').getByRole('link', { name: 'Quota changes', exact: true }).click();
+  await expect(adminPage).toHaveURL(/\/admin\/quota-changes$/);
   await expect(adminPage.getByTestId('audit-trail')).toContainText('Launch day');
 });
 

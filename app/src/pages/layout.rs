@@ -49,6 +49,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                 {user.is_admin.then(|| view! {
                     <A href="/admin" exact=true>"All keys"</A>
                     <A href="/admin/quota-requests">"Quota requests"</A>
+                    <A href="/admin/quota-changes">"Quota changes"</A>
                     <A href="/admin/accounts">"Accounts"</A>
                     <A href="/admin/mail">"Mail"</A>
                 })}
