@@ -11,7 +11,7 @@ use leptos::prelude::*;
 use services::accounts::known_devices::{DeviceToken, KNOWN_FOR};
 use services::accounts::sessions::{self, SessionToken, SESSION_TTL};
 use services::accounts::{SignInFrom, User};
-use services::Services;
+use services::{ServiceResult, Services};
 
 use crate::error::AppError;
 
@@ -62,12 +62,17 @@ fn request_parts() -> Option<Parts> {
     use_context::<Parts>()
 }
 
-/// The user whose session cookie came with this request.
-pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Result<Option<User>, AppError> {
-    match session_token_from(headers) {
-        Some(token) => Ok(sessions::user_for(&services.db, &token).await?),
+/// The user of a session token, if there is one and the session has not ended.
+async fn user_of(services: &Services, token: Option<SessionToken>) -> ServiceResult<Option<User>> {
+    match token {
+        Some(token) => sessions::user_for(&services.db, &token).await,
         None => Ok(None),
     }
+}
+
+/// The user whose session cookie came with this request (for axum handlers and middleware).
+pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> ServiceResult<Option<User>> {
+    user_of(services, session_token_from(headers)).await
 }
 
 // Contexts (the request, the services) are only reliably there before a server function's
@@ -78,12 +83,7 @@ pub async fn user_from_headers(services: &Services, headers: &HeaderMap) -> Resu
 pub fn current_user(services: &Services) -> impl Future<Output = Result<Option<User>, AppError>> + Send + 'static {
     let token = current_session_token();
     let services = services.clone();
-    async move {
-        match token {
-            Some(token) => Ok(sessions::user_for(&services.db, &token).await?),
-            None => Ok(None),
-        }
-    }
+    async move { Ok(user_of(&services, token).await?) }
 }
 
 pub fn require_user(services: &Services) -> impl Future<Output = Result<User, AppError>> + Send + 'static {

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use app::api::session::session_token_from;
+use app::api::session::user_from_headers;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
-use services::accounts::{sessions, User};
+use services::accounts::User;
 use services::keys::{api_keys, ApiKey, ApiKeyId};
 use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, NoExportSlot, Pace};
 use services::usage::periods::{DayRange, Granularity, Month};
@@ -44,11 +44,9 @@ fn not_found() -> ApiError {
 /// The signed-in caller: 401 without a valid session; a failed lookup is the database's fault
 /// (503, logged by `ApiError`), not the caller's.
 async fn signed_in(services: &Services, headers: &HeaderMap) -> Result<User, ApiError> {
-    let user = match session_token_from(headers) {
-        Some(token) => sessions::user_for(&services.db, &token).await?,
-        None => None,
-    };
-    user.ok_or_else(|| ApiError::unauthorized("unauthorized", "sign in required"))
+    user_from_headers(services, headers)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unauthorized", "sign in required"))
 }
 
 /// The key, if the signed-in caller may see it; 404 otherwise.
