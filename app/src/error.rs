@@ -104,20 +104,13 @@ impl FromServerFnError for AppError {
 #[cfg(feature = "ssr")]
 impl AppError {
     /// Gives the server function's response this error's status, except for a plain form post
-    /// (no JavaScript) that server_fn sends back to its page with the error in the URL for the
-    /// page to show: leptos_axum applies this status after that redirect and would turn it into
-    /// a bare JSON error. Such posts are told apart as server_fn does it: they accept `text/html`
-    /// and name their page (`Referer`, an absolute URL). Without a page to return to, server_fn
+    /// (no JavaScript) that goes back to its page with the error in the URL for the page to
+    /// show (`api::plain_form`): leptos_axum applies this status after that redirect and would
+    /// turn it into a bare JSON error. Without a page to return to (no `Referer`), server_fn
     /// would redirect to `/` and lose the message, so the status and JSON stay.
     fn set_response_status(&self) {
-        use axum::http::header::REFERER;
         use leptos::prelude::use_context;
-        let returns_to_its_page = crate::api::plain_form::is_plain_form_post()
-            && use_context::<axum::http::request::Parts>().is_some_and(|parts| {
-                let referer = parts.headers.get(REFERER).and_then(|v| v.to_str().ok());
-                referer.is_some_and(|v| v.starts_with("http://") || v.starts_with("https://"))
-            });
-        if returns_to_its_page {
+        if crate::api::plain_form::PlainForm::of_request().is_some() {
             return;
         }
         if let (Some(response), Ok(status)) =

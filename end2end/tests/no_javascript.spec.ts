@@ -59,8 +59,10 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await createKeyAndOpen(page, name);
   const keyUrl = page.url();
 
+  // A reason with markup in it comes back as text, not as markup.
+  const reason = 'Launch </textarea><b id="injected">x</b> & more';
   await page.getByTestId('ask-per-hour').fill('lots');
-  await page.getByTestId('ask-reason').fill('Launch');
+  await page.getByTestId('ask-reason').fill(reason);
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('ask-error')).toHaveText('The hourly limit must be a whole number.');
   // The page the server rendered ties the error to its field too.
@@ -70,7 +72,8 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await expect(page.getByTestId('key-title')).toHaveText(name);
   // The page was loaded afresh, with what was typed: only the wrong number needs typing again.
   await expect(page.getByTestId('ask-per-hour')).toHaveValue('lots');
-  await expect(page.getByTestId('ask-reason')).toHaveValue('Launch');
+  await expect(page.getByTestId('ask-reason')).toHaveValue(reason);
+  await expect(page.locator('#injected')).toHaveCount(0);
 
   // Corrected, the request goes through, the page says so and the error is gone.
   await page.getByTestId('ask-per-hour').fill('5000');
@@ -185,6 +188,9 @@ test('a key is rolled without JavaScript; its page shows the new secret once', a
   await page.getByTestId('confirm-end-overlap').click();
   await expect(page.getByTestId('overlap-ended')).toHaveText('The previous secret no longer works: calls with it are refused.');
   await expect(page.getByTestId('overlap')).toHaveCount(0);
+  // The roll's one-time token left the address: the page does not read it again.
+  await expect(page).not.toHaveURL(/rolled=/);
+  await expect(page.getByTestId('secret-gone')).toHaveCount(0);
   expect((await request.get('/api/v1/ping', { headers: { 'X-API-Key': fresh } })).status()).toBe(401);
 });
 

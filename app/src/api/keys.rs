@@ -73,27 +73,25 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
 
 #[server(prefix = "/rpc", endpoint = "keys/create")]
 pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
-    use super::plain_form::PlainForm;
+    use super::plain_form;
     use super::session;
     use services::keys::{api_keys, KeyName};
     let services = session::services()?;
-    let plain_form = super::plain_form::is_plain_form_post();
-    let form = PlainForm::of_request();
-    let created = async {
+    let plain_form = plain_form::is_plain_form_post();
+    // A success leads to the new secret's page (`hand_over_secret`).
+    plain_form::answer::<CreateKey, _>(None, &[("name", &name)], async {
         let user = session::require_user(&services).await?;
         let parsed = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
         let (key, secret) = api_keys::create(&services.db, user.id, &parsed).await?;
         tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, "API key created");
-        let page = "/dashboard/developers/api-keys?created=";
+        let page = format!("/dashboard/developers/api-keys?{}=", plain_form::CREATED);
         let lost = format!(
             "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
             key.name
         );
-        hand_over_secret(&services, plain_form, user.id, key, secret, page, lost).await
-    }
-    .await;
-    // A success leads to the new secret's page (`hand_over_secret`).
-    PlainForm::refusal::<CreateKey, _>(form, created, &[("name", &name)])
+        hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
+    })
+    .await
 }
 
 /// A new secret's reply. A plain form post (no JavaScript) is redirected to `page` followed by
@@ -127,47 +125,42 @@ async fn hand_over_secret(
 /// and usage history.
 #[server(prefix = "/rpc", endpoint = "keys/roll")]
 pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey, AppError> {
-    use super::plain_form::PlainForm;
+    use super::plain_form;
     use super::session;
     use services::keys::{api_keys, ApiKeyId, RollOverlap};
     let services = session::services()?;
-    let plain_form = super::plain_form::is_plain_form_post();
-    let form = PlainForm::of_request();
-    let rolled = async {
+    let plain_form = plain_form::is_plain_form_post();
+    // A success leads to the new secret's page (`hand_over_secret`).
+    plain_form::answer::<RollKey, _>(None, &[], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let overlap = RollOverlap::parse(&old_secret_hours).map_err(|e| e.in_field("old_secret_hours"))?;
         let (key, secret) = api_keys::roll_for(&services, id, &user, overlap).await?;
         tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = user.id, overlap_hours = overlap.hours(), "API key rolled");
-        let page = format!("/dashboard/developers/api-keys/{}?rolled=", key.id);
+        let page = format!("/dashboard/developers/api-keys/{}?{}=", key.id, plain_form::ROLLED);
         let lost = format!(
             "\u{201c}{}\u{201d} was rolled, but its new secret could not be kept for this page. Roll it again.",
             key.name
         );
         hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
-    }
-    .await;
-    // A success leads to the new secret's page (`hand_over_secret`).
-    PlainForm::refusal::<RollKey, _>(form, rolled, &[])
+    })
+    .await
 }
 
 /// Stops a rolled key's previous secret now (the owner's integrations use the new one);
 /// `prefix` is the previous secret the owner was shown.
 #[server(prefix = "/rpc", endpoint = "keys/end-overlap")]
 pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let ended = async {
+    super::plain_form::answer::<EndKeyOverlap, _>(Some(OVERLAP_ENDED), &[], async {
         let user = session::require_user(&services).await?;
         let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user, &prefix).await?;
         tracing::info!(key_id = %key.id, user_id = user.id, "API key's previous secret stopped");
         Ok(KeyView::seen_by(key, user.id))
-    }
-    .await;
-    PlainForm::answer::<EndKeyOverlap, _>(form, ended, OVERLAP_ENDED, &[])
+    })
+    .await
 }
 
 /// The key page's confirmation, without JavaScript, that a previous secret was stopped.
@@ -202,13 +195,11 @@ pub async fn set_alert_emails(
     email_80: Option<String>,
     email_100: Option<String>,
 ) -> Result<KeyView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::alerts::{self, AlertThresholds};
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let saved = async {
+    super::plain_form::answer::<SetAlertEmails, _>(Some(ALERTS_SAVED), &[], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let mut chosen = Vec::new();
@@ -221,9 +212,8 @@ pub async fn set_alert_emails(
         }
         alerts::set_email_thresholds_for(&services.db, id, &user, AlertThresholds::from_chosen(&chosen)?).await?;
         Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, user.id))
-    }
-    .await;
-    PlainForm::answer::<SetAlertEmails, _>(form, saved, ALERTS_SAVED, &[])
+    })
+    .await
 }
 
 /// The key page's confirmation of a rename posted without JavaScript.
@@ -232,37 +222,32 @@ pub const RENAMED: &str = "renamed";
 /// Renames one of the signed-in user's active keys.
 #[server(prefix = "/rpc", endpoint = "keys/rename")]
 pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::{api_keys, ApiKeyId, KeyName};
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let renamed = async {
+    super::plain_form::answer::<RenameKey, _>(Some(RENAMED), &[("name", &name)], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
         let key = api_keys::rename_for(&services.db, id, &user, &name).await?;
         tracing::info!(key_id = %key.id, user_id = user.id, "API key renamed");
         Ok(KeyView { viewer_is_admin: user.is_admin(), ..KeyView::seen_by(key, user.id) })
-    }
-    .await;
-    PlainForm::answer::<RenameKey, _>(form, renamed, RENAMED, &[("name", &name)])
+    })
+    .await
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/revoke")]
 pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
     let plain_form = super::plain_form::is_plain_form_post();
-    let form = PlainForm::of_request();
-    let revoked = async {
+    // A success leads on below.
+    let (key, user) = super::plain_form::answer::<RevokeKey, _>(None, &[], async {
         let user = session::require_user(&services).await?;
         Ok((api_keys::revoke_for(&services, ApiKeyId::parse(&id)?, &user).await?, user))
-    }
-    .await;
-    let (key, user) = PlainForm::refusal::<RevokeKey, _>(form, revoked, &[])?;
+    })
+    .await?;
     if plain_form {
         // The owner goes back to the plain list, not to the page it was posted from: that may
         // still carry a created key's one-time token, whose second reading only says it was

@@ -12,7 +12,15 @@ use leptos_router::hooks::use_query_map;
 
 /// The query parameter that says which form's post succeeded.
 pub const DONE: &str = "done";
+/// The one-time token of a key created without JavaScript, for the list it returns to
+/// (`keys::secret_handoff`).
+pub const CREATED: &str = "created";
+/// The same for a key rolled without JavaScript, on the key's page.
+pub const ROLLED: &str = "rolled";
 const KEPT: &str = "kept.";
+/// Longer values are not kept (the longest field, a reason, takes 2,000 characters).
+#[cfg(feature = "ssr")]
+const KEPT_MAX_BYTES: usize = 8 * 1024;
 
 /// Whether the page was loaded after a plain form post that did `what`.
 pub fn done(what: &'static str) -> Memo<bool> {
@@ -44,6 +52,27 @@ pub fn is_plain_form_post() -> bool {
     })
 }
 
+/// [`kept`] as a `<textarea>`'s `inner_html`. Leptos writes a textarea's text into the page
+/// unescaped (tachys marks the element as not escaping its children), so a kept value of
+/// `</textarea><script>` would run: it is escaped here, and the textarea shows it as typed.
+pub fn kept_in_textarea<S: server_fn::ServerFn>(field: &'static str) -> Signal<String> {
+    let kept = kept::<S>(field);
+    Signal::derive(move || kept.with(|v| v.as_deref().map(escape_text).unwrap_or_default()))
+}
+
+fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A post of a form without JavaScript, and the page it came from.
 #[cfg(feature = "ssr")]
 pub struct PlainForm {
@@ -56,7 +85,7 @@ pub struct PlainForm {
 impl PlainForm {
     /// This request's form, if it was posted without JavaScript from a page that said where it
     /// is. Read it before the server function's first `.await`.
-    pub fn of_request() -> Option<Self> {
+    pub(crate) fn of_request() -> Option<Self> {
         if !is_plain_form_post() {
             return None;
         }
@@ -66,7 +95,7 @@ impl PlainForm {
     }
 
     /// Back to the form's page, saying `what` was done.
-    pub fn confirm(&self, what: &str) {
+    fn confirm(&self, what: &str) {
         let mut page = self.page.clone();
         page.query_pairs_mut().append_pair(DONE, what);
         redirect(&page);
@@ -74,52 +103,48 @@ impl PlainForm {
 
     /// Back to the form's page with server function `S`'s error and the values typed into
     /// the form (field name, value), for the form to show again.
-    pub fn refuse<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)]) {
+    fn refuse<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)]) {
         redirect(&self.refused::<S>(err, typed));
     }
 
     fn refused<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)]) -> url::Url {
         let mut page = self.page.clone();
-        page.query_pairs_mut().extend_pairs(typed.iter().map(|(field, value)| (format!("{KEPT}{field}"), value)));
+        // A value longer than any field takes was not typed into the form: not worth an address
+        // too long for a proxy.
+        let keepable = typed.iter().filter(|(_, value)| value.len() <= KEPT_MAX_BYTES);
+        page.query_pairs_mut().extend_pairs(keepable.map(|(field, value)| (format!("{KEPT}{field}"), value)));
         // The error as server_fn puts it in the address, for the page's action to read.
         server_fn::error::ServerFnUrlError::new(S::PATH, err.clone()).to_url(page.as_str()).unwrap_or(page)
     }
+}
 
-    /// Server function `S`'s answer to this post: confirmed as `done` after a success; after a
-    /// refusal, back to the form with what was typed (field name, value).
-    pub fn answer<S: server_fn::ServerFn, T>(
-        form: Option<Self>,
-        result: Result<T, crate::error::AppError>,
-        done: &str,
-        typed: &[(&str, &str)],
-    ) -> Result<T, crate::error::AppError> {
-        match (form, &result) {
-            (Some(form), Ok(_)) => form.confirm(done),
-            (Some(form), Err(e)) => form.refuse::<S>(e, typed),
-            (None, _) => {}
-        }
-        result
+/// Runs the body of server function `S` and answers a plain form post of it: after a success,
+/// back to the form's page confirming `done` (`None`: the body leads elsewhere itself); after a
+/// refusal, back to the form with its error and what was typed (field name, value). Calls
+/// made by the app's script get the body's result alone. Await it first in the server function
+/// (the request is read when it starts).
+#[cfg(feature = "ssr")]
+pub async fn answer<S: server_fn::ServerFn, T>(
+    done: Option<&str>,
+    typed: &[(&str, &str)],
+    body: impl std::future::Future<Output = Result<T, crate::error::AppError>>,
+) -> Result<T, crate::error::AppError> {
+    let form = PlainForm::of_request();
+    let result = body.await;
+    match (form, &result) {
+        (Some(form), Ok(_)) => done.into_iter().for_each(|what| form.confirm(what)),
+        (Some(form), Err(e)) => form.refuse::<S>(e, typed),
+        (None, _) => {}
     }
-
-    /// The same for a server function whose success leads elsewhere by itself: only a
-    /// refusal is answered here.
-    pub fn refusal<S: server_fn::ServerFn, T>(
-        form: Option<Self>,
-        result: Result<T, crate::error::AppError>,
-        typed: &[(&str, &str)],
-    ) -> Result<T, crate::error::AppError> {
-        if let (Some(form), Err(e)) = (form, &result) {
-            form.refuse::<S>(e, typed);
-        }
-        result
-    }
+    result
 }
 
 /// The form's page named by a post's `Referer`, without what earlier posts added to its address.
 #[cfg(feature = "ssr")]
 fn form_page(referer: &str) -> Option<url::Url> {
     let mut page = url::Url::parse(referer).ok()?;
-    let earlier = |key: &str| key == DONE || key == "__path" || key == "__err" || key.starts_with(KEPT);
+    // Including a spent secret's token: read twice, it only says the secret was shown.
+    let earlier = |key: &str| [DONE, CREATED, ROLLED, "__path", "__err"].contains(&key) || key.starts_with(KEPT);
     let left: Vec<(String, String)> =
         page.query_pairs().filter(|(k, _)| !earlier(k)).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     page.set_query(None);
@@ -148,12 +173,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn text_for_a_textarea_is_escaped() {
+        assert_eq!(
+            escape_text("a & b </textarea><script>x</script>"),
+            "a &amp; b &lt;/textarea&gt;&lt;script&gt;x&lt;/script&gt;"
+        );
+        assert_eq!(escape_text("50% more, “please”"), "50% more, “please”");
+    }
+
+    #[test]
     fn an_answer_returns_to_the_form_page_without_earlier_answers() {
         let page = |referer| form_page(referer).map(|p| location(&p));
         let key = "http://127.0.0.1:3000/dashboard/developers/api-keys/0b5c";
         assert_eq!(page(key).as_deref(), Some("/dashboard/developers/api-keys/0b5c"));
         // An earlier confirmation, error or kept value goes; the page's own query stays.
-        let earlier = format!("{key}?done=renamed&page=2&__path=%2Frpc%2Fkeys%2Frename&__err=eyJ9&kept.name=a+b#x");
+        let earlier =
+            format!("{key}?rolled=t0k&done=renamed&page=2&__path=%2Frpc%2Fkeys%2Frename&__err=eyJ9&kept.name=a+b#x");
         assert_eq!(page(&earlier).as_deref(), Some("/dashboard/developers/api-keys/0b5c?page=2"));
         // Never off this site, whatever the Referer said.
         assert_eq!(page("https://elsewhere.example//evil.example/x").as_deref(), Some(super::super::HOME_PATH));
@@ -175,6 +210,10 @@ mod tests {
         assert_eq!(get("kept.reason"), ["spikes & sales, 50%"]);
         assert_eq!(get("__path"), [<RequestQuotaIncrease as server_fn::ServerFn>::PATH]);
         assert!(get("done").is_empty(), "{at}");
+        // A value no field takes is not kept.
+        let long = "x".repeat(KEPT_MAX_BYTES + 1);
+        let at = form.refused::<RequestQuotaIncrease>(&err, &[("reason", &long)]);
+        assert!(!at.as_str().contains("kept.reason") && at.as_str().contains("__err="), "{at}");
         // The page's action reads the error back from the address.
         let [encoded] = get("__err")[..] else { panic!("one error: {at}") };
         assert_eq!(server_fn::error::ServerFnUrlError::<AppError>::decode_err(encoded), err);

@@ -86,20 +86,23 @@ pub async fn request_quota_increase(
     per_day: String,
     reason: String,
 ) -> Result<QuotaRequestView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::ApiKeyId;
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let asked = async {
+    let typed = typed_limits(&per_hour, &per_day, &reason);
+    super::plain_form::answer::<RequestQuotaIncrease, _>(Some(QUOTA_REQUESTED), &typed, async {
         let user = session::require_user(&services).await?;
         let key_id = ApiKeyId::parse(&key_id)?;
         let request = services::quota_requests::create(&services, &user, key_id, &per_hour, &per_day, &reason).await?;
         Ok(request.into())
-    }
-    .await;
-    let typed = [("per_hour", per_hour.as_str()), ("per_day", per_day.as_str()), ("reason", reason.as_str())];
-    PlainForm::answer::<RequestQuotaIncrease, _>(form, asked, QUOTA_REQUESTED, &typed)
+    })
+    .await
+}
+
+/// What a limits form (a request, an admin's change) had typed, to keep when it is refused.
+#[cfg(feature = "ssr")]
+fn typed_limits<'a>(per_hour: &'a str, per_day: &'a str, reason: &'a str) -> [(&'static str, &'a str); 3] {
+    [("per_hour", per_hour), ("per_day", per_day), ("reason", reason)]
 }
 
 /// The confirmation, without JavaScript, that a quota increase was asked for.
@@ -109,16 +112,13 @@ pub const REQUEST_CANCELLED: &str = "request_cancelled";
 
 #[server(prefix = "/rpc", endpoint = "quota-requests/cancel")]
 pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let cancelled = async {
+    super::plain_form::answer::<CancelQuotaRequest, _>(Some(REQUEST_CANCELLED), &[], async {
         let user = session::require_user(&services).await?;
         Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
-    }
-    .await;
-    PlainForm::answer::<CancelQuotaRequest, _>(form, cancelled, REQUEST_CANCELLED, &[])
+    })
+    .await
 }
 
 #[server(prefix = "/rpc", endpoint = "quota-requests/for-key")]
@@ -179,21 +179,18 @@ pub async fn admin_set_quota(
     per_day: String,
     reason: String,
 ) -> Result<(), AppError> {
-    use super::plain_form::PlainForm;
     use super::session;
     use services::keys::ApiKeyId;
     let services = session::services()?;
-    let form = PlainForm::of_request();
-    let set = async {
+    let typed = typed_limits(&per_hour, &per_day, &reason);
+    super::plain_form::answer::<AdminSetQuota, _>(Some(QUOTA_SET), &typed, async {
         let admin = session::require_admin(&services).await?;
         let key_id = ApiKeyId::parse(&key_id)?;
         let limits = (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
         services::quota_changes::set_by_admin(&services, &admin, key_id, limits.0, limits.1, &reason).await?;
         Ok(())
-    }
-    .await;
-    let typed = [("per_hour", per_hour.as_str()), ("per_day", per_day.as_str()), ("reason", reason.as_str())];
-    PlainForm::answer::<AdminSetQuota, _>(form, set, QUOTA_SET, &typed)
+    })
+    .await
 }
 
 /// The key page's confirmation, without JavaScript, that an admin set its quota.

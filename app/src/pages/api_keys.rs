@@ -29,7 +29,7 @@ pub fn ApiKeysPage() -> impl IntoView {
     );
     // A key created without JavaScript: its post came back here with a one-time token.
     let handed_over = Resource::new(
-        move || query.read().get("created"),
+        move || query.read().get(plain_form::CREATED),
         // Through the memo: the hand-off is used up by the first read.
         |token| {
             once_per_render("keys/created", &token.clone(), async move {
@@ -243,7 +243,7 @@ pub fn ApiKeyPage() -> impl IntoView {
     // A key rolled without JavaScript: its post came back here with a one-time token.
     let query = use_query_map();
     let handed_over = Resource::new(
-        move || query.read().get("rolled"),
+        move || query.read().get(plain_form::ROLLED),
         // Through the memo: the hand-off is used up by the first read.
         |token| once_per_render("keys/rolled", &token.clone(), async move { NewSecretHandOff::take(token).await }),
     );
@@ -633,9 +633,9 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
                 </div>
             </ActionForm>
             {move || match action.value().get() {
-                Some(Ok(_)) => Some(view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any()),
                 Some(Err(e)) => Some(view! { <p class="error" role="alert">{e.to_string()}</p> }.into_any()),
-                None => saved_without_script.get().then(|| view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any()),
+                saved => (saved.is_some() || saved_without_script.get())
+                    .then(|| view! { <p class="ok" role="status" data-testid="alert-saved">"Saved."</p> }.into_any()),
             }}
         </section>
     }
