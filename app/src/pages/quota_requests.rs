@@ -20,6 +20,8 @@ fn limits(per_hour: i64, per_day: i64) -> String {
     format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
 }
 
+const CANCELLED: &str = "Request cancelled.";
+
 /// The actions and the list of a key's requests, created by the page before it awaits anything.
 #[derive(Clone, Copy)]
 pub struct QuotaRequestsState {
@@ -52,21 +54,21 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
         (plain_form::done(QUOTA_REQUESTED), plain_form::done(REQUEST_CANCELLED));
     // What a refused post without JavaScript had typed.
     let typed = |field| plain_form::kept::<RequestQuotaIncrease>(field);
-    let (typed_per_hour, typed_per_day, typed_reason) = (typed("per_hour"), typed("per_day"), typed("reason"));
+    let (typed_per_hour, typed_per_day) = (typed("per_hour"), typed("per_day"));
+    let typed_reason = plain_form::kept_in_textarea::<RequestQuotaIncrease>("reason");
     // Only once the form sent last has its answer: an action keeps its last value while the
     // next one is on its way, and that would be confirmed (and focused) again.
     let confirmation = move || {
         let Some(sent) = sent.get() else {
             // A post without JavaScript came back to a new page.
-            return if asked_without_script.get() {
-                Some(
-                    view! { <Confirmation text="Request sent. You will be told when an admin decides." testid="request-done"/> },
-                )
+            let text = if asked_without_script.get() {
+                "Request sent. You will be told when an admin decides."
             } else if cancelled_without_script.get() {
-                Some(view! { <Confirmation text="Request cancelled." testid="request-done"/> })
+                CANCELLED
             } else {
-                None
+                return None;
             };
+            return Some(view! { <Confirmation text testid="request-done"/> });
         };
         let text = match sent {
             Sent::Ask if ask.pending().get() => None,
@@ -77,7 +79,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                     limits(r.requested_per_hour, r.requested_per_day)
                 )
             }),
-            Sent::Cancel => cancel.value().get()?.ok().map(|_| "Request cancelled.".to_owned()),
+            Sent::Cancel => cancel.value().get()?.ok().map(|_| CANCELLED.to_owned()),
         }?;
         Some(view! { <Confirmation text testid="request-done"/> })
     };
@@ -112,7 +114,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                                 <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) value=move || typed_per_hour.get() data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
                                                 <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) value=move || typed_per_day.get() data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
                                             </div>
-                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")}>{move || typed_reason.get()}</textarea></label>
+                                            <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")} inner_html=typed_reason></textarea></label>
                                             <button type="submit">"Request increase"</button>
                                         </ActionForm>
                                         </div>
