@@ -125,14 +125,26 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   // A note of spaces passes the browser's `required` but not the server.
   await card.getByTestId('deny-note').fill(' ');
   await card.getByTestId('deny').click();
-  await expect(admin.getByTestId('decision-error')).toHaveText('Say why the request is denied.');
-  await expect(admin.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'pending');
+  // The page comes back with the error on the request's own card.
+  await expect(card.getByTestId('decision-error')).toHaveText('Say why the request is denied.');
+  await expect(admin.getByTestId('decision-error')).toHaveCount(1);
+  await expect(card).toHaveAttribute('data-status', 'pending');
 
-  // Approving numbers that are not numbers: the same page says so.
-  const approveCard = admin.getByTestId('admin-request').filter({ hasText: name });
-  await approveCard.locator('input[name="per_hour"]').fill('many');
-  await approveCard.getByTestId('approve').click();
-  await expect(admin.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
+  // Approving numbers that are not numbers: the card says so and keeps what was typed.
+  await card.locator('input[name="per_hour"]').fill('many');
+  await card.locator('input[name="note"]').first().fill('for the launch');
+  await card.getByTestId('approve').click();
+  await expect(card.getByTestId('decision-error')).toHaveText('The hourly limit must be a whole number.');
+  await expect(card.locator('input[name="per_hour"]')).toHaveValue('many');
+  await expect(card.locator('input[name="note"]').first()).toHaveValue('for the launch');
+  await expect(card.getByTestId('deny-note')).toHaveValue('');
+
+  // Denied with a reason: the page says so.
+  await card.getByTestId('deny-note').fill('Not before the audit');
+  await card.getByTestId('deny').click();
+  await expect(admin.getByTestId('decision-done')).toHaveText('Denied. The owner is told.');
+  await expect(card).toHaveAttribute('data-status', 'denied');
+  await expect(admin.getByTestId('decision-error')).toHaveCount(0);
 
   // Setting the key's quota directly, on its page: a bad number is explained there, a good one
   // applies and shows.
@@ -298,4 +310,24 @@ test('a forgotten password is replaced without JavaScript', async ({ page }) => 
   await submitSignIn(page, who.email, 'the chosen password');
   await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
   await expect(page.getByTestId('account-email')).toHaveText(who.email);
+});
+
+test('the monthly summary choice is saved and confirmed without JavaScript', async ({ page }) => {
+  await signInWithoutScripts(page, MERCHANT);
+  await page.goto('/dashboard/notifications');
+  const box = page.getByTestId('monthly-summary-on');
+  const wasOn = await box.isChecked();
+  await box.setChecked(!wasOn);
+  await page.getByTestId('monthly-summary-save').click();
+  await expect(page.getByTestId('monthly-summary-saved')).toHaveText(
+    wasOn ? 'Saved: no monthly summary.' : 'Saved: the summary comes after each month.',
+  );
+  await expect(box).toBeChecked({ checked: !wasOn });
+  // Back as it was, confirmed again.
+  await box.setChecked(wasOn);
+  await page.getByTestId('monthly-summary-save').click();
+  await expect(page.getByTestId('monthly-summary-saved')).toHaveText(
+    wasOn ? 'Saved: the summary comes after each month.' : 'Saved: no monthly summary.',
+  );
+  await expect(box).toBeChecked({ checked: wasOn });
 });

@@ -71,8 +71,17 @@ pub async fn monthly_summary_setting() -> Result<bool, AppError> {
 pub async fn set_monthly_summary(monthly_summary: Option<String>) -> Result<bool, AppError> {
     use super::session;
     let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    let on = super::checkbox(monthly_summary.as_deref(), "The monthly summary", "monthly_summary")?;
-    services::accounts::email_preferences::set_monthly_summary(&services.db, user.id, on).await?;
-    Ok(on)
+    let chosen = super::checkbox(monthly_summary.as_deref(), "The monthly summary", "monthly_summary");
+    let done = if matches!(chosen, Ok(true)) { MONTHLY_SUMMARY_ON } else { MONTHLY_SUMMARY_OFF };
+    super::plain_form::answer::<SetMonthlySummary, _>(Some(done), &[], async {
+        let user = session::require_user(&services).await?;
+        let on = chosen?;
+        services::accounts::email_preferences::set_monthly_summary(&services.db, user.id, on).await?;
+        Ok(on)
+    })
+    .await
 }
+
+/// The notifications page's confirmations, without JavaScript, of the monthly summary choice.
+pub const MONTHLY_SUMMARY_ON: &str = "summary_on";
+pub const MONTHLY_SUMMARY_OFF: &str = "summary_off";

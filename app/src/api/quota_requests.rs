@@ -155,21 +155,34 @@ pub async fn approve_quota_request(
     use super::session;
     use services::quota_requests::{decide, Decision};
     let services = session::services()?;
-    let admin = session::require_admin(&services).await?;
-    let decision = Decision::Approve {
-        per_hour: whole_number(&per_hour, "per_hour", "hourly")?,
-        per_day: whole_number(&per_day, "per_day", "daily")?,
-    };
-    Ok(decide(&services, &admin, id, decision, &note).await?.into())
+    let request = id.to_string();
+    let typed = [("id", request.as_str()), ("per_hour", &per_hour), ("per_day", &per_day), ("note", &note)];
+    super::plain_form::answer::<ApproveQuotaRequest, _>(Some(APPROVED), &typed, async {
+        let admin = session::require_admin(&services).await?;
+        let decision = Decision::Approve {
+            per_hour: whole_number(&per_hour, "per_hour", "hourly")?,
+            per_day: whole_number(&per_day, "per_day", "daily")?,
+        };
+        Ok(decide(&services, &admin, id, decision, &note).await?.into())
+    })
+    .await
 }
+
+/// The requests page's confirmations, without JavaScript, of a decision.
+pub const APPROVED: &str = "approved";
+pub const DENIED: &str = "denied";
 
 #[server(prefix = "/rpc", endpoint = "admin/quota-requests/deny")]
 pub async fn deny_quota_request(id: i64, note: String) -> Result<QuotaRequestView, AppError> {
     use super::session;
     use services::quota_requests::{decide, Decision};
     let services = session::services()?;
-    let admin = session::require_admin(&services).await?;
-    Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
+    let request = id.to_string();
+    super::plain_form::answer::<DenyQuotaRequest, _>(Some(DENIED), &[("id", &request), ("note", &note)], async {
+        let admin = session::require_admin(&services).await?;
+        Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
+    })
+    .await
 }
 
 #[server(prefix = "/rpc", endpoint = "admin/quota/set")]

@@ -171,18 +171,18 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
                         " · "
                         <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
                     </td>
-                    <td><code>{format!("{}…", key.prefix)}</code></td>
-                    <td>{format::time(&key.created_at)}</td>
-                    <td>{format::time_or(key.last_used_at.as_ref(), "never")}</td>
-                    <td><span class=format!("badge {status}")>{status}</span></td>
-                    <td class="num" data-testid="key-quota">{quota}</td>
+                    <td data-label="Key"><code>{format!("{}…", key.prefix)}</code></td>
+                    <td data-label="Created">{format::time(&key.created_at)}</td>
+                    <td data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
+                    <td data-label="Status"><span class=format!("badge {status}")>{status}</span></td>
+                    <td class="num" data-label="Quota and use (UTC)" data-testid="key-quota">{quota}</td>
                     <td>{actions}</td>
                 </tr>
             }
         })
         .collect_view();
     view! {
-        <div class="table-scroll"><table class="keys">
+        <div class="table-scroll"><table class="keys stacked">
             <thead>
                 <tr>
                     <th>"Name"</th><th>"Key"</th><th>"Created"</th><th>"Last used"</th>

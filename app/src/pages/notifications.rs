@@ -5,8 +5,10 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::layout::{ErrorPanel, PageTitle};
+use crate::api::plain_form;
 use crate::api::{
-    mark_notifications_read, monthly_summary_setting, my_notifications, SetMonthlySummary, NOTIFICATIONS_PER_PAGE,
+    mark_notifications_read, monthly_summary_setting, my_notifications, SetMonthlySummary, MONTHLY_SUMMARY_OFF,
+    MONTHLY_SUMMARY_ON, NOTIFICATIONS_PER_PAGE,
 };
 use crate::render_memo::once_per_render;
 
@@ -86,11 +88,20 @@ fn MonthlySummaryCard() -> impl IntoView {
     // and drop the keyboard's focus from "Save".
     let setting =
         Resource::new(|| (), |()| once_per_render("notifications/monthly-summary", &(), monthly_summary_setting()));
+    // Saved without JavaScript: the page was loaded anew, saying what was saved.
+    let (on_without_script, off_without_script) =
+        (plain_form::done(MONTHLY_SUMMARY_ON), plain_form::done(MONTHLY_SUMMARY_OFF));
+    let saved_choice = move || match action.value().get() {
+        Some(result) => result.ok(),
+        None if on_without_script.get() => Some(true),
+        None if off_without_script.get() => Some(false),
+        None => None,
+    };
     // In the page from the start, so that screen readers announce what appears in it.
-    let saved = move || match action.value().get() {
-        Some(Ok(true)) => "Saved: the summary comes after each month.",
-        Some(Ok(false)) => "Saved: no monthly summary.",
-        _ => "",
+    let saved = move || match saved_choice() {
+        Some(true) => "Saved: the summary comes after each month.",
+        Some(false) => "Saved: no monthly summary.",
+        None => "",
     };
     view! {
         <section class="card" data-testid="monthly-summary">

@@ -10,8 +10,8 @@ use super::layout::{Confirmation, ErrorPanel, PageTitle};
 use crate::api::plain_form;
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
-    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, QUOTA_REQUESTED,
-    QUOTA_SET, REQUEST_CANCELLED,
+    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, APPROVED, DENIED,
+    QUOTA_REQUESTED, QUOTA_SET, REQUEST_CANCELLED,
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -147,8 +147,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
         return view! { <p class="empty">"No requests yet."</p> }.into_any();
     }
     view! {
-        <div class="table-scroll"><table data-testid="request-list">
-            // The status early: on a phone the table scrolls sideways and its first columns show.
+        <div class="table-scroll"><table class="stacked" data-testid="request-list">
             <thead><tr><th>"Asked"</th><th>"Status"</th><th>"From"</th><th>"To"</th><th>"Admin note"</th><th></th></tr></thead>
             <tbody>
                 {list.into_iter().map(|r| {
@@ -156,14 +155,14 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                     let id = r.id;
                     view! {
                         <tr data-testid="request-row" data-status=r.status.clone()>
-                            <td>{format::time(&r.created_at)}</td>
-                            <td><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
-                            <td class="num">{limits(r.current_per_hour, r.current_per_day)}</td>
-                            <td class="num">{match (r.approved_per_hour, r.approved_per_day) {
+                            <td data-label="Asked">{format::time(&r.created_at)}</td>
+                            <td data-label="Status"><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
+                            <td class="num" data-label="From">{limits(r.current_per_hour, r.current_per_day)}</td>
+                            <td class="num" data-label="To">{match (r.approved_per_hour, r.approved_per_day) {
                                 (Some(h), Some(d)) => limits(h, d),
                                 _ => limits(r.requested_per_hour, r.requested_per_day),
                             }}</td>
-                            <td>{r.decision_note.clone().unwrap_or_default()}</td>
+                            <td data-label="Admin note">{r.decision_note.clone().unwrap_or_default()}</td>
                             // A form, so that it also works without JavaScript.
                             <td>{match (pending, yours) {
                                 (true, true) => Some(view! {
@@ -194,14 +193,25 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         |versions| once_per_render("admin/quota-requests", &versions, admin_quota_requests()),
     );
     // The request whose card was last submitted, so that its error shows on that card. A post
-    // without JavaScript comes back as a new page that knows no card: its error goes on top.
-    let decided = RwSignal::new(None::<(i64, Kind)>);
+    // without JavaScript that was refused comes back naming its card.
+    let decided = RwSignal::new(refused_without_script());
     let decision = Decision { approve, deny, decided };
+    let (approved_without_script, denied_without_script) = (plain_form::done(APPROVED), plain_form::done(DENIED));
     let error = decision.error_of_unknown_card();
     // The decided card loses its forms (and moves below the pending ones): say what happened.
     // For the card decided last, once its answer is in (the actions keep their last values).
     let confirmation = move || {
-        let (request_id, kind) = decided.get()?;
+        let Some((request_id, kind)) = decided.get() else {
+            // A decision made without JavaScript came back to a new page.
+            let text = if approved_without_script.get() {
+                "Approved: the new quota applies at once. The owner is told."
+            } else if denied_without_script.get() {
+                "Denied. The owner is told."
+            } else {
+                return None;
+            };
+            return Some(view! { <Confirmation text testid="decision-done"/> });
+        };
         if approve.pending().get() || deny.pending().get() {
             return None;
         }
@@ -246,6 +256,20 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
 enum Kind {
     Approve,
     Deny,
+}
+
+/// The card and form of a decision refused without JavaScript, from the page's address.
+fn refused_without_script() -> Option<(i64, Kind)> {
+    let card = |kept: Memo<Option<String>>| kept.get_untracked().and_then(|id| id.parse().ok());
+    card(plain_form::kept::<ApproveQuotaRequest>("id"))
+        .map(|id| (id, Kind::Approve))
+        .or_else(|| card(plain_form::kept::<DenyQuotaRequest>("id")).map(|id| (id, Kind::Deny)))
+}
+
+/// What a decision refused without JavaScript had typed into `field` of this card's form `S`.
+fn kept_on_card<S: server_fn::ServerFn>(request_id: i64, field: &'static str) -> Option<String> {
+    let on_this_card = plain_form::kept::<S>("id").get_untracked() == Some(request_id.to_string());
+    on_this_card.then(|| plain_form::kept::<S>(field).get_untracked()).flatten()
 }
 
 /// The admin's two decisions, and which one was last submitted on which request.
@@ -296,6 +320,13 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
     let pending = r.status == "pending";
     let id = r.id.to_string();
     let id2 = id.clone();
+    let approve_typed = |field| kept_on_card::<ApproveQuotaRequest>(request_id, field);
+    let (per_hour, per_day, approve_note) = (
+        approve_typed("per_hour").unwrap_or_else(|| r.requested_per_hour.to_string()),
+        approve_typed("per_day").unwrap_or_else(|| r.requested_per_day.to_string()),
+        approve_typed("note").unwrap_or_default(),
+    );
+    let deny_note = kept_on_card::<DenyQuotaRequest>(request_id, "note").unwrap_or_default();
     view! {
         <section class="card request" data-testid="admin-request" data-status=r.status.clone()>
             <div class="card-head">
@@ -342,9 +373,9 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                         <ActionForm action=approve>
                             <input type="hidden" name="id" value=id.clone()/>
                             <div class="inline-form">
-                                <label>"Per hour" <input name="per_hour" inputmode="numeric" value=r.requested_per_hour.to_string() required {..approve_error.on("per_hour")}/></label>
-                                <label>"Per day" <input name="per_day" inputmode="numeric" value=r.requested_per_day.to_string() required {..approve_error.on("per_day")}/></label>
-                                <label>"Note" <input name="note" placeholder="optional" {..approve_error.on("note")}/></label>
+                                <label>"Per hour" <input name="per_hour" inputmode="numeric" value=per_hour.clone() required {..approve_error.on("per_hour")}/></label>
+                                <label>"Per day" <input name="per_day" inputmode="numeric" value=per_day.clone() required {..approve_error.on("per_day")}/></label>
+                                <label>"Note" <input name="note" placeholder="optional" value=approve_note.clone() {..approve_error.on("note")}/></label>
                                 <button type="submit" data-testid="approve">"Approve"</button>
                             </div>
                         </ActionForm>
@@ -354,7 +385,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     <ActionForm action=deny>
                         <input type="hidden" name="id" value=id2.clone()/>
                         <div class="inline-form">
-                            <label>"Why not" <input name="note" required data-testid="deny-note" {..deny_error.on("note")}/></label>
+                            <label>"Why not" <input name="note" required value=deny_note.clone() data-testid="deny-note" {..deny_error.on("note")}/></label>
                             <button type="submit" class="danger" data-testid="deny">"Deny"</button>
                         </div>
                     </ActionForm>
