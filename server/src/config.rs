@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use services::keys::{FailMode, FailurePolicy, QuotaLimit};
+use services::public_url::PublicUrl;
 
 use crate::http_server::ConnectionLimits;
 
@@ -56,7 +57,7 @@ pub struct Config {
     /// `KEYMETER_DEMO_TRAFFIC` is not `false`), the server sends itself light demo traffic.
     pub demo_traffic_key_file: Option<PathBuf>,
     /// `KEYMETER_PUBLIC_URL`: where people reach the app (links in emails).
-    pub public_url: String,
+    pub public_url: PublicUrl,
     /// `KEYMETER_MAIL_DIR`: where mail goes when `SMTP_URL` is unset.
     pub mail_dir: PathBuf,
     /// `KEYMETER_MAIL_FROM`: the sender of keymeter's emails.
@@ -261,10 +262,11 @@ impl Config {
             });
         }
         let public_url = match lookup("KEYMETER_PUBLIC_URL") {
-            Some(url) => check_public_url(url.trim())?,
+            Some(url) => PublicUrl::parse(url.trim())
+                .map_err(|e| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: e.to_string() })?,
             // Listening on every interface (0.0.0.0) names no host a link could use.
-            None if listen.ip().is_unspecified() => format!("http://localhost:{}", listen.port()),
-            None => format!("http://{listen}"),
+            None if listen.ip().is_unspecified() => where_listening(&format!("http://localhost:{}", listen.port()))?,
+            None => where_listening(&format!("http://{listen}"))?,
         };
         Ok(Self {
             listen,
@@ -277,7 +279,7 @@ impl Config {
             site_root: lookup("KEYMETER_SITE_ROOT").map(PathBuf::from).unwrap_or_else(|| "target/site".into()),
             // Served over HTTPS: a cookie that may also travel over plain HTTP (a typed
             // `http://` address, a stripped redirect) would give the session away.
-            secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", is_https(&public_url))?,
+            secure_cookies: parse_bool(&lookup, "KEYMETER_SECURE_COOKIES", public_url.is_https())?,
             db_pool_size: parse_bounded(&lookup, "KEYMETER_DB_POOL_SIZE", 16, MAX_POOL_SIZE)?,
             redis_pool_size: parse_bounded(&lookup, "KEYMETER_REDIS_POOL_SIZE", 32, MAX_POOL_SIZE)?,
             demo_traffic_key_file: if parse_bool(&lookup, "KEYMETER_DEMO_TRAFFIC", true)? {
@@ -409,36 +411,9 @@ where
     }
 }
 
-/// Links in emails start with it: an absolute http(s) URL with a host.
-fn is_https(url: &str) -> bool {
-    url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-}
-
-fn check_public_url(url: &str) -> Result<String, ConfigError> {
-    let bad = |why: &str| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: format!("{url:?} {why}") };
-    let uri: axum::http::Uri = url.parse().map_err(|_| bad("is not a URL"))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err(bad("must start with http:// or https://"));
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(bad("names no host"));
-    }
-    // Every link in every email starts with it: no password in them, and no query or fragment
-    // for the paths to land after.
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(bad("must not hold a user name or password"));
-    }
-    if uri.query().is_some() || url.contains('#') {
-        return Err(bad("must not have a query (?…) or a fragment (#…)"));
-    }
-    // After the user info check: `user:pw@host` has a `:` too.
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    // The text after the last `:`, unless that is inside an IPv6 address (`[::1]`).
-    let port = authority.rsplit_once(':').map(|(_, p)| p).filter(|_| !authority.ends_with(']'));
-    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |n| n == 0)) {
-        return Err(bad("has a port outside 1-65535"));
-    }
-    Ok(url.trim_end_matches('/').to_owned())
+/// The public URL when none is configured: where the server listens.
+fn where_listening(url: &str) -> Result<PublicUrl, ConfigError> {
+    PublicUrl::parse(url).map_err(|e| ConfigError { var: "KEYMETER_LISTEN", reason: e.to_string() })
 }
 
 /// A URL fit for messages and logs: the password in it, if any, is replaced by `***`, whether
@@ -648,15 +623,18 @@ mod tests {
             assert_eq!(with(&[("KEYMETER_PUBLIC_URL", bad)]).unwrap_err().var, "KEYMETER_PUBLIC_URL", "{bad}");
         }
         let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/app")]).unwrap().public_url;
-        assert_eq!(url, "https://keymeter.example.com/app");
-        let url = with(&[("KEYMETER_PUBLIC_URL", "https://keymeter.example.com/")]).unwrap().public_url;
-        assert_eq!(url, "https://keymeter.example.com", "links are made by appending paths");
+        assert_eq!(url.as_str(), "https://keymeter.example.com/app");
+        let url = with(&[("KEYMETER_PUBLIC_URL", " https://keymeter.example.com/")]).unwrap().public_url;
+        assert_eq!(url.as_str(), "https://keymeter.example.com", "links are made by appending paths");
         for good in ["https://km.example.com:8443", "http://[::1]", "http://[::1]:3000"] {
-            assert_eq!(with(&[("KEYMETER_PUBLIC_URL", good)]).unwrap().public_url, good);
+            assert_eq!(with(&[("KEYMETER_PUBLIC_URL", good)]).unwrap().public_url.as_str(), good);
         }
         // Unset: where the server listens, with a host a link can use.
-        assert_eq!(with(&[("KEYMETER_LISTEN", "0.0.0.0:8080")]).unwrap().public_url, "http://localhost:8080");
-        assert_eq!(with(&[("KEYMETER_LISTEN", "127.0.0.1:8080")]).unwrap().public_url, "http://127.0.0.1:8080");
+        assert_eq!(with(&[("KEYMETER_LISTEN", "0.0.0.0:8080")]).unwrap().public_url.as_str(), "http://localhost:8080");
+        assert_eq!(
+            with(&[("KEYMETER_LISTEN", "127.0.0.1:8080")]).unwrap().public_url.as_str(),
+            "http://127.0.0.1:8080"
+        );
         for bad in ["not an address", "bad from", "a\"<script>@b.com"] {
             assert_eq!(with(&[("KEYMETER_MAIL_FROM", bad)]).unwrap_err().var, "KEYMETER_MAIL_FROM", "{bad}");
         }

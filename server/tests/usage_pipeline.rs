@@ -361,7 +361,9 @@ async fn housekeeping_forgets_records_past_their_keeping_time() {
     let old_day = (chrono::Utc::now() - chrono::Duration::days(100)).timestamp_millis() / 86_400_000 * 86_400_000;
     let crossing = QuotaCrossing { window: AlertWindow::Day, period_start_ms: old_day, threshold: 50, limit: 10 };
     let mut conn = services::db::conn(&app.services.db).await.unwrap();
-    let new = services::alerts::record(&mut conn, &[(k, old_day + 1, crossing)], "http://x").await.unwrap();
+    let new = services::alerts::record(&mut conn, &[(k, old_day + 1, crossing)], &app.services.settings.public_url)
+        .await
+        .unwrap();
     assert_eq!(new, 0);
 }
 

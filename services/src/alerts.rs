@@ -20,6 +20,7 @@ use crate::housekeeping;
 use crate::keys::{ApiKeyId, QuotaDecision, Window};
 use crate::mailer::{self, html_escape, Email};
 use crate::notifications::{self, NewNotification};
+use crate::public_url::PublicUrl;
 use crate::schema::{api_keys, quota_alerts, users};
 use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
@@ -244,7 +245,7 @@ struct KeyInfo {
 pub async fn record(
     conn: &mut AsyncPgConnection,
     crossings: &[(Uuid, i64, QuotaCrossing)],
-    public_url: &str,
+    public_url: &PublicUrl,
 ) -> ServiceResult<usize> {
     if crossings.is_empty() {
         return Ok(0);
@@ -355,7 +356,7 @@ struct AlertMessage {
 impl AlertMessage {
     /// `day_reset_ms`: when an hour's quota ran out with the request that also used up the
     /// day's, the day's reset (requests stay refused until then, not until the next hour).
-    fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, day_reset_ms: Option<i64>, public_url: &str) -> Self {
+    fn new(id: ApiKeyId, key: &KeyInfo, c: &QuotaCrossing, day_reset_ms: Option<i64>, public_url: &PublicUrl) -> Self {
         let used = threshold_count(c.limit, c.threshold);
         let period = time_from_ms(c.period_start_ms);
         let reset = time_from_ms(c.period_start_ms + c.window.length_ms());
@@ -389,7 +390,7 @@ impl AlertMessage {
             "API key “{}” ({}…) has used {how_much} allowed {period_text}. {consequence}",
             key.name, key.prefix
         );
-        let base = public_url.trim_end_matches('/');
+        let base = public_url.as_str();
         let usage_path = format!("/dashboard/developers/api-keys/{id}/usage");
         let usage_url = format!("{base}{usage_path}");
         let settings_url = format!("{base}/dashboard/developers/api-keys/{id}");
@@ -472,7 +473,13 @@ mod tests {
         };
         let crossing =
             QuotaCrossing { window: AlertWindow::Hour, period_start_ms: 1_699_999_200_000, threshold, limit };
-        AlertMessage::new(ApiKeyId(Uuid::nil()), &key, &crossing, day_reset_ms, "http://localhost")
+        AlertMessage::new(
+            ApiKeyId(Uuid::nil()),
+            &key,
+            &crossing,
+            day_reset_ms,
+            &PublicUrl::parse("http://localhost").unwrap(),
+        )
     }
 
     /// The hour's reset brings nothing back when the same request used up the day as well.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod monthly_report;
 pub mod notifications;
 pub mod outage_log;
+pub mod public_url;
 pub mod quota_changes;
 pub mod quota_requests;
 pub mod redis_pool;
@@ -64,10 +65,10 @@ pub struct ServiceParts {
 }
 
 /// Deployment settings the domain needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// Where people reach the app, for links in emails.
-    pub public_url: String,
+    pub public_url: public_url::PublicUrl,
     /// The highest limits a merchant may ask for.
     pub quota_maximum: keys::quota::QuotaMaximum,
     /// Where email goes (an SMTP host or a mail folder), for the admins' mail page.
@@ -76,18 +77,6 @@ pub struct Settings {
     pub quota_failure: keys::FailurePolicy,
     /// Reverse proxies whose `X-Forwarded-For` names the client (for the sign-in throttle).
     pub trusted_proxies: Vec<std::net::IpAddr>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:3000".to_owned(),
-            quota_maximum: Default::default(),
-            mail_delivery: String::new(),
-            quota_failure: Default::default(),
-            trusted_proxies: Vec::new(),
-        }
-    }
 }
 
 impl Services {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::db::{self, DbPool};
 use crate::keys::{api_keys, ApiKey};
 use crate::mailer::{self, html_escape, Attachment, Email};
+use crate::public_url::PublicUrl;
 use crate::schema::monthly_reports;
 use crate::usage::export;
 use crate::usage::periods::{Granularity, Month};
@@ -432,8 +433,8 @@ impl Figures {
 pub const KEYS_IN_FULL: usize = 5;
 
 impl ReportMessage {
-    pub fn new(report: &OwnerReport, public_url: &str, unsubscribe_url: String) -> Self {
-        let base = public_url.trim_end_matches('/');
+    pub fn new(report: &OwnerReport, public_url: &PublicUrl, unsubscribe_url: String) -> Self {
+        let base = public_url.as_str();
         let name = report.month.long_name();
         let subject = format!("Your keymeter usage for {name}");
         let all = report.keys.iter().fold(0, |n, s| n + s.totals.requests);
@@ -638,11 +639,8 @@ mod tests {
             .collect();
         let report =
             OwnerReport { month, owner_id: 1, owner_email: "ann@example.com".into(), keys, csv: String::new() };
-        let m = ReportMessage::new(
-            &report,
-            "https://keymeter.example",
-            "https://keymeter.example/email/unsubscribe/t".into(),
-        );
+        let public_url = PublicUrl::parse("https://keymeter.example").unwrap();
+        let m = ReportMessage::new(&report, &public_url, "https://keymeter.example/email/unsubscribe/t".into());
         assert!(m.html.len() < 100_000, "HTML of {} bytes", m.html.len());
         assert!(m.text.len() < 100_000, "text of {} bytes", m.text.len());
         for i in 0..200 {
@@ -655,8 +653,7 @@ mod tests {
         assert!(first < m.text.find("Checkout server 198 (").unwrap());
         // A few keys: each in full, no list after them.
         let few = OwnerReport { keys: report.keys[..3].to_vec(), ..report.clone() };
-        let m =
-            ReportMessage::new(&few, "https://keymeter.example", "https://keymeter.example/email/unsubscribe/t".into());
+        let m = ReportMessage::new(&few, &public_url, "https://keymeter.example/email/unsubscribe/t".into());
         assert!(!m.text.contains("Every key") && m.html.matches("height:40px\"><tr>").count() == 3);
     }
 

@@ -6,6 +6,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::{self, DbPool};
 use crate::mailer::{self, html_escape, html_paragraph, Email};
+use crate::public_url::PublicUrl;
 use crate::schema::notifications;
 use crate::ServiceResult;
 
@@ -40,7 +41,7 @@ pub(crate) async fn tell_key_owner(
     title: &str,
     body: String,
     key_id: uuid::Uuid,
-    public_url: &str,
+    public_url: &PublicUrl,
 ) -> ServiceResult<()> {
     let link = format!("/dashboard/developers/api-keys/{key_id}");
     let news = News { kind, title, body: &body, link: &link, link_label: "See the key", dedupe_key: None };
@@ -66,7 +67,7 @@ pub(crate) async fn tell(
     conn: &mut AsyncPgConnection,
     (user_id, email): (i64, &str),
     news: &News<'_>,
-    public_url: &str,
+    public_url: &PublicUrl,
 ) -> ServiceResult<()> {
     let n = NewNotification {
         user_id,
@@ -79,7 +80,7 @@ pub(crate) async fn tell(
     if !notify(conn, &n).await? {
         return Ok(());
     }
-    let url = format!("{}{}", public_url.trim_end_matches('/'), news.link);
+    let url = public_url.link(news.link);
     let text = format!("{}\n\n{}: {url}\n", news.body, news.link_label);
     let html = format!(
         "{}<p><a href=\"{}\">{}</a></p>",

@@ -16,6 +16,7 @@ use crate::keys::quota::{checked_limit, checked_limits, hour_within_day, parse_l
 use crate::keys::{api_keys, ApiKeyId, Quota};
 use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
+use crate::public_url::PublicUrl;
 use crate::quota_changes::{apply, lock_key, publish, ChangeSource, LiveKey, QuotaChange};
 use crate::schema::{quota_requests, users};
 use crate::{ServiceError, ServiceResult, Services};
@@ -147,7 +148,8 @@ pub async fn create(
     // Checked here for a quick answer, and again under the key's lock against its live limits.
     RequestedLimits::parse(per_hour, per_day, &key.quota, maximum)?;
     let reason = check_reason(reason)?;
-    let public_url = services.settings.public_url.as_str();
+    let decide_url = services.settings.public_url.link("/admin/quota-requests");
+    let decide_url = decide_url.as_str();
     let mut conn = db::conn(&services.db).await?;
     let id = conn
         .transaction::<_, ServiceError, _>(|conn| {
@@ -198,9 +200,9 @@ pub async fn create(
                     format::count(live.per_day),
                     reason
                 );
-                let url = format!("{}/admin/quota-requests", public_url.trim_end_matches('/'));
-                let text = format!("{body}\n\nDecide: {url}\n");
-                let html = format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(&url));
+                let text = format!("{body}\n\nDecide: {decide_url}\n");
+                let html =
+                    format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(decide_url));
                 for (admin, email) in admins {
                     mailer::enqueue(
                         conn,
@@ -399,7 +401,7 @@ async fn tell_merchant(
     request: &QuotaRequest,
     decided: Told,
     note: &str,
-    public_url: &str,
+    public_url: &PublicUrl,
 ) -> ServiceResult<()> {
     let requester: (i64, String) = users::table
         .inner_join(quota_requests::table.on(quota_requests::requested_by.eq(users::id)))

@@ -107,7 +107,7 @@ async fn hand_over_secret(
     page: &str,
     lost: String,
 ) -> Result<CreatedKey, AppError> {
-    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    let api_base = services.settings.public_url.to_string();
     if plain_form {
         let token =
             services::keys::secret_handoff::hold(&services.redis, user_id, key.id, &secret).await.map_err(|e| {
@@ -179,7 +179,7 @@ pub async fn take_created_key(token: String) -> Result<Option<CreatedKey>, AppEr
         return Ok(None);
     };
     let key = api_keys::get_for(&services.db, key_id, &user).await?;
-    let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+    let api_base = services.settings.public_url.to_string();
     Ok(Some(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base }))
 }
 

@@ -209,7 +209,7 @@ pub mod ssr {
     pub async fn overview(services: &Services, key: ApiKey, viewer_id: i64) -> ServiceResult<UsageOverview> {
         let live = dashboard::live(services, &key).await?;
         let history = dashboard::history(services, &key, live.now, DEFAULT_RANGE).await?;
-        let api_base = services.settings.public_url.trim_end_matches('/').to_owned();
+        let api_base = services.settings.public_url.to_string();
         Ok(UsageOverview {
             key: KeyView::seen_by(key, viewer_id),
             live: live_view(live),

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 pub async fn require_same_origin(State(services): State<Services>, req: Request, next: Next) -> Response {
     if req.method() == Method::POST
         && req.uri().path().starts_with("/rpc/")
-        && !same_origin(req.headers(), &services.settings.public_url)
+        && !same_origin(req.headers(), services.settings.public_url.as_str())
     {
         tracing::warn!(
             path = req.uri().path(),

@@ -10,12 +10,13 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::{self, DbPool};
+use crate::public_url::PublicUrl;
 use crate::schema::users;
 use crate::{ServiceError, ServiceResult};
 
 /// The page that stops an account's monthly summary (GET shows it, POST stops it).
-pub fn unsubscribe_url(public_url: &str, token: Uuid) -> String {
-    format!("{}/email/unsubscribe/{token}", public_url.trim_end_matches('/'))
+pub fn unsubscribe_url(public_url: &PublicUrl, token: Uuid) -> String {
+    public_url.link(&format!("/email/unsubscribe/{token}"))
 }
 
 pub async fn gets_monthly_summary(db: &DbPool, user_id: i64) -> ServiceResult<bool> {

@@ -23,6 +23,7 @@ use super::token::{Reset, Token};
 use super::{login_throttle, Email, Password, User, UserRow};
 use crate::mailer::{self, html_escape};
 use crate::notifications::{self, News};
+use crate::public_url::PublicUrl;
 use crate::schema::{password_resets, users};
 use crate::{db, ServiceError, ServiceResult, Services};
 
@@ -120,7 +121,7 @@ pub async fn send_link(services: &Services, email: &Email, client: &str) -> Serv
                     ))
                     .execute(conn)
                     .await?;
-                let url = format!("{}{RESET_PAGE}/{}", public_url, token.as_str());
+                let url = public_url.link(&format!("{RESET_PAGE}/{}", token.as_str()));
                 let message = LinkMessage::new(&address, &url, expires_at);
                 mailer::enqueue(conn, &message.email(), None).await?;
                 tracing::info!(user_id, "password reset link mailed");
@@ -292,7 +293,11 @@ async fn lift_lockout(services: &Services, email: &str) {
 
 /// The owner hears of the new password in the bell and by email: if they did not ask for it,
 /// someone reads their mail.
-async fn tell_owner(conn: &mut diesel_async::AsyncPgConnection, user: &User, public_url: &str) -> ServiceResult<()> {
+async fn tell_owner(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user: &User,
+    public_url: &PublicUrl,
+) -> ServiceResult<()> {
     let body = format!(
         "The password of your keymeter account {} was changed at {} through a link mailed to this address, \
          and every session was signed out. If this was not you, tell your keymeter administrator at once: \

@@ -23,6 +23,7 @@ use crate::db::{self, DbPool};
 use crate::housekeeping::ensure_partitions;
 use crate::keys::Window;
 use crate::metrics::Metrics;
+use crate::public_url::PublicUrl;
 use crate::redis_pool::{self, RedisPool};
 use crate::{alerts, ServiceError, ServiceResult, Services};
 
@@ -95,7 +96,7 @@ pub struct UsageWriter {
     db: DbPool,
     redis: RedisPool,
     /// For links in the quota alerts that the writer sends.
-    public_url: String,
+    public_url: PublicUrl,
     consumer: String,
     stream: String,
     partitions: HashSet<NaiveDate>,
@@ -119,11 +120,17 @@ impl UsageWriter {
     }
 
     /// What it writes from the stream and sets aside is counted in `metrics`.
-    pub fn from_parts(db: DbPool, redis: RedisPool, namespace: &str, public_url: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn from_parts(
+        db: DbPool,
+        redis: RedisPool,
+        namespace: &str,
+        public_url: &PublicUrl,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             db,
             redis,
-            public_url: public_url.to_owned(),
+            public_url: public_url.clone(),
             consumer: format!("writer-{}", Uuid::new_v4().simple()),
             stream: stream_name(namespace),
             partitions: HashSet::new(),
