@@ -264,9 +264,7 @@ impl Config {
         let public_url = match lookup("KEYMETER_PUBLIC_URL") {
             Some(url) => PublicUrl::parse(url.trim())
                 .map_err(|e| ConfigError { var: "KEYMETER_PUBLIC_URL", reason: e.to_string() })?,
-            // Listening on every interface (0.0.0.0) names no host a link could use.
-            None if listen.ip().is_unspecified() => where_listening(&format!("http://localhost:{}", listen.port()))?,
-            None => where_listening(&format!("http://{listen}"))?,
+            None => PublicUrl::listening_on(listen),
         };
         Ok(Self {
             listen,
@@ -409,11 +407,6 @@ where
         }
         _ => Err(ConfigError { var, reason: format!("{v:?} is not a positive whole number") }),
     }
-}
-
-/// The public URL when none is configured: where the server listens.
-fn where_listening(url: &str) -> Result<PublicUrl, ConfigError> {
-    PublicUrl::parse(url).map_err(|e| ConfigError { var: "KEYMETER_LISTEN", reason: e.to_string() })
 }
 
 /// A URL fit for messages and logs: the password in it, if any, is replaced by `***`, whether

@@ -2,6 +2,7 @@
 //! notification starts with it.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// An absolute http(s) URL with a host, and no user info, query or fragment (links are made by
 /// appending a path to it). Kept as written, without a trailing slash.
@@ -13,22 +14,12 @@ pub struct PublicUrl(String);
 #[error("{raw:?} {why}")]
 pub struct PublicUrlError {
     raw: String,
-    why: &'static str,
+    why: String,
 }
 
 impl PublicUrl {
     pub fn parse(raw: &str) -> Result<Self, PublicUrlError> {
-        let bad = |why| PublicUrlError { raw: raw.to_owned(), why };
-        // The URL parser would quietly drop or rewrite these; kept as written, they would be
-        // in every link.
-        if raw.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\') {
-            return Err(bad("is not a URL"));
-        }
-        // `scheme://` and then the host: the parser also takes `https:/host` and `https:///host`,
-        // which would not work as written.
-        if !raw.split_once("://").is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/')) {
-            return Err(bad("is not a URL"));
-        }
+        let bad = |why: &str| PublicUrlError { raw: raw.to_owned(), why: why.to_owned() };
         let url = url::Url::parse(raw).map_err(|_| bad("is not a URL"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad("must start with http:// or https://"));
@@ -36,7 +27,7 @@ impl PublicUrl {
         if url.host_str().is_none_or(str::is_empty) {
             return Err(bad("names no host"));
         }
-        if !url.username().is_empty() || url.password().is_some() {
+        if raw.contains('@') {
             return Err(bad("must not hold a user name or password"));
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -45,7 +36,25 @@ impl PublicUrl {
         if url.port() == Some(0) {
             return Err(bad("has a port outside 1-65535"));
         }
-        Ok(Self(raw.trim_end_matches('/').to_owned()))
+        // Kept as written, it must be what the parser makes of it: browsers compare the origin
+        // they send with it (a default port, a non-ASCII or percent-encoded host would differ),
+        // and mail clients cut links at spaces and `<>`; `https:/host` is not a link as written.
+        let written = raw.trim_end_matches('/');
+        let parsed = url.as_str().trim_end_matches('/');
+        if !written.eq_ignore_ascii_case(parsed) {
+            return Err(bad(&format!("must be written as browsers write it: {parsed}")));
+        }
+        Ok(Self(written.to_owned()))
+    }
+
+    /// Where a server listening on `addr` is reached, when no public URL is configured
+    /// (`localhost` for every interface, which names no host a link could use).
+    pub fn listening_on(addr: SocketAddr) -> Self {
+        if addr.ip().is_unspecified() {
+            Self(format!("http://localhost:{}", addr.port()))
+        } else {
+            Self(format!("http://{addr}"))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -103,6 +112,15 @@ mod tests {
             "https://km.example.com:0",
             "https:///path",
             "https:/km.example.com",
+            "https://@km.example.com",
+            "https://:@km.example.com",
+            "https://bücher.example",
+            "https://km%2Eexample.com",
+            "https://km.example.com:",
+            "https://km.example.com:443",
+            "https://km.example.com/a b",
+            "https://km.example.com/<x>",
+            " https://km.example.com",
         ] {
             assert!(PublicUrl::parse(bad).is_err(), "{bad}");
         }
@@ -110,5 +128,13 @@ mod tests {
             PublicUrl::parse("ftp://km.example.com").unwrap_err().to_string(),
             "\"ftp://km.example.com\" must start with http:// or https://"
         );
+        assert_eq!(
+            PublicUrl::parse("https://KM.example.com:443/app").unwrap_err().to_string(),
+            "\"https://KM.example.com:443/app\" must be written as browsers write it: https://km.example.com/app"
+        );
+        assert_eq!(PublicUrl::parse("HTTPS://KM.Example.com/").unwrap().as_str(), "HTTPS://KM.Example.com");
+        // Without one configured: where the server listens (port 0 in tests, chosen later).
+        assert_eq!(PublicUrl::listening_on("0.0.0.0:8080".parse().unwrap()).as_str(), "http://localhost:8080");
+        assert_eq!(PublicUrl::listening_on("[::1]:0".parse().unwrap()).as_str(), "http://[::1]:0");
     }
 }

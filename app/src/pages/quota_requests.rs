@@ -162,7 +162,8 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                                 (Some(h), Some(d)) => limits(h, d),
                                 _ => limits(r.requested_per_hour, r.requested_per_day),
                             }}</td>
-                            <td data-label="Admin note">{r.decision_note.clone().unwrap_or_default()}</td>
+                            // Nothing at all without a note: on a phone the empty cell is hidden.
+                            <td data-label="Admin note">{r.decision_note.clone()}</td>
                             // A form, so that it also works without JavaScript.
                             <td>{match (pending, yours) {
                                 (true, true) => Some(view! {
@@ -244,7 +245,16 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match requests.await {
                     Ok(list) if list.is_empty() => view! { <section class="card"><p class="empty">"No requests yet."</p></section> }.into_any(),
-                    Ok(list) => list.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view().into_any(),
+                    Ok(list) => {
+                        // A refusal without JavaScript names its card; with no such card here
+                        // (decided long ago, or a made-up address), its error shows on top.
+                        let orphan = decided
+                            .get_untracked()
+                            .filter(|(id, _)| !list.iter().any(|r| r.id == *id))
+                            .and_then(|(_, kind)| decision.last_error(kind))
+                            .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> });
+                        view! { {orphan} {list.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()} }.into_any()
+                    }
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }
             })}
