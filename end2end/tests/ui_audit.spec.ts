@@ -80,8 +80,13 @@ test.describe('on a phone (390x844)', () => {
     // A key's page offers an admin the form that sets its quota.
     await expectFits(page, `/dashboard/developers/api-keys/${keyId}`, () => expect(page.getByTestId('set-quota')).toBeVisible());
     await expectFits(page, '/admin', () => expect(page.getByTestId('admin-keys')).toBeVisible());
+    // The lists of keys and of quota changes read as one block per row: nothing scrolls sideways.
+    const sideways = (testId: string) =>
+      page.locator('.table-scroll').filter({ has: page.getByTestId(testId) }).evaluate((el) => el.scrollWidth - el.clientWidth);
+    expect(await sideways('admin-keys')).toBeLessThanOrEqual(0);
     await expectFits(page, '/admin/quota-requests', () => expect(page.getByTestId('set-directly')).toBeVisible());
     await expectFits(page, '/admin/quota-changes', () => expect(page.getByTestId('audit-trail')).toBeVisible());
+    expect(await sideways('audit-trail')).toBeLessThanOrEqual(0);
     await expectFits(page, '/admin/mail', () => expect(page.getByTestId('mail-delivery')).toBeVisible());
     await expectFits(page, '/admin/accounts', () => expect(page.getByTestId('admin-accounts')).toBeVisible());
   });

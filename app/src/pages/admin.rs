@@ -60,14 +60,14 @@ pub fn AdminKeysPage() -> impl IntoView {
                             let previous = (page > 1).then(|| page_href(&search, page - 1));
                             let next = found.more.then(|| page_href(&search, page + 1));
                             view! {
-                            <div class="table-scroll"><table class="keys" data-testid="admin-keys">
+                            <div class="table-scroll"><table class="keys stacked" data-testid="admin-keys">
                                 <thead><tr><th>"Owner"</th><th>"Name"</th><th>"Key"</th><th>"Status"</th><th>"Quota"</th><th>"Last used"</th></tr></thead>
                                 <tbody>
                                     {found.keys.into_iter().map(|key| {
                                         let status = key.status();
                                         view! {
                                             <tr>
-                                                <td>{key.owner_email.clone()}</td>
+                                                <td data-label="Owner">{key.owner_email.clone()}</td>
                                                 <td>
                                                     <A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A>
                                                     " · "
@@ -75,14 +75,14 @@ pub fn AdminKeysPage() -> impl IntoView {
                                                 </td>
                                                 // A rolled key is also found by its previous prefix (a leak
                                                 // report names the secret that leaked): say why it matched.
-                                                <td><code>{format!("{}…", key.prefix)}</code>
+                                                <td data-label="Key"><code>{format!("{}…", key.prefix)}</code>
                                                     {key.previous_secret.as_ref().map(|p| view! {
                                                         <br/><span class="hint" data-testid="previous-prefix">"rolled from "<code>{format!("{}…", p.prefix)}</code></span>
                                                     })}
                                                 </td>
-                                                <td><span class=format!("badge {status}")>{status}</span></td>
-                                                <td class="num">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
-                                                <td>{format::time_or(key.last_used_at.as_ref(), "never")}</td>
+                                                <td data-label="Status"><span class=format!("badge {status}")>{status}</span></td>
+                                                <td class="num" data-label="Quota">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
+                                                <td data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
                                             </tr>
                                         }
                                     }).collect_view()}

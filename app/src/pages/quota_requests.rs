@@ -461,7 +461,7 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                     let paged = before().is_some();
                     match entries.await {
                         Ok(AuditPage { entries: list, older }) => view! {
-                            <div class="table-scroll"><table data-testid="audit-trail">
+                            <div class="table-scroll"><table class="stacked" data-testid="audit-trail">
                                 <thead><tr><th>"When"</th><th>"Key"</th><th>"By"</th><th>"Decision"</th><th>"From"</th><th>"To"</th><th>"Why"</th></tr></thead>
                                 <tbody>
                                     {list.into_iter().map(|e| {
@@ -470,19 +470,19 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                                         let key_name = e.key_name.clone();
                                         view! {
                                             <tr data-testid="audit-row" data-decision=e.decision.clone()>
-                                                <td>{format::time(&e.changed_at)}</td>
+                                                <td data-label="When">{format::time(&e.changed_at)}</td>
                                                 // Names repeat across owners: the key's page tells them apart.
-                                                <td><A href=key_page>{key_name}</A></td>
-                                                <td>{audit_actor(&e)}</td>
-                                                <td><span class=format!("badge {}", e.decision)>{e.decision.clone()}</span></td>
-                                                <td class="num">{limits(e.old_per_hour, e.old_per_day)}</td>
+                                                <td data-label="Key"><A href=key_page>{key_name}</A></td>
+                                                <td data-label="By">{audit_actor(&e)}</td>
+                                                <td data-label="Decision"><span class=format!("badge {}", e.decision)>{e.decision.clone()}</span></td>
+                                                <td class="num" data-label="From">{limits(e.old_per_hour, e.old_per_day)}</td>
                                                 // A denial's limits were asked for, never applied.
-                                                <td class="num">{if denied {
+                                                <td class="num" data-label="To">{if denied {
                                                     format!("asked {}", limits(e.new_per_hour, e.new_per_day))
                                                 } else {
                                                     limits(e.new_per_hour, e.new_per_day)
                                                 }}</td>
-                                                <td>{e.reason.clone()}</td>
+                                                <td data-label="Why">{e.reason.clone()}</td>
                                             </tr>
                                         }
                                     }).collect_view()}
