@@ -182,8 +182,7 @@ pub async fn address_of(db: &db::DbPool, token: &ResetToken) -> ServiceResult<Op
     let email: Option<String> = password_resets::table
         .inner_join(users::table)
         .filter(password_resets::token_hash.eq(token.hash()))
-        .filter(password_resets::used_at.is_null())
-        .filter(password_resets::expires_at.gt(diesel::dsl::now))
+        .filter(works())
         .filter(users::disabled_at.is_null())
         .select(users::email)
         .first(&mut conn)
@@ -211,7 +210,13 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
     // with sign-in, and made-up links must not be a way to spend it.
     let user_id = {
         let mut conn = db::conn(&services.db).await?;
-        live_link(&token_hash).select(password_resets::user_id).first::<i64>(&mut conn).await.optional()?
+        password_resets::table
+            .filter(password_resets::token_hash.eq(&token_hash))
+            .filter(works())
+            .select(password_resets::user_id)
+            .first::<i64>(&mut conn)
+            .await
+            .optional()?
     }
     .ok_or_else(|| ServiceError::invalid(LINK_GONE))?;
     let hash = new.hash().await?;
@@ -232,8 +237,7 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
                 // changed meanwhile voided it.
                 let used: Option<i64> = diesel::update(password_resets::table)
                     .filter(password_resets::token_hash.eq(&token_hash))
-                    .filter(password_resets::used_at.is_null())
-                    .filter(password_resets::expires_at.gt(diesel::dsl::now))
+                    .filter(works())
                     .set(password_resets::used_at.eq(diesel::dsl::now))
                     .returning(password_resets::user_id)
                     .get_result(conn)
@@ -258,22 +262,22 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
     Ok(user)
 }
 
-/// The link with this hash, if it is neither used nor expired.
-fn live_link(token_hash: &[u8]) -> password_resets::BoxedQuery<'_, diesel::pg::Pg> {
-    password_resets::table
-        .filter(password_resets::token_hash.eq(token_hash))
-        .filter(password_resets::used_at.is_null())
-        .filter(password_resets::expires_at.gt(diesel::dsl::now))
-        .into_boxed()
+/// The links that still work: neither used nor expired.
+type Works = diesel::dsl::And<
+    diesel::dsl::IsNull<password_resets::used_at>,
+    diesel::dsl::Gt<password_resets::expires_at, diesel::dsl::now>,
+>;
+
+fn works() -> Works {
+    password_resets::used_at.is_null().and(password_resets::expires_at.gt(diesel::dsl::now))
 }
 
 /// Voids every link of the account not used yet, inside the caller's transaction (a new
 /// password, however it was set, ends what an old link could do).
 pub(crate) async fn void_links(conn: &mut diesel_async::AsyncPgConnection, user_id: i64) -> ServiceResult<()> {
     diesel::update(password_resets::table.filter(password_resets::user_id.eq(user_id)))
-        .filter(password_resets::used_at.is_null())
         // Expired ones are left alone (housekeeping deletes them; nothing to wait for there).
-        .filter(password_resets::expires_at.gt(diesel::dsl::now))
+        .filter(works())
         .set(password_resets::used_at.eq(diesel::dsl::now))
         .execute(conn)
         .await?;
