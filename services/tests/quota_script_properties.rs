@@ -9,13 +9,12 @@ use std::cell::RefCell;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use redis::Value;
-use services::keys::quota_manager::quota_redis_key;
+use services::keys::quota_manager::{quota_redis_key, CHECK_SCRIPT as SCRIPT};
 use services::keys::{ApiKeyId, Quota, QuotaDecision, QuotaLimit, QuotaManager, Window};
 use services::redis_pool::{self, RedisConn, RedisPool};
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-const SCRIPT: &str = include_str!("../src/keys/quota_check.lua");
 const TEN_YEARS_MS: i64 = 3_653 * 86_400_000;
 /// Keeps the whole file to a few seconds.
 const CASES: u32 = 64;
@@ -50,6 +49,11 @@ fn runner() -> TestRunner {
 
 async fn delete(conn: &mut RedisConn, key: &str) {
     let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await.expect("DEL");
+}
+
+/// Milliseconds until `key` expires (-1: never, -2: no such key).
+async fn pttl(conn: &mut RedisConn, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.expect("PTTL")
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +135,7 @@ async fn run_case(manager: &QuotaManager, conn: &mut RedisConn, case: &Case) -> 
         decisions.push(d);
     }
     let after_ms = manager.now_ms().await.map_err(|e| TestCaseError::fail(format!("TIME: {e}")))?;
+    let kept_ms = pttl(conn, &quota_redis_key(key)).await;
     delete(conn, &quota_redis_key(key)).await;
 
     for d in &decisions {
@@ -150,6 +155,17 @@ async fn run_case(manager: &QuotaManager, conn: &mut RedisConn, case: &Case) -> 
     {
         return Ok(());
     }
+    // The key's state is kept a little past the day it counts (an hour), and no longer: a key
+    // that goes quiet costs nothing. Set when the day's first request was admitted.
+    let day_end_ms = first.day.reset_at_ms + 3_600_000;
+    prop_assert!(
+        (day_end_ms - after_ms - 1_000..=day_end_ms - first.now_ms).contains(&kept_ms),
+        "kept {} ms at {}, first call at {}, day ends at {}",
+        kept_ms,
+        after_ms,
+        first.now_ms,
+        first.day.reset_at_ms
+    );
     // Every decision replayed against the GCRA as specified, at the time the script saw: a
     // burst of `burst` at once, refilled one request per emission interval (1/burst s).
     let mut gcra = Gcra::new(case.burst);
@@ -433,5 +449,43 @@ fn a_lowered_burst_rate_frees_the_key_within_one_new_interval() {
         assert_eq!((refused[0], refused[1]), (0, 4), "{refused:?}");
         assert!((1..=1_000).contains(&refused[8]), "retry in {} ms", refused[8]);
         delete(&mut conn, &key).await;
+    });
+}
+
+/// Limits published for a key with no traffic yet are kept a little past the day too (the
+/// check script sets the expiry only when it counts): an idle key's limits do not stay for good.
+/// Limits published for a key already counting leave its expiry alone.
+#[test]
+fn published_limits_of_an_idle_key_are_kept_past_the_day_only() {
+    let (rt, pool) = runtime_and_pool();
+    let manager = QuotaManager::new(pool.clone());
+    rt.block_on(async {
+        let mut conn = redis_pool::conn(&pool).await.expect("Redis connection");
+        let key = ApiKeyId(Uuid::new_v4());
+        let quota = |per_hour| Quota {
+            per_hour: QuotaLimit::new(per_hour).expect("in range"),
+            per_day: QuotaLimit::new(1_000).expect("in range"),
+            burst_per_second: None,
+        };
+        let before_ms = manager.now_ms().await.expect("TIME");
+        manager.publish_limits(key, &quota(10), 1).await.expect("publish");
+        let kept_ms = pttl(&mut conn, &quota_redis_key(key)).await;
+        let day_end_ms = before_ms - before_ms % 86_400_000 + 86_400_000 + 3_600_000;
+        let after_ms = manager.now_ms().await.expect("TIME");
+        // A publish straddling midnight is in either day.
+        let days_end_ms = [day_end_ms, day_end_ms + 86_400_000];
+        assert!(
+            days_end_ms.iter().any(|end| (end - after_ms - 1_000..=end - before_ms).contains(&kept_ms)),
+            "kept {kept_ms} ms, published at {before_ms}..{after_ms}"
+        );
+
+        // Counting, then a newer publish: the expiry the count set stays.
+        let counted = manager.check_and_count(key, &quota(10), 1).await.expect("check");
+        assert!(counted.admitted);
+        let kept_ms = pttl(&mut conn, &quota_redis_key(key)).await;
+        manager.publish_limits(key, &quota(20), 2).await.expect("publish");
+        let after_publish_ms = pttl(&mut conn, &quota_redis_key(key)).await;
+        assert!(after_publish_ms <= kept_ms && kept_ms - after_publish_ms < 1_000, "{kept_ms} then {after_publish_ms}");
+        delete(&mut conn, &quota_redis_key(key)).await;
     });
 }

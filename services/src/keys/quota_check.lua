@@ -106,11 +106,8 @@ if admitted > 0 then
   redis.call('HSET', KEYS[1], 'hw', hour_start, 'hc', hc, 'dw', day_start, 'dc', dc)
   if stored_qv ~= qv then redis.call('HSET', KEYS[1], 'hl', hl, 'dl', dl, 'br', br, 'qv', qv) end
   if tat then redis.call('HSET', KEYS[1], 'tat', tat, 'tf', tf, 'tr', br) end
-  -- Kept a little past the day window (set when the day's counting starts); a key that goes
-  -- quiet costs nothing.
-  if tonumber(s[3]) ~= day_start then
-    redis.call('PEXPIRE', KEYS[1], (day_start + 86400 + 3600) * 1000 - now_ms)
-  end
+  -- Set when the day's counting starts.
+  if tonumber(s[3]) ~= day_start then keep_past_day(KEYS[1], now_ms) end
 end
 
 return {admitted, blocked, hc, dc, now_ms, hl, dl, br, math.ceil(retry_ms)}

@@ -211,6 +211,12 @@ pub enum Verdict {
     Unavailable,
 }
 
+/// The quota check (see the script's header), one atomic step per batch of requests.
+pub const CHECK_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include_str!("quota_check.lua"));
+
+/// Stores a key's new limits for every instance, unless newer ones are stored.
+const PUBLISH_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include_str!("quota_publish.lua"));
+
 /// Adds counts to a key's windows if they are the given ones (hour and day starts in seconds).
 const RECONCILE: &str = r"
 local s = redis.call('HMGET', KEYS[1], 'hw', 'dw')
@@ -272,7 +278,7 @@ impl QuotaManager {
         Self {
             redis: shared.pool().clone(),
             shared,
-            script: Arc::new(Script::new(include_str!("quota_check.lua"))),
+            script: Arc::new(Script::new(CHECK_SCRIPT)),
             reconcile: Arc::new(Script::new(RECONCILE)),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
             fallback: Arc::new(FallbackLimiter::new(policy.instances)),
@@ -483,27 +489,7 @@ impl QuotaManager {
     /// as new are left alone, so two changes published out of order (two admins, two
     /// instances) end with the later change's limits.
     pub async fn publish_limits(&self, key: ApiKeyId, quota: &Quota, version_ms: i64) -> ServiceResult<()> {
-        // A compare and set in one script: another instance's publish must not come between
-        // reading the stored version and writing. Returns 1 if stored.
-        static PUBLISH_LIMITS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-            Script::new(
-                r"
-local stored = tonumber(redis.call('HGET', KEYS[1], 'qv'))
-local written = 0
-if not (stored and stored >= tonumber(ARGV[4])) then
-  redis.call('HSET', KEYS[1], 'hl', ARGV[1], 'dl', ARGV[2], 'br', ARGV[3], 'qv', ARGV[4])
-  written = 1
-end
--- A key with no traffic yet has no expiry here (the check script sets it when counting): the
--- same as that one, a little past the day, or an idle key's limits would stay for good.
-if redis.call('PTTL', KEYS[1]) == -1 then
-  local now = tonumber(redis.call('TIME')[1])
-  redis.call('EXPIRE', KEYS[1], now - now % 86400 + 86400 + 3600 - now)
-end
-return written
-",
-            )
-        });
+        static PUBLISH_LIMITS: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(PUBLISH_SCRIPT));
         let mut conn = redis_pool::conn(&self.redis).await?;
         let _: i64 = PUBLISH_LIMITS
             .key(quota_redis_key(key))
