@@ -85,85 +85,15 @@ where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
     let started = request.extensions().get::<RequestArrived>().map_or_else(Instant::now, |arrived| arrived.0);
-    // Already resolved by `require_api_key` in front of the router, or resolved here; either
-    // way handlers find it in the request's extensions.
-    let key = match request.extensions().get::<AuthenticatedKey>() {
-        Some(key) => *key,
-        None => match authenticate(&services, request.headers()).await {
-            Ok(key) => {
-                request.extensions_mut().insert(key);
-                key
-            }
-            Err(err) => {
-                let mut response = err.into_response();
-                super::close_if_body_unread(request.headers(), &mut response);
-                return Ok(response);
-            }
-        },
+    let key = match identify(&services, &mut request).await {
+        Ok(key) => key,
+        Err(response) => return Ok(response),
     };
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
     let request_id = Uuid::now_v7();
-    let mut event = UsageEvent {
-        request_id,
-        key_id: key.id.0,
-        at_ms: 0,
-        method: request.method().as_str().to_owned(),
-        endpoint,
-        status: 0,
-        latency_us: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        throttled: false,
-        enforced: true,
-        alerts: Vec::new(),
-    };
-
-    // Dropped while the check is out (client gone), the check still finishes elsewhere and
-    // its outcome is recorded: Redis may have counted it.
-    let on_abandon = {
-        let (mut event, services) = (event.clone(), services.clone());
-        move |verdict: Verdict| {
-            let decision = apply_verdict(&mut event, verdict, &services);
-            event.status = match &decision {
-                Some(d) if d.admitted => CLIENT_CLOSED_REQUEST,
-                Some(_) => StatusCode::TOO_MANY_REQUESTS.as_u16(),
-                None => StatusCode::SERVICE_UNAVAILABLE.as_u16(),
-            };
-            event.throttled = event.status != CLIENT_CLOSED_REQUEST;
-            event.latency_us = micros(started.elapsed());
-            services.usage.record(event);
-        }
-    };
-    let verdict = FinishOnDrop::new(services.quota.decide(&key), on_abandon).await;
-    let decision = apply_verdict(&mut event, verdict, &services);
-
-    // Refused: by the quota (429), or because it cannot be checked and the policy is
-    // fail-closed (503). Its usage is stored before the client hears back.
-    let refusal = match &decision {
-        Some(d) if !d.admitted => {
-            let (mut response, len) = quota_exceeded(d);
-            add_rate_limit_headers(response.headers_mut(), d);
-            Some((response, len))
-        }
-        None => Some(quota_unavailable()),
-        Some(_) => None,
-    };
-    if let Some((mut response, body_len)) = refusal {
-        add_request_id(response.headers_mut(), request_id);
-        super::close_if_body_unread(request.headers(), &mut response);
-        event.status = response.status().as_u16();
-        event.throttled = true;
-        // The body of a refused request is never read, so none of it was received; a claimed
-        // `Content-Length` is the client's word, not bytes (and not something to bill).
-        event.bytes_in = 0;
-        event.latency_us = micros(started.elapsed());
-        event.bytes_out = if event.method == "HEAD" { 0 } else { body_len };
-        services.usage.record_durably(event).await;
-        return Ok(response);
+    let mut event = new_event(&request, &key, request_id);
+    let decision = check_quota(&services, &key, &mut event, started).await;
+    if let Some(refusal) = refusal(decision.as_ref()) {
+        return Ok(refuse(&services, request.headers(), refusal, event, started).await);
     }
 
     let before_handler = started.elapsed();
@@ -182,22 +112,137 @@ where
     // A client that hung up mid-body never hears the handler's complaint about it.
     event.status =
         if received.client_gone.load(Ordering::Relaxed) { CLIENT_CLOSED_REQUEST } else { response.status().as_u16() };
+    let response = record_when_sent(&services.usage, response, event, started, received).await;
+    // The hand-off of a body of known size is the tracker's time too: the client waits for it.
+    OVERHEAD.observe(before_handler + after_handler.elapsed());
+    Ok(response)
+}
 
-    // A body of known size is complete now: store its usage, then answer.
+/// The request's key: already resolved by `require_api_key` in front of the router, or resolved
+/// here; either way handlers find it in the request's extensions. A request without a valid key
+/// gets its 401 (nothing is counted).
+async fn identify(services: &Services, request: &mut Request) -> Result<AuthenticatedKey, Response> {
+    if let Some(key) = request.extensions().get::<AuthenticatedKey>() {
+        return Ok(*key);
+    }
+    match authenticate(services, request.headers()).await {
+        Ok(key) => {
+            request.extensions_mut().insert(key);
+            Ok(key)
+        }
+        Err(err) => {
+            let mut response = err.into_response();
+            super::close_if_body_unread(request.headers(), &mut response);
+            Err(response)
+        }
+    }
+}
+
+/// The request's usage event, its outcome still to be filled in.
+fn new_event(request: &Request, key: &AuthenticatedKey, request_id: Uuid) -> UsageEvent {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    UsageEvent {
+        request_id,
+        key_id: key.id.0,
+        at_ms: 0,
+        method: request.method().as_str().to_owned(),
+        endpoint,
+        status: 0,
+        latency_us: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        throttled: false,
+        enforced: true,
+        alerts: Vec::new(),
+    }
+}
+
+/// Asks the quota manager and takes its verdict into `event`; the decision, if there was one.
+/// Dropped while the check is out (client gone), the check still finishes elsewhere and its
+/// outcome is recorded: Redis may have counted it.
+async fn check_quota(
+    services: &Services,
+    key: &AuthenticatedKey,
+    event: &mut UsageEvent,
+    started: Instant,
+) -> Option<QuotaDecision> {
+    let on_abandon = {
+        let (mut event, services) = (event.clone(), services.clone());
+        move |verdict: Verdict| {
+            let decision = apply_verdict(&mut event, verdict, &services);
+            event.status = match &decision {
+                Some(d) if d.admitted => CLIENT_CLOSED_REQUEST,
+                Some(_) => StatusCode::TOO_MANY_REQUESTS.as_u16(),
+                None => StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            };
+            event.throttled = event.status != CLIENT_CLOSED_REQUEST;
+            event.latency_us = micros(started.elapsed());
+            services.usage.record(event);
+        }
+    };
+    let verdict = FinishOnDrop::new(services.quota.decide(key), on_abandon).await;
+    apply_verdict(event, verdict, services)
+}
+
+/// The answer to a refused request, with its body's length, if it is refused: by the quota
+/// (429), or because the quota cannot be checked and the policy is fail-closed (503).
+fn refusal(decision: Option<&QuotaDecision>) -> Option<(Response, u64)> {
+    match decision {
+        Some(d) if d.admitted => None,
+        Some(d) => {
+            let (mut response, len) = quota_exceeded(d);
+            add_rate_limit_headers(response.headers_mut(), d);
+            Some((response, len))
+        }
+        None => Some(quota_unavailable()),
+    }
+}
+
+/// Stores a refused request's usage, then hands back its answer.
+async fn refuse(
+    services: &Services,
+    request_headers: &HeaderMap,
+    (mut response, body_len): (Response, u64),
+    mut event: UsageEvent,
+    started: Instant,
+) -> Response {
+    add_request_id(response.headers_mut(), event.request_id);
+    super::close_if_body_unread(request_headers, &mut response);
+    event.status = response.status().as_u16();
+    event.throttled = true;
+    // The body of a refused request is never read, so none of it was received; a claimed
+    // `Content-Length` is the client's word, not bytes (and not something to bill).
+    event.bytes_in = 0;
+    event.latency_us = micros(started.elapsed());
+    event.bytes_out = if event.method == "HEAD" { 0 } else { body_len };
+    services.usage.record_durably(event).await;
+    response
+}
+
+/// Stores the usage of an answered request before the client has all of the answer: at once
+/// for a body of known size (it is complete now), or, for a streamed body, when it ends, before
+/// its final chunk is sent.
+async fn record_when_sent(
+    usage: &UsageRecorder,
+    response: Response,
+    mut event: UsageEvent,
+    started: Instant,
+    received: Arc<Transfer>,
+) -> Response {
     if let Some(size) = http_body::Body::size_hint(response.body()).exact() {
         event.latency_us = micros(started.elapsed());
         event.bytes_in = received.bytes.load(Ordering::Relaxed);
         // HTTP sends no body with these, whatever the handler produced.
         let bodiless = matches!(event.status, 100..=199 | 204 | 304) || event.method == "HEAD";
         event.bytes_out = if bodiless { 0 } else { size };
-        services.usage.record_durably(event).await;
-        // The hand-off is the tracker's time too: the client waits for it.
-        OVERHEAD.observe(before_handler + after_handler.elapsed());
-        return Ok(response);
+        usage.record_durably(event).await;
+        return response;
     }
-
-    // A streamed body: its usage is stored when it ends, before the final chunk is sent.
-    let recorder = services.usage.clone();
+    let recorder = usage.clone();
     let on_done = Box::new(move |bytes_out: u64| {
         let mut event = event;
         event.latency_us = micros(started.elapsed());
@@ -210,9 +255,7 @@ where
     });
     let (parts, body) = response.into_parts();
     let body = CountingBody::new(body, Arc::default(), Some(on_done));
-    let response = Response::from_parts(parts, Body::new(body));
-    OVERHEAD.observe(before_handler + after_handler.elapsed());
-    Ok(response)
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// Takes the quota manager's verdict into the event (with the alert thresholds it reached, if
