@@ -663,33 +663,9 @@ impl Mailer {
         only: Option<(&[i64], Instant)>,
     ) -> ServiceResult<Option<(i64, Result<(), FailedSend>)>> {
         let mut conn = db::conn(db).await?;
-        let ids = only.map(|(ids, _)| ids);
-        // The attachments are read under the claim's row lock: a withdrawal (the owner stopping
-        // the monthly summary) deletes them with the message, and waits for this transaction
-        // rather than leaving a message claimed here to go without its CSV.
-        let claimed = conn
-            .transaction(|conn| {
-                async move {
-                    let Some(m) = claim(conn, ids).await? else { return Ok::<_, ServiceError>(None) };
-                    let files: Vec<Attachment> = outbound_email_attachments::table
-                        .filter(outbound_email_attachments::email_id.eq(m.id))
-                        .order(outbound_email_attachments::id)
-                        .select((
-                            outbound_email_attachments::filename,
-                            outbound_email_attachments::content_type,
-                            outbound_email_attachments::content,
-                        ))
-                        .load::<(String, String, Vec<u8>)>(conn)
-                        .await?
-                        .into_iter()
-                        .map(|(filename, content_type, content)| Attachment { filename, content_type, content })
-                        .collect();
-                    Ok(Some((m, files)))
-                }
-                .scope_boxed()
-            })
-            .await?;
-        let Some((m, files)) = claimed else { return Ok(None) };
+        let Some((m, files)) = claim_with_attachments(&mut conn, only.map(|(ids, _)| ids)).await? else {
+            return Ok(None);
+        };
         let limit = only.map_or(SEND_TIMEOUT, |(_, d)| SEND_TIMEOUT.min(d.saturating_duration_since(Instant::now())));
         let result = match tokio::time::timeout(limit, self.send(&m, &files)).await {
             Ok(result) => result,
@@ -698,66 +674,109 @@ impl Mailer {
                 limit.as_secs_f64().ceil()
             ))),
         };
-        // Only while the claim is ours: a sender that outlived its claim leaves the message to
-        // whoever took it over.
-        let update = diesel::update(
-            outbound_emails::table
-                .filter(outbound_emails::id.eq(m.id))
-                .filter(outbound_emails::claim_token.eq(m.claim_token)),
-        );
-        let (marked, outcome) = match result {
-            Ok(()) => {
-                let marked = update.set(outbound_emails::sent_at.eq(diesel::dsl::now)).execute(&mut conn).await?;
-                if m.confidential && marked > 0 {
-                    erase_credential(&mut conn, m.id).await?;
-                }
-                (marked, Ok(()))
-            }
-            Err(failure) => {
-                let attempts = m.attempts + 1;
-                let error = failure.error.clone();
-                let (marked, given_up) = match AfterFailure::decide(&failure, m.attempts, m.retry_until, Utc::now()) {
-                    AfterFailure::Retry { at, until } => {
-                        tracing::warn!(email_id = m.id, attempts, %error, "sending email failed; will retry");
-                        let marked = update
-                            .set((
-                                outbound_emails::attempts.eq(attempts),
-                                outbound_emails::last_error.eq(&error),
-                                outbound_emails::next_attempt_at.eq(at),
-                                outbound_emails::retry_until.eq(until),
-                            ))
-                            .execute(&mut conn)
-                            .await?;
-                        (marked, false)
-                    }
-                    AfterFailure::GiveUp => {
-                        tracing::error!(email_id = m.id, attempts, %error, "sending email failed; given up (an admin can send it again from /admin/mail)");
-                        let marked = update
-                            .set((
-                                outbound_emails::attempts.eq(attempts),
-                                outbound_emails::last_error.eq(&error),
-                                outbound_emails::failed_at.eq(diesel::dsl::now),
-                            ))
-                            .execute(&mut conn)
-                            .await?;
-                        if m.confidential && marked > 0 {
-                            erase_credential(&mut conn, m.id).await?;
-                        }
-                        (marked, true)
-                    }
-                };
-                (marked, Err(FailedSend { id: m.id, to: m.to.clone(), error, given_up }))
-            }
-        };
-        if marked == 0 {
-            // Or it was withdrawn meanwhile (its owner stopped the monthly summary).
-            tracing::warn!(
-                email_id = m.id,
-                "mail sender: the message's claim ran out, or it was withdrawn, while it was being sent"
-            );
-        }
+        let outcome = record_attempt(&mut conn, &m, result).await?;
         Ok(Some((m.id, outcome)))
     }
+}
+
+/// Claims one due message (of `only`, when given) with its attachments.
+async fn claim_with_attachments(
+    conn: &mut AsyncPgConnection,
+    only: Option<&[i64]>,
+) -> ServiceResult<Option<(Outgoing, Vec<Attachment>)>> {
+    // The attachments are read under the claim's row lock: a withdrawal (the owner stopping
+    // the monthly summary) deletes them with the message, and waits for this transaction
+    // rather than leaving a message claimed here to go without its CSV.
+    conn.transaction(|conn| {
+        async move {
+            let Some(m) = claim(conn, only).await? else { return Ok::<_, ServiceError>(None) };
+            let files: Vec<Attachment> = outbound_email_attachments::table
+                .filter(outbound_email_attachments::email_id.eq(m.id))
+                .order(outbound_email_attachments::id)
+                .select((
+                    outbound_email_attachments::filename,
+                    outbound_email_attachments::content_type,
+                    outbound_email_attachments::content,
+                ))
+                .load::<(String, String, Vec<u8>)>(conn)
+                .await?
+                .into_iter()
+                .map(|(filename, content_type, content)| Attachment { filename, content_type, content })
+                .collect();
+            Ok(Some((m, files)))
+        }
+        .scope_boxed()
+    })
+    .await
+}
+
+/// Writes down how a try of the claimed message `m` went: sent, to be retried, or given up (a
+/// confidential message's credential is erased once it will not be sent again). The outcome
+/// for the caller.
+async fn record_attempt(
+    conn: &mut AsyncPgConnection,
+    m: &Outgoing,
+    result: Result<(), SendFailure>,
+) -> ServiceResult<Result<(), FailedSend>> {
+    // Only while the claim is ours: a sender that outlived its claim leaves the message to
+    // whoever took it over.
+    let update = diesel::update(
+        outbound_emails::table
+            .filter(outbound_emails::id.eq(m.id))
+            .filter(outbound_emails::claim_token.eq(m.claim_token)),
+    );
+    let (marked, outcome) = match result {
+        Ok(()) => {
+            let marked = update.set(outbound_emails::sent_at.eq(diesel::dsl::now)).execute(conn).await?;
+            if m.confidential && marked > 0 {
+                erase_credential(conn, m.id).await?;
+            }
+            (marked, Ok(()))
+        }
+        Err(failure) => {
+            let attempts = m.attempts + 1;
+            let error = failure.error.clone();
+            let (marked, given_up) = match AfterFailure::decide(&failure, m.attempts, m.retry_until, Utc::now()) {
+                AfterFailure::Retry { at, until } => {
+                    tracing::warn!(email_id = m.id, attempts, %error, "sending email failed; will retry");
+                    let marked = update
+                        .set((
+                            outbound_emails::attempts.eq(attempts),
+                            outbound_emails::last_error.eq(&error),
+                            outbound_emails::next_attempt_at.eq(at),
+                            outbound_emails::retry_until.eq(until),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    (marked, false)
+                }
+                AfterFailure::GiveUp => {
+                    tracing::error!(email_id = m.id, attempts, %error, "sending email failed; given up (an admin can send it again from /admin/mail)");
+                    let marked = update
+                        .set((
+                            outbound_emails::attempts.eq(attempts),
+                            outbound_emails::last_error.eq(&error),
+                            outbound_emails::failed_at.eq(diesel::dsl::now),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    if m.confidential && marked > 0 {
+                        erase_credential(conn, m.id).await?;
+                    }
+                    (marked, true)
+                }
+            };
+            (marked, Err(FailedSend { id: m.id, to: m.to.clone(), error, given_up }))
+        }
+    };
+    if marked == 0 {
+        // Or it was withdrawn meanwhile (its owner stopped the monthly summary).
+        tracing::warn!(
+            email_id = m.id,
+            "mail sender: the message's claim ran out, or it was withdrawn, while it was being sent"
+        );
+    }
+    Ok(outcome)
 }
 
 /// Of the messages `ids`, those no sender has finished a try of yet.

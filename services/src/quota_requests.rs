@@ -148,8 +148,7 @@ pub async fn create(
     // Checked here for a quick answer, and again under the key's lock against its live limits.
     RequestedLimits::parse(per_hour, per_day, &key.quota, maximum)?;
     let reason = check_reason(reason)?;
-    let decide_url = services.settings.public_url.link("/admin/quota-requests");
-    let decide_url = decide_url.as_str();
+    let public_url = &services.settings.public_url;
     let mut conn = db::conn(&services.db).await?;
     let id = conn
         .transaction::<_, ServiceError, _>(|conn| {
@@ -182,60 +181,64 @@ pub async fn create(
                         ),
                         other => other,
                     })?;
-                // Every admin hears of it, in the bell and by email.
-                let admins: Vec<(i64, String)> = users::table
-                    .filter(users::role.eq(Role::Admin.as_str()))
-                    .select((users::id, users::email))
-                    .load(conn)
-                    .await?;
-                let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
-                let body = format!(
-                    "{} asks for {}/hour and {}/day on the key \u{201c}{}\u{201d} ({}…, now {}/hour and {}/day): {}",
-                    user.email,
-                    format::count(limits.per_hour),
-                    format::count(limits.per_day),
-                    key.name,
-                    key.prefix,
-                    format::count(live.per_hour),
-                    format::count(live.per_day),
-                    reason
-                );
-                let text = format!("{body}\n\nDecide: {decide_url}\n");
-                let html =
-                    format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(decide_url));
-                for (admin, email) in admins {
-                    mailer::enqueue(
-                        conn,
-                        &Email {
-                            to: &email,
-                            subject: &title,
-                            text: &text,
-                            html: &html,
-                            attachments: &[],
-                            list_unsubscribe: None,
-                            credential_until: None,
-                        },
-                        None,
-                    )
-                    .await?;
-                    notifications::notify(
-                        conn,
-                        &NewNotification {
-                            user_id: admin,
-                            kind: "quota_request",
-                            title: &title,
-                            body: &body,
-                            link: Some("/admin/quota-requests"),
-                            dedupe_key: None,
-                        },
-                    )
-                    .await?;
-                }
+                tell_admins(conn, user, &key, &live, &limits, reason, public_url).await?;
                 Ok(id)
             })
         })
         .await?;
     get(&services.db, id).await
+}
+
+/// Every admin hears of a new request, in the bell and by email: who asks, for which key, what
+/// it allows now and why more is needed, with a link to decide.
+async fn tell_admins(
+    conn: &mut AsyncPgConnection,
+    requester: &User,
+    key: &api_keys::ApiKey,
+    live: &LiveKey,
+    asked: &RequestedLimits,
+    reason: &str,
+    public_url: &PublicUrl,
+) -> ServiceResult<()> {
+    let admins: Vec<(i64, String)> =
+        users::table.filter(users::role.eq(Role::Admin.as_str())).select((users::id, users::email)).load(conn).await?;
+    let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
+    let body = format!(
+        "{} asks for {}/hour and {}/day on the key \u{201c}{}\u{201d} ({}…, now {}/hour and {}/day): {}",
+        requester.email,
+        format::count(asked.per_hour),
+        format::count(asked.per_day),
+        key.name,
+        key.prefix,
+        format::count(live.per_hour),
+        format::count(live.per_day),
+        reason
+    );
+    let decide_url = public_url.link("/admin/quota-requests");
+    let text = format!("{body}\n\nDecide: {decide_url}\n");
+    let html = format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(decide_url.as_str()));
+    for (admin, email) in admins {
+        let email = Email {
+            to: &email,
+            subject: &title,
+            text: &text,
+            html: &html,
+            attachments: &[],
+            list_unsubscribe: None,
+            credential_until: None,
+        };
+        mailer::enqueue(conn, &email, None).await?;
+        let notice = NewNotification {
+            user_id: admin,
+            kind: "quota_request",
+            title: &title,
+            body: &body,
+            link: Some("/admin/quota-requests"),
+            dedupe_key: None,
+        };
+        notifications::notify(conn, &notice).await?;
+    }
+    Ok(())
 }
 
 /// The requester withdraws a pending request.
