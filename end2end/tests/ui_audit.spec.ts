@@ -71,6 +71,11 @@ test.describe('on a phone (390x844)', () => {
     });
     await expectFits(page, '/dashboard/notifications', () => expect(page.getByRole('heading', { level: 1, name: 'Notifications' })).toBeVisible());
     await expectFits(page, '/dashboard/account', () => expect(page.getByTestId('password')).toBeVisible());
+    // The browsers signed in read as one block each, the date under its name.
+    const sessions = page.locator('.table-scroll').filter({ has: page.getByTestId('session-list') });
+    expect(await sessions.evaluate((el) => el.scrollWidth - el.clientWidth)).toBeLessThanOrEqual(0);
+    const lastActive = page.getByTestId('session-row').first().locator('td').nth(2);
+    expect(await lastActive.evaluate((el) => getComputedStyle(el, '::before').content)).toBe('"Last active"');
   });
 
   test('no admin page scrolls sideways', async ({ page }) => {
@@ -89,6 +94,13 @@ test.describe('on a phone (390x844)', () => {
     expect(await sideways('audit-trail')).toBeLessThanOrEqual(0);
     await expectFits(page, '/admin/mail', () => expect(page.getByTestId('mail-delivery')).toBeVisible());
     await expectFits(page, '/admin/accounts', () => expect(page.getByTestId('admin-accounts')).toBeVisible());
+    // Accounts too: each one's status and switch stay on screen.
+    expect(await sideways('admin-accounts')).toBeLessThanOrEqual(0);
+    const you = page.getByTestId('account-row').filter({ hasText: ADMIN.email });
+    const status = you.getByTestId('account-status');
+    const box = (await status.boundingBox())!;
+    expect(box.x + box.width, 'the account status runs off the screen').toBeLessThanOrEqual(PHONE.width);
+    expect(await status.evaluate((el) => getComputedStyle(el.parentElement!, '::before').content)).toBe('"Status"');
   });
 });
 

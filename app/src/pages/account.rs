@@ -131,16 +131,16 @@ fn SessionsCard() -> impl IntoView {
 #[component]
 fn SessionList(list: Vec<SessionView>) -> impl IntoView {
     view! {
-        <div class="table-scroll"><table data-testid="session-list">
+        <div class="table-scroll"><table class="stacked" data-testid="session-list">
             <thead><tr><th>"Browser"</th><th>"Signed in"</th><th>"Last active"</th></tr></thead>
             <tbody>
                 {list.into_iter().map(|s| {
                     let browser = if s.browser.is_empty() { "A browser".to_owned() } else { s.browser };
                     view! {
                         <tr data-testid="session-row">
-                            <td>{browser}" "{s.this_browser.then(|| view! { <span class="badge active">"This browser"</span> })}</td>
-                            <td>{format::time(&s.signed_in_at)}</td>
-                            <td>{format::time(&s.last_active_at)}</td>
+                            <td data-label="Browser">{browser}" "{s.this_browser.then(|| view! { <span class="badge active">"This browser"</span> })}</td>
+                            <td data-label="Signed in">{format::time(&s.signed_in_at)}</td>
+                            <td data-label="Last active">{format::time(&s.last_active_at)}</td>
                         </tr>
                     }
                 }).collect_view()}

@@ -143,7 +143,7 @@ pub fn AdminAccountsPage() -> impl IntoView {
                             let previous = (page > 1).then(|| page_href(&search, page - 1));
                             let next = found.more.then(|| page_href(&search, page + 1));
                             view! {
-                                <div class="table-scroll"><table data-testid="admin-accounts">
+                                <div class="table-scroll"><table class="stacked" data-testid="admin-accounts">
                                     <thead><tr><th>"Account"</th><th>"Role"</th><th>"Created"</th><th class="num">"Active keys"</th><th>"Status"</th><th></th></tr></thead>
                                     <tbody>
                                         {found.accounts.into_iter().map(|a| view! { <AccountRow account=a outcome/> }).collect_view()}
@@ -222,11 +222,11 @@ fn AccountRow(account: AccountView, outcome: RwSignal<Option<Result<AccountSwitc
     let status = move || if disabled.get() { "disabled" } else { "active" };
     view! {
         <tr data-testid="account-row" data-email=account.email.clone()>
-            <td>{account.email.clone()}{account.you.then_some(" (you)")}</td>
-            <td>{if account.is_admin { "admin" } else { "merchant" }}</td>
-            <td>{format::time(&account.created_at)}</td>
-            <td class="num">{format::count(account.active_keys)}</td>
-            <td><span class=badge title=since data-testid="account-status">{status}</span></td>
+            <td data-label="Account">{account.email.clone()}{account.you.then_some(" (you)")}</td>
+            <td data-label="Role">{if account.is_admin { "admin" } else { "merchant" }}</td>
+            <td data-label="Created">{format::time(&account.created_at)}</td>
+            <td class="num" data-label="Active keys">{format::count(account.active_keys)}</td>
+            <td data-label="Status"><span class=badge title=since data-testid="account-status">{status}</span></td>
             <td>{switch_control}</td>
         </tr>
     }
