@@ -715,18 +715,19 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 
-    // Slow rather than down: every client of this Redis waits for 3 s.
-    redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]);
+    // Hung rather than down, for 3 s: it reads nothing meanwhile, then runs what it was sent.
+    redis.hang(true);
     let started = Instant::now();
     let res = app.call("/api/v1/ping", &secret).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "quota_unavailable");
-    assert!(started.elapsed() < Duration::from_millis(2_900), "answered after the short timeout, not the pause");
+    assert!(started.elapsed() < Duration::from_millis(2_900), "answered after the short timeout, not the hang");
 
-    // After the pause: admitted and exact again; all three requests were recorded.
-    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    // After the hang: admitted and exact again; all three requests were recorded.
+    tokio::time::sleep(Duration::from_millis(3_000).saturating_sub(started.elapsed())).await;
+    redis.hang(false);
     let mut status = 0;
     for _ in 0..30 {
         status = app.call("/api/v1/ping", &secret).await.status().as_u16();
@@ -737,6 +738,57 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     }
     assert_eq!(status, 200);
     assert_eq!(wait_for_events(&app, id, 3).await.0, 3);
+    // The 503's check reached Redis, which ran it after the hang: it is not left counted, so
+    // the count is the two admitted requests' (the 503 used no quota).
+    assert_eq!(count_settles_at(&app, id, 2).await, 2, "Redis counts only the admitted requests");
+}
+
+/// Waits (up to 10 s) for Redis' count of the key's hour to reach `expected`, then gives it a
+/// moment to move on if it would: the count it settles at.
+async fn count_settles_at(app: &TestApp, id: ApiKeyId, expected: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hour_counted(app, id).await != expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hour_counted(app, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_redis_runs_after_its_timeout_is_not_counted_twice() {
+    let redis = OwnRedis::start();
+    // Two instances: the fallback's limit (its share) tells its answers from Redis'.
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_INSTANCES", "2".into()),
+    ])
+    .await;
+    let (secret, id) = app.key_with_quota(10, 1_000).await;
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+
+    // Hung: the check is sent, times out, and the fallback admits the request; Redis runs
+    // the check once it goes on, and would count the request a second time when the
+    // fallback's admissions are added to its count.
+    redis.hang(true);
+    let res = app.call("/api/v1/ping", &secret).await;
+    assert_eq!(res.status(), 200);
+    assert_ne!(res.headers()["x-ratelimit-limit"], "10", "decided without Redis");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    redis.hang(false);
+    let mut calls = 2;
+    loop {
+        let res = app.call("/api/v1/ping", &secret).await;
+        assert_eq!(res.status(), 200);
+        calls += 1;
+        if res.headers()["x-ratelimit-limit"] == "10" {
+            break;
+        }
+        assert!(calls < 40, "Redis never decided again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wait_for_events(&app, id, calls).await.0, calls);
+    assert_eq!(count_settles_at(&app, id, calls).await, calls, "each admitted request counted once");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -108,6 +108,15 @@ impl OwnRedis {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    /// Hangs it (SIGSTOP: connections stay open, nothing is read or answered), or lets it go on
+    /// (SIGCONT), when it runs what it was sent meanwhile.
+    pub fn hang(&self, hung: bool) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let signal = if hung { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     /// Crashes it (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -14,6 +14,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,6 +226,34 @@ if tonumber(s[2]) == tonumber(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'dc',
 return 1
 ";
 
+/// How long a script call given up on is still listened to, for what it counted (see
+/// `QuotaManager::give_back_when_late`). Longer than any pause a Redis comes back from with its
+/// data; each such call holds only a task and a clone of the shared connection.
+const LATE_REPLY_WAIT: Duration = Duration::from_secs(600);
+
+/// Adds `hour` and `day` (window start in ms, count: negative to give back) to the key's counts
+/// of those windows, if they are still the current ones (`RECONCILE`).
+async fn add_to_counts(
+    shared: &SharedConnection,
+    script: &Script,
+    key: ApiKeyId,
+    (hour_start_ms, hour): (i64, i64),
+    (day_start_ms, day): (i64, i64),
+) {
+    let Ok(mut conn) = shared.get().await else { return };
+    let added: redis::RedisResult<()> = script
+        .key(quota_redis_key(key))
+        .arg(hour_start_ms.div_euclid(1000))
+        .arg(hour)
+        .arg(day_start_ms.div_euclid(1000))
+        .arg(day)
+        .invoke_async(&mut conn)
+        .await;
+    if let Err(e) = added {
+        tracing::warn!(error = %e, %key, "could not correct the quota counts");
+    }
+}
+
 /// After a failed check, Redis is left alone this long before it is tried again, so an outage
 /// does not add the timeout to every request.
 const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
@@ -331,18 +360,8 @@ impl QuotaManager {
     fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions) {
         let (shared, script) = (self.shared.clone(), self.reconcile.clone());
         tokio::spawn(async move {
-            let Ok(mut conn) = shared.get().await else { return };
-            let added: redis::RedisResult<()> = script
-                .key(quota_redis_key(key))
-                .arg(owed.hour_start_ms / 1000)
-                .arg(owed.hour)
-                .arg(owed.day_start_ms / 1000)
-                .arg(owed.day)
-                .invoke_async(&mut conn)
-                .await;
-            if let Err(e) = added {
-                tracing::warn!(error = %e, %key, "could not add the fallback's admissions to the quota counts");
-            }
+            let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
+            add_to_counts(&shared, &script, key, hour, day).await;
         });
     }
 
@@ -436,8 +455,9 @@ impl QuotaManager {
             // callers' own, the newest win.
             let Some(newest) = batch.iter().max_by_key(|w| w.quota_version_ms) else { continue };
             let (quota, version) = (newest.quota, newest.quota_version_ms);
-            let call = self.eval(key, &quota, version, batch.len());
-            match tokio::time::timeout(self.policy.timeout, call).await {
+            let send_by = tokio::time::Instant::now() + self.policy.timeout;
+            let mut call = Box::pin(self.eval(key, &quota, version, batch.len(), send_by));
+            match tokio::time::timeout(self.policy.timeout, &mut call).await {
                 Ok(Ok(reply)) => {
                     // What Redis says now ends any local counting of an outage (once per batch).
                     if let Some(owed) = self.fallback.observe(key, &decode(&reply, batch.len() - 1)) {
@@ -453,6 +473,7 @@ impl QuotaManager {
                         _ => {
                             // The shared connection may be stuck behind the slow reply.
                             self.shared.reset();
+                            self.give_back_when_late(key, call);
                             "timed out".to_owned()
                         }
                     };
@@ -464,24 +485,65 @@ impl QuotaManager {
         }
     }
 
-    /// One script call for `n` requests of `key`.
-    async fn eval(&self, key: ApiKeyId, quota: &Quota, quota_version_ms: i64, n: usize) -> ServiceResult<Vec<i64>> {
-        let mut conn = self.shared.get().await?;
-        let reply: redis::RedisResult<Vec<i64>> = self
-            .script
-            .key(quota_redis_key(key))
-            .arg(quota.per_hour.get())
-            .arg(quota.per_day.get())
-            .arg(quota.burst_per_second.map_or(0, |b| b.get()))
-            .arg(quota_version_ms)
-            .arg(self.clock_offset_ms.load(Ordering::Relaxed))
-            .arg(n)
-            .invoke_async(&mut conn)
-            .await;
-        reply.map_err(|e| {
-            self.shared.reset_after(&e);
-            e.into()
-        })
+    /// One script call for `n` requests of `key`, unless no connection is at hand by `send_by`.
+    /// The future owns what it needs, so that a call given up on can still be heard out (see
+    /// [`Self::give_back_when_late`]).
+    fn eval(
+        &self,
+        key: ApiKeyId,
+        quota: &Quota,
+        quota_version_ms: i64,
+        n: usize,
+        send_by: tokio::time::Instant,
+    ) -> impl Future<Output = ServiceResult<Vec<i64>>> + Send + 'static {
+        let (shared, script) = (self.shared.clone(), self.script.clone());
+        let (quota, offset_ms) = (*quota, self.clock_offset_ms.load(Ordering::Relaxed));
+        async move {
+            let mut conn = shared.get().await?;
+            // Its requests are being decided without Redis by now: not sent, nothing counted.
+            if tokio::time::Instant::now() >= send_by {
+                return Err(ServiceError::RedisUnavailable("no Redis connection within the timeout".into()));
+            }
+            let reply: redis::RedisResult<Vec<i64>> = script
+                .key(quota_redis_key(key))
+                .arg(quota.per_hour.get())
+                .arg(quota.per_day.get())
+                .arg(quota.burst_per_second.map_or(0, |b| b.get()))
+                .arg(quota_version_ms)
+                .arg(offset_ms)
+                .arg(n)
+                .invoke_async(&mut conn)
+                .await;
+            reply.map_err(|e| {
+                shared.reset_after(&e);
+                e.into()
+            })
+        }
+    }
+
+    /// A script call that outlived its timeout was still sent: Redis runs it once it gets to
+    /// it (a hung or paused Redis), and counts what it admits, while its requests were decided
+    /// without Redis (the fallback, whose admissions are added to Redis later, or a 503). What
+    /// it admitted is taken off the same windows' counts when its late reply arrives, or the
+    /// key would lose that much quota and the counts would exceed the admitted events. (The
+    /// burst state it moved on is left: it frees up within a second or so.) A reply that never
+    /// comes (the connection broke, Redis restarted) leaves nothing to give back that is known.
+    fn give_back_when_late(
+        &self,
+        key: ApiKeyId,
+        call: Pin<Box<impl Future<Output = ServiceResult<Vec<i64>>> + Send + 'static>>,
+    ) {
+        let (shared, script) = (self.shared.clone(), self.reconcile.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(reply)) = tokio::time::timeout(LATE_REPLY_WAIT, call).await else { return };
+            let (admitted, now_ms) = (reply.first().copied().unwrap_or(0), reply.get(4).copied().unwrap_or(0));
+            if admitted <= 0 {
+                return;
+            }
+            tracing::info!(%key, admitted, "a quota check Redis ran after its timeout: its admissions are given back");
+            let (hour_start_ms, day_start_ms) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
+            add_to_counts(&shared, &script, key, (hour_start_ms, -admitted), (day_start_ms, -admitted)).await;
+        });
     }
 
     /// Makes new limits effective at once on every instance: the script prefers stored limits
