@@ -276,8 +276,9 @@ async fn a_burst_limit_admits_a_burst_then_one_request_per_emission_interval() {
             assert_eq!(header(&res, "ratelimit"), "\"burst\";r=0;t=1", "call {call}");
             assert_eq!(header(&res, "x-ratelimit-limit"), BURST.to_string(), "call {call}");
             assert_eq!(header(&res, "x-ratelimit-remaining"), "0", "call {call}");
+            // In whole seconds rounded up: never before a retry can succeed (within a second).
             let reset: i64 = header(&res, "x-ratelimit-reset").parse().unwrap();
-            let (lo, hi) = ((before + 1000).div_euclid(1000), (after + 1000).div_euclid(1000));
+            let (lo, hi) = ((before + 1999).div_euclid(1000), (after + 1999).div_euclid(1000));
             assert!(lo <= reset && reset <= hi, "call {call}: X-RateLimit-Reset {reset} not in [{lo}, {hi}]");
             let body: Value = res.json().await.unwrap();
             assert_eq!(body["error"]["code"], "quota_exceeded", "call {call}");

@@ -428,21 +428,15 @@ pub fn add_rate_limit_headers(headers: &mut HeaderMap, d: &QuotaDecision) {
     );
     headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(w.limit));
     headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(w.remaining()));
-    headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(w.reset_at_ms.div_euclid(1000)));
+    headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(w.reset_at().timestamp()));
 }
 
 /// The 429: which window refused, its limit and use, when it resets, and `Retry-After`; with
 /// the body's length, for the usage event.
 fn quota_exceeded(d: &QuotaDecision) -> (Response, u64) {
     let retry_after = d.retry_after_secs.unwrap_or(1);
-    let (window, limit, used, reset_at) = match d.blocked_by {
-        Some(Window::Day) => ("day", d.day.limit, d.day.used, d.day.reset_at()),
-        Some(Window::Burst) => {
-            let burst = d.burst_per_second.unwrap_or(0);
-            ("burst", burst, burst, d.now() + chrono::Duration::seconds(retry_after))
-        }
-        _ => ("hour", d.hour.limit, d.hour.used, d.hour.reset_at()),
-    };
+    let w = d.reported_window();
+    let (window, limit, used, reset_at) = (w.window.as_str(), w.limit, w.used, w.reset_at());
     let body = json!({
         "error": {
             "code": "quota_exceeded",

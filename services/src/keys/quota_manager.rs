@@ -81,8 +81,10 @@ impl WindowUse {
         (self.limit - self.used).max(0)
     }
 
+    /// The reset, rounded up to a whole second (as clients are told it): never before a retry
+    /// can succeed. (Hours and days reset on whole seconds; a burst's retry time need not.)
     pub fn reset_at(&self) -> DateTime<Utc> {
-        time_from_ms(self.reset_at_ms)
+        time_from_ms(ceil_div(self.reset_at_ms, 1000) * 1000)
     }
 
     /// Whole seconds until the reset, rounded up.
@@ -685,6 +687,20 @@ fn decode(r: &[i64], index: usize) -> QuotaDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_refusal_never_names_a_reset_before_a_retry_can_succeed() {
+        // At xx:xx:47.700 a burst of 5/s is full; the next request fits in 400 ms (at 48.100).
+        let now_ms = 1_700_000_000_000 - 1_700_000_000_000 % 60_000 + 47_700;
+        let d = decode(&[0, 4, 5, 5, now_ms, 100, 1_000, 5, 400], 0);
+        assert_eq!((d.blocked_by, d.retry_after_secs), (Some(Window::Burst), Some(1)));
+        let w = d.reported_window();
+        // Whole seconds, rounded up: 49, not 48 (a client waiting until 48 would be refused).
+        assert_eq!(w.reset_at().timestamp_millis(), now_ms - 47_700 + 49_000);
+        assert!(w.reset_at().timestamp_millis() >= now_ms + 400);
+        // The seconds to wait agree with `Retry-After`.
+        assert_eq!(w.seconds_to_reset(now_ms), 1);
+    }
 
     #[test]
     fn windows_start_on_the_utc_hour_midnight_and_second() {
