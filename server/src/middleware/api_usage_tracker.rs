@@ -25,7 +25,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use services::keys::{AuthenticatedKey, QuotaDecision, Verdict, Window};
+use services::keys::{AuthenticatedKey, QuotaDecision, Verdict};
 use services::usage::{UsageEvent, UsageRecorder};
 use services::Services;
 use tower::{Layer, Service};
