@@ -152,8 +152,11 @@ pub fn router(config: &Config, services: Services) -> Router {
 
     let access_log = || axum::middleware::from_fn(middleware::access_log::log_request);
     // The metered API and the health probes are not in the access log (see its module).
+    let api_v1 = routes::api_v1::router(services.clone());
     let mut api = Router::new()
-        .nest("/api/v1", routes::api_v1::router(services.clone()))
+        .nest("/api/v1", api_v1.clone())
+        // `nest` leaves out the bare `/api/v1/`: it gets the API's JSON answers too, not a page.
+        .route_service("/api/v1/", api_v1.with_state(services.clone()))
         .merge(routes::health::router())
         .merge(Router::new().merge(routes::unsubscribe::router()).merge(routes::usage::router()).layer(access_log()));
     if config.bench_routes {

@@ -563,10 +563,17 @@ async fn bad_requests_get_a_clear_4xx_and_are_never_counted() {
     let raw = reqwest::header::HeaderValue::from_bytes(b"Bearer km_live_\xff\xfe\xfd").unwrap();
     let res = c.get(app.url("/api/v1/ping")).header("authorization", raw).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    let res = c.get(app.url("/api/v1/no-such-route")).bearer_auth(&secret).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    for path in ["/api/v1/no-such-route", "/api/v1/", "/api/v1"] {
+        let res = c.get(app.url(path)).bearer_auth(&secret).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"]["code"],
+            "not_found",
+            "{path}: the API's JSON, not a page"
+        );
+    }
     // The key comes first: without one, any path under /api/v1 is a 401.
-    for path in ["/api/v1/status/abc", "/api/v1/no-such-route", "/api/v1/delay/%FF"] {
+    for path in ["/api/v1/status/abc", "/api/v1/no-such-route", "/api/v1/delay/%FF", "/api/v1/", "/api/v1"] {
         let res = c.get(app.url(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
         let body: Value = res.json().await.unwrap();
