@@ -39,7 +39,7 @@ pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView
     draw::keep_drawn(kind.id(), container, move || draw::live_chart(kind, &live.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = live;
-    view! { <div class="chart" id=kind.id() data-testid=kind.id() role="img" aria-label=kind.label() node_ref=container></div> }
+    view! { <div class="chart needs-script" id=kind.id() data-testid=kind.id() role="img" aria-label=kind.label() node_ref=container></div> }
 }
 
 #[component]
@@ -50,7 +50,7 @@ pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>) -> impl IntoView {
     #[cfg(not(feature = "hydrate"))]
     let _ = rows;
     view! {
-        <div class="chart wide" id="chart-breakdown" data-testid="chart-breakdown" role="img"
+        <div class="chart wide needs-script" id="chart-breakdown" data-testid="chart-breakdown" role="img"
             aria-label="Chart: requests per period, as in the table below" node_ref=container></div>
     }
 }

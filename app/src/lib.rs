@@ -32,6 +32,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <script src="/pkg/echarts.min.js" defer nonce=nonce></script>
                 <HydrationScripts options/>
                 <MetaTags/>
+                // Without JavaScript: controls that need it go, their stand-ins show (see
+                // main.css). Here, outside the hydrated app, and never applied with scripts on.
+                <noscript><style>".needs-script { display: none !important; } .without-script { display: revert !important; }"</style></noscript>
             </head>
             <body>
                 <App/>

@@ -65,6 +65,9 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByTestId('ask-reason').fill(reason);
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('ask-error')).toHaveText('The hourly limit must be a whole number.');
+  // The page comes back at the form, its message in view, not at the top of the page.
+  await expect(page).toHaveURL(/#quota-requests$/);
+  await expect(page.getByTestId('ask-error')).toBeInViewport();
   // The page the server rendered ties the error to its field too.
   await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('aria-invalid', 'true');
   await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription('The hourly limit must be a whole number.');
@@ -80,6 +83,7 @@ test('dashboard forms show their errors on the page they return to', async ({ pa
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
   await expect(page.getByTestId('request-done')).toHaveText('Request sent. You will be told when an admin decides.');
+  await expect(page.getByTestId('request-done')).toBeInViewport();
   await expect(page.getByTestId('ask-error')).toHaveCount(0);
 
   // Renaming: a name of spaces comes back as an error on the name; a good one renames the key.
@@ -330,4 +334,46 @@ test('the monthly summary choice is saved and confirmed without JavaScript', asy
     wasOn ? 'Saved: the summary comes after each month.' : 'Saved: no monthly summary.',
   );
   await expect(box).toBeChecked({ checked: wasOn });
+});
+
+test('the usage page without JavaScript: links choose the history and range, and nothing claims to be live', async ({ page }) => {
+  await signInWithoutScripts(page, MERCHANT);
+  await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
+  await expect(page.getByTestId('usage-title')).toContainText('Demo key');
+  // The charts need the script: a note says so instead of empty boxes, and the figures are
+  // as of the page's loading, not live.
+  await expect(page.getByText('The charts need JavaScript.')).toBeVisible();
+  await expect(page.locator('#chart-requests')).toBeHidden();
+  await expect(page.getByTestId('live-updated')).toContainText('as of');
+  await expect(page.getByTestId('live-updated')).not.toContainText('live');
+
+  await page.getByRole('link', { name: 'Weekly · 12 ISO weeks' }).click();
+  await expect(page).toHaveURL(/\?history=weekly&top=30#history$/);
+  await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
+  await expect(page.getByTestId('breakdown-table')).toBeInViewport();
+  await page.getByRole('link', { name: '90 days' }).click();
+  await expect(page.getByRole('link', { name: '90 days' })).toHaveAttribute('aria-current', 'true');
+  await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/status/{code}');
+  // The history chosen before stays chosen.
+  await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
+});
+
+test('notifications are marked read with a button without JavaScript; a new secret has no dead Copy button', async ({ page }) => {
+  const who = { email: `nojs-bell-${Date.now()}@keymeter.local`, password: 'a notified password' };
+  cli(['user', 'add', '--email', who.email], `${who.password}\n`);
+  await signInWithoutScripts(page, who);
+  // A key, and the quota change the operator makes to it, notify its owner.
+  await page.getByTestId('key-name').fill('Bell key');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  await expect(page.getByTestId('new-secret')).toBeVisible();
+  await expect(page.getByTestId('copy-secret')).toBeHidden();
+  const keyId = await page.getByTestId('key-row').first().getAttribute('data-key-id');
+  cli(['quota', 'set', '--key', keyId!, '--per-hour', '20', '--per-day', '200', '--reason', 'bell test']);
+  await page.goto('/dashboard/notifications');
+  await expect(page.getByTestId('unread')).toBeVisible();
+  await page.getByTestId('mark-read').click();
+  await expect(page).toHaveURL(/#notification-list$/);
+  await expect(page.getByTestId('marked-read')).toHaveText('Marked read.');
+  await expect(page.getByTestId('unread')).toHaveCount(0);
+  await expect(page.getByTestId('mark-read')).toHaveCount(0);
 });

@@ -78,11 +78,11 @@ test('the demo key shows full history with every chart drawn', async ({ page }) 
   // Exact counts with thousands separators (billing needs them), not "3.4k".
   await expect(page.getByTestId('breakdown-table')).toContainText(/\d,\d{3}/);
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/status/{code}');
-  await page.getByRole('button', { name: 'Weekly · 12 ISO weeks' }).click();
+  await page.getByRole('link', { name: 'Weekly · 12 ISO weeks' }).click();
   await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
-  await page.getByRole('button', { name: 'Daily · 30 days' }).click();
-  await page.getByRole('button', { name: '7 days' }).click();
-  await expect(page.getByRole('button', { name: '7 days' })).toHaveClass(/active/);
+  await page.getByRole('link', { name: 'Daily · 30 days' }).click();
+  await page.getByRole('link', { name: '7 days' }).click();
+  await expect(page.getByRole('link', { name: '7 days' })).toHaveClass(/active/);
   await page.waitForTimeout(1000);
   await page.screenshot({ path: 'test-results/usage.png', fullPage: true });
 
@@ -97,19 +97,23 @@ test('changing the range of the top tables keeps the rest of the page as it was'
   await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
   await hydrated(page);
   await chartsDrawn(page);
-  const weekly = page.getByRole('button', { name: 'Weekly · 12 ISO weeks' });
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+  const weekly = page.getByRole('link', { name: 'Weekly · 12 ISO weeks' });
   await weekly.click();
-  await expect(weekly).toHaveAttribute('aria-pressed', 'true');
+  await expect(weekly).toHaveAttribute('aria-current', 'true');
   await page.getByTestId('csv-from').fill('2026-01-05');
   const loaded = page.waitForResponse((res) => res.url().includes('/rpc/usage/top') && res.ok());
   // 7 days, not 24 h: the demo history ends at midnight, and from 23:00 UTC the 24 hours to the
   // end of this hour hold none of it (the test failed every day in that hour).
-  await page.getByRole('button', { name: '7 days' }).click();
+  await page.getByRole('link', { name: '7 days' }).click();
   await loaded;
-  await expect(page.getByRole('button', { name: '7 days' })).toHaveAttribute('aria-pressed', 'true');
-  await expect(page.getByRole('button', { name: '30 days', exact: true })).toHaveAttribute('aria-pressed', 'false');
-  // The history tab, the export field and the drawn charts are the ones from before.
-  await expect(weekly).toHaveAttribute('aria-pressed', 'true');
+  await expect(page.getByRole('link', { name: '7 days' })).toHaveAttribute('aria-current', 'true');
+  await expect(page.getByRole('link', { name: '30 days', exact: true })).not.toHaveAttribute('aria-current');
+  // The address says what is shown (a link to it shows the same), and the page was not loaded
+  // again: the history tab, the export field and the drawn charts are the ones from before.
+  await expect(page).toHaveURL(/\?history=weekly&top=7#top-calls$/);
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  await expect(weekly).toHaveAttribute('aria-current', 'true');
   await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
   await expect(page.getByTestId('csv-from')).toHaveValue('2026-01-05');
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/');

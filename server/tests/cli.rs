@@ -516,6 +516,10 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
     let r = run(&mut set(&["--no-burst"])).await;
     assert!(r.stdout.contains("no burst limit"), "{r:?}");
     assert_eq!(burst().await, None);
+    // The audit trail shows the burst limits too: a change of the burst alone is no blank entry.
+    let trail = services::quota_changes::audit_trail(&app.services.db, None, 1000).await.unwrap();
+    let bursts: Vec<_> = trail.iter().filter(|e| e.key_id == id.0).map(|e| (e.old_burst, e.new_burst)).collect();
+    assert_eq!(bursts, [(Some(5), None), (None, Some(5)), (None, None)], "newest first");
     let r = run(&mut set(&["--no-burst", "--burst", "3"])).await;
     assert_eq!(r.code, Some(2), "{r:?}");
     // A negative number is a bad limit, said as such (not clap's "unexpected argument '-1'").

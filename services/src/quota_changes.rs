@@ -336,11 +336,17 @@ pub struct AuditEntry {
     pub old_per_hour: i64,
     #[diesel(sql_type = BigInt)]
     pub old_per_day: i64,
+    /// The burst limit (requests per second) before, if any; none on a denial (requests do not
+    /// change it).
+    #[diesel(sql_type = Nullable<diesel::sql_types::Integer>)]
+    pub old_burst: Option<i32>,
     /// The limits after; for a denial, the limits asked for (never applied).
     #[diesel(sql_type = BigInt)]
     pub new_per_hour: i64,
     #[diesel(sql_type = BigInt)]
     pub new_per_day: i64,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Integer>)]
+    pub new_burst: Option<i32>,
     /// The change's reason, or the admin's note on a denial.
     #[diesel(sql_type = Text)]
     pub reason: String,
@@ -396,14 +402,15 @@ pub async fn audit_trail(db: &DbPool, before: Option<AuditCursor>, limit: i64) -
     let before = before.unwrap_or(AuditCursor { changed_at: DateTime::<Utc>::MAX_UTC, kind: i32::MAX, seq: i64::MAX });
     Ok(diesel::sql_query(
         "SELECT changed_at, key_id, key_name, changed_by, source, decision, quota_request_id, \
-         old_per_hour, old_per_day, new_per_hour, new_per_day, reason, kind, seq FROM ( \
+         old_per_hour, old_per_day, old_burst, new_per_hour, new_per_day, new_burst, reason, kind, seq FROM ( \
            SELECT c.changed_at, c.api_key_id AS key_id, k.name AS key_name, u.email AS changed_by, c.source, \
              CASE c.source WHEN 'request' THEN 'approved' ELSE 'set' END AS decision, c.quota_request_id, \
-             c.old_per_hour, c.old_per_day, c.new_per_hour, c.new_per_day, c.reason, 0 AS kind, c.id AS seq \
+             c.old_per_hour, c.old_per_day, c.old_burst, c.new_per_hour, c.new_per_day, c.new_burst, c.reason, \
+             0 AS kind, c.id AS seq \
            FROM quota_changes c JOIN api_keys k ON k.id = c.api_key_id LEFT JOIN users u ON u.id = c.changed_by \
            UNION ALL \
            SELECT r.decided_at, r.api_key_id, k.name, u.email, 'request', 'denied', r.id, \
-             r.current_per_hour, r.current_per_day, r.requested_per_hour, r.requested_per_day, \
+             r.current_per_hour, r.current_per_day, NULL::integer, r.requested_per_hour, r.requested_per_day, NULL::integer, \
              coalesce(r.decision_note, ''), 1, r.id \
            FROM quota_requests r JOIN api_keys k ON k.id = r.api_key_id LEFT JOIN users u ON u.id = r.decided_by \
            WHERE r.status = 'denied' AND r.decided_at IS NOT NULL \

@@ -79,7 +79,7 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
     let services = session::services()?;
     let plain_form = plain_form::is_plain_form_post();
     // A success leads to the new secret's page (`hand_over_secret`).
-    plain_form::answer::<CreateKey, _>(None, &[("name", &name)], async {
+    plain_form::answer::<CreateKey, _>(None, CREATE_AT, &[("name", &name)], async {
         let user = session::require_user(&services).await?;
         let parsed = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
         let (key, secret) = api_keys::create(&services.db, user.id, &parsed).await?;
@@ -89,13 +89,13 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
             "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
             key.name
         );
-        hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
+        hand_over_secret(&services, plain_form, user.id, key, secret, (&page, CREATE_AT), lost).await
     })
     .await
 }
 
 /// A new secret's reply. A plain form post (no JavaScript) is redirected to `page` followed by
-/// a one-time token, and the page it lands on takes the secret from a hand-off (see
+/// a one-time token (and `#at`, the section showing the secret), and the page it lands on takes the secret from a hand-off (see
 /// `secret_handoff`): the browser never reads this reply, and a secret never goes in a URL.
 #[cfg(feature = "ssr")]
 async fn hand_over_secret(
@@ -104,7 +104,7 @@ async fn hand_over_secret(
     user_id: i64,
     key: services::keys::ApiKey,
     secret: services::keys::ApiKeySecret,
-    page: &str,
+    (page, at): (&str, &str),
     lost: String,
 ) -> Result<CreatedKey, AppError> {
     let api_base = services.settings.public_url.to_string();
@@ -114,7 +114,7 @@ async fn hand_over_secret(
                 tracing::warn!(key_id = %key.id, error = %e, "a new secret could not be held for its page");
                 AppError::Conflict(lost)
             })?;
-        leptos_axum::redirect(&format!("{page}{}", token.as_str()));
+        leptos_axum::redirect(&format!("{page}{}#{at}", token.as_str()));
         return Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: String::new(), api_base });
     }
     Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: secret.expose().to_owned(), api_base })
@@ -131,7 +131,7 @@ pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey
     let services = session::services()?;
     let plain_form = plain_form::is_plain_form_post();
     // A success leads to the new secret's page (`hand_over_secret`).
-    plain_form::answer::<RollKey, _>(None, &[], async {
+    plain_form::answer::<RollKey, _>(None, ROLL_AT, &[], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let overlap = RollOverlap::parse(&old_secret_hours).map_err(|e| e.in_field("old_secret_hours"))?;
@@ -142,7 +142,7 @@ pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey
             "\u{201c}{}\u{201d} was rolled, but its new secret could not be kept for this page. Roll it again.",
             key.name
         );
-        hand_over_secret(&services, plain_form, user.id, key, secret, &page, lost).await
+        hand_over_secret(&services, plain_form, user.id, key, secret, (&page, ROLL_AT), lost).await
     })
     .await
 }
@@ -154,7 +154,7 @@ pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppE
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
-    super::plain_form::answer::<EndKeyOverlap, _>(Some(OVERLAP_ENDED), &[], async {
+    super::plain_form::answer::<EndKeyOverlap, _>(Some(OVERLAP_ENDED), ROLL_AT, &[], async {
         let user = session::require_user(&services).await?;
         let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user, &prefix).await?;
         tracing::info!(key_id = %key.id, user_id = user.id, "API key's previous secret stopped");
@@ -165,6 +165,15 @@ pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppE
 
 /// The key page's confirmation, without JavaScript, that a previous secret was stopped.
 pub const OVERLAP_ENDED: &str = "overlap_ended";
+
+/// The sections (element ids) of the key pages' forms, where a plain form post's answer shows
+/// (see `plain_form`): creating a key on the list; rolling, alerts, renaming and revoking on a
+/// key's page.
+pub const CREATE_AT: &str = "create-key";
+pub const ROLL_AT: &str = "roll";
+pub const ALERTS_AT: &str = "alert-emails";
+pub const RENAME_AT: &str = "rename";
+pub const REVOKE_AT: &str = "revoke-key";
 
 /// The key created (or rolled) by a plain form post (no JavaScript), for the page that post
 /// returns to, once; `None` when its token was used, has expired, or is someone else's.
@@ -199,7 +208,7 @@ pub async fn set_alert_emails(
     use services::alerts::{self, AlertThresholds};
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
-    super::plain_form::answer::<SetAlertEmails, _>(Some(ALERTS_SAVED), &[], async {
+    super::plain_form::answer::<SetAlertEmails, _>(Some(ALERTS_SAVED), ALERTS_AT, &[], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let mut chosen = Vec::new();
@@ -225,7 +234,7 @@ pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId, KeyName};
     let services = session::services()?;
-    super::plain_form::answer::<RenameKey, _>(Some(RENAMED), &[("name", &name)], async {
+    super::plain_form::answer::<RenameKey, _>(Some(RENAMED), RENAME_AT, &[("name", &name)], async {
         let user = session::require_user(&services).await?;
         let id = ApiKeyId::parse(&id)?;
         let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
@@ -243,7 +252,7 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     let services = session::services()?;
     let plain_form = super::plain_form::is_plain_form_post();
     // A success leads on below.
-    let (key, user) = super::plain_form::answer::<RevokeKey, _>(None, &[], async {
+    let (key, user) = super::plain_form::answer::<RevokeKey, _>(None, REVOKE_AT, &[], async {
         let user = session::require_user(&services).await?;
         Ok((api_keys::revoke_for(&services, ApiKeyId::parse(&id)?, &user).await?, user))
     })

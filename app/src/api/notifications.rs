@@ -48,14 +48,23 @@ pub async fn unread_notifications() -> Result<i64, AppError> {
     Ok(services::notifications::unread_count(&services.db, user.id).await?)
 }
 
-/// Marks read the page of the list that was shown, from its oldest to its newest item.
+/// Marks read the page of the list that was shown, from its oldest to its newest item: by the
+/// page's script once it shows them, or by its button without JavaScript.
 #[server(prefix = "/rpc", endpoint = "notifications/read")]
 pub async fn mark_notifications_read(oldest_shown: i64, newest_shown: i64) -> Result<(), AppError> {
     use super::session;
     let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    Ok(services::notifications::mark_read(&services.db, user.id, oldest_shown, newest_shown).await?)
+    super::plain_form::answer::<MarkNotificationsRead, _>(Some(MARKED_READ), NOTIFICATIONS_AT, &[], async {
+        let user = session::require_user(&services).await?;
+        Ok(services::notifications::mark_read(&services.db, user.id, oldest_shown, newest_shown).await?)
+    })
+    .await
 }
+
+/// The section (element id) of the list, where marking it read without JavaScript returns.
+pub const NOTIFICATIONS_AT: &str = "notification-list";
+/// The list's confirmation, without JavaScript, that it was marked read.
+pub const MARKED_READ: &str = "marked_read";
 
 /// Whether the signed-in account gets the monthly usage summary by email.
 #[server(prefix = "/rpc", endpoint = "notifications/monthly-summary")]
@@ -73,7 +82,7 @@ pub async fn set_monthly_summary(monthly_summary: Option<String>) -> Result<bool
     let services = session::services()?;
     let chosen = super::checkbox(monthly_summary.as_deref(), "The monthly summary", "monthly_summary");
     let done = if matches!(chosen, Ok(true)) { MONTHLY_SUMMARY_ON } else { MONTHLY_SUMMARY_OFF };
-    super::plain_form::answer::<SetMonthlySummary, _>(Some(done), &[], async {
+    super::plain_form::answer::<SetMonthlySummary, _>(Some(done), MONTHLY_SUMMARY_AT, &[], async {
         let user = session::require_user(&services).await?;
         let on = chosen?;
         services::accounts::email_preferences::set_monthly_summary(&services.db, user.id, on).await?;
@@ -81,6 +90,9 @@ pub async fn set_monthly_summary(monthly_summary: Option<String>) -> Result<bool
     })
     .await
 }
+
+/// The section (element id) of the monthly summary's form, where its answer shows.
+pub const MONTHLY_SUMMARY_AT: &str = "monthly-summary";
 
 /// The notifications page's confirmations, without JavaScript, of the monthly summary choice.
 pub const MONTHLY_SUMMARY_ON: &str = "summary_on";

@@ -3,7 +3,9 @@
 //! address instead:
 //! - after a success, `?done=<what>`, which the page confirms in words;
 //! - after a refusal, the error (`__path`, `__err`, as server_fn writes it) and what was typed
-//!   (`kept.<field>`), which the form shows again instead of making the user type it twice.
+//!   (`kept.<field>`), which the form shows again instead of making the user type it twice;
+//! - either way, `#<id>` of the section around the form, where its message shows: the browser
+//!   scrolls there instead of to the top of a long page, out of sight of the answer.
 //!
 //! Only plain text fields are kept: passwords and secrets never go in an address.
 
@@ -94,21 +96,28 @@ impl PlainForm {
         Some(Self { page: form_page(referer)? })
     }
 
-    /// Back to the form's page, saying `what` was done.
-    fn confirm(&self, what: &str) {
+    /// Back to the form's section `at` on its page, saying `what` was done.
+    fn confirm(&self, what: &str, at: &str) {
         let mut page = self.page.clone();
         page.query_pairs_mut().append_pair(DONE, what);
+        page.set_fragment(Some(at));
         redirect(&page);
     }
 
-    /// Back to the form's page with server function `S`'s error and the values typed into
-    /// the form (field name, value), for the form to show again.
-    fn refuse<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)]) {
-        redirect(&self.refused::<S>(err, typed));
+    /// Back to the form's section `at` on its page with server function `S`'s error and the
+    /// values typed into the form (field name, value), for the form to show again.
+    fn refuse<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)], at: &str) {
+        redirect(&self.refused::<S>(err, typed, at));
     }
 
-    fn refused<S: server_fn::ServerFn>(&self, err: &crate::error::AppError, typed: &[(&str, &str)]) -> url::Url {
+    fn refused<S: server_fn::ServerFn>(
+        &self,
+        err: &crate::error::AppError,
+        typed: &[(&str, &str)],
+        at: &str,
+    ) -> url::Url {
         let mut page = self.page.clone();
+        page.set_fragment(Some(at));
         // A value longer than any field takes was not typed into the form: not worth an address
         // too long for a proxy.
         let keepable = typed.iter().filter(|(_, value)| value.len() <= KEPT_MAX_BYTES);
@@ -120,20 +129,22 @@ impl PlainForm {
 
 /// Runs the body of server function `S` and answers a plain form post of it: after a success,
 /// back to the form's page confirming `done` (`None`: the body leads elsewhere itself); after a
-/// refusal, back to the form with its error and what was typed (field name, value). Calls
-/// made by the app's script get the body's result alone. Await it first in the server function
-/// (the request is read when it starts).
+/// refusal, back to the form with its error and what was typed (field name, value). Either way
+/// to the section whose id is `at`, around the form and its messages. Calls made by the app's
+/// script get the body's result alone. Await it first in the server function (the request is
+/// read when it starts).
 #[cfg(feature = "ssr")]
 pub async fn answer<S: server_fn::ServerFn, T>(
     done: Option<&str>,
+    at: &str,
     typed: &[(&str, &str)],
     body: impl std::future::Future<Output = Result<T, crate::error::AppError>>,
 ) -> Result<T, crate::error::AppError> {
     let form = PlainForm::of_request();
     let result = body.await;
     match (form, &result) {
-        (Some(form), Ok(_)) => done.into_iter().for_each(|what| form.confirm(what)),
-        (Some(form), Err(e)) => form.refuse::<S>(e, typed),
+        (Some(form), Ok(_)) => done.into_iter().for_each(|what| form.confirm(what, at)),
+        (Some(form), Err(e)) => form.refuse::<S>(e, typed, at),
         (None, _) => {}
     }
     result
@@ -155,12 +166,13 @@ fn form_page(referer: &str) -> Option<url::Url> {
     Some(page)
 }
 
-/// Where an answer leads: the page's path and query on this site, and only a local path (the
-/// `Referer` of a post from elsewhere could say `//elsewhere`).
+/// Where an answer leads: the page's path, query and section on this site, and only a local
+/// path (the `Referer` of a post from elsewhere could say `//elsewhere`).
 #[cfg(feature = "ssr")]
 fn location(page: &url::Url) -> String {
     let query = page.query().map(|q| format!("?{q}")).unwrap_or_default();
-    super::safe_next(Some(&format!("{}{query}", page.path()))).to_owned()
+    let section = page.fragment().map(|f| format!("#{f}")).unwrap_or_default();
+    super::safe_next(Some(&format!("{}{query}{section}", page.path()))).to_owned()
 }
 
 #[cfg(feature = "ssr")]
@@ -202,7 +214,11 @@ mod tests {
         use crate::error::AppError;
         let form = PlainForm { page: form_page("http://h/dashboard/x?done=quota_requested&__err=old").unwrap() };
         let err = AppError::BadRequest { message: "Too many.".into(), field: Some("per_hour".into()) };
-        let at = form.refused::<RequestQuotaIncrease>(&err, &[("per_hour", "9x"), ("reason", "spikes & sales, 50%")]);
+        let at = form.refused::<RequestQuotaIncrease>(
+            &err,
+            &[("per_hour", "9x"), ("reason", "spikes & sales, 50%")],
+            "quota-requests",
+        );
         let pairs: Vec<(String, String)> = at.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         let get = |key: &str| pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
         assert_eq!(at.path(), "/dashboard/x");
@@ -210,9 +226,12 @@ mod tests {
         assert_eq!(get("kept.reason"), ["spikes & sales, 50%"]);
         assert_eq!(get("__path"), [<RequestQuotaIncrease as server_fn::ServerFn>::PATH]);
         assert!(get("done").is_empty(), "{at}");
+        // Back at the form's section, not at the top of a long page.
+        assert_eq!(at.fragment(), Some("quota-requests"));
+        assert!(location(&at).ends_with("#quota-requests"), "{}", location(&at));
         // A value no field takes is not kept.
         let long = "x".repeat(KEPT_MAX_BYTES + 1);
-        let at = form.refused::<RequestQuotaIncrease>(&err, &[("reason", &long)]);
+        let at = form.refused::<RequestQuotaIncrease>(&err, &[("reason", &long)], "quota-requests");
         assert!(!at.as_str().contains("kept.reason") && at.as_str().contains("__err="), "{at}");
         // The page's action reads the error back from the address.
         let [encoded] = get("__err")[..] else { panic!("one error: {at}") };

@@ -46,8 +46,11 @@ pub struct AuditView {
     pub quota_request_id: Option<i64>,
     pub old_per_hour: i64,
     pub old_per_day: i64,
+    /// Burst limits (per second), if any.
+    pub old_burst: Option<i64>,
     pub new_per_hour: i64,
     pub new_per_day: i64,
+    pub new_burst: Option<i64>,
     pub reason: String,
 }
 
@@ -90,7 +93,7 @@ pub async fn request_quota_increase(
     use services::keys::ApiKeyId;
     let services = session::services()?;
     let typed = typed_limits(&per_hour, &per_day, &reason);
-    super::plain_form::answer::<RequestQuotaIncrease, _>(Some(QUOTA_REQUESTED), &typed, async {
+    super::plain_form::answer::<RequestQuotaIncrease, _>(Some(QUOTA_REQUESTED), REQUESTS_AT, &typed, async {
         let user = session::require_user(&services).await?;
         let key_id = ApiKeyId::parse(&key_id)?;
         let request = services::quota_requests::create(&services, &user, key_id, &per_hour, &per_day, &reason).await?;
@@ -105,6 +108,17 @@ fn typed_limits<'a>(per_hour: &'a str, per_day: &'a str, reason: &'a str) -> [(&
     [("per_hour", per_hour), ("per_day", per_day), ("reason", reason)]
 }
 
+/// The section (element id) of a key's quota requests and their form, on its page and its usage
+/// page, where a plain form post's answer shows (see `plain_form`).
+pub const REQUESTS_AT: &str = "quota-requests";
+/// The same for an admin's form that sets a key's quota.
+pub const SET_QUOTA_AT: &str = "set-quota";
+
+/// The same for an admin's decision: the request's own card.
+pub fn request_at(id: i64) -> String {
+    format!("request-{id}")
+}
+
 /// The confirmation, without JavaScript, that a quota increase was asked for.
 pub const QUOTA_REQUESTED: &str = "quota_requested";
 /// The confirmation, without JavaScript, that a quota request was cancelled.
@@ -114,7 +128,7 @@ pub const REQUEST_CANCELLED: &str = "request_cancelled";
 pub async fn cancel_quota_request(id: i64) -> Result<QuotaRequestView, AppError> {
     use super::session;
     let services = session::services()?;
-    super::plain_form::answer::<CancelQuotaRequest, _>(Some(REQUEST_CANCELLED), &[], async {
+    super::plain_form::answer::<CancelQuotaRequest, _>(Some(REQUEST_CANCELLED), REQUESTS_AT, &[], async {
         let user = session::require_user(&services).await?;
         Ok(services::quota_requests::cancel(&services, &user, id).await?.into())
     })
@@ -157,7 +171,7 @@ pub async fn approve_quota_request(
     let services = session::services()?;
     let request = id.to_string();
     let typed = [("id", request.as_str()), ("per_hour", &per_hour), ("per_day", &per_day), ("note", &note)];
-    super::plain_form::answer::<ApproveQuotaRequest, _>(Some(APPROVED), &typed, async {
+    super::plain_form::answer::<ApproveQuotaRequest, _>(Some(APPROVED), &request_at(id), &typed, async {
         let admin = session::require_admin(&services).await?;
         let decision = Decision::Approve {
             per_hour: whole_number(&per_hour, "per_hour", "hourly")?,
@@ -178,10 +192,15 @@ pub async fn deny_quota_request(id: i64, note: String) -> Result<QuotaRequestVie
     use services::quota_requests::{decide, Decision};
     let services = session::services()?;
     let request = id.to_string();
-    super::plain_form::answer::<DenyQuotaRequest, _>(Some(DENIED), &[("id", &request), ("note", &note)], async {
-        let admin = session::require_admin(&services).await?;
-        Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
-    })
+    super::plain_form::answer::<DenyQuotaRequest, _>(
+        Some(DENIED),
+        &request_at(id),
+        &[("id", &request), ("note", &note)],
+        async {
+            let admin = session::require_admin(&services).await?;
+            Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
+        },
+    )
     .await
 }
 
@@ -196,7 +215,7 @@ pub async fn admin_set_quota(
     use services::keys::ApiKeyId;
     let services = session::services()?;
     let typed = typed_limits(&per_hour, &per_day, &reason);
-    super::plain_form::answer::<AdminSetQuota, _>(Some(QUOTA_SET), &typed, async {
+    super::plain_form::answer::<AdminSetQuota, _>(Some(QUOTA_SET), SET_QUOTA_AT, &typed, async {
         let admin = session::require_admin(&services).await?;
         let key_id = ApiKeyId::parse(&key_id)?;
         let limits = (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
@@ -244,8 +263,10 @@ pub async fn admin_quota_audit(before: Option<String>) -> Result<AuditPage, AppE
             quota_request_id: e.quota_request_id,
             old_per_hour: e.old_per_hour,
             old_per_day: e.old_per_day,
+            old_burst: e.old_burst.map(i64::from),
             new_per_hour: e.new_per_hour,
             new_per_day: e.new_per_day,
+            new_burst: e.new_burst.map(i64::from),
             reason: e.reason,
         })
         .collect();

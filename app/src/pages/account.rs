@@ -139,8 +139,8 @@ fn SessionList(list: Vec<SessionView>) -> impl IntoView {
                     view! {
                         <tr data-testid="session-row">
                             <td data-label="Browser">{browser}" "{s.this_browser.then(|| view! { <span class="badge active">"This browser"</span> })}</td>
-                            <td data-label="Signed in">{format::time(&s.signed_in_at)}</td>
-                            <td data-label="Last active">{format::time(&s.last_active_at)}</td>
+                            <td class="when" data-label="Signed in">{format::time(&s.signed_in_at)}</td>
+                            <td class="when" data-label="Last active">{format::time(&s.last_active_at)}</td>
                         </tr>
                     }
                 }).collect_view()}

@@ -65,13 +65,14 @@ pub fn AdminKeysPage() -> impl IntoView {
                                 <tbody>
                                     {found.keys.into_iter().map(|key| {
                                         let status = key.status();
+                                        let usage_label = format!("Usage of {}", key.name);
                                         view! {
                                             <tr>
                                                 <td data-label="Owner">{key.owner_email.clone()}</td>
                                                 <td>
                                                     <A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A>
                                                     " · "
-                                                    <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
+                                                    <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id) attr:aria-label=usage_label>"usage"</A>
                                                 </td>
                                                 // A rolled key is also found by its previous prefix (a leak
                                                 // report names the secret that leaked): say why it matched.
@@ -82,7 +83,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                                                 </td>
                                                 <td data-label="Status"><span class=format!("badge {status}")>{status}</span></td>
                                                 <td class="num" data-label="Quota">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
-                                                <td data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
+                                                <td class="when" data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
                                             </tr>
                                         }
                                     }).collect_view()}
@@ -224,7 +225,7 @@ fn AccountRow(account: AccountView, outcome: RwSignal<Option<Result<AccountSwitc
         <tr data-testid="account-row" data-email=account.email.clone()>
             <td data-label="Account">{account.email.clone()}{account.you.then_some(" (you)")}</td>
             <td data-label="Role">{if account.is_admin { "admin" } else { "merchant" }}</td>
-            <td data-label="Created">{format::time(&account.created_at)}</td>
+            <td class="when" data-label="Created">{format::time(&account.created_at)}</td>
             <td class="num" data-label="Active keys">{format::count(account.active_keys)}</td>
             <td data-label="Status"><span class=badge title=since data-testid="account-status">{status}</span></td>
             <td>{switch_control}</td>
@@ -454,9 +455,11 @@ fn MailItem(
             })}
             <noscript><a href=read_href>"Read it"</a></noscript>
             {move || body.get().map(|body| match body {
-                // The HTML part is shown in a sandbox: no scripts, no same-origin access.
+                // The HTML part is shown in a sandbox: no scripts, no same-origin access. Its
+                // links open in a tab of their own (the app refuses to be shown in a frame).
                 Ok(body) => view! {
-                    <iframe class="mail-html" sandbox="" srcdoc=body.html title="HTML part"></iframe>
+                    <iframe class="mail-html" sandbox="allow-popups allow-popups-to-escape-sandbox"
+                        srcdoc=format!("<base target=\"_blank\">{}", body.html) title="HTML part"></iframe>
                     <pre class="mail-text">{body.text}</pre>
                 }.into_any(),
                 Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),

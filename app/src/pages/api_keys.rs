@@ -44,7 +44,7 @@ pub fn ApiKeysPage() -> impl IntoView {
     view! {
         <PageTitle text="API keys · keymeter"/>
         <h1>"API keys"</h1>
-        <section class="card">
+        <section class="card" id=crate::api::CREATE_AT>
             <h2>"Create a key"</h2>
             <ActionForm action=create>
                 <div class="inline-form">
@@ -141,7 +141,7 @@ fn NewSecret(created: CreatedKey) -> impl IntoView {
             </p>
             <div class="secret-row">
                 <code data-testid="new-secret">{created.secret.clone()}</code>
-                <button type="button" on:click=copy data-testid="copy-secret" node_ref=copy_button>
+                <button type="button" class="needs-script" on:click=copy data-testid="copy-secret" node_ref=copy_button>
                     {move || if copied.get() { "Copied" } else { "Copy" }}
                 </button>
             </div>
@@ -164,16 +164,17 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
             let status = key.status();
             let quota = quota_and_use(&key);
             let actions = (!revoked).then(|| view! { <RevokeButton id=key.id.clone() name=key.name.clone() revoke/> });
+            let usage_label = format!("Usage of {}", key.name);
             view! {
                 <tr data-testid="key-row" data-key-id=key.id.clone() data-status=status>
                     <td>
                         <A href=format!("/dashboard/developers/api-keys/{}", key.id)>{key.name.clone()}</A>
                         " · "
-                        <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id)>"usage"</A>
+                        <A href=format!("/dashboard/developers/api-keys/{}/usage", key.id) attr:aria-label=usage_label>"usage"</A>
                     </td>
                     <td data-label="Key"><code>{format!("{}…", key.prefix)}</code></td>
-                    <td data-label="Created">{format::time(&key.created_at)}</td>
-                    <td data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
+                    <td class="when" data-label="Created">{format::time(&key.created_at)}</td>
+                    <td class="when" data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
                     <td data-label="Status"><span class=format!("badge {status}")>{status}</span></td>
                     <td class="num" data-label="Quota and use (UTC)" data-testid="key-quota">{quota}</td>
                     <td>{actions}</td>
@@ -199,7 +200,7 @@ fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoVie
 fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> impl IntoView {
     let confirm = NodeRef::<leptos::html::Button>::new();
     view! {
-        <ConfirmInPlace opener="Revoke…" opener_testid="revoke" dialog_label="Confirm revocation"
+        <ConfirmInPlace opener="Revoke…" opener_label=format!("Revoke \u{201c}{name}\u{201d}…") opener_testid="revoke" dialog_label="Confirm revocation"
             question_id=format!("revoke-question-{id}")
             question=format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")
             confirm>
@@ -315,7 +316,7 @@ fn KeyDetails(
     let revoking = ((key.yours || key.viewer_is_admin) && !key.is_revoked()).then(|| {
         let error = FormError::of("revoke-error", revoke);
         view! {
-            <section class="card" data-testid="revoke-key">
+            <section class="card" id=crate::api::REVOKE_AT data-testid="revoke-key">
                 <h2>"Revoke the key"</h2>
                 <p class="muted">"Calls with it are refused at once, for good. Its usage history stays."</p>
                 // Made again on a rename: the question names the key as it is called now.
@@ -518,7 +519,7 @@ fn RollSecret(
         })
     };
     view! {
-        <section class="card" data-testid="roll">
+        <section class="card" id=crate::api::ROLL_AT data-testid="roll">
             <h2>"Roll the secret"</h2>
             <p class="muted">"Rolling gives the key a new secret, for one that leaked or a routine change. The key keeps its name, quota, alerts and usage history. The old secret keeps working until the time you choose, so your integrations can switch over; after it, calls with it are refused."</p>
             {overlap}
@@ -575,7 +576,7 @@ fn RenameForm(key: KeyView, action: ServerAction<RenameKey>) -> impl IntoView {
         None => renamed_without_script.get().then(|| name.clone()),
     };
     view! {
-        <section class="card" data-testid="rename">
+        <section class="card" id=crate::api::RENAME_AT data-testid="rename">
             <h2>"Name"</h2>
             <ActionForm action>
                 <input type="hidden" name="id" value=id/>
@@ -610,7 +611,7 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
             "Only the key's owner changes these."
         };
         return view! {
-            <section class="card" data-testid="alert-emails">
+            <section class="card" id=crate::api::ALERTS_AT data-testid="alert-emails">
                 <h2>"Quota alerts"</h2>
                 <p data-testid="alert-emails-chosen">{format!("Alerts that email {}: {chosen}.", key.owner_email)}</p>
                 <p class="muted">{why}</p>
@@ -620,12 +621,12 @@ fn AlertEmails(key: KeyView, action: ServerAction<SetAlertEmails>) -> impl IntoV
     }
     let saved_without_script = plain_form::done(ALERTS_SAVED);
     view! {
-        <section class="card" data-testid="alert-emails">
+        <section class="card" id=crate::api::ALERTS_AT data-testid="alert-emails">
             <h2>"Quota alerts"</h2>
-            <p class="muted">"When this key uses 50%, 80% and 100% of its hourly or daily quota, you get a notification here. Choose which of them also email you."</p>
+            <p class="muted">"When this key uses 50%, 80% and 100% of its hourly or daily quota, you get a notification in the bell (Notifications). Choose which of them also email you."</p>
             <ActionForm action>
                 <input type="hidden" name="id" value=key.id.clone()/>
-                <div class="inline-form">
+                <div class="inline-form" role="group" aria-label="Email me at">
                     <label><input type="checkbox" name="email_50" checked=on_50 data-testid="alert-50"/>" 50%"</label>
                     <label><input type="checkbox" name="email_80" checked=on_80 data-testid="alert-80"/>" 80%"</label>
                     <label><input type="checkbox" name="email_100" checked=on_100 data-testid="alert-100"/>" 100%"</label>

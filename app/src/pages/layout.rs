@@ -96,6 +96,10 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
 type UserResource = Resource<Result<Option<CurrentUser>, AppError>>;
 type UnreadResource = Resource<Result<i64, AppError>>;
 
+/// The bell's count, for a page that changes it (marking notifications read) to refetch.
+#[derive(Clone, Copy)]
+pub struct BellCount(pub UnreadResource);
+
 fn account_resources() -> (UserResource, UnreadResource) {
     let user = Resource::new(|| (), |_| once_per_render("auth/whoami", &(), whoami()));
     // Refreshed on every navigation within the signed-in pages; not on the way out (sign-out
@@ -113,6 +117,7 @@ fn account_resources() -> (UserResource, UnreadResource) {
             })
         },
     );
+    provide_context(BellCount(unread));
     (user, unread)
 }
 
@@ -211,6 +216,9 @@ pub fn SubmitButton(
 pub fn ConfirmInPlace(
     /// The opener's words ("Revoke…").
     opener: &'static str,
+    /// Its name for screen readers, where the words alone repeat on the page (a list's rows).
+    #[prop(optional)]
+    opener_label: Option<String>,
     opener_testid: &'static str,
     /// What a screen reader calls the question ("Confirm revocation").
     dialog_label: &'static str,
@@ -262,7 +270,7 @@ pub fn ConfirmInPlace(
                 }
             }
             on:keydown=move |ev| if ev.key() == "Escape" { close() }>
-            <summary class="danger-outline" data-testid=opener_testid node_ref=opener_ref>{opener}</summary>
+            <summary class="danger-outline" aria-label=opener_label data-testid=opener_testid node_ref=opener_ref>{opener}</summary>
             <div class="confirm" role="alertdialog" aria-label=dialog_label aria-describedby=describes>
                 <span id=question_id>{asked}</span>
                 {children()}

@@ -7,8 +7,8 @@ use leptos_router::hooks::use_query_map;
 use super::layout::{ErrorPanel, PageTitle};
 use crate::api::plain_form;
 use crate::api::{
-    mark_notifications_read, monthly_summary_setting, my_notifications, SetMonthlySummary, MONTHLY_SUMMARY_OFF,
-    MONTHLY_SUMMARY_ON, NOTIFICATIONS_PER_PAGE,
+    mark_notifications_read, monthly_summary_setting, my_notifications, MarkNotificationsRead, SetMonthlySummary,
+    MARKED_READ, MONTHLY_SUMMARY_OFF, MONTHLY_SUMMARY_ON, NOTIFICATIONS_AT, NOTIFICATIONS_PER_PAGE,
 };
 use crate::render_memo::once_per_render;
 
@@ -22,6 +22,8 @@ pub fn NotificationsPage() -> impl IntoView {
         Resource::new(before, |before| once_per_render("notifications/list", &before, my_notifications(before)));
     // Once the page is here, and only its own range: one that arrives meanwhile, or one on an
     // older page, stays unread for the bell.
+    // The bell then counts what is left.
+    let bell = use_context::<super::layout::BellCount>();
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         let shown = items.with(|list| {
@@ -30,16 +32,22 @@ pub fn NotificationsPage() -> impl IntoView {
         });
         if let Some((oldest, newest)) = shown {
             leptos::task::spawn_local(async move {
-                let _ = mark_notifications_read(oldest, newest).await;
+                if mark_notifications_read(oldest, newest).await.is_ok() {
+                    bell.into_iter().for_each(|b| b.0.refetch());
+                }
             });
         }
     });
     #[cfg(not(feature = "hydrate"))]
-    let _ = mark_notifications_read;
+    let _ = (mark_notifications_read, bell.map(|b| b.0));
+    // Without JavaScript a button marks them read instead.
+    let mark_read = ServerAction::<MarkNotificationsRead>::new();
+    let marked = plain_form::done(MARKED_READ);
     view! {
         <PageTitle text="Notifications · keymeter"/>
         <h1>"Notifications"</h1>
-        <section class="card">
+        <section class="card" id=NOTIFICATIONS_AT>
+            <p class="ok without-script" role="status" data-testid="marked-read">{move || marked.get().then_some("Marked read.")}</p>
             <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {
                     let paged = before().is_some();
@@ -53,14 +61,23 @@ pub fn NotificationsPage() -> impl IntoView {
                             let older = (list.len() == NOTIFICATIONS_PER_PAGE)
                                 .then(|| list.last().map(|n| format!("/dashboard/notifications?before={}", n.id)))
                                 .flatten();
+                            let unread = list.iter().filter(|n| n.unread).map(|n| n.id);
+                            let range = unread.clone().min().zip(unread.max());
                             view! {
+                                {range.map(|(oldest, newest)| view! {
+                                    <ActionForm action=mark_read attr:class="without-script">
+                                        <input type="hidden" name="oldest_shown" value=oldest/>
+                                        <input type="hidden" name="newest_shown" value=newest/>
+                                        <button type="submit" data-testid="mark-read">"Mark these read"</button>
+                                    </ActionForm>
+                                })}
                                 <ul class="notifications" data-testid="notifications">
                                     {list.into_iter().map(|n| view! {
                                         <li class:unread=n.unread>
                                             <strong>{n.title.clone()}</strong>
                                             <span class="hint">{format!(" · {}", format::time(&n.created_at))}</span>
                                             <p>{n.body.clone()}</p>
-                                            {n.link.clone().map(|l| view! { <A href=l>"Open"</A> })}
+                                            {n.link.clone().map(|l| view! { <A href=l attr:aria-label=format!("Open: {}", n.title)>"Open"</A> })}
                                         </li>
                                     }).collect_view()}
                                 </ul>
@@ -104,7 +121,7 @@ fn MonthlySummaryCard() -> impl IntoView {
         None => "",
     };
     view! {
-        <section class="card" data-testid="monthly-summary">
+        <section class="card" id=crate::api::MONTHLY_SUMMARY_AT data-testid="monthly-summary">
             <h2>"Monthly usage summary"</h2>
             <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || Suspend::new(async move {

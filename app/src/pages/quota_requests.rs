@@ -20,6 +20,14 @@ fn limits(per_hour: i64, per_day: i64) -> String {
     format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
 }
 
+/// [`limits`] with the burst limit, if the key has one.
+fn limits_with_burst(per_hour: i64, per_day: i64, burst: Option<i64>) -> String {
+    match burst {
+        Some(b) => format!("{} · {}/s burst", limits(per_hour, per_day), format::count(b)),
+        None => limits(per_hour, per_day),
+    }
+}
+
 const CANCELLED: &str = "Request cancelled.";
 
 /// The actions and the list of a key's requests, created by the page before it awaits anything.
@@ -90,7 +98,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
     let yours = key.yours;
     let id = key.id.clone();
     view! {
-        <section class="card" data-testid="quota-requests">
+        <section class="card" id=crate::api::REQUESTS_AT data-testid="quota-requests">
             <h2>"Quota increase"</h2>
             <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
                 {move || {
@@ -103,7 +111,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                     {(!yours && !revoked).then(|| view! {
                                         <p class="muted" data-testid="not-owner">
                                             "Only the key's owner asks for more. As an admin, "
-                                            <A href=format!("/dashboard/developers/api-keys/{id}#set-quota") exact=true>"set its quota directly"</A>"."
+                                            <A href=format!("/dashboard/developers/api-keys/{id}#{}", crate::api::SET_QUOTA_AT) exact=true>"set its quota directly"</A>"."
                                         </p>
                                     })}
                                     {(yours && !open && !revoked).then(|| view! {
@@ -144,7 +152,7 @@ enum Sent {
 /// A key's requests; its owner may cancel a pending one, an admin decides it on the requests page.
 fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequest>, yours: bool) -> impl IntoView {
     if list.is_empty() {
-        return view! { <p class="empty">"No requests yet."</p> }.into_any();
+        return view! { <p class="empty">"No quota increase requests yet."</p> }.into_any();
     }
     view! {
         <div class="table-scroll"><table class="stacked" data-testid="request-list">
@@ -155,7 +163,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                     let id = r.id;
                     view! {
                         <tr data-testid="request-row" data-status=r.status.clone()>
-                            <td data-label="Asked">{format::time(&r.created_at)}</td>
+                            <td class="when" data-label="Asked">{format::time(&r.created_at)}</td>
                             <td data-label="Status"><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
                             <td class="num" data-label="From">{limits(r.current_per_hour, r.current_per_day)}</td>
                             <td class="num" data-label="To">{match (r.approved_per_hour, r.approved_per_day) {
@@ -244,7 +252,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match requests.await {
-                    Ok(list) if list.is_empty() => view! { <section class="card"><p class="empty">"No requests yet."</p></section> }.into_any(),
+                    Ok(list) if list.is_empty() => view! { <section class="card"><p class="empty">"No quota increase requests yet."</p></section> }.into_any(),
                     Ok(list) => {
                         // A refusal without JavaScript names its card; with no such card here
                         // (decided long ago, or a made-up address), its error shows on top.
@@ -338,7 +346,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
     );
     let deny_note = kept_on_card::<DenyQuotaRequest>(request_id, "note").unwrap_or_default();
     view! {
-        <section class="card request" data-testid="admin-request" data-status=r.status.clone()>
+        <section class="card request" id=crate::api::request_at(r.id) data-testid="admin-request" data-status=r.status.clone()>
             <div class="card-head">
                 <h2>
                     <A href=format!("/dashboard/developers/api-keys/{}/usage", r.key_id)>{r.key_name.clone()}</A>
@@ -421,7 +429,7 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
     let set_without_script = plain_form::done(QUOTA_SET);
     let done = move || action.value().get().map_or_else(|| set_without_script.get(), |r| r.is_ok());
     view! {
-        <section class="card" id="set-quota" data-testid="set-quota">
+        <section class="card" id=crate::api::SET_QUOTA_AT data-testid="set-quota">
             <h2>"Set this key's quota"</h2>
             <p class="muted">"It applies to the key's next request. The owner is told, and the audit trail keeps the change."</p>
             <ActionForm action>
@@ -470,17 +478,17 @@ pub fn AdminQuotaChangesPage() -> impl IntoView {
                                         let key_name = e.key_name.clone();
                                         view! {
                                             <tr data-testid="audit-row" data-decision=e.decision.clone()>
-                                                <td data-label="When">{format::time(&e.changed_at)}</td>
+                                                <td class="when" data-label="When">{format::time(&e.changed_at)}</td>
                                                 // Names repeat across owners: the key's page tells them apart.
                                                 <td data-label="Key"><A href=key_page>{key_name}</A></td>
                                                 <td data-label="By">{audit_actor(&e)}</td>
                                                 <td data-label="Decision"><span class=format!("badge {}", e.decision)>{e.decision.clone()}</span></td>
-                                                <td class="num" data-label="From">{limits(e.old_per_hour, e.old_per_day)}</td>
+                                                <td class="num" data-label="From">{limits_with_burst(e.old_per_hour, e.old_per_day, e.old_burst)}</td>
                                                 // A denial's limits were asked for, never applied.
                                                 <td class="num" data-label="To">{if denied {
                                                     format!("asked {}", limits(e.new_per_hour, e.new_per_day))
                                                 } else {
-                                                    limits(e.new_per_hour, e.new_per_day)
+                                                    limits_with_burst(e.new_per_hour, e.new_per_day, e.new_burst)
                                                 }}</td>
                                                 <td data-label="Why">{e.reason.clone()}</td>
                                             </tr>

@@ -4,7 +4,7 @@
 
 use leptos::prelude::*;
 use leptos_router::components::A;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle};
@@ -78,9 +78,20 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
 
     // Its own (type-erased) view: one nested type for the whole page overflows the compiler's
     // query depth in the browser build.
+    // Which history and which range of top calls are shown: in the address, so that their
+    // links work without JavaScript too.
+    let query = use_query_map();
+    let default_days = overview.top.range_days;
+    let views = UsageViews {
+        path: format!("/dashboard/developers/api-keys/{}/usage", key.id),
+        history: Memo::new(move |_| Breakdown::from_param(query.read().get("history").as_deref())),
+        top_days: Memo::new(move |_| {
+            query.read().get("top").and_then(|d| d.parse().ok()).filter(|d| RANGES.contains(d)).unwrap_or(default_days)
+        }),
+    };
     let top = view! {
         <PageTitle text=format!("Usage of {} · keymeter", key.name)/>
-        <TopCallsCard key_id=key.id.clone() initial=overview.top.clone()/>
+        <TopCallsCard key_id=key.id.clone() initial=overview.top.clone() views=views.clone()/>
     }
     .into_any();
     let try_it = format!("curl -H \"X-API-Key: {}…\" {}/api/v1/ping", key.prefix, overview.api_base);
@@ -146,18 +157,22 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
         <section class="card">
             <div class="card-head">
                 <h2>"Last 60 minutes"</h2>
+                // Without JavaScript nothing updates: the figures are as of the page's loading.
                 <span class="hint" data-testid="live-updated">
-                    {move || {
-                        let state = match link.get() {
-                            _ if revoked_at.is_some() => "revoked",
-                            LiveLink::Reconnecting => "reconnecting…",
-                            _ if live.with(|l| l.from_storage) => "from stored usage",
-                            _ => "live",
-                        };
-                        format!("{state} · {} · {}", format::time_seconds(&live.get().now), rate_text(&live.get()))
-                    }}
+                    <span class="needs-script">
+                        {move || match link.get() {
+                            _ if revoked_at.is_some() => "revoked · ",
+                            LiveLink::Reconnecting => "reconnecting… · ",
+                            LiveLink::Stopped => "stopped · ",
+                            _ if live.with(|l| l.from_storage) => "from stored usage · ",
+                            _ => "live · ",
+                        }}
+                    </span>
+                    <span class="without-script">"as of "</span>
+                    {move || format!("{} · {}", format::time_seconds(&live.get().now), rate_text(&live.get()))}
                 </span>
             </div>
+            <p class="hint without-script">"The charts need JavaScript. The gauges above and the tables below show the figures as of this page's loading."</p>
             <div class="charts">
                 <LiveChart kind=LiveChartKind::Requests live/>
                 <LiveChart kind=LiveChartKind::ErrorRate live/>
@@ -167,7 +182,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 {move || live.get().points.last().map(|p| format!("This minute: {}, {} throttled", format::counted(p.requests as i64, "request", "requests"), format::count(p.throttled as i64))).unwrap_or_default()}
             </p>
         </section>
-        <Breakdowns daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone()/>
+        <Breakdowns daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone() views/>
         {top}
         // Where a merchant sees the quota running out, they can ask for more.
         <KeyQuotaRequests key=overview.key.clone() state=requests/>
@@ -198,56 +213,62 @@ fn rate_text(live: &LiveData) -> String {
     format!("{:.1} requests/min (15-minute average)", live.rate_per_minute)
 }
 
+/// The page's choice of history and of range for the top calls, read from its address.
+#[derive(Clone)]
+struct UsageViews {
+    path: String,
+    history: Memo<Breakdown>,
+    top_days: Memo<u32>,
+}
+
+impl UsageViews {
+    /// This page showing `history` and the top calls of `top_days`, at the section `at`.
+    fn href(&self, history: Breakdown, top_days: u32, at: &str) -> String {
+        format!("{}?history={}&top={top_days}#{at}", self.path, history.param())
+    }
+}
+
 /// Top endpoints and status codes over a chosen range. A new range fetches only these tables,
-/// so the rest of the page (history tab, export fields, live charts) stays as it is.
+/// so the rest of the page (history, export fields, live charts) stays as it is.
 #[component]
-fn TopCallsCard(key_id: String, initial: TopCalls) -> impl IntoView {
-    let days = RwSignal::new(initial.range_days);
-    let top = RwSignal::new(initial);
-    let loading = RwSignal::new(false);
-    let failed = RwSignal::new(None::<String>);
-    let choose = move |d: u32| {
-        days.set(d);
-        loading.set(true);
-        let key_id = key_id.clone();
-        leptos::task::spawn_local(async move {
-            let result = get_top_calls(key_id, d).await;
-            // A later choice wins over an answer that arrives late.
-            if days.get_untracked() != d {
-                return;
-            }
-            loading.set(false);
-            match result {
-                Ok(calls) => {
-                    failed.set(None);
-                    top.set(calls);
+fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl IntoView {
+    let days = views.top_days;
+    let top = Resource::new(
+        move || days.get(),
+        move |d| {
+            let (key_id, initial) = (key_id.clone(), initial.clone());
+            async move {
+                match d == initial.range_days {
+                    true => Ok(initial),
+                    false => get_top_calls(key_id, d).await,
                 }
-                Err(err) => failed.set(Some(err.to_string())),
             }
-        });
-    };
+        },
+    );
+    let loading = RwSignal::new(false);
     // Type-erased parts: one nested type for the whole card overflows the compiler's query depth
     // in the browser build.
-    let buttons = RANGES
+    let links = RANGES
         .iter()
         .map(|&d| {
-            let choose = choose.clone();
+            let views = views.clone();
+            let href = move || views.href(views.history.get(), d, "top-calls");
             view! {
-                <button type="button" class:active=move || days.get() == d
-                    aria-pressed=move || (days.get() == d).to_string()
-                    on:click=move |_| choose(d)>
+                <A href=href scroll=false attr:class=move || if days.get() == d { "active" } else { "" }
+                    attr:aria-current=move || (days.get() == d).then_some("true")>
                     {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
-                </button>
+                </A>
             }
         })
         .collect_view()
         .into_any();
-    let tables = view! {
-            <div class="two-col" class:stale=move || loading.get() aria-busy=move || loading.get().to_string()>
+    let tables = move |top: TopCalls| {
+        view! {
+            <div class="two-col">
                 <div class="table-scroll"><table data-testid="top-endpoints">
-                    <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Errors"</th><th class="num">"p95"</th></tr></thead>
+                    <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Error rate"</th><th class="num">"p95"</th></tr></thead>
                     <tbody>
-                        {move || top.get().endpoints.into_iter().map(|e| view! {
+                        {top.endpoints.into_iter().map(|e| view! {
                             <tr>
                                 <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
                                 <td class="num">{format::count(e.requests)}</td>
@@ -260,22 +281,32 @@ fn TopCallsCard(key_id: String, initial: TopCalls) -> impl IntoView {
                 <div class="table-scroll"><table data-testid="status-codes">
                     <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
                     <tbody>
-                        {move || top.get().statuses.into_iter().map(|(code, n)| view! {
+                        {top.statuses.into_iter().map(|(code, n)| view! {
                             <tr><td><span class=format!("status s{}", code / 100)>{code}</span></td><td class="num">{format::count(n)}</td></tr>
                         }).collect_view()}
                     </tbody>
                 </table></div>
             </div>
-    }
-    .into_any();
+            <p class="hint">"Requests count admitted calls; status codes count every call, throttled ones (429) too."</p>
+        }
+        .into_any()
+    };
     view! {
-        <section class="card">
+        <section class="card" id="top-calls">
             <div class="card-head">
                 <h2>"Top endpoints and status codes"</h2>
-                <div class="range" role="group" aria-label="Range">{buttons}</div>
+                <nav class="range" aria-label="Range">{links}</nav>
             </div>
-            {move || failed.get().map(|message| view! { <p class="error" role="alert">{message}</p> })}
-            {tables}
+            <div class:stale=move || loading.get() aria-busy=move || loading.get().to_string()>
+                <Transition fallback=|| view! { <p class="loading">"Loading…"</p> } set_pending=loading.write_only()>
+                    {move || Suspend::new(async move {
+                        match top.await {
+                            Ok(calls) => tables(calls),
+                            Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
+                        }
+                    })}
+                </Transition>
+            </div>
         </section>
     }
 }
@@ -330,9 +361,33 @@ enum Breakdown {
     Monthly,
 }
 
+impl Breakdown {
+    /// From the page's `history` parameter; daily unless it names another.
+    fn from_param(param: Option<&str>) -> Self {
+        match param {
+            Some("weekly") => Self::Weekly,
+            Some("monthly") => Self::Monthly,
+            _ => Self::Daily,
+        }
+    }
+
+    fn param(self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+        }
+    }
+}
+
 #[component]
-fn Breakdowns(daily: Vec<PeriodRow>, weekly: Vec<PeriodRow>, monthly: Vec<PeriodRow>) -> impl IntoView {
-    let shown = RwSignal::new(Breakdown::Daily);
+fn Breakdowns(
+    daily: Vec<PeriodRow>,
+    weekly: Vec<PeriodRow>,
+    monthly: Vec<PeriodRow>,
+    views: UsageViews,
+) -> impl IntoView {
+    let shown = views.history;
     let rows = Signal::derive(move || match shown.get() {
         Breakdown::Daily => daily.clone(),
         Breakdown::Weekly => weekly.clone(),
@@ -344,20 +399,22 @@ fn Breakdowns(daily: Vec<PeriodRow>, weekly: Vec<PeriodRow>, monthly: Vec<Period
         Breakdown::Monthly => start.format("%B %Y").to_string(),
     };
     let tab = move |b: Breakdown, text: &'static str| {
+        let views = views.clone();
+        let href = move || views.href(b, views.top_days.get(), "history");
         view! {
-            <button type="button" class:active=move || shown.get() == b aria-pressed=move || (shown.get() == b).to_string()
-                on:click=move |_| shown.set(b)>{text}</button>
+            <A href=href scroll=false attr:class=move || if shown.get() == b { "active" } else { "" }
+                attr:aria-current=move || (shown.get() == b).then_some("true")>{text}</A>
         }
     };
     view! {
-        <section class="card">
+        <section class="card" id="history">
             <div class="card-head">
                 <h2>"History"</h2>
-                <div class="range" role="group" aria-label="Breakdown">
+                <nav class="range" aria-label="Breakdown">
                     {tab(Breakdown::Daily, "Daily · 30 days")}
                     {tab(Breakdown::Weekly, "Weekly · 12 ISO weeks")}
                     {tab(Breakdown::Monthly, "Monthly · 12 months")}
-                </div>
+                </nav>
             </div>
             <BreakdownChart rows/>
             <div class="table-scroll"><table class="breakdown" data-testid="breakdown-table">
