@@ -11,7 +11,7 @@ pub enum AppError {
     /// Bad input; `field` names the form field at fault, when one is (see `pages::form_error`).
     #[error("{message}")]
     BadRequest { message: String, field: Option<String> },
-    #[error("Please sign in.")]
+    #[error("Your session has ended: sign in again.")]
     Unauthorized,
     #[error("You are not allowed to see this page.")]
     Forbidden,

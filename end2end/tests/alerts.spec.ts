@@ -7,7 +7,7 @@ test('quota alerts reach the bell always and email only at the thresholds the ow
   const { secret, row, keyId } = await createKey(page, name, 2);
 
   // Only the 100% alert emails.
-  await row.getByRole('link', { name }).click();
+  await row.getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
   await expect(page.getByTestId('alert-50')).toBeChecked();
   await page.getByTestId('alert-50').uncheck();

@@ -78,7 +78,7 @@ test('a merchant renames a key on its page; the name changes in place and in the
   await page.getByTestId('key-name').fill(name);
   await page.getByRole('button', { name: 'Create key' }).click();
   await expect(page.getByTestId('new-secret')).toBeVisible();
-  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
   await hydrated(page);
 
@@ -120,7 +120,7 @@ test('a merchant rolls a key on its page; the old secret works until they stop i
   await page.getByTestId('key-name').fill(name);
   await page.getByRole('button', { name: 'Create key' }).click();
   const old = (await page.getByTestId('new-secret').textContent())!.trim();
-  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
   await hydrated(page);
   await expect(page.getByTestId('rolled-at')).toHaveText('never');

@@ -24,7 +24,7 @@ async function createKeyAndOpen(page: Page, name: string) {
   await page.getByRole('button', { name: 'Create key' }).click();
   const row = page.getByTestId('key-row').filter({ hasText: name });
   await expect(row).toBeVisible();
-  await row.getByRole('link', { name }).click();
+  await row.getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
 }
 
@@ -176,7 +176,7 @@ test('a key is rolled without JavaScript; its page shows the new secret once', a
   await page.getByTestId('key-name').fill(name);
   await page.getByRole('button', { name: 'Create key' }).click();
   const old = (await page.getByTestId('new-secret').textContent())!.trim();
-  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name }).click();
+  await page.getByTestId('key-row').filter({ hasText: name }).getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
 
   // "at once" is the default; "Roll key…" opens its question by itself (a <details>). Without
@@ -344,8 +344,8 @@ test('the usage page without JavaScript: links choose the history and range, and
   // as of the page's loading, not live.
   await expect(page.getByText('The charts need JavaScript.')).toBeVisible();
   await expect(page.locator('#chart-requests')).toBeHidden();
-  await expect(page.getByTestId('live-updated')).toContainText('as of');
-  await expect(page.getByTestId('live-updated')).not.toContainText('live');
+  await expect(page.getByTestId('live-updated')).toContainText('as of', { useInnerText: true });
+  await expect(page.getByTestId('live-updated')).not.toContainText('live', { useInnerText: true });
 
   await page.getByRole('link', { name: 'Weekly · 12 ISO weeks' }).click();
   await expect(page).toHaveURL(/\?history=weekly&top=30#history$/);

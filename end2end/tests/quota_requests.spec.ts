@@ -11,7 +11,7 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   expect((await call()).status()).toBe(429);
 
   // The merchant asks for more from the key's page.
-  await row.getByRole('link', { name }).click();
+  await row.getByRole('link', { name, exact: true }).click();
   await expect(page.getByTestId('key-title')).toHaveText(name);
   // The page changed without a load: screen readers are told which page it is now.
   await expect(page.getByTestId('route-announcer')).toHaveText(`${name} · API keys · keymeter`);
@@ -117,7 +117,7 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await expect(denial).toHaveAttribute('data-decision', 'denied');
   await expect(rows.last()).toHaveAttribute('data-decision', 'set');
   await expect(denial).toContainText('Cache the status calls first');
-  await expect(denial.getByRole('link', { name })).toHaveAttribute('href', /^\/dashboard\/developers\/api-keys\/[0-9a-f-]{36}$/);
+  await expect(denial.getByRole('link', { name, exact: true })).toHaveAttribute('href', /^\/dashboard\/developers\/api-keys\/[0-9a-f-]{36}$/);
   await expect(denial).toContainText(`${ADMIN.email} (request #`);
   await expect(denial).toContainText('asked 40/h · 100/day');
 });
@@ -139,7 +139,7 @@ test("an admin sets a key's quota on the key's page; the owner is told", async (
   // Found through the admins' key search, opened, set.
   await adminPage.goto(`/admin?q=${encodeURIComponent(name)}`);
   await hydrated(adminPage);
-  await adminPage.getByTestId('admin-keys').getByRole('link', { name }).click();
+  await adminPage.getByTestId('admin-keys').getByRole('link', { name, exact: true }).click();
   await expect(adminPage.getByTestId('key-title')).toHaveText(name);
   await expect(adminPage.getByTestId('set-per-hour')).toHaveValue('1000');
   // Back up the breadcrumb is every key's list: the admin's own list does not hold this one.

@@ -199,3 +199,31 @@ test('admin pages have their own titles', async ({ page }) => {
   await page.goto('/login');
   await expect(page).toHaveTitle('Sign in · keymeter');
 });
+
+test('an action after the session ended offers signing in again, back to the same page', async ({ browser }) => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await signIn(page, MERCHANT);
+  const { keyId } = await createKey(page, `Ended ${Date.now()}`);
+  const usage = `/dashboard/developers/api-keys/${keyId}/usage`;
+  await page.goto(usage);
+  await hydrated(page);
+  // Signed out in another tab of the same browser.
+  const other = await context.newPage();
+  await other.goto('/dashboard/developers/api-keys');
+  await other.getByRole('button', { name: 'Sign out', exact: true }).click();
+  await expect(other).toHaveURL(/\/login/);
+
+  await page.getByTestId('ask-per-hour').fill('5000');
+  await page.getByTestId('ask-reason').fill('a launch');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('ask-error')).toHaveText('Your session has ended: sign in again.');
+  const again = page.getByTestId('sign-in-again').first();
+  await expect(again).toHaveAttribute('href', `/login?next=${usage}`);
+  await again.click();
+  await page.getByLabel('Email').fill(MERCHANT.email);
+  await page.getByLabel('Password').fill(MERCHANT.password);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page).toHaveURL(new RegExp(`${usage}$`));
+  await context.close();
+});

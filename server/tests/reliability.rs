@@ -721,6 +721,13 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     let res = app.call("/api/v1/ping", &secret).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
+    // Metered, so with its rate-limit headers: the key's limits, and its use as Redis last said.
+    assert_eq!(res.headers()["ratelimit-policy"], "\"hour\";q=10;w=3600, \"day\";q=1000;w=86400");
+    assert_eq!(
+        (&res.headers()["x-ratelimit-limit"], &res.headers()["x-ratelimit-remaining"]),
+        (&"10".parse().unwrap(), &"9".parse().unwrap())
+    );
+    assert!(res.headers()["ratelimit"].to_str().unwrap().starts_with("\"hour\";r=9;t="));
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "quota_unavailable");
     assert!(started.elapsed() < Duration::from_millis(2_900), "answered after the short timeout, not the hang");

@@ -22,7 +22,7 @@ pub fn login_path_for(here: &str) -> String {
 }
 
 /// `path` without the error of a form post that leptos puts in the URL for pages without
-/// JavaScript (`__path`, `__err`). It belongs to the post that failed (e.g. "Please sign in." when
+/// JavaScript (`__path`, `__err`). It belongs to the post that failed (e.g. "Your session has ended" when
 /// the session had ended) and would greet the user again once signed in.
 fn without_form_error(path: &str) -> String {
     let Some((page, query)) = path.split_once('?') else { return path.to_owned() };

@@ -79,7 +79,7 @@ pub struct UsageOverview {
     pub daily: Vec<PeriodRow>,
     pub weekly: Vec<PeriodRow>,
     pub monthly: Vec<PeriodRow>,
-    /// Over `DEFAULT_RANGE` days; other ranges come from `get_top_calls`.
+    /// Over the range the page's address chose (`top_days`); others come from `get_top_calls`.
     pub top: TopCalls,
     /// Where the metered API is reached (`KEYMETER_PUBLIC_URL`), for the page's example call.
     pub api_base: String,
@@ -97,14 +97,23 @@ pub const RANGES: [u32; 4] = [1, 7, 30, 90];
 /// The range the usage page opens with.
 pub const DEFAULT_RANGE: u32 = 30;
 
+/// The usage page's data; its top tables over `top_days` (one of [`RANGES`]; by default
+/// [`DEFAULT_RANGE`]), as the page's address chose.
 #[server(prefix = "/rpc", endpoint = "usage/overview")]
-pub async fn get_usage_overview(id: String) -> Result<UsageOverview, AppError> {
+pub async fn get_usage_overview(
+    id: String,
+    #[server(default)] top_days: Option<u32>,
+) -> Result<UsageOverview, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
+    let top_days = top_days.unwrap_or(DEFAULT_RANGE);
+    if !RANGES.contains(&top_days) {
+        return Err(AppError::bad_request(format!("top_days must be one of {RANGES:?}")));
+    }
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(ssr::overview(&services, key, user.id).await?)
+    Ok(ssr::overview(&services, key, user.id, top_days).await?)
 }
 
 /// The endpoint and status tables over another range, without reloading the rest of the page.
@@ -206,9 +215,14 @@ pub mod ssr {
         TopCalls { range_days: top.range_days, endpoints, statuses: top.statuses }
     }
 
-    pub async fn overview(services: &Services, key: ApiKey, viewer_id: i64) -> ServiceResult<UsageOverview> {
+    pub async fn overview(
+        services: &Services,
+        key: ApiKey,
+        viewer_id: i64,
+        top_days: u32,
+    ) -> ServiceResult<UsageOverview> {
         let live = dashboard::live(services, &key).await?;
-        let history = dashboard::history(services, &key, live.now, DEFAULT_RANGE).await?;
+        let history = dashboard::history(services, &key, live.now, top_days).await?;
         let api_base = services.settings.public_url.to_string();
         Ok(UsageOverview {
             key: KeyView::seen_by(key, viewer_id),

@@ -383,10 +383,21 @@ pub fn ErrorPanel(err: AppError) -> impl IntoView {
     if err == AppError::Unavailable {
         return view! { <DataDelayed/> }.into_any();
     }
+    // The session ended while the page was open (signed out elsewhere, or it expired): the way
+    // on is signing in again, back to this page.
+    if err == AppError::Unauthorized {
+        return view! {
+            <section class="card error-panel" role="alert" data-testid="error-panel">
+                <h1>"Your session has ended"</h1>
+                <p>"You were signed out, here or in another tab. Sign in again to go on."</p>
+                <p><a href=login_path() data-testid="sign-in-again">"Sign in again"</a></p>
+            </section>
+        }
+        .into_any();
+    }
     let title = match err {
         AppError::NotFound => "Not found",
         AppError::Forbidden => "Forbidden",
-        AppError::Unauthorized => "Please sign in",
         _ => "Something went wrong",
     };
     // A page that is not there, or not this user's, is titled so (its own title needs its data).

@@ -9,7 +9,9 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
-use crate::api::{get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, RANGES};
+use crate::api::{
+    get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, DEFAULT_RANGE, RANGES,
+};
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -18,11 +20,17 @@ use calendar::{DayRange, RangeError};
 #[component]
 pub fn UsagePage() -> impl IntoView {
     let params = use_params_map();
+    let query = use_query_map();
     // Created here, before any await (see layout.rs).
     let requests = QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
+    // The top tables' range as the address chose it when the page (or another key's) loads;
+    // choosing another later fetches only those tables.
     let overview = Resource::new(
         move || params.read().get("id").unwrap_or_default(),
-        |id| once_per_render("usage/overview", &id.clone(), get_usage_overview(id)),
+        move |id| {
+            let top_days = query.with_untracked(top_days_in);
+            once_per_render("usage/overview", &(id.clone(), top_days), get_usage_overview(id, top_days))
+        },
     );
     view! {
         <Transition fallback=|| view! { <p class="loading">"Loading usage…"</p> }>
@@ -81,13 +89,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     // Which history and which range of top calls are shown: in the address, so that their
     // links work without JavaScript too.
     let query = use_query_map();
-    let default_days = overview.top.range_days;
     let views = UsageViews {
         path: format!("/dashboard/developers/api-keys/{}/usage", key.id),
         history: Memo::new(move |_| Breakdown::from_param(query.read().get("history").as_deref())),
-        top_days: Memo::new(move |_| {
-            query.read().get("top").and_then(|d| d.parse().ok()).filter(|d| RANGES.contains(d)).unwrap_or(default_days)
-        }),
+        top_days: Memo::new(move |_| query.with(top_days_in).unwrap_or(DEFAULT_RANGE)),
     };
     let top = view! {
         <PageTitle text=format!("Usage of {} · keymeter", key.name)/>
@@ -228,24 +233,44 @@ impl UsageViews {
     }
 }
 
-/// Top endpoints and status codes over a chosen range. A new range fetches only these tables,
-/// so the rest of the page (history, export fields, live charts) stays as it is.
+/// The top tables' range named by the page's address (`top`), if it names one of [`RANGES`].
+fn top_days_in(query: &leptos_router::params::ParamsMap) -> Option<u32> {
+    query.get("top").and_then(|d| d.parse().ok()).filter(|d| RANGES.contains(d))
+}
+
+/// Top endpoints and status codes over a chosen range (a link: without JavaScript the page
+/// comes with it). A new range fetches only these tables, so the rest of the page (history,
+/// export fields, live charts) stays as it is.
 #[component]
 fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl IntoView {
     let days = views.top_days;
-    let top = Resource::new(
-        move || days.get(),
-        move |d| {
-            let (key_id, initial) = (key_id.clone(), initial.clone());
-            async move {
-                match d == initial.range_days {
-                    true => Ok(initial),
-                    false => get_top_calls(key_id, d).await,
-                }
-            }
-        },
-    );
+    let top = RwSignal::new(initial);
     let loading = RwSignal::new(false);
+    let failed = RwSignal::new(None::<String>);
+    // Only what the page does not hold yet is fetched (the first run finds the page's own).
+    Effect::new(move |_| {
+        let d = days.get();
+        if top.with_untracked(|t| t.range_days) == d {
+            return;
+        }
+        loading.set(true);
+        let key_id = key_id.clone();
+        leptos::task::spawn_local(async move {
+            let result = get_top_calls(key_id, d).await;
+            // A later choice wins over an answer that arrives late.
+            if days.get_untracked() != d {
+                return;
+            }
+            loading.set(false);
+            match result {
+                Ok(calls) => {
+                    failed.set(None);
+                    top.set(calls);
+                }
+                Err(err) => failed.set(Some(err.to_string())),
+            }
+        });
+    });
     // Type-erased parts: one nested type for the whole card overflows the compiler's query depth
     // in the browser build.
     let links = RANGES
@@ -262,13 +287,12 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
         })
         .collect_view()
         .into_any();
-    let tables = move |top: TopCalls| {
-        view! {
-            <div class="two-col">
+    let tables = view! {
+            <div class="two-col" class:stale=move || loading.get() aria-busy=move || loading.get().to_string()>
                 <div class="table-scroll"><table data-testid="top-endpoints">
                     <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Error rate"</th><th class="num">"p95"</th></tr></thead>
                     <tbody>
-                        {top.endpoints.into_iter().map(|e| view! {
+                        {move || top.get().endpoints.into_iter().map(|e| view! {
                             <tr>
                                 <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
                                 <td class="num">{format::count(e.requests)}</td>
@@ -281,32 +305,23 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
                 <div class="table-scroll"><table data-testid="status-codes">
                     <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
                     <tbody>
-                        {top.statuses.into_iter().map(|(code, n)| view! {
+                        {move || top.get().statuses.into_iter().map(|(code, n)| view! {
                             <tr><td><span class=format!("status s{}", code / 100)>{code}</span></td><td class="num">{format::count(n)}</td></tr>
                         }).collect_view()}
                     </tbody>
                 </table></div>
             </div>
-            <p class="hint">"Requests count admitted calls; status codes count every call, throttled ones (429) too."</p>
-        }
-        .into_any()
-    };
+    }
+    .into_any();
     view! {
         <section class="card" id="top-calls">
             <div class="card-head">
                 <h2>"Top endpoints and status codes"</h2>
                 <nav class="range" aria-label="Range">{links}</nav>
             </div>
-            <div class:stale=move || loading.get() aria-busy=move || loading.get().to_string()>
-                <Transition fallback=|| view! { <p class="loading">"Loading…"</p> } set_pending=loading.write_only()>
-                    {move || Suspend::new(async move {
-                        match top.await {
-                            Ok(calls) => tables(calls),
-                            Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
-                        }
-                    })}
-                </Transition>
-            </div>
+            {move || failed.get().map(|message| view! { <p class="error" role="alert">{message}</p> })}
+            {tables}
+            <p class="hint">"Requests count admitted calls; status codes count every call, throttled ones (429) too."</p>
         </section>
     }
 }

@@ -92,7 +92,7 @@ where
     let request_id = Uuid::now_v7();
     let mut event = new_event(&request, &key, request_id);
     let decision = check_quota(&services, &key, &mut event, started).await;
-    if let Some(refusal) = refusal(decision.as_ref()) {
+    if let Some(refusal) = refusal(&services, &key, decision.as_ref()) {
         return Ok(refuse(&services, request.headers(), refusal, event, started).await);
     }
 
@@ -189,8 +189,9 @@ async fn check_quota(
 }
 
 /// The answer to a refused request, with its body's length, if it is refused: by the quota
-/// (429), or because the quota cannot be checked and the policy is fail-closed (503).
-fn refusal(decision: Option<&QuotaDecision>) -> Option<(Response, u64)> {
+/// (429), or because the quota cannot be checked and the policy is fail-closed (503; its
+/// rate-limit headers say the key's limits and its use as last seen from Redis).
+fn refusal(services: &Services, key: &AuthenticatedKey, decision: Option<&QuotaDecision>) -> Option<(Response, u64)> {
     match decision {
         Some(d) if d.admitted => None,
         Some(d) => {
@@ -198,7 +199,11 @@ fn refusal(decision: Option<&QuotaDecision>) -> Option<(Response, u64)> {
             add_rate_limit_headers(response.headers_mut(), d);
             Some((response, len))
         }
-        None => Some(quota_unavailable()),
+        None => {
+            let (mut response, len) = quota_unavailable();
+            add_rate_limit_headers(response.headers_mut(), &services.quota.last_seen(key));
+            Some((response, len))
+        }
     }
 }
 

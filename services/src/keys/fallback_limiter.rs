@@ -97,6 +97,33 @@ impl FallbackLimiter {
         (limit - known_used).max(0) / self.instances
     }
 
+    /// The key's windows as Redis last said (with what this instance admitted on its own since),
+    /// counting nothing: what a fail-closed refusal reports in its rate-limit headers. A key this
+    /// instance has not seen Redis decide reads as unused.
+    pub fn last_seen(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
+        let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
+        let (hour_used, day_used) = self.with_key(key, |k| {
+            k.hour.roll(hour_start);
+            k.day.roll(day_start);
+            (k.hour.known_used + k.hour.local, k.day.known_used + k.day.local)
+        });
+        let window = |window, limit: i64, used: i64, start_ms: i64| WindowUse {
+            window,
+            limit,
+            used: used.min(limit),
+            reset_at_ms: start_ms + window.length_ms(),
+        };
+        QuotaDecision {
+            admitted: false,
+            hour: window(Window::Hour, quota.per_hour.get(), hour_used, hour_start),
+            day: window(Window::Day, quota.per_day.get(), day_used, day_start),
+            burst_per_second: quota.burst_per_second.map(|b| b.get()),
+            blocked_by: None,
+            retry_after_secs: Some(1),
+            now_ms,
+        }
+    }
+
     /// Checks and counts one request at `now_ms` (this node's clock).
     pub fn check(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
         let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));

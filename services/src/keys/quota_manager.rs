@@ -357,6 +357,12 @@ impl QuotaManager {
         }
     }
 
+    /// The key's windows as this instance last saw them from Redis, counting nothing: for the
+    /// rate-limit headers of a fail-closed refusal (see [`FallbackLimiter::last_seen`]).
+    pub fn last_seen(&self, key: &AuthenticatedKey) -> QuotaDecision {
+        self.fallback.last_seen(key.id, &key.quota, Utc::now().timestamp_millis())
+    }
+
     /// Adds what the fallback admitted during an outage to the Redis counts of the same
     /// windows (if they are still current), off the request path.
     fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions) {
