@@ -279,10 +279,12 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
             let views = views.clone();
             let href = move || views.href(views.history.get(), d, "top-calls");
             view! {
-                <A href=href scroll=false attr:class=move || if days.get() == d { "active" } else { "" }
-                    attr:aria-current=move || (days.get() == d).then_some("true")>
+                // A plain link (the router still follows it in the page): `<A>` would mark
+                // every one of them as the current page, as they share its path.
+                <a href=href data-noscroll="" class=move || if days.get() == d { "active" } else { "" }
+                    aria-current=move || (days.get() == d).then_some("true")>
                     {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
-                </A>
+                </a>
             }
         })
         .collect_view()
@@ -417,8 +419,8 @@ fn Breakdowns(
         let views = views.clone();
         let href = move || views.href(b, views.top_days.get(), "history");
         view! {
-            <A href=href scroll=false attr:class=move || if shown.get() == b { "active" } else { "" }
-                attr:aria-current=move || (shown.get() == b).then_some("true")>{text}</A>
+            <a href=href data-noscroll="" class=move || if shown.get() == b { "active" } else { "" }
+                aria-current=move || (shown.get() == b).then_some("true")>{text}</a>
         }
     };
     view! {
