@@ -89,6 +89,11 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await expect(page.getByTestId('usage-title')).toContainText(name);
   await expect(page.getByTestId('gauge-hour')).toContainText('2 of 2 requests');
   const form = page.getByTestId('quota-requests');
+  // The used-up gauge leads to the form, further down the page.
+  const ask = page.getByTestId('gauge-hour-ask');
+  await expect(ask).toHaveText('Ask for a higher quota');
+  await ask.click();
+  await expect(form.getByTestId('ask-per-hour')).toBeInViewport();
   await form.getByTestId('ask-per-hour').fill('40');
   await form.getByTestId('ask-reason').fill('Usage page test');
   await form.getByRole('button', { name: 'Request increase' }).click();
@@ -102,6 +107,8 @@ test('the usage page, where the quota runs out, offers the increase form', async
   const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
   await expect(card).toHaveAttribute('data-status', 'pending');
   await expect(card).toContainText('Usage page test');
+  // What waits is counted above the cards.
+  await expect(adminPage.getByTestId('waiting-count')).toHaveText(/^\d+ requests? waiting for a decision\.$/);
 
   // The admin denies it with a note; the audit trail keeps the denial beside the changes.
   await card.getByTestId('deny-note').fill('Cache the status calls first');

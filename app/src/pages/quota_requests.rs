@@ -261,7 +261,21 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
                             .filter(|(id, _)| !list.iter().any(|r| r.id == *id))
                             .and_then(|(_, kind)| decision.last_error(kind))
                             .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> });
-                        view! { {orphan} {list.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()} }.into_any()
+                        // What waits for a decision first, under a count; the decided after it.
+                        let (waiting, decided_ones): (Vec<_>, Vec<_>) = list.into_iter().partition(|r| r.status == "pending");
+                        let count = match waiting.len() {
+                            0 => "Nothing waiting: every request is decided.".to_owned(),
+                            1 => "1 request waiting for a decision.".to_owned(),
+                            n => format!("{n} requests waiting for a decision."),
+                        };
+                        let decided_heading = (!decided_ones.is_empty()).then(|| view! { <h2 class="section-head">"Decided"</h2> });
+                        view! {
+                            {orphan}
+                            <p class="section-head" data-testid="waiting-count"><strong>{count}</strong></p>
+                            {waiting.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()}
+                            {decided_heading}
+                            {decided_ones.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()}
+                        }.into_any()
                     }
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
                 }

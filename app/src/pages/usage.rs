@@ -155,8 +155,8 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
         // A revoked key has no quota left to spend: no gauges, no projection.
         {revoked_at.is_none().then(|| view! {
             <section class="gauges">
-                <GaugeCard title="This hour" gauge=Signal::derive(move || live.get().hour) now=Signal::derive(move || live.get().now) testid="gauge-hour"/>
-                <GaugeCard title="Today (UTC)" gauge=Signal::derive(move || live.get().day) now=Signal::derive(move || live.get().now) testid="gauge-day"/>
+                <GaugeCard title="This hour" gauge=Signal::derive(move || live.get().hour) now=Signal::derive(move || live.get().now) testid="gauge-hour" ask_more=key.yours/>
+                <GaugeCard title="Today (UTC)" gauge=Signal::derive(move || live.get().day) now=Signal::derive(move || live.get().now) testid="gauge-day" ask_more=key.yours/>
             </section>
         })}
         <section class="card">
@@ -334,6 +334,8 @@ fn GaugeCard(
     gauge: Signal<Gauge>,
     now: Signal<chrono::DateTime<chrono::Utc>>,
     testid: &'static str,
+    /// Whether the viewer can ask for more (the key's owner): offered once the quota is at 80%.
+    ask_more: bool,
 ) -> impl IntoView {
     let share = move || {
         let g = gauge.get();
@@ -367,6 +369,9 @@ fn GaugeCard(
                     None => "At the current rate this quota lasts until the reset.".to_owned(),
                 }}
             </p>
+            {move || (ask_more && share() >= 0.8).then(|| view! {
+                <p><a href=format!("#{}", crate::api::REQUESTS_AT) data-testid=format!("{testid}-ask")>"Ask for a higher quota"</a></p>
+            })}
         </div>
     }
 }
