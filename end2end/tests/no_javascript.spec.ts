@@ -34,6 +34,11 @@ test('a wrong password shows its message on the sign-in page; then signing in la
   await expect(page).toHaveURL(/\/login\?/);
   await expect(page.getByTestId('login-error')).toHaveText('Invalid email or password.');
   await expect(page.locator('body')).not.toContainText('"message"');
+  // The address typed comes back (from a cookie of the sign-in page, not in its address); the
+  // password does not.
+  await expect(page.getByLabel('Email')).toHaveValue(MERCHANT.email);
+  await expect(page.getByLabel('Password')).toHaveValue('');
+  expect(page.url()).not.toContain('merchant');
 
   // From the page that shows the error (its URL carries it), the right password signs in.
   await submitSignIn(page, MERCHANT.email, MERCHANT.password);
@@ -41,6 +46,8 @@ test('a wrong password shows its message on the sign-in page; then signing in la
   await expect(page.getByTestId('account-email')).toHaveText(MERCHANT.email);
   await expect(page.getByRole('heading', { name: 'Your keys' })).toBeVisible();
   await expect(page.getByTestId('login-error')).toHaveCount(0);
+  // Signed in, the kept address is forgotten.
+  expect((await page.context().cookies()).map((c) => c.name)).not.toContain('km_sign_in_email');
 });
 
 test('dashboard forms show their errors on the page they return to', async ({ page }) => {

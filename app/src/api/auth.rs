@@ -8,6 +8,15 @@ pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
 
 /// `/login?next=<here>`, so that signing in comes back to the page asked for. Used by the page
 /// layouts (client-side) and the server's guard of signed-in pages alike.
+/// The email typed into a sign-in form refused without JavaScript, for the sign-in page to
+/// show again (`session::keep_sign_in_email`); none in the browser.
+pub fn kept_sign_in_email() -> Option<String> {
+    #[cfg(feature = "ssr")]
+    return super::session::kept_sign_in_email();
+    #[cfg(not(feature = "ssr"))]
+    None
+}
+
 pub fn login_path_for(here: &str) -> String {
     let here = without_form_error(here);
     let here = if here.is_empty() { "/" } else { here.as_str() };
@@ -84,6 +93,7 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
     let services = session::services()?;
     let source = session::SignInSource::of_request(&services);
     let from = source.as_sign_in();
+    let plain_form = super::plain_form::is_plain_form_post();
     let user = accounts::authenticate(&services, &email, &password.0, &from).await.inspect_err(|e| {
         // For an operator watching for password guessing: from where. Not the address typed
         // (often a password typed into the wrong field), and not each throttled attempt (the
@@ -91,7 +101,14 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
         if matches!(e, services::ServiceError::Invalid { .. }) {
             tracing::info!(client = %from.client, error = %e, "sign-in refused");
         }
+        // Without JavaScript the page is loaded anew: it shows the address typed again.
+        if plain_form {
+            session::keep_sign_in_email(&email);
+        }
     })?;
+    if plain_form {
+        session::forget_sign_in_email();
+    }
     let token = sessions::create(&services.db, user.id, from.user_agent).await?;
     // The session this browser had (this account's or another's) ends: its token may have
     // been seen by someone else, and one browser has one session.

@@ -173,6 +173,36 @@ pub fn clear_session_cookie() {
     set_cookie(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
 }
 
+/// What was typed into the sign-in form's email field when a sign-in posted without JavaScript
+/// was refused, for the sign-in page to show again. In a short-lived cookie for that page only,
+/// not in its address: a password typed into the wrong field must not land in the browser's
+/// history (or in a proxy's log).
+const SIGN_IN_EMAIL_COOKIE: &str = "km_sign_in_email";
+
+pub fn keep_sign_in_email(email: &str) {
+    // Longer than any address (254): not an email, not kept.
+    if email.len() > 254 {
+        return;
+    }
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    let value: String = url::form_urlencoded::byte_serialize(email.as_bytes()).collect();
+    set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Lax; Max-Age=300{secure}"));
+}
+
+pub fn forget_sign_in_email() {
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}=; Path=/login; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
+}
+
+/// The email kept by [`keep_sign_in_email`], for the page this request renders.
+pub fn kept_sign_in_email() -> Option<String> {
+    let parts = request_parts()?;
+    let raw = cookie(&parts.headers, SIGN_IN_EMAIL_COOKIE)?;
+    let pair = format!("e={raw}");
+    let (_, email) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
+    (!email.is_empty() && email.len() <= 254).then(|| email.into_owned())
+}
+
 /// The token of the current request, for sign-out.
 pub fn current_session_token() -> Option<SessionToken> {
     request_parts().and_then(|p| session_token_from(&p.headers))
