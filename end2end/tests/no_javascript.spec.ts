@@ -136,8 +136,10 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   // A note of spaces passes the browser's `required` but not the server.
   await card.getByTestId('deny-note').fill(' ');
   await card.getByTestId('deny').click();
-  // The page comes back with the error on the request's own card.
+  // The page comes back with the error on the request's own card, scrolled to it.
   await expect(card.getByTestId('decision-error')).toHaveText('Say why the request is denied.');
+  await expect(admin).toHaveURL(/#request-\d+$/);
+  await expect(card.getByTestId('decision-error')).toBeInViewport();
   await expect(admin.getByTestId('decision-error')).toHaveCount(1);
   await expect(card).toHaveAttribute('data-status', 'pending');
 
@@ -154,6 +156,9 @@ test('an admin denying without a note sees why on the requests page', async ({ p
   await card.getByTestId('deny-note').fill('Not before the audit');
   await card.getByTestId('deny').click();
   await expect(admin.getByTestId('decision-done')).toHaveText('Denied. The owner is told.');
+  // The decided card moves down the page; the confirmation on top is what comes into view.
+  await expect(admin).toHaveURL(/#decisions$/);
+  await expect(admin.getByTestId('decision-done')).toBeInViewport();
   await expect(card).toHaveAttribute('data-status', 'denied');
   await expect(admin.getByTestId('decision-error')).toHaveCount(0);
 

@@ -689,13 +689,24 @@ async fn a_form_post_without_javascript_returns_to_its_page_with_the_message() {
 
     let res = post(&form_page, "not the password").await.unwrap();
     assert_eq!(res.status(), StatusCode::FOUND);
-    assert!(res.headers().get("set-cookie").is_none());
+    // No session; only the address typed, kept for the sign-in page (not in its URL), briefly.
+    let cookies: Vec<&str> = res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    let [kept] = cookies[..] else { panic!("one cookie: {cookies:?}") };
+    let expected =
+        format!("km_sign_in_email={}; Path=/login; HttpOnly; SameSite=Lax; Max-Age=300", gil.replace('@', "%40"));
+    assert_eq!(kept, expected);
     let back = res.headers()["location"].to_str().unwrap().to_owned();
-    assert!(back.starts_with(&form_page) && back.contains("__err="), "{back}");
-    let page = c.get(&back).header("accept", "text/html").send().await.unwrap();
+    assert!(back.starts_with(&form_page) && back.contains("__err=") && !back.contains("gil-"), "{back}");
+    let kept_cookie = kept.split(';').next().unwrap();
+    let page = c.get(&back).header("accept", "text/html").header("cookie", kept_cookie).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    // Shown once: the page that shows it forgets it.
+    let forgotten =
+        page.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert!(forgotten.iter().any(|c| c.starts_with("km_sign_in_email=;") && c.contains("Max-Age=0")), "{forgotten:?}");
     let html = page.text().await.unwrap();
     assert!(html.contains("data-testid=\"login-error\"") && html.contains("Invalid email or password"), "{html}");
+    assert!(html.contains(&format!("value=\"{gil}\"")), "the email typed is in its field");
 
     // Signing in from that page (its URL still carries the error) goes where `next` says.
     let res = post(&back, PASSWORD).await.unwrap();

@@ -106,9 +106,6 @@ pub async fn login(email: String, password: TypedPassword, next: Option<String>)
             session::keep_sign_in_email(&email);
         }
     })?;
-    if plain_form {
-        session::forget_sign_in_email();
-    }
     let token = sessions::create(&services.db, user.id, from.user_agent).await?;
     // The session this browser had (this account's or another's) ends: its token may have
     // been seen by someone else, and one browser has one session.

@@ -75,6 +75,20 @@ fn escape_text(text: &str) -> String {
     out
 }
 
+/// Where on its page a form's answer shows (element ids): after a success, and after a
+/// refusal. Most forms show both in one section (a `&str` converts).
+#[derive(Clone, Copy)]
+pub struct Sections<'a> {
+    pub done: &'a str,
+    pub refused: &'a str,
+}
+
+impl<'a> From<&'a str> for Sections<'a> {
+    fn from(at: &'a str) -> Self {
+        Self { done: at, refused: at }
+    }
+}
+
 /// A post of a form without JavaScript, and the page it came from.
 #[cfg(feature = "ssr")]
 pub struct PlainForm {
@@ -130,21 +144,22 @@ impl PlainForm {
 /// Runs the body of server function `S` and answers a plain form post of it: after a success,
 /// back to the form's page confirming `done` (`None`: the body leads elsewhere itself); after a
 /// refusal, back to the form with its error and what was typed (field name, value). Either way
-/// to the section whose id is `at`, around the form and its messages. Calls made by the app's
-/// script get the body's result alone. Await it first in the server function (the request is
-/// read when it starts).
+/// to the section of `at` that shows that answer (the form's own, for most). Calls made by the
+/// app's script get the body's result alone. Await it first in the server function (the
+/// request is read when it starts).
 #[cfg(feature = "ssr")]
-pub async fn answer<S: server_fn::ServerFn, T>(
+pub async fn answer<'a, S: server_fn::ServerFn, T>(
     done: Option<&str>,
-    at: &str,
+    at: impl Into<Sections<'a>>,
     typed: &[(&str, &str)],
     body: impl std::future::Future<Output = Result<T, crate::error::AppError>>,
 ) -> Result<T, crate::error::AppError> {
     let form = PlainForm::of_request();
+    let at = at.into();
     let result = body.await;
     match (form, &result) {
-        (Some(form), Ok(_)) => done.into_iter().for_each(|what| form.confirm(what, at)),
-        (Some(form), Err(e)) => form.refuse::<S>(e, typed, at),
+        (Some(form), Ok(_)) => done.into_iter().for_each(|what| form.confirm(what, at.done)),
+        (Some(form), Err(e)) => form.refuse::<S>(e, typed, at.refused),
         (None, _) => {}
     }
     result

@@ -114,10 +114,12 @@ pub const REQUESTS_AT: &str = "quota-requests";
 /// The same for an admin's form that sets a key's quota.
 pub const SET_QUOTA_AT: &str = "set-quota";
 
-/// The same for an admin's decision: the request's own card.
+/// The same for an admin's refused decision: the request's own card (a decided card moves
+/// down the page, so a decision's confirmation shows at the top, `DECISIONS_AT`).
 pub fn request_at(id: i64) -> String {
     format!("request-{id}")
 }
+pub const DECISIONS_AT: &str = "decisions";
 
 /// The confirmation, without JavaScript, that a quota increase was asked for.
 pub const QUOTA_REQUESTED: &str = "quota_requested";
@@ -171,7 +173,9 @@ pub async fn approve_quota_request(
     let services = session::services()?;
     let request = id.to_string();
     let typed = [("id", request.as_str()), ("per_hour", &per_hour), ("per_day", &per_day), ("note", &note)];
-    super::plain_form::answer::<ApproveQuotaRequest, _>(Some(APPROVED), &request_at(id), &typed, async {
+    let card = request_at(id);
+    let at = super::plain_form::Sections { done: DECISIONS_AT, refused: &card };
+    super::plain_form::answer::<ApproveQuotaRequest, _>(Some(APPROVED), at, &typed, async {
         let admin = session::require_admin(&services).await?;
         let decision = Decision::Approve {
             per_hour: whole_number(&per_hour, "per_hour", "hourly")?,
@@ -192,15 +196,12 @@ pub async fn deny_quota_request(id: i64, note: String) -> Result<QuotaRequestVie
     use services::quota_requests::{decide, Decision};
     let services = session::services()?;
     let request = id.to_string();
-    super::plain_form::answer::<DenyQuotaRequest, _>(
-        Some(DENIED),
-        &request_at(id),
-        &[("id", &request), ("note", &note)],
-        async {
-            let admin = session::require_admin(&services).await?;
-            Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
-        },
-    )
+    let card = request_at(id);
+    let at = super::plain_form::Sections { done: DECISIONS_AT, refused: &card };
+    super::plain_form::answer::<DenyQuotaRequest, _>(Some(DENIED), at, &[("id", &request), ("note", &note)], async {
+        let admin = session::require_admin(&services).await?;
+        Ok(decide(&services, &admin, id, Decision::Deny, &note).await?.into())
+    })
     .await
 }
 

@@ -189,15 +189,17 @@ pub fn keep_sign_in_email(email: &str) {
     set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Lax; Max-Age=300{secure}"));
 }
 
-pub fn forget_sign_in_email() {
+fn forget_sign_in_email() {
     let secure = if cookie_settings().secure { "; Secure" } else { "" };
     set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}=; Path=/login; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
 }
 
-/// The email kept by [`keep_sign_in_email`], for the page this request renders.
+/// The email kept by [`keep_sign_in_email`], for the sign-in page this request renders: once
+/// (the answer forgets it, so it is not typed in again for whoever comes next).
 pub fn kept_sign_in_email() -> Option<String> {
     let parts = request_parts()?;
     let raw = cookie(&parts.headers, SIGN_IN_EMAIL_COOKIE)?;
+    forget_sign_in_email();
     let pair = format!("e={raw}");
     let (_, email) = url::form_urlencoded::parse(pair.as_bytes()).next()?;
     (!email.is_empty() && email.len() <= 254).then(|| email.into_owned())

@@ -72,13 +72,17 @@ pub fn ApiKeysPage() -> impl IntoView {
                 })}
             </Transition>
         </section>
-        {move || revoke.value().get().map(|r| match r {
-            // The row's "Revoke…" is gone with the key: say so where the keyboard was.
-            Ok(key) => view! {
-                <Confirmation text=format!("\u{201c}{}\u{201d} is revoked: calls with it are refused.", key.name) testid="revoked"/>
-            }.into_any(),
-            Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
-        })}
+        // Where a refused revocation posted without JavaScript returns (the key's page has a
+        // section of that id too; the two are never one page).
+        <div id=crate::api::REVOKE_AT>
+            {move || revoke.value().get().map(|r| match r {
+                // The row's "Revoke…" is gone with the key: say so where the keyboard was.
+                Ok(key) => view! {
+                    <Confirmation text=format!("\u{201c}{}\u{201d} is revoked: calls with it are refused.", key.name) testid="revoked"/>
+                }.into_any(),
+                Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
+            })}
+        </div>
         <section class="card">
             <h2>"Your keys"</h2>
             <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>

@@ -247,8 +247,10 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
             "To change a key's quota without a request, find the key under "<A href="/admin" exact=true>"All keys"</A>
             " and open it."
         </p>
-        {error.message("decision-error")}
-        {confirmation}
+        <div id=crate::api::DECISIONS_AT>
+            {error.message("decision-error")}
+            {confirmation}
+        </div>
         <Transition fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match requests.await {

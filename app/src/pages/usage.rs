@@ -251,14 +251,18 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
     Effect::new(move |_| {
         let d = days.get();
         if top.with_untracked(|t| t.range_days) == d {
+            // Back to what is shown before another range's answer came: nothing is pending.
+            loading.set(false);
+            failed.set(None);
             return;
         }
         loading.set(true);
         let key_id = key_id.clone();
         leptos::task::spawn_local(async move {
             let result = get_top_calls(key_id, d).await;
-            // A later choice wins over an answer that arrives late.
-            if days.get_untracked() != d {
+            // A later choice wins over an answer that arrives late (and a page left meanwhile
+            // has nothing to show it in).
+            if days.try_get_untracked() != Some(d) {
                 return;
             }
             loading.set(false);

@@ -233,6 +233,9 @@ return 1
 /// data; each such call holds only a task and a clone of the shared connection.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(600);
 
+/// Script calls listened to that way at once, at most (each a task and a pending reply).
+const MAX_PARKED_CALLS: usize = 10_000;
+
 /// Adds `hour` and `day` (window start in ms, count: negative to give back) to the key's counts
 /// of those windows, if they are still the current ones (`RECONCILE`).
 async fn add_to_counts(
@@ -289,6 +292,8 @@ pub struct QuotaManager {
     fallback: Arc<FallbackLimiter>,
     /// Which keys' checks skip Redis for now (ms after `epoch`).
     outage: Arc<QuotaOutage>,
+    /// Timed-out script calls still listened to (`give_back_when_late`).
+    parked: Arc<std::sync::atomic::AtomicUsize>,
     epoch: Instant,
     queues: Arc<Queues>,
 }
@@ -315,6 +320,7 @@ impl QuotaManager {
             fallback: Arc::new(FallbackLimiter::new(policy.instances)),
             policy,
             outage: Arc::new(QuotaOutage::new(cluster)),
+            parked: Arc::default(),
             epoch: Instant::now(),
             queues: Arc::default(),
         }
@@ -523,7 +529,11 @@ impl QuotaManager {
                 .invoke_async(&mut conn)
                 .await;
             reply.map_err(|e| {
-                shared.reset_after(&e);
+                // Past its deadline its caller has replaced the connection already; a late
+                // failure must not drop the newer one that others use now.
+                if tokio::time::Instant::now() < send_by {
+                    shared.reset_after(&e);
+                }
                 e.into()
             })
         }
@@ -541,9 +551,18 @@ impl QuotaManager {
         key: ApiKeyId,
         call: Pin<Box<impl Future<Output = ServiceResult<Vec<i64>>> + Send + 'static>>,
     ) {
+        // Bounded: with a primary hung for long, each of its busy keys parks a call a second.
+        let parked = self.parked.clone();
+        if parked.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED_CALLS {
+            parked.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(%key, "too many quota checks waiting for a hung Redis: one more is not listened to");
+            return;
+        }
         let (shared, script) = (self.shared.clone(), self.reconcile.clone());
         tokio::spawn(async move {
-            let Ok(Ok(reply)) = tokio::time::timeout(LATE_REPLY_WAIT, call).await else { return };
+            let reply = tokio::time::timeout(LATE_REPLY_WAIT, call).await;
+            parked.fetch_sub(1, Ordering::Relaxed);
+            let Ok(Ok(reply)) = reply else { return };
             let (admitted, now_ms) = (reply.first().copied().unwrap_or(0), reply.get(4).copied().unwrap_or(0));
             if admitted <= 0 {
                 return;
