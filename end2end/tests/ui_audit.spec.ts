@@ -104,6 +104,28 @@ test.describe('on a phone (390x844)', () => {
   });
 });
 
+test('on a desktop the key list fits its card, long names and dates included', async ({ page }) => {
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await signIn(page, MERCHANT);
+  const { keyId } = await createKey(page, longName('Desktop'));
+  await page.goto('/dashboard/developers/api-keys');
+  await hydrated(page);
+  const scroller = page.locator('.table-scroll').filter({ has: page.locator('table.keys') });
+  expect(await scroller.evaluate((el) => el.scrollWidth - el.clientWidth)).toBeLessThanOrEqual(0);
+  // Its "Revoke…" is on screen, and a date is not split at a hyphen ("2026-12-" / "01").
+  const row = page.locator(`[data-key-id="${keyId}"]`);
+  const revoke = (await row.getByTestId('revoke').boundingBox())!;
+  expect(revoke.x + revoke.width).toBeLessThanOrEqual(1280);
+  const created = row.locator('td.when').first();
+  const lines = await created.evaluate((td) => {
+    const range = document.createRange();
+    range.selectNodeContents(td);
+    return new Set(Array.from(range.getClientRects()).map((r) => Math.round(r.top))).size;
+  });
+  expect(lines).toBeLessThanOrEqual(2);
+  expect(await created.innerText()).toMatch(/^\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2} UTC$/);
+});
+
 test('quota alert checkboxes are checkbox-sized and sit on the line of their label', async ({ page }) => {
   await signIn(page, MERCHANT);
   const { keyId } = await createKey(page, `Alerts layout ${Date.now()}`);
