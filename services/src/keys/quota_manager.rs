@@ -236,6 +236,13 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(600);
 /// Script calls listened to that way at once, at most (each a task and a pending reply).
 const MAX_PARKED_CALLS: usize = 10_000;
 
+/// Timed-out script calls still listened to, and whether reaching the bound was logged.
+#[derive(Default)]
+struct ParkedCalls {
+    calls: std::sync::atomic::AtomicUsize,
+    full_logged: std::sync::atomic::AtomicBool,
+}
+
 /// Adds `hour` and `day` (window start in ms, count: negative to give back) to the key's counts
 /// of those windows, if they are still the current ones (`RECONCILE`).
 async fn add_to_counts(
@@ -293,7 +300,7 @@ pub struct QuotaManager {
     /// Which keys' checks skip Redis for now (ms after `epoch`).
     outage: Arc<QuotaOutage>,
     /// Timed-out script calls still listened to (`give_back_when_late`).
-    parked: Arc<std::sync::atomic::AtomicUsize>,
+    parked: Arc<ParkedCalls>,
     epoch: Instant,
     queues: Arc<Queues>,
 }
@@ -553,15 +560,20 @@ impl QuotaManager {
     ) {
         // Bounded: with a primary hung for long, each of its busy keys parks a call a second.
         let parked = self.parked.clone();
-        if parked.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED_CALLS {
-            parked.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(%key, "too many quota checks waiting for a hung Redis: one more is not listened to");
+        if parked.calls.fetch_add(1, Ordering::Relaxed) >= MAX_PARKED_CALLS {
+            parked.calls.fetch_sub(1, Ordering::Relaxed);
+            // Once while full, not per call.
+            if !parked.full_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(%key, "too many quota checks waiting for a hung Redis: more are not listened to");
+            }
             return;
         }
         let (shared, script) = (self.shared.clone(), self.reconcile.clone());
         tokio::spawn(async move {
             let reply = tokio::time::timeout(LATE_REPLY_WAIT, call).await;
-            parked.fetch_sub(1, Ordering::Relaxed);
+            if parked.calls.fetch_sub(1, Ordering::Relaxed) < MAX_PARKED_CALLS / 2 {
+                parked.full_logged.store(false, Ordering::Relaxed);
+            }
             let Ok(Ok(reply)) = reply else { return };
             let (admitted, now_ms) = (reply.first().copied().unwrap_or(0), reply.get(4).copied().unwrap_or(0));
             if admitted <= 0 {
