@@ -138,29 +138,23 @@ fn cookie_settings() -> CookieSettings {
     use_context::<CookieSettings>().unwrap_or_default()
 }
 
-fn set_cookie(value: String) {
-    if let (Some(response), Ok(value)) = (use_context::<leptos_axum::ResponseOptions>(), HeaderValue::from_str(&value))
+/// Sets a cookie of this app: never readable by scripts, not sent with other sites' posts, and
+/// only over HTTPS where the deployment is (`CookieSettings`). `max_age_secs` 0 removes it.
+fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64) {
+    let secure = if cookie_settings().secure { "; Secure" } else { "" };
+    let cookie = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}");
+    if let (Some(response), Ok(value)) = (use_context::<leptos_axum::ResponseOptions>(), HeaderValue::from_str(&cookie))
     {
         response.append_header(SET_COOKIE, value);
     }
 }
 
 pub fn set_session_cookie(token: &SessionToken) {
-    let secure = if cookie_settings().secure { "; Secure" } else { "" };
-    set_cookie(format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        token.as_str(),
-        SESSION_TTL.num_seconds()
-    ));
+    set_cookie(SESSION_COOKIE, token.as_str(), "/", SESSION_TTL.num_seconds());
 }
 
 pub fn set_device_cookie(token: &DeviceToken) {
-    let secure = if cookie_settings().secure { "; Secure" } else { "" };
-    set_cookie(format!(
-        "{DEVICE_COOKIE}={}; Path={DEVICE_COOKIE_PATH}; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        token.as_str(),
-        KNOWN_FOR.num_seconds()
-    ));
+    set_cookie(DEVICE_COOKIE, token.as_str(), DEVICE_COOKIE_PATH, KNOWN_FOR.num_seconds());
 }
 
 /// The known-browser token of the current request, if any is well formed.
@@ -169,8 +163,7 @@ pub fn current_device_token() -> Option<DeviceToken> {
 }
 
 pub fn clear_session_cookie() {
-    let secure = if cookie_settings().secure { "; Secure" } else { "" };
-    set_cookie(format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
+    set_cookie(SESSION_COOKIE, "", "/", 0);
 }
 
 /// What was typed into the sign-in form's email field when a sign-in posted without JavaScript
@@ -184,14 +177,12 @@ pub fn keep_sign_in_email(email: &str) {
     if email.len() > 254 {
         return;
     }
-    let secure = if cookie_settings().secure { "; Secure" } else { "" };
     let value: String = url::form_urlencoded::byte_serialize(email.as_bytes()).collect();
-    set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Lax; Max-Age=300{secure}"));
+    set_cookie(SIGN_IN_EMAIL_COOKIE, &value, "/login", 300);
 }
 
 fn forget_sign_in_email() {
-    let secure = if cookie_settings().secure { "; Secure" } else { "" };
-    set_cookie(format!("{SIGN_IN_EMAIL_COOKIE}=; Path=/login; HttpOnly; SameSite=Lax; Max-Age=0{secure}"));
+    set_cookie(SIGN_IN_EMAIL_COOKIE, "", "/login", 0);
 }
 
 /// The email kept by [`keep_sign_in_email`], for the sign-in page this request renders: once

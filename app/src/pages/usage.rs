@@ -233,6 +233,21 @@ impl UsageViews {
     }
 }
 
+/// A link choosing one of the page's views (`active`: the one shown). A plain link, which the
+/// router still follows within the page, without scrolling: `<A>` would mark every one of them
+/// as the current page, as they share its path.
+fn view_link(
+    href: impl Fn() -> String + Send + Sync + 'static,
+    active: impl Fn() -> bool + Copy + Send + Sync + 'static,
+    text: String,
+) -> AnyView {
+    view! {
+        <a href=href data-noscroll="" class=move || if active() { "active" } else { "" }
+            aria-current=move || active().then_some("true")>{text}</a>
+    }
+    .into_any()
+}
+
 /// The top tables' range named by the page's address (`top`), if it names one of [`RANGES`].
 fn top_days_in(query: &leptos_router::params::ParamsMap) -> Option<u32> {
     query.get("top").and_then(|d| d.parse().ok()).filter(|d| RANGES.contains(d))
@@ -282,14 +297,8 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
         .map(|&d| {
             let views = views.clone();
             let href = move || views.href(views.history.get(), d, "top-calls");
-            view! {
-                // A plain link (the router still follows it in the page): `<A>` would mark
-                // every one of them as the current page, as they share its path.
-                <a href=href data-noscroll="" class=move || if days.get() == d { "active" } else { "" }
-                    aria-current=move || (days.get() == d).then_some("true")>
-                    {if d == 1 { "24 h".to_owned() } else { format!("{d} days") }}
-                </a>
-            }
+            let text = if d == 1 { "24 h".to_owned() } else { format!("{d} days") };
+            view_link(href, move || days.get() == d, text)
         })
         .collect_view()
         .into_any();
@@ -427,10 +436,7 @@ fn Breakdowns(
     let tab = move |b: Breakdown, text: &'static str| {
         let views = views.clone();
         let href = move || views.href(b, views.top_days.get(), "history");
-        view! {
-            <a href=href data-noscroll="" class=move || if shown.get() == b { "active" } else { "" }
-                aria-current=move || (shown.get() == b).then_some("true")>{text}</a>
-        }
+        view_link(href, move || shown.get() == b, text.to_owned())
     };
     view! {
         <section class="card" id="history">
