@@ -163,11 +163,15 @@ test("an admin sets a key's quota on the key's page; the owner is told", async (
   await expect(adminPage.getByTestId('set-per-hour')).toHaveValue('30000');
   await adminPage.getByTestId('set-per-hour').fill('2,500');
   await adminPage.getByTestId('set-per-day').fill('25000');
+  await expect(adminPage.getByTestId('set-burst')).toHaveValue('');
+  await adminPage.getByTestId('set-burst').fill('20');
   await adminPage.getByTestId('set-reason').fill('Support ticket 7');
   await adminPage.getByRole('button', { name: 'Set quota' }).click();
   await expect(adminPage.getByTestId('set-done')).toBeFocused();
   await expect(adminPage.locator('dl.facts')).toContainText('2,500 requests per hour (UTC)');
   await expect(adminPage.locator('dl.facts')).toContainText('25,000 requests per day (UTC)');
+  await expect(adminPage.locator('dl.facts')).toContainText('20 requests per second');
+  await expect(adminPage.getByTestId('set-burst')).toHaveValue('20');
 
   // The owner's page has no such form, and shows the new quota.
   await page.goto(`/dashboard/developers/api-keys/${keyId}`);

@@ -261,7 +261,10 @@ async fn merchants_cannot_decide_or_touch_other_owners_keys() {
             vec![("id", id.as_str()), ("per_hour", "10"), ("per_day", "10"), ("note", "")],
         ),
         ("admin/quota-requests/deny", vec![("id", id.as_str()), ("note", "no")]),
-        ("admin/quota/set", vec![("key_id", s.key_id.as_str()), ("per_hour", "9"), ("per_day", "9"), ("reason", "x")]),
+        (
+            "admin/quota/set",
+            vec![("key_id", s.key_id.as_str()), ("per_hour", "9"), ("per_day", "9"), ("burst", ""), ("reason", "x")],
+        ),
         ("admin/quota-changes", vec![]),
         ("admin/mail", vec![]),
         ("admin/keys/search", vec![]),
@@ -354,7 +357,13 @@ async fn approve(s: &Setup, id: &str, per_hour: &str, per_day: &str) -> reqwest:
 
 /// The admin sets the key's quota directly.
 async fn admin_set(s: &Setup, per_hour: &str, per_day: &str, reason: &str) -> reqwest::Response {
-    let args = [("key_id", s.key_id.as_str()), ("per_hour", per_hour), ("per_day", per_day), ("reason", reason)];
+    let args = [
+        ("key_id", s.key_id.as_str()),
+        ("per_hour", per_hour),
+        ("per_day", per_day),
+        ("burst", ""),
+        ("reason", reason),
+    ];
     s.app.rpc(&s.admin, "admin/quota/set", &args).await
 }
 
@@ -427,6 +436,60 @@ async fn a_request_of_a_revoked_key_cannot_be_approved() {
     assert_eq!(key_limits(&s).await, (2, 10_000));
     let listed: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
     assert_eq!((listed[0]["key_revoked"].as_bool(), listed[0]["status"].as_str()), (Some(true), Some("cancelled")));
+}
+
+/// The admin's form with a burst field: `None` leaves the field out.
+async fn admin_set_burst(s: &Setup, per_hour: &str, burst: Option<&str>, reason: &str) -> reqwest::Response {
+    let mut args =
+        vec![("key_id", s.key_id.as_str()), ("per_hour", per_hour), ("per_day", "10000"), ("reason", reason)];
+    args.extend(burst.map(|b| ("burst", b)));
+    s.app.rpc(&s.admin, "admin/quota/set", &args).await
+}
+
+async fn policy(s: &Setup) -> String {
+    let res = s.app.call("/api/v1/ping", &s.secret).await;
+    res.headers()["ratelimit-policy"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
+    let s = setup().await;
+    let set = admin_set_burst(&s, "100", Some("3"), "ticket 9: smooth out spikes").await;
+    assert_eq!(set.status(), StatusCode::OK);
+    assert_eq!(policy(&s).await, "\"hour\";q=100;w=3600, \"day\";q=10000;w=86400, \"burst\";q=3;w=1");
+    let keys = s.app.key_list(&s.merchant).await;
+    assert_eq!(keys[0]["burst_per_second"], 3);
+    let told = "SELECT count(*) FROM notifications WHERE body LIKE '%100 requests per hour and 10,000 per day, at most 3 per second. Reason: ticket 9%'";
+    assert_eq!(s.app.count(told).await, 1);
+    let audit = "SELECT count(*) FROM quota_changes WHERE source = 'admin' AND old_burst IS NULL AND new_burst = 3";
+    assert_eq!(s.app.count(audit).await, 1);
+
+    // Bad burst values are refused on their field and change nothing.
+    for bad in ["0", "-2", "fast", "100001", "1.5"] {
+        let res = admin_set_burst(&s, "200", Some(bad), "x").await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "burst", "{bad}: {body}");
+    }
+    // The same again is nothing to change, and says what the key has.
+    let same = admin_set_burst(&s, "100", Some("3"), "again").await;
+    assert_eq!(same.status(), StatusCode::BAD_REQUEST);
+    assert!(message(same).await.contains("at most 3/second; nothing to change"));
+    // A post without the field is refused, not read as "no burst limit".
+    assert_eq!(admin_set_burst(&s, "150", None, "hour only").await.status(), StatusCode::BAD_REQUEST);
+    assert!(policy(&s).await.starts_with("\"hour\";q=100;"));
+    // "1,000" is read as a number.
+    assert_eq!(admin_set_burst(&s, "150", Some(" 1,000 "), "wider").await.status(), StatusCode::OK);
+    assert!(policy(&s).await.ends_with("\"burst\";q=1000;w=1"));
+
+    // Blank removes it: the next call's policy has no burst.
+    assert_eq!(admin_set_burst(&s, "150", Some(""), "no longer needed").await.status(), StatusCode::OK);
+    assert_eq!(policy(&s).await, "\"hour\";q=150;w=3600, \"day\";q=10000;w=86400");
+    assert_eq!(s.app.key_list(&s.merchant).await[0]["burst_per_second"], Value::Null);
+    let removed =
+        "SELECT count(*) FROM notifications WHERE body LIKE '%with no burst limit. Reason: no longer needed%'";
+    assert_eq!(s.app.count(removed).await, 1);
+    assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'admin'").await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

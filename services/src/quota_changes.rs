@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::accounts::User;
 use crate::db::{self, DbPool};
-use crate::keys::quota::checked_limits;
+use crate::keys::quota::{self, checked_limits};
 use crate::keys::{ApiKeyId, Quota, QuotaLimit};
 use crate::notifications;
 use crate::schema::users;
@@ -48,6 +48,20 @@ pub enum BurstChange {
     Keep,
     Set(QuotaLimit),
     Remove,
+}
+
+impl BurstChange {
+    /// The admin form's burst field as typed: blank removes the key's burst limit, a number
+    /// ("1,000" too) sets it.
+    pub fn typed(raw: &str) -> ServiceResult<Self> {
+        match raw.trim() {
+            "" => Ok(Self::Remove),
+            raw => {
+                let value = quota::parse_limit(raw, "burst").map_err(|e| e.in_field("burst"))?;
+                Ok(Self::Set(quota::checked_burst(value)?))
+            }
+        }
+    }
 }
 
 /// A key's limits and state as [`lock_key`] read them, under lock until the transaction ends.
@@ -194,13 +208,13 @@ pub async fn set_quota(
     Ok(())
 }
 
-/// An admin sets a key's limits directly (from the key's page), keeping its burst limit.
+/// An admin sets a key's limits directly (from the key's page), its burst limit as `burst` says.
 pub async fn set_by_admin(
     services: &Services,
     admin: &User,
     key_id: ApiKeyId,
-    per_hour: i64,
-    per_day: i64,
+    (per_hour, per_day): (i64, i64),
+    burst: BurstChange,
     reason: &str,
 ) -> ServiceResult<()> {
     if !admin.is_admin() {
@@ -208,11 +222,14 @@ pub async fn set_by_admin(
     }
     let (per_hour, per_day) = checked_limits(services.settings.quota_maximum, per_hour, per_day)?;
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
-    let (_, changed) =
-        set_and_tell(services, key_id, (per_hour, per_day, BurstChange::Keep), &change, "An admin").await?;
+    let (quota, changed) = set_and_tell(services, key_id, (per_hour, per_day, burst), &change, "An admin").await?;
     if !changed {
+        let burst = match quota.burst_per_second {
+            Some(b) => format!(", at most {}/second", format::count(b.get())),
+            None => " with no burst limit".to_owned(),
+        };
         return Err(ServiceError::invalid(format!(
-            "The key already allows {}/hour and {}/day; nothing to change.",
+            "The key already allows {}/hour and {}/day{burst}; nothing to change.",
             format::count(per_hour.get()),
             format::count(per_day.get())
         )));
@@ -274,11 +291,11 @@ async fn set_and_tell(
                     .first(conn)
                     .await?;
                 let title = format!("Quota changed for \u{201c}{name}\u{201d}");
-                // The burst is mentioned when this change set it.
-                let burst = match (burst, burst_per_second) {
-                    (BurstChange::Keep, _) => String::new(),
-                    (_, Some(b)) => format!(", at most {} per second", format::count(b.get())),
-                    (_, None) => ", with no burst limit".to_owned(),
+                // The burst is mentioned when this change changed it.
+                let burst = match burst_per_second {
+                    _ if burst_per_second == live.burst => String::new(),
+                    Some(b) => format!(", at most {} per second", format::count(b.get())),
+                    None => ", with no burst limit".to_owned(),
                 };
                 let body = format!(
                     "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst}. Reason: {}",

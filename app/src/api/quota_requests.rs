@@ -210,17 +210,22 @@ pub async fn admin_set_quota(
     key_id: String,
     per_hour: String,
     per_day: String,
+    /// Requests per second; blank for no burst limit.
+    burst: String,
     reason: String,
 ) -> Result<(), AppError> {
     use super::session;
     use services::keys::ApiKeyId;
+    use services::quota_changes::{set_by_admin, BurstChange};
     let services = session::services()?;
-    let typed = typed_limits(&per_hour, &per_day, &reason);
+    let [per_hour_typed, per_day_typed, reason_typed] = typed_limits(&per_hour, &per_day, &reason);
+    let typed = [per_hour_typed, per_day_typed, ("burst", &burst), reason_typed];
     super::plain_form::answer::<AdminSetQuota, _>(Some(QUOTA_SET), SET_QUOTA_AT, &typed, async {
         let admin = session::require_admin(&services).await?;
         let key_id = ApiKeyId::parse(&key_id)?;
         let limits = (whole_number(&per_hour, "per_hour", "hourly")?, whole_number(&per_day, "per_day", "daily")?);
-        services::quota_changes::set_by_admin(&services, &admin, key_id, limits.0, limits.1, &reason).await?;
+        let burst = BurstChange::typed(&burst)?;
+        set_by_admin(&services, &admin, key_id, limits, burst, &reason).await?;
         Ok(())
     })
     .await

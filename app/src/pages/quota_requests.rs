@@ -437,9 +437,10 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
     let error = FormError::of("set-quota-error", action);
     // Without JavaScript the page comes back: what was refused, or a confirmation.
     let typed = |field| plain_form::kept::<AdminSetQuota>(field).get_untracked();
-    let (per_hour, per_day, reason) = (
+    let (per_hour, per_day, burst, reason) = (
         typed("per_hour").unwrap_or_else(|| key.requests_per_hour.to_string()),
         typed("per_day").unwrap_or_else(|| key.requests_per_day.to_string()),
+        typed("burst").unwrap_or_else(|| key.burst_per_second.map(|b| b.to_string()).unwrap_or_default()),
         typed("reason").unwrap_or_default(),
     );
     let set_without_script = plain_form::done(QUOTA_SET);
@@ -453,7 +454,9 @@ pub fn SetQuota(key: KeyView, action: ServerAction<AdminSetQuota>) -> impl IntoV
                 <div class="inline-form">
                     <label>"Per hour" <input name="per_hour" inputmode="numeric" value=per_hour required data-testid="set-per-hour" {..error.on("per_hour")}/></label>
                     <label>"Per day" <input name="per_day" inputmode="numeric" value=per_day required data-testid="set-per-day" {..error.on("per_day")}/></label>
+                    <label>"Burst per second" <input name="burst" inputmode="numeric" value=burst placeholder="none" data-testid="set-burst" {..error.on("burst")}/></label>
                 </div>
+                <p class="hint">"The burst limit caps requests in any one second; leave it empty for none."</p>
                 <label>"Reason" <input name="reason" value=reason required data-testid="set-reason" {..error.on("reason")}/></label>
                 // Not disabled while it is sent: a disabled button drops the keyboard's focus.
                 <button type="submit">"Set quota"</button>

@@ -111,6 +111,12 @@ pub(crate) fn checked_limit(value: i64, name: &str, max: i64, field: &'static st
     QuotaLimit::new(value).map_err(|e| e.in_field(field))
 }
 
+/// A burst rate (requests per second) that an admin sets: positive and at most
+/// [`QuotaLimit::MAX_BURST`], naming the `burst` field.
+pub(crate) fn checked_burst(value: i64) -> ServiceResult<QuotaLimit> {
+    checked_limit(value, "burst", QuotaLimit::MAX_BURST, "burst")
+}
+
 /// Both limits an admin sets or approves: each as [`checked_limit`], and the hour within the day.
 pub(crate) fn checked_limits(
     max: QuotaMaximum,
