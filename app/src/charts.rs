@@ -4,7 +4,7 @@
 
 use leptos::prelude::*;
 
-use crate::api::{LiveData, PeriodRow};
+use crate::api::{LiveData, Per, PeriodRow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveChartKind {
@@ -43,12 +43,12 @@ pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView
 }
 
 #[component]
-pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>) -> impl IntoView {
+pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>, per: Signal<Per>) -> impl IntoView {
     let container = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    draw::keep_drawn("chart-breakdown", container, move || draw::breakdown_chart(&rows.get()));
+    draw::keep_drawn("chart-breakdown", container, move || draw::breakdown_chart(&rows.get(), per.get()));
     #[cfg(not(feature = "hydrate"))]
-    let _ = rows;
+    let _ = (rows, per);
     view! {
         <div class="chart wide needs-script" id="chart-breakdown" data-testid="chart-breakdown" role="img"
             aria-label="Chart: requests per period, as in the table below" node_ref=container></div>
@@ -119,7 +119,7 @@ mod draw {
     use leptos::prelude::*;
 
     use super::LiveChartKind;
-    use crate::api::{LiveData, PeriodRow};
+    use crate::api::{LiveData, Per, PeriodRow};
 
     /// Draws the chart once its container is in the page (after client-side navigation that
     /// is a moment after this runs: the node ref tells), then updates the same ECharts instance.
@@ -220,8 +220,8 @@ mod draw {
         }
     }
 
-    pub fn breakdown_chart(rows: &[PeriodRow]) -> Chart {
-        let labels: Vec<String> = rows.iter().map(|r| r.start.format("%Y-%m-%d").to_string()).collect();
+    pub fn breakdown_chart(rows: &[PeriodRow], per: Per) -> Chart {
+        let labels: Vec<String> = rows.iter().map(|r| per.axis_label(&r.start)).collect();
         base("Requests per period", labels)
             .legend(Legend::new().right(8).top(26))
             .y_axis(Axis::new().type_(AxisType::Value))

@@ -98,11 +98,16 @@ impl DayRange {
         if from > to {
             return Err(RangeError::Reversed { from, to });
         }
-        let days = (to - from).num_days() + 1;
-        if days > Self::MAX_DAYS {
-            return Err(RangeError::TooLong { days });
+        let range = Self { from, to };
+        if range.days() > Self::MAX_DAYS {
+            return Err(RangeError::TooLong { days: range.days() });
         }
-        Ok(Self { from, to })
+        Ok(range)
+    }
+
+    /// How many days the range covers, both ends included.
+    pub fn days(&self) -> i64 {
+        (self.to - self.from).num_days() + 1
     }
 
     pub fn start(&self) -> DateTime<Utc> {

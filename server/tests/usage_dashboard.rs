@@ -374,3 +374,140 @@ async fn the_24_hour_range_is_the_last_24_hours_not_today() {
     let week = top("7").await;
     assert!(week.contains(&("/api/v1/old".to_owned(), 5)) && week.len() == 2, "{week:?}");
 }
+
+/// The usage page's chosen range: the history over any days, per hour, day, week or month,
+/// through real calls made at known past times; periods before the key existed that hold no
+/// calls, and periods still to come, are not shown; bad ranges get a 400 on their field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_over_a_chosen_range_sums_what_was_sent_per_period() {
+    use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+    let app = TestApp::spawn().await;
+    app.user("ann@example.com", Role::Merchant).await;
+    app.user("bob@example.com", Role::Merchant).await;
+    app.user("root@example.com", Role::Admin).await;
+    let ann = app.signed_in("ann@example.com").await;
+    let created: serde_json::Value = app.rpc(&ann, "keys/create", &[("name", "Checkout")]).await.json().await.unwrap();
+    let (id, secret) =
+        (created["key"]["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned());
+    let key_id = services::keys::ApiKeyId::parse(&id).unwrap();
+
+    // Six days ago at 10:20 UTC: three pings and a 500; three days ago at 15:40: two pings.
+    let now = app.services.quota.now_ms().await.unwrap();
+    let day_a = (now / 86_400_000 - 6) * 86_400_000;
+    let day_b = (now / 86_400_000 - 3) * 86_400_000;
+    app.set_clock(day_a + (10 * 60 + 20) * 60_000).await;
+    for path in ["/api/v1/ping", "/api/v1/ping", "/api/v1/ping", "/api/v1/status/500"] {
+        app.call(path, &secret).await;
+    }
+    app.set_clock(day_b + (15 * 60 + 40) * 60_000).await;
+    for _ in 0..2 {
+        app.call("/api/v1/ping", &secret).await;
+    }
+    app.services.quota.set_test_clock_offset_ms(0);
+    assert_eq!(app.wait_for_events(key_id, 6).await, 6);
+
+    let date = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap().date_naive();
+    let (a, b) = (date(day_a), date(day_b));
+    let history = |who: &reqwest::Client, from: NaiveDate, to: NaiveDate, per: &str| {
+        let args = [("id", id.clone()), ("from", from.to_string()), ("to", to.to_string()), ("per", per.to_owned())];
+        let (who, app) = (who.clone(), &app);
+        async move {
+            let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            app.rpc(&who, "usage/history", &args).await
+        }
+    };
+    let rows = |res: reqwest::Response| async move {
+        assert_eq!(res.status(), StatusCode::OK);
+        let rows: Vec<serde_json::Value> = res.json().await.unwrap();
+        rows.iter()
+            .map(|r| {
+                let start: DateTime<Utc> = r["start"].as_str().unwrap().parse().unwrap();
+                (start, r["requests"].as_i64().unwrap(), r["errors_5xx"].as_i64().unwrap())
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Per day, from two days before the first call to three days ahead: from the first call's
+    // day (the empty days before the key are left out) to today (no days to come).
+    let today_before = Utc::now().date_naive();
+    let days = rows(history(&ann, a - Duration::days(2), today_before + Duration::days(3), "day").await).await;
+    let today_after = Utc::now().date_naive();
+    assert_eq!(days.first().map(|r| r.0.date_naive()), Some(a), "{days:?}");
+    assert!((today_before..=today_after).contains(&days.last().unwrap().0.date_naive()), "{days:?}");
+    assert!(days.windows(2).all(|w| w[1].0 - w[0].0 == Duration::days(1)), "{days:?}");
+    assert_eq!((days[0].1, days[0].2), (4, 1));
+    let on_b: Vec<_> = days.iter().filter(|r| r.0.date_naive() == b).collect();
+    assert_eq!(on_b.iter().map(|r| r.1).collect::<Vec<_>>(), [2]);
+    assert_eq!(days.iter().map(|r| r.1).sum::<i64>(), 6);
+
+    // Per hour, the first call's day: from its hour to the day's end.
+    let hours = rows(history(&ann, a, a, "hour").await).await;
+    assert_eq!(hours.len(), 14, "{hours:?}");
+    assert_eq!((hours[0].0, hours[0].1, hours[0].2), (a.and_hms_opt(10, 0, 0).unwrap().and_utc(), 4, 1));
+    assert_eq!(hours[1..].iter().map(|r| r.1).sum::<i64>(), 0);
+
+    // Per week and per month the same calls, summed.
+    for per in ["week", "month"] {
+        let periods = rows(history(&ann, a, b, per).await).await;
+        assert_eq!(periods.iter().map(|r| r.1).sum::<i64>(), 6, "{per}: {periods:?}");
+        assert!(periods.len() <= 2, "{per}: {periods:?}");
+    }
+
+    // The page's first load carries the chosen range when its address names one; a range
+    // it cannot show is said in its place and the rest of the page still comes.
+    let overview = |from: String, to: String| {
+        let args = [("id", id.clone()), ("from", from), ("to", to), ("per", "day".to_owned())];
+        let (ann, app) = (&ann, &app);
+        async move {
+            let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let res = app.rpc(ann, "usage/overview", &args).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let page = overview(a.to_string(), b.to_string()).await;
+    let chosen = page["chosen"]["Ok"].as_array().unwrap_or_else(|| panic!("{}", page["chosen"]));
+    assert_eq!(chosen.len() as i64, (b - a).num_days() + 1);
+    let reversed = overview(b.to_string(), a.to_string()).await;
+    assert_eq!(reversed["chosen"]["Err"]["BadRequest"]["field"], "to", "{}", reversed["chosen"]);
+    assert!(reversed["daily"].as_array().is_some_and(|d| !d.is_empty()));
+    let plain: serde_json::Value = app.rpc(&ann, "usage/overview", &[("id", &id)]).await.json().await.unwrap();
+    assert!(plain["chosen"].is_null());
+
+    // Bad ranges: a 400 naming the field at fault.
+    for (from, to, per, field, says) in [
+        (b.to_string(), a.to_string(), "day", "to", "must not be after"),
+        (a.to_string(), (a + Duration::days(7)).to_string(), "hour", "to", "at most 7 days"),
+        (a.to_string(), (a + Duration::days(400)).to_string(), "day", "to", "at most 366 days"),
+        (a.to_string(), b.to_string(), "minute", "per", "granularity"),
+        ("yesterday".to_owned(), b.to_string(), "day", "from", "YYYY-MM-DD"),
+        (a.to_string(), "2026-02-30".to_owned(), "day", "to", "calendar does not have"),
+    ] {
+        let args = [("id", id.as_str()), ("from", &from), ("to", &to), ("per", per)];
+        let res = app.rpc(&ann, "usage/history", &args).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{from} {to} {per}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    // Seven days per hour is the most: the empty day before the first call is left out.
+    let week = rows(history(&ann, a - Duration::days(1), a + Duration::days(5), "hour").await).await;
+    assert_eq!(week.len(), 14 + 5 * 24);
+
+    // Another merchant sees nothing of it; an admin does.
+    let bob = app.signed_in("bob@example.com").await;
+    assert_eq!(history(&bob, a, b, "day").await.status(), StatusCode::NOT_FOUND);
+    let root = app.signed_in("root@example.com").await;
+    assert_eq!(rows(history(&root, a, b, "day").await).await.iter().map(|r| r.1).sum::<i64>(), 6);
+
+    // A key without calls shows only what it lived through: today.
+    let other: serde_json::Value = app.rpc(&ann, "keys/create", &[("name", "Fresh")]).await.json().await.unwrap();
+    let fresh = other["key"]["id"].as_str().unwrap();
+    let from = (today_after - Duration::days(9)).to_string();
+    let to = today_after.to_string();
+    let res = app.rpc(&ann, "usage/history", &[("id", fresh), ("from", &from), ("to", &to), ("per", "day")]).await;
+    let fresh_rows = rows(res).await;
+    assert_eq!(fresh_rows.len(), 1, "{fresh_rows:?}");
+    assert_eq!(fresh_rows[0].1, 0);
+}

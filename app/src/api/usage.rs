@@ -72,6 +72,63 @@ pub struct TopCalls {
     pub statuses: Vec<(u16, i64)>,
 }
 
+/// How long each row of a history is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Per {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Per {
+    pub const ALL: [Per; 4] = [Per::Hour, Per::Day, Per::Week, Per::Month];
+
+    /// The word of the page's address and of the CSV export's `granularity`.
+    pub fn param(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn from_param(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.param() == raw)
+    }
+
+    /// A row's period, as the history table names it.
+    pub fn label(self, start: &DateTime<Utc>) -> String {
+        let format = match self {
+            Self::Hour => "%a %d %b %H:00",
+            Self::Day => "%a %d %b",
+            Self::Week => "week %G-W%V",
+            Self::Month => "%B %Y",
+        };
+        start.format(format).to_string()
+    }
+
+    /// The same, short, for a chart's axis.
+    pub fn axis_label(self, start: &DateTime<Utc>) -> String {
+        let format = match self {
+            Self::Hour => "%d %b %H:00",
+            Self::Day => "%d %b",
+            Self::Week => "%G-W%V",
+            Self::Month => "%b %Y",
+        };
+        start.format(format).to_string()
+    }
+}
+
+/// The history over days the merchant chose, per hour, day, week or month.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChosenRange {
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    pub per: Per,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageOverview {
     pub key: KeyView,
@@ -79,6 +136,9 @@ pub struct UsageOverview {
     pub daily: Vec<PeriodRow>,
     pub weekly: Vec<PeriodRow>,
     pub monthly: Vec<PeriodRow>,
+    /// The history over the range the page's address chose, if it chose one (or why that
+    /// range cannot be shown).
+    pub chosen: Option<Result<Vec<PeriodRow>, AppError>>,
     /// Over the range the page's address chose (`top_days`); others come from `get_top_calls`.
     pub top: TopCalls,
     /// Where the metered API is reached (`KEYMETER_PUBLIC_URL`), for the page's example call.
@@ -98,11 +158,15 @@ pub const RANGES: [u32; 4] = [1, 7, 30, 90];
 pub const DEFAULT_RANGE: u32 = 30;
 
 /// The usage page's data; its top tables over `top_days` (one of [`RANGES`]; by default
-/// [`DEFAULT_RANGE`]), as the page's address chose.
+/// [`DEFAULT_RANGE`]), and the history over `from`..=`to` per `per` when all three are given,
+/// as the page's address chose.
 #[server(prefix = "/rpc", endpoint = "usage/overview")]
 pub async fn get_usage_overview(
     id: String,
     #[server(default)] top_days: Option<u32>,
+    #[server(default)] from: Option<String>,
+    #[server(default)] to: Option<String>,
+    #[server(default)] per: Option<String>,
 ) -> Result<UsageOverview, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
@@ -113,7 +177,25 @@ pub async fn get_usage_overview(
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(ssr::overview(&services, key, user.id, top_days).await?)
+    let mut overview = ssr::overview(&services, key.clone(), user.id, top_days).await?;
+    if let (Some(from), Some(to), Some(per)) = (from, to, per) {
+        // A range that cannot be shown is said in its place; the rest of the page stays.
+        let chosen = ssr::history_between(&services, &key, &from, &to, &per).await;
+        overview.chosen = Some(chosen.map_err(AppError::from));
+    }
+    Ok(overview)
+}
+
+/// The history over `from`..=`to` (`YYYY-MM-DD`, UTC days), per `per` (`hour` for at most a
+/// week, `day`, `week` or `month`).
+#[server(prefix = "/rpc", endpoint = "usage/history")]
+pub async fn get_usage_history(id: String, from: String, to: String, per: String) -> Result<Vec<PeriodRow>, AppError> {
+    use super::session;
+    use services::keys::{api_keys, ApiKeyId};
+    let services = session::services()?;
+    let user = session::require_user(&services).await?;
+    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
+    Ok(ssr::history_between(&services, &key, &from, &to, &per).await?)
 }
 
 /// The endpoint and status tables over another range, without reloading the rest of the page.
@@ -146,6 +228,7 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
 pub mod ssr {
     use services::keys::{ApiKey, WindowUse};
     use services::usage::dashboard::{self, LiveUsage};
+    use services::usage::periods::{DayRange, Granularity};
     use services::usage::rollups::UsageTotals;
     use services::{ServiceResult, Services};
 
@@ -230,9 +313,22 @@ pub mod ssr {
             daily: rows(history.daily),
             weekly: rows(history.weekly),
             monthly: rows(history.monthly),
+            chosen: None,
             top: top_view(history.top),
             api_base,
         })
+    }
+
+    pub async fn history_between(
+        services: &Services,
+        key: &ApiKey,
+        from: &str,
+        to: &str,
+        per: &str,
+    ) -> ServiceResult<Vec<PeriodRow>> {
+        let range = DayRange::parse(from, to)?;
+        let granularity = Granularity::parse(per).map_err(|e| e.in_field("per"))?;
+        Ok(rows(dashboard::history_between(services, key, range, granularity).await?))
     }
 
     pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {

@@ -10,7 +10,8 @@ use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{
-    get_top_calls, get_usage_overview, Gauge, LiveData, PeriodRow, TopCalls, UsageOverview, DEFAULT_RANGE, RANGES,
+    get_top_calls, get_usage_history, get_usage_overview, ChosenRange, Gauge, LiveData, Per, PeriodRow, TopCalls,
+    UsageOverview, DEFAULT_RANGE, RANGES,
 };
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
 use crate::error::AppError;
@@ -29,7 +30,20 @@ pub fn UsagePage() -> impl IntoView {
         move || params.read().get("id").unwrap_or_default(),
         move |id| {
             let top_days = query.with_untracked(top_days_in);
-            once_per_render("usage/overview", &(id.clone(), top_days), get_usage_overview(id, top_days))
+            // The chosen history comes with the page only when the address shows it.
+            let chosen = query.with_untracked(|q| {
+                let shown = Breakdown::from_param(q.get("history").as_deref()) == Breakdown::Chosen;
+                shown.then(|| chosen_in(q)).flatten()
+            });
+            let (from, to, per) = match chosen {
+                Some(c) => (Some(c.from.to_string()), Some(c.to.to_string()), Some(c.per.param().to_owned())),
+                None => (None, None, None),
+            };
+            once_per_render(
+                "usage/overview",
+                &(id.clone(), top_days, chosen),
+                get_usage_overview(id, top_days, from, to, per),
+            )
         },
     );
     view! {
@@ -77,7 +91,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     let scripted = RwSignal::new(false);
     Effect::new(move |_| scripted.set(true));
     let check_csv = move |ev: leptos::ev::SubmitEvent| {
-        let problem = csv_range_problem(&csv_from.get_untracked(), &csv_to.get_untracked());
+        let problem = range_problem(&csv_from.get_untracked(), &csv_to.get_untracked(), "export range");
         if problem.is_some() {
             ev.prevent_default();
         }
@@ -89,10 +103,12 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     // Which history and which range of top calls are shown: in the address, so that their
     // links work without JavaScript too.
     let query = use_query_map();
+    let default_range = ChosenRange { from: month_ago, to: today, per: Per::Day };
     let views = UsageViews {
         path: format!("/dashboard/developers/api-keys/{}/usage", key.id),
         history: Memo::new(move |_| Breakdown::from_param(query.read().get("history").as_deref())),
         top_days: Memo::new(move |_| query.with(top_days_in).unwrap_or(DEFAULT_RANGE)),
+        chosen: Memo::new(move |_| query.with(chosen_in).unwrap_or(default_range)),
     };
     let top = view! {
         <PageTitle text=format!("Usage of {} · keymeter", key.name)/>
@@ -187,7 +203,8 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
                 {move || live.get().points.last().map(|p| format!("This minute: {}, {} throttled", format::counted(p.requests as i64, "request", "requests"), format::count(p.throttled as i64))).unwrap_or_default()}
             </p>
         </section>
-        <Breakdowns daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone() views/>
+        <Breakdowns key_id=key.id.clone() daily=overview.daily.clone() weekly=overview.weekly.clone() monthly=overview.monthly.clone()
+            chosen=overview.chosen.clone() views/>
         {top}
         // Where a merchant sees the quota running out, they can ask for more.
         <KeyQuotaRequests key=overview.key.clone() state=requests/>
@@ -203,13 +220,17 @@ fn shift(raw: &str, days: i64) -> String {
     day(raw).and_then(|d| d.checked_add_signed(chrono::Duration::days(days))).map(|d| d.to_string()).unwrap_or_default()
 }
 
-/// What is wrong with an export range, by the server's own rule; `None` when the server will
-/// take it.
-fn csv_range_problem(from: &str, to: &str) -> Option<AppError> {
+/// What is wrong with a range of days (`what`: "export range", "range"), by the server's own
+/// rule; `None` when the server will take it.
+fn range_problem(from: &str, to: &str, what: &str) -> Option<AppError> {
     let problem = DayRange::parse(from, to).err()?;
     let message = match &problem {
-        RangeError::NotADate { .. } => "Choose both dates of the export range.".to_owned(),
-        other => format!("Export range: {other}."),
+        RangeError::NotADate { .. } => format!("Choose both dates of the {what}."),
+        other => {
+            let mut what = what.to_owned();
+            what[..1].make_ascii_uppercase();
+            format!("{what}: {other}.")
+        }
     };
     Some(AppError::BadRequest { message, field: problem.field().map(str::to_owned) })
 }
@@ -224,13 +245,34 @@ struct UsageViews {
     path: String,
     history: Memo<Breakdown>,
     top_days: Memo<u32>,
+    /// The chosen range of the history (the last 30 days per day until one is chosen).
+    chosen: Memo<ChosenRange>,
 }
 
 impl UsageViews {
     /// This page showing `history` and the top calls of `top_days`, at the section `at`.
     fn href(&self, history: Breakdown, top_days: u32, at: &str) -> String {
-        format!("{}?history={}&top={top_days}#{at}", self.path, history.param())
+        self.href_chosen(history, self.chosen.get(), top_days, at)
     }
+
+    /// The same, with `chosen` as the chosen range.
+    fn href_chosen(&self, history: Breakdown, chosen: ChosenRange, top_days: u32, at: &str) -> String {
+        let range = match history {
+            Breakdown::Chosen => format!("&from={}&to={}&per={}", chosen.from, chosen.to, chosen.per.param()),
+            _ => String::new(),
+        };
+        format!("{}?history={}{range}&top={top_days}#{at}", self.path, history.param())
+    }
+}
+
+/// The history's range named by the page's address (`from`, `to`, `per`), if it names one
+/// whole: two dates and a period length (the range's own rules are checked where it is shown).
+fn chosen_in(query: &leptos_router::params::ParamsMap) -> Option<ChosenRange> {
+    Some(ChosenRange {
+        from: day(&query.get("from")?)?,
+        to: day(&query.get("to")?)?,
+        per: Per::from_param(&query.get("per")?)?,
+    })
 }
 
 /// A link choosing one of the page's views (`active`: the one shown). A plain link, which the
@@ -394,6 +436,8 @@ enum Breakdown {
     Daily,
     Weekly,
     Monthly,
+    /// Over a range of days the merchant chose.
+    Chosen,
 }
 
 impl Breakdown {
@@ -402,6 +446,7 @@ impl Breakdown {
         match param {
             Some("weekly") => Self::Weekly,
             Some("monthly") => Self::Monthly,
+            Some("range") => Self::Chosen,
             _ => Self::Daily,
         }
     }
@@ -411,53 +456,109 @@ impl Breakdown {
             Self::Daily => "daily",
             Self::Weekly => "weekly",
             Self::Monthly => "monthly",
+            Self::Chosen => "range",
         }
     }
 }
 
+/// The chosen range's history as last fetched: for which range, and its rows or why not.
+type ChosenRows = Option<(ChosenRange, Result<Vec<PeriodRow>, AppError>)>;
+
 #[component]
 fn Breakdowns(
+    key_id: String,
     daily: Vec<PeriodRow>,
     weekly: Vec<PeriodRow>,
     monthly: Vec<PeriodRow>,
+    /// The chosen range's rows, when the page came with the address choosing one.
+    chosen: Option<Result<Vec<PeriodRow>, AppError>>,
     views: UsageViews,
 ) -> impl IntoView {
     let shown = views.history;
+    let chosen_range = views.chosen;
+    let held: RwSignal<ChosenRows> = RwSignal::new(chosen.map(|rows| (chosen_range.get_untracked(), rows)));
+    let loading = RwSignal::new(false);
+    // As the top tables: only a range the page does not hold yet is fetched.
+    Effect::new(move |_| {
+        let range = chosen_range.get();
+        if shown.get() != Breakdown::Chosen || held.with_untracked(|h| h.as_ref().map(|(r, _)| *r) == Some(range)) {
+            loading.set(false);
+            return;
+        }
+        let (from, to) = (range.from.to_string(), range.to.to_string());
+        if let Some(problem) = range_problem(&from, &to, "range") {
+            loading.set(false);
+            held.set(Some((range, Err(problem))));
+            return;
+        }
+        loading.set(true);
+        let key_id = key_id.clone();
+        leptos::task::spawn_local(async move {
+            let result = get_usage_history(key_id, from, to, range.per.param().to_owned()).await;
+            if chosen_range.try_get_untracked() != Some(range) {
+                return;
+            }
+            loading.set(false);
+            held.set(Some((range, result)));
+        });
+    });
+    let per = Signal::derive(move || match shown.get() {
+        Breakdown::Daily => Per::Day,
+        Breakdown::Weekly => Per::Week,
+        Breakdown::Monthly => Per::Month,
+        Breakdown::Chosen => chosen_range.get().per,
+    });
     let rows = Signal::derive(move || match shown.get() {
         Breakdown::Daily => daily.clone(),
         Breakdown::Weekly => weekly.clone(),
         Breakdown::Monthly => monthly.clone(),
+        Breakdown::Chosen => {
+            held.with(|h| h.as_ref().and_then(|(_, rows)| rows.as_ref().ok().cloned()).unwrap_or_default())
+        }
     });
-    let label = move |start: &chrono::DateTime<chrono::Utc>| match shown.get() {
-        Breakdown::Daily => start.format("%a %d %b").to_string(),
-        Breakdown::Weekly => start.format("week %G-W%V").to_string(),
-        Breakdown::Monthly => start.format("%B %Y").to_string(),
-    };
-    let tab = move |b: Breakdown, text: &'static str| {
+    let error = FormError::new("range-error", move || {
+        (shown.get() == Breakdown::Chosen)
+            .then(|| held.with(|h| h.as_ref().and_then(|(_, r)| r.clone().err())))
+            .flatten()
+    });
+    let tab = {
         let views = views.clone();
-        let href = move || views.href(b, views.top_days.get(), "history");
-        view_link(href, move || shown.get() == b, text.to_owned())
+        move |b: Breakdown, text: &'static str| {
+            let views = views.clone();
+            let href = move || views.href(b, views.top_days.get(), "history");
+            view_link(href, move || shown.get() == b, text.to_owned())
+        }
     };
+    let tabs = view! {
+        {tab(Breakdown::Daily, "Daily · 30 days")}
+        {tab(Breakdown::Weekly, "Weekly · 12 ISO weeks")}
+        {tab(Breakdown::Monthly, "Monthly · 12 months")}
+        {tab(Breakdown::Chosen, "Chosen range")}
+    }
+    .into_any();
+    let range_form =
+        move || (shown.get() == Breakdown::Chosen).then(|| view! { <RangeForm views=views.clone() error/> });
+    // Type-erased: one nested type for the whole page overflows the compiler's query depth.
     view! {
         <section class="card" id="history">
             <div class="card-head">
                 <h2>"History"</h2>
-                <nav class="range" aria-label="Breakdown">
-                    {tab(Breakdown::Daily, "Daily · 30 days")}
-                    {tab(Breakdown::Weekly, "Weekly · 12 ISO weeks")}
-                    {tab(Breakdown::Monthly, "Monthly · 12 months")}
-                </nav>
+                <nav class="range" aria-label="Breakdown">{tabs}</nav>
             </div>
-            <BreakdownChart rows/>
-            <div class="table-scroll"><table class="breakdown" data-testid="breakdown-table">
+            {range_form}
+            <BreakdownChart rows per/>
+            <div class="table-scroll" class:stale=move || loading.get() aria-busy=move || loading.get().to_string()><table class="breakdown" data-testid="breakdown-table">
                 <thead><tr>
                     <th>"Period (UTC)"</th><th class="num">"Requests"</th><th class="num">"4xx"</th><th class="num">"5xx"</th>
                     <th class="num">"Throttled"</th><th class="num">"p50"</th><th class="num">"p95"</th><th class="num">"Out"</th>
                 </tr></thead>
                 <tbody>
+                    {move || rows.get().is_empty().then(|| view! {
+                        <tr><td colspan="8" class="muted" data-testid="breakdown-empty">"No usage in this range."</td></tr>
+                    })}
                     {move || rows.get().into_iter().rev().map(|r| view! {
                         <tr>
-                            <td>{label(&r.start)}</td>
+                            <td>{per.get().label(&r.start)}</td>
                             <td class="num">{format::count(r.requests)}</td>
                             <td class="num">{format::count(r.errors_4xx)}</td>
                             <td class="num">{format::count(r.errors_5xx)}</td>
@@ -470,5 +571,46 @@ fn Breakdowns(
                 </tbody>
             </table></div>
         </section>
+    }
+    .into_any()
+}
+
+/// The chosen range's fields. A plain form to the page itself: without JavaScript the page
+/// comes back with the range; with it, the address changes and only the history is fetched.
+#[component]
+fn RangeForm(views: UsageViews, error: FormError) -> impl IntoView {
+    let shown = views.chosen.get_untracked();
+    let (from, to, per) =
+        (RwSignal::new(shown.from.to_string()), RwSignal::new(shown.to.to_string()), RwSignal::new(shown.per));
+    let navigate = leptos_router::hooks::use_navigate();
+    let path = views.path.clone();
+    let top_days = views.top_days;
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        let (Some(from), Some(to)) = (day(&from.get_untracked()), day(&to.get_untracked())) else {
+            // The browser's own check of an empty date field has already spoken.
+            return;
+        };
+        ev.prevent_default();
+        let chosen = ChosenRange { from, to, per: per.get_untracked() };
+        let href = views.href_chosen(Breakdown::Chosen, chosen, views.top_days.get_untracked(), "history");
+        navigate(&href, leptos_router::NavigateOptions { scroll: false, ..Default::default() });
+    };
+    view! {
+        <form class="export range-form" method="get" action=format!("{path}#history") on:submit=submit data-testid="range-form">
+            <input type="hidden" name="history" value="range"/>
+            <label>"From (UTC)" <input type="date" name="from" required value=shown.from.to_string() data-testid="range-from" {..error.on("from")}
+                on:input=move |ev| from.set(event_target_value(&ev))/></label>
+            <label>"To (UTC)" <input type="date" name="to" required value=shown.to.to_string() data-testid="range-to" {..error.on("to")}
+                on:input=move |ev| to.set(event_target_value(&ev))/></label>
+            <label>"Per"
+                <select name="per" data-testid="range-per" {..error.on("per")}
+                    on:change=move |ev| per.set(Per::from_param(&event_target_value(&ev)).unwrap_or(Per::Day))>
+                    {Per::ALL.into_iter().map(|p| view! { <option value=p.param() selected=p == shown.per>{p.param()}</option> }).collect_view()}
+                </select>
+            </label>
+            <input type="hidden" name="top" value=move || top_days.get().to_string()/>
+            <button type="submit">"Show"</button>
+        </form>
+        {error.message("range-error")}
     }
 }

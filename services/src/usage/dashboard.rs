@@ -8,11 +8,11 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
 use super::live::{self, MinuteCounters};
-use super::periods::{DayRange, Granularity};
+use super::periods::{next_period, DayRange, Granularity};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
-use crate::{ServiceResult, Services};
+use crate::{ServiceError, ServiceResult, Services};
 
 /// Minutes the live charts cover, the current one included.
 pub const LIVE_MINUTES: usize = 60;
@@ -147,12 +147,57 @@ pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_
     let hours =
         RollupRows::hours(&services.db, key.id.0, DayRange::new(today - Duration::days(top_days as i64), today)?)
             .await?;
+    let breakdown = |granularity, first| -> ServiceResult<_> {
+        Ok(in_key_life(days.breakdown(granularity, DayRange::new(first, today)?), granularity, key, now))
+    };
     Ok(History {
-        daily: days.breakdown(Granularity::Day, DayRange::new(first_day, today)?),
-        weekly: days.breakdown(Granularity::Week, DayRange::new(first_week, today)?),
-        monthly: days.breakdown(Granularity::Month, DayRange::new(first_month, today)?),
+        daily: breakdown(Granularity::Day, first_day)?,
+        weekly: breakdown(Granularity::Week, first_week)?,
+        monthly: breakdown(Granularity::Month, first_month)?,
         top: top_of(&hours, now, top_days),
     })
+}
+
+/// The longest range shown per hour: a week is 168 rows.
+pub const HOURLY_HISTORY_MAX_DAYS: i64 = 7;
+
+/// A range of days the merchant chose, per `granularity`: as the page's history shows it (the
+/// CSV export gives the same range per endpoint).
+pub async fn history_between(
+    services: &Services,
+    key: &ApiKey,
+    range: DayRange,
+    granularity: Granularity,
+) -> ServiceResult<Vec<(DateTime<Utc>, UsageTotals)>> {
+    let rows = if granularity == Granularity::Hour {
+        if range.days() > HOURLY_HISTORY_MAX_DAYS {
+            return Err(ServiceError::invalid_field(
+                "to",
+                format!(
+                    "Per hour, a range can cover at most {HOURLY_HISTORY_MAX_DAYS} days; choose a shorter range or per day."
+                ),
+            ));
+        }
+        RollupRows::hours(&services.db, key.id.0, range).await?
+    } else {
+        RollupRows::days(&services.db, key.id.0, range).await?
+    };
+    let now = services.quota.now_ms().await.map(time_from_ms).unwrap_or_else(|_| Utc::now());
+    Ok(in_key_life(rows.breakdown(granularity, range), granularity, key, now))
+}
+
+/// Periods the key lived through: none after `now`, and no empty ones from before the key was
+/// made (the demo key's history predates it, so periods with calls always stay).
+fn in_key_life(
+    periods: Vec<(DateTime<Utc>, UsageTotals)>,
+    granularity: Granularity,
+    key: &ApiKey,
+    now: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, UsageTotals)> {
+    let before_key = |(start, totals): &(DateTime<Utc>, UsageTotals)| {
+        next_period(granularity, *start) <= key.created_at && totals.requests + totals.throttled == 0
+    };
+    periods.into_iter().skip_while(before_key).take_while(|(start, _)| *start <= now).collect()
 }
 
 /// The top tables over another range (on the quota clock, as the rest of the page; on this
