@@ -113,7 +113,9 @@ pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, link: RwSignal<Liv
 mod draw {
     use charming::component::{Axis, Grid, Legend, Title};
     use charming::datatype::CompositeValue;
-    use charming::element::{AxisType, ItemStyle, Tooltip, Trigger};
+    use charming::element::{
+        AxisLabel, AxisTick, AxisType, ItemStyle, LineStyle, LineStyleType, TextStyle, Tooltip, Trigger,
+    };
     use charming::series::{Bar, Line};
     use charming::{Chart, Echarts, WasmRenderer};
     use leptos::prelude::*;
@@ -121,10 +123,24 @@ mod draw {
     use super::LiveChartKind;
     use crate::api::{LiveData, Per, PeriodRow};
 
+    // Colours with at least 3:1 contrast on white; admitted/throttled (indigo/amber) and
+    // p50/p95 (blue/brown, dashed) stay apart for colour-blind readers too.
+    const ADMITTED: &str = "#4f46e5";
+    const THROTTLED: &str = "#d97706";
+    const ERRORS: &str = "#c62828";
+    const P50: &str = "#1d4ed8";
+    const P95: &str = "#b45309";
+
     /// Draws the chart once its container is in the page (after client-side navigation that
-    /// is a moment after this runs: the node ref tells), then updates the same ECharts instance.
+    /// is a moment after this runs: the node ref tells), then updates the same ECharts instance,
+    /// and fits it to its container when the window's size changes (a phone turned, a window
+    /// narrowed), or the canvas would keep its first width and push the page sideways.
     pub fn keep_drawn(id: &'static str, container: NodeRef<leptos::html::Div>, chart: impl Fn() -> Chart + 'static) {
         let instance = StoredValue::new_local(None::<Echarts>);
+        let resized = window_event_listener(leptos::ev::resize, move |_| {
+            instance.try_with_value(|slot| slot.as_ref().map(|e| e.resize(wasm_bindgen::JsValue::UNDEFINED)));
+        });
+        on_cleanup(move || resized.remove());
         // Bumped to try again when the container was not attached yet.
         let retry = RwSignal::new(0u32);
         Effect::new(move |_| {
@@ -159,8 +175,18 @@ mod draw {
     /// A line of `values` where `None` is a gap. ECharts draws a point's dot only when every dot
     /// fits (or at label positions): small dots fit 60 minutes, so a busy minute between quiet
     /// ones, which has no line to draw, still shows.
-    fn gappy_line(name: &str, values: impl Iterator<Item = Option<f64>>) -> Line {
-        Line::new().name(name).show_symbol(true).symbol_size(2.5).data(values.map(point).collect::<Vec<_>>())
+    fn gappy_line(name: &str, color: &str, values: impl Iterator<Item = Option<f64>>) -> Line {
+        Line::new()
+            .name(name)
+            .show_symbol(true)
+            .symbol_size(2.5)
+            .item_style(ItemStyle::new().color(color))
+            .line_style(LineStyle::new().color(color))
+            .data(values.map(point).collect::<Vec<_>>())
+    }
+
+    fn calls(name: &str, color: &str, values: Vec<i64>) -> Bar {
+        Bar::new().name(name).stack("calls").item_style(ItemStyle::new().color(color)).data(values)
     }
 
     fn hundredths(x: f64) -> f64 {
@@ -171,73 +197,127 @@ mod draw {
         chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%H:%M").to_string()).unwrap_or_default()
     }
 
-    fn base(title: &str, labels: Vec<String>) -> Chart {
+    /// Labels and ticks only at `at` (category indices): ECharts' own choice of every n-th
+    /// label starts from the oldest, so it moves each minute and can skip the newest period.
+    fn labels_at(axis: Axis, at: &[usize]) -> Axis {
+        let values = || at.iter().map(|&i| CompositeValue::from(i as f64));
+        let label = values().fold(AxisLabel::new(), AxisLabel::custom_values);
+        axis.axis_label(label).axis_tick(AxisTick::new().custom_values(values().collect::<Vec<_>>()))
+    }
+
+    /// A chart with its title, a tooltip (an ECharts string template: the page's
+    /// Content-Security-Policy allows no JavaScript built from strings, so no formatter
+    /// functions), a note in its middle when it has nothing to show, and its category axis.
+    fn base(title: &str, tooltip: &str, empty: Option<&str>, x_axis: Axis) -> Chart {
         Chart::new()
-            .title(Title::new().text(title).left("left").text_style(charming::element::TextStyle::new().font_size(14)))
-            .tooltip(Tooltip::new().trigger(Trigger::Axis))
+            .title(Title::new().text(title).left("left").text_style(TextStyle::new().font_size(14)))
+            // Always there, empty when there is data: an update merges into the drawn chart, so
+            // a note left out would stay.
+            .title(
+                Title::new()
+                    .text(empty.unwrap_or_default())
+                    .left("center")
+                    .top("middle")
+                    .text_style(TextStyle::new().font_size(13).color("#6b7280")),
+            )
+            .tooltip(Tooltip::new().trigger(Trigger::Axis).formatter(tooltip))
             // Room for the legend on its own line under the title: side by side they overlap
-            // in a phone-wide chart.
-            .grid(Grid::new().left(48).right(16).top(56).bottom(28))
-            .x_axis(Axis::new().type_(AxisType::Category).data(labels))
+            // in a phone-wide chart. The value axis' labels (with units) size the left margin.
+            .grid(Grid::new().left(8).right(24).top(56).bottom(28).contain_label(true))
+            .x_axis(x_axis.type_(AxisType::Category))
+    }
+
+    /// The smallest of a few round percentages at or above `max`: an error rate of 2 % drawn
+    /// on a 0–100 % axis would lie on the axis.
+    fn percent_axis_top(max: f64) -> f64 {
+        [1.0, 2.0, 5.0, 10.0, 20.0, 25.0, 50.0].into_iter().find(|&top| max <= top).unwrap_or(100.0)
     }
 
     pub fn live_chart(kind: LiveChartKind, live: &LiveData) -> Chart {
         let labels: Vec<String> = live.points.iter().map(|p| minute_label(p.minute_ms)).collect();
+        // Labels on the quarter hours, which stay put as the minutes pass.
+        let quarters: Vec<usize> = live
+            .points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.minute_ms.rem_euclid(15 * 60_000) == 0)
+            .map(|(i, _)| i)
+            .collect();
+        let x_axis = labels_at(Axis::new().data(labels), &quarters);
+        let quiet = live.points.iter().all(|p| p.requests + p.throttled == 0);
+        let empty = quiet.then_some("No requests in the last 60 minutes");
         match kind {
-            LiveChartKind::Requests => base("Requests per minute", labels)
-                .legend(Legend::new().right(8).top(26))
-                .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
-                .series(
-                    Bar::new()
-                        .name("admitted")
-                        .stack("calls")
-                        .item_style(ItemStyle::new().color("#4f46e5"))
-                        .data(live.points.iter().map(|p| p.requests as i64).collect::<Vec<_>>()),
-                )
-                .series(
-                    Bar::new()
-                        .name("throttled")
-                        .stack("calls")
-                        .item_style(ItemStyle::new().color("#f59e0b"))
-                        .data(live.points.iter().map(|p| p.throttled as i64).collect::<Vec<_>>()),
-                ),
+            LiveChartKind::Requests => {
+                base("Requests per minute", "{b0} UTC<br/>{a0}: {c0}<br/>{a1}: {c1}", empty, x_axis)
+                    .legend(Legend::new().right(8).top(26))
+                    .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
+                    .series(calls("admitted", ADMITTED, live.points.iter().map(|p| p.requests as i64).collect()))
+                    .series(calls("throttled", THROTTLED, live.points.iter().map(|p| p.throttled as i64).collect()))
+            }
             LiveChartKind::ErrorRate => {
                 // A minute without admitted requests has no error rate: a gap, not 0.
-                let rate = live
+                let rate: Vec<Option<f64>> = live
                     .points
                     .iter()
-                    .map(|p| (p.requests > 0).then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0));
-                base("Error rate (%)", labels)
-                    .y_axis(Axis::new().type_(AxisType::Value).min(0).max(100))
-                    .series(gappy_line("errors %", rate).item_style(ItemStyle::new().color("#c62828")))
+                    .map(|p| (p.requests > 0).then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0))
+                    .collect();
+                let top = percent_axis_top(rate.iter().flatten().copied().fold(0.0, f64::max));
+                base("Error rate", "{b0} UTC<br/>{a0}: {c0}%", empty, x_axis)
+                    .y_axis(
+                        Axis::new()
+                            .type_(AxisType::Value)
+                            .min(0)
+                            .max(top)
+                            .axis_label(AxisLabel::new().formatter("{value}%")),
+                    )
+                    .series(gappy_line("errors", ERRORS, rate.into_iter()))
             }
-            LiveChartKind::Latency => base("Latency (ms)", labels)
-                .legend(Legend::new().right(8).top(26))
-                .y_axis(Axis::new().type_(AxisType::Value))
-                // Nor a latency: quiet minutes are gaps in the lines.
-                .series(gappy_line("p50", live.points.iter().map(|p| p.p50_ms.map(hundredths))))
-                .series(gappy_line("p95", live.points.iter().map(|p| p.p95_ms.map(hundredths)))),
+            LiveChartKind::Latency => {
+                // Seconds once a p95 reaches one: "2,100 ms" reads worse than "2.1 s".
+                let slowest = live.points.iter().filter_map(|p| p.p95_ms).fold(0.0, f64::max);
+                let (unit, per_unit) = if slowest >= 1000.0 { ("s", 1000.0) } else { ("ms", 1.0) };
+                let in_unit = |ms: Option<f64>| ms.map(|ms| hundredths(ms / per_unit));
+                let tooltip = format!("{{b0}} UTC<br/>{{a0}}: {{c0}} {unit}<br/>{{a1}}: {{c1}} {unit}");
+                base(&format!("Latency ({unit})"), &tooltip, empty, x_axis)
+                    .legend(Legend::new().right(8).top(26))
+                    .y_axis(
+                        Axis::new()
+                            .type_(AxisType::Value)
+                            .min(0)
+                            .axis_label(AxisLabel::new().formatter(format!("{{value}} {unit}").as_str())),
+                    )
+                    // Nor a latency: quiet minutes are gaps in the lines.
+                    .series(gappy_line("p50", P50, live.points.iter().map(|p| in_unit(p.p50_ms))))
+                    .series(
+                        gappy_line("p95", P95, live.points.iter().map(|p| in_unit(p.p95_ms)))
+                            .line_style(LineStyle::new().color(P95).type_(LineStyleType::Dashed).width(2)),
+                    )
+            }
         }
     }
 
     pub fn breakdown_chart(rows: &[PeriodRow], per: Per) -> Chart {
         let labels: Vec<String> = rows.iter().map(|r| per.axis_label(&r.start)).collect();
-        base("Requests per period", labels)
-            .legend(Legend::new().right(8).top(26))
-            .y_axis(Axis::new().type_(AxisType::Value))
-            .series(
-                Bar::new()
-                    .name("admitted")
-                    .stack("calls")
-                    .item_style(ItemStyle::new().color("#4f46e5"))
-                    .data(rows.iter().map(|r| r.requests).collect::<Vec<_>>()),
-            )
-            .series(
-                Bar::new()
-                    .name("throttled")
-                    .stack("calls")
-                    .item_style(ItemStyle::new().color("#f59e0b"))
-                    .data(rows.iter().map(|r| r.throttled).collect::<Vec<_>>()),
-            )
+        // As many labels as fit a phone-wide chart, counted back from the newest period so
+        // that it always has one.
+        let fit = match per {
+            Per::Hour => 4,
+            Per::Day => 6,
+            Per::Week | Per::Month => 5,
+        };
+        let step = rows.len().div_ceil(fit).max(1);
+        let at: Vec<usize> = (0..rows.len()).rev().step_by(step).collect();
+        let quiet = rows.iter().all(|r| r.requests + r.throttled == 0);
+        let title = format!("Requests per {} (UTC)", per.param());
+        base(
+            &title,
+            "{b0}<br/>{a0}: {c0}<br/>{a1}: {c1}",
+            quiet.then_some("No usage in this range"),
+            labels_at(Axis::new().data(labels), &at),
+        )
+        .legend(Legend::new().right(8).top(26))
+        .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
+        .series(calls("admitted", ADMITTED, rows.iter().map(|r| r.requests).collect()))
+        .series(calls("throttled", THROTTLED, rows.iter().map(|r| r.throttled).collect()))
     }
 }

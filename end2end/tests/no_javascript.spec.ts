@@ -368,6 +368,18 @@ test('the usage page without JavaScript: links choose the history and range, and
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/status/{code}');
   // The history chosen before stays chosen.
   await expect(page.getByTestId('breakdown-table')).toContainText(/week \d{4}-W\d{2}/);
+
+  // A chosen range is a form that brings the page back with it.
+  await page.getByRole('link', { name: 'Chosen range' }).click();
+  const day = (ago: number) => new Date(Date.now() - ago * 86_400_000).toISOString().slice(0, 10);
+  await page.getByTestId('range-from').fill(day(2));
+  await page.getByTestId('range-to').fill(day(1));
+  await page.getByTestId('range-per').selectOption('hour');
+  await page.getByRole('button', { name: 'Show' }).click();
+  await expect(page).toHaveURL(new RegExp(`history=range&from=${day(2)}&to=${day(1)}&per=hour&top=90#history$`));
+  await expect(page.getByTestId('breakdown-table').locator('tbody tr')).toHaveCount(48);
+  await expect(page.getByTestId('breakdown-table')).toBeInViewport();
+  await expect(page.getByRole('link', { name: '90 days' })).toHaveAttribute('aria-current', 'true');
 });
 
 test('notifications are marked read with a button without JavaScript; a new secret has no dead Copy button', async ({ page }) => {

@@ -119,6 +119,63 @@ test('changing the range of the top tables keeps the rest of the page as it was'
   await expect(page.getByTestId('top-endpoints')).toContainText('/api/v1/');
 });
 
+/** The UTC day `days` before today, as `YYYY-MM-DD`. */
+function daysAgo(days: number): string {
+  return new Date(Date.now() - days * 86_400_000).toISOString().slice(0, 10);
+}
+
+test('the history over a chosen range, per hour, without reloading the page', async ({ page }) => {
+  await signIn(page, MERCHANT);
+  await page.getByTestId('key-row').filter({ hasText: 'Demo key' }).getByRole('link', { name: 'usage' }).click();
+  await hydrated(page);
+  await chartsDrawn(page);
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+  await expect(page.getByTestId('range-form')).toHaveCount(0);
+  await page.getByRole('link', { name: 'Chosen range' }).click();
+  // It opens on the last 30 days per day, as the daily history.
+  await expect(page.getByTestId('range-from')).toHaveValue(daysAgo(29));
+  await expect(page.getByTestId('range-per')).toHaveValue('day');
+
+  // Three whole days of the demo history, per hour: 72 rows, each named by its hour.
+  const [from, to] = [daysAgo(3), daysAgo(1)];
+  await page.getByTestId('range-from').fill(from);
+  await page.getByTestId('range-to').fill(to);
+  await page.getByTestId('range-per').selectOption('hour');
+  const loaded = page.waitForResponse((res) => res.url().includes('/rpc/usage/history') && res.ok());
+  await page.getByRole('button', { name: 'Show' }).click();
+  await loaded;
+  await expect(page).toHaveURL(new RegExp(`\\?history=range&from=${from}&to=${to}&per=hour&top=30#history$`));
+  const rows = page.getByTestId('breakdown-table').locator('tbody tr');
+  await expect(rows).toHaveCount(72);
+  await expect(rows.first().locator('td').first()).toHaveText(/ 23:00$/);
+  await expect(rows.last().locator('td').first()).toHaveText(/ 00:00$/);
+  await expect(page.getByRole('link', { name: 'Chosen range' })).toHaveAttribute('aria-current', 'true');
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  // The chart follows the table: one bar per hour.
+  await expect.poll(async () => (await seriesData(page, 'chart-breakdown', 0)).length).toBe(72);
+
+  // Another range of the top tables keeps the chosen history (its address says both).
+  await page.getByRole('link', { name: '7 days' }).click();
+  await expect(page).toHaveURL(new RegExp(`from=${from}&to=${to}&per=hour&top=7#top-calls$`));
+  await expect(rows).toHaveCount(72);
+
+  // A reversed range is refused where it was typed, before anything is asked of the server.
+  await page.getByTestId('range-from').fill(daysAgo(1));
+  await page.getByTestId('range-to').fill(daysAgo(3));
+  await page.getByRole('button', { name: 'Show' }).click();
+  await expect(page.getByTestId('range-error')).toContainText('must not be after');
+  await expect(page.getByTestId('range-to')).toHaveAttribute('aria-invalid', 'true');
+  await expect(rows).toHaveCount(1);
+  await expect(page.getByTestId('breakdown-empty')).toBeVisible();
+
+  // The same address loaded afresh shows the same history, rendered on the server.
+  await page.goto(`${new URL(page.url()).pathname}?history=range&from=${from}&to=${to}&per=day&top=7`);
+  await hydrated(page);
+  await expect(rows).toHaveCount(3);
+  await expect(page.getByTestId('range-per')).toHaveValue('day');
+  await expect(page.getByTestId('range-error')).toHaveCount(0);
+});
+
 test("a revoked key's usage page says so", async ({ page }) => {
   await signIn(page, MERCHANT);
   const name = `Gone ${Date.now()}`;

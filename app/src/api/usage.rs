@@ -109,7 +109,7 @@ impl Per {
         start.format(format).to_string()
     }
 
-    /// The same, short, for a chart's axis.
+    /// The same, short, for a chart's axis and tooltip.
     pub fn axis_label(self, start: &DateTime<Utc>) -> String {
         let format = match self {
             Self::Hour => "%d %b %H:00",
