@@ -33,6 +33,9 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   // An admin approves it.
   const adminPage = await (await browser.newContext()).newPage();
   await signIn(adminPage, ADMIN);
+  // The top bar says requests wait, before the admin opens them.
+  await expect(adminPage.getByTestId('waiting-requests')).toHaveText(/^\d+ waiting$/);
+  await expect(adminPage.getByTestId('nav-quota-requests')).toHaveAccessibleName(/^Quota requests \d+ waiting$/);
   await adminPage.getByRole('link', { name: 'Quota requests' }).click();
   const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
   await expect(card).toHaveAttribute('data-status', 'pending');
@@ -65,7 +68,7 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await page.getByTestId('bell').click();
   await expect(page.getByTestId('notifications')).toContainText(`Quota raised for “${name}”`);
   // The list, once shown, is marked read: the bell's count goes on the next page.
-  await expect.poll(async () => (await page.request.post('/rpc/notifications/unread')).json()).toBe(0);
+  await expect.poll(async () => (await (await page.request.post('/rpc/nav/counts')).json()).unread).toBe(0);
   await page.getByRole('link', { name: 'API keys' }).first().click();
   await expect(page.getByTestId('bell')).toBeVisible();
   await expect(page.getByTestId('unread')).toHaveCount(0);

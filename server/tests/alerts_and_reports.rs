@@ -130,7 +130,8 @@ async fn crossing_50_80_and_100_percent_alerts_exactly_once_across_two_instances
 
     let bell = wait_for_notifications(&a, &session, 3).await;
     assert_eq!(bell.len(), 3, "{bell:?}");
-    let unread: i64 = a.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    let unread =
+        a.rpc(&session, "nav/counts", &[]).await.json::<serde_json::Value>().await.unwrap()["unread"].as_i64().unwrap();
     assert_eq!(unread, 3);
 
     // More traffic, restarts of the writer (a third instance) and time: still three.
@@ -505,7 +506,9 @@ async fn the_bell_marks_read_only_what_the_list_showed() {
 
     let res = app.rpc(&session, "notifications/read", &[("oldest_shown", &oldest), ("newest_shown", &newest)]).await;
     assert_eq!(res.status(), 200);
-    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    let unread = app.rpc(&session, "nav/counts", &[]).await.json::<serde_json::Value>().await.unwrap()["unread"]
+        .as_i64()
+        .unwrap();
     assert_eq!(unread, 1, "the one that arrived after the list stays unread");
     let now: Vec<Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
     let unread_titles: Vec<&str> =
@@ -551,14 +554,18 @@ async fn notifications_beyond_the_first_page_stay_unread_until_their_page_is_sho
     let first = show(None).await;
     assert_eq!(first.len(), 50);
     assert_eq!(first[0]["title"], "alert 54", "newest first");
-    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    let unread = app.rpc(&session, "nav/counts", &[]).await.json::<serde_json::Value>().await.unwrap()["unread"]
+        .as_i64()
+        .unwrap();
     assert_eq!(unread, 5, "the five older ones were not shown");
     let oldest_shown = first.iter().map(|n| n["id"].as_i64().unwrap()).min();
     let second = show(oldest_shown).await;
     let titles: Vec<&str> = second.iter().map(|n| n["title"].as_str().unwrap()).collect();
     assert_eq!(titles, ["alert 4", "alert 3", "alert 2", "alert 1", "alert 0"]);
     assert!(second.iter().all(|n| n["unread"] == true), "still unread when their page came");
-    let unread: i64 = app.rpc(&session, "notifications/unread", &[]).await.json().await.unwrap();
+    let unread = app.rpc(&session, "nav/counts", &[]).await.json::<serde_json::Value>().await.unwrap()["unread"]
+        .as_i64()
+        .unwrap();
     assert_eq!(unread, 0);
 }
 

@@ -685,6 +685,11 @@ async fn a_merchants_keys_come_a_page_at_a_time_the_active_ones_first() {
     let html = app.page(&c, "/dashboard/developers/api-keys?page=2").await.text().await.unwrap();
     assert!(html.contains("Key 54") && !html.contains("Key 53"), "{html}");
     assert!(html.contains(r#"href="/dashboard/developers/api-keys""#) && !html.contains("?page=3"), "{html}");
+    // Past the end (an old link): the way back to the first page, not an empty list.
+    let html = app.page(&c, "/dashboard/developers/api-keys?page=9").await.text().await.unwrap();
+    let past = html.split(r#"data-testid="past-end""#).nth(1).unwrap_or_else(|| panic!("{html}"));
+    assert!(past[..past.find("</p>").unwrap()].contains(r#"href="/dashboard/developers/api-keys""#), "{past}");
+    assert!(!html.contains("?page=8"), "no link to another empty page: {html}");
 }
 
 /// A server function's refusal: its status, a message containing `message`, and for bad input

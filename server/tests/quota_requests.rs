@@ -378,6 +378,24 @@ async fn key_limits(s: &Setup) -> (i64, i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admins_top_bar_counts_the_requests_waiting_for_a_decision() {
+    let s = setup().await;
+    let counts = |who: &reqwest::Client| {
+        let (who, app) = (who.clone(), &s.app);
+        async move { app.rpc(&who, "nav/counts", &[]).await.json::<Value>().await.unwrap() }
+    };
+    assert_eq!(counts(&s.admin).await["waiting_requests"], 0);
+    let request: Value = ask(&s, "100", "", "launch").await.json().await.unwrap();
+    assert_eq!(counts(&s.admin).await["waiting_requests"], 1);
+    // Merchants decide nothing: no count for them.
+    assert_eq!(counts(&s.merchant).await["waiting_requests"], Value::Null);
+    assert_eq!(approve(&s, &request["id"].to_string(), "100", "10000").await.status(), StatusCode::OK);
+    assert_eq!(counts(&s.admin).await["waiting_requests"], 0);
+    // The merchant's bell counts the decision.
+    assert_eq!(counts(&s.merchant).await["unread"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_below_the_live_quota_is_refused_and_the_request_stays_pending() {
     let s = setup().await;
     let request: Value = ask(&s, "100", "", "launch").await.json().await.unwrap();

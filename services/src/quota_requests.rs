@@ -563,6 +563,16 @@ pub async fn for_key(db: &DbPool, user: &User, key: ApiKeyId) -> ServiceResult<V
     rows.into_iter().map(TryInto::try_into).collect()
 }
 
+/// How many requests wait for an admin's decision (the admins' top bar shows it).
+pub async fn waiting_count(db: &DbPool) -> ServiceResult<i64> {
+    let mut conn = db::conn(db).await?;
+    Ok(quota_requests::table
+        .filter(quota_requests::status.eq(RequestStatus::Pending.as_str()))
+        .count()
+        .get_result(&mut conn)
+        .await?)
+}
+
 /// How many decided requests the admins' list shows (the latest); pending ones are all shown.
 pub const DECIDED_SHOWN: i64 = 200;
 

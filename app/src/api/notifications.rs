@@ -40,12 +40,26 @@ pub async fn my_notifications(before: Option<i64>) -> Result<Vec<NotificationVie
         .collect())
 }
 
-#[server(prefix = "/rpc", endpoint = "notifications/unread")]
-pub async fn unread_notifications() -> Result<i64, AppError> {
+/// What the top bar counts: the bell's unread notifications, and for admins the quota
+/// requests that wait for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NavCounts {
+    pub unread: i64,
+    /// `None` for merchants, who decide none.
+    pub waiting_requests: Option<i64>,
+}
+
+#[server(prefix = "/rpc", endpoint = "nav/counts")]
+pub async fn get_nav_counts() -> Result<NavCounts, AppError> {
     use super::session;
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    Ok(services::notifications::unread_count(&services.db, user.id).await?)
+    let unread = services::notifications::unread_count(&services.db, user.id).await?;
+    let waiting_requests = match user.is_admin() {
+        true => Some(services::quota_requests::waiting_count(&services.db).await?),
+        false => None,
+    };
+    Ok(NavCounts { unread, waiting_requests })
 }
 
 /// Marks read the page of the list that was shown, from its oldest to its newest item: by the

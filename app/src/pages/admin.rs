@@ -7,7 +7,9 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
-use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
+use super::layout::{
+    page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, PastTheEnd, SubmitButton,
+};
 use crate::api::{
     admin_mail, admin_mail_body, admin_search_accounts, admin_search_keys, AccountSwitched, AccountView,
     AdminSwitchAccount, MailBody, MailView, SendMailAgain,
@@ -49,6 +51,9 @@ pub fn AdminKeysPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     let (search, page) = shown();
                     match keys.await {
+                        Ok(found) if found.keys.is_empty() && page > 1 => view! {
+                            <PastTheEnd first=page_href(&search, 1)/>
+                        }.into_any(),
                         Ok(found) if found.keys.is_empty() => view! {
                             <p class="empty">{if search.is_empty() && page == 1 {
                                 "No keys yet.".to_owned()
@@ -137,6 +142,9 @@ pub fn AdminAccountsPage() -> impl IntoView {
                 {move || Suspend::new(async move {
                     let (search, page) = shown();
                     match accounts.await {
+                        Ok(found) if found.accounts.is_empty() && page > 1 => view! {
+                            <PastTheEnd first=page_href(&search, 1)/>
+                        }.into_any(),
                         Ok(found) if found.accounts.is_empty() => view! {
                             <p class="empty">{if search.is_empty() && page == 1 { "No accounts yet." } else { "No accounts found." }}</p>
                         }.into_any(),

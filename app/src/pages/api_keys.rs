@@ -5,7 +5,9 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
-use super::layout::{page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, SubmitButton};
+use super::layout::{
+    page_number, ConfirmInPlace, Confirmation, ErrorPanel, PageTitle, Pager, PastTheEnd, SubmitButton,
+};
 use crate::api::plain_form;
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
@@ -97,12 +99,13 @@ pub fn ApiKeysPage() -> impl IntoView {
                                 1 => "/dashboard/developers/api-keys".to_owned(),
                                 n => format!("/dashboard/developers/api-keys?page={n}"),
                             };
-                            let previous = (page > 1).then(|| href(page - 1));
+                            // Past the end, "Previous" could lead to another empty page.
+                            let previous = (page > 1 && !found.keys.is_empty()).then(|| href(page - 1));
                             let next = found.more.then(|| href(page + 1));
                             // Type-erased: the table's view type is deep enough to overflow
                             // the WASM build's query depth when nested further.
                             let table = if found.keys.is_empty() {
-                                view! { <p class="empty">"No keys on this page."</p> }.into_any()
+                                view! { <PastTheEnd first=href(1)/> }.into_any()
                             } else {
                                 view! { <KeyTable keys=found.keys revoke/> }.into_any()
                             };

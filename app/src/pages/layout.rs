@@ -5,7 +5,7 @@ use leptos_meta::Title;
 use leptos_router::components::{Outlet, Redirect, A};
 use leptos_router::hooks::use_location;
 
-use crate::api::{login_path_for, unread_notifications, whoami, CurrentUser, Logout};
+use crate::api::{get_nav_counts, login_path_for, whoami, CurrentUser, Logout, NavCounts};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
@@ -48,7 +48,19 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                 <A href="/dashboard/developers/api-keys">"API keys"</A>
                 {user.is_admin.then(|| view! {
                     <A href="/admin" exact=true>"All keys"</A>
-                    <A href="/admin/quota-requests">"Quota requests"</A>
+                    <A href="/admin/quota-requests" attr:data-testid="nav-quota-requests">
+                        "Quota requests"
+                        <Transition fallback=|| ()>
+                            {move || Suspend::new(async move {
+                                match unread.await {
+                                    Ok(NavCounts { waiting_requests: Some(n), .. }) if n > 0 => view! {
+                                        <span class="count" data-testid="waiting-requests">{n}<span class="visually-hidden">" waiting"</span></span>
+                                    }.into_any(),
+                                    _ => ().into_any(),
+                                }
+                            })}
+                        </Transition>
+                    </A>
                     <A href="/admin/quota-changes">"Quota changes"</A>
                     <A href="/admin/accounts">"Accounts"</A>
                     <A href="/admin/mail">"Mail"</A>
@@ -73,7 +85,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                     <Transition fallback=|| ()>
                         {move || Suspend::new(async move {
                             match unread.await {
-                                Ok(n) if n > 0 => view! {
+                                Ok(NavCounts { unread: n, .. }) if n > 0 => view! {
                                     <span class="count" data-testid="unread">{n}<span class="visually-hidden">" unread"</span></span>
                                 }.into_any(),
                                 _ => ().into_any(),
@@ -94,7 +106,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
 
 /// The signed-in user and the bell's count, created before any await.
 type UserResource = Resource<Result<Option<CurrentUser>, AppError>>;
-type UnreadResource = Resource<Result<i64, AppError>>;
+type UnreadResource = Resource<Result<NavCounts, AppError>>;
 
 /// The bell's count, for a page that changes it (marking notifications read) to refetch.
 #[derive(Clone, Copy)]
@@ -108,11 +120,11 @@ fn account_resources() -> (UserResource, UnreadResource) {
     let unread = Resource::new(
         move || location.pathname.get(),
         |path| {
-            once_per_render("notifications/unread", &path.clone(), async move {
+            once_per_render("nav/counts", &path.clone(), async move {
                 if path.starts_with("/dashboard") || path.starts_with("/admin") {
-                    unread_notifications().await
+                    get_nav_counts().await
                 } else {
-                    Ok(0)
+                    Ok(NavCounts { unread: 0, waiting_requests: None })
                 }
             })
         },
@@ -299,6 +311,17 @@ pub fn Pager(previous: Option<String>, next: Option<String>) -> impl IntoView {
             </nav>
         }
     })
+}
+
+/// In place of a paged list whose `?page=` lies past its end (an old link, a list that shrank):
+/// the way back to its first page.
+#[component]
+pub fn PastTheEnd(first: String) -> impl IntoView {
+    view! {
+        <p class="empty" data-testid="past-end">
+            "This page is past the end of the list. " <A href=first>"Back to the first page"</A>
+        </p>
+    }
 }
 
 /// What a form just did, said where the keyboard is: the form that was sent is often gone
