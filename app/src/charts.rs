@@ -301,7 +301,7 @@ mod draw {
         // As many labels as fit a phone-wide chart, counted back from the newest period so
         // that it always has one.
         let fit = match per {
-            Per::Hour => 4,
+            Per::Hour => 3,
             Per::Day => 6,
             Per::Week | Per::Month => 5,
         };
@@ -309,6 +309,8 @@ mod draw {
         let at: Vec<usize> = (0..rows.len()).rev().step_by(step).collect();
         let quiet = rows.iter().all(|r| r.requests + r.throttled == 0);
         let title = format!("Requests per {} (UTC)", per.param());
+        // A few periods (a key made this week) would otherwise be bars as wide as the chart.
+        let width = |bar: Bar| if rows.len() < 8 { bar.bar_width(40) } else { bar };
         base(
             &title,
             "{b0}<br/>{a0}: {c0}<br/>{a1}: {c1}",
@@ -317,7 +319,7 @@ mod draw {
         )
         .legend(Legend::new().right(8).top(26))
         .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
-        .series(calls("admitted", ADMITTED, rows.iter().map(|r| r.requests).collect()))
-        .series(calls("throttled", THROTTLED, rows.iter().map(|r| r.throttled).collect()))
+        .series(width(calls("admitted", ADMITTED, rows.iter().map(|r| r.requests).collect())))
+        .series(width(calls("throttled", THROTTLED, rows.iter().map(|r| r.throttled).collect())))
     }
 }
