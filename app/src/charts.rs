@@ -262,7 +262,10 @@ mod draw {
                     .map(|p| (p.requests > 0).then(|| (p.errors as f64 * 1000.0 / p.requests as f64).round() / 10.0))
                     .collect();
                 let top = percent_axis_top(rate.iter().flatten().copied().fold(0.0, f64::max));
-                base("Error rate", "{b0} UTC<br/>{a0}: {c0}%", empty, x_axis)
+                // The tooltip tells how many requests a rate is of (25 % of 4 is no outage),
+                // from a line that is not drawn, on an axis of its own that is not shown.
+                let requests = live.points.iter().map(|p| p.requests as i64).collect::<Vec<_>>();
+                base("Error rate", "{b0} UTC<br/>{a0}: {c0}%<br/>{a1}: {c1}", empty, x_axis)
                     .y_axis(
                         Axis::new()
                             .type_(AxisType::Value)
@@ -270,7 +273,16 @@ mod draw {
                             .max(top)
                             .axis_label(AxisLabel::new().formatter("{value}%")),
                     )
+                    .y_axis(Axis::new().type_(AxisType::Value).show(false))
                     .series(gappy_line("errors", ERRORS, rate.into_iter()))
+                    .series(
+                        Line::new()
+                            .name("requests")
+                            .y_axis_index(1)
+                            .symbol(charming::element::Symbol::None)
+                            .line_style(LineStyle::new().opacity(0))
+                            .data(requests),
+                    )
             }
             LiveChartKind::Latency => {
                 // Seconds once a p95 reaches one: "2,100 ms" reads worse than "2.1 s".

@@ -153,6 +153,17 @@ test('the history over a chosen range, per hour, without reloading the page', as
   expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
   // The chart follows the table: one bar per hour.
   await expect.poll(async () => (await seriesData(page, 'chart-breakdown', 0)).length).toBe(72);
+  // The range shown exports as CSV, per hour too, summing to the table's requests.
+  const csvHref = await page.getByTestId('range-csv').getAttribute('href');
+  expect(csvHref).toMatch(new RegExp(`/usage\\.csv\\?from=${from}&to=${to}&granularity=hour$`));
+  const csv = await (await page.request.get(csvHref!)).text();
+  const lines = csv.trim().split('\n');
+  expect(lines[0]).toMatch(/^period_start,key_id,key_name,method,endpoint,requests,/);
+  const exported = lines.slice(1).reduce((sum, line) => sum + Number(line.split(',')[5]), 0);
+  const shown = (await page.getByTestId('breakdown-table').locator('tbody tr td:nth-child(2)').allInnerTexts())
+    .reduce((sum, text) => sum + Number(text.replace(/,/g, '')), 0);
+  expect(exported).toBe(shown);
+  expect(shown).toBeGreaterThan(0);
 
   // Another range of the top tables keeps the chosen history (its address says both).
   await page.getByRole('link', { name: '7 days' }).click();
@@ -167,6 +178,7 @@ test('the history over a chosen range, per hour, without reloading the page', as
   await expect(page.getByTestId('range-to')).toHaveAttribute('aria-invalid', 'true');
   await expect(rows).toHaveCount(1);
   await expect(page.getByTestId('breakdown-empty')).toBeVisible();
+  await expect(page.getByTestId('range-csv')).toHaveCount(0);
 
   // The same address loaded afresh shows the same history, rendered on the server.
   await page.goto(`${new URL(page.url()).pathname}?history=range&from=${from}&to=${to}&per=day&top=7`);

@@ -49,7 +49,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                 {user.is_admin.then(|| view! {
                     <A href="/admin" exact=true>"All keys"</A>
                     <A href="/admin/quota-requests" attr:data-testid="nav-quota-requests">
-                        "Quota requests"
+                        "Quota requests "
                         <Transition fallback=|| ()>
                             {move || Suspend::new(async move {
                                 match unread.await {

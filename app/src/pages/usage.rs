@@ -536,8 +536,19 @@ fn Breakdowns(
         {tab(Breakdown::Chosen, "Chosen range")}
     }
     .into_any();
-    let range_form =
-        move || (shown.get() == Breakdown::Chosen).then(|| view! { <RangeForm views=views.clone() error/> });
+    // The range shown, as a CSV export of the same periods (per endpoint).
+    let csv = format!("{}.csv", views.path);
+    let export = move || {
+        let range = chosen_range.get();
+        let shown_ok = held.with(|h| matches!(h, Some((r, Ok(_))) if *r == range));
+        (shown.get() == Breakdown::Chosen && shown_ok).then(|| {
+            let href = format!("{csv}?from={}&to={}&granularity={}", range.from, range.to, range.per.param());
+            view! { <p class="hint"><a href=href rel="external" data-testid="range-csv">"Export this range as CSV"</a></p> }
+        })
+    };
+    let range_form = move || {
+        (shown.get() == Breakdown::Chosen).then(|| view! { <RangeForm views=views.clone() error/> {export.clone()} })
+    };
     // Type-erased: one nested type for the whole page overflows the compiler's query depth.
     view! {
         <section class="card" id="history">
