@@ -4,7 +4,8 @@
 
 use leptos::prelude::*;
 
-use crate::api::{LiveData, Per, PeriodRow};
+use crate::api::{LiveData, PeriodRow};
+use calendar::Granularity;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveChartKind {
@@ -36,17 +37,19 @@ impl LiveChartKind {
 pub fn LiveChart(kind: LiveChartKind, live: RwSignal<LiveData>) -> impl IntoView {
     let container = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    draw::keep_drawn(kind.id(), container, move || draw::live_chart(kind, &live.get()));
+    draw::keep_drawn(kind.id(), container, draw::Redraw::Merge, move || draw::live_chart(kind, &live.get()));
     #[cfg(not(feature = "hydrate"))]
     let _ = live;
     view! { <div class="chart needs-script" id=kind.id() data-testid=kind.id() role="img" aria-label=kind.label() node_ref=container></div> }
 }
 
 #[component]
-pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>, per: Signal<Per>) -> impl IntoView {
+pub fn BreakdownChart(rows: Signal<Vec<PeriodRow>>, per: Signal<Granularity>) -> impl IntoView {
     let container = NodeRef::<leptos::html::Div>::new();
     #[cfg(feature = "hydrate")]
-    draw::keep_drawn("chart-breakdown", container, move || draw::breakdown_chart(&rows.get(), per.get()));
+    draw::keep_drawn("chart-breakdown", container, draw::Redraw::Replace, move || {
+        draw::breakdown_chart(&rows.get(), per.get())
+    });
     #[cfg(not(feature = "hydrate"))]
     let _ = (rows, per);
     view! {
@@ -121,7 +124,8 @@ mod draw {
     use leptos::prelude::*;
 
     use super::LiveChartKind;
-    use crate::api::{LiveData, Per, PeriodRow};
+    use crate::api::{short_period_label, LiveData, PeriodRow};
+    use calendar::Granularity;
 
     // Colours with at least 3:1 contrast on white; admitted/throttled (indigo/amber) and
     // p50/p95 (blue/brown, dashed) stay apart for colour-blind readers too.
@@ -131,11 +135,37 @@ mod draw {
     const P50: &str = "#1d4ed8";
     const P95: &str = "#b45309";
 
+    /// How a drawn chart takes new options.
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Redraw {
+        /// Merged into the drawn ones: the live charts, whose shape stays, move smoothly.
+        Merge,
+        /// In place of them: options left out are gone (ECharts would keep the last range's
+        /// bars when a range has none, since charming leaves empty lists out).
+        Replace,
+    }
+
+    /// ECharts' `setOption(options, notMerge = true)` (charming's binding has no `notMerge`).
+    fn replace(echarts: &Echarts, chart: &Chart) {
+        use wasm_bindgen::{JsCast, JsValue};
+        let this: &JsValue = echarts.unchecked_ref();
+        let json = serde_json::to_string(chart).unwrap_or_default();
+        let set_option = js_sys::Reflect::get(this, &JsValue::from_str("setOption"));
+        if let (Ok(options), Ok(set_option)) = (js_sys::JSON::parse(&json), set_option) {
+            let _ = set_option.unchecked_ref::<js_sys::Function>().call2(this, &options, &JsValue::TRUE);
+        }
+    }
+
     /// Draws the chart once its container is in the page (after client-side navigation that
     /// is a moment after this runs: the node ref tells), then updates the same ECharts instance,
     /// and fits it to its container when the window's size changes (a phone turned, a window
     /// narrowed), or the canvas would keep its first width and push the page sideways.
-    pub fn keep_drawn(id: &'static str, container: NodeRef<leptos::html::Div>, chart: impl Fn() -> Chart + 'static) {
+    pub fn keep_drawn(
+        id: &'static str,
+        container: NodeRef<leptos::html::Div>,
+        redraw: Redraw,
+        chart: impl Fn() -> Chart + 'static,
+    ) {
         let instance = StoredValue::new_local(None::<Echarts>);
         let resized = window_event_listener(leptos::ev::resize, move |_| {
             instance.try_with_value(|slot| slot.as_ref().map(|e| e.resize(wasm_bindgen::JsValue::UNDEFINED)));
@@ -151,7 +181,10 @@ mod draw {
             }
             let drawn = instance.try_update_value(|slot| match slot {
                 Some(echarts) => {
-                    WasmRenderer::update(echarts, &chart);
+                    match redraw {
+                        Redraw::Merge => WasmRenderer::update(echarts, &chart),
+                        Redraw::Replace => replace(echarts, &chart),
+                    }
                     true
                 }
                 None => {
@@ -308,19 +341,19 @@ mod draw {
         }
     }
 
-    pub fn breakdown_chart(rows: &[PeriodRow], per: Per) -> Chart {
-        let labels: Vec<String> = rows.iter().map(|r| per.axis_label(&r.start)).collect();
+    pub fn breakdown_chart(rows: &[PeriodRow], per: Granularity) -> Chart {
+        let labels: Vec<String> = rows.iter().map(|r| short_period_label(per, &r.start)).collect();
         // As many labels as fit a phone-wide chart, counted back from the newest period so
         // that it always has one.
         let fit = match per {
-            Per::Hour => 3,
-            Per::Day => 6,
-            Per::Week | Per::Month => 5,
+            Granularity::Hour => 3,
+            Granularity::Day => 6,
+            Granularity::Week | Granularity::Month => 5,
         };
         let step = rows.len().div_ceil(fit).max(1);
         let at: Vec<usize> = (0..rows.len()).rev().step_by(step).collect();
         let quiet = rows.iter().all(|r| r.requests + r.throttled == 0);
-        let title = format!("Requests per {} (UTC)", per.param());
+        let title = format!("Requests per {} (UTC)", per.as_str());
         // A few periods (a key made this week) would otherwise be bars as wide as the chart.
         let width = |bar: Bar| if rows.len() < 8 { bar.bar_width(40) } else { bar };
         base(

@@ -1,5 +1,6 @@
 //! UTC calendar rules that the server and the browser both apply: the usage page checks an
-//! export range before leaving the page with the same rule the server enforces.
+//! export range before leaving the page with the same rule the server enforces, and both name
+//! the periods of breakdowns and exports alike.
 
 use std::fmt;
 
@@ -201,9 +202,150 @@ impl fmt::Display for Month {
     }
 }
 
+/// Periods of a breakdown or export: hours, days, ISO weeks (from Monday) and months, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// A word that names no [`Granularity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GranularityError {
+    pub raw: String,
+}
+
+impl fmt::Display for GranularityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "granularity must be hour, day, week or month, not {:?}", self.raw)
+    }
+}
+
+impl std::error::Error for GranularityError {}
+
+impl Granularity {
+    pub const ALL: [Granularity; 4] = [Self::Hour, Self::Day, Self::Week, Self::Month];
+
+    /// The word of the query string and of PostgreSQL's `date_trunc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Week => "week",
+            Self::Month => "month",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, GranularityError> {
+        Self::ALL.into_iter().find(|g| g.as_str() == raw).ok_or_else(|| GranularityError { raw: raw.to_owned() })
+    }
+
+    /// The start of the period holding `at`.
+    pub fn period_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let date = at.date_naive();
+        let start = match self {
+            Self::Hour => {
+                let subsec = Duration::nanoseconds(at.timestamp_subsec_nanos() as i64);
+                return at - Duration::seconds(at.timestamp().rem_euclid(3600)) - subsec;
+            }
+            Self::Day => date,
+            Self::Week => date - Duration::days(date.weekday().num_days_from_monday() as i64),
+            Self::Month => NaiveDate::from_ymd_opt(date.year(), date.month(), 1).unwrap_or(date),
+        };
+        Utc.from_utc_datetime(&start.and_hms_opt(0, 0, 0).unwrap_or_default())
+    }
+
+    /// The start of the period after the one starting at `at`.
+    pub fn next_start(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::Hour => at + Duration::hours(1),
+            Self::Day => at + Duration::days(1),
+            Self::Week => at + Duration::days(7),
+            Self::Month => {
+                let d = at.date_naive();
+                let first = d.checked_add_months(chrono::Months::new(1)).unwrap_or(d).with_day(1).unwrap_or(d);
+                Utc.from_utc_datetime(&first.and_hms_opt(0, 0, 0).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Where the export row holding `at` starts: its period's start, or the range's own start
+    /// when the range begins inside that period, so that a partial first week or month says
+    /// which days it covers (from 2026-11-04, the week of Monday 2026-11-02 reads 2026-11-04).
+    pub fn export_period_start(self, range: &DayRange, at: DateTime<Utc>) -> DateTime<Utc> {
+        self.period_start(at).max(range.start())
+    }
+}
+
+/// The longest range a history shows per hour: a week is 168 rows.
+pub const HOURLY_HISTORY_MAX_DAYS: i64 = 7;
+
+/// Why a valid range of days cannot be shown as a history per `granularity`, if it cannot:
+/// per hour it may cover at most [`HOURLY_HISTORY_MAX_DAYS`] (the message is the page's).
+pub fn history_range_problem(range: &DayRange, granularity: Granularity) -> Option<String> {
+    (granularity == Granularity::Hour && range.days() > HOURLY_HISTORY_MAX_DAYS).then(|| {
+        format!(
+            "Per hour, a range can cover at most {HOURLY_HISTORY_MAX_DAYS} days; choose a shorter range or per day."
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_hour_a_history_covers_at_most_a_week() {
+        let range = |to| DayRange::parse("2026-11-01", to).unwrap();
+        assert_eq!(history_range_problem(&range("2026-11-07"), Granularity::Hour), None);
+        assert!(history_range_problem(&range("2026-11-08"), Granularity::Hour).is_some());
+        assert_eq!(history_range_problem(&range("2026-12-31"), Granularity::Day), None);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_partial_first_period_of_an_export_starts_with_its_range() {
+        let range = DayRange::parse("2026-11-04", "2026-12-10").unwrap();
+        let t = at("2026-11-05T10:00:00Z");
+        assert_eq!(Granularity::Week.export_period_start(&range, t), at("2026-11-04T00:00:00Z"));
+        assert_eq!(Granularity::Month.export_period_start(&range, t), at("2026-11-04T00:00:00Z"));
+        assert_eq!(Granularity::Day.export_period_start(&range, t), at("2026-11-05T00:00:00Z"));
+        assert_eq!(Granularity::Hour.export_period_start(&range, t), t);
+        // Later periods are whole: they start where the calendar says.
+        assert_eq!(
+            Granularity::Week.export_period_start(&range, at("2026-11-10T00:00:00Z")),
+            at("2026-11-09T00:00:00Z")
+        );
+        assert_eq!(
+            Granularity::Month.export_period_start(&range, at("2026-12-10T23:00:00Z")),
+            at("2026-12-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_periods() {
+        let t = at("2026-11-26T17:45:12.5Z"); // a Thursday
+        assert_eq!(Granularity::Hour.period_start(t), at("2026-11-26T17:00:00Z"));
+        assert_eq!(Granularity::Day.period_start(t), at("2026-11-26T00:00:00Z"));
+        assert_eq!(Granularity::Week.period_start(t), at("2026-11-23T00:00:00Z"));
+        assert_eq!(Granularity::Month.period_start(t), at("2026-11-01T00:00:00Z"));
+        // ISO week of a Sunday starts the Monday before.
+        assert_eq!(Granularity::Week.period_start(at("2026-11-29T23:59:59Z")), at("2026-11-23T00:00:00Z"));
+        assert_eq!(Granularity::Month.next_start(at("2026-12-01T00:00:00Z")), at("2027-01-01T00:00:00Z"));
+        assert_eq!(Granularity::Month.next_start(at("2027-01-01T00:00:00Z")), at("2027-02-01T00:00:00Z"));
+        assert_eq!(Granularity::Week.next_start(at("2026-11-23T00:00:00Z")), at("2026-11-30T00:00:00Z"));
+    }
+
+    #[test]
+    fn granularities_are_four_words() {
+        assert!(Granularity::parse("minute").is_err());
+        assert_eq!(Granularity::ALL.map(|g| Granularity::parse(g.as_str())), Granularity::ALL.map(Ok));
+    }
 
     #[test]
     fn a_bad_range_names_the_date_to_correct() {
@@ -342,6 +484,15 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn granularity_accepted_iff_one_of_four_words(raw in prop_oneof![
+                any::<String>(),
+                "(hour|day|week|month|HOUR|Day|minute|year)[ \\t]?",
+            ]) {
+                let r = Granularity::parse(&raw);
+                prop_assert_eq!(r.is_ok(), ["hour", "day", "week", "month"].contains(&raw.as_str()));
+            }
 
             #[test]
             fn range_parse_never_panics(from in date_like(), to in date_like()) {

@@ -132,8 +132,9 @@ test('the history over a chosen range, per hour, without reloading the page', as
   await page.evaluate(() => ((window as any).__sameDocument = true));
   await expect(page.getByTestId('range-form')).toHaveCount(0);
   await page.getByRole('link', { name: 'Chosen range' }).click();
-  // It opens on the last 30 days per day, as the daily history.
-  await expect(page.getByTestId('range-from')).toHaveValue(daysAgo(29));
+  // It opens on the last 30 days per day, as the daily history (dates on the server's clock).
+  await expect(page.getByTestId('range-from')).toHaveValue(/^\d{4}-\d{2}-\d{2}$/);
+  await expect(page).toHaveURL(/history=range&from=\d{4}-\d{2}-\d{2}&to=\d{4}-\d{2}-\d{2}&per=day&top=30#history$/);
   await expect(page.getByTestId('range-per')).toHaveValue('day');
 
   // Three whole days of the demo history, per hour: 72 rows, each named by its hour.
@@ -170,15 +171,32 @@ test('the history over a chosen range, per hour, without reloading the page', as
   await expect(page).toHaveURL(new RegExp(`from=${from}&to=${to}&per=hour&top=7#top-calls$`));
   await expect(rows).toHaveCount(72);
 
-  // A reversed range is refused where it was typed, before anything is asked of the server.
+  // A reversed range, or more than a week per hour, is refused where it was typed, before
+  // anything is asked of the server; the chart keeps no bars of the range before.
+  let asked = 0;
+  page.on('request', (req) => { if (req.url().includes('/rpc/usage/history')) asked++; });
   await page.getByTestId('range-from').fill(daysAgo(1));
   await page.getByTestId('range-to').fill(daysAgo(3));
   await page.getByRole('button', { name: 'Show' }).click();
-  await expect(page.getByTestId('range-error')).toContainText('must not be after');
+  await expect(page.getByTestId('range-error')).toContainText('Range: from');
   await expect(page.getByTestId('range-to')).toHaveAttribute('aria-invalid', 'true');
   await expect(rows).toHaveCount(1);
   await expect(page.getByTestId('breakdown-empty')).toBeVisible();
   await expect(page.getByTestId('range-csv')).toHaveCount(0);
+  await expect.poll(async () => (await seriesData(page, 'chart-breakdown', 0)).length).toBe(0);
+  await page.getByTestId('range-from').fill(daysAgo(9));
+  await page.getByTestId('range-to').fill(daysAgo(1));
+  await page.getByRole('button', { name: 'Show' }).click();
+  await expect(page.getByTestId('range-error')).toHaveText('Per hour, a range can cover at most 7 days; choose a shorter range or per day.');
+  expect(asked).toBe(0);
+
+  // Back goes to the range before: the fields follow the address, not what was last typed.
+  await page.goBack();
+  await page.goBack();
+  await expect(page).toHaveURL(new RegExp(`from=${from}&to=${to}&per=hour&top=7#top-calls$`));
+  await expect(page.getByTestId('range-from')).toHaveValue(from);
+  await expect(page.getByTestId('range-to')).toHaveValue(to);
+  await expect(rows).toHaveCount(72);
 
   // The same address loaded afresh shows the same history, rendered on the server.
   await page.goto(`${new URL(page.url()).pathname}?history=range&from=${from}&to=${to}&per=day&top=7`);
@@ -186,6 +204,11 @@ test('the history over a chosen range, per hour, without reloading the page', as
   await expect(rows).toHaveCount(3);
   await expect(page.getByTestId('range-per')).toHaveValue('day');
   await expect(page.getByTestId('range-error')).toHaveCount(0);
+  // An address cut short (no `per`) shows the daily history, not an empty range.
+  await page.goto(`${new URL(page.url()).pathname}?history=range&from=${from}&to=${to}`);
+  await hydrated(page);
+  await expect(page.getByRole('link', { name: 'Daily · 30 days' })).toHaveAttribute('aria-current', 'true');
+  await expect(page.getByTestId('range-form')).toHaveCount(0);
 });
 
 test("a revoked key's usage page says so", async ({ page }) => {

@@ -447,11 +447,22 @@ async fn the_history_over_a_chosen_range_sums_what_was_sent_per_period() {
     assert_eq!((hours[0].0, hours[0].1, hours[0].2), (a.and_hms_opt(10, 0, 0).unwrap().and_utc(), 4, 1));
     assert_eq!(hours[1..].iter().map(|r| r.1).sum::<i64>(), 0);
 
-    // Per week and per month the same calls, summed.
-    for per in ["week", "month"] {
+    // Per week and per month the same calls, summed: one row per calendar period the range
+    // touches, the first named by the range's first day when the range starts inside it (as the
+    // CSV export names it).
+    use services::usage::periods::Granularity;
+    for (per, g) in [("week", Granularity::Week), ("month", Granularity::Month)] {
         let periods = rows(history(&ann, a, b, per).await).await;
         assert_eq!(periods.iter().map(|r| r.1).sum::<i64>(), 6, "{per}: {periods:?}");
-        assert!(periods.len() <= 2, "{per}: {periods:?}");
+        let start = |d: NaiveDate| g.period_start(d.and_hms_opt(0, 0, 0).unwrap().and_utc());
+        let (first, last) = (start(a), start(b));
+        let mut expected = vec![a.and_hms_opt(0, 0, 0).unwrap().and_utc()];
+        let mut next = g.next_start(first);
+        while next <= last {
+            expected.push(next);
+            next = g.next_start(next);
+        }
+        assert_eq!(periods.iter().map(|r| r.0).collect::<Vec<_>>(), expected, "{per}");
     }
 
     // The page's first load carries the chosen range when its address names one; a range
@@ -501,13 +512,15 @@ async fn the_history_over_a_chosen_range_sums_what_was_sent_per_period() {
     let root = app.signed_in("root@example.com").await;
     assert_eq!(rows(history(&root, a, b, "day").await).await.iter().map(|r| r.1).sum::<i64>(), 6);
 
-    // A key without calls shows only what it lived through: today.
+    // A key without calls shows only what it lived through: from the day it was made (today,
+    // unless midnight passed since) on.
     let other: serde_json::Value = app.rpc(&ann, "keys/create", &[("name", "Fresh")]).await.json().await.unwrap();
     let fresh = other["key"]["id"].as_str().unwrap();
-    let from = (today_after - Duration::days(9)).to_string();
-    let to = today_after.to_string();
+    let made: DateTime<Utc> = other["key"]["created_at"].as_str().unwrap().parse().unwrap();
+    let from = (made.date_naive() - Duration::days(9)).to_string();
+    let to = (made.date_naive() + Duration::days(1)).to_string();
     let res = app.rpc(&ann, "usage/history", &[("id", fresh), ("from", &from), ("to", &to), ("per", "day")]).await;
     let fresh_rows = rows(res).await;
-    assert_eq!(fresh_rows.len(), 1, "{fresh_rows:?}");
-    assert_eq!(fresh_rows[0].1, 0);
+    assert_eq!(fresh_rows.first().map(|r| r.0.date_naive()), Some(made.date_naive()), "{fresh_rows:?}");
+    assert!(fresh_rows.len() <= 2 && fresh_rows.iter().all(|r| r.1 == 0), "{fresh_rows:?}");
 }

@@ -39,6 +39,12 @@ impl From<calendar::RangeError> for ServiceError {
     }
 }
 
+impl From<calendar::GranularityError> for ServiceError {
+    fn from(e: calendar::GranularityError) -> Self {
+        Self::invalid(e.to_string())
+    }
+}
+
 impl From<calendar::MonthError> for ServiceError {
     fn from(e: calendar::MonthError) -> Self {
         Self::invalid(e.to_string())

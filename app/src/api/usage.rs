@@ -1,5 +1,6 @@
 //! The usage page's data: live last hour and quota gauges, breakdowns, top endpoints.
 
+use calendar::Granularity;
 use chrono::{DateTime, Utc};
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -72,61 +73,43 @@ pub struct TopCalls {
     pub statuses: Vec<(u16, i64)>,
 }
 
-/// How long each row of a history is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Per {
-    Hour,
-    Day,
-    Week,
-    Month,
+/// Whether a row starting at `start` begins inside its week or month: a chosen range's first
+/// row, named by the range's first day (as the CSV export names it).
+fn starts_inside(per: Granularity, start: &DateTime<Utc>) -> bool {
+    per.period_start(*start) != *start
 }
 
-impl Per {
-    pub const ALL: [Per; 4] = [Per::Hour, Per::Day, Per::Week, Per::Month];
+/// A history row's period, as its table names it.
+pub fn period_label(per: Granularity, start: &DateTime<Utc>) -> String {
+    let format = match per {
+        Granularity::Hour => "%a %d %b %H:00",
+        Granularity::Day => "%a %d %b",
+        Granularity::Week if starts_inside(per, start) => "week %G-W%V from %a %d %b",
+        Granularity::Week => "week %G-W%V",
+        Granularity::Month if starts_inside(per, start) => "%B %Y from %a %d",
+        Granularity::Month => "%B %Y",
+    };
+    start.format(format).to_string()
+}
 
-    /// The word of the page's address and of the CSV export's `granularity`.
-    pub fn param(self) -> &'static str {
-        match self {
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Week => "week",
-            Self::Month => "month",
-        }
-    }
-
-    pub fn from_param(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.param() == raw)
-    }
-
-    /// A row's period, as the history table names it.
-    pub fn label(self, start: &DateTime<Utc>) -> String {
-        let format = match self {
-            Self::Hour => "%a %d %b %H:00",
-            Self::Day => "%a %d %b",
-            Self::Week => "week %G-W%V",
-            Self::Month => "%B %Y",
-        };
-        start.format(format).to_string()
-    }
-
-    /// The same, short, for a chart's axis and tooltip.
-    pub fn axis_label(self, start: &DateTime<Utc>) -> String {
-        let format = match self {
-            Self::Hour => "%d %b %H:00",
-            Self::Day => "%d %b",
-            Self::Week => "%G-W%V",
-            Self::Month => "%b %Y",
-        };
-        start.format(format).to_string()
-    }
+/// The same, short, for a chart's axis and tooltip.
+pub fn short_period_label(per: Granularity, start: &DateTime<Utc>) -> String {
+    let format = match per {
+        Granularity::Hour => "%d %b %H:00",
+        Granularity::Day => "%d %b",
+        Granularity::Week | Granularity::Month if starts_inside(per, start) => "%d %b",
+        Granularity::Week => "%G-W%V",
+        Granularity::Month => "%b %Y",
+    };
+    start.format(format).to_string()
 }
 
 /// The history over days the merchant chose, per hour, day, week or month.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChosenRange {
     pub from: chrono::NaiveDate,
     pub to: chrono::NaiveDate,
-    pub per: Per,
+    pub per: Granularity,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +163,8 @@ pub async fn get_usage_overview(
     let mut overview = ssr::overview(&services, key.clone(), user.id, top_days).await?;
     if let (Some(from), Some(to), Some(per)) = (from, to, per) {
         // A range that cannot be shown is said in its place; the rest of the page stays.
-        let chosen = ssr::history_between(&services, &key, &from, &to, &per).await;
+        let now = overview.live.now;
+        let chosen = ssr::history_between(&services, &key, (&from, &to, &per), now).await;
         overview.chosen = Some(chosen.map_err(AppError::from));
     }
     Ok(overview)
@@ -195,7 +179,8 @@ pub async fn get_usage_history(id: String, from: String, to: String, per: String
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(ssr::history_between(&services, &key, &from, &to, &per).await?)
+    let now = services::usage::dashboard::page_clock(&services).await;
+    Ok(ssr::history_between(&services, &key, (&from, &to, &per), now).await?)
 }
 
 /// The endpoint and status tables over another range, without reloading the rest of the page.
@@ -228,9 +213,9 @@ pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
 pub mod ssr {
     use services::keys::{ApiKey, WindowUse};
     use services::usage::dashboard::{self, LiveUsage};
-    use services::usage::periods::{DayRange, Granularity};
+    use services::usage::periods::DayRange;
     use services::usage::rollups::UsageTotals;
-    use services::{ServiceResult, Services};
+    use services::{ServiceError, ServiceResult, Services};
 
     use super::*;
 
@@ -319,19 +304,35 @@ pub mod ssr {
         })
     }
 
+    /// The history over a range as typed (`from`, `to`, `per`), at `now` on the page's clock.
     pub async fn history_between(
         services: &Services,
         key: &ApiKey,
-        from: &str,
-        to: &str,
-        per: &str,
+        (from, to, per): (&str, &str, &str),
+        now: DateTime<Utc>,
     ) -> ServiceResult<Vec<PeriodRow>> {
         let range = DayRange::parse(from, to)?;
-        let granularity = Granularity::parse(per).map_err(|e| e.in_field("per"))?;
-        Ok(rows(dashboard::history_between(services, key, range, granularity).await?))
+        let granularity = Granularity::parse(per).map_err(|e| ServiceError::from(e).in_field("per"))?;
+        Ok(rows(dashboard::history_between(services, key, range, granularity, now).await?))
     }
 
     pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
         Ok(top_view(dashboard::top_calls(services, key, days).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_week_or_month_that_starts_inside_is_named_by_its_first_day() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(period_label(Granularity::Week, &at("2026-11-09T00:00:00Z")), "week 2026-W46");
+        assert_eq!(period_label(Granularity::Week, &at("2026-11-10T00:00:00Z")), "week 2026-W46 from Tue 10 Nov");
+        assert_eq!(period_label(Granularity::Month, &at("2026-11-01T00:00:00Z")), "November 2026");
+        assert_eq!(period_label(Granularity::Month, &at("2026-11-10T00:00:00Z")), "November 2026 from Tue 10");
+        assert_eq!(short_period_label(Granularity::Month, &at("2026-11-10T00:00:00Z")), "10 Nov");
+        assert_eq!(period_label(Granularity::Hour, &at("2026-11-10T13:00:00Z")), "Tue 10 Nov 13:00");
     }
 }

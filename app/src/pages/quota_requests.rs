@@ -201,6 +201,15 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         move || (approve.version().get(), deny.version().get()),
         |versions| once_per_render("admin/quota-requests", &versions, admin_quota_requests()),
     );
+    // The top bar's count of waiting requests follows each decision.
+    let bell = use_context::<super::layout::BellCount>();
+    Effect::new(move |previous: Option<(usize, usize)>| {
+        let versions = (approve.version().get(), deny.version().get());
+        if previous.is_some_and(|p| p != versions) {
+            bell.into_iter().for_each(|b| b.0.refetch());
+        }
+        versions
+    });
     // The request whose card was last submitted, so that its error shows on that card. A post
     // without JavaScript that was refused comes back naming its card.
     let decided = RwSignal::new(refused_without_script());

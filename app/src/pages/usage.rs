@@ -10,13 +10,13 @@ use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle};
 use super::quota_requests::{KeyQuotaRequests, QuotaRequestsState};
 use crate::api::{
-    get_top_calls, get_usage_history, get_usage_overview, ChosenRange, Gauge, LiveData, Per, PeriodRow, TopCalls,
-    UsageOverview, DEFAULT_RANGE, RANGES,
+    get_top_calls, get_usage_history, get_usage_overview, period_label, ChosenRange, Gauge, LiveData, PeriodRow,
+    TopCalls, UsageOverview, DEFAULT_RANGE, RANGES,
 };
 use crate::charts::{BreakdownChart, LiveChart, LiveChartKind, LiveLink};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
-use calendar::{DayRange, RangeError};
+use calendar::{DayRange, Granularity, RangeError};
 
 #[component]
 pub fn UsagePage() -> impl IntoView {
@@ -32,11 +32,11 @@ pub fn UsagePage() -> impl IntoView {
             let top_days = query.with_untracked(top_days_in);
             // The chosen history comes with the page only when the address shows it.
             let chosen = query.with_untracked(|q| {
-                let shown = Breakdown::from_param(q.get("history").as_deref()) == Breakdown::Chosen;
+                let shown = history_in(q) == Breakdown::Chosen;
                 shown.then(|| chosen_in(q)).flatten()
             });
             let (from, to, per) = match chosen {
-                Some(c) => (Some(c.from.to_string()), Some(c.to.to_string()), Some(c.per.param().to_owned())),
+                Some(c) => (Some(c.from.to_string()), Some(c.to.to_string()), Some(c.per.as_str().to_owned())),
                 None => (None, None, None),
             };
             once_per_render(
@@ -103,10 +103,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
     // Which history and which range of top calls are shown: in the address, so that their
     // links work without JavaScript too.
     let query = use_query_map();
-    let default_range = ChosenRange { from: month_ago, to: today, per: Per::Day };
+    let default_range = ChosenRange { from: month_ago, to: today, per: Granularity::Day };
     let views = UsageViews {
         path: format!("/dashboard/developers/api-keys/{}/usage", key.id),
-        history: Memo::new(move |_| Breakdown::from_param(query.read().get("history").as_deref())),
+        history: Memo::new(move |_| query.with(history_in)),
         top_days: Memo::new(move |_| query.with(top_days_in).unwrap_or(DEFAULT_RANGE)),
         chosen: Memo::new(move |_| query.with(chosen_in).unwrap_or(default_range)),
     };
@@ -258,10 +258,19 @@ impl UsageViews {
     /// The same, with `chosen` as the chosen range.
     fn href_chosen(&self, history: Breakdown, chosen: ChosenRange, top_days: u32, at: &str) -> String {
         let range = match history {
-            Breakdown::Chosen => format!("&from={}&to={}&per={}", chosen.from, chosen.to, chosen.per.param()),
+            Breakdown::Chosen => format!("&from={}&to={}&per={}", chosen.from, chosen.to, chosen.per.as_str()),
             _ => String::new(),
         };
         format!("{}?history={}{range}&top={top_days}#{at}", self.path, history.param())
+    }
+}
+
+/// The history the page's address chooses; a chosen range only when the address names one
+/// whole (an address cut short shows the daily history, not an empty range).
+fn history_in(query: &leptos_router::params::ParamsMap) -> Breakdown {
+    match Breakdown::from_param(query.get("history").as_deref()) {
+        Breakdown::Chosen if chosen_in(query).is_none() => Breakdown::Daily,
+        shown => shown,
     }
 }
 
@@ -271,7 +280,7 @@ fn chosen_in(query: &leptos_router::params::ParamsMap) -> Option<ChosenRange> {
     Some(ChosenRange {
         from: day(&query.get("from")?)?,
         to: day(&query.get("to")?)?,
-        per: Per::from_param(&query.get("per")?)?,
+        per: Granularity::parse(&query.get("per")?).ok()?,
     })
 }
 
@@ -478,15 +487,29 @@ fn Breakdowns(
     let chosen_range = views.chosen;
     let held: RwSignal<ChosenRows> = RwSignal::new(chosen.map(|rows| (chosen_range.get_untracked(), rows)));
     let loading = RwSignal::new(false);
-    // As the top tables: only a range the page does not hold yet is fetched.
+    // Bumped by each "Show": the same range again is fetched again if its last answer failed.
+    let shows = RwSignal::new(0u32);
+    // As the top tables: only a range the page does not hold yet is fetched (or one whose
+    // answer was a failure rather than a refusal of the range itself).
     Effect::new(move |_| {
         let range = chosen_range.get();
-        if shown.get() != Breakdown::Chosen || held.with_untracked(|h| h.as_ref().map(|(r, _)| *r) == Some(range)) {
+        shows.track();
+        let held_already = held.with_untracked(|h| match h {
+            Some((r, Ok(_))) | Some((r, Err(AppError::BadRequest { .. }))) => *r == range,
+            _ => false,
+        });
+        if shown.get() != Breakdown::Chosen || held_already {
             loading.set(false);
             return;
         }
         let (from, to) = (range.from.to_string(), range.to.to_string());
-        if let Some(problem) = range_problem(&from, &to, "range") {
+        // The server's rules, checked here first.
+        let problem = range_problem(&from, &to, "range").or_else(|| {
+            let days = DayRange::new(range.from, range.to).ok()?;
+            let message = calendar::history_range_problem(&days, range.per)?;
+            Some(AppError::BadRequest { message, field: Some("to".to_owned()) })
+        });
+        if let Some(problem) = problem {
             loading.set(false);
             held.set(Some((range, Err(problem))));
             return;
@@ -494,7 +517,7 @@ fn Breakdowns(
         loading.set(true);
         let key_id = key_id.clone();
         leptos::task::spawn_local(async move {
-            let result = get_usage_history(key_id, from, to, range.per.param().to_owned()).await;
+            let result = get_usage_history(key_id, from, to, range.per.as_str().to_owned()).await;
             if chosen_range.try_get_untracked() != Some(range) {
                 return;
             }
@@ -502,11 +525,13 @@ fn Breakdowns(
             held.set(Some((range, result)));
         });
     });
+    // The rows' period length: for a chosen range, that of the rows held (while another
+    // range loads, the rows shown are still the last range's).
     let per = Signal::derive(move || match shown.get() {
-        Breakdown::Daily => Per::Day,
-        Breakdown::Weekly => Per::Week,
-        Breakdown::Monthly => Per::Month,
-        Breakdown::Chosen => chosen_range.get().per,
+        Breakdown::Daily => Granularity::Day,
+        Breakdown::Weekly => Granularity::Week,
+        Breakdown::Monthly => Granularity::Month,
+        Breakdown::Chosen => held.with(|h| h.as_ref().map(|(r, _)| r.per)).unwrap_or(chosen_range.get().per),
     });
     let rows = Signal::derive(move || match shown.get() {
         Breakdown::Daily => daily.clone(),
@@ -542,12 +567,13 @@ fn Breakdowns(
         let range = chosen_range.get();
         let shown_ok = held.with(|h| matches!(h, Some((r, Ok(_))) if *r == range));
         (shown.get() == Breakdown::Chosen && shown_ok).then(|| {
-            let href = format!("{csv}?from={}&to={}&granularity={}", range.from, range.to, range.per.param());
+            let href = format!("{csv}?from={}&to={}&granularity={}", range.from, range.to, range.per.as_str());
             view! { <p class="hint"><a href=href rel="external" data-testid="range-csv">"Export this range as CSV"</a></p> }
         })
     };
     let range_form = move || {
-        (shown.get() == Breakdown::Chosen).then(|| view! { <RangeForm views=views.clone() error/> {export.clone()} })
+        (shown.get() == Breakdown::Chosen)
+            .then(|| view! { <RangeForm views=views.clone() error shows/> {export.clone()} })
     };
     // Type-erased: one nested type for the whole page overflows the compiler's query depth.
     view! {
@@ -569,7 +595,7 @@ fn Breakdowns(
                     })}
                     {move || rows.get().into_iter().rev().map(|r| view! {
                         <tr>
-                            <td>{per.get().label(&r.start)}</td>
+                            <td>{period_label(per.get(), &r.start)}</td>
                             <td class="num">{format::count(r.requests)}</td>
                             <td class="num">{format::count(r.errors_4xx)}</td>
                             <td class="num">{format::count(r.errors_5xx)}</td>
@@ -588,11 +614,19 @@ fn Breakdowns(
 
 /// The chosen range's fields. A plain form to the page itself: without JavaScript the page
 /// comes back with the range; with it, the address changes and only the history is fetched.
+/// The fields follow the address (the browser's Back and Forward change it too).
 #[component]
-fn RangeForm(views: UsageViews, error: FormError) -> impl IntoView {
-    let shown = views.chosen.get_untracked();
+fn RangeForm(views: UsageViews, error: FormError, shows: RwSignal<u32>) -> impl IntoView {
+    let chosen = views.chosen;
+    let first = chosen.get_untracked();
     let (from, to, per) =
-        (RwSignal::new(shown.from.to_string()), RwSignal::new(shown.to.to_string()), RwSignal::new(shown.per));
+        (RwSignal::new(first.from.to_string()), RwSignal::new(first.to.to_string()), RwSignal::new(first.per));
+    Effect::new(move |_| {
+        let c = chosen.get();
+        from.set(c.from.to_string());
+        to.set(c.to.to_string());
+        per.set(c.per);
+    });
     let navigate = leptos_router::hooks::use_navigate();
     let path = views.path.clone();
     let top_days = views.top_days;
@@ -604,19 +638,21 @@ fn RangeForm(views: UsageViews, error: FormError) -> impl IntoView {
         ev.prevent_default();
         let chosen = ChosenRange { from, to, per: per.get_untracked() };
         let href = views.href_chosen(Breakdown::Chosen, chosen, views.top_days.get_untracked(), "history");
+        shows.update(|n| *n += 1);
         navigate(&href, leptos_router::NavigateOptions { scroll: false, ..Default::default() });
     };
+    // `value` for the page as the server sends it, `prop:value` to follow the address after.
     view! {
         <form class="export range-form" method="get" action=format!("{path}#history") on:submit=submit data-testid="range-form">
             <input type="hidden" name="history" value="range"/>
-            <label>"From (UTC)" <input type="date" name="from" required value=shown.from.to_string() data-testid="range-from" {..error.on("from")}
-                on:input=move |ev| from.set(event_target_value(&ev))/></label>
-            <label>"To (UTC)" <input type="date" name="to" required value=shown.to.to_string() data-testid="range-to" {..error.on("to")}
-                on:input=move |ev| to.set(event_target_value(&ev))/></label>
+            <label>"From (UTC)" <input type="date" name="from" required value=first.from.to_string() prop:value=move || from.get()
+                data-testid="range-from" {..error.on("from")} on:input=move |ev| from.set(event_target_value(&ev))/></label>
+            <label>"To (UTC)" <input type="date" name="to" required value=first.to.to_string() prop:value=move || to.get()
+                data-testid="range-to" {..error.on("to")} on:input=move |ev| to.set(event_target_value(&ev))/></label>
             <label>"Per"
-                <select name="per" data-testid="range-per" {..error.on("per")}
-                    on:change=move |ev| per.set(Per::from_param(&event_target_value(&ev)).unwrap_or(Per::Day))>
-                    {Per::ALL.into_iter().map(|p| view! { <option value=p.param() selected=p == shown.per>{p.param()}</option> }).collect_view()}
+                <select name="per" data-testid="range-per" prop:value=move || per.get().as_str() {..error.on("per")}
+                    on:change=move |ev| per.set(Granularity::parse(&event_target_value(&ev)).unwrap_or(Granularity::Day))>
+                    {Granularity::ALL.into_iter().map(|p| view! { <option value=p.as_str() selected=p == first.per>{p.as_str()}</option> }).collect_view()}
                 </select>
             </label>
             <input type="hidden" name="top" value=move || top_days.get().to_string()/>

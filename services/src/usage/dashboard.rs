@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 
 use super::live::{self, MinuteCounters};
-use super::periods::{next_period, DayRange, Granularity};
+use super::periods::{DayRange, Granularity};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
@@ -158,32 +158,26 @@ pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_
     })
 }
 
-/// The longest range shown per hour: a week is 168 rows.
-pub const HOURLY_HISTORY_MAX_DAYS: i64 = 7;
-
-/// A range of days the merchant chose, per `granularity`: as the page's history shows it (the
-/// CSV export gives the same range per endpoint).
+/// A range of days the merchant chose, per `granularity`, as it is at `now` (the page's
+/// clock): as the page's history shows it (the CSV export gives the same range per endpoint). A
+/// first week or month that the range starts inside is named by the range's first day, as the
+/// export names it.
 pub async fn history_between(
     services: &Services,
     key: &ApiKey,
     range: DayRange,
     granularity: Granularity,
+    now: DateTime<Utc>,
 ) -> ServiceResult<Vec<(DateTime<Utc>, UsageTotals)>> {
-    let rows = if granularity == Granularity::Hour {
-        if range.days() > HOURLY_HISTORY_MAX_DAYS {
-            return Err(ServiceError::invalid_field(
-                "to",
-                format!(
-                    "Per hour, a range can cover at most {HOURLY_HISTORY_MAX_DAYS} days; choose a shorter range or per day."
-                ),
-            ));
-        }
-        RollupRows::hours(&services.db, key.id.0, range).await?
-    } else {
-        RollupRows::days(&services.db, key.id.0, range).await?
+    if let Some(problem) = calendar::history_range_problem(&range, granularity) {
+        return Err(ServiceError::invalid_field("to", problem));
+    }
+    let rows = match granularity {
+        Granularity::Hour => RollupRows::hours(&services.db, key.id.0, range).await?,
+        _ => RollupRows::days(&services.db, key.id.0, range).await?,
     };
-    let now = services.quota.now_ms().await.map(time_from_ms).unwrap_or_else(|_| Utc::now());
-    Ok(in_key_life(rows.breakdown(granularity, range), granularity, key, now))
+    let periods = in_key_life(rows.breakdown(granularity, range), granularity, key, now);
+    Ok(periods.into_iter().map(|(start, totals)| (granularity.export_period_start(&range, start), totals)).collect())
 }
 
 /// Periods the key lived through: none after `now`, and no empty ones from before the key was
@@ -195,15 +189,23 @@ fn in_key_life(
     now: DateTime<Utc>,
 ) -> Vec<(DateTime<Utc>, UsageTotals)> {
     let before_key = |(start, totals): &(DateTime<Utc>, UsageTotals)| {
-        next_period(granularity, *start) <= key.created_at && totals.requests + totals.throttled == 0
+        granularity.next_start(*start) <= key.created_at && totals.requests + totals.throttled == 0
     };
     periods.into_iter().skip_while(before_key).take_while(|(start, _)| *start <= now).collect()
 }
 
-/// The top tables over another range (on the quota clock, as the rest of the page; on this
-/// host's clock without Redis).
+/// The time on the quota clock, as the rest of the page has it; this host's clock when Redis
+/// does not answer within [`REDIS_WAIT`] (a hung Redis would hold the page).
+pub async fn page_clock(services: &Services) -> DateTime<Utc> {
+    match tokio::time::timeout(REDIS_WAIT, services.quota.now_ms()).await {
+        Ok(Ok(ms)) => time_from_ms(ms),
+        _ => Utc::now(),
+    }
+}
+
+/// The top tables over another range.
 pub async fn top_calls(services: &Services, key: &ApiKey, days: u32) -> ServiceResult<TopCalls> {
-    let now = services.quota.now_ms().await.map(time_from_ms).unwrap_or_else(|_| Utc::now());
+    let now = page_clock(services).await;
     let today = now.date_naive();
     let hours =
         RollupRows::hours(&services.db, key.id.0, DayRange::new(today - Duration::days(days as i64), today)?).await?;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::histogram::LatencyHistogram;
 use super::live::{first_minute_ms, MinuteCounters};
-use super::periods::{next_period, DayRange, Granularity};
+use super::periods::{DayRange, Granularity};
 use super::ErrorClass;
 use crate::db::{self, DbPool};
 use crate::{ServiceError, ServiceResult};
@@ -227,7 +227,7 @@ impl RollupRows {
         let mut at = granularity.period_start(range.start());
         while at < range.end() {
             periods.insert(at, UsageTotals::default());
-            at = next_period(granularity, at);
+            at = granularity.next_start(at);
         }
         for (row, hist) in self.within(range) {
             periods.entry(granularity.period_start(row.period_start)).or_default().add_row(row, hist);
