@@ -14,7 +14,8 @@ async function seriesData(page: Page, id: string, series: number): Promise<(numb
       const el = document.getElementById(id as string);
       const chart = el && (window as any).echarts?.getInstanceByDom(el);
       if (!chart) return [];
-      return chart.getOption().series[series as number].data.map((v: any) => (v === null || v === '-' ? null : Number(v)));
+      // An empty series has no `data` at all (charming leaves empty lists out).
+      return (chart.getOption().series[series as number]?.data ?? []).map((v: any) => (v === null || v === '-' ? null : Number(v)));
     },
     [id, series],
   );
