@@ -101,6 +101,13 @@ impl Drop for SlowLink {
     }
 }
 
+/// Puts the quota clock in the middle of the current hour: a test that counts in the hour
+/// window must not see the hour turn (CI runs at any minute; two tests failed at 07:00).
+async fn pin_mid_hour(app: &TestApp) {
+    let now = app.services.quota.now_ms().await.expect("quota clock");
+    app.set_clock(now - now.rem_euclid(3_600_000) + 1_800_000).await;
+}
+
 /// What Redis counted in the key's current hour.
 async fn hour_counted(app: &TestApp, id: ApiKeyId) -> i64 {
     let quota = app.services.quota.clone();
@@ -117,6 +124,7 @@ async fn a_check_queued_behind_a_slow_one_is_decided_by_what_redis_counted() {
     let redis = OwnRedis::start();
     let link = SlowLink::start(&redis).await;
     let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "450".into())]).await;
+    pin_mid_hour(&app).await;
     let (secret, id) = app.key_with_quota(100, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     link.slow_down(Duration::from_millis(300));
@@ -144,6 +152,7 @@ async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recor
     let redis = OwnRedis::start();
     let link = SlowLink::start(&redis).await;
     let app = TestApp::spawn_with(&[("REDIS_URL", link.url()), ("KEYMETER_REDIS_TIMEOUT_MS", "2000".into())]).await;
+    pin_mid_hour(&app).await;
     let (secret, id) = app.key_with_quota(100, 1_000).await;
     let (warm_up, _) = app.key_with_quota(100, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &warm_up).await.status(), 200);
@@ -187,6 +196,7 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
         ("KEYMETER_METRICS_LISTEN", "127.0.0.1:0".into()),
     ])
     .await;
+    pin_mid_hour(&app).await;
     let metrics = app.metrics_url.clone().unwrap();
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     for _ in 0..3 {
@@ -712,6 +722,7 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
         ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
     ])
     .await;
+    pin_mid_hour(&app).await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 
@@ -771,6 +782,7 @@ async fn a_check_redis_runs_after_its_timeout_is_not_counted_twice() {
         ("KEYMETER_INSTANCES", "2".into()),
     ])
     .await;
+    pin_mid_hour(&app).await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
 
