@@ -20,7 +20,7 @@ fn login_path() -> String {
 }
 
 #[component]
-fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
+fn NavBar(user: CurrentUser, counts: CountsResource) -> impl IntoView {
     let logout = ServerAction::<Logout>::new();
     // New notifications (alerts, decisions) arrive while a page stays open: the count is asked
     // again every half minute, until the session has ended.
@@ -28,9 +28,9 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
     {
         let handle = set_interval_with_handle(
             move || {
-                let signed_out = unread.get_untracked().is_some_and(|r| r == Err(AppError::Unauthorized));
+                let signed_out = counts.get_untracked().is_some_and(|r| r == Err(AppError::Unauthorized));
                 if !signed_out && logout.value().get_untracked().is_none() {
-                    unread.refetch();
+                    counts.refetch();
                 }
             },
             std::time::Duration::from_secs(30),
@@ -52,7 +52,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                         "Quota requests "
                         <Transition fallback=|| ()>
                             {move || Suspend::new(async move {
-                                match unread.await {
+                                match counts.await {
                                     Ok(NavCounts { waiting_requests: Some(n), .. }) if n > 0 => view! {
                                         <span class="count" data-testid="waiting-requests">{n}<span class="visually-hidden">" waiting"</span></span>
                                     }.into_any(),
@@ -84,7 +84,7 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
                     </svg>
                     <Transition fallback=|| ()>
                         {move || Suspend::new(async move {
-                            match unread.await {
+                            match counts.await {
                                 Ok(NavCounts { unread: n, .. }) if n > 0 => view! {
                                     <span class="count" data-testid="unread">{n}<span class="visually-hidden">" unread"</span></span>
                                 }.into_any(),
@@ -104,20 +104,21 @@ fn NavBar(user: CurrentUser, unread: UnreadResource) -> impl IntoView {
     }
 }
 
-/// The signed-in user and the bell's count, created before any await.
+/// The signed-in user and the top bar's counts, created before any await.
 type UserResource = Resource<Result<Option<CurrentUser>, AppError>>;
-type UnreadResource = Resource<Result<NavCounts, AppError>>;
+type CountsResource = Resource<Result<NavCounts, AppError>>;
 
-/// The bell's count, for a page that changes it (marking notifications read) to refetch.
+/// The top bar's counts (the bell's unread, the admins' waiting requests), for a page that
+/// changes them (marking notifications read, deciding a request) to refetch.
 #[derive(Clone, Copy)]
-pub struct BellCount(pub UnreadResource);
+pub struct TopBarCounts(pub CountsResource);
 
-fn account_resources() -> (UserResource, UnreadResource) {
+fn account_resources() -> (UserResource, CountsResource) {
     let user = Resource::new(|| (), |_| once_per_render("auth/whoami", &(), whoami()));
     // Refreshed on every navigation within the signed-in pages; not on the way out (sign-out
     // lands on /login, where the session is gone and the count would only be refused).
     let location = use_location();
-    let unread = Resource::new(
+    let counts = Resource::new(
         move || location.pathname.get(),
         |path| {
             once_per_render("nav/counts", &path.clone(), async move {
@@ -129,20 +130,20 @@ fn account_resources() -> (UserResource, UnreadResource) {
             })
         },
     );
-    provide_context(BellCount(unread));
-    (user, unread)
+    provide_context(TopBarCounts(counts));
+    (user, counts)
 }
 
 /// Frame of every `/dashboard` page: signed-in users only.
 #[component]
 pub fn DashboardLayout() -> impl IntoView {
-    let (user, unread) = account_resources();
+    let (user, counts) = account_resources();
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match user.await {
                     Ok(Some(user)) => view! {
-                        <NavBar user unread/>
+                        <NavBar user counts/>
                         <main class="page"><Outlet/></main>
                     }.into_any(),
                     Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),
@@ -156,17 +157,17 @@ pub fn DashboardLayout() -> impl IntoView {
 /// Frame of every `/admin` page: admins only; others get 403.
 #[component]
 pub fn AdminLayout() -> impl IntoView {
-    let (user, unread) = account_resources();
+    let (user, counts) = account_resources();
     view! {
         <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match user.await {
                     Ok(Some(user)) if user.is_admin => view! {
-                        <NavBar user unread/>
+                        <NavBar user counts/>
                         <main class="page"><Outlet/></main>
                     }.into_any(),
                     Ok(Some(user)) => view! {
-                        <NavBar user unread/>
+                        <NavBar user counts/>
                         <main class="page"><ErrorPanel err=AppError::Forbidden/></main>
                     }.into_any(),
                     Ok(None) => view! { <Redirect path=login_path()/> }.into_any(),

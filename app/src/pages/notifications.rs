@@ -23,7 +23,7 @@ pub fn NotificationsPage() -> impl IntoView {
     // Once the page is here, and only its own range: one that arrives meanwhile, or one on an
     // older page, stays unread for the bell.
     // The bell then counts what is left.
-    let bell = use_context::<super::layout::BellCount>();
+    let counts = use_context::<super::layout::TopBarCounts>();
     #[cfg(feature = "hydrate")]
     Effect::new(move |_| {
         let shown = items.with(|list| {
@@ -33,13 +33,13 @@ pub fn NotificationsPage() -> impl IntoView {
         if let Some((oldest, newest)) = shown {
             leptos::task::spawn_local(async move {
                 if mark_notifications_read(oldest, newest).await.is_ok() {
-                    bell.into_iter().for_each(|b| b.0.refetch());
+                    counts.into_iter().for_each(|b| b.0.refetch());
                 }
             });
         }
     });
     #[cfg(not(feature = "hydrate"))]
-    let _ = (mark_notifications_read, bell.map(|b| b.0));
+    let _ = (mark_notifications_read, counts.map(|b| b.0));
     // Without JavaScript a button marks them read instead.
     let mark_read = ServerAction::<MarkNotificationsRead>::new();
     let marked = plain_form::done(MARKED_READ);

@@ -202,11 +202,11 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
         |versions| once_per_render("admin/quota-requests", &versions, admin_quota_requests()),
     );
     // The top bar's count of waiting requests follows each decision.
-    let bell = use_context::<super::layout::BellCount>();
+    let counts = use_context::<super::layout::TopBarCounts>();
     Effect::new(move |previous: Option<(usize, usize)>| {
         let versions = (approve.version().get(), deny.version().get());
         if previous.is_some_and(|p| p != versions) {
-            bell.into_iter().for_each(|b| b.0.refetch());
+            counts.into_iter().for_each(|b| b.0.refetch());
         }
         versions
     });

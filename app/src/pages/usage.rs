@@ -220,11 +220,15 @@ fn shift(raw: &str, days: i64) -> String {
     day(raw).and_then(|d| d.checked_add_signed(chrono::Duration::days(days))).map(|d| d.to_string()).unwrap_or_default()
 }
 
-/// What is wrong with a range of days (`what`: "export range", "range"), by the server's own
-/// rule; `None` when the server will take it.
+/// What is wrong with a range of days as typed (`what`: "export range", "range"), by the
+/// server's own rule; `None` when the server will take it.
 fn range_problem(from: &str, to: &str, what: &str) -> Option<AppError> {
-    let problem = DayRange::parse(from, to).err()?;
-    let message = match &problem {
+    DayRange::parse(from, to).err().map(|problem| range_refusal(&problem, what))
+}
+
+/// [`range_problem`]'s message for `problem`, on the field at fault.
+fn range_refusal(problem: &RangeError, what: &str) -> AppError {
+    let message = match problem {
         RangeError::NotADate { .. } => format!("Choose both dates of the {what}."),
         other => {
             let mut what = what.to_owned();
@@ -232,7 +236,7 @@ fn range_problem(from: &str, to: &str, what: &str) -> Option<AppError> {
             format!("{what}: {other}.")
         }
     };
-    Some(AppError::BadRequest { message, field: problem.field().map(str::to_owned) })
+    AppError::BadRequest { message, field: problem.field().map(str::to_owned) }
 }
 
 fn rate_text(live: &LiveData) -> String {
@@ -502,13 +506,12 @@ fn Breakdowns(
             loading.set(false);
             return;
         }
-        let (from, to) = (range.from.to_string(), range.to.to_string());
         // The server's rules, checked here first.
-        let problem = range_problem(&from, &to, "range").or_else(|| {
-            let days = DayRange::new(range.from, range.to).ok()?;
-            let message = calendar::history_range_problem(&days, range.per)?;
-            Some(AppError::BadRequest { message, field: Some("to".to_owned()) })
-        });
+        let problem = match DayRange::new(range.from, range.to) {
+            Err(problem) => Some(range_refusal(&problem, "range")),
+            Ok(days) => calendar::history_range_problem(&days, range.per)
+                .map(|message| AppError::BadRequest { message, field: Some("to".to_owned()) }),
+        };
         if let Some(problem) = problem {
             loading.set(false);
             held.set(Some((range, Err(problem))));
@@ -517,6 +520,7 @@ fn Breakdowns(
         loading.set(true);
         let key_id = key_id.clone();
         leptos::task::spawn_local(async move {
+            let (from, to) = (range.from.to_string(), range.to.to_string());
             let result = get_usage_history(key_id, from, to, range.per.as_str().to_owned()).await;
             if chosen_range.try_get_untracked() != Some(range) {
                 return;
