@@ -265,6 +265,84 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(rollup_gap(&app, id).await, 0, "the rollups count each stored event once");
 }
 
+/// A quota alert that the fallback's count reaches while Redis is down reaches the owner then,
+/// not with the first request after Redis is back (a key that stops calling would not hear of
+/// it at all that hour); and only once, however the count goes on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_outage() {
+    use services::accounts::Role;
+    use services::keys::{api_keys, KeyName};
+    // The fallback counts on this host's clock, Redis on its own (pinned below): both must be
+    // in the same hour while the test runs.
+    let into_hour = chrono::Utc::now().timestamp_millis().rem_euclid(3_600_000);
+    if into_hour > 3_590_000 {
+        tokio::time::sleep(Duration::from_millis((3_600_000 - into_hour + 500) as u64)).await;
+    }
+    let mut redis = OwnRedis::start();
+    // Two instances: the fallback enforces a share of what is left (3 of 6), so its limit
+    // header (7) tells its answers from Redis' (10).
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_INSTANCES", "2".into()),
+    ])
+    .await;
+    pin_mid_hour(&app).await;
+    let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let owner = app.user(&email, Role::Merchant).await;
+    let (key, secret) =
+        api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.expect("key");
+    app.set_quota(key.id, 10, 1_000).await;
+    let (secret, session) = (secret.expose().to_owned(), app.signed_in(&email).await);
+    let alerts = || async {
+        let list: Vec<serde_json::Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
+        let mut titles: Vec<String> = list
+            .iter()
+            .filter_map(|n| n["title"].as_str())
+            .filter(|t| t.contains("quota"))
+            .map(str::to_owned)
+            .collect();
+        titles.sort();
+        titles
+    };
+    for _ in 0..4 {
+        assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    }
+
+    redis.kill();
+    // 4 of 10 as Redis last said, and this instance's own 2: 6 of 10, past 50 %.
+    for _ in 0..2 {
+        assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alerts().await.is_empty() {
+        assert!(Instant::now() < deadline, "no alert while Redis is down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alerts().await, ["checkout: 50% of the hourly quota used"]);
+
+    // Back: Redis counts on from 4 and the fallback's 2 are added; the 80 % comes when reached,
+    // the 50 % is not told again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.call("/api/v1/ping", &secret).await.headers()["x-ratelimit-limit"] != "10" {
+        assert!(Instant::now() < deadline, "Redis never enforced again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while hour_counted(&app, key.id).await < 7 {
+        assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alerts().await.len() < 2 {
+        assert!(Instant::now() < deadline, "no 80 % alert after the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(alerts().await, ["checkout: 50% of the hourly quota used", "checkout: 80% of the hourly quota used"]);
+}
+
 /// A Redis Cluster that refuses commands (here: slots no node serves, as after a primary dies
 /// without a replica) still answers PING, which names no key. Readiness and the metrics take the
 /// cluster's own word (`cluster_state`): with quotas failing closed the instance leaves the

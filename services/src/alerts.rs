@@ -6,6 +6,10 @@
 //! crossing ([`crossings`]); the usage writer stores it with the event, in the same transaction
 //! ([`record`]), and the `quota_alerts` primary key (key, window, period, threshold) turns any
 //! replay into a no-op. Nothing is added to the metered request's latency.
+//!
+//! While Redis is away, the fallback's requests carry the thresholds that the use this instance
+//! knows of has reached (Redis' last count and its own admissions since, never more than the
+//! true use): an alert is not held back until Redis answers again, and never sent early.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -152,7 +156,7 @@ pub fn threshold_count(limit: i64, threshold: u8) -> i64 {
     exact.clamp(1, i64::MAX as i128) as i64
 }
 
-/// The thresholds a request decided by Redis finds reached in its windows, admitted or not.
+/// The thresholds a request finds reached in its windows, admitted or not.
 /// Counted one by one, a window reaches each threshold with exactly one request, but counts also
 /// jump (an outage's local admissions added at once, a limit lowered below the use), so the
 /// test is "reached", not "equal". [`CrossingMemo`] passes each on once per instance; the

@@ -208,8 +208,11 @@ impl Default for FailurePolicy {
 pub enum Verdict {
     /// Decided by Redis: exact across every instance.
     Enforced(QuotaDecision),
-    /// Redis unavailable: decided by this instance's fallback limit.
-    Fallback(QuotaDecision),
+    /// Redis unavailable: decided by this instance's fallback limit (`decision`, whose limits
+    /// are this instance's share). `known` is the key's own limits with the use this instance
+    /// knows of (Redis' last word and its own admissions since): never more than the
+    /// deployment's use, so alerts read from it are never early.
+    Fallback { decision: QuotaDecision, known: QuotaDecision },
     /// Redis unavailable and the policy is fail-closed.
     Unavailable,
 }
@@ -364,7 +367,11 @@ impl QuotaManager {
                 }
             }
             match manager.policy.mode {
-                FailMode::Open => Verdict::Fallback(manager.fallback.check(id, &quota, Utc::now().timestamp_millis())),
+                FailMode::Open => {
+                    let now_ms = Utc::now().timestamp_millis();
+                    let decision = manager.fallback.check(id, &quota, now_ms);
+                    Verdict::Fallback { decision, known: manager.fallback.last_seen(id, &quota, now_ms) }
+                }
                 FailMode::Closed => Verdict::Unavailable,
             }
         }
