@@ -330,6 +330,10 @@ impl Application {
             tracing::info!(transport = %mailer.describe(), "mail");
             tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))
         });
+        // Alerts that counts added after a Redis outage reach (no request carries them).
+        if let Some(added) = services.quota.take_added_counts() {
+            tokio::spawn(services::alerts::tell_added_counts(services.clone(), added, stopped.clone()));
+        }
         let reports = tokio::spawn(services::monthly_report::run_scheduler(services.clone(), stopped));
         // Open live streams end when shutdown begins, or the graceful stop would wait for every
         // dashboard to be closed before flushing usage. The demo traffic stops then too.

@@ -265,22 +265,46 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(rollup_gap(&app, id).await, 0, "the rollups count each stored event once");
 }
 
+/// The titles of the quota alerts in the bell of `session`'s account, sorted.
+async fn quota_alerts(app: &TestApp, session: &reqwest::Client) -> Vec<String> {
+    let list: Vec<serde_json::Value> = app.rpc(session, "notifications/list", &[]).await.json().await.unwrap();
+    let mut titles: Vec<String> =
+        list.iter().filter_map(|n| n["title"].as_str()).filter(|t| t.contains("quota")).map(str::to_owned).collect();
+    titles.sort();
+    titles
+}
+
+/// Waits until the quota clock is not in the last seconds of an hour: the fallback counts on
+/// this host's clock, Redis on its own (pinned mid-hour by the test), and both must be in the
+/// same hour while a test runs.
+async fn off_the_hour_edge() {
+    let into_hour = chrono::Utc::now().timestamp_millis().rem_euclid(3_600_000);
+    if into_hour > 3_590_000 {
+        tokio::time::sleep(Duration::from_millis((3_600_000 - into_hour + 500) as u64)).await;
+    }
+}
+
+/// A merchant (signed in) with a key named "checkout" of 10 requests an hour.
+async fn owner_of_a_key(app: &TestApp) -> (reqwest::Client, String, ApiKeyId) {
+    use services::accounts::Role;
+    use services::keys::{api_keys, KeyName};
+    let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
+    let owner = app.user(&email, Role::Merchant).await;
+    let (key, secret) =
+        api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.expect("key");
+    app.set_quota(key.id, 10, 1_000).await;
+    (app.signed_in(&email).await, secret.expose().to_owned(), key.id)
+}
+
 /// A quota alert that the fallback's count reaches while Redis is down reaches the owner then,
 /// not with the first request after Redis is back (a key that stops calling would not hear of
 /// it at all that hour); and only once, however the count goes on afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_outage() {
-    use services::accounts::Role;
-    use services::keys::{api_keys, KeyName};
-    // The fallback counts on this host's clock, Redis on its own (pinned below): both must be
-    // in the same hour while the test runs.
-    let into_hour = chrono::Utc::now().timestamp_millis().rem_euclid(3_600_000);
-    if into_hour > 3_590_000 {
-        tokio::time::sleep(Duration::from_millis((3_600_000 - into_hour + 500) as u64)).await;
-    }
+    off_the_hour_edge().await;
     let mut redis = OwnRedis::start();
-    // Two instances: the fallback enforces a share of what is left (3 of 6), so its limit
-    // header (7) tells its answers from Redis' (10).
+    // One of two instances: the fallback enforces its share of what is left (3 of 6), so its
+    // limit header (7) tells its answers from Redis' (10).
     let app = TestApp::spawn_with(&[
         ("REDIS_URL", redis.url()),
         ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
@@ -288,23 +312,8 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
     ])
     .await;
     pin_mid_hour(&app).await;
-    let email = format!("owner-{}@example.com", uuid::Uuid::new_v4().simple());
-    let owner = app.user(&email, Role::Merchant).await;
-    let (key, secret) =
-        api_keys::create(&app.services.db, owner.id, &KeyName::parse("checkout").unwrap()).await.expect("key");
-    app.set_quota(key.id, 10, 1_000).await;
-    let (secret, session) = (secret.expose().to_owned(), app.signed_in(&email).await);
-    let alerts = || async {
-        let list: Vec<serde_json::Value> = app.rpc(&session, "notifications/list", &[]).await.json().await.unwrap();
-        let mut titles: Vec<String> = list
-            .iter()
-            .filter_map(|n| n["title"].as_str())
-            .filter(|t| t.contains("quota"))
-            .map(str::to_owned)
-            .collect();
-        titles.sort();
-        titles
-    };
+    let (session, secret, id) = owner_of_a_key(&app).await;
+    let alerts = || quota_alerts(&app, &session);
     for _ in 0..4 {
         assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     }
@@ -329,7 +338,7 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
         assert!(Instant::now() < deadline, "Redis never enforced again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    while hour_counted(&app, key.id).await < 7 {
+    while hour_counted(&app, id).await < 7 {
         assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -341,6 +350,65 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(alerts().await, ["checkout: 50% of the hourly quota used", "checkout: 80% of the hourly quota used"]);
+}
+
+/// Each instance's own admissions during an outage may reach no alert threshold while their sum
+/// does. Added to Redis' count once it answers, the sum reaches the owner, though no request
+/// comes after to carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_reached_only_by_two_instances_admissions_together_reaches_the_owner_after_the_outage() {
+    off_the_hour_edge().await;
+    let mut redis = OwnRedis::start();
+    let settings = [
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".to_owned()),
+        ("KEYMETER_INSTANCES", "2".to_owned()),
+    ];
+    let a = TestApp::spawn_with(&settings).await;
+    let b = a.spawn_sibling_with(&settings).await;
+    pin_mid_hour(&a).await;
+    pin_mid_hour(&b).await;
+    let (session, secret, id) = owner_of_a_key(&a).await;
+
+    redis.kill();
+    // 2 admitted by one instance (20 %), 3 by the other (30 %): neither reaches 50 % alone.
+    for (app, calls) in [(&a, 2), (&b, 3)] {
+        for _ in 0..calls {
+            assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(quota_alerts(&a, &session).await.is_empty(), "no instance alone reached 50 %");
+
+    redis.restart();
+    for app in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready(app).await.1["redis"] != "ok" {
+            assert!(Instant::now() < deadline, "Redis never answered again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Past the second for which a failed check leaves Redis alone (a call then would be the
+    // fallback's, and add to what is owed).
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // One call to each, decided by Redis, after which each instance adds its own admissions:
+    // 1 + 2, then 4 (40 %: no alert on that request) + 3 = 7 of 10.
+    for (app, counted) in [(&a, 3), (&b, 7)] {
+        let res = app.call("/api/v1/ping", &secret).await;
+        assert_eq!(res.headers()["x-ratelimit-limit"], "10", "decided by Redis");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hour_counted(app, id).await < counted {
+            assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while quota_alerts(&a, &session).await.is_empty() {
+        assert!(Instant::now() < deadline, "the 50 % the instances reached together was never told");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(quota_alerts(&a, &session).await, ["checkout: 50% of the hourly quota used"]);
 }
 
 /// A Redis Cluster that refuses commands (here: slots no node serves, as after a primary dies

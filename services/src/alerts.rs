@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -346,6 +346,43 @@ pub async fn record(
         }
     }
     Ok(new_alerts)
+}
+
+/// Tells owners of the thresholds that keys' use reached when counts were added to it without a
+/// request (an outage's local admissions, added once Redis answers: each instance's share may
+/// reach nothing while their sum does, and the key may get no more requests to carry it).
+/// Stored as a request's crossings would be, once by the same `quota_alerts` key. Runs until
+/// `stopped`.
+pub async fn tell_added_counts(
+    services: crate::Services,
+    mut added: tokio::sync::mpsc::Receiver<crate::keys::quota_manager::AddedCounts>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (key, use_) = tokio::select! {
+            report = added.recv() => match report {
+                Some(report) => report,
+                None => return,
+            },
+            _ = stopped.wait_for(|&stop| stop) => return,
+        };
+        let reached = services.alert_crossings.first_seen(key.0, crossings(&use_));
+        if reached.is_empty() {
+            continue;
+        }
+        let reached: Vec<_> = reached.into_iter().map(|c| (key.0, use_.now_ms, c)).collect();
+        let public_url = &services.settings.public_url;
+        let stored = async {
+            let mut conn = crate::db::conn(&services.db).await?;
+            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, &reached, public_url).await }))
+                .await
+        };
+        // Not retried: PostgreSQL down just as Redis came back. The key's next request on
+        // another instance would still carry it.
+        if let Err(e) = stored.await {
+            tracing::warn!(error = %e, %key, "could not store a quota alert reached after a Redis outage");
+        }
+    }
 }
 
 /// The words of one alert, for the bell and the email.

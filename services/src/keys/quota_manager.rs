@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, Script};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
@@ -223,13 +223,23 @@ pub const CHECK_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include
 /// Stores a key's new limits for every instance, unless newer ones are stored.
 const PUBLISH_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include_str!("quota_publish.lua"));
 
-/// Adds counts to a key's windows if they are the given ones (hour and day starts in seconds).
+/// Adds counts to a key's windows if they are the given ones (hour and day starts in seconds);
+/// returns the hour's and the day's counts after, -1 for a window that has moved on.
 const RECONCILE: &str = r"
 local s = redis.call('HMGET', KEYS[1], 'hw', 'dw')
-if tonumber(s[1]) == tonumber(ARGV[1]) then redis.call('HINCRBY', KEYS[1], 'hc', ARGV[2]) end
-if tonumber(s[2]) == tonumber(ARGV[3]) then redis.call('HINCRBY', KEYS[1], 'dc', ARGV[4]) end
-return 1
+local hc, dc = -1, -1
+if tonumber(s[1]) == tonumber(ARGV[1]) then hc = redis.call('HINCRBY', KEYS[1], 'hc', ARGV[2]) end
+if tonumber(s[2]) == tonumber(ARGV[3]) then dc = redis.call('HINCRBY', KEYS[1], 'dc', ARGV[4]) end
+return {hc, dc}
 ";
+
+/// A key's use after counts were added to it without a request to carry what they reach (an
+/// outage's local admissions): for the alerts, which are otherwise read off requests.
+pub type AddedCounts = (ApiKeyId, QuotaDecision);
+
+/// Such reports waiting for their reader at most (a few per key per outage); more are dropped,
+/// and the key's next request carries what they would have.
+const ADDED_COUNTS_QUEUE: usize = 1024;
 
 /// How long a script call given up on is still listened to, for what it counted (see
 /// `QuotaManager::give_back_when_late`). Longer than any pause a Redis comes back from with its
@@ -247,16 +257,17 @@ struct ParkedCalls {
 }
 
 /// Adds `hour` and `day` (window start in ms, count: negative to give back) to the key's counts
-/// of those windows, if they are still the current ones (`RECONCILE`).
+/// of those windows, if they are still the current ones (`RECONCILE`); the hour's and the
+/// day's counts after (-1 for a window that moved on), if Redis answered.
 async fn add_to_counts(
     shared: &SharedConnection,
     script: &Script,
     key: ApiKeyId,
     (hour_start_ms, hour): (i64, i64),
     (day_start_ms, day): (i64, i64),
-) {
-    let Ok(mut conn) = shared.get().await else { return };
-    let added: redis::RedisResult<()> = script
+) -> Option<(i64, i64)> {
+    let Ok(mut conn) = shared.get().await else { return None };
+    let added: redis::RedisResult<(i64, i64)> = script
         .key(quota_redis_key(key))
         .arg(hour_start_ms.div_euclid(1000))
         .arg(hour)
@@ -264,9 +275,7 @@ async fn add_to_counts(
         .arg(day)
         .invoke_async(&mut conn)
         .await;
-    if let Err(e) = added {
-        tracing::warn!(error = %e, %key, "could not correct the quota counts");
-    }
+    added.inspect_err(|e| tracing::warn!(error = %e, %key, "could not correct the quota counts")).ok()
 }
 
 /// After a failed check, Redis is left alone this long before it is tried again, so an outage
@@ -304,6 +313,9 @@ pub struct QuotaManager {
     outage: Arc<QuotaOutage>,
     /// Timed-out script calls still listened to (`give_back_when_late`).
     parked: Arc<ParkedCalls>,
+    /// Where keys' use is reported after an outage's local admissions were added to it.
+    added_counts: mpsc::Sender<AddedCounts>,
+    added_counts_reader: Arc<Mutex<Option<mpsc::Receiver<AddedCounts>>>>,
     epoch: Instant,
     queues: Arc<Queues>,
 }
@@ -321,6 +333,7 @@ impl QuotaManager {
     /// recorder): commands issued together go out in one write and come back in one read.
     pub fn with_connection(shared: SharedConnection, policy: FailurePolicy) -> Self {
         let cluster = matches!(shared.pool(), RedisPool::Cluster(_));
+        let (added_counts, reader) = mpsc::channel(ADDED_COUNTS_QUEUE);
         Self {
             redis: shared.pool().clone(),
             shared,
@@ -331,6 +344,8 @@ impl QuotaManager {
             policy,
             outage: Arc::new(QuotaOutage::new(cluster)),
             parked: Arc::default(),
+            added_counts,
+            added_counts_reader: Arc::new(Mutex::new(Some(reader))),
             epoch: Instant::now(),
             queues: Arc::default(),
         }
@@ -384,13 +399,32 @@ impl QuotaManager {
     }
 
     /// Adds what the fallback admitted during an outage to the Redis counts of the same
-    /// windows (if they are still current), off the request path.
-    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions) {
-        let (shared, script) = (self.shared.clone(), self.reconcile.clone());
+    /// windows (if they are still current), off the request path, and reports the key's use
+    /// after it ([`Self::take_added_counts`]): each instance's own admissions may reach no alert
+    /// threshold while their sum does, and no request may come to carry it. `seen` is what
+    /// Redis said last, the windows and limits the counts are of.
+    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions, seen: QuotaDecision) {
+        let (shared, script, report) = (self.shared.clone(), self.reconcile.clone(), self.added_counts.clone());
         tokio::spawn(async move {
             let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
-            add_to_counts(&shared, &script, key, hour, day).await;
+            let Some((hour_count, day_count)) = add_to_counts(&shared, &script, key, hour, day).await else { return };
+            let mut after = seen;
+            for (window, count, start_ms) in
+                [(&mut after.hour, hour_count, owed.hour_start_ms), (&mut after.day, day_count, owed.day_start_ms)]
+            {
+                if count >= 0 && window.reset_at_ms - window.window.length_ms() == start_ms {
+                    window.used = count;
+                }
+            }
+            // Full only if nobody reads it: the key's next request carries the crossing then.
+            let _ = report.try_send((key, after));
         });
+    }
+
+    /// The reports of keys' use after counts were added without a request (see
+    /// [`Self::add_local_admissions`]), for the quota alerts; once, to one reader.
+    pub fn take_added_counts(&self) -> Option<mpsc::Receiver<AddedCounts>> {
+        self.added_counts_reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
     /// Whether the last quota check that tried Redis failed (on a Redis Cluster: in some hash
@@ -488,8 +522,9 @@ impl QuotaManager {
             match tokio::time::timeout(self.policy.timeout, &mut call).await {
                 Ok(Ok(reply)) => {
                     // What Redis says now ends any local counting of an outage (once per batch).
-                    if let Some(owed) = self.fallback.observe(key, &decode(&reply, batch.len() - 1)) {
-                        self.add_local_admissions(key, owed);
+                    let last = decode(&reply, batch.len() - 1);
+                    if let Some(owed) = self.fallback.observe(key, &last) {
+                        self.add_local_admissions(key, owed, last);
                     }
                     for (i, waiter) in batch.into_iter().enumerate() {
                         let _ = waiter.reply.send(Ok(decode(&reply, i)));
