@@ -115,7 +115,7 @@ pub fn subscribe_live(key_id: &str, live: RwSignal<LiveData>, link: RwSignal<Liv
 #[cfg(feature = "hydrate")]
 mod draw {
     use charming::component::{Axis, Grid, Legend, Title};
-    use charming::datatype::CompositeValue;
+    use charming::datatype::{CompositeValue, DataPoint, DataPointItem};
     use charming::element::{
         AxisLabel, AxisTick, AxisType, ItemStyle, LineStyle, LineStyleType, TextStyle, Tooltip, Trigger,
     };
@@ -218,8 +218,20 @@ mod draw {
             .data(values.map(point).collect::<Vec<_>>())
     }
 
-    fn calls(name: &str, color: &str, values: Vec<i64>) -> Bar {
+    fn calls<D: Into<DataPoint>>(name: &str, color: &str, values: Vec<D>) -> Bar {
         Bar::new().name(name).stack("calls").item_style(ItemStyle::new().color(color)).data(values)
+    }
+
+    /// Counts per minute whose last minute is still under way: its bar is faded and its
+    /// tooltip says "so far" (at full strength a minute's first seconds read as traffic
+    /// dropping).
+    fn minutes_so_far(values: impl Iterator<Item = i64>, color: &str, current: &str) -> Vec<DataPoint> {
+        let mut points: Vec<DataPoint> = values.map(DataPoint::from).collect();
+        if let Some(DataPoint::Value(last)) = points.pop() {
+            let faded = ItemStyle::new().color(color).opacity(0.45);
+            points.push(DataPointItem::new(last).name(format!("So far in {current}")).item_style(faded).into());
+        }
+        points
     }
 
     fn hundredths(x: f64) -> f64 {
@@ -281,11 +293,15 @@ mod draw {
         let empty = quiet.then_some("No requests in the last 60 minutes");
         match kind {
             LiveChartKind::Requests => {
+                let current = live.points.last().map(|p| minute_label(p.minute_ms)).unwrap_or_default();
+                let current = current.as_str();
+                let admitted = live.points.iter().map(|p| p.requests as i64);
+                let throttled = live.points.iter().map(|p| p.throttled as i64);
                 base("Requests per minute", "{b0} UTC<br/>{a0}: {c0}<br/>{a1}: {c1}", empty, x_axis)
                     .legend(Legend::new().right(8).top(26))
                     .y_axis(Axis::new().type_(AxisType::Value).min_interval(1))
-                    .series(calls("admitted", ADMITTED, live.points.iter().map(|p| p.requests as i64).collect()))
-                    .series(calls("throttled", THROTTLED, live.points.iter().map(|p| p.throttled as i64).collect()))
+                    .series(calls("admitted", ADMITTED, minutes_so_far(admitted, ADMITTED, current)))
+                    .series(calls("throttled", THROTTLED, minutes_so_far(throttled, THROTTLED, current)))
             }
             LiveChartKind::ErrorRate => {
                 // A minute without admitted requests has no error rate: a gap, not 0.
@@ -345,10 +361,10 @@ mod draw {
         let labels: Vec<String> = rows.iter().map(|r| short_period_label(per, &r.start)).collect();
         // As many labels as fit a phone-wide chart, counted back from the newest period so
         // that it always has one.
+        // (Six daily labels touched at a phone's 300 px.)
         let fit = match per {
             Granularity::Hour => 3,
-            Granularity::Day => 6,
-            Granularity::Week | Granularity::Month => 5,
+            Granularity::Day | Granularity::Week | Granularity::Month => 5,
         };
         let step = rows.len().div_ceil(fit).max(1);
         let at: Vec<usize> = (0..rows.len()).rev().step_by(step).collect();

@@ -15,7 +15,9 @@ async function seriesData(page: Page, id: string, series: number): Promise<(numb
       const chart = el && (window as any).echarts?.getInstanceByDom(el);
       if (!chart) return [];
       // An empty series has no `data` at all (charming leaves empty lists out).
-      return (chart.getOption().series[series as number]?.data ?? []).map((v: any) => (v === null || v === '-' ? null : Number(v)));
+      // A point drawn its own way (the minute still under way) is an object with its value.
+      const value = (v: any) => (v !== null && typeof v === 'object' ? v.value : v);
+      return (chart.getOption().series[series as number]?.data ?? []).map(value).map((v: any) => (v === null || v === '-' ? null : Number(v)));
     },
     [id, series],
   );
@@ -68,6 +70,17 @@ test('the usage page updates live as the key is used', async ({ page, request })
     expect(line.map((v) => v === null)).toEqual(admitted.map((n) => !n));
   }
   expect(errors.filter((v) => v !== null).every((v) => v! >= 0 && v! <= 100)).toBe(true);
+  // The minute still under way is drawn faded and named so in the tooltip, the others not.
+  const drawn = await page.evaluate(() => {
+    const chart = (window as any).echarts.getInstanceByDom(document.getElementById('chart-requests'));
+    return chart.getOption().series.map((s: any) => s.data);
+  });
+  for (const bars of drawn) {
+    const last = bars[bars.length - 1];
+    expect(last.name).toMatch(/^So far in \d{2}:\d{2}$/);
+    expect(last.itemStyle.opacity).toBeLessThan(1);
+    expect(bars.slice(0, -1).every((v: any) => typeof v !== 'object')).toBe(true);
+  }
   expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
 });
 
