@@ -277,7 +277,7 @@ async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             let email = Email::parse(&email).context("--email")?;
             let password = Password::parse(&read_password()?)?;
             let db = startup::connect_database(config).await?;
-            let (user, ended) = match accounts::reset_password(&db, &email, &password).await {
+            let (user, ended) = match accounts::reset_password(&db, &email, &password, &config.public_url).await {
                 Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
                 other => other?,
             };

@@ -268,7 +268,9 @@ async fn known_browser_tokens_are_replaced_at_sign_in_and_forgotten_with_the_pas
     // An operator's reset forgets them all.
     let new = services::accounts::Password::parse("an operator's password").unwrap();
     let email = services::accounts::Email::parse("kim@example.com").unwrap();
-    services::accounts::reset_password(&app.services.db, &email, &new).await.unwrap();
+    services::accounts::reset_password(&app.services.db, &email, &new, &app.services.settings.public_url)
+        .await
+        .unwrap();
     assert!(!known(changer, "kim@example.com").await);
     let known_rows =
         format!("SELECT count(*) FROM known_devices WHERE user_id = {} AND forgotten_at IS NULL", owner.id);
@@ -754,6 +756,11 @@ async fn changing_the_password_checks_the_current_one_and_signs_out_every_other_
     // Signed out, nobody changes it.
     let res = change_password(&app, &client(), PASSWORD, new, new).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let told = format!(
+        "SELECT count(*) FROM outbound_emails WHERE to_address = '{email}' \
+         AND subject = 'Your keymeter password was changed' AND text_body LIKE '%someone knows your password%'"
+    );
+    assert_eq!(app.count(&told).await, 0, "refusals tell nobody");
 
     let tokens = format!(
         "SELECT encode(token_hash, 'hex') AS t FROM sessions s JOIN users u ON u.id = s.user_id WHERE u.email = '{email}'"
@@ -771,6 +778,10 @@ async fn changing_the_password_checks_the_current_one_and_signs_out_every_other_
     assert_eq!(app.rpc(&elsewhere, "keys/list", &[]).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.login(&client(), &email, PASSWORD).await.status(), StatusCode::BAD_REQUEST);
     assert!(app.login(&client(), &email, new).await.status().is_redirection());
+    // Its owner hears of it by email and in the bell: whoever changed it may not have been them.
+    assert_eq!(app.count(&told).await, 1);
+    let bell: Vec<serde_json::Value> = app.rpc(&here, "notifications/list", &[]).await.json().await.unwrap();
+    assert!(bell.iter().any(|n| n["title"] == "Your keymeter password was changed"), "{bell:?}");
 }
 
 /// Without JavaScript the password form posts straight to its server function: a change comes

@@ -686,6 +686,9 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(r.stderr.contains("at least 10 characters"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 200, "a refused reset changes nothing");
+    let told = "SELECT count(*) FROM outbound_emails WHERE to_address = 'fay@example.com' \
+                AND subject = 'Your keymeter password was changed' AND text_body LIKE '%by the platform''s operator%'";
+    assert_eq!(app.count(told).await, 0);
 
     // She tried her old guesses until sign-in locked her out, from two places.
     let fays = &app.services;
@@ -710,6 +713,7 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
     assert!(r.stdout.contains("password set for fay@example.com; 1 session(s) signed out"), "{r:?}");
     assert!(r.stdout.contains("failed sign-ins at fay@example.com forgotten: a lockout in force is lifted"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
+    assert_eq!(app.count(told).await, 1, "she hears of it (someone else may have asked)");
     // She can sign in with the new one at once, and only with it.
     assert!(accounts::authenticate(&app.services, "fay@example.com", "a new long password", &SignInFrom::client("t"))
         .await

@@ -15,6 +15,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use crate::db::{self, DbPool};
+use crate::notifications;
+use crate::public_url::PublicUrl;
 use crate::schema::users;
 use crate::{ServiceError, ServiceResult};
 
@@ -259,7 +261,14 @@ pub async fn change_password(
     if change.new == change.current {
         return Err(ServiceError::invalid_field("new_password", "The new password is the one you have now."));
     }
-    let ended = store_password(&services.db, user.id, &new, Some(current)).await?;
+    let ended = store_password(
+        &services.db,
+        user,
+        &new,
+        (Some(current), PasswordChangedBy::SignedIn),
+        &services.settings.public_url,
+    )
+    .await?;
     let session = sessions::create(&services.db, user.id, from.user_agent).await?;
     tracing::info!(user_id = user.id, other_sessions_ended = ended, "password changed");
     Ok((ended, session))
@@ -267,9 +276,14 @@ pub async fn change_password(
 
 /// An operator's reset (`keymeter user set-password`): sets the password of the account with
 /// this address and ends all of its sessions. Returns the account and how many sessions ended.
-pub async fn reset_password(db: &DbPool, email: &Email, new: &Password) -> ServiceResult<(User, usize)> {
+pub async fn reset_password(
+    db: &DbPool,
+    email: &Email,
+    new: &Password,
+    public_url: &PublicUrl,
+) -> ServiceResult<(User, usize)> {
     let user = find_user_by_email(db, email).await?.ok_or(ServiceError::NotFound)?;
-    let ended = store_password(db, user.id, new, None).await?;
+    let ended = store_password(db, &user, new, (None, PasswordChangedBy::Operator), public_url).await?;
     tracing::info!(user_id = user.id, sessions_ended = ended, "password reset by an operator");
     Ok((user, ended))
 }
@@ -403,34 +417,88 @@ pub async fn set_disabled_by(db: &DbPool, admin: &User, email: &Email, disabled:
 /// `current` ended.
 async fn store_password(
     db: &DbPool,
-    user_id: i64,
+    user: &User,
     new: &Password,
-    current: Option<&sessions::SessionToken>,
+    (current, by): (Option<&sessions::SessionToken>, PasswordChangedBy),
+    public_url: &PublicUrl,
 ) -> ServiceResult<usize> {
     use diesel_async::AsyncConnection;
     let hash = new.hash().await?;
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
-        Box::pin(async move { replace_password(conn, user_id, &hash, current).await })
+        Box::pin(async move { replace_password(conn, user, &hash, (current, by), public_url).await })
     })
     .await
 }
 
+/// How a password was replaced: the owner's notice says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PasswordChangedBy {
+    /// Through a reset link mailed to the account's address.
+    MailedLink,
+    /// On the account page, by someone signed in who knew the current password.
+    SignedIn,
+    /// By the platform's operator (`keymeter user set-password`).
+    Operator,
+}
+
 /// [`store_password`]'s work inside the caller's transaction, with the new password's hash. The
-/// account's unused reset links stop working too.
+/// account's unused reset links stop working too, and its owner is told by email and in the
+/// bell: whoever changed it, the owner should know (someone else may have).
 async fn replace_password(
     conn: &mut diesel_async::AsyncPgConnection,
-    user_id: i64,
+    user: &User,
     hash: &str,
-    current: Option<&sessions::SessionToken>,
+    (current, by): (Option<&sessions::SessionToken>, PasswordChangedBy),
+    public_url: &PublicUrl,
 ) -> ServiceResult<usize> {
-    let updated = diesel::update(users::table.find(user_id)).set(users::password_hash.eq(hash)).execute(conn).await?;
+    let updated = diesel::update(users::table.find(user.id)).set(users::password_hash.eq(hash)).execute(conn).await?;
     if updated == 0 {
         return Err(ServiceError::NotFound);
     }
-    password_reset::void_links(conn, user_id).await?;
-    known_devices::forget_all(conn, user_id).await?;
-    sessions::end_all(conn, user_id, current).await
+    password_reset::void_links(conn, user.id).await?;
+    known_devices::forget_all(conn, user.id).await?;
+    let ended = sessions::end_all(conn, user.id, current).await?;
+    tell_password_changed(conn, user, by, public_url).await?;
+    Ok(ended)
+}
+
+/// The owner's notice of a new password.
+async fn tell_password_changed(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user: &User,
+    by: PasswordChangedBy,
+    public_url: &PublicUrl,
+) -> ServiceResult<()> {
+    let (how, then) = match by {
+        PasswordChangedBy::MailedLink => (
+            "through a link mailed to this address",
+            "If this was not you, tell your keymeter administrator at once: someone can read your email.",
+        ),
+        PasswordChangedBy::SignedIn => (
+            "on the account page, by someone signed in who knew the password",
+            "If this was not you, someone knows your password: choose a new one at once with \"Forgot your \
+             password?\" on the sign-in page, and tell your keymeter administrator.",
+        ),
+        PasswordChangedBy::Operator => {
+            ("by the platform's operator", "If you did not ask for this, tell your keymeter administrator.")
+        }
+    };
+    let body = format!(
+        "The password of your keymeter account {} was changed at {} {how}, and every other session was \
+         signed out. {then}",
+        user.email,
+        format::time(&Utc::now()),
+    );
+    let news = notifications::News {
+        kind: "password_changed",
+        title: "Your keymeter password was changed",
+        body: &body,
+        link: "/dashboard/account",
+        link_label: "Your account",
+        dedupe_key: None,
+    };
+    notifications::tell(conn, (user.id, &user.email), &news, public_url).await
 }
 
 #[cfg(test)]

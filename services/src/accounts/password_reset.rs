@@ -22,8 +22,6 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::token::{Reset, Token};
 use super::{login_throttle, Email, Password, User, UserRow};
 use crate::mailer::{self, html_escape};
-use crate::notifications::{self, News};
-use crate::public_url::PublicUrl;
 use crate::schema::{password_resets, users};
 use crate::{db, ServiceError, ServiceResult, Services};
 
@@ -251,8 +249,8 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
                 }
                 let user = row.into_user()?;
                 // Voids the account's other links with it.
-                let ended = super::replace_password(conn, user_id, &hash, None).await?;
-                tell_owner(conn, &user, public_url).await?;
+                let by = (None, super::PasswordChangedBy::MailedLink);
+                let ended = super::replace_password(conn, &user, &hash, by, public_url).await?;
                 Ok((user, ended))
             })
         })
@@ -293,31 +291,6 @@ async fn lift_lockout(services: &Services, email: &str) {
         Ok(Err(e)) => tracing::warn!(error = %e, "sign-in lockout not lifted after a password reset"),
         Err(_) => tracing::warn!("sign-in lockout not lifted after a password reset: Redis did not answer"),
     }
-}
-
-/// The owner hears of the new password in the bell and by email: if they did not ask for it,
-/// someone reads their mail.
-async fn tell_owner(
-    conn: &mut diesel_async::AsyncPgConnection,
-    user: &User,
-    public_url: &PublicUrl,
-) -> ServiceResult<()> {
-    let body = format!(
-        "The password of your keymeter account {} was changed at {} through a link mailed to this address, \
-         and every session was signed out. If this was not you, tell your keymeter administrator at once: \
-         someone can read your email.",
-        user.email,
-        format::time(&Utc::now()),
-    );
-    let news = News {
-        kind: "password_reset",
-        title: "Your keymeter password was changed",
-        body: &body,
-        link: "/dashboard/account",
-        link_label: "Your account",
-        dedupe_key: None,
-    };
-    notifications::tell(conn, (user.id, &user.email), &news, public_url).await
 }
 
 /// The message with the link.
