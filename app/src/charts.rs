@@ -225,13 +225,13 @@ mod draw {
     /// Counts per minute whose last minute is still under way: its bar is faded and its
     /// tooltip says "so far" (at full strength a minute's first seconds read as traffic
     /// dropping).
-    fn minutes_so_far(values: impl Iterator<Item = i64>, color: &str, current: &str) -> Vec<DataPoint> {
-        let mut points: Vec<DataPoint> = values.map(DataPoint::from).collect();
-        if let Some(DataPoint::Value(last)) = points.pop() {
+    fn minutes_so_far(values: impl ExactSizeIterator<Item = i64>, color: &str, current: &str) -> Vec<DataPoint> {
+        let last = values.len().saturating_sub(1);
+        let so_far = |count: i64| {
             let faded = ItemStyle::new().color(color).opacity(0.45);
-            points.push(DataPointItem::new(last).name(format!("So far in {current}")).item_style(faded).into());
-        }
-        points
+            DataPointItem::new(count).name(format!("So far in {current}")).item_style(faded).into()
+        };
+        values.enumerate().map(|(i, count)| if i < last { count.into() } else { so_far(count) }).collect()
     }
 
     fn hundredths(x: f64) -> f64 {

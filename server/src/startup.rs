@@ -331,9 +331,10 @@ impl Application {
             tokio::spawn(mailer.run(services.db.clone(), stopped.clone()))
         });
         // Alerts that counts added after a Redis outage reach (no request carries them).
-        if let Some(added) = services.quota.take_added_counts() {
-            tokio::spawn(services::alerts::tell_added_counts(services.clone(), added, stopped.clone()));
-        }
+        let added_counts = services
+            .quota
+            .take_added_counts()
+            .map(|added| tokio::spawn(services::alerts::tell_added_counts(services.clone(), added, stopped.clone())));
         let reports = tokio::spawn(services::monthly_report::run_scheduler(services.clone(), stopped));
         // Open live streams end when shutdown begins, or the graceful stop would wait for every
         // dashboard to be closed before flushing usage. The demo traffic stops then too.
@@ -371,6 +372,9 @@ impl Application {
             let _ = mailer.await;
         }
         let _ = reports.await;
+        if let Some(added_counts) = added_counts {
+            let _ = added_counts.await;
+        }
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");
         }

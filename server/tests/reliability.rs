@@ -274,12 +274,12 @@ async fn quota_alerts(app: &TestApp, session: &reqwest::Client) -> Vec<String> {
     titles
 }
 
-/// Waits until the quota clock is not in the last seconds of an hour: the fallback counts on
-/// this host's clock, Redis on its own (pinned mid-hour by the test), and both must be in the
-/// same hour while a test runs.
+/// Waits until this host's clock is a minute or more from the next hour: the fallback counts
+/// on it, Redis on its own clock (pinned mid-hour by the test), and both must stay in the same
+/// hour until the test's last fallback admission. Called just before the pin.
 async fn off_the_hour_edge() {
     let into_hour = chrono::Utc::now().timestamp_millis().rem_euclid(3_600_000);
-    if into_hour > 3_590_000 {
+    if into_hour > 3_540_000 {
         tokio::time::sleep(Duration::from_millis((3_600_000 - into_hour + 500) as u64)).await;
     }
 }
@@ -296,12 +296,62 @@ async fn owner_of_a_key(app: &TestApp) -> (reqwest::Client, String, ApiKeyId) {
     (app.signed_in(&email).await, secret.expose().to_owned(), key.id)
 }
 
+/// Waits until each instance reaches Redis again and a call to it would try Redis: past the
+/// second for which a failed check leaves Redis alone (a call then would be the fallback's).
+async fn redis_back(apps: &[&TestApp]) {
+    for app in apps {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ready(app).await.1["redis"] != "ok" {
+            assert!(Instant::now() < deadline, "Redis never answered again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+}
+
+/// Calls `app` with `secret` until Redis decides (the limit header reads `limit`, not the
+/// fallback's share); how many calls the fallback admitted before that (Redis is owed those too).
+/// (Even after `redis_back`, a first check can still fail while the instance reconnects.)
+async fn call_until_redis_decides(app: &TestApp, secret: &str, limit: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut fallback_admitted = 0;
+    loop {
+        let res = app.call("/api/v1/ping", secret).await;
+        if res.headers()["x-ratelimit-limit"] == limit {
+            return fallback_admitted;
+        }
+        fallback_admitted += i64::from(res.status() == 200);
+        assert!(Instant::now() < deadline, "never decided by Redis again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until Redis has counted `n` in the key's hour.
+async fn wait_for_hour_count(app: &TestApp, id: ApiKeyId, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hour_counted(app, id).await < n {
+        assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hour_counted(app, id).await, n);
+}
+
+/// Waits for `n` quota alerts in the bell, then a moment for any more, and returns them.
+async fn wait_for_quota_alerts(app: &TestApp, session: &reqwest::Client, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while quota_alerts(app, session).await.len() < n {
+        assert!(Instant::now() < deadline, "fewer than {n} quota alerts: {:?}", quota_alerts(app, session).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    quota_alerts(app, session).await
+}
+
 /// A quota alert that the fallback's count reaches while Redis is down reaches the owner then,
 /// not with the first request after Redis is back (a key that stops calling would not hear of
 /// it at all that hour); and only once, however the count goes on afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_outage() {
-    off_the_hour_edge().await;
     let mut redis = OwnRedis::start();
     // One of two instances: the fallback enforces its share of what is left (3 of 6), so its
     // limit header (7) tells its answers from Redis' (10).
@@ -311,9 +361,9 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
         ("KEYMETER_INSTANCES", "2".into()),
     ])
     .await;
-    pin_mid_hour(&app).await;
     let (session, secret, id) = owner_of_a_key(&app).await;
-    let alerts = || quota_alerts(&app, &session);
+    off_the_hour_edge().await;
+    pin_mid_hour(&app).await;
     for _ in 0..4 {
         assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     }
@@ -321,43 +371,32 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
     redis.kill();
     // 4 of 10 as Redis last said, and this instance's own 2: 6 of 10, past 50 %.
     for _ in 0..2 {
+        let res = app.call("/api/v1/ping", &secret).await;
+        assert_eq!((res.status().as_u16(), &res.headers()["x-ratelimit-limit"]), (200, &"7".parse().unwrap()));
+    }
+    assert_eq!(wait_for_quota_alerts(&app, &session, 1).await, ["checkout: 50% of the hourly quota used"]);
+
+    // Back: Redis counts on from 4 (5 with this call) and the fallback's 2 are added: 7, and the
+    // 50 % is not told again. The 80 % comes with the request that reaches it.
+    redis.restart();
+    redis_back(&[&app]).await;
+    let counted = 7 + call_until_redis_decides(&app, &secret, "10").await;
+    wait_for_hour_count(&app, id, counted).await;
+    if counted < 8 {
+        assert_eq!(quota_alerts(&app, &session).await.len(), 1);
         assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alerts().await.is_empty() {
-        assert!(Instant::now() < deadline, "no alert while Redis is down");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(alerts().await, ["checkout: 50% of the hourly quota used"]);
-
-    // Back: Redis counts on from 4 and the fallback's 2 are added; the 80 % comes when reached,
-    // the 50 % is not told again.
-    redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.call("/api/v1/ping", &secret).await.headers()["x-ratelimit-limit"] != "10" {
-        assert!(Instant::now() < deadline, "Redis never enforced again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    while hour_counted(&app, id).await < 7 {
-        assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alerts().await.len() < 2 {
-        assert!(Instant::now() < deadline, "no 80 % alert after the outage");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(alerts().await, ["checkout: 50% of the hourly quota used", "checkout: 80% of the hourly quota used"]);
+    assert_eq!(
+        wait_for_quota_alerts(&app, &session, 2).await,
+        ["checkout: 50% of the hourly quota used", "checkout: 80% of the hourly quota used"]
+    );
 }
 
 /// Each instance's own admissions during an outage may reach no alert threshold while their sum
-/// does. Added to Redis' count once it answers, the sum reaches the owner, though no request
-/// comes after to carry it.
+/// does. Once Redis answers, each instance adds what it admitted of every key (not only of keys
+/// it gets requests for again), and the sum reaches the owner with no request to carry it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_reached_only_by_two_instances_admissions_together_reaches_the_owner_after_the_outage() {
-    off_the_hour_edge().await;
     let mut redis = OwnRedis::start();
     let settings = [
         ("REDIS_URL", redis.url()),
@@ -366,9 +405,11 @@ async fn an_alert_reached_only_by_two_instances_admissions_together_reaches_the_
     ];
     let a = TestApp::spawn_with(&settings).await;
     let b = a.spawn_sibling_with(&settings).await;
+    let (session, secret, id) = owner_of_a_key(&a).await;
+    let (other_secret, _) = a.key_with_quota(1_000, 10_000).await;
+    off_the_hour_edge().await;
     pin_mid_hour(&a).await;
     pin_mid_hour(&b).await;
-    let (session, secret, id) = owner_of_a_key(&a).await;
 
     redis.kill();
     // 2 admitted by one instance (20 %), 3 by the other (30 %): neither reaches 50 % alone.
@@ -381,34 +422,18 @@ async fn an_alert_reached_only_by_two_instances_admissions_together_reaches_the_
     assert!(quota_alerts(&a, &session).await.is_empty(), "no instance alone reached 50 %");
 
     redis.restart();
-    for app in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ready(app).await.1["redis"] != "ok" {
-            assert!(Instant::now() < deadline, "Redis never answered again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    // Past the second for which a failed check leaves Redis alone (a call then would be the
-    // fallback's, and add to what is owed).
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    // One call to each, decided by Redis, after which each instance adds its own admissions:
-    // 1 + 2, then 4 (40 %: no alert on that request) + 3 = 7 of 10.
-    for (app, counted) in [(&a, 3), (&b, 7)] {
-        let res = app.call("/api/v1/ping", &secret).await;
-        assert_eq!(res.headers()["x-ratelimit-limit"], "10", "decided by Redis");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while hour_counted(app, id).await < counted {
-            assert!(Instant::now() < deadline, "the fallback's admissions never reached Redis");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while quota_alerts(&a, &session).await.is_empty() {
-        assert!(Instant::now() < deadline, "the 50 % the instances reached together was never told");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(quota_alerts(&a, &session).await, ["checkout: 50% of the hourly quota used"]);
+    redis_back(&[&a, &b]).await;
+    // The key's next call goes to one instance, decided by Redis (1), which then adds its own 2:
+    // 3, no threshold.
+    let after_one = 3 + call_until_redis_decides(&a, &secret, "10").await;
+    wait_for_hour_count(&a, id, after_one).await;
+    // The other gets calls of another key only: its outage is over, and it adds its 3 of this
+    // key too: 6 of 10.
+    call_until_redis_decides(&b, &other_secret, "1000").await;
+    wait_for_hour_count(&a, id, after_one + 3).await;
+    let told = if after_one + 3 >= 8 { 2 } else { 1 };
+    let expected = ["checkout: 50% of the hourly quota used", "checkout: 80% of the hourly quota used"];
+    assert_eq!(wait_for_quota_alerts(&a, &session, told).await, expected[..told]);
 }
 
 /// A Redis Cluster that refuses commands (here: slots no node serves, as after a primary dies

@@ -170,12 +170,7 @@ pub fn crossings(decision: &QuotaDecision) -> Vec<QuotaCrossing> {
         }
         for threshold in THRESHOLDS {
             if use_.used >= threshold_count(use_.limit, threshold) {
-                out.push(QuotaCrossing {
-                    window,
-                    period_start_ms: use_.reset_at_ms - window.length_ms(),
-                    threshold,
-                    limit: use_.limit,
-                });
+                out.push(QuotaCrossing { window, period_start_ms: use_.start_ms(), threshold, limit: use_.limit });
             }
         }
     }
@@ -232,6 +227,19 @@ impl CrossingMemo {
                 new
             })
             .collect()
+    }
+
+    /// Takes back [`Self::first_seen`]'s word for `crossings` of `key` that could not be
+    /// stored, so that a later request carries them again.
+    pub fn forget(&self, key: Uuid, crossings: &[QuotaCrossing]) {
+        let mut memo = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for c in crossings {
+            if let Some((period, passed)) = memo.seen.get_mut(&(key, c.window)) {
+                if *period == c.period_start_ms {
+                    *passed &= !(1u8 << THRESHOLDS.iter().position(|&t| t == c.threshold).unwrap_or(0));
+                }
+            }
+        }
     }
 }
 
@@ -352,35 +360,33 @@ pub async fn record(
 /// request (an outage's local admissions, added once Redis answers: each instance's share may
 /// reach nothing while their sum does, and the key may get no more requests to carry it).
 /// Stored as a request's crossings would be, once by the same `quota_alerts` key. Runs until
-/// `stopped`.
+/// `stopped`, then stores what is still queued.
 pub async fn tell_added_counts(
     services: crate::Services,
     mut added: tokio::sync::mpsc::Receiver<crate::keys::quota_manager::AddedCounts>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let (key, use_) = tokio::select! {
-            report = added.recv() => match report {
-                Some(report) => report,
-                None => return,
-            },
-            _ = stopped.wait_for(|&stop| stop) => return,
+        let report = tokio::select! {
+            report = added.recv() => report,
+            _ = stopped.wait_for(|&stop| stop) => None,
         };
+        let Some((key, use_)) = report.or_else(|| added.try_recv().ok()) else { return };
         let reached = services.alert_crossings.first_seen(key.0, crossings(&use_));
         if reached.is_empty() {
             continue;
         }
-        let reached: Vec<_> = reached.into_iter().map(|c| (key.0, use_.now_ms, c)).collect();
+        let rows: Vec<_> = reached.iter().map(|c| (key.0, use_.now_ms, *c)).collect();
         let public_url = &services.settings.public_url;
         let stored = async {
             let mut conn = crate::db::conn(&services.db).await?;
-            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, &reached, public_url).await }))
+            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, &rows, public_url).await }))
                 .await
         };
-        // Not retried: PostgreSQL down just as Redis came back. The key's next request on
-        // another instance would still carry it.
         if let Err(e) = stored.await {
+            // PostgreSQL failing just as Redis came back: the key's next request carries it.
             tracing::warn!(error = %e, %key, "could not store a quota alert reached after a Redis outage");
+            services.alert_crossings.forget(key.0, &reached);
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct LocalAdmissions {
 struct KeyState {
     hour: WindowState,
     day: WindowState,
+    /// The key's hour and day limits when last checked or seen: what owed admissions are
+    /// measured against when they are added to Redis without a request ([`FallbackLimiter::take_owed`]).
+    limits: (i64, i64),
 }
 
 pub struct FallbackLimiter {
@@ -86,10 +89,34 @@ impl FallbackLimiter {
                 known_used: used + if w.start_ms == start_ms { w.local } else { 0 },
                 local: 0,
             };
-            k.hour = known(&k.hour, d.hour.reset_at_ms - Window::Hour.length_ms(), d.hour.used);
-            k.day = known(&k.day, d.day.reset_at_ms - Window::Day.length_ms(), d.day.used);
+            k.hour = known(&k.hour, d.hour.start_ms(), d.hour.used);
+            k.day = known(&k.day, d.day.start_ms(), d.day.used);
+            k.limits = (d.hour.limit, d.day.limit);
             owed
         })
+    }
+
+    /// What this instance admitted on its own of the keys `wanted` picks, taken (as by
+    /// [`Self::observe`]) to be added to Redis' counts once it answers again, with each key's
+    /// limits: a key may get no request to observe after an outage.
+    pub fn take_owed(&self, wanted: impl Fn(ApiKeyId) -> bool) -> Vec<(ApiKeyId, LocalAdmissions, (i64, i64))> {
+        let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        keys.iter_mut()
+            .filter(|(key, k)| (k.hour.local > 0 || k.day.local > 0) && wanted(**key))
+            .map(|(key, k)| {
+                let owed = LocalAdmissions {
+                    hour_start_ms: k.hour.start_ms,
+                    hour: k.hour.local,
+                    day_start_ms: k.day.start_ms,
+                    day: k.day.local,
+                };
+                for w in [&mut k.hour, &mut k.day] {
+                    w.known_used += w.local;
+                    w.local = 0;
+                }
+                (*key, owed, k.limits)
+            })
+            .collect()
     }
 
     /// This instance's share of what is left of a window.
@@ -102,34 +129,25 @@ impl FallbackLimiter {
     /// instance has not seen Redis decide reads as unused.
     pub fn last_seen(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
         let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
-        let (hour_used, day_used) = self.with_key(key, |k| {
+        self.with_key(key, |k| {
             k.hour.roll(hour_start);
             k.day.roll(day_start);
-            (k.hour.known_used + k.hour.local, k.day.known_used + k.day.local)
-        });
-        let window = |window, limit: i64, used: i64, start_ms: i64| WindowUse {
-            window,
-            limit,
-            used: used.min(limit),
-            reset_at_ms: start_ms + window.length_ms(),
-        };
-        QuotaDecision {
-            admitted: false,
-            hour: window(Window::Hour, quota.per_hour.get(), hour_used, hour_start),
-            day: window(Window::Day, quota.per_day.get(), day_used, day_start),
-            burst_per_second: quota.burst_per_second.map(|b| b.get()),
-            blocked_by: None,
-            retry_after_secs: Some(1),
-            now_ms,
-        }
+            known_use(k, quota, now_ms)
+        })
     }
 
     /// Checks and counts one request at `now_ms` (this node's clock).
     pub fn check(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> QuotaDecision {
+        self.check_and_know(key, quota, now_ms).0
+    }
+
+    /// [`Self::check`], and the key's use after it as [`Self::last_seen`] gives it, in one look.
+    pub fn check_and_know(&self, key: ApiKeyId, quota: &Quota, now_ms: i64) -> (QuotaDecision, QuotaDecision) {
         let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
-        let (admitted, hour, day) = self.with_key(key, |k| {
+        let (admitted, hour, day, known) = self.with_key(key, |k| {
             k.hour.roll(hour_start);
             k.day.roll(day_start);
+            k.limits = (quota.per_hour.get(), quota.per_day.get());
             let hour_share = self.share(quota.per_hour.get(), k.hour.known_used);
             let day_share = self.share(quota.per_day.get(), k.day.known_used);
             let admitted = k.hour.local < hour_share && k.day.local < day_share;
@@ -148,6 +166,7 @@ impl FallbackLimiter {
                 admitted,
                 window(Window::Hour, &k.hour, hour_share, hour_start + Window::Hour.length_ms()),
                 window(Window::Day, &k.day, day_share, day_start + Window::Day.length_ms()),
+                known_use(k, quota, now_ms),
             )
         });
         let blocked_by = match admitted {
@@ -159,7 +178,27 @@ impl FallbackLimiter {
             let reset = if w == Window::Day { day.reset_at_ms } else { hour.reset_at_ms };
             ((reset - now_ms + 999) / 1000).max(1)
         });
-        QuotaDecision { admitted, hour, day, burst_per_second: None, blocked_by, retry_after_secs, now_ms }
+        (QuotaDecision { admitted, hour, day, burst_per_second: None, blocked_by, retry_after_secs, now_ms }, known)
+    }
+}
+
+/// A key's windows (already rolled to `now_ms`) with its own limits and the use this instance
+/// knows of: Redis' last word and its own admissions since.
+fn known_use(k: &KeyState, quota: &Quota, now_ms: i64) -> QuotaDecision {
+    let window = |window, limit: i64, s: &WindowState| WindowUse {
+        window,
+        limit,
+        used: (s.known_used + s.local).min(limit),
+        reset_at_ms: s.start_ms + window.length_ms(),
+    };
+    QuotaDecision {
+        admitted: false,
+        hour: window(Window::Hour, quota.per_hour.get(), &k.hour),
+        day: window(Window::Day, quota.per_day.get(), &k.day),
+        burst_per_second: quota.burst_per_second.map(|b| b.get()),
+        blocked_by: None,
+        retry_after_secs: Some(1),
+        now_ms,
     }
 }
 

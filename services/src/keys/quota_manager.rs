@@ -77,6 +77,11 @@ pub struct WindowUse {
 }
 
 impl WindowUse {
+    /// When the window began, in ms since the epoch.
+    pub fn start_ms(&self) -> i64 {
+        self.reset_at_ms - self.window.length_ms()
+    }
+
     pub fn remaining(&self) -> i64 {
         (self.limit - self.used).max(0)
     }
@@ -210,8 +215,10 @@ pub enum Verdict {
     Enforced(QuotaDecision),
     /// Redis unavailable: decided by this instance's fallback limit (`decision`, whose limits
     /// are this instance's share). `known` is the key's own limits with the use this instance
-    /// knows of (Redis' last word and its own admissions since): never more than the
-    /// deployment's use, so alerts read from it are never early.
+    /// knows of (Redis' last word and its own admissions since): a lower bound of the
+    /// deployment's use while Redis' count is exact, so alerts read from it are not early. (A
+    /// check Redis ran after its timeout is counted there as well as by the fallback until it
+    /// is given back, one request early at worst.)
     Fallback { decision: QuotaDecision, known: QuotaDecision },
     /// Redis unavailable and the policy is fail-closed.
     Unavailable,
@@ -383,9 +390,8 @@ impl QuotaManager {
             }
             match manager.policy.mode {
                 FailMode::Open => {
-                    let now_ms = Utc::now().timestamp_millis();
-                    let decision = manager.fallback.check(id, &quota, now_ms);
-                    Verdict::Fallback { decision, known: manager.fallback.last_seen(id, &quota, now_ms) }
+                    let (decision, known) = manager.fallback.check_and_know(id, &quota, Utc::now().timestamp_millis());
+                    Verdict::Fallback { decision, known }
                 }
                 FailMode::Closed => Verdict::Unavailable,
             }
@@ -400,25 +406,43 @@ impl QuotaManager {
 
     /// Adds what the fallback admitted during an outage to the Redis counts of the same
     /// windows (if they are still current), off the request path, and reports the key's use
-    /// after it ([`Self::take_added_counts`]): each instance's own admissions may reach no alert
-    /// threshold while their sum does, and no request may come to carry it. `seen` is what
-    /// Redis said last, the windows and limits the counts are of.
-    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions, seen: QuotaDecision) {
+    /// after it, against `limits` (hour, day), to [`Self::take_added_counts`]: each instance's
+    /// own admissions may reach no alert threshold while their sum does, and no request may
+    /// come to carry it.
+    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions, limits: (i64, i64)) {
         let (shared, script, report) = (self.shared.clone(), self.reconcile.clone(), self.added_counts.clone());
         tokio::spawn(async move {
             let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
             let Some((hour_count, day_count)) = add_to_counts(&shared, &script, key, hour, day).await else { return };
-            let mut after = seen;
-            for (window, count, start_ms) in
-                [(&mut after.hour, hour_count, owed.hour_start_ms), (&mut after.day, day_count, owed.day_start_ms)]
-            {
-                if count >= 0 && window.reset_at_ms - window.window.length_ms() == start_ms {
-                    window.used = count;
-                }
-            }
-            // Full only if nobody reads it: the key's next request carries the crossing then.
+            // A window that moved on meanwhile (-1) has nothing to report.
+            let window = |window: Window, limit, start_ms, count: i64| WindowUse {
+                window,
+                limit,
+                used: count.max(0),
+                reset_at_ms: start_ms + window.length_ms(),
+            };
+            let after = QuotaDecision {
+                admitted: false,
+                hour: window(Window::Hour, limits.0, owed.hour_start_ms, hour_count),
+                day: window(Window::Day, limits.1, owed.day_start_ms, day_count),
+                burst_per_second: None,
+                blocked_by: None,
+                retry_after_secs: None,
+                now_ms: Utc::now().timestamp_millis(),
+            };
+            // When the reader falls behind (or there is none), the report is dropped: a later
+            // request of the key that Redis decides carries what it would have.
             let _ = report.try_send((key, after));
         });
+    }
+
+    /// Once an outage of `slot` ends: what the fallback admitted of every key there, added to
+    /// Redis (a key that gets no request to observe would otherwise keep it for good).
+    fn add_owed_of_slot(&self, slot: usize) {
+        let outage = self.outage.clone();
+        for (key, owed, limits) in self.fallback.take_owed(|key| outage.slot_of(key) == slot) {
+            self.add_local_admissions(key, owed, limits);
+        }
     }
 
     /// The reports of keys' use after counts were added without a request (see
@@ -437,6 +461,7 @@ impl QuotaManager {
     fn mark_up(&self, slot: usize) {
         if self.outage.succeeded(slot) {
             tracing::info!("Redis answers quota checks again");
+            self.add_owed_of_slot(slot);
         }
     }
 
@@ -524,7 +549,7 @@ impl QuotaManager {
                     // What Redis says now ends any local counting of an outage (once per batch).
                     let last = decode(&reply, batch.len() - 1);
                     if let Some(owed) = self.fallback.observe(key, &last) {
-                        self.add_local_admissions(key, owed, last);
+                        self.add_local_admissions(key, owed, (last.hour.limit, last.day.limit));
                     }
                     for (i, waiter) in batch.into_iter().enumerate() {
                         let _ = waiter.reply.send(Ok(decode(&reply, i)));
