@@ -344,8 +344,8 @@ async fn key(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
             // Nobody can ever know this secret, so the key is of no use to anyone: take it back
             // rather than leave an active key behind.
             let id = key.id;
-            match api_keys::revoke(&db, id).await {
-                Ok(_) => bail!(
+            match api_keys::withdraw_unseen(&db, id, &config.public_url).await {
+                Ok(()) => bail!(
                     "the secret of the new key {id} could not be written ({e:#}), so the key was revoked; \
                      run the command again with somewhere to write the secret"
                 ),
@@ -359,7 +359,7 @@ async fn key(config: &Config, command: KeyCommand) -> anyhow::Result<()> {
             let id = key_id(&id, "the key to revoke")?;
             // PostgreSQL alone: a leaked key can be revoked while Redis is down.
             let db = startup::connect_database(config).await?;
-            let (key, revoked_now) = api_keys::revoke(&db, id).await.map_err(|e| match e {
+            let (key, revoked_now) = api_keys::revoke(&db, id, &config.public_url).await.map_err(|e| match e {
                 services::ServiceError::NotFound => anyhow!("no key with id {id}"),
                 other => other.into(),
             })?;

@@ -372,8 +372,12 @@ impl Application {
             let _ = mailer.await;
         }
         let _ = reports.await;
+        // Bounded: with PostgreSQL down each queued alert would wait for a connection, and the
+        // usage writer's drain comes after this.
         if let Some(added_counts) = added_counts {
-            let _ = added_counts.await;
+            if tokio::time::timeout(Duration::from_secs(10), added_counts).await.is_err() {
+                tracing::warn!("quota alerts reached after a Redis outage were not all stored within 10 s");
+            }
         }
         if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
             tracing::warn!("usage writer did not drain within 30 s; the rest stays in Redis for the next writer");

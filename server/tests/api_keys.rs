@@ -655,7 +655,7 @@ async fn a_merchants_keys_come_a_page_at_a_time_the_active_ones_first() {
         ids.push(services::keys::api_keys::create(&app.services.db, ann.id, &name).await.unwrap().0.id);
     }
     for i in [3, 54] {
-        services::keys::api_keys::revoke(&app.services.db, ids[i]).await.unwrap();
+        services::keys::api_keys::revoke(&app.services.db, ids[i], &app.services.settings.public_url).await.unwrap();
     }
 
     let page = |n: &str| {

@@ -376,6 +376,9 @@ async fn a_closed_standard_output_is_an_error_not_a_panic() {
     assert!(lost.revoked_at.is_some(), "{lost:?}");
     assert!(stderr.contains(&format!("the secret of the new key {} could not be written", lost.id)), "{stderr}");
     assert!(stderr.contains("so the key was revoked"), "{stderr}");
+    // Its owner never had it: no notice of a revocation that would only alarm them.
+    assert_eq!(app.count("SELECT count(*) FROM notifications WHERE kind = 'key_revoked'").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbound_emails WHERE subject LIKE '%was revoked'").await, 0);
 
     let mut seed = keymeter(&app);
     seed.args(["demo", "seed"]).stdout(closed()).stderr(Stdio::piped());
@@ -403,7 +406,7 @@ async fn the_demo_keys_quota_is_as_old_as_its_history() {
 }
 
 /// A leaked key must be revocable while Redis is down: the key commands need PostgreSQL only.
-/// A second revocation says the key already was, and when.
+/// A second revocation says the key already was, and when; its owner is told once, by email.
 #[tokio::test]
 async fn keys_are_listed_and_revoked_without_redis_and_a_second_revocation_says_so() {
     let app = TestApp::spawn_without_mailer().await;
@@ -428,6 +431,9 @@ async fn keys_are_listed_and_revoked_without_redis_and_a_second_revocation_says_
         format!("key {id} (leaked) was already revoked, on {} (unchanged)\n", revoked_at.to_rfc3339())
     );
     assert_eq!(api_keys::list_all(&app.services.db).await.unwrap()[0].revoked_at, Some(revoked_at));
+    let told = "SELECT count(*) FROM outbound_emails WHERE to_address = 'ann@example.com' \
+                AND text_body LIKE '%The platform''s operator revoked your API key “leaked”%'";
+    assert_eq!(app.count(told).await, 1, "its owner hears of it once");
 }
 
 /// `usage set-aside` shows the usage PostgreSQL refused with its error, and `--replay` puts it
@@ -476,7 +482,7 @@ async fn usage_set_aside_lists_refused_usage_and_replays_it() {
 async fn quota_set_refuses_a_revoked_key() {
     let app = TestApp::spawn_without_mailer().await;
     let (_, id) = app.key_with_quota(100, 1000).await;
-    api_keys::revoke(&app.services.db, id).await.unwrap();
+    api_keys::revoke(&app.services.db, id, &app.services.settings.public_url).await.unwrap();
     let changes = format!("SELECT count(*) FROM quota_changes WHERE api_key_id = '{id}'");
     let before = app.count(&changes).await;
     let r = run(keymeter(&app).args(["quota", "set", "--key", &id.to_string(), "--per-hour", "5", "--per-day", "50"]))
@@ -555,6 +561,14 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
         told.iter().any(|b| b.starts_with(
             "The platform's operator set the quota of “test key” to 200 requests per hour and 2,000 per day"
         )),
+        "{told:?}"
+    );
+    // With what changed as it was before.
+    let first = "200 requests per hour and 2,000 per day, at most 5 per second \
+                 (before: 100 per hour and 1,000 per day, no burst limit). Reason:";
+    assert!(told.iter().any(|b| b.contains(first)), "{told:?}");
+    assert!(
+        told.iter().any(|b| b.contains("2,000 per day, with no burst limit (before: at most 5 per second). Reason:")),
         "{told:?}"
     );
 }

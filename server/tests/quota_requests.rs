@@ -72,6 +72,13 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     let emailed = "SELECT count(*) FROM outbound_emails WHERE to_address = 'root@example.com' \
                    AND text_body LIKE '%asks for 100/hour and 10,000/day on the key “Checkout” (km_live_%, now 2/hour and 10,000/day): Black Friday traffic%'";
     assert_eq!(s.app.count(emailed).await, 1);
+    // Its link opens the request's own card on the admins' list.
+    let card = format!("#request-{}", request["id"]);
+    let linked = format!(
+        "SELECT count(*) FROM outbound_emails WHERE to_address = 'root@example.com' \
+         AND text_body LIKE '%Decide: %/admin/quota-requests{card}' || chr(10) || '%'"
+    );
+    assert_eq!(s.app.count(&linked).await, 1);
 
     // The admin sees the key's recent use next to the request.
     s.app.wait_for_events(services::keys::ApiKeyId::parse(&s.key_id).unwrap(), 3).await;
@@ -157,7 +164,8 @@ async fn a_denied_request_keeps_the_quota_and_carries_the_note() {
     assert_eq!(
         told["body"],
         "Your request for 2 requests per hour and 20,000 per day on “Checkout” was denied; the key keeps \
-         5 requests per hour and 15,000 per day. Note from the admin: Upgrade your plan first"
+         5 requests per hour and 15,000 per day. Note from the admin: Upgrade your plan first\n\nYou can send a new \
+         request from the key's page, explaining the need in more detail."
     );
     let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["requests_per_day"], 15_000);
@@ -659,7 +667,8 @@ async fn the_whole_audit_trail_can_be_read_a_page_at_a_time() {
 }
 
 /// Revoking a key closes its open request (before, it stayed on the admins' list, waiting for a
-/// decision nobody could make), and an owner whose key an admin revoked is told.
+/// decision nobody could make), and an owner whose key an admin revoked is told, in the bell and
+/// by email.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it() {
     let s = setup().await;
@@ -679,7 +688,11 @@ async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it(
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     let told: Vec<&str> =
         bell.iter().filter_map(|n| n["title"].as_str()).filter(|t| t.contains("was revoked")).collect();
-    assert_eq!(told, ["API key \"Checkout\" was revoked"]);
+    assert_eq!(told, ["API key “Checkout” was revoked"]);
+    // By email too: their integration stops working, and they may not look at the bell for days.
+    let mailed = "SELECT count(*) FROM outbound_emails WHERE to_address = 'ann@example.com' \
+                  AND subject = 'API key “Checkout” was revoked' AND text_body LIKE '%An admin revoked your API key%'";
+    assert_eq!(s.app.count(mailed).await, 1);
     // A second revocation changes nothing and tells nobody again.
     assert!(s.app.rpc(&s.admin, "keys/revoke", &[("id", &s.key_id)]).await.status().is_success());
     // The owner revoking their own key is not told about it.
@@ -688,6 +701,8 @@ async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it(
     assert!(s.app.rpc(&s.merchant, "keys/revoke", &[("id", spare)]).await.status().is_success());
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     assert_eq!(bell.iter().filter(|n| n["title"].as_str().unwrap_or_default().contains("was revoked")).count(), 1);
+    let any_revoked = "SELECT count(*) FROM outbound_emails WHERE subject LIKE '%was revoked'";
+    assert_eq!(s.app.count(any_revoked).await, 1);
 }
 
 /// A transaction of the test's own that holds some locks until it is told to commit.

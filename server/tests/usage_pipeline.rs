@@ -552,7 +552,7 @@ async fn a_revoked_key_stops_working_on_every_instance_within_seconds() {
         let res = c.get(app.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
-    services::keys::api_keys::revoke(&a.services.db, id).await.unwrap();
+    services::keys::api_keys::revoke(&a.services.db, id, &a.services.settings.public_url).await.unwrap();
     let started = std::time::Instant::now();
     loop {
         let res = c.get(b.url("/api/v1/ping")).bearer_auth(&secret).send().await.unwrap();

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::housekeeping;
 use crate::keys::{ApiKeyId, QuotaDecision, Window};
-use crate::mailer::{self, html_escape, Email};
+use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
 use crate::public_url::PublicUrl;
 use crate::schema::{api_keys, quota_alerts, users};
@@ -428,7 +428,9 @@ impl AlertMessage {
         };
         // "At least": one request can pass several thresholds (a lowered limit, a big batch of
         // usage), so the use may be past the threshold's count.
-        let how_much = if c.threshold >= 100 {
+        let how_much = if used >= c.limit && c.limit == 1 {
+            "the 1 request".to_owned()
+        } else if used >= c.limit {
             format!("all {}", format::counted(c.limit, "request", "requests"))
         } else {
             format!("{} or more of the {}", format::count(used), format::counted(c.limit, "request", "requests"))
@@ -446,10 +448,11 @@ impl AlertMessage {
              email you, open the key: {settings_url}\n"
         );
         let html = format!(
-            "<p>{}</p><p><a href=\"{}\">See the key's usage</a></p>\
+            "{}<p><a href=\"{}\">See the key's usage</a></p>\
              <p style=\"color:#666\">To ask for a higher quota, or to choose which alerts email you, \
              <a href=\"{}\">open the key</a>.</p>",
-            html_escape(&summary),
+            // Wraps anywhere: a long key name must not widen the mail past a phone's screen.
+            html_paragraph(&summary),
             html_escape(&usage_url),
             html_escape(&settings_url)
         );
@@ -559,6 +562,11 @@ mod tests {
             "{}",
             message(100, 25).summary
         );
+        // A limit of one: every threshold is its one request, said in plain words.
+        for threshold in THRESHOLDS {
+            let summary = message(threshold, 1).summary;
+            assert!(summary.contains("has used the 1 request allowed in"), "{summary}");
+        }
     }
 
     #[test]

@@ -453,9 +453,10 @@ impl ReportMessage {
             format::counted(all, "request", "requests")
         );
         let mut html = format!(
-            "<p>Your API keys made <b>{}</b> requests in {name} (UTC). {per_key}; the daily figures of \
+            "<p>Your API keys made <b>{}</b> {} in {name} (UTC). {per_key}; the daily figures of \
              every key are in the attached CSV.</p>",
-            count(all)
+            count(all),
+            if all == 1 { "request" } else { "requests" }
         );
         let usage_url = |s: &KeySummary| format!("{base}/dashboard/developers/api-keys/{}/usage", s.key.id);
         // A table cell of the full sections, figure right-aligned.

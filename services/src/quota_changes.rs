@@ -297,10 +297,27 @@ async fn set_and_tell(
                     Some(b) => format!(", at most {} per second", format::count(b.get())),
                     None => ", with no burst limit".to_owned(),
                 };
+                // What it was, for the parts that changed: the owner compares without a lookup.
+                let mut before = Vec::new();
+                if (per_hour.get(), per_day.get()) != (live.per_hour, live.per_day) {
+                    before.push(format!(
+                        "{} per hour and {} per day",
+                        format::count(live.per_hour),
+                        format::count(live.per_day)
+                    ));
+                }
+                if burst_per_second != live.burst {
+                    before.push(match live.burst {
+                        Some(b) => format!("at most {} per second", format::count(b.get())),
+                        None => "no burst limit".to_owned(),
+                    });
+                }
                 let body = format!(
-                    "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst}. Reason: {}",
+                    "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst} (before: {}). \
+                     Reason: {}",
                     format::counted(per_hour.get(), "request", "requests"),
                     format::count(per_day.get()),
+                    before.join(", "),
                     change.reason.trim()
                 );
                 notifications::tell_key_owner(

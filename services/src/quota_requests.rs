@@ -181,7 +181,7 @@ pub async fn create(
                         ),
                         other => other,
                     })?;
-                tell_admins(conn, user, &key, &live, &limits, reason, public_url).await?;
+                tell_admins(conn, (id, user), &key, &live, &limits, reason, public_url).await?;
                 Ok(id)
             })
         })
@@ -193,7 +193,7 @@ pub async fn create(
 /// it allows now and why more is needed, with a link to decide.
 async fn tell_admins(
     conn: &mut AsyncPgConnection,
-    requester: &User,
+    (request_id, requester): (i64, &User),
     key: &api_keys::ApiKey,
     live: &LiveKey,
     asked: &RequestedLimits,
@@ -214,7 +214,10 @@ async fn tell_admins(
         format::count(live.per_day),
         reason
     );
-    let decide_url = public_url.link("/admin/quota-requests");
+    // Straight to the request's card on the admins' list (`app::api::request_at` names it;
+    // every pending request is on the list's first page).
+    let decide_path = format!("/admin/quota-requests#request-{request_id}");
+    let decide_url = public_url.link(&decide_path);
     let text = format!("{body}\n\nDecide: {decide_url}\n");
     let html = format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(decide_url.as_str()));
     for (admin, email) in admins {
@@ -233,7 +236,7 @@ async fn tell_admins(
             kind: "quota_request",
             title: &title,
             body: &body,
-            link: Some("/admin/quota-requests"),
+            link: Some(&decide_path),
             dedupe_key: None,
         };
         notifications::notify(conn, &notice).await?;
@@ -425,6 +428,7 @@ async fn tell_merchant(
             format!("Quota request for \u{201c}{name}\u{201d} approved")
         }
     };
+    let denied = matches!(decided, Told::Denied { .. });
     let (title, mut body) = match decided {
         Told::Approved { granted, had } if granted == asked => (
             approved_title(granted, had),
@@ -449,6 +453,9 @@ async fn tell_merchant(
     };
     if !note.is_empty() {
         body.push_str(&format!(" Note from the admin: {note}"));
+    }
+    if denied {
+        body.push_str("\n\nYou can send a new request from the key's page, explaining the need in more detail.");
     }
     notifications::tell_key_owner(
         conn,

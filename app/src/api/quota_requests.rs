@@ -116,6 +116,7 @@ pub const SET_QUOTA_AT: &str = "set-quota";
 
 /// The same for an admin's refused decision: the request's own card (a decided card moves
 /// down the page, so a decision's confirmation shows at the top, `DECISIONS_AT`).
+/// The admins' email and bell entry of a new request link here too (`quota_requests::tell_admins`).
 pub fn request_at(id: i64) -> String {
     format!("request-{id}")
 }

@@ -470,23 +470,28 @@ async fn tell_password_changed(
     by: PasswordChangedBy,
     public_url: &PublicUrl,
 ) -> ServiceResult<()> {
-    let (how, then) = match by {
+    // Only a change on the account page keeps the session it was made in.
+    let (how, sessions, then) = match by {
         PasswordChangedBy::MailedLink => (
             "through a link mailed to this address",
+            "every session",
             "If this was not you, tell your keymeter administrator at once: someone can read your email.",
         ),
         PasswordChangedBy::SignedIn => (
-            "on the account page, by someone signed in who knew the password",
+            "on the account page, by someone signed in who knew the current password",
+            "every other session",
             "If this was not you, someone knows your password: choose a new one at once with \"Forgot your \
              password?\" on the sign-in page, and tell your keymeter administrator.",
         ),
-        PasswordChangedBy::Operator => {
-            ("by the platform's operator", "If you did not ask for this, tell your keymeter administrator.")
-        }
+        PasswordChangedBy::Operator => (
+            "by the platform's operator",
+            "every session",
+            "If you did not ask for this, tell your keymeter administrator.",
+        ),
     };
     let body = format!(
-        "The password of your keymeter account {} was changed at {} {how}, and every other session was \
-         signed out. {then}",
+        "The password of your keymeter account {} was changed at {} {how}, and {sessions} was signed out. \
+         {then}",
         user.email,
         format::time(&Utc::now()),
     );

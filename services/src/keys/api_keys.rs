@@ -10,6 +10,8 @@ use super::secret::ApiKeySecret;
 use crate::accounts::User;
 use crate::alerts::AlertThresholds;
 use crate::db::{self, DbPool};
+use crate::notifications;
+use crate::public_url::PublicUrl;
 use crate::schema::{api_key_quotas, api_keys, users};
 use crate::{ServiceError, ServiceResult};
 
@@ -346,37 +348,55 @@ pub async fn rename_for(db: &DbPool, id: ApiKeyId, viewer: &User, name: &KeyName
 /// This instance refuses it at once; the others once their cached entry expires (seconds).
 pub async fn revoke_for(services: &crate::Services, id: ApiKeyId, viewer: &User) -> ServiceResult<ApiKey> {
     get_for(&services.db, id, viewer).await?;
-    let (key, _) = revoke_by(&services.db, id, Some(viewer)).await?;
+    let (key, _) = revoke_by(&services.db, id, Revoker::Viewer(viewer), &services.settings.public_url).await?;
     services.keys.revoked(key.id);
     Ok(key)
 }
 
 /// Revokes a key regardless of owner (operator CLI); also says whether this call revoked it
 /// (false: it already was).
-pub async fn revoke(db: &DbPool, id: ApiKeyId) -> ServiceResult<(ApiKey, bool)> {
-    revoke_by(db, id, None).await
+pub async fn revoke(db: &DbPool, id: ApiKeyId, public_url: &PublicUrl) -> ServiceResult<(ApiKey, bool)> {
+    revoke_by(db, id, Revoker::Operator, public_url).await
+}
+
+/// Takes back a key whose secret never reached anyone (the operator's `key create` could not
+/// write it): revoked without telling its owner, who never had it.
+pub async fn withdraw_unseen(db: &DbPool, id: ApiKeyId, public_url: &PublicUrl) -> ServiceResult<()> {
+    revoke_by(db, id, Revoker::Withdrawn, public_url).await.map(|_| ())
+}
+
+/// Who revokes a key: its owner is told unless it was them (or it was never handed out).
+#[derive(Clone, Copy)]
+enum Revoker<'a> {
+    Viewer(&'a User),
+    Operator,
+    Withdrawn,
 }
 
 /// Revokes the key (a second revocation changes nothing) and closes its open quota request,
 /// which nobody could decide any more. An owner whose key someone else revoked (an admin, the
-/// operator) is told in the app.
-async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResult<(ApiKey, bool)> {
-    use crate::notifications::{self, NewNotification};
+/// operator) is told by email and in the bell: their integration stops working.
+async fn revoke_by(
+    db: &DbPool,
+    id: ApiKeyId,
+    by: Revoker<'_>,
+    public_url: &PublicUrl,
+) -> ServiceResult<(ApiKey, bool)> {
     use crate::schema::quota_requests;
     let mut conn = db::conn(db).await?;
-    let revoker_id = by.map(|u| u.id);
     let revoked_now = conn
         .transaction::<_, ServiceError, _>(|conn| {
             Box::pin(async move {
-                let owner: Option<(i64, String)> = diesel::update(
+                let now = Utc::now();
+                let revoked: Option<(i64, String, String)> = diesel::update(
                     api_keys::table.filter(api_keys::id.eq(id.0)).filter(api_keys::revoked_at.is_null()),
                 )
-                .set(api_keys::revoked_at.eq(Utc::now()))
-                .returning((api_keys::owner_id, api_keys::name))
+                .set(api_keys::revoked_at.eq(now))
+                .returning((api_keys::owner_id, api_keys::name, api_keys::prefix))
                 .get_result(conn)
                 .await
                 .optional()?;
-                let Some((owner_id, name)) = owner else { return Ok(false) };
+                let Some((owner_id, name, prefix)) = revoked else { return Ok(false) };
                 diesel::update(
                     quota_requests::table
                         .filter(quota_requests::api_key_id.eq(id.0))
@@ -384,25 +404,29 @@ async fn revoke_by(db: &DbPool, id: ApiKeyId, by: Option<&User>) -> ServiceResul
                 )
                 .set((
                     quota_requests::status.eq(crate::quota_requests::RequestStatus::Cancelled.as_str()),
-                    quota_requests::decided_at.eq(Utc::now()),
+                    quota_requests::decided_at.eq(now),
                     quota_requests::decision_note.eq("The key was revoked."),
                 ))
                 .execute(conn)
                 .await?;
-                if revoker_id != Some(owner_id) {
-                    let who = if revoker_id.is_some() { "An admin" } else { "The platform's operator" };
-                    let title = format!("API key \"{name}\" was revoked");
-                    let body = format!("{who} revoked it: calls with it are now refused.");
-                    let link = "/dashboard/developers/api-keys";
-                    let n = NewNotification {
-                        user_id: owner_id,
-                        kind: "key_revoked",
-                        title: &title,
-                        body: &body,
-                        link: Some(link),
-                        dedupe_key: None,
-                    };
-                    notifications::notify(conn, &n).await?;
+                let who = match by {
+                    Revoker::Viewer(user) if user.id == owner_id => None,
+                    Revoker::Viewer(_) => Some("An admin"),
+                    Revoker::Operator => Some("The platform's operator"),
+                    Revoker::Withdrawn => None,
+                };
+                if let Some(who) = who {
+                    let owner_email: String = users::table.find(owner_id).select(users::email).get_result(conn).await?;
+                    let title = format!("API key “{name}” was revoked");
+                    let body = format!(
+                        "{who} revoked your API key “{name}” ({prefix}…) at {}. Calls with it are refused \
+                         within seconds (401 revoked_api_key) and are no longer counted; its usage history stays on \
+                         its page. If you did not expect this, ask your keymeter administrator; a new \
+                         key can be created on the API keys page.",
+                        format::time(&now)
+                    );
+                    let owner = (owner_id, owner_email.as_str());
+                    notifications::tell_key_owner(conn, owner, "key_revoked", &title, body, id.0, public_url).await?;
                 }
                 Ok(true)
             })

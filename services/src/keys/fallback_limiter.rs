@@ -5,6 +5,7 @@
 //! are recorded as unenforced.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::api_keys::ApiKeyId;
@@ -46,9 +47,30 @@ struct KeyState {
     limits: (i64, i64),
 }
 
+impl KeyState {
+    /// What this instance admitted on its own, taken to be added to Redis' counts: counted as
+    /// known meanwhile, since it is on its way there (a next outage must start from it too).
+    fn take_local(&mut self) -> Option<LocalAdmissions> {
+        let owed = (self.hour.local > 0 || self.day.local > 0).then_some(LocalAdmissions {
+            hour_start_ms: self.hour.start_ms,
+            hour: self.hour.local,
+            day_start_ms: self.day.start_ms,
+            day: self.day.local,
+        });
+        for w in [&mut self.hour, &mut self.day] {
+            w.known_used += w.local;
+            w.local = 0;
+        }
+        owed
+    }
+}
+
 pub struct FallbackLimiter {
     instances: i64,
     keys: Mutex<HashMap<ApiKeyId, KeyState>>,
+    /// Whether some key may hold admissions not taken yet; written under `keys`' lock, so that
+    /// [`Self::take_owed`] walks the keys only after an outage.
+    maybe_owing: AtomicBool,
 }
 
 impl FallbackLimiter {
@@ -56,7 +78,11 @@ impl FallbackLimiter {
     const MAX_KEYS: usize = 100_000;
 
     pub fn new(instances: u32) -> Self {
-        Self { instances: i64::from(instances.max(1)), keys: Mutex::new(HashMap::new()) }
+        Self {
+            instances: i64::from(instances.max(1)),
+            keys: Mutex::new(HashMap::new()),
+            maybe_owing: AtomicBool::new(false),
+        }
     }
 
     fn with_key<T>(&self, key: ApiKeyId, f: impl FnOnce(&mut KeyState) -> T) -> T {
@@ -75,18 +101,14 @@ impl FallbackLimiter {
     /// (else the key could use its quota twice over an outage).
     pub fn observe(&self, key: ApiKeyId, d: &QuotaDecision) -> Option<LocalAdmissions> {
         self.with_key(key, |k| {
-            let owed = (k.hour.local > 0 || k.day.local > 0).then_some(LocalAdmissions {
-                hour_start_ms: k.hour.start_ms,
-                hour: k.hour.local,
-                day_start_ms: k.day.start_ms,
-                day: k.day.local,
-            });
-            // What is owed is on its way into Redis' counts but not in `d` yet: a next outage
-            // (or a flapping Redis) must start from both, or each episode would hand out a
-            // share of the same remaining quota again.
+            let owed = k.take_local();
+            // Within a window, the larger of Redis' word and what this instance knows: admissions
+            // on their way into Redis' counts (taken here or just before) are not in `d` yet, and
+            // a next outage (or a flapping Redis) must start from them, or each episode would
+            // hand out a share of the same remaining quota again.
             let known = |w: &WindowState, start_ms: i64, used: i64| WindowState {
                 start_ms,
-                known_used: used + if w.start_ms == start_ms { w.local } else { 0 },
+                known_used: if w.start_ms == start_ms { used.max(w.known_used) } else { used },
                 local: 0,
             };
             k.hour = known(&k.hour, d.hour.start_ms(), d.hour.used);
@@ -101,22 +123,41 @@ impl FallbackLimiter {
     /// limits: a key may get no request to observe after an outage.
     pub fn take_owed(&self, wanted: impl Fn(ApiKeyId) -> bool) -> Vec<(ApiKeyId, LocalAdmissions, (i64, i64))> {
         let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        keys.iter_mut()
-            .filter(|(key, k)| (k.hour.local > 0 || k.day.local > 0) && wanted(**key))
-            .map(|(key, k)| {
-                let owed = LocalAdmissions {
-                    hour_start_ms: k.hour.start_ms,
-                    hour: k.hour.local,
-                    day_start_ms: k.day.start_ms,
-                    day: k.day.local,
-                };
-                for w in [&mut k.hour, &mut k.day] {
-                    w.known_used += w.local;
-                    w.local = 0;
+        if !self.maybe_owing.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut left = false;
+        for (key, k) in keys.iter_mut() {
+            if k.hour.local == 0 && k.day.local == 0 {
+                continue;
+            }
+            if !wanted(*key) {
+                left = true;
+                continue;
+            }
+            if let Some(owed) = k.take_local() {
+                taken.push((*key, owed, k.limits));
+            }
+        }
+        self.maybe_owing.store(left, Ordering::Relaxed);
+        taken
+    }
+
+    /// Admissions taken to be added to Redis that did not get there (Redis failed again): kept
+    /// for the key's next chance, in the windows they were counted in (if still current).
+    pub fn put_back(&self, key: ApiKeyId, owed: &LocalAdmissions) {
+        self.with_key(key, |k| {
+            for (w, start_ms, n) in
+                [(&mut k.hour, owed.hour_start_ms, owed.hour), (&mut k.day, owed.day_start_ms, owed.day)]
+            {
+                if w.start_ms == start_ms && n > 0 {
+                    w.local += n;
+                    w.known_used = (w.known_used - n).max(0);
+                    self.maybe_owing.store(true, Ordering::Relaxed);
                 }
-                (*key, owed, k.limits)
-            })
-            .collect()
+            }
+        });
     }
 
     /// This instance's share of what is left of a window.
@@ -154,6 +195,7 @@ impl FallbackLimiter {
             if admitted {
                 k.hour.local += 1;
                 k.day.local += 1;
+                self.maybe_owing.store(true, Ordering::Relaxed);
             }
             // What this instance enforces, as the headers report it.
             let window = |w: Window, s: &WindowState, share: i64, reset_at_ms: i64| WindowUse {
@@ -276,6 +318,48 @@ mod tests {
         // ...and goes away again: of the 10 left, half here, not half of 20 again.
         let second = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
         assert_eq!(second, 5);
+    }
+
+    /// After an outage, admissions taken to be added to Redis count as known until Redis' own
+    /// word includes them: an answer decided before they land does not hand them out again.
+    #[test]
+    fn owed_admissions_in_flight_still_count_if_redis_fails_again() {
+        let limiter = FallbackLimiter::new(2);
+        let (key, other) = (ApiKeyId(uuid::Uuid::new_v4()), ApiKeyId(uuid::Uuid::new_v4()));
+        let now = HOUR + 60_000;
+        let seen = redis_said(&quota(20, 1_000), 0);
+        limiter.observe(key, &seen);
+        assert!(limiter.take_owed(|_| true).is_empty(), "nothing admitted yet");
+        let first = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(first, 10);
+        // Taken for Redis only where it answers again.
+        assert!(limiter.take_owed(|k| k == other).is_empty());
+        let taken = limiter.take_owed(|k| k == key);
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].1.hour, taken[0].1.day, taken[0].2), (10, 10, (20, 1_000)));
+        assert!(limiter.take_owed(|_| true).is_empty(), "taken once");
+        // Redis decides a request before the 10 land (it says 1 used), then fails again.
+        assert!(limiter.observe(key, &redis_said(&quota(20, 1_000), 1)).is_none());
+        let second = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(second, 5, "half of the 10 left, not of the 19 Redis' word alone leaves");
+    }
+
+    /// Admissions Redis did not take (it failed again) are owed again, once.
+    #[test]
+    fn admissions_put_back_are_owed_again() {
+        let limiter = FallbackLimiter::new(1);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        for _ in 0..3 {
+            assert!(limiter.check(key, &quota(20, 1_000), now).admitted);
+        }
+        let (_, owed, _) = limiter.take_owed(|_| true).pop().expect("owed");
+        limiter.put_back(key, &owed);
+        // Not counted twice meanwhile: 17 more, not 14.
+        let more = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(more, 17);
+        let (_, again, _) = limiter.take_owed(|_| true).pop().expect("owed again");
+        assert_eq!((again.hour, again.day), (20, 20));
     }
 
     #[test]

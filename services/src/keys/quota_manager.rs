@@ -27,7 +27,7 @@ use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
 use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
-use super::quota_outage::{Marked, QuotaOutage};
+use super::quota_outage::{Marked, QuotaOutage, Recovered};
 use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
@@ -218,7 +218,7 @@ pub enum Verdict {
     /// knows of (Redis' last word and its own admissions since): a lower bound of the
     /// deployment's use while Redis' count is exact, so alerts read from it are not early. (A
     /// check Redis ran after its timeout is counted there as well as by the fallback until it
-    /// is given back, one request early at worst.)
+    /// is given back: a batch early at worst.)
     Fallback { decision: QuotaDecision, known: QuotaDecision },
     /// Redis unavailable and the policy is fail-closed.
     Unavailable,
@@ -230,23 +230,43 @@ pub const CHECK_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include
 /// Stores a key's new limits for every instance, unless newer ones are stored.
 const PUBLISH_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include_str!("quota_publish.lua"));
 
-/// Adds counts to a key's windows if they are the given ones (hour and day starts in seconds);
-/// returns the hour's and the day's counts after, -1 for a window that has moved on.
-const RECONCILE: &str = r"
+/// Adds counts to a key's windows (hour and day starts in seconds); returns the hour's and the
+/// day's counts after, -1 for a window that has moved on. Admissions (positive counts) start
+/// their window when Redis holds an older one or none (the key's first requests of it came
+/// during the outage, or Redis lost its data); a give-back (negative) only corrects its own.
+const RECONCILE: &str = concat!(
+    include_str!("quota_expiry.lua"),
+    r"
 local s = redis.call('HMGET', KEYS[1], 'hw', 'dw')
-local hc, dc = -1, -1
-if tonumber(s[1]) == tonumber(ARGV[1]) then hc = redis.call('HINCRBY', KEYS[1], 'hc', ARGV[2]) end
-if tonumber(s[2]) == tonumber(ARGV[3]) then dc = redis.call('HINCRBY', KEYS[1], 'dc', ARGV[4]) end
+local function add(window_field, count_field, held, start, n)
+  held, start, n = tonumber(held), tonumber(start), tonumber(n)
+  if held == start then return redis.call('HINCRBY', KEYS[1], count_field, n) end
+  if n > 0 and (held == nil or held < start) then
+    redis.call('HSET', KEYS[1], window_field, start, count_field, n)
+    return n
+  end
+  return -1
+end
+local hc = add('hw', 'hc', s[1], ARGV[1], ARGV[2])
+local dc = add('dw', 'dc', s[2], ARGV[3], ARGV[4])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  local t = redis.call('TIME')
+  keep_past_day(KEYS[1], tonumber(t[1]) * 1000)
+end
 return {hc, dc}
-";
+"
+);
 
 /// A key's use after counts were added to it without a request to carry what they reach (an
 /// outage's local admissions): for the alerts, which are otherwise read off requests.
 pub type AddedCounts = (ApiKeyId, QuotaDecision);
 
-/// Such reports waiting for their reader at most (a few per key per outage); more are dropped,
-/// and the key's next request carries what they would have.
+/// Such reports waiting for their reader at most (a few per key per outage).
 const ADDED_COUNTS_QUEUE: usize = 1024;
+
+/// How long a report waits for room in that queue before it is dropped (the key's next request
+/// that Redis decides then carries what it would have).
+const ADDED_COUNTS_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a script call given up on is still listened to, for what it counted (see
 /// `QuotaManager::give_back_when_late`). Longer than any pause a Redis comes back from with its
@@ -404,45 +424,54 @@ impl QuotaManager {
         self.fallback.last_seen(key.id, &key.quota, Utc::now().timestamp_millis())
     }
 
-    /// Adds what the fallback admitted during an outage to the Redis counts of the same
-    /// windows (if they are still current), off the request path, and reports the key's use
-    /// after it, against `limits` (hour, day), to [`Self::take_added_counts`]: each instance's
-    /// own admissions may reach no alert threshold while their sum does, and no request may
-    /// come to carry it.
-    fn add_local_admissions(&self, key: ApiKeyId, owed: LocalAdmissions, limits: (i64, i64)) {
+    /// Adds what the fallback admitted during an outage to the Redis counts of its windows, off
+    /// the request path, one key after the other (a Redis just back is not flooded), and
+    /// reports each key's use after it, against its `limits` (hour, day), to
+    /// [`Self::take_added_counts`]: each instance's own admissions may reach no alert threshold
+    /// while their sum does, and no request may come to carry it. What Redis does not take
+    /// (it failed again) goes back to the fallback for the key's next chance.
+    fn add_local_admissions(&self, owed: Vec<(ApiKeyId, LocalAdmissions, (i64, i64))>) {
+        if owed.is_empty() {
+            return;
+        }
         let (shared, script, report) = (self.shared.clone(), self.reconcile.clone(), self.added_counts.clone());
+        let fallback = self.fallback.clone();
         tokio::spawn(async move {
-            let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
-            let Some((hour_count, day_count)) = add_to_counts(&shared, &script, key, hour, day).await else { return };
-            // A window that moved on meanwhile (-1) has nothing to report.
-            let window = |window: Window, limit, start_ms, count: i64| WindowUse {
-                window,
-                limit,
-                used: count.max(0),
-                reset_at_ms: start_ms + window.length_ms(),
-            };
-            let after = QuotaDecision {
-                admitted: false,
-                hour: window(Window::Hour, limits.0, owed.hour_start_ms, hour_count),
-                day: window(Window::Day, limits.1, owed.day_start_ms, day_count),
-                burst_per_second: None,
-                blocked_by: None,
-                retry_after_secs: None,
-                now_ms: Utc::now().timestamp_millis(),
-            };
-            // When the reader falls behind (or there is none), the report is dropped: a later
-            // request of the key that Redis decides carries what it would have.
-            let _ = report.try_send((key, after));
+            for (key, owed, limits) in owed {
+                let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
+                let Some((hour_count, day_count)) = add_to_counts(&shared, &script, key, hour, day).await else {
+                    fallback.put_back(key, &owed);
+                    continue;
+                };
+                // A window that moved on meanwhile (-1) has nothing to report.
+                let window = |window: Window, limit, start_ms, count: i64| WindowUse {
+                    window,
+                    limit,
+                    used: count.max(0),
+                    reset_at_ms: start_ms + window.length_ms(),
+                };
+                let after = QuotaDecision {
+                    admitted: false,
+                    hour: window(Window::Hour, limits.0, owed.hour_start_ms, hour_count),
+                    day: window(Window::Day, limits.1, owed.day_start_ms, day_count),
+                    burst_per_second: None,
+                    blocked_by: None,
+                    retry_after_secs: None,
+                    now_ms: Utc::now().timestamp_millis(),
+                };
+                // Waited for a while (the reader stores alerts in PostgreSQL), not for ever: with
+                // no reader, the key's next request that Redis decides carries what it would have.
+                let _ = tokio::time::timeout(ADDED_COUNTS_WAIT, report.send((key, after))).await;
+            }
         });
     }
 
-    /// Once an outage of `slot` ends: what the fallback admitted of every key there, added to
-    /// Redis (a key that gets no request to observe would otherwise keep it for good).
-    fn add_owed_of_slot(&self, slot: usize) {
+    /// Once some slot's outage ends (on a single Redis: the outage), what the fallback admitted
+    /// of every key whose checks go to Redis again, added to it: a key that gets no request to
+    /// observe would otherwise keep it for good.
+    fn add_owed_of_slots_up(&self) {
         let outage = self.outage.clone();
-        for (key, owed, limits) in self.fallback.take_owed(|key| outage.slot_of(key) == slot) {
-            self.add_local_admissions(key, owed, limits);
-        }
+        self.add_local_admissions(self.fallback.take_owed(|key| outage.is_up(outage.slot_of(key))));
     }
 
     /// The reports of keys' use after counts were added without a request (see
@@ -459,9 +488,14 @@ impl QuotaManager {
 
     /// Not `OutageLog` (which needs a lock): this runs on every metered request.
     fn mark_up(&self, slot: usize) {
-        if self.outage.succeeded(slot) {
-            tracing::info!("Redis answers quota checks again");
-            self.add_owed_of_slot(slot);
+        match self.outage.succeeded(slot) {
+            Recovered::Nothing => {}
+            recovered => {
+                if recovered == Recovered::Outage {
+                    tracing::info!("Redis answers quota checks again");
+                }
+                self.add_owed_of_slots_up();
+            }
         }
     }
 
@@ -549,7 +583,7 @@ impl QuotaManager {
                     // What Redis says now ends any local counting of an outage (once per batch).
                     let last = decode(&reply, batch.len() - 1);
                     if let Some(owed) = self.fallback.observe(key, &last) {
-                        self.add_local_admissions(key, owed, (last.hour.limit, last.day.limit));
+                        self.add_local_admissions(vec![(key, owed, (last.hour.limit, last.day.limit))]);
                     }
                     for (i, waiter) in batch.into_iter().enumerate() {
                         let _ = waiter.reply.send(Ok(decode(&reply, i)));

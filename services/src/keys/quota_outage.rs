@@ -21,6 +21,17 @@ const HUNG_SLOTS: u32 = 3;
 /// Failures this far apart are two outages (for the log).
 const NEW_OUTAGE_AFTER_MS: i64 = 10_000;
 
+/// What a successful check changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    /// Its slot was up.
+    Nothing,
+    /// Its slot (or, after a hung Redis, every slot) came back, while others are still down.
+    Slots,
+    /// No slot is down any more: the outage ends.
+    Outage,
+}
+
 /// What a failed check changed, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Marked {
@@ -110,20 +121,29 @@ impl QuotaOutage {
         }
     }
 
-    /// A check in `slot` got Redis' answer. Returns true if that ends the outage (no slot
-    /// is down any more).
-    pub fn succeeded(&self, slot: usize) -> bool {
+    /// A check in `slot` got Redis' answer: what that changed.
+    pub fn succeeded(&self, slot: usize) -> Recovered {
         // Loads first: on the hot path, with nothing down, nothing is written.
         if self.timeouts_since_success.load(Ordering::Relaxed) != 0 {
             self.timeouts_since_success.store(0, Ordering::Relaxed);
         }
-        if self.all_down_until_ms.load(Ordering::Relaxed) != 0 {
-            self.all_down_until_ms.store(0, Ordering::Relaxed);
-        }
+        let hung_ended = self.all_down_until_ms.load(Ordering::Relaxed) != 0
+            && self.all_down_until_ms.swap(0, Ordering::Relaxed) != 0;
         let slot = &self.down_until_ms[slot];
-        slot.load(Ordering::Relaxed) != 0
-            && slot.swap(0, Ordering::Relaxed) != 0
-            && self.slots_down.fetch_sub(1, Ordering::Relaxed) == 1
+        let slot_back = slot.load(Ordering::Relaxed) != 0 && slot.swap(0, Ordering::Relaxed) != 0;
+        if slot_back && self.slots_down.fetch_sub(1, Ordering::Relaxed) == 1 {
+            Recovered::Outage
+        } else if slot_back || hung_ended {
+            Recovered::Slots
+        } else {
+            Recovered::Nothing
+        }
+    }
+
+    /// Whether checks in `slot` go to Redis (no failure there, nor a hung Redis, since the last
+    /// success).
+    pub fn is_up(&self, slot: usize) -> bool {
+        self.all_down_until_ms.load(Ordering::Relaxed) == 0 && self.down_until_ms[slot].load(Ordering::Relaxed) == 0
     }
 
     /// Whether quota checks are failing: on a single Redis its one state, on a cluster any
@@ -165,9 +185,9 @@ mod tests {
         assert!(outage.any_down());
         assert!(outage.should_try(0, 90_000));
         assert!(outage.any_down());
-        assert!(outage.succeeded(0), "the outage ends");
+        assert_eq!(outage.succeeded(0), Recovered::Outage, "the outage ends");
         assert!(!outage.any_down());
-        assert!(!outage.succeeded(0), "nothing was down");
+        assert_eq!(outage.succeeded(0), Recovered::Nothing, "nothing was down");
     }
 
     #[test]
@@ -182,10 +202,11 @@ mod tests {
             let marked = outage.failed(dead, now, now + 1_000, true);
             assert_eq!(marked == Marked::OutageBegins, second == 0, "logged once, second {second}");
             assert!(outage.should_try(healthy, now + 10), "second {second}");
-            assert!(!outage.succeeded(healthy), "the dead slot is still down");
+            assert_eq!(outage.succeeded(healthy), Recovered::Nothing, "the dead slot is still down");
+            assert!(outage.is_up(healthy) && !outage.is_up(dead));
             assert!(outage.any_down());
         }
-        assert!(outage.succeeded(dead), "its primary is back");
+        assert_eq!(outage.succeeded(dead), Recovered::Outage, "its primary is back");
         assert!(!outage.any_down());
     }
 
@@ -212,8 +233,11 @@ mod tests {
         assert!(outage.should_try(4, 21_030));
         outage.failed(1, 21_030, 22_030, true);
         assert!(!outage.should_try(5, 21_040));
-        // One success shows the cluster answers: slots are judged one by one again.
-        assert!(!outage.succeeded(6));
+        // One success shows the cluster answers: slots are judged one by one again (every slot
+        // came back, so what the fallback admitted in the slots now up is owed to Redis).
+        assert!(!outage.is_up(6));
+        assert_eq!(outage.succeeded(6), Recovered::Slots);
+        assert!(outage.is_up(6) && outage.is_up(5) && !outage.is_up(1));
         assert!(outage.should_try(5, 21_040));
         assert!(!outage.should_try(1, 21_040), "its own failure still holds");
     }
@@ -235,7 +259,7 @@ mod tests {
         assert!(outage.any_down());
         // Much later, another slot: a new outage, and slot 1 no longer counts.
         assert_eq!(outage.failed(2, 40_000, 41_000, false), Marked::OutageBegins);
-        assert!(outage.succeeded(2), "the only slot down was this one");
+        assert_eq!(outage.succeeded(2), Recovered::Outage, "the only slot down was this one");
         assert!(!outage.any_down());
     }
 }
