@@ -485,7 +485,8 @@ async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
     assert_eq!(policy(&s).await, "\"hour\";q=100;w=3600, \"day\";q=10000;w=86400, \"burst\";q=3;w=1");
     let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["burst_per_second"], 3);
-    let told = "SELECT count(*) FROM notifications WHERE body LIKE '%100 requests per hour and 10,000 per day, at most 3 per second. Reason: ticket 9%'";
+    let told = "SELECT count(*) FROM notifications WHERE body LIKE '%100 requests per hour and 10,000 per day, at most 3 per second \
+                (before: 2 per hour and 10,000 per day, no burst limit). Reason: ticket 9%'";
     assert_eq!(s.app.count(told).await, 1);
     let audit = "SELECT count(*) FROM quota_changes WHERE source = 'admin' AND old_burst IS NULL AND new_burst = 3";
     assert_eq!(s.app.count(audit).await, 1);
@@ -513,7 +514,7 @@ async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
     assert_eq!(policy(&s).await, "\"hour\";q=150;w=3600, \"day\";q=10000;w=86400");
     assert_eq!(s.app.key_list(&s.merchant).await[0]["burst_per_second"], Value::Null);
     let removed =
-        "SELECT count(*) FROM notifications WHERE body LIKE '%with no burst limit. Reason: no longer needed%'";
+        "SELECT count(*) FROM notifications WHERE body LIKE '%with no burst limit (before: at most 1,000 per second). Reason: no longer needed%'";
     assert_eq!(s.app.count(removed).await, 1);
     assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'admin'").await, 3);
 }
@@ -556,7 +557,7 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     assert_eq!(key_limits(&s).await, (500, 20_000));
     let told = "SELECT count(*) FROM notifications n JOIN users u ON u.id = n.user_id \
                 WHERE u.email = 'ann@example.com' AND n.kind = 'quota_changed' \
-                AND n.body LIKE '%500 requests per hour and 20,000 per day. Reason: ticket 7%'";
+                AND n.body LIKE '%500 requests per hour and 20,000 per day (before: 2 per hour and 10,000 per day). Reason: ticket 7%'";
     assert_eq!(s.app.count(told).await, 1);
     let mailed = "SELECT count(*) FROM outbound_emails \
                   WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota changed for%Checkout%'";
