@@ -221,7 +221,9 @@ impl CrossingMemo {
                     // A late request of an earlier period: the database keeps it from repeating.
                     return true;
                 }
-                let bit = 1u8 << THRESHOLDS.iter().position(|&t| t == c.threshold).unwrap_or(0);
+                // Crossings carry only known thresholds; an unknown one would always pass (the
+                // database keeps it from repeating).
+                let bit = AlertThresholds::bit(c.threshold).unwrap_or(0);
                 let new = *passed & bit == 0;
                 *passed |= bit;
                 new
@@ -236,7 +238,7 @@ impl CrossingMemo {
         for c in crossings {
             if let Some((period, passed)) = memo.seen.get_mut(&(key, c.window)) {
                 if *period == c.period_start_ms {
-                    *passed &= !(1u8 << THRESHOLDS.iter().position(|&t| t == c.threshold).unwrap_or(0));
+                    *passed &= !AlertThresholds::bit(c.threshold).unwrap_or(0);
                 }
             }
         }
