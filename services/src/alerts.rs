@@ -361,34 +361,97 @@ pub async fn record(
 /// Tells owners of the thresholds that keys' use reached when counts were added to it without a
 /// request (an outage's local admissions, added once Redis answers: each instance's share may
 /// reach nothing while their sum does, and the key may get no more requests to carry it).
-/// Stored as a request's crossings would be, once by the same `quota_alerts` key. Runs until
-/// `stopped`, then stores what is still queued.
+/// Stored as a request's crossings would be, once by the same `quota_alerts` key; what
+/// PostgreSQL refuses is tried again every few seconds (no request may come to carry it). Runs
+/// until `stopped`, then stores what is still queued.
 pub async fn tell_added_counts(
     services: crate::Services,
     mut added: tokio::sync::mpsc::Receiver<crate::keys::quota_manager::AddedCounts>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut unstored = UnstoredAlerts::default();
     loop {
-        let report = tokio::select! {
-            report = added.recv() => report,
-            _ = stopped.wait_for(|&stop| stop) => None,
+        let stop = tokio::select! {
+            report = added.recv() => match report {
+                Some(report) => {
+                    unstored.add(&services.alert_crossings, report);
+                    false
+                }
+                None => true,
+            },
+            _ = tokio::time::sleep(UnstoredAlerts::RETRY_AFTER), if !unstored.rows.is_empty() => false,
+            _ = stopped.wait_for(|&stop| stop) => true,
         };
-        let Some((key, use_)) = report.or_else(|| added.try_recv().ok()) else { return };
-        let reached = services.alert_crossings.first_seen(key.0, crossings(&use_));
-        if reached.is_empty() {
-            continue;
+        if stop {
+            while let Ok(report) = added.try_recv() {
+                unstored.add(&services.alert_crossings, report);
+            }
         }
-        let rows: Vec<_> = reached.iter().map(|c| (key.0, use_.now_ms, *c)).collect();
-        let public_url = &services.settings.public_url;
+        unstored.store(&services).await;
+        if stop {
+            unstored.give_up(&services.alert_crossings);
+            return;
+        }
+    }
+}
+
+/// Crossings reported after an outage and not stored yet, oldest first.
+#[derive(Default)]
+struct UnstoredAlerts {
+    rows: Vec<(Uuid, i64, QuotaCrossing)>,
+    /// Whether the last try failed (warned once per run of failures).
+    failing: bool,
+}
+
+impl UnstoredAlerts {
+    const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Kept at most; the oldest beyond go back to the requests (a PostgreSQL down for long).
+    const MAX_ROWS: usize = 10_000;
+
+    fn add(&mut self, memo: &CrossingMemo, (key, use_): crate::keys::quota_manager::AddedCounts) {
+        let reached = memo.first_seen(key.0, crossings(&use_));
+        self.rows.extend(reached.into_iter().map(|c| (key.0, use_.now_ms, c)));
+        if self.rows.len() > Self::MAX_ROWS {
+            let dropped: Vec<_> = self.rows.drain(..self.rows.len() - Self::MAX_ROWS).collect();
+            Self::hand_back(memo, &dropped);
+        }
+    }
+
+    async fn store(&mut self, services: &crate::Services) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let (rows, public_url) = (&self.rows, &services.settings.public_url);
         let stored = async {
             let mut conn = crate::db::conn(&services.db).await?;
-            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, &rows, public_url).await }))
-                .await
+            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, rows, public_url).await })).await
         };
-        if let Err(e) = stored.await {
-            // PostgreSQL failing just as Redis came back: the key's next request carries it.
-            tracing::warn!(error = %e, %key, "could not store a quota alert reached after a Redis outage");
-            services.alert_crossings.forget(key.0, &reached);
+        match stored.await {
+            Ok(_) => {
+                self.rows.clear();
+                self.failing = false;
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %e, waiting = self.rows.len(), "could not store quota alerts reached after a Redis outage; trying again");
+                }
+                self.failing = true;
+            }
+        }
+    }
+
+    /// At stop: what could not be stored goes back to the keys' next requests (of another
+    /// instance, or of this one once it runs again).
+    fn give_up(&mut self, memo: &CrossingMemo) {
+        if !self.rows.is_empty() {
+            tracing::warn!(alerts = self.rows.len(), "quota alerts reached after a Redis outage were not stored");
+            Self::hand_back(memo, &std::mem::take(&mut self.rows));
+        }
+    }
+
+    fn hand_back(memo: &CrossingMemo, rows: &[(Uuid, i64, QuotaCrossing)]) {
+        for (key, _, c) in rows {
+            memo.forget(*key, std::slice::from_ref(c));
         }
     }
 }
