@@ -200,3 +200,32 @@ test("an admin sets a key's quota on the key's page; the owner is told", async (
   const call = await adminPage.request.get('/api/v1/ping', { headers: { 'X-API-Key': secret } });
   expect(call.status()).toBe(401);
 });
+
+test("an admin's bell entry for a new request opens that request's card, in view", async ({ page, browser }) => {
+  await signIn(page, MERCHANT);
+  // Three requests: the newest card is far down the admins' list (oldest first).
+  const stamp = Date.now();
+  let newest = '';
+  for (const i of [1, 2, 3]) {
+    const asked = await page.evaluate(async (name) => {
+      const post = (path: string, body: Record<string, string>) =>
+        fetch(`/rpc/${path}`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(body) });
+      const created = await (await post('keys/create', { name })).json();
+      const request = await post('quota-requests/create', { key_id: created.key.id, per_hour: '2000', per_day: '20000', reason: 'a launch' });
+      return (await request.json()).id as number;
+    }, `Linked ${stamp} ${i}`);
+    newest = `Linked ${stamp} ${i}`;
+    expect(asked).toBeGreaterThan(0);
+  }
+
+  const adminPage = await (await browser.newContext({ viewport: { width: 1280, height: 720 } })).newPage();
+  await signIn(adminPage, ADMIN);
+  await adminPage.goto('/dashboard/notifications');
+  await hydrated(adminPage);
+  // Opened in the app (the router shows the page, the list arrives after it), not loaded.
+  await adminPage.getByRole('link', { name: `Open: Quota request for “${newest}”` }).click();
+  await expect(adminPage).toHaveURL(/\/admin\/quota-requests#request-\d+$/);
+  const card = adminPage.getByTestId('admin-request').filter({ hasText: newest });
+  await expect(card).toHaveAttribute('data-status', 'pending');
+  await expect(card).toBeInViewport();
+});

@@ -341,6 +341,28 @@ pub fn Confirmation(#[prop(into)] text: String, testid: &'static str) -> impl In
     view! { <p class="ok confirmation" tabindex="-1" data-testid=testid node_ref=node>{text}</p> }
 }
 
+/// Brings the element the address' `#fragment` names into view once a list that holds it has
+/// rendered, once per page: a browser does so on a page load, but not when the router shows the
+/// page (a bell entry's link) and the list arrives after it. Placed after the list's items.
+#[component]
+pub fn ScrollToLinked(done: StoredValue<bool>) -> impl IntoView {
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| {
+        if done.get_value() {
+            return;
+        }
+        done.set_value(true);
+        request_animation_frame(|| {
+            let hash = window().location().hash().unwrap_or_default();
+            if let Some(element) = hash.strip_prefix('#').and_then(|id| document().get_element_by_id(id)) {
+                element.scroll_into_view();
+            }
+        });
+    });
+    #[cfg(not(feature = "hydrate"))]
+    let _ = done;
+}
+
 /// Where page titles are announced to screen readers: the router swaps pages without a load,
 /// which they would not announce. Each page's [`PageTitle`] puts its title here when it
 /// appears once the reader has left the page the browser loaded (a page load reads the title

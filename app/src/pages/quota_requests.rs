@@ -6,7 +6,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
 
 use super::form_error::FormError;
-use super::layout::{Confirmation, ErrorPanel, PageTitle};
+use super::layout::{Confirmation, ErrorPanel, PageTitle, ScrollToLinked};
 use crate::api::plain_form;
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
@@ -213,6 +213,8 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
     // The request whose card was last submitted, so that its error shows on that card. A post
     // without JavaScript that was refused comes back naming its card.
     let decided = RwSignal::new(refused_without_script());
+    // A link to one request's card (the admins' email and bell entry) shows it once listed.
+    let scrolled = StoredValue::new(false);
     let decision = Decision { approve, deny, decided };
     let (approved_without_script, denied_without_script) = (plain_form::done(APPROVED), plain_form::done(DENIED));
     let error = decision.error_of_unknown_card();
@@ -286,6 +288,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
                             {waiting.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()}
                             {decided_heading}
                             {decided_ones.into_iter().map(|r| view! { <RequestCard r decision/> }).collect_view()}
+                            <ScrollToLinked done=scrolled/>
                         }.into_any()
                     }
                     Err(err) => view! { <ErrorPanel err/> }.into_any(),
