@@ -501,7 +501,7 @@ async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
     // The same again is nothing to change, and says what the key has.
     let same = admin_set_burst(&s, "100", Some("3"), "again").await;
     assert_eq!(same.status(), StatusCode::BAD_REQUEST);
-    assert!(message(same).await.contains("at most 3/second; nothing to change"));
+    assert!(message(same).await.contains("100/hour and 10,000/day, at most 3 per second; nothing to change"));
     // A post without the field is refused, not read as "no burst limit".
     assert_eq!(admin_set_burst(&s, "150", None, "hour only").await.status(), StatusCode::BAD_REQUEST);
     assert!(policy(&s).await.starts_with("\"hour\";q=100;"));

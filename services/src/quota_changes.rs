@@ -224,17 +224,22 @@ pub async fn set_by_admin(
     let change = QuotaChange { actor: Some(admin.id), source: ChangeSource::Admin, reason };
     let (quota, changed) = set_and_tell(services, key_id, (per_hour, per_day, burst), &change, "An admin").await?;
     if !changed {
-        let burst = match quota.burst_per_second {
-            Some(b) => format!(", at most {}/second", format::count(b.get())),
-            None => " with no burst limit".to_owned(),
-        };
         return Err(ServiceError::invalid(format!(
-            "The key already allows {}/hour and {}/day{burst}; nothing to change.",
+            "The key already allows {}/hour and {}/day, {}; nothing to change.",
             format::count(per_hour.get()),
-            format::count(per_day.get())
+            format::count(per_day.get()),
+            burst_words(quota.burst_per_second)
         )));
     }
     Ok(())
+}
+
+/// A burst limit in words: "at most 5 per second", or "no burst limit".
+fn burst_words(burst: Option<QuotaLimit>) -> String {
+    match burst {
+        Some(b) => format!("at most {} per second", format::count(b.get())),
+        None => "no burst limit".to_owned(),
+    }
 }
 
 /// The platform's operator sets a key's limits (`keymeter quota set`), changing its burst limit
@@ -294,8 +299,8 @@ async fn set_and_tell(
                 // The burst is mentioned when this change changed it.
                 let burst = match burst_per_second {
                     _ if burst_per_second == live.burst => String::new(),
-                    Some(b) => format!(", at most {} per second", format::count(b.get())),
-                    None => ", with no burst limit".to_owned(),
+                    Some(_) => format!(", {}", burst_words(burst_per_second)),
+                    None => format!(", with {}", burst_words(None)),
                 };
                 // What it was, for the parts that changed: the owner compares without a lookup.
                 let mut before = Vec::new();
@@ -307,10 +312,7 @@ async fn set_and_tell(
                     ));
                 }
                 if burst_per_second != live.burst {
-                    before.push(match live.burst {
-                        Some(b) => format!("at most {} per second", format::count(b.get())),
-                        None => "no burst limit".to_owned(),
-                    });
+                    before.push(burst_words(live.burst));
                 }
                 let body = format!(
                     "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst} (before: {}). \
