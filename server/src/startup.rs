@@ -374,8 +374,9 @@ impl Application {
         let _ = reports.await;
         // Bounded: with PostgreSQL down each queued alert would wait for a connection, and the
         // usage writer's drain comes after this.
-        if let Some(added_counts) = added_counts {
-            if tokio::time::timeout(Duration::from_secs(10), added_counts).await.is_err() {
+        if let Some(mut added_counts) = added_counts {
+            if tokio::time::timeout(Duration::from_secs(10), &mut added_counts).await.is_err() {
+                added_counts.abort();
                 tracing::warn!("quota alerts reached after a Redis outage were not all stored within 10 s");
             }
         }

@@ -363,7 +363,7 @@ pub async fn record(
 /// reach nothing while their sum does, and the key may get no more requests to carry it).
 /// Stored as a request's crossings would be, once by the same `quota_alerts` key; what
 /// PostgreSQL refuses is tried again every few seconds (no request may come to carry it). Runs
-/// until `stopped`, then stores what is still queued.
+/// until `stopped`, then tries once more to store what is still queued.
 pub async fn tell_added_counts(
     services: crate::Services,
     mut added: tokio::sync::mpsc::Receiver<crate::keys::quota_manager::AddedCounts>,
@@ -371,25 +371,35 @@ pub async fn tell_added_counts(
 ) {
     let mut unstored = UnstoredAlerts::default();
     loop {
-        let stop = tokio::select! {
+        // While PostgreSQL fails, reports only queue up: the timer tries them all again.
+        let (retry, stop) = tokio::select! {
             report = added.recv() => match report {
                 Some(report) => {
                     unstored.add(&services.alert_crossings, report);
-                    false
+                    (false, false)
                 }
-                None => true,
+                None => (true, true),
             },
-            _ = tokio::time::sleep(UnstoredAlerts::RETRY_AFTER), if !unstored.rows.is_empty() => false,
-            _ = stopped.wait_for(|&stop| stop) => true,
+            _ = tokio::time::sleep(UnstoredAlerts::RETRY_AFTER), if !unstored.rows.is_empty() => (true, false),
+            _ = stopped.wait_for(|&stop| stop) => (true, true),
         };
         if stop {
             while let Ok(report) = added.try_recv() {
                 unstored.add(&services.alert_crossings, report);
             }
         }
-        unstored.store(&services).await;
+        if retry || !unstored.failing {
+            unstored.store(&services).await;
+        }
         if stop {
-            unstored.give_up(&services.alert_crossings);
+            if !unstored.rows.is_empty() {
+                // This instance's memory of them goes with it: another instance's requests of
+                // those keys carry them (their crossings are new to it).
+                tracing::warn!(
+                    alerts = unstored.rows.len(),
+                    "quota alerts reached after a Redis outage were not stored"
+                );
+            }
             return;
         }
     }
@@ -417,35 +427,32 @@ impl UnstoredAlerts {
         }
     }
 
+    /// Stores them key by key (one key's refusal holds back no other's), keeping what failed.
     async fn store(&mut self, services: &crate::Services) {
-        if self.rows.is_empty() {
-            return;
-        }
-        let (rows, public_url) = (&self.rows, &services.settings.public_url);
-        let stored = async {
-            let mut conn = crate::db::conn(&services.db).await?;
-            conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, rows, public_url).await })).await
-        };
-        match stored.await {
-            Ok(_) => {
-                self.rows.clear();
-                self.failing = false;
+        let mut failed = Vec::new();
+        let mut error = None;
+        let mut rows = std::mem::take(&mut self.rows);
+        rows.sort_by_key(|(key, _, _)| *key);
+        for of_key in rows.chunk_by(|a, b| a.0 == b.0) {
+            let public_url = &services.settings.public_url;
+            let stored = async {
+                let mut conn = crate::db::conn(&services.db).await?;
+                conn.transaction::<_, ServiceError, _>(|c| Box::pin(async move { record(c, of_key, public_url).await }))
+                    .await
+            };
+            if let Err(e) = stored.await {
+                failed.extend_from_slice(of_key);
+                error = Some(e);
             }
-            Err(e) => {
-                if !self.failing {
-                    tracing::warn!(error = %e, waiting = self.rows.len(), "could not store quota alerts reached after a Redis outage; trying again");
-                }
+        }
+        self.rows = failed;
+        match error {
+            Some(e) if !self.failing => {
                 self.failing = true;
+                tracing::warn!(error = %e, waiting = self.rows.len(), "could not store quota alerts reached after a Redis outage; trying again");
             }
-        }
-    }
-
-    /// At stop: what could not be stored goes back to the keys' next requests (of another
-    /// instance, or of this one once it runs again).
-    fn give_up(&mut self, memo: &CrossingMemo) {
-        if !self.rows.is_empty() {
-            tracing::warn!(alerts = self.rows.len(), "quota alerts reached after a Redis outage were not stored");
-            Self::hand_back(memo, &std::mem::take(&mut self.rows));
+            Some(_) => {}
+            None => self.failing = false,
         }
     }
 

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use redis::Value;
-use services::keys::quota_manager::{quota_redis_key, CHECK_SCRIPT as SCRIPT};
+use services::keys::quota_manager::{quota_redis_key, CHECK_SCRIPT as SCRIPT, RECONCILE_SCRIPT};
 use services::keys::{ApiKeyId, Quota, QuotaDecision, QuotaLimit, QuotaManager, Window};
 use services::redis_pool::{self, RedisConn, RedisPool};
 use tokio::runtime::Runtime;
@@ -473,5 +473,79 @@ fn published_limits_leave_a_counting_keys_expiry_alone() {
         let after_publish_ms = pttl(&mut conn, &quota_redis_key(key)).await;
         assert!(after_publish_ms <= kept_ms && kept_ms - after_publish_ms < 1_000, "{kept_ms} then {after_publish_ms}");
         delete(&mut conn, &quota_redis_key(key)).await;
+    });
+}
+
+/// Redis' own time, in seconds, and the starts of its hour and day.
+async fn redis_windows(conn: &mut RedisConn) -> (i64, i64) {
+    let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(conn).await.expect("TIME");
+    (secs - secs % 3_600, secs - secs % 86_400)
+}
+
+/// `RECONCILE_SCRIPT` with counts `(hour, day)` for windows starting at `(hour_s, day_s)`.
+async fn reconcile(
+    conn: &mut RedisConn,
+    key: &str,
+    (hour_s, hour): (i64, i64),
+    (day_s, day): (i64, i64),
+) -> (i64, i64) {
+    let script = redis::Script::new(RECONCILE_SCRIPT);
+    let mut invocation = script.key(key);
+    invocation.arg(hour_s).arg(hour).arg(day_s).arg(day).arg(0);
+    invocation.invoke_async(conn).await.expect("reconcile")
+}
+
+async fn fields(conn: &mut RedisConn, key: &str) -> Vec<Option<i64>> {
+    redis::cmd("HMGET").arg(key).arg(vec!["hw", "hc", "dw", "dc"]).query_async(conn).await.expect("HMGET")
+}
+
+/// An outage's admissions of a key Redis holds no current window of (first used during the
+/// outage, or used only the day before) start Redis' current windows, and keep the key as long
+/// as a check would: past the end of the day, not an hour into it as the day before's expiry.
+#[test]
+fn outage_admissions_start_the_current_windows_and_keep_the_key_for_the_day() {
+    let (rt, pool) = runtime_and_pool();
+    rt.block_on(async {
+        let mut conn = redis_pool::conn(&pool).await.expect("Redis connection");
+        let (hour_s, day_s) = redis_windows(&mut conn).await;
+        let (new, yesterdays) = (quota_redis_key(ApiKeyId(Uuid::new_v4())), quota_redis_key(ApiKeyId(Uuid::new_v4())));
+        assert_eq!(reconcile(&mut conn, &new, (hour_s, 3), (day_s, 3)).await, (3, 3));
+        assert_eq!(fields(&mut conn, &new).await, [Some(hour_s), Some(3), Some(day_s), Some(3)]);
+        let until_day_end_ms = (day_s + 86_400) * 1000 - chrono::Utc::now().timestamp_millis();
+        assert!(pttl(&mut conn, &new).await > until_day_end_ms, "kept past the day's end");
+
+        // Counted the day before, kept until an hour into today.
+        let _: () = redis::cmd("HSET")
+            .arg(&yesterdays)
+            .arg(vec![("hw", day_s - 3_600), ("hc", 5), ("dw", day_s - 86_400), ("dc", 40)])
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
+        let _: () = redis::cmd("PEXPIRE").arg(&yesterdays).arg(60_000).query_async(&mut conn).await.expect("PEXPIRE");
+        assert_eq!(reconcile(&mut conn, &yesterdays, (hour_s, 2), (day_s, 2)).await, (2, 2));
+        assert!(pttl(&mut conn, &yesterdays).await > until_day_end_ms, "kept for today's counts");
+        // Counted into from then on.
+        assert_eq!(reconcile(&mut conn, &yesterdays, (hour_s, 4), (day_s, 4)).await, (6, 6));
+        delete(&mut conn, &new).await;
+        delete(&mut conn, &yesterdays).await;
+    });
+}
+
+/// Windows that are not Redis' current ones are not started (an outage that spanned the hour,
+/// an app node's clock ahead of Redis'), and a give-back only corrects its own window.
+#[test]
+fn only_the_current_windows_are_started_and_give_backs_start_nothing() {
+    let (rt, pool) = runtime_and_pool();
+    rt.block_on(async {
+        let mut conn = redis_pool::conn(&pool).await.expect("Redis connection");
+        let (hour_s, day_s) = redis_windows(&mut conn).await;
+        let key = quota_redis_key(ApiKeyId(Uuid::new_v4()));
+        assert_eq!(reconcile(&mut conn, &key, (hour_s - 3_600, 3), (day_s, 3)).await, (-1, 3), "the past hour");
+        assert_eq!(reconcile(&mut conn, &key, (hour_s + 3_600, 3), (day_s, 1)).await, (-1, 4), "an hour to come");
+        assert_eq!(fields(&mut conn, &key).await, [None, None, Some(day_s), Some(4)]);
+        assert_eq!(reconcile(&mut conn, &key, (hour_s, -2), (day_s - 86_400, -2)).await, (-1, -1));
+        assert_eq!(reconcile(&mut conn, &key, (hour_s, 0), (day_s, -1)).await, (-1, 3));
+        assert_eq!(fields(&mut conn, &key).await, [None, None, Some(day_s), Some(3)]);
+        delete(&mut conn, &key).await;
     });
 }

@@ -351,11 +351,17 @@ pub fn ScrollToLinked(done: StoredValue<bool>) -> impl IntoView {
         if done.get_value() {
             return;
         }
-        done.set_value(true);
-        request_animation_frame(|| {
+        request_animation_frame(move || {
             let hash = window().location().hash().unwrap_or_default();
-            if let Some(element) = hash.strip_prefix('#').and_then(|id| document().get_element_by_id(id)) {
-                element.scroll_into_view();
+            match hash.strip_prefix('#').filter(|id| !id.is_empty()) {
+                None => done.set_value(true),
+                // Not listed yet (a list fetched again may have it): looked for on its next render.
+                Some(id) => {
+                    if let Some(element) = document().get_element_by_id(id) {
+                        done.set_value(true);
+                        element.scroll_into_view();
+                    }
+                }
             }
         });
     });

@@ -230,28 +230,34 @@ pub const CHECK_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include
 /// Stores a key's new limits for every instance, unless newer ones are stored.
 const PUBLISH_SCRIPT: &str = concat!(include_str!("quota_expiry.lua"), include_str!("quota_publish.lua"));
 
-/// Adds counts to a key's windows (hour and day starts in seconds); returns the hour's and the
-/// day's counts after, -1 for a window that has moved on. Admissions (positive counts) start
-/// their window when Redis holds an older one or none (the key's first requests of it came
-/// during the outage, or Redis lost its data); a give-back (negative) only corrects its own.
-const RECONCILE: &str = concat!(
+/// Adds counts to a key's windows (hour and day starts in seconds; ARGV[5] the clock offset in
+/// ms, tests only); returns the hour's and the day's counts after, -1 for a window not counted
+/// into. Admissions (positive counts) start their window when it is Redis' current one and
+/// Redis holds an older one or none (the key's first requests of it came during the outage, or
+/// Redis lost its data); a give-back (negative) only corrects its own. A day started here keeps
+/// the key as long as the check script would (else a key used the day before would expire with
+/// this day's counts an hour into it).
+pub const RECONCILE_SCRIPT: &str = concat!(
     include_str!("quota_expiry.lua"),
     r"
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[5] or 0)
+local now_s = math.floor(now_ms / 1000)
 local s = redis.call('HMGET', KEYS[1], 'hw', 'dw')
-local function add(window_field, count_field, held, start, n)
+local function add(window_field, count_field, held, start, n, current)
   held, start, n = tonumber(held), tonumber(start), tonumber(n)
   if held == start then return redis.call('HINCRBY', KEYS[1], count_field, n) end
-  if n > 0 and (held == nil or held < start) then
+  if n > 0 and start == current and (held == nil or held < start) then
     redis.call('HSET', KEYS[1], window_field, start, count_field, n)
     return n
   end
   return -1
 end
-local hc = add('hw', 'hc', s[1], ARGV[1], ARGV[2])
-local dc = add('dw', 'dc', s[2], ARGV[3], ARGV[4])
-if redis.call('PTTL', KEYS[1]) < 0 then
-  local t = redis.call('TIME')
-  keep_past_day(KEYS[1], tonumber(t[1]) * 1000)
+local hc = add('hw', 'hc', s[1], ARGV[1], ARGV[2], now_s - now_s % 3600)
+local day_start = now_s - now_s % 86400
+local dc = add('dw', 'dc', s[2], ARGV[3], ARGV[4], day_start)
+if (dc ~= -1 and tonumber(s[2]) ~= day_start) or (hc ~= -1 and redis.call('PTTL', KEYS[1]) < 0) then
+  keep_past_day(KEYS[1], now_ms)
 end
 return {hc, dc}
 "
@@ -283,26 +289,54 @@ struct ParkedCalls {
     full_logged: std::sync::atomic::AtomicBool,
 }
 
-/// Adds `hour` and `day` (window start in ms, count: negative to give back) to the key's counts
-/// of those windows, if they are still the current ones (`RECONCILE`); the hour's and the
-/// day's counts after (-1 for a window that moved on), if Redis answered.
+/// What adding counts to a key's windows (`RECONCILE_SCRIPT`) came to.
+enum Added {
+    /// The hour's and the day's counts after (-1: a window not counted into).
+    Counts(i64, i64),
+    /// Surely not added: Redis refused or could not be reached.
+    Failed,
+    /// Perhaps added: no answer in time, or the connection dropped once the call was sent.
+    Unknown,
+}
+
+/// Most a `RECONCILE_SCRIPT` call is waited for (a Redis paused just after it came back).
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Adds `hour` and `day` counts (negative to give back) to `key`'s windows starting at those
+/// times, through `RECONCILE_SCRIPT`.
 async fn add_to_counts(
     shared: &SharedConnection,
     script: &Script,
     key: ApiKeyId,
     (hour_start_ms, hour): (i64, i64),
     (day_start_ms, day): (i64, i64),
-) -> Option<(i64, i64)> {
-    let Ok(mut conn) = shared.get().await else { return None };
-    let added: redis::RedisResult<(i64, i64)> = script
-        .key(quota_redis_key(key))
+    clock_offset_ms: i64,
+) -> Added {
+    let Ok(mut conn) = shared.get().await else { return Added::Failed };
+    let mut invocation = script.key(quota_redis_key(key));
+    invocation
         .arg(hour_start_ms.div_euclid(1000))
         .arg(hour)
         .arg(day_start_ms.div_euclid(1000))
         .arg(day)
-        .invoke_async(&mut conn)
-        .await;
-    added.inspect_err(|e| tracing::warn!(error = %e, %key, "could not correct the quota counts")).ok()
+        .arg(clock_offset_ms);
+    let added: Result<redis::RedisResult<(i64, i64)>, _> =
+        tokio::time::timeout(RECONCILE_TIMEOUT, invocation.invoke_async(&mut conn)).await;
+    match added {
+        Ok(Ok((hour_count, day_count))) => Added::Counts(hour_count, day_count),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, %key, "could not correct the quota counts");
+            if e.is_timeout() || e.is_connection_dropped() {
+                Added::Unknown
+            } else {
+                Added::Failed
+            }
+        }
+        Err(_) => {
+            tracing::warn!(%key, "no answer in time to a correction of the quota counts");
+            Added::Unknown
+        }
+    }
 }
 
 /// After a failed check, Redis is left alone this long before it is tried again, so an outage
@@ -365,7 +399,7 @@ impl QuotaManager {
             redis: shared.pool().clone(),
             shared,
             script: Arc::new(Script::new(CHECK_SCRIPT)),
-            reconcile: Arc::new(Script::new(RECONCILE)),
+            reconcile: Arc::new(Script::new(RECONCILE_SCRIPT)),
             clock_offset_ms: Arc::new(AtomicI64::new(0)),
             fallback: Arc::new(FallbackLimiter::new(policy.instances)),
             policy,
@@ -425,32 +459,49 @@ impl QuotaManager {
     }
 
     /// Adds what the fallback admitted during an outage to the Redis counts of its windows, off
-    /// the request path, one key after the other (a Redis just back is not flooded), and
-    /// reports each key's use after it, against its `limits` (hour, day), to
-    /// [`Self::take_added_counts`]: each instance's own admissions may reach no alert threshold
-    /// while their sum does, and no request may come to carry it. What Redis does not take
-    /// (it failed again) goes back to the fallback for the key's next chance.
+    /// the request path (see [`Self::add_to_redis`]).
     fn add_local_admissions(&self, owed: Vec<(ApiKeyId, LocalAdmissions, (i64, i64))>) {
         if owed.is_empty() {
             return;
         }
-        let (shared, script, report) = (self.shared.clone(), self.reconcile.clone(), self.added_counts.clone());
-        let fallback = self.fallback.clone();
-        tokio::spawn(async move {
-            for (key, owed, limits) in owed {
-                let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
-                let Some((hour_count, day_count)) = add_to_counts(&shared, &script, key, hour, day).await else {
-                    fallback.put_back(key, &owed);
-                    continue;
+        let manager = self.clone();
+        tokio::spawn(async move { manager.add_to_redis(owed).await });
+    }
+
+    /// Adds what the fallback admitted to Redis' counts, one key after the other (a Redis just
+    /// back is not flooded), then reports each key's use after it, against its `limits` (hour,
+    /// day), to [`Self::take_added_counts`]: each instance's own admissions may reach no alert
+    /// threshold while their sum does, and no request may come to carry it. What Redis surely
+    /// did not take goes back to the fallback, and the key's slot counts as down, so that the
+    /// next success there adds it. (What it perhaps took is not sent again: a count is better
+    /// missed once than doubled.)
+    async fn add_to_redis(&self, owed: Vec<(ApiKeyId, LocalAdmissions, (i64, i64))>) {
+        let offset_ms = self.clock_offset_ms.load(Ordering::Relaxed);
+        let mut reports = Vec::new();
+        for (key, owed, limits) in owed {
+            let started_ms = self.elapsed_ms();
+            let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
+            let (hour_count, day_count) =
+                match add_to_counts(&self.shared, &self.reconcile, key, hour, day, offset_ms).await {
+                    Added::Counts(hour_count, day_count) => (hour_count, day_count),
+                    failed => {
+                        if matches!(failed, Added::Failed) {
+                            self.fallback.put_back(key, &owed);
+                        }
+                        self.mark_down(self.outage.slot_of(key), "could not add an outage's admissions", started_ms);
+                        continue;
+                    }
                 };
-                // A window that moved on meanwhile (-1) has nothing to report.
-                let window = |window: Window, limit, start_ms, count: i64| WindowUse {
-                    window,
-                    limit,
-                    used: count.max(0),
-                    reset_at_ms: start_ms + window.length_ms(),
-                };
-                let after = QuotaDecision {
+            // A window not counted into (-1) has nothing to report.
+            let window = |window: Window, limit, start_ms, count: i64| WindowUse {
+                window,
+                limit,
+                used: count.max(0),
+                reset_at_ms: start_ms + window.length_ms(),
+            };
+            reports.push((
+                key,
+                QuotaDecision {
                     admitted: false,
                     hour: window(Window::Hour, limits.0, owed.hour_start_ms, hour_count),
                     day: window(Window::Day, limits.1, owed.day_start_ms, day_count),
@@ -458,20 +509,34 @@ impl QuotaManager {
                     blocked_by: None,
                     retry_after_secs: None,
                     now_ms: Utc::now().timestamp_millis(),
-                };
-                // Waited for a while (the reader stores alerts in PostgreSQL), not for ever: with
-                // no reader, the key's next request that Redis decides carries what it would have.
-                let _ = tokio::time::timeout(ADDED_COUNTS_WAIT, report.send((key, after))).await;
-            }
-        });
+                },
+            ));
+        }
+        // Once every count is in: a slow reader (it stores alerts in PostgreSQL) must not hold
+        // them back. Waited for a while, not for ever: with no reader, the key's next request
+        // that Redis decides carries what a report would have.
+        for report in reports {
+            let _ = tokio::time::timeout(ADDED_COUNTS_WAIT, self.added_counts.send(report)).await;
+        }
     }
 
     /// Once some slot's outage ends (on a single Redis: the outage), what the fallback admitted
     /// of every key whose checks go to Redis again, added to it: a key that gets no request to
-    /// observe would otherwise keep it for good.
+    /// observe would otherwise keep it for good. Looked for off the request path, and once more
+    /// a check's timeout later (a request whose check began before the recovery may be admitted
+    /// by the fallback after the first look).
     fn add_owed_of_slots_up(&self) {
-        let outage = self.outage.clone();
-        self.add_local_admissions(self.fallback.take_owed(|key| outage.is_up(outage.slot_of(key))));
+        let manager = self.clone();
+        tokio::spawn(async move {
+            for look in 0..2 {
+                if look > 0 {
+                    tokio::time::sleep(manager.policy.timeout + Duration::from_millis(100)).await;
+                }
+                let outage = &manager.outage;
+                let owed = manager.fallback.take_owed(|key| outage.is_up(outage.slot_of(key)));
+                manager.add_to_redis(owed).await;
+            }
+        });
     }
 
     /// The reports of keys' use after counts were added without a request (see
@@ -670,6 +735,7 @@ impl QuotaManager {
             return;
         }
         let (shared, script) = (self.shared.clone(), self.reconcile.clone());
+        let offset_ms = self.clock_offset_ms.load(Ordering::Relaxed);
         tokio::spawn(async move {
             let reply = tokio::time::timeout(LATE_REPLY_WAIT, call).await;
             if parked.calls.fetch_sub(1, Ordering::Relaxed) < MAX_PARKED_CALLS / 2 {
@@ -682,7 +748,8 @@ impl QuotaManager {
             }
             tracing::info!(%key, admitted, "a quota check Redis ran after its timeout: its admissions are given back");
             let (hour_start_ms, day_start_ms) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
-            add_to_counts(&shared, &script, key, (hour_start_ms, -admitted), (day_start_ms, -admitted)).await;
+            let give_back = ((hour_start_ms, -admitted), (day_start_ms, -admitted));
+            add_to_counts(&shared, &script, key, give_back.0, give_back.1, offset_ms).await;
         });
     }
 
