@@ -261,14 +261,8 @@ pub async fn change_password(
     if change.new == change.current {
         return Err(ServiceError::invalid_field("new_password", "The new password is the one you have now."));
     }
-    let ended = store_password(
-        &services.db,
-        user,
-        &new,
-        (Some(current), PasswordChangedBy::SignedIn),
-        &services.settings.public_url,
-    )
-    .await?;
+    let by = PasswordChangedBy::SignedIn { keep: current };
+    let ended = store_password(&services.db, user, &new, by, &services.settings.public_url).await?;
     let session = sessions::create(&services.db, user.id, from.user_agent).await?;
     tracing::info!(user_id = user.id, other_sessions_ended = ended, "password changed");
     Ok((ended, session))
@@ -283,7 +277,7 @@ pub async fn reset_password(
     public_url: &PublicUrl,
 ) -> ServiceResult<(User, usize)> {
     let user = find_user_by_email(db, email).await?.ok_or(ServiceError::NotFound)?;
-    let ended = store_password(db, &user, new, (None, PasswordChangedBy::Operator), public_url).await?;
+    let ended = store_password(db, &user, new, PasswordChangedBy::Operator, public_url).await?;
     tracing::info!(user_id = user.id, sessions_ended = ended, "password reset by an operator");
     Ok((user, ended))
 }
@@ -413,31 +407,32 @@ pub async fn set_disabled_by(db: &DbPool, admin: &User, email: &Email, disabled:
 
 /// Stores a new password, ends the account's sessions and forgets its browsers, in one
 /// transaction: no session signed in with the old password outlives the change, and no browser
-/// it was used from keeps a sign-in count of its own. Returns how many live sessions but
-/// `current` ended.
+/// it was used from keeps a sign-in count of its own. Returns how many live sessions ended (all
+/// but the one `by` keeps).
 async fn store_password(
     db: &DbPool,
     user: &User,
     new: &Password,
-    (current, by): (Option<&sessions::SessionToken>, PasswordChangedBy),
+    by: PasswordChangedBy<'_>,
     public_url: &PublicUrl,
 ) -> ServiceResult<usize> {
     use diesel_async::AsyncConnection;
     let hash = new.hash().await?;
     let mut conn = db::conn(db).await?;
     conn.transaction::<_, ServiceError, _>(|conn| {
-        Box::pin(async move { replace_password(conn, user, &hash, (current, by), public_url).await })
+        Box::pin(async move { replace_password(conn, user, &hash, by, public_url).await })
     })
     .await
 }
 
-/// How a password was replaced: the owner's notice says so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PasswordChangedBy {
+/// How a password was replaced: which sessions end, and what the owner's notice says.
+#[derive(Clone, Copy)]
+pub(crate) enum PasswordChangedBy<'a> {
     /// Through a reset link mailed to the account's address.
     MailedLink,
-    /// On the account page, by someone signed in who knew the current password.
-    SignedIn,
+    /// On the account page, by someone signed in who knew the current password: the session it
+    /// was changed in stays (`keep`).
+    SignedIn { keep: &'a sessions::SessionToken },
     /// By the platform's operator (`keymeter user set-password`).
     Operator,
 }
@@ -449,7 +444,7 @@ async fn replace_password(
     conn: &mut diesel_async::AsyncPgConnection,
     user: &User,
     hash: &str,
-    (current, by): (Option<&sessions::SessionToken>, PasswordChangedBy),
+    by: PasswordChangedBy<'_>,
     public_url: &PublicUrl,
 ) -> ServiceResult<usize> {
     let updated = diesel::update(users::table.find(user.id)).set(users::password_hash.eq(hash)).execute(conn).await?;
@@ -458,7 +453,11 @@ async fn replace_password(
     }
     password_reset::void_links(conn, user.id).await?;
     known_devices::forget_all(conn, user.id).await?;
-    let ended = sessions::end_all(conn, user.id, current).await?;
+    let kept = match by {
+        PasswordChangedBy::SignedIn { keep } => Some(keep),
+        PasswordChangedBy::MailedLink | PasswordChangedBy::Operator => None,
+    };
+    let ended = sessions::end_all(conn, user.id, kept).await?;
     tell_password_changed(conn, user, by, public_url).await?;
     Ok(ended)
 }
@@ -467,7 +466,7 @@ async fn replace_password(
 async fn tell_password_changed(
     conn: &mut diesel_async::AsyncPgConnection,
     user: &User,
-    by: PasswordChangedBy,
+    by: PasswordChangedBy<'_>,
     public_url: &PublicUrl,
 ) -> ServiceResult<()> {
     // Only a change on the account page keeps the session it was made in.
@@ -477,7 +476,7 @@ async fn tell_password_changed(
             "every session",
             "If this was not you, tell your keymeter administrator at once: someone can read your email.",
         ),
-        PasswordChangedBy::SignedIn => (
+        PasswordChangedBy::SignedIn { .. } => (
             "on the account page, by someone signed in who knew the current password",
             "every other session",
             "If this was not you, someone knows your password: choose a new one at once with \"Forgot your \

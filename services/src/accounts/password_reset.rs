@@ -249,7 +249,7 @@ pub async fn choose_password(services: &Services, token: &ResetToken, typed: &Ne
                 }
                 let user = row.into_user()?;
                 // Voids the account's other links with it.
-                let by = (None, super::PasswordChangedBy::MailedLink);
+                let by = super::PasswordChangedBy::MailedLink;
                 let ended = super::replace_password(conn, &user, &hash, by, public_url).await?;
                 Ok((user, ended))
             })

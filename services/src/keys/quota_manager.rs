@@ -748,8 +748,8 @@ impl QuotaManager {
             }
             tracing::info!(%key, admitted, "a quota check Redis ran after its timeout: its admissions are given back");
             let (hour_start_ms, day_start_ms) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
-            let give_back = ((hour_start_ms, -admitted), (day_start_ms, -admitted));
-            add_to_counts(&shared, &script, key, give_back.0, give_back.1, offset_ms).await;
+            let (hour, day) = ((hour_start_ms, -admitted), (day_start_ms, -admitted));
+            add_to_counts(&shared, &script, key, hour, day, offset_ms).await;
         });
     }
 
