@@ -12,20 +12,39 @@ use super::api_keys::ApiKeyId;
 use super::quota::Quota;
 use super::quota_manager::{QuotaDecision, Window, WindowUse};
 
-/// One window of one key: what Redis last said was used, and what this instance admitted
-/// on its own since.
+/// One window of one key: what Redis last said was used, what this instance admitted on its
+/// own and sent to be added to Redis' counts (not known to have landed yet), and what it
+/// admitted on its own since.
 #[derive(Default, Clone, Copy)]
 struct WindowState {
     start_ms: i64,
     known_used: i64,
+    in_flight: i64,
     local: i64,
 }
 
 impl WindowState {
     fn roll(&mut self, start_ms: i64) {
         if self.start_ms != start_ms {
-            *self = Self { start_ms, known_used: 0, local: 0 };
+            *self = Self { start_ms, ..Self::default() };
         }
+    }
+
+    /// Used as far as this instance knows: an answer of Redis decided before the admissions in
+    /// flight land does not include them, so they count on top of it (one decided after counts
+    /// them twice until they are known to have landed: the safe side, and brief).
+    fn used(&self) -> i64 {
+        self.known_used + self.in_flight + self.local
+    }
+
+    /// The `n` admissions of the window starting at `start_ms` that were in flight (if it is
+    /// still this one), settled.
+    fn settle(&mut self, start_ms: i64, n: i64) -> bool {
+        let ours = self.start_ms == start_ms && n > 0;
+        if ours {
+            self.in_flight = (self.in_flight - n).max(0);
+        }
+        ours
     }
 }
 
@@ -48,8 +67,8 @@ struct KeyState {
 }
 
 impl KeyState {
-    /// What this instance admitted on its own, taken to be added to Redis' counts: counted as
-    /// known meanwhile, since it is on its way there (a next outage must start from it too).
+    /// What this instance admitted on its own, taken to be added to Redis' counts: in flight
+    /// until told how that went, and counted meanwhile (a next outage must start from it too).
     fn take_local(&mut self) -> Option<LocalAdmissions> {
         let owed = (self.hour.local > 0 || self.day.local > 0).then_some(LocalAdmissions {
             hour_start_ms: self.hour.start_ms,
@@ -58,10 +77,14 @@ impl KeyState {
             day: self.day.local,
         });
         for w in [&mut self.hour, &mut self.day] {
-            w.known_used += w.local;
+            w.in_flight += w.local;
             w.local = 0;
         }
         owed
+    }
+
+    fn windows<'a>(&'a mut self, owed: &LocalAdmissions) -> [(&'a mut WindowState, i64, i64); 2] {
+        [(&mut self.hour, owed.hour_start_ms, owed.hour), (&mut self.day, owed.day_start_ms, owed.day)]
     }
 }
 
@@ -102,14 +125,13 @@ impl FallbackLimiter {
     pub fn observe(&self, key: ApiKeyId, d: &QuotaDecision) -> Option<LocalAdmissions> {
         self.with_key(key, |k| {
             let owed = k.take_local();
-            // Within a window, the larger of Redis' word and what this instance knows: admissions
-            // on their way into Redis' counts (taken here or just before) are not in `d` yet, and
-            // a next outage (or a flapping Redis) must start from them, or each episode would
-            // hand out a share of the same remaining quota again.
-            let known = |w: &WindowState, start_ms: i64, used: i64| WindowState {
-                start_ms,
-                known_used: if w.start_ms == start_ms { used.max(w.known_used) } else { used },
-                local: 0,
+            // Within a window, the larger of Redis' word and what this instance knew: admissions
+            // that perhaps landed ([`Self::added`]) may not be in `d`, and a next outage (or a
+            // flapping Redis) must start from them, or each episode would hand out a share of
+            // the same remaining quota again. Those still in flight stay counted on top.
+            let known = |w: &WindowState, start_ms: i64, used: i64| match w.start_ms == start_ms {
+                true => WindowState { known_used: used.max(w.known_used), local: 0, ..*w },
+                false => WindowState { start_ms, known_used: used, ..WindowState::default() },
             };
             k.hour = known(&k.hour, d.hour.start_ms(), d.hour.used);
             k.day = known(&k.day, d.day.start_ms(), d.day.used);
@@ -144,16 +166,31 @@ impl FallbackLimiter {
         taken
     }
 
+    /// Admissions taken to be added to Redis that got there, with the window's count Redis
+    /// gave after adding them (-1: it did not count into that window, no longer its current
+    /// one), or that perhaps did (`None`: no answer; counted as landed, since a count missed
+    /// once beats a count doubled).
+    pub fn added(&self, key: ApiKeyId, owed: &LocalAdmissions, counts: Option<(i64, i64)>) {
+        self.with_key(key, |k| {
+            let counts = counts.map(|(hour, day)| [hour, day]);
+            for (i, (w, start_ms, n)) in k.windows(owed).into_iter().enumerate() {
+                if w.settle(start_ms, n) {
+                    w.known_used = match counts {
+                        Some(counts) => w.known_used.max(counts[i]),
+                        None => w.known_used + n,
+                    };
+                }
+            }
+        });
+    }
+
     /// Admissions taken to be added to Redis that did not get there (Redis failed again): kept
     /// for the key's next chance, in the windows they were counted in (if still current).
     pub fn put_back(&self, key: ApiKeyId, owed: &LocalAdmissions) {
         self.with_key(key, |k| {
-            for (w, start_ms, n) in
-                [(&mut k.hour, owed.hour_start_ms, owed.hour), (&mut k.day, owed.day_start_ms, owed.day)]
-            {
-                if w.start_ms == start_ms && n > 0 {
+            for (w, start_ms, n) in k.windows(owed) {
+                if w.settle(start_ms, n) {
                     w.local += n;
-                    w.known_used = (w.known_used - n).max(0);
                     self.maybe_owing.store(true, Ordering::Relaxed);
                 }
             }
@@ -189,8 +226,8 @@ impl FallbackLimiter {
             k.hour.roll(hour_start);
             k.day.roll(day_start);
             k.limits = (quota.per_hour.get(), quota.per_day.get());
-            let hour_share = self.share(quota.per_hour.get(), k.hour.known_used);
-            let day_share = self.share(quota.per_day.get(), k.day.known_used);
+            let hour_share = self.share(quota.per_hour.get(), k.hour.known_used + k.hour.in_flight);
+            let day_share = self.share(quota.per_day.get(), k.day.known_used + k.day.in_flight);
             let admitted = k.hour.local < hour_share && k.day.local < day_share;
             if admitted {
                 k.hour.local += 1;
@@ -200,8 +237,8 @@ impl FallbackLimiter {
             // What this instance enforces, as the headers report it.
             let window = |w: Window, s: &WindowState, share: i64, reset_at_ms: i64| WindowUse {
                 window: w,
-                limit: s.known_used + share,
-                used: s.known_used + s.local,
+                limit: s.known_used + s.in_flight + share,
+                used: s.used(),
                 reset_at_ms,
             };
             (
@@ -230,7 +267,7 @@ fn known_use(k: &KeyState, quota: &Quota, now_ms: i64) -> QuotaDecision {
     let window = |window, limit: i64, s: &WindowState| WindowUse {
         window,
         limit,
-        used: (s.known_used + s.local).min(limit),
+        used: s.used().min(limit),
         reset_at_ms: s.start_ms + window.length_ms(),
     };
     QuotaDecision {
@@ -341,7 +378,56 @@ mod tests {
         // Redis decides a request before the 10 land (it says 1 used), then fails again.
         assert!(limiter.observe(key, &redis_said(&quota(20, 1_000), 1)).is_none());
         let second = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
-        assert_eq!(second, 5, "half of the 10 left, not of the 19 Redis' word alone leaves");
+        assert_eq!(second, 4, "half of the 9 left (11 used), not of the 19 Redis' word alone leaves");
+    }
+
+    /// Admissions in flight whose addition failed come back as this instance's own, on top of
+    /// Redis' newest word, even when that word grew meanwhile (other instances' admissions
+    /// landed): they are not subtracted from it.
+    #[test]
+    fn admissions_put_back_after_a_newer_word_are_not_handed_out_again() {
+        let limiter = FallbackLimiter::new(2);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        limiter.observe(key, &redis_said(&quota(20, 1_000), 0));
+        for _ in 0..4 {
+            assert!(limiter.check(key, &quota(20, 1_000), now).admitted);
+        }
+        let (_, owed, _) = limiter.take_owed(|_| true).pop().expect("owed");
+        // The other instance's 12 landed first; then adding these 4 fails.
+        assert!(limiter.observe(key, &redis_said(&quota(20, 1_000), 12)).is_none());
+        limiter.put_back(key, &owed);
+        // Half of the 8 Redis leaves is 4, and these 4 already used it.
+        assert!(!limiter.check(key, &quota(20, 1_000), now).admitted);
+        let (_, again, _) = limiter.take_owed(|_| true).pop().expect("owed again");
+        assert_eq!((again.hour, again.day), (4, 4));
+    }
+
+    /// Once admissions have landed, Redis' count after adding them is what is known; if it is
+    /// not known whether they landed, they count as landed, even against an older word.
+    #[test]
+    fn admissions_added_or_perhaps_added_are_known() {
+        let limiter = FallbackLimiter::new(1);
+        let (landed, perhaps) = (ApiKeyId(uuid::Uuid::new_v4()), ApiKeyId(uuid::Uuid::new_v4()));
+        let now = HOUR + 60_000;
+        for key in [landed, perhaps] {
+            limiter.observe(key, &redis_said(&quota(20, 1_000), 0));
+            for _ in 0..5 {
+                assert!(limiter.check(key, &quota(20, 1_000), now).admitted);
+            }
+        }
+        let mut owed = limiter.take_owed(|_| true);
+        owed.sort_by_key(|(key, ..)| *key != landed);
+        // Redis' count after adding the 5: 9 (others' admissions are in it too).
+        limiter.added(landed, &owed[0].1, Some((9, 9)));
+        limiter.added(perhaps, &owed[1].1, None);
+        for (key, left) in [(landed, 11), (perhaps, 15)] {
+            // An answer decided before they landed says 0 used: it lowers nothing.
+            assert!(limiter.observe(key, &redis_said(&quota(20, 1_000), 0)).is_none());
+            let admitted = (0..30).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+            assert_eq!(admitted, left);
+        }
+        assert_eq!(limiter.take_owed(|_| true).len(), 2, "the new admissions only");
     }
 
     /// Admissions Redis did not take (it failed again) are owed again, once.

@@ -483,10 +483,14 @@ impl QuotaManager {
             let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
             let (hour_count, day_count) =
                 match add_to_counts(&self.shared, &self.reconcile, key, hour, day, offset_ms).await {
-                    Added::Counts(hour_count, day_count) => (hour_count, day_count),
+                    Added::Counts(hour_count, day_count) => {
+                        self.fallback.added(key, &owed, Some((hour_count, day_count)));
+                        (hour_count, day_count)
+                    }
                     failed => {
-                        if matches!(failed, Added::Failed) {
-                            self.fallback.put_back(key, &owed);
+                        match failed {
+                            Added::Failed => self.fallback.put_back(key, &owed),
+                            _ => self.fallback.added(key, &owed, None),
                         }
                         self.mark_down(self.outage.slot_of(key), "could not add an outage's admissions", started_ms);
                         continue;
