@@ -40,6 +40,9 @@ test('the usage page updates live as the key is used', async ({ page, request })
   await expect(page.getByTestId('usage-empty')).toBeVisible();
   // The example call names this server.
   await expect(page.getByTestId('usage-empty')).toContainText(`${process.env.KEYMETER_BASE_URL}/api/v1/ping`);
+  // The top tables say they are empty rather than show bare headings.
+  await expect(page.getByTestId('top-endpoints-empty')).toHaveText('No admitted calls in this range.');
+  await expect(page.getByTestId('status-codes-empty')).toHaveText('No calls.');
   await chartsDrawn(page);
   await page.evaluate(() => ((window as any).__sameDocument = true));
   const before = await seriesTotal(page, 'chart-requests');

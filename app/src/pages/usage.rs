@@ -362,6 +362,9 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
                 <div class="table-scroll"><table data-testid="top-endpoints">
                     <thead><tr><th>"Endpoint"</th><th class="num">"Requests"</th><th class="num">"Error rate"</th><th class="num">"p95"</th></tr></thead>
                     <tbody>
+                        {move || top.with(|t| t.endpoints.is_empty()).then(|| view! {
+                            <tr><td colspan="4" class="muted" data-testid="top-endpoints-empty">"No admitted calls in this range."</td></tr>
+                        })}
                         {move || top.get().endpoints.into_iter().map(|e| view! {
                             <tr>
                                 <td><code>{format!("{} {}", e.method, e.endpoint)}</code></td>
@@ -375,6 +378,9 @@ fn TopCallsCard(key_id: String, initial: TopCalls, views: UsageViews) -> impl In
                 <div class="table-scroll"><table data-testid="status-codes">
                     <thead><tr><th>"Status"</th><th class="num">"Calls"</th></tr></thead>
                     <tbody>
+                        {move || top.with(|t| t.statuses.is_empty()).then(|| view! {
+                            <tr><td colspan="2" class="muted" data-testid="status-codes-empty">"No calls."</td></tr>
+                        })}
                         {move || top.get().statuses.into_iter().map(|(code, n)| view! {
                             <tr><td><span class=format!("status s{}", code / 100)>{code}</span></td><td class="num">{format::count(n)}</td></tr>
                         }).collect_view()}
