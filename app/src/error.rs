@@ -191,6 +191,13 @@ impl AppError {
     }
 }
 
+#[cfg(feature = "ssr")]
+static DATABASE_DOWN_LOG: services::outage_log::LogEvery =
+    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+#[cfg(feature = "ssr")]
+static REDIS_DOWN_LOG: services::outage_log::LogEvery =
+    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+
 /// The one mapping of domain errors to what users and HTTP clients see: server functions use it,
 /// and so do the server crate's routes (`server/src/error.rs`). Failures are logged here, once.
 #[cfg(feature = "ssr")]
@@ -204,12 +211,18 @@ impl From<services::ServiceError> for AppError {
             E::Unauthorized => Self::Unauthorized,
             E::Conflict(msg) => Self::Conflict(msg),
             E::TooManyAttempts { retry_after_secs } => Self::TooManyAttempts(retry_after_secs),
+            // Once in a while, not per request: requests come as fast as anyone sends them (a
+            // flood of made-up API keys ends here as refused lookups).
             E::DatabaseUnavailable(why) => {
-                tracing::warn!(error = %why, "PostgreSQL unavailable");
+                if let Some(left_out) = DATABASE_DOWN_LOG.allow() {
+                    tracing::warn!(error = %why, left_out, "PostgreSQL unavailable");
+                }
                 Self::Unavailable
             }
             E::RedisUnavailable(why) => {
-                tracing::warn!(error = %why, "Redis unavailable");
+                if let Some(left_out) = REDIS_DOWN_LOG.allow() {
+                    tracing::warn!(error = %why, left_out, "Redis unavailable");
+                }
                 Self::Unavailable
             }
             other => {

@@ -228,7 +228,7 @@ impl std::error::Error for GranularityError {}
 impl Granularity {
     pub const ALL: [Granularity; 4] = [Self::Hour, Self::Day, Self::Week, Self::Month];
 
-    /// The word of the query string and of PostgreSQL's `date_trunc`.
+    /// The word of the query string.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hour => "hour",

@@ -46,7 +46,7 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await row.getByTestId('revoke').click();
   await expect(row.getByRole('alertdialog')).toContainText('Revoke');
   await expect(row.getByTestId('confirm-revoke')).toBeFocused();
-  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(/Calls with it will be refused at once/);
+  await expect(row.getByRole('alertdialog')).toHaveAccessibleDescription(/Calls with it will be refused within seconds/);
   await page.keyboard.press('Escape');
   await expect(row.getByRole('alertdialog')).toBeHidden();
   // The keyboard is back on "Revoke…", not dropped to the top of the page.

@@ -663,11 +663,6 @@ async fn seed_demo(config: &Config, secret_file: Option<&std::path::Path>) -> an
             set_quota(&services, key.id, &quota, &change).await?;
             // As old as its history, so that the last month's summary covers it.
             api_keys::backdate(&services.db, key.id, chrono::Utc::now() - chrono::Duration::days(30)).await?;
-            // The demo traffic nears the hourly quota every hour: email only when a quota runs out.
-            let mut conn = services::db::conn(&services.db).await?;
-            services::alerts::set_email_thresholds(&mut conn, key.id, services::alerts::AlertThresholds::parse("100")?)
-                .await?;
-            drop(conn);
             if let Some(path) = secret_file {
                 write_secret_file(path, secret.expose())?;
             }

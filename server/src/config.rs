@@ -46,7 +46,7 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `KEYMETER_REDIS_POOL_SIZE`
     pub redis_pool_size: usize,
-    /// `KEYMETER_USAGE_RETENTION_DAYS`: days of raw usage events kept (rollups are kept).
+    /// `KEYMETER_USAGE_RETENTION_DAYS`: days of raw usage events and per-minute rollups kept (hourly and daily rollups are kept for good).
     pub usage_retention_days: u32,
     /// `KEYMETER_REDIS_NAMESPACE`: prefix of deployment-wide Redis keys, for deployments (or
     /// test databases) sharing one Redis.

@@ -203,6 +203,9 @@ async fn a_pending_request_can_be_cancelled_once() {
     let cancelled: Value = s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", &id)]).await.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(s.app.rpc(&s.merchant, "quota-requests/cancel", &[("id", &id)]).await.status(), StatusCode::CONFLICT);
+    // The admins' list says who withdrew it.
+    let page = s.app.page(&s.admin, "/admin/quota-requests").await.text().await.unwrap();
+    assert!(page.contains("UTC by the merchant</dd>"), "{page}");
     let approve = s
         .app
         .rpc(
@@ -686,6 +689,10 @@ async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it(
         (mine[0]["status"].as_str(), mine[0]["decision_note"].as_str()),
         (Some("cancelled"), Some("The key was revoked."))
     );
+    // The admins' list says why it closed, not that its merchant withdrew it.
+    let page = s.app.page(&s.admin, "/admin/quota-requests").await.text().await.unwrap();
+    assert!(page.contains("UTC: The key was revoked.</dd>"), "{page}");
+    assert!(!page.contains("by the merchant"), "{page}");
     let bell: Vec<Value> = s.app.rpc(&s.merchant, "notifications/list", &[]).await.json().await.unwrap();
     let told: Vec<&str> =
         bell.iter().filter_map(|n| n["title"].as_str()).filter(|t| t.contains("was revoked")).collect();

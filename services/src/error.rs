@@ -87,7 +87,7 @@ impl From<DieselError> for ServiceError {
     fn from(err: DieselError) -> Self {
         match err {
             DieselError::NotFound => Self::NotFound,
-            // Constraint violations are the caller's doing: report them as bad input.
+            // Constraint violations are the caller's doing: a 409 or a 400, never a 500.
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
                 Self::Conflict("this already exists".into())
             }

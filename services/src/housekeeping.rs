@@ -5,8 +5,11 @@
 //! - Raw usage events (whole daily partitions) and per-minute rollups: the configured usage
 //!   retention (`KEYMETER_USAGE_RETENTION_DAYS`). Hourly and daily rollups stay for good
 //!   (history, exports, summaries).
-//! - Sessions: until they expire. Password reset links: a day (they work an hour; the day's
-//!   count of links an address got needs them that long).
+//! - Sessions: until they expire, or once unused for
+//!   [`SESSION_IDLE`](crate::accounts::sessions::SESSION_IDLE). Known browsers (the new-sign-in
+//!   notice): [`KNOWN_FOR`](crate::accounts::known_devices::KNOWN_FOR) after their last sign-in.
+//!   Password reset links: a day (they work an hour; the day's count of links an address got
+//!   needs them that long).
 //! - In-app notifications, quota alert records, and emails sent or given up:
 //!   [`RECORDS_KEPT_DAYS`].
 //! - Quota requests and quota changes (the audit trail) and monthly summary records (which make

@@ -269,6 +269,32 @@ pub async fn cancel(services: &Services, user: &User, request_id: i64) -> Servic
     Ok(now)
 }
 
+/// Why a request was closed when its key was revoked: the one note a cancellation carries (its
+/// merchant's own cancellation has none), shown where the request is listed.
+pub const CLOSED_BY_REVOCATION: &str = "The key was revoked.";
+
+/// Closes the key's pending request, inside the revocation's transaction: nobody can decide it
+/// any more.
+pub(crate) async fn close_for_revoked_key(
+    conn: &mut AsyncPgConnection,
+    key: ApiKeyId,
+    now: DateTime<Utc>,
+) -> ServiceResult<()> {
+    diesel::update(
+        quota_requests::table
+            .filter(quota_requests::api_key_id.eq(key.0))
+            .filter(quota_requests::status.eq(RequestStatus::Pending.as_str())),
+    )
+    .set((
+        quota_requests::status.eq(RequestStatus::Cancelled.as_str()),
+        quota_requests::decided_at.eq(now),
+        quota_requests::decision_note.eq(CLOSED_BY_REVOCATION),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// An admin's decision.
 #[derive(Debug, Clone)]
 pub enum Decision {

@@ -6,8 +6,6 @@ use crate::error::AppError;
 /// Where to go after signing in, if the page did not ask for somewhere else.
 pub const HOME_PATH: &str = "/dashboard/developers/api-keys";
 
-/// `/login?next=<here>`, so that signing in comes back to the page asked for. Used by the page
-/// layouts (client-side) and the server's guard of signed-in pages alike.
 /// The email typed into a sign-in form refused without JavaScript, for the sign-in page to
 /// show again (`session::keep_sign_in_email`); none in the browser.
 pub fn kept_sign_in_email() -> Option<String> {
@@ -17,6 +15,8 @@ pub fn kept_sign_in_email() -> Option<String> {
     None
 }
 
+/// `/login?next=<here>`, so that signing in comes back to the page asked for. Used by the page
+/// layouts (client-side) and the server's guard of signed-in pages alike.
 pub fn login_path_for(here: &str) -> String {
     let here = without_form_error(here);
     let here = if here.is_empty() { "/" } else { here.as_str() };

@@ -23,12 +23,16 @@ mod ssr {
     use std::time::Duration;
 
     use services::keys::ApiKey;
+    use services::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
     use services::Services;
 
     use super::super::{CurrentUse, KeyView};
 
     /// How long the list waits for Redis before showing quotas without use.
     const USE_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// Every view of a key list during a Redis outage would log a line per key: once in a while.
+    static NO_USE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
 
     /// Views of the keys with each active key's use of the current hour and day, read for all
     /// keys at once (one after another, a long list cost one Redis round trip per key). Redis
@@ -42,7 +46,9 @@ mod ssr {
             match services.quota.snapshot(key.id, &key.quota, key.quota_version_ms).await {
                 Ok((hour, day, _)) => Some(CurrentUse { hour: hour.used, day: day.used }),
                 Err(err) => {
-                    tracing::warn!(key_id = %key.id, error = %err, "key list: no current use from Redis");
+                    if let Some(left_out) = NO_USE_LOG.allow() {
+                        tracing::warn!(key_id = %key.id, error = %err, left_out, "key list: no current use from Redis");
+                    }
                     None
                 }
             }
@@ -50,7 +56,9 @@ mod ssr {
         let uses = match tokio::time::timeout(USE_TIMEOUT, futures_util::future::join_all(reads)).await {
             Ok(uses) => uses,
             Err(_) => {
-                tracing::warn!("key list: Redis did not answer in time; quotas shown without use");
+                if let Some(left_out) = NO_USE_LOG.allow() {
+                    tracing::warn!(left_out, "key list: Redis did not answer in time; quotas shown without use");
+                }
                 vec![None; keys.len()]
             }
         };

@@ -197,16 +197,6 @@ pub async fn get_top_calls(id: String, days: u32) -> Result<TopCalls, AppError> 
     Ok(ssr::top_calls(&services, &key, days).await?)
 }
 
-#[server(prefix = "/rpc", endpoint = "usage/live")]
-pub async fn get_usage_live(id: String) -> Result<LiveData, AppError> {
-    use super::session;
-    use services::keys::{api_keys, ApiKeyId};
-    let services = session::services()?;
-    let user = session::require_user(&services).await?;
-    let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(ssr::live_data(&services, &key).await?)
-}
-
 /// Turns the usage page's data (`services::usage::dashboard`) into what crosses the wire; shared
 /// with the live stream of the server crate.
 #[cfg(feature = "ssr")]

@@ -209,7 +209,7 @@ fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> im
     view! {
         <ConfirmInPlace opener="Revoke…" opener_label=format!("Revoke \u{201c}{name}\u{201d}…") opener_testid="revoke" dialog_label="Confirm revocation"
             question_id=format!("revoke-question-{id}")
-            question=format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused at once.")
+            question=format!("Revoke \u{201c}{name}\u{201d}? Calls with it will be refused within seconds.")
             confirm>
             <ActionForm action=revoke>
                 <input type="hidden" name="id" value=id/>
@@ -325,7 +325,7 @@ fn KeyDetails(
         view! {
             <section class="card" id=crate::api::REVOKE_AT data-testid="revoke-key">
                 <h2>"Revoke the key"</h2>
-                <p class="muted">"Calls with it are refused at once, for good. Its usage history stays."</p>
+                <p class="muted">"Calls with it are refused within seconds, for good. Its usage history stays."</p>
                 // Made again on a rename: the question names the key as it is called now.
                 {let id = key.id.clone(); move || view! { <RevokeButton id=id.clone() name=name.get() revoke/> }}
                 {error.message("revoke-error")}
@@ -516,7 +516,7 @@ fn RollSecret(
                         <input type="hidden" name="prefix" value=p.prefix.clone()/>
                         <ConfirmInPlace opener="Stop it now…" opener_testid="end-overlap" dialog_label="Confirm stopping the previous secret"
                             question_id=format!("end-overlap-question-{id}")
-                            question=format!("Stop {}… now? Calls with it are refused at once.", p.prefix)
+                            question=format!("Stop {}… now? Calls with it are refused within seconds.", p.prefix)
                             confirm=confirm_end>
                             <SubmitButton pending=end_overlap.pending() class="danger" testid="confirm-end-overlap" node_ref=confirm_end>"Stop it"</SubmitButton>
                         </ConfirmInPlace>

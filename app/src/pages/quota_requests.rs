@@ -156,7 +156,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
     }
     view! {
         <div class="table-scroll"><table class="stacked" data-testid="request-list">
-            <thead><tr><th>"Asked"</th><th>"Status"</th><th>"From"</th><th>"To"</th><th>"Admin note"</th><th></th></tr></thead>
+            <thead><tr><th>"Asked"</th><th>"Status"</th><th>"From"</th><th>"To"</th><th>"Note"</th><th></th></tr></thead>
             <tbody>
                 {list.into_iter().map(|r| {
                     let pending = r.status == "pending";
@@ -171,7 +171,7 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
                                 _ => limits(r.requested_per_hour, r.requested_per_day),
                             }}</td>
                             // Nothing at all without a note: on a phone the empty cell is hidden.
-                            <td data-label="Admin note">{r.decision_note.clone()}</td>
+                            <td data-label="Note">{r.decision_note.clone()}</td>
                             // A form, so that it also works without JavaScript.
                             <td>{match (pending, yours) {
                                 (true, true) => Some(view! {
@@ -400,9 +400,15 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                 {r.decided_at.map(|at| {
                     let when = format::time(&at);
                     let note = r.decision_note.clone().map(|n| format!(": {n}")).unwrap_or_default();
-                    // A cancelled request was withdrawn by its merchant; no admin decided it.
+                    // No admin decided a cancelled request: its merchant withdrew it (no note), or
+                    // it was closed when its key was revoked (the note says so).
                     match (r.status.as_str(), r.decided_by.clone()) {
-                        ("cancelled", _) => view! { <dt>"Cancelled"</dt><dd>{format!("{when} by the merchant")}</dd> }.into_any(),
+                        ("cancelled", _) if r.decision_note.is_some() => {
+                            view! { <dt>"Cancelled"</dt><dd data-testid="cancelled">{format!("{when}{note}")}</dd> }.into_any()
+                        }
+                        ("cancelled", _) => {
+                            view! { <dt>"Cancelled"</dt><dd data-testid="cancelled">{format!("{when} by the merchant")}</dd> }.into_any()
+                        }
                         (_, Some(admin)) => view! { <dt>"Decided"</dt><dd>{format!("{when} by {admin}{note}")}</dd> }.into_any(),
                         (_, None) => view! { <dt>"Decided"</dt><dd>{format!("{when}{note}")}</dd> }.into_any(),
                     }

@@ -19,6 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use services::accounts::User;
 use services::keys::{api_keys, ApiKey, ApiKeyId};
+use services::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
 use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, NoExportSlot, Pace};
 use services::usage::periods::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
@@ -86,7 +87,11 @@ async fn live(
                 Ok(data) => Event::default().event("live").json_data(&data).unwrap_or_default(),
                 // The page keeps its last data and says it is delayed.
                 Err(e) => {
-                    tracing::warn!(error = %e, "live usage unavailable");
+                    // Every open usage page, every few seconds: once in a while, not per push.
+                    static LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+                    if let Some(left_out) = LOG.allow() {
+                        tracing::warn!(error = %e, left_out, "live usage unavailable");
+                    }
                     Event::default().event("delayed").data("usage data delayed")
                 }
             };

@@ -73,7 +73,7 @@ pub(crate) async fn verify(candidate: &str, stored_hash: &str) -> ServiceResult<
     .await
 }
 
-/// Runs argon2 work on the blocking pool once one of [`HASHING_SLOTS`] is free. Each run holds
+/// Runs argon2 work on the blocking pool once one of the [`hashing_slots`] is free. Each run holds
 /// 19 MiB and a core for tens of milliseconds, and the sign-in throttle counts an attempt
 /// before its password is checked: a burst of sign-ins (many addresses, many clients) would
 /// otherwise take memory and blocking threads without bound. Past [`HASHING_WAIT`] the caller

@@ -382,7 +382,6 @@ async fn revoke_by(
     by: Revoker<'_>,
     public_url: &PublicUrl,
 ) -> ServiceResult<(ApiKey, bool)> {
-    use crate::schema::quota_requests;
     let mut conn = db::conn(db).await?;
     let revoked_now = conn
         .transaction::<_, ServiceError, _>(|conn| {
@@ -397,18 +396,7 @@ async fn revoke_by(
                 .await
                 .optional()?;
                 let Some((owner_id, name, prefix)) = revoked else { return Ok(false) };
-                diesel::update(
-                    quota_requests::table
-                        .filter(quota_requests::api_key_id.eq(id.0))
-                        .filter(quota_requests::status.eq(crate::quota_requests::RequestStatus::Pending.as_str())),
-                )
-                .set((
-                    quota_requests::status.eq(crate::quota_requests::RequestStatus::Cancelled.as_str()),
-                    quota_requests::decided_at.eq(now),
-                    quota_requests::decision_note.eq("The key was revoked."),
-                ))
-                .execute(conn)
-                .await?;
+                crate::quota_requests::close_for_revoked_key(conn, id, now).await?;
                 let who = match by {
                     Revoker::Viewer(user) if user.id == owner_id => None,
                     Revoker::Viewer(_) => Some("An admin"),

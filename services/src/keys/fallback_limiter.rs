@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use super::api_keys::ApiKeyId;
 use super::quota::Quota;
-use super::quota_manager::{QuotaDecision, Window, WindowUse};
+use super::quota_manager::{ceil_div, QuotaDecision, Window, WindowUse};
 
 /// One window of one key: what Redis last said was used, what this instance admitted on its
 /// own and sent to be added to Redis' counts (not known to have landed yet), and what it
@@ -255,7 +255,7 @@ impl FallbackLimiter {
         };
         let retry_after_secs = blocked_by.map(|w| {
             let reset = if w == Window::Day { day.reset_at_ms } else { hour.reset_at_ms };
-            ((reset - now_ms + 999) / 1000).max(1)
+            ceil_div(reset - now_ms, 1000).max(1)
         });
         (QuotaDecision { admitted, hour, day, burst_per_second: None, blocked_by, retry_after_secs, now_ms }, known)
     }

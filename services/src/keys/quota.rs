@@ -209,7 +209,7 @@ mod tests {
                 if (1..=QuotaLimit::MAX_BURST).contains(&v) {
                     let b = r.unwrap().get();
                     prop_assert_eq!(b, v);
-                    // Stored as INTEGER: the cast in `set_quota_in` must not wrap.
+                    // Stored as INTEGER: the cast in `quota_changes::apply` must not wrap.
                     prop_assert_eq!(b as i32 as i64, b);
                 } else {
                     prop_assert!(is_bad_input(&r), "{v}: {r:?}");

@@ -42,7 +42,8 @@ pub enum Window {
 
 impl Window {
     /// A window's length: the calendar hour and day in UTC, and the burst limiter's second (the
-    /// `w=` of its policy). The one place this is written.
+    /// `w=` of its policy). The one place in Rust this is written (the Lua scripts, which run
+    /// in Redis, have their own).
     pub const fn length_ms(self) -> i64 {
         match self {
             Self::Hour => 3_600_000,
@@ -173,7 +174,7 @@ pub fn projected_day_exhaustion_ms(day: &WindowUse, hour: &WindowUse, per_minute
     None
 }
 
-fn ceil_div(a: i64, b: i64) -> i64 {
+pub(super) fn ceil_div(a: i64, b: i64) -> i64 {
     (a + b - 1).div_euclid(b)
 }
 
@@ -797,19 +798,19 @@ impl QuotaManager {
         let ((secs, micros), (hw, hc, dw, dc, hl, dl, qv)) = reply.inspect_err(|e| self.shared.reset_after(e))?;
         let (hl, dl) = if qv.unwrap_or(0) >= version_ms { (hl, dl) } else { (None, None) };
         let now_ms = secs * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::Relaxed);
-        let now_s = now_ms.div_euclid(1000);
-        let (hour_start, day_start) = (now_s - now_s.rem_euclid(3600), now_s - now_s.rem_euclid(86400));
+        let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
+        // The script keeps each window's start in seconds.
         let hour = WindowUse {
             window: Window::Hour,
             limit: hl.unwrap_or(quota.per_hour.get()),
-            used: if hw == Some(hour_start) { hc.unwrap_or(0) } else { 0 },
-            reset_at_ms: (hour_start + 3600) * 1000,
+            used: if hw == Some(hour_start / 1000) { hc.unwrap_or(0) } else { 0 },
+            reset_at_ms: hour_start + Window::Hour.length_ms(),
         };
         let day = WindowUse {
             window: Window::Day,
             limit: dl.unwrap_or(quota.per_day.get()),
-            used: if dw == Some(day_start) { dc.unwrap_or(0) } else { 0 },
-            reset_at_ms: (day_start + 86400) * 1000,
+            used: if dw == Some(day_start / 1000) { dc.unwrap_or(0) } else { 0 },
+            reset_at_ms: day_start + Window::Day.length_ms(),
         };
         Ok((hour, day, now_ms))
     }
@@ -857,18 +858,17 @@ fn decode(r: &[i64], index: usize) -> QuotaDecision {
     } else {
         (hour_after, day_after)
     };
-    let now_s = now_ms.div_euclid(1000);
     let hour = WindowUse {
         window: Window::Hour,
         limit: hour_limit,
         used: hour_used,
-        reset_at_ms: (now_s - now_s.rem_euclid(3600) + 3600) * 1000,
+        reset_at_ms: Window::Hour.start_ms(now_ms) + Window::Hour.length_ms(),
     };
     let day = WindowUse {
         window: Window::Day,
         limit: day_limit,
         used: day_used,
-        reset_at_ms: (now_s - now_s.rem_euclid(86400) + 86400) * 1000,
+        reset_at_ms: Window::Day.start_ms(now_ms) + Window::Day.length_ms(),
     };
     // Of several blocking windows, report the one that resets last.
     let blocked_by = if admitted {

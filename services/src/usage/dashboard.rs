@@ -12,7 +12,10 @@ use super::periods::{DayRange, Granularity};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
+use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
 use crate::{ServiceError, ServiceResult, Services};
+
+static REDIS_DOWN_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
 
 /// Minutes the live charts cover, the current one included.
 pub const LIVE_MINUTES: usize = 60;
@@ -50,7 +53,10 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
         Ok(Err(e)) => e.to_string(),
         Err(_) => "no answer in time".to_owned(),
     };
-    tracing::warn!(key_id = %key.id, error = %failure, "live usage from storage: Redis unavailable");
+    // Each open usage page asks every few seconds: once in a while, not per push.
+    if let Some(left_out) = REDIS_DOWN_LOG.allow() {
+        tracing::warn!(key_id = %key.id, error = %failure, left_out, "live usage from storage: Redis unavailable");
+    }
     let now_ms = Utc::now().timestamp_millis();
     let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
     let (hour_used, day_used) =

@@ -25,7 +25,8 @@ pub struct UsageTotals {
     pub requests: i64,
     pub errors_4xx: i64,
     pub errors_5xx: i64,
-    /// Calls refused by the quota.
+    /// Calls refused before running: by the quota (429), or unchecked while quotas fail
+    /// closed (503).
     pub throttled: i64,
     pub bytes_in: i64,
     pub bytes_out: i64,
