@@ -1,6 +1,7 @@
-//! The JSON error of the HTTP API: `{"error":{"code":…,"message":…}}` with the right status, the
-//! same shape and codes as the server functions'. Failures are logged once, where domain errors
-//! are mapped; their details never reach the client.
+//! The JSON error of the HTTP API: `{"error":{"code":…,"message":…}}` (and `retry_after` when
+//! there is one) with the right status, the same shape and codes as the server functions'.
+//! Failures are logged once, where domain errors are mapped; their details never reach the
+//! client.
 
 use app::error::AppError;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -48,7 +49,12 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        // In the body too, as the server functions' errors have it (`app::error::WireError`).
+        if let Some(secs) = self.retry_after {
+            error["retry_after"] = secs.into();
+        }
+        let body = serde_json::json!({ "error": error });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -70,5 +76,13 @@ mod tests {
         let response = ApiError::from(ServiceError::TooManyAttempts { retry_after_secs: 7 }).into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(response.into_body(), 4096))
+            .expect("a body at hand")
+            .expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            (body["error"]["code"].as_str(), body["error"]["retry_after"].as_u64()),
+            (Some("too_many_attempts"), Some(7))
+        );
     }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::housekeeping;
-use crate::keys::{ApiKeyId, QuotaDecision, Window};
+use crate::keys::{ApiKeyId, QuotaDecision, Verdict, Window};
 use crate::mailer::{self, html_escape, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
 use crate::public_url::PublicUrl;
@@ -202,6 +202,18 @@ impl Memo {
 }
 
 impl CrossingMemo {
+    /// The thresholds a request of `key` reached and passes on (those not passed on before in
+    /// their period): by Redis' count, or during an outage by what this instance knows of the
+    /// key's use, so that an outage delays no alert one instance can see.
+    pub fn reached(&self, key: Uuid, verdict: &Verdict) -> Vec<QuotaCrossing> {
+        let reached = match verdict {
+            Verdict::Enforced(decision) => crossings(decision),
+            Verdict::Fallback { known, .. } => crossings(known),
+            Verdict::Unavailable => return Vec::new(),
+        };
+        self.first_seen(key, reached)
+    }
+
     /// Of `crossings` (of `key`), those not passed on before in their period.
     pub fn first_seen(&self, key: Uuid, crossings: Vec<QuotaCrossing>) -> Vec<QuotaCrossing> {
         if crossings.is_empty() {
@@ -678,6 +690,23 @@ mod tests {
         let jumped: Vec<u8> = at(9).iter().map(|c| c.threshold).collect();
         assert_eq!(jumped, [50, 80]);
         assert_eq!(at(10).iter().map(|c| c.threshold).collect::<Vec<_>>(), [100]);
+    }
+
+    /// During an outage the key's own limits and known use decide, not the fallback's share
+    /// (a refusal by the share is no alert); with no decision at all, nothing is reached.
+    #[test]
+    fn a_request_reaches_thresholds_by_the_use_its_verdict_knows() {
+        let (key, memo) = (Uuid::now_v7(), CrossingMemo::default());
+        let share_used_up = decision(5, 5, 0, 1_000_000);
+        let known = decision(5, 20, 0, 1_000_000);
+        let fallback = Verdict::Fallback { decision: share_used_up, known: known.clone() };
+        assert!(memo.reached(key, &fallback).is_empty(), "5 of 20 is no threshold");
+        let known = decision(10, 20, 0, 1_000_000);
+        let fallback = Verdict::Fallback { decision: decision(5, 5, 0, 1_000_000), known };
+        assert_eq!(memo.reached(key, &fallback).iter().map(|c| c.threshold).collect::<Vec<_>>(), [50]);
+        assert!(memo.reached(key, &Verdict::Enforced(decision(10, 20, 0, 1_000_000))).is_empty(), "once");
+        assert_eq!(memo.reached(key, &Verdict::Enforced(decision(16, 20, 0, 1_000_000))).len(), 1);
+        assert!(memo.reached(key, &Verdict::Unavailable).is_empty());
     }
 
     #[test]

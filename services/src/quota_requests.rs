@@ -14,8 +14,7 @@ use crate::accounts::{Role, User};
 use crate::db::{self, DbPool};
 use crate::keys::quota::{checked_limit, checked_limits, hour_within_day, parse_limit, QuotaMaximum};
 use crate::keys::{api_keys, ApiKeyId, Quota};
-use crate::mailer::{self, html_escape, html_paragraph, Email};
-use crate::notifications::{self, NewNotification};
+use crate::notifications;
 use crate::public_url::PublicUrl;
 use crate::quota_changes::{apply, lock_key, publish, ChangeSource, LiveKey, QuotaChange};
 use crate::schema::{quota_requests, users};
@@ -217,29 +216,16 @@ async fn tell_admins(
     // Straight to the request's card on the admins' list (`app::api::request_at` names it;
     // every pending request is on the list's first page).
     let decide_path = format!("/admin/quota-requests#request-{request_id}");
-    let decide_url = public_url.link(&decide_path);
-    let text = format!("{body}\n\nDecide: {decide_url}\n");
-    let html = format!("{}<p><a href=\"{}\">Decide</a></p>", html_paragraph(&body), html_escape(decide_url.as_str()));
+    let news = notifications::News {
+        kind: "quota_request",
+        title: &title,
+        body: &body,
+        link: &decide_path,
+        link_label: "Decide",
+        dedupe_key: None,
+    };
     for (admin, email) in admins {
-        let email = Email {
-            to: &email,
-            subject: &title,
-            text: &text,
-            html: &html,
-            attachments: &[],
-            list_unsubscribe: None,
-            credential_until: None,
-        };
-        mailer::enqueue(conn, &email, None).await?;
-        let notice = NewNotification {
-            user_id: admin,
-            kind: "quota_request",
-            title: &title,
-            body: &body,
-            link: Some(&decide_path),
-            dedupe_key: None,
-        };
-        notifications::notify(conn, &notice).await?;
+        notifications::tell(conn, (admin, &email), &news, public_url).await?;
     }
     Ok(())
 }

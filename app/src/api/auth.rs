@@ -85,6 +85,18 @@ impl std::fmt::Debug for TypedPassword {
     }
 }
 
+/// A one-time token from a link (a password reset's, a new key's hand-off), hidden in `Debug`
+/// as a password is: it is worth a password, or an API key's secret, while it works.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LinkToken(pub String);
+
+impl std::fmt::Debug for LinkToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkToken(***)")
+    }
+}
+
 #[server(prefix = "/rpc", endpoint = "auth/login")]
 pub async fn login(email: String, password: TypedPassword, next: Option<String>) -> Result<(), AppError> {
     use super::session;
@@ -274,26 +286,26 @@ pub async fn ask_password_reset(email: String) -> Result<(), AppError> {
 /// The address (partly hidden) whose password a reset link sets; a 400 saying so for a link
 /// that no longer works.
 #[server(prefix = "/rpc", endpoint = "auth/password-reset/link")]
-pub async fn password_reset_link(token: String) -> Result<String, AppError> {
+pub async fn password_reset_link(token: LinkToken) -> Result<String, AppError> {
     use services::accounts::password_reset::{self, ResetToken};
 
     let services = super::session::services()?;
     let gone = || AppError::bad_request(password_reset::LINK_GONE);
-    let token = ResetToken::parse(&token).ok_or_else(gone)?;
+    let token = ResetToken::parse(&token.0).ok_or_else(gone)?;
     password_reset::address_of(&services.db, &token).await?.ok_or_else(gone)
 }
 
 /// Sets the password of a reset link's account, then sends the browser to sign in with it.
 #[server(prefix = "/rpc", endpoint = "auth/password-reset/choose")]
 pub async fn choose_new_password(
-    token: String,
+    token: LinkToken,
     new_password: TypedPassword,
     confirm_password: TypedPassword,
 ) -> Result<(), AppError> {
     use services::accounts::password_reset::{self, NewPassword, ResetToken};
 
     let services = super::session::services()?;
-    let token = ResetToken::parse(&token).ok_or_else(|| AppError::bad_request(password_reset::LINK_GONE))?;
+    let token = ResetToken::parse(&token.0).ok_or_else(|| AppError::bad_request(password_reset::LINK_GONE))?;
     let typed = NewPassword { new: &new_password.0, confirm: &confirm_password.0 };
     password_reset::choose_password(&services, &token, &typed).await?;
     leptos_axum::redirect(&format!("/login?{PASSWORD_WAS_RESET}=1"));
@@ -354,6 +366,14 @@ mod tests {
         let args = Login { email: "ann@example.com".into(), password: TypedPassword("hunter2!".into()), next: None };
         let shown = format!("{args:?}");
         assert!(shown.contains("ann@example.com") && !shown.contains("hunter2"), "{shown}");
+        let token = "0123456789abcdef".repeat(4);
+        let typed = TypedPassword("a new one!".into());
+        let args =
+            ChooseNewPassword { token: LinkToken(token.clone()), new_password: typed.clone(), confirm_password: typed };
+        let shown = format!("{args:?} {:?}", PasswordResetLink { token: LinkToken(token.clone()) });
+        assert!(!shown.contains(&token) && !shown.contains("a new one"), "{shown}");
+        let shown = format!("{:?}", super::super::TakeCreatedKey { token: LinkToken(token.clone()) });
+        assert!(!shown.contains(&token), "{shown}");
         let created = super::super::CreatedKey {
             key: super::super::KeyView {
                 id: "k".into(),

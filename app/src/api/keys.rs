@@ -1,6 +1,6 @@
 use leptos::prelude::*;
 
-use super::{CreatedKey, KeyView, KeysPage};
+use super::{CreatedKey, KeyView, KeysPage, LinkToken};
 use crate::error::AppError;
 
 /// Keys on a page of the merchant's key list.
@@ -186,12 +186,12 @@ pub const REVOKE_AT: &str = "revoke-key";
 /// The key created (or rolled) by a plain form post (no JavaScript), for the page that post
 /// returns to, once; `None` when its token was used, has expired, or is someone else's.
 #[server(prefix = "/rpc", endpoint = "keys/created")]
-pub async fn take_created_key(token: String) -> Result<Option<CreatedKey>, AppError> {
+pub async fn take_created_key(token: LinkToken) -> Result<Option<CreatedKey>, AppError> {
     use super::session;
     use services::keys::{api_keys, secret_handoff};
     let services = session::services()?;
     let user = session::require_user(&services).await?;
-    let Some(token) = secret_handoff::HandoffToken::parse(&token) else { return Ok(None) };
+    let Some(token) = secret_handoff::HandoffToken::parse(&token.0) else { return Ok(None) };
     let Some((key_id, secret)) = secret_handoff::take(&services.redis, user.id, &token).await? else {
         return Ok(None);
     };

@@ -10,7 +10,7 @@ use super::layout::{
 };
 use crate::api::plain_form;
 use crate::api::{
-    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView,
+    get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView, LinkToken,
     PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails, ALERTS_SAVED, OVERLAP_ENDED, RENAMED,
 };
 use crate::render_memo::once_per_render;
@@ -36,7 +36,7 @@ pub fn ApiKeysPage() -> impl IntoView {
         |token| {
             once_per_render("keys/created", &token.clone(), async move {
                 match token {
-                    Some(token) => take_created_key(token).await.map(|created| (true, created)),
+                    Some(token) => take_created_key(LinkToken(token)).await.map(|created| (true, created)),
                     None => Ok((false, None)),
                 }
             })
@@ -297,7 +297,9 @@ impl NewSecretHandOff {
     async fn take(token: Option<String>) -> Result<Self, crate::error::AppError> {
         Ok(match token {
             None => Self::None,
-            Some(token) => take_created_key(token).await?.map_or(Self::Gone, |created| Self::Here(Box::new(created))),
+            Some(token) => {
+                take_created_key(LinkToken(token)).await?.map_or(Self::Gone, |created| Self::Here(Box::new(created)))
+            }
         })
     }
 }

@@ -7,7 +7,7 @@ use leptos_router::hooks::{use_params_map, use_query_map};
 
 use super::form_error::FormError;
 use super::layout::{ErrorPanel, PageTitle, SubmitButton};
-use crate::api::{password_reset_link, AskPasswordReset, ChooseNewPassword, RESET_LINK_ASKED};
+use crate::api::{password_reset_link, AskPasswordReset, ChooseNewPassword, LinkToken, RESET_LINK_ASKED};
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
 
@@ -50,8 +50,9 @@ pub fn ChooseNewPasswordPage() -> impl IntoView {
     let params = use_params_map();
     let token = move || params.read().get("token").unwrap_or_default();
     let choose = ServerAction::<ChooseNewPassword>::new();
-    let link =
-        Resource::new(token, |t| once_per_render("auth/password-reset/link", &t.clone(), password_reset_link(t)));
+    let link = Resource::new(token, |t| {
+        once_per_render("auth/password-reset/link", &t.clone(), password_reset_link(LinkToken(t)))
+    });
     view! {
         <PageTitle text="Choose a new password · keymeter"/>
         <main class="login">

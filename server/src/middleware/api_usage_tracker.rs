@@ -263,21 +263,17 @@ async fn record_when_sent(
     Response::from_parts(parts, Body::new(body))
 }
 
-/// Takes the quota manager's verdict into the event, with the alert thresholds it reached (by
-/// Redis' count, or during an outage by what this instance knows of the key's use, so an
-/// outage delays no alert that one instance can see); the decision, if there was one.
+/// Takes the quota manager's verdict into the event, with the alert thresholds it reached;
+/// the decision, if there was one.
 fn apply_verdict(event: &mut UsageEvent, verdict: Verdict, services: &Services) -> Option<QuotaDecision> {
-    let (decision, enforced, reached) = match verdict {
-        Verdict::Enforced(d) => {
-            let reached = services::alerts::crossings(&d);
-            (Some(d), true, reached)
-        }
-        Verdict::Fallback { decision, known } => (Some(decision), false, services::alerts::crossings(&known)),
-        Verdict::Unavailable => (None, false, Vec::new()),
+    event.alerts = services.alert_crossings.reached(event.key_id, &verdict);
+    let (decision, enforced) = match verdict {
+        Verdict::Enforced(d) => (Some(d), true),
+        Verdict::Fallback { decision, .. } => (Some(decision), false),
+        Verdict::Unavailable => (None, false),
     };
     event.at_ms = decision.as_ref().map_or_else(|| chrono::Utc::now().timestamp_millis(), |d| d.now_ms);
     event.enforced = enforced;
-    event.alerts = services.alert_crossings.first_seen(event.key_id, reached);
     decision
 }
 

@@ -6,7 +6,7 @@ mod login_throttle;
 mod password;
 pub mod password_reset;
 pub mod sessions;
-mod token;
+pub(crate) mod token;
 
 pub use login_throttle::{client_address, lift as lift_sign_in_lockout};
 

@@ -1,6 +1,8 @@
 //! The random tokens a browser holds in cookies (its session, and the mark of a browser that
-//! signed in before) and in a password reset link. The database keeps only their SHA-256, so a leaked database cannot be
-//! replayed as cookies or links. Each kind is its own type: one cannot be taken for the other.
+//! signed in before) and in links (a password reset; a new key's secret handed to the page a
+//! plain form post returns to). The stores keep only their SHA-256, so a leaked database or
+//! Redis cannot be replayed as cookies or links. Each kind is its own type: one cannot be taken
+//! for the other.
 
 use std::marker::PhantomData;
 
@@ -34,6 +36,14 @@ pub enum Reset {}
 
 impl TokenKind for Reset {
     const NAME: &'static str = "ResetToken";
+}
+
+/// The hand-off of a new key's secret (see `keys::secret_handoff`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Handoff {}
+
+impl TokenKind for Handoff {
+    const NAME: &'static str = "HandoffToken";
 }
 
 /// An opaque token as sent in a cookie or a link (64 hex characters, 256 random bits).

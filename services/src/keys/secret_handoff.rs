@@ -3,45 +3,19 @@
 //! `Referer`), so it waits in Redis under a random one-time token, tied to its owner, for two
 //! minutes. The page takes it (GETDEL) and shows it once, as the scripted form shows its reply.
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiKeyId, ApiKeySecret};
+use crate::accounts::token::{Handoff, Token};
 use crate::redis_pool::{self, RedisPool};
 use crate::{ServiceError, ServiceResult};
 
 /// Long enough to follow a redirect on a slow connection; short, as the secret is in clear.
 const HOLD_SECS: u64 = 120;
-const TOKEN_LEN: usize = 32;
 
-/// The one-time token in the page's URL (`?created=…`); 32 hex digits, made as session tokens are.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HandoffToken(String);
-
-/// Hidden, as every credential's: the token takes a secret out of Redis.
-impl std::fmt::Debug for HandoffToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HandoffToken(..)")
-    }
-}
-
-impl HandoffToken {
-    fn generate() -> Self {
-        let mut bytes = [0u8; TOKEN_LEN / 2];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Self(hex::encode(bytes))
-    }
-
-    /// `None` for anything that this module did not make.
-    pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == TOKEN_LEN && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(raw.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+/// The one-time token in the page's URL (`?created=…`): a random token as a session's, hidden
+/// in `Debug` output (it takes a secret out of Redis).
+pub type HandoffToken = Token<Handoff>;
 
 #[derive(Serialize, Deserialize)]
 struct Held {
@@ -49,8 +23,9 @@ struct Held {
     secret: String,
 }
 
+/// Named by the token's hash: whoever can list Redis' keys cannot take the secret with them.
 fn redis_key(owner_id: i64, token: &HandoffToken) -> String {
-    format!("km:created:{owner_id}:{}", token.0)
+    format!("km:created:{owner_id}:{}", hex::encode(token.hash()))
 }
 
 /// Keeps `secret` of the key `key_id` for its owner's next page.
@@ -99,7 +74,7 @@ mod tests {
         assert_eq!(HandoffToken::parse(token.as_str()), Some(token.clone()));
         assert_ne!(HandoffToken::generate(), token);
         assert_eq!(format!("{token:?}"), "HandoffToken(..)");
-        for bad in ["", "abc", &"g".repeat(32), &"A".repeat(32), &"a".repeat(33), "km:created:1:x"] {
+        for bad in ["", "abc", &"g".repeat(64), &"a".repeat(32), &"a".repeat(65), "km:created:1:x"] {
             assert_eq!(HandoffToken::parse(bad), None, "{bad}");
         }
     }
