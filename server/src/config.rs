@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use services::keys::{FailMode, FailurePolicy, QuotaLimit};
+use services::keys::{FailMode, FailurePolicy, QuotaLimit, QuotaMaximum};
 use services::public_url::PublicUrl;
 
 use crate::http_server::ConnectionLimits;
@@ -295,9 +295,19 @@ impl Config {
                 }
                 None => "keymeter <keymeter@localhost>".to_owned(),
             },
-            quota_maximum: services::keys::QuotaMaximum {
-                per_hour: parse_bounded(&lookup, "KEYMETER_MAX_PER_HOUR", 1_000_000, QuotaLimit::MAX)?,
-                per_day: parse_bounded(&lookup, "KEYMETER_MAX_PER_DAY", 20_000_000, QuotaLimit::MAX)?,
+            quota_maximum: QuotaMaximum {
+                per_hour: parse_bounded(
+                    &lookup,
+                    "KEYMETER_MAX_PER_HOUR",
+                    QuotaMaximum::default().per_hour,
+                    QuotaLimit::MAX,
+                )?,
+                per_day: parse_bounded(
+                    &lookup,
+                    "KEYMETER_MAX_PER_DAY",
+                    QuotaMaximum::default().per_day,
+                    QuotaLimit::MAX,
+                )?,
             },
             log_format: match lookup("KEYMETER_LOG_FORMAT").as_deref().map(str::trim) {
                 None | Some("text") => LogFormat::Text,
@@ -320,7 +330,12 @@ impl Config {
             },
             quota_failure: FailurePolicy {
                 // Beyond a minute a quota check would hold requests rather than fail over.
-                timeout: Duration::from_millis(parse_bounded(&lookup, "KEYMETER_REDIS_TIMEOUT_MS", 250u64, 60_000)?),
+                timeout: Duration::from_millis(parse_bounded(
+                    &lookup,
+                    "KEYMETER_REDIS_TIMEOUT_MS",
+                    FailurePolicy::default().timeout.as_millis() as u64,
+                    60_000,
+                )?),
                 mode: match lookup("KEYMETER_QUOTA_FAIL_MODE").as_deref().map(str::trim) {
                     None | Some("open") => FailMode::Open,
                     Some("closed") => FailMode::Closed,

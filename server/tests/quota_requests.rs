@@ -680,6 +680,9 @@ async fn revoking_a_key_closes_its_request_and_tells_an_owner_who_did_not_do_it(
     assert_eq!(request["status"], "pending");
     let res = s.app.rpc(&s.admin, "keys/revoke", &[("id", &s.key_id)]).await;
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    // The key as the page shows it after: still with the admin's forms, not the owner's.
+    let revoked: Value = res.json().await.unwrap();
+    assert_eq!((revoked["viewer_is_admin"].as_bool(), revoked["yours"].as_bool()), (Some(true), Some(false)));
 
     let pending: Vec<Value> = s.app.rpc(&s.admin, "admin/quota-requests", &[]).await.json().await.unwrap();
     assert!(pending.iter().all(|r| r["status"] != "pending"), "{pending:?}");

@@ -19,7 +19,7 @@ pub async fn admin_search_keys(
     let (offset, fetch) = super::page_window(page, ADMIN_KEYS_PER_PAGE);
     let keys = services::keys::api_keys::search_all(&services.db, &q, offset, fetch).await?;
     let (keys, more) = super::one_page(keys, ADMIN_KEYS_PER_PAGE);
-    Ok(KeysPage { keys: keys.into_iter().map(|key| KeyView::seen_by(key, admin.id)).collect(), more })
+    Ok(KeysPage { keys: keys.into_iter().map(|key| KeyView::seen_by(key, &admin)).collect(), more })
 }
 
 /// Accounts on a page of `/admin/accounts`.

@@ -15,13 +15,14 @@ pub async fn list_keys(#[server(default)] page: u32) -> Result<KeysPage, AppErro
     let (offset, fetch) = super::page_window(page, KEYS_PER_PAGE);
     let keys = services::keys::api_keys::page_for_owner(&services.db, user.id, offset, fetch).await?;
     let (keys, more) = super::one_page(keys, KEYS_PER_PAGE);
-    Ok(KeysPage { keys: ssr::with_current_use(&services, keys, user.id).await, more })
+    Ok(KeysPage { keys: ssr::with_current_use(&services, keys, &user).await, more })
 }
 
 #[cfg(feature = "ssr")]
 mod ssr {
     use std::time::Duration;
 
+    use services::accounts::User;
     use services::keys::ApiKey;
     use services::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
     use services::Services;
@@ -38,7 +39,7 @@ mod ssr {
     /// keys at once (one after another, a long list cost one Redis round trip per key). Redis
     /// failing for one key leaves that key without use; Redis not answering in time leaves them
     /// all without use, so a stalled Redis costs the page one timeout.
-    pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>, viewer_id: i64) -> Vec<KeyView> {
+    pub async fn with_current_use(services: &Services, keys: Vec<ApiKey>, viewer: &User) -> Vec<KeyView> {
         let reads = keys.iter().map(|key| async move {
             if key.revoked_at.is_some() {
                 return None;
@@ -64,7 +65,7 @@ mod ssr {
         };
         keys.into_iter()
             .zip(uses)
-            .map(|(key, current_use)| KeyView { current_use, ..KeyView::seen_by(key, viewer_id) })
+            .map(|(key, current_use)| KeyView { current_use, ..KeyView::seen_by(key, viewer) })
             .collect()
     }
 }
@@ -76,7 +77,7 @@ pub async fn get_key(id: String) -> Result<KeyView, AppError> {
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    Ok(KeyView { viewer_is_admin: user.is_admin(), ..KeyView::seen_by(key, user.id) })
+    Ok(KeyView::seen_by(key, &user))
 }
 
 #[server(prefix = "/rpc", endpoint = "keys/create")]
@@ -97,7 +98,7 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
             "The key \u{201c}{}\u{201d} was created, but its secret could not be kept for this page. Revoke it and create another.",
             key.name
         );
-        hand_over_secret(&services, plain_form, user.id, key, secret, (&page, CREATE_AT), lost).await
+        hand_over_secret(&services, plain_form, &user, key, secret, (&page, CREATE_AT), lost).await
     })
     .await
 }
@@ -109,7 +110,7 @@ pub async fn create_key(name: String) -> Result<CreatedKey, AppError> {
 async fn hand_over_secret(
     services: &services::Services,
     plain_form: bool,
-    user_id: i64,
+    user: &services::accounts::User,
     key: services::keys::ApiKey,
     secret: services::keys::ApiKeySecret,
     (page, at): (&str, &str),
@@ -118,14 +119,14 @@ async fn hand_over_secret(
     let api_base = services.settings.public_url.to_string();
     if plain_form {
         let token =
-            services::keys::secret_handoff::hold(&services.redis, user_id, key.id, &secret).await.map_err(|e| {
+            services::keys::secret_handoff::hold(&services.redis, user.id, key.id, &secret).await.map_err(|e| {
                 tracing::warn!(key_id = %key.id, error = %e, "a new secret could not be held for its page");
                 AppError::Conflict(lost)
             })?;
         leptos_axum::redirect(&format!("{page}{}#{at}", token.as_str()));
-        return Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: String::new(), api_base });
+        return Ok(CreatedKey { key: KeyView::seen_by(key, user), secret: String::new(), api_base });
     }
-    Ok(CreatedKey { key: KeyView::seen_by(key, user_id), secret: secret.expose().to_owned(), api_base })
+    Ok(CreatedKey { key: KeyView::seen_by(key, user), secret: secret.expose().to_owned(), api_base })
 }
 
 /// Rolls one of the signed-in user's active keys: a new secret, shown once; the old one keeps
@@ -150,7 +151,7 @@ pub async fn roll_key(id: String, old_secret_hours: String) -> Result<CreatedKey
             "\u{201c}{}\u{201d} was rolled, but its new secret could not be kept for this page. Roll it again.",
             key.name
         );
-        hand_over_secret(&services, plain_form, user.id, key, secret, (&page, ROLL_AT), lost).await
+        hand_over_secret(&services, plain_form, &user, key, secret, (&page, ROLL_AT), lost).await
     })
     .await
 }
@@ -166,7 +167,7 @@ pub async fn end_key_overlap(id: String, prefix: String) -> Result<KeyView, AppE
         let user = session::require_user(&services).await?;
         let key = api_keys::end_overlap_for(&services, ApiKeyId::parse(&id)?, &user, &prefix).await?;
         tracing::info!(key_id = %key.id, user_id = user.id, "API key's previous secret stopped");
-        Ok(KeyView::seen_by(key, user.id))
+        Ok(KeyView::seen_by(key, &user))
     })
     .await
 }
@@ -197,7 +198,7 @@ pub async fn take_created_key(token: LinkToken) -> Result<Option<CreatedKey>, Ap
     };
     let key = api_keys::get_for(&services.db, key_id, &user).await?;
     let api_base = services.settings.public_url.to_string();
-    Ok(Some(CreatedKey { key: KeyView::seen_by(key, user.id), secret: secret.expose().to_owned(), api_base }))
+    Ok(Some(CreatedKey { key: KeyView::seen_by(key, &user), secret: secret.expose().to_owned(), api_base }))
 }
 
 /// The key page's confirmation of alert choices saved without JavaScript.
@@ -228,7 +229,7 @@ pub async fn set_alert_emails(
             }
         }
         alerts::set_email_thresholds_for(&services.db, id, &user, AlertThresholds::from_chosen(&chosen)?).await?;
-        Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, user.id))
+        Ok(KeyView::seen_by(api_keys::get_for(&services.db, id, &user).await?, &user))
     })
     .await
 }
@@ -248,7 +249,7 @@ pub async fn rename_key(id: String, name: String) -> Result<KeyView, AppError> {
         let name = KeyName::parse(&name).map_err(|e| e.in_field("name"))?;
         let key = api_keys::rename_for(&services.db, id, &user, &name).await?;
         tracing::info!(key_id = %key.id, user_id = user.id, "API key renamed");
-        Ok(KeyView { viewer_is_admin: user.is_admin(), ..KeyView::seen_by(key, user.id) })
+        Ok(KeyView::seen_by(key, &user))
     })
     .await
 }
@@ -276,5 +277,5 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
         }
     }
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
-    Ok(KeyView::seen_by(key, user.id))
+    Ok(KeyView::seen_by(key, &user))
 }

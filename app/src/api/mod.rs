@@ -155,10 +155,11 @@ impl std::fmt::Debug for CreatedKey {
 
 #[cfg(feature = "ssr")]
 impl KeyView {
-    /// `key` as the user `viewer_id` sees it.
-    pub fn seen_by(key: services::keys::ApiKey, viewer_id: i64) -> Self {
+    /// `key` as `viewer` sees it (theirs or not; with an admin's forms or not).
+    pub fn seen_by(key: services::keys::ApiKey, viewer: &services::accounts::User) -> Self {
         Self {
-            yours: key.owner_id == viewer_id,
+            yours: key.owner_id == viewer.id,
+            viewer_is_admin: viewer.is_admin(),
             id: key.id.to_string(),
             name: key.name,
             prefix: key.prefix,
@@ -171,7 +172,6 @@ impl KeyView {
             burst_per_second: key.quota.burst_per_second.map(|b| b.get()),
             alert_emails: key.alert_email_thresholds.iter().collect(),
             current_use: None,
-            viewer_is_admin: false,
             rolled_at: key.rolled_at,
             previous_secret: key.previous_secret.map(|p| PreviousSecretView {
                 works: p.works,

@@ -160,7 +160,7 @@ pub async fn get_usage_overview(
     let services = session::services()?;
     let user = session::require_user(&services).await?;
     let key = api_keys::get_for(&services.db, ApiKeyId::parse(&id)?, &user).await?;
-    let mut overview = ssr::overview(&services, key.clone(), user.id, top_days).await?;
+    let mut overview = ssr::overview(&services, key.clone(), &user, top_days).await?;
     if let (Some(from), Some(to), Some(per)) = (from, to, per) {
         // A range that cannot be shown is said in its place; the rest of the page stays.
         let now = overview.live.now;
@@ -276,14 +276,14 @@ pub mod ssr {
     pub async fn overview(
         services: &Services,
         key: ApiKey,
-        viewer_id: i64,
+        viewer: &services::accounts::User,
         top_days: u32,
     ) -> ServiceResult<UsageOverview> {
         let live = dashboard::live(services, &key).await?;
         let history = dashboard::history(services, &key, live.now, top_days).await?;
         let api_base = services.settings.public_url.to_string();
         Ok(UsageOverview {
-            key: KeyView::seen_by(key, viewer_id),
+            key: KeyView::seen_by(key, viewer),
             live: live_view(live),
             daily: rows(history.daily),
             weekly: rows(history.weekly),
