@@ -7,6 +7,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 
+/// Where a request stands (`services::quota_requests::RequestStatus`, which the browser build
+/// does not have); on the wire as stored: `pending`, `approved`, `denied`, `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Cancelled,
+}
+
+impl RequestStatus {
+    /// The word the pages show, and their CSS class and test attribute.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl From<services::quota_requests::RequestStatus> for RequestStatus {
+    fn from(status: services::quota_requests::RequestStatus) -> Self {
+        use services::quota_requests::RequestStatus as S;
+        match status {
+            S::Pending => Self::Pending,
+            S::Approved => Self::Approved,
+            S::Denied => Self::Denied,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaRequestView {
     pub id: i64,
@@ -23,7 +59,7 @@ pub struct QuotaRequestView {
     pub requested_per_hour: i64,
     pub requested_per_day: i64,
     pub reason: String,
-    pub status: String,
+    pub status: RequestStatus,
     pub approved_per_hour: Option<i64>,
     pub approved_per_day: Option<i64>,
     pub decision_note: Option<String>,
@@ -70,7 +106,7 @@ impl From<services::quota_requests::QuotaRequest> for QuotaRequestView {
             requested_per_hour: r.requested_per_hour,
             requested_per_day: r.requested_per_day,
             reason: r.reason,
-            status: r.status.as_str().to_owned(),
+            status: r.status.into(),
             approved_per_hour: r.approved_per_hour,
             approved_per_day: r.approved_per_day,
             decision_note: r.decision_note,

@@ -10,8 +10,8 @@ use super::layout::{Confirmation, ErrorPanel, PageTitle, ScrollToLinked};
 use crate::api::plain_form;
 use crate::api::{
     admin_quota_audit, admin_quota_requests, key_quota_requests, AdminSetQuota, ApproveQuotaRequest, AuditPage,
-    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, APPROVED, DENIED,
-    QUOTA_REQUESTED, QUOTA_SET, REQUEST_CANCELLED,
+    AuditView, CancelQuotaRequest, DenyQuotaRequest, KeyView, QuotaRequestView, RequestQuotaIncrease, RequestStatus,
+    APPROVED, DENIED, QUOTA_REQUESTED, QUOTA_SET, REQUEST_CANCELLED,
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
@@ -106,7 +106,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                     Suspend::new(async move {
                         match requests.await {
                             Ok(list) => {
-                                let open = list.iter().any(|r| r.status == "pending");
+                                let open = list.iter().any(|r| r.status == RequestStatus::Pending);
                                 view! {
                                     {(!yours && !revoked).then(|| view! {
                                         <p class="muted" data-testid="not-owner">
@@ -159,12 +159,12 @@ fn RequestList(list: Vec<QuotaRequestView>, cancel: ServerAction<CancelQuotaRequ
             <thead><tr><th>"Asked"</th><th>"Status"</th><th>"From"</th><th>"To"</th><th>"Note"</th><th></th></tr></thead>
             <tbody>
                 {list.into_iter().map(|r| {
-                    let pending = r.status == "pending";
+                    let pending = r.status == RequestStatus::Pending;
                     let id = r.id;
                     view! {
-                        <tr data-testid="request-row" data-status=r.status.clone()>
+                        <tr data-testid="request-row" data-status=r.status.as_str()>
                             <td class="when" data-label="Asked">{format::time(&r.created_at)}</td>
-                            <td data-label="Status"><span class=format!("badge {}", r.status)>{r.status.clone()}</span></td>
+                            <td data-label="Status"><span class=format!("badge {}", r.status.as_str())>{r.status.as_str()}</span></td>
                             <td class="num" data-label="From">{limits(r.current_per_hour, r.current_per_day)}</td>
                             <td class="num" data-label="To">{match (r.approved_per_hour, r.approved_per_day) {
                                 (Some(h), Some(d)) => limits(h, d),
@@ -275,7 +275,7 @@ pub fn AdminQuotaRequestsPage() -> impl IntoView {
                             .and_then(|(_, kind)| decision.last_error(kind))
                             .map(|e| view! { <p class="error" role="alert" data-testid="decision-error">{e.to_string()}</p> });
                         // What waits for a decision first, under a count; the decided after it.
-                        let (waiting, decided_ones): (Vec<_>, Vec<_>) = list.into_iter().partition(|r| r.status == "pending");
+                        let (waiting, decided_ones): (Vec<_>, Vec<_>) = list.into_iter().partition(|r| r.status == RequestStatus::Pending);
                         let count = match waiting.len() {
                             0 => "Nothing waiting: every request is decided.".to_owned(),
                             1 => "1 request waiting for a decision.".to_owned(),
@@ -363,7 +363,7 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
     let request_id = r.id;
     let (approve_error, deny_error) =
         (decision.error_on(request_id, Kind::Approve), decision.error_on(request_id, Kind::Deny));
-    let pending = r.status == "pending";
+    let pending = r.status == RequestStatus::Pending;
     let id = r.id.to_string();
     let id2 = id.clone();
     let approve_typed = |field| kept_on_card::<ApproveQuotaRequest>(request_id, field);
@@ -374,13 +374,13 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
     );
     let deny_note = kept_on_card::<DenyQuotaRequest>(request_id, "note").unwrap_or_default();
     view! {
-        <section class="card request" id=crate::api::request_at(r.id) data-testid="admin-request" data-status=r.status.clone()>
+        <section class="card request" id=crate::api::request_at(r.id) data-testid="admin-request" data-status=r.status.as_str()>
             <div class="card-head">
                 <h2>
                     <A href=format!("/dashboard/developers/api-keys/{}/usage", r.key_id)>{r.key_name.clone()}</A>
                     " · " {r.owner_email.clone()}
                 </h2>
-                <span class=format!("badge {}", r.status)>{r.status.clone()}</span>
+                <span class=format!("badge {}", r.status.as_str())>{r.status.as_str()}</span>
             </div>
             <dl class="facts">
                 <dt>"Current"</dt>
@@ -402,11 +402,11 @@ fn RequestCard(r: QuotaRequestView, decision: Decision) -> impl IntoView {
                     let note = r.decision_note.clone().map(|n| format!(": {n}")).unwrap_or_default();
                     // No admin decided a cancelled request: its merchant withdrew it (no note), or
                     // it was closed when its key was revoked (the note says so).
-                    match (r.status.as_str(), r.decided_by.clone()) {
-                        ("cancelled", _) if r.decision_note.is_some() => {
+                    match (r.status, r.decided_by.clone()) {
+                        (RequestStatus::Cancelled, _) if r.decision_note.is_some() => {
                             view! { <dt>"Cancelled"</dt><dd data-testid="cancelled">{format!("{when}{note}")}</dd> }.into_any()
                         }
-                        ("cancelled", _) => {
+                        (RequestStatus::Cancelled, _) => {
                             view! { <dt>"Cancelled"</dt><dd data-testid="cancelled">{format!("{when} by the merchant")}</dd> }.into_any()
                         }
                         (_, Some(admin)) => view! { <dt>"Decided"</dt><dd>{format!("{when} by {admin}{note}")}</dd> }.into_any(),
