@@ -1,5 +1,5 @@
 //! Numbers, sizes and times formatted for people, the same in the dashboard (server and browser)
-//! and in the emails.
+//! and in the emails; and text escaped for HTML and URLs, the one escaper of each.
 
 use chrono::{DateTime, Utc};
 
@@ -108,9 +108,49 @@ pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
     }
 }
 
+/// `text` for HTML text or a double-quoted attribute value: what the server writes by hand
+/// (emails, page titles, kept form text, the unsubscribe pages).
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` as a URL query value: all but unreserved characters and `/` percent-encoded (a path
+/// in `?next=` stays readable).
+pub fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_for_html_and_urls() {
+        assert_eq!(
+            html_escape("a & b </textarea><script>x</script> \"q\""),
+            "a &amp; b &lt;/textarea&gt;&lt;script&gt;x&lt;/script&gt; &quot;q&quot;"
+        );
+        assert_eq!(html_escape("50% more, “please”"), "50% more, “please”");
+        assert_eq!(query_value("/dashboard/keys?a=1&b=é #x"), "/dashboard/keys%3Fa%3D1%26b%3D%C3%A9%20%23x");
+        assert_eq!(query_value("ann+test@example.com"), "ann%2Btest%40example.com");
+    }
 
     #[test]
     fn human_numbers() {

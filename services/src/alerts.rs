@@ -22,12 +22,13 @@ use uuid::Uuid;
 
 use crate::housekeeping;
 use crate::keys::{ApiKeyId, QuotaDecision, Verdict, Window};
-use crate::mailer::{self, html_escape, html_paragraph, Email};
+use crate::mailer::{self, html_paragraph, Email};
 use crate::notifications::{self, NewNotification};
 use crate::public_url::PublicUrl;
 use crate::schema::{api_keys, quota_alerts, users};
 use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
+use format::html_escape;
 
 /// The alert thresholds, in percent of a window's limit.
 pub const THRESHOLDS: [u8; 3] = [50, 80, 100];

@@ -289,13 +289,8 @@ fn subject_header(subject: &str) -> lettre::message::header::HeaderValue {
 /// breaks kept and long words wrapped, as in the text part.
 pub fn html_paragraph(text: &str) -> String {
     // `<br>`, not `white-space: pre-wrap`: some mail readers ignore that style.
-    let lines: Vec<String> = text.lines().map(html_escape).collect();
+    let lines: Vec<String> = text.lines().map(format::html_escape).collect();
     format!("<p style=\"overflow-wrap:anywhere\">{}</p>", lines.join("<br>\n"))
-}
-
-/// Escapes text for an HTML part.
-pub fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// `SMTP_URL` as lettre reads it: `smtp://[user:password@]host[:port]` (plain; add

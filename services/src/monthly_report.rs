@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::db::{self, DbPool};
 use crate::keys::{api_keys, ApiKey};
-use crate::mailer::{self, html_escape, Attachment, Email};
+use crate::mailer::{self, Attachment, Email};
 use crate::public_url::PublicUrl;
 use crate::schema::monthly_reports;
 use crate::usage::export;
@@ -25,6 +25,7 @@ use crate::usage::periods::{Granularity, Month};
 use crate::usage::rollups::{RollupRows, UsageTotals};
 use crate::{ServiceError, ServiceResult, Services};
 use format::count;
+use format::html_escape;
 
 /// One key's month.
 #[derive(Debug, Clone, PartialEq)]

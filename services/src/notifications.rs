@@ -5,10 +5,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::db::{self, DbPool};
-use crate::mailer::{self, html_escape, html_paragraph, Email};
+use crate::mailer::{self, html_paragraph, Email};
 use crate::public_url::PublicUrl;
 use crate::schema::notifications;
 use crate::ServiceResult;
+use format::html_escape;
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = notifications)]

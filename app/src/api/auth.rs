@@ -20,14 +20,7 @@ pub fn kept_sign_in_email() -> Option<String> {
 pub fn login_path_for(here: &str) -> String {
     let here = without_form_error(here);
     let here = if here.is_empty() { "/" } else { here.as_str() };
-    let encoded: String = here
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    format!("/login?next={encoded}")
+    format!("/login?next={}", format::query_value(here))
 }
 
 /// `path` without the error of a form post that leptos puts in the URL for pages without

@@ -59,20 +59,7 @@ pub fn is_plain_form_post() -> bool {
 /// `</textarea><script>` would run: it is escaped here, and the textarea shows it as typed.
 pub fn kept_in_textarea<S: server_fn::ServerFn>(field: &'static str) -> Signal<String> {
     let kept = kept::<S>(field);
-    Signal::derive(move || kept.with(|v| v.as_deref().map(escape_text).unwrap_or_default()))
-}
-
-fn escape_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
-    }
-    out
+    Signal::derive(move || kept.with(|v| v.as_deref().map(format::html_escape).unwrap_or_default()))
 }
 
 /// Where on its page a form's answer shows (element ids): after a success, and after a
@@ -198,15 +185,6 @@ fn redirect(page: &url::Url) {
 #[cfg(all(test, feature = "ssr"))]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_for_a_textarea_is_escaped() {
-        assert_eq!(
-            escape_text("a & b </textarea><script>x</script>"),
-            "a &amp; b &lt;/textarea&gt;&lt;script&gt;x&lt;/script&gt;"
-        );
-        assert_eq!(escape_text("50% more, “please”"), "50% more, “please”");
-    }
 
     #[test]
     fn an_answer_returns_to_the_form_page_without_earlier_answers() {

@@ -245,7 +245,7 @@ fn AccountRow(account: AccountView, outcome: RwSignal<Option<Result<AccountSwitc
 fn search_href(base: &str, search: &str, page: u32) -> String {
     let mut params = Vec::new();
     if !search.is_empty() {
-        params.push(format!("q={}", query_value(search)));
+        params.push(format!("q={}", format::query_value(search)));
     }
     if page > 1 {
         params.push(format!("page={page}"));
@@ -255,16 +255,6 @@ fn search_href(base: &str, search: &str, page: u32) -> String {
     } else {
         format!("{base}?{}", params.join("&"))
     }
-}
-
-/// `text` as a URL query value: everything but unreserved characters percent-encoded.
-fn query_value(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The month that just ended (`YYYY-MM`, UTC), the one invoices are made for.

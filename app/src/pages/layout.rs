@@ -185,7 +185,7 @@ pub fn AdminLayout() -> impl IntoView {
 #[component]
 pub fn PageTitle(#[prop(into)] text: String) -> impl IntoView {
     #[cfg(feature = "ssr")]
-    let text = services::mailer::html_escape(&text);
+    let text = format::html_escape(&text);
     // (Effects run in the browser only.)
     if let Some(announcer) = use_context::<Announcer>() {
         let (title, location) = (text.clone(), use_location());

@@ -10,8 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use format::html_escape;
 use services::accounts::email_preferences;
-use services::mailer::html_escape;
 use services::{ServiceError, Services};
 use uuid::Uuid;
 

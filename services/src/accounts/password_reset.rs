@@ -21,9 +21,10 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::token::{Reset, Token};
 use super::{login_throttle, Email, Password, User, UserRow};
-use crate::mailer::{self, html_escape};
+use crate::mailer;
 use crate::schema::{password_resets, users};
 use crate::{db, ServiceError, ServiceResult, Services};
+use format::html_escape;
 
 /// The token in a reset link.
 pub type ResetToken = Token<Reset>;
