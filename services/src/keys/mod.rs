@@ -12,8 +12,5 @@ pub mod secret_handoff;
 pub use api_keys::{ApiKey, ApiKeyId, KeyName, PreviousSecret, RollOverlap};
 pub use authenticator::{AuthenticatedKey, KeyAuthenticator, KeyCheck};
 pub use quota::{Quota, QuotaLimit, QuotaMaximum};
-pub use quota_manager::{
-    projected_day_exhaustion_ms, projected_exhaustion_ms, FailMode, FailurePolicy, QuotaDecision, QuotaManager,
-    Verdict, Window, WindowUse,
-};
+pub use quota_manager::{FailMode, FailurePolicy, QuotaDecision, QuotaManager, Verdict, Window, WindowUse};
 pub use secret::ApiKeySecret;

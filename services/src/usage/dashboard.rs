@@ -11,7 +11,7 @@ use super::live::{self, MinuteCounters};
 use super::periods::{DayRange, Granularity};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
-use crate::keys::{projected_day_exhaustion_ms, projected_exhaustion_ms, ApiKey, Window, WindowUse};
+use crate::keys::{ApiKey, Window, WindowUse};
 use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
 use crate::{ServiceError, ServiceResult, Services};
 
@@ -105,6 +105,41 @@ fn projections(hour: &WindowUse, day: &WindowUse, per_minute: f64, now_ms: i64) 
     let hour_out = projected_exhaustion_ms(hour, per_minute, now_ms)
         .filter(|&at| day.remaining() > 0 && day_out.is_none_or(|day_at| at < day_at));
     (hour_out, day_out)
+}
+
+/// When a window runs out at the current rate (admitted requests per minute), if before its
+/// reset; none if it will not run out (or has already).
+fn projected_exhaustion_ms(window: &WindowUse, per_minute: f64, now_ms: i64) -> Option<i64> {
+    let remaining = window.remaining();
+    if remaining == 0 || per_minute <= 0.0 {
+        return None;
+    }
+    let at = now_ms + (remaining as f64 / per_minute * 60_000.0).ceil() as i64;
+    (at < window.reset_at_ms).then_some(at)
+}
+
+/// When the day window runs out at the current rate, if before its reset. Unlike
+/// [`projected_exhaustion_ms`] it knows that the hourly limit caps what each hour admits: a key
+/// held at 10 an hour cannot use 90 more of its day within the next few minutes, whatever rate
+/// it is sending at.
+fn projected_day_exhaustion_ms(day: &WindowUse, hour: &WindowUse, per_minute: f64, now_ms: i64) -> Option<i64> {
+    let mut left = day.remaining() as f64;
+    if left == 0.0 || per_minute <= 0.0 {
+        return None;
+    }
+    let per_ms = per_minute / 60_000.0;
+    let (mut at, mut hour_left, mut hour_end) = (now_ms, hour.remaining() as f64, hour.reset_at_ms);
+    while at < day.reset_at_ms {
+        // What the rest of this hour admits: the rate's worth, at most the hour's remaining quota.
+        let admits = ((hour_end.min(day.reset_at_ms) - at) as f64 * per_ms).min(hour_left);
+        if admits >= left {
+            let out = at + (left / per_ms).ceil() as i64;
+            return (out < day.reset_at_ms).then_some(out);
+        }
+        left -= admits;
+        (at, hour_left, hour_end) = (hour_end, hour.limit as f64, hour_end + Window::Hour.length_ms());
+    }
+    None
 }
 
 /// Admitted requests per minute over the last 15 minutes, the current (partial) one included
@@ -232,6 +267,37 @@ fn top_of(hours: &RollupRows, now: DateTime<Utc>, days: u32) -> TopCalls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_day_projection_knows_the_hourly_limit() {
+        let midnight = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000;
+        let now = midnight + 2 * 3_600_000 + 30 * 60_000; // 02:30
+        let hour = WindowUse { window: Window::Hour, limit: 10, used: 10, reset_at_ms: midnight + 3 * 3_600_000 };
+        let day = WindowUse { window: Window::Day, limit: 100, used: 10, reset_at_ms: midnight + 86_400_000 };
+        // 12 a minute would use the 90 left in 7.5 minutes, but at 10 an hour from 03:00 they
+        // last nine hours: the last 10 go between 11:00 and 11:01 (10 at 12 a minute: 50 s).
+        assert_eq!(projected_exhaustion_ms(&day, 12.0, now), Some(now + 450_000));
+        assert_eq!(projected_day_exhaustion_ms(&day, &hour, 12.0, now), Some(midnight + 11 * 3_600_000 + 50_000));
+        // At 1 a minute (60 an hour) the cap still binds: the same nine hours, the last 10 by 11:10.
+        assert_eq!(projected_day_exhaustion_ms(&day, &hour, 1.0, now), Some(midnight + 11 * 3_600_000 + 600_000));
+        // At 6 an hour it does not: 90 from 03:00 take 15 hours, until 18:00.
+        assert_eq!(projected_day_exhaustion_ms(&day, &hour, 0.1, now), Some(midnight + 18 * 3_600_000));
+        // With a day of 1,000, 10 an hour for the 21 hours left never gets there.
+        let big = WindowUse { limit: 1_000, ..day };
+        assert_eq!(projected_day_exhaustion_ms(&big, &hour, 12.0, now), None);
+        assert_eq!(projected_day_exhaustion_ms(&day, &hour, 0.0, now), None);
+    }
+
+    #[test]
+    fn projection_only_when_the_window_runs_out_before_its_reset() {
+        let now = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000; // midnight
+        let day = WindowUse { window: Window::Day, limit: 10_000, used: 4_000, reset_at_ms: now + 86_400_000 };
+        // 6,000 left at 10 a minute: 600 minutes, i.e. 10:00 UTC.
+        assert_eq!(projected_exhaustion_ms(&day, 10.0, now), Some(now + 600 * 60_000));
+        // At 1 a minute it would take 100 hours: no exhaustion before the reset.
+        assert_eq!(projected_exhaustion_ms(&day, 1.0, now), None);
+        assert_eq!(projected_exhaustion_ms(&day, 0.0, now), None);
+    }
 
     fn minute(requests: u64) -> MinuteCounters {
         MinuteCounters { requests, ..MinuteCounters::default() }
