@@ -5,10 +5,10 @@
 
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use super::live::{self, MinuteCounters};
-use super::periods::{DayRange, Granularity};
+use super::periods::{DayRange, Granularity, Month};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{ApiKey, Window, WindowUse};
@@ -176,11 +176,9 @@ pub struct TopCalls {
 
 pub async fn history(services: &Services, key: &ApiKey, now: DateTime<Utc>, top_days: u32) -> ServiceResult<History> {
     let today = now.date_naive();
-    let monday = today - Duration::days(today.weekday().num_days_from_monday() as i64);
+    let monday = Granularity::Week.period_start(now).date_naive();
     // The first day of the month eleven months back: twelve months with this one.
-    let months = today.year() * 12 + today.month0() as i32 - 11;
-    let first_month =
-        NaiveDate::from_ymd_opt(months.div_euclid(12), months.rem_euclid(12) as u32 + 1, 1).unwrap_or(today);
+    let first_month = (0..11).fold(Month::containing(now), |m, _| m.previous()).first_day();
     let first_week = monday - Duration::weeks(11);
     let first_day = today - Duration::days(29);
     let oldest = first_month.min(first_week).min(first_day);
