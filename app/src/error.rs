@@ -197,6 +197,9 @@ static DATABASE_DOWN_LOG: services::outage_log::LogEvery =
 #[cfg(feature = "ssr")]
 static REDIS_DOWN_LOG: services::outage_log::LogEvery =
     services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+#[cfg(feature = "ssr")]
+static SHED_LOG: services::outage_log::LogEvery =
+    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
 
 /// The one mapping of domain errors to what users and HTTP clients see: server functions use it,
 /// and so do the server crate's routes (`server/src/error.rs`). Failures are logged here, once.
@@ -214,15 +217,15 @@ impl From<services::ServiceError> for AppError {
             // Once in a while, not per request: requests come as fast as anyone sends them (a
             // flood of made-up API keys ends here as refused lookups).
             E::DatabaseUnavailable(why) => {
-                if let Some(left_out) = DATABASE_DOWN_LOG.allow() {
-                    tracing::warn!(error = %why, left_out, "PostgreSQL unavailable");
-                }
+                services::warn_every!(DATABASE_DOWN_LOG, error = %why, "PostgreSQL unavailable");
                 Self::Unavailable
             }
             E::RedisUnavailable(why) => {
-                if let Some(left_out) = REDIS_DOWN_LOG.allow() {
-                    tracing::warn!(error = %why, left_out, "Redis unavailable");
-                }
+                services::warn_every!(REDIS_DOWN_LOG, error = %why, "Redis unavailable");
+                Self::Unavailable
+            }
+            E::Overloaded(what) => {
+                services::warn_every!(SHED_LOG, what, "requests shed: too many at once");
                 Self::Unavailable
             }
             other => {

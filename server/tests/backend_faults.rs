@@ -162,6 +162,34 @@ async fn made_up_keys_hold_at_most_half_of_the_database_pool() {
     }
 }
 
+/// Made-up keys past the bound of lookups are shed as such, not reported as PostgreSQL failing:
+/// a flood must not read in the log as a database outage (and each is logged once in a while,
+/// not per request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_past_their_bound_are_shed_not_blamed_on_the_database() {
+    use services::ServiceError;
+    let app = TestApp::spawn_with(&[("KEYMETER_DB_POOL_SIZE", "2".into())]).await;
+    let keys = std::sync::Arc::new(KeyAuthenticator::new(app.services.db.clone()));
+    let mut locker = lock_api_keys(&app).await;
+    // One place (half a pool of 2): the first lookup takes it and hangs on the lock.
+    let lookups: Vec<_> = (0..10)
+        .map(|_| {
+            let keys = keys.clone();
+            tokio::spawn(async move { keys.check(&ApiKeySecret::generate()).await })
+        })
+        .collect();
+    let (mut shed, mut unavailable) = (0, 0);
+    for lookup in lookups {
+        match lookup.await.unwrap() {
+            Err(ServiceError::Overloaded(_)) => shed += 1,
+            Err(ServiceError::DatabaseUnavailable(_)) => unavailable += 1,
+            other => panic!("a made-up key's lookup during the hang: {other:?}"),
+        }
+    }
+    assert!(unavailable >= 1 && shed >= 5, "{unavailable} timed out in PostgreSQL, {shed} shed");
+    diesel::sql_query("ROLLBACK").execute(&mut locker).await.unwrap();
+}
+
 /// Many requests at once with a key whose cache entry expired, while PostgreSQL hangs: one
 /// lookup goes to PostgreSQL for all of them (not one per request, which would tie up a pooled
 /// connection each and pile up behind the lock), and all are answered from the last known state.

@@ -29,6 +29,10 @@ pub enum ServiceError {
     Redis(#[from] deadpool_redis::redis::RedisError),
     #[error("Redis unavailable: {0}")]
     RedisUnavailable(String),
+    /// Shed on purpose: too much of one kind of work at once (e.g. lookups of API keys this
+    /// instance has not seen, which a flood of made-up keys brings), not a failing service.
+    #[error("too busy: {0}")]
+    Overloaded(&'static str),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +82,7 @@ impl ServiceError {
                 | Self::DatabaseUnavailable(_)
                 | Self::Redis(_)
                 | Self::RedisUnavailable(_)
+                | Self::Overloaded(_)
                 | Self::Internal(_)
         )
     }

@@ -94,6 +94,17 @@ impl LogEvery {
 /// How often a request-path failure of one kind is logged at most.
 pub const REQUEST_FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
+/// `tracing::warn!` through a [`LogEvery`] (`warn_every!(LOG, error = %e, "…")`): the line gets
+/// `left_out` and keeps the caller's module as its target.
+#[macro_export]
+macro_rules! warn_every {
+    ($log:expr, $($arg:tt)+) => {
+        if let Some(left_out) = $log.allow() {
+            ::tracing::warn!(left_out, $($arg)+);
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,9 +47,7 @@ mod ssr {
             match services.quota.snapshot(key.id, &key.quota, key.quota_version_ms).await {
                 Ok((hour, day, _)) => Some(CurrentUse { hour: hour.used, day: day.used }),
                 Err(err) => {
-                    if let Some(left_out) = NO_USE_LOG.allow() {
-                        tracing::warn!(key_id = %key.id, error = %err, left_out, "key list: no current use from Redis");
-                    }
+                    services::warn_every!(NO_USE_LOG, key_id = %key.id, error = %err, "key list: no current use from Redis");
                     None
                 }
             }
@@ -57,9 +55,7 @@ mod ssr {
         let uses = match tokio::time::timeout(USE_TIMEOUT, futures_util::future::join_all(reads)).await {
             Ok(uses) => uses,
             Err(_) => {
-                if let Some(left_out) = NO_USE_LOG.allow() {
-                    tracing::warn!(left_out, "key list: Redis did not answer in time; quotas shown without use");
-                }
+                services::warn_every!(NO_USE_LOG, "key list: Redis did not answer in time; quotas shown without use");
                 vec![None; keys.len()]
             }
         };

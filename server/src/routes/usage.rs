@@ -89,9 +89,7 @@ async fn live(
                 Err(e) => {
                     // Every open usage page, every few seconds: once in a while, not per push.
                     static LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
-                    if let Some(left_out) = LOG.allow() {
-                        tracing::warn!(error = %e, left_out, "live usage unavailable");
-                    }
+                    services::warn_every!(LOG, error = %e, "live usage unavailable");
                     Event::default().event("delayed").data("usage data delayed")
                 }
             };

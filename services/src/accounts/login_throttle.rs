@@ -20,8 +20,13 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use super::known_devices::DeviceToken;
+use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
 use crate::redis_pool::{self, RedisPool};
 use crate::{ServiceError, ServiceResult};
+
+/// Sign-in attempts come as fast as anyone sends them: Redis trouble they meet is logged once
+/// in a while, not per attempt.
+static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
 
 /// Failed attempts allowed per window before sign-in is refused.
 const MAX_FAILURES_PER_EMAIL_AND_CLIENT: i64 = 5;
@@ -167,7 +172,7 @@ impl<'a> LoginThrottle<'a> {
     pub(crate) async fn begin(&self) -> ServiceResult<()> {
         let deadline = tokio::time::Instant::now() + REDIS_WAIT;
         let Ok(Ok(mut conn)) = tokio::time::timeout_at(deadline, redis_pool::conn(self.redis)).await else {
-            tracing::warn!("login throttle skipped: Redis unavailable");
+            crate::warn_every!(REDIS_TROUBLE_LOG, "login throttle skipped: Redis unavailable");
             self.skipped.store(true, Ordering::Relaxed);
             return Ok(());
         };
@@ -188,7 +193,7 @@ impl<'a> LoginThrottle<'a> {
         let counted = match result {
             Ok(Ok(counted)) if counted.len() == self.counts.len() => counted,
             _ => {
-                tracing::warn!("login throttle skipped: Redis error or no answer");
+                crate::warn_every!(REDIS_TROUBLE_LOG, "login throttle skipped: Redis error or no answer");
                 self.skipped.store(true, Ordering::Relaxed);
                 return Ok(());
             }
@@ -211,8 +216,10 @@ impl<'a> LoginThrottle<'a> {
         pipe.cmd("EXPIRE").arg(set).arg(WINDOW_SECS).ignore();
         match tokio::time::timeout_at(deadline, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not note where a sign-in came from"),
-            Err(_) => tracing::warn!("could not note where a sign-in came from: Redis did not answer"),
+            Ok(Err(e)) => crate::warn_every!(REDIS_TROUBLE_LOG, error = %e, "could not note where a sign-in came from"),
+            Err(_) => {
+                crate::warn_every!(REDIS_TROUBLE_LOG, "could not note where a sign-in came from: Redis did not answer")
+            }
         }
         Ok(())
     }
@@ -236,7 +243,7 @@ impl<'a> LoginThrottle<'a> {
             self.give_back(&mut conn, false, deadline).await;
         };
         if tokio::time::timeout_at(deadline, forget).await.is_err() {
-            tracing::warn!("could not forget a client's failed sign-ins: Redis did not answer");
+            crate::warn_every!(REDIS_TROUBLE_LOG, "could not forget a client's failed sign-ins: Redis did not answer");
         }
     }
 
@@ -260,8 +267,10 @@ impl<'a> LoginThrottle<'a> {
         }
         match tokio::time::timeout_at(deadline, pipe.query_async::<()>(conn)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not give a sign-in attempt back"),
-            Err(_) => tracing::warn!("could not give a sign-in attempt back: Redis did not answer"),
+            Ok(Err(e)) => crate::warn_every!(REDIS_TROUBLE_LOG, error = %e, "could not give a sign-in attempt back"),
+            Err(_) => {
+                crate::warn_every!(REDIS_TROUBLE_LOG, "could not give a sign-in attempt back: Redis did not answer")
+            }
         }
     }
 }

@@ -26,6 +26,12 @@ use crate::schema::{password_resets, users};
 use crate::{db, ServiceError, ServiceResult, Services};
 use format::html_escape;
 
+use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
+
+/// Anyone can ask for links: what their asking meets is logged once in a while, not per ask.
+static THROTTLED_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+
 /// The token in a reset link.
 pub type ResetToken = Token<Reset>;
 
@@ -159,16 +165,16 @@ async fn client_may_ask(services: &Services, client: &str) -> bool {
         Ok(Ok(n)) => {
             // Once per client and hour: a script asking on must not fill the log either.
             if n == ASKS_PER_CLIENT_HOUR + 1 {
-                tracing::warn!(client, "password reset asked too often from one client");
+                crate::warn_every!(THROTTLED_LOG, client, "password reset asked too often from one client");
             }
             n <= ASKS_PER_CLIENT_HOUR
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "password reset asks not counted per client");
+            crate::warn_every!(REDIS_TROUBLE_LOG, error = %e, "password reset asks not counted per client");
             true
         }
         Err(_) => {
-            tracing::warn!("password reset asks not counted per client: Redis did not answer");
+            crate::warn_every!(REDIS_TROUBLE_LOG, "password reset asks not counted per client: Redis did not answer");
             true
         }
     }

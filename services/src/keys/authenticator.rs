@@ -163,24 +163,31 @@ impl Resolved {
 
 /// Why a lookup failed, in a form every request waiting on it can have a copy of.
 #[derive(Debug, Clone)]
-struct LookupFailure {
+enum LookupFailure {
     /// PostgreSQL could not be reached or did not answer in time (a 503, not a 500).
-    unavailable: bool,
-    message: String,
+    Unavailable(String),
+    /// No place among the lookups of unseen secrets came free in time (a 503 too): too many
+    /// at once, e.g. a flood of made-up keys, with PostgreSQL perhaps well.
+    Overloaded,
+    Internal(String),
 }
 
 impl From<ServiceError> for LookupFailure {
     fn from(e: ServiceError) -> Self {
-        Self { unavailable: matches!(e, ServiceError::DatabaseUnavailable(_)), message: e.to_string() }
+        match e {
+            ServiceError::DatabaseUnavailable(why) => Self::Unavailable(why),
+            ServiceError::Overloaded(_) => Self::Overloaded,
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 
 impl From<LookupFailure> for ServiceError {
     fn from(f: LookupFailure) -> Self {
-        if f.unavailable {
-            Self::DatabaseUnavailable(f.message)
-        } else {
-            Self::Internal(f.message)
+        match f {
+            LookupFailure::Unavailable(why) => Self::DatabaseUnavailable(why),
+            LookupFailure::Overloaded => Self::Overloaded("lookups of API keys not seen before"),
+            LookupFailure::Internal(why) => Self::Internal(why),
         }
     }
 }
@@ -200,7 +207,8 @@ pub struct KeyAuthenticator {
     /// Lookups of secrets this instance has not seen that may use the database at once: half
     /// its pool. Anyone can send well-formed made-up keys, each a lookup; without a bound a
     /// flood of them took the connections pages, sign-in and the usage writer need. Past it,
-    /// lookups wait their [`Self::LOOKUP_TIMEOUT`] and fail as a hung database does. Keys it
+    /// lookups wait their [`Self::LOOKUP_TIMEOUT`] for a place, then are shed (a 503 as for a
+    /// hung database, logged as shed work, not as PostgreSQL failing). Keys it
     /// knows (every few seconds each, to see revocations) are not bounded: a flood cannot
     /// hold them up, and a busy deployment with many keys is not slowed down.
     lookups: Arc<tokio::sync::Semaphore>,
@@ -403,10 +411,9 @@ impl KeyAuthenticator {
     /// it finishes (and fills the cache) even if every request waiting on it goes away.
     fn lookup(&self, hash: Hash, bounded: bool) -> Lookup {
         let Ok(mut in_flight) = self.in_flight.lock() else {
-            return futures_util::future::ready(Err(LookupFailure {
-                unavailable: false,
-                message: "the key lookup table is poisoned".into(),
-            }))
+            return futures_util::future::ready(Err(LookupFailure::Internal(
+                "the key lookup table is poisoned".into(),
+            )))
             .boxed()
             .shared();
         };
@@ -415,16 +422,20 @@ impl KeyAuthenticator {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Self::LOOKUP_TIMEOUT;
             let query = async {
                 let _place = match bounded {
-                    true => Some(this.lookups.acquire().await.map_err(|e| ServiceError::Internal(e.to_string()))?),
+                    true => match tokio::time::timeout_at(deadline, this.lookups.acquire()).await {
+                        Ok(place) => Some(place.map_err(|e| ServiceError::Internal(e.to_string()))?),
+                        Err(_) => return Err(ServiceError::Overloaded("lookups of API keys not seen before")),
+                    },
                     false => None,
                 };
-                this.query_key(&hash).await
+                tokio::time::timeout_at(deadline, this.query_key(&hash))
+                    .await
+                    .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())))
             };
-            let loaded = tokio::time::timeout(Self::LOOKUP_TIMEOUT, query)
-                .await
-                .unwrap_or_else(|_| Err(ServiceError::DatabaseUnavailable("the API key lookup timed out".into())));
+            let loaded = query.await;
             // Every request waiting on this lookup gets what was kept: a roll during the lookup
             // may have ended the secret.
             let loaded = loaded.map(|resolved| this.remember(hash, resolved));
@@ -434,9 +445,7 @@ impl KeyAuthenticator {
             loaded.map_err(LookupFailure::from)
         });
         let lookup = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(LookupFailure { unavailable: false, message: format!("the key lookup failed: {e}") })
-            })
+            task.await.unwrap_or_else(|e| Err(LookupFailure::Internal(format!("the key lookup failed: {e}"))))
         }
         .boxed()
         .shared();

@@ -448,6 +448,27 @@ mod tests {
         assert_eq!((again.hour, again.day), (20, 20));
     }
 
+    /// Admissions in flight belong to their window: once the hour has moved on, the new hour
+    /// starts from zero, and news of the old hour's admissions changes nothing in it.
+    #[test]
+    fn admissions_in_flight_stay_with_their_hour() {
+        let limiter = FallbackLimiter::new(1);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        for _ in 0..8 {
+            assert!(limiter.check(key, &quota(10, 1_000), now).admitted);
+        }
+        let (_, owed, _) = limiter.take_owed(|_| true).pop().expect("owed");
+        let next_hour = now + 3_600_000;
+        let admitted = (0..20).filter(|_| limiter.check(key, &quota(10, 1_000), next_hour).admitted).count();
+        assert_eq!(admitted, 10, "a new hour starts from zero");
+        limiter.added(key, &owed, Some((8, 8)));
+        assert!(!limiter.check(key, &quota(10, 1_000), next_hour).admitted);
+        // The day still counts the 8 (in flight, then said to have landed) and the new 10.
+        let day = limiter.last_seen(key, &quota(10, 1_000), next_hour).day;
+        assert_eq!(day.used, 18);
+    }
+
     #[test]
     fn nothing_left_means_nothing_admitted() {
         let limiter = FallbackLimiter::new(4);

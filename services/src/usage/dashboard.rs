@@ -54,9 +54,7 @@ pub async fn live(services: &Services, key: &ApiKey) -> ServiceResult<LiveUsage>
         Err(_) => "no answer in time".to_owned(),
     };
     // Each open usage page asks every few seconds: once in a while, not per push.
-    if let Some(left_out) = REDIS_DOWN_LOG.allow() {
-        tracing::warn!(key_id = %key.id, error = %failure, left_out, "live usage from storage: Redis unavailable");
-    }
+    crate::warn_every!(REDIS_DOWN_LOG, key_id = %key.id, error = %failure, "live usage from storage: Redis unavailable");
     let now_ms = Utc::now().timestamp_millis();
     let (hour_start, day_start) = (Window::Hour.start_ms(now_ms), Window::Day.start_ms(now_ms));
     let (hour_used, day_used) =
