@@ -207,8 +207,8 @@ pub struct KeyAuthenticator {
     /// Lookups of secrets this instance has not seen that may use the database at once: half
     /// its pool. Anyone can send well-formed made-up keys, each a lookup; without a bound a
     /// flood of them took the connections pages, sign-in and the usage writer need. Past it,
-    /// lookups wait their [`Self::LOOKUP_TIMEOUT`] for a place, then are shed (a 503 as for a
-    /// hung database, logged as shed work, not as PostgreSQL failing). Keys it
+    /// lookups wait half their [`Self::LOOKUP_TIMEOUT`] for a place, then are shed (a 503 as
+    /// for a hung database, logged as shed work, not as PostgreSQL failing). Keys it
     /// knows (every few seconds each, to see revocations) are not bounded: a flood cannot
     /// hold them up, and a busy deployment with many keys is not slowed down.
     lookups: Arc<tokio::sync::Semaphore>,
@@ -422,10 +422,15 @@ impl KeyAuthenticator {
         }
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Self::LOOKUP_TIMEOUT;
+            let started = tokio::time::Instant::now();
+            let deadline = started + Self::LOOKUP_TIMEOUT;
             let query = async {
+                // A place must come free within half the time, or the lookup is shed: waiting
+                // to the end would take a place freed just before the deadline and then time
+                // out in PostgreSQL, which is not where the trouble is.
+                let place_by = started + Self::LOOKUP_TIMEOUT / 2;
                 let _place = match bounded {
-                    true => match tokio::time::timeout_at(deadline, this.lookups.acquire()).await {
+                    true => match tokio::time::timeout_at(place_by, this.lookups.acquire()).await {
                         Ok(place) => Some(place.map_err(|e| ServiceError::Internal(e.to_string()))?),
                         Err(_) => return Err(ServiceError::Overloaded("lookups of API keys not seen before")),
                     },
