@@ -192,14 +192,11 @@ impl AppError {
 }
 
 #[cfg(feature = "ssr")]
-static DATABASE_DOWN_LOG: services::outage_log::LogEvery =
-    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+static DATABASE_DOWN_LOG: services::outage_log::LogEvery = services::outage_log::LogEvery::new();
 #[cfg(feature = "ssr")]
-static REDIS_DOWN_LOG: services::outage_log::LogEvery =
-    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+static REDIS_DOWN_LOG: services::outage_log::LogEvery = services::outage_log::LogEvery::new();
 #[cfg(feature = "ssr")]
-static SHED_LOG: services::outage_log::LogEvery =
-    services::outage_log::LogEvery::new(services::outage_log::REQUEST_FAILURE_LOG_PERIOD);
+static SHED_LOG: services::outage_log::LogEvery = services::outage_log::LogEvery::new();
 
 /// The one mapping of domain errors to what users and HTTP clients see: server functions use it,
 /// and so do the server crate's routes (`server/src/error.rs`). Failures are logged here, once.

@@ -68,8 +68,19 @@ pub struct LogEvery {
     last: Mutex<Option<(Instant, u64)>>,
 }
 
+impl Default for LogEvery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LogEvery {
-    pub const fn new(period: Duration) -> Self {
+    /// At most a line per [`REQUEST_FAILURE_LOG_PERIOD`].
+    pub const fn new() -> Self {
+        Self::every(REQUEST_FAILURE_LOG_PERIOD)
+    }
+
+    pub const fn every(period: Duration) -> Self {
         Self { period, last: Mutex::new(None) }
     }
 
@@ -111,7 +122,7 @@ mod tests {
 
     #[test]
     fn one_line_per_period_with_the_count_left_out() {
-        let log = LogEvery::new(Duration::from_millis(200));
+        let log = LogEvery::every(Duration::from_millis(200));
         assert_eq!(log.allow(), Some(0));
         assert_eq!((0..1_000).filter_map(|_| log.allow()).count(), 0);
         std::thread::sleep(Duration::from_millis(250));

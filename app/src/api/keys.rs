@@ -24,7 +24,7 @@ mod ssr {
 
     use services::accounts::User;
     use services::keys::ApiKey;
-    use services::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
+    use services::outage_log::LogEvery;
     use services::Services;
 
     use super::super::{CurrentUse, KeyView};
@@ -33,7 +33,7 @@ mod ssr {
     const USE_TIMEOUT: Duration = Duration::from_millis(500);
 
     /// Every view of a key list during a Redis outage would log a line per key: once in a while.
-    static NO_USE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+    static NO_USE_LOG: LogEvery = LogEvery::new();
 
     /// Views of the keys with each active key's use of the current hour and day, read for all
     /// keys at once (one after another, a long list cost one Redis round trip per key). Redis

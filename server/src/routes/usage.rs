@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use services::accounts::User;
 use services::keys::{api_keys, ApiKey, ApiKeyId};
-use services::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
+use services::outage_log::LogEvery;
 use services::usage::export::{CsvStream, ExportKey, ExportSlot, ExportSlots, ExportSpec, NoExportSlot, Pace};
 use services::usage::periods::{DayRange, Granularity, Month};
 use services::{ServiceError, Services};
@@ -88,7 +88,7 @@ async fn live(
                 // The page keeps its last data and says it is delayed.
                 Err(e) => {
                     // Every open usage page, every few seconds: once in a while, not per push.
-                    static LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+                    static LOG: LogEvery = LogEvery::new();
                     services::warn_every!(LOG, error = %e, "live usage unavailable");
                     Event::default().event("delayed").data("usage data delayed")
                 }

@@ -20,13 +20,13 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use super::known_devices::DeviceToken;
-use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
+use crate::outage_log::LogEvery;
 use crate::redis_pool::{self, RedisPool};
 use crate::{ServiceError, ServiceResult};
 
 /// Sign-in attempts come as fast as anyone sends them: Redis trouble they meet is logged once
 /// in a while, not per attempt.
-static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new();
 
 /// Failed attempts allowed per window before sign-in is refused.
 const MAX_FAILURES_PER_EMAIL_AND_CLIENT: i64 = 5;

@@ -22,15 +22,14 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::token::{Reset, Token};
 use super::{login_throttle, Email, Password, User, UserRow};
 use crate::mailer;
+use crate::outage_log::LogEvery;
 use crate::schema::{password_resets, users};
 use crate::{db, ServiceError, ServiceResult, Services};
 use format::html_escape;
 
-use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
-
 /// Anyone can ask for links: what their asking meets is logged once in a while, not per ask.
-static THROTTLED_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
-static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+static THROTTLED_LOG: LogEvery = LogEvery::new();
+static REDIS_TROUBLE_LOG: LogEvery = LogEvery::new();
 
 /// The token in a reset link.
 pub type ResetToken = Token<Reset>;

@@ -168,7 +168,7 @@ enum LookupFailure {
     Unavailable(String),
     /// No place among the lookups of unseen secrets came free in time (a 503 too): too many
     /// at once, e.g. a flood of made-up keys, with PostgreSQL perhaps well.
-    Overloaded,
+    Overloaded(&'static str),
     Internal(String),
 }
 
@@ -176,7 +176,7 @@ impl From<ServiceError> for LookupFailure {
     fn from(e: ServiceError) -> Self {
         match e {
             ServiceError::DatabaseUnavailable(why) => Self::Unavailable(why),
-            ServiceError::Overloaded(_) => Self::Overloaded,
+            ServiceError::Overloaded(what) => Self::Overloaded(what),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -186,7 +186,7 @@ impl From<LookupFailure> for ServiceError {
     fn from(f: LookupFailure) -> Self {
         match f {
             LookupFailure::Unavailable(why) => Self::DatabaseUnavailable(why),
-            LookupFailure::Overloaded => Self::Overloaded("lookups of API keys not seen before"),
+            LookupFailure::Overloaded(what) => Self::Overloaded(what),
             LookupFailure::Internal(why) => Self::Internal(why),
         }
     }

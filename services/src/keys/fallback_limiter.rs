@@ -30,11 +30,17 @@ impl WindowState {
         }
     }
 
-    /// Used as far as this instance knows: an answer of Redis decided before the admissions in
-    /// flight land does not include them, so they count on top of it (one decided after counts
-    /// them twice until they are known to have landed: the safe side, and brief).
+    /// Used by others and before, as far as this instance knows: an answer of Redis decided
+    /// before the admissions in flight land does not include them, so they count on top of it
+    /// (one decided after counts them twice until they are known to have landed: the safe side,
+    /// and brief). This instance's share is of what it leaves.
+    fn known(&self) -> i64 {
+        self.known_used + self.in_flight
+    }
+
+    /// [`Self::known`] and what this instance admitted on its own since.
     fn used(&self) -> i64 {
-        self.known_used + self.in_flight + self.local
+        self.known() + self.local
     }
 
     /// The `n` admissions of the window starting at `start_ms` that were in flight (if it is
@@ -172,13 +178,10 @@ impl FallbackLimiter {
     /// once beats a count doubled).
     pub fn added(&self, key: ApiKeyId, owed: &LocalAdmissions, counts: Option<(i64, i64)>) {
         self.with_key(key, |k| {
-            let counts = counts.map(|(hour, day)| [hour, day]);
-            for (i, (w, start_ms, n)) in k.windows(owed).into_iter().enumerate() {
+            let counts = counts.map_or([None, None], |(hour, day)| [Some(hour), Some(day)]);
+            for ((w, start_ms, n), count) in k.windows(owed).into_iter().zip(counts) {
                 if w.settle(start_ms, n) {
-                    w.known_used = match counts {
-                        Some(counts) => w.known_used.max(counts[i]),
-                        None => w.known_used + n,
-                    };
+                    w.known_used = count.map_or(w.known_used + n, |count| w.known_used.max(count));
                 }
             }
         });
@@ -226,8 +229,8 @@ impl FallbackLimiter {
             k.hour.roll(hour_start);
             k.day.roll(day_start);
             k.limits = (quota.per_hour.get(), quota.per_day.get());
-            let hour_share = self.share(quota.per_hour.get(), k.hour.known_used + k.hour.in_flight);
-            let day_share = self.share(quota.per_day.get(), k.day.known_used + k.day.in_flight);
+            let hour_share = self.share(quota.per_hour.get(), k.hour.known());
+            let day_share = self.share(quota.per_day.get(), k.day.known());
             let admitted = k.hour.local < hour_share && k.day.local < day_share;
             if admitted {
                 k.hour.local += 1;
@@ -237,7 +240,7 @@ impl FallbackLimiter {
             // What this instance enforces, as the headers report it.
             let window = |w: Window, s: &WindowState, share: i64, reset_at_ms: i64| WindowUse {
                 window: w,
-                limit: s.known_used + s.in_flight + share,
+                limit: s.known() + share,
                 used: s.used(),
                 reset_at_ms,
             };

@@ -256,6 +256,7 @@ struct ParkedCalls {
 }
 
 /// What adding counts to a key's windows (`RECONCILE_SCRIPT`) came to.
+#[derive(Clone, Copy)]
 enum Added {
     /// The hour's and the day's counts after (-1: a window not counted into).
     Counts(i64, i64),
@@ -447,21 +448,16 @@ impl QuotaManager {
         for (key, owed, limits) in owed {
             let started_ms = self.elapsed_ms();
             let (hour, day) = ((owed.hour_start_ms, owed.hour), (owed.day_start_ms, owed.day));
-            let (hour_count, day_count) =
-                match add_to_counts(&self.shared, &self.reconcile, key, hour, day, offset_ms).await {
-                    Added::Counts(hour_count, day_count) => {
-                        self.fallback.added(key, &owed, Some((hour_count, day_count)));
-                        (hour_count, day_count)
-                    }
-                    failed => {
-                        match failed {
-                            Added::Failed => self.fallback.put_back(key, &owed),
-                            _ => self.fallback.added(key, &owed, None),
-                        }
-                        self.mark_down(self.outage.slot_of(key), "could not add an outage's admissions", started_ms);
-                        continue;
-                    }
-                };
+            let added = add_to_counts(&self.shared, &self.reconcile, key, hour, day, offset_ms).await;
+            match added {
+                Added::Counts(hour_count, day_count) => self.fallback.added(key, &owed, Some((hour_count, day_count))),
+                Added::Unknown => self.fallback.added(key, &owed, None),
+                Added::Failed => self.fallback.put_back(key, &owed),
+            }
+            let Added::Counts(hour_count, day_count) = added else {
+                self.mark_down(self.outage.slot_of(key), "could not add an outage's admissions", started_ms);
+                continue;
+            };
             // A window not counted into (-1) has nothing to report.
             let window = |window: Window, limit, start_ms, count: i64| WindowUse {
                 window,

@@ -12,10 +12,10 @@ use super::periods::{DayRange, Granularity, Month};
 use super::rollups::{self, RollupRows, UsageTotals};
 use super::time_from_ms;
 use crate::keys::{ApiKey, Window, WindowUse};
-use crate::outage_log::{LogEvery, REQUEST_FAILURE_LOG_PERIOD};
+use crate::outage_log::LogEvery;
 use crate::{ServiceError, ServiceResult, Services};
 
-static REDIS_DOWN_LOG: LogEvery = LogEvery::new(REQUEST_FAILURE_LOG_PERIOD);
+static REDIS_DOWN_LOG: LogEvery = LogEvery::new();
 
 /// Minutes the live charts cover, the current one included.
 pub const LIVE_MINUTES: usize = 60;
