@@ -33,6 +33,17 @@ pub fn counted(n: i64, one: &str, many: &str) -> String {
     format!("{} {}", count(n), if n == 1 { one } else { many })
 }
 
+/// A key's limits where space is short (tables, cards): `1,000/h · 10,000/day`.
+pub fn limits(per_hour: i64, per_day: i64) -> String {
+    format!("{}/h · {}/day", count(per_hour), count(per_day))
+}
+
+/// A key's limits in a sentence (emails, notices, messages): `1,000 requests per hour and 10,000
+/// per day`.
+pub fn limits_in_words(per_hour: i64, per_day: i64) -> String {
+    format!("{} per hour and {} per day", counted(per_hour, "request", "requests"), count(per_day))
+}
+
 /// `07:12:05 UTC`
 pub fn time_seconds(at: &DateTime<Utc>) -> String {
     at.format("%H:%M:%S UTC").to_string()
@@ -157,6 +168,9 @@ mod tests {
         assert_eq!(counted(1, "request", "requests"), "1 request");
         assert_eq!(counted(0, "request", "requests"), "0 requests");
         assert_eq!(counted(12_000, "key", "keys"), "12,000 keys");
+        assert_eq!(limits(1_000, 10_000), "1,000/h · 10,000/day");
+        assert_eq!(limits_in_words(1, 10_000), "1 request per hour and 10,000 per day");
+        assert_eq!(limits_in_words(2_000, 20_000), "2,000 requests per hour and 20,000 per day");
         assert_eq!(percent(0.125), "12.5%");
         assert_eq!(percent(0.0), "0.0%");
         assert_eq!(millis(Some(3.44)), "3.4 ms");

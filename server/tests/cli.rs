@@ -565,7 +565,7 @@ async fn quota_set_keeps_the_burst_limit_unless_told_to_remove_it() {
     );
     // With what changed as it was before.
     let first = "200 requests per hour and 2,000 per day, at most 5 per second \
-                 (before: 100 per hour and 1,000 per day, no burst limit). Reason:";
+                 (before: 100 requests per hour and 1,000 per day, no burst limit). Reason:";
     assert!(told.iter().any(|b| b.contains(first)), "{told:?}");
     assert!(
         told.iter().any(|b| b.contains("2,000 per day, with no burst limit (before: at most 5 per second). Reason:")),

@@ -70,7 +70,7 @@ async fn an_approved_request_admits_the_next_call_and_tells_the_merchant() {
     assert_eq!(ask(&s, "200", "", "more").await.status(), StatusCode::CONFLICT);
     // Admins are emailed what is asked for, on which key, against what it has now.
     let emailed = "SELECT count(*) FROM outbound_emails WHERE to_address = 'root@example.com' \
-                   AND text_body LIKE '%asks for 100/hour and 10,000/day on the key “Checkout” (km_live_%, now 2/hour and 10,000/day): Black Friday traffic%'";
+                   AND text_body LIKE '%asks for 100 requests per hour and 10,000 per day on the key “Checkout” (km_live_%, now 2 requests per hour and 10,000 per day): Black Friday traffic%'";
     assert_eq!(s.app.count(emailed).await, 1);
     // Its link opens the request's own card on the admins' list.
     let card = format!("#request-{}", request["id"]);
@@ -436,7 +436,9 @@ async fn an_approval_below_the_live_quota_is_refused_and_the_request_stays_pendi
     for (h, d) in [("100", "10000"), ("100", "20000"), ("500", "10000")] {
         let stale = approve(&s, &id, h, d).await;
         assert_eq!(stale.status(), StatusCode::BAD_REQUEST, "{h} {d}");
-        assert!(message(stale).await.contains("500/hour and 20,000/day"));
+        assert!(message(stale)
+            .await
+            .contains("The key now allows 500 requests per hour and 20,000 per day; approving"));
     }
     assert_eq!(key_limits(&s).await, (500, 20_000));
     assert_eq!(s.app.count("SELECT count(*) FROM quota_changes WHERE source = 'request'").await, 0);
@@ -489,7 +491,7 @@ async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
     let keys = s.app.key_list(&s.merchant).await;
     assert_eq!(keys[0]["burst_per_second"], 3);
     let told = "SELECT count(*) FROM notifications WHERE body LIKE '%100 requests per hour and 10,000 per day, at most 3 per second \
-                (before: 2 per hour and 10,000 per day, no burst limit). Reason: ticket 9%'";
+                (before: 2 requests per hour and 10,000 per day, no burst limit). Reason: ticket 9%'";
     assert_eq!(s.app.count(told).await, 1);
     let audit = "SELECT count(*) FROM quota_changes WHERE source = 'admin' AND old_burst IS NULL AND new_burst = 3";
     assert_eq!(s.app.count(audit).await, 1);
@@ -504,7 +506,9 @@ async fn an_admin_sets_and_removes_a_burst_limit_and_the_next_call_obeys_it() {
     // The same again is nothing to change, and says what the key has.
     let same = admin_set_burst(&s, "100", Some("3"), "again").await;
     assert_eq!(same.status(), StatusCode::BAD_REQUEST);
-    assert!(message(same).await.contains("100/hour and 10,000/day, at most 3 per second; nothing to change"));
+    assert!(message(same)
+        .await
+        .contains("100 requests per hour and 10,000 per day, at most 3 per second; nothing to change"));
     // A post without the field is refused, not read as "no burst limit".
     assert_eq!(admin_set_burst(&s, "150", None, "hour only").await.status(), StatusCode::BAD_REQUEST);
     assert!(policy(&s).await.starts_with("\"hour\";q=100;"));
@@ -560,7 +564,7 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     assert_eq!(key_limits(&s).await, (500, 20_000));
     let told = "SELECT count(*) FROM notifications n JOIN users u ON u.id = n.user_id \
                 WHERE u.email = 'ann@example.com' AND n.kind = 'quota_changed' \
-                AND n.body LIKE '%500 requests per hour and 20,000 per day (before: 2 per hour and 10,000 per day). Reason: ticket 7%'";
+                AND n.body LIKE '%500 requests per hour and 20,000 per day (before: 2 requests per hour and 10,000 per day). Reason: ticket 7%'";
     assert_eq!(s.app.count(told).await, 1);
     let mailed = "SELECT count(*) FROM outbound_emails \
                   WHERE to_address = 'ann@example.com' AND subject LIKE 'Quota changed for%Checkout%'";
@@ -571,7 +575,7 @@ async fn an_admins_direct_change_is_told_to_the_owner() {
     assert_eq!(s.app.count(changes).await, 1);
     let again = admin_set(&s, "500", "20,000", "ticket 7 again").await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
-    assert!(message(again).await.contains("already allows 500/hour and 20,000/day"));
+    assert!(message(again).await.contains("already allows 500 requests per hour and 20,000 per day"));
     // A reason that did not decode (`%FF`) is refused too, as the merchants' reasons are.
     let garbled = admin_set(&s, "600", "20000", "ticket \u{FFFD}").await;
     assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);

@@ -225,9 +225,8 @@ pub async fn set_by_admin(
     let (quota, changed) = set_and_tell(services, key_id, (per_hour, per_day, burst), &change, "An admin").await?;
     if !changed {
         return Err(ServiceError::invalid(format!(
-            "The key already allows {}/hour and {}/day, {}; nothing to change.",
-            format::count(per_hour.get()),
-            format::count(per_day.get()),
+            "The key already allows {}, {}; nothing to change.",
+            format::limits_in_words(per_hour.get(), per_day.get()),
             burst_words(quota.burst_per_second)
         )));
     }
@@ -305,20 +304,14 @@ async fn set_and_tell(
                 // What it was, for the parts that changed: the owner compares without a lookup.
                 let mut before = Vec::new();
                 if (per_hour.get(), per_day.get()) != (live.per_hour, live.per_day) {
-                    before.push(format!(
-                        "{} per hour and {} per day",
-                        format::count(live.per_hour),
-                        format::count(live.per_day)
-                    ));
+                    before.push(format::limits_in_words(live.per_hour, live.per_day));
                 }
                 if burst_per_second != live.burst {
                     before.push(burst_words(live.burst));
                 }
                 let body = format!(
-                    "{who} set the quota of \u{201c}{name}\u{201d} to {} per hour and {} per day{burst} (before: {}). \
-                     Reason: {}",
-                    format::counted(per_hour.get(), "request", "requests"),
-                    format::count(per_day.get()),
+                    "{who} set the quota of \u{201c}{name}\u{201d} to {}{burst} (before: {}). Reason: {}",
+                    format::limits_in_words(per_hour.get(), per_day.get()),
                     before.join(", "),
                     change.reason.trim()
                 );

@@ -203,14 +203,12 @@ async fn tell_admins(
         users::table.filter(users::role.eq(Role::Admin.as_str())).select((users::id, users::email)).load(conn).await?;
     let title = format!("Quota request for \u{201c}{}\u{201d}", key.name);
     let body = format!(
-        "{} asks for {}/hour and {}/day on the key \u{201c}{}\u{201d} ({}…, now {}/hour and {}/day): {}",
+        "{} asks for {} on the key \u{201c}{}\u{201d} ({}…, now {}): {}",
         requester.email,
-        format::count(asked.per_hour),
-        format::count(asked.per_day),
+        format::limits_in_words(asked.per_hour, asked.per_day),
         key.name,
         key.prefix,
-        format::count(live.per_hour),
-        format::count(live.per_day),
+        format::limits_in_words(live.per_hour, live.per_day),
         reason
     );
     // Straight to the request's card on the admins' list (`app::api::request_at` names it;
@@ -388,12 +386,10 @@ fn check_approval(live: &LiveKey, per_hour: i64, per_day: i64) -> ServiceResult<
         return Err(ServiceError::invalid_field(
             field,
             format!(
-                "The key now allows {}/hour and {}/day; approving {}/hour and {}/day would lower its quota. \
+                "The key now allows {}; approving {} would lower its quota. \
              Approve at least the current limits, or deny the request.",
-                format::count(live.per_hour),
-                format::count(live.per_day),
-                format::count(per_hour),
-                format::count(per_day),
+                format::limits_in_words(live.per_hour, live.per_day),
+                format::limits_in_words(per_hour, per_day),
             ),
         ));
     }
@@ -429,9 +425,7 @@ async fn tell_merchant(
         .await?;
     let name = &request.key_name;
     let asked = (request.requested_per_hour, request.requested_per_day);
-    let limits = |(h, d): (i64, i64)| {
-        format!("{} per hour and {} per day", format::counted(h, "request", "requests"), format::count(d))
-    };
+    let limits = |(h, d): (i64, i64)| format::limits_in_words(h, d);
     // "Raised" only when it was: an approval may keep the limits a later change already gave.
     let approved_title = |granted: (i64, i64), had: (i64, i64)| {
         if granted.0 > had.0 || granted.1 > had.1 {
@@ -699,7 +693,7 @@ mod tests {
         for (h, d) in [(4_999, 50_000), (5_000, 49_999), (100, 60_000)] {
             let err = check_approval(&live, h, d).unwrap_err();
             assert!(
-                matches!(&err, ServiceError::Invalid { message: m, .. } if m.contains("5,000/hour")),
+                matches!(&err, ServiceError::Invalid { message: m, .. } if m.contains("now allows 5,000 requests per hour and 50,000 per day")),
                 "{h} {d}: {err:?}"
             );
         }

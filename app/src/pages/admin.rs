@@ -87,7 +87,7 @@ pub fn AdminKeysPage() -> impl IntoView {
                                                     })}
                                                 </td>
                                                 <td data-label="Status"><span class=format!("badge {status}")>{status}</span></td>
-                                                <td class="num" data-label="Quota">{format!("{}/h · {}/day", format::count(key.requests_per_hour), format::count(key.requests_per_day))}</td>
+                                                <td class="num" data-label="Quota">{format::limits(key.requests_per_hour, key.requests_per_day)}</td>
                                                 <td class="when" data-label="Last used">{format::time_or(key.last_used_at.as_ref(), "never")}</td>
                                             </tr>
                                         }

@@ -222,10 +222,15 @@ fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> im
 /// "12 / 1,000 this hour · 40 / 10,000 today", or the quota alone when the use is not known
 /// (revoked key, Redis unavailable).
 fn quota_and_use(key: &KeyView) -> String {
-    let (hour, day) = (format::count(key.requests_per_hour), format::count(key.requests_per_day));
     match key.current_use {
-        Some(u) => format!("{} / {hour} this hour · {} / {day} today", format::count(u.hour), format::count(u.day)),
-        None => format!("{hour}/h · {day}/day"),
+        Some(u) => format!(
+            "{} / {} this hour · {} / {} today",
+            format::count(u.hour),
+            format::count(key.requests_per_hour),
+            format::count(u.day),
+            format::count(key.requests_per_day)
+        ),
+        None => format::limits(key.requests_per_hour, key.requests_per_day),
     }
 }
 

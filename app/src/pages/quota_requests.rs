@@ -1,6 +1,7 @@
 //! Quota requests: the merchant's form and history (on a key's page and its usage page), the
 //! admins' decision page and the audit trail.
 
+use format::limits;
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::use_query_map;
@@ -15,10 +16,6 @@ use crate::api::{
 };
 use crate::error::AppError;
 use crate::render_memo::once_per_render;
-
-fn limits(per_hour: i64, per_day: i64) -> String {
-    format!("{}/h · {}/day", format::count(per_hour), format::count(per_day))
-}
 
 /// [`limits`] with the burst limit, if the key has one.
 fn limits_with_burst(per_hour: i64, per_day: i64, burst: Option<i64>) -> String {

@@ -90,7 +90,7 @@ impl Default for QuotaMaximum {
 fn check_hour_within_day(per_hour: i64, per_day: i64) -> ServiceResult<()> {
     if per_hour > per_day {
         return Err(ServiceError::invalid(format!(
-            "The hourly limit cannot exceed the daily limit ({}/hour is more than {}/day); raise the daily limit too.",
+            "The hourly limit cannot exceed the daily limit ({} per hour is more than {} per day); raise the daily limit too.",
             format::count(per_hour),
             format::count(per_day)
         )));
