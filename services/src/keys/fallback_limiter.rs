@@ -146,6 +146,12 @@ impl FallbackLimiter {
         })
     }
 
+    /// Whether some key may hold admissions not taken yet (false unless an outage left some):
+    /// read without the lock, so that checks in normal times pay one load for it.
+    pub fn may_owe(&self) -> bool {
+        self.maybe_owing.load(Ordering::Relaxed)
+    }
+
     /// What this instance admitted on its own of the keys `wanted` picks, taken (as by
     /// [`Self::observe`]) to be added to Redis' counts once it answers again, with each key's
     /// limits: a key may get no request to observe after an outage.

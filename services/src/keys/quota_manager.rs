@@ -432,17 +432,18 @@ impl QuotaManager {
             return;
         }
         let manager = self.clone();
-        tokio::spawn(async move { manager.add_to_redis(owed).await });
+        tokio::spawn(async move {
+            let reports = manager.add_to_redis(owed).await;
+            manager.report_added(reports).await;
+        });
     }
 
     /// Adds what the fallback admitted to Redis' counts, one key after the other (a Redis just
-    /// back is not flooded), then reports each key's use after it, against its `limits` (hour,
-    /// day), to [`Self::take_added_counts`]: each instance's own admissions may reach no alert
-    /// threshold while their sum does, and no request may come to carry it. What Redis surely
-    /// did not take goes back to the fallback, and the key's slot counts as down, so that the
-    /// next success there adds it. (What it perhaps took is not sent again: a count is better
-    /// missed once than doubled.)
-    async fn add_to_redis(&self, owed: Vec<(ApiKeyId, LocalAdmissions, (i64, i64))>) {
+    /// back is not flooded); returns each key's use after it, against its `limits` (hour, day),
+    /// for [`Self::report_added`]. What Redis surely did not take goes back to the fallback, and
+    /// the key's slot counts as down, so that the next success there adds it. (What it perhaps
+    /// took is not sent again: a count is better missed once than doubled.)
+    async fn add_to_redis(&self, owed: Vec<(ApiKeyId, LocalAdmissions, (i64, i64))>) -> Vec<AddedCounts> {
         let offset_ms = self.clock_offset_ms.load(Ordering::Relaxed);
         let mut reports = Vec::new();
         for (key, owed, limits) in owed {
@@ -478,9 +479,15 @@ impl QuotaManager {
                 },
             ));
         }
-        // Once every count is in: a slow reader (it stores alerts in PostgreSQL) must not hold
-        // them back. Waited for a while, not for ever: with no reader, the key's next request
-        // that Redis decides carries what a report would have.
+        reports
+    }
+
+    /// Reports keys' use after counts were added to it to [`Self::take_added_counts`]: each
+    /// instance's own admissions may reach no alert threshold while their sum does, and no
+    /// request may come to carry it. Called once every count is in: a slow reader (it stores
+    /// alerts in PostgreSQL) must not hold them back. Waited for a while, not for ever: with no
+    /// reader, the key's next request that Redis decides carries what a report would have.
+    async fn report_added(&self, reports: Vec<AddedCounts>) {
         for report in reports {
             let _ = tokio::time::timeout(ADDED_COUNTS_WAIT, self.added_counts.send(report)).await;
         }
@@ -500,7 +507,8 @@ impl QuotaManager {
                 }
                 let outage = &manager.outage;
                 let owed = manager.fallback.take_owed(|key| outage.is_up(outage.slot_of(key)));
-                manager.add_to_redis(owed).await;
+                let reports = manager.add_to_redis(owed).await;
+                manager.report_added(reports).await;
             }
         });
     }
@@ -599,6 +607,7 @@ impl QuotaManager {
                     }
                 }
             };
+            self.add_own_owed_first(key).await;
             // Checks whose caller has gone, or waited past its deadline behind a slow call, are
             // not sent: nothing is counted for them (the latter fall back on dropped replies).
             let now = tokio::time::Instant::now();
@@ -636,6 +645,23 @@ impl QuotaManager {
                 }
             }
         }
+    }
+
+    /// What this instance admitted of `key` on its own while Redis was away, added to Redis'
+    /// counts before Redis decides for the key again: a batch decided without them would hand
+    /// out the same remaining quota a second time (until the flush after the outage landed).
+    /// One more round trip, once per key and outage; a flag read otherwise.
+    async fn add_own_owed_first(&self, key: ApiKeyId) {
+        if !self.fallback.may_owe() {
+            return;
+        }
+        let owed = self.fallback.take_owed(|owing| owing == key);
+        if owed.is_empty() {
+            return;
+        }
+        let reports = self.add_to_redis(owed).await;
+        let manager = self.clone();
+        tokio::spawn(async move { manager.report_added(reports).await });
     }
 
     /// One script call for `n` requests of `key`, unless no connection is at hand by `send_by`.
