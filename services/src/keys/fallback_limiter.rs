@@ -178,6 +178,13 @@ impl FallbackLimiter {
         taken
     }
 
+    /// [`Self::take_owed`] of one key: a lookup, not a walk of every key.
+    pub fn take_owed_of(&self, key: ApiKeyId) -> Option<(LocalAdmissions, (i64, i64))> {
+        let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let k = keys.get_mut(&key)?;
+        k.take_local().map(|owed| (owed, k.limits))
+    }
+
     /// Admissions taken to be added to Redis that got there, with the window's count Redis
     /// gave after adding them (-1: it did not count into that window, no longer its current
     /// one), or that perhaps did (`None`: no answer; counted as landed, since a count missed
@@ -455,6 +462,30 @@ mod tests {
         assert_eq!(more, 17);
         let (_, again, _) = limiter.take_owed(|_| true).pop().expect("owed again");
         assert_eq!((again.hour, again.day), (20, 20));
+    }
+
+    /// One key's admissions are taken alone (its batch adds them before Redis decides for it);
+    /// another key's stay owed for the walk after the outage.
+    #[test]
+    fn one_keys_admissions_are_taken_alone() {
+        let limiter = FallbackLimiter::new(1);
+        let (key, other) = (ApiKeyId(uuid::Uuid::new_v4()), ApiKeyId(uuid::Uuid::new_v4()));
+        let now = HOUR + 60_000;
+        for k in [key, key, other] {
+            assert!(limiter.check(k, &quota(20, 1_000), now).admitted);
+        }
+        let (owed, limits) = limiter.take_owed_of(key).expect("owed");
+        assert_eq!((owed.hour, owed.day, limits), (2, 2, (20, 1_000)));
+        assert!(limiter.take_owed_of(key).is_none(), "taken once");
+        // Still counted while in flight: 18 more for the key, not 20.
+        let more = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
+        assert_eq!(more, 18);
+        assert!(limiter.may_owe());
+        // The walk finds the other key's one and the key's 18 since.
+        let mut rest: Vec<_> = limiter.take_owed(|_| true).into_iter().map(|(k, o, _)| (k == key, o.hour)).collect();
+        rest.sort();
+        assert_eq!(rest, [(false, 1), (true, 18)]);
+        assert!(!limiter.may_owe());
     }
 
     /// Admissions in flight belong to their window: once the hour has moved on, the new hour

@@ -655,11 +655,8 @@ impl QuotaManager {
         if !self.fallback.may_owe() {
             return;
         }
-        let owed = self.fallback.take_owed(|owing| owing == key);
-        if owed.is_empty() {
-            return;
-        }
-        let reports = self.add_to_redis(owed).await;
+        let Some((owed, limits)) = self.fallback.take_owed_of(key) else { return };
+        let reports = self.add_to_redis(vec![(key, owed, limits)]).await;
         let manager = self.clone();
         tokio::spawn(async move { manager.report_added(reports).await });
     }
