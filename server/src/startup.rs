@@ -367,6 +367,7 @@ impl Application {
             }
         }
         self.services.usage.shutdown().await;
+        self.services.quota.add_owed_at_stop().await;
         let _ = stop.send(true);
         if let Some(mailer) = mailer {
             let _ = mailer.await;

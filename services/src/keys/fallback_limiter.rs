@@ -178,6 +178,16 @@ impl FallbackLimiter {
         taken
     }
 
+    /// The keys holding admissions not taken yet (none, without a walk, unless an outage left
+    /// some): what keeps trying Redis for them while their instance gets no requests.
+    pub fn owing(&self) -> Vec<ApiKeyId> {
+        if !self.may_owe() {
+            return Vec::new();
+        }
+        let keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        keys.iter().filter(|(_, k)| k.hour.local > 0 || k.day.local > 0).map(|(key, _)| *key).collect()
+    }
+
     /// [`Self::take_owed`] of one key: a lookup, not a walk of every key.
     pub fn take_owed_of(&self, key: ApiKeyId) -> Option<(LocalAdmissions, (i64, i64))> {
         let mut keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -15,7 +15,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -306,9 +306,12 @@ async fn add_to_counts(
     }
 }
 
-/// After a failed check, Redis is left alone this long before it is tried again, so an outage
-/// does not add the timeout to every request.
+/// After a failed check, Redis is left alone this long before it is tried again (by a probe off
+/// the request path: see [`QuotaManager::probe`]).
 const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a graceful stop waits to add what the fallback admitted to Redis' counts.
+const STOP_FLUSH_WAIT: Duration = Duration::from_secs(3);
 
 /// Most requests decided by one script call (the script's own bound).
 const MAX_BATCH: usize = 10_000;
@@ -341,6 +344,8 @@ pub struct QuotaManager {
     outage: Arc<QuotaOutage>,
     /// Timed-out script calls still listened to (`give_back_when_late`).
     parked: Arc<ParkedCalls>,
+    /// Whether the loop that retries Redis for owed admissions runs (`keep_retrying_for_owed`).
+    retrying: Arc<AtomicBool>,
     /// Where keys' use is reported after an outage's local admissions were added to it.
     added_counts: mpsc::Sender<AddedCounts>,
     added_counts_reader: Arc<Mutex<Option<mpsc::Receiver<AddedCounts>>>>,
@@ -372,6 +377,7 @@ impl QuotaManager {
             policy,
             outage: Arc::new(QuotaOutage::new(cluster)),
             parked: Arc::default(),
+            retrying: Arc::default(),
             added_counts,
             added_counts_reader: Arc::new(Mutex::new(Some(reader))),
             epoch: Instant::now(),
@@ -399,8 +405,8 @@ impl QuotaManager {
         let (id, quota, version_ms) = (key.id, key.quota, key.quota_version_ms);
         async move {
             let slot = manager.outage.slot_of(id);
-            let started_ms = manager.elapsed_ms();
-            if manager.outage.should_try(slot, started_ms) {
+            if manager.outage.is_up(slot) {
+                let started_ms = manager.elapsed_ms();
                 match manager.check_and_count(id, &quota, version_ms).await {
                     Ok(decision) => {
                         manager.mark_up(slot);
@@ -408,6 +414,9 @@ impl QuotaManager {
                     }
                     Err(e) => manager.mark_down(slot, &e.to_string(), started_ms),
                 }
+            } else {
+                // Tried again beside the request: a Redis that still hangs holds none up.
+                manager.probe_when_due(id, slot);
             }
             match manager.policy.mode {
                 FailMode::Open => {
@@ -547,6 +556,101 @@ impl QuotaManager {
         // Logged once per outage, not per request.
         if self.outage.failed(slot, now, until, timed_out) == Marked::OutageBegins {
             tracing::warn!(error = why, mode = ?self.policy.mode, "Redis unavailable for quota checks; using the fallback");
+            self.keep_retrying_for_owed();
+        }
+    }
+
+    /// Once `slot`'s wait has run out, one [`Self::probe`] for it (with `key`), in a task of its
+    /// own; the other checks meanwhile go on without Redis.
+    fn probe_when_due(&self, key: ApiKeyId, slot: usize) {
+        let now = self.elapsed_ms();
+        // Longer than the probe can take: its own success or failure says what comes next.
+        let hold_until = now + (self.policy.timeout + RETRY_REDIS_AFTER).as_millis() as i64;
+        if self.outage.claim_retry(slot, now, hold_until) {
+            let manager = self.clone();
+            tokio::spawn(async move { manager.probe(key, slot).await });
+        }
+    }
+
+    /// Tries Redis again for `key`'s slot with a read that counts nothing (its quota state's
+    /// expiry), within the check timeout. Answered: the slot's checks go to Redis again, after
+    /// what this instance admitted of the key meanwhile is added to its counts (other keys'
+    /// follow, see [`Self::mark_up`]). A probe, not a request's check: while Redis hangs, no
+    /// request waits out the timeout after those that met the outage.
+    async fn probe(&self, key: ApiKeyId, slot: usize) {
+        let started_ms = self.elapsed_ms();
+        let shared = self.shared.clone();
+        let answered = tokio::time::timeout(self.policy.timeout, async move {
+            let mut conn = shared.get().await?;
+            let ttl: redis::RedisResult<i64> =
+                redis::cmd("PTTL").arg(quota_redis_key(key)).query_async(&mut conn).await;
+            ttl.map_err(|e| {
+                shared.reset_after(&e);
+                ServiceError::from(e)
+            })
+        })
+        .await;
+        match answered {
+            Ok(Ok(_)) => {
+                self.mark_up(slot);
+                self.add_own_owed_first(key).await;
+            }
+            Ok(Err(e)) => self.mark_down(slot, &e.to_string(), started_ms),
+            Err(_) => {
+                // The shared connection may be stuck behind the unanswered read.
+                self.shared.reset();
+                self.mark_down(slot, "timed out", started_ms);
+            }
+        }
+    }
+
+    /// While an outage lasts (failing open), probes Redis about once a [`RETRY_REDIS_AFTER`] for
+    /// the keys that owe it admissions: an instance that gets no more requests for them would
+    /// otherwise keep them from Redis' counts for good, and the other instances would hand out
+    /// the same quota again. One such loop per instance, ended when nothing is down or owed.
+    fn keep_retrying_for_owed(&self) {
+        if self.policy.mode != FailMode::Open || self.retrying.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_REDIS_AFTER).await;
+                let owing = manager.fallback.owing();
+                if owing.is_empty() && !manager.outage.any_down() {
+                    manager.retrying.store(false, Ordering::SeqCst);
+                    // An outage that began in between found the loop still running: it goes on.
+                    let again = manager.outage.any_down() || manager.fallback.may_owe();
+                    if !again || manager.retrying.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                for key in owing {
+                    let slot = manager.outage.slot_of(key);
+                    if manager.outage.is_up(slot) {
+                        manager.add_own_owed_first(key).await;
+                    } else {
+                        manager.probe_when_due(key, slot);
+                    }
+                }
+            }
+        });
+    }
+
+    /// At a graceful stop: what the fallback admitted and Redis' counts still lack, added to
+    /// them if Redis answers within [`STOP_FLUSH_WAIT`] (else the other instances would hand
+    /// out the same quota again).
+    pub async fn add_owed_at_stop(&self) {
+        if !self.fallback.may_owe() {
+            return;
+        }
+        let owed = self.fallback.take_owed(|_| true);
+        let added = async {
+            let reports = self.add_to_redis(owed).await;
+            self.report_added(reports).await;
+        };
+        if tokio::time::timeout(STOP_FLUSH_WAIT, added).await.is_err() {
+            tracing::warn!("what quota checks admitted without Redis was not all added to its counts at the stop");
         }
     }
 

@@ -1,12 +1,13 @@
 //! Which keys' quota checks skip Redis for now, because their last check could not reach it.
 //!
-//! On a single Redis this is one state: a failed check sends every key to the fallback for a
-//! second, so an outage costs the check's timeout once a second, not on every request. On a
+//! On a single Redis this is one state: a failed check sends every key to the fallback, and
+//! once a second one caller (the quota manager's probe, off the request path) tries Redis
+//! again, so an outage costs no request the check's timeout after the checks that met it. On a
 //! Redis Cluster a dead primary takes only its hash slots with it, so the state is kept per
 //! slot: keys on healthy primaries stay exact. Only a hung cluster would then cost a timeout per
-//! slot and second: checks that timed out in three slots with no success in between skip every
-//! slot at once, until a check succeeds. (Failures that cost nothing, a refused connection or a
-//! slot without a primary, never do: keys elsewhere lose nothing by trying.)
+//! slot: checks that timed out in three slots with no success in between skip every slot at
+//! once, until a try succeeds. (Failures that cost nothing, a refused connection or a slot
+//! without a primary, never do: keys elsewhere lose nothing by trying.)
 //!
 //! Atomics only: this is read on every metered request.
 
@@ -80,10 +81,18 @@ impl QuotaOutage {
         usize::from(redis_pool::hash_slot(tag.as_bytes()))
     }
 
-    /// Whether a check in `slot` should go to Redis at `now_ms`.
-    pub fn should_try(&self, slot: usize, now_ms: i64) -> bool {
-        self.all_down_until_ms.load(Ordering::Relaxed) <= now_ms
-            && self.down_until_ms[slot].load(Ordering::Relaxed) <= now_ms
+    /// For a `slot` that is not up: whether its wait has run out at `now_ms` and this caller
+    /// is the one to try Redis again (others keep skipping it until `hold_until_ms`, when the
+    /// try has failed or succeeded by then).
+    pub fn claim_retry(&self, slot: usize, now_ms: i64, hold_until_ms: i64) -> bool {
+        let all = self.all_down_until_ms.load(Ordering::Relaxed);
+        let own = self.down_until_ms[slot].load(Ordering::Relaxed);
+        if all > now_ms || own > now_ms || (all == 0 && own == 0) {
+            return false;
+        }
+        // A hung Redis holds every slot: one try for all of them.
+        let (state, seen) = if all != 0 { (&self.all_down_until_ms, all) } else { (&self.down_until_ms[slot], own) };
+        state.compare_exchange(seen, hold_until_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// A check in `slot` failed at `now_ms` (`timed_out`: after waiting its whole timeout): its
@@ -174,16 +183,18 @@ mod tests {
     #[test]
     fn a_single_redis_has_one_state_for_every_key() {
         let outage = QuotaOutage::new(false);
-        assert!(outage.should_try(0, 20_000));
+        assert!(outage.is_up(0));
         assert_eq!(outage.failed(0, 20_100, 21_100, true), Marked::OutageBegins);
-        assert!(!outage.should_try(0, 20_500));
+        assert!(!outage.is_up(0));
+        assert!(!outage.claim_retry(0, 20_500, 22_500), "waiting");
         // Concurrent checks that were already out fail too: the same outage.
         assert_eq!(outage.failed(0, 20_120, 21_120, true), Marked::Ongoing);
-        assert!(outage.should_try(0, 21_200), "tried again after its wait");
+        assert!(outage.claim_retry(0, 21_200, 23_200), "tried again after its wait");
+        assert!(!outage.claim_retry(0, 21_210, 23_210), "by one caller at a time");
         assert_eq!(outage.failed(0, 21_200, 22_200, true), Marked::Ongoing);
         // Down until a check succeeds, however long nobody tries (readiness relies on it).
         assert!(outage.any_down());
-        assert!(outage.should_try(0, 90_000));
+        assert!(outage.claim_retry(0, 90_000, 92_000));
         assert!(outage.any_down());
         assert_eq!(outage.succeeded(0), Recovered::Outage, "the outage ends");
         assert!(!outage.any_down());
@@ -198,10 +209,10 @@ mod tests {
         // slot's succeed in between and are never skipped.
         for second in 0..10 {
             let now = 20_000 + second * 1_000;
-            assert!(outage.should_try(dead, now));
+            assert!(second == 0 || outage.claim_retry(dead, now, now + 3_000), "retried, second {second}");
             let marked = outage.failed(dead, now, now + 1_000, true);
             assert_eq!(marked == Marked::OutageBegins, second == 0, "logged once, second {second}");
-            assert!(outage.should_try(healthy, now + 10), "second {second}");
+            assert!(outage.is_up(healthy), "second {second}");
             assert_eq!(outage.succeeded(healthy), Recovered::Nothing, "the dead slot is still down");
             assert!(outage.is_up(healthy) && !outage.is_up(dead));
             assert!(outage.any_down());
@@ -217,7 +228,7 @@ mod tests {
         for second in 0..10 {
             let now = 20_000 + second * 1_000;
             outage.failed(7, now, now + 1_000, true);
-            assert!(outage.should_try(8, now + 10), "another slot's key still tries, second {second}");
+            assert!(outage.is_up(8), "another slot's key still tries, second {second}");
         }
     }
 
@@ -226,20 +237,21 @@ mod tests {
         let outage = QuotaOutage::new(true);
         outage.failed(1, 20_000, 21_000, true);
         outage.failed(2, 20_010, 21_010, true);
-        assert!(outage.should_try(3, 20_020), "two slots may be one dead primary");
+        assert!(outage.is_up(3), "two slots may be one dead primary");
         outage.failed(3, 20_020, 21_020, true);
-        assert!(!outage.should_try(4, 20_030), "three: the whole cluster hangs");
-        // Tried again after the wait: a failure skips every slot again at once.
-        assert!(outage.should_try(4, 21_030));
-        outage.failed(1, 21_030, 22_030, true);
-        assert!(!outage.should_try(5, 21_040));
+        assert!(!outage.is_up(4), "three: the whole cluster hangs");
+        assert!(!outage.claim_retry(4, 20_030, 22_030));
+        // Tried again after the wait, once for every slot: a failure skips every slot again.
+        assert!(outage.claim_retry(4, 21_030, 23_030));
+        assert!(!outage.claim_retry(5, 21_035, 23_035), "one try for all of them");
+        outage.failed(4, 21_030, 22_030, true);
+        assert!(!outage.claim_retry(5, 22_029, 24_029));
         // One success shows the cluster answers: slots are judged one by one again (every slot
         // came back, so what the fallback admitted in the slots now up is owed to Redis).
         assert!(!outage.is_up(6));
         assert_eq!(outage.succeeded(6), Recovered::Slots);
         assert!(outage.is_up(6) && outage.is_up(5) && !outage.is_up(1));
-        assert!(outage.should_try(5, 21_040));
-        assert!(!outage.should_try(1, 21_040), "its own failure still holds");
+        assert!(!outage.claim_retry(4, 21_040, 23_040), "its own failure still holds");
     }
 
     #[test]
@@ -248,8 +260,8 @@ mod tests {
         for slot in 0..100 {
             outage.failed(slot, 20_000, 21_000, false);
         }
-        assert!(outage.should_try(100, 20_010));
-        assert!(!outage.should_try(99, 20_010));
+        assert!(outage.is_up(100));
+        assert!(!outage.claim_retry(99, 20_010, 22_010));
     }
 
     #[test]

@@ -152,11 +152,14 @@ async fn flush_loop(
 }
 
 /// Whether hand-offs go to Redis. After a failed attempt Redis is left alone for a second
-/// (batches go straight to PostgreSQL), then the next batch tries it again, however busy the
-/// recorder is.
+/// (batches go straight to PostgreSQL), then a probe beside the batches tries it again, and
+/// batches go back to it once it answered: while Redis hangs, no batch (and no request waiting
+/// for its hand-off) waits out the timeout again after the one that met the hang.
 struct RedisState {
-    /// When the next batch may try Redis again, while it is down.
+    /// When Redis may be tried again, while it is down.
     retry_at: Option<tokio::time::Instant>,
+    /// A try under way, and what it came to.
+    probe: Option<oneshot::Receiver<Result<(), String>>>,
     log: OutageLog,
     /// Neither Redis nor PostgreSQL took a batch (it is retried until one does).
     stuck: OutageLog,
@@ -166,6 +169,7 @@ impl Default for RedisState {
     fn default() -> Self {
         Self {
             retry_at: None,
+            probe: None,
             log: OutageLog::new("usage hand-off to Redis"),
             stuck: OutageLog::new("usage hand-off (Redis and PostgreSQL)"),
         }
@@ -173,8 +177,31 @@ impl Default for RedisState {
 }
 
 impl RedisState {
-    fn may_try(&self) -> bool {
-        self.retry_at.is_none_or(|at| tokio::time::Instant::now() >= at)
+    /// Whether the next batch goes to Redis: while it is up, or once a probe found it answering
+    /// again. Starts that probe when the wait has run out.
+    fn may_try(&mut self, redis: &SharedConnection, stream: &str) -> bool {
+        let Some(retry_at) = self.retry_at else { return true };
+        if let Some(probe) = &mut self.probe {
+            match probe.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Ok(Ok(())) => {
+                    self.probe = None;
+                    self.succeeded();
+                    return true;
+                }
+                Ok(Err(why)) => {
+                    self.probe = None;
+                    self.failed(&why);
+                    return false;
+                }
+                // Its task is gone (the runtime is stopping): tried again below.
+                Err(oneshot::error::TryRecvError::Closed) => self.probe = None,
+            }
+        }
+        if tokio::time::Instant::now() >= retry_at {
+            self.probe = Some(probe(redis.clone(), stream.to_owned()));
+        }
+        false
     }
 
     fn failed(&mut self, why: &str) {
@@ -199,7 +226,7 @@ async fn hand_off_until_done(
         batch.drain(..).map(|i| (i.event, i.handed_off)).unzip();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let stored = if redis_state.may_try() {
+        let stored = if redis_state.may_try(redis, stream) {
             match tokio::time::timeout(REDIS_TIMEOUT, flush(redis, stream, &events)).await {
                 Ok(Ok(())) => {
                     redis_state.succeeded();
@@ -245,6 +272,30 @@ async fn hand_off_until_done(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Tries Redis with a read of the stream (on a cluster, its node) in a task of its own, within
+/// [`REDIS_TIMEOUT`].
+fn probe(redis: SharedConnection, stream: String) -> oneshot::Receiver<Result<(), String>> {
+    let (done, outcome) = oneshot::channel();
+    tokio::spawn(async move {
+        let answered = tokio::time::timeout(REDIS_TIMEOUT, async {
+            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
+            let exists: redis::RedisResult<i64> = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await;
+            exists.map(drop).map_err(|e| {
+                redis.reset_after(&e);
+                e.to_string()
+            })
+        })
+        .await;
+        let answered = answered.unwrap_or_else(|_| {
+            // The shared connection may be stuck behind the unanswered read.
+            redis.reset();
+            Err("timed out".to_owned())
+        });
+        let _ = done.send(answered);
+    });
+    outcome
 }
 
 /// One pipelined round trip on the shared multiplexed connection (a pooled one would cost a
