@@ -366,8 +366,8 @@ impl Application {
                 tracing::warn!("demo traffic did not stop within 15 s");
             }
         }
-        self.services.usage.shutdown().await;
-        self.services.quota.add_owed_at_stop().await;
+        // Side by side: the usage flush can wait long for a store that is down.
+        tokio::join!(self.services.usage.shutdown(), self.services.quota.add_owed_at_stop());
         let _ = stop.send(true);
         if let Some(mailer) = mailer {
             let _ = mailer.await;

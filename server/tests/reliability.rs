@@ -956,7 +956,8 @@ async fn readiness_during_a_redis_outage_follows_the_fail_mode() {
     assert_eq!(ready(&open).await, (200, degraded));
     assert_eq!(ready(&closed).await, (503, unavailable));
 
-    // Back: the next metered call goes through Redis, and the instance is ready again.
+    // Back: a metered call finds out (the first after a quiet second goes through Redis
+    // itself), and the instance is ready again.
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     while closed.call("/api/v1/ping", &secret).await.status() != 200 {
@@ -1033,6 +1034,26 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     // The 503's check reached Redis, which ran it after the hang: it is not left counted, so
     // the count is the two admitted requests' (the 503 used no quota).
     assert_eq!(count_settles_at(&app, id, 2).await, 2, "Redis counts only the admitted requests");
+}
+
+/// Failing closed, the first call after a quiet spell goes to Redis itself: Redis may have been
+/// back for long, and a probe beside the call would leave the call refused for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_the_first_call_after_a_quiet_spell_is_decided_by_redis() {
+    let mut redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", redis.url()),
+        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
+        ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+    ])
+    .await;
+    let (secret, _) = app.key_with_quota(1_000, 10_000).await;
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
+    redis.kill();
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 503);
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200, "decided by Redis, back for a while");
 }
 
 /// Waits (up to 10 s) for Redis' count of the key's hour to reach `expected`, then gives it a

@@ -445,6 +445,25 @@ impl SharedConnection {
     }
 
     /// Call after an error that may have broken the connection; the next `get` opens another.
+    /// Whether Redis answers `cmd` within `timeout`, else why not: how a component that saw
+    /// Redis fail finds out, beside its own work, that it may use it again. A connection that
+    /// did not answer is replaced, as after a command that timed out.
+    pub async fn answers(&self, cmd: &Cmd, timeout: Duration) -> Result<(), String> {
+        let answered = tokio::time::timeout(timeout, async {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            let reply: RedisResult<Value> = cmd.query_async(&mut conn).await;
+            reply.map(drop).map_err(|e| {
+                self.reset_after(&e);
+                e.to_string()
+            })
+        })
+        .await;
+        answered.unwrap_or_else(|_| {
+            self.reset();
+            Err("timed out".to_owned())
+        })
+    }
+
     pub fn reset_after(&self, err: &redis::RedisError) {
         if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
             self.reset();

@@ -58,7 +58,7 @@ async fn metrics(State(Sources { services, connections }): State<Sources>) -> im
         connections.max(),
     );
     // Its last quota check failed, and Redis does not answer now either: an idle instance's
-    // last failure must not keep the alert on after Redis is back (its next call tries Redis).
+    // last failure must not keep the alert on after Redis is back (its next call finds out).
     let fallback = services.quota.redis_down() && !redis_up;
     out.single(
         "keymeter_quota_fallback",

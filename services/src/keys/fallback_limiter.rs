@@ -185,7 +185,13 @@ impl FallbackLimiter {
             return Vec::new();
         }
         let keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        keys.iter().filter(|(_, k)| k.hour.local > 0 || k.day.local > 0).map(|(key, _)| *key).collect()
+        let owing: Vec<ApiKeyId> =
+            keys.iter().filter(|(_, k)| k.hour.local > 0 || k.day.local > 0).map(|(key, _)| *key).collect();
+        // Taken one key at a time ([`Self::take_owed_of`]) since the flag was set: no walk again.
+        if owing.is_empty() {
+            self.maybe_owing.store(false, Ordering::Relaxed);
+        }
+        owing
     }
 
     /// [`Self::take_owed`] of one key: a lookup, not a walk of every key.

@@ -27,7 +27,7 @@ use super::api_keys::ApiKeyId;
 use super::authenticator::AuthenticatedKey;
 use super::fallback_limiter::{FallbackLimiter, LocalAdmissions};
 use super::quota::Quota;
-use super::quota_outage::{Marked, QuotaOutage, Recovered};
+use super::quota_outage::{Marked, QuotaOutage, Recovered, Retry};
 use crate::redis_pool::{self, RedisPool, SharedConnection};
 use crate::usage::time_from_ms;
 use crate::{ServiceError, ServiceResult};
@@ -405,7 +405,17 @@ impl QuotaManager {
         let (id, quota, version_ms) = (key.id, key.quota, key.quota_version_ms);
         async move {
             let slot = manager.outage.slot_of(id);
-            if manager.outage.is_up(slot) {
+            let to_redis = manager.outage.is_up(slot)
+                || match manager.claim_retry(slot) {
+                    Retry::Wait => false,
+                    Retry::Check => true,
+                    // Beside the request: a Redis that still hangs holds none up.
+                    Retry::Probe => {
+                        manager.spawn_probe(id, slot);
+                        false
+                    }
+                };
+            if to_redis {
                 let started_ms = manager.elapsed_ms();
                 match manager.check_and_count(id, &quota, version_ms).await {
                     Ok(decision) => {
@@ -414,13 +424,11 @@ impl QuotaManager {
                     }
                     Err(e) => manager.mark_down(slot, &e.to_string(), started_ms),
                 }
-            } else {
-                // Tried again beside the request: a Redis that still hangs holds none up.
-                manager.probe_when_due(id, slot);
             }
             match manager.policy.mode {
                 FailMode::Open => {
                     let (decision, known) = manager.fallback.check_and_know(id, &quota, Utc::now().timestamp_millis());
+                    manager.keep_retrying_for_owed();
                     Verdict::Fallback { decision, known }
                 }
                 FailMode::Closed => Verdict::Unavailable,
@@ -556,60 +564,54 @@ impl QuotaManager {
         // Logged once per outage, not per request.
         if self.outage.failed(slot, now, until, timed_out) == Marked::OutageBegins {
             tracing::warn!(error = why, mode = ?self.policy.mode, "Redis unavailable for quota checks; using the fallback");
-            self.keep_retrying_for_owed();
         }
+        // Admissions that did not reach Redis may have been put back.
+        self.keep_retrying_for_owed();
     }
 
-    /// Once `slot`'s wait has run out, one [`Self::probe`] for it (with `key`), in a task of its
-    /// own; the other checks meanwhile go on without Redis.
-    fn probe_when_due(&self, key: ApiKeyId, slot: usize) {
+    /// Who tries Redis again for `slot`, which is not up (see [`QuotaOutage::claim_retry`]).
+    fn claim_retry(&self, slot: usize) -> Retry {
         let now = self.elapsed_ms();
-        // Longer than the probe can take: its own success or failure says what comes next.
+        // Longer than a try can take: its own success or failure says what comes next.
         let hold_until = now + (self.policy.timeout + RETRY_REDIS_AFTER).as_millis() as i64;
-        if self.outage.claim_retry(slot, now, hold_until) {
-            let manager = self.clone();
-            tokio::spawn(async move { manager.probe(key, slot).await });
-        }
+        self.outage.claim_retry(slot, now, hold_until)
+    }
+
+    /// [`Self::probe`] in a task of its own.
+    fn spawn_probe(&self, key: ApiKeyId, slot: usize) {
+        let manager = self.clone();
+        tokio::spawn(async move { manager.probe(key, slot).await });
     }
 
     /// Tries Redis again for `key`'s slot with a read that counts nothing (its quota state's
-    /// expiry), within the check timeout. Answered: the slot's checks go to Redis again, after
-    /// what this instance admitted of the key meanwhile is added to its counts (other keys'
-    /// follow, see [`Self::mark_up`]). A probe, not a request's check: while Redis hangs, no
-    /// request waits out the timeout after those that met the outage.
+    /// expiry), within the check timeout. Answered: what this instance admitted of the key
+    /// meanwhile is added to its counts, then the slot's checks go to Redis again (other keys'
+    /// admissions follow, see [`Self::mark_up`]).
     async fn probe(&self, key: ApiKeyId, slot: usize) {
         let started_ms = self.elapsed_ms();
-        let shared = self.shared.clone();
-        let answered = tokio::time::timeout(self.policy.timeout, async move {
-            let mut conn = shared.get().await?;
-            let ttl: redis::RedisResult<i64> =
-                redis::cmd("PTTL").arg(quota_redis_key(key)).query_async(&mut conn).await;
-            ttl.map_err(|e| {
-                shared.reset_after(&e);
-                ServiceError::from(e)
-            })
-        })
-        .await;
-        match answered {
-            Ok(Ok(_)) => {
-                self.mark_up(slot);
-                self.add_own_owed_first(key).await;
+        let read = redis::cmd("PTTL").arg(quota_redis_key(key)).clone();
+        match self.shared.answers(&read, self.policy.timeout).await {
+            // The slot is still held meanwhile: no check of the key reaches Redis before them.
+            Ok(()) => {
+                if self.add_own_owed_first(key).await {
+                    self.mark_up(slot);
+                }
             }
-            Ok(Err(e)) => self.mark_down(slot, &e.to_string(), started_ms),
-            Err(_) => {
-                // The shared connection may be stuck behind the unanswered read.
-                self.shared.reset();
-                self.mark_down(slot, "timed out", started_ms);
-            }
+            Err(why) => self.mark_down(slot, &why, started_ms),
         }
     }
 
-    /// While an outage lasts (failing open), probes Redis about once a [`RETRY_REDIS_AFTER`] for
-    /// the keys that owe it admissions: an instance that gets no more requests for them would
-    /// otherwise keep them from Redis' counts for good, and the other instances would hand out
-    /// the same quota again. One such loop per instance, ended when nothing is down or owed.
+    /// While the fallback holds admissions that Redis' counts lack (failing open), probes Redis
+    /// about once a [`RETRY_REDIS_AFTER`] for their keys' slots and adds them where it answers:
+    /// an instance that gets no more requests for them would otherwise keep them from Redis
+    /// for good, and the other instances would hand out the same quota again. One such loop
+    /// per instance, started by a fallback admission or a failed add, ended when nothing is owed.
     fn keep_retrying_for_owed(&self) {
-        if self.policy.mode != FailMode::Open || self.retrying.swap(true, Ordering::SeqCst) {
+        // A load first: this runs on every request the fallback decides.
+        if self.policy.mode != FailMode::Open
+            || self.retrying.load(Ordering::Relaxed)
+            || self.retrying.swap(true, Ordering::SeqCst)
+        {
             return;
         }
         let manager = self.clone();
@@ -617,20 +619,22 @@ impl QuotaManager {
             loop {
                 tokio::time::sleep(RETRY_REDIS_AFTER).await;
                 let owing = manager.fallback.owing();
-                if owing.is_empty() && !manager.outage.any_down() {
+                if owing.is_empty() {
                     manager.retrying.store(false, Ordering::SeqCst);
-                    // An outage that began in between found the loop still running: it goes on.
-                    let again = manager.outage.any_down() || manager.fallback.may_owe();
-                    if !again || manager.retrying.swap(true, Ordering::SeqCst) {
+                    // Admissions since the look found this loop still running: it goes on.
+                    if !manager.fallback.may_owe() || manager.retrying.swap(true, Ordering::SeqCst) {
                         return;
                     }
+                    continue;
                 }
+                let outage = &manager.outage;
+                let up = manager.fallback.take_owed(|key| outage.is_up(outage.slot_of(key)));
+                let reports = manager.add_to_redis(up).await;
+                manager.report_added(reports).await;
                 for key in owing {
-                    let slot = manager.outage.slot_of(key);
-                    if manager.outage.is_up(slot) {
-                        manager.add_own_owed_first(key).await;
-                    } else {
-                        manager.probe_when_due(key, slot);
+                    let slot = outage.slot_of(key);
+                    if !outage.is_up(slot) && manager.claim_retry(slot) != Retry::Wait {
+                        manager.spawn_probe(key, slot);
                     }
                 }
             }
@@ -755,14 +759,18 @@ impl QuotaManager {
     /// counts before Redis decides for the key again: a batch decided without them would hand
     /// out the same remaining quota a second time (until the flush after the outage landed).
     /// One more round trip, once per key and outage; a flag read otherwise.
-    async fn add_own_owed_first(&self, key: ApiKeyId) {
+    /// Whether Redis took them (or nothing was owed).
+    async fn add_own_owed_first(&self, key: ApiKeyId) -> bool {
         if !self.fallback.may_owe() {
-            return;
+            return true;
         }
-        let Some((owed, limits)) = self.fallback.take_owed_of(key) else { return };
+        let Some((owed, limits)) = self.fallback.take_owed_of(key) else { return true };
         let reports = self.add_to_redis(vec![(key, owed, limits)]).await;
+        // A key's report comes only from counts Redis gave after adding.
+        let added = !reports.is_empty();
         let manager = self.clone();
         tokio::spawn(async move { manager.report_added(reports).await });
+        added
     }
 
     /// One script call for `n` requests of `key`, unless no connection is at hand by `send_by`.

@@ -22,6 +22,22 @@ const HUNG_SLOTS: u32 = 3;
 /// Failures this far apart are two outages (for the log).
 const NEW_OUTAGE_AFTER_MS: i64 = 10_000;
 
+/// A slot whose wait ran out this long ago without a check meeting it had no traffic since.
+const QUIET_AFTER_MS: i64 = 1_000;
+
+/// Who tries Redis again for a slot that is not up (see [`QuotaOutage::claim_retry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not yet, or another caller does.
+    Wait,
+    /// A probe beside the caller, which goes on without Redis: checks keep coming, and while
+    /// Redis hangs none of them should wait out the timeout.
+    Probe,
+    /// The caller's own check: the slot went quiet, so its outage may be long over, and a
+    /// caller decided without Redis could be refused (failing closed) for nothing.
+    Check,
+}
+
 /// What a successful check changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovered {
@@ -44,7 +60,8 @@ pub enum Marked {
 
 pub struct QuotaOutage {
     /// Per hash slot (one entry on a single Redis): 0 while up, else until when (ms on the
-    /// caller's clock) its checks skip Redis. Stays non-zero after that until one succeeds.
+    /// caller's clock) its checks skip Redis (or, during a try, until when the try is held).
+    /// Stays non-zero after that until one succeeds.
     down_until_ms: Box<[AtomicI64]>,
     /// Entries of `down_until_ms` that are not 0 (signed: a success may take a slot off an
     /// instant before the failure that put it on has counted it).
@@ -81,18 +98,26 @@ impl QuotaOutage {
         usize::from(redis_pool::hash_slot(tag.as_bytes()))
     }
 
-    /// For a `slot` that is not up: whether its wait has run out at `now_ms` and this caller
-    /// is the one to try Redis again (others keep skipping it until `hold_until_ms`, when the
-    /// try has failed or succeeded by then).
-    pub fn claim_retry(&self, slot: usize, now_ms: i64, hold_until_ms: i64) -> bool {
+    /// For a `slot` that is not up, at `now_ms`: whether its wait has run out and this caller
+    /// is the one to try Redis again, and how. The others keep skipping it until
+    /// `hold_until_ms`, unless the try's success or failure says otherwise before (a failure of
+    /// another check meanwhile may end the hold early: a second try then, harmless).
+    pub fn claim_retry(&self, slot: usize, now_ms: i64, hold_until_ms: i64) -> Retry {
         let all = self.all_down_until_ms.load(Ordering::Relaxed);
         let own = self.down_until_ms[slot].load(Ordering::Relaxed);
         if all > now_ms || own > now_ms || (all == 0 && own == 0) {
-            return false;
+            return Retry::Wait;
         }
         // A hung Redis holds every slot: one try for all of them.
         let (state, seen) = if all != 0 { (&self.all_down_until_ms, all) } else { (&self.down_until_ms[slot], own) };
-        state.compare_exchange(seen, hold_until_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        if state.compare_exchange(seen, hold_until_ms, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return Retry::Wait;
+        }
+        if now_ms - all.max(own) >= QUIET_AFTER_MS {
+            Retry::Check
+        } else {
+            Retry::Probe
+        }
     }
 
     /// A check in `slot` failed at `now_ms` (`timed_out`: after waiting its whole timeout): its
@@ -186,15 +211,16 @@ mod tests {
         assert!(outage.is_up(0));
         assert_eq!(outage.failed(0, 20_100, 21_100, true), Marked::OutageBegins);
         assert!(!outage.is_up(0));
-        assert!(!outage.claim_retry(0, 20_500, 22_500), "waiting");
+        assert_eq!(outage.claim_retry(0, 20_500, 22_500), Retry::Wait, "waiting");
         // Concurrent checks that were already out fail too: the same outage.
         assert_eq!(outage.failed(0, 20_120, 21_120, true), Marked::Ongoing);
-        assert!(outage.claim_retry(0, 21_200, 23_200), "tried again after its wait");
-        assert!(!outage.claim_retry(0, 21_210, 23_210), "by one caller at a time");
+        assert_eq!(outage.claim_retry(0, 21_200, 23_200), Retry::Probe, "tried again after its wait");
+        assert_eq!(outage.claim_retry(0, 21_210, 23_210), Retry::Wait, "by one caller at a time");
         assert_eq!(outage.failed(0, 21_200, 22_200, true), Marked::Ongoing);
         // Down until a check succeeds, however long nobody tries (readiness relies on it).
         assert!(outage.any_down());
-        assert!(outage.claim_retry(0, 90_000, 92_000));
+        // Nobody came for a while: the next caller checks through Redis itself.
+        assert_eq!(outage.claim_retry(0, 90_000, 92_000), Retry::Check);
         assert!(outage.any_down());
         assert_eq!(outage.succeeded(0), Recovered::Outage, "the outage ends");
         assert!(!outage.any_down());
@@ -209,7 +235,7 @@ mod tests {
         // slot's succeed in between and are never skipped.
         for second in 0..10 {
             let now = 20_000 + second * 1_000;
-            assert!(second == 0 || outage.claim_retry(dead, now, now + 3_000), "retried, second {second}");
+            assert!(second == 0 || outage.claim_retry(dead, now, now + 3_000) == Retry::Probe, "second {second}");
             let marked = outage.failed(dead, now, now + 1_000, true);
             assert_eq!(marked == Marked::OutageBegins, second == 0, "logged once, second {second}");
             assert!(outage.is_up(healthy), "second {second}");
@@ -240,18 +266,18 @@ mod tests {
         assert!(outage.is_up(3), "two slots may be one dead primary");
         outage.failed(3, 20_020, 21_020, true);
         assert!(!outage.is_up(4), "three: the whole cluster hangs");
-        assert!(!outage.claim_retry(4, 20_030, 22_030));
+        assert_eq!(outage.claim_retry(4, 20_030, 22_030), Retry::Wait);
         // Tried again after the wait, once for every slot: a failure skips every slot again.
-        assert!(outage.claim_retry(4, 21_030, 23_030));
-        assert!(!outage.claim_retry(5, 21_035, 23_035), "one try for all of them");
+        assert_eq!(outage.claim_retry(4, 21_030, 23_030), Retry::Probe);
+        assert_eq!(outage.claim_retry(5, 21_035, 23_035), Retry::Wait, "one try for all of them");
         outage.failed(4, 21_030, 22_030, true);
-        assert!(!outage.claim_retry(5, 22_029, 24_029));
+        assert_eq!(outage.claim_retry(5, 22_029, 24_029), Retry::Wait);
         // One success shows the cluster answers: slots are judged one by one again (every slot
         // came back, so what the fallback admitted in the slots now up is owed to Redis).
         assert!(!outage.is_up(6));
         assert_eq!(outage.succeeded(6), Recovered::Slots);
         assert!(outage.is_up(6) && outage.is_up(5) && !outage.is_up(1));
-        assert!(!outage.claim_retry(4, 21_040, 23_040), "its own failure still holds");
+        assert_eq!(outage.claim_retry(4, 21_040, 23_040), Retry::Wait, "its own failure still holds");
     }
 
     #[test]
@@ -261,7 +287,7 @@ mod tests {
             outage.failed(slot, 20_000, 21_000, false);
         }
         assert!(outage.is_up(100));
-        assert!(!outage.claim_retry(99, 20_010, 22_010));
+        assert_eq!(outage.claim_retry(99, 20_010, 22_010), Retry::Wait);
     }
 
     #[test]

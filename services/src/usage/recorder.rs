@@ -279,21 +279,7 @@ async fn hand_off_until_done(
 fn probe(redis: SharedConnection, stream: String) -> oneshot::Receiver<Result<(), String>> {
     let (done, outcome) = oneshot::channel();
     tokio::spawn(async move {
-        let answered = tokio::time::timeout(REDIS_TIMEOUT, async {
-            let mut conn = redis.get().await.map_err(|e| e.to_string())?;
-            let exists: redis::RedisResult<i64> = redis::cmd("EXISTS").arg(&stream).query_async(&mut conn).await;
-            exists.map(drop).map_err(|e| {
-                redis.reset_after(&e);
-                e.to_string()
-            })
-        })
-        .await;
-        let answered = answered.unwrap_or_else(|_| {
-            // The shared connection may be stuck behind the unanswered read.
-            redis.reset();
-            Err("timed out".to_owned())
-        });
-        let _ = done.send(answered);
+        let _ = done.send(redis.answers(redis::cmd("EXISTS").arg(&stream), REDIS_TIMEOUT).await);
     });
     outcome
 }
