@@ -262,30 +262,43 @@ async fn with_redis_down_requests_fail_open_within_the_local_share_and_usage_is_
     assert_eq!(rollup_gap(&app, id).await, 0, "the rollups count each stored event once");
 }
 
+/// One of two instances sharing the quotas, on `redis`: the fallback admits its share (half of
+/// what Redis last said was left), so its limit header tells its answers from Redis'. The
+/// tests' long timeout: a killed Redis fails at once, and a check slowed by the busy machine
+/// must not fall back before the outage (with 200 ms, one did in one run of six).
+fn one_of_two(redis: &OwnRedis) -> [(&'static str, String); 2] {
+    [("REDIS_URL", redis.url()), ("KEYMETER_INSTANCES", "2".into())]
+}
+
+/// With a key of 10 an hour on [`one_of_two`]: 3 calls decided by Redis, then Redis killed and
+/// 3 by the fallback (its share of the 7 left).
+async fn three_before_and_three_during_an_outage<F, R>(redis: &mut OwnRedis, call: F)
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = reqwest::Response>,
+{
+    for _ in 0..3 {
+        assert_eq!(call().await.status(), 200);
+    }
+    redis.kill();
+    for _ in 0..3 {
+        let res = call().await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-ratelimit-limit"], "6", "decided by the fallback");
+    }
+}
+
 /// An instance that admitted requests on its own during an outage adds them to Redis' counts
 /// once Redis is back, though it gets no request after it (the load balancer sent its traffic
 /// elsewhere): the other instances would hand out the same quota again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outages_admissions_reach_redis_without_another_request() {
     let mut redis = OwnRedis::start();
-    let app = TestApp::spawn_with(&[
-        ("REDIS_URL", redis.url()),
-        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
-        ("KEYMETER_INSTANCES", "2".into()),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&one_of_two(&redis)).await;
     off_the_hour_edge().await;
     pin_mid_hour(&app).await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
-    for _ in 0..3 {
-        assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
-    }
-    redis.kill();
-    for _ in 0..3 {
-        let res = app.call("/api/v1/ping", &secret).await;
-        assert_eq!(res.status(), 200);
-        assert_eq!(res.headers()["x-ratelimit-limit"], "6", "decided by the fallback");
-    }
+    three_before_and_three_during_an_outage(&mut redis, || app.call("/api/v1/ping", &secret)).await;
     redis.restart();
     assert_eq!(count_settles_at(&app, id, 6).await, 6, "Redis' 3 and the fallback's 3, with no request to carry them");
 }
@@ -327,12 +340,7 @@ async fn a_hung_redis_holds_up_no_request_after_those_that_met_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_adds_an_outages_admissions_to_redis() {
     let mut redis = OwnRedis::start();
-    let app = TestApp::spawn_with(&[
-        ("REDIS_URL", redis.url()),
-        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
-        ("KEYMETER_INSTANCES", "2".into()),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&one_of_two(&redis)).await;
     off_the_hour_edge().await;
     let (secret, id) = app.key_with_quota(10, 1_000).await;
     // An instance of the same settings that the test stops.
@@ -343,16 +351,9 @@ async fn a_graceful_stop_adds_an_outages_admissions_to_redis() {
     let server = tokio::spawn(instance.run_until(async move {
         let _ = stopped.await;
     }));
-    let call = || client().get(&ping).bearer_auth(&secret).send();
-    for _ in 0..3 {
-        assert_eq!(call().await.unwrap().status(), 200);
-    }
-    redis.kill();
-    for _ in 0..3 {
-        let res = call().await.unwrap();
-        assert_eq!(res.status(), 200);
-        assert_eq!(res.headers()["x-ratelimit-limit"], "6", "decided by the fallback");
-    }
+    let (ping, secret) = (&ping, &secret);
+    let call = move || async move { client().get(ping).bearer_auth(secret).send().await.unwrap() };
+    three_before_and_three_during_an_outage(&mut redis, call).await;
     redis.restart();
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server).await.expect("stopped").unwrap().unwrap();
@@ -456,12 +457,7 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
     let mut redis = OwnRedis::start();
     // One of two instances: the fallback enforces its share of what is left (3 of 6), so its
     // limit header (7) tells its answers from Redis' (10).
-    let app = TestApp::spawn_with(&[
-        ("REDIS_URL", redis.url()),
-        ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
-        ("KEYMETER_INSTANCES", "2".into()),
-    ])
-    .await;
+    let app = TestApp::spawn_with(&one_of_two(&redis)).await;
     let (session, secret, id) = owner_of_a_key(&app).await;
     off_the_hour_edge().await;
     pin_mid_hour(&app).await;
@@ -500,11 +496,7 @@ async fn a_quota_alert_crossed_while_redis_is_down_reaches_the_owner_during_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_reached_only_by_two_instances_admissions_together_reaches_the_owner_after_the_outage() {
     let mut redis = OwnRedis::start();
-    let settings = [
-        ("REDIS_URL", redis.url()),
-        ("KEYMETER_REDIS_TIMEOUT_MS", "200".to_owned()),
-        ("KEYMETER_INSTANCES", "2".to_owned()),
-    ];
+    let settings = one_of_two(&redis);
     let a = TestApp::spawn_with(&settings).await;
     let b = a.spawn_sibling_with(&settings).await;
     let (session, secret, id) = owner_of_a_key(&a).await;
@@ -1036,17 +1028,20 @@ async fn fail_closed_answers_503_with_retry_after_while_redis_is_slow() {
     assert_eq!(count_settles_at(&app, id, 2).await, 2, "Redis counts only the admitted requests");
 }
 
-/// Failing closed, the first call after a quiet spell goes to Redis itself: Redis may have been
-/// back for long, and a probe beside the call would leave the call refused for nothing.
+/// The first call after a quiet spell goes to Redis itself, for its quota check and for its
+/// usage hand-off: Redis may have been back for long, and a probe beside the call would leave it
+/// refused for nothing (failing closed) and its event out of the live counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_closed_the_first_call_after_a_quiet_spell_is_decided_by_redis() {
+async fn after_a_quiet_spell_the_first_call_goes_to_redis_again() {
     let mut redis = OwnRedis::start();
     let app = TestApp::spawn_with(&[
         ("REDIS_URL", redis.url()),
         ("KEYMETER_REDIS_TIMEOUT_MS", "200".into()),
         ("KEYMETER_QUOTA_FAIL_MODE", "closed".into()),
+        ("KEYMETER_METRICS_LISTEN", "127.0.0.1:0".into()),
     ])
     .await;
+    let metrics = app.metrics_url.clone().unwrap();
     let (secret, _) = app.key_with_quota(1_000, 10_000).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200);
     redis.kill();
@@ -1054,6 +1049,11 @@ async fn failing_closed_the_first_call_after_a_quiet_spell_is_decided_by_redis()
     redis.restart();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(app.call("/api/v1/ping", &secret).await.status(), 200, "decided by Redis, back for a while");
+    let handed_off = |m: &common::Samples, to: &str| {
+        m.get(&format!("keymeter_usage_events_handed_off_total{{to=\"{to}\"}}")).copied().unwrap_or(0.0)
+    };
+    let m = scrape_until(&metrics, |m| handed_off(m, "redis") + handed_off(m, "postgres") == 3.0).await;
+    assert_eq!(handed_off(&m, "redis"), 2.0, "the last call's event went to Redis");
 }
 
 /// Waits (up to 10 s) for Redis' count of the key's hour to reach `expected`, then gives it a

@@ -39,6 +39,8 @@ const LINGER: Duration = Duration::from_millis(100);
 const QUEUE: usize = 200_000;
 /// How long a Redis hand-off may take before the batch goes to PostgreSQL instead.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// A wait for Redis that ran out this long before a batch came: the hand-offs went quiet.
+const QUIET_AFTER: Duration = Duration::from_secs(1);
 /// The longest a request waits for its event's hand-off; after that it is answered anyway and
 /// the event waits in memory (only when Redis and PostgreSQL are both unavailable).
 pub const HANDOFF_WAIT: Duration = Duration::from_secs(3);
@@ -177,8 +179,10 @@ impl Default for RedisState {
 }
 
 impl RedisState {
-    /// Whether the next batch goes to Redis: while it is up, or once a probe found it answering
-    /// again. Starts that probe when the wait has run out.
+    /// Whether the next batch goes to Redis: while it is up, once a probe found it answering
+    /// again, or when no batch came for a while after the wait ran out (Redis may be back for
+    /// long; the batch's live counters would be missed for nothing). Else starts that probe
+    /// when the wait has run out.
     fn may_try(&mut self, redis: &SharedConnection, stream: &str) -> bool {
         let Some(retry_at) = self.retry_at else { return true };
         if let Some(probe) = &mut self.probe {
@@ -198,7 +202,11 @@ impl RedisState {
                 Err(oneshot::error::TryRecvError::Closed) => self.probe = None,
             }
         }
-        if tokio::time::Instant::now() >= retry_at {
+        let now = tokio::time::Instant::now();
+        if now >= retry_at + QUIET_AFTER {
+            return true;
+        }
+        if now >= retry_at {
             self.probe = Some(probe(redis.clone(), stream.to_owned()));
         }
         false
