@@ -1056,6 +1056,80 @@ async fn after_a_quiet_spell_the_first_call_goes_to_redis_again() {
     assert_eq!(handed_off(&m, "redis"), 2.0, "the last call's event went to Redis");
 }
 
+/// A Redis that answers reads but refuses writes (here at its memory limit: `OOM`; a failed
+/// save's `MISCONF` and a replica's `READONLY` are alike) is down for quota checks and usage
+/// hand-offs until it takes writes again: the fallback decides (or refuses, failing closed),
+/// usage goes to PostgreSQL, and each outage is logged once, as one. (Probes that read found
+/// it answering once a second, so it came back and failed the next check or batch: a "back"
+/// and a "down" line each time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_writes_is_down_until_it_takes_them_again_failing_open() {
+    through_a_redis_that_refuses_writes("open").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_writes_is_down_until_it_takes_them_again_failing_closed() {
+    through_a_redis_that_refuses_writes("closed").await;
+}
+
+async fn through_a_redis_that_refuses_writes(mode: &str) {
+    let redis = OwnRedis::start();
+    let app = TestApp::spawn_with(&[("REDIS_URL", redis.url())]).await;
+    let (secret, id) = app.key_with_quota(1_000, 10_000).await;
+    let log = std::env::temp_dir().join(format!("keymeter-{}-refused-writes.log", app.db_name));
+    let extra = [("RUST_LOG", "info"), ("KEYMETER_QUOTA_FAIL_MODE", mode)];
+    let server = ServerProcess::start_logged(&app, &redis.url(), &extra, &log).await;
+    // Whether Redis decided the call: failing open the fallback admits its share (of two
+    // instances), failing closed it refuses.
+    let by_redis = || async {
+        let res = client().get(format!("{}/api/v1/ping", server.base)).bearer_auth(&secret).send().await.unwrap();
+        match (mode, res.status().as_u16()) {
+            ("open", 200) => res.headers()["x-ratelimit-limit"] == "1000",
+            ("closed", 200) => true,
+            ("closed", 503) => false,
+            (_, status) => panic!("{status} failing {mode}"),
+        }
+    };
+    assert!(by_redis().await);
+
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let (mut calls, mut by_fallback) = (1, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3_500) {
+        assert!(!by_redis().await, "decided without Redis");
+        (calls, by_fallback) = (calls + 1, by_fallback + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Taking writes again: the calls go back to Redis, their usage too (a batch's hand-off is
+    // decided before it is sent, so the first batches after it go on to PostgreSQL).
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    let handed_off_to_redis =
+        || std::fs::read_to_string(&log).unwrap().contains("usage hand-off to Redis: working again");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut decided_by_redis = false;
+    while !(decided_by_redis && handed_off_to_redis()) {
+        assert!(Instant::now() < deadline, "Redis never took over again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        calls += 1;
+        let now_by_redis = by_redis().await;
+        assert!(now_by_redis || !decided_by_redis, "back to the fallback after Redis decided");
+        (decided_by_redis, by_fallback) = (now_by_redis, by_fallback + i64::from(!now_by_redis));
+    }
+    let stored = wait_for_events(&app, id, calls).await;
+    assert_eq!(stored.0, calls, "every call stored");
+    if mode == "open" {
+        assert_eq!(stored.1, by_fallback, "those the fallback admitted as unenforced");
+    }
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines = |text: &str| log.lines().filter(|line| line.contains(text)).count();
+    assert_eq!(lines("Redis unavailable for quota checks"), 1, "{log}");
+    assert_eq!(lines("Redis answers quota checks again"), 1, "{log}");
+    assert_eq!(lines("usage hand-off to Redis: events go straight to PostgreSQL"), 1, "{log}");
+    assert_eq!(lines("usage hand-off to Redis: working again"), 1, "{log}");
+}
+
 /// Waits (up to 10 s) for Redis' count of the key's hour to reach `expected`, then gives it a
 /// moment to move on if it would: the count it settles at.
 async fn count_settles_at(app: &TestApp, id: ApiKeyId, expected: i64) -> i64 {

@@ -444,8 +444,7 @@ impl SharedConnection {
         Ok(conn)
     }
 
-    /// Call after an error that may have broken the connection; the next `get` opens another.
-    /// Whether Redis answers `cmd` within `timeout`, else why not: how a component that saw
+    /// Whether Redis carries out `cmd` within `timeout`, else why not: how a component that saw
     /// Redis fail finds out, beside its own work, that it may use it again. A connection that
     /// did not answer is replaced, as after a command that timed out.
     pub async fn answers(&self, cmd: &Cmd, timeout: Duration) -> Result<(), String> {
@@ -464,6 +463,7 @@ impl SharedConnection {
         })
     }
 
+    /// Call after an error that may have broken the connection; the next `get` opens another.
     pub fn reset_after(&self, err: &redis::RedisError) {
         if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() {
             self.reset();

@@ -1,7 +1,7 @@
 //! Processes a test runs itself: a Redis of its own (plain or behind TLS) and the server binary
 //! as deployed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -174,11 +174,19 @@ impl ServerProcess {
     /// Starts the server and waits until it answers.
     pub async fn start(app: &TestApp, redis_url: &str, extra: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut cmd = Self::command(app, redis_url, port, extra);
         // Each server's log next to the reliability report, for when a scenario fails.
-        let log = std::env::var("KEYMETER_RELIABILITY_REPORT")
-            .ok()
-            .and_then(|report| std::fs::File::create(format!("{report}.server-{port}.log")).ok());
+        let log = std::env::var("KEYMETER_RELIABILITY_REPORT").ok().map(|report| format!("{report}.server-{port}.log"));
+        Self::start_on(port, app, redis_url, extra, log.map(PathBuf::from).as_deref()).await
+    }
+
+    /// [`Self::start`], with its log (as `RUST_LOG` in `extra` lets through) written to `log`.
+    pub async fn start_logged(app: &TestApp, redis_url: &str, extra: &[(&str, &str)], log: &Path) -> Self {
+        Self::start_on(free_port(), app, redis_url, extra, Some(log)).await
+    }
+
+    async fn start_on(port: u16, app: &TestApp, redis_url: &str, extra: &[(&str, &str)], log: Option<&Path>) -> Self {
+        let mut cmd = Self::command(app, redis_url, port, extra);
+        let log = log.and_then(|path| std::fs::File::create(path).ok());
         cmd.stderr(log.map_or_else(Stdio::null, Stdio::from));
         let base = format!("http://127.0.0.1:{port}");
         // Owned at once, so the process is killed and reaped whatever happens next.

@@ -149,6 +149,12 @@ pub fn quota_redis_key(id: ApiKeyId) -> String {
     format!("km:{{{id}}}:quota")
 }
 
+/// What [`QuotaManager::probe`] writes, in the key's slot, to find out whether Redis takes
+/// the key's checks again; it expires at once.
+fn probe_redis_key(id: ApiKeyId) -> String {
+    format!("km:{{{id}}}:probe")
+}
+
 /// What metered requests get while Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailMode {
@@ -583,14 +589,17 @@ impl QuotaManager {
         tokio::spawn(async move { manager.probe(key, slot).await });
     }
 
-    /// Tries Redis again for `key`'s slot with a read that counts nothing (its quota state's
-    /// expiry), within the check timeout. Answered: what this instance admitted of the key
-    /// meanwhile is added to its counts, then the slot's checks go to Redis again (other keys'
-    /// admissions follow, see [`Self::mark_up`]).
+    /// Tries Redis again for `key`'s slot with a write that counts nothing (a key of its own
+    /// beside the key's quota state, gone within a second), within the check timeout. A write,
+    /// as the check is one: a Redis that answers reads but refuses writes (`OOM` at its memory
+    /// limit, `MISCONF` after a failed save, `READONLY` on a replica) stays down instead of
+    /// coming back and failing the next check, once a second. Taken: what this instance
+    /// admitted of the key meanwhile is added to its counts, then the slot's checks go to Redis
+    /// again (other keys' admissions follow, see [`Self::mark_up`]).
     async fn probe(&self, key: ApiKeyId, slot: usize) {
         let started_ms = self.elapsed_ms();
-        let read = redis::cmd("PTTL").arg(quota_redis_key(key)).clone();
-        match self.shared.answers(&read, self.policy.timeout).await {
+        let write = redis::cmd("SET").arg(probe_redis_key(key)).arg(1).arg("PX").arg(1_000).clone();
+        match self.shared.answers(&write, self.policy.timeout).await {
             // The slot is still held meanwhile: no check of the key reaches Redis before them.
             Ok(()) => {
                 if self.add_own_owed_first(key).await {

@@ -282,12 +282,15 @@ async fn hand_off_until_done(
     }
 }
 
-/// Tries Redis with a read of the stream (on a cluster, its node) in a task of its own, within
-/// [`REDIS_TIMEOUT`].
+/// Tries Redis with a hand-off of no events (on a cluster, to the stream's node) in a task of
+/// its own, within [`REDIS_TIMEOUT`]. A write, as a hand-off is one: a Redis that answers reads
+/// but refuses writes (`OOM`, `MISCONF`, `READONLY`) stays down instead of taking the next
+/// batch back to it, once a second. The writers store the empty entry as nothing.
 fn probe(redis: SharedConnection, stream: String) -> oneshot::Receiver<Result<(), String>> {
     let (done, outcome) = oneshot::channel();
     tokio::spawn(async move {
-        let _ = done.send(redis.answers(redis::cmd("EXISTS").arg(&stream), REDIS_TIMEOUT).await);
+        let empty = redis::cmd("XADD").arg(&stream).arg("*").arg("b").arg("[]").clone();
+        let _ = done.send(redis.answers(&empty, REDIS_TIMEOUT).await);
     });
     outcome
 }
