@@ -1059,7 +1059,8 @@ async fn after_a_quiet_spell_the_first_call_goes_to_redis_again() {
 /// A Redis that answers reads but refuses writes (here at its memory limit: `OOM`; a failed
 /// save's `MISCONF` and a replica's `READONLY` are alike) is down for quota checks and usage
 /// hand-offs until it takes writes again: the fallback decides (or refuses, failing closed),
-/// usage goes to PostgreSQL, and each outage is logged once, as one. (Probes that read found
+/// usage goes to PostgreSQL, readiness says Redis is down, and each outage is logged once, as
+/// one. (Probes that read found
 /// it answering once a second, so it came back and failed the next check or batch: a "back"
 /// and a "down" line each time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1100,6 +1101,13 @@ async fn through_a_redis_that_refuses_writes(mode: &str) {
         (calls, by_fallback) = (calls + 1, by_fallback + 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Failing closed, every metered call gets a 503: out of rotation, as with Redis down.
+    let ready = || async {
+        let res = client().get(format!("{}/readyz", server.base)).send().await.unwrap();
+        (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, status) = if mode == "open" { (200, "degraded") } else { (503, "unavailable") };
+    assert_eq!(ready().await, (code, serde_json::json!({ "status": status, "postgres": "ok", "redis": "down" })));
 
     // Taking writes again: the calls go back to Redis, their usage too (a batch's hand-off is
     // decided before it is sent, so the first batches after it go on to PostgreSQL).
@@ -1116,6 +1124,7 @@ async fn through_a_redis_that_refuses_writes(mode: &str) {
         assert!(now_by_redis || !decided_by_redis, "back to the fallback after Redis decided");
         (decided_by_redis, by_fallback) = (now_by_redis, by_fallback + i64::from(!now_by_redis));
     }
+    assert_eq!(ready().await, (200, serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" })));
     let stored = wait_for_events(&app, id, calls).await;
     assert_eq!(stored.0, calls, "every call stored");
     if mode == "open" {

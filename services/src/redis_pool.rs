@@ -162,9 +162,16 @@ pub enum Reach {
     Part,
 }
 
-/// Whether Redis answers, and on a cluster whether all of it does, within `limit`. An error
-/// when nothing answers or the cluster refuses commands (`cluster_state` other than `ok`: it
-/// still answers `PING`, which names no key).
+/// A write that nothing reads (`key` expires within a second): whether Redis takes writes, as
+/// quota checks and usage hand-offs need. A Redis that answers reads may refuse them: `OOM` at
+/// its `maxmemory`, `MISCONF` after a failed save, `READONLY` on a replica.
+pub fn probe_write(key: &str) -> Cmd {
+    redis::cmd("SET").arg(key).arg(1).arg("PX").arg(1_000).clone()
+}
+
+/// Whether Redis takes writes ([`probe_write`]), and on a cluster whether all of it does,
+/// within `limit`. An error when nothing answers, writes are refused, or the cluster refuses
+/// commands (`cluster_state` other than `ok`: it still answers `PING`, which names no key).
 ///
 /// On a cluster it asks through `shared`, the long-lived connection quota checks use: a new
 /// cluster connection waits for every node while it is made (~1 s with one hung), longer
@@ -174,11 +181,11 @@ pub async fn reach(shared: &SharedConnection, limit: Duration) -> ServiceResult<
     let in_time =
         |e: tokio::time::error::Elapsed| ServiceError::RedisUnavailable(format!("no answer within {limit:?}: {e}"));
     if let RedisPool::Single(p) = shared.pool() {
-        let ping = async {
-            let _: String = redis::cmd("PING").query_async(&mut p.get().await?).await?;
+        let write = async {
+            let _: () = probe_write("km:probe").query_async(&mut p.get().await?).await?;
             ServiceResult::Ok(Reach::Whole)
         };
-        return tokio::time::timeout_at(deadline, ping).await.map_err(in_time)?;
+        return tokio::time::timeout_at(deadline, write).await.map_err(in_time)?;
     }
     // Made in a task of its own: if making it outlasts this probe, the next one finds it.
     let made = tokio::spawn({
@@ -202,17 +209,14 @@ pub async fn reach(shared: &SharedConnection, limit: Duration) -> ServiceResult<
     if let Some(state) = cluster_state_not_ok(&info) {
         return Err(ServiceError::RedisUnavailable(format!("the Redis Cluster reports cluster_state:{state}")));
     }
-    // Each primary through a key in its slots, as the quota checks reach it: a plain PING
+    // Each primary through a write to a key in its slots, as the quota checks reach it: a PING
     // goes only to the primaries the client is connected to, which leaves out a dead one.
     let Some(keys) = key_on_each_primary(&slots) else { return Ok(Reach::Part) };
-    let answers =
-        futures_util::future::join_all(keys.iter().map(|key| {
-            let mut conn = conn.clone();
-            async move {
-                tokio::time::timeout_at(deadline, redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut conn)).await
-            }
-        }))
-        .await;
+    let answers = futures_util::future::join_all(keys.iter().map(|key| {
+        let mut conn = conn.clone();
+        async move { tokio::time::timeout_at(deadline, probe_write(key).query_async::<()>(&mut conn)).await }
+    }))
+    .await;
     let every_primary = answers.iter().all(|answer| matches!(answer, Ok(Ok(_))));
     Ok(if every_primary && every_slot_ok(&info) { Reach::Whole } else { Reach::Part })
 }
@@ -241,7 +245,7 @@ fn key_on_each_primary(slots: &Value) -> Option<Vec<String>> {
     if first_slots.is_empty() {
         return None;
     }
-    Some(first_slots.into_values().map(|slot| format!("keymeter:probe:{{{}}}", tag_in_slot(slot))).collect())
+    Some(first_slots.into_values().map(|slot| format!("km:probe:{{{}}}", tag_in_slot(slot))).collect())
 }
 
 /// The hash slots of a Redis Cluster.

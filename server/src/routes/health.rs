@@ -25,9 +25,10 @@ async fn healthz() -> &'static str {
 }
 
 /// Not ready (503) only when this instance cannot serve the metered API: quotas fail closed,
-/// its quota checks have been failing (every metered call gets a 503), and Redis does not
-/// answer this probe either (so that an instance taken out of rotation, which gets no calls to
-/// find out, comes back once Redis answers). With PostgreSQL down it still serves the keys it
+/// its quota checks have been failing (every metered call gets a 503), and Redis does not take
+/// this probe's write either (so that an instance taken out of rotation, which gets no calls
+/// to find out, comes back once Redis takes writes; a Redis that answers reads but refuses
+/// writes serves no quota check). With PostgreSQL down it still serves the keys it
 /// knows, and with Redis down while quotas fail open it answers within the local fallback
 /// limit: `degraded` then, but in rotation, since a shared outage would otherwise take every
 /// instance out of the load balancer at once. A Redis Cluster of which only a part answers

@@ -57,16 +57,20 @@ async fn metrics(State(Sources { services, connections }): State<Sources>) -> im
         "Client connections the app's listener serves at once; more wait in its backlog.",
         connections.max(),
     );
-    // Its last quota check failed, and Redis does not answer now either: an idle instance's
+    // Its last quota check failed, and Redis does not take a write now either: an idle instance's
     // last failure must not keep the alert on after Redis is back (its next call finds out).
     let fallback = services.quota.redis_down() && !redis_up;
     out.single(
         "keymeter_quota_fallback",
         "gauge",
-        "1 while this instance's quota checks fail (it decides without Redis) and Redis does not answer, else 0.",
+        "1 while this instance's quota checks fail (it decides without Redis) and Redis does not take writes, else 0.",
         u8::from(fallback),
     );
-    out.family("keymeter_backend_up", "gauge", "Whether the backing service answered this scrape.");
+    out.family(
+        "keymeter_backend_up",
+        "gauge",
+        "Whether the backing service answered this scrape (Redis: took a write).",
+    );
     out.sample("keymeter_backend_up", &[("backend", "redis")], u8::from(redis_up));
     out.sample("keymeter_backend_up", &[("backend", "postgres")], u8::from(outbox.is_ok()));
     match backlog {

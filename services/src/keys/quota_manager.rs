@@ -150,7 +150,7 @@ pub fn quota_redis_key(id: ApiKeyId) -> String {
 }
 
 /// What [`QuotaManager::probe`] writes, in the key's slot, to find out whether Redis takes
-/// the key's checks again; it expires at once.
+/// the key's checks again.
 fn probe_redis_key(id: ApiKeyId) -> String {
     format!("km:{{{id}}}:probe")
 }
@@ -598,7 +598,7 @@ impl QuotaManager {
     /// again (other keys' admissions follow, see [`Self::mark_up`]).
     async fn probe(&self, key: ApiKeyId, slot: usize) {
         let started_ms = self.elapsed_ms();
-        let write = redis::cmd("SET").arg(probe_redis_key(key)).arg(1).arg("PX").arg(1_000).clone();
+        let write = crate::redis_pool::probe_write(&probe_redis_key(key));
         match self.shared.answers(&write, self.policy.timeout).await {
             // The slot is still held meanwhile: no check of the key reaches Redis before them.
             Ok(()) => {
