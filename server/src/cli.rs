@@ -199,14 +199,29 @@ pub async fn run() -> ExitCode {
             // reading JSON lines gets this one as JSON too (the logger may not exist yet).
             let json = std::env::var("KEYMETER_LOG_FORMAT").is_ok_and(|f| f.trim() == "json");
             let line = if json {
-                serde_json::json!({ "level": "ERROR", "fields": { "message": format!("{err:#}") } }).to_string()
+                serde_json::json!({ "level": "ERROR", "fields": { "message": error_chain(&err) } }).to_string()
             } else {
-                format!("error: {err:#}")
+                format!("error: {}", error_chain(&err))
             };
             let _ = writeln!(std::io::stderr(), "{line}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, as `{err:#}` joins them, but without a cause its error already
+/// spelled out (`ServiceError::Redis` shows the `RedisError` it wraps, which is also its
+/// source: the text came twice).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain().map(ToString::to_string) {
+        if line.is_empty() {
+            line = cause;
+        } else if !line.ends_with(&cause) {
+            line = format!("{line}: {cause}");
+        }
+    }
+    line
 }
 
 /// One line on standard output. A write error (a closed pipe: `keymeter … | head -1`) is an
@@ -696,4 +711,22 @@ fn write_secret_file(path: &std::path::Path, secret: &str) -> anyhow::Result<()>
     let mut file = options.open(path).with_context(|| format!("writing {}", path.display()))?;
     writeln!(file, "{secret}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        use deadpool_redis::redis;
+        let redis = redis::RedisError::from((redis::ErrorKind::ReadOnly, "READONLY", "no writes on a replica".into()));
+        let err =
+            anyhow::Error::from(services::ServiceError::Redis(redis)).context("Redis at redis://r:6379 is unreachable");
+        let line = error_chain(&err);
+        assert_eq!(line.matches("no writes on a replica").count(), 1, "{line}");
+        assert!(line.starts_with("Redis at redis://r:6379 is unreachable: Redis error: "), "{line}");
+        let io = anyhow::Error::from(std::io::Error::other("disk full")).context("cannot write the export");
+        assert_eq!(error_chain(&io), "cannot write the export: disk full");
+    }
 }
