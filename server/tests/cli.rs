@@ -816,3 +816,86 @@ async fn user_disable_signs_the_account_out_until_it_is_enabled() {
     let r = run(&mut switch("enable", "gil@example.com")).await;
     assert!(r.stdout.contains("gil@example.com was not disabled"), "{r:?}");
 }
+
+/// How many rows `query` (a `SELECT count(*) AS n …`) counts, on its own connection.
+async fn count_on(database_url: &str, query: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await.unwrap();
+    diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap_or_else(|e| panic!("{query}: {e}")).n
+}
+
+/// Managed PostgreSQL services give an app a role that owns its database but is no superuser:
+/// the commands and the server work as it (migrations, accounts and keys, usage storage, the
+/// daily partitions housekeeping adds), and the server logs no warning or error.
+#[tokio::test]
+async fn a_database_owner_that_is_not_a_superuser_migrates_and_serves() {
+    let pg = env("KEYMETER_TEST_PG");
+    let name = format!("owner_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&format!("{pg}/postgres")).await.unwrap();
+    for statement in [
+        format!("CREATE ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"),
+        format!("CREATE DATABASE {name} OWNER {name}"),
+    ] {
+        diesel::sql_query(statement).execute(&mut admin).await.unwrap();
+    }
+    // The tests' PostgreSQL trusts loopback: the role's name is all it takes to sign in as it.
+    let url = format!("{}/{name}", pg.replace("://postgres@", &format!("://{name}@")));
+    let mail = std::env::temp_dir().join(format!("keymeter-mail-{name}"));
+    let keymeter = || keymeter_on(&url, &name, &mail);
+
+    let migrated = run(keymeter().arg("migrate")).await;
+    assert_eq!(migrated.code, Some(0), "{migrated:?}");
+    let add = ["user", "add", "--email", "ann@example.com", "--role", "merchant"];
+    let added = run_with(keymeter().args(add), Some("a long enough password\n"), Duration::from_secs(60)).await;
+    assert_eq!(added.code, Some(0), "{added:?}");
+    let created = run(keymeter().args(["key", "create", "--owner", "ann@example.com", "--name", "shop"])).await;
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let secret = created.stdout.split_whitespace().find(|w| w.starts_with("km_live_")).expect("the secret").to_owned();
+
+    let port = common::processes::free_port();
+    let mut serve = keymeter();
+    serve.arg("serve").env("KEYMETER_LISTEN", format!("127.0.0.1:{port}")).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut server = serve.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = common::client();
+    let mut ready = None;
+    for _ in 0..200 {
+        if let Ok(res) = http.get(format!("{base}/readyz")).send().await {
+            ready = Some((res.status().as_u16(), res.text().await.unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = ready.expect("the server answers");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""status":"ok""#), "{body}");
+    for _ in 0..3 {
+        assert_eq!(http.get(format!("{base}/api/v1/ping")).bearer_auth(&secret).send().await.unwrap().status(), 200);
+    }
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = count_on(&url, "SELECT count(*) AS n FROM api_key_usage").await;
+        if stored == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, 3, "the calls' usage is stored");
+    server.kill().await.unwrap();
+    let mut log = String::new();
+    server.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    // (The browser bundle is not where the tests run: pages are not what this is about.)
+    let troubles = log.lines().filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("SITE_ROOT"));
+    assert_eq!(troubles.collect::<Vec<_>>(), Vec::<&str>::new());
+    // The partitions to come are made (by the role that owns the table).
+    let ahead = "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'api_key_usage'::regclass";
+    assert!(count_on(&url, ahead).await >= 3);
+
+    for statement in [format!("DROP DATABASE {name} WITH (FORCE)"), format!("DROP ROLE {name}")] {
+        diesel::sql_query(statement).execute(&mut admin).await.unwrap();
+    }
+}
