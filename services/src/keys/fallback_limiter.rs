@@ -152,6 +152,13 @@ impl FallbackLimiter {
         self.maybe_owing.load(Ordering::Relaxed)
     }
 
+    /// Whether admissions taken to be added to Redis wait for the add's end ([`Self::added`]
+    /// or [`Self::put_back`]): a walk of every key, for a stop only.
+    pub fn adds_under_way(&self) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        keys.values().any(|k| k.hour.in_flight > 0 || k.day.in_flight > 0)
+    }
+
     /// What this instance admitted on its own of the keys `wanted` picks, taken (as by
     /// [`Self::observe`]) to be added to Redis' counts once it answers again, with each key's
     /// limits: a key may get no request to observe after an outage.
@@ -387,6 +394,26 @@ mod tests {
         // ...and goes away again: of the 10 left, half here, not half of 20 again.
         let second = (0..20).filter(|_| limiter.check(key, &quota(20, 1_000), now).admitted).count();
         assert_eq!(second, 5);
+    }
+
+    /// A stop waits for adds under way: from when admissions are taken until the add ends,
+    /// landed or put back.
+    #[test]
+    fn taken_admissions_are_under_way_until_their_add_ends() {
+        let limiter = FallbackLimiter::new(2);
+        let key = ApiKeyId(uuid::Uuid::new_v4());
+        let now = HOUR + 60_000;
+        limiter.observe(key, &redis_said(&quota(20, 1_000), 0));
+        assert!(!limiter.adds_under_way());
+        assert!(limiter.check(key, &quota(20, 1_000), now).admitted);
+        let [(_, owed, _)] = <[_; 1]>::try_from(limiter.take_owed(|_| true)).unwrap();
+        assert!(limiter.adds_under_way());
+        limiter.put_back(key, &owed);
+        assert!(!limiter.adds_under_way(), "put back: owed again, nothing under way");
+        let [(_, owed, _)] = <[_; 1]>::try_from(limiter.take_owed(|_| true)).unwrap();
+        assert!(limiter.adds_under_way());
+        limiter.added(key, &owed, Some((1, 1)));
+        assert!(!limiter.adds_under_way());
     }
 
     /// After an outage, admissions taken to be added to Redis count as known until Redis' own

@@ -318,6 +318,9 @@ const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a graceful stop waits to add what the fallback admitted to Redis' counts.
 const STOP_FLUSH_WAIT: Duration = Duration::from_secs(3);
+/// How often a stop tries Redis again for what the fallback admitted (see
+/// [`QuotaManager::add_owed_at_stop`]).
+const STOP_RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// Most requests decided by one script call (the script's own bound).
 const MAX_BATCH: usize = 10_000;
@@ -652,15 +655,22 @@ impl QuotaManager {
 
     /// At a graceful stop: what the fallback admitted and Redis' counts still lack, added to
     /// them if Redis answers within [`STOP_FLUSH_WAIT`] (else the other instances would hand
-    /// out the same quota again).
+    /// out the same quota again). Tried again while Redis fails (a stop during a blip), and
+    /// adds already under way (a probe's, the retry loop's) are waited for: one that fails
+    /// puts its admissions back for this to take.
     pub async fn add_owed_at_stop(&self) {
-        if !self.fallback.may_owe() {
-            return;
-        }
-        let owed = self.fallback.take_owed(|_| true);
         let added = async {
-            let reports = self.add_to_redis(owed).await;
-            self.report_added(reports).await;
+            loop {
+                let owed = self.fallback.take_owed(|_| true);
+                if !owed.is_empty() {
+                    let reports = self.add_to_redis(owed).await;
+                    self.report_added(reports).await;
+                }
+                if !self.fallback.may_owe() && !self.fallback.adds_under_way() {
+                    return;
+                }
+                tokio::time::sleep(STOP_RETRY_EVERY).await;
+            }
         };
         if tokio::time::timeout(STOP_FLUSH_WAIT, added).await.is_err() {
             tracing::warn!("what quota checks admitted without Redis was not all added to its counts at the stop");
