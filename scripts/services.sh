@@ -3,8 +3,9 @@
 #   services.sh start DIR PG_PORT REDIS_PORT [--ephemeral]
 #   services.sh cluster-start DIR PORT1 PORT2 PORT3...   a Redis Cluster, one primary per port
 #   services.sh stop DIR                                 stops everything started in DIR
-# --ephemeral: no durability (fsync off, no Redis snapshots), for tests. The cluster is always
-# ephemeral: it holds test data only and is rebuilt from scratch unless it is already up.
+# --ephemeral: no durability (fsync off, no Redis snapshots), and PostgreSQL also serves TLS with
+# the test certificate: for tests. The cluster is always ephemeral: it holds test data only and
+# is rebuilt from scratch unless it is already up.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
@@ -32,7 +33,16 @@ start() {
       exit 1
     fi
     local opts="-p $pg_port -k $sock -c listen_addresses=127.0.0.1 -c max_connections=300"
-    [ "$ephemeral" = --ephemeral ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [ "$ephemeral" = --ephemeral ]; then
+      opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+      # TLS beside plain connections, with the test certificate for 127.0.0.1 (tests of
+      # `sslmode=require`); PostgreSQL wants its key readable by its own user only.
+      cp "$ROOT/server/tests/fixtures/smtp-test-server.pem" "$dir/pg-tls.pem"
+      cp "$ROOT/server/tests/fixtures/smtp-test-server.key" "$dir/pg-tls.key"
+      chmod 600 "$dir/pg-tls.key"
+      [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir/pg-tls.pem" "$dir/pg-tls.key"
+      opts="$opts -c ssl=on -c ssl_cert_file=$dir/pg-tls.pem -c ssl_key_file=$dir/pg-tls.key"
+    fi
     as_pg "$PG_BIN/pg_ctl" -D "$pgdata" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null
   fi
   if [ -f "$dir/redis.pid" ] && ! kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; then rm -f "$dir/redis.pid"; fi

@@ -224,6 +224,11 @@ impl Config {
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError { var: "DATABASE_URL", reason: "must start with postgres://".into() });
         }
+        // An option tokio-postgres does not take (a misspelt `sslmode`) is named now, not at
+        // the first connection.
+        if let Err(reason) = services::db::connection_config(&database_url) {
+            return Err(ConfigError { var: "DATABASE_URL", reason });
+        }
         let redis_url = lookup("REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
         // A Redis on the same host may be reached over its Unix socket (`redis+unix:///path`).
         let unix_socket = redis_url.starts_with("redis+unix://") || redis_url.starts_with("unix://");
@@ -549,6 +554,9 @@ mod tests {
     fn bad_values_name_their_variable() {
         assert_eq!(with(&[("KEYMETER_LISTEN", "nowhere")]).unwrap_err().var, "KEYMETER_LISTEN");
         assert_eq!(with(&[("DATABASE_URL", "mysql://x")]).unwrap_err().var, "DATABASE_URL");
+        let misspelt = with(&[("DATABASE_URL", "postgres://app:pg-secret@db/keymeter?sslmode=requir")]).unwrap_err();
+        assert_eq!(misspelt.var, "DATABASE_URL");
+        assert!(misspelt.reason.contains("sslmode") && !misspelt.reason.contains("pg-secret"), "{}", misspelt.reason);
         assert_eq!(with(&[("KEYMETER_SECURE_COOKIES", "maybe")]).unwrap_err().var, "KEYMETER_SECURE_COOKIES");
         // Served over HTTPS, cookies are `Secure` unless the operator says otherwise.
         let https = ("KEYMETER_PUBLIC_URL", "https://keymeter.example.com");

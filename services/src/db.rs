@@ -40,13 +40,41 @@ pub fn pool(database_url: &str, max_size: usize) -> ServiceResult<DbPool> {
 /// a connection slot, until the lock or the query ends, and a long hang could use up every slot.
 const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
 
+/// `DATABASE_URL` as tokio-postgres takes it. libpq's `sslmode=verify-ca` and `verify-full`
+/// (which tokio-postgres does not know) mean `require`: that verifies the certificate and the
+/// name here (see [`crate::postgres_tls`]).
+pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<&str> = query
+                .split('&')
+                .map(|param| match param {
+                    "sslmode=verify-ca" | "sslmode=verify-full" => "sslmode=require",
+                    other => other,
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    url.parse().map_err(|e: tokio_postgres::Error| crate::error::with_causes(&e))
+}
+
 /// As `AsyncPgConnection::establish` does it, but a failure keeps its cause: diesel-async
 /// reports "error connecting to server" alone, for a closed port and an unknown host alike.
 async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| diesel::ConnectionError::BadConnection(crate::error::with_causes(&e)))?;
-    let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection).await?;
+    let failed = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(crate::error::with_causes(&e));
+    let config = connection_config(&url).map_err(diesel::ConnectionError::BadConnection)?;
+    // TLS when the URL asks for it; `prefer` (the default) stays plain: a server's self-signed
+    // certificate (Debian's default) must not stop a local connection that worked.
+    let mut conn = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        let tls = crate::postgres_tls::VerifiedTls::get().map_err(diesel::ConnectionError::BadConnection)?;
+        let (client, connection) = config.connect(tls).await.map_err(failed)?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await?
+    } else {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await?
+    };
     // PostgreSQL 14 and later; an older server goes without rather than refusing to connect.
     if let Err(e) = conn.batch_execute(CLIENT_CHECK).await {
         tracing::debug!(error = %e, "client_connection_check_interval not set");
@@ -131,4 +159,25 @@ pub async fn pending_migrations(pool: &DbPool) -> ServiceResult<Vec<String>> {
         .collect();
     pending.sort();
     Ok(pending.into_iter().map(|(_, name)| name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_config;
+    use tokio_postgres::config::SslMode;
+
+    #[test]
+    fn tls_is_asked_for_by_sslmode_as_libpq_spells_it() {
+        let mode = |url: &str| connection_config(url).map(|c| c.get_ssl_mode());
+        let base = "postgres://app:pw@db.example.com:5432/keymeter";
+        assert_eq!(mode(base), Ok(SslMode::Prefer));
+        for asked in ["require", "verify-ca", "verify-full"] {
+            assert_eq!(mode(&format!("{base}?sslmode={asked}")), Ok(SslMode::Require), "{asked}");
+        }
+        let config = connection_config(&format!("{base}?application_name=km&sslmode=verify-full")).unwrap();
+        assert_eq!((config.get_ssl_mode(), config.get_application_name()), (SslMode::Require, Some("km")));
+        assert_eq!(mode(&format!("{base}?sslmode=disable")), Ok(SslMode::Disable));
+        assert!(mode(&format!("{base}?sslmode=sometimes")).is_err());
+        assert!(mode(&format!("{base}?sslrootcert=/ca.pem")).is_err(), "not known: SSL_CERT_FILE names the CA");
+    }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod monthly_report;
 pub mod notifications;
 pub mod outage_log;
+pub mod postgres_tls;
 pub mod public_url;
 pub mod quota_changes;
 pub mod quota_requests;
