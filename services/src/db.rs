@@ -64,9 +64,14 @@ pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
 /// reports "error connecting to server" alone, for a closed port and an unknown host alike.
 async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
     let failed = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(crate::error::with_causes(&e));
-    let config = connection_config(&url).map_err(diesel::ConnectionError::BadConnection)?;
+    let mut config = connection_config(&url).map_err(diesel::ConnectionError::BadConnection)?;
     // TLS when the URL asks for it; `prefer` (the default) stays plain: a server's self-signed
-    // certificate (Debian's default) must not stop a local connection that worked.
+    // certificate (Debian's default) must not stop a local connection that worked. A Unix
+    // socket has no TLS (libpq skips it there too): it never leaves the host.
+    let over_tcp = config.get_hosts().iter().all(|host| matches!(host, tokio_postgres::config::Host::Tcp(_)));
+    if !over_tcp {
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     let mut conn = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
         let tls = crate::postgres_tls::VerifiedTls::get().map_err(diesel::ConnectionError::BadConnection)?;
         let (client, connection) = config.connect(tls).await.map_err(failed)?;

@@ -24,11 +24,15 @@ pub struct VerifiedTls {
 }
 
 impl VerifiedTls {
-    /// The process's one instance; an error (kept, and given to every connection) when no
-    /// certificate authority could be read.
+    /// The process's one instance, or why none could be made (no certificate authority could
+    /// be read): tried again at the next connection, as a mounted file may be back by then.
     pub fn get() -> Result<Self, String> {
-        static TLS: OnceLock<Result<VerifiedTls, String>> = OnceLock::new();
-        TLS.get_or_init(Self::with_system_authorities).clone()
+        static TLS: OnceLock<VerifiedTls> = OnceLock::new();
+        if let Some(tls) = TLS.get() {
+            return Ok(tls.clone());
+        }
+        let tls = Self::with_system_authorities()?;
+        Ok(TLS.get_or_init(|| tls).clone())
     }
 
     fn with_system_authorities() -> Result<Self, String> {
@@ -42,11 +46,13 @@ impl VerifiedTls {
                 if why.is_empty() { "none found".to_owned() } else { why.join("; ") }
             ));
         }
-        let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // PostgreSQL 17 asks for it with `sslnegotiation=direct`; older servers ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Self { config: Arc::new(config) })
     }
 }

@@ -152,11 +152,13 @@ impl FallbackLimiter {
         self.maybe_owing.load(Ordering::Relaxed)
     }
 
-    /// Whether admissions taken to be added to Redis wait for the add's end ([`Self::added`]
-    /// or [`Self::put_back`]): a walk of every key, for a stop only.
-    pub fn adds_under_way(&self) -> bool {
+    /// Whether nothing is owed to Redis: no admission left to take, none taken whose add has
+    /// not ended ([`Self::added`] or [`Self::put_back`]). Both read under the one lock: an add
+    /// that fails between two separate reads would put its admissions back unseen. A walk of
+    /// every key, for a stop only.
+    pub fn all_added(&self) -> bool {
         let keys = self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        keys.values().any(|k| k.hour.in_flight > 0 || k.day.in_flight > 0)
+        !self.maybe_owing.load(Ordering::Relaxed) && !keys.values().any(|k| k.hour.in_flight > 0 || k.day.in_flight > 0)
     }
 
     /// What this instance admitted on its own of the keys `wanted` picks, taken (as by
@@ -397,23 +399,24 @@ mod tests {
     }
 
     /// A stop waits for adds under way: from when admissions are taken until the add ends,
-    /// landed or put back.
+    /// landed or put back (then owed again).
     #[test]
-    fn taken_admissions_are_under_way_until_their_add_ends() {
+    fn all_is_added_once_taken_admissions_landed() {
         let limiter = FallbackLimiter::new(2);
         let key = ApiKeyId(uuid::Uuid::new_v4());
         let now = HOUR + 60_000;
         limiter.observe(key, &redis_said(&quota(20, 1_000), 0));
-        assert!(!limiter.adds_under_way());
+        assert!(limiter.all_added());
         assert!(limiter.check(key, &quota(20, 1_000), now).admitted);
+        assert!(!limiter.all_added(), "owed");
         let [(_, owed, _)] = <[_; 1]>::try_from(limiter.take_owed(|_| true)).unwrap();
-        assert!(limiter.adds_under_way());
+        assert!(!limiter.all_added(), "under way");
         limiter.put_back(key, &owed);
-        assert!(!limiter.adds_under_way(), "put back: owed again, nothing under way");
+        assert!(!limiter.all_added(), "owed again");
         let [(_, owed, _)] = <[_; 1]>::try_from(limiter.take_owed(|_| true)).unwrap();
-        assert!(limiter.adds_under_way());
+        assert!(!limiter.all_added(), "under way");
         limiter.added(key, &owed, Some((1, 1)));
-        assert!(!limiter.adds_under_way());
+        assert!(limiter.all_added());
     }
 
     /// After an outage, admissions taken to be added to Redis count as known until Redis' own

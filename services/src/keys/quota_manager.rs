@@ -666,7 +666,7 @@ impl QuotaManager {
                     let reports = self.add_to_redis(owed).await;
                     self.report_added(reports).await;
                 }
-                if !self.fallback.may_owe() && !self.fallback.adds_under_way() {
+                if self.fallback.all_added() {
                     return;
                 }
                 tokio::time::sleep(STOP_RETRY_EVERY).await;
