@@ -169,7 +169,12 @@ async fn a_client_that_hangs_up_during_its_quota_check_still_has_its_usage_recor
 
 /// `/readyz`: its status code and body.
 async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
-    let res = client().get(app.url("/readyz")).send().await.unwrap();
+    readiness_at(&app.base).await
+}
+
+/// `/readyz` of the server at `base`: its status code and body.
+async fn readiness_at(base: &str) -> (u16, serde_json::Value) {
+    let res = client().get(format!("{base}/readyz")).send().await.unwrap();
     (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
 }
 
@@ -1062,9 +1067,8 @@ async fn after_a_quiet_spell_the_first_call_goes_to_redis_again() {
 /// save's `MISCONF` and a replica's `READONLY` are alike) is down for quota checks and usage
 /// hand-offs until it takes writes again: the fallback decides (or refuses, failing closed),
 /// usage goes to PostgreSQL, readiness says Redis is down, and each outage is logged once, as
-/// one. (Probes that read found
-/// it answering once a second, so it came back and failed the next check or batch: a "back"
-/// and a "down" line each time.)
+/// one. (Probes that read found it answering once a second, so it came back and failed the
+/// next check or batch: a "back" and a "down" line each time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_refuses_writes_is_down_until_it_takes_them_again_failing_open() {
     through_a_redis_that_refuses_writes("open").await;
@@ -1104,12 +1108,9 @@ async fn through_a_redis_that_refuses_writes(mode: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Failing closed, every metered call gets a 503: out of rotation, as with Redis down.
-    let ready = || async {
-        let res = client().get(format!("{}/readyz", server.base)).send().await.unwrap();
-        (res.status().as_u16(), res.json::<serde_json::Value>().await.unwrap())
-    };
     let (code, status) = if mode == "open" { (200, "degraded") } else { (503, "unavailable") };
-    assert_eq!(ready().await, (code, serde_json::json!({ "status": status, "postgres": "ok", "redis": "down" })));
+    let down = serde_json::json!({ "status": status, "postgres": "ok", "redis": "down" });
+    assert_eq!(readiness_at(&server.base).await, (code, down));
 
     // Taking writes again: the calls go back to Redis, their usage too (a batch's hand-off is
     // decided before it is sent, so the first batches after it go on to PostgreSQL).
@@ -1126,7 +1127,8 @@ async fn through_a_redis_that_refuses_writes(mode: &str) {
         assert!(now_by_redis || !decided_by_redis, "back to the fallback after Redis decided");
         (decided_by_redis, by_fallback) = (now_by_redis, by_fallback + i64::from(!now_by_redis));
     }
-    assert_eq!(ready().await, (200, serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" })));
+    let ok = serde_json::json!({ "status": "ok", "postgres": "ok", "redis": "ok" });
+    assert_eq!(readiness_at(&server.base).await, (200, ok));
     let stored = wait_for_events(&app, id, calls).await;
     assert_eq!(stored.0, calls, "every call stored");
     if mode == "open" {
