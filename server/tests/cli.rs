@@ -828,6 +828,19 @@ async fn count_on(database_url: &str, query: &str) -> i64 {
     diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap_or_else(|e| panic!("{query}: {e}")).n
 }
 
+/// [`count_on`], polled until it counts `at_least` (or for 10 s); the last count.
+async fn count_on_until(database_url: &str, query: &str, at_least: i64) -> i64 {
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = count_on(database_url, query).await;
+        if counted >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counted
+}
+
 /// Managed PostgreSQL services give an app a role that owns its database but is no superuser:
 /// the commands and the server work as it (migrations, accounts and keys, usage storage, the
 /// daily partitions housekeeping adds), and the server logs no warning or error.
@@ -880,25 +893,11 @@ async fn a_database_owner_that_is_not_a_superuser_migrates_and_serves() {
     for _ in 0..3 {
         assert_eq!(http.get(format!("{base}/api/v1/ping")).bearer_auth(&secret).send().await.unwrap().status(), 200);
     }
-    let mut stored = 0;
-    for _ in 0..100 {
-        stored = count_on(&url, "SELECT count(*) AS n FROM api_key_usage").await;
-        if stored == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = count_on_until(&url, "SELECT count(*) AS n FROM api_key_usage", 3).await;
     assert_eq!(stored, 3, "the calls' usage is stored");
     // The partitions to come are made (by the role that owns the table), before the stop.
     let partitions = "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'api_key_usage'::regclass";
-    let mut made = 0;
-    for _ in 0..100 {
-        made = count_on(&url, partitions).await;
-        if made >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let made = count_on_until(&url, partitions, 3).await;
     assert!(made >= 3, "{made} partitions");
     server.kill().await.unwrap();
     let mut log = String::new();
