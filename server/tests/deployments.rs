@@ -100,6 +100,41 @@ async fn a_postgresql_asking_for_tls_gets_it_verified() {
     assert!(stderr.to_lowercase().contains("certificate"), "refused for its certificate: {stderr}");
 }
 
+/// libpq's `verify-ca` takes a certificate that a known authority signed whatever name it
+/// carries (a database reached under a private name), where `verify-full` and `require` refuse
+/// it; a URL without a host name to check is refused, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_checks_the_certificates_authority_and_verify_full_its_name_too() {
+    let app = TestApp::spawn().await;
+    let (secret, id) = app.key_with_quota(100, 1_000).await;
+    let redis = common::env("KEYMETER_TEST_REDIS");
+    let ca = fixture("smtp-test-ca.pem");
+    let ca = ca.to_str().unwrap();
+    // The test certificate is for 127.0.0.1 and localhost; the database is reached at
+    // 127.0.0.1 under another name.
+    let url = app.config.database_url.replacen("@127.0.0.1:", "@db.internal.example:", 1);
+    let authority_only = format!("{url}?hostaddr=127.0.0.1&sslmode=verify-ca");
+    let server = ServerProcess::start(&app, &redis, &[("DATABASE_URL", &authority_only), ("SSL_CERT_FILE", ca)]).await;
+    let res = client().get(format!("{}/api/v1/ping", server.base)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.wait_for_events(id, 1).await, 1);
+    drop(server);
+
+    for mode in ["verify-full", "require"] {
+        let with_name = format!("{url}?hostaddr=127.0.0.1&sslmode={mode}");
+        let settings = [("DATABASE_URL", with_name.as_str()), ("SSL_CERT_FILE", ca)];
+        let stderr = refused_to_start(ServerProcess::command(&app, &redis, free_port(), &settings)).await;
+        assert!(
+            stderr.contains("certificate not valid for name"),
+            "{mode}: refused for the certificate's name: {stderr}"
+        );
+    }
+    let no_name = app.config.database_url.replacen("@127.0.0.1:", "@:", 1) + "?hostaddr=127.0.0.1&sslmode=verify-ca";
+    let settings = [("DATABASE_URL", no_name.as_str()), ("SSL_CERT_FILE", ca)];
+    let stderr = refused_to_start(ServerProcess::command(&app, &redis, free_port(), &settings)).await;
+    assert!(stderr.contains("hostaddr but no host"), "{stderr}");
+}
+
 /// The `ACL SETUSER` rules the README gives (Configuration, "A Redis user of its own"), read
 /// from it: keys under `km:`, the commands listed and no others.
 fn documented_acl() -> Vec<String> {

@@ -10,6 +10,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::postgres_tls::{CertificateCheck, VerifiedTls};
 use crate::{ServiceError, ServiceResult};
 
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -40,16 +41,25 @@ pub fn pool(database_url: &str, max_size: usize) -> ServiceResult<DbPool> {
 /// a connection slot, until the lock or the query ends, and a long hang could use up every slot.
 const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
 
-/// `DATABASE_URL` as tokio-postgres takes it. libpq's `sslmode=verify-ca` and `verify-full`
-/// (which tokio-postgres does not know) mean `require`: that verifies the certificate and the
-/// name here (see [`crate::postgres_tls`]).
-pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
+/// `DATABASE_URL` as tokio-postgres takes it, and what TLS checks of the server's certificate.
+/// libpq's `sslmode=verify-ca` and `verify-full`, which tokio-postgres does not know, are
+/// `require` with the check they name; `require` alone checks as `verify-full` does (see
+/// [`crate::postgres_tls`]).
+pub fn connection_config(url: &str) -> Result<(tokio_postgres::Config, CertificateCheck), String> {
+    let mut check = CertificateCheck::AuthorityAndName;
     let url = match url.split_once('?') {
         Some((base, query)) => {
             let params: Vec<&str> = query
                 .split('&')
                 .map(|param| match param {
-                    "sslmode=verify-ca" | "sslmode=verify-full" => "sslmode=require",
+                    "sslmode=verify-ca" => {
+                        check = CertificateCheck::AuthorityOnly;
+                        "sslmode=require"
+                    }
+                    "sslmode=verify-full" => {
+                        check = CertificateCheck::AuthorityAndName;
+                        "sslmode=require"
+                    }
                     other => other,
                 })
                 .collect();
@@ -57,14 +67,15 @@ pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, String> {
         }
         None => url.to_owned(),
     };
-    url.parse().map_err(|e: tokio_postgres::Error| crate::error::with_causes(&e))
+    let config = url.parse().map_err(|e: tokio_postgres::Error| crate::error::with_causes(&e))?;
+    Ok((config, check))
 }
 
 /// As `AsyncPgConnection::establish` does it, but a failure keeps its cause: diesel-async
 /// reports "error connecting to server" alone, for a closed port and an unknown host alike.
 async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
     let failed = |e: tokio_postgres::Error| diesel::ConnectionError::BadConnection(crate::error::with_causes(&e));
-    let mut config = connection_config(&url).map_err(diesel::ConnectionError::BadConnection)?;
+    let (mut config, check) = connection_config(&url).map_err(diesel::ConnectionError::BadConnection)?;
     // TLS when the URL asks for it; `prefer` (the default) stays plain: a server's self-signed
     // certificate (Debian's default) must not stop a local connection that worked. A Unix
     // socket has no TLS (libpq skips it there too): it never leaves the host.
@@ -73,7 +84,7 @@ async fn establish(url: String) -> diesel::ConnectionResult<AsyncPgConnection> {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
     let mut conn = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        let tls = crate::postgres_tls::VerifiedTls::get().map_err(diesel::ConnectionError::BadConnection)?;
+        let tls = VerifiedTls::get(check).map_err(diesel::ConnectionError::BadConnection)?;
         let (client, connection) = config.connect(tls).await.map_err(failed)?;
         AsyncPgConnection::try_from_client_and_connection(client, connection).await?
     } else {
@@ -169,19 +180,20 @@ pub async fn pending_migrations(pool: &DbPool) -> ServiceResult<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::connection_config;
+    use crate::postgres_tls::CertificateCheck::{AuthorityAndName, AuthorityOnly};
     use tokio_postgres::config::SslMode;
 
     #[test]
     fn tls_is_asked_for_by_sslmode_as_libpq_spells_it() {
-        let mode = |url: &str| connection_config(url).map(|c| c.get_ssl_mode());
+        let mode = |url: &str| connection_config(url).map(|(c, check)| (c.get_ssl_mode(), check));
         let base = "postgres://app:pw@db.example.com:5432/keymeter";
-        assert_eq!(mode(base), Ok(SslMode::Prefer));
-        for asked in ["require", "verify-ca", "verify-full"] {
-            assert_eq!(mode(&format!("{base}?sslmode={asked}")), Ok(SslMode::Require), "{asked}");
-        }
-        let config = connection_config(&format!("{base}?application_name=km&sslmode=verify-full")).unwrap();
+        assert_eq!(mode(base), Ok((SslMode::Prefer, AuthorityAndName)));
+        assert_eq!(mode(&format!("{base}?sslmode=require")), Ok((SslMode::Require, AuthorityAndName)));
+        assert_eq!(mode(&format!("{base}?sslmode=verify-full")), Ok((SslMode::Require, AuthorityAndName)));
+        assert_eq!(mode(&format!("{base}?sslmode=verify-ca")), Ok((SslMode::Require, AuthorityOnly)));
+        let (config, _) = connection_config(&format!("{base}?application_name=km&sslmode=verify-full")).unwrap();
         assert_eq!((config.get_ssl_mode(), config.get_application_name()), (SslMode::Require, Some("km")));
-        assert_eq!(mode(&format!("{base}?sslmode=disable")), Ok(SslMode::Disable));
+        assert_eq!(mode(&format!("{base}?sslmode=disable")).map(|(m, _)| m), Ok(SslMode::Disable));
         assert!(mode(&format!("{base}?sslmode=sometimes")).is_err());
         assert!(mode(&format!("{base}?sslrootcert=/ca.pem")).is_err(), "not known: SSL_CERT_FILE names the CA");
     }
