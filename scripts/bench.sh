@@ -106,6 +106,28 @@ bare64=$(rps 64 "$base/bench/ping")
 wrapped64=$(rps 64 -H "Authorization: Bearer $key" "$base/api/v1/ping")
 drained
 
+# As if Redis and PostgreSQL ran on another machine: they get half the cores, the server and
+# wrk the other half (both loads alike). Shows what the server itself adds per request.
+ncpu=$(nproc)
+split="-"
+if [ "$ncpu" -ge 2 ]; then
+  log "the same, Redis and PostgreSQL pinned to cores of their own"
+  app_cpus="0-$(( ncpu / 2 - 1 ))"; data_cpus="$(( ncpu / 2 ))-$(( ncpu - 1 ))"
+  # The postmaster's future backends inherit its affinity; the running ones are set here.
+  pin() { for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done; }
+  cpus=$data_cpus pin "$redis_pid" "$pg_master" $(pgrep -P "$pg_master")
+  cpus=$app_cpus pin "$server_pid"
+  rps_pinned() { taskset -c "$app_cpus" wrk -t1 -c16 -d"${DURATION}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
+  children_cpu; split_before="$(cpu_now) $children_cpu"
+  split_bare=$(rps_pinned "$base/bench/ping")
+  children_cpu; split_mid="$(cpu_now) $children_cpu"
+  split_wrapped=$(rps_pinned -H "Authorization: Bearer $key" "$base/api/v1/ping")
+  drained
+  children_cpu; split_after="$(cpu_now) $children_cpu"
+  split="$split_bare $split_wrapped|$split_before|$split_mid|$split_after"
+  cpus="0-$(( ncpu - 1 ))" pin "$redis_pid" "$pg_master" $(pgrep -P "$pg_master") "$server_pid"
+fi
+
 # --- Dashboard with history: 30 days x 100,000 requests a day on one key. ---
 log "seeding 30 days x 100,000 requests of history (raw events, then hourly and daily rollups from them)"
 "$BIN" key create --owner bench@example.com --name history >/dev/null 2>&1
@@ -169,7 +191,7 @@ csv_hour_s=$(timed "$base/dashboard/developers/api-keys/$history_id/usage.csv?fr
 csv_rows=$(curl -fs -b "$tmp/cookies" "$base/dashboard/developers/api-keys/$history_id/usage.csv?from=$month_from&to=$month_to&granularity=hour" | wc -l)
 
 python3 - "$bare" "$wrapped" "$o1" "$o16" "$page_s" "$csv_day_s" "$csv_hour_s" "$csv_rows" "$seed_secs" \
-  "$bare_cpu_before" "$bare_cpu_after" "$wrapped_cpu_after" "$DURATION" "$bare64" "$wrapped64" <<'PY'
+  "$bare_cpu_before" "$bare_cpu_after" "$wrapped_cpu_after" "$DURATION" "$bare64" "$wrapped64" "$split" <<'PY'
 import json, sys
 bare, wrapped = float(sys.argv[1]), float(sys.argv[2])
 bare64, wrapped64 = float(sys.argv[14]), float(sys.argv[15])
@@ -198,6 +220,22 @@ for name, rate, before, after in (("bare", bare, cpu[0], cpu[1]), ("tracked", wr
 # a bare one's CPU.
 print(f"  70 % of bare allows {totals[0] / 0.7:.1f} per tracked request: {totals[0] / 0.7 - totals[0]:.1f} above bare "
       f"for all that tracking adds (measured: {totals[1] - totals[0]:.1f})")
+if sys.argv[16] != "-":
+    rates, *marks = sys.argv[16].split("|")
+    split_bare, split_wrapped = map(float, rates.split())
+    marks = [list(map(float, m.split())) for m in marks]
+    print()
+    print("Redis and PostgreSQL pinned to half the cores, the server and wrk to the other half, 16 connections:")
+    print(f"{'GET /bench/ping (bare)':<38}{split_bare:>12.0f}")
+    print(f"{'GET /api/v1/ping (tracked + quota)':<38}{split_wrapped:>12.0f}")
+    print(f"ratio wrapped/bare: {split_wrapped / split_bare:.1%}")
+    app = []
+    for name, rate, before, after in (("bare", split_bare, marks[0], marks[1]), ("tracked", split_wrapped, marks[1], marks[2])):
+        per = [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
+        print(f"  CPU µs per request, {name:<8} server {per[0]:6.1f}  wrk {per[3]:6.1f}   (Redis {per[1]:.1f}, PostgreSQL {per[2]:.1f})")
+        app.append(per[0] + per[3])
+    print(f"  on the server's cores, 70 % of bare allows {app[0] / 0.7 - app[0]:.1f} above bare per request "
+          f"(measured: {app[1] - app[0]:.1f})")
 print()
 print("tracker's own time per request (in process; excludes the handler):")
 for name, o in (("1 in flight", o1), ("16 in flight", o16)):
