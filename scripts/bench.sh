@@ -74,7 +74,8 @@ children_cpu() {
   times >"$tmp/times"
   children_cpu=$(tail -1 "$tmp/times" | awk '{ split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.2f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }')
 }
-rps() { wrk -t1 -c"$1" -d"${DURATION}s" "${@:2}" | awk '/Requests\/sec/ {print $2}'; }
+# With PINNED set to a CPU list, wrk runs on those CPUs only.
+rps() { ${PINNED:+taskset -c "$PINNED"} wrk -t1 -c"$1" -d"${DURATION}s" "${@:2}" | awk '/Requests\/sec/ {print $2}'; }
 overhead() { curl -fs "$base/bench/overhead"; }
 stored() { "$PG_BIN/psql" -At -h 127.0.0.1 -p "$pg_port" -U postgres -d keymeter -c "SELECT count(*) FROM api_key_usage"; }
 # Waits (60 s at most) until the usage writer has stored every event: the count stops moving.
@@ -117,11 +118,10 @@ if [ "$ncpu" -ge 2 ]; then
   pin() { for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done; }
   cpus=$data_cpus pin "$redis_pid" "$pg_master" $(pgrep -P "$pg_master")
   cpus=$app_cpus pin "$server_pid"
-  rps_pinned() { taskset -c "$app_cpus" wrk -t1 -c16 -d"${DURATION}s" "$@" | awk '/Requests\/sec/ {print $2}'; }
   children_cpu; split_before="$(cpu_now) $children_cpu"
-  split_bare=$(rps_pinned "$base/bench/ping")
+  split_bare=$(PINNED=$app_cpus rps 16 "$base/bench/ping")
   children_cpu; split_mid="$(cpu_now) $children_cpu"
-  split_wrapped=$(rps_pinned -H "Authorization: Bearer $key" "$base/api/v1/ping")
+  split_wrapped=$(PINNED=$app_cpus rps 16 -H "Authorization: Bearer $key" "$base/api/v1/ping")
   drained
   children_cpu; split_after="$(cpu_now) $children_cpu"
   split="$split_bare $split_wrapped|$split_before|$split_mid|$split_after"
@@ -199,6 +199,9 @@ o1, o16 = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 page, csv_day, csv_hour, csv_rows, seed = map(float, sys.argv[5:10])
 cpu = [list(map(float, a.split())) for a in sys.argv[10:13]]
 secs = float(sys.argv[13])
+def per_request(rate, before, after):
+    """CPU µs per request of each process between two readings, over a load at `rate`."""
+    return [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
 print()
 print(f"{'route':<38}{'requests/s':>12}")
 print(f"{'GET /bench/ping (bare)':<38}{bare:>12.0f}")
@@ -213,7 +216,7 @@ print()
 print("CPU per request, µs (server, Redis, PostgreSQL, load generator):")
 totals = []
 for name, rate, before, after in (("bare", bare, cpu[0], cpu[1]), ("tracked", wrapped, cpu[1], cpu[2])):
-    per = [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
+    per = per_request(rate, before, after)
     print(f"  {name:<8} " + "  ".join(f"{p:6.1f}" for p in per) + f"   total {sum(per):6.1f}")
     totals.append(sum(per))
 # Both loads fill the two cores, so a ratio r needs a tracked request to cost at most 1/r of
@@ -231,7 +234,7 @@ if sys.argv[16] != "-":
     print(f"ratio wrapped/bare: {split_wrapped / split_bare:.1%}")
     app = []
     for name, rate, before, after in (("bare", split_bare, marks[0], marks[1]), ("tracked", split_wrapped, marks[1], marks[2])):
-        per = [(a - b) * 1e6 / (rate * secs) for a, b in zip(after, before)]
+        per = per_request(rate, before, after)
         print(f"  CPU µs per request, {name:<8} server {per[0]:6.1f}  wrk {per[3]:6.1f}   (Redis {per[1]:.1f}, PostgreSQL {per[2]:.1f})")
         app.append(per[0] + per[3])
     print(f"  on the server's cores, 70 % of bare allows {app[0] / 0.7 - app[0]:.1f} above bare per request "
