@@ -19,7 +19,8 @@ pub enum AppError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
-    #[error("Too many attempts. Try again in {0} second{plural}.", plural = if *.0 == 1 { "" } else { "s" })]
+    /// The wait in seconds.
+    #[error("Too many attempts. Try again in {}.", format::wait(i64::try_from(*.0).unwrap_or(i64::MAX)))]
     TooManyAttempts(u64),
     #[error("Something went wrong on our side. Please try again.")]
     Internal,

@@ -96,7 +96,7 @@ test('an admin disables an account from the accounts page, and enables it again'
   await expect(row.getByTestId('account-status')).toHaveText('active');
   await row.getByTestId('disable-account').click();
   await row.getByRole('button', { name: `Disable ${who.email}` }).click();
-  await expect(page.getByTestId('account-switched')).toHaveText(`Disabled ${who.email}: signed out of 1 session(s). Its API keys keep working.`);
+  await expect(page.getByTestId('account-switched')).toHaveText(`Disabled ${who.email}: signed out of 1 session. Its API keys keep working.`);
   // The button went with the answer: what was done is said where the keyboard now is.
   await expect(page.getByTestId('account-switched')).toBeFocused();
   await expect(row.getByTestId('account-status')).toHaveText('disabled');

@@ -239,7 +239,9 @@ test('a key is revoked and a request cancelled without JavaScript', async ({ pag
   // "Revoke…" opens its confirmation by itself (a <details>); confirming posts the form.
   await row.getByTestId('revoke').click();
   await row.getByTestId('confirm-revoke').click();
-  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys$/);
+  // Back on the list, which says what happened.
+  await expect(page).toHaveURL(/\/dashboard\/developers\/api-keys\?done=revoked#revoke-key$/);
+  await expect(page.getByTestId('revoked')).toHaveText('The key is revoked: calls with it are refused.');
   await expect(row).toHaveAttribute('data-status', 'revoked');
 
   const other = `No script cancel ${Date.now()}`;
@@ -252,6 +254,11 @@ test('a key is revoked and a request cancelled without JavaScript', async ({ pag
   await expect(page.getByTestId('key-title')).toHaveText(other);
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'cancelled');
   await expect(page.getByTestId('request-done')).toHaveText('Request cancelled.');
+  // Revoked from its own page: back on that page, which names the key.
+  await page.getByTestId('revoke-key').getByTestId('revoke').click();
+  await page.getByTestId('confirm-revoke').click();
+  await expect(page.getByTestId('key-title')).toHaveText(other);
+  await expect(page.getByTestId('revoked')).toHaveText(`\u201c${other}\u201d is revoked: calls with it are refused.`);
 });
 
 test('an admin reads a message on the mail page without JavaScript', async ({ page }) => {

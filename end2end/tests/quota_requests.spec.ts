@@ -15,14 +15,22 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(page.getByTestId('key-title')).toHaveText(name);
   // The page changed without a load: screen readers are told which page it is now.
   await expect(page.getByTestId('route-announcer')).toHaveText(`${name} · API keys · keymeter`);
+  // The current limit typed as it is keeps it, as an empty field does: nothing is raised.
+  await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('placeholder', '1');
   await page.getByTestId('ask-per-hour').fill('1');
   await page.getByTestId('ask-reason').fill('Launch day');
   await page.getByRole('button', { name: 'Request increase' }).click();
-  await expect(page.getByTestId('ask-error')).toContainText('above the current 1');
+  await expect(page.getByTestId('ask-error')).toHaveText('Ask for a higher hourly or daily limit.');
   // The error is tied to the field it is about: marked invalid, described by the message.
   await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('aria-invalid', 'true');
-  await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription(/above the current 1/);
+  await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription('Ask for a higher hourly or daily limit.');
   await expect(page.getByTestId('ask-reason')).not.toHaveAttribute('aria-invalid', 'true');
+  // Editing the field the error is about takes the error away until the next answer.
+  await page.getByTestId('ask-per-hour').fill('0');
+  await expect(page.getByTestId('ask-error')).toHaveCount(0);
+  await expect(page.getByTestId('ask-per-hour')).not.toHaveAttribute('aria-invalid', 'true');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('ask-error')).toHaveText('The hourly limit must be above the current 1; leave it empty to keep it.');
   await page.getByTestId('ask-per-hour').fill('25');
   await page.getByRole('button', { name: 'Request increase' }).click();
   await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
@@ -228,4 +236,45 @@ test("an admin's bell entry for a new request opens that request's card, in view
   const card = adminPage.getByTestId('admin-request').filter({ hasText: newest });
   await expect(card).toHaveAttribute('data-status', 'pending');
   await expect(card).toBeInViewport();
+});
+
+test('a decision made meanwhile shows on the usage page; revoking on the key page cancels the open request', async ({ page, browser }) => {
+  await signIn(page, MERCHANT);
+  const name = `Meanwhile ${Date.now()}`;
+  const { row, keyId } = await createKey(page, name, 2);
+  await row.getByRole('link', { name: 'usage' }).click();
+  await expect(page.getByTestId('usage-title')).toContainText(name);
+  const form = page.getByTestId('quota-requests');
+  await expect(form.getByTestId('ask-per-hour')).toHaveAttribute('placeholder', '2');
+  await form.getByTestId('ask-per-hour').fill('40');
+  await form.getByTestId('ask-reason').fill('Meanwhile test');
+  await form.getByRole('button', { name: 'Request increase' }).click();
+  await expect(form.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+
+  const adminPage = await (await browser.newContext()).newPage();
+  await signIn(adminPage, ADMIN);
+  await adminPage.goto('/admin/quota-requests');
+  await hydrated(adminPage);
+  const card = adminPage.getByTestId('admin-request').filter({ hasText: name });
+  await card.getByTestId('approve').click();
+  await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'approved');
+
+  // Without a reload: the gauge, the request's status and the form's figures follow.
+  await expect(page.getByTestId('gauge-hour')).toContainText('of 40 requests');
+  await expect(form.getByTestId('request-row').first()).toHaveAttribute('data-status', 'approved');
+  await expect(form.getByTestId('ask-per-hour')).toHaveAttribute('placeholder', '40');
+
+  // Another request, then the key is revoked from its page: the request shows as cancelled there.
+  await form.getByTestId('ask-per-hour').fill('80');
+  await form.getByTestId('ask-reason').fill('Meanwhile again');
+  await form.getByRole('button', { name: 'Request increase' }).click();
+  await expect(form.getByTestId('request-row').first()).toHaveAttribute('data-status', 'pending');
+  await page.goto(`/dashboard/developers/api-keys/${keyId}`);
+  await hydrated(page);
+  await page.getByTestId('revoke-key').getByTestId('revoke').click();
+  await page.getByTestId('confirm-revoke').click();
+  await expect(page.getByTestId('revoked')).toHaveText(`\u201c${name}\u201d is revoked: calls with it are refused.`);
+  await expect(page.getByTestId('revoked')).toBeFocused();
+  await expect(page.getByTestId('request-row').first()).toHaveAttribute('data-status', 'cancelled');
+  await expect(page.getByTestId('cancel-request')).toHaveCount(0);
 });

@@ -104,11 +104,17 @@ pub fn bytes(n: i64) -> String {
     format!("{size:.1} {}", units[unit])
 }
 
-/// `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as `Retry-After` rounds its
-/// seconds (16 min 45 s is "17 min", 4 h 16 min 45 s "4 h 17 min", 59 min 59 s "1 h 00 min").
+/// [`wait`] from `now` until `at`.
 pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
     // Whole seconds rounded up too: 59.9 s away reads "1 min", not "59 s".
-    let secs = ((*at - *now).num_milliseconds().max(0) + 999) / 1000;
+    wait(((*at - *now).num_milliseconds().max(0) + 999) / 1000)
+}
+
+/// A wait of `secs` seconds: `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as
+/// `Retry-After` rounds its seconds (16 min 45 s is "17 min", 4 h 16 min 45 s "4 h 17 min",
+/// 59 min 59 s "1 h 00 min").
+pub fn wait(secs: i64) -> String {
+    let secs = secs.max(0);
     let minutes = (secs + 59) / 60;
     if secs < 60 {
         format!("{secs} s")
@@ -191,6 +197,9 @@ mod tests {
         assert_eq!(before(16 * 60 + 45), "17 min");
         assert_eq!(before(4 * 3600 + 16 * 60 + 45), "4 h 17 min");
         assert_eq!(before(3599), "1 h 00 min");
+        // A sign-in lockout's wait, in seconds.
+        assert_eq!(wait(892), "15 min");
+        assert_eq!(wait(1), "1 s");
         assert_eq!(before(3600), "1 h 00 min");
         assert_eq!(before(3601), "1 h 01 min");
         assert_eq!(before(59), "59 s");

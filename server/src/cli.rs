@@ -296,7 +296,7 @@ async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
                 Err(ServiceError::NotFound) => bail!("no account with the email {}", email.as_str()),
                 other => other?,
             };
-            say!("password set for {}; {ended} session(s) signed out", user.email)?;
+            say!("password set for {}; {} signed out", user.email, sessions(ended))?;
             lift_sign_in_lockout(config, &user.email).await
         }
         UserCommand::Disable { email } => {
@@ -308,7 +308,7 @@ async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
             };
             let user = &done.user;
             if done.changed {
-                say!("disabled {}; {} session(s) signed out", user.email, done.sessions_ended)?;
+                say!("disabled {}; {} signed out", user.email, sessions(done.sessions_ended))?;
             } else {
                 say!("{} was already disabled", user.email)?;
             }
@@ -574,6 +574,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 }
 
 /// One line from stdin: a prompt-free pipe, or typed at a terminal without echo.
+/// "1 session", "3 sessions".
+fn sessions(n: usize) -> String {
+    format::counted(i64::try_from(n).unwrap_or(i64::MAX), "session", "sessions")
+}
+
 fn read_password() -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut line = String::new();

@@ -724,7 +724,7 @@ async fn user_set_password_sets_a_new_one_and_signs_the_account_out_everywhere()
 
     let r = run_with(&mut set("Fay@Example.com"), Some("a new long password\n"), Duration::from_secs(30)).await;
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(r.stdout.contains("password set for fay@example.com; 1 session(s) signed out"), "{r:?}");
+    assert!(r.stdout.contains("password set for fay@example.com; 1 session signed out"), "{r:?}");
     assert!(r.stdout.contains("failed sign-ins at fay@example.com forgotten: a lockout in force is lifted"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
     assert_eq!(app.count(told).await, 1, "she hears of it (someone else may have asked)");
@@ -787,7 +787,7 @@ async fn user_disable_signs_the_account_out_until_it_is_enabled() {
 
     let r = run(&mut switch("disable", "Gil@Example.com")).await;
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(r.stdout.contains("disabled gil@example.com; 1 session(s) signed out"), "{r:?}");
+    assert!(r.stdout.contains("disabled gil@example.com; 1 session signed out"), "{r:?}");
     assert!(r.stdout.contains("its 1 active API key(s) still work"), "{r:?}");
     assert_eq!(app.rpc(&session, "keys/list", &[]).await.status(), 401);
     let known = format!("SELECT count(*) FROM known_devices WHERE user_id = {} AND forgotten_at IS NULL", gil.id);

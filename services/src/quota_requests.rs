@@ -86,7 +86,8 @@ pub struct RequestedLimits {
 }
 
 impl RequestedLimits {
-    /// Empty fields keep the current limit; at least one must be raised, each raised one
+    /// Empty fields, and fields typed at the current limit, keep it; at least one must be
+    /// raised, each raised one
     /// passes [`checked_limit`] as an admin's limits do (one left as it is is not checked again:
     /// an operator may have set it above today's maximum), and the hour stays within the day.
     pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
@@ -95,8 +96,14 @@ impl RequestedLimits {
                 return Ok(None);
             }
             let value = parse_limit(raw, name).map_err(|e| e.in_field(field))?;
-            if value <= current {
-                let message = format!("The {name} limit must be above the current {}.", format::count(current));
+            if value == current {
+                return Ok(None);
+            }
+            if value < current {
+                let message = format!(
+                    "The {name} limit must be above the current {}; leave it empty to keep it.",
+                    format::count(current)
+                );
                 return Err(ServiceError::invalid_field(field, message));
             }
             Ok(Some(value))
@@ -623,6 +630,11 @@ mod tests {
             RequestedLimits { per_hour: 5000, per_day: 10_000 }
         );
         assert_eq!(RequestedLimits::parse(" 2,000 ", "20000", &current(), max).unwrap().per_day, 20_000);
+        // The limit the merchant keeps, typed as it is (1,000 an hour), asks for no change to it.
+        assert_eq!(
+            RequestedLimits::parse("1,000", "20000", &current(), max).unwrap(),
+            RequestedLimits { per_hour: 1000, per_day: 20_000 }
+        );
         for (h, d) in
             [("", ""), ("1000", ""), ("500", ""), ("-5", ""), ("abc", ""), ("1.5", ""), ("60000", ""), ("", "9999999")]
         {

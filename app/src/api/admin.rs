@@ -86,8 +86,8 @@ impl AccountSwitched {
         let email = &self.email;
         match (self.changed, self.disabled) {
             (true, true) => format!(
-                "Disabled {email}: signed out of {} session(s). Its API keys keep working.",
-                self.sessions_ended
+                "Disabled {email}: signed out of {}. Its API keys keep working.",
+                format::counted(i64::try_from(self.sessions_ended).unwrap_or(i64::MAX), "session", "sessions")
             ),
             (true, false) => format!("Enabled {email}: it can sign in again."),
             (false, true) => format!("{email} was already disabled."),

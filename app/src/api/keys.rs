@@ -232,6 +232,8 @@ pub async fn set_alert_emails(
 
 /// The key page's confirmation of a rename posted without JavaScript.
 pub const RENAMED: &str = "renamed";
+/// `?done=` after a key was revoked without JavaScript.
+pub const REVOKED: &str = "revoked";
 
 /// Renames one of the signed-in user's active keys.
 #[server(prefix = "/rpc", endpoint = "keys/rename")]
@@ -255,23 +257,13 @@ pub async fn revoke_key(id: String) -> Result<KeyView, AppError> {
     use super::session;
     use services::keys::{api_keys, ApiKeyId};
     let services = session::services()?;
-    let plain_form = super::plain_form::is_plain_form_post();
-    // A success leads on below.
-    let (key, user) = super::plain_form::answer::<RevokeKey, _>(None, REVOKE_AT, &[], async {
+    // Back to the list or the key's page, whichever it was posted from (without a created or
+    // rolled key's one-time token, which only says "used" when read twice).
+    let (key, user) = super::plain_form::answer::<RevokeKey, _>(Some(REVOKED), REVOKE_AT, &[], async {
         let user = session::require_user(&services).await?;
         Ok((api_keys::revoke_for(&services, ApiKeyId::parse(&id)?, &user).await?, user))
     })
     .await?;
-    if plain_form {
-        // The owner goes back to the plain list, not to the page it was posted from: that may
-        // still carry a created key's one-time token, whose second reading only says it was
-        // used. An admin (whose own list it is not in) goes back to the key's page.
-        if key.owner_id == user.id {
-            leptos_axum::redirect("/dashboard/developers/api-keys");
-        } else {
-            leptos_axum::redirect(&format!("/dashboard/developers/api-keys/{}", key.id));
-        }
-    }
     tracing::info!(key_id = %key.id, user_id = user.id, "API key revoked");
     Ok(KeyView::seen_by(key, &user))
 }

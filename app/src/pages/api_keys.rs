@@ -11,7 +11,7 @@ use super::layout::{
 use crate::api::plain_form;
 use crate::api::{
     get_key, list_keys, take_created_key, AdminSetQuota, CreateKey, CreatedKey, EndKeyOverlap, KeyView, LinkToken,
-    PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails, ALERTS_SAVED, OVERLAP_ENDED, RENAMED,
+    PreviousSecretView, RenameKey, RevokeKey, RollKey, SetAlertEmails, ALERTS_SAVED, OVERLAP_ENDED, RENAMED, REVOKED,
 };
 use crate::render_memo::once_per_render;
 
@@ -22,6 +22,7 @@ pub fn ApiKeysPage() -> impl IntoView {
     // A name refused without JavaScript comes back in the address.
     let typed_name = plain_form::kept::<CreateKey>("name");
     let revoke = ServerAction::<RevokeKey>::new();
+    let revoked_without_script = plain_form::done(REVOKED);
     let query = use_query_map();
     // 50 a page (`?page=`), active keys first.
     let page = move || page_number(&query.read());
@@ -77,13 +78,14 @@ pub fn ApiKeysPage() -> impl IntoView {
         // Where a refused revocation posted without JavaScript returns (the key's page has a
         // section of that id too; the two are never one page).
         <div id=crate::api::REVOKE_AT>
-            {move || revoke.value().get().map(|r| match r {
+            {move || match revoke.value().get() {
                 // The row's "Revoke…" is gone with the key: say so where the keyboard was.
-                Ok(key) => view! {
-                    <Confirmation text=format!("\u{201c}{}\u{201d} is revoked: calls with it are refused.", key.name) testid="revoked"/>
-                }.into_any(),
-                Err(err) => view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any(),
-            })}
+                Some(Ok(key)) => Some(view! { <Confirmation text=revoked_text(Some(&key.name)) testid="revoked"/> }.into_any()),
+                Some(Err(err)) => Some(view! { <p class="error" role="alert">{err.to_string()}</p> }.into_any()),
+                // A post without JavaScript came back to a new page.
+                None => revoked_without_script.get()
+                    .then(|| view! { <Confirmation text=revoked_text(None) testid="revoked"/> }.into_any()),
+            }}
         </div>
         <section class="card">
             <h2>"Your keys"</h2>
@@ -219,6 +221,14 @@ fn RevokeButton(id: String, name: String, revoke: ServerAction<RevokeKey>) -> im
     }
 }
 
+/// What revoking a key (named, when the page knows which) says.
+fn revoked_text(name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("\u{201c}{name}\u{201d} is revoked: calls with it are refused."),
+        None => "The key is revoked: calls with it are refused.".to_owned(),
+    }
+}
+
 /// "12 / 1,000 this hour · 40 / 10,000 today", or the quota alone when the use is not known
 /// (revoked key, Redis unavailable).
 fn quota_and_use(key: &KeyView) -> String {
@@ -261,6 +271,8 @@ pub fn ApiKeyPage() -> impl IntoView {
         |token| once_per_render("keys/rolled", &token.clone(), async move { NewSecretHandOff::take(token).await }),
     );
     let requests = super::quota_requests::QuotaRequestsState::new(move || params.read().get("id").unwrap_or_default());
+    // Revoking the key cancels its open request.
+    requests.refetch_on(move || revoke.version().get());
     let alerts = ServerAction::<SetAlertEmails>::new();
     let actions = KeyActions { alerts, set_quota, rename, roll, end_overlap, revoke };
     view! {
@@ -317,7 +329,8 @@ fn KeyDetails(
     handed_over: Result<NewSecretHandOff, crate::error::AppError>,
 ) -> impl IntoView {
     let KeyActions { alerts, set_quota, rename, roll, end_overlap, revoke } = actions;
-    let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests/> };
+    let quota = Signal::stored((key.requests_per_hour, key.requests_per_day));
+    let requests = view! { <super::quota_requests::KeyQuotaRequests key=key.clone() state=requests quota/> };
     // A rename, and stopping the previous secret early, update the page in place (refetching
     // the key would rebuild the page under the keyboard, and drop a secret just shown).
     let name = follow(rename, &key, key.name.clone(), |k| k.name);
@@ -339,6 +352,23 @@ fn KeyDetails(
             </section>
         }
         .into_any()
+    });
+    // Where the revoke section was: with JavaScript after this page's own revocation, without
+    // after the post came back here.
+    let revoked_here = plain_form::done(REVOKED);
+    let revoked_now = key.is_revoked().then(|| {
+        let this_key = key.id.clone();
+        let by_this_page = move || revoke.value().get().is_some_and(|r| r.is_ok_and(|k| k.id == this_key));
+        let text = revoked_text(Some(&key.name));
+        move || {
+            (by_this_page() || revoked_here.get()).then(|| {
+                view! {
+                    <section class="card" id=crate::api::REVOKE_AT>
+                        <Confirmation text=text.clone() testid="revoked"/>
+                    </section>
+                }
+            })
+        }
     });
     let rolling = (key.yours && !key.is_revoked())
         .then(|| view! { <RollSecret key=key.clone() name previous action=roll end_overlap handed_over/> }.into_any());
@@ -381,6 +411,7 @@ fn KeyDetails(
         {alert_settings}
         {requests}
         {revoking}
+        {revoked_now}
     }
 }
 

@@ -2,6 +2,8 @@
 //! marked `aria-invalid` and described by the message (`aria-describedby`), so a screen reader
 //! names the problem on the field itself; the message is announced when it appears
 //! (`role=alert`). Errors about no one field (a revoked key, a lost connection) only show.
+//! Once the user edits the field an error is about, the error goes until the next answer: it
+//! would otherwise stay beside a corrected value while the browser's own checks hold the form.
 
 use leptos::prelude::*;
 
@@ -10,13 +12,30 @@ use crate::error::AppError;
 #[derive(Clone, Copy)]
 pub struct FormError {
     error: Signal<Option<AppError>>,
+    /// The field the error is about was edited since the answer that brought it.
+    edited: RwSignal<bool>,
     /// The message's element id, unique on the page.
     id: StoredValue<String>,
 }
 
 impl FormError {
     pub fn new(id: impl Into<String>, error: impl Fn() -> Option<AppError> + Send + Sync + 'static) -> Self {
-        Self { error: Signal::derive(error), id: StoredValue::new(id.into()) }
+        let error = Signal::derive(error);
+        let edited = RwSignal::new(false);
+        // Every answer shows again, even one with the same error as before.
+        Effect::new(move |_| {
+            error.track();
+            edited.set(false);
+        });
+        Self { error, edited, id: StoredValue::new(id.into()) }
+    }
+
+    /// The error, unless the user has edited the field it is about since.
+    fn shown(&self) -> Option<AppError> {
+        if self.edited.get() {
+            return None;
+        }
+        self.error.get()
     }
 
     /// The error of an action's last answer.
@@ -29,7 +48,7 @@ impl FormError {
     }
 
     fn is_about(&self, field: &str) -> bool {
-        self.error.with(|e| e.as_ref().and_then(AppError::field) == Some(field))
+        self.shown().as_ref().and_then(AppError::field) == Some(field)
     }
 
     /// The attributes of the input named `field`: `aria-invalid`, and `aria-describedby` naming
@@ -40,15 +59,21 @@ impl FormError {
             <{..}
                 aria-invalid=move || this.is_about(field).then_some("true")
                 aria-describedby=move || this.is_about(field).then(|| this.id.get_value())
+                on:input=move |_| {
+                    if this.is_about(field) {
+                        this.edited.set(true);
+                    }
+                }
             />
         }
     }
 
     /// The message, where the form shows it.
     pub fn message(&self, testid: &'static str) -> impl IntoView {
-        let (error, id) = (self.error, self.id);
+        let this = *self;
+        let id = self.id;
         move || {
-            error.get().map(
+            this.shown().map(
                 |e| view! { <p class="error" role="alert" id=id.get_value() data-testid=testid>{e.to_string()}</p> },
             )
         }

@@ -47,11 +47,27 @@ impl QuotaRequestsState {
         );
         Self { ask, cancel, requests }
     }
+
+    /// Reads the key's requests again whenever `changes` reads another value than before: what
+    /// else changes them (revoking the key cancels its open request; an admin's decision shows
+    /// as new limits on the usage page).
+    pub fn refetch_on<T: PartialEq + 'static>(&self, changes: impl Fn() -> T + 'static) {
+        let requests = self.requests;
+        Effect::new(move |seen: Option<T>| {
+            let now = changes();
+            if seen.is_some_and(|seen| seen != now) {
+                requests.refetch();
+            }
+            now
+        });
+    }
 }
 
-/// On a key's page and its usage page: ask for more, follow the request, cancel it.
+/// On a key's page and its usage page: ask for more, follow the request, cancel it. `quota`
+/// is the key's hourly and daily limits as the page knows them now (live on the usage page),
+/// shown in the form's empty fields.
 #[component]
-pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoView {
+pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState, quota: Signal<(i64, i64)>) -> impl IntoView {
     let QuotaRequestsState { ask, cancel, requests } = state;
     // Which of the two forms was sent last, for the confirmation that replaces it.
     let sent = RwSignal::new(None::<Sent>);
@@ -116,9 +132,10 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState) -> impl IntoVie
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
                                             <div class="inline-form">
-                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=format::count(key.requests_per_hour) value=move || typed_per_hour.get() data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
-                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=format::count(key.requests_per_day) value=move || typed_per_day.get() data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
+                                                <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=move || format::count(quota.get().0) value=move || typed_per_hour.get() data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
+                                                <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=move || format::count(quota.get().1) value=move || typed_per_day.get() data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
                                             </div>
+                                            <p class="hint">"Leave a field empty to keep its current limit."</p>
                                             <label>"Why does this key need more?" <textarea name="reason" rows="2" required data-testid="ask-reason" {..ask_error.on("reason")} inner_html=typed_reason></textarea></label>
                                             <button type="submit">"Request increase"</button>
                                         </ActionForm>

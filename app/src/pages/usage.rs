@@ -71,6 +71,10 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
         Effect::new(move |_| crate::charts::subscribe_live(&key_id, live, link));
     }
     // The empty state goes as soon as the live stream shows a first call.
+    // The limits as the live view reports them: a quota changed meanwhile (an admin's decision)
+    // shows in the request form too, and the key's requests are read again.
+    let limits = Memo::new(move |_| live.with(|l| (l.hour.limit, l.day.limit)));
+    requests.refetch_on(move || limits.get());
     let had_traffic = overview.has_traffic();
     let has_traffic = move || had_traffic || live.with(|l| l.points.iter().any(|p| p.requests + p.throttled > 0));
     let revoked_at = key.revoked_at;
@@ -207,7 +211,7 @@ fn UsageDashboard(overview: UsageOverview, requests: QuotaRequestsState) -> impl
             chosen=overview.chosen.clone() views/>
         {top}
         // Where a merchant sees the quota running out, they can ask for more.
-        <KeyQuotaRequests key=overview.key.clone() state=requests/>
+        <KeyQuotaRequests key=overview.key.clone() state=requests quota=Signal::from(limits)/>
     }
 }
 
