@@ -1,6 +1,6 @@
 import * as fs from 'fs';
 import { test, expect } from '@playwright/test';
-import { ADMIN, MERCHANT, cli, hydrated, settled, signIn, sql, watchForBrokenBundle } from './helpers';
+import { ADMIN, MERCHANT, cli, createKey, hydrated, settled, signIn, sql, watchForBrokenBundle } from './helpers';
 
 test('a merchant creates a key, calls the API with it, and revokes it', async ({ page, request }) => {
   await signIn(page, MERCHANT);
@@ -70,6 +70,33 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await page.reload();
   await hydrated(page);
   await expect(page.locator('body')).not.toContainText(secret);
+});
+
+test('the key list follows use and limits while it stays open, leaving an open confirmation alone', async ({ page, request }) => {
+  // The list reads its keys again every half minute: the page's clock is moved on instead of waited for.
+  await page.clock.install();
+  await signIn(page, MERCHANT);
+  const name = `Follow ${Date.now()}`;
+  const { secret, row, keyId } = await createKey(page, name);
+  await expect(row.getByTestId('key-quota')).toHaveText('0 / 1,000 this hour · 0 / 10,000 today');
+  const hourOfCalls = new Date().toISOString().slice(0, 13);
+  for (let i = 0; i < 2; i++) {
+    const ok = await request.get('/api/v1/ping', { headers: { Authorization: `Bearer ${secret}` } });
+    expect(ok.status()).toBe(200);
+  }
+  cli(['quota', 'set', '--key', keyId, '--per-hour', '5', '--per-day', '100', '--reason', 'browser test']);
+  await row.getByTestId('revoke').click();
+  await expect(row.getByRole('alertdialog')).toBeVisible();
+
+  await page.clock.fastForward('00:31');
+  await expect(row.getByTestId('key-quota')).toHaveText(/^\d+ \/ 5 this hour · \d+ \/ 100 today$/);
+  // The two calls, unless the hour (or the day) turned meanwhile and its count started again.
+  if (new Date().toISOString().slice(0, 13) === hourOfCalls) {
+    await expect(row.getByTestId('key-quota')).toHaveText('2 / 5 this hour · 2 / 100 today');
+  }
+  // Only the column changed: the question is still open, with the keyboard on it.
+  await expect(row.getByRole('alertdialog')).toBeVisible();
+  await expect(row.getByTestId('confirm-revoke')).toBeFocused();
 });
 
 test('a merchant renames a key on its page; the name changes in place and in the list', async ({ page }) => {

@@ -25,6 +25,13 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
   await expect(page.getByTestId('ask-per-hour')).toHaveAttribute('aria-invalid', 'true');
   await expect(page.getByTestId('ask-per-hour')).toHaveAccessibleDescription('Ask for a higher hourly or daily limit.');
   await expect(page.getByTestId('ask-reason')).not.toHaveAttribute('aria-invalid', 'true');
+  // It is about both limits: typing a daily one answers it as well as an hourly one would.
+  await page.getByTestId('ask-per-day').fill('100');
+  await expect(page.getByTestId('ask-error')).toHaveCount(0);
+  await expect(page.getByTestId('ask-per-hour')).not.toHaveAttribute('aria-invalid', 'true');
+  await page.getByTestId('ask-per-day').fill('');
+  await page.getByRole('button', { name: 'Request increase' }).click();
+  await expect(page.getByTestId('ask-error')).toHaveText('Ask for a higher hourly or daily limit.');
   // Editing the field the error is about takes the error away until the next answer.
   await page.getByTestId('ask-per-hour').fill('0');
   await expect(page.getByTestId('ask-error')).toHaveCount(0);
@@ -95,6 +102,8 @@ test('a merchant at the hourly limit asks for more; an admin approves; the next 
 });
 
 test('the usage page, where the quota runs out, offers the increase form', async ({ page, browser, request }) => {
+  // The page reads an open request again every half minute: its clock is moved on, not waited for.
+  await page.clock.install();
   await signIn(page, MERCHANT);
   const name = `Near limit ${Date.now()}`;
   const { secret, row } = await createKey(page, name, 2);
@@ -134,6 +143,12 @@ test('the usage page, where the quota runs out, offers the increase form', async
   await expect(adminPage.getByTestId('admin-request').filter({ hasText: name })).toHaveAttribute('data-status', 'denied');
   await expect(adminPage.getByTestId('decision-done')).toHaveText(`Denied: the request for “${name}”. ${MERCHANT.email} is told.`);
   await expect(adminPage.getByTestId('decision-done')).toBeFocused();
+  // The merchant's usage page, still open, shows the denial (nothing else on it changed) once
+  // it reads the open request again, and offers the form again.
+  await page.clock.fastForward('00:31');
+  await expect(form.getByTestId('request-row').first()).toHaveAttribute('data-status', 'denied');
+  await expect(form.getByTestId('request-row').first()).toContainText('Cache the status calls first');
+  await expect(form.getByTestId('ask-per-hour')).toBeVisible();
   await adminPage.goto('/admin/quota-changes');
   // The key's rows: the operator's setup change, then the denial (newest first).
   const rows = adminPage.getByTestId('audit-row').filter({ hasText: name });

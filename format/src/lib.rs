@@ -107,7 +107,7 @@ pub fn bytes(n: i64) -> String {
 /// [`wait`] from `now` until `at`.
 pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
     // Whole seconds rounded up too: 59.9 s away reads "1 min", not "59 s".
-    wait(((*at - *now).num_milliseconds().max(0) + 999) / 1000)
+    wait((*at - *now).num_milliseconds().max(0).saturating_add(999) / 1000)
 }
 
 /// A wait of `secs` seconds: `23 min`, `4 h 05 min`, `45 s`; minutes rounded up throughout, as
@@ -115,7 +115,7 @@ pub fn duration_until(now: &DateTime<Utc>, at: &DateTime<Utc>) -> String {
 /// 59 min 59 s "1 h 00 min").
 pub fn wait(secs: i64) -> String {
     let secs = secs.max(0);
-    let minutes = (secs + 59) / 60;
+    let minutes = secs / 60 + i64::from(secs % 60 != 0);
     if secs < 60 {
         format!("{secs} s")
     } else if minutes < 60 {
@@ -203,6 +203,8 @@ mod tests {
         assert_eq!(before(3600), "1 h 00 min");
         assert_eq!(before(3601), "1 h 01 min");
         assert_eq!(before(59), "59 s");
+        // An absurd wait (a value from outside) still reads as one, without overflowing.
+        assert_eq!(wait(i64::MAX), format!("{} h 31 min", i64::MAX / 3600));
     }
 
     #[test]

@@ -573,12 +573,12 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line from stdin: a prompt-free pipe, or typed at a terminal without echo.
 /// "1 session", "3 sessions".
 fn sessions(n: usize) -> String {
     format::counted(i64::try_from(n).unwrap_or(i64::MAX), "session", "sessions")
 }
 
+/// One line from stdin: a prompt-free pipe, or typed at a terminal without echo.
 fn read_password() -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut line = String::new();

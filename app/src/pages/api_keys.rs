@@ -1,5 +1,7 @@
 //! `/dashboard/developers/api-keys` (list, create, revoke) and one key's page.
 
+use std::collections::HashMap;
+
 use leptos::prelude::*;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_params_map, use_query_map};
@@ -30,6 +32,52 @@ pub fn ApiKeysPage() -> impl IntoView {
         move || (page(), create.version().get(), revoke.version().get()),
         |(page, created, revoked)| once_per_render("keys/list", &(page, created, revoked), list_keys(page)),
     );
+    // Use and limits change while the list stays open (calls, an admin's decision): the page's
+    // keys are read again every half minute while it is in view, and only that column follows them, so an open
+    // confirmation or a half-typed name is left alone. Key id → the column's text.
+    let latest_use = RwSignal::new(HashMap::<String, String>::new());
+    // A reading taken before the list itself was read again (a key created or revoked, another
+    // page) may be older than the rows: it is dropped.
+    let list_state = move || {
+        Some((
+            query.try_with_untracked(page_number)?,
+            create.version().try_get_untracked()?,
+            revoke.version().try_get_untracked()?,
+        ))
+    };
+    Effect::new(move |_| {
+        let _ = (page(), create.version().get(), revoke.version().get());
+        latest_use.set(HashMap::new());
+    });
+    #[cfg(feature = "hydrate")]
+    {
+        let handle = set_interval_with_handle(
+            move || {
+                // Not for a tab in the background: it reads again once it is looked at.
+                if document().hidden() {
+                    return;
+                }
+                let Some(before) = list_state() else { return };
+                leptos::task::spawn_local(async move {
+                    // A failed reading (signed out, server restarting) keeps what is shown.
+                    if let Ok(found) = list_keys(before.0).await {
+                        if list_state() == Some(before) {
+                            let texts = found.keys.iter().map(|key| (key.id.clone(), quota_and_use(key))).collect();
+                            let _ = latest_use.try_set(texts);
+                        }
+                    }
+                });
+            },
+            std::time::Duration::from_secs(30),
+        );
+        on_cleanup(move || {
+            if let Ok(h) = handle {
+                h.clear();
+            }
+        });
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = list_state;
     // A key created without JavaScript: its post came back here with a one-time token.
     let handed_over = Resource::new(
         move || query.read().get(plain_form::CREATED),
@@ -109,7 +157,7 @@ pub fn ApiKeysPage() -> impl IntoView {
                             let table = if found.keys.is_empty() {
                                 view! { <PastTheEnd first=href(1)/> }.into_any()
                             } else {
-                                view! { <KeyTable keys=found.keys revoke/> }.into_any()
+                                view! { <KeyTable keys=found.keys revoke latest_use/> }.into_any()
                             };
                             view! { {table} <Pager previous next/> }.into_any()
                         }
@@ -165,13 +213,19 @@ fn NewSecret(created: CreatedKey) -> impl IntoView {
 }
 
 #[component]
-fn KeyTable(keys: Vec<KeyView>, revoke: ServerAction<RevokeKey>) -> impl IntoView {
+fn KeyTable(
+    keys: Vec<KeyView>,
+    revoke: ServerAction<RevokeKey>,
+    latest_use: RwSignal<HashMap<String, String>>,
+) -> impl IntoView {
     let rows = keys
         .into_iter()
         .map(|key| {
             let revoked = key.is_revoked();
             let status = key.status();
-            let quota = quota_and_use(&key);
+            let loaded = quota_and_use(&key);
+            let id = key.id.clone();
+            let quota = move || latest_use.with(|texts| texts.get(&id).cloned()).unwrap_or_else(|| loaded.clone());
             let actions = (!revoked).then(|| view! { <RevokeButton id=key.id.clone() name=key.name.clone() revoke/> });
             let usage_label = format!("Usage of {}", key.name);
             view! {

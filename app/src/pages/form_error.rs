@@ -68,6 +68,18 @@ impl FormError {
         }
     }
 
+    /// An `on:input` handler for fields that are checked together (an hourly and a daily limit:
+    /// "ask for a higher hourly or daily limit" names one of them): editing any of them hides an
+    /// error about any of them. Put it on an element around the fields.
+    pub fn edited_in<E>(&self, fields: &'static [&'static str]) -> impl Fn(E) + Copy + 'static {
+        let this = *self;
+        move |_| {
+            if fields.iter().any(|field| this.is_about(field)) {
+                this.edited.set(true);
+            }
+        }
+    }
+
     /// The message, where the form shows it.
     pub fn message(&self, testid: &'static str) -> impl IntoView {
         let this = *self;

@@ -33,29 +33,53 @@ pub struct QuotaRequestsState {
     ask: ServerAction<RequestQuotaIncrease>,
     cancel: ServerAction<CancelQuotaRequest>,
     requests: Resource<Result<Vec<QuotaRequestView>, crate::error::AppError>>,
+    /// Whether the requests as last shown hold an open one. Kept by the list's view, not read
+    /// from `requests` in an effect: a resource read there can suspend the page around it (seen
+    /// as a focused confirmation losing its focus).
+    open: StoredValue<bool>,
 }
 
 impl QuotaRequestsState {
     pub fn new(key_id: impl Fn() -> String + Send + Sync + 'static) -> Self {
         let ask = ServerAction::<RequestQuotaIncrease>::new();
         let cancel = ServerAction::<CancelQuotaRequest>::new();
+        let open = StoredValue::new(false);
         let requests = Resource::new(
             move || (key_id(), ask.version().get(), cancel.version().get()),
             |(id, ask, cancel)| {
                 once_per_render("quota-requests/key", &(id.clone(), ask, cancel), key_quota_requests(id))
             },
         );
-        Self { ask, cancel, requests }
+        // An admin decides while the page stays open: an open request is read again every half
+        // minute (a denial changes nothing else the page shows). Only while one is open, so
+        // that the ask form, shown only when none is, is never rebuilt under the user's typing.
+        #[cfg(feature = "hydrate")]
+        {
+            let handle = set_interval_with_handle(
+                move || {
+                    if !document().hidden() && open.try_get_value() == Some(true) {
+                        requests.refetch();
+                    }
+                },
+                std::time::Duration::from_secs(30),
+            );
+            on_cleanup(move || {
+                if let Ok(h) = handle {
+                    h.clear();
+                }
+            });
+        }
+        Self { ask, cancel, requests, open }
     }
 
-    /// Reads the key's requests again whenever `changes` reads another value than before: what
-    /// else changes them (revoking the key cancels its open request; an admin's decision shows
-    /// as new limits on the usage page).
+    /// Reads the key's open request again whenever `changes` reads another value than before:
+    /// what else ends it (revoking the key cancels it; an admin's approval shows as new limits
+    /// on the usage page).
     pub fn refetch_on<T: PartialEq + 'static>(&self, changes: impl Fn() -> T + 'static) {
-        let requests = self.requests;
+        let (requests, open) = (self.requests, self.open);
         Effect::new(move |seen: Option<T>| {
             let now = changes();
-            if seen.is_some_and(|seen| seen != now) {
+            if seen.is_some_and(|seen| seen != now) && open.get_value() {
                 requests.refetch();
             }
             now
@@ -68,7 +92,7 @@ impl QuotaRequestsState {
 /// shown in the form's empty fields.
 #[component]
 pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState, quota: Signal<(i64, i64)>) -> impl IntoView {
-    let QuotaRequestsState { ask, cancel, requests } = state;
+    let QuotaRequestsState { ask, cancel, requests, open: open_shown } = state;
     // Which of the two forms was sent last, for the confirmation that replaces it.
     let sent = RwSignal::new(None::<Sent>);
     let (asked_without_script, cancelled_without_script) =
@@ -120,6 +144,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState, quota: Signal<(
                         match requests.await {
                             Ok(list) => {
                                 let open = list.iter().any(|r| r.status == RequestStatus::Pending);
+                                open_shown.set_value(open);
                                 view! {
                                     {(!yours && !revoked).then(|| view! {
                                         <p class="muted" data-testid="not-owner">
@@ -131,7 +156,7 @@ pub fn KeyQuotaRequests(key: KeyView, state: QuotaRequestsState, quota: Signal<(
                                         <div on:submit=move |_| sent.set(Some(Sent::Ask))>
                                         <ActionForm action=ask>
                                             <input type="hidden" name="key_id" value=id.clone()/>
-                                            <div class="inline-form">
+                                            <div class="inline-form" on:input=ask_error.edited_in(&["per_hour", "per_day"])>
                                                 <label>"Requests per hour" <input name="per_hour" inputmode="numeric" placeholder=move || format::count(quota.get().0) value=move || typed_per_hour.get() data-testid="ask-per-hour" {..ask_error.on("per_hour")}/></label>
                                                 <label>"Requests per day" <input name="per_day" inputmode="numeric" placeholder=move || format::count(quota.get().1) value=move || typed_per_day.get() data-testid="ask-per-day" {..ask_error.on("per_day")}/></label>
                                             </div>
