@@ -72,7 +72,7 @@ test('a merchant creates a key, calls the API with it, and revokes it', async ({
   await expect(page.locator('body')).not.toContainText(secret);
 });
 
-test('the key list follows use and limits while it stays open, leaving an open confirmation alone', async ({ page, request }) => {
+test('the key list follows use, limits and keys changed elsewhere while it stays open, leaving an open confirmation alone', async ({ page, request }) => {
   // The list reads its keys again every half minute: the page's clock is moved on instead of waited for.
   await page.clock.install();
   await signIn(page, MERCHANT);
@@ -97,6 +97,17 @@ test('the key list follows use and limits while it stays open, leaving an open c
   // Only the column changed: the question is still open, with the keyboard on it.
   await expect(row.getByRole('alertdialog')).toBeVisible();
   await expect(row.getByTestId('confirm-revoke')).toBeFocused();
+
+  // Renamed and revoked elsewhere (another tab): the next reading makes the rows again.
+  const renamed = `${name} (elsewhere)`;
+  expect((await page.request.post('/rpc/keys/rename', { form: { id: keyId, name: renamed } })).ok()).toBe(true);
+  expect((await page.request.post('/rpc/keys/revoke', { form: { id: keyId } })).ok()).toBe(true);
+  await page.clock.fastForward('00:31');
+  const moved = page.locator(`[data-testid="key-row"][data-key-id="${keyId}"]`);
+  await expect(moved).toHaveAttribute('data-status', 'revoked');
+  await expect(moved).toContainText(renamed);
+  await expect(moved.getByTestId('revoke')).toHaveCount(0);
+  await expect(moved.getByTestId('key-quota')).toHaveText('5/h · 100/day');
 });
 
 test('a merchant renames a key on its page; the name changes in place and in the list', async ({ page }) => {

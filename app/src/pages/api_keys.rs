@@ -33,9 +33,12 @@ pub fn ApiKeysPage() -> impl IntoView {
         |(page, created, revoked)| once_per_render("keys/list", &(page, created, revoked), list_keys(page)),
     );
     // Use and limits change while the list stays open (calls, an admin's decision): the page's
-    // keys are read again every half minute while it is in view, and only that column follows them, so an open
-    // confirmation or a half-typed name is left alone. Key id → the column's text.
+    // keys are read again every half minute while it is in view, and only that column follows
+    // them, so an open confirmation or a half-typed name is left alone. Key id → the column's
+    // text. Only when the keys themselves changed (created, renamed or revoked elsewhere) are
+    // the rows made again.
     let latest_use = RwSignal::new(HashMap::<String, String>::new());
+    let rows_shown = StoredValue::new(Vec::new());
     // A reading taken before the list itself was read again (a key created or revoked, another
     // page) may be older than the rows: it is dropped.
     let list_state = move || {
@@ -60,11 +63,16 @@ pub fn ApiKeysPage() -> impl IntoView {
                 let Some(before) = list_state() else { return };
                 leptos::task::spawn_local(async move {
                     // A failed reading (signed out, server restarting) keeps what is shown.
-                    if let Ok(found) = list_keys(before.0).await {
-                        if list_state() == Some(before) {
-                            let texts = found.keys.iter().map(|key| (key.id.clone(), quota_and_use(key))).collect();
-                            let _ = latest_use.try_set(texts);
-                        }
+                    let Ok(found) = list_keys(before.0).await else { return };
+                    if list_state() != Some(before) {
+                        return;
+                    }
+                    if rows_shown.try_with_value(|shown| *shown == rows_of(&found.keys)) == Some(false) {
+                        let _ = latest_use.try_set(HashMap::new());
+                        keys.refetch();
+                    } else {
+                        let texts = found.keys.iter().map(|key| (key.id.clone(), quota_and_use(key))).collect();
+                        let _ = latest_use.try_set(texts);
                     }
                 });
             },
@@ -140,7 +148,11 @@ pub fn ApiKeysPage() -> impl IntoView {
             <Transition fallback=|| view! { <p class="loading">"Loading keys…"</p> }>
                 {move || Suspend::new(async move {
                     let page = page();
-                    match keys.await {
+                    let keys = keys.await;
+                    if let Ok(found) = &keys {
+                        rows_shown.set_value(rows_of(&found.keys));
+                    }
+                    match keys {
                         Ok(found) if found.keys.is_empty() && page == 1 => view! {
                             <p class="empty" data-testid="no-keys">"No keys yet. Create one above to start calling the API."</p>
                         }.into_any(),
@@ -281,6 +293,11 @@ fn revoked_text(name: Option<&str>) -> String {
         Some(name) => format!("\u{201c}{name}\u{201d} is revoked: calls with it are refused."),
         None => "The key is revoked: calls with it are refused.".to_owned(),
     }
+}
+
+/// What the list's rows show of each key besides its use: a reading that differs makes them again.
+fn rows_of(keys: &[KeyView]) -> Vec<(String, String, &'static str)> {
+    keys.iter().map(|key| (key.id.clone(), key.name.clone(), key.status())).collect()
 }
 
 /// "12 / 1,000 this hour · 40 / 10,000 today", or the quota alone when the use is not known
