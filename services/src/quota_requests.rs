@@ -87,9 +87,9 @@ pub struct RequestedLimits {
 
 impl RequestedLimits {
     /// Empty fields, and fields typed at the current limit, keep it; at least one must be
-    /// raised, each raised one
-    /// passes [`checked_limit`] as an admin's limits do (one left as it is is not checked again:
-    /// an operator may have set it above today's maximum), and the hour stays within the day.
+    /// raised, each raised one passes [`checked_limit`] as an admin's limits do (one left as it
+    /// is is not checked again: an operator may have set it above today's maximum), and the hour
+    /// stays within the day.
     pub fn parse(per_hour: &str, per_day: &str, current: &Quota, max: QuotaMaximum) -> ServiceResult<Self> {
         let raised = |raw: &str, name: &str, current: i64, field: &'static str| -> ServiceResult<Option<i64>> {
             if raw.trim().is_empty() {
